@@ -1,0 +1,578 @@
+"""The calibration table: schema, validation, loading and atomic saving.
+
+A calibration table is one JSON document per device (DESIGN §2.3). Per model it
+holds the CLIPScore distribution of each prompt category at each profiled step
+count, a quality-versus-steps curve for step counts in between, a latency model
+at full device share, and peak memory. Every number carries a ``source``:
+``measured`` (by genedge on this device), ``published`` (measured by others, with
+a citation) or ``derived`` (by a rule written in the table's ``sources``).
+
+Reading a table validates it completely; a problem is reported as a
+:class:`TableError` naming the file and the field, never as a stack trace from
+deep inside the planner.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Source",
+    "TableError",
+    "ClipConvention",
+    "QualityCell",
+    "QualityCurve",
+    "LatencyModel",
+    "MemoryPeak",
+    "ModelCalibration",
+    "CalibrationTable",
+    "load_table",
+    "save_table",
+    "table_from_dict",
+    "table_to_dict",
+    "write_text_atomic",
+]
+
+SCHEMA_VERSION = 1
+_KIND = "genedge.calibration_table"
+
+Source = Literal["measured", "published", "derived"]
+CurveForm = Literal["saturating_exp", "linear_interpolation"]
+
+
+class TableError(ValueError):
+    """A calibration table (or an input to one) is malformed.
+
+    The message names the file, the field (as a dotted path) and what was
+    expected.
+    """
+
+    def __init__(self, where: str, field_path: str, message: str) -> None:
+        self.where = where
+        self.field_path = field_path
+        super().__init__(f"{where}: {field_path}: {message}")
+
+
+@dataclass(frozen=True)
+class ClipConvention:
+    """How every CLIPScore in a table was computed; tables never mix conventions.
+
+    Attributes:
+        backbone: open_clip model name, e.g. ``"ViT-L-14-quickgelu"``.
+        pretrained: open_clip pretrained tag, e.g. ``"openai"``.
+        formula: the per-image score, e.g. ``"100*max(cos,0)"``.
+        truncation: how long prompts are cut, e.g. ``"77 tokens, end token kept"``.
+        preprocess: image preprocessing before the image tower.
+    """
+
+    backbone: str
+    pretrained: str
+    formula: str
+    truncation: str
+    preprocess: str
+
+
+@dataclass(frozen=True)
+class QualityCell:
+    """CLIPScore ~ Normal(mean, std²) for one (model, category, steps) cell.
+
+    Attributes:
+        mean: mean CLIPScore (points, 0–100 scale).
+        std: standard deviation (points, > 0).
+        n: number of images behind the fit (0 for a derived cell).
+        gof: goodness-of-fit p-value of the Normal fit (KS or Shapiro–Wilk), or
+            None where it was not computed (published or derived cells).
+        source: provenance of the numbers.
+        ref: key into the table's ``sources`` that cites or states the rule.
+    """
+
+    mean: float
+    std: float
+    n: int
+    gof: float | None
+    source: Source
+    ref: str
+
+
+@dataclass(frozen=True)
+class QualityCurve:
+    """Quality versus denoising steps for one (model, category), for steps between cells.
+
+    ``saturating_exp``: mean(s) = a − b·exp(−s/kappa), std(s) = std. It is valid on
+    ``valid_steps = [lo, hi]`` only; outside it the table refuses to answer.
+
+    ``linear_interpolation``: mean and std interpolate linearly between the
+    neighbouring profiled cells (used when too few step counts were profiled to
+    fit the saturating form); also only inside the profiled range.
+    """
+
+    form: CurveForm
+    valid_steps: tuple[int, int]
+    source: Source
+    ref: str
+    a: float | None = None
+    b: float | None = None
+    kappa: float | None = None
+    std: float | None = None
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """Seconds per image at full device share: ``overhead_s + per_step_s · steps``.
+
+    Attributes:
+        overhead_s: text encoding, VAE decoding and launch overhead (s).
+        per_step_s: one denoising step, guidance included (s).
+        n: number of measurements behind the fit (0 if derived).
+        r2: coefficient of determination of the fit, or None.
+        source: provenance; ref: key into ``sources``.
+    """
+
+    overhead_s: float
+    per_step_s: float
+    n: int
+    r2: float | None
+    source: Source
+    ref: str
+
+    def seconds(self, steps: int | float) -> float:
+        """Service time of one image at ``steps`` steps on the whole device (s)."""
+        return self.overhead_s + self.per_step_s * steps
+
+
+@dataclass(frozen=True)
+class MemoryPeak:
+    """Peak GPU memory of one pipeline process (bytes) and what it counts."""
+
+    peak_bytes: int
+    kind: str
+    source: Source
+    ref: str
+
+
+@dataclass(frozen=True)
+class ModelCalibration:
+    """Everything the planner knows about one model on the table's device.
+
+    Attributes:
+        key: short model key, e.g. ``"sd15"``.
+        name: human-readable name and hub id.
+        resolution: output image side (px).
+        steps: the step grid the planner may choose from (sorted, unique, > 0).
+        default_steps: steps used by plans that do not choose (in ``steps``).
+        quality: category → steps → cell.
+        curves: category → quality-versus-steps curve.
+        latency: latency model at full share.
+        memory: peak memory.
+    """
+
+    key: str
+    name: str
+    resolution: int
+    steps: tuple[int, ...]
+    default_steps: int
+    quality: Mapping[str, Mapping[int, QualityCell]]
+    curves: Mapping[str, QualityCurve]
+    latency: LatencyModel
+    memory: MemoryPeak
+
+    def quality_at(self, category: str, steps: int) -> tuple[float, float]:
+        """Return ``(mean, std)`` of CLIPScore for ``category`` at ``steps`` steps.
+
+        A profiled cell answers directly; otherwise the category's curve does,
+        inside its valid range only.
+
+        Raises:
+            KeyError: unknown category, or steps outside every cell and curve.
+        """
+        cells = self.quality[category]
+        if steps in cells:
+            cell = cells[steps]
+            return cell.mean, cell.std
+        curve = self.curves.get(category)
+        if curve is None or not curve.valid_steps[0] <= steps <= curve.valid_steps[1]:
+            raise KeyError(
+                f"model {self.key!r}, category {category!r}: no cell at {steps} steps and no curve "
+                f"covering it (profiled: {sorted(cells)})"
+            )
+        if curve.form == "saturating_exp":
+            return curve.a - curve.b * math.exp(-steps / curve.kappa), curve.std
+        grid = sorted(cells)
+        hi = next(s for s in grid if s > steps)
+        lo = max(s for s in grid if s < steps)
+        t = (steps - lo) / (hi - lo)
+        mean = (1 - t) * cells[lo].mean + t * cells[hi].mean
+        std = (1 - t) * cells[lo].std + t * cells[hi].std
+        return mean, std
+
+
+@dataclass(frozen=True)
+class CalibrationTable:
+    """One device's calibration table (DESIGN §2.3).
+
+    Attributes:
+        device: device name, memory and software versions (``device["memory_bytes"]`` is used
+            for the memory-fit check).
+        clip_convention: the single CLIPScore convention of every quality number.
+        categories: prompt category names, in display order.
+        category_mapping: how prompt labels map to categories (column and labels).
+        models: model key → calibration.
+        sources: reference key → {"kind", "citation" or "rule"}.
+        manifest: provenance of the measurements (free-form, copied from run manifests).
+    """
+
+    device: Mapping[str, Any]
+    clip_convention: ClipConvention
+    categories: tuple[str, ...]
+    category_mapping: Mapping[str, Any]
+    models: Mapping[str, ModelCalibration]
+    sources: Mapping[str, Mapping[str, str]]
+    manifest: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def device_memory_bytes(self) -> int | None:
+        """Device memory (bytes), or None where the table does not say."""
+        return self.device.get("memory_bytes")
+
+    def source_counts(self) -> dict[str, int]:
+        """Count every sourced number of the table by its ``source``."""
+        counts = {kind: 0 for kind in get_args(Source)}
+        for model in self.models.values():
+            for cells in model.quality.values():
+                for cell in cells.values():
+                    counts[cell.source] += 2  # mean and std
+            for curve in model.curves.values():
+                counts[curve.source] += 1
+            counts[model.latency.source] += 2
+            counts[model.memory.source] += 1
+        return counts
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class _Reader:
+    """Typed field access on a JSON document that reports the file and field path."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def fail(self, path: str, message: str) -> TableError:
+        return TableError(self.where, path, message)
+
+    def get(self, obj: Mapping[str, Any], key: str, path: str, kind: type | tuple[type, ...]) -> Any:
+        if not isinstance(obj, Mapping):
+            raise self.fail(path, f"expected an object, but got {type(obj).__name__}")
+        full = f"{path}.{key}" if path else key
+        if key not in obj:
+            raise self.fail(full, "missing field")
+        return self.check(obj[key], full, kind)
+
+    def opt(self, obj: Mapping[str, Any], key: str, path: str, kind: type | tuple[type, ...]) -> Any:
+        value = obj.get(key)
+        return None if value is None else self.check(value, f"{path}.{key}", kind)
+
+    def check(self, value: Any, path: str, kind: type | tuple[type, ...]) -> Any:
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python; a JSON true is never a valid number here.
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.fail(path, f"expected {_kind_name(kinds)}, but got a boolean")
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kinds):
+            raise self.fail(path, f"expected {_kind_name(kinds)}, but got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.fail(path, f"expected a finite number, but got {value}")
+        return value
+
+    def number(self, obj: Mapping[str, Any], key: str, path: str, *, minimum: float | None = None,
+               strict: bool = False) -> float:
+        value = self.get(obj, key, path, float)
+        if minimum is not None and (value < minimum or (strict and value == minimum)):
+            bound = f"> {minimum}" if strict else f">= {minimum}"
+            raise self.fail(f"{path}.{key}", f"expected a number {bound}, but got {value}")
+        return value
+
+    def source(self, obj: Mapping[str, Any], path: str, sources: Mapping[str, Any]) -> tuple[Source, str]:
+        source = self.get(obj, "source", path, str)
+        allowed = get_args(Source)
+        if source not in allowed:
+            raise self.fail(f"{path}.source", f"expected one of {list(allowed)}, but got {source!r}")
+        ref = self.get(obj, "ref", path, str)
+        if ref not in sources:
+            raise self.fail(f"{path}.ref", f"{ref!r} is not a key of 'sources' (have {sorted(sources)})")
+        return source, ref
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "a list", dict: "an object", Mapping: "an object"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _read_steps(r: _Reader, raw: list[Any], path: str) -> tuple[int, ...]:
+    if not raw:
+        raise r.fail(path, "expected a non-empty list of step counts, but got []")
+    steps = tuple(r.check(s, f"{path}[{i}]", int) for i, s in enumerate(raw))
+    for i, s in enumerate(steps):
+        if s <= 0:
+            raise r.fail(f"{path}[{i}]", f"expected a step count > 0, but got {s}")
+    if len(set(steps)) != len(steps):
+        dup = sorted({s for s in steps if steps.count(s) > 1})
+        raise r.fail(path, f"expected unique step counts, but got duplicates {dup}")
+    if list(steps) != sorted(steps):
+        raise r.fail(path, f"expected step counts in increasing order, but got {list(steps)}")
+    return steps
+
+
+def _read_cell(r: _Reader, raw: Mapping[str, Any], path: str, sources: Mapping[str, Any]) -> QualityCell:
+    mean = r.number(raw, "mean", path)
+    std = r.number(raw, "std", path, minimum=0.0, strict=True)
+    n = r.get(raw, "n", path, int)
+    if n < 0:
+        raise r.fail(f"{path}.n", f"expected a count >= 0, but got {n}")
+    gof = r.opt(raw, "gof", path, float)
+    if gof is not None and not 0.0 <= gof <= 1.0:
+        raise r.fail(f"{path}.gof", f"expected a p-value in [0, 1], but got {gof}")
+    source, ref = r.source(raw, path, sources)
+    return QualityCell(mean=mean, std=std, n=n, gof=gof, source=source, ref=ref)
+
+
+def _read_curve(r: _Reader, raw: Mapping[str, Any], path: str, sources: Mapping[str, Any],
+                cells: Mapping[int, QualityCell]) -> QualityCurve:
+    form = r.get(raw, "form", path, str)
+    if form not in get_args(CurveForm):
+        raise r.fail(f"{path}.form", f"expected one of {list(get_args(CurveForm))}, but got {form!r}")
+    bounds = r.get(raw, "valid_steps", path, list)
+    if len(bounds) != 2:
+        raise r.fail(f"{path}.valid_steps", f"expected [lo, hi], but got {bounds}")
+    lo, hi = (r.check(v, f"{path}.valid_steps[{i}]", int) for i, v in enumerate(bounds))
+    if not 0 < lo <= hi:
+        raise r.fail(f"{path}.valid_steps", f"expected 0 < lo <= hi, but got [{lo}, {hi}]")
+    source, ref = r.source(raw, path, sources)
+    if form == "linear_interpolation":
+        if lo < min(cells) or hi > max(cells):
+            raise r.fail(f"{path}.valid_steps", f"interpolation cannot leave the profiled range "
+                                                f"[{min(cells)}, {max(cells)}], but got [{lo}, {hi}]")
+        return QualityCurve(form=form, valid_steps=(lo, hi), source=source, ref=ref)
+    a = r.number(raw, "a", path)
+    b = r.number(raw, "b", path)
+    kappa = r.number(raw, "kappa", path, minimum=0.0, strict=True)
+    std = r.number(raw, "std", path, minimum=0.0, strict=True)
+    return QualityCurve(form=form, valid_steps=(lo, hi), source=source, ref=ref, a=a, b=b, kappa=kappa, std=std)
+
+
+def _read_model(r: _Reader, key: str, raw: Mapping[str, Any], categories: tuple[str, ...],
+                sources: Mapping[str, Any], convention: ClipConvention,
+                device_memory: int | None) -> ModelCalibration:
+    path = f"models.{key}"
+    name = r.get(raw, "name", path, str)
+    resolution = r.get(raw, "resolution", path, int)
+    steps = _read_steps(r, r.get(raw, "steps", path, list), f"{path}.steps")
+    default_steps = r.get(raw, "default_steps", path, int)
+    if default_steps not in steps:
+        raise r.fail(f"{path}.default_steps", f"expected one of the step grid {list(steps)}, but got {default_steps}")
+    if "clip_convention" in raw:
+        own = _read_convention(r, r.get(raw, "clip_convention", path, dict), f"{path}.clip_convention")
+        if own != convention:
+            raise r.fail(f"{path}.clip_convention",
+                         f"mixed CLIPScore conventions: the table uses {convention.backbone}/{convention.pretrained} "
+                         f"({convention.formula}), this model {own.backbone}/{own.pretrained} ({own.formula})")
+
+    raw_quality = r.get(raw, "quality", path, dict)
+    quality: dict[str, dict[int, QualityCell]] = {}
+    for category in categories:
+        per_steps = r.get(raw_quality, category, f"{path}.quality", dict)
+        cells: dict[int, QualityCell] = {}
+        for s_text, cell in per_steps.items():
+            cpath = f"{path}.quality.{category}.{s_text}"
+            if not s_text.isdigit() or int(s_text) <= 0:
+                raise r.fail(cpath, f"expected a positive integer step count as key, but got {s_text!r}")
+            cells[int(s_text)] = _read_cell(r, r.check(cell, cpath, dict), cpath, sources)
+        if not cells:
+            raise r.fail(f"{path}.quality.{category}", "expected at least one step count, but got none")
+        quality[category] = dict(sorted(cells.items()))
+    extra = sorted(set(raw_quality) - set(categories))
+    if extra:
+        raise r.fail(f"{path}.quality", f"categories {extra} are not in the table's categories {list(categories)}")
+
+    raw_curves = r.opt(raw, "curves", path, dict) or {}
+    curves = {}
+    for category, raw_curve in raw_curves.items():
+        if category not in categories:
+            raise r.fail(f"{path}.curves.{category}", f"unknown category; expected one of {list(categories)}")
+        curves[category] = _read_curve(r, r.check(raw_curve, f"{path}.curves.{category}", dict),
+                                       f"{path}.curves.{category}", sources, quality[category])
+
+    latency_raw = r.get(raw, "latency", path, dict)
+    lpath = f"{path}.latency"
+    latency = LatencyModel(
+        overhead_s=r.number(latency_raw, "overhead_s", lpath, minimum=0.0),
+        per_step_s=r.number(latency_raw, "per_step_s", lpath, minimum=0.0, strict=True),
+        n=r.get(latency_raw, "n", lpath, int),
+        r2=r.opt(latency_raw, "r2", lpath, float),
+        **dict(zip(("source", "ref"), r.source(latency_raw, lpath, sources))),
+    )
+    memory_raw = r.get(raw, "memory", path, dict)
+    mpath = f"{path}.memory"
+    peak = r.get(memory_raw, "peak_bytes", mpath, int)
+    if peak <= 0:
+        raise r.fail(f"{mpath}.peak_bytes", f"expected bytes > 0, but got {peak}")
+    if device_memory is not None and peak > device_memory:
+        raise r.fail(f"{mpath}.peak_bytes",
+                     f"model needs {peak / 2**30:.2f} GiB but the device has {device_memory / 2**30:.2f} GiB")
+    memory = MemoryPeak(peak_bytes=peak, kind=r.get(memory_raw, "kind", mpath, str),
+                        **dict(zip(("source", "ref"), r.source(memory_raw, mpath, sources))))
+
+    model = ModelCalibration(key=key, name=name, resolution=resolution, steps=steps, default_steps=default_steps,
+                             quality=quality, curves=curves, latency=latency, memory=memory)
+    for category in categories:
+        for s in steps:
+            try:
+                model.quality_at(category, s)
+            except KeyError as err:
+                raise r.fail(f"{path}.quality.{category}",
+                             f"step {s} of the grid has no cell and no curve covering it") from err
+    return model
+
+
+def _read_convention(r: _Reader, raw: Mapping[str, Any], path: str) -> ClipConvention:
+    return ClipConvention(**{name: r.get(raw, name, path, str)
+                             for name in ("backbone", "pretrained", "formula", "truncation", "preprocess")})
+
+
+def table_from_dict(doc: Mapping[str, Any], where: str = "<table>") -> CalibrationTable:
+    """Validate a parsed table document and build a :class:`CalibrationTable`.
+
+    Args:
+        doc: the parsed JSON document.
+        where: what to call the document in errors (usually its path).
+
+    Raises:
+        TableError: naming ``where`` and the offending field.
+    """
+    r = _Reader(where)
+    version = r.get(doc, "schema_version", "", int)
+    if version != SCHEMA_VERSION:
+        raise r.fail("schema_version", f"expected {SCHEMA_VERSION}, but got {version}")
+    kind = r.get(doc, "kind", "", str)
+    if kind != _KIND:
+        raise r.fail("kind", f"expected {_KIND!r}, but got {kind!r}")
+    device = r.get(doc, "device", "", dict)
+    r.get(device, "name", "device", str)
+    device_memory = r.opt(device, "memory_bytes", "device", int)
+    convention = _read_convention(r, r.get(doc, "clip_convention", "", dict), "clip_convention")
+    raw_categories = r.get(doc, "categories", "", list)
+    if not raw_categories:
+        raise r.fail("categories", "expected a non-empty list of category names, but got []")
+    categories = tuple(r.check(c, f"categories[{i}]", str) for i, c in enumerate(raw_categories))
+    if len(set(categories)) != len(categories):
+        raise r.fail("categories", f"expected unique names, but got {list(categories)}")
+    sources = r.get(doc, "sources", "", dict)
+    for ref, entry in sources.items():
+        r.get(r.check(entry, f"sources.{ref}", dict), "kind", f"sources.{ref}", str)
+    raw_models = r.get(doc, "models", "", dict)
+    if not raw_models:
+        raise r.fail("models", "expected at least one model, but got none")
+    models = {key: _read_model(r, key, r.check(raw, f"models.{key}", dict), categories, sources, convention,
+                               device_memory)
+              for key, raw in raw_models.items()}
+    return CalibrationTable(
+        device=dict(device),
+        clip_convention=convention,
+        categories=categories,
+        category_mapping=dict(r.get(doc, "category_mapping", "", dict)),
+        models=models,
+        sources={k: dict(v) for k, v in sources.items()},
+        manifest=dict(r.opt(doc, "manifest", "", dict) or {}),
+    )
+
+
+def _sourced(obj: Any, **fields: Any) -> dict[str, Any]:
+    return {**fields, "source": obj.source, "ref": obj.ref}
+
+
+def table_to_dict(table: CalibrationTable) -> dict[str, Any]:
+    """Serialize a table to the JSON document :func:`table_from_dict` reads."""
+    models = {}
+    for key, m in table.models.items():
+        curves = {}
+        for category, c in m.curves.items():
+            extra = {} if c.form == "linear_interpolation" else {"a": c.a, "b": c.b, "kappa": c.kappa, "std": c.std}
+            curves[category] = _sourced(c, form=c.form, valid_steps=list(c.valid_steps), **extra)
+        models[key] = {
+            "name": m.name,
+            "resolution": m.resolution,
+            "steps": list(m.steps),
+            "default_steps": m.default_steps,
+            "quality": {cat: {str(s): _sourced(cell, mean=cell.mean, std=cell.std, n=cell.n, gof=cell.gof)
+                              for s, cell in cells.items()}
+                        for cat, cells in m.quality.items()},
+            "curves": curves,
+            "latency": _sourced(m.latency, overhead_s=m.latency.overhead_s, per_step_s=m.latency.per_step_s,
+                                n=m.latency.n, r2=m.latency.r2),
+            "memory": _sourced(m.memory, peak_bytes=m.memory.peak_bytes, kind=m.memory.kind),
+        }
+    conv = table.clip_convention
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": _KIND,
+        "device": dict(table.device),
+        "clip_convention": {"backbone": conv.backbone, "pretrained": conv.pretrained, "formula": conv.formula,
+                            "truncation": conv.truncation, "preprocess": conv.preprocess},
+        "categories": list(table.categories),
+        "category_mapping": dict(table.category_mapping),
+        "models": models,
+        "sources": {k: dict(v) for k, v in table.sources.items()},
+        "manifest": dict(table.manifest),
+    }
+
+
+def load_table(path: str | os.PathLike[str]) -> CalibrationTable:
+    """Read and validate a calibration table JSON file.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        TableError: the file is not valid JSON or violates the schema (names file and field).
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise TableError(str(path), f"line {err.lineno}", f"not valid JSON ({err.msg})") from err
+    return table_from_dict(doc, where=str(path))
+
+
+def save_table(table: CalibrationTable, path: str | os.PathLike[str]) -> Path:
+    """Write a table atomically (temporary file + rename), with stable key order.
+
+    The same table always produces the same bytes, so re-running a fit on the
+    same records gives a byte-identical file.
+    """
+    path = Path(path)
+    text = json.dumps(table_to_dict(table), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    write_text_atomic(path, text)
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new file, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

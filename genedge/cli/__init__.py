@@ -1,0 +1,60 @@
+"""The ``genedge`` command: one subcommand per job.
+
+This is the only layer that knows all three stages. Each subcommand lives in
+its own module with an ``add_parser(subparsers)`` function that registers it
+and sets ``func``; heavy libraries are imported inside ``func``, so ``--help``
+and planning stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from genedge import __version__
+
+__all__ = ["main", "build_parser"]
+
+# Order here is the order in ``genedge --help``.
+_COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="genedge",
+        description=(
+            "Plan cost-effective text-to-image services on edge GPUs: profile diffusion "
+            "pipelines, fit calibration tables, and plan which model serves which prompt "
+            "category with how many denoising steps and how much of the GPU."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"genedge {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0,
+        help="log more (-v: info, -vv: debug); logs go to stderr",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f"genedge.cli.{name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``genedge`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        # Input errors carry a specific message (file, field, expectation); a traceback adds nothing.
+        print(f"genedge {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,1 @@
+"""genedge.optimizer: the system model, the planners and their baselines, and the simulation."""

@@ -1,0 +1,1 @@
+"""genedge.profiler: measure diffusion pipelines on a GPU into resumable Parquet records."""
