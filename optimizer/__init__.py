@@ -1,1 +1,58 @@
-"""genedge.optimizer: the system model, the planners and their baselines, and the simulation."""
+"""genedge.optimizer: the system model, the planners and their baselines, and the simulation.
+
+Planning needs numpy and scipy only.
+"""
+
+from genedge.optimizer.anneal import AnnealState, anneal, metropolis
+from genedge.optimizer.assignment import (
+    direct_assignment,
+    polish_requests,
+    price_directed_assignment,
+    probabilistic_assignment,
+    uniform_assignment,
+)
+from genedge.optimizer.baselines import (
+    direct,
+    equal_allocation,
+    optimal_step,
+    paper_method,
+    paper_routing,
+    random_assignment,
+)
+from genedge.optimizer.exact import exact_search
+from genedge.optimizer.methods import METHODS, PROPOSED, run_methods
+from genedge.optimizer.problem import Problem, Workload
+from genedge.optimizer.propose import propose
+from genedge.optimizer.result import Plan, PlanResult
+from genedge.optimizer.synthetic import synthetic_problem
+from genedge.optimizer.system import Evaluation, evaluate, optimal_shares
+
+__all__ = [
+    "AnnealState",
+    "Evaluation",
+    "METHODS",
+    "PROPOSED",
+    "Plan",
+    "PlanResult",
+    "Problem",
+    "Workload",
+    "anneal",
+    "direct",
+    "direct_assignment",
+    "equal_allocation",
+    "evaluate",
+    "exact_search",
+    "metropolis",
+    "optimal_shares",
+    "optimal_step",
+    "paper_method",
+    "paper_routing",
+    "polish_requests",
+    "price_directed_assignment",
+    "probabilistic_assignment",
+    "propose",
+    "random_assignment",
+    "run_methods",
+    "synthetic_problem",
+    "uniform_assignment",
+]

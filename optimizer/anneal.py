@@ -1,0 +1,224 @@
+r"""Simulated annealing over denoising steps and compute shares (Gao et al., arXiv 2409.09072).
+
+:func:`metropolis` is the engine: a seeded Metropolis search with geometric
+cooling over any state, maximizing a value. :func:`anneal` is the paper's
+planner on top of it: for a fixed routing, it searches steps per model and
+compute shares per model.
+
+Notes:
+    Acceptance (maximization): a neighbour with value change Δ is accepted with
+    probability min(1, exp(Δ / T)).
+
+    Cooling: T_i = T_0 · α^i with α = (T_final / T_0)^(1 / maxiter), so the
+    temperature falls by ``FINAL_TEMPERATURE_RATIO`` over the run. T_0 is set so
+    that the average worsening among ``TEMPERATURE_PROBES`` random neighbours of
+    the start is accepted with probability ``INITIAL_ACCEPTANCE``.
+
+    Neighbours of the paper's planner: with probability ``STEP_MOVE_PROBABILITY``
+    one model's steps move to an adjacent grid value; otherwise a slice of
+    ``SHARE_QUANTUM`` · R moves from one model in use to another.
+
+References:
+    S. Gao, P. Yang, Y. Kong, F. Lyu, N. Zhang, "Joint Model Assignment and
+    Resource Allocation for Cost-Effective Mobile Generative Services",
+    arXiv:2409.09072, 2024.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from genedge.optimizer.problem import Problem
+from genedge.optimizer.result import PlanResult, make_result
+
+__all__ = ["AnnealState", "metropolis", "anneal"]
+
+State = TypeVar("State", bound=Hashable)
+
+INITIAL_ACCEPTANCE = 0.8
+FINAL_TEMPERATURE_RATIO = 1e-4
+TEMPERATURE_PROBES = 32
+STEP_MOVE_PROBABILITY = 0.5
+SHARE_QUANTUM = 0.01
+DEFAULT_MAXITER = 3000
+
+
+@dataclass(frozen=True)
+class AnnealState:
+    """What a callback sees after each iteration.
+
+    Attributes:
+        iteration: iterations done.
+        temperature: current temperature.
+        value: utility of the current state.
+        best_value: best utility so far.
+        best_state: the best state so far.
+    """
+
+    iteration: int
+    temperature: float
+    value: float
+    best_value: float
+    best_state: Any
+
+
+@dataclass(frozen=True)
+class MetropolisResult:
+    """Outcome of :func:`metropolis`: best state and value, counts, trajectory and status."""
+
+    best_state: Any
+    best_value: float
+    nit: int
+    nfev: int
+    trajectory: np.ndarray
+    status: int
+
+
+def metropolis(
+    x0: State,
+    value: Callable[[State], float],
+    neighbour: Callable[[State, np.random.Generator], State],
+    *,
+    maxiter: int,
+    rng: np.random.Generator,
+    initial_temp: float | None = None,
+    callback: Callable[[AnnealState], bool | None] | None = None,
+) -> MetropolisResult:
+    """Maximize ``value`` over states by simulated annealing.
+
+    Args:
+        x0: the starting state.
+        value: utility of a state (must be finite).
+        neighbour: draws a neighbour of a state with the given generator.
+        maxiter: number of iterations (> 0).
+        rng: the one generator every random choice comes from.
+        initial_temp: T_0; by default set from the start's neighbourhood (see module Notes).
+        callback: called as ``callback(AnnealState)`` after each iteration; returning True stops the run.
+
+    Returns:
+        The best state seen, its value, iterations, evaluations, the trajectory
+        (iteration, value, best value, temperature per row) and a status code
+        (0 done, 2 stopped by the callback).
+
+    Raises:
+        ValueError: ``maxiter`` ≤ 0 or the value is not finite.
+    """
+    if maxiter <= 0:
+        raise ValueError(f"Expected maxiter > 0, but got {maxiter}")
+    nfev = 0
+
+    def checked(state: State) -> float:
+        nonlocal nfev
+        nfev += 1
+        v = value(state)
+        if not math.isfinite(v):
+            raise ValueError(f"Objective returned a non-finite utility {v} for state {state!r}")
+        return v
+
+    current, current_value = x0, checked(x0)
+    best, best_value = current, current_value
+    if initial_temp is None:
+        drops = [current_value - checked(neighbour(x0, rng)) for _ in range(TEMPERATURE_PROBES)]
+        worsening = [d for d in drops if d > 0]
+        mean_drop = float(np.mean(worsening)) if worsening else max(abs(current_value), 1.0) * 1e-3
+        initial_temp = -mean_drop / math.log(INITIAL_ACCEPTANCE)
+    if not initial_temp > 0:
+        raise ValueError(f"Expected an initial temperature > 0, but got {initial_temp}")
+    cooling = FINAL_TEMPERATURE_RATIO ** (1.0 / maxiter)
+    temperature = initial_temp
+    trajectory = np.empty((maxiter, 4))
+    status = 0
+    nit = 0
+    for nit in range(1, maxiter + 1):
+        candidate = neighbour(current, rng)
+        candidate_value = checked(candidate)
+        delta = candidate_value - current_value
+        if delta >= 0 or rng.random() < math.exp(delta / temperature):
+            current, current_value = candidate, candidate_value
+            if current_value > best_value:
+                best, best_value = current, current_value
+        trajectory[nit - 1] = (nit, current_value, best_value, temperature)
+        temperature *= cooling
+        if callback is not None and callback(AnnealState(nit, temperature, current_value, best_value, best)):
+            status = 2
+            break
+    return MetropolisResult(best, best_value, nit, nfev, trajectory[:nit], status)
+
+
+def anneal(
+    problem: Problem,
+    routing: np.ndarray,
+    *,
+    maxiter: int = DEFAULT_MAXITER,
+    rng: int | np.random.Generator | None = None,
+    initial_temp: float | None = None,
+    callback: Callable[[AnnealState], bool | None] | None = None,
+    x0: tuple[tuple[int, ...], tuple[float, ...]] | None = None,
+    method: str = "paper",
+) -> PlanResult:
+    """The paper's planner: anneal steps and shares for a fixed routing.
+
+    Args:
+        problem: the planning problem.
+        routing: p[c, m], fixed during the search.
+        maxiter: annealing iterations.
+        rng: a seed or generator; when None a new generator is seeded from the OS.
+        initial_temp: T_0 (default: see module Notes).
+        callback: ``callback(AnnealState) -> bool | None``; True stops the run.
+        x0: starting (step indices, shares); default: each model's default steps
+            and equal shares among the models that receive requests.
+        method: name written into the result.
+
+    Returns:
+        A :class:`PlanResult` with the trajectory of the search.
+    """
+    seed = rng if isinstance(rng, (int, np.integer)) else None
+    gen = np.random.default_rng(rng)
+    routing = np.asarray(routing, dtype=float)
+    requests = problem.counts[:, None] * routing
+    loads = requests.sum(axis=0)
+    used = np.flatnonzero(loads > 1e-12)
+    m = len(problem.models)
+    n = problem.n_requests
+    # Per model and grid step: quality points served, and delay coefficient Σ_k k = N(N+1)/2 times full-share time.
+    quality = [requests[:, i] @ problem.quality_mean[i] for i in range(m)]
+    delay_coeff = [problem.service_s[i] * loads[i] * (loads[i] + 1) / 2 for i in range(m)]
+    quantum = SHARE_QUANTUM * problem.budget
+
+    def utility(state: tuple[tuple[int, ...], tuple[float, ...]]) -> float:
+        steps, shares = state
+        total = 0.0
+        for i in used:
+            total += quality[i][steps[i]] - problem.weight * delay_coeff[i][steps[i]] / shares[i]
+        return total / n
+
+    def neighbour(state, g: np.random.Generator):
+        steps, shares = state
+        if used.size < 2 or g.random() < STEP_MOVE_PROBABILITY:
+            i = used[g.integers(used.size)]
+            k = steps[i] + (1 if g.random() < 0.5 else -1)
+            if not 0 <= k < problem.steps[i].size:
+                k = steps[i] - (k - steps[i])
+            k = min(max(k, 0), problem.steps[i].size - 1)
+            return steps[:i] + (k,) + steps[i + 1:], shares
+        i, j = g.choice(used, size=2, replace=False)
+        if shares[i] <= quantum:  # a model in use keeps a share
+            return state
+        moved = list(shares)
+        moved[i] -= quantum
+        moved[j] += quantum
+        return steps, tuple(moved)
+
+    if x0 is None:
+        share = np.zeros(m)
+        share[used] = problem.budget / used.size
+        x0 = (tuple(problem.default_step_index), tuple(share))
+    out = metropolis(x0, utility, neighbour, maxiter=maxiter, rng=gen, initial_temp=initial_temp, callback=callback)
+    steps, shares = out.best_state
+    return make_result(problem, method, routing, steps, np.array(shares), status=out.status, nit=out.nit,
+                       nfev=out.nfev, seed=seed, trajectory=out.trajectory)

@@ -1,0 +1,297 @@
+"""The planning problem: models, a workload of prompt categories, and an edge budget.
+
+A :class:`Problem` is the planner's view of a calibration table plus a workload:
+plain numpy arrays, validated once, so every planner reads the same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from genedge.calibrate.table import CalibrationTable
+
+__all__ = ["Workload", "Problem"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Requests per prompt category in one planning window.
+
+    Attributes:
+        counts: category → number of requests (≥ 0; at least one > 0).
+    """
+
+    counts: Mapping[str, float]
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            raise ValueError("Expected at least one category in the workload, but got none")
+        for category, count in self.counts.items():
+            if not isinstance(count, (int, float)) or isinstance(count, bool) or not math.isfinite(count) or count < 0:
+                raise ValueError(f"Expected a request count >= 0 for category {category!r}, but got {count!r}")
+        if sum(self.counts.values()) <= 0:
+            raise ValueError(f"Expected at least one request in the workload, but got {dict(self.counts)}")
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, float]) -> Workload:
+        """Build a workload from ``{category: count}``."""
+        return cls(counts=dict(counts))
+
+    @classmethod
+    def from_mix(cls, mix: Mapping[str, float], total: int) -> Workload:
+        """Split ``total`` requests over categories in proportion to ``mix``, as integers.
+
+        Uses largest-remainder rounding, so the counts add up to ``total`` exactly.
+        """
+        if total <= 0:
+            raise ValueError(f"Expected a total number of requests > 0, but got {total}")
+        names = list(mix)
+        weights = np.array([mix[n] for n in names], dtype=float)
+        if (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"Expected non-negative category weights with a positive sum, but got {dict(mix)}")
+        exact = weights / weights.sum() * total
+        counts = np.floor(exact).astype(int)
+        order = np.argsort(-(exact - counts), kind="stable")
+        counts[order[: total - counts.sum()]] += 1
+        return cls(counts={n: int(c) for n, c in zip(names, counts)})
+
+    @classmethod
+    def from_prompt_file(cls, path: str | Path, mapping: Mapping[str, str], column: str) -> Workload:
+        """Count the prompts of a TSV/CSV file per category.
+
+        Args:
+            path: a prompt file with a header row (tab-separated for ``.tsv``, else comma).
+            mapping: label in ``column`` → category name; rows with other labels are ignored.
+            column: the column whose labels are mapped (e.g. ``"Challenge"``).
+
+        Raises:
+            ValueError: the column is missing or no row maps to a category.
+        """
+        import csv
+
+        path = Path(path)
+        delimiter = "\t" if path.suffix.lower() in {".tsv", ".tab"} else ","
+        counts: dict[str, int] = {}
+        with path.open(encoding="utf-8", newline="") as handle:
+            # Quoting off: one PartiPrompts prompt starts with a double quote.
+            reader = csv.DictReader(handle, delimiter=delimiter, quoting=csv.QUOTE_NONE)
+            if reader.fieldnames is None or column not in reader.fieldnames:
+                raise ValueError(f"{path}: expected a column {column!r}, but the header has {reader.fieldnames}")
+            for row in reader:
+                category = mapping.get(row[column])
+                if category is not None:
+                    counts[category] = counts.get(category, 0) + 1
+        if not counts:
+            raise ValueError(f"{path}: no row's {column!r} label is one of {sorted(mapping)}")
+        return cls(counts=counts)
+
+    def scaled(self, total: int) -> Workload:
+        """The same category mix with ``total`` requests."""
+        return Workload.from_mix(self.counts, total)
+
+    @property
+    def total(self) -> float:
+        """Number of requests in the window."""
+        return float(sum(self.counts.values()))
+
+    def sha256(self) -> str:
+        """Hash of the workload, written into plans to identify their inputs."""
+        return hashlib.sha256(json.dumps(dict(self.counts), sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class Problem:
+    """One planning instance in array form (DESIGN §3).
+
+    Index conventions: ``c`` over categories, ``m`` over models, ``k`` over a
+    model's step grid.
+
+    Attributes:
+        models: model keys (length M).
+        categories: category names (length C).
+        counts: requests per category n_c, shape (C,).
+        steps: per model, its step grid (sorted, unique, positive ints).
+        quality_mean: per model, μ[c, k] CLIPScore means, shape (C, K_m).
+        quality_std: per model, σ[c, k], shape (C, K_m).
+        service_s: per model, seconds per image at full share o_m + τ_m·s for each grid step, shape (K_m,).
+        default_step_index: per model, the index of its default steps in its grid.
+        memory_bytes: peak memory per model, shape (M,).
+        budget: compute budget R in GPU units (1.0 = one whole GPU).
+        weight: w, CLIPScore points per second of mean delay.
+        device_memory_bytes: memory G available to the models, or None for no limit.
+        table_sha256: hash of the calibration table the problem was built from, if any.
+    """
+
+    models: tuple[str, ...]
+    categories: tuple[str, ...]
+    counts: np.ndarray
+    steps: tuple[np.ndarray, ...]
+    quality_mean: tuple[np.ndarray, ...]
+    quality_std: tuple[np.ndarray, ...]
+    service_s: tuple[np.ndarray, ...]
+    default_step_index: tuple[int, ...]
+    memory_bytes: np.ndarray
+    budget: float
+    weight: float
+    device_memory_bytes: int | None = None
+    table_sha256: str | None = None
+    workload_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        m, c = len(self.models), len(self.categories)
+        if m == 0:
+            raise ValueError("Expected at least one model, but got none")
+        if not (math.isfinite(self.budget) and self.budget > 0):
+            raise ValueError(f"Expected a compute budget > 0 (GPU units), but got {self.budget}")
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ValueError(f"Expected a delay weight w >= 0 (points per second), but got {self.weight}")
+        if self.counts.shape != (c,) or (self.counts < 0).any() or self.counts.sum() <= 0:
+            raise ValueError(f"Expected {c} non-negative request counts with a positive sum, but got {self.counts}")
+        for i, key in enumerate(self.models):
+            grid = self.steps[i]
+            if grid.size == 0:
+                raise ValueError(f"model {key!r}: expected a non-empty step grid, but got []")
+            if (np.diff(grid) <= 0).any() or grid[0] <= 0:
+                raise ValueError(f"model {key!r}: expected positive, increasing, unique steps, but got {grid.tolist()}")
+            shape = (c, grid.size)
+            if self.quality_mean[i].shape != shape or self.quality_std[i].shape != shape:
+                raise ValueError(f"model {key!r}: expected quality arrays of shape {shape}")
+            if not np.isfinite(self.quality_mean[i]).all():
+                raise ValueError(f"model {key!r}: expected finite quality means")
+            if not (np.isfinite(self.quality_std[i]).all() and (self.quality_std[i] > 0).all()):
+                raise ValueError(f"model {key!r}: expected finite quality stds > 0")
+            if self.service_s[i].shape != (grid.size,) or not (self.service_s[i] > 0).all():
+                raise ValueError(f"model {key!r}: expected a positive service time per grid step")
+            if not 0 <= self.default_step_index[i] < grid.size:
+                raise ValueError(f"model {key!r}: default step index out of its grid")
+        if self.device_memory_bytes is not None:
+            too_big = [k for k, b in zip(self.models, self.memory_bytes) if b > self.device_memory_bytes]
+            if too_big:
+                raise ValueError(f"models {too_big} need more memory than the device's "
+                                 f"{self.device_memory_bytes / 2**30:.2f} GiB")
+
+    @classmethod
+    def from_table(
+        cls,
+        table: CalibrationTable,
+        workload: Workload,
+        *,
+        budget: float = 1.0,
+        weight: float = 0.05,
+        models: Sequence[str] | None = None,
+        device_memory_bytes: int | None = None,
+        table_sha256: str | None = None,
+    ) -> Problem:
+        """Build a problem from a calibration table and a workload.
+
+        Args:
+            table: the calibration table.
+            workload: requests per category; every category must be one of the table's.
+            budget: compute budget R in GPU units.
+            weight: w, CLIPScore points per second of mean delay.
+            models: restrict to these model keys (default: all of the table's).
+            device_memory_bytes: memory available to the models (default: the table device's memory).
+            table_sha256: hash of the table file, recorded in plans.
+
+        Raises:
+            ValueError: unknown categories or model keys (the message lists the known ones).
+        """
+        unknown = sorted(set(workload.counts) - set(table.categories))
+        if unknown:
+            raise ValueError(f"workload categories {unknown} are not in the table; "
+                             f"expected a subset of {list(table.categories)}")
+        keys = tuple(models) if models is not None else tuple(table.models)
+        missing = [k for k in keys if k not in table.models]
+        if missing:
+            raise ValueError(f"models {missing} are not in the table; available: {list(table.models)}")
+        categories = tuple(c for c in table.categories if workload.counts.get(c, 0) > 0)
+        steps, means, stds, service, defaults = [], [], [], [], []
+        for key in keys:
+            model = table.models[key]
+            grid = np.asarray(model.steps, dtype=int)
+            cells = [[model.quality_at(c, int(s)) for s in grid] for c in categories]
+            arr = np.asarray(cells, dtype=float)  # (C, K, 2)
+            steps.append(grid)
+            means.append(arr[..., 0])
+            stds.append(arr[..., 1])
+            service.append(model.latency.overhead_s + model.latency.per_step_s * grid.astype(float))
+            defaults.append(int(np.searchsorted(grid, model.default_steps)))
+        memory = table.device_memory_bytes if device_memory_bytes is None else device_memory_bytes
+        return cls(
+            models=keys,
+            categories=categories,
+            counts=np.array([float(workload.counts[c]) for c in categories]),
+            steps=tuple(steps),
+            quality_mean=tuple(means),
+            quality_std=tuple(stds),
+            service_s=tuple(service),
+            default_step_index=tuple(defaults),
+            memory_bytes=np.array([table.models[k].memory.peak_bytes for k in keys], dtype=float),
+            budget=float(budget),
+            weight=float(weight),
+            device_memory_bytes=memory,
+            table_sha256=table_sha256,
+            workload_sha256=workload.sha256(),
+        )
+
+    @property
+    def n_requests(self) -> float:
+        """Total requests N = Σ_c n_c."""
+        return float(self.counts.sum())
+
+    @property
+    def grid_sizes(self) -> tuple[int, ...]:
+        """Number of step choices per model."""
+        return tuple(g.size for g in self.steps)
+
+    def mean_at(self, step_index: Sequence[int]) -> np.ndarray:
+        """μ[c, m] at the given step index per model, shape (C, M)."""
+        return np.stack([q[:, k] for q, k in zip(self.quality_mean, step_index)], axis=1)
+
+    def std_at(self, step_index: Sequence[int]) -> np.ndarray:
+        """σ[c, m] at the given step index per model, shape (C, M)."""
+        return np.stack([q[:, k] for q, k in zip(self.quality_std, step_index)], axis=1)
+
+    def service_at(self, step_index: Sequence[int]) -> np.ndarray:
+        """Seconds per image at full share, o_m + τ_m·s_m, shape (M,)."""
+        return np.array([t[k] for t, k in zip(self.service_s, step_index)])
+
+    def deployable_sets(self, limit: int = 4096) -> list[np.ndarray]:
+        """Maximal sets of models that fit in device memory together, as boolean masks.
+
+        With no memory limit, or when every model fits at once, that is the one
+        set of all models. Otherwise the maximal feasible subsets are enumerated
+        (at most ``limit`` subsets are examined, largest first).
+
+        Raises:
+            ValueError: more than ``limit`` subsets would need examining.
+        """
+        everything = np.ones(len(self.models), dtype=bool)
+        if self.fits_in_memory(everything):
+            return [everything]
+        m = len(self.models)
+        if 2**m > limit:
+            raise ValueError(f"Expected at most {limit} model subsets to check against device memory, "
+                             f"but {m} models give {2**m}; restrict the models (--models)")
+        masks = ((np.arange(1, 2**m)[:, None] >> np.arange(m)) & 1).astype(bool)
+        masks = masks[np.argsort(-masks.sum(axis=1), kind="stable")]
+        maximal: list[np.ndarray] = []
+        for mask in masks:
+            if self.fits_in_memory(mask) and not any((mask <= big).all() for big in maximal):
+                maximal.append(mask)
+        return maximal
+
+    def fits_in_memory(self, in_use: np.ndarray) -> bool:
+        """Whether the models flagged in ``in_use`` fit in device memory together."""
+        if self.device_memory_bytes is None:
+            return True
+        return float(self.memory_bytes[in_use].sum()) <= self.device_memory_bytes

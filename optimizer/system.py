@@ -1,0 +1,170 @@
+r"""The system model: quality, FIFO delay and utility of a plan (DESIGN §3).
+
+For routing probabilities p[c, m], steps s_m and compute shares r_m:
+
+.. math::
+
+    N_m = \sum_c p_{cm} n_c, \qquad
+    t_m = \frac{o_m + \tau_m s_m}{r_m}, \qquad
+    D_m = t_m \frac{N_m + 1}{2},
+
+    U = \frac{1}{N} \sum_c \sum_m p_{cm} n_c \bigl(\mu_{mc}(s_m) - w D_m\bigr).
+
+t_m is the service time of one image on model m's share (seconds), D_m the mean
+response delay of the N_m requests served first-in first-out on it (the k-th
+waits k·t_m), μ the mean CLIPScore (points) and w the weight in points per
+second. U is in CLIPScore points; higher is better.
+
+For fixed steps and routing the delay term Σ_m K_m / r_m with
+K_m = (o_m + τ_m s_m) N_m (N_m + 1) / 2 is minimized under Σ r_m = R by
+r_m = R √K_m / Σ_j √K_j, with minimum (Σ_m √K_m)² / R.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from genedge.optimizer.problem import Problem
+
+__all__ = [
+    "Evaluation",
+    "evaluate",
+    "optimal_shares",
+    "utility_with_optimal_shares",
+    "fifo_delay_quantile",
+]
+
+# Routing rows may drift from 1 by float round-off after many small moves.
+_ROW_SUM_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Predicted figures of one plan.
+
+    Attributes:
+        mean_quality: mean CLIPScore per request (points).
+        mean_delay_s: mean response delay per request (s).
+        p95_delay_s: 95th percentile of the per-request FIFO delays (s).
+        utility: U = mean_quality − w · mean_delay_s (points).
+        loads: requests per model N_m, shape (M,).
+        service_s: service time per image on each model's share t_m (s), inf where unused.
+    """
+
+    mean_quality: float
+    mean_delay_s: float
+    p95_delay_s: float
+    utility: float
+    loads: np.ndarray
+    service_s: np.ndarray
+
+
+def optimal_shares(full_share_s: np.ndarray, loads: np.ndarray, budget: float) -> np.ndarray:
+    """Compute shares minimizing total FIFO delay for fixed steps and routing.
+
+    Args:
+        full_share_s: seconds per image on the whole device per model, o_m + τ_m·s_m, shape (..., M).
+        loads: requests per model N_m, shape (..., M).
+        budget: R, the total share to hand out.
+
+    Returns:
+        r_m = R √K_m / Σ_j √K_j with K_m = full_share_s · N_m (N_m + 1) / 2; models
+        without load get 0.
+    """
+    root = np.sqrt(full_share_s * loads * (loads + 1) / 2)
+    total = root.sum(axis=-1, keepdims=True)
+    return np.divide(budget * root, total, out=np.zeros_like(root), where=total > 0)
+
+
+def utility_with_optimal_shares(problem: Problem, requests: np.ndarray, full_share_s: np.ndarray,
+                                mean: np.ndarray) -> np.ndarray:
+    """Utility of request routings under optimal shares, vectorized over a batch.
+
+    Args:
+        problem: the problem (for n, R and w).
+        requests: expected requests x[c, m] = p[c, m] n_c, shape (..., C, M).
+        full_share_s: o_m + τ_m s_m, shape (M,).
+        mean: μ[c, m] at the chosen steps, shape (C, M).
+
+    Returns:
+        U, shape (...): (Σ x μ − w (Σ_m √K_m)² / R) / N.
+    """
+    loads = requests.sum(axis=-2)
+    quality = (requests * mean).sum(axis=(-2, -1))
+    delay_total = np.sqrt(full_share_s * loads * (loads + 1) / 2).sum(axis=-1) ** 2 / problem.budget
+    return (quality - problem.weight * delay_total) / problem.n_requests
+
+
+def fifo_delay_quantile(service_s: np.ndarray, loads: np.ndarray, q: float) -> float:
+    """The q-quantile of per-request delays when model m serves N_m requests FIFO.
+
+    The k-th request on model m waits k·t_m. Expected loads need not be whole
+    numbers: the last, partial request of a model counts with its fraction.
+    """
+    delays, weights = [], []
+    for t, n in zip(service_s, loads):
+        if n <= 0:
+            continue
+        k = np.arange(1, int(np.ceil(n - 1e-9)) + 1, dtype=float)
+        w = np.ones_like(k)
+        w[-1] = n - (k.size - 1)
+        delays.append(k * t)
+        weights.append(w)
+    if not delays:
+        return 0.0
+    d = np.concatenate(delays)
+    w = np.concatenate(weights)
+    order = np.argsort(d, kind="stable")
+    cumulative = np.cumsum(w[order])
+    return float(d[order][np.searchsorted(cumulative, q * cumulative[-1] - 1e-9)])
+
+
+def evaluate(problem: Problem, routing: np.ndarray, step_index: Sequence[int], shares: np.ndarray) -> Evaluation:
+    """Predict quality, delay and utility of a plan.
+
+    Args:
+        problem: the problem.
+        routing: p[c, m], rows summing to 1, shape (C, M).
+        step_index: index into each model's step grid, length M.
+        shares: r_m ≥ 0 with Σ r_m ≤ R, shape (M,).
+
+    Raises:
+        ValueError: routing rows do not sum to 1, shares are negative or exceed the
+            budget, a model with requests has no share, or the models in use do not
+            fit in memory.
+    """
+    routing = np.asarray(routing, dtype=float)
+    shares = np.asarray(shares, dtype=float)
+    m = len(problem.models)
+    if routing.shape != (len(problem.categories), m):
+        raise ValueError(f"Expected routing of shape {(len(problem.categories), m)}, but got {routing.shape}")
+    if (routing < -1e-12).any() or np.abs(routing.sum(axis=1) - 1).max() > _ROW_SUM_TOL:
+        raise ValueError(f"Expected routing rows of non-negative probabilities summing to 1, "
+                         f"but got row sums {routing.sum(axis=1).round(6).tolist()}")
+    if shares.shape != (m,) or (shares < 0).any() or shares.sum() > problem.budget * (1 + 1e-9):
+        raise ValueError(f"Expected {m} shares >= 0 summing to at most {problem.budget}, but got {shares.tolist()}")
+    loads = problem.counts @ routing
+    in_use = loads > 1e-12
+    starved = [k for k, used, r in zip(problem.models, in_use, shares) if used and r <= 0]
+    if starved:
+        raise ValueError(f"models {starved} receive requests but no compute share")
+    if not problem.fits_in_memory(in_use):
+        raise ValueError(f"models in use {[k for k, u in zip(problem.models, in_use) if u]} do not fit in "
+                         f"{problem.device_memory_bytes / 2**30:.2f} GiB of device memory")
+    full = problem.service_at(step_index)
+    service = np.divide(full, shares, out=np.full(m, np.inf), where=in_use)
+    n = problem.n_requests
+    mean_quality = float((problem.counts[:, None] * routing * problem.mean_at(step_index)).sum() / n)
+    delay_sum = float((np.where(in_use, service, 0.0) * loads * (loads + 1) / 2).sum())
+    mean_delay = delay_sum / n
+    return Evaluation(
+        mean_quality=mean_quality,
+        mean_delay_s=mean_delay,
+        p95_delay_s=fifo_delay_quantile(service, loads, 0.95),
+        utility=mean_quality - problem.weight * mean_delay,
+        loads=loads,
+        service_s=service,
+    )
