@@ -1,15 +1,29 @@
 """genedge.calibrate: calibration tables (schema, validation, I/O) and the fits that produce them."""
 
+from genedge.calibrate.build import build_table, calibrate_runs
+from genedge.calibrate.fit import (
+    CurveFit,
+    LatencyFit,
+    QualityFit,
+    fit_latency,
+    fit_quality,
+    fit_quality_curve,
+    saturating_mean,
+)
+from genedge.calibrate.records import ProfileRuns, read_runs, record_schema
 from genedge.calibrate.table import (
+    MEMORY_RUNGS,
     SCHEMA_VERSION,
     CalibrationTable,
     ClipConvention,
+    Exclusion,
     LatencyModel,
     MemoryPeak,
     ModelCalibration,
     QualityCell,
     QualityCurve,
     Source,
+    StageBreakdown,
     TableError,
     load_table,
     save_table,
@@ -19,18 +33,33 @@ from genedge.calibrate.table import (
 )
 
 __all__ = [
+    "MEMORY_RUNGS",
     "SCHEMA_VERSION",
     "CalibrationTable",
     "ClipConvention",
+    "CurveFit",
+    "Exclusion",
+    "LatencyFit",
     "LatencyModel",
     "MemoryPeak",
     "ModelCalibration",
+    "ProfileRuns",
     "QualityCell",
     "QualityCurve",
+    "QualityFit",
     "Source",
+    "StageBreakdown",
     "TableError",
+    "build_table",
+    "calibrate_runs",
+    "fit_latency",
+    "fit_quality",
+    "fit_quality_curve",
     "load_table",
+    "read_runs",
+    "record_schema",
     "save_table",
+    "saturating_mean",
     "table_from_dict",
     "table_to_dict",
     "write_text_atomic",

@@ -30,8 +30,11 @@ __all__ = [
     "ClipConvention",
     "QualityCell",
     "QualityCurve",
+    "StageBreakdown",
     "LatencyModel",
     "MemoryPeak",
+    "MEMORY_RUNGS",
+    "Exclusion",
     "ModelCalibration",
     "CalibrationTable",
     "load_table",
@@ -92,6 +95,9 @@ class QualityCell:
             None where it was not computed (published or derived cells).
         source: provenance of the numbers.
         ref: key into the table's ``sources`` that cites or states the rule.
+        flags: reasons to read the cell with care (e.g. ``"few_samples"``: too few
+            images for a goodness-of-fit test; ``"non_normal"``: the test rejects
+            normality); empty for a clean cell. Written only when non-empty.
     """
 
     mean: float
@@ -100,6 +106,7 @@ class QualityCell:
     gof: float | None
     source: Source
     ref: str
+    flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,15 @@ class QualityCurve:
 
 
 @dataclass(frozen=True)
+class StageBreakdown:
+    """Mean seconds per image in each pipeline stage at one step count (full device share)."""
+
+    text_encode_s: float
+    denoise_s: float
+    decode_s: float
+
+
+@dataclass(frozen=True)
 class LatencyModel:
     """Seconds per image at full device share: ``overhead_s + per_step_s · steps``.
 
@@ -134,6 +150,16 @@ class LatencyModel:
         n: number of measurements behind the fit (0 if derived).
         r2: coefficient of determination of the fit, or None.
         source: provenance; ref: key into ``sources``.
+        overhead_se_s: standard error of ``overhead_s`` (s), or None.
+        per_step_se_s: standard error of ``per_step_s`` (s), or None.
+        residual_std_s: standard deviation of the fit's residuals (s, ddof = 2), or None.
+        step_p50_s: median of the individual denoising-step latencies (s), or None.
+        step_p95_s: 95th percentile of the individual denoising-step latencies (s), or None.
+        batch_size: images per pipeline call in the measurements, or None.
+        stages: steps → mean stage breakdown at that step count (empty where not measured).
+
+    The optional fields are written only when present, so a table without them
+    keeps its bytes.
     """
 
     overhead_s: float
@@ -142,6 +168,13 @@ class LatencyModel:
     r2: float | None
     source: Source
     ref: str
+    overhead_se_s: float | None = None
+    per_step_se_s: float | None = None
+    residual_std_s: float | None = None
+    step_p50_s: float | None = None
+    step_p95_s: float | None = None
+    batch_size: int | None = None
+    stages: Mapping[int, StageBreakdown] = field(default_factory=dict)
 
     def seconds(self, steps: int | float) -> float:
         """Service time of one image at ``steps`` steps on the whole device (s)."""
@@ -150,12 +183,42 @@ class LatencyModel:
 
 @dataclass(frozen=True)
 class MemoryPeak:
-    """Peak GPU memory of one pipeline process (bytes) and what it counts."""
+    """Peak GPU memory of one pipeline process (bytes) and what it counts.
+
+    The optional rungs are the peaks of the memory ladder (DESIGN §4:
+    torch allocated ≤ torch reserved ≤ NVML process ≤ NVML device), each None
+    where it was not measurable; ``kind`` names the rung ``peak_bytes`` is.
+    """
 
     peak_bytes: int
     kind: str
     source: Source
     ref: str
+    torch_allocated_bytes: int | None = None
+    torch_reserved_bytes: int | None = None
+    nvml_process_bytes: int | None = None
+    nvml_device_bytes: int | None = None
+
+
+MEMORY_RUNGS: tuple[str, ...] = ("torch_allocated_bytes", "torch_reserved_bytes", "nvml_process_bytes",
+                                 "nvml_device_bytes")
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """Profile records left out of a table's fits, and why (nothing is dropped silently).
+
+    Attributes:
+        model_key: the model whose records were left out.
+        steps: their step count.
+        reason: why, e.g. ``"status=oom"`` or ``"clip_score is null (quality fits only)"``.
+        rows: how many records.
+    """
+
+    model_key: str
+    steps: int
+    reason: str
+    rows: int
 
 
 @dataclass(frozen=True)
@@ -172,6 +235,8 @@ class ModelCalibration:
         curves: category → quality-versus-steps curve.
         latency: latency model at full share.
         memory: peak memory.
+        is_replica: True for a random-weight replica of the architecture: its latency
+            and memory are real, its CLIPScores are not quality. Written only when True.
     """
 
     key: str
@@ -183,6 +248,7 @@ class ModelCalibration:
     curves: Mapping[str, QualityCurve]
     latency: LatencyModel
     memory: MemoryPeak
+    is_replica: bool = False
 
     def quality_at(self, category: str, steps: int) -> tuple[float, float]:
         """Return ``(mean, std)`` of CLIPScore for ``category`` at ``steps`` steps.
@@ -227,6 +293,8 @@ class CalibrationTable:
         models: model key → calibration.
         sources: reference key → {"kind", "citation" or "rule"}.
         manifest: provenance of the measurements (free-form, copied from run manifests).
+        exclusions: records left out of the fits, counted by model, steps and reason.
+            Written only when non-empty.
     """
 
     device: Mapping[str, Any]
@@ -236,6 +304,7 @@ class CalibrationTable:
     models: Mapping[str, ModelCalibration]
     sources: Mapping[str, Mapping[str, str]]
     manifest: Mapping[str, Any] = field(default_factory=dict)
+    exclusions: tuple[Exclusion, ...] = ()
 
     @property
     def device_memory_bytes(self) -> int | None:
@@ -343,7 +412,8 @@ def _read_cell(r: _Reader, raw: Mapping[str, Any], path: str, sources: Mapping[s
     if gof is not None and not 0.0 <= gof <= 1.0:
         raise r.fail(f"{path}.gof", f"expected a p-value in [0, 1], but got {gof}")
     source, ref = r.source(raw, path, sources)
-    return QualityCell(mean=mean, std=std, n=n, gof=gof, source=source, ref=ref)
+    flags = tuple(r.check(f, f"{path}.flags[{i}]", str) for i, f in enumerate(r.opt(raw, "flags", path, list) or []))
+    return QualityCell(mean=mean, std=std, n=n, gof=gof, source=source, ref=ref, flags=flags)
 
 
 def _read_curve(r: _Reader, raw: Mapping[str, Any], path: str, sources: Mapping[str, Any],
@@ -412,15 +482,7 @@ def _read_model(r: _Reader, key: str, raw: Mapping[str, Any], categories: tuple[
         curves[category] = _read_curve(r, r.check(raw_curve, f"{path}.curves.{category}", dict),
                                        f"{path}.curves.{category}", sources, quality[category])
 
-    latency_raw = r.get(raw, "latency", path, dict)
-    lpath = f"{path}.latency"
-    latency = LatencyModel(
-        overhead_s=r.number(latency_raw, "overhead_s", lpath, minimum=0.0),
-        per_step_s=r.number(latency_raw, "per_step_s", lpath, minimum=0.0, strict=True),
-        n=r.get(latency_raw, "n", lpath, int),
-        r2=r.opt(latency_raw, "r2", lpath, float),
-        **dict(zip(("source", "ref"), r.source(latency_raw, lpath, sources))),
-    )
+    latency = _read_latency(r, r.get(raw, "latency", path, dict), f"{path}.latency", sources)
     memory_raw = r.get(raw, "memory", path, dict)
     mpath = f"{path}.memory"
     peak = r.get(memory_raw, "peak_bytes", mpath, int)
@@ -429,11 +491,18 @@ def _read_model(r: _Reader, key: str, raw: Mapping[str, Any], categories: tuple[
     if device_memory is not None and peak > device_memory:
         raise r.fail(f"{mpath}.peak_bytes",
                      f"model needs {peak / 2**30:.2f} GiB but the device has {device_memory / 2**30:.2f} GiB")
+    rungs = {}
+    for rung in MEMORY_RUNGS:
+        value = r.opt(memory_raw, rung, mpath, int)
+        if value is not None and value < 0:
+            raise r.fail(f"{mpath}.{rung}", f"expected bytes >= 0, but got {value}")
+        rungs[rung] = value
     memory = MemoryPeak(peak_bytes=peak, kind=r.get(memory_raw, "kind", mpath, str),
-                        **dict(zip(("source", "ref"), r.source(memory_raw, mpath, sources))))
+                        **dict(zip(("source", "ref"), r.source(memory_raw, mpath, sources))), **rungs)
+    is_replica = r.opt(raw, "is_replica", path, bool) or False
 
     model = ModelCalibration(key=key, name=name, resolution=resolution, steps=steps, default_steps=default_steps,
-                             quality=quality, curves=curves, latency=latency, memory=memory)
+                             quality=quality, curves=curves, latency=latency, memory=memory, is_replica=is_replica)
     for category in categories:
         for s in steps:
             try:
@@ -442,6 +511,52 @@ def _read_model(r: _Reader, key: str, raw: Mapping[str, Any], categories: tuple[
                 raise r.fail(f"{path}.quality.{category}",
                              f"step {s} of the grid has no cell and no curve covering it") from err
     return model
+
+
+def _read_latency(r: _Reader, raw: Mapping[str, Any], path: str, sources: Mapping[str, Any]) -> LatencyModel:
+    optional = {name: r.opt(raw, name, path, float)
+                for name in ("overhead_se_s", "per_step_se_s", "residual_std_s", "step_p50_s", "step_p95_s")}
+    for name, value in optional.items():
+        if value is not None and value < 0:
+            raise r.fail(f"{path}.{name}", f"expected seconds >= 0, but got {value}")
+    batch_size = r.opt(raw, "batch_size", path, int)
+    if batch_size is not None and batch_size <= 0:
+        raise r.fail(f"{path}.batch_size", f"expected a batch size > 0, but got {batch_size}")
+    stages = {}
+    for s_text, stage in (r.opt(raw, "stages", path, dict) or {}).items():
+        spath = f"{path}.stages.{s_text}"
+        if not s_text.isdigit() or int(s_text) <= 0:
+            raise r.fail(spath, f"expected a positive integer step count as key, but got {s_text!r}")
+        r.check(stage, spath, dict)
+        stages[int(s_text)] = StageBreakdown(**{name: r.number(stage, name, spath, minimum=0.0)
+                                                for name in ("text_encode_s", "denoise_s", "decode_s")})
+    return LatencyModel(
+        overhead_s=r.number(raw, "overhead_s", path, minimum=0.0),
+        per_step_s=r.number(raw, "per_step_s", path, minimum=0.0, strict=True),
+        n=r.get(raw, "n", path, int),
+        r2=r.opt(raw, "r2", path, float),
+        **dict(zip(("source", "ref"), r.source(raw, path, sources))),
+        **optional,
+        batch_size=batch_size,
+        stages=dict(sorted(stages.items())),
+    )
+
+
+def _read_exclusions(r: _Reader, raw: list[Any], models: Mapping[str, Any]) -> tuple[Exclusion, ...]:
+    exclusions = []
+    for i, entry in enumerate(raw):
+        path = f"exclusions[{i}]"
+        r.check(entry, path, dict)
+        model_key = r.get(entry, "model_key", path, str)
+        if model_key not in models:
+            raise r.fail(f"{path}.model_key", f"expected one of the table's models {sorted(models)}, "
+                                              f"but got {model_key!r}")
+        rows = r.get(entry, "rows", path, int)
+        if rows <= 0:
+            raise r.fail(f"{path}.rows", f"expected a count > 0, but got {rows}")
+        exclusions.append(Exclusion(model_key=model_key, steps=r.get(entry, "steps", path, int),
+                                    reason=r.get(entry, "reason", path, str), rows=rows))
+    return tuple(exclusions)
 
 
 def _read_convention(r: _Reader, raw: Mapping[str, Any], path: str) -> ClipConvention:
@@ -493,11 +608,26 @@ def table_from_dict(doc: Mapping[str, Any], where: str = "<table>") -> Calibrati
         models=models,
         sources={k: dict(v) for k, v in sources.items()},
         manifest=dict(r.opt(doc, "manifest", "", dict) or {}),
+        exclusions=_read_exclusions(r, r.opt(doc, "exclusions", "", list) or [], models),
     )
 
 
 def _sourced(obj: Any, **fields: Any) -> dict[str, Any]:
     return {**fields, "source": obj.source, "ref": obj.ref}
+
+
+def _present(**fields: Any) -> dict[str, Any]:
+    """The optional fields that carry a value; absent ones are not written, so older tables keep their bytes."""
+    return {k: v for k, v in fields.items() if v is not None and v != {} and v != [] and v is not False}
+
+
+def _latency_to_dict(lat: LatencyModel) -> dict[str, Any]:
+    stages = {str(s): {"text_encode_s": b.text_encode_s, "denoise_s": b.denoise_s, "decode_s": b.decode_s}
+              for s, b in lat.stages.items()}
+    return _sourced(lat, overhead_s=lat.overhead_s, per_step_s=lat.per_step_s, n=lat.n, r2=lat.r2,
+                    **_present(overhead_se_s=lat.overhead_se_s, per_step_se_s=lat.per_step_se_s,
+                               residual_std_s=lat.residual_std_s, step_p50_s=lat.step_p50_s,
+                               step_p95_s=lat.step_p95_s, batch_size=lat.batch_size, stages=stages))
 
 
 def table_to_dict(table: CalibrationTable) -> dict[str, Any]:
@@ -513,13 +643,15 @@ def table_to_dict(table: CalibrationTable) -> dict[str, Any]:
             "resolution": m.resolution,
             "steps": list(m.steps),
             "default_steps": m.default_steps,
-            "quality": {cat: {str(s): _sourced(cell, mean=cell.mean, std=cell.std, n=cell.n, gof=cell.gof)
+            "quality": {cat: {str(s): _sourced(cell, mean=cell.mean, std=cell.std, n=cell.n, gof=cell.gof,
+                                               **_present(flags=list(cell.flags)))
                               for s, cell in cells.items()}
                         for cat, cells in m.quality.items()},
             "curves": curves,
-            "latency": _sourced(m.latency, overhead_s=m.latency.overhead_s, per_step_s=m.latency.per_step_s,
-                                n=m.latency.n, r2=m.latency.r2),
-            "memory": _sourced(m.memory, peak_bytes=m.memory.peak_bytes, kind=m.memory.kind),
+            "latency": _latency_to_dict(m.latency),
+            "memory": _sourced(m.memory, peak_bytes=m.memory.peak_bytes, kind=m.memory.kind,
+                               **_present(**{rung: getattr(m.memory, rung) for rung in MEMORY_RUNGS})),
+            **_present(is_replica=m.is_replica),
         }
     conv = table.clip_convention
     return {
@@ -533,6 +665,8 @@ def table_to_dict(table: CalibrationTable) -> dict[str, Any]:
         "models": models,
         "sources": {k: dict(v) for k, v in table.sources.items()},
         "manifest": dict(table.manifest),
+        **_present(exclusions=[{"model_key": e.model_key, "steps": e.steps, "reason": e.reason, "rows": e.rows}
+                               for e in table.exclusions]),
     }
 
 

@@ -1,0 +1,279 @@
+"""The fits behind a calibration table: CLIPScore Gaussians, quality-versus-steps curves, latency lines.
+
+Pure functions of arrays; :mod:`genedge.calibrate.build` applies them to profile
+records. Each states its model and estimator.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize, stats
+
+from genedge.calibrate.table import CurveForm
+
+__all__ = [
+    "GOF_ALPHA",
+    "MIN_CELL_SAMPLES",
+    "MIN_CURVE_STEPS",
+    "MIN_GOF_SAMPLES",
+    "CurveFit",
+    "LatencyFit",
+    "QualityFit",
+    "fit_latency",
+    "fit_quality",
+    "fit_quality_curve",
+    "saturating_mean",
+]
+
+logger = logging.getLogger(__name__)
+
+#: A Normal needs two images for a spread; with one the cell cannot be fitted.
+MIN_CELL_SAMPLES = 2
+#: Shapiro–Wilk is defined from three samples on.
+MIN_GOF_SAMPLES = 3
+#: A cell whose goodness-of-fit p-value falls below this is flagged ``non_normal``.
+GOF_ALPHA = 0.05
+#: The saturating curve has three parameters, so it needs at least three step counts.
+MIN_CURVE_STEPS = 3
+#: Bounds on the curve's step scale kappa, relative to the profiled steps: below a fraction of the
+#: first profiled step the curve is a step function the cells cannot support, and above ten times
+#: the last one it is a straight line.
+_KAPPA_MIN_FRACTION = 0.25
+_KAPPA_MAX_SPANS = 10.0
+_KAPPA_GRID = 64
+
+
+@dataclass(frozen=True)
+class QualityFit:
+    """CLIPScore ~ Normal(mean, std²) fitted to one cell's scores.
+
+    Attributes:
+        mean: maximum-likelihood mean (points).
+        std: maximum-likelihood standard deviation (points; ddof = 0, i.e. √(Σ(x−x̄)²/n)).
+        n: number of scores.
+        gof: Shapiro–Wilk p-value for normality, or None below :data:`MIN_GOF_SAMPLES` scores.
+        flags: ``"few_samples"`` when gof is None, ``"non_normal"`` when gof < :data:`GOF_ALPHA`.
+    """
+
+    mean: float
+    std: float
+    n: int
+    gof: float | None
+    flags: tuple[str, ...]
+
+
+def fit_quality(scores: Sequence[float] | np.ndarray) -> QualityFit:
+    """Fit a Normal distribution to CLIPScores by maximum likelihood.
+
+    .. math:: \\hat\\mu = \\frac1n\\sum_i x_i, \\qquad \\hat\\sigma = \\sqrt{\\frac1n\\sum_i (x_i-\\hat\\mu)^2}
+
+    (``scipy.stats.norm.fit``). The MLE spread is the population form (ddof = 0); a
+    sample SD (ddof = 1) is larger by √(n/(n−1)).
+
+    Args:
+        scores: CLIPScores of one (model, category, steps) cell, shape ``(n,)``, finite.
+
+    Returns:
+        The fit, with a Shapiro–Wilk p-value where n ≥ 3.
+
+    Raises:
+        ValueError: fewer than :data:`MIN_CELL_SAMPLES` scores, or all scores equal
+            (a Normal with zero spread is not a distribution the planner can use).
+
+    Example:
+        >>> fit = fit_quality([30.0, 32.0, 34.0])
+        >>> round(fit.mean, 3), round(fit.std, 3), fit.n
+        (32.0, 1.633, 3)
+    """
+    x = np.asarray(scores, dtype=float)
+    if x.size < MIN_CELL_SAMPLES:
+        raise ValueError(f"Expected at least {MIN_CELL_SAMPLES} scores to fit a Normal, but got {x.size}")
+    mean, std = stats.norm.fit(x)
+    if not std > 0:
+        raise ValueError(f"Expected scores with some spread, but all {x.size} equal {float(x[0])!r}")
+    gof = None if x.size < MIN_GOF_SAMPLES else float(stats.shapiro(x).pvalue)
+    flags = ("few_samples",) if gof is None else ("non_normal",) if gof < GOF_ALPHA else ()
+    return QualityFit(mean=float(mean), std=float(std), n=int(x.size), gof=gof, flags=flags)
+
+
+def saturating_mean(steps: np.ndarray | float, a: float, b: float, kappa: float) -> np.ndarray | float:
+    """Mean CLIPScore at ``steps`` denoising steps: ``a − b·exp(−steps/kappa)``.
+
+    ``a`` is the level quality saturates at, ``b`` how far below it quality starts,
+    ``kappa`` (steps) how fast it gets there.
+    """
+    return a - b * np.exp(-np.asarray(steps, dtype=float) / kappa)
+
+
+@dataclass(frozen=True)
+class CurveFit:
+    """A quality-versus-steps curve for one (model, category), valid on ``valid_steps`` only.
+
+    Attributes:
+        form: ``"saturating_exp"`` (a, b, kappa, std set) or ``"linear_interpolation"``
+            between the profiled cells (parameters None).
+        valid_steps: ``(lo, hi)`` — the profiled range; never extrapolated.
+        a, b, kappa: parameters of :func:`saturating_mean`.
+        std: pooled spread √(Σ nᵢσᵢ² / Σ nᵢ) of the cells (points).
+        reason: why the saturating form was not used, or None.
+    """
+
+    form: CurveForm
+    valid_steps: tuple[int, int]
+    a: float | None = None
+    b: float | None = None
+    kappa: float | None = None
+    std: float | None = None
+    reason: str | None = None
+
+
+def fit_quality_curve(steps: Sequence[int], means: Sequence[float], stds: Sequence[float],
+                      ns: Sequence[int], *, label: str = "") -> CurveFit:
+    """Fit mean CLIPScore versus steps with a saturating exponential, or say why not.
+
+    Model: mean(s) = a − b·exp(−s/kappa), fitted by weighted least squares
+    (``scipy.optimize.curve_fit`` with σᵢ = stdᵢ/√nᵢ, the standard error of each
+    cell mean), kappa bounded to [min(steps)/4, 10 × max(steps)]. The curve answers only
+    inside the profiled range ``[min(steps), max(steps)]``.
+
+    With fewer than :data:`MIN_CURVE_STEPS` step counts (or when the fit fails)
+    the result is ``linear_interpolation`` between cells, and a ``UserWarning``
+    says so; there is never an extrapolation.
+
+    Args:
+        steps: profiled step counts, shape ``(k,)``, unique.
+        means, stds, ns: the cells' fitted means, spreads and sizes at those steps.
+        label: what the curve is of (e.g. ``"sd15/Basic"``), for the warning.
+
+    Returns:
+        The curve over the profiled range.
+    """
+    s = np.asarray(steps, dtype=float)
+    order = np.argsort(s)
+    s, m = s[order], np.asarray(means, dtype=float)[order]
+    sd, n = np.asarray(stds, dtype=float)[order], np.asarray(ns, dtype=float)[order]
+    valid = (int(s[0]), int(s[-1]))
+    if s.size < MIN_CURVE_STEPS:
+        return _interpolation(label, valid, f"only {s.size} step count(s) {[int(v) for v in s]} were profiled; the "
+                                     f"saturating curve needs at least {MIN_CURVE_STEPS}; profile more step counts")
+    sigma = sd / np.sqrt(n)
+    kappa_min, kappa_max = _KAPPA_MIN_FRACTION * float(s[0]), _KAPPA_MAX_SPANS * float(s[-1])
+    try:
+        with warnings.catch_warnings():
+            # Three points and three parameters leave no covariance; only the parameters are used.
+            warnings.simplefilter("ignore", optimize.OptimizeWarning)
+            (a, b, kappa), _ = optimize.curve_fit(saturating_mean, s, m, p0=_curve_start(s, m, sigma, kappa_min, kappa_max),
+                                                  sigma=sigma, bounds=([-np.inf, -np.inf, kappa_min],
+                                                                       [np.inf, np.inf, kappa_max]))
+    except (RuntimeError, ValueError) as err:
+        return _interpolation(label, valid, f"the saturating fit failed ({err})")
+    pooled = float(np.sqrt(np.sum(n * sd**2) / np.sum(n)))
+    return CurveFit(form="saturating_exp", valid_steps=valid, a=float(a), b=float(b), kappa=float(kappa),
+                    std=pooled)
+
+
+def _curve_start(s: np.ndarray, m: np.ndarray, sigma: np.ndarray, kappa_min: float,
+                 kappa_max: float) -> tuple[float, float, float]:
+    """Starting point for curve_fit: for a fixed kappa the model is linear in (a, b), so scan kappa.
+
+    A poor start sends the non-linear fit to a far corner of the (a, b, kappa) space; solving
+    the weighted linear problem on a log grid of kappa gives a start near the optimum.
+    """
+    best: tuple[float, tuple[float, float, float]] | None = None
+    for kappa in np.geomspace(kappa_min, kappa_max, _KAPPA_GRID):
+        design = np.column_stack([np.ones_like(s), -np.exp(-s / kappa)]) / sigma[:, None]
+        (a, b), *_ = np.linalg.lstsq(design, m / sigma, rcond=None)
+        cost = float(np.sum((design @ (a, b) - m / sigma) ** 2))
+        if best is None or cost < best[0]:
+            best = (cost, (float(a), float(b), float(kappa)))
+    return best[1]
+
+
+def _interpolation(label: str, valid: tuple[int, int], reason: str) -> CurveFit:
+    warnings.warn(f"{label + ': ' if label else ''}quality-versus-steps curve falls back to linear interpolation between profiled cells on "
+                  f"{list(valid)} steps: {reason}.", UserWarning, stacklevel=3)
+    return CurveFit(form="linear_interpolation", valid_steps=valid, reason=reason)
+
+
+@dataclass(frozen=True)
+class LatencyFit:
+    """``total_s = overhead_s + per_step_s · steps`` fitted to per-image measurements.
+
+    Attributes:
+        overhead_s, per_step_s: the line (s, s/step).
+        overhead_se_s, per_step_se_s: their standard errors (s), None without residual
+            degrees of freedom.
+        r2: coefficient of determination 1 − SS_res/SS_tot, None where SS_tot = 0.
+        residual_std_s: √(SS_res/(n−2)) (s), None where n ≤ 2.
+        n: number of measurements.
+        constrained: True where the unconstrained intercept was negative and the
+            line was refitted through the origin (overhead_s = 0).
+    """
+
+    overhead_s: float
+    per_step_s: float
+    overhead_se_s: float | None
+    per_step_se_s: float | None
+    r2: float | None
+    residual_std_s: float | None
+    n: int
+    constrained: bool
+
+
+def fit_latency(steps: Sequence[int] | np.ndarray, total_s: Sequence[float] | np.ndarray) -> LatencyFit:
+    """Fit seconds per image as a line in the step count by least squares.
+
+    .. math:: t_i = o + \\tau s_i + \\varepsilon_i, \\qquad
+              (\\hat o, \\hat\\tau) = \\arg\\min \\sum_i (t_i - o - \\tau s_i)^2
+
+    with standard errors from σ̂²(XᵀX)⁻¹, σ̂² = SS_res/(n−2). An overhead cannot be
+    negative: where the unconstrained intercept is, the line is refitted through the
+    origin (τ̂ = Σsᵢtᵢ/Σsᵢ²) and a warning says so.
+
+    Args:
+        steps: step count of each measured image, shape ``(n,)``.
+        total_s: its total seconds, shape ``(n,)``.
+
+    Raises:
+        ValueError: fewer than two distinct step counts (overhead and per-step time
+            cannot be told apart), or a non-positive fitted per-step time.
+
+    Example:
+        >>> fit = fit_latency([10, 20, 30], [1.5, 2.5, 3.5])
+        >>> round(fit.overhead_s, 6), round(fit.per_step_s, 6)
+        (0.5, 0.1)
+    """
+    s = np.asarray(steps, dtype=float)
+    t = np.asarray(total_s, dtype=float)
+    if np.unique(s).size < 2:
+        raise ValueError(f"Expected measurements at two or more step counts to separate overhead from per-step "
+                         f"time, but got only {sorted({int(v) for v in s})}")
+    x = np.column_stack([np.ones_like(s), s])
+    (overhead, per_step), *_ = np.linalg.lstsq(x, t, rcond=None)
+    constrained = overhead < 0
+    if constrained:
+        warnings.warn(f"The least-squares overhead is negative ({overhead:.4g} s); refitting the latency line "
+                      f"through the origin (overhead_s = 0). Measure more step counts or more images if this is "
+                      f"unexpected.", UserWarning, stacklevel=2)
+        x = x[:, 1:]
+        overhead, per_step = 0.0, float(s @ t / (s @ s))
+    if not per_step > 0:
+        raise ValueError(f"Expected a per-step time > 0, but the fit gave {per_step:.4g} s")
+    residual = t - (overhead + per_step * s)
+    ss_res = float(residual @ residual)
+    ss_tot = float(((t - t.mean()) ** 2).sum())
+    dof = s.size - 2
+    residual_std = float(np.sqrt(ss_res / dof)) if dof > 0 else None
+    se: list[float | None] = [None, None]
+    if dof > 0:
+        cov = np.linalg.inv(x.T @ x) * ss_res / dof
+        diag = [float(v) for v in np.sqrt(np.diag(cov))]
+        se = [None, diag[0]] if constrained else diag
+    return LatencyFit(overhead_s=float(overhead), per_step_s=float(per_step), overhead_se_s=se[0],
+                      per_step_se_s=se[1], r2=1 - ss_res / ss_tot if ss_tot > 0 else None,
+                      residual_std_s=residual_std, n=int(s.size), constrained=bool(constrained))

@@ -1,0 +1,312 @@
+"""Read profile runs (``RUN/manifest.json`` + ``RUN/records/shard-*.parquet``) into one validated frame.
+
+The profiler writes one row per generated image (DESIGN §2.2). This module reads
+those files directly (calibrate never imports the profiler), checks them against
+the record contract, and refuses inputs that cannot share one table: different
+devices, different CLIPScore conventions or different category mappings. Rows
+that cannot enter a fit (a failed generation, a missing score) are kept and
+counted as :class:`~genedge.calibrate.table.Exclusion` entries, never dropped
+silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from genedge.calibrate.table import ClipConvention, Exclusion, TableError, _Reader
+
+__all__ = [
+    "MANIFEST_SCHEMA_VERSION",
+    "RECORD_COLUMNS",
+    "ProfileRuns",
+    "manifests_as_provenance",
+    "read_runs",
+    "record_schema",
+]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_SCHEMA_VERSION = 1
+_STATUSES = ("ok", "oom", "error")
+#: CLIPScore = 100·max(cos, 0) lies in [0, 100]; anything else is a broken record.
+_SCORE_RANGE = (0.0, 100.0)
+_MEMORY_COLUMNS = ("peak_torch_allocated_bytes", "peak_torch_reserved_bytes", "peak_nvml_process_bytes",
+                   "peak_nvml_device_bytes")
+
+#: The profile record contract: column name → Arrow type name (see :func:`record_schema`).
+RECORD_COLUMNS: dict[str, str] = {
+    "run_id": "string", "model_key": "string", "model_revision": "string", "is_replica": "bool",
+    "steps": "int32", "num_timesteps": "int32", "seed": "int64", "batch_size": "int32",
+    "prompt_id": "string", "prompt": "string", "category": "string", "challenge": "string",
+    "p2_category": "string", "step_latencies_s": "list<double>", "text_encode_s": "double",
+    "denoise_s": "double", "decode_s": "double", "total_s": "double", "clip_score": "double",
+    "prompt_truncated": "bool", **{name: "int64" for name in _MEMORY_COLUMNS}, "nvml_note": "string",
+    "image_sha256": "string", "status": "string", "error": "string", "device_name": "string",
+    "dtype": "string", "resolution": "int32", "guidance_scale": "double", "clip_backbone": "string",
+    "clip_pretrained": "string", "timestamp": "string",
+}
+
+# The columns the fits read; a shard without one of them cannot be calibrated.
+_USED_COLUMNS = ("run_id", "model_key", "is_replica", "steps", "seed", "batch_size", "prompt_id", "category",
+                 "step_latencies_s", "text_encode_s", "denoise_s", "decode_s", "total_s", "clip_score",
+                 *_MEMORY_COLUMNS, "status", "error", "device_name", "resolution", "clip_backbone",
+                 "clip_pretrained")
+# Rows are sorted by these before fitting, so shard order and count never change a table's bytes.
+_SORT_KEY = ["model_key", "steps", "category", "run_id", "prompt_id", "seed"]
+
+
+def record_schema() -> Any:
+    """The Arrow schema of profile records (the contract of DESIGN §2.2), for writers and checks."""
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "bool": pa.bool_(), "int32": pa.int32(), "int64": pa.int64(),
+             "double": pa.float64(), "list<double>": pa.list_(pa.float64())}
+    return pa.schema([(name, types[kind]) for name, kind in RECORD_COLUMNS.items()])
+
+
+@dataclass(frozen=True)
+class ProfileRuns:
+    """Profile runs that may share one calibration table.
+
+    Attributes:
+        run_dirs: the run directories, in the order given.
+        manifests: run id → parsed manifest, sorted by run id.
+        device: the device every run measured (``name``, ``driver``, ``cuda``, ``memory_bytes``).
+        clip_convention: the one CLIPScore convention of every run.
+        category_mapping: the one prompt-label → category mapping of every run.
+        records: every row of every shard (all statuses), sorted by model, steps, category,
+            run, prompt and seed. ``clip_score`` is NaN exactly where the record holds null.
+        exclusions: rows left out of the fits, by model, steps and reason.
+    """
+
+    run_dirs: tuple[Path, ...]
+    manifests: Mapping[str, Mapping[str, Any]]
+    device: Mapping[str, Any]
+    clip_convention: ClipConvention
+    category_mapping: Mapping[str, Any]
+    records: pd.DataFrame
+    exclusions: tuple[Exclusion, ...]
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        """Rows of successful generations (the latency and memory fits use these)."""
+        return self.records[self.records["status"] == "ok"]
+
+    @property
+    def scored(self) -> pd.DataFrame:
+        """Successful rows with a CLIPScore (the quality fits use these)."""
+        ok = self.ok
+        return ok[ok["clip_score"].notna()]
+
+
+def read_runs(run_dirs: Iterable[str | os.PathLike[str]]) -> ProfileRuns:
+    """Read and validate profile runs that are to share one calibration table.
+
+    Args:
+        run_dirs: run directories, each with ``manifest.json`` and ``records/shard-*.parquet``
+            (any number of shards).
+
+    Returns:
+        The validated runs with their records merged.
+
+    Raises:
+        FileNotFoundError: a run directory, manifest or shard is missing.
+        TableError: a malformed manifest or record (names the file and field), or runs that
+            mix devices, CLIPScore conventions or category mappings.
+    """
+    dirs = tuple(Path(d) for d in run_dirs)
+    if not dirs:
+        raise ValueError("Expected at least one run directory, but got none")
+    manifests: dict[str, Mapping[str, Any]] = {}
+    frames = []
+    first = (dirs[0] / "manifest.json", _read_manifest(dirs[0] / "manifest.json"))
+    for run_dir in dirs:
+        manifest_path = run_dir / "manifest.json"
+        manifest = first[1] if run_dir == dirs[0] else _read_manifest(manifest_path)
+        if manifest["run_id"] in manifests:
+            raise TableError(str(manifest_path), "run_id",
+                             f"expected each run once, but got run {manifest['run_id']!r} twice")
+        _check_compatible(first, (manifest_path, manifest))
+        manifests[manifest["run_id"]] = manifest
+        frames.extend(_read_shard(path, manifest) for path in _shards(run_dir))
+    records = pd.concat(frames, ignore_index=True).sort_values(_SORT_KEY, kind="stable", ignore_index=True)
+    _check_unique(records)
+    reference = first[1]
+    return ProfileRuns(
+        run_dirs=dirs,
+        manifests=dict(sorted(manifests.items())),
+        device=dict(reference["device"]),
+        clip_convention=ClipConvention(**reference["clip_convention"]),
+        category_mapping=dict(reference["prompt_set"]["category_mapping"]),
+        records=records,
+        exclusions=_exclusions(records),
+    )
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: expected a run manifest, but the file does not exist")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise TableError(str(path), f"line {err.lineno}", f"not valid JSON ({err.msg})") from err
+    r = _Reader(str(path))
+    version = r.get(doc, "schema_version", "", int)
+    if version != MANIFEST_SCHEMA_VERSION:
+        raise r.fail("schema_version", f"expected {MANIFEST_SCHEMA_VERSION}, but got {version}")
+    r.get(doc, "run_id", "", str)
+    device = r.get(doc, "device", "", dict)
+    r.get(device, "name", "device", str)
+    r.opt(device, "memory_bytes", "device", int)
+    convention = r.get(doc, "clip_convention", "", dict)
+    for name in ClipConvention.__dataclass_fields__:
+        r.get(convention, name, "clip_convention", str)
+    prompt_set = r.get(doc, "prompt_set", "", dict)
+    r.get(prompt_set, "category_mapping", "prompt_set", dict)
+    for i, model in enumerate(r.get(doc, "models", "", list)):
+        r.get(r.check(model, f"models[{i}]", dict), "key", f"models[{i}]", str)
+    return doc
+
+
+def _check_compatible(first: tuple[Path, Mapping[str, Any]], other: tuple[Path, Mapping[str, Any]]) -> None:
+    """Refuse runs that cannot share a table; name both files and the differing field."""
+    (path_a, a), (path_b, b) = first, other
+    for field_path, get in (("device.name", lambda m: m["device"]["name"]),
+                            ("device.memory_bytes", lambda m: m["device"].get("memory_bytes")),
+                            ("clip_convention", lambda m: m["clip_convention"]),
+                            ("prompt_set.category_mapping", lambda m: m["prompt_set"]["category_mapping"])):
+        if get(a) != get(b):
+            what = {"clip_convention": "CLIPScore conventions",
+                    "prompt_set.category_mapping": "category mappings"}.get(field_path, "devices")
+            raise TableError(str(path_b), field_path,
+                             f"a table never mixes {what}: expected {get(a)!r} (as in {path_a}), "
+                             f"but got {get(b)!r}")
+    for field_path in ("driver", "cuda"):
+        if a["device"].get(field_path) != b["device"].get(field_path):
+            logger.warning("%s: device.%s %r differs from %r in %s; the table lists every run's manifest.",
+                           path_b, field_path, b["device"].get(field_path), a["device"].get(field_path), path_a)
+
+
+def _shards(run_dir: Path) -> list[Path]:
+    shards = sorted((run_dir / "records").glob("shard-*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"{run_dir / 'records'}: expected at least one shard-*.parquet file, but found none")
+    return shards
+
+
+def _read_shard(path: Path, manifest: Mapping[str, Any]) -> pd.DataFrame:
+    """Read one shard, checking the columns and the values the fits depend on."""
+    import pyarrow.parquet as pq
+
+    where = str(path)
+    table = pq.read_table(path)
+    missing = [name for name in _USED_COLUMNS if name not in table.column_names]
+    if missing:
+        raise TableError(where, missing[0], f"missing column; expected the profile record columns "
+                                            f"{list(_USED_COLUMNS)}, but these are absent: {missing}")
+    frame = table.select(list(_USED_COLUMNS)).to_pandas()
+    # pandas turns a null CLIPScore into NaN; keep where the record itself held NaN, which is an error.
+    score_null = table.column("clip_score").is_null().to_numpy(zero_copy_only=False)
+
+    def fail(row: int, column: str, message: str) -> TableError:
+        return TableError(where, f"row {row} ({frame['prompt_id'].iat[row]!r}).{column}", message)
+
+    for column, expected in (("run_id", manifest["run_id"]), ("device_name", manifest["device"]["name"]),
+                             ("clip_backbone", manifest["clip_convention"]["backbone"]),
+                             ("clip_pretrained", manifest["clip_convention"]["pretrained"])):
+        bad = np.flatnonzero(frame[column].to_numpy() != expected)
+        if bad.size:
+            what = {"device_name": "a table never mixes devices: ",
+                    "clip_backbone": "a table never mixes CLIPScore conventions: ",
+                    "clip_pretrained": "a table never mixes CLIPScore conventions: "}.get(column, "")
+            raise fail(int(bad[0]), column, f"{what}expected {expected!r} as in the run's manifest, "
+                                            f"but got {frame[column].iat[bad[0]]!r}")
+    known_models = {m["key"] for m in manifest["models"]}
+    bad = np.flatnonzero(~frame["model_key"].isin(known_models).to_numpy())
+    if bad.size:
+        raise fail(int(bad[0]), "model_key", f"expected one of the manifest's models {sorted(known_models)}, "
+                                             f"but got {frame['model_key'].iat[bad[0]]!r}")
+    bad = np.flatnonzero(~frame["status"].isin(_STATUSES).to_numpy())
+    if bad.size:
+        raise fail(int(bad[0]), "status", f"expected one of {list(_STATUSES)}, but got {frame['status'].iat[bad[0]]!r}")
+
+    ok = (frame["status"] == "ok").to_numpy()
+    score = frame["clip_score"].to_numpy(dtype=float)
+    lo, hi = _SCORE_RANGE
+    with np.errstate(invalid="ignore"):
+        bad_score = ok & ~score_null & ~((score >= lo) & (score <= hi))
+    if bad_score.any():
+        row = int(np.flatnonzero(bad_score)[0])
+        raise fail(row, "clip_score", f"expected a CLIPScore in [{lo:g}, {hi:g}] (100·max(cos, 0)) or null, "
+                                      f"but got {score[row]!r}")
+    for column in ("steps", "batch_size"):
+        bad = np.flatnonzero(ok & ~(frame[column].to_numpy() > 0))
+        if bad.size:
+            raise fail(int(bad[0]), column, f"expected a count > 0, but got {frame[column].iat[bad[0]]}")
+    for column in ("text_encode_s", "denoise_s", "decode_s", "total_s"):
+        values = frame[column].to_numpy(dtype=float)
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(ok & ~(np.isfinite(values) & (values >= 0)))
+        if bad.size:
+            raise fail(int(bad[0]), column, f"expected finite seconds >= 0, but got {values[bad[0]]!r}")
+    for row in np.flatnonzero(ok):
+        latencies = frame["step_latencies_s"].iat[row]
+        if latencies is None or not all(math.isfinite(x) and x >= 0 for x in latencies):
+            raise fail(int(row), "step_latencies_s", f"expected a list of finite seconds >= 0, but got {latencies!r}")
+    for column in _MEMORY_COLUMNS:
+        frame[column] = frame[column].astype("Int64")
+    frame["clip_score"] = np.where(score_null, np.nan, score)
+    return frame
+
+
+def _check_unique(records: pd.DataFrame) -> None:
+    """A resumed run must not count an image twice; two ok rows for one image is a profiler bug."""
+    key = ["run_id", "model_key", "steps", "prompt_id", "seed"]
+    ok = records[records["status"] == "ok"]
+    dup = ok[ok.duplicated(key, keep=False)]
+    if len(dup):
+        row = dup.iloc[0]
+        raise TableError(f"run {row['run_id']}", "records",
+                         f"expected one ok record per (model, steps, prompt, seed), but got {int(dup.duplicated(key).sum()) + 1} "
+                         f"for {row['model_key']!r}, {int(row['steps'])} steps, prompt {row['prompt_id']!r}, "
+                         f"seed {int(row['seed'])}")
+
+
+def _exclusions(records: pd.DataFrame) -> tuple[Exclusion, ...]:
+    """Count the rows each fit leaves out, by model, steps and reason."""
+    failed = records[records["status"] != "ok"]
+    reasons = "status=" + failed["status"] + failed["error"].fillna("").map(_first_line)
+    unscored = records[(records["status"] == "ok") & records["clip_score"].isna()]
+    parts: list[tuple[str, int, str]] = list(zip(failed["model_key"], failed["steps"].astype(int), reasons))
+    parts += [(m, int(s), "clip_score is null (left out of quality fits; kept for latency and memory)")
+              for m, s in zip(unscored["model_key"], unscored["steps"])]
+    counts: dict[tuple[str, int, str], int] = {}
+    for part in parts:
+        counts[part] = counts.get(part, 0) + 1
+    for (model, steps, reason), rows in sorted(counts.items()):
+        logger.warning("Excluded %d record(s) of %s at %d steps: %s", rows, model, steps, reason)
+    return tuple(Exclusion(model_key=m, steps=s, reason=r, rows=n) for (m, s, r), n in sorted(counts.items()))
+
+
+def _first_line(error: str) -> str:
+    # Error texts can be long tracebacks; their first line is the reason, and it groups identical failures.
+    line = error.strip().splitlines()[0] if error.strip() else ""
+    return f": {line[:160]}" if line else ""
+
+
+def manifests_as_provenance(manifests: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The manifest fields a table carries as provenance, per run (nothing time-dependent)."""
+    keep = ("device", "versions", "dtype", "resolution", "guidance_scale", "scheduler", "models", "batch_size",
+            "seeds", "warmup", "prompt_set", "nvml")
+    return {"runs": {run_id: {k: m[k] for k in keep if k in m} for run_id, m in manifests.items()}}
+

@@ -1,0 +1,181 @@
+"""Profile runs sampled from known parameters, for tests, examples and checks of the fits.
+
+The records follow the profile record contract exactly (the schema is
+:func:`~genedge.calibrate.records.record_schema`), so a synthetic run goes
+through the same reader and fits as a measured one, and a fit can be checked
+against the parameters it should recover. Synthetic tables say nothing about
+any real GPU or model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from genedge.calibrate.fit import saturating_mean
+from genedge.calibrate.records import MANIFEST_SCHEMA_VERSION, record_schema
+from genedge.calibrate.table import ClipConvention, write_text_atomic
+
+__all__ = [
+    "SYNTHETIC_CLIP_CONVENTION",
+    "QualityTruth",
+    "SyntheticModel",
+    "synthetic_run",
+    "write_run",
+]
+
+SYNTHETIC_CLIP_CONVENTION = ClipConvention(
+    backbone="ViT-L-14-quickgelu", pretrained="openai", formula="100*max(cos,0)",
+    truncation="77 tokens, end token kept", preprocess="open_clip val transform (resize 224, center crop)",
+)
+# Text encoding takes this fraction of the overhead, VAE decoding the rest.
+_TEXT_ENCODE_SHARE = 0.3
+
+
+@dataclass(frozen=True)
+class QualityTruth:
+    """CLIPScore ~ Normal(a − b·exp(−steps/kappa), std²) for one (model, category)."""
+
+    a: float
+    b: float
+    kappa: float
+    std: float
+
+    def mean(self, steps: int) -> float:
+        """The true mean CLIPScore at ``steps`` steps (points)."""
+        return float(saturating_mean(steps, self.a, self.b, self.kappa))
+
+
+@dataclass(frozen=True)
+class SyntheticModel:
+    """The true parameters of one synthetic model.
+
+    Attributes:
+        key: model key.
+        quality: category → true CLIPScore law.
+        overhead_s, per_step_s: the true latency line ``total_s = overhead_s + per_step_s·steps``.
+        step_noise_s: standard deviation of each step's latency around ``per_step_s`` (s).
+        overhead_noise_s: standard deviation of each stage's overhead (s).
+        memory_bytes: rung → peak bytes (``peak_torch_allocated_bytes``, ...); absent or None
+            rungs are written as null (not measurable).
+        unet_params: denoiser parameter count written to the manifest.
+        is_replica: written to records and manifest.
+    """
+
+    key: str
+    quality: Mapping[str, QualityTruth]
+    overhead_s: float
+    per_step_s: float
+    step_noise_s: float = 0.0
+    overhead_noise_s: float = 0.0
+    memory_bytes: Mapping[str, int | None] = field(default_factory=dict)
+    unet_params: int = 1_000_000
+    is_replica: bool = False
+
+
+def synthetic_run(models: Sequence[SyntheticModel], *, steps: Sequence[int] = (10, 20, 30),
+                  prompts_per_category: int = 20, seeds: Sequence[int] = (0,), run_id: str = "synthetic",
+                  device_name: str = "Synthetic GPU", device_memory_bytes: int = 16 * 2**30,
+                  clip_convention: ClipConvention = SYNTHETIC_CLIP_CONVENTION,
+                  rng: int | np.random.Generator | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Sample a profile run: one record per (model, steps, prompt, seed).
+
+    Args:
+        models: the true parameters, one per model.
+        steps: step counts profiled for every model.
+        prompts_per_category: prompts of each category (categories are the union of the
+            models' ``quality`` keys, each model needing all of them).
+        seeds: image seeds per prompt.
+        run_id, device_name, device_memory_bytes, clip_convention: written to manifest and records.
+        rng: seed or generator (``numpy.random.default_rng``); the same seed gives the same run.
+
+    Returns:
+        ``(manifest, records)``: the manifest document and the records frame, ready for
+        :func:`write_run` (and for editing first, to make bad records).
+    """
+    rng = np.random.default_rng(rng)
+    categories = list(dict.fromkeys(c for m in models for c in m.quality))
+    rows = []
+    for model in models:
+        for s in steps:
+            for category in categories:
+                truth = model.quality[category]
+                for i in range(prompts_per_category):
+                    for seed in seeds:
+                        step_lat = model.per_step_s + model.step_noise_s * rng.standard_normal(s)
+                        text, decode = (share * model.overhead_s + model.overhead_noise_s * rng.standard_normal()
+                                        for share in (_TEXT_ENCODE_SHARE, 1 - _TEXT_ENCODE_SHARE))
+                        denoise = float(step_lat.sum())
+                        rows.append({
+                            "run_id": run_id, "model_key": model.key, "model_revision": None,
+                            "is_replica": model.is_replica, "steps": s, "num_timesteps": s, "seed": seed,
+                            "batch_size": 1, "prompt_id": f"{category}-{i:04d}",
+                            "prompt": f"prompt {i} of {category}", "category": category, "challenge": category,
+                            "p2_category": None, "step_latencies_s": [float(v) for v in step_lat],
+                            "text_encode_s": float(text), "denoise_s": denoise, "decode_s": float(decode),
+                            "total_s": float(text + denoise + decode),
+                            "clip_score": float(truth.mean(s) + truth.std * rng.standard_normal()),
+                            "prompt_truncated": False,
+                            **{col: model.memory_bytes.get(col) for col in
+                               ("peak_torch_allocated_bytes", "peak_torch_reserved_bytes",
+                                "peak_nvml_process_bytes", "peak_nvml_device_bytes")},
+                            "nvml_note": None, "image_sha256": None, "status": "ok", "error": None,
+                            "device_name": device_name, "dtype": "float16", "resolution": 512,
+                            "guidance_scale": 7.5, "clip_backbone": clip_convention.backbone,
+                            "clip_pretrained": clip_convention.pretrained, "timestamp": "2026-01-01T00:00:00Z",
+                        })
+    manifest = {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "run_id": run_id,
+        "device": {"name": device_name, "driver": "synthetic", "cuda": None, "memory_bytes": device_memory_bytes},
+        "versions": {"genedge": "synthetic"},
+        "dtype": "float16", "resolution": 512, "guidance_scale": 7.5, "scheduler": {"name": "synthetic"},
+        "models": [{"key": m.key, "revision": None, "is_replica": m.is_replica, "unet_params": m.unet_params}
+                   for m in models],
+        "batch_size": 1, "seeds": list(seeds), "warmup": 0,
+        "clip_convention": {name: getattr(clip_convention, name) for name in ClipConvention.__dataclass_fields__},
+        "prompt_set": {"name": "synthetic", "sha256": "0" * 64,
+                       "category_mapping": {"column": "category", "labels": {c: c for c in categories}},
+                       "column": "category", "n": prompts_per_category * len(categories)},
+        "nvml": {"available": False, "reason": "synthetic run"},
+    }
+    return manifest, pd.DataFrame(rows)
+
+
+def write_run(run_dir: str | os.PathLike[str], manifest: Mapping[str, Any], records: pd.DataFrame, *,
+              shards: int = 1) -> Path:
+    """Write a run directory: ``manifest.json`` and ``records/shard-00000.parquet`` ….
+
+    Columns are typed by the record contract; a column the frame lacks is left out
+    (so a test can write a shard with a missing column).
+
+    Args:
+        run_dir: directory to create.
+        manifest: the manifest document.
+        records: the rows; split into ``shards`` consecutive parts.
+        shards: number of shard files (≥ 1).
+
+    Returns:
+        ``run_dir`` as a path.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if shards < 1:
+        raise ValueError(f"Expected shards >= 1, but got {shards}")
+    run_dir = Path(run_dir)
+    (run_dir / "records").mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    full = record_schema()
+    schema = pa.schema([full.field(name) for name in records.columns if name in full.names])
+    for i, part in enumerate(np.array_split(np.arange(len(records)), shards)):
+        table = pa.Table.from_pandas(records.iloc[part][schema.names], schema=schema, preserve_index=False)
+        pq.write_table(table, run_dir / "records" / f"shard-{i:05d}.parquet")
+    return run_dir
