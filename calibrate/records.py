@@ -248,7 +248,7 @@ def _read_shard(path: Path, manifest: Mapping[str, Any]) -> pd.DataFrame:
     if bad_score.any():
         row = int(np.flatnonzero(bad_score)[0])
         raise fail(row, "clip_score", f"expected a CLIPScore in [{lo:g}, {hi:g}] (100·max(cos, 0)) or null, "
-                                      f"but got {score[row]!r}")
+                                      f"but got {float(score[row])!r}")
     for column in ("steps", "batch_size"):
         bad = np.flatnonzero(ok & ~(frame[column].to_numpy() > 0))
         if bad.size:
@@ -258,7 +258,7 @@ def _read_shard(path: Path, manifest: Mapping[str, Any]) -> pd.DataFrame:
         with np.errstate(invalid="ignore"):
             bad = np.flatnonzero(ok & ~(np.isfinite(values) & (values >= 0)))
         if bad.size:
-            raise fail(int(bad[0]), column, f"expected finite seconds >= 0, but got {values[bad[0]]!r}")
+            raise fail(int(bad[0]), column, f"expected finite seconds >= 0, but got {float(values[bad[0]])!r}")
     for row in np.flatnonzero(ok):
         latencies = frame["step_latencies_s"].iat[row]
         if latencies is None or not all(math.isfinite(x) and x >= 0 for x in latencies):

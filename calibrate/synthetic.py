@@ -150,7 +150,7 @@ def synthetic_run(models: Sequence[SyntheticModel], *, steps: Sequence[int] = (1
 
 
 def write_run(run_dir: str | os.PathLike[str], manifest: Mapping[str, Any], records: pd.DataFrame, *,
-              shards: int = 1) -> Path:
+              shards: int = 1, nan_as_null: bool = True) -> Path:
     """Write a run directory: ``manifest.json`` and ``records/shard-00000.parquet`` ….
 
     Columns are typed by the record contract; a column the frame lacks is left out
@@ -161,6 +161,8 @@ def write_run(run_dir: str | os.PathLike[str], manifest: Mapping[str, Any], reco
         manifest: the manifest document.
         records: the rows; split into ``shards`` consecutive parts.
         shards: number of shard files (≥ 1).
+        nan_as_null: write NaN as null (pandas' missing value). False keeps a float NaN a
+            NaN in the file, as a broken writer would.
 
     Returns:
         ``run_dir`` as a path.
@@ -176,6 +178,8 @@ def write_run(run_dir: str | os.PathLike[str], manifest: Mapping[str, Any], reco
     full = record_schema()
     schema = pa.schema([full.field(name) for name in records.columns if name in full.names])
     for i, part in enumerate(np.array_split(np.arange(len(records)), shards)):
-        table = pa.Table.from_pandas(records.iloc[part][schema.names], schema=schema, preserve_index=False)
+        rows = records.iloc[part]
+        table = pa.table([pa.array(rows[f.name], type=f.type, from_pandas=nan_as_null) for f in schema],
+                         schema=schema)
         pq.write_table(table, run_dir / "records" / f"shard-{i:05d}.parquet")
     return run_dir

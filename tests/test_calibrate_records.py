@@ -1,0 +1,141 @@
+"""Bad profile records: each is a specific error or a counted exclusion, never a silent drop.
+
+Documented behaviour (calibrate/records.py, calibrate/build.py):
+
+| input | result |
+|---|---|
+| NaN, infinite, negative or > 100 CLIPScore on an ok row | ``TableError`` naming shard, row, prompt and value |
+| null CLIPScore on an ok row | excluded from quality fits, counted in ``exclusions`` |
+| status ``oom`` / ``error`` | excluded from every fit, counted with the status and error text |
+| a missing contract column | ``TableError`` naming the shard and the column |
+| < 2 scored images in a (model, category, steps) cell | ``TableError`` naming the cell |
+| runs or rows of different devices or CLIP conventions | ``TableError`` "a table never mixes ..." |
+| two ok rows for one image | ``TableError`` |
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genedge.calibrate import Exclusion, TableError, calibrate_runs
+from genedge.calibrate.synthetic import SYNTHETIC_CLIP_CONVENTION, QualityTruth, SyntheticModel, synthetic_run, write_run
+
+MODEL = SyntheticModel(key="m", quality={c: QualityTruth(a=32.0, b=5.0, kappa=8.0, std=3.0)
+                                         for c in ("Basic", "Detail")},
+                       overhead_s=0.5, per_step_s=0.1, step_noise_s=0.002,
+                       memory_bytes={"peak_torch_reserved_bytes": 1_000_000_000})
+
+
+def _run(tmp_path: Path, name: str = "run", **kwargs: object) -> tuple[dict, pd.DataFrame]:
+    return synthetic_run([MODEL], steps=(10, 20, 30), prompts_per_category=6, run_id=name, rng=0, **kwargs)
+
+
+@pytest.mark.parametrize("bad", [np.nan, -1.5, np.inf, 100.5])
+def test_invalid_clip_score_is_an_error_naming_the_record(tmp_path: Path, bad: float) -> None:
+    manifest, records = _run(tmp_path)
+    records.loc[7, "clip_score"] = bad
+    run = write_run(tmp_path / "run", manifest, records, nan_as_null=False)
+    message = (f"{run / 'records' / 'shard-00000.parquet'}: row 7 ('Detail-0001').clip_score: expected a CLIPScore "
+               f"in [0, 100] (100·max(cos, 0)) or null, but got {bad!r}")
+    with pytest.raises(TableError, match=re.escape(message)):
+        calibrate_runs([run])
+
+
+def test_null_scores_and_failed_generations_are_counted_not_dropped(tmp_path: Path) -> None:
+    manifest, records = _run(tmp_path)
+    records.loc[[0, 1], "clip_score"] = None
+    oom = records.index[(records["steps"] == 30) & (records["category"] == "Detail")][:2]
+    records.loc[oom, ["status", "error", "clip_score"]] = ["oom", "CUDA out of memory. Tried to allocate 2 GiB", None]
+    records.loc[5, ["status", "error"]] = ["error", "RuntimeError: boom\nTraceback ..."]
+    table = calibrate_runs([write_run(tmp_path / "run", manifest, records)])
+    assert table.exclusions == (
+        Exclusion("m", 10, "clip_score is null (left out of quality fits; kept for latency and memory)", 2),
+        Exclusion("m", 10, "status=error: RuntimeError: boom", 1),
+        Exclusion("m", 30, "status=oom: CUDA out of memory. Tried to allocate 2 GiB", 2),
+    )
+    model = table.models["m"]
+    assert model.quality["Basic"][10].n == 6 - 3
+    assert model.quality["Detail"][30].n == 6 - 2
+    assert model.latency.n == 3 * 12 - 3  # null scores still count for latency
+    assert (3 * 12) == model.latency.n + 2 + 1  # every row is in a fit or in an exclusion
+
+
+def test_missing_column_is_an_error_naming_shard_and_column(tmp_path: Path) -> None:
+    manifest, records = _run(tmp_path)
+    run = write_run(tmp_path / "run", manifest, records.drop(columns=["total_s"]))
+    with pytest.raises(TableError, match=re.escape(f"{run / 'records' / 'shard-00000.parquet'}: total_s: missing "
+                                                   f"column")):
+        calibrate_runs([run])
+
+
+def test_category_with_fewer_than_two_samples_is_an_error_naming_the_cell(tmp_path: Path) -> None:
+    manifest, records = _run(tmp_path)
+    keep_one = (records["category"] == "Detail") & (records["steps"] == 20) & (records["prompt_id"] != "Detail-0000")
+    run = write_run(tmp_path / "run", manifest, records[~keep_one])
+    with pytest.raises(TableError, match=re.escape("models.m.quality.Detail.20: Expected at least 2 scores to fit a "
+                                                   "Normal, but got 1")):
+        calibrate_runs([run])
+
+
+def test_runs_of_two_devices_are_refused(tmp_path: Path) -> None:
+    a = write_run(tmp_path / "a", *_run(tmp_path, "a"))
+    b = write_run(tmp_path / "b", *_run(tmp_path, "b", device_name="Other GPU"))
+    with pytest.raises(TableError, match=r"b/manifest.json: device.name: a table never mixes devices: expected "
+                                         r"'Synthetic GPU' \(as in .*a/manifest.json\), but got 'Other GPU'"):
+        calibrate_runs([a, b])
+
+
+def test_a_row_from_another_device_is_refused(tmp_path: Path) -> None:
+    manifest, records = _run(tmp_path)
+    records.loc[3, "device_name"] = "Other GPU"
+    with pytest.raises(TableError, match=r"row 3 \('Basic-0003'\).device_name: a table never mixes devices: "
+                                         r"expected 'Synthetic GPU' as in the run's manifest, but got 'Other GPU'"):
+        calibrate_runs([write_run(tmp_path / "run", manifest, records)])
+
+
+def test_runs_of_two_clip_conventions_are_refused(tmp_path: Path) -> None:
+    other = SYNTHETIC_CLIP_CONVENTION.__class__(**{**SYNTHETIC_CLIP_CONVENTION.__dict__, "backbone": "ViT-B-16"})
+    a = write_run(tmp_path / "a", *_run(tmp_path, "a"))
+    b = write_run(tmp_path / "b", *_run(tmp_path, "b", clip_convention=other))
+    with pytest.raises(TableError, match=r"clip_convention: a table never mixes CLIPScore conventions"):
+        calibrate_runs([a, b])
+
+
+def test_a_row_scored_with_another_backbone_is_refused(tmp_path: Path) -> None:
+    manifest, records = _run(tmp_path)
+    records.loc[4, "clip_backbone"] = "ViT-B-16"
+    with pytest.raises(TableError, match=r"row 4 .*clip_backbone: a table never mixes CLIPScore conventions"):
+        calibrate_runs([write_run(tmp_path / "run", manifest, records)])
+
+
+def test_two_runs_of_one_device_merge(tmp_path: Path) -> None:
+    a = write_run(tmp_path / "a", *_run(tmp_path, "a"))
+    b = write_run(tmp_path / "b", *_run(tmp_path, "b"))
+    table = calibrate_runs([a, b])
+    assert table.models["m"].quality["Basic"][10].n == 12
+    assert sorted(table.manifest["runs"]) == ["a", "b"]
+
+
+def test_an_image_recorded_twice_is_refused(tmp_path: Path) -> None:
+    manifest, records = _run(tmp_path)
+    run = write_run(tmp_path / "run", manifest, pd.concat([records, records.iloc[[2]]]), shards=2)
+    with pytest.raises(TableError, match=r"expected one ok record per \(model, steps, prompt, seed\), but got 2"):
+        calibrate_runs([run])
+
+
+def test_missing_manifest_and_wrong_manifest_field(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="expected a run manifest"):
+        calibrate_runs([tmp_path / "nowhere"])
+    manifest, records = _run(tmp_path)
+    run = write_run(tmp_path / "run", manifest, records)
+    doc = json.loads((run / "manifest.json").read_text())
+    doc["schema_version"] = 2
+    (run / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(TableError, match=r"manifest.json: schema_version: expected 1, but got 2"):
+        calibrate_runs([run])
