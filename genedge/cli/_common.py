@@ -1,0 +1,68 @@
+"""Options and loading shared by the planning commands (plan, simulate)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+from genedge import data
+from genedge.calibrate.table import CalibrationTable, load_table
+from genedge.optimizer.problem import Workload
+
+__all__ = ["DEFAULT_TABLE", "DEFAULT_MIX", "DEFAULT_REQUESTS", "add_planning_arguments", "load_table_with_hash",
+           "workload_from_args", "derived_share_line"]
+
+DEFAULT_TABLE = data.path("tables", "reference-a100.json")
+# PartiPrompts' prompts per category of the paper's mapping (DESIGN §2.1).
+DEFAULT_MIX = {"Basic": 272, "Detail": 544, "Imagination": 150, "Complex": 113}
+DEFAULT_REQUESTS = 100
+
+
+def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the table, budget, weight, model and seed options."""
+    parser.add_argument("--table", type=Path, default=DEFAULT_TABLE,
+                        help="calibration table JSON (default: the shipped reference table, A100-SXM4-40GB)")
+    parser.add_argument("--models", type=lambda s: [m for m in s.split(",") if m],
+                        help="comma-separated model keys to plan with (default: every model in the table)")
+    parser.add_argument("--memory-gib", type=float,
+                        help="GPU memory available to the models in GiB (default: the table device's memory)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every randomized planner (default: 0)")
+
+
+def load_table_with_hash(path: Path) -> tuple[CalibrationTable, str]:
+    """Load and validate a table; also return the sha256 of its bytes, recorded in plans."""
+    table = load_table(path)
+    return table, hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def workload_from_args(args: argparse.Namespace, table: CalibrationTable) -> Workload:
+    """The workload from --workload, --prompts or --requests (in that order of precedence)."""
+    if args.workload:
+        counts = {}
+        for item in args.workload.split(","):
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--workload: expected CATEGORY=COUNT items, but got {item!r}")
+            try:
+                counts[name.strip()] = float(value)
+            except ValueError as err:
+                raise ValueError(f"--workload: expected a number of requests for {name!r}, but got {value!r}") from err
+        return Workload.from_counts(counts)
+    if args.prompts:
+        mapping = table.category_mapping
+        labels = {label: category for category, names in mapping.get("labels", {}).items() for label in names}
+        if not labels:
+            raise ValueError(f"{args.table}: category_mapping has no 'labels' to map a prompt file with")
+        return Workload.from_prompt_file(args.prompts, labels, mapping.get("column", "Challenge"))
+    mix = {c: DEFAULT_MIX.get(c, 1) for c in table.categories}
+    return Workload.from_mix(mix, args.requests)
+
+
+def derived_share_line(table: CalibrationTable) -> str:
+    """One line saying what share of the table's numbers are derived rather than measured."""
+    counts = table.source_counts()
+    total = sum(counts.values())
+    return (f"table: {table.device['name']} — {100 * counts['derived'] / total:.0f}% of its {total} numbers are "
+            f"derived by rule, {100 * counts['published'] / total:.0f}% published by others, "
+            f"{100 * counts['measured'] / total:.0f}% measured by genedge")

@@ -1,0 +1,106 @@
+"""``genedge plan``: plan routing, steps and shares from a calibration table and a workload."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from genedge.cli._common import (
+    DEFAULT_REQUESTS,
+    add_planning_arguments,
+    derived_share_line,
+    load_table_with_hash,
+    workload_from_args,
+)
+
+__all__ = ["add_parser"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plan",
+        help="plan which model serves which prompt category, with how many steps and how much GPU",
+        description=(
+            "Plan an edge deployment: route each prompt category to models, choose denoising steps and "
+            "compute shares to maximize mean CLIPScore minus w times mean delay. Prints the plan and the "
+            "same figures for the paper's method and its baselines on the same inputs. With no options it "
+            f"plans {DEFAULT_REQUESTS} requests in PartiPrompts' category proportions on the shipped "
+            "reference table, one GPU, w = 0.05 points per second."
+        ),
+    )
+    add_planning_arguments(parser)
+    load = parser.add_mutually_exclusive_group()
+    load.add_argument("--workload", help="requests per category, e.g. 'Basic=25,Detail=50,Imagination=14,Complex=11'")
+    load.add_argument("--prompts", type=Path,
+                      help="prompt file (TSV/CSV with a header); its rows are counted per category using the "
+                           "table's category mapping (e.g. PartiPrompts.tsv by Challenge)")
+    load.add_argument("--requests", type=int, default=DEFAULT_REQUESTS,
+                      help=f"number of requests in PartiPrompts' category mix (default: {DEFAULT_REQUESTS})")
+    parser.add_argument("--budget", type=float, default=1.0,
+                        help="compute budget R in GPU units, 1.0 = one whole GPU (default: 1.0)")
+    parser.add_argument("--weight", type=float, default=0.05,
+                        help="w: CLIPScore points one second of mean delay is worth (default: 0.05)")
+    parser.add_argument("--method", default="genedge",
+                        help="the method whose plan is written (default: genedge; see --compare)")
+    parser.add_argument("--compare", type=lambda s: [m for m in s.split(",") if m],
+                        help="comma-separated methods to compare against (default: all: paper, direct-assignment, "
+                             "random-assignment, equal-allocation, optimal-step, exact)")
+    parser.add_argument("--out", type=Path, help="write the plan JSON here")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from genedge.optimizer import METHODS, Problem, run_methods
+    from genedge.optimizer.plan_file import plan_to_dict, save_plan
+
+    table, sha = load_table_with_hash(args.table)
+    workload = workload_from_args(args, table)
+    memory = None if args.memory_gib is None else int(args.memory_gib * 2**30)
+    problem = Problem.from_table(table, workload, budget=args.budget, weight=args.weight, models=args.models,
+                                 device_memory_bytes=memory, table_sha256=sha)
+    names = [args.method] + [m for m in (args.compare or METHODS) if m != args.method]
+    results = run_methods(problem, names, seed=args.seed)
+    chosen = results[args.method]
+    print(derived_share_line(table))
+    print(f"workload: {int(problem.n_requests)} requests — "
+          + ", ".join(f"{c} {n:g}" for c, n in zip(problem.categories, problem.counts))
+          + f"; budget {args.budget:g} GPU; w = {args.weight:g} points/s")
+    print()
+    print(_format_plan(chosen))
+    print()
+    print(_format_comparison(results, args.method))
+    if args.out:
+        document = plan_to_dict(problem, chosen, others=results,
+                                inputs={"table": str(args.table), "table_source_counts": table.source_counts()})
+        print(f"\nwrote {save_plan(document, args.out)}")
+    return 0
+
+
+def _format_plan(result) -> str:
+    plan = result.plan
+    used = [i for i, n in enumerate(result.loads) if n > 1e-9]
+    width = max(len(plan.models[i]) for i in used)
+    lines = [f"plan ({result.method}, {result.extra['plan_time_s'] * 1000:.0f} ms):"]
+    header = "  category       " + "  ".join(f"{plan.models[i]:>{width}}" for i in used)
+    lines.append(header)
+    for c, category in enumerate(plan.categories):
+        lines.append(f"  {category:<14} " + "  ".join(f"{plan.routing_matrix[c, i]:>{width}.2f}" for i in used))
+    lines.append("  steps          " + "  ".join(f"{plan.steps_per_model[i]:>{width}d}" for i in used))
+    lines.append("  GPU share      " + "  ".join(f"{plan.share_vector[i]:>{width}.2f}" for i in used))
+    lines.append("  requests       " + "  ".join(f"{result.loads[i]:>{width}.1f}" for i in used))
+    unused = [m for i, m in enumerate(plan.models) if i not in used]
+    if unused:
+        lines.append(f"  not deployed: {', '.join(unused)}")
+    return "\n".join(lines)
+
+
+def _format_comparison(results, chosen_name: str) -> str:
+    chosen = results[chosen_name]
+    lines = [f"{'method':<18} {'CLIPScore':>9} {'mean delay s':>12} {'p95 delay s':>11} {'utility':>8} "
+             f"{'vs ' + chosen_name:>12} {'plan ms':>8}"]
+    for name, r in results.items():
+        change = 100 * (r.utility - chosen.utility) / max(abs(chosen.utility), 1e-12)
+        note = f"  (optimum ≤ {r.upper_bound:.3f})" if r.upper_bound is not None else ""
+        lines.append(f"{name:<18} {r.mean_quality:>9.2f} {r.mean_delay_s:>12.2f} {r.p95_delay_s:>11.2f} "
+                     f"{r.utility:>8.3f} {change:>+11.2f}% {r.extra['plan_time_s'] * 1000:>8.0f}{note}")
+    return "\n".join(lines)

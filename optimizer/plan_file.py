@@ -1,0 +1,155 @@
+"""The plan document (DESIGN §2.4): what a deployment reads, as JSON.
+
+A plan holds the routing table, steps and compute share per model and how to
+realize each share on the GPU, the predicted figures, the baselines' figures on
+the same inputs, and hashes of the inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from genedge.calibrate.table import TableError, write_text_atomic
+from genedge.optimizer.problem import Problem
+from genedge.optimizer.result import PlanResult
+
+__all__ = ["PLAN_SCHEMA_VERSION", "plan_to_dict", "save_plan", "load_plan"]
+
+PLAN_SCHEMA_VERSION = 1
+_KIND = "genedge.plan"
+_FIGURES = ("mean_clipscore", "mean_delay_s", "p95_delay_s", "utility")
+
+
+def _figures(result: PlanResult) -> dict[str, float]:
+    return {"mean_clipscore": result.mean_quality, "mean_delay_s": result.mean_delay_s,
+            "p95_delay_s": result.p95_delay_s, "utility": result.utility}
+
+
+def plan_to_dict(problem: Problem, result: PlanResult, *, others: Mapping[str, PlanResult] | None = None,
+                 inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Build the plan document for ``result``.
+
+    Args:
+        problem: the problem the plan was made for.
+        result: the chosen plan.
+        others: other methods' results on the same problem, reported beside it.
+        inputs: extra input description (table path, derived share, ...).
+    """
+    plan = result.plan
+    models = {}
+    for i, key in enumerate(plan.models):
+        share = float(plan.share_vector[i])
+        deployed = bool(result.loads[i] > 1e-9)
+        models[key] = {
+            "deployed": deployed,
+            "steps": plan.steps_per_model[i] if deployed else None,
+            "share": share,
+            "expected_requests": float(result.loads[i]),
+            "service_s": float(problem.service_s[i][plan.step_index[i]] / share) if deployed else None,
+            # MPS caps the fraction of SMs a client process may use; a time-slice
+            # scheduler takes the share as a weight instead.
+            "realization": {
+                "cuda_mps_active_thread_percentage": max(1, min(100, math.ceil(100 * share))) if deployed else 0,
+                "time_slice_weight": share / problem.budget,
+            },
+        }
+    baselines = {}
+    for name, other in (others or {}).items():
+        if name == result.method:
+            continue
+        entry = _figures(other)
+        entry["utility_change_vs_plan_pct"] = 100 * (other.utility - result.utility) / max(abs(result.utility), 1e-12)
+        if other.upper_bound is not None:
+            entry["upper_bound"] = other.upper_bound
+        baselines[name] = entry
+    return {
+        "schema_version": PLAN_SCHEMA_VERSION,
+        "kind": _KIND,
+        "method": result.method,
+        "seed": result.seed,
+        "message": result.message,
+        "inputs": {
+            "models": list(problem.models),
+            "categories": list(problem.categories),
+            "workload": dict(zip(problem.categories, problem.counts.tolist())),
+            "budget_gpu": problem.budget,
+            "weight_points_per_s": problem.weight,
+            "device_memory_bytes": problem.device_memory_bytes,
+            "table_sha256": problem.table_sha256,
+            "workload_sha256": problem.workload_sha256,
+            **dict(inputs or {}),
+        },
+        "routing": plan.routing,
+        "models": models,
+        "predicted": _figures(result),
+        "baselines": baselines,
+    }
+
+
+def save_plan(document: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write a plan document atomically (after checking it with :func:`validate_plan`)."""
+    path = Path(path)
+    validate_plan(document, str(path))
+    write_text_atomic(path, json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    return path
+
+
+def load_plan(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate a plan file.
+
+    Raises:
+        TableError: naming the file and field that is wrong.
+    """
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise TableError(str(path), f"line {err.lineno}", f"not valid JSON ({err.msg})") from err
+    validate_plan(document, str(path))
+    return document
+
+
+def validate_plan(document: Mapping[str, Any], where: str) -> None:
+    """Check a plan document's structure and invariants.
+
+    Routing rows sum to 1 over known models, shares are non-negative and within
+    the budget, deployed models have steps and a share.
+
+    Raises:
+        TableError: naming ``where`` and the field.
+    """
+    def fail(field: str, message: str) -> TableError:
+        return TableError(where, field, message)
+
+    for field in ("schema_version", "kind", "method", "inputs", "routing", "models", "predicted"):
+        if field not in document:
+            raise fail(field, "missing field")
+    if document["schema_version"] != PLAN_SCHEMA_VERSION or document["kind"] != _KIND:
+        raise fail("schema_version", f"expected a {_KIND!r} document of schema {PLAN_SCHEMA_VERSION}")
+    models = document["models"]
+    for category, row in document["routing"].items():
+        unknown = sorted(set(row) - set(models))
+        if unknown:
+            raise fail(f"routing.{category}", f"models {unknown} are not in 'models'")
+        if any(p < 0 for p in row.values()) or abs(sum(row.values()) - 1) > 1e-6:
+            raise fail(f"routing.{category}", f"expected probabilities summing to 1, but got {row}")
+    budget = document["inputs"].get("budget_gpu")
+    total = 0.0
+    for key, entry in models.items():
+        share = entry.get("share")
+        if not isinstance(share, (int, float)) or share < 0:
+            raise fail(f"models.{key}.share", f"expected a share >= 0, but got {share!r}")
+        total += share
+        if entry.get("deployed") and (not isinstance(entry.get("steps"), int) or share <= 0):
+            raise fail(f"models.{key}", "a deployed model needs integer steps and a share > 0")
+    if budget is not None and total > budget * (1 + 1e-9):
+        raise fail("models", f"shares sum to {total}, more than the budget {budget}")
+    for figure in _FIGURES:
+        value = document["predicted"].get(figure)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise fail(f"predicted.{figure}", f"expected a finite number, but got {value!r}")
