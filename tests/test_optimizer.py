@@ -1,0 +1,210 @@
+"""Optimizer: system model known answers, closed-form shares, exact search vs brute force, annealing, baselines."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+
+from genedge.optimizer import (
+    anneal,
+    direct,
+    equal_allocation,
+    evaluate,
+    exact_search,
+    optimal_shares,
+    optimal_step,
+    paper_method,
+    paper_routing,
+    price_directed_assignment,
+    probabilistic_assignment,
+    propose,
+    random_assignment,
+    run_methods,
+    synthetic_problem,
+)
+from genedge.optimizer.problem import Problem
+from genedge.optimizer.system import utility_with_optimal_shares
+
+
+def _tiny_problem(weight: float = 0.05) -> Problem:
+    grid = np.array([10, 20, 30])
+    return Problem(
+        models=("fast", "slow"),
+        categories=("easy", "hard"),
+        counts=np.array([6.0, 4.0]),
+        steps=(grid, grid),
+        quality_mean=(np.array([[28.0, 30.0, 30.5], [25.0, 27.0, 27.5]]),
+                      np.array([[29.0, 31.0, 31.6], [29.0, 31.5, 32.0]])),
+        quality_std=(np.full((2, 3), 3.0), np.full((2, 3), 3.0)),
+        service_s=(0.1 + 0.02 * grid, 0.2 + 0.06 * grid),
+        default_step_index=(2, 2),
+        memory_bytes=np.array([4e9, 8e9]),
+        budget=1.0,
+        weight=weight,
+    )
+
+
+def test_evaluate_known_answer():
+    problem = _tiny_problem()
+    routing = np.array([[1.0, 0.0], [0.0, 1.0]])  # 6 requests on "fast", 4 on "slow"
+    ev = evaluate(problem, routing, (0, 1), np.array([0.5, 0.5]))
+    t_fast, t_slow = (0.1 + 0.2) / 0.5, (0.2 + 1.2) / 0.5  # seconds per image on each half GPU
+    assert ev.service_s == pytest.approx([t_fast, t_slow])
+    assert ev.mean_delay_s == pytest.approx((t_fast * 6 * 7 / 2 + t_slow * 4 * 5 / 2) / 10)
+    assert ev.mean_quality == pytest.approx((6 * 28.0 + 4 * 31.5) / 10)
+    assert ev.utility == pytest.approx(ev.mean_quality - 0.05 * ev.mean_delay_s)
+    # Delays: fast 0.6,1.2,...,3.6; slow 2.8,5.6,8.4,11.2 → the 95th percentile of 10 requests is the largest.
+    assert ev.p95_delay_s == pytest.approx(4 * t_slow)
+
+
+@pytest.mark.parametrize(
+    ("routing", "shares", "message"),
+    [
+        (np.array([[0.5, 0.4], [0.0, 1.0]]), np.array([0.5, 0.5]), "routing rows of non-negative probabilities"),
+        (np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0.7, 0.7]), "summing to at most 1.0"),
+        (np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([1.0, 0.0]), r"models \['slow'\] receive requests but no"),
+    ],
+)
+def test_evaluate_rejects_infeasible_plans(routing, shares, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate(_tiny_problem(), routing, (0, 0), shares)
+
+
+def test_problem_validation_happens_before_any_work():
+    with pytest.raises(ValueError, match="Expected a compute budget > 0"):
+        synthetic_problem(2, 2, 10, budget=0.0)
+    with pytest.raises(ValueError, match="Expected a delay weight w >= 0"):
+        synthetic_problem(2, 2, 10, weight=-1.0)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_closed_form_shares_beat_numerical_optimization(seed):
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(2, 7))
+    full = rng.uniform(0.2, 6.0, m)
+    loads = rng.uniform(1, 80, m)
+    budget = float(rng.uniform(0.3, 2.0))
+    k = full * loads * (loads + 1) / 2
+
+    def total_delay(r):
+        return float((k / r).sum())
+
+    closed = optimal_shares(full, loads, budget)
+    numeric = minimize(total_delay, np.full(m, budget / m), method="SLSQP", bounds=[(1e-6, budget)] * m,
+                       constraints=[{"type": "eq", "fun": lambda r: r.sum() - budget}])
+    assert closed.sum() == pytest.approx(budget)
+    assert total_delay(closed) <= total_delay(numeric.x) * (1 + 1e-9)
+    assert total_delay(closed) == pytest.approx(np.sqrt(k).sum() ** 2 / budget)
+
+
+def _brute_force(problem: Problem, resolution: int) -> float:
+    """Best utility over every step vector and a grid of routings (two models), optimal shares."""
+    fractions = np.linspace(0, 1, resolution + 1)
+    splits = np.array(list(itertools.product(fractions, repeat=len(problem.categories))))  # share on model 0
+    x = np.stack([splits, 1 - splits], axis=-1) * problem.counts[None, :, None]
+    best = -np.inf
+    for steps in itertools.product(*(range(k) for k in problem.grid_sizes)):
+        u = utility_with_optimal_shares(problem, x, problem.service_at(steps), problem.mean_at(steps))
+        best = max(best, float(u.max()))
+    return best
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.02, 0.05, 0.2, 1.0])
+def test_exact_search_equals_brute_force(weight):
+    problem = _tiny_problem(weight)
+    result = exact_search(problem)
+    brute = _brute_force(problem, resolution=200)
+    assert result.utility >= brute - 1e-9
+    assert result.utility == pytest.approx(brute, abs=2e-3)
+    assert result.upper_bound >= result.utility - 1e-12
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_relaxation_bounds_every_routing(seed):
+    problem = synthetic_problem(3, 4, 30, weight=0.1, rng=seed)
+    steps = (1, 3, 5)
+    mean, full = problem.mean_at(steps), problem.service_at(steps)
+    _, bound = price_directed_assignment(problem, mean, full, np.ones(3, dtype=bool))
+    routings = np.random.default_rng(seed).dirichlet(np.ones(3), size=(500, 4))
+    u = utility_with_optimal_shares(problem, routings * problem.counts[None, :, None], full, mean)
+    assert (u <= bound + 1e-9).all()
+
+
+def test_seeded_annealing_is_reproducible():
+    problem = synthetic_problem(3, 4, 60, rng=3)
+    routing = paper_routing(problem)
+    first, second = anneal(problem, routing, rng=7), anneal(problem, routing, rng=7)
+    assert first.plan.steps_per_model == second.plan.steps_per_model
+    np.testing.assert_array_equal(first.plan.share_vector, second.plan.share_vector)
+    np.testing.assert_array_equal(first.trajectory, second.trajectory)
+    assert first.seed == 7
+    a, b = propose(problem, rng=11), propose(problem, rng=11)
+    np.testing.assert_array_equal(a.plan.routing_matrix, b.plan.routing_matrix)
+    assert a.utility == b.utility
+
+
+def test_callback_stops_annealing_and_says_so():
+    problem = synthetic_problem(3, 4, 60, rng=3)
+    seen = []
+    result = anneal(problem, paper_routing(problem), rng=0, callback=lambda state: seen.append(state) or len(seen) == 5)
+    assert result.nit == 5 and not result.success
+    assert result.message == "Callback function requested to stop early by returning True"
+
+
+def test_paper_routing_is_probability_of_best_score():
+    mean = np.array([[30.0, 31.0, 29.0]])
+    std = np.array([[3.0, 2.0, 4.0]])
+    samples = np.random.default_rng(0).normal(mean, std, size=(400_000, 1, 3))
+    empirical = np.bincount(samples[:, 0].argmax(axis=1), minlength=3) / samples.shape[0]
+    np.testing.assert_allclose(probabilistic_assignment(mean, std)[0], empirical, atol=3e-3)
+
+
+def test_baselines_behave_as_defined():
+    problem = synthetic_problem(3, 4, 80, rng=5)
+    defaults = problem.default_step_index
+    best_model = problem.mean_at(defaults).argmax(axis=1)
+    d = direct(problem, rng=0)
+    np.testing.assert_array_equal(d.plan.routing_matrix.argmax(axis=1), best_model)
+    assert set(np.unique(d.plan.routing_matrix)) <= {0.0, 1.0}
+    r = random_assignment(problem, rng=0)
+    np.testing.assert_allclose(r.plan.routing_matrix, 1 / 3)
+    e = equal_allocation(problem)
+    assert e.plan.step_index == defaults
+    used = e.loads > 0
+    np.testing.assert_allclose(e.plan.share_vector[used], problem.budget / used.sum())
+    paper = paper_method(problem, rng=0)
+    np.testing.assert_allclose(paper.plan.routing_matrix, paper_routing(problem))
+    bound = optimal_step(problem)
+    np.testing.assert_allclose(bound.plan.routing_matrix, paper.plan.routing_matrix)
+    assert bound.utility >= paper.utility - 1e-9  # exhaustive steps with optimal shares bound the annealing
+    assert bound.utility - paper.utility <= 0.005 * abs(bound.utility)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_proposed_beats_baselines_and_matches_exact(seed):
+    for weight, load in [(0.0, 40), (0.02, 120), (0.1, 10), (0.2, 200)]:
+        problem = synthetic_problem(3, 4, load, weight=weight, rng=seed)
+        results = run_methods(problem, ["genedge", "direct-assignment", "random-assignment", "equal-allocation",
+                                        "exact"], seed=0)
+        proposed, exact = results["genedge"].utility, results["exact"]
+        for name in ("direct-assignment", "random-assignment", "equal-allocation"):
+            assert proposed >= results[name].utility - 1e-9, (weight, load, name)
+        assert exact.utility - proposed <= 0.005 * abs(exact.utility)
+        assert exact.upper_bound >= exact.utility
+
+
+def test_exact_search_refuses_large_problems():
+    with pytest.raises(ValueError, match="Expected at most 200000 step vectors for exact search"):
+        exact_search(synthetic_problem(16, 11, 5000, rng=0))
+
+
+def test_memory_limit_restricts_models_in_use():
+    problem = _tiny_problem(0.0)
+    limited = Problem(**{**problem.__dict__, "device_memory_bytes": int(9e9)})  # both models need 12e9
+    result = propose(limited, rng=0)
+    assert (result.loads > 0).sum() == 1
+    with pytest.raises(ValueError, match="do not fit"):
+        evaluate(limited, np.full((2, 2), 0.5), (0, 0), np.array([0.5, 0.5]))
