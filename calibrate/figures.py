@@ -1,0 +1,160 @@
+"""Figures of a calibration and the records behind it (matplotlib, PNG and SVG).
+
+- ``scores_<model>``: per category, the CLIPScore histogram at the model's default
+  steps with the fitted Normal density (the kind of figure Gao et al. open with);
+- ``quality_vs_steps``: per category, each model's cell means ± std and its curve;
+- ``latency_vs_steps``: per-image total seconds and each model's fitted line;
+- ``memory_ladder``: the four memory rungs of each model (absent = not measurable).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genedge.calibrate.records import ProfileRuns
+from genedge.calibrate.table import MEMORY_RUNGS, CalibrationTable
+
+__all__ = ["FIGURE_FORMATS", "write_figures"]
+
+logger = logging.getLogger(__name__)
+
+FIGURE_FORMATS = ("png", "svg")
+_CURVE_POINTS = 100
+_HIST_BINS = 15
+
+
+def write_figures(table: CalibrationTable, runs: ProfileRuns, out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Draw the calibration figures into ``out_dir``.
+
+    Args:
+        table: the table fitted from ``runs``.
+        runs: the records behind it (the histograms and scatter need every image).
+        out_dir: directory to write into (created).
+
+    Returns:
+        The written files, PNG and SVG of each figure.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    # A fixed hash salt and no date keep the SVGs identical across re-runs.
+    with plt.rc_context({"svg.hashsalt": "genedge", "figure.dpi": 100}):
+        figures = {f"scores_{key}": _score_histograms(plt, table, runs, key) for key in table.models}
+        figures["quality_vs_steps"] = _quality_vs_steps(plt, table)
+        figures["latency_vs_steps"] = _latency_vs_steps(plt, table, runs)
+        figures["memory_ladder"] = _memory_ladder(plt, table)
+        for name, fig in figures.items():
+            for fmt in FIGURE_FORMATS:
+                path = out / f"{name}.{fmt}"
+                fig.savefig(path, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
+                written.append(path)
+            plt.close(fig)
+    logger.info("Wrote %d figure files to %s.", len(written), out)
+    return written
+
+
+def _grid(plt: Any, count: int, title: str) -> tuple[Any, list[Any]]:
+    cols = min(count, 2)
+    rows = -(-count // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
+    fig.suptitle(title)
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:count])
+
+
+def _replica_note(table: CalibrationTable, keys: list[str]) -> str:
+    replicas = [k for k in keys if table.models[k].is_replica]
+    return f"\n(replicas {', '.join(replicas)}: scores are not image quality)" if replicas else ""
+
+
+def _score_histograms(plt: Any, table: CalibrationTable, runs: ProfileRuns, key: str) -> Any:
+    from scipy import stats
+
+    model = table.models[key]
+    steps = model.default_steps
+    scored = runs.scored
+    fig, axes = _grid(plt, len(table.categories),
+                      f"{key}: CLIPScore at {steps} steps with the fitted Normal{_replica_note(table, [key])}")
+    for ax, category in zip(axes, table.categories):
+        scores = scored.loc[(scored["model_key"] == key) & (scored["category"] == category)
+                            & (scored["steps"] == steps), "clip_score"].to_numpy()
+        cell = model.quality[category][steps]
+        ax.hist(scores, bins=_HIST_BINS, density=True, alpha=0.5)
+        x = np.linspace(cell.mean - 4 * cell.std, cell.mean + 4 * cell.std, _CURVE_POINTS)
+        ax.plot(x, stats.norm.pdf(x, cell.mean, cell.std))
+        gof = "n/a" if cell.gof is None else f"{cell.gof:.2f}"
+        ax.set_title(f"{category}: N({cell.mean:.2f}, {cell.std:.2f}²), n={cell.n}, gof p={gof}", fontsize=9)
+        ax.set_xlabel("CLIPScore")
+        ax.set_ylabel("density")
+    fig.tight_layout()
+    return fig
+
+
+def _quality_vs_steps(plt: Any, table: CalibrationTable) -> Any:
+    fig, axes = _grid(plt, len(table.categories),
+                      f"CLIPScore vs steps (dots: cells, mean ± std; lines: what the planner reads: cells, curve between){_replica_note(table, list(table.models))}")
+    for ax, category in zip(axes, table.categories):
+        for key, model in table.models.items():
+            cells = model.quality[category]
+            steps = np.array(sorted(cells))
+            line = ax.errorbar(steps, [cells[s].mean for s in steps], yerr=[cells[s].std for s in steps],
+                               fmt="o", capsize=3, label=key)
+            lo, hi = model.curves[category].valid_steps
+            grid = np.linspace(lo, hi, _CURVE_POINTS)
+            ax.plot(grid, [model.quality_at(category, float(s))[0] for s in grid], color=line[0].get_color())
+        ax.set_title(category, fontsize=9)
+        ax.set_xlabel("denoising steps")
+        ax.set_ylabel("CLIPScore")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _latency_vs_steps(plt: Any, table: CalibrationTable, runs: ProfileRuns) -> Any:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ok = runs.ok
+    for key, model in table.models.items():
+        rows = ok[ok["model_key"] == key]
+        dots = ax.plot(rows["steps"], rows["total_s"], ".", alpha=0.3)
+        steps = np.array([min(model.steps), max(model.steps)])
+        lat = model.latency
+        ax.plot(steps, lat.overhead_s + lat.per_step_s * steps, color=dots[0].get_color(),
+                label=f"{key}: {lat.overhead_s:.3g} s + {lat.per_step_s:.3g} s/step"
+                      + (f" (R²={lat.r2:.3f})" if lat.r2 is not None else f" ({lat.source})"))
+    ax.set_xlabel("denoising steps")
+    ax.set_ylabel("seconds per image (full device)")
+    ax.set_title(f"Latency vs steps on {table.device.get('name')}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _memory_ladder(plt: Any, table: CalibrationTable) -> Any:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    keys = list(table.models)
+    width = 0.8 / len(MEMORY_RUNGS)
+    for i, rung in enumerate(MEMORY_RUNGS):
+        values = [getattr(table.models[k].memory, rung) for k in keys]
+        positions = np.arange(len(keys)) + (i - (len(MEMORY_RUNGS) - 1) / 2) * width
+        bars = ax.bar(positions, [0 if v is None else v / 2**30 for v in values], width,
+                      label=rung.removesuffix("_bytes"))
+        for bar, value in zip(bars, values):
+            if value is None:
+                ax.annotate("n/a", (bar.get_x() + bar.get_width() / 2, 0), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(np.arange(len(keys)), keys)
+    ax.set_ylabel("peak GiB")
+    ax.set_title("Memory ladder (n/a = not measurable)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
