@@ -1,0 +1,91 @@
+"""The planning commands end to end, through real subprocesses."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genedge.optimizer.plan_file import load_plan
+
+SHARED_PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "PartiPrompts.tsv"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MPLBACKEND": "Agg"}
+
+
+def genedge(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "genedge", *args], capture_output=True, text=True, env=ENV,
+                          check=check, timeout=300)
+
+
+def test_plan_with_no_arguments_prints_plan_and_comparison():
+    out = genedge("plan").stdout
+    assert "% of its 45 numbers are derived by rule" in out
+    assert "workload: 100 requests — Basic 25, Detail 50, Imagination 14, Complex 11" in out
+    for method in ("genedge", "paper", "direct-assignment", "random-assignment", "equal-allocation", "optimal-step",
+                   "exact"):
+        assert f"\n{method} " in out
+
+
+def test_plan_writes_a_valid_plan(tmp_path):
+    path = tmp_path / "plan.json"
+    genedge("plan", "--workload", "Basic=5,Detail=20,Complex=3", "--weight", "0.1", "--budget", "0.5",
+            "--out", str(path))
+    plan = load_plan(path)
+    assert plan["method"] == "genedge" and plan["seed"] == 0
+    assert set(plan["routing"]) == {"Basic", "Detail", "Complex"}
+    deployed = {k: m for k, m in plan["models"].items() if m["deployed"]}
+    assert deployed and sum(m["share"] for m in plan["models"].values()) == pytest.approx(0.5)
+    assert all(0 < m["realization"]["cuda_mps_active_thread_percentage"] <= 100 for m in deployed.values())
+    assert {"paper", "direct-assignment", "exact"} <= set(plan["baselines"])
+    assert plan["baselines"]["exact"]["upper_bound"] >= plan["predicted"]["utility"] - 1e-9
+    assert len(plan["inputs"]["table_sha256"]) == 64
+
+
+@pytest.mark.skipif(not SHARED_PROMPTS.is_file(), reason="PartiPrompts.tsv (../shared/data) is not present")
+def test_plan_counts_a_prompt_file_by_category(tmp_path):
+    path = tmp_path / "plan.json"
+    genedge("plan", "--prompts", str(SHARED_PROMPTS), "--weight", "0.001", "--out", str(path))
+    assert json.loads(path.read_text())["inputs"]["workload"] == {
+        "Basic": 272.0, "Detail": 544.0, "Imagination": 150.0, "Complex": 113.0}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workload", "Basic=3,Writing=2"], "workload categories ['Writing'] are not in the table"),
+        (["--workload", "Basic"], "--workload: expected CATEGORY=COUNT items"),
+        (["--models", "sd15,sd9"], "models ['sd9'] are not in the table; available: ['sd15', 'sd21', 'sdxl']"),
+        (["--budget", "0"], "Expected a compute budget > 0"),
+        (["--compare", "greedy"], "unknown methods ['greedy']"),
+        (["--table", "missing.json"], "missing.json"),
+    ],
+)
+def test_plan_bad_input_is_one_clear_line(args, message):
+    result = genedge("plan", *args, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_simulate_writes_results_figures_and_checks(tmp_path):
+    out = tmp_path / "sim"
+    result = genedge("simulate", "--loads", "10,60", "--weights", "0.05", "--replications", "50", "--out", str(out))
+    assert "vs direct-assignment  ≥ on 2/2 points" in result.stdout
+    assert "discrete-event check" in result.stdout
+    for name in ("results.csv", "checks.csv", "sweep.png", "sweep.svg", "convergence.png", "convergence.svg"):
+        assert (out / name).stat().st_size > 0
+    with (out / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["method"] for r in rows} >= {"genedge", "paper", "exact"} and len(rows) == 2 * 7
+
+
+def test_help_explains_every_option():
+    text = genedge("plan", "--help").stdout
+    for option in ("--table", "--workload", "--prompts", "--requests", "--budget", "--weight", "--method",
+                   "--compare", "--out", "--models", "--memory-gib", "--seed"):
+        assert option in text

@@ -1,0 +1,35 @@
+"""The discrete-event check agrees with the analytic prediction within sampling error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from genedge.optimizer import anneal, paper_routing, propose, synthetic_problem
+from genedge.optimizer.simulate import simulate_plan
+
+
+@pytest.mark.parametrize("planner", ["proposed", "paper"])
+def test_simulation_agrees_with_prediction(planner):
+    problem = synthetic_problem(3, 4, 80, weight=0.05, rng=2)
+    result = propose(problem, rng=0) if planner == "proposed" else anneal(problem, paper_routing(problem), rng=0)
+    check = simulate_plan(problem, result, replications=400, rng=1)
+    # 4 standard errors: a false alarm about once in 16,000 runs.
+    assert abs(check.quality_z) < 4
+    assert abs(check.mean_delay_s - check.predicted_delay_s) <= 4 * check.mean_delay_se_s + 1e-9
+    assert check.predicted_quality == pytest.approx(result.mean_quality)
+
+
+def test_random_routing_adds_the_variance_of_the_loads_to_the_delay():
+    problem = synthetic_problem(2, 1, 40, weight=0.05, rng=0)
+    result = anneal(problem, np.array([[0.5, 0.5]]), rng=0)
+    check = simulate_plan(problem, result, replications=2000, rng=3)
+    assert check.predicted_delay_s > check.plan_delay_s  # E[N²] = N̄² + Var N
+    assert abs(check.delay_z) < 4
+
+
+def test_simulation_refuses_fractional_counts():
+    problem = synthetic_problem(2, 2, 10, rng=0)
+    fractional = type(problem)(**{**problem.__dict__, "counts": problem.counts + 0.5})
+    with pytest.raises(ValueError, match="Expected whole request counts"):
+        simulate_plan(fractional, propose(fractional, rng=0))
