@@ -1,0 +1,137 @@
+"""``genedge profile``: measure diffusion pipelines into a resumable run; ``genedge profile show RUN``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+__all__ = ["add_parser", "run", "show"]
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_PROMPTS = "nateraw/parti-prompts"
+
+
+def _ints(option: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as err:
+        raise ValueError(f"{option}: expected comma-separated integers such as 10,20,30, but got {text!r}") from err
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``genedge profile`` and ``genedge profile show``."""
+    parser = subparsers.add_parser(
+        "profile",
+        help="measure diffusion pipelines: per-step latency, memory ladder, CLIPScore per prompt category",
+        description=(
+            "Generate one image per model x steps x seed x prompt and record per-step latency, "
+            "text-encode/denoise/decode seconds, torch and NVML memory peaks and CLIPScore as "
+            "append-only Parquet shards under OUT/records plus OUT/manifest.json. Rerunning the same "
+            "command resumes an interrupted run. Under `accelerate launch` the processes split the work. "
+            "`genedge profile show RUN` summarizes a run."
+        ),
+    )
+    parser.add_argument("--model", action="append", default=[], metavar="SPEC",
+                        help="model spec, repeatable: replica:<arch> (random weights; see the error for the list), "
+                             "a local pipeline directory, or a hub id org/name[@revision]")
+    parser.add_argument("--steps", default="", help="comma-separated denoising step counts, e.g. 10,20,30")
+    parser.add_argument("--prompts", default=_DEFAULT_PROMPTS,
+                        help=f"datasets hub id or local .tsv/.csv/.parquet prompt file (default: {_DEFAULT_PROMPTS})")
+    parser.add_argument("--category-mapping", default="paper4",
+                        help="category mapping: paper4 (default; Basic/Detail/Imagination/Complex), challenge, category")
+    parser.add_argument("--per-category", type=int, help="at most N prompts per category (sampled with --prompt-seed)")
+    parser.add_argument("--limit", type=int, help="at most N prompts overall (sampled with --prompt-seed)")
+    parser.add_argument("--prompt-seed", type=int, default=0, help="seed of the prompt subsampling (default: 0)")
+    parser.add_argument("--seeds", default="0", help="comma-separated generation seeds (default: 0)")
+    parser.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda:LOCAL_RANK when available, else cpu)")
+    parser.add_argument("--dtype", help="float32, float16 or bfloat16 (default: float16 on CUDA, float32 on CPU)")
+    parser.add_argument("--resolution", type=int, default=512, help="image side in pixels (default: 512)")
+    parser.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default: 7.5; ≤1 disables)")
+    parser.add_argument("--scheduler", help="diffusers scheduler class replacing each model's own, e.g. DDIMScheduler")
+    parser.add_argument("--batch-size", type=int, default=1, help="prompts per pipeline call (default: 1)")
+    parser.add_argument("--warmup", type=int, default=1, help="unrecorded warm-up generations per model (default: 1)")
+    parser.add_argument("--save-images", action="store_true", help="keep PNGs under OUT/images/<sha256>.png")
+    parser.add_argument("--clip-backbone", default="ViT-L-14-quickgelu",
+                        help="open_clip model name, or replica:tiny for random test weights (default: ViT-L-14-quickgelu)")
+    parser.add_argument("--clip-pretrained", default="openai",
+                        help="open_clip pretrained tag, or 'none' for random weights (default: openai)")
+    parser.add_argument("--flush-every", type=int, default=4, help="images per shard (default: 4)")
+    parser.add_argument("--out", metavar="RUN", help="run directory, e.g. runs/NAME")
+    parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    parser.set_defaults(func=run)
+    actions = parser.add_subparsers(dest="profile_action", metavar="ACTION")
+    show_parser = actions.add_parser("show", help="summarize what a profile run holds")
+    show_parser.add_argument("run_dir", metavar="RUN", help="profile run directory")
+    show_parser.set_defaults(func=show)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from genedge.profiler import ProfileConfig
+
+    if not args.out:
+        raise ValueError("--out: expected a run directory such as runs/NAME, but got none")
+    return ProfileConfig(
+        models=tuple(args.model), steps=_ints("--steps", args.steps), prompts=args.prompts,
+        category_mapping=args.category_mapping, per_category=args.per_category, limit=args.limit,
+        prompt_seed=args.prompt_seed, seeds=_ints("--seeds", args.seeds), device=args.device, dtype=args.dtype,
+        resolution=args.resolution, guidance_scale=args.guidance_scale, scheduler=args.scheduler,
+        batch_size=args.batch_size, warmup=args.warmup, save_images=args.save_images,
+        clip_backbone=args.clip_backbone,
+        clip_pretrained=None if args.clip_pretrained.lower() == "none" else args.clip_pretrained,
+        flush_every=args.flush_every,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate, then measure with a progress bar (images done, ETA, current configuration)."""
+    from tqdm import tqdm
+
+    from genedge.profiler import Progress, profile, validate
+
+    config = _config(args)
+    validate(config)  # every input error surfaces here, before torch or any model is loaded
+    bar = tqdm(total=0, unit="img", disable=args.no_progress, dynamic_ncols=True)
+
+    def on_progress(progress: Progress) -> None:
+        bar.total = progress.total
+        bar.set_description(progress.config, refresh=False)
+        bar.update(progress.done - bar.n)
+
+    try:
+        result = profile(config, args.out, on_progress=on_progress)
+    finally:
+        bar.close()
+    print(
+        f"run {result.run_id} (rank {result.rank} of {result.world_size}): recorded {result.recorded} images "
+        f"({result.failed} oom/error), skipped {result.skipped} already recorded, in {result.run_dir}"
+    )
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    """Print a run's manifest essentials and one line per (model, steps, category)."""
+    from genedge.profiler import summarize_run
+
+    manifest, summary = summarize_run(args.run_dir)
+    device = manifest["device"]
+    clip = manifest["clip_convention"]
+    prompt_set = manifest["prompt_set"]
+    print(f"run {manifest['run_id']} on {device['name']} (driver {device['driver']}, CUDA {device['cuda']})")
+    print(f"dtype {manifest['dtype']}, {manifest['resolution']} px, guidance {manifest['guidance_scale']}, "
+          f"batch {manifest['batch_size']}, seeds {manifest['seeds']}, warm-up {manifest['warmup']}")
+    print(f"prompts {prompt_set['name']} ({prompt_set['n']} selected, mapping {prompt_set['category_mapping']} "
+          f"on {prompt_set['column']}, sha256 {prompt_set['sha256'][:12]}…)")
+    print(f"CLIPScore {clip['backbone']} / {clip['pretrained']}: {clip['formula']}")
+    nvml = manifest["nvml"]
+    print("NVML " + ("available" if nvml["available"] else f"unavailable: {nvml['reason']}"))
+    for model in manifest["models"]:
+        kind = "random-weight replica" if model["is_replica"] else f"revision {model['revision']}"
+        print(f"model {model['key']} ({kind}, {model['unet_params']:,} UNet parameters)")
+    if summary.empty:
+        print("no records yet")
+        return 0
+    print()
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
