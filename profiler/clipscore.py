@@ -168,8 +168,10 @@ class ClipScorer:
             name, overrides = backbone, {}
         self.device = device
         self._home = torch.device("cpu") if offload else device
-        with warnings.catch_warnings():
+        # Random weights come from a forked RNG with a fixed seed: reproducible, caller's RNG untouched.
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.filterwarnings("error", message=".*QuickGELU mismatch.*")
+            torch.manual_seed(0)
             try:
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     name, pretrained=pretrained, device=self._home, **overrides

@@ -1,0 +1,133 @@
+"""One measurement run end to end on tiny random-weight replicas: records, manifest, CLIPScore, resume, bad input."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import dataclasses
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from genedge.profiler import ClipScorer, ProfileConfig, profile, read_manifest, read_records, record_schema
+
+P2 = Path("/work/shared/data/PartiPrompts.tsv")
+MODELS = ("replica:tiny", "replica:tiny-xl")
+STEPS = (2, 3)
+# Stage windows are contiguous on the device clock; the host total adds only the final synchronize.
+STAGE_SUM_REL_TOL = 0.05
+STAGE_SUM_ABS_TOL_S = 0.002
+
+
+def profiler_prompt_source(folder: Path) -> str:
+    """PartiPrompts when present, else a file in its format written here (8 prompts, two per paper category)."""
+    if P2.is_file():
+        return str(P2)
+    rows = [(f"prompt number {i} about a {c.lower()} scene", "Animals", c, "") for i, c in
+            enumerate(["Basic", "Complex", "Simple Detail", "Imagination"] * 2)]
+    path = folder / "prompts.tsv"
+    path.write_text("Prompt\tCategory\tChallenge\tNote\n" + "".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def profiler_config(tmp_path_factory: pytest.TempPathFactory) -> ProfileConfig:
+    return ProfileConfig(
+        models=MODELS, steps=STEPS, prompts=profiler_prompt_source(tmp_path_factory.mktemp("prompts")), per_category=2,
+        resolution=64, device="cpu", clip_backbone="replica:tiny", clip_pretrained=None, save_images=True, flush_every=4,
+    )
+
+
+@pytest.fixture(scope="module")
+def profiler_run(profiler_config: ProfileConfig, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    result = profile(profiler_config, run_dir)
+    assert (result.recorded, result.skipped, result.failed) == (32, 0, 0)
+    return run_dir
+
+
+def test_one_row_per_image_with_the_record_schema(profiler_run: Path) -> None:
+    frame = read_records(profiler_run)
+    assert len(frame) == len(MODELS) * len(STEPS) * 8
+    assert not frame.duplicated(["model_key", "steps", "seed", "prompt_id"]).any()
+    assert set(frame["status"]) == {"ok"} and frame["is_replica"].all()
+    assert frame.groupby("model_key")["category"].value_counts().eq(len(STEPS) * 2).all()
+    for shard in (profiler_run / "records").glob("shard-*.parquet"):
+        assert pq.read_schema(shard).remove_metadata().equals(record_schema())
+    assert len(list((profiler_run / "records").glob("shard-0-*.parquet"))) == 8  # flush_every=4
+
+
+def test_step_latencies_and_stage_windows(profiler_run: Path) -> None:
+    frame = read_records(profiler_run)
+    assert (frame["step_latencies_s"].map(len) == frame["steps"]).all()
+    assert (frame["num_timesteps"] == frame["steps"]).all()
+    assert (frame["step_latencies_s"].map(min) > 0).all()
+    stages = frame["text_encode_s"] + frame["denoise_s"] + frame["decode_s"]
+    assert ((stages - frame["total_s"]).abs() <= STAGE_SUM_REL_TOL * frame["total_s"] + STAGE_SUM_ABS_TOL_S).all()
+    # The denoise window holds every step.
+    assert (frame["step_latencies_s"].map(sum) <= frame["denoise_s"] + 1e-6).all()
+
+
+def test_without_nvidia_driver_memory_is_null_with_a_reason(profiler_run: Path) -> None:
+    frame = read_records(profiler_run)
+    for column in ("peak_torch_allocated_bytes", "peak_torch_reserved_bytes", "peak_nvml_process_bytes", "peak_nvml_device_bytes"):
+        assert frame[column].isna().all()
+    assert frame["nvml_note"].str.len().gt(0).all()
+    manifest = read_manifest(profiler_run)
+    assert manifest["nvml"]["available"] is False and manifest["nvml"]["reason"]
+
+
+def test_manifest(profiler_run: Path, profiler_config: ProfileConfig) -> None:
+    manifest = read_manifest(profiler_run)
+    assert manifest["schema_version"] == 1 and manifest["run_id"].startswith("tiny-")
+    assert set(manifest["clip_convention"]) == {"backbone", "pretrained", "formula", "truncation", "preprocess"}
+    assert manifest["device"]["memory_bytes"] is None and manifest["dtype"] == "float32"
+    assert [m["key"] for m in manifest["models"]] == list(MODELS)
+    assert all(m["is_replica"] and m["unet_params"] > 0 for m in manifest["models"])
+    assert manifest["scheduler"]["class"] == "DDIMScheduler" and "beta_schedule" in manifest["scheduler"]["config"]
+    assert manifest["prompt_set"]["n"] == 8 and manifest["prompt_set"]["category_mapping"] == "paper4"
+    assert manifest["seeds"] == [0] and manifest["warmup"] == 1 and manifest["batch_size"] == 1
+    assert set(manifest["versions"]) == {"python", "torch", "diffusers", "open_clip", "transformers", "genedge"}
+
+
+def test_clip_scores_match_an_independent_computation_from_the_saved_images(profiler_run: Path) -> None:
+    frame = read_records(profiler_run).head(12)
+    scorer = ClipScorer("replica:tiny", None, device=torch.device("cpu"))  # same seeded random weights
+    images = [Image.open(profiler_run / "images" / f"{digest}.png").convert("RGB") for digest in frame["image_sha256"]]
+    with torch.no_grad():
+        image_features = torch.nn.functional.normalize(scorer.model.encode_image(torch.stack([scorer.preprocess(i) for i in images])), dim=-1)
+        text_features = torch.nn.functional.normalize(scorer.model.encode_text(scorer.tokenizer(list(frame["prompt"]))), dim=-1)
+    expected = (100 * (image_features * text_features).sum(-1).clamp(min=0)).tolist()
+    assert frame["clip_score"].tolist() == pytest.approx(expected, abs=1e-4)
+    assert frame["clip_backbone"].eq("replica:tiny").all() and frame["clip_pretrained"].eq("none").all()
+
+
+def test_rerun_skips_everything_and_other_settings_are_refused(profiler_run: Path, profiler_config: ProfileConfig) -> None:
+    again = profile(profiler_config, profiler_run)
+    assert (again.recorded, again.skipped) == (0, 32)
+    with pytest.raises(ValueError, match=r"manifest.json: field 'run_id': expected tiny-\w+ .* use another --out"):
+        profile(dataclasses.replace(profiler_config, steps=(4,)), profiler_run)
+    assert len(read_records(profiler_run)) == 32
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"models": ("replica:nope",)}, r"Available: bk-sdm-base, .*tiny-xl"),
+    ({"steps": (0, 2)}, r"Expected steps as positive integers, but got \[0, 2\]"),
+    ({"category_mapping": "category", "prompts": "no-category"}, r"expected a column 'Category'"),
+    ({"prompts": "empty"}, r"got an empty prompt set"),
+])
+def test_bad_input_fails_before_any_work(profiler_config: ProfileConfig, tmp_path: Path, change: dict, message: str) -> None:
+    prompts = {"no-category": "Prompt\tChallenge\na cat\tBasic\n", "empty": "Prompt\tCategory\tChallenge\tNote\na cat\tAnimals\tQuantity\t\n"}
+    if change.get("prompts") in prompts:
+        path = tmp_path / f"{change['prompts']}.tsv"
+        path.write_text(prompts[change["prompts"]], encoding="utf-8")
+        change = change | {"prompts": str(path)}
+    with pytest.raises(ValueError, match=message):
+        profile(dataclasses.replace(profiler_config, **change), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
