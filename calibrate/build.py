@@ -24,6 +24,7 @@ from genedge.calibrate.fit import (
     MIN_CELL_SAMPLES,
     MIN_CURVE_STEPS,
     MIN_GOF_SAMPLES,
+    ZERO_SPREAD_STD,
     fit_latency,
     fit_quality,
     fit_quality_curve,
@@ -63,7 +64,8 @@ _SOURCES: dict[str, dict[str, str]] = {
         "rule": f"CLIPScore ~ Normal(mean, std) by maximum likelihood (scipy.stats.norm.fit; std is the ddof=0 "
                 f"MLE) over the successful, scored images of each (model, category, steps); n images; gof is the "
                 f"Shapiro-Wilk p-value (null below {MIN_GOF_SAMPLES} images, flag 'few_samples'; flag "
-                f"'non_normal' below {GOF_ALPHA}). A cell needs at least {MIN_CELL_SAMPLES} images.",
+                f"'non_normal' below {GOF_ALPHA}). A cell needs at least {MIN_CELL_SAMPLES} images; a cell of "
+                f"identical scores gets std = {ZERO_SPREAD_STD} and flag 'zero_spread'.",
     },
     "derived:quality-curve": {
         "kind": "derived",
@@ -80,8 +82,9 @@ _SOURCES: dict[str, dict[str, str]] = {
     },
     "derived:latency-stages": {
         "kind": "derived",
-        "rule": "only one step count was profiled, so overhead and per-step time come from the stage timings: "
-                "per_step_s = mean(denoise_s/steps), overhead_s = mean(total_s - per_step_s*steps).",
+        "rule": "no latency line could be fitted (one step count profiled, or no positive slope), so overhead and "
+                "per-step time come from the stage timings: per_step_s = mean(denoise_s/steps), overhead_s = "
+                "max(mean(total_s - per_step_s*steps), 0).",
     },
     "measured:memory": {
         "kind": "measured",
@@ -122,8 +125,7 @@ def build_table(runs: ProfileRuns) -> CalibrationTable:
     images; its default steps the largest of them.
 
     Raises:
-        TableError: a (model, category, steps) cell with fewer than 2 scores or no spread,
-            a model with more than one batch size or resolution, or a model whose memory
+        TableError: a (model, category, steps) cell with fewer than 2 scores, a model with more than one batch size or resolution, or a model whose memory
             can be neither measured nor derived. The message names the runs and the cell.
     """
     where = ", ".join(str(d) for d in runs.run_dirs)
@@ -206,15 +208,18 @@ def _latency(ok: pd.DataFrame, used: set[str]) -> LatencyModel:
         "batch_size": int(ok["batch_size"].iat[0]),
         "stages": stages,
     }
-    if np.unique(steps).size < 2:
-        warnings.warn(f"{ok['model_key'].iat[0]}: only {int(steps[0])} steps were profiled; overhead and per-step "
-                      f"time are derived from the stage timings. Profile two or more step counts for a fitted "
-                      f"latency line.", UserWarning, stacklevel=3)
+    try:
+        fit = fit_latency(steps, total)
+    except ValueError as err:
+        # One step count, or a line that does not rise with steps (noisy timings): the stage
+        # timings still give each image's own denoising rate.
+        warnings.warn(f"{ok['model_key'].iat[0]}: no latency line can be fitted ({err}); overhead and per-step time "
+                      f"are derived from the stage timings. Profile two or more step counts, with enough warm-up, "
+                      f"for a fitted line.", UserWarning, stacklevel=3)
         rate = float((ok["denoise_s"] / ok["steps"]).mean())
         used.add("derived:latency-stages")
         return LatencyModel(overhead_s=max(float((total - rate * steps).mean()), 0.0), per_step_s=rate, n=len(ok),
                             r2=None, source="derived", ref="derived:latency-stages", **extra)
-    fit = fit_latency(steps, total)
     used.add("measured:latency")
     return LatencyModel(overhead_s=fit.overhead_s, per_step_s=fit.per_step_s, n=fit.n, r2=fit.r2, source="measured",
                         ref="measured:latency", overhead_se_s=fit.overhead_se_s, per_step_se_s=fit.per_step_se_s,

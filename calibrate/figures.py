@@ -1,6 +1,6 @@
 """Figures of a calibration and the records behind it (matplotlib, PNG and SVG).
 
-- ``scores_<model>``: per category, the CLIPScore histogram at the model's default
+- ``scores_<model>`` (the key with characters outside ``[A-Za-z0-9._-]`` as ``-``): per category, the CLIPScore histogram at the model's default
   steps with the fitted Normal density (the kind of figure Gao et al. open with);
 - ``quality_vs_steps``: per category, each model's cell means ± std and its curve;
 - ``latency_vs_steps``: per-image total seconds and each model's fitted line;
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def write_figures(table: CalibrationTable, runs: ProfileRuns, out_dir: str | os.
     written: list[Path] = []
     # A fixed hash salt and no date keep the SVGs identical across re-runs.
     with plt.rc_context({"svg.hashsalt": "genedge", "figure.dpi": 100}):
-        figures = {f"scores_{key}": _score_histograms(plt, table, runs, key) for key in table.models}
+        figures = {f"scores_{_file_stem(key)}": _score_histograms(plt, table, runs, key) for key in table.models}
         figures["quality_vs_steps"] = _quality_vs_steps(plt, table)
         figures["latency_vs_steps"] = _latency_vs_steps(plt, table, runs)
         figures["memory_ladder"] = _memory_ladder(plt, table)
@@ -61,6 +62,11 @@ def write_figures(table: CalibrationTable, runs: ProfileRuns, out_dir: str | os.
             plt.close(fig)
     logger.info("Wrote %d figure files to %s.", len(written), out)
     return written
+
+
+def _file_stem(key: str) -> str:
+    # Model keys such as "replica:tiny" or "org/name@rev" hold characters a file name must not.
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", key)
 
 
 def _grid(plt: Any, count: int, title: str) -> tuple[Any, list[Any]]:

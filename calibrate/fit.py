@@ -21,6 +21,7 @@ __all__ = [
     "MIN_CELL_SAMPLES",
     "MIN_CURVE_STEPS",
     "MIN_GOF_SAMPLES",
+    "ZERO_SPREAD_STD",
     "CurveFit",
     "LatencyFit",
     "QualityFit",
@@ -38,6 +39,8 @@ MIN_CELL_SAMPLES = 2
 MIN_GOF_SAMPLES = 3
 #: A cell whose goodness-of-fit p-value falls below this is flagged ``non_normal``.
 GOF_ALPHA = 0.05
+#: The std (points) a cell of identical scores carries, flagged ``zero_spread``.
+ZERO_SPREAD_STD = 1e-3
 #: The saturating curve has three parameters, so it needs at least three step counts.
 MIN_CURVE_STEPS = 3
 #: Bounds on the curve's step scale kappa, relative to the profiled steps: below a fraction of the
@@ -57,7 +60,9 @@ class QualityFit:
         std: maximum-likelihood standard deviation (points; ddof = 0, i.e. √(Σ(x−x̄)²/n)).
         n: number of scores.
         gof: Shapiro–Wilk p-value for normality, or None below :data:`MIN_GOF_SAMPLES` scores.
-        flags: ``"few_samples"`` when gof is None, ``"non_normal"`` when gof < :data:`GOF_ALPHA`.
+        flags: ``"few_samples"`` when n < :data:`MIN_GOF_SAMPLES`, ``"non_normal"`` when
+            gof < :data:`GOF_ALPHA`, ``"zero_spread"`` when every score is equal (std is then
+            :data:`ZERO_SPREAD_STD` and gof None).
     """
 
     mean: float
@@ -82,8 +87,7 @@ def fit_quality(scores: Sequence[float] | np.ndarray) -> QualityFit:
         The fit, with a Shapiro–Wilk p-value where n ≥ 3.
 
     Raises:
-        ValueError: fewer than :data:`MIN_CELL_SAMPLES` scores, or all scores equal
-            (a Normal with zero spread is not a distribution the planner can use).
+        ValueError: fewer than :data:`MIN_CELL_SAMPLES` scores.
 
     Example:
         >>> fit = fit_quality([30.0, 32.0, 34.0])
@@ -95,7 +99,9 @@ def fit_quality(scores: Sequence[float] | np.ndarray) -> QualityFit:
         raise ValueError(f"Expected at least {MIN_CELL_SAMPLES} scores to fit a Normal, but got {x.size}")
     mean, std = stats.norm.fit(x)
     if not std > 0:
-        raise ValueError(f"Expected scores with some spread, but all {x.size} equal {float(x[0])!r}")
+        # Identical scores (e.g. a random-weight CLIP clamping every image to 0) have no spread to
+        # test; the table needs std > 0, so the cell carries a floor and says so.
+        return QualityFit(mean=float(mean), std=ZERO_SPREAD_STD, n=int(x.size), gof=None, flags=("zero_spread",))
     gof = None if x.size < MIN_GOF_SAMPLES else float(stats.shapiro(x).pvalue)
     flags = ("few_samples",) if gof is None else ("non_normal",) if gof < GOF_ALPHA else ()
     return QualityFit(mean=float(mean), std=float(std), n=int(x.size), gof=gof, flags=flags)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from genedge import data
 from genedge.calibrate.table import ClipConvention, Exclusion, TableError, _Reader
 
 __all__ = [
@@ -172,10 +173,27 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     for name in ClipConvention.__dataclass_fields__:
         r.get(convention, name, "clip_convention", str)
     prompt_set = r.get(doc, "prompt_set", "", dict)
-    r.get(prompt_set, "category_mapping", "prompt_set", dict)
+    prompt_set["category_mapping"] = _category_mapping(prompt_set, r)
     for i, model in enumerate(r.get(doc, "models", "", list)):
         r.get(r.check(model, f"models[{i}]", dict), "key", f"models[{i}]", str)
     return doc
+
+
+def _category_mapping(prompt_set: dict[str, Any], r: _Reader) -> dict[str, Any]:
+    """The mapping as a document: a name of a shipped mapping is resolved to its column and labels.
+
+    The table carries the mapping itself (category → labels of ``column``), so a planner can map
+    a prompt file without the profiler.
+    """
+    raw = r.get(prompt_set, "category_mapping", "prompt_set", (str, dict))
+    if isinstance(raw, dict):
+        return raw
+    mapping = {"name": raw, "column": r.opt(prompt_set, "column", "prompt_set", str)}
+    shipped = data.path("prompts", "mappings", f"{raw}.json")
+    if shipped.is_file():
+        spec = json.loads(shipped.read_text(encoding="utf-8"))
+        mapping.update(column=spec["column"], labels=spec["categories"])
+    return mapping
 
 
 def _check_compatible(first: tuple[Path, Mapping[str, Any]], other: tuple[Path, Mapping[str, Any]]) -> None:

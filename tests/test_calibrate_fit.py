@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from genedge.calibrate import fit_latency, fit_quality, fit_quality_curve, saturating_mean
+from genedge.calibrate.fit import ZERO_SPREAD_STD
 
 
 def test_fit_quality_recovers_normal_parameters() -> None:
@@ -35,10 +36,14 @@ def test_fit_quality_flags_few_samples_and_non_normal() -> None:
     assert skewed.gof < 0.05 and skewed.flags == ("non_normal",)
 
 
+def test_fit_quality_flags_identical_scores_with_a_floor_spread() -> None:
+    fit = fit_quality([0.0, 0.0, 0.0])
+    assert (fit.mean, fit.std, fit.gof, fit.flags) == (0.0, ZERO_SPREAD_STD, None, ("zero_spread",))
+
+
 @pytest.mark.parametrize(("scores", "match"), [
     ([30.0], r"Expected at least 2 scores to fit a Normal, but got 1"),
     ([], r"Expected at least 2 scores to fit a Normal, but got 0"),
-    ([30.0, 30.0, 30.0], r"Expected scores with some spread, but all 3 equal 30.0"),
 ])
 def test_fit_quality_refuses_unfittable_cells(scores: list[float], match: str) -> None:
     with pytest.raises(ValueError, match=match):
