@@ -19,7 +19,7 @@ from genedge.optimizer.baselines import (
     paper_routing,
     random_assignment,
 )
-from genedge.optimizer.exact import exact_search
+from genedge.optimizer.exact import exact_search, utility_upper_bound
 from genedge.optimizer.methods import METHODS, PROPOSED, run_methods
 from genedge.optimizer.problem import Problem, Workload
 from genedge.optimizer.propose import propose
@@ -55,4 +55,5 @@ __all__ = [
     "run_methods",
     "synthetic_problem",
     "uniform_assignment",
+    "utility_upper_bound",
 ]

@@ -208,3 +208,12 @@ def test_memory_limit_restricts_models_in_use():
     assert (result.loads > 0).sum() == 1
     with pytest.raises(ValueError, match="do not fit"):
         evaluate(limited, np.full((2, 2), 0.5), (0, 0), np.array([0.5, 0.5]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_decoupled_bound_is_above_the_exact_certificate(seed):
+    from genedge.optimizer.exact import utility_upper_bound
+
+    problem = synthetic_problem(3, 4, 50, weight=0.05, rng=seed)
+    exact = exact_search(problem)
+    assert utility_upper_bound(problem) >= exact.upper_bound - 1e-9 >= exact.utility - 1e-9
