@@ -1,6 +1,16 @@
 """genedge.calibrate: calibration tables (schema, validation, I/O) and the fits that produce them."""
 
 from genedge.calibrate.build import build_table, calibrate_runs
+from genedge.calibrate.compare import (
+    LatencyChange,
+    MemoryChange,
+    QualityChange,
+    TableComparison,
+    compare_tables,
+    comparison_text,
+    welch_t,
+)
+from genedge.calibrate.figures import write_figures
 from genedge.calibrate.fit import (
     CurveFit,
     LatencyFit,
@@ -11,6 +21,8 @@ from genedge.calibrate.fit import (
     saturating_mean,
 )
 from genedge.calibrate.records import ProfileRuns, read_runs, record_schema
+from genedge.calibrate.report import REPLICA_NOTE, table_summary
+from genedge.calibrate.synthetic import QualityTruth, SyntheticModel, synthetic_run, write_run
 from genedge.calibrate.table import (
     MEMORY_RUNGS,
     SCHEMA_VERSION,
@@ -34,33 +46,47 @@ from genedge.calibrate.table import (
 
 __all__ = [
     "MEMORY_RUNGS",
+    "REPLICA_NOTE",
     "SCHEMA_VERSION",
     "CalibrationTable",
     "ClipConvention",
     "CurveFit",
     "Exclusion",
+    "LatencyChange",
     "LatencyFit",
     "LatencyModel",
+    "MemoryChange",
     "MemoryPeak",
     "ModelCalibration",
     "ProfileRuns",
     "QualityCell",
+    "QualityChange",
     "QualityCurve",
     "QualityFit",
+    "QualityTruth",
     "Source",
     "StageBreakdown",
+    "SyntheticModel",
+    "TableComparison",
     "TableError",
     "build_table",
     "calibrate_runs",
+    "compare_tables",
+    "comparison_text",
     "fit_latency",
     "fit_quality",
     "fit_quality_curve",
     "load_table",
     "read_runs",
     "record_schema",
-    "save_table",
     "saturating_mean",
+    "save_table",
+    "synthetic_run",
     "table_from_dict",
+    "table_summary",
     "table_to_dict",
+    "welch_t",
+    "write_figures",
+    "write_run",
     "write_text_atomic",
 ]

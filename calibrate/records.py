@@ -324,7 +324,7 @@ def _first_line(error: str) -> str:
 
 def manifests_as_provenance(manifests: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The manifest fields a table carries as provenance, per run (nothing time-dependent)."""
-    keep = ("device", "versions", "dtype", "resolution", "guidance_scale", "scheduler", "models", "batch_size",
-            "seeds", "warmup", "prompt_set", "nvml")
+    keep = ("device", "versions", "dtype", "resolution", "guidance_scale", "scheduler", "models", "steps",
+            "batch_size", "seeds", "warmup", "prompt_set", "nvml")
     return {"runs": {run_id: {k: m[k] for k in keep if k in m} for run_id, m in manifests.items()}}
 

@@ -30,9 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Fit, write and summarize the table; draw figures when asked."""
-    from genedge.calibrate import read_runs, save_table
-    from genedge.calibrate.build import build_table
-    from genedge.calibrate.report import table_summary
+    from genedge.calibrate import build_table, read_runs, save_table, table_summary
 
     runs = read_runs(args.runs)
     table = build_table(runs)
@@ -40,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     print(table_summary(table))
     print(f"\nwrote {path}")
     if args.figures:
-        from genedge.calibrate.figures import write_figures
+        from genedge.calibrate import write_figures
 
         for figure in write_figures(table, runs, args.figures):
             print(f"wrote {figure}")

@@ -107,8 +107,7 @@ def plan_changes(old: Any, new: Any, *, tolerance: float = DECISION_TOLERANCE) -
 
 def run(args: argparse.Namespace) -> int:
     """Print the table differences, then the plans' differences."""
-    from genedge.calibrate import load_table
-    from genedge.calibrate.compare import compare_tables, comparison_text
+    from genedge.calibrate import compare_tables, comparison_text, load_table
     from genedge.optimizer import Problem, Workload, propose
 
     old, new = load_table(args.old), load_table(args.new)

@@ -59,9 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Profile, calibrate and plan; print each stage's result and where its files are."""
-    from genedge.calibrate import read_runs, save_table
-    from genedge.calibrate.build import build_table
-    from genedge.calibrate.report import table_summary
+    from genedge.calibrate import build_table, read_runs, save_table, table_summary, write_figures
     from genedge.cli._common import DEFAULT_MIX, DEFAULT_REQUESTS
     from genedge.optimizer import Problem, Workload, propose
     from genedge.optimizer.plan_file import plan_to_dict, save_plan
@@ -89,8 +87,6 @@ def run(args: argparse.Namespace) -> int:
     print(table_summary(table))
     print(f"   wrote {table_path}")
     if not args.no_figures:
-        from genedge.calibrate.figures import write_figures
-
         print(f"   wrote {len(write_figures(table, runs, folder / 'figures'))} figure files to {folder / 'figures'}")
 
     print("\n3. plan")
