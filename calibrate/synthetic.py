@@ -142,7 +142,7 @@ def synthetic_run(models: Sequence[SyntheticModel], *, steps: Sequence[int] = (1
         "batch_size": 1, "seeds": list(seeds), "warmup": 0,
         "clip_convention": {name: getattr(clip_convention, name) for name in ClipConvention.__dataclass_fields__},
         "prompt_set": {"name": "synthetic", "sha256": "0" * 64,
-                       "category_mapping": {"column": "category", "labels": {c: c for c in categories}},
+                       "category_mapping": {"column": "category", "labels": {c: [c] for c in categories}},
                        "column": "category", "n": prompts_per_category * len(categories)},
         "nvml": {"available": False, "reason": "synthetic run"},
     }

@@ -85,4 +85,4 @@ def test_compare_refuses_a_workload_it_cannot_read(tmp_path: Path) -> None:
                     ).returncode == 0
     done = _genedge("compare", tmp_path / "t.json", tmp_path / "t.json", "--workload", "Basic:3")
     assert done.returncode == 2
-    assert "Expected --workload as CATEGORY=COUNT,..., but got 'Basic:3'" in done.stderr
+    assert "--workload: expected CATEGORY=COUNT items, but got 'Basic:3'" in done.stderr

@@ -13,14 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PlanChange", "add_parser", "parse_workload", "plan_changes", "run"]
+from genedge.cli._common import DEFAULT_REQUESTS, workload_from_args
+
+__all__ = ["PlanChange", "add_parser", "plan_changes", "run"]
 
 logger = logging.getLogger(__name__)
 
 #: Routing probabilities and shares that move by less than this are reported as unchanged.
 DECISION_TOLERANCE = 0.01
-#: Requests per category when no workload is given.
-DEFAULT_REQUESTS_PER_CATEGORY = 25
 
 
 @dataclass(frozen=True)
@@ -52,29 +52,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("old", metavar="OLD", help="the reference table (JSON)")
     parser.add_argument("new", metavar="NEW", help="the table to compare with it (JSON)")
-    parser.add_argument("--workload", metavar="CAT=N,...",
-                        help=f"requests per category (default: {DEFAULT_REQUESTS_PER_CATEGORY} for each category "
-                             f"both tables have)")
+    load = parser.add_mutually_exclusive_group()
+    load.add_argument("--workload", metavar="CAT=N,...",
+                      help="requests per category, e.g. 'Basic=25,Detail=50,Imagination=14,Complex=11'")
+    load.add_argument("--requests", type=int, default=DEFAULT_REQUESTS,
+                      help=f"number of requests in PartiPrompts' category mix over the old table's categories "
+                           f"(default: {DEFAULT_REQUESTS}, as genedge plan)")
     parser.add_argument("--budget", type=float, default=1.0, help="compute budget R in GPU units (default 1.0)")
     parser.add_argument("--weight", type=float, default=0.05,
                         help="delay weight w in CLIPScore points per second (default 0.05)")
     parser.add_argument("--seed", type=int, default=0, help="planner seed (default 0)")
     parser.add_argument("--alpha", type=float, default=0.05, help="mark changes with p below this (default 0.05)")
-    parser.set_defaults(func=run)
-
-
-def parse_workload(text: str) -> dict[str, float]:
-    """Parse ``"Basic=25,Detail=50"`` into ``{"Basic": 25.0, "Detail": 50.0}``."""
-    counts = {}
-    for part in text.split(","):
-        name, sep, value = part.partition("=")
-        try:
-            counts[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not name.strip():
-            raise ValueError(f"Expected --workload as CATEGORY=COUNT,..., but got {part!r} in {text!r}")
-    return counts
+    # Same workload options as genedge plan, without a prompt file.
+    parser.set_defaults(func=run, prompts=None)
 
 
 def plan_changes(old: Any, new: Any, *, tolerance: float = DECISION_TOLERANCE) -> list[PlanChange]:
@@ -108,17 +98,14 @@ def plan_changes(old: Any, new: Any, *, tolerance: float = DECISION_TOLERANCE) -
 def run(args: argparse.Namespace) -> int:
     """Print the table differences, then the plans' differences."""
     from genedge.calibrate import compare_tables, comparison_text, load_table
-    from genedge.optimizer import Problem, Workload, propose
+    from genedge.optimizer import Problem, propose
 
     old, new = load_table(args.old), load_table(args.new)
     print(comparison_text(compare_tables(old, new), alpha=args.alpha))
-    shared = [c for c in old.categories if c in new.categories]
-    counts = (parse_workload(args.workload) if args.workload
-              else {c: DEFAULT_REQUESTS_PER_CATEGORY for c in shared})
-    workload = Workload.from_counts(counts)
+    workload = workload_from_args(args, old)
     results = [propose(Problem.from_table(table, workload, budget=args.budget, weight=args.weight), rng=args.seed)
                for table in (old, new)]
-    print(f"\nplans on the same workload {_counts_text(counts)} (budget {args.budget:g} GPU, w {args.weight:g} "
+    print(f"\nplans on the same workload {_counts_text(workload.counts)} (budget {args.budget:g} GPU, w {args.weight:g} "
           f"points/s, seed {args.seed}):")
     for label, attr, fmt in (("utility", "utility", ".3f"), ("mean quality", "mean_quality", ".3f"),
                              ("mean delay s", "mean_delay_s", ".3f"), ("p95 delay s", "p95_delay_s", ".3f")):
