@@ -28,7 +28,7 @@ from genedge.profiler.prompts import (
     load_prompt_set,
 )
 from genedge.profiler.records import read_manifest, read_records, recorded_keys, record_schema, summarize_run
-from genedge.profiler.run import Measurement, ProfileConfig, Progress, RunResult, profile, validate
+from genedge.profiler.run import Measurement, ProfileConfig, Progress, RunResult, measure_call, profile, validate
 from genedge.profiler.timing import Clock, StepTimer, step_timer
 
 __all__ = [
@@ -38,6 +38,6 @@ __all__ = [
     "NvmlMonitor", "NvmlPeaks", "NvmlStatus",
     "Prompt", "PromptSet", "add_category_mapping_path", "get_category_mapping", "list_category_mappings", "load_prompt_set",
     "read_manifest", "read_records", "recorded_keys", "record_schema", "summarize_run",
-    "Measurement", "ProfileConfig", "Progress", "RunResult", "profile", "validate",
+    "Measurement", "ProfileConfig", "Progress", "RunResult", "measure_call", "profile", "validate",
     "Clock", "StepTimer", "step_timer",
 ]

@@ -40,6 +40,7 @@ __all__ = [
     "Progress",
     "RunResult",
     "Measurement",
+    "measure_call",
     "validate",
     "profile",
 ]
@@ -279,8 +280,28 @@ def _decode(pipe: Any, latents: Any) -> list[Any]:
     return pipe.image_processor.postprocess(pixels, output_type="pil")
 
 
-def _generate(pipe: Any, prompts: list[str], *, steps: int, seed: int, config: ProfileConfig, device: Any,
-              clock: Clock, monitor: NvmlMonitor) -> tuple[list[Any], Measurement]:
+def measure_call(pipe: Any, prompts: list[str], *, steps: int, seed: int, config: ProfileConfig, device: Any,
+                 clock: Clock, monitor: NvmlMonitor) -> tuple[list[Any], Measurement]:
+    """Generate one batch with every measurement window: the profiler's hot path.
+
+    Text encoding, denoising (``output_type="latent"``) and VAE decoding run as three contiguous
+    windows on the device clock; a pre-hook on the UNet marks the start of step 0 and a step-end
+    callback marks each step's end. Torch peaks are reset before the call and NVML is sampled in
+    the background during it.
+
+    Args:
+        pipe: A pipeline from :func:`genedge.profiler.load_pipeline`.
+        prompts: The batch's prompts.
+        steps: Requested denoising steps.
+        seed: Seed of every image's ``torch.Generator``.
+        config: Resolution and guidance scale are read from it.
+        device: The pipeline's ``torch.device``.
+        clock: Clock of ``device``.
+        monitor: NVML monitor of ``device``.
+
+    Returns:
+        The PIL images and the call's :class:`Measurement`.
+    """
     torch = require("torch")
     cuda = device.type == "cuda"
     generators = [torch.Generator(device).manual_seed(seed) for _ in prompts]
@@ -493,7 +514,7 @@ def _measure(todo: list[_Item], specs: Sequence[ModelSpec], config: ProfileConfi
         try:
             pipe = load_pipeline(spec, device=device, dtype=dtype, scheduler=config.scheduler)
             for _ in range(config.warmup):
-                _generate(pipe, [model_items[0].prompt.text], steps=model_items[0].steps, seed=model_items[0].seed,
+                measure_call(pipe, [model_items[0].prompt.text], steps=model_items[0].steps, seed=model_items[0].seed,
                           config=config, device=device, clock=clock, monitor=monitor)
         except oom as err:
             logger.warning("%s: out of memory while loading or warming up; recording its %d images as oom", spec.key, len(model_items))
@@ -508,7 +529,7 @@ def _measure(todo: list[_Item], specs: Sequence[ModelSpec], config: ProfileConfi
             remaining = list(config_items)
             for batch in _batches(config_items, config.batch_size):
                 try:
-                    images, measurement = _generate(pipe, [it.prompt.text for it in batch], steps=steps, seed=batch[0].seed,
+                    images, measurement = measure_call(pipe, [it.prompt.text for it in batch], steps=steps, seed=batch[0].seed,
                                                     config=config, device=device, clock=clock, monitor=monitor)
                     recorder.add([_Pending(it, "ok", None, measurement, image) for it, image in zip(batch, images)])
                 except oom as err:
