@@ -125,21 +125,21 @@ def build_table(runs: ProfileRuns) -> CalibrationTable:
     images; its default steps the largest of them.
 
     Raises:
-        TableError: a (model, category, steps) cell with fewer than 2 scores, a model with more than one batch size or resolution, or a model whose memory
-            can be neither measured nor derived. The message names the runs and the cell.
+        TableError: a model without successful images, a (model, category, steps) cell with
+            fewer than 2 scores, a model with more than one batch size or resolution, or a model
+            whose memory can be neither measured nor derived. The message names the runs and the cell.
     """
     where = ", ".join(str(d) for d in runs.run_dirs)
-    scored = runs.scored
-    categories = _category_order(runs.category_mapping, set(scored["category"]))
-    used: set[str] = set()
-    models = {}
-    for key, rows in runs.ok.groupby("model_key", sort=True):
-        models[key] = _model(where, str(key), rows, scored[scored["model_key"] == key], categories, runs, used)
-    failed_only = sorted(set(runs.records["model_key"]) - set(models))
+    ok, scored = runs.ok, runs.scored
+    failed_only = sorted(set(runs.records["model_key"]) - set(ok["model_key"]))
     if failed_only:
         raise TableError(where, f"models.{failed_only[0]}",
                          f"expected successful images for every model, but {failed_only} have none "
                          f"(see the excluded rows: {[e.reason for e in runs.exclusions if e.model_key in failed_only]})")
+    categories = _category_order(runs.category_mapping, set(scored["category"]))
+    used: set[str] = set()
+    models = {key: _model(where, str(key), rows, scored[scored["model_key"] == key], categories, runs, used)
+              for key, rows in ok.groupby("model_key", sort=True)}
     table = CalibrationTable(
         device=dict(runs.device),
         clip_convention=runs.clip_convention,

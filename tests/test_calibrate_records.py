@@ -139,3 +139,11 @@ def test_missing_manifest_and_wrong_manifest_field(tmp_path: Path) -> None:
     (run / "manifest.json").write_text(json.dumps(doc))
     with pytest.raises(TableError, match=r"manifest.json: schema_version: expected 1, but got 2"):
         calibrate_runs([run])
+
+
+def test_a_model_whose_every_image_failed_is_an_error_naming_it(tmp_path: Path) -> None:
+    manifest, records = _run(tmp_path)
+    records[["status", "error"]] = ["oom", "CUDA out of memory"]
+    with pytest.raises(TableError, match=r"models.m: expected successful images for every model, but \['m'\] have "
+                                         r"none \(see the excluded rows: \['status=oom: CUDA out of memory'"):
+        calibrate_runs([write_run(tmp_path / "run", manifest, records)])
