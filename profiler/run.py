@@ -515,10 +515,12 @@ def _measure(todo: list[_Item], specs: Sequence[ModelSpec], config: ProfileConfi
             pipe = load_pipeline(spec, device=device, dtype=dtype, scheduler=config.scheduler)
             for _ in range(config.warmup):
                 measure_call(pipe, [model_items[0].prompt.text], steps=model_items[0].steps, seed=model_items[0].seed,
-                          config=config, device=device, clock=clock, monitor=monitor)
-        except oom as err:
-            logger.warning("%s: out of memory while loading or warming up; recording its %d images as oom", spec.key, len(model_items))
-            recorder.add([_Pending(it, "oom", f"out of memory while loading or warming up: {err}") for it in model_items])
+                             config=config, device=device, clock=clock, monitor=monitor)
+        except Exception as err:  # noqa: BLE001 — a model that cannot load or warm up is rows, and the run goes on
+            status = "oom" if isinstance(err, oom) else "error"
+            logger.warning("%s: %s while loading or warming up; recording its %d images as %s",
+                           spec.key, type(err).__name__, len(model_items), status)
+            recorder.add([_Pending(it, status, f"while loading or warming up: {type(err).__name__}: {err}") for it in model_items])
             done += len(model_items)
             report(spec.key)
             del pipe
@@ -530,7 +532,7 @@ def _measure(todo: list[_Item], specs: Sequence[ModelSpec], config: ProfileConfi
             for batch in _batches(config_items, config.batch_size):
                 try:
                     images, measurement = measure_call(pipe, [it.prompt.text for it in batch], steps=steps, seed=batch[0].seed,
-                                                    config=config, device=device, clock=clock, monitor=monitor)
+                                                       config=config, device=device, clock=clock, monitor=monitor)
                     recorder.add([_Pending(it, "ok", None, measurement, image) for it, image in zip(batch, images)])
                 except oom as err:
                     logger.warning("%s: out of memory; recording the configuration's %d remaining images as oom", label, len(remaining))

@@ -131,3 +131,14 @@ def test_bad_input_fails_before_any_work(profiler_config: ProfileConfig, tmp_pat
     with pytest.raises(ValueError, match=message):
         profile(dataclasses.replace(profiler_config, **change), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("warmup", [0, 1])
+def test_a_failing_generation_leaves_rows_and_the_run_goes_on(profiler_config: ProfileConfig, tmp_path: Path, warmup: int) -> None:
+    # 2^20-pixel sides: the latents alone would need terabytes, so the CPU allocator refuses at once.
+    huge = dataclasses.replace(profiler_config, models=("replica:tiny",), steps=(2,), resolution=2**20, warmup=warmup)
+    result = profile(huge, tmp_path / "run")
+    frame = read_records(tmp_path / "run")
+    assert (result.recorded, result.failed) == (8, 8) and len(frame) == 8
+    assert frame["status"].eq("error").all() and frame["error"].str.contains("allocate").all()
+    assert frame["step_latencies_s"].isna().all() and frame["clip_score"].isna().all()
