@@ -14,15 +14,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from genedge.calibrate.table import TableError, write_text_atomic
+from genedge.calibrate.table import write_text_atomic
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.result import PlanResult
 
-__all__ = ["PLAN_SCHEMA_VERSION", "plan_to_dict", "save_plan", "load_plan"]
+__all__ = ["PLAN_SCHEMA_VERSION", "PlanError", "plan_to_dict", "save_plan", "load_plan", "validate_plan"]
 
 PLAN_SCHEMA_VERSION = 1
 _KIND = "genedge.plan"
 _FIGURES = ("mean_clipscore", "mean_delay_s", "p95_delay_s", "utility")
+
+
+class PlanError(ValueError):
+    """A plan document is malformed; the message names the file and the field."""
+
+    def __init__(self, where: str, field_path: str, message: str) -> None:
+        self.where = where
+        self.field_path = field_path
+        super().__init__(f"{where}: {field_path}: {message}")
 
 
 def _figures(result: PlanResult) -> dict[str, float]:
@@ -103,13 +112,13 @@ def load_plan(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate a plan file.
 
     Raises:
-        TableError: naming the file and field that is wrong.
+        PlanError: naming the file and field that is wrong.
     """
     path = Path(path)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise TableError(str(path), f"line {err.lineno}", f"not valid JSON ({err.msg})") from err
+        raise PlanError(str(path), f"line {err.lineno}", f"not valid JSON ({err.msg})") from err
     validate_plan(document, str(path))
     return document
 
@@ -121,10 +130,10 @@ def validate_plan(document: Mapping[str, Any], where: str) -> None:
     the budget, deployed models have steps and a share.
 
     Raises:
-        TableError: naming ``where`` and the field.
+        PlanError: naming ``where`` and the field.
     """
-    def fail(field: str, message: str) -> TableError:
-        return TableError(where, field, message)
+    def fail(field: str, message: str) -> PlanError:
+        return PlanError(where, field, message)
 
     for field in ("schema_version", "kind", "method", "inputs", "routing", "models", "predicted"):
         if field not in document:

@@ -22,8 +22,8 @@ r_m = R √K_m / Σ_j √K_j, with minimum (Σ_m √K_m)² / R.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -89,3 +89,26 @@ def test_help_explains_every_option():
     for option in ("--table", "--workload", "--prompts", "--requests", "--budget", "--weight", "--method",
                    "--compare", "--out", "--models", "--memory-gib", "--seed"):
         assert option in text
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "message"),
+    [
+        (lambda d: d["routing"]["Basic"].update({"sd15": 0.7, "sd21": 0.7}), "routing.Basic",
+         "expected probabilities summing to 1"),
+        (lambda d: d["models"]["sd21"].update({"share": -0.1}), "models.sd21.share", "expected a share >= 0"),
+        (lambda d: d["predicted"].pop("utility"), "predicted.utility", "expected a finite number"),
+        (lambda d: d.pop("routing"), "routing", "missing field"),
+    ],
+)
+def test_plan_file_validation_names_the_field(tmp_path, mutate, field, message):
+    from genedge.optimizer.plan_file import PlanError
+
+    path = tmp_path / "plan.json"
+    genedge("plan", "--compare", "paper", "--out", str(path))
+    document = json.loads(path.read_text())
+    mutate(document)
+    path.write_text(json.dumps(document))
+    with pytest.raises(PlanError) as info:
+        load_plan(path)
+    assert info.value.field_path == field and message in str(info.value)
