@@ -6,11 +6,14 @@ import argparse
 import logging
 from typing import Any
 
+# Light modules (constants only); torch, diffusers and open_clip load inside run().
+from genedge.profiler.clipscore import DEFAULT_CLIP_BACKBONE, DEFAULT_CLIP_PRETRAINED
+from genedge.profiler.prompts import DEFAULT_MAPPING, DEFAULT_PROMPT_SOURCE
+from genedge.profiler.run import FLUSH_EVERY_IMAGES, WARMUP_RUNS
+
 __all__ = ["add_parser", "run", "show"]
 
 logger = logging.getLogger(__name__)
-
-_DEFAULT_PROMPTS = "nateraw/parti-prompts"
 
 
 def _ints(option: str, text: str) -> tuple[int, ...]:
@@ -37,10 +40,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="model spec, repeatable: replica:<arch> (random weights; see the error for the list), "
                              "a local pipeline directory, or a hub id org/name[@revision]")
     parser.add_argument("--steps", default="", help="comma-separated denoising step counts, e.g. 10,20,30")
-    parser.add_argument("--prompts", default=_DEFAULT_PROMPTS,
-                        help=f"datasets hub id or local .tsv/.csv/.parquet prompt file (default: {_DEFAULT_PROMPTS})")
-    parser.add_argument("--category-mapping", default="paper4",
-                        help="category mapping: paper4 (default; Basic/Detail/Imagination/Complex), challenge, category")
+    parser.add_argument("--prompts", default=DEFAULT_PROMPT_SOURCE,
+                        help=f"datasets hub id or local .tsv/.csv/.parquet prompt file (default: {DEFAULT_PROMPT_SOURCE})")
+    parser.add_argument("--category-mapping", default=DEFAULT_MAPPING,
+                        help=f"category mapping: paper4 (Basic/Detail/Imagination/Complex), challenge, category "
+                             f"(default: {DEFAULT_MAPPING})")
     parser.add_argument("--per-category", type=int, help="at most N prompts per category (sampled with --prompt-seed)")
     parser.add_argument("--limit", type=int, help="at most N prompts overall (sampled with --prompt-seed)")
     parser.add_argument("--prompt-seed", type=int, default=0, help="seed of the prompt subsampling (default: 0)")
@@ -51,13 +55,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default: 7.5; ≤1 disables)")
     parser.add_argument("--scheduler", help="diffusers scheduler class replacing each model's own, e.g. DDIMScheduler")
     parser.add_argument("--batch-size", type=int, default=1, help="prompts per pipeline call (default: 1)")
-    parser.add_argument("--warmup", type=int, default=1, help="unrecorded warm-up generations per model (default: 1)")
+    parser.add_argument("--warmup", type=int, default=WARMUP_RUNS,
+                        help=f"unrecorded warm-up generations per model (default: {WARMUP_RUNS})")
     parser.add_argument("--save-images", action="store_true", help="keep PNGs under OUT/images/<sha256>.png")
-    parser.add_argument("--clip-backbone", default="ViT-L-14-quickgelu",
-                        help="open_clip model name, or replica:tiny for random test weights (default: ViT-L-14-quickgelu)")
-    parser.add_argument("--clip-pretrained", default="openai",
-                        help="open_clip pretrained tag, or 'none' for random weights (default: openai)")
-    parser.add_argument("--flush-every", type=int, default=4, help="images per shard (default: 4)")
+    parser.add_argument("--clip-backbone", default=DEFAULT_CLIP_BACKBONE,
+                        help=f"open_clip model name, or replica:tiny for random test weights (default: {DEFAULT_CLIP_BACKBONE})")
+    parser.add_argument("--clip-pretrained", default=DEFAULT_CLIP_PRETRAINED,
+                        help=f"open_clip pretrained tag, or 'none' for random weights (default: {DEFAULT_CLIP_PRETRAINED})")
+    parser.add_argument("--flush-every", type=int, default=FLUSH_EVERY_IMAGES,
+                        help=f"images per shard; a kill loses at most these (default: {FLUSH_EVERY_IMAGES})")
     parser.add_argument("--out", metavar="RUN", help="run directory, e.g. runs/NAME")
     parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     parser.set_defaults(func=run)
