@@ -74,7 +74,8 @@ def test_plan_bad_input_is_one_clear_line(args, message):
 
 def test_simulate_writes_results_figures_and_checks(tmp_path):
     out = tmp_path / "sim"
-    result = genedge("simulate", "--loads", "10,60", "--weights", "0.05", "--replications", "50", "--out", str(out))
+    result = genedge("simulate", "--loads", "10,60", "--budgets", "1", "--weights", "0.05", "--replications", "50",
+                     "--out", str(out))
     assert "vs direct-assignment  ≥ on 2/2 points" in result.stdout
     assert "discrete-event check" in result.stdout
     for name in ("results.csv", "checks.csv", "sweep.png", "sweep.svg", "convergence.png", "convergence.svg"):
