@@ -93,7 +93,7 @@ def metropolis(
 
     Args:
         x0: the starting state.
-        value: utility of a state (must be finite).
+        value: utility of a state: finite, or −inf for an infeasible state, which is never accepted.
         neighbour: draws a neighbour of a state with the given generator.
         maxiter: number of iterations (> 0).
         rng: the one generator every random choice comes from.
@@ -106,7 +106,7 @@ def metropolis(
         (0 done, 2 stopped by the callback).
 
     Raises:
-        ValueError: ``maxiter`` ≤ 0 or the value is not finite.
+        ValueError: ``maxiter`` ≤ 0, the start is infeasible, or a value is NaN or +inf.
     """
     if maxiter <= 0:
         raise ValueError(f"Expected maxiter > 0, but got {maxiter}")
@@ -116,15 +116,17 @@ def metropolis(
         nonlocal nfev
         nfev += 1
         v = value(state)
-        if not math.isfinite(v):
+        if math.isnan(v) or v == math.inf:
             raise ValueError(f"Objective returned a non-finite utility {v} for state {state!r}")
         return v
 
     current, current_value = x0, checked(x0)
+    if current_value == -math.inf:
+        raise ValueError(f"Expected a feasible starting state, but {x0!r} is infeasible")
     best, best_value = current, current_value
     if initial_temp is None:
         drops = [current_value - checked(neighbour(x0, rng)) for _ in range(TEMPERATURE_PROBES)]
-        worsening = [d for d in drops if d > 0]
+        worsening = [d for d in drops if 0 < d < math.inf]
         mean_drop = float(np.mean(worsening)) if worsening else max(abs(current_value), 1.0) * 1e-3
         initial_temp = -mean_drop / math.log(INITIAL_ACCEPTANCE)
     if not initial_temp > 0:

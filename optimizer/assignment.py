@@ -74,8 +74,8 @@ def uniform_assignment(n_categories: int, n_models: int) -> np.ndarray:
     return np.full((n_categories, n_models), 1.0 / n_models)
 
 
-def price_directed_assignment(problem: Problem, mean: np.ndarray, full_share_s: np.ndarray,
-                              allowed: np.ndarray) -> tuple[np.ndarray, float]:
+def price_directed_assignment(problem: Problem, mean: np.ndarray, full_share_s: np.ndarray, allowed: np.ndarray,
+                              shortfall: np.ndarray | None = None) -> tuple[np.ndarray | None, float]:
     r"""Utility-maximizing request routing for fixed steps, on a relaxation of the delay.
 
     With optimal shares the total delay is (Σ_m a_m √(N_m(N_m+1)))² / R with
@@ -85,69 +85,107 @@ def price_directed_assignment(problem: Problem, mean: np.ndarray, full_share_s: 
     .. math:: \max_x\; \sum_{c,m} x_{cm}\mu_{cm} - \lambda \Bigl(\sum_m a_m N_m\Bigr)^2,
               \qquad \lambda = \frac{w}{R},
 
-    whose dual, min over a delay price ν ≥ 0 of
-    ν²/(4λ) + Σ_c n_c max_m (μ_cm − ν a_m), is one-dimensional and piecewise
-    quadratic. It is solved exactly by walking the price breakpoints: each
-    category goes to the model with the best quality minus priced delay, and at
-    most the categories tied at the optimal price are split.
+    optionally subject to a quality floor per category,
+    Σ_m x_cm F_cm ≤ ε n_c with F_cm = P(score < θ) (DESIGN §3.2's chance constraint).
+    Its dual, min over a delay price ν ≥ 0 of
+    ν²/(4λ) + Σ_c n_c max_k (μ_ck − ν a_ck), is one-dimensional and piecewise
+    quadratic, where k runs over the vertices of each category's feasible routings:
+    the single models, and with a floor also the two-model mixes that meet it
+    exactly. It is solved exactly by walking the price breakpoints: each category
+    takes the vertex with the best quality minus priced delay, and at most the
+    categories tied at the optimal price are split.
 
     Because √(N(N+1)) ≥ N, the returned relaxed value is an upper bound on the
     utility (times N) of every routing at these steps; the routing itself is
     feasible and is evaluated exactly by the caller.
 
     Args:
-        problem: the problem (n, R, w).
+        problem: the problem (n, R, w, and ε = ``problem.max_shortfall``).
         mean: μ[c, m] at the chosen steps, shape (C, M).
         full_share_s: o_m + τ_m s_m, shape (M,).
         allowed: models that may receive requests, shape (M,) bool.
+        shortfall: F[c, m] = P(score < θ) at these steps, or None for no floor.
 
     Returns:
         (x, bound): requests x[c, m] (rows summing to n_c) and the relaxed utility,
-        an upper bound on U for any routing over the allowed models at these steps.
+        an upper bound on U for any routing over the allowed models at these
+        steps; ``(None, -inf)`` when some category cannot meet the floor.
     """
-    n = problem.counts
-    lam = problem.weight / problem.budget
     a = np.sqrt(full_share_s / 2)
-    value = np.where(allowed[None, :], mean, -np.inf)
-    c_idx = np.arange(mean.shape[0])
-    if lam == 0:
-        x = np.zeros_like(mean)
-        x[c_idx, value.argmax(axis=1)] = n
-        return x, float((x * mean).sum() / problem.n_requests)
-
-    cols = np.flatnonzero(allowed)
-    i, j = np.triu_indices(cols.size, k=1)
-    i, j = cols[i], cols[j]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        crossings = (mean[:, i] - mean[:, j]) / (a[i] - a[j])
-    crossings = crossings[np.isfinite(crossings) & (crossings > 0)]
-    t = np.unique(np.concatenate([[0.0], crossings]))
-    probes = np.append((t[:-1] + t[1:]) / 2, t[-1] + 1.0)  # one price inside each segment
-    choice = (value[None, :, :] - probes[:, None, None] * a[None, None, :]).argmax(axis=2)  # (K, C)
-    slope = (n[None, :] * a[choice]).sum(axis=1)  # S_k = Σ_c n_c a_{choice}
-    right = np.append(t[1:], np.inf)
-    k = int(np.argmax(right / (2 * lam) - slope >= 0))  # first segment whose right end has h(ν) ≥ 0
-    x = np.zeros_like(mean)
-    x[c_idx, choice[k]] = n
-    if t[k] / (2 * lam) > slope[k] and k > 0:
-        # The optimal price sits on breakpoint t[k]: move tied categories towards the
-        # previous segment's (slower, better) models until Σ a_m N_m reaches ν*/(2λ).
-        need = t[k] / (2 * lam) - slope[k]
-        for c in np.flatnonzero(choice[k] != choice[k - 1]):
-            old, new = choice[k, c], choice[k - 1, c]
-            gain = n[c] * (a[new] - a[old])
-            if need <= 0 or gain <= 0:
-                continue
-            theta = min(1.0, need / gain)
-            x[c, old] -= theta * n[c]
-            x[c, new] += theta * n[c]
-            need -= theta * gain
+    value, cost, mix = _routing_vertices(mean, a, allowed, shortfall, problem.max_shortfall)
+    if not np.isfinite(value).any(axis=1).all():
+        return None, -np.inf
+    weights = _solve_price_dual(value, cost, problem.counts, problem.weight / problem.budget)
+    x = problem.counts[:, None] * np.einsum("ck,ckm->cm", weights, mix)
+    lam = problem.weight / problem.budget
     bound = ((x * mean).sum() - lam * ((a * x.sum(axis=0)).sum()) ** 2) / problem.n_requests
     return x, float(bound)
 
 
+def _routing_vertices(mean: np.ndarray, a: np.ndarray, allowed: np.ndarray, shortfall: np.ndarray | None,
+                      max_shortfall: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vertices of each category's feasible routings: quality, delay cost and model mix.
+
+    Returns (value, cost, mix) of shapes (C, K), (C, K), (C, K, M); a vertex that
+    does not exist for a category has value −inf.
+    """
+    c, m = mean.shape
+    eye = np.broadcast_to(np.eye(m), (c, m, m))
+    if shortfall is None:
+        return np.where(allowed[None, :], mean, -np.inf), np.broadcast_to(a, (c, m)), eye
+    single = np.where(allowed[None, :] & (shortfall <= max_shortfall), mean, -np.inf)
+    i, j = np.triu_indices(m, k=1)
+    keep = allowed[i] & allowed[j]
+    i, j = i[keep], j[keep]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        theta = (max_shortfall - shortfall[:, i]) / (shortfall[:, j] - shortfall[:, i])  # weight on j
+    # A mix is a vertex only when the floor binds between one model above it and one below.
+    exists = (theta > 0) & (theta < 1)
+    theta = np.where(exists, theta, 0.0)
+    pair_value = np.where(exists, (1 - theta) * mean[:, i] + theta * mean[:, j], -np.inf)
+    pair_cost = (1 - theta) * a[i] + theta * a[j]
+    pair_mix = (1 - theta)[:, :, None] * np.eye(m)[i][None] + theta[:, :, None] * np.eye(m)[j][None]
+    return (np.concatenate([single, pair_value], axis=1),
+            np.concatenate([np.broadcast_to(a, (c, m)), pair_cost], axis=1),
+            np.concatenate([eye, pair_mix], axis=1))
+
+
+def _solve_price_dual(value: np.ndarray, cost: np.ndarray, n: np.ndarray, lam: float) -> np.ndarray:
+    """Solve the one-dimensional price dual; return each category's weights over its vertices, shape (C, K)."""
+    categories = np.arange(value.shape[0])
+    weights = np.zeros_like(value)
+    if lam == 0:
+        weights[categories, value.argmax(axis=1)] = 1.0
+        return weights
+    i, j = np.triu_indices(value.shape[1], k=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        crossings = (value[:, i] - value[:, j]) / (cost[:, i] - cost[:, j])
+    crossings = crossings[np.isfinite(crossings) & (crossings > 0)]
+    t = np.unique(np.concatenate([[0.0], crossings]))
+    probes = np.append((t[:-1] + t[1:]) / 2, t[-1] + 1.0)  # one price inside each segment
+    choice = (value[None, :, :] - probes[:, None, None] * cost[None, :, :]).argmax(axis=2)  # (segments, C)
+    slope = (n[None, :] * cost[categories[None, :], choice]).sum(axis=1)  # S = Σ_c n_c cost of its choice
+    right = np.append(t[1:], np.inf)
+    k = int(np.argmax(right / (2 * lam) - slope >= 0))  # first segment whose right end has h(ν) ≥ 0
+    weights[categories, choice[k]] = 1.0
+    if t[k] / (2 * lam) > slope[k] and k > 0:
+        # The optimal price sits on breakpoint t[k]: move tied categories towards the
+        # previous segment's (slower, better) vertices until Σ cost·n reaches ν*/(2λ).
+        need = t[k] / (2 * lam) - slope[k]
+        for c in np.flatnonzero(choice[k] != choice[k - 1]):
+            old, new = choice[k, c], choice[k - 1, c]
+            gain = n[c] * (cost[c, new] - cost[c, old])
+            if need <= 0 or gain <= 0:
+                continue
+            theta = min(1.0, need / gain)
+            weights[c, old] -= theta
+            weights[c, new] += theta
+            need -= theta * gain
+    return weights
+
+
 def polish_requests(problem: Problem, requests: np.ndarray, mean: np.ndarray, full_share_s: np.ndarray,
-                    allowed: np.ndarray) -> tuple[np.ndarray, float, int]:
+                    allowed: np.ndarray, shortfall: np.ndarray | None = None) -> tuple[np.ndarray, float, int]:
     """Improve a routing on the exact utility.
 
     Two kinds of move, repeated until neither helps:
@@ -160,6 +198,9 @@ def polish_requests(problem: Problem, requests: np.ndarray, mean: np.ndarray, fu
       with few requests costs more delay than its quality is worth, and no single
       pairwise move can empty a model that serves several categories.
 
+    With a quality floor (``shortfall`` = F[c, m] = P(score < θ)), moves that would
+    break Σ_m x_cm F_cm ≤ ε n_c are not taken.
+
     Returns:
         (requests, utility, evaluations).
     """
@@ -167,7 +208,7 @@ def polish_requests(problem: Problem, requests: np.ndarray, mean: np.ndarray, fu
     best = float(utility_with_optimal_shares(problem, x, full_share_s, mean))
     nfev = 1
     while True:
-        x, best, evaluations = _pairwise_moves(problem, x, best, mean, full_share_s)
+        x, best, evaluations = _pairwise_moves(problem, x, best, mean, full_share_s, shortfall)
         nfev += evaluations
         retired = None
         for i in np.flatnonzero(x.sum(axis=0) > 0):
@@ -175,7 +216,9 @@ def polish_requests(problem: Problem, requests: np.ndarray, mean: np.ndarray, fu
             remaining[i] = False
             if not remaining.any():
                 continue
-            candidate, _ = price_directed_assignment(problem, mean, full_share_s, remaining)
+            candidate, _ = price_directed_assignment(problem, mean, full_share_s, remaining, shortfall)
+            if candidate is None:
+                continue
             u = float(utility_with_optimal_shares(problem, candidate, full_share_s, mean))
             nfev += 1
             if u > best + 1e-12 * max(1.0, abs(best)):
@@ -185,8 +228,8 @@ def polish_requests(problem: Problem, requests: np.ndarray, mean: np.ndarray, fu
         x = retired
 
 
-def _pairwise_moves(problem: Problem, x: np.ndarray, best: float, mean: np.ndarray,
-                    full_share_s: np.ndarray) -> tuple[np.ndarray, float, int]:
+def _pairwise_moves(problem: Problem, x: np.ndarray, best: float, mean: np.ndarray, full_share_s: np.ndarray,
+                    shortfall: np.ndarray | None) -> tuple[np.ndarray, float, int]:
     """Pairwise request moves between models in use (see :func:`polish_requests`)."""
     nfev = 0
     fractions = np.linspace(0.0, 1.0, _POLISH_GRID)
@@ -205,6 +248,9 @@ def _pairwise_moves(problem: Problem, x: np.ndarray, best: float, mean: np.ndarr
                         batch[:, c, i] -= amounts
                         batch[:, c, j] += amounts
                         u = utility_with_optimal_shares(problem, batch, full_share_s, mean)
+                        if shortfall is not None:
+                            risk = (batch[:, c, :] * shortfall[c]).sum(axis=1)
+                            u = np.where(risk <= problem.max_shortfall * problem.counts[c] * (1 + 1e-9), u, -np.inf)
                         nfev += amounts.size
                         b = int(u.argmax())
                         step = (hi - lo) / (_POLISH_GRID - 1)

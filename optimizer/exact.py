@@ -53,8 +53,11 @@ def exact_search(problem: Problem, *, max_step_vectors: int = MAX_STEP_VECTORS) 
     for allowed in problem.deployable_sets():
         for steps in itertools.product(*(range(k) for k in problem.grid_sizes)):
             mean, full = problem.mean_at(steps), problem.service_at(steps)
-            x, bound = price_directed_assignment(problem, mean, full, allowed)
-            candidates.append((bound, steps, x, allowed))
+            x, bound = price_directed_assignment(problem, mean, full, allowed, problem.shortfall_at(steps))
+            if x is not None:
+                candidates.append((bound, steps, x, allowed))
+    if not candidates:
+        raise problem.unreachable_floor_error()
     candidates.sort(key=lambda item: -item[0])
     best = None
     nfev = len(candidates)
@@ -63,7 +66,7 @@ def exact_search(problem: Problem, *, max_step_vectors: int = MAX_STEP_VECTORS) 
         if best is not None and bound <= best[0]:
             break
         mean, full = problem.mean_at(steps), problem.service_at(steps)
-        x, u, evaluations = polish_requests(problem, x, mean, full, allowed)
+        x, u, evaluations = polish_requests(problem, x, mean, full, allowed, problem.shortfall_at(steps))
         nfev += evaluations
         visited += 1
         if best is None or u > best[0]:
@@ -87,6 +90,7 @@ def utility_upper_bound(problem: Problem) -> float:
     Every ν gives a valid bound (weak duality), so the one-dimensional convex
     minimization only tightens it. Where :func:`exact_search` cannot enumerate
     the step vectors, this still says how far a plan can be from the optimum.
+    It ignores a quality floor, so it also bounds plans that must meet one.
     """
     lam = problem.weight / problem.budget
     best = -np.inf

@@ -34,9 +34,12 @@ class PlanError(ValueError):
         super().__init__(f"{where}: {field_path}: {message}")
 
 
-def _figures(result: PlanResult) -> dict[str, float]:
-    return {"mean_clipscore": result.mean_quality, "mean_delay_s": result.mean_delay_s,
-            "p95_delay_s": result.p95_delay_s, "utility": result.utility}
+def _figures(result: PlanResult) -> dict[str, Any]:
+    figures: dict[str, Any] = {"mean_clipscore": result.mean_quality, "mean_delay_s": result.mean_delay_s,
+                               "p95_delay_s": result.p95_delay_s, "utility": result.utility}
+    if result.shortfall is not None:
+        figures["shortfall_probability"] = dict(zip(result.plan.categories, result.shortfall.tolist()))
+    return figures
 
 
 def plan_to_dict(problem: Problem, result: PlanResult, *, others: Mapping[str, PlanResult] | None = None,
@@ -91,6 +94,8 @@ def plan_to_dict(problem: Problem, result: PlanResult, *, others: Mapping[str, P
             "device_memory_bytes": problem.device_memory_bytes,
             "table_sha256": problem.table_sha256,
             "workload_sha256": problem.workload_sha256,
+            "min_clipscore": problem.min_clipscore,
+            "max_shortfall": problem.max_shortfall if problem.min_clipscore is not None else None,
             **dict(inputs or {}),
         },
         "routing": plan.routing,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy.stats import norm
 
 if TYPE_CHECKING:
     from genedge.calibrate.table import CalibrationTable
@@ -129,6 +130,10 @@ class Problem:
         weight: w, CLIPScore points per second of mean delay.
         device_memory_bytes: memory G available to the models, or None for no limit.
         table_sha256: hash of the calibration table the problem was built from, if any.
+        workload_sha256: hash of the workload, if built from one.
+        min_clipscore: quality floor θ (points): each category's requests must score below
+            it with probability at most ``max_shortfall`` (a chance constraint), or None.
+        max_shortfall: ε, the largest allowed P(score < θ) per category, in (0, 1).
     """
 
     models: tuple[str, ...]
@@ -145,6 +150,8 @@ class Problem:
     device_memory_bytes: int | None = None
     table_sha256: str | None = None
     workload_sha256: str | None = None
+    min_clipscore: float | None = None
+    max_shortfall: float = 0.05
 
     def __post_init__(self) -> None:
         m, c = len(self.models), len(self.categories)
@@ -154,6 +161,10 @@ class Problem:
             raise ValueError(f"Expected a compute budget > 0 (GPU units), but got {self.budget}")
         if not (math.isfinite(self.weight) and self.weight >= 0):
             raise ValueError(f"Expected a delay weight w >= 0 (points per second), but got {self.weight}")
+        if self.min_clipscore is not None and not math.isfinite(self.min_clipscore):
+            raise ValueError(f"Expected a finite CLIPScore floor, but got {self.min_clipscore}")
+        if not 0 < self.max_shortfall < 1:
+            raise ValueError(f"Expected a shortfall probability in (0, 1), but got {self.max_shortfall}")
         if self.counts.shape != (c,) or (self.counts < 0).any() or self.counts.sum() <= 0:
             raise ValueError(f"Expected {c} non-negative request counts with a positive sum, but got {self.counts}")
         for i, key in enumerate(self.models):
@@ -190,6 +201,8 @@ class Problem:
         models: Sequence[str] | None = None,
         device_memory_bytes: int | None = None,
         table_sha256: str | None = None,
+        min_clipscore: float | None = None,
+        max_shortfall: float = 0.05,
     ) -> Problem:
         """Build a problem from a calibration table and a workload.
 
@@ -201,6 +214,8 @@ class Problem:
             models: restrict to these model keys (default: all of the table's).
             device_memory_bytes: memory available to the models (default: the table device's memory).
             table_sha256: hash of the table file, recorded in plans.
+            min_clipscore: quality floor θ, or None for none.
+            max_shortfall: ε, the allowed P(score < θ) per category.
 
         Raises:
             ValueError: unknown categories or model keys (the message lists the known ones).
@@ -241,6 +256,8 @@ class Problem:
             device_memory_bytes=memory,
             table_sha256=table_sha256,
             workload_sha256=workload.sha256(),
+            min_clipscore=min_clipscore,
+            max_shortfall=max_shortfall,
         )
 
     @property
@@ -260,6 +277,17 @@ class Problem:
     def std_at(self, step_index: Sequence[int]) -> np.ndarray:
         """σ[c, m] at the given step index per model, shape (C, M)."""
         return np.stack([q[:, k] for q, k in zip(self.quality_std, step_index)], axis=1)
+
+    def shortfall_at(self, step_index: Sequence[int]) -> np.ndarray | None:
+        """F[c, m] = P(score < θ) = Φ((θ − μ)/σ) at the given steps, shape (C, M); None without a floor."""
+        if self.min_clipscore is None:
+            return None
+        return norm.cdf((self.min_clipscore - self.mean_at(step_index)) / self.std_at(step_index))
+
+    def unreachable_floor_error(self) -> ValueError:
+        """The error planners raise when no plan meets the quality floor."""
+        return ValueError(f"No plan keeps P(CLIPScore < {self.min_clipscore:g}) <= {self.max_shortfall:g} for every "
+                          f"category, even at each model's most steps; lower the floor or allow a larger shortfall")
 
     def service_at(self, step_index: Sequence[int]) -> np.ndarray:
         """Seconds per image at full share, o_m + τ_m·s_m, shape (M,)."""

@@ -66,12 +66,16 @@ def propose(
 
         def utility(steps: tuple[int, ...]) -> float:
             if steps not in cache:
-                mean = problem.mean_at(steps)
-                full = problem.service_at(steps)
-                x, _bound = price_directed_assignment(problem, mean, full, allowed)
+                mean, full, floor = problem.mean_at(steps), problem.service_at(steps), problem.shortfall_at(steps)
+                x, _bound = price_directed_assignment(problem, mean, full, allowed, floor)
+                if x is None:
+                    cache[steps] = (-np.inf, None)
+                    return -np.inf
                 # At small loads serving everything on one model can beat any split,
                 # which the relaxation cannot see: weigh those routings too.
-                candidates = np.concatenate([x[None], single_model[allowed_idx]], axis=0)
+                alone = allowed_idx if floor is None else \
+                    allowed_idx[(floor[:, allowed_idx] <= problem.max_shortfall).all(axis=0)]
+                candidates = np.concatenate([x[None], single_model[alone]], axis=0)
                 u = utility_with_optimal_shares(problem, candidates, full, mean)
                 b = int(u.argmax())
                 cache[steps] = (float(u[b]), candidates[b])
@@ -88,22 +92,31 @@ def propose(
                 k = 2 * steps[i] - k
             return steps[:i] + (k,) + steps[i + 1:]
 
-        out = metropolis(tuple(problem.default_step_index), utility, neighbour, maxiter=maxiter, rng=gen,
-                         callback=callback)
+        start = tuple(problem.default_step_index)
+        if utility(start) == -np.inf:
+            # A quality floor may rule out the default steps; the most steps meet it most easily.
+            start = tuple(k - 1 for k in sizes)
+            if utility(start) == -np.inf:
+                continue
+        out = metropolis(start, utility, neighbour, maxiter=maxiter, rng=gen, callback=callback)
         nit_total += out.nit
         nfev_total += out.nfev
         status = max(status, out.status)
         # The relaxation ignores the curvature of √(N(N+1)), which matters at small loads,
         # so the runners-up of the annealing are polished on the exact utility too.
-        ranked = sorted(cache, key=lambda steps: -cache[steps][0])[:POLISH_CANDIDATES]
+        feasible = [steps for steps, (u, _) in cache.items() if u > -np.inf]
+        ranked = sorted(feasible, key=lambda steps: -cache[steps][0])[:POLISH_CANDIDATES]
         for steps in ranked:
             mean, full = problem.mean_at(steps), problem.service_at(steps)
-            x, u, nfev = polish_requests(problem, cache[steps][1], mean, full, allowed)
+            x, u, nfev = polish_requests(problem, cache[steps][1], mean, full, allowed, problem.shortfall_at(steps))
             nfev_total += nfev
             if best is None or u > best[0]:
                 best = (u, steps, x, out.trajectory)
+    if best is None:
+        raise problem.unreachable_floor_error()
     _, steps, x, trajectory = best
     shares = optimal_shares(problem.service_at(steps), x.sum(axis=0), problem.budget)
     routing = x / problem.counts[:, None]
     return make_result(problem, "genedge", routing, steps, shares, status=status, nit=nit_total, nfev=nfev_total,
                        seed=seed, trajectory=trajectory)
+

@@ -78,6 +78,7 @@ class PlanResult:
         loads: expected requests per model, shape (M,).
         trajectory: (iteration, current utility, best utility, temperature) rows for annealers.
         upper_bound: a proven upper bound on the utility of any plan, where the planner certifies one.
+        shortfall: P(score < θ) per category, shape (C,), where the problem has a quality floor.
     """
 
     method: str
@@ -95,6 +96,7 @@ class PlanResult:
     loads: np.ndarray
     trajectory: np.ndarray | None = None
     upper_bound: float | None = None
+    shortfall: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -124,5 +126,5 @@ def make_result(problem: Problem, method: str, routing: np.ndarray, step_index: 
         method=method, plan=plan, mean_quality=ev.mean_quality, mean_delay_s=ev.mean_delay_s,
         p95_delay_s=ev.p95_delay_s, utility=ev.utility, success=status in (0, 3), status=status,
         message=STATUS_MESSAGES[status], nit=nit, nfev=nfev, seed=seed, loads=ev.loads,
-        trajectory=trajectory, upper_bound=upper_bound, extra=dict(extra),
+        trajectory=trajectory, upper_bound=upper_bound, shortfall=ev.shortfall, extra=dict(extra),
     )

@@ -52,6 +52,8 @@ class Evaluation:
         utility: U = mean_quality − w · mean_delay_s (points).
         loads: requests per model N_m, shape (M,).
         service_s: service time per image on each model's share t_m (s), inf where unused.
+        shortfall: P(score < θ) per category under the routing, shape (C,), where the
+            problem has a quality floor θ; else None.
     """
 
     mean_quality: float
@@ -60,6 +62,7 @@ class Evaluation:
     utility: float
     loads: np.ndarray
     service_s: np.ndarray
+    shortfall: np.ndarray | None = None
 
 
 def optimal_shares(full_share_s: np.ndarray, loads: np.ndarray, budget: float) -> np.ndarray:
@@ -160,6 +163,7 @@ def evaluate(problem: Problem, routing: np.ndarray, step_index: Sequence[int], s
     mean_quality = float((problem.counts[:, None] * routing * problem.mean_at(step_index)).sum() / n)
     delay_sum = float((np.where(in_use, service, 0.0) * loads * (loads + 1) / 2).sum())
     mean_delay = delay_sum / n
+    floor = problem.shortfall_at(step_index)
     return Evaluation(
         mean_quality=mean_quality,
         mean_delay_s=mean_delay,
@@ -167,4 +171,5 @@ def evaluate(problem: Problem, routing: np.ndarray, step_index: Sequence[int], s
         utility=mean_quality - problem.weight * mean_delay,
         loads=loads,
         service_s=service,
+        shortfall=None if floor is None else (routing * floor).sum(axis=1),
     )

@@ -217,3 +217,50 @@ def test_decoupled_bound_is_above_the_exact_certificate(seed):
     problem = synthetic_problem(3, 4, 50, weight=0.05, rng=seed)
     exact = exact_search(problem)
     assert utility_upper_bound(problem) >= exact.upper_bound - 1e-9 >= exact.utility - 1e-9
+
+
+def _shortfall_ok(problem: Problem, routing: np.ndarray, steps) -> bool:
+    risk = (routing * problem.shortfall_at(steps)).sum(axis=1)
+    return bool((risk <= problem.max_shortfall + 1e-9).all())
+
+
+def test_quality_floor_exact_equals_constrained_brute_force():
+    base = _tiny_problem(1.0)  # at this weight the unconstrained optimum breaks the floor
+    problem = Problem(**{**base.__dict__, "min_clipscore": 27.5, "max_shortfall": 0.2})
+    result = exact_search(problem)
+    assert _shortfall_ok(problem, result.plan.routing_matrix, result.plan.step_index)
+    assert (result.shortfall <= 0.2 + 1e-9).all()
+    fractions = np.linspace(0, 1, 1001)  # fine: the optimum sits on the floor's boundary
+    splits = np.stack(np.meshgrid(fractions, fractions, indexing="ij"), axis=-1).reshape(-1, 2)
+    routing = np.stack([splits, 1 - splits], axis=-1)
+    best = -np.inf
+    for steps in itertools.product(range(3), range(3)):
+        ok = ((routing * problem.shortfall_at(steps)[None]).sum(axis=2) <= 0.2).all(axis=1)
+        u = utility_with_optimal_shares(problem, routing * problem.counts[None, :, None], problem.service_at(steps),
+                                        problem.mean_at(steps))
+        best = max(best, float(np.where(ok, u, -np.inf).max()))
+    unconstrained = exact_search(base).utility
+    assert best < unconstrained - 1e-3, "the floor must bind in this instance for the test to mean anything"
+    assert result.utility >= best - 1e-9
+    assert result.utility == pytest.approx(best, abs=1e-3)
+    assert result.upper_bound >= result.utility - 1e-12
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_proposed_plan_meets_the_quality_floor(seed):
+    base = synthetic_problem(3, 4, 60, weight=0.1, rng=seed)
+    top = base.grid_sizes[0] - 1
+    # Feasible by construction: each category's best model at the most steps stays 1.2 σ above the floor.
+    floor = float((base.mean_at((top,) * 3) - 1.2 * base.std_at((top,) * 3)).max(axis=1).min())
+    problem = Problem(**{**base.__dict__, "min_clipscore": floor, "max_shortfall": 0.2})
+    result = propose(problem, rng=0)
+    assert _shortfall_ok(problem, result.plan.routing_matrix, result.plan.step_index)
+    assert result.utility <= propose(base, rng=0).utility + 1e-9
+    assert exact_search(problem).utility - result.utility <= 0.005 * abs(result.utility)
+
+
+def test_unreachable_floor_is_a_clear_error():
+    problem = Problem(**{**_tiny_problem().__dict__, "min_clipscore": 45.0, "max_shortfall": 0.01})
+    for planner in (lambda: propose(problem, rng=0), lambda: exact_search(problem)):
+        with pytest.raises(ValueError, match=r"No plan keeps P\(CLIPScore < 45\) <= 0.01 for every category"):
+            planner()

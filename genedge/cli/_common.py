@@ -8,10 +8,10 @@ from pathlib import Path
 
 from genedge import data
 from genedge.calibrate.table import CalibrationTable, load_table
-from genedge.optimizer.problem import Workload
+from genedge.optimizer.problem import Problem, Workload
 
 __all__ = ["DEFAULT_TABLE", "DEFAULT_MIX", "DEFAULT_REQUESTS", "add_planning_arguments", "load_table_with_hash",
-           "workload_from_args", "derived_share_line"]
+           "workload_from_args", "derived_share_line", "problem_from_args"]
 
 DEFAULT_TABLE = data.path("tables", "reference-a100.json")
 # PartiPrompts' prompts per category of the paper's mapping (DESIGN §2.1).
@@ -28,6 +28,12 @@ def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-gib", type=float,
                         help="GPU memory available to the models in GiB (default: the table device's memory)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every randomized planner (default: 0)")
+    parser.add_argument("--min-clipscore", type=float,
+                        help="quality floor θ: plans keep P(CLIPScore < θ) at most --max-shortfall in every category "
+                             "(a chance constraint on the fitted Gaussians; baselines ignore it and show how often "
+                             "they fall short)")
+    parser.add_argument("--max-shortfall", type=float, default=0.05,
+                        help="ε, the largest allowed P(CLIPScore < θ) per category (default: 0.05)")
 
 
 def load_table_with_hash(path: Path) -> tuple[CalibrationTable, str]:
@@ -66,3 +72,12 @@ def derived_share_line(table: CalibrationTable) -> str:
     return (f"table: {table.device['name']} — {100 * counts['derived'] / total:.0f}% of its {total} numbers are "
             f"derived by rule, {100 * counts['published'] / total:.0f}% published by others, "
             f"{100 * counts['measured'] / total:.0f}% measured by genedge")
+
+
+def problem_from_args(args: argparse.Namespace, table: CalibrationTable, sha256: str, workload: Workload,
+                      budget: float, weight: float) -> Problem:
+    """Build a problem with the shared options (models, memory, quality floor)."""
+    memory = None if args.memory_gib is None else int(args.memory_gib * 2**30)
+    return Problem.from_table(table, workload, budget=budget, weight=weight, models=args.models,
+                              device_memory_bytes=memory, table_sha256=sha256, min_clipscore=args.min_clipscore,
+                              max_shortfall=args.max_shortfall)

@@ -10,6 +10,7 @@ from genedge.cli._common import (
     add_planning_arguments,
     derived_share_line,
     load_table_with_hash,
+    problem_from_args,
     workload_from_args,
 )
 
@@ -50,21 +51,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genedge.optimizer import METHODS, Problem, run_methods
+    from genedge.optimizer import METHODS, run_methods
     from genedge.optimizer.plan_file import plan_to_dict, save_plan
 
     table, sha = load_table_with_hash(args.table)
     workload = workload_from_args(args, table)
-    memory = None if args.memory_gib is None else int(args.memory_gib * 2**30)
-    problem = Problem.from_table(table, workload, budget=args.budget, weight=args.weight, models=args.models,
-                                 device_memory_bytes=memory, table_sha256=sha)
+    problem = problem_from_args(args, table, sha, workload, args.budget, args.weight)
     names = [args.method] + [m for m in (args.compare or METHODS) if m != args.method]
     results = run_methods(problem, names, seed=args.seed)
     chosen = results[args.method]
     print(derived_share_line(table))
     print(f"workload: {int(problem.n_requests)} requests — "
           + ", ".join(f"{c} {n:g}" for c, n in zip(problem.categories, problem.counts))
-          + f"; budget {args.budget:g} GPU; w = {args.weight:g} points/s")
+          + f"; budget {args.budget:g} GPU; w = {args.weight:g} points/s"
+          + ("" if args.min_clipscore is None else
+             f"; floor P(CLIPScore < {args.min_clipscore:g}) <= {args.max_shortfall:g} per category"))
     print()
     print(_format_plan(chosen))
     print()
@@ -96,11 +97,13 @@ def _format_plan(result) -> str:
 
 def _format_comparison(results, chosen_name: str) -> str:
     chosen = results[chosen_name]
+    floor = chosen.shortfall is not None
     lines = [f"{'method':<18} {'CLIPScore':>9} {'mean delay s':>12} {'p95 delay s':>11} {'utility':>8} "
-             f"{'vs ' + chosen_name:>12} {'plan ms':>8}"]
+             f"{'vs ' + chosen_name:>12} {'plan ms':>8}" + (f" {'worst P(<floor)':>15}" if floor else "")]
     for name, r in results.items():
         change = 100 * (r.utility - chosen.utility) / max(abs(chosen.utility), 1e-12)
+        risk = f" {r.shortfall.max():>15.3f}" if floor else ""
         note = f"  (optimum ≤ {r.upper_bound:.3f})" if r.upper_bound is not None else ""
         lines.append(f"{name:<18} {r.mean_quality:>9.2f} {r.mean_delay_s:>12.2f} {r.p95_delay_s:>11.2f} "
-                     f"{r.utility:>8.3f} {change:>+11.2f}% {r.extra['plan_time_s'] * 1000:>8.0f}{note}")
+                     f"{r.utility:>8.3f} {change:>+11.2f}% {r.extra['plan_time_s'] * 1000:>8.0f}{risk}{note}")
     return "\n".join(lines)

@@ -7,7 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-from genedge.cli._common import DEFAULT_MIX, add_planning_arguments, derived_share_line, load_table_with_hash
+from genedge.cli._common import (
+    DEFAULT_MIX,
+    add_planning_arguments,
+    derived_share_line,
+    load_table_with_hash,
+    problem_from_args,
+)
 
 __all__ = ["add_parser"]
 
@@ -59,11 +65,9 @@ def run(args: argparse.Namespace) -> int:
     from genedge.optimizer.sweep import sweep as run_sweep
 
     table, sha = load_table_with_hash(args.table)
-    memory = None if args.memory_gib is None else int(args.memory_gib * 2**30)
 
     def make_problem(workload: Workload, budget: float, weight: float) -> Problem:
-        return Problem.from_table(table, workload, budget=budget, weight=weight, models=args.models,
-                                  device_memory_bytes=memory, table_sha256=sha)
+        return problem_from_args(args, table, sha, workload, budget, weight)
 
     mix = Workload.from_counts({c: DEFAULT_MIX.get(c, 1) for c in table.categories})
     print(derived_share_line(table))
