@@ -273,7 +273,7 @@ def fit_latency(steps: Sequence[int] | np.ndarray, total_s: Sequence[float] | np
     residual = t - (overhead + per_step * s)
     ss_res = float(residual @ residual)
     ss_tot = float(((t - t.mean()) ** 2).sum())
-    dof = s.size - 2
+    dof = s.size - x.shape[1]  # one parameter fewer when the line is forced through the origin
     residual_std = float(np.sqrt(ss_res / dof)) if dof > 0 else None
     se: list[float | None] = [None, None]
     if dof > 0:

@@ -680,6 +680,8 @@ def load_table(path: str | os.PathLike[str]) -> CalibrationTable:
     path = Path(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise TableError(str(path), f"byte {err.start}", "not UTF-8 text; expected a JSON calibration table") from err
     except json.JSONDecodeError as err:
         raise TableError(str(path), f"line {err.lineno}", f"not valid JSON ({err.msg})") from err
     return table_from_dict(doc, where=str(path))

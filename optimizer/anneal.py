@@ -35,8 +35,9 @@ import numpy as np
 
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.result import PlanResult, make_result
+from genedge.optimizer.system import fifo_delay_coefficient
 
-__all__ = ["AnnealState", "metropolis", "anneal"]
+__all__ = ["AnnealState", "metropolis", "anneal", "adjacent_step", "seed_of"]
 
 State = TypeVar("State", bound=Hashable)
 
@@ -46,6 +47,20 @@ TEMPERATURE_PROBES = 32
 STEP_MOVE_PROBABILITY = 0.5
 SHARE_QUANTUM = 0.01
 DEFAULT_MAXITER = 3000
+
+
+def seed_of(rng: int | np.random.Generator | None) -> int | None:
+    """The integer seed a planner was given, recorded in its result (None for a generator or OS entropy)."""
+    return int(rng) if isinstance(rng, (int, np.integer)) else None
+
+
+def adjacent_step(steps: tuple[int, ...], model: int, grid_size: int, g: np.random.Generator) -> tuple[int, ...]:
+    """Move one model's step index to a random adjacent grid value, reflecting at the ends of its grid."""
+    k = steps[model] + (1 if g.random() < 0.5 else -1)
+    if not 0 <= k < grid_size:
+        k = 2 * steps[model] - k
+    k = min(max(k, 0), grid_size - 1)
+    return steps[:model] + (k,) + steps[model + 1:]
 
 
 @dataclass(frozen=True)
@@ -179,7 +194,7 @@ def anneal(
     Returns:
         A :class:`PlanResult` with the trajectory of the search.
     """
-    seed = rng if isinstance(rng, (int, np.integer)) else None
+    seed = seed_of(rng)
     gen = np.random.default_rng(rng)
     routing = np.asarray(routing, dtype=float)
     requests = problem.counts[:, None] * routing
@@ -189,7 +204,7 @@ def anneal(
     n = problem.n_requests
     # Per model and grid step: quality points served, and delay coefficient Σ_k k = N(N+1)/2 times full-share time.
     quality = [requests[:, i] @ problem.quality_mean[i] for i in range(m)]
-    delay_coeff = [problem.service_s[i] * loads[i] * (loads[i] + 1) / 2 for i in range(m)]
+    delay_coeff = [fifo_delay_coefficient(problem.service_s[i], loads[i]) for i in range(m)]
     quantum = SHARE_QUANTUM * problem.budget
 
     def utility(state: tuple[tuple[int, ...], tuple[float, ...]]) -> float:
@@ -203,11 +218,7 @@ def anneal(
         steps, shares = state
         if used.size < 2 or g.random() < STEP_MOVE_PROBABILITY:
             i = used[g.integers(used.size)]
-            k = steps[i] + (1 if g.random() < 0.5 else -1)
-            if not 0 <= k < problem.steps[i].size:
-                k = steps[i] - (k - steps[i])
-            k = min(max(k, 0), problem.steps[i].size - 1)
-            return steps[:i] + (k,) + steps[i + 1:], shares
+            return adjacent_step(steps, i, problem.steps[i].size, g), shares
         i, j = g.choice(used, size=2, replace=False)
         if shares[i] <= quantum:  # a model in use keeps a share
             return state

@@ -19,7 +19,7 @@ r"""Model assignment rules: which model serves which prompt category, with what 
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import norm
+from scipy.special import log_ndtr
 
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.system import utility_with_optimal_shares
@@ -39,6 +39,7 @@ _TAIL_SIGMAS = 8.0
 # Line search of polish_requests: a coarse grid over the movable amount, then a fine one around its best.
 _POLISH_GRID = 33
 _POLISH_PASSES = 4
+_SQRT_2PI = np.sqrt(2 * np.pi)
 
 
 def probabilistic_assignment(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -55,9 +56,9 @@ def probabilistic_assignment(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     hi = (mean + _TAIL_SIGMAS * std).max(axis=1, keepdims=True)
     x = lo + (hi - lo) * np.linspace(0.0, 1.0, _QUADRATURE_POINTS)[None, :]  # (C, X)
     z = (x[:, :, None] - mean[:, None, :]) / std[:, None, :]  # (C, X, M)
-    log_cdf = norm.logcdf(z)
+    log_cdf = log_ndtr(z)
     others = log_cdf.sum(axis=2, keepdims=True) - log_cdf
-    integrand = norm.pdf(z) / std[:, None, :] * np.exp(others)
+    integrand = np.exp(-z**2 / 2) / (_SQRT_2PI * std[:, None, :]) * np.exp(others)
     p = np.trapezoid(integrand, x[:, :, None], axis=1)
     return p / p.sum(axis=1, keepdims=True)
 

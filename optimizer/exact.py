@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 from genedge.optimizer.assignment import polish_requests, price_directed_assignment
 from genedge.optimizer.problem import Problem
@@ -92,6 +91,8 @@ def utility_upper_bound(problem: Problem) -> float:
     the step vectors, this still says how far a plan can be from the optimum.
     It ignores a quality floor, so it also bounds plans that must meet one.
     """
+    from scipy.optimize import minimize_scalar  # only this bound needs scipy.optimize (slow to import)
+
     lam = problem.weight / problem.budget
     best = -np.inf
     for allowed in problem.deployable_sets():

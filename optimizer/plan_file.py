@@ -122,6 +122,8 @@ def load_plan(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise PlanError(str(path), f"byte {err.start}", "not UTF-8 text; expected a JSON plan") from err
     except json.JSONDecodeError as err:
         raise PlanError(str(path), f"line {err.lineno}", f"not valid JSON ({err.msg})") from err
     validate_plan(document, str(path))

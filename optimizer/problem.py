@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.stats import norm
+from scipy.special import ndtr
 
 if TYPE_CHECKING:
     from genedge.calibrate.table import CalibrationTable
@@ -165,8 +165,9 @@ class Problem:
             raise ValueError(f"Expected a finite CLIPScore floor, but got {self.min_clipscore}")
         if not 0 < self.max_shortfall < 1:
             raise ValueError(f"Expected a shortfall probability in (0, 1), but got {self.max_shortfall}")
-        if self.counts.shape != (c,) or (self.counts < 0).any() or self.counts.sum() <= 0:
-            raise ValueError(f"Expected {c} non-negative request counts with a positive sum, but got {self.counts}")
+        if self.counts.shape != (c,) or not np.isfinite(self.counts).all() or (self.counts <= 0).any():
+            # A category without requests has no routing to plan: leave it out of the problem.
+            raise ValueError(f"Expected {c} positive, finite request counts, but got {self.counts}")
         for i, key in enumerate(self.models):
             grid = self.steps[i]
             if grid.size == 0:
@@ -282,7 +283,7 @@ class Problem:
         """F[c, m] = P(score < θ) = Φ((θ − μ)/σ) at the given steps, shape (C, M); None without a floor."""
         if self.min_clipscore is None:
             return None
-        return norm.cdf((self.min_clipscore - self.mean_at(step_index)) / self.std_at(step_index))
+        return ndtr((self.min_clipscore - self.mean_at(step_index)) / self.std_at(step_index))
 
     def unreachable_floor_error(self) -> ValueError:
         """The error planners raise when no plan meets the quality floor."""

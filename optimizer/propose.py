@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from genedge.optimizer.anneal import AnnealState, metropolis
+from genedge.optimizer.anneal import AnnealState, adjacent_step, metropolis, seed_of
 from genedge.optimizer.assignment import polish_requests, price_directed_assignment
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.result import PlanResult, make_result
@@ -50,7 +50,7 @@ def propose(
     Returns:
         A :class:`PlanResult` whose trajectory is the annealing over steps.
     """
-    seed = rng if isinstance(rng, (int, np.integer)) else None
+    seed = seed_of(rng)
     gen = np.random.default_rng(rng)
     if maxiter is None:
         maxiter = ITERATIONS_PER_GRID_STEP * sum(problem.grid_sizes)
@@ -87,10 +87,7 @@ def propose(
             if movable.size == 0:
                 return steps
             i = movable[g.integers(movable.size)]
-            k = steps[i] + (1 if g.random() < 0.5 else -1)
-            if not 0 <= k < sizes[i]:
-                k = 2 * steps[i] - k
-            return steps[:i] + (k,) + steps[i + 1:]
+            return adjacent_step(steps, i, sizes[i], g)
 
         start = tuple(problem.default_step_index)
         if utility(start) == -np.inf:
@@ -112,6 +109,8 @@ def propose(
             nfev_total += nfev
             if best is None or u > best[0]:
                 best = (u, steps, x, out.trajectory)
+        if status == 2:  # the callback asked to stop: plan with what has been searched
+            break
     if best is None:
         raise problem.unreachable_floor_error()
     _, steps, x, trajectory = best

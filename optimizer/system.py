@@ -32,6 +32,7 @@ from genedge.optimizer.problem import Problem
 __all__ = [
     "Evaluation",
     "evaluate",
+    "fifo_delay_coefficient",
     "optimal_shares",
     "utility_with_optimal_shares",
     "fifo_delay_quantile",
@@ -65,6 +66,11 @@ class Evaluation:
     shortfall: np.ndarray | None = None
 
 
+def fifo_delay_coefficient(full_share_s: np.ndarray | float, loads: np.ndarray | float) -> np.ndarray:
+    """K_m = (o_m + τ_m s_m) · N_m (N_m + 1) / 2: total FIFO delay on model m is K_m / r_m (s · GPU)."""
+    return full_share_s * loads * (loads + 1) / 2
+
+
 def optimal_shares(full_share_s: np.ndarray, loads: np.ndarray, budget: float) -> np.ndarray:
     """Compute shares minimizing total FIFO delay for fixed steps and routing.
 
@@ -77,7 +83,7 @@ def optimal_shares(full_share_s: np.ndarray, loads: np.ndarray, budget: float) -
         r_m = R √K_m / Σ_j √K_j with K_m = full_share_s · N_m (N_m + 1) / 2; models
         without load get 0.
     """
-    root = np.sqrt(full_share_s * loads * (loads + 1) / 2)
+    root = np.sqrt(fifo_delay_coefficient(full_share_s, loads))
     total = root.sum(axis=-1, keepdims=True)
     return np.divide(budget * root, total, out=np.zeros_like(root), where=total > 0)
 
@@ -97,7 +103,7 @@ def utility_with_optimal_shares(problem: Problem, requests: np.ndarray, full_sha
     """
     loads = requests.sum(axis=-2)
     quality = (requests * mean).sum(axis=(-2, -1))
-    delay_total = np.sqrt(full_share_s * loads * (loads + 1) / 2).sum(axis=-1) ** 2 / problem.budget
+    delay_total = np.sqrt(fifo_delay_coefficient(full_share_s, loads)).sum(axis=-1) ** 2 / problem.budget
     return (quality - problem.weight * delay_total) / problem.n_requests
 
 
@@ -105,24 +111,34 @@ def fifo_delay_quantile(service_s: np.ndarray, loads: np.ndarray, q: float) -> f
     """The q-quantile of per-request delays when model m serves N_m requests FIFO.
 
     The k-th request on model m waits k·t_m. Expected loads need not be whole
-    numbers: the last, partial request of a model counts with its fraction.
+    numbers: the last, partial request of a model counts with its fraction. The
+    quantile is found by bisection on the delay, so its cost does not grow with
+    the number of requests.
     """
-    delays, weights = [], []
-    for t, n in zip(service_s, loads):
-        if n <= 0:
-            continue
-        k = np.arange(1, int(np.ceil(n - 1e-9)) + 1, dtype=float)
-        w = np.ones_like(k)
-        w[-1] = n - (k.size - 1)
-        delays.append(k * t)
-        weights.append(w)
-    if not delays:
+    used = loads > 0
+    t, n = service_s[used], loads[used]
+    if t.size == 0:
         return 0.0
-    d = np.concatenate(delays)
-    w = np.concatenate(weights)
-    order = np.argsort(d, kind="stable")
-    cumulative = np.cumsum(w[order])
-    return float(d[order][np.searchsorted(cumulative, q * cumulative[-1] - 1e-9)])
+    whole = np.floor(n + 1e-9)
+    partial = n - whole  # weight of request number whole + 1
+
+    def served_by(d: float) -> float:
+        k = np.floor(d / t * (1 + 1e-12))
+        return float(np.minimum(k, whole).sum() + np.where(k > whole, partial, 0.0).sum())
+
+    target = q * float(n.sum())
+    lo, hi = 0.0, float((t * np.ceil(n - 1e-9)).max())
+    for _ in range(200):  # the interval halves each time: 200 halvings pass any float's precision
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        if served_by(mid) >= target - 1e-9:
+            hi = mid
+        else:
+            lo = mid
+    # hi sits just above the delay where the target is reached; snap it to that request's delay.
+    candidates = np.ceil(hi / t * (1 - 1e-12)) * t
+    return float(candidates[candidates >= hi * (1 - 1e-9)].min())
 
 
 def evaluate(problem: Problem, routing: np.ndarray, step_index: Sequence[int], shares: np.ndarray) -> Evaluation:
@@ -144,10 +160,11 @@ def evaluate(problem: Problem, routing: np.ndarray, step_index: Sequence[int], s
     m = len(problem.models)
     if routing.shape != (len(problem.categories), m):
         raise ValueError(f"Expected routing of shape {(len(problem.categories), m)}, but got {routing.shape}")
-    if (routing < -1e-12).any() or np.abs(routing.sum(axis=1) - 1).max() > _ROW_SUM_TOL:
+    if not np.isfinite(routing).all() or (routing < -1e-12).any() or np.abs(routing.sum(axis=1) - 1).max() > _ROW_SUM_TOL:
         raise ValueError(f"Expected routing rows of non-negative probabilities summing to 1, "
                          f"but got row sums {routing.sum(axis=1).round(6).tolist()}")
-    if shares.shape != (m,) or (shares < 0).any() or shares.sum() > problem.budget * (1 + 1e-9):
+    if (shares.shape != (m,) or not np.isfinite(shares).all() or (shares < 0).any()
+            or shares.sum() > problem.budget * (1 + 1e-9)):
         raise ValueError(f"Expected {m} shares >= 0 summing to at most {problem.budget}, but got {shares.tolist()}")
     loads = problem.counts @ routing
     in_use = loads > 1e-12
@@ -161,7 +178,7 @@ def evaluate(problem: Problem, routing: np.ndarray, step_index: Sequence[int], s
     service = np.divide(full, shares, out=np.full(m, np.inf), where=in_use)
     n = problem.n_requests
     mean_quality = float((problem.counts[:, None] * routing * problem.mean_at(step_index)).sum() / n)
-    delay_sum = float((np.where(in_use, service, 0.0) * loads * (loads + 1) / 2).sum())
+    delay_sum = float(fifo_delay_coefficient(np.where(in_use, service, 0.0), loads).sum())
     mean_delay = delay_sum / n
     floor = problem.shortfall_at(step_index)
     return Evaluation(

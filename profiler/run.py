@@ -477,7 +477,9 @@ def profile(config: ProfileConfig, out_dir: str | Path, *,
             })
         done = recorded_keys(out_dir)
         every = [_Item(m.key, s, seed, p) for m in specs for s in config.steps for seed in config.seeds for p in prompt_set.prompts]
-        todo = [it for it in every if it.key not in done][rank::world_size]
+        # Split the full work list first, then skip what is done: every rank sees the same split
+        # whatever the others have written, so no item is skipped by all ranks or done twice.
+        todo = [it for it in every[rank::world_size] if it.key not in done]
         skipped = sum(it.key in done for it in every)
         common = {"run_id": run_id, "device_name": device_info["name"], "dtype": dtype_name, "resolution": config.resolution,
                   "guidance_scale": float(config.guidance_scale), "clip_backbone": scorer.convention.backbone,

@@ -63,6 +63,8 @@ def test_plan_counts_a_prompt_file_by_category(tmp_path):
         (["--budget", "0"], "Expected a compute budget > 0"),
         (["--compare", "greedy"], "unknown methods ['greedy']"),
         (["--table", "missing.json"], "missing.json"),
+        (["--table", "/"], "Is a directory"),
+        (["--min-clipscore", "40"], "No plan keeps P(CLIPScore < 40) <= 0.05 for every category"),
     ],
 )
 def test_plan_bad_input_is_one_clear_line(args, message):
@@ -113,3 +115,22 @@ def test_plan_file_validation_names_the_field(tmp_path, mutate, field, message):
     with pytest.raises(PlanError) as info:
         load_plan(path)
     assert info.value.field_path == field and message in str(info.value)
+
+
+def test_plan_under_a_memory_limit_deploys_only_what_fits(tmp_path):
+    path = tmp_path / "plan.json"
+    out = genedge("plan", "--memory-gib", "14", "--out", str(path)).stdout
+    plan = json.loads(path.read_text())
+    deployed = [k for k, m in plan["models"].items() if m["deployed"]]
+    peaks = {"sd15": 4.4e9, "sd21": 5.2e9, "sdxl": 14.0e9}  # the reference table's memory peaks
+    assert sum(peaks[k] for k in deployed) <= 14 * 2**30
+    assert "paper" in out and "exact" in out
+
+
+def test_plan_with_a_quality_floor_reports_each_method_shortfall(tmp_path):
+    path = tmp_path / "plan.json"
+    out = genedge("plan", "--min-clipscore", "21", "--max-shortfall", "0.1", "--out", str(path)).stdout
+    assert "worst P(<floor)" in out
+    plan = json.loads(path.read_text())
+    assert max(plan["predicted"]["shortfall_probability"].values()) <= 0.1 + 1e-9
+    assert plan["inputs"]["min_clipscore"] == 21.0

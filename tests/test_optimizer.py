@@ -264,3 +264,100 @@ def test_unreachable_floor_is_a_clear_error():
     for planner in (lambda: propose(problem, rng=0), lambda: exact_search(problem)):
         with pytest.raises(ValueError, match=r"No plan keeps P\(CLIPScore < 45\) <= 0.01 for every category"):
             planner()
+
+
+def _reference_quantile(service, loads, q):
+    """Sort every request's delay (the last, partial request of a model weighted by its fraction)."""
+    delays, weights = [], []
+    for t, n in zip(service, loads):
+        if n <= 0:
+            continue
+        k = np.arange(1, int(np.ceil(n - 1e-9)) + 1, dtype=float)
+        w = np.ones_like(k)
+        w[-1] = n - (k.size - 1)
+        delays.append(k * t)
+        weights.append(w)
+    d, w = np.concatenate(delays), np.concatenate(weights)
+    order = np.argsort(d, kind="stable")
+    cumulative = np.cumsum(w[order])
+    return float(d[order][np.searchsorted(cumulative, q * cumulative[-1] - 1e-9)])
+
+
+def test_delay_quantile_matches_sorting_every_request():
+    from genedge.optimizer.system import fifo_delay_quantile
+
+    rng = np.random.default_rng(0)
+    for trial in range(500):
+        m = int(rng.integers(1, 5))
+        service = rng.uniform(0.1, 5, m)
+        loads = np.where(rng.random(m) < 0.2, 0.0, rng.uniform(0.3, 40, m))
+        if trial % 2:
+            loads = np.round(loads)
+        if loads.sum() == 0:
+            continue
+        for q in (0.5, 0.95):
+            assert fifo_delay_quantile(service, loads, q) == pytest.approx(_reference_quantile(service, loads, q))
+    # Its cost does not grow with the requests: a billion is answered at once.
+    assert fifo_delay_quantile(np.array([1.0, 2.0]), np.array([1e9, 5e8]), 0.95) == pytest.approx(9.5e8)
+
+
+def test_evaluate_rejects_nan_routing_and_problems_reject_empty_categories():
+    problem = _tiny_problem()
+    with pytest.raises(ValueError, match="routing rows of non-negative probabilities"):
+        evaluate(problem, np.array([[np.nan, 1.0], [0.0, 1.0]]), (0, 0), np.array([0.5, 0.5]))
+    with pytest.raises(ValueError, match="positive, finite request counts"):
+        Problem(**{**problem.__dict__, "counts": np.array([6.0, 0.0])})
+
+
+def test_baselines_plan_within_device_memory():
+    problem = Problem(**{**_tiny_problem(0.05).__dict__, "device_memory_bytes": int(9e9)})
+    for planner in (paper_method, direct, random_assignment):
+        result = planner(problem, rng=0)
+        assert (result.loads > 0).sum() == 1
+    assert (equal_allocation(problem).loads > 0).sum() == 1
+    assert (optimal_step(problem).loads > 0).sum() == 1
+
+
+def _multistart(problem: Problem, starts: int, rng: np.random.Generator) -> float:
+    """Best utility from local searches over routing (softmax-parametrized) for every step vector."""
+    c, m = len(problem.categories), len(problem.models)
+    best = -np.inf
+    for steps in itertools.product(*(range(k) for k in problem.grid_sizes)):
+        mean, full = problem.mean_at(steps), problem.service_at(steps)
+
+        def negative(z):
+            p = np.exp(z.reshape(c, m) - z.reshape(c, m).max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            return -float(utility_with_optimal_shares(problem, p * problem.counts[:, None], full, mean))
+
+        for corner in range(m):  # whole categories on one model, which a softmax reaches only in the limit
+            x = np.zeros((c, m))
+            x[:, corner] = problem.counts
+            best = max(best, float(utility_with_optimal_shares(problem, x, full, mean)))
+        for _ in range(starts):
+            found = minimize(negative, rng.normal(0, 2, c * m), method="Nelder-Mead",
+                             options={"maxiter": 4000, "xatol": 1e-6, "fatol": 1e-10})
+            best = max(best, -found.fun)
+    return best
+
+
+@pytest.mark.parametrize("requests", [10, 25])
+def test_proposed_matches_an_independent_search_where_the_certificate_is_loosest(requests):
+    # The sweep's loosest certificates are at half a GPU, w = 0.1, and 10 or 25 requests.
+    from genedge import data
+    from genedge.calibrate import load_table
+    from genedge.optimizer import Workload
+
+    table = load_table(data.path("tables", "reference-a100.json"))
+    mix = {"Basic": 272, "Detail": 544, "Imagination": 150, "Complex": 113}
+    full = Problem.from_table(table, Workload.from_mix(mix, requests), budget=0.5, weight=0.1)
+    # Every step vector times many starts is slow: search the grid's even steps only, where the plan sits.
+    keep = [np.array([0, 2, 4, 6])] * 3
+    problem = Problem(**{**full.__dict__,
+                         "steps": tuple(g[k] for g, k in zip(full.steps, keep)),
+                         "quality_mean": tuple(q[:, k] for q, k in zip(full.quality_mean, keep)),
+                         "quality_std": tuple(q[:, k] for q, k in zip(full.quality_std, keep)),
+                         "service_s": tuple(t[k] for t, k in zip(full.service_s, keep)),
+                         "default_step_index": (3, 3, 3)})
+    proposed = propose(problem, rng=0).utility
+    assert proposed >= _multistart(problem, starts=2, rng=np.random.default_rng(0)) - 1e-6

@@ -94,6 +94,13 @@ def test_quality_for_unknown_category_is_refused(tmp_path, doc):
         load_table(_write(tmp_path, broken))
 
 
+def test_binary_file_is_refused_with_its_name(tmp_path):
+    path = tmp_path / "table.json"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(TableError, match="table.json: byte 0: not UTF-8 text"):
+        load_table(path)
+
+
 def test_invalid_json_reports_the_line(tmp_path, doc):
     with pytest.raises(TableError, match="line 1: not valid JSON"):
         load_table(_write(tmp_path, doc, "{not json"))

@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         # Input errors carry a specific message (file, field, expectation); a traceback adds nothing.
         print(f"genedge {args.command}: error: {err}", file=sys.stderr)
         return 2
