@@ -18,6 +18,8 @@ r"""Model assignment rules: which model serves which prompt category, with what 
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from scipy.special import log_ndtr
 
@@ -29,6 +31,7 @@ __all__ = [
     "direct_assignment",
     "uniform_assignment",
     "price_directed_assignment",
+    "vertex_bound",
     "polish_requests",
 ]
 
@@ -123,6 +126,51 @@ def price_directed_assignment(problem: Problem, mean: np.ndarray, full_share_s: 
     return x, float(bound)
 
 
+def vertex_bound(problem: Problem, mean: np.ndarray, full_share_s: np.ndarray, allowed: np.ndarray,
+                 shortfall: np.ndarray | None = None, max_vertices: int = 50_000) -> float | None:
+    r"""An upper bound on the utility of every routing at fixed steps that keeps the exact delay.
+
+    With h(x) = Σ_m a_m √(N_m(N_m+1)), the utility times N is Q(x) − λ h(x)², and
+    −λh² = min_ν (ν²/(4λ) − ν h) for h ≥ 0. For a fixed price ν, Q − ν h is convex
+    in the routing (h is concave), so its maximum over the routing polytope sits
+    at a vertex: a choice of one vertex of :func:`price_directed_assignment`'s
+    per-category set for every category. Hence
+
+    .. math:: N U \le \min_{
+u \ge 0} \Bigl[rac{
+u^2}{4\lambda} + \max_j (Q_j - 
+u h_j)\Bigr]
+
+    over the joint vertices j, solved exactly like the price dual. It is exact
+    whenever the best routing is a vertex (whole categories on single models, or
+    the floor's two-model mixes) and complements the relaxed bound elsewhere.
+
+    Returns:
+        The bound on U, or None where the joint vertices outnumber ``max_vertices``.
+    """
+    a = np.sqrt(full_share_s / 2)
+    value, _, mix = _routing_vertices(mean, a, allowed, shortfall, problem.max_shortfall)
+    options = [np.flatnonzero(np.isfinite(row)) for row in value]
+    if any(o.size == 0 for o in options):
+        return -np.inf
+    if np.prod([o.size for o in options], dtype=float) > max_vertices:
+        return None
+    choice = np.array(list(itertools.product(*options)))  # (J, C): one vertex per category
+    requests = problem.counts[None, :, None] * mix[np.arange(mean.shape[0])[None, :], choice]  # (J, C, M)
+    loads = requests.sum(axis=1)
+    quality = (requests * mean[None]).sum(axis=(1, 2))
+    delay_root = (a * np.sqrt(loads * (loads + 1))).sum(axis=1)
+    lam = problem.weight / problem.budget
+    if lam == 0:
+        return float(quality.max() / problem.n_requests)
+    # Only vertices on the (high quality, low delay) frontier can attain the max.
+    dominated = ((quality[None, :] >= quality[:, None]) & (delay_root[None, :] <= delay_root[:, None])
+                 & ((quality[None, :] > quality[:, None]) | (delay_root[None, :] < delay_root[:, None]))).any(axis=1)
+    quality, delay_root = quality[~dominated], delay_root[~dominated]
+    weights = _solve_price_dual(quality[None, :], delay_root[None, :], np.ones(1), lam)[0]
+    return float((weights @ quality - lam * (weights @ delay_root) ** 2) / problem.n_requests)
+
+
 def _routing_vertices(mean: np.ndarray, a: np.ndarray, allowed: np.ndarray, shortfall: np.ndarray | None,
                       max_shortfall: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Vertices of each category's feasible routings: quality, delay cost and model mix.
@@ -158,6 +206,12 @@ def _solve_price_dual(value: np.ndarray, cost: np.ndarray, n: np.ndarray, lam: f
     if lam == 0:
         weights[categories, value.argmax(axis=1)] = 1.0
         return weights
+    # A vertex that another beats on quality and delay cost never wins at any price ν ≥ 0:
+    # dropping it leaves the solution unchanged and shrinks the breakpoints to walk.
+    better = value[:, None, :] >= value[:, :, None]
+    cheaper = cost[:, None, :] <= cost[:, :, None]
+    strictly = (value[:, None, :] > value[:, :, None]) | (cost[:, None, :] < cost[:, :, None])
+    value = np.where((better & cheaper & strictly).any(axis=2), -np.inf, value)
     i, j = np.triu_indices(value.shape[1], k=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         crossings = (value[:, i] - value[:, j]) / (cost[:, i] - cost[:, j])

@@ -5,10 +5,11 @@ an upper bound on the utility of *any* routing at those steps (see
 :func:`~genedge.optimizer.assignment.price_directed_assignment`), and its
 routing, polished on the exact utility, gives a feasible plan. Step vectors are
 visited best bound first and the search stops when no remaining bound beats the
-best plan found (branch and bound), so the result is certified: the optimum
-lies in ``[result.utility, result.upper_bound]``. The two differ only by the
-curvature of √(N(N+1)) that the relaxation drops, which is small at the loads
-planned for.
+best plan found (branch and bound). The step vectors whose relaxed bound still
+exceeds that plan are then bounded again with the exact delay
+(:func:`~genedge.optimizer.assignment.vertex_bound`), so the result is
+certified: the optimum lies in ``[result.utility, result.upper_bound]``, and
+where the best plan routes whole categories the two coincide.
 
 It enumerates Π_m K_m step vectors, so it is meant for the paper's scale
 (a few models); :data:`MAX_STEP_VECTORS` guards against the rest.
@@ -20,7 +21,7 @@ import itertools
 
 import numpy as np
 
-from genedge.optimizer.assignment import polish_requests, price_directed_assignment
+from genedge.optimizer.assignment import polish_requests, price_directed_assignment, vertex_bound
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.result import PlanResult, make_result
 from genedge.optimizer.system import optimal_shares
@@ -70,10 +71,17 @@ def exact_search(problem: Problem, *, max_step_vectors: int = MAX_STEP_VECTORS) 
         visited += 1
         if best is None or u > best[0]:
             best = (u, steps, x)
+    upper = best[0]
+    for bound, steps, _, allowed in candidates:  # best relaxed bound first: stop once none can raise `upper`
+        if bound <= upper:
+            break
+        exact_delay = vertex_bound(problem, problem.mean_at(steps), problem.service_at(steps), allowed,
+                                   problem.shortfall_at(steps))
+        upper = max(upper, bound if exact_delay is None else min(bound, exact_delay))
     _, steps, x = best
     shares = optimal_shares(problem.service_at(steps), x.sum(axis=0), problem.budget)
     return make_result(problem, "exact", x / problem.counts[:, None], steps, shares, nit=visited, nfev=nfev,
-                       upper_bound=candidates[0][0], visited=visited)
+                       upper_bound=upper, visited=visited)
 
 
 def utility_upper_bound(problem: Problem) -> float:
