@@ -101,10 +101,11 @@ def run(args: argparse.Namespace) -> int:
     from genedge.optimizer import Problem, propose
 
     old, new = load_table(args.old), load_table(args.new)
-    print(comparison_text(compare_tables(old, new), alpha=args.alpha))
     workload = workload_from_args(args, old)
-    results = [propose(Problem.from_table(table, workload, budget=args.budget, weight=args.weight), rng=args.seed)
-               for table in (old, new)]
+    # Build both problems before printing anything, so bad options fail with nothing half-printed.
+    problems = [Problem.from_table(table, workload, budget=args.budget, weight=args.weight) for table in (old, new)]
+    print(comparison_text(compare_tables(old, new), alpha=args.alpha))
+    results = [propose(problem, rng=args.seed) for problem in problems]
     print(f"\nplans on the same workload {_counts_text(workload.counts)} (budget {args.budget:g} GPU, w {args.weight:g} "
           f"points/s, seed {args.seed}):")
     for label, attr, fmt in (("utility", "utility", ".3f"), ("mean quality", "mean_quality", ".3f"),
