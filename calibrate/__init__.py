@@ -41,6 +41,7 @@ from genedge.calibrate.table import (
     save_table,
     table_from_dict,
     table_to_dict,
+    read_json,
     write_text_atomic,
 )
 
@@ -88,5 +89,6 @@ __all__ = [
     "welch_t",
     "write_figures",
     "write_run",
+    "read_json",
     "write_text_atomic",
 ]

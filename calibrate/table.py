@@ -41,6 +41,7 @@ __all__ = [
     "save_table",
     "table_from_dict",
     "table_to_dict",
+    "read_json",
     "write_text_atomic",
 ]
 
@@ -678,13 +679,20 @@ def load_table(path: str | os.PathLike[str]) -> CalibrationTable:
         TableError: the file is not valid JSON or violates the schema (names file and field).
     """
     path = Path(path)
+    return table_from_dict(read_json(path, TableError, "a JSON calibration table"), where=str(path))
+
+
+def read_json(path: Path, error: type[ValueError], what: str) -> Any:
+    """Parse a JSON file; bytes that are not UTF-8 or text that is not JSON raise ``error(path, position, message)``.
+
+    ``error`` is an artifact error class taking (where, field, message), such as :class:`TableError`.
+    """
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
-        raise TableError(str(path), f"byte {err.start}", "not UTF-8 text; expected a JSON calibration table") from err
+        raise error(str(path), f"byte {err.start}", f"not UTF-8 text; expected {what}") from err
     except json.JSONDecodeError as err:
-        raise TableError(str(path), f"line {err.lineno}", f"not valid JSON ({err.msg})") from err
-    return table_from_dict(doc, where=str(path))
+        raise error(str(path), f"line {err.lineno}", f"not valid JSON ({err.msg})") from err
 
 
 def save_table(table: CalibrationTable, path: str | os.PathLike[str]) -> Path:

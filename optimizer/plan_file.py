@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from genedge.calibrate.table import write_text_atomic
+from genedge.calibrate.table import read_json, write_text_atomic
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.result import PlanResult
 
@@ -120,12 +120,7 @@ def load_plan(path: str | os.PathLike[str]) -> dict[str, Any]:
         PlanError: naming the file and field that is wrong.
     """
     path = Path(path)
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise PlanError(str(path), f"byte {err.start}", "not UTF-8 text; expected a JSON plan") from err
-    except json.JSONDecodeError as err:
-        raise PlanError(str(path), f"line {err.lineno}", f"not valid JSON ({err.msg})") from err
+    document = read_json(path, PlanError, "a JSON plan")
     validate_plan(document, str(path))
     return document
 
