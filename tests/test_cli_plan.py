@@ -59,6 +59,7 @@ def test_plan_counts_a_prompt_file_by_category(tmp_path):
     [
         (["--workload", "Basic=3,Writing=2"], "workload categories ['Writing'] are not in the table"),
         (["--workload", "Basic"], "--workload: expected CATEGORY=COUNT items"),
+        (["--workload", "Basic=many"], "--workload: expected a number for 'Basic', but got 'many'"),
         (["--models", "sd15,sd9"], "models ['sd9'] are not in the table; available: ['sd15', 'sd21', 'sdxl']"),
         (["--budget", "0"], "Expected a compute budget > 0"),
         (["--compare", "greedy"], "unknown methods ['greedy']"),
@@ -77,7 +78,7 @@ def test_plan_bad_input_is_one_clear_line(args, message):
 def test_simulate_writes_results_figures_and_checks(tmp_path):
     out = tmp_path / "sim"
     result = genedge("simulate", "--loads", "10,60", "--budgets", "1", "--weights", "0.05", "--replications", "50",
-                     "--out", str(out))
+                     "--mix", "Basic=1,Detail=2,Complex=1", "--out", str(out))
     assert "vs direct-assignment  ≥ on 2/2 points" in result.stdout
     assert "discrete-event check" in result.stdout
     for name in ("results.csv", "checks.csv", "sweep.png", "sweep.svg", "convergence.png", "convergence.svg"):
@@ -85,6 +86,7 @@ def test_simulate_writes_results_figures_and_checks(tmp_path):
     with (out / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert {r["method"] for r in rows} >= {"genedge", "paper", "exact"} and len(rows) == 2 * 7
+    assert {r["requests"] for r in rows} == {"10", "60"}
 
 
 def test_help_explains_every_option():

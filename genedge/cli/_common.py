@@ -11,7 +11,7 @@ from genedge.calibrate.table import CalibrationTable, load_table
 from genedge.optimizer.problem import Problem, Workload
 
 __all__ = ["DEFAULT_TABLE", "DEFAULT_MIX", "DEFAULT_REQUESTS", "add_planning_arguments", "load_table_with_hash",
-           "workload_from_args", "derived_share_line", "problem_from_args"]
+           "workload_from_args", "derived_share_line", "problem_from_args", "parse_counts"]
 
 DEFAULT_TABLE = data.path("tables", "reference-a100.json")
 # PartiPrompts' prompts per category of the paper's mapping (DESIGN §2.1).
@@ -45,16 +45,7 @@ def load_table_with_hash(path: Path) -> tuple[CalibrationTable, str]:
 def workload_from_args(args: argparse.Namespace, table: CalibrationTable) -> Workload:
     """The workload from --workload, --prompts or --requests (in that order of precedence)."""
     if args.workload:
-        counts = {}
-        for item in args.workload.split(","):
-            name, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"--workload: expected CATEGORY=COUNT items, but got {item!r}")
-            try:
-                counts[name.strip()] = float(value)
-            except ValueError as err:
-                raise ValueError(f"--workload: expected a number of requests for {name!r}, but got {value!r}") from err
-        return Workload.from_counts(counts)
+        return Workload.from_counts(parse_counts(args.workload, "--workload"))
     if args.prompts:
         mapping = table.category_mapping
         labels = {label: category for category, names in mapping.get("labels", {}).items() for label in names}
@@ -63,6 +54,20 @@ def workload_from_args(args: argparse.Namespace, table: CalibrationTable) -> Wor
         return Workload.from_prompt_file(args.prompts, labels, mapping.get("column", "Challenge"))
     mix = {c: DEFAULT_MIX.get(c, 1) for c in table.categories}
     return Workload.from_mix(mix, args.requests)
+
+
+def parse_counts(text: str, option: str) -> dict[str, float]:
+    """Parse 'CATEGORY=COUNT,...' into a dict, naming ``option`` in errors."""
+    counts = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{option}: expected CATEGORY=COUNT items, but got {item!r}")
+        try:
+            counts[name.strip()] = float(value)
+        except ValueError as err:
+            raise ValueError(f"{option}: expected a number for {name!r}, but got {value!r}") from err
+    return counts
 
 
 def derived_share_line(table: CalibrationTable) -> str:

@@ -12,6 +12,7 @@ from genedge.cli._common import (
     add_planning_arguments,
     derived_share_line,
     load_table_with_hash,
+    parse_counts,
     problem_from_args,
 )
 
@@ -40,6 +41,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="compute budgets R in GPU units, comma-separated (default: 0.5,1.0)")
     parser.add_argument("--weights", type=_numbers(float), default=[0.02, 0.05, 0.1],
                         help="delay weights w in points per second, comma-separated (default: 0.02,0.05,0.1)")
+    parser.add_argument("--mix", help="category mix scaled to each load, e.g. 'Basic=1,Detail=3' (default: "
+                                      "PartiPrompts' proportions over the table's categories)")
     parser.add_argument("--replications", type=int, default=200,
                         help="simulated planning windows per point for the discrete-event check (default: 200)")
     parser.add_argument("--out", type=Path, default=Path("simulate-out"),
@@ -69,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     def make_problem(workload: Workload, budget: float, weight: float) -> Problem:
         return problem_from_args(args, table, sha, workload, budget, weight)
 
-    mix = Workload.from_counts({c: DEFAULT_MIX.get(c, 1) for c in table.categories})
+    mix = Workload.from_counts(parse_counts(args.mix, "--mix") if args.mix else
+                               {c: DEFAULT_MIX.get(c, 1) for c in table.categories})
     print(derived_share_line(table))
     results, checks = run_sweep(make_problem, mix, args.loads, args.budgets, args.weights, seed=args.seed,
                                 replications=args.replications, progress=_progress(time.perf_counter()))
