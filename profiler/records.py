@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -151,13 +151,19 @@ def read_records(run_dir: str | Path) -> Any:
     return table.to_pandas()
 
 
-def recorded_keys(run_dir: str | Path) -> set[tuple[str, int, int, str]]:
-    """The keys ``(model_key, steps, seed, prompt_id)`` already recorded in a run, any status."""
+def recorded_keys(run_dir: str | Path, *, statuses: Collection[str] | None = None) -> set[tuple[str, int, int, str]]:
+    """The keys ``(model_key, steps, seed, prompt_id)`` already recorded in a run.
+
+    Args:
+        run_dir: the run directory.
+        statuses: count only rows with one of these statuses (default: any status).
+    """
     parquet = require("pyarrow.parquet")
     keys: set[tuple[str, int, int, str]] = set()
     for shard in _shards(Path(run_dir)):
-        columns = parquet.read_table(shard, columns=list(KEY_COLUMNS)).to_pydict()
-        keys.update(zip(*(columns[c] for c in KEY_COLUMNS)))
+        columns = parquet.read_table(shard, columns=[*KEY_COLUMNS, "status"]).to_pydict()
+        rows = zip(*(columns[c] for c in KEY_COLUMNS), columns["status"])
+        keys.update(row[:-1] for row in rows if statuses is None or row[-1] in statuses)
     return keys
 
 

@@ -420,7 +420,7 @@ def _batches(items: list[_Item], size: int) -> Iterator[list[_Item]]:
 
 
 def profile(config: ProfileConfig, out_dir: str | Path, *,
-            on_progress: Callable[[Progress], None] | None = None) -> RunResult:
+            on_progress: Callable[[Progress], None] | None = None, retry_failed: bool = False) -> RunResult:
     """Run (or resume) a measurement run into ``out_dir``.
 
     Every image already recorded in ``out_dir`` (any status) is skipped, so rerunning the same
@@ -432,6 +432,8 @@ def profile(config: ProfileConfig, out_dir: str | Path, *,
         config: What to measure.
         out_dir: Run directory (created if needed).
         on_progress: Called after each pipeline call with this process's progress.
+        retry_failed: generate again the images whose rows say ``oom`` or ``error`` (after a
+            transient failure); their failure rows stay, and calibration counts them as excluded.
 
     Returns:
         What this process did.
@@ -475,7 +477,7 @@ def profile(config: ProfileConfig, out_dir: str | Path, *,
                 "nvml": {"available": monitor.status.available, "reason": monitor.status.reason},
                 "save_images": config.save_images, "world_size": world_size,
             })
-        done = recorded_keys(out_dir)
+        done = recorded_keys(out_dir, statuses={"ok"} if retry_failed else None)
         every = [_Item(m.key, s, seed, p) for m in specs for s in config.steps for seed in config.seeds for p in prompt_set.prompts]
         # Split the full work list first, then skip what is done: every rank sees the same split
         # whatever the others have written, so no item is skipped by all ranks or done twice.

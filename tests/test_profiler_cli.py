@@ -14,7 +14,7 @@ import pytest
 
 from genedge.profiler import read_manifest, read_records
 
-P2 = Path("/work/shared/data/PartiPrompts.tsv")
+P2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "PartiPrompts.tsv"  # ../shared beside the checkout
 KILL_AFTER_SHARDS = 2
 TIMEOUT_S = 240
 

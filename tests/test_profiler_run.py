@@ -10,6 +10,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import dataclasses
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -17,7 +18,7 @@ from PIL import Image
 
 from genedge.profiler import ClipScorer, ProfileConfig, profile, read_manifest, read_records, record_schema
 
-P2 = Path("/work/shared/data/PartiPrompts.tsv")
+P2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "PartiPrompts.tsv"  # ../shared beside the checkout
 MODELS = ("replica:tiny", "replica:tiny-xl")
 STEPS = (2, 3)
 # Stage windows are contiguous on the device clock; the host total adds only the final synchronize.
@@ -142,3 +143,24 @@ def test_a_failing_generation_leaves_rows_and_the_run_goes_on(profiler_config: P
     assert (result.recorded, result.failed) == (8, 8) and len(frame) == 8
     assert frame["status"].eq("error").all() and frame["error"].str.contains("allocate").all()
     assert frame["step_latencies_s"].isna().all() and frame["clip_score"].isna().all()
+
+
+def test_retry_failed_generates_failed_images_again_and_keeps_their_failure_rows(
+        profiler_config: ProfileConfig, tmp_path: Path) -> None:
+    small = dataclasses.replace(profiler_config, models=("replica:tiny",), steps=(2,), save_images=False)
+    run_dir = tmp_path / "run"
+    profile(small, run_dir)
+    # A transient failure: mark the first recorded image of the first shard as an error.
+    shard = sorted((run_dir / "records").glob("shard-*.parquet"))[0]
+    table = pq.read_table(shard, schema=record_schema())
+    status = table.column("status").to_pylist()
+    status[0] = "error"
+    pq.write_table(table.set_column(table.schema.get_field_index("status"), "status",
+                                    pa.array(status, type=pa.string())), shard)
+    failed_prompt = table.column("prompt_id")[0].as_py()
+    assert profile(small, run_dir).recorded == 0  # a plain resume keeps the failure
+    assert profile(small, run_dir, retry_failed=True).recorded == 1
+    frame = read_records(run_dir)
+    assert len(frame) == 9
+    assert sorted(frame.loc[frame.prompt_id == failed_prompt, "status"]) == ["error", "ok"]
+    assert profile(small, run_dir, retry_failed=True).recorded == 0  # nothing left to retry

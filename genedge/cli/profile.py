@@ -62,6 +62,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help=f"open_clip model name, or replica:tiny for random test weights (default: {DEFAULT_CLIP_BACKBONE})")
     parser.add_argument("--clip-pretrained", default=DEFAULT_CLIP_PRETRAINED,
                         help=f"open_clip pretrained tag, or 'none' for random weights (default: {DEFAULT_CLIP_PRETRAINED})")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="generate again the images an earlier attempt recorded as oom or error (say, after "
+                             "freeing the GPU); their failure rows stay in the run")
     parser.add_argument("--flush-every", type=int, default=FLUSH_EVERY_IMAGES,
                         help=f"images per shard; a kill loses at most these (default: {FLUSH_EVERY_IMAGES})")
     parser.add_argument("--out", metavar="RUN", help="run directory, e.g. runs/NAME")
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         bar.update(progress.done - bar.n)
 
     try:
-        result = profile(config, args.out, on_progress=on_progress)
+        result = profile(config, args.out, on_progress=on_progress, retry_failed=args.retry_failed)
     finally:
         bar.close()
     print(
