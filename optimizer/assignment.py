@@ -127,7 +127,7 @@ def price_directed_assignment(problem: Problem, mean: np.ndarray, full_share_s: 
 
 
 def vertex_bound(problem: Problem, mean: np.ndarray, full_share_s: np.ndarray, allowed: np.ndarray,
-                 shortfall: np.ndarray | None = None, max_vertices: int = 50_000) -> float | None:
+                 shortfall: np.ndarray | None = None, max_vertices: int = 20_000) -> float | None:
     r"""An upper bound on the utility of every routing at fixed steps that keeps the exact delay.
 
     With h(x) = Σ_m a_m √(N_m(N_m+1)), the utility times N is Q(x) − λ h(x)², and
@@ -163,10 +163,12 @@ u h_j)\Bigr]
     lam = problem.weight / problem.budget
     if lam == 0:
         return float(quality.max() / problem.n_requests)
-    # Only vertices on the (high quality, low delay) frontier can attain the max.
-    dominated = ((quality[None, :] >= quality[:, None]) & (delay_root[None, :] <= delay_root[:, None])
-                 & ((quality[None, :] > quality[:, None]) | (delay_root[None, :] < delay_root[:, None]))).any(axis=1)
-    quality, delay_root = quality[~dominated], delay_root[~dominated]
+    # Only vertices on the (high quality, low delay) frontier can attain the max: sorted by
+    # quality, best first, a vertex is on it when its delay is below every better vertex's.
+    order = np.lexsort((delay_root, -quality))
+    quality, delay_root = quality[order], delay_root[order]
+    frontier = delay_root < np.minimum.accumulate(np.concatenate([[np.inf], delay_root[:-1]]))
+    quality, delay_root = quality[frontier], delay_root[frontier]
     weights = _solve_price_dual(quality[None, :], delay_root[None, :], np.ones(1), lam)[0]
     return float((weights @ quality - lam * (weights @ delay_root) ** 2) / problem.n_requests)
 

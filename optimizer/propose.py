@@ -13,9 +13,11 @@ less than the delay it saves at weight w.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
+from scipy.special import ndtr
 
 from genedge.optimizer.anneal import AnnealState, adjacent_step, metropolis, seed_of
 from genedge.optimizer.assignment import polish_requests, price_directed_assignment
@@ -29,6 +31,8 @@ __all__ = ["propose", "ITERATIONS_PER_GRID_STEP", "POLISH_CANDIDATES"]
 ITERATIONS_PER_GRID_STEP = 40
 # How many of the best step vectors seen by the annealing get their routing polished.
 POLISH_CANDIDATES = 5
+# Beyond this many step vectors, a start that meets the quality floor is not searched for exhaustively.
+MAX_START_SEARCH = 200_000
 
 
 def propose(
@@ -89,12 +93,9 @@ def propose(
             i = movable[g.integers(movable.size)]
             return adjacent_step(steps, i, sizes[i], g)
 
-        start = tuple(problem.default_step_index)
-        if utility(start) == -np.inf:
-            # A quality floor may rule out the default steps; the most steps meet it most easily.
-            start = tuple(k - 1 for k in sizes)
-            if utility(start) == -np.inf:
-                continue
+        start = _feasible_start(problem, allowed)
+        if start is None:
+            continue
         out = metropolis(start, utility, neighbour, maxiter=maxiter, rng=gen, callback=callback)
         nit_total += out.nit
         nfev_total += out.nfev
@@ -119,3 +120,30 @@ def propose(
     return make_result(problem, "genedge", routing, steps, shares, status=status, nit=nit_total, nfev=nfev_total,
                        seed=seed, trajectory=trajectory)
 
+
+
+def _feasible_start(problem: Problem, allowed: np.ndarray) -> tuple[int, ...] | None:
+    """A step vector at which every category can meet the quality floor, preferring the defaults.
+
+    A category can meet the floor exactly when some allowed model, at its steps, falls short
+    with probability at most ε. Tries the default steps, then each model's steps that cover the
+    most categories, then every step vector (up to ``MAX_START_SEARCH``).
+    """
+    default = tuple(problem.default_step_index)
+    if problem.min_clipscore is None:
+        return default
+    covers = [np.zeros((len(problem.categories), k), dtype=bool) for k in problem.grid_sizes]
+    for m in np.flatnonzero(allowed):
+        shortfall = ndtr((problem.min_clipscore - problem.quality_mean[m]) / problem.quality_std[m])
+        covers[m] = shortfall <= problem.max_shortfall
+
+    def feasible(steps: tuple[int, ...]) -> bool:
+        return bool(np.logical_or.reduce([covers[m][:, k] for m, k in enumerate(steps)]).all())
+
+    widest = tuple(int(c.sum(axis=0).argmax()) for c in covers)
+    for steps in (default, widest):
+        if feasible(steps):
+            return steps
+    if np.prod(problem.grid_sizes, dtype=float) <= MAX_START_SEARCH:
+        return next(filter(feasible, itertools.product(*(range(k) for k in problem.grid_sizes))), None)
+    return None

@@ -40,6 +40,8 @@ __all__ = [
 
 # Routing rows may drift from 1 by float round-off after many small moves.
 _ROW_SUM_TOL = 1e-6
+# Expected requests below this count as none: the model is not in use.
+_IN_USE = 1e-12
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ def fifo_delay_quantile(service_s: np.ndarray, loads: np.ndarray, q: float) -> f
     quantile is found by bisection on the delay, so its cost does not grow with
     the number of requests.
     """
-    used = loads > 0
+    used = loads > _IN_USE  # as in evaluate: a model with less load gets no share and no requests
     t, n = service_s[used], loads[used]
     if t.size == 0:
         return 0.0
@@ -167,7 +169,7 @@ def evaluate(problem: Problem, routing: np.ndarray, step_index: Sequence[int], s
             or shares.sum() > problem.budget * (1 + 1e-9)):
         raise ValueError(f"Expected {m} shares >= 0 summing to at most {problem.budget}, but got {shares.tolist()}")
     loads = problem.counts @ routing
-    in_use = loads > 1e-12
+    in_use = loads > _IN_USE
     starved = [k for k, used, r in zip(problem.models, in_use, shares) if used and r <= 0]
     if starved:
         raise ValueError(f"models {starved} receive requests but no compute share")

@@ -378,3 +378,26 @@ def test_proposed_matches_an_independent_search_at_small_loads(requests):
                          "default_step_index": (3, 3, 3)})
     proposed = propose(problem, rng=0).utility
     assert proposed >= _multistart(problem, starts=2, rng=np.random.default_rng(0)) - 1e-6
+
+
+def test_floor_met_only_between_default_and_most_steps_is_still_found():
+    # Quality peaks at the middle step: the defaults (fewest) and the most steps both break the floor.
+    grid = np.array([10, 25, 40])
+    problem = Problem(
+        models=("peaked", "flat"), categories=("only",), counts=np.array([10.0]), steps=(grid, grid),
+        quality_mean=(np.array([[28.0, 33.0, 29.0]]), np.array([[27.0, 27.5, 28.0]])),
+        quality_std=(np.ones((1, 3)), np.ones((1, 3))), service_s=(0.1 + 0.02 * grid, 0.1 + 0.01 * grid),
+        default_step_index=(0, 0), memory_bytes=np.array([1e9, 1e9]), budget=1.0, weight=0.05,
+        min_clipscore=31.0, max_shortfall=0.05)
+    result = propose(problem, rng=0)
+    assert result.plan.steps["peaked"] == 25 and result.loads[0] == pytest.approx(10)
+    assert result.utility == pytest.approx(exact_search(problem).utility)
+
+
+def test_tiny_loads_count_as_unused_everywhere():
+    problem = synthetic_problem(2, 2, 10, rng=0)
+    routing = np.array([[1.0, 0.0], [1 - 1e-17, 1e-17]])
+    steps = problem.default_step_index
+    shares = optimal_shares(problem.service_at(steps), problem.counts @ routing, problem.budget)
+    ev = evaluate(problem, routing, steps, shares)
+    assert np.isfinite(ev.p95_delay_s) and ev.p95_delay_s > 0
