@@ -10,10 +10,8 @@ A model spec is one of:
 
 from __future__ import annotations
 
-import copy
 import functools
 import gzip
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from typing import Any, Literal
 
 from genedge.data import path as data_path
 from genedge.profiler._imports import require
+from genedge.profiler.registry import JsonRegistry
 
 __all__ = [
     "REPLICA_SCHEME",
@@ -46,7 +45,6 @@ CLIP_VOCAB_SIZE = 49_408
 _CLIP_NUM_MERGES = CLIP_VOCAB_SIZE - 2 * 256 - 2
 CLIP_CONTEXT_LENGTH = 77
 
-_REPLICA_PATHS: list[Path] = [data_path("replicas")]
 _REQUIRED_REPLICA_FIELDS = (
     "name", "pipeline", "resolution", "guidance_scale", "default_steps", "unet", "vae",
     "text_encoder", "tokenizer", "scheduler", "published_unet_params", "sources",
@@ -111,10 +109,7 @@ def parse_model_spec(spec: str) -> ModelSpec:
     return ModelSpec(key=spec, kind="hub", identifier=repo, revision=revision or None)
 
 
-def _validate_replica(config: dict[str, Any], file: Path) -> None:
-    for field in _REQUIRED_REPLICA_FIELDS:
-        if field not in config:
-            raise ValueError(f"{file}: expected field {field!r} in a replica config, but it is missing")
+def _check_replica(config: dict[str, Any], file: Path) -> None:
     if config["pipeline"] not in SUPPORTED_PIPELINES:
         raise ValueError(f"{file}: field 'pipeline': expected one of {SUPPORTED_PIPELINES}, but got {config['pipeline']!r}")
     if config["pipeline"] == "StableDiffusionXLPipeline":
@@ -125,24 +120,13 @@ def _validate_replica(config: dict[str, Any], file: Path) -> None:
         raise ValueError(f"{file}: field 'name': expected {file.stem!r} (the file name), but got {config['name']!r}")
 
 
-@functools.lru_cache(maxsize=1)
-def _replica_registry() -> dict[str, dict[str, Any]]:
-    registry: dict[str, dict[str, Any]] = {}
-    for folder in _REPLICA_PATHS:
-        files = [folder] if folder.is_file() else sorted(folder.glob("*.json"))
-        for file in files:
-            try:
-                config = json.loads(file.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{file}: expected a JSON replica config, but it does not parse: {err}") from err
-            _validate_replica(config, file)
-            registry[config["name"]] = config
-    return registry
+_REPLICAS = JsonRegistry("replica config", "replica architecture", [data_path("replicas")], _REQUIRED_REPLICA_FIELDS,
+                         _check_replica)
 
 
 def list_replicas() -> list[str]:
     """Names of the registered replica architectures, sorted."""
-    return sorted(_replica_registry())
+    return _REPLICAS.names()
 
 
 def get_replica_config(name: str) -> dict[str, Any]:
@@ -151,16 +135,12 @@ def get_replica_config(name: str) -> dict[str, Any]:
     Raises:
         ValueError: For an unknown name, listing the available ones.
     """
-    registry = _replica_registry()
-    if name not in registry:
-        raise ValueError(f"Expected a known replica architecture, but got {name!r}. Available: {', '.join(sorted(registry))}")
-    return copy.deepcopy(registry[name])
+    return _REPLICAS.get(name)
 
 
 def add_replica_path(path: str | Path) -> None:
     """Register another replica config file or folder of ``*.json`` files (validated on next use)."""
-    _REPLICA_PATHS.append(Path(path))
-    _replica_registry.cache_clear()
+    _REPLICAS.add_path(path)
 
 
 def _build_unet(config: dict[str, Any]) -> Any:

@@ -8,11 +8,8 @@ labels; rows whose label no category claims are not selected. Mappings are JSON 
 
 from __future__ import annotations
 
-import copy
 import csv
-import functools
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +17,7 @@ from typing import Any
 
 from genedge.data import path as data_path
 from genedge.profiler._imports import require
+from genedge.profiler.registry import JsonRegistry
 
 __all__ = [
     "DEFAULT_PROMPT_SOURCE",
@@ -39,7 +37,6 @@ DEFAULT_PROMPT_SOURCE = "nateraw/parti-prompts"
 DEFAULT_MAPPING = "paper4"
 P2_COLUMNS: tuple[str, ...] = ("Prompt", "Category", "Challenge", "Note")
 _PROMPT_ID_PREFIX = "p2"
-_MAPPING_PATHS: list[Path] = [data_path("prompts", "mappings")]
 _REQUIRED_MAPPING_FIELDS = ("name", "column", "categories")
 
 
@@ -87,25 +84,19 @@ class PromptSet:
         return list(dict.fromkeys(p.category for p in self.prompts))
 
 
-@functools.lru_cache(maxsize=1)
-def _mapping_registry() -> dict[str, dict[str, Any]]:
-    registry: dict[str, dict[str, Any]] = {}
-    for folder in _MAPPING_PATHS:
-        for file in [folder] if folder.is_file() else sorted(folder.glob("*.json")):
-            mapping = json.loads(file.read_text(encoding="utf-8"))
-            for field in _REQUIRED_MAPPING_FIELDS:
-                if field not in mapping:
-                    raise ValueError(f"{file}: expected field {field!r} in a category mapping, but it is missing")
-            labels = [label for group in mapping["categories"].values() for label in group]
-            if len(labels) != len(set(labels)):
-                raise ValueError(f"{file}: field 'categories': expected each label in one category only, but got {labels}")
-            registry[mapping["name"]] = mapping
-    return registry
+def _check_mapping(mapping: dict[str, Any], file: Path) -> None:
+    labels = [label for group in mapping["categories"].values() for label in group]
+    if len(labels) != len(set(labels)):
+        raise ValueError(f"{file}: field 'categories': expected each label in one category only, but got {labels}")
+
+
+_MAPPINGS = JsonRegistry("category mapping", "category mapping", [data_path("prompts", "mappings")],
+                         _REQUIRED_MAPPING_FIELDS, _check_mapping)
 
 
 def list_category_mappings() -> list[str]:
     """Names of the registered category mappings, sorted."""
-    return sorted(_mapping_registry())
+    return _MAPPINGS.names()
 
 
 def get_category_mapping(name: str) -> dict[str, Any]:
@@ -114,16 +105,12 @@ def get_category_mapping(name: str) -> dict[str, Any]:
     Raises:
         ValueError: For an unknown name, listing the available ones.
     """
-    registry = _mapping_registry()
-    if name not in registry:
-        raise ValueError(f"Expected a known category mapping, but got {name!r}. Available: {', '.join(sorted(registry))}")
-    return copy.deepcopy(registry[name])
+    return _MAPPINGS.get(name)
 
 
 def add_category_mapping_path(path: str | Path) -> None:
     """Register another category-mapping JSON file or folder (validated on next use)."""
-    _MAPPING_PATHS.append(Path(path))
-    _mapping_registry.cache_clear()
+    _MAPPINGS.add_path(path)
 
 
 def _read_table(source: str) -> Any:

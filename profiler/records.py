@@ -26,6 +26,7 @@ __all__ = [
     "ShardWriter",
     "read_records",
     "recorded_keys",
+    "write_atomic",
     "write_manifest",
     "read_manifest",
     "summarize_run",
@@ -84,6 +85,18 @@ _COLUMNS: tuple[tuple[str, str, bool], ...] = (
 )
 
 
+def write_atomic(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` through a temporary file and a rename, so readers and a
+    resumed run see the whole file or none of it (also when several processes write)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)
+
+
 def record_schema() -> Any:
     """The Arrow schema of a record row (one row per generated image)."""
     pa = require("pyarrow")
@@ -130,11 +143,9 @@ class ShardWriter:
         except (KeyError, pa.ArrowException) as err:
             raise ValueError(f"Expected rows with the record columns {schema.names}, but got {sorted(rows[0])}: {err}") from err
         target = self.folder / f"shard-{self.rank}-{self._next:05d}.parquet"
-        tmp = self.folder / f".{target.name}.{os.getpid()}.tmp"
-        parquet.write_table(table, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        sink = pa.BufferOutputStream()
+        parquet.write_table(table, sink)
+        write_atomic(target, sink.getvalue().to_pybytes())
         self._next += 1
         logger.debug("wrote %d rows to %s", len(rows), target)
         return target
@@ -176,12 +187,8 @@ def write_manifest(run_dir: str | Path, manifest: Mapping[str, Any]) -> Path:
     for field in _MANIFEST_FIELDS:
         if field not in manifest:
             raise ValueError(f"Expected manifest field {field!r}, but it is missing")
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    target = run_dir / MANIFEST_NAME
-    tmp = run_dir / f".{MANIFEST_NAME}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, target)
+    target = Path(run_dir) / MANIFEST_NAME
+    write_atomic(target, (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode("utf-8"))
     return target
 
 

@@ -29,8 +29,22 @@ from genedge.profiler._imports import require
 from genedge.profiler.clipscore import DEFAULT_CLIP_BACKBONE, DEFAULT_CLIP_PRETRAINED, ClipScorer
 from genedge.profiler.models import ModelSpec, load_pipeline, parse_model_spec, scheduler_config, unet_param_count
 from genedge.profiler.nvml import NvmlMonitor, NvmlPeaks
-from genedge.profiler.prompts import DEFAULT_MAPPING, DEFAULT_PROMPT_SOURCE, Prompt, PromptSet, load_prompt_set
-from genedge.profiler.records import SCHEMA_VERSION, ShardWriter, read_manifest, recorded_keys, write_manifest
+from genedge.profiler.prompts import (
+    DEFAULT_MAPPING,
+    DEFAULT_PROMPT_SOURCE,
+    Prompt,
+    PromptSet,
+    get_category_mapping,
+    load_prompt_set,
+)
+from genedge.profiler.records import (
+    SCHEMA_VERSION,
+    ShardWriter,
+    read_manifest,
+    recorded_keys,
+    write_atomic,
+    write_manifest,
+)
 from genedge.profiler.timing import Clock, step_timer
 
 __all__ = [
@@ -341,11 +355,8 @@ def _save_image(run_dir: Path, image: Any) -> str:
     data = buffer.getvalue()
     digest = hashlib.sha256(data).hexdigest()
     target = run_dir / "images" / f"{digest}.png"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+    if not target.exists():  # content-addressed: an existing file already holds these bytes
+        write_atomic(target, data)
     return digest
 
 
@@ -473,6 +484,8 @@ def profile(config: ProfileConfig, out_dir: str | Path, *,
                 "batch_size": config.batch_size, "seeds": list(config.seeds), "warmup": config.warmup,
                 "clip_convention": asdict(scorer.convention),
                 "prompt_set": {"name": prompt_set.name, "sha256": prompt_set.sha256, "category_mapping": prompt_set.category_mapping,
+                               # The labels travel with the run, so reading it needs no mapping registry.
+                               "labels": get_category_mapping(prompt_set.category_mapping)["categories"],
                                "column": prompt_set.column, "n": len(prompt_set.prompts)},
                 "nvml": {"available": monitor.status.available, "reason": monitor.status.reason},
                 "save_images": config.save_images, "world_size": world_size,

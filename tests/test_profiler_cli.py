@@ -85,13 +85,17 @@ def test_sigkill_mid_run_then_resume_gives_each_row_once(tmp_path: Path) -> None
     assert "NVML unavailable" in shown.stdout
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate's launcher is not installed")
+# The launcher installed beside this interpreter, found whether or not its environment is activated.
+ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="accelerate's launcher is not installed")
 def test_accelerate_launch_splits_the_work_across_two_processes(tmp_path: Path) -> None:
     n = 6
     out = tmp_path / "run"
     # accelerate's multi-GPU launcher is torchrun: it starts the processes with RANK/WORLD_SIZE/LOCAL_RANK
     # and works on a CPU-only machine, where `--cpu` would start a single process.
-    launch = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    launch = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "genedge", *_profile_args(tmp_path, out, n),
               "--no-progress"]
     result = subprocess.run(launch, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from genedge.profiler import clip_bpe_tokenizer, get_replica_config, list_replicas, parse_model_spec, unet_param_count
+from genedge.profiler import add_replica_path
 from genedge.profiler import models as models_module
+from genedge.profiler.registry import JsonRegistry
 
 SHIPPED = ["bk-sdm-base", "bk-sdm-small", "bk-sdm-tiny", "sd-turbo", "sd15", "sd21-base", "sdxl-base", "sdxl-turbo", "tiny", "tiny-xl"]
 # Published exact UNet counts (segmind/distill-sd README; PUBLISHED.md §1.1).
@@ -57,14 +59,11 @@ def test_unknown_model_spec_lists_the_replicas(spec: str) -> None:
 def test_a_bad_replica_file_is_an_error_naming_file_and_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = tmp_path / "broken.json"
     bad.write_text(json.dumps({"name": "broken", "pipeline": "StableDiffusionPipeline"}), encoding="utf-8")
-    monkeypatch.setattr(models_module, "_REPLICA_PATHS", [bad])
-    models_module._replica_registry.cache_clear()
-    try:
-        with pytest.raises(ValueError, match=r"broken.json: expected field 'resolution' in a replica config, but it is missing"):
-            list_replicas()
-    finally:
-        monkeypatch.undo()
-        models_module._replica_registry.cache_clear()
+    monkeypatch.setattr(models_module, "_REPLICAS", JsonRegistry("replica config", "replica architecture", [],
+                                                                  models_module._REQUIRED_REPLICA_FIELDS))
+    add_replica_path(bad)
+    with pytest.raises(ValueError, match=r"broken.json: expected field 'resolution' in a replica config, but it is missing"):
+        list_replicas()
 
 
 def test_offline_clip_tokenizer_matches_open_clip() -> None:
