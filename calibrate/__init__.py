@@ -18,7 +18,6 @@ from genedge.calibrate.fit import (
     fit_latency,
     fit_quality,
     fit_quality_curve,
-    saturating_mean,
 )
 from genedge.calibrate.records import ProfileRuns, read_runs, record_schema
 from genedge.calibrate.report import REPLICA_NOTE, table_summary
@@ -42,6 +41,7 @@ from genedge.calibrate.table import (
     table_from_dict,
     table_to_dict,
     read_json,
+    saturating_mean,
     write_text_atomic,
 )
 

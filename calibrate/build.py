@@ -49,9 +49,7 @@ logger = logging.getLogger(__name__)
 
 # Rungs that belong to the pipeline's own process, best first; NVML device memory counts
 # every process on the GPU, so it is recorded but never taken as a model's peak.
-_PROCESS_RUNGS = (("nvml_process_bytes", "peak_nvml_process_bytes"),
-                  ("torch_reserved_bytes", "peak_torch_reserved_bytes"),
-                  ("torch_allocated_bytes", "peak_torch_allocated_bytes"))
+_PROCESS_RUNGS = ("nvml_process_bytes", "torch_reserved_bytes", "torch_allocated_bytes")
 _RUNG_COLUMNS = {"torch_allocated_bytes": "peak_torch_allocated_bytes",
                  "torch_reserved_bytes": "peak_torch_reserved_bytes",
                  "nvml_process_bytes": "peak_nvml_process_bytes",
@@ -230,7 +228,7 @@ def _memory(where: str, path: str, ok: pd.DataFrame, manifest_model: Mapping[str
             used: set[str]) -> MemoryPeak:
     rungs = {rung: (None if ok[column].isna().all() else int(ok[column].max())) for rung, column in
              _RUNG_COLUMNS.items()}
-    measured = next(((rung, rungs[rung]) for rung, _ in _PROCESS_RUNGS if rungs[rung]), None)
+    measured = next(((rung, rungs[rung]) for rung in _PROCESS_RUNGS if rungs[rung]), None)
     if measured is not None:
         used.add("measured:memory")
         return MemoryPeak(peak_bytes=measured[1], kind=measured[0].removesuffix("_bytes"), source="measured",
@@ -250,20 +248,6 @@ def _memory(where: str, path: str, ok: pd.DataFrame, manifest_model: Mapping[str
 
 
 def _category_order(mapping: Mapping[str, Any], seen: set[str]) -> tuple[str, ...]:
-    """Order categories as they first appear in the mapping document; any others follow sorted."""
-    order: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, str):
-            if node in seen and node not in order:
-                order.append(node)
-        elif isinstance(node, Mapping):
-            for k, v in node.items():
-                walk(k)
-                walk(v)
-        elif isinstance(node, (list, tuple)):
-            for v in node:
-                walk(v)
-
-    walk(mapping)
+    """Order categories as the mapping lists them (``labels`` keys); any others follow sorted."""
+    order = [category for category in mapping.get("labels") or {} if category in seen]
     return tuple(order + sorted(seen - set(order)))

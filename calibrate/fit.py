@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, stats
 
-from genedge.calibrate.table import CurveForm
+from genedge.calibrate.table import CurveForm, saturating_mean
 
 __all__ = [
     "GOF_ALPHA",
@@ -28,7 +28,6 @@ __all__ = [
     "fit_latency",
     "fit_quality",
     "fit_quality_curve",
-    "saturating_mean",
 ]
 
 logger = logging.getLogger(__name__)
@@ -105,15 +104,6 @@ def fit_quality(scores: Sequence[float] | np.ndarray) -> QualityFit:
     gof = None if x.size < MIN_GOF_SAMPLES else float(stats.shapiro(x).pvalue)
     flags = ("few_samples",) if gof is None else ("non_normal",) if gof < GOF_ALPHA else ()
     return QualityFit(mean=float(mean), std=float(std), n=int(x.size), gof=gof, flags=flags)
-
-
-def saturating_mean(steps: np.ndarray | float, a: float, b: float, kappa: float) -> np.ndarray | float:
-    """Mean CLIPScore at ``steps`` denoising steps: ``a − b·exp(−steps/kappa)``.
-
-    ``a`` is the level quality saturates at, ``b`` how far below it quality starts,
-    ``kappa`` (steps) how fast it gets there.
-    """
-    return a - b * np.exp(-np.asarray(steps, dtype=float) / kappa)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ silently.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -23,8 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from genedge import data
-from genedge.calibrate.table import ClipConvention, Exclusion, TableError, _Reader
+from genedge.calibrate.table import ClipConvention, Exclusion, TableError, _Reader, read_json
 
 __all__ = [
     "MANIFEST_SCHEMA_VERSION",
@@ -157,10 +155,7 @@ def read_runs(run_dirs: Iterable[str | os.PathLike[str]]) -> ProfileRuns:
 def _read_manifest(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: expected a run manifest, but the file does not exist")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise TableError(str(path), f"line {err.lineno}", f"not valid JSON ({err.msg})") from err
+    doc = read_json(path, TableError, "a profile run manifest")
     r = _Reader(str(path))
     version = r.get(doc, "schema_version", "", int)
     if version != MANIFEST_SCHEMA_VERSION:
@@ -180,20 +175,17 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 
 def _category_mapping(prompt_set: dict[str, Any], r: _Reader) -> dict[str, Any]:
-    """The mapping as a document: a name of a shipped mapping is resolved to its column and labels.
+    """The mapping as a document: name, column and labels (category → labels of ``column``).
 
-    The table carries the mapping itself (category → labels of ``column``), so a planner can map
-    a prompt file without the profiler.
+    The table carries the mapping itself, so a planner can map a prompt file without the
+    profiler. Runs record it either whole or as a name beside ``column`` and ``labels``.
     """
     raw = r.get(prompt_set, "category_mapping", "prompt_set", (str, dict))
     if isinstance(raw, dict):
         return raw
     mapping = {"name": raw, "column": r.opt(prompt_set, "column", "prompt_set", str)}
-    shipped = data.path("prompts", "mappings", f"{raw}.json")
-    if shipped.is_file():
-        spec = json.loads(shipped.read_text(encoding="utf-8"))
-        mapping.update(column=spec["column"], labels=spec["categories"])
-    return mapping
+    labels = r.opt(prompt_set, "labels", "prompt_set", dict)
+    return mapping if labels is None else {**mapping, "labels": labels}
 
 
 def _check_compatible(first: tuple[Path, Mapping[str, Any]], other: tuple[Path, Mapping[str, Any]]) -> None:

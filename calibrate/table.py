@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+import numpy as np
+
 __all__ = [
     "SCHEMA_VERSION",
     "Source",
@@ -42,6 +44,7 @@ __all__ = [
     "table_from_dict",
     "table_to_dict",
     "read_json",
+    "saturating_mean",
     "write_text_atomic",
 ]
 
@@ -108,6 +111,15 @@ class QualityCell:
     source: Source
     ref: str
     flags: tuple[str, ...] = ()
+
+
+def saturating_mean(steps: np.ndarray | float, a: float, b: float, kappa: float) -> np.ndarray | float:
+    """Mean CLIPScore at ``steps`` denoising steps on a ``saturating_exp`` curve: ``a − b·exp(−steps/kappa)``.
+
+    ``a`` is the level quality saturates at, ``b`` how far below it quality starts,
+    ``kappa`` (steps) how fast it gets there.
+    """
+    return a - b * np.exp(-np.asarray(steps, dtype=float) / kappa)
 
 
 @dataclass(frozen=True)
@@ -271,7 +283,7 @@ class ModelCalibration:
                 f"covering it (profiled: {sorted(cells)})"
             )
         if curve.form == "saturating_exp":
-            return curve.a - curve.b * math.exp(-steps / curve.kappa), curve.std
+            return float(saturating_mean(steps, curve.a, curve.b, curve.kappa)), curve.std
         grid = sorted(cells)
         hi = next(s for s in grid if s > steps)
         lo = max(s for s in grid if s < steps)
