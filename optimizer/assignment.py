@@ -32,6 +32,7 @@ __all__ = [
     "uniform_assignment",
     "price_directed_assignment",
     "vertex_bound",
+    "relaxed_optimum",
     "polish_requests",
 ]
 
@@ -169,8 +170,18 @@ u h_j)\Bigr]
     quality, delay_root = quality[order], delay_root[order]
     frontier = delay_root < np.minimum.accumulate(np.concatenate([[np.inf], delay_root[:-1]]))
     quality, delay_root = quality[frontier], delay_root[frontier]
-    weights = _solve_price_dual(quality[None, :], delay_root[None, :], np.ones(1), lam)[0]
-    return float((weights @ quality - lam * (weights @ delay_root) ** 2) / problem.n_requests)
+    return relaxed_optimum(quality[None, :], delay_root[None, :], np.ones(1), lam) / problem.n_requests
+
+
+def relaxed_optimum(value: np.ndarray, cost: np.ndarray, counts: np.ndarray, lam: float) -> float:
+    r"""The optimum of max Σ_c n_c Σ_k w_ck value_ck − λ (Σ_c n_c Σ_k w_ck cost_ck)² over weight rows on the simplex.
+
+    This is the relaxed planning problem every price dual here solves: ``value`` is each
+    vertex's quality (points), ``cost`` its delay coefficient, shapes (C, K).
+    """
+    weights = _solve_price_dual(value, cost, counts, lam)
+    load = counts[:, None] * weights
+    return float((load * value).sum() - lam * (load * cost).sum() ** 2)
 
 
 def _routing_vertices(mean: np.ndarray, a: np.ndarray, allowed: np.ndarray, shortfall: np.ndarray | None,

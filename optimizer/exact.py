@@ -22,7 +22,7 @@ import itertools
 
 import numpy as np
 
-from genedge.optimizer.assignment import polish_requests, price_directed_assignment, vertex_bound
+from genedge.optimizer.assignment import polish_requests, price_directed_assignment, relaxed_optimum, vertex_bound
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.result import PlanResult, make_result
 from genedge.optimizer.system import optimal_shares
@@ -97,26 +97,17 @@ def utility_upper_bound(problem: Problem) -> float:
               + \sum_c n_c \max_{m, s} \bigl(\mu_{mc}(s) - \nu a_m(s)\bigr)\Bigr],
               \qquad a_m(s) = \sqrt{(o_m + \tau_m s)/2}, \quad \lambda = w / R.
 
-    Every ν gives a valid bound (weak duality), so the one-dimensional convex
-    minimization only tightens it. Where :func:`exact_search` cannot enumerate
-    the step vectors, this still says how far a plan can be from the optimum.
+    The minimization is solved exactly (:func:`~genedge.optimizer.assignment.relaxed_optimum`).
+    Where :func:`exact_search` cannot enumerate the step vectors, this still says how
+    far a plan can be from the optimum.
     It ignores a quality floor, so it also bounds plans that must meet one.
     """
-    from scipy.optimize import minimize_scalar  # only this bound needs scipy.optimize (slow to import)
-
     lam = problem.weight / problem.budget
     best = -np.inf
     for allowed in problem.deployable_sets():
-        mu = np.concatenate([problem.quality_mean[m] for m in np.flatnonzero(allowed)], axis=1)  # (C, Σ K)
-        a = np.concatenate([np.sqrt(problem.service_s[m] / 2) for m in np.flatnonzero(allowed)])
-        if lam == 0:
-            best = max(best, float(problem.counts @ mu.max(axis=1)))
-            continue
-
-        def dual(nu: float) -> float:
-            return nu**2 / (4 * lam) + float(problem.counts @ (mu - nu * a).max(axis=1))
-
-        nu_max = 2 * lam * float(problem.counts.sum() * a.max())
-        found = minimize_scalar(dual, bounds=(0.0, nu_max), method="bounded", options={"xatol": 1e-10 * nu_max})
-        best = max(best, min(dual(float(found.x)), dual(0.0)))
+        # Every (model, steps) pair is a vertex open to every category: one price dual decides them all.
+        value = np.concatenate([problem.quality_mean[m] for m in np.flatnonzero(allowed)], axis=1)  # (C, Σ K)
+        cost = np.concatenate([np.sqrt(problem.service_s[m] / 2) for m in np.flatnonzero(allowed)])
+        cost = np.broadcast_to(cost, value.shape)
+        best = max(best, relaxed_optimum(value, cost, problem.counts, lam))
     return best / problem.n_requests

@@ -99,11 +99,6 @@ class Workload:
         """The same category mix with ``total`` requests."""
         return Workload.from_mix(self.counts, total)
 
-    @property
-    def total(self) -> float:
-        """Number of requests in the window."""
-        return float(sum(self.counts.values()))
-
     def sha256(self) -> str:
         """Hash of the workload, written into plans to identify their inputs."""
         return hashlib.sha256(json.dumps(dict(self.counts), sort_keys=True).encode()).hexdigest()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import ndtr
@@ -58,68 +59,91 @@ def propose(
     gen = np.random.default_rng(rng)
     if maxiter is None:
         maxiter = ITERATIONS_PER_GRID_STEP * sum(problem.grid_sizes)
-    sizes = problem.grid_sizes
-    best = None
-    nfev_total = nit_total = 0
-    status = 0
-    eye = np.eye(len(problem.models))
-    single_model = problem.counts[None, :, None] * eye[:, None, :]  # (M, C, M): everything on model m
+    best: _SetPlan | None = None
+    nfev_total = nit_total = status = 0
     for allowed in problem.deployable_sets():
-        allowed_idx = np.flatnonzero(allowed)
-        cache: dict[tuple[int, ...], tuple[float, np.ndarray]] = {}
-
-        def utility(steps: tuple[int, ...]) -> float:
-            if steps not in cache:
-                mean, full, floor = problem.mean_at(steps), problem.service_at(steps), problem.shortfall_at(steps)
-                x, _bound = price_directed_assignment(problem, mean, full, allowed, floor)
-                if x is None:
-                    cache[steps] = (-np.inf, None)
-                    return -np.inf
-                # At small loads serving everything on one model can beat any split,
-                # which the relaxation cannot see: weigh those routings too.
-                alone = allowed_idx if floor is None else \
-                    allowed_idx[(floor[:, allowed_idx] <= problem.max_shortfall).all(axis=0)]
-                candidates = np.concatenate([x[None], single_model[alone]], axis=0)
-                u = utility_with_optimal_shares(problem, candidates, full, mean)
-                b = int(u.argmax())
-                cache[steps] = (float(u[b]), candidates[b])
-            return cache[steps][0]
-
-        movable = np.flatnonzero(allowed & (np.array(sizes) > 1))
-
-        def neighbour(steps: tuple[int, ...], g: np.random.Generator) -> tuple[int, ...]:
-            if movable.size == 0:
-                return steps
-            i = movable[g.integers(movable.size)]
-            return adjacent_step(steps, i, sizes[i], g)
-
-        start = _feasible_start(problem, allowed)
-        if start is None:
+        found = _plan_model_set(problem, allowed, maxiter=maxiter, rng=gen, callback=callback)
+        if found is None:
             continue
-        out = metropolis(start, utility, neighbour, maxiter=maxiter, rng=gen, callback=callback)
-        nit_total += out.nit
-        nfev_total += out.nfev
-        status = max(status, out.status)
-        # The relaxation ignores the curvature of √(N(N+1)), which matters at small loads,
-        # so the runners-up of the annealing are polished on the exact utility too.
-        feasible = [steps for steps, (u, _) in cache.items() if u > -np.inf]
-        ranked = sorted(feasible, key=lambda steps: -cache[steps][0])[:POLISH_CANDIDATES]
-        for steps in ranked:
-            mean, full = problem.mean_at(steps), problem.service_at(steps)
-            x, u, nfev = polish_requests(problem, cache[steps][1], mean, full, allowed, problem.shortfall_at(steps))
-            nfev_total += nfev
-            if best is None or u > best[0]:
-                best = (u, steps, x, out.trajectory)
+        nit_total += found.nit
+        nfev_total += found.nfev
+        status = max(status, found.status)
+        if best is None or found.utility > best.utility:
+            best = found
         if status == 2:  # the callback asked to stop: plan with what has been searched
             break
     if best is None:
         raise problem.unreachable_floor_error()
-    _, steps, x, trajectory = best
-    shares = optimal_shares(problem.service_at(steps), x.sum(axis=0), problem.budget)
-    routing = x / problem.counts[:, None]
-    return make_result(problem, "genedge", routing, steps, shares, status=status, nit=nit_total, nfev=nfev_total,
-                       seed=seed, trajectory=trajectory)
+    shares = optimal_shares(problem.service_at(best.steps), best.requests.sum(axis=0), problem.budget)
+    routing = best.requests / problem.counts[:, None]
+    return make_result(problem, "genedge", routing, best.steps, shares, status=status, nit=nit_total,
+                       nfev=nfev_total, seed=seed, trajectory=best.trajectory)
 
+
+@dataclass(frozen=True)
+class _SetPlan:
+    """The best plan over one set of models that fits in memory, and what finding it took."""
+
+    utility: float
+    steps: tuple[int, ...]
+    requests: np.ndarray
+    trajectory: np.ndarray
+    nit: int
+    nfev: int
+    status: int
+
+
+def _plan_model_set(problem: Problem, allowed: np.ndarray, *, maxiter: int, rng: np.random.Generator,
+                    callback: Callable[[AnnealState], bool | None] | None) -> _SetPlan | None:
+    """Anneal the steps of the allowed models, then polish the best routings; None if no step vector is feasible."""
+    start = _feasible_start(problem, allowed)
+    if start is None:
+        return None
+    sizes = problem.grid_sizes
+    allowed_idx = np.flatnonzero(allowed)
+    movable = np.flatnonzero(allowed & (np.array(sizes) > 1))
+    # (M, C, M): every request on model m.
+    single_model = problem.counts[None, :, None] * np.eye(len(problem.models))[:, None, :]
+    cache: dict[tuple[int, ...], tuple[float, np.ndarray | None]] = {}
+
+    def utility(steps: tuple[int, ...]) -> float:
+        if steps not in cache:
+            mean, full, floor = problem.mean_at(steps), problem.service_at(steps), problem.shortfall_at(steps)
+            x, _bound = price_directed_assignment(problem, mean, full, allowed, floor)
+            if x is None:
+                cache[steps] = (-np.inf, None)
+                return -np.inf
+            # At small loads serving everything on one model can beat any split,
+            # which the relaxation cannot see: weigh those routings too.
+            alone = allowed_idx if floor is None else \
+                allowed_idx[(floor[:, allowed_idx] <= problem.max_shortfall).all(axis=0)]
+            candidates = np.concatenate([x[None], single_model[alone]], axis=0)
+            u = utility_with_optimal_shares(problem, candidates, full, mean)
+            b = int(u.argmax())
+            cache[steps] = (float(u[b]), candidates[b])
+        return cache[steps][0]
+
+    def neighbour(steps: tuple[int, ...], g: np.random.Generator) -> tuple[int, ...]:
+        if movable.size == 0:
+            return steps
+        i = movable[g.integers(movable.size)]
+        return adjacent_step(steps, i, sizes[i], g)
+
+    out = metropolis(start, utility, neighbour, maxiter=maxiter, rng=rng, callback=callback)
+    nfev = out.nfev
+    # The relaxation ignores the curvature of √(N(N+1)), which matters at small loads,
+    # so the runners-up of the annealing are polished on the exact utility too.
+    feasible = [steps for steps, (u, _) in cache.items() if u > -np.inf]
+    best: tuple[float, tuple[int, ...], np.ndarray] | None = None
+    for steps in sorted(feasible, key=lambda steps: -cache[steps][0])[:POLISH_CANDIDATES]:
+        mean, full = problem.mean_at(steps), problem.service_at(steps)
+        x, u, evaluations = polish_requests(problem, cache[steps][1], mean, full, allowed, problem.shortfall_at(steps))
+        nfev += evaluations
+        if best is None or u > best[0]:
+            best = (u, steps, x)
+    utility_found, steps, requests = best
+    return _SetPlan(utility=utility_found, steps=steps, requests=requests, trajectory=out.trajectory, nit=out.nit,
+                    nfev=nfev, status=out.status)
 
 
 def _feasible_start(problem: Problem, allowed: np.ndarray) -> tuple[int, ...] | None:

@@ -8,14 +8,13 @@ from typing import Any
 import numpy as np
 
 from genedge.optimizer.problem import Problem
-from genedge.optimizer.system import Evaluation, evaluate
+from genedge.optimizer.system import evaluate
 
 __all__ = ["Plan", "PlanResult", "STATUS_MESSAGES", "make_result"]
 
 # Status code → message, shared by every planner (scipy.optimize style).
 STATUS_MESSAGES = {
     0: "Optimization terminated successfully",
-    1: "Maximum number of iterations reached",
     2: "Callback function requested to stop early by returning True",
     3: "Closed-form plan: nothing to search",
 }
@@ -109,11 +108,10 @@ class PlanResult:
 
 def make_result(problem: Problem, method: str, routing: np.ndarray, step_index: tuple[int, ...] | list[int],
                 shares: np.ndarray, *, status: int = 0, nit: int = 0, nfev: int = 0, seed: int | None = None,
-                trajectory: np.ndarray | None = None, upper_bound: float | None = None,
-                evaluation: Evaluation | None = None, **extra: Any) -> PlanResult:
+                trajectory: np.ndarray | None = None, upper_bound: float | None = None, **extra: Any) -> PlanResult:
     """Evaluate a plan with the system model and wrap it in a :class:`PlanResult`."""
     step_index = tuple(int(k) for k in step_index)
-    ev = evaluation or evaluate(problem, routing, step_index, shares)
+    ev = evaluate(problem, routing, step_index, shares)
     plan = Plan(
         models=problem.models,
         categories=problem.categories,
