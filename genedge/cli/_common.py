@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 from genedge import data
 from genedge.calibrate.table import CalibrationTable, load_table
 from genedge.optimizer.problem import Problem, Workload
 
-__all__ = ["DEFAULT_TABLE", "DEFAULT_MIX", "DEFAULT_REQUESTS", "add_planning_arguments", "load_table_with_hash",
-           "workload_from_args", "derived_share_line", "problem_from_args", "parse_counts"]
+__all__ = ["DEFAULT_TABLE", "DEFAULT_MIX", "DEFAULT_REQUESTS", "add_planning_arguments", "add_workload_arguments",
+           "add_budget_arguments", "comma_separated", "default_mix", "load_table_with_hash", "workload_from_args",
+           "derived_share_line", "problem_from_args", "parse_counts"]
 
 DEFAULT_TABLE = data.path("tables", "reference-a100.json")
 # PartiPrompts' prompts per category of the paper's mapping (DESIGN §2.1).
@@ -19,11 +21,24 @@ DEFAULT_MIX = {"Basic": 272, "Detail": 544, "Imagination": 150, "Complex": 113}
 DEFAULT_REQUESTS = 100
 
 
+def comma_separated(kind: type) -> Callable[[str], list]:
+    """An argparse type for comma-separated values of ``kind``, e.g. ``10,20,30``."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            what, example = {int: ("integers", "10,20,30"), float: ("numbers", "0.5,1")}.get(kind, ("values", "a,b"))
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what} such as {example}, "
+                                             f"but got {text!r}") from None
+
+    return parse
+
+
 def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the table, budget, weight, model and seed options."""
     parser.add_argument("--table", type=Path, default=DEFAULT_TABLE,
                         help="calibration table JSON (default: the shipped reference table, A100-SXM4-40GB)")
-    parser.add_argument("--models", type=lambda s: [m for m in s.split(",") if m],
+    parser.add_argument("--models", type=comma_separated(str),
                         help="comma-separated model keys to plan with (default: every model in the table)")
     parser.add_argument("--memory-gib", type=float,
                         help="GPU memory available to the models in GiB (default: the table device's memory)")
@@ -34,6 +49,33 @@ def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
                              "they fall short)")
     parser.add_argument("--max-shortfall", type=float, default=0.05,
                         help="ε, the largest allowed P(CLIPScore < θ) per category (default: 0.05)")
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser, *, prompt_file: bool = True) -> None:
+    """Add --workload, --requests and (with ``prompt_file``) --prompts: one way to say the workload."""
+    load = parser.add_mutually_exclusive_group()
+    load.add_argument("--workload", help="requests per category, e.g. 'Basic=25,Detail=50,Imagination=14,Complex=11'")
+    if prompt_file:
+        load.add_argument("--prompts", type=Path,
+                          help="prompt file (TSV/CSV with a header); its rows are counted per category using the "
+                               "table's category mapping (e.g. PartiPrompts.tsv by Challenge)")
+    else:
+        parser.set_defaults(prompts=None)
+    load.add_argument("--requests", type=int, default=DEFAULT_REQUESTS,
+                      help=f"number of requests in PartiPrompts' category mix (default: {DEFAULT_REQUESTS})")
+
+
+def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --budget and --weight, the two numbers a planning point is made of besides its workload."""
+    parser.add_argument("--budget", type=float, default=1.0,
+                        help="compute budget R in GPU units, 1.0 = one whole GPU (default: 1.0)")
+    parser.add_argument("--weight", type=float, default=0.05,
+                        help="w: CLIPScore points one second of mean delay is worth (default: 0.05)")
+
+
+def default_mix(table: CalibrationTable) -> dict[str, float]:
+    """PartiPrompts' category proportions over the table's categories (1 each for others)."""
+    return {c: DEFAULT_MIX.get(c, 1) for c in table.categories}
 
 
 def load_table_with_hash(path: Path) -> tuple[CalibrationTable, str]:
@@ -52,8 +94,7 @@ def workload_from_args(args: argparse.Namespace, table: CalibrationTable) -> Wor
         if not labels:
             raise ValueError(f"{args.table}: category_mapping has no 'labels' to map a prompt file with")
         return Workload.from_prompt_file(args.prompts, labels, mapping.get("column", "Challenge"))
-    mix = {c: DEFAULT_MIX.get(c, 1) for c in table.categories}
-    return Workload.from_mix(mix, args.requests)
+    return Workload.from_mix(default_mix(table), args.requests)
 
 
 def parse_counts(text: str, option: str) -> dict[str, float]:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "fit_and_write", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +33,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Fit, write and summarize the table; draw figures when asked."""
-    from genedge.calibrate import build_table, read_runs, save_table, table_summary
+    from genedge.calibrate import table_summary
 
-    runs = read_runs(args.runs)
-    table = build_table(runs)
-    path = save_table(table, args.out)
+    table, path, figures = fit_and_write(args.runs, args.out, args.figures)
     print(table_summary(table))
     print(f"\nwrote {path}")
-    if args.figures:
-        from genedge.calibrate import write_figures
-
-        for figure in write_figures(table, runs, args.figures):
-            print(f"wrote {figure}")
+    for figure in figures:
+        print(f"wrote {figure}")
     return 0
+
+
+def fit_and_write(run_dirs: Sequence[str | Path], out: str | Path,
+                  figures_dir: str | Path | None = None) -> tuple[Any, Path, list[Path]]:
+    """Fit the table of ``run_dirs``, write it to ``out`` and, when asked, its figures to ``figures_dir``.
+
+    Returns:
+        (table, table path, figure paths).
+    """
+    from genedge.calibrate import build_table, read_runs, save_table, write_figures
+
+    runs = read_runs(run_dirs)
+    table = build_table(runs)
+    path = save_table(table, out)
+    return table, path, write_figures(table, runs, figures_dir) if figures_dir else []

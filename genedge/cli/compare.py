@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from genedge.cli._common import DEFAULT_REQUESTS, workload_from_args
+from genedge.cli._common import add_budget_arguments, add_workload_arguments, workload_from_args
 
 __all__ = ["PlanChange", "add_parser", "plan_changes", "run"]
 
@@ -52,19 +52,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("old", metavar="OLD", help="the reference table (JSON)")
     parser.add_argument("new", metavar="NEW", help="the table to compare with it (JSON)")
-    load = parser.add_mutually_exclusive_group()
-    load.add_argument("--workload", metavar="CAT=N,...",
-                      help="requests per category, e.g. 'Basic=25,Detail=50,Imagination=14,Complex=11'")
-    load.add_argument("--requests", type=int, default=DEFAULT_REQUESTS,
-                      help=f"number of requests in PartiPrompts' category mix over the old table's categories "
-                           f"(default: {DEFAULT_REQUESTS}, as genedge plan)")
-    parser.add_argument("--budget", type=float, default=1.0, help="compute budget R in GPU units (default 1.0)")
-    parser.add_argument("--weight", type=float, default=0.05,
-                        help="delay weight w in CLIPScore points per second (default 0.05)")
+    add_workload_arguments(parser, prompt_file=False)
+    add_budget_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="planner seed (default 0)")
     parser.add_argument("--alpha", type=float, default=0.05, help="mark changes with p below this (default 0.05)")
-    # Same workload options as genedge plan, without a prompt file.
-    parser.set_defaults(func=run, prompts=None)
+    parser.set_defaults(func=run)
 
 
 def plan_changes(old: Any, new: Any, *, tolerance: float = DECISION_TOLERANCE) -> list[PlanChange]:

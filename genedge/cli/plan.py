@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from genedge.cli._common import (
     DEFAULT_REQUESTS,
+    add_budget_arguments,
     add_planning_arguments,
+    add_workload_arguments,
+    comma_separated,
     derived_share_line,
     load_table_with_hash,
     problem_from_args,
     workload_from_args,
 )
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "format_plan"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -30,20 +34,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     add_planning_arguments(parser)
-    load = parser.add_mutually_exclusive_group()
-    load.add_argument("--workload", help="requests per category, e.g. 'Basic=25,Detail=50,Imagination=14,Complex=11'")
-    load.add_argument("--prompts", type=Path,
-                      help="prompt file (TSV/CSV with a header); its rows are counted per category using the "
-                           "table's category mapping (e.g. PartiPrompts.tsv by Challenge)")
-    load.add_argument("--requests", type=int, default=DEFAULT_REQUESTS,
-                      help=f"number of requests in PartiPrompts' category mix (default: {DEFAULT_REQUESTS})")
-    parser.add_argument("--budget", type=float, default=1.0,
-                        help="compute budget R in GPU units, 1.0 = one whole GPU (default: 1.0)")
-    parser.add_argument("--weight", type=float, default=0.05,
-                        help="w: CLIPScore points one second of mean delay is worth (default: 0.05)")
+    add_workload_arguments(parser)
+    add_budget_arguments(parser)
     parser.add_argument("--method", default="genedge",
                         help="the method whose plan is written (default: genedge; see --compare)")
-    parser.add_argument("--compare", type=lambda s: [m for m in s.split(",") if m],
+    parser.add_argument("--compare", type=comma_separated(str),
                         help="comma-separated methods to compare against (default: all: paper, direct-assignment, "
                              "random-assignment, equal-allocation, optimal-step, exact)")
     parser.add_argument("--out", type=Path, help="write the plan JSON here")
@@ -67,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
           + ("" if args.min_clipscore is None else
              f"; floor P(CLIPScore < {args.min_clipscore:g}) <= {args.max_shortfall:g} per category"))
     print()
-    print(_format_plan(chosen))
+    print(format_plan(chosen))
     print()
     print(_format_comparison(results, args.method))
     if args.out:
@@ -77,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format_plan(result) -> str:
+def format_plan(result: Any) -> str:
+    """The routing table, steps, shares and loads of a plan, for the models it deploys."""
     plan = result.plan
     used = [i for i, n in enumerate(result.loads) if n > 1e-9]
     width = max(len(plan.models[i]) for i in used)

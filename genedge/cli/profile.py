@@ -6,6 +6,8 @@ import argparse
 import logging
 from typing import Any
 
+from genedge.cli._common import comma_separated
+
 # Light modules (constants only); torch, diffusers and open_clip load inside run().
 from genedge.profiler.clipscore import DEFAULT_CLIP_BACKBONE, DEFAULT_CLIP_PRETRAINED
 from genedge.profiler.prompts import DEFAULT_MAPPING, DEFAULT_PROMPT_SOURCE
@@ -14,13 +16,6 @@ from genedge.profiler.run import FLUSH_EVERY_IMAGES, WARMUP_RUNS
 __all__ = ["add_parser", "run", "show"]
 
 logger = logging.getLogger(__name__)
-
-
-def _ints(option: str, text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as err:
-        raise ValueError(f"{option}: expected comma-separated integers such as 10,20,30, but got {text!r}") from err
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", action="append", default=[], metavar="SPEC",
                         help="model spec, repeatable: replica:<arch> (random weights; see the error for the list), "
                              "a local pipeline directory, or a hub id org/name[@revision]")
-    parser.add_argument("--steps", default="", help="comma-separated denoising step counts, e.g. 10,20,30")
+    parser.add_argument("--steps", type=comma_separated(int), default=(),
+                        help="comma-separated denoising step counts, e.g. 10,20,30")
     parser.add_argument("--prompts", default=DEFAULT_PROMPT_SOURCE,
                         help=f"datasets hub id or local .tsv/.csv/.parquet prompt file (default: {DEFAULT_PROMPT_SOURCE})")
     parser.add_argument("--category-mapping", default=DEFAULT_MAPPING,
@@ -48,7 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--per-category", type=int, help="at most N prompts per category (sampled with --prompt-seed)")
     parser.add_argument("--limit", type=int, help="at most N prompts overall (sampled with --prompt-seed)")
     parser.add_argument("--prompt-seed", type=int, default=0, help="seed of the prompt subsampling (default: 0)")
-    parser.add_argument("--seeds", default="0", help="comma-separated generation seeds (default: 0)")
+    parser.add_argument("--seeds", type=comma_separated(int), default=(0,),
+                        help="comma-separated generation seeds (default: 0)")
     parser.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda:LOCAL_RANK when available, else cpu)")
     parser.add_argument("--dtype", help="float32, float16 or bfloat16 (default: float16 on CUDA, float32 on CPU)")
     parser.add_argument("--resolution", type=int, default=512, help="image side in pixels (default: 512)")
@@ -82,9 +79,9 @@ def _config(args: argparse.Namespace) -> Any:
     if not args.out:
         raise ValueError("--out: expected a run directory such as runs/NAME, but got none")
     return ProfileConfig(
-        models=tuple(args.model), steps=_ints("--steps", args.steps), prompts=args.prompts,
+        models=tuple(args.model), steps=tuple(args.steps), prompts=args.prompts,
         category_mapping=args.category_mapping, per_category=args.per_category, limit=args.limit,
-        prompt_seed=args.prompt_seed, seeds=_ints("--seeds", args.seeds), device=args.device, dtype=args.dtype,
+        prompt_seed=args.prompt_seed, seeds=tuple(args.seeds), device=args.device, dtype=args.dtype,
         resolution=args.resolution, guidance_scale=args.guidance_scale, scheduler=args.scheduler,
         batch_size=args.batch_size, warmup=args.warmup, save_images=args.save_images,
         clip_backbone=args.clip_backbone,

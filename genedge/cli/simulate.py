@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 from genedge.cli._common import (
-    DEFAULT_MIX,
     add_planning_arguments,
+    comma_separated,
+    default_mix,
     derived_share_line,
     load_table_with_hash,
     parse_counts,
@@ -17,10 +18,6 @@ from genedge.cli._common import (
 )
 
 __all__ = ["add_parser"]
-
-
-def _numbers(kind: type):
-    return lambda text: [kind(v) for v in text.split(",") if v]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,11 +32,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     add_planning_arguments(parser)
-    parser.add_argument("--loads", type=_numbers(int), default=[10, 25, 50, 100, 150, 200],
+    parser.add_argument("--loads", type=comma_separated(int), default=[10, 25, 50, 100, 150, 200],
                         help="requests per planning window, comma-separated (default: 10,25,50,100,150,200)")
-    parser.add_argument("--budgets", type=_numbers(float), default=[0.5, 1.0],
+    parser.add_argument("--budgets", type=comma_separated(float), default=[0.5, 1.0],
                         help="compute budgets R in GPU units, comma-separated (default: 0.5,1.0)")
-    parser.add_argument("--weights", type=_numbers(float), default=[0.02, 0.05, 0.1],
+    parser.add_argument("--weights", type=comma_separated(float), default=[0.02, 0.05, 0.1],
                         help="delay weights w in points per second, comma-separated (default: 0.02,0.05,0.1)")
     parser.add_argument("--mix", help="category mix scaled to each load, e.g. 'Basic=1,Detail=3' (default: "
                                       "PartiPrompts' proportions over the table's categories)")
@@ -72,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
     def make_problem(workload: Workload, budget: float, weight: float) -> Problem:
         return problem_from_args(args, table, sha, workload, budget, weight)
 
-    mix = Workload.from_counts(parse_counts(args.mix, "--mix") if args.mix else
-                               {c: DEFAULT_MIX.get(c, 1) for c in table.categories})
+    mix = Workload.from_counts(parse_counts(args.mix, "--mix") if args.mix else default_mix(table))
     print(derived_share_line(table))
     results, checks = run_sweep(make_problem, mix, args.loads, args.budgets, args.weights, seed=args.seed,
                                 replications=args.replications, progress=_progress(time.perf_counter()))
