@@ -37,10 +37,16 @@ GIB = 2**30
 #   total_s: ML.ENERGY v2, 25 steps, end to end (§2.2; SD 1.5 = Openjourney-v4, the SD 1.5 architecture).
 #   peak_bytes: ONNX Runtime README, torch 2.0, SD 1.5 512², bs 1, second-run peak (§2.3; MB = 10^6 B).
 PUBLISHED = {
-    "sd15": {"ms_per_step": {"A100": 46.2, "H100": 34.7}, "total_s": {"A100": 0.921, "H100": 0.867},
-             "peak_bytes": {"A100": 4_400e6}},
-    "sdxl-base": {"ms_per_step": {"A100": 115.7, "H100": 90.3}, "total_s": {"A100": 2.858, "H100": 2.258},
-                  "peak_bytes": {}},
+    "sd15": {
+        "ms_per_step": {"A100": 46.2, "H100": 34.7},
+        "total_s": {"A100": 0.921, "H100": 0.867},
+        "peak_bytes": {"A100": 4_400e6},
+    },
+    "sdxl-base": {
+        "ms_per_step": {"A100": 115.7, "H100": 90.3},
+        "total_s": {"A100": 2.858, "H100": 2.258},
+        "peak_bytes": {},
+    },
 }
 
 
@@ -60,7 +66,10 @@ def _summarize(arch: str, run_dir: Path, lines: list[str]) -> None:
     frame = read_records(run_dir)
     ok = frame[frame["status"] == "ok"]
     if ok.empty:
-        lines.append(f"{arch}: no successful images ({dict(frame['status'].value_counts())}; first error: {frame['error'].iloc[0]})")
+        lines.append(
+            f"{arch}: no successful images ({dict(frame['status'].value_counts())}; "
+            f"first error: {frame['error'].iloc[0]})"
+        )
         return
     step_ms = 1e3 * statistics.median(s for steps in ok["step_latencies_s"] for s in steps)
     encode, denoise, decode, total = (ok[c].mean() for c in ("text_encode_s", "denoise_s", "decode_s", "total_s"))
@@ -72,16 +81,27 @@ def _summarize(arch: str, run_dir: Path, lines: list[str]) -> None:
     process_gib = None if process != process else process / GIB
     published_gib = {gpu: value / GIB for gpu, value in published.get("peak_bytes", {}).items()}
     lines += [
-        f"== replica:{arch} ({ok['resolution'].iloc[0]} px, {ok['dtype'].iloc[0]}, guidance {ok['guidance_scale'].iloc[0]}, "
-        f"{steps} steps, {len(ok)} images)",
+        (
+            f"== replica:{arch} ({ok['resolution'].iloc[0]} px, {ok['dtype'].iloc[0]}, "
+            f"guidance {ok['guidance_scale'].iloc[0]}, "
+            f"{steps} steps, {len(ok)} images)"
+        ),
         f"per-step latency (median): {step_ms:.2f} ms   {_ratios(step_ms, published.get('ms_per_step', {}), 'ms')}",
-        f"stages (mean): text encode {1e3 * encode:.1f} ms, denoise {1e3 * denoise:.1f} ms, VAE decode {1e3 * decode:.1f} ms, "
-        f"total {1e3 * total:.1f} ms",
-        f"end to end at {EXTRAPOLATE_STEPS} steps (overhead + {EXTRAPOLATE_STEPS} × step): {total_25:.3f} s   "
-        f"{_ratios(total_25, published.get('total_s', {}), 's')}",
-        f"memory ladder (max): torch allocated {_gib(ok['peak_torch_allocated_bytes'].max())} ≤ torch reserved "
-        f"{_gib(ok['peak_torch_reserved_bytes'].max())} ≤ NVML process {_gib(ok['peak_nvml_process_bytes'].max())} ≤ "
-        f"NVML device {_gib(ok['peak_nvml_device_bytes'].max())}",
+        (
+            f"stages (mean): text encode {1e3 * encode:.1f} ms, denoise {1e3 * denoise:.1f} ms, "
+            f"VAE decode {1e3 * decode:.1f} ms, "
+            f"total {1e3 * total:.1f} ms"
+        ),
+        (
+            f"end to end at {EXTRAPOLATE_STEPS} steps (overhead + {EXTRAPOLATE_STEPS} × step): {total_25:.3f} s   "
+            f"{_ratios(total_25, published.get('total_s', {}), 's')}"
+        ),
+        (
+            f"memory ladder (max): torch allocated {_gib(ok['peak_torch_allocated_bytes'].max())} ≤ torch reserved "
+            f"{_gib(ok['peak_torch_reserved_bytes'].max())} ≤ "
+            f"NVML process {_gib(ok['peak_nvml_process_bytes'].max())} ≤ "
+            f"NVML device {_gib(ok['peak_nvml_device_bytes'].max())}"
+        ),
         f"   NVML process peak vs published peak: {_ratios(process_gib, published_gib, 'GiB')}",
     ]
     notes = ok["nvml_note"].dropna().unique()
@@ -95,7 +115,9 @@ def main() -> int:
     parser.add_argument("--arch", default="sd15,sdxl-base", help="comma-separated replica architectures")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--images", type=int, default=4, help="prompts per architecture (one image each)")
-    parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/gpu-<device>-<date> on CUDA)")
+    parser.add_argument(
+        "--out", type=Path, help="results folder (default: benchmarks/results/gpu-<device>-<date> on CUDA)"
+    )
     args = parser.parse_args()
     import torch
 
@@ -114,17 +136,26 @@ def main() -> int:
     for arch in [a for a in args.arch.split(",") if a]:
         replica = get_replica_config(arch)
         config = ProfileConfig(
-            models=(f"replica:{arch}",), steps=(args.steps,), prompts=str(data_path("prompts", "smoke.tsv")),
-            category_mapping="challenge", limit=args.images, device=args.device,
-            dtype="float16" if cuda else "float32", resolution=replica["resolution"],
-            guidance_scale=replica["guidance_scale"], clip_backbone="replica:tiny", clip_pretrained=None,
+            models=(f"replica:{arch}",),
+            steps=(args.steps,),
+            prompts=str(data_path("prompts", "smoke.tsv")),
+            category_mapping="challenge",
+            limit=args.images,
+            device=args.device,
+            dtype="float16" if cuda else "float32",
+            resolution=replica["resolution"],
+            guidance_scale=replica["guidance_scale"],
+            clip_backbone="replica:tiny",
+            clip_pretrained=None,
         )
         run_dir = args.out / arch
         profile(config, run_dir)
         if not lines:
             device = read_manifest(run_dir)["device"]
-            lines.append(f"device {device['name']}, driver {device['driver']}, CUDA {device['cuda']}, "
-                         f"memory {_gib(device['memory_bytes'])}; torch {torch.__version__}")
+            lines.append(
+                f"device {device['name']}, driver {device['driver']}, CUDA {device['cuda']}, "
+                f"memory {_gib(device['memory_bytes'])}; torch {torch.__version__}"
+            )
         _summarize(arch, run_dir, lines)
     lines.append(f"wall time {time.perf_counter() - started:.0f} s; runs in {args.out}")
     text = "\n".join(lines)

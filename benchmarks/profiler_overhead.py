@@ -30,8 +30,15 @@ TARGET_RATIO = 1.05
 def _plain(pipe, prompts, config, device) -> float:
     start = time.perf_counter()
     for prompt in prompts:
-        pipe(prompt, num_inference_steps=config.steps[0], guidance_scale=config.guidance_scale, height=config.resolution,
-             width=config.resolution, generator=torch.Generator(device).manual_seed(0), output_type="pil")
+        pipe(
+            prompt,
+            num_inference_steps=config.steps[0],
+            guidance_scale=config.guidance_scale,
+            height=config.resolution,
+            width=config.resolution,
+            generator=torch.Generator(device).manual_seed(0),
+            output_type="pil",
+        )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start
@@ -40,7 +47,9 @@ def _plain(pipe, prompts, config, device) -> float:
 def _profiled(pipe, prompts, config, device, clock, monitor) -> float:
     start = time.perf_counter()
     for prompt in prompts:
-        measure_call(pipe, [prompt], steps=config.steps[0], seed=0, config=config, device=device, clock=clock, monitor=monitor)
+        measure_call(
+            pipe, [prompt], steps=config.steps[0], seed=0, config=config, device=device, clock=clock, monitor=monitor
+        )
     return time.perf_counter() - start
 
 
@@ -51,13 +60,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: steadier on a shared CPU)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1: steadier on a shared CPU)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    config = ProfileConfig(models=(f"replica:{args.arch}",), steps=(args.steps,), resolution=args.resolution, device=args.device)
+    config = ProfileConfig(
+        models=(f"replica:{args.arch}",), steps=(args.steps,), resolution=args.resolution, device=args.device
+    )
     prompts = [p.text for p in load_prompt_set(str(data_path("prompts", "smoke.tsv"))).prompts]
-    pipe = load_pipeline(config.models[0], device=device, dtype=torch.float32 if device.type == "cpu" else torch.float16)
+    pipe = load_pipeline(
+        config.models[0], device=device, dtype=torch.float32 if device.type == "cpu" else torch.float16
+    )
     clock = Clock(device)
     monitor = NvmlMonitor(str(torch.cuda.get_device_properties(device).uuid) if device.type == "cuda" else None)
     _plain(pipe, prompts[:1], config, device)  # warm-up both paths
@@ -72,7 +87,10 @@ def main() -> None:
     print(f"replica:{args.arch}, {args.steps} steps, {args.resolution} px, {device}, {images} images per loop")
     print(f"plain    loop: {sum(plain):.3f} s ({1e3 * sum(plain) / images:.2f} ms/image)")
     print(f"profiled loop: {sum(profiled):.3f} s ({1e3 * sum(profiled) / images:.2f} ms/image)")
-    print(f"ratio profiled/plain: {ratio:.3f} (target ≤ {TARGET_RATIO}); best-of-{args.repeats} ratio {min(profiled) / min(plain):.3f}")
+    print(
+        f"ratio profiled/plain: {ratio:.3f} (target ≤ {TARGET_RATIO}); "
+        f"best-of-{args.repeats} ratio {min(profiled) / min(plain):.3f}"
+    )
 
 
 if __name__ == "__main__":

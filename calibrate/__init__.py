@@ -37,11 +37,11 @@ from genedge.calibrate.table import (
     StageBreakdown,
     TableError,
     load_table,
+    read_json,
+    saturating_mean,
     save_table,
     table_from_dict,
     table_to_dict,
-    read_json,
-    saturating_mean,
     write_text_atomic,
 )
 

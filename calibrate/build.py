@@ -50,50 +50,52 @@ logger = logging.getLogger(__name__)
 # Rungs that belong to the pipeline's own process, best first; NVML device memory counts
 # every process on the GPU, so it is recorded but never taken as a model's peak.
 _PROCESS_RUNGS = ("nvml_process_bytes", "torch_reserved_bytes", "torch_allocated_bytes")
-_RUNG_COLUMNS = {"torch_allocated_bytes": "peak_torch_allocated_bytes",
-                 "torch_reserved_bytes": "peak_torch_reserved_bytes",
-                 "nvml_process_bytes": "peak_nvml_process_bytes",
-                 "nvml_device_bytes": "peak_nvml_device_bytes"}
+_RUNG_COLUMNS = {
+    "torch_allocated_bytes": "peak_torch_allocated_bytes",
+    "torch_reserved_bytes": "peak_torch_reserved_bytes",
+    "nvml_process_bytes": "peak_nvml_process_bytes",
+    "nvml_device_bytes": "peak_nvml_device_bytes",
+}
 _DTYPE_BYTES = {"float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2, "float32": 4, "fp32": 4}
 
 _SOURCES: dict[str, dict[str, str]] = {
     "measured:quality": {
         "kind": "measured",
         "rule": f"CLIPScore ~ Normal(mean, std) by maximum likelihood (scipy.stats.norm.fit; std is the ddof=0 "
-                f"MLE) over the successful, scored images of each (model, category, steps); n images; gof is the "
-                f"Shapiro-Wilk p-value (null below {MIN_GOF_SAMPLES} images, flag 'few_samples'; flag "
-                f"'non_normal' below {GOF_ALPHA}). A cell needs at least {MIN_CELL_SAMPLES} images; a cell of "
-                f"identical scores gets std = {ZERO_SPREAD_STD} and flag 'zero_spread'.",
+        f"MLE) over the successful, scored images of each (model, category, steps); n images; gof is the "
+        f"Shapiro-Wilk p-value (null below {MIN_GOF_SAMPLES} images, flag 'few_samples'; flag "
+        f"'non_normal' below {GOF_ALPHA}). A cell needs at least {MIN_CELL_SAMPLES} images; a cell of "
+        f"identical scores gets std = {ZERO_SPREAD_STD} and flag 'zero_spread'.",
     },
     "derived:quality-curve": {
         "kind": "derived",
         "rule": f"mean(s) = a - b*exp(-s/kappa) by weighted least squares (scipy.optimize.curve_fit, sigma = "
-                f"std/sqrt(n) of each measured cell), std = pooled cell spread; valid on the profiled step range "
-                f"only. With fewer than {MIN_CURVE_STEPS} profiled step counts: linear interpolation between "
-                f"measured cells, never extrapolated.",
+        f"std/sqrt(n) of each measured cell), std = pooled cell spread; valid on the profiled step range "
+        f"only. With fewer than {MIN_CURVE_STEPS} profiled step counts: linear interpolation between "
+        f"measured cells, never extrapolated.",
     },
     "measured:latency": {
         "kind": "measured",
         "rule": "total_s = overhead_s + per_step_s*steps by ordinary least squares over every successful image "
-                "(refitted through the origin if the intercept came out negative); standard errors from "
-                "sigma^2 (X'X)^-1; step_p50_s/step_p95_s over all per-step latencies; stages are per-steps means.",
+        "(refitted through the origin if the intercept came out negative); standard errors from "
+        "sigma^2 (X'X)^-1; step_p50_s/step_p95_s over all per-step latencies; stages are per-steps means.",
     },
     "derived:latency-stages": {
         "kind": "derived",
         "rule": "no latency line could be fitted (one step count profiled, or no positive slope), so overhead and "
-                "per-step time come from the stage timings: per_step_s = mean(denoise_s/steps), overhead_s = "
-                "max(mean(total_s - per_step_s*steps), 0).",
+        "per-step time come from the stage timings: per_step_s = mean(denoise_s/steps), overhead_s = "
+        "max(mean(total_s - per_step_s*steps), 0).",
     },
     "measured:memory": {
         "kind": "measured",
         "rule": "peak_bytes = the maximum over successful images of the highest per-process rung measured: NVML "
-                "process memory, else torch reserved, else torch allocated (kind names it); every rung's "
-                "maximum is listed, null where not measurable.",
+        "process memory, else torch reserved, else torch allocated (kind names it); every rung's "
+        "maximum is listed, null where not measurable.",
     },
     "derived:memory-params": {
         "kind": "derived",
         "rule": "no memory rung was measurable (e.g. a CPU run), so peak_bytes = denoiser parameters x bytes "
-                "per parameter of the run's dtype: a lower bound that ignores text encoders, VAE and activations.",
+        "per parameter of the run's dtype: a lower bound that ignores text encoders, VAE and activations.",
     },
 }
 
@@ -131,13 +133,18 @@ def build_table(runs: ProfileRuns) -> CalibrationTable:
     ok, scored = runs.ok, runs.scored
     failed_only = sorted(set(runs.records["model_key"]) - set(ok["model_key"]))
     if failed_only:
-        raise TableError(where, f"models.{failed_only[0]}",
-                         f"expected successful images for every model, but {failed_only} have none "
-                         f"(see the excluded rows: {[e.reason for e in runs.exclusions if e.model_key in failed_only]})")
+        raise TableError(
+            where,
+            f"models.{failed_only[0]}",
+            f"expected successful images for every model, but {failed_only} have none "
+            f"(see the excluded rows: {[e.reason for e in runs.exclusions if e.model_key in failed_only]})",
+        )
     categories = _category_order(runs.category_mapping, set(scored["category"]))
     used: set[str] = set()
-    models = {key: _model(where, str(key), rows, scored[scored["model_key"] == key], categories, runs, used)
-              for key, rows in ok.groupby("model_key", sort=True)}
+    models = {
+        key: _model(where, str(key), rows, scored[scored["model_key"] == key], categories, runs, used)
+        for key, rows in ok.groupby("model_key", sort=True)
+    }
     table = CalibrationTable(
         device=dict(runs.device),
         clip_convention=runs.clip_convention,
@@ -152,15 +159,25 @@ def build_table(runs: ProfileRuns) -> CalibrationTable:
     return table_from_dict(table_to_dict(table), where=f"table calibrated from {where}")
 
 
-def _model(where: str, key: str, ok: pd.DataFrame, scored: pd.DataFrame, categories: tuple[str, ...],
-           runs: ProfileRuns, used: set[str]) -> ModelCalibration:
+def _model(
+    where: str,
+    key: str,
+    ok: pd.DataFrame,
+    scored: pd.DataFrame,
+    categories: tuple[str, ...],
+    runs: ProfileRuns,
+    used: set[str],
+) -> ModelCalibration:
     path = f"models.{key}"
     for column in ("batch_size", "resolution"):
         values = sorted(int(v) for v in ok[column].unique())
         if len(values) > 1:
-            raise TableError(where, f"{path}.{column}",
-                             f"expected one {column} per model in a table, but got {values}; calibrate each "
-                             f"{column} into its own table")
+            raise TableError(
+                where,
+                f"{path}.{column}",
+                f"expected one {column} per model in a table, but got {values}; calibrate each "
+                f"{column} into its own table",
+            )
     grid = tuple(sorted(int(s) for s in ok["steps"].unique()))
     quality: dict[str, dict[int, QualityCell]] = {}
     curves: dict[str, QualityCurve] = {}
@@ -171,35 +188,70 @@ def _model(where: str, key: str, ok: pd.DataFrame, scored: pd.DataFrame, categor
             try:
                 fit = fit_quality(scores.to_numpy())
             except ValueError as err:
-                raise TableError(where, f"{path}.quality.{category}.{steps}",
-                                 f"{err} (scored, successful images of this model, category and step count; "
-                                 f"profile more prompts of the category)") from err
-            cells[steps] = QualityCell(mean=fit.mean, std=fit.std, n=fit.n, gof=fit.gof, source="measured",
-                                       ref="measured:quality", flags=fit.flags)
+                raise TableError(
+                    where,
+                    f"{path}.quality.{category}.{steps}",
+                    f"{err} (scored, successful images of this model, category and step count; "
+                    f"profile more prompts of the category)",
+                ) from err
+            cells[steps] = QualityCell(
+                mean=fit.mean,
+                std=fit.std,
+                n=fit.n,
+                gof=fit.gof,
+                source="measured",
+                ref="measured:quality",
+                flags=fit.flags,
+            )
         quality[category] = cells
-        curve = fit_quality_curve(grid, [c.mean for c in cells.values()], [c.std for c in cells.values()],
-                                  [c.n for c in cells.values()], label=f"{key}/{category}")
-        curves[category] = QualityCurve(form=curve.form, valid_steps=curve.valid_steps, source="derived",
-                                        ref="derived:quality-curve", a=curve.a, b=curve.b, kappa=curve.kappa,
-                                        std=curve.std)
+        curve = fit_quality_curve(
+            grid,
+            [c.mean for c in cells.values()],
+            [c.std for c in cells.values()],
+            [c.n for c in cells.values()],
+            label=f"{key}/{category}",
+        )
+        curves[category] = QualityCurve(
+            form=curve.form,
+            valid_steps=curve.valid_steps,
+            source="derived",
+            ref="derived:quality-curve",
+            a=curve.a,
+            b=curve.b,
+            kappa=curve.kappa,
+            std=curve.std,
+        )
     used.update({"measured:quality", "derived:quality-curve"})
     manifest_model = next((m for run in runs.manifests.values() for m in run["models"] if m["key"] == key), {})
     is_replica = bool(ok["is_replica"].any())
     revision = manifest_model.get("revision")
     name = key + (f" @ {revision}" if revision else "") + (" (random-weight replica)" if is_replica else "")
-    return ModelCalibration(key=key, name=name, resolution=int(ok["resolution"].iat[0]), steps=grid,
-                            default_steps=grid[-1], quality=quality, curves=curves,
-                            latency=_latency(ok, used), memory=_memory(where, path, ok, manifest_model, runs, used),
-                            is_replica=is_replica)
+    return ModelCalibration(
+        key=key,
+        name=name,
+        resolution=int(ok["resolution"].iat[0]),
+        steps=grid,
+        default_steps=grid[-1],
+        quality=quality,
+        curves=curves,
+        latency=_latency(ok, used),
+        memory=_memory(where, path, ok, manifest_model, runs, used),
+        is_replica=is_replica,
+    )
 
 
 def _latency(ok: pd.DataFrame, used: set[str]) -> LatencyModel:
     steps = ok["steps"].to_numpy(dtype=float)
     total = ok["total_s"].to_numpy(dtype=float)
     per_step = np.concatenate([np.asarray(v, dtype=float) for v in ok["step_latencies_s"]])
-    stages = {int(s): StageBreakdown(text_encode_s=float(g["text_encode_s"].mean()),
-                                     denoise_s=float(g["denoise_s"].mean()), decode_s=float(g["decode_s"].mean()))
-              for s, g in ok.groupby("steps", sort=True)}
+    stages = {
+        int(s): StageBreakdown(
+            text_encode_s=float(g["text_encode_s"].mean()),
+            denoise_s=float(g["denoise_s"].mean()),
+            decode_s=float(g["decode_s"].mean()),
+        )
+        for s, g in ok.groupby("steps", sort=True)
+    }
     extra: dict[str, Any] = {
         "step_p50_s": float(np.percentile(per_step, 50)) if per_step.size else None,
         "step_p95_s": float(np.percentile(per_step, 95)) if per_step.size else None,
@@ -211,40 +263,79 @@ def _latency(ok: pd.DataFrame, used: set[str]) -> LatencyModel:
     except ValueError as err:
         # One step count, or a line that does not rise with steps (noisy timings): the stage
         # timings still give each image's own denoising rate.
-        warnings.warn(f"{ok['model_key'].iat[0]}: no latency line can be fitted ({err}); overhead and per-step time "
-                      f"are derived from the stage timings. Profile two or more step counts, with enough warm-up, "
-                      f"for a fitted line.", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{ok['model_key'].iat[0]}: no latency line can be fitted ({err}); overhead and per-step time "
+            f"are derived from the stage timings. Profile two or more step counts, with enough warm-up, "
+            f"for a fitted line.",
+            UserWarning,
+            stacklevel=3,
+        )
         rate = float((ok["denoise_s"] / ok["steps"]).mean())
         used.add("derived:latency-stages")
-        return LatencyModel(overhead_s=max(float((total - rate * steps).mean()), 0.0), per_step_s=rate, n=len(ok),
-                            r2=None, source="derived", ref="derived:latency-stages", **extra)
+        return LatencyModel(
+            overhead_s=max(float((total - rate * steps).mean()), 0.0),
+            per_step_s=rate,
+            n=len(ok),
+            r2=None,
+            source="derived",
+            ref="derived:latency-stages",
+            **extra,
+        )
     used.add("measured:latency")
-    return LatencyModel(overhead_s=fit.overhead_s, per_step_s=fit.per_step_s, n=fit.n, r2=fit.r2, source="measured",
-                        ref="measured:latency", overhead_se_s=fit.overhead_se_s, per_step_se_s=fit.per_step_se_s,
-                        residual_std_s=fit.residual_std_s, **extra)
+    return LatencyModel(
+        overhead_s=fit.overhead_s,
+        per_step_s=fit.per_step_s,
+        n=fit.n,
+        r2=fit.r2,
+        source="measured",
+        ref="measured:latency",
+        overhead_se_s=fit.overhead_se_s,
+        per_step_se_s=fit.per_step_se_s,
+        residual_std_s=fit.residual_std_s,
+        **extra,
+    )
 
 
-def _memory(where: str, path: str, ok: pd.DataFrame, manifest_model: Mapping[str, Any], runs: ProfileRuns,
-            used: set[str]) -> MemoryPeak:
-    rungs = {rung: (None if ok[column].isna().all() else int(ok[column].max())) for rung, column in
-             _RUNG_COLUMNS.items()}
+def _memory(
+    where: str, path: str, ok: pd.DataFrame, manifest_model: Mapping[str, Any], runs: ProfileRuns, used: set[str]
+) -> MemoryPeak:
+    rungs = {
+        rung: (None if ok[column].isna().all() else int(ok[column].max())) for rung, column in _RUNG_COLUMNS.items()
+    }
     measured = next(((rung, rungs[rung]) for rung in _PROCESS_RUNGS if rungs[rung]), None)
     if measured is not None:
         used.add("measured:memory")
-        return MemoryPeak(peak_bytes=measured[1], kind=measured[0].removesuffix("_bytes"), source="measured",
-                          ref="measured:memory", **rungs)
+        return MemoryPeak(
+            peak_bytes=measured[1],
+            kind=measured[0].removesuffix("_bytes"),
+            source="measured",
+            ref="measured:memory",
+            **rungs,
+        )
     params = manifest_model.get("unet_params")
     dtypes = {str(m.get("dtype")) for m in runs.manifests.values()}
     if not isinstance(params, int) or params <= 0 or len(dtypes) != 1 or next(iter(dtypes)) not in _DTYPE_BYTES:
-        raise TableError(where, f"{path}.memory",
-                         f"no memory rung was measured and the peak cannot be derived: expected the manifest's "
-                         f"models[].unet_params > 0 and one dtype of {sorted(_DTYPE_BYTES)}, but got "
-                         f"unet_params={params!r}, dtype={sorted(dtypes)}")
-    warnings.warn(f"{manifest_model['key']}: no memory rung was measurable; peak_bytes is derived from the "
-                  f"denoiser's parameter count (a lower bound).", UserWarning, stacklevel=3)
+        raise TableError(
+            where,
+            f"{path}.memory",
+            f"no memory rung was measured and the peak cannot be derived: expected the manifest's "
+            f"models[].unet_params > 0 and one dtype of {sorted(_DTYPE_BYTES)}, but got "
+            f"unet_params={params!r}, dtype={sorted(dtypes)}",
+        )
+    warnings.warn(
+        f"{manifest_model['key']}: no memory rung was measurable; peak_bytes is derived from the "
+        f"denoiser's parameter count (a lower bound).",
+        UserWarning,
+        stacklevel=3,
+    )
     used.add("derived:memory-params")
-    return MemoryPeak(peak_bytes=params * _DTYPE_BYTES[next(iter(dtypes))], kind="denoiser_weights",
-                      source="derived", ref="derived:memory-params", **rungs)
+    return MemoryPeak(
+        peak_bytes=params * _DTYPE_BYTES[next(iter(dtypes))],
+        kind="denoiser_weights",
+        source="derived",
+        ref="derived:memory-params",
+        **rungs,
+    )
 
 
 def _category_order(mapping: Mapping[str, Any], seen: set[str]) -> tuple[str, ...]:

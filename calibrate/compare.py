@@ -15,8 +15,15 @@ from scipy import stats
 
 from genedge.calibrate.table import CalibrationTable
 
-__all__ = ["LatencyChange", "MemoryChange", "QualityChange", "TableComparison", "compare_tables",
-           "comparison_text", "welch_t"]
+__all__ = [
+    "LatencyChange",
+    "MemoryChange",
+    "QualityChange",
+    "TableComparison",
+    "compare_tables",
+    "comparison_text",
+    "welch_t",
+]
 
 
 @dataclass(frozen=True)
@@ -99,8 +106,9 @@ class TableComparison:
     notes: tuple[str, ...]
 
 
-def welch_t(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float,
-            n_b: int) -> tuple[float, float, float, float] | None:
+def welch_t(
+    mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float, n_b: int
+) -> tuple[float, float, float, float] | None:
     """Welch's t-test of ``mean_b − mean_a`` from two cells' MLE fits.
 
     The cells store the MLE spread (ddof = 0), so the sample variance is
@@ -135,9 +143,11 @@ def compare_tables(old: CalibrationTable, new: CalibrationTable) -> TableCompari
     notes = []
     quality = []
     if old.clip_convention != new.clip_convention:
-        notes.append(f"CLIPScore conventions differ ({old.clip_convention.backbone}/{old.clip_convention.pretrained} "
-                     f"vs {new.clip_convention.backbone}/{new.clip_convention.pretrained}): quality cells are not "
-                     f"comparable and are not compared")
+        notes.append(
+            f"CLIPScore conventions differ ({old.clip_convention.backbone}/{old.clip_convention.pretrained} "
+            f"vs {new.clip_convention.backbone}/{new.clip_convention.pretrained}): quality cells are not "
+            f"comparable and are not compared"
+        )
     else:
         for key in shared:
             a, b = old.models[key], new.models[key]
@@ -146,8 +156,11 @@ def compare_tables(old: CalibrationTable, new: CalibrationTable) -> TableCompari
                     ca, cb = a.quality[category][steps], b.quality[category][steps]
                     test = welch_t(ca.mean, ca.std, ca.n, cb.mean, cb.std, cb.n)
                     se, t, dof, p = test if test is not None else (None, None, None, None)
-                    quality.append(QualityChange(key, category, steps, ca.mean, cb.mean, ca.n, cb.n,
-                                                 cb.mean - ca.mean, se, t, dof, p))
+                    quality.append(
+                        QualityChange(
+                            key, category, steps, ca.mean, cb.mean, ca.n, cb.n, cb.mean - ca.mean, se, t, dof, p
+                        )
+                    )
     latency = []
     for key in shared:
         la, lb = old.models[key].latency, new.models[key].latency
@@ -156,20 +169,44 @@ def compare_tables(old: CalibrationTable, new: CalibrationTable) -> TableCompari
             sea, seb = getattr(la, coefficient[:-2] + "_se_s"), getattr(lb, coefficient[:-2] + "_se_s")
             se = math.hypot(sea, seb) if sea is not None and seb is not None and (sea or seb) else None
             z = (vb - va) / se if se else None
-            latency.append(LatencyChange(key, coefficient, va, vb, vb - va, vb / va if va else None, se, z,
-                                         None if z is None else float(2 * stats.norm.sf(abs(z)))))
-    memory = tuple(MemoryChange(k, old.models[k].memory.peak_bytes, new.models[k].memory.peak_bytes,
-                                old.models[k].memory.kind, new.models[k].memory.kind) for k in shared)
+            latency.append(
+                LatencyChange(
+                    key,
+                    coefficient,
+                    va,
+                    vb,
+                    vb - va,
+                    vb / va if va else None,
+                    se,
+                    z,
+                    None if z is None else float(2 * stats.norm.sf(abs(z))),
+                )
+            )
+    memory = tuple(
+        MemoryChange(
+            k,
+            old.models[k].memory.peak_bytes,
+            new.models[k].memory.peak_bytes,
+            old.models[k].memory.kind,
+            new.models[k].memory.kind,
+        )
+        for k in shared
+    )
     return TableComparison(
-        old_device=str(old.device.get("name")), new_device=str(new.device.get("name")),
-        quality=tuple(quality), latency=tuple(latency), memory=memory,
+        old_device=str(old.device.get("name")),
+        new_device=str(new.device.get("name")),
+        quality=tuple(quality),
+        latency=tuple(latency),
+        memory=memory,
         only_old=tuple(k for k in old.models if k not in new.models),
-        only_new=tuple(k for k in new.models if k not in old.models), notes=tuple(notes),
+        only_new=tuple(k for k in new.models if k not in old.models),
+        notes=tuple(notes),
     )
 
 
 def comparison_text(comparison: TableComparison, *, alpha: float = 0.05) -> str:
     """Render a comparison; changes with p < ``alpha`` are marked ``*``."""
+
     def mark(p: float | None) -> str:
         return "*" if p is not None and p < alpha else " "
 
@@ -180,18 +217,30 @@ def comparison_text(comparison: TableComparison, *, alpha: float = 0.05) -> str:
     lines += [f"note: {note}" for note in comparison.notes]
     if comparison.only_old or comparison.only_new:
         lines.append(f"models only in old: {list(comparison.only_old)}; only in new: {list(comparison.only_new)}")
-    lines += ["", "latency (s):", f"  {'model':<14}{'coefficient':<12}{'old':>10}{'new':>10}{'ratio':>8}"
-              f"{'diff':>10}{'se':>10}{'p':>9}"]
+    lines += [
+        "",
+        "latency (s):",
+        f"  {'model':<14}{'coefficient':<12}{'old':>10}{'new':>10}{'ratio':>8}{'diff':>10}{'se':>10}{'p':>9}",
+    ]
     for c in comparison.latency:
-        lines.append(f"{mark(c.p_value)} {c.model_key:<14}{c.coefficient:<12}{c.old:>10.4g}{c.new:>10.4g}"
-                     f"{num(c.ratio, '.3f'):>8}{c.diff:>+10.4g}{num(c.se, '.2g'):>10}{num(c.p_value, '.2g'):>9}")
+        lines.append(
+            f"{mark(c.p_value)} {c.model_key:<14}{c.coefficient:<12}{c.old:>10.4g}{c.new:>10.4g}"
+            f"{num(c.ratio, '.3f'):>8}{c.diff:>+10.4g}{num(c.se, '.2g'):>10}{num(c.p_value, '.2g'):>9}"
+        )
     lines += ["", "memory (GiB):"]
-    lines += [f"  {m.model_key:<14}{m.old_bytes / 2**30:>8.3f} ({m.old_kind}) -> {m.new_bytes / 2**30:.3f} "
-              f"({m.new_kind})" for m in comparison.memory]
+    lines += [
+        f"  {m.model_key:<14}{m.old_bytes / 2**30:>8.3f} ({m.old_kind}) -> {m.new_bytes / 2**30:.3f} ({m.new_kind})"
+        for m in comparison.memory
+    ]
     if comparison.quality:
-        lines += ["", "quality (CLIPScore, Welch t):", f"  {'model':<14}{'category':<22}{'steps':>6}{'old':>9}"
-                  f"{'new':>9}{'diff':>9}{'se':>8}{'p':>9}"]
+        lines += [
+            "",
+            "quality (CLIPScore, Welch t):",
+            f"  {'model':<14}{'category':<22}{'steps':>6}{'old':>9}{'new':>9}{'diff':>9}{'se':>8}{'p':>9}",
+        ]
         for q in comparison.quality:
-            lines.append(f"{mark(q.p_value)} {q.model_key:<14}{q.category:<22}{q.steps:>6}{q.old_mean:>9.3f}"
-                         f"{q.new_mean:>9.3f}{q.diff:>+9.3f}{num(q.se, '.3f'):>8}{num(q.p_value, '.2g'):>9}")
+            lines.append(
+                f"{mark(q.p_value)} {q.model_key:<14}{q.category:<22}{q.steps:>6}{q.old_mean:>9.3f}"
+                f"{q.new_mean:>9.3f}{q.diff:>+9.3f}{num(q.se, '.3f'):>8}{num(q.p_value, '.2g'):>9}"
+            )
     return "\n".join(lines)

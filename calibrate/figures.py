@@ -1,6 +1,7 @@
 """Figures of a calibration and the records behind it (matplotlib, PNG and SVG).
 
-- ``scores_<model>`` (the key with characters outside ``[A-Za-z0-9._-]`` as ``-``): per category, the CLIPScore histogram at the model's default
+- ``scores_<model>`` (the key with characters outside ``[A-Za-z0-9._-]`` as ``-``): per category, the
+  CLIPScore histogram at the model's default
   steps with the fitted Normal density (the kind of figure Gao et al. open with);
 - ``quality_vs_steps``: per category, each model's cell means ± std and its curve;
 - ``latency_vs_steps``: per-image total seconds and each model's fitted line;
@@ -90,11 +91,15 @@ def _score_histograms(plt: Any, table: CalibrationTable, runs: ProfileRuns, key:
     model = table.models[key]
     steps = model.default_steps
     scored = runs.scored
-    fig, axes = _grid(plt, len(table.categories),
-                      f"{key}: CLIPScore at {steps} steps with the fitted Normal{_replica_note(table, [key])}")
+    fig, axes = _grid(
+        plt,
+        len(table.categories),
+        f"{key}: CLIPScore at {steps} steps with the fitted Normal{_replica_note(table, [key])}",
+    )
     for ax, category in zip(axes, table.categories):
-        scores = scored.loc[(scored["model_key"] == key) & (scored["category"] == category)
-                            & (scored["steps"] == steps), "clip_score"].to_numpy()
+        scores = scored.loc[
+            (scored["model_key"] == key) & (scored["category"] == category) & (scored["steps"] == steps), "clip_score"
+        ].to_numpy()
         cell = model.quality[category][steps]
         ax.hist(scores, bins=_HIST_BINS, density=True, alpha=0.5)
         x = np.linspace(cell.mean - 4 * cell.std, cell.mean + 4 * cell.std, _CURVE_POINTS)
@@ -108,14 +113,19 @@ def _score_histograms(plt: Any, table: CalibrationTable, runs: ProfileRuns, key:
 
 
 def _quality_vs_steps(plt: Any, table: CalibrationTable) -> Any:
-    fig, axes = _grid(plt, len(table.categories),
-                      f"CLIPScore vs steps (dots: cells, mean ± std; lines: what the planner reads: cells, curve between){_replica_note(table, list(table.models))}")
+    fig, axes = _grid(
+        plt,
+        len(table.categories),
+        "CLIPScore vs steps (dots: cells, mean ± std; lines: what the planner reads: cells, curve between)"
+        f"{_replica_note(table, list(table.models))}",
+    )
     for ax, category in zip(axes, table.categories):
         for key, model in table.models.items():
             cells = model.quality[category]
             steps = np.array(sorted(cells))
-            line = ax.errorbar(steps, [cells[s].mean for s in steps], yerr=[cells[s].std for s in steps],
-                               fmt="o", capsize=3, label=key)
+            line = ax.errorbar(
+                steps, [cells[s].mean for s in steps], yerr=[cells[s].std for s in steps], fmt="o", capsize=3, label=key
+            )
             lo, hi = model.curves[category].valid_steps
             grid = np.linspace(lo, hi, _CURVE_POINTS)
             ax.plot(grid, [model.quality_at(category, float(s))[0] for s in grid], color=line[0].get_color())
@@ -135,9 +145,13 @@ def _latency_vs_steps(plt: Any, table: CalibrationTable, runs: ProfileRuns) -> A
         dots = ax.plot(rows["steps"], rows["total_s"], ".", alpha=0.3)
         steps = np.array([min(model.steps), max(model.steps)])
         lat = model.latency
-        ax.plot(steps, lat.overhead_s + lat.per_step_s * steps, color=dots[0].get_color(),
-                label=f"{key}: {lat.overhead_s:.3g} s + {lat.per_step_s:.3g} s/step"
-                      + (f" (R²={lat.r2:.3f})" if lat.r2 is not None else f" ({lat.source})"))
+        ax.plot(
+            steps,
+            lat.overhead_s + lat.per_step_s * steps,
+            color=dots[0].get_color(),
+            label=f"{key}: {lat.overhead_s:.3g} s + {lat.per_step_s:.3g} s/step"
+            + (f" (R²={lat.r2:.3f})" if lat.r2 is not None else f" ({lat.source})"),
+        )
     ax.set_xlabel("denoising steps")
     ax.set_ylabel("seconds per image (full device)")
     ax.set_title(f"Latency vs steps on {table.device.get('name')}")
@@ -153,8 +167,9 @@ def _memory_ladder(plt: Any, table: CalibrationTable) -> Any:
     for i, rung in enumerate(MEMORY_RUNGS):
         values = [getattr(table.models[k].memory, rung) for k in keys]
         positions = np.arange(len(keys)) + (i - (len(MEMORY_RUNGS) - 1) / 2) * width
-        bars = ax.bar(positions, [0 if v is None else v / 2**30 for v in values], width,
-                      label=rung.removesuffix("_bytes"))
+        bars = ax.bar(
+            positions, [0 if v is None else v / 2**30 for v in values], width, label=rung.removesuffix("_bytes")
+        )
         for bar, value in zip(bars, values):
             if value is None:
                 ax.annotate("n/a", (bar.get_x() + bar.get_width() / 2, 0), ha="center", va="bottom", fontsize=7)

@@ -128,8 +128,9 @@ class CurveFit:
     reason: str | None = None
 
 
-def fit_quality_curve(steps: Sequence[int], means: Sequence[float], stds: Sequence[float],
-                      ns: Sequence[int], *, label: str = "") -> CurveFit:
+def fit_quality_curve(
+    steps: Sequence[int], means: Sequence[float], stds: Sequence[float], ns: Sequence[int], *, label: str = ""
+) -> CurveFit:
     """Fit mean CLIPScore versus steps with a saturating exponential, or say why not.
 
     Model: mean(s) = a − b·exp(−s/kappa), fitted by weighted least squares
@@ -155,26 +156,35 @@ def fit_quality_curve(steps: Sequence[int], means: Sequence[float], stds: Sequen
     sd, n = np.asarray(stds, dtype=float)[order], np.asarray(ns, dtype=float)[order]
     valid = (int(s[0]), int(s[-1]))
     if s.size < MIN_CURVE_STEPS:
-        return _interpolation(label, valid, f"only {s.size} step count(s) {[int(v) for v in s]} were profiled; the "
-                                     f"saturating curve needs at least {MIN_CURVE_STEPS}; profile more step counts")
+        return _interpolation(
+            label,
+            valid,
+            f"only {s.size} step count(s) {[int(v) for v in s]} were profiled; the "
+            f"saturating curve needs at least {MIN_CURVE_STEPS}; profile more step counts",
+        )
     sigma = sd / np.sqrt(n)
     kappa_min, kappa_max = _KAPPA_MIN_FRACTION * float(s[0]), _KAPPA_MAX_SPANS * float(s[-1])
     try:
         with warnings.catch_warnings():
             # Three points and three parameters leave no covariance; only the parameters are used.
             warnings.simplefilter("ignore", optimize.OptimizeWarning)
-            (a, b, kappa), _ = optimize.curve_fit(saturating_mean, s, m, p0=_curve_start(s, m, sigma, kappa_min, kappa_max),
-                                                  sigma=sigma, bounds=([-np.inf, -np.inf, kappa_min],
-                                                                       [np.inf, np.inf, kappa_max]))
+            (a, b, kappa), _ = optimize.curve_fit(
+                saturating_mean,
+                s,
+                m,
+                p0=_curve_start(s, m, sigma, kappa_min, kappa_max),
+                sigma=sigma,
+                bounds=([-np.inf, -np.inf, kappa_min], [np.inf, np.inf, kappa_max]),
+            )
     except (RuntimeError, ValueError) as err:
         return _interpolation(label, valid, f"the saturating fit failed ({err})")
     pooled = float(np.sqrt(np.sum(n * sd**2) / np.sum(n)))
-    return CurveFit(form="saturating_exp", valid_steps=valid, a=float(a), b=float(b), kappa=float(kappa),
-                    std=pooled)
+    return CurveFit(form="saturating_exp", valid_steps=valid, a=float(a), b=float(b), kappa=float(kappa), std=pooled)
 
 
-def _curve_start(s: np.ndarray, m: np.ndarray, sigma: np.ndarray, kappa_min: float,
-                 kappa_max: float) -> tuple[float, float, float]:
+def _curve_start(
+    s: np.ndarray, m: np.ndarray, sigma: np.ndarray, kappa_min: float, kappa_max: float
+) -> tuple[float, float, float]:
     """Starting point for curve_fit: for a fixed kappa the model is linear in (a, b), so scan kappa.
 
     A poor start sends the non-linear fit to a far corner of the (a, b, kappa) space; solving
@@ -191,8 +201,13 @@ def _curve_start(s: np.ndarray, m: np.ndarray, sigma: np.ndarray, kappa_min: flo
 
 
 def _interpolation(label: str, valid: tuple[int, int], reason: str) -> CurveFit:
-    warnings.warn(f"{label + ': ' if label else ''}quality-versus-steps curve falls back to linear interpolation between profiled cells on "
-                  f"{list(valid)} steps: {reason}.", UserWarning, stacklevel=3)
+    warnings.warn(
+        f"{label + ': ' if label else ''}quality-versus-steps curve falls back to linear interpolation "
+        "between profiled cells on "
+        f"{list(valid)} steps: {reason}.",
+        UserWarning,
+        stacklevel=3,
+    )
     return CurveFit(form="linear_interpolation", valid_steps=valid, reason=reason)
 
 
@@ -247,15 +262,21 @@ def fit_latency(steps: Sequence[int] | np.ndarray, total_s: Sequence[float] | np
     s = np.asarray(steps, dtype=float)
     t = np.asarray(total_s, dtype=float)
     if np.unique(s).size < 2:
-        raise ValueError(f"Expected measurements at two or more step counts to separate overhead from per-step "
-                         f"time, but got only {sorted({int(v) for v in s})}")
+        raise ValueError(
+            f"Expected measurements at two or more step counts to separate overhead from per-step "
+            f"time, but got only {sorted({int(v) for v in s})}"
+        )
     x = np.column_stack([np.ones_like(s), s])
     (overhead, per_step), *_ = np.linalg.lstsq(x, t, rcond=None)
     constrained = overhead < 0
     if constrained:
-        warnings.warn(f"The least-squares overhead is negative ({overhead:.4g} s); refitting the latency line "
-                      f"through the origin (overhead_s = 0). Measure more step counts or more images if this is "
-                      f"unexpected.", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"The least-squares overhead is negative ({overhead:.4g} s); refitting the latency line "
+            f"through the origin (overhead_s = 0). Measure more step counts or more images if this is "
+            f"unexpected.",
+            UserWarning,
+            stacklevel=2,
+        )
         x = x[:, 1:]
         overhead, per_step = 0.0, float(s @ t / (s @ s))
     if not per_step > 0:
@@ -270,6 +291,13 @@ def fit_latency(steps: Sequence[int] | np.ndarray, total_s: Sequence[float] | np
         cov = np.linalg.inv(x.T @ x) * ss_res / dof
         diag = [float(v) for v in np.sqrt(np.diag(cov))]
         se = [None, diag[0]] if constrained else diag
-    return LatencyFit(overhead_s=float(overhead), per_step_s=float(per_step), overhead_se_s=se[0],
-                      per_step_se_s=se[1], r2=1 - ss_res / ss_tot if ss_tot > 0 else None,
-                      residual_std_s=residual_std, n=int(s.size), constrained=bool(constrained))
+    return LatencyFit(
+        overhead_s=float(overhead),
+        per_step_s=float(per_step),
+        overhead_se_s=se[0],
+        per_step_se_s=se[1],
+        r2=1 - ss_res / ss_tot if ss_tot > 0 else None,
+        residual_std_s=residual_std,
+        n=int(s.size),
+        constrained=bool(constrained),
+    )

@@ -39,27 +39,73 @@ MANIFEST_SCHEMA_VERSION = 1
 _STATUSES = ("ok", "oom", "error")
 #: CLIPScore = 100·max(cos, 0) lies in [0, 100]; anything else is a broken record.
 _SCORE_RANGE = (0.0, 100.0)
-_MEMORY_COLUMNS = ("peak_torch_allocated_bytes", "peak_torch_reserved_bytes", "peak_nvml_process_bytes",
-                   "peak_nvml_device_bytes")
+_MEMORY_COLUMNS = (
+    "peak_torch_allocated_bytes",
+    "peak_torch_reserved_bytes",
+    "peak_nvml_process_bytes",
+    "peak_nvml_device_bytes",
+)
 
 #: The profile record contract: column name → Arrow type name (see :func:`record_schema`).
 RECORD_COLUMNS: dict[str, str] = {
-    "run_id": "string", "model_key": "string", "model_revision": "string", "is_replica": "bool",
-    "steps": "int32", "num_timesteps": "int32", "seed": "int64", "batch_size": "int32",
-    "prompt_id": "string", "prompt": "string", "category": "string", "challenge": "string",
-    "p2_category": "string", "step_latencies_s": "list<double>", "text_encode_s": "double",
-    "denoise_s": "double", "decode_s": "double", "total_s": "double", "clip_score": "double",
-    "prompt_truncated": "bool", **{name: "int64" for name in _MEMORY_COLUMNS}, "nvml_note": "string",
-    "image_sha256": "string", "status": "string", "error": "string", "device_name": "string",
-    "dtype": "string", "resolution": "int32", "guidance_scale": "double", "clip_backbone": "string",
-    "clip_pretrained": "string", "timestamp": "string",
+    "run_id": "string",
+    "model_key": "string",
+    "model_revision": "string",
+    "is_replica": "bool",
+    "steps": "int32",
+    "num_timesteps": "int32",
+    "seed": "int64",
+    "batch_size": "int32",
+    "prompt_id": "string",
+    "prompt": "string",
+    "category": "string",
+    "challenge": "string",
+    "p2_category": "string",
+    "step_latencies_s": "list<double>",
+    "text_encode_s": "double",
+    "denoise_s": "double",
+    "decode_s": "double",
+    "total_s": "double",
+    "clip_score": "double",
+    "prompt_truncated": "bool",
+    **{name: "int64" for name in _MEMORY_COLUMNS},
+    "nvml_note": "string",
+    "image_sha256": "string",
+    "status": "string",
+    "error": "string",
+    "device_name": "string",
+    "dtype": "string",
+    "resolution": "int32",
+    "guidance_scale": "double",
+    "clip_backbone": "string",
+    "clip_pretrained": "string",
+    "timestamp": "string",
 }
 
 # The columns the fits read; a shard without one of them cannot be calibrated.
-_USED_COLUMNS = ("run_id", "model_key", "is_replica", "steps", "seed", "batch_size", "prompt_id", "category",
-                 "step_latencies_s", "text_encode_s", "denoise_s", "decode_s", "total_s", "clip_score",
-                 *_MEMORY_COLUMNS, "status", "error", "device_name", "resolution", "clip_backbone",
-                 "clip_pretrained")
+_USED_COLUMNS = (
+    "run_id",
+    "model_key",
+    "is_replica",
+    "steps",
+    "seed",
+    "batch_size",
+    "prompt_id",
+    "category",
+    "step_latencies_s",
+    "text_encode_s",
+    "denoise_s",
+    "decode_s",
+    "total_s",
+    "clip_score",
+    *_MEMORY_COLUMNS,
+    "status",
+    "error",
+    "device_name",
+    "resolution",
+    "clip_backbone",
+    "clip_pretrained",
+)
 # Rows are sorted by these before fitting, so shard order and count never change a table's bytes.
 _SORT_KEY = ["model_key", "steps", "category", "run_id", "prompt_id", "seed"]
 
@@ -68,8 +114,14 @@ def record_schema() -> Any:
     """The Arrow schema of profile records (the contract of DESIGN §2.2), for writers and checks."""
     import pyarrow as pa
 
-    types = {"string": pa.string(), "bool": pa.bool_(), "int32": pa.int32(), "int64": pa.int64(),
-             "double": pa.float64(), "list<double>": pa.list_(pa.float64())}
+    types = {
+        "string": pa.string(),
+        "bool": pa.bool_(),
+        "int32": pa.int32(),
+        "int64": pa.int64(),
+        "double": pa.float64(),
+        "list<double>": pa.list_(pa.float64()),
+    }
     return pa.schema([(name, types[kind]) for name, kind in RECORD_COLUMNS.items()])
 
 
@@ -133,8 +185,9 @@ def read_runs(run_dirs: Iterable[str | os.PathLike[str]]) -> ProfileRuns:
         manifest_path = run_dir / "manifest.json"
         manifest = first[1] if run_dir == dirs[0] else _read_manifest(manifest_path)
         if manifest["run_id"] in manifests:
-            raise TableError(str(manifest_path), "run_id",
-                             f"expected each run once, but got run {manifest['run_id']!r} twice")
+            raise TableError(
+                str(manifest_path), "run_id", f"expected each run once, but got run {manifest['run_id']!r} twice"
+            )
         _check_compatible(first, (manifest_path, manifest))
         manifests[manifest["run_id"]] = manifest
         frames.extend(_read_shard(path, manifest) for path in _shards(run_dir))
@@ -191,20 +244,31 @@ def _category_mapping(prompt_set: dict[str, Any], r: _Reader) -> dict[str, Any]:
 def _check_compatible(first: tuple[Path, Mapping[str, Any]], other: tuple[Path, Mapping[str, Any]]) -> None:
     """Refuse runs that cannot share a table; name both files and the differing field."""
     (path_a, a), (path_b, b) = first, other
-    for field_path, get in (("device.name", lambda m: m["device"]["name"]),
-                            ("device.memory_bytes", lambda m: m["device"].get("memory_bytes")),
-                            ("clip_convention", lambda m: m["clip_convention"]),
-                            ("prompt_set.category_mapping", lambda m: m["prompt_set"]["category_mapping"])):
+    for field_path, get in (
+        ("device.name", lambda m: m["device"]["name"]),
+        ("device.memory_bytes", lambda m: m["device"].get("memory_bytes")),
+        ("clip_convention", lambda m: m["clip_convention"]),
+        ("prompt_set.category_mapping", lambda m: m["prompt_set"]["category_mapping"]),
+    ):
         if get(a) != get(b):
-            what = {"clip_convention": "CLIPScore conventions",
-                    "prompt_set.category_mapping": "category mappings"}.get(field_path, "devices")
-            raise TableError(str(path_b), field_path,
-                             f"a table never mixes {what}: expected {get(a)!r} (as in {path_a}), "
-                             f"but got {get(b)!r}")
+            what = {"clip_convention": "CLIPScore conventions", "prompt_set.category_mapping": "category mappings"}.get(
+                field_path, "devices"
+            )
+            raise TableError(
+                str(path_b),
+                field_path,
+                f"a table never mixes {what}: expected {get(a)!r} (as in {path_a}), but got {get(b)!r}",
+            )
     for field_path in ("driver", "cuda"):
         if a["device"].get(field_path) != b["device"].get(field_path):
-            logger.warning("%s: device.%s %r differs from %r in %s; the table lists every run's manifest.",
-                           path_b, field_path, b["device"].get(field_path), a["device"].get(field_path), path_a)
+            logger.warning(
+                "%s: device.%s %r differs from %r in %s; the table lists every run's manifest.",
+                path_b,
+                field_path,
+                b["device"].get(field_path),
+                a["device"].get(field_path),
+                path_a,
+            )
 
 
 def _shards(run_dir: Path) -> list[Path]:
@@ -222,8 +286,12 @@ def _read_shard(path: Path, manifest: Mapping[str, Any]) -> pd.DataFrame:
     table = pq.read_table(path)
     missing = [name for name in _USED_COLUMNS if name not in table.column_names]
     if missing:
-        raise TableError(where, missing[0], f"missing column; expected the profile record columns "
-                                            f"{list(_USED_COLUMNS)}, but these are absent: {missing}")
+        raise TableError(
+            where,
+            missing[0],
+            f"missing column; expected the profile record columns "
+            f"{list(_USED_COLUMNS)}, but these are absent: {missing}",
+        )
     frame = table.select(list(_USED_COLUMNS)).to_pandas()
     # pandas turns a null CLIPScore into NaN; keep where the record itself held NaN, which is an error.
     score_null = table.column("clip_score").is_null().to_numpy(zero_copy_only=False)
@@ -231,21 +299,32 @@ def _read_shard(path: Path, manifest: Mapping[str, Any]) -> pd.DataFrame:
     def fail(row: int, column: str, message: str) -> TableError:
         return TableError(where, f"row {row} ({frame['prompt_id'].iat[row]!r}).{column}", message)
 
-    for column, expected in (("run_id", manifest["run_id"]), ("device_name", manifest["device"]["name"]),
-                             ("clip_backbone", manifest["clip_convention"]["backbone"]),
-                             ("clip_pretrained", manifest["clip_convention"]["pretrained"])):
+    for column, expected in (
+        ("run_id", manifest["run_id"]),
+        ("device_name", manifest["device"]["name"]),
+        ("clip_backbone", manifest["clip_convention"]["backbone"]),
+        ("clip_pretrained", manifest["clip_convention"]["pretrained"]),
+    ):
         bad = np.flatnonzero(frame[column].to_numpy() != expected)
         if bad.size:
-            what = {"device_name": "a table never mixes devices: ",
-                    "clip_backbone": "a table never mixes CLIPScore conventions: ",
-                    "clip_pretrained": "a table never mixes CLIPScore conventions: "}.get(column, "")
-            raise fail(int(bad[0]), column, f"{what}expected {expected!r} as in the run's manifest, "
-                                            f"but got {frame[column].iat[bad[0]]!r}")
+            what = {
+                "device_name": "a table never mixes devices: ",
+                "clip_backbone": "a table never mixes CLIPScore conventions: ",
+                "clip_pretrained": "a table never mixes CLIPScore conventions: ",
+            }.get(column, "")
+            raise fail(
+                int(bad[0]),
+                column,
+                f"{what}expected {expected!r} as in the run's manifest, but got {frame[column].iat[bad[0]]!r}",
+            )
     known_models = {m["key"] for m in manifest["models"]}
     bad = np.flatnonzero(~frame["model_key"].isin(known_models).to_numpy())
     if bad.size:
-        raise fail(int(bad[0]), "model_key", f"expected one of the manifest's models {sorted(known_models)}, "
-                                             f"but got {frame['model_key'].iat[bad[0]]!r}")
+        raise fail(
+            int(bad[0]),
+            "model_key",
+            f"expected one of the manifest's models {sorted(known_models)}, but got {frame['model_key'].iat[bad[0]]!r}",
+        )
     bad = np.flatnonzero(~frame["status"].isin(_STATUSES).to_numpy())
     if bad.size:
         raise fail(int(bad[0]), "status", f"expected one of {list(_STATUSES)}, but got {frame['status'].iat[bad[0]]!r}")
@@ -257,8 +336,11 @@ def _read_shard(path: Path, manifest: Mapping[str, Any]) -> pd.DataFrame:
         bad_score = ok & ~score_null & ~((score >= lo) & (score <= hi))
     if bad_score.any():
         row = int(np.flatnonzero(bad_score)[0])
-        raise fail(row, "clip_score", f"expected a CLIPScore in [{lo:g}, {hi:g}] (100·max(cos, 0)) or null, "
-                                      f"but got {float(score[row])!r}")
+        raise fail(
+            row,
+            "clip_score",
+            f"expected a CLIPScore in [{lo:g}, {hi:g}] (100·max(cos, 0)) or null, but got {float(score[row])!r}",
+        )
     for column in ("steps", "batch_size"):
         bad = np.flatnonzero(ok & ~(frame[column].to_numpy() > 0))
         if bad.size:
@@ -286,10 +368,13 @@ def _check_unique(records: pd.DataFrame) -> None:
     dup = ok[ok.duplicated(key, keep=False)]
     if len(dup):
         row = dup.iloc[0]
-        raise TableError(f"run {row['run_id']}", "records",
-                         f"expected one ok record per (model, steps, prompt, seed), but got {int(dup.duplicated(key).sum()) + 1} "
-                         f"for {row['model_key']!r}, {int(row['steps'])} steps, prompt {row['prompt_id']!r}, "
-                         f"seed {int(row['seed'])}")
+        raise TableError(
+            f"run {row['run_id']}",
+            "records",
+            f"expected one ok record per (model, steps, prompt, seed), but got {int(dup.duplicated(key).sum()) + 1} "
+            f"for {row['model_key']!r}, {int(row['steps'])} steps, prompt {row['prompt_id']!r}, "
+            f"seed {int(row['seed'])}",
+        )
 
 
 def _exclusions(records: pd.DataFrame) -> tuple[Exclusion, ...]:
@@ -298,8 +383,10 @@ def _exclusions(records: pd.DataFrame) -> tuple[Exclusion, ...]:
     reasons = "status=" + failed["status"] + failed["error"].fillna("").map(_first_line)
     unscored = records[(records["status"] == "ok") & records["clip_score"].isna()]
     parts: list[tuple[str, int, str]] = list(zip(failed["model_key"], failed["steps"].astype(int), reasons))
-    parts += [(m, int(s), "clip_score is null (left out of quality fits; kept for latency and memory)")
-              for m, s in zip(unscored["model_key"], unscored["steps"])]
+    parts += [
+        (m, int(s), "clip_score is null (left out of quality fits; kept for latency and memory)")
+        for m, s in zip(unscored["model_key"], unscored["steps"])
+    ]
     counts: dict[tuple[str, int, str], int] = {}
     for part in parts:
         counts[part] = counts.get(part, 0) + 1
@@ -316,7 +403,19 @@ def _first_line(error: str) -> str:
 
 def manifests_as_provenance(manifests: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The manifest fields a table carries as provenance, per run (nothing time-dependent)."""
-    keep = ("device", "versions", "dtype", "resolution", "guidance_scale", "scheduler", "models", "steps",
-            "batch_size", "seeds", "warmup", "prompt_set", "nvml")
+    keep = (
+        "device",
+        "versions",
+        "dtype",
+        "resolution",
+        "guidance_scale",
+        "scheduler",
+        "models",
+        "steps",
+        "batch_size",
+        "seeds",
+        "warmup",
+        "prompt_set",
+        "nvml",
+    )
     return {"runs": {run_id: {k: m[k] for k in keep if k in m} for run_id, m in manifests.items()}}
-

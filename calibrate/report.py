@@ -6,16 +6,22 @@ from genedge.calibrate.table import CalibrationTable, ModelCalibration
 
 __all__ = ["REPLICA_NOTE", "table_summary"]
 
-REPLICA_NOTE = ("random-weight replica: its latency and memory are real, its CLIPScores are NOT image quality "
-                "(random weights draw noise)")
+REPLICA_NOTE = (
+    "random-weight replica: its latency and memory are real, its CLIPScores are NOT image quality "
+    "(random weights draw noise)"
+)
 
 
 def table_summary(table: CalibrationTable) -> str:
     """Summarize a table: per model its quality cells (mean ± std, n, gof, flags), curves,
     latency line, memory peak, and every excluded record count with its reason."""
-    lines = [f"device: {table.device.get('name')}   CLIPScore: {table.clip_convention.backbone}/"
-             f"{table.clip_convention.pretrained}, {table.clip_convention.formula}",
-             f"categories: {', '.join(table.categories)}"]
+    lines = [
+        (
+            f"device: {table.device.get('name')}   CLIPScore: {table.clip_convention.backbone}/"
+            f"{table.clip_convention.pretrained}, {table.clip_convention.formula}"
+        ),
+        f"categories: {', '.join(table.categories)}",
+    ]
     for model in table.models.values():
         lines += ["", *_model_lines(model)]
     if table.exclusions:
@@ -27,21 +33,25 @@ def table_summary(table: CalibrationTable) -> str:
 def _model_lines(m: ModelCalibration) -> list[str]:
     lat, mem = m.latency, m.memory
     r2 = "n/a" if lat.r2 is None else f"{lat.r2:.4f}"
-    lines = [f"model {m.key}: {m.name}" + (f"\n  NOTE: {REPLICA_NOTE}" if m.is_replica else ""),
-             f"  latency ({lat.source}): {lat.overhead_s:.4g} s + {lat.per_step_s:.4g} s/step  (R2 {r2}, "
-             f"n {lat.n}" + (f", residual sd {lat.residual_std_s:.3g} s" if lat.residual_std_s is not None else "")
-             + (f", step p50/p95 {lat.step_p50_s:.4g}/{lat.step_p95_s:.4g} s" if lat.step_p50_s is not None else "")
-             + ")",
-             f"  memory ({mem.source}): {mem.peak_bytes / 2**30:.3f} GiB {mem.kind}",
-             f"  {'category':<22}{'steps':>6}{'mean':>9}{'std':>8}{'n':>6}{'gof p':>8}  flags"]
+    lines = [
+        f"model {m.key}: {m.name}" + (f"\n  NOTE: {REPLICA_NOTE}" if m.is_replica else ""),
+        f"  latency ({lat.source}): {lat.overhead_s:.4g} s + {lat.per_step_s:.4g} s/step  (R2 {r2}, "
+        f"n {lat.n}"
+        + (f", residual sd {lat.residual_std_s:.3g} s" if lat.residual_std_s is not None else "")
+        + (f", step p50/p95 {lat.step_p50_s:.4g}/{lat.step_p95_s:.4g} s" if lat.step_p50_s is not None else "")
+        + ")",
+        f"  memory ({mem.source}): {mem.peak_bytes / 2**30:.3f} GiB {mem.kind}",
+        f"  {'category':<22}{'steps':>6}{'mean':>9}{'std':>8}{'n':>6}{'gof p':>8}  flags",
+    ]
     for category, cells in m.quality.items():
         for steps, c in cells.items():
             gof = "-" if c.gof is None else f"{c.gof:.3f}"
-            lines.append(f"  {category:<22}{steps:>6}{c.mean:>9.3f}{c.std:>8.3f}{c.n:>6}{gof:>8}  "
-                         f"{','.join(c.flags)}")
+            lines.append(f"  {category:<22}{steps:>6}{c.mean:>9.3f}{c.std:>8.3f}{c.n:>6}{gof:>8}  {','.join(c.flags)}")
     for category, curve in m.curves.items():
-        shape = (f"{curve.a:.3f} {'-' if curve.b >= 0 else '+'} {abs(curve.b):.3f}*exp(-s/{curve.kappa:.3g})"
-                 if curve.form == "saturating_exp"
-                 else "linear interpolation between cells")
+        shape = (
+            f"{curve.a:.3f} {'-' if curve.b >= 0 else '+'} {abs(curve.b):.3f}*exp(-s/{curve.kappa:.3g})"
+            if curve.form == "saturating_exp"
+            else "linear interpolation between cells"
+        )
         lines.append(f"  curve {category}: {shape} on {list(curve.valid_steps)} steps")
     return lines

@@ -32,8 +32,11 @@ __all__ = [
 ]
 
 SYNTHETIC_CLIP_CONVENTION = ClipConvention(
-    backbone="ViT-L-14-quickgelu", pretrained="openai", formula="100*max(cos,0)",
-    truncation="77 tokens, end token kept", preprocess="open_clip val transform (resize 224, center crop)",
+    backbone="ViT-L-14-quickgelu",
+    pretrained="openai",
+    formula="100*max(cos,0)",
+    truncation="77 tokens, end token kept",
+    preprocess="open_clip val transform (resize 224, center crop)",
 )
 # Text encoding takes this fraction of the overhead, VAE decoding the rest.
 _TEXT_ENCODE_SHARE = 0.3
@@ -80,11 +83,18 @@ class SyntheticModel:
     is_replica: bool = False
 
 
-def synthetic_run(models: Sequence[SyntheticModel], *, steps: Sequence[int] = (10, 20, 30),
-                  prompts_per_category: int = 20, seeds: Sequence[int] = (0,), run_id: str = "synthetic",
-                  device_name: str = "Synthetic GPU", device_memory_bytes: int = 16 * 2**30,
-                  clip_convention: ClipConvention = SYNTHETIC_CLIP_CONVENTION,
-                  rng: int | np.random.Generator | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+def synthetic_run(
+    models: Sequence[SyntheticModel],
+    *,
+    steps: Sequence[int] = (10, 20, 30),
+    prompts_per_category: int = 20,
+    seeds: Sequence[int] = (0,),
+    run_id: str = "synthetic",
+    device_name: str = "Synthetic GPU",
+    device_memory_bytes: int = 16 * 2**30,
+    clip_convention: ClipConvention = SYNTHETIC_CLIP_CONVENTION,
+    rng: int | np.random.Generator | None = None,
+) -> tuple[dict[str, Any], pd.DataFrame]:
     """Sample a profile run: one record per (model, steps, prompt, seed).
 
     Args:
@@ -110,47 +120,91 @@ def synthetic_run(models: Sequence[SyntheticModel], *, steps: Sequence[int] = (1
                 for i in range(prompts_per_category):
                     for seed in seeds:
                         step_lat = model.per_step_s + model.step_noise_s * rng.standard_normal(s)
-                        text, decode = (share * model.overhead_s + model.overhead_noise_s * rng.standard_normal()
-                                        for share in (_TEXT_ENCODE_SHARE, 1 - _TEXT_ENCODE_SHARE))
+                        text, decode = (
+                            share * model.overhead_s + model.overhead_noise_s * rng.standard_normal()
+                            for share in (_TEXT_ENCODE_SHARE, 1 - _TEXT_ENCODE_SHARE)
+                        )
                         denoise = float(step_lat.sum())
-                        rows.append({
-                            "run_id": run_id, "model_key": model.key, "model_revision": None,
-                            "is_replica": model.is_replica, "steps": s, "num_timesteps": s, "seed": seed,
-                            "batch_size": 1, "prompt_id": f"{category}-{i:04d}",
-                            "prompt": f"prompt {i} of {category}", "category": category, "challenge": category,
-                            "p2_category": None, "step_latencies_s": [float(v) for v in step_lat],
-                            "text_encode_s": float(text), "denoise_s": denoise, "decode_s": float(decode),
-                            "total_s": float(text + denoise + decode),
-                            "clip_score": float(truth.mean(s) + truth.std * rng.standard_normal()),
-                            "prompt_truncated": False,
-                            **{col: model.memory_bytes.get(col) for col in
-                               ("peak_torch_allocated_bytes", "peak_torch_reserved_bytes",
-                                "peak_nvml_process_bytes", "peak_nvml_device_bytes")},
-                            "nvml_note": None, "image_sha256": None, "status": "ok", "error": None,
-                            "device_name": device_name, "dtype": "float16", "resolution": 512,
-                            "guidance_scale": 7.5, "clip_backbone": clip_convention.backbone,
-                            "clip_pretrained": clip_convention.pretrained, "timestamp": "2026-01-01T00:00:00Z",
-                        })
+                        rows.append(
+                            {
+                                "run_id": run_id,
+                                "model_key": model.key,
+                                "model_revision": None,
+                                "is_replica": model.is_replica,
+                                "steps": s,
+                                "num_timesteps": s,
+                                "seed": seed,
+                                "batch_size": 1,
+                                "prompt_id": f"{category}-{i:04d}",
+                                "prompt": f"prompt {i} of {category}",
+                                "category": category,
+                                "challenge": category,
+                                "p2_category": None,
+                                "step_latencies_s": [float(v) for v in step_lat],
+                                "text_encode_s": float(text),
+                                "denoise_s": denoise,
+                                "decode_s": float(decode),
+                                "total_s": float(text + denoise + decode),
+                                "clip_score": float(truth.mean(s) + truth.std * rng.standard_normal()),
+                                "prompt_truncated": False,
+                                **{
+                                    col: model.memory_bytes.get(col)
+                                    for col in (
+                                        "peak_torch_allocated_bytes",
+                                        "peak_torch_reserved_bytes",
+                                        "peak_nvml_process_bytes",
+                                        "peak_nvml_device_bytes",
+                                    )
+                                },
+                                "nvml_note": None,
+                                "image_sha256": None,
+                                "status": "ok",
+                                "error": None,
+                                "device_name": device_name,
+                                "dtype": "float16",
+                                "resolution": 512,
+                                "guidance_scale": 7.5,
+                                "clip_backbone": clip_convention.backbone,
+                                "clip_pretrained": clip_convention.pretrained,
+                                "timestamp": "2026-01-01T00:00:00Z",
+                            }
+                        )
     manifest = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "run_id": run_id,
         "device": {"name": device_name, "driver": "synthetic", "cuda": None, "memory_bytes": device_memory_bytes},
         "versions": {"genedge": "synthetic"},
-        "dtype": "float16", "resolution": 512, "guidance_scale": 7.5, "scheduler": {"name": "synthetic"},
-        "models": [{"key": m.key, "revision": None, "is_replica": m.is_replica, "unet_params": m.unet_params}
-                   for m in models],
-        "batch_size": 1, "seeds": list(seeds), "warmup": 0,
+        "dtype": "float16",
+        "resolution": 512,
+        "guidance_scale": 7.5,
+        "scheduler": {"name": "synthetic"},
+        "models": [
+            {"key": m.key, "revision": None, "is_replica": m.is_replica, "unet_params": m.unet_params} for m in models
+        ],
+        "batch_size": 1,
+        "seeds": list(seeds),
+        "warmup": 0,
         "clip_convention": {name: getattr(clip_convention, name) for name in ClipConvention.__dataclass_fields__},
-        "prompt_set": {"name": "synthetic", "sha256": "0" * 64,
-                       "category_mapping": {"column": "category", "labels": {c: [c] for c in categories}},
-                       "column": "category", "n": prompts_per_category * len(categories)},
+        "prompt_set": {
+            "name": "synthetic",
+            "sha256": "0" * 64,
+            "category_mapping": {"column": "category", "labels": {c: [c] for c in categories}},
+            "column": "category",
+            "n": prompts_per_category * len(categories),
+        },
         "nvml": {"available": False, "reason": "synthetic run"},
     }
     return manifest, pd.DataFrame(rows)
 
 
-def write_run(run_dir: str | os.PathLike[str], manifest: Mapping[str, Any], records: pd.DataFrame, *,
-              shards: int = 1, nan_as_null: bool = True) -> Path:
+def write_run(
+    run_dir: str | os.PathLike[str],
+    manifest: Mapping[str, Any],
+    records: pd.DataFrame,
+    *,
+    shards: int = 1,
+    nan_as_null: bool = True,
+) -> Path:
     """Write a run directory: ``manifest.json`` and ``records/shard-00000.parquet`` ….
 
     Columns are typed by the record contract; a column the frame lacks is left out
@@ -179,7 +233,6 @@ def write_run(run_dir: str | os.PathLike[str], manifest: Mapping[str, Any], reco
     schema = pa.schema([full.field(name) for name in records.columns if name in full.names])
     for i, part in enumerate(np.array_split(np.arange(len(records)), shards)):
         rows = records.iloc[part]
-        table = pa.table([pa.array(rows[f.name], type=f.type, from_pandas=nan_as_null) for f in schema],
-                         schema=schema)
+        table = pa.table([pa.array(rows[f.name], type=f.type, from_pandas=nan_as_null) for f in schema], schema=schema)
         pq.write_table(table, run_dir / "records" / f"shard-{i:05d}.parquet")
     return run_dir

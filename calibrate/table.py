@@ -213,8 +213,12 @@ class MemoryPeak:
     nvml_device_bytes: int | None = None
 
 
-MEMORY_RUNGS: tuple[str, ...] = ("torch_allocated_bytes", "torch_reserved_bytes", "nvml_process_bytes",
-                                 "nvml_device_bytes")
+MEMORY_RUNGS: tuple[str, ...] = (
+    "torch_allocated_bytes",
+    "torch_reserved_bytes",
+    "nvml_process_bytes",
+    "nvml_device_bytes",
+)
 
 
 @dataclass(frozen=True)
@@ -375,8 +379,9 @@ class _Reader:
             raise self.fail(path, f"expected a finite number, but got {value}")
         return value
 
-    def number(self, obj: Mapping[str, Any], key: str, path: str, *, minimum: float | None = None,
-               strict: bool = False) -> float:
+    def number(
+        self, obj: Mapping[str, Any], key: str, path: str, *, minimum: float | None = None, strict: bool = False
+    ) -> float:
         value = self.get(obj, key, path, float)
         if minimum is not None and (value < minimum or (strict and value == minimum)):
             bound = f"> {minimum}" if strict else f">= {minimum}"
@@ -395,8 +400,15 @@ class _Reader:
 
 
 def _kind_name(kinds: tuple[type, ...]) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-             list: "a list", dict: "an object", Mapping: "an object"}
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+        Mapping: "an object",
+    }
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
@@ -429,8 +441,9 @@ def _read_cell(r: _Reader, raw: Mapping[str, Any], path: str, sources: Mapping[s
     return QualityCell(mean=mean, std=std, n=n, gof=gof, source=source, ref=ref, flags=flags)
 
 
-def _read_curve(r: _Reader, raw: Mapping[str, Any], path: str, sources: Mapping[str, Any],
-                cells: Mapping[int, QualityCell]) -> QualityCurve:
+def _read_curve(
+    r: _Reader, raw: Mapping[str, Any], path: str, sources: Mapping[str, Any], cells: Mapping[int, QualityCell]
+) -> QualityCurve:
     form = r.get(raw, "form", path, str)
     if form not in get_args(CurveForm):
         raise r.fail(f"{path}.form", f"expected one of {list(get_args(CurveForm))}, but got {form!r}")
@@ -443,8 +456,10 @@ def _read_curve(r: _Reader, raw: Mapping[str, Any], path: str, sources: Mapping[
     source, ref = r.source(raw, path, sources)
     if form == "linear_interpolation":
         if lo < min(cells) or hi > max(cells):
-            raise r.fail(f"{path}.valid_steps", f"interpolation cannot leave the profiled range "
-                                                f"[{min(cells)}, {max(cells)}], but got [{lo}, {hi}]")
+            raise r.fail(
+                f"{path}.valid_steps",
+                f"interpolation cannot leave the profiled range [{min(cells)}, {max(cells)}], but got [{lo}, {hi}]",
+            )
         return QualityCurve(form=form, valid_steps=(lo, hi), source=source, ref=ref)
     a = r.number(raw, "a", path)
     b = r.number(raw, "b", path)
@@ -453,9 +468,15 @@ def _read_curve(r: _Reader, raw: Mapping[str, Any], path: str, sources: Mapping[
     return QualityCurve(form=form, valid_steps=(lo, hi), source=source, ref=ref, a=a, b=b, kappa=kappa, std=std)
 
 
-def _read_model(r: _Reader, key: str, raw: Mapping[str, Any], categories: tuple[str, ...],
-                sources: Mapping[str, Any], convention: ClipConvention,
-                device_memory: int | None) -> ModelCalibration:
+def _read_model(
+    r: _Reader,
+    key: str,
+    raw: Mapping[str, Any],
+    categories: tuple[str, ...],
+    sources: Mapping[str, Any],
+    convention: ClipConvention,
+    device_memory: int | None,
+) -> ModelCalibration:
     path = f"models.{key}"
     name = r.get(raw, "name", path, str)
     resolution = r.get(raw, "resolution", path, int)
@@ -466,9 +487,11 @@ def _read_model(r: _Reader, key: str, raw: Mapping[str, Any], categories: tuple[
     if "clip_convention" in raw:
         own = _read_convention(r, r.get(raw, "clip_convention", path, dict), f"{path}.clip_convention")
         if own != convention:
-            raise r.fail(f"{path}.clip_convention",
-                         f"mixed CLIPScore conventions: the table uses {convention.backbone}/{convention.pretrained} "
-                         f"({convention.formula}), this model {own.backbone}/{own.pretrained} ({own.formula})")
+            raise r.fail(
+                f"{path}.clip_convention",
+                f"mixed CLIPScore conventions: the table uses {convention.backbone}/{convention.pretrained} "
+                f"({convention.formula}), this model {own.backbone}/{own.pretrained} ({own.formula})",
+            )
 
     raw_quality = r.get(raw, "quality", path, dict)
     quality: dict[str, dict[int, QualityCell]] = {}
@@ -492,8 +515,13 @@ def _read_model(r: _Reader, key: str, raw: Mapping[str, Any], categories: tuple[
     for category, raw_curve in raw_curves.items():
         if category not in categories:
             raise r.fail(f"{path}.curves.{category}", f"unknown category; expected one of {list(categories)}")
-        curves[category] = _read_curve(r, r.check(raw_curve, f"{path}.curves.{category}", dict),
-                                       f"{path}.curves.{category}", sources, quality[category])
+        curves[category] = _read_curve(
+            r,
+            r.check(raw_curve, f"{path}.curves.{category}", dict),
+            f"{path}.curves.{category}",
+            sources,
+            quality[category],
+        )
 
     latency = _read_latency(r, r.get(raw, "latency", path, dict), f"{path}.latency", sources)
     memory_raw = r.get(raw, "memory", path, dict)
@@ -502,33 +530,52 @@ def _read_model(r: _Reader, key: str, raw: Mapping[str, Any], categories: tuple[
     if peak <= 0:
         raise r.fail(f"{mpath}.peak_bytes", f"expected bytes > 0, but got {peak}")
     if device_memory is not None and peak > device_memory:
-        raise r.fail(f"{mpath}.peak_bytes",
-                     f"model needs {peak / 2**30:.2f} GiB but the device has {device_memory / 2**30:.2f} GiB")
+        raise r.fail(
+            f"{mpath}.peak_bytes",
+            f"model needs {peak / 2**30:.2f} GiB but the device has {device_memory / 2**30:.2f} GiB",
+        )
     rungs = {}
     for rung in MEMORY_RUNGS:
         value = r.opt(memory_raw, rung, mpath, int)
         if value is not None and value < 0:
             raise r.fail(f"{mpath}.{rung}", f"expected bytes >= 0, but got {value}")
         rungs[rung] = value
-    memory = MemoryPeak(peak_bytes=peak, kind=r.get(memory_raw, "kind", mpath, str),
-                        **dict(zip(("source", "ref"), r.source(memory_raw, mpath, sources))), **rungs)
+    memory = MemoryPeak(
+        peak_bytes=peak,
+        kind=r.get(memory_raw, "kind", mpath, str),
+        **dict(zip(("source", "ref"), r.source(memory_raw, mpath, sources))),
+        **rungs,
+    )
     is_replica = r.opt(raw, "is_replica", path, bool) or False
 
-    model = ModelCalibration(key=key, name=name, resolution=resolution, steps=steps, default_steps=default_steps,
-                             quality=quality, curves=curves, latency=latency, memory=memory, is_replica=is_replica)
+    model = ModelCalibration(
+        key=key,
+        name=name,
+        resolution=resolution,
+        steps=steps,
+        default_steps=default_steps,
+        quality=quality,
+        curves=curves,
+        latency=latency,
+        memory=memory,
+        is_replica=is_replica,
+    )
     for category in categories:
         for s in steps:
             try:
                 model.quality_at(category, s)
             except KeyError as err:
-                raise r.fail(f"{path}.quality.{category}",
-                             f"step {s} of the grid has no cell and no curve covering it") from err
+                raise r.fail(
+                    f"{path}.quality.{category}", f"step {s} of the grid has no cell and no curve covering it"
+                ) from err
     return model
 
 
 def _read_latency(r: _Reader, raw: Mapping[str, Any], path: str, sources: Mapping[str, Any]) -> LatencyModel:
-    optional = {name: r.opt(raw, name, path, float)
-                for name in ("overhead_se_s", "per_step_se_s", "residual_std_s", "step_p50_s", "step_p95_s")}
+    optional = {
+        name: r.opt(raw, name, path, float)
+        for name in ("overhead_se_s", "per_step_se_s", "residual_std_s", "step_p50_s", "step_p95_s")
+    }
     for name, value in optional.items():
         if value is not None and value < 0:
             raise r.fail(f"{path}.{name}", f"expected seconds >= 0, but got {value}")
@@ -541,8 +588,9 @@ def _read_latency(r: _Reader, raw: Mapping[str, Any], path: str, sources: Mappin
         if not s_text.isdigit() or int(s_text) <= 0:
             raise r.fail(spath, f"expected a positive integer step count as key, but got {s_text!r}")
         r.check(stage, spath, dict)
-        stages[int(s_text)] = StageBreakdown(**{name: r.number(stage, name, spath, minimum=0.0)
-                                                for name in ("text_encode_s", "denoise_s", "decode_s")})
+        stages[int(s_text)] = StageBreakdown(
+            **{name: r.number(stage, name, spath, minimum=0.0) for name in ("text_encode_s", "denoise_s", "decode_s")}
+        )
     return LatencyModel(
         overhead_s=r.number(raw, "overhead_s", path, minimum=0.0),
         per_step_s=r.number(raw, "per_step_s", path, minimum=0.0, strict=True),
@@ -562,19 +610,30 @@ def _read_exclusions(r: _Reader, raw: list[Any], models: Mapping[str, Any]) -> t
         r.check(entry, path, dict)
         model_key = r.get(entry, "model_key", path, str)
         if model_key not in models:
-            raise r.fail(f"{path}.model_key", f"expected one of the table's models {sorted(models)}, "
-                                              f"but got {model_key!r}")
+            raise r.fail(
+                f"{path}.model_key", f"expected one of the table's models {sorted(models)}, but got {model_key!r}"
+            )
         rows = r.get(entry, "rows", path, int)
         if rows <= 0:
             raise r.fail(f"{path}.rows", f"expected a count > 0, but got {rows}")
-        exclusions.append(Exclusion(model_key=model_key, steps=r.get(entry, "steps", path, int),
-                                    reason=r.get(entry, "reason", path, str), rows=rows))
+        exclusions.append(
+            Exclusion(
+                model_key=model_key,
+                steps=r.get(entry, "steps", path, int),
+                reason=r.get(entry, "reason", path, str),
+                rows=rows,
+            )
+        )
     return tuple(exclusions)
 
 
 def _read_convention(r: _Reader, raw: Mapping[str, Any], path: str) -> ClipConvention:
-    return ClipConvention(**{name: r.get(raw, name, path, str)
-                             for name in ("backbone", "pretrained", "formula", "truncation", "preprocess")})
+    return ClipConvention(
+        **{
+            name: r.get(raw, name, path, str)
+            for name in ("backbone", "pretrained", "formula", "truncation", "preprocess")
+        }
+    )
 
 
 def table_from_dict(doc: Mapping[str, Any], where: str = "<table>") -> CalibrationTable:
@@ -610,9 +669,10 @@ def table_from_dict(doc: Mapping[str, Any], where: str = "<table>") -> Calibrati
     raw_models = r.get(doc, "models", "", dict)
     if not raw_models:
         raise r.fail("models", "expected at least one model, but got none")
-    models = {key: _read_model(r, key, r.check(raw, f"models.{key}", dict), categories, sources, convention,
-                               device_memory)
-              for key, raw in raw_models.items()}
+    models = {
+        key: _read_model(r, key, r.check(raw, f"models.{key}", dict), categories, sources, convention, device_memory)
+        for key, raw in raw_models.items()
+    }
     return CalibrationTable(
         device=dict(device),
         clip_convention=convention,
@@ -635,12 +695,26 @@ def _present(**fields: Any) -> dict[str, Any]:
 
 
 def _latency_to_dict(lat: LatencyModel) -> dict[str, Any]:
-    stages = {str(s): {"text_encode_s": b.text_encode_s, "denoise_s": b.denoise_s, "decode_s": b.decode_s}
-              for s, b in lat.stages.items()}
-    return _sourced(lat, overhead_s=lat.overhead_s, per_step_s=lat.per_step_s, n=lat.n, r2=lat.r2,
-                    **_present(overhead_se_s=lat.overhead_se_s, per_step_se_s=lat.per_step_se_s,
-                               residual_std_s=lat.residual_std_s, step_p50_s=lat.step_p50_s,
-                               step_p95_s=lat.step_p95_s, batch_size=lat.batch_size, stages=stages))
+    stages = {
+        str(s): {"text_encode_s": b.text_encode_s, "denoise_s": b.denoise_s, "decode_s": b.decode_s}
+        for s, b in lat.stages.items()
+    }
+    return _sourced(
+        lat,
+        overhead_s=lat.overhead_s,
+        per_step_s=lat.per_step_s,
+        n=lat.n,
+        r2=lat.r2,
+        **_present(
+            overhead_se_s=lat.overhead_se_s,
+            per_step_se_s=lat.per_step_se_s,
+            residual_std_s=lat.residual_std_s,
+            step_p50_s=lat.step_p50_s,
+            step_p95_s=lat.step_p95_s,
+            batch_size=lat.batch_size,
+            stages=stages,
+        ),
+    )
 
 
 def table_to_dict(table: CalibrationTable) -> dict[str, Any]:
@@ -656,14 +730,23 @@ def table_to_dict(table: CalibrationTable) -> dict[str, Any]:
             "resolution": m.resolution,
             "steps": list(m.steps),
             "default_steps": m.default_steps,
-            "quality": {cat: {str(s): _sourced(cell, mean=cell.mean, std=cell.std, n=cell.n, gof=cell.gof,
-                                               **_present(flags=list(cell.flags)))
-                              for s, cell in cells.items()}
-                        for cat, cells in m.quality.items()},
+            "quality": {
+                cat: {
+                    str(s): _sourced(
+                        cell, mean=cell.mean, std=cell.std, n=cell.n, gof=cell.gof, **_present(flags=list(cell.flags))
+                    )
+                    for s, cell in cells.items()
+                }
+                for cat, cells in m.quality.items()
+            },
             "curves": curves,
             "latency": _latency_to_dict(m.latency),
-            "memory": _sourced(m.memory, peak_bytes=m.memory.peak_bytes, kind=m.memory.kind,
-                               **_present(**{rung: getattr(m.memory, rung) for rung in MEMORY_RUNGS})),
+            "memory": _sourced(
+                m.memory,
+                peak_bytes=m.memory.peak_bytes,
+                kind=m.memory.kind,
+                **_present(**{rung: getattr(m.memory, rung) for rung in MEMORY_RUNGS}),
+            ),
             **_present(is_replica=m.is_replica),
         }
     conv = table.clip_convention
@@ -671,15 +754,24 @@ def table_to_dict(table: CalibrationTable) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "kind": _KIND,
         "device": dict(table.device),
-        "clip_convention": {"backbone": conv.backbone, "pretrained": conv.pretrained, "formula": conv.formula,
-                            "truncation": conv.truncation, "preprocess": conv.preprocess},
+        "clip_convention": {
+            "backbone": conv.backbone,
+            "pretrained": conv.pretrained,
+            "formula": conv.formula,
+            "truncation": conv.truncation,
+            "preprocess": conv.preprocess,
+        },
         "categories": list(table.categories),
         "category_mapping": dict(table.category_mapping),
         "models": models,
         "sources": {k: dict(v) for k, v in table.sources.items()},
         "manifest": dict(table.manifest),
-        **_present(exclusions=[{"model_key": e.model_key, "steps": e.steps, "reason": e.reason, "rows": e.rows}
-                               for e in table.exclusions]),
+        **_present(
+            exclusions=[
+                {"model_key": e.model_key, "steps": e.steps, "reason": e.reason, "rows": e.rows}
+                for e in table.exclusions
+            ]
+        ),
     }
 
 

@@ -60,7 +60,7 @@ def adjacent_step(steps: tuple[int, ...], model: int, grid_size: int, g: np.rand
     if not 0 <= k < grid_size:
         k = 2 * steps[model] - k
     k = min(max(k, 0), grid_size - 1)
-    return steps[:model] + (k,) + steps[model + 1:]
+    return (*steps[:model], k, *steps[model + 1 :])
 
 
 @dataclass(frozen=True)
@@ -233,5 +233,15 @@ def anneal(
         x0 = (tuple(problem.default_step_index), tuple(share))
     out = metropolis(x0, utility, neighbour, maxiter=maxiter, rng=gen, initial_temp=initial_temp, callback=callback)
     steps, shares = out.best_state
-    return make_result(problem, method, routing, steps, np.array(shares), status=out.status, nit=out.nit,
-                       nfev=out.nfev, seed=seed, trajectory=out.trajectory)
+    return make_result(
+        problem,
+        method,
+        routing,
+        steps,
+        np.array(shares),
+        status=out.status,
+        nit=out.nit,
+        nfev=out.nfev,
+        seed=seed,
+        trajectory=out.trajectory,
+    )

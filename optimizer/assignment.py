@@ -62,7 +62,7 @@ def probabilistic_assignment(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     z = (x[:, :, None] - mean[:, None, :]) / std[:, None, :]  # (C, X, M)
     log_cdf = log_ndtr(z)
     others = log_cdf.sum(axis=2, keepdims=True) - log_cdf
-    integrand = np.exp(-z**2 / 2) / (_SQRT_2PI * std[:, None, :]) * np.exp(others)
+    integrand = np.exp(-(z**2) / 2) / (_SQRT_2PI * std[:, None, :]) * np.exp(others)
     p = np.trapezoid(integrand, x[:, :, None], axis=1)
     return p / p.sum(axis=1, keepdims=True)
 
@@ -79,8 +79,13 @@ def uniform_assignment(n_categories: int, n_models: int) -> np.ndarray:
     return np.full((n_categories, n_models), 1.0 / n_models)
 
 
-def price_directed_assignment(problem: Problem, mean: np.ndarray, full_share_s: np.ndarray, allowed: np.ndarray,
-                              shortfall: np.ndarray | None = None) -> tuple[np.ndarray | None, float]:
+def price_directed_assignment(
+    problem: Problem,
+    mean: np.ndarray,
+    full_share_s: np.ndarray,
+    allowed: np.ndarray,
+    shortfall: np.ndarray | None = None,
+) -> tuple[np.ndarray | None, float]:
     r"""Utility-maximizing request routing for fixed steps, on a relaxation of the delay.
 
     With optimal shares the total delay is (Σ_m a_m √(N_m(N_m+1)))² / R with
@@ -127,27 +132,33 @@ def price_directed_assignment(problem: Problem, mean: np.ndarray, full_share_s: 
     return x, float(bound)
 
 
-def vertex_bound(problem: Problem, mean: np.ndarray, full_share_s: np.ndarray, allowed: np.ndarray,
-                 shortfall: np.ndarray | None = None, max_vertices: int = 20_000) -> float | None:
+def vertex_bound(
+    problem: Problem,
+    mean: np.ndarray,
+    full_share_s: np.ndarray,
+    allowed: np.ndarray,
+    shortfall: np.ndarray | None = None,
+    max_vertices: int = 20_000,
+) -> float | None:
     r"""An upper bound on the utility of every routing at fixed steps that keeps the exact delay.
 
-    With h(x) = Σ_m a_m √(N_m(N_m+1)), the utility times N is Q(x) − λ h(x)², and
-    −λh² = min_ν (ν²/(4λ) − ν h) for h ≥ 0. For a fixed price ν, Q − ν h is convex
-    in the routing (h is concave), so its maximum over the routing polytope sits
-    at a vertex: a choice of one vertex of :func:`price_directed_assignment`'s
-    per-category set for every category. Hence
+        With h(x) = Σ_m a_m √(N_m(N_m+1)), the utility times N is Q(x) − λ h(x)², and
+        −λh² = min_ν (ν²/(4λ) − ν h) for h ≥ 0. For a fixed price ν, Q − ν h is convex
+        in the routing (h is concave), so its maximum over the routing polytope sits
+        at a vertex: a choice of one vertex of :func:`price_directed_assignment`'s
+        per-category set for every category. Hence
 
-    .. math:: N U \le \min_{
-u \ge 0} \Bigl[rac{
-u^2}{4\lambda} + \max_j (Q_j - 
-u h_j)\Bigr]
+        .. math:: N U \le \min_{
+    u \ge 0} \Bigl[rac{
+    u^2}{4\lambda} + \max_j (Q_j -
+    u h_j)\Bigr]
 
-    over the joint vertices j, solved exactly like the price dual. It is exact
-    whenever the best routing is a vertex (whole categories on single models, or
-    the floor's two-model mixes) and complements the relaxed bound elsewhere.
+        over the joint vertices j, solved exactly like the price dual. It is exact
+        whenever the best routing is a vertex (whole categories on single models, or
+        the floor's two-model mixes) and complements the relaxed bound elsewhere.
 
-    Returns:
-        The bound on U, or None where the joint vertices outnumber ``max_vertices``.
+        Returns:
+            The bound on U, or None where the joint vertices outnumber ``max_vertices``.
     """
     a = np.sqrt(full_share_s / 2)
     value, _, mix = _routing_vertices(mean, a, allowed, shortfall, problem.max_shortfall)
@@ -184,8 +195,9 @@ def relaxed_optimum(value: np.ndarray, cost: np.ndarray, counts: np.ndarray, lam
     return float((load * value).sum() - lam * (load * cost).sum() ** 2)
 
 
-def _routing_vertices(mean: np.ndarray, a: np.ndarray, allowed: np.ndarray, shortfall: np.ndarray | None,
-                      max_shortfall: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _routing_vertices(
+    mean: np.ndarray, a: np.ndarray, allowed: np.ndarray, shortfall: np.ndarray | None, max_shortfall: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Vertices of each category's feasible routings: quality, delay cost and model mix.
 
     Returns (value, cost, mix) of shapes (C, K), (C, K), (C, K, M); a vertex that
@@ -207,9 +219,11 @@ def _routing_vertices(mean: np.ndarray, a: np.ndarray, allowed: np.ndarray, shor
     pair_value = np.where(exists, (1 - theta) * mean[:, i] + theta * mean[:, j], -np.inf)
     pair_cost = (1 - theta) * a[i] + theta * a[j]
     pair_mix = (1 - theta)[:, :, None] * np.eye(m)[i][None] + theta[:, :, None] * np.eye(m)[j][None]
-    return (np.concatenate([single, pair_value], axis=1),
-            np.concatenate([np.broadcast_to(a, (c, m)), pair_cost], axis=1),
-            np.concatenate([eye, pair_mix], axis=1))
+    return (
+        np.concatenate([single, pair_value], axis=1),
+        np.concatenate([np.broadcast_to(a, (c, m)), pair_cost], axis=1),
+        np.concatenate([eye, pair_mix], axis=1),
+    )
 
 
 def _solve_price_dual(value: np.ndarray, cost: np.ndarray, n: np.ndarray, lam: float) -> np.ndarray:
@@ -252,8 +266,14 @@ def _solve_price_dual(value: np.ndarray, cost: np.ndarray, n: np.ndarray, lam: f
     return weights
 
 
-def polish_requests(problem: Problem, requests: np.ndarray, mean: np.ndarray, full_share_s: np.ndarray,
-                    allowed: np.ndarray, shortfall: np.ndarray | None = None) -> tuple[np.ndarray, float, int]:
+def polish_requests(
+    problem: Problem,
+    requests: np.ndarray,
+    mean: np.ndarray,
+    full_share_s: np.ndarray,
+    allowed: np.ndarray,
+    shortfall: np.ndarray | None = None,
+) -> tuple[np.ndarray, float, int]:
     """Improve a routing on the exact utility.
 
     Two kinds of move, repeated until neither helps:
@@ -296,8 +316,14 @@ def polish_requests(problem: Problem, requests: np.ndarray, mean: np.ndarray, fu
         x = retired
 
 
-def _pairwise_moves(problem: Problem, x: np.ndarray, best: float, mean: np.ndarray, full_share_s: np.ndarray,
-                    shortfall: np.ndarray | None) -> tuple[np.ndarray, float, int]:
+def _pairwise_moves(
+    problem: Problem,
+    x: np.ndarray,
+    best: float,
+    mean: np.ndarray,
+    full_share_s: np.ndarray,
+    shortfall: np.ndarray | None,
+) -> tuple[np.ndarray, float, int]:
     """Pairwise request moves between models in use (see :func:`polish_requests`)."""
     nfev = 0
     fractions = np.linspace(0.0, 1.0, _POLISH_GRID)

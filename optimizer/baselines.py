@@ -30,8 +30,9 @@ from genedge.optimizer.system import fifo_delay_coefficient, optimal_shares
 __all__ = ["paper_routing", "paper_method", "direct", "random_assignment", "equal_allocation", "optimal_step"]
 
 
-def _on_allowed(rule: Callable[[np.ndarray, np.ndarray], np.ndarray], problem: Problem,
-                allowed: np.ndarray) -> np.ndarray:
+def _on_allowed(
+    rule: Callable[[np.ndarray, np.ndarray], np.ndarray], problem: Problem, allowed: np.ndarray
+) -> np.ndarray:
     """Apply a routing rule to the allowed models' columns; the others get no requests."""
     steps = problem.default_step_index
     cols = np.flatnonzero(allowed)
@@ -50,27 +51,46 @@ def paper_routing(problem: Problem, allowed: np.ndarray | None = None) -> np.nda
     return _on_allowed(probabilistic_assignment, problem, allowed)
 
 
-def paper_method(problem: Problem, *, rng: int | np.random.Generator | None = None,
-                 maxiter: int = DEFAULT_MAXITER) -> PlanResult:
+def paper_method(
+    problem: Problem, *, rng: int | np.random.Generator | None = None, maxiter: int = DEFAULT_MAXITER
+) -> PlanResult:
     """Gao et al.: probabilistic routing, then annealing over steps and shares."""
-    return _best_over_deployable_sets(problem, lambda allowed: anneal(
-        problem, paper_routing(problem, allowed), rng=rng, maxiter=maxiter, method="paper"))
+    return _best_over_deployable_sets(
+        problem,
+        lambda allowed: anneal(problem, paper_routing(problem, allowed), rng=rng, maxiter=maxiter, method="paper"),
+    )
 
 
-def direct(problem: Problem, *, rng: int | np.random.Generator | None = None,
-           maxiter: int = DEFAULT_MAXITER) -> PlanResult:
+def direct(
+    problem: Problem, *, rng: int | np.random.Generator | None = None, maxiter: int = DEFAULT_MAXITER
+) -> PlanResult:
     """Direct-assignment: categories to their best-mean model, then annealing."""
-    return _best_over_deployable_sets(problem, lambda allowed: anneal(
-        problem, _on_allowed(lambda mean, std: direct_assignment(mean), problem, allowed), rng=rng,
-        maxiter=maxiter, method="direct-assignment"))
+    return _best_over_deployable_sets(
+        problem,
+        lambda allowed: anneal(
+            problem,
+            _on_allowed(lambda mean, std: direct_assignment(mean), problem, allowed),
+            rng=rng,
+            maxiter=maxiter,
+            method="direct-assignment",
+        ),
+    )
 
 
-def random_assignment(problem: Problem, *, rng: int | np.random.Generator | None = None,
-                      maxiter: int = DEFAULT_MAXITER) -> PlanResult:
+def random_assignment(
+    problem: Problem, *, rng: int | np.random.Generator | None = None, maxiter: int = DEFAULT_MAXITER
+) -> PlanResult:
     """Random-assignment: every request to a uniformly random model, then annealing."""
-    return _best_over_deployable_sets(problem, lambda allowed: anneal(
-        problem, _on_allowed(lambda mean, std: uniform_assignment(*mean.shape), problem, allowed), rng=rng,
-        maxiter=maxiter, method="random-assignment"))
+    return _best_over_deployable_sets(
+        problem,
+        lambda allowed: anneal(
+            problem,
+            _on_allowed(lambda mean, std: uniform_assignment(*mean.shape), problem, allowed),
+            rng=rng,
+            maxiter=maxiter,
+            method="random-assignment",
+        ),
+    )
 
 
 def equal_allocation(problem: Problem) -> PlanResult:

@@ -48,8 +48,10 @@ def exact_search(problem: Problem, *, max_step_vectors: int = MAX_STEP_VECTORS) 
     """
     count = int(np.prod(problem.grid_sizes, dtype=float))
     if count > max_step_vectors:
-        raise ValueError(f"Expected at most {max_step_vectors} step vectors for exact search, but the problem has "
-                         f"{count} ({len(problem.models)} models); use propose() at this scale")
+        raise ValueError(
+            f"Expected at most {max_step_vectors} step vectors for exact search, but the problem has "
+            f"{count} ({len(problem.models)} models); use propose() at this scale"
+        )
     candidates = []
     for allowed in problem.deployable_sets():
         for steps in itertools.product(*(range(k) for k in problem.grid_sizes)):
@@ -76,13 +78,23 @@ def exact_search(problem: Problem, *, max_step_vectors: int = MAX_STEP_VECTORS) 
     for bound, steps, _, allowed in candidates:  # best relaxed bound first: stop once none can raise `upper`
         if bound <= upper:
             break
-        exact_delay = vertex_bound(problem, problem.mean_at(steps), problem.service_at(steps), allowed,
-                                   problem.shortfall_at(steps))
+        exact_delay = vertex_bound(
+            problem, problem.mean_at(steps), problem.service_at(steps), allowed, problem.shortfall_at(steps)
+        )
         upper = max(upper, bound if exact_delay is None else min(bound, exact_delay))
     _, steps, x = best
     shares = optimal_shares(problem.service_at(steps), x.sum(axis=0), problem.budget)
-    result = make_result(problem, "exact", x / problem.counts[:, None], steps, shares, nit=visited, nfev=nfev,
-                         upper_bound=upper, visited=visited)
+    result = make_result(
+        problem,
+        "exact",
+        x / problem.counts[:, None],
+        steps,
+        shares,
+        nit=visited,
+        nfev=nfev,
+        upper_bound=upper,
+        visited=visited,
+    )
     # The search's utility and the system model's may differ in the last bits; the bound covers both.
     return dataclasses.replace(result, upper_bound=max(upper, result.utility))
 

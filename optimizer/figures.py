@@ -56,7 +56,7 @@ def plot_convergence(trajectories: dict[str, np.ndarray], out: Path, *, exact: f
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, trajectory in trajectories.items():
-        line, = ax.plot(trajectory[:, 0], trajectory[:, 1], alpha=0.35, lw=0.8)
+        (line,) = ax.plot(trajectory[:, 0], trajectory[:, 1], alpha=0.35, lw=0.8)
         ax.plot(trajectory[:, 0], trajectory[:, 2], color=line.get_color(), lw=1.8, label=f"{name} (best so far)")
     if exact is not None:
         ax.axhline(exact, color="k", ls=":", label="exact optimum")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-
 from genedge.optimizer.baselines import direct, equal_allocation, optimal_step, paper_method, random_assignment
 from genedge.optimizer.exact import exact_search
 from genedge.optimizer.problem import Problem

@@ -35,15 +35,24 @@ class PlanError(ValueError):
 
 
 def _figures(result: PlanResult) -> dict[str, Any]:
-    figures: dict[str, Any] = {"mean_clipscore": result.mean_quality, "mean_delay_s": result.mean_delay_s,
-                               "p95_delay_s": result.p95_delay_s, "utility": result.utility}
+    figures: dict[str, Any] = {
+        "mean_clipscore": result.mean_quality,
+        "mean_delay_s": result.mean_delay_s,
+        "p95_delay_s": result.p95_delay_s,
+        "utility": result.utility,
+    }
     if result.shortfall is not None:
         figures["shortfall_probability"] = dict(zip(result.plan.categories, result.shortfall.tolist()))
     return figures
 
 
-def plan_to_dict(problem: Problem, result: PlanResult, *, others: Mapping[str, PlanResult] | None = None,
-                 inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def plan_to_dict(
+    problem: Problem,
+    result: PlanResult,
+    *,
+    others: Mapping[str, PlanResult] | None = None,
+    inputs: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Build the plan document for ``result``.
 
     Args:
@@ -134,6 +143,7 @@ def validate_plan(document: Mapping[str, Any], where: str) -> None:
     Raises:
         PlanError: naming ``where`` and the field.
     """
+
     def fail(field: str, message: str) -> PlanError:
         return PlanError(where, field, message)
 

@@ -183,8 +183,9 @@ class Problem:
         if self.device_memory_bytes is not None:
             too_big = [k for k, b in zip(self.models, self.memory_bytes) if b > self.device_memory_bytes]
             if too_big:
-                raise ValueError(f"models {too_big} need more memory than the device's "
-                                 f"{self.device_memory_bytes / 2**30:.2f} GiB")
+                raise ValueError(
+                    f"models {too_big} need more memory than the device's {self.device_memory_bytes / 2**30:.2f} GiB"
+                )
 
     @classmethod
     def from_table(
@@ -218,8 +219,9 @@ class Problem:
         """
         unknown = sorted(set(workload.counts) - set(table.categories))
         if unknown:
-            raise ValueError(f"workload categories {unknown} are not in the table; "
-                             f"expected a subset of {list(table.categories)}")
+            raise ValueError(
+                f"workload categories {unknown} are not in the table; expected a subset of {list(table.categories)}"
+            )
         keys = tuple(models) if models is not None else tuple(table.models)
         missing = [k for k in keys if k not in table.models]
         if missing:
@@ -282,8 +284,10 @@ class Problem:
 
     def unreachable_floor_error(self) -> ValueError:
         """The error planners raise when no plan meets the quality floor."""
-        return ValueError(f"No plan keeps P(CLIPScore < {self.min_clipscore:g}) <= {self.max_shortfall:g} for every "
-                          f"category, even at each model's most steps; lower the floor or allow a larger shortfall")
+        return ValueError(
+            f"No plan keeps P(CLIPScore < {self.min_clipscore:g}) <= {self.max_shortfall:g} for every "
+            f"category, even at each model's most steps; lower the floor or allow a larger shortfall"
+        )
 
     def service_at(self, step_index: Sequence[int]) -> np.ndarray:
         """Seconds per image at full share, o_m + τ_m·s_m, shape (M,)."""
@@ -304,8 +308,10 @@ class Problem:
             return [everything]
         m = len(self.models)
         if 2**m > limit:
-            raise ValueError(f"Expected at most {limit} model subsets to check against device memory, "
-                             f"but {m} models give {2**m}; restrict the models (--models)")
+            raise ValueError(
+                f"Expected at most {limit} model subsets to check against device memory, "
+                f"but {m} models give {2**m}; restrict the models (--models)"
+            )
         masks = ((np.arange(1, 2**m)[:, None] >> np.arange(m)) & 1).astype(bool)
         masks = masks[np.argsort(-masks.sum(axis=1), kind="stable")]
         maximal: list[np.ndarray] = []

@@ -76,8 +76,18 @@ def propose(
         raise problem.unreachable_floor_error()
     shares = optimal_shares(problem.service_at(best.steps), best.requests.sum(axis=0), problem.budget)
     routing = best.requests / problem.counts[:, None]
-    return make_result(problem, "genedge", routing, best.steps, shares, status=status, nit=nit_total,
-                       nfev=nfev_total, seed=seed, trajectory=best.trajectory)
+    return make_result(
+        problem,
+        "genedge",
+        routing,
+        best.steps,
+        shares,
+        status=status,
+        nit=nit_total,
+        nfev=nfev_total,
+        seed=seed,
+        trajectory=best.trajectory,
+    )
 
 
 @dataclass(frozen=True)
@@ -93,8 +103,14 @@ class _SetPlan:
     status: int
 
 
-def _plan_model_set(problem: Problem, allowed: np.ndarray, *, maxiter: int, rng: np.random.Generator,
-                    callback: Callable[[AnnealState], bool | None] | None) -> _SetPlan | None:
+def _plan_model_set(
+    problem: Problem,
+    allowed: np.ndarray,
+    *,
+    maxiter: int,
+    rng: np.random.Generator,
+    callback: Callable[[AnnealState], bool | None] | None,
+) -> _SetPlan | None:
     """Anneal the steps of the allowed models, then polish the best routings; None if no step vector is feasible."""
     start = _feasible_start(problem, allowed)
     if start is None:
@@ -115,8 +131,11 @@ def _plan_model_set(problem: Problem, allowed: np.ndarray, *, maxiter: int, rng:
                 return -np.inf
             # At small loads serving everything on one model can beat any split,
             # which the relaxation cannot see: weigh those routings too.
-            alone = allowed_idx if floor is None else \
-                allowed_idx[(floor[:, allowed_idx] <= problem.max_shortfall).all(axis=0)]
+            alone = (
+                allowed_idx
+                if floor is None
+                else allowed_idx[(floor[:, allowed_idx] <= problem.max_shortfall).all(axis=0)]
+            )
             candidates = np.concatenate([x[None], single_model[alone]], axis=0)
             u = utility_with_optimal_shares(problem, candidates, full, mean)
             b = int(u.argmax())
@@ -142,8 +161,15 @@ def _plan_model_set(problem: Problem, allowed: np.ndarray, *, maxiter: int, rng:
         if best is None or u > best[0]:
             best = (u, steps, x)
     utility_found, steps, requests = best
-    return _SetPlan(utility=utility_found, steps=steps, requests=requests, trajectory=out.trajectory, nit=out.nit,
-                    nfev=nfev, status=out.status)
+    return _SetPlan(
+        utility=utility_found,
+        steps=steps,
+        requests=requests,
+        trajectory=out.trajectory,
+        nit=out.nit,
+        nfev=nfev,
+        status=out.status,
+    )
 
 
 def _feasible_start(problem: Problem, allowed: np.ndarray) -> tuple[int, ...] | None:

@@ -43,8 +43,10 @@ class Plan:
     @property
     def routing(self) -> dict[str, dict[str, float]]:
         """category → model key → probability."""
-        return {c: {m: float(self.routing_matrix[i, j]) for j, m in enumerate(self.models)}
-                for i, c in enumerate(self.categories)}
+        return {
+            c: {m: float(self.routing_matrix[i, j]) for j, m in enumerate(self.models)}
+            for i, c in enumerate(self.categories)
+        }
 
     @property
     def steps(self) -> dict[str, int]:
@@ -106,9 +108,21 @@ class PlanResult:
         return (self.upper_bound - self.utility) / max(abs(self.upper_bound), 1e-12)
 
 
-def make_result(problem: Problem, method: str, routing: np.ndarray, step_index: tuple[int, ...] | list[int],
-                shares: np.ndarray, *, status: int = 0, nit: int = 0, nfev: int = 0, seed: int | None = None,
-                trajectory: np.ndarray | None = None, upper_bound: float | None = None, **extra: Any) -> PlanResult:
+def make_result(
+    problem: Problem,
+    method: str,
+    routing: np.ndarray,
+    step_index: tuple[int, ...] | list[int],
+    shares: np.ndarray,
+    *,
+    status: int = 0,
+    nit: int = 0,
+    nfev: int = 0,
+    seed: int | None = None,
+    trajectory: np.ndarray | None = None,
+    upper_bound: float | None = None,
+    **extra: Any,
+) -> PlanResult:
     """Evaluate a plan with the system model and wrap it in a :class:`PlanResult`."""
     step_index = tuple(int(k) for k in step_index)
     ev = evaluate(problem, routing, step_index, shares)
@@ -121,8 +135,21 @@ def make_result(problem: Problem, method: str, routing: np.ndarray, step_index: 
         share_vector=np.asarray(shares, dtype=float),
     )
     return PlanResult(
-        method=method, plan=plan, mean_quality=ev.mean_quality, mean_delay_s=ev.mean_delay_s,
-        p95_delay_s=ev.p95_delay_s, utility=ev.utility, success=status in (0, 3), status=status,
-        message=STATUS_MESSAGES[status], nit=nit, nfev=nfev, seed=seed, loads=ev.loads,
-        trajectory=trajectory, upper_bound=upper_bound, shortfall=ev.shortfall, extra=dict(extra),
+        method=method,
+        plan=plan,
+        mean_quality=ev.mean_quality,
+        mean_delay_s=ev.mean_delay_s,
+        p95_delay_s=ev.p95_delay_s,
+        utility=ev.utility,
+        success=status in (0, 3),
+        status=status,
+        message=STATUS_MESSAGES[status],
+        nit=nit,
+        nfev=nfev,
+        seed=seed,
+        loads=ev.loads,
+        trajectory=trajectory,
+        upper_bound=upper_bound,
+        shortfall=ev.shortfall,
+        extra=dict(extra),
     )

@@ -63,8 +63,9 @@ class SimulationCheck:
         return (self.mean_delay_s - self.predicted_delay_s) / max(self.mean_delay_se_s, 1e-12)
 
 
-def simulate_plan(problem: Problem, result: PlanResult, *, replications: int = 500,
-                  rng: int | np.random.Generator | None = None) -> SimulationCheck:
+def simulate_plan(
+    problem: Problem, result: PlanResult, *, replications: int = 500, rng: int | np.random.Generator | None = None
+) -> SimulationCheck:
     """Simulate ``replications`` planning windows of a plan.
 
     Args:

@@ -57,9 +57,18 @@ def sweep(
         results = run_methods(problem, names, seed=seed)
         point = {"budget": budget, "weight": weight, "requests": int(problem.n_requests)}
         for name, r in results.items():
-            rows.append({**point, "method": name, "mean_clipscore": r.mean_quality, "mean_delay_s": r.mean_delay_s,
-                         "p95_delay_s": r.p95_delay_s, "utility": r.utility, "plan_time_s": r.extra["plan_time_s"],
-                         "upper_bound": r.upper_bound})
+            rows.append(
+                {
+                    **point,
+                    "method": name,
+                    "mean_clipscore": r.mean_quality,
+                    "mean_delay_s": r.mean_delay_s,
+                    "p95_delay_s": r.p95_delay_s,
+                    "utility": r.utility,
+                    "plan_time_s": r.extra["plan_time_s"],
+                    "upper_bound": r.upper_bound,
+                }
+            )
         if PROPOSED in results:
             proposed = results[PROPOSED]
             row = {**point, "proposed_utility": proposed.utility}
@@ -76,13 +85,19 @@ def sweep(
                 if name not in results:
                     continue
                 check = simulate_plan(problem, results[name], replications=replications, rng=seed)
-                row.update({
-                    f"{name}_sim_quality": check.mean_quality, f"{name}_sim_quality_se": check.mean_quality_se,
-                    f"{name}_predicted_quality": check.predicted_quality, f"{name}_quality_z": check.quality_z,
-                    f"{name}_sim_delay_s": check.mean_delay_s, f"{name}_sim_delay_se_s": check.mean_delay_se_s,
-                    f"{name}_predicted_delay_s": check.predicted_delay_s, f"{name}_plan_delay_s": check.plan_delay_s,
-                    f"{name}_delay_z": check.delay_z,
-                })
+                row.update(
+                    {
+                        f"{name}_sim_quality": check.mean_quality,
+                        f"{name}_sim_quality_se": check.mean_quality_se,
+                        f"{name}_predicted_quality": check.predicted_quality,
+                        f"{name}_quality_z": check.quality_z,
+                        f"{name}_sim_delay_s": check.mean_delay_s,
+                        f"{name}_sim_delay_se_s": check.mean_delay_se_s,
+                        f"{name}_predicted_delay_s": check.predicted_delay_s,
+                        f"{name}_plan_delay_s": check.plan_delay_s,
+                        f"{name}_delay_z": check.delay_z,
+                    }
+                )
             checks.append(row)
         if progress is not None:
             progress(done, len(grid))

@@ -43,7 +43,7 @@ def synthetic_problem(
     kappa = gen.uniform(6, 14, n_models)
     means, stds, service = [], [], []
     for m in range(n_models):
-        top = base[m] + offset[:, None] + affinity[:, m:m + 1]
+        top = base[m] + offset[:, None] + affinity[:, m : m + 1]
         shape = (1 - drop[m] * np.exp(-grid / kappa[m])) / (1 - drop[m] * np.exp(-grid[-1] / kappa[m]))
         means.append(top * shape[None, :])
         stds.append(np.repeat(gen.uniform(2.5, 4.5, (n_categories, 1)), grid.size, axis=1))

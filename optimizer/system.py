@@ -90,8 +90,9 @@ def optimal_shares(full_share_s: np.ndarray, loads: np.ndarray, budget: float) -
     return np.divide(budget * root, total, out=np.zeros_like(root), where=total > 0)
 
 
-def utility_with_optimal_shares(problem: Problem, requests: np.ndarray, full_share_s: np.ndarray,
-                                mean: np.ndarray) -> np.ndarray:
+def utility_with_optimal_shares(
+    problem: Problem, requests: np.ndarray, full_share_s: np.ndarray, mean: np.ndarray
+) -> np.ndarray:
     """Utility of request routings under optimal shares, vectorized over a batch.
 
     Args:
@@ -162,11 +163,21 @@ def evaluate(problem: Problem, routing: np.ndarray, step_index: Sequence[int], s
     m = len(problem.models)
     if routing.shape != (len(problem.categories), m):
         raise ValueError(f"Expected routing of shape {(len(problem.categories), m)}, but got {routing.shape}")
-    if not np.isfinite(routing).all() or (routing < -1e-12).any() or np.abs(routing.sum(axis=1) - 1).max() > _ROW_SUM_TOL:
-        raise ValueError(f"Expected routing rows of non-negative probabilities summing to 1, "
-                         f"but got row sums {routing.sum(axis=1).round(6).tolist()}")
-    if (shares.shape != (m,) or not np.isfinite(shares).all() or (shares < 0).any()
-            or shares.sum() > problem.budget * (1 + 1e-9)):
+    if (
+        not np.isfinite(routing).all()
+        or (routing < -1e-12).any()
+        or np.abs(routing.sum(axis=1) - 1).max() > _ROW_SUM_TOL
+    ):
+        raise ValueError(
+            f"Expected routing rows of non-negative probabilities summing to 1, "
+            f"but got row sums {routing.sum(axis=1).round(6).tolist()}"
+        )
+    if (
+        shares.shape != (m,)
+        or not np.isfinite(shares).all()
+        or (shares < 0).any()
+        or shares.sum() > problem.budget * (1 + 1e-9)
+    ):
         raise ValueError(f"Expected {m} shares >= 0 summing to at most {problem.budget}, but got {shares.tolist()}")
     loads = problem.counts @ routing
     in_use = loads > _IN_USE
@@ -174,8 +185,10 @@ def evaluate(problem: Problem, routing: np.ndarray, step_index: Sequence[int], s
     if starved:
         raise ValueError(f"models {starved} receive requests but no compute share")
     if not problem.fits_in_memory(in_use):
-        raise ValueError(f"models in use {[k for k, u in zip(problem.models, in_use) if u]} do not fit in "
-                         f"{problem.device_memory_bytes / 2**30:.2f} GiB of device memory")
+        raise ValueError(
+            f"models in use {[k for k, u in zip(problem.models, in_use) if u]} do not fit in "
+            f"{problem.device_memory_bytes / 2**30:.2f} GiB of device memory"
+        )
     full = problem.service_at(step_index)
     service = np.divide(full, shares, out=np.full(m, np.inf), where=in_use)
     n = problem.n_requests

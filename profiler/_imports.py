@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 _INSTALL_HINT = 'pip install "genedge[profile]"'
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def require(module: str) -> ModuleType:
     """Import ``module`` on first use and cache it.
 

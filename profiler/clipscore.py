@@ -39,6 +39,7 @@ _REPLICA_SCHEME = "replica:"
 _RANDOM_INIT = "none"
 _DEFAULT_BATCH_SIZE = 32
 
+
 @dataclass(frozen=True)
 class ClipConvention:
     """How a CLIPScore was computed; travels with every record, manifest and table.
@@ -78,7 +79,8 @@ def clip_score_from_features(image_features: Any, text_features: Any) -> Any:
     """
     if image_features.shape != text_features.shape:
         raise ValueError(
-            f"Expected image and text features of the same shape, but got {tuple(image_features.shape)} and {tuple(text_features.shape)}"
+            "Expected image and text features of the same shape, "
+            f"but got {tuple(image_features.shape)} and {tuple(text_features.shape)}"
         )
     functional = require("torch.nn.functional")
     cosine = functional.cosine_similarity(image_features.float(), text_features.float(), dim=-1)
@@ -128,8 +130,8 @@ def clip_scores(
     scores: list[float] = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            pixels = torch.stack([preprocess(image) for image in images[start:start + batch_size]]).to(device)
-            tokens = tokenizer(list(prompts[start:start + batch_size])).to(device)
+            pixels = torch.stack([preprocess(image) for image in images[start : start + batch_size]]).to(device)
+            tokens = tokenizer(list(prompts[start : start + batch_size])).to(device)
             image_features = model.encode_image(pixels)
             text_features = model.encode_text(tokens)
             scores.extend(clip_score_from_features(image_features, text_features).tolist())
@@ -155,14 +157,24 @@ class ClipScorer:
     lower_bound = 0.0
     upper_bound = 100.0
 
-    def __init__(self, backbone: str = DEFAULT_CLIP_BACKBONE, pretrained: str | None = DEFAULT_CLIP_PRETRAINED, *,
-                 device: Any, offload: bool = False) -> None:
+    def __init__(
+        self,
+        backbone: str = DEFAULT_CLIP_BACKBONE,
+        pretrained: str | None = DEFAULT_CLIP_PRETRAINED,
+        *,
+        device: Any,
+        offload: bool = False,
+    ) -> None:
         open_clip = require("open_clip")
         torch = require("torch")
         if backbone.startswith(_REPLICA_SCHEME):
             if pretrained is not None:
-                raise ValueError(f"Expected pretrained=None for the random-weight backbone {backbone!r}, but got {pretrained!r}")
-            config = json.loads(data_path("replicas", "clip", f"{backbone[len(_REPLICA_SCHEME):]}.json").read_text(encoding="utf-8"))
+                raise ValueError(
+                    f"Expected pretrained=None for the random-weight backbone {backbone!r}, but got {pretrained!r}"
+                )
+            config = json.loads(
+                data_path("replicas", "clip", f"{backbone[len(_REPLICA_SCHEME) :]}.json").read_text(encoding="utf-8")
+            )
             name, overrides = config["base_model"], config["overrides"]
         else:
             name, overrides = backbone, {}
@@ -177,7 +189,9 @@ class ClipScorer:
                     name, pretrained=pretrained, device=self._home, **overrides
                 )
             except UserWarning as err:
-                raise RuntimeError(f"Expected a QuickGELU-consistent CLIP backbone, but {backbone!r} + {pretrained!r}: {err}") from err
+                raise RuntimeError(
+                    f"Expected a QuickGELU-consistent CLIP backbone, but {backbone!r} + {pretrained!r}: {err}"
+                ) from err
         self.model = model.eval()
         self.preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(name)
@@ -193,8 +207,14 @@ class ClipScorer:
         """Per-image CLIPScores and truncation flags; see :func:`clip_scores`."""
         self.model.to(self.device)
         try:
-            return clip_scores(images, prompts, model=self.model, preprocess=self.preprocess,
-                               tokenizer=self.tokenizer, device=self.device)
+            return clip_scores(
+                images,
+                prompts,
+                model=self.model,
+                preprocess=self.preprocess,
+                tokenizer=self.tokenizer,
+                device=self.device,
+            )
         finally:
             if self._home != self.device:
                 self.model.to(self._home)

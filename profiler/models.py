@@ -46,8 +46,18 @@ _CLIP_NUM_MERGES = CLIP_VOCAB_SIZE - 2 * 256 - 2
 CLIP_CONTEXT_LENGTH = 77
 
 _REQUIRED_REPLICA_FIELDS = (
-    "name", "pipeline", "resolution", "guidance_scale", "default_steps", "unet", "vae",
-    "text_encoder", "tokenizer", "scheduler", "published_unet_params", "sources",
+    "name",
+    "pipeline",
+    "resolution",
+    "guidance_scale",
+    "default_steps",
+    "unet",
+    "vae",
+    "text_encoder",
+    "tokenizer",
+    "scheduler",
+    "published_unet_params",
+    "sources",
 )
 _XL_FIELDS = ("text_encoder_2", "tokenizer_2")
 _HUB_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
@@ -90,7 +100,7 @@ def parse_model_spec(spec: str) -> ModelSpec:
             message lists the available replicas.
     """
     if spec.startswith(REPLICA_SCHEME):
-        arch = spec[len(REPLICA_SCHEME):]
+        arch = spec[len(REPLICA_SCHEME) :]
         if arch not in list_replicas():
             raise ValueError(
                 f"Expected a known replica architecture after {REPLICA_SCHEME!r}, but got {arch!r}. "
@@ -111,7 +121,9 @@ def parse_model_spec(spec: str) -> ModelSpec:
 
 def _check_replica(config: dict[str, Any], file: Path) -> None:
     if config["pipeline"] not in SUPPORTED_PIPELINES:
-        raise ValueError(f"{file}: field 'pipeline': expected one of {SUPPORTED_PIPELINES}, but got {config['pipeline']!r}")
+        raise ValueError(
+            f"{file}: field 'pipeline': expected one of {SUPPORTED_PIPELINES}, but got {config['pipeline']!r}"
+        )
     if config["pipeline"] == "StableDiffusionXLPipeline":
         for field in _XL_FIELDS:
             if field not in config:
@@ -120,8 +132,9 @@ def _check_replica(config: dict[str, Any], file: Path) -> None:
         raise ValueError(f"{file}: field 'name': expected {file.stem!r} (the file name), but got {config['name']!r}")
 
 
-_REPLICAS = JsonRegistry("replica config", "replica architecture", [data_path("replicas")], _REQUIRED_REPLICA_FIELDS,
-                         _check_replica)
+_REPLICAS = JsonRegistry(
+    "replica config", "replica architecture", [data_path("replicas")], _REQUIRED_REPLICA_FIELDS, _check_replica
+)
 
 
 def list_replicas() -> list[str]:
@@ -177,7 +190,9 @@ def _scheduler_class(diffusers: Any, name: str) -> Any:
     scheduler_cls = getattr(diffusers, name, None)
     if not (isinstance(scheduler_cls, type) and issubclass(scheduler_cls, diffusers.SchedulerMixin)):
         available = sorted(n for n in dir(diffusers) if n.endswith("Scheduler"))
-        raise ValueError(f"Expected a diffusers scheduler class name, but got {name!r}. Available: {', '.join(available)}")
+        raise ValueError(
+            f"Expected a diffusers scheduler class name, but got {name!r}. Available: {', '.join(available)}"
+        )
     return scheduler_cls
 
 
@@ -200,7 +215,10 @@ def scheduler_config(spec: ModelSpec | str, override: str | None = None) -> dict
         config = diffusers.SchedulerMixin.load_config(spec.identifier, subfolder="scheduler", revision=spec.revision)
         name = config["_class_name"]
     scheduler = _scheduler_class(diffusers, override or name).from_config(config)
-    return {"class": type(scheduler).__name__, "config": {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}}
+    return {
+        "class": type(scheduler).__name__,
+        "config": {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")},
+    }
 
 
 @functools.lru_cache(maxsize=1)
@@ -209,7 +227,7 @@ def _clip_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
     # tokenizer (and the vocab.json of SD 1.5 / SDXL) does, so no hub download is needed.
     tokenizer_module = require("open_clip.tokenizer")
     with gzip.open(tokenizer_module.default_bpe()) as f:
-        lines = f.read().decode("utf-8").split("\n")[1:_CLIP_NUM_MERGES + 1]
+        lines = f.read().decode("utf-8").split("\n")[1 : _CLIP_NUM_MERGES + 1]
     merges = [tuple(line.split()) for line in lines]
     byte_tokens = list(tokenizer_module.bytes_to_unicode().values())
     tokens = byte_tokens + [t + "</w>" for t in byte_tokens] + ["".join(m) for m in merges]
@@ -299,7 +317,8 @@ def load_pipeline(spec: ModelSpec | str, *, device: Any, dtype: Any, scheduler: 
         pipe = diffusers.DiffusionPipeline.from_pretrained(spec.identifier, revision=spec.revision, torch_dtype=dtype)
     if type(pipe).__name__ not in SUPPORTED_PIPELINES:
         raise ValueError(
-            f"Expected a model whose pipeline is one of {SUPPORTED_PIPELINES}, but {spec.key!r} loads {type(pipe).__name__}"
+            f"Expected a model whose pipeline is one of {SUPPORTED_PIPELINES}, "
+            f"but {spec.key!r} loads {type(pipe).__name__}"
         )
     if scheduler is not None:
         pipe.scheduler = _scheduler_class(diffusers, scheduler).from_config(pipe.scheduler.config)

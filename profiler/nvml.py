@@ -46,7 +46,9 @@ def _pynvml() -> Any:
         try:
             pynvml = importlib.import_module("pynvml")
         except ImportError as err:
-            raise ImportError(f'NVML needs `pip install {_OFFICIAL_DISTRIBUTION}` (or `pip install "genedge[profile]"`).') from err
+            raise ImportError(
+                f'NVML needs `pip install {_OFFICIAL_DISTRIBUTION}` (or `pip install "genedge[profile]"`).'
+            ) from err
     return pynvml
 
 
@@ -109,12 +111,18 @@ class NvmlWindow:
                 self._notes["device"] = f"nvmlDeviceGetMemoryInfo failed: {err}"
         if "process" not in self._notes:
             try:
-                mine = [p.usedGpuMemory for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle) if p.pid == self._monitor.pid]
+                mine = [
+                    p.usedGpuMemory
+                    for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+                    if p.pid == self._monitor.pid
+                ]
             except nvml.NVMLError as err:
                 self._notes["process"] = f"nvmlDeviceGetComputeRunningProcesses failed: {err}"
                 return
             if any(used is None for used in mine):
-                self._notes["process"] = "NVML reports no per-process memory for this process (NVML_VALUE_NOT_AVAILABLE)"
+                self._notes["process"] = (
+                    "NVML reports no per-process memory for this process (NVML_VALUE_NOT_AVAILABLE)"
+                )
             elif mine:
                 used = int(sum(mine))
                 self._process = used if self._process is None else max(self._process, used)
@@ -134,7 +142,9 @@ class NvmlWindow:
             self._ready.wait()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._thread is None:
             return
         self._stop.set()

@@ -90,8 +90,9 @@ def _check_mapping(mapping: dict[str, Any], file: Path) -> None:
         raise ValueError(f"{file}: field 'categories': expected each label in one category only, but got {labels}")
 
 
-_MAPPINGS = JsonRegistry("category mapping", "category mapping", [data_path("prompts", "mappings")],
-                         _REQUIRED_MAPPING_FIELDS, _check_mapping)
+_MAPPINGS = JsonRegistry(
+    "category mapping", "category mapping", [data_path("prompts", "mappings")], _REQUIRED_MAPPING_FIELDS, _check_mapping
+)
 
 
 def list_category_mappings() -> list[str]:
@@ -127,7 +128,9 @@ def _read_table(source: str) -> Any:
             return pandas.read_parquet(file).astype(str)
         raise ValueError(f"{file}: expected a .tsv, .csv or .parquet prompt file, but got suffix {file.suffix!r}")
     if "/" not in source or source.startswith((".", "/")):
-        raise FileNotFoundError(f"Expected a prompt file or a datasets hub id, but {source!r} is neither an existing file nor 'org/name'")
+        raise FileNotFoundError(
+            f"Expected a prompt file or a datasets hub id, but {source!r} is neither an existing file nor 'org/name'"
+        )
     dataset = require("datasets").load_dataset(source, split="train")
     return dataset.to_pandas().astype(str)
 

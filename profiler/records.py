@@ -41,8 +41,21 @@ MANIFEST_NAME = "manifest.json"
 RECORDS_DIR = "records"
 _SHARD = re.compile(r"^shard-(\d+)-(\d{5})\.parquet$")
 _MANIFEST_FIELDS = (
-    "schema_version", "run_id", "device", "versions", "dtype", "resolution", "guidance_scale", "scheduler",
-    "models", "batch_size", "seeds", "warmup", "clip_convention", "prompt_set", "nvml",
+    "schema_version",
+    "run_id",
+    "device",
+    "versions",
+    "dtype",
+    "resolution",
+    "guidance_scale",
+    "scheduler",
+    "models",
+    "batch_size",
+    "seeds",
+    "warmup",
+    "clip_convention",
+    "prompt_set",
+    "nvml",
 )
 
 # (name, arrow type factory name, nullable); types are built lazily so importing needs no pyarrow.
@@ -101,7 +114,9 @@ def record_schema() -> Any:
     """The Arrow schema of a record row (one row per generated image)."""
     pa = require("pyarrow")
     types = {"list_float64": pa.list_(pa.float64())}
-    return pa.schema([pa.field(name, types.get(kind) or getattr(pa, kind)(), nullable) for name, kind, nullable in _COLUMNS])
+    return pa.schema(
+        [pa.field(name, types.get(kind) or getattr(pa, kind)(), nullable) for name, kind, nullable in _COLUMNS]
+    )
 
 
 def _shards(run_dir: Path) -> list[Path]:
@@ -121,7 +136,9 @@ class ShardWriter:
         self.folder = Path(run_dir) / RECORDS_DIR
         self.folder.mkdir(parents=True, exist_ok=True)
         self.rank = rank
-        numbers = [int(m.group(2)) for p in self.folder.iterdir() if (m := _SHARD.match(p.name)) and int(m.group(1)) == rank]
+        numbers = [
+            int(m.group(2)) for p in self.folder.iterdir() if (m := _SHARD.match(p.name)) and int(m.group(1)) == rank
+        ]
         self._next = max(numbers, default=-1) + 1
 
     def write(self, rows: list[Mapping[str, Any]]) -> Path | None:
@@ -141,7 +158,9 @@ class ShardWriter:
         try:
             table = pa.Table.from_pylist([dict(row) for row in rows], schema=schema)
         except (KeyError, pa.ArrowException) as err:
-            raise ValueError(f"Expected rows with the record columns {schema.names}, but got {sorted(rows[0])}: {err}") from err
+            raise ValueError(
+                f"Expected rows with the record columns {schema.names}, but got {sorted(rows[0])}: {err}"
+            ) from err
         target = self.folder / f"shard-{self.rank}-{self._next:05d}.parquet"
         sink = pa.BufferOutputStream()
         parquet.write_table(table, sink)
@@ -207,7 +226,9 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as err:
         raise ValueError(f"{file}: expected JSON, but it does not parse: {err}") from err
     if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{file}: field 'schema_version': expected {SCHEMA_VERSION}, but got {manifest.get('schema_version')!r}")
+        raise ValueError(
+            f"{file}: field 'schema_version': expected {SCHEMA_VERSION}, but got {manifest.get('schema_version')!r}"
+        )
     for field in _MANIFEST_FIELDS:
         if field not in manifest:
             raise ValueError(f"{file}: expected field {field!r}, but it is missing")
@@ -227,14 +248,18 @@ def summarize_run(run_dir: str | Path) -> tuple[dict[str, Any], Any]:
     pandas = require("pandas")
     if frame.empty:
         return manifest, pandas.DataFrame()
-    frame["step_ms"] = frame["step_latencies_s"].map(lambda v: 1e3 * sum(v) / len(v) if v is not None and len(v) else None)
+    frame["step_ms"] = frame["step_latencies_s"].map(
+        lambda v: 1e3 * sum(v) / len(v) if v is not None and len(v) else None
+    )
     for status in STATUSES:
         frame[f"is_{status}"] = frame["status"] == status
     ok = frame[frame["is_ok"]]
     keys = ["model_key", "steps", "category"]
     counts = frame.groupby(keys).agg(images=("status", "size"), **{s: (f"is_{s}", "sum") for s in STATUSES})
     means = ok.groupby(keys).agg(
-        step_ms_mean=("step_ms", "mean"), total_s_mean=("total_s", "mean"), clip_score_mean=("clip_score", "mean"),
+        step_ms_mean=("step_ms", "mean"),
+        total_s_mean=("total_s", "mean"),
+        clip_score_mean=("clip_score", "mean"),
         peak_torch_allocated_bytes_max=("peak_torch_allocated_bytes", "max"),
     )
     return manifest, counts.join(means).reset_index()

@@ -27,8 +27,14 @@ class JsonRegistry:
         check: further validation of one document, given the document and its file.
     """
 
-    def __init__(self, kind: str, known: str, paths: list[Path], required: tuple[str, ...],
-                 check: Callable[[dict[str, Any], Path], None] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        known: str,
+        paths: list[Path],
+        required: tuple[str, ...],
+        check: Callable[[dict[str, Any], Path], None] | None = None,
+    ) -> None:
         self.kind = kind
         self.known = known
         self.paths = list(paths)
@@ -66,8 +72,9 @@ class JsonRegistry:
         """
         documents = self._load()
         if name not in documents:
-            raise ValueError(f"Expected a known {self.known}, but got {name!r}. "
-                             f"Available: {', '.join(sorted(documents))}")
+            raise ValueError(
+                f"Expected a known {self.known}, but got {name!r}. Available: {', '.join(sorted(documents))}"
+            )
         return copy.deepcopy(documents[name])
 
     def add_path(self, path: str | Path) -> None:

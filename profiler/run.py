@@ -68,7 +68,10 @@ _DTYPES = ("float32", "float16", "bfloat16")
 _EMBEDDING_NAMES = {
     "StableDiffusionPipeline": ("prompt_embeds", "negative_prompt_embeds"),
     "StableDiffusionXLPipeline": (
-        "prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds",
+        "prompt_embeds",
+        "negative_prompt_embeds",
+        "pooled_prompt_embeds",
+        "negative_pooled_prompt_embeds",
     ),
 }
 
@@ -226,14 +229,23 @@ def validate(config: ProfileConfig) -> tuple[list[ModelSpec], PromptSet]:
     specs = [parse_model_spec(m) for m in config.models]
     if len({s.key for s in specs}) != len(specs):
         raise ValueError(f"Expected distinct models, but got {list(config.models)}")
-    prompt_set = load_prompt_set(config.prompts, mapping=config.category_mapping, per_category=config.per_category,
-                                 limit=config.limit, seed=config.prompt_seed)
+    prompt_set = load_prompt_set(
+        config.prompts,
+        mapping=config.category_mapping,
+        per_category=config.per_category,
+        limit=config.limit,
+        seed=config.prompt_seed,
+    )
     return specs, prompt_set
 
 
 def _distributed() -> tuple[int, int, int]:
     # accelerate launch / torchrun set these; a plain process is rank 0 of 1.
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    return (
+        int(os.environ.get("RANK", "0")),
+        int(os.environ.get("WORLD_SIZE", "1")),
+        int(os.environ.get("LOCAL_RANK", "0")),
+    )
 
 
 def _cpu_name() -> str:
@@ -248,7 +260,12 @@ def _cpu_name() -> str:
 def _device_info(torch: Any, device: Any, monitor: NvmlMonitor) -> dict[str, Any]:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        return {"name": props.name, "driver": monitor.status.driver, "cuda": torch.version.cuda, "memory_bytes": int(props.total_memory)}
+        return {
+            "name": props.name,
+            "driver": monitor.status.driver,
+            "cuda": torch.version.cuda,
+            "memory_bytes": int(props.total_memory),
+        }
     return {"name": _cpu_name(), "driver": monitor.status.driver, "cuda": None, "memory_bytes": None}
 
 
@@ -266,16 +283,20 @@ def _versions() -> dict[str, str]:
 def _run_id(out_dir: Path, config: ProfileConfig, prompt_set: PromptSet, device_name: str, dtype: str) -> str:
     # Deterministic, so every process and every resumption agree without talking to each other.
     settings = asdict(config) | {
-        "prompts": prompt_set.sha256, "prompt_ids": [p.prompt_id for p in prompt_set.prompts],
-        "device": device_name, "dtype": dtype, "flush_every": None,
+        "prompts": prompt_set.sha256,
+        "prompt_ids": [p.prompt_id for p in prompt_set.prompts],
+        "device": device_name,
+        "dtype": dtype,
+        "flush_every": None,
     }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
     return f"{out_dir.name}-{digest[:8]}"
 
 
 def _encode(pipe: Any, prompts: list[str], device: Any, guidance_scale: float) -> dict[str, Any]:
-    outputs = pipe.encode_prompt(prompt=prompts, device=device, num_images_per_prompt=1,
-                                 do_classifier_free_guidance=guidance_scale > 1.0)
+    outputs = pipe.encode_prompt(
+        prompt=prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=guidance_scale > 1.0
+    )
     return dict(zip(_EMBEDDING_NAMES[type(pipe).__name__], outputs))
 
 
@@ -294,8 +315,17 @@ def _decode(pipe: Any, latents: Any) -> list[Any]:
     return pipe.image_processor.postprocess(pixels, output_type="pil")
 
 
-def measure_call(pipe: Any, prompts: list[str], *, steps: int, seed: int, config: ProfileConfig, device: Any,
-                 clock: Clock, monitor: NvmlMonitor) -> tuple[list[Any], Measurement]:
+def measure_call(
+    pipe: Any,
+    prompts: list[str],
+    *,
+    steps: int,
+    seed: int,
+    config: ProfileConfig,
+    device: Any,
+    clock: Clock,
+    monitor: NvmlMonitor,
+) -> tuple[list[Any], Measurement]:
     """Generate one batch with every measurement window: the profiler's hot path.
 
     Text encoding, denoising (``output_type="latent"``) and VAE decoding run as three contiguous
@@ -328,9 +358,15 @@ def measure_call(pipe: Any, prompts: list[str], *, steps: int, seed: int, config
         marks.append(clock.mark())
         with step_timer(pipe, clock) as timer:
             latents = pipe(
-                **embeddings, num_inference_steps=steps, guidance_scale=config.guidance_scale,
-                height=config.resolution, width=config.resolution, generator=generators, output_type="latent",
-                callback_on_step_end=timer, callback_on_step_end_tensor_inputs=[],
+                **embeddings,
+                num_inference_steps=steps,
+                guidance_scale=config.guidance_scale,
+                height=config.resolution,
+                width=config.resolution,
+                generator=generators,
+                output_type="latent",
+                callback_on_step_end=timer,
+                callback_on_step_end_tensor_inputs=[],
             ).images
         marks.append(clock.mark())
         images = _decode(pipe, latents)
@@ -341,7 +377,10 @@ def measure_call(pipe: Any, prompts: list[str], *, steps: int, seed: int, config
     measurement = Measurement(
         step_latencies_s=tuple(clock.intervals_s(timer.marks)),
         num_timesteps=int(pipe.num_timesteps),
-        text_encode_s=text_encode_s, denoise_s=denoise_s, decode_s=decode_s, total_s=total_s,
+        text_encode_s=text_encode_s,
+        denoise_s=denoise_s,
+        decode_s=decode_s,
+        total_s=total_s,
         peak_torch_allocated_bytes=int(torch.cuda.max_memory_allocated(device)) if cuda else None,
         peak_torch_reserved_bytes=int(torch.cuda.max_memory_reserved(device)) if cuda else None,
         nvml=nvml_window.peaks,
@@ -363,8 +402,16 @@ def _save_image(run_dir: Path, image: Any) -> str:
 class _Recorder:
     """Buffers finished images, scores them in batches and writes them as shards."""
 
-    def __init__(self, run_dir: Path, rank: int, common: dict[str, Any], specs: dict[str, ModelSpec],
-                 scorer: ClipScorer, config: ProfileConfig, nvml_reason: str | None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        rank: int,
+        common: dict[str, Any],
+        specs: dict[str, ModelSpec],
+        scorer: ClipScorer,
+        config: ProfileConfig,
+        nvml_reason: str | None,
+    ) -> None:
         self.run_dir = run_dir
         self.writer = ShardWriter(run_dir, rank)
         self.common = common
@@ -385,7 +432,9 @@ class _Recorder:
         if not self.pending:
             return
         ok = [p for p in self.pending if p.status == "ok"]
-        scores, truncated = self.scorer.score([p.image for p in ok], [p.item.prompt.text for p in ok]) if ok else ([], [])
+        scores, truncated = (
+            self.scorer.score([p.image for p in ok], [p.item.prompt.text for p in ok]) if ok else ([], [])
+        )
         for entry, score, cut in zip(ok, scores, truncated):
             entry.extra = {"clip_score": score, "prompt_truncated": cut}
             if self.config.save_images:
@@ -400,20 +449,33 @@ class _Recorder:
         item, m = entry.item, entry.measurement
         spec = self.specs[item.model_key]
         return self.common | {
-            "model_key": item.model_key, "model_revision": spec.revision, "is_replica": spec.is_replica,
-            "steps": item.steps, "num_timesteps": m.num_timesteps if m else None, "seed": item.seed,
-            "batch_size": self.config.batch_size, "prompt_id": item.prompt.prompt_id, "prompt": item.prompt.text,
-            "category": item.prompt.category, "challenge": item.prompt.challenge, "p2_category": item.prompt.p2_category,
+            "model_key": item.model_key,
+            "model_revision": spec.revision,
+            "is_replica": spec.is_replica,
+            "steps": item.steps,
+            "num_timesteps": m.num_timesteps if m else None,
+            "seed": item.seed,
+            "batch_size": self.config.batch_size,
+            "prompt_id": item.prompt.prompt_id,
+            "prompt": item.prompt.text,
+            "category": item.prompt.category,
+            "challenge": item.prompt.challenge,
+            "p2_category": item.prompt.p2_category,
             "step_latencies_s": list(m.step_latencies_s) if m else None,
-            "text_encode_s": m.text_encode_s if m else None, "denoise_s": m.denoise_s if m else None,
-            "decode_s": m.decode_s if m else None, "total_s": m.total_s if m else None,
-            "clip_score": entry.extra.get("clip_score"), "prompt_truncated": entry.extra.get("prompt_truncated", False),
+            "text_encode_s": m.text_encode_s if m else None,
+            "denoise_s": m.denoise_s if m else None,
+            "decode_s": m.decode_s if m else None,
+            "total_s": m.total_s if m else None,
+            "clip_score": entry.extra.get("clip_score"),
+            "prompt_truncated": entry.extra.get("prompt_truncated", False),
             "peak_torch_allocated_bytes": m.peak_torch_allocated_bytes if m else None,
             "peak_torch_reserved_bytes": m.peak_torch_reserved_bytes if m else None,
             "peak_nvml_process_bytes": m.nvml.process_bytes if m else None,
             "peak_nvml_device_bytes": m.nvml.device_bytes if m else None,
             "nvml_note": m.nvml.note if m else self.nvml_reason,
-            "image_sha256": entry.extra.get("image_sha256"), "status": entry.status, "error": entry.error,
+            "image_sha256": entry.extra.get("image_sha256"),
+            "status": entry.status,
+            "error": entry.error,
             "timestamp": datetime.now(timezone.utc).isoformat(),
         }
 
@@ -427,11 +489,16 @@ def _batches(items: list[_Item], size: int) -> Iterator[list[_Item]]:
     for _, group in itertools.groupby(items, key=lambda it: it.seed):
         group = list(group)
         for start in range(0, len(group), size):
-            yield group[start:start + size]
+            yield group[start : start + size]
 
 
-def profile(config: ProfileConfig, out_dir: str | Path, *,
-            on_progress: Callable[[Progress], None] | None = None, retry_failed: bool = False) -> RunResult:
+def profile(
+    config: ProfileConfig,
+    out_dir: str | Path,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    retry_failed: bool = False,
+) -> RunResult:
     """Run (or resume) a measurement run into ``out_dir``.
 
     Every image already recorded in ``out_dir`` (any status) is skipped, so rerunning the same
@@ -470,35 +537,74 @@ def profile(config: ProfileConfig, out_dir: str | Path, *,
             existing = read_manifest(out_dir)
             if existing["run_id"] != run_id:
                 raise ValueError(
-                    f"{out_dir / 'manifest.json'}: field 'run_id': expected {run_id} (this command's settings), but got "
+                    f"{out_dir / 'manifest.json'}: field 'run_id': expected {run_id} (this command's settings), "
+                    "but got "
                     f"{existing['run_id']!r}; the directory holds a run with other settings, use another --out"
                 )
-        models = [{"key": s.key, "revision": s.revision, "is_replica": s.is_replica, "unet_params": unet_param_count(s),
-                   "scheduler": scheduler_config(s, config.scheduler)} for s in specs]
+        models = [
+            {
+                "key": s.key,
+                "revision": s.revision,
+                "is_replica": s.is_replica,
+                "unet_params": unet_param_count(s),
+                "scheduler": scheduler_config(s, config.scheduler),
+            }
+            for s in specs
+        ]
         scorer = ClipScorer(config.clip_backbone, config.clip_pretrained, device=device, offload=device.type == "cuda")
         if rank == 0:
-            write_manifest(out_dir, {
-                "schema_version": SCHEMA_VERSION, "run_id": run_id, "device": device_info, "versions": _versions(),
-                "dtype": dtype_name, "resolution": config.resolution, "guidance_scale": config.guidance_scale,
-                "scheduler": models[0]["scheduler"], "models": models, "steps": list(config.steps),
-                "batch_size": config.batch_size, "seeds": list(config.seeds), "warmup": config.warmup,
-                "clip_convention": asdict(scorer.convention),
-                "prompt_set": {"name": prompt_set.name, "sha256": prompt_set.sha256, "category_mapping": prompt_set.category_mapping,
-                               # The labels travel with the run, so reading it needs no mapping registry.
-                               "labels": get_category_mapping(prompt_set.category_mapping)["categories"],
-                               "column": prompt_set.column, "n": len(prompt_set.prompts)},
-                "nvml": {"available": monitor.status.available, "reason": monitor.status.reason},
-                "save_images": config.save_images, "world_size": world_size,
-            })
+            write_manifest(
+                out_dir,
+                {
+                    "schema_version": SCHEMA_VERSION,
+                    "run_id": run_id,
+                    "device": device_info,
+                    "versions": _versions(),
+                    "dtype": dtype_name,
+                    "resolution": config.resolution,
+                    "guidance_scale": config.guidance_scale,
+                    "scheduler": models[0]["scheduler"],
+                    "models": models,
+                    "steps": list(config.steps),
+                    "batch_size": config.batch_size,
+                    "seeds": list(config.seeds),
+                    "warmup": config.warmup,
+                    "clip_convention": asdict(scorer.convention),
+                    "prompt_set": {
+                        "name": prompt_set.name,
+                        "sha256": prompt_set.sha256,
+                        "category_mapping": prompt_set.category_mapping,
+                        # The labels travel with the run, so reading it needs no mapping registry.
+                        "labels": get_category_mapping(prompt_set.category_mapping)["categories"],
+                        "column": prompt_set.column,
+                        "n": len(prompt_set.prompts),
+                    },
+                    "nvml": {"available": monitor.status.available, "reason": monitor.status.reason},
+                    "save_images": config.save_images,
+                    "world_size": world_size,
+                },
+            )
         done = recorded_keys(out_dir, statuses={"ok"} if retry_failed else None)
-        every = [_Item(m.key, s, seed, p) for m in specs for s in config.steps for seed in config.seeds for p in prompt_set.prompts]
+        every = [
+            _Item(m.key, s, seed, p)
+            for m in specs
+            for s in config.steps
+            for seed in config.seeds
+            for p in prompt_set.prompts
+        ]
         # Split the full work list first, then skip what is done: every rank sees the same split
         # whatever the others have written, so no item is skipped by all ranks or done twice.
         todo = [it for it in every[rank::world_size] if it.key not in done]
         skipped = sum(it.key in done for it in every)
-        common = {"run_id": run_id, "device_name": device_info["name"], "dtype": dtype_name, "resolution": config.resolution,
-                  "guidance_scale": float(config.guidance_scale), "clip_backbone": scorer.convention.backbone,
-                  "clip_pretrained": scorer.convention.pretrained}
+        common = {
+            "run_id": run_id,
+            "device_name": device_info["name"],
+            "dtype": dtype_name,
+            "resolution": config.resolution,
+            "guidance_scale": float(config.guidance_scale),
+            "clip_backbone": scorer.convention.backbone,
+            "clip_pretrained": scorer.convention.pretrained,
+        }
         recorder = _Recorder(out_dir, rank, common, {s.key: s for s in specs}, scorer, config, monitor.status.reason)
         _measure(todo, specs, config, device, dtype, monitor, recorder, on_progress)
         recorder.flush()
@@ -511,8 +617,16 @@ def _oom_error(torch: Any) -> type[BaseException]:
     return getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
-def _measure(todo: list[_Item], specs: Sequence[ModelSpec], config: ProfileConfig, device: Any, dtype: Any,
-             monitor: NvmlMonitor, recorder: _Recorder, on_progress: Callable[[Progress], None] | None) -> None:
+def _measure(
+    todo: list[_Item],
+    specs: Sequence[ModelSpec],
+    config: ProfileConfig,
+    device: Any,
+    dtype: Any,
+    monitor: NvmlMonitor,
+    recorder: _Recorder,
+    on_progress: Callable[[Progress], None] | None,
+) -> None:
     torch = require("torch")
     oom = _oom_error(torch)
     clock = Clock(device)
@@ -531,13 +645,31 @@ def _measure(todo: list[_Item], specs: Sequence[ModelSpec], config: ProfileConfi
         try:
             pipe = load_pipeline(spec, device=device, dtype=dtype, scheduler=config.scheduler)
             for _ in range(config.warmup):
-                measure_call(pipe, [model_items[0].prompt.text], steps=model_items[0].steps, seed=model_items[0].seed,
-                             config=config, device=device, clock=clock, monitor=monitor)
-        except Exception as err:  # noqa: BLE001 — a model that cannot load or warm up is rows, and the run goes on
+                measure_call(
+                    pipe,
+                    [model_items[0].prompt.text],
+                    steps=model_items[0].steps,
+                    seed=model_items[0].seed,
+                    config=config,
+                    device=device,
+                    clock=clock,
+                    monitor=monitor,
+                )
+        except Exception as err:
             status = "oom" if isinstance(err, oom) else "error"
-            logger.warning("%s: %s while loading or warming up; recording its %d images as %s",
-                           spec.key, type(err).__name__, len(model_items), status)
-            recorder.add([_Pending(it, status, f"while loading or warming up: {type(err).__name__}: {err}") for it in model_items])
+            logger.warning(
+                "%s: %s while loading or warming up; recording its %d images as %s",
+                spec.key,
+                type(err).__name__,
+                len(model_items),
+                status,
+            )
+            recorder.add(
+                [
+                    _Pending(it, status, f"while loading or warming up: {type(err).__name__}: {err}")
+                    for it in model_items
+                ]
+            )
             done += len(model_items)
             report(spec.key)
             del pipe
@@ -548,19 +680,31 @@ def _measure(todo: list[_Item], specs: Sequence[ModelSpec], config: ProfileConfi
             remaining = list(config_items)
             for batch in _batches(config_items, config.batch_size):
                 try:
-                    images, measurement = measure_call(pipe, [it.prompt.text for it in batch], steps=steps, seed=batch[0].seed,
-                                                       config=config, device=device, clock=clock, monitor=monitor)
+                    images, measurement = measure_call(
+                        pipe,
+                        [it.prompt.text for it in batch],
+                        steps=steps,
+                        seed=batch[0].seed,
+                        config=config,
+                        device=device,
+                        clock=clock,
+                        monitor=monitor,
+                    )
                     recorder.add([_Pending(it, "ok", None, measurement, image) for it, image in zip(batch, images)])
                 except oom as err:
-                    logger.warning("%s: out of memory; recording the configuration's %d remaining images as oom", label, len(remaining))
+                    logger.warning(
+                        "%s: out of memory; recording the configuration's %d remaining images as oom",
+                        label,
+                        len(remaining),
+                    )
                     recorder.add([_Pending(it, "oom", str(err)) for it in remaining])
                     done += len(remaining)
                     _release(torch, device)
                     break
-                except Exception as err:  # noqa: BLE001 — a failed generation is a row, and the run goes on
+                except Exception as err:
                     logger.warning("%s: generation failed: %s", label, err)
                     recorder.add([_Pending(it, "error", f"{type(err).__name__}: {err}") for it in batch])
-                remaining = remaining[len(batch):]
+                remaining = remaining[len(batch) :]
                 done += len(batch)
                 report(label)
         recorder.flush()

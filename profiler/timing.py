@@ -8,6 +8,7 @@ step-end callback alone gives ``N − 1``).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -53,7 +54,7 @@ class Clock:
 
     def intervals_s(self, marks: list[Any]) -> list[float]:
         """Seconds between consecutive marks: ``len(marks) − 1`` values."""
-        return [self.elapsed_s(a, b) for a, b in zip(marks[:-1], marks[1:])]
+        return [self.elapsed_s(a, b) for a, b in itertools.pairwise(marks)]
 
 
 class StepTimer:

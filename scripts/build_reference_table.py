@@ -25,11 +25,11 @@ import numpy as np
 from scipy import stats
 
 from genedge.calibrate.table import (
+    CalibrationTable,
     ClipConvention,
     LatencyModel,
     MemoryPeak,
     ModelCalibration,
-    CalibrationTable,
     QualityCell,
     QualityCurve,
     save_table,
@@ -59,55 +59,55 @@ SOURCES = {
     "tifa": {
         "kind": "published",
         "citation": "Hu et al., TIFA (ICCV 2023), github.com/Yushi-Hu/tifa @ 8e37050f, "
-                    "human_annotations/human_annotations_with_scores.json, field clipscore_vitb32 "
-                    "(OpenAI CLIP ViT-B/32, 100*cos), the 51 PartiPrompts prompts of TIFA v1.0 mapped to "
-                    "PartiPrompts Challenge by exact prompt text; one image per prompt. Steps are not "
-                    "recorded; taken as 50, the diffusers default of the time.",
+        "human_annotations/human_annotations_with_scores.json, field clipscore_vitb32 "
+        "(OpenAI CLIP ViT-B/32, 100*cos), the 51 PartiPrompts prompts of TIFA v1.0 mapped to "
+        "PartiPrompts Challenge by exact prompt text; one image per prompt. Steps are not "
+        "recorded; taken as 50, the diffusers default of the time.",
     },
     "mlenergy-v2-a100": {
         "kind": "published",
         "citation": "ML.ENERGY Leaderboard v2 (Chung et al., arXiv:2505.06371), github.com/ml-energy/leaderboard "
-                    "@ 2819ae10, data/diffusion/text-to-image/A100-SXM4-40GB/{30,40,50}/stabilityai/<model>/bs1.json: "
-                    "mean batch latency at batch size 1, fp16, default resolution; least-squares line over steps.",
+        "@ 2819ae10, data/diffusion/text-to-image/A100-SXM4-40GB/{30,40,50}/stabilityai/<model>/bs1.json: "
+        "mean batch latency at batch size 1, fp16, default resolution; least-squares line over steps.",
     },
     "rule-sd15-latency": {
         "kind": "derived",
         "rule": "SD 1.5 latency = the SD 2.1 line scaled so that 25 steps take 0.921 s, the ML.ENERGY v2 "
-                "A100-40GB bs1 25-step latency of Openjourney-v4 (SD 1.5 architecture, 512^2) measured by the "
-                "same harness as the SD 2.1 line.",
+        "A100-40GB bs1 25-step latency of Openjourney-v4 (SD 1.5 architecture, 512^2) measured by the "
+        "same harness as the SD 2.1 line.",
     },
     "ort-sd15-memory": {
         "kind": "published",
         "citation": "microsoft/onnxruntime @ b1954fab, onnxruntime/python/tools/transformers/models/"
-                    "stable_diffusion/README.md: SD 1.5, A100-SXM4-40GB, torch 2.0, batch 1, "
-                    "second_run_memory_MB = 4,400 MB (peak of the process on the GPU).",
+        "stable_diffusion/README.md: SD 1.5, A100-SXM4-40GB, torch 2.0, batch 1, "
+        "second_run_memory_MB = 4,400 MB (peak of the process on the GPU).",
     },
     "rule-memory-by-params": {
         "kind": "derived",
         "rule": "Peak memory = SD 1.5's published 4.4 GB peak scaled by total parameter count "
-                "(ML.ENERGY models.json: SD 1.5 architecture 1.1 B, SD 2.1 1.3 B, SDXL 3.5 B). "
-                "For SDXL this gives 14.0 GB, consistent with the ~13 GB minimum NVIDIA's Jetson AI Lab states.",
+        "(ML.ENERGY models.json: SD 1.5 architecture 1.1 B, SD 2.1 1.3 B, SDXL 3.5 B). "
+        "For SDXL this gives 14.0 GB, consistent with the ~13 GB minimum NVIDIA's Jetson AI Lab states.",
     },
     "rule-basic-from-sd3-ratio": {
         "kind": "derived",
         "rule": "TIFA has no PartiPrompts 'Basic' prompt. Basic mean and std = the model's mean and std over its "
-                "TIFA PartiPrompts prompts of the other three categories, times the ratio of SD3-Medium's Basic "
-                "mean (std) to its mean (std) over those three categories on the DiTServing 50-step per-prompt "
-                "CLIPScores (github.com/kurchi1205/DiTServing @ 5d0d7ffa, clip_scores_by_prompt_diffusers.json). "
-                "Only the dimensionless ratio crosses from that ViT-B/16 data; the numbers stay ViT-B/32.",
+        "TIFA PartiPrompts prompts of the other three categories, times the ratio of SD3-Medium's Basic "
+        "mean (std) to its mean (std) over those three categories on the DiTServing 50-step per-prompt "
+        "CLIPScores (github.com/kurchi1205/DiTServing @ 5d0d7ffa, clip_scores_by_prompt_diffusers.json). "
+        "Only the dimensionless ratio crosses from that ViT-B/16 data; the numbers stay ViT-B/32.",
     },
     "rule-sdxl-quality": {
         "kind": "derived",
         "rule": "No per-prompt ViT-B/32 CLIPScores of SDXL exist publicly. SDXL = SD 2.1 per category plus the "
-                "SD 2.1 - SD 1.5 difference of means over all TIFA PartiPrompts prompts (one model generation "
-                "of improvement); std = SD 2.1's. A prior, not a measurement: profile SDXL to replace it.",
+        "SD 2.1 - SD 1.5 difference of means over all TIFA PartiPrompts prompts (one model generation "
+        "of improvement); std = SD 2.1's. A prior, not a measurement: profile SDXL to replace it.",
     },
     "rule-quality-vs-steps": {
         "kind": "derived",
         "rule": "mean(s) = a - b*exp(-s/10) with b = A*a, scaled so that mean(50) is the 50-step cell; A is set "
-                "so that mean(28)/mean(50) equals the ratio of the DiTServing SD3-Medium runs' overall means "
-                "(clip_scores_by_prompt.json, taken as its scripts' 28-step default, over "
-                "clip_scores_by_prompt_diffusers.json, 50 steps). std is held at the 50-step value.",
+        "so that mean(28)/mean(50) equals the ratio of the DiTServing SD3-Medium runs' overall means "
+        "(clip_scores_by_prompt.json, taken as its scripts' 28-step default, over "
+        "clip_scores_by_prompt_diffusers.json, 50 steps). std is held at the 50-step value.",
     },
 }
 
@@ -120,8 +120,9 @@ def _read_tsv(path: Path) -> list[dict[str, str]]:
 def _tifa_scores(data: Path) -> dict[str, dict[str, list[float]]]:
     """model → category → per-prompt ViT-B/32 CLIPScores on TIFA's PartiPrompts prompts."""
     records = json.loads((data / "tifa-human-clip" / "human_annotations_with_scores.json").read_text())
-    challenge = {row["text_id"]: row["Challenge"] for row in _read_tsv(data / "tifa-human-clip" /
-                                                                       "DERIVED_partiprompt_map.tsv")}
+    challenge = {
+        row["text_id"]: row["Challenge"] for row in _read_tsv(data / "tifa-human-clip" / "DERIVED_partiprompt_map.tsv")
+    }
     scores: dict[str, dict[str, list[float]]] = {key: {c: [] for c in CATEGORIES} for key in TIFA_MODELS}
     for key, tifa_name in TIFA_MODELS.items():
         for text_id, label in sorted(challenge.items()):
@@ -150,21 +151,36 @@ def _mlenergy_line(data: Path, model: str) -> LatencyModel:
         steps.append(doc["Number of inference steps"])
         seconds.append(doc["Batch latency (s)"])
     fit = stats.linregress(steps, seconds)
-    return LatencyModel(overhead_s=float(fit.intercept), per_step_s=float(fit.slope), n=len(steps),
-                        r2=float(fit.rvalue**2), source="published", ref="mlenergy-v2-a100")
+    return LatencyModel(
+        overhead_s=float(fit.intercept),
+        per_step_s=float(fit.slope),
+        n=len(steps),
+        r2=float(fit.rvalue**2),
+        source="published",
+        ref="mlenergy-v2-a100",
+    )
 
 
 def _cell(values: list[float]) -> QualityCell:
     arr = np.asarray(values, dtype=float)
     gof = float(stats.shapiro(arr).pvalue) if arr.size >= 3 else None
-    return QualityCell(mean=float(arr.mean()), std=float(arr.std(ddof=1)), n=int(arr.size), gof=gof,
-                       source="published", ref="tifa")
+    return QualityCell(
+        mean=float(arr.mean()), std=float(arr.std(ddof=1)), n=int(arr.size), gof=gof, source="published", ref="tifa"
+    )
 
 
 def _curve(cell: QualityCell, amplitude: float) -> QualityCurve:
     a = cell.mean / (1 - amplitude * math.exp(-REFERENCE_STEPS / KAPPA_STEPS))
-    return QualityCurve(form="saturating_exp", valid_steps=(STEP_GRID[0], STEP_GRID[-1]), source="derived",
-                        ref="rule-quality-vs-steps", a=a, b=amplitude * a, kappa=KAPPA_STEPS, std=cell.std)
+    return QualityCurve(
+        form="saturating_exp",
+        valid_steps=(STEP_GRID[0], STEP_GRID[-1]),
+        source="derived",
+        ref="rule-quality-vs-steps",
+        a=a,
+        b=amplitude * a,
+        kappa=KAPPA_STEPS,
+        std=cell.std,
+    )
 
 
 def build(data: Path) -> CalibrationTable:
@@ -186,30 +202,52 @@ def build(data: Path) -> CalibrationTable:
     for key in TIFA_MODELS:
         cells = {c: _cell(tifa[key][c]) for c in measured}
         rest = np.concatenate([tifa[key][c] for c in measured])
-        cells["Basic"] = QualityCell(mean=float(rest.mean() * basic_mean_ratio),
-                                     std=float(rest.std(ddof=1) * basic_std_ratio), n=0, gof=None,
-                                     source="derived", ref="rule-basic-from-sd3-ratio")
+        cells["Basic"] = QualityCell(
+            mean=float(rest.mean() * basic_mean_ratio),
+            std=float(rest.std(ddof=1) * basic_std_ratio),
+            n=0,
+            gof=None,
+            source="derived",
+            ref="rule-basic-from-sd3-ratio",
+        )
         quality[key] = cells
     all_sd15 = np.concatenate([tifa["sd15"][c] for c in measured])
     all_sd21 = np.concatenate([tifa["sd21"][c] for c in measured])
     generation_gain = float(all_sd21.mean() - all_sd15.mean())
-    quality["sdxl"] = {c: QualityCell(mean=cell.mean + generation_gain, std=cell.std, n=0, gof=None,
-                                      source="derived", ref="rule-sdxl-quality")
-                       for c, cell in quality["sd21"].items()}
+    quality["sdxl"] = {
+        c: QualityCell(
+            mean=cell.mean + generation_gain, std=cell.std, n=0, gof=None, source="derived", ref="rule-sdxl-quality"
+        )
+        for c, cell in quality["sd21"].items()
+    }
 
     sd21_line = _mlenergy_line(data, "stable-diffusion-2-1")
     scale = ML_ENERGY_SD15_25STEP_S / sd21_line.seconds(25)
     latency = {
-        "sd15": LatencyModel(overhead_s=sd21_line.overhead_s * scale, per_step_s=sd21_line.per_step_s * scale,
-                             n=0, r2=None, source="derived", ref="rule-sd15-latency"),
+        "sd15": LatencyModel(
+            overhead_s=sd21_line.overhead_s * scale,
+            per_step_s=sd21_line.per_step_s * scale,
+            n=0,
+            r2=None,
+            source="derived",
+            ref="rule-sd15-latency",
+        ),
         "sd21": sd21_line,
         "sdxl": _mlenergy_line(data, "stable-diffusion-xl-base-1.0"),
     }
     memory = {
-        key: (MemoryPeak(peak_bytes=SD15_PEAK_BYTES, kind="process peak on the GPU", source="published",
-                         ref="ort-sd15-memory") if key == "sd15" else
-              MemoryPeak(peak_bytes=int(round(SD15_PEAK_BYTES * TOTAL_PARAMS_B[key] / TOTAL_PARAMS_B["sd15"], -6)),
-                         kind="process peak on the GPU", source="derived", ref="rule-memory-by-params"))
+        key: (
+            MemoryPeak(
+                peak_bytes=SD15_PEAK_BYTES, kind="process peak on the GPU", source="published", ref="ort-sd15-memory"
+            )
+            if key == "sd15"
+            else MemoryPeak(
+                peak_bytes=int(round(SD15_PEAK_BYTES * TOTAL_PARAMS_B[key] / TOTAL_PARAMS_B["sd15"], -6)),
+                kind="process peak on the GPU",
+                source="derived",
+                ref="rule-memory-by-params",
+            )
+        )
         for key in ("sd15", "sd21", "sdxl")
     }
     names = {
@@ -221,35 +259,60 @@ def build(data: Path) -> CalibrationTable:
     for key, (name, resolution) in names.items():
         cells = quality[key]
         models[key] = ModelCalibration(
-            key=key, name=name, resolution=resolution, steps=STEP_GRID, default_steps=REFERENCE_STEPS,
+            key=key,
+            name=name,
+            resolution=resolution,
+            steps=STEP_GRID,
+            default_steps=REFERENCE_STEPS,
             quality={c: {REFERENCE_STEPS: cells[c]} for c in CATEGORIES},
             curves={c: _curve(cells[c], amplitude) for c in CATEGORIES},
-            latency=latency[key], memory=memory[key],
+            latency=latency[key],
+            memory=memory[key],
         )
     return CalibrationTable(
-        device={"name": "NVIDIA A100-SXM4-40GB", "memory_bytes": A100_40GB_BYTES, "driver": None, "cuda": None,
-                "dtype": "float16", "batch_size": 1},
-        clip_convention=ClipConvention(backbone="ViT-B-32", pretrained="openai", formula="100*cos (TIFA; all >0)",
-                                       truncation="77 tokens (CLIP tokenizer)",
-                                       preprocess="CLIP 224px resize + center crop (TIFA's CLIPScore)"),
+        device={
+            "name": "NVIDIA A100-SXM4-40GB",
+            "memory_bytes": A100_40GB_BYTES,
+            "driver": None,
+            "cuda": None,
+            "dtype": "float16",
+            "batch_size": 1,
+        },
+        clip_convention=ClipConvention(
+            backbone="ViT-B-32",
+            pretrained="openai",
+            formula="100*cos (TIFA; all >0)",
+            truncation="77 tokens (CLIP tokenizer)",
+            preprocess="CLIP 224px resize + center crop (TIFA's CLIPScore)",
+        ),
         categories=CATEGORIES,
-        category_mapping={"name": "paper4", "column": "Challenge",
-                          "labels": {c: sorted(k for k, v in CHALLENGE_TO_CATEGORY.items() if v == c)
-                                     for c in CATEGORIES}},
+        category_mapping={
+            "name": "paper4",
+            "column": "Challenge",
+            "labels": {c: sorted(k for k, v in CHALLENGE_TO_CATEGORY.items() if v == c) for c in CATEGORIES},
+        },
         models=models,
         sources=SOURCES,
-        manifest={"built_by": "scripts/build_reference_table.py", "note": "reference table assembled from "
-                  "public measurements by others; profile your own GPU and run 'genedge calibrate' to replace it"},
+        manifest={
+            "built_by": "scripts/build_reference_table.py",
+            "note": "reference table assembled from "
+            "public measurements by others; profile your own GPU and run 'genedge calibrate' to replace it",
+        },
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     root = Path(__file__).resolve().parents[1]
-    parser.add_argument("--data", type=Path, default=root.parent / "shared" / "data",
-                        help="folder holding the public data sets (default: ../shared/data)")
-    parser.add_argument("--out", type=Path, default=root / "data" / "tables" / "reference-a100.json",
-                        help="where to write the table")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=root.parent / "shared" / "data",
+        help="folder holding the public data sets (default: ../shared/data)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=root / "data" / "tables" / "reference-a100.json", help="where to write the table"
+    )
     args = parser.parse_args()
     path = save_table(build(args.data), args.out)
     print(f"wrote {path}")

@@ -16,14 +16,26 @@ STEPS = (10, 20, 30, 40, 50)
 PROMPTS = 40
 MODELS = (
     SyntheticModel(
-        key="small", quality={c: QualityTruth(a=29 + i, b=6.0, kappa=8.0, std=3.0) for i, c in enumerate(CATEGORIES)},
-        overhead_s=0.4, per_step_s=0.05, step_noise_s=0.004, overhead_noise_s=0.01,
-        memory_bytes={"peak_torch_allocated_bytes": 2_000_000_000, "peak_torch_reserved_bytes": 2_400_000_000,
-                      "peak_nvml_process_bytes": 2_900_000_000, "peak_nvml_device_bytes": 3_500_000_000},
+        key="small",
+        quality={c: QualityTruth(a=29 + i, b=6.0, kappa=8.0, std=3.0) for i, c in enumerate(CATEGORIES)},
+        overhead_s=0.4,
+        per_step_s=0.05,
+        step_noise_s=0.004,
+        overhead_noise_s=0.01,
+        memory_bytes={
+            "peak_torch_allocated_bytes": 2_000_000_000,
+            "peak_torch_reserved_bytes": 2_400_000_000,
+            "peak_nvml_process_bytes": 2_900_000_000,
+            "peak_nvml_device_bytes": 3_500_000_000,
+        },
     ),
     SyntheticModel(
-        key="large", quality={c: QualityTruth(a=32 + i, b=9.0, kappa=12.0, std=2.5) for i, c in enumerate(CATEGORIES)},
-        overhead_s=1.2, per_step_s=0.2, step_noise_s=0.01, overhead_noise_s=0.02,
+        key="large",
+        quality={c: QualityTruth(a=32 + i, b=9.0, kappa=12.0, std=2.5) for i, c in enumerate(CATEGORIES)},
+        overhead_s=1.2,
+        per_step_s=0.2,
+        step_noise_s=0.01,
+        overhead_noise_s=0.02,
         memory_bytes={"peak_torch_allocated_bytes": 7_000_000_000, "peak_torch_reserved_bytes": 8_000_000_000},
     ),
 )
@@ -52,8 +64,9 @@ def test_calibration_recovers_known_quality_latency_and_memory(run_dir: Path) ->
             assert curve.form == "saturating_exp" and curve.valid_steps == (10, 50)
             # The curve is judged where it is used (the profiled range), within 4 SE of a cell mean.
             for s in range(10, 51, 5):
-                assert model.quality_at(category, s)[0] == pytest.approx(law.mean(s),
-                                                                         abs=4 * law.std / np.sqrt(PROMPTS))
+                assert model.quality_at(category, s)[0] == pytest.approx(
+                    law.mean(s), abs=4 * law.std / np.sqrt(PROMPTS)
+                )
         latency = model.latency
         # The step noise averages out over ≥ 10 steps; 2 % of the true values is > 4 SE here.
         assert latency.overhead_s == pytest.approx(truth.overhead_s, rel=0.02)
@@ -84,8 +97,11 @@ def test_table_is_byte_identical_on_rerun_and_independent_of_sharding(run_dir: P
 
 def test_two_step_counts_fall_back_to_interpolation_with_a_warning(tmp_path: Path) -> None:
     manifest, records = synthetic_run(MODELS[:1], steps=(10, 30), prompts_per_category=5, rng=1)
-    with pytest.warns(UserWarning, match=r"small/Basic: quality-versus-steps curve falls back to linear "
-                                         r"interpolation .* on \[10, 30\] steps: only 2 step count"):
+    with pytest.warns(
+        UserWarning,
+        match=r"small/Basic: quality-versus-steps curve falls back to linear "
+        r"interpolation .* on \[10, 30\] steps: only 2 step count",
+    ):
         table = calibrate_runs([write_run(tmp_path / "run", manifest, records)])
     model = table.models["small"]
     assert {c.form for c in model.curves.values()} == {"linear_interpolation"}
@@ -100,8 +116,11 @@ def test_single_step_count_derives_latency_from_stages_and_says_so(tmp_path: Pat
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         table = calibrate_runs([write_run(tmp_path / "run", manifest, records)])
-    assert any("large: no latency line can be fitted (Expected measurements at two or more step counts" in str(w.message)
-               and "derived from the stage timings" in str(w.message) for w in caught)
+    assert any(
+        "large: no latency line can be fitted (Expected measurements at two or more step counts" in str(w.message)
+        and "derived from the stage timings" in str(w.message)
+        for w in caught
+    )
     latency = table.models["large"].latency
     assert (latency.source, latency.ref, latency.r2) == ("derived", "derived:latency-stages", None)
     assert latency.per_step_s == pytest.approx(0.2, rel=0.01)

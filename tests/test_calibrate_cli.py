@@ -14,17 +14,22 @@ from genedge.calibrate.synthetic import QualityTruth, SyntheticModel, synthetic_
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 MODELS = [
-    SyntheticModel(key="tiny", quality={c: QualityTruth(a=30.0 + i, b=4.0, kappa=6.0, std=2.5)
-                                        for i, c in enumerate(("Basic", "Detail"))},
-                   overhead_s=0.2, per_step_s=0.03, step_noise_s=0.002, is_replica=True,
-                   memory_bytes={"peak_torch_allocated_bytes": 300_000_000,
-                                 "peak_torch_reserved_bytes": 400_000_000}),
+    SyntheticModel(
+        key="tiny",
+        quality={c: QualityTruth(a=30.0 + i, b=4.0, kappa=6.0, std=2.5) for i, c in enumerate(("Basic", "Detail"))},
+        overhead_s=0.2,
+        per_step_s=0.03,
+        step_noise_s=0.002,
+        is_replica=True,
+        memory_bytes={"peak_torch_allocated_bytes": 300_000_000, "peak_torch_reserved_bytes": 400_000_000},
+    ),
 ]
 
 
 def _genedge(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "genedge", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "genedge", *map(str, args)], capture_output=True, text=True, env=ENV, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +50,11 @@ def test_calibrate_writes_a_byte_stable_table_summary_and_figures(run_dir: Path,
     table = load_table(out)
     assert table.models["tiny"].is_replica and table.models["tiny"].steps == (5, 10, 20)
     figures = {p.name for p in (tmp_path / "fig").iterdir()}
-    assert figures == {f"{name}.{fmt}" for name in ("scores_tiny", "quality_vs_steps", "latency_vs_steps",
-                                                    "memory_ladder") for fmt in ("png", "svg")}
+    assert figures == {
+        f"{name}.{fmt}"
+        for name in ("scores_tiny", "quality_vs_steps", "latency_vs_steps", "memory_ladder")
+        for fmt in ("png", "svg")
+    }
     again = tmp_path / "again.json"
     assert _genedge("calibrate", run_dir, "--out", again).returncode == 0
     assert again.read_bytes() == out.read_bytes()
@@ -55,6 +63,8 @@ def test_calibrate_writes_a_byte_stable_table_summary_and_figures(run_dir: Path,
 def test_calibrate_reports_bad_input_as_one_clear_line(tmp_path: Path) -> None:
     done = _genedge("calibrate", tmp_path / "missing", "--out", tmp_path / "t.json")
     assert done.returncode == 2
-    assert done.stderr.strip() == (f"genedge calibrate: error: {tmp_path / 'missing' / 'manifest.json'}: expected a "
-                                   f"run manifest, but the file does not exist")
+    assert done.stderr.strip() == (
+        f"genedge calibrate: error: {tmp_path / 'missing' / 'manifest.json'}: expected a "
+        f"run manifest, but the file does not exist"
+    )
     assert not (tmp_path / "t.json").exists()

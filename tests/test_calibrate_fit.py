@@ -41,10 +41,13 @@ def test_fit_quality_flags_identical_scores_with_a_floor_spread() -> None:
     assert (fit.mean, fit.std, fit.gof, fit.flags) == (0.0, ZERO_SPREAD_STD, None, ("zero_spread",))
 
 
-@pytest.mark.parametrize(("scores", "match"), [
-    ([30.0], r"Expected at least 2 scores to fit a Normal, but got 1"),
-    ([], r"Expected at least 2 scores to fit a Normal, but got 0"),
-])
+@pytest.mark.parametrize(
+    ("scores", "match"),
+    [
+        ([30.0], r"Expected at least 2 scores to fit a Normal, but got 1"),
+        ([], r"Expected at least 2 scores to fit a Normal, but got 0"),
+    ],
+)
 def test_fit_quality_refuses_unfittable_cells(scores: list[float], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         fit_quality(scores)
@@ -85,7 +88,10 @@ def test_fit_quality_curve_recovers_a_saturating_curve() -> None:
 
 
 def test_fit_quality_curve_with_two_step_counts_interpolates_and_says_so() -> None:
-    with pytest.warns(UserWarning, match=r"m/Basic: quality-versus-steps curve falls back to linear interpolation "
-                                         r"between profiled cells on \[10, 30\] steps: only 2 step count"):
+    with pytest.warns(
+        UserWarning,
+        match=r"m/Basic: quality-versus-steps curve falls back to linear interpolation "
+        r"between profiled cells on \[10, 30\] steps: only 2 step count",
+    ):
         curve = fit_quality_curve([10, 30], [30.0, 32.0], [3.0, 3.0], [20, 20], label="m/Basic")
     assert curve.form == "linear_interpolation" and curve.a is None and curve.valid_steps == (10, 30)

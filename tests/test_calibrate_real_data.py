@@ -30,8 +30,11 @@ FILES = {
 # The README rounds to 2 decimals.
 TOLERANCE = 0.005 + 1e-9
 
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not present: {DATA} (the shared data folder "
-                                                          f"sits beside the repository in the development setup)")
+pytestmark = pytest.mark.skipif(
+    not DATA.is_dir(),
+    reason=f"real data not present: {DATA} (the shared data folder "
+    f"sits beside the repository in the development setup)",
+)
 
 
 def _readme_table() -> dict[str, dict[str, tuple[int, float, float]]]:
@@ -40,7 +43,7 @@ def _readme_table() -> dict[str, dict[str, tuple[int, float, float]]]:
     header = next(i for i, line in enumerate(lines) if line.startswith("| Challenge | n |"))
     columns = [c.strip() for c in lines[header].strip("|").split("|")][2:]
     table = {}
-    for line in lines[header + 2:]:
+    for line in lines[header + 2 :]:
         if not line.startswith("|"):
             break
         cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
@@ -52,8 +55,9 @@ def _readme_table() -> dict[str, dict[str, tuple[int, float, float]]]:
 def _scores_by_challenge(file: str) -> dict[str, np.ndarray]:
     with (DATA / "DERIVED_p2_key_map.tsv").open(encoding="utf-8", newline="") as handle:
         # Quoting off: one PartiPrompts prompt begins with a double quote.
-        challenge = {row["key"]: row["Challenge"] for row in csv.DictReader(handle, delimiter="\t",
-                                                                            quoting=csv.QUOTE_NONE)}
+        challenge = {
+            row["key"]: row["Challenge"] for row in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        }
     scores = json.loads((DATA / file).read_text(encoding="utf-8"))
     grouped: dict[str, list[float]] = {"All": []}
     for key, score in scores.items():

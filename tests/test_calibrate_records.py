@@ -24,12 +24,22 @@ import pandas as pd
 import pytest
 
 from genedge.calibrate import Exclusion, TableError, calibrate_runs
-from genedge.calibrate.synthetic import SYNTHETIC_CLIP_CONVENTION, QualityTruth, SyntheticModel, synthetic_run, write_run
+from genedge.calibrate.synthetic import (
+    SYNTHETIC_CLIP_CONVENTION,
+    QualityTruth,
+    SyntheticModel,
+    synthetic_run,
+    write_run,
+)
 
-MODEL = SyntheticModel(key="m", quality={c: QualityTruth(a=32.0, b=5.0, kappa=8.0, std=3.0)
-                                         for c in ("Basic", "Detail")},
-                       overhead_s=0.5, per_step_s=0.1, step_noise_s=0.002,
-                       memory_bytes={"peak_torch_reserved_bytes": 1_000_000_000})
+MODEL = SyntheticModel(
+    key="m",
+    quality={c: QualityTruth(a=32.0, b=5.0, kappa=8.0, std=3.0) for c in ("Basic", "Detail")},
+    overhead_s=0.5,
+    per_step_s=0.1,
+    step_noise_s=0.002,
+    memory_bytes={"peak_torch_reserved_bytes": 1_000_000_000},
+)
 
 
 def _run(tmp_path: Path, name: str = "run", **kwargs: object) -> tuple[dict, pd.DataFrame]:
@@ -41,8 +51,10 @@ def test_invalid_clip_score_is_an_error_naming_the_record(tmp_path: Path, bad: f
     manifest, records = _run(tmp_path)
     records.loc[7, "clip_score"] = bad
     run = write_run(tmp_path / "run", manifest, records, nan_as_null=False)
-    message = (f"{run / 'records' / 'shard-00000.parquet'}: row 7 ('Detail-0001').clip_score: expected a CLIPScore "
-               f"in [0, 100] (100·max(cos, 0)) or null, but got {bad!r}")
+    message = (
+        f"{run / 'records' / 'shard-00000.parquet'}: row 7 ('Detail-0001').clip_score: expected a CLIPScore "
+        f"in [0, 100] (100·max(cos, 0)) or null, but got {bad!r}"
+    )
     with pytest.raises(TableError, match=re.escape(message)):
         calibrate_runs([run])
 
@@ -69,8 +81,9 @@ def test_null_scores_and_failed_generations_are_counted_not_dropped(tmp_path: Pa
 def test_missing_column_is_an_error_naming_shard_and_column(tmp_path: Path) -> None:
     manifest, records = _run(tmp_path)
     run = write_run(tmp_path / "run", manifest, records.drop(columns=["total_s"]))
-    with pytest.raises(TableError, match=re.escape(f"{run / 'records' / 'shard-00000.parquet'}: total_s: missing "
-                                                   f"column")):
+    with pytest.raises(
+        TableError, match=re.escape(f"{run / 'records' / 'shard-00000.parquet'}: total_s: missing column")
+    ):
         calibrate_runs([run])
 
 
@@ -78,24 +91,31 @@ def test_category_with_fewer_than_two_samples_is_an_error_naming_the_cell(tmp_pa
     manifest, records = _run(tmp_path)
     keep_one = (records["category"] == "Detail") & (records["steps"] == 20) & (records["prompt_id"] != "Detail-0000")
     run = write_run(tmp_path / "run", manifest, records[~keep_one])
-    with pytest.raises(TableError, match=re.escape("models.m.quality.Detail.20: Expected at least 2 scores to fit a "
-                                                   "Normal, but got 1")):
+    with pytest.raises(
+        TableError, match=re.escape("models.m.quality.Detail.20: Expected at least 2 scores to fit a Normal, but got 1")
+    ):
         calibrate_runs([run])
 
 
 def test_runs_of_two_devices_are_refused(tmp_path: Path) -> None:
     a = write_run(tmp_path / "a", *_run(tmp_path, "a"))
     b = write_run(tmp_path / "b", *_run(tmp_path, "b", device_name="Other GPU"))
-    with pytest.raises(TableError, match=r"b/manifest.json: device.name: a table never mixes devices: expected "
-                                         r"'Synthetic GPU' \(as in .*a/manifest.json\), but got 'Other GPU'"):
+    with pytest.raises(
+        TableError,
+        match=r"b/manifest.json: device.name: a table never mixes devices: expected "
+        r"'Synthetic GPU' \(as in .*a/manifest.json\), but got 'Other GPU'",
+    ):
         calibrate_runs([a, b])
 
 
 def test_a_row_from_another_device_is_refused(tmp_path: Path) -> None:
     manifest, records = _run(tmp_path)
     records.loc[3, "device_name"] = "Other GPU"
-    with pytest.raises(TableError, match=r"row 3 \('Basic-0003'\).device_name: a table never mixes devices: "
-                                         r"expected 'Synthetic GPU' as in the run's manifest, but got 'Other GPU'"):
+    with pytest.raises(
+        TableError,
+        match=r"row 3 \('Basic-0003'\).device_name: a table never mixes devices: "
+        r"expected 'Synthetic GPU' as in the run's manifest, but got 'Other GPU'",
+    ):
         calibrate_runs([write_run(tmp_path / "run", manifest, records)])
 
 
@@ -144,6 +164,9 @@ def test_missing_manifest_and_wrong_manifest_field(tmp_path: Path) -> None:
 def test_a_model_whose_every_image_failed_is_an_error_naming_it(tmp_path: Path) -> None:
     manifest, records = _run(tmp_path)
     records[["status", "error"]] = ["oom", "CUDA out of memory"]
-    with pytest.raises(TableError, match=r"models.m: expected successful images for every model, but \['m'\] have "
-                                         r"none \(see the excluded rows: \['status=oom: CUDA out of memory'"):
+    with pytest.raises(
+        TableError,
+        match=r"models.m: expected successful images for every model, but \['m'\] have "
+        r"none \(see the excluded rows: \['status=oom: CUDA out of memory'",
+    ):
         calibrate_runs([write_run(tmp_path / "run", manifest, records)])

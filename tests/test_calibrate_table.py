@@ -16,19 +16,35 @@ def _minimal_doc() -> dict[str, Any]:
     """A table as written before the optional fields existed."""
     sourced = {"source": "measured", "ref": "m"}
     return {
-        "schema_version": 1, "kind": "genedge.calibration_table",
+        "schema_version": 1,
+        "kind": "genedge.calibration_table",
         "device": {"name": "GPU", "memory_bytes": 8 * 2**30},
-        "clip_convention": {"backbone": "ViT-L-14-quickgelu", "pretrained": "openai", "formula": "100*max(cos,0)",
-                            "truncation": "77", "preprocess": "val"},
-        "categories": ["Basic"], "category_mapping": {"column": "Challenge"},
-        "models": {"a": {
-            "name": "a", "resolution": 512, "steps": [10, 20], "default_steps": 20,
-            "quality": {"Basic": {"10": {"mean": 30.0, "std": 3.0, "n": 5, "gof": 0.5, **sourced},
-                                  "20": {"mean": 31.0, "std": 3.0, "n": 5, "gof": None, **sourced}}},
-            "curves": {"Basic": {"form": "linear_interpolation", "valid_steps": [10, 20], **sourced}},
-            "latency": {"overhead_s": 0.5, "per_step_s": 0.1, "n": 10, "r2": 0.99, **sourced},
-            "memory": {"peak_bytes": 2**30, "kind": "torch_reserved", **sourced},
-        }},
+        "clip_convention": {
+            "backbone": "ViT-L-14-quickgelu",
+            "pretrained": "openai",
+            "formula": "100*max(cos,0)",
+            "truncation": "77",
+            "preprocess": "val",
+        },
+        "categories": ["Basic"],
+        "category_mapping": {"column": "Challenge"},
+        "models": {
+            "a": {
+                "name": "a",
+                "resolution": 512,
+                "steps": [10, 20],
+                "default_steps": 20,
+                "quality": {
+                    "Basic": {
+                        "10": {"mean": 30.0, "std": 3.0, "n": 5, "gof": 0.5, **sourced},
+                        "20": {"mean": 31.0, "std": 3.0, "n": 5, "gof": None, **sourced},
+                    }
+                },
+                "curves": {"Basic": {"form": "linear_interpolation", "valid_steps": [10, 20], **sourced}},
+                "latency": {"overhead_s": 0.5, "per_step_s": 0.1, "n": 10, "r2": 0.99, **sourced},
+                "memory": {"peak_bytes": 2**30, "kind": "torch_reserved", **sourced},
+            }
+        },
         "sources": {"m": {"kind": "measured"}},
         "manifest": {},
     }
@@ -48,11 +64,18 @@ def test_optional_fields_round_trip(tmp_path: Path) -> None:
     model = doc["models"]["a"]
     model["is_replica"] = True
     model["quality"]["Basic"]["20"]["flags"] = ["few_samples"]
-    model["latency"].update(overhead_se_s=0.01, per_step_se_s=0.001, residual_std_s=0.02, step_p50_s=0.1,
-                            step_p95_s=0.12, batch_size=1,
-                            stages={"10": {"text_encode_s": 0.1, "denoise_s": 1.0, "decode_s": 0.4}})
-    model["memory"].update(torch_allocated_bytes=2**29, torch_reserved_bytes=2**30, nvml_process_bytes=None,
-                           nvml_device_bytes=2**31)
+    model["latency"].update(
+        overhead_se_s=0.01,
+        per_step_se_s=0.001,
+        residual_std_s=0.02,
+        step_p50_s=0.1,
+        step_p95_s=0.12,
+        batch_size=1,
+        stages={"10": {"text_encode_s": 0.1, "denoise_s": 1.0, "decode_s": 0.4}},
+    )
+    model["memory"].update(
+        torch_allocated_bytes=2**29, torch_reserved_bytes=2**30, nvml_process_bytes=None, nvml_device_bytes=2**31
+    )
     doc["exclusions"] = [{"model_key": "a", "steps": 20, "reason": "status=oom", "rows": 3}]
     table = table_from_dict(doc)
     assert table.models["a"].latency.stages[10].decode_s == 0.4
@@ -65,16 +88,27 @@ def test_optional_fields_round_trip(tmp_path: Path) -> None:
     assert table_to_dict(table) == expected
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (lambda d: d["models"]["a"]["latency"].update(step_p95_s=-1.0),
-     "models.a.latency.step_p95_s: expected seconds >= 0, but got -1.0"),
-    (lambda d: d["models"]["a"]["latency"].update(stages={"10": {"text_encode_s": 0.1, "denoise_s": 1.0}}),
-     "models.a.latency.stages.10.decode_s: missing field"),
-    (lambda d: d["models"]["a"]["memory"].update(torch_reserved_bytes=-5),
-     "models.a.memory.torch_reserved_bytes: expected bytes >= 0, but got -5"),
-    (lambda d: d.update(exclusions=[{"model_key": "zz", "steps": 1, "reason": "x", "rows": 1}]),
-     "exclusions[0].model_key: expected one of the table's models ['a'], but got 'zz'"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda d: d["models"]["a"]["latency"].update(step_p95_s=-1.0),
+            "models.a.latency.step_p95_s: expected seconds >= 0, but got -1.0",
+        ),
+        (
+            lambda d: d["models"]["a"]["latency"].update(stages={"10": {"text_encode_s": 0.1, "denoise_s": 1.0}}),
+            "models.a.latency.stages.10.decode_s: missing field",
+        ),
+        (
+            lambda d: d["models"]["a"]["memory"].update(torch_reserved_bytes=-5),
+            "models.a.memory.torch_reserved_bytes: expected bytes >= 0, but got -5",
+        ),
+        (
+            lambda d: d.update(exclusions=[{"model_key": "zz", "steps": 1, "reason": "x", "rows": 1}]),
+            "exclusions[0].model_key: expected one of the table's models ['a'], but got 'zz'",
+        ),
+    ],
+)
 def test_invalid_optional_fields_name_the_field(edit: Any, message: str) -> None:
     doc = _minimal_doc()
     edit(doc)

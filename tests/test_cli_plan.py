@@ -18,23 +18,32 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MPLBACK
 
 
 def genedge(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "genedge", *args], capture_output=True, text=True, env=ENV,
-                          check=check, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "genedge", *args], capture_output=True, text=True, env=ENV, check=check, timeout=300
+    )
 
 
 def test_plan_with_no_arguments_prints_plan_and_comparison():
     out = genedge("plan").stdout
     assert "% of its 45 numbers are derived by rule" in out
     assert "workload: 100 requests — Basic 25, Detail 50, Imagination 14, Complex 11" in out
-    for method in ("genedge", "paper", "direct-assignment", "random-assignment", "equal-allocation", "optimal-step",
-                   "exact"):
+    for method in (
+        "genedge",
+        "paper",
+        "direct-assignment",
+        "random-assignment",
+        "equal-allocation",
+        "optimal-step",
+        "exact",
+    ):
         assert f"\n{method} " in out
 
 
 def test_plan_writes_a_valid_plan(tmp_path):
     path = tmp_path / "plan.json"
-    genedge("plan", "--workload", "Basic=5,Detail=20,Complex=3", "--weight", "0.1", "--budget", "0.5",
-            "--out", str(path))
+    genedge(
+        "plan", "--workload", "Basic=5,Detail=20,Complex=3", "--weight", "0.1", "--budget", "0.5", "--out", str(path)
+    )
     plan = load_plan(path)
     assert plan["method"] == "genedge" and plan["seed"] == 0
     assert set(plan["routing"]) == {"Basic", "Detail", "Complex"}
@@ -51,7 +60,11 @@ def test_plan_counts_a_prompt_file_by_category(tmp_path):
     path = tmp_path / "plan.json"
     genedge("plan", "--prompts", str(SHARED_PROMPTS), "--weight", "0.001", "--out", str(path))
     assert json.loads(path.read_text())["inputs"]["workload"] == {
-        "Basic": 272.0, "Detail": 544.0, "Imagination": 150.0, "Complex": 113.0}
+        "Basic": 272.0,
+        "Detail": 544.0,
+        "Imagination": 150.0,
+        "Complex": 113.0,
+    }
 
 
 @pytest.mark.parametrize(
@@ -77,8 +90,21 @@ def test_plan_bad_input_is_one_clear_line(args, message):
 
 def test_simulate_writes_results_figures_and_checks(tmp_path):
     out = tmp_path / "sim"
-    result = genedge("simulate", "--loads", "10,60", "--budgets", "1", "--weights", "0.05", "--replications", "50",
-                     "--mix", "Basic=1,Detail=2,Complex=1", "--out", str(out))
+    result = genedge(
+        "simulate",
+        "--loads",
+        "10,60",
+        "--budgets",
+        "1",
+        "--weights",
+        "0.05",
+        "--replications",
+        "50",
+        "--mix",
+        "Basic=1,Detail=2,Complex=1",
+        "--out",
+        str(out),
+    )
     assert "vs direct-assignment  ≥ on 2/2 points" in result.stdout
     assert "discrete-event check" in result.stdout
     for name in ("results.csv", "checks.csv", "sweep.png", "sweep.svg", "convergence.png", "convergence.svg"):
@@ -91,16 +117,31 @@ def test_simulate_writes_results_figures_and_checks(tmp_path):
 
 def test_help_explains_every_option():
     text = genedge("plan", "--help").stdout
-    for option in ("--table", "--workload", "--prompts", "--requests", "--budget", "--weight", "--method",
-                   "--compare", "--out", "--models", "--memory-gib", "--seed"):
+    for option in (
+        "--table",
+        "--workload",
+        "--prompts",
+        "--requests",
+        "--budget",
+        "--weight",
+        "--method",
+        "--compare",
+        "--out",
+        "--models",
+        "--memory-gib",
+        "--seed",
+    ):
         assert option in text
 
 
 @pytest.mark.parametrize(
     ("mutate", "field", "message"),
     [
-        (lambda d: d["routing"]["Basic"].update({"sd15": 0.7, "sd21": 0.7}), "routing.Basic",
-         "expected probabilities summing to 1"),
+        (
+            lambda d: d["routing"]["Basic"].update({"sd15": 0.7, "sd21": 0.7}),
+            "routing.Basic",
+            "expected probabilities summing to 1",
+        ),
         (lambda d: d["models"]["sd21"].update({"share": -0.1}), "models.sd21.share", "expected a share >= 0"),
         (lambda d: d["predicted"].pop("utility"), "predicted.utility", "expected a finite number"),
         (lambda d: d.pop("routing"), "routing", "missing field"),

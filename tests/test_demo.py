@@ -21,8 +21,13 @@ def test_demo_runs_profile_calibrate_plan_offline_on_cpu(tmp_path: Path) -> None
     from genedge.cli.demo import DEMO_MODELS, REPLICA_BANNER
     from genedge.optimizer.plan_file import load_plan
 
-    done = subprocess.run([sys.executable, "-m", "genedge", "demo", "--dir", str(tmp_path), "--no-figures"],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "genedge", "demo", "--dir", str(tmp_path), "--no-figures"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     # Said plainly, before and after the numbers.
     assert done.stdout.count(REPLICA_BANNER) == 2

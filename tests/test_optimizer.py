@@ -36,8 +36,10 @@ def _tiny_problem(weight: float = 0.05) -> Problem:
         categories=("easy", "hard"),
         counts=np.array([6.0, 4.0]),
         steps=(grid, grid),
-        quality_mean=(np.array([[28.0, 30.0, 30.5], [25.0, 27.0, 27.5]]),
-                      np.array([[29.0, 31.0, 31.6], [29.0, 31.5, 32.0]])),
+        quality_mean=(
+            np.array([[28.0, 30.0, 30.5], [25.0, 27.0, 27.5]]),
+            np.array([[29.0, 31.0, 31.6], [29.0, 31.5, 32.0]]),
+        ),
         quality_std=(np.full((2, 3), 3.0), np.full((2, 3), 3.0)),
         service_s=(0.1 + 0.02 * grid, 0.2 + 0.06 * grid),
         default_step_index=(2, 2),
@@ -93,8 +95,13 @@ def test_closed_form_shares_beat_numerical_optimization(seed):
         return float((k / r).sum())
 
     closed = optimal_shares(full, loads, budget)
-    numeric = minimize(total_delay, np.full(m, budget / m), method="SLSQP", bounds=[(1e-6, budget)] * m,
-                       constraints=[{"type": "eq", "fun": lambda r: r.sum() - budget}])
+    numeric = minimize(
+        total_delay,
+        np.full(m, budget / m),
+        method="SLSQP",
+        bounds=[(1e-6, budget)] * m,
+        constraints=[{"type": "eq", "fun": lambda r: r.sum() - budget}],
+    )
     assert closed.sum() == pytest.approx(budget)
     assert total_delay(closed) <= total_delay(numeric.x) * (1 + 1e-9)
     assert total_delay(closed) == pytest.approx(np.sqrt(k).sum() ** 2 / budget)
@@ -111,8 +118,9 @@ def _brute_force(problem: Problem, resolution: int) -> float:
     routing = np.stack([splits, 1 - splits], axis=-1)
     best = -np.inf
     for steps in itertools.product(*(range(k) for k in problem.grid_sizes)):
-        u = utility_with_optimal_shares(problem, routing * problem.counts[None, :, None], problem.service_at(steps),
-                                        problem.mean_at(steps))
+        u = utility_with_optimal_shares(
+            problem, routing * problem.counts[None, :, None], problem.service_at(steps), problem.mean_at(steps)
+        )
         if problem.min_clipscore is not None:
             risk = (routing * problem.shortfall_at(steps)[None]).sum(axis=2)
             u = np.where((risk <= problem.max_shortfall).all(axis=1), u, -np.inf)
@@ -195,8 +203,9 @@ def test_baselines_behave_as_defined():
 def test_proposed_beats_baselines_and_matches_exact(seed):
     for weight, load in [(0.0, 40), (0.02, 120), (0.1, 10), (0.2, 200)]:
         problem = synthetic_problem(3, 4, load, weight=weight, rng=seed)
-        results = run_methods(problem, ["genedge", "direct-assignment", "random-assignment", "equal-allocation",
-                                        "exact"], seed=0)
+        results = run_methods(
+            problem, ["genedge", "direct-assignment", "random-assignment", "equal-allocation", "exact"], seed=0
+        )
         proposed, exact = results["genedge"].utility, results["exact"]
         for name in ("direct-assignment", "random-assignment", "equal-allocation"):
             assert proposed >= results[name].utility - 1e-9, (weight, load, name)
@@ -342,7 +351,7 @@ def _multistart(problem: Problem, starts: int, rng: np.random.Generator) -> floa
     for steps in itertools.product(*(range(k) for k in problem.grid_sizes)):
         mean, full = problem.mean_at(steps), problem.service_at(steps)
 
-        def negative(z):
+        def negative(z, full=full, mean=mean):
             p = np.exp(z.reshape(c, m) - z.reshape(c, m).max(axis=1, keepdims=True))
             p /= p.sum(axis=1, keepdims=True)
             return -float(utility_with_optimal_shares(problem, p * problem.counts[:, None], full, mean))
@@ -352,8 +361,12 @@ def _multistart(problem: Problem, starts: int, rng: np.random.Generator) -> floa
             x[:, corner] = problem.counts
             best = max(best, float(utility_with_optimal_shares(problem, x, full, mean)))
         for _ in range(starts):
-            found = minimize(negative, rng.normal(0, 2, c * m), method="Nelder-Mead",
-                             options={"maxiter": 4000, "xatol": 1e-6, "fatol": 1e-10})
+            found = minimize(
+                negative,
+                rng.normal(0, 2, c * m),
+                method="Nelder-Mead",
+                options={"maxiter": 4000, "xatol": 1e-6, "fatol": 1e-10},
+            )
             best = max(best, -found.fun)
     return best
 
@@ -370,12 +383,16 @@ def test_proposed_matches_an_independent_search_at_small_loads(requests):
     full = Problem.from_table(table, Workload.from_mix(mix, requests), budget=0.5, weight=0.1)
     # Every step vector times many starts is slow: search the grid's even steps only, where the plan sits.
     keep = [np.array([0, 2, 4, 6])] * 3
-    problem = Problem(**{**full.__dict__,
-                         "steps": tuple(g[k] for g, k in zip(full.steps, keep)),
-                         "quality_mean": tuple(q[:, k] for q, k in zip(full.quality_mean, keep)),
-                         "quality_std": tuple(q[:, k] for q, k in zip(full.quality_std, keep)),
-                         "service_s": tuple(t[k] for t, k in zip(full.service_s, keep)),
-                         "default_step_index": (3, 3, 3)})
+    problem = Problem(
+        **{
+            **full.__dict__,
+            "steps": tuple(g[k] for g, k in zip(full.steps, keep)),
+            "quality_mean": tuple(q[:, k] for q, k in zip(full.quality_mean, keep)),
+            "quality_std": tuple(q[:, k] for q, k in zip(full.quality_std, keep)),
+            "service_s": tuple(t[k] for t, k in zip(full.service_s, keep)),
+            "default_step_index": (3, 3, 3),
+        }
+    )
     proposed = propose(problem, rng=0).utility
     assert proposed >= _multistart(problem, starts=2, rng=np.random.default_rng(0)) - 1e-6
 
@@ -384,11 +401,20 @@ def test_floor_met_only_between_default_and_most_steps_is_still_found():
     # Quality peaks at the middle step: the defaults (fewest) and the most steps both break the floor.
     grid = np.array([10, 25, 40])
     problem = Problem(
-        models=("peaked", "flat"), categories=("only",), counts=np.array([10.0]), steps=(grid, grid),
+        models=("peaked", "flat"),
+        categories=("only",),
+        counts=np.array([10.0]),
+        steps=(grid, grid),
         quality_mean=(np.array([[28.0, 33.0, 29.0]]), np.array([[27.0, 27.5, 28.0]])),
-        quality_std=(np.ones((1, 3)), np.ones((1, 3))), service_s=(0.1 + 0.02 * grid, 0.1 + 0.01 * grid),
-        default_step_index=(0, 0), memory_bytes=np.array([1e9, 1e9]), budget=1.0, weight=0.05,
-        min_clipscore=31.0, max_shortfall=0.05)
+        quality_std=(np.ones((1, 3)), np.ones((1, 3))),
+        service_s=(0.1 + 0.02 * grid, 0.1 + 0.01 * grid),
+        default_step_index=(0, 0),
+        memory_bytes=np.array([1e9, 1e9]),
+        budget=1.0,
+        weight=0.05,
+        min_clipscore=31.0,
+        max_shortfall=0.05,
+    )
     result = propose(problem, rng=0)
     assert result.plan.steps["peaked"] == 25 and result.loads[0] == pytest.approx(10)
     assert result.utility == pytest.approx(exact_search(problem).utility)

@@ -34,20 +34,42 @@ def _prompts(folder: Path, n: int) -> list[str]:
 
 
 def _profile_args(folder: Path, out: Path, n: int) -> list[str]:
-    return ["profile", "--model", "replica:tiny", "--steps", "2", *_prompts(folder, n), "--resolution", "64",
-            "--device", "cpu", "--clip-backbone", "replica:tiny", "--clip-pretrained", "none", "--flush-every", "2",
-            "--out", str(out)]
+    return [
+        "profile",
+        "--model",
+        "replica:tiny",
+        "--steps",
+        "2",
+        *_prompts(folder, n),
+        "--resolution",
+        "64",
+        "--device",
+        "cpu",
+        "--clip-backbone",
+        "replica:tiny",
+        "--clip-pretrained",
+        "none",
+        "--flush-every",
+        "2",
+        "--out",
+        str(out),
+    ]
 
 
 def _genedge(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "genedge", *args], env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    return subprocess.run(
+        [sys.executable, "-m", "genedge", *args], env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S
+    )
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--model", "replica:sd99", "--steps", "2"], "Available: bk-sdm-base, bk-sdm-small"),
-    (["--model", "replica:tiny", "--steps", "10,0"], "Expected steps as positive integers, but got [10, 0]"),
-    (["--model", "replica:tiny", "--steps", "ten"], "--steps: expected comma-separated integers"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "replica:sd99", "--steps", "2"], "Available: bk-sdm-base, bk-sdm-small"),
+        (["--model", "replica:tiny", "--steps", "10,0"], "Expected steps as positive integers, but got [10, 0]"),
+        (["--model", "replica:tiny", "--steps", "ten"], "--steps: expected comma-separated integers"),
+    ],
+)
 def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
     result = _genedge("profile", *args, *_prompts(tmp_path, 4), "--out", str(tmp_path / "run"))
     assert result.returncode == 2
@@ -59,8 +81,12 @@ def test_sigkill_mid_run_then_resume_gives_each_row_once(tmp_path: Path) -> None
     n = 12
     out = tmp_path / "run"
     args = _profile_args(tmp_path, out, n)
-    process = subprocess.Popen([sys.executable, "-m", "genedge", *args, "--no-progress"], env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "genedge", *args, "--no-progress"],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + TIMEOUT_S
     while len(list((out / "records").glob("shard-*.parquet"))) < KILL_AFTER_SHARDS:
         assert process.poll() is None, "the run ended before it could be killed"
@@ -95,9 +121,23 @@ def test_accelerate_launch_splits_the_work_across_two_processes(tmp_path: Path) 
     out = tmp_path / "run"
     # accelerate's multi-GPU launcher is torchrun: it starts the processes with RANK/WORLD_SIZE/LOCAL_RANK
     # and works on a CPU-only machine, where `--cpu` would start a single process.
-    launch = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "genedge", *_profile_args(tmp_path, out, n),
-              "--no-progress"]
+    launch = [
+        ACCELERATE,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "genedge",
+        *_profile_args(tmp_path, out, n),
+        "--no-progress",
+    ]
     result = subprocess.run(launch, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "rank 0 of 2" in result.stdout and "rank 1 of 2" in result.stdout

@@ -30,7 +30,9 @@ def test_clamp_is_per_pair_not_of_the_mean() -> None:
 
 
 def test_shape_mismatch_is_an_error() -> None:
-    with pytest.raises(ValueError, match=r"Expected image and text features of the same shape, but got \(2, 3\) and \(1, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"Expected image and text features of the same shape, but got \(2, 3\) and \(1, 3\)"
+    ):
         clip_score_from_features(torch.zeros(2, 3), torch.zeros(1, 3))
 
 

@@ -13,12 +13,29 @@ from pathlib import Path
 
 import pytest
 
-from genedge.profiler import clip_bpe_tokenizer, get_replica_config, list_replicas, parse_model_spec, unet_param_count
-from genedge.profiler import add_replica_path
+from genedge.profiler import (
+    add_replica_path,
+    clip_bpe_tokenizer,
+    get_replica_config,
+    list_replicas,
+    parse_model_spec,
+    unet_param_count,
+)
 from genedge.profiler import models as models_module
 from genedge.profiler.registry import JsonRegistry
 
-SHIPPED = ["bk-sdm-base", "bk-sdm-small", "bk-sdm-tiny", "sd-turbo", "sd15", "sd21-base", "sdxl-base", "sdxl-turbo", "tiny", "tiny-xl"]
+SHIPPED = [
+    "bk-sdm-base",
+    "bk-sdm-small",
+    "bk-sdm-tiny",
+    "sd-turbo",
+    "sd15",
+    "sd21-base",
+    "sdxl-base",
+    "sdxl-turbo",
+    "tiny",
+    "tiny-xl",
+]
 # Published exact UNet counts (segmind/distill-sd README; PUBLISHED.md §1.1).
 EXACT = {"sd15": 859_520_964, "bk-sdm-base": 579_384_964, "bk-sdm-tiny": 323_384_964}
 
@@ -46,7 +63,12 @@ def test_replica_unet_parameters_match_published(name: str) -> None:
 def test_parse_model_specs(tmp_path: Path) -> None:
     assert parse_model_spec("replica:sd15").is_replica
     hub = parse_model_spec("stabilityai/stable-diffusion-2-1@v1.0")
-    assert (hub.kind, hub.identifier, hub.revision, hub.key) == ("hub", "stabilityai/stable-diffusion-2-1", "v1.0", "stabilityai/stable-diffusion-2-1@v1.0")
+    assert (hub.kind, hub.identifier, hub.revision, hub.key) == (
+        "hub",
+        "stabilityai/stable-diffusion-2-1",
+        "v1.0",
+        "stabilityai/stable-diffusion-2-1@v1.0",
+    )
     assert parse_model_spec(str(tmp_path)).kind == "local"
 
 
@@ -59,10 +81,15 @@ def test_unknown_model_spec_lists_the_replicas(spec: str) -> None:
 def test_a_bad_replica_file_is_an_error_naming_file_and_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = tmp_path / "broken.json"
     bad.write_text(json.dumps({"name": "broken", "pipeline": "StableDiffusionPipeline"}), encoding="utf-8")
-    monkeypatch.setattr(models_module, "_REPLICAS", JsonRegistry("replica config", "replica architecture", [],
-                                                                  models_module._REQUIRED_REPLICA_FIELDS))
+    monkeypatch.setattr(
+        models_module,
+        "_REPLICAS",
+        JsonRegistry("replica config", "replica architecture", [], models_module._REQUIRED_REPLICA_FIELDS),
+    )
     add_replica_path(bad)
-    with pytest.raises(ValueError, match=r"broken.json: expected field 'resolution' in a replica config, but it is missing"):
+    with pytest.raises(
+        ValueError, match=r"broken.json: expected field 'resolution' in a replica config, but it is missing"
+    ):
         list_replicas()
 
 

@@ -26,7 +26,9 @@ def _driver_present() -> bool:
     return True
 
 
-no_driver = pytest.mark.skipif(_driver_present(), reason="an NVIDIA driver is present; the fake NVML is only for driverless machines")
+no_driver = pytest.mark.skipif(
+    _driver_present(), reason="an NVIDIA driver is present; the fake NVML is only for driverless machines"
+)
 
 
 @no_driver
@@ -69,7 +71,8 @@ def test_sampler_reports_peaks_and_is_ready_before_the_work(profiler_fake_nvml: 
     profiler_fake_nvml.nvmlDeviceGetMemoryInfo.side_effect = memory.info
     me = os.getpid()
     profiler_fake_nvml.nvmlDeviceGetComputeRunningProcesses.return_value = [
-        SimpleNamespace(pid=me, usedGpuMemory=3 * 2**30), SimpleNamespace(pid=me + 1, usedGpuMemory=5 * 2**30),
+        SimpleNamespace(pid=me, usedGpuMemory=3 * 2**30),
+        SimpleNamespace(pid=me + 1, usedGpuMemory=5 * 2**30),
     ]
     monitor = NvmlMonitor(UUID)
     assert monitor.status.available and monitor.status.driver == "999.99"
@@ -92,7 +95,9 @@ def test_invisible_process_and_not_supported_are_null_with_notes(profiler_fake_n
         pass
     assert window.peaks.process_bytes is None and window.peaks.device_bytes == 2**30
     assert "not visible to NVML" in window.peaks.note
-    profiler_fake_nvml.nvmlDeviceGetComputeRunningProcesses.side_effect = real_pynvml.NVMLError(real_pynvml.NVML_ERROR_NOT_SUPPORTED)
+    profiler_fake_nvml.nvmlDeviceGetComputeRunningProcesses.side_effect = real_pynvml.NVMLError(
+        real_pynvml.NVML_ERROR_NOT_SUPPORTED
+    )
     with monitor.window() as window:
         pass
     assert window.peaks.process_bytes is None and "Not Supported" in window.peaks.note

@@ -28,7 +28,12 @@ def _write_tsv(path: Path, rows: list[tuple[str, str, str, str]]) -> Path:
 @needs_p2
 def test_partiprompts_paper_mapping_counts_and_hash() -> None:
     prompts = load_prompt_set(str(P2))
-    assert Counter(p.category for p in prompts.prompts) == {"Basic": 272, "Detail": 544, "Imagination": 150, "Complex": 113}
+    assert Counter(p.category for p in prompts.prompts) == {
+        "Basic": 272,
+        "Detail": 544,
+        "Imagination": 150,
+        "Complex": 113,
+    }
     assert prompts.sha256 == hashlib.sha256(P2.read_bytes()).hexdigest()
     assert prompts.column == "Challenge" and prompts.category_mapping == "paper4"
 
@@ -40,13 +45,20 @@ def test_partiprompts_other_mappings_keep_the_leading_quote() -> None:
     assert len(challenges.prompts) == len(categories.prompts) == 1632
     assert len(set(challenges.categories)) == 11 and len(set(categories.categories)) == 12
     quoted = [p.text for p in categories.prompts if p.text.startswith('"')]
-    assert quoted == ['"G I G G L E" painted in thick colorful lettering as graffiti on a faded red brick wall '
-                      'with a splotch of exploding white paint.']
+    assert quoted == [
+        (
+            '"G I G G L E" painted in thick colorful lettering as graffiti on a faded red brick wall '
+            "with a splotch of exploding white paint."
+        )
+    ]
     assert categories.prompts[0].prompt_id == "p2-00000"
 
 
 def test_own_file_labels_ids_and_seeded_subsets(tmp_path: Path) -> None:
-    rows = [(f'"quoted" prompt {i}', "Animals", ["Basic", "Complex", "Simple Detail", "Quantity"][i % 4], "") for i in range(40)]
+    rows = [
+        (f'"quoted" prompt {i}', "Animals", ["Basic", "Complex", "Simple Detail", "Quantity"][i % 4], "")
+        for i in range(40)
+    ]
     source = str(_write_tsv(tmp_path / "own.tsv", rows))
     full = load_prompt_set(source)
     assert len(full.prompts) == 30  # Quantity is not one of the paper's four
@@ -63,14 +75,18 @@ def test_registry_lists_and_copies() -> None:
     mapping = get_category_mapping("paper4")
     mapping["categories"].clear()
     assert get_category_mapping("paper4")["categories"]["Detail"] == ["Simple Detail", "Fine-grained Detail"]
-    with pytest.raises(ValueError, match=r"Expected a known category mapping, but got 'nope'. Available: category, challenge, paper4"):
+    with pytest.raises(
+        ValueError, match=r"Expected a known category mapping, but got 'nope'. Available: category, challenge, paper4"
+    ):
         get_category_mapping("nope")
 
 
 def test_file_without_the_mapped_column_is_an_error(tmp_path: Path) -> None:
     source = tmp_path / "no_challenge.csv"
     source.write_text("Prompt,Category\na cat,Animals\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"no_challenge.csv: expected a column 'Challenge' \(category mapping 'paper4'"):
+    with pytest.raises(
+        ValueError, match=r"no_challenge.csv: expected a column 'Challenge' \(category mapping 'paper4'"
+    ):
         load_prompt_set(str(source))
 
 

@@ -30,18 +30,30 @@ def profiler_prompt_source(folder: Path) -> str:
     """PartiPrompts when present, else a file in its format written here (8 prompts, two per paper category)."""
     if P2.is_file():
         return str(P2)
-    rows = [(f"prompt number {i} about a {c.lower()} scene", "Animals", c, "") for i, c in
-            enumerate(["Basic", "Complex", "Simple Detail", "Imagination"] * 2)]
+    rows = [
+        (f"prompt number {i} about a {c.lower()} scene", "Animals", c, "")
+        for i, c in enumerate(["Basic", "Complex", "Simple Detail", "Imagination"] * 2)
+    ]
     path = folder / "prompts.tsv"
-    path.write_text("Prompt\tCategory\tChallenge\tNote\n" + "".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
+    path.write_text(
+        "Prompt\tCategory\tChallenge\tNote\n" + "".join("\t".join(r) + "\n" for r in rows), encoding="utf-8"
+    )
     return str(path)
 
 
 @pytest.fixture(scope="module")
 def profiler_config(tmp_path_factory: pytest.TempPathFactory) -> ProfileConfig:
     return ProfileConfig(
-        models=MODELS, steps=STEPS, prompts=profiler_prompt_source(tmp_path_factory.mktemp("prompts")), per_category=2,
-        resolution=64, device="cpu", clip_backbone="replica:tiny", clip_pretrained=None, save_images=True, flush_every=4,
+        models=MODELS,
+        steps=STEPS,
+        prompts=profiler_prompt_source(tmp_path_factory.mktemp("prompts")),
+        per_category=2,
+        resolution=64,
+        device="cpu",
+        clip_backbone="replica:tiny",
+        clip_pretrained=None,
+        save_images=True,
+        flush_every=4,
     )
 
 
@@ -77,7 +89,12 @@ def test_step_latencies_and_stage_windows(profiler_run: Path) -> None:
 
 def test_without_nvidia_driver_memory_is_null_with_a_reason(profiler_run: Path) -> None:
     frame = read_records(profiler_run)
-    for column in ("peak_torch_allocated_bytes", "peak_torch_reserved_bytes", "peak_nvml_process_bytes", "peak_nvml_device_bytes"):
+    for column in (
+        "peak_torch_allocated_bytes",
+        "peak_torch_reserved_bytes",
+        "peak_nvml_process_bytes",
+        "peak_nvml_device_bytes",
+    ):
         assert frame[column].isna().all()
     assert frame["nvml_note"].str.len().gt(0).all()
     manifest = read_manifest(profiler_run)
@@ -102,14 +119,20 @@ def test_clip_scores_match_an_independent_computation_from_the_saved_images(prof
     scorer = ClipScorer("replica:tiny", None, device=torch.device("cpu"))  # same seeded random weights
     images = [Image.open(profiler_run / "images" / f"{digest}.png").convert("RGB") for digest in frame["image_sha256"]]
     with torch.no_grad():
-        image_features = torch.nn.functional.normalize(scorer.model.encode_image(torch.stack([scorer.preprocess(i) for i in images])), dim=-1)
-        text_features = torch.nn.functional.normalize(scorer.model.encode_text(scorer.tokenizer(list(frame["prompt"]))), dim=-1)
+        image_features = torch.nn.functional.normalize(
+            scorer.model.encode_image(torch.stack([scorer.preprocess(i) for i in images])), dim=-1
+        )
+        text_features = torch.nn.functional.normalize(
+            scorer.model.encode_text(scorer.tokenizer(list(frame["prompt"]))), dim=-1
+        )
     expected = (100 * (image_features * text_features).sum(-1).clamp(min=0)).tolist()
     assert frame["clip_score"].tolist() == pytest.approx(expected, abs=1e-4)
     assert frame["clip_backbone"].eq("replica:tiny").all() and frame["clip_pretrained"].eq("none").all()
 
 
-def test_rerun_skips_everything_and_other_settings_are_refused(profiler_run: Path, profiler_config: ProfileConfig) -> None:
+def test_rerun_skips_everything_and_other_settings_are_refused(
+    profiler_run: Path, profiler_config: ProfileConfig
+) -> None:
     again = profile(profiler_config, profiler_run)
     assert (again.recorded, again.skipped) == (0, 32)
     with pytest.raises(ValueError, match=r"manifest.json: field 'run_id': expected tiny-\w+ .* use another --out"):
@@ -117,14 +140,22 @@ def test_rerun_skips_everything_and_other_settings_are_refused(profiler_run: Pat
     assert len(read_records(profiler_run)) == 32
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"models": ("replica:nope",)}, r"Available: bk-sdm-base, .*tiny-xl"),
-    ({"steps": (0, 2)}, r"Expected steps as positive integers, but got \[0, 2\]"),
-    ({"category_mapping": "category", "prompts": "no-category"}, r"expected a column 'Category'"),
-    ({"prompts": "empty"}, r"got an empty prompt set"),
-])
-def test_bad_input_fails_before_any_work(profiler_config: ProfileConfig, tmp_path: Path, change: dict, message: str) -> None:
-    prompts = {"no-category": "Prompt\tChallenge\na cat\tBasic\n", "empty": "Prompt\tCategory\tChallenge\tNote\na cat\tAnimals\tQuantity\t\n"}
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"models": ("replica:nope",)}, r"Available: bk-sdm-base, .*tiny-xl"),
+        ({"steps": (0, 2)}, r"Expected steps as positive integers, but got \[0, 2\]"),
+        ({"category_mapping": "category", "prompts": "no-category"}, r"expected a column 'Category'"),
+        ({"prompts": "empty"}, r"got an empty prompt set"),
+    ],
+)
+def test_bad_input_fails_before_any_work(
+    profiler_config: ProfileConfig, tmp_path: Path, change: dict, message: str
+) -> None:
+    prompts = {
+        "no-category": "Prompt\tChallenge\na cat\tBasic\n",
+        "empty": "Prompt\tCategory\tChallenge\tNote\na cat\tAnimals\tQuantity\t\n",
+    }
     if change.get("prompts") in prompts:
         path = tmp_path / f"{change['prompts']}.tsv"
         path.write_text(prompts[change["prompts"]], encoding="utf-8")
@@ -135,7 +166,9 @@ def test_bad_input_fails_before_any_work(profiler_config: ProfileConfig, tmp_pat
 
 
 @pytest.mark.parametrize("warmup", [0, 1])
-def test_a_failing_generation_leaves_rows_and_the_run_goes_on(profiler_config: ProfileConfig, tmp_path: Path, warmup: int) -> None:
+def test_a_failing_generation_leaves_rows_and_the_run_goes_on(
+    profiler_config: ProfileConfig, tmp_path: Path, warmup: int
+) -> None:
     # 2^20-pixel sides: the latents alone would need terabytes, so the CPU allocator refuses at once.
     huge = dataclasses.replace(profiler_config, models=("replica:tiny",), steps=(2,), resolution=2**20, warmup=warmup)
     result = profile(huge, tmp_path / "run")
@@ -146,7 +179,8 @@ def test_a_failing_generation_leaves_rows_and_the_run_goes_on(profiler_config: P
 
 
 def test_retry_failed_generates_failed_images_again_and_keeps_their_failure_rows(
-        profiler_config: ProfileConfig, tmp_path: Path) -> None:
+    profiler_config: ProfileConfig, tmp_path: Path
+) -> None:
     small = dataclasses.replace(profiler_config, models=("replica:tiny",), steps=(2,), save_images=False)
     run_dir = tmp_path / "run"
     profile(small, run_dir)
@@ -155,8 +189,9 @@ def test_retry_failed_generates_failed_images_again_and_keeps_their_failure_rows
     table = pq.read_table(shard, schema=record_schema())
     status = table.column("status").to_pylist()
     status[0] = "error"
-    pq.write_table(table.set_column(table.schema.get_field_index("status"), "status",
-                                    pa.array(status, type=pa.string())), shard)
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("status"), "status", pa.array(status, type=pa.string())), shard
+    )
     failed_prompt = table.column("prompt_id")[0].as_py()
     assert profile(small, run_dir).recorded == 0  # a plain resume keeps the failure
     assert profile(small, run_dir, retry_failed=True).recorded == 1

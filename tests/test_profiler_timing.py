@@ -37,8 +37,9 @@ def test_one_latency_per_executed_step(scheduler: str, executed: int) -> None:
     config = ProfileConfig(models=("replica:tiny",), steps=(4,), resolution=64, device="cpu")
     pipe = load_pipeline("replica:tiny", device=device, dtype=torch.float32, scheduler=scheduler)
     monitor = NvmlMonitor(None)
-    images, measurement = measure_call(pipe, ["a cat", "a dog"], steps=4, seed=0, config=config, device=device,
-                                       clock=Clock(device), monitor=monitor)
+    images, measurement = measure_call(
+        pipe, ["a cat", "a dog"], steps=4, seed=0, config=config, device=device, clock=Clock(device), monitor=monitor
+    )
     monitor.close()
     # PNDM runs Runge-Kutta warm-up steps: pipeline.num_timesteps, not the requested steps, counts the steps.
     assert measurement.num_timesteps == len(measurement.step_latencies_s) == executed
@@ -47,7 +48,10 @@ def test_one_latency_per_executed_step(scheduler: str, executed: int) -> None:
 
 
 def test_importing_the_profiler_and_its_command_loads_nothing_heavy() -> None:
-    code = ("import sys, genedge.profiler, genedge.cli.profile; "
-            "print(sorted(m for m in ('torch', 'diffusers', 'open_clip', 'pynvml', 'datasets', 'transformers') if m in sys.modules))")
+    code = (
+        "import sys, genedge.profiler, genedge.cli.profile; "
+        "heavy = ('torch', 'diffusers', 'open_clip', 'pynvml', 'datasets', 'transformers'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

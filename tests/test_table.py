@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import subprocess
 import sys
@@ -46,10 +47,18 @@ def _break(document: dict, dotted: str, value=...) -> dict:
     ("dotted", "value", "field", "expected"),
     [
         ("models.sd15.latency.per_step_s", ..., "models.sd15.latency.per_step_s", "missing field"),
-        ("models.sd15.quality.Detail.50.mean", "31.3", "models.sd15.quality.Detail.50.mean",
-         "expected a number, but got str"),
-        ("models.sd15.quality.Detail.50.std", -1.0, "models.sd15.quality.Detail.50.std",
-         "expected a number > 0.0, but got -1.0"),
+        (
+            "models.sd15.quality.Detail.50.mean",
+            "31.3",
+            "models.sd15.quality.Detail.50.mean",
+            "expected a number, but got str",
+        ),
+        (
+            "models.sd15.quality.Detail.50.std",
+            -1.0,
+            "models.sd15.quality.Detail.50.std",
+            "expected a number > 0.0, but got -1.0",
+        ),
         ("models.sd15.quality.Detail.50.n", True, "models.sd15.quality.Detail.50.n", "but got a boolean"),
         ("models.sd21.steps", [], "models.sd21.steps", "expected a non-empty list of step counts"),
         ("models.sd21.steps", [10, 30, 20, 40, 50], "models.sd21.steps", "increasing order"),
@@ -57,12 +66,20 @@ def _break(document: dict, dotted: str, value=...) -> dict:
         ("models.sd21.steps", [0, 50], "models.sd21.steps[0]", "expected a step count > 0"),
         ("models.sdxl.default_steps", 35, "models.sdxl.default_steps", "expected one of the step grid"),
         ("models.sdxl.memory.peak_bytes", 64 * 2**30, "models.sdxl.memory.peak_bytes", "but the device has 40.00 GiB"),
-        ("models.sdxl.quality.Detail.50.source", "guessed", "models.sdxl.quality.Detail.50.source",
-         "expected one of ['measured', 'published', 'derived']"),
+        (
+            "models.sdxl.quality.Detail.50.source",
+            "guessed",
+            "models.sdxl.quality.Detail.50.source",
+            "expected one of ['measured', 'published', 'derived']",
+        ),
         ("models.sdxl.quality.Detail.50.ref", "nowhere", "models.sdxl.quality.Detail.50.ref", "is not a key of"),
         ("schema_version", 7, "schema_version", "expected 1, but got 7"),
-        ("models.sd15.curves.Basic.valid_steps", [20, 50], "models.sd15.quality.Basic",
-         "step 10 of the grid has no cell and no curve covering it"),
+        (
+            "models.sd15.curves.Basic.valid_steps",
+            [20, 50],
+            "models.sd15.quality.Basic",
+            "step 10 of the grid has no cell and no curve covering it",
+        ),
     ],
 )
 def test_malformed_table_names_file_and_field(tmp_path, doc, dotted, value, field, expected):
@@ -97,7 +114,7 @@ def test_quality_for_unknown_category_is_refused(tmp_path, doc):
 def test_binary_file_is_refused_with_its_name(tmp_path):
     path = tmp_path / "table.json"
     path.write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(TableError, match="table.json: byte 0: not UTF-8 text"):
+    with pytest.raises(TableError, match=r"table\.json: byte 0: not UTF-8 text"):
         load_table(path)
 
 
@@ -122,7 +139,7 @@ def test_round_trip_is_byte_identical(tmp_path):
 def test_curve_interpolates_between_cells_and_refuses_to_extrapolate():
     model = load_table(REFERENCE).models["sd21"]
     means = [model.quality_at("Detail", s)[0] for s in model.steps]
-    assert all(b > a for a, b in zip(means, means[1:])), "quality saturates upwards with steps"
+    assert all(b > a for a, b in itertools.pairwise(means)), "quality saturates upwards with steps"
     assert means[-1] == pytest.approx(model.quality["Detail"][50].mean)
     with pytest.raises(KeyError, match="no cell at 60 steps and no curve covering it"):
         model.quality_at("Detail", 60)
@@ -132,6 +149,7 @@ def test_curve_interpolates_between_cells_and_refuses_to_extrapolate():
 def test_reference_table_is_reproduced_by_its_script(tmp_path):
     out = tmp_path / "reference.json"
     script = Path(__file__).resolve().parents[1] / "scripts" / "build_reference_table.py"
-    subprocess.run([sys.executable, str(script), "--data", str(SHARED_DATA), "--out", str(out)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, str(script), "--data", str(SHARED_DATA), "--out", str(out)], check=True, capture_output=True
+    )
     assert out.read_bytes() == REFERENCE.read_bytes()

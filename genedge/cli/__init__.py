@@ -34,7 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"genedge {__version__}")
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0,
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
         help="log more (-v: info, -vv: debug); logs go to stderr",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -11,9 +11,21 @@ from genedge import data
 from genedge.calibrate.table import CalibrationTable, load_table
 from genedge.optimizer.problem import Problem, Workload
 
-__all__ = ["DEFAULT_TABLE", "DEFAULT_MIX", "DEFAULT_REQUESTS", "add_planning_arguments", "add_workload_arguments",
-           "add_budget_arguments", "comma_separated", "default_mix", "load_table_with_hash", "workload_from_args",
-           "derived_share_line", "problem_from_args", "parse_counts"]
+__all__ = [
+    "DEFAULT_TABLE",
+    "DEFAULT_MIX",
+    "DEFAULT_REQUESTS",
+    "add_planning_arguments",
+    "add_workload_arguments",
+    "add_budget_arguments",
+    "comma_separated",
+    "default_mix",
+    "load_table_with_hash",
+    "workload_from_args",
+    "derived_share_line",
+    "problem_from_args",
+    "parse_counts",
+]
 
 DEFAULT_TABLE = data.path("tables", "reference-a100.json")
 # PartiPrompts' prompts per category of the paper's mapping (DESIGN §2.1).
@@ -23,32 +35,51 @@ DEFAULT_REQUESTS = 100
 
 def comma_separated(kind: type) -> Callable[[str], list]:
     """An argparse type for comma-separated values of ``kind``, e.g. ``10,20,30``."""
+
     def parse(text: str) -> list:
         try:
             return [kind(part) for part in text.split(",") if part.strip()]
         except ValueError:
             what, example = {int: ("integers", "10,20,30"), float: ("numbers", "0.5,1")}.get(kind, ("values", "a,b"))
-            raise argparse.ArgumentTypeError(f"expected comma-separated {what} such as {example}, "
-                                             f"but got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what} such as {example}, but got {text!r}"
+            ) from None
 
     return parse
 
 
 def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the table, budget, weight, model and seed options."""
-    parser.add_argument("--table", type=Path, default=DEFAULT_TABLE,
-                        help="calibration table JSON (default: the shipped reference table, A100-SXM4-40GB)")
-    parser.add_argument("--models", type=comma_separated(str),
-                        help="comma-separated model keys to plan with (default: every model in the table)")
-    parser.add_argument("--memory-gib", type=float,
-                        help="GPU memory available to the models in GiB (default: the table device's memory)")
+    parser.add_argument(
+        "--table",
+        type=Path,
+        default=DEFAULT_TABLE,
+        help="calibration table JSON (default: the shipped reference table, A100-SXM4-40GB)",
+    )
+    parser.add_argument(
+        "--models",
+        type=comma_separated(str),
+        help="comma-separated model keys to plan with (default: every model in the table)",
+    )
+    parser.add_argument(
+        "--memory-gib",
+        type=float,
+        help="GPU memory available to the models in GiB (default: the table device's memory)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of every randomized planner (default: 0)")
-    parser.add_argument("--min-clipscore", type=float,
-                        help="quality floor θ: plans keep P(CLIPScore < θ) at most --max-shortfall in every category "
-                             "(a chance constraint on the fitted Gaussians; baselines ignore it and show how often "
-                             "they fall short)")
-    parser.add_argument("--max-shortfall", type=float, default=0.05,
-                        help="ε, the largest allowed P(CLIPScore < θ) per category (default: 0.05)")
+    parser.add_argument(
+        "--min-clipscore",
+        type=float,
+        help="quality floor θ: plans keep P(CLIPScore < θ) at most --max-shortfall in every category "
+        "(a chance constraint on the fitted Gaussians; baselines ignore it and show how often "
+        "they fall short)",
+    )
+    parser.add_argument(
+        "--max-shortfall",
+        type=float,
+        default=0.05,
+        help="ε, the largest allowed P(CLIPScore < θ) per category (default: 0.05)",
+    )
 
 
 def add_workload_arguments(parser: argparse.ArgumentParser, *, prompt_file: bool = True) -> None:
@@ -56,21 +87,33 @@ def add_workload_arguments(parser: argparse.ArgumentParser, *, prompt_file: bool
     load = parser.add_mutually_exclusive_group()
     load.add_argument("--workload", help="requests per category, e.g. 'Basic=25,Detail=50,Imagination=14,Complex=11'")
     if prompt_file:
-        load.add_argument("--prompts", type=Path,
-                          help="prompt file (TSV/CSV with a header); its rows are counted per category using the "
-                               "table's category mapping (e.g. PartiPrompts.tsv by Challenge)")
+        load.add_argument(
+            "--prompts",
+            type=Path,
+            help="prompt file (TSV/CSV with a header); its rows are counted per category using the "
+            "table's category mapping (e.g. PartiPrompts.tsv by Challenge)",
+        )
     else:
         parser.set_defaults(prompts=None)
-    load.add_argument("--requests", type=int, default=DEFAULT_REQUESTS,
-                      help=f"number of requests in PartiPrompts' category mix (default: {DEFAULT_REQUESTS})")
+    load.add_argument(
+        "--requests",
+        type=int,
+        default=DEFAULT_REQUESTS,
+        help=f"number of requests in PartiPrompts' category mix (default: {DEFAULT_REQUESTS})",
+    )
 
 
 def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     """Add --budget and --weight, the two numbers a planning point is made of besides its workload."""
-    parser.add_argument("--budget", type=float, default=1.0,
-                        help="compute budget R in GPU units, 1.0 = one whole GPU (default: 1.0)")
-    parser.add_argument("--weight", type=float, default=0.05,
-                        help="w: CLIPScore points one second of mean delay is worth (default: 0.05)")
+    parser.add_argument(
+        "--budget", type=float, default=1.0, help="compute budget R in GPU units, 1.0 = one whole GPU (default: 1.0)"
+    )
+    parser.add_argument(
+        "--weight",
+        type=float,
+        default=0.05,
+        help="w: CLIPScore points one second of mean delay is worth (default: 0.05)",
+    )
 
 
 def default_mix(table: CalibrationTable) -> dict[str, float]:
@@ -115,15 +158,26 @@ def derived_share_line(table: CalibrationTable) -> str:
     """One line saying what share of the table's numbers are derived rather than measured."""
     counts = table.source_counts()
     total = sum(counts.values())
-    return (f"table: {table.device['name']} — {100 * counts['derived'] / total:.0f}% of its {total} numbers are "
-            f"derived by rule, {100 * counts['published'] / total:.0f}% published by others, "
-            f"{100 * counts['measured'] / total:.0f}% measured by genedge")
+    return (
+        f"table: {table.device['name']} — {100 * counts['derived'] / total:.0f}% of its {total} numbers are "
+        f"derived by rule, {100 * counts['published'] / total:.0f}% published by others, "
+        f"{100 * counts['measured'] / total:.0f}% measured by genedge"
+    )
 
 
-def problem_from_args(args: argparse.Namespace, table: CalibrationTable, sha256: str, workload: Workload,
-                      budget: float, weight: float) -> Problem:
+def problem_from_args(
+    args: argparse.Namespace, table: CalibrationTable, sha256: str, workload: Workload, budget: float, weight: float
+) -> Problem:
     """Build a problem with the shared options (models, memory, quality floor)."""
     memory = None if args.memory_gib is None else int(args.memory_gib * 2**30)
-    return Problem.from_table(table, workload, budget=budget, weight=weight, models=args.models,
-                              device_memory_bytes=memory, table_sha256=sha256, min_clipscore=args.min_clipscore,
-                              max_shortfall=args.max_shortfall)
+    return Problem.from_table(
+        table,
+        workload,
+        budget=budget,
+        weight=weight,
+        models=args.models,
+        device_memory_bytes=memory,
+        table_sha256=sha256,
+        min_clipscore=args.min_clipscore,
+        max_shortfall=args.max_shortfall,
+    )

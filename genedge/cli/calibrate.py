@@ -26,8 +26,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("runs", nargs="+", metavar="RUN", help="profile run directories")
     parser.add_argument("--out", required=True, metavar="TABLE.json", help="calibration table to write")
-    parser.add_argument("--figures", metavar="DIR",
-                        help="also draw score histograms, quality-vs-steps, latency and memory figures (PNG, SVG)")
+    parser.add_argument(
+        "--figures",
+        metavar="DIR",
+        help="also draw score histograms, quality-vs-steps, latency and memory figures (PNG, SVG)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -43,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def fit_and_write(run_dirs: Sequence[str | Path], out: str | Path,
-                  figures_dir: str | Path | None = None) -> tuple[Any, Path, list[Path]]:
+def fit_and_write(
+    run_dirs: Sequence[str | Path], out: str | Path, figures_dir: str | Path | None = None
+) -> tuple[Any, Path, list[Path]]:
     """Fit the table of ``run_dirs``, write it to ``out`` and, when asked, its figures to ``figures_dir``.
 
     Returns:

@@ -75,10 +75,15 @@ def plan_changes(old: Any, new: Any, *, tolerance: float = DECISION_TOLERANCE) -
             if abs(pa - pb) >= tolerance:
                 changes.append(PlanChange("routing", f"{category} -> {model}", pa, pb))
     # The steps of a model that serves nothing in either plan decide nothing.
-    idle = {m for m in dict.fromkeys([*old.shares, *new.shares])
-            if old.shares.get(m, 0.0) < tolerance and new.shares.get(m, 0.0) < tolerance}
-    for decision, attr, equal in (("steps", "steps", lambda x, y: x == y),
-                                  ("share", "shares", lambda x, y: abs(x - y) < tolerance)):
+    idle = {
+        m
+        for m in dict.fromkeys([*old.shares, *new.shares])
+        if old.shares.get(m, 0.0) < tolerance and new.shares.get(m, 0.0) < tolerance
+    }
+    for decision, attr, equal in (
+        ("steps", "steps", lambda x, y: x == y),
+        ("share", "shares", lambda x, y: abs(x - y) < tolerance),
+    ):
         a, b = getattr(old, attr), getattr(new, attr)
         for model in dict.fromkeys([*a, *b]):
             va, vb = a.get(model), b.get(model)
@@ -98,10 +103,16 @@ def run(args: argparse.Namespace) -> int:
     problems = [Problem.from_table(table, workload, budget=args.budget, weight=args.weight) for table in (old, new)]
     print(comparison_text(compare_tables(old, new), alpha=args.alpha))
     results = [propose(problem, rng=args.seed) for problem in problems]
-    print(f"\nplans on the same workload {_counts_text(workload.counts)} (budget {args.budget:g} GPU, w {args.weight:g} "
-          f"points/s, seed {args.seed}):")
-    for label, attr, fmt in (("utility", "utility", ".3f"), ("mean quality", "mean_quality", ".3f"),
-                             ("mean delay s", "mean_delay_s", ".3f"), ("p95 delay s", "p95_delay_s", ".3f")):
+    print(
+        f"\nplans on the same workload {_counts_text(workload.counts)} (budget {args.budget:g} GPU, w {args.weight:g} "
+        f"points/s, seed {args.seed}):"
+    )
+    for label, attr, fmt in (
+        ("utility", "utility", ".3f"),
+        ("mean quality", "mean_quality", ".3f"),
+        ("mean delay s", "mean_delay_s", ".3f"),
+        ("p95 delay s", "p95_delay_s", ".3f"),
+    ):
         a, b = (getattr(r, attr) for r in results)
         print(f"  {label:<14}{a:>10{fmt}} -> {b:{fmt}}")
     changes = plan_changes(results[0].plan, results[1].plan)

@@ -23,9 +23,11 @@ DEMO_MODELS = ("replica:tiny", "replica:tiny-xl")
 DEMO_CLIP_BACKBONE = "replica:tiny"
 DEMO_RESOLUTION = 64
 DEMO_STEPS = (2, 3, 4)
-REPLICA_BANNER = ("NOTE: these are random-weight replicas. Their latency and memory are real measurements on this "
-                  "machine; their CLIPScores are NOT image quality (random weights draw noise), so the plan shows "
-                  "the mechanics of the loop, not which model is better.")
+REPLICA_BANNER = (
+    "NOTE: these are random-weight replicas. Their latency and memory are real measurements on this "
+    "machine; their CLIPScores are NOT image quality (random weights draw noise), so the plan shows "
+    "the mechanics of the loop, not which model is better."
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -38,10 +40,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "and plan a deployment from it, offline, in a fresh folder. The scores are not real quality."
         ),
     )
-    parser.add_argument("--dir", type=Path,
-                        help="folder for the run, table, figures and plan (default: a new temporary folder, kept)")
-    parser.add_argument("--steps", type=comma_separated(int), default=DEMO_STEPS,
-                        help=f"denoising step counts to profile (default: {','.join(map(str, DEMO_STEPS))})")
+    parser.add_argument(
+        "--dir", type=Path, help="folder for the run, table, figures and plan (default: a new temporary folder, kept)"
+    )
+    parser.add_argument(
+        "--steps",
+        type=comma_separated(int),
+        default=DEMO_STEPS,
+        help=f"denoising step counts to profile (default: {','.join(map(str, DEMO_STEPS))})",
+    )
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--no-figures", action="store_true", help="skip the calibration figures")
     parser.set_defaults(func=run)
@@ -64,14 +71,22 @@ def run(args: argparse.Namespace) -> int:
 
     prompts = data_path("prompts", "smoke.tsv")
     print(f"\n1. profile {', '.join(DEMO_MODELS)} at {list(args.steps)} steps on the prompts of {prompts}")
-    config = ProfileConfig(models=DEMO_MODELS, steps=tuple(args.steps), prompts=str(prompts), device=args.device,
-                           resolution=DEMO_RESOLUTION, clip_backbone=DEMO_CLIP_BACKBONE, clip_pretrained=None)
+    config = ProfileConfig(
+        models=DEMO_MODELS,
+        steps=tuple(args.steps),
+        prompts=str(prompts),
+        device=args.device,
+        resolution=DEMO_RESOLUTION,
+        clip_backbone=DEMO_CLIP_BACKBONE,
+        clip_pretrained=None,
+    )
     result = profile(config, folder / "run")
     print(f"   {result.recorded} images recorded ({result.failed} failed) in {result.run_dir}")
 
     print("\n2. calibrate")
-    table, table_path, figures = fit_and_write([result.run_dir], folder / "table.json",
-                                               None if args.no_figures else folder / "figures")
+    table, table_path, figures = fit_and_write(
+        [result.run_dir], folder / "table.json", None if args.no_figures else folder / "figures"
+    )
     print(table_summary(table))
     print(f"   wrote {table_path}")
     if figures:
@@ -81,10 +96,13 @@ def run(args: argparse.Namespace) -> int:
     problem = Problem.from_table(table, Workload.from_mix(default_mix(table), DEFAULT_REQUESTS))
     planned = run_methods(problem, ["genedge"], seed=0)["genedge"]
     print(format_plan(planned))
-    print(f"   predicted: CLIPScore {planned.mean_quality:.2f}, mean delay {planned.mean_delay_s:.3f} s, "
-          f"p95 delay {planned.p95_delay_s:.3f} s, utility {planned.utility:.3f}")
-    plan_path = save_plan(plan_to_dict(problem, planned, inputs={"table": str(table_path), "demo": True}),
-                          folder / "plan.json")
+    print(
+        f"   predicted: CLIPScore {planned.mean_quality:.2f}, mean delay {planned.mean_delay_s:.3f} s, "
+        f"p95 delay {planned.p95_delay_s:.3f} s, utility {planned.utility:.3f}"
+    )
+    plan_path = save_plan(
+        plan_to_dict(problem, planned, inputs={"table": str(table_path), "demo": True}), folder / "plan.json"
+    )
     print(f"   wrote {plan_path}")
     print(f"\n{REPLICA_BANNER}\nfiles: {folder}")
     return 0

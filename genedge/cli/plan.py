@@ -36,11 +36,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_planning_arguments(parser)
     add_workload_arguments(parser)
     add_budget_arguments(parser)
-    parser.add_argument("--method", default="genedge",
-                        help="the method whose plan is written (default: genedge; see --compare)")
-    parser.add_argument("--compare", type=comma_separated(str),
-                        help="comma-separated methods to compare against (default: all: paper, direct-assignment, "
-                             "random-assignment, equal-allocation, optimal-step, exact)")
+    parser.add_argument(
+        "--method", default="genedge", help="the method whose plan is written (default: genedge; see --compare)"
+    )
+    parser.add_argument(
+        "--compare",
+        type=comma_separated(str),
+        help="comma-separated methods to compare against (default: all: paper, direct-assignment, "
+        "random-assignment, equal-allocation, optimal-step, exact)",
+    )
     parser.add_argument("--out", type=Path, help="write the plan JSON here")
     parser.set_defaults(func=run)
 
@@ -56,18 +60,27 @@ def run(args: argparse.Namespace) -> int:
     results = run_methods(problem, names, seed=args.seed)
     chosen = results[args.method]
     print(derived_share_line(table))
-    print(f"workload: {int(problem.n_requests)} requests — "
-          + ", ".join(f"{c} {n:g}" for c, n in zip(problem.categories, problem.counts))
-          + f"; budget {args.budget:g} GPU; w = {args.weight:g} points/s"
-          + ("" if args.min_clipscore is None else
-             f"; floor P(CLIPScore < {args.min_clipscore:g}) <= {args.max_shortfall:g} per category"))
+    print(
+        f"workload: {int(problem.n_requests)} requests — "
+        + ", ".join(f"{c} {n:g}" for c, n in zip(problem.categories, problem.counts))
+        + f"; budget {args.budget:g} GPU; w = {args.weight:g} points/s"
+        + (
+            ""
+            if args.min_clipscore is None
+            else f"; floor P(CLIPScore < {args.min_clipscore:g}) <= {args.max_shortfall:g} per category"
+        )
+    )
     print()
     print(format_plan(chosen))
     print()
     print(_format_comparison(results, args.method))
     if args.out:
-        document = plan_to_dict(problem, chosen, others=results,
-                                inputs={"table": str(args.table), "table_source_counts": table.source_counts()})
+        document = plan_to_dict(
+            problem,
+            chosen,
+            others=results,
+            inputs={"table": str(args.table), "table_source_counts": table.source_counts()},
+        )
         print(f"\nwrote {save_plan(document, args.out)}")
     return 0
 
@@ -94,12 +107,16 @@ def format_plan(result: Any) -> str:
 def _format_comparison(results, chosen_name: str) -> str:
     chosen = results[chosen_name]
     floor = chosen.shortfall is not None
-    lines = [f"{'method':<18} {'CLIPScore':>9} {'mean delay s':>12} {'p95 delay s':>11} {'utility':>8} "
-             f"{'vs ' + chosen_name:>12} {'plan ms':>8}" + (f" {'worst P(<floor)':>15}" if floor else "")]
+    lines = [
+        f"{'method':<18} {'CLIPScore':>9} {'mean delay s':>12} {'p95 delay s':>11} {'utility':>8} "
+        f"{'vs ' + chosen_name:>12} {'plan ms':>8}" + (f" {'worst P(<floor)':>15}" if floor else "")
+    ]
     for name, r in results.items():
         change = 100 * (r.utility - chosen.utility) / max(abs(chosen.utility), 1e-12)
         risk = f" {r.shortfall.max():>15.3f}" if floor else ""
         note = f"  (optimum ≤ {r.upper_bound:.3f})" if r.upper_bound is not None else ""
-        lines.append(f"{name:<18} {r.mean_quality:>9.2f} {r.mean_delay_s:>12.2f} {r.p95_delay_s:>11.2f} "
-                     f"{r.utility:>8.3f} {change:>+11.2f}% {r.extra['plan_time_s'] * 1000:>8.0f}{risk}{note}")
+        lines.append(
+            f"{name:<18} {r.mean_quality:>9.2f} {r.mean_delay_s:>12.2f} {r.p95_delay_s:>11.2f} "
+            f"{r.utility:>8.3f} {change:>+11.2f}% {r.extra['plan_time_s'] * 1000:>8.0f}{risk}{note}"
+        )
     return "\n".join(lines)

@@ -31,39 +31,71 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "`genedge profile show RUN` summarizes a run."
         ),
     )
-    parser.add_argument("--model", action="append", default=[], metavar="SPEC",
-                        help="model spec, repeatable: replica:<arch> (random weights; see the error for the list), "
-                             "a local pipeline directory, or a hub id org/name[@revision]")
-    parser.add_argument("--steps", type=comma_separated(int), default=(),
-                        help="comma-separated denoising step counts, e.g. 10,20,30")
-    parser.add_argument("--prompts", default=DEFAULT_PROMPT_SOURCE,
-                        help=f"datasets hub id or local .tsv/.csv/.parquet prompt file (default: {DEFAULT_PROMPT_SOURCE})")
-    parser.add_argument("--category-mapping", default=DEFAULT_MAPPING,
-                        help=f"category mapping: paper4 (Basic/Detail/Imagination/Complex), challenge, category "
-                             f"(default: {DEFAULT_MAPPING})")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="model spec, repeatable: replica:<arch> (random weights; see the error for the list), "
+        "a local pipeline directory, or a hub id org/name[@revision]",
+    )
+    parser.add_argument(
+        "--steps", type=comma_separated(int), default=(), help="comma-separated denoising step counts, e.g. 10,20,30"
+    )
+    parser.add_argument(
+        "--prompts",
+        default=DEFAULT_PROMPT_SOURCE,
+        help=f"datasets hub id or local .tsv/.csv/.parquet prompt file (default: {DEFAULT_PROMPT_SOURCE})",
+    )
+    parser.add_argument(
+        "--category-mapping",
+        default=DEFAULT_MAPPING,
+        help=f"category mapping: paper4 (Basic/Detail/Imagination/Complex), challenge, category "
+        f"(default: {DEFAULT_MAPPING})",
+    )
     parser.add_argument("--per-category", type=int, help="at most N prompts per category (sampled with --prompt-seed)")
     parser.add_argument("--limit", type=int, help="at most N prompts overall (sampled with --prompt-seed)")
     parser.add_argument("--prompt-seed", type=int, default=0, help="seed of the prompt subsampling (default: 0)")
-    parser.add_argument("--seeds", type=comma_separated(int), default=(0,),
-                        help="comma-separated generation seeds (default: 0)")
+    parser.add_argument(
+        "--seeds", type=comma_separated(int), default=(0,), help="comma-separated generation seeds (default: 0)"
+    )
     parser.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda:LOCAL_RANK when available, else cpu)")
     parser.add_argument("--dtype", help="float32, float16 or bfloat16 (default: float16 on CUDA, float32 on CPU)")
     parser.add_argument("--resolution", type=int, default=512, help="image side in pixels (default: 512)")
-    parser.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default: 7.5; ≤1 disables)")
+    parser.add_argument(
+        "--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default: 7.5; ≤1 disables)"
+    )
     parser.add_argument("--scheduler", help="diffusers scheduler class replacing each model's own, e.g. DDIMScheduler")
     parser.add_argument("--batch-size", type=int, default=1, help="prompts per pipeline call (default: 1)")
-    parser.add_argument("--warmup", type=int, default=WARMUP_RUNS,
-                        help=f"unrecorded warm-up generations per model (default: {WARMUP_RUNS})")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=WARMUP_RUNS,
+        help=f"unrecorded warm-up generations per model (default: {WARMUP_RUNS})",
+    )
     parser.add_argument("--save-images", action="store_true", help="keep PNGs under OUT/images/<sha256>.png")
-    parser.add_argument("--clip-backbone", default=DEFAULT_CLIP_BACKBONE,
-                        help=f"open_clip model name, or replica:tiny for random test weights (default: {DEFAULT_CLIP_BACKBONE})")
-    parser.add_argument("--clip-pretrained", default=DEFAULT_CLIP_PRETRAINED,
-                        help=f"open_clip pretrained tag, or 'none' for random weights (default: {DEFAULT_CLIP_PRETRAINED})")
-    parser.add_argument("--retry-failed", action="store_true",
-                        help="generate again the images an earlier attempt recorded as oom or error (say, after "
-                             "freeing the GPU); their failure rows stay in the run")
-    parser.add_argument("--flush-every", type=int, default=FLUSH_EVERY_IMAGES,
-                        help=f"images per shard; a kill loses at most these (default: {FLUSH_EVERY_IMAGES})")
+    parser.add_argument(
+        "--clip-backbone",
+        default=DEFAULT_CLIP_BACKBONE,
+        help=f"open_clip model name, or replica:tiny for random test weights (default: {DEFAULT_CLIP_BACKBONE})",
+    )
+    parser.add_argument(
+        "--clip-pretrained",
+        default=DEFAULT_CLIP_PRETRAINED,
+        help=f"open_clip pretrained tag, or 'none' for random weights (default: {DEFAULT_CLIP_PRETRAINED})",
+    )
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="generate again the images an earlier attempt recorded as oom or error (say, after "
+        "freeing the GPU); their failure rows stay in the run",
+    )
+    parser.add_argument(
+        "--flush-every",
+        type=int,
+        default=FLUSH_EVERY_IMAGES,
+        help=f"images per shard; a kill loses at most these (default: {FLUSH_EVERY_IMAGES})",
+    )
     parser.add_argument("--out", metavar="RUN", help="run directory, e.g. runs/NAME")
     parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     parser.set_defaults(func=run)
@@ -79,11 +111,22 @@ def _config(args: argparse.Namespace) -> Any:
     if not args.out:
         raise ValueError("--out: expected a run directory such as runs/NAME, but got none")
     return ProfileConfig(
-        models=tuple(args.model), steps=tuple(args.steps), prompts=args.prompts,
-        category_mapping=args.category_mapping, per_category=args.per_category, limit=args.limit,
-        prompt_seed=args.prompt_seed, seeds=tuple(args.seeds), device=args.device, dtype=args.dtype,
-        resolution=args.resolution, guidance_scale=args.guidance_scale, scheduler=args.scheduler,
-        batch_size=args.batch_size, warmup=args.warmup, save_images=args.save_images,
+        models=tuple(args.model),
+        steps=tuple(args.steps),
+        prompts=args.prompts,
+        category_mapping=args.category_mapping,
+        per_category=args.per_category,
+        limit=args.limit,
+        prompt_seed=args.prompt_seed,
+        seeds=tuple(args.seeds),
+        device=args.device,
+        dtype=args.dtype,
+        resolution=args.resolution,
+        guidance_scale=args.guidance_scale,
+        scheduler=args.scheduler,
+        batch_size=args.batch_size,
+        warmup=args.warmup,
+        save_images=args.save_images,
         clip_backbone=args.clip_backbone,
         clip_pretrained=None if args.clip_pretrained.lower() == "none" else args.clip_pretrained,
         flush_every=args.flush_every,
@@ -125,10 +168,14 @@ def show(args: argparse.Namespace) -> int:
     clip = manifest["clip_convention"]
     prompt_set = manifest["prompt_set"]
     print(f"run {manifest['run_id']} on {device['name']} (driver {device['driver']}, CUDA {device['cuda']})")
-    print(f"dtype {manifest['dtype']}, {manifest['resolution']} px, guidance {manifest['guidance_scale']}, "
-          f"batch {manifest['batch_size']}, seeds {manifest['seeds']}, warm-up {manifest['warmup']}")
-    print(f"prompts {prompt_set['name']} ({prompt_set['n']} selected, mapping {prompt_set['category_mapping']} "
-          f"on {prompt_set['column']}, sha256 {prompt_set['sha256'][:12]}…)")
+    print(
+        f"dtype {manifest['dtype']}, {manifest['resolution']} px, guidance {manifest['guidance_scale']}, "
+        f"batch {manifest['batch_size']}, seeds {manifest['seeds']}, warm-up {manifest['warmup']}"
+    )
+    print(
+        f"prompts {prompt_set['name']} ({prompt_set['n']} selected, mapping {prompt_set['category_mapping']} "
+        f"on {prompt_set['column']}, sha256 {prompt_set['sha256'][:12]}…)"
+    )
     print(f"CLIPScore {clip['backbone']} / {clip['pretrained']}: {clip['formula']}")
     nvml = manifest["nvml"]
     print("NVML " + ("available" if nvml["available"] else f"unavailable: {nvml['reason']}"))

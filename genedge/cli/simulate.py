@@ -32,18 +32,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     add_planning_arguments(parser)
-    parser.add_argument("--loads", type=comma_separated(int), default=[10, 25, 50, 100, 150, 200],
-                        help="requests per planning window, comma-separated (default: 10,25,50,100,150,200)")
-    parser.add_argument("--budgets", type=comma_separated(float), default=[0.5, 1.0],
-                        help="compute budgets R in GPU units, comma-separated (default: 0.5,1.0)")
-    parser.add_argument("--weights", type=comma_separated(float), default=[0.02, 0.05, 0.1],
-                        help="delay weights w in points per second, comma-separated (default: 0.02,0.05,0.1)")
-    parser.add_argument("--mix", help="category mix scaled to each load, e.g. 'Basic=1,Detail=3' (default: "
-                                      "PartiPrompts' proportions over the table's categories)")
-    parser.add_argument("--replications", type=int, default=200,
-                        help="simulated planning windows per point for the discrete-event check (default: 200)")
-    parser.add_argument("--out", type=Path, default=Path("simulate-out"),
-                        help="folder for results.csv, checks.csv and the figures (default: simulate-out)")
+    parser.add_argument(
+        "--loads",
+        type=comma_separated(int),
+        default=[10, 25, 50, 100, 150, 200],
+        help="requests per planning window, comma-separated (default: 10,25,50,100,150,200)",
+    )
+    parser.add_argument(
+        "--budgets",
+        type=comma_separated(float),
+        default=[0.5, 1.0],
+        help="compute budgets R in GPU units, comma-separated (default: 0.5,1.0)",
+    )
+    parser.add_argument(
+        "--weights",
+        type=comma_separated(float),
+        default=[0.02, 0.05, 0.1],
+        help="delay weights w in points per second, comma-separated (default: 0.02,0.05,0.1)",
+    )
+    parser.add_argument(
+        "--mix",
+        help="category mix scaled to each load, e.g. 'Basic=1,Detail=3' (default: "
+        "PartiPrompts' proportions over the table's categories)",
+    )
+    parser.add_argument(
+        "--replications",
+        type=int,
+        default=200,
+        help="simulated planning windows per point for the discrete-event check (default: 200)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("simulate-out"),
+        help="folder for results.csv, checks.csv and the figures (default: simulate-out)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -51,15 +74,17 @@ def _progress(start: float):
     def report(done: int, total: int) -> None:
         elapsed = time.perf_counter() - start
         eta = elapsed / done * (total - done)
-        print(f"\rpoints {done}/{total}  elapsed {elapsed:5.1f} s  eta {eta:5.1f} s", end="", file=sys.stderr,
-              flush=True)
+        print(
+            f"\rpoints {done}/{total}  elapsed {elapsed:5.1f} s  eta {eta:5.1f} s", end="", file=sys.stderr, flush=True
+        )
         if done == total:
             print(file=sys.stderr)
+
     return report
 
 
 def run(args: argparse.Namespace) -> int:
-    from genedge.optimizer import Problem, Workload, paper_method, propose, exact_search
+    from genedge.optimizer import Problem, Workload, exact_search, paper_method, propose
     from genedge.optimizer.figures import plot_convergence, plot_sweep
     from genedge.optimizer.sweep import BOUNDS, COMPARED_BELOW, SIMULATED
     from genedge.optimizer.sweep import sweep as run_sweep
@@ -71,31 +96,49 @@ def run(args: argparse.Namespace) -> int:
 
     mix = Workload.from_counts(parse_counts(args.mix, "--mix") if args.mix else default_mix(table))
     print(derived_share_line(table))
-    results, checks = run_sweep(make_problem, mix, args.loads, args.budgets, args.weights, seed=args.seed,
-                                replications=args.replications, progress=_progress(time.perf_counter()))
+    results, checks = run_sweep(
+        make_problem,
+        mix,
+        args.loads,
+        args.budgets,
+        args.weights,
+        seed=args.seed,
+        replications=args.replications,
+        progress=_progress(time.perf_counter()),
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     results.to_csv(args.out / "results.csv", index=False)
     checks.to_csv(args.out / "checks.csv", index=False)
     figures = plot_sweep(results, args.out)
-    middle = make_problem(mix.scaled(args.loads[len(args.loads) // 2]), args.budgets[0],
-                          args.weights[len(args.weights) // 2])
-    figures += plot_convergence({"genedge (steps; routing and shares solved inside)": propose(middle, rng=args.seed).trajectory,
-                                 "paper (steps and shares)": paper_method(middle, rng=args.seed).trajectory},
-                                args.out, exact=exact_search(middle).utility)
+    middle = make_problem(
+        mix.scaled(args.loads[len(args.loads) // 2]), args.budgets[0], args.weights[len(args.weights) // 2]
+    )
+    figures += plot_convergence(
+        {
+            "genedge (steps; routing and shares solved inside)": propose(middle, rng=args.seed).trajectory,
+            "paper (steps and shares)": paper_method(middle, rng=args.seed).trajectory,
+        },
+        args.out,
+        exact=exact_search(middle).utility,
+    )
 
     points = len(checks)
     print(f"\n{points} points; proposed (genedge) utility change versus each method, worst point first:")
-    for name in COMPARED_BELOW + ("paper",) + BOUNDS:
+    for name in (*COMPARED_BELOW, "paper", *BOUNDS):
         column = f"gain_vs_{name}_pct"
         if column in checks:
             worst = checks[column].min()
             wins = int((checks[column] >= -1e-9).sum())
-            print(f"  vs {name:<18} ≥ on {wins}/{points} points; worst {worst:+.3f}%  best {checks[column].max():+.2f}%")
+            print(
+                f"  vs {name:<18} ≥ on {wins}/{points} points; worst {worst:+.3f}%  best {checks[column].max():+.2f}%"
+            )
     print(f"  exact optimum certified within {checks.exact_certified_gap_pct.max():.3f}% at every point")
     print(f"  paper's annealing within {checks.paper_gap_to_optimal_step_pct.max():.3f}% of its Optimal-step bound")
     print("discrete-event check (|z| = |simulated − predicted| / standard error of the simulated mean):")
     for name in SIMULATED:
-        print(f"  {name:<8} quality: max |z| {checks[f'{name}_quality_z'].abs().max():.2f}; "
-              f"delay: max |z| {checks[f'{name}_delay_z'].abs().max():.2f} over {args.replications} windows per point")
+        print(
+            f"  {name:<8} quality: max |z| {checks[f'{name}_quality_z'].abs().max():.2f}; "
+            f"delay: max |z| {checks[f'{name}_delay_z'].abs().max():.2f} over {args.replications} windows per point"
+        )
     print(f"wrote {args.out / 'results.csv'}, {args.out / 'checks.csv'}, " + ", ".join(str(p) for p in figures))
     return 0
