@@ -21,11 +21,12 @@ from genedge.optimizer.baselines import (
 )
 from genedge.optimizer.exact import exact_search, utility_upper_bound
 from genedge.optimizer.methods import METHODS, PROPOSED, run_methods
-from genedge.optimizer.problem import Problem, Workload
+from genedge.optimizer.problem import Problem
 from genedge.optimizer.propose import propose
 from genedge.optimizer.result import Plan, PlanResult
 from genedge.optimizer.synthetic import synthetic_problem
 from genedge.optimizer.system import Evaluation, evaluate, optimal_shares
+from genedge.optimizer.workload import Workload
 
 __all__ = [
     "AnnealState",

@@ -8,8 +8,9 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 
 from genedge.optimizer.methods import METHODS, PROPOSED, run_methods
-from genedge.optimizer.problem import Problem, Workload
+from genedge.optimizer.problem import Problem
 from genedge.optimizer.simulate import simulate_plan
+from genedge.optimizer.workload import Workload
 
 __all__ = ["sweep", "COMPARED_BELOW", "BOUNDS", "SIMULATED"]
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from genedge import data
 from genedge.calibrate.table import CalibrationTable, load_table
-from genedge.optimizer.problem import Problem, Workload
+from genedge.optimizer.problem import Problem
+from genedge.optimizer.workload import Workload
 
 __all__ = [
     "DEFAULT_TABLE",
