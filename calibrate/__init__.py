@@ -1,94 +1,69 @@
-"""genedge.calibrate: calibration tables (schema, validation, I/O) and the fits that produce them."""
+"""genedge.calibrate: calibration tables (schema, validation, I/O) and the fits that produce them.
 
-from genedge.calibrate.build import build_table, calibrate_runs
-from genedge.calibrate.compare import (
-    LatencyChange,
-    MemoryChange,
-    QualityChange,
-    TableComparison,
-    compare_tables,
-    comparison_text,
-    welch_t,
-)
-from genedge.calibrate.figures import write_figures
-from genedge.calibrate.fit import (
-    CurveFit,
-    LatencyFit,
-    QualityFit,
-    fit_latency,
-    fit_quality,
-    fit_quality_curve,
-)
-from genedge.calibrate.records import ProfileRuns, read_runs, record_schema
-from genedge.calibrate.report import REPLICA_NOTE, table_summary
-from genedge.calibrate.synthetic import QualityTruth, SyntheticModel, synthetic_run, write_run
-from genedge.calibrate.table import (
-    MEMORY_RUNGS,
-    SCHEMA_VERSION,
-    CalibrationTable,
-    ClipConvention,
-    Exclusion,
-    LatencyModel,
-    MemoryPeak,
-    ModelCalibration,
-    QualityCell,
-    QualityCurve,
-    Source,
-    StageBreakdown,
-    TableError,
-    load_table,
-    read_json,
-    saturating_mean,
-    save_table,
-    table_from_dict,
-    table_to_dict,
-    write_text_atomic,
-)
+Names are imported on first use (PEP 562): reading a table needs numpy only, while fitting needs
+pandas, pyarrow and scipy.stats, and figures need matplotlib.
+"""
 
-__all__ = [
-    "MEMORY_RUNGS",
-    "REPLICA_NOTE",
-    "SCHEMA_VERSION",
-    "CalibrationTable",
-    "ClipConvention",
-    "CurveFit",
-    "Exclusion",
-    "LatencyChange",
-    "LatencyFit",
-    "LatencyModel",
-    "MemoryChange",
-    "MemoryPeak",
-    "ModelCalibration",
-    "ProfileRuns",
-    "QualityCell",
-    "QualityChange",
-    "QualityCurve",
-    "QualityFit",
-    "QualityTruth",
-    "Source",
-    "StageBreakdown",
-    "SyntheticModel",
-    "TableComparison",
-    "TableError",
-    "build_table",
-    "calibrate_runs",
-    "compare_tables",
-    "comparison_text",
-    "fit_latency",
-    "fit_quality",
-    "fit_quality_curve",
-    "load_table",
-    "read_runs",
-    "record_schema",
-    "saturating_mean",
-    "save_table",
-    "synthetic_run",
-    "table_from_dict",
-    "table_summary",
-    "table_to_dict",
-    "welch_t",
-    "write_figures",
-    "write_run",
-    "read_json",
-    "write_text_atomic",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name → the module that defines it.
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(("build_table", "calibrate_runs", "fit_and_write"), "build"),
+    **dict.fromkeys(
+        (
+            "LatencyChange",
+            "MemoryChange",
+            "QualityChange",
+            "TableComparison",
+            "compare_tables",
+            "comparison_text",
+            "welch_t",
+        ),
+        "compare",
+    ),
+    "write_figures": "figures",
+    **dict.fromkeys(("CurveFit", "LatencyFit", "QualityFit", "fit_latency", "fit_quality", "fit_quality_curve"), "fit"),
+    **dict.fromkeys(("ProfileRuns", "read_runs", "manifests_as_provenance"), "records"),
+    **dict.fromkeys(("REPLICA_NOTE", "table_summary"), "report"),
+    **dict.fromkeys(
+        ("SYNTHETIC_CLIP_CONVENTION", "QualityTruth", "SyntheticModel", "synthetic_run", "write_run"), "synthetic"
+    ),
+    **dict.fromkeys(
+        (
+            "SCHEMA_VERSION",
+            "CalibrationTable",
+            "Exclusion",
+            "LatencyModel",
+            "MemoryPeak",
+            "ModelCalibration",
+            "QualityCell",
+            "QualityCurve",
+            "Source",
+            "StageBreakdown",
+            "TableError",
+            "load_table",
+            "save_table",
+            "table_from_dict",
+            "table_to_dict",
+            "saturating_mean",
+        ),
+        "table",
+    ),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

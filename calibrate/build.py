@@ -14,6 +14,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,23 +40,20 @@ from genedge.calibrate.table import (
     QualityCurve,
     StageBreakdown,
     TableError,
+    save_table,
     table_from_dict,
     table_to_dict,
 )
+from genedge.contract.files import check_write_target
+from genedge.contract.runs import MEMORY_RUNGS, rung_column
 
-__all__ = ["build_table", "calibrate_runs"]
+__all__ = ["build_table", "calibrate_runs", "fit_and_write"]
 
 logger = logging.getLogger(__name__)
 
 # Rungs that belong to the pipeline's own process, best first; NVML device memory counts
 # every process on the GPU, so it is recorded but never taken as a model's peak.
 _PROCESS_RUNGS = ("nvml_process_bytes", "torch_reserved_bytes", "torch_allocated_bytes")
-_RUNG_COLUMNS = {
-    "torch_allocated_bytes": "peak_torch_allocated_bytes",
-    "torch_reserved_bytes": "peak_torch_reserved_bytes",
-    "nvml_process_bytes": "peak_nvml_process_bytes",
-    "nvml_device_bytes": "peak_nvml_device_bytes",
-}
 _DTYPE_BYTES = {"float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2, "float32": 4, "fp32": 4}
 
 _SOURCES: dict[str, dict[str, str]] = {
@@ -115,6 +113,29 @@ def calibrate_runs(run_dirs: Iterable[str | os.PathLike[str]]) -> CalibrationTab
             and :func:`build_table`.
     """
     return build_table(read_runs(run_dirs))
+
+
+def fit_and_write(
+    run_dirs: Iterable[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    figures_dir: str | os.PathLike[str] | None = None,
+) -> tuple[CalibrationTable, Path, list[Path]]:
+    """Fit the table of ``run_dirs``, write it to ``out`` and, when asked, its figures to ``figures_dir``.
+
+    ``out`` is checked before any work (see :func:`genedge.contract.check_write_target`).
+
+    Returns:
+        (table, table path, figure paths).
+    """
+    check_write_target(out)
+    runs = read_runs(run_dirs)
+    table = build_table(runs)
+    path = save_table(table, out)
+    if figures_dir is None:
+        return table, path, []
+    from genedge.calibrate.figures import write_figures
+
+    return table, path, write_figures(table, runs, figures_dir)
 
 
 def build_table(runs: ProfileRuns) -> CalibrationTable:
@@ -299,9 +320,8 @@ def _latency(ok: pd.DataFrame, used: set[str]) -> LatencyModel:
 def _memory(
     where: str, path: str, ok: pd.DataFrame, manifest_model: Mapping[str, Any], runs: ProfileRuns, used: set[str]
 ) -> MemoryPeak:
-    rungs = {
-        rung: (None if ok[column].isna().all() else int(ok[column].max())) for rung, column in _RUNG_COLUMNS.items()
-    }
+    peaks = {rung: ok[rung_column(rung)] for rung in MEMORY_RUNGS}
+    rungs = {rung: None if peak.isna().all() else int(peak.max()) for rung, peak in peaks.items()}
     measured = next(((rung, rungs[rung]) for rung in _PROCESS_RUNGS if rungs[rung]), None)
     if measured is not None:
         used.add("measured:memory")

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from genedge.calibrate.records import ProfileRuns
-from genedge.calibrate.table import MEMORY_RUNGS, CalibrationTable
+from genedge.calibrate.table import CalibrationTable
+from genedge.contract.runs import MEMORY_RUNGS
 
 __all__ = ["FIGURE_FORMATS", "write_figures"]
 

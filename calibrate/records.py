@@ -22,66 +22,30 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from genedge.calibrate.table import ClipConvention, Exclusion, TableError, _Reader, read_json
+from genedge.calibrate.table import Exclusion, TableError
+from genedge.contract.clip import CLIPSCORE_RANGE, ClipConvention
+from genedge.contract.runs import (
+    MANIFEST_NAME,
+    MEMORY_RUNGS,
+    RECORDS_DIR,
+    STATUSES,
+    Status,
+    clip_convention_of,
+    list_shards,
+    read_manifest,
+    read_shard,
+    rung_column,
+)
 
 __all__ = [
-    "MANIFEST_SCHEMA_VERSION",
-    "RECORD_COLUMNS",
     "ProfileRuns",
     "manifests_as_provenance",
     "read_runs",
-    "record_schema",
 ]
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_SCHEMA_VERSION = 1
-_STATUSES = ("ok", "oom", "error")
-#: CLIPScore = 100·max(cos, 0) lies in [0, 100]; anything else is a broken record.
-_SCORE_RANGE = (0.0, 100.0)
-_MEMORY_COLUMNS = (
-    "peak_torch_allocated_bytes",
-    "peak_torch_reserved_bytes",
-    "peak_nvml_process_bytes",
-    "peak_nvml_device_bytes",
-)
-
-#: The profile record contract: column name → Arrow type name (see :func:`record_schema`).
-RECORD_COLUMNS: dict[str, str] = {
-    "run_id": "string",
-    "model_key": "string",
-    "model_revision": "string",
-    "is_replica": "bool",
-    "steps": "int32",
-    "num_timesteps": "int32",
-    "seed": "int64",
-    "batch_size": "int32",
-    "prompt_id": "string",
-    "prompt": "string",
-    "category": "string",
-    "challenge": "string",
-    "p2_category": "string",
-    "step_latencies_s": "list<double>",
-    "text_encode_s": "double",
-    "denoise_s": "double",
-    "decode_s": "double",
-    "total_s": "double",
-    "clip_score": "double",
-    "prompt_truncated": "bool",
-    **{name: "int64" for name in _MEMORY_COLUMNS},
-    "nvml_note": "string",
-    "image_sha256": "string",
-    "status": "string",
-    "error": "string",
-    "device_name": "string",
-    "dtype": "string",
-    "resolution": "int32",
-    "guidance_scale": "double",
-    "clip_backbone": "string",
-    "clip_pretrained": "string",
-    "timestamp": "string",
-}
-
+_MEMORY_COLUMNS = tuple(rung_column(rung) for rung in MEMORY_RUNGS)
 # The columns the fits read; a shard without one of them cannot be calibrated.
 _USED_COLUMNS = (
     "run_id",
@@ -110,21 +74,6 @@ _USED_COLUMNS = (
 _SORT_KEY = ["model_key", "steps", "category", "run_id", "prompt_id", "seed"]
 
 
-def record_schema() -> Any:
-    """The Arrow schema of profile records (the contract of DESIGN §2.2), for writers and checks."""
-    import pyarrow as pa
-
-    types = {
-        "string": pa.string(),
-        "bool": pa.bool_(),
-        "int32": pa.int32(),
-        "int64": pa.int64(),
-        "double": pa.float64(),
-        "list<double>": pa.list_(pa.float64()),
-    }
-    return pa.schema([(name, types[kind]) for name, kind in RECORD_COLUMNS.items()])
-
-
 @dataclass(frozen=True)
 class ProfileRuns:
     """Profile runs that may share one calibration table.
@@ -151,7 +100,7 @@ class ProfileRuns:
     @property
     def ok(self) -> pd.DataFrame:
         """Rows of successful generations (the latency and memory fits use these)."""
-        return self.records[self.records["status"] == "ok"]
+        return self.records[self.records["status"] == Status.OK]
 
     @property
     def scored(self) -> pd.DataFrame:
@@ -180,10 +129,10 @@ def read_runs(run_dirs: Iterable[str | os.PathLike[str]]) -> ProfileRuns:
         raise ValueError("Expected at least one run directory, but got none")
     manifests: dict[str, Mapping[str, Any]] = {}
     frames = []
-    first = (dirs[0] / "manifest.json", _read_manifest(dirs[0] / "manifest.json"))
+    first = (dirs[0] / MANIFEST_NAME, read_manifest(dirs[0]))
     for run_dir in dirs:
-        manifest_path = run_dir / "manifest.json"
-        manifest = first[1] if run_dir == dirs[0] else _read_manifest(manifest_path)
+        manifest_path = run_dir / MANIFEST_NAME
+        manifest = first[1] if run_dir == dirs[0] else read_manifest(run_dir)
         if manifest["run_id"] in manifests:
             raise TableError(
                 str(manifest_path), "run_id", f"expected each run once, but got run {manifest['run_id']!r} twice"
@@ -198,47 +147,11 @@ def read_runs(run_dirs: Iterable[str | os.PathLike[str]]) -> ProfileRuns:
         run_dirs=dirs,
         manifests=dict(sorted(manifests.items())),
         device=dict(reference["device"]),
-        clip_convention=ClipConvention(**reference["clip_convention"]),
+        clip_convention=clip_convention_of(reference),
         category_mapping=dict(reference["prompt_set"]["category_mapping"]),
         records=records,
         exclusions=_exclusions(records),
     )
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: expected a run manifest, but the file does not exist")
-    doc = read_json(path, TableError, "a profile run manifest")
-    r = _Reader(str(path))
-    version = r.get(doc, "schema_version", "", int)
-    if version != MANIFEST_SCHEMA_VERSION:
-        raise r.fail("schema_version", f"expected {MANIFEST_SCHEMA_VERSION}, but got {version}")
-    r.get(doc, "run_id", "", str)
-    device = r.get(doc, "device", "", dict)
-    r.get(device, "name", "device", str)
-    r.opt(device, "memory_bytes", "device", int)
-    convention = r.get(doc, "clip_convention", "", dict)
-    for name in ClipConvention.__dataclass_fields__:
-        r.get(convention, name, "clip_convention", str)
-    prompt_set = r.get(doc, "prompt_set", "", dict)
-    prompt_set["category_mapping"] = _category_mapping(prompt_set, r)
-    for i, model in enumerate(r.get(doc, "models", "", list)):
-        r.get(r.check(model, f"models[{i}]", dict), "key", f"models[{i}]", str)
-    return doc
-
-
-def _category_mapping(prompt_set: dict[str, Any], r: _Reader) -> dict[str, Any]:
-    """The mapping as a document: name, column and labels (category → labels of ``column``).
-
-    The table carries the mapping itself, so a planner can map a prompt file without the
-    profiler. Runs record it either whole or as a name beside ``column`` and ``labels``.
-    """
-    raw = r.get(prompt_set, "category_mapping", "prompt_set", (str, dict))
-    if isinstance(raw, dict):
-        return raw
-    mapping = {"name": raw, "column": r.opt(prompt_set, "column", "prompt_set", str)}
-    labels = r.opt(prompt_set, "labels", "prompt_set", dict)
-    return mapping if labels is None else {**mapping, "labels": labels}
 
 
 def _check_compatible(first: tuple[Path, Mapping[str, Any]], other: tuple[Path, Mapping[str, Any]]) -> None:
@@ -272,18 +185,19 @@ def _check_compatible(first: tuple[Path, Mapping[str, Any]], other: tuple[Path, 
 
 
 def _shards(run_dir: Path) -> list[Path]:
-    shards = sorted((run_dir / "records").glob("shard-*.parquet"))
+    shards = [path for _, _, path in list_shards(run_dir)]
     if not shards:
-        raise FileNotFoundError(f"{run_dir / 'records'}: expected at least one shard-*.parquet file, but found none")
+        raise FileNotFoundError(
+            f"{run_dir / RECORDS_DIR}: expected at least one shard-<rank>-<NNNNN>.parquet file, but found none"
+        )
     return shards
 
 
 def _read_shard(path: Path, manifest: Mapping[str, Any]) -> pd.DataFrame:
     """Read one shard, checking the columns and the values the fits depend on."""
-    import pyarrow.parquet as pq
 
     where = str(path)
-    table = pq.read_table(path)
+    table = read_shard(path)
     missing = [name for name in _USED_COLUMNS if name not in table.column_names]
     if missing:
         raise TableError(
@@ -325,13 +239,13 @@ def _read_shard(path: Path, manifest: Mapping[str, Any]) -> pd.DataFrame:
             "model_key",
             f"expected one of the manifest's models {sorted(known_models)}, but got {frame['model_key'].iat[bad[0]]!r}",
         )
-    bad = np.flatnonzero(~frame["status"].isin(_STATUSES).to_numpy())
+    bad = np.flatnonzero(~frame["status"].isin(STATUSES).to_numpy())
     if bad.size:
-        raise fail(int(bad[0]), "status", f"expected one of {list(_STATUSES)}, but got {frame['status'].iat[bad[0]]!r}")
+        raise fail(int(bad[0]), "status", f"expected one of {list(STATUSES)}, but got {frame['status'].iat[bad[0]]!r}")
 
-    ok = (frame["status"] == "ok").to_numpy()
+    ok = (frame["status"] == Status.OK).to_numpy()
     score = frame["clip_score"].to_numpy(dtype=float)
-    lo, hi = _SCORE_RANGE
+    lo, hi = CLIPSCORE_RANGE
     with np.errstate(invalid="ignore"):
         bad_score = ok & ~score_null & ~((score >= lo) & (score <= hi))
     if bad_score.any():
@@ -364,7 +278,7 @@ def _read_shard(path: Path, manifest: Mapping[str, Any]) -> pd.DataFrame:
 def _check_unique(records: pd.DataFrame) -> None:
     """A resumed run must not count an image twice; two ok rows for one image is a profiler bug."""
     key = ["run_id", "model_key", "steps", "prompt_id", "seed"]
-    ok = records[records["status"] == "ok"]
+    ok = records[records["status"] == Status.OK]
     dup = ok[ok.duplicated(key, keep=False)]
     if len(dup):
         row = dup.iloc[0]
@@ -379,9 +293,9 @@ def _check_unique(records: pd.DataFrame) -> None:
 
 def _exclusions(records: pd.DataFrame) -> tuple[Exclusion, ...]:
     """Count the rows each fit leaves out, by model, steps and reason."""
-    failed = records[records["status"] != "ok"]
+    failed = records[records["status"] != Status.OK]
     reasons = "status=" + failed["status"] + failed["error"].fillna("").map(_first_line)
-    unscored = records[(records["status"] == "ok") & records["clip_score"].isna()]
+    unscored = records[(records["status"] == Status.OK) & records["clip_score"].isna()]
     parts: list[tuple[str, int, str]] = list(zip(failed["model_key"], failed["steps"].astype(int), reasons))
     parts += [
         (m, int(s), "clip_score is null (left out of quality fits; kept for latency and memory)")

@@ -20,8 +20,17 @@ import numpy as np
 import pandas as pd
 
 from genedge.calibrate.fit import saturating_mean
-from genedge.calibrate.records import MANIFEST_SCHEMA_VERSION, record_schema
-from genedge.calibrate.table import ClipConvention, write_text_atomic
+from genedge.contract.clip import ClipConvention
+from genedge.contract.files import write_text_atomic
+from genedge.contract.runs import (
+    MANIFEST_NAME,
+    MANIFEST_SCHEMA_VERSION,
+    MEMORY_RUNGS,
+    Status,
+    record_schema,
+    rung_column,
+    shard_path,
+)
 
 __all__ = [
     "SYNTHETIC_CLIP_CONVENTION",
@@ -147,18 +156,10 @@ def synthetic_run(
                                 "total_s": float(text + denoise + decode),
                                 "clip_score": float(truth.mean(s) + truth.std * rng.standard_normal()),
                                 "prompt_truncated": False,
-                                **{
-                                    col: model.memory_bytes.get(col)
-                                    for col in (
-                                        "peak_torch_allocated_bytes",
-                                        "peak_torch_reserved_bytes",
-                                        "peak_nvml_process_bytes",
-                                        "peak_nvml_device_bytes",
-                                    )
-                                },
+                                **{column: model.memory_bytes.get(column) for column in map(rung_column, MEMORY_RUNGS)},
                                 "nvml_note": None,
                                 "image_sha256": None,
-                                "status": "ok",
+                                "status": Status.OK.value,
                                 "error": None,
                                 "device_name": device_name,
                                 "dtype": "float16",
@@ -181,6 +182,7 @@ def synthetic_run(
         "models": [
             {"key": m.key, "revision": None, "is_replica": m.is_replica, "unet_params": m.unet_params} for m in models
         ],
+        "steps": list(steps),
         "batch_size": 1,
         "seeds": list(seeds),
         "warmup": 0,
@@ -188,8 +190,7 @@ def synthetic_run(
         "prompt_set": {
             "name": "synthetic",
             "sha256": "0" * 64,
-            "category_mapping": {"column": "category", "labels": {c: [c] for c in categories}},
-            "column": "category",
+            "category_mapping": {"name": "synthetic", "column": "category", "labels": {c: [c] for c in categories}},
             "n": prompts_per_category * len(categories),
         },
         "nvml": {"available": False, "reason": "synthetic run"},
@@ -205,7 +206,7 @@ def write_run(
     shards: int = 1,
     nan_as_null: bool = True,
 ) -> Path:
-    """Write a run directory: ``manifest.json`` and ``records/shard-00000.parquet`` ….
+    """Write a run directory: ``manifest.json`` and rank 0's shards ``records/shard-0-00000.parquet`` ….
 
     Columns are typed by the record contract; a column the frame lacks is left out
     (so a test can write a shard with a missing column).
@@ -227,12 +228,13 @@ def write_run(
     if shards < 1:
         raise ValueError(f"Expected shards >= 1, but got {shards}")
     run_dir = Path(run_dir)
-    (run_dir / "records").mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    write_text_atomic(run_dir / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
     full = record_schema()
     schema = pa.schema([full.field(name) for name in records.columns if name in full.names])
     for i, part in enumerate(np.array_split(np.arange(len(records)), shards)):
         rows = records.iloc[part]
         table = pa.table([pa.array(rows[f.name], type=f.type, from_pandas=nan_as_null) for f in schema], schema=schema)
-        pq.write_table(table, run_dir / "records" / f"shard-{i:05d}.parquet")
+        target = shard_path(run_dir, 0, i)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, target)
     return run_dir

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,17 +24,20 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from genedge.contract.clip import ClipConvention
+from genedge.contract.files import ArtifactError, read_json, write_text_atomic
+from genedge.contract.mappings import check_category_mapping
+from genedge.contract.runs import MEMORY_RUNGS
+
 __all__ = [
     "SCHEMA_VERSION",
     "Source",
     "TableError",
-    "ClipConvention",
     "QualityCell",
     "QualityCurve",
     "StageBreakdown",
     "LatencyModel",
     "MemoryPeak",
-    "MEMORY_RUNGS",
     "Exclusion",
     "ModelCalibration",
     "CalibrationTable",
@@ -43,9 +45,7 @@ __all__ = [
     "save_table",
     "table_from_dict",
     "table_to_dict",
-    "read_json",
     "saturating_mean",
-    "write_text_atomic",
 ]
 
 SCHEMA_VERSION = 1
@@ -55,36 +55,12 @@ Source = Literal["measured", "published", "derived"]
 CurveForm = Literal["saturating_exp", "linear_interpolation"]
 
 
-class TableError(ValueError):
+class TableError(ArtifactError):
     """A calibration table (or an input to one) is malformed.
 
     The message names the file, the field (as a dotted path) and what was
     expected.
     """
-
-    def __init__(self, where: str, field_path: str, message: str) -> None:
-        self.where = where
-        self.field_path = field_path
-        super().__init__(f"{where}: {field_path}: {message}")
-
-
-@dataclass(frozen=True)
-class ClipConvention:
-    """How every CLIPScore in a table was computed; tables never mix conventions.
-
-    Attributes:
-        backbone: open_clip model name, e.g. ``"ViT-L-14-quickgelu"``.
-        pretrained: open_clip pretrained tag, e.g. ``"openai"``.
-        formula: the per-image score, e.g. ``"100*max(cos,0)"``.
-        truncation: how long prompts are cut, e.g. ``"77 tokens, end token kept"``.
-        preprocess: image preprocessing before the image tower.
-    """
-
-    backbone: str
-    pretrained: str
-    formula: str
-    truncation: str
-    preprocess: str
 
 
 @dataclass(frozen=True)
@@ -211,14 +187,6 @@ class MemoryPeak:
     torch_reserved_bytes: int | None = None
     nvml_process_bytes: int | None = None
     nvml_device_bytes: int | None = None
-
-
-MEMORY_RUNGS: tuple[str, ...] = (
-    "torch_allocated_bytes",
-    "torch_reserved_bytes",
-    "nvml_process_bytes",
-    "nvml_device_bytes",
-)
 
 
 @dataclass(frozen=True)
@@ -677,7 +645,7 @@ def table_from_dict(doc: Mapping[str, Any], where: str = "<table>") -> Calibrati
         device=dict(device),
         clip_convention=convention,
         categories=categories,
-        category_mapping=dict(r.get(doc, "category_mapping", "", dict)),
+        category_mapping=check_category_mapping(r.get(doc, "category_mapping", "", dict), where, TableError),
         models=models,
         sources={k: dict(v) for k, v in sources.items()},
         manifest=dict(r.opt(doc, "manifest", "", dict) or {}),
@@ -783,20 +751,7 @@ def load_table(path: str | os.PathLike[str]) -> CalibrationTable:
         TableError: the file is not valid JSON or violates the schema (names file and field).
     """
     path = Path(path)
-    return table_from_dict(read_json(path, TableError, "a JSON calibration table"), where=str(path))
-
-
-def read_json(path: Path, error: type[ValueError], what: str) -> Any:
-    """Parse a JSON file; bytes that are not UTF-8 or text that is not JSON raise ``error(path, position, message)``.
-
-    ``error`` is an artifact error class taking (where, field, message), such as :class:`TableError`.
-    """
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise error(str(path), f"byte {err.start}", f"not UTF-8 text; expected {what}") from err
-    except json.JSONDecodeError as err:
-        raise error(str(path), f"line {err.lineno}", f"not valid JSON ({err.msg})") from err
+    return table_from_dict(read_json(path, "a JSON calibration table", TableError), where=str(path))
 
 
 def save_table(table: CalibrationTable, path: str | os.PathLike[str]) -> Path:
@@ -809,18 +764,3 @@ def save_table(table: CalibrationTable, path: str | os.PathLike[str]) -> Path:
     text = json.dumps(table_to_dict(table), indent=2, sort_keys=True, allow_nan=False) + "\n"
     write_text_atomic(path, text)
     return path
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -8,8 +8,13 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from genedge.contract.files import ArtifactError
+from genedge.contract.mappings import label_to_category
+from genedge.contract.prompts import read_prompt_file
 
 __all__ = ["Workload"]
 
@@ -19,7 +24,7 @@ class Workload:
     """Requests per prompt category in one planning window.
 
     Attributes:
-        counts: category → number of requests (≥ 0; at least one > 0).
+        counts: category → number of requests (whole numbers ≥ 0; at least one > 0).
     """
 
     counts: Mapping[str, float]
@@ -28,8 +33,12 @@ class Workload:
         if not self.counts:
             raise ValueError("Expected at least one category in the workload, but got none")
         for category, count in self.counts.items():
+            if not isinstance(category, str) or not category.strip():
+                raise ValueError(f"Expected category names, but got {category!r}")
             if not isinstance(count, (int, float)) or isinstance(count, bool) or not math.isfinite(count) or count < 0:
                 raise ValueError(f"Expected a request count >= 0 for category {category!r}, but got {count!r}")
+            if not float(count).is_integer():
+                raise ValueError(f"Expected a whole number of requests for category {category!r}, but got {count!r}")
         if sum(self.counts.values()) <= 0:
             raise ValueError(f"Expected at least one request in the workload, but got {dict(self.counts)}")
 
@@ -57,33 +66,28 @@ class Workload:
         return cls(counts={n: int(c) for n, c in zip(names, counts)})
 
     @classmethod
-    def from_prompt_file(cls, path: str | Path, mapping: Mapping[str, str], column: str) -> Workload:
-        """Count the prompts of a TSV/CSV file per category.
+    def from_prompt_file(cls, path: str | Path, mapping: Mapping[str, Any]) -> Workload:
+        """Count the prompts of a prompt file per category.
 
         Args:
-            path: a prompt file with a header row (tab-separated for ``.tsv``, else comma).
-            mapping: label in ``column`` → category name; rows with other labels are ignored.
-            column: the column whose labels are mapped (e.g. ``"Challenge"``).
+            path: a prompt file (TSV, CSV or Parquet with a header; see
+                :func:`genedge.contract.read_prompt_file`).
+            mapping: a category mapping (``column`` and ``labels``); rows with other labels are not counted.
 
         Raises:
-            ValueError: the column is missing or no row maps to a category.
+            ArtifactError: the file is malformed or lacks the mapping's column, or no row maps to a category.
         """
-        import csv
-
-        path = Path(path)
-        delimiter = "\t" if path.suffix.lower() in {".tsv", ".tab"} else ","
+        table = read_prompt_file(path)
+        to_category = label_to_category(mapping)
         counts: dict[str, int] = {}
-        with path.open(encoding="utf-8", newline="") as handle:
-            # Quoting off: one PartiPrompts prompt starts with a double quote.
-            reader = csv.DictReader(handle, delimiter=delimiter, quoting=csv.QUOTE_NONE)
-            if reader.fieldnames is None or column not in reader.fieldnames:
-                raise ValueError(f"{path}: expected a column {column!r}, but the header has {reader.fieldnames}")
-            for row in reader:
-                category = mapping.get(row[column])
-                if category is not None:
-                    counts[category] = counts.get(category, 0) + 1
+        for label in table.column(mapping["column"]):
+            category = to_category.get(label)
+            if category is not None:
+                counts[category] = counts.get(category, 0) + 1
         if not counts:
-            raise ValueError(f"{path}: no row's {column!r} label is one of {sorted(mapping)}")
+            raise ArtifactError(
+                str(path), mapping["column"], f"expected labels among {sorted(to_category)}, but no row has one"
+            )
         return cls(counts=counts)
 
     def scaled(self, total: int) -> Workload:

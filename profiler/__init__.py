@@ -6,6 +6,7 @@ are imported inside the functions that need them.
 
 from __future__ import annotations
 
+from genedge.contract.runs import read_manifest, record_schema
 from genedge.profiler.clipscore import ClipConvention, ClipScorer, clip_score_from_features, clip_scores
 from genedge.profiler.models import (
     ModelSpec,
@@ -27,7 +28,7 @@ from genedge.profiler.prompts import (
     list_category_mappings,
     load_prompt_set,
 )
-from genedge.profiler.records import read_manifest, read_records, record_schema, recorded_keys, summarize_run
+from genedge.profiler.records import read_records, recorded_keys, summarize_run
 from genedge.profiler.run import Measurement, ProfileConfig, Progress, RunResult, measure_call, profile, validate
 from genedge.profiler.timing import Clock, StepTimer, step_timer
 

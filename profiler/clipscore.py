@@ -13,9 +13,9 @@ import json
 import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from genedge.contract.clip import ClipConvention
 from genedge.data import path as data_path
 from genedge.profiler._imports import require
 
@@ -38,25 +38,6 @@ CLIP_FORMULA = "100*max(cos(E_I, E_C), 0) per image"
 _REPLICA_SCHEME = "replica:"
 _RANDOM_INIT = "none"
 _DEFAULT_BATCH_SIZE = 32
-
-
-@dataclass(frozen=True)
-class ClipConvention:
-    """How a CLIPScore was computed; travels with every record, manifest and table.
-
-    Attributes:
-        backbone: open_clip model name, or ``replica:<name>`` for a shipped random-weight config.
-        pretrained: open_clip pretrained tag; ``"none"`` for random initialisation.
-        formula: The score formula.
-        truncation: How long captions are handled.
-        preprocess: The image preprocessing pipeline.
-    """
-
-    backbone: str
-    pretrained: str
-    formula: str
-    truncation: str
-    preprocess: str
 
 
 def clip_score_from_features(image_features: Any, text_features: Any) -> Any:

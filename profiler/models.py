@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from genedge.contract.mappings import JsonRegistry
 from genedge.data import path as data_path
 from genedge.profiler._imports import require
-from genedge.profiler.registry import JsonRegistry
 
 __all__ = [
     "REPLICA_SCHEME",

@@ -1,23 +1,28 @@
-"""Prompt sets (PartiPrompts by default) and the category mappings that label each prompt.
+"""Prompt sets (PartiPrompts by default), labelled by a category mapping.
 
-A category mapping names a column of the prompt table and maps category names to that column's
-labels; rows whose label no category claims are not selected. Mappings are JSON files under
-``genedge/data/prompts/mappings`` (``paper4`` — the paper's four from ``Challenge`` —,
-``challenge`` and ``category``).
+The prompt-file reader and the mappings are the contract's (:mod:`genedge.contract.prompts`,
+:mod:`genedge.contract.mappings`); this module selects and labels the prompts a run measures.
+Rows whose label no category claims are not selected.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from genedge.data import path as data_path
+from genedge.contract.files import ArtifactError
+from genedge.contract.mappings import (
+    DEFAULT_MAPPING,
+    add_category_mapping_path,
+    get_category_mapping,
+    label_to_category,
+    list_category_mappings,
+)
+from genedge.contract.prompts import PROMPT_COLUMN, PromptTable, read_prompt_file
 from genedge.profiler._imports import require
-from genedge.profiler.registry import JsonRegistry
 
 __all__ = [
     "DEFAULT_PROMPT_SOURCE",
@@ -34,10 +39,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROMPT_SOURCE = "nateraw/parti-prompts"
-DEFAULT_MAPPING = "paper4"
-P2_COLUMNS: tuple[str, ...] = ("Prompt", "Category", "Challenge", "Note")
+P2_COLUMNS: tuple[str, ...] = (PROMPT_COLUMN, "Category", "Challenge", "Note")
 _PROMPT_ID_PREFIX = "p2"
-_REQUIRED_MAPPING_FIELDS = ("name", "column", "categories")
 
 
 @dataclass(frozen=True)
@@ -65,18 +68,20 @@ class PromptSet:
 
     Attributes:
         name: The source (hub id or file path) as given.
-        sha256: SHA-256 of the whole source table serialized as tab-separated UTF-8 lines (header
-            first, LF, trailing newline); for PartiPrompts.tsv this equals the file's own hash.
-        category_mapping: Name of the category mapping applied.
-        column: The column the mapping reads.
+        sha256: SHA-256 of the whole source table (see :meth:`genedge.contract.PromptTable.sha256`).
+        category_mapping: The category mapping applied (``name``, ``column``, ``labels``).
         prompts: The selected prompts, in source-row order.
     """
 
     name: str
     sha256: str
-    category_mapping: str
-    column: str
+    category_mapping: Mapping[str, Any]
     prompts: tuple[Prompt, ...]
+
+    @property
+    def column(self) -> str:
+        """The column the mapping reads."""
+        return self.category_mapping["column"]
 
     @property
     def categories(self) -> list[str]:
@@ -84,63 +89,17 @@ class PromptSet:
         return list(dict.fromkeys(p.category for p in self.prompts))
 
 
-def _check_mapping(mapping: dict[str, Any], file: Path) -> None:
-    labels = [label for group in mapping["categories"].values() for label in group]
-    if len(labels) != len(set(labels)):
-        raise ValueError(f"{file}: field 'categories': expected each label in one category only, but got {labels}")
-
-
-_MAPPINGS = JsonRegistry(
-    "category mapping", "category mapping", [data_path("prompts", "mappings")], _REQUIRED_MAPPING_FIELDS, _check_mapping
-)
-
-
-def list_category_mappings() -> list[str]:
-    """Names of the registered category mappings, sorted."""
-    return _MAPPINGS.names()
-
-
-def get_category_mapping(name: str) -> dict[str, Any]:
-    """A copy of one category mapping: ``{"name", "column", "categories": {name: [labels]}, ...}``.
-
-    Raises:
-        ValueError: For an unknown name, listing the available ones.
-    """
-    return _MAPPINGS.get(name)
-
-
-def add_category_mapping_path(path: str | Path) -> None:
-    """Register another category-mapping JSON file or folder (validated on next use)."""
-    _MAPPINGS.add_path(path)
-
-
-def _read_table(source: str) -> Any:
-    pandas = require("pandas")
-    file = Path(source)
-    if file.exists():
-        suffix = file.suffix.lower()
-        if suffix == ".tsv":
-            # One P2 prompt begins with a double quote; csv quoting would strip it, so disable quoting.
-            return pandas.read_csv(file, sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False)
-        if suffix == ".csv":
-            return pandas.read_csv(file, dtype=str, keep_default_na=False)
-        if suffix == ".parquet":
-            return pandas.read_parquet(file).astype(str)
-        raise ValueError(f"{file}: expected a .tsv, .csv or .parquet prompt file, but got suffix {file.suffix!r}")
+def _read_table(source: str) -> PromptTable:
+    if Path(source).exists():
+        return read_prompt_file(source)
     if "/" not in source or source.startswith((".", "/")):
         raise FileNotFoundError(
             f"Expected a prompt file or a datasets hub id, but {source!r} is neither an existing file nor 'org/name'"
         )
-    dataset = require("datasets").load_dataset(source, split="train")
-    return dataset.to_pandas().astype(str)
-
-
-def _table_sha256(table: Any) -> str:
-    digest = hashlib.sha256()
-    digest.update(("\t".join(table.columns) + "\n").encode("utf-8"))
-    for row in table.itertuples(index=False):
-        digest.update(("\t".join(row) + "\n").encode("utf-8"))
-    return digest.hexdigest()
+    frame = require("datasets").load_dataset(source, split="train").to_pandas()
+    columns = tuple(str(c) for c in frame.columns)
+    rows = tuple(tuple("" if v is None else str(v) for v in row) for row in frame.itertuples(index=False))
+    return PromptTable(source, columns, rows)
 
 
 def _subsample(rows: list[int], n: int, rng: Any) -> list[int]:
@@ -160,8 +119,9 @@ def load_prompt_set(
     """Load a prompt table, label each row by a category mapping and select a subset.
 
     Args:
-        source: A datasets hub id (default ``nateraw/parti-prompts``) or a local ``.tsv`` (read with
-            quoting disabled), ``.csv`` or ``.parquet`` file with a ``Prompt`` column.
+        source: A datasets hub id (default ``nateraw/parti-prompts``) or a local ``.tsv`` (read
+            exactly), ``.csv`` (standard quoting) or ``.parquet`` file with a ``Prompt`` column
+            (see :func:`genedge.contract.read_prompt_file`).
         mapping: Category mapping name (see :func:`list_category_mappings`).
         per_category: Keep at most this many prompts per category, sampled with ``seed``.
         limit: Then keep at most this many prompts overall, sampled with ``seed``.
@@ -181,17 +141,18 @@ def load_prompt_set(
     spec = get_category_mapping(mapping)
     table = _read_table(source)
     column = spec["column"]
-    for needed in ("Prompt", column):
-        if needed not in table.columns:
-            raise ValueError(
-                f"{source}: expected a column {needed!r} (category mapping {mapping!r} reads {column!r}), "
-                f"but the columns are {list(table.columns)}"
-            )
-    label_to_category = {label: name for name, labels in spec["categories"].items() for label in labels}
+    texts = table.column(PROMPT_COLUMN)
+    try:
+        labels = table.column(column)
+    except ArtifactError as err:
+        raise ArtifactError(
+            source, column, f"category mapping {mapping!r} reads this column, but the columns are {list(table.columns)}"
+        ) from err
+    to_category = label_to_category(spec)
     by_category: dict[str, list[int]] = {}
-    for row, label in enumerate(table[column]):
-        if label in label_to_category:
-            by_category.setdefault(label_to_category[label], []).append(row)
+    for row, label in enumerate(labels):
+        if label in to_category:
+            by_category.setdefault(to_category[label], []).append(row)
     rng = numpy.random.default_rng(seed)
     if per_category is not None:
         by_category = {name: _subsample(rows, per_category, rng) for name, rows in by_category.items()}
@@ -201,20 +162,17 @@ def load_prompt_set(
     if not selected:
         raise ValueError(
             f"{source}: expected at least one prompt whose {column!r} label is one of "
-            f"{sorted(label_to_category)} (mapping {mapping!r}), but got an empty prompt set from {len(table)} rows"
+            f"{sorted(to_category)} (mapping {mapping!r}), but got an empty prompt set from {len(table.rows)} rows"
         )
-
-    def optional(row: int, name: str) -> str | None:
-        return str(table[name].iat[row]) if name in table.columns else None
-
+    optional = {name: table.column(name) if name in table.columns else None for name in ("Challenge", "Category")}
     prompts = tuple(
         Prompt(
             prompt_id=f"{_PROMPT_ID_PREFIX}-{row:05d}",
-            text=str(table["Prompt"].iat[row]),
-            category=label_to_category[table[column].iat[row]],
-            challenge=optional(row, "Challenge"),
-            p2_category=optional(row, "Category"),
+            text=texts[row],
+            category=to_category[labels[row]],
+            challenge=None if optional["Challenge"] is None else optional["Challenge"][row],
+            p2_category=None if optional["Category"] is None else optional["Category"][row],
         )
         for row in selected
     )
-    return PromptSet(name=source, sha256=_table_sha256(table), category_mapping=mapping, column=column, prompts=prompts)
+    return PromptSet(name=source, sha256=table.sha256(), category_mapping=spec, prompts=prompts)

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from genedge import __version__
+from genedge.contract.files import write_bytes_atomic
+from genedge.contract.runs import MANIFEST_NAME, MANIFEST_SCHEMA_VERSION, read_manifest, write_manifest
 from genedge.profiler._imports import require
 from genedge.profiler.clipscore import DEFAULT_CLIP_BACKBONE, DEFAULT_CLIP_PRETRAINED, ClipScorer
 from genedge.profiler.models import ModelSpec, load_pipeline, parse_model_spec, scheduler_config, unet_param_count
@@ -34,17 +36,9 @@ from genedge.profiler.prompts import (
     DEFAULT_PROMPT_SOURCE,
     Prompt,
     PromptSet,
-    get_category_mapping,
     load_prompt_set,
 )
-from genedge.profiler.records import (
-    SCHEMA_VERSION,
-    ShardWriter,
-    read_manifest,
-    recorded_keys,
-    write_atomic,
-    write_manifest,
-)
+from genedge.profiler.records import ShardWriter, recorded_keys
 from genedge.profiler.timing import Clock, step_timer
 
 __all__ = [
@@ -395,7 +389,7 @@ def _save_image(run_dir: Path, image: Any) -> str:
     digest = hashlib.sha256(data).hexdigest()
     target = run_dir / "images" / f"{digest}.png"
     if not target.exists():  # content-addressed: an existing file already holds these bytes
-        write_atomic(target, data)
+        write_bytes_atomic(target, data)
     return digest
 
 
@@ -533,11 +527,11 @@ def profile(
     try:
         device_info = _device_info(torch, device, monitor)
         run_id = _run_id(out_dir, config, prompt_set, device_info["name"], dtype_name)
-        if (out_dir / "manifest.json").is_file():
+        if (out_dir / MANIFEST_NAME).is_file():
             existing = read_manifest(out_dir)
             if existing["run_id"] != run_id:
                 raise ValueError(
-                    f"{out_dir / 'manifest.json'}: field 'run_id': expected {run_id} (this command's settings), "
+                    f"{out_dir / MANIFEST_NAME}: field 'run_id': expected {run_id} (this command's settings), "
                     "but got "
                     f"{existing['run_id']!r}; the directory holds a run with other settings, use another --out"
                 )
@@ -556,7 +550,7 @@ def profile(
             write_manifest(
                 out_dir,
                 {
-                    "schema_version": SCHEMA_VERSION,
+                    "schema_version": MANIFEST_SCHEMA_VERSION,
                     "run_id": run_id,
                     "device": device_info,
                     "versions": _versions(),
@@ -573,10 +567,8 @@ def profile(
                     "prompt_set": {
                         "name": prompt_set.name,
                         "sha256": prompt_set.sha256,
+                        # The whole mapping travels with the run, so reading it needs no mapping registry.
                         "category_mapping": prompt_set.category_mapping,
-                        # The labels travel with the run, so reading it needs no mapping registry.
-                        "labels": get_category_mapping(prompt_set.category_mapping)["categories"],
-                        "column": prompt_set.column,
                         "n": len(prompt_set.prompts),
                     },
                     "nvml": {"available": monitor.status.available, "reason": monitor.status.reason},

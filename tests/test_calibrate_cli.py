@@ -65,6 +65,6 @@ def test_calibrate_reports_bad_input_as_one_clear_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip() == (
         f"genedge calibrate: error: {tmp_path / 'missing' / 'manifest.json'}: expected a "
-        f"run manifest, but the file does not exist"
+        f"profile run manifest, but the file does not exist"
     )
     assert not (tmp_path / "t.json").exists()

@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 
 from genedge.calibrate import Exclusion, TableError, calibrate_runs
+from genedge.contract import ArtifactError, shard_path
 from genedge.calibrate.synthetic import (
     SYNTHETIC_CLIP_CONVENTION,
     QualityTruth,
@@ -52,7 +53,7 @@ def test_invalid_clip_score_is_an_error_naming_the_record(tmp_path: Path, bad: f
     records.loc[7, "clip_score"] = bad
     run = write_run(tmp_path / "run", manifest, records, nan_as_null=False)
     message = (
-        f"{run / 'records' / 'shard-00000.parquet'}: row 7 ('Detail-0001').clip_score: expected a CLIPScore "
+        f"{shard_path(run, 0, 0)}: row 7 ('Detail-0001').clip_score: expected a CLIPScore "
         f"in [0, 100] (100·max(cos, 0)) or null, but got {bad!r}"
     )
     with pytest.raises(TableError, match=re.escape(message)):
@@ -81,9 +82,7 @@ def test_null_scores_and_failed_generations_are_counted_not_dropped(tmp_path: Pa
 def test_missing_column_is_an_error_naming_shard_and_column(tmp_path: Path) -> None:
     manifest, records = _run(tmp_path)
     run = write_run(tmp_path / "run", manifest, records.drop(columns=["total_s"]))
-    with pytest.raises(
-        TableError, match=re.escape(f"{run / 'records' / 'shard-00000.parquet'}: total_s: missing column")
-    ):
+    with pytest.raises(TableError, match=re.escape(f"{shard_path(run, 0, 0)}: total_s: missing column")):
         calibrate_runs([run])
 
 
@@ -150,14 +149,14 @@ def test_an_image_recorded_twice_is_refused(tmp_path: Path) -> None:
 
 
 def test_missing_manifest_and_wrong_manifest_field(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="expected a run manifest"):
+    with pytest.raises(FileNotFoundError, match="expected a profile run manifest"):
         calibrate_runs([tmp_path / "nowhere"])
     manifest, records = _run(tmp_path)
     run = write_run(tmp_path / "run", manifest, records)
     doc = json.loads((run / "manifest.json").read_text())
-    doc["schema_version"] = 2
+    doc["schema_version"] = 1
     (run / "manifest.json").write_text(json.dumps(doc))
-    with pytest.raises(TableError, match=r"manifest.json: schema_version: expected 1, but got 2"):
+    with pytest.raises(ArtifactError, match=r"manifest.json: schema_version: expected 2, but got 1"):
         calibrate_runs([run])
 
 

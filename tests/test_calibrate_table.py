@@ -27,7 +27,7 @@ def _minimal_doc() -> dict[str, Any]:
             "preprocess": "val",
         },
         "categories": ["Basic"],
-        "category_mapping": {"column": "Challenge"},
+        "category_mapping": {"column": "Challenge", "labels": {"Basic": ["Basic"]}},
         "models": {
             "a": {
                 "name": "a",

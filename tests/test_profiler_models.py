@@ -22,7 +22,7 @@ from genedge.profiler import (
     unet_param_count,
 )
 from genedge.profiler import models as models_module
-from genedge.profiler.registry import JsonRegistry
+from genedge.contract import JsonRegistry
 
 SHIPPED = [
     "bk-sdm-base",
@@ -88,7 +88,7 @@ def test_a_bad_replica_file_is_an_error_naming_file_and_field(tmp_path: Path, mo
     )
     add_replica_path(bad)
     with pytest.raises(
-        ValueError, match=r"broken.json: expected field 'resolution' in a replica config, but it is missing"
+        ValueError, match=r"broken.json: resolution: expected this field in a replica config, but it is missing"
     ):
         list_replicas()
 

@@ -35,7 +35,7 @@ def test_partiprompts_paper_mapping_counts_and_hash() -> None:
         "Complex": 113,
     }
     assert prompts.sha256 == hashlib.sha256(P2.read_bytes()).hexdigest()
-    assert prompts.column == "Challenge" and prompts.category_mapping == "paper4"
+    assert prompts.column == "Challenge" and prompts.category_mapping["name"] == "paper4"
 
 
 @needs_p2
@@ -73,8 +73,8 @@ def test_own_file_labels_ids_and_seeded_subsets(tmp_path: Path) -> None:
 def test_registry_lists_and_copies() -> None:
     assert list_category_mappings() == ["category", "challenge", "paper4"]
     mapping = get_category_mapping("paper4")
-    mapping["categories"].clear()
-    assert get_category_mapping("paper4")["categories"]["Detail"] == ["Simple Detail", "Fine-grained Detail"]
+    mapping["labels"].clear()
+    assert get_category_mapping("paper4")["labels"]["Detail"] == ["Simple Detail", "Fine-grained Detail"]
     with pytest.raises(
         ValueError, match=r"Expected a known category mapping, but got 'nope'. Available: category, challenge, paper4"
     ):
@@ -84,9 +84,7 @@ def test_registry_lists_and_copies() -> None:
 def test_file_without_the_mapped_column_is_an_error(tmp_path: Path) -> None:
     source = tmp_path / "no_challenge.csv"
     source.write_text("Prompt,Category\na cat,Animals\n", encoding="utf-8")
-    with pytest.raises(
-        ValueError, match=r"no_challenge.csv: expected a column 'Challenge' \(category mapping 'paper4'"
-    ):
+    with pytest.raises(ValueError, match=r"no_challenge.csv: Challenge: category mapping 'paper4' reads this column"):
         load_prompt_set(str(source))
 
 

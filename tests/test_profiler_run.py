@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from genedge.contract import MANIFEST_SCHEMA_VERSION, get_category_mapping
 from genedge.profiler import ClipScorer, ProfileConfig, profile, read_manifest, read_records, record_schema
 
 P2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "PartiPrompts.tsv"  # ../shared beside the checkout
@@ -103,13 +104,15 @@ def test_without_nvidia_driver_memory_is_null_with_a_reason(profiler_run: Path) 
 
 def test_manifest(profiler_run: Path, profiler_config: ProfileConfig) -> None:
     manifest = read_manifest(profiler_run)
-    assert manifest["schema_version"] == 1 and manifest["run_id"].startswith("tiny-")
+    assert manifest["schema_version"] == MANIFEST_SCHEMA_VERSION and manifest["run_id"].startswith("tiny-")
     assert set(manifest["clip_convention"]) == {"backbone", "pretrained", "formula", "truncation", "preprocess"}
     assert manifest["device"]["memory_bytes"] is None and manifest["dtype"] == "float32"
     assert [m["key"] for m in manifest["models"]] == list(MODELS)
     assert all(m["is_replica"] and m["unet_params"] > 0 for m in manifest["models"])
     assert manifest["scheduler"]["class"] == "DDIMScheduler" and "beta_schedule" in manifest["scheduler"]["config"]
-    assert manifest["prompt_set"]["n"] == 8 and manifest["prompt_set"]["category_mapping"] == "paper4"
+    assert manifest["prompt_set"]["n"] == 8 and manifest["prompt_set"]["category_mapping"] == get_category_mapping(
+        "paper4"
+    )
     assert manifest["seeds"] == [0] and manifest["warmup"] == 1 and manifest["batch_size"] == 1
     assert set(manifest["versions"]) == {"python", "torch", "diffusers", "open_clip", "transformers", "genedge"}
 
@@ -145,7 +148,10 @@ def test_rerun_skips_everything_and_other_settings_are_refused(
     [
         ({"models": ("replica:nope",)}, r"Available: bk-sdm-base, .*tiny-xl"),
         ({"steps": (0, 2)}, r"Expected steps as positive integers, but got \[0, 2\]"),
-        ({"category_mapping": "category", "prompts": "no-category"}, r"expected a column 'Category'"),
+        (
+            {"category_mapping": "category", "prompts": "no-category"},
+            r"Category: category mapping 'category' reads this column",
+        ),
         ({"prompts": "empty"}, r"got an empty prompt set"),
     ],
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -129,29 +130,43 @@ def load_table_with_hash(path: Path) -> tuple[CalibrationTable, str]:
 
 
 def workload_from_args(args: argparse.Namespace, table: CalibrationTable) -> Workload:
-    """The workload from --workload, --prompts or --requests (in that order of precedence)."""
-    if args.workload:
-        return Workload.from_counts(parse_counts(args.workload, "--workload"))
-    if args.prompts:
-        mapping = table.category_mapping
-        labels = {label: category for category, names in mapping.get("labels", {}).items() for label in names}
-        if not labels:
-            raise ValueError(f"{args.table}: category_mapping has no 'labels' to map a prompt file with")
-        return Workload.from_prompt_file(args.prompts, labels, mapping.get("column", "Challenge"))
+    """The workload from --workload, --prompts or --requests (one of them; --requests by default)."""
+    if args.workload is not None:
+        return Workload.from_counts(parse_counts(args.workload, "--workload", whole=True))
+    if args.prompts is not None:
+        return Workload.from_prompt_file(args.prompts, table.category_mapping)
     return Workload.from_mix(default_mix(table), args.requests)
 
 
-def parse_counts(text: str, option: str) -> dict[str, float]:
-    """Parse 'CATEGORY=COUNT,...' into a dict, naming ``option`` in errors."""
-    counts = {}
+def parse_counts(text: str, option: str, *, whole: bool = False) -> dict[str, float]:
+    """Parse 'CATEGORY=COUNT,...' into a dict, naming ``option`` in errors.
+
+    Args:
+        text: the option's value.
+        option: the option's name, for errors.
+        whole: require whole numbers (request counts) rather than any number >= 0 (a mix's weights).
+
+    Raises:
+        ValueError: an empty value, an item without '=', an empty or repeated category, or a count that is
+            not a number >= 0 (or not whole, with ``whole``).
+    """
+    if not text.strip():
+        raise ValueError(f"{option}: expected CATEGORY=COUNT items such as 'Basic=25,Detail=50', but got nothing")
+    counts: dict[str, float] = {}
     for item in text.split(","):
-        name, sep, value = item.partition("=")
-        if not sep:
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not name:
             raise ValueError(f"{option}: expected CATEGORY=COUNT items, but got {item!r}")
+        if name in counts:
+            raise ValueError(f"{option}: category {name!r} is given twice")
         try:
-            counts[name.strip()] = float(value)
+            count = float(value)
         except ValueError as err:
             raise ValueError(f"{option}: expected a number for {name!r}, but got {value!r}") from err
+        if not (math.isfinite(count) and count >= 0) or (whole and not count.is_integer()):
+            kind = "a whole number of requests" if whole else "a number >= 0"
+            raise ValueError(f"{option}: expected {kind} for {name!r}, but got {value!r}")
+        counts[name] = count
     return counts
 
 

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-__all__ = ["add_parser", "fit_and_write", "run"]
+__all__ = ["add_parser", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Fit, write and summarize the table; draw figures when asked."""
-    from genedge.calibrate import table_summary
+    from genedge.calibrate import fit_and_write, table_summary
 
     table, path, figures = fit_and_write(args.runs, args.out, args.figures)
     print(table_summary(table))
@@ -44,19 +41,3 @@ def run(args: argparse.Namespace) -> int:
     for figure in figures:
         print(f"wrote {figure}")
     return 0
-
-
-def fit_and_write(
-    run_dirs: Sequence[str | Path], out: str | Path, figures_dir: str | Path | None = None
-) -> tuple[Any, Path, list[Path]]:
-    """Fit the table of ``run_dirs``, write it to ``out`` and, when asked, its figures to ``figures_dir``.
-
-    Returns:
-        (table, table path, figure paths).
-    """
-    from genedge.calibrate import build_table, read_runs, save_table, write_figures
-
-    runs = read_runs(run_dirs)
-    table = build_table(runs)
-    path = save_table(table, out)
-    return table, path, write_figures(table, runs, figures_dir) if figures_dir else []

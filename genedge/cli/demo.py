@@ -56,8 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Profile, calibrate and plan; print each stage's result and where its files are."""
-    from genedge.calibrate import table_summary
-    from genedge.cli.calibrate import fit_and_write
+    from genedge.calibrate import fit_and_write, table_summary
     from genedge.cli.plan import format_plan
     from genedge.data import path as data_path
     from genedge.optimizer import Problem, Workload, run_methods

@@ -167,14 +167,15 @@ def show(args: argparse.Namespace) -> int:
     device = manifest["device"]
     clip = manifest["clip_convention"]
     prompt_set = manifest["prompt_set"]
+    mapping = prompt_set["category_mapping"]
     print(f"run {manifest['run_id']} on {device['name']} (driver {device['driver']}, CUDA {device['cuda']})")
     print(
         f"dtype {manifest['dtype']}, {manifest['resolution']} px, guidance {manifest['guidance_scale']}, "
         f"batch {manifest['batch_size']}, seeds {manifest['seeds']}, warm-up {manifest['warmup']}"
     )
     print(
-        f"prompts {prompt_set['name']} ({prompt_set['n']} selected, mapping {prompt_set['category_mapping']} "
-        f"on {prompt_set['column']}, sha256 {prompt_set['sha256'][:12]}…)"
+        f"prompts {prompt_set['name']} ({prompt_set['n']} selected, mapping {mapping.get('name', 'unnamed')} "
+        f"on {mapping['column']}, sha256 {prompt_set['sha256'][:12]}…)"
     )
     print(f"CLIPScore {clip['backbone']} / {clip['pretrained']}: {clip['formula']}")
     nvml = manifest["nvml"]

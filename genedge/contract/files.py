@@ -1,0 +1,167 @@
+"""Artifact errors, JSON reading and safe atomic writing, shared by every file genedge reads or writes.
+
+Every artifact (record shard, manifest, calibration table, plan) is written the same way: into a
+temporary file beside the target, flushed to disk, then renamed over it, so a reader sees the old
+file or the new one and never half of one. The new file gets the mode a plain ``open()`` would give
+it under the user's umask. A target that exists and is not a regular file (a device node, a FIFO, a
+directory), or that is a symbolic link, is refused rather than replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "ArtifactError",
+    "UnsafeTargetError",
+    "check_write_target",
+    "read_json",
+    "write_bytes_atomic",
+    "write_text_atomic",
+]
+
+#: Deepest nesting accepted in a JSON artifact; a real table nests 7 levels, a plan 5.
+MAX_JSON_DEPTH = 32
+
+_UMASK_LOCK = threading.Lock()
+
+
+class ArtifactError(ValueError):
+    """An artifact (a file genedge reads) is malformed.
+
+    The message names the file, the field (a dotted path, a row or a byte offset) and what was expected.
+
+    Attributes:
+        where: the file (or another name for the document).
+        field_path: the field, row or position that is wrong.
+    """
+
+    def __init__(self, where: str, field_path: str, message: str) -> None:
+        self.where = where
+        self.field_path = field_path
+        super().__init__(f"{where}: {field_path}: {message}")
+
+
+class UnsafeTargetError(OSError):
+    """A write target that genedge refuses to replace (not a regular file, or a symbolic link)."""
+
+
+def _json_depth(document: Any) -> int:
+    """Nesting depth of a parsed JSON document (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(document, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            deepest = max(deepest, depth + 1)
+            stack.extend((item, depth + 1) for item in value if isinstance(item, (dict, list)))
+    return deepest
+
+
+def read_json(path: str | os.PathLike[str], what: str, error: type[ArtifactError] = ArtifactError) -> Any:
+    """Parse a JSON artifact.
+
+    Args:
+        path: the file.
+        what: what the file should be, for errors (e.g. ``"a JSON calibration table"``).
+        error: the artifact error class to raise (a subclass of :class:`ArtifactError`).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ArtifactError: (or ``error``) bytes that are not UTF-8 (naming the byte offset), text that is
+            not JSON (naming the line), or nesting deeper than :data:`MAX_JSON_DEPTH`.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise error(str(path), f"byte {err.start}", f"not UTF-8 text; expected {what}") from err
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(str(path), f"line {err.lineno}", f"not valid JSON ({err.msg}); expected {what}") from err
+    except RecursionError as err:
+        raise error(str(path), "document", f"nested deeper than {MAX_JSON_DEPTH} levels; expected {what}") from err
+    depth = _json_depth(document)
+    if depth > MAX_JSON_DEPTH:
+        raise error(str(path), "document", f"nested {depth} levels deep, more than {MAX_JSON_DEPTH}; expected {what}")
+    return document
+
+
+def check_write_target(path: str | os.PathLike[str]) -> Path:
+    """Refuse a target genedge must not replace; return it as a path.
+
+    Call it before long work whose result goes to ``path``, so a bad ``--out`` fails first.
+
+    Raises:
+        UnsafeTargetError: ``path`` is a symbolic link, or exists and is not a regular file.
+    """
+    path = Path(path)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return path
+    if stat.S_ISLNK(mode):
+        raise UnsafeTargetError(f"{path}: is a symbolic link; refusing to write through it (give the real path)")
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a directory"
+            if stat.S_ISDIR(mode)
+            else "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "not a regular file"
+        )
+        raise UnsafeTargetError(f"{path}: is {kind}, not a regular file; refusing to replace it")
+    return path
+
+
+def _umask() -> int:
+    # The umask can only be read by setting it; the lock keeps two writers in this process from racing.
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically, with the umask's mode; refuse unsafe targets.
+
+    Readers (and several writing processes) see the whole old file or the whole new one. The parent
+    directory is created when missing.
+
+    Raises:
+        UnsafeTargetError: see :func:`check_write_target`.
+    """
+    path = check_write_target(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp creates 0600; give the file what open() would have.
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        check_write_target(path)  # the target may have changed kind while we wrote
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`write_bytes_atomic`)."""
+    return write_bytes_atomic(path, text.encode("utf-8"))

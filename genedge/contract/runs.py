@@ -1,0 +1,299 @@
+"""Profile runs on disk: the layout, the record columns and the manifest (DESIGN §2.2).
+
+A run directory holds ``manifest.json`` and ``records/shard-<rank>-<NNNNN>.parquet``. Each shard is
+written once, atomically, and never rewritten; one row per generated image, keyed by
+``(model_key, steps, seed, prompt_id)``. Every column has one type and one nullability here; a null
+means "not measurable here", never zero.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from genedge.contract.clip import ClipConvention
+from genedge.contract.files import ArtifactError, read_json, write_text_atomic
+from genedge.contract.mappings import check_category_mapping
+
+__all__ = [
+    "KEY_COLUMNS",
+    "MANIFEST_FIELDS",
+    "MANIFEST_NAME",
+    "MANIFEST_OPTIONAL_FIELDS",
+    "MANIFEST_SCHEMA_VERSION",
+    "MEMORY_RUNGS",
+    "RECORD_COLUMNS",
+    "RECORDS_DIR",
+    "STATUSES",
+    "Column",
+    "Status",
+    "check_row",
+    "clip_convention_of",
+    "list_shards",
+    "read_manifest",
+    "read_shard",
+    "record_column_names",
+    "record_schema",
+    "rung_column",
+    "shard_path",
+    "validate_manifest",
+    "write_manifest",
+]
+
+MANIFEST_NAME = "manifest.json"
+RECORDS_DIR = "records"
+_SHARD_NAME = re.compile(r"^shard-(\d+)-(\d{5})\.parquet$")
+
+#: 2: ``prompt_set.category_mapping`` is the whole mapping document (name, column, labels).
+MANIFEST_SCHEMA_VERSION = 2
+#: Fields every manifest has.
+MANIFEST_FIELDS: tuple[str, ...] = (
+    "schema_version",
+    "run_id",
+    "device",
+    "versions",
+    "dtype",
+    "resolution",
+    "guidance_scale",
+    "scheduler",
+    "models",
+    "steps",
+    "batch_size",
+    "seeds",
+    "warmup",
+    "clip_convention",
+    "prompt_set",
+    "nvml",
+)
+#: Fields a manifest may have besides those.
+MANIFEST_OPTIONAL_FIELDS: tuple[str, ...] = ("save_images", "world_size")
+
+
+class Status(str, enum.Enum):
+    """What became of one image: generated (``ok``), out of memory (``oom``) or another ``error``."""
+
+    OK = "ok"
+    OOM = "oom"
+    ERROR = "error"
+
+
+#: The record statuses, as written in the ``status`` column.
+STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
+
+#: The columns that identify one image of a run.
+KEY_COLUMNS: tuple[str, ...] = ("model_key", "steps", "seed", "prompt_id")
+
+#: The memory ladder, lowest rung first: torch allocated ≤ torch reserved ≤ NVML process ≤ NVML device.
+MEMORY_RUNGS: tuple[str, ...] = (
+    "torch_allocated_bytes",
+    "torch_reserved_bytes",
+    "nvml_process_bytes",
+    "nvml_device_bytes",
+)
+
+
+def rung_column(rung: str) -> str:
+    """The record column holding a rung's peak, e.g. ``peak_torch_allocated_bytes``."""
+    if rung not in MEMORY_RUNGS:
+        raise ValueError(f"Expected a memory rung in {MEMORY_RUNGS}, but got {rung!r}")
+    return f"peak_{rung}"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One record column.
+
+    Attributes:
+        name: the column name.
+        type: ``string``, ``bool``, ``int32``, ``int64``, ``float64`` or ``list<float64>``.
+        nullable: whether a row may hold null (not measurable, not applicable).
+    """
+
+    name: str
+    type: str
+    nullable: bool
+
+
+#: The record columns, in file order.
+RECORD_COLUMNS: tuple[Column, ...] = (
+    Column("run_id", "string", False),
+    Column("model_key", "string", False),
+    Column("model_revision", "string", True),
+    Column("is_replica", "bool", False),
+    Column("steps", "int32", False),
+    Column("num_timesteps", "int32", True),
+    Column("seed", "int64", False),
+    Column("batch_size", "int32", False),
+    Column("prompt_id", "string", False),
+    Column("prompt", "string", False),
+    Column("category", "string", False),
+    Column("challenge", "string", True),
+    Column("p2_category", "string", True),
+    Column("step_latencies_s", "list<float64>", True),
+    Column("text_encode_s", "float64", True),
+    Column("denoise_s", "float64", True),
+    Column("decode_s", "float64", True),
+    Column("total_s", "float64", True),
+    Column("clip_score", "float64", True),
+    Column("prompt_truncated", "bool", False),
+    *(Column(rung_column(rung), "int64", True) for rung in MEMORY_RUNGS),
+    Column("nvml_note", "string", True),
+    Column("image_sha256", "string", True),
+    Column("status", "string", False),
+    Column("error", "string", True),
+    Column("device_name", "string", False),
+    Column("dtype", "string", False),
+    Column("resolution", "int32", False),
+    Column("guidance_scale", "float64", False),
+    Column("clip_backbone", "string", False),
+    Column("clip_pretrained", "string", False),
+    Column("timestamp", "string", False),
+)
+
+
+def record_column_names() -> tuple[str, ...]:
+    """The record column names, in file order."""
+    return tuple(column.name for column in RECORD_COLUMNS)
+
+
+def record_schema() -> Any:
+    """The Arrow schema of the records (imports pyarrow)."""
+    import pyarrow as pa
+
+    types = {
+        "string": pa.string(),
+        "bool": pa.bool_(),
+        "int32": pa.int32(),
+        "int64": pa.int64(),
+        "float64": pa.float64(),
+        "list<float64>": pa.list_(pa.float64()),
+    }
+    return pa.schema([pa.field(c.name, types[c.type], c.nullable) for c in RECORD_COLUMNS])
+
+
+def check_row(row: Mapping[str, Any]) -> None:
+    """Check that a row to write has exactly the record columns and a known status.
+
+    Raises:
+        ValueError: naming the missing or unknown columns, or the status.
+    """
+    names = set(record_column_names())
+    missing, unknown = sorted(names - set(row)), sorted(set(row) - names)
+    if missing or unknown:
+        raise ValueError(
+            f"Expected a row with exactly the record columns, but {missing} are missing and {unknown} unknown"
+        )
+    if row["status"] not in STATUSES:
+        raise ValueError(f"Expected a record status in {STATUSES}, but got {row['status']!r}")
+
+
+def shard_path(run_dir: str | os.PathLike[str], rank: int, number: int) -> Path:
+    """The path of a rank's ``number``-th shard: ``RUN/records/shard-<rank>-<NNNNN>.parquet``."""
+    return Path(run_dir) / RECORDS_DIR / f"shard-{rank}-{number:05d}.parquet"
+
+
+def list_shards(run_dir: str | os.PathLike[str]) -> list[tuple[int, int, Path]]:
+    """The shards of a run as ``(rank, number, path)``, sorted; other files in ``records/`` are ignored."""
+    folder = Path(run_dir) / RECORDS_DIR
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), int(m.group(2)), p) for p in folder.iterdir() if (m := _SHARD_NAME.match(p.name))]
+    return sorted(found)
+
+
+def read_shard(path: str | os.PathLike[str], columns: list[str] | None = None) -> Any:
+    """Read one shard as an Arrow table (imports pyarrow).
+
+    Raises:
+        ArtifactError: the file is not readable Parquet (a truncated or foreign file), naming it.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as parquet
+
+    try:
+        return parquet.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as err:
+        raise ArtifactError(str(path), "file", f"not a readable Parquet shard ({err}); move it out of the run") from err
+
+
+def _require(doc: Mapping[str, Any], key: str, path: str, kind: type | tuple[type, ...], where: str) -> Any:
+    full = f"{path}.{key}" if path else key
+    if key not in doc:
+        raise ArtifactError(where, full, "missing field")
+    value = doc[key]
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise ArtifactError(where, full, f"expected {kind}, but got a boolean")
+    if not isinstance(value, kind):
+        raise ArtifactError(where, full, f"expected {getattr(kind, '__name__', kind)}, but got {type(value).__name__}")
+    return value
+
+
+def validate_manifest(manifest: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Check a manifest document; return it as a dict.
+
+    Raises:
+        ArtifactError: naming ``where`` and the field: another schema version, a missing or unknown
+            field, or a device, CLIPScore convention, prompt set or model entry of the wrong shape.
+    """
+    if not isinstance(manifest, Mapping):
+        raise ArtifactError(where, "document", f"expected a JSON object, but got {type(manifest).__name__}")
+    version = manifest.get("schema_version")
+    if version != MANIFEST_SCHEMA_VERSION:
+        raise ArtifactError(where, "schema_version", f"expected {MANIFEST_SCHEMA_VERSION}, but got {version!r}")
+    for field in MANIFEST_FIELDS:
+        if field not in manifest:
+            raise ArtifactError(where, field, "missing field")
+    unknown = sorted(set(manifest) - set(MANIFEST_FIELDS) - set(MANIFEST_OPTIONAL_FIELDS))
+    if unknown:
+        raise ArtifactError(where, unknown[0], f"unknown field; a manifest has {list(MANIFEST_FIELDS)}")
+    _require(manifest, "run_id", "", str, where)
+    device = _require(manifest, "device", "", dict, where)
+    _require(device, "name", "device", str, where)
+    if device.get("memory_bytes") is not None and not isinstance(device["memory_bytes"], int):
+        raise ArtifactError(where, "device.memory_bytes", "expected an integer number of bytes or null")
+    convention = _require(manifest, "clip_convention", "", dict, where)
+    for name in ClipConvention.__dataclass_fields__:
+        _require(convention, name, "clip_convention", str, where)
+    prompt_set = _require(manifest, "prompt_set", "", dict, where)
+    mapping = _require(prompt_set, "category_mapping", "prompt_set", dict, where)
+    check_category_mapping(mapping, where)
+    for i, model in enumerate(_require(manifest, "models", "", list, where)):
+        if not isinstance(model, dict):
+            raise ArtifactError(where, f"models[{i}]", "expected an object")
+        _require(model, "key", f"models[{i}]", str, where)
+    return dict(manifest)
+
+
+def write_manifest(run_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> Path:
+    """Validate and write ``RUN/manifest.json`` atomically.
+
+    Raises:
+        ArtifactError: the manifest is malformed (see :func:`validate_manifest`).
+    """
+    target = Path(run_dir) / MANIFEST_NAME
+    validate_manifest(manifest, str(target))
+    return write_text_atomic(target, json.dumps(manifest, indent=2) + "\n")
+
+
+def read_manifest(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate ``RUN/manifest.json``.
+
+    Raises:
+        FileNotFoundError: the run has no manifest.
+        ArtifactError: it is not JSON or not a valid manifest (naming the field).
+    """
+    file = Path(run_dir) / MANIFEST_NAME
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: expected a profile run manifest, but the file does not exist")
+    return validate_manifest(read_json(file, "a profile run manifest"), str(file))
+
+
+def clip_convention_of(manifest: Mapping[str, Any]) -> ClipConvention:
+    """The CLIPScore convention a validated manifest records."""
+    return ClipConvention(**manifest["clip_convention"])
