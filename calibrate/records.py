@@ -25,6 +25,7 @@ import pandas as pd
 from genedge.calibrate.table import Exclusion, TableError
 from genedge.contract.clip import CLIPSCORE_RANGE, ClipConvention
 from genedge.contract.runs import (
+    MANIFEST_FIELDS,
     MANIFEST_NAME,
     MEMORY_RUNGS,
     RECORDS_DIR,
@@ -317,19 +318,6 @@ def _first_line(error: str) -> str:
 
 def manifests_as_provenance(manifests: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The manifest fields a table carries as provenance, per run (nothing time-dependent)."""
-    keep = (
-        "device",
-        "versions",
-        "dtype",
-        "resolution",
-        "guidance_scale",
-        "scheduler",
-        "models",
-        "steps",
-        "batch_size",
-        "seeds",
-        "warmup",
-        "prompt_set",
-        "nvml",
-    )
+    # Everything but the identity and the convention, which the table holds once for all runs.
+    keep = [field for field in MANIFEST_FIELDS if field not in ("schema_version", "run_id", "clip_convention")]
     return {"runs": {run_id: {k: m[k] for k in keep if k in m} for run_id, m in manifests.items()}}

@@ -24,12 +24,14 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from genedge.contract.clip import ClipConvention
+from genedge.contract.clip import CLIPSCORE_RANGE, ClipConvention
 from genedge.contract.files import ArtifactError, read_json, write_text_atomic
 from genedge.contract.mappings import check_category_mapping
 from genedge.contract.runs import MEMORY_RUNGS
 
 __all__ = [
+    "MAX_MEMORY_BYTES",
+    "MAX_SECONDS",
     "SCHEMA_VERSION",
     "Source",
     "TableError",
@@ -49,6 +51,10 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+#: Plausibility bounds a table's numbers must respect; no text-to-image pipeline on any device
+#: spends an hour on one step or its overhead, or needs more than 16 TiB.
+MAX_SECONDS = 3600.0
+MAX_MEMORY_BYTES = 2**44
 _KIND = "genedge.calibration_table"
 
 Source = Literal["measured", "published", "derived"]
@@ -348,12 +354,21 @@ class _Reader:
         return value
 
     def number(
-        self, obj: Mapping[str, Any], key: str, path: str, *, minimum: float | None = None, strict: bool = False
+        self,
+        obj: Mapping[str, Any],
+        key: str,
+        path: str,
+        *,
+        minimum: float | None = None,
+        strict: bool = False,
+        maximum: float | None = None,
     ) -> float:
         value = self.get(obj, key, path, float)
         if minimum is not None and (value < minimum or (strict and value == minimum)):
-            bound = f"> {minimum}" if strict else f">= {minimum}"
+            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
             raise self.fail(f"{path}.{key}", f"expected a number {bound}, but got {value}")
+        if maximum is not None and value > maximum:
+            raise self.fail(f"{path}.{key}", f"expected a number <= {maximum:g}, but got {value}")
         return value
 
     def source(self, obj: Mapping[str, Any], path: str, sources: Mapping[str, Any]) -> tuple[Source, str]:
@@ -396,8 +411,8 @@ def _read_steps(r: _Reader, raw: list[Any], path: str) -> tuple[int, ...]:
 
 
 def _read_cell(r: _Reader, raw: Mapping[str, Any], path: str, sources: Mapping[str, Any]) -> QualityCell:
-    mean = r.number(raw, "mean", path)
-    std = r.number(raw, "std", path, minimum=0.0, strict=True)
+    mean = r.number(raw, "mean", path, minimum=CLIPSCORE_RANGE[0], maximum=CLIPSCORE_RANGE[1])
+    std = r.number(raw, "std", path, minimum=0.0, strict=True, maximum=CLIPSCORE_RANGE[1])
     n = r.get(raw, "n", path, int)
     if n < 0:
         raise r.fail(f"{path}.n", f"expected a count >= 0, but got {n}")
@@ -432,7 +447,14 @@ def _read_curve(
     a = r.number(raw, "a", path)
     b = r.number(raw, "b", path)
     kappa = r.number(raw, "kappa", path, minimum=0.0, strict=True)
-    std = r.number(raw, "std", path, minimum=0.0, strict=True)
+    std = r.number(raw, "std", path, minimum=0.0, strict=True, maximum=CLIPSCORE_RANGE[1])
+    for steps in (lo, hi):  # the curve is monotone in steps, so its ends bound it
+        mean = float(saturating_mean(steps, a, b, kappa))
+        if not CLIPSCORE_RANGE[0] <= mean <= CLIPSCORE_RANGE[1]:
+            raise r.fail(
+                f"{path}.a",
+                f"expected means within {list(CLIPSCORE_RANGE)} on [{lo}, {hi}], but {steps} steps give {mean:g}",
+            )
     return QualityCurve(form=form, valid_steps=(lo, hi), source=source, ref=ref, a=a, b=b, kappa=kappa, std=std)
 
 
@@ -495,8 +517,8 @@ def _read_model(
     memory_raw = r.get(raw, "memory", path, dict)
     mpath = f"{path}.memory"
     peak = r.get(memory_raw, "peak_bytes", mpath, int)
-    if peak <= 0:
-        raise r.fail(f"{mpath}.peak_bytes", f"expected bytes > 0, but got {peak}")
+    if not 0 < peak <= MAX_MEMORY_BYTES:
+        raise r.fail(f"{mpath}.peak_bytes", f"expected bytes in (0, {MAX_MEMORY_BYTES}], but got {peak}")
     if device_memory is not None and peak > device_memory:
         raise r.fail(
             f"{mpath}.peak_bytes",
@@ -505,8 +527,8 @@ def _read_model(
     rungs = {}
     for rung in MEMORY_RUNGS:
         value = r.opt(memory_raw, rung, mpath, int)
-        if value is not None and value < 0:
-            raise r.fail(f"{mpath}.{rung}", f"expected bytes >= 0, but got {value}")
+        if value is not None and not 0 <= value <= MAX_MEMORY_BYTES:
+            raise r.fail(f"{mpath}.{rung}", f"expected bytes in [0, {MAX_MEMORY_BYTES}], but got {value}")
         rungs[rung] = value
     memory = MemoryPeak(
         peak_bytes=peak,
@@ -557,11 +579,14 @@ def _read_latency(r: _Reader, raw: Mapping[str, Any], path: str, sources: Mappin
             raise r.fail(spath, f"expected a positive integer step count as key, but got {s_text!r}")
         r.check(stage, spath, dict)
         stages[int(s_text)] = StageBreakdown(
-            **{name: r.number(stage, name, spath, minimum=0.0) for name in ("text_encode_s", "denoise_s", "decode_s")}
+            **{
+                name: r.number(stage, name, spath, minimum=0.0, maximum=MAX_SECONDS)
+                for name in ("text_encode_s", "denoise_s", "decode_s")
+            }
         )
     return LatencyModel(
-        overhead_s=r.number(raw, "overhead_s", path, minimum=0.0),
-        per_step_s=r.number(raw, "per_step_s", path, minimum=0.0, strict=True),
+        overhead_s=r.number(raw, "overhead_s", path, minimum=0.0, maximum=MAX_SECONDS),
+        per_step_s=r.number(raw, "per_step_s", path, minimum=0.0, strict=True, maximum=MAX_SECONDS),
         n=r.get(raw, "n", path, int),
         r2=r.opt(raw, "r2", path, float),
         **dict(zip(("source", "ref"), r.source(raw, path, sources))),

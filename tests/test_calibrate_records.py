@@ -24,7 +24,6 @@ import pandas as pd
 import pytest
 
 from genedge.calibrate import Exclusion, TableError, calibrate_runs
-from genedge.contract import ArtifactError, shard_path
 from genedge.calibrate.synthetic import (
     SYNTHETIC_CLIP_CONVENTION,
     QualityTruth,
@@ -32,6 +31,7 @@ from genedge.calibrate.synthetic import (
     synthetic_run,
     write_run,
 )
+from genedge.contract import ArtifactError, shard_path
 
 MODEL = SyntheticModel(
     key="m",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from genedge.contract import JsonRegistry
 from genedge.profiler import (
     add_replica_path,
     clip_bpe_tokenizer,
@@ -22,7 +23,6 @@ from genedge.profiler import (
     unet_param_count,
 )
 from genedge.profiler import models as models_module
-from genedge.contract import JsonRegistry
 
 SHIPPED = [
     "bk-sdm-base",

@@ -57,7 +57,7 @@ def _break(document: dict, dotted: str, value=...) -> dict:
             "models.sd15.quality.Detail.50.std",
             -1.0,
             "models.sd15.quality.Detail.50.std",
-            "expected a number > 0.0, but got -1.0",
+            "expected a number > 0, but got -1.0",
         ),
         ("models.sd15.quality.Detail.50.n", True, "models.sd15.quality.Detail.50.n", "but got a boolean"),
         ("models.sd21.steps", [], "models.sd21.steps", "expected a non-empty list of step counts"),

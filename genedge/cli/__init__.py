@@ -2,8 +2,11 @@
 
 This is the only layer that knows all three stages. Each subcommand lives in
 its own module with an ``add_parser(subparsers)`` function that registers it
-and sets ``func``; heavy libraries are imported inside ``func``, so ``--help``
-and planning stay fast.
+and sets ``func``. Building the parser imports the planner (numpy, scipy.special)
+and nothing heavier; pandas, pyarrow, scipy.stats, matplotlib and torch are
+imported inside the commands that need them, so ``--help``, ``plan`` and
+``simulate`` (without figures) start fast. A command whose install extra is
+missing ends with one line naming it.
 """
 
 from __future__ import annotations
@@ -61,3 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Input errors carry a specific message (file, field, expectation); a traceback adds nothing.
         print(f"genedge {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except ImportError as err:
+        # A missing extra (e.g. torch for `profile`): the message names what to install.
+        print(f"genedge {args.command}: error: {err}", file=sys.stderr)
+        return 3

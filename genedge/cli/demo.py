@@ -113,7 +113,8 @@ def _single_thread_on_cpu(device: str | None) -> None:
     Their operations are so small that thread start-up dominates: on a 16-core CPU one thread
     profiles them about three times faster than the default pool.
     """
-    import torch
+    from genedge.profiler._imports import require
 
+    torch = require("torch")
     if (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu"):
         torch.set_num_threads(1)
