@@ -135,13 +135,13 @@ def _config(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Validate, then measure with a progress bar (images done, ETA, current configuration)."""
-    from tqdm import tqdm
-
     from genedge.profiler import Progress, profile, validate
+    from genedge.profiler._imports import require
 
     config = _config(args)
     validate(config)  # every input error surfaces here, before torch or any model is loaded
-    bar = tqdm(total=0, unit="img", disable=args.no_progress, dynamic_ncols=True)
+    require("torch")  # without the profile extra, stop here with one line naming it
+    bar = require("tqdm").tqdm(total=0, unit="img", disable=args.no_progress, dynamic_ncols=True)
 
     def on_progress(progress: Progress) -> None:
         bar.total = progress.total

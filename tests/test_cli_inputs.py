@@ -1,0 +1,137 @@
+"""The CLI as a user meets it: light imports, clear errors for bad input, files written safely.
+
+- ``genedge --help`` and ``genedge plan`` import no pandas, pyarrow, scipy.stats, matplotlib or torch;
+- a command of the ``profile`` extra without torch ends with one line naming the install;
+- workload strings with a repeated category, nothing, or a fractional count are clear errors;
+- tables with implausible numbers name the file and field;
+- ``--out`` onto a device node, a FIFO or a symlink is refused and nothing is replaced; plans are
+  created with the umask's mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genedge.cli import main
+from genedge.data import path as data_path
+
+HEAVY = ("pandas", "pyarrow", "scipy.stats", "matplotlib", "torch")
+REFERENCE = data_path("tables", "reference-a100.json")
+
+
+def _python(code: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def _genedge(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "genedge", *args], capture_output=True, text=True, timeout=120, **kwargs
+    )
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["plan"], ["plan", "--help"], ["simulate", "--help"]])
+def test_light_commands_import_nothing_heavy(argv: list[str]) -> None:
+    code = (
+        "import contextlib, io, sys\n"
+        "from genedge.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        f"        main({argv!r})\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    done = _python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_missing_profile_extra_is_one_line_naming_the_install(tmp_path: Path) -> None:
+    # Blocking the import is what a light install looks like to genedge.
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None\n"
+        "from genedge.cli import main\n"
+        f"prompts = {str(data_path('prompts', 'smoke.tsv'))!r}\n"
+        "argv = ['profile', '--model', 'replica:tiny', '--steps', '2', '--prompts', prompts]\n"
+        f"raise SystemExit(main([*argv, '--out', {str(tmp_path)!r}]))\n"
+    )
+    done = _python(code)
+    assert done.returncode == 3
+    assert done.stderr.strip().splitlines() == [
+        "genedge profile: error: genedge.profiler needs 'torch'; install it with `pip install \"genedge[profile]\"`."
+    ]
+
+
+@pytest.mark.parametrize(
+    ("workload", "message"),
+    [
+        ("", "--workload: expected CATEGORY=COUNT items such as 'Basic=25,Detail=50', but got nothing"),
+        ("Basic=3,Basic=4", "--workload: category 'Basic' is given twice"),
+        ("Basic=2.5", "--workload: expected a whole number of requests for 'Basic', but got '2.5'"),
+        ("Basic=-1", "--workload: expected a whole number of requests for 'Basic', but got '-1'"),
+        ("=3", "--workload: expected CATEGORY=COUNT items, but got '=3'"),
+        ("Basic=x", "--workload: expected a number for 'Basic', but got 'x'"),
+    ],
+)
+def test_bad_workload_strings_are_clear_errors(capsys: pytest.CaptureFixture, workload: str, message: str) -> None:
+    assert main(["plan", "--workload", workload]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == f"genedge plan: error: {message}"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (("quality", "Basic", "50", "mean"), 150.0, "expected a number <= 100, but got 150.0"),
+        (("quality", "Basic", "50", "std"), 1e300, "expected a number <= 100, but got 1e+300"),
+        (("latency", "per_step_s"), 1e9, "expected a number <= 3600, but got 1000000000.0"),
+        (("memory", "peak_bytes"), 2**60, f"expected bytes in (0, {2**44}], but got {2**60}"),
+    ],
+)
+def test_implausible_tables_name_the_file_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture, field: tuple[str, ...], value: float, message: str
+) -> None:
+    doc = json.loads(REFERENCE.read_text(encoding="utf-8"))
+    node = doc["models"]["sd15"]
+    for key in field[:-1]:
+        node = node[key]
+    node[field[-1]] = value
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps(doc), encoding="utf-8")
+    assert main(["plan", "--table", str(table)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"genedge plan: error: {table}: models.sd15.{'.'.join(field)}: {message}"
+
+
+def test_plan_out_refuses_devices_fifos_and_symlinks(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    kept = tmp_path / "kept.json"
+    kept.write_text("keep", encoding="utf-8")
+    link = tmp_path / "link.json"
+    link.symlink_to(kept)
+    for target, kind in ((Path("/dev/null"), "a device"), (fifo, "a FIFO")):
+        done = _genedge("plan", "--compare", "paper", "--out", str(target))
+        assert done.returncode == 2
+        assert done.stderr.strip().endswith(f"{target}: is {kind}, not a regular file; refusing to replace it")
+    done = _genedge("plan", "--compare", "paper", "--out", str(link))
+    assert done.returncode == 2 and "is a symbolic link; refusing to write through it" in done.stderr
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode) and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert link.is_symlink() and kept.read_text(encoding="utf-8") == "keep"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_plans_are_created_with_the_umask_mode(tmp_path: Path, umask: int) -> None:
+    out = tmp_path / "plan.json"
+    done = _genedge("plan", "--compare", "paper", "--out", str(out), preexec_fn=lambda: os.umask(umask))
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
