@@ -23,21 +23,25 @@ from genedge.optimizer.exact import exact_search, utility_upper_bound
 from genedge.optimizer.methods import METHODS, PROPOSED, run_methods
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.propose import propose
-from genedge.optimizer.result import Plan, PlanResult
+from genedge.optimizer.result import Plan, PlanResult, PlanState, PlanStatus
 from genedge.optimizer.synthetic import synthetic_problem
-from genedge.optimizer.system import Evaluation, evaluate, optimal_shares
+from genedge.optimizer.system import DEPLOYED_MIN_REQUESTS, Evaluation, deployed_mask, evaluate, optimal_shares
 from genedge.optimizer.workload import Workload
 
 __all__ = [
     "AnnealState",
+    "DEPLOYED_MIN_REQUESTS",
     "Evaluation",
     "METHODS",
     "PROPOSED",
     "Plan",
     "PlanResult",
+    "PlanState",
+    "PlanStatus",
     "Problem",
     "Workload",
     "anneal",
+    "deployed_mask",
     "direct",
     "direct_assignment",
     "equal_allocation",

@@ -34,8 +34,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from genedge.optimizer.problem import Problem
-from genedge.optimizer.result import PlanResult, make_result
-from genedge.optimizer.system import fifo_delay_coefficient
+from genedge.optimizer.result import PlanResult, PlanState, PlanStatus, make_result, timed
+from genedge.optimizer.system import deployed_mask, fifo_delay_coefficient
 
 __all__ = ["AnnealState", "metropolis", "anneal", "adjacent_step", "seed_of"]
 
@@ -64,22 +64,14 @@ def adjacent_step(steps: tuple[int, ...], model: int, grid_size: int, g: np.rand
 
 
 @dataclass(frozen=True)
-class AnnealState:
-    """What a callback sees after each iteration.
+class AnnealState(PlanState):
+    """What an annealer's callback sees after each iteration: a :class:`PlanState` and the temperature.
 
     Attributes:
-        iteration: iterations done.
-        temperature: current temperature.
-        value: utility of the current state.
-        best_value: best utility so far.
-        best_state: the best state so far.
+        temperature: the temperature after this iteration's cooling.
     """
 
-    iteration: int
     temperature: float
-    value: float
-    best_value: float
-    best_state: Any
 
 
 @dataclass(frozen=True)
@@ -91,7 +83,7 @@ class MetropolisResult:
     nit: int
     nfev: int
     trajectory: np.ndarray
-    status: int
+    status: PlanStatus
 
 
 def metropolis(
@@ -117,8 +109,8 @@ def metropolis(
 
     Returns:
         The best state seen, its value, iterations, evaluations, the trajectory
-        (iteration, value, best value, temperature per row) and a status code
-        (0 done, 2 stopped by the callback).
+        (iteration, value, best value, temperature per row) and a status
+        (``SUCCESS``, or ``CALLBACK_STOP`` when the callback stopped the run).
 
     Raises:
         ValueError: ``maxiter`` ≤ 0, the start is infeasible, or a value is NaN or +inf.
@@ -149,7 +141,7 @@ def metropolis(
     cooling = FINAL_TEMPERATURE_RATIO ** (1.0 / maxiter)
     temperature = initial_temp
     trajectory = np.empty((maxiter, 4))
-    status = 0
+    status = PlanStatus.SUCCESS
     nit = 0
     for nit in range(1, maxiter + 1):
         candidate = neighbour(current, rng)
@@ -161,12 +153,17 @@ def metropolis(
                 best, best_value = current, current_value
         trajectory[nit - 1] = (nit, current_value, best_value, temperature)
         temperature *= cooling
-        if callback is not None and callback(AnnealState(nit, temperature, current_value, best_value, best)):
-            status = 2
+        if callback is not None and callback(
+            AnnealState(
+                iteration=nit, value=current_value, best_value=best_value, best_state=best, temperature=temperature
+            )
+        ):
+            status = PlanStatus.CALLBACK_STOP
             break
     return MetropolisResult(best, best_value, nit, nfev, trajectory[:nit], status)
 
 
+@timed
 def anneal(
     problem: Problem,
     routing: np.ndarray,
@@ -188,7 +185,7 @@ def anneal(
         initial_temp: T_0 (default: see module Notes).
         callback: ``callback(AnnealState) -> bool | None``; True stops the run.
         x0: starting (step indices, shares); default: each model's default steps
-            and equal shares among the models that receive requests.
+            and equal shares among the models the routing deploys.
         method: name written into the result.
 
     Returns:
@@ -199,7 +196,7 @@ def anneal(
     routing = np.asarray(routing, dtype=float)
     requests = problem.counts[:, None] * routing
     loads = requests.sum(axis=0)
-    used = np.flatnonzero(loads > 1e-12)
+    used = np.flatnonzero(deployed_mask(loads))
     m = len(problem.models)
     n = problem.n_requests
     # Per model and grid step: quality points served, and delay coefficient Σ_k k = N(N+1)/2 times full-share time.

@@ -24,7 +24,7 @@ import numpy as np
 from scipy.special import log_ndtr
 
 from genedge.optimizer.problem import Problem
-from genedge.optimizer.system import utility_with_optimal_shares
+from genedge.optimizer.system import deployed_mask, utility_with_optimal_shares
 
 __all__ = [
     "probabilistic_assignment",
@@ -43,6 +43,10 @@ _TAIL_SIGMAS = 8.0
 # Line search of polish_requests: a coarse grid over the movable amount, then a fine one around its best.
 _POLISH_GRID = 33
 _POLISH_PASSES = 4
+# A polish move is taken only if it raises the utility by more than this, relative to it.
+_IMPROVEMENT_RTOL = 1e-12
+# Relative slack on a category's quality-floor budget ε·n_c, for the round-off of summed moves.
+_SHORTFALL_RTOL = 1e-9
 _SQRT_2PI = np.sqrt(2 * np.pi)
 
 
@@ -299,8 +303,9 @@ def polish_requests(
         x, best, evaluations = _pairwise_moves(problem, x, best, mean, full_share_s, shortfall)
         nfev += evaluations
         retired = None
-        for i in np.flatnonzero(x.sum(axis=0) > 0):
-            remaining = allowed & (x.sum(axis=0) > 0)
+        in_use = deployed_mask(x.sum(axis=0))
+        for i in np.flatnonzero(in_use):
+            remaining = allowed & in_use
             remaining[i] = False
             if not remaining.any():
                 continue
@@ -309,7 +314,7 @@ def polish_requests(
                 continue
             u = float(utility_with_optimal_shares(problem, candidate, full_share_s, mean))
             nfev += 1
-            if u > best + 1e-12 * max(1.0, abs(best)):
+            if u > best + _IMPROVEMENT_RTOL * max(1.0, abs(best)):
                 best, retired = u, candidate
         if retired is None:
             return x, best, nfev
@@ -329,7 +334,7 @@ def _pairwise_moves(
     fractions = np.linspace(0.0, 1.0, _POLISH_GRID)
     for _ in range(_POLISH_PASSES):
         improved = False
-        cols = np.flatnonzero(x.sum(axis=0) > 0)
+        cols = np.flatnonzero(deployed_mask(x.sum(axis=0)))
         for c in range(x.shape[0]):
             for i in cols:
                 for j in cols:
@@ -344,12 +349,14 @@ def _pairwise_moves(
                         u = utility_with_optimal_shares(problem, batch, full_share_s, mean)
                         if shortfall is not None:
                             risk = (batch[:, c, :] * shortfall[c]).sum(axis=1)
-                            u = np.where(risk <= problem.max_shortfall * problem.counts[c] * (1 + 1e-9), u, -np.inf)
+                            u = np.where(
+                                risk <= problem.max_shortfall * problem.counts[c] * (1 + _SHORTFALL_RTOL), u, -np.inf
+                            )
                         nfev += amounts.size
                         b = int(u.argmax())
                         step = (hi - lo) / (_POLISH_GRID - 1)
                         lo, hi = max(0.0, amounts[b] - step), min(x[c, i], amounts[b] + step)
-                    if u[b] > best + 1e-12 * max(1.0, abs(best)):
+                    if u[b] > best + _IMPROVEMENT_RTOL * max(1.0, abs(best)):
                         best = float(u[b])
                         x = np.maximum(batch[b], 0.0)
                         improved = True

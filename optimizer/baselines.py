@@ -16,6 +16,7 @@ and keeps its best plan, as an operator would.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable
 
@@ -24,8 +25,8 @@ import numpy as np
 from genedge.optimizer.anneal import DEFAULT_MAXITER, anneal
 from genedge.optimizer.assignment import direct_assignment, probabilistic_assignment, uniform_assignment
 from genedge.optimizer.problem import Problem
-from genedge.optimizer.result import PlanResult, make_result
-from genedge.optimizer.system import fifo_delay_coefficient, optimal_shares
+from genedge.optimizer.result import Callback, PlanResult, PlanStatus, make_result, timed
+from genedge.optimizer.system import deployed_mask, fifo_delay_coefficient, optimal_shares
 
 __all__ = ["paper_routing", "paper_method", "direct", "random_assignment", "equal_allocation", "optimal_step"]
 
@@ -42,7 +43,22 @@ def _on_allowed(
 
 
 def _best_over_deployable_sets(problem: Problem, plan: Callable[[np.ndarray], PlanResult]) -> PlanResult:
-    return max((plan(allowed) for allowed in problem.deployable_sets()), key=lambda result: result.utility)
+    """The best of ``plan`` over every set of models that fits, with the counts of all of them.
+
+    A callback stop in one set ends the search: the best plan so far is returned with that status.
+    """
+    best, nit, nfev, status = None, 0, 0, PlanStatus.SUCCESS
+    for allowed in problem.deployable_sets():
+        result = plan(allowed)
+        nit, nfev = nit + result.nit, nfev + result.nfev
+        if best is None or result.utility > best.utility:
+            best = result
+        if result.status == PlanStatus.CALLBACK_STOP:
+            status = result.status
+            break
+    if status != PlanStatus.CALLBACK_STOP:
+        status = best.status
+    return dataclasses.replace(best, nit=nit, nfev=nfev, status=status)
 
 
 def paper_routing(problem: Problem, allowed: np.ndarray | None = None) -> np.ndarray:
@@ -51,62 +67,119 @@ def paper_routing(problem: Problem, allowed: np.ndarray | None = None) -> np.nda
     return _on_allowed(probabilistic_assignment, problem, allowed)
 
 
+def _annealed(
+    problem: Problem,
+    method: str,
+    routing: Callable[[np.ndarray], np.ndarray],
+    *,
+    rng: int | np.random.Generator | None,
+    callback: Callback | None,
+    maxiter: int,
+) -> PlanResult:
+    """Anneal steps and shares for the routing ``routing(allowed)`` of every set of models that fits."""
+    return _best_over_deployable_sets(
+        problem,
+        lambda allowed: anneal(problem, routing(allowed), rng=rng, callback=callback, maxiter=maxiter, method=method),
+    )
+
+
+@timed
 def paper_method(
-    problem: Problem, *, rng: int | np.random.Generator | None = None, maxiter: int = DEFAULT_MAXITER
+    problem: Problem,
+    *,
+    rng: int | np.random.Generator | None = None,
+    callback: Callback | None = None,
+    maxiter: int = DEFAULT_MAXITER,
 ) -> PlanResult:
-    """Gao et al.: probabilistic routing, then annealing over steps and shares."""
-    return _best_over_deployable_sets(
-        problem,
-        lambda allowed: anneal(problem, paper_routing(problem, allowed), rng=rng, maxiter=maxiter, method="paper"),
+    """Gao et al.: probabilistic routing, then annealing over steps and shares.
+
+    Args:
+        problem: the planning problem.
+        rng: a seed or generator for the annealing; when None a new generator is seeded from the OS.
+        callback: called with an :class:`~genedge.optimizer.anneal.AnnealState` after each annealing
+            iteration; returning True stops the search.
+        maxiter: annealing iterations per set of models that fits in memory.
+    """
+    return _annealed(
+        problem, "paper", lambda allowed: paper_routing(problem, allowed), rng=rng, callback=callback, maxiter=maxiter
     )
 
 
+@timed
 def direct(
-    problem: Problem, *, rng: int | np.random.Generator | None = None, maxiter: int = DEFAULT_MAXITER
+    problem: Problem,
+    *,
+    rng: int | np.random.Generator | None = None,
+    callback: Callback | None = None,
+    maxiter: int = DEFAULT_MAXITER,
 ) -> PlanResult:
-    """Direct-assignment: categories to their best-mean model, then annealing."""
-    return _best_over_deployable_sets(
+    """Direct-assignment: categories to their best-mean model, then annealing.
+
+    Arguments as :func:`paper_method`.
+    """
+    return _annealed(
         problem,
-        lambda allowed: anneal(
-            problem,
-            _on_allowed(lambda mean, std: direct_assignment(mean), problem, allowed),
-            rng=rng,
-            maxiter=maxiter,
-            method="direct-assignment",
-        ),
+        "direct-assignment",
+        lambda allowed: _on_allowed(lambda mean, std: direct_assignment(mean), problem, allowed),
+        rng=rng,
+        callback=callback,
+        maxiter=maxiter,
     )
 
 
+@timed
 def random_assignment(
-    problem: Problem, *, rng: int | np.random.Generator | None = None, maxiter: int = DEFAULT_MAXITER
+    problem: Problem,
+    *,
+    rng: int | np.random.Generator | None = None,
+    callback: Callback | None = None,
+    maxiter: int = DEFAULT_MAXITER,
 ) -> PlanResult:
-    """Random-assignment: every request to a uniformly random model, then annealing."""
-    return _best_over_deployable_sets(
+    """Random-assignment: every request to a uniformly random model, then annealing.
+
+    Arguments as :func:`paper_method`.
+    """
+    return _annealed(
         problem,
-        lambda allowed: anneal(
-            problem,
-            _on_allowed(lambda mean, std: uniform_assignment(*mean.shape), problem, allowed),
-            rng=rng,
-            maxiter=maxiter,
-            method="random-assignment",
-        ),
+        "random-assignment",
+        lambda allowed: _on_allowed(lambda mean, std: uniform_assignment(*mean.shape), problem, allowed),
+        rng=rng,
+        callback=callback,
+        maxiter=maxiter,
     )
 
 
-def equal_allocation(problem: Problem) -> PlanResult:
-    """Equal-allocation: the paper's routing, default steps, equal shares among models in use."""
+@timed
+def equal_allocation(
+    problem: Problem, *, rng: int | np.random.Generator | None = None, callback: Callback | None = None
+) -> PlanResult:
+    """Equal-allocation: the paper's routing, default steps, equal shares among the deployed models.
+
+    A closed form: it uses no randomness (``rng`` is ignored) and has no iterations, so it never
+    calls ``callback``; both are accepted so that every planner is called the same way.
+    """
     return _best_over_deployable_sets(problem, lambda allowed: _equal_allocation(problem, allowed))
 
 
 def _equal_allocation(problem: Problem, allowed: np.ndarray) -> PlanResult:
     routing = paper_routing(problem, allowed)
-    used = problem.counts @ routing > 1e-12
+    used = deployed_mask(problem.counts @ routing)
     shares = np.where(used, problem.budget / used.sum(), 0.0)
-    return make_result(problem, "equal-allocation", routing, problem.default_step_index, shares, status=3, nfev=1)
+    return make_result(
+        problem, "equal-allocation", routing, problem.default_step_index, shares, status=PlanStatus.CLOSED_FORM, nfev=1
+    )
 
 
-def optimal_step(problem: Problem) -> PlanResult:
-    """Optimal-step: the paper's routing, exhaustive steps, closed-form optimal shares."""
+@timed
+def optimal_step(
+    problem: Problem, *, rng: int | np.random.Generator | None = None, callback: Callback | None = None
+) -> PlanResult:
+    """Optimal-step: the paper's routing, exhaustive steps, closed-form optimal shares.
+
+    Every step vector is evaluated in one vectorized pass, so there is no iteration to report:
+    it never calls ``callback``, and it uses no randomness (``rng`` is ignored). Both are
+    accepted so that every planner is called the same way.
+    """
     return _best_over_deployable_sets(problem, lambda allowed: _optimal_step(problem, allowed))
 
 
@@ -117,7 +190,8 @@ def _optimal_step(problem: Problem, allowed: np.ndarray) -> PlanResult:
     models = range(len(problem.models))
     # The shared delay term (Σ √K_m)² couples the models: evaluate every step vector at once.
     quality = [requests[:, i] @ problem.quality_mean[i] for i in models]
-    root_k = [np.sqrt(fifo_delay_coefficient(problem.service_s[i], loads[i])) for i in models]
+    deployed = deployed_mask(loads)
+    root_k = [np.sqrt(fifo_delay_coefficient(problem.service_s[i], loads[i])) * deployed[i] for i in models]
     grids = np.array(list(itertools.product(*(range(k) for k in problem.grid_sizes))))
     total_quality = sum(quality[i][grids[:, i]] for i in models)
     delay_total = sum(root_k[i][grids[:, i]] for i in models) ** 2 / problem.budget

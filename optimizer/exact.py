@@ -13,6 +13,9 @@ where the best plan routes whole categories the two coincide.
 
 It enumerates Π_m K_m step vectors, so it is meant for the paper's scale
 (a few models); :data:`MAX_STEP_VECTORS` guards against the rest.
+
+A callback may stop the branch and bound early: the certificate is still computed
+over every step vector, so the stopped result's ``upper_bound`` still holds.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 
 from genedge.optimizer.assignment import polish_requests, price_directed_assignment, relaxed_optimum, vertex_bound
 from genedge.optimizer.problem import Problem
-from genedge.optimizer.result import PlanResult, make_result
+from genedge.optimizer.result import Callback, PlanResult, PlanState, PlanStatus, make_result, timed
 from genedge.optimizer.system import optimal_shares
 
 __all__ = ["exact_search", "utility_upper_bound", "MAX_STEP_VECTORS"]
@@ -32,16 +35,27 @@ __all__ = ["exact_search", "utility_upper_bound", "MAX_STEP_VECTORS"]
 MAX_STEP_VECTORS = 200_000
 
 
-def exact_search(problem: Problem, *, max_step_vectors: int = MAX_STEP_VECTORS) -> PlanResult:
+@timed
+def exact_search(
+    problem: Problem,
+    *,
+    rng: int | np.random.Generator | None = None,
+    callback: Callback | None = None,
+    max_step_vectors: int = MAX_STEP_VECTORS,
+) -> PlanResult:
     """Find the utility-maximizing plan over routing, steps and shares, certified by an upper bound.
 
     Args:
         problem: the planning problem.
+        rng: ignored: the search uses no randomness (accepted so every planner is called the same way).
+        callback: called with a :class:`~genedge.optimizer.result.PlanState` after each step vector
+            whose routing is polished (``best_state``: the best step indices); returning True stops
+            the search with the best plan so far.
         max_step_vectors: refuse problems with more step vectors than this.
 
     Returns:
-        A :class:`PlanResult` with ``upper_bound`` set; ``extra["visited"]`` counts
-        the step vectors whose routing was polished.
+        A :class:`PlanResult` with ``upper_bound`` set; ``nit`` counts the step vectors
+        whose routing was polished.
 
     Raises:
         ValueError: the problem has more than ``max_step_vectors`` step vectors.
@@ -65,6 +79,7 @@ def exact_search(problem: Problem, *, max_step_vectors: int = MAX_STEP_VECTORS) 
     best = None
     nfev = len(candidates)
     visited = 0
+    status = PlanStatus.SUCCESS
     for bound, steps, x, allowed in candidates:
         if best is not None and bound <= best[0]:
             break
@@ -74,6 +89,11 @@ def exact_search(problem: Problem, *, max_step_vectors: int = MAX_STEP_VECTORS) 
         visited += 1
         if best is None or u > best[0]:
             best = (u, steps, x)
+        if callback is not None and callback(
+            PlanState(iteration=visited, value=u, best_value=best[0], best_state=best[1])
+        ):
+            status = PlanStatus.CALLBACK_STOP
+            break
     upper = best[0]
     for bound, steps, _, allowed in candidates:  # best relaxed bound first: stop once none can raise `upper`
         if bound <= upper:
@@ -90,10 +110,10 @@ def exact_search(problem: Problem, *, max_step_vectors: int = MAX_STEP_VECTORS) 
         x / problem.counts[:, None],
         steps,
         shares,
+        status=status,
         nit=visited,
         nfev=nfev,
         upper_bound=upper,
-        visited=visited,
     )
     # The search's utility and the system model's may differ in the last bits; the bound covers both.
     return dataclasses.replace(result, upper_bound=max(upper, result.utility))

@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from genedge.calibrate.table import read_json, write_text_atomic
+from genedge.contract.files import ArtifactError, read_json, write_text_atomic
 from genedge.optimizer.problem import Problem
-from genedge.optimizer.result import PlanResult
+from genedge.optimizer.result import PlanResult, relative_change
+from genedge.optimizer.system import BUDGET_RTOL, ROW_SUM_TOL
 
 __all__ = ["PLAN_SCHEMA_VERSION", "PlanError", "plan_to_dict", "save_plan", "load_plan", "validate_plan"]
 
@@ -25,13 +26,8 @@ _KIND = "genedge.plan"
 _FIGURES = ("mean_clipscore", "mean_delay_s", "p95_delay_s", "utility")
 
 
-class PlanError(ValueError):
+class PlanError(ArtifactError):
     """A plan document is malformed; the message names the file and the field."""
-
-    def __init__(self, where: str, field_path: str, message: str) -> None:
-        self.where = where
-        self.field_path = field_path
-        super().__init__(f"{where}: {field_path}: {message}")
 
 
 def _figures(result: PlanResult) -> dict[str, Any]:
@@ -65,7 +61,7 @@ def plan_to_dict(
     models = {}
     for i, key in enumerate(plan.models):
         share = float(plan.share_vector[i])
-        deployed = bool(result.loads[i] > 1e-9)
+        deployed = bool(result.deployed[i])
         models[key] = {
             "deployed": deployed,
             "steps": plan.steps_per_model[i] if deployed else None,
@@ -84,7 +80,7 @@ def plan_to_dict(
         if name == result.method:
             continue
         entry = _figures(other)
-        entry["utility_change_vs_plan_pct"] = 100 * (other.utility - result.utility) / max(abs(result.utility), 1e-12)
+        entry["utility_change_vs_plan_pct"] = 100 * relative_change(other.utility, result.utility)
         if other.upper_bound is not None:
             entry["upper_bound"] = other.upper_bound
         baselines[name] = entry
@@ -129,7 +125,7 @@ def load_plan(path: str | os.PathLike[str]) -> dict[str, Any]:
         PlanError: naming the file and field that is wrong.
     """
     path = Path(path)
-    document = read_json(path, PlanError, "a JSON plan")
+    document = read_json(path, "a JSON plan", PlanError)
     validate_plan(document, str(path))
     return document
 
@@ -157,7 +153,7 @@ def validate_plan(document: Mapping[str, Any], where: str) -> None:
         unknown = sorted(set(row) - set(models))
         if unknown:
             raise fail(f"routing.{category}", f"models {unknown} are not in 'models'")
-        if any(p < 0 for p in row.values()) or abs(sum(row.values()) - 1) > 1e-6:
+        if any(p < 0 for p in row.values()) or abs(sum(row.values()) - 1) > ROW_SUM_TOL:
             raise fail(f"routing.{category}", f"expected probabilities summing to 1, but got {row}")
     budget = document["inputs"].get("budget_gpu")
     total = 0.0
@@ -168,7 +164,7 @@ def validate_plan(document: Mapping[str, Any], where: str) -> None:
         total += share
         if entry.get("deployed") and (not isinstance(entry.get("steps"), int) or share <= 0):
             raise fail(f"models.{key}", "a deployed model needs integer steps and a share > 0")
-    if budget is not None and total > budget * (1 + 1e-9):
+    if budget is not None and total > budget * (1 + BUDGET_RTOL):
         raise fail("models", f"shares sum to {total}, more than the budget {budget}")
     for figure in _FIGURES:
         value = document["predicted"].get(figure)

@@ -23,7 +23,7 @@ from scipy.special import ndtr
 from genedge.optimizer.anneal import AnnealState, adjacent_step, metropolis, seed_of
 from genedge.optimizer.assignment import polish_requests, price_directed_assignment
 from genedge.optimizer.problem import Problem
-from genedge.optimizer.result import PlanResult, make_result
+from genedge.optimizer.result import PlanResult, PlanStatus, make_result, timed
 from genedge.optimizer.system import optimal_shares, utility_with_optimal_shares
 
 __all__ = ["propose", "ITERATIONS_PER_GRID_STEP", "POLISH_CANDIDATES"]
@@ -36,21 +36,23 @@ POLISH_CANDIDATES = 5
 MAX_START_SEARCH = 200_000
 
 
+@timed
 def propose(
     problem: Problem,
     *,
-    maxiter: int | None = None,
     rng: int | np.random.Generator | None = None,
     callback: Callable[[AnnealState], bool | None] | None = None,
+    maxiter: int | None = None,
 ) -> PlanResult:
     """Plan routing, steps and shares jointly (the proposed method).
 
     Args:
         problem: the planning problem.
+        rng: a seed or generator; when None a new generator is seeded from the OS.
+        callback: ``callback(AnnealState) -> bool | None`` after each annealing iteration; True
+            stops the search, and the best step vectors seen so far are polished into the plan.
         maxiter: annealing iterations per deployable model set
             (default ``ITERATIONS_PER_GRID_STEP`` · Σ_m K_m).
-        rng: a seed or generator; when None a new generator is seeded from the OS.
-        callback: ``callback(AnnealState) -> bool | None``; True stops the search.
 
     Returns:
         A :class:`PlanResult` whose trajectory is the annealing over steps.
@@ -60,17 +62,18 @@ def propose(
     if maxiter is None:
         maxiter = ITERATIONS_PER_GRID_STEP * sum(problem.grid_sizes)
     best: _SetPlan | None = None
-    nfev_total = nit_total = status = 0
+    nfev_total = nit_total = 0
+    status = PlanStatus.SUCCESS
     for allowed in problem.deployable_sets():
         found = _plan_model_set(problem, allowed, maxiter=maxiter, rng=gen, callback=callback)
         if found is None:
             continue
         nit_total += found.nit
         nfev_total += found.nfev
-        status = max(status, found.status)
         if best is None or found.utility > best.utility:
             best = found
-        if status == 2:  # the callback asked to stop: plan with what has been searched
+        if found.status == PlanStatus.CALLBACK_STOP:  # plan with what has been searched
+            status = found.status
             break
     if best is None:
         raise problem.unreachable_floor_error()
@@ -100,7 +103,7 @@ class _SetPlan:
     trajectory: np.ndarray
     nit: int
     nfev: int
-    status: int
+    status: PlanStatus
 
 
 def _plan_model_set(

@@ -2,22 +2,84 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import dataclasses
+import enum
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
 from genedge.optimizer.problem import Problem
-from genedge.optimizer.system import evaluate
+from genedge.optimizer.system import deployed_mask, evaluate
 
-__all__ = ["Plan", "PlanResult", "STATUS_MESSAGES", "make_result"]
+__all__ = [
+    "Callback",
+    "Plan",
+    "PlanResult",
+    "PlanState",
+    "PlanStatus",
+    "make_result",
+    "relative_change",
+    "timed",
+]
 
-# Status code → message, shared by every planner (scipy.optimize style).
-STATUS_MESSAGES = {
-    0: "Optimization terminated successfully",
-    2: "Callback function requested to stop early by returning True",
-    3: "Closed-form plan: nothing to search",
+# A relative change against a reference this close to 0 is taken against this instead.
+_TINY_REFERENCE = 1e-12
+
+
+class PlanStatus(enum.IntEnum):
+    """Why a planner stopped (scipy.optimize's codes where they mean the same).
+
+    ``SUCCESS`` and ``CLOSED_FORM`` are successes; ``CALLBACK_STOP`` returns the best
+    plan found before the callback asked to stop.
+    """
+
+    SUCCESS = 0
+    CALLBACK_STOP = 2
+    CLOSED_FORM = 3
+
+    @property
+    def message(self) -> str:
+        """The human-readable reason."""
+        return _STATUS_MESSAGES[self]
+
+    @property
+    def success(self) -> bool:
+        """Whether the planner finished normally."""
+        return self is not PlanStatus.CALLBACK_STOP
+
+
+_STATUS_MESSAGES = {
+    PlanStatus.SUCCESS: "Optimization terminated successfully",
+    PlanStatus.CALLBACK_STOP: "Callback function requested to stop early by returning True",
+    PlanStatus.CLOSED_FORM: "Closed-form plan: nothing to search",
 }
+
+
+@dataclass(frozen=True)
+class PlanState:
+    """What a planner's callback sees after each iteration.
+
+    Attributes:
+        iteration: iterations done, from 1 (annealers count afresh for each set of models that fits in memory).
+        value: utility of the current candidate (points).
+        best_value: best utility so far (points).
+        best_state: the planner's best state so far (annealers: step indices, with shares for the
+            paper's annealing; exact search: the step indices).
+    """
+
+    iteration: int
+    value: float
+    best_value: float
+    best_state: Any
+
+
+#: ``callback(state) -> bool | None``: returning True stops the planner, which returns its best plan so
+#: far with status :attr:`PlanStatus.CALLBACK_STOP`.
+Callback = Callable[[PlanState], bool | None]
 
 
 @dataclass(frozen=True)
@@ -70,16 +132,16 @@ class PlanResult:
         mean_delay_s: predicted mean response delay (s).
         p95_delay_s: predicted 95th-percentile delay (s).
         utility: U = mean_quality − w · mean_delay_s (points).
-        success: whether the planner finished normally.
-        status: code into :data:`STATUS_MESSAGES`.
-        message: why it stopped.
-        nit: iterations.
+        status: why the planner stopped; :attr:`success` and :attr:`message` follow from it.
+        nit: iterations (exact search: step vectors whose routing was polished).
         nfev: objective evaluations.
         seed: the seed the planner's generator came from, or None if it used no randomness.
-        loads: expected requests per model, shape (M,).
+        loads: expected requests per model N_m, shape (M,).
         trajectory: (iteration, current utility, best utility, temperature) rows for annealers.
         upper_bound: a proven upper bound on the utility of any plan, where the planner certifies one.
         shortfall: P(score < θ) per category, shape (C,), where the problem has a quality floor.
+        plan_time_s: wall time the planner took (s); every planner sets it, a result built with
+            :func:`make_result` alone has None.
     """
 
     method: str
@@ -88,9 +150,7 @@ class PlanResult:
     mean_delay_s: float
     p95_delay_s: float
     utility: float
-    success: bool
-    status: int
-    message: str
+    status: PlanStatus
     nit: int
     nfev: int
     seed: int | None
@@ -98,14 +158,34 @@ class PlanResult:
     trajectory: np.ndarray | None = None
     upper_bound: float | None = None
     shortfall: np.ndarray | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    plan_time_s: float | None = None
+
+    @property
+    def success(self) -> bool:
+        """Whether the planner finished normally (see :class:`PlanStatus`)."""
+        return self.status.success
+
+    @property
+    def message(self) -> str:
+        """Why the planner stopped."""
+        return self.status.message
+
+    @property
+    def deployed(self) -> np.ndarray:
+        """Which models the plan deploys, shape (M,) bool (:func:`~genedge.optimizer.system.deployed_mask`)."""
+        return deployed_mask(self.loads)
 
     @property
     def certified_gap(self) -> float | None:
         """(upper_bound − utility) / |upper_bound|, where a bound exists."""
         if self.upper_bound is None:
             return None
-        return (self.upper_bound - self.utility) / max(abs(self.upper_bound), 1e-12)
+        return (self.upper_bound - self.utility) / max(abs(self.upper_bound), _TINY_REFERENCE)
+
+
+def relative_change(value: float, reference: float) -> float:
+    """(value − reference) / |reference|, the fraction by which ``value`` differs from ``reference``."""
+    return (value - reference) / max(abs(reference), _TINY_REFERENCE)
 
 
 def make_result(
@@ -115,13 +195,12 @@ def make_result(
     step_index: tuple[int, ...] | list[int],
     shares: np.ndarray,
     *,
-    status: int = 0,
+    status: PlanStatus = PlanStatus.SUCCESS,
     nit: int = 0,
     nfev: int = 0,
     seed: int | None = None,
     trajectory: np.ndarray | None = None,
     upper_bound: float | None = None,
-    **extra: Any,
 ) -> PlanResult:
     """Evaluate a plan with the system model and wrap it in a :class:`PlanResult`."""
     step_index = tuple(int(k) for k in step_index)
@@ -141,9 +220,7 @@ def make_result(
         mean_delay_s=ev.mean_delay_s,
         p95_delay_s=ev.p95_delay_s,
         utility=ev.utility,
-        success=status in (0, 3),
-        status=status,
-        message=STATUS_MESSAGES[status],
+        status=PlanStatus(status),
         nit=nit,
         nfev=nfev,
         seed=seed,
@@ -151,5 +228,19 @@ def make_result(
         trajectory=trajectory,
         upper_bound=upper_bound,
         shortfall=ev.shortfall,
-        extra=dict(extra),
     )
+
+
+Planner = TypeVar("Planner", bound=Callable[..., PlanResult])
+
+
+def timed(planner: Planner) -> Planner:
+    """Decorate a planner so that its result carries the wall time it took in ``plan_time_s``."""
+
+    @functools.wraps(planner)
+    def run(*args: Any, **kwargs: Any) -> PlanResult:
+        start = time.perf_counter()
+        result = planner(*args, **kwargs)
+        return dataclasses.replace(result, plan_time_s=time.perf_counter() - start)
+
+    return run  # type: ignore[return-value]

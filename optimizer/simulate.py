@@ -27,6 +27,9 @@ from genedge.optimizer.result import PlanResult
 
 __all__ = ["SimulationCheck", "simulate_plan"]
 
+# A standard error this close to 0 (every replication alike) is taken as this instead.
+_TINY_SE = 1e-12
+
 
 @dataclass(frozen=True)
 class SimulationCheck:
@@ -55,12 +58,12 @@ class SimulationCheck:
     @property
     def quality_z(self) -> float:
         """(simulated − predicted) / standard error for quality."""
-        return (self.mean_quality - self.predicted_quality) / max(self.mean_quality_se, 1e-12)
+        return (self.mean_quality - self.predicted_quality) / max(self.mean_quality_se, _TINY_SE)
 
     @property
     def delay_z(self) -> float:
         """(simulated − predicted) / standard error for delay."""
-        return (self.mean_delay_s - self.predicted_delay_s) / max(self.mean_delay_se_s, 1e-12)
+        return (self.mean_delay_s - self.predicted_delay_s) / max(self.mean_delay_se_s, _TINY_SE)
 
 
 def simulate_plan(
@@ -86,7 +89,7 @@ def simulate_plan(
     p = plan.routing_matrix
     steps = plan.step_index
     mean, std = problem.mean_at(steps), problem.std_at(steps)
-    in_use = result.loads > 1e-12
+    in_use = result.deployed
     service = np.where(in_use, problem.service_at(steps) / np.where(in_use, plan.share_vector, 1.0), np.inf)
     category = np.repeat(np.arange(len(problem.categories)), problem.counts.astype(int))
     n = category.size

@@ -9,6 +9,7 @@ import pandas as pd
 
 from genedge.optimizer.methods import METHODS, PROPOSED, run_methods
 from genedge.optimizer.problem import Problem
+from genedge.optimizer.result import relative_change
 from genedge.optimizer.simulate import simulate_plan
 from genedge.optimizer.workload import Workload
 
@@ -66,7 +67,7 @@ def sweep(
                     "mean_delay_s": r.mean_delay_s,
                     "p95_delay_s": r.p95_delay_s,
                     "utility": r.utility,
-                    "plan_time_s": r.extra["plan_time_s"],
+                    "plan_time_s": r.plan_time_s,
                     "upper_bound": r.upper_bound,
                 }
             )
@@ -76,12 +77,12 @@ def sweep(
             for name in COMPARED_BELOW + BOUNDS + ("paper",):
                 if name in results:
                     other = results[name].utility
-                    row[f"gain_vs_{name}_pct"] = 100 * (proposed.utility - other) / max(abs(other), 1e-12)
+                    row[f"gain_vs_{name}_pct"] = 100 * relative_change(proposed.utility, other)
             if "exact" in results:
                 row["exact_certified_gap_pct"] = 100 * results["exact"].certified_gap
             if "paper" in results and "optimal-step" in results:
                 bound = results["optimal-step"].utility
-                row["paper_gap_to_optimal_step_pct"] = 100 * (bound - results["paper"].utility) / max(abs(bound), 1e-12)
+                row["paper_gap_to_optimal_step_pct"] = 100 * relative_change(bound, results["paper"].utility)
             for name in SIMULATED:
                 if name not in results:
                     continue

@@ -30,7 +30,11 @@ import numpy as np
 from genedge.optimizer.problem import Problem
 
 __all__ = [
+    "BUDGET_RTOL",
+    "DEPLOYED_MIN_REQUESTS",
+    "ROW_SUM_TOL",
     "Evaluation",
+    "deployed_mask",
     "evaluate",
     "fifo_delay_coefficient",
     "optimal_shares",
@@ -38,10 +42,31 @@ __all__ = [
     "fifo_delay_quantile",
 ]
 
-# Routing rows may drift from 1 by float round-off after many small moves.
-_ROW_SUM_TOL = 1e-6
-# Expected requests below this count as none: the model is not in use.
-_IN_USE = 1e-12
+#: Expected requests per planning window at or below which a model is not deployed: it gets no
+#: compute share, holds no memory and adds no delay. Routings carry float residue far below one
+#: request; this is where residue ends and traffic begins.
+DEPLOYED_MIN_REQUESTS = 1e-9
+#: Relative slack on Σ r_m ≤ R: shares computed as R·x / Σ x may sum to R plus round-off.
+BUDGET_RTOL = 1e-9
+#: Routing rows may drift from 1 by float round-off after many small moves; plans are read with the same slack.
+ROW_SUM_TOL = 1e-6
+# A routing probability this far below 0 is round-off, not a negative probability.
+_NEGATIVE_PROBABILITY_TOL = 1e-12
+# Expected loads within this of a whole number count as that whole number of requests.
+_WHOLE_REQUEST_TOL = 1e-9
+# Relative round-off allowed when a delay is compared with a multiple of a service time.
+_DELAY_RTOL = 1e-12
+# Relative distance below the bisection's end within which a request's delay is the quantile.
+_SNAP_RTOL = 1e-9
+
+
+def deployed_mask(loads: np.ndarray) -> np.ndarray:
+    """Which models a plan deploys: expected requests N_m above :data:`DEPLOYED_MIN_REQUESTS`, shape (M,).
+
+    This is the one definition of "deployed" (or "in use"): the system model, the planners, the
+    plan file and the command line all decide it here.
+    """
+    return np.asarray(loads, dtype=float) > DEPLOYED_MIN_REQUESTS
 
 
 @dataclass(frozen=True)
@@ -83,9 +108,9 @@ def optimal_shares(full_share_s: np.ndarray, loads: np.ndarray, budget: float) -
 
     Returns:
         r_m = R √K_m / Σ_j √K_j with K_m = full_share_s · N_m (N_m + 1) / 2; models
-        without load get 0.
+        not deployed (:func:`deployed_mask`) get 0.
     """
-    root = np.sqrt(fifo_delay_coefficient(full_share_s, loads))
+    root = np.where(deployed_mask(loads), np.sqrt(fifo_delay_coefficient(full_share_s, loads)), 0.0)
     total = root.sum(axis=-1, keepdims=True)
     return np.divide(budget * root, total, out=np.zeros_like(root), where=total > 0)
 
@@ -106,7 +131,8 @@ def utility_with_optimal_shares(
     """
     loads = requests.sum(axis=-2)
     quality = (requests * mean).sum(axis=(-2, -1))
-    delay_total = np.sqrt(fifo_delay_coefficient(full_share_s, loads)).sum(axis=-1) ** 2 / problem.budget
+    root = np.where(deployed_mask(loads), np.sqrt(fifo_delay_coefficient(full_share_s, loads)), 0.0)
+    delay_total = root.sum(axis=-1) ** 2 / problem.budget
     return (quality - problem.weight * delay_total) / problem.n_requests
 
 
@@ -118,30 +144,30 @@ def fifo_delay_quantile(service_s: np.ndarray, loads: np.ndarray, q: float) -> f
     quantile is found by bisection on the delay, so its cost does not grow with
     the number of requests.
     """
-    used = loads > _IN_USE  # as in evaluate: a model with less load gets no share and no requests
+    used = deployed_mask(loads)  # as in evaluate: other models get no share and no requests
     t, n = service_s[used], loads[used]
     if t.size == 0:
         return 0.0
-    whole = np.floor(n + 1e-9)
+    whole = np.floor(n + _WHOLE_REQUEST_TOL)
     partial = n - whole  # weight of request number whole + 1
 
     def served_by(d: float) -> float:
-        k = np.floor(d / t * (1 + 1e-12))
+        k = np.floor(d / t * (1 + _DELAY_RTOL))
         return float(np.minimum(k, whole).sum() + np.where(k > whole, partial, 0.0).sum())
 
     target = q * float(n.sum())
-    lo, hi = 0.0, float((t * np.ceil(n - 1e-9)).max())
+    lo, hi = 0.0, float((t * np.ceil(n - _WHOLE_REQUEST_TOL)).max())
     for _ in range(200):  # the interval halves each time: 200 halvings pass any float's precision
         mid = (lo + hi) / 2
         if mid in (lo, hi):
             break
-        if served_by(mid) >= target - 1e-9:
+        if served_by(mid) >= target - _WHOLE_REQUEST_TOL:
             hi = mid
         else:
             lo = mid
     # hi sits just above the delay where the target is reached; snap it to that request's delay.
-    candidates = np.ceil(hi / t * (1 - 1e-12)) * t
-    return float(candidates[candidates >= hi * (1 - 1e-9)].min())
+    candidates = np.ceil(hi / t * (1 - _DELAY_RTOL)) * t
+    return float(candidates[candidates >= hi * (1 - _SNAP_RTOL)].min())
 
 
 def evaluate(problem: Problem, routing: np.ndarray, step_index: Sequence[int], shares: np.ndarray) -> Evaluation:
@@ -165,8 +191,8 @@ def evaluate(problem: Problem, routing: np.ndarray, step_index: Sequence[int], s
         raise ValueError(f"Expected routing of shape {(len(problem.categories), m)}, but got {routing.shape}")
     if (
         not np.isfinite(routing).all()
-        or (routing < -1e-12).any()
-        or np.abs(routing.sum(axis=1) - 1).max() > _ROW_SUM_TOL
+        or (routing < -_NEGATIVE_PROBABILITY_TOL).any()
+        or np.abs(routing.sum(axis=1) - 1).max() > ROW_SUM_TOL
     ):
         raise ValueError(
             f"Expected routing rows of non-negative probabilities summing to 1, "
@@ -176,11 +202,11 @@ def evaluate(problem: Problem, routing: np.ndarray, step_index: Sequence[int], s
         shares.shape != (m,)
         or not np.isfinite(shares).all()
         or (shares < 0).any()
-        or shares.sum() > problem.budget * (1 + 1e-9)
+        or shares.sum() > problem.budget * (1 + BUDGET_RTOL)
     ):
         raise ValueError(f"Expected {m} shares >= 0 summing to at most {problem.budget}, but got {shares.tolist()}")
     loads = problem.counts @ routing
-    in_use = loads > _IN_USE
+    in_use = deployed_mask(loads)
     starved = [k for k, used, r in zip(problem.models, in_use, shares) if used and r <= 0]
     if starved:
         raise ValueError(f"models {starved} receive requests but no compute share")

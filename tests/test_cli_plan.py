@@ -37,6 +37,7 @@ def test_plan_with_no_arguments_prints_plan_and_comparison():
         "exact",
     ):
         assert f"\n{method} " in out
+    assert "None" not in out
 
 
 def test_plan_writes_a_valid_plan(tmp_path):
@@ -88,6 +89,7 @@ def test_plan_bad_input_is_one_clear_line(args, message):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_simulate_writes_results_figures_and_checks(tmp_path):
     out = tmp_path / "sim"
     result = genedge(
@@ -113,6 +115,7 @@ def test_simulate_writes_results_figures_and_checks(tmp_path):
         rows = list(csv.DictReader(handle))
     assert {r["method"] for r in rows} >= {"genedge", "paper", "exact"} and len(rows) == 2 * 7
     assert {r["requests"] for r in rows} == {"10", "60"}
+    assert all(float(r["plan_time_s"]) > 0 for r in rows)
 
 
 def test_help_explains_every_option():
@@ -177,3 +180,16 @@ def test_plan_with_a_quality_floor_reports_each_method_shortfall(tmp_path):
     plan = json.loads(path.read_text())
     assert max(plan["predicted"]["shortfall_probability"].values()) <= 0.1 + 1e-9
     assert plan["inputs"]["min_clipscore"] == 21.0
+
+
+@pytest.mark.parametrize("args", [[], ["--workload", "Imagination=2", "--weight", "1"], ["--method", "paper"]])
+def test_printed_plan_and_plan_file_agree_on_what_is_deployed(tmp_path, args):
+    path = tmp_path / "plan.json"
+    out = genedge("plan", *args, "--out", str(path)).stdout
+    plan = load_plan(path)
+    deployed = [k for k, m in plan["models"].items() if m["deployed"]]
+    idle = [k for k, m in plan["models"].items() if not m["deployed"]]
+    lines = out.split("plan (", 1)[1].splitlines()
+    assert lines[1].split() == ["category", *deployed]
+    assert (f"  not deployed: {', '.join(idle)}" in lines) == bool(idle)
+    assert all(plan["models"][k]["share"] == 0 for k in idle)

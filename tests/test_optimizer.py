@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import itertools
 
 import numpy as np
@@ -9,6 +11,10 @@ import pytest
 from scipy.optimize import minimize
 
 from genedge.optimizer import (
+    DEPLOYED_MIN_REQUESTS,
+    METHODS,
+    PlanState,
+    PlanStatus,
     anneal,
     direct,
     equal_allocation,
@@ -189,7 +195,7 @@ def test_baselines_behave_as_defined():
     np.testing.assert_allclose(r.plan.routing_matrix, 1 / 3)
     e = equal_allocation(problem)
     assert e.plan.step_index == defaults
-    used = e.loads > 0
+    used = e.deployed
     np.testing.assert_allclose(e.plan.share_vector[used], problem.budget / used.sum())
     paper = paper_method(problem, rng=0)
     np.testing.assert_allclose(paper.plan.routing_matrix, paper_routing(problem))
@@ -239,7 +245,7 @@ def test_memory_limit_restricts_models_in_use():
     problem = _tiny_problem(0.0)
     limited = Problem(**{**problem.__dict__, "device_memory_bytes": int(9e9)})  # both models need 12e9
     result = propose(limited, rng=0)
-    assert (result.loads > 0).sum() == 1
+    assert result.deployed.sum() == 1
     with pytest.raises(ValueError, match="do not fit"):
         evaluate(limited, np.full((2, 2), 0.5), (0, 0), np.array([0.5, 0.5]))
 
@@ -337,11 +343,8 @@ def test_evaluate_rejects_nan_routing_and_problems_reject_empty_categories():
 
 def test_baselines_plan_within_device_memory():
     problem = Problem(**{**_tiny_problem(0.05).__dict__, "device_memory_bytes": int(9e9)})
-    for planner in (paper_method, direct, random_assignment):
-        result = planner(problem, rng=0)
-        assert (result.loads > 0).sum() == 1
-    assert (equal_allocation(problem).loads > 0).sum() == 1
-    assert (optimal_step(problem).loads > 0).sum() == 1
+    for planner in (paper_method, direct, random_assignment, equal_allocation, optimal_step, exact_search):
+        assert planner(problem, rng=0).deployed.sum() == 1
 
 
 def _multistart(problem: Problem, starts: int, rng: np.random.Generator) -> float:
@@ -371,6 +374,7 @@ def _multistart(problem: Problem, starts: int, rng: np.random.Generator) -> floa
     return best
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("requests", [10, 25])
 def test_proposed_matches_an_independent_search_at_small_loads(requests):
     # Where the relaxation's bound alone is loosest in the sweep: half a GPU, w = 0.1, 10 or 25 requests.
@@ -427,3 +431,102 @@ def test_tiny_loads_count_as_unused_everywhere():
     shares = optimal_shares(problem.service_at(steps), problem.counts @ routing, problem.budget)
     ev = evaluate(problem, routing, steps, shares)
     assert np.isfinite(ev.p95_delay_s) and ev.p95_delay_s > 0
+
+
+def test_every_method_is_a_planner_with_one_signature():
+    from genedge.optimizer.result import PlanResult
+
+    assert METHODS["genedge"] is propose and METHODS["exact"] is exact_search
+    for name, planner in METHODS.items():
+        params = list(inspect.signature(planner).parameters.values())
+        assert params[0].name == "problem" and params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD, name
+        assert [(p.name, p.kind, p.default) for p in params[1:3]] == [
+            ("rng", inspect.Parameter.KEYWORD_ONLY, None),
+            ("callback", inspect.Parameter.KEYWORD_ONLY, None),
+        ], name
+        # Anything more is a tuning option: keyword-only, with a default.
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not p.empty for p in params[3:]), name
+        assert inspect.signature(planner).return_annotation in (PlanResult, "PlanResult"), name
+    problem = synthetic_problem(2, 2, 12, rng=1)
+    for name, planner in METHODS.items():
+        result = planner(problem, rng=3, callback=None)
+        assert result.method == name
+
+
+@pytest.mark.parametrize("name", ["genedge", "paper", "direct-assignment", "random-assignment", "exact"])
+def test_callback_stops_every_searching_planner_and_the_result_says_so(name):
+    problem = synthetic_problem(3, 4, 60, rng=3)
+    full = METHODS[name](problem, rng=0)
+    seen = []
+    stop_after = 1 if name == "exact" else 4
+
+    def callback(state):
+        seen.append(state)
+        return len(seen) == stop_after
+
+    result = METHODS[name](problem, rng=0, callback=callback)
+    assert len(seen) == stop_after and all(isinstance(state, PlanState) for state in seen)
+    assert [state.iteration for state in seen] == list(range(1, stop_after + 1))
+    assert result.status is PlanStatus.CALLBACK_STOP and not result.success
+    assert result.message == "Callback function requested to stop early by returning True"
+    assert result.nit == stop_after < full.nit
+    assert full.status is PlanStatus.SUCCESS and full.success
+    if name == "exact":
+        # Stopped after one step vector, the certificate still covers every plan.
+        assert result.upper_bound >= full.utility - 1e-9 and result.utility <= full.utility + 1e-9
+
+
+@pytest.mark.parametrize("name", ["equal-allocation", "optimal-step"])
+def test_planners_without_iterations_never_call_the_callback(name):
+    calls = []
+    result = METHODS[name](
+        synthetic_problem(3, 4, 60, rng=3), rng=0, callback=lambda state: calls.append(state) or True
+    )
+    assert calls == [] and result.success
+
+
+def test_status_is_an_enum_and_success_and_message_follow_from_it():
+    assert [(s.name, int(s)) for s in PlanStatus] == [("SUCCESS", 0), ("CALLBACK_STOP", 2), ("CLOSED_FORM", 3)]
+    assert [s.success for s in PlanStatus] == [True, False, True]
+    problem = synthetic_problem(2, 2, 12, rng=1)
+    closed = equal_allocation(problem)
+    assert closed.status is PlanStatus.CLOSED_FORM and closed.status == 3 and closed.success
+    assert closed.message == "Closed-form plan: nothing to search" == PlanStatus.CLOSED_FORM.message
+    searched = propose(problem, rng=0)
+    assert searched.status is PlanStatus.SUCCESS and searched.message == "Optimization terminated successfully"
+
+
+def test_plan_time_is_a_field_every_planner_sets():
+    from genedge.optimizer.result import PlanResult, make_result
+
+    problem = synthetic_problem(2, 2, 12, rng=1)
+    for name, result in run_methods(problem, seed=0).items():
+        assert isinstance(result.plan_time_s, float) and result.plan_time_s > 0, name
+    assert propose(problem, rng=0).plan_time_s > 0  # called directly, not only through run_methods
+    routing = np.array([[1.0, 0.0], [0.0, 1.0]])
+    bare = make_result(problem, "by hand", routing, (0, 0), np.array([0.5, 0.5]))
+    assert bare.plan_time_s is None
+    assert "extra" not in {f.name for f in dataclasses.fields(PlanResult)}
+
+
+def test_one_deployed_threshold_for_the_system_model_the_plan_file_and_the_printed_plan():
+    from genedge.cli.plan import format_plan
+    from genedge.optimizer.plan_file import plan_to_dict
+    from genedge.optimizer.result import make_result
+
+    problem = _tiny_problem()
+    steps = (1, 1)
+    n_hard = problem.counts[1]
+    # Loads on "slow" just below and just above the threshold (the old thresholds, 1e-12 and 1e-9, disagreed here).
+    for load, deployed in ((DEPLOYED_MIN_REQUESTS / 10, False), (DEPLOYED_MIN_REQUESTS * 10, True)):
+        routing = np.array([[1.0, 0.0], [1 - load / n_hard, load / n_hard]])
+        shares = optimal_shares(problem.service_at(steps), problem.counts @ routing, problem.budget)
+        result = make_result(problem, "by hand", routing, steps, shares)
+        assert result.loads[1] == pytest.approx(load)
+        assert result.deployed.tolist() == [True, deployed]
+        assert (shares[1] > 0) == deployed  # no share for a model that is not deployed
+        document = plan_to_dict(problem, result)
+        assert [m["deployed"] for m in document["models"].values()] == [True, deployed]
+        header = format_plan(result).splitlines()[1].split()
+        assert header == (["category", "fast", "slow"] if deployed else ["category", "fast"])
+        assert ("not deployed: slow" in format_plan(result)) == (not deployed)

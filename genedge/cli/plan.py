@@ -88,9 +88,10 @@ def run(args: argparse.Namespace) -> int:
 def format_plan(result: Any) -> str:
     """The routing table, steps, shares and loads of a plan, for the models it deploys."""
     plan = result.plan
-    used = [i for i, n in enumerate(result.loads) if n > 1e-9]
+    used = [i for i, deployed in enumerate(result.deployed) if deployed]
     width = max(len(plan.models[i]) for i in used)
-    lines = [f"plan ({result.method}, {result.extra['plan_time_s'] * 1000:.0f} ms):"]
+    took = "" if result.plan_time_s is None else f", {result.plan_time_s * 1000:.0f} ms"
+    lines = [f"plan ({result.method}{took}):"]
     header = "  category       " + "  ".join(f"{plan.models[i]:>{width}}" for i in used)
     lines.append(header)
     for c, category in enumerate(plan.categories):
@@ -101,10 +102,14 @@ def format_plan(result: Any) -> str:
     unused = [m for i, m in enumerate(plan.models) if i not in used]
     if unused:
         lines.append(f"  not deployed: {', '.join(unused)}")
+    if not result.success:
+        lines.append(f"  stopped early: {result.message}")
     return "\n".join(lines)
 
 
 def _format_comparison(results, chosen_name: str) -> str:
+    from genedge.optimizer.result import relative_change
+
     chosen = results[chosen_name]
     floor = chosen.shortfall is not None
     lines = [
@@ -112,11 +117,12 @@ def _format_comparison(results, chosen_name: str) -> str:
         f"{'vs ' + chosen_name:>12} {'plan ms':>8}" + (f" {'worst P(<floor)':>15}" if floor else "")
     ]
     for name, r in results.items():
-        change = 100 * (r.utility - chosen.utility) / max(abs(chosen.utility), 1e-12)
+        change = 100 * relative_change(r.utility, chosen.utility)
+        took = "" if r.plan_time_s is None else f"{r.plan_time_s * 1000:.0f}"
         risk = f" {r.shortfall.max():>15.3f}" if floor else ""
         note = f"  (optimum ≤ {r.upper_bound:.3f})" if r.upper_bound is not None else ""
         lines.append(
             f"{name:<18} {r.mean_quality:>9.2f} {r.mean_delay_s:>12.2f} {r.p95_delay_s:>11.2f} "
-            f"{r.utility:>8.3f} {change:>+11.2f}% {r.extra['plan_time_s'] * 1000:>8.0f}{risk}{note}"
+            f"{r.utility:>8.3f} {change:>+11.2f}% {took:>8}{risk}{note}"
         )
     return "\n".join(lines)

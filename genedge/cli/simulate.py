@@ -19,6 +19,9 @@ from genedge.cli._common import (
 
 __all__ = ["add_parser"]
 
+# A utility change within this many percent of 0 counts as a tie (round-off between equal plans).
+_TIE_PCT = 1e-9
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -128,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         column = f"gain_vs_{name}_pct"
         if column in checks:
             worst = checks[column].min()
-            wins = int((checks[column] >= -1e-9).sum())
+            wins = int((checks[column] >= -_TIE_PCT).sum())
             print(
                 f"  vs {name:<18} ≥ on {wins}/{points} points; worst {worst:+.3f}%  best {checks[column].max():+.2f}%"
             )
