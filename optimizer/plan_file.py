@@ -101,6 +101,10 @@ def plan_to_dict(
             "workload_sha256": problem.workload_sha256,
             "min_clipscore": problem.min_clipscore,
             "max_shortfall": problem.max_shortfall if problem.min_clipscore is not None else None,
+            "left_out": {
+                key: {"peak_memory_bytes": problem.left_out[key], "reason": reason}
+                for key, reason in problem.left_out_reasons().items()
+            },
             **dict(inputs or {}),
         },
         "routing": plan.routing,

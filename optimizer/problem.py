@@ -6,9 +6,10 @@ plain numpy arrays, validated once, so every planner reads the same numbers.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
     from genedge.calibrate.table import CalibrationTable
 
 __all__ = ["Problem"]
+
+logger = logging.getLogger(__name__)
+
+_GIB = 2**30
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,6 +52,8 @@ class Problem:
         min_clipscore: quality floor θ (points): each category's requests must score below
             it with probability at most ``max_shortfall`` (a chance constraint), or None.
         max_shortfall: ε, the largest allowed P(score < θ) per category, in (0, 1).
+        left_out: model key → peak memory (bytes) of the models left out of the problem because
+            each alone needs more than ``device_memory_bytes`` (see :meth:`from_table`).
     """
 
     models: tuple[str, ...]
@@ -65,6 +72,7 @@ class Problem:
     workload_sha256: str | None = None
     min_clipscore: float | None = None
     max_shortfall: float = 0.05
+    left_out: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         m, c = len(self.models), len(self.categories)
@@ -102,8 +110,15 @@ class Problem:
             too_big = [k for k, b in zip(self.models, self.memory_bytes) if b > self.device_memory_bytes]
             if too_big:
                 raise ValueError(
-                    f"models {too_big} need more memory than the device's {self.device_memory_bytes / 2**30:.2f} GiB"
+                    f"models {too_big} need more memory than the device's {self.device_memory_bytes / _GIB:.2f} GiB; "
+                    f"leave them out of the problem (Problem.from_table does)"
                 )
+        both = sorted(set(self.left_out) & set(self.models))
+        if both:
+            raise ValueError(f"Expected left-out models to be out of the problem, but {both} are in its models")
+        fit = [k for k, b in self.left_out.items() if self.device_memory_bytes is None or b <= self.device_memory_bytes]
+        if fit:
+            raise ValueError(f"Expected left-out models to need more than the device memory, but {fit} fit in it")
 
     @classmethod
     def from_table(
@@ -128,12 +143,15 @@ class Problem:
             weight: w, CLIPScore points per second of mean delay.
             models: restrict to these model keys (default: all of the table's).
             device_memory_bytes: memory available to the models (default: the table device's memory).
+                A model that needs more than this on its own is left out of the problem and
+                recorded in :attr:`left_out`; every planner then plans on the models that fit.
             table_sha256: hash of the table file, recorded in plans.
             min_clipscore: quality floor θ, or None for none.
             max_shortfall: ε, the allowed P(score < θ) per category.
 
         Raises:
-            ValueError: unknown categories or model keys (the message lists the known ones).
+            ValueError: unknown categories or model keys (the message lists the known ones), or
+                no model fits in device memory (the message names each model's need).
         """
         unknown = sorted(set(workload.counts) - set(table.categories))
         if unknown:
@@ -144,6 +162,15 @@ class Problem:
         missing = [k for k in keys if k not in table.models]
         if missing:
             raise ValueError(f"models {missing} are not in the table; available: {list(table.models)}")
+        memory = table.device_memory_bytes if device_memory_bytes is None else device_memory_bytes
+        peaks = {k: float(table.models[k].memory.peak_bytes) for k in keys}
+        left_out = {k: b for k, b in peaks.items() if memory is not None and b > memory}
+        if keys and len(left_out) == len(keys):
+            needs = ", ".join(f"{k} needs {b / _GIB:.2f} GiB" for k, b in left_out.items())
+            raise ValueError(f"No model fits in the {memory / _GIB:.2f} GiB of device memory: {needs}")
+        if left_out:
+            logger.info("left out of the problem, too big for %.2f GiB: %s", memory / _GIB, sorted(left_out))
+        keys = tuple(k for k in keys if k not in left_out)
         categories = tuple(c for c in table.categories if workload.counts.get(c, 0) > 0)
         steps, means, stds, service, defaults = [], [], [], [], []
         for key in keys:
@@ -156,7 +183,6 @@ class Problem:
             stds.append(arr[..., 1])
             service.append(model.latency.overhead_s + model.latency.per_step_s * grid.astype(float))
             defaults.append(int(np.searchsorted(grid, model.default_steps)))
-        memory = table.device_memory_bytes if device_memory_bytes is None else device_memory_bytes
         return cls(
             models=keys,
             categories=categories,
@@ -166,7 +192,7 @@ class Problem:
             quality_std=tuple(stds),
             service_s=tuple(service),
             default_step_index=tuple(defaults),
-            memory_bytes=np.array([table.models[k].memory.peak_bytes for k in keys], dtype=float),
+            memory_bytes=np.array([peaks[k] for k in keys], dtype=float),
             budget=float(budget),
             weight=float(weight),
             device_memory_bytes=memory,
@@ -174,7 +200,15 @@ class Problem:
             workload_sha256=workload.sha256(),
             min_clipscore=min_clipscore,
             max_shortfall=max_shortfall,
+            left_out=left_out,
         )
+
+    def left_out_reasons(self) -> dict[str, str]:
+        """model key → why it was left out, e.g. ``{"sdxl": "needs 13.04 GiB, limit 10.00 GiB"}``."""
+        return {
+            k: f"needs {b / _GIB:.2f} GiB, limit {self.device_memory_bytes / _GIB:.2f} GiB"
+            for k, b in self.left_out.items()
+        }
 
     @property
     def n_requests(self) -> float:

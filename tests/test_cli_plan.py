@@ -80,6 +80,13 @@ def test_plan_counts_a_prompt_file_by_category(tmp_path):
         (["--table", "missing.json"], "missing.json"),
         (["--table", "/"], "Is a directory"),
         (["--min-clipscore", "40"], "No plan keeps P(CLIPScore < 40) <= 0.05 for every category"),
+        (
+            ["--memory-gib", "3"],
+            (
+                "No model fits in the 3.00 GiB of device memory: sd15 needs 4.10 GiB, sd21 needs 4.84 GiB, "
+                "sdxl needs 13.04 GiB"
+            ),
+        ),
     ],
 )
 def test_plan_bad_input_is_one_clear_line(args, message):
@@ -180,6 +187,21 @@ def test_plan_with_a_quality_floor_reports_each_method_shortfall(tmp_path):
     plan = json.loads(path.read_text())
     assert max(plan["predicted"]["shortfall_probability"].values()) <= 0.1 + 1e-9
     assert plan["inputs"]["min_clipscore"] == 21.0
+
+
+def test_plan_under_a_memory_limit_too_small_for_one_model_leaves_it_out(tmp_path):
+    path = tmp_path / "plan.json"
+    result = genedge("plan", "--memory-gib", "10", "--out", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "left out (too big for the device memory): sdxl needs 13.04 GiB, limit 10.00 GiB" in result.stdout
+    assert "None" not in result.stdout
+    plan = load_plan(path)
+    assert plan["inputs"]["left_out"] == {
+        "sdxl": {"peak_memory_bytes": 14e9, "reason": "needs 13.04 GiB, limit 10.00 GiB"}
+    }
+    assert plan["inputs"]["models"] == ["sd15", "sd21"] and set(plan["models"]) == {"sd15", "sd21"}
+    assert plan["inputs"]["device_memory_bytes"] == 10 * 2**30
+    assert {"paper", "equal-allocation", "optimal-step", "exact"} <= set(plan["baselines"])
 
 
 @pytest.mark.parametrize("args", [[], ["--workload", "Imagination=2", "--weight", "1"], ["--method", "paper"]])

@@ -530,3 +530,48 @@ def test_one_deployed_threshold_for_the_system_model_the_plan_file_and_the_print
         header = format_plan(result).splitlines()[1].split()
         assert header == (["category", "fast", "slow"] if deployed else ["category", "fast"])
         assert ("not deployed: slow" in format_plan(result)) == (not deployed)
+
+
+def _reference_problem(**options):
+    from genedge import data
+    from genedge.calibrate import load_table
+    from genedge.optimizer import Workload
+
+    table = load_table(data.path("tables", "reference-a100.json"))
+    mix = {"Basic": 272, "Detail": 544, "Imagination": 150, "Complex": 113}
+    return Problem.from_table(table, Workload.from_mix(mix, 40), **options)
+
+
+def test_models_too_big_for_the_memory_limit_are_left_out_and_every_method_plans_on_the_rest():
+    from genedge.optimizer.plan_file import plan_to_dict
+
+    problem = _reference_problem(device_memory_bytes=10 * 2**30)  # sdxl needs 14e9 bytes, 13.04 GiB
+    assert problem.models == ("sd15", "sd21")
+    assert dict(problem.left_out) == {"sdxl": 14e9}
+    assert problem.left_out_reasons() == {"sdxl": "needs 13.04 GiB, limit 10.00 GiB"}
+    assert len(problem.deployable_sets()) == 1  # sd15 and sd21 fit together
+    results = run_methods(problem, seed=0)
+    assert set(results) == set(METHODS)
+    for result in results.values():
+        assert result.plan.models == ("sd15", "sd21") and result.deployed.any()
+    exact = results["exact"]
+    assert exact.upper_bound >= results["genedge"].utility - 1e-9
+    inputs = plan_to_dict(problem, results["genedge"])["inputs"]
+    assert inputs["left_out"] == {"sdxl": {"peak_memory_bytes": 14e9, "reason": "needs 13.04 GiB, limit 10.00 GiB"}}
+    assert inputs["models"] == ["sd15", "sd21"]
+
+
+def test_a_memory_limit_no_model_fits_in_is_one_clear_error():
+    with pytest.raises(ValueError) as info:
+        _reference_problem(device_memory_bytes=3 * 2**30)
+    assert str(info.value) == (
+        "No model fits in the 3.00 GiB of device memory: sd15 needs 4.10 GiB, sd21 needs 4.84 GiB, sdxl needs 13.04 GiB"
+    )
+
+
+def test_a_problem_built_by_hand_still_refuses_a_model_bigger_than_the_device():
+    base = _tiny_problem()
+    with pytest.raises(ValueError, match=r"models \['slow'\] need more memory than the device's 6.52 GiB"):
+        Problem(**{**base.__dict__, "device_memory_bytes": int(7e9)})
+    with pytest.raises(ValueError, match=r"Expected left-out models to be out of the problem, but \['fast'\]"):
+        Problem(**{**base.__dict__, "left_out": {"fast": 4e9}})

@@ -33,3 +33,28 @@ def test_simulation_refuses_fractional_counts():
     fractional = type(problem)(**{**problem.__dict__, "counts": problem.counts + 0.5})
     with pytest.raises(ValueError, match="Expected whole request counts"):
         simulate_plan(fractional, propose(fractional, rng=0))
+
+
+def test_sweep_records_each_planner_time_from_its_result():
+    from genedge import data
+    from genedge.calibrate import load_table
+    from genedge.optimizer import Problem, Workload
+    from genedge.optimizer.sweep import sweep
+
+    table = load_table(data.path("tables", "reference-a100.json"))
+
+    def make_problem(workload, budget, weight):
+        return Problem.from_table(table, workload, budget=budget, weight=weight, device_memory_bytes=10 * 2**30)
+
+    results, checks = sweep(
+        make_problem,
+        Workload.from_counts({"Basic": 1, "Detail": 2}),
+        [12],
+        [1.0],
+        [0.05],
+        methods=["genedge", "paper", "optimal-step", "exact"],
+        replications=20,
+    )
+    assert list(results.method) == ["genedge", "paper", "optimal-step", "exact"]
+    assert (results.plan_time_s > 0).all()
+    assert len(checks) == 1 and checks.exact_certified_gap_pct.iloc[0] >= -1e-9

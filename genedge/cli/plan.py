@@ -18,7 +18,7 @@ from genedge.cli._common import (
     workload_from_args,
 )
 
-__all__ = ["add_parser", "format_plan"]
+__all__ = ["add_parser", "format_plan", "left_out_line"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -70,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
             else f"; floor P(CLIPScore < {args.min_clipscore:g}) <= {args.max_shortfall:g} per category"
         )
     )
+    left_out = left_out_line(problem)
+    if left_out:
+        print(left_out)
     print()
     print(format_plan(chosen))
     print()
@@ -83,6 +86,14 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"\nwrote {save_plan(document, args.out)}")
     return 0
+
+
+def left_out_line(problem: Any) -> str:
+    """One line naming the models left out for device memory and why; empty when none was."""
+    reasons = problem.left_out_reasons()
+    if not reasons:
+        return ""
+    return "left out (too big for the device memory): " + "; ".join(f"{k} {why}" for k, why in reasons.items())
 
 
 def format_plan(result: Any) -> str:

@@ -16,6 +16,7 @@ from genedge.cli._common import (
     parse_counts,
     problem_from_args,
 )
+from genedge.cli.plan import left_out_line
 
 __all__ = ["add_parser"]
 
@@ -98,7 +99,14 @@ def run(args: argparse.Namespace) -> int:
         return problem_from_args(args, table, sha, workload, budget, weight)
 
     mix = Workload.from_counts(parse_counts(args.mix, "--mix") if args.mix else default_mix(table))
+    # Built before the sweep, so bad options fail at once; its convergence is plotted afterwards.
+    middle = make_problem(
+        mix.scaled(args.loads[len(args.loads) // 2]), args.budgets[0], args.weights[len(args.weights) // 2]
+    )
     print(derived_share_line(table))
+    left_out = left_out_line(middle)
+    if left_out:
+        print(left_out)
     results, checks = run_sweep(
         make_problem,
         mix,
@@ -113,9 +121,6 @@ def run(args: argparse.Namespace) -> int:
     results.to_csv(args.out / "results.csv", index=False)
     checks.to_csv(args.out / "checks.csv", index=False)
     figures = plot_sweep(results, args.out)
-    middle = make_problem(
-        mix.scaled(args.loads[len(args.loads) // 2]), args.budgets[0], args.weights[len(args.weights) // 2]
-    )
     figures += plot_convergence(
         {
             "genedge (steps; routing and shares solved inside)": propose(middle, rng=args.seed).trajectory,
