@@ -39,6 +39,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_run(tmp_path_factory.mktemp("run") / "run", manifest, records, shards=2)
 
 
+@pytest.mark.slow
 def test_calibrate_writes_a_byte_stable_table_summary_and_figures(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "table.json"
     done = _genedge("calibrate", run_dir, "--out", out, "--figures", tmp_path / "fig")

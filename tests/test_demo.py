@@ -17,6 +17,7 @@ pytest.importorskip("diffusers", reason="the demo profiles replicas with torch a
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
+@pytest.mark.slow
 def test_demo_runs_profile_calibrate_plan_offline_on_cpu(tmp_path: Path) -> None:
     from genedge.cli.demo import DEMO_MODELS, REPLICA_BANNER
     from genedge.optimizer.plan_file import load_plan

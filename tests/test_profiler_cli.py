@@ -77,6 +77,7 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], message: s
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_gives_each_row_once(tmp_path: Path) -> None:
     n = 12
     out = tmp_path / "run"
@@ -115,6 +116,7 @@ def test_sigkill_mid_run_then_resume_gives_each_row_once(tmp_path: Path) -> None
 ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(ACCELERATE is None, reason="accelerate's launcher is not installed")
 def test_accelerate_launch_splits_the_work_across_two_processes(tmp_path: Path) -> None:
     n = 6

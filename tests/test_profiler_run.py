@@ -66,6 +66,7 @@ def profiler_run(profiler_config: ProfileConfig, tmp_path_factory: pytest.TempPa
     return run_dir
 
 
+@pytest.mark.slow
 def test_one_row_per_image_with_the_record_schema(profiler_run: Path) -> None:
     frame = read_records(profiler_run)
     assert len(frame) == len(MODELS) * len(STEPS) * 8
@@ -77,6 +78,7 @@ def test_one_row_per_image_with_the_record_schema(profiler_run: Path) -> None:
     assert len(list((profiler_run / "records").glob("shard-0-*.parquet"))) == 8  # flush_every=4
 
 
+@pytest.mark.slow
 def test_step_latencies_and_stage_windows(profiler_run: Path) -> None:
     frame = read_records(profiler_run)
     assert (frame["step_latencies_s"].map(len) == frame["steps"]).all()
@@ -88,6 +90,7 @@ def test_step_latencies_and_stage_windows(profiler_run: Path) -> None:
     assert (frame["step_latencies_s"].map(sum) <= frame["denoise_s"] + 1e-6).all()
 
 
+@pytest.mark.slow
 def test_without_nvidia_driver_memory_is_null_with_a_reason(profiler_run: Path) -> None:
     frame = read_records(profiler_run)
     for column in (
@@ -102,6 +105,7 @@ def test_without_nvidia_driver_memory_is_null_with_a_reason(profiler_run: Path) 
     assert manifest["nvml"]["available"] is False and manifest["nvml"]["reason"]
 
 
+@pytest.mark.slow
 def test_manifest(profiler_run: Path, profiler_config: ProfileConfig) -> None:
     manifest = read_manifest(profiler_run)
     assert manifest["schema_version"] == MANIFEST_SCHEMA_VERSION and manifest["run_id"].startswith("tiny-")
@@ -117,6 +121,7 @@ def test_manifest(profiler_run: Path, profiler_config: ProfileConfig) -> None:
     assert set(manifest["versions"]) == {"python", "torch", "diffusers", "open_clip", "transformers", "genedge"}
 
 
+@pytest.mark.slow
 def test_clip_scores_match_an_independent_computation_from_the_saved_images(profiler_run: Path) -> None:
     frame = read_records(profiler_run).head(12)
     scorer = ClipScorer("replica:tiny", None, device=torch.device("cpu"))  # same seeded random weights
@@ -133,6 +138,7 @@ def test_clip_scores_match_an_independent_computation_from_the_saved_images(prof
     assert frame["clip_backbone"].eq("replica:tiny").all() and frame["clip_pretrained"].eq("none").all()
 
 
+@pytest.mark.slow
 def test_rerun_skips_everything_and_other_settings_are_refused(
     profiler_run: Path, profiler_config: ProfileConfig
 ) -> None:
@@ -184,6 +190,7 @@ def test_a_failing_generation_leaves_rows_and_the_run_goes_on(
     assert frame["step_latencies_s"].isna().all() and frame["clip_score"].isna().all()
 
 
+@pytest.mark.slow
 def test_retry_failed_generates_failed_images_again_and_keeps_their_failure_rows(
     profiler_config: ProfileConfig, tmp_path: Path
 ) -> None:

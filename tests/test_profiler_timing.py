@@ -31,6 +31,7 @@ def test_cpu_clock_known_answer() -> None:
     assert all(SLEEP_S * 0.9 < value < SLEEP_S * 3 for value in intervals)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("scheduler", "executed"), [("DDIMScheduler", 4), ("PNDMScheduler", 13)])
 def test_one_latency_per_executed_step(scheduler: str, executed: int) -> None:
     device = torch.device("cpu")
