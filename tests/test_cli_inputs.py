@@ -135,3 +135,17 @@ def test_plans_are_created_with_the_umask_mode(tmp_path: Path, umask: int) -> No
     done = _genedge("plan", "--compare", "paper", "--out", str(out), preexec_fn=lambda: os.umask(umask))
     assert done.returncode == 0, done.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+
+
+def test_warnings_reach_the_user_as_one_readable_line_each(tmp_path: Path) -> None:
+    from genedge.calibrate.synthetic import QualityTruth, SyntheticModel, synthetic_run, write_run
+
+    # No memory rung measured: calibrate derives the peak and warns.
+    model = SyntheticModel(key="m", quality={"Basic": QualityTruth(30, 5, 10, 1)}, overhead_s=1, per_step_s=0.1)
+    run = write_run(tmp_path / "run", *synthetic_run([model], prompts_per_category=4, rng=0))
+    done = _genedge("calibrate", str(run), "--out", str(tmp_path / "table.json"))
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines and all(line.startswith("warning: ") for line in lines), lines
+    assert any("peak_bytes is derived" in line for line in lines)
+    assert "None" not in done.stdout
