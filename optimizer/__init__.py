@@ -19,6 +19,7 @@ from genedge.optimizer.baselines import (
     paper_routing,
     random_assignment,
 )
+from genedge.optimizer.compare import DECISION_TOLERANCE, PlanChange, PlanComparison, compare_plans, plan_changes
 from genedge.optimizer.exact import exact_search, utility_upper_bound
 from genedge.optimizer.methods import METHODS, PROPOSED, run_methods
 from genedge.optimizer.problem import Problem
@@ -30,17 +31,21 @@ from genedge.optimizer.workload import Workload
 
 __all__ = [
     "AnnealState",
+    "DECISION_TOLERANCE",
     "DEPLOYED_MIN_REQUESTS",
     "Evaluation",
     "METHODS",
     "PROPOSED",
     "Plan",
+    "PlanChange",
+    "PlanComparison",
     "PlanResult",
     "PlanState",
     "PlanStatus",
     "Problem",
     "Workload",
     "anneal",
+    "compare_plans",
     "deployed_mask",
     "direct",
     "direct_assignment",
@@ -52,6 +57,7 @@ __all__ = [
     "optimal_step",
     "paper_method",
     "paper_routing",
+    "plan_changes",
     "polish_requests",
     "price_directed_assignment",
     "probabilistic_assignment",

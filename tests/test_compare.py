@@ -1,4 +1,5 @@
-"""``genedge compare``: a doubled per-step latency, reported with its uncertainty and the plan decisions it moves."""
+"""``genedge compare``: a doubled per-step latency, reported with its uncertainty and the plan decisions it moves;
+the plan comparison of the library beneath it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from scipy import stats
 from genedge.calibrate import fit_quality
 from genedge.calibrate.compare import welch_t
 from genedge.calibrate.synthetic import QualityTruth, SyntheticModel, synthetic_run, write_run
+from genedge.optimizer import PlanChange, PlanComparison, Problem, compare_plans, plan_changes
+from genedge.optimizer.result import make_result
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 CATEGORIES = ("Basic", "Detail", "Imagination", "Complex")
@@ -58,26 +61,32 @@ def test_welch_t_from_mle_cells_matches_scipy_on_the_raw_scores() -> None:
     assert welch_t(30.0, 3.0, 1, 31.0, 3.0, 10) is None
 
 
-def test_compare_reports_doubled_per_step_latency_and_the_plan_decisions_it_moves(tmp_path: Path) -> None:
-    tables = []
-    for name, models in (("old", [SMALL, LARGE]), ("new", [SMALL, dataclasses.replace(LARGE, per_step_s=0.24)])):
-        # The same seed draws the same scores: only the latency differs between the two runs.
-        manifest, records = synthetic_run(models, steps=(10, 20, 30, 40), prompts_per_category=20, rng=0)
-        run = write_run(tmp_path / name, manifest, records)
-        done = _genedge("calibrate", run, "--out", tmp_path / f"{name}.json")
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Calibrated tables, made the way a user makes them: old (small, large), new (large twice as slow per step)
+    and small (the small model only)."""
+    folder = tmp_path_factory.mktemp("tables")
+    made = {}
+    for name, models, steps in (
+        ("old", [SMALL, LARGE], (10, 20, 30, 40)),
+        ("new", [SMALL, dataclasses.replace(LARGE, per_step_s=0.24)], (10, 20, 30, 40)),
+        ("small", [SMALL], (10, 20, 30)),
+    ):
+        # The same seed draws the same scores: only the latency differs between old and new.
+        manifest, records = synthetic_run(models, steps=steps, prompts_per_category=20, rng=0)
+        run = write_run(folder / name, manifest, records)
+        done = _genedge("calibrate", run, "--out", folder / f"{name}.json")
         assert done.returncode == 0, done.stderr
-        tables.append(tmp_path / f"{name}.json")
+        made[name] = folder / f"{name}.json"
+    return made
 
-    done = _genedge(
-        "compare",
-        *tables,
-        "--workload",
-        "Basic=10,Detail=10,Imagination=10,Complex=10",
-        "--weight",
-        "0.1",
-        "--seed",
-        "0",
-    )
+
+WORKLOAD = ("--workload", "Basic=10,Detail=10,Imagination=10,Complex=10", "--weight", "0.1", "--seed", "0")
+
+
+@pytest.mark.slow
+def test_compare_reports_doubled_per_step_latency_and_the_plan_decisions_it_moves(tables: dict[str, Path]) -> None:
+    done = _genedge("compare", tables["old"], tables["new"], *WORKLOAD)
     assert done.returncode == 0, done.stderr
     out = done.stdout
     # The change, its ratio and its significance (the SE is from the least-squares fits).
@@ -97,14 +106,112 @@ def test_compare_reports_doubled_per_step_latency_and_the_plan_decisions_it_move
     assert float(share.group(1)) > 0.2 and float(share.group(2)) < float(share.group(1))
     moved = re.findall(r"^  routing (\w+) -> large\s+(\S+) -> (\S+)$", plan, re.M)
     assert moved and all(float(new_p) < float(old_p) for _, old_p, new_p in moved)
+    assert "None" not in out
 
 
-def test_compare_refuses_a_workload_it_cannot_read(tmp_path: Path) -> None:
-    manifest, records = synthetic_run([SMALL], steps=(10, 20, 30), prompts_per_category=5, rng=0)
-    assert (
-        _genedge("calibrate", write_run(tmp_path / "r", manifest, records), "--out", tmp_path / "t.json").returncode
-        == 0
-    )
-    done = _genedge("compare", tmp_path / "t.json", tmp_path / "t.json", "--workload", "Basic:3")
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "options",
+    [("--models", "small"), ("--memory-gib", "5")],
+)
+def test_compare_plans_with_the_models_and_memory_plan_takes(tables: dict[str, Path], options: tuple[str, str]) -> None:
+    # Only the large model changed, so planning without it leaves every decision as it was.
+    done = _genedge("compare", tables["old"], tables["new"], *WORKLOAD, *options)
+    assert done.returncode == 0, done.stderr
+    plan = done.stdout.split("plans on the same workload", 1)[1]
+    assert plan.rstrip().endswith("no plan decision changes"), plan
+    if options[0] == "--memory-gib":  # large needs 9e9 bytes
+        for path in (tables["old"], tables["new"]):
+            assert f"  {path}: left out (too big for the device memory): large needs 8.38 GiB, limit 5.00 GiB" in plan
+    assert "large" not in plan.replace("left out (too big for the device memory): large", "")
+
+
+@pytest.mark.slow
+def test_compare_builds_both_problems_before_printing(tables: dict[str, Path]) -> None:
+    done = _genedge("compare", tables["old"], tables["small"], *WORKLOAD, "--models", "large")
+    assert done.returncode == 2 and done.stdout == ""
+    assert "models ['large'] are not in the table; available: ['small']" in done.stderr
+    done = _genedge("compare", tables["old"], tables["new"], *WORKLOAD, "--memory-gib", "2")
+    assert done.returncode == 2 and done.stdout == ""
+    assert "No model fits in the 2.00 GiB of device memory: large needs 8.38 GiB, small needs 2.79 GiB" in done.stderr
+
+
+def test_compare_takes_the_options_plan_takes() -> None:
+    def options(command: str) -> set[str]:
+        return set(re.findall(r"(--[a-z][a-z-]*)", _genedge(command, "--help").stdout))
+
+    plan, compare = options("plan"), options("compare")
+    assert plan - {"--table", "--compare", "--out"} <= compare
+    assert {"--prompts", "--models", "--memory-gib", "--min-clipscore", "--max-shortfall"} <= compare
+    assert "--table" not in compare  # the tables are OLD and NEW
+
+
+@pytest.mark.slow
+def test_compare_refuses_a_workload_it_cannot_read(tables: dict[str, Path]) -> None:
+    done = _genedge("compare", tables["small"], tables["small"], "--workload", "Basic:3")
     assert done.returncode == 2
     assert "--workload: expected CATEGORY=COUNT items, but got 'Basic:3'" in done.stderr
+
+
+def _two_model_problem(**changes: object) -> Problem:
+    grid = np.array([10, 20])
+    problem = Problem(
+        models=("fast", "slow"),
+        categories=("easy", "hard"),
+        counts=np.array([6.0, 4.0]),
+        steps=(grid, grid),
+        quality_mean=(np.array([[30.0, 31.0], [26.0, 27.0]]), np.array([[30.5, 31.5], [31.0, 32.0]])),
+        quality_std=(np.full((2, 2), 3.0), np.full((2, 2), 3.0)),
+        service_s=(0.1 + 0.02 * grid, 0.2 + 0.06 * grid),
+        default_step_index=(1, 1),
+        memory_bytes=np.array([4e9, 8e9]),
+        budget=1.0,
+        weight=0.05,
+    )
+    return Problem(**{**problem.__dict__, **changes})
+
+
+def test_plan_changes_lists_routing_then_steps_then_shares() -> None:
+    problem = _two_model_problem()
+    alone = make_result(problem, "by hand", np.array([[1.0, 0.0], [1.0, 0.0]]), (0, 1), np.array([1.0, 0.0]))
+    split = make_result(problem, "by hand", np.array([[1.0, 0.0], [0.0, 1.0]]), (1, 0), np.array([0.4, 0.6]))
+    assert plan_changes(alone, split) == [
+        PlanChange("routing", "hard -> fast", 1.0, 0.0),
+        PlanChange("routing", "hard -> slow", 0.0, 1.0),
+        PlanChange("steps", "fast", 10, 20),
+        PlanChange("steps", "slow", None, 10),  # not deployed in the first plan: its steps decide nothing
+        PlanChange("share", "fast", 1.0, 0.4),
+        PlanChange("share", "slow", 0.0, 0.6),
+    ]
+    assert plan_changes(split, split) == []
+    nearly = make_result(problem, "by hand", np.array([[1.0, 0.0], [0.0, 1.0]]), (1, 0), np.array([0.405, 0.595]))
+    assert plan_changes(split, nearly) == []  # within DECISION_TOLERANCE
+    assert plan_changes(split, nearly, tolerance=0.001) != []
+
+
+def test_compare_plans_plans_both_problems_with_one_planner_and_seed() -> None:
+    old = _two_model_problem()
+    slower = (old.service_s[0], old.service_s[1] * 3)
+    comparison = compare_plans(old, _two_model_problem(service_s=slower), method="exact", rng=0)
+    assert isinstance(comparison, PlanComparison)
+    assert comparison.old.method == comparison.new.method == "exact"
+    assert comparison.old.utility > comparison.new.utility
+    assert comparison.changes == tuple(plan_changes(comparison.old, comparison.new))
+    same = compare_plans(old, old, rng=0)
+    assert same.changes == () and same.old.utility == same.new.utility
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"budget": 0.5}, "they differ in budget: 1.0 vs 0.5"),
+        ({"weight": 0.1}, "they differ in weight: 0.05 vs 0.1"),
+        ({"counts": np.array([6.0, 5.0])}, r"they differ in request counts: \[6.0, 4.0\] vs \[6.0, 5.0\]"),
+        ({"min_clipscore": 20.0}, "they differ in quality floor: None vs 20.0"),
+    ],
+)
+def test_compare_plans_refuses_problems_with_different_options(changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match="Expected two problems with the same workload and options, but " + message):
+        compare_plans(_two_model_problem(), _two_model_problem(**changes), rng=0)
+    with pytest.raises(ValueError, match=r"unknown methods \['greedy'\]"):
+        compare_plans(_two_model_problem(), _two_model_problem(), method="greedy")
