@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pandas as pd
 
 __all__ = ["plot_sweep", "plot_convergence"]
 
@@ -20,22 +21,30 @@ def _save(fig, out: Path, stem: str) -> list[Path]:
     return paths
 
 
-def plot_sweep(results: pd.DataFrame, out: Path) -> list[Path]:
-    """Quality, delay and utility versus load for every method; one row of panels per (budget, weight)."""
+def plot_sweep(results: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
+    """Quality, delay and utility versus load for every method; one row of panels per (budget, weight).
+
+    Args:
+        results: the sweep's result rows (see :func:`genedge.optimizer.sweep.sweep`).
+        out: the folder for ``sweep.png`` and ``sweep.svg``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    settings = results[["budget", "weight"]].drop_duplicates().to_records(index=False)
+    settings = list(dict.fromkeys((r["budget"], r["weight"]) for r in results))
     fig, axes = plt.subplots(len(settings), 3, figsize=(13, 3.2 * len(settings)), squeeze=False)
     for row, (budget, weight) in enumerate(settings):
-        part = results[(results.budget == budget) & (results.weight == weight)]
+        part = [r for r in results if (r["budget"], r["weight"]) == (budget, weight)]
         for col, (field, label) in enumerate(_PANELS):
             ax = axes[row, col]
-            for method, group in part.groupby("method", sort=False):
+            for method in dict.fromkeys(r["method"] for r in part):
+                group = [r for r in part if r["method"] == method]
                 style = "-" if method in ("genedge", "paper") else "--"
-                ax.plot(group.requests, group[field], style, marker="o", ms=3, label=method)
+                ax.plot(
+                    [r["requests"] for r in group], [r[field] for r in group], style, marker="o", ms=3, label=method
+                )
             ax.set_xlabel("requests per window")
             ax.set_ylabel(label)
             ax.set_title(f"R = {budget:g} GPU, w = {weight:g} points/s", fontsize=9)

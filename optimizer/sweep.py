@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
-import pandas as pd
-
+from genedge.contract.files import write_text_atomic
 from genedge.optimizer.methods import METHODS, PROPOSED, run_methods
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.result import relative_change
 from genedge.optimizer.simulate import simulate_plan
 from genedge.optimizer.workload import Workload
 
-__all__ = ["sweep", "COMPARED_BELOW", "BOUNDS", "SIMULATED"]
+__all__ = ["sweep", "write_csv", "COMPARED_BELOW", "BOUNDS", "SIMULATED"]
 
 # Methods the proposed plan should beat, and the bounds it should come within 0.5 % of.
 COMPARED_BELOW = ("direct-assignment", "random-assignment", "equal-allocation")
@@ -34,7 +38,7 @@ def sweep(
     seed: int = 0,
     replications: int = 200,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run the methods on every (budget, weight, load) point.
 
     Args:
@@ -47,9 +51,10 @@ def sweep(
         progress: called with (points done, points in all).
 
     Returns:
-        (results, checks): one row per point and method with the predicted
-        figures; one row per point with the proposed plan's gaps to the others
-        and the discrete-event checks of the plans in :data:`SIMULATED`.
+        (results, checks) as lists of rows (dicts): one row per point and method with the
+        predicted figures; one row per point with the proposed plan's gaps to the others
+        and the discrete-event checks of the plans in :data:`SIMULATED`. Plain rows keep the
+        sweep free of pandas; ``pandas.DataFrame(rows)`` turns either into a frame.
     """
     names = list(METHODS) if methods is None else list(methods)
     rows, checks = [], []
@@ -103,4 +108,14 @@ def sweep(
             checks.append(row)
         if progress is not None:
             progress(done, len(grid))
-    return pd.DataFrame(rows), pd.DataFrame(checks)
+    return rows, checks
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Write rows as a CSV file atomically: a header of every key in first-seen order, None as empty."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
+    return write_text_atomic(path, buffer.getvalue())

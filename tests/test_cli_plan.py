@@ -113,6 +113,7 @@ def test_simulate_writes_results_figures_and_checks(tmp_path):
         "Basic=1,Detail=2,Complex=1",
         "--out",
         str(out),
+        "--figures",
     )
     assert "vs direct-assignment  ≥ on 2/2 points" in result.stdout
     assert "discrete-event check" in result.stdout

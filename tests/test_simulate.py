@@ -55,6 +55,31 @@ def test_sweep_records_each_planner_time_from_its_result():
         methods=["genedge", "paper", "optimal-step", "exact"],
         replications=20,
     )
-    assert list(results.method) == ["genedge", "paper", "optimal-step", "exact"]
-    assert (results.plan_time_s > 0).all()
-    assert len(checks) == 1 and checks.exact_certified_gap_pct.iloc[0] >= -1e-9
+    assert [row["method"] for row in results] == ["genedge", "paper", "optimal-step", "exact"]
+    assert all(row["plan_time_s"] > 0 for row in results)
+    assert len(checks) == 1 and checks[0]["exact_certified_gap_pct"] >= -1e-9
+
+
+@pytest.mark.parametrize("figures", [False, True])
+def test_simulate_writes_csv_readable_by_pandas_and_figures_only_when_asked(tmp_path, figures):
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    code = (
+        "import sys\n"
+        "from genedge.cli import main\n"
+        f"status = main(['simulate', '--loads', '10,20', '--budgets', '1', '--weights', '0.05', '--replications', '10',"
+        f" '--out', {str(tmp_path)!r}{', ' + repr('--figures') if figures else ''}])\n"
+        "print(sorted(m for m in ('pandas', 'pyarrow', 'scipy.stats', 'matplotlib', 'torch') if m in sys.modules))\n"
+        "raise SystemExit(status)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == ("['matplotlib']" if figures else "[]")
+    results = pd.read_csv(tmp_path / "results.csv")
+    checks = pd.read_csv(tmp_path / "checks.csv")
+    assert len(results) == 2 * 7 and set(results["method"]) >= {"genedge", "paper", "exact"}
+    assert len(checks) == 2 and (checks["exact_certified_gap_pct"] >= -1e-9).all()
+    assert (tmp_path / "sweep.png").exists() == figures

@@ -50,14 +50,16 @@ def comma_separated(kind: type) -> Callable[[str], list]:
     return parse
 
 
-def add_planning_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the table, budget, weight, model and seed options."""
-    parser.add_argument(
-        "--table",
-        type=Path,
-        default=DEFAULT_TABLE,
-        help="calibration table JSON (default: the shipped reference table, A100-SXM4-40GB)",
-    )
+def add_planning_arguments(parser: argparse.ArgumentParser, *, table: bool = True) -> None:
+    """Add the table (unless ``table`` is False: the command names its tables itself), model, memory, seed and
+    quality-floor options."""
+    if table:
+        parser.add_argument(
+            "--table",
+            type=Path,
+            default=DEFAULT_TABLE,
+            help="calibration table JSON (default: the shipped reference table, A100-SXM4-40GB)",
+        )
     parser.add_argument(
         "--models",
         type=comma_separated(str),

@@ -34,13 +34,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "same workload and planning options as 'genedge plan' takes, and list the routing, steps and share "
             "decisions that change."
         ),
-        # The shared planning options include plan's --table; here the tables are OLD and NEW (see below).
-        conflict_handler="resolve",
     )
     parser.add_argument("old", metavar="OLD", type=Path, help="the reference table (JSON)")
     parser.add_argument("new", metavar="NEW", type=Path, help="the table to compare with it (JSON)")
-    add_planning_arguments(parser)
-    parser.add_argument("--table", type=Path, help=argparse.SUPPRESS)
+    add_planning_arguments(parser, table=False)
     add_workload_arguments(parser)
     add_budget_arguments(parser)
     parser.add_argument("--method", default="genedge", help="the planner whose plans are compared (default: genedge)")
@@ -53,8 +50,6 @@ def run(args: argparse.Namespace) -> int:
     from genedge.calibrate import compare_tables, comparison_text
     from genedge.optimizer import compare_plans
 
-    if args.table is not None:
-        raise ValueError(f"--table: compare takes its two tables as OLD and NEW, but got --table {args.table}")
     (old, old_sha), (new, new_sha) = load_table_with_hash(args.old), load_table_with_hash(args.new)
     workload = workload_from_args(args, old)
     # Build both problems and plan before printing anything, so bad options fail with nothing half-printed.
