@@ -4,16 +4,13 @@ Names are imported on first use (PEP 562): reading a table needs numpy only, whi
 pandas, pyarrow and scipy.stats, and figures need matplotlib.
 """
 
-from __future__ import annotations
+from genedge._lazy import lazy_exports
 
-import importlib
-from typing import Any
-
-# name → the module that defines it.
-_EXPORTS: dict[str, str] = {
-    **dict.fromkeys(("build_table", "calibrate_runs", "fit_and_write"), "build"),
-    **dict.fromkeys(
-        (
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        ".build": ("build_table", "calibrate_runs", "fit_and_write"),
+        ".compare": (
             "LatencyChange",
             "MemoryChange",
             "QualityChange",
@@ -22,17 +19,14 @@ _EXPORTS: dict[str, str] = {
             "comparison_text",
             "welch_t",
         ),
-        "compare",
-    ),
-    "write_figures": "figures",
-    **dict.fromkeys(("CurveFit", "LatencyFit", "QualityFit", "fit_latency", "fit_quality", "fit_quality_curve"), "fit"),
-    **dict.fromkeys(("ProfileRuns", "read_runs", "manifests_as_provenance"), "records"),
-    **dict.fromkeys(("REPLICA_NOTE", "table_summary"), "report"),
-    **dict.fromkeys(
-        ("SYNTHETIC_CLIP_CONVENTION", "QualityTruth", "SyntheticModel", "synthetic_run", "write_run"), "synthetic"
-    ),
-    **dict.fromkeys(
-        (
+        ".figures": ("write_figures",),
+        ".fit": ("CurveFit", "LatencyFit", "QualityFit", "fit_latency", "fit_quality", "fit_quality_curve"),
+        ".records": ("ProfileRuns", "manifests_as_provenance", "read_runs"),
+        ".report": ("REPLICA_NOTE", "table_summary"),
+        ".synthetic": ("SYNTHETIC_CLIP_CONVENTION", "QualityTruth", "SyntheticModel", "synthetic_run", "write_run"),
+        ".table": (
+            "MAX_MEMORY_BYTES",
+            "MAX_SECONDS",
             "SCHEMA_VERSION",
             "CalibrationTable",
             "Exclusion",
@@ -46,24 +40,9 @@ _EXPORTS: dict[str, str] = {
             "TableError",
             "load_table",
             "save_table",
+            "saturating_mean",
             "table_from_dict",
             "table_to_dict",
-            "saturating_mean",
         ),
-        "table",
-    ),
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    },
+)

@@ -85,6 +85,7 @@ def test_calibration_recovers_known_quality_latency_and_memory(run_dir: Path) ->
     assert table.sources["measured:quality"]["runs"] == "synthetic"
 
 
+@pytest.mark.slow
 def test_table_is_byte_identical_on_rerun_and_independent_of_sharding(run_dir: Path, tmp_path: Path) -> None:
     first = save_table(calibrate_runs([run_dir]), tmp_path / "a.json").read_bytes()
     second = save_table(calibrate_runs([run_dir]), tmp_path / "b.json").read_bytes()

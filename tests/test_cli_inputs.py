@@ -112,40 +112,46 @@ def test_implausible_tables_name_the_file_and_field(
     assert err == f"genedge plan: error: {table}: models.sd15.{'.'.join(field)}: {message}"
 
 
-def test_plan_out_refuses_devices_fifos_and_symlinks(tmp_path: Path) -> None:
+def test_plan_out_refuses_devices_fifos_and_symlinks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    done = _genedge("plan", "--compare", "paper", "--out", "/dev/null")
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith("/dev/null: is a device, not a regular file; refusing to replace it")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     kept = tmp_path / "kept.json"
     kept.write_text("keep", encoding="utf-8")
     link = tmp_path / "link.json"
     link.symlink_to(kept)
-    for target, kind in ((Path("/dev/null"), "a device"), (fifo, "a FIFO")):
-        done = _genedge("plan", "--compare", "paper", "--out", str(target))
-        assert done.returncode == 2
-        assert done.stderr.strip().endswith(f"{target}: is {kind}, not a regular file; refusing to replace it")
-    done = _genedge("plan", "--compare", "paper", "--out", str(link))
-    assert done.returncode == 2 and "is a symbolic link; refusing to write through it" in done.stderr
-    assert stat.S_ISCHR(os.stat("/dev/null").st_mode) and stat.S_ISFIFO(os.lstat(fifo).st_mode)
-    assert link.is_symlink() and kept.read_text(encoding="utf-8") == "keep"
+    for target, reason in (
+        (fifo, "is a FIFO, not a regular file; refusing to replace it"),
+        (link, "is a symbolic link; refusing to write through it"),
+    ):
+        assert main(["plan", "--compare", "paper", "--out", str(target)]) == 2
+        assert f"genedge plan: error: {target}: {reason}" in capsys.readouterr().err
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and link.is_symlink() and kept.read_text(encoding="utf-8") == "keep"
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
-def test_plans_are_created_with_the_umask_mode(tmp_path: Path, umask: int) -> None:
+def test_plans_are_created_with_the_umask_mode(tmp_path: Path, capsys: pytest.CaptureFixture, umask: int) -> None:
     out = tmp_path / "plan.json"
-    done = _genedge("plan", "--compare", "paper", "--out", str(out), preexec_fn=lambda: os.umask(umask))
-    assert done.returncode == 0, done.stderr
+    old = os.umask(umask)
+    try:
+        assert main(["plan", "--compare", "paper", "--out", str(out)]) == 0
+    finally:
+        os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
 
 
-def test_warnings_reach_the_user_as_one_readable_line_each(tmp_path: Path) -> None:
+def test_warnings_reach_the_user_as_one_readable_line_each(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from genedge.calibrate.synthetic import QualityTruth, SyntheticModel, synthetic_run, write_run
 
     # No memory rung measured: calibrate derives the peak and warns.
     model = SyntheticModel(key="m", quality={"Basic": QualityTruth(30, 5, 10, 1)}, overhead_s=1, per_step_s=0.1)
     run = write_run(tmp_path / "run", *synthetic_run([model], prompts_per_category=4, rng=0))
-    done = _genedge("calibrate", str(run), "--out", str(tmp_path / "table.json"))
-    assert done.returncode == 0, done.stderr
-    lines = done.stderr.strip().splitlines()
+    assert main(["calibrate", str(run), "--out", str(tmp_path / "table.json")]) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
     assert lines and all(line.startswith("warning: ") for line in lines), lines
     assert any("peak_bytes is derived" in line for line in lines)
-    assert "None" not in done.stdout
+    assert "None" not in captured.out

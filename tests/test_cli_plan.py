@@ -1,4 +1,5 @@
-"""The planning commands end to end, through real subprocesses."""
+"""The planning commands end to end: through real subprocesses, and in-process through ``genedge.cli.main``
+(the same code path without an interpreter start) where a test varies only the input."""
 
 from __future__ import annotations
 
@@ -21,6 +22,14 @@ def genedge(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "genedge", *args], capture_output=True, text=True, env=ENV, check=check, timeout=300
     )
+
+
+def genedge_in_process(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
+    from genedge.cli import main
+
+    status = main(list(args))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["genedge", *args], status, captured.out, captured.err)
 
 
 def test_plan_with_no_arguments_prints_plan_and_comparison():
@@ -89,8 +98,8 @@ def test_plan_counts_a_prompt_file_by_category(tmp_path):
         ),
     ],
 )
-def test_plan_bad_input_is_one_clear_line(args, message):
-    result = genedge("plan", *args, check=False)
+def test_plan_bad_input_is_one_clear_line(capsys, args, message):
+    result = genedge_in_process(capsys, "plan", *args)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -158,11 +167,11 @@ def test_help_explains_every_option():
         (lambda d: d.pop("routing"), "routing", "missing field"),
     ],
 )
-def test_plan_file_validation_names_the_field(tmp_path, mutate, field, message):
+def test_plan_file_validation_names_the_field(capsys, tmp_path, mutate, field, message):
     from genedge.optimizer.plan_file import PlanError
 
     path = tmp_path / "plan.json"
-    genedge("plan", "--compare", "paper", "--out", str(path))
+    assert genedge_in_process(capsys, "plan", "--compare", "paper", "--out", str(path)).returncode == 0
     document = json.loads(path.read_text())
     mutate(document)
     path.write_text(json.dumps(document))
@@ -181,18 +190,20 @@ def test_plan_under_a_memory_limit_deploys_only_what_fits(tmp_path):
     assert "paper" in out and "exact" in out
 
 
-def test_plan_with_a_quality_floor_reports_each_method_shortfall(tmp_path):
+def test_plan_with_a_quality_floor_reports_each_method_shortfall(capsys, tmp_path):
     path = tmp_path / "plan.json"
-    out = genedge("plan", "--min-clipscore", "21", "--max-shortfall", "0.1", "--out", str(path)).stdout
+    out = genedge_in_process(
+        capsys, "plan", "--min-clipscore", "21", "--max-shortfall", "0.1", "--out", str(path)
+    ).stdout
     assert "worst P(<floor)" in out
     plan = json.loads(path.read_text())
     assert max(plan["predicted"]["shortfall_probability"].values()) <= 0.1 + 1e-9
     assert plan["inputs"]["min_clipscore"] == 21.0
 
 
-def test_plan_under_a_memory_limit_too_small_for_one_model_leaves_it_out(tmp_path):
+def test_plan_under_a_memory_limit_too_small_for_one_model_leaves_it_out(capsys, tmp_path):
     path = tmp_path / "plan.json"
-    result = genedge("plan", "--memory-gib", "10", "--out", str(path))
+    result = genedge_in_process(capsys, "plan", "--memory-gib", "10", "--out", str(path))
     assert result.returncode == 0, result.stderr
     assert "left out (too big for the device memory): sdxl needs 13.04 GiB, limit 10.00 GiB" in result.stdout
     assert "None" not in result.stdout
@@ -206,9 +217,9 @@ def test_plan_under_a_memory_limit_too_small_for_one_model_leaves_it_out(tmp_pat
 
 
 @pytest.mark.parametrize("args", [[], ["--workload", "Imagination=2", "--weight", "1"], ["--method", "paper"]])
-def test_printed_plan_and_plan_file_agree_on_what_is_deployed(tmp_path, args):
+def test_printed_plan_and_plan_file_agree_on_what_is_deployed(capsys, tmp_path, args):
     path = tmp_path / "plan.json"
-    out = genedge("plan", *args, "--out", str(path)).stdout
+    out = genedge_in_process(capsys, "plan", *args, "--out", str(path)).stdout
     plan = load_plan(path)
     deployed = [k for k, m in plan["models"].items() if m["deployed"]]
     idle = [k for k, m in plan["models"].items() if not m["deployed"]]

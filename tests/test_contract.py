@@ -167,3 +167,17 @@ def test_atomic_writes_refuse_symlinks_and_non_regular_files(tmp_path: Path) -> 
         write_text_atomic(folder, "{}")
     assert real.read_text(encoding="utf-8") == "keep" and link.is_symlink() and stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link.json", "out", "real.json"]
+
+
+def test_lazy_packages_export_their_functions_even_after_a_same_named_module_is_imported() -> None:
+    import importlib
+
+    import genedge.optimizer as optimizer
+
+    importlib.import_module("genedge.optimizer.anneal")
+    importlib.import_module("genedge.optimizer.propose")
+    assert callable(optimizer.anneal) and callable(optimizer.propose)
+    assert not isinstance(optimizer.anneal, type(optimizer))
+    assert "run_methods" in dir(optimizer) and set(optimizer.__all__) <= set(dir(optimizer))
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        optimizer.nope  # noqa: B018

@@ -205,6 +205,7 @@ def test_baselines_behave_as_defined():
     assert bound.utility - paper.utility <= 0.005 * abs(bound.utility)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(5))
 def test_proposed_beats_baselines_and_matches_exact(seed):
     for weight, load in [(0.0, 40), (0.02, 120), (0.1, 10), (0.2, 200)]:
@@ -264,6 +265,7 @@ def _shortfall_ok(problem: Problem, routing: np.ndarray, steps) -> bool:
     return bool((risk <= problem.max_shortfall + 1e-9).all())
 
 
+@pytest.mark.slow
 def test_quality_floor_exact_equals_constrained_brute_force():
     base = _tiny_problem(1.0)  # at this weight the unconstrained optimum breaks the floor
     problem = Problem(**{**base.__dict__, "min_clipscore": 27.5, "max_shortfall": 0.2})

@@ -60,7 +60,7 @@ def test_sweep_records_each_planner_time_from_its_result():
     assert len(checks) == 1 and checks[0]["exact_certified_gap_pct"] >= -1e-9
 
 
-@pytest.mark.parametrize("figures", [False, True])
+@pytest.mark.parametrize("figures", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_simulate_writes_csv_readable_by_pandas_and_figures_only_when_asked(tmp_path, figures):
     import subprocess
     import sys
