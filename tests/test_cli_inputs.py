@@ -155,3 +155,21 @@ def test_warnings_reach_the_user_as_one_readable_line_each(tmp_path: Path, capsy
     assert lines and all(line.startswith("warning: ") for line in lines), lines
     assert any("peak_bytes is derived" in line for line in lines)
     assert "None" not in captured.out
+
+
+def test_a_closed_pipe_ends_the_command_quietly() -> None:
+    # `genedge plan | head -0`: the reader is gone before the plan is printed.
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "genedge", "plan", "--compare", "paper"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 1
+    assert done.stderr == ""

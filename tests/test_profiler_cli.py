@@ -109,7 +109,8 @@ def test_sigkill_mid_run_then_resume_gives_each_row_once(tmp_path: Path) -> None
     assert shown.returncode == 0, shown.stderr
     manifest = read_manifest(out)
     assert f"run {manifest['run_id']}" in shown.stdout and "replica:tiny" in shown.stdout
-    assert "NVML unavailable" in shown.stdout
+    assert "NVML unavailable" in shown.stdout and "(no GPU driver)" in shown.stdout
+    assert "None" not in shown.stdout
 
 
 # The launcher installed beside this interpreter, found whether or not its environment is activated.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -70,7 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # output still buffered for a closed pipe fails here, inside the handler below
+        return status
+    except BrokenPipeError:
+        # The reader went away (`genedge plan | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (ValueError, OSError) as err:
         # Input errors carry a specific message (file, field, expectation); a traceback adds nothing.
         print(f"genedge {args.command}: error: {err}", file=sys.stderr)

@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
     folder = args.dir or Path(tempfile.mkdtemp(prefix="genedge-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
+    _single_thread_on_cpu(args.device)  # also stops a light install here, before any output
     print(REPLICA_BANNER)
-    _single_thread_on_cpu(args.device)
 
     prompts = data_path("prompts", "smoke.tsv")
     print(f"\n1. profile {', '.join(DEMO_MODELS)} at {list(args.steps)} steps on the prompts of {prompts}")

@@ -168,7 +168,10 @@ def show(args: argparse.Namespace) -> int:
     clip = manifest["clip_convention"]
     prompt_set = manifest["prompt_set"]
     mapping = prompt_set["category_mapping"]
-    print(f"run {manifest['run_id']} on {device['name']} (driver {device['driver']}, CUDA {device['cuda']})")
+    gpu = ", ".join(
+        f"{label} {device[key]}" for key, label in (("driver", "driver"), ("cuda", "CUDA")) if device.get(key)
+    )
+    print(f"run {manifest['run_id']} on {device['name']}" + (f" ({gpu})" if gpu else " (no GPU driver)"))
     print(
         f"dtype {manifest['dtype']}, {manifest['resolution']} px, guidance {manifest['guidance_scale']}, "
         f"batch {manifest['batch_size']}, seeds {manifest['seeds']}, warm-up {manifest['warmup']}"
