@@ -213,6 +213,10 @@ def comparison_text(comparison: TableComparison, *, alpha: float = 0.05) -> str:
     def num(value: float | None, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
+    # Columns as wide as the longest model key (replica keys such as "replica:tiny-xl" are long).
+    keys = [c.model_key for c in comparison.latency] + [m.model_key for m in comparison.memory]
+    keys += [q.model_key for q in comparison.quality]
+    width = max([len("model"), *map(len, keys)]) + 2
     lines = [f"old: {comparison.old_device}   new: {comparison.new_device}   (* = p < {alpha})"]
     lines += [f"note: {note}" for note in comparison.notes]
     if comparison.only_old or comparison.only_new:
@@ -220,27 +224,28 @@ def comparison_text(comparison: TableComparison, *, alpha: float = 0.05) -> str:
     lines += [
         "",
         "latency (s):",
-        f"  {'model':<14}{'coefficient':<12}{'old':>10}{'new':>10}{'ratio':>8}{'diff':>10}{'se':>10}{'p':>9}",
+        f"  {'model':<{width}}{'coefficient':<12}{'old':>10}{'new':>10}{'ratio':>8}{'diff':>10}{'se':>10}{'p':>9}",
     ]
     for c in comparison.latency:
         lines.append(
-            f"{mark(c.p_value)} {c.model_key:<14}{c.coefficient:<12}{c.old:>10.4g}{c.new:>10.4g}"
+            f"{mark(c.p_value)} {c.model_key:<{width}}{c.coefficient:<12}{c.old:>10.4g}{c.new:>10.4g}"
             f"{num(c.ratio, '.3f'):>8}{c.diff:>+10.4g}{num(c.se, '.2g'):>10}{num(c.p_value, '.2g'):>9}"
         )
     lines += ["", "memory (GiB):"]
     lines += [
-        f"  {m.model_key:<14}{m.old_bytes / 2**30:>8.3f} ({m.old_kind}) -> {m.new_bytes / 2**30:.3f} ({m.new_kind})"
+        f"  {m.model_key:<{width}}{m.old_bytes / 2**30:>8.3f} ({m.old_kind}) -> "
+        f"{m.new_bytes / 2**30:.3f} ({m.new_kind})"
         for m in comparison.memory
     ]
     if comparison.quality:
         lines += [
             "",
             "quality (CLIPScore, Welch t):",
-            f"  {'model':<14}{'category':<22}{'steps':>6}{'old':>9}{'new':>9}{'diff':>9}{'se':>8}{'p':>9}",
+            f"  {'model':<{width}}{'category':<22}{'steps':>6}{'old':>9}{'new':>9}{'diff':>9}{'se':>8}{'p':>9}",
         ]
         for q in comparison.quality:
             lines.append(
-                f"{mark(q.p_value)} {q.model_key:<14}{q.category:<22}{q.steps:>6}{q.old_mean:>9.3f}"
+                f"{mark(q.p_value)} {q.model_key:<{width}}{q.category:<22}{q.steps:>6}{q.old_mean:>9.3f}"
                 f"{q.new_mean:>9.3f}{q.diff:>+9.3f}{num(q.se, '.3f'):>8}{num(q.p_value, '.2g'):>9}"
             )
     return "\n".join(lines)
