@@ -10,89 +10,59 @@ re-declares any of it (a test checks):
 - :mod:`~genedge.contract.prompts` — the prompt-file reader (TSV, CSV, Parquet);
 - :mod:`~genedge.contract.mappings` — named JSON registries and the label → category mappings.
 
-Only the standard library is imported here; pyarrow is imported inside the two functions that
-build or read Parquet.
+Only the standard library is imported (each module on first use of one of its names); pyarrow is
+imported inside the functions that build or read Parquet.
 """
 
-from genedge.contract.clip import CLIPSCORE_RANGE, ClipConvention
-from genedge.contract.files import (
-    MAX_JSON_DEPTH,
-    ArtifactError,
-    UnsafeTargetError,
-    check_write_target,
-    read_json,
-    write_bytes_atomic,
-    write_text_atomic,
-)
-from genedge.contract.mappings import (
-    DEFAULT_MAPPING,
-    JsonRegistry,
-    add_category_mapping_path,
-    get_category_mapping,
-    label_to_category,
-    list_category_mappings,
-)
-from genedge.contract.prompts import PROMPT_COLUMN, PromptTable, read_prompt_file
-from genedge.contract.runs import (
-    KEY_COLUMNS,
-    MANIFEST_FIELDS,
-    MANIFEST_NAME,
-    MANIFEST_SCHEMA_VERSION,
-    MEMORY_RUNGS,
-    RECORD_COLUMNS,
-    RECORDS_DIR,
-    STATUSES,
-    Column,
-    Status,
-    check_row,
-    list_shards,
-    read_manifest,
-    read_shard,
-    record_column_names,
-    record_schema,
-    rung_column,
-    shard_path,
-    validate_manifest,
-    write_manifest,
-)
+from genedge._lazy import lazy_exports
 
-__all__ = [
-    "CLIPSCORE_RANGE",
-    "ClipConvention",
-    "MAX_JSON_DEPTH",
-    "ArtifactError",
-    "UnsafeTargetError",
-    "check_write_target",
-    "read_json",
-    "write_bytes_atomic",
-    "write_text_atomic",
-    "DEFAULT_MAPPING",
-    "JsonRegistry",
-    "add_category_mapping_path",
-    "get_category_mapping",
-    "label_to_category",
-    "list_category_mappings",
-    "PROMPT_COLUMN",
-    "PromptTable",
-    "read_prompt_file",
-    "KEY_COLUMNS",
-    "MANIFEST_FIELDS",
-    "MANIFEST_NAME",
-    "MANIFEST_SCHEMA_VERSION",
-    "MEMORY_RUNGS",
-    "RECORD_COLUMNS",
-    "RECORDS_DIR",
-    "STATUSES",
-    "Column",
-    "Status",
-    "check_row",
-    "list_shards",
-    "read_manifest",
-    "read_shard",
-    "record_column_names",
-    "record_schema",
-    "rung_column",
-    "shard_path",
-    "validate_manifest",
-    "write_manifest",
-]
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        ".clip": ("CLIPSCORE_RANGE", "ClipConvention"),
+        ".files": (
+            "MAX_JSON_DEPTH",
+            "ArtifactError",
+            "UnsafeTargetError",
+            "check_write_target",
+            "read_json",
+            "write_bytes_atomic",
+            "write_text_atomic",
+        ),
+        ".mappings": (
+            "DEFAULT_MAPPING",
+            "MAPPING_FIELDS",
+            "JsonRegistry",
+            "add_category_mapping_path",
+            "check_category_mapping",
+            "get_category_mapping",
+            "label_to_category",
+            "list_category_mappings",
+        ),
+        ".prompts": ("PROMPT_COLUMN", "PROMPT_SUFFIXES", "PromptTable", "read_prompt_file"),
+        ".runs": (
+            "KEY_COLUMNS",
+            "MANIFEST_FIELDS",
+            "MANIFEST_NAME",
+            "MANIFEST_OPTIONAL_FIELDS",
+            "MANIFEST_SCHEMA_VERSION",
+            "MEMORY_RUNGS",
+            "RECORD_COLUMNS",
+            "RECORDS_DIR",
+            "STATUSES",
+            "Column",
+            "Status",
+            "check_row",
+            "clip_convention_of",
+            "list_shards",
+            "read_manifest",
+            "read_shard",
+            "record_column_names",
+            "record_schema",
+            "rung_column",
+            "shard_path",
+            "validate_manifest",
+            "write_manifest",
+        ),
+    },
+)
