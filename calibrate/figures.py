@@ -20,6 +20,7 @@ import numpy as np
 
 from genedge.calibrate.records import ProfileRuns
 from genedge.calibrate.table import CalibrationTable
+from genedge.contract.files import write_figure
 from genedge.contract.runs import MEMORY_RUNGS
 
 __all__ = ["FIGURE_FORMATS", "write_figures"]
@@ -48,7 +49,6 @@ def write_figures(table: CalibrationTable, runs: ProfileRuns, out_dir: str | os.
     import matplotlib.pyplot as plt
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     # A fixed hash salt and no date keep the SVGs identical across re-runs.
     with plt.rc_context({"svg.hashsalt": "genedge", "figure.dpi": 100}):
@@ -59,8 +59,7 @@ def write_figures(table: CalibrationTable, runs: ProfileRuns, out_dir: str | os.
         for name, fig in figures.items():
             for fmt in FIGURE_FORMATS:
                 path = out / f"{name}.{fmt}"
-                fig.savefig(path, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
-                written.append(path)
+                written.append(write_figure(fig, path, metadata={"Date": None} if fmt == "svg" else None))
             plt.close(fig)
     logger.info("Wrote %d figure files to %s.", len(written), out)
     return written

@@ -25,6 +25,7 @@ import pandas as pd
 from genedge.calibrate.table import Exclusion, TableError
 from genedge.contract.clip import CLIPSCORE_RANGE, ClipConvention
 from genedge.contract.runs import (
+    KEY_COLUMNS,
     MANIFEST_FIELDS,
     MANIFEST_NAME,
     MEMORY_RUNGS,
@@ -278,7 +279,7 @@ def _read_shard(path: Path, manifest: Mapping[str, Any]) -> pd.DataFrame:
 
 def _check_unique(records: pd.DataFrame) -> None:
     """A resumed run must not count an image twice; two ok rows for one image is a profiler bug."""
-    key = ["run_id", "model_key", "steps", "prompt_id", "seed"]
+    key = ["run_id", *KEY_COLUMNS]  # one image of one run
     ok = records[records["status"] == Status.OK]
     dup = ok[ok.duplicated(key, keep=False)]
     if len(dup):

@@ -8,17 +8,15 @@ from typing import Any
 
 import numpy as np
 
+from genedge.contract.files import write_figure
+
 __all__ = ["plot_sweep", "plot_convergence"]
 
 _PANELS = (("mean_clipscore", "mean CLIPScore"), ("mean_delay_s", "mean delay (s)"), ("utility", "utility U"))
 
 
 def _save(fig, out: Path, stem: str) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{stem}.png", out / f"{stem}.svg"]
-    for path in paths:
-        fig.savefig(path, dpi=130, bbox_inches="tight")
-    return paths
+    return [write_figure(fig, out / f"{stem}.{fmt}", dpi=130, bbox_inches="tight") for fmt in ("png", "svg")]
 
 
 def plot_sweep(results: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:

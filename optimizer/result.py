@@ -231,10 +231,10 @@ def make_result(
     )
 
 
-Planner = TypeVar("Planner", bound=Callable[..., PlanResult])
+_PlannerT = TypeVar("_PlannerT", bound=Callable[..., PlanResult])
 
 
-def timed(planner: Planner) -> Planner:
+def timed(planner: _PlannerT) -> _PlannerT:
     """Decorate a planner so that its result carries the wall time it took in ``plan_time_s``."""
 
     @functools.wraps(planner)

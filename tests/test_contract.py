@@ -50,6 +50,7 @@ CONTRACT_ONLY = {
     "write_atomic",
     "write_bytes_atomic",
     "write_text_atomic",
+    "write_figure",
     "read_json",
     "record_schema",
     "read_manifest",

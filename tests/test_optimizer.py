@@ -512,7 +512,7 @@ def test_plan_time_is_a_field_every_planner_sets():
 
 
 def test_one_deployed_threshold_for_the_system_model_the_plan_file_and_the_printed_plan():
-    from genedge.cli.plan import format_plan
+    from genedge.cli._common import format_plan
     from genedge.optimizer.plan_file import plan_to_dict
     from genedge.optimizer.result import make_result
 

@@ -1,4 +1,4 @@
-"""Options and loading shared by the planning commands (plan, simulate)."""
+"""Options, loading and printing shared by the planning commands (plan, simulate, compare, demo)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from genedge import data
 from genedge.calibrate.table import CalibrationTable, load_table
 from genedge.optimizer.problem import Problem
+from genedge.optimizer.result import PlanResult
 from genedge.optimizer.workload import Workload
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "derived_share_line",
     "problem_from_args",
     "parse_counts",
+    "left_out_line",
+    "format_plan",
 ]
 
 DEFAULT_TABLE = data.path("tables", "reference-a100.json")
@@ -199,3 +202,33 @@ def problem_from_args(
         min_clipscore=args.min_clipscore,
         max_shortfall=args.max_shortfall,
     )
+
+
+def left_out_line(problem: Problem) -> str:
+    """One line naming the models left out for device memory and why; empty when none was."""
+    reasons = problem.left_out_reasons()
+    if not reasons:
+        return ""
+    return "left out (too big for the device memory): " + "; ".join(f"{k} {why}" for k, why in reasons.items())
+
+
+def format_plan(result: PlanResult) -> str:
+    """The routing table, steps, shares and loads of a plan, for the models it deploys."""
+    plan = result.plan
+    used = [i for i, deployed in enumerate(result.deployed) if deployed]
+    width = max(len(plan.models[i]) for i in used)
+    took = "" if result.plan_time_s is None else f", {result.plan_time_s * 1000:.0f} ms"
+    lines = [f"plan ({result.method}{took}):"]
+    header = "  category       " + "  ".join(f"{plan.models[i]:>{width}}" for i in used)
+    lines.append(header)
+    for c, category in enumerate(plan.categories):
+        lines.append(f"  {category:<14} " + "  ".join(f"{plan.routing_matrix[c, i]:>{width}.2f}" for i in used))
+    lines.append("  steps          " + "  ".join(f"{plan.steps_per_model[i]:>{width}d}" for i in used))
+    lines.append("  GPU share      " + "  ".join(f"{plan.share_vector[i]:>{width}.2f}" for i in used))
+    lines.append("  requests       " + "  ".join(f"{result.loads[i]:>{width}.1f}" for i in used))
+    unused = [m for i, m in enumerate(plan.models) if i not in used]
+    if unused:
+        lines.append(f"  not deployed: {', '.join(unused)}")
+    if not result.success:
+        lines.append(f"  stopped early: {result.message}")
+    return "\n".join(lines)

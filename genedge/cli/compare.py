@@ -14,11 +14,11 @@ from genedge.cli._common import (
     add_budget_arguments,
     add_planning_arguments,
     add_workload_arguments,
+    left_out_line,
     load_table_with_hash,
     problem_from_args,
     workload_from_args,
 )
-from genedge.cli.plan import left_out_line
 
 __all__ = ["add_parser", "run"]
 

@@ -13,7 +13,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from genedge.cli._common import DEFAULT_REQUESTS, comma_separated, default_mix
+from genedge.cli._common import DEFAULT_REQUESTS, comma_separated, default_mix, format_plan
 
 __all__ = ["DEMO_MODELS", "add_parser", "run"]
 
@@ -57,7 +57,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Profile, calibrate and plan; print each stage's result and where its files are."""
     from genedge.calibrate import fit_and_write, table_summary
-    from genedge.cli.plan import format_plan
     from genedge.data import path as data_path
     from genedge.optimizer import Problem, Workload, run_methods
     from genedge.optimizer.plan_file import plan_to_dict, save_plan

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from genedge.cli._common import (
     DEFAULT_REQUESTS,
@@ -13,12 +12,14 @@ from genedge.cli._common import (
     add_workload_arguments,
     comma_separated,
     derived_share_line,
+    format_plan,
+    left_out_line,
     load_table_with_hash,
     problem_from_args,
     workload_from_args,
 )
 
-__all__ = ["add_parser", "format_plan", "left_out_line"]
+__all__ = ["add_parser"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -86,36 +87,6 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"\nwrote {save_plan(document, args.out)}")
     return 0
-
-
-def left_out_line(problem: Any) -> str:
-    """One line naming the models left out for device memory and why; empty when none was."""
-    reasons = problem.left_out_reasons()
-    if not reasons:
-        return ""
-    return "left out (too big for the device memory): " + "; ".join(f"{k} {why}" for k, why in reasons.items())
-
-
-def format_plan(result: Any) -> str:
-    """The routing table, steps, shares and loads of a plan, for the models it deploys."""
-    plan = result.plan
-    used = [i for i, deployed in enumerate(result.deployed) if deployed]
-    width = max(len(plan.models[i]) for i in used)
-    took = "" if result.plan_time_s is None else f", {result.plan_time_s * 1000:.0f} ms"
-    lines = [f"plan ({result.method}{took}):"]
-    header = "  category       " + "  ".join(f"{plan.models[i]:>{width}}" for i in used)
-    lines.append(header)
-    for c, category in enumerate(plan.categories):
-        lines.append(f"  {category:<14} " + "  ".join(f"{plan.routing_matrix[c, i]:>{width}.2f}" for i in used))
-    lines.append("  steps          " + "  ".join(f"{plan.steps_per_model[i]:>{width}d}" for i in used))
-    lines.append("  GPU share      " + "  ".join(f"{plan.share_vector[i]:>{width}.2f}" for i in used))
-    lines.append("  requests       " + "  ".join(f"{result.loads[i]:>{width}.1f}" for i in used))
-    unused = [m for i, m in enumerate(plan.models) if i not in used]
-    if unused:
-        lines.append(f"  not deployed: {', '.join(unused)}")
-    if not result.success:
-        lines.append(f"  stopped early: {result.message}")
-    return "\n".join(lines)
 
 
 def _format_comparison(results, chosen_name: str) -> str:

@@ -12,11 +12,11 @@ from genedge.cli._common import (
     comma_separated,
     default_mix,
     derived_share_line,
+    left_out_line,
     load_table_with_hash,
     parse_counts,
     problem_from_args,
 )
-from genedge.cli.plan import left_out_line
 
 __all__ = ["add_parser"]
 

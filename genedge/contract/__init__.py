@@ -27,6 +27,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "check_write_target",
             "read_json",
             "write_bytes_atomic",
+            "write_figure",
             "write_text_atomic",
         ),
         ".mappings": (

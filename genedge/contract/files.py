@@ -9,6 +9,7 @@ directory), or that is a symbolic link, is refused rather than replaced.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -24,6 +25,7 @@ __all__ = [
     "check_write_target",
     "read_json",
     "write_bytes_atomic",
+    "write_figure",
     "write_text_atomic",
 ]
 
@@ -165,3 +167,17 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically (see :func:`write_bytes_atomic`)."""
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_figure(figure: Any, path: str | os.PathLike[str], **savefig: Any) -> Path:
+    """Save a matplotlib figure like any artifact: rendered in memory, then written atomically.
+
+    Args:
+        figure: a ``matplotlib.figure.Figure`` (anything with ``savefig``).
+        path: the file; its suffix (``.png``, ``.svg``, ...) is the format.
+        savefig: further arguments of ``Figure.savefig`` (dpi, metadata, ...).
+    """
+    path = check_write_target(path)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=path.suffix.lstrip("."), **savefig)
+    return write_bytes_atomic(path, buffer.getvalue())
