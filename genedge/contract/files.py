@@ -137,14 +137,21 @@ def _umask() -> int:
     return mask
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, replace: bool = True) -> Path:
     """Write ``data`` to ``path`` atomically, with the umask's mode; refuse unsafe targets.
 
     Readers (and several writing processes) see the whole old file or the whole new one. The parent
     directory is created when missing.
 
+    Args:
+        path: the file.
+        data: its bytes.
+        replace: replace an existing file; with ``False`` the file is published with a hard link,
+            which fails when the name exists, so two writers can never overwrite each other.
+
     Raises:
         UnsafeTargetError: see :func:`check_write_target`.
+        FileExistsError: ``replace`` is false and ``path`` exists.
     """
     path = check_write_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +164,11 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         check_write_target(path)  # the target may have changed kind while we wrote
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # atomic create-if-absent: FileExistsError when another writer won
+            os.unlink(tmp)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -1,9 +1,14 @@
 """Profile runs on disk: the layout, the record columns and the manifest (DESIGN §2.2).
 
 A run directory holds ``manifest.json`` and ``records/shard-<rank>-<NNNNN>.parquet``. Each shard is
-written once, atomically, and never rewritten; one row per generated image, keyed by
-``(model_key, steps, seed, prompt_id)``. Every column has one type and one nullability here; a null
-means "not measurable here", never zero.
+written once, atomically, and never rewritten (nor replaced: a name that exists is never reused);
+one row per generated image, keyed by ``(model_key, steps, seed, prompt_id)``. Every row carries
+the run's identity (``run_id``, created once when the run starts) and ``settings_sha256``, the hash
+of the settings that define what was measured; rows of another run or other settings are
+*foreign*: a resume does not count them as done and calibrate refuses them (:func:`audit_run`).
+A shard that cannot be read is moved aside to ``quarantine/`` on request and its images measured
+again. Every column has one type and one nullability here; a null means "not measurable here",
+never zero, and the ``*_note`` columns say why.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from genedge.contract.files import ArtifactError, read_json, write_text_atomic
 from genedge.contract.mappings import check_category_mapping
 
 __all__ = [
+    "HOST_MEMORY_COLUMNS",
     "KEY_COLUMNS",
     "MANIFEST_FIELDS",
     "MANIFEST_NAME",
@@ -29,13 +35,18 @@ __all__ = [
     "MANIFEST_SCHEMA_VERSION",
     "MEMORY_RUNGS",
     "RECORD_COLUMNS",
+    "QUARANTINE_DIR",
     "RECORDS_DIR",
     "STATUSES",
     "Column",
+    "RunAudit",
     "Status",
+    "audit_run",
     "check_row",
     "clip_convention_of",
     "list_shards",
+    "lock_path",
+    "quarantine_shard",
     "read_manifest",
     "read_shard",
     "record_column_names",
@@ -48,14 +59,20 @@ __all__ = [
 
 MANIFEST_NAME = "manifest.json"
 RECORDS_DIR = "records"
+QUARANTINE_DIR = "quarantine"
 _SHARD_NAME = re.compile(r"^shard-(\d+)-(\d{5})\.parquet$")
 
 #: 2: ``prompt_set.category_mapping`` is the whole mapping document (name, column, labels).
-MANIFEST_SCHEMA_VERSION = 2
+#: 3: ``settings_sha256``, ``host`` (the machine and software measured on) and ``energy``; rows carry
+#: ``settings_sha256``, host memory, energy, model load and first-call seconds; ``nvml_note`` became
+#: ``memory_note``; ``resolution`` may be null (each model's native size, in ``models[i].resolution``).
+MANIFEST_SCHEMA_VERSION = 3
 #: Fields every manifest has.
 MANIFEST_FIELDS: tuple[str, ...] = (
     "schema_version",
     "run_id",
+    "settings_sha256",
+    "host",
     "device",
     "versions",
     "dtype",
@@ -70,6 +87,7 @@ MANIFEST_FIELDS: tuple[str, ...] = (
     "clip_convention",
     "prompt_set",
     "nvml",
+    "energy",
 )
 #: Fields a manifest may have besides those.
 MANIFEST_OPTIONAL_FIELDS: tuple[str, ...] = ("save_images", "world_size")
@@ -105,6 +123,11 @@ def rung_column(rung: str) -> str:
     return f"peak_{rung}"
 
 
+#: Host memory peaks per image (any device): this process's resident set, and the memory used on
+#: the whole machine where CPU and GPU share it (a Jetson's RAM from ``tegrastats``).
+HOST_MEMORY_COLUMNS: tuple[str, ...] = ("peak_rss_bytes", "peak_system_memory_bytes")
+
+
 @dataclass(frozen=True)
 class Column:
     """One record column.
@@ -123,6 +146,7 @@ class Column:
 #: The record columns, in file order.
 RECORD_COLUMNS: tuple[Column, ...] = (
     Column("run_id", "string", False),
+    Column("settings_sha256", "string", False),
     Column("model_key", "string", False),
     Column("model_revision", "string", True),
     Column("is_replica", "bool", False),
@@ -143,7 +167,16 @@ RECORD_COLUMNS: tuple[Column, ...] = (
     Column("clip_score", "float64", True),
     Column("prompt_truncated", "bool", False),
     *(Column(rung_column(rung), "int64", True) for rung in MEMORY_RUNGS),
-    Column("nvml_note", "string", True),
+    *(Column(name, "int64", True) for name in HOST_MEMORY_COLUMNS),
+    # Why each null memory column is null ("torch_*: ...; nvml_*: ..."); null when all were measured.
+    Column("memory_note", "string", True),
+    # Joules of the pipeline call per image of its batch, and the call's average power in watts.
+    Column("energy_j", "float64", True),
+    Column("average_power_w", "float64", True),
+    Column("energy_note", "string", True),
+    # Seconds to load the model in this process, and of its first (warm-up) call: what a cold start costs.
+    Column("model_load_s", "float64", True),
+    Column("first_call_s", "float64", True),
     Column("image_sha256", "string", True),
     Column("status", "string", False),
     Column("error", "string", True),
@@ -219,7 +252,121 @@ def read_shard(path: str | os.PathLike[str], columns: list[str] | None = None) -
     try:
         return parquet.read_table(path, columns=columns)
     except (pa.ArrowException, OSError) as err:
-        raise ArtifactError(str(path), "file", f"not a readable Parquet shard ({err}); move it out of the run") from err
+        raise ArtifactError(
+            str(path),
+            "file",
+            f"not a readable Parquet shard ({err}); rerun `genedge profile` with --quarantine-corrupt to move it "
+            f"to {QUARANTINE_DIR}/ and measure its images again",
+        ) from err
+
+
+def quarantine_shard(path: str | os.PathLike[str]) -> Path:
+    """Move an unreadable shard to ``RUN/quarantine/`` (never deleted; its keys count as not measured).
+
+    Returns:
+        Where it now lies (a numbered suffix keeps an earlier quarantined file of the same name).
+    """
+    path = Path(path)
+    folder = path.parent.parent / QUARANTINE_DIR
+    folder.mkdir(exist_ok=True)
+    target, n = folder / path.name, 1
+    while target.exists():
+        target, n = folder / f"{path.name}.{n}", n + 1
+    os.replace(path, target)
+    return target
+
+
+def lock_path(run_dir: str | os.PathLike[str], rank: int) -> Path:
+    """The lock file a profiling process of ``rank`` holds while it writes the run."""
+    return Path(run_dir) / f".lock-rank{rank}"
+
+
+#: The columns :func:`audit_run` reads; their values must agree across a run's own rows.
+_AGREEING_COLUMNS: tuple[str, ...] = ("device_name", "dtype", "guidance_scale", "clip_backbone", "clip_pretrained")
+
+
+@dataclass(frozen=True)
+class RunAudit:
+    """What a run's shards hold, checked against its manifest.
+
+    Attributes:
+        rows: rows in all readable shards.
+        own: rows of this run with its settings.
+        foreign: rows of another run or measured with other settings (``run_id`` or ``settings_sha256``
+            differ from the manifest): never counted as measured for this run.
+        foreign_runs: the foreign ``(run_id, settings_sha256)`` pairs with their row counts.
+        duplicates: own rows beyond the first for one image: a second ``ok`` row of a key, or a copy of
+            a failure row (same key and timestamp, as a duplicated shard holds).
+        corrupt: shards that cannot be read.
+        mixed: own-row columns that take more than one value (device, dtype, guidance, CLIP
+            convention), column → the values seen.
+        nan_scores: own ``ok`` rows whose CLIPScore is NaN (not null).
+    """
+
+    rows: int
+    own: int
+    foreign: int
+    foreign_runs: dict[tuple[str, str], int]
+    duplicates: int
+    corrupt: tuple[Path, ...]
+    mixed: dict[str, list[Any]]
+    nan_scores: int
+
+    def problems(self) -> list[str]:
+        """One line per problem, empty when the run is clean."""
+        lines = [f"unreadable shard {path} (rerun profile with --quarantine-corrupt)" for path in self.corrupt]
+        if self.foreign:
+            runs = ", ".join(f"{run} (settings {sha[:12]}): {n}" for (run, sha), n in sorted(self.foreign_runs.items()))
+            lines.append(f"{self.foreign} foreign row(s) from another run or other settings: {runs}")
+        if self.duplicates:
+            lines.append(f"{self.duplicates} duplicate row(s): images recorded more than once")
+        lines += [f"mixed {column} among this run's rows: {values}" for column, values in self.mixed.items()]
+        if self.nan_scores:
+            lines.append(f"{self.nan_scores} ok row(s) with a NaN clip_score")
+        return lines
+
+
+def audit_run(run_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> RunAudit:
+    """Check a run's shards against its manifest: foreign rows, duplicates, corrupt shards, mixed settings."""
+    import math
+
+    columns = ["run_id", "settings_sha256", *KEY_COLUMNS, "status", "timestamp", "clip_score", *_AGREEING_COLUMNS]
+    identity = (manifest["run_id"], manifest["settings_sha256"])
+    rows = own = 0
+    foreign: dict[tuple[str, str], int] = {}
+    corrupt: list[Path] = []
+    seen_ok: set[tuple[Any, ...]] = set()
+    seen_failed: set[tuple[Any, ...]] = set()
+    duplicates = nan_scores = 0
+    values: dict[str, set[Any]] = {c: set() for c in _AGREEING_COLUMNS}
+    for _, _, path in list_shards(run_dir):
+        try:
+            data = read_shard(path, columns=columns).to_pydict()
+        except ArtifactError:
+            corrupt.append(path)
+            continue
+        for row in zip(*(data[c] for c in columns)):
+            record = dict(zip(columns, row))
+            rows += 1
+            pair = (record["run_id"], record["settings_sha256"])
+            if pair != identity:
+                foreign[pair] = foreign.get(pair, 0) + 1
+                continue
+            own += 1
+            key = tuple(record[c] for c in KEY_COLUMNS)
+            if record["status"] == Status.OK.value:
+                duplicates += key in seen_ok
+                seen_ok.add(key)
+                score = record["clip_score"]
+                nan_scores += score is not None and math.isnan(score)
+            else:
+                marked = (*key, record["timestamp"])
+                duplicates += marked in seen_failed
+                seen_failed.add(marked)
+            for column in _AGREEING_COLUMNS:
+                values[column].add(record[column])
+    mixed = {c: sorted(v, key=str) for c, v in values.items() if len(v) > 1}
+    return RunAudit(rows, own, sum(foreign.values()), foreign, duplicates, tuple(corrupt), mixed, nan_scores)
 
 
 def _require(doc: Mapping[str, Any], key: str, path: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -253,6 +400,11 @@ def validate_manifest(manifest: Mapping[str, Any], where: str) -> dict[str, Any]
     if unknown:
         raise ArtifactError(where, unknown[0], f"unknown field; a manifest has {list(MANIFEST_FIELDS)}")
     _require(manifest, "run_id", "", str, where)
+    _require(manifest, "settings_sha256", "", str, where)
+    _require(manifest, "host", "", dict, where)
+    _require(manifest, "energy", "", dict, where)
+    if manifest["resolution"] is not None and not isinstance(manifest["resolution"], int):
+        raise ArtifactError(where, "resolution", "expected an integer side in pixels or null (native per model)")
     device = _require(manifest, "device", "", dict, where)
     _require(device, "name", "device", str, where)
     if device.get("memory_bytes") is not None and not isinstance(device["memory_bytes"], int):
