@@ -26,7 +26,8 @@ class Clock:
     """Marks points in time on a device and converts pairs of marks to seconds.
 
     Args:
-        device: ``torch.device``; CUDA events are used when its type is ``"cuda"``.
+        device: ``torch.device``; CUDA events are used when its type is ``"cuda"``, recorded on
+            that device's current stream whichever device is current.
     """
 
     def __init__(self, device: Any) -> None:
@@ -34,10 +35,12 @@ class Clock:
         self._cuda = device.type == "cuda"
 
     def mark(self) -> Any:
-        """Record a mark: a CUDA event queued on the current stream, or a ``perf_counter`` reading."""
+        """Record a mark: a CUDA event queued on the device's current stream, or a ``perf_counter`` reading."""
         if self._cuda:
-            event = require("torch").cuda.Event(enable_timing=True)
-            event.record()
+            torch = require("torch")
+            event = torch.cuda.Event(enable_timing=True)
+            # A bare record() uses the current stream of the current device, which need not be ours.
+            event.record(torch.cuda.current_stream(self.device))
             return event
         return time.perf_counter()
 
