@@ -9,10 +9,14 @@ was truncated is returned per image because open_clip does not say.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from genedge.contract.clip import ClipConvention
@@ -24,9 +28,11 @@ __all__ = [
     "DEFAULT_CLIP_PRETRAINED",
     "CLIP_FORMULA",
     "ClipConvention",
+    "ClipWeights",
     "clip_score_from_features",
     "clip_scores",
     "ClipScorer",
+    "resolve_clip_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -38,6 +44,156 @@ CLIP_FORMULA = "100*max(cos(E_I, E_C), 0) per image"
 _REPLICA_SCHEME = "replica:"
 _RANDOM_INIT = "none"
 _DEFAULT_BATCH_SIZE = 32
+# Suffixes open_clip's load_checkpoint reads; a `pretrained` value ending in one is a path, not a misspelt tag.
+_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".npz", ".npy")
+_HASH_CHUNK_BYTES = 1 << 24
+_HASH_PREFIX_HEX = 16
+_OFFLINE_ALTERNATIVES = (
+    "pass --clip-pretrained /path/to/open_clip_pytorch_model.bin (a local weights file), "
+    "or --clip-backbone replica:tiny --clip-pretrained none for a smoke run whose scores mean nothing"
+)
+
+
+@dataclass(frozen=True)
+class ClipWeights:
+    """Where a CLIP backbone's weights come from, checked before any model loads.
+
+    Attributes:
+        architecture: open_clip model name to build (a replica's base model).
+        overrides: Keyword overrides of that model's config (a replica's shrunken towers; empty otherwise).
+        pretrained: What to pass as open_clip's ``pretrained``: a tag, a local file path, or ``None``
+            for random initialisation.
+        label: The convention's ``pretrained``: the tag, ``file:<name>#sha256:<16 hex>`` for a local
+            file (the same on every machine holding the same weights), or ``"none"``.
+    """
+
+    architecture: str
+    overrides: dict[str, Any]
+    pretrained: str | None
+    label: str
+
+
+def _replica_architecture(backbone: str) -> tuple[str, dict[str, Any]]:
+    name = backbone[len(_REPLICA_SCHEME) :]
+    config_path = data_path("replicas", "clip", f"{name}.json")
+    if not config_path.is_file():
+        available = sorted(p.stem for p in config_path.parent.glob("*.json"))
+        raise ValueError(
+            f"--clip-backbone: unknown CLIP replica {backbone!r}; available: "
+            + ", ".join(f"{_REPLICA_SCHEME}{a}" for a in available)
+        )
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    return config["base_model"], config["overrides"]
+
+
+def _file_label(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return f"file:{Path(path).name}#sha256:{digest.hexdigest()[:_HASH_PREFIX_HEX]}"
+
+
+def _hub_offline() -> bool:
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    # The value hf_hub_download itself obeys (read when huggingface_hub was imported).
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _cached_tag_file(open_clip: Any, cfg: dict[str, Any]) -> str | None:
+    """The local file open_clip would load for a tag's config without any network access, if there is one.
+
+    Mirrors ``open_clip.pretrained.download_pretrained``: an explicit ``file``; else the hf-hub
+    entry (``org/repo/[filename]``, default ``open_clip_pytorch_model.bin``, a ``.safetensors``
+    twin preferred) when huggingface_hub is installed; else the URL's basename under ``~/.cache/clip``.
+    """
+    if "file" in cfg:
+        return cfg["file"] if os.path.isfile(cfg["file"]) else None
+    if cfg.get("hf_hub") and open_clip.pretrained.has_hf_hub():
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, filename = os.path.split(cfg["hf_hub"])
+        filename = filename or open_clip.constants.HF_WEIGHTS_NAME
+        candidates = [filename]
+        if filename == open_clip.constants.HF_WEIGHTS_NAME:
+            candidates.insert(0, open_clip.constants.HF_SAFE_WEIGHTS_NAME)
+        elif filename.endswith((".bin", ".pth")):
+            candidates.insert(0, f"{filename[:-4]}.safetensors")
+        for candidate in candidates:
+            cached = try_to_load_from_cache(repo_id, candidate)
+            if isinstance(cached, str):
+                return cached
+        return None
+    if cfg.get("url"):
+        target = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(cfg["url"]))
+        return target if os.path.isfile(target) else None
+    return None
+
+
+def resolve_clip_weights(backbone: str, pretrained: str | None) -> ClipWeights:
+    """Check that a CLIP backbone's weights are reachable, before anything loads.
+
+    A ``replica:<name>`` backbone takes random weights (``pretrained=None``) or a local weights
+    file. Any other backbone is an open_clip model name and takes ``None``, a local weights file,
+    or one of that model's pretrained tags. A tag's file must be in the local cache when the hub
+    is offline (``HF_HUB_OFFLINE=1``); online, a missing file is downloaded here through open_clip,
+    into the cache open_clip reads, so a failed download stops the run before any model loads.
+
+    Args:
+        backbone: open_clip model name or ``replica:<name>``.
+        pretrained: open_clip pretrained tag, path of a local weights file, or ``None`` for random weights.
+
+    Returns:
+        The architecture to build and the weights to load, with the convention's label.
+
+    Raises:
+        ValueError: When the backbone is unknown, the tag is not one of the model's, the local file
+            does not exist, or a tag's weights are neither cached nor downloadable; the message
+            says what to pass instead.
+    """
+    open_clip = require("open_clip")
+    if backbone.startswith(_REPLICA_SCHEME):
+        architecture, overrides = _replica_architecture(backbone)
+        tags: list[str] = []
+    else:
+        if backbone not in open_clip.list_models():
+            raise ValueError(
+                f"--clip-backbone: unknown open_clip model {backbone!r}; pass replica:tiny or one of "
+                + ", ".join(open_clip.list_models())
+            )
+        architecture, overrides = backbone, {}
+        tags = open_clip.list_pretrained_tags_by_model(backbone)
+    if pretrained is None:
+        return ClipWeights(architecture, overrides, None, _RANDOM_INIT)
+    # open_clip tries `pretrained` as a tag of the model first, then as a file path; so does this.
+    cfg = open_clip.get_pretrained_cfg(architecture, pretrained) if tags else {}
+    if not cfg:
+        if os.path.isfile(pretrained):
+            return ClipWeights(architecture, overrides, pretrained, _file_label(pretrained))
+        if os.sep in pretrained or "/" in pretrained or pretrained.endswith(_WEIGHT_SUFFIXES):
+            raise ValueError(f"--clip-pretrained: {pretrained!r} is not a file; pass the path of a local weights file")
+        if not tags:
+            raise ValueError(
+                f"--clip-pretrained: the replica backbone {backbone!r} takes no pretrained tag, "
+                f"but got {pretrained!r}; pass --clip-pretrained none or a local weights file"
+            )
+        raise ValueError(
+            f"--clip-pretrained: {pretrained!r} is not a pretrained tag of {backbone} nor a file; "
+            f"pass one of {', '.join(tags)}, or a local weights file"
+        )
+    if _cached_tag_file(open_clip, cfg) is None:
+        what = f"CLIP weights for {backbone}/{pretrained}"
+        if _hub_offline():
+            raise ValueError(f"{what} are not in the local cache and the hub is offline: {_OFFLINE_ALTERNATIVES}")
+        try:
+            open_clip.download_pretrained(cfg)
+        except Exception as err:  # any download failure gets the same advice
+            reason = (str(err).splitlines() or [type(err).__name__])[0]
+            raise ValueError(f"{what} could not be downloaded ({reason}): {_OFFLINE_ALTERNATIVES}") from err
+    return ClipWeights(architecture, overrides, pretrained, pretrained)
 
 
 def clip_score_from_features(image_features: Any, text_features: Any) -> Any:
@@ -124,13 +280,15 @@ class ClipScorer:
 
     Args:
         backbone: open_clip model name (default ``ViT-L-14-quickgelu``) or ``replica:<name>`` for a
-            random-weight config shipped under ``genedge/data/replicas/clip`` (tests).
-        pretrained: open_clip pretrained tag (default ``openai``); ``None`` for random weights.
+            small config shipped under ``genedge/data/replicas/clip`` (tests).
+        pretrained: open_clip pretrained tag (default ``openai``), path of a local weights file, or
+            ``None`` for random weights; checked by :func:`resolve_clip_weights` before anything loads.
         device: ``torch.device`` to score on.
         offload: Keep the backbone on the CPU between calls to :meth:`score`, so that its weights
             do not inflate the GPU memory measured during generation.
 
     Raises:
+        ValueError: When the weights are unreachable (see :func:`resolve_clip_weights`).
         RuntimeError: When open_clip warns of a QuickGELU mismatch (every score would shift).
     """
 
@@ -146,19 +304,9 @@ class ClipScorer:
         device: Any,
         offload: bool = False,
     ) -> None:
+        weights = resolve_clip_weights(backbone, pretrained)
         open_clip = require("open_clip")
         torch = require("torch")
-        if backbone.startswith(_REPLICA_SCHEME):
-            if pretrained is not None:
-                raise ValueError(
-                    f"Expected pretrained=None for the random-weight backbone {backbone!r}, but got {pretrained!r}"
-                )
-            config = json.loads(
-                data_path("replicas", "clip", f"{backbone[len(_REPLICA_SCHEME) :]}.json").read_text(encoding="utf-8")
-            )
-            name, overrides = config["base_model"], config["overrides"]
-        else:
-            name, overrides = backbone, {}
         self.device = device
         self._home = torch.device("cpu") if offload else device
         # Random weights come from a forked RNG with a fixed seed: reproducible, caller's RNG untouched.
@@ -167,7 +315,7 @@ class ClipScorer:
             torch.manual_seed(0)
             try:
                 model, _, preprocess = open_clip.create_model_and_transforms(
-                    name, pretrained=pretrained, device=self._home, **overrides
+                    weights.architecture, pretrained=weights.pretrained, device=self._home, **weights.overrides
                 )
             except UserWarning as err:
                 raise RuntimeError(
@@ -175,10 +323,10 @@ class ClipScorer:
                 ) from err
         self.model = model.eval()
         self.preprocess = preprocess
-        self.tokenizer = open_clip.get_tokenizer(name)
+        self.tokenizer = open_clip.get_tokenizer(weights.architecture)
         self.convention = ClipConvention(
             backbone=backbone,
-            pretrained=_RANDOM_INIT if pretrained is None else pretrained,
+            pretrained=weights.label,
             formula=CLIP_FORMULA,
             truncation=f"open_clip tokenizer, {self.tokenizer.context_length} tokens, end token kept",
             preprocess=" ".join(repr(preprocess).split()),
@@ -199,4 +347,6 @@ class ClipScorer:
         finally:
             if self._home != self.device:
                 self.model.to(self._home)
+                # Hand the backbone's cached blocks back so that reserved memory measured during the next
+                # generation is the pipeline's; the profiler re-warms afterwards, so the lost cache costs no timing.
                 require("torch").cuda.empty_cache()

@@ -14,7 +14,8 @@ import time
 import pytest
 import torch
 
-from genedge.profiler import Clock, NvmlMonitor, ProfileConfig, load_pipeline, measure_call
+from genedge.profiler import Clock, load_pipeline, measure_call
+from genedge.profiler.monitor import Monitor
 
 SLEEP_S = 0.05
 
@@ -35,13 +36,19 @@ def test_cpu_clock_known_answer() -> None:
 @pytest.mark.parametrize(("scheduler", "executed"), [("DDIMScheduler", 4), ("PNDMScheduler", 13)])
 def test_one_latency_per_executed_step(scheduler: str, executed: int) -> None:
     device = torch.device("cpu")
-    config = ProfileConfig(models=("replica:tiny",), steps=(4,), resolution=64, device="cpu")
     pipe = load_pipeline("replica:tiny", device=device, dtype=torch.float32, scheduler=scheduler)
-    monitor = NvmlMonitor(None)
-    images, measurement = measure_call(
-        pipe, ["a cat", "a dog"], steps=4, seed=0, config=config, device=device, clock=Clock(device), monitor=monitor
-    )
-    monitor.close()
+    with Monitor(None) as monitor:
+        images, measurement = measure_call(
+            pipe,
+            ["a cat", "a dog"],
+            steps=4,
+            seed=0,
+            resolution=64,
+            guidance_scale=7.5,
+            device=device,
+            clock=Clock(device),
+            monitor=monitor,
+        )
     # PNDM runs Runge-Kutta warm-up steps: pipeline.num_timesteps, not the requested steps, counts the steps.
     assert measurement.num_timesteps == len(measurement.step_latencies_s) == executed
     assert len(images) == 2 and images[0].size == (64, 64)
