@@ -2,7 +2,8 @@
 
 Per model: a CLIPScore Gaussian per (category, steps), a quality-versus-steps
 curve per category, a latency line with its spread, per-step percentiles and
-stage breakdown, and the peaks of the memory ladder. Every number points at a
+stage breakdown, the peaks of the memory ladder and of host memory, and, where
+the run measured energy, an energy line. Every number points at a
 ``sources`` entry that states how it was obtained. The same records always give
 the same table, byte for byte (rows are sorted before fitting and nothing
 time-dependent enters the table).
@@ -26,13 +27,15 @@ from genedge.calibrate.fit import (
     MIN_CURVE_STEPS,
     MIN_GOF_SAMPLES,
     ZERO_SPREAD_STD,
-    fit_latency,
+    fit_line,
     fit_quality,
     fit_quality_curve,
 )
 from genedge.calibrate.records import ProfileRuns, manifests_as_provenance, read_runs
 from genedge.calibrate.table import (
+    HOST_MEMORY_FIELDS,
     CalibrationTable,
+    EnergyModel,
     LatencyModel,
     MemoryPeak,
     ModelCalibration,
@@ -45,15 +48,18 @@ from genedge.calibrate.table import (
     table_to_dict,
 )
 from genedge.contract.files import check_write_target
-from genedge.contract.runs import MEMORY_RUNGS, rung_column
+from genedge.contract.runs import HOST_MEMORY_COLUMNS, MEMORY_RUNGS, rung_column
 
 __all__ = ["build_table", "calibrate_runs", "fit_and_write"]
 
 logger = logging.getLogger(__name__)
 
 # Rungs that belong to the pipeline's own process, best first; NVML device memory counts
-# every process on the GPU, so it is recorded but never taken as a model's peak.
+# every process on the GPU, so it is recorded but never taken as a model's peak (nor is a
+# machine's system memory, which counts every process on it).
 _PROCESS_RUNGS = ("nvml_process_bytes", "torch_reserved_bytes", "torch_allocated_bytes")
+# Without any GPU rung (a CPU run) the process's resident set is the memory it needs.
+_HOST_PEAK = "rss_bytes"
 _DTYPE_BYTES = {"float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2, "float32": 4, "fp32": 4}
 
 _SOURCES: dict[str, dict[str, str]] = {
@@ -88,12 +94,32 @@ _SOURCES: dict[str, dict[str, str]] = {
         "kind": "measured",
         "rule": "peak_bytes = the maximum over successful images of the highest per-process rung measured: NVML "
         "process memory, else torch reserved, else torch allocated (kind names it); every rung's "
-        "maximum is listed, null where not measurable.",
+        "maximum is listed, null where not measurable, and so are the host peaks (process RSS, and the "
+        "machine's used memory where CPU and GPU share it).",
+    },
+    "measured:memory-rss": {
+        "kind": "measured",
+        "rule": "no GPU memory rung was measured (a CPU run), so peak_bytes = the maximum over successful images "
+        "of the profiling process's peak resident set size (kind 'rss'): host memory, everything the "
+        "process holds, interpreter and libraries included.",
     },
     "derived:memory-params": {
         "kind": "derived",
-        "rule": "no memory rung was measurable (e.g. a CPU run), so peak_bytes = denoiser parameters x bytes "
+        "rule": "no memory rung nor RSS was measurable, so peak_bytes = denoiser parameters x bytes "
         "per parameter of the run's dtype: a lower bound that ignores text encoders, VAE and activations.",
+    },
+    "measured:energy": {
+        "kind": "measured",
+        "rule": "energy_j per image (the pipeline call's energy divided by its batch) = overhead_j + "
+        "per_step_j*steps by ordinary least squares over every successful image with a measured energy "
+        "(refitted through the origin if the intercept came out negative); standard errors from "
+        "sigma^2 (X'X)^-1; average_power_w is the mean of the calls' average power.",
+    },
+    "derived:energy-power": {
+        "kind": "derived",
+        "rule": "no energy line could be fitted (one step count with energy, or no positive slope), so the "
+        "latency line is scaled by the mean power: P = sum(energy_j)/sum(total_s) over the images with a "
+        "measured energy, overhead_j = P*overhead_s, per_step_j = P*per_step_s.",
     },
 }
 
@@ -247,6 +273,7 @@ def _model(
     is_replica = bool(ok["is_replica"].any())
     revision = manifest_model.get("revision")
     name = key + (f" @ {revision}" if revision else "") + (" (random-weight replica)" if is_replica else "")
+    latency = _latency(ok, used)
     return ModelCalibration(
         key=key,
         name=name,
@@ -255,9 +282,10 @@ def _model(
         default_steps=grid[-1],
         quality=quality,
         curves=curves,
-        latency=_latency(ok, used),
+        latency=latency,
         memory=_memory(where, path, ok, manifest_model, runs, used),
         is_replica=is_replica,
+        energy=_energy(ok, latency, used),
     )
 
 
@@ -280,7 +308,7 @@ def _latency(ok: pd.DataFrame, used: set[str]) -> LatencyModel:
         "stages": stages,
     }
     try:
-        fit = fit_latency(steps, total)
+        fit = fit_line(steps, total, quantity="latency", unit="s")
     except ValueError as err:
         # One step count, or a line that does not rise with steps (noisy timings): the stage
         # timings still give each image's own denoising rate.
@@ -304,24 +332,80 @@ def _latency(ok: pd.DataFrame, used: set[str]) -> LatencyModel:
         )
     used.add("measured:latency")
     return LatencyModel(
-        overhead_s=fit.overhead_s,
-        per_step_s=fit.per_step_s,
+        overhead_s=fit.intercept,
+        per_step_s=fit.slope,
         n=fit.n,
         r2=fit.r2,
         source="measured",
         ref="measured:latency",
-        overhead_se_s=fit.overhead_se_s,
-        per_step_se_s=fit.per_step_se_s,
-        residual_std_s=fit.residual_std_s,
+        overhead_se_s=fit.intercept_se,
+        per_step_se_s=fit.slope_se,
+        residual_std_s=fit.residual_std,
         **extra,
+    )
+
+
+def _energy(ok: pd.DataFrame, latency: LatencyModel, used: set[str]) -> EnergyModel | None:
+    """The energy line of a model's measured images, or None where none has an energy."""
+    metered = ok[ok["energy_j"].notna()]
+    if metered.empty:
+        return None
+    steps = metered["steps"].to_numpy(dtype=float)
+    joules = metered["energy_j"].to_numpy(dtype=float)
+    power = metered["average_power_w"].dropna()
+    average_power = float(power.mean()) if len(power) else None
+    try:
+        fit = fit_line(steps, joules, quantity="energy", unit="J")
+    except ValueError as err:
+        seconds = float(metered["total_s"].sum())
+        if not seconds > 0:
+            warnings.warn(
+                f"{ok['model_key'].iat[0]}: no energy line can be fitted ({err}) and the metered images "
+                f"took no time to scale the latency line by; the table has no energy for this model.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return None
+        watts = float(joules.sum()) / seconds
+        warnings.warn(
+            f"{ok['model_key'].iat[0]}: no energy line can be fitted ({err}); the latency line is scaled "
+            f"by the mean power ({watts:.4g} W). Profile two or more step counts with energy for a fitted line.",
+            UserWarning,
+            stacklevel=3,
+        )
+        used.add("derived:energy-power")
+        return EnergyModel(
+            overhead_j=watts * latency.overhead_s,
+            per_step_j=watts * latency.per_step_s,
+            n=len(metered),
+            r2=None,
+            source="derived",
+            ref="derived:energy-power",
+            average_power_w=average_power,
+        )
+    used.add("measured:energy")
+    return EnergyModel(
+        overhead_j=fit.intercept,
+        per_step_j=fit.slope,
+        n=fit.n,
+        r2=fit.r2,
+        source="measured",
+        ref="measured:energy",
+        overhead_se_j=fit.intercept_se,
+        per_step_se_j=fit.slope_se,
+        residual_std_j=fit.residual_std,
+        average_power_w=average_power,
     )
 
 
 def _memory(
     where: str, path: str, ok: pd.DataFrame, manifest_model: Mapping[str, Any], runs: ProfileRuns, used: set[str]
 ) -> MemoryPeak:
-    peaks = {rung: ok[rung_column(rung)] for rung in MEMORY_RUNGS}
-    rungs = {rung: None if peak.isna().all() else int(peak.max()) for rung, peak in peaks.items()}
+    columns = {
+        **{rung: rung_column(rung) for rung in MEMORY_RUNGS},
+        **dict(zip(HOST_MEMORY_FIELDS, HOST_MEMORY_COLUMNS)),
+    }
+    rungs = {rung: None if ok[column].isna().all() else int(ok[column].max()) for rung, column in columns.items()}
     measured = next(((rung, rungs[rung]) for rung in _PROCESS_RUNGS if rungs[rung]), None)
     if measured is not None:
         used.add("measured:memory")
@@ -332,18 +416,27 @@ def _memory(
             ref="measured:memory",
             **rungs,
         )
+    if rungs[_HOST_PEAK]:
+        used.add("measured:memory-rss")
+        return MemoryPeak(
+            peak_bytes=rungs[_HOST_PEAK],
+            kind=_HOST_PEAK.removesuffix("_bytes"),
+            source="measured",
+            ref="measured:memory-rss",
+            **rungs,
+        )
     params = manifest_model.get("unet_params")
     dtypes = {str(m.get("dtype")) for m in runs.manifests.values()}
     if not isinstance(params, int) or params <= 0 or len(dtypes) != 1 or next(iter(dtypes)) not in _DTYPE_BYTES:
         raise TableError(
             where,
             f"{path}.memory",
-            f"no memory rung was measured and the peak cannot be derived: expected the manifest's "
+            f"no memory rung nor RSS was measured and the peak cannot be derived: expected the manifest's "
             f"models[].unet_params > 0 and one dtype of {sorted(_DTYPE_BYTES)}, but got "
             f"unet_params={params!r}, dtype={sorted(dtypes)}",
         )
     warnings.warn(
-        f"{manifest_model['key']}: no memory rung was measurable; peak_bytes is derived from the "
+        f"{manifest_model['key']}: no memory rung nor RSS was measurable; peak_bytes is derived from the "
         f"denoiser's parameter count (a lower bound).",
         UserWarning,
         stacklevel=3,

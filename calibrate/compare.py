@@ -1,8 +1,8 @@
 """What changed between two calibration tables, cell by cell, with the uncertainty of each change.
 
 Quality cells are compared with Welch's t-test on the two cells' Gaussians;
-latency coefficients with their least-squares standard errors; memory peaks as
-they are. Which plan decisions the changes move is the planner's question, so
+latency and energy coefficients with their least-squares standard errors; memory
+peaks as they are. Which plan decisions the changes move is the planner's question, so
 it is answered above this package (``genedge compare``), not here.
 """
 
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from scipy import stats
 
-from genedge.calibrate.table import CalibrationTable
+from genedge.calibrate.table import CalibrationTable, EnergyModel, LatencyModel
 
 __all__ = [
-    "LatencyChange",
+    "CoefficientChange",
     "MemoryChange",
     "QualityChange",
     "TableComparison",
@@ -52,12 +52,13 @@ class QualityChange:
 
 
 @dataclass(frozen=True)
-class LatencyChange:
-    """One latency coefficient (``overhead_s`` or ``per_step_s``) of a model in both tables.
+class CoefficientChange:
+    """One coefficient of a model's latency line (``overhead_s``, ``per_step_s``) or energy line
+    (``overhead_j``, ``per_step_j``) in both tables.
 
     Attributes:
-        diff: new − old (s); ratio: new / old (None for a zero old value).
-        se: √(se_old² + se_new²) (s), None where a table has no standard error.
+        diff: new − old (s or J); ratio: new / old (None for a zero old value).
+        se: √(se_old² + se_new²) (s or J), None where a table has no standard error.
         z, p_value: diff/se and its two-sided Normal p-value; None where ``se`` is.
     """
 
@@ -74,7 +75,7 @@ class LatencyChange:
 
 @dataclass(frozen=True)
 class MemoryChange:
-    """A model's peak memory in both tables (bytes) and which rung each is."""
+    """A model's peak memory in both tables (bytes) and what each counts (its ``kind``)."""
 
     model_key: str
     old_bytes: int
@@ -92,6 +93,7 @@ class TableComparison:
         quality: cell changes; empty where the CLIPScore conventions differ (scores
             under different conventions are not comparable; ``notes`` says so).
         latency, memory: per shared model.
+        energy: per shared model with an energy line in both tables.
         only_old, only_new: model keys in one table only.
         notes: what was not compared and why.
     """
@@ -99,8 +101,9 @@ class TableComparison:
     old_device: str
     new_device: str
     quality: tuple[QualityChange, ...]
-    latency: tuple[LatencyChange, ...]
+    latency: tuple[CoefficientChange, ...]
     memory: tuple[MemoryChange, ...]
+    energy: tuple[CoefficientChange, ...]
     only_old: tuple[str, ...]
     only_new: tuple[str, ...]
     notes: tuple[str, ...]
@@ -131,7 +134,7 @@ def welch_t(
 
 
 def compare_tables(old: CalibrationTable, new: CalibrationTable) -> TableComparison:
-    """Compare every model, cell, latency coefficient and memory peak two tables share.
+    """Compare every model, cell, latency and energy coefficient and memory peak two tables share.
 
     Args:
         old, new: the tables (e.g. an old GPU and a new one, or two dates).
@@ -161,27 +164,17 @@ def compare_tables(old: CalibrationTable, new: CalibrationTable) -> TableCompari
                             key, category, steps, ca.mean, cb.mean, ca.n, cb.n, cb.mean - ca.mean, se, t, dof, p
                         )
                     )
-    latency = []
-    for key in shared:
-        la, lb = old.models[key].latency, new.models[key].latency
-        for coefficient in ("overhead_s", "per_step_s"):
-            va, vb = getattr(la, coefficient), getattr(lb, coefficient)
-            sea, seb = getattr(la, coefficient[:-2] + "_se_s"), getattr(lb, coefficient[:-2] + "_se_s")
-            se = math.hypot(sea, seb) if sea is not None and seb is not None and (sea or seb) else None
-            z = (vb - va) / se if se else None
-            latency.append(
-                LatencyChange(
-                    key,
-                    coefficient,
-                    va,
-                    vb,
-                    vb - va,
-                    vb / va if va else None,
-                    se,
-                    z,
-                    None if z is None else float(2 * stats.norm.sf(abs(z))),
-                )
-            )
+    latency = [
+        change
+        for key in shared
+        for change in _line_changes(key, old.models[key].latency, new.models[key].latency, "_s")
+    ]
+    energy = [
+        change
+        for key in shared
+        if old.models[key].energy is not None and new.models[key].energy is not None
+        for change in _line_changes(key, old.models[key].energy, new.models[key].energy, "_j")
+    ]
     memory = tuple(
         MemoryChange(
             k,
@@ -198,10 +191,27 @@ def compare_tables(old: CalibrationTable, new: CalibrationTable) -> TableCompari
         quality=tuple(quality),
         latency=tuple(latency),
         memory=memory,
+        energy=tuple(energy),
         only_old=tuple(k for k in old.models if k not in new.models),
         only_new=tuple(k for k in new.models if k not in old.models),
         notes=tuple(notes),
     )
+
+
+def _line_changes(
+    key: str, old: LatencyModel | EnergyModel, new: LatencyModel | EnergyModel, unit: str
+) -> list[CoefficientChange]:
+    """The changes of a latency (``unit`` ``"_s"``) or energy (``"_j"``) line's two coefficients, with z-tests."""
+    changes = []
+    for coefficient in (f"overhead{unit}", f"per_step{unit}"):
+        va, vb = getattr(old, coefficient), getattr(new, coefficient)
+        se_name = coefficient.removesuffix(unit) + "_se" + unit
+        sea, seb = getattr(old, se_name), getattr(new, se_name)
+        se = math.hypot(sea, seb) if sea is not None and seb is not None and (sea or seb) else None
+        z = (vb - va) / se if se else None
+        p = None if z is None else float(2 * stats.norm.sf(abs(z)))
+        changes.append(CoefficientChange(key, coefficient, va, vb, vb - va, vb / va if va else None, se, z, p))
+    return changes
 
 
 def comparison_text(comparison: TableComparison, *, alpha: float = 0.05) -> str:
@@ -214,7 +224,7 @@ def comparison_text(comparison: TableComparison, *, alpha: float = 0.05) -> str:
         return "-" if value is None else format(value, fmt)
 
     # Columns as wide as the longest model key (replica keys such as "replica:tiny-xl" are long).
-    keys = [c.model_key for c in comparison.latency] + [m.model_key for m in comparison.memory]
+    keys = [c.model_key for c in (*comparison.latency, *comparison.energy)] + [m.model_key for m in comparison.memory]
     keys += [q.model_key for q in comparison.quality]
     width = max([len("model"), *map(len, keys)]) + 2
     lines = [f"old: {comparison.old_device}   new: {comparison.new_device}   (* = p < {alpha})"]
@@ -226,11 +236,21 @@ def comparison_text(comparison: TableComparison, *, alpha: float = 0.05) -> str:
         "latency (s):",
         f"  {'model':<{width}}{'coefficient':<12}{'old':>10}{'new':>10}{'ratio':>8}{'diff':>10}{'se':>10}{'p':>9}",
     ]
-    for c in comparison.latency:
-        lines.append(
+
+    def coefficient_line(c: CoefficientChange) -> str:
+        return (
             f"{mark(c.p_value)} {c.model_key:<{width}}{c.coefficient:<12}{c.old:>10.4g}{c.new:>10.4g}"
             f"{num(c.ratio, '.3f'):>8}{c.diff:>+10.4g}{num(c.se, '.2g'):>10}{num(c.p_value, '.2g'):>9}"
         )
+
+    lines += [coefficient_line(c) for c in comparison.latency]
+    if comparison.energy:
+        lines += [
+            "",
+            "energy per image (J):",
+            f"  {'model':<{width}}{'coefficient':<12}{'old':>10}{'new':>10}{'ratio':>8}{'diff':>10}{'se':>10}{'p':>9}",
+        ]
+        lines += [coefficient_line(c) for c in comparison.energy]
     lines += ["", "memory (GiB):"]
     lines += [
         f"  {m.model_key:<{width}}{m.old_bytes / 2**30:>8.3f} ({m.old_kind}) -> "

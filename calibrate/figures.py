@@ -5,7 +5,9 @@
   steps with the fitted Normal density (the kind of figure Gao et al. open with);
 - ``quality_vs_steps``: per category, each model's cell means ± std and its curve;
 - ``latency_vs_steps``: per-image total seconds and each model's fitted line;
-- ``memory_ladder``: the four memory rungs of each model (absent = not measurable).
+- ``energy_vs_steps``: per-image joules and each model's energy line (only where energy was measured);
+- ``memory_ladder``: the four GPU memory rungs and the host peaks (process RSS, system memory) of
+  each model (absent = not measurable), the bar ``peak_bytes`` is marked with its kind.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from genedge.calibrate.records import ProfileRuns
-from genedge.calibrate.table import CalibrationTable
+from genedge.calibrate.table import HOST_MEMORY_FIELDS, CalibrationTable
 from genedge.contract.files import write_figure
 from genedge.contract.runs import MEMORY_RUNGS
 
@@ -55,6 +57,8 @@ def write_figures(table: CalibrationTable, runs: ProfileRuns, out_dir: str | os.
         figures = {f"scores_{_file_stem(key)}": _score_histograms(plt, table, runs, key) for key in table.models}
         figures["quality_vs_steps"] = _quality_vs_steps(plt, table)
         figures["latency_vs_steps"] = _latency_vs_steps(plt, table, runs)
+        if any(model.energy is not None for model in table.models.values()):
+            figures["energy_vs_steps"] = _energy_vs_steps(plt, table, runs)
         figures["memory_ladder"] = _memory_ladder(plt, table)
         for name, fig in figures.items():
             for fmt in FIGURE_FORMATS:
@@ -160,22 +164,48 @@ def _latency_vs_steps(plt: Any, table: CalibrationTable, runs: ProfileRuns) -> A
     return fig
 
 
-def _memory_ladder(plt: Any, table: CalibrationTable) -> Any:
+def _energy_vs_steps(plt: Any, table: CalibrationTable, runs: ProfileRuns) -> Any:
     fig, ax = plt.subplots(figsize=(6, 4))
+    ok = runs.ok
+    for key, model in table.models.items():
+        energy = model.energy
+        if energy is None:
+            continue
+        rows = ok[(ok["model_key"] == key) & ok["energy_j"].notna()]
+        dots = ax.plot(rows["steps"], rows["energy_j"], ".", alpha=0.3)
+        steps = np.array([min(model.steps), max(model.steps)])
+        ax.plot(
+            steps,
+            energy.overhead_j + energy.per_step_j * steps,
+            color=dots[0].get_color(),
+            label=f"{key}: {energy.overhead_j:.3g} J + {energy.per_step_j:.3g} J/step"
+            + (f" (R²={energy.r2:.3f})" if energy.r2 is not None else f" ({energy.source})"),
+        )
+    ax.set_xlabel("denoising steps")
+    ax.set_ylabel("joules per image (full device)")
+    ax.set_title(f"Energy vs steps on {table.device.get('name')}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _memory_ladder(plt: Any, table: CalibrationTable) -> Any:
+    fig, ax = plt.subplots(figsize=(7, 4))
     keys = list(table.models)
-    width = 0.8 / len(MEMORY_RUNGS)
-    for i, rung in enumerate(MEMORY_RUNGS):
+    bars_of = (*MEMORY_RUNGS, *HOST_MEMORY_FIELDS)
+    width = 0.8 / len(bars_of)
+    for i, rung in enumerate(bars_of):
         values = [getattr(table.models[k].memory, rung) for k in keys]
-        positions = np.arange(len(keys)) + (i - (len(MEMORY_RUNGS) - 1) / 2) * width
+        positions = np.arange(len(keys)) + (i - (len(bars_of) - 1) / 2) * width
         bars = ax.bar(
             positions, [0 if v is None else v / 2**30 for v in values], width, label=rung.removesuffix("_bytes")
         )
         for bar, value in zip(bars, values):
             if value is None:
                 ax.annotate("n/a", (bar.get_x() + bar.get_width() / 2, 0), ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(np.arange(len(keys)), keys)
+    ax.set_xticks(np.arange(len(keys)), [f"{k}\npeak: {table.models[k].memory.kind}" for k in keys])
     ax.set_ylabel("peak GiB")
-    ax.set_title("Memory ladder (n/a = not measurable)")
+    ax.set_title("Memory ladder and host peaks (n/a = not measurable)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -1,4 +1,4 @@
-"""The fits behind a calibration table: CLIPScore Gaussians, quality-versus-steps curves, latency lines.
+"""The fits behind a calibration table: CLIPScore Gaussians, quality-versus-steps curves, latency and energy lines.
 
 Pure functions of arrays; :mod:`genedge.calibrate.build` applies them to profile
 records. Each states its model and estimator.
@@ -23,9 +23,9 @@ __all__ = [
     "MIN_GOF_SAMPLES",
     "ZERO_SPREAD_STD",
     "CurveFit",
-    "LatencyFit",
+    "LineFit",
     "QualityFit",
-    "fit_latency",
+    "fit_line",
     "fit_quality",
     "fit_quality_curve",
 ]
@@ -212,67 +212,76 @@ def _interpolation(label: str, valid: tuple[int, int], reason: str) -> CurveFit:
 
 
 @dataclass(frozen=True)
-class LatencyFit:
-    """``total_s = overhead_s + per_step_s · steps`` fitted to per-image measurements.
+class LineFit:
+    """A per-image quantity fitted as a line in the step count: ``value = intercept + slope · steps``.
+
+    The latency line (seconds per image) and the energy line (joules per image) are both this fit.
 
     Attributes:
-        overhead_s, per_step_s: the line (s, s/step).
-        overhead_se_s, per_step_se_s: their standard errors (s), None without residual
-            degrees of freedom.
+        intercept, slope: the line (unit, unit/step): the overhead and the per-step cost.
+        intercept_se, slope_se: their standard errors (unit), None without residual
+            degrees of freedom (and ``intercept_se`` None where the line was forced through 0).
         r2: coefficient of determination 1 − SS_res/SS_tot, None where SS_tot = 0.
-        residual_std_s: √(SS_res/(n−2)) (s), None where n ≤ 2.
+        residual_std: √(SS_res/dof) (unit), None without residual degrees of freedom.
         n: number of measurements.
         constrained: True where the unconstrained intercept was negative and the
-            line was refitted through the origin (overhead_s = 0).
+            line was refitted through the origin (intercept = 0).
     """
 
-    overhead_s: float
-    per_step_s: float
-    overhead_se_s: float | None
-    per_step_se_s: float | None
+    intercept: float
+    slope: float
+    intercept_se: float | None
+    slope_se: float | None
     r2: float | None
-    residual_std_s: float | None
+    residual_std: float | None
     n: int
     constrained: bool
 
 
-def fit_latency(steps: Sequence[int] | np.ndarray, total_s: Sequence[float] | np.ndarray) -> LatencyFit:
-    """Fit seconds per image as a line in the step count by least squares.
+def fit_line(
+    steps: Sequence[int] | np.ndarray,
+    values: Sequence[float] | np.ndarray,
+    *,
+    quantity: str = "latency",
+    unit: str = "s",
+) -> LineFit:
+    """Fit a per-image quantity (seconds, joules) as a line in the step count by least squares.
 
-    .. math:: t_i = o + \\tau s_i + \\varepsilon_i, \\qquad
-              (\\hat o, \\hat\\tau) = \\arg\\min \\sum_i (t_i - o - \\tau s_i)^2
+    .. math:: y_i = o + \\tau s_i + \\varepsilon_i, \\qquad
+              (\\hat o, \\hat\\tau) = \\arg\\min \\sum_i (y_i - o - \\tau s_i)^2
 
     with standard errors from σ̂²(XᵀX)⁻¹, σ̂² = SS_res/(n−2). An overhead cannot be
     negative: where the unconstrained intercept is, the line is refitted through the
-    origin (τ̂ = Σsᵢtᵢ/Σsᵢ²) and a warning says so.
+    origin (τ̂ = Σsᵢyᵢ/Σsᵢ²) and a warning says so.
 
     Args:
         steps: step count of each measured image, shape ``(n,)``.
-        total_s: its total seconds, shape ``(n,)``.
+        values: its measured quantity, shape ``(n,)``.
+        quantity, unit: what is fitted, for messages (``"latency"``, ``"s"``; ``"energy"``, ``"J"``).
 
     Raises:
-        ValueError: fewer than two distinct step counts (overhead and per-step time
-            cannot be told apart), or a non-positive fitted per-step time.
+        ValueError: fewer than two distinct step counts (overhead and per-step cost
+            cannot be told apart), or a non-positive fitted per-step cost.
 
     Example:
-        >>> fit = fit_latency([10, 20, 30], [1.5, 2.5, 3.5])
-        >>> round(fit.overhead_s, 6), round(fit.per_step_s, 6)
+        >>> fit = fit_line([10, 20, 30], [1.5, 2.5, 3.5])
+        >>> round(fit.intercept, 6), round(fit.slope, 6)
         (0.5, 0.1)
     """
     s = np.asarray(steps, dtype=float)
-    t = np.asarray(total_s, dtype=float)
+    t = np.asarray(values, dtype=float)
     if np.unique(s).size < 2:
         raise ValueError(
-            f"Expected measurements at two or more step counts to separate overhead from per-step "
-            f"time, but got only {sorted({int(v) for v in s})}"
+            f"Expected measurements at two or more step counts to separate the overhead from the per-step "
+            f"{quantity}, but got only {sorted({int(v) for v in s})}"
         )
     x = np.column_stack([np.ones_like(s), s])
     (overhead, per_step), *_ = np.linalg.lstsq(x, t, rcond=None)
     constrained = overhead < 0
     if constrained:
         warnings.warn(
-            f"The least-squares overhead is negative ({overhead:.4g} s); refitting the latency line "
-            f"through the origin (overhead_s = 0). Measure more step counts or more images if this is "
+            f"The least-squares overhead is negative ({overhead:.4g} {unit}); refitting the {quantity} line "
+            f"through the origin (overhead = 0). Measure more step counts or more images if this is "
             f"unexpected.",
             UserWarning,
             stacklevel=2,
@@ -280,7 +289,7 @@ def fit_latency(steps: Sequence[int] | np.ndarray, total_s: Sequence[float] | np
         x = x[:, 1:]
         overhead, per_step = 0.0, float(s @ t / (s @ s))
     if not per_step > 0:
-        raise ValueError(f"Expected a per-step time > 0, but the fit gave {per_step:.4g} s")
+        raise ValueError(f"Expected a per-step {quantity} > 0, but the fit gave {per_step:.4g} {unit}")
     residual = t - (overhead + per_step * s)
     ss_res = float(residual @ residual)
     ss_tot = float(((t - t.mean()) ** 2).sum())
@@ -291,13 +300,13 @@ def fit_latency(steps: Sequence[int] | np.ndarray, total_s: Sequence[float] | np
         cov = np.linalg.inv(x.T @ x) * ss_res / dof
         diag = [float(v) for v in np.sqrt(np.diag(cov))]
         se = [None, diag[0]] if constrained else diag
-    return LatencyFit(
-        overhead_s=float(overhead),
-        per_step_s=float(per_step),
-        overhead_se_s=se[0],
-        per_step_se_s=se[1],
+    return LineFit(
+        intercept=float(overhead),
+        slope=float(per_step),
+        intercept_se=se[0],
+        slope_se=se[1],
         r2=1 - ss_res / ss_tot if ss_tot > 0 else None,
-        residual_std_s=residual_std,
+        residual_std=residual_std,
         n=int(s.size),
         constrained=bool(constrained),
     )

@@ -3,7 +3,9 @@
 The profiler writes one row per generated image (DESIGN §2.2). This module reads
 those files directly (calibrate never imports the profiler), checks them against
 the record contract, and refuses inputs that cannot share one table: different
-devices, different CLIPScore conventions or different category mappings. Rows
+devices, different CLIPScore conventions or different category mappings, and a run
+whose shards hold rows of another run or settings, or one image twice (the
+contract's :func:`~genedge.contract.runs.audit_run` counts them). Rows
 that cannot enter a fit (a failed generation, a missing score) are kept and
 counted as :class:`~genedge.calibrate.table.Exclusion` entries, never dropped
 silently.
@@ -25,13 +27,14 @@ import pandas as pd
 from genedge.calibrate.table import Exclusion, TableError
 from genedge.contract.clip import CLIPSCORE_RANGE, ClipConvention
 from genedge.contract.runs import (
-    KEY_COLUMNS,
+    HOST_MEMORY_COLUMNS,
     MANIFEST_FIELDS,
     MANIFEST_NAME,
     MEMORY_RUNGS,
     RECORDS_DIR,
     STATUSES,
     Status,
+    audit_run,
     clip_convention_of,
     list_shards,
     read_manifest,
@@ -47,7 +50,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_MEMORY_COLUMNS = tuple(rung_column(rung) for rung in MEMORY_RUNGS)
+_MEMORY_COLUMNS = (*(rung_column(rung) for rung in MEMORY_RUNGS), *HOST_MEMORY_COLUMNS)
+_ENERGY_COLUMNS = ("energy_j", "average_power_w")
 # The columns the fits read; a shard without one of them cannot be calibrated.
 _USED_COLUMNS = (
     "run_id",
@@ -65,6 +69,7 @@ _USED_COLUMNS = (
     "total_s",
     "clip_score",
     *_MEMORY_COLUMNS,
+    *_ENERGY_COLUMNS,
     "status",
     "error",
     "device_name",
@@ -87,7 +92,8 @@ class ProfileRuns:
         clip_convention: the one CLIPScore convention of every run.
         category_mapping: the one prompt-label → category mapping of every run.
         records: every row of every shard (all statuses), sorted by model, steps, category,
-            run, prompt and seed. ``clip_score`` is NaN exactly where the record holds null.
+            run, prompt and seed. ``clip_score``, ``energy_j`` and ``average_power_w`` are NaN
+            exactly where the record holds null; the memory columns are nullable integers.
         exclusions: rows left out of the fits, by model, steps and reason.
     """
 
@@ -123,8 +129,10 @@ def read_runs(run_dirs: Iterable[str | os.PathLike[str]]) -> ProfileRuns:
 
     Raises:
         FileNotFoundError: a run directory, manifest or shard is missing.
-        TableError: a malformed manifest or record (names the file and field), or runs that
-            mix devices, CLIPScore conventions or category mappings.
+        TableError: a malformed manifest or record (names the file and field), runs that
+            mix devices, CLIPScore conventions or category mappings, or a run with foreign or
+            duplicate rows (names the run directory and counts them).
+        ArtifactError: an unreadable shard (names it and how to move it aside).
     """
     dirs = tuple(Path(d) for d in run_dirs)
     if not dirs:
@@ -141,9 +149,10 @@ def read_runs(run_dirs: Iterable[str | os.PathLike[str]]) -> ProfileRuns:
             )
         _check_compatible(first, (manifest_path, manifest))
         manifests[manifest["run_id"]] = manifest
-        frames.extend(_read_shard(path, manifest) for path in _shards(run_dir))
+        shards = _shards(run_dir)
+        _check_clean(run_dir, manifest)
+        frames.extend(_read_shard(path, manifest) for path in shards)
     records = pd.concat(frames, ignore_index=True).sort_values(_SORT_KEY, kind="stable", ignore_index=True)
-    _check_unique(records)
     reference = first[1]
     return ProfileRuns(
         run_dirs=dirs,
@@ -195,6 +204,34 @@ def _shards(run_dir: Path) -> list[Path]:
     return shards
 
 
+def _check_clean(run_dir: Path, manifest: Mapping[str, Any]) -> None:
+    """Refuse a run whose shards hold foreign rows or an image twice, with the counts.
+
+    An unreadable shard is left to :func:`_read_shard`, whose error names it and the way forward.
+    """
+    audit = audit_run(run_dir, manifest)
+    if audit.corrupt:
+        return
+    parts = []
+    if audit.foreign:
+        runs = ", ".join(
+            f"{n} from run {run!r} (settings {sha[:12]}…)" for (run, sha), n in sorted(audit.foreign_runs.items())
+        )
+        parts.append(
+            f"{audit.foreign} foreign row(s) ({runs}), not of this run {manifest['run_id']!r} with settings "
+            f"{manifest['settings_sha256'][:12]}… (a shard copied from another run?)"
+        )
+    if audit.duplicates:
+        parts.append(
+            f"{audit.duplicates} duplicate row(s): an image recorded more than once (a second ok row of one "
+            f"(model, steps, prompt, seed), or a copied failure row)"
+        )
+    if parts:
+        raise TableError(
+            str(run_dir), "records", "; ".join(parts) + "; remove them or profile again into a clean folder"
+        )
+
+
 def _read_shard(path: Path, manifest: Mapping[str, Any]) -> pd.DataFrame:
     """Read one shard, checking the columns and the values the fits depend on."""
 
@@ -216,7 +253,6 @@ def _read_shard(path: Path, manifest: Mapping[str, Any]) -> pd.DataFrame:
         return TableError(where, f"row {row} ({frame['prompt_id'].iat[row]!r}).{column}", message)
 
     for column, expected in (
-        ("run_id", manifest["run_id"]),
         ("device_name", manifest["device"]["name"]),
         ("clip_backbone", manifest["clip_convention"]["backbone"]),
         ("clip_pretrained", manifest["clip_convention"]["pretrained"]),
@@ -271,26 +307,17 @@ def _read_shard(path: Path, manifest: Mapping[str, Any]) -> pd.DataFrame:
         latencies = frame["step_latencies_s"].iat[row]
         if latencies is None or not all(math.isfinite(x) and x >= 0 for x in latencies):
             raise fail(int(row), "step_latencies_s", f"expected a list of finite seconds >= 0, but got {latencies!r}")
+    for column in _ENERGY_COLUMNS:
+        values = frame[column].to_numpy(dtype=float)
+        null = table.column(column).is_null().to_numpy(zero_copy_only=False)
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(ok & ~null & ~(np.isfinite(values) & (values >= 0)))
+        if bad.size:
+            raise fail(int(bad[0]), column, f"expected a finite number >= 0 or null, but got {float(values[bad[0]])!r}")
     for column in _MEMORY_COLUMNS:
         frame[column] = frame[column].astype("Int64")
     frame["clip_score"] = np.where(score_null, np.nan, score)
     return frame
-
-
-def _check_unique(records: pd.DataFrame) -> None:
-    """A resumed run must not count an image twice; two ok rows for one image is a profiler bug."""
-    key = ["run_id", *KEY_COLUMNS]  # one image of one run
-    ok = records[records["status"] == Status.OK]
-    dup = ok[ok.duplicated(key, keep=False)]
-    if len(dup):
-        row = dup.iloc[0]
-        raise TableError(
-            f"run {row['run_id']}",
-            "records",
-            f"expected one ok record per (model, steps, prompt, seed), but got {int(dup.duplicated(key).sum()) + 1} "
-            f"for {row['model_key']!r}, {int(row['steps'])} steps, prompt {row['prompt_id']!r}, "
-            f"seed {int(row['seed'])}",
-        )
 
 
 def _exclusions(records: pd.DataFrame) -> tuple[Exclusion, ...]:

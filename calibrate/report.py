@@ -14,7 +14,8 @@ REPLICA_NOTE = (
 
 def table_summary(table: CalibrationTable) -> str:
     """Summarize a table: per model its quality cells (mean ± std, n, gof, flags), curves,
-    latency line, memory peak, and every excluded record count with its reason."""
+    latency line, memory peak (what it counts, and the host peaks), energy line where measured,
+    and every excluded record count with its reason."""
     lines = [
         (
             f"device: {table.device.get('name')}   CLIPScore: {table.clip_convention.backbone}/"
@@ -31,8 +32,11 @@ def table_summary(table: CalibrationTable) -> str:
 
 
 def _model_lines(m: ModelCalibration) -> list[str]:
-    lat, mem = m.latency, m.memory
+    lat, mem, energy = m.latency, m.memory, m.energy
     r2 = "n/a" if lat.r2 is None else f"{lat.r2:.4f}"
+    # Host peaks beside the peak (the RSS only where it is not the peak itself: a GPU run's host memory).
+    hosts = [("host RSS", mem.rss_bytes)] if mem.kind != "rss" else []
+    hosts.append(("system", mem.system_memory_bytes))
     lines = [
         f"model {m.key}: {m.name}" + (f"\n  NOTE: {REPLICA_NOTE}" if m.is_replica else ""),
         f"  latency ({lat.source}): {lat.overhead_s:.4g} s + {lat.per_step_s:.4g} s/step  (R2 {r2}, "
@@ -40,9 +44,18 @@ def _model_lines(m: ModelCalibration) -> list[str]:
         + (f", residual sd {lat.residual_std_s:.3g} s" if lat.residual_std_s is not None else "")
         + (f", step p50/p95 {lat.step_p50_s:.4g}/{lat.step_p95_s:.4g} s" if lat.step_p50_s is not None else "")
         + ")",
-        f"  memory ({mem.source}): {mem.peak_bytes / 2**30:.3f} GiB {mem.kind}",
-        f"  {'category':<22}{'steps':>6}{'mean':>9}{'std':>8}{'n':>6}{'gof p':>8}  flags",
+        f"  memory ({mem.source}): {mem.peak_bytes / 2**30:.3f} GiB {mem.kind}"
+        + "".join(f", {label} {value / 2**30:.3f} GiB" for label, value in hosts if value is not None),
     ]
+    if energy is not None:
+        lines.append(
+            f"  energy ({energy.source}): {energy.overhead_j:.4g} J + {energy.per_step_j:.4g} J/step per image  (R2 "
+            + ("n/a" if energy.r2 is None else f"{energy.r2:.4f}")
+            + f", n {energy.n}"
+            + (f", mean power {energy.average_power_w:.4g} W" if energy.average_power_w is not None else "")
+            + ")"
+        )
+    lines.append(f"  {'category':<22}{'steps':>6}{'mean':>9}{'std':>8}{'n':>6}{'gof p':>8}  flags")
     for category, cells in m.quality.items():
         for steps, c in cells.items():
             gof = "-" if c.gof is None else f"{c.gof:.3f}"

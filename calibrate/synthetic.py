@@ -1,7 +1,7 @@
 """Profile runs sampled from known parameters, for tests, examples and checks of the fits.
 
 The records follow the profile record contract exactly (the schema is
-:func:`~genedge.calibrate.records.record_schema`), so a synthetic run goes
+:func:`~genedge.contract.runs.record_schema`), so a synthetic run goes
 through the same reader and fits as a measured one, and a fit can be checked
 against the parameters it should recover. Synthetic tables say nothing about
 any real GPU or model.
@@ -9,6 +9,7 @@ any real GPU or model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from genedge.calibrate.fit import saturating_mean
 from genedge.contract.clip import ClipConvention
 from genedge.contract.files import write_text_atomic
 from genedge.contract.runs import (
+    HOST_MEMORY_COLUMNS,
     MANIFEST_NAME,
     MANIFEST_SCHEMA_VERSION,
     MEMORY_RUNGS,
@@ -75,10 +77,14 @@ class SyntheticModel:
         overhead_s, per_step_s: the true latency line ``total_s = overhead_s + per_step_s·steps``.
         step_noise_s: standard deviation of each step's latency around ``per_step_s`` (s).
         overhead_noise_s: standard deviation of each stage's overhead (s).
-        memory_bytes: rung → peak bytes (``peak_torch_allocated_bytes``, ...); absent or None
-            rungs are written as null (not measurable).
+        memory_bytes: memory column → peak bytes: the GPU rungs (``peak_torch_allocated_bytes``, ...)
+            and the host peaks (``peak_rss_bytes``, ``peak_system_memory_bytes``); absent or None
+            columns are written as null (not measurable).
         unet_params: denoiser parameter count written to the manifest.
         is_replica: written to records and manifest.
+        overhead_j, per_step_j: the true energy line ``energy_j = overhead_j + per_step_j·steps`` per
+            image; None (both) for a run without an energy meter (``energy_j`` null).
+        energy_noise_j: standard deviation of each image's energy around the line (J).
     """
 
     key: str
@@ -90,6 +96,17 @@ class SyntheticModel:
     memory_bytes: Mapping[str, int | None] = field(default_factory=dict)
     unet_params: int = 1_000_000
     is_replica: bool = False
+    overhead_j: float | None = None
+    per_step_j: float | None = None
+    energy_noise_j: float = 0.0
+
+    def __post_init__(self) -> None:
+        columns = {rung_column(rung) for rung in MEMORY_RUNGS} | set(HOST_MEMORY_COLUMNS)
+        unknown = sorted(set(self.memory_bytes) - columns)
+        if unknown:
+            raise ValueError(f"{self.key}: expected memory columns among {sorted(columns)}, but got {unknown}")
+        if (self.overhead_j is None) != (self.per_step_j is None):
+            raise ValueError(f"{self.key}: expected overhead_j and per_step_j both or neither, but got one")
 
 
 def synthetic_run(
@@ -99,8 +116,9 @@ def synthetic_run(
     prompts_per_category: int = 20,
     seeds: Sequence[int] = (0,),
     run_id: str = "synthetic",
+    settings_sha256: str | None = None,
     device_name: str = "Synthetic GPU",
-    device_memory_bytes: int = 16 * 2**30,
+    device_memory_bytes: int | None = 16 * 2**30,
     clip_convention: ClipConvention = SYNTHETIC_CLIP_CONVENTION,
     rng: int | np.random.Generator | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
@@ -113,6 +131,8 @@ def synthetic_run(
             models' ``quality`` keys, each model needing all of them).
         seeds: image seeds per prompt.
         run_id, device_name, device_memory_bytes, clip_convention: written to manifest and records.
+        settings_sha256: the settings hash of manifest and records; None hashes the arguments that
+            define what is measured (so two runs of the same settings share it).
         rng: seed or generator (``numpy.random.default_rng``); the same seed gives the same run.
 
     Returns:
@@ -121,6 +141,10 @@ def synthetic_run(
     """
     rng = np.random.default_rng(rng)
     categories = list(dict.fromkeys(c for m in models for c in m.quality))
+    if settings_sha256 is None:
+        settings = [[m.key for m in models], list(steps), list(seeds), prompts_per_category, device_name]
+        settings_sha256 = hashlib.sha256(json.dumps(settings).encode()).hexdigest()
+    memory_columns = (*map(rung_column, MEMORY_RUNGS), *HOST_MEMORY_COLUMNS)
     rows = []
     for model in models:
         for s in steps:
@@ -134,9 +158,16 @@ def synthetic_run(
                             for share in (_TEXT_ENCODE_SHARE, 1 - _TEXT_ENCODE_SHARE)
                         )
                         denoise = float(step_lat.sum())
+                        total = float(text + denoise + decode)
+                        energy = None
+                        if model.overhead_j is not None:
+                            noise = model.energy_noise_j * rng.standard_normal()
+                            energy = float(model.overhead_j + model.per_step_j * s + noise)
+                        missing = [column for column in memory_columns if model.memory_bytes.get(column) is None]
                         rows.append(
                             {
                                 "run_id": run_id,
+                                "settings_sha256": settings_sha256,
                                 "model_key": model.key,
                                 "model_revision": None,
                                 "is_replica": model.is_replica,
@@ -153,11 +184,16 @@ def synthetic_run(
                                 "text_encode_s": float(text),
                                 "denoise_s": denoise,
                                 "decode_s": float(decode),
-                                "total_s": float(text + denoise + decode),
+                                "total_s": total,
                                 "clip_score": float(truth.mean(s) + truth.std * rng.standard_normal()),
                                 "prompt_truncated": False,
-                                **{column: model.memory_bytes.get(column) for column in map(rung_column, MEMORY_RUNGS)},
-                                "nvml_note": None,
+                                **{column: model.memory_bytes.get(column) for column in memory_columns},
+                                "memory_note": f"synthetic: not given: {', '.join(missing)}" if missing else None,
+                                "energy_j": energy,
+                                "average_power_w": None if energy is None else energy / total,
+                                "energy_note": "synthetic: no energy given" if energy is None else None,
+                                "model_load_s": None,
+                                "first_call_s": None,
                                 "image_sha256": None,
                                 "status": Status.OK.value,
                                 "error": None,
@@ -170,9 +206,12 @@ def synthetic_run(
                                 "timestamp": "2026-01-01T00:00:00Z",
                             }
                         )
+    metered = any(m.overhead_j is not None for m in models)
     manifest = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "run_id": run_id,
+        "settings_sha256": settings_sha256,
+        "host": {"name": "synthetic host"},
         "device": {"name": device_name, "driver": "synthetic", "cuda": None, "memory_bytes": device_memory_bytes},
         "versions": {"genedge": "synthetic"},
         "dtype": "float16",
@@ -180,7 +219,14 @@ def synthetic_run(
         "guidance_scale": 7.5,
         "scheduler": {"name": "synthetic"},
         "models": [
-            {"key": m.key, "revision": None, "is_replica": m.is_replica, "unet_params": m.unet_params} for m in models
+            {
+                "key": m.key,
+                "revision": None,
+                "is_replica": m.is_replica,
+                "unet_params": m.unet_params,
+                "resolution": 512,
+            }
+            for m in models
         ],
         "steps": list(steps),
         "batch_size": 1,
@@ -194,6 +240,11 @@ def synthetic_run(
             "n": prompts_per_category * len(categories),
         },
         "nvml": {"available": False, "reason": "synthetic run"},
+        "energy": {
+            "available": metered,
+            "source": "synthetic",
+            "reason": None if metered else "synthetic run: no energy given",
+        },
     }
     return manifest, pd.DataFrame(rows)
 

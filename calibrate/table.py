@@ -3,7 +3,7 @@
 A calibration table is one JSON document per device (DESIGN §2.3). Per model it
 holds the CLIPScore distribution of each prompt category at each profiled step
 count, a quality-versus-steps curve for step counts in between, a latency model
-at full device share, and peak memory. Every number carries a ``source``:
+at full device share, peak memory and, where it was measured, an energy model. Every number carries a ``source``:
 ``measured`` (by genedge on this device), ``published`` (measured by others, with
 a citation) or ``derived`` (by a rule written in the table's ``sources``).
 
@@ -27,11 +27,14 @@ import numpy as np
 from genedge.contract.clip import CLIPSCORE_RANGE, ClipConvention
 from genedge.contract.files import ArtifactError, read_json, write_text_atomic
 from genedge.contract.mappings import check_category_mapping
-from genedge.contract.runs import MEMORY_RUNGS
+from genedge.contract.runs import HOST_MEMORY_COLUMNS, MEMORY_RUNGS
 
 __all__ = [
+    "HOST_MEMORY_FIELDS",
+    "MAX_JOULES",
     "MAX_MEMORY_BYTES",
     "MAX_SECONDS",
+    "MAX_WATTS",
     "SCHEMA_VERSION",
     "Source",
     "TableError",
@@ -39,6 +42,7 @@ __all__ = [
     "QualityCurve",
     "StageBreakdown",
     "LatencyModel",
+    "EnergyModel",
     "MemoryPeak",
     "Exclusion",
     "ModelCalibration",
@@ -55,6 +59,11 @@ SCHEMA_VERSION = 1
 #: spends an hour on one step or its overhead, or needs more than 16 TiB.
 MAX_SECONDS = 3600.0
 MAX_MEMORY_BYTES = 2**44
+#: No single device draws 10 kW, so no image costs more than that for :data:`MAX_SECONDS`.
+MAX_WATTS = 10_000.0
+MAX_JOULES = MAX_WATTS * MAX_SECONDS
+#: The host memory peaks of a model (:class:`MemoryPeak` fields), one per host memory record column.
+HOST_MEMORY_FIELDS: tuple[str, ...] = tuple(column.removeprefix("peak_") for column in HOST_MEMORY_COLUMNS)
 _KIND = "genedge.calibration_table"
 
 Source = Literal["measured", "published", "derived"]
@@ -177,12 +186,51 @@ class LatencyModel:
 
 
 @dataclass(frozen=True)
-class MemoryPeak:
-    """Peak GPU memory of one pipeline process (bytes) and what it counts.
+class EnergyModel:
+    """Joules per image at full device share: ``overhead_j + per_step_j · steps``.
 
-    The optional rungs are the peaks of the memory ladder (DESIGN §4:
+    The energy of a pipeline call per image of its batch, as the power meter measured it (e.g. the
+    GPU's NVML energy counter), fitted like :class:`LatencyModel`.
+
+    Attributes:
+        overhead_j: text encoding, VAE decoding and launch overhead (J).
+        per_step_j: one denoising step, guidance included (J).
+        n: number of measured images behind the fit.
+        r2: coefficient of determination of the fit, or None.
+        source: provenance; ref: key into ``sources``.
+        overhead_se_j, per_step_se_j: standard errors of the coefficients (J), or None.
+        residual_std_j: standard deviation of the fit's residuals (J), or None.
+        average_power_w: mean of the calls' average power (W), or None.
+
+    The optional fields are written only when present.
+    """
+
+    overhead_j: float
+    per_step_j: float
+    n: int
+    r2: float | None
+    source: Source
+    ref: str
+    overhead_se_j: float | None = None
+    per_step_se_j: float | None = None
+    residual_std_j: float | None = None
+    average_power_w: float | None = None
+
+    def joules(self, steps: int | float) -> float:
+        """Energy of one image at ``steps`` steps on the whole device (J)."""
+        return self.overhead_j + self.per_step_j * steps
+
+
+@dataclass(frozen=True)
+class MemoryPeak:
+    """Peak memory of one pipeline process (bytes) and what it counts.
+
+    The GPU rungs are the peaks of the memory ladder (DESIGN §4:
     torch allocated ≤ torch reserved ≤ NVML process ≤ NVML device), each None
-    where it was not measurable; ``kind`` names the rung ``peak_bytes`` is.
+    where it was not measurable. The host peaks are the process's resident set
+    (``rss_bytes``) and, where CPU and GPU share memory (a Jetson), the memory used on
+    the whole machine (``system_memory_bytes``). ``kind`` names what ``peak_bytes`` is:
+    a GPU rung, ``"rss"`` on a run without a GPU rung (a CPU run), or how it was derived.
     """
 
     peak_bytes: int
@@ -193,6 +241,8 @@ class MemoryPeak:
     torch_reserved_bytes: int | None = None
     nvml_process_bytes: int | None = None
     nvml_device_bytes: int | None = None
+    rss_bytes: int | None = None
+    system_memory_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -228,6 +278,8 @@ class ModelCalibration:
         memory: peak memory.
         is_replica: True for a random-weight replica of the architecture: its latency
             and memory are real, its CLIPScores are not quality. Written only when True.
+        energy: energy model at full share, or None where no energy was measured.
+            Written only when present.
     """
 
     key: str
@@ -240,6 +292,7 @@ class ModelCalibration:
     latency: LatencyModel
     memory: MemoryPeak
     is_replica: bool = False
+    energy: EnergyModel | None = None
 
     def quality_at(self, category: str, steps: int) -> tuple[float, float]:
         """Return ``(mean, std)`` of CLIPScore for ``category`` at ``steps`` steps.
@@ -313,6 +366,8 @@ class CalibrationTable:
                 counts[curve.source] += 1
             counts[model.latency.source] += 2
             counts[model.memory.source] += 1
+            if model.energy is not None:
+                counts[model.energy.source] += 2
         return counts
 
 
@@ -525,7 +580,7 @@ def _read_model(
             f"model needs {peak / 2**30:.2f} GiB but the device has {device_memory / 2**30:.2f} GiB",
         )
     rungs = {}
-    for rung in MEMORY_RUNGS:
+    for rung in (*MEMORY_RUNGS, *HOST_MEMORY_FIELDS):
         value = r.opt(memory_raw, rung, mpath, int)
         if value is not None and not 0 <= value <= MAX_MEMORY_BYTES:
             raise r.fail(f"{mpath}.{rung}", f"expected bytes in [0, {MAX_MEMORY_BYTES}], but got {value}")
@@ -537,6 +592,8 @@ def _read_model(
         **rungs,
     )
     is_replica = r.opt(raw, "is_replica", path, bool) or False
+    energy_raw = r.opt(raw, "energy", path, dict)
+    energy = None if energy_raw is None else _read_energy(r, energy_raw, f"{path}.energy", sources)
 
     model = ModelCalibration(
         key=key,
@@ -549,6 +606,7 @@ def _read_model(
         latency=latency,
         memory=memory,
         is_replica=is_replica,
+        energy=energy,
     )
     for category in categories:
         for s in steps:
@@ -593,6 +651,28 @@ def _read_latency(r: _Reader, raw: Mapping[str, Any], path: str, sources: Mappin
         **optional,
         batch_size=batch_size,
         stages=dict(sorted(stages.items())),
+    )
+
+
+def _read_energy(r: _Reader, raw: Mapping[str, Any], path: str, sources: Mapping[str, Any]) -> EnergyModel:
+    optional = {name: r.opt(raw, name, path, float) for name in ("overhead_se_j", "per_step_se_j", "residual_std_j")}
+    for name, value in optional.items():
+        if value is not None and not 0 <= value <= MAX_JOULES:
+            raise r.fail(f"{path}.{name}", f"expected joules in [0, {MAX_JOULES:g}], but got {value}")
+    power = r.opt(raw, "average_power_w", path, float)
+    if power is not None and not 0 <= power <= MAX_WATTS:
+        raise r.fail(f"{path}.average_power_w", f"expected watts in [0, {MAX_WATTS:g}], but got {power}")
+    n = r.get(raw, "n", path, int)
+    if n < 0:
+        raise r.fail(f"{path}.n", f"expected a count >= 0, but got {n}")
+    return EnergyModel(
+        overhead_j=r.number(raw, "overhead_j", path, minimum=0.0, maximum=MAX_JOULES),
+        per_step_j=r.number(raw, "per_step_j", path, minimum=0.0, maximum=MAX_JOULES),
+        n=n,
+        r2=r.opt(raw, "r2", path, float),
+        **dict(zip(("source", "ref"), r.source(raw, path, sources))),
+        **optional,
+        average_power_w=power,
     )
 
 
@@ -710,6 +790,22 @@ def _latency_to_dict(lat: LatencyModel) -> dict[str, Any]:
     )
 
 
+def _energy_to_dict(energy: EnergyModel) -> dict[str, Any]:
+    return _sourced(
+        energy,
+        overhead_j=energy.overhead_j,
+        per_step_j=energy.per_step_j,
+        n=energy.n,
+        r2=energy.r2,
+        **_present(
+            overhead_se_j=energy.overhead_se_j,
+            per_step_se_j=energy.per_step_se_j,
+            residual_std_j=energy.residual_std_j,
+            average_power_w=energy.average_power_w,
+        ),
+    )
+
+
 def table_to_dict(table: CalibrationTable) -> dict[str, Any]:
     """Serialize a table to the JSON document :func:`table_from_dict` reads."""
     models = {}
@@ -738,9 +834,9 @@ def table_to_dict(table: CalibrationTable) -> dict[str, Any]:
                 m.memory,
                 peak_bytes=m.memory.peak_bytes,
                 kind=m.memory.kind,
-                **_present(**{rung: getattr(m.memory, rung) for rung in MEMORY_RUNGS}),
+                **_present(**{rung: getattr(m.memory, rung) for rung in (*MEMORY_RUNGS, *HOST_MEMORY_FIELDS)}),
             ),
-            **_present(is_replica=m.is_replica),
+            **_present(is_replica=m.is_replica, energy=None if m.energy is None else _energy_to_dict(m.energy)),
         }
     conv = table.clip_convention
     return {

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from genedge.calibrate import calibrate_runs, load_table, save_table
+from genedge.calibrate import calibrate_runs, fit_and_write, load_table, save_table
 from genedge.calibrate.synthetic import QualityTruth, SyntheticModel, synthetic_run, write_run
+from genedge.optimizer import Problem, Workload
 
 CATEGORIES = ("Basic", "Detail", "Imagination", "Complex")
 STEPS = (10, 20, 30, 40, 50)
@@ -127,3 +129,93 @@ def test_single_step_count_derives_latency_from_stages_and_says_so(tmp_path: Pat
     assert latency.per_step_s == pytest.approx(0.2, rel=0.01)
     assert latency.overhead_s == pytest.approx(1.2, rel=0.05)
     assert table.sources["derived:latency-stages"]["kind"] == "derived"
+
+
+ENERGY_STEPS = (10, 20, 30, 40)
+METERED = SyntheticModel(
+    key="metered",
+    quality={c: QualityTruth(a=31.0, b=6.0, kappa=8.0, std=3.0) for c in CATEGORIES[:2]},
+    overhead_s=0.5,
+    per_step_s=0.08,
+    step_noise_s=0.002,
+    memory_bytes={"peak_torch_reserved_bytes": 3_000_000_000, "peak_rss_bytes": 4_500_000_000},
+    overhead_j=40.0,
+    per_step_j=6.0,
+    energy_noise_j=2.0,
+)
+
+
+def test_energy_line_is_recovered_with_its_errors(tmp_path: Path) -> None:
+    unmetered = replace(METERED, key="unmetered", overhead_j=None, per_step_j=None)
+    manifest, records = synthetic_run([METERED, unmetered], steps=ENERGY_STEPS, prompts_per_category=15, rng=5)
+    table = calibrate_runs([write_run(tmp_path / "run", manifest, records)])
+    energy = table.models["metered"].energy
+    assert (energy.source, energy.ref, energy.n) == ("measured", "measured:energy", len(ENERGY_STEPS) * 2 * 15)
+    # Tolerance: 4 standard errors of each coefficient; the residual spread is the noise put in.
+    assert abs(energy.overhead_j - 40.0) < 4 * energy.overhead_se_j
+    assert abs(energy.per_step_j - 6.0) < 4 * energy.per_step_se_j
+    assert energy.residual_std_j == pytest.approx(2.0, rel=0.2)
+    metered = records[records["model_key"] == "metered"]
+    assert energy.average_power_w == pytest.approx((metered["energy_j"] / metered["total_s"]).mean())
+    assert energy.joules(25) == pytest.approx(energy.overhead_j + 25 * energy.per_step_j)
+    assert table.models["unmetered"].energy is None
+    assert "measured:energy" in table.sources and "derived:energy-power" not in table.sources
+    # A GPU run's peak is still its GPU rung; the host peak is carried beside it.
+    memory = table.models["metered"].memory
+    assert (memory.peak_bytes, memory.kind, memory.rss_bytes) == (3_000_000_000, "torch_reserved", 4_500_000_000)
+    assert load_table(save_table(table, tmp_path / "t.json")) == table
+
+
+def test_energy_at_one_step_count_scales_the_latency_line_by_the_mean_power(tmp_path: Path) -> None:
+    manifest, records = synthetic_run([METERED], steps=(20,), prompts_per_category=5, rng=6)
+    with pytest.warns(UserWarning, match=r"metered: no energy line can be fitted .* scaled by the mean power"):
+        table = calibrate_runs([write_run(tmp_path / "run", manifest, records)])
+    model = table.models["metered"]
+    watts = records["energy_j"].sum() / records["total_s"].sum()
+    assert (model.energy.source, model.energy.ref) == ("derived", "derived:energy-power")
+    assert model.energy.per_step_j == pytest.approx(watts * model.latency.per_step_s)
+    assert model.energy.joules(20) == pytest.approx(records["energy_j"].mean(), rel=0.01)
+
+
+def test_a_cpu_run_measures_memory_as_the_process_rss(tmp_path: Path) -> None:
+    cpu = replace(
+        METERED,
+        memory_bytes={"peak_rss_bytes": 6_000_000_000, "peak_system_memory_bytes": 9_000_000_000},
+        overhead_j=None,
+        per_step_j=None,
+    )
+    manifest, records = synthetic_run([cpu], steps=(10, 20), prompts_per_category=4, device_memory_bytes=None, rng=7)
+    table = calibrate_runs([write_run(tmp_path / "run", manifest, records)])
+    memory = table.models["metered"].memory
+    assert (memory.peak_bytes, memory.kind, memory.source, memory.ref) == (
+        6_000_000_000,
+        "rss",
+        "measured",
+        "measured:memory-rss",
+    )
+    assert (memory.system_memory_bytes, memory.torch_allocated_bytes) == (9_000_000_000, None)
+    assert "measured:memory" not in table.sources
+    # The planner reads the RSS peak like any other; a device without a memory size sets no limit.
+    problem = Problem.from_table(table, Workload.from_counts({"Basic": 2, "Detail": 1}))
+    assert problem.device_memory_bytes is None and list(problem.memory_bytes) == [6_000_000_000]
+    limited = Problem.from_table(
+        table, Workload.from_counts({"Basic": 2, "Detail": 1}), device_memory_bytes=8_000_000_000
+    )
+    assert limited.fits_in_memory(np.ones(1, dtype=bool))
+
+
+def test_energy_gets_its_figure_only_where_measured(tmp_path: Path) -> None:
+    manifest, records = synthetic_run([METERED], steps=(10, 20), prompts_per_category=3, rng=8)
+    run = write_run(tmp_path / "run", manifest, records)
+    _, _, written = fit_and_write([run], tmp_path / "t.json", tmp_path / "fig")
+    assert {p.stem for p in written} == {
+        "scores_metered",
+        "quality_vs_steps",
+        "latency_vs_steps",
+        "energy_vs_steps",
+        "memory_ladder",
+    }
+    unmetered = replace(METERED, overhead_j=None, per_step_j=None)
+    run = write_run(tmp_path / "bare", *synthetic_run([unmetered], steps=(10, 20), prompts_per_category=3, rng=8))
+    _, _, written = fit_and_write([run], tmp_path / "u.json", tmp_path / "fig-u")
+    assert "energy_vs_steps" not in {p.stem for p in written}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from genedge.calibrate import fit_latency, fit_quality, fit_quality_curve, saturating_mean
+from genedge.calibrate import fit_line, fit_quality, fit_quality_curve, saturating_mean
 from genedge.calibrate.fit import ZERO_SPREAD_STD
 
 
@@ -53,29 +53,29 @@ def test_fit_quality_refuses_unfittable_cells(scores: list[float], match: str) -
         fit_quality(scores)
 
 
-def test_fit_latency_recovers_a_noisy_line() -> None:
+def test_fit_line_recovers_a_noisy_latency_line() -> None:
     rng = np.random.default_rng(2)
     steps = np.repeat([10, 20, 30, 40, 50], 120)
     total = 0.8 + 0.12 * steps + rng.normal(0, 0.02, size=steps.size)
-    fit = fit_latency(steps, total)
+    fit = fit_line(steps, total)
     # Tolerance: 4 standard errors of each coefficient, and the SEs themselves near their theory.
-    assert abs(fit.overhead_s - 0.8) < 4 * fit.overhead_se_s
-    assert abs(fit.per_step_s - 0.12) < 4 * fit.per_step_se_s
-    assert fit.per_step_se_s == pytest.approx(0.02 / np.sqrt(((steps - steps.mean()) ** 2).sum()), rel=0.1)
-    assert fit.residual_std_s == pytest.approx(0.02, rel=0.1)
+    assert abs(fit.intercept - 0.8) < 4 * fit.intercept_se
+    assert abs(fit.slope - 0.12) < 4 * fit.slope_se
+    assert fit.slope_se == pytest.approx(0.02 / np.sqrt(((steps - steps.mean()) ** 2).sum()), rel=0.1)
+    assert fit.residual_std == pytest.approx(0.02, rel=0.1)
     assert fit.r2 > 0.999 and fit.n == 600 and not fit.constrained
 
 
-def test_fit_latency_needs_two_step_counts() -> None:
-    with pytest.raises(ValueError, match=r"two or more step counts .* but got only \[20\]"):
-        fit_latency([20, 20, 20], [1.0, 1.1, 0.9])
+def test_fit_line_needs_two_step_counts() -> None:
+    with pytest.raises(ValueError, match=r"two or more step counts .*per-step energy, but got only \[20\]"):
+        fit_line([20, 20, 20], [1.0, 1.1, 0.9], quantity="energy", unit="J")
 
 
-def test_fit_latency_never_reports_a_negative_overhead() -> None:
-    with pytest.warns(UserWarning, match="overhead is negative"):
-        fit = fit_latency([10, 20, 30], [0.9, 2.0, 3.1])
-    assert fit.constrained and fit.overhead_s == 0.0 and fit.overhead_se_s is None
-    assert fit.per_step_s == pytest.approx((10 * 0.9 + 20 * 2.0 + 30 * 3.1) / (100 + 400 + 900))
+def test_fit_line_never_reports_a_negative_overhead() -> None:
+    with pytest.warns(UserWarning, match=r"overhead is negative \(.* J\); refitting the energy line"):
+        fit = fit_line([10, 20, 30], [0.9, 2.0, 3.1], quantity="energy", unit="J")
+    assert fit.constrained and fit.intercept == 0.0 and fit.intercept_se is None
+    assert fit.slope == pytest.approx((10 * 0.9 + 20 * 2.0 + 30 * 3.1) / (100 + 400 + 900))
 
 
 def test_fit_quality_curve_recovers_a_saturating_curve() -> None:

@@ -10,13 +10,17 @@ Documented behaviour (calibrate/records.py, calibrate/build.py):
 | a missing contract column | ``TableError`` naming the shard and the column |
 | < 2 scored images in a (model, category, steps) cell | ``TableError`` naming the cell |
 | runs or rows of different devices or CLIP conventions | ``TableError`` "a table never mixes ..." |
-| two ok rows for one image | ``TableError`` |
+| two ok rows for one image, or a copied shard | ``TableError`` naming the run, counting duplicate rows |
+| rows of another run or other settings (a foreign shard) | ``TableError`` naming the run, counting them per run |
+| an unreadable shard | ``ArtifactError`` naming it and ``--quarantine-corrupt`` |
+| a negative or NaN ``energy_j`` on an ok row | ``TableError`` naming shard, row and value |
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +148,69 @@ def test_two_runs_of_one_device_merge(tmp_path: Path) -> None:
 def test_an_image_recorded_twice_is_refused(tmp_path: Path) -> None:
     manifest, records = _run(tmp_path)
     run = write_run(tmp_path / "run", manifest, pd.concat([records, records.iloc[[2]]]), shards=2)
-    with pytest.raises(TableError, match=r"expected one ok record per \(model, steps, prompt, seed\), but got 2"):
+    with pytest.raises(
+        TableError,
+        match=re.escape(f"{run}: records: 1 duplicate row(s): an image recorded more than once")
+        + r".*remove them or profile again into a clean folder",
+    ):
+        calibrate_runs([run])
+
+
+def test_a_copied_shard_is_refused_counting_its_rows(tmp_path: Path) -> None:
+    manifest, records = _run(tmp_path)
+    records.loc[[0, 1], ["status", "error", "clip_score"]] = ["oom", "CUDA out of memory", None]
+    run = write_run(tmp_path / "run", manifest, records, shards=3)
+    copy = shard_path(run, 0, 3)
+    copy.write_bytes(shard_path(run, 0, 0).read_bytes())  # a copy: its ok rows and its failure rows again
+    with pytest.raises(TableError, match=re.escape(f"{run}: records: {len(records) // 3} duplicate row(s)")):
+        calibrate_runs([run])
+
+
+def test_rows_of_another_run_are_refused_with_their_counts(tmp_path: Path) -> None:
+    manifest, records = _run(tmp_path)
+    other = records.iloc[:5].copy()
+    other["run_id"] = "elsewhere"
+    resettled = records.iloc[5:8].copy()
+    resettled["settings_sha256"] = "f" * 64
+    run = write_run(tmp_path / "run", manifest, pd.concat([records, other, resettled]), shards=2)
+    sha = manifest["settings_sha256"][:12]
+    message = (
+        f"{run}: records: 8 foreign row(s) (5 from run 'elsewhere' (settings {sha}…), 3 from run 'run' "
+        f"(settings {'f' * 12}…)), not of this run 'run' with settings {sha}… (a shard copied from another run?); "
+        f"remove them or profile again into a clean folder"
+    )
+    with pytest.raises(TableError, match=re.escape(message)):
+        calibrate_runs([run])
+
+
+def test_foreign_and_duplicate_rows_are_counted_together(tmp_path: Path) -> None:
+    manifest, records = _run(tmp_path)
+    other = records.iloc[:3].copy()
+    other["run_id"] = "elsewhere"
+    run = write_run(tmp_path / "run", manifest, pd.concat([records, other, records.iloc[[4, 6]]]))
+    with pytest.raises(TableError, match=r"records: 3 foreign row\(s\) .*; 2 duplicate row\(s\)"):
+        calibrate_runs([run])
+
+
+def test_an_unreadable_shard_is_refused_naming_it_and_the_way_forward(tmp_path: Path) -> None:
+    manifest, records = _run(tmp_path)
+    run = write_run(tmp_path / "run", manifest, records, shards=2)
+    shard_path(run, 0, 1).write_bytes(b"not parquet")
+    with pytest.raises(
+        ArtifactError, match=re.escape(f"{shard_path(run, 0, 1)}: file: not a readable Parquet shard")
+    ) as caught:
+        calibrate_runs([run])
+    assert "--quarantine-corrupt" in str(caught.value)
+
+
+@pytest.mark.parametrize("bad", [-1.0, np.nan])
+def test_an_invalid_energy_is_an_error_naming_the_record(tmp_path: Path, bad: float) -> None:
+    manifest, records = synthetic_run(
+        [replace(MODEL, overhead_j=50.0, per_step_j=10.0)], steps=(10, 20), prompts_per_category=3, rng=0
+    )
+    records.loc[2, "energy_j"] = bad
+    run = write_run(tmp_path / "run", manifest, records, nan_as_null=False)
+    with pytest.raises(TableError, match=re.escape("row 2 ('Basic-0002').energy_j: expected a finite number >= 0")):
         calibrate_runs([run])
 
 
@@ -154,9 +220,9 @@ def test_missing_manifest_and_wrong_manifest_field(tmp_path: Path) -> None:
     manifest, records = _run(tmp_path)
     run = write_run(tmp_path / "run", manifest, records)
     doc = json.loads((run / "manifest.json").read_text())
-    doc["schema_version"] = 1
+    doc["schema_version"] = 2
     (run / "manifest.json").write_text(json.dumps(doc))
-    with pytest.raises(ArtifactError, match=r"manifest.json: schema_version: expected 2, but got 1"):
+    with pytest.raises(ArtifactError, match=r"manifest.json: schema_version: expected 3, but got 2"):
         calibrate_runs([run])
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from genedge import data
 from genedge.calibrate import TableError, load_table, save_table, table_from_dict, table_to_dict
 
 
@@ -74,12 +76,32 @@ def test_optional_fields_round_trip(tmp_path: Path) -> None:
         stages={"10": {"text_encode_s": 0.1, "denoise_s": 1.0, "decode_s": 0.4}},
     )
     model["memory"].update(
-        torch_allocated_bytes=2**29, torch_reserved_bytes=2**30, nvml_process_bytes=None, nvml_device_bytes=2**31
+        torch_allocated_bytes=2**29,
+        torch_reserved_bytes=2**30,
+        nvml_process_bytes=None,
+        nvml_device_bytes=2**31,
+        rss_bytes=3 * 2**30,
+        system_memory_bytes=5 * 2**30,
     )
+    model["energy"] = {
+        "overhead_j": 40.0,
+        "per_step_j": 6.0,
+        "n": 10,
+        "r2": 0.98,
+        "overhead_se_j": 1.5,
+        "per_step_se_j": 0.1,
+        "residual_std_j": 2.0,
+        "average_power_w": 250.0,
+        "source": "measured",
+        "ref": "m",
+    }
     doc["exclusions"] = [{"model_key": "a", "steps": 20, "reason": "status=oom", "rows": 3}]
     table = table_from_dict(doc)
     assert table.models["a"].latency.stages[10].decode_s == 0.4
     assert table.models["a"].memory.nvml_process_bytes is None
+    assert table.models["a"].memory.rss_bytes == 3 * 2**30
+    assert table.models["a"].energy.joules(20) == 40.0 + 6.0 * 20
+    assert table.source_counts()["measured"] == 2 * 2 + 1 + 2 + 1 + 2  # cells, curve, latency, memory, energy
     assert table.exclusions[0].rows == 3
     path = save_table(table, tmp_path / "t.json")
     assert load_table(path) == table
@@ -104,6 +126,44 @@ def test_optional_fields_round_trip(tmp_path: Path) -> None:
             f"models.a.memory.torch_reserved_bytes: expected bytes in [0, {2**44}], but got -5",
         ),
         (
+            lambda d: d["models"]["a"]["memory"].update(rss_bytes=2**45),
+            f"models.a.memory.rss_bytes: expected bytes in [0, {2**44}], but got {2**45}",
+        ),
+        (
+            lambda d: d["models"]["a"].update(energy={"overhead_j": 1.0, "per_step_j": 0.5, "n": 3, "r2": None}),
+            "models.a.energy.source: missing field",
+        ),
+        (
+            lambda d: d["models"]["a"].update(
+                energy={"overhead_j": 1.0, "per_step_j": -0.5, "n": 3, "r2": None, "source": "measured", "ref": "m"}
+            ),
+            "models.a.energy.per_step_j: expected a number >= 0, but got -0.5",
+        ),
+        (
+            lambda d: d["models"]["a"].update(
+                energy={"overhead_j": 1e9, "per_step_j": 1.0, "n": 3, "r2": None, "source": "measured", "ref": "m"}
+            ),
+            "models.a.energy.overhead_j: expected a number <= 3.6e+07, but got 1000000000.0",
+        ),
+        (
+            lambda d: d["models"]["a"].update(
+                energy={
+                    "overhead_j": 1.0,
+                    "per_step_j": 1.0,
+                    "n": 3,
+                    "r2": None,
+                    "average_power_w": 2e4,
+                    "source": "measured",
+                    "ref": "m",
+                }
+            ),
+            "models.a.energy.average_power_w: expected watts in [0, 10000], but got 20000.0",
+        ),
+        (
+            lambda d: d["models"]["a"].update(energy=[1.0]),
+            "models.a.energy: expected an object, but got list",
+        ),
+        (
             lambda d: d.update(exclusions=[{"model_key": "zz", "steps": 1, "reason": "x", "rows": 1}]),
             "exclusions[0].model_key: expected one of the table's models ['a'], but got 'zz'",
         ),
@@ -112,5 +172,14 @@ def test_optional_fields_round_trip(tmp_path: Path) -> None:
 def test_invalid_optional_fields_name_the_field(edit: Any, message: str) -> None:
     doc = _minimal_doc()
     edit(doc)
-    with pytest.raises(TableError, match=message.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+    with pytest.raises(TableError, match=re.escape(message)):
         table_from_dict(doc, where="t.json")
+
+
+def test_every_shipped_table_loads_unchanged(tmp_path: Path) -> None:
+    shipped = sorted(data.path("tables").glob("*.json"))
+    assert shipped
+    for path in shipped:
+        table = load_table(path)
+        assert all(m.energy is None and m.memory.rss_bytes is None for m in table.models.values())
+        assert save_table(table, tmp_path / path.name).read_bytes() == path.read_bytes()
