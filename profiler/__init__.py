@@ -10,7 +10,8 @@ __all__, __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "genedge.contract": ("ClipConvention", "read_manifest", "record_schema"),
-        ".clipscore": ("ClipScorer", "clip_score_from_features", "clip_scores"),
+        ".clipscore": ("ClipScorer", "ClipWeights", "clip_score_from_features", "clip_scores", "resolve_clip_weights"),
+        ".device": ("DEVICE_SYNTAX", "check_device_string", "select_device"),
         ".models": (
             "ModelSpec",
             "add_replica_path",
@@ -22,6 +23,8 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "scheduler_config",
             "unet_param_count",
         ),
+        ".host": ("host_info",),
+        ".monitor": ("Monitor", "MonitorStatus", "WindowReading"),
         ".nvml": ("NvmlMonitor", "NvmlPeaks", "NvmlStatus"),
         ".prompts": (
             "Prompt",
@@ -31,8 +34,17 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "list_category_mappings",
             "load_prompt_set",
         ),
-        ".records": ("read_records", "recorded_keys", "summarize_run"),
-        ".run": ("Measurement", "ProfileConfig", "Progress", "RunResult", "measure_call", "profile", "validate"),
+        ".records": ("PERCENTILES", "RunSummary", "ShardWriter", "read_records", "recorded_keys", "summarize_run"),
+        ".run": (
+            "GRAD_MODE",
+            "Measurement",
+            "ProfileConfig",
+            "Progress",
+            "RunResult",
+            "measure_call",
+            "profile",
+            "validate",
+        ),
         ".timing": ("Clock", "StepTimer", "step_timer"),
     },
 )

@@ -1,21 +1,25 @@
 """Profile records: the profiler's shard writer and its readers of a run (DESIGN §2.2).
 
 The layout, columns, statuses and manifest are defined in :mod:`genedge.contract.runs`. Each shard
-is written once, atomically, and never rewritten, so a killed run loses at most the images in
-flight and a rerun skips every key already recorded.
+is written once, atomically, and never rewritten or replaced, so a killed run loses at most the
+images in flight and a rerun skips every key this run has already recorded.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from genedge.contract.files import write_bytes_atomic
+from genedge.contract.files import ArtifactError, write_bytes_atomic
 from genedge.contract.runs import (
     KEY_COLUMNS,
     STATUSES,
+    RunAudit,
+    Status,
+    audit_run,
     check_row,
     list_shards,
     read_manifest,
@@ -26,7 +30,10 @@ from genedge.contract.runs import (
 from genedge.profiler._imports import require
 
 __all__ = [
+    "PERCENTILES",
+    "RunSummary",
     "ShardWriter",
+    "identities",
     "read_records",
     "recorded_keys",
     "summarize_run",
@@ -38,16 +45,22 @@ logger = logging.getLogger(__name__)
 class ShardWriter:
     """Writes one process's rows as new shards ``shard-<rank>-<NNNNN>.parquet``.
 
+    A shard name is claimed atomically (a hard link that fails when the name exists), so a writer
+    never replaces a shard, whoever else writes into the run.
+
     Args:
         run_dir: The run directory.
-        rank: This process's rank; ranks never share a shard name, so processes need no locks.
+        rank: This process's rank.
     """
 
     def __init__(self, run_dir: str | Path, rank: int = 0) -> None:
         self.run_dir = Path(run_dir)
         self.rank = rank
-        numbers = [number for shard_rank, number, _ in list_shards(self.run_dir) if shard_rank == rank]
-        self._next = max(numbers, default=-1) + 1
+        self._next = self._first_free()
+
+    def _first_free(self) -> int:
+        numbers = [number for shard_rank, number, _ in list_shards(self.run_dir) if shard_rank == self.rank]
+        return max(numbers, default=-1) + 1
 
     def write(self, rows: list[Mapping[str, Any]]) -> Path | None:
         """Write ``rows`` as one new shard, atomically; returns its path (``None`` for no rows).
@@ -63,17 +76,28 @@ class ShardWriter:
         for row in rows:
             check_row(row)
         table = pa.Table.from_pylist([dict(row) for row in rows], schema=record_schema())
-        target = shard_path(self.run_dir, self.rank, self._next)
         sink = pa.BufferOutputStream()
         parquet.write_table(table, sink)
-        write_bytes_atomic(target, sink.getvalue().to_pybytes())
-        self._next += 1
-        logger.debug("wrote %d rows to %s", len(rows), target)
-        return target
+        data = sink.getvalue().to_pybytes()
+        while True:
+            target = shard_path(self.run_dir, self.rank, self._next)
+            try:
+                write_bytes_atomic(target, data, replace=False)
+            except FileExistsError:
+                # Another writer took this name since we looked: take the next free one.
+                self._next = max(self._next + 1, self._first_free())
+                continue
+            self._next += 1
+            logger.debug("wrote %d rows to %s", len(rows), target)
+            return target
 
 
 def read_records(run_dir: str | Path) -> Any:
-    """All rows of a run, from every rank's shards, as a pandas DataFrame (empty with the columns when none)."""
+    """All rows of a run, from every rank's shards, as a pandas DataFrame (empty with the columns when none).
+
+    Raises:
+        ArtifactError: a shard cannot be read (naming it and the way forward).
+    """
     pa = require("pyarrow")
     schema = record_schema()
     tables = [read_shard(path).select(schema.names).cast(schema) for _, _, path in list_shards(run_dir)]
@@ -81,46 +105,120 @@ def read_records(run_dir: str | Path) -> Any:
     return table.to_pandas()
 
 
-def recorded_keys(run_dir: str | Path, *, statuses: Collection[str] | None = None) -> set[tuple[str, int, int, str]]:
-    """The keys ``(model_key, steps, seed, prompt_id)`` already recorded in a run.
+def identities(run_dir: str | Path) -> dict[tuple[str, str], int]:
+    """Row counts per ``(run_id, settings_sha256)`` in a run's readable shards (unreadable ones are skipped)."""
+    counts: dict[tuple[str, str], int] = {}
+    for _, _, shard in list_shards(run_dir):
+        try:
+            columns = read_shard(shard, columns=["run_id", "settings_sha256"]).to_pydict()
+        except ArtifactError:
+            continue
+        for pair in zip(columns["run_id"], columns["settings_sha256"]):
+            counts[pair] = counts.get(pair, 0) + 1
+    return counts
+
+
+def recorded_keys(
+    run_dir: str | Path, manifest: Mapping[str, Any], *, statuses: Collection[str] | None = None
+) -> set[tuple[str, int, int, str]]:
+    """The keys ``(model_key, steps, seed, prompt_id)`` this run has recorded itself.
+
+    Rows of another run or with other settings (foreign rows) do not count: their images are
+    measured again for this run.
 
     Args:
         run_dir: the run directory.
+        manifest: the run's manifest (its ``run_id`` and ``settings_sha256`` identify its rows).
         statuses: count only rows with one of these statuses (default: any status).
+
+    Raises:
+        ArtifactError: a shard cannot be read (naming it and the way forward).
     """
+    identity = (manifest["run_id"], manifest["settings_sha256"])
+    names = ["run_id", "settings_sha256", *KEY_COLUMNS, "status"]
     keys: set[tuple[str, int, int, str]] = set()
     for _, _, shard in list_shards(run_dir):
-        columns = read_shard(shard, columns=[*KEY_COLUMNS, "status"]).to_pydict()
-        rows = zip(*(columns[c] for c in KEY_COLUMNS), columns["status"])
-        keys.update(row[:-1] for row in rows if statuses is None or row[-1] in statuses)
+        columns = read_shard(shard, columns=names).to_pydict()
+        for row in zip(*(columns[c] for c in names)):
+            if row[:2] == identity and (statuses is None or row[-1] in statuses):
+                keys.add(row[2:-1])
     return keys
 
 
-def summarize_run(run_dir: str | Path) -> tuple[dict[str, Any], Any]:
-    """What a run holds: its manifest and one summary row per (model, steps, category).
+#: Latency percentiles ``profile show`` prints.
+PERCENTILES: tuple[int, ...] = (50, 90, 99)
 
-    Returns:
-        ``(manifest, summary)``; ``summary`` is a DataFrame with columns ``model_key, steps,
-        category, images, ok, oom, error, step_ms_mean, total_s_mean, clip_score_mean,
-        peak_torch_allocated_bytes_max`` (means over ``ok`` rows; raw values, unrounded).
+
+def _percentile_columns(prefix: str, values: Any) -> dict[str, float]:
+    numpy = require("numpy")
+    values = numpy.asarray(values, dtype=float)
+    if values.size == 0:
+        return {f"{prefix}_p{q}": float("nan") for q in PERCENTILES} | {f"{prefix}_std": float("nan")}
+    quantiles = numpy.percentile(values, PERCENTILES)
+    return {f"{prefix}_p{q}": float(v) for q, v in zip(PERCENTILES, quantiles)} | {
+        f"{prefix}_std": float(values.std(ddof=1)) if values.size > 1 else float("nan")
+    }
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run holds, for people: ``profile show`` prints it.
+
+    Attributes:
+        manifest: the run's manifest.
+        audit: foreign rows, duplicates, corrupt shards and mixed settings (see :func:`audit_run`).
+        latency: one row per (model, steps) over this run's ``ok`` rows: ``images``, ``ok``, ``oom``,
+            ``error``, ``total_s_p50/p90/p99/std``, ``step_ms_p50/p90/p99/std`` (every recorded step),
+            ``images_per_s`` (batch size / call seconds, averaged over calls), ``energy_j_mean``,
+            ``average_power_w_mean``, ``peak_rss_bytes_max``, ``peak_torch_allocated_bytes_max``,
+            ``model_load_s`` and ``first_call_s`` (medians over the processes that loaded the model).
+        quality: one row per (model, steps, category): ``ok`` images and ``clip_score_mean``/``_std``.
     """
+
+    manifest: dict[str, Any]
+    audit: RunAudit
+    latency: Any
+    quality: Any
+
+
+def summarize_run(run_dir: str | Path) -> RunSummary:
+    """Summarize a run's own rows; problems (foreign rows, duplicates, corrupt shards) go to ``audit``."""
     manifest = read_manifest(run_dir)
-    frame = read_records(run_dir)
+    audit = audit_run(run_dir, manifest)
     pandas = require("pandas")
+    pa = require("pyarrow")
+    schema = record_schema()
+    tables = []
+    for _, _, path in list_shards(run_dir):
+        try:
+            tables.append(read_shard(path).select(schema.names).cast(schema))
+        except ArtifactError:
+            continue  # reported by the audit
+    frame = (pa.concat_tables(tables) if tables else schema.empty_table()).to_pandas()
+    frame = frame[(frame["run_id"] == manifest["run_id"]) & (frame["settings_sha256"] == manifest["settings_sha256"])]
     if frame.empty:
-        return manifest, pandas.DataFrame()
-    frame["step_ms"] = frame["step_latencies_s"].map(
-        lambda v: 1e3 * sum(v) / len(v) if v is not None and len(v) else None
+        return RunSummary(manifest, audit, pandas.DataFrame(), pandas.DataFrame())
+    latency_rows = []
+    for (model, steps), group in frame.groupby(["model_key", "steps"], sort=True):
+        ok = group[group["status"] == Status.OK.value]
+        steps_s = [x for values in ok["step_latencies_s"] if values is not None for x in values]
+        calls = ok["total_s"] / ok["batch_size"]
+        row: dict[str, Any] = {"model_key": model, "steps": int(steps), "images": len(group)}
+        row |= {status: int((group["status"] == status).sum()) for status in STATUSES}
+        row |= _percentile_columns("total_s", ok["total_s"].dropna())
+        row |= _percentile_columns("step_ms", [1e3 * x for x in steps_s])
+        row["images_per_s"] = float((1.0 / calls).mean()) if len(calls) else float("nan")
+        row["energy_j_mean"] = float(ok["energy_j"].mean())
+        row["average_power_w_mean"] = float(ok["average_power_w"].mean())
+        row["peak_rss_bytes_max"] = float(ok["peak_rss_bytes"].max())
+        row["peak_torch_allocated_bytes_max"] = float(ok["peak_torch_allocated_bytes"].max())
+        row["model_load_s"] = float(group["model_load_s"].median())
+        row["first_call_s"] = float(group["first_call_s"].median())
+        latency_rows.append(row)
+    ok = frame[frame["status"] == Status.OK.value]
+    quality = (
+        ok.groupby(["model_key", "steps", "category"])
+        .agg(ok=("status", "size"), clip_score_mean=("clip_score", "mean"), clip_score_std=("clip_score", "std"))
+        .reset_index()
     )
-    for status in STATUSES:
-        frame[f"is_{status}"] = frame["status"] == status
-    ok = frame[frame["is_ok"]]
-    keys = ["model_key", "steps", "category"]
-    counts = frame.groupby(keys).agg(images=("status", "size"), **{s: (f"is_{s}", "sum") for s in STATUSES})
-    means = ok.groupby(keys).agg(
-        step_ms_mean=("step_ms", "mean"),
-        total_s_mean=("total_s", "mean"),
-        clip_score_mean=("clip_score", "mean"),
-        peak_torch_allocated_bytes_max=("peak_torch_allocated_bytes", "max"),
-    )
-    return manifest, counts.join(means).reset_index()
+    return RunSummary(manifest, audit, pandas.DataFrame(latency_rows), quality)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from genedge.contract import MANIFEST_SCHEMA_VERSION, get_category_mapping
+from genedge.contract import MANIFEST_SCHEMA_VERSION, get_category_mapping, settings_sha256
 from genedge.profiler import ClipScorer, ProfileConfig, profile, read_manifest, read_records, record_schema
 
 P2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "PartiPrompts.tsv"  # ../shared beside the checkout
@@ -91,32 +91,55 @@ def test_step_latencies_and_stage_windows(profiler_run: Path) -> None:
 
 
 @pytest.mark.slow
-def test_without_nvidia_driver_memory_is_null_with_a_reason(profiler_run: Path) -> None:
+def test_on_a_cpu_memory_is_the_resident_peak_and_every_null_says_why(profiler_run: Path) -> None:
     frame = read_records(profiler_run)
     for column in (
         "peak_torch_allocated_bytes",
         "peak_torch_reserved_bytes",
         "peak_nvml_process_bytes",
         "peak_nvml_device_bytes",
+        "peak_system_memory_bytes",
+        "energy_j",
+        "average_power_w",
     ):
         assert frame[column].isna().all()
-    assert frame["nvml_note"].str.len().gt(0).all()
+    assert (frame["peak_rss_bytes"] > 50 * 2**20).all()  # the process holds torch and the model at least
+    for column in ("peak_torch_allocated_bytes", "peak_nvml_process_bytes", "peak_system_memory_bytes"):
+        assert frame["memory_note"].str.contains(f"{column}: ").all()
+    assert frame["memory_note"].str.contains("not a CUDA device").all()
+    assert frame["energy_note"].str.contains("NVML").all()
     manifest = read_manifest(profiler_run)
     assert manifest["nvml"]["available"] is False and manifest["nvml"]["reason"]
+    assert manifest["energy"]["available"] is False and manifest["energy"]["reason"]
+
+
+@pytest.mark.slow
+def test_cold_start_is_recorded_per_model_beside_the_warm_rows(profiler_run: Path) -> None:
+    frame = read_records(profiler_run)
+    per_model = frame.groupby("model_key")[["model_load_s", "first_call_s"]].nunique()
+    assert (per_model == 1).all().all()  # one load and one first call per model in this process
+    assert (frame["model_load_s"] > 0).all() and (frame["first_call_s"] > 0).all()
 
 
 @pytest.mark.slow
 def test_manifest(profiler_run: Path, profiler_config: ProfileConfig) -> None:
     manifest = read_manifest(profiler_run)
-    assert manifest["schema_version"] == MANIFEST_SCHEMA_VERSION and manifest["run_id"].startswith("tiny-")
+    assert manifest["schema_version"] == MANIFEST_SCHEMA_VERSION
+    assert manifest["settings_sha256"] == settings_sha256(manifest)
+    assert read_records(profiler_run)["settings_sha256"].eq(manifest["settings_sha256"]).all()
+    host = manifest["host"]
+    assert host["threads"] == torch.get_num_threads() and host["grad_mode"] == "torch.inference_mode"
+    assert host["logical_cpus"] >= 1 and host["total_ram_bytes"] > 2**30 and host["os"]
     assert set(manifest["clip_convention"]) == {"backbone", "pretrained", "formula", "truncation", "preprocess"}
     assert manifest["device"]["memory_bytes"] is None and manifest["dtype"] == "float32"
     assert [m["key"] for m in manifest["models"]] == list(MODELS)
     assert all(m["is_replica"] and m["unet_params"] > 0 for m in manifest["models"])
+    assert [m["resolution"] for m in manifest["models"]] == [64, 64] and manifest["resolution"] == 64
     assert manifest["scheduler"]["class"] == "DDIMScheduler" and "beta_schedule" in manifest["scheduler"]["config"]
     assert manifest["prompt_set"]["n"] == 8 and manifest["prompt_set"]["category_mapping"] == get_category_mapping(
         "paper4"
     )
+    assert len(manifest["prompt_set"]["prompt_ids"]) == 8
     assert manifest["seeds"] == [0] and manifest["warmup"] == 1 and manifest["batch_size"] == 1
     assert set(manifest["versions"]) == {"python", "torch", "diffusers", "open_clip", "transformers", "genedge"}
 
@@ -144,7 +167,7 @@ def test_rerun_skips_everything_and_other_settings_are_refused(
 ) -> None:
     again = profile(profiler_config, profiler_run)
     assert (again.recorded, again.skipped) == (0, 32)
-    with pytest.raises(ValueError, match=r"manifest.json: field 'run_id': expected tiny-\w+ .* use another --out"):
+    with pytest.raises(ValueError, match=r"manifest.json: field 'settings_sha256': .*\(steps differ\).* another --out"):
         profile(dataclasses.replace(profiler_config, steps=(4,)), profiler_run)
     assert len(read_records(profiler_run)) == 32
 

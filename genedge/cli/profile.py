@@ -10,6 +10,7 @@ from genedge.cli._common import comma_separated
 
 # Light modules (constants only); torch, diffusers and open_clip load inside run().
 from genedge.profiler.clipscore import DEFAULT_CLIP_BACKBONE, DEFAULT_CLIP_PRETRAINED
+from genedge.profiler.device import DEVICE_SYNTAX, check_device_string
 from genedge.profiler.prompts import DEFAULT_MAPPING, DEFAULT_PROMPT_SOURCE
 from genedge.profiler.run import FLUSH_EVERY_IMAGES, WARMUP_RUNS
 
@@ -59,9 +60,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--seeds", type=comma_separated(int), default=(0,), help="comma-separated generation seeds (default: 0)"
     )
-    parser.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda:LOCAL_RANK when available, else cpu)")
+    parser.add_argument("--device", help=f"{DEVICE_SYNTAX} (default: cuda:LOCAL_RANK when CUDA is available, else cpu)")
     parser.add_argument("--dtype", help="float32, float16 or bfloat16 (default: float16 on CUDA, float32 on CPU)")
-    parser.add_argument("--resolution", type=int, default=512, help="image side in pixels (default: 512)")
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        help="image side in pixels (default: each model's native size from its config, e.g. 512 for SD 1.5, "
+        "1024 for SDXL)",
+    )
     parser.add_argument(
         "--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default: 7.5; ≤1 disables)"
     )
@@ -73,6 +79,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=WARMUP_RUNS,
         help=f"unrecorded warm-up generations per model (default: {WARMUP_RUNS})",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads torch may use (torch.set_num_threads; default: torch's own, recorded in the manifest)",
+    )
     parser.add_argument("--save-images", action="store_true", help="keep PNGs under OUT/images/<sha256>.png")
     parser.add_argument(
         "--clip-backbone",
@@ -82,7 +93,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--clip-pretrained",
         default=DEFAULT_CLIP_PRETRAINED,
-        help=f"open_clip pretrained tag, or 'none' for random weights (default: {DEFAULT_CLIP_PRETRAINED})",
+        help=f"open_clip pretrained tag, the path of a local weights file (offline), or 'none' for random weights "
+        f"(default: {DEFAULT_CLIP_PRETRAINED})",
     )
     parser.add_argument(
         "--retry-failed",
@@ -91,13 +103,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "freeing the GPU); their failure rows stay in the run",
     )
     parser.add_argument(
+        "--quarantine-corrupt",
+        action="store_true",
+        help="move shards that cannot be read to OUT/quarantine/ and measure their images again, instead of stopping",
+    )
+    parser.add_argument(
         "--flush-every",
         type=int,
         default=FLUSH_EVERY_IMAGES,
         help=f"images per shard; a kill loses at most these (default: {FLUSH_EVERY_IMAGES})",
     )
     parser.add_argument("--out", metavar="RUN", help="run directory, e.g. runs/NAME")
-    parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar; print one line per written shard instead (counts and ETA), for logs",
+    )
     parser.set_defaults(func=run)
     actions = parser.add_subparsers(dest="profile_action", metavar="ACTION")
     show_parser = actions.add_parser("show", help="summarize what a profile run holds")
@@ -110,6 +131,8 @@ def _config(args: argparse.Namespace) -> Any:
 
     if not args.out:
         raise ValueError("--out: expected a run directory such as runs/NAME, but got none")
+    if args.device is not None:
+        check_device_string(args.device)
     return ProfileConfig(
         models=tuple(args.model),
         steps=tuple(args.steps),
@@ -126,10 +149,26 @@ def _config(args: argparse.Namespace) -> Any:
         scheduler=args.scheduler,
         batch_size=args.batch_size,
         warmup=args.warmup,
+        threads=args.threads,
         save_images=args.save_images,
         clip_backbone=args.clip_backbone,
         clip_pretrained=None if args.clip_pretrained.lower() == "none" else args.clip_pretrained,
         flush_every=args.flush_every,
+    )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _progress_line(progress: Any) -> str:
+    share = progress.done / progress.total if progress.total else 1.0
+    eta = progress.elapsed_s * (1 - share) / share if share > 0 else None
+    return (
+        f"profile: {progress.done}/{progress.total} images ({share:.0%}), {progress.written} rows written, "
+        f"{progress.config}, elapsed {_duration(progress.elapsed_s)}, ETA {_duration(eta) if eta is not None else '?'}"
     )
 
 
@@ -142,16 +181,30 @@ def run(args: argparse.Namespace) -> int:
     validate(config)  # every input error surfaces here, before torch or any model is loaded
     require("torch")  # without the profile extra, stop here with one line naming it
     bar = require("tqdm").tqdm(total=0, unit="img", disable=args.no_progress, dynamic_ncols=True)
+    written = [0]
 
     def on_progress(progress: Progress) -> None:
         bar.total = progress.total
         bar.set_description(progress.config, refresh=False)
         bar.update(progress.done - bar.n)
+        if args.no_progress and progress.written != written[0]:
+            written[0] = progress.written
+            print(_progress_line(progress), flush=True)
 
     try:
-        result = profile(config, args.out, on_progress=on_progress, retry_failed=args.retry_failed)
+        result = profile(
+            config,
+            args.out,
+            on_progress=on_progress,
+            retry_failed=args.retry_failed,
+            quarantine_corrupt=args.quarantine_corrupt,
+        )
     finally:
         bar.close()
+    for path in result.quarantined:
+        print(f"moved unreadable shard to {path}; its images were measured again")
+    if result.foreign:
+        print(f"{result.foreign} rows in {result.run_dir} belong to another run or other settings (see profile show)")
     print(
         f"run {result.run_id} (rank {result.rank} of {result.world_size}): recorded {result.recorded} images "
         f"({result.failed} oom/error), skipped {result.skipped} already recorded, in {result.run_dir}"
@@ -159,12 +212,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gib(value: float) -> str:
+    return f"{value / 2**30:.2f}" if value == value else "-"  # NaN (not measured) prints as a dash
+
+
 def show(args: argparse.Namespace) -> int:
-    """Print a run's manifest essentials and one line per (model, steps, category)."""
+    """Print a run's problems first, then its manifest essentials, latency per (model, steps) and quality."""
     from genedge.profiler import summarize_run
 
-    manifest, summary = summarize_run(args.run_dir)
+    summary = summarize_run(args.run_dir)
+    manifest = summary.manifest
+    for problem in summary.audit.problems():
+        print(f"problem: {problem}")
     device = manifest["device"]
+    host = manifest["host"]
     clip = manifest["clip_convention"]
     prompt_set = manifest["prompt_set"]
     mapping = prompt_set["category_mapping"]
@@ -173,7 +234,14 @@ def show(args: argparse.Namespace) -> int:
     )
     print(f"run {manifest['run_id']} on {device['name']}" + (f" ({gpu})" if gpu else " (no GPU driver)"))
     print(
-        f"dtype {manifest['dtype']}, {manifest['resolution']} px, guidance {manifest['guidance_scale']}, "
+        f"host {host.get('os', '?')} {host.get('os_release', '')}, {host.get('cpu', '?')}, "
+        f"{host.get('usable_cpus', '?')} of {host.get('logical_cpus', '?')} CPUs usable, "
+        f"{_gib(host.get('total_ram_bytes') or float('nan'))} GiB RAM, {host.get('threads', '?')} torch threads, "
+        f"{host.get('grad_mode', '?')}"
+    )
+    resolution = manifest["resolution"] or "native"
+    print(
+        f"dtype {manifest['dtype']}, resolution {resolution}, guidance {manifest['guidance_scale']}, "
         f"batch {manifest['batch_size']}, seeds {manifest['seeds']}, warm-up {manifest['warmup']}"
     )
     print(
@@ -181,14 +249,29 @@ def show(args: argparse.Namespace) -> int:
         f"on {mapping['column']}, sha256 {prompt_set['sha256'][:12]}…)"
     )
     print(f"CLIPScore {clip['backbone']} / {clip['pretrained']}: {clip['formula']}")
-    nvml = manifest["nvml"]
+    nvml, energy = manifest["nvml"], manifest["energy"]
     print("NVML " + ("available" if nvml["available"] else f"unavailable: {nvml['reason']}"))
+    print(
+        "energy "
+        + (f"measured ({energy['source']})" if energy.get("available") else f"not measured: {energy.get('reason')}")
+    )
     for model in manifest["models"]:
-        kind = "random-weight replica" if model["is_replica"] else f"revision {model['revision']}"
-        print(f"model {model['key']} ({kind}, {model['unet_params']:,} UNet parameters)")
-    if summary.empty:
+        kind = "random-weight replica" if model["is_replica"] else f"revision {model['revision'] or 'local'}"
+        print(
+            f"model {model['key']} ({kind}, {model['unet_params']:,} UNet parameters, {model['resolution']} px, "
+            f"{model['scheduler']['class']})"
+        )
+    if summary.latency.empty:
         print("no records yet")
         return 0
+    latency = summary.latency.copy()
+    for column in ("peak_rss_bytes_max", "peak_torch_allocated_bytes_max"):
+        latency[column.replace("_bytes_max", "_gib")] = latency.pop(column).map(_gib)
+    measured = [c for c in latency.columns if latency[c].astype(str).ne("nan").any() and c != "average_power_w_mean"]
     print()
-    print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print("latency per model and steps (seconds per call; step_ms over every step; ok rows of this run):")
+    print(latency[measured].to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    print()
+    print("CLIPScore per model, steps and category:")
+    print(summary.quality.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
     return 0

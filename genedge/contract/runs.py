@@ -37,6 +37,7 @@ __all__ = [
     "RECORD_COLUMNS",
     "QUARANTINE_DIR",
     "RECORDS_DIR",
+    "SETTINGS_FIELDS",
     "STATUSES",
     "Column",
     "RunAudit",
@@ -52,6 +53,7 @@ __all__ = [
     "record_column_names",
     "record_schema",
     "rung_column",
+    "settings_sha256",
     "shard_path",
     "validate_manifest",
     "write_manifest",
@@ -88,6 +90,21 @@ MANIFEST_FIELDS: tuple[str, ...] = (
     "prompt_set",
     "nvml",
     "energy",
+)
+#: The manifest fields whose values define what a run measures (hashed into ``settings_sha256``).
+#: Output-only options (flush size, saved images) and where the run lies are not among them, so a run
+#: resumes with other flush sizes and from a renamed folder.
+SETTINGS_FIELDS: tuple[str, ...] = (
+    "models",
+    "steps",
+    "seeds",
+    "prompt_set",
+    "dtype",
+    "resolution",
+    "guidance_scale",
+    "batch_size",
+    "warmup",
+    "clip_convention",
 )
 #: Fields a manifest may have besides those.
 MANIFEST_OPTIONAL_FIELDS: tuple[str, ...] = ("save_images", "world_size")
@@ -420,6 +437,21 @@ def validate_manifest(manifest: Mapping[str, Any], where: str) -> dict[str, Any]
             raise ArtifactError(where, f"models[{i}]", "expected an object")
         _require(model, "key", f"models[{i}]", str, where)
     return dict(manifest)
+
+
+def settings_sha256(manifest: Mapping[str, Any]) -> str:
+    """The hash of what a run measures: its :data:`SETTINGS_FIELDS`, device model and torch thread count.
+
+    The prompt set counts by content and selection (``sha256``, ``prompt_ids``, mapping), not by the
+    path it was read from.
+    """
+    import hashlib
+
+    document = {field: manifest[field] for field in SETTINGS_FIELDS}
+    document["prompt_set"] = {k: v for k, v in manifest["prompt_set"].items() if k != "name"}
+    document["device"] = manifest["device"]["name"]
+    document["threads"] = manifest["host"].get("threads")
+    return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def write_manifest(run_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> Path:

@@ -1,0 +1,204 @@
+"""Runs that cannot lose or mix rows: locks, foreign and duplicated shards, corrupt shards, lost manifests, moves."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import dataclasses
+import fcntl
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genedge.contract import ArtifactError, audit_run, lock_path, read_manifest
+from genedge.profiler import ProfileConfig, profile, read_records, summarize_run
+
+KEY = ["model_key", "steps", "seed", "prompt_id"]
+N_IMAGES = 8
+TIMEOUT_S = 600
+
+
+def _prompts(folder: Path) -> str:
+    rows = [f"prompt {i} about a {c.lower()} scene\tAnimals\t{c}\t\n" for i, c in enumerate(["Basic", "Complex"] * 4)]
+    path = folder / "prompts.tsv"
+    path.write_text("Prompt\tCategory\tChallenge\tNote\n" + "".join(rows), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> ProfileConfig:
+    return ProfileConfig(
+        models=("replica:tiny",),
+        steps=(2,),
+        prompts=_prompts(tmp_path_factory.mktemp("prompts")),
+        category_mapping="challenge",
+        resolution=64,
+        device="cpu",
+        clip_backbone="replica:tiny",
+        clip_pretrained=None,
+        flush_every=2,
+        warmup=0,
+    )
+
+
+@pytest.fixture(scope="module")
+def finished(config: ProfileConfig, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    assert profile(config, run_dir).recorded == N_IMAGES
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def other_settings(config: ProfileConfig, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("other") / "run"
+    profile(dataclasses.replace(config, guidance_scale=3.0), run_dir)
+    return run_dir
+
+
+@pytest.fixture
+def run_dir(finished: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    return copy
+
+
+def _shards(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "records").glob("shard-*.parquet"))
+
+
+def _one_row_per_key(run_dir: Path) -> None:
+    manifest = read_manifest(run_dir)
+    frame = read_records(run_dir)
+    own = frame[(frame.run_id == manifest["run_id"]) & (frame.settings_sha256 == manifest["settings_sha256"])]
+    assert len(own) == N_IMAGES and not own.duplicated(KEY).any() and own["status"].eq("ok").all()
+
+
+def test_a_foreign_shard_is_never_counted_as_measured(
+    run_dir: Path, other_settings: Path, config: ProfileConfig
+) -> None:
+    lost = _shards(run_dir)[0]
+    lost.unlink()  # a kill lost two images ...
+    shutil.copy(_shards(other_settings)[0], run_dir / "records" / "shard-0-00099.parquet")  # ... a shard strayed in
+    audit = audit_run(run_dir, read_manifest(run_dir))
+    assert (audit.own, audit.foreign, audit.duplicates) == (N_IMAGES - 2, 2, 0)
+    assert "2 foreign row(s)" in audit.problems()[0]
+
+    result = profile(config, run_dir)
+    assert (result.recorded, result.skipped, result.foreign) == (2, N_IMAGES - 2, 2)
+    _one_row_per_key(run_dir)
+    assert summarize_run(run_dir).audit.foreign == 2
+
+
+def test_a_duplicated_shard_is_reported_with_its_count(run_dir: Path, config: ProfileConfig) -> None:
+    shutil.copy(_shards(run_dir)[0], run_dir / "records" / "shard-0-00077.parquet")
+    audit = summarize_run(run_dir).audit
+    assert (audit.own, audit.duplicates, audit.foreign) == (N_IMAGES + 2, 2, 0)
+    assert audit.problems() == ["2 duplicate row(s): images recorded more than once"]
+    assert profile(config, run_dir).recorded == 0
+
+
+def test_a_corrupt_shard_is_named_then_quarantined_and_its_images_measured_again(
+    run_dir: Path, config: ProfileConfig
+) -> None:
+    bad = _shards(run_dir)[1]
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated, as by a full disk
+    with pytest.raises(ArtifactError, match=rf"{bad.name}.*--quarantine-corrupt"):
+        profile(config, run_dir)
+    assert summarize_run(run_dir).audit.corrupt == (bad,)
+
+    result = profile(config, run_dir, quarantine_corrupt=True)
+    assert result.recorded == 2 and result.quarantined == (run_dir / "quarantine" / bad.name,)
+    assert (run_dir / "quarantine" / bad.name).is_file() and not bad.exists()
+    _one_row_per_key(run_dir)
+
+
+def test_a_lost_manifest_is_rebuilt_only_from_matching_settings(run_dir: Path, config: ProfileConfig) -> None:
+    run_id = read_manifest(run_dir)["run_id"]
+    (run_dir / "manifest.json").unlink()
+    with pytest.raises(ValueError, match=r"missing, and the 8 rows .* other settings"):
+        profile(dataclasses.replace(config, guidance_scale=3.0), run_dir)
+    assert not (run_dir / "manifest.json").exists()
+
+    result = profile(config, run_dir)
+    assert (result.recorded, result.skipped, result.run_id) == (0, N_IMAGES, run_id)
+    assert read_manifest(run_dir)["run_id"] == run_id
+
+
+def test_other_settings_on_a_run_are_refused_naming_what_differs(run_dir: Path, config: ProfileConfig) -> None:
+    with pytest.raises(ValueError, match=r"field 'settings_sha256': .* \(steps differ\); .* another --out"):
+        profile(dataclasses.replace(config, steps=(3,)), run_dir)
+    assert len(read_records(run_dir)) == N_IMAGES
+
+
+def test_a_renamed_run_folder_resumes(run_dir: Path, config: ProfileConfig) -> None:
+    _shards(run_dir)[-1].unlink()
+    moved = run_dir.parent / "moved" / "elsewhere"
+    moved.parent.mkdir()
+    run_dir.rename(moved)
+    result = profile(config, moved)
+    assert (result.recorded, result.skipped) == (2, N_IMAGES - 2)
+    _one_row_per_key(moved)
+
+
+def test_a_second_process_on_the_same_rank_is_refused(run_dir: Path, config: ProfileConfig) -> None:
+    with open(lock_path(run_dir, 0), "a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ValueError, match=r"another genedge profile process .* rank 0; wait for it"):
+            profile(config, run_dir)
+
+
+def _cli(config: ProfileConfig, out: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "genedge",
+        "profile",
+        "--model",
+        config.models[0],
+        "--steps",
+        "2",
+        "--prompts",
+        config.prompts,
+        "--category-mapping",
+        config.category_mapping,
+        "--resolution",
+        "64",
+        "--device",
+        "cpu",
+        "--clip-backbone",
+        "replica:tiny",
+        "--clip-pretrained",
+        "none",
+        "--flush-every",
+        "2",
+        "--warmup",
+        "0",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
+
+
+@pytest.mark.slow
+def test_two_concurrent_profiles_then_a_resume_give_one_row_per_key(config: ProfileConfig, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    processes = [
+        subprocess.Popen(_cli(config, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outcomes = [(p.wait(timeout=TIMEOUT_S), p.stdout.read(), p.stderr.read()) for p in processes]
+    assert any(code == 0 for code, _, _ in outcomes), outcomes
+    for code, _, stderr in outcomes:
+        assert code == 0 or (code == 2 and "another genedge profile process" in stderr), stderr
+    resumed = subprocess.run(_cli(config, out), env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"skipped {N_IMAGES} already recorded" in resumed.stdout
+    _one_row_per_key(out)
+    assert audit_run(out, read_manifest(out)).problems() == []
