@@ -5,15 +5,22 @@ A model spec is one of:
 * ``replica:<arch>`` — a random-weight replica of a real architecture, built from a JSON config
   under ``genedge/data/replicas`` (latency and memory are real, images and scores are noise);
 * a local directory holding a diffusers pipeline;
-* a hub id with an optional revision, ``org/name[@revision]`` (the ordinary ``from_pretrained`` path).
+* a hub id with an optional revision, ``org/name[@revision]`` (the ordinary ``from_pretrained`` path,
+  which works offline from the Hugging Face cache when ``HF_HUB_OFFLINE=1``).
+
+Hub and local models are read through their config files wherever weights are not needed, so
+counting parameters, naming the scheduler or the native resolution costs a few small JSON reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
+import json
 import logging
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +39,9 @@ __all__ = [
     "add_replica_path",
     "unet_param_count",
     "scheduler_config",
+    "native_resolution",
+    "resolve_revision",
+    "vae_decode_dtype",
     "clip_bpe_tokenizer",
     "load_pipeline",
 ]
@@ -60,7 +70,13 @@ _REQUIRED_REPLICA_FIELDS = (
     "sources",
 )
 _XL_FIELDS = ("text_encoder_2", "tokenizer_2")
+_NO_SAFETY_CHECKER = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 _HUB_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
+_COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
+# Pipelines whose decode upcasts a float16 VAE marked ``force_upcast`` to float32: diffusers'
+# StableDiffusionXLPipeline does (``needs_upcasting = self.vae.dtype == torch.float16 and
+# self.vae.config.force_upcast``); StableDiffusionPipeline decodes in the VAE's own dtype.
+_UPCASTING_PIPELINES = frozenset({"StableDiffusionXLPipeline"})
 
 
 @dataclass(frozen=True)
@@ -160,6 +176,74 @@ def _build_unet(config: dict[str, Any]) -> Any:
     return require("diffusers").UNet2DConditionModel.from_config(config)
 
 
+def _as_spec(spec: ModelSpec | str) -> ModelSpec:
+    return parse_model_spec(spec) if isinstance(spec, str) else spec
+
+
+@contextlib.contextmanager
+def _hub_errors(spec: ModelSpec) -> Iterator[None]:
+    """Turn huggingface_hub's errors for ``spec`` into one-line ValueErrors that say what to do."""
+    hub = require("huggingface_hub")
+    errors = require("huggingface_hub.errors")
+    revision = f"revision {spec.revision!r}" if spec.revision else "the default branch"
+    try:
+        yield
+    except errors.RevisionNotFoundError as err:
+        raise ValueError(
+            f"{spec.key!r}: expected a branch, tag or commit of {spec.identifier!r}, but {revision} does not "
+            "exist on the Hugging Face Hub"
+        ) from err
+    except errors.RepositoryNotFoundError as err:
+        raise ValueError(
+            f"{spec.key!r}: the Hugging Face Hub has no repository {spec.identifier!r} that this machine may read; "
+            "check the id, log in with `hf auth login` for a private or gated one, or pass a local pipeline folder"
+        ) from err
+    except (errors.LocalEntryNotFoundError, errors.RevisionResolutionError) as err:
+        where = f"the Hugging Face cache {hub.constants.HF_HUB_CACHE}"
+        if hub.constants.is_offline_mode():
+            raise ValueError(
+                f"{spec.key!r}: {revision} of {spec.identifier!r} is not in {where} and HF_HUB_OFFLINE is set; "
+                f"download it first (`hf download {spec.identifier}`, or rerun with HF_HUB_OFFLINE=0) "
+                "or pass a local pipeline folder"
+            ) from err
+        raise ValueError(
+            f"{spec.key!r}: the Hugging Face Hub could not be reached and {revision} of {spec.identifier!r} is not "
+            f"in {where}; check the connection, download it first, or pass a local pipeline folder"
+        ) from err
+    except errors.EntryNotFoundError as err:
+        raise ValueError(
+            f"{spec.key!r}: expected a diffusers pipeline repository, but a file is missing: {err}".splitlines()[0]
+        ) from err
+    except errors.HfHubHTTPError as err:
+        raise ValueError(f"{spec.key!r}: the Hugging Face Hub refused the request: {err}".splitlines()[0]) from err
+
+
+def _read_json(spec: ModelSpec, subfolder: str, filename: str) -> dict[str, Any]:
+    """One JSON file of a local or hub pipeline (for a hub model, from the cache or the Hub)."""
+    if spec.kind == "local":
+        path = Path(spec.identifier, subfolder, filename)
+        if not path.is_file():
+            raise ValueError(
+                f"{path}: expected this file in the diffusers pipeline folder {spec.key!r}, but it is missing"
+            )
+    else:
+        hub = require("huggingface_hub")
+        with _hub_errors(spec):
+            path = Path(
+                hub.hf_hub_download(
+                    spec.identifier,
+                    filename,
+                    subfolder=subfolder or None,
+                    revision=spec.revision,
+                    local_files_only=hub.constants.is_offline_mode(),
+                )
+            )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: expected a JSON file, but it does not parse ({err})") from err
+
+
 def unet_param_count(spec: ModelSpec | str) -> int:
     """Count the denoiser (UNet) parameters of a model without allocating its weights.
 
@@ -172,15 +256,16 @@ def unet_param_count(spec: ModelSpec | str) -> int:
 
     Returns:
         The number of UNet parameters.
+
+    Raises:
+        ValueError: When the config cannot be read (missing file, hub repository not cached offline).
     """
-    spec = parse_model_spec(spec) if isinstance(spec, str) else spec
+    spec = _as_spec(spec)
     torch = require("torch")
     if spec.is_replica:
         config = get_replica_config(spec.identifier)["unet"]
     else:
-        config = require("diffusers").UNet2DConditionModel.load_config(
-            spec.identifier, subfolder="unet", revision=spec.revision
-        )
+        config = _read_json(spec, "unet", "config.json")
     with torch.device("meta"):
         unet = _build_unet(config)
     return sum(p.numel() for p in unet.parameters())
@@ -204,21 +289,113 @@ def scheduler_config(spec: ModelSpec | str, override: str | None = None) -> dict
         override: A diffusers scheduler class name replacing the model's own (built from its config).
 
     Raises:
-        ValueError: For an unknown scheduler class name, listing the available ones.
+        ValueError: For an unknown scheduler class name, listing the available ones, or when the
+            config cannot be read.
     """
-    spec = parse_model_spec(spec) if isinstance(spec, str) else spec
+    spec = _as_spec(spec)
     diffusers = require("diffusers")
     if spec.is_replica:
         own = get_replica_config(spec.identifier)["scheduler"]
         name, config = own["class"], own["config"]
     else:
-        config = diffusers.SchedulerMixin.load_config(spec.identifier, subfolder="scheduler", revision=spec.revision)
-        name = config["_class_name"]
+        config = _read_json(spec, "scheduler", "scheduler_config.json")
+        name = config.get("_class_name", "")
     scheduler = _scheduler_class(diffusers, override or name).from_config(config)
     return {
         "class": type(scheduler).__name__,
         "config": {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")},
     }
+
+
+def native_resolution(spec: ModelSpec | str) -> int:
+    """The side in pixels of the square images a model was trained for.
+
+    For hub and local models this is the UNet's ``sample_size`` (latent side) times the VAE's
+    downscaling factor ``2 ** (len(block_out_channels) - 1)``, as diffusers pipelines compute their
+    default height and width: 1024 for SDXL, 512 for SD 1.5 and SD 2.1-base. Replicas give their
+    config's ``resolution``.
+
+    Args:
+        spec: Model spec (hub and local models read ``unet/config.json`` and ``vae/config.json``).
+
+    Returns:
+        The native image side in pixels.
+
+    Raises:
+        ValueError: When a config cannot be read, or its UNet ``sample_size`` is not one square side.
+    """
+    spec = _as_spec(spec)
+    if spec.is_replica:
+        return int(get_replica_config(spec.identifier)["resolution"])
+    sample_size = _read_json(spec, "unet", "config.json").get("sample_size")
+    if isinstance(sample_size, list) and len(set(sample_size)) == 1:
+        sample_size = sample_size[0]
+    if not isinstance(sample_size, int):
+        raise ValueError(
+            f"{spec.key!r}: unet/config.json: field 'sample_size': expected one integer side, but got {sample_size!r}"
+        )
+    vae_blocks = _read_json(spec, "vae", "config.json").get("block_out_channels")
+    if not isinstance(vae_blocks, list) or not vae_blocks:
+        raise ValueError(
+            f"{spec.key!r}: vae/config.json: field 'block_out_channels': expected a non-empty list, "
+            f"but got {vae_blocks!r}"
+        )
+    return sample_size * 2 ** (len(vae_blocks) - 1)
+
+
+def resolve_revision(spec: ModelSpec | str) -> str | None:
+    """The commit a hub model spec stands for, so records name exactly the weights that were measured.
+
+    A branch or tag (or no revision: the default branch) is resolved through the Hub, or offline
+    (``HF_HUB_OFFLINE=1``) through the cache's ``refs/``; a 40-hex commit is returned as given.
+
+    Args:
+        spec: Model spec.
+
+    Returns:
+        The 40-hex commit hash for a hub model; ``None`` for a replica or a local folder.
+
+    Raises:
+        ValueError: In one line naming the spec and the remedy, when the repository or revision does
+            not exist, or is not in the cache while offline.
+    """
+    spec = _as_spec(spec)
+    if spec.kind != "hub":
+        return None
+    if spec.revision is not None and _COMMIT_HASH.match(spec.revision):
+        return spec.revision
+    hub = require("huggingface_hub")
+    with _hub_errors(spec):
+        resolved = hub.resolve_revision(
+            spec.identifier, revision=spec.revision, local_files_only=hub.constants.is_offline_mode()
+        )
+    return resolved.resolved
+
+
+def vae_decode_dtype(pipeline_class: str, vae_config: Mapping[str, Any], dtype: Any) -> Any:
+    """The dtype the VAE decodes in when the rest of a pipeline runs in ``dtype``, as diffusers does it.
+
+    SDXL's pipeline upcasts a float16 VAE whose config sets ``force_upcast`` (its VAE overflows in
+    float16); SD 1.x/2.x pipelines decode in the pipeline dtype, even though ``AutoencoderKL``
+    defaults to ``force_upcast=True``. genedge keeps an upcast VAE in float32 once instead of
+    casting it on every call.
+
+    Args:
+        pipeline_class: Pipeline class name, one of ``SUPPORTED_PIPELINES``.
+        vae_config: The VAE's config (a missing ``force_upcast`` means ``AutoencoderKL``'s default, true).
+        dtype: ``torch.dtype`` of the pipeline.
+
+    Returns:
+        ``torch.float32`` or ``dtype``.
+
+    Raises:
+        ValueError: For a pipeline class genedge cannot drive.
+    """
+    if pipeline_class not in SUPPORTED_PIPELINES:
+        raise ValueError(f"Expected a pipeline class in {SUPPORTED_PIPELINES}, but got {pipeline_class!r}")
+    torch = require("torch")
+    upcast = pipeline_class in _UPCASTING_PIPELINES and dtype == torch.float16 and vae_config.get("force_upcast", True)
+    return torch.float32 if upcast else dtype
 
 
 @functools.lru_cache(maxsize=1)
@@ -267,34 +444,77 @@ def _text_encoder(config: dict[str, Any]) -> Any:
     return getattr(transformers, architecture)(transformers.CLIPTextConfig(**config))
 
 
-def _build_replica(name: str, device: Any) -> Any:
+@contextlib.contextmanager
+def _default_dtype(dtype: Any) -> Iterator[None]:
+    torch = require("torch")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _build_replica(name: str, device: Any, dtype: Any) -> Any:
     torch = require("torch")
     diffusers = require("diffusers")
     config = get_replica_config(name)
     scheduler_cls = _scheduler_class(diffusers, config["scheduler"]["class"])
-    # Build directly on the target device (a 2.6 B-parameter UNet initialised on a CPU takes
-    # minutes); fork the RNG so a replica is reproducible without touching the caller's seed.
+    xl = config["pipeline"] == "StableDiffusionXLPipeline"
+    # Build directly on the target device and in the target dtype: a 2.6 B-parameter UNet initialised
+    # on a CPU takes minutes, and one built in float32 and then cast needs twice the memory at its
+    # peak (about 14 GB for SDXL). Fork the RNG so a replica is reproducible without touching the
+    # caller's seed.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.device(device):
         torch.manual_seed(0)
-        components = {
-            "unet": _build_unet(config["unet"]),
-            "vae": diffusers.AutoencoderKL.from_config(config["vae"]),
-            "text_encoder": _text_encoder(config["text_encoder"]),
-        }
-        if config["pipeline"] == "StableDiffusionXLPipeline":
-            components["text_encoder_2"] = _text_encoder(config["text_encoder_2"])
+        with _default_dtype(dtype):
+            components = {"unet": _build_unet(config["unet"]), "text_encoder": _text_encoder(config["text_encoder"])}
+            if xl:
+                components["text_encoder_2"] = _text_encoder(config["text_encoder_2"])
+        with _default_dtype(vae_decode_dtype(config["pipeline"], config["vae"], dtype)):
+            components["vae"] = diffusers.AutoencoderKL.from_config(config["vae"])
     components["scheduler"] = scheduler_cls.from_config(config["scheduler"]["config"])
     components["tokenizer"] = clip_bpe_tokenizer(**config["tokenizer"])
-    if config["pipeline"] == "StableDiffusionXLPipeline":
+    if xl:
         components["tokenizer_2"] = clip_bpe_tokenizer(**config["tokenizer_2"])
         return diffusers.StableDiffusionXLPipeline(**components, add_watermarker=False)
-    return diffusers.StableDiffusionPipeline(
-        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
+    return diffusers.StableDiffusionPipeline(**components, **_NO_SAFETY_CHECKER)
+
+
+def _load_pretrained(spec: ModelSpec, dtype: Any) -> Any:
+    diffusers = require("diffusers")
+    hub = require("huggingface_hub")
+    # Read the pipeline class and VAE config first: an unsupported model fails before any weights
+    # load, and the VAE loads straight into the dtype it decodes in.
+    pipeline_class = _read_json(spec, "", "model_index.json").get("_class_name")
+    if pipeline_class not in SUPPORTED_PIPELINES:
+        raise ValueError(
+            f"Expected a model whose pipeline is one of {SUPPORTED_PIPELINES}, but {spec.key!r} declares "
+            f"{pipeline_class!r} in model_index.json"
+        )
+    vae_dtype = vae_decode_dtype(pipeline_class, _read_json(spec, "vae", "config.json"), dtype)
+    # genedge decodes latents itself and never runs the safety checker or the watermarker, so
+    # neither is loaded (the checker alone would add 1.2 GB to the measured memory).
+    extra = _NO_SAFETY_CHECKER if pipeline_class == "StableDiffusionPipeline" else {"add_watermarker": False}
+    # Pin every file to one commit, and stay off the network when offline (otherwise diffusers
+    # first tries the Hub and logs a warning for each failed call).
+    revision = resolve_revision(spec)
+    with _hub_errors(spec):
+        return diffusers.DiffusionPipeline.from_pretrained(
+            spec.identifier,
+            revision=revision,
+            dtype={"default": dtype, "vae": vae_dtype},
+            local_files_only=hub.constants.is_offline_mode(),
+            **extra,
+        )
 
 
 def load_pipeline(spec: ModelSpec | str, *, device: Any, dtype: Any, scheduler: str | None = None) -> Any:
     """Load (or, for a replica, build) a diffusers pipeline on ``device`` in ``dtype``.
+
+    The VAE is kept in the dtype the pipeline decodes in (:func:`vae_decode_dtype`): float32 for
+    SDXL in float16, ``dtype`` otherwise. Stable Diffusion 1.x/2.x pipelines load without their
+    safety checker, SDXL ones without the watermarker.
 
     Args:
         spec: Model spec.
@@ -307,26 +527,16 @@ def load_pipeline(spec: ModelSpec | str, *, device: Any, dtype: Any, scheduler: 
         The pipeline, with its progress bar disabled (the caller draws its own).
 
     Raises:
-        ValueError: For a pipeline class genedge cannot drive or an unknown scheduler name.
+        ValueError: For a pipeline class genedge cannot drive, an unknown scheduler name, or a hub
+            model that cannot be found (in one line, naming the remedy).
     """
-    spec = parse_model_spec(spec) if isinstance(spec, str) else spec
+    spec = _as_spec(spec)
     diffusers = require("diffusers")
     if spec.is_replica:
-        pipe = _build_replica(spec.identifier, device)
+        pipe = _build_replica(spec.identifier, device, dtype)
     else:
-        pipe = diffusers.DiffusionPipeline.from_pretrained(spec.identifier, revision=spec.revision, torch_dtype=dtype)
-    if type(pipe).__name__ not in SUPPORTED_PIPELINES:
-        raise ValueError(
-            f"Expected a model whose pipeline is one of {SUPPORTED_PIPELINES}, "
-            f"but {spec.key!r} loads {type(pipe).__name__}"
-        )
+        pipe = _load_pretrained(spec, dtype).to(device)
     if scheduler is not None:
         pipe.scheduler = _scheduler_class(diffusers, scheduler).from_config(pipe.scheduler.config)
-    pipe.to(device)
-    if spec.is_replica and dtype != require("torch").float32:
-        pipe.to(dtype=dtype)
-    if pipe.vae.config.get("force_upcast", False) and dtype == require("torch").float16:
-        # The SDXL VAE overflows in float16 (diffusers upcasts it per call); keep it in float32 once.
-        pipe.vae.to(dtype=require("torch").float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
