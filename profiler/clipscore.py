@@ -9,12 +9,13 @@ was truncated is returned per image because open_clip does not say.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,25 @@ def clip_scores(
     return scores, truncated
 
 
+class _RandomInitFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init(pretrained: str | None) -> Iterator[None]:
+    """Silence open_clip's root-logger warning that random weights are random, when they are asked for."""
+    if pretrained is not None:
+        yield
+        return
+    quiet = _RandomInitFilter()
+    logging.getLogger().addFilter(quiet)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
 class ClipScorer:
     """An open_clip backbone loaded once, with its convention.
 
@@ -310,7 +330,7 @@ class ClipScorer:
         self.device = device
         self._home = torch.device("cpu") if offload else device
         # Random weights come from a forked RNG with a fixed seed: reproducible, caller's RNG untouched.
-        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]), _quiet_random_init(weights.pretrained):
             warnings.filterwarnings("error", message=".*QuickGELU mismatch.*")
             torch.manual_seed(0)
             try:

@@ -481,6 +481,21 @@ def _build_replica(name: str, device: Any, dtype: Any) -> Any:
     return diffusers.StableDiffusionPipeline(**components, **_NO_SAFETY_CHECKER)
 
 
+@contextlib.contextmanager
+def _library_bars_off() -> Iterator[None]:
+    """Hide diffusers' and transformers' loading bars: the profiler shows its own progress."""
+    libraries = [require(name).utils.logging for name in ("diffusers", "transformers")]
+    enabled = [library.is_progress_bar_enabled() for library in libraries]
+    for library in libraries:
+        library.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for library, was in zip(libraries, enabled):
+            if was:
+                library.enable_progress_bar()
+
+
 def _load_pretrained(spec: ModelSpec, dtype: Any) -> Any:
     diffusers = require("diffusers")
     hub = require("huggingface_hub")
@@ -499,7 +514,7 @@ def _load_pretrained(spec: ModelSpec, dtype: Any) -> Any:
     # Pin every file to one commit, and stay off the network when offline (otherwise diffusers
     # first tries the Hub and logs a warning for each failed call).
     revision = resolve_revision(spec)
-    with _hub_errors(spec):
+    with _hub_errors(spec), _library_bars_off():
         return diffusers.DiffusionPipeline.from_pretrained(
             spec.identifier,
             revision=revision,

@@ -726,8 +726,7 @@ def profile(
     device = select_device(config.device, local_rank)
     dtype_name = config.dtype or ("float16" if device.type == "cuda" else "float32")
     dtype = getattr(torch, dtype_name)
-    # Before any model loads: an offline machine without the CLIP weights stops here, with what to pass.
-    scorer = ClipScorer(config.clip_backbone, config.clip_pretrained, device=device, offload=device.type == "cuda")
+    # Configs only (a few JSON files): a hub id missing from an offline cache stops here, before any weights load.
     models = [
         {
             "key": s.key,
@@ -739,6 +738,8 @@ def profile(
         }
         for s in specs
     ]
+    # Before any pipeline loads: an offline machine without the CLIP weights stops here, with what to pass.
+    scorer = ClipScorer(config.clip_backbone, config.clip_pretrained, device=device, offload=device.type == "cuda")
     monitor = Monitor(str(torch.cuda.get_device_properties(device).uuid) if device.type == "cuda" else None)
     try:
         status = monitor.status.as_manifest()

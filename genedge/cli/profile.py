@@ -180,10 +180,14 @@ def run(args: argparse.Namespace) -> int:
     config = _config(args)
     validate(config)  # every input error surfaces here, before torch or any model is loaded
     require("torch")  # without the profile extra, stop here with one line naming it
-    bar = require("tqdm").tqdm(total=0, unit="img", disable=args.no_progress, dynamic_ncols=True)
+    tqdm = require("tqdm").tqdm
+    bars: list[Any] = []  # drawn from the first progress report: an early error prints no empty bar
     written = [0]
 
     def on_progress(progress: Progress) -> None:
+        if not bars:
+            bars.append(tqdm(total=progress.total, unit="img", disable=args.no_progress, dynamic_ncols=True))
+        bar = bars[0]
         bar.total = progress.total
         bar.set_description(progress.config, refresh=False)
         bar.update(progress.done - bar.n)
@@ -200,7 +204,8 @@ def run(args: argparse.Namespace) -> int:
             quarantine_corrupt=args.quarantine_corrupt,
         )
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     for path in result.quarantined:
         print(f"moved unreadable shard to {path}; its images were measured again")
     if result.foreign:

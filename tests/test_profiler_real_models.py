@@ -1,0 +1,162 @@
+"""`genedge profile` on real diffusers files: a pipeline saved to a folder, and the same pipeline as a hub id
+read offline from a Hugging Face cache; and the offline CLIP error that comes before any generation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny_pipelines import TINY_COMMIT, hub_cache_env, lay_out_hub_cache, save_tiny_pipeline
+
+from genedge.profiler import read_manifest, read_records
+
+TIMEOUT_S = 600
+STEPS = (2, 3)
+N_PROMPTS = 4
+NATIVE = 16  # the saved tiny pipeline's configs: UNet sample_size 8 × VAE factor 2
+REPO = "genedge-test/tiny"
+# Stage windows are contiguous on the device clock; the host total adds only the final synchronize.
+STAGE_SUM_REL_TOL = 0.05
+STAGE_SUM_ABS_TOL_S = 0.002
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_pipeline(tmp_path_factory.mktemp("saved") / "tiny-pipeline")
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("prompts") / "prompts.tsv"
+    rows = "".join(f"a {c.lower()} scene number {i}\tAnimals\t{c}\t\n" for i, c in enumerate(["Basic", "Complex"] * 2))
+    path.write_text("Prompt\tCategory\tChallenge\tNote\n" + rows, encoding="utf-8")
+    return path
+
+
+def _genedge(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"} | (env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "genedge", *args], env=environment, capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+
+
+def _profile(model: str, prompts: Path, out: Path, env: dict[str, str] | None = None) -> None:
+    result = _genedge(
+        "profile",
+        "--model",
+        model,
+        "--steps",
+        ",".join(map(str, STEPS)),
+        "--prompts",
+        str(prompts),
+        "--category-mapping",
+        "challenge",
+        "--device",
+        "cpu",
+        "--clip-backbone",
+        "replica:tiny",
+        "--clip-pretrained",
+        "none",
+        "--no-progress",
+        "--out",
+        str(out),
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"recorded {len(STEPS) * N_PROMPTS} images (0 oom/error)" in result.stdout
+    assert "profile: " in result.stdout and "ETA" in result.stdout  # --no-progress prints a line per shard
+
+
+def _check_run(out: Path, model: str) -> dict:
+    frame = read_records(out)
+    assert len(frame) == len(STEPS) * N_PROMPTS and frame["status"].eq("ok").all()
+    assert not frame.duplicated(["model_key", "steps", "seed", "prompt_id"]).any()
+    assert frame["model_key"].eq(model).all() and not frame["is_replica"].any()
+    assert (frame["step_latencies_s"].map(len) == frame["steps"]).all()
+    stages = frame["text_encode_s"] + frame["denoise_s"] + frame["decode_s"]
+    assert ((stages - frame["total_s"]).abs() <= STAGE_SUM_REL_TOL * frame["total_s"] + STAGE_SUM_ABS_TOL_S).all()
+    assert frame["resolution"].eq(NATIVE).all() and frame["clip_score"].between(0, 100).all()
+    manifest = read_manifest(out)
+    (entry,) = manifest["models"]
+    assert entry["key"] == model and entry["resolution"] == NATIVE and manifest["resolution"] is None
+    assert entry["scheduler"]["class"] == "DDIMScheduler" and entry["unet_params"] > 0
+    shown = _genedge("profile", "show", str(out))
+    assert shown.returncode == 0, shown.stderr
+    assert "problem:" not in shown.stdout and "total_s_p50" in shown.stdout and "step_ms_p99" in shown.stdout
+    return manifest
+
+
+@pytest.mark.slow
+def test_profile_a_pipeline_saved_to_a_folder(folder: Path, prompts: Path, tmp_path: Path) -> None:
+    manifest = _check_run(_profile_run(str(folder), prompts, tmp_path), str(folder))
+    assert manifest["models"][0]["revision"] is None  # a local folder has no hub revision
+
+
+def _profile_run(model: str, prompts: Path, tmp_path: Path, env: dict[str, str] | None = None) -> Path:
+    out = tmp_path / "run"
+    _profile(model, prompts, out, env)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("revision", ["", "@main", f"@{TINY_COMMIT}"])
+def test_profile_a_hub_id_offline_from_the_cache_recording_its_commit(
+    folder: Path, prompts: Path, tmp_path: Path, revision: str
+) -> None:
+    cache = tmp_path / "hub"
+    lay_out_hub_cache(folder, cache, REPO)
+    model = REPO + revision
+    out = _profile_run(model, prompts, tmp_path, hub_cache_env(cache))
+    manifest = _check_run(out, model)
+    assert manifest["models"][0]["revision"] == TINY_COMMIT
+    assert read_records(out)["model_revision"].eq(TINY_COMMIT).all()
+
+
+def test_a_hub_id_missing_from_the_offline_cache_is_one_line(prompts: Path, tmp_path: Path) -> None:
+    result = _genedge(
+        "profile",
+        "--model",
+        "genedge-test/absent",
+        "--steps",
+        "2",
+        "--prompts",
+        str(prompts),
+        "--category-mapping",
+        "challenge",
+        "--clip-backbone",
+        "replica:tiny",
+        "--clip-pretrained",
+        "none",
+        "--out",
+        str(tmp_path / "run"),
+        env=hub_cache_env(tmp_path / "empty-hub"),
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "genedge-test/absent" in result.stderr
+    assert not (tmp_path / "run" / "records").exists()
+
+
+def test_offline_without_clip_weights_stops_before_any_generation(prompts: Path, tmp_path: Path) -> None:
+    result = _genedge(
+        "profile",
+        "--model",
+        "replica:tiny",
+        "--steps",
+        "2",
+        "--prompts",
+        str(prompts),
+        "--category-mapping",
+        "challenge",
+        "--out",
+        str(tmp_path / "run"),
+        env={"HF_HUB_CACHE": str(tmp_path / "empty-hub"), "HF_HOME": str(tmp_path / "hf-home")},
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "CLIP weights for ViT-L-14-quickgelu/openai are not in the local cache" in line
+    assert "--clip-pretrained /path/to/open_clip_pytorch_model.bin" in line
+    assert "--clip-backbone replica:tiny --clip-pretrained none" in line
+    assert not (tmp_path / "run").exists()  # nothing measured, nothing written
