@@ -171,6 +171,7 @@ class RunSummary:
             ``error``, ``total_s_p50/p90/p99/std``, ``step_ms_p50/p90/p99/std`` (every recorded step),
             ``images_per_s`` (batch size / call seconds, averaged over calls), ``energy_j_mean``,
             ``average_power_w_mean``, ``peak_rss_bytes_max``, ``peak_torch_allocated_bytes_max``,
+            ``peak_nvml_process_bytes_max``,
             ``model_load_s`` and ``first_call_s`` (medians over the processes that loaded the model).
         quality: one row per (model, steps, category): ``ok`` images and ``clip_score_mean``/``_std``.
     """
@@ -210,8 +211,8 @@ def summarize_run(run_dir: str | Path) -> RunSummary:
         row["images_per_s"] = float((1.0 / calls).mean()) if len(calls) else float("nan")
         row["energy_j_mean"] = float(ok["energy_j"].mean())
         row["average_power_w_mean"] = float(ok["average_power_w"].mean())
-        row["peak_rss_bytes_max"] = float(ok["peak_rss_bytes"].max())
-        row["peak_torch_allocated_bytes_max"] = float(ok["peak_torch_allocated_bytes"].max())
+        for column in ("peak_rss_bytes", "peak_torch_allocated_bytes", "peak_nvml_process_bytes"):
+            row[f"{column}_max"] = float(ok[column].max())
         row["model_load_s"] = float(group["model_load_s"].median())
         row["first_call_s"] = float(group["first_call_s"].median())
         latency_rows.append(row)

@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from genedge.calibrate import TableError, read_runs
 from genedge.contract import ArtifactError, audit_run, lock_path, read_manifest
 from genedge.profiler import ProfileConfig, profile, read_records, summarize_run
+
+pytestmark = pytest.mark.slow  # each test profiles a tiny replica on the CPU
 
 KEY = ["model_key", "steps", "seed", "prompt_id"]
 N_IMAGES = 8
@@ -93,6 +96,8 @@ def test_a_foreign_shard_is_never_counted_as_measured(
     assert (result.recorded, result.skipped, result.foreign) == (2, N_IMAGES - 2, 2)
     _one_row_per_key(run_dir)
     assert summarize_run(run_dir).audit.foreign == 2
+    with pytest.raises(TableError, match=r"records: 2 foreign row\(s\)"):
+        read_runs([run_dir])  # calibrate never mixes them into a table
 
 
 def test_a_duplicated_shard_is_reported_with_its_count(run_dir: Path, config: ProfileConfig) -> None:
@@ -101,6 +106,8 @@ def test_a_duplicated_shard_is_reported_with_its_count(run_dir: Path, config: Pr
     assert (audit.own, audit.duplicates, audit.foreign) == (N_IMAGES + 2, 2, 0)
     assert audit.problems() == ["2 duplicate row(s): images recorded more than once"]
     assert profile(config, run_dir).recorded == 0
+    with pytest.raises(TableError, match=r"2 duplicate row\(s\)"):
+        read_runs([run_dir])
 
 
 def test_a_corrupt_shard_is_named_then_quarantined_and_its_images_measured_again(
@@ -185,7 +192,6 @@ def _cli(config: ProfileConfig, out: Path) -> list[str]:
     ]
 
 
-@pytest.mark.slow
 def test_two_concurrent_profiles_then_a_resume_give_one_row_per_key(config: ProfileConfig, tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

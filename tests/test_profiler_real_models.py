@@ -3,6 +3,7 @@ read offline from a Hugging Face cache; and the offline CLIP error that comes be
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -91,8 +92,14 @@ def _check_run(out: Path, model: str) -> dict:
 
 @pytest.mark.slow
 def test_profile_a_pipeline_saved_to_a_folder(folder: Path, prompts: Path, tmp_path: Path) -> None:
-    manifest = _check_run(_profile_run(str(folder), prompts, tmp_path), str(folder))
+    out = _profile_run(str(folder), prompts, tmp_path)
+    manifest = _check_run(out, str(folder))
     assert manifest["models"][0]["revision"] is None  # a local folder has no hub revision
+    # The run calibrates: on a CPU the measured memory is the process's resident peak.
+    calibrated = _genedge("calibrate", str(out), "--out", str(tmp_path / "table.json"))
+    assert calibrated.returncode == 0, calibrated.stderr[-2000:]
+    memory = json.loads((tmp_path / "table.json").read_text(encoding="utf-8"))["models"][str(folder)]["memory"]
+    assert memory["kind"] == "rss" and memory["peak_bytes"] == read_records(out)["peak_rss_bytes"].max()
 
 
 def _profile_run(model: str, prompts: Path, tmp_path: Path, env: dict[str, str] | None = None) -> Path:

@@ -217,6 +217,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _number(value: float) -> str:
+    return f"{value:.4g}"
+
+
 def _gib(value: float) -> str:
     return f"{value / 2**30:.2f}" if value == value else "-"  # NaN (not measured) prints as a dash
 
@@ -269,14 +273,29 @@ def show(args: argparse.Namespace) -> int:
     if summary.latency.empty:
         print("no records yet")
         return 0
-    latency = summary.latency.copy()
-    for column in ("peak_rss_bytes_max", "peak_torch_allocated_bytes_max"):
-        latency[column.replace("_bytes_max", "_gib")] = latency.pop(column).map(_gib)
-    measured = [c for c in latency.columns if latency[c].astype(str).ne("nan").any() and c != "average_power_w_mean"]
+    latency = summary.latency
+    keys = ["model_key", "steps"]
+    spread = [f"{m}_{s}" for m in ("total_s", "step_ms") for s in ("p50", "p90", "p99", "std")]
     print()
-    print("latency per model and steps (seconds per call; step_ms over every step; ok rows of this run):")
-    print(latency[measured].to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    print("latency (total_s per call, step_ms over every step; this run's ok rows):")
+    print(latency[[*keys, "images", "ok", "oom", "error", *spread]].to_string(index=False, float_format=_number))
+    costs = latency[keys].copy()
+    for column, name, scale in (
+        ("images_per_s", "images/s", 1.0),
+        ("energy_j_mean", "J/image", 1.0),
+        ("average_power_w_mean", "W", 1.0),
+        ("peak_rss_bytes_max", "RSS GiB", 2**-30),
+        ("peak_torch_allocated_bytes_max", "torch GiB", 2**-30),
+        ("peak_nvml_process_bytes_max", "NVML GiB", 2**-30),
+        ("model_load_s", "load s", 1.0),
+        ("first_call_s", "first call s", 1.0),
+    ):
+        if latency[column].notna().any():  # a column nothing measured on this device is left out
+            costs[name] = latency[column] * scale
+    print()
+    print("throughput, energy, memory peaks and cold start:")
+    print(costs.to_string(index=False, float_format=_number, na_rep="-"))
     print()
     print("CLIPScore per model, steps and category:")
-    print(summary.quality.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    print(summary.quality.to_string(index=False, float_format=_number, na_rep="-"))
     return 0
