@@ -349,6 +349,7 @@ def _math_settings(torch: Any, device: Any) -> dict[str, Any]:
                 "flash": bool(torch.backends.cuda.flash_sdp_enabled()),
                 "memory_efficient": bool(torch.backends.cuda.mem_efficient_sdp_enabled()),
                 "math": bool(torch.backends.cuda.math_sdp_enabled()),
+                "cudnn": bool(getattr(torch.backends.cuda, "cudnn_sdp_enabled", lambda: False)()),
             },
         }
     return settings
