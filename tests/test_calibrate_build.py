@@ -204,6 +204,7 @@ def test_a_cpu_run_measures_memory_as_the_process_rss(tmp_path: Path) -> None:
     assert limited.fits_in_memory(np.ones(1, dtype=bool))
 
 
+@pytest.mark.slow
 def test_energy_gets_its_figure_only_where_measured(tmp_path: Path) -> None:
     manifest, records = synthetic_run([METERED], steps=(10, 20), prompts_per_category=3, rng=8)
     run = write_run(tmp_path / "run", manifest, records)

@@ -285,6 +285,7 @@ def test_load_a_saved_folder_and_generate(tiny_folder: Path, capfd: pytest.Captu
     assert "safety" not in capfd.readouterr().err.lower()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("spec", "dtype", "pipeline", "vae_dtype"),
     [

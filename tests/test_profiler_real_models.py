@@ -122,6 +122,7 @@ def test_profile_a_hub_id_offline_from_the_cache_recording_its_commit(
     assert read_records(out)["model_revision"].eq(TINY_COMMIT).all()
 
 
+@pytest.mark.slow
 def test_a_hub_id_missing_from_the_offline_cache_is_one_line(prompts: Path, tmp_path: Path) -> None:
     result = _genedge(
         "profile",
@@ -146,6 +147,7 @@ def test_a_hub_id_missing_from_the_offline_cache_is_one_line(prompts: Path, tmp_
     assert not (tmp_path / "run" / "records").exists()
 
 
+@pytest.mark.slow
 def test_offline_without_clip_weights_stops_before_any_generation(prompts: Path, tmp_path: Path) -> None:
     result = _genedge(
         "profile",
