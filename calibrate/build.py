@@ -357,7 +357,8 @@ def _energy(ok: pd.DataFrame, latency: LatencyModel, used: set[str]) -> EnergyMo
     try:
         fit = fit_line(steps, joules, quantity="energy", unit="J")
     except ValueError as err:
-        seconds = float(metered["total_s"].sum())
+        # total_s is per call, shared by the images of its batch: per-image seconds pair with per-image joules.
+        seconds = float((metered["total_s"] / metered["batch_size"]).sum())
         if not seconds > 0:
             warnings.warn(
                 f"{ok['model_key'].iat[0]}: no energy line can be fitted ({err}) and the metered images "

@@ -10,6 +10,7 @@ was truncated is returned per image because open_clip does not say.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -88,6 +89,13 @@ def _replica_architecture(backbone: str) -> tuple[str, dict[str, Any]]:
 
 
 def _file_label(path: str) -> str:
+    stat = os.stat(path)
+    return _content_label(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _content_label(path: str, size: int, mtime_ns: int) -> str:
+    # Hashing a ViT-L checkpoint takes seconds: once per file version (size and mtime key the cache).
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         while chunk := file.read(_HASH_CHUNK_BYTES):
@@ -100,8 +108,8 @@ def _hub_offline() -> bool:
         from huggingface_hub import constants
     except ImportError:
         return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-    # The value hf_hub_download itself obeys (read when huggingface_hub was imported).
-    return bool(constants.HF_HUB_OFFLINE)
+    # What hf_hub_download itself obeys (read when huggingface_hub was imported); models.py asks the same.
+    return constants.is_offline_mode()
 
 
 def _cached_tag_file(open_clip: Any, cfg: dict[str, Any]) -> str | None:

@@ -20,8 +20,9 @@ __all__ = ["DEVICE_SYNTAX", "check_device_string", "select_device"]
 logger = logging.getLogger(__name__)
 
 #: The accepted ``--device`` values, in words.
-DEVICE_SYNTAX = "cpu, cuda, cuda:N or mps"
-_DEVICE_PATTERN = re.compile(r"(?:cpu|mps|cuda(?::\d+)?)")
+# Only devices whose clock genedge can read: CUDA events, or the host clock on a CPU.
+DEVICE_SYNTAX = "cpu, cuda or cuda:N"
+_DEVICE_PATTERN = re.compile(r"(?:cpu|cuda(?::\d+)?)")
 
 
 def check_device_string(device: str) -> str:
@@ -34,7 +35,7 @@ def check_device_string(device: str) -> str:
         ``device`` unchanged.
 
     Raises:
-        ValueError: When ``device`` is not one of ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        ValueError: When ``device`` is not one of ``cpu``, ``cuda`` or ``cuda:N``.
 
     Example:
         >>> check_device_string("cuda:1")
@@ -81,15 +82,14 @@ def select_device(requested: str | None, local_rank: int) -> Any:
             if not torch.cuda.is_available():
                 raise ValueError(f"--device {requested}: CUDA is not available on this machine; pass --device cpu")
             count = torch.cuda.device_count()
-            index = torch.cuda.current_device() if device.index is None else device.index
+            # A bare "cuda" follows LOCAL_RANK like the default, so every launched process gets its own GPU.
+            index = local_rank % count if device.index is None else device.index
             if index >= count:
                 raise ValueError(
                     f"--device {requested}: this machine has {count} visible CUDA device(s), "
                     f"cuda:0 to cuda:{count - 1}; pass one of them, or leave --device out"
                 )
             device = torch.device("cuda", index)
-        elif device.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError(f"--device {requested}: MPS is not available on this machine; pass --device cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device

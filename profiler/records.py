@@ -138,7 +138,12 @@ def recorded_keys(
     names = ["run_id", "settings_sha256", *KEY_COLUMNS, "status"]
     keys: set[tuple[str, int, int, str]] = set()
     for _, _, shard in list_shards(run_dir):
-        columns = read_shard(shard, columns=names).to_pydict()
+        try:
+            columns = read_shard(shard, columns=names).to_pydict()
+        except ArtifactError:
+            if shard.exists():
+                raise
+            continue  # another rank moved it to quarantine meanwhile
         for row in zip(*(columns[c] for c in names)):
             if row[:2] == identity and (statuses is None or row[-1] in statuses):
                 keys.add(row[2:-1])
@@ -172,7 +177,7 @@ class RunSummary:
             ``images_per_s`` (batch size / call seconds, averaged over calls), ``energy_j_mean``,
             ``average_power_w_mean``, ``peak_rss_bytes_max``, ``peak_torch_allocated_bytes_max``,
             ``peak_nvml_process_bytes_max``,
-            ``model_load_s`` and ``first_call_s`` (medians over the processes that loaded the model).
+            ``model_load_s`` and ``first_call_s`` (medians over rows: each load weighs by its images).
         quality: one row per (model, steps, category): ``ok`` images and ``clip_score_mean``/``_std``.
     """
 

@@ -28,7 +28,7 @@ import platform
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,18 +40,23 @@ from genedge.contract.runs import (
     MANIFEST_NAME,
     MANIFEST_SCHEMA_VERSION,
     MEMORY_RUNGS,
-    SETTINGS_FIELDS,
     list_shards,
     lock_path,
     quarantine_shard,
     read_manifest,
     read_shard,
     rung_column,
+    settings_document,
     settings_sha256,
     write_manifest,
 )
 from genedge.profiler._imports import require
-from genedge.profiler.clipscore import DEFAULT_CLIP_BACKBONE, DEFAULT_CLIP_PRETRAINED, ClipScorer
+from genedge.profiler.clipscore import (
+    DEFAULT_CLIP_BACKBONE,
+    DEFAULT_CLIP_PRETRAINED,
+    ClipScorer,
+    resolve_clip_weights,
+)
 from genedge.profiler.device import select_device
 from genedge.profiler.host import host_info
 from genedge.profiler.models import (
@@ -94,6 +99,8 @@ FLUSH_EVERY_IMAGES = 4
 MANIFEST_WAIT_S = 900.0
 GRAD_MODE = "torch.inference_mode"
 _MEMORY_COLUMNS = (*(rung_column(r) for r in MEMORY_RUNGS), *HOST_MEMORY_COLUMNS)
+_TORCH_COLUMNS = tuple(rung_column(r) for r in MEMORY_RUNGS if r.startswith("torch_"))
+_NOTED_COLUMNS = (*_MEMORY_COLUMNS, "energy_j")
 _DTYPES = ("float32", "float16", "bfloat16")
 # What encode_prompt returns, per pipeline class, as the keyword names the pipeline call accepts.
 _EMBEDDING_NAMES = {
@@ -483,7 +490,6 @@ class _Recorder:
         models: Mapping[str, Mapping[str, Any]],
         scorer: ClipScorer,
         config: ProfileConfig,
-        unmeasured: Mapping[str, str],
     ) -> None:
         self.run_dir = run_dir
         self.writer = ShardWriter(run_dir, rank)
@@ -491,28 +497,28 @@ class _Recorder:
         self.models = models
         self.scorer = scorer
         self.config = config
-        # Why each measurement column is null when no call was measured (a failed load, say).
-        self.unmeasured = dict(unmeasured)
         self.cold: dict[str, _ColdStart] = {}
+        # Scoring on a GPU moves the CLIP backbone through it and empties the allocator's cache.
+        self.cache_emptied = False
         self.pending: list[_Pending] = []
         self.recorded = 0
         self.failed = 0
 
-    def add(self, entries: list[_Pending]) -> bool:
-        """Buffer rows; returns whether they were scored and written now (a flush)."""
+    def add(self, entries: list[_Pending]) -> None:
+        """Buffer rows; score and write them once ``flush_every`` images wait."""
         self.pending.extend(entries)
         if len(self.pending) >= self.config.flush_every:
-            return self.flush()
-        return False
+            self.flush()
 
-    def flush(self) -> bool:
-        """Score and write what is buffered; returns whether anything was written."""
+    def flush(self) -> None:
+        """Score and write what is buffered."""
         if not self.pending:
-            return False
+            return
         ok = [p for p in self.pending if p.status == "ok"]
         scores, truncated = (
             self.scorer.score([p.image for p in ok], [p.item.prompt.text for p in ok]) if ok else ([], [])
         )
+        self.cache_emptied = self.cache_emptied or (bool(ok) and self.scorer.device.type == "cuda")
         for entry, score, cut in zip(ok, scores, truncated):
             entry.extra = {"clip_score": score, "prompt_truncated": cut}
             if self.config.save_images:
@@ -522,17 +528,17 @@ class _Recorder:
         self.recorded += len(rows)
         self.failed += sum(p.status != "ok" for p in self.pending)
         self.pending = []
-        return True
 
     def _row(self, entry: _Pending) -> dict[str, Any]:
         item, m = entry.item, entry.measurement
         model = self.models[item.model_key]
         cold = self.cold.get(item.model_key, _ColdStart())
-        notes = dict(self.unmeasured)
-        if m is not None:
+        if m is None:
+            notes = {c: f"no call was measured for this image (status {entry.status})" for c in _NOTED_COLUMNS}
+        else:
             notes = dict(m.reading.notes)
             if m.peak_torch_allocated_bytes is None:
-                notes |= {c: "not a CUDA device" for c in (rung_column(r) for r in MEMORY_RUNGS[:2])}
+                notes |= {c: "not a CUDA device" for c in _TORCH_COLUMNS}
         energy = m.reading.energy_j / entry.call_images if m is not None and m.reading.energy_j is not None else None
         return self.common | {
             "model_key": item.model_key,
@@ -627,21 +633,22 @@ def _check_shards(run_dir: Path, quarantine: bool) -> tuple[Path, ...]:
     moved = []
     for _, _, path in list_shards(run_dir):
         try:
-            read_shard(path, columns=["run_id"])
+            read_shard(path)  # every column: a readable footer over a damaged column chunk is still corrupt
         except ArtifactError:
+            if not path.exists():
+                continue  # another rank moved it meanwhile
             if not quarantine:
                 raise
-            moved.append(quarantine_shard(path))
-            logger.warning("%s: unreadable; moved to %s, its images will be measured again", path, moved[-1])
+            target = quarantine_shard(path)
+            if target is not None:
+                moved.append(target)
+                logger.warning("%s: unreadable; moved to %s, its images will be measured again", path, target)
     return tuple(moved)
 
 
 def _settings_differ(run_dir: Path, existing: Mapping[str, Any], ours: Mapping[str, Any]) -> ValueError:
-    differing = [f for f in SETTINGS_FIELDS if existing.get(f) != ours.get(f)]
-    if existing["device"]["name"] != ours["device"]["name"]:
-        differing.append("device")
-    if existing["host"].get("threads") != ours["host"].get("threads"):
-        differing.append("threads")
+    theirs, mine = settings_document(existing), settings_document(ours)
+    differing = [field for field in {**theirs, **mine} if theirs.get(field) != mine.get(field)]
     return ValueError(
         f"{run_dir / MANIFEST_NAME}: field 'settings_sha256': the folder holds run {existing['run_id']} measured "
         f"with other settings ({', '.join(differing)} differ); "
@@ -739,14 +746,17 @@ def profile(
         }
         for s in specs
     ]
-    # Before any pipeline loads: an offline machine without the CLIP weights stops here, with what to pass.
-    scorer = ClipScorer(config.clip_backbone, config.clip_pretrained, device=device, offload=device.type == "cuda")
-    monitor = Monitor(str(torch.cuda.get_device_properties(device).uuid) if device.type == "cuda" else None)
-    try:
+    # Before the lock and any loading: an offline machine without the CLIP weights stops here, with what to pass.
+    resolve_clip_weights(config.clip_backbone, config.clip_pretrained)
+    # Load exactly the commits the manifest records, even if a branch moves meanwhile.
+    pinned = [replace(s, revision=m["revision"]) if s.kind == "hub" else s for s, m in zip(specs, models)]
+    uuid = str(torch.cuda.get_device_properties(device).uuid) if device.type == "cuda" else None
+    # The lock first: a second process on this run stops before it loads anything heavy.
+    with _run_lock(out_dir, rank), Monitor(uuid) as monitor:
+        scorer = ClipScorer(config.clip_backbone, config.clip_pretrained, device=device, offload=device.type == "cuda")
         status = monitor.status.as_manifest()
         host = host_info() | _math_settings(torch, device) | {"memory_measurement": status["host_memory"]}
         device_info = _device_info(torch, device, status["nvml"].get("driver"), host["cpu"])
-        convention = asdict(scorer.convention)
         proposed = {
             "schema_version": MANIFEST_SCHEMA_VERSION,
             "run_id": _new_run_id(),
@@ -763,7 +773,7 @@ def profile(
             "batch_size": config.batch_size,
             "seeds": list(config.seeds),
             "warmup": config.warmup,
-            "clip_convention": convention,
+            "clip_convention": asdict(scorer.convention),
             "prompt_set": {
                 "name": prompt_set.name,
                 "sha256": prompt_set.sha256,
@@ -778,46 +788,39 @@ def profile(
             "world_size": world_size,
         }
         proposed["settings_sha256"] = settings_sha256(proposed)
-        with _run_lock(out_dir, rank):
-            quarantined = _check_shards(out_dir, quarantine_corrupt)
-            manifest = _open_run(out_dir, proposed, rank)
-            done = recorded_keys(out_dir, manifest, statuses={"ok"} if retry_failed else None)
-            foreign = sum(n for pair, n in identities(out_dir).items() if pair != _identity(manifest))
-            if foreign:
-                logger.warning(
-                    "%s: %d rows belong to another run or other settings; their images are measured for this run",
-                    out_dir,
-                    foreign,
-                )
-            every = [
-                _Item(m.key, s, seed, p)
-                for m in specs
-                for s in config.steps
-                for seed in config.seeds
-                for p in prompt_set.prompts
-            ]
-            # Split the full work list first, then skip what is done: every rank sees the same split
-            # whatever the others have written, so no item is skipped by all ranks or done twice.
-            todo = [it for it in every[rank::world_size] if it.key not in done]
-            skipped = sum(it.key in done for it in every)
-            common = {
-                "run_id": manifest["run_id"],
-                "settings_sha256": manifest["settings_sha256"],
-                "device_name": device_info["name"],
-                "dtype": dtype_name,
-                "guidance_scale": float(config.guidance_scale),
-                "clip_backbone": scorer.convention.backbone,
-                "clip_pretrained": scorer.convention.pretrained,
-            }
-            with monitor.window() as probe:
-                pass  # what this device cannot measure, for rows of models that never produce a call
-            recorder = _Recorder(
-                out_dir, rank, common, {m["key"]: m for m in models}, scorer, config, probe.reading.notes
+        quarantined = _check_shards(out_dir, quarantine_corrupt)
+        manifest = _open_run(out_dir, proposed, rank)
+        done = recorded_keys(out_dir, manifest, statuses={"ok"} if retry_failed else None)
+        foreign = sum(n for pair, n in identities(out_dir).items() if pair != _identity(manifest))
+        if foreign:
+            logger.warning(
+                "%s: %d rows belong to another run or other settings; their images are measured for this run",
+                out_dir,
+                foreign,
             )
-            _measure(todo, specs, config, device, dtype, monitor, recorder, on_progress)
-            recorder.flush()
-    finally:
-        monitor.close()
+        every = [
+            _Item(m.key, s, seed, p)
+            for m in specs
+            for s in config.steps
+            for seed in config.seeds
+            for p in prompt_set.prompts
+        ]
+        # Split the full work list first, then skip what is done: every rank sees the same split
+        # whatever the others have written, so no item is skipped by all ranks or done twice.
+        todo = [it for it in every[rank::world_size] if it.key not in done]
+        skipped = sum(it.key in done for it in every)
+        common = {
+            "run_id": manifest["run_id"],
+            "settings_sha256": manifest["settings_sha256"],
+            "device_name": device_info["name"],
+            "dtype": dtype_name,
+            "guidance_scale": float(config.guidance_scale),
+            "clip_backbone": scorer.convention.backbone,
+            "clip_pretrained": scorer.convention.pretrained,
+        }
+        recorder = _Recorder(out_dir, rank, common, {m["key"]: m for m in models}, scorer, config)
+        _measure(todo, pinned, config, device, dtype, monitor, recorder, on_progress)
+        recorder.flush()
     return RunResult(
         out_dir, manifest["run_id"], rank, world_size, recorder.recorded, skipped, recorder.failed, foreign, quarantined
     )
@@ -876,6 +879,7 @@ def _measure(
             for _ in range(config.warmup):
                 _, warm = call(pipe, [first.prompt.text], steps=first.steps, seed=first.seed)
                 first_call_s = warm.total_s if first_call_s is None else first_call_s
+                recorder.cache_emptied = False
             recorder.cold[spec.key] = _ColdStart(load_s, first_call_s)
         except Exception as err:
             status = "oom" if isinstance(err, oom) else "error"
@@ -901,12 +905,17 @@ def _measure(
             label = f"{spec.key} steps={steps}"
             remaining = list(config_items)
             for batch in _batches(config_items, config.batch_size):
-                flushed = False
+                prompts = [it.prompt.text for it in batch]
                 try:
-                    images, measurement = call(pipe, [it.prompt.text for it in batch], steps=steps, seed=batch[0].seed)
+                    if recorder.cache_emptied:
+                        # One unrecorded step of this very batch re-fills the allocator's cache, so the
+                        # image after a scoring flush does not pay the allocations in its measurement.
+                        call(pipe, prompts, steps=1, seed=batch[0].seed)
+                        recorder.cache_emptied = False
+                    images, measurement = call(pipe, prompts, steps=steps, seed=batch[0].seed)
                     if recorder.cold[spec.key].first_call_s is None:  # no warm-up: the first recorded call
                         recorder.cold[spec.key] = _ColdStart(recorder.cold[spec.key].load_s, measurement.total_s)
-                    flushed = recorder.add(
+                    recorder.add(
                         [_Pending(it, "ok", None, measurement, image, len(batch)) for it, image in zip(batch, images)]
                     )
                 except oom as err:
@@ -924,10 +933,6 @@ def _measure(
                     recorder.add([_Pending(it, "error", f"{type(err).__name__}: {err}") for it in batch])
                 remaining = remaining[len(batch) :]
                 done += len(batch)
-                if flushed and device.type == "cuda" and remaining:
-                    # Scoring moved the CLIP backbone through the GPU and emptied the allocator's cache;
-                    # one unrecorded step re-warms it so the next image does not pay the allocations.
-                    call(pipe, [batch[0].prompt.text], steps=1, seed=batch[0].seed)
                 report(label)
         recorder.flush()
         report(f"{spec.key} done")

@@ -13,6 +13,7 @@ import logging
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -240,10 +241,12 @@ class TegrastatsSampler:
         self.failure: str | None = None
         self.rail: str | None = None
         self.rail_reason: str | None = None
+        # stderr goes to a file, read only when tegrastats exits: a pipe nobody drains would fill and block it.
+        self._stderr = tempfile.TemporaryFile(mode="w+")
         self._proc = subprocess.Popen(
             [executable, "--interval", str(max(1, round(self.interval_s * 1000)))],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._stderr,
             text=True,
             bufsize=1,
         )
@@ -279,7 +282,8 @@ class TegrastatsSampler:
             failure = f"reading tegrastats failed: {err}"
         else:
             code = self._proc.wait()
-            stderr = self._proc.stderr.read().strip() if self._proc.stderr else ""
+            self._stderr.seek(0)
+            stderr = self._stderr.read().strip()
             failure = f"tegrastats exited with code {code}" + (f": {stderr}" if stderr else "")
         with self._lock:
             if self.failure is None:
@@ -328,6 +332,6 @@ class TegrastatsSampler:
                 self._proc.kill()
                 self._proc.wait()
         self._reader.join(timeout=2)
-        for stream in (self._proc.stdout, self._proc.stderr):
+        for stream in (self._proc.stdout, self._stderr):
             if stream is not None:
                 stream.close()

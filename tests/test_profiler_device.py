@@ -73,9 +73,9 @@ def test_an_explicit_device_is_made_current(fake_cuda: FakeCuda) -> None:
     assert fake_cuda.set_calls == [torch.device("cuda:1")]
 
 
-def test_bare_cuda_gets_the_current_index(fake_cuda: FakeCuda) -> None:
-    fake_cuda.current = 1
-    assert select_device("cuda", 0) == torch.device("cuda:1")
+def test_bare_cuda_follows_local_rank_like_the_default(fake_cuda: FakeCuda) -> None:
+    fake_cuda.current = 0
+    assert select_device("cuda", 3) == torch.device("cuda:1")  # 2 visible devices
 
 
 def test_a_device_the_machine_lacks_is_an_error(fake_cuda: FakeCuda) -> None:
@@ -88,7 +88,7 @@ def test_a_device_the_machine_lacks_is_an_error(fake_cuda: FakeCuda) -> None:
 
 @pytest.mark.parametrize("bad", ["gpu", "cuda:", "cuda:x", "CUDA:0", "cuda:1 ", "cpu:0"])
 def test_malformed_device_strings_name_the_flag_and_the_syntax(bad: str) -> None:
-    with pytest.raises(ValueError, match=r"^--device: expected cpu, cuda, cuda:N or mps, but got "):
+    with pytest.raises(ValueError, match=r"^--device: expected cpu, cuda or cuda:N, but got "):
         check_device_string(bad)
 
 

@@ -199,7 +199,8 @@ def test_two_concurrent_profiles_then_a_resume_give_one_row_per_key(config: Prof
         subprocess.Popen(_cli(config, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
-    outcomes = [(p.wait(timeout=TIMEOUT_S), p.stdout.read(), p.stderr.read()) for p in processes]
+    outputs = [p.communicate(timeout=TIMEOUT_S) for p in processes]  # reads the pipes while waiting
+    outcomes = [(p.returncode, stdout, stderr) for p, (stdout, stderr) in zip(processes, outputs)]
     assert any(code == 0 for code, _, _ in outcomes), outcomes
     for code, _, stderr in outcomes:
         assert code == 0 or (code == 2 and "another genedge profile process" in stderr), stderr

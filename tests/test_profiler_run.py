@@ -9,6 +9,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,6 +19,8 @@ from PIL import Image
 
 from genedge.contract import MANIFEST_SCHEMA_VERSION, get_category_mapping, settings_sha256
 from genedge.profiler import ClipScorer, ProfileConfig, profile, read_manifest, read_records, record_schema
+from genedge.profiler import run as profiler_run_module
+from genedge.profiler.monitor import Monitor
 
 P2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "PartiPrompts.tsv"  # ../shared beside the checkout
 MODELS = ("replica:tiny", "replica:tiny-xl")
@@ -211,6 +214,45 @@ def test_a_failing_generation_leaves_rows_and_the_run_goes_on(
     assert (result.recorded, result.failed) == (8, 8) and len(frame) == 8
     assert frame["status"].eq("error").all() and frame["error"].str.contains("allocate").all()
     assert frame["step_latencies_s"].isna().all() and frame["clip_score"].isna().all()
+    assert frame["memory_note"].str.contains("peak_rss_bytes: no call was measured for this image").all()
+    assert frame["energy_note"].str.startswith("no call was measured").all()
+
+
+class _MeteredWindow:
+    """A monitor window whose call drew 12 J at 3 W: NVML's energy counter needs an NVIDIA driver."""
+
+    def __init__(self, window: Any) -> None:
+        self.window = window
+
+    def __enter__(self) -> _MeteredWindow:
+        self.window.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.window.__exit__(*exc)
+        notes = {k: v for k, v in self.window.reading.notes.items() if k not in ("energy_j", "average_power_w")}
+        self.reading = dataclasses.replace(self.window.reading, energy_j=12.0, average_power_w=3.0, notes=notes)
+
+
+class _MeteredMonitor(Monitor):
+    def window(self, *args: Any, **kwargs: Any) -> _MeteredWindow:
+        return _MeteredWindow(super().window(*args, **kwargs))
+
+
+def test_a_calls_energy_is_shared_by_the_images_of_its_batch(
+    profiler_config: ProfileConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(profiler_run_module, "Monitor", _MeteredMonitor)
+    batched = dataclasses.replace(
+        profiler_config, models=("replica:tiny",), steps=(2,), batch_size=3, save_images=False, warmup=0
+    )
+    profile(batched, tmp_path / "run")
+    frame = read_records(tmp_path / "run")
+    calls = frame.groupby("total_s").size().sort_index()  # one total per call, shared by its images
+    assert sorted(calls.tolist()) == [2, 3, 3]  # 8 prompts in batches of 3 (per seed)
+    for _, rows in frame.groupby("total_s"):
+        assert rows["energy_j"].eq(12.0 / len(rows)).all()
+    assert frame["average_power_w"].eq(3.0).all() and frame["energy_note"].isna().all()
 
 
 @pytest.mark.slow

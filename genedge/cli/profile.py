@@ -26,10 +26,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="measure diffusion pipelines: per-step latency, memory ladder, CLIPScore per prompt category",
         description=(
             "Generate one image per model x steps x seed x prompt and record per-step latency, "
-            "text-encode/denoise/decode seconds, torch and NVML memory peaks and CLIPScore as "
-            "append-only Parquet shards under OUT/records plus OUT/manifest.json. Rerunning the same "
-            "command resumes an interrupted run. Under `accelerate launch` the processes split the work. "
-            "`genedge profile show RUN` summarizes a run."
+            "text-encode/denoise/decode seconds, GPU (torch, NVML) and resident memory peaks, energy where the "
+            "device reports it, model load and first-call seconds, and CLIPScore, as append-only Parquet shards "
+            "under OUT/records plus OUT/manifest.json (settings, device, host, versions). A model is a saved "
+            "diffusers folder, a hub id or a random-weight replica. Rerunning the same command resumes the run; "
+            "other settings on the same OUT are refused. Under `accelerate launch` the processes split the work. "
+            "`genedge profile show RUN` summarizes a run and its problems."
         ),
     )
     parser.add_argument(

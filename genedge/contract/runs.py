@@ -53,6 +53,7 @@ __all__ = [
     "record_column_names",
     "record_schema",
     "rung_column",
+    "settings_document",
     "settings_sha256",
     "shard_path",
     "validate_manifest",
@@ -62,7 +63,7 @@ __all__ = [
 MANIFEST_NAME = "manifest.json"
 RECORDS_DIR = "records"
 QUARANTINE_DIR = "quarantine"
-_SHARD_NAME = re.compile(r"^shard-(\d+)-(\d{5})\.parquet$")
+_SHARD_NAME = re.compile(r"^shard-(\d+)-(\d{5,})\.parquet$")  # {number:05d} grows past 99999
 
 #: 2: ``prompt_set.category_mapping`` is the whole mapping document (name, column, labels).
 #: 3: ``settings_sha256``, ``host`` (the machine and software measured on) and ``energy``; rows carry
@@ -93,14 +94,14 @@ MANIFEST_FIELDS: tuple[str, ...] = (
 )
 #: The manifest fields whose values define what a run measures (hashed into ``settings_sha256``).
 #: Output-only options (flush size, saved images) and where the run lies are not among them, so a run
-#: resumes with other flush sizes and from a renamed folder.
+#: resumes with other flush sizes and from a renamed folder; each model's effective resolution is in
+#: ``models``, so asking for the native size or naming it is the same run.
 SETTINGS_FIELDS: tuple[str, ...] = (
     "models",
     "steps",
     "seeds",
     "prompt_set",
     "dtype",
-    "resolution",
     "guidance_scale",
     "batch_size",
     "warmup",
@@ -277,11 +278,12 @@ def read_shard(path: str | os.PathLike[str], columns: list[str] | None = None) -
         ) from err
 
 
-def quarantine_shard(path: str | os.PathLike[str]) -> Path:
+def quarantine_shard(path: str | os.PathLike[str]) -> Path | None:
     """Move an unreadable shard to ``RUN/quarantine/`` (never deleted; its keys count as not measured).
 
     Returns:
-        Where it now lies (a numbered suffix keeps an earlier quarantined file of the same name).
+        Where it now lies (a numbered suffix keeps an earlier quarantined file of the same name), or
+        ``None`` when another process moved it first.
     """
     path = Path(path)
     folder = path.parent.parent / QUARANTINE_DIR
@@ -289,7 +291,10 @@ def quarantine_shard(path: str | os.PathLike[str]) -> Path:
     target, n = folder / path.name, 1
     while target.exists():
         target, n = folder / f"{path.name}.{n}", n + 1
-    os.replace(path, target)
+    try:
+        os.replace(path, target)
+    except FileNotFoundError:
+        return None
     return target
 
 
@@ -439,19 +444,26 @@ def validate_manifest(manifest: Mapping[str, Any], where: str) -> dict[str, Any]
     return dict(manifest)
 
 
-def settings_sha256(manifest: Mapping[str, Any]) -> str:
-    """The hash of what a run measures: its :data:`SETTINGS_FIELDS`, device model and torch thread count.
+def settings_document(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run measures: its :data:`SETTINGS_FIELDS`, the device model and, on a CPU, torch's threads.
 
     The prompt set counts by content and selection (``sha256``, ``prompt_ids``, mapping), not by the
-    path it was read from.
+    path it was read from. Threads change CPU latency, hardly a GPU's (a launcher's
+    ``OMP_NUM_THREADS=1`` must not make a GPU run unresumable by a plain process).
     """
-    import hashlib
-
     document = {field: manifest[field] for field in SETTINGS_FIELDS}
     document["prompt_set"] = {k: v for k, v in manifest["prompt_set"].items() if k != "name"}
     document["device"] = manifest["device"]["name"]
-    document["threads"] = manifest["host"].get("threads")
-    return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
+    if manifest["device"].get("cuda") is None:
+        document["threads"] = manifest["host"].get("threads")
+    return document
+
+
+def settings_sha256(manifest: Mapping[str, Any]) -> str:
+    """The SHA-256 of :func:`settings_document`: the ``settings_sha256`` of a run and of its rows."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(settings_document(manifest), sort_keys=True, default=str).encode()).hexdigest()
 
 
 def write_manifest(run_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> Path:
