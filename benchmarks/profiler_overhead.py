@@ -9,7 +9,8 @@ produce the same PIL images:
 - profiled: :func:`genedge.profiler.measure_call` — encode, denoise and decode as separate windows, a
   step timer on the UNet, torch peak resets and a monitor window (memory and energy sampling).
 
-The loops are interleaved A/B (ABBA order, so neither always runs first) over ``--rounds`` rounds;
+The loops are interleaved A/B image by image (in alternating order, so neither always runs first)
+over ``--rounds`` rounds of the smoke prompts;
 the benchmark prints each round's time ratio profiled/plain and their median (goal 0.97–1.03), then
 the median per-step latency the profiler recorded beside the plain loop's step-end callback
 intervals for the same calls (goal: within ±5 %). CLIPScore and record writing happen after
@@ -112,15 +113,18 @@ def main() -> None:
         _profiled(pipe, prompts[:1], args, device, clock, monitor)
         ratios, plain_steps, profiled_steps = [], [], []
         for round_ in range(args.rounds):
-            order = ("plain", "profiled") if round_ % 2 == 0 else ("profiled", "plain")
-            seconds = {}
-            for name in order:
-                if name == "plain":
-                    seconds[name], steps = _plain(pipe, prompts, args, device)
-                    plain_steps += steps
-                else:
-                    seconds[name], steps = _profiled(pipe, prompts, args, device, clock, monitor)
-                    profiled_steps += steps
+            seconds = {"plain": 0.0, "profiled": 0.0}
+            # Interleaved per image, in alternating order: machine drift within a round hits both loops alike.
+            for i, prompt in enumerate(prompts):
+                order = ("plain", "profiled") if (round_ + i) % 2 == 0 else ("profiled", "plain")
+                for name in order:
+                    if name == "plain":
+                        elapsed, steps = _plain(pipe, [prompt], args, device)
+                        plain_steps += steps
+                    else:
+                        elapsed, steps = _profiled(pipe, [prompt], args, device, clock, monitor)
+                        profiled_steps += steps
+                    seconds[name] += elapsed
             ratios.append(seconds["profiled"] / seconds["plain"])
     median = statistics.median(ratios)
     plain_step, profiled_step = statistics.median(plain_steps), statistics.median(profiled_steps)
