@@ -250,8 +250,7 @@ def _report(arch: str, run_dir: Path, summary: RunSummary, baseline: int | None)
     """The summary lines of one architecture's run (``summary`` from :func:`summarize_run`)."""
     manifest = summary.manifest
     lines = [f"problem: {problem}" for problem in summary.audit.problems()]
-    frame = read_records(run_dir)
-    frame = frame[(frame["run_id"] == manifest["run_id"]) & (frame["settings_sha256"] == manifest["settings_sha256"])]
+    frame = read_records(run_dir, own=manifest)
     model = manifest["models"][0]
     if summary.latency.empty:
         return [*lines, f"== replica:{arch}: no records"]

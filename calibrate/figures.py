@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from genedge.calibrate.records import ProfileRuns
-from genedge.calibrate.table import HOST_MEMORY_FIELDS, CalibrationTable
+from genedge.calibrate.table import HOST_MEMORY_FIELDS, CalibrationTable, ModelCalibration
 from genedge.contract.files import write_figure
 from genedge.contract.runs import MEMORY_RUNGS
 
@@ -56,9 +57,13 @@ def write_figures(table: CalibrationTable, runs: ProfileRuns, out_dir: str | os.
     with plt.rc_context({"svg.hashsalt": "genedge", "figure.dpi": 100}):
         figures = {f"scores_{_file_stem(key)}": _score_histograms(plt, table, runs, key) for key in table.models}
         figures["quality_vs_steps"] = _quality_vs_steps(plt, table)
-        figures["latency_vs_steps"] = _latency_vs_steps(plt, table, runs)
+        figures["latency_vs_steps"] = _line_vs_steps(
+            plt, table, runs, column="total_s", line=_latency_line, quantity="latency", unit_name="seconds", unit="s"
+        )
         if any(model.energy is not None for model in table.models.values()):
-            figures["energy_vs_steps"] = _energy_vs_steps(plt, table, runs)
+            figures["energy_vs_steps"] = _line_vs_steps(
+                plt, table, runs, column="energy_j", line=_energy_line, quantity="energy", unit_name="joules", unit="J"
+            )
         figures["memory_ladder"] = _memory_ladder(plt, table)
         for name, fig in figures.items():
             for fmt in FIGURE_FORMATS:
@@ -141,52 +146,54 @@ def _quality_vs_steps(plt: Any, table: CalibrationTable) -> Any:
     return fig
 
 
-def _latency_vs_steps(plt: Any, table: CalibrationTable, runs: ProfileRuns) -> Any:
+def _line_vs_steps(
+    plt: Any,
+    table: CalibrationTable,
+    runs: ProfileRuns,
+    *,
+    column: str,
+    line: Callable[[ModelCalibration], tuple[float, float, float | None, str] | None],
+    quantity: str,
+    unit_name: str,
+    unit: str,
+) -> Any:
+    """Each model's measured ``column`` per image against steps, with its fitted line.
+
+    ``line(model)`` gives the line's ``(overhead, per_step, r2, source)``, or None for a model without one.
+    """
     fig, ax = plt.subplots(figsize=(6, 4))
     ok = runs.ok
     for key, model in table.models.items():
-        rows = ok[ok["model_key"] == key]
-        dots = ax.plot(rows["steps"], rows["total_s"], ".", alpha=0.3)
-        steps = np.array([min(model.steps), max(model.steps)])
-        lat = model.latency
-        ax.plot(
-            steps,
-            lat.overhead_s + lat.per_step_s * steps,
-            color=dots[0].get_color(),
-            label=f"{key}: {lat.overhead_s:.3g} s + {lat.per_step_s:.3g} s/step"
-            + (f" (R²={lat.r2:.3f})" if lat.r2 is not None else f" ({lat.source})"),
-        )
-    ax.set_xlabel("denoising steps")
-    ax.set_ylabel("seconds per image (full device)")
-    ax.set_title(f"Latency vs steps on {table.device.get('name')}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def _energy_vs_steps(plt: Any, table: CalibrationTable, runs: ProfileRuns) -> Any:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ok = runs.ok
-    for key, model in table.models.items():
-        energy = model.energy
-        if energy is None:
+        fitted = line(model)
+        if fitted is None:
             continue
-        rows = ok[(ok["model_key"] == key) & ok["energy_j"].notna()]
-        dots = ax.plot(rows["steps"], rows["energy_j"], ".", alpha=0.3)
+        overhead, per_step, r2, source = fitted
+        rows = ok[(ok["model_key"] == key) & ok[column].notna()]
+        dots = ax.plot(rows["steps"], rows[column], ".", alpha=0.3)
         steps = np.array([min(model.steps), max(model.steps)])
         ax.plot(
             steps,
-            energy.overhead_j + energy.per_step_j * steps,
+            overhead + per_step * steps,
             color=dots[0].get_color(),
-            label=f"{key}: {energy.overhead_j:.3g} J + {energy.per_step_j:.3g} J/step"
-            + (f" (R²={energy.r2:.3f})" if energy.r2 is not None else f" ({energy.source})"),
+            label=f"{key}: {overhead:.3g} {unit} + {per_step:.3g} {unit}/step"
+            + (f" (R²={r2:.3f})" if r2 is not None else f" ({source})"),
         )
     ax.set_xlabel("denoising steps")
-    ax.set_ylabel("joules per image (full device)")
-    ax.set_title(f"Energy vs steps on {table.device.get('name')}")
+    ax.set_ylabel(f"{unit_name} per image (full device)")
+    ax.set_title(f"{quantity.capitalize()} vs steps on {table.device.get('name')}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _latency_line(model: ModelCalibration) -> tuple[float, float, float | None, str]:
+    lat = model.latency
+    return lat.overhead_s, lat.per_step_s, lat.r2, lat.source
+
+
+def _energy_line(model: ModelCalibration) -> tuple[float, float, float | None, str] | None:
+    energy = model.energy
+    return None if energy is None else (energy.overhead_j, energy.per_step_j, energy.r2, energy.source)
 
 
 def _memory_ladder(plt: Any, table: CalibrationTable) -> Any:

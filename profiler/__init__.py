@@ -37,7 +37,15 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "list_category_mappings",
             "load_prompt_set",
         ),
-        ".records": ("PERCENTILES", "RunSummary", "ShardWriter", "read_records", "recorded_keys", "summarize_run"),
+        ".records": (
+            "PERCENTILES",
+            "RunIndex",
+            "RunSummary",
+            "ShardWriter",
+            "index_run",
+            "read_records",
+            "summarize_run",
+        ),
         ".run": (
             "GRAD_MODE",
             "Measurement",

@@ -7,6 +7,7 @@ images in flight and a rerun skips every key this run has already recorded.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -22,9 +23,11 @@ from genedge.contract.runs import (
     audit_run,
     check_row,
     list_shards,
+    quarantine_shard,
     read_manifest,
     read_shard,
     record_schema,
+    run_identity,
     shard_path,
 )
 from genedge.profiler._imports import require
@@ -33,9 +36,9 @@ __all__ = [
     "PERCENTILES",
     "RunSummary",
     "ShardWriter",
-    "identities",
+    "RunIndex",
+    "index_run",
     "read_records",
-    "recorded_keys",
     "summarize_run",
 ]
 
@@ -92,62 +95,98 @@ class ShardWriter:
             return target
 
 
-def read_records(run_dir: str | Path) -> Any:
-    """All rows of a run, from every rank's shards, as a pandas DataFrame (empty with the columns when none).
-
-    Raises:
-        ArtifactError: a shard cannot be read (naming it and the way forward).
-    """
-    pa = require("pyarrow")
-    schema = record_schema()
-    tables = [read_shard(path).select(schema.names).cast(schema) for _, _, path in list_shards(run_dir)]
-    table = pa.concat_tables(tables) if tables else schema.empty_table()
-    return table.to_pandas()
-
-
-def identities(run_dir: str | Path) -> dict[tuple[str, str], int]:
-    """Row counts per ``(run_id, settings_sha256)`` in a run's readable shards (unreadable ones are skipped)."""
-    counts: dict[tuple[str, str], int] = {}
-    for _, _, shard in list_shards(run_dir):
-        try:
-            columns = read_shard(shard, columns=["run_id", "settings_sha256"]).to_pydict()
-        except ArtifactError:
-            continue
-        for pair in zip(columns["run_id"], columns["settings_sha256"]):
-            counts[pair] = counts.get(pair, 0) + 1
-    return counts
-
-
-def recorded_keys(
-    run_dir: str | Path, manifest: Mapping[str, Any], *, statuses: Collection[str] | None = None
-) -> set[tuple[str, int, int, str]]:
-    """The keys ``(model_key, steps, seed, prompt_id)`` this run has recorded itself.
-
-    Rows of another run or with other settings (foreign rows) do not count: their images are
-    measured again for this run.
+def read_records(run_dir: str | Path, *, own: Mapping[str, Any] | None = None, skip_unreadable: bool = False) -> Any:
+    """Rows of a run, from every rank's shards, as a pandas DataFrame (empty with the columns when none).
 
     Args:
         run_dir: the run directory.
-        manifest: the run's manifest (its ``run_id`` and ``settings_sha256`` identify its rows).
-        statuses: count only rows with one of these statuses (default: any status).
+        own: a manifest: keep only the rows of that run with its settings (:func:`run_identity`).
+        skip_unreadable: leave out shards that cannot be read (for summaries whose audit names them).
 
     Raises:
-        ArtifactError: a shard cannot be read (naming it and the way forward).
+        ArtifactError: a shard cannot be read (naming it and the way forward), unless skipped.
     """
-    identity = (manifest["run_id"], manifest["settings_sha256"])
-    names = ["run_id", "settings_sha256", *KEY_COLUMNS, "status"]
-    keys: set[tuple[str, int, int, str]] = set()
-    for _, _, shard in list_shards(run_dir):
+    pa = require("pyarrow")
+    schema = record_schema()
+    tables = []
+    for _, _, path in list_shards(run_dir):
         try:
-            columns = read_shard(shard, columns=names).to_pydict()
+            tables.append(read_shard(path).select(schema.names).cast(schema))
         except ArtifactError:
-            if shard.exists():
+            if not skip_unreadable:
                 raise
-            continue  # another rank moved it to quarantine meanwhile
-        for row in zip(*(columns[c] for c in names)):
-            if row[:2] == identity and (statuses is None or row[-1] in statuses):
-                keys.add(row[2:-1])
-    return keys
+    frame = (pa.concat_tables(tables) if tables else schema.empty_table()).to_pandas()
+    if own is None:
+        return frame
+    run_id, settings = run_identity(own)
+    return frame[(frame["run_id"] == run_id) & (frame["settings_sha256"] == settings)]
+
+
+# What resuming needs of each row: whose it is, which image, and how it ended.
+_INDEX_COLUMNS = ("run_id", "settings_sha256", *KEY_COLUMNS, "status")
+
+
+@dataclass(frozen=True)
+class RunIndex:
+    """Identity, key and status of every row in a run's readable shards: read once, asked many times.
+
+    Attributes:
+        rows: one tuple per row: ``run_id, settings_sha256, model_key, steps, seed, prompt_id, status``.
+    """
+
+    rows: tuple[tuple[Any, ...], ...]
+
+    def identities(self) -> dict[tuple[str, str], int]:
+        """Row counts per ``(run_id, settings_sha256)``."""
+        return dict(collections.Counter(row[:2] for row in self.rows))
+
+    def keys(self, manifest: Mapping[str, Any], *, statuses: Collection[str] | None = None) -> set[tuple[Any, ...]]:
+        """The keys ``(model_key, steps, seed, prompt_id)`` the manifest's run has recorded itself.
+
+        Rows of another run or with other settings (foreign rows) do not count: their images are
+        measured again for this run.
+
+        Args:
+            manifest: the run's manifest.
+            statuses: count only rows with one of these statuses (default: any status).
+        """
+        identity = run_identity(manifest)
+        return {row[2:-1] for row in self.rows if row[:2] == identity and (statuses is None or row[-1] in statuses)}
+
+
+def index_run(run_dir: str | Path, *, quarantine: bool = False) -> tuple[RunIndex, tuple[Path, ...]]:
+    """Read every shard of a run once: refuse (or move aside) unreadable ones, index the rest.
+
+    Each shard is read whole, so a readable footer over a damaged column chunk still counts as corrupt.
+
+    Args:
+        run_dir: the run directory.
+        quarantine: move unreadable shards to ``RUN/quarantine/`` (their images then count as not
+            measured) instead of raising.
+
+    Returns:
+        The index, and where moved shards now lie.
+
+    Raises:
+        ArtifactError: a shard cannot be read and ``quarantine`` is false (naming it and the way forward).
+    """
+    rows: list[tuple[Any, ...]] = []
+    moved = []
+    for _, _, path in list_shards(run_dir):
+        try:
+            columns = read_shard(path).select(list(_INDEX_COLUMNS)).to_pydict()
+        except ArtifactError:
+            if not path.exists():
+                continue  # another rank moved it to quarantine meanwhile
+            if not quarantine:
+                raise
+            target = quarantine_shard(path)
+            if target is not None:
+                moved.append(target)
+                logger.warning("%s: unreadable; moved to %s, its images will be measured again", path, target)
+            continue
+        rows.extend(zip(*(columns[c] for c in _INDEX_COLUMNS)))
+    return RunIndex(tuple(rows)), tuple(moved)
 
 
 #: Latency percentiles ``profile show`` prints.
@@ -192,16 +231,7 @@ def summarize_run(run_dir: str | Path) -> RunSummary:
     manifest = read_manifest(run_dir)
     audit = audit_run(run_dir, manifest)
     pandas = require("pandas")
-    pa = require("pyarrow")
-    schema = record_schema()
-    tables = []
-    for _, _, path in list_shards(run_dir):
-        try:
-            tables.append(read_shard(path).select(schema.names).cast(schema))
-        except ArtifactError:
-            continue  # reported by the audit
-    frame = (pa.concat_tables(tables) if tables else schema.empty_table()).to_pandas()
-    frame = frame[(frame["run_id"] == manifest["run_id"]) & (frame["settings_sha256"] == manifest["settings_sha256"])]
+    frame = read_records(run_dir, own=manifest, skip_unreadable=True)  # the audit names what is skipped
     if frame.empty:
         return RunSummary(manifest, audit, pandas.DataFrame(), pandas.DataFrame())
     latency_rows = []

@@ -34,17 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from genedge import __version__
-from genedge.contract.files import ArtifactError, write_bytes_atomic
+from genedge.contract.files import write_bytes_atomic
 from genedge.contract.runs import (
     HOST_MEMORY_COLUMNS,
     MANIFEST_NAME,
     MANIFEST_SCHEMA_VERSION,
     MEMORY_RUNGS,
-    list_shards,
     lock_path,
-    quarantine_shard,
     read_manifest,
-    read_shard,
+    run_identity,
     rung_column,
     settings_document,
     settings_sha256,
@@ -57,7 +55,7 @@ from genedge.profiler.clipscore import (
     ClipScorer,
     resolve_clip_weights,
 )
-from genedge.profiler.device import select_device
+from genedge.profiler.device import check_device_string, select_device
 from genedge.profiler.host import host_info
 from genedge.profiler.models import (
     ModelSpec,
@@ -76,7 +74,7 @@ from genedge.profiler.prompts import (
     PromptSet,
     load_prompt_set,
 )
-from genedge.profiler.records import ShardWriter, identities, recorded_keys
+from genedge.profiler.records import RunIndex, ShardWriter, index_run
 from genedge.profiler.timing import Clock, step_timer
 
 __all__ = [
@@ -292,6 +290,8 @@ def validate(config: ProfileConfig) -> tuple[list[ModelSpec], PromptSet]:
         raise ValueError(f"Expected threads ≥ 1, but got {config.threads}")
     if config.resolution is not None and (config.resolution < 8 or config.resolution % 8):
         raise ValueError(f"Expected a resolution that is a positive multiple of 8, but got {config.resolution}")
+    if config.device is not None:
+        check_device_string(config.device)
     if config.dtype is not None and config.dtype not in _DTYPES:
         raise ValueError(f"Expected dtype in {_DTYPES}, but got {config.dtype!r}")
     specs = [parse_model_spec(m) for m in config.models]
@@ -628,24 +628,6 @@ def _lock_file(handle: Any) -> None:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-def _check_shards(run_dir: Path, quarantine: bool) -> tuple[Path, ...]:
-    """Refuse (or, asked to, move aside) shards that cannot be read; returns where moved ones went."""
-    moved = []
-    for _, _, path in list_shards(run_dir):
-        try:
-            read_shard(path)  # every column: a readable footer over a damaged column chunk is still corrupt
-        except ArtifactError:
-            if not path.exists():
-                continue  # another rank moved it meanwhile
-            if not quarantine:
-                raise
-            target = quarantine_shard(path)
-            if target is not None:
-                moved.append(target)
-                logger.warning("%s: unreadable; moved to %s, its images will be measured again", path, target)
-    return tuple(moved)
-
-
 def _settings_differ(run_dir: Path, existing: Mapping[str, Any], ours: Mapping[str, Any]) -> ValueError:
     theirs, mine = settings_document(existing), settings_document(ours)
     differing = [field for field in {**theirs, **mine} if theirs.get(field) != mine.get(field)]
@@ -656,7 +638,7 @@ def _settings_differ(run_dir: Path, existing: Mapping[str, Any], ours: Mapping[s
     )
 
 
-def _open_run(run_dir: Path, manifest: dict[str, Any], rank: int) -> dict[str, Any]:
+def _open_run(run_dir: Path, manifest: dict[str, Any], rank: int, index: RunIndex) -> dict[str, Any]:
     """The run's manifest: the existing one when its settings match, else a new or rebuilt one.
 
     Rank 0 writes it; other ranks wait for it. Without a manifest, rows measured with these settings
@@ -674,7 +656,7 @@ def _open_run(run_dir: Path, manifest: dict[str, Any], rank: int) -> dict[str, A
         if existing["settings_sha256"] != manifest["settings_sha256"]:
             raise _settings_differ(run_dir, existing, manifest)
         return existing
-    found = identities(run_dir)
+    found = index.identities()
     mine = {run: n for (run, sha), n in found.items() if sha == manifest["settings_sha256"]}
     if found and not mine:
         shas = sorted({sha[:12] for _, sha in found})
@@ -788,10 +770,10 @@ def profile(
             "world_size": world_size,
         }
         proposed["settings_sha256"] = settings_sha256(proposed)
-        quarantined = _check_shards(out_dir, quarantine_corrupt)
-        manifest = _open_run(out_dir, proposed, rank)
-        done = recorded_keys(out_dir, manifest, statuses={"ok"} if retry_failed else None)
-        foreign = sum(n for pair, n in identities(out_dir).items() if pair != _identity(manifest))
+        index, quarantined = index_run(out_dir, quarantine=quarantine_corrupt)
+        manifest = _open_run(out_dir, proposed, rank, index)
+        done = index.keys(manifest, statuses={"ok"} if retry_failed else None)
+        foreign = sum(n for pair, n in index.identities().items() if pair != run_identity(manifest))
         if foreign:
             logger.warning(
                 "%s: %d rows belong to another run or other settings; their images are measured for this run",
@@ -824,10 +806,6 @@ def profile(
     return RunResult(
         out_dir, manifest["run_id"], rank, world_size, recorder.recorded, skipped, recorder.failed, foreign, quarantined
     )
-
-
-def _identity(manifest: Mapping[str, Any]) -> tuple[str, str]:
-    return (manifest["run_id"], manifest["settings_sha256"])
 
 
 def _oom_error(torch: Any) -> type[BaseException]:

@@ -76,9 +76,7 @@ def _shards(run_dir: Path) -> list[Path]:
 
 
 def _one_row_per_key(run_dir: Path) -> None:
-    manifest = read_manifest(run_dir)
-    frame = read_records(run_dir)
-    own = frame[(frame.run_id == manifest["run_id"]) & (frame.settings_sha256 == manifest["settings_sha256"])]
+    own = read_records(run_dir, own=read_manifest(run_dir))
     assert len(own) == N_IMAGES and not own.duplicated(KEY).any() and own["status"].eq("ok").all()
 
 

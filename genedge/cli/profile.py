@@ -10,7 +10,7 @@ from genedge.cli._common import comma_separated
 
 # Light modules (constants only); torch, diffusers and open_clip load inside run().
 from genedge.profiler.clipscore import DEFAULT_CLIP_BACKBONE, DEFAULT_CLIP_PRETRAINED
-from genedge.profiler.device import DEVICE_SYNTAX, check_device_string
+from genedge.profiler.device import DEVICE_SYNTAX
 from genedge.profiler.prompts import DEFAULT_MAPPING, DEFAULT_PROMPT_SOURCE
 from genedge.profiler.run import FLUSH_EVERY_IMAGES, WARMUP_RUNS
 
@@ -133,8 +133,6 @@ def _config(args: argparse.Namespace) -> Any:
 
     if not args.out:
         raise ValueError("--out: expected a run directory such as runs/NAME, but got none")
-    if args.device is not None:
-        check_device_string(args.device)
     return ProfileConfig(
         models=tuple(args.model),
         steps=tuple(args.steps),

@@ -68,6 +68,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "record_column_names",
             "record_schema",
             "rung_column",
+            "run_identity",
             "settings_document",
             "settings_sha256",
             "shard_path",

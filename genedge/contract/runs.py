@@ -53,6 +53,7 @@ __all__ = [
     "record_column_names",
     "record_schema",
     "rung_column",
+    "run_identity",
     "settings_document",
     "settings_sha256",
     "shard_path",
@@ -353,7 +354,7 @@ def audit_run(run_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> R
     import math
 
     columns = ["run_id", "settings_sha256", *KEY_COLUMNS, "status", "timestamp", "clip_score", *_AGREEING_COLUMNS]
-    identity = (manifest["run_id"], manifest["settings_sha256"])
+    identity = run_identity(manifest)
     rows = own = 0
     foreign: dict[tuple[str, str], int] = {}
     corrupt: list[Path] = []
@@ -442,6 +443,11 @@ def validate_manifest(manifest: Mapping[str, Any], where: str) -> dict[str, Any]
             raise ArtifactError(where, f"models[{i}]", "expected an object")
         _require(model, "key", f"models[{i}]", str, where)
     return dict(manifest)
+
+
+def run_identity(manifest: Mapping[str, Any]) -> tuple[str, str]:
+    """``(run_id, settings_sha256)``: a row belongs to the run when its two columns equal these."""
+    return (manifest["run_id"], manifest["settings_sha256"])
 
 
 def settings_document(manifest: Mapping[str, Any]) -> dict[str, Any]:
