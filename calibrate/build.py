@@ -3,7 +3,9 @@
 Per model: a CLIPScore Gaussian per (category, steps), a quality-versus-steps
 curve per category, a latency line with its spread, per-step percentiles and
 stage breakdown, the peaks of the memory ladder and of host memory, and, where
-the run measured energy, an energy line. Every number points at a
+the run measured energy, an energy line. A model profiled at several batch sizes
+also gets one latency line per batch size (seconds per pipeline call of that many
+images), its ``latency`` being the smallest batch size's. Every number points at a
 ``sources`` entry that states how it was obtained. The same records always give
 the same table, byte for byte (rows are sorted before fitting and nothing
 time-dependent enters the table).
@@ -15,6 +17,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,7 @@ from genedge.calibrate.table import (
     HOST_MEMORY_FIELDS,
     CalibrationTable,
     EnergyModel,
+    Exclusion,
     LatencyModel,
     MemoryPeak,
     ModelCalibration,
@@ -61,6 +65,8 @@ _PROCESS_RUNGS = ("nvml_process_bytes", "torch_reserved_bytes", "torch_allocated
 # Without any GPU rung (a CPU run) the process's resident set is the memory it needs.
 _HOST_PEAK = "rss_bytes"
 _DTYPE_BYTES = {"float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2, "float32": 4, "fp32": 4}
+# The images of one pipeline call share its measurement: these columns are equal on every row of a call.
+_CALL_COLUMNS = ["run_id", "steps", "seed", "total_s", "text_encode_s", "denoise_s", "decode_s"]
 
 _SOURCES: dict[str, dict[str, str]] = {
     "measured:quality": {
@@ -89,6 +95,23 @@ _SOURCES: dict[str, dict[str, str]] = {
         "rule": "no latency line could be fitted (one step count profiled, or no positive slope), so overhead and "
         "per-step time come from the stage timings: per_step_s = mean(denoise_s/steps), overhead_s = "
         "max(mean(total_s - per_step_s*steps), 0).",
+    },
+    "measured:latency-batch": {
+        "kind": "measured",
+        "rule": "a model profiled at several batch sizes has one line per batch size b (batch_latency): total_s "
+        "of one pipeline call of b images = overhead_s + per_step_s*steps by ordinary least squares over that "
+        "batch size's calls, one point per call (its images share one measurement: the same run, steps, seed "
+        "and timings) and n counting calls; a call of fewer than b images (a short last batch) is left out and "
+        "listed in exclusions; refitted through the origin if the intercept came out negative; standard "
+        "errors from sigma^2 (X'X)^-1. The model's latency line is the smallest batch size's line, with "
+        "step_p50_s/step_p95_s and stages over that batch size's images; its energy line is fitted from that "
+        "batch size's images only; its memory peak is over every batch size. Quality pools every batch size.",
+    },
+    "derived:latency-batch-stages": {
+        "kind": "derived",
+        "rule": "no line could be fitted for a batch size (one step count profiled, or no positive slope), so "
+        "over that batch size's calls: per_step_s = mean(denoise_s/steps), overhead_s = max(mean(total_s - "
+        "per_step_s*steps), 0).",
     },
     "measured:memory": {
         "kind": "measured",
@@ -173,7 +196,7 @@ def build_table(runs: ProfileRuns) -> CalibrationTable:
 
     Raises:
         TableError: a model without successful images, a (model, category, steps) cell with
-            fewer than 2 scores, a model with more than one batch size or resolution, or a model
+            fewer than 2 scores, a model with more than one resolution, or a model
             whose memory can be neither measured nor derived. The message names the runs and the cell.
     """
     where = ", ".join(str(d) for d in runs.run_dirs)
@@ -188,10 +211,16 @@ def build_table(runs: ProfileRuns) -> CalibrationTable:
         )
     categories = _category_order(runs.category_mapping, set(scored["category"]))
     used: set[str] = set()
+    short_calls: list[Exclusion] = []
     models = {
-        key: _model(where, str(key), rows, scored[scored["model_key"] == key], categories, runs, used)
+        key: _model(where, str(key), rows, scored[scored["model_key"] == key], categories, runs, used, short_calls)
         for key, rows in ok.groupby("model_key", sort=True)
     }
+    exclusions = tuple(
+        sorted((*runs.exclusions, *short_calls), key=lambda e: (e.model_key, e.steps, e.reason))
+        if short_calls
+        else runs.exclusions
+    )
     table = CalibrationTable(
         device=dict(runs.device),
         clip_convention=runs.clip_convention,
@@ -200,7 +229,7 @@ def build_table(runs: ProfileRuns) -> CalibrationTable:
         models=models,
         sources={ref: {**_SOURCES[ref], "runs": ", ".join(runs.manifests)} for ref in sorted(used)},
         manifest=manifests_as_provenance(runs.manifests),
-        exclusions=runs.exclusions,
+        exclusions=exclusions,
     )
     # Validate exactly what will be written (memory against the device, curves against cells, ...).
     return table_from_dict(table_to_dict(table), where=f"table calibrated from {where}")
@@ -214,17 +243,18 @@ def _model(
     categories: tuple[str, ...],
     runs: ProfileRuns,
     used: set[str],
+    short_calls: list[Exclusion],
 ) -> ModelCalibration:
+    """Fit one model. Quality pools every batch size (a score does not depend on the batch)."""
     path = f"models.{key}"
-    for column in ("batch_size", "resolution"):
-        values = sorted(int(v) for v in ok[column].unique())
-        if len(values) > 1:
-            raise TableError(
-                where,
-                f"{path}.{column}",
-                f"expected one {column} per model in a table, but got {values}; calibrate each "
-                f"{column} into its own table",
-            )
+    resolutions = sorted(int(v) for v in ok["resolution"].unique())
+    if len(resolutions) > 1:
+        raise TableError(
+            where,
+            f"{path}.resolution",
+            f"expected one resolution per model in a table, but got {resolutions}; calibrate each "
+            f"resolution into its own table",
+        )
     grid = tuple(sorted(int(s) for s in ok["steps"].unique()))
     quality: dict[str, dict[int, QualityCell]] = {}
     curves: dict[str, QualityCurve] = {}
@@ -273,7 +303,14 @@ def _model(
     is_replica = bool(ok["is_replica"].any())
     revision = manifest_model.get("revision")
     name = key + (f" @ {revision}" if revision else "") + (" (random-weight replica)" if is_replica else "")
-    latency = _latency(ok, used)
+    batches = sorted(int(b) for b in ok["batch_size"].unique())
+    if len(batches) == 1:
+        base, batch_latency = ok, {}
+        latency = _latency(ok, used)
+    else:
+        base = ok[ok["batch_size"] == batches[0]]
+        batch_latency = {b: _batch_line(where, key, b, ok[ok["batch_size"] == b], used, short_calls) for b in batches}
+        latency = _latency(base, used, line=batch_latency[batches[0]])
     return ModelCalibration(
         key=key,
         name=name,
@@ -285,11 +322,17 @@ def _model(
         latency=latency,
         memory=_memory(where, path, ok, manifest_model, runs, used),
         is_replica=is_replica,
-        energy=_energy(ok, latency, used),
+        energy=_energy(base, latency, used),
+        batch_latency=batch_latency,
     )
 
 
-def _latency(ok: pd.DataFrame, used: set[str]) -> LatencyModel:
+def _latency(ok: pd.DataFrame, used: set[str], line: LatencyModel | None = None) -> LatencyModel:
+    """The latency line of ``ok`` (one batch size) with its step percentiles and stages.
+
+    With ``line`` (the batch size's per-call line of a model profiled at several batch sizes),
+    its coefficients are taken as they are and only the percentiles and stages come from ``ok``.
+    """
     steps = ok["steps"].to_numpy(dtype=float)
     total = ok["total_s"].to_numpy(dtype=float)
     per_step = np.concatenate([np.asarray(v, dtype=float) for v in ok["step_latencies_s"]])
@@ -307,6 +350,8 @@ def _latency(ok: pd.DataFrame, used: set[str]) -> LatencyModel:
         "batch_size": int(ok["batch_size"].iat[0]),
         "stages": stages,
     }
+    if line is not None:
+        return replace(line, **extra)
     try:
         fit = fit_line(steps, total, quantity="latency", unit="s")
     except ValueError as err:
@@ -342,6 +387,66 @@ def _latency(ok: pd.DataFrame, used: set[str]) -> LatencyModel:
         per_step_se_s=fit.slope_se,
         residual_std_s=fit.residual_std,
         **extra,
+    )
+
+
+def _batch_line(
+    where: str, key: str, batch_size: int, rows: pd.DataFrame, used: set[str], short_calls: list[Exclusion]
+) -> LatencyModel:
+    """The line of one pipeline call of ``batch_size`` images, fitted over calls (one point per call)."""
+    calls = rows.groupby(_CALL_COLUMNS, sort=True).size().rename("images").reset_index()
+    short = calls[calls["images"] != batch_size]
+    for steps, group in short.groupby("steps", sort=True):
+        for images, same in group.groupby("images", sort=True):
+            reason = (
+                f"short pipeline call: {images} of batch size {batch_size} images (left out of the batch-"
+                f"{batch_size} latency line; kept for quality and memory)"
+            )
+            logger.warning("Excluded %d record(s) of %s at %d steps: %s", images * len(same), key, steps, reason)
+            short_calls.append(Exclusion(model_key=key, steps=int(steps), reason=reason, rows=int(images * len(same))))
+    calls = calls[calls["images"] == batch_size]
+    if calls.empty:
+        raise TableError(
+            where,
+            f"models.{key}.batch_latency.{batch_size}",
+            f"expected at least one pipeline call of {batch_size} images, but every call at this batch size "
+            f"was short; profile more prompts",
+        )
+    steps = calls["steps"].to_numpy(dtype=float)
+    total = calls["total_s"].to_numpy(dtype=float)
+    try:
+        fit = fit_line(steps, total, quantity=f"latency at batch size {batch_size}", unit="s")
+    except ValueError as err:
+        warnings.warn(
+            f"{key}: no latency line can be fitted at batch size {batch_size} ({err}); overhead and per-step "
+            f"time are derived from the stage timings of its calls. Profile two or more step counts, with "
+            f"enough warm-up, for a fitted line.",
+            UserWarning,
+            stacklevel=4,
+        )
+        rate = float((calls["denoise_s"] / calls["steps"]).mean())
+        used.add("derived:latency-batch-stages")
+        return LatencyModel(
+            overhead_s=max(float((total - rate * steps).mean()), 0.0),
+            per_step_s=rate,
+            n=len(calls),
+            r2=None,
+            source="derived",
+            ref="derived:latency-batch-stages",
+            batch_size=batch_size,
+        )
+    used.add("measured:latency-batch")
+    return LatencyModel(
+        overhead_s=fit.intercept,
+        per_step_s=fit.slope,
+        n=fit.n,
+        r2=fit.r2,
+        source="measured",
+        ref="measured:latency-batch",
+        overhead_se_s=fit.intercept_se,
+        per_step_se_s=fit.slope_se,
+        residual_std_s=fit.residual_std,
+        batch_size=batch_size,
     )
 
 

@@ -4,7 +4,8 @@
   CLIPScore histogram at the model's default
   steps with the fitted Normal density (the kind of figure Gao et al. open with);
 - ``quality_vs_steps``: per category, each model's cell means ± std and its curve;
-- ``latency_vs_steps``: per-image total seconds and each model's fitted line;
+- ``latency_vs_steps``: per-image total seconds and each model's fitted line (for a model profiled
+  at several batch sizes, each batch size's calls and line: seconds per call);
 - ``energy_vs_steps``: per-image joules and each model's energy line (only where energy was measured);
 - ``memory_ladder``: the four GPU memory rungs and the host peaks (process RSS, system memory) of
   each model (absent = not measurable), the bar ``peak_bytes`` is marked with its kind.
@@ -152,48 +153,56 @@ def _line_vs_steps(
     runs: ProfileRuns,
     *,
     column: str,
-    line: Callable[[ModelCalibration], tuple[float, float, float | None, str] | None],
+    line: Callable[[ModelCalibration], list[tuple[int | None, float, float, float | None, str]]],
     quantity: str,
     unit_name: str,
     unit: str,
 ) -> Any:
     """Each model's measured ``column`` per image against steps, with its fitted line.
 
-    ``line(model)`` gives the line's ``(overhead, per_step, r2, source)``, or None for a model without one.
+    ``line(model)`` gives the model's lines as ``(batch_size, overhead, per_step, r2, source)``, none for a
+    model without one; a batch size (not None) draws only the records of that batch size.
     """
     fig, ax = plt.subplots(figsize=(6, 4))
     ok = runs.ok
+    per_call = False
     for key, model in table.models.items():
-        fitted = line(model)
-        if fitted is None:
-            continue
-        overhead, per_step, r2, source = fitted
-        rows = ok[(ok["model_key"] == key) & ok[column].notna()]
-        dots = ax.plot(rows["steps"], rows[column], ".", alpha=0.3)
-        steps = np.array([min(model.steps), max(model.steps)])
-        ax.plot(
-            steps,
-            overhead + per_step * steps,
-            color=dots[0].get_color(),
-            label=f"{key}: {overhead:.3g} {unit} + {per_step:.3g} {unit}/step"
-            + (f" (R²={r2:.3f})" if r2 is not None else f" ({source})"),
-        )
+        for batch, overhead, per_step, r2, source in line(model):
+            rows = ok[(ok["model_key"] == key) & ok[column].notna()]
+            if batch is not None:
+                rows = rows[rows["batch_size"] == batch]
+                per_call = per_call or column == "total_s"
+            dots = ax.plot(rows["steps"], rows[column], ".", alpha=0.3)
+            steps = np.array([min(model.steps), max(model.steps)])
+            ax.plot(
+                steps,
+                overhead + per_step * steps,
+                color=dots[0].get_color(),
+                label=f"{key}{'' if batch is None else f' batch {batch}'}: {overhead:.3g} {unit} + "
+                f"{per_step:.3g} {unit}/step" + (f" (R²={r2:.3f})" if r2 is not None else f" ({source})"),
+            )
     ax.set_xlabel("denoising steps")
-    ax.set_ylabel(f"{unit_name} per image (full device)")
+    ax.set_ylabel(f"{unit_name} per {'pipeline call' if per_call else 'image'} (full device)")
     ax.set_title(f"{quantity.capitalize()} vs steps on {table.device.get('name')}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def _latency_line(model: ModelCalibration) -> tuple[float, float, float | None, str]:
+def _latency_line(model: ModelCalibration) -> list[tuple[int | None, float, float, float | None, str]]:
+    if model.batch_latency:
+        return [(b, lat.overhead_s, lat.per_step_s, lat.r2, lat.source) for b, lat in model.batch_latency.items()]
     lat = model.latency
-    return lat.overhead_s, lat.per_step_s, lat.r2, lat.source
+    return [(None, lat.overhead_s, lat.per_step_s, lat.r2, lat.source)]
 
 
-def _energy_line(model: ModelCalibration) -> tuple[float, float, float | None, str] | None:
+def _energy_line(model: ModelCalibration) -> list[tuple[int | None, float, float, float | None, str]]:
     energy = model.energy
-    return None if energy is None else (energy.overhead_j, energy.per_step_j, energy.r2, energy.source)
+    if energy is None:
+        return []
+    # With several batch sizes the energy line is the base batch size's (per image).
+    batch = model.base_batch_size if model.batch_latency else None
+    return [(batch, energy.overhead_j, energy.per_step_j, energy.r2, energy.source)]
 
 
 def _memory_ladder(plt: Any, table: CalibrationTable) -> Any:

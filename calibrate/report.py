@@ -14,8 +14,9 @@ REPLICA_NOTE = (
 
 def table_summary(table: CalibrationTable) -> str:
     """Summarize a table: per model its quality cells (mean ± std, n, gof, flags), curves,
-    latency line, memory peak (what it counts, and the host peaks), energy line where measured,
-    and every excluded record count with its reason."""
+    latency line (and its line per batch size, where several were profiled), memory peak (what it
+    counts, and the host peaks), energy line where measured, and every excluded record count with
+    its reason."""
     lines = [
         (
             f"device: {table.device.get('name')}   CLIPScore: {table.clip_convention.backbone}/"
@@ -44,6 +45,11 @@ def _model_lines(m: ModelCalibration) -> list[str]:
         + (f", residual sd {lat.residual_std_s:.3g} s" if lat.residual_std_s is not None else "")
         + (f", step p50/p95 {lat.step_p50_s:.4g}/{lat.step_p95_s:.4g} s" if lat.step_p50_s is not None else "")
         + ")",
+        *(
+            f"    batch {b} ({line.source}): {line.overhead_s:.4g} s + {line.per_step_s:.4g} s/step per call of "
+            f"{b} image{'s' if b > 1 else ''}  (R2 {'n/a' if line.r2 is None else f'{line.r2:.4f}'}, n {line.n} calls)"
+            for b, line in m.batch_latency.items()
+        ),
         f"  memory ({mem.source}): {mem.peak_bytes / 2**30:.3f} GiB {mem.kind}"
         + "".join(f", {label} {value / 2**30:.3f} GiB" for label, value in hosts if value is not None),
     ]

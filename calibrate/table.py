@@ -3,7 +3,8 @@
 A calibration table is one JSON document per device (DESIGN §2.3). Per model it
 holds the CLIPScore distribution of each prompt category at each profiled step
 count, a quality-versus-steps curve for step counts in between, a latency model
-at full device share, peak memory and, where it was measured, an energy model. Every number carries a ``source``:
+at full device share (and, for a model profiled at several batch sizes, one latency line per
+batch size), peak memory and, where it was measured, an energy model. Every number carries a ``source``:
 ``measured`` (by genedge on this device), ``published`` (measured by others, with
 a citation) or ``derived`` (by a rule written in the table's ``sources``).
 
@@ -146,7 +147,10 @@ class StageBreakdown:
 
 @dataclass(frozen=True)
 class LatencyModel:
-    """Seconds per image at full device share: ``overhead_s + per_step_s · steps``.
+    """Seconds per pipeline call at full device share: ``overhead_s + per_step_s · steps``.
+
+    One call generates ``batch_size`` images (one image where ``batch_size`` is 1 or None), so
+    the line is the service time of one image only at batch size 1.
 
     Attributes:
         overhead_s: text encoding, VAE decoding and launch overhead (s).
@@ -181,7 +185,7 @@ class LatencyModel:
     stages: Mapping[int, StageBreakdown] = field(default_factory=dict)
 
     def seconds(self, steps: int | float) -> float:
-        """Service time of one image at ``steps`` steps on the whole device (s)."""
+        """Service time of one pipeline call (one image at batch size 1) at ``steps`` steps, whole device (s)."""
         return self.overhead_s + self.per_step_s * steps
 
 
@@ -280,6 +284,16 @@ class ModelCalibration:
             and memory are real, its CLIPScores are not quality. Written only when True.
         energy: energy model at full share, or None where no energy was measured.
             Written only when present.
+        batch_latency: batch size b → latency line of one pipeline call of b images at full share:
+            ``call_seconds(steps, b) = o(b) + τ(b)·steps`` seconds for all b images together (per
+            image: divide by b). Present only for a model profiled at several batch sizes, and
+            then holding every measured batch size. ``latency`` is always the line of the smallest
+            batch size measured (its ``batch_size``; 1 where unspecified), so a reader that knows
+            only ``latency`` reads what it always did; where that batch size is also a key here,
+            both lines have the same coefficients. Batch lines carry no step percentiles or stage
+            breakdown (those stay on ``latency``) and ``energy`` is per image at ``latency``'s batch
+            size. No batch size between or beyond the measured ones is answered. Written (as
+            ``"batch_latency": {"<b>": {latency line}}``) only when non-empty.
     """
 
     key: str
@@ -293,6 +307,32 @@ class ModelCalibration:
     memory: MemoryPeak
     is_replica: bool = False
     energy: EnergyModel | None = None
+    batch_latency: Mapping[int, LatencyModel] = field(default_factory=dict)
+
+    @property
+    def base_batch_size(self) -> int:
+        """Images per call of the ``latency`` line (1 where the table does not say)."""
+        return self.latency.batch_size or 1
+
+    def batch_sizes(self) -> tuple[int, ...]:
+        """Every batch size this model has a latency line for, ascending (always ``latency``'s)."""
+        return tuple(sorted({self.base_batch_size, *self.batch_latency}))
+
+    def call_seconds(self, steps: int | float, batch_size: int) -> float:
+        """Service time of one pipeline call of ``batch_size`` images at ``steps`` steps, full device (s).
+
+        Raises:
+            KeyError: no line was measured at ``batch_size`` (the message lists :meth:`batch_sizes`).
+        """
+        line = self.batch_latency.get(batch_size)
+        if line is None:
+            if batch_size != self.base_batch_size:
+                raise KeyError(
+                    f"model {self.key!r}: no latency line at batch size {batch_size} "
+                    f"(measured: {list(self.batch_sizes())})"
+                )
+            line = self.latency
+        return line.seconds(steps)
 
     def quality_at(self, category: str, steps: int) -> tuple[float, float]:
         """Return ``(mean, std)`` of CLIPScore for ``category`` at ``steps`` steps.
@@ -365,6 +405,9 @@ class CalibrationTable:
             for curve in model.curves.values():
                 counts[curve.source] += 1
             counts[model.latency.source] += 2
+            for b, line in model.batch_latency.items():
+                if b != model.base_batch_size:  # the base batch's line repeats ``latency``
+                    counts[line.source] += 2
             counts[model.memory.source] += 1
             if model.energy is not None:
                 counts[model.energy.source] += 2
@@ -594,6 +637,8 @@ def _read_model(
     is_replica = r.opt(raw, "is_replica", path, bool) or False
     energy_raw = r.opt(raw, "energy", path, dict)
     energy = None if energy_raw is None else _read_energy(r, energy_raw, f"{path}.energy", sources)
+    batch_raw = r.opt(raw, "batch_latency", path, dict) or {}
+    batch_latency = _read_batch_latency(r, batch_raw, f"{path}.batch_latency", sources, latency)
 
     model = ModelCalibration(
         key=key,
@@ -607,6 +652,7 @@ def _read_model(
         memory=memory,
         is_replica=is_replica,
         energy=energy,
+        batch_latency=batch_latency,
     )
     for category in categories:
         for s in steps:
@@ -652,6 +698,39 @@ def _read_latency(r: _Reader, raw: Mapping[str, Any], path: str, sources: Mappin
         batch_size=batch_size,
         stages=dict(sorted(stages.items())),
     )
+
+
+def _read_batch_latency(
+    r: _Reader, raw: Mapping[str, Any], path: str, sources: Mapping[str, Any], base: LatencyModel
+) -> dict[int, LatencyModel]:
+    """Read ``batch_latency``: batch size → line of one call of that many images."""
+    base_batch = base.batch_size or 1
+    lines: dict[int, LatencyModel] = {}
+    for b_text, raw_line in raw.items():
+        bpath = f"{path}.{b_text}"
+        if not (b_text.isascii() and b_text.isdigit()) or int(b_text) < 1 or str(int(b_text)) != b_text:
+            raise r.fail(bpath, f"expected a batch size (an integer >= 1) as key, but got {b_text!r}")
+        b = int(b_text)
+        if b < base_batch:
+            raise r.fail(
+                bpath,
+                f"expected batch sizes >= {base_batch}, the batch size of the model's latency line (the "
+                f"smallest measured), but got {b}",
+            )
+        line = _read_latency(r, r.check(raw_line, bpath, dict), bpath, sources)
+        if line.batch_size is not None and line.batch_size != b:
+            raise r.fail(f"{bpath}.batch_size", f"expected {b}, the line's key, but got {line.batch_size}")
+        if b == base_batch:
+            for name in ("overhead_s", "per_step_s"):
+                own, expected = getattr(line, name), getattr(base, name)
+                if not math.isclose(own, expected, rel_tol=1e-9, abs_tol=1e-12):
+                    raise r.fail(
+                        f"{bpath}.{name}",
+                        f"expected {expected!r} as in the model's latency line (batch size {base_batch}), "
+                        f"but got {own!r}",
+                    )
+        lines[b] = line
+    return dict(sorted(lines.items()))
 
 
 def _read_energy(r: _Reader, raw: Mapping[str, Any], path: str, sources: Mapping[str, Any]) -> EnergyModel:
@@ -836,7 +915,11 @@ def table_to_dict(table: CalibrationTable) -> dict[str, Any]:
                 kind=m.memory.kind,
                 **_present(**{rung: getattr(m.memory, rung) for rung in (*MEMORY_RUNGS, *HOST_MEMORY_FIELDS)}),
             ),
-            **_present(is_replica=m.is_replica, energy=None if m.energy is None else _energy_to_dict(m.energy)),
+            **_present(
+                is_replica=m.is_replica,
+                energy=None if m.energy is None else _energy_to_dict(m.energy),
+                batch_latency={str(b): _latency_to_dict(line) for b, line in sorted(m.batch_latency.items())},
+            ),
         }
     conv = table.clip_convention
     return {
