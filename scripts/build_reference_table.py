@@ -3,7 +3,8 @@
 Reads the public data sets (not shipped with genedge) and writes
 ``data/tables/reference-a100.json``: SD 1.5, SD 2.1 and SDXL on an NVIDIA
 A100-SXM4-40GB, quality for the paper's four PartiPrompts categories in one
-CLIPScore convention (OpenAI CLIP ViT-B/32, 100·cos, as published by TIFA).
+CLIPScore convention (OpenAI CLIP ViT-B/32, 100·cos, as published by TIFA), latency
+and energy per image versus steps, and peak memory.
 Every number is tagged ``published`` (measured by others, cited) or
 ``derived`` (by a rule written into the table's ``sources``).
 
@@ -11,6 +12,9 @@ Usage:
     python scripts/build_reference_table.py [--data ../shared/data] [--out data/tables/reference-a100.json]
 
 Running it again on the same inputs gives a byte-identical file.
+
+The quality convention, categories, step grid and quality cells are defined here once;
+``scripts/build_edge_tables.py`` imports them for the edge-device tables.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from scipy import stats
 from genedge.calibrate.table import (
     CalibrationTable,
     ClipConvention,
+    EnergyModel,
     LatencyModel,
     MemoryPeak,
     ModelCalibration,
@@ -43,6 +48,19 @@ CHALLENGE_TO_CATEGORY = {
     "Imagination": "Imagination",
     "Complex": "Complex",
 }
+CATEGORY_MAPPING = {
+    "name": "paper4",
+    "column": "Challenge",
+    "labels": {c: sorted(k for k, v in CHALLENGE_TO_CATEGORY.items() if v == c) for c in CATEGORIES},
+}
+#: The CLIPScore convention of every quality number in the shipped tables (TIFA's published scores).
+CLIP_CONVENTION = ClipConvention(
+    backbone="ViT-B-32",
+    pretrained="openai",
+    formula="100*cos (TIFA; all >0)",
+    truncation="77 tokens (CLIP tokenizer)",
+    preprocess="CLIP 224px resize + center crop (TIFA's CLIPScore)",
+)
 STEP_GRID = (10, 15, 20, 25, 30, 40, 50)
 # TIFA does not record the steps; its images came from the diffusers pipelines' default.
 REFERENCE_STEPS = 50
@@ -53,6 +71,8 @@ TOTAL_PARAMS_B = {"sd15": 1.1, "sd21": 1.3, "sdxl": 3.5}
 SD15_PEAK_BYTES = 4_400 * 10**6  # ONNX Runtime README, A100-SXM4-40GB, torch 2.0, bs1, second_run_memory_MB
 A100_40GB_BYTES = 40 * 2**30
 ML_ENERGY_SD15_25STEP_S = 0.921  # Openjourney-v4 (SD 1.5 architecture), A100-40GB, bs1, 25 steps
+ML_ENERGY_SD15_25STEP_J = 227.0  # the same run's energy per image (J)
+ML_ENERGY_STEPS = (30, 40, 50)
 TIFA_MODELS = {"sd15": "stable_diffusion_v1_5", "sd21": "stable_diffusion_v2_1"}
 
 SOURCES = {
@@ -68,13 +88,22 @@ SOURCES = {
         "kind": "published",
         "citation": "ML.ENERGY Leaderboard v2 (Chung et al., arXiv:2505.06371), github.com/ml-energy/leaderboard "
         "@ 2819ae10, data/diffusion/text-to-image/A100-SXM4-40GB/{30,40,50}/stabilityai/<model>/bs1.json: "
-        "mean batch latency at batch size 1, fp16, default resolution; least-squares line over steps.",
+        "mean batch latency ('Batch latency (s)') and GPU energy per image ('Energy per image (J)', Zeus "
+        "windows) at batch size 1, fp16, default resolution; least-squares line over steps for each.",
     },
     "rule-sd15-latency": {
         "kind": "derived",
-        "rule": "SD 1.5 latency = the SD 2.1 line scaled so that 25 steps take 0.921 s, the ML.ENERGY v2 "
-        "A100-40GB bs1 25-step latency of Openjourney-v4 (SD 1.5 architecture, 512^2) measured by the "
-        "same harness as the SD 2.1 line.",
+        "rule": "SD 1.5 latency = the SD 2.1 line scaled so that 25 steps take "
+        f"{ML_ENERGY_SD15_25STEP_S:g} s, the ML.ENERGY v2 A100-40GB bs1 25-step latency of Openjourney-v4 "
+        "(SD 1.5 architecture, 512^2) measured by the same harness as the SD 2.1 line.",
+    },
+    "rule-sd15-energy": {
+        "kind": "derived",
+        "rule": "SD 1.5 energy = the SD 2.1 energy line scaled so that 25 steps cost "
+        f"{ML_ENERGY_SD15_25STEP_J:g} J, the ML.ENERGY v2 A100-40GB bs1 25-step energy per image of "
+        "Openjourney-v4 (SD 1.5 architecture, 512^2), the run whose latency scales the SD 1.5 latency line "
+        "(ml-energy/leaderboard-v2 @ c3af7f31, data/diffusion/text-to-image/A100-SXM4-40GB/<model>/bs1+steps25.json). "
+        "The overhead/per-step split is SD 2.1's; the total at 25 steps is the published one.",
     },
     "ort-sd15-memory": {
         "kind": "published",
@@ -111,6 +140,12 @@ SOURCES = {
     },
 }
 
+#: The ``sources`` entries the quality cells and curves of SD 1.5 and SD 2.1 cite.
+QUALITY_SOURCES = ("tifa", "rule-basic-from-sd3-ratio", "rule-quality-vs-steps")
+ROOT = Path(__file__).resolve().parents[1]
+#: Where the public data sets live in a checkout next to ``shared/`` (not shipped with genedge).
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+
 
 def _read_tsv(path: Path) -> list[dict[str, str]]:
     with path.open(encoding="utf-8", newline="") as handle:
@@ -144,21 +179,27 @@ def _sd3_scores(data: Path, name: str) -> dict[str, list[float]]:
     return out
 
 
-def _mlenergy_line(data: Path, model: str) -> LatencyModel:
-    steps, seconds = [], []
-    for s in (30, 40, 50):
+def _mlenergy_fit(data: Path, model: str, field: str) -> tuple[float, float, int, float]:
+    """Least-squares line of one ML.ENERGY v2 field over steps: (intercept, slope, n, r²)."""
+    steps, values = [], []
+    for s in ML_ENERGY_STEPS:
         doc = json.loads((data / "mlenergy-v2-t2i-a100" / str(s) / "stabilityai" / model / "bs1.json").read_text())
         steps.append(doc["Number of inference steps"])
-        seconds.append(doc["Batch latency (s)"])
-    fit = stats.linregress(steps, seconds)
+        values.append(doc[field])
+    fit = stats.linregress(steps, values)
+    return float(fit.intercept), float(fit.slope), len(steps), float(fit.rvalue**2)
+
+
+def _mlenergy_line(data: Path, model: str) -> LatencyModel:
+    overhead, per_step, n, r2 = _mlenergy_fit(data, model, "Batch latency (s)")
     return LatencyModel(
-        overhead_s=float(fit.intercept),
-        per_step_s=float(fit.slope),
-        n=len(steps),
-        r2=float(fit.rvalue**2),
-        source="published",
-        ref="mlenergy-v2-a100",
+        overhead_s=overhead, per_step_s=per_step, n=n, r2=r2, source="published", ref="mlenergy-v2-a100"
     )
+
+
+def _mlenergy_energy(data: Path, model: str) -> EnergyModel:
+    overhead, per_step, n, r2 = _mlenergy_fit(data, model, "Energy per image (J)")
+    return EnergyModel(overhead_j=overhead, per_step_j=per_step, n=n, r2=r2, source="published", ref="mlenergy-v2-a100")
 
 
 def _cell(values: list[float]) -> QualityCell:
@@ -183,8 +224,12 @@ def _curve(cell: QualityCell, amplitude: float) -> QualityCurve:
     )
 
 
-def build(data: Path) -> CalibrationTable:
-    """Assemble the reference table from the public data under ``data``."""
+def reference_quality(data: Path) -> tuple[dict[str, dict[str, QualityCell]], float]:
+    """The reference-steps quality cells of SD 1.5, SD 2.1 and SDXL, and the curves' amplitude A.
+
+    Returns ``(cells, amplitude)``: model key → category → the cell at :data:`REFERENCE_STEPS`, and
+    the A of ``rule-quality-vs-steps`` that :func:`quality_and_curves` turns into curves.
+    """
     tifa = _tifa_scores(data)
     sd3 = _sd3_scores(data, "clip_scores_by_prompt_diffusers.json")
     sd3_28 = _sd3_scores(data, "clip_scores_by_prompt.json")
@@ -220,6 +265,22 @@ def build(data: Path) -> CalibrationTable:
         )
         for c, cell in quality["sd21"].items()
     }
+    return quality, amplitude
+
+
+def quality_and_curves(
+    cells: dict[str, QualityCell], amplitude: float
+) -> tuple[dict[str, dict[int, QualityCell]], dict[str, QualityCurve]]:
+    """One model's ``quality`` (its cells at :data:`REFERENCE_STEPS`) and ``curves`` over :data:`STEP_GRID`."""
+    return (
+        {c: {REFERENCE_STEPS: cells[c]} for c in CATEGORIES},
+        {c: _curve(cells[c], amplitude) for c in CATEGORIES},
+    )
+
+
+def build(data: Path) -> CalibrationTable:
+    """Assemble the reference table from the public data under ``data``."""
+    quality, amplitude = reference_quality(data)
 
     sd21_line = _mlenergy_line(data, "stable-diffusion-2-1")
     scale = ML_ENERGY_SD15_25STEP_S / sd21_line.seconds(25)
@@ -234,6 +295,20 @@ def build(data: Path) -> CalibrationTable:
         ),
         "sd21": sd21_line,
         "sdxl": _mlenergy_line(data, "stable-diffusion-xl-base-1.0"),
+    }
+    sd21_energy = _mlenergy_energy(data, "stable-diffusion-2-1")
+    energy_scale = ML_ENERGY_SD15_25STEP_J / sd21_energy.joules(25)
+    energy = {
+        "sd15": EnergyModel(
+            overhead_j=sd21_energy.overhead_j * energy_scale,
+            per_step_j=sd21_energy.per_step_j * energy_scale,
+            n=0,
+            r2=None,
+            source="derived",
+            ref="rule-sd15-energy",
+        ),
+        "sd21": sd21_energy,
+        "sdxl": _mlenergy_energy(data, "stable-diffusion-xl-base-1.0"),
     }
     memory = {
         key: (
@@ -257,17 +332,18 @@ def build(data: Path) -> CalibrationTable:
     }
     models = {}
     for key, (name, resolution) in names.items():
-        cells = quality[key]
+        cells, curves = quality_and_curves(quality[key], amplitude)
         models[key] = ModelCalibration(
             key=key,
             name=name,
             resolution=resolution,
             steps=STEP_GRID,
             default_steps=REFERENCE_STEPS,
-            quality={c: {REFERENCE_STEPS: cells[c]} for c in CATEGORIES},
-            curves={c: _curve(cells[c], amplitude) for c in CATEGORIES},
+            quality=cells,
+            curves=curves,
             latency=latency[key],
             memory=memory[key],
+            energy=energy[key],
         )
     return CalibrationTable(
         device={
@@ -278,19 +354,9 @@ def build(data: Path) -> CalibrationTable:
             "dtype": "float16",
             "batch_size": 1,
         },
-        clip_convention=ClipConvention(
-            backbone="ViT-B-32",
-            pretrained="openai",
-            formula="100*cos (TIFA; all >0)",
-            truncation="77 tokens (CLIP tokenizer)",
-            preprocess="CLIP 224px resize + center crop (TIFA's CLIPScore)",
-        ),
+        clip_convention=CLIP_CONVENTION,
         categories=CATEGORIES,
-        category_mapping={
-            "name": "paper4",
-            "column": "Challenge",
-            "labels": {c: sorted(k for k, v in CHALLENGE_TO_CATEGORY.items() if v == c) for c in CATEGORIES},
-        },
+        category_mapping=CATEGORY_MAPPING,
         models=models,
         sources=SOURCES,
         manifest={
@@ -303,15 +369,11 @@ def build(data: Path) -> CalibrationTable:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    root = Path(__file__).resolve().parents[1]
     parser.add_argument(
-        "--data",
-        type=Path,
-        default=root.parent / "shared" / "data",
-        help="folder holding the public data sets (default: ../shared/data)",
+        "--data", type=Path, default=DEFAULT_DATA, help="folder holding the public data sets (default: ../shared/data)"
     )
     parser.add_argument(
-        "--out", type=Path, default=root / "data" / "tables" / "reference-a100.json", help="where to write the table"
+        "--out", type=Path, default=ROOT / "data" / "tables" / "reference-a100.json", help="where to write the table"
     )
     args = parser.parse_args()
     path = save_table(build(args.data), args.out)
