@@ -38,6 +38,10 @@ def resolve_table(name_or_path: str | Path) -> Path:
     shipped = shipped_tables()
     if str(name_or_path) in shipped:
         return shipped[str(name_or_path)]
+    if candidate.exists():
+        raise ValueError(f"{str(name_or_path)!r} is a directory, not a calibration table: expected a JSON file")
+    if candidate.suffix == ".json" or len(candidate.parts) > 1:
+        raise ValueError(f"{str(name_or_path)!r}: no such calibration table file")
     raise ValueError(
         f"no calibration table {str(name_or_path)!r}: expected an existing file or a shipped table name, "
         f"one of {list(shipped)}"

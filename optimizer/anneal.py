@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from genedge.optimizer.objective import score_plan
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.result import PlanResult, PlanState, PlanStatus, make_result, timed
 from genedge.optimizer.system import deployed_mask, fifo_delay_coefficient
@@ -200,12 +201,14 @@ def anneal(
     m = len(problem.models)
     n = problem.n_requests
     # Per model and grid step: quality points served, and delay coefficient Σ_k k = N(N+1)/2 times full-share time.
-    quality = [requests[:, i] @ problem.quality_mean[i] for i in range(m)]
+    quality = [requests[:, i] @ problem.value_grid(i) for i in range(m)]
     delay_coeff = [fifo_delay_coefficient(problem.service_s[i], loads[i]) for i in range(m)]
     quantum = SHARE_QUANTUM * problem.budget
 
     def utility(state: tuple[tuple[int, ...], tuple[float, ...]]) -> float:
         steps, shares = state
+        if not problem.is_classic:  # the paper does not batch: each model runs its base batch
+            return score_plan(problem, requests, steps, batch_index=problem.base_batch_index, shares=shares).value
         total = 0.0
         for i in used:
             total += quality[i][steps[i]] - problem.weight * delay_coeff[i][steps[i]] / shares[i]

@@ -14,15 +14,20 @@ r"""Model assignment rules: which model serves which prompt category, with what 
 * :func:`price_directed_assignment` — genedge's rule: the routing that maximizes
   utility for fixed steps, solved exactly on a convex relaxation of the delay.
 * :func:`polish_requests` — a local search on the exact (unrelaxed) utility.
+* :func:`frontier_routings` — every whole-category routing that the price dual can choose:
+  the candidates from which delay models without a closed form pick.
+* :func:`polish_scored` — the same local search on any plan value (open arrivals, SLOs, batching).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 from scipy.special import log_ndtr
 
+from genedge.optimizer.objective import INFEASIBLE, score_plan, unconstrained_utility
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.system import deployed_mask, utility_with_optimal_shares
 
@@ -34,6 +39,9 @@ __all__ = [
     "vertex_bound",
     "relaxed_optimum",
     "polish_requests",
+    "frontier_routings",
+    "best_scored_routing",
+    "polish_scored",
 ]
 
 # Quadrature for P(best): points over [min μ − 8σ, max μ + 8σ]; the integrand is smooth,
@@ -143,6 +151,8 @@ def vertex_bound(
     allowed: np.ndarray,
     shortfall: np.ndarray | None = None,
     max_vertices: int = 20_000,
+    *,
+    delay_root: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> float | None:
     r"""An upper bound on the utility of every routing at fixed steps that keeps the exact delay.
 
@@ -161,9 +171,14 @@ def vertex_bound(
         whenever the best routing is a vertex (whole categories on single models, or
         the floor's two-model mixes) and complements the relaxed bound elsewhere.
 
+        The same holds for any concave h = Σ_m a_m g(N_m) with g concave: ``delay_root`` gives
+        g (default √(N(N+1)), the window's FIFO delay with a_m = √((o_m + τ_m s_m)/2)); callers
+        with another delay lower bound pass its a_m as ``full_share_s`` scaled to match.
+
         Returns:
             The bound on U, or None where the joint vertices outnumber ``max_vertices``.
     """
+    root = (lambda n: np.sqrt(n * (n + 1))) if delay_root is None else delay_root
     a = np.sqrt(full_share_s / 2)
     value, _, mix = _routing_vertices(mean, a, allowed, shortfall, problem.max_shortfall)
     options = [np.flatnonzero(np.isfinite(row)) for row in value]
@@ -175,7 +190,7 @@ def vertex_bound(
     requests = problem.counts[None, :, None] * mix[np.arange(mean.shape[0])[None, :], choice]  # (J, C, M)
     loads = requests.sum(axis=1)
     quality = (requests * mean[None]).sum(axis=(1, 2))
-    delay_root = (a * np.sqrt(loads * (loads + 1))).sum(axis=1)
+    delay_root = (a * root(loads)).sum(axis=1)
     lam = problem.weight / problem.budget
     if lam == 0:
         return float(quality.max() / problem.n_requests)
@@ -360,6 +375,135 @@ def _pairwise_moves(
                         best = float(u[b])
                         x = np.maximum(batch[b], 0.0)
                         improved = True
+        if not improved:
+            break
+    return x, best, nfev
+
+
+def frontier_routings(
+    problem: Problem,
+    mean: np.ndarray,
+    full_share_s: np.ndarray,
+    allowed: np.ndarray,
+    shortfall: np.ndarray | None = None,
+) -> list[np.ndarray]:
+    """Every routing the price dual of :func:`price_directed_assignment` picks at some delay price.
+
+    Walking the price ν from 0 (each category on its best model) upwards, each category moves
+    to faster models as delay grows dearer; each segment between breakpoints is one routing of
+    whole categories (or of the floor's two-model mixes). Where the delay has no closed form
+    (open arrivals, an SLO, batching) these are the candidates a planner scores exactly.
+
+    Returns:
+        Requests x[c, m] per routing, from the best quality to the least delay.
+    """
+    a = np.sqrt(full_share_s / 2)
+    value, cost, mix = _routing_vertices(mean, a, allowed, shortfall, problem.max_shortfall)
+    if not np.isfinite(value).any(axis=1).all():
+        return []
+    i, j = np.triu_indices(value.shape[1], k=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        crossings = (value[:, i] - value[:, j]) / (cost[:, i] - cost[:, j])
+    crossings = crossings[np.isfinite(crossings) & (crossings > 0)]
+    t = np.unique(np.concatenate([[0.0], crossings]))
+    probes = np.append((t[:-1] + t[1:]) / 2, t[-1] + 1.0)
+    probes = np.concatenate([[0.0], probes])
+    # Ties at ν = 0 go to the cheaper vertex, as any positive price would.
+    scores = value[None, :, :] - probes[:, None, None] * cost[None, :, :] - 1e-12 * cost[None, :, :]
+    choices = np.unique(scores.argmax(axis=2), axis=0)
+    categories = np.arange(value.shape[0])
+    return [problem.counts[:, None] * mix[categories, choice] for choice in choices]
+
+
+def best_scored_routing(
+    problem: Problem,
+    steps: tuple[int, ...],
+    allowed: np.ndarray,
+    floor: np.ndarray | None,
+    batch_index: tuple[int, ...] | None = None,
+) -> tuple[float, np.ndarray | None]:
+    """The best routing on the price dual's frontier at these steps, by the exact objective.
+
+    Returns:
+        (value, requests x[c, m]) by :func:`~genedge.optimizer.objective.score_plan`; (−inf, None)
+        where no routing meets the quality floor.
+    """
+    value, full = problem.value_at(steps), problem.service_at(steps)
+    candidates = frontier_routings(problem, value, full, allowed, floor)
+    x, _bound = price_directed_assignment(problem, value, full, allowed, floor)
+    if x is not None:
+        candidates.append(x)
+    best: tuple[float, np.ndarray | None] = (-np.inf, None)
+    if problem.slo is None:
+        for requests in candidates:
+            scored = score_plan(problem, requests, steps, batch_index=batch_index).value
+            if scored > best[0]:
+                best = (scored, requests)
+        return best
+    # Under an SLO, a routing's utility at its delay-optimal shares bounds its value under any
+    # shares: score routings best bound first and stop once no bound beats the best feasible one.
+    bounds = [unconstrained_utility(problem, requests, steps, batch_index) for requests in candidates]
+    for k in np.argsort(bounds)[::-1]:
+        if best[0] > INFEASIBLE and bounds[k] <= best[0]:
+            break
+        scored = score_plan(problem, candidates[k], steps, batch_index=batch_index).value
+        if scored > best[0]:
+            best = (scored, candidates[k])
+    return best
+
+
+def polish_scored(
+    problem: Problem,
+    requests: np.ndarray,
+    value: Callable[[np.ndarray], float],
+    shortfall: np.ndarray | None = None,
+    *,
+    grid: int = 9,
+    passes: int = 2,
+) -> tuple[np.ndarray, float, int]:
+    """Improve a routing by pairwise request moves between models in use, on any plan value.
+
+    The moves of :func:`polish_requests` (a coarse grid over the amount moved, then a fine one
+    around its best), scored one by one with ``value(x)``: for delay models whose shares have no
+    closed form. Moves that break a quality floor are not taken.
+
+    Returns:
+        (requests, value, evaluations).
+    """
+    x = requests.copy()
+    best = value(x)
+    nfev = 1
+    fractions = np.linspace(0.0, 1.0, grid)
+    for _ in range(passes):
+        improved = False
+        cols = np.flatnonzero(deployed_mask(x.sum(axis=0)))
+        for c in range(x.shape[0]):
+            for i in cols:
+                for j in cols:
+                    if i == j or x[c, i] <= 0:
+                        continue
+                    lo, hi = 0.0, x[c, i]
+                    top, top_x = best, None
+                    for _refine in range(2):
+                        step = (hi - lo) / (grid - 1)
+                        for amount in lo + (hi - lo) * fractions[1:]:
+                            trial = x.copy()
+                            trial[c, i] -= amount
+                            trial[c, j] += amount
+                            trial = np.maximum(trial, 0.0)
+                            if shortfall is not None and (trial[c] * shortfall[c]).sum() > (
+                                problem.max_shortfall * problem.counts[c] * (1 + _SHORTFALL_RTOL)
+                            ):
+                                continue
+                            v = value(trial)
+                            nfev += 1
+                            if v > top:
+                                top, top_x, center = v, trial, amount
+                        if top_x is None:
+                            break
+                        lo, hi = max(0.0, center - step), min(x[c, i], center + step)
+                    if top_x is not None and top > best + _IMPROVEMENT_RTOL * max(1.0, abs(best)):
+                        best, x, improved = top, top_x, True
         if not improved:
             break
     return x, best, nfev

@@ -24,6 +24,7 @@ import numpy as np
 
 from genedge.optimizer.anneal import DEFAULT_MAXITER, anneal
 from genedge.optimizer.assignment import direct_assignment, probabilistic_assignment, uniform_assignment
+from genedge.optimizer.objective import score_plan
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.result import Callback, PlanResult, PlanStatus, make_result, timed
 from genedge.optimizer.system import deployed_mask, fifo_delay_coefficient, optimal_shares
@@ -51,7 +52,7 @@ def _best_over_deployable_sets(problem: Problem, plan: Callable[[np.ndarray], Pl
     for allowed in problem.deployable_sets():
         result = plan(allowed)
         nit, nfev = nit + result.nit, nfev + result.nfev
-        if best is None or result.utility > best.utility:
+        if best is None or (result.feasible, result.utility) > (best.feasible, best.utility):
             best = result
         if result.status == PlanStatus.CALLBACK_STOP:
             status = result.status
@@ -187,9 +188,11 @@ def _optimal_step(problem: Problem, allowed: np.ndarray) -> PlanResult:
     routing = paper_routing(problem, allowed)
     requests = problem.counts[:, None] * routing
     loads = requests.sum(axis=0)
+    if not problem.is_classic:
+        return _optimal_step_scored(problem, routing)
     models = range(len(problem.models))
     # The shared delay term (Σ √K_m)² couples the models: evaluate every step vector at once.
-    quality = [requests[:, i] @ problem.quality_mean[i] for i in models]
+    quality = [requests[:, i] @ problem.value_grid(i) for i in models]
     deployed = deployed_mask(loads)
     root_k = [np.sqrt(fifo_delay_coefficient(problem.service_s[i], loads[i])) * deployed[i] for i in models]
     grids = np.array(list(itertools.product(*(range(k) for k in problem.grid_sizes))))
@@ -199,3 +202,15 @@ def _optimal_step(problem: Problem, allowed: np.ndarray) -> PlanResult:
     steps = tuple(grids[int(u.argmax())])
     shares = optimal_shares(problem.service_at(steps), loads, problem.budget)
     return make_result(problem, "optimal-step", routing, steps, shares, nit=len(grids), nfev=len(grids))
+
+
+def _optimal_step_scored(problem: Problem, routing: np.ndarray) -> PlanResult:
+    """Every step vector scored on the exact objective, each with its best shares (base batch: the
+    paper's baselines do not batch)."""
+    requests = problem.counts[:, None] * routing
+    grids = list(itertools.product(*(range(k) for k in problem.grid_sizes)))
+    scored = [score_plan(problem, requests, steps, batch_index=problem.base_batch_index) for steps in grids]
+    best = int(np.argmax([s.value for s in scored]))
+    return make_result(
+        problem, "optimal-step", routing, grids[best], scored[best].shares, nit=len(grids), nfev=len(grids)
+    )

@@ -16,6 +16,17 @@ It enumerates Π_m K_m step vectors, so it is meant for the paper's scale
 
 A callback may stop the branch and bound early: the certificate is still computed
 over every step vector, so the stopped result's ``upper_bound`` still holds.
+
+Under the other delay models and objectives (open arrivals, random routing, an SLO,
+batching) the search enumerates step vectors × batch sizes, scores each one's routings
+exactly (:func:`~genedge.optimizer.assignment.best_scored_routing`, then
+:func:`~genedge.optimizer.assignment.polish_scored`) and bounds it with
+:func:`scored_upper_bound`, the smaller of two relaxations that hold for any routing and
+shares: the vertex bound with each request's delay cut to its own service time (the window
+model keeps its FIFO order; open arrivals lose their queueing waits), and a linear program over
+the routing that keeps the SLO and the queues' capacity as necessary conditions but drops the
+delay. Where the waits or the SLO's shape matter, the bound is loose, and the result says so in
+``bound_note``.
 """
 
 from __future__ import annotations
@@ -24,13 +35,22 @@ import dataclasses
 import itertools
 
 import numpy as np
+from scipy.optimize import linprog
 
-from genedge.optimizer.assignment import polish_requests, price_directed_assignment, relaxed_optimum, vertex_bound
+from genedge.optimizer.assignment import (
+    best_scored_routing,
+    polish_requests,
+    polish_scored,
+    price_directed_assignment,
+    relaxed_optimum,
+    vertex_bound,
+)
+from genedge.optimizer.objective import score_plan
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.result import Callback, PlanResult, PlanState, PlanStatus, make_result, timed
 from genedge.optimizer.system import optimal_shares
 
-__all__ = ["exact_search", "utility_upper_bound", "MAX_STEP_VECTORS"]
+__all__ = ["exact_search", "scored_upper_bound", "utility_upper_bound", "MAX_STEP_VECTORS"]
 
 MAX_STEP_VECTORS = 200_000
 
@@ -60,16 +80,18 @@ def exact_search(
     Raises:
         ValueError: the problem has more than ``max_step_vectors`` step vectors.
     """
-    count = int(np.prod(problem.grid_sizes, dtype=float))
+    count = int(np.prod(problem.grid_sizes, dtype=float) * np.prod(problem.batch_grid_sizes, dtype=float))
     if count > max_step_vectors:
         raise ValueError(
             f"Expected at most {max_step_vectors} step vectors for exact search, but the problem has "
             f"{count} ({len(problem.models)} models); use propose() at this scale"
         )
+    if not problem.is_classic:
+        return _exact_scored(problem, callback)
     candidates = []
     for allowed in problem.deployable_sets():
         for steps in itertools.product(*(range(k) for k in problem.grid_sizes)):
-            mean, full = problem.mean_at(steps), problem.service_at(steps)
+            mean, full = problem.value_at(steps), problem.service_at(steps)
             x, bound = price_directed_assignment(problem, mean, full, allowed, problem.shortfall_at(steps))
             if x is not None:
                 candidates.append((bound, steps, x, allowed))
@@ -83,7 +105,7 @@ def exact_search(
     for bound, steps, x, allowed in candidates:
         if best is not None and bound <= best[0]:
             break
-        mean, full = problem.mean_at(steps), problem.service_at(steps)
+        mean, full = problem.value_at(steps), problem.service_at(steps)
         x, u, evaluations = polish_requests(problem, x, mean, full, allowed, problem.shortfall_at(steps))
         nfev += evaluations
         visited += 1
@@ -99,7 +121,7 @@ def exact_search(
         if bound <= upper:
             break
         exact_delay = vertex_bound(
-            problem, problem.mean_at(steps), problem.service_at(steps), allowed, problem.shortfall_at(steps)
+            problem, problem.value_at(steps), problem.service_at(steps), allowed, problem.shortfall_at(steps)
         )
         upper = max(upper, bound if exact_delay is None else min(bound, exact_delay))
     _, steps, x = best
@@ -132,14 +154,209 @@ def utility_upper_bound(problem: Problem) -> float:
     The minimization is solved exactly (:func:`~genedge.optimizer.assignment.relaxed_optimum`).
     Where :func:`exact_search` cannot enumerate the step vectors, this still says how
     far a plan can be from the optimum.
-    It ignores a quality floor, so it also bounds plans that must meet one.
+    It ignores a quality floor, so it also bounds plans that must meet one. Each request's delay is
+    at least its own service time under every delay model, and √(N(N+1)) ≥ N, so it bounds the
+    window model's plans under any realization and batch size; under open arrivals it is a bound
+    of the same form with the queueing waits left out.
     """
     lam = problem.weight / problem.budget
     best = -np.inf
     for allowed in problem.deployable_sets():
         # Every (model, steps) pair is a vertex open to every category: one price dual decides them all.
-        value = np.concatenate([problem.quality_mean[m] for m in np.flatnonzero(allowed)], axis=1)  # (C, Σ K)
+        value = np.concatenate([problem.value_grid(m) for m in np.flatnonzero(allowed)], axis=1)  # (C, Σ K)
         cost = np.concatenate([np.sqrt(problem.service_s[m] / 2) for m in np.flatnonzero(allowed)])
         cost = np.broadcast_to(cost, value.shape)
         best = max(best, relaxed_optimum(value, cost, problem.counts, lam))
     return best / problem.n_requests
+
+
+def _exact_scored(problem: Problem, callback: Callback | None) -> PlanResult:
+    """Branch and bound over step vectors × batch sizes on the exact objective (module doc)."""
+    candidates = []
+    for allowed in problem.deployable_sets():
+        for steps in itertools.product(*(range(k) for k in problem.grid_sizes)):
+            for batch in itertools.product(*(range(k) for k in problem.batch_grid_sizes)):
+                bound = scored_upper_bound(problem, steps, batch, allowed)
+                candidates.append((bound, steps, batch, allowed))
+    candidates.sort(key=lambda item: -item[0])
+    no_feasible = not np.isfinite(candidates[0][0])
+    best = None  # (value, steps, batch, requests)
+    visited, nfev = 0, len(candidates)
+    status = PlanStatus.SUCCESS
+    for bound, steps, batch, allowed in candidates:
+        if best is not None and bound <= best[0] and not no_feasible:
+            break
+        floor = problem.shortfall_at(steps)
+        value, x = best_scored_routing(problem, steps, allowed, floor, batch)
+        if x is None:
+            continue
+        x, value, evaluations = polish_scored(
+            problem,
+            x,
+            lambda x, steps=steps, batch=batch: score_plan(problem, x, steps, batch_index=batch).value,
+            floor,
+        )
+        nfev += evaluations
+        visited += 1
+        if best is None or value > best[0]:
+            best = (value, steps, batch, x)
+        if callback is not None and callback(
+            PlanState(iteration=visited, value=value, best_value=best[0], best_state=(steps, batch))
+        ):
+            status = PlanStatus.CALLBACK_STOP
+            break
+        if no_feasible and visited >= _INFEASIBLE_VISITS:
+            break
+    if best is None:
+        raise problem.unreachable_floor_error()
+    value, steps, batch, x = best
+    unvisited = [bound for bound, *_ in candidates if bound > value]
+    upper = max([value, *unvisited]) if np.isfinite(value) else None
+    scored = score_plan(problem, x, steps, batch_index=batch)
+    result = make_result(
+        problem,
+        "exact",
+        x / problem.counts[:, None],
+        steps,
+        scored.shares,
+        batch_index=batch,
+        status=status,
+        nit=visited,
+        nfev=nfev,
+        upper_bound=None if upper is None or not scored.feasible else max(upper, scored.utility),
+        bound_note=_bound_note(problem) if not no_feasible else "no plan can meet the SLO and keep every queue stable",
+    )
+    return result
+
+
+# When no plan can be feasible, the search still returns the least infeasible of this many step vectors.
+_INFEASIBLE_VISITS = 8
+
+
+def _bound_note(problem: Problem) -> str | None:
+    """What :func:`scored_upper_bound` leaves out for this problem, in words."""
+    notes = []
+    if problem.arrivals == "open":
+        notes.append("the bound counts each request's service time but not its queueing wait")
+    if problem.slo is not None:
+        notes.append("the SLO enters the bound only through a linear relaxation")
+    if problem.realization == "random" and problem.arrivals == "window":
+        notes.append("the bound ignores the variance of randomly routed loads")
+    return "; ".join(notes) or None
+
+
+def scored_upper_bound(problem: Problem, steps: tuple[int, ...], batch: tuple[int, ...], allowed: np.ndarray) -> float:
+    r"""An upper bound on the objective of every routing and share vector at these steps and batch sizes.
+
+    The smaller of:
+
+    * the vertex bound (:func:`~genedge.optimizer.assignment.vertex_bound`) with each request's
+      delay cut to what it cannot avoid: in the window model its FIFO position, as Σ_{i≤N} ⌈i/b⌉
+      ≥ N(N+1)/(2b) (so a_m = √(S_m/(2 b_m)) with g(N) = √(N(N+1))); under open arrivals its own
+      batch's service S_m/r_m (a_m = √S_m, g(N) = √N). Random routing only adds variance, so the
+      bound holds for it too;
+    * a linear program, max Σ x_cm (μ_cm − κE_m) / N over routings x and the requests y_cm ≤ x_cm
+      that meet the SLO, subject to: the quality floor; under open arrivals the capacity
+      Σ_m λ_m S_m / b_m ≤ R that stability needs; no request meeting the SLO on a model whose
+      call takes longer than the SLO on the whole device; in the window model, at most
+      b_m·SLO·r_m / S_m requests meeting it on model m (Σ_m r_m ≤ R); and Σ y ≥ α N (per category
+      with a per-category SLO). It drops the delay term (≥ 0).
+
+    Returns:
+        The bound (points); −inf where no routing can meet the floor, the SLO and stability.
+    """
+    value = problem.value_at(steps)
+    full = problem.call_service_at(steps, batch)
+    size = problem.max_batch_at(batch).astype(float)
+    floor = problem.shortfall_at(steps)
+    if problem.arrivals == "window":
+        vertex = vertex_bound(problem, value, full / size, allowed, floor)
+    else:
+        vertex = vertex_bound(problem, value, 2 * full, allowed, floor, delay_root=np.sqrt)
+    linear = _linear_bound(problem, value, full, size, allowed, floor)
+    bounds = [b for b in (vertex, linear) if b is not None]
+    return (
+        min(bounds)
+        if bounds
+        else float(problem.counts @ np.where(allowed, value, -np.inf).max(axis=1)) / problem.n_requests
+    )
+
+
+def _linear_bound(
+    problem: Problem,
+    value: np.ndarray,
+    full: np.ndarray,
+    size: np.ndarray,
+    allowed: np.ndarray,
+    floor: np.ndarray | None,
+) -> float | None:
+    """The linear relaxation of :func:`scored_upper_bound`; None where it adds nothing to the vertex bound."""
+    if problem.slo is None and problem.arrivals == "window":
+        return None
+    c, m = value.shape
+    n = problem.counts
+    nx = c * m
+    use_y = problem.slo is not None
+    width = nx * (2 if use_y else 1)
+    objective = np.zeros(width)
+    objective[:nx] = -np.where(allowed[None, :], value, 0.0).ravel()
+    equalities = np.zeros((c, width))
+    for k in range(c):
+        equalities[k, k * m : (k + 1) * m] = 1.0
+    rows, bounds_ub = [], []
+    if floor is not None:
+        for k in range(c):
+            row = np.zeros(width)
+            row[k * m : (k + 1) * m] = floor[k]
+            rows.append(row)
+            bounds_ub.append(problem.max_shortfall * n[k])
+    if problem.arrivals == "open":
+        row = np.zeros(width)
+        row[:nx] = np.tile(full / size, c)
+        rows.append(row)
+        bounds_ub.append(problem.budget)
+    variable_bounds = [(0.0, None if allowed[j] else 0.0) for _ in range(c) for j in range(m)]
+    if use_y:
+        slo = problem.slo
+        reachable = full <= slo.seconds * problem.budget
+        variable_bounds += [(0.0, None if allowed[j] and reachable[j] else 0.0) for _ in range(c) for j in range(m)]
+        for k in range(nx):  # y ≤ x
+            row = np.zeros(width)
+            row[nx + k], row[k] = 1.0, -1.0
+            rows.append(row)
+            bounds_ub.append(0.0)
+        if problem.arrivals == "window":
+            row = np.zeros(width)
+            row[nx:] = np.tile(full / (size * slo.seconds), c)
+            rows.append(row)
+            bounds_ub.append(problem.budget)
+        if slo.scope == "overall":
+            row = np.zeros(width)
+            row[nx:] = -1.0
+            rows.append(row)
+            bounds_ub.append(-slo.attainment * float(n.sum()))
+        else:
+            for k in range(c):
+                row = np.zeros(width)
+                row[nx + k * m : nx + (k + 1) * m] = -1.0
+                rows.append(row)
+                bounds_ub.append(-slo.attainment * n[k])
+    solution = linprog(
+        objective,
+        A_ub=np.array(rows) if rows else None,
+        b_ub=np.array(bounds_ub) if rows else None,
+        A_eq=equalities,
+        b_eq=n,
+        bounds=variable_bounds,
+        method="highs",
+    )
+    if solution.status == 2:  # infeasible: no routing meets the floor, the SLO and capacity
+        return -np.inf
+    if solution.status != 0:
+        return None
+    # HiGHS solves to a tolerance: lift the bound by it so it stays a bound.
+    return float(-solution.fun / n.sum()) + _LP_TOL * max(1.0, abs(float(solution.fun / n.sum())))
+
+
+# Relative tolerance added to a linear-program bound (HiGHS' default optimality tolerance is 1e-7).
+_LP_TOL = 1e-6

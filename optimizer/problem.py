@@ -20,11 +20,75 @@ from genedge.optimizer.workload import Workload
 if TYPE_CHECKING:
     from genedge.calibrate.table import CalibrationTable
 
-__all__ = ["Problem"]
+__all__ = [
+    "ARRIVAL_MODELS",
+    "DEPLOYED_MIN_REQUESTS",
+    "REALIZATIONS",
+    "SLO_SCOPES",
+    "Problem",
+    "Slo",
+    "deployed_mask",
+]
 
 logger = logging.getLogger(__name__)
 
 _GIB = 2**30
+
+#: Expected requests per planning window (or per second) at or below which a model is not deployed:
+#: it gets no compute share, holds no memory and adds no delay. Routings carry float residue far
+#: below one request; this is where residue ends and traffic begins.
+DEPLOYED_MIN_REQUESTS = 1e-9
+
+
+def deployed_mask(loads: np.ndarray) -> np.ndarray:
+    """Which models a plan deploys: expected requests N_m above :data:`DEPLOYED_MIN_REQUESTS`, shape (M,).
+
+    This is the one definition of "deployed" (or "in use"): the system model, the planners, the
+    plan file and the command line all decide it here.
+    """
+    return np.asarray(loads, dtype=float) > DEPLOYED_MIN_REQUESTS
+
+
+#: Delay models (DESIGN §3, §3.2): ``window`` serves n_c requests that all arrive at once (the paper's
+#: model); ``open`` serves Poisson arrivals of λ_c requests per second, one M/D/1 (or, with batching,
+#: bulk-service) queue per deployed model.
+ARRIVAL_MODELS = ("window", "open")
+#: How routing probabilities become routes: ``deterministic`` (smooth weighted round robin per category,
+#: so the planned loads hold exactly) or ``random`` (each request drawn independently, so the loads vary
+#: and their variance enters the delay).
+REALIZATIONS = ("deterministic", "random")
+#: Where a latency SLO applies: to all requests together, or to each category's requests.
+SLO_SCOPES = ("overall", "category")
+
+
+@dataclass(frozen=True)
+class Slo:
+    """A latency objective: at least ``attainment`` of requests respond within ``seconds``.
+
+    P(T ≤ seconds) ≥ α is the same constraint as "the α-quantile of T is at most seconds"
+    (p95 ≤ SLO is attainment 0.95), so one object states both.
+
+    Attributes:
+        seconds: the response-time target (s).
+        attainment: α, the smallest allowed fraction of requests within ``seconds``, in (0, 1).
+        scope: ``overall`` (all requests together) or ``category`` (each category on its own).
+    """
+
+    seconds: float
+    attainment: float
+    scope: str = "overall"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.seconds) and self.seconds > 0):
+            raise ValueError(f"Expected an SLO of seconds > 0, but got {self.seconds}")
+        if not 0 < self.attainment < 1:
+            raise ValueError(f"Expected an SLO attainment in (0, 1), e.g. 0.95 for p95, but got {self.attainment}")
+        if self.scope not in SLO_SCOPES:
+            raise ValueError(f"Expected an SLO scope among {list(SLO_SCOPES)}, but got {self.scope!r}")
+
+    def describe(self) -> str:
+        """E.g. ``"p95 <= 12 s (overall)"``."""
+        return f"p{100 * self.attainment:g} <= {self.seconds:g} s ({self.scope})"
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,6 +118,19 @@ class Problem:
         max_shortfall: ε, the largest allowed P(score < θ) per category, in (0, 1).
         left_out: model key → peak memory (bytes) of the models left out of the problem because
             each alone needs more than ``device_memory_bytes`` (see :meth:`from_table`).
+        arrivals: the delay model, one of :data:`ARRIVAL_MODELS`. Under ``window`` ``counts`` are
+            requests per planning window; under ``open`` they are arrival rates λ_c (requests/s).
+        realization: how routing is realized, one of :data:`REALIZATIONS`.
+        slo: a latency objective the plan must meet, or None.
+        energy_price: κ, CLIPScore points per Joule: the utility subtracts κ × mean energy per image.
+        energy_j: per model, Joules per image at full device share for each grid step, shape (K_m,),
+            or None where the table carries no energy.
+        batch_sizes: per model, the batch sizes b it may run (sorted, the first is its base batch),
+            or None for batch 1 only.
+        batch_service_s: per model, seconds per call of b images at full share, shape (B_m, K_m),
+            aligned with ``batch_sizes``; None with it.
+        service_std_s: per model, the standard deviation of one image's latency at full share (s),
+            for the M/G/1 mean beside the M/D/1 one, or None.
     """
 
     models: tuple[str, ...]
@@ -73,9 +150,18 @@ class Problem:
     min_clipscore: float | None = None
     max_shortfall: float = 0.05
     left_out: Mapping[str, float] = field(default_factory=dict)
+    arrivals: str = "window"
+    realization: str = "deterministic"
+    slo: Slo | None = None
+    energy_price: float = 0.0
+    energy_j: tuple[np.ndarray, ...] | None = None
+    batch_sizes: tuple[np.ndarray, ...] | None = None
+    batch_service_s: tuple[np.ndarray, ...] | None = None
+    service_std_s: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         m, c = len(self.models), len(self.categories)
+        self._check_service_model()
         if m == 0:
             raise ValueError("Expected at least one model, but got none")
         if not (math.isfinite(self.budget) and self.budget > 0):
@@ -120,6 +206,104 @@ class Problem:
         if fit:
             raise ValueError(f"Expected left-out models to need more than the device memory, but {fit} fit in it")
 
+    def _check_service_model(self) -> None:
+        """Validate the delay model, realization, energy and batching fields."""
+        if self.arrivals not in ARRIVAL_MODELS:
+            raise ValueError(f"Expected a delay model among {list(ARRIVAL_MODELS)}, but got {self.arrivals!r}")
+        if self.realization not in REALIZATIONS:
+            raise ValueError(f"Expected a routing realization among {list(REALIZATIONS)}, but got {self.realization!r}")
+        if self.arrivals == "window" and self.realization == "random":
+            counts = np.asarray(self.counts, dtype=float)
+            if not np.allclose(counts, np.round(counts)):
+                raise ValueError(f"Expected whole request counts for random routing, but got {counts.tolist()}")
+        if not (math.isfinite(self.energy_price) and self.energy_price >= 0):
+            raise ValueError(f"Expected an energy price >= 0 (points per J), but got {self.energy_price}")
+        if self.energy_price > 0 and self.energy_j is None:
+            raise ValueError(
+                "An energy price needs energy per image for every model, but the table carries none; "
+                "profile on a device with an energy meter (NVML or tegrastats) or leave the price at 0"
+            )
+        if self.energy_j is not None:
+            for key, grid, joules in zip(self.models, self.steps, self.energy_j):
+                if joules.shape != grid.shape or not (np.isfinite(joules).all() and (joules > 0).all()):
+                    raise ValueError(f"model {key!r}: expected a positive energy per image for each grid step")
+        if (self.batch_sizes is None) != (self.batch_service_s is None):
+            raise ValueError("Expected batch sizes and batch service times together")
+        if self.batch_sizes is not None:
+            for key, grid, sizes, seconds in zip(self.models, self.steps, self.batch_sizes, self.batch_service_s):
+                if sizes.size == 0 or sizes[0] < 1 or (np.diff(sizes) <= 0).any():
+                    raise ValueError(f"model {key!r}: expected increasing batch sizes >= 1, but got {sizes.tolist()}")
+                if seconds.shape != (sizes.size, grid.size) or not (seconds > 0).all():
+                    raise ValueError(f"model {key!r}: expected a positive call time per batch size and grid step")
+        if self.service_std_s is not None and (
+            self.service_std_s.shape != (len(self.models),) or (self.service_std_s < 0).any()
+        ):
+            raise ValueError("Expected one latency standard deviation >= 0 per model")
+
+    @property
+    def demand_unit(self) -> str:
+        """What ``counts`` measure: ``"requests"`` per window, or ``"requests/s"`` under open arrivals."""
+        return "requests/s" if self.arrivals == "open" else "requests"
+
+    @property
+    def batch_grid_sizes(self) -> tuple[int, ...]:
+        """Number of batch-size choices per model (1 without batching)."""
+        if self.batch_sizes is None:
+            return tuple(1 for _ in self.models)
+        return tuple(b.size for b in self.batch_sizes)
+
+    @property
+    def base_batch_index(self) -> tuple[int, ...]:
+        """Each model's base batch (its first batch size): the plan of a method that does not batch."""
+        return tuple(0 for _ in self.models)
+
+    @property
+    def is_classic(self) -> bool:
+        """Whether the paper's closed forms decide the shares: a window of requests routed
+        deterministically, no SLO and no batching (an energy price folds into the quality term)."""
+        return (
+            self.arrivals == "window"
+            and self.realization == "deterministic"
+            and self.slo is None
+            and self.batch_sizes is None
+        )
+
+    def max_batch_at(self, batch_index: Sequence[int]) -> np.ndarray:
+        """b_m at the given batch index per model, shape (M,) ints."""
+        if self.batch_sizes is None:
+            return np.ones(len(self.models), dtype=int)
+        return np.array([int(b[k]) for b, k in zip(self.batch_sizes, batch_index)])
+
+    def call_service_at(self, step_index: Sequence[int], batch_index: Sequence[int]) -> np.ndarray:
+        """Seconds per call (a batch of b_m images) at full share, shape (M,)."""
+        if self.batch_sizes is None:
+            return self.service_at(step_index)
+        return np.array([t[b, k] for t, b, k in zip(self.batch_service_s, batch_index, step_index)])
+
+    def energy_at(self, step_index: Sequence[int]) -> np.ndarray | None:
+        """Joules per image per model at the given steps, shape (M,); None without energy."""
+        if self.energy_j is None:
+            return None
+        return np.array([e[k] for e, k in zip(self.energy_j, step_index)])
+
+    def value_at(self, step_index: Sequence[int]) -> np.ndarray:
+        """What a request is worth before delay, μ[c, m] − κ·E_m (points), shape (C, M).
+
+        The energy term depends on the steps alone, so it folds into the quality term and every
+        planner that maximizes quality minus delay maximizes the utility with energy too.
+        """
+        value = self.mean_at(step_index)
+        if self.energy_price > 0:
+            value = value - self.energy_price * self.energy_at(step_index)[None, :]
+        return value
+
+    def value_grid(self, model: int) -> np.ndarray:
+        """μ[c, k] − κ·E(k) of one model over its grid, shape (C, K_m)."""
+        value = self.quality_mean[model]
+        if self.energy_price > 0:
+            value = value - self.energy_price * self.energy_j[model][None, :]
+        return value
+
     @classmethod
     def from_table(
         cls,
@@ -133,6 +317,11 @@ class Problem:
         table_sha256: str | None = None,
         min_clipscore: float | None = None,
         max_shortfall: float = 0.05,
+        arrivals: str = "window",
+        realization: str = "deterministic",
+        slo: Slo | None = None,
+        energy_price: float = 0.0,
+        batching: bool = False,
     ) -> Problem:
         """Build a problem from a calibration table and a workload.
 
@@ -148,11 +337,23 @@ class Problem:
             table_sha256: hash of the table file, recorded in plans.
             min_clipscore: quality floor θ, or None for none.
             max_shortfall: ε, the allowed P(score < θ) per category.
+            arrivals: the delay model (:data:`ARRIVAL_MODELS`); ``open`` needs a workload of rates.
+            realization: how routing is realized (:data:`REALIZATIONS`).
+            slo: a latency objective, or None.
+            energy_price: κ in points per Joule; > 0 needs energy lines for every model.
+            batching: let planners choose a batch size per model among the table's batch lines.
 
         Raises:
             ValueError: unknown categories or model keys (the message lists the known ones), or
                 no model fits in device memory (the message names each model's need).
         """
+        if arrivals == "open" and not workload.per_second:
+            raise ValueError(
+                "Open arrivals need a workload of rates (requests/s): give rates or a trace, or the length "
+                "of the planning window to turn its counts into rates"
+            )
+        if arrivals == "window" and workload.per_second:
+            raise ValueError("The window model needs requests per window, but the workload gives rates (requests/s)")
         unknown = sorted(set(workload.counts) - set(table.categories))
         if unknown:
             raise ValueError(
@@ -183,6 +384,26 @@ class Problem:
             stds.append(arr[..., 1])
             service.append(model.latency.overhead_s + model.latency.per_step_s * grid.astype(float))
             defaults.append(int(np.searchsorted(grid, model.default_steps)))
+        no_energy = [k for k in keys if table.models[k].energy is None]
+        if energy_price > 0 and no_energy:
+            raise ValueError(
+                f"An energy price needs energy per image for every model, but the table has none for {no_energy}; "
+                f"profile them where an energy meter is read (NVML, tegrastats) or leave the price at 0"
+            )
+        energy = None
+        if not no_energy:
+            energy = tuple(
+                np.array([table.models[k].energy.joules(int(s)) for s in grid], dtype=float)
+                for k, grid in zip(keys, steps)
+            )
+        batch_sizes = batch_service = None
+        if batching:
+            batch_sizes = tuple(np.array(table.models[k].batch_sizes(), dtype=int) for k in keys)
+            batch_service = tuple(
+                np.array([[table.models[k].call_seconds(int(s), int(b)) for s in grid] for b in sizes], dtype=float)
+                for k, grid, sizes in zip(keys, steps, batch_sizes)
+            )
+        spreads = [table.models[k].latency.residual_std_s for k in keys]
         return cls(
             models=keys,
             categories=categories,
@@ -201,6 +422,14 @@ class Problem:
             min_clipscore=min_clipscore,
             max_shortfall=max_shortfall,
             left_out=left_out,
+            arrivals=arrivals,
+            realization=realization,
+            slo=slo,
+            energy_price=float(energy_price),
+            energy_j=energy,
+            batch_sizes=batch_sizes,
+            batch_service_s=batch_service,
+            service_std_s=None if any(v is None for v in spreads) else np.array(spreads, dtype=float),
         )
 
     def left_out_reasons(self) -> dict[str, str]:

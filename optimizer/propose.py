@@ -9,6 +9,13 @@ Where the paper fixes the routing from score distributions alone and anneals
 steps and shares for it, this planner lets the routing respond to delay: a
 category moves to a faster model exactly when the quality it gives up is worth
 less than the delay it saves at weight w.
+
+Under delay models without that closed form (open arrivals, random routing, an SLO,
+batching) the same search runs on the exact objective of
+:mod:`~genedge.optimizer.objective`: for each step vector every routing on the
+price dual's frontier (:func:`~genedge.optimizer.assignment.frontier_routings`) is
+scored with its own batch sizes and shares, and the best step vectors' routings are
+polished on that objective.
 """
 
 from __future__ import annotations
@@ -21,7 +28,13 @@ import numpy as np
 from scipy.special import ndtr
 
 from genedge.optimizer.anneal import AnnealState, adjacent_step, metropolis, seed_of
-from genedge.optimizer.assignment import polish_requests, price_directed_assignment
+from genedge.optimizer.assignment import (
+    best_scored_routing,
+    polish_requests,
+    polish_scored,
+    price_directed_assignment,
+)
+from genedge.optimizer.objective import score_plan
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.result import PlanResult, PlanStatus, make_result, timed
 from genedge.optimizer.system import optimal_shares, utility_with_optimal_shares
@@ -34,6 +47,8 @@ ITERATIONS_PER_GRID_STEP = 40
 POLISH_CANDIDATES = 5
 # Beyond this many step vectors, a start that meets the quality floor is not searched for exhaustively.
 MAX_START_SEARCH = 200_000
+# Under delay models scored without a closed form, this many of the best step vectors are polished.
+POLISH_CANDIDATES_SCORED = 2
 
 
 @timed
@@ -77,14 +92,20 @@ def propose(
             break
     if best is None:
         raise problem.unreachable_floor_error()
-    shares = optimal_shares(problem.service_at(best.steps), best.requests.sum(axis=0), problem.budget)
     routing = best.requests / problem.counts[:, None]
+    if problem.is_classic:
+        shares = optimal_shares(problem.service_at(best.steps), best.requests.sum(axis=0), problem.budget)
+        batch = None
+    else:
+        scored = score_plan(problem, best.requests, best.steps)
+        shares, batch = scored.shares, scored.batch_index
     return make_result(
         problem,
         "genedge",
         routing,
         best.steps,
         shares,
+        batch_index=batch,
         status=status,
         nit=nit_total,
         nfev=nfev_total,
@@ -127,7 +148,10 @@ def _plan_model_set(
 
     def utility(steps: tuple[int, ...]) -> float:
         if steps not in cache:
-            mean, full, floor = problem.mean_at(steps), problem.service_at(steps), problem.shortfall_at(steps)
+            mean, full, floor = problem.value_at(steps), problem.service_at(steps), problem.shortfall_at(steps)
+            if not problem.is_classic:
+                cache[steps] = best_scored_routing(problem, steps, allowed, floor)
+                return cache[steps][0]
             x, _bound = price_directed_assignment(problem, mean, full, allowed, floor)
             if x is None:
                 cache[steps] = (-np.inf, None)
@@ -157,9 +181,20 @@ def _plan_model_set(
     # so the runners-up of the annealing are polished on the exact utility too.
     feasible = [steps for steps, (u, _) in cache.items() if u > -np.inf]
     best: tuple[float, tuple[int, ...], np.ndarray] | None = None
-    for steps in sorted(feasible, key=lambda steps: -cache[steps][0])[:POLISH_CANDIDATES]:
-        mean, full = problem.mean_at(steps), problem.service_at(steps)
-        x, u, evaluations = polish_requests(problem, cache[steps][1], mean, full, allowed, problem.shortfall_at(steps))
+    polished = POLISH_CANDIDATES if problem.is_classic else POLISH_CANDIDATES_SCORED
+    for steps in sorted(feasible, key=lambda steps: -cache[steps][0])[:polished]:
+        if problem.is_classic:
+            mean, full = problem.value_at(steps), problem.service_at(steps)
+            x, u, evaluations = polish_requests(
+                problem, cache[steps][1], mean, full, allowed, problem.shortfall_at(steps)
+            )
+        else:
+            x, u, evaluations = polish_scored(
+                problem,
+                cache[steps][1],
+                lambda x, steps=steps: score_plan(problem, x, steps).value,
+                problem.shortfall_at(steps),
+            )
         nfev += evaluations
         if best is None or u > best[0]:
             best = (u, steps, x)

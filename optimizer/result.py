@@ -93,6 +93,8 @@ class Plan:
         step_index: index into each model's step grid.
         steps_per_model: denoising steps per model.
         share_vector: compute share per model in GPU units (Σ ≤ budget).
+        batch_index: index into each model's batch sizes.
+        batch_per_model: the largest batch b_m each model runs (1: no batching).
     """
 
     models: tuple[str, ...]
@@ -101,6 +103,8 @@ class Plan:
     step_index: tuple[int, ...]
     steps_per_model: tuple[int, ...]
     share_vector: np.ndarray
+    batch_index: tuple[int, ...] = ()
+    batch_per_model: tuple[int, ...] = ()
 
     @property
     def routing(self) -> dict[str, dict[str, float]]:
@@ -120,6 +124,11 @@ class Plan:
         """model key → compute share (GPU units)."""
         return {m: float(r) for m, r in zip(self.models, self.share_vector)}
 
+    @property
+    def max_batch(self) -> dict[str, int]:
+        """model key → largest batch size it runs."""
+        return dict(zip(self.models, self.batch_per_model))
+
 
 @dataclass(frozen=True)
 class PlanResult:
@@ -129,9 +138,9 @@ class PlanResult:
         method: planner name, e.g. ``"genedge"``, ``"paper"``, ``"direct-assignment"``.
         plan: the decisions.
         mean_quality: predicted mean CLIPScore per request (points).
-        mean_delay_s: predicted mean response delay (s).
+        mean_delay_s: predicted mean delay under the problem's delay model (s); inf when unstable.
         p95_delay_s: predicted 95th-percentile delay (s).
-        utility: U = mean_quality − w · mean_delay_s (points).
+        utility: U = mean_quality − w · mean_delay_s − κ · energy (points); −inf when unstable.
         status: why the planner stopped; :attr:`success` and :attr:`message` follow from it.
         nit: iterations (exact search: step vectors whose routing was polished).
         nfev: objective evaluations.
@@ -142,6 +151,16 @@ class PlanResult:
         shortfall: P(score < θ) per category, shape (C,), where the problem has a quality floor.
         plan_time_s: wall time the planner took (s); every planner sets it, a result built with
             :func:`make_result` alone has None.
+        p99_delay_s: predicted 99th-percentile delay (s).
+        attainment / category_attainment: P(delay ≤ SLO), overall and per category, where the
+            problem has an SLO.
+        mean_energy_j: mean energy per image (J), where the table carries energy.
+        utilization: ρ_m per model under open arrivals.
+        stable: every deployed queue is stable.
+        feasible: stable, and meets the SLO where there is one.
+        mg1_mean_delay_s: the M/G/1 mean beside the M/D/1 one, where the table gives latency spread.
+        bound_note: what ``upper_bound`` leaves out, where it is not tight by construction.
+        service_s: seconds per call (a batch of up to b_m) on each model's share, inf where not deployed.
     """
 
     method: str
@@ -159,6 +178,16 @@ class PlanResult:
     upper_bound: float | None = None
     shortfall: np.ndarray | None = None
     plan_time_s: float | None = None
+    p99_delay_s: float = np.nan
+    attainment: float | None = None
+    category_attainment: np.ndarray | None = None
+    mean_energy_j: float | None = None
+    utilization: np.ndarray | None = None
+    stable: bool = True
+    feasible: bool = True
+    mg1_mean_delay_s: float | None = None
+    bound_note: str | None = None
+    service_s: np.ndarray | None = None
 
     @property
     def success(self) -> bool:
@@ -177,9 +206,11 @@ class PlanResult:
 
     @property
     def certified_gap(self) -> float | None:
-        """(upper_bound − utility) / |upper_bound|, where a bound exists."""
+        """(upper_bound − utility) / |upper_bound|, where a bound exists (inf for an infeasible plan)."""
         if self.upper_bound is None:
             return None
+        if not self.feasible:
+            return np.inf
         return (self.upper_bound - self.utility) / max(abs(self.upper_bound), _TINY_REFERENCE)
 
 
@@ -201,10 +232,13 @@ def make_result(
     seed: int | None = None,
     trajectory: np.ndarray | None = None,
     upper_bound: float | None = None,
+    batch_index: tuple[int, ...] | list[int] | None = None,
+    bound_note: str | None = None,
 ) -> PlanResult:
     """Evaluate a plan with the system model and wrap it in a :class:`PlanResult`."""
     step_index = tuple(int(k) for k in step_index)
-    ev = evaluate(problem, routing, step_index, shares)
+    batch_index = problem.base_batch_index if batch_index is None else tuple(int(b) for b in batch_index)
+    ev = evaluate(problem, routing, step_index, shares, batch_index)
     plan = Plan(
         models=problem.models,
         categories=problem.categories,
@@ -212,6 +246,8 @@ def make_result(
         step_index=step_index,
         steps_per_model=tuple(int(g[k]) for g, k in zip(problem.steps, step_index)),
         share_vector=np.asarray(shares, dtype=float),
+        batch_index=batch_index,
+        batch_per_model=tuple(int(b) for b in ev.max_batch),
     )
     return PlanResult(
         method=method,
@@ -228,6 +264,16 @@ def make_result(
         trajectory=trajectory,
         upper_bound=upper_bound,
         shortfall=ev.shortfall,
+        p99_delay_s=ev.p99_delay_s,
+        attainment=ev.attainment,
+        category_attainment=ev.category_attainment,
+        mean_energy_j=ev.mean_energy_j,
+        utilization=ev.utilization,
+        stable=ev.stable,
+        feasible=ev.feasible,
+        mg1_mean_delay_s=ev.mg1_mean_delay_s,
+        bound_note=bound_note,
+        service_s=ev.service_s,
     )
 
 

@@ -22,10 +22,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from genedge.optimizer.arrivals import Arrivals, mmpp_arrivals, poisson_arrivals
+from genedge.optimizer.des import DEFAULT_WARMUP, simulate_arrivals
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.result import PlanResult
 
-__all__ = ["SimulationCheck", "simulate_plan"]
+__all__ = [
+    "PROCESSES",
+    "ArrivalModelComparison",
+    "OpenSimulationCheck",
+    "SimulationCheck",
+    "compare_arrival_models",
+    "simulate_open_plan",
+    "simulate_plan",
+]
 
 # A standard error this close to 0 (every replication alike) is taken as this instead.
 _TINY_SE = 1e-12
@@ -121,3 +131,197 @@ def simulate_plan(
         plan_delay_s=result.mean_delay_s,
         p95_delay_s=float(p95s.mean()),
     )
+
+
+#: Arrival processes the open-arrival check can draw.
+PROCESSES = ("poisson", "bursty", "trace")
+
+
+@dataclass(frozen=True)
+class OpenSimulationCheck:
+    """Simulated versus analytic figures of one plan under open arrivals.
+
+    Attributes:
+        process: ``poisson``, ``bursty`` (a two-state MMPP of index of dispersion ``burstiness``) or ``trace``.
+        burstiness: the MMPP's long-run index of dispersion of counts (1 for Poisson and traces).
+        requests: simulated requests after the warm-up.
+        mean_quality: simulated mean CLIPScore (scores drawn from the fitted Gaussians).
+        mean_s / mean_se_s / p95_s / p99_s: simulated response time: mean, its batch-means standard
+            error, 95th and 99th percentiles (s).
+        attainment: simulated P(T ≤ SLO), where the problem has an SLO.
+        predicted_mean_s / predicted_p95_s / predicted_p99_s / predicted_attainment: the analytic
+            figures of the plan (M/D/1 or bulk service per model).
+        utility: simulated mean quality − w · simulated mean delay − κ · energy.
+        model_share: fraction of requests each model served, shape (M,).
+    """
+
+    process: str
+    burstiness: float
+    requests: int
+    mean_quality: float
+    mean_s: float
+    mean_se_s: float | None
+    p95_s: float
+    p99_s: float
+    attainment: float | None
+    predicted_mean_s: float
+    predicted_p95_s: float
+    predicted_p99_s: float
+    predicted_attainment: float | None
+    utility: float
+    model_share: np.ndarray
+
+    @property
+    def mean_error(self) -> float:
+        """(analytic − simulated) / simulated mean response: > 0 when the analytic model is pessimistic."""
+        return (self.predicted_mean_s - self.mean_s) / self.mean_s
+
+    @property
+    def p95_error(self) -> float:
+        """(analytic − simulated) / simulated p95."""
+        return (self.predicted_p95_s - self.p95_s) / self.p95_s
+
+    @property
+    def p99_error(self) -> float:
+        """(analytic − simulated) / simulated p99."""
+        return (self.predicted_p99_s - self.p99_s) / self.p99_s
+
+
+def simulate_open_plan(
+    problem: Problem,
+    result: PlanResult,
+    *,
+    process: str = "poisson",
+    burstiness: float = 1.0,
+    n_requests: int = 50_000,
+    arrivals: Arrivals | None = None,
+    warmup: float = DEFAULT_WARMUP,
+    rng: int | np.random.Generator | None = None,
+) -> OpenSimulationCheck:
+    """Serve a plan's requests as they arrive and compare with its analytic figures.
+
+    Requests arrive at the problem's rates λ_c (Poisson, or a two-state Markov-modulated Poisson
+    process with the same rates and index of dispersion ``burstiness``, or a given trace), are
+    routed as the problem's realization says (smooth weighted round robin or independent draws),
+    and each model serves its queue first-in first-out on its share, in batches of up to b_m
+    (:func:`~genedge.optimizer.des.simulate_arrivals`). Each image's CLIPScore is drawn from
+    Normal(μ[m,c], σ[m,c]²). The first ``warmup`` fraction of requests is left out, since the
+    analytic figures are steady-state.
+
+    Raises:
+        ValueError: the problem is not an open-arrival one, the plan is unstable, or an unknown process.
+    """
+    if problem.arrivals != "open":
+        raise ValueError("Expected an open-arrival problem (rates per category) to simulate arrivals")
+    if not result.stable:
+        raise ValueError("The plan cannot be stable: its queues grow without bound, there is nothing to simulate")
+    if process not in PROCESSES:
+        raise ValueError(f"Expected an arrival process among {list(PROCESSES)}, but got {process!r}")
+    gen = np.random.default_rng(rng)
+    rates = dict(zip(problem.categories, problem.counts.tolist()))
+    if process == "trace":
+        if arrivals is None:
+            raise ValueError("process 'trace' needs the arrivals to replay")
+        unknown = sorted(set(arrivals.categories) - set(problem.categories))
+        if unknown:
+            raise ValueError(f"trace categories {unknown} are not planned for; expected {list(problem.categories)}")
+    elif process == "poisson":
+        arrivals = poisson_arrivals(rates, n_requests=n_requests, rng=gen)
+    else:
+        arrivals = mmpp_arrivals(rates, burstiness=burstiness, n_requests=n_requests, rng=gen)
+    plan = result.plan
+    # Rows of the routing in the arrival sequence's category order.
+    routing = np.stack([plan.routing_matrix[problem.categories.index(c)] for c in arrivals.categories])
+    routing = np.where(result.deployed[None, :], routing, 0.0)  # residue below one request is no traffic
+    records = simulate_arrivals(
+        arrivals,
+        routing / routing.sum(axis=1, keepdims=True),
+        result.service_s,
+        max_batch=np.asarray(plan.batch_per_model),
+        realization=problem.realization,
+        rng=gen,
+    )
+    slo = None if problem.slo is None else problem.slo.seconds
+    summary = records.summary(slo_s=slo, warmup=warmup)
+    kept = np.zeros(len(records), dtype=bool)
+    kept[summary.excluded :] = True
+    category = np.array([problem.categories.index(c) for c in arrivals.categories])[records.category[kept]]
+    model = records.model[kept]
+    steps = plan.step_index
+    scores = gen.normal(problem.mean_at(steps)[category, model], problem.std_at(steps)[category, model])
+    overall = summary.overall
+    energy = problem.energy_at(steps)
+    utility = float(scores.mean()) - problem.weight * overall.mean_response_s
+    if problem.energy_price > 0:
+        utility -= problem.energy_price * float(energy[model].mean())
+    return OpenSimulationCheck(
+        process=process,
+        burstiness=burstiness if process == "bursty" else 1.0,
+        requests=int(kept.sum()),
+        mean_quality=float(scores.mean()),
+        mean_s=overall.mean_response_s,
+        mean_se_s=overall.mean_response_se_s,
+        p95_s=overall.p95_response_s,
+        p99_s=overall.p99_response_s,
+        attainment=overall.slo_attainment,
+        predicted_mean_s=result.mean_delay_s,
+        predicted_p95_s=result.p95_delay_s,
+        predicted_p99_s=result.p99_delay_s,
+        predicted_attainment=result.attainment,
+        utility=utility,
+        model_share=np.bincount(model, minlength=len(problem.models)) / model.size,
+    )
+
+
+@dataclass(frozen=True)
+class ArrivalModelComparison:
+    """One plan under open arrivals: analytic figures and simulated ones per arrival process.
+
+    Attributes:
+        planned_under: ``window`` or ``open``: the delay model the plan was made for.
+        plan: the plan evaluated on the open-arrival problem (its analytic M/D/1 figures).
+        checks: arrival process → the simulation of the plan (empty where the plan cannot be stable).
+    """
+
+    planned_under: str
+    plan: PlanResult
+    checks: dict[str, OpenSimulationCheck]
+
+
+def compare_arrival_models(
+    window_problem: Problem,
+    open_problem: Problem,
+    *,
+    method: str = "genedge",
+    burstiness: float | None = None,
+    n_requests: int = 50_000,
+    rng: int | np.random.Generator | None = None,
+) -> list[ArrivalModelComparison]:
+    """Plan one demand under the window model and under open arrivals; serve both plans to arrivals.
+
+    The two problems must describe the same demand (n_c requests per window of T seconds ≡ rates
+    n_c / T) on the same table. Each plan is re-evaluated on the open-arrival problem and simulated
+    with Poisson arrivals and, with ``burstiness``, a bursty MMPP of that index of dispersion.
+    """
+    from genedge.optimizer.methods import METHODS
+    from genedge.optimizer.result import make_result
+
+    if window_problem.arrivals != "window" or open_problem.arrivals != "open":
+        raise ValueError("Expected a window problem and an open-arrival problem of the same demand")
+    gen = np.random.default_rng(rng)
+    out = []
+    for name, problem in (("window", window_problem), ("open", open_problem)):
+        planned = METHODS[method](problem, rng=gen)
+        p = planned.plan
+        plan = make_result(
+            open_problem, method, p.routing_matrix, p.step_index, p.share_vector, batch_index=p.batch_index
+        )
+        checks = {}
+        if plan.stable:
+            checks["poisson"] = simulate_open_plan(open_problem, plan, n_requests=n_requests, rng=gen)
+            if burstiness is not None:
+                checks["bursty"] = simulate_open_plan(
+                    open_problem, plan, process="bursty", burstiness=burstiness, n_requests=n_requests, rng=gen
+                )
+        out.append(ArrivalModelComparison(planned_under=name, plan=plan, checks=checks))
+    return out

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genedge.optimizer.problem import Problem
+from genedge.optimizer.delay import delay_figures
+from genedge.optimizer.problem import DEPLOYED_MIN_REQUESTS, Problem, deployed_mask
 
 __all__ = [
     "BUDGET_RTOL",
@@ -39,34 +40,16 @@ __all__ = [
     "fifo_delay_coefficient",
     "optimal_shares",
     "utility_with_optimal_shares",
-    "fifo_delay_quantile",
 ]
 
-#: Expected requests per planning window at or below which a model is not deployed: it gets no
-#: compute share, holds no memory and adds no delay. Routings carry float residue far below one
-#: request; this is where residue ends and traffic begins.
-DEPLOYED_MIN_REQUESTS = 1e-9
 #: Relative slack on Σ r_m ≤ R: shares computed as R·x / Σ x may sum to R plus round-off.
 BUDGET_RTOL = 1e-9
 #: Routing rows may drift from 1 by float round-off after many small moves; plans are read with the same slack.
 ROW_SUM_TOL = 1e-6
 # A routing probability this far below 0 is round-off, not a negative probability.
 _NEGATIVE_PROBABILITY_TOL = 1e-12
-# Expected loads within this of a whole number count as that whole number of requests.
-_WHOLE_REQUEST_TOL = 1e-9
-# Relative round-off allowed when a delay is compared with a multiple of a service time.
-_DELAY_RTOL = 1e-12
-# Relative distance below the bisection's end within which a request's delay is the quantile.
-_SNAP_RTOL = 1e-9
-
-
-def deployed_mask(loads: np.ndarray) -> np.ndarray:
-    """Which models a plan deploys: expected requests N_m above :data:`DEPLOYED_MIN_REQUESTS`, shape (M,).
-
-    This is the one definition of "deployed" (or "in use"): the system model, the planners, the
-    plan file and the command line all decide it here.
-    """
-    return np.asarray(loads, dtype=float) > DEPLOYED_MIN_REQUESTS
+# Attainment this far below the target still meets it (the figures come from bisections and sums).
+_ATTAINMENT_TOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -75,13 +58,23 @@ class Evaluation:
 
     Attributes:
         mean_quality: mean CLIPScore per request (points).
-        mean_delay_s: mean response delay per request (s).
-        p95_delay_s: 95th percentile of the per-request FIFO delays (s).
-        utility: U = mean_quality − w · mean_delay_s (points).
-        loads: requests per model N_m, shape (M,).
-        service_s: service time per image on each model's share t_m (s), inf where unused.
+        mean_delay_s: mean delay per request under the problem's delay model (s); inf when a
+            deployed queue is unstable.
+        p95_delay_s / p99_delay_s: 95th / 99th percentile of the delays (s).
+        utility: U = mean_quality − w · mean_delay_s − κ · mean_energy_j (points); −inf when unstable.
+        loads: requests per model N_m (per window, or per second under open arrivals), shape (M,).
+        service_s: time of one call (a batch of up to b_m images) on each model's share (s), inf where unused.
         shortfall: P(score < θ) per category under the routing, shape (C,), where the
             problem has a quality floor θ; else None.
+        attainment: P(delay ≤ SLO) over all requests, where the problem has an SLO.
+        category_attainment: P(delay ≤ SLO) per category, shape (C,), where it has one.
+        mean_energy_j: mean energy per image (J), where the table carries energy.
+        utilization: ρ_m per model under open arrivals, shape (M,); else None.
+        stable: every deployed queue is stable (always True for a window).
+        feasible: stable, and the SLO is met where there is one.
+        max_batch: the batch size b_m each model runs, shape (M,).
+        mg1_mean_delay_s: the M/G/1 (Pollaczek–Khinchine) mean beside the M/D/1 one, where the
+            table gives the spread of per-image latency (open arrivals, no batching).
     """
 
     mean_quality: float
@@ -91,6 +84,15 @@ class Evaluation:
     loads: np.ndarray
     service_s: np.ndarray
     shortfall: np.ndarray | None = None
+    p99_delay_s: float = np.nan
+    attainment: float | None = None
+    category_attainment: np.ndarray | None = None
+    mean_energy_j: float | None = None
+    utilization: np.ndarray | None = None
+    stable: bool = True
+    feasible: bool = True
+    max_batch: np.ndarray | None = None
+    mg1_mean_delay_s: float | None = None
 
 
 def fifo_delay_coefficient(full_share_s: np.ndarray | float, loads: np.ndarray | float) -> np.ndarray:
@@ -136,48 +138,21 @@ def utility_with_optimal_shares(
     return (quality - problem.weight * delay_total) / problem.n_requests
 
 
-def fifo_delay_quantile(service_s: np.ndarray, loads: np.ndarray, q: float) -> float:
-    """The q-quantile of per-request delays when model m serves N_m requests FIFO.
-
-    The k-th request on model m waits k·t_m. Expected loads need not be whole
-    numbers: the last, partial request of a model counts with its fraction. The
-    quantile is found by bisection on the delay, so its cost does not grow with
-    the number of requests.
-    """
-    used = deployed_mask(loads)  # as in evaluate: other models get no share and no requests
-    t, n = service_s[used], loads[used]
-    if t.size == 0:
-        return 0.0
-    whole = np.floor(n + _WHOLE_REQUEST_TOL)
-    partial = n - whole  # weight of request number whole + 1
-
-    def served_by(d: float) -> float:
-        k = np.floor(d / t * (1 + _DELAY_RTOL))
-        return float(np.minimum(k, whole).sum() + np.where(k > whole, partial, 0.0).sum())
-
-    target = q * float(n.sum())
-    lo, hi = 0.0, float((t * np.ceil(n - _WHOLE_REQUEST_TOL)).max())
-    for _ in range(200):  # the interval halves each time: 200 halvings pass any float's precision
-        mid = (lo + hi) / 2
-        if mid in (lo, hi):
-            break
-        if served_by(mid) >= target - _WHOLE_REQUEST_TOL:
-            hi = mid
-        else:
-            lo = mid
-    # hi sits just above the delay where the target is reached; snap it to that request's delay.
-    candidates = np.ceil(hi / t * (1 - _DELAY_RTOL)) * t
-    return float(candidates[candidates >= hi * (1 - _SNAP_RTOL)].min())
-
-
-def evaluate(problem: Problem, routing: np.ndarray, step_index: Sequence[int], shares: np.ndarray) -> Evaluation:
-    """Predict quality, delay and utility of a plan.
+def evaluate(
+    problem: Problem,
+    routing: np.ndarray,
+    step_index: Sequence[int],
+    shares: np.ndarray,
+    batch_index: Sequence[int] | None = None,
+) -> Evaluation:
+    """Predict quality, delay, SLO attainment, energy and utility of a plan.
 
     Args:
         problem: the problem.
         routing: p[c, m], rows summing to 1, shape (C, M).
         step_index: index into each model's step grid, length M.
         shares: r_m ≥ 0 with Σ r_m ≤ R, shape (M,).
+        batch_index: index into each model's batch sizes (default: each model's base batch).
 
     Raises:
         ValueError: routing rows do not sum to 1, shares are negative or exceed the
@@ -205,7 +180,10 @@ def evaluate(problem: Problem, routing: np.ndarray, step_index: Sequence[int], s
         or shares.sum() > problem.budget * (1 + BUDGET_RTOL)
     ):
         raise ValueError(f"Expected {m} shares >= 0 summing to at most {problem.budget}, but got {shares.tolist()}")
-    loads = problem.counts @ routing
+    batch_index = problem.base_batch_index if batch_index is None else tuple(int(b) for b in batch_index)
+    routing = np.clip(routing, 0.0, None)
+    requests = problem.counts[:, None] * routing
+    loads = requests.sum(axis=0)
     in_use = deployed_mask(loads)
     starved = [k for k, used, r in zip(problem.models, in_use, shares) if used and r <= 0]
     if starved:
@@ -215,19 +193,43 @@ def evaluate(problem: Problem, routing: np.ndarray, step_index: Sequence[int], s
             f"models in use {[k for k, u in zip(problem.models, in_use) if u]} do not fit in "
             f"{problem.device_memory_bytes / 2**30:.2f} GiB of device memory"
         )
-    full = problem.service_at(step_index)
+    requests = np.where(in_use[None, :], requests, 0.0)  # residue below one request is no traffic
+    full = problem.call_service_at(step_index, batch_index)
+    batch = problem.max_batch_at(batch_index)
     service = np.divide(full, shares, out=np.full(m, np.inf), where=in_use)
-    n = problem.n_requests
-    mean_quality = float((problem.counts[:, None] * routing * problem.mean_at(step_index)).sum() / n)
-    delay_sum = float(fifo_delay_coefficient(np.where(in_use, service, 0.0), loads).sum())
-    mean_delay = delay_sum / n
+    spread = None
+    if problem.service_std_s is not None:
+        spread = np.divide(problem.service_std_s, shares, out=np.zeros(m), where=in_use)
+    delays = delay_figures(problem, requests, service, batch, spread_s=spread)
+    n = float(requests.sum())
+    mean_quality = float((requests * problem.mean_at(step_index)).sum() / n)
+    energy = problem.energy_at(step_index)
+    mean_energy = None if energy is None else float((loads * np.where(in_use, energy, 0.0)).sum() / n)
+    utility = -np.inf
+    if delays.stable:
+        utility = mean_quality - problem.weight * delays.mean_s
+        if problem.energy_price > 0:
+            utility -= problem.energy_price * mean_energy
+    feasible = delays.stable
+    if problem.slo is not None and delays.stable:
+        attained = np.array([delays.attainment]) if problem.slo.scope == "overall" else delays.category_attainment
+        feasible = bool((attained >= problem.slo.attainment - _ATTAINMENT_TOL).all())
     floor = problem.shortfall_at(step_index)
     return Evaluation(
         mean_quality=mean_quality,
-        mean_delay_s=mean_delay,
-        p95_delay_s=fifo_delay_quantile(service, loads, 0.95),
-        utility=mean_quality - problem.weight * mean_delay,
+        mean_delay_s=delays.mean_s,
+        p95_delay_s=delays.p95_s,
+        utility=float(utility),
         loads=loads,
         service_s=service,
         shortfall=None if floor is None else (routing * floor).sum(axis=1),
+        p99_delay_s=delays.p99_s,
+        attainment=delays.attainment,
+        category_attainment=delays.category_attainment,
+        mean_energy_j=mean_energy,
+        utilization=delays.utilization,
+        stable=delays.stable,
+        feasible=feasible,
+        max_batch=batch,
+        mg1_mean_delay_s=delays.mg1_mean_s,
     )

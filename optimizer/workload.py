@@ -1,4 +1,4 @@
-"""Workloads: requests per prompt category in one planning window."""
+"""Workloads: requests per prompt category, in one planning window or per second."""
 
 from __future__ import annotations
 
@@ -21,13 +21,16 @@ __all__ = ["Workload"]
 
 @dataclass(frozen=True)
 class Workload:
-    """Requests per prompt category in one planning window.
+    """Requests per prompt category: in one planning window, or per second.
 
     Attributes:
-        counts: category → number of requests (whole numbers ≥ 0; at least one > 0).
+        counts: category → number of requests per window (whole numbers ≥ 0), or, with
+            ``per_second``, arrival rate λ_c in requests per second (≥ 0); at least one > 0.
+        per_second: whether ``counts`` are rates (the open-arrival delay model plans for them).
     """
 
     counts: Mapping[str, float]
+    per_second: bool = False
 
     def __post_init__(self) -> None:
         if not self.counts:
@@ -37,10 +40,23 @@ class Workload:
                 raise ValueError(f"Expected category names, but got {category!r}")
             if not isinstance(count, (int, float)) or isinstance(count, bool) or not math.isfinite(count) or count < 0:
                 raise ValueError(f"Expected a request count >= 0 for category {category!r}, but got {count!r}")
-            if not float(count).is_integer():
+            if not self.per_second and not float(count).is_integer():
                 raise ValueError(f"Expected a whole number of requests for category {category!r}, but got {count!r}")
         if sum(self.counts.values()) <= 0:
             raise ValueError(f"Expected at least one request in the workload, but got {dict(self.counts)}")
+
+    @classmethod
+    def from_rates(cls, rates: Mapping[str, float]) -> Workload:
+        """Build a workload of arrival rates ``{category: requests per second}``."""
+        return cls(counts=dict(rates), per_second=True)
+
+    def as_rates(self, window_s: float) -> Workload:
+        """The same demand as rates: N requests per window of ``window_s`` seconds is N / window_s per second."""
+        if self.per_second:
+            return self
+        if not (math.isfinite(window_s) and window_s > 0):
+            raise ValueError(f"Expected a window length > 0 seconds, but got {window_s}")
+        return Workload.from_rates({c: n / window_s for c, n in self.counts.items()})
 
     @classmethod
     def from_counts(cls, counts: Mapping[str, float]) -> Workload:
@@ -92,8 +108,13 @@ class Workload:
 
     def scaled(self, total: int) -> Workload:
         """The same category mix with ``total`` requests."""
+        if self.per_second:
+            raise ValueError("Expected a workload of counts to scale, but this one gives rates")
         return Workload.from_mix(self.counts, total)
 
     def sha256(self) -> str:
         """Hash of the workload, written into plans to identify their inputs."""
-        return hashlib.sha256(json.dumps(dict(self.counts), sort_keys=True).encode()).hexdigest()
+        document: dict[str, Any] = dict(self.counts)
+        if self.per_second:  # counts keep their old hash; rates are told apart from counts
+            document = {"per_second": document}
+        return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()

@@ -27,14 +27,17 @@ def genedge(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def genedge_in_process(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
     from genedge.cli import main
 
-    status = main(list(args))
+    try:
+        status = main(list(args))
+    except SystemExit as stop:  # argparse rejects an option's value by exiting with status 2
+        status = stop.code
     captured = capsys.readouterr()
     return subprocess.CompletedProcess(["genedge", *args], status, captured.out, captured.err)
 
 
 def test_plan_with_no_arguments_prints_plan_and_comparison():
     out = genedge("plan").stdout
-    assert "% of its 45 numbers are derived by rule" in out
+    assert "% of its 51 numbers are derived by rule" in out
     assert "workload: 100 requests — Basic 25, Detail 50, Imagination 14, Complex 11" in out
     for method in (
         "genedge",
@@ -87,7 +90,8 @@ def test_plan_counts_a_prompt_file_by_category(tmp_path):
         (["--budget", "0"], "Expected a compute budget > 0"),
         (["--compare", "greedy"], "unknown methods ['greedy']"),
         (["--table", "missing.json"], "missing.json"),
-        (["--table", "/"], "Is a directory"),
+        (["--table", "/"], "is a directory"),
+        (["--table", "jetson"], "expected an existing file or a shipped table name, one of ['galaxy-s24'"),
         (["--min-clipscore", "40"], "No plan keeps P(CLIPScore < 40) <= 0.05 for every category"),
         (
             ["--memory-gib", "3"],

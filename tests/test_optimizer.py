@@ -300,16 +300,17 @@ def test_unreachable_floor_is_a_clear_error():
             planner()
 
 
-def _reference_quantile(service, loads, q):
+def _reference_quantile(service, loads, q, batch=None):
     """Sort every request's delay (the last, partial request of a model weighted by its fraction)."""
     delays, weights = [], []
-    for t, n in zip(service, loads):
+    batch = np.ones(len(service), dtype=int) if batch is None else batch
+    for t, n, b in zip(service, loads, batch):
         if n <= 0:
             continue
         k = np.arange(1, int(np.ceil(n - 1e-9)) + 1, dtype=float)
         w = np.ones_like(k)
         w[-1] = n - (k.size - 1)
-        delays.append(k * t)
+        delays.append(np.ceil(k / b) * t)
         weights.append(w)
     d, w = np.concatenate(delays), np.concatenate(weights)
     order = np.argsort(d, kind="stable")
@@ -318,21 +319,23 @@ def _reference_quantile(service, loads, q):
 
 
 def test_delay_quantile_matches_sorting_every_request():
-    from genedge.optimizer.system import fifo_delay_quantile
+    from genedge.optimizer.delay import window_delay_quantile
 
     rng = np.random.default_rng(0)
     for trial in range(500):
         m = int(rng.integers(1, 5))
         service = rng.uniform(0.1, 5, m)
         loads = np.where(rng.random(m) < 0.2, 0.0, rng.uniform(0.3, 40, m))
+        batch = rng.integers(1, 5, m) if trial % 3 == 0 else None
         if trial % 2:
             loads = np.round(loads)
         if loads.sum() == 0:
             continue
         for q in (0.5, 0.95):
-            assert fifo_delay_quantile(service, loads, q) == pytest.approx(_reference_quantile(service, loads, q))
+            expected = _reference_quantile(service, loads, q, batch)
+            assert window_delay_quantile(service, loads, q, batch) == pytest.approx(expected)
     # Its cost does not grow with the requests: a billion is answered at once.
-    assert fifo_delay_quantile(np.array([1.0, 2.0]), np.array([1e9, 5e8]), 0.95) == pytest.approx(9.5e8)
+    assert window_delay_quantile(np.array([1.0, 2.0]), np.array([1e9, 5e8]), 0.95) == pytest.approx(9.5e8)
 
 
 def test_evaluate_rejects_nan_routing_and_problems_reject_empty_categories():

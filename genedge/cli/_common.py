@@ -10,7 +10,7 @@ from pathlib import Path
 
 from genedge import data
 from genedge.calibrate.table import CalibrationTable, load_table
-from genedge.optimizer.problem import Problem
+from genedge.optimizer.problem import Problem, Slo
 from genedge.optimizer.result import PlanResult
 from genedge.optimizer.workload import Workload
 
@@ -21,7 +21,10 @@ __all__ = [
     "add_planning_arguments",
     "add_workload_arguments",
     "add_budget_arguments",
+    "add_service_arguments",
+    "service_from_args",
     "comma_separated",
+    "table_argument",
     "default_mix",
     "load_table_with_hash",
     "workload_from_args",
@@ -30,6 +33,7 @@ __all__ = [
     "parse_counts",
     "left_out_line",
     "format_plan",
+    "workload_line",
 ]
 
 DEFAULT_TABLE = data.path("tables", "reference-a100.json")
@@ -53,15 +57,24 @@ def comma_separated(kind: type) -> Callable[[str], list]:
     return parse
 
 
+def table_argument(text: str) -> Path:
+    """An argparse type for --table: a table file, or the name of a shipped table."""
+    try:
+        return data.resolve_table(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_planning_arguments(parser: argparse.ArgumentParser, *, table: bool = True) -> None:
     """Add the table (unless ``table`` is False: the command names its tables itself), model, memory, seed and
     quality-floor options."""
     if table:
         parser.add_argument(
             "--table",
-            type=Path,
+            type=table_argument,
             default=DEFAULT_TABLE,
-            help="calibration table JSON (default: the shipped reference table, A100-SXM4-40GB)",
+            help="calibration table: a JSON file, or the name of a shipped table (see 'genedge tables'; "
+            "default: reference-a100, an A100-SXM4-40GB)",
         )
     parser.add_argument(
         "--models",
@@ -123,6 +136,122 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_service_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the delay model, arrival rates, SLO, energy price and batching options (DESIGN §3.2)."""
+    group = parser.add_argument_group("requests over time, SLOs, energy and batching")
+    group.add_argument(
+        "--arrivals",
+        choices=("window", "open"),
+        help="delay model: 'window' serves the workload's requests that all arrive at once, first in first "
+        "out (the paper's model; the default); 'open' serves Poisson arrivals at the given rates, one M/D/1 "
+        "queue per model (the default when --rates, --rate or --trace is given)",
+    )
+    rates = parser.add_mutually_exclusive_group()
+    rates.add_argument(
+        "--rates", help="arrival rate per category in requests/s, e.g. 'Basic=0.05,Detail=0.1' (open arrivals)"
+    )
+    rates.add_argument(
+        "--rate",
+        type=float,
+        help="total arrival rate in requests/s, split in PartiPrompts' category mix (or --prompts' mix)",
+    )
+    rates.add_argument(
+        "--trace",
+        type=Path,
+        help="arrival trace (TSV/CSV/Parquet with a header): a time_s column (seconds) and a category column, "
+        "or the table mapping's label column; its rates per category are planned for",
+    )
+    group.add_argument(
+        "--window-s",
+        type=float,
+        help="length of the planning window in seconds: with --arrivals open, the workload's N requests per "
+        "window become the rate N / T",
+    )
+    group.add_argument(
+        "--routing",
+        choices=("deterministic", "random"),
+        default="deterministic",
+        help="how routing probabilities are realized: smooth weighted round robin per category (default), "
+        "or an independent draw per request, whose load variance every delay model then counts",
+    )
+    group.add_argument("--slo", type=float, help="latency SLO in seconds: the plan keeps the --percentile within it")
+    target = group.add_mutually_exclusive_group()
+    target.add_argument(
+        "--percentile",
+        type=float,
+        help="with --slo: the percentile of delay that must be within the SLO, e.g. 95 for p95 (default: 95)",
+    )
+    target.add_argument(
+        "--attainment",
+        type=float,
+        help="with --slo: the smallest fraction of requests within the SLO, e.g. 0.9 (the same constraint "
+        "as --percentile 90)",
+    )
+    group.add_argument(
+        "--slo-scope",
+        choices=("overall", "category"),
+        default="overall",
+        help="apply the SLO to all requests together (default) or to each category on its own",
+    )
+    group.add_argument(
+        "--objective",
+        choices=("utility", "quality"),
+        default="utility",
+        help="'utility': mean CLIPScore minus w times mean delay (minus the energy term), subject to the SLO "
+        "if one is given; 'quality': the highest mean CLIPScore subject to the SLO (needs --slo; w = 0)",
+    )
+    group.add_argument(
+        "--energy-price",
+        type=float,
+        default=0.0,
+        help="CLIPScore points one Joule per image is worth: the utility subtracts it times the mean energy "
+        "per image (needs a table with energy lines; default: 0)",
+    )
+    group.add_argument(
+        "--batching",
+        action="store_true",
+        help="let planners choose a batch size per model among the table's batch lines (static-shape "
+        "batching: a batch of up to b costs the batch-b time)",
+    )
+
+
+def service_from_args(args: argparse.Namespace) -> dict[str, object]:
+    """The Problem.from_table keywords of :func:`add_service_arguments`' options, checked together.
+
+    Raises:
+        ValueError: --objective quality without --slo, --percentile or --attainment without --slo, or
+            a percentile outside (0, 100).
+    """
+    slo = None
+    if args.slo is not None:
+        if args.attainment is not None:
+            attainment = args.attainment
+        else:
+            percentile = 95.0 if args.percentile is None else args.percentile
+            if not 0 < percentile < 100:
+                raise ValueError(f"--percentile: expected a percentile in (0, 100), e.g. 95, but got {percentile:g}")
+            attainment = percentile / 100
+        slo = Slo(seconds=args.slo, attainment=attainment, scope=args.slo_scope)
+    elif args.percentile is not None or args.attainment is not None:
+        raise ValueError("--percentile and --attainment need --slo SECONDS")
+    if args.objective == "quality" and slo is None:
+        raise ValueError("--objective quality maximizes CLIPScore subject to an SLO: give --slo SECONDS")
+    return {
+        "arrivals": arrival_model(args),
+        "realization": args.routing,
+        "slo": slo,
+        "energy_price": args.energy_price,
+        "batching": args.batching,
+    }
+
+
+def arrival_model(args: argparse.Namespace) -> str:
+    """--arrivals, or 'open' when rates or a trace are given."""
+    if args.arrivals is not None:
+        return args.arrivals
+    return "open" if (args.rates is not None or args.rate is not None or args.trace is not None) else "window"
+
+
 def default_mix(table: CalibrationTable) -> dict[str, float]:
     """PartiPrompts' category proportions over the table's categories (1 each for others)."""
     return {c: DEFAULT_MIX.get(c, 1) for c in table.categories}
@@ -135,7 +264,49 @@ def load_table_with_hash(path: Path) -> tuple[CalibrationTable, str]:
 
 
 def workload_from_args(args: argparse.Namespace, table: CalibrationTable) -> Workload:
-    """The workload from --workload, --prompts or --requests (one of them; --requests by default)."""
+    """The workload from --workload, --prompts or --requests (one of them; --requests by default), or,
+    where the command takes them, from --rates, --rate or --trace, as rates under open arrivals.
+
+    Raises:
+        ValueError: rates with the window model, or open arrivals with counts but no --window-s.
+    """
+    rates = _rates_from_args(args, table)
+    model = arrival_model(args) if hasattr(args, "arrivals") else "window"
+    if rates is not None:
+        if model == "window":
+            raise ValueError("--rates, --rate and --trace give requests per second: plan them with --arrivals open")
+        return rates
+    counts = _counts_from_args(args, table)
+    if model == "open":
+        if getattr(args, "window_s", None) is None:
+            raise ValueError(
+                "--arrivals open needs rates: give --rates, --rate or --trace, or --window-s SECONDS to turn the "
+                "workload's requests per window into a rate"
+            )
+        return counts.as_rates(args.window_s)
+    return counts
+
+
+def _rates_from_args(args: argparse.Namespace, table: CalibrationTable) -> Workload | None:
+    """Rates from --rates, --rate or --trace, where given."""
+    if getattr(args, "rates", None) is not None:
+        return Workload.from_rates(parse_counts(args.rates, "--rates"))
+    if getattr(args, "rate", None) is not None:
+        if not (math.isfinite(args.rate) and args.rate > 0):
+            raise ValueError(f"--rate: expected requests per second > 0, but got {args.rate:g}")
+        mix = _counts_from_args(args, table).counts if args.prompts is not None else default_mix(table)
+        total = sum(mix.values())
+        return Workload.from_rates({c: args.rate * n / total for c, n in mix.items()})
+    if getattr(args, "trace", None) is not None:
+        from genedge.optimizer.arrivals import read_trace
+
+        trace = read_trace(args.trace, mapping=table.category_mapping, categories=table.categories)
+        return Workload.from_rates(dict(zip(trace.categories, trace.rates())))
+    return None
+
+
+def _counts_from_args(args: argparse.Namespace, table: CalibrationTable) -> Workload:
+    """Counts from --workload, --prompts or --requests."""
     if args.workload is not None:
         return Workload.from_counts(parse_counts(args.workload, "--workload", whole=True))
     if args.prompts is not None:
@@ -189,8 +360,12 @@ def derived_share_line(table: CalibrationTable) -> str:
 def problem_from_args(
     args: argparse.Namespace, table: CalibrationTable, sha256: str, workload: Workload, budget: float, weight: float
 ) -> Problem:
-    """Build a problem with the shared options (models, memory, quality floor)."""
+    """Build a problem with the shared options (models, memory, quality floor, and where the command
+    takes them the delay model, SLO, energy price and batching)."""
     memory = None if args.memory_gib is None else int(args.memory_gib * 2**30)
+    service = service_from_args(args) if hasattr(args, "arrivals") else {}
+    if service.get("slo") is not None and args.objective == "quality":
+        weight = 0.0
     return Problem.from_table(
         table,
         workload,
@@ -201,7 +376,30 @@ def problem_from_args(
         table_sha256=sha256,
         min_clipscore=args.min_clipscore,
         max_shortfall=args.max_shortfall,
+        **service,
     )
+
+
+def workload_line(problem: Problem) -> str:
+    """One line stating the demand, the delay model and the objective the plans are made for."""
+    total = problem.n_requests
+    per = "requests/s" if problem.arrivals == "open" else "requests"
+    demand = ", ".join(f"{c} {n:.4g}" for c, n in zip(problem.categories, problem.counts))
+    model = (
+        "open arrivals (Poisson, M/D/1 per model)" if problem.arrivals == "open" else "one window, first in first out"
+    )
+    parts = [f"workload: {total:.4g} {per} — {demand}", model, f"{problem.realization} routing"]
+    parts.append(f"budget {problem.budget:g} GPU")
+    parts.append(f"w = {problem.weight:g} points/s")
+    if problem.slo is not None:
+        parts.append(f"SLO {problem.slo.describe()}")
+    if problem.energy_price > 0:
+        parts.append(f"energy {problem.energy_price:g} points/J")
+    if problem.batch_sizes is not None:
+        parts.append("batching")
+    if problem.min_clipscore is not None:
+        parts.append(f"floor P(CLIPScore < {problem.min_clipscore:g}) <= {problem.max_shortfall:g} per category")
+    return "; ".join(parts)
 
 
 def left_out_line(problem: Problem) -> str:
@@ -225,7 +423,13 @@ def format_plan(result: PlanResult) -> str:
         lines.append(f"  {category:<14} " + "  ".join(f"{plan.routing_matrix[c, i]:>{width}.2f}" for i in used))
     lines.append("  steps          " + "  ".join(f"{plan.steps_per_model[i]:>{width}d}" for i in used))
     lines.append("  GPU share      " + "  ".join(f"{plan.share_vector[i]:>{width}.2f}" for i in used))
-    lines.append("  requests       " + "  ".join(f"{result.loads[i]:>{width}.1f}" for i in used))
+    if plan.batch_per_model and max(plan.batch_per_model) > 1:
+        lines.append("  max batch      " + "  ".join(f"{plan.batch_per_model[i]:>{width}d}" for i in used))
+    if result.utilization is not None:
+        lines.append("  requests/s     " + "  ".join(f"{result.loads[i]:>{width}.3f}" for i in used))
+        lines.append("  load ρ         " + "  ".join(f"{result.utilization[i]:>{width}.2f}" for i in used))
+    else:
+        lines.append("  requests       " + "  ".join(f"{result.loads[i]:>{width}.1f}" for i in used))
     unused = [m for i, m in enumerate(plan.models) if i not in used]
     if unused:
         lines.append(f"  not deployed: {', '.join(unused)}")

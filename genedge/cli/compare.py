@@ -8,16 +8,18 @@ optimizer) and prints them.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from genedge.cli._common import (
     add_budget_arguments,
     add_planning_arguments,
+    add_service_arguments,
     add_workload_arguments,
     left_out_line,
     load_table_with_hash,
     problem_from_args,
+    table_argument,
     workload_from_args,
+    workload_line,
 )
 
 __all__ = ["add_parser", "run"]
@@ -35,11 +37,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "decisions that change."
         ),
     )
-    parser.add_argument("old", metavar="OLD", type=Path, help="the reference table (JSON)")
-    parser.add_argument("new", metavar="NEW", type=Path, help="the table to compare with it (JSON)")
+    parser.add_argument(
+        "old", metavar="OLD", type=table_argument, help="the reference table (a JSON file or a shipped table's name)"
+    )
+    parser.add_argument(
+        "new", metavar="NEW", type=table_argument, help="the table to compare with it (a file or a shipped name)"
+    )
     add_planning_arguments(parser, table=False)
     add_workload_arguments(parser)
     add_budget_arguments(parser)
+    add_service_arguments(parser)
     parser.add_argument("--method", default="genedge", help="the planner whose plans are compared (default: genedge)")
     parser.add_argument("--alpha", type=float, default=0.05, help="mark changes with p below this (default 0.05)")
     parser.set_defaults(func=run)
@@ -63,10 +70,7 @@ def run(args: argparse.Namespace) -> int:
     print(tables)
     problem = problems[0]
     counts = ", ".join(f"{c}={n:g}" for c, n in zip(problem.categories, problem.counts))
-    print(
-        f"\nplans on the same workload {counts} ({args.method}, budget {args.budget:g} GPU, w {args.weight:g} "
-        f"points/s, seed {args.seed}):"
-    )
+    print(f"\nplans on the same workload {counts} ({args.method}, seed {args.seed}):\n  {workload_line(problem)}")
     for path, each in zip((args.old, args.new), problems):
         line = left_out_line(each)
         if line:
@@ -76,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         ("mean quality", "mean_quality"),
         ("mean delay s", "mean_delay_s"),
         ("p95 delay s", "p95_delay_s"),
+        ("p99 delay s", "p99_delay_s"),
     ):
         print(f"  {label:<14}{getattr(plans.old, attr):>10.3f} -> {getattr(plans.new, attr):.3f}")
     if not plans.changes:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
+
+import numpy as np
 
 from genedge.cli._common import (
     DEFAULT_REQUESTS,
     add_budget_arguments,
     add_planning_arguments,
+    add_service_arguments,
     add_workload_arguments,
     comma_separated,
     derived_share_line,
@@ -17,6 +21,7 @@ from genedge.cli._common import (
     load_table_with_hash,
     problem_from_args,
     workload_from_args,
+    workload_line,
 )
 
 __all__ = ["add_parser"]
@@ -28,15 +33,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="plan which model serves which prompt category, with how many steps and how much GPU",
         description=(
             "Plan an edge deployment: route each prompt category to models, choose denoising steps and "
-            "compute shares to maximize mean CLIPScore minus w times mean delay. Prints the plan and the "
-            "same figures for the paper's method and its baselines on the same inputs. With no options it "
-            f"plans {DEFAULT_REQUESTS} requests in PartiPrompts' category proportions on the shipped "
-            "reference table, one GPU, w = 0.05 points per second."
+            "compute shares to maximize mean CLIPScore minus w times mean delay (and an energy price), "
+            "optionally under a latency SLO, for a window of requests or for requests arriving at rates. "
+            "Prints the plan and the same figures for the paper's method and its baselines on the same "
+            f"inputs. With no options it plans {DEFAULT_REQUESTS} requests in PartiPrompts' category "
+            "proportions on the shipped reference table, one GPU, w = 0.05 points per second."
         ),
     )
     add_planning_arguments(parser)
     add_workload_arguments(parser)
     add_budget_arguments(parser)
+    add_service_arguments(parser)
     parser.add_argument(
         "--method", default="genedge", help="the method whose plan is written (default: genedge; see --compare)"
     )
@@ -61,16 +68,7 @@ def run(args: argparse.Namespace) -> int:
     results = run_methods(problem, names, seed=args.seed)
     chosen = results[args.method]
     print(derived_share_line(table))
-    print(
-        f"workload: {int(problem.n_requests)} requests — "
-        + ", ".join(f"{c} {n:g}" for c, n in zip(problem.categories, problem.counts))
-        + f"; budget {args.budget:g} GPU; w = {args.weight:g} points/s"
-        + (
-            ""
-            if args.min_clipscore is None
-            else f"; floor P(CLIPScore < {args.min_clipscore:g}) <= {args.max_shortfall:g} per category"
-        )
-    )
+    print(workload_line(problem))
     left_out = left_out_line(problem)
     if left_out:
         print(left_out)
@@ -94,17 +92,35 @@ def _format_comparison(results, chosen_name: str) -> str:
 
     chosen = results[chosen_name]
     floor = chosen.shortfall is not None
+    slo = chosen.attainment is not None
+    energy = chosen.mean_energy_j is not None
     lines = [
-        f"{'method':<18} {'CLIPScore':>9} {'mean delay s':>12} {'p95 delay s':>11} {'utility':>8} "
-        f"{'vs ' + chosen_name:>12} {'plan ms':>8}" + (f" {'worst P(<floor)':>15}" if floor else "")
+        f"{'method':<18} {'CLIPScore':>9} {'mean s':>8} {'p95 s':>8} {'p99 s':>8}"
+        + (f" {'attained':>8}" if slo else "")
+        + (f" {'J/image':>8}" if energy else "")
+        + f" {'utility':>8} {'vs ' + chosen_name:>12} {'plan ms':>8}"
+        + (f" {'worst P(<floor)':>15}" if floor else "")
     ]
     for name, r in results.items():
-        change = 100 * relative_change(r.utility, chosen.utility)
+        comparable = math.isfinite(r.utility) and math.isfinite(chosen.utility)
+        change = f"{100 * relative_change(r.utility, chosen.utility):>+11.2f}%" if comparable else f"{'—':>12}"
         took = "" if r.plan_time_s is None else f"{r.plan_time_s * 1000:.0f}"
-        risk = f" {r.shortfall.max():>15.3f}" if floor else ""
-        note = f"  (optimum ≤ {r.upper_bound:.3f})" if r.upper_bound is not None else ""
+        notes = []
+        if not r.stable:
+            worst = int(np.nanargmax(np.where(r.deployed, r.utilization, np.nan)))
+            notes.append(f"unstable: {r.plan.models[worst]} at load ρ = {r.utilization[worst]:.2f}")
+        elif not r.feasible:
+            notes.append("misses the SLO")
+        if r.upper_bound is not None:
+            notes.append(f"optimum ≤ {r.upper_bound:.3f}, gap {100 * r.certified_gap:.2f}%")
+        if r.bound_note:
+            notes.append(r.bound_note)
         lines.append(
-            f"{name:<18} {r.mean_quality:>9.2f} {r.mean_delay_s:>12.2f} {r.p95_delay_s:>11.2f} "
-            f"{r.utility:>8.3f} {change:>+11.2f}% {took:>8}{risk}{note}"
+            f"{name:<18} {r.mean_quality:>9.2f} {r.mean_delay_s:>8.2f} {r.p95_delay_s:>8.2f} {r.p99_delay_s:>8.2f}"
+            + (f" {r.attainment:>8.3f}" if slo else "")
+            + (f" {r.mean_energy_j:>8.0f}" if energy else "")
+            + f" {r.utility:>8.3f} {change} {took:>8}"
+            + (f" {r.shortfall.max():>15.3f}" if floor else "")
+            + (f"  ({'; '.join(notes)})" if notes else "")
         )
     return "\n".join(lines)

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from genedge.cli._common import (
     add_planning_arguments,
     comma_separated,
@@ -76,6 +78,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also draw quality, delay and utility versus load and the annealing's convergence (PNG and SVG)",
     )
+    arrivals = parser.add_argument_group(
+        "window versus open arrivals",
+        "instead of the sweep: plan one demand (the middle of --loads requests per window of T seconds, the first "
+        "budget and the middle weight) under the window model and under open arrivals (rate N/T), and serve both "
+        "plans to simulated arrivals",
+    )
+    arrivals.add_argument(
+        "--window-vs-open",
+        type=float,
+        metavar="T",
+        help="the planning window's length T in seconds; turns this comparison on",
+    )
+    arrivals.add_argument("--slo", type=float, help="latency SLO in seconds for the attainment column")
+    arrivals.add_argument(
+        "--percentile", type=float, default=95.0, help="with --slo: the percentile held within it (default: 95)"
+    )
+    arrivals.add_argument(
+        "--burstiness",
+        type=float,
+        default=4.0,
+        help="index of dispersion of the bursty arrivals (a two-state Markov-modulated Poisson process; "
+        "1 = Poisson; default: 4)",
+    )
+    arrivals.add_argument(
+        "--simulated-requests",
+        type=int,
+        default=50_000,
+        help="arrivals simulated per plan and process (default: 50000)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -98,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
     from genedge.optimizer.sweep import sweep as run_sweep
 
     table, sha = load_table_with_hash(args.table)
+    if args.window_vs_open is not None:
+        return _window_versus_open(args, table, sha)
 
     def make_problem(workload: Workload, budget: float, weight: float) -> Problem:
         return problem_from_args(args, table, sha, workload, budget, weight)
@@ -155,4 +188,75 @@ def run(args: argparse.Namespace) -> int:
             f"delay: max |z| {delay_z:.2f} over {args.replications} windows per point"
         )
     print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _window_versus_open(args: argparse.Namespace, table, sha: str) -> int:
+    """Print the window-versus-open comparison (see the option group's help)."""
+    from genedge.optimizer import Workload
+    from genedge.optimizer.problem import Problem, Slo
+    from genedge.optimizer.simulate import compare_arrival_models
+
+    if not args.window_vs_open > 0:
+        raise ValueError(f"--window-vs-open: expected a window length > 0 seconds, but got {args.window_vs_open:g}")
+    mix = Workload.from_counts(parse_counts(args.mix, "--mix") if args.mix else default_mix(table))
+    counts = mix.scaled(args.loads[len(args.loads) // 2])
+    slo = None if args.slo is None else Slo(args.slo, args.percentile / 100)
+    memory = None if args.memory_gib is None else int(args.memory_gib * 2**30)
+    common = {
+        "budget": args.budgets[0],
+        "weight": args.weights[len(args.weights) // 2],
+        "models": args.models,
+        "device_memory_bytes": memory,
+        "table_sha256": sha,
+        "min_clipscore": args.min_clipscore,
+        "max_shortfall": args.max_shortfall,
+        "slo": slo,
+    }
+    window = Problem.from_table(table, counts, arrivals="window", **common)
+    opened = Problem.from_table(table, counts.as_rates(args.window_vs_open), arrivals="open", **common)
+    print(derived_share_line(table))
+    print(
+        f"demand: {window.n_requests:g} requests per {args.window_vs_open:g} s window ≡ {opened.n_requests:.4g} "
+        f"requests/s; budget {common['budget']:g} GPU; w = {common['weight']:g} points/s"
+        + ("" if slo is None else f"; SLO {slo.describe()}")
+    )
+    rows = compare_arrival_models(
+        window,
+        opened,
+        burstiness=args.burstiness,
+        n_requests=args.simulated_requests,
+        rng=args.seed,
+    )
+    slo_column = slo is not None
+    print(
+        f"\n{'planned under':<14} {'evaluated by':<26} {'CLIPScore':>9} {'mean s':>8} {'p95 s':>8} {'p99 s':>8}"
+        + (f" {'attained':>8}" if slo_column else "")
+        + f" {'utility':>8}"
+    )
+    for row in rows:
+        r = row.plan
+        label = "window model" if row.planned_under == "window" else "open arrivals"
+        steps = ", ".join(f"{m} {s}" for m, s, used in zip(r.plan.models, r.plan.steps_per_model, r.deployed) if used)
+        if not r.stable:
+            worst = int(np.nanargmax(np.where(r.deployed, r.utilization, np.nan)))
+            print(
+                f"{label:<14} {'M/D/1 (analytic)':<26} unstable: {r.plan.models[worst]} at load "
+                f"ρ = {r.utilization[worst]:.2f}; its queue grows without bound  [{steps}]"
+            )
+            continue
+        print(
+            f"{label:<14} {'M/D/1 (analytic)':<26} {r.mean_quality:>9.2f} {r.mean_delay_s:>8.2f} "
+            f"{r.p95_delay_s:>8.2f} {r.p99_delay_s:>8.2f}"
+            + (f" {r.attainment:>8.3f}" if slo_column else "")
+            + f" {r.utility:>8.3f}  [{steps}]"
+        )
+        for name, check in row.checks.items():
+            process = "Poisson" if name == "poisson" else f"bursty MMPP (D = {check.burstiness:g})"
+            print(
+                f"{'':<14} {'simulated, ' + process:<26} {check.mean_quality:>9.2f} {check.mean_s:>8.2f} "
+                f"{check.p95_s:>8.2f} {check.p99_s:>8.2f}"
+                + (f" {check.attainment:>8.3f}" if slo_column else "")
+                + f" {check.utility:>8.3f}"
+            )
     return 0
