@@ -205,10 +205,18 @@ def anneal(
     delay_coeff = [fifo_delay_coefficient(problem.service_s[i], loads[i]) for i in range(m)]
     quantum = SHARE_QUANTUM * problem.budget
 
+    scored: dict[tuple[tuple[int, ...], tuple[float, ...]], float] = {}
+
     def utility(state: tuple[tuple[int, ...], tuple[float, ...]]) -> float:
         steps, shares = state
         if not problem.is_classic:  # the paper does not batch: each model runs its base batch
-            return score_plan(problem, requests, steps, batch_index=problem.base_batch_index, shares=shares).value
+            # Share moves come in quanta, so the walk revisits states; each costs a queueing law here.
+            key = (steps, tuple(round(r, 12) for r in shares))
+            if key not in scored:
+                scored[key] = score_plan(
+                    problem, requests, steps, batch_index=problem.base_batch_index, shares=shares
+                ).value
+            return scored[key]
         total = 0.0
         for i in used:
             total += quality[i][steps[i]] - problem.weight * delay_coeff[i][steps[i]] / shares[i]

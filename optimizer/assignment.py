@@ -41,6 +41,7 @@ __all__ = [
     "polish_requests",
     "frontier_routings",
     "best_scored_routing",
+    "frontier_candidates",
     "polish_scored",
 ]
 
@@ -415,40 +416,55 @@ def frontier_routings(
     return [problem.counts[:, None] * mix[categories, choice] for choice in choices]
 
 
-def best_scored_routing(
+def frontier_candidates(
     problem: Problem,
     steps: tuple[int, ...],
     allowed: np.ndarray,
     floor: np.ndarray | None,
     batch_index: tuple[int, ...] | None = None,
-) -> tuple[float, np.ndarray | None]:
-    """The best routing on the price dual's frontier at these steps, by the exact objective.
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The routings a planner scores at these steps, each with an upper bound on its value.
 
-    Returns:
-        (value, requests x[c, m]) by :func:`~genedge.optimizer.objective.score_plan`; (−inf, None)
-        where no routing meets the quality floor.
+    The routings are :func:`frontier_routings` and the price-directed one; each one's bound is its
+    utility at the delay-optimal shares ignoring the SLO
+    (:func:`~genedge.optimizer.objective.unconstrained_utility`), which no shares can beat.
     """
     value, full = problem.value_at(steps), problem.service_at(steps)
     candidates = frontier_routings(problem, value, full, allowed, floor)
     x, _bound = price_directed_assignment(problem, value, full, allowed, floor)
     if x is not None:
         candidates.append(x)
+    bounds = np.array([unconstrained_utility(problem, requests, steps, batch_index) for requests in candidates])
+    return candidates, bounds
+
+
+def best_scored_routing(
+    problem: Problem,
+    steps: tuple[int, ...],
+    allowed: np.ndarray,
+    floor: np.ndarray | None,
+    batch_index: tuple[int, ...] | None = None,
+    candidates: tuple[list[np.ndarray], np.ndarray] | None = None,
+) -> tuple[float, np.ndarray | None]:
+    """The best of :func:`frontier_candidates` at these steps, by the exact objective.
+
+    Candidates are scored best bound first, and the search stops once no bound beats the best
+    feasible value (without an SLO the bound is the value, so one scoring suffices).
+
+    Returns:
+        (value, requests x[c, m]) by :func:`~genedge.optimizer.objective.score_plan`; (−inf, None)
+        where no routing meets the quality floor.
+    """
+    routings, bounds = (
+        frontier_candidates(problem, steps, allowed, floor, batch_index) if candidates is None else (candidates)
+    )
     best: tuple[float, np.ndarray | None] = (-np.inf, None)
-    if problem.slo is None:
-        for requests in candidates:
-            scored = score_plan(problem, requests, steps, batch_index=batch_index).value
-            if scored > best[0]:
-                best = (scored, requests)
-        return best
-    # Under an SLO, a routing's utility at its delay-optimal shares bounds its value under any
-    # shares: score routings best bound first and stop once no bound beats the best feasible one.
-    bounds = [unconstrained_utility(problem, requests, steps, batch_index) for requests in candidates]
-    for k in np.argsort(bounds)[::-1]:
+    for k in np.argsort(-bounds, kind="stable"):
         if best[0] > INFEASIBLE and bounds[k] <= best[0]:
             break
-        scored = score_plan(problem, candidates[k], steps, batch_index=batch_index).value
+        scored = score_plan(problem, routings[k], steps, batch_index=batch_index).value
         if scored > best[0]:
-            best = (scored, candidates[k])
+            best = (scored, routings[k])
     return best
 
 

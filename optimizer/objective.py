@@ -13,8 +13,8 @@ delay of :mod:`~genedge.optimizer.delay` under the problem's delay model.
 For fixed routing, steps and batch sizes, :func:`plan_shares` chooses the compute shares:
 
 * no SLO, window model: the closed form r_m ∝ √(S_m c_m) (total delay Σ_m S_m c_m / r_m);
-* no SLO, open arrivals: the mean delay Σ_m λ_m E[T_m(r_m)] is convex in each r_m, minimized by a
-  Lagrangian search on the price of a share over a grid of shares per model;
+* no SLO, open arrivals: the mean delay Σ_m λ_m E[T_m(r_m)] is convex in each r_m, minimized over a
+  grid of shares per model by handing out the budget's increments steepest decrease first;
 * with an SLO: the shares that minimize delay, the shares that maximize attainment (a dynamic
   program over a grid of shares, exact on the grid though attainment is not concave in a share),
   and blends of the two; the best that meets the SLO, else the one that misses it least.
@@ -49,8 +49,6 @@ INFEASIBLE = -1e6
 # Shares per model on the delay-minimizing grid, spaced quadratically from the stability edge,
 # where the mean delay changes fastest.
 _DELAY_GRID = 256
-# Bisections on the price of a share in the Lagrangian search.
-_PRICE_BISECTIONS = 60
 # Units of the budget in the attainment dynamic program.
 _ATTAINMENT_UNITS = 100
 # Blends of the delay-optimal and the attainment-optimal shares tried under an SLO.
@@ -242,19 +240,20 @@ def _delay_shares(problem: Problem, requests: np.ndarray, full: np.ndarray, batc
     grid, cost = np.empty((idx.size, _DELAY_GRID)), np.empty((idx.size, _DELAY_GRID))
     for row, m in enumerate(idx):
         grid[row], cost[row] = _delay_curve(float(loads[m]), float(full[m]), int(batch[m]), float(edge[m] + spare))
-    lo, hi = 0.0, float(np.nanmax(np.abs(np.diff(cost, axis=1)) / np.diff(grid, axis=1))) * 2 + 1.0
-    pick = np.zeros(idx.size, dtype=int)
-    for _ in range(_PRICE_BISECTIONS):
-        price = (lo + hi) / 2
-        trial = np.argmin(cost + price * grid, axis=1)
-        if grid[np.arange(idx.size), trial].sum() <= problem.budget:
-            hi, pick = price, trial
-        else:
-            lo = price
+    # The delay mass is convex in each share: hand out the budget in the grid's increments, steepest
+    # decrease first (within a model the increments come in order, so each model gets a prefix).
+    width = np.diff(grid, axis=1)
+    slope = np.diff(cost, axis=1) / width
+    order = np.argsort(slope, axis=None, kind="stable")
+    rows = order // width.shape[1]
+    steps = width.ravel()[order]
+    room = problem.budget - grid[:, 0].sum()
+    taken = np.cumsum(steps) <= room
     shares = np.zeros(len(problem.models))
-    shares[idx] = grid[np.arange(idx.size), pick]
-    # More share never slows a queue: hand out what the grid left, in proportion.
-    return shares * problem.budget / shares.sum()
+    shares[idx] = grid[:, 0] + np.bincount(rows[taken], weights=steps[taken], minlength=idx.size)
+    if not taken.all():  # the next increment, in part
+        shares[idx[rows[~taken][0]]] += room - steps[taken].sum()
+    return shares
 
 
 def _attainment_shares(

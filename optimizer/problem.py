@@ -162,6 +162,8 @@ class Problem:
     def __post_init__(self) -> None:
         m, c = len(self.models), len(self.categories)
         self._check_service_model()
+        if self.arrivals == "open":
+            self._check_capacity()
         if m == 0:
             raise ValueError("Expected at least one model, but got none")
         if not (math.isfinite(self.budget) and self.budget > 0):
@@ -239,6 +241,30 @@ class Problem:
             self.service_std_s.shape != (len(self.models),) or (self.service_std_s < 0).any()
         ):
             raise ValueError("Expected one latency standard deviation >= 0 per model")
+
+    def _check_capacity(self) -> None:
+        """Refuse rates that no plan can serve with every queue stable (ρ_m < 1 for each deployed model).
+
+        Every plan needs Σ_m λ_m S_m / b_m < Σ_m r_m ≤ R; the least any plan needs is every request on
+        the fastest model, steps and batch size per image.
+        """
+        fastest, per_image, where = None, np.inf, ""
+        for i, key in enumerate(self.models):
+            calls = self.service_s[i][None, :] if self.batch_sizes is None else self.batch_service_s[i]
+            sizes = np.ones(1) if self.batch_sizes is None else self.batch_sizes[i].astype(float)
+            seconds = calls / sizes[:, None]
+            b, k = np.unravel_index(int(np.argmin(seconds)), seconds.shape)
+            if seconds[b, k] < per_image:
+                fastest, per_image = key, float(seconds[b, k])
+                where = f"{int(self.steps[i][k])} steps" + (f", batch {int(sizes[b])}" if sizes[b] > 1 else "")
+        load = self.n_requests * per_image / self.budget
+        if load >= 1:
+            raise ValueError(
+                f"No plan can keep every queue stable: even with every request on the fastest model, {fastest!r} "
+                f"at {where} ({per_image:.3g} s per image on the whole device), {self.n_requests:.4g} requests/s "
+                f"load it to ρ = {load:.2f} >= 1; lower the rate below {self.budget / per_image:.4g} requests/s, "
+                f"or raise the budget"
+            )
 
     @property
     def demand_unit(self) -> str:

@@ -30,11 +30,12 @@ from scipy.special import ndtr
 from genedge.optimizer.anneal import AnnealState, adjacent_step, metropolis, seed_of
 from genedge.optimizer.assignment import (
     best_scored_routing,
+    frontier_candidates,
     polish_requests,
     polish_scored,
     price_directed_assignment,
 )
-from genedge.optimizer.objective import score_plan
+from genedge.optimizer.objective import INFEASIBLE, score_plan
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.result import PlanResult, PlanStatus, make_result, timed
 from genedge.optimizer.system import optimal_shares, utility_with_optimal_shares
@@ -139,6 +140,8 @@ def _plan_model_set(
     start = _feasible_start(problem, allowed)
     if start is None:
         return None
+    if not problem.is_classic and np.prod(problem.grid_sizes, dtype=float) <= maxiter:
+        return _enumerate_scored(problem, allowed, callback)
     sizes = problem.grid_sizes
     allowed_idx = np.flatnonzero(allowed)
     movable = np.flatnonzero(allowed & (np.array(sizes) > 1))
@@ -207,6 +210,63 @@ def _plan_model_set(
         nit=out.nit,
         nfev=nfev,
         status=out.status,
+    )
+
+
+def _enumerate_scored(
+    problem: Problem, allowed: np.ndarray, callback: Callable[[AnnealState], bool | None] | None
+) -> _SetPlan | None:
+    """Every step vector, best bound first, where there are no more of them than annealing iterations.
+
+    Without a closed form each evaluation costs a share search, so the step vectors are ranked by
+    the best unconstrained utility of their routings (an upper bound on what they can score) and
+    scored in that order until no bound beats the best plan found.
+    """
+    entries = []
+    for steps in itertools.product(*(range(k) for k in problem.grid_sizes)):
+        candidates = frontier_candidates(problem, steps, allowed, problem.shortfall_at(steps))
+        if candidates[0]:
+            entries.append((float(candidates[1].max()), steps, candidates))
+    if not entries:
+        return None
+    entries.sort(key=lambda entry: -entry[0])
+    nfev = sum(len(entry[2][0]) for entry in entries)
+    found: list[tuple[float, tuple[int, ...], np.ndarray]] = []
+    best = -np.inf
+    status = PlanStatus.SUCCESS
+    trajectory = []
+    for bound, steps, candidates in entries:
+        if best > INFEASIBLE and bound <= best:
+            break
+        value, requests = best_scored_routing(problem, steps, allowed, None, candidates=candidates)
+        nfev += 1
+        found.append((value, steps, requests))
+        best = max(best, value)
+        trajectory.append((len(found), value, best, 0.0))
+        if callback is not None and callback(
+            AnnealState(iteration=len(found), value=value, best_value=best, best_state=steps, temperature=0.0)
+        ):
+            status = PlanStatus.CALLBACK_STOP
+            break
+    top: tuple[float, tuple[int, ...], np.ndarray] | None = None
+    for _value, steps, requests in sorted(found, key=lambda item: -item[0])[:POLISH_CANDIDATES_SCORED]:
+        x, u, evaluations = polish_scored(
+            problem,
+            requests,
+            lambda x, steps=steps: score_plan(problem, x, steps).value,
+            problem.shortfall_at(steps),
+        )
+        nfev += evaluations
+        if top is None or u > top[0]:
+            top = (u, steps, x)
+    return _SetPlan(
+        utility=top[0],
+        steps=top[1],
+        requests=top[2],
+        trajectory=np.array(trajectory).reshape(-1, 4),
+        nit=len(found),
+        nfev=nfev,
+        status=status,
     )
 
 

@@ -313,7 +313,7 @@ def md1_wait_cdf(x: npt.ArrayLike, rate: npt.ArrayLike, service_s: npt.ArrayLike
     x = np.asarray(x, dtype=float)
     rate, service, _ = _inputs(rate, service_s, None)
     x, rate, service = np.broadcast_arrays(x, rate, service)
-    queues = _Queues(_load(rate, service, 1.0).ravel(), service.ravel(), None)
+    queues = _Queues(_load(rate, service, 1.0).ravel(), service.ravel(), None, wait_units=(x / service).ravel())
     return queues.wait_cdf(x.ravel()).reshape(x.shape)[()]
 
 
@@ -322,7 +322,7 @@ def md1_response_cdf(x: npt.ArrayLike, rate: npt.ArrayLike, service_s: npt.Array
     x = np.asarray(x, dtype=float)
     rate, service, _ = _inputs(rate, service_s, None)
     x, rate, service = np.broadcast_arrays(x, rate, service)
-    queues = _Queues(_load(rate, service, 1.0).ravel(), service.ravel(), None)
+    queues = _Queues(_load(rate, service, 1.0).ravel(), service.ravel(), None, wait_units=(x / service - 1).ravel())
     return queues.response_cdf(x.ravel()).reshape(x.shape)[()]
 
 
@@ -633,7 +633,10 @@ class _Queues:
     so repeated (ρ, b) pairs share the work.
     """
 
-    def __init__(self, load: Array, service: Array, batch: Array | None) -> None:
+    def __init__(self, load: Array, service: Array, batch: Array | None, wait_units: Array | None = None) -> None:
+        """``wait_units``: the waits (in units of S) the caller will ask the M/D/1 CDF about, if known: the
+        chains then stop at the states those need instead of at the tail (a CDF at a short SLO needs a
+        handful, the tail hundreds)."""
         self.load = load
         self.service = service
         self.regular = (load > 0) & (load < 1)
@@ -645,7 +648,7 @@ class _Queues:
             if sel.size == 0:
                 continue
             loads, chain = np.unique(load[sel], return_inverse=True)
-            law = _MD1Law(loads) if b is None else _BulkLaw(loads, b)
+            law = _MD1Law(loads, _states_for(wait_units, sel)) if b is None else _BulkLaw(loads, b)
             self.groups.append((sel, law, chain.ravel()))
 
     def wait_cdf_units(self, xs: Array, mask: np.ndarray | None = None) -> Array:
@@ -866,16 +869,27 @@ class _ChainLaw:
         return out
 
 
+def _states_for(wait_units: Array | None, members: np.ndarray) -> int | None:
+    """The states p_0..p_{k+1} a CDF at waits of at most k + u service times needs, or None for all."""
+    if wait_units is None:
+        return None
+    finite = wait_units[members][np.isfinite(wait_units[members])]
+    return int(np.floor(max(float(finite.max()), 0.0))) + 2 if finite.size else 1
+
+
 class _MD1Law(_ChainLaw):
     """Stationary number in system p_j of M/D/1 queues (one chain per load ρ ∈ (0, 1))."""
 
     # Poisson(ρ < 1) terms kept: P(A ≥ 48) < 1e-61.
     _TERMS = 48
 
-    def __init__(self, rho: Array) -> None:
+    def __init__(self, rho: Array, max_states: int | None = None) -> None:
+        """``max_states``: keep p_0..p_{max_states} at most (enough for CDFs below that many service times)."""
         self.rho = rho
         self.p_idle = 1 - rho
         sizes = _states_needed(rho, 1, np.zeros((rho.size, 0)), in_system=True)
+        if max_states is not None:
+            sizes = np.minimum(sizes, max_states)
         self.xs_max = sizes + 1
         arrivals = _poisson_pmf(rho, self._TERMS + 1)
         self.below_full = np.cumsum(arrivals[:, : self._TERMS], axis=1)  # P(A ≤ n) at the full mean ρ
