@@ -441,14 +441,18 @@ def _is_seconds(value: str) -> bool:
 def _trace_labels(
     path: str, columns: tuple[str, ...], column: Callable[[str], list[str]], mapping: Mapping[str, Any] | str | None
 ) -> tuple[str, list[str | None], tuple[str, ...] | None]:
-    """(column read, category of each row or None, the mapping's category order or None)."""
-    if mapping is not None:
-        document = _resolve_mapping(mapping)
-        to_category = label_to_category(document)
-        name = document["column"]
-        return name, [to_category.get(label) for label in column(name)], tuple(document["labels"])
+    """(column read, category of each row or None, the mapping's category order or None).
+
+    A ``category`` column wins; otherwise the mapping's label column, where the file has it.
+    """
     if CATEGORY_COLUMN in columns:
         return CATEGORY_COLUMN, [value.strip() or None for value in column(CATEGORY_COLUMN)], None
+    if mapping is not None:
+        document = _resolve_mapping(mapping)
+        name = document["column"]
+        if name in columns:
+            to_category = label_to_category(document)
+            return name, [to_category.get(label) for label in column(name)], tuple(document["labels"])
     prompt = next((name for name in _PROMPT_COLUMNS if name in columns), None)
     if prompt is not None:
         raise ArtifactError(
@@ -461,7 +465,9 @@ def _trace_labels(
     raise ArtifactError(
         path,
         CATEGORY_COLUMN,
-        f"expected a {CATEGORY_COLUMN!r} column or a category mapping naming one of the columns {list(columns)}",
+        f"expected a {CATEGORY_COLUMN!r} column"
+        + ("" if mapping is None else f" or the category mapping's column {_resolve_mapping(mapping)['column']!r}")
+        + f", but the columns are {list(columns)}",
     )
 
 
@@ -485,8 +491,8 @@ def read_trace(
 
     Times come from ``time_s`` (seconds ≥ 0, kept as given) or, when that column is absent, from
     ``timestamp`` (ISO-8601 datetimes, converted to seconds after the first row); they must be
-    non-decreasing. Each row's category comes from a ``category`` column, or, when ``mapping`` is
-    given, from the mapping's label column (``mapping["column"]``, labels → categories). The window
+    non-decreasing. Each row's category comes from a ``category`` column, or, when there is none and
+    ``mapping`` is given, from the mapping's label column (``mapping["column"]``, labels → categories). The window
     is ``[0, last time]``. Rows are numbered from 1 after the header.
 
     Args:

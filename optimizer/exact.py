@@ -45,7 +45,7 @@ from genedge.optimizer.assignment import (
     relaxed_optimum,
     vertex_bound,
 )
-from genedge.optimizer.objective import score_plan
+from genedge.optimizer.objective import INFEASIBLE, score_plan
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.result import Callback, PlanResult, PlanState, PlanStatus, make_result, timed
 from genedge.optimizer.system import optimal_shares
@@ -171,49 +171,71 @@ def utility_upper_bound(problem: Problem) -> float:
 
 
 def _exact_scored(problem: Problem, callback: Callback | None) -> PlanResult:
-    """Branch and bound over step vectors × batch sizes on the exact objective (module doc)."""
-    candidates = []
+    """Branch and bound over step vectors × batch sizes on the exact objective (module doc).
+
+    Combinations are visited by their vertex bound (cheap); the linear program tightens a bound
+    only where it could matter (lazily, once per combination). Each visited combination's best
+    frontier routing is scored; the best few are then polished, as genedge does.
+    """
+    combos = []
     for allowed in problem.deployable_sets():
         for steps in itertools.product(*(range(k) for k in problem.grid_sizes)):
             for batch in itertools.product(*(range(k) for k in problem.batch_grid_sizes)):
-                bound = scored_upper_bound(problem, steps, batch, allowed)
-                candidates.append((bound, steps, batch, allowed))
-    candidates.sort(key=lambda item: -item[0])
-    no_feasible = not np.isfinite(candidates[0][0])
-    best = None  # (value, steps, batch, requests)
-    visited, nfev = 0, len(candidates)
+                combos.append((_vertex_part(problem, steps, batch, allowed), steps, batch, allowed))
+    combos.sort(key=lambda item: -item[0])
+    tight: dict[int, float] = {}
+
+    def bound_of(i: int) -> float:
+        if i not in tight:
+            cheap, steps, batch, allowed = combos[i]
+            linear = _linear_part(problem, steps, batch, allowed)
+            tight[i] = cheap if linear is None else min(cheap, linear)
+        return tight[i]
+
+    found = []  # (value, steps, batch, allowed, requests)
+    best = -np.inf
+    nfev = len(combos)
     status = PlanStatus.SUCCESS
-    for bound, steps, batch, allowed in candidates:
-        if best is not None and bound <= best[0] and not no_feasible:
+    for i, (cheap, steps, batch, allowed) in enumerate(combos):
+        if best > INFEASIBLE and cheap <= best:
             break
-        floor = problem.shortfall_at(steps)
-        value, x = best_scored_routing(problem, steps, allowed, floor, batch)
+        if best > INFEASIBLE and bound_of(i) <= best:
+            continue
+        if not np.isfinite(bound_of(i)) and (best > INFEASIBLE or len(found) >= _INFEASIBLE_VISITS):
+            continue  # no routing at these steps can meet the SLO: visited only while nothing is feasible
+        value, x = best_scored_routing(problem, steps, allowed, problem.shortfall_at(steps), batch)
         if x is None:
             continue
+        nfev += 1
+        found.append((value, steps, batch, allowed, x))
+        best = max(best, value)
+        if callback is not None and callback(
+            PlanState(iteration=len(found), value=value, best_value=best, best_state=(steps, batch))
+        ):
+            status = PlanStatus.CALLBACK_STOP
+            break
+    if not found:
+        raise problem.unreachable_floor_error()
+    top = None
+    for _value, steps, batch, _allowed, x in sorted(found, key=lambda item: -item[0])[:_POLISHED]:
         x, value, evaluations = polish_scored(
             problem,
             x,
             lambda x, steps=steps, batch=batch: score_plan(problem, x, steps, batch_index=batch).value,
-            floor,
+            problem.shortfall_at(steps),
         )
         nfev += evaluations
-        visited += 1
-        if best is None or value > best[0]:
-            best = (value, steps, batch, x)
-        if callback is not None and callback(
-            PlanState(iteration=visited, value=value, best_value=best[0], best_state=(steps, batch))
-        ):
-            status = PlanStatus.CALLBACK_STOP
-            break
-        if no_feasible and visited >= _INFEASIBLE_VISITS:
-            break
-    if best is None:
-        raise problem.unreachable_floor_error()
-    value, steps, batch, x = best
-    unvisited = [bound for bound, *_ in candidates if bound > value]
-    upper = max([value, *unvisited]) if np.isfinite(value) else None
+        if top is None or value > top[0]:
+            top = (value, steps, batch, x)
+    value, steps, batch, x = top
     scored = score_plan(problem, x, steps, batch_index=batch)
-    result = make_result(
+    feasible_anywhere = any(np.isfinite(bound_of(i)) for i in range(len(combos)) if combos[i][0] > INFEASIBLE)
+    upper = None
+    if scored.feasible:
+        # The optimum of any combination is at most its bound: the certificate is the largest bound left.
+        open_bounds = [bound_of(i) for i, combo in enumerate(combos) if combo[0] > value]
+        upper = max([scored.utility, *open_bounds])
+    return make_result(
         problem,
         "exact",
         x / problem.counts[:, None],
@@ -221,14 +243,17 @@ def _exact_scored(problem: Problem, callback: Callback | None) -> PlanResult:
         scored.shares,
         batch_index=batch,
         status=status,
-        nit=visited,
+        nit=len(found),
         nfev=nfev,
-        upper_bound=None if upper is None or not scored.feasible else max(upper, scored.utility),
-        bound_note=_bound_note(problem) if not no_feasible else "no plan can meet the SLO and keep every queue stable",
+        upper_bound=upper,
+        bound_note=_bound_note(problem)
+        if feasible_anywhere
+        else "no plan can meet the SLO and keep every queue stable",
     )
-    return result
 
 
+# Under the scored objectives the exact search polishes this many of its best combinations.
+_POLISHED = 3
 # When no plan can be feasible, the search still returns the least infeasible of this many step vectors.
 _INFEASIBLE_VISITS = 8
 
@@ -265,6 +290,13 @@ def scored_upper_bound(problem: Problem, steps: tuple[int, ...], batch: tuple[in
     Returns:
         The bound (points); −inf where no routing can meet the floor, the SLO and stability.
     """
+    cheap = _vertex_part(problem, steps, batch, allowed)
+    linear = _linear_part(problem, steps, batch, allowed)
+    return cheap if linear is None else min(cheap, linear)
+
+
+def _vertex_part(problem: Problem, steps: tuple[int, ...], batch: tuple[int, ...], allowed: np.ndarray) -> float:
+    """The first bound of :func:`scored_upper_bound` (or, where it cannot be enumerated, the decoupled one)."""
     value = problem.value_at(steps)
     full = problem.call_service_at(steps, batch)
     size = problem.max_batch_at(batch).astype(float)
@@ -273,12 +305,20 @@ def scored_upper_bound(problem: Problem, steps: tuple[int, ...], batch: tuple[in
         vertex = vertex_bound(problem, value, full / size, allowed, floor)
     else:
         vertex = vertex_bound(problem, value, 2 * full, allowed, floor, delay_root=np.sqrt)
-    linear = _linear_bound(problem, value, full, size, allowed, floor)
-    bounds = [b for b in (vertex, linear) if b is not None]
-    return (
-        min(bounds)
-        if bounds
-        else float(problem.counts @ np.where(allowed, value, -np.inf).max(axis=1)) / problem.n_requests
+    if vertex is None:
+        return float(problem.counts @ np.where(allowed, value, -np.inf).max(axis=1)) / problem.n_requests
+    return vertex
+
+
+def _linear_part(problem: Problem, steps: tuple[int, ...], batch: tuple[int, ...], allowed: np.ndarray) -> float | None:
+    """The second bound of :func:`scored_upper_bound`; None where it adds nothing."""
+    return _linear_bound(
+        problem,
+        problem.value_at(steps),
+        problem.call_service_at(steps, batch),
+        problem.max_batch_at(batch).astype(float),
+        allowed,
+        problem.shortfall_at(steps),
     )
 
 

@@ -31,14 +31,29 @@ class PlanError(ArtifactError):
 
 
 def _figures(result: PlanResult) -> dict[str, Any]:
+    """A plan's predicted figures; a figure that is infinite (an unstable queue) is written as null."""
+
+    def finite(value: float | None) -> float | None:
+        return None if value is None or not math.isfinite(value) else float(value)
+
     figures: dict[str, Any] = {
         "mean_clipscore": result.mean_quality,
-        "mean_delay_s": result.mean_delay_s,
-        "p95_delay_s": result.p95_delay_s,
-        "utility": result.utility,
+        "mean_delay_s": finite(result.mean_delay_s),
+        "p95_delay_s": finite(result.p95_delay_s),
+        "p99_delay_s": finite(result.p99_delay_s),
+        "utility": finite(result.utility),
+        "stable": result.stable,
+        "feasible": result.feasible,
     }
     if result.shortfall is not None:
         figures["shortfall_probability"] = dict(zip(result.plan.categories, result.shortfall.tolist()))
+    if result.attainment is not None:
+        figures["slo_attainment"] = result.attainment
+        figures["slo_attainment_per_category"] = dict(zip(result.plan.categories, result.category_attainment.tolist()))
+    if result.mean_energy_j is not None:
+        figures["mean_energy_j"] = result.mean_energy_j
+    if result.mg1_mean_delay_s is not None:
+        figures["mg1_mean_delay_s"] = result.mg1_mean_delay_s
     return figures
 
 
@@ -66,8 +81,12 @@ def plan_to_dict(
             "deployed": deployed,
             "steps": plan.steps_per_model[i] if deployed else None,
             "share": share,
+            # Per window, or per second under open arrivals (inputs.arrivals says which).
             "expected_requests": float(result.loads[i]),
-            "service_s": float(problem.service_s[i][plan.step_index[i]] / share) if deployed else None,
+            "max_batch": int(plan.batch_per_model[i]) if plan.batch_per_model else 1,
+            # One call (a batch of up to max_batch images) on the model's share.
+            "service_s": float(result.service_s[i]) if deployed else None,
+            "utilization": float(result.utilization[i]) if deployed and result.utilization is not None else None,
             # MPS caps the fraction of SMs a client process may use; a time-slice
             # scheduler takes the share as a weight instead.
             "realization": {
@@ -80,7 +99,10 @@ def plan_to_dict(
         if name == result.method:
             continue
         entry = _figures(other)
-        entry["utility_change_vs_plan_pct"] = 100 * relative_change(other.utility, result.utility)
+        comparable = math.isfinite(other.utility) and math.isfinite(result.utility)
+        entry["utility_change_vs_plan_pct"] = (
+            100 * relative_change(other.utility, result.utility) if comparable else None
+        )
         if other.upper_bound is not None:
             entry["upper_bound"] = other.upper_bound
         baselines[name] = entry
@@ -94,6 +116,18 @@ def plan_to_dict(
             "models": list(problem.models),
             "categories": list(problem.categories),
             "workload": dict(zip(problem.categories, problem.counts.tolist())),
+            "workload_unit": problem.demand_unit,
+            "arrivals": problem.arrivals,
+            "routing_realization": problem.realization,
+            "slo": None
+            if problem.slo is None
+            else {
+                "seconds": problem.slo.seconds,
+                "attainment": problem.slo.attainment,
+                "scope": problem.slo.scope,
+            },
+            "energy_price_points_per_j": problem.energy_price,
+            "batching": problem.batch_sizes is not None,
             "budget_gpu": problem.budget,
             "weight_points_per_s": problem.weight,
             "device_memory_bytes": problem.device_memory_bytes,
@@ -173,4 +207,7 @@ def validate_plan(document: Mapping[str, Any], where: str) -> None:
     for figure in _FIGURES:
         value = document["predicted"].get(figure)
         if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise fail(f"predicted.{figure}", f"expected a finite number, but got {value!r}")
+            raise fail(
+                f"predicted.{figure}",
+                f"expected a finite number, but got {value!r} (a plan whose queues cannot be stable is not servable)",
+            )

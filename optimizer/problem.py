@@ -367,7 +367,8 @@ class Problem:
             realization: how routing is realized (:data:`REALIZATIONS`).
             slo: a latency objective, or None.
             energy_price: κ in points per Joule; > 0 needs energy lines for every model.
-            batching: let planners choose a batch size per model among the table's batch lines.
+            batching: let planners choose a batch size per model among the table's batch lines (a
+                no-op where every model has one).
 
         Raises:
             ValueError: unknown categories or model keys (the message lists the known ones), or
@@ -423,7 +424,8 @@ class Problem:
                 for k, grid in zip(keys, steps)
             )
         batch_sizes = batch_service = None
-        if batching:
+        # Batching is a decision only where some model has more than one batch line.
+        if batching and any(len(table.models[k].batch_sizes()) > 1 for k in keys):
             batch_sizes = tuple(np.array(table.models[k].batch_sizes(), dtype=int) for k in keys)
             batch_service = tuple(
                 np.array([[table.models[k].call_seconds(int(s), int(b)) for s in grid] for b in sizes], dtype=float)

@@ -248,7 +248,7 @@ def test_parquet_trace(tmp_path):
             "time_s\tcategory\n0\ta\n1\t\n2\t\n",
             r"t\.tsv: category: .*2 of 3 rows have no category \(the first is row 2",
         ),
-        ("time_s\tlabel\n0\ta\n", r"t\.tsv: category: expected a 'category' column or a category mapping"),
+        ("time_s\tlabel\n0\ta\n", r"t\.tsv: category: expected a 'category' column, but the columns are"),
         (
             "timestamp\tcategory\n2024-01-01T00:00:00Z\ta\n2024-01-01T00:00:01\ta\n",
             r"t\.tsv: timestamp: .*row 1 and row 2 differ",

@@ -301,7 +301,7 @@ def _rates_from_args(args: argparse.Namespace, table: CalibrationTable) -> Workl
         from genedge.optimizer.arrivals import read_trace
 
         trace = read_trace(args.trace, mapping=table.category_mapping, categories=table.categories)
-        return Workload.from_rates(dict(zip(trace.categories, trace.rates())))
+        return Workload.from_rates(trace.rates())
     return None
 
 

@@ -230,7 +230,7 @@ def _window_versus_open(args: argparse.Namespace, table, sha: str) -> int:
     )
     slo_column = slo is not None
     print(
-        f"\n{'planned under':<14} {'evaluated by':<26} {'CLIPScore':>9} {'mean s':>8} {'p95 s':>8} {'p99 s':>8}"
+        f"\n{'planned under':<14} {'evaluated by':<30} {'CLIPScore':>9} {'mean s':>8} {'p95 s':>8} {'p99 s':>8}"
         + (f" {'attained':>8}" if slo_column else "")
         + f" {'utility':>8}"
     )
@@ -241,12 +241,12 @@ def _window_versus_open(args: argparse.Namespace, table, sha: str) -> int:
         if not r.stable:
             worst = int(np.nanargmax(np.where(r.deployed, r.utilization, np.nan)))
             print(
-                f"{label:<14} {'M/D/1 (analytic)':<26} unstable: {r.plan.models[worst]} at load "
+                f"{label:<14} {'M/D/1 (analytic)':<30} unstable: {r.plan.models[worst]} at load "
                 f"ρ = {r.utilization[worst]:.2f}; its queue grows without bound  [{steps}]"
             )
             continue
         print(
-            f"{label:<14} {'M/D/1 (analytic)':<26} {r.mean_quality:>9.2f} {r.mean_delay_s:>8.2f} "
+            f"{label:<14} {'M/D/1 (analytic)':<30} {r.mean_quality:>9.2f} {r.mean_delay_s:>8.2f} "
             f"{r.p95_delay_s:>8.2f} {r.p99_delay_s:>8.2f}"
             + (f" {r.attainment:>8.3f}" if slo_column else "")
             + f" {r.utility:>8.3f}  [{steps}]"
@@ -254,7 +254,7 @@ def _window_versus_open(args: argparse.Namespace, table, sha: str) -> int:
         for name, check in row.checks.items():
             process = "Poisson" if name == "poisson" else f"bursty MMPP (D = {check.burstiness:g})"
             print(
-                f"{'':<14} {'simulated, ' + process:<26} {check.mean_quality:>9.2f} {check.mean_s:>8.2f} "
+                f"{'':<14} {'simulated, ' + process:<30} {check.mean_quality:>9.2f} {check.mean_s:>8.2f} "
                 f"{check.p95_s:>8.2f} {check.p99_s:>8.2f}"
                 + (f" {check.attainment:>8.3f}" if slo_column else "")
                 + f" {check.utility:>8.3f}"
