@@ -51,14 +51,14 @@ class PlanComparison:
 
 
 def plan_changes(old: PlanResult, new: PlanResult, *, tolerance: float = DECISION_TOLERANCE) -> list[PlanChange]:
-    """The routing, steps and share decisions that differ between two plans.
+    """The routing, steps, share and batch-size decisions that differ between two plans.
 
     Args:
         old, new: plans for the same workload (their models may differ).
         tolerance: routing probabilities and shares closer than this count as equal.
 
     Returns:
-        Routing changes by category, then steps and share changes by model. Steps are
+        Routing changes by category, then steps, share and batch changes by model. Steps are
         compared for every model that either plan deploys (a model deployed in one plan only
         shows as steps against None).
     """
@@ -81,7 +81,17 @@ def plan_changes(old: PlanResult, new: PlanResult, *, tolerance: float = DECISIO
         ra, rb = old_shares.get(model, 0.0), new_shares.get(model, 0.0)
         if abs(ra - rb) >= tolerance:
             changes.append(PlanChange("share", model, ra, rb))
+    old_batch, new_batch = _deployed(old, old.plan.max_batch), _deployed(new, new.plan.max_batch)
+    for model in models:
+        ba, bb = old_batch.get(model), new_batch.get(model)
+        if ba is not None and bb is not None and ba != bb:
+            changes.append(PlanChange("batch", model, ba, bb))
     return changes
+
+
+def _deployed(result: PlanResult, values: dict[str, int]) -> dict[str, int]:
+    """``values`` of the models a plan deploys."""
+    return {m: v for m, v, used in zip(result.plan.models, values.values(), result.deployed) if used}
 
 
 def _deployed_steps(result: PlanResult) -> dict[str, int]:

@@ -222,7 +222,8 @@ def simulate_open_plan(
     if process == "trace":
         if arrivals is None:
             raise ValueError("process 'trace' needs the arrivals to replay")
-        unknown = sorted(set(arrivals.categories) - set(problem.categories))
+        present = {arrivals.categories[i] for i in np.unique(arrivals.category)}
+        unknown = sorted(present - set(problem.categories))
         if unknown:
             raise ValueError(f"trace categories {unknown} are not planned for; expected {list(problem.categories)}")
     elif process == "poisson":
@@ -230,8 +231,15 @@ def simulate_open_plan(
     else:
         arrivals = mmpp_arrivals(rates, burstiness=burstiness, n_requests=n_requests, rng=gen)
     plan = result.plan
-    # Rows of the routing in the arrival sequence's category order.
-    routing = np.stack([plan.routing_matrix[problem.categories.index(c)] for c in arrivals.categories])
+    # Rows of the routing in the arrival sequence's category order (a category without arrivals, which
+    # the problem leaves out, gets any deployed model: no request reads its row).
+    spare = result.deployed / result.deployed.sum()
+    routing = np.stack(
+        [
+            plan.routing_matrix[problem.categories.index(c)] if c in problem.categories else spare
+            for c in arrivals.categories
+        ]
+    )
     routing = np.where(result.deployed[None, :], routing, 0.0)  # residue below one request is no traffic
     records = simulate_arrivals(
         arrivals,
@@ -245,7 +253,8 @@ def simulate_open_plan(
     summary = records.summary(slo_s=slo, warmup=warmup)
     kept = np.zeros(len(records), dtype=bool)
     kept[summary.excluded :] = True
-    category = np.array([problem.categories.index(c) for c in arrivals.categories])[records.category[kept]]
+    index = {c: i for i, c in enumerate(problem.categories)}
+    category = np.array([index.get(c, -1) for c in arrivals.categories])[records.category[kept]]
     model = records.model[kept]
     steps = plan.step_index
     scores = gen.normal(problem.mean_at(steps)[category, model], problem.std_at(steps)[category, model])
@@ -294,6 +303,7 @@ def compare_arrival_models(
     *,
     method: str = "genedge",
     burstiness: float | None = None,
+    trace: Arrivals | None = None,
     n_requests: int = 50_000,
     rng: int | np.random.Generator | None = None,
 ) -> list[ArrivalModelComparison]:
@@ -301,7 +311,8 @@ def compare_arrival_models(
 
     The two problems must describe the same demand (n_c requests per window of T seconds ≡ rates
     n_c / T) on the same table. Each plan is re-evaluated on the open-arrival problem and simulated
-    with Poisson arrivals and, with ``burstiness``, a bursty MMPP of that index of dispersion.
+    with Poisson arrivals, with ``burstiness`` a bursty MMPP of that index of dispersion, and with
+    ``trace`` a replay of those arrivals.
     """
     from genedge.optimizer.methods import METHODS
     from genedge.optimizer.result import make_result
@@ -323,5 +334,7 @@ def compare_arrival_models(
                 checks["bursty"] = simulate_open_plan(
                     open_problem, plan, process="bursty", burstiness=burstiness, n_requests=n_requests, rng=gen
                 )
+            if trace is not None:
+                checks["trace"] = simulate_open_plan(open_problem, plan, process="trace", arrivals=trace, rng=gen)
         out.append(ArrivalModelComparison(planned_under=name, plan=plan, checks=checks))
     return out

@@ -164,7 +164,7 @@ def test_shipped_tables_are_named_in_compare(capsys: pytest.CaptureFixture) -> N
 
 
 @pytest.mark.slow
-def test_simulate_compares_the_window_and_open_plans_of_one_demand() -> None:
+def test_simulate_compares_the_window_and_open_plans_of_one_demand(tmp_path: Path) -> None:
     out = genedge(
         "simulate", "--table", "galaxy-s24", "--window-vs-open", "600", "--slo", "30", "--budgets", "1",
         "--simulated-requests", "5000",
@@ -177,3 +177,15 @@ def test_simulate_compares_the_window_and_open_plans_of_one_demand() -> None:
     assert "simulated, Poisson" in lines[opened + 1]
     # The open-arrival plan, made for the demand as it arrives, scores higher than the window plan.
     assert float(lines[opened].split()[-3]) > float(lines[window].split()[-3])
+    # A trace is replayed as well, and sets the demand: 500 requests over about 3,000 s.
+    rng = np.random.default_rng(1)
+    trace = tmp_path / "trace.csv"
+    times = np.cumsum(rng.exponential(6.0, 500))
+    pd.DataFrame({"time_s": times, "category": rng.choice(["Basic", "Detail"], 500)}).to_csv(trace, index=False)
+    out = genedge(
+        "simulate", "--table", "galaxy-s24", "--window-vs-open", "600", "--budgets", "1", "--trace", str(trace),
+        "--simulated-requests", "2000",
+    ).stdout  # fmt: skip
+    assert out.count("simulated, the trace") == 2
+    demand = next(line for line in out.splitlines() if line.startswith("demand:"))
+    assert float(demand.split("≡")[1].split()[0]) == pytest.approx(500 / times[-1], rel=1e-3)

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if not plans.changes:
         print("  no plan decision changes")
     for change in plans.changes:
-        fmt = "d" if change.decision == "steps" else ".3f"
+        fmt = "d" if change.decision in ("steps", "batch") else ".3f"
         print(f"  {change.decision:<8}{change.subject:<30}{_value(change.old, fmt)} -> {_value(change.new, fmt)}")
     return 0
 

@@ -102,6 +102,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "1 = Poisson; default: 4)",
     )
     arrivals.add_argument(
+        "--trace",
+        type=Path,
+        help="an arrival trace (time_s and category columns, or the mapping's label column) to replay as well; "
+        "the demand is then the trace's rates, N = rate × T per window",
+    )
+    arrivals.add_argument(
         "--simulated-requests",
         type=int,
         default=50_000,
@@ -199,8 +205,16 @@ def _window_versus_open(args: argparse.Namespace, table, sha: str) -> int:
 
     if not args.window_vs_open > 0:
         raise ValueError(f"--window-vs-open: expected a window length > 0 seconds, but got {args.window_vs_open:g}")
-    mix = Workload.from_counts(parse_counts(args.mix, "--mix") if args.mix else default_mix(table))
-    counts = mix.scaled(args.loads[len(args.loads) // 2])
+    trace = None
+    if args.trace is not None:
+        from genedge.optimizer.arrivals import read_trace
+
+        trace = read_trace(args.trace, mapping=table.category_mapping, categories=table.categories)
+        rates = {c: r for c, r in trace.rates().items() if r > 0}
+        counts = Workload.from_mix(rates, max(1, round(sum(rates.values()) * args.window_vs_open)))
+    else:
+        mix = Workload.from_counts(parse_counts(args.mix, "--mix") if args.mix else default_mix(table))
+        counts = mix.scaled(args.loads[len(args.loads) // 2])
     slo = None if args.slo is None else Slo(args.slo, args.percentile / 100)
     memory = None if args.memory_gib is None else int(args.memory_gib * 2**30)
     common = {
@@ -214,7 +228,8 @@ def _window_versus_open(args: argparse.Namespace, table, sha: str) -> int:
         "slo": slo,
     }
     window = Problem.from_table(table, counts, arrivals="window", **common)
-    opened = Problem.from_table(table, counts.as_rates(args.window_vs_open), arrivals="open", **common)
+    rates = counts.as_rates(args.window_vs_open) if trace is None else Workload.from_rates(rates)
+    opened = Problem.from_table(table, rates, arrivals="open", **common)
     print(derived_share_line(table))
     print(
         f"demand: {window.n_requests:g} requests per {args.window_vs_open:g} s window ≡ {opened.n_requests:.4g} "
@@ -225,6 +240,7 @@ def _window_versus_open(args: argparse.Namespace, table, sha: str) -> int:
         window,
         opened,
         burstiness=args.burstiness,
+        trace=trace,
         n_requests=args.simulated_requests,
         rng=args.seed,
     )
@@ -252,7 +268,7 @@ def _window_versus_open(args: argparse.Namespace, table, sha: str) -> int:
             + f" {r.utility:>8.3f}  [{steps}]"
         )
         for name, check in row.checks.items():
-            process = "Poisson" if name == "poisson" else f"bursty MMPP (D = {check.burstiness:g})"
+            process = {"poisson": "Poisson", "trace": "the trace"}.get(name, f"bursty MMPP (D = {check.burstiness:g})")
             print(
                 f"{'':<14} {'simulated, ' + process:<30} {check.mean_quality:>9.2f} {check.mean_s:>8.2f} "
                 f"{check.p95_s:>8.2f} {check.p99_s:>8.2f}"
