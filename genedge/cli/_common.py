@@ -430,6 +430,11 @@ def format_plan(result: PlanResult) -> str:
         lines.append("  load ρ         " + "  ".join(f"{result.utilization[i]:>{width}.2f}" for i in used))
     else:
         lines.append("  requests       " + "  ".join(f"{result.loads[i]:>{width}.1f}" for i in used))
+    if result.mg1_mean_delay_s is not None:
+        lines.append(
+            f"  mean delay     {result.mean_delay_s:.2f} s as M/D/1; {result.mg1_mean_delay_s:.2f} s as M/G/1 with the "
+            f"table's spread of per-image latency"
+        )
     unused = [m for i, m in enumerate(plan.models) if i not in used]
     if unused:
         lines.append(f"  not deployed: {', '.join(unused)}")
