@@ -42,6 +42,7 @@ __all__ = [
     "frontier_routings",
     "best_scored_routing",
     "frontier_candidates",
+    "polish_starts",
     "polish_scored",
 ]
 
@@ -52,6 +53,8 @@ _TAIL_SIGMAS = 8.0
 # Line search of polish_requests: a coarse grid over the movable amount, then a fine one around its best.
 _POLISH_GRID = 33
 _POLISH_PASSES = 4
+# Bisections of the walk from a feasible routing towards a better one that misses the SLO.
+_REPAIR_BISECTIONS = 10
 # A polish move is taken only if it raises the utility by more than this, relative to it.
 _IMPROVEMENT_RTOL = 1e-12
 # Relative slack on a category's quality-floor budget ε·n_c, for the round-off of summed moves.
@@ -459,13 +462,63 @@ def best_scored_routing(
         frontier_candidates(problem, steps, allowed, floor, batch_index) if candidates is None else (candidates)
     )
     best: tuple[float, np.ndarray | None] = (-np.inf, None)
+    missed = []  # candidates that could beat the best but miss the SLO or a queue's stability
     for k in np.argsort(-bounds, kind="stable"):
         if best[0] > INFEASIBLE and bounds[k] <= best[0]:
             break
         scored = score_plan(problem, routings[k], steps, batch_index=batch_index).value
         if scored > best[0]:
             best = (scored, routings[k])
+        if scored <= INFEASIBLE:
+            missed.append(k)
+    if best[0] <= INFEASIBLE:
+        return best
+    # A binding SLO puts the best plan between whole categories: walk from the best feasible routing
+    # towards each better one that misses, to the last point that still meets the SLO.
+    anchor = best[1]
+    for k in missed:
+        if bounds[k] <= best[0]:
+            continue
+        found = _repair(problem, steps, batch_index, anchor, routings[k])
+        if found is not None and found[0] > best[0]:
+            best = found
     return best
+
+
+def _repair(
+    problem: Problem,
+    steps: tuple[int, ...],
+    batch_index: tuple[int, ...] | None,
+    feasible: np.ndarray,
+    missing: np.ndarray,
+) -> tuple[float, np.ndarray] | None:
+    """The routing on the segment from ``feasible`` to ``missing`` farthest along that is still feasible."""
+    lo, hi, found = 0.0, 1.0, None
+    for _ in range(_REPAIR_BISECTIONS):
+        mid = (lo + hi) / 2
+        x = (1 - mid) * feasible + mid * missing
+        value = score_plan(problem, x, steps, batch_index=batch_index).value
+        if value > INFEASIBLE:
+            lo, found = mid, (value, x)
+        else:
+            hi = mid
+    return found
+
+
+def polish_starts(
+    value: float, requests: np.ndarray, candidates: tuple[list[np.ndarray], np.ndarray]
+) -> list[np.ndarray]:
+    """Where to start :func:`polish_scored` at one step vector: the best routing found, and, where an SLO
+    held it back, the candidate with the highest bound.
+
+    A whole-category routing that misses the SLO can be one partial move from a plan better than any
+    whole-category routing that meets it; polishing only the feasible one never reaches it.
+    """
+    routings, bounds = candidates
+    leader = int(np.argmax(bounds))
+    if bounds[leader] > value and routings[leader] is not requests:
+        return [requests, routings[leader]]
+    return [requests]
 
 
 def polish_scored(
@@ -474,14 +527,17 @@ def polish_scored(
     value: Callable[[np.ndarray], float],
     shortfall: np.ndarray | None = None,
     *,
+    allowed: np.ndarray | None = None,
     grid: int = 9,
     passes: int = 2,
 ) -> tuple[np.ndarray, float, int]:
-    """Improve a routing by pairwise request moves between models in use, on any plan value.
+    """Improve a routing by pairwise request moves, on any plan value.
 
     The moves of :func:`polish_requests` (a coarse grid over the amount moved, then a fine one
     around its best), scored one by one with ``value(x)``: for delay models whose shares have no
-    closed form. Moves that break a quality floor are not taken.
+    closed form. Requests move from a model in use to any allowed model (default: all), so a
+    routing that overloads one model can spill onto an idle one. Moves that break a quality floor
+    are not taken.
 
     Returns:
         (requests, value, evaluations).
@@ -492,10 +548,11 @@ def polish_scored(
     fractions = np.linspace(0.0, 1.0, grid)
     for _ in range(passes):
         improved = False
-        cols = np.flatnonzero(deployed_mask(x.sum(axis=0)))
+        sources = np.flatnonzero(deployed_mask(x.sum(axis=0)))
+        targets = np.arange(x.shape[1]) if allowed is None else np.flatnonzero(allowed)
         for c in range(x.shape[0]):
-            for i in cols:
-                for j in cols:
+            for i in sources:
+                for j in targets:
                     if i == j or x[c, i] <= 0:
                         continue
                     lo, hi = 0.0, x[c, i]

@@ -36,6 +36,7 @@ __all__ = [
     "delay_figures",
     "delay_mass",
     "delay_quantile",
+    "attainment_matrix",
     "model_attainment",
     "model_served_within",
     "model_window_coefficient",
@@ -92,8 +93,9 @@ def utilization(loads: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray) ->
 def window_delay_coefficient(problem: Problem, requests: np.ndarray, max_batch: np.ndarray) -> np.ndarray:
     """c_m with total window delay on model m = c_m · S_m: E[Σ_{i ≤ N_m} ⌈i/b_m⌉], shape (M,).
 
-    Deterministic routing takes N_m at its expected value (the last, partial request counting
-    with its fraction); random routing averages over N_m's distribution.
+    Deterministic routing takes N_m at its expected value: N(N + 1)/2 for b = 1, the paper's formula
+    (smooth in N, as every planner's closed form takes it); for b > 1 the last, partial request
+    counts with its fraction. Random routing averages over N_m's (whole) distribution.
     """
     return np.array([model_window_coefficient(problem, requests, m, int(max_batch[m])) for m in range(len(max_batch))])
 
@@ -104,6 +106,8 @@ def model_window_coefficient(problem: Problem, requests: np.ndarray, model: int,
     if not deployed_mask(load):
         return 0.0
     if problem.realization == "deterministic":
+        if batch == 1:  # the paper's D_m = t_m (N_m + 1) / 2, smooth in expected loads as the planners take it
+            return load * (load + 1) / 2
         return float(queueing.window_batch_delay_sum(load, 1.0, batch))
     values, pmf = _load_distribution(problem, requests, model)
     return float(pmf @ queueing.window_batch_delay_sum(values, np.ones_like(values), batch))
@@ -145,11 +149,7 @@ def delay_mass(problem: Problem, requests: np.ndarray, call_s: np.ndarray, max_b
 def model_attainment(
     problem: Problem, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, slo_s: float
 ) -> np.ndarray:
-    """P(delay ≤ ``slo_s``) of a request on each model, shape (M,) (1 where a model has no load).
-
-    Every category on a model shares its queue, so its requests meet the SLO equally often:
-    category c's attainment is Σ_m p_cm · A_m.
-    """
+    """P(delay ≤ ``slo_s``) of a request on each model, shape (M,) (1 where a model has no load)."""
     loads = requests.sum(axis=0)
     used = deployed_mask(loads)
     if problem.arrivals == "open":
@@ -158,6 +158,32 @@ def model_attainment(
     served = _window_served(problem, requests, call_s, max_batch, slo_s)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(used, served / np.where(used, loads, 1.0), 1.0)
+
+
+def attainment_matrix(
+    problem: Problem, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, slo_s: float
+) -> np.ndarray:
+    """P(delay ≤ ``slo_s``) of a category-c request routed to model m, shape (C, M).
+
+    Every request on a model shares its queue, so the chance is the model's alone — except in a
+    window under random routing, where a category-c request on m finds there the others drawn
+    independently: N_m = 1 + K with K = Σ_{c'} Binomial(n_{c'} − [c' = c], p_{c'm}), and its
+    chance is E[min(1 + K, k) / (1 + K)] with k = b_m ⌊SLO / S_m⌋ requests served in time. (Weighted
+    by the requests, these give back :func:`model_attainment`.)
+    """
+    per_model = model_attainment(problem, requests, call_s, max_batch, slo_s)
+    out = np.broadcast_to(per_model, requests.shape).copy()
+    if problem.arrivals != "window" or problem.realization != "random":
+        return out
+    counts = np.round(problem.counts).astype(int)
+    for m in np.flatnonzero(deployed_mask(requests.sum(axis=0))):
+        done = np.floor(slo_s / call_s[m] * (1 + _DELAY_RTOL)) * max_batch[m]
+        for c in np.flatnonzero(requests[:, m] > 0):
+            others = counts.copy()
+            others[c] -= 1
+            values, pmf = _load_distribution(problem, requests, m, counts=others)
+            out[c, m] = float(pmf @ (np.minimum(1 + values, done) / (1 + values)))
+    return out
 
 
 def delay_quantile(
@@ -178,15 +204,8 @@ def delay_quantile(
     if problem.arrivals == "open":
         if not _stable(loads, call_s, max_batch):
             return np.inf
-
-        def reached(d: float) -> bool:
-            cdf = _open_response_cdf(d, loads[used], call_s[used], max_batch[used])
-            return float((loads[used] * cdf).sum()) >= q * total * (1 - _QUANTILE_RTOL)
-
-        hi = float(call_s[used].max())
-        while not reached(hi):
-            hi *= 2
-        return _bisect(reached, 0.0, hi)
+        batch = None if (max_batch[used] == 1).all() else max_batch[used]
+        return float(queueing.mixture_response_quantile(q, loads[used], call_s[used], batch))
     # A window under random routing: the delays are multiples of the call times, so the
     # quantile is the first completion at which the expected number served reaches q·N.
     largest = np.array(
@@ -255,10 +274,12 @@ def delay_figures(
     stable = problem.arrivals == "window" or _stable(loads, call_s, max_batch)
     mass = delay_mass(problem, requests, call_s, max_batch)
     attainment = category = None
-    if problem.slo is not None:
-        per_model = model_attainment(problem, requests, call_s, max_batch, problem.slo.seconds)
-        attainment = float((loads * per_model).sum() / total)
-        category = (requests * per_model[None, :]).sum(axis=1) / requests.sum(axis=1)
+    if problem.slo is not None and stable:
+        chance = attainment_matrix(problem, requests, call_s, max_batch, problem.slo.seconds)
+        attainment = float((requests * chance).sum() / total)
+        category = (requests * chance).sum(axis=1) / requests.sum(axis=1)
+    elif problem.slo is not None:
+        attainment, category = 0.0, np.zeros(len(problem.categories))
     mg1 = None
     if problem.arrivals == "open" and spread_s is not None and (max_batch == 1).all() and stable:
         used = deployed_mask(loads)
@@ -315,10 +336,13 @@ def _window_served(
     )
 
 
-def _load_distribution(problem: Problem, requests: np.ndarray, model: int) -> tuple[np.ndarray, np.ndarray]:
-    """The values and pmf of N_m = Σ_c Binomial(n_c, p_cm) under random routing."""
+def _load_distribution(
+    problem: Problem, requests: np.ndarray, model: int, counts: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The values and pmf of N_m = Σ_c Binomial(n_c, p_cm) under random routing (``counts`` replaces n_c)."""
     pmf = np.ones(1)
-    for c, n in enumerate(np.round(problem.counts).astype(int)):
+    counts = np.round(problem.counts).astype(int) if counts is None else counts
+    for c, n in enumerate(counts):
         p = float(np.clip(requests[c, model] / problem.counts[c], 0.0, 1.0))
         if p > 0:
             pmf = np.convolve(pmf, _binomial_pmf(n, p))

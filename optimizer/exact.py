@@ -39,8 +39,10 @@ from scipy.optimize import linprog
 
 from genedge.optimizer.assignment import (
     best_scored_routing,
+    frontier_candidates,
     polish_requests,
     polish_scored,
+    polish_starts,
     price_directed_assignment,
     relaxed_optimum,
     vertex_bound,
@@ -203,11 +205,13 @@ def _exact_scored(problem: Problem, callback: Callback | None) -> PlanResult:
             continue
         if not np.isfinite(bound_of(i)) and (best > INFEASIBLE or len(found) >= _INFEASIBLE_VISITS):
             continue  # no routing at these steps can meet the SLO: visited only while nothing is feasible
-        value, x = best_scored_routing(problem, steps, allowed, problem.shortfall_at(steps), batch)
+        floor = problem.shortfall_at(steps)
+        candidates = frontier_candidates(problem, steps, allowed, floor, batch)
+        value, x = best_scored_routing(problem, steps, allowed, floor, batch, candidates=candidates)
         if x is None:
             continue
         nfev += 1
-        found.append((value, steps, batch, allowed, x))
+        found.append((value, steps, batch, allowed, candidates, x))
         best = max(best, value)
         if callback is not None and callback(
             PlanState(iteration=len(found), value=value, best_value=best, best_state=(steps, batch))
@@ -217,16 +221,18 @@ def _exact_scored(problem: Problem, callback: Callback | None) -> PlanResult:
     if not found:
         raise problem.unreachable_floor_error()
     top = None
-    for _value, steps, batch, _allowed, x in sorted(found, key=lambda item: -item[0])[:_POLISHED]:
-        x, value, evaluations = polish_scored(
-            problem,
-            x,
-            lambda x, steps=steps, batch=batch: score_plan(problem, x, steps, batch_index=batch).value,
-            problem.shortfall_at(steps),
-        )
-        nfev += evaluations
-        if top is None or value > top[0]:
-            top = (value, steps, batch, x)
+    for found_value, steps, batch, allowed, candidates, best_x in sorted(found, key=lambda item: -item[0])[:_POLISHED]:
+        for start in polish_starts(found_value, best_x, candidates):
+            x, value, evaluations = polish_scored(
+                problem,
+                start,
+                lambda x, steps=steps, batch=batch: score_plan(problem, x, steps, batch_index=batch).value,
+                problem.shortfall_at(steps),
+                allowed=allowed,
+            )
+            nfev += evaluations
+            if top is None or value > top[0]:
+                top = (value, steps, batch, x)
     value, steps, batch, x = top
     scored = score_plan(problem, x, steps, batch_index=batch)
     feasible_anywhere = any(np.isfinite(bound_of(i)) for i in range(len(combos)) if combos[i][0] > INFEASIBLE)

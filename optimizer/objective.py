@@ -34,8 +34,8 @@ import numpy as np
 
 from genedge.optimizer import queueing
 from genedge.optimizer.delay import (
+    attainment_matrix,
     delay_mass,
-    model_attainment,
     model_served_within,
     model_window_coefficient,
     window_delay_coefficient,
@@ -141,8 +141,8 @@ def plan_shares(
             break
         # Weigh up the categories that miss their SLO, so the next round's shares serve them first.
         call = full / np.where(used, best.shares, 1.0)
-        per_model = model_attainment(problem, requests, call, batch, problem.slo.seconds)
-        category = (requests * per_model).sum(axis=1) / requests.sum(axis=1)
+        chance = attainment_matrix(problem, requests, call, batch, problem.slo.seconds)
+        category = (requests * chance).sum(axis=1) / requests.sum(axis=1)
         missing = np.clip(problem.slo.attainment - category, 0.0, None)
         weights = weights + (requests * (missing / np.maximum(missing.max(), 1e-12))[:, None]).sum(axis=0) * 4
     return best.shares
@@ -211,11 +211,11 @@ def _score(
             violation += 1.0 + float(excess.sum())
     utility = value_term - problem.weight * float(mass.sum()) / total if violation == 0 else -np.inf
     if slo and problem.slo is not None and violation == 0:
-        per_model = model_attainment(problem, requests, call, batch, problem.slo.seconds)
+        chance = attainment_matrix(problem, requests, call, batch, problem.slo.seconds)
         if problem.slo.scope == "overall":
-            attained = np.array([float((loads * per_model).sum()) / total])
+            attained = np.array([float((requests * chance).sum()) / total])
         else:
-            attained = (requests * per_model).sum(axis=1) / requests.sum(axis=1)
+            attained = (requests * chance).sum(axis=1) / requests.sum(axis=1)
         violation += float(np.clip(problem.slo.attainment - attained, 0.0, None).sum())
     feasible = violation == 0
     value = utility if feasible else INFEASIBLE * (1 + violation)

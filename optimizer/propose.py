@@ -33,6 +33,7 @@ from genedge.optimizer.assignment import (
     frontier_candidates,
     polish_requests,
     polish_scored,
+    polish_starts,
     price_directed_assignment,
 )
 from genedge.optimizer.objective import INFEASIBLE, score_plan
@@ -197,6 +198,7 @@ def _plan_model_set(
                 cache[steps][1],
                 lambda x, steps=steps: score_plan(problem, x, steps).value,
                 problem.shortfall_at(steps),
+                allowed=allowed,
             )
         nfev += evaluations
         if best is None or u > best[0]:
@@ -240,7 +242,7 @@ def _enumerate_scored(
             break
         value, requests = best_scored_routing(problem, steps, allowed, None, candidates=candidates)
         nfev += 1
-        found.append((value, steps, requests))
+        found.append((value, steps, requests, candidates))
         best = max(best, value)
         trajectory.append((len(found), value, best, 0.0))
         if callback is not None and callback(
@@ -249,16 +251,18 @@ def _enumerate_scored(
             status = PlanStatus.CALLBACK_STOP
             break
     top: tuple[float, tuple[int, ...], np.ndarray] | None = None
-    for _value, steps, requests in sorted(found, key=lambda item: -item[0])[:POLISH_CANDIDATES_SCORED]:
-        x, u, evaluations = polish_scored(
-            problem,
-            requests,
-            lambda x, steps=steps: score_plan(problem, x, steps).value,
-            problem.shortfall_at(steps),
-        )
-        nfev += evaluations
-        if top is None or u > top[0]:
-            top = (u, steps, x)
+    for value, steps, requests, candidates in sorted(found, key=lambda item: -item[0])[:POLISH_CANDIDATES_SCORED]:
+        for start in polish_starts(value, requests, candidates):
+            x, u, evaluations = polish_scored(
+                problem,
+                start,
+                lambda x, steps=steps: score_plan(problem, x, steps).value,
+                problem.shortfall_at(steps),
+                allowed=allowed,
+            )
+            nfev += evaluations
+            if top is None or u > top[0]:
+                top = (u, steps, x)
     return _SetPlan(
         utility=top[0],
         steps=top[1],

@@ -122,7 +122,9 @@ def test_a_trace_written_by_pandas_is_planned_at_its_rates(tmp_path: Path, capsy
 def test_random_routing_counts_the_variance_of_the_loads(capsys: pytest.CaptureFixture) -> None:
     rows = {}
     for routing in ("deterministic", "random"):
-        done = genedge_in_process(capsys, "plan", "--routing", routing, "--method", "equal-allocation", "--compare", "equal-allocation")
+        done = genedge_in_process(
+            capsys, "plan", "--routing", routing, "--method", "equal-allocation", "--compare", "equal-allocation"
+        )
         assert done.returncode == 0, done.stderr
         assert f"{routing} routing" in done.stdout
         rows[routing] = _method_rows(done.stdout)["equal-allocation"]

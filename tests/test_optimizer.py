@@ -399,6 +399,7 @@ def test_proposed_matches_an_independent_search_at_small_loads(requests):
             "quality_mean": tuple(q[:, k] for q, k in zip(full.quality_mean, keep)),
             "quality_std": tuple(q[:, k] for q, k in zip(full.quality_std, keep)),
             "service_s": tuple(t[k] for t, k in zip(full.service_s, keep)),
+            "energy_j": tuple(e[k] for e, k in zip(full.energy_j, keep)),
             "default_step_index": (3, 3, 3),
         }
     )
