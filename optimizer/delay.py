@@ -274,12 +274,10 @@ def delay_figures(
     stable = problem.arrivals == "window" or _stable(loads, call_s, max_batch)
     mass = delay_mass(problem, requests, call_s, max_batch)
     attainment = category = None
-    if problem.slo is not None and stable:
+    if problem.slo is not None:  # an unstable queue's requests never meet it; the others may
         chance = attainment_matrix(problem, requests, call_s, max_batch, problem.slo.seconds)
         attainment = float((requests * chance).sum() / total)
         category = (requests * chance).sum(axis=1) / requests.sum(axis=1)
-    elif problem.slo is not None:
-        attainment, category = 0.0, np.zeros(len(problem.categories))
     mg1 = None
     if problem.arrivals == "open" and spread_s is not None and (max_batch == 1).all() and stable:
         used = deployed_mask(loads)
