@@ -57,6 +57,7 @@ def test_plan_with_rates_and_an_slo_on_the_edge_table_prints_every_method_and_wr
     assert plan["baselines"]["equal-allocation"]["utility"] is None  # an infinite figure is written as null
 
 
+@pytest.mark.slow
 def test_the_quality_objective_maximizes_clipscore_under_the_slo(capsys: pytest.CaptureFixture) -> None:
     done = genedge_in_process(capsys, "plan", *EDGE, "--objective", "quality", "--compare", "optimal-step")
     assert done.returncode == 0, done.stderr
