@@ -53,8 +53,10 @@ _TAIL_SIGMAS = 8.0
 # Line search of polish_requests: a coarse grid over the movable amount, then a fine one around its best.
 _POLISH_GRID = 33
 _POLISH_PASSES = 4
-# Bisections of the walk from a feasible routing towards a better one that misses the SLO.
+# Bisections of the walk from a feasible routing towards a better one that misses the SLO, and how
+# many of those (best bound first) are walked at one step vector.
 _REPAIR_BISECTIONS = 10
+_REPAIRED = 4
 # A polish move is taken only if it raises the utility by more than this, relative to it.
 _IMPROVEMENT_RTOL = 1e-12
 # Relative slack on a category's quality-floor budget ε·n_c, for the round-off of summed moves.
@@ -435,7 +437,7 @@ def frontier_candidates(
     value, full = problem.value_at(steps), problem.service_at(steps)
     candidates = frontier_routings(problem, value, full, allowed, floor)
     x, _bound = price_directed_assignment(problem, value, full, allowed, floor)
-    if x is not None:
+    if x is not None and not any(np.allclose(x, other) for other in candidates):
         candidates.append(x)
     bounds = np.array([unconstrained_utility(problem, requests, steps, batch_index) for requests in candidates])
     return candidates, bounds
@@ -476,7 +478,7 @@ def best_scored_routing(
     # A binding SLO puts the best plan between whole categories: walk from the best feasible routing
     # towards each better one that misses, to the last point that still meets the SLO.
     anchor = best[1]
-    for k in missed:
+    for k in missed[:_REPAIRED]:
         if bounds[k] <= best[0]:
             continue
         found = _repair(problem, steps, batch_index, anchor, routings[k])
@@ -529,12 +531,13 @@ def polish_scored(
     *,
     allowed: np.ndarray | None = None,
     grid: int = 9,
+    refinements: int = 2,
     passes: int = 2,
 ) -> tuple[np.ndarray, float, int]:
     """Improve a routing by pairwise request moves, on any plan value.
 
-    The moves of :func:`polish_requests` (a coarse grid over the amount moved, then a fine one
-    around its best), scored one by one with ``value(x)``: for delay models whose shares have no
+    The moves of :func:`polish_requests` (a coarse grid over the amount moved, then ``refinements − 1``
+    finer ones around its best), scored one by one with ``value(x)``: for delay models whose shares have no
     closed form. Requests move from a model in use to any allowed model (default: all), so a
     routing that overloads one model can spill onto an idle one. Moves that break a quality floor
     are not taken.
@@ -557,7 +560,7 @@ def polish_scored(
                         continue
                     lo, hi = 0.0, x[c, i]
                     top, top_x = best, None
-                    for _refine in range(2):
+                    for _refine in range(refinements):
                         step = (hi - lo) / (grid - 1)
                         for amount in lo + (hi - lo) * fractions[1:]:
                             trial = x.copy()

@@ -52,8 +52,10 @@ POLISH_CANDIDATES = 5
 MAX_START_SEARCH = 200_000
 # Under delay models scored without a closed form, this many of the best step vectors are polished.
 POLISH_CANDIDATES_SCORED = 2
-# Where those step vectors are too many to enumerate, this many of the window model's best are scored.
+# Where those step vectors are too many to enumerate, this many of the window model's best are scored,
+# with the window holding the arrivals of each of these many seconds in turn until one can be served.
 SURROGATE_SCORED = 3
+_SURROGATE_HORIZONS = (1.0, 10.0, 100.0)
 
 
 @timed
@@ -238,23 +240,35 @@ def _surrogate_then_scored(
     best step vectors are where the exact objective's best ones lie; the exact search measures the
     gap where it can enumerate.
     """
-    surrogate = dataclasses.replace(
-        problem, arrivals="window", realization="deterministic", slo=None, batch_sizes=None, batch_service_s=None
-    )
-    ranked = _plan_model_set(surrogate, allowed, maxiter=maxiter, rng=rng, callback=callback)
-    if ranked is None:
-        return None
     best: tuple[float, tuple[int, ...], np.ndarray, tuple] | None = None
-    nfev = ranked.nfev
-    for steps in ranked.ranked:
-        floor = problem.shortfall_at(steps)
-        candidates = frontier_candidates(problem, steps, allowed, floor)
-        if not candidates[0]:
-            continue
-        value, requests = best_scored_routing(problem, steps, allowed, floor, candidates=candidates)
-        nfev += len(candidates[0])
-        if requests is not None and (best is None or value > best[0]):
-            best = (value, steps, requests, candidates)
+    nfev = nit = 0
+    # The window model knows no stability: where its plan overloads a queue, weigh its delay more, as a
+    # window holding more of the arrivals would, until a ranked step vector can be served.
+    for horizon in _SURROGATE_HORIZONS:
+        surrogate = dataclasses.replace(
+            problem,
+            counts=problem.counts * horizon,
+            arrivals="window",
+            realization="deterministic",
+            slo=None,
+            batch_sizes=None,
+            batch_service_s=None,
+        )
+        ranked = _plan_model_set(surrogate, allowed, maxiter=maxiter, rng=rng, callback=callback)
+        if ranked is None:
+            return None
+        nfev, nit = nfev + ranked.nfev, nit + ranked.nit
+        for steps in ranked.ranked:
+            floor = problem.shortfall_at(steps)
+            candidates = frontier_candidates(problem, steps, allowed, floor)
+            if not candidates[0]:
+                continue
+            value, requests = best_scored_routing(problem, steps, allowed, floor, candidates=candidates)
+            nfev += len(candidates[0])
+            if requests is not None and (best is None or value > best[0]):
+                best = (value, steps, requests, candidates)
+        if best is not None and best[0] > INFEASIBLE:
+            break
     if best is None:
         return None
     # At this scale a pairwise polish costs (models² × categories) share searches: the frontier's
@@ -265,7 +279,7 @@ def _surrogate_then_scored(
         steps=steps,
         requests=requests,
         trajectory=ranked.trajectory,
-        nit=ranked.nit,
+        nit=nit,
         nfev=nfev,
         status=ranked.status,
     )
