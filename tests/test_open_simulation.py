@@ -20,14 +20,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from genedge.optimizer.problem import Problem, Slo
+from genedge.optimizer.problem import Slo
 from genedge.optimizer.result import make_result
 from genedge.optimizer.simulate import compare_arrival_models, simulate_open_plan
 from genedge.optimizer.system import evaluate
+from tests.test_objectives import _problem as objective_problem
 
-_GRID = np.array([10, 20])
-_FAST_S = 0.1 + 0.02 * _GRID  # 0.3 s per image at 10 steps on the whole device
-_SLOW_S = 0.2 + 0.06 * _GRID  # 0.8 s
+# Seconds per image on the whole device: fast 0.3 s, slow 0.8 s at 10 steps (see the objective tests).
 _RATES = (0.6, 0.4)  # requests/s of "easy" and "hard"
 # Relative p95 and absolute attainment tolerances per utilization (module doc).
 _P95_RTOL = {0.5: 0.05, 0.8: 0.15}
@@ -35,28 +34,8 @@ _ATTAINMENT_ATOL = {0.5: 0.01, 0.8: 0.04}
 
 
 def _problem(*, counts=_RATES, arrivals: str = "open", realization: str = "deterministic", batching: bool = False):
-    batch = {}
-    if batching:  # a batch of two takes 1.3 single calls
-        batch = {
-            "batch_sizes": (np.array([1, 2]), np.array([1, 2])),
-            "batch_service_s": (np.stack([_FAST_S, 1.3 * _FAST_S]), np.stack([_SLOW_S, 1.3 * _SLOW_S])),
-        }
-    return Problem(
-        models=("fast", "slow"),
-        categories=("easy", "hard"),
-        counts=np.array(counts, dtype=float),
-        steps=(_GRID, _GRID),
-        quality_mean=(np.array([[28.0, 30.0], [25.0, 27.0]]), np.array([[29.0, 31.0], [29.0, 31.5]])),
-        quality_std=(np.full((2, 2), 3.0), np.full((2, 2), 3.0)),
-        service_s=(_FAST_S, _SLOW_S),
-        default_step_index=(1, 1),
-        memory_bytes=np.array([4e9, 8e9]),
-        budget=1.0,
-        weight=0.05,
-        arrivals=arrivals,
-        realization=realization,
-        **batch,
-    )
+    """The two-model, two-category problem of the objective tests, at these rates (or counts)."""
+    return objective_problem(counts=counts, arrivals=arrivals, realization=realization, batching=batching)
 
 
 # Routings (rows: easy, hard; columns: fast, slow) and the call time per unit share of each model's
