@@ -251,6 +251,17 @@ def _routing_vertices(
     )
 
 
+def _price_segments(value: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The delay prices ν ≥ 0 where some category's best vertex changes (breakpoints t, from 0), and one
+    price inside each segment between them (the last one past the final breakpoint)."""
+    i, j = np.triu_indices(value.shape[1], k=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        crossings = (value[:, i] - value[:, j]) / (cost[:, i] - cost[:, j])
+    crossings = crossings[np.isfinite(crossings) & (crossings > 0)]
+    t = np.unique(np.concatenate([[0.0], crossings]))
+    return t, np.append((t[:-1] + t[1:]) / 2, t[-1] + 1.0)
+
+
 def _solve_price_dual(value: np.ndarray, cost: np.ndarray, n: np.ndarray, lam: float) -> np.ndarray:
     """Solve the one-dimensional price dual; return each category's weights over its vertices, shape (C, K)."""
     categories = np.arange(value.shape[0])
@@ -264,12 +275,7 @@ def _solve_price_dual(value: np.ndarray, cost: np.ndarray, n: np.ndarray, lam: f
     cheaper = cost[:, None, :] <= cost[:, :, None]
     strictly = (value[:, None, :] > value[:, :, None]) | (cost[:, None, :] < cost[:, :, None])
     value = np.where((better & cheaper & strictly).any(axis=2), -np.inf, value)
-    i, j = np.triu_indices(value.shape[1], k=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        crossings = (value[:, i] - value[:, j]) / (cost[:, i] - cost[:, j])
-    crossings = crossings[np.isfinite(crossings) & (crossings > 0)]
-    t = np.unique(np.concatenate([[0.0], crossings]))
-    probes = np.append((t[:-1] + t[1:]) / 2, t[-1] + 1.0)  # one price inside each segment
+    t, probes = _price_segments(value, cost)
     choice = (value[None, :, :] - probes[:, None, None] * cost[None, :, :]).argmax(axis=2)  # (segments, C)
     slope = (n[None, :] * cost[categories[None, :], choice]).sum(axis=1)  # S = Σ_c n_c cost of its choice
     right = np.append(t[1:], np.inf)
@@ -407,12 +413,7 @@ def frontier_routings(
     value, cost, mix = _routing_vertices(mean, a, allowed, shortfall, problem.max_shortfall)
     if not np.isfinite(value).any(axis=1).all():
         return []
-    i, j = np.triu_indices(value.shape[1], k=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        crossings = (value[:, i] - value[:, j]) / (cost[:, i] - cost[:, j])
-    crossings = crossings[np.isfinite(crossings) & (crossings > 0)]
-    t = np.unique(np.concatenate([[0.0], crossings]))
-    probes = np.append((t[:-1] + t[1:]) / 2, t[-1] + 1.0)
+    _t, probes = _price_segments(value, cost)
     probes = np.concatenate([[0.0], probes])
     # Ties at ν = 0 go to the cheaper vertex, as any positive price would.
     scores = value[None, :, :] - probes[:, None, None] * cost[None, :, :] - 1e-12 * cost[None, :, :]

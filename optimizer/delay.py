@@ -36,6 +36,7 @@ __all__ = [
     "delay_figures",
     "delay_mass",
     "delay_quantile",
+    "fifo_delay_coefficient",
     "attainment_matrix",
     "model_attainment",
     "model_served_within",
@@ -90,6 +91,11 @@ def utilization(loads: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray) ->
         return np.where(deployed_mask(loads), loads * call_s / max_batch, 0.0)
 
 
+def fifo_delay_coefficient(full_share_s: np.ndarray | float, loads: np.ndarray | float) -> np.ndarray:
+    """K_m = (o_m + τ_m s_m) · N_m (N_m + 1) / 2: total FIFO delay on model m is K_m / r_m (s · GPU)."""
+    return full_share_s * loads * (loads + 1) / 2
+
+
 def window_delay_coefficient(problem: Problem, requests: np.ndarray, max_batch: np.ndarray) -> np.ndarray:
     """c_m with total window delay on model m = c_m · S_m: E[Σ_{i ≤ N_m} ⌈i/b_m⌉], shape (M,).
 
@@ -107,7 +113,7 @@ def model_window_coefficient(problem: Problem, requests: np.ndarray, model: int,
         return 0.0
     if problem.realization == "deterministic":
         if batch == 1:  # the paper's D_m = t_m (N_m + 1) / 2, smooth in expected loads as the planners take it
-            return load * (load + 1) / 2
+            return float(fifo_delay_coefficient(1.0, load))
         return float(queueing.window_batch_delay_sum(load, 1.0, batch))
     values, pmf = _load_distribution(problem, requests, model)
     return float(pmf @ queueing.window_batch_delay_sum(values, np.ones_like(values), batch))

@@ -35,7 +35,6 @@ import dataclasses
 import itertools
 
 import numpy as np
-from scipy.optimize import linprog
 
 from genedge.optimizer.assignment import (
     best_scored_routing,
@@ -339,6 +338,8 @@ def _linear_bound(
     """The linear relaxation of :func:`scored_upper_bound`; None where it adds nothing to the vertex bound."""
     if problem.slo is None and problem.arrivals == "window":
         return None
+    from scipy.optimize import linprog  # only SLOs and open arrivals need it; the paper's problem never does
+
     c, m = value.shape
     n = problem.counts
     nx = c * m

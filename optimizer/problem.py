@@ -318,10 +318,7 @@ class Problem:
         The energy term depends on the steps alone, so it folds into the quality term and every
         planner that maximizes quality minus delay maximizes the utility with energy too.
         """
-        value = self.mean_at(step_index)
-        if self.energy_price > 0:
-            value = value - self.energy_price * self.energy_at(step_index)[None, :]
-        return value
+        return np.stack([self.value_grid(m)[:, k] for m, k in enumerate(step_index)], axis=1)
 
     def value_grid(self, model: int) -> np.ndarray:
         """μ[c, k] − κ·E(k) of one model over its grid, shape (C, K_m)."""

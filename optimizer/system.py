@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genedge.optimizer.delay import delay_figures
+from genedge.optimizer.delay import delay_figures, fifo_delay_coefficient
 from genedge.optimizer.problem import DEPLOYED_MIN_REQUESTS, Problem, deployed_mask
 
 __all__ = [
@@ -93,11 +93,6 @@ class Evaluation:
     feasible: bool = True
     max_batch: np.ndarray | None = None
     mg1_mean_delay_s: float | None = None
-
-
-def fifo_delay_coefficient(full_share_s: np.ndarray | float, loads: np.ndarray | float) -> np.ndarray:
-    """K_m = (o_m + τ_m s_m) · N_m (N_m + 1) / 2: total FIFO delay on model m is K_m / r_m (s · GPU)."""
-    return full_share_s * loads * (loads + 1) / 2
 
 
 def optimal_shares(full_share_s: np.ndarray, loads: np.ndarray, budget: float) -> np.ndarray:

@@ -80,14 +80,10 @@ def test_the_quality_objective_maximizes_clipscore_under_the_slo(capsys: pytest.
         (("--rates", "Basic=x"), "--rates: expected a number for 'Basic'"),
         (("--rate", "5", "--table", "galaxy-s24"), "No plan can keep every queue stable"),
         (("--energy-price", "0.01", "--table", "galaxy-s24"), "the table has none for ['sd15', 'sd21']"),
-        (("--batching",), "batch"),
     ],
 )
 def test_bad_service_options_are_one_clear_line(capsys: pytest.CaptureFixture, args: tuple, message: str) -> None:
     done = genedge_in_process(capsys, "plan", *args)
-    if args == ("--batching",):  # the reference table has one batch size per model: batching is a no-op, not an error
-        assert done.returncode == 0, done.stderr
-        return
     assert done.returncode == 2, done.stdout
     assert message in done.stderr
     assert "Traceback" not in done.stderr
@@ -154,6 +150,11 @@ def test_batching_is_chosen_where_it_pays(tmp_path: Path, capsys: pytest.Capture
     batched = genedge_in_process(capsys, *args, "--batching", "--out", str(tmp_path / "plan.json"))
     assert plain.returncode == 0 and batched.returncode == 0, batched.stderr
     assert "max batch" in batched.stdout and "batching" in batched.stdout
+    # A table whose models have one batch size each leaves nothing to choose: the same plan as without.
+    shipped = ("plan", "--table", "galaxy-s24", "--rate", "0.2", "--compare", "exact")
+    with_flag = _method_rows(genedge_in_process(capsys, *shipped, "--batching").stdout)
+    without = _method_rows(genedge_in_process(capsys, *shipped).stdout)
+    assert {m: r[:7] for m, r in with_flag.items()} == {m: r[:7] for m, r in without.items()}  # all but times
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert max(m["max_batch"] for m in plan["models"].values()) == 2
     # A batch of two at 1.6× the time serves more per second: the mean delay drops at this load.
