@@ -1,15 +1,16 @@
-"""Files shipped with genedge: calibration tables, replica configs, workloads.
+"""Files shipped with genedge: calibration tables, prompt routers, replica configs, workloads.
 
-Paths are resolved with :func:`path`; nothing here is read at import time. Shipped
-calibration tables have names (their file stems under ``tables/``, e.g. ``reference-a100``):
-:func:`shipped_tables` lists them and :func:`resolve_table` turns a name or a path into a file.
+Paths are resolved with :func:`path`; nothing here is read at import time. Shipped calibration
+tables and routers have names (their file stems under ``tables/`` and ``routers/``, e.g.
+``reference-a100`` and ``paper4-tfidf``): :func:`shipped_tables` and :func:`shipped_routers` list
+them, and :func:`resolve_table` and :func:`resolve_router` turn a name or a path into a file.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["path", "resolve_table", "shipped_tables"]
+__all__ = ["path", "resolve_router", "resolve_table", "shipped_routers", "shipped_tables"]
 
 _ROOT = Path(__file__).parent
 
@@ -19,9 +20,34 @@ def path(*parts: str) -> Path:
     return _ROOT.joinpath(*parts)
 
 
+def _shipped(folder: str) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(path(folder).glob("*.json"), key=lambda p: p.stem)}
+
+
 def shipped_tables() -> dict[str, Path]:
     """Shipped calibration tables: name (the file stem) → path, sorted by name."""
-    return {p.stem: p for p in sorted(path("tables").glob("*.json"), key=lambda p: p.stem)}
+    return _shipped("tables")
+
+
+def shipped_routers() -> dict[str, Path]:
+    """Shipped prompt routers: name (the file stem) → path, sorted by name."""
+    return _shipped("routers")
+
+
+def _resolve(name_or_path: str | Path, shipped: dict[str, Path], what: str, listing: str) -> Path:
+    candidate = Path(name_or_path)
+    if candidate.is_file():
+        return candidate
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    if candidate.exists():
+        raise ValueError(f"{str(name_or_path)!r} is a directory, not a {what}: expected a JSON file")
+    if candidate.suffix == ".json" or len(candidate.parts) > 1:
+        raise ValueError(f"{str(name_or_path)!r}: no such {what} file")
+    raise ValueError(
+        f"no {what} {str(name_or_path)!r}: expected an existing file or a shipped {what} name, "
+        f"one of {list(shipped)} ({listing})"
+    )
 
 
 def resolve_table(name_or_path: str | Path) -> Path:
@@ -32,17 +58,14 @@ def resolve_table(name_or_path: str | Path) -> Path:
     Raises:
         ValueError: neither an existing file nor a shipped name; the message lists the shipped names.
     """
-    candidate = Path(name_or_path)
-    if candidate.is_file():
-        return candidate
-    shipped = shipped_tables()
-    if str(name_or_path) in shipped:
-        return shipped[str(name_or_path)]
-    if candidate.exists():
-        raise ValueError(f"{str(name_or_path)!r} is a directory, not a calibration table: expected a JSON file")
-    if candidate.suffix == ".json" or len(candidate.parts) > 1:
-        raise ValueError(f"{str(name_or_path)!r}: no such calibration table file")
-    raise ValueError(
-        f"no calibration table {str(name_or_path)!r}: expected an existing file or a shipped table name, "
-        f"one of {list(shipped)}"
-    )
+    return _resolve(name_or_path, shipped_tables(), "calibration table", "see 'genedge tables'")
+
+
+def resolve_router(name_or_path: str | Path) -> Path:
+    """The prompt router file that ``name_or_path`` names: an existing file, or a shipped router's name
+    (e.g. ``"paper4-tfidf"``).
+
+    Raises:
+        ValueError: neither an existing file nor a shipped name; the message lists the shipped names.
+    """
+    return _resolve(name_or_path, shipped_routers(), "prompt router", "see 'genedge router list'")

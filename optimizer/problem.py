@@ -18,7 +18,7 @@ from scipy.special import ndtr
 from genedge.optimizer.workload import Workload
 
 if TYPE_CHECKING:
-    from genedge.calibrate.table import CalibrationTable
+    from genedge.calibrate.table import CalibrationTable, ModelCalibration
 
 __all__ = [
     "ARRIVAL_MODELS",
@@ -350,7 +350,8 @@ class Problem:
 
         Args:
             table: the calibration table.
-            workload: requests per category; every category must be one of the table's.
+            workload: requests per category; every category must be one of the table's. Where the
+                workload has a composition (a router's errors), each category scores as its mixture.
             budget: compute budget R in GPU units.
             weight: w, CLIPScore points per second of mean delay.
             models: restrict to these model keys (default: all of the table's).
@@ -378,7 +379,8 @@ class Problem:
             )
         if arrivals == "window" and workload.per_second:
             raise ValueError("The window model needs requests per window, but the workload gives rates (requests/s)")
-        unknown = sorted(set(workload.counts) - set(table.categories))
+        true_categories = {t for c in workload.counts for t in workload.true_shares(c)}
+        unknown = sorted((set(workload.counts) | true_categories) - set(table.categories))
         if unknown:
             raise ValueError(
                 f"workload categories {unknown} are not in the table; expected a subset of {list(table.categories)}"
@@ -401,7 +403,7 @@ class Problem:
         for key in keys:
             model = table.models[key]
             grid = np.asarray(model.steps, dtype=int)
-            cells = [[model.quality_at(c, int(s)) for s in grid] for c in categories]
+            cells = [[_served_quality(model, workload.true_shares(c), int(s)) for s in grid] for c in categories]
             arr = np.asarray(cells, dtype=float)  # (C, K, 2)
             steps.append(grid)
             means.append(arr[..., 0])
@@ -531,3 +533,14 @@ class Problem:
         if self.device_memory_bytes is None:
             return True
         return float(self.memory_bytes[in_use].sum()) <= self.device_memory_bytes
+
+
+def _served_quality(model: ModelCalibration, shares: Mapping[str, float], steps: int) -> tuple[float, float]:
+    """CLIPScore mean and std of requests served as one category that are truly a mixture of categories
+    (``shares``: true category → share): μ = Σ w_t μ_t, σ² = Σ w_t (σ_t² + μ_t²) − μ²."""
+    if len(shares) == 1:  # a pure category: its own cell, exactly
+        return model.quality_at(next(iter(shares)), steps)
+    cells = [(w, *model.quality_at(t, steps)) for t, w in shares.items()]
+    mean = sum(w * mu for w, mu, _ in cells)
+    second = sum(w * (sd * sd + mu * mu) for w, mu, sd in cells)
+    return mean, math.sqrt(max(second - mean * mean, 0.0))

@@ -6,15 +6,10 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-
-from genedge.contract.files import ArtifactError
-from genedge.contract.mappings import label_to_category
-from genedge.contract.prompts import read_prompt_file
 
 __all__ = ["Workload"]
 
@@ -27,10 +22,15 @@ class Workload:
         counts: category → number of requests per window (whole numbers ≥ 0), or, with
             ``per_second``, arrival rate λ_c in requests per second (≥ 0); at least one > 0.
         per_second: whether ``counts`` are rates (the open-arrival delay model plans for them).
+        composition: what the requests served as each category truly are: served category →
+            {true category: share}, shares summing to 1; None (the default) when every request is
+            served as its own category. A prompt router's errors make it otherwise: the requests it
+            routes to category c are a mixture of true categories, and score as that mixture.
     """
 
     counts: Mapping[str, float]
     per_second: bool = False
+    composition: Mapping[str, Mapping[str, float]] | None = None
 
     def __post_init__(self) -> None:
         if not self.counts:
@@ -44,11 +44,31 @@ class Workload:
                 raise ValueError(f"Expected a whole number of requests for category {category!r}, but got {count!r}")
         if sum(self.counts.values()) <= 0:
             raise ValueError(f"Expected at least one request in the workload, but got {dict(self.counts)}")
+        if self.composition is not None:
+            self._check_composition()
+
+    def _check_composition(self) -> None:
+        for served, shares in self.composition.items():
+            if served not in self.counts:
+                raise ValueError(f"composition: category {served!r} is not among the workload's {list(self.counts)}")
+            values = list(shares.values())
+            if not values or any(not (math.isfinite(v) and v >= 0) for v in values) or abs(sum(values) - 1) > 1e-9:
+                raise ValueError(
+                    f"composition: expected shares >= 0 summing to 1 for category {served!r}, but got {dict(shares)}"
+                )
+
+    def true_shares(self, served: str) -> Mapping[str, float]:
+        """What the requests served as category ``served`` truly are: {true category: share}."""
+        if self.composition is None or served not in self.composition:
+            return {served: 1.0}
+        return self.composition[served]
 
     @classmethod
-    def from_rates(cls, rates: Mapping[str, float]) -> Workload:
+    def from_rates(
+        cls, rates: Mapping[str, float], composition: Mapping[str, Mapping[str, float]] | None = None
+    ) -> Workload:
         """Build a workload of arrival rates ``{category: requests per second}``."""
-        return cls(counts=dict(rates), per_second=True)
+        return cls(counts=dict(rates), per_second=True, composition=composition)
 
     def as_rates(self, window_s: float) -> Workload:
         """The same demand as rates: N requests per window of ``window_s`` seconds is N / window_s per second."""
@@ -56,7 +76,7 @@ class Workload:
             return self
         if not (math.isfinite(window_s) and window_s > 0):
             raise ValueError(f"Expected a window length > 0 seconds, but got {window_s}")
-        return Workload.from_rates({c: n / window_s for c, n in self.counts.items()})
+        return Workload.from_rates({c: n / window_s for c, n in self.counts.items()}, self.composition)
 
     @classmethod
     def from_counts(cls, counts: Mapping[str, float]) -> Workload:
@@ -81,40 +101,17 @@ class Workload:
         counts[order[: total - counts.sum()]] += 1
         return cls(counts={n: int(c) for n, c in zip(names, counts)})
 
-    @classmethod
-    def from_prompt_file(cls, path: str | Path, mapping: Mapping[str, Any]) -> Workload:
-        """Count the prompts of a prompt file per category.
-
-        Args:
-            path: a prompt file (TSV, CSV or Parquet with a header; see
-                :func:`genedge.contract.read_prompt_file`).
-            mapping: a category mapping (``column`` and ``labels``); rows with other labels are not counted.
-
-        Raises:
-            ArtifactError: the file is malformed or lacks the mapping's column, or no row maps to a category.
-        """
-        table = read_prompt_file(path)
-        to_category = label_to_category(mapping)
-        counts: dict[str, int] = {}
-        for label in table.column(mapping["column"]):
-            category = to_category.get(label)
-            if category is not None:
-                counts[category] = counts.get(category, 0) + 1
-        if not counts:
-            raise ArtifactError(
-                str(path), mapping["column"], f"expected labels among {sorted(to_category)}, but no row has one"
-            )
-        return cls(counts=counts)
-
     def scaled(self, total: int) -> Workload:
         """The same category mix with ``total`` requests."""
         if self.per_second:
             raise ValueError("Expected a workload of counts to scale, but this one gives rates")
-        return Workload.from_mix(self.counts, total)
+        return replace(Workload.from_mix(self.counts, total), composition=self.composition)
 
     def sha256(self) -> str:
         """Hash of the workload, written into plans to identify their inputs."""
         document: dict[str, Any] = dict(self.counts)
         if self.per_second:  # counts keep their old hash; rates are told apart from counts
             document = {"per_second": document}
+        if self.composition is not None:
+            document = {"counts": document, "composition": self.composition}
         return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()

@@ -91,7 +91,7 @@ def test_plan_counts_a_prompt_file_by_category(tmp_path):
         (["--compare", "greedy"], "unknown methods ['greedy']"),
         (["--table", "missing.json"], "missing.json"),
         (["--table", "/"], "is a directory"),
-        (["--table", "jetson"], "expected an existing file or a shipped table name, one of ['galaxy-s24'"),
+        (["--table", "jetson"], "expected an existing file or a shipped calibration table name, one of ['galaxy-s24'"),
         (["--min-clipscore", "40"], "No plan keeps P(CLIPScore < 40) <= 0.05 for every category"),
         (
             ["--memory-gib", "3"],

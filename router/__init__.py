@@ -1,0 +1,29 @@
+"""Prompt routers: put any prompt into a category of a category mapping.
+
+Importing this package is cheap; the embedding backend imports sentence-transformers (and torch)
+only when an embedding router first embeds.
+"""
+
+from genedge._lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        ".model": (
+            "BACKENDS",
+            "DEFAULT_C",
+            "PromptRouter",
+            "RouterError",
+            "cross_validate",
+            "labelled_prompts",
+            "load_router",
+            "router_from_dict",
+            "train_router",
+        ),
+        ".evaluate": ("ClassificationReport", "plot_confusion", "stratified_folds"),
+        ".counting": ("PromptCounts", "count_prompts"),
+        ".embedding": ("DEFAULT_EMBEDDING_MODEL", "SentenceEncoder"),
+        ".logistic": ("LogisticClassifier", "fit_logistic"),
+        ".tfidf": ("TfidfFeatures",),
+    },
+)

@@ -1,0 +1,485 @@
+"""Prompt routers: prompt text → probabilities over the categories of a category mapping.
+
+Two backends share one classifier (:mod:`.logistic`) and differ in their features:
+
+- ``tfidf``: TF-IDF of the prompt's words (:mod:`.tfidf`); numpy and scipy only, so it installs
+  with the planner, and a router trained on PartiPrompts ships with genedge (``paper4-tfidf``);
+- ``embedding``: sentence embeddings (:mod:`.embedding`), all-MiniLM-L6-v2 by default
+  (``paper4-minilm`` ships too; it needs ``genedge[router]``).
+
+A router file is JSON: plain numbers and strings, never pickle. It holds the category mapping it
+was trained under, the features (vocabulary and idf, or the embedding model's name and probe), the
+classifier's weights, where its training prompts came from, and the confusion matrix of its own
+stratified k-fold cross-validation, from which plans take P(true category | predicted category).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genedge.contract.files import ArtifactError, read_json, write_text_atomic
+from genedge.contract.mappings import check_category_mapping, label_to_category
+from genedge.contract.prompts import PROMPT_COLUMN, PromptTable
+from genedge.router.evaluate import (
+    ClassificationReport,
+    cross_validated_predictions,
+    majority_baseline,
+    stratified_folds,
+)
+from genedge.router.logistic import LogisticClassifier, fit_logistic
+from genedge.router.tfidf import TfidfFeatures
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_C",
+    "ROUTER_FORMAT",
+    "ROUTER_SCHEMA_VERSION",
+    "PromptRouter",
+    "RouterError",
+    "cross_validate",
+    "labelled_prompts",
+    "load_router",
+    "router_from_dict",
+    "train_router",
+]
+
+ROUTER_FORMAT = "genedge.router"
+ROUTER_SCHEMA_VERSION = 1
+#: Backend name → what its features are.
+BACKENDS: dict[str, str] = {
+    "tfidf": "TF-IDF of words + logistic regression",
+    "embedding": "sentence embeddings + logistic regression",
+}
+#: The classifier's C per backend: chosen by 5-fold CV accuracy on PartiPrompts among 1, 10 and 100
+#: (TF-IDF) and 0.3 … 30 (embeddings); README gives the figures.
+DEFAULT_C: dict[str, float] = {"tfidf": 10.0, "embedding": 10.0}
+#: The TF-IDF vocabulary: words (no n-grams) in at least 2 training prompts; bigrams scored lower in CV.
+TFIDF_NGRAM_MAX = 1
+TFIDF_MIN_DF = 2
+#: Prompts per chunk of a prediction, the unit of its progress reports.
+PREDICT_CHUNK = 1024
+
+
+class RouterError(ArtifactError):
+    """A router file is malformed, or does not fit what it is used with."""
+
+
+class PromptRouter:
+    """A trained router (see the module docstring).
+
+    Attributes:
+        name: the router's name (shipped routers are found by it).
+        backend: one of :data:`BACKENDS`.
+        mapping: the category mapping it routes into.
+        categories: the mapping's categories, the order of every probability vector.
+        classifier: the fitted weights.
+        tfidf: the TF-IDF features (``tfidf`` backend), else None.
+        embedding_model: the sentence-transformers model (``embedding`` backend), else None.
+        probe: the first coordinates of the probe sentence's embedding (``embedding`` backend).
+        training: provenance: the prompt file and its hash, rows per category, C, seed, folds.
+        cross_validation: the k-fold cross-validation report (its confusion matrix feeds plans).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        backend: str,
+        mapping: Mapping[str, Any],
+        classifier: LogisticClassifier,
+        training: Mapping[str, Any],
+        cross_validation: ClassificationReport,
+        tfidf: TfidfFeatures | None = None,
+        embedding_model: str | None = None,
+        probe: Sequence[float] | None = None,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"Expected a router backend in {list(BACKENDS)}, but got {backend!r}")
+        if (backend == "tfidf") != (tfidf is not None) or (backend == "embedding") != (embedding_model is not None):
+            raise ValueError(f"A {backend!r} router needs exactly the features of its backend")
+        self.name = name
+        self.backend = backend
+        self.mapping = dict(mapping)
+        self.categories = tuple(mapping["labels"])
+        self.classifier = classifier
+        self.training = dict(training)
+        self.cross_validation = cross_validation
+        self.tfidf = tfidf
+        self.embedding_model = embedding_model
+        self.probe = None if probe is None else [float(v) for v in probe]
+        self._encoder: Any = None
+
+    def __repr__(self) -> str:
+        return f"PromptRouter(name={self.name!r}, backend={self.backend!r}, categories={list(self.categories)})"
+
+    def _features(self, prompts: Sequence[str], progress: Callable[[int], Any] | None) -> Any:
+        if self.tfidf is not None:
+            matrix = self.tfidf.transform(prompts)
+            if progress is not None:
+                progress(len(prompts))
+            return matrix
+        return self.encoder().encode(prompts, progress)
+
+    def encoder(self) -> Any:
+        """The embedding backend's :class:`~genedge.router.embedding.SentenceEncoder`, loaded on first
+        use and checked against the router's probe.
+
+        Raises:
+            RouterError: the model gives other embeddings than the one the router was trained on.
+        """
+        if self._encoder is None:
+            from genedge.router.embedding import SentenceEncoder
+
+            encoder = SentenceEncoder(self.embedding_model)
+            probe = encoder.probe()
+            if self.probe is not None and not np.allclose(probe, self.probe, atol=1e-4):
+                raise RouterError(
+                    f"router {self.name!r}",
+                    "embedding.probe",
+                    f"the model {self.embedding_model!r} embeds the probe sentence as {probe}, but the router was "
+                    f"trained on a model that gave {self.probe}: train the router again on this model",
+                )
+            self._encoder = encoder
+        return self._encoder
+
+    def predict_proba(self, prompts: Sequence[str], progress: Callable[[int], Any] | None = None) -> np.ndarray:
+        """P(category | prompt), shape (n, K) in :attr:`categories` order.
+
+        Args:
+            prompts: the prompt texts.
+            progress: called with the number of prompts done after each chunk, if given.
+        """
+        if not prompts:
+            return np.zeros((0, len(self.categories)))
+        chunks = [
+            self.classifier.predict_proba(self._features(prompts[i : i + PREDICT_CHUNK], progress))
+            for i in range(0, len(prompts), PREDICT_CHUNK)
+        ]
+        return np.concatenate(chunks)
+
+    def route(
+        self, prompts: Sequence[str], progress: Callable[[int], Any] | None = None
+    ) -> tuple[list[str], np.ndarray]:
+        """The most probable category of each prompt and its probability."""
+        proba = self.predict_proba(prompts, progress)
+        best = proba.argmax(axis=1)
+        return [self.categories[i] for i in best], proba[np.arange(len(best)), best]
+
+    def served_mix(self) -> dict[str, dict[str, float]]:
+        """P(true category | routed to category), from the cross-validation's confusion matrix."""
+        return self.cross_validation.served_mix()
+
+    def fits_mapping(self, mapping: Mapping[str, Any]) -> bool:
+        """Whether the router routes into exactly this mapping's categories (same column, same labels)."""
+        return self.mapping["column"] == mapping["column"] and {
+            c: sorted(labels) for c, labels in self.mapping["labels"].items()
+        } == {c: sorted(labels) for c, labels in mapping["labels"].items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The router as JSON-ready data."""
+        features: dict[str, Any]
+        if self.tfidf is not None:
+            features = {"tfidf": self.tfidf.to_dict()}
+        else:
+            features = {"embedding": {"model": self.embedding_model, "probe": self.probe}}
+        return {
+            "format": ROUTER_FORMAT,
+            "schema_version": ROUTER_SCHEMA_VERSION,
+            "name": self.name,
+            "backend": self.backend,
+            "category_mapping": self.mapping,
+            "categories": list(self.categories),
+            **features,
+            "classifier": {
+                "kind": "multinomial logistic regression",
+                "coef": self.classifier.coef.tolist(),
+                "intercept": self.classifier.intercept.tolist(),
+            },
+            "training": self.training,
+            "cross_validation": self.cross_validation.to_dict(),
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the router as JSON, atomically."""
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+
+def _finite_matrix(value: Any, shape: tuple[int, ...], where: str, field: str) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise RouterError(where, field, f"expected numbers, but got {str(value)[:60]!r}") from err
+    if array.shape != shape or not np.isfinite(array).all():
+        raise RouterError(where, field, f"expected finite numbers of shape {shape}, but got shape {array.shape}")
+    return array
+
+
+def router_from_dict(document: Any, where: str = "<router>") -> PromptRouter:
+    """Validate a router document and build the router.
+
+    Raises:
+        RouterError: naming ``where`` and the field: another format or schema version, an unknown
+            backend, categories that are not the mapping's, or weights of the wrong shape.
+    """
+    if not isinstance(document, dict) or document.get("format") != ROUTER_FORMAT:
+        raise RouterError(where, "format", f"expected a genedge router ({ROUTER_FORMAT!r})")
+    if document.get("schema_version") != ROUTER_SCHEMA_VERSION:
+        raise RouterError(
+            where, "schema_version", f"expected {ROUTER_SCHEMA_VERSION}, but got {document.get('schema_version')!r}"
+        )
+    for field in ("name", "backend", "category_mapping", "categories", "classifier", "training", "cross_validation"):
+        if field not in document:
+            raise RouterError(where, field, "missing field")
+    backend = document["backend"]
+    if backend not in BACKENDS:
+        raise RouterError(where, "backend", f"expected one of {list(BACKENDS)}, but got {backend!r}")
+    mapping = check_category_mapping(document["category_mapping"], where, RouterError)
+    categories = list(mapping["labels"])
+    if document["categories"] != categories:
+        raise RouterError(
+            where, "categories", f"expected the mapping's categories {categories}, but got {document['categories']!r}"
+        )
+    tfidf = embedding_model = probe = None
+    if backend == "tfidf":
+        raw = document.get("tfidf")
+        if not isinstance(raw, dict) or not isinstance(raw.get("vocabulary"), list):
+            raise RouterError(where, "tfidf.vocabulary", "expected a list of terms")
+        if not all(isinstance(t, str) for t in raw["vocabulary"]):
+            raise RouterError(where, "tfidf.vocabulary", "expected every term to be a string")
+        for field in ("ngram_max", "min_df"):
+            if not isinstance(raw.get(field), int) or raw[field] < 1:
+                raise RouterError(where, f"tfidf.{field}", f"expected an integer >= 1, but got {raw.get(field)!r}")
+        _finite_matrix(raw.get("idf"), (len(raw["vocabulary"]),), where, "tfidf.idf")
+        tfidf = TfidfFeatures.from_dict(raw)
+        dimension = tfidf.dimension
+    else:
+        raw = document.get("embedding")
+        if not isinstance(raw, dict) or not isinstance(raw.get("model"), str) or not raw["model"]:
+            raise RouterError(where, "embedding.model", "expected the sentence-transformers model's name")
+        embedding_model = raw["model"]
+        if raw.get("probe") is not None:
+            probe = _finite_matrix(raw["probe"], (len(raw["probe"]),), where, "embedding.probe").tolist()
+        coef = document["classifier"].get("coef") if isinstance(document["classifier"], dict) else None
+        dimension = len(coef) if isinstance(coef, list) else -1
+    classifier_doc = document["classifier"]
+    if not isinstance(classifier_doc, dict):
+        raise RouterError(where, "classifier", "expected an object with coef and intercept")
+    k = len(categories)
+    classifier = LogisticClassifier(
+        coef=_finite_matrix(classifier_doc.get("coef"), (dimension, k), where, "classifier.coef"),
+        intercept=_finite_matrix(classifier_doc.get("intercept"), (k,), where, "classifier.intercept"),
+    )
+    cv = document["cross_validation"]
+    if not isinstance(cv, dict) or cv.get("categories") != categories:
+        raise RouterError(where, "cross_validation.categories", f"expected the mapping's categories {categories}")
+    confusion = _finite_matrix(cv.get("confusion"), (k, k), where, "cross_validation.confusion")
+    if (confusion < 0).any() or (confusion != np.round(confusion)).any() or confusion.sum() <= 0:
+        raise RouterError(where, "cross_validation.confusion", "expected counts >= 0 with a positive sum")
+    if not isinstance(document["training"], dict):
+        raise RouterError(where, "training", "expected an object")
+    return PromptRouter(
+        name=str(document["name"]),
+        backend=backend,
+        mapping=mapping,
+        classifier=classifier,
+        training=document["training"],
+        cross_validation=ClassificationReport(tuple(categories), confusion.astype(int)),
+        tfidf=tfidf,
+        embedding_model=embedding_model,
+        probe=probe,
+    )
+
+
+def load_router(name_or_path: str | os.PathLike[str]) -> PromptRouter:
+    """Load a router: a JSON file, or the name of a shipped router (see :func:`genedge.data.shipped_routers`).
+
+    Raises:
+        ValueError: neither a file nor a shipped name.
+        RouterError: the file is not a valid router (naming the field).
+    """
+    from genedge.data import resolve_router
+
+    path = resolve_router(name_or_path)
+    return router_from_dict(read_json(path, "a JSON genedge router", RouterError), str(path))
+
+
+def labelled_prompts(table: PromptTable, mapping: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The prompts of a prompt table whose label the mapping knows, and their categories.
+
+    Raises:
+        ArtifactError: the table lacks the prompt column or the mapping's column.
+    """
+    to_category = label_to_category(mapping)
+    prompts, labels = table.column(PROMPT_COLUMN), table.column(mapping["column"])
+    pairs = [(p, to_category[label]) for p, label in zip(prompts, labels) if label in to_category]
+    return [p for p, _ in pairs], [c for _, c in pairs]
+
+
+class _FeatureCache:
+    """A backend's features of the training prompts, fitted on a subset of rows where the backend's
+    featurization is itself learned (TF-IDF's vocabulary), fixed where it is not (embeddings)."""
+
+    def __init__(self, backend: str, prompts: Sequence[str], embedding_model: str | None) -> None:
+        self.backend = backend
+        self.prompts = list(prompts)
+        self.encoder = None
+        self.embeddings = None
+        if backend == "embedding":
+            from genedge.router.embedding import SentenceEncoder
+
+            self.encoder = SentenceEncoder(embedding_model)
+            self.embeddings = self.encoder.encode(self.prompts)
+
+    def fit(self, rows: np.ndarray) -> tuple[TfidfFeatures | None, Any]:
+        """(the fitted TF-IDF features or None, the feature matrix of ``rows``)."""
+        if self.embeddings is not None:
+            return None, self.embeddings[rows]
+        tfidf = TfidfFeatures.fit([self.prompts[i] for i in rows], ngram_max=TFIDF_NGRAM_MAX, min_df=TFIDF_MIN_DF)
+        return tfidf, tfidf.transform([self.prompts[i] for i in rows])
+
+    def transform(self, tfidf: TfidfFeatures | None, rows: np.ndarray) -> Any:
+        if self.embeddings is not None:
+            return self.embeddings[rows]
+        return tfidf.transform([self.prompts[i] for i in rows])
+
+
+def _check_training_data(prompts: Sequence[str], categories: Sequence[str], mapping: Mapping[str, Any]) -> np.ndarray:
+    names = list(mapping["labels"])
+    if len(prompts) != len(categories):
+        raise ValueError(f"Expected one category per prompt, but got {len(prompts)} prompts, {len(categories)} labels")
+    unknown = sorted(set(categories) - set(names))
+    if unknown:
+        raise ValueError(f"Expected categories of the mapping {names}, but got {unknown}")
+    return np.array([names.index(c) for c in categories], dtype=int)
+
+
+def cross_validate(
+    prompts: Sequence[str],
+    categories: Sequence[str],
+    mapping: Mapping[str, Any],
+    backend: str,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    c: float | None = None,
+    embedding_model: str | None = None,
+    features: _FeatureCache | None = None,
+) -> tuple[ClassificationReport, ClassificationReport]:
+    """Stratified k-fold cross-validation of a backend on labelled prompts.
+
+    Returns:
+        (the backend's report, the majority-class baseline's report on the same folds).
+
+    Raises:
+        ValueError: an unknown backend or category, or a category with fewer prompts than folds.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"Expected a router backend in {list(BACKENDS)}, but got {backend!r}")
+    labels = _check_training_data(prompts, categories, mapping)
+    names = list(mapping["labels"])
+    c = DEFAULT_C[backend] if c is None else c
+    if features is None:
+        features = _FeatureCache(backend, prompts, _default_model(backend, embedding_model))
+    splits = stratified_folds(labels, folds, seed)
+
+    def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        tfidf, x_train = features.fit(train)
+        classifier = fit_logistic(x_train, labels[train], len(names), c=c)
+        return classifier.predict_proba(features.transform(tfidf, test)).argmax(axis=1)
+
+    predicted = cross_validated_predictions(labels, splits, fit_predict)
+    return (
+        ClassificationReport.from_predictions(names, labels, predicted),
+        majority_baseline(names, labels, splits),
+    )
+
+
+def _default_model(backend: str, embedding_model: str | None) -> str | None:
+    if backend != "embedding":
+        return None
+    from genedge.router.embedding import DEFAULT_EMBEDDING_MODEL
+
+    return embedding_model or DEFAULT_EMBEDDING_MODEL
+
+
+def train_router(
+    prompts: Sequence[str],
+    categories: Sequence[str],
+    mapping: Mapping[str, Any],
+    backend: str = "tfidf",
+    *,
+    name: str | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    c: float | None = None,
+    embedding_model: str | None = None,
+    source: Mapping[str, Any] | None = None,
+) -> PromptRouter:
+    """Train a router on labelled prompts: cross-validate it (the confusion matrix plans use), then fit
+    it on every prompt.
+
+    Args:
+        prompts: training prompt texts.
+        categories: each prompt's category under ``mapping``.
+        mapping: the category mapping routed into.
+        backend: ``tfidf`` or ``embedding``.
+        name: the router's name (default: the mapping's name and the backend).
+        folds: k of the stratified k-fold cross-validation.
+        seed: seed of the fold assignment (the fit itself is deterministic).
+        c: the classifier's C (default :data:`DEFAULT_C`).
+        embedding_model: the sentence-transformers model (``embedding``; default all-MiniLM-L6-v2).
+        source: provenance of the prompts, recorded in the router (e.g. the file and its sha256).
+
+    Raises:
+        ValueError: see :func:`cross_validate`.
+    """
+    check_category_mapping(mapping, "category mapping")
+    if backend not in BACKENDS:
+        raise ValueError(f"Expected a router backend in {list(BACKENDS)}, but got {backend!r}")
+    c = DEFAULT_C[backend] if c is None else float(c)
+    model = _default_model(backend, embedding_model)
+    features = _FeatureCache(backend, prompts, model)
+    report, _ = cross_validate(
+        prompts, categories, mapping, backend, folds=folds, seed=seed, c=c, embedding_model=model, features=features
+    )
+    labels = _check_training_data(prompts, categories, mapping)
+    tfidf, x_all = features.fit(np.arange(len(prompts)))
+    classifier = fit_logistic(x_all, labels, len(mapping["labels"]), c=c)
+    counts = {cat: int((labels == i).sum()) for i, cat in enumerate(mapping["labels"])}
+    training = {
+        **(dict(source) if source else {}),
+        "prompts": len(prompts),
+        "per_category": counts,
+        "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
+        "c": c,
+        "folds": folds,
+        "seed": seed,
+    }
+    short = mapping.get("name", "custom")
+    default_name = f"{short}-tfidf" if backend == "tfidf" else f"{short}-{_model_short_name(model)}"
+    return PromptRouter(
+        name=name or default_name,
+        backend=backend,
+        mapping=mapping,
+        classifier=classifier,
+        training=training,
+        cross_validation=report,
+        tfidf=tfidf,
+        embedding_model=model,
+        probe=features.encoder.probe() if features.encoder is not None else None,
+    )
+
+
+def _model_short_name(model: str | None) -> str:
+    from genedge.router.embedding import DEFAULT_EMBEDDING_MODEL
+
+    if model == DEFAULT_EMBEDDING_MODEL:
+        return "minilm"
+    return Path(str(model)).name.lower().replace("_", "-") or "embedding"
