@@ -30,6 +30,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
         ".des": ("RequestRecords", "simulate_arrivals"),
         ".exact": ("exact_search", "scored_upper_bound", "utility_upper_bound"),
         ".methods": ("METHODS", "PROPOSED", "run_methods"),
+        ".misrouting": ("MisroutingCost", "misrouting_cost"),
         ".objective": ("score_plan",),
         ".problem": ("Problem", "Slo"),
         ".propose": ("propose",),

@@ -15,6 +15,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "PromptRouter",
             "RouterError",
             "cross_validate",
+            "default_router",
             "labelled_prompts",
             "load_router",
             "router_from_dict",

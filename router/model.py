@@ -44,6 +44,7 @@ __all__ = [
     "PromptRouter",
     "RouterError",
     "cross_validate",
+    "default_router",
     "labelled_prompts",
     "load_router",
     "router_from_dict",
@@ -308,6 +309,17 @@ def load_router(name_or_path: str | os.PathLike[str]) -> PromptRouter:
 
     path = resolve_router(name_or_path)
     return router_from_dict(read_json(path, "a JSON genedge router", RouterError), str(path))
+
+
+def default_router(mapping: Mapping[str, Any]) -> PromptRouter | None:
+    """The shipped TF-IDF router that routes into ``mapping`` (same column and labels), or None."""
+    from genedge.data import shipped_routers
+
+    for path in shipped_routers().values():
+        router = load_router(path)
+        if router.backend == "tfidf" and router.fits_mapping(mapping):
+            return router
+    return None
 
 
 def labelled_prompts(table: PromptTable, mapping: Mapping[str, Any]) -> tuple[list[str], list[str]]:

@@ -25,7 +25,16 @@ from genedge import __version__
 __all__ = ["main", "build_parser"]
 
 # Order here is the order in ``genedge --help``.
-_COMMAND_MODULES: tuple[str, ...] = ("profile", "plan", "simulate", "calibrate", "compare", "demo", "tables")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "profile",
+    "plan",
+    "simulate",
+    "calibrate",
+    "compare",
+    "demo",
+    "tables",
+    "router",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

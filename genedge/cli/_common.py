@@ -7,12 +7,16 @@ import hashlib
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from genedge import data
 from genedge.calibrate.table import CalibrationTable, load_table
 from genedge.optimizer.problem import Problem, Slo
 from genedge.optimizer.result import PlanResult
 from genedge.optimizer.workload import Workload
+
+if TYPE_CHECKING:
+    from genedge.router.counting import PromptCounts
 
 __all__ = [
     "DEFAULT_TABLE",
@@ -27,6 +31,7 @@ __all__ = [
     "table_argument",
     "default_mix",
     "load_table_with_hash",
+    "prompt_counts_from_args",
     "workload_from_args",
     "derived_share_line",
     "problem_from_args",
@@ -110,8 +115,16 @@ def add_workload_arguments(parser: argparse.ArgumentParser, *, prompt_file: bool
         load.add_argument(
             "--prompts",
             type=Path,
-            help="prompt file (TSV/CSV with a header); its rows are counted per category using the "
-            "table's category mapping (e.g. PartiPrompts.tsv by Challenge)",
+            help="prompt file (TSV/CSV/Parquet with a header); every row is counted: by its label under the "
+            "table's category mapping (e.g. PartiPrompts.tsv by Challenge), or else by the prompt router, and the "
+            "routed requests score as the router's mixture of true categories",
+        )
+        parser.add_argument(
+            "--router",
+            default="auto",
+            help="prompt router for --prompts rows without a known label: a shipped router's name (see "
+            "'genedge router list'), a router JSON file, 'auto' (the default: the shipped TF-IDF router of the "
+            "table's mapping) or 'none' (such rows are not counted, and the count says so)",
         )
     else:
         parser.set_defaults(prompts=None)
@@ -263,20 +276,58 @@ def load_table_with_hash(path: Path) -> tuple[CalibrationTable, str]:
     return table, hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def workload_from_args(args: argparse.Namespace, table: CalibrationTable) -> Workload:
+def prompt_counts_from_args(args: argparse.Namespace, table: CalibrationTable) -> PromptCounts | None:
+    """The --prompts file's rows per category (labelled or routed by --router), or None without --prompts.
+
+    Raises:
+        ValueError: no shipped router fits the table's mapping under ``--router auto`` while some rows
+            have no known label, or a router for another mapping.
+    """
+    if getattr(args, "prompts", None) is None:
+        return None
+    from genedge.contract.prompts import read_prompt_file
+    from genedge.router.counting import count_prompts
+    from genedge.router.model import default_router, load_router
+
+    prompts = read_prompt_file(args.prompts)
+    mapping = table.category_mapping
+    choice = getattr(args, "router", "auto")
+    if choice == "none":
+        router = None
+    elif choice == "auto":
+        router = default_router(mapping)
+    else:
+        router = load_router(choice)
+    counts = count_prompts(prompts, mapping, router)
+    if choice == "auto" and router is None and counts.not_placed:
+        raise ValueError(
+            f"{args.prompts}: {counts.not_placed} rows have no label of the table's mapping "
+            f"{mapping.get('name', '?')!r} and no shipped router fits it: train one (genedge router train) and "
+            f"pass --router FILE, or --router none to leave them out"
+        )
+    return counts
+
+
+def workload_from_args(
+    args: argparse.Namespace, table: CalibrationTable, prompt_counts: PromptCounts | None = None
+) -> Workload:
     """The workload from --workload, --prompts or --requests (one of them; --requests by default), or,
     where the command takes them, from --rates, --rate or --trace, as rates under open arrivals.
+
+    ``prompt_counts`` is :func:`prompt_counts_from_args`'s result, where the caller has it already.
 
     Raises:
         ValueError: rates with the window model, or open arrivals with counts but no --window-s.
     """
-    rates = _rates_from_args(args, table)
+    if prompt_counts is None:
+        prompt_counts = prompt_counts_from_args(args, table)
+    rates = _rates_from_args(args, table, prompt_counts)
     model = arrival_model(args) if hasattr(args, "arrivals") else "window"
     if rates is not None:
         if model == "window":
             raise ValueError("--rates, --rate and --trace give requests per second: plan them with --arrivals open")
         return rates
-    counts = _counts_from_args(args, table)
+    counts = _counts_from_args(args, table, prompt_counts)
     if model == "open":
         if getattr(args, "window_s", None) is None:
             raise ValueError(
@@ -287,16 +338,20 @@ def workload_from_args(args: argparse.Namespace, table: CalibrationTable) -> Wor
     return counts
 
 
-def _rates_from_args(args: argparse.Namespace, table: CalibrationTable) -> Workload | None:
+def _rates_from_args(
+    args: argparse.Namespace, table: CalibrationTable, prompt_counts: PromptCounts | None
+) -> Workload | None:
     """Rates from --rates, --rate or --trace, where given."""
     if getattr(args, "rates", None) is not None:
         return Workload.from_rates(parse_counts(args.rates, "--rates"))
     if getattr(args, "rate", None) is not None:
         if not (math.isfinite(args.rate) and args.rate > 0):
             raise ValueError(f"--rate: expected requests per second > 0, but got {args.rate:g}")
-        mix = _counts_from_args(args, table).counts if args.prompts is not None else default_mix(table)
-        total = sum(mix.values())
-        return Workload.from_rates({c: args.rate * n / total for c, n in mix.items()})
+        mix = _counts_from_args(args, table, prompt_counts) if args.prompts is not None else None
+        weights = mix.counts if mix is not None else default_mix(table)
+        total = sum(weights.values())
+        rates = {c: args.rate * n / total for c, n in weights.items()}
+        return Workload.from_rates(rates, None if mix is None else mix.composition)
     if getattr(args, "trace", None) is not None:
         from genedge.optimizer.arrivals import read_trace
 
@@ -305,12 +360,14 @@ def _rates_from_args(args: argparse.Namespace, table: CalibrationTable) -> Workl
     return None
 
 
-def _counts_from_args(args: argparse.Namespace, table: CalibrationTable) -> Workload:
+def _counts_from_args(
+    args: argparse.Namespace, table: CalibrationTable, prompt_counts: PromptCounts | None
+) -> Workload:
     """Counts from --workload, --prompts or --requests."""
     if args.workload is not None:
         return Workload.from_counts(parse_counts(args.workload, "--workload", whole=True))
-    if args.prompts is not None:
-        return Workload.from_prompt_file(args.prompts, table.category_mapping)
+    if prompt_counts is not None:
+        return prompt_counts.workload()
     return Workload.from_mix(default_mix(table), args.requests)
 
 

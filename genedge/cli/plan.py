@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from genedge.cli._common import (
     left_out_line,
     load_table_with_hash,
     problem_from_args,
+    prompt_counts_from_args,
     workload_from_args,
     workload_line,
 )
@@ -58,33 +60,74 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genedge.optimizer import METHODS, run_methods
+    from genedge.optimizer import METHODS, misrouting_cost, run_methods
     from genedge.optimizer.plan_file import plan_to_dict, save_plan
 
     table, sha = load_table_with_hash(args.table)
-    workload = workload_from_args(args, table)
+    prompt_counts = prompt_counts_from_args(args, table)
+    workload = workload_from_args(args, table, prompt_counts)
     problem = problem_from_args(args, table, sha, workload, args.budget, args.weight)
     names = [args.method] + [m for m in (args.compare or METHODS) if m != args.method]
     results = run_methods(problem, names, seed=args.seed)
     chosen = results[args.method]
     print(derived_share_line(table))
+    if prompt_counts is not None:
+        print(f"prompts: {prompt_counts.summary()}")
     print(workload_line(problem))
     left_out = left_out_line(problem)
     if left_out:
         print(left_out)
     print()
     print(format_plan(chosen))
+    cost = None
+    if workload.composition is not None:
+        perfect = problem_from_args(
+            args, table, sha, dataclasses.replace(workload, composition=None), args.budget, args.weight
+        )
+        cost = misrouting_cost(problem, perfect, chosen, args.method, seed=args.seed)
+        print()
+        print(_format_misrouting(cost, prompt_counts))
     print()
     print(_format_comparison(results, args.method))
     if args.out:
-        document = plan_to_dict(
-            problem,
-            chosen,
-            others=results,
-            inputs={"table": str(args.table), "table_source_counts": table.source_counts()},
-        )
+        inputs = {"table": str(args.table), "table_source_counts": table.source_counts()}
+        if prompt_counts is not None:
+            inputs["prompts"] = {
+                "file": str(args.prompts),
+                "rows": prompt_counts.rows,
+                "labelled": dict(prompt_counts.labelled),
+                "routed": dict(prompt_counts.routed),
+                "not_placed": prompt_counts.not_placed,
+                "router": prompt_counts.router,
+                "composition": workload.composition,
+            }
+        if cost is not None:
+            inputs["misrouting"] = {**dataclasses.asdict(cost), "loss": cost.loss, "planning_gain": cost.planning_gain}
+        document = plan_to_dict(problem, chosen, others=results, inputs=inputs)
         print(f"\nwrote {save_plan(document, args.out)}")
     return 0
+
+
+def _format_misrouting(cost, prompt_counts) -> str:
+    """The utility lost to misrouting (see :mod:`genedge.optimizer.misrouting`)."""
+    routed = sum(prompt_counts.routed.values())
+    return "\n".join(
+        [
+            (
+                f"misrouting: {routed:,} requests routed by {prompt_counts.router}, scored as its cross-validated "
+                "mixture of true categories"
+            ),
+            f"  with perfect labels      CLIPScore {cost.perfect_quality:6.2f}  utility {cost.perfect_utility:8.3f}",
+            (
+                f"  planned for the router   CLIPScore {cost.served_quality:6.2f}  utility {cost.served_utility:8.3f}"
+                f"  (lost to misrouting: {cost.loss:.3f})"
+            ),
+            (
+                f"  planned ignoring it      CLIPScore {cost.naive_quality:6.2f}  utility {cost.naive_utility:8.3f}"
+                f"  (planning with the confusion matrix gains {cost.planning_gain:.3f})"
+            ),
+        ]
+    )
 
 
 def _format_comparison(results, chosen_name: str) -> str:

@@ -37,6 +37,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "add_category_mapping_path",
             "check_category_mapping",
             "get_category_mapping",
+            "load_category_mapping",
             "label_to_category",
             "list_category_mappings",
         ),

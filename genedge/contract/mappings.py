@@ -31,6 +31,7 @@ __all__ = [
     "get_category_mapping",
     "label_to_category",
     "list_category_mappings",
+    "load_category_mapping",
 ]
 
 DEFAULT_MAPPING = "paper4"
@@ -168,3 +169,17 @@ def get_category_mapping(name: str) -> dict[str, Any]:
 def add_category_mapping_path(path: str | Path) -> None:
     """Register another category-mapping JSON file or folder (validated on next use)."""
     _MAPPINGS.add_path(path)
+
+
+def load_category_mapping(name_or_path: str | Path) -> dict[str, Any]:
+    """A category mapping by registered name, or from a JSON file (validated).
+
+    Raises:
+        ValueError: neither a registered name nor a file (the message lists the names).
+        ArtifactError: the file is not a valid category mapping (naming the field).
+    """
+    candidate = Path(name_or_path)
+    if candidate.is_file():
+        document = read_json(candidate, "a JSON category mapping")
+        return check_category_mapping(document, str(candidate))
+    return get_category_mapping(str(name_or_path))

