@@ -69,15 +69,32 @@ def test_plan_writes_a_valid_plan(tmp_path):
 
 
 @pytest.mark.skipif(not SHARED_PROMPTS.is_file(), reason="PartiPrompts.tsv (../shared/data) is not present")
-def test_plan_counts_a_prompt_file_by_category(tmp_path):
+def test_plan_counts_every_row_of_a_prompt_file(tmp_path):
     path = tmp_path / "plan.json"
-    genedge("plan", "--prompts", str(SHARED_PROMPTS), "--weight", "0.001", "--out", str(path))
+    out = genedge("plan", "--prompts", str(SHARED_PROMPTS), "--weight", "0.001", "--out", str(path)).stdout
+    document = json.loads(path.read_text())
+    prompts = document["inputs"]["prompts"]
+    assert prompts["labelled"] == {"Basic": 272, "Detail": 544, "Imagination": 150, "Complex": 113}
+    assert prompts["rows"] == 1632 and sum(prompts["routed"].values()) == 553 and prompts["not_placed"] == 0
+    assert prompts["router"] == "paper4-tfidf"
+    assert sum(document["inputs"]["workload"].values()) == 1632
+    assert "1,632 prompts" in out and "1,079 labelled by Challenge, 553 routed by paper4-tfidf" in out
+    misrouting = document["inputs"]["misrouting"]
+    assert misrouting["loss"] >= 0 and misrouting["served_utility"] == pytest.approx(document["predicted"]["utility"])
+    assert "lost to misrouting" in out
+
+
+@pytest.mark.skipif(not SHARED_PROMPTS.is_file(), reason="PartiPrompts.tsv (../shared/data) is not present")
+def test_plan_without_a_router_counts_labelled_rows_and_says_what_it_left_out(tmp_path):
+    path = tmp_path / "plan.json"
+    out = genedge("plan", "--prompts", str(SHARED_PROMPTS), "--router", "none", "--out", str(path)).stdout
     assert json.loads(path.read_text())["inputs"]["workload"] == {
         "Basic": 272.0,
         "Detail": 544.0,
         "Imagination": 150.0,
         "Complex": 113.0,
     }
+    assert "553 not placed" in out and "misrouting" not in out
 
 
 @pytest.mark.parametrize(

@@ -146,7 +146,7 @@ def _header(mapping: dict[str, Any], prompts: list[str], folds: int, seed: int) 
 
 
 def _confusion_lines(name: str, report: Any) -> list[str]:
-    width = max(8, *(len(c) for c in report.categories))
+    width = max(8, *(len(c) for c in report.categories)) + 2
     lines = [
         f"confusion of {name} (rows true, columns predicted):",
         " " * width + "".join(f"{c:>{width}}" for c in report.categories),

@@ -1,0 +1,166 @@
+"""``genedge router`` and ``genedge plan --prompts`` with routing, end to end: real subprocesses on real
+prompt files (PartiPrompts, files written by pandas), and in-process where a test varies only the input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_cli_plan import SHARED_PROMPTS, genedge, genedge_in_process
+
+from genedge.router import load_router
+
+needs_partiprompts = pytest.mark.skipif(
+    not SHARED_PROMPTS.is_file(), reason="PartiPrompts.tsv (../shared/data) is not present"
+)
+
+
+def _unlabelled_csv(path, n=40):
+    """A prompt file as a user has one: pandas-written CSV, a Prompt column and no labels."""
+    prompts = pd.read_csv(SHARED_PROMPTS, sep="\t", quoting=3)["Prompt"].tolist()[:n]
+    pd.DataFrame({"Prompt": prompts, "id": range(n)}).to_csv(path, index=False)
+    return prompts
+
+
+def test_router_list_shows_both_shipped_routers():
+    out = genedge("router", "list").stdout
+    assert "paper4-tfidf" in out and "paper4-minilm" in out
+    assert "tfidf" in out and "embedding" in out and "Basic,Detail,Imagination,Complex" in out
+
+
+@pytest.mark.parametrize("sub", ["train", "eval", "predict", "list"])
+def test_every_router_subcommand_has_help(capsys, sub):
+    done = genedge_in_process(capsys, "router", sub, "--help")
+    assert done.returncode == 0 and "usage: genedge router" in done.stdout
+
+
+@pytest.mark.slow
+@needs_partiprompts
+def test_train_then_predict_an_unlabelled_file_routes_every_row(tmp_path):
+    router_path = tmp_path / "router.json"
+    out = genedge("router", "train", str(SHARED_PROMPTS), "--out", str(router_path)).stdout
+    assert "1,079 labelled prompts" in out and "stratified 5-fold" in out
+    assert load_router(router_path).to_dict() == load_router("paper4-tfidf").to_dict() | {
+        "training": load_router(router_path).training
+    }
+    prompts = _unlabelled_csv(tmp_path / "requests.csv")
+    predictions = tmp_path / "routed.parquet"
+    done = genedge(
+        "router", "predict", str(tmp_path / "requests.csv"), "--router", str(router_path), "--out", str(predictions)
+    )
+    assert "routed 40 prompts" in done.stdout
+    frame = pd.read_parquet(predictions)
+    assert frame["Prompt"].tolist() == prompts and frame["id"].tolist() == [str(i) for i in range(40)]
+    categories = ["Basic", "Detail", "Imagination", "Complex"]
+    assert set(frame["category"]) <= set(categories)
+    proba = frame[[f"p_{c}" for c in categories]].to_numpy()
+    assert np.allclose(proba.sum(axis=1), 1) and np.allclose(proba.max(axis=1), frame["probability"])
+
+
+@needs_partiprompts
+def test_predict_writes_csv_and_tsv_that_pandas_reads(capsys, tmp_path):
+    _unlabelled_csv(tmp_path / "requests.csv", n=12)
+    for suffix, sep in ((".csv", ","), (".tsv", "\t")):
+        out = tmp_path / f"routed{suffix}"
+        done = genedge_in_process(capsys, "router", "predict", str(tmp_path / "requests.csv"), "--out", str(out))
+        assert done.returncode == 0, done.stderr
+        frame = pd.read_csv(out, sep=sep)
+        assert len(frame) == 12 and {"category", "probability", "p_Basic"} <= set(frame.columns)
+
+
+@pytest.mark.slow
+@needs_partiprompts
+def test_eval_prints_backend_beside_the_majority_baseline_and_draws_the_confusion(tmp_path):
+    figure, report = tmp_path / "confusion.png", tmp_path / "report.json"
+    out = genedge(
+        "router", "eval", str(SHARED_PROMPTS), "--backend", "tfidf", "--figure", str(figure), "--out", str(report)
+    ).stdout
+    assert "majority" in out and "confusion of tfidf" in out
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    reports = json.loads(report.read_text())["reports"]
+    assert reports["majority"]["accuracy"] == pytest.approx(544 / 1079)
+    assert reports["tfidf"]["accuracy"] > reports["majority"]["accuracy"] + 0.1
+    assert reports["tfidf"]["macro_f1"] > reports["majority"]["macro_f1"] + 0.3
+    assert np.asarray(reports["tfidf"]["confusion"]).sum() == 1079
+
+
+@pytest.mark.slow
+@needs_partiprompts
+def test_eval_of_both_backends_in_one_run_on_partiprompts():
+    out = genedge("router", "eval", str(SHARED_PROMPTS)).stdout
+    rows = {
+        line.split()[0]: line.split()[1:3]
+        for line in out.splitlines()
+        if line.split()[:1] in (["tfidf"], ["embedding"], ["majority"])
+    }
+    accuracy = {name: float(values[0]) for name, values in rows.items()}
+    assert set(accuracy) == {"tfidf", "embedding", "majority"}
+    assert accuracy["embedding"] >= accuracy["tfidf"] > accuracy["majority"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "the file is empty"),
+        (b"Prompt\n", "only its header"),
+        (b"Prompt\ncaf\xe9 au lait\n", "not UTF-8"),
+    ],
+)
+def test_predict_refuses_empty_and_non_utf8_files_clearly(capsys, tmp_path, content, message):
+    path = tmp_path / "prompts.tsv"
+    path.write_bytes(content)
+    done = genedge_in_process(capsys, "router", "predict", str(path))
+    assert done.returncode == 2 and str(path) in done.stderr and message in done.stderr
+
+
+def test_predict_refuses_a_file_without_a_prompt_column(capsys, tmp_path):
+    path = tmp_path / "prompts.csv"
+    pd.DataFrame({"text": ["a red cube"]}).to_csv(path, index=False)
+    done = genedge_in_process(capsys, "router", "predict", str(path))
+    assert done.returncode == 2 and "expected a column 'Prompt'" in done.stderr
+
+
+def test_unknown_router_name_lists_the_shipped_ones(capsys, tmp_path):
+    path = tmp_path / "prompts.csv"
+    pd.DataFrame({"Prompt": ["a red cube"]}).to_csv(path, index=False)
+    done = genedge_in_process(capsys, "router", "predict", str(path), "--router", "paper9")
+    assert done.returncode == 2 and "no prompt router 'paper9'" in done.stderr and "'paper4-tfidf'" in done.stderr
+
+
+@needs_partiprompts
+def test_plan_routes_every_row_of_an_unlabelled_prompt_file(capsys, tmp_path):
+    _unlabelled_csv(tmp_path / "requests.csv", n=60)
+    path = tmp_path / "plan.json"
+    done = genedge_in_process(capsys, "plan", "--prompts", str(tmp_path / "requests.csv"), "--out", str(path))
+    assert done.returncode == 0, done.stderr
+    prompts = json.loads(path.read_text())["inputs"]["prompts"]
+    assert sum(prompts["labelled"].values()) == 0 and sum(prompts["routed"].values()) == 60
+    assert "60 prompts from" in done.stdout and "0 labelled by Challenge, 60 routed by paper4-tfidf" in done.stdout
+
+
+@needs_partiprompts
+def test_plan_refuses_a_router_of_another_mapping(capsys, tmp_path):
+    mapping, router = tmp_path / "two.json", tmp_path / "two-router.json"
+    labels = {"Plain": ["Basic"], "Hard": ["Imagination", "Complex"]}
+    mapping.write_text(json.dumps({"name": "two", "column": "Challenge", "labels": labels}))
+    out = genedge_in_process(
+        capsys, "router", "train", str(SHARED_PROMPTS), "--category-mapping", str(mapping), "--out", str(router)
+    ).stdout
+    assert "535 labelled prompts, mapping 'two' on Challenge" in out
+    _unlabelled_csv(tmp_path / "requests.csv", n=5)
+    done = genedge_in_process(capsys, "plan", "--prompts", str(tmp_path / "requests.csv"), "--router", str(router))
+    assert done.returncode == 2 and "train a router on this mapping" in done.stderr
+
+
+@pytest.mark.slow
+@needs_partiprompts
+def test_plan_with_the_embedding_router_counts_all_of_partiprompts(tmp_path):
+    path = tmp_path / "plan.json"
+    out = genedge(
+        "plan", "--prompts", str(SHARED_PROMPTS), "--router", "paper4-minilm", "--weight", "0.001", "--out", str(path)
+    ).stdout
+    prompts = json.loads(path.read_text())["inputs"]["prompts"]
+    assert prompts["router"] == "paper4-minilm" and sum(prompts["routed"].values()) == 553
+    assert "553 routed by paper4-minilm" in out and "lost to misrouting" in out
