@@ -57,6 +57,22 @@ class Workload:
                     f"composition: expected shares >= 0 summing to 1 for category {served!r}, but got {dict(shares)}"
                 )
 
+    def by_true_category(self) -> Workload:
+        """The same requests counted by their true category, each served as its own (no composition).
+
+        Rates move exactly; counts per window are rounded to whole requests with the total kept
+        (largest remainder, as :meth:`from_mix`).
+        """
+        if self.composition is None:
+            return self
+        truth: dict[str, float] = {}
+        for served, n in self.counts.items():
+            for true, share in self.true_shares(served).items():
+                truth[true] = truth.get(true, 0.0) + n * share
+        if self.per_second:
+            return Workload.from_rates(truth)
+        return Workload.from_mix(truth, round(sum(self.counts.values())))
+
     def true_shares(self, served: str) -> Mapping[str, float]:
         """What the requests served as category ``served`` truly are: {true category: share}."""
         if self.composition is None or served not in self.composition:

@@ -80,7 +80,8 @@ def test_plan_counts_every_row_of_a_prompt_file(tmp_path):
     assert sum(document["inputs"]["workload"].values()) == 1632
     assert "1,632 prompts" in out and "1,079 labelled by Challenge, 553 routed by paper4-tfidf" in out
     misrouting = document["inputs"]["misrouting"]
-    assert misrouting["loss"] >= 0 and misrouting["served_utility"] == pytest.approx(document["predicted"]["utility"])
+    assert misrouting["loss"] >= -1e-9
+    assert misrouting["served_utility"] == pytest.approx(document["predicted"]["utility"])
     assert "lost to misrouting" in out
 
 

@@ -141,6 +141,22 @@ def test_plan_routes_every_row_of_an_unlabelled_prompt_file(capsys, tmp_path):
 
 
 @needs_partiprompts
+def test_plan_at_a_rate_keeps_the_routed_mixture(capsys, tmp_path):
+    _unlabelled_csv(tmp_path / "requests.csv", n=30)
+    path = tmp_path / "plan.json"
+    done = genedge_in_process(
+        capsys, "plan", "--prompts", str(tmp_path / "requests.csv"), "--rate", "0.05", "--compare", "paper",
+        "--out", str(path),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    document = json.loads(path.read_text())
+    assert sum(document["inputs"]["workload"].values()) == pytest.approx(0.05)
+    composition = document["inputs"]["prompts"]["composition"]
+    assert all(sum(shares.values()) == pytest.approx(1) for shares in composition.values())
+    assert document["inputs"]["misrouting"]["loss"] >= -1e-9 and "lost to misrouting" in done.stdout
+
+
+@needs_partiprompts
 def test_plan_refuses_a_router_of_another_mapping(capsys, tmp_path):
     mapping, router = tmp_path / "two.json", tmp_path / "two-router.json"
     labels = {"Plain": ["Basic"], "Hard": ["Imagination", "Complex"]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -285,6 +286,8 @@ def prompt_counts_from_args(args: argparse.Namespace, table: CalibrationTable) -
     """
     if getattr(args, "prompts", None) is None:
         return None
+    from tqdm import tqdm
+
     from genedge.contract.prompts import read_prompt_file
     from genedge.router.counting import count_prompts
     from genedge.router.model import default_router, load_router
@@ -298,7 +301,8 @@ def prompt_counts_from_args(args: argparse.Namespace, table: CalibrationTable) -
         router = default_router(mapping)
     else:
         router = load_router(choice)
-    counts = count_prompts(prompts, mapping, router)
+    with tqdm(total=len(prompts.rows), unit="prompt", desc="routing", disable=None, file=sys.stderr) as bar:
+        counts = count_prompts(prompts, mapping, router, bar.update)
     if choice == "auto" and router is None and counts.not_placed:
         raise ValueError(
             f"{args.prompts}: {counts.not_placed} rows have no label of the table's mapping "

@@ -81,9 +81,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_plan(chosen))
     cost = None
     if workload.composition is not None:
-        perfect = problem_from_args(
-            args, table, sha, dataclasses.replace(workload, composition=None), args.budget, args.weight
-        )
+        perfect = problem_from_args(args, table, sha, workload.by_true_category(), args.budget, args.weight)
         cost = misrouting_cost(problem, perfect, chosen, args.method, seed=args.seed)
         print()
         print(_format_misrouting(cost, prompt_counts))
@@ -122,11 +120,17 @@ def _format_misrouting(cost, prompt_counts) -> str:
                 f"  planned for the router   CLIPScore {cost.served_quality:6.2f}  utility {cost.served_utility:8.3f}"
                 f"  (lost to misrouting: {cost.loss:.3f})"
             ),
-            (
-                f"  planned ignoring it      CLIPScore {cost.naive_quality:6.2f}  utility {cost.naive_utility:8.3f}"
-                f"  (planning with the confusion matrix gains {cost.planning_gain:.3f})"
-            ),
         ]
+        + (
+            []
+            if cost.naive_utility is None
+            else [
+                (
+                    f"  planned ignoring it      CLIPScore {cost.naive_quality:6.2f}  utility "
+                    f"{cost.naive_utility:8.3f}  (planning with the confusion matrix gains {cost.planning_gain:.3f})"
+                )
+            ]
+        )
     )
 
 
