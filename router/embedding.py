@@ -83,7 +83,9 @@ class SentenceEncoder:
     @property
     def dimension(self) -> int:
         """Length of one embedding."""
-        return int(self._model.get_sentence_embedding_dimension())
+        # sentence-transformers 6 renamed the method; older releases have only the long name.
+        method = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        return int(method())
 
     def encode(self, prompts: Sequence[str], progress: Callable[[int], Any] | None = None) -> np.ndarray:
         """Unit-length embeddings of ``prompts``, shape (n, dimension), float64.

@@ -139,8 +139,17 @@ class PromptRouter:
             from genedge.router.embedding import SentenceEncoder
 
             encoder = SentenceEncoder(self.embedding_model)
+            if encoder.dimension != self.classifier.coef.shape[0]:
+                raise RouterError(
+                    f"router {self.name!r}",
+                    "classifier.coef",
+                    f"the model {self.embedding_model!r} embeds in {encoder.dimension} dimensions, but the router's "
+                    f"weights expect {self.classifier.coef.shape[0]}: train the router again on this model",
+                )
             probe = encoder.probe()
-            if self.probe is not None and not np.allclose(probe, self.probe, atol=1e-4):
+            if self.probe is not None and (
+                len(probe) != len(self.probe) or not np.allclose(probe, self.probe, atol=1e-4)
+            ):
                 raise RouterError(
                     f"router {self.name!r}",
                     "embedding.probe",
@@ -396,6 +405,13 @@ def cross_validate(
         raise ValueError(f"Expected a router backend in {list(BACKENDS)}, but got {backend!r}")
     labels = _check_training_data(prompts, categories, mapping)
     names = list(mapping["labels"])
+    per_category = np.bincount(labels, minlength=len(names))
+    if (per_category < folds).any():
+        small = {name: int(n) for name, n in zip(names, per_category) if n < folds}
+        raise ValueError(
+            f"Expected at least {folds} prompts in every category of the mapping for {folds}-fold "
+            f"cross-validation, but got {small}"
+        )
     c = DEFAULT_C[backend] if c is None else c
     if features is None:
         features = _FeatureCache(backend, prompts, _default_model(backend, embedding_model))
@@ -476,7 +492,7 @@ def train_router(
     }
     short = mapping.get("name", "custom")
     default_name = f"{short}-tfidf" if backend == "tfidf" else f"{short}-{_model_short_name(model)}"
-    return PromptRouter(
+    router = PromptRouter(
         name=name or default_name,
         backend=backend,
         mapping=mapping,
@@ -487,6 +503,8 @@ def train_router(
         embedding_model=model,
         probe=features.encoder.probe() if features.encoder is not None else None,
     )
+    router._encoder = features.encoder  # already loaded, and the probe is its own
+    return router
 
 
 def _model_short_name(model: str | None) -> str:
