@@ -40,12 +40,12 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 
 import numpy as np
 import scipy
+from _environment import cpu_name, source_state
 
 from genedge import data
 from genedge.calibrate.table import load_table
@@ -104,33 +104,6 @@ GALAXY = Instance("galaxy-s24", rate=0.2, budget=1.0)
 A100 = Instance("reference-a100", rate=1.0, budget=1.0)
 
 
-def source_state() -> str:
-    """The commit the planner was run from, and whether its working tree differs from it."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "optimizer"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "commit unknown"
-    return f"commit {commit}" + (" with uncommitted changes under optimizer/" if dirty else "")
-
-
-def cpu_name() -> str:
-    """The processor's model name where Linux tells it, else what :mod:`platform` says."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as lines:
-            for line in lines:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def header(args: argparse.Namespace) -> str:
     """The machine, the source and the run's settings."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
@@ -141,7 +114,7 @@ def header(args: argparse.Namespace) -> str:
         f"# python benchmarks/open_arrivals.py{flags} — {datetime.date.today().isoformat()}, "
         f"{cpu_name()}, {os.cpu_count()} cores, load average {load:.2f} at start\n"
         f"# python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
-        f"{platform.system()} {platform.release()}; genedge {source_state()}\n"
+        f"{platform.system()} {platform.release()}; genedge {source_state('optimizer')}\n"
         f"# plan times are each planner's own wall time (PlanResult.plan_time_s), genedge's at paper scale the "
         f"median of {args.repeats} runs"
     )

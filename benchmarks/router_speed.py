@@ -63,6 +63,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import numpy as np
+from _environment import cpu_name, source_state
 
 from genedge import data
 from genedge.calibrate.table import load_table
@@ -100,42 +101,12 @@ print(json.dumps({{"load": t1 - t0, "encoder": t2 - t1, "first": t3 - t2, "torch
 """
 
 
-def cpu_name() -> str:
-    """The processor's model name where Linux tells it, else what :mod:`platform` says."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as lines:
-            for line in lines:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def version(package: str) -> str:
     """An installed distribution's version, without importing it."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return "not installed"
-
-
-def source_state() -> str:
-    """The commit the router code was run from, and whether its working tree differs from it."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "router", "data/routers"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "commit unknown"
-    return f"commit {commit}" + (" with uncommitted changes under router/ or data/routers/" if dirty else "")
 
 
 def blas_threads() -> str:
@@ -167,7 +138,7 @@ def header(args: argparse.Namespace, prompts: Sequence[str], embedding: bool) ->
         (
             f"# python {platform.python_version()}, numpy {np.__version__}, scipy {version('scipy')}, "
             f"torch {version('torch')}, sentence-transformers {version('sentence-transformers')}, "
-            f"{platform.system()} {platform.release()}; genedge {source_state()}"
+            f"{platform.system()} {platform.release()}; genedge {source_state('router', 'data/routers')}"
         ),
         f"# threads: {blas_threads()}; {threads_env or 'OMP_NUM_THREADS and MKL_NUM_THREADS unset'}; {torch_note}",
         f"# prompts: {args.prompts} ({len(prompts)} rows of its {PROMPT_COLUMN} column, mean {words:.1f} words)",

@@ -16,6 +16,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "open_arrivals.py"
 
 @pytest.fixture(scope="module")
 def bench():
+    sys.path.insert(0, str(SCRIPT.parent))  # as when run as a script: its folder's helpers import by name
     spec = importlib.util.spec_from_file_location("open_arrivals_benchmark", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up by name
@@ -24,6 +25,7 @@ def bench():
         yield module
     finally:
         sys.modules.pop(spec.name, None)
+        sys.path.remove(str(SCRIPT.parent))
 
 
 def test_fixed_plan_runs_both_models_at_the_target_load(bench) -> None:
