@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.result import PlanResult
 from genedge.optimizer.system import evaluate
@@ -68,8 +70,6 @@ def misrouting_cost(
     Raises:
         ValueError: the problems differ in their models.
     """
-    import numpy as np
-
     from genedge.optimizer.methods import run_methods
 
     if served.models != perfect.models:

@@ -145,11 +145,13 @@ def majority_baseline(
 ) -> ClassificationReport:
     """The report of predicting, in each test fold, the most frequent category of its training folds."""
     labels = np.asarray(labels)
-    predicted = np.empty_like(labels)
-    for test in folds:
-        train = np.setdiff1d(np.arange(labels.size), test)
-        predicted[test] = np.bincount(labels[train], minlength=len(categories)).argmax()
-    return ClassificationReport.from_predictions(categories, labels, predicted)
+
+    def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        return np.full(test.size, np.bincount(labels[train], minlength=len(categories)).argmax())
+
+    return ClassificationReport.from_predictions(
+        categories, labels, cross_validated_predictions(labels, folds, fit_predict)
+    )
 
 
 def cross_validated_predictions(

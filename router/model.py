@@ -27,6 +27,7 @@ import numpy as np
 from genedge.contract.files import ArtifactError, read_json, write_text_atomic
 from genedge.contract.mappings import check_category_mapping, label_to_category
 from genedge.contract.prompts import PROMPT_COLUMN, PromptTable
+from genedge.router.embedding import DEFAULT_EMBEDDING_MODEL, SentenceEncoder
 from genedge.router.evaluate import (
     ClassificationReport,
     cross_validated_predictions,
@@ -136,8 +137,6 @@ class PromptRouter:
             RouterError: the model gives other embeddings than the one the router was trained on.
         """
         if self._encoder is None:
-            from genedge.router.embedding import SentenceEncoder
-
             encoder = SentenceEncoder(self.embedding_model)
             if encoder.dimension != self.classifier.coef.shape[0]:
                 raise RouterError(
@@ -353,8 +352,6 @@ class _FeatureCache:
         self.encoder = None
         self.embeddings = None
         if backend == "embedding":
-            from genedge.router.embedding import SentenceEncoder
-
             self.encoder = SentenceEncoder(embedding_model)
             self.embeddings = self.encoder.encode(self.prompts)
 
@@ -371,40 +368,20 @@ class _FeatureCache:
         return tfidf.transform([self.prompts[i] for i in rows])
 
 
-def _check_training_data(prompts: Sequence[str], categories: Sequence[str], mapping: Mapping[str, Any]) -> np.ndarray:
+def _checked_labels(
+    prompts: Sequence[str], categories: Sequence[str], mapping: Mapping[str, Any], backend: str, folds: int
+) -> np.ndarray:
+    """Each prompt's category index in the mapping, after every check training needs."""
+    if backend not in BACKENDS:
+        raise ValueError(f"Expected a router backend in {list(BACKENDS)}, but got {backend!r}")
     names = list(mapping["labels"])
     if len(prompts) != len(categories):
         raise ValueError(f"Expected one category per prompt, but got {len(prompts)} prompts, {len(categories)} labels")
     unknown = sorted(set(categories) - set(names))
     if unknown:
         raise ValueError(f"Expected categories of the mapping {names}, but got {unknown}")
-    return np.array([names.index(c) for c in categories], dtype=int)
-
-
-def cross_validate(
-    prompts: Sequence[str],
-    categories: Sequence[str],
-    mapping: Mapping[str, Any],
-    backend: str,
-    *,
-    folds: int = 5,
-    seed: int = 0,
-    c: float | None = None,
-    embedding_model: str | None = None,
-    features: _FeatureCache | None = None,
-) -> tuple[ClassificationReport, ClassificationReport]:
-    """Stratified k-fold cross-validation of a backend on labelled prompts.
-
-    Returns:
-        (the backend's report, the majority-class baseline's report on the same folds).
-
-    Raises:
-        ValueError: an unknown backend or category, or a category with fewer prompts than folds.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"Expected a router backend in {list(BACKENDS)}, but got {backend!r}")
-    labels = _check_training_data(prompts, categories, mapping)
-    names = list(mapping["labels"])
+    labels = np.array([names.index(c) for c in categories], dtype=int)
+    # Checked here rather than by the folds, which see only the categories that have prompts.
     per_category = np.bincount(labels, minlength=len(names))
     if (per_category < folds).any():
         small = {name: int(n) for name, n in zip(names, per_category) if n < folds}
@@ -412,9 +389,12 @@ def cross_validate(
             f"Expected at least {folds} prompts in every category of the mapping for {folds}-fold "
             f"cross-validation, but got {small}"
         )
-    c = DEFAULT_C[backend] if c is None else c
-    if features is None:
-        features = _FeatureCache(backend, prompts, _default_model(backend, embedding_model))
+    return labels
+
+
+def _cross_validate(
+    features: _FeatureCache, labels: np.ndarray, names: Sequence[str], folds: int, seed: int, c: float
+) -> tuple[ClassificationReport, ClassificationReport]:
     splits = stratified_folds(labels, folds, seed)
 
     def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
@@ -429,12 +409,33 @@ def cross_validate(
     )
 
 
-def _default_model(backend: str, embedding_model: str | None) -> str | None:
-    if backend != "embedding":
-        return None
-    from genedge.router.embedding import DEFAULT_EMBEDDING_MODEL
+def _embedding_model(backend: str, embedding_model: str | None) -> str | None:
+    return (embedding_model or DEFAULT_EMBEDDING_MODEL) if backend == "embedding" else None
 
-    return embedding_model or DEFAULT_EMBEDDING_MODEL
+
+def cross_validate(
+    prompts: Sequence[str],
+    categories: Sequence[str],
+    mapping: Mapping[str, Any],
+    backend: str,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    c: float | None = None,
+    embedding_model: str | None = None,
+) -> tuple[ClassificationReport, ClassificationReport]:
+    """Stratified k-fold cross-validation of a backend on labelled prompts.
+
+    Returns:
+        (the backend's report, the majority-class baseline's report on the same folds).
+
+    Raises:
+        ValueError: an unknown backend or category, or a category with fewer prompts than folds.
+    """
+    labels = _checked_labels(prompts, categories, mapping, backend, folds)
+    features = _FeatureCache(backend, prompts, _embedding_model(backend, embedding_model))
+    c = DEFAULT_C[backend] if c is None else float(c)
+    return _cross_validate(features, labels, list(mapping["labels"]), folds, seed, c)
 
 
 def train_router(
@@ -469,22 +470,18 @@ def train_router(
         ValueError: see :func:`cross_validate`.
     """
     check_category_mapping(mapping, "category mapping")
-    if backend not in BACKENDS:
-        raise ValueError(f"Expected a router backend in {list(BACKENDS)}, but got {backend!r}")
+    labels = _checked_labels(prompts, categories, mapping, backend, folds)
+    names = list(mapping["labels"])
     c = DEFAULT_C[backend] if c is None else float(c)
-    model = _default_model(backend, embedding_model)
-    features = _FeatureCache(backend, prompts, model)
-    report, _ = cross_validate(
-        prompts, categories, mapping, backend, folds=folds, seed=seed, c=c, embedding_model=model, features=features
-    )
-    labels = _check_training_data(prompts, categories, mapping)
+    model = _embedding_model(backend, embedding_model)
+    features = _FeatureCache(backend, prompts, model)  # embeds every prompt once, for the folds and the fit
+    report, _ = _cross_validate(features, labels, names, folds, seed, c)
     tfidf, x_all = features.fit(np.arange(len(prompts)))
-    classifier = fit_logistic(x_all, labels, len(mapping["labels"]), c=c)
-    counts = {cat: int((labels == i).sum()) for i, cat in enumerate(mapping["labels"])}
+    classifier = fit_logistic(x_all, labels, len(names), c=c)
     training = {
         **(dict(source) if source else {}),
         "prompts": len(prompts),
-        "per_category": counts,
+        "per_category": {cat: int((labels == i).sum()) for i, cat in enumerate(names)},
         "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
         "c": c,
         "folds": folds,
@@ -508,8 +505,6 @@ def train_router(
 
 
 def _model_short_name(model: str | None) -> str:
-    from genedge.router.embedding import DEFAULT_EMBEDDING_MODEL
-
     if model == DEFAULT_EMBEDDING_MODEL:
         return "minilm"
     return Path(str(model)).name.lower().replace("_", "-") or "embedding"

@@ -109,29 +109,20 @@ def run(args: argparse.Namespace) -> int:
 def _format_misrouting(cost, prompt_counts) -> str:
     """The utility lost to misrouting (see :mod:`genedge.optimizer.misrouting`)."""
     routed = sum(prompt_counts.routed.values())
-    return "\n".join(
-        [
-            (
-                f"misrouting: {routed:,} requests routed by {prompt_counts.router}, scored as its cross-validated "
-                "mixture of true categories"
-            ),
-            f"  with perfect labels      CLIPScore {cost.perfect_quality:6.2f}  utility {cost.perfect_utility:8.3f}",
-            (
-                f"  planned for the router   CLIPScore {cost.served_quality:6.2f}  utility {cost.served_utility:8.3f}"
-                f"  (lost to misrouting: {cost.loss:.3f})"
-            ),
-        ]
-        + (
-            []
-            if cost.naive_utility is None
-            else [
-                (
-                    f"  planned ignoring it      CLIPScore {cost.naive_quality:6.2f}  utility "
-                    f"{cost.naive_utility:8.3f}  (planning with the confusion matrix gains {cost.planning_gain:.3f})"
-                )
-            ]
+    row = "  {:<24} CLIPScore {:6.2f}  utility {:8.3f}"
+    head = f"misrouting: {routed:,} requests routed by {prompt_counts.router}, scored as its cross-validated mixture"
+    lines = [
+        f"{head} of true categories",
+        row.format("with perfect labels", cost.perfect_quality, cost.perfect_utility),
+        row.format("planned for the router", cost.served_quality, cost.served_utility)
+        + f"  (lost to misrouting: {cost.loss:.3f})",
+    ]
+    if cost.naive_utility is not None:
+        lines.append(
+            row.format("planned ignoring it", cost.naive_quality, cost.naive_utility)
+            + f"  (planning with the confusion matrix gains {cost.planning_gain:.3f})"
         )
-    )
+    return "\n".join(lines)
 
 
 def _format_comparison(results, chosen_name: str) -> str:
