@@ -331,6 +331,30 @@ def print_throughput(rows: list[dict], rounds: int) -> None:
             )
 
 
+def print_minilm_work(prompts: list[str], single_threaded: dict) -> None:
+    """Why the embedding rate is what it is: the arithmetic its layers do per prompt, from the model's own
+    config (FLOPs per token = 2 × the weights of its layers: 4h² attention + 2hi feed-forward per layer)
+    and tokenizer (the prompts' tokens, special tokens included, no padding)."""
+    from tokenizers import Tokenizer
+
+    from genedge.router.embedding import DEFAULT_EMBEDDING_MODEL, embedding_model_location
+
+    folder = Path(embedding_model_location(DEFAULT_EMBEDDING_MODEL))
+    config = json.loads((folder / "config.json").read_text())
+    hidden, inner, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    flop_per_token = 2 * layers * (4 * hidden * hidden + 2 * hidden * inner)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokens = statistics.fmean(len(e.ids) for e in tokenizer.encode_batch(prompts))
+    flop_per_prompt = flop_per_token * tokens
+    print(
+        f"  MiniLM work: {flop_per_token / 1e6:.1f} MFLOP per token in its {layers} layers (h = {hidden}, "
+        f"i = {inner}), {tokens:.1f} tokens per prompt on average: {flop_per_prompt / 1e9:.3f} GFLOP per prompt;\n"
+        f"  at 1 torch thread it sustains {single_threaded['rate'] * flop_per_prompt / 1e9:.0f} GFLOP/s; "
+        f"{GOALS[MINILM]:.0f} prompts/s would need {GOALS[MINILM] * flop_per_prompt / 1e9:.0f} GFLOP/s"
+    )
+
+
 def budget_rows() -> list[tuple[str, str, int | None, float]]:
     """(table or SLO, fastest model, its default steps, seconds per image) for each shipped table and SLO."""
     rows: list[tuple[str, str, int | None, float]] = []
@@ -459,6 +483,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             torch.set_num_threads(count)
             rows.append(measure(MINILM, router, prompts, args, torch.get_num_threads()))
     print_throughput(rows, args.rounds)
+    if embedding:
+        print_minilm_work(prompts, rows[1])
     measured = {TFIDF: rows[0]}
     if embedding:
         measured[MINILM] = rows[1]
