@@ -180,3 +180,13 @@ def test_plan_with_the_embedding_router_counts_all_of_partiprompts(tmp_path):
     prompts = json.loads(path.read_text())["inputs"]["prompts"]
     assert prompts["router"] == "paper4-minilm" and sum(prompts["routed"].values()) == 553
     assert "553 routed by paper4-minilm" in out and "lost to misrouting" in out
+
+
+@pytest.mark.slow
+@needs_partiprompts
+def test_eval_prints_each_backend_before_a_later_one_fails(capsys, tmp_path):
+    done = genedge_in_process(
+        capsys, "router", "eval", str(SHARED_PROMPTS), "--embedding-model", str(tmp_path / "no-such-model")
+    )
+    assert done.returncode == 2 and "no-such-model" in done.stderr
+    assert "\ntfidf           0.682    0.626" in done.stdout

@@ -130,11 +130,11 @@ def _training_data(args: argparse.Namespace) -> tuple[dict[str, Any], list[str],
     return mapping, prompts, categories, source
 
 
-def _report_lines(name: str, report: Any) -> list[str]:
-    return [
-        f"{name:<12} {report.accuracy:>8.3f} {report.macro_f1:>8.3f}  "
-        + "  ".join(f"{c} {p:.2f}/{r:.2f}" for c, p, r in zip(report.categories, report.precision, report.recall))
-    ]
+def _report_line(name: str, report: Any) -> str:
+    per_category = zip(report.categories, report.precision, report.recall)
+    return f"{name:<12} {report.accuracy:>8.3f} {report.macro_f1:>8.3f}  " + "  ".join(
+        f"{c} {p:.2f}/{r:.2f}" for c, p, r in per_category
+    )
 
 
 def _header(mapping: dict[str, Any], prompts: list[str], folds: int, seed: int) -> str:
@@ -173,7 +173,7 @@ def run_train(args: argparse.Namespace) -> int:
         source=source,
     )
     print(_header(mapping, prompts, args.folds, args.seed))
-    print("\n".join(_report_lines(router.backend, router.cross_validation)))
+    print(_report_line(router.backend, router.cross_validation))
     print(f"wrote {router.save(args.out)} ({router.name})")
     return 0
 
@@ -188,10 +188,12 @@ def run_eval(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"--backend: expected backends among {list(BACKENDS)}, but got {unknown}")
     mapping, prompts, categories, _ = _training_data(args)
+    # Each backend's line is printed as soon as it is known: a later backend that fails loses nothing.
+    print(_header(mapping, prompts, args.folds, args.seed), flush=True)
     reports: dict[str, Any] = {}
     baseline = None
     for backend in args.backend:
-        report, baseline = cross_validate(
+        reports[backend], baseline = cross_validate(
             prompts,
             categories,
             mapping,
@@ -200,11 +202,9 @@ def run_eval(args: argparse.Namespace) -> int:
             seed=args.seed,
             embedding_model=args.embedding_model,
         )
-        reports[backend] = report
+        print(_report_line(backend, reports[backend]), flush=True)
     reports["majority"] = baseline
-    print(_header(mapping, prompts, args.folds, args.seed))
-    for name, report in reports.items():
-        print("\n".join(_report_lines(name, report)))
+    print(_report_line("majority", baseline))
     for name, report in reports.items():
         if name != "majority":
             print()
@@ -221,7 +221,8 @@ def run_eval(args: argparse.Namespace) -> int:
             "seed": args.seed,
             "reports": {name: report.to_dict() for name, report in reports.items()},
         }
-        print(f"wrote {write_text_atomic(args.out, json.dumps(document, indent=1) + chr(10))}")
+        written = write_text_atomic(args.out, json.dumps(document, indent=1) + "\n")
+        print(f"wrote {written}")
     return 0
 
 
