@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from genedge.optimizer.problem import Problem
-from genedge.optimizer.system import deployed_mask, evaluate
+from genedge.optimizer.system import Evaluation, deployed_mask, evaluate
 
 __all__ = [
     "Callback",
@@ -130,64 +130,37 @@ class Plan:
         return dict(zip(self.models, self.batch_per_model))
 
 
-@dataclass(frozen=True)
-class PlanResult:
-    """What every planner returns.
+@dataclass(frozen=True, kw_only=True)
+class PlanResult(Evaluation):
+    """What every planner returns: its plan, the plan's predicted figures (every field of
+    :class:`~genedge.optimizer.system.Evaluation`: mean_quality, mean_delay_s, p95/p99, utility, loads,
+    service_s, shortfall, attainment, energy, utilization, stable, feasible, max_batch, mg1 mean) and how
+    the planner got there.
 
     Attributes:
         method: planner name, e.g. ``"genedge"``, ``"paper"``, ``"direct-assignment"``.
         plan: the decisions.
-        mean_quality: predicted mean CLIPScore per request (points).
-        mean_delay_s: predicted mean delay under the problem's delay model (s); inf when unstable.
-        p95_delay_s: predicted 95th-percentile delay (s).
-        utility: U = mean_quality − w · mean_delay_s − κ · energy (points); −inf when unstable.
         status: why the planner stopped; :attr:`success` and :attr:`message` follow from it.
         nit: iterations (exact search: step vectors whose routing was polished).
         nfev: objective evaluations.
         seed: the seed the planner's generator came from, or None if it used no randomness.
-        loads: expected requests per model N_m, shape (M,).
         trajectory: (iteration, current utility, best utility, temperature) rows for annealers.
         upper_bound: a proven upper bound on the utility of any plan, where the planner certifies one.
-        shortfall: P(score < θ) per category, shape (C,), where the problem has a quality floor.
         plan_time_s: wall time the planner took (s); every planner sets it, a result built with
             :func:`make_result` alone has None.
-        p99_delay_s: predicted 99th-percentile delay (s).
-        attainment / category_attainment: P(delay ≤ SLO), overall and per category, where the
-            problem has an SLO.
-        mean_energy_j: mean energy per image (J), where the table carries energy.
-        utilization: ρ_m per model under open arrivals.
-        stable: every deployed queue is stable.
-        feasible: stable, and meets the SLO where there is one.
-        mg1_mean_delay_s: the M/G/1 mean beside the M/D/1 one, where the table gives latency spread.
         bound_note: what ``upper_bound`` leaves out, where it is not tight by construction.
-        service_s: seconds per call (a batch of up to b_m) on each model's share, inf where not deployed.
     """
 
     method: str
     plan: Plan
-    mean_quality: float
-    mean_delay_s: float
-    p95_delay_s: float
-    utility: float
     status: PlanStatus
     nit: int
     nfev: int
     seed: int | None
-    loads: np.ndarray
     trajectory: np.ndarray | None = None
     upper_bound: float | None = None
-    shortfall: np.ndarray | None = None
     plan_time_s: float | None = None
-    p99_delay_s: float = np.nan
-    attainment: float | None = None
-    category_attainment: np.ndarray | None = None
-    mean_energy_j: float | None = None
-    utilization: np.ndarray | None = None
-    stable: bool = True
-    feasible: bool = True
-    mg1_mean_delay_s: float | None = None
     bound_note: str | None = None
-    service_s: np.ndarray | None = None
 
     @property
     def success(self) -> bool:
@@ -250,30 +223,16 @@ def make_result(
         batch_per_model=tuple(int(b) for b in ev.max_batch),
     )
     return PlanResult(
+        **{f.name: getattr(ev, f.name) for f in dataclasses.fields(Evaluation)},
         method=method,
         plan=plan,
-        mean_quality=ev.mean_quality,
-        mean_delay_s=ev.mean_delay_s,
-        p95_delay_s=ev.p95_delay_s,
-        utility=ev.utility,
         status=PlanStatus(status),
         nit=nit,
         nfev=nfev,
         seed=seed,
-        loads=ev.loads,
         trajectory=trajectory,
         upper_bound=upper_bound,
-        shortfall=ev.shortfall,
-        p99_delay_s=ev.p99_delay_s,
-        attainment=ev.attainment,
-        category_attainment=ev.category_attainment,
-        mean_energy_j=ev.mean_energy_j,
-        utilization=ev.utilization,
-        stable=ev.stable,
-        feasible=ev.feasible,
-        mg1_mean_delay_s=ev.mg1_mean_delay_s,
         bound_note=bound_note,
-        service_s=ev.service_s,
     )
 
 
