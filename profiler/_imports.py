@@ -1,4 +1,4 @@
-"""Lazy imports of the heavy libraries the profiler needs, with an install hint when one is missing."""
+"""Lazy imports of heavy libraries (the profiler's, the server's), with an install hint when one is missing."""
 
 from __future__ import annotations
 
@@ -11,15 +11,14 @@ __all__ = ["require"]
 
 logger = logging.getLogger(__name__)
 
-_INSTALL_HINT = 'pip install "genedge[profile]"'
-
 
 @functools.cache
-def require(module: str) -> ModuleType:
+def require(module: str, extra: str = "profile") -> ModuleType:
     """Import ``module`` on first use and cache it.
 
     Args:
         module: Import name, e.g. ``"diffusers"``.
+        extra: the genedge extra that installs it, named in the error.
 
     Returns:
         The imported module.
@@ -30,4 +29,6 @@ def require(module: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise ImportError(f"genedge.profiler needs {module!r}; install it with `{_INSTALL_HINT}`.") from err
+        part = "profiler" if extra == "profile" else extra
+        hint = f'pip install "genedge[{extra}]"'
+        raise ImportError(f"genedge.{part} needs {module!r}; install it with `{hint}`.") from err

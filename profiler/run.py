@@ -85,6 +85,8 @@ __all__ = [
     "RunResult",
     "Measurement",
     "measure_call",
+    "encode_prompts",
+    "decode_latents",
     "validate",
     "profile",
 ]
@@ -366,14 +368,16 @@ def _new_run_id() -> str:
     return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
-def _encode(pipe: Any, prompts: list[str], device: Any, guidance_scale: float) -> dict[str, Any]:
+def encode_prompts(pipe: Any, prompts: list[str], device: Any, guidance_scale: float) -> dict[str, Any]:
+    """Encode a batch's prompts as the keyword arguments the pipeline's call takes (with guidance's negatives)."""
     outputs = pipe.encode_prompt(
         prompt=prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=guidance_scale > 1.0
     )
     return dict(zip(_EMBEDDING_NAMES[type(pipe).__name__], outputs))
 
 
-def _decode(pipe: Any, latents: Any) -> list[Any]:
+def decode_latents(pipe: Any, latents: Any) -> list[Any]:
+    """Decode latents with the pipeline's VAE (undoing its latent normalization) into PIL images."""
     vae = pipe.vae
     latents = latents.to(vae.dtype)
     mean, std = vae.config.get("latents_mean"), vae.config.get("latents_std")
@@ -429,7 +433,7 @@ def measure_call(
     with torch.inference_mode(), monitor.window() as window:
         host_start = time.perf_counter()
         marks = [clock.mark()]
-        embeddings = _encode(pipe, prompts, device, guidance_scale)
+        embeddings = encode_prompts(pipe, prompts, device, guidance_scale)
         marks.append(clock.mark())
         with step_timer(pipe, clock) as timer:
             latents = pipe(
@@ -444,7 +448,7 @@ def measure_call(
                 callback_on_step_end_tensor_inputs=[],
             ).images
         marks.append(clock.mark())
-        images = _decode(pipe, latents)
+        images = decode_latents(pipe, latents)
         marks.append(clock.mark())
         clock.synchronize()
         total_s = time.perf_counter() - host_start

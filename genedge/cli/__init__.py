@@ -34,6 +34,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "demo",
     "tables",
     "router",
+    "serve",
     "loadtest",
 )
 

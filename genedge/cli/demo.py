@@ -9,6 +9,7 @@ machine; its CLIPScores are not image quality, and the output says so.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import tempfile
 from pathlib import Path
@@ -91,7 +92,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"   wrote {len(figures)} figure files to {folder / 'figures'}")
 
     print("\n3. plan")
-    problem = Problem.from_table(table, Workload.from_mix(default_mix(table), DEFAULT_REQUESTS))
+    problem = Problem.from_table(
+        table,
+        Workload.from_mix(default_mix(table), DEFAULT_REQUESTS),
+        table_sha256=hashlib.sha256(table_path.read_bytes()).hexdigest(),
+    )
     planned = run_methods(problem, ["genedge"], seed=0)["genedge"]
     print(format_plan(planned))
     print(

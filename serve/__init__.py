@@ -1,0 +1,7 @@
+"""Serving a plan: Ray Serve deployments that realize it, and the load generator that measures it.
+
+:mod:`.protocol` is the HTTP contract; :mod:`.shares` the step-level share scheduler; :mod:`.spec`
+what a plan and its table say to serve; :mod:`.worker` the process that owns a device's models;
+:mod:`.app` the Ray Serve application; :mod:`.loadtest`, :mod:`.predict` and :mod:`.measured` the
+load generator, the plan's prediction at the offered rates, and the comparison.
+"""

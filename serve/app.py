@@ -1,0 +1,304 @@
+"""The Ray Serve application of a plan: an HTTP ingress and one deployment per device.
+
+The ingress (:class:`Ingress`) checks each request (:mod:`.protocol`), takes its category from the
+request or from the prompt router, picks the model with the plan's routing (one smooth weighted
+round robin per category, so the planned fractions hold in every prefix of the requests) and
+calls the deployment that owns the model. A :class:`Device` deployment owns one device and the
+models placed on it (:class:`~genedge.serve.worker.DeviceWorker`, shares by the step-level
+scheduler). With ``realization="mps"`` each model replica is instead its own deployment, a process
+holding ``num_gpus = share`` of a GPU with ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` from the plan, and
+the MPS daemon enforces the shares.
+"""
+
+import asyncio
+import base64
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from genedge.profiler._imports import require
+
+__all__ = ["APP_NAME", "REALIZATIONS", "build_application", "deployment_units"]
+
+logger = logging.getLogger(__name__)
+
+APP_NAME = "genedge"
+Realization = Literal["scheduler", "mps"]
+REALIZATIONS: tuple[str, ...] = ("scheduler", "mps")
+#: Requests one replica of a deployment takes at once: queueing and refusal are the plan's job, not Ray's.
+_MAX_ONGOING = 100_000
+
+serve = require("ray.serve", extra="serve")
+fastapi = require("fastapi", extra="serve")
+responses = require("fastapi.responses", extra="serve")
+# This module has no `from __future__ import annotations`: FastAPI reads the handlers' annotations as objects.
+Request = fastapi.Request
+
+from genedge.serve.protocol import (  # noqa: E402  (after the extra's check, whose message names it)
+    GENERATE_ROUTE,
+    HEALTH_ROUTE,
+    OPENAI_ROUTE,
+    PLAN_ROUTE,
+    STATS_ROUTE,
+    GenerationRequest,
+    Overloaded,
+    RequestError,
+    error_body,
+    parse_generate,
+    parse_openai,
+)
+from genedge.serve.spec import SERVED_MODEL_NAME, ServedModel, ServeSpec  # noqa: E402
+
+http = fastapi.FastAPI(
+    title="genedge",
+    description="A genedge plan served: text-to-image requests routed to models, steps and GPU shares as planned.",
+)
+
+
+def _error_response(error: RequestError) -> Any:
+    headers = {"Retry-After": error.retry_after_header} if isinstance(error, Overloaded) else None
+    return responses.JSONResponse(error_body(error), status_code=error.status, headers=headers)
+
+
+@serve.deployment(max_ongoing_requests=_MAX_ONGOING, ray_actor_options={"num_cpus": 0})
+class Device:
+    """One device's models (or, under MPS, one model's process), as a Ray Serve deployment."""
+
+    def __init__(
+        self, models: Sequence[ServedModel], device: str | None, work_conserving: bool, threads: int | None
+    ) -> None:
+        from genedge.serve.worker import DeviceWorker
+
+        self.worker = DeviceWorker(models, device=device, work_conserving=work_conserving, threads=threads)
+
+    async def generate(self, name: str, prompt: str, seed: int | None, request_id: str) -> dict[str, Any]:
+        """One image: ``{"png", "record"}``, or ``{"overloaded", "retry_after_s"}`` when refused."""
+        try:
+            future = self.worker.submit(name, prompt, seed=seed, request_id=request_id)
+        except Overloaded as err:
+            return {"overloaded": err.message, "retry_after_s": err.retry_after_s}
+        result = await asyncio.wrap_future(future)
+        return {"png": result.png, "record": result.record}
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """The worker's per-model accounts."""
+        return self.worker.stats()
+
+    def drain(self, timeout_s: float) -> bool:
+        """Stop taking requests; wait for those in flight."""
+        return self.worker.drain(timeout_s)
+
+
+def deployment_units(spec: ServeSpec, realization: Realization) -> list[tuple[str, tuple[ServedModel, ...], dict]]:
+    """The deployments a plan becomes: ``(name, models, ray_actor_options)`` each.
+
+    ``scheduler``: one per device, owning the device's models (a whole GPU each where GPUs are used;
+    ``num_gpus`` is set by :func:`build_application`). ``mps``: one per model replica, asking Ray for
+    ``share`` of a GPU, with the plan's ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE``; inside its process the
+    model has the whole (MPS-limited) device.
+    """
+    if realization == "scheduler":
+        return [(f"device-{d}", spec.on_device(d), {}) for d in range(spec.devices)]
+    units = []
+    for model in spec.models:
+        percentage = max(1, min(100, math.ceil(100 * model.share)))
+        options = {
+            "num_gpus": model.share,
+            "runtime_env": {"env_vars": {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(percentage)}},
+        }
+        alone = dataclasses.replace(model, share=1.0)
+        units.append((f"model-{model.name}".replace("/", "_").replace(":", "_"), (alone,), options))
+    return units
+
+
+@serve.deployment(max_ongoing_requests=_MAX_ONGOING, ray_actor_options={"num_cpus": 0})
+@serve.ingress(http)
+class Ingress:
+    """The HTTP front of a served plan (routes in :mod:`genedge.serve.protocol`)."""
+
+    def __init__(self, spec: ServeSpec, router: str | None, units: list[tuple[str, tuple[str, ...]]], *handles: Any):
+        from genedge.optimizer.routing import Router
+
+        self.spec = spec
+        self.router_name = router
+        self.prompt_router = None
+        if router is not None:
+            from genedge.router.model import load_router
+
+            self.prompt_router = load_router(router)
+        self.routing = Router(spec.routing)
+        by_name = {}
+        for (_, names), handle in zip(units, handles):
+            for name in names:
+                by_name[name] = handle
+        self.handles = [by_name[m.name] for m in spec.models]
+        self.unit_handles = list(handles)
+        self.category_index = {c: i for i, c in enumerate(spec.categories)}
+        self.started = time.monotonic()
+        self.in_flight = 0
+        self.draining = False
+        self.counter = 0
+
+    def _category(self, request: GenerationRequest) -> tuple[str, str, float | None]:
+        if request.category is not None:
+            return request.category, "given", None
+        if self.prompt_router is None:
+            raise RequestError(
+                "no category given, and this server has no prompt router (started with --router none)",
+                param="category",
+            )
+        categories, probabilities = self.prompt_router.route([request.prompt])
+        return categories[0], "router", float(probabilities[0])
+
+    async def _one(self, request: GenerationRequest, seed: int | None) -> dict[str, Any]:
+        """Route and generate one image; raises :class:`Overloaded` when its model refuses it."""
+        arrived = time.perf_counter()
+        category, source, probability = self._category(request)
+        replica = self.routing.route(self.category_index[category])
+        model = self.spec.models[replica]
+        self.counter += 1
+        request_id = f"r{self.counter}"
+        result = await self.handles[replica].generate.remote(model.name, request.prompt, seed, request_id)
+        if "overloaded" in result:
+            raise Overloaded(result["overloaded"], retry_after_s=result["retry_after_s"])
+        record = {
+            **result["record"],
+            "category": category,
+            "category_source": source,
+            "category_probability": probability,
+            "response_s": time.perf_counter() - arrived,
+        }
+        return {"png": result["png"], "record": record}
+
+    async def _serve(self, request: Any, parse: Any, answer: Any) -> Any:
+        if self.draining:
+            return _error_response(Overloaded("the server is shutting down", retry_after_s=1.0))
+        self.in_flight += 1
+        try:
+            try:
+                body = await request.json()
+            except (ValueError, UnicodeDecodeError):
+                raise RequestError("the request body is not valid JSON") from None
+            parsed = parse(body)
+            seeds = (
+                [parsed.seed]
+                if parsed.n == 1
+                else [None if parsed.seed is None else parsed.seed + i for i in range(parsed.n)]
+            )
+            results = await asyncio.gather(*(self._one(parsed, seed) for seed in seeds))
+            return answer(results)
+        except RequestError as err:
+            return _error_response(err)
+        finally:
+            self.in_flight -= 1
+
+    @http.post(GENERATE_ROUTE)
+    async def generate(self, request: Request) -> Any:
+        """genedge's route: one image and its record."""
+
+        def answer(results: list[dict[str, Any]]) -> dict[str, Any]:
+            (result,) = results
+            return {"image_png_b64": base64.b64encode(result["png"]).decode("ascii"), "record": result["record"]}
+
+        return await self._serve(request, lambda body: parse_generate(body, self.spec.categories), answer)
+
+    @http.post(OPENAI_ROUTE)
+    async def images_generations(self, request: Request) -> Any:
+        """The OpenAI-compatible route: ``n`` images as ``b64_json``, records under ``genedge``."""
+
+        def parse(body: Any) -> GenerationRequest:
+            return parse_openai(
+                body, self.spec.categories, resolution=self.spec.resolution, served_model=SERVED_MODEL_NAME
+            )
+
+        def answer(results: list[dict[str, Any]]) -> dict[str, Any]:
+            return {
+                "created": int(time.time()),
+                "data": [
+                    {"b64_json": base64.b64encode(r["png"]).decode("ascii"), "revised_prompt": None} for r in results
+                ],
+                "genedge": [r["record"] for r in results],
+            }
+
+        return await self._serve(request, parse, answer)
+
+    @http.get(PLAN_ROUTE)
+    def plan(self) -> Any:
+        """The plan, its table and what is served."""
+        served = {**self.spec.summary(), "router": self.router_name}
+        return responses.JSONResponse({"plan": self.spec.plan, "table": self.spec.table, "served": served})
+
+    @http.get(STATS_ROUTE)
+    async def stats(self) -> dict[str, Any]:
+        """Each model's share account and counters, by device."""
+        per_unit = await asyncio.gather(*(handle.stats.remote() for handle in self.unit_handles))
+        merged: dict[str, dict[str, Any]] = {}
+        for models in per_unit:
+            merged.update(models)
+        devices: dict[int, dict[str, Any]] = {}
+        for model in self.spec.models:
+            devices.setdefault(model.device, {})[model.name] = merged[model.name]
+        return {
+            "uptime_s": time.monotonic() - self.started,
+            "devices": [{"device": d, "models": models} for d, models in sorted(devices.items())],
+        }
+
+    @http.get(HEALTH_ROUTE)
+    def health(self) -> dict[str, str]:
+        """Liveness."""
+        return {"status": "draining" if self.draining else "ok"}
+
+    async def drain(self, timeout_s: float) -> dict[str, Any]:
+        """Refuse new requests (503), wait for those in flight, then drain the devices."""
+        self.draining = True
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        left = self.in_flight
+        drained = await asyncio.gather(
+            *(handle.drain.remote(max(deadline - time.monotonic(), 0.0)) for handle in self.unit_handles)
+        )
+        return {"in_flight_left": left, "devices_drained": all(drained)}
+
+
+def build_application(
+    spec: ServeSpec,
+    *,
+    router: str | None,
+    device: str | None = None,
+    realization: Realization = "scheduler",
+    work_conserving: bool = False,
+    threads: int | None = None,
+    gpus: bool = False,
+) -> Any:
+    """The Ray Serve application of ``spec`` (pass it to ``serve.run``).
+
+    Args:
+        spec: what to serve.
+        router: a prompt router file or shipped name for requests without a category (None: they are refused).
+        device: torch device type inside each deployment (default: cuda when available, else cpu).
+        realization: ``"scheduler"`` (step-level share scheduler, one deployment per device) or
+            ``"mps"`` (one process per model under CUDA MPS).
+        work_conserving: let models use shares others leave idle (scheduler realization).
+        threads: torch CPU threads per deployment.
+        gpus: ask Ray for GPUs (one per device deployment, ``share`` per MPS process).
+    """
+    if realization not in REALIZATIONS:
+        raise ValueError(f"Expected a realization in {list(REALIZATIONS)}, but got {realization!r}")
+    bound = []
+    units = []
+    for name, models, options in deployment_units(spec, realization):
+        actor = {"num_cpus": 0, **options}
+        if gpus:
+            actor.setdefault("num_gpus", 1)
+        else:
+            actor.pop("num_gpus", None)
+        deployment = Device.options(name=name, ray_actor_options=actor)
+        bound.append(deployment.bind(models, device, work_conserving, threads))
+        units.append(
+            (name, tuple(m.name for m in models) if realization == "scheduler" else (spec.models[len(units)].name,))
+        )
+    return Ingress.bind(spec, router, units, *bound)

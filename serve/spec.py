@@ -1,0 +1,323 @@
+"""What a plan and its calibration table say to serve, checked before anything starts.
+
+:func:`serve_spec` reads a plan document and the table it was made from and returns a
+:class:`ServeSpec`: each deployed model with its steps, share, batch and the generation settings
+its latencies were measured with (resolution, guidance scale, dtype, scheduler, from the table's
+profile manifest), placed on devices, and the queue bound past which a request is refused.
+
+A plan for more GPUs than one is placed by first-fit decreasing: a model whose share exceeds one
+device becomes ``ceil(share)`` replicas of equal share, and each device gets one deployment that
+owns the replicas placed on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genedge.serve.shares import SHARE_SUM_TOLERANCE
+
+__all__ = [
+    "DEFAULT_QUEUE_BOUND_S",
+    "SERVED_MODEL_NAME",
+    "ServeError",
+    "ServedModel",
+    "ServeSpec",
+    "place_on_devices",
+    "serve_spec",
+]
+
+#: Without an SLO, a model refuses requests once its queue holds this many seconds of planned work.
+DEFAULT_QUEUE_BOUND_S = 30.0
+#: The ``model`` an OpenAI-compatible client may name: the plan, which picks the model per request.
+SERVED_MODEL_NAME = "genedge"
+
+
+class ServeError(ValueError):
+    """A plan that cannot be served as loaded (its table, models or settings do not match)."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One replica of a deployed model, on one device.
+
+    Attributes:
+        key: the model key of the plan and the table (also the model spec loaded, unless mapped).
+        spec: what to load: a replica name, a saved pipeline folder or a hub id.
+        replica: index among the model's replicas (0 when it has one).
+        device: index of the device it runs on.
+        steps: denoising steps per image.
+        share: fraction of its device (the plan's share divided among the replicas).
+        max_batch: largest batch of one call.
+        service_s: the plan's time of one call on this share (s).
+        queue_bound: requests this replica holds (running and waiting) before it refuses more.
+        resolution / guidance_scale / dtype / scheduler: the settings its latencies were measured with.
+    """
+
+    key: str
+    spec: str
+    replica: int
+    device: int
+    steps: int
+    share: float
+    max_batch: int
+    service_s: float
+    queue_bound: int
+    resolution: int
+    guidance_scale: float
+    dtype: str
+    scheduler: str | None
+
+    @property
+    def name(self) -> str:
+        """A unique name on the server: the key, with ``#replica`` when the model has several."""
+        return self.key if self.replica == 0 else f"{self.key}#{self.replica}"
+
+
+@dataclass(frozen=True)
+class ServeSpec:
+    """Everything a server needs from a plan, checked.
+
+    Attributes:
+        plan: the plan document.
+        table: the calibration table document.
+        table_sha256: sha256 of the table file's bytes (equal to the plan's).
+        categories: the plan's categories, in routing-matrix order.
+        category_mapping: the table's category mapping (for the prompt router).
+        models: every replica to serve, device by device.
+        routing: p[c, replica]: the plan's routing with each model's probability split evenly
+            among its replicas, shape (categories, replicas).
+        devices: number of devices.
+        resolution: image side in pixels (every served model's).
+        slo_s: the plan's SLO (s), if it has one.
+    """
+
+    plan: Mapping[str, Any]
+    table: Mapping[str, Any]
+    table_sha256: str
+    categories: tuple[str, ...]
+    category_mapping: Mapping[str, Any]
+    models: tuple[ServedModel, ...]
+    routing: np.ndarray
+    devices: int
+    resolution: int
+    slo_s: float | None
+
+    def on_device(self, device: int) -> tuple[ServedModel, ...]:
+        """The replicas placed on ``device``."""
+        return tuple(m for m in self.models if m.device == device)
+
+    def summary(self) -> dict[str, Any]:
+        """What is served, as JSON (``GET /v1/plan``'s ``served``)."""
+        return {
+            "devices": self.devices,
+            "resolution": self.resolution,
+            "slo_s": self.slo_s,
+            "table_sha256": self.table_sha256,
+            "models": [
+                {
+                    "name": m.name,
+                    "key": m.key,
+                    "spec": m.spec,
+                    "device": m.device,
+                    "steps": m.steps,
+                    "share": m.share,
+                    "max_batch": m.max_batch,
+                    "service_s": m.service_s,
+                    "queue_bound": m.queue_bound,
+                }
+                for m in self.models
+            ],
+        }
+
+
+def place_on_devices(shares: Mapping[str, float]) -> list[tuple[str, int, int, float]]:
+    """Place model shares on whole devices, first-fit decreasing.
+
+    Args:
+        shares: model → share in device units (> 0; may exceed 1).
+
+    Returns:
+        ``(model, replica, device, share)`` for every replica: a model of share r > 1 becomes
+        ``ceil(r)`` replicas of share r / ceil(r), each on its own device.
+    """
+    pieces: list[tuple[str, int, float]] = []
+    for key, share in shares.items():
+        count = max(1, math.ceil(share - SHARE_SUM_TOLERANCE))
+        pieces.extend((key, replica, share / count) for replica in range(count))
+    pieces.sort(key=lambda piece: -piece[2])
+    free: list[float] = []
+    placed = []
+    for key, replica, share in pieces:
+        device = next(
+            (
+                d
+                for d, room in enumerate(free)
+                if share <= room + SHARE_SUM_TOLERANCE and all(p[0] != key for p in placed if p[2] == d)
+            ),
+            None,
+        )
+        if device is None:
+            free.append(1.0)
+            device = len(free) - 1
+        free[device] -= share
+        placed.append((key, replica, device, share))
+    return placed
+
+
+def _profile_settings(table: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Model key → the settings its profile ran with, from the table's run manifests."""
+    settings: dict[str, dict[str, Any]] = {}
+    for run in (table.get("manifest") or {}).get("runs", {}).values():
+        for model in run.get("models", []):
+            settings[model["key"]] = {
+                "resolution": int(model["resolution"]),
+                "scheduler": (model.get("scheduler") or {}).get("class"),
+                "guidance_scale": float(run.get("guidance_scale", 7.5)),
+                "dtype": str(run.get("dtype", "float32")),
+            }
+    return settings
+
+
+def _queue_bound(service_s: float, max_batch: int, slo_s: float | None, bound_s: float | None) -> int:
+    """Requests a model may hold: those that can still finish within the SLO (or the bound) at the plan's pace."""
+    horizon = bound_s if bound_s is not None else (slo_s if slo_s is not None else DEFAULT_QUEUE_BOUND_S)
+    return max(1, math.floor(horizon / service_s) * max_batch)
+
+
+def serve_spec(
+    plan: Mapping[str, Any],
+    table: Mapping[str, Any],
+    table_bytes: bytes,
+    *,
+    model_specs: Mapping[str, str] | None = None,
+    queue_bound_s: float | None = None,
+    where: str = "<plan>",
+) -> ServeSpec:
+    """Check a plan against its table and say what to serve.
+
+    Args:
+        plan: a plan document (already checked by :func:`genedge.optimizer.plan_file.validate_plan`).
+        table: the calibration table document the plan names.
+        table_bytes: the table file's bytes (hashed and compared with the plan's ``table_sha256``).
+        model_specs: model key → what to load instead of the key (e.g. ``sd15`` → a saved folder);
+            required for keys that are not loadable specs themselves.
+        queue_bound_s: refuse requests past this many seconds of queued work per model (default:
+            the plan's SLO, else :data:`DEFAULT_QUEUE_BOUND_S`).
+        where: the plan's name in messages.
+
+    Raises:
+        ServeError: the plan records no table hash or another one, a deployed model is not in the
+            table, models of different resolutions, or a model mapped that the plan does not deploy.
+    """
+    inputs = plan["inputs"]
+    recorded = inputs.get("table_sha256")
+    actual = hashlib.sha256(table_bytes).hexdigest()
+    if recorded is None:
+        raise ServeError(
+            f"{where}: inputs.table_sha256: the plan records no table hash, so what it was made from cannot be checked; plan again with 'genedge plan'"
+        )
+    if recorded != actual:
+        raise ServeError(
+            f"{where}: inputs.table_sha256: the plan was made from a table with sha256 {recorded[:12]}…, "
+            f"but the table loaded has {actual[:12]}…: serve it with the table it was planned on, or plan again"
+        )
+    deployed = {key: entry for key, entry in plan["models"].items() if entry.get("deployed")}
+    table_models = table.get("models", {})
+    missing = sorted(set(deployed) - set(table_models))
+    if missing:
+        raise ServeError(
+            f"{where}: models: deployed models {missing} are not in the table (it has {sorted(table_models)})"
+        )
+    model_specs = dict(model_specs or {})
+    extra = sorted(set(model_specs) - set(deployed))
+    if extra:
+        raise ServeError(f"--model: {extra} are not models the plan deploys ({sorted(deployed)})")
+    profiled = _profile_settings(table)
+    unknown = sorted(key for key in deployed if key not in profiled)
+    if unknown:
+        raise ServeError(
+            f"{where}: models {unknown} have no profile settings in the table (resolution, scheduler, dtype): "
+            "serve a plan made from a table that genedge calibrated from a profile of the models it serves"
+        )
+    resolutions = {profiled[key]["resolution"] for key in deployed}
+    if len(resolutions) != 1:
+        raise ServeError(f"{where}: deployed models were profiled at different resolutions {sorted(resolutions)}")
+    slo = inputs.get("slo")
+    slo_s = None if slo is None else float(slo["seconds"])
+    placed = place_on_devices({key: float(entry["share"]) for key, entry in deployed.items()})
+    counts = {key: sum(1 for p in placed if p[0] == key) for key in deployed}
+    models = []
+    for key, replica, device, share in sorted(placed, key=lambda p: (p[2], p[0], p[1])):
+        entry = deployed[key]
+        settings = profiled[key]
+        # one call on the replica's share: the plan's call time on the whole model share, times the replicas
+        service_s = float(entry["service_s"]) * counts[key]
+        max_batch = int(entry.get("max_batch") or 1)
+        models.append(
+            ServedModel(
+                key=key,
+                spec=model_specs.get(key, key),
+                replica=replica,
+                device=device,
+                steps=int(entry["steps"]),
+                share=share,
+                max_batch=max_batch,
+                service_s=service_s,
+                queue_bound=_queue_bound(service_s, max_batch, slo_s, queue_bound_s),
+                resolution=settings["resolution"],
+                guidance_scale=settings["guidance_scale"],
+                dtype=settings["dtype"],
+                scheduler=settings["scheduler"],
+            )
+        )
+    categories = tuple(plan["routing"])
+    routing = np.zeros((len(categories), len(models)))
+    for j, model in enumerate(models):
+        for i, category in enumerate(categories):
+            routing[i, j] = float(plan["routing"][category].get(model.key, 0.0)) / counts[model.key]
+    return ServeSpec(
+        plan=plan,
+        table=table,
+        table_sha256=actual,
+        categories=categories,
+        category_mapping=table["category_mapping"],
+        models=tuple(models),
+        routing=routing,
+        devices=1 + max(m.device for m in models),
+        resolution=resolutions.pop(),
+        slo_s=slo_s,
+    )
+
+
+def model_specs_from_pairs(pairs: Sequence[str]) -> dict[str, str]:
+    """``KEY=SPEC`` strings (``--model``) as a mapping.
+
+    Raises:
+        ValueError: a pair without ``=``, or a key given twice.
+    """
+    specs: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, spec = pair.partition("=")
+        if not sep or not key or not spec:
+            raise ValueError(f"--model: expected KEY=SPEC (a plan's model key, then what to load), but got {pair!r}")
+        if key in specs:
+            raise ValueError(f"--model: {key!r} is given twice")
+        specs[key] = spec
+    return specs
+
+
+def read_table_file(path: str | Path) -> tuple[dict[str, Any], bytes]:
+    """A table file's document (checked by the table reader) and its bytes."""
+    from genedge.calibrate.table import load_table
+    from genedge.contract.files import read_json
+
+    path = Path(path)
+    load_table(path)  # the full check: a table the planner would refuse is refused here too
+    return read_json(path, "a JSON calibration table"), path.read_bytes()
