@@ -285,6 +285,23 @@ def test_no_categories_spreads_demand_in_the_plan_mix(plan, table):
         assert rate == pytest.approx(10 / schedule.duration_s * mix[category] / total)
 
 
+def test_trace_gives_times_and_categories(tmp_path, plan, table):
+    trace = tmp_path / "trace.tsv"
+    trace.write_text("time_s\tcategory\n0.5\tBasic\n1.0\tComplex\n1.0\tBasic\n4.0\tDetail\n")
+    prompts = read_prompt_file(PROMPTS)
+    schedule = build_schedule(_config(trace=trace, seed=1), prompts, plan, table)
+    assert [r.time_s for r in schedule.requests] == [0.5, 1.0, 1.0, 4.0]
+    assert [r.category for r in schedule.requests] == ["Basic", "Complex", "Basic", "Detail"]
+    # Each request's prompt is one labelled with its category, the two Basic ones distinct.
+    assert [r.label_category for r in schedule.requests] == ["Basic", "Complex", "Basic", "Detail"]
+    assert schedule.requests[0].prompt != schedule.requests[2].prompt
+    assert schedule.demand == pytest.approx({"Basic": 2 / 4.0, "Complex": 1 / 4.0, "Detail": 1 / 4.0})
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("time_s\tcategory\n0.5\tNope\n")
+    with pytest.raises(ValueError, match=r"bad\.tsv: category: .* have another"):
+        build_schedule(_config(trace=bad), prompts, plan, table)
+
+
 def test_infinite_rate_is_a_window(plan, table):
     schedule = build_schedule(_config(num_prompts=5), read_prompt_file(PROMPTS), plan, table)
     assert schedule.arrivals == "window"
