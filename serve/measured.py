@@ -239,17 +239,42 @@ def compare_run(result_dir: str | Path, *, slo_s: float | None = None) -> Compar
     # Requests sent with their category are served as it; the plan's router mixture applies to the rest only.
     composition = None if schedule.get("unplaced") else {}
     predict = predict_at_rates if schedule["arrivals"] == "open" else predict_for_window
+    records = read_records(result_dir)
+    demand = _served_demand(plan, schedule, records)
     try:
-        prediction = predict(plan, table, schedule["demand"], slo_s=slo_s, composition=composition)
+        prediction = predict(plan, table, demand, slo_s=slo_s, composition=composition)
     except ValueError as err:  # e.g. a window of counts the plan's table cannot state; the measurement stands
         note = str(err)
     return Comparison(
-        measurement=measure(read_records(result_dir), slo_s=slo_s),
+        measurement=measure(records, slo_s=slo_s),
         prediction=prediction,
         shares=realized_shares(read_sessions(result_dir)),
         config=manifest["config"],
         prediction_note=note,
     )
+
+
+def _served_demand(plan: Mapping[str, Any], schedule: Mapping[str, Any], records: Any) -> dict[str, float]:
+    """The offered demand by the category each request was served as.
+
+    Requests sent without a category were split in the plan's mix when the schedule was made; once
+    served, the server's record says which category the prompt router gave each, and that, not the
+    plan's mix, is the demand its queues saw. Those with no served category (refused, failed) keep
+    the plan's mix.
+    """
+    from genedge.serve.predict import plan_rates
+
+    if not schedule.get("unplaced") or records.empty or "category" not in records:
+        return dict(schedule["demand"])
+    scale = 1.0 / schedule["duration_s"] if schedule["arrivals"] == "open" else 1.0
+    counts: dict[str, float] = {}
+    for category in records["requested_category"].fillna(records["category"]):
+        if category is None or category != category:  # neither sent nor served: the plan's mix
+            for name, share in plan_rates(plan, 1.0).items():
+                counts[name] = counts.get(name, 0.0) + share
+        else:
+            counts[category] = counts.get(category, 0.0) + 1.0
+    return {c: v * scale for c, v in counts.items() if v > 0}
 
 
 def _finite(value: Any) -> Any:

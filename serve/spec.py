@@ -221,7 +221,8 @@ def serve_spec(
     actual = hashlib.sha256(table_bytes).hexdigest()
     if recorded is None:
         raise ServeError(
-            f"{where}: inputs.table_sha256: the plan records no table hash, so what it was made from cannot be checked; plan again with 'genedge plan'"
+            f"{where}: inputs.table_sha256: the plan records no table hash, so what it was made from cannot be "
+            "checked; plan again with 'genedge plan'"
         )
     if recorded != actual:
         raise ServeError(

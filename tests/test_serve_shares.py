@@ -95,7 +95,7 @@ def test_a_model_that_waited_behind_a_long_slice_catches_up() -> None:
 
 
 def test_invalid_shares_and_misuse_are_refused() -> None:
-    with pytest.raises(ValueError, match="sum to 1.2"):
+    with pytest.raises(ValueError, match=r"sum to 1\.2"):
         ShareScheduler({"a": 0.6, "b": 0.6})
     with pytest.raises(ValueError, match=r"in \(0, 1\]"):
         ShareScheduler({"a": 0.0})

@@ -1,0 +1,321 @@
+"""``genedge serve``: a two-model plan of tiny replicas served on a local Ray instance, driven over HTTP.
+
+One server (a ``genedge serve`` subprocess on 127.0.0.1) serves the demo's plan with fractional
+routing written into it; the tests send it requests through genedge's route, the OpenAI-compatible
+one (with the official ``openai`` client) and ``genedge loadtest``, and the last one stops it with
+SIGTERM while requests are in flight. Refusals at start run without Ray.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from email.message import Message
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("diffusers", reason="serving replicas needs genedge[profile]")
+pytest.importorskip("ray.serve", reason="needs genedge[serve]")
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+HOST = "127.0.0.1"
+# Basic is split between the models so that the deterministic routing fractions can be checked.
+BASIC_SPLIT = {"replica:tiny": 0.25, "replica:tiny-xl": 0.75}
+QUEUE_BOUND_S = 1.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _genedge(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "genedge", *args], capture_output=True, text=True, env=ENV, timeout=timeout
+    )
+
+
+def _post(url: str, body: object, timeout: float = 60) -> tuple[int, dict, Message]:
+    """Status, JSON body and headers (case-insensitive) of a POST."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read()), response.headers
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read()), err.headers
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("demo")
+    done = _genedge("demo", "--dir", str(folder), "--no-figures")
+    assert done.returncode == 0, done.stderr
+    plan = json.loads((folder / "plan.json").read_text())
+    plan["routing"]["Basic"] = dict(BASIC_SPLIT)
+    for key in BASIC_SPLIT:  # both models must be deployed for the split to be servable
+        assert plan["models"][key]["deployed"]
+    (folder / "split-plan.json").write_text(json.dumps(plan))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(demo: Path):
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "genedge",
+            "serve",
+            str(demo / "split-plan.json"),
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--queue-bound-s",
+            str(QUEUE_BOUND_S),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    url = f"http://{HOST}:{port}"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"genedge serve exited {process.returncode}: {process.stderr.read()[-3000:]}")
+        try:
+            if _get(f"{url}/v1/health")["status"] == "ok":
+                break
+        except OSError:
+            time.sleep(1)
+    else:
+        process.kill()
+        pytest.fail("genedge serve did not answer within 240 s")
+    yield url, process, demo
+    if process.poll() is None:
+        process.kill()
+        process.wait(30)
+
+
+@pytest.mark.slow
+def test_routes_each_category_by_the_plans_fractions_with_the_planned_steps(server) -> None:
+    url, _, demo = server
+    plan = json.loads((demo / "split-plan.json").read_text())
+    served = Counter()
+    for i in range(20):
+        status, body, _ = _post(
+            f"{url}/v1/generate", {"prompt": f"a red cube number {i}", "category": "Basic", "seed": i}
+        )
+        assert status == 200, body
+        record = body["record"]
+        served[record["model"]] += 1
+        assert record["steps"] == plan["models"][record["model"]]["steps"]
+        assert record["category"] == "Basic" and record["category_source"] == "given"
+        assert record["category_probability"] is None and record["seed"] == i
+        assert 0 <= record["queue_wait_s"] <= record["response_s"]
+        assert 0 < record["service_s"] <= record["response_s"]
+        png = base64.b64decode(body["image_png_b64"])
+        assert png.startswith(b"\x89PNG") and hashlib.sha256(png).hexdigest() == record["image_sha256"]
+    # Smooth weighted round robin: exactly 5 and 15 of 20 (every prefix within one request).
+    assert served == {"replica:tiny": 5, "replica:tiny-xl": 15}
+    # A category the plan gives wholly to one model goes only there.
+    whole = next(c for c, row in plan["routing"].items() if max(row.values()) == 1.0)
+    owner = max(plan["routing"][whole], key=plan["routing"][whole].get)
+    for i in range(3):
+        _, body, _ = _post(f"{url}/v1/generate", {"prompt": f"prompt {i}", "category": whole})
+        assert body["record"]["model"] == owner
+
+
+@pytest.mark.slow
+def test_prompts_without_a_category_are_routed_by_the_prompt_router(server) -> None:
+    url, _, _ = server
+    from genedge.router.model import load_router
+
+    router = load_router("paper4-tfidf")
+    prompt = "a cat sitting on a mat"
+    status, body, _ = _post(f"{url}/v1/generate", {"prompt": prompt})
+    assert status == 200
+    categories, probabilities = router.route([prompt])
+    record = body["record"]
+    assert record["category_source"] == "router"
+    assert record["category"] == categories[0]
+    assert record["category_probability"] == pytest.approx(float(probabilities[0]))
+
+
+@pytest.mark.slow
+def test_the_openai_client_gets_images_from_the_compatible_route(server) -> None:
+    openai = pytest.importorskip("openai")
+    url, _, _ = server
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="not-needed", max_retries=0)
+    result = client.images.generate(
+        prompt="a blue sphere", n=2, response_format="b64_json", size="64x64", extra_body={"category": "Basic"}
+    )
+    assert len(result.data) == 2
+    for item in result.data:
+        assert base64.b64decode(item.b64_json).startswith(b"\x89PNG")
+    records = result.model_extra["genedge"]
+    assert [r["category"] for r in records] == ["Basic", "Basic"]
+    # A bad field is the client's BadRequestError, and the server names it.
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.generate(prompt="a blue sphere", response_format="url")
+    assert caught.value.body["param"] == "response_format"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.generate(prompt="a blue sphere", size="1024x1024")
+    assert caught.value.body["param"] == "size"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"category": "Basic"}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "x", "category": "Nonsense"}, "category"),
+        ({"prompt": "x", "seed": -1}, "seed"),
+        ({"prompt": "x", "colour": "red"}, "colour"),
+        (["not", "an", "object"], None),
+        (b"{not json", None),
+    ],
+)
+def test_malformed_requests_get_400_naming_the_field(server, body, param) -> None:
+    url, _, _ = server
+    status, answer, _ = _post(f"{url}/v1/generate", body)
+    assert status == 400
+    assert answer["error"]["param"] == param
+    assert answer["error"]["message"]
+
+
+@pytest.mark.slow
+def test_a_queue_past_its_bound_gets_503_with_retry_after(server) -> None:
+    url, _, _ = server
+    # 40 at once at one model: its bound is what it serves within QUEUE_BOUND_S at the plan's pace.
+    with ThreadPoolExecutor(40) as pool:
+        answers = list(
+            pool.map(lambda i: _post(f"{url}/v1/generate", {"prompt": f"p{i}", "category": "Basic"}), range(40))
+        )
+    refused = [(body, headers) for status, body, headers in answers if status == 503]
+    served = [status for status, _, _ in answers if status == 200]
+    assert refused and served, Counter(status for status, _, _ in answers)
+    body, headers = refused[0]
+    assert body["error"]["type"] == "server_overloaded"
+    assert int(headers.get("Retry-After")) >= 1
+    stats = _get(f"{url}/v1/stats")
+    rejected = sum(m["rejected"] for d in stats["devices"] for m in d["models"].values())
+    assert rejected == len(refused)
+
+
+@pytest.mark.slow
+def test_loadtest_measures_the_served_plan(server, tmp_path: Path) -> None:
+    url, _, _ = server
+    prompts = tmp_path / "prompts.csv"
+    import pandas as pd
+
+    pd.DataFrame({"Prompt": [f"a photo of thing {i}" for i in range(6)], "Challenge": ["Basic"] * 6}).to_csv(
+        prompts, index=False
+    )
+    done = _genedge(
+        "loadtest",
+        url,
+        "--prompts",
+        str(prompts),
+        "--request-rate",
+        "4",
+        "--num-prompts",
+        "12",
+        "--seed",
+        "1",
+        "--save-result",
+        "--result-dir",
+        str(tmp_path / "result"),
+    )
+    assert done.returncode == 0, done.stderr
+    records = pd.read_parquet(tmp_path / "result" / "records")
+    assert len(records) == 12 and (records["status"] == "ok").all()
+    assert set(records["model"]) <= set(BASIC_SPLIT)
+    assert "predicted" in done.stdout and "Δmean" in done.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_drains_requests_in_flight_then_exits(server) -> None:
+    url, process, _ = server
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(_post, f"{url}/v1/generate", {"prompt": f"q{i}", "category": "Basic"}) for i in range(6)]
+        time.sleep(0.3)  # the requests are in
+        process.send_signal(signal.SIGTERM)
+        answers = [future.result() for future in futures]
+    assert [status for status, _, _ in answers] == [200] * 6
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err[-3000:]
+    assert "drained: all requests finished" in out
+
+
+# Refusals at start: checked before Ray starts.
+
+
+@pytest.mark.slow
+def test_a_plan_whose_table_changed_is_refused_at_start(demo: Path, tmp_path: Path) -> None:
+    table = json.loads((demo / "table.json").read_text())
+    table["device"]["name"] = "another machine"
+    changed = tmp_path / "table.json"
+    changed.write_text(json.dumps(table))
+    done = _genedge("serve", str(demo / "plan.json"), "--table", str(changed), "--port", str(_free_port()))
+    assert done.returncode == 2
+    assert "inputs.table_sha256" in done.stderr and "plan again" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_plan_naming_models_not_in_its_table_is_refused(demo: Path, tmp_path: Path) -> None:
+    plan = json.loads((demo / "plan.json").read_text())
+    entry = plan["models"].pop("replica:tiny")
+    plan["models"]["replica:other"] = entry
+    for row in plan["routing"].values():
+        row["replica:other"] = row.pop("replica:tiny")
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    done = _genedge("serve", str(path), "--table", str(demo / "table.json"))
+    assert done.returncode == 2
+    assert "['replica:other'] are not in the table" in done.stderr
+
+
+@pytest.mark.slow
+def test_mps_needs_a_gpu_and_model_maps_must_name_deployed_models(demo: Path) -> None:
+    done = _genedge("serve", str(demo / "plan.json"), "--realization", "mps")
+    assert done.returncode == 2 and "needs NVIDIA GPUs" in done.stderr
+    done = _genedge("serve", str(demo / "plan.json"), "--model", "sd15=/models/sd15")
+    assert done.returncode == 2 and "['sd15'] are not models the plan deploys" in done.stderr
+
+
+def test_placement_splits_a_model_larger_than_one_gpu_and_packs_the_rest() -> None:
+    from genedge.serve.spec import place_on_devices
+
+    placed = place_on_devices({"big": 1.5, "mid": 0.6, "small": 0.3})
+    by_device: dict[int, float] = {}
+    for _, _, device, share in placed:
+        by_device[device] = by_device.get(device, 0.0) + share
+    assert all(total <= 1 + 1e-9 for total in by_device.values())
+    big = [(device, share) for key, _, device, share in placed if key == "big"]
+    assert len(big) == 2 and len({d for d, _ in big}) == 2 and all(s == 0.75 for _, s in big)
+    assert sum(share for *_, share in placed) == pytest.approx(2.4)
+    # first-fit decreasing: 0.75 | 0.75 (not beside its other replica) | 0.6 + 0.3 (0.3 no longer fits beside 0.75)
+    assert sorted(by_device.values()) == pytest.approx([0.75, 0.75, 0.9])
