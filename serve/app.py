@@ -67,12 +67,10 @@ def _error_response(error: RequestError) -> Any:
 class Device:
     """One device's models (or, under MPS, one model's process), as a Ray Serve deployment."""
 
-    def __init__(
-        self, models: Sequence[ServedModel], device: str | None, work_conserving: bool, threads: int | None
-    ) -> None:
+    def __init__(self, models: Sequence[ServedModel], options: dict[str, Any]) -> None:
         from genedge.serve.worker import DeviceWorker
 
-        self.worker = DeviceWorker(models, device=device, work_conserving=work_conserving, threads=threads)
+        self.worker = DeviceWorker(models, **options)
 
     async def generate(self, name: str, prompt: str, seed: int | None, request_id: str) -> dict[str, Any]:
         """One image: ``{"png", "record"}``, or ``{"overloaded", "retry_after_s"}`` when refused."""
@@ -86,6 +84,10 @@ class Device:
     def stats(self) -> dict[str, dict[str, Any]]:
         """The worker's per-model accounts."""
         return self.worker.stats()
+
+    def warmup_s(self) -> dict[str, float]:
+        """Device seconds of one call per model on the whole device, timed at start."""
+        return self.worker.warmup_s
 
     def drain(self, timeout_s: float) -> bool:
         """Stop taking requests; wait for those in flight."""
@@ -141,6 +143,7 @@ class Ingress:
         self.in_flight = 0
         self.draining = False
         self.counter = 0
+        self.served_calibration: list[dict[str, Any]] | None = None
 
     def _category(self, request: GenerationRequest) -> tuple[str, str, float | None]:
         if request.category is not None:
@@ -228,7 +231,7 @@ class Ingress:
     @http.get(PLAN_ROUTE)
     def plan(self) -> Any:
         """The plan, its table and what is served."""
-        served = {**self.spec.summary(), "router": self.router_name}
+        served = {**self.spec.summary(), "router": self.router_name, "calibration_check": self.served_calibration}
         return responses.JSONResponse({"plan": self.spec.plan, "table": self.spec.table, "served": served})
 
     @http.get(STATS_ROUTE)
@@ -251,6 +254,20 @@ class Ingress:
         """Liveness."""
         return {"status": "draining" if self.draining else "ok"}
 
+    async def calibration_check(self) -> list[dict[str, Any]]:
+        """Each model's call on the whole device as timed at start beside the table's (the plan's
+        call time on its share, times the share): a ratio far from 1 means this device is not the one
+        the plan was made for, and its delays will be off by about that factor."""
+        timed: dict[str, float] = {}
+        for per_unit in await asyncio.gather(*(handle.warmup_s.remote() for handle in self.unit_handles)):
+            timed.update(per_unit)
+        rows = []
+        for model in self.spec.models:
+            table_s = model.service_s * model.share
+            rows.append({"model": model.name, "served_s": timed[model.name], "table_s": table_s})
+        self.served_calibration = rows
+        return rows
+
     async def drain(self, timeout_s: float) -> dict[str, Any]:
         """Refuse new requests (503), wait for those in flight, then drain the devices."""
         self.draining = True
@@ -268,10 +285,8 @@ def build_application(
     spec: ServeSpec,
     *,
     router: str | None,
-    device: str | None = None,
     realization: Realization = "scheduler",
-    work_conserving: bool = False,
-    threads: int | None = None,
+    worker_options: dict[str, Any] | None = None,
     gpus: bool = False,
 ) -> Any:
     """The Ray Serve application of ``spec`` (pass it to ``serve.run``).
@@ -279,11 +294,10 @@ def build_application(
     Args:
         spec: what to serve.
         router: a prompt router file or shipped name for requests without a category (None: they are refused).
-        device: torch device type inside each deployment (default: cuda when available, else cpu).
         realization: ``"scheduler"`` (step-level share scheduler, one deployment per device) or
             ``"mps"`` (one process per model under CUDA MPS).
-        work_conserving: let models use shares others leave idle (scheduler realization).
-        threads: torch CPU threads per deployment.
+        worker_options: keyword arguments of each deployment's
+            :class:`~genedge.serve.worker.DeviceWorker` (device, work_conserving, threads, cpus).
         gpus: ask Ray for GPUs (one per device deployment, ``share`` per MPS process).
     """
     if realization not in REALIZATIONS:
@@ -297,8 +311,6 @@ def build_application(
         else:
             actor.pop("num_gpus", None)
         deployment = Device.options(name=name, ray_actor_options=actor)
-        bound.append(deployment.bind(models, device, work_conserving, threads))
-        units.append(
-            (name, tuple(m.name for m in models) if realization == "scheduler" else (spec.models[len(units)].name,))
-        )
+        bound.append(deployment.bind(models, dict(worker_options or {})))
+        units.append((name, tuple(m.name for m in models)))
     return Ingress.bind(spec, router, units, *bound)

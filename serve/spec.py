@@ -6,8 +6,8 @@ its latencies were measured with (resolution, guidance scale, dtype, scheduler, 
 profile manifest), placed on devices, and the queue bound past which a request is refused.
 
 A plan for more GPUs than one is placed by first-fit decreasing: a model whose share exceeds one
-device becomes ``ceil(share)`` replicas of equal share, and each device gets one deployment that
-owns the replicas placed on it.
+device becomes replicas (whole devices and the remainder), requests split among them in proportion
+to their shares, and each device gets one deployment that owns the replicas placed on it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ __all__ = [
     "ServeError",
     "ServedModel",
     "ServeSpec",
+    "model_specs_from_pairs",
     "place_on_devices",
+    "read_table_file",
     "serve_spec",
 ]
 
@@ -91,11 +93,12 @@ class ServeSpec:
         categories: the plan's categories, in routing-matrix order.
         category_mapping: the table's category mapping (for the prompt router).
         models: every replica to serve, device by device.
-        routing: p[c, replica]: the plan's routing with each model's probability split evenly
-            among its replicas, shape (categories, replicas).
+        routing: p[c, replica]: the plan's routing with each model's probability split among its
+            replicas in proportion to their shares, shape (categories, replicas).
         devices: number of devices.
         resolution: image side in pixels (every served model's).
         slo_s: the plan's SLO (s), if it has one.
+        notes: what the user should know about settings genedge had to choose.
     """
 
     plan: Mapping[str, Any]
@@ -108,6 +111,7 @@ class ServeSpec:
     devices: int
     resolution: int
     slo_s: float | None
+    notes: tuple[str, ...] = ()
 
     def on_device(self, device: int) -> tuple[ServedModel, ...]:
         """The replicas placed on ``device``."""
@@ -145,12 +149,16 @@ def place_on_devices(shares: Mapping[str, float]) -> list[tuple[str, int, int, f
 
     Returns:
         ``(model, replica, device, share)`` for every replica: a model of share r > 1 becomes
-        ``ceil(r)`` replicas of share r / ceil(r), each on its own device.
+        ``floor(r)`` replicas owning a whole device and one of the remainder, each on its own device
+        (so a plan of budget R fits on ``ceil(R)`` devices whenever first-fit finds the packing).
     """
     pieces: list[tuple[str, int, float]] = []
     for key, share in shares.items():
-        count = max(1, math.ceil(share - SHARE_SUM_TOLERANCE))
-        pieces.extend((key, replica, share / count) for replica in range(count))
+        whole = math.floor(share + SHARE_SUM_TOLERANCE)
+        parts = [1.0] * whole
+        if share - whole > SHARE_SUM_TOLERANCE:
+            parts.append(share - whole)
+        pieces.extend((key, replica, part) for replica, part in enumerate(parts or [share]))
     pieces.sort(key=lambda piece: -piece[2])
     free: list[float] = []
     placed = []
@@ -198,6 +206,7 @@ def serve_spec(
     *,
     model_specs: Mapping[str, str] | None = None,
     queue_bound_s: float | None = None,
+    default_dtype: str = "float32",
     where: str = "<plan>",
 ) -> ServeSpec:
     """Check a plan against its table and say what to serve.
@@ -210,6 +219,7 @@ def serve_spec(
             required for keys that are not loadable specs themselves.
         queue_bound_s: refuse requests past this many seconds of queued work per model (default:
             the plan's SLO, else :data:`DEFAULT_QUEUE_BOUND_S`).
+        default_dtype: weights' dtype for a mapped model the table has no profile settings for.
         where: the plan's name in messages.
 
     Raises:
@@ -241,11 +251,23 @@ def serve_spec(
     if extra:
         raise ServeError(f"--model: {extra} are not models the plan deploys ({sorted(deployed)})")
     profiled = _profile_settings(table)
-    unknown = sorted(key for key in deployed if key not in profiled)
+    notes = []
+    unknown = sorted(key for key in deployed if key not in profiled and key not in model_specs)
     if unknown:
         raise ServeError(
-            f"{where}: models {unknown} have no profile settings in the table (resolution, scheduler, dtype): "
-            "serve a plan made from a table that genedge calibrated from a profile of the models it serves"
+            f"{where}: models {unknown} have no profile settings in the table (its numbers for them were not "
+            "measured by genedge): say what to load with --model KEY=SPEC, or serve a plan made from a table "
+            "calibrated from a profile of the models it serves"
+        )
+    for key in sorted(set(deployed) - set(profiled)):
+        from genedge.profiler.models import native_resolution
+
+        resolution = native_resolution(model_specs[key])
+        profiled[key] = {"resolution": resolution, "scheduler": None, "guidance_scale": 7.5, "dtype": default_dtype}
+        notes.append(
+            f"{key}: the table holds no profile settings for it, so {model_specs[key]} runs at its native "
+            f"{resolution} px, its own scheduler, guidance 7.5 and {default_dtype}: the plan's latencies are "
+            "the table's, not measured with these settings"
         )
     resolutions = {profiled[key]["resolution"] for key in deployed}
     if len(resolutions) != 1:
@@ -253,13 +275,12 @@ def serve_spec(
     slo = inputs.get("slo")
     slo_s = None if slo is None else float(slo["seconds"])
     placed = place_on_devices({key: float(entry["share"]) for key, entry in deployed.items()})
-    counts = {key: sum(1 for p in placed if p[0] == key) for key in deployed}
     models = []
     for key, replica, device, share in sorted(placed, key=lambda p: (p[2], p[0], p[1])):
         entry = deployed[key]
         settings = profiled[key]
-        # one call on the replica's share: the plan's call time on the whole model share, times the replicas
-        service_s = float(entry["service_s"]) * counts[key]
+        # one call on the replica's share: the plan's call time on the model's whole share r, times r / share
+        service_s = float(entry["service_s"]) * float(entry["share"]) / share
         max_batch = int(entry.get("max_batch") or 1)
         models.append(
             ServedModel(
@@ -282,7 +303,8 @@ def serve_spec(
     routing = np.zeros((len(categories), len(models)))
     for j, model in enumerate(models):
         for i, category in enumerate(categories):
-            routing[i, j] = float(plan["routing"][category].get(model.key, 0.0)) / counts[model.key]
+            fraction = model.share / float(deployed[model.key]["share"])  # the replica's part of the model's load
+            routing[i, j] = float(plan["routing"][category].get(model.key, 0.0)) * fraction
     return ServeSpec(
         plan=plan,
         table=table,
@@ -294,6 +316,7 @@ def serve_spec(
         devices=1 + max(m.device for m in models),
         resolution=resolutions.pop(),
         slo_s=slo_s,
+        notes=tuple(notes),
     )
 
 

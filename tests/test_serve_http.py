@@ -268,6 +268,8 @@ def test_sigterm_drains_requests_in_flight_then_exits(server) -> None:
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err[-3000:]
     assert "drained: all requests finished" in out
+    # at start, each model's call as timed here beside the table's
+    assert out.count("s on the whole device here") == 2
 
 
 # Refusals at start: checked before Ray starts.
@@ -306,16 +308,48 @@ def test_mps_needs_a_gpu_and_model_maps_must_name_deployed_models(demo: Path) ->
     assert done.returncode == 2 and "['sd15'] are not models the plan deploys" in done.stderr
 
 
-def test_placement_splits_a_model_larger_than_one_gpu_and_packs_the_rest() -> None:
-    from genedge.serve.spec import place_on_devices
+@pytest.mark.slow
+def test_a_plan_on_the_reference_table_serves_a_saved_folder_and_a_cached_hub_id(tmp_path: Path) -> None:
+    """The user's path for published tables: map the plan's model keys to what to load."""
+    from tiny_pipelines import hub_cache_env, lay_out_hub_cache, save_tiny_pipeline
 
-    placed = place_on_devices({"big": 1.5, "mid": 0.6, "small": 0.3})
-    by_device: dict[int, float] = {}
-    for _, _, device, share in placed:
-        by_device[device] = by_device.get(device, 0.0) + share
-    assert all(total <= 1 + 1e-9 for total in by_device.values())
-    big = [(device, share) for key, _, device, share in placed if key == "big"]
-    assert len(big) == 2 and len({d for d, _ in big}) == 2 and all(s == 0.75 for _, s in big)
-    assert sum(share for *_, share in placed) == pytest.approx(2.4)
-    # first-fit decreasing: 0.75 | 0.75 (not beside its other replica) | 0.6 + 0.3 (0.3 no longer fits beside 0.75)
-    assert sorted(by_device.values()) == pytest.approx([0.75, 0.75, 0.9])
+    folder = save_tiny_pipeline(tmp_path / "my-sd15")
+    lay_out_hub_cache(save_tiny_pipeline(tmp_path / "sd21-source"), tmp_path / "hub", "genedge-test/sd21")
+    plan = tmp_path / "plan.json"
+    done = _genedge("plan", "--models", "sd15,sd21", "--rate", "2", "--arrivals", "open", "--out", str(plan))
+    assert done.returncode == 0, done.stderr
+    deployed = {k for k, v in json.loads(plan.read_text())["models"].items() if v["deployed"]}
+    assert deployed == {"sd15", "sd21"}
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "genedge", "serve", str(plan), "--host", HOST, "--port", str(port), "--router", "none",
+         "--model", f"sd15={folder}", "--model", "sd21=genedge-test/sd21"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**ENV, **hub_cache_env(tmp_path / "hub")},
+    )  # fmt: skip
+    url = f"http://{HOST}:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert process.poll() is None, process.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "genedge serve did not answer within 240 s"
+            try:
+                _get(f"{url}/v1/health")
+                break
+            except OSError:
+                time.sleep(1)
+        served = {}
+        for category in json.loads(plan.read_text())["routing"]:
+            status, body, _ = _post(f"{url}/v1/generate", {"prompt": "a castle", "category": category})
+            assert status == 200, body
+            served[category] = body["record"]["model"]
+        routing = json.loads(plan.read_text())["routing"]
+        assert served == {c: max(row, key=row.get) for c, row in routing.items()}
+        # The served resolution is the saved pipelines' native one (16 px), and the server says so.
+        status, body, _ = _post(f"{url}/v1/images/generations", {"prompt": "a castle", "size": "512x512"})
+        assert status == 400 and "16x16" in body["error"]["message"]
+        assert _get(f"{url}/v1/plan")["served"]["resolution"] == 16
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err[-3000:]
+    assert "note: sd15: the table holds no profile settings for it" in out

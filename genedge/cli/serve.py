@@ -79,6 +79,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="torch CPU threads per deployment (default on a CPU: the thread count the table was profiled with)",
     )
     parser.add_argument(
+        "--cpus",
+        help="on a CPU device, pin the serving process to these cores, e.g. '1' or '2-3' ('none': no pinning; "
+        "default: the last --threads cores, so a model thread keeps its caches as when it was profiled)",
+    )
+    parser.add_argument(
         "--queue-bound-s",
         type=float,
         help="refuse a request (503 + Retry-After) when its model already holds this many seconds of planned "
@@ -137,12 +142,38 @@ def _profile_threads(table: dict[str, Any]) -> int | None:
     return threads.pop() if len(threads) == 1 else None
 
 
+def _device_cpus(choice: str | None, threads: int | None, devices: int) -> list[int] | None:
+    """The cores a CPU "device" is pinned to: --cpus, else the last ``threads`` cores this process may use.
+
+    Pinning is what keeps served step times at the profiled ones (see DeviceWorker's ``cpus``); the
+    other cores stay for Ray, the HTTP proxy and the ingress.
+    """
+    if choice == "none" or not hasattr(os, "sched_getaffinity"):
+        return None
+    if choice is not None:
+        cpus = []
+        for part in choice.split(","):
+            first, _, last = part.partition("-")
+            if not first.isdigit() or (last and not last.isdigit()):
+                raise ValueError(f"--cpus: expected core numbers like '1' or '0-3,6', but got {choice!r}")
+            cpus.extend(range(int(first), int(last or first) + 1))
+        return cpus
+    if threads is None or devices != 1:
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    return allowed[-threads:] if threads < len(allowed) else None
+
+
 def run(args: argparse.Namespace) -> int:
     """Check the plan against its table and models, start Ray Serve, serve until a signal, drain."""
     from genedge.optimizer.plan_file import load_plan
     from genedge.profiler._imports import require
     from genedge.serve.spec import model_specs_from_pairs, read_table_file, serve_spec
 
+    torch = require("torch")
+    gpus = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if args.realization == "mps" and not gpus and args.address is None:
+        raise ValueError("--realization mps needs NVIDIA GPUs (CUDA MPS); this machine has none: use the scheduler")
     plan = load_plan(args.plan)
     table_path = _table_path(args, plan)
     table, table_bytes = read_table_file(table_path)
@@ -152,22 +183,19 @@ def run(args: argparse.Namespace) -> int:
         table_bytes,
         model_specs=model_specs_from_pairs(args.model),
         queue_bound_s=args.queue_bound_s,
+        default_dtype="float16" if gpus else "float32",
         where=str(args.plan),
     )
+    for note in spec.notes:
+        print(f"note: {note}")
     router = _router_choice(args.router, spec.category_mapping)
     ray = require("ray", extra="serve")
+    serve = require("ray.serve", extra="serve")
     from genedge.serve.app import APP_NAME, build_application
 
-    serve = require("ray.serve", extra="serve")
-    torch = require("torch")
-    gpus = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    if args.realization == "mps" and not gpus and args.address is None:
-        raise ValueError("--realization mps needs NVIDIA GPUs (CUDA MPS); this machine has none: use the scheduler")
     threads = args.threads if args.threads is not None else (None if gpus else _profile_threads(table))
+    cpus = None if gpus else _device_cpus(args.cpus, threads, spec.devices)
 
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     if args.address is None:
         # Ray runs its workers at niceness 15 by default; a served model would then yield the CPU to any
         # other process, and its step times would no longer be the ones the plan was calibrated with.
@@ -175,22 +203,37 @@ def run(args: argparse.Namespace) -> int:
     ray.init(
         address=args.address, include_dashboard=False, log_to_driver=args.verbose > 0, logging_level=logging.WARNING
     )
+    # After ray.init, which installs its own SIGTERM handler (exit at once): ours drains first.
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         application = build_application(
             spec,
             router=router,
-            device=args.device,
             realization=args.realization,
-            work_conserving=args.work_conserving,
-            threads=threads,
+            worker_options={
+                "device": args.device,
+                "work_conserving": args.work_conserving,
+                "threads": threads,
+                "cpus": cpus,
+            },
             gpus=gpus,
         )
         handle = serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
         url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
         shares = ", ".join(f"{m.name} {m.steps} steps share {m.share:.2f} on device {m.device}" for m in spec.models)
         print(f"serving {args.plan} ({spec.devices} device(s); {shares})")
-        print(f"prompt router: {router or 'none (requests must carry a category)'}; shares: {args.realization}")
+        for row in handle.calibration_check.remote().result():
+            ratio = row["served_s"] / row["table_s"]
+            print(
+                f"{row['model']}: one call takes {row['served_s']:.3g} s on the whole device here, "
+                f"{row['table_s']:.3g} s in the table (×{ratio:.2f})"
+                + ("; the plan's delays will be off by about that factor" if abs(ratio - 1) > 0.2 else "")
+            )
+        pinned = f"; device process pinned to cores {cpus}" if cpus else ""
+        print(f"prompt router: {router or 'none (requests must carry a category)'}; shares: {args.realization}{pinned}")
         print(
             f"listening on {url} — POST /v1/generate, POST /v1/images/generations; Ctrl-C drains and stops", flush=True
         )
