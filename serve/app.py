@@ -13,31 +13,13 @@ the MPS daemon enforces the shares.
 import asyncio
 import base64
 import dataclasses
-import logging
 import math
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from genedge.profiler._imports import require
-
-__all__ = ["APP_NAME", "REALIZATIONS", "build_application", "deployment_units"]
-
-logger = logging.getLogger(__name__)
-
-APP_NAME = "genedge"
-Realization = Literal["scheduler", "mps"]
-REALIZATIONS: tuple[str, ...] = ("scheduler", "mps")
-#: Requests one replica of a deployment takes at once: queueing and refusal are the plan's job, not Ray's.
-_MAX_ONGOING = 100_000
-
-serve = require("ray.serve", extra="serve")
-fastapi = require("fastapi", extra="serve")
-responses = require("fastapi.responses", extra="serve")
-# This module has no `from __future__ import annotations`: FastAPI reads the handlers' annotations as objects.
-Request = fastapi.Request
-
-from genedge.serve.protocol import (  # noqa: E402  (after the extra's check, whose message names it)
+from genedge.serve.protocol import (
     GENERATE_ROUTE,
     HEALTH_ROUTE,
     OPENAI_ROUTE,
@@ -50,7 +32,21 @@ from genedge.serve.protocol import (  # noqa: E402  (after the extra's check, wh
     parse_generate,
     parse_openai,
 )
-from genedge.serve.spec import SERVED_MODEL_NAME, ServedModel, ServeSpec  # noqa: E402
+from genedge.serve.spec import SERVED_MODEL_NAME, ServedModel, ServeSpec
+
+__all__ = ["APP_NAME", "REALIZATIONS", "build_application", "deployment_units"]
+
+APP_NAME = "genedge"
+Realization = Literal["scheduler", "mps"]
+REALIZATIONS: tuple[str, ...] = ("scheduler", "mps")
+#: Requests one replica of a deployment takes at once: queueing and refusal are the plan's job, not Ray's.
+_MAX_ONGOING = 100_000
+
+serve = require("ray.serve", extra="serve")
+fastapi = require("fastapi", extra="serve")
+responses = require("fastapi.responses", extra="serve")
+# This module has no `from __future__ import annotations`: FastAPI reads the handlers' annotations as objects.
+Request = fastapi.Request
 
 http = fastapi.FastAPI(
     title="genedge",

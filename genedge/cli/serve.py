@@ -12,8 +12,6 @@ from typing import Any
 
 __all__ = ["add_parser", "run"]
 
-logger = logging.getLogger(__name__)
-
 DEFAULT_PORT = 8000
 DEFAULT_DRAIN_TIMEOUT_S = 120.0
 
