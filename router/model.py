@@ -46,6 +46,7 @@ __all__ = [
     "RouterError",
     "cross_validate",
     "default_router",
+    "default_router_path",
     "labelled_prompts",
     "load_router",
     "router_from_dict",
@@ -319,15 +320,21 @@ def load_router(name_or_path: str | os.PathLike[str]) -> PromptRouter:
     return router_from_dict(read_json(path, "a JSON genedge router", RouterError), str(path))
 
 
-def default_router(mapping: Mapping[str, Any]) -> PromptRouter | None:
-    """The shipped TF-IDF router that routes into ``mapping`` (same column and labels), or None."""
+def default_router_path(mapping: Mapping[str, Any]) -> Path | None:
+    """The file of the shipped TF-IDF router that routes into ``mapping`` (same column and labels), or None."""
     from genedge.data import shipped_routers
 
     for path in shipped_routers().values():
         router = load_router(path)
         if router.backend == "tfidf" and router.fits_mapping(mapping):
-            return router
+            return path
     return None
+
+
+def default_router(mapping: Mapping[str, Any]) -> PromptRouter | None:
+    """The shipped TF-IDF router that routes into ``mapping`` (same column and labels), or None."""
+    path = default_router_path(mapping)
+    return None if path is None else load_router(path)
 
 
 def labelled_prompts(table: PromptTable, mapping: Mapping[str, Any]) -> tuple[list[str], list[str]]:

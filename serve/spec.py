@@ -99,6 +99,7 @@ class ServeSpec:
         resolution: image side in pixels (every served model's).
         slo_s: the plan's SLO (s), if it has one.
         notes: what the user should know about settings genedge had to choose.
+        profile_threads: the torch CPU thread count the table's profiles ran with, when they agree.
     """
 
     plan: Mapping[str, Any]
@@ -112,6 +113,7 @@ class ServeSpec:
     resolution: int
     slo_s: float | None
     notes: tuple[str, ...] = ()
+    profile_threads: int | None = None
 
     def on_device(self, device: int) -> tuple[ServedModel, ...]:
         """The replicas placed on ``device``."""
@@ -191,6 +193,13 @@ def _profile_settings(table: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
                 "dtype": str(run.get("dtype", "float32")),
             }
     return settings
+
+
+def _profile_threads(table: Mapping[str, Any]) -> int | None:
+    """The thread count of the table's profile runs, or None when they differ or do not say."""
+    runs = (table.get("manifest") or {}).get("runs", {}).values()
+    threads = {run.get("host", {}).get("threads") for run in runs} - {None}
+    return threads.pop() if len(threads) == 1 else None
 
 
 def _queue_bound(service_s: float, max_batch: int, slo_s: float | None, bound_s: float | None) -> int:
@@ -317,6 +326,7 @@ def serve_spec(
         resolution=resolutions.pop(),
         slo_s=slo_s,
         notes=tuple(notes),
+        profile_threads=_profile_threads(table),
     )
 
 
@@ -338,10 +348,13 @@ def model_specs_from_pairs(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def read_table_file(path: str | Path) -> tuple[dict[str, Any], bytes]:
-    """A table file's document (checked by the table reader) and its bytes."""
-    from genedge.calibrate.table import load_table
+    """A table file's document (checked by the table reader, so a table the planner would refuse is
+    refused here too) and the bytes it was read from (their sha256 is what plans record)."""
+    from genedge.calibrate.table import TableError, table_from_dict
     from genedge.contract.files import read_json
 
     path = Path(path)
-    load_table(path)  # the full check: a table the planner would refuse is refused here too
-    return read_json(path, "a JSON calibration table"), path.read_bytes()
+    data = path.read_bytes()
+    document = read_json(path, "a JSON calibration table", TableError)
+    table_from_dict(document, where=str(path))
+    return document, data

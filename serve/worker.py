@@ -29,11 +29,21 @@ from genedge.serve.protocol import Overloaded
 from genedge.serve.shares import ShareScheduler
 from genedge.serve.spec import ServedModel
 
-__all__ = ["Generated", "DeviceWorker"]
+__all__ = ["Generated", "DeviceWorker", "default_cpus"]
 
 logger = logging.getLogger(__name__)
 
 _WARMUP_PROMPT = "a photograph of an astronaut riding a horse"
+
+
+def default_cpus(threads: int | None) -> list[int] | None:
+    """The cores to pin a CPU device's process to: the last ``threads`` this process may use, leaving the
+    others to the HTTP proxy, the ingress and the rest (None: no thread count, too few cores, or no
+    affinity on this platform)."""
+    if threads is None or not hasattr(os, "sched_getaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    return allowed[-threads:] if threads < len(allowed) else None
 
 
 @dataclass(frozen=True)

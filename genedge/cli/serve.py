@@ -117,49 +117,28 @@ def _table_path(args: argparse.Namespace, plan: dict[str, Any]) -> Path:
 
 def _router_choice(choice: str, mapping: dict[str, Any]) -> str | None:
     """The router file to load in the server (None: requests must carry their category)."""
-    from genedge.data import resolve_router, shipped_routers
-    from genedge.router.model import load_router
+    from genedge.data import resolve_router
+    from genedge.router.model import default_router_path, load_router
 
     if choice == "none":
         return None
     if choice == "auto":
-        for path in shipped_routers().values():
-            router = load_router(path)
-            if router.backend == "tfidf" and router.fits_mapping(mapping):
-                return str(path)
-        return None
+        path = default_router_path(mapping)
+        return None if path is None else str(path)
     path = resolve_router(choice)
     if not load_router(path).fits_mapping(mapping):
         raise ValueError(f"--router {choice}: it routes into another category mapping than the plan's table")
     return str(path)
 
 
-def _profile_threads(table: dict[str, Any]) -> int | None:
-    threads = {run.get("host", {}).get("threads") for run in (table.get("manifest") or {}).get("runs", {}).values()}
-    threads.discard(None)
-    return threads.pop() if len(threads) == 1 else None
-
-
-def _device_cpus(choice: str | None, threads: int | None, devices: int) -> list[int] | None:
-    """The cores a CPU "device" is pinned to: --cpus, else the last ``threads`` cores this process may use.
-
-    Pinning is what keeps served step times at the profiled ones (see DeviceWorker's ``cpus``); the
-    other cores stay for Ray, the HTTP proxy and the ingress.
-    """
-    if choice == "none" or not hasattr(os, "sched_getaffinity"):
-        return None
-    if choice is not None:
-        cpus = []
-        for part in choice.split(","):
-            first, _, last = part.partition("-")
-            if not first.isdigit() or (last and not last.isdigit()):
-                raise ValueError(f"--cpus: expected core numbers like '1' or '0-3,6', but got {choice!r}")
-            cpus.extend(range(int(first), int(last or first) + 1))
-        return cpus
-    if threads is None or devices != 1:
-        return None
-    allowed = sorted(os.sched_getaffinity(0))
-    return allowed[-threads:] if threads < len(allowed) else None
+def _parse_cpus(choice: str) -> list[int]:
+    cpus = []
+    for part in choice.split(","):
+        first, _, last = part.partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            raise ValueError(f"--cpus: expected core numbers like '1' or '0-3,6', but got {choice!r}")
+        cpus.extend(range(int(first), int(last or first) + 1))
+    return cpus
 
 
 def run(args: argparse.Namespace) -> int:
@@ -167,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     from genedge.optimizer.plan_file import load_plan
     from genedge.profiler._imports import require
     from genedge.serve.spec import model_specs_from_pairs, read_table_file, serve_spec
+    from genedge.serve.worker import default_cpus
 
     torch = require("torch")
     gpus = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
@@ -191,8 +171,13 @@ def run(args: argparse.Namespace) -> int:
     serve = require("ray.serve", extra="serve")
     from genedge.serve.app import APP_NAME, build_application
 
-    threads = args.threads if args.threads is not None else (None if gpus else _profile_threads(table))
-    cpus = None if gpus else _device_cpus(args.cpus, threads, spec.devices)
+    threads = args.threads if args.threads is not None else (None if gpus else spec.profile_threads)
+    if gpus or args.cpus == "none":
+        cpus = None
+    elif args.cpus is not None:
+        cpus = _parse_cpus(args.cpus)
+    else:  # pinning is per process: one CPU device per machine gets it by default
+        cpus = default_cpus(threads) if spec.devices == 1 else None
 
     if args.address is None:
         # Ray runs its workers at niceness 15 by default; a served model would then yield the CPU to any
