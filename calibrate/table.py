@@ -53,6 +53,9 @@ __all__ = [
     "table_from_dict",
     "table_to_dict",
     "saturating_mean",
+    "cell_error_problem",
+    "cell_standard_errors",
+    "SE_RTOL",
 ]
 
 SCHEMA_VERSION = 1
@@ -79,13 +82,34 @@ class TableError(ArtifactError):
     """
 
 
+#: Relative tolerance within which a cell's stated standard errors must equal those its n implies.
+SE_RTOL = 1e-6
+
+
+def cell_standard_errors(std: float, n: int) -> tuple[float, float]:
+    """Standard errors of a cell's mean and std fitted from ``n`` ≥ 2 images: ``(mean_se, std_se)``.
+
+    ``std`` is the maximum-likelihood spread (ddof = 0) of :func:`~genedge.calibrate.fit.fit_quality`,
+    so the sample SD is s = std·√(n/(n−1)) and
+
+    .. math:: \\mathrm{SE}(\\bar x) = \\frac{s}{\\sqrt n} = \\frac{\\mathrm{std}}{\\sqrt{n-1}}, \\qquad
+              \\mathrm{SE}(\\hat\\sigma) \\approx \\frac{\\mathrm{std}}{\\sqrt{2(n-1)}}.
+
+    (x̄ − μ)/SE(x̄) follows Student's t with n − 1 degrees of freedom for Normal scores, which
+    is how :mod:`genedge.optimizer.uncertainty` samples a cell's mean.
+    """
+    if n < 2:
+        raise ValueError(f"Expected n >= 2 images for a standard error, but got {n}")
+    return std / math.sqrt(n - 1), std / math.sqrt(2 * (n - 1))
+
+
 @dataclass(frozen=True)
 class QualityCell:
-    """CLIPScore ~ Normal(mean, std²) for one (model, category, steps) cell.
+    """CLIPScore ~ Normal(mean, std²) for one (model, category, steps) cell, and how sure it is.
 
     Attributes:
         mean: mean CLIPScore (points, 0–100 scale).
-        std: standard deviation (points, > 0).
+        std: standard deviation (points, > 0), the maximum-likelihood (ddof = 0) spread.
         n: number of images behind the fit (0 for a derived cell).
         gof: goodness-of-fit p-value of the Normal fit (KS or Shapiro–Wilk), or
             None where it was not computed (published or derived cells).
@@ -94,6 +118,10 @@ class QualityCell:
         flags: reasons to read the cell with care (e.g. ``"few_samples"``: too few
             images for a goodness-of-fit test; ``"non_normal"``: the test rejects
             normality); empty for a clean cell. Written only when non-empty.
+        mean_se: standard error of ``mean`` (points). With n ≥ 2 it is the one n implies
+            (:func:`cell_standard_errors`, filled in when not given); with n < 2 (a derived cell) it
+            is the width the cell's rule implies, stated in ``sources``, and must be given.
+        std_se: standard error of ``std`` (points), the same way.
     """
 
     mean: float
@@ -103,6 +131,38 @@ class QualityCell:
     source: Source
     ref: str
     flags: tuple[str, ...] = ()
+    mean_se: float | None = None
+    std_se: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.n >= 2:
+            implied = cell_standard_errors(self.std, self.n)
+            object.__setattr__(self, "mean_se", implied[0] if self.mean_se is None else self.mean_se)
+            object.__setattr__(self, "std_se", implied[1] if self.std_se is None else self.std_se)
+        problem = cell_error_problem(self.std, self.n, self.mean_se, self.std_se)
+        if problem is not None:
+            raise ValueError(f"{problem[0]}: {problem[1]}")
+
+
+def cell_error_problem(
+    std: float, n: int, mean_se: float | None, std_se: float | None
+) -> tuple[str, str] | None:
+    """What is wrong with a cell's stated standard errors, as ``(field, message)``, or None.
+
+    With n ≥ 2 they must equal :func:`cell_standard_errors` (within :data:`SE_RTOL`); with n < 2
+    they must be given (the width of the cell's rule), and they are never negative.
+    """
+    for name, value in (("mean_se", mean_se), ("std_se", std_se)):
+        if value is None:
+            if n < 2:
+                return name, f"a cell from n = {n} images must state its {name} (the width its rule implies)"
+        elif not (math.isfinite(value) and value >= 0):
+            return name, f"expected a finite standard error >= 0, but got {value}"
+    if n >= 2:
+        for name, value, implied in zip(("mean_se", "std_se"), (mean_se, std_se), cell_standard_errors(std, n)):
+            if value is not None and not math.isclose(value, implied, rel_tol=SE_RTOL):
+                return name, f"{value:g} contradicts n = {n} and std = {std:g}, which imply {implied:g}"
+    return None
 
 
 def saturating_mean(steps: np.ndarray | float, a: float, b: float, kappa: float) -> np.ndarray | float:
@@ -124,6 +184,11 @@ class QualityCurve:
     ``linear_interpolation``: mean and std interpolate linearly between the
     neighbouring profiled cells (used when too few step counts were profiled to
     fit the saturating form); also only inside the profiled range.
+
+    ``b_se`` (saturating form only, optional): the standard error of ``b`` where the curve's shape
+    is uncertain beyond its cells, e.g. a shape carried over from another model by a rule (the rule
+    in ``sources`` states it). A curve fitted to its own cells has none: between cells, its
+    uncertainty is that of the neighbouring cells.
     """
 
     form: CurveForm
@@ -134,6 +199,7 @@ class QualityCurve:
     b: float | None = None
     kappa: float | None = None
     std: float | None = None
+    b_se: float | None = None
 
 
 @dataclass(frozen=True)
@@ -519,7 +585,11 @@ def _read_cell(r: _Reader, raw: Mapping[str, Any], path: str, sources: Mapping[s
         raise r.fail(f"{path}.gof", f"expected a p-value in [0, 1], but got {gof}")
     source, ref = r.source(raw, path, sources)
     flags = tuple(r.check(f, f"{path}.flags[{i}]", str) for i, f in enumerate(r.opt(raw, "flags", path, list) or []))
-    return QualityCell(mean=mean, std=std, n=n, gof=gof, source=source, ref=ref, flags=flags)
+    errors = {name: r.opt(raw, name, path, float) for name in ("mean_se", "std_se")}
+    problem = cell_error_problem(std, n, **errors)
+    if problem is not None:
+        raise r.fail(f"{path}.{problem[0]}", problem[1])
+    return QualityCell(mean=mean, std=std, n=n, gof=gof, source=source, ref=ref, flags=flags, **errors)
 
 
 def _read_curve(
@@ -546,6 +616,9 @@ def _read_curve(
     b = r.number(raw, "b", path)
     kappa = r.number(raw, "kappa", path, minimum=0.0, strict=True)
     std = r.number(raw, "std", path, minimum=0.0, strict=True, maximum=CLIPSCORE_RANGE[1])
+    b_se = r.opt(raw, "b_se", path, float)
+    if b_se is not None and b_se < 0:
+        raise r.fail(f"{path}.b_se", f"expected a standard error >= 0, but got {b_se}")
     for steps in (lo, hi):  # the curve is monotone in steps, so its ends bound it
         mean = float(saturating_mean(steps, a, b, kappa))
         if not CLIPSCORE_RANGE[0] <= mean <= CLIPSCORE_RANGE[1]:
@@ -553,7 +626,9 @@ def _read_curve(
                 f"{path}.a",
                 f"expected means within {list(CLIPSCORE_RANGE)} on [{lo}, {hi}], but {steps} steps give {mean:g}",
             )
-    return QualityCurve(form=form, valid_steps=(lo, hi), source=source, ref=ref, a=a, b=b, kappa=kappa, std=std)
+    return QualityCurve(
+        form=form, valid_steps=(lo, hi), source=source, ref=ref, a=a, b=b, kappa=kappa, std=std, b_se=b_se
+    )
 
 
 def _read_model(
@@ -891,7 +966,11 @@ def table_to_dict(table: CalibrationTable) -> dict[str, Any]:
     for key, m in table.models.items():
         curves = {}
         for category, c in m.curves.items():
-            extra = {} if c.form == "linear_interpolation" else {"a": c.a, "b": c.b, "kappa": c.kappa, "std": c.std}
+            extra = (
+                {}
+                if c.form == "linear_interpolation"
+                else {"a": c.a, "b": c.b, "kappa": c.kappa, "std": c.std, **_present(b_se=c.b_se)}
+            )
             curves[category] = _sourced(c, form=c.form, valid_steps=list(c.valid_steps), **extra)
         models[key] = {
             "name": m.name,
@@ -901,7 +980,14 @@ def table_to_dict(table: CalibrationTable) -> dict[str, Any]:
             "quality": {
                 cat: {
                     str(s): _sourced(
-                        cell, mean=cell.mean, std=cell.std, n=cell.n, gof=cell.gof, **_present(flags=list(cell.flags))
+                        cell,
+                        mean=cell.mean,
+                        std=cell.std,
+                        n=cell.n,
+                        mean_se=cell.mean_se,
+                        std_se=cell.std_se,
+                        gof=cell.gof,
+                        **_present(flags=list(cell.flags)),
                     )
                     for s, cell in cells.items()
                 }

@@ -37,8 +37,10 @@ from genedge.calibrate.table import (
     ModelCalibration,
     QualityCell,
     QualityCurve,
+    cell_standard_errors,
     save_table,
 )
+from genedge.calibrate.fit import fit_quality
 
 CATEGORIES = ("Basic", "Detail", "Imagination", "Complex")
 CHALLENGE_TO_CATEGORY = {
@@ -95,7 +97,8 @@ SOURCES = {
         "kind": "derived",
         "rule": "SD 1.5 latency = the SD 2.1 line scaled so that 25 steps take "
         f"{ML_ENERGY_SD15_25STEP_S:g} s, the ML.ENERGY v2 A100-40GB bs1 25-step latency of Openjourney-v4 "
-        "(SD 1.5 architecture, 512^2) measured by the same harness as the SD 2.1 line.",
+        "(SD 1.5 architecture, 512^2) measured by the same harness as the SD 2.1 line. Its coefficients' "
+        "standard errors are the SD 2.1 line's, scaled the same way.",
     },
     "rule-sd15-energy": {
         "kind": "derived",
@@ -123,20 +126,27 @@ SOURCES = {
         "TIFA PartiPrompts prompts of the other three categories, times the ratio of SD3-Medium's Basic "
         "mean (std) to its mean (std) over those three categories on the DiTServing 50-step per-prompt "
         "CLIPScores (github.com/kurchi1205/DiTServing @ 5d0d7ffa, clip_scores_by_prompt_diffusers.json). "
-        "Only the dimensionless ratio crosses from that ViT-B/16 data; the numbers stay ViT-B/32.",
+        "Only the dimensionless ratio crosses from that ViT-B/16 data; the numbers stay ViT-B/32. Width: "
+        "the relative standard errors of the model's mean (std) over those prompts and of the two SD3 means "
+        "(stds) of the ratio, combined in quadrature (delta method); the error of carrying the ratio across "
+        "models is not in it.",
     },
     "rule-sdxl-quality": {
         "kind": "derived",
         "rule": "No per-prompt ViT-B/32 CLIPScores of SDXL exist publicly. SDXL = SD 2.1 per category plus the "
         "SD 2.1 - SD 1.5 difference of means over all TIFA PartiPrompts prompts (one model generation "
-        "of improvement); std = SD 2.1's. A prior, not a measurement: profile SDXL to replace it.",
+        "of improvement); std = SD 2.1's. A prior, not a measurement: profile SDXL to replace it. Width: the "
+        "SD 2.1 cell's standard error, the difference's (paired over the prompts) and a prior standard "
+        "deviation as large as the difference itself, in quadrature; std_se = SD 2.1's.",
     },
     "rule-quality-vs-steps": {
         "kind": "derived",
         "rule": "mean(s) = a - b*exp(-s/10) with b = A*a, scaled so that mean(50) is the 50-step cell; A is set "
         "so that mean(28)/mean(50) equals the ratio of the DiTServing SD3-Medium runs' overall means "
         "(clip_scores_by_prompt.json, taken as its scripts' 28-step default, over "
-        "clip_scores_by_prompt_diffusers.json, 50 steps). std is held at the 50-step value.",
+        "clip_scores_by_prompt_diffusers.json, 50 steps). std is held at the 50-step value. b_se: the "
+        "ratio's standard error (paired over the 220 prompts) carried to b, and a prior standard deviation of "
+        "half of b for carrying SD3-Medium's shape to another model, in quadrature.",
     },
 }
 
@@ -179,102 +189,149 @@ def _sd3_scores(data: Path, name: str) -> dict[str, list[float]]:
     return out
 
 
-def _mlenergy_fit(data: Path, model: str, field: str) -> tuple[float, float, int, float]:
-    """Least-squares line of one ML.ENERGY v2 field over steps: (intercept, slope, n, r²)."""
+def _mlenergy_fit(data: Path, model: str, field: str) -> stats._stats_py.LinregressResult:
+    """Least-squares line of one ML.ENERGY v2 field over :data:`ML_ENERGY_STEPS`."""
     steps, values = [], []
     for s in ML_ENERGY_STEPS:
         doc = json.loads((data / "mlenergy-v2-t2i-a100" / str(s) / "stabilityai" / model / "bs1.json").read_text())
         steps.append(doc["Number of inference steps"])
         values.append(doc[field])
-    fit = stats.linregress(steps, values)
-    return float(fit.intercept), float(fit.slope), len(steps), float(fit.rvalue**2)
+    return stats.linregress(steps, values)
 
 
 def _mlenergy_line(data: Path, model: str) -> LatencyModel:
-    overhead, per_step, n, r2 = _mlenergy_fit(data, model, "Batch latency (s)")
+    fit = _mlenergy_fit(data, model, "Batch latency (s)")
     return LatencyModel(
-        overhead_s=overhead, per_step_s=per_step, n=n, r2=r2, source="published", ref="mlenergy-v2-a100"
+        overhead_s=float(fit.intercept),
+        per_step_s=float(fit.slope),
+        n=len(ML_ENERGY_STEPS),
+        r2=float(fit.rvalue**2),
+        source="published",
+        ref="mlenergy-v2-a100",
+        overhead_se_s=float(fit.intercept_stderr),
+        per_step_se_s=float(fit.stderr),
     )
 
 
 def _mlenergy_energy(data: Path, model: str) -> EnergyModel:
-    overhead, per_step, n, r2 = _mlenergy_fit(data, model, "Energy per image (J)")
-    return EnergyModel(overhead_j=overhead, per_step_j=per_step, n=n, r2=r2, source="published", ref="mlenergy-v2-a100")
-
-
-def _cell(values: list[float]) -> QualityCell:
-    arr = np.asarray(values, dtype=float)
-    gof = float(stats.shapiro(arr).pvalue) if arr.size >= 3 else None
-    return QualityCell(
-        mean=float(arr.mean()), std=float(arr.std(ddof=1)), n=int(arr.size), gof=gof, source="published", ref="tifa"
+    fit = _mlenergy_fit(data, model, "Energy per image (J)")
+    return EnergyModel(
+        overhead_j=float(fit.intercept),
+        per_step_j=float(fit.slope),
+        n=len(ML_ENERGY_STEPS),
+        r2=float(fit.rvalue**2),
+        source="published",
+        ref="mlenergy-v2-a100",
+        overhead_se_j=float(fit.intercept_stderr),
+        per_step_se_j=float(fit.stderr),
     )
 
 
-def _curve(cell: QualityCell, amplitude: float) -> QualityCurve:
+def _cell(values: list[float]) -> QualityCell:
+    fit = fit_quality(values)
+    return QualityCell(mean=fit.mean, std=fit.std, n=fit.n, gof=fit.gof, source="published", ref="tifa")
+
+
+def _relative_se(values: np.ndarray) -> tuple[float, float]:
+    """Relative standard errors of the mean and of the spread of ``values`` (one sample of prompts)."""
+    mean_se, std_se = cell_standard_errors(float(values.std()), values.size)
+    return mean_se / float(values.mean()), std_se / float(values.std())
+
+
+def _amplitude(ratio_28: float) -> float:
+    """The A of ``rule-quality-vs-steps`` that makes mean(28)/mean(50) equal ``ratio_28``."""
+    e28, e50 = math.exp(-28 / KAPPA_STEPS), math.exp(-REFERENCE_STEPS / KAPPA_STEPS)
+    return (1 - ratio_28) / (e28 - ratio_28 * e50)
+
+
+def _curve(cell: QualityCell, amplitude: float, amplitude_se: float) -> QualityCurve:
     a = cell.mean / (1 - amplitude * math.exp(-REFERENCE_STEPS / KAPPA_STEPS))
+    b = amplitude * a
     return QualityCurve(
         form="saturating_exp",
         valid_steps=(STEP_GRID[0], STEP_GRID[-1]),
         source="derived",
         ref="rule-quality-vs-steps",
         a=a,
-        b=amplitude * a,
+        b=b,
         kappa=KAPPA_STEPS,
         std=cell.std,
+        b_se=math.hypot(amplitude_se * a, 0.5 * b),
     )
 
 
-def reference_quality(data: Path) -> tuple[dict[str, dict[str, QualityCell]], float]:
+def reference_quality(data: Path) -> tuple[dict[str, dict[str, QualityCell]], tuple[float, float]]:
     """The reference-steps quality cells of SD 1.5, SD 2.1 and SDXL, and the curves' amplitude A.
 
-    Returns ``(cells, amplitude)``: model key → category → the cell at :data:`REFERENCE_STEPS`, and
-    the A of ``rule-quality-vs-steps`` that :func:`quality_and_curves` turns into curves.
+    Returns ``(cells, (amplitude, amplitude_se))``: model key → category → the cell at
+    :data:`REFERENCE_STEPS`, and the A of ``rule-quality-vs-steps`` (with its standard error) that
+    :func:`quality_and_curves` turns into curves.
     """
     tifa = _tifa_scores(data)
     sd3 = _sd3_scores(data, "clip_scores_by_prompt_diffusers.json")
     sd3_28 = _sd3_scores(data, "clip_scores_by_prompt.json")
     measured = [c for c in CATEGORIES if c != "Basic"]
 
+    basic = np.asarray(sd3["Basic"], dtype=float)
     sd3_rest = np.concatenate([sd3[c] for c in measured])
-    basic_mean_ratio = float(np.mean(sd3["Basic"]) / sd3_rest.mean())
-    basic_std_ratio = float(np.std(sd3["Basic"], ddof=1) / sd3_rest.std(ddof=1))
-    ratio_28 = float(np.mean(np.concatenate(list(sd3_28.values()))) / np.mean(np.concatenate(list(sd3.values()))))
-    # Solve (1 − A e^{−28/κ}) / (1 − A e^{−50/κ}) = ratio_28 for A.
-    e28, e50 = math.exp(-28 / KAPPA_STEPS), math.exp(-REFERENCE_STEPS / KAPPA_STEPS)
-    amplitude = (1 - ratio_28) / (e28 - ratio_28 * e50)
+    basic_mean_ratio = float(basic.mean() / sd3_rest.mean())
+    basic_std_ratio = float(basic.std() / sd3_rest.std())
+    ratio_errors = [_relative_se(basic), _relative_se(sd3_rest)]
+    all_28 = np.concatenate([sd3_28[c] for c in CATEGORIES])
+    all_50 = np.concatenate([sd3[c] for c in CATEGORIES])
+    ratio_28 = float(all_28.mean() / all_50.mean())
+    # The same prompts at 28 and 50 steps: the ratio's error is that of the paired residuals x28 − r·x50.
+    ratio_28_se = float((all_28 - ratio_28 * all_50).std(ddof=1) / math.sqrt(all_50.size) / all_50.mean())
+    amplitude = _amplitude(ratio_28)
+    amplitude_se = abs(_amplitude(ratio_28 + ratio_28_se) - _amplitude(ratio_28 - ratio_28_se)) / 2
 
     quality: dict[str, dict[str, QualityCell]] = {}
     for key in TIFA_MODELS:
         cells = {c: _cell(tifa[key][c]) for c in measured}
         rest = np.concatenate([tifa[key][c] for c in measured])
+        mean_rel, std_rel = zip(_relative_se(rest), *ratio_errors)
+        mean, std = float(rest.mean() * basic_mean_ratio), float(rest.std() * basic_std_ratio)
         cells["Basic"] = QualityCell(
-            mean=float(rest.mean() * basic_mean_ratio),
-            std=float(rest.std(ddof=1) * basic_std_ratio),
+            mean=mean,
+            std=std,
             n=0,
             gof=None,
             source="derived",
             ref="rule-basic-from-sd3-ratio",
+            mean_se=mean * math.hypot(*mean_rel),
+            std_se=std * math.hypot(*std_rel),
         )
         quality[key] = cells
     all_sd15 = np.concatenate([tifa["sd15"][c] for c in measured])
     all_sd21 = np.concatenate([tifa["sd21"][c] for c in measured])
     generation_gain = float(all_sd21.mean() - all_sd15.mean())
+    gain_se = float((all_sd21 - all_sd15).std(ddof=1) / math.sqrt(all_sd21.size))
     quality["sdxl"] = {
         c: QualityCell(
-            mean=cell.mean + generation_gain, std=cell.std, n=0, gof=None, source="derived", ref="rule-sdxl-quality"
+            mean=cell.mean + generation_gain,
+            std=cell.std,
+            n=0,
+            gof=None,
+            source="derived",
+            ref="rule-sdxl-quality",
+            mean_se=math.hypot(cell.mean_se, gain_se, generation_gain),
+            std_se=cell.std_se,
         )
         for c, cell in quality["sd21"].items()
     }
-    return quality, amplitude
+    return quality, (amplitude, amplitude_se)
 
 
 def quality_and_curves(
-    cells: dict[str, QualityCell], amplitude: float
+    cells: dict[str, QualityCell], amplitude: tuple[float, float]
 ) -> tuple[dict[str, dict[int, QualityCell]], dict[str, QualityCurve]]:
-    """One model's ``quality`` (its cells at :data:`REFERENCE_STEPS`) and ``curves`` over :data:`STEP_GRID`."""
+    """One model's ``quality`` (its cells at :data:`REFERENCE_STEPS`) and ``curves`` over :data:`STEP_GRID`.
+
+    ``amplitude`` is the ``(A, standard error of A)`` of :func:`reference_quality`.
+    """
     return (
         {c: {REFERENCE_STEPS: cells[c]} for c in CATEGORIES},
-        {c: _curve(cells[c], amplitude) for c in CATEGORIES},
+        {c: _curve(cells[c], *amplitude) for c in CATEGORIES},
     )
 
 
@@ -292,6 +349,8 @@ def build(data: Path) -> CalibrationTable:
             r2=None,
             source="derived",
             ref="rule-sd15-latency",
+            overhead_se_s=sd21_line.overhead_se_s * scale,
+            per_step_se_s=sd21_line.per_step_se_s * scale,
         ),
         "sd21": sd21_line,
         "sdxl": _mlenergy_line(data, "stable-diffusion-xl-base-1.0"),

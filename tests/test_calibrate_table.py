@@ -12,11 +12,13 @@ import pytest
 
 from genedge import data
 from genedge.calibrate import TableError, load_table, save_table, table_from_dict, table_to_dict
+from genedge.calibrate.table import cell_standard_errors
 
 
 def _minimal_doc() -> dict[str, Any]:
-    """A table as written before the optional fields existed."""
+    """A table as written before the optional fields existed (its cells' standard errors are not optional)."""
     sourced = {"source": "measured", "ref": "m"}
+    errors = dict(zip(("mean_se", "std_se"), cell_standard_errors(3.0, 5)))
     return {
         "schema_version": 1,
         "kind": "genedge.calibration_table",
@@ -38,8 +40,8 @@ def _minimal_doc() -> dict[str, Any]:
                 "default_steps": 20,
                 "quality": {
                     "Basic": {
-                        "10": {"mean": 30.0, "std": 3.0, "n": 5, "gof": 0.5, **sourced},
-                        "20": {"mean": 31.0, "std": 3.0, "n": 5, "gof": None, **sourced},
+                        "10": {"mean": 30.0, "std": 3.0, "n": 5, "gof": 0.5, **errors, **sourced},
+                        "20": {"mean": 31.0, "std": 3.0, "n": 5, "gof": None, **errors, **sourced},
                     }
                 },
                 "curves": {"Basic": {"form": "linear_interpolation", "valid_steps": [10, 20], **sourced}},
@@ -183,3 +185,36 @@ def test_every_shipped_table_loads_unchanged(tmp_path: Path) -> None:
         table = load_table(path)
         assert all(m.memory.rss_bytes is None for m in table.models.values())  # GPU and NPU tables
         assert save_table(table, tmp_path / path.name).read_bytes() == path.read_bytes()
+
+
+def test_a_cell_without_standard_errors_gets_those_its_n_implies() -> None:
+    doc = _minimal_doc()
+    cell = doc["models"]["a"]["quality"]["Basic"]["10"]
+    del cell["mean_se"], cell["std_se"]
+    read = table_from_dict(doc).models["a"].quality["Basic"][10]
+    # std = 3 is the ML spread of 5 scores: the sample SD is 3·√(5/4), its SE of the mean that over √5.
+    assert read.mean_se == pytest.approx(3.0 * (5 / 4) ** 0.5 / 5**0.5)
+    assert read.std_se == pytest.approx(3.0 / 8**0.5)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c.update(mean_se=0.5), r"quality\.Basic\.10\.mean_se: 0\.5 contradicts n = 5 and std = 3"),
+        (lambda c: c.update(std_se=2.0), r"quality\.Basic\.10\.std_se: 2 contradicts n = 5"),
+        (lambda c: c.update(n=0, mean_se=None), r"quality\.Basic\.10\.mean_se: a cell from n = 0 images must state"),
+        (lambda c: c.update(n=1, mean_se=1.0, std_se=-1.0), r"quality\.Basic\.10\.std_se: expected a finite"),
+    ],
+)
+def test_standard_errors_that_contradict_n_are_refused(edit: Any, message: str) -> None:
+    doc = _minimal_doc()
+    edit(doc["models"]["a"]["quality"]["Basic"]["10"])
+    with pytest.raises(TableError, match=message):
+        table_from_dict(doc)
+
+
+def test_a_derived_cell_keeps_the_width_its_rule_states() -> None:
+    doc = _minimal_doc()
+    doc["models"]["a"]["quality"]["Basic"]["10"].update(n=0, mean_se=1.25, std_se=0.5)
+    cell = table_from_dict(table_to_dict(table_from_dict(doc))).models["a"].quality["Basic"][10]
+    assert (cell.n, cell.mean_se, cell.std_se) == (0, 1.25, 0.5)
