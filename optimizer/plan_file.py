@@ -63,6 +63,7 @@ def plan_to_dict(
     *,
     others: Mapping[str, PlanResult] | None = None,
     inputs: Mapping[str, Any] | None = None,
+    uncertainty: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the plan document for ``result``.
 
@@ -71,6 +72,8 @@ def plan_to_dict(
         result: the chosen plan.
         others: other methods' results on the same problem, reported beside it.
         inputs: extra input description (table path, derived share, ...).
+        uncertainty: how sure the plan is (:meth:`~genedge.optimizer.uncertainty.Assessment.to_dict`),
+            written as ``uncertainty`` where given.
     """
     plan = result.plan
     models = {}
@@ -106,7 +109,7 @@ def plan_to_dict(
         if other.upper_bound is not None:
             entry["upper_bound"] = other.upper_bound
         baselines[name] = entry
-    return {
+    document = {
         "schema_version": PLAN_SCHEMA_VERSION,
         "kind": _KIND,
         "method": result.method,
@@ -146,6 +149,9 @@ def plan_to_dict(
         "predicted": _figures(result),
         "baselines": baselines,
     }
+    if uncertainty is not None:
+        document["uncertainty"] = dict(uncertainty)
+    return document
 
 
 def save_plan(document: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -55,8 +55,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated methods to compare against (default: all: paper, direct-assignment, "
         "random-assignment, equal-allocation, optimal-step, exact)",
     )
+    add_uncertainty_arguments(parser)
     parser.add_argument("--out", type=Path, help="write the plan JSON here")
     parser.set_defaults(func=run)
+
+
+def add_uncertainty_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the table's parametric bootstrap: samples, and the robust plans."""
+    from genedge.optimizer.uncertainty import DEFAULT_QUANTILE, DEFAULT_SAMPLES
+
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=DEFAULT_SAMPLES,
+        help="parametric bootstrap samples of the table behind the plan's confidence and expected regret "
+        f"(seeded by --seed; 0: skip; default: {DEFAULT_SAMPLES})",
+    )
+    parser.add_argument(
+        "--robust",
+        choices=("expected", "quantile"),
+        help="write the plan of highest expected utility, or of highest lower --quantile of utility, over "
+        "the table's uncertainty instead of the point-estimate plan; prints all three on the same samples",
+    )
+    parser.add_argument(
+        "--quantile",
+        type=float,
+        default=DEFAULT_QUANTILE,
+        help=f"the lower quantile of utility --robust quantile maximizes (default: {DEFAULT_QUANTILE})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
         print(_format_misrouting(cost, prompt_counts))
     print()
     print(_format_comparison(results, args.method))
+    uncertainty = None
+    if args.samples or args.robust:
+        chosen, assessment = _how_sure(args, table, workload, problem, chosen)
+        uncertainty = assessment.to_dict()
     if args.out:
         inputs = {"table": str(args.table), "table_source_counts": table.source_counts()}
         if prompt_counts is not None:
@@ -101,9 +131,99 @@ def run(args: argparse.Namespace) -> int:
             }
         if cost is not None:
             inputs["misrouting"] = {**dataclasses.asdict(cost), "loss": cost.loss, "planning_gain": cost.planning_gain}
-        document = plan_to_dict(problem, chosen, others=results, inputs=inputs)
+        document = plan_to_dict(problem, chosen, others=results, inputs=inputs, uncertainty=uncertainty)
         print(f"\nwrote {save_plan(document, args.out)}")
     return 0
+
+
+def _how_sure(args: argparse.Namespace, table, workload, problem, chosen):
+    """Print how sure the plan is (and, with --robust, the robust plans); return the plan to write and its figures."""
+    import sys
+
+    from tqdm import tqdm
+
+    from genedge.optimizer.result import make_result
+    from genedge.optimizer.uncertainty import assess, parameter_model, robust_plans
+
+    if args.samples < 2:
+        raise ValueError(f"--samples: expected at least 2 bootstrap samples for --robust, but got {args.samples}")
+    model = parameter_model(table, problem, workload)
+    with tqdm(total=args.samples, unit="sample", desc="bootstrap", disable=None, leave=False, file=sys.stderr) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
+        options = {"samples": args.samples, "seed": args.seed, "progress": progress}
+        if args.robust is None:
+            assessment = assess(model, chosen, **options)
+        else:
+            plans = robust_plans(model, chosen, quantile=args.quantile, **options)
+            name = "expected utility" if args.robust == "expected" else f"q{100 * args.quantile:g} utility"
+            robust = plans[name]
+            assessment = robust.assessment
+    print()
+    print(_format_assessment(assessment, problem))
+    if args.robust is None:
+        return chosen, assessment
+    print()
+    print(_format_robust(plans, name))
+    d = robust.decision
+    method = f"{chosen.method}, robust: {name}"
+    return make_result(
+        problem, method, d.routing, d.step_index, d.shares, seed=args.seed, batch_index=d.batch_index
+    ), assessment
+
+
+_REGRET = "the utility lost, on average, against each sample's own optimum"
+
+
+def _format_assessment(a, problem) -> str:
+    """How sure a plan is (see :class:`genedge.optimizer.uncertainty.Assessment`)."""
+    lo, hi = a.utility_interval()
+    regret = a.expected_regret
+    head = (
+        f"how sure: a parametric bootstrap of the table, {a.samples} samples (seed {a.seed}), each sample's "
+        f"optimum by {a.optimizer}; {a.seconds:.1f} s"
+    )
+    interval = f"90% interval over its uncertainty [{lo:.3f}, {hi:.3f}]"
+    lines = [
+        head,
+        f"  utility {a.point_utility:.3f} on the table's estimates; {interval}",
+        f"  expected regret {regret:.3f} ± {a.regret_mc_se:.3f} points (Monte Carlo SE): {_REGRET}",
+        f"  P(an optimal plan decides the same), each ± at most {a.probability_mc_se(0.5):.3f} (Monte Carlo SE):",
+    ]
+    row = "    {:<10} {:<26} {:>5.2f}"
+    for category, (model, p) in a.routing.items():
+        lines.append(row.format("routing", f"{category} -> {model}", p))
+    for model, (steps, p) in a.steps.items():
+        lines.append(row.format("steps", f"{model} at {steps}", p))
+    for model, (deployed, p) in a.deployment.items():
+        lines.append(row.format("deploy", f"{model} {'yes' if deployed else 'no'}", p))
+    lines.append(row.format("all", "every decision above", a.plan_probability))
+    shares = ", ".join(f"{k} {lo:.2f}-{hi:.2f}" for k, (lo, hi) in a.optimal_shares.items())
+    lines.append(f"  optimal GPU shares, 90% of samples: {shares}")
+    if a.feasible is not None:
+        lines.append(f"  the plan meets its SLO and quality floor in {100 * a.feasible:.1f}% of samples")
+    return "\n".join(lines)
+
+
+def _format_robust(plans, written: str) -> str:
+    """The point, expected-utility and lower-quantile plans on the same bootstrap samples."""
+    quantile = next(iter(plans.values())).quantile
+    head = (
+        f"{'plan':<18} {'utility':>8} {'mean':>8} {f'q{100 * quantile:g}':>8} {'regret':>8} {'P(same)':>8}  decisions"
+    )
+    lines = ["robust plans, on the same samples:", head]
+    for name, r in plans.items():
+        a = r.assessment
+        routing = ", ".join(f"{c}->{m}" for c, (m, _) in a.routing.items())
+        steps = ", ".join(f"{k}@{s}" for k, (s, _) in a.steps.items())
+        mark = "  (written)" if name == written else ""
+        lines.append(
+            f"{name:<18} {a.point_utility:>8.3f} {r.expected_utility:>8.3f} {r.quantile_utility:>8.3f} "
+            f"{a.expected_regret:>8.3f} {a.plan_probability:>8.2f}  {routing}; {steps}{mark}"
+        )
+    return "\n".join(lines)
 
 
 def _format_misrouting(cost, prompt_counts) -> str:

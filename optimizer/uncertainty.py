@@ -1,0 +1,796 @@
+r"""How sure a plan is: a seeded parametric bootstrap of the calibration table behind it.
+
+Every number the planner reads from a table is an estimate. A quality cell's mean comes from n
+images (standard error ``mean_se``); a derived cell's from a rule whose width the table states; a
+latency line's coefficients have standard errors of their own. :func:`parameter_model` lists these
+uncertain parameters and how each moves the problem's arrays; :func:`draw_parameters` samples them
+from their sampling distributions:
+
+- a cell measured from n ≥ 2 images: σ*² = n·std² / χ²_{n−1} and μ* = mean + σ*·z/√n — jointly,
+  the posterior of a Normal sample under the reference prior, so that (μ* − mean)/mean_se follows
+  Student's t with n − 1 degrees of freedom, the exact pivot of a small sample;
+- a derived cell (n < 2): μ* ~ Normal(mean, mean_se²), σ* ~ Normal(std, std_se²) (kept above 5 % of std);
+- a curve's ``b`` where the table states ``b_se``, and a latency line's overhead and per-step time
+  where it states their standard errors: Normal. Energy lines are not sampled.
+
+A grid step without a cell of its own moves with its neighbouring cells (linear interpolation of
+their deviations; the nearest cell beyond the profiled range), plus ``−exp(−s/κ)·δb`` where the
+curve's shape is uncertain: a curve refitted to perturbed cells moves the same way between them.
+
+:func:`assess` re-plans every sample (its optimum is the sample's own best plan) and evaluates the
+chosen plan on it: the probability that each routing, steps and deployment decision is the one the
+sample's optimum makes, and the expected regret E[U*(θ) − U(plan; θ)], each with its Monte Carlo
+standard error. :func:`robust_plans` picks, on the same samples, the plan of highest expected
+utility and the plan of highest lower quantile of utility among the samples' optima and the point
+plan, so neither can be worse than the point plan on its own objective.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from genedge.optimizer.problem import Problem, deployed_mask
+from genedge.optimizer.system import fifo_delay_coefficient, optimal_shares
+
+if TYPE_CHECKING:
+    from genedge.calibrate.table import CalibrationTable
+    from genedge.optimizer.result import PlanResult
+    from genedge.optimizer.workload import Workload
+
+__all__ = [
+    "DEFAULT_QUANTILE",
+    "DEFAULT_SAMPLES",
+    "Assessment",
+    "Decision",
+    "Parameter",
+    "ParameterDraws",
+    "ParameterModel",
+    "RobustPlan",
+    "assess",
+    "draw_parameters",
+    "parameter_model",
+    "robust_plans",
+    "sample_problems",
+]
+
+#: Bootstrap samples of ``genedge plan`` by default: the Monte Carlo error of a probability is then
+#: at most 0.5/√B ≈ 0.035.
+DEFAULT_SAMPLES = 200
+#: The lower quantile of utility a robust plan maximizes by default.
+DEFAULT_QUANTILE = 0.10
+# A sampled spread is kept above this fraction of the table's (a Normal draw of a derived std can cross 0).
+_MIN_STD_FRACTION = 0.05
+# A sampled service time is kept above this fraction of the table's (a Normal draw can cross 0).
+_MIN_SERVICE_FRACTION = 0.05
+# Whole-category routings × step vectors the vectorized search enumerates at most.
+_MAX_CONFIGURATIONS = 2_000_000
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One uncertain number of the table behind a problem.
+
+    Attributes:
+        name: what it is, e.g. ``"sd15 Complex@50 mean"``, ``"sd15 Detail curve b"``, ``"sd21 per_step_s"``.
+        kind: ``"cell"`` (a quality cell's mean and std), ``"curve_b"``, ``"overhead_s"`` or ``"per_step_s"``.
+        model: the model's key.
+        category: the cell's or curve's category, else None.
+        steps: the cell's steps, else None.
+        value: the table's estimate (a cell's mean).
+        se: its standard error.
+        n: images behind a cell (0 for a derived one); 0 for the other kinds.
+        std: a cell's std (points), else None.
+        std_se: a cell's standard error of std, else None.
+    """
+
+    name: str
+    kind: str
+    model: str
+    category: str | None
+    steps: int | None
+    value: float
+    se: float
+    n: int = 0
+    std: float | None = None
+    std_se: float | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class ParameterModel:
+    """A problem's uncertain parameters and how each moves its arrays (all linear).
+
+    Attributes:
+        problem: the point-estimate problem.
+        parameters: the uncertain parameters, length P.
+        mean_weights: per model, ∂quality_mean[c, k] / ∂parameter, shape (C, K_m, P).
+        service_weights: per model, ∂service_s[k] / ∂parameter, shape (K_m, P).
+    """
+
+    problem: Problem
+    parameters: tuple[Parameter, ...]
+    mean_weights: tuple[np.ndarray, ...]
+    service_weights: tuple[np.ndarray, ...]
+
+    def cells(self) -> list[int]:
+        """Indices of the quality-cell parameters."""
+        return [i for i, p in enumerate(self.parameters) if p.kind == "cell"]
+
+
+def parameter_model(table: CalibrationTable, problem: Problem, workload: Workload | None = None) -> ParameterModel:
+    """List the uncertain parameters of ``table`` that ``problem`` (built from it) reads.
+
+    Args:
+        table: the calibration table the problem was built from.
+        problem: the problem (:meth:`Problem.from_table`).
+        workload: its workload, where categories are served as mixtures of true ones (a router's
+            errors); default: each category served as itself.
+    """
+    parameters: list[Parameter] = []
+    index: dict[tuple, int] = {}
+
+    def add(key: tuple, parameter: Parameter) -> int:
+        if key not in index:
+            index[key] = len(parameters)
+            parameters.append(parameter)
+        return index[key]
+
+    # (model, served category, grid k) → {parameter: weight}
+    entries: list[dict[tuple[int, int], dict[int, float]]] = []
+    services: list[dict[int, dict[int, float]]] = []
+    for key, grid in zip(problem.models, problem.steps):
+        model = table.models[key]
+        mean_entries: dict[tuple[int, int], dict[int, float]] = {}
+        for c, served in enumerate(problem.categories):
+            shares = workload.true_shares(served) if workload is not None else {served: 1.0}
+            for true, share in shares.items():
+                cells = model.quality[true]
+                ids = {
+                    s: add(
+                        (key, true, s),
+                        Parameter(
+                            name=f"{key} {true}@{s} mean",
+                            kind="cell",
+                            model=key,
+                            category=true,
+                            steps=s,
+                            value=cell.mean,
+                            se=float(cell.mean_se),
+                            n=cell.n,
+                            std=cell.std,
+                            std_se=float(cell.std_se),
+                        ),
+                    )
+                    for s, cell in cells.items()
+                }
+                curve = model.curves.get(true)
+                b_id = None
+                if curve is not None and curve.b_se:
+                    b_id = add(
+                        (key, true, "b"),
+                        Parameter(
+                            name=f"{key} {true} curve b",
+                            kind="curve_b",
+                            model=key,
+                            category=true,
+                            steps=None,
+                            value=float(curve.b),
+                            se=float(curve.b_se),
+                        ),
+                    )
+                for k, s in enumerate(int(v) for v in grid):
+                    weights = mean_entries.setdefault((c, k), {})
+                    for pid, w in _grid_weights(sorted(ids), s).items():
+                        weights[ids[pid]] = weights.get(ids[pid], 0.0) + share * w
+                    if b_id is not None and s not in ids:
+                        weights[b_id] = weights.get(b_id, 0.0) - share * math.exp(-s / curve.kappa)
+        entries.append(mean_entries)
+        line = model.latency
+        service: dict[int, dict[int, float]] = {}
+        for kind, se in (("overhead_s", line.overhead_se_s), ("per_step_s", line.per_step_se_s)):
+            if se:
+                pid = add(
+                    (key, kind),
+                    Parameter(
+                        name=f"{key} {kind}",
+                        kind=kind,
+                        model=key,
+                        category=None,
+                        steps=None,
+                        value=float(getattr(line, kind)),
+                        se=float(se),
+                    ),
+                )
+                for k, s in enumerate(grid):
+                    service.setdefault(k, {})[pid] = 1.0 if kind == "overhead_s" else float(s)
+        services.append(service)
+    p = len(parameters)
+    mean_weights, service_weights = [], []
+    for grid, mean_entries, service in zip(problem.steps, entries, services):
+        w = np.zeros((len(problem.categories), grid.size, p))
+        for (c, k), weights in mean_entries.items():
+            for pid, value in weights.items():
+                w[c, k, pid] = value
+        mean_weights.append(w)
+        v = np.zeros((grid.size, p))
+        for k, weights in service.items():
+            for pid, value in weights.items():
+                v[k, pid] = value
+        service_weights.append(v)
+    return ParameterModel(problem, tuple(parameters), tuple(mean_weights), tuple(service_weights))
+
+
+def _grid_weights(cell_steps: list[int], steps: int) -> dict[int, float]:
+    """How a grid step's quality moves with the cells' deviations: cell steps → weight."""
+    if steps in cell_steps:
+        return {steps: 1.0}
+    below = [s for s in cell_steps if s < steps]
+    above = [s for s in cell_steps if s > steps]
+    if not below:
+        return {above[0]: 1.0}
+    if not above:
+        return {below[-1]: 1.0}
+    lo, hi = below[-1], above[0]
+    t = (steps - lo) / (hi - lo)
+    return {lo: 1.0 - t, hi: t}
+
+
+@dataclass(frozen=True)
+class ParameterDraws:
+    """B draws of a :class:`ParameterModel`'s parameters.
+
+    Attributes:
+        delta: sampled minus estimated value, shape (B, P).
+        std_ratio: sampled over estimated std of each cell parameter (1 for the other kinds), shape (B, P).
+        seed: the seed they were drawn with.
+    """
+
+    delta: np.ndarray
+    std_ratio: np.ndarray
+    seed: int
+
+    @property
+    def samples(self) -> int:
+        return self.delta.shape[0]
+
+    def shrunk(self, parameter: int, factor: float) -> ParameterDraws:
+        """The same draws with one parameter's deviation scaled by ``factor`` (its error shrunk)."""
+        delta = self.delta.copy()
+        delta[:, parameter] *= factor
+        return dataclasses.replace(self, delta=delta)
+
+
+def draw_parameters(model: ParameterModel, samples: int = DEFAULT_SAMPLES, seed: int = 0) -> ParameterDraws:
+    """Draw ``samples`` parameter vectors from their sampling distributions (module doc), seeded."""
+    if samples < 2:
+        raise ValueError(f"Expected at least 2 bootstrap samples, but got {samples}")
+    gen = np.random.default_rng(seed)
+    p = len(model.parameters)
+    z = gen.standard_normal((samples, p))
+    z_std = gen.standard_normal((samples, p))
+    delta = np.empty((samples, p))
+    ratio = np.ones((samples, p))
+    for j, par in enumerate(model.parameters):
+        if par.kind == "cell" and par.n >= 2:
+            # One χ² per draw for both: σ*² = n·std²/χ²_{n−1}, μ* = mean + σ*·z/√n.
+            chi2 = gen.chisquare(par.n - 1, samples)
+            ratio[:, j] = np.sqrt(par.n / chi2)
+            delta[:, j] = par.std * ratio[:, j] * z[:, j] / math.sqrt(par.n)
+        else:
+            delta[:, j] = par.se * z[:, j]
+            if par.kind == "cell":
+                ratio[:, j] = np.maximum(1.0 + par.std_se / par.std * z_std[:, j], _MIN_STD_FRACTION)
+    return ParameterDraws(delta=delta, std_ratio=ratio, seed=seed)
+
+
+@dataclass(frozen=True)
+class SampleArrays:
+    """The problem's arrays at each draw: per model quality mean and std (B, C, K_m), service (B, K_m)."""
+
+    quality_mean: tuple[np.ndarray, ...]
+    quality_std: tuple[np.ndarray, ...]
+    service_s: tuple[np.ndarray, ...]
+
+
+def sample_arrays(model: ParameterModel, draws: ParameterDraws) -> SampleArrays:
+    """Apply the draws to the problem's arrays (linear in the deviations; module doc)."""
+    problem = model.problem
+    cell = np.array([p.kind == "cell" for p in model.parameters])
+    rel = np.where(cell[None, :], draws.std_ratio - 1.0, 0.0)
+    means, stds, services = [], [], []
+    for m in range(len(problem.models)):
+        w = model.mean_weights[m]
+        means.append(problem.quality_mean[m][None] + np.einsum("ckp,bp->bck", w, draws.delta))
+        # A std moves by the same weights, relative to itself.
+        stretch = 1.0 + np.einsum("ckp,bp->bck", np.where(cell, w, 0.0), rel)
+        stds.append(problem.quality_std[m][None] * np.maximum(stretch, _MIN_STD_FRACTION))
+        base = problem.service_s[m]
+        sampled = base[None] + draws.delta @ model.service_weights[m].T
+        services.append(np.maximum(sampled, _MIN_SERVICE_FRACTION * base[None]))
+    return SampleArrays(tuple(means), tuple(stds), tuple(services))
+
+
+def sample_problems(model: ParameterModel, draws: ParameterDraws) -> list[Problem]:
+    """One :class:`Problem` per draw: the point problem with its sampled arrays."""
+    arrays = sample_arrays(model, draws)
+    problem = model.problem
+    out = []
+    for b in range(draws.samples):
+        service = tuple(s[b] for s in arrays.service_s)
+        batch = None
+        if problem.batch_service_s is not None:
+            # Every batch line moves by the base line's relative change at each step count.
+            batch = tuple(
+                lines * (s / base)[None] for lines, s, base in zip(problem.batch_service_s, service, problem.service_s)
+            )
+        out.append(
+            dataclasses.replace(
+                problem,
+                quality_mean=tuple(q[b] for q in arrays.quality_mean),
+                quality_std=tuple(q[b] for q in arrays.quality_std),
+                service_s=service,
+                batch_service_s=batch,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Decision:
+    """A plan's decisions, as the bootstrap compares them.
+
+    Attributes:
+        routing: p[c, m], shape (C, M).
+        step_index: index into each model's step grid, length M.
+        shares: compute share per model, shape (M,).
+        batch_index: index into each model's batch sizes, or None for each model's base batch.
+    """
+
+    routing: np.ndarray
+    step_index: tuple[int, ...]
+    shares: np.ndarray
+    batch_index: tuple[int, ...] | None = None
+
+    @classmethod
+    def of(cls, result: PlanResult) -> Decision:
+        """The decisions of a planner's result."""
+        plan = result.plan
+        return cls(plan.routing_matrix, tuple(plan.step_index), plan.share_vector, tuple(plan.batch_index) or None)
+
+    @classmethod
+    def planned(cls, problem: Problem, routing: np.ndarray, step_index: Sequence[int]) -> Decision:
+        """Routing and steps with the shares (and batches) the problem's objective gives them."""
+        from genedge.optimizer.objective import score_plan
+
+        scored = score_plan(problem, problem.counts[:, None] * routing, step_index)
+        return cls(
+            np.asarray(routing, dtype=float), tuple(int(k) for k in step_index), scored.shares, scored.batch_index
+        )
+
+    def deployed(self, problem: Problem) -> np.ndarray:
+        """Which models get requests, shape (M,)."""
+        return deployed_mask(problem.counts @ self.routing)
+
+    def key(self, problem: Problem) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The discrete decisions: each category's main model and each model's steps (−1 where not deployed)."""
+        deployed = self.deployed(problem)
+        main = tuple(int(m) for m in np.argmax(self.routing, axis=1))
+        return main, tuple(int(k) if d else -1 for k, d in zip(self.step_index, deployed))
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """How sure one plan is, from B bootstrap samples of its table (module doc).
+
+    Probabilities are fractions of samples; each carries the Monte Carlo standard error √(p(1−p)/B).
+
+    Attributes:
+        samples: B.
+        seed: the seed of the draws.
+        optimizer: how each sample's optimum was found.
+        seconds: wall time of the whole assessment (s).
+        point_utility: the plan's utility on the table's estimates.
+        utility: the plan's utility on each sample, shape (B,).
+        optimum: each sample's optimal utility, shape (B,) (at least ``utility``).
+        routing: category → (model the plan sends most of it to, P(the sample's optimum does too)).
+        steps: deployed model → (the plan's steps, P(the optimum deploys it at those steps)).
+        deployment: model → (the plan deploys it, P(the optimum decides the same)).
+        plan_probability: P(the optimum makes every one of these decisions as the plan does).
+        optimal_shares: model → (5th, 95th percentile) of the samples' optimal shares (a 90 % interval).
+        feasible: fraction of samples in which the plan meets its SLO and quality floor, where it has one.
+        optima: each sample's optimal decisions (:meth:`Decision.key`), length B.
+    """
+
+    samples: int
+    seed: int
+    optimizer: str
+    seconds: float
+    point_utility: float
+    utility: np.ndarray
+    optimum: np.ndarray
+    routing: Mapping[str, tuple[str, float]]
+    steps: Mapping[str, tuple[int, float]]
+    deployment: Mapping[str, tuple[bool, float]]
+    plan_probability: float
+    optimal_shares: Mapping[str, tuple[float, float]]
+    feasible: float | None
+    optima: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]
+
+    @property
+    def regret(self) -> np.ndarray:
+        """U*(θ_b) − U(plan; θ_b) per sample, shape (B,), ≥ 0."""
+        return self.optimum - self.utility
+
+    @property
+    def expected_regret(self) -> float:
+        """Mean regret over the samples (points)."""
+        return float(self.regret.mean())
+
+    @property
+    def regret_mc_se(self) -> float:
+        """Monte Carlo standard error of :attr:`expected_regret` (points)."""
+        return float(self.regret.std(ddof=1) / math.sqrt(self.samples))
+
+    def probability_mc_se(self, p: float) -> float:
+        """Monte Carlo standard error of a probability estimated from the samples."""
+        return math.sqrt(p * (1 - p) / self.samples)
+
+    def utility_interval(self, level: float = 0.90) -> tuple[float, float]:
+        """The central ``level`` interval of the plan's utility over the samples (points)."""
+        tail = (1 - level) / 2
+        lo, hi = np.quantile(self.utility, [tail, 1 - tail])
+        return float(lo), float(hi)
+
+    def to_dict(self) -> dict[str, object]:
+        """The assessment as the plan file's ``uncertainty`` section (JSON types)."""
+        lo, hi = self.utility_interval()
+        return {
+            "method": "parametric bootstrap of the calibration table",
+            "samples": self.samples,
+            "seed": self.seed,
+            "sample_optimum": self.optimizer,
+            "point_utility": self.point_utility,
+            "utility_interval_90": [lo, hi],
+            "expected_regret": self.expected_regret,
+            "expected_regret_mc_se": self.regret_mc_se,
+            "probability_mc_se_max": self.probability_mc_se(0.5),
+            "routing": {c: {"model": m, "probability": p} for c, (m, p) in self.routing.items()},
+            "steps": {k: {"steps": s, "probability": p} for k, (s, p) in self.steps.items()},
+            "deployment": {k: {"deployed": d, "probability": p} for k, (d, p) in self.deployment.items()},
+            "plan_probability": self.plan_probability,
+            "optimal_share_interval_90": {k: list(v) for k, v in self.optimal_shares.items()},
+            "feasible_fraction": self.feasible,
+            "seconds": self.seconds,
+        }
+
+    @property
+    def min_confidence(self) -> float:
+        """The smallest probability of any routing, steps or deployment decision."""
+        values = [p for _, p in self.routing.values()] + [p for _, p in self.steps.values()]
+        return min(values + [p for _, p in self.deployment.values()])
+
+
+def _vectorized(problem: Problem) -> bool:
+    """Whether each sample's optimum can be found by the vectorized whole-category search.
+
+    That search scores every routing that sends each category to one model, at every step vector, with
+    the closed-form optimal shares of the window model (DESIGN §3): the paper's objective, with an
+    energy price, on deterministic routing; SLOs, quality floors, open arrivals and batching re-plan
+    each sample with a planner instead.
+    """
+    return (
+        problem.arrivals == "window"
+        and problem.realization == "deterministic"
+        and problem.slo is None
+        and problem.min_clipscore is None
+        and problem.batch_sizes is None
+        and _configuration_count(problem) <= _MAX_CONFIGURATIONS
+    )
+
+
+def _configuration_count(problem: Problem) -> int:
+    sizes = [g.size for g in problem.steps]
+    # Σ over the sets S of models in use of (ways to route C categories onto exactly S) × Π_{m∈S} K_m,
+    # bounded above by (Σ_m K_m)^C.
+    return sum(sizes) ** len(problem.categories)
+
+
+@dataclass(frozen=True)
+class _Configurations:
+    """Whole-category routings × step vectors.
+
+    ``assign``: the model of each category, shape (n, C); ``steps``: each model's step index, −1
+    where it serves nothing, shape (n, M).
+    """
+
+    assign: np.ndarray
+    steps: np.ndarray
+
+    @classmethod
+    def enumerate(cls, problem: Problem) -> _Configurations:
+        m, c = len(problem.models), len(problem.categories)
+        assigns, steps = [], []
+        for assign in itertools.product(range(m), repeat=c):
+            used = np.zeros(m, dtype=bool)
+            used[list(assign)] = True
+            if not problem.fits_in_memory(used):
+                continue
+            ranges = [range(problem.steps[j].size) if used[j] else (-1,) for j in range(m)]
+            for vector in itertools.product(*ranges):
+                assigns.append(assign)
+                steps.append(vector)
+        return cls(np.array(assigns, dtype=int).reshape(-1, c), np.array(steps, dtype=int).reshape(-1, m))
+
+    def utility(self, problem: Problem, arrays: SampleArrays, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """Each sample's best configuration: (utility (B,), configuration index (B,))."""
+        m, c = len(problem.models), len(problem.categories)
+        counts = problem.counts
+        energy = problem.energy_j if problem.energy_price > 0 else None
+        value = [
+            arrays.quality_mean[j] - (0.0 if energy is None else problem.energy_price * energy[j][None, None, :])
+            for j in range(m)
+        ]
+        sizes = [g.size for g in problem.steps]
+        offsets = np.concatenate([[0], np.cumsum([c * k for k in sizes])])[:-1]
+        flat = np.concatenate([v.reshape(v.shape[0], -1) for v in value], axis=1)  # (B, Σ C·K_m)
+        service_offsets = np.concatenate([[0], np.cumsum(sizes)])[:-1]
+        service = np.concatenate(arrays.service_s, axis=1)  # (B, Σ K_m)
+        samples = flat.shape[0]
+        best = np.full(samples, -np.inf)
+        where = np.zeros(samples, dtype=int)
+        for start in range(0, self.assign.shape[0], chunk):
+            assign, steps = self.assign[start : start + chunk], self.steps[start : start + chunk]
+            k_of = np.take_along_axis(steps, assign, axis=1)  # (n, C): the step index of each category's model
+            index = offsets[assign] + np.arange(c)[None, :] * np.asarray(sizes)[assign] + k_of
+            quality = (flat[:, index] * counts).sum(axis=-1)  # (B, n): Σ_c n_c · value
+            loads = (assign[..., None] == np.arange(m)).astype(float).transpose(0, 2, 1) @ counts  # (n, M)
+            full = service[:, service_offsets[None, :] + np.maximum(steps, 0)]  # (B, n, M)
+            root = np.where(steps >= 0, np.sqrt(fifo_delay_coefficient(full, loads[None])), 0.0)
+            total = (quality - problem.weight * root.sum(axis=-1) ** 2 / problem.budget) / problem.n_requests
+            chunk_best = total.argmax(axis=1)
+            value_best = total[np.arange(samples), chunk_best]
+            better = value_best > best
+            best[better] = value_best[better]
+            where[better] = start + chunk_best[better]
+        return best, where
+
+    def decision(self, problem: Problem, i: int, service_s: Sequence[np.ndarray]) -> Decision:
+        """Configuration ``i`` as a plan, with the shares optimal at the given service times."""
+        m = len(problem.models)
+        routing = np.zeros((len(problem.categories), m))
+        routing[np.arange(routing.shape[0]), self.assign[i]] = 1.0
+        steps = tuple(int(k) if k >= 0 else problem.default_step_index[j] for j, k in enumerate(self.steps[i]))
+        full = np.array([service_s[j][steps[j]] for j in range(m)])
+        shares = optimal_shares(full, problem.counts @ routing, problem.budget)
+        return Decision(routing, steps, shares)
+
+
+def _plan_utilities(
+    problems: Sequence[Problem], decision: Decision, arrays: SampleArrays | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed plan's utility and feasibility on each sample problem.
+
+    Where the whole-category search applies (:func:`_vectorized`), ``arrays`` gives the same figures
+    as :func:`~genedge.optimizer.system.evaluate` in one vectorized pass: U = (Σ x·(μ − κe) − w Σ_m
+    K_m / r_m) / N with K_m = t_m N_m (N_m + 1) / 2 (DESIGN §3).
+    """
+    from genedge.optimizer.system import evaluate
+
+    problem = problems[0]
+    if arrays is not None and _vectorized(problem):
+        requests = problem.counts[:, None] * decision.routing  # (C, M)
+        loads = requests.sum(axis=0)
+        used = deployed_mask(loads)
+        energy = problem.energy_at(decision.step_index) if problem.energy_price > 0 else np.zeros(len(loads))
+        k = decision.step_index
+        value = np.stack([arrays.quality_mean[j][:, :, k[j]] for j in range(len(loads))], axis=-1)  # (B, C, M)
+        quality = ((value - problem.energy_price * energy[None, None, :]) * requests).sum(axis=(1, 2))
+        full = np.stack([arrays.service_s[j][:, k[j]] for j in range(len(loads))], axis=-1)  # (B, M)
+        shares = np.where(used, decision.shares, 1.0)
+        delay = np.where(used, fifo_delay_coefficient(full, loads) / shares, 0.0).sum(axis=1)
+        return (quality - problem.weight * delay) / problem.n_requests, np.ones(len(problems), dtype=bool)
+    utility = np.empty(len(problems))
+    feasible = np.empty(len(problems), dtype=bool)
+    for b, sample in enumerate(problems):
+        e = evaluate(sample, decision.routing, decision.step_index, decision.shares, decision.batch_index)
+        utility[b], feasible[b] = e.utility, e.feasible and (e.shortfall is None or _floor_met(sample, e))
+    return utility, feasible
+
+
+def _floor_met(problem: Problem, evaluation) -> bool:
+    return bool((evaluation.shortfall <= problem.max_shortfall + 1e-9).all())
+
+
+@dataclass(frozen=True, eq=False)
+class _Bootstrap:
+    """Draws, their problems and each one's optimal plan."""
+
+    model: ParameterModel
+    draws: ParameterDraws
+    problems: list[Problem]
+    arrays: SampleArrays
+    optimum: np.ndarray
+    optima: list[Decision]
+    optimizer: str
+
+
+def _bootstrap(
+    model: ParameterModel,
+    draws: ParameterDraws,
+    method: str,
+    progress: Callable[[int, int], None] | None,
+) -> _Bootstrap:
+    problem = model.problem
+    problems = sample_problems(model, draws)
+    arrays = sample_arrays(model, draws)
+    if _vectorized(problem):
+        configurations = _Configurations.enumerate(problem)
+        optimum, where = configurations.utility(problem, arrays)
+        optima = [configurations.decision(problem, int(i), p.service_s) for i, p in zip(where, problems)]
+        name = f"every whole-category routing x step vector ({configurations.assign.shape[0]:,}), optimal shares"
+        return _Bootstrap(model, draws, problems, arrays, optimum, optima, name)
+    from genedge.optimizer.methods import METHODS, check_methods
+
+    check_methods([method])
+    optimum, optima = np.empty(len(problems)), []
+    for b, sample in enumerate(problems):
+        result = METHODS[method](sample, rng=draws.seed + b)
+        optimum[b] = result.utility
+        optima.append(Decision.of(result))
+        if progress is not None:
+            progress(b + 1, len(problems))
+    return _Bootstrap(model, draws, problems, arrays, optimum, optima, f"re-planned with {method!r}")
+
+
+def assess(
+    model: ParameterModel,
+    plan: PlanResult | Decision,
+    *,
+    samples: int = DEFAULT_SAMPLES,
+    seed: int = 0,
+    method: str = "exact",
+    progress: Callable[[int, int], None] | None = None,
+) -> Assessment:
+    """How sure ``plan`` is, from a seeded parametric bootstrap of the table (module doc).
+
+    Args:
+        model: the uncertain parameters of the plan's problem (:func:`parameter_model`).
+        plan: the plan, as a planner's result or a :class:`Decision`.
+        samples: bootstrap samples B.
+        seed: seed of the draws; the same seed gives the same assessment.
+        method: the planner that finds each sample's optimum where the vectorized whole-category
+            search does not apply (SLOs, floors, open arrivals, batching).
+        progress: called with (samples done, samples) while re-planning.
+    """
+    started = time.perf_counter()
+    boot = _bootstrap(model, draw_parameters(model, samples, seed), method, progress)
+    return _assessment(boot, plan if isinstance(plan, Decision) else Decision.of(plan), time.perf_counter() - started)
+
+
+def _assessment(boot: _Bootstrap, decision: Decision, seconds_so_far: float = 0.0) -> Assessment:
+    started = time.perf_counter()
+    problem = boot.model.problem
+    utility, feasible = _plan_utilities(boot.problems, decision, boot.arrays)
+    optimum = np.maximum(boot.optimum, utility)
+    main, steps = decision.key(problem)
+    keys = [d.key(problem) for d in boot.optima]
+    mains = np.array([k[0] for k in keys])
+    stepss = np.array([k[1] for k in keys])
+    routing = {
+        c: (problem.models[main[i]], float((mains[:, i] == main[i]).mean())) for i, c in enumerate(problem.categories)
+    }
+    deployed = np.array(steps) >= 0
+    step_p = {
+        key: (int(problem.steps[j][steps[j]]), float((stepss[:, j] == steps[j]).mean()))
+        for j, key in enumerate(problem.models)
+        if deployed[j]
+    }
+    deployment = {
+        key: (bool(deployed[j]), float(((stepss[:, j] >= 0) == deployed[j]).mean()))
+        for j, key in enumerate(problem.models)
+    }
+    same = (mains == np.array(main)).all(axis=1) & (stepss == np.array(steps)).all(axis=1)
+    shares = np.array([d.shares for d in boot.optima])
+    constrained = problem.slo is not None or problem.min_clipscore is not None
+    from genedge.optimizer.system import evaluate
+
+    point = evaluate(problem, decision.routing, decision.step_index, decision.shares, decision.batch_index).utility
+    return Assessment(
+        samples=boot.draws.samples,
+        seed=boot.draws.seed,
+        optimizer=boot.optimizer,
+        seconds=seconds_so_far + time.perf_counter() - started,
+        point_utility=float(point),
+        utility=utility,
+        optimum=optimum,
+        routing=routing,
+        steps=step_p,
+        deployment=deployment,
+        plan_probability=float(same.mean()),
+        optimal_shares={
+            key: tuple(float(v) for v in np.quantile(shares[:, j], [0.05, 0.95]))
+            for j, key in enumerate(problem.models)
+        },
+        feasible=float(feasible.mean()) if constrained else None,
+        optima=tuple(keys),
+    )
+
+
+@dataclass(frozen=True)
+class RobustPlan:
+    """One plan's figures on the bootstrap samples, beside the others on the same samples.
+
+    Attributes:
+        objective: what it maximizes: ``"point estimate"``, ``"expected utility"`` or ``"q10 utility"``.
+        decision: the plan.
+        assessment: its figures on the samples (regret, decision probabilities, utility per sample).
+        expected_utility: mean utility over the samples.
+        quantile_utility: the ``quantile`` lower quantile of utility over the samples.
+        quantile: that quantile's level.
+    """
+
+    objective: str
+    decision: Decision
+    assessment: Assessment
+    expected_utility: float
+    quantile_utility: float
+    quantile: float
+
+
+def robust_plans(
+    model: ParameterModel,
+    point: PlanResult | Decision,
+    *,
+    samples: int = DEFAULT_SAMPLES,
+    seed: int = 0,
+    quantile: float = DEFAULT_QUANTILE,
+    method: str = "exact",
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, RobustPlan]:
+    """The point plan, the expected-utility plan and the lower-quantile plan, on the same samples.
+
+    The candidates are the point plan and every sample's optimal routing and steps (with the shares
+    the point estimates give them); each is evaluated on every sample, and the robust plans are the
+    candidates of highest mean and of highest ``quantile`` lower quantile of utility. The point plan
+    is a candidate, so neither is worse than it on its own objective over these samples.
+
+    Returns:
+        ``"point estimate"``, ``"expected utility"`` and ``"q<quantile·100> utility"`` → :class:`RobustPlan`.
+    """
+    if not 0 < quantile < 1:
+        raise ValueError(f"Expected a quantile in (0, 1), e.g. 0.1, but got {quantile}")
+    started = time.perf_counter()
+    problem = model.problem
+    boot = _bootstrap(model, draw_parameters(model, samples, seed), method, progress)
+    point_decision = point if isinstance(point, Decision) else Decision.of(point)
+    candidates = {point_decision.key(problem): point_decision}
+    for optimum in boot.optima:
+        key = optimum.key(problem)
+        if key not in candidates:
+            candidates[key] = Decision.planned(problem, optimum.routing, optimum.step_index)
+    decisions = list(candidates.values())
+    utilities = np.array([_plan_utilities(boot.problems, d, boot.arrays)[0] for d in decisions])
+    expected = utilities.mean(axis=1)
+    lower = np.quantile(utilities, quantile, axis=1)
+    # argmax takes the first of equals: the point plan (first) wins ties.
+    chosen = {"point estimate": 0, "expected utility": int(np.argmax(expected))}
+    chosen[f"q{100 * quantile:g} utility"] = int(np.argmax(lower))
+    elapsed = time.perf_counter() - started
+    return {
+        name: RobustPlan(
+            objective=name,
+            decision=decisions[i],
+            assessment=_assessment(boot, decisions[i], elapsed),
+            expected_utility=float(expected[i]),
+            quantile_utility=float(lower[i]),
+            quantile=quantile,
+        )
+        for name, i in chosen.items()
+    }
