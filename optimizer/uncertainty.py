@@ -49,12 +49,15 @@ __all__ = [
     "DEFAULT_QUANTILE",
     "DEFAULT_SAMPLES",
     "Assessment",
+    "Bootstrap",
     "Decision",
     "Parameter",
     "ParameterDraws",
     "ParameterModel",
     "RobustPlan",
     "assess",
+    "assess_on",
+    "bootstrap",
     "draw_parameters",
     "parameter_model",
     "robust_plans",
@@ -399,6 +402,8 @@ class Assessment:
         point_utility: the plan's utility on the table's estimates.
         utility: the plan's utility on each sample, shape (B,).
         optimum: each sample's optimal utility, shape (B,) (at least ``utility``).
+        optimism: each sample's optimal utility minus its optimal plan's utility on the table's
+            estimates, shape (B,): how much a plan chosen as the best on noisy numbers flatters itself.
         routing: category → (model the plan sends most of it to, P(the sample's optimum does too)).
         steps: deployed model → (the plan's steps, P(the optimum deploys it at those steps)).
         deployment: model → (the plan deploys it, P(the optimum decides the same)).
@@ -415,6 +420,7 @@ class Assessment:
     point_utility: float
     utility: np.ndarray
     optimum: np.ndarray
+    optimism: np.ndarray
     routing: Mapping[str, tuple[str, float]]
     steps: Mapping[str, tuple[int, float]]
     deployment: Mapping[str, tuple[bool, float]]
@@ -443,9 +449,15 @@ class Assessment:
         return math.sqrt(p * (1 - p) / self.samples)
 
     def utility_interval(self, level: float = 0.90) -> tuple[float, float]:
-        """The central ``level`` interval of the plan's utility over the samples (points)."""
+        """A ``level`` interval of the plan's true utility (points).
+
+        The plan was chosen as the best on the table's estimates, so its utility there is optimistic
+        (the winner's curse). Each sample replays that choice with the sample as the estimates and
+        the table as the truth: the interval is the central ``level`` range of point utility −
+        :attr:`optimism`, the bootstrap's correction for selection and noise together.
+        """
         tail = (1 - level) / 2
-        lo, hi = np.quantile(self.utility, [tail, 1 - tail])
+        lo, hi = np.quantile(self.point_utility - self.optimism, [tail, 1 - tail])
         return float(lo), float(hi)
 
     def to_dict(self) -> dict[str, object]:
@@ -609,8 +621,8 @@ def _floor_met(problem: Problem, evaluation) -> bool:
 
 
 @dataclass(frozen=True, eq=False)
-class _Bootstrap:
-    """Draws, their problems and each one's optimal plan."""
+class Bootstrap:
+    """Draws, their problems and arrays, and each one's optimal utility and plan."""
 
     model: ParameterModel
     draws: ParameterDraws
@@ -621,12 +633,14 @@ class _Bootstrap:
     optimizer: str
 
 
-def _bootstrap(
+def bootstrap(
     model: ParameterModel,
     draws: ParameterDraws,
-    method: str,
-    progress: Callable[[int, int], None] | None,
-) -> _Bootstrap:
+    method: str = "exact",
+    progress: Callable[[int, int], None] | None = None,
+) -> Bootstrap:
+    """The draws' problems and each one's optimal plan (by the whole-category search where it applies,
+    else re-planned with ``method``)."""
     problem = model.problem
     problems = sample_problems(model, draws)
     arrays = sample_arrays(model, draws)
@@ -635,7 +649,7 @@ def _bootstrap(
         optimum, where = configurations.utility(problem, arrays)
         optima = [configurations.decision(problem, int(i), p.service_s) for i, p in zip(where, problems)]
         name = f"every whole-category routing x step vector ({configurations.assign.shape[0]:,}), optimal shares"
-        return _Bootstrap(model, draws, problems, arrays, optimum, optima, name)
+        return Bootstrap(model, draws, problems, arrays, optimum, optima, name)
     from genedge.optimizer.methods import METHODS, check_methods
 
     check_methods([method])
@@ -646,7 +660,7 @@ def _bootstrap(
         optima.append(Decision.of(result))
         if progress is not None:
             progress(b + 1, len(problems))
-    return _Bootstrap(model, draws, problems, arrays, optimum, optima, f"re-planned with {method!r}")
+    return Bootstrap(model, draws, problems, arrays, optimum, optima, f"re-planned with {method!r}")
 
 
 def assess(
@@ -670,11 +684,12 @@ def assess(
         progress: called with (samples done, samples) while re-planning.
     """
     started = time.perf_counter()
-    boot = _bootstrap(model, draw_parameters(model, samples, seed), method, progress)
-    return _assessment(boot, plan if isinstance(plan, Decision) else Decision.of(plan), time.perf_counter() - started)
+    boot = bootstrap(model, draw_parameters(model, samples, seed), method, progress)
+    return assess_on(boot, plan if isinstance(plan, Decision) else Decision.of(plan), time.perf_counter() - started)
 
 
-def _assessment(boot: _Bootstrap, decision: Decision, seconds_so_far: float = 0.0) -> Assessment:
+def assess_on(boot: Bootstrap, decision: Decision, seconds_so_far: float = 0.0) -> Assessment:
+    """Assess a plan on an existing bootstrap (so several plans compare on the same samples)."""
     started = time.perf_counter()
     problem = boot.model.problem
     utility, feasible = _plan_utilities(boot.problems, decision, boot.arrays)
@@ -702,6 +717,14 @@ def _assessment(boot: _Bootstrap, decision: Decision, seconds_so_far: float = 0.
     from genedge.optimizer.system import evaluate
 
     point = evaluate(problem, decision.routing, decision.step_index, decision.shares, decision.batch_index).utility
+    at_point: dict[tuple, float] = {}  # the samples' optima repeat: evaluate each distinct one once
+    for d in boot.optima:
+        key = (d.routing.tobytes(), d.step_index, d.shares.tobytes(), d.batch_index)
+        if key not in at_point:
+            at_point[key] = evaluate(problem, d.routing, d.step_index, d.shares, d.batch_index).utility
+    optimism = boot.optimum - np.array(
+        [at_point[(d.routing.tobytes(), d.step_index, d.shares.tobytes(), d.batch_index)] for d in boot.optima]
+    )
     return Assessment(
         samples=boot.draws.samples,
         seed=boot.draws.seed,
@@ -710,6 +733,7 @@ def _assessment(boot: _Bootstrap, decision: Decision, seconds_so_far: float = 0.
         point_utility=float(point),
         utility=utility,
         optimum=optimum,
+        optimism=optimism,
         routing=routing,
         steps=step_p,
         deployment=deployment,
@@ -768,7 +792,7 @@ def robust_plans(
         raise ValueError(f"Expected a quantile in (0, 1), e.g. 0.1, but got {quantile}")
     started = time.perf_counter()
     problem = model.problem
-    boot = _bootstrap(model, draw_parameters(model, samples, seed), method, progress)
+    boot = bootstrap(model, draw_parameters(model, samples, seed), method, progress)
     point_decision = point if isinstance(point, Decision) else Decision.of(point)
     candidates = {point_decision.key(problem): point_decision}
     for optimum in boot.optima:
@@ -787,7 +811,7 @@ def robust_plans(
         name: RobustPlan(
             objective=name,
             decision=decisions[i],
-            assessment=_assessment(boot, decisions[i], elapsed),
+            assessment=assess_on(boot, decisions[i], elapsed),
             expected_utility=float(expected[i]),
             quantile_utility=float(lower[i]),
             quantile=quantile,

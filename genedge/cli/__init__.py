@@ -27,6 +27,7 @@ __all__ = ["main", "build_parser"]
 # Order here is the order in ``genedge --help``.
 _COMMAND_MODULES: tuple[str, ...] = (
     "profile",
+    "autoprofile",
     "plan",
     "simulate",
     "calibrate",
