@@ -62,6 +62,7 @@ __all__ = [
     "parameter_model",
     "robust_plans",
     "sample_problems",
+    "whole_category_search_applies",
 ]
 
 #: Bootstrap samples of ``genedge plan`` by default: the Monte Carlo error of a probability is then
@@ -115,12 +116,15 @@ class ParameterModel:
         parameters: the uncertain parameters, length P.
         mean_weights: per model, ∂quality_mean[c, k] / ∂parameter, shape (C, K_m, P).
         service_weights: per model, ∂service_s[k] / ∂parameter, shape (K_m, P).
+        fixed: what the bootstrap holds at the table's value because the table states no error for
+            it, e.g. ``"sd15 latency"``; energy lines are always held.
     """
 
     problem: Problem
     parameters: tuple[Parameter, ...]
     mean_weights: tuple[np.ndarray, ...]
     service_weights: tuple[np.ndarray, ...]
+    fixed: tuple[str, ...] = ()
 
     def cells(self) -> list[int]:
         """Indices of the quality-cell parameters."""
@@ -147,6 +151,7 @@ def parameter_model(table: CalibrationTable, problem: Problem, workload: Workloa
 
     # (model, served category, grid k) → {parameter: weight}
     entries: list[dict[tuple[int, int], dict[int, float]]] = []
+    fixed: list[str] = []
     services: list[dict[int, dict[int, float]]] = []
     for key, grid in zip(problem.models, problem.steps):
         model = table.models[key]
@@ -196,6 +201,8 @@ def parameter_model(table: CalibrationTable, problem: Problem, workload: Workloa
                         weights[b_id] = weights.get(b_id, 0.0) - share * math.exp(-s / curve.kappa)
         entries.append(mean_entries)
         line = model.latency
+        if not (line.overhead_se_s or line.per_step_se_s):
+            fixed.append(f"{key} latency")
         service: dict[int, dict[int, float]] = {}
         for kind, se in (("overhead_s", line.overhead_se_s), ("per_step_s", line.per_step_se_s)):
             if se:
@@ -227,7 +234,7 @@ def parameter_model(table: CalibrationTable, problem: Problem, workload: Workloa
             for pid, value in weights.items():
                 v[k, pid] = value
         service_weights.append(v)
-    return ParameterModel(problem, tuple(parameters), tuple(mean_weights), tuple(service_weights))
+    return ParameterModel(problem, tuple(parameters), tuple(mean_weights), tuple(service_weights), tuple(fixed))
 
 
 def _grid_weights(cell_steps: list[int], steps: int) -> dict[int, float]:
@@ -411,6 +418,7 @@ class Assessment:
         optimal_shares: model → (5th, 95th percentile) of the samples' optimal shares (a 90 % interval).
         feasible: fraction of samples in which the plan meets its SLO and quality floor, where it has one.
         optima: each sample's optimal decisions (:meth:`Decision.key`), length B.
+        fixed: what was held at the table's value (:attr:`ParameterModel.fixed`).
     """
 
     samples: int
@@ -428,6 +436,7 @@ class Assessment:
     optimal_shares: Mapping[str, tuple[float, float]]
     feasible: float | None
     optima: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]
+    fixed: tuple[str, ...] = ()
 
     @property
     def regret(self) -> np.ndarray:
@@ -479,6 +488,7 @@ class Assessment:
             "plan_probability": self.plan_probability,
             "optimal_share_interval_90": {k: list(v) for k, v in self.optimal_shares.items()},
             "feasible_fraction": self.feasible,
+            "held_fixed": list(self.fixed),
             "seconds": self.seconds,
         }
 
@@ -489,7 +499,7 @@ class Assessment:
         return min(values + [p for _, p in self.deployment.values()])
 
 
-def _vectorized(problem: Problem) -> bool:
+def whole_category_search_applies(problem: Problem) -> bool:
     """Whether each sample's optimum can be found by the vectorized whole-category search.
 
     That search scores every routing that sends each category to one model, at every step vector, with
@@ -589,14 +599,14 @@ def _plan_utilities(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A fixed plan's utility and feasibility on each sample problem.
 
-    Where the whole-category search applies (:func:`_vectorized`), ``arrays`` gives the same figures
+    Where the whole-category search applies (:func:`whole_category_search_applies`), ``arrays`` gives the same figures
     as :func:`~genedge.optimizer.system.evaluate` in one vectorized pass: U = (Σ x·(μ − κe) − w Σ_m
     K_m / r_m) / N with K_m = t_m N_m (N_m + 1) / 2 (DESIGN §3).
     """
     from genedge.optimizer.system import evaluate
 
     problem = problems[0]
-    if arrays is not None and _vectorized(problem):
+    if arrays is not None and whole_category_search_applies(problem):
         requests = problem.counts[:, None] * decision.routing  # (C, M)
         loads = requests.sum(axis=0)
         used = deployed_mask(loads)
@@ -644,7 +654,7 @@ def bootstrap(
     problem = model.problem
     problems = sample_problems(model, draws)
     arrays = sample_arrays(model, draws)
-    if _vectorized(problem):
+    if whole_category_search_applies(problem):
         configurations = _Configurations.enumerate(problem)
         optimum, where = configurations.utility(problem, arrays)
         optima = [configurations.decision(problem, int(i), p.service_s) for i, p in zip(where, problems)]
@@ -744,6 +754,7 @@ def assess_on(boot: Bootstrap, decision: Decision, seconds_so_far: float = 0.0) 
         },
         feasible=float(feasible.mean()) if constrained else None,
         optima=tuple(keys),
+        fixed=boot.model.fixed,
     )
 
 
