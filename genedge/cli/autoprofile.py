@@ -119,12 +119,12 @@ def _check_settings(out: Path, settings: Mapping[str, Any]) -> None:
     path = out / SETTINGS_NAME
     if path.exists():
         existing = read_json(path, "autoprofile settings", ValueError)
-        for key, value in settings.items():
-            if existing.get(key) != value:
-                raise ValueError(
-                    f"{path}: this run was started with {key} = {existing.get(key)!r}, not {value!r}; "
-                    "resume it with the same settings or choose another --out"
-                )
+        differ = [f"{k} = {existing.get(k)!r} (not {v!r})" for k, v in settings.items() if existing.get(k) != v]
+        if differ:
+            raise ValueError(
+                f"{path}: this run was started with {', '.join(differ)}; resume it with the same settings or "
+                "choose another --out"
+            )
         return
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,160 @@
+"""``genedge autoprofile`` through real subprocesses: saved pipelines, a kill mid-run, the resume, the stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tiny_pipelines import save_tiny_pipeline
+
+from genedge.calibrate import load_table
+from genedge.profiler import read_records
+
+TIMEOUT_S = 600
+PER_CATEGORY = 14
+
+
+def _env() -> dict[str, str]:
+    return os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("autoprofile")
+    rows = [f"a red cube number {i}\tArtifacts\tBasic\t" for i in range(PER_CATEGORY)]
+    rows += [f"a small blue bird with a yellow beak, number {i}\tAnimals\tSimple Detail\t" for i in range(PER_CATEGORY)]
+    prompts = root / "prompts.tsv"
+    prompts.write_text("Prompt\tCategory\tChallenge\tNote\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return save_tiny_pipeline(root / "small"), save_tiny_pipeline(root / "large"), prompts
+
+
+def _args(pipelines: tuple[Path, Path, Path], out: Path, *extra: str) -> list[str]:
+    small, large, prompts = pipelines
+    return [
+        sys.executable,
+        "-m",
+        "genedge",
+        "autoprofile",
+        "--model",
+        str(small),
+        "--model",
+        str(large),
+        "--steps",
+        "2,4",
+        "--prompts",
+        str(prompts),
+        "--resolution",
+        "64",
+        "--device",
+        "cpu",
+        "--clip-backbone",
+        "replica:tiny",
+        "--clip-pretrained",
+        "none",
+        "--first-batch",
+        "2",
+        "--batch",
+        "2",
+        "--samples",
+        "50",
+        "--requests",
+        "20",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def _rows(out: Path) -> dict[str, int]:
+    """Recorded images per batch folder."""
+    return {
+        folder.name: len(read_records(folder / "run"))
+        for folder in sorted((out / "batches").iterdir())
+        if (folder / "run" / "records").is_dir()
+    }
+
+
+def _planned(out: Path) -> dict[str, int]:
+    """Images each batch folder was created to hold."""
+    return {
+        folder.name: sum(count for *_, count in json.loads((folder / "cells.json").read_text()))
+        for folder in sorted((out / "batches").iterdir())
+    }
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_without_measuring_twice_and_stops_at_its_budget(
+    pipelines: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    args = _args(pipelines, out, "--max-images", "24", "--target", "1.0")
+    process = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    decisions = out / "decisions.jsonl"
+    deadline = time.monotonic() + TIMEOUT_S
+    # The first decision follows the first batch of every cell; the kill lands in the next batch.
+    while not (decisions.exists() and decisions.read_text().count("\n") >= 1):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = _rows(out)
+    assert sum(before.values()) >= 16  # 2 models × 2 categories × 2 step counts × 2 images
+
+    done = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert done.returncode == 0, done.stderr
+    after, planned = _rows(out), _planned(out)
+    # Nothing measured twice: every batch holds exactly the images it was created for, and what was
+    # recorded before the kill is still there.
+    assert after == planned
+    assert all(after[name] >= count for name, count in before.items())
+    lines = [json.loads(line) for line in decisions.read_text().splitlines()]
+    assert lines[-1]["stop"].startswith("budget spent") and lines[-1]["images"] == sum(after.values()) <= 24
+    chosen = [line["choice"] for line in lines[:-1]]
+    assert all(
+        c is not None and c["reduction"] >= max(r["reduction"] for r in line["ranking"]) - 1e-12
+        for c, line in zip(chosen, lines[:-1])
+    )
+    assert "stopped: budget spent" in done.stdout
+    table = load_table(out / "table.json")
+    assert {c.n for m in table.models.values() for cells in m.quality.values() for c in cells.values()} >= {2}
+
+    # A finished run asked again measures nothing more and stops where it stopped.
+    again = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert again.returncode == 0, again.stderr
+    assert _rows(out) == after
+
+
+@pytest.mark.slow
+def test_a_run_stops_once_its_target_is_reached(pipelines: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    # A target any plan reaches: the first decision stops, after the first batch only.
+    done = subprocess.run(
+        _args(pipelines, out, "--max-images", "200", "--target", "0.001"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in (out / "decisions.jsonl").read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["stop"].startswith("target reached") and lines[0]["images"] == 16
+
+
+def test_other_settings_on_the_same_run_are_refused(tmp_path: Path) -> None:
+    pipelines = (tmp_path / "small", tmp_path / "large", tmp_path / "prompts.tsv")  # refused before they are read
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "autoprofile.json").write_text(json.dumps({"batch": 8}))
+    done = subprocess.run(
+        _args(pipelines, out, "--max-images", "20"), env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert done.returncode != 0 and "batch = 8 (not 2)" in done.stderr
+    assert "autoprofile.json: this run was started with" in done.stderr
