@@ -413,6 +413,9 @@ class Assessment:
             estimates, shape (B,): how much a plan chosen as the best on noisy numbers flatters itself.
         routing: category → (model the plan sends most of it to, P(the sample's optimum does too)).
         steps: deployed model → (the plan's steps, P(the optimum deploys it at those steps)).
+        alternatives: decision → (the samples' most frequent other choice, its probability), for each
+            routing (``"routing <category>"``: a model key) and steps decision (``"steps <model>"``: steps,
+            or ``"not deployed"``) that the samples ever decide otherwise.
         deployment: model → (the plan deploys it, P(the optimum decides the same)).
         plan_probability: P(the optimum makes every one of these decisions as the plan does).
         optimal_shares: model → (5th, 95th percentile) of the samples' optimal shares (a 90 % interval).
@@ -431,6 +434,7 @@ class Assessment:
     optimism: np.ndarray
     routing: Mapping[str, tuple[str, float]]
     steps: Mapping[str, tuple[int, float]]
+    alternatives: Mapping[str, tuple[str, float]]
     deployment: Mapping[str, tuple[bool, float]]
     plan_probability: float
     optimal_shares: Mapping[str, tuple[float, float]]
@@ -482,8 +486,13 @@ class Assessment:
             "expected_regret": self.expected_regret,
             "expected_regret_mc_se": self.regret_mc_se,
             "probability_mc_se_max": self.probability_mc_se(0.5),
-            "routing": {c: {"model": m, "probability": p} for c, (m, p) in self.routing.items()},
-            "steps": {k: {"steps": s, "probability": p} for k, (s, p) in self.steps.items()},
+            "routing": {
+                c: {"model": m, "probability": p, **self._alternative(f"routing {c}")}
+                for c, (m, p) in self.routing.items()
+            },
+            "steps": {
+                k: {"steps": s, "probability": p, **self._alternative(f"steps {k}")} for k, (s, p) in self.steps.items()
+            },
             "deployment": {k: {"deployed": d, "probability": p} for k, (d, p) in self.deployment.items()},
             "plan_probability": self.plan_probability,
             "optimal_share_interval_90": {k: list(v) for k, v in self.optimal_shares.items()},
@@ -492,11 +501,25 @@ class Assessment:
             "seconds": self.seconds,
         }
 
+    def _alternative(self, decision: str) -> dict[str, object]:
+        if decision not in self.alternatives:
+            return {}
+        choice, p = self.alternatives[decision]
+        return {"else": choice, "else_probability": p}
+
     @property
     def min_confidence(self) -> float:
         """The smallest probability of any routing, steps or deployment decision."""
         values = [p for _, p in self.routing.values()] + [p for _, p in self.steps.values()]
         return min(values + [p for _, p in self.deployment.values()])
+
+
+def _most_frequent_other(choices: np.ndarray, chosen: int) -> tuple[int, float] | None:
+    """The most frequent value of ``choices`` other than ``chosen``, and its frequency, or None."""
+    values, counts = np.unique(choices[choices != chosen], return_counts=True)
+    if values.size == 0:
+        return None
+    return int(values[np.argmax(counts)]), float(counts.max() / choices.size)
 
 
 def whole_category_search_applies(problem: Problem) -> bool:
@@ -722,6 +745,16 @@ def assess_on(boot: Bootstrap, decision: Decision, seconds_so_far: float = 0.0) 
         for j, key in enumerate(problem.models)
     }
     same = (mains == np.array(main)).all(axis=1) & (stepss == np.array(steps)).all(axis=1)
+    alternatives = {}
+    for i, c in enumerate(problem.categories):
+        other = _most_frequent_other(mains[:, i], main[i])
+        if other is not None:
+            alternatives[f"routing {c}"] = (problem.models[other[0]], other[1])
+    for j, key in enumerate(problem.models):
+        other = _most_frequent_other(stepss[:, j], steps[j]) if deployed[j] else None
+        if other is not None:
+            label = "not deployed" if other[0] < 0 else str(int(problem.steps[j][other[0]]))
+            alternatives[f"steps {key}"] = (label, other[1])
     shares = np.array([d.shares for d in boot.optima])
     constrained = problem.slo is not None or problem.min_clipscore is not None
     from genedge.optimizer.system import evaluate
@@ -746,6 +779,7 @@ def assess_on(boot: Bootstrap, decision: Decision, seconds_so_far: float = 0.0) 
         optimism=optimism,
         routing=routing,
         steps=step_p,
+        alternatives=alternatives,
         deployment=deployment,
         plan_probability=float(same.mean()),
         optimal_shares={

@@ -213,10 +213,17 @@ def _format_assessment(a, problem) -> str:
         f"  P(an optimal plan decides the same), each ± at most {a.probability_mc_se(0.5):.3f} (Monte Carlo SE):",
     ]
     row = "    {:<10} {:<26} {:>5.2f}"
+
+    def otherwise(decision: str) -> str:
+        if decision not in a.alternatives:
+            return ""
+        choice, p = a.alternatives[decision]
+        return f"   else mostly {choice} ({p:.2f})"
+
     for category, (model, p) in a.routing.items():
-        lines.append(row.format("routing", f"{category} -> {model}", p))
+        lines.append(row.format("routing", f"{category} -> {model}", p) + otherwise(f"routing {category}"))
     for model, (steps, p) in a.steps.items():
-        lines.append(row.format("steps", f"{model} at {steps}", p))
+        lines.append(row.format("steps", f"{model} at {steps}", p) + otherwise(f"steps {model}"))
     for model, (deployed, p) in a.deployment.items():
         lines.append(row.format("deploy", f"{model} {'yes' if deployed else 'no'}", p))
     lines.append(row.format("all", "every decision above", a.plan_probability))
