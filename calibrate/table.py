@@ -144,9 +144,7 @@ class QualityCell:
             raise ValueError(f"{problem[0]}: {problem[1]}")
 
 
-def cell_error_problem(
-    std: float, n: int, mean_se: float | None, std_se: float | None
-) -> tuple[str, str] | None:
+def cell_error_problem(std: float, n: int, mean_se: float | None, std_se: float | None) -> tuple[str, str] | None:
     """What is wrong with a cell's stated standard errors, as ``(field, message)``, or None.
 
     With n ≥ 2 they must equal :func:`cell_standard_errors` (within :data:`SE_RTOL`); with n < 2

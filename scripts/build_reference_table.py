@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from genedge.calibrate.fit import fit_quality
 from genedge.calibrate.table import (
     CalibrationTable,
     ClipConvention,
@@ -40,7 +41,6 @@ from genedge.calibrate.table import (
     cell_standard_errors,
     save_table,
 )
-from genedge.calibrate.fit import fit_quality
 
 CATEGORIES = ("Basic", "Detail", "Imagination", "Complex")
 CHALLENGE_TO_CATEGORY = {
