@@ -62,7 +62,7 @@ __all__ = [
     "parameter_model",
     "robust_plans",
     "sample_problems",
-    "whole_category_search_applies",
+    "whole_category_search_obstacle",
 ]
 
 #: Bootstrap samples of ``genedge plan`` by default: the Monte Carlo error of a probability is then
@@ -522,22 +522,23 @@ def _most_frequent_other(choices: np.ndarray, chosen: int) -> tuple[int, float] 
     return int(values[np.argmax(counts)]), float(counts.max() / choices.size)
 
 
-def whole_category_search_applies(problem: Problem) -> bool:
-    """Whether each sample's optimum can be found by the vectorized whole-category search.
+def whole_category_search_obstacle(problem: Problem) -> str | None:
+    """Why each sample's optimum cannot be found by the vectorized whole-category search, or None if it can.
 
     That search scores every routing that sends each category to one model, at every step vector, with
     the closed-form optimal shares of the window model (DESIGN §3): the paper's objective, with an
-    energy price, on deterministic routing; SLOs, quality floors, open arrivals and batching re-plan
-    each sample with a planner instead.
+    energy price, on deterministic routing. Elsewhere each sample is re-planned with a planner.
     """
-    return (
-        problem.arrivals == "window"
-        and problem.realization == "deterministic"
-        and problem.slo is None
-        and problem.min_clipscore is None
-        and problem.batch_sizes is None
-        and _configuration_count(problem) <= _MAX_CONFIGURATIONS
-    )
+    reasons = [
+        ("open arrivals", problem.arrivals != "window"),
+        ("random routing", problem.realization != "deterministic"),
+        ("an SLO", problem.slo is not None),
+        ("a quality floor", problem.min_clipscore is not None),
+        ("batching", problem.batch_sizes is not None),
+        ("too many routings x step vectors", _configuration_count(problem) > _MAX_CONFIGURATIONS),
+    ]
+    found = [name for name, present in reasons if present]
+    return None if not found else ", ".join(found)
 
 
 def _configuration_count(problem: Problem) -> int:
@@ -622,14 +623,14 @@ def _plan_utilities(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A fixed plan's utility and feasibility on each sample problem.
 
-    Where the whole-category search applies (:func:`whole_category_search_applies`), ``arrays`` gives the same figures
-    as :func:`~genedge.optimizer.system.evaluate` in one vectorized pass: U = (Σ x·(μ − κe) − w Σ_m
+    Where the whole-category search applies (:func:`whole_category_search_obstacle`), ``arrays`` gives
+    the same figures as :func:`~genedge.optimizer.system.evaluate` in one vectorized pass: U = (Σ x·(μ − κe) − w Σ_m
     K_m / r_m) / N with K_m = t_m N_m (N_m + 1) / 2 (DESIGN §3).
     """
     from genedge.optimizer.system import evaluate
 
     problem = problems[0]
-    if arrays is not None and whole_category_search_applies(problem):
+    if arrays is not None and whole_category_search_obstacle(problem) is None:
         requests = problem.counts[:, None] * decision.routing  # (C, M)
         loads = requests.sum(axis=0)
         used = deployed_mask(loads)
@@ -677,7 +678,7 @@ def bootstrap(
     problem = model.problem
     problems = sample_problems(model, draws)
     arrays = sample_arrays(model, draws)
-    if whole_category_search_applies(problem):
+    if whole_category_search_obstacle(problem) is None:
         configurations = _Configurations.enumerate(problem)
         optimum, where = configurations.utility(problem, arrays)
         optima = [configurations.decision(problem, int(i), p.service_s) for i, p in zip(where, problems)]

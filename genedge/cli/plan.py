@@ -140,19 +140,20 @@ def run(args: argparse.Namespace) -> int:
 
 def _bootstrap_samples(args: argparse.Namespace, problem, results) -> int:
     """The bootstrap's sample count: --samples, or by default as many as are fast (0 where each is re-planned)."""
-    from genedge.optimizer.uncertainty import DEFAULT_SAMPLES, whole_category_search_applies
+    from genedge.optimizer.uncertainty import DEFAULT_SAMPLES, whole_category_search_obstacle
 
     if args.samples is not None:
         if args.samples == 1 or args.samples < 0 or (args.robust and args.samples < 2):
             raise ValueError(f"--samples: expected 0 (skip) or at least 2 bootstrap samples, but got {args.samples}")
         return args.samples
-    if whole_category_search_applies(problem) or args.robust:
+    obstacle = whole_category_search_obstacle(problem)
+    if obstacle is None or args.robust:
         return DEFAULT_SAMPLES
     took = results["exact"].plan_time_s if "exact" in results else None
     cost = "" if took is None else f", about {took:.1f} s a sample here"
     print(
-        f"\nhow sure: not computed by default here; with an SLO, a quality floor, open arrivals or batching each "
-        f"bootstrap sample is re-planned with the exact planner{cost}: --samples N computes it"
+        f"\nhow sure: not computed by default here; with {obstacle} each bootstrap sample is re-planned with "
+        f"the exact planner{cost}: --samples N computes it"
     )
     return 0
 
