@@ -761,11 +761,17 @@ def assess_on(boot: Bootstrap, decision: Decision, seconds_so_far: float = 0.0) 
     from genedge.optimizer.system import evaluate
 
     point = evaluate(problem, decision.routing, decision.step_index, decision.shares, decision.batch_index).utility
+    # The point problem as a batch of one sample, for the vectorized utilities where they apply.
+    point_arrays = SampleArrays(
+        tuple(q[None] for q in problem.quality_mean),
+        tuple(q[None] for q in problem.quality_std),
+        tuple(q[None] for q in problem.service_s),
+    )
     at_point: dict[tuple, float] = {}  # the samples' optima repeat: evaluate each distinct one once
     for d in boot.optima:
         key = (d.routing.tobytes(), d.step_index, d.shares.tobytes(), d.batch_index)
         if key not in at_point:
-            at_point[key] = evaluate(problem, d.routing, d.step_index, d.shares, d.batch_index).utility
+            at_point[key] = float(_plan_utilities([problem], d, point_arrays)[0][0])
     optimism = boot.optimum - np.array(
         [at_point[(d.routing.tobytes(), d.step_index, d.shares.tobytes(), d.batch_index)] for d in boot.optima]
     )
