@@ -107,6 +107,14 @@ def test_a_killed_run_resumes_without_measuring_twice_and_stops_at_its_budget(
     process.wait()
     before = _rows(out)
     assert sum(before.values()) >= 16  # 2 models × 2 categories × 2 step counts × 2 images
+    # What a kill at another moment leaves: a decision line cut short, a batch folder with only its prompts.
+    with decisions.open("a") as handle:
+        handle.write('{"batch": 9, "conf')
+    folders = sorted((out / "batches").iterdir())
+    if (folders[-1] / "cells.json").exists():
+        half_made = out / "batches" / f"{len(folders):04d}"
+        half_made.mkdir()
+        (half_made / "prompts.tsv").write_text("Prompt\tCategory\tChallenge\tNote\n")
 
     done = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
     assert done.returncode == 0, done.stderr

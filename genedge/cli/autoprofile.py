@@ -14,6 +14,7 @@ import argparse
 import csv
 import itertools
 import json
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -165,6 +166,10 @@ class _Run:
         self.order = {c: [rows[i] for i in gen.permutation(len(rows))] for c, rows in sorted(by_category.items())}
         self.used: dict[tuple[str, str, int], int] = {}
         self.batches = sorted((self.out / BATCHES_DIR).glob("[0-9]" * 4)) if (self.out / BATCHES_DIR).exists() else []
+        if self.batches and not (self.batches[-1] / "cells.json").exists():
+            # Killed while creating it, before anything was measured: its prompts file is all there is.
+            (self.batches[-1] / "prompts.tsv").unlink(missing_ok=True)
+            self.batches.pop().rmdir()
         for folder in self.batches:
             cells = json.loads((folder / "cells.json").read_text())
             for key, category, steps, count in cells:
@@ -223,8 +228,18 @@ class _Run:
 
 
 def _append_decision(out: Path, line: Mapping[str, Any]) -> None:
-    with (out / DECISIONS_NAME).open("a", encoding="utf-8") as handle:
+    """Append one decision; a line a kill cut short is dropped first, so every line stays whole JSON."""
+    path = out / DECISIONS_NAME
+    if path.exists():
+        text = path.read_text(encoding="utf-8")
+        if text and not text.endswith("\n"):
+            from genedge.contract.files import write_text_atomic
+
+            write_text_atomic(path, text[: text.rfind("\n") + 1])
+    with path.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(line, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def run(args: argparse.Namespace) -> int:
