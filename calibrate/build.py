@@ -94,7 +94,7 @@ _SOURCES: dict[str, dict[str, str]] = {
         "kind": "derived",
         "rule": "no latency line could be fitted (one step count profiled, or no positive slope), so overhead and "
         "per-step time come from the stage timings: per_step_s = mean(denoise_s/steps), overhead_s = "
-        "max(mean(total_s - per_step_s*steps), 0).",
+        "max(mean(total_s - per_step_s*steps), 0); their standard errors are those of the two means.",
     },
     "measured:latency-batch": {
         "kind": "measured",
@@ -364,15 +364,20 @@ def _latency(ok: pd.DataFrame, used: set[str], line: LatencyModel | None = None)
             UserWarning,
             stacklevel=3,
         )
-        rate = float((ok["denoise_s"] / ok["steps"]).mean())
+        rates = (ok["denoise_s"] / ok["steps"]).to_numpy(dtype=float)
+        rate = float(rates.mean())
+        overheads = total - rate * steps
         used.add("derived:latency-stages")
         return LatencyModel(
-            overhead_s=max(float((total - rate * steps).mean()), 0.0),
+            overhead_s=max(float(overheads.mean()), 0.0),
             per_step_s=rate,
             n=len(ok),
             r2=None,
             source="derived",
             ref="derived:latency-stages",
+            # Both are means over the images: their standard errors are those of a mean.
+            overhead_se_s=_mean_se(overheads),
+            per_step_se_s=_mean_se(rates),
             **extra,
         )
     used.add("measured:latency")
@@ -388,6 +393,11 @@ def _latency(ok: pd.DataFrame, used: set[str], line: LatencyModel | None = None)
         residual_std_s=fit.residual_std,
         **extra,
     )
+
+
+def _mean_se(values: np.ndarray) -> float | None:
+    """The standard error of the mean of ``values``, or None for fewer than two."""
+    return float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else None
 
 
 def _batch_line(

@@ -129,6 +129,9 @@ def test_single_step_count_derives_latency_from_stages_and_says_so(tmp_path: Pat
     assert latency.per_step_s == pytest.approx(0.2, rel=0.01)
     assert latency.overhead_s == pytest.approx(1.2, rel=0.05)
     assert table.sources["derived:latency-stages"]["kind"] == "derived"
+    # Means over the images: their standard errors shrink with n and are far below the means.
+    assert 0 < latency.per_step_se_s < 0.01 * latency.per_step_s
+    assert 0 < latency.overhead_se_s < 0.1 * latency.overhead_s
 
 
 ENERGY_STEPS = (10, 20, 30, 40)
