@@ -6,7 +6,8 @@ mean shrink by the factor its standard error would shrink, σ_j·√(1/(n_j+k)) 
 cell's width becomes that of k measured images), and the expected regret
 E[max_plan U(θ) − U(plan; θ)] is recomputed on the same draws. The cell of largest reduction is
 measured next. Profiling stops when every routing, steps and deployment decision of the plan is
-the sample optimum's with probability at least the target, or when the budget of images is spent.
+the sample optimum's with probability at least the target, when (optionally) the expected regret is
+small enough to leave a near-tie undecided, or when the budget of images is spent.
 
 :func:`next_batch` decides one step; the command line (``genedge autoprofile``) measures, refits the
 table and asks again; ``benchmarks/adaptive_profiling.py`` runs the same loop on ground truth.
@@ -100,6 +101,7 @@ def next_batch(
     batch: int,
     budget: int,
     target: float = DEFAULT_TARGET,
+    max_regret: float | None = None,
     samples: int = DEFAULT_SAMPLES,
     seed: int = 0,
 ) -> BatchDecision:
@@ -111,6 +113,8 @@ def next_batch(
         batch: images per measured batch.
         budget: the most images (over all cells) to spend.
         target: stop when every decision's probability reaches this.
+        max_regret: also stop once the plan's expected regret is at most this (points): a near-tie
+            that no affordable number of images decides costs little either way.
         samples, seed: of the bootstrap.
 
     Raises:
@@ -127,13 +131,16 @@ def next_batch(
     images = sum(model.parameters[j].n for j in cells)
     confidence = assessment.min_confidence
     stop = None
+    regret = assessment.expected_regret
     if confidence >= target:
         stop = f"target reached: every decision's probability is at least {target:g} (smallest {confidence:.3f})"
+    elif max_regret is not None and regret <= max_regret:
+        stop = f"regret small enough: the expected regret {regret:.4f} is at most {max_regret:g} points"
     elif images + batch > budget:
         stop = f"budget spent: {images} of {budget} images measured, a batch of {batch} would exceed it"
     if stop is not None:
         return BatchDecision(assessment, confidence, images, stop, ())
-    now = assessment.expected_regret
+    now = regret
     values = []
     for j in cells:
         p = model.parameters[j]

@@ -28,6 +28,7 @@ plan, so neither can be worse than the point plan on its own objective.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import time
@@ -522,6 +523,12 @@ def _most_frequent_other(choices: np.ndarray, chosen: int) -> tuple[int, float] 
     return int(values[np.argmax(counts)]), float(counts.max() / choices.size)
 
 
+@functools.lru_cache(maxsize=2)
+def _configurations(problem: Problem) -> _Configurations:
+    """The problem's whole-category routings × step vectors, enumerated once per problem."""
+    return _Configurations.enumerate(problem)
+
+
 def whole_category_search_obstacle(problem: Problem) -> str | None:
     """Why each sample's optimum cannot be found by the vectorized whole-category search, or None if it can.
 
@@ -619,9 +626,9 @@ class _Configurations:
 
 
 def _plan_utilities(
-    problems: Sequence[Problem], decision: Decision, arrays: SampleArrays | None = None
+    problem: Problem, decision: Decision, arrays: SampleArrays, problems: Callable[[], Sequence[Problem]]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed plan's utility and feasibility on each sample problem.
+    """A fixed plan's utility and feasibility on each sample (``problems()`` gives them as problems).
 
     Where the whole-category search applies (:func:`whole_category_search_obstacle`), ``arrays`` gives
     the same figures as :func:`~genedge.optimizer.system.evaluate` in one vectorized pass: U = (Σ x·(μ − κe) − w Σ_m
@@ -629,8 +636,7 @@ def _plan_utilities(
     """
     from genedge.optimizer.system import evaluate
 
-    problem = problems[0]
-    if arrays is not None and whole_category_search_obstacle(problem) is None:
+    if whole_category_search_obstacle(problem) is None:
         requests = problem.counts[:, None] * decision.routing  # (C, M)
         loads = requests.sum(axis=0)
         used = deployed_mask(loads)
@@ -641,10 +647,11 @@ def _plan_utilities(
         full = np.stack([arrays.service_s[j][:, k[j]] for j in range(len(loads))], axis=-1)  # (B, M)
         shares = np.where(used, decision.shares, 1.0)
         delay = np.where(used, fifo_delay_coefficient(full, loads) / shares, 0.0).sum(axis=1)
-        return (quality - problem.weight * delay) / problem.n_requests, np.ones(len(problems), dtype=bool)
-    utility = np.empty(len(problems))
-    feasible = np.empty(len(problems), dtype=bool)
-    for b, sample in enumerate(problems):
+        return (quality - problem.weight * delay) / problem.n_requests, np.ones(delay.shape[0], dtype=bool)
+    samples = problems()
+    utility = np.empty(len(samples))
+    feasible = np.empty(len(samples), dtype=bool)
+    for b, sample in enumerate(samples):
         e = evaluate(sample, decision.routing, decision.step_index, decision.shares, decision.batch_index)
         utility[b], feasible[b] = e.utility, e.feasible and (e.shortfall is None or _floor_met(sample, e))
     return utility, feasible
@@ -656,15 +663,23 @@ def _floor_met(problem: Problem, evaluation) -> bool:
 
 @dataclass(frozen=True, eq=False)
 class Bootstrap:
-    """Draws, their problems and arrays, and each one's optimal utility and plan."""
+    """Draws, their arrays, and each one's optimal utility and plan."""
 
     model: ParameterModel
     draws: ParameterDraws
-    problems: list[Problem]
     arrays: SampleArrays
     optimum: np.ndarray
     optima: list[Decision]
     optimizer: str
+
+    @functools.cached_property
+    def problems(self) -> list[Problem]:
+        """Each draw as a :class:`Problem` (built when first asked for: the vectorized path needs none)."""
+        return sample_problems(self.model, self.draws)
+
+    def plan_utilities(self, decision: Decision) -> tuple[np.ndarray, np.ndarray]:
+        """A fixed plan's utility and feasibility on each draw, shape (B,) each."""
+        return _plan_utilities(self.model.problem, decision, self.arrays, lambda: self.problems)
 
 
 def bootstrap(
@@ -676,25 +691,28 @@ def bootstrap(
     """The draws' problems and each one's optimal plan (by the whole-category search where it applies,
     else re-planned with ``method``)."""
     problem = model.problem
-    problems = sample_problems(model, draws)
     arrays = sample_arrays(model, draws)
     if whole_category_search_obstacle(problem) is None:
-        configurations = _Configurations.enumerate(problem)
+        configurations = _configurations(problem)
         optimum, where = configurations.utility(problem, arrays)
-        optima = [configurations.decision(problem, int(i), p.service_s) for i, p in zip(where, problems)]
+        optima = [
+            configurations.decision(problem, int(i), [s[b] for s in arrays.service_s]) for b, i in enumerate(where)
+        ]
         name = f"every whole-category routing x step vector ({configurations.assign.shape[0]:,}), optimal shares"
-        return Bootstrap(model, draws, problems, arrays, optimum, optima, name)
+        return Bootstrap(model, draws, arrays, optimum, optima, name)
     from genedge.optimizer.methods import METHODS, check_methods
 
     check_methods([method])
-    optimum, optima = np.empty(len(problems)), []
+    boot = Bootstrap(model, draws, arrays, np.empty(draws.samples), [], f"re-planned with {method!r}")
+    problems = boot.problems
+    optimum, optima = boot.optimum, boot.optima
     for b, sample in enumerate(problems):
         result = METHODS[method](sample, rng=draws.seed + b)
         optimum[b] = result.utility
         optima.append(Decision.of(result))
         if progress is not None:
             progress(b + 1, len(problems))
-    return Bootstrap(model, draws, problems, arrays, optimum, optima, f"re-planned with {method!r}")
+    return boot
 
 
 def assess(
@@ -726,7 +744,7 @@ def assess_on(boot: Bootstrap, decision: Decision, seconds_so_far: float = 0.0) 
     """Assess a plan on an existing bootstrap (so several plans compare on the same samples)."""
     started = time.perf_counter()
     problem = boot.model.problem
-    utility, feasible = _plan_utilities(boot.problems, decision, boot.arrays)
+    utility, feasible = boot.plan_utilities(decision)
     optimum = np.maximum(boot.optimum, utility)
     main, steps = decision.key(problem)
     keys = [d.key(problem) for d in boot.optima]
@@ -771,7 +789,7 @@ def assess_on(boot: Bootstrap, decision: Decision, seconds_so_far: float = 0.0) 
     for d in boot.optima:
         key = (d.routing.tobytes(), d.step_index, d.shares.tobytes(), d.batch_index)
         if key not in at_point:
-            at_point[key] = float(_plan_utilities([problem], d, point_arrays)[0][0])
+            at_point[key] = float(_plan_utilities(problem, d, point_arrays, lambda: [problem])[0][0])
     optimism = boot.optimum - np.array(
         [at_point[(d.routing.tobytes(), d.step_index, d.shares.tobytes(), d.batch_index)] for d in boot.optima]
     )
@@ -852,7 +870,7 @@ def robust_plans(
         if key not in candidates:
             candidates[key] = Decision.planned(problem, optimum.routing, optimum.step_index)
     decisions = list(candidates.values())
-    utilities = np.array([_plan_utilities(boot.problems, d, boot.arrays)[0] for d in decisions])
+    utilities = np.array([boot.plan_utilities(d)[0] for d in decisions])
     expected = utilities.mean(axis=1)
     lower = np.quantile(utilities, quantile, axis=1)
     # argmax takes the first of equals: the point plan (first) wins ties.

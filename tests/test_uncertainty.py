@@ -17,7 +17,6 @@ from genedge.optimizer.problem import Problem
 from genedge.optimizer.system import evaluate
 from genedge.optimizer.uncertainty import (
     Decision,
-    _plan_utilities,
     assess,
     assess_on,
     bootstrap,
@@ -142,7 +141,7 @@ def test_vectorized_plan_utilities_equal_the_system_model() -> None:
     model = parameter_model(table, problem)
     boot = bootstrap(model, draw_parameters(model, 20, seed=1))
     decision = Decision.of(exact_search(problem))
-    fast, _ = _plan_utilities(boot.problems, decision, boot.arrays)
+    fast, _ = boot.plan_utilities(decision)
     slow = [evaluate(p, decision.routing, decision.step_index, decision.shares).utility for p in boot.problems]
     assert fast == pytest.approx(slow, rel=1e-10)
 
@@ -226,3 +225,15 @@ def test_adaptive_profiling_stops_when_its_budget_is_spent() -> None:
         parameter_model(table, problem), Decision.of(exact_search(problem)), batch=4, budget=26, samples=50
     )
     assert decision.stop is not None and decision.stop.startswith("budget spent") and decision.choice is None
+
+
+def test_adaptive_profiling_leaves_a_cheap_near_tie_undecided_when_told_to() -> None:
+    truth = _truth(gap=0.0)  # the two models tie: no number of images decides the routing
+    table = _profiled(truth, 40, np.random.default_rng(0))
+    problem = Problem.from_table(table, WORKLOAD)
+    model, plan = parameter_model(table, problem), Decision.of(exact_search(problem))
+    going_on = next_batch(model, plan, batch=4, budget=10_000, samples=50)
+    assert going_on.stop is None and going_on.confidence < 0.95
+    regret = going_on.assessment.expected_regret
+    stopped = next_batch(model, plan, batch=4, budget=10_000, samples=50, max_regret=regret * 1.01)
+    assert stopped.stop.startswith("regret small enough") and stopped.choice is None

@@ -76,6 +76,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"decision confidence to stop at (default: {DEFAULT_TARGET})",
     )
     parser.add_argument(
+        "--max-regret",
+        type=float,
+        help="also stop once the plan's expected regret is at most this many CLIPScore points (a near-tie "
+        "that no affordable number of images decides costs little either way; default: no such stop)",
+    )
+    parser.add_argument(
         "--samples", type=int, default=DEFAULT_SAMPLES, help=f"bootstrap samples (default: {DEFAULT_SAMPLES})"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt order and the bootstrap (default: 0)")
@@ -94,23 +100,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+# Options a resumed run may change: they decide when to stop and what to plan for, not what was measured.
+_MAY_CHANGE = frozenset(
+    {
+        "max_images",
+        "target",
+        "max_regret",
+        "samples",
+        "threads",
+        "workload",
+        "requests",
+        "prompts",
+        "budget",
+        "weight",
+        "verbose",
+    }
+)
+
+
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    keep = (
-        "model",
-        "steps",
-        "prompt_source",
-        "category_mapping",
-        "first_batch",
-        "batch",
-        "seed",
-        "device",
-        "dtype",
-        "resolution",
-        "guidance_scale",
-        "clip_backbone",
-        "clip_pretrained",
-    )
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(args).items() if k in keep}
+    """The options that decide what is measured: a resume must keep them."""
+    return {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in sorted(vars(args).items())
+        if k not in _MAY_CHANGE and k not in ("func", "command", "out")
+    }
 
 
 def _check_settings(out: Path, settings: Mapping[str, Any]) -> None:
@@ -279,6 +293,7 @@ def run(args: argparse.Namespace) -> int:
             batch=args.batch,
             budget=args.max_images,
             target=args.target,
+            max_regret=args.max_regret,
             samples=args.samples,
             seed=args.seed,
         )
