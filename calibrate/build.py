@@ -25,11 +25,9 @@ import numpy as np
 import pandas as pd
 
 from genedge.calibrate.fit import (
-    GOF_ALPHA,
-    MIN_CELL_SAMPLES,
+    MEASURED_QUALITY_REF,
+    MEASURED_QUALITY_SOURCE,
     MIN_CURVE_STEPS,
-    MIN_GOF_SAMPLES,
-    ZERO_SPREAD_STD,
     fit_line,
     fit_quality,
     fit_quality_curve,
@@ -69,14 +67,7 @@ _DTYPE_BYTES = {"float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2, "float32": 4,
 _CALL_COLUMNS = ["run_id", "steps", "seed", "total_s", "text_encode_s", "denoise_s", "decode_s"]
 
 _SOURCES: dict[str, dict[str, str]] = {
-    "measured:quality": {
-        "kind": "measured",
-        "rule": f"CLIPScore ~ Normal(mean, std) by maximum likelihood (scipy.stats.norm.fit; std is the ddof=0 "
-        f"MLE) over the successful, scored images of each (model, category, steps); n images; gof is the "
-        f"Shapiro-Wilk p-value (null below {MIN_GOF_SAMPLES} images, flag 'few_samples'; flag "
-        f"'non_normal' below {GOF_ALPHA}). A cell needs at least {MIN_CELL_SAMPLES} images; a cell of "
-        f"identical scores gets std = {ZERO_SPREAD_STD} and flag 'zero_spread'.",
-    },
+    MEASURED_QUALITY_REF: MEASURED_QUALITY_SOURCE,
     "derived:quality-curve": {
         "kind": "derived",
         "rule": f"mean(s) = a - b*exp(-s/kappa) by weighted least squares (scipy.optimize.curve_fit, sigma = "
@@ -271,15 +262,7 @@ def _model(
                     f"{err} (scored, successful images of this model, category and step count; "
                     f"profile more prompts of the category)",
                 ) from err
-            cells[steps] = QualityCell(
-                mean=fit.mean,
-                std=fit.std,
-                n=fit.n,
-                gof=fit.gof,
-                source="measured",
-                ref="measured:quality",
-                flags=fit.flags,
-            )
+            cells[steps] = fit.cell()
         quality[category] = cells
         curve = fit_quality_curve(
             grid,
@@ -298,7 +281,7 @@ def _model(
             kappa=curve.kappa,
             std=curve.std,
         )
-    used.update({"measured:quality", "derived:quality-curve"})
+    used.update({MEASURED_QUALITY_REF, "derived:quality-curve"})
     manifest_model = next((m for run in runs.manifests.values() for m in run["models"] if m["key"] == key), {})
     is_replica = bool(ok["is_replica"].any())
     revision = manifest_model.get("revision")

@@ -13,16 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genedge.calibrate.fit import fit_quality
-from genedge.calibrate.table import CalibrationTable, QualityCell
+from genedge.calibrate.fit import MEASURED_QUALITY_REF, MEASURED_QUALITY_SOURCE, fit_quality
+from genedge.calibrate.table import CalibrationTable
 
 __all__ = ["Cell", "NormalTruth", "PopulationTruth", "table_with_scores"]
 
 #: A quality cell's address: (model key, category, steps).
 Cell = tuple[str, str, int]
-
-#: The ``ref`` of cells refitted from scores (a ``sources`` entry :func:`table_with_scores` adds).
-MEASURED_REF = "measured:quality"
 
 
 def table_with_scores(table: CalibrationTable, scores: Mapping[Cell, np.ndarray]) -> CalibrationTable:
@@ -37,15 +34,10 @@ def table_with_scores(table: CalibrationTable, scores: Mapping[Cell, np.ndarray]
         model = models[key]
         if category not in model.quality or steps not in model.steps:
             raise KeyError(f"cell {(key, category, steps)}: not a category and grid step of model {key!r}")
-        fit = fit_quality(values)
-        cell = QualityCell(
-            mean=fit.mean, std=fit.std, n=fit.n, gof=fit.gof, source="measured", ref=MEASURED_REF, flags=fit.flags
-        )
         quality = {c: dict(cells) for c, cells in model.quality.items()}
-        quality[category][steps] = cell
+        quality[category][steps] = fit_quality(values).cell()
         models[key] = dataclasses.replace(model, quality=quality)
-    sources = dict(table.sources)
-    sources.setdefault(MEASURED_REF, {"kind": "measured", "rule": "Normal fit of the cell's per-image CLIPScores"})
+    sources = {**table.sources, MEASURED_QUALITY_REF: MEASURED_QUALITY_SOURCE}
     return dataclasses.replace(table, models=models, sources=sources)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, stats
 
-from genedge.calibrate.table import CurveForm, saturating_mean
+from genedge.calibrate.table import CurveForm, QualityCell, Source, saturating_mean
 
 __all__ = [
     "GOF_ALPHA",
@@ -22,6 +22,8 @@ __all__ = [
     "MIN_CURVE_STEPS",
     "MIN_GOF_SAMPLES",
     "ZERO_SPREAD_STD",
+    "MEASURED_QUALITY_REF",
+    "MEASURED_QUALITY_SOURCE",
     "CurveFit",
     "LineFit",
     "QualityFit",
@@ -49,6 +51,17 @@ _KAPPA_MIN_FRACTION = 0.25
 _KAPPA_MAX_SPANS = 10.0
 _KAPPA_GRID = 64
 
+#: The ``sources`` key of a quality cell fitted by :func:`fit_quality` from images genedge measured, and its entry.
+MEASURED_QUALITY_REF = "measured:quality"
+MEASURED_QUALITY_SOURCE: dict[str, str] = {
+    "kind": "measured",
+    "rule": f"CLIPScore ~ Normal(mean, std) by maximum likelihood (scipy.stats.norm.fit; std is the ddof=0 "
+    f"MLE) over the successful, scored images of each (model, category, steps); n images; gof is the "
+    f"Shapiro-Wilk p-value (null below {MIN_GOF_SAMPLES} images, flag 'few_samples'; flag "
+    f"'non_normal' below {GOF_ALPHA}). A cell needs at least {MIN_CELL_SAMPLES} images; a cell of "
+    f"identical scores gets std = {ZERO_SPREAD_STD} and flag 'zero_spread'.",
+}
+
 
 @dataclass(frozen=True)
 class QualityFit:
@@ -69,6 +82,14 @@ class QualityFit:
     n: int
     gof: float | None
     flags: tuple[str, ...]
+
+    def cell(self, source: Source = "measured", ref: str | None = None) -> QualityCell:
+        """The table's cell of this fit (its standard errors follow from n); ``ref`` defaults to
+        :data:`MEASURED_QUALITY_REF` for measured scores."""
+        ref = MEASURED_QUALITY_REF if ref is None else ref
+        return QualityCell(
+            mean=self.mean, std=self.std, n=self.n, gof=self.gof, source=source, ref=ref, flags=self.flags
+        )
 
 
 def fit_quality(scores: Sequence[float] | np.ndarray) -> QualityFit:

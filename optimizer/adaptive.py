@@ -140,13 +140,12 @@ def next_batch(
         stop = f"budget spent: {images} of {budget} images measured, a batch of {batch} would exceed it"
     if stop is not None:
         return BatchDecision(assessment, confidence, images, stop, ())
-    now = regret
     values = []
     for j in cells:
         p = model.parameters[j]
         after_se = p.std / math.sqrt(max(p.n + batch - 1, 1))
         factor = min(1.0, after_se / p.se) if p.se > 0 else 1.0
-        shrunk = assess_on(bootstrap(model, draws.shrunk(j, factor)), plan)
+        after = float(bootstrap(model, draws.shrunk(j, factor)).regret(plan).mean())
         values.append(
             CellValue(
                 model=p.model,
@@ -154,8 +153,8 @@ def next_batch(
                 steps=int(p.steps),
                 n=p.n,
                 images=batch,
-                regret_after=shrunk.expected_regret,
-                reduction=now - shrunk.expected_regret,
+                regret_after=after,
+                reduction=regret - after,
             )
         )
     # Largest reduction first; among equals the cell with fewest images (then the table's order).

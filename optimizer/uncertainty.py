@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from genedge.optimizer.objective import score_plan
 from genedge.optimizer.problem import Problem, deployed_mask
-from genedge.optimizer.system import fifo_delay_coefficient, optimal_shares
+from genedge.optimizer.system import evaluate, fifo_delay_coefficient, optimal_shares
 
 if TYPE_CHECKING:
     from genedge.calibrate.table import CalibrationTable
@@ -328,12 +329,10 @@ def sample_arrays(model: ParameterModel, draws: ParameterDraws) -> SampleArrays:
     return SampleArrays(tuple(means), tuple(stds), tuple(services))
 
 
-def sample_problems(model: ParameterModel, draws: ParameterDraws) -> list[Problem]:
-    """One :class:`Problem` per draw: the point problem with its sampled arrays."""
-    arrays = sample_arrays(model, draws)
-    problem = model.problem
+def sample_problems(problem: Problem, arrays: SampleArrays) -> list[Problem]:
+    """One :class:`Problem` per draw: the point problem with its sampled arrays (:func:`sample_arrays`)."""
     out = []
-    for b in range(draws.samples):
+    for b in range(arrays.service_s[0].shape[0]):
         service = tuple(s[b] for s in arrays.service_s)
         batch = None
         if problem.batch_service_s is not None:
@@ -378,8 +377,6 @@ class Decision:
     @classmethod
     def planned(cls, problem: Problem, routing: np.ndarray, step_index: Sequence[int]) -> Decision:
         """Routing and steps with the shares (and batches) the problem's objective gives them."""
-        from genedge.optimizer.objective import score_plan
-
         scored = score_plan(problem, problem.counts[:, None] * routing, step_index)
         return cls(
             np.asarray(routing, dtype=float), tuple(int(k) for k in step_index), scored.shares, scored.batch_index
@@ -634,8 +631,6 @@ def _plan_utilities(
     the same figures as :func:`~genedge.optimizer.system.evaluate` in one vectorized pass: U = (Σ x·(μ − κe) − w Σ_m
     K_m / r_m) / N with K_m = t_m N_m (N_m + 1) / 2 (DESIGN §3).
     """
-    from genedge.optimizer.system import evaluate
-
     if whole_category_search_obstacle(problem) is None:
         requests = problem.counts[:, None] * decision.routing  # (C, M)
         loads = requests.sum(axis=0)
@@ -675,11 +670,16 @@ class Bootstrap:
     @functools.cached_property
     def problems(self) -> list[Problem]:
         """Each draw as a :class:`Problem` (built when first asked for: the vectorized path needs none)."""
-        return sample_problems(self.model, self.draws)
+        return sample_problems(self.model.problem, self.arrays)
 
     def plan_utilities(self, decision: Decision) -> tuple[np.ndarray, np.ndarray]:
         """A fixed plan's utility and feasibility on each draw, shape (B,) each."""
         return _plan_utilities(self.model.problem, decision, self.arrays, lambda: self.problems)
+
+    def regret(self, decision: Decision) -> np.ndarray:
+        """U*(θ_b) − U(plan; θ_b) on each draw, shape (B,), ≥ 0 (the plan may beat the search's optimum)."""
+        utility = self.plan_utilities(decision)[0]
+        return np.maximum(self.optimum, utility) - utility
 
 
 def bootstrap(
@@ -776,8 +776,6 @@ def assess_on(boot: Bootstrap, decision: Decision, seconds_so_far: float = 0.0) 
             alternatives[f"steps {key}"] = (label, other[1])
     shares = np.array([d.shares for d in boot.optima])
     constrained = problem.slo is not None or problem.min_clipscore is not None
-    from genedge.optimizer.system import evaluate
-
     point = evaluate(problem, decision.routing, decision.step_index, decision.shares, decision.batch_index).utility
     # The point problem as a batch of one sample, for the vectorized utilities where they apply.
     point_arrays = SampleArrays(
@@ -786,13 +784,12 @@ def assess_on(boot: Bootstrap, decision: Decision, seconds_so_far: float = 0.0) 
         tuple(q[None] for q in problem.service_s),
     )
     at_point: dict[tuple, float] = {}  # the samples' optima repeat: evaluate each distinct one once
-    for d in boot.optima:
+    optimism = np.empty(len(boot.optima))
+    for b, d in enumerate(boot.optima):
         key = (d.routing.tobytes(), d.step_index, d.shares.tobytes(), d.batch_index)
         if key not in at_point:
             at_point[key] = float(_plan_utilities(problem, d, point_arrays, lambda: [problem])[0][0])
-    optimism = boot.optimum - np.array(
-        [at_point[(d.routing.tobytes(), d.step_index, d.shares.tobytes(), d.batch_index)] for d in boot.optima]
-    )
+        optimism[b] = boot.optimum[b] - at_point[key]
     return Assessment(
         samples=boot.draws.samples,
         seed=boot.draws.seed,
@@ -856,7 +853,8 @@ def robust_plans(
     is a candidate, so neither is worse than it on its own objective over these samples.
 
     Returns:
-        ``"point estimate"``, ``"expected utility"`` and ``"q<quantile·100> utility"`` → :class:`RobustPlan`.
+        ``"point"``, ``"expected"`` and ``"quantile"`` → :class:`RobustPlan`, whose ``objective`` says
+        what each maximizes (``"point estimate"``, ``"expected utility"``, ``"q<quantile·100> utility"``).
     """
     if not 0 < quantile < 1:
         raise ValueError(f"Expected a quantile in (0, 1), e.g. 0.1, but got {quantile}")
@@ -874,17 +872,20 @@ def robust_plans(
     expected = utilities.mean(axis=1)
     lower = np.quantile(utilities, quantile, axis=1)
     # argmax takes the first of equals: the point plan (first) wins ties.
-    chosen = {"point estimate": 0, "expected utility": int(np.argmax(expected))}
-    chosen[f"q{100 * quantile:g} utility"] = int(np.argmax(lower))
+    chosen = {
+        "point": ("point estimate", 0),
+        "expected": ("expected utility", int(np.argmax(expected))),
+        "quantile": (f"q{100 * quantile:g} utility", int(np.argmax(lower))),
+    }
     elapsed = time.perf_counter() - started
     return {
         name: RobustPlan(
-            objective=name,
+            objective=objective,
             decision=decisions[i],
             assessment=assess_on(boot, decisions[i], elapsed),
             expected_utility=float(expected[i]),
             quantile_utility=float(lower[i]),
             quantile=quantile,
         )
-        for name, i in chosen.items()
+        for name, (objective, i) in chosen.items()
     }

@@ -228,8 +228,7 @@ def _mlenergy_energy(data: Path, model: str) -> EnergyModel:
 
 
 def _cell(values: list[float]) -> QualityCell:
-    fit = fit_quality(values)
-    return QualityCell(mean=fit.mean, std=fit.std, n=fit.n, gof=fit.gof, source="published", ref="tifa")
+    return fit_quality(values).cell("published", "tifa")
 
 
 def _relative_se(values: np.ndarray) -> tuple[float, float]:

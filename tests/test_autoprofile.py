@@ -166,3 +166,21 @@ def test_other_settings_on_the_same_run_are_refused(tmp_path: Path) -> None:
     )
     assert done.returncode != 0 and "batch = 8 (not 2)" in done.stderr
     assert "autoprofile.json: this run was started with" in done.stderr
+
+
+def test_a_batch_keeps_prompts_with_quotes_and_commas_exactly(tmp_path: Path) -> None:
+    from genedge.cli.autoprofile import _write_prompts
+    from genedge.profiler.prompts import load_prompt_set
+
+    texts = ['"Hello," said the parrot', "a red cube, on a table", 'a sign that reads "open"']
+    source = load_prompt_set(_p2_file(tmp_path / "source.tsv", texts))
+    _write_prompts(tmp_path / "batch" / "prompts.tsv", source.prompts)
+    batch = load_prompt_set(str(tmp_path / "batch" / "prompts.tsv"))
+    assert [p.text for p in batch.prompts] == texts
+    assert [(p.category, p.challenge) for p in batch.prompts] == [(p.category, p.challenge) for p in source.prompts]
+
+
+def _p2_file(path: Path, texts: list[str]) -> str:
+    rows = "".join(f"{text}\tArtifacts\tBasic\t\n" for text in texts)
+    path.write_text("Prompt\tCategory\tChallenge\tNote\n" + rows, encoding="utf-8")
+    return str(path)

@@ -163,9 +163,9 @@ def test_robust_plans_are_never_worse_than_the_point_plan_on_their_objective(see
     table = _profiled(_truth(gap=0.5), 4, np.random.default_rng(seed))
     problem = Problem.from_table(table, WORKLOAD)
     plans = robust_plans(parameter_model(table, problem), exact_search(problem), samples=100, seed=seed)
-    point = plans["point estimate"]
-    assert plans["expected utility"].expected_utility >= point.expected_utility
-    assert plans["q10 utility"].quantile_utility >= point.quantile_utility
+    point = plans["point"]
+    assert plans["expected"].expected_utility >= point.expected_utility
+    assert plans["quantile"].quantile_utility >= point.quantile_utility
     # Each is scored on the same samples as its assessment.
     for plan in plans.values():
         assert plan.expected_utility == pytest.approx(plan.assessment.utility.mean())

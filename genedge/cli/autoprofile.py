@@ -11,7 +11,6 @@ calibration and the planner, so the loop lives here; the choice itself is
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import os
@@ -34,7 +33,6 @@ DECISIONS_NAME = "decisions.jsonl"
 BATCHES_DIR = "batches"
 # Written into a batch's folder once the profiler has measured all of it.
 _DONE_NAME = "DONE"
-_PROMPT_COLUMNS = ("Prompt", "Category", "Challenge", "Note")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -146,17 +144,18 @@ def _check_settings(out: Path, settings: Mapping[str, Any]) -> None:
 
 
 def _write_prompts(path: Path, prompts: Sequence[Any]) -> None:
-    rows = [
-        {"Prompt": p.text, "Category": p.p2_category or "", "Challenge": p.challenge or "", "Note": ""} for p in prompts
-    ]
+    """Write a batch's prompts as a PartiPrompts TSV (the profiler reads it with quoting disabled)."""
+    from genedge.contract.files import write_text_atomic
+    from genedge.profiler.prompts import P2_COLUMNS
+
+    rows = [(p.text, p.p2_category or "", p.challenge or "", "") for p in prompts]
     for row in rows:
-        if any(ch in value for value in row.values() for ch in "\t\r\n"):
-            raise ValueError(f"prompt {row['Prompt']!r}: a tab or line break cannot be written to a TSV batch file")
+        if any(ch in value for value in row for ch in "\t\r\n"):
+            raise ValueError(f"prompt {row[0]!r}: a tab or line break cannot be written to a TSV batch file")
+    # Fields are written as they are: the reader takes a TSV exactly (no quoting), so a prompt that
+    # holds a double quote keeps it.
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, _PROMPT_COLUMNS, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_text_atomic(path, "".join("\t".join(row) + "\n" for row in [P2_COLUMNS, *rows]))
 
 
 class _Run:
@@ -188,9 +187,6 @@ class _Run:
             cells = json.loads((folder / "cells.json").read_text())
             for key, category, steps, count in cells:
                 self.used[(key, category, steps)] = self.used.get((key, category, steps), 0) + count
-
-    def images(self) -> int:
-        return sum(self.used.values())
 
     def measure(self, key: str, steps: int, counts: Mapping[str, int]) -> Path:
         """Measure ``counts[category]`` more prompts of each category with one model at one step count."""

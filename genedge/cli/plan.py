@@ -178,17 +178,16 @@ def _how_sure(args: argparse.Namespace, samples: int, table, workload, problem, 
             assessment = assess(model, chosen, **options)
         else:
             plans = robust_plans(model, chosen, quantile=args.quantile, **options)
-            name = "expected utility" if args.robust == "expected" else f"q{100 * args.quantile:g} utility"
-            robust = plans[name]
+            robust = plans[args.robust]
             assessment = robust.assessment
     print()
-    print(_format_assessment(assessment, problem))
+    print(_format_assessment(assessment))
     if args.robust is None:
         return chosen, assessment
     print()
-    print(_format_robust(plans, name))
+    print(_format_robust(plans, args.robust))
     d = robust.decision
-    method = f"{chosen.method}, robust: {name}"
+    method = f"{chosen.method}, robust: {robust.objective}"
     return make_result(
         problem, method, d.routing, d.step_index, d.shares, seed=args.seed, batch_index=d.batch_index
     ), assessment
@@ -197,7 +196,7 @@ def _how_sure(args: argparse.Namespace, samples: int, table, workload, problem, 
 _REGRET = "the utility lost, on average, against each sample's own optimum"
 
 
-def _format_assessment(a, problem) -> str:
+def _format_assessment(a) -> str:
     """How sure a plan is (see :class:`genedge.optimizer.uncertainty.Assessment`)."""
     lo, hi = a.utility_interval()
     regret = a.expected_regret
@@ -250,7 +249,7 @@ def _format_robust(plans, written: str) -> str:
         steps = ", ".join(f"{k}@{s}" for k, (s, _) in a.steps.items())
         mark = "  (written)" if name == written else ""
         lines.append(
-            f"{name:<18} {a.point_utility:>8.3f} {r.expected_utility:>8.3f} {r.quantile_utility:>8.3f} "
+            f"{r.objective:<18} {a.point_utility:>8.3f} {r.expected_utility:>8.3f} {r.quantile_utility:>8.3f} "
             f"{a.expected_regret:>8.3f} {a.plan_probability:>8.2f}  {routing}; {steps}{mark}"
         )
     return "\n".join(lines)
