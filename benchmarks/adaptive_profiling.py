@@ -50,9 +50,9 @@ Usage::
 
 The committed results (``benchmarks/results/adaptive-profiling.txt``) are this command's output with
 the defaults, ``python benchmarks/adaptive_profiling.py | tee benchmarks/results/adaptive-profiling.txt``;
-it takes about 3.5 minutes on 2 cores (two repetitions at a time). The run time is kept there by 10
+it takes about 2 minutes on 2 cores (two repetitions at a time). The run time is kept there by 10
 repetitions, 100 bootstrap samples, batches of 10 images and four categories per truth: an adaptive
-decision costs a bootstrap per cell (0.08–0.4 s a decision here), and a repetition takes 50–90 of them.
+decision costs a bootstrap per cell (0.04–0.2 s a decision here), and a repetition takes 50–90 of them.
 """
 
 from __future__ import annotations
