@@ -451,7 +451,7 @@ def _run(command: str, folder: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("command", list(RUN_HERE), ids=[c if len(c) <= 100 else c[:97] + "..." for c in RUN_HERE])
 def test_documented_command_runs_and_prints_what_the_docs_show(command: str, folder: Path):
-    if "PartiPrompts.tsv" in command and not SHARED_PROMPTS.is_file():
+    if "PartiPrompts.tsv" in command + AFTER.get(command, "") and not SHARED_PROMPTS.is_file():
         pytest.skip("PartiPrompts.tsv (../shared/data) is not present")
     done = _run(command, folder)
     assert done.returncode == 0, done.stderr[-3000:]
