@@ -401,6 +401,18 @@ def test_readme_stays_two_screens_and_keeps_what_a_newcomer_needs():
         assert (ROOT / link).is_file(), f"README links to {link}, which does not exist"
 
 
+def test_ci_builds_the_site_strictly_then_runs_readmes_test_command_last():
+    commands = [
+        line.strip() for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]  # fmt: skip
+    built = [k for k, line in enumerate(commands) if line.split()[-3:] == ["mkdocs", "build", "--strict"]]
+    installs = [line for line in commands if "pip install" in line and "-e" in line.split()]
+    assert commands[-1] == "python -m pytest -q"
+    assert built and built[0] < len(commands) - 1
+    assert installs and all(",docs]" in line for line in installs)
+
+
 def test_the_site_navigation_lists_every_page():
     config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
 
