@@ -2,6 +2,8 @@
 
 :mod:`.protocol` is the HTTP contract; :mod:`.shares` the step-level share scheduler; :mod:`.spec`
 what a plan and its table say to serve; :mod:`.worker` the process that owns a device's models;
-:mod:`.app` the Ray Serve application; :mod:`.loadtest`, :mod:`.predict` and :mod:`.measured` the
-load generator, the plan's prediction at the offered rates, and the comparison.
+:mod:`.app` the Ray Serve application; :mod:`.server` the server's set-up (the library call behind
+``genedge serve``, and the application builder of Ray's ``serve run``); :mod:`.loadtest`,
+:mod:`.predict` and :mod:`.measured` the load generator, the plan's prediction at the offered
+rates, and the comparison.
 """

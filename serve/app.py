@@ -16,7 +16,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from genedge.profiler._imports import require
 from genedge.serve.protocol import (
@@ -32,13 +32,12 @@ from genedge.serve.protocol import (
     parse_generate,
     parse_openai,
 )
+from genedge.serve.shares import SHARE_REALIZATIONS, ShareRealization
 from genedge.serve.spec import SERVED_MODEL_NAME, ServedModel, ServeSpec
 
-__all__ = ["APP_NAME", "REALIZATIONS", "build_application", "deployment_units"]
+__all__ = ["APP_NAME", "build_application", "deployment_units"]
 
 APP_NAME = "genedge"
-Realization = Literal["scheduler", "mps"]
-REALIZATIONS: tuple[str, ...] = ("scheduler", "mps")
 #: Requests one replica of a deployment takes at once: queueing and refusal are the plan's job, not Ray's.
 _MAX_ONGOING = 100_000
 
@@ -90,7 +89,7 @@ class Device:
         return self.worker.drain(timeout_s)
 
 
-def deployment_units(spec: ServeSpec, realization: Realization) -> list[tuple[str, tuple[ServedModel, ...], dict]]:
+def deployment_units(spec: ServeSpec, realization: ShareRealization) -> list[tuple[str, tuple[ServedModel, ...], dict]]:
     """The deployments a plan becomes: ``(name, models, ray_actor_options)`` each.
 
     ``scheduler``: one per device, owning the device's models (a whole GPU each where GPUs are used;
@@ -225,9 +224,10 @@ class Ingress:
         return await self._serve(request, parse, answer)
 
     @http.get(PLAN_ROUTE)
-    def plan(self) -> Any:
-        """The plan, its table and what is served."""
-        served = {**self.spec.summary(), "router": self.router_name, "calibration_check": self.served_calibration}
+    async def plan(self) -> Any:
+        """The plan, its table and what is served (with the start-up calibration check, however started)."""
+        calibration = self.served_calibration if self.served_calibration is not None else await self.calibration_check()
+        served = {**self.spec.summary(), "router": self.router_name, "calibration_check": calibration}
         return responses.JSONResponse({"plan": self.spec.plan, "table": self.spec.table, "served": served})
 
     @http.get(STATS_ROUTE)
@@ -281,9 +281,10 @@ def build_application(
     spec: ServeSpec,
     *,
     router: str | None,
-    realization: Realization = "scheduler",
+    realization: ShareRealization = "scheduler",
     worker_options: dict[str, Any] | None = None,
     gpus: bool = False,
+    drain_timeout_s: float | None = None,
 ) -> Any:
     """The Ray Serve application of ``spec`` (pass it to ``serve.run``).
 
@@ -295,9 +296,12 @@ def build_application(
         worker_options: keyword arguments of each deployment's
             :class:`~genedge.serve.worker.DeviceWorker` (device, work_conserving, threads, cpus).
         gpus: ask Ray for GPUs (one per device deployment, ``share`` per MPS process).
+        drain_timeout_s: when Ray Serve stops a deployment (``serve shutdown``, Ctrl-C of ``serve run``),
+            it waits at most this long for the requests in flight (default: Ray Serve's).
     """
-    if realization not in REALIZATIONS:
-        raise ValueError(f"Expected a realization in {list(REALIZATIONS)}, but got {realization!r}")
+    if realization not in SHARE_REALIZATIONS:
+        raise ValueError(f"Expected a realization in {list(SHARE_REALIZATIONS)}, but got {realization!r}")
+    graceful = {} if drain_timeout_s is None else {"graceful_shutdown_timeout_s": drain_timeout_s}
     bound = []
     units = []
     for name, models, options in deployment_units(spec, realization):
@@ -306,7 +310,7 @@ def build_application(
             actor.setdefault("num_gpus", 1)
         else:
             actor.pop("num_gpus", None)
-        deployment = Device.options(name=name, ray_actor_options=actor)
+        deployment = Device.options(name=name, ray_actor_options=actor, **graceful)
         bound.append(deployment.bind(models, dict(worker_options or {})))
         units.append((name, tuple(m.name for m in models)))
-    return Ingress.bind(spec, router, units, *bound)
+    return Ingress.options(**graceful).bind(spec, router, units, *bound)

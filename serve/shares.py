@@ -31,8 +31,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["SHARE_SUM_TOLERANCE", "ShareAccount", "ShareScheduler"]
+__all__ = ["SHARE_REALIZATIONS", "ShareRealization", "SHARE_SUM_TOLERANCE", "ShareAccount", "ShareScheduler"]
+
+#: How a server realizes the plan's shares: this module's step-level scheduler in the process that owns
+#: each device, or one process per model under CUDA MPS (NVIDIA GPUs with the MPS daemon running).
+ShareRealization = Literal["scheduler", "mps"]
+SHARE_REALIZATIONS: tuple[str, ...] = ("scheduler", "mps")
 
 #: Shares on one device may sum to 1 plus this (round-off in a plan's shares).
 SHARE_SUM_TOLERANCE = 1e-6

@@ -1,0 +1,488 @@
+"""The server's set-up as library calls: a plan file becomes a Ray Serve application, started and drained.
+
+:func:`prepare_server` makes every decision before Ray starts: it reads the plan and the table it
+was made from, checks one against the other (:func:`~genedge.serve.spec.serve_spec`), places the
+models on devices, picks the prompt router, the CPU threads and the cores to pin. The
+:class:`Server` it returns builds the application (:meth:`Server.application`). :func:`build_app`
+does both in one call, :func:`serving` starts it on Ray Serve and stops it, and
+:func:`calibration_check` and :func:`drain` are the start-up check and the graceful stop that
+``genedge serve`` prints.
+
+:func:`app_builder` is the same set-up under Ray Serve's application-builder convention, so that
+Ray's own tools deploy a plan::
+
+    serve run genedge.serve.server:app_builder plan=/path/plan.json router=none
+
+or, in a Ray Serve config file (``serve run config.yaml`` / ``serve deploy config.yaml``)::
+
+    http_options: {host: 127.0.0.1, port: 8000}
+    applications:
+      - name: genedge
+        route_prefix: /
+        import_path: genedge.serve.server:app_builder
+        args: {plan: /path/plan.json, threads: 1}
+
+Example (a notebook; the plan of ``genedge demo``):
+
+    >>> from genedge.serve.server import calibration_check, prepare_server, serving
+    >>> server = prepare_server("demo/plan.json")  # doctest: +SKIP
+    >>> with serving(server, port=8000) as handle:  # doctest: +SKIP
+    ...     rows = calibration_check(handle)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from genedge.serve.shares import SHARE_REALIZATIONS, ShareRealization
+from genedge.serve.spec import ServeSpec
+
+__all__ = [
+    "CALIBRATION_TOLERANCE",
+    "DEFAULT_DRAIN_TIMEOUT_S",
+    "DEFAULT_PORT",
+    "BUILDER_ARGS",
+    "CalibrationRow",
+    "DrainSummary",
+    "Server",
+    "app_builder",
+    "build_app",
+    "calibration_check",
+    "drain",
+    "parse_cpus",
+    "prepare_server",
+    "server_from_args",
+    "serving",
+]
+
+DEFAULT_PORT = 8000
+#: On shutdown, requests in flight get this long to finish (s).
+DEFAULT_DRAIN_TIMEOUT_S = 120.0
+#: A model whose call here differs from the table's by more than this fraction makes the plan's delays off.
+CALIBRATION_TOLERANCE = 0.2
+
+Cpus = Sequence[int] | Literal["auto", "none"]
+
+
+@dataclass(frozen=True)
+class Server:
+    """A plan checked against its table and set up to serve (what :func:`prepare_server` decided).
+
+    Attributes:
+        spec: what is served: models, steps, shares, placement, routing.
+        router: the prompt router file for requests without a category (None: they are refused).
+        realization: how shares are realized, ``"scheduler"`` or ``"mps"``.
+        gpus: whether the deployments ask Ray for GPUs.
+        device: the torch device type of each deployment (None: cuda when available, else cpu).
+        work_conserving: whether a model may use the share others leave idle.
+        threads: torch CPU threads per deployment (None: torch's own).
+        cpus: the cores the device's process is pinned to (None: not pinned).
+        drain_timeout_s: how long Ray Serve waits for requests in flight when it stops a deployment (s).
+    """
+
+    spec: ServeSpec
+    router: str | None
+    realization: ShareRealization
+    gpus: bool
+    device: str | None
+    work_conserving: bool
+    threads: int | None
+    cpus: tuple[int, ...] | None
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
+
+    def application(self) -> Any:
+        """The Ray Serve application (a ``ray.serve.Application``; pass it to ``serve.run``)."""
+        from genedge.serve.app import build_application
+
+        return build_application(
+            self.spec,
+            router=self.router,
+            realization=self.realization,
+            worker_options={
+                "device": self.device,
+                "work_conserving": self.work_conserving,
+                "threads": self.threads,
+                "cpus": None if self.cpus is None else list(self.cpus),
+            },
+            gpus=self.gpus,
+            drain_timeout_s=self.drain_timeout_s,
+        )
+
+
+@dataclass(frozen=True)
+class CalibrationRow:
+    """One model's call timed at start on the whole device beside the table's.
+
+    Attributes:
+        model: the served model's name.
+        served_s: one call on the whole device here (s).
+        table_s: the plan's call time on its share times the share: the table's call on the whole device (s).
+    """
+
+    model: str
+    served_s: float
+    table_s: float
+
+    @property
+    def ratio(self) -> float:
+        """``served_s / table_s``: the factor by which this device is slower than the table's."""
+        return self.served_s / self.table_s
+
+    @property
+    def off(self) -> bool:
+        """Whether the plan's delays will be off by about :attr:`ratio` (beyond :data:`CALIBRATION_TOLERANCE`)."""
+        return abs(self.ratio - 1) > CALIBRATION_TOLERANCE
+
+
+@dataclass(frozen=True)
+class DrainSummary:
+    """How a drain ended.
+
+    Attributes:
+        in_flight_left: requests the ingress still held at the deadline.
+        devices_drained: whether every device finished its queued and running requests in time.
+    """
+
+    in_flight_left: int
+    devices_drained: bool
+
+
+def parse_cpus(text: str, *, option: str = "cpus") -> Cpus:
+    """Cores to pin to, as written on a command line: ``'1'``, ``'0-3,6'``, ``'none'`` or ``'auto'``.
+
+    Raises:
+        ValueError: anything else, naming ``option``.
+    """
+    if text in ("auto", "none"):
+        return text  # type: ignore[return-value]  # one of the two literals
+    cpus: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            raise ValueError(f"{option}: expected core numbers like '1' or '0-3,6' (or 'none'), but got {text!r}")
+        cpus.extend(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def _table_path(plan_path: Path, plan: Mapping[str, Any], table: str | Path | None) -> Path:
+    """The table to serve ``plan`` with: the one given, else the plan's ``inputs.table`` (beside the plan
+    file when relative and not found from here, else a shipped table of that name)."""
+    if table is not None:
+        return Path(table)
+    recorded = plan["inputs"].get("table")
+    if recorded is None:
+        raise ValueError(f"{plan_path}: inputs.table: the plan names no table; give the table it was made from")
+    from genedge.data import resolve_table
+
+    candidate = Path(recorded)
+    if not candidate.is_absolute() and not candidate.exists():
+        beside = plan_path.parent / candidate
+        candidate = beside if beside.exists() else candidate
+    return candidate if candidate.exists() else resolve_table(recorded)
+
+
+def _router_path(choice: str, mapping: Mapping[str, Any]) -> str | None:
+    """The router file to load in the server for ``choice`` (None: requests must carry their category)."""
+    from genedge.data import resolve_router
+    from genedge.router.model import default_router_path, load_router
+
+    if choice == "none":
+        return None
+    if choice == "auto":
+        path = default_router_path(mapping)
+        return None if path is None else str(path)
+    path = resolve_router(choice)
+    if not load_router(path).fits_mapping(mapping):
+        raise ValueError(f"router {choice}: it routes into another category mapping than the plan's table")
+    return str(path)
+
+
+def _uses_gpus(device: str | None) -> bool:
+    """Whether the deployments get GPUs: the device says, else the Ray cluster this process is connected
+    to (the builder under ``serve run`` with a config file), else this machine."""
+    if device is not None:
+        return device.startswith("cuda")
+    from genedge.profiler._imports import require
+
+    ray = require("ray", extra="serve")
+    if ray.is_initialized():
+        return ray.cluster_resources().get("GPU", 0) > 0
+    return bool(require("torch").cuda.is_available())
+
+
+def prepare_server(
+    plan: str | Path,
+    *,
+    table: str | Path | None = None,
+    models: Mapping[str, str] | None = None,
+    router: str = "auto",
+    device: str | None = None,
+    realization: ShareRealization = "scheduler",
+    work_conserving: bool = False,
+    threads: int | None = None,
+    cpus: Cpus = "auto",
+    queue_bound_s: float | None = None,
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
+) -> Server:
+    """Check a plan file against its table and decide how to serve it, before anything starts.
+
+    Args:
+        plan: a plan JSON written by ``genedge plan`` or ``genedge demo``.
+        table: the calibration table the plan was made from (default: the plan's ``inputs.table``);
+            its sha256 must match the plan's.
+        models: plan model key → what to load instead (a saved pipeline folder, a hub id or a replica name).
+        router: for requests without a category: ``"auto"`` (the shipped router of the table's category
+            mapping), a shipped router name, a router JSON file, or ``"none"`` (such requests get 400).
+        device: torch device type in each deployment (default: cuda when available, else cpu).
+        realization: ``"scheduler"`` (a step-level weighted fair scheduler per device) or ``"mps"``
+            (one process per model under CUDA MPS; NVIDIA GPUs only).
+        work_conserving: let a model use the share others leave idle (default: its planned share, as the
+            plan's delays assume).
+        threads: torch CPU threads per deployment (default on a CPU: the count the table was profiled with).
+        cpus: on a CPU, the cores to pin the device's process to; ``"auto"`` pins a one-device plan to the
+            last ``threads`` cores (a model thread then keeps its caches, as when it was profiled),
+            ``"none"`` pins nothing.
+        queue_bound_s: refuse a request (503) when its model already holds this many seconds of planned
+            work (default: the plan's SLO, else :data:`~genedge.serve.spec.DEFAULT_QUEUE_BOUND_S`).
+        drain_timeout_s: when a deployment is stopped, wait at most this long for requests in flight.
+
+    Returns:
+        The :class:`Server`; ``.application()`` is what ``serve.run`` takes, ``.spec.notes`` what the
+        user should know about settings that had to be chosen.
+
+    Raises:
+        ValueError: the plan or table is unreadable or invalid (naming the file and field), they do not
+            match (:class:`~genedge.serve.spec.ServeError`), or an argument is out of range (naming it).
+    """
+    from genedge.optimizer.plan_file import load_plan
+    from genedge.serve.spec import read_table_file, serve_spec
+    from genedge.serve.worker import default_cpus
+
+    if realization not in SHARE_REALIZATIONS:
+        raise ValueError(f"realization: expected one of {list(SHARE_REALIZATIONS)}, but got {realization!r}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads: expected a positive number of threads, but got {threads!r}")
+    for name, value in (("queue_bound_s", queue_bound_s), ("drain_timeout_s", drain_timeout_s)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name}: expected a positive finite number of seconds, but got {value!r}")
+    gpus = _uses_gpus(device)
+    if realization == "mps" and not gpus:
+        raise ValueError("realization mps needs NVIDIA GPUs (CUDA MPS); this machine has none: use the scheduler")
+    plan_path = Path(plan)
+    document = load_plan(plan_path)
+    table_document, table_bytes = read_table_file(_table_path(plan_path, document, table))
+    spec = serve_spec(
+        document,
+        table_document,
+        table_bytes,
+        model_specs=models,
+        queue_bound_s=queue_bound_s,
+        default_dtype="float16" if gpus else "float32",
+        where=str(plan_path),
+    )
+    router_path = _router_path(router, spec.category_mapping)
+    threads = threads if threads is not None else (None if gpus else spec.profile_threads)
+    if gpus or cpus == "none":
+        pinned = None
+    elif cpus == "auto":  # pinning is per process: one CPU device per machine gets it by default
+        pinned = default_cpus(threads) if spec.devices == 1 else None
+    else:
+        pinned = list(cpus)
+    return Server(
+        spec=spec,
+        router=router_path,
+        realization=realization,
+        gpus=gpus,
+        device=device,
+        work_conserving=work_conserving,
+        threads=threads,
+        cpus=None if pinned is None else tuple(pinned),
+        drain_timeout_s=drain_timeout_s,
+    )
+
+
+def build_app(plan: str | Path, **options: Any) -> Any:
+    """The Ray Serve application of a plan file: ``prepare_server(plan, **options).application()``.
+
+    Pass it to ``serve.run(app, name=APP_NAME, route_prefix="/")``; the keyword arguments are
+    :func:`prepare_server`'s.
+    """
+    return prepare_server(plan, **options).application()
+
+
+def _as_text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"args.{name}: expected a non-empty string, but got {value!r}")
+    return value
+
+
+def _as_number(name: str, value: Any, kind: type) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"args.{name}: expected a number, but got {value!r}")
+    try:
+        number = kind(value)
+    except ValueError:
+        raise ValueError(
+            f"args.{name}: expected {'an integer' if kind is int else 'a number'}, but got {value!r}"
+        ) from None
+    if kind is int and isinstance(value, float) and value != number:
+        raise ValueError(f"args.{name}: expected an integer, but got {value!r}")
+    return number
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"args.{name}: expected true or false, but got {value!r}")
+
+
+def _as_models(name: str, value: Any) -> dict[str, str]:
+    from genedge.serve.spec import model_specs_from_pairs
+
+    if isinstance(value, Mapping):
+        return {_as_text(name, key): _as_text(f"{name}.{key}", spec) for key, spec in value.items()}
+    try:
+        return model_specs_from_pairs(_as_text(name, value).split(","))
+    except ValueError as err:
+        raise ValueError(f"args.{name}: expected KEY=SPEC[,KEY=SPEC...] or a mapping, but got {value!r}") from err
+
+
+def _as_cpus(name: str, value: Any) -> Cpus:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, list) and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in value):
+        return value
+    return parse_cpus(_as_text(name, value), option=f"args.{name}")
+
+
+#: :func:`app_builder`'s arguments: name → how a string (``serve run key=val``) or YAML value becomes
+#: :func:`prepare_server`'s keyword argument.
+BUILDER_ARGS: dict[str, Callable[[str, Any], Any]] = {
+    "plan": _as_text,
+    "table": _as_text,
+    "models": _as_models,
+    "router": _as_text,
+    "device": _as_text,
+    "realization": _as_text,
+    "work_conserving": _as_bool,
+    "threads": lambda name, value: _as_number(name, value, int),
+    "cpus": _as_cpus,
+    "queue_bound_s": lambda name, value: _as_number(name, value, float),
+    "drain_timeout_s": lambda name, value: _as_number(name, value, float),
+}
+
+
+def server_from_args(args: Mapping[str, Any]) -> Server:
+    """:func:`prepare_server` from a mapping of argument names to values, as Ray Serve passes them.
+
+    The keys are :func:`prepare_server`'s arguments (see :data:`BUILDER_ARGS`); ``plan`` is required.
+    Values may be strings (as ``serve run key=value`` gives them) or YAML values (a config file's
+    ``args``): ``models`` is ``KEY=SPEC[,KEY=SPEC...]`` or a mapping, ``cpus`` ``'2-3'``, ``'none'``,
+    ``'auto'`` or a list of cores, ``work_conserving`` true or false.
+
+    Raises:
+        ValueError: a missing ``plan``, an unknown key (listing the known ones), a value of the wrong
+            form (naming ``args.KEY``), or anything :func:`prepare_server` refuses.
+    """
+    if not isinstance(args, Mapping):
+        raise ValueError(f"args: expected a mapping of argument names to values, but got {args!r}")
+    unknown = sorted(set(args) - set(BUILDER_ARGS))
+    if unknown:
+        raise ValueError(f"args: unknown arguments {unknown}; genedge's application builder takes {list(BUILDER_ARGS)}")
+    if "plan" not in args:
+        raise ValueError("args.plan: required: the plan JSON to serve (e.g. plan=/path/plan.json)")
+    return prepare_server(**{name: BUILDER_ARGS[name](name, value) for name, value in args.items()})
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """Ray Serve application builder: ``serve run genedge.serve.server:app_builder plan=PLAN [key=value ...]``.
+
+    Ray's ``serve run`` passes the ``key=value`` words after the import path, and a Ray Serve config
+    file its application's ``args`` mapping; both are read by :func:`server_from_args`. Give paths
+    absolute in config files: the builder runs in a Ray worker there. For served step times to match a
+    CPU table, start Ray with ``RAY_worker_niceness=0`` in the environment (Ray runs its workers at
+    niceness 15 by default, and a served model would yield the CPU to any other process).
+
+    Returns:
+        The application (a ``ray.serve.Application``).
+
+    Raises:
+        ValueError: what :func:`server_from_args` refuses, naming the argument.
+    """
+    return server_from_args(args).application()
+
+
+@contextlib.contextmanager
+def serving(
+    server: Server,
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    address: str | None = None,
+    log_to_driver: bool = False,
+) -> Iterator[Any]:
+    """Serve on Ray Serve over HTTP while the ``with`` block runs; yields the ingress's handle.
+
+    Starts (or, with ``address``, joins) Ray, starts Serve's HTTP proxy on ``host:port``, deploys
+    ``server``'s application as :data:`~genedge.serve.app.APP_NAME` at ``/`` and waits until its
+    models are loaded and warmed up. On leaving, shuts Serve down and disconnects from Ray (stopping a
+    Ray it started); call :func:`drain` first to let requests in flight finish.
+
+    Args:
+        server: what :func:`prepare_server` decided.
+        host: address to listen on (default: this machine only).
+        port: HTTP port.
+        address: a Ray cluster to join (e.g. ``"auto"``) instead of starting a local instance.
+        log_to_driver: show the deployments' logs in this process.
+    """
+    import logging
+
+    from genedge.profiler._imports import require
+    from genedge.serve.app import APP_NAME
+
+    ray = require("ray", extra="serve")
+    serve = require("ray.serve", extra="serve")
+    if address is None:
+        # Ray runs its workers at niceness 15 by default; a served model would then yield the CPU to any
+        # other process, and its step times would no longer be the ones the plan was calibrated with.
+        os.environ.setdefault("RAY_worker_niceness", "0")
+    ray.init(address=address, include_dashboard=False, log_to_driver=log_to_driver, logging_level=logging.WARNING)
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        try:
+            yield serve.run(server.application(), name=APP_NAME, route_prefix="/", blocking=False)
+        finally:
+            serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def calibration_check(handle: Any) -> list[CalibrationRow]:
+    """Each served model's call timed at start on the whole device beside the table's.
+
+    A :attr:`CalibrationRow.ratio` far from 1 (:attr:`CalibrationRow.off`) means this device is not
+    the one the plan was made for, and the plan's delays will be off by about that factor. The same
+    rows are in ``GET /v1/plan``'s ``served.calibration_check``, however the server was started.
+
+    Args:
+        handle: the ingress's handle (what :func:`serving` yields, or ``serve.get_app_handle("genedge")``).
+    """
+    return [CalibrationRow(**row) for row in handle.calibration_check.remote().result()]
+
+
+def drain(handle: Any, timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> DrainSummary:
+    """Stop taking requests (new ones get 503) and wait at most ``timeout_s`` for those in flight.
+
+    Args:
+        handle: the ingress's handle (what :func:`serving` yields, or ``serve.get_app_handle("genedge")``).
+        timeout_s: the longest wait (s).
+    """
+    return DrainSummary(**handle.drain.remote(timeout_s).result())
