@@ -1,0 +1,213 @@
+"""Ray's own ``serve run`` deploys a plan through genedge's application builder.
+
+The builder's arguments are checked first (fast, no Ray). Then a Ray Serve config file written here
+(``import_path: genedge.serve.server:app_builder`` with the plan in ``args``) is run by Ray's ``serve``
+CLI on a Ray instance of its own (a private temporary directory, so that no other Ray on this
+machine is joined or touched), serving the demo's plan on 127.0.0.1 at a free port; the official
+``openai`` client gets an image, and Ctrl-C stops Serve and that Ray, leaving no process behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from genedge.serve.server import BUILDER_ARGS, server_from_args
+
+READY_TIMEOUT_S = 300
+STOP_TIMEOUT_S = 120
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({}, r"args\.plan: required"),
+        ({"plan": "p.json", "port": "8000"}, r"unknown arguments \['port'\]; genedge's application builder takes"),
+        ({"plan": ""}, r"args\.plan: expected a non-empty string"),
+        ({"plan": "p.json", "threads": "two"}, r"args\.threads: expected an integer, but got 'two'"),
+        ({"plan": "p.json", "threads": 1.5}, r"args\.threads: expected an integer, but got 1\.5"),
+        ({"plan": "p.json", "queue_bound_s": True}, r"args\.queue_bound_s: expected a number"),
+        ({"plan": "p.json", "cpus": "1-x"}, r"args\.cpus: expected core numbers like '1' or '0-3,6'"),
+        ({"plan": "p.json", "work_conserving": "maybe"}, r"args\.work_conserving: expected true or false"),
+        ({"plan": "p.json", "models": "sd15"}, r"args\.models: expected KEY=SPEC\[,KEY=SPEC\.\.\.\] or a mapping"),
+        ({"plan": "p.json", "threads": "0"}, r"threads: expected a positive number of threads, but got 0"),
+        ({"plan": "p.json", "drain_timeout_s": "nan"}, r"drain_timeout_s: expected a positive finite number"),
+        ({"plan": "p.json", "realization": "vms"}, r"realization: expected one of \['scheduler', 'mps'\]"),
+    ],
+)
+def test_builder_arguments_are_checked_naming_the_argument(args: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        server_from_args(args)
+
+
+def test_every_builder_argument_is_a_prepare_server_argument() -> None:
+    import inspect
+
+    from genedge.serve.server import prepare_server
+
+    assert list(BUILDER_ARGS) == list(inspect.signature(prepare_server).parameters)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of ``genedge demo``: its plan of two tiny replicas and the table it was made from."""
+    pytest.importorskip("diffusers", reason="serving replicas needs genedge[profile]")
+    pytest.importorskip("ray.serve", reason="needs genedge[serve]")
+    # test_serve_http's helpers are imported here, where its module-level skips are this test's too.
+    from test_serve_http import _genedge
+
+    folder = tmp_path_factory.mktemp("demo")
+    done = _genedge("demo", "--dir", str(folder), "--no-figures")
+    assert done.returncode == 0, done.stderr
+    return folder
+
+
+@pytest.mark.slow
+def test_string_and_yaml_arguments_become_the_servers_settings(demo: Path) -> None:
+    plan = json.loads((demo / "plan.json").read_text())
+    deployed = sorted(key for key, entry in plan["models"].items() if entry["deployed"])
+    # As `serve run ... key=value` passes them: strings.
+    server = server_from_args(
+        {
+            "plan": str(demo / "plan.json"),
+            "device": "cpu",
+            "threads": "2",
+            "cpus": "0-1",
+            "work_conserving": "true",
+            "queue_bound_s": "0.5",
+            "router": "none",
+            "drain_timeout_s": "7",
+        }
+    )
+    assert (server.threads, server.cpus, server.work_conserving, server.gpus) == (2, (0, 1), True, False)
+    assert server.router is None and server.drain_timeout_s == 7.0
+    assert sorted(m.key for m in server.spec.models) == deployed
+    # As a config file's YAML gives them: typed values, and a mapping of models.
+    server = server_from_args(
+        {
+            "plan": str(demo / "plan.json"),
+            "device": "cpu",
+            "threads": 1,
+            "cpus": "none",
+            "models": {deployed[0]: "replica:tiny"},
+        }
+    )
+    assert (server.threads, server.cpus) == (1, None)
+    assert {m.key: m.spec for m in server.spec.models}[deployed[0]] == "replica:tiny"
+    with pytest.raises(ValueError, match=r"\['sd15'\] are not models the plan deploys"):
+        server_from_args({"plan": str(demo / "plan.json"), "device": "cpu", "models": "sd15=/models/sd15"})
+
+
+def _processes_of(ray_dir: str) -> list[int]:
+    """Processes started under this test's Ray directory: they inherit RAY_TMPDIR."""
+    marker = f"RAY_TMPDIR={ray_dir}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:  # exited meanwhile, or not ours to read
+                continue
+    return found
+
+
+@pytest.mark.slow
+def test_serve_run_with_a_config_file_serves_the_demo_plan(demo: Path, tmp_path: Path) -> None:
+    openai = pytest.importorskip("openai")
+    yaml = pytest.importorskip("yaml")
+    from test_serve_http import ENV, HOST, _free_port, _get
+
+    plan = json.loads((demo / "plan.json").read_text())
+    port = _free_port()
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "http_options": {"host": HOST, "port": port},
+                "applications": [
+                    {
+                        "name": "genedge",
+                        "route_prefix": "/",
+                        "import_path": "genedge.serve.server:app_builder",
+                        "args": {"plan": str(demo / "plan.json"), "drain_timeout_s": 30, "work_conserving": False},
+                    }
+                ],
+            }
+        )
+    )
+    # Short: Ray's socket paths under it must fit in 107 bytes.
+    ray_dir = tempfile.mkdtemp(prefix="ge-ray-", dir="/tmp")
+    env = {
+        **ENV,
+        "RAY_TMPDIR": ray_dir,
+        "RAY_worker_niceness": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+    }
+    env.pop("RAY_ADDRESS", None)
+    log = tmp_path / "serve-run.log"
+    with log.open("w") as out:
+        # `--address local`: a new Ray instance of this process's own, never one already running here.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ray.serve.scripts", "run", "--address", "local", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    url = f"http://{HOST}:{port}"
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, (
+                f"serve run did not answer in {READY_TIMEOUT_S} s\n{log.read_text()[-3000:]}"
+            )
+            try:
+                if _get(f"{url}/v1/health")["status"] == "ok":
+                    break
+            except OSError:
+                time.sleep(1)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="not-needed", max_retries=0)
+        result = client.images.generate(
+            prompt="a blue sphere", n=1, response_format="b64_json", size="64x64", extra_body={"category": "Basic"}
+        )
+        assert base64.b64decode(result.data[0].b64_json).startswith(b"\x89PNG")
+        (record,) = result.model_extra["genedge"]
+        assert record["category"] == "Basic" and record["category_source"] == "given"
+        owner = max(plan["routing"]["Basic"], key=plan["routing"]["Basic"].get)
+        assert record["model"] == owner and record["steps"] == plan["models"][owner]["steps"]
+        # The start-up calibration check is reachable however the server was started.
+        served = _get(f"{url}/v1/plan")["served"]
+        rows = served["calibration_check"]
+        assert sorted(row["model"] for row in rows) == sorted(m["name"] for m in served["models"])
+        assert all(row["served_s"] > 0 and row["table_s"] > 0 for row in rows)
+        # Ctrl-C: serve run shuts Serve down, and its Ray with it.
+        process.send_signal(signal.SIGINT)
+        assert process.wait(STOP_TIMEOUT_S) == 0, log.read_text()[-3000:]
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while _processes_of(ray_dir) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _processes_of(ray_dir) == []
+        with pytest.raises(OSError):
+            _get(f"{url}/v1/health")
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+        for pid in _processes_of(ray_dir):  # only this test's Ray: they carry its RAY_TMPDIR
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(ray_dir, ignore_errors=True)
