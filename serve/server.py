@@ -33,6 +33,7 @@ Example (a notebook; the plan of ``genedge demo``):
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -48,6 +49,7 @@ __all__ = [
     "DEFAULT_DRAIN_TIMEOUT_S",
     "DEFAULT_PORT",
     "BUILDER_ARGS",
+    "BUILDER_IMPORT_PATH",
     "CalibrationRow",
     "DrainSummary",
     "Server",
@@ -62,6 +64,8 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 8000
+#: What Ray's ``serve run`` and a Ray Serve config file's ``import_path`` name to deploy a plan.
+BUILDER_IMPORT_PATH = "genedge.serve.server:app_builder"
 #: On shutdown, requests in flight get this long to finish (s).
 DEFAULT_DRAIN_TIMEOUT_S = 120.0
 #: A model whose call here differs from the table's by more than this fraction makes the plan's delays off.
@@ -443,8 +447,6 @@ def serving(
         address: a Ray cluster to join (e.g. ``"auto"``) instead of starting a local instance.
         log_to_driver: show the deployments' logs in this process.
     """
-    import logging
-
     from genedge.profiler._imports import require
     from genedge.serve.app import APP_NAME
 

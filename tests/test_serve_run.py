@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from genedge.serve.server import BUILDER_ARGS, server_from_args
+from genedge.serve.server import BUILDER_ARGS, BUILDER_IMPORT_PATH, server_from_args
 
 READY_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 120
@@ -57,6 +57,17 @@ def test_every_builder_argument_is_a_prepare_server_argument() -> None:
     from genedge.serve.server import prepare_server
 
     assert list(BUILDER_ARGS) == list(inspect.signature(prepare_server).parameters)
+
+
+@pytest.mark.slow
+def test_rays_own_builder_call_reaches_genedges_checks() -> None:
+    """What ``serve run IMPORT_PATH key=value`` does before Ray starts: import the builder, call it with strings."""
+    pytest.importorskip("ray.serve", reason="needs genedge[serve]")
+    from ray._common.utils import import_attr
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    with pytest.raises(ValueError, match=r"args\.threads: expected an integer, but got 'many'"):
+        call_user_app_builder_with_args_if_necessary(import_attr(BUILDER_IMPORT_PATH), {"plan": "p", "threads": "many"})
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +151,7 @@ def test_serve_run_with_a_config_file_serves_the_demo_plan(demo: Path, tmp_path:
                     {
                         "name": "genedge",
                         "route_prefix": "/",
-                        "import_path": "genedge.serve.server:app_builder",
+                        "import_path": BUILDER_IMPORT_PATH,
                         "args": {"plan": str(demo / "plan.json"), "drain_timeout_s": 30, "work_conserving": False},
                     }
                 ],

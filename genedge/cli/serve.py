@@ -7,7 +7,7 @@ import signal
 import threading
 from pathlib import Path
 
-from genedge.serve.server import DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_PORT
+from genedge.serve.server import BUILDER_ARGS, BUILDER_IMPORT_PATH, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_PORT
 from genedge.serve.shares import SHARE_REALIZATIONS
 
 __all__ = ["add_parser", "run"]
@@ -23,7 +23,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "by the prompt router) picks a model with the plan's routing fractions, the model generates with "
             "its planned steps, and each model gets its planned share of its device. Routes: POST /v1/generate, "
             "POST /v1/images/generations (OpenAI-compatible), GET /v1/plan, /v1/stats, /v1/health. "
-            "Ctrl-C (or SIGTERM) stops taking requests, finishes those in flight and exits."
+            "Ctrl-C (or SIGTERM) stops taking requests, finishes those in flight and exits. Ray's own tools deploy "
+            f"the same server: 'serve run {BUILDER_IMPORT_PATH} plan=PLAN [threads=N ...]', or a Ray Serve config "
+            f"file whose import_path is {BUILDER_IMPORT_PATH} and whose args are this command's options "
+            f"({', '.join(BUILDER_ARGS)})."
         ),
     )
     parser.add_argument("plan", type=Path, help="plan JSON written by 'genedge plan' or 'genedge demo'")
