@@ -220,6 +220,29 @@ def _uses_gpus(device: str | None) -> bool:
     return bool(require("torch").cuda.is_available())
 
 
+def _check_options(realization: str, threads: int | None, queue_bound_s: float | None, drain_timeout_s: float) -> None:
+    """:func:`prepare_server`'s checks of its settings, naming the argument refused."""
+    if realization not in SHARE_REALIZATIONS:
+        raise ValueError(f"realization: expected one of {list(SHARE_REALIZATIONS)}, but got {realization!r}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads: expected a positive number of threads, but got {threads!r}")
+    for name, value in (("queue_bound_s", queue_bound_s), ("drain_timeout_s", drain_timeout_s)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name}: expected a positive finite number of seconds, but got {value!r}")
+
+
+def _pinned_cores(cpus: Cpus, threads: int | None, devices: int) -> tuple[int, ...] | None:
+    """The cores a CPU device's process is pinned to (None: not pinned)."""
+    from genedge.serve.worker import default_cpus
+
+    if cpus == "none":
+        return None
+    if cpus == "auto":  # pinning is per process: one CPU device per machine gets it by default
+        cores = default_cpus(threads) if devices == 1 else None
+        return None if cores is None else tuple(cores)
+    return tuple(cpus)
+
+
 def prepare_server(
     plan: str | Path,
     *,
@@ -266,15 +289,8 @@ def prepare_server(
     """
     from genedge.optimizer.plan_file import load_plan
     from genedge.serve.spec import read_table_file, serve_spec
-    from genedge.serve.worker import default_cpus
 
-    if realization not in SHARE_REALIZATIONS:
-        raise ValueError(f"realization: expected one of {list(SHARE_REALIZATIONS)}, but got {realization!r}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads: expected a positive number of threads, but got {threads!r}")
-    for name, value in (("queue_bound_s", queue_bound_s), ("drain_timeout_s", drain_timeout_s)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{name}: expected a positive finite number of seconds, but got {value!r}")
+    _check_options(realization, threads, queue_bound_s, drain_timeout_s)
     gpus = _uses_gpus(device)
     if realization == "mps" and not gpus:
         raise ValueError("realization mps needs NVIDIA GPUs (CUDA MPS); this machine has none: use the scheduler")
@@ -290,23 +306,16 @@ def prepare_server(
         default_dtype="float16" if gpus else "float32",
         where=str(plan_path),
     )
-    router_path = _router_path(router, spec.category_mapping)
     threads = threads if threads is not None else (None if gpus else spec.profile_threads)
-    if gpus or cpus == "none":
-        pinned = None
-    elif cpus == "auto":  # pinning is per process: one CPU device per machine gets it by default
-        pinned = default_cpus(threads) if spec.devices == 1 else None
-    else:
-        pinned = list(cpus)
     return Server(
         spec=spec,
-        router=router_path,
+        router=_router_path(router, spec.category_mapping),
         realization=realization,
         gpus=gpus,
         device=device,
         work_conserving=work_conserving,
         threads=threads,
-        cpus=None if pinned is None else tuple(pinned),
+        cpus=None if gpus else _pinned_cores(cpus, threads, spec.devices),
         drain_timeout_s=drain_timeout_s,
     )
 

@@ -12,22 +12,24 @@ from genedge.serve.shares import SHARE_REALIZATIONS
 
 __all__ = ["add_parser", "run"]
 
+_DESCRIPTION = (
+    "Start a Ray Serve application that realizes a plan: each request's category (given, or predicted "
+    "by the prompt router) picks a model with the plan's routing fractions, the model generates with "
+    "its planned steps, and each model gets its planned share of its device. Routes: POST /v1/generate, "
+    "POST /v1/images/generations (OpenAI-compatible), GET /v1/plan, /v1/stats, /v1/health. "
+    "Ctrl-C (or SIGTERM) stops taking requests, finishes those in flight and exits. Ray's own tools deploy "
+    f"the same server: 'serve run {BUILDER_IMPORT_PATH} plan=PLAN [threads=N ...]', or a Ray Serve config "
+    f"file whose import_path is {BUILDER_IMPORT_PATH} and whose args are this command's options "
+    f"({', '.join(BUILDER_ARGS)})."
+)
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``genedge serve``."""
     parser = subparsers.add_parser(
         "serve",
         help="serve a plan over HTTP on Ray Serve (genedge's route and an OpenAI-compatible one)",
-        description=(
-            "Start a Ray Serve application that realizes a plan: each request's category (given, or predicted "
-            "by the prompt router) picks a model with the plan's routing fractions, the model generates with "
-            "its planned steps, and each model gets its planned share of its device. Routes: POST /v1/generate, "
-            "POST /v1/images/generations (OpenAI-compatible), GET /v1/plan, /v1/stats, /v1/health. "
-            "Ctrl-C (or SIGTERM) stops taking requests, finishes those in flight and exits. Ray's own tools deploy "
-            f"the same server: 'serve run {BUILDER_IMPORT_PATH} plan=PLAN [threads=N ...]', or a Ray Serve config "
-            f"file whose import_path is {BUILDER_IMPORT_PATH} and whose args are this command's options "
-            f"({', '.join(BUILDER_ARGS)})."
-        ),
+        description=_DESCRIPTION,
     )
     parser.add_argument("plan", type=Path, help="plan JSON written by 'genedge plan' or 'genedge demo'")
     parser.add_argument(
