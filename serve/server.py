@@ -444,10 +444,14 @@ def serving(
 ) -> Iterator[Any]:
     """Serve on Ray Serve over HTTP while the ``with`` block runs; yields the ingress's handle.
 
-    Starts (or, with ``address``, joins) Ray, starts Serve's HTTP proxy on ``host:port``, deploys
-    ``server``'s application as :data:`~genedge.serve.app.APP_NAME` at ``/`` and waits until its
-    models are loaded and warmed up. On leaving, shuts Serve down and disconnects from Ray (stopping a
-    Ray it started); call :func:`drain` first to let requests in flight finish.
+    Starts (or, with ``address``, joins) Ray unless this process is connected already, starts Serve's
+    HTTP proxy on ``host:port``, deploys ``server``'s application as :data:`~genedge.serve.app.APP_NAME`
+    at ``/`` and waits until its models are loaded and warmed up. On leaving, it undoes what it did:
+    with a Ray it connected to, it shuts Serve down and disconnects (stopping a Ray it started); in a
+    Ray the caller had connected to, it deletes the application and leaves the rest running. Call
+    :func:`drain` first to let requests in flight finish. A local Ray it starts runs its workers at
+    niceness 0 (it sets ``RAY_worker_niceness`` in this process's environment unless set), so that a
+    served model does not yield the CPU to every other process.
 
     Args:
         server: what :func:`prepare_server` decided.
@@ -461,19 +465,25 @@ def serving(
 
     ray = require("ray", extra="serve")
     serve = require("ray.serve", extra="serve")
-    if address is None:
-        # Ray runs its workers at niceness 15 by default; a served model would then yield the CPU to any
-        # other process, and its step times would no longer be the ones the plan was calibrated with.
-        os.environ.setdefault("RAY_worker_niceness", "0")
-    ray.init(address=address, include_dashboard=False, log_to_driver=log_to_driver, logging_level=logging.WARNING)
+    connect = not ray.is_initialized()
+    if connect:
+        if address is None:
+            # Ray runs its workers at niceness 15 by default; a served model would then yield the CPU to any
+            # other process, and its step times would no longer be the ones the plan was calibrated with.
+            os.environ.setdefault("RAY_worker_niceness", "0")
+        ray.init(address=address, include_dashboard=False, log_to_driver=log_to_driver, logging_level=logging.WARNING)
     try:
         serve.start(http_options={"host": host, "port": port})
         try:
             yield serve.run(server.application(), name=APP_NAME, route_prefix="/", blocking=False)
         finally:
-            serve.shutdown()
+            if connect:
+                serve.shutdown()
+            else:
+                serve.delete(APP_NAME)
     finally:
-        ray.shutdown()
+        if connect:
+            ray.shutdown()
 
 
 def calibration_check(handle: Any) -> list[CalibrationRow]:
