@@ -409,7 +409,14 @@ def server_from_args(args: Mapping[str, Any]) -> Server:
         raise ValueError(f"args: expected a mapping of argument names to values, but got {args!r}")
     unknown = sorted(set(args) - set(BUILDER_ARGS))
     if unknown:
-        raise ValueError(f"args: unknown arguments {unknown}; genedge's application builder takes {list(BUILDER_ARGS)}")
+        where = (
+            " (where to listen is Ray Serve's: http_options in a config file, 8000 on this machine under serve run)"
+            if {"host", "port"} & set(unknown)
+            else ""
+        )
+        raise ValueError(
+            f"args: unknown arguments {unknown}; genedge's application builder takes {list(BUILDER_ARGS)}{where}"
+        )
     if "plan" not in args:
         raise ValueError("args.plan: required: the plan JSON to serve (e.g. plan=/path/plan.json)")
     return prepare_server(**{name: BUILDER_ARGS[name](name, value) for name, value in args.items()})
@@ -463,6 +470,8 @@ def serving(
     from genedge.profiler._imports import require
     from genedge.serve.app import APP_NAME
 
+    if not 0 < port < 65536:
+        raise ValueError(f"port: expected a TCP port from 1 to 65535, but got {port}")
     ray = require("ray", extra="serve")
     serve = require("ray.serve", extra="serve")
     connect = not ray.is_initialized()

@@ -33,7 +33,7 @@ STOP_TIMEOUT_S = 120
     ("args", "message"),
     [
         ({}, r"args\.plan: required"),
-        ({"plan": "p.json", "port": "8000"}, r"unknown arguments \['port'\]; genedge's application builder takes"),
+        ({"plan": "p.json", "port": "8000"}, r"unknown arguments \['port'\]; .* takes \['plan', .*http_options"),
         ({"plan": ""}, r"args\.plan: expected a non-empty string"),
         ({"plan": "p.json", "threads": "two"}, r"args\.threads: expected an integer, but got 'two'"),
         ({"plan": "p.json", "threads": 1.5}, r"args\.threads: expected an integer, but got 1\.5"),
