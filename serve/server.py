@@ -427,9 +427,12 @@ def app_builder(args: dict[str, Any]) -> Any:
 
     Ray's ``serve run`` passes the ``key=value`` words after the import path, and a Ray Serve config
     file its application's ``args`` mapping; both are read by :func:`server_from_args`. Give paths
-    absolute in config files: the builder runs in a Ray worker there. For served step times to match a
-    CPU table, start Ray with ``RAY_worker_niceness=0`` in the environment (Ray runs its workers at
-    niceness 15 by default, and a served model would yield the CPU to any other process).
+    absolute in config files: the builder runs in a Ray worker there. Ctrl-C of ``serve run`` (or
+    ``serve shutdown``) lets requests in flight finish for up to ``drain_timeout_s``, and
+    ``GET /v1/plan`` answers the start-up calibration check (``served.calibration_check``). For served
+    step times to match a CPU table, start Ray with ``RAY_worker_niceness=0`` in the environment (Ray
+    runs its workers at niceness 15 by default, and a served model would yield the CPU to any other
+    process).
 
     Returns:
         The application (a ``ray.serve.Application``).
