@@ -1,5 +1,9 @@
 """genedge.profiler: measure diffusion pipelines on a GPU into resumable Parquet records.
 
+The public surface: a run (:func:`profile`), reading what it wrote, the model and prompt registries,
+CLIPScore, and driving a pipeline's call (:mod:`genedge.profiler.pipeline`, also the server's).
+Other names stay in their modules.
+
 Importing this package loads no heavy library: torch, diffusers, open_clip, datasets and pynvml
 are imported inside the functions that need them, and the package's own names on first use (PEP 562).
 """
@@ -9,53 +13,34 @@ from genedge._lazy import lazy_exports
 __all__, __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "genedge.contract": ("ClipConvention", "read_manifest", "record_schema"),
-        ".clipscore": ("ClipScorer", "ClipWeights", "clip_score_from_features", "clip_scores", "resolve_clip_weights"),
-        ".device": ("DEVICE_SYNTAX", "check_device_string", "select_device"),
+        "genedge.contract": ("read_manifest", "record_schema"),
+        ".clipscore": ("ClipScorer", "clip_score_from_features"),
+        ".device": ("set_threads", "torch_device"),
         ".models": (
-            "ModelSpec",
             "add_replica_path",
             "clip_bpe_tokenizer",
             "get_replica_config",
             "list_replicas",
             "load_pipeline",
-            "native_resolution",
             "parse_model_spec",
-            "resolve_revision",
             "scheduler_config",
             "unet_param_count",
-            "vae_decode_dtype",
         ),
-        ".host": ("host_info",),
-        ".monitor": ("Monitor", "MonitorStatus", "WindowReading"),
-        ".nvml": ("NvmlMonitor", "NvmlPeaks", "NvmlStatus"),
-        ".prompts": (
-            "Prompt",
-            "PromptSet",
-            "add_category_mapping_path",
-            "get_category_mapping",
-            "list_category_mappings",
-            "load_prompt_set",
-        ),
-        ".records": (
-            "PERCENTILES",
-            "RunIndex",
-            "RunSummary",
-            "ShardWriter",
-            "index_run",
-            "read_records",
-            "summarize_run",
-        ),
-        ".run": (
+        ".monitor": ("Monitor",),
+        ".nvml": ("NvmlMonitor",),
+        ".pipeline": (
             "GRAD_MODE",
             "Measurement",
-            "ProfileConfig",
-            "Progress",
-            "RunResult",
+            "decode_latents",
+            "denoise",
+            "encode_prompts",
+            "grad_mode",
             "measure_call",
-            "profile",
-            "validate",
+            "seeded_generators",
         ),
-        ".timing": ("Clock", "StepTimer", "step_timer"),
+        ".prompts": ("add_category_mapping_path", "get_category_mapping", "list_category_mappings", "load_prompt_set"),
+        ".records": ("PERCENTILES", "RunSummary", "read_records", "summarize_run"),
+        ".run": ("ProfileConfig", "Progress", "RunResult", "profile", "validate"),
+        ".timing": ("Clock",),
     },
 )

@@ -15,7 +15,7 @@ from typing import Any
 
 from genedge.profiler._imports import require
 
-__all__ = ["DEVICE_SYNTAX", "check_device_string", "select_device"]
+__all__ = ["DEVICE_SYNTAX", "check_device_string", "select_device", "torch_device", "set_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,3 +93,23 @@ def select_device(requested: str | None, local_rank: int) -> Any:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
+
+
+def torch_device(requested: str | None = None) -> Any:
+    """``requested`` as a ``torch.device`` (default: cuda when available, else cpu), taken as it is.
+
+    Unlike :func:`select_device` it neither adds an index nor makes the device current: for a process
+    that owns its device, such as a server worker.
+    """
+    torch = require("torch")
+    return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def set_threads(threads: int | None) -> None:
+    """Let torch use ``threads`` CPU threads in the calling thread (``None``: keep torch's default).
+
+    torch's CPU thread count is OpenMP's, which each thread keeps for itself: a thread started later
+    runs with the default (every core) unless it sets the count again.
+    """
+    if threads is not None:
+        require("torch").set_num_threads(threads)

@@ -534,7 +534,7 @@ def load_pipeline(spec: ModelSpec | str, *, device: Any, dtype: Any, scheduler: 
     Args:
         spec: Model spec.
         device: ``torch.device`` to run on.
-        dtype: ``torch.dtype`` of the weights.
+        dtype: ``torch.dtype`` of the weights, or its name (``"float16"``).
         scheduler: Name of a diffusers scheduler class to use instead of the model's own, built
             from the model's scheduler config.
 
@@ -547,6 +547,7 @@ def load_pipeline(spec: ModelSpec | str, *, device: Any, dtype: Any, scheduler: 
     """
     spec = _as_spec(spec)
     diffusers = require("diffusers")
+    dtype = getattr(require("torch"), dtype) if isinstance(dtype, str) else dtype
     if spec.is_replica:
         pipe = _build_replica(spec.identifier, device, dtype)
     else:

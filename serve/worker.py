@@ -24,7 +24,17 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from genedge.profiler._imports import require
+from genedge.profiler import (
+    Clock,
+    decode_latents,
+    denoise,
+    encode_prompts,
+    grad_mode,
+    load_pipeline,
+    seeded_generators,
+    set_threads,
+    torch_device,
+)
 from genedge.serve.protocol import Overloaded
 from genedge.serve.shares import ShareScheduler
 from genedge.serve.spec import ServedModel
@@ -110,17 +120,13 @@ class DeviceWorker:
         cpus: Sequence[int] | None = None,
         warmup: bool = True,
     ) -> None:
-        from genedge.profiler.models import load_pipeline
-
         if len({m.device for m in models}) != 1:
             raise ValueError(f"Expected the models of one device, but got devices {sorted({m.device for m in models})}")
-        torch = require("torch")
         if cpus is not None:
             os.sched_setaffinity(0, set(cpus))
         self._threads = threads
-        self._set_threads()
-        self._torch = torch
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        set_threads(threads)
+        self.device = torch_device(device)
         self.scheduler = ShareScheduler({m.name: m.share for m in models}, work_conserving=work_conserving)
         self._lanes: dict[str, _Lane] = {}
         self._condition = threading.Condition()
@@ -128,9 +134,7 @@ class DeviceWorker:
         self._closed = False
         self._counter = 0
         for model in models:
-            pipe = load_pipeline(
-                model.spec, device=self.device, dtype=getattr(torch, model.dtype), scheduler=model.scheduler
-            )
+            pipe = load_pipeline(model.spec, device=self.device, dtype=model.dtype, scheduler=model.scheduler)
             self._lanes[model.name] = _Lane(model, pipe)
         #: model → device seconds of one image on the whole device, timed on a second warm-up call.
         self.warmup_s: dict[str, float] = {}
@@ -190,14 +194,8 @@ class DeviceWorker:
     def _backlog_s(self) -> float:
         return max((lane.held * lane.model.service_s for lane in self._lanes.values()), default=0.0)
 
-    def _set_threads(self) -> None:
-        # torch's CPU thread count is OpenMP's, which each thread keeps for itself: a thread started
-        # later runs with the default (every core) unless it sets the count again.
-        if self._threads is not None:
-            require("torch").set_num_threads(self._threads)
-
     def _serve(self, lane: _Lane) -> None:
-        self._set_threads()
+        set_threads(self._threads)  # each thread keeps its own count
         name = lane.model.name
         while True:
             with self._condition:
@@ -248,21 +246,14 @@ class DeviceWorker:
 
     def _generate(self, lane: _Lane, prompts: list[str], seeds: list[int], scheduler: ShareScheduler) -> list[Any]:
         """One call, each piece of device work a slice of ``scheduler``."""
-        from genedge.profiler.run import decode_latents, encode_prompts
-
-        torch, device, model, pipe = self._torch, self.device, lane.model, lane.pipe
-        name = model.name
-        cuda = device.type == "cuda"
-
-        def settle() -> None:
-            if cuda:  # a slice ends when its kernels have, not when they were queued
-                torch.cuda.synchronize(device)
-
-        generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
+        model, pipe, name = lane.model, lane.pipe, lane.model.name
+        # A slice ends when its kernels have, not when they were queued.
+        settle = Clock(self.device).synchronize
+        generators = seeded_generators(self.device, seeds)
         scheduler.backlogged(name)
-        with torch.inference_mode():
+        with grad_mode():
             with scheduler.slice(name):
-                embeddings = encode_prompts(pipe, prompts, device, model.guidance_scale)
+                embeddings = encode_prompts(pipe, prompts, self.device, model.guidance_scale)
                 settle()
             grant = {"started": scheduler.acquire(name)}
 
@@ -273,17 +264,15 @@ class DeviceWorker:
                 return {}
 
             try:
-                latents = pipe(
-                    **embeddings,
-                    num_inference_steps=model.steps,
+                latents = denoise(
+                    pipe,
+                    embeddings,
+                    steps=model.steps,
                     guidance_scale=model.guidance_scale,
-                    height=model.resolution,
-                    width=model.resolution,
-                    generator=generators,
-                    output_type="latent",
-                    callback_on_step_end=next_step,
-                    callback_on_step_end_tensor_inputs=[],
-                ).images
+                    resolution=model.resolution,
+                    generators=generators,
+                    on_step_end=next_step,
+                )
                 images = decode_latents(pipe, latents)
                 settle()
             finally:
