@@ -142,6 +142,34 @@ def _cached_tag_file(open_clip: Any, cfg: dict[str, Any]) -> str | None:
     return None
 
 
+def _check_weights_file(backbone: str, pretrained: str, tags: list[str]) -> None:
+    # ``pretrained`` is no tag of the backbone, so it must be a local weights file.
+    if os.path.isfile(pretrained):
+        return
+    if os.sep in pretrained or "/" in pretrained or pretrained.endswith(_WEIGHT_SUFFIXES):
+        raise ValueError(f"--clip-pretrained: {pretrained!r} is not a file; pass the path of a local weights file")
+    if not tags:
+        raise ValueError(
+            f"--clip-pretrained: the replica backbone {backbone!r} takes no pretrained tag, "
+            f"but got {pretrained!r}; pass --clip-pretrained none or a local weights file"
+        )
+    raise ValueError(
+        f"--clip-pretrained: {pretrained!r} is not a pretrained tag of {backbone} nor a file; "
+        f"pass one of {', '.join(tags)}, or a local weights file"
+    )
+
+
+def _download_tag(open_clip: Any, cfg: dict[str, Any], what: str) -> None:
+    # A tag's weights missing from the cache: download them now, or say why not and what to pass.
+    if _hub_offline():
+        raise ValueError(f"{what} are not in the local cache and the hub is offline: {_OFFLINE_ALTERNATIVES}")
+    try:
+        open_clip.download_pretrained(cfg)
+    except Exception as err:  # any download failure gets the same advice
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{what} could not be downloaded ({reason}): {_OFFLINE_ALTERNATIVES}") from err
+
+
 def resolve_clip_weights(backbone: str, pretrained: str | None) -> ClipWeights:
     """Check that a CLIP backbone's weights are reachable, before anything loads.
 
@@ -180,28 +208,10 @@ def resolve_clip_weights(backbone: str, pretrained: str | None) -> ClipWeights:
     # open_clip tries `pretrained` as a tag of the model first, then as a file path; so does this.
     cfg = open_clip.get_pretrained_cfg(architecture, pretrained) if tags else {}
     if not cfg:
-        if os.path.isfile(pretrained):
-            return ClipWeights(architecture, overrides, pretrained, _file_label(pretrained))
-        if os.sep in pretrained or "/" in pretrained or pretrained.endswith(_WEIGHT_SUFFIXES):
-            raise ValueError(f"--clip-pretrained: {pretrained!r} is not a file; pass the path of a local weights file")
-        if not tags:
-            raise ValueError(
-                f"--clip-pretrained: the replica backbone {backbone!r} takes no pretrained tag, "
-                f"but got {pretrained!r}; pass --clip-pretrained none or a local weights file"
-            )
-        raise ValueError(
-            f"--clip-pretrained: {pretrained!r} is not a pretrained tag of {backbone} nor a file; "
-            f"pass one of {', '.join(tags)}, or a local weights file"
-        )
+        _check_weights_file(backbone, pretrained, tags)
+        return ClipWeights(architecture, overrides, pretrained, _file_label(pretrained))
     if _cached_tag_file(open_clip, cfg) is None:
-        what = f"CLIP weights for {backbone}/{pretrained}"
-        if _hub_offline():
-            raise ValueError(f"{what} are not in the local cache and the hub is offline: {_OFFLINE_ALTERNATIVES}")
-        try:
-            open_clip.download_pretrained(cfg)
-        except Exception as err:  # any download failure gets the same advice
-            reason = (str(err).splitlines() or [type(err).__name__])[0]
-            raise ValueError(f"{what} could not be downloaded ({reason}): {_OFFLINE_ALTERNATIVES}") from err
+        _download_tag(open_clip, cfg, f"CLIP weights for {backbone}/{pretrained}")
     return ClipWeights(architecture, overrides, pretrained, pretrained)
 
 
