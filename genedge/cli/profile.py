@@ -34,6 +34,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "`genedge profile show RUN` summarizes a run and its problems."
         ),
     )
+    _add_measurement_options(parser)
+    _add_run_options(parser)
+    parser.set_defaults(func=run)
+    actions = parser.add_subparsers(dest="profile_action", metavar="ACTION")
+    show_parser = actions.add_parser("show", help="summarize what a profile run holds")
+    show_parser.add_argument("run_dir", metavar="RUN", help="profile run directory")
+    show_parser.set_defaults(func=show)
+
+
+def _add_measurement_options(parser: argparse.ArgumentParser) -> None:
+    # What a run measures: models, steps, prompts, seeds, device and generation settings.
     parser.add_argument(
         "--model",
         action="append",
@@ -74,6 +85,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default: 7.5; ≤1 disables)"
     )
     parser.add_argument("--scheduler", help="diffusers scheduler class replacing each model's own, e.g. DDIMScheduler")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    # How a run goes: batching, warm-up, threads, scoring, resuming and its output.
     parser.add_argument("--batch-size", type=int, default=1, help="prompts per pipeline call (default: 1)")
     parser.add_argument(
         "--warmup",
@@ -121,11 +136,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="no progress bar; print one line per written shard instead (counts and ETA), for logs",
     )
-    parser.set_defaults(func=run)
-    actions = parser.add_subparsers(dest="profile_action", metavar="ACTION")
-    show_parser = actions.add_parser("show", help="summarize what a profile run holds")
-    show_parser.add_argument("run_dir", metavar="RUN", help="profile run directory")
-    show_parser.set_defaults(func=show)
 
 
 def _config(args: argparse.Namespace) -> Any:
