@@ -1,4 +1,4 @@
-"""genedge.calibrate: calibration tables (schema, validation, I/O) and the fits that produce them.
+"""genedge.calibrate: calibration tables (types and maths; validation and I/O) and the fits that produce them.
 
 Names are imported on first use (PEP 562): reading a table needs numpy only, while fitting needs
 pandas, pyarrow and scipy.stats, and figures need matplotlib.
@@ -30,7 +30,6 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "MAX_MEMORY_BYTES",
             "MAX_SECONDS",
             "MAX_WATTS",
-            "SCHEMA_VERSION",
             "CalibrationTable",
             "EnergyModel",
             "Exclusion",
@@ -41,12 +40,8 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "QualityCurve",
             "Source",
             "StageBreakdown",
-            "TableError",
-            "load_table",
-            "save_table",
             "saturating_mean",
-            "table_from_dict",
-            "table_to_dict",
         ),
+        ".table_file": ("SCHEMA_VERSION", "TableError", "load_table", "save_table", "table_from_dict", "table_to_dict"),
     },
 )

@@ -1,4 +1,4 @@
-"""The calibration table: schema, validation, loading and atomic saving.
+"""The calibration table's types and model maths: what the planner knows about each model on a device.
 
 A calibration table is one JSON document per device (DESIGN §2.3). Per model it
 holds the CLIPScore distribution of each prompt category at each profiled step
@@ -8,27 +8,23 @@ batch size), peak memory and, where it was measured, an energy model. Every numb
 ``measured`` (by genedge on this device), ``published`` (measured by others, with
 a citation) or ``derived`` (by a rule written in the table's ``sources``).
 
-Reading a table validates it completely; a problem is reported as a
-:class:`TableError` naming the file and the field, never as a stack trace from
-deep inside the planner.
+Reading, validating and writing a table live in :mod:`genedge.calibrate.table_file`; its names
+(``load_table``, ``save_table``, ``table_from_dict``, ``table_to_dict``, ``TableError``,
+``SCHEMA_VERSION``) are also reachable here, imported on first use.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
 
-from genedge.contract.clip import CLIPSCORE_RANGE, ClipConvention
-from genedge.contract.files import ArtifactError, read_json, write_text_atomic
-from genedge.contract.mappings import check_category_mapping
-from genedge.contract.runs import HOST_MEMORY_COLUMNS, MEMORY_RUNGS
+from genedge.contract.bounds import MAX_JOULES, MAX_MEMORY_BYTES, MAX_SECONDS, MAX_WATTS
+from genedge.contract.clip import ClipConvention
+from genedge.contract.runs import HOST_MEMORY_COLUMNS
 
 __all__ = [
     "HOST_MEMORY_FIELDS",
@@ -36,9 +32,7 @@ __all__ = [
     "MAX_MEMORY_BYTES",
     "MAX_SECONDS",
     "MAX_WATTS",
-    "SCHEMA_VERSION",
     "Source",
-    "TableError",
     "QualityCell",
     "QualityCurve",
     "StageBreakdown",
@@ -48,38 +42,19 @@ __all__ = [
     "Exclusion",
     "ModelCalibration",
     "CalibrationTable",
-    "load_table",
-    "save_table",
-    "table_from_dict",
-    "table_to_dict",
     "saturating_mean",
     "cell_error_problem",
     "cell_standard_errors",
     "SE_RTOL",
 ]
 
-SCHEMA_VERSION = 1
-#: Plausibility bounds a table's numbers must respect; no text-to-image pipeline on any device
-#: spends an hour on one step or its overhead, or needs more than 16 TiB.
-MAX_SECONDS = 3600.0
-MAX_MEMORY_BYTES = 2**44
-#: No single device draws 10 kW, so no image costs more than that for :data:`MAX_SECONDS`.
-MAX_WATTS = 10_000.0
-MAX_JOULES = MAX_WATTS * MAX_SECONDS
 #: The host memory peaks of a model (:class:`MemoryPeak` fields), one per host memory record column.
 HOST_MEMORY_FIELDS: tuple[str, ...] = tuple(column.removeprefix("peak_") for column in HOST_MEMORY_COLUMNS)
-_KIND = "genedge.calibration_table"
+#: The names :mod:`genedge.calibrate.table_file` defines, reachable from here too (imported on first use).
+_FILE_NAMES = ("SCHEMA_VERSION", "TableError", "load_table", "save_table", "table_from_dict", "table_to_dict")
 
 Source = Literal["measured", "published", "derived"]
 CurveForm = Literal["saturating_exp", "linear_interpolation"]
-
-
-class TableError(ArtifactError):
-    """A calibration table (or an input to one) is malformed.
-
-    The message names the file, the field (as a dotted path) and what was
-    expected.
-    """
 
 
 #: Relative tolerance within which a cell's stated standard errors must equal those its n implies.
@@ -478,577 +453,10 @@ class CalibrationTable:
         return counts
 
 
-# --------------------------------------------------------------------------- validation
+def __getattr__(name: str) -> Any:
+    # Reading and writing live in table_file, which imports this module: a lazy lookup avoids the cycle.
+    if name in _FILE_NAMES:
+        from genedge.calibrate import table_file
 
-
-class _Reader:
-    """Typed field access on a JSON document that reports the file and field path."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-
-    def fail(self, path: str, message: str) -> TableError:
-        return TableError(self.where, path, message)
-
-    def get(self, obj: Mapping[str, Any], key: str, path: str, kind: type | tuple[type, ...]) -> Any:
-        if not isinstance(obj, Mapping):
-            raise self.fail(path, f"expected an object, but got {type(obj).__name__}")
-        full = f"{path}.{key}" if path else key
-        if key not in obj:
-            raise self.fail(full, "missing field")
-        return self.check(obj[key], full, kind)
-
-    def opt(self, obj: Mapping[str, Any], key: str, path: str, kind: type | tuple[type, ...]) -> Any:
-        value = obj.get(key)
-        return None if value is None else self.check(value, f"{path}.{key}", kind)
-
-    def check(self, value: Any, path: str, kind: type | tuple[type, ...]) -> Any:
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        # bool is an int in Python; a JSON true is never a valid number here.
-        if isinstance(value, bool) and bool not in kinds:
-            raise self.fail(path, f"expected {_kind_name(kinds)}, but got a boolean")
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kinds):
-            raise self.fail(path, f"expected {_kind_name(kinds)}, but got {type(value).__name__}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise self.fail(path, f"expected a finite number, but got {value}")
-        return value
-
-    def number(
-        self,
-        obj: Mapping[str, Any],
-        key: str,
-        path: str,
-        *,
-        minimum: float | None = None,
-        strict: bool = False,
-        maximum: float | None = None,
-    ) -> float:
-        value = self.get(obj, key, path, float)
-        if minimum is not None and (value < minimum or (strict and value == minimum)):
-            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-            raise self.fail(f"{path}.{key}", f"expected a number {bound}, but got {value}")
-        if maximum is not None and value > maximum:
-            raise self.fail(f"{path}.{key}", f"expected a number <= {maximum:g}, but got {value}")
-        return value
-
-    def source(self, obj: Mapping[str, Any], path: str, sources: Mapping[str, Any]) -> tuple[Source, str]:
-        source = self.get(obj, "source", path, str)
-        allowed = get_args(Source)
-        if source not in allowed:
-            raise self.fail(f"{path}.source", f"expected one of {list(allowed)}, but got {source!r}")
-        ref = self.get(obj, "ref", path, str)
-        if ref not in sources:
-            raise self.fail(f"{path}.ref", f"{ref!r} is not a key of 'sources' (have {sorted(sources)})")
-        return source, ref
-
-
-def _kind_name(kinds: tuple[type, ...]) -> str:
-    names = {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "an object",
-        Mapping: "an object",
-    }
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def _read_steps(r: _Reader, raw: list[Any], path: str) -> tuple[int, ...]:
-    if not raw:
-        raise r.fail(path, "expected a non-empty list of step counts, but got []")
-    steps = tuple(r.check(s, f"{path}[{i}]", int) for i, s in enumerate(raw))
-    for i, s in enumerate(steps):
-        if s <= 0:
-            raise r.fail(f"{path}[{i}]", f"expected a step count > 0, but got {s}")
-    if len(set(steps)) != len(steps):
-        dup = sorted({s for s in steps if steps.count(s) > 1})
-        raise r.fail(path, f"expected unique step counts, but got duplicates {dup}")
-    if list(steps) != sorted(steps):
-        raise r.fail(path, f"expected step counts in increasing order, but got {list(steps)}")
-    return steps
-
-
-def _read_cell(r: _Reader, raw: Mapping[str, Any], path: str, sources: Mapping[str, Any]) -> QualityCell:
-    mean = r.number(raw, "mean", path, minimum=CLIPSCORE_RANGE[0], maximum=CLIPSCORE_RANGE[1])
-    std = r.number(raw, "std", path, minimum=0.0, strict=True, maximum=CLIPSCORE_RANGE[1])
-    n = r.get(raw, "n", path, int)
-    if n < 0:
-        raise r.fail(f"{path}.n", f"expected a count >= 0, but got {n}")
-    gof = r.opt(raw, "gof", path, float)
-    if gof is not None and not 0.0 <= gof <= 1.0:
-        raise r.fail(f"{path}.gof", f"expected a p-value in [0, 1], but got {gof}")
-    source, ref = r.source(raw, path, sources)
-    flags = tuple(r.check(f, f"{path}.flags[{i}]", str) for i, f in enumerate(r.opt(raw, "flags", path, list) or []))
-    errors = {name: r.opt(raw, name, path, float) for name in ("mean_se", "std_se")}
-    problem = cell_error_problem(std, n, **errors)
-    if problem is not None:
-        raise r.fail(f"{path}.{problem[0]}", problem[1])
-    return QualityCell(mean=mean, std=std, n=n, gof=gof, source=source, ref=ref, flags=flags, **errors)
-
-
-def _read_curve(
-    r: _Reader, raw: Mapping[str, Any], path: str, sources: Mapping[str, Any], cells: Mapping[int, QualityCell]
-) -> QualityCurve:
-    form = r.get(raw, "form", path, str)
-    if form not in get_args(CurveForm):
-        raise r.fail(f"{path}.form", f"expected one of {list(get_args(CurveForm))}, but got {form!r}")
-    bounds = r.get(raw, "valid_steps", path, list)
-    if len(bounds) != 2:
-        raise r.fail(f"{path}.valid_steps", f"expected [lo, hi], but got {bounds}")
-    lo, hi = (r.check(v, f"{path}.valid_steps[{i}]", int) for i, v in enumerate(bounds))
-    if not 0 < lo <= hi:
-        raise r.fail(f"{path}.valid_steps", f"expected 0 < lo <= hi, but got [{lo}, {hi}]")
-    source, ref = r.source(raw, path, sources)
-    if form == "linear_interpolation":
-        if lo < min(cells) or hi > max(cells):
-            raise r.fail(
-                f"{path}.valid_steps",
-                f"interpolation cannot leave the profiled range [{min(cells)}, {max(cells)}], but got [{lo}, {hi}]",
-            )
-        return QualityCurve(form=form, valid_steps=(lo, hi), source=source, ref=ref)
-    a = r.number(raw, "a", path)
-    b = r.number(raw, "b", path)
-    kappa = r.number(raw, "kappa", path, minimum=0.0, strict=True)
-    std = r.number(raw, "std", path, minimum=0.0, strict=True, maximum=CLIPSCORE_RANGE[1])
-    b_se = r.opt(raw, "b_se", path, float)
-    if b_se is not None and b_se < 0:
-        raise r.fail(f"{path}.b_se", f"expected a standard error >= 0, but got {b_se}")
-    for steps in (lo, hi):  # the curve is monotone in steps, so its ends bound it
-        mean = float(saturating_mean(steps, a, b, kappa))
-        if not CLIPSCORE_RANGE[0] <= mean <= CLIPSCORE_RANGE[1]:
-            raise r.fail(
-                f"{path}.a",
-                f"expected means within {list(CLIPSCORE_RANGE)} on [{lo}, {hi}], but {steps} steps give {mean:g}",
-            )
-    return QualityCurve(
-        form=form, valid_steps=(lo, hi), source=source, ref=ref, a=a, b=b, kappa=kappa, std=std, b_se=b_se
-    )
-
-
-def _read_model(
-    r: _Reader,
-    key: str,
-    raw: Mapping[str, Any],
-    categories: tuple[str, ...],
-    sources: Mapping[str, Any],
-    convention: ClipConvention,
-    device_memory: int | None,
-) -> ModelCalibration:
-    path = f"models.{key}"
-    name = r.get(raw, "name", path, str)
-    resolution = r.get(raw, "resolution", path, int)
-    steps = _read_steps(r, r.get(raw, "steps", path, list), f"{path}.steps")
-    default_steps = r.get(raw, "default_steps", path, int)
-    if default_steps not in steps:
-        raise r.fail(f"{path}.default_steps", f"expected one of the step grid {list(steps)}, but got {default_steps}")
-    if "clip_convention" in raw:
-        own = _read_convention(r, r.get(raw, "clip_convention", path, dict), f"{path}.clip_convention")
-        if own != convention:
-            raise r.fail(
-                f"{path}.clip_convention",
-                f"mixed CLIPScore conventions: the table uses {convention.backbone}/{convention.pretrained} "
-                f"({convention.formula}), this model {own.backbone}/{own.pretrained} ({own.formula})",
-            )
-
-    raw_quality = r.get(raw, "quality", path, dict)
-    quality: dict[str, dict[int, QualityCell]] = {}
-    for category in categories:
-        per_steps = r.get(raw_quality, category, f"{path}.quality", dict)
-        cells: dict[int, QualityCell] = {}
-        for s_text, cell in per_steps.items():
-            cpath = f"{path}.quality.{category}.{s_text}"
-            if not s_text.isdigit() or int(s_text) <= 0:
-                raise r.fail(cpath, f"expected a positive integer step count as key, but got {s_text!r}")
-            cells[int(s_text)] = _read_cell(r, r.check(cell, cpath, dict), cpath, sources)
-        if not cells:
-            raise r.fail(f"{path}.quality.{category}", "expected at least one step count, but got none")
-        quality[category] = dict(sorted(cells.items()))
-    extra = sorted(set(raw_quality) - set(categories))
-    if extra:
-        raise r.fail(f"{path}.quality", f"categories {extra} are not in the table's categories {list(categories)}")
-
-    raw_curves = r.opt(raw, "curves", path, dict) or {}
-    curves = {}
-    for category, raw_curve in raw_curves.items():
-        if category not in categories:
-            raise r.fail(f"{path}.curves.{category}", f"unknown category; expected one of {list(categories)}")
-        curves[category] = _read_curve(
-            r,
-            r.check(raw_curve, f"{path}.curves.{category}", dict),
-            f"{path}.curves.{category}",
-            sources,
-            quality[category],
-        )
-
-    latency = _read_latency(r, r.get(raw, "latency", path, dict), f"{path}.latency", sources)
-    memory_raw = r.get(raw, "memory", path, dict)
-    mpath = f"{path}.memory"
-    peak = r.get(memory_raw, "peak_bytes", mpath, int)
-    if not 0 < peak <= MAX_MEMORY_BYTES:
-        raise r.fail(f"{mpath}.peak_bytes", f"expected bytes in (0, {MAX_MEMORY_BYTES}], but got {peak}")
-    if device_memory is not None and peak > device_memory:
-        raise r.fail(
-            f"{mpath}.peak_bytes",
-            f"model needs {peak / 2**30:.2f} GiB but the device has {device_memory / 2**30:.2f} GiB",
-        )
-    rungs = {}
-    for rung in (*MEMORY_RUNGS, *HOST_MEMORY_FIELDS):
-        value = r.opt(memory_raw, rung, mpath, int)
-        if value is not None and not 0 <= value <= MAX_MEMORY_BYTES:
-            raise r.fail(f"{mpath}.{rung}", f"expected bytes in [0, {MAX_MEMORY_BYTES}], but got {value}")
-        rungs[rung] = value
-    memory = MemoryPeak(
-        peak_bytes=peak,
-        kind=r.get(memory_raw, "kind", mpath, str),
-        **dict(zip(("source", "ref"), r.source(memory_raw, mpath, sources))),
-        **rungs,
-    )
-    is_replica = r.opt(raw, "is_replica", path, bool) or False
-    energy_raw = r.opt(raw, "energy", path, dict)
-    energy = None if energy_raw is None else _read_energy(r, energy_raw, f"{path}.energy", sources)
-    batch_raw = r.opt(raw, "batch_latency", path, dict) or {}
-    batch_latency = _read_batch_latency(r, batch_raw, f"{path}.batch_latency", sources, latency)
-
-    model = ModelCalibration(
-        key=key,
-        name=name,
-        resolution=resolution,
-        steps=steps,
-        default_steps=default_steps,
-        quality=quality,
-        curves=curves,
-        latency=latency,
-        memory=memory,
-        is_replica=is_replica,
-        energy=energy,
-        batch_latency=batch_latency,
-    )
-    for category in categories:
-        for s in steps:
-            try:
-                model.quality_at(category, s)
-            except KeyError as err:
-                raise r.fail(
-                    f"{path}.quality.{category}", f"step {s} of the grid has no cell and no curve covering it"
-                ) from err
-    return model
-
-
-def _read_latency(r: _Reader, raw: Mapping[str, Any], path: str, sources: Mapping[str, Any]) -> LatencyModel:
-    optional = {
-        name: r.opt(raw, name, path, float)
-        for name in ("overhead_se_s", "per_step_se_s", "residual_std_s", "step_p50_s", "step_p95_s")
-    }
-    for name, value in optional.items():
-        if value is not None and value < 0:
-            raise r.fail(f"{path}.{name}", f"expected seconds >= 0, but got {value}")
-    batch_size = r.opt(raw, "batch_size", path, int)
-    if batch_size is not None and batch_size <= 0:
-        raise r.fail(f"{path}.batch_size", f"expected a batch size > 0, but got {batch_size}")
-    stages = {}
-    for s_text, stage in (r.opt(raw, "stages", path, dict) or {}).items():
-        spath = f"{path}.stages.{s_text}"
-        if not s_text.isdigit() or int(s_text) <= 0:
-            raise r.fail(spath, f"expected a positive integer step count as key, but got {s_text!r}")
-        r.check(stage, spath, dict)
-        stages[int(s_text)] = StageBreakdown(
-            **{
-                name: r.number(stage, name, spath, minimum=0.0, maximum=MAX_SECONDS)
-                for name in ("text_encode_s", "denoise_s", "decode_s")
-            }
-        )
-    return LatencyModel(
-        overhead_s=r.number(raw, "overhead_s", path, minimum=0.0, maximum=MAX_SECONDS),
-        per_step_s=r.number(raw, "per_step_s", path, minimum=0.0, strict=True, maximum=MAX_SECONDS),
-        n=r.get(raw, "n", path, int),
-        r2=r.opt(raw, "r2", path, float),
-        **dict(zip(("source", "ref"), r.source(raw, path, sources))),
-        **optional,
-        batch_size=batch_size,
-        stages=dict(sorted(stages.items())),
-    )
-
-
-def _read_batch_latency(
-    r: _Reader, raw: Mapping[str, Any], path: str, sources: Mapping[str, Any], base: LatencyModel
-) -> dict[int, LatencyModel]:
-    """Read ``batch_latency``: batch size → line of one call of that many images."""
-    base_batch = base.batch_size or 1
-    lines: dict[int, LatencyModel] = {}
-    for b_text, raw_line in raw.items():
-        bpath = f"{path}.{b_text}"
-        if not (b_text.isascii() and b_text.isdigit()) or int(b_text) < 1 or str(int(b_text)) != b_text:
-            raise r.fail(bpath, f"expected a batch size (an integer >= 1) as key, but got {b_text!r}")
-        b = int(b_text)
-        if b < base_batch:
-            raise r.fail(
-                bpath,
-                f"expected batch sizes >= {base_batch}, the batch size of the model's latency line (the "
-                f"smallest measured), but got {b}",
-            )
-        line = _read_latency(r, r.check(raw_line, bpath, dict), bpath, sources)
-        if line.batch_size is not None and line.batch_size != b:
-            raise r.fail(f"{bpath}.batch_size", f"expected {b}, the line's key, but got {line.batch_size}")
-        if b == base_batch:
-            for name in ("overhead_s", "per_step_s"):
-                own, expected = getattr(line, name), getattr(base, name)
-                if not math.isclose(own, expected, rel_tol=1e-9, abs_tol=1e-12):
-                    raise r.fail(
-                        f"{bpath}.{name}",
-                        f"expected {expected!r} as in the model's latency line (batch size {base_batch}), "
-                        f"but got {own!r}",
-                    )
-        lines[b] = line
-    return dict(sorted(lines.items()))
-
-
-def _read_energy(r: _Reader, raw: Mapping[str, Any], path: str, sources: Mapping[str, Any]) -> EnergyModel:
-    optional = {name: r.opt(raw, name, path, float) for name in ("overhead_se_j", "per_step_se_j", "residual_std_j")}
-    for name, value in optional.items():
-        if value is not None and not 0 <= value <= MAX_JOULES:
-            raise r.fail(f"{path}.{name}", f"expected joules in [0, {MAX_JOULES:g}], but got {value}")
-    power = r.opt(raw, "average_power_w", path, float)
-    if power is not None and not 0 <= power <= MAX_WATTS:
-        raise r.fail(f"{path}.average_power_w", f"expected watts in [0, {MAX_WATTS:g}], but got {power}")
-    n = r.get(raw, "n", path, int)
-    if n < 0:
-        raise r.fail(f"{path}.n", f"expected a count >= 0, but got {n}")
-    return EnergyModel(
-        overhead_j=r.number(raw, "overhead_j", path, minimum=0.0, maximum=MAX_JOULES),
-        per_step_j=r.number(raw, "per_step_j", path, minimum=0.0, maximum=MAX_JOULES),
-        n=n,
-        r2=r.opt(raw, "r2", path, float),
-        **dict(zip(("source", "ref"), r.source(raw, path, sources))),
-        **optional,
-        average_power_w=power,
-    )
-
-
-def _read_exclusions(r: _Reader, raw: list[Any], models: Mapping[str, Any]) -> tuple[Exclusion, ...]:
-    exclusions = []
-    for i, entry in enumerate(raw):
-        path = f"exclusions[{i}]"
-        r.check(entry, path, dict)
-        model_key = r.get(entry, "model_key", path, str)
-        if model_key not in models:
-            raise r.fail(
-                f"{path}.model_key", f"expected one of the table's models {sorted(models)}, but got {model_key!r}"
-            )
-        rows = r.get(entry, "rows", path, int)
-        if rows <= 0:
-            raise r.fail(f"{path}.rows", f"expected a count > 0, but got {rows}")
-        exclusions.append(
-            Exclusion(
-                model_key=model_key,
-                steps=r.get(entry, "steps", path, int),
-                reason=r.get(entry, "reason", path, str),
-                rows=rows,
-            )
-        )
-    return tuple(exclusions)
-
-
-def _read_convention(r: _Reader, raw: Mapping[str, Any], path: str) -> ClipConvention:
-    return ClipConvention(
-        **{
-            name: r.get(raw, name, path, str)
-            for name in ("backbone", "pretrained", "formula", "truncation", "preprocess")
-        }
-    )
-
-
-def table_from_dict(doc: Mapping[str, Any], where: str = "<table>") -> CalibrationTable:
-    """Validate a parsed table document and build a :class:`CalibrationTable`.
-
-    Args:
-        doc: the parsed JSON document.
-        where: what to call the document in errors (usually its path).
-
-    Raises:
-        TableError: naming ``where`` and the offending field.
-    """
-    r = _Reader(where)
-    version = r.get(doc, "schema_version", "", int)
-    if version != SCHEMA_VERSION:
-        raise r.fail("schema_version", f"expected {SCHEMA_VERSION}, but got {version}")
-    kind = r.get(doc, "kind", "", str)
-    if kind != _KIND:
-        raise r.fail("kind", f"expected {_KIND!r}, but got {kind!r}")
-    device = r.get(doc, "device", "", dict)
-    r.get(device, "name", "device", str)
-    device_memory = r.opt(device, "memory_bytes", "device", int)
-    convention = _read_convention(r, r.get(doc, "clip_convention", "", dict), "clip_convention")
-    raw_categories = r.get(doc, "categories", "", list)
-    if not raw_categories:
-        raise r.fail("categories", "expected a non-empty list of category names, but got []")
-    categories = tuple(r.check(c, f"categories[{i}]", str) for i, c in enumerate(raw_categories))
-    if len(set(categories)) != len(categories):
-        raise r.fail("categories", f"expected unique names, but got {list(categories)}")
-    sources = r.get(doc, "sources", "", dict)
-    for ref, entry in sources.items():
-        r.get(r.check(entry, f"sources.{ref}", dict), "kind", f"sources.{ref}", str)
-    raw_models = r.get(doc, "models", "", dict)
-    if not raw_models:
-        raise r.fail("models", "expected at least one model, but got none")
-    models = {
-        key: _read_model(r, key, r.check(raw, f"models.{key}", dict), categories, sources, convention, device_memory)
-        for key, raw in raw_models.items()
-    }
-    return CalibrationTable(
-        device=dict(device),
-        clip_convention=convention,
-        categories=categories,
-        category_mapping=check_category_mapping(r.get(doc, "category_mapping", "", dict), where, TableError),
-        models=models,
-        sources={k: dict(v) for k, v in sources.items()},
-        manifest=dict(r.opt(doc, "manifest", "", dict) or {}),
-        exclusions=_read_exclusions(r, r.opt(doc, "exclusions", "", list) or [], models),
-    )
-
-
-def _sourced(obj: Any, **fields: Any) -> dict[str, Any]:
-    return {**fields, "source": obj.source, "ref": obj.ref}
-
-
-def _present(**fields: Any) -> dict[str, Any]:
-    """The optional fields that carry a value; absent ones are not written, so older tables keep their bytes."""
-    return {k: v for k, v in fields.items() if v is not None and v != {} and v != [] and v is not False}
-
-
-def _latency_to_dict(lat: LatencyModel) -> dict[str, Any]:
-    stages = {
-        str(s): {"text_encode_s": b.text_encode_s, "denoise_s": b.denoise_s, "decode_s": b.decode_s}
-        for s, b in lat.stages.items()
-    }
-    return _sourced(
-        lat,
-        overhead_s=lat.overhead_s,
-        per_step_s=lat.per_step_s,
-        n=lat.n,
-        r2=lat.r2,
-        **_present(
-            overhead_se_s=lat.overhead_se_s,
-            per_step_se_s=lat.per_step_se_s,
-            residual_std_s=lat.residual_std_s,
-            step_p50_s=lat.step_p50_s,
-            step_p95_s=lat.step_p95_s,
-            batch_size=lat.batch_size,
-            stages=stages,
-        ),
-    )
-
-
-def _energy_to_dict(energy: EnergyModel) -> dict[str, Any]:
-    return _sourced(
-        energy,
-        overhead_j=energy.overhead_j,
-        per_step_j=energy.per_step_j,
-        n=energy.n,
-        r2=energy.r2,
-        **_present(
-            overhead_se_j=energy.overhead_se_j,
-            per_step_se_j=energy.per_step_se_j,
-            residual_std_j=energy.residual_std_j,
-            average_power_w=energy.average_power_w,
-        ),
-    )
-
-
-def table_to_dict(table: CalibrationTable) -> dict[str, Any]:
-    """Serialize a table to the JSON document :func:`table_from_dict` reads."""
-    models = {}
-    for key, m in table.models.items():
-        curves = {}
-        for category, c in m.curves.items():
-            extra = (
-                {}
-                if c.form == "linear_interpolation"
-                else {"a": c.a, "b": c.b, "kappa": c.kappa, "std": c.std, **_present(b_se=c.b_se)}
-            )
-            curves[category] = _sourced(c, form=c.form, valid_steps=list(c.valid_steps), **extra)
-        models[key] = {
-            "name": m.name,
-            "resolution": m.resolution,
-            "steps": list(m.steps),
-            "default_steps": m.default_steps,
-            "quality": {
-                cat: {
-                    str(s): _sourced(
-                        cell,
-                        mean=cell.mean,
-                        std=cell.std,
-                        n=cell.n,
-                        mean_se=cell.mean_se,
-                        std_se=cell.std_se,
-                        gof=cell.gof,
-                        **_present(flags=list(cell.flags)),
-                    )
-                    for s, cell in cells.items()
-                }
-                for cat, cells in m.quality.items()
-            },
-            "curves": curves,
-            "latency": _latency_to_dict(m.latency),
-            "memory": _sourced(
-                m.memory,
-                peak_bytes=m.memory.peak_bytes,
-                kind=m.memory.kind,
-                **_present(**{rung: getattr(m.memory, rung) for rung in (*MEMORY_RUNGS, *HOST_MEMORY_FIELDS)}),
-            ),
-            **_present(
-                is_replica=m.is_replica,
-                energy=None if m.energy is None else _energy_to_dict(m.energy),
-                batch_latency={str(b): _latency_to_dict(line) for b, line in sorted(m.batch_latency.items())},
-            ),
-        }
-    conv = table.clip_convention
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": _KIND,
-        "device": dict(table.device),
-        "clip_convention": {
-            "backbone": conv.backbone,
-            "pretrained": conv.pretrained,
-            "formula": conv.formula,
-            "truncation": conv.truncation,
-            "preprocess": conv.preprocess,
-        },
-        "categories": list(table.categories),
-        "category_mapping": dict(table.category_mapping),
-        "models": models,
-        "sources": {k: dict(v) for k, v in table.sources.items()},
-        "manifest": dict(table.manifest),
-        **_present(
-            exclusions=[
-                {"model_key": e.model_key, "steps": e.steps, "reason": e.reason, "rows": e.rows}
-                for e in table.exclusions
-            ]
-        ),
-    }
-
-
-def load_table(path: str | os.PathLike[str]) -> CalibrationTable:
-    """Read and validate a calibration table JSON file.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        TableError: the file is not valid JSON or violates the schema (names file and field).
-    """
-    path = Path(path)
-    return table_from_dict(read_json(path, "a JSON calibration table", TableError), where=str(path))
-
-
-def save_table(table: CalibrationTable, path: str | os.PathLike[str]) -> Path:
-    """Write a table atomically (temporary file + rename), with stable key order.
-
-    The same table always produces the same bytes, so re-running a fit on the
-    same records gives a byte-identical file.
-    """
-    path = Path(path)
-    text = json.dumps(table_to_dict(table), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    write_text_atomic(path, text)
-    return path
+        return getattr(table_file, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,6 +15,7 @@ import os
 import stat
 import tempfile
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "ArtifactError",
     "UnsafeTargetError",
+    "check_not_input",
     "check_write_target",
     "read_json",
     "write_bytes_atomic",
@@ -68,6 +70,20 @@ def _json_depth(document: Any) -> int:
     return deepest
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` that refuses a key given twice in one object (``json`` keeps the last silently)."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return document
+
+
 def read_json(path: str | os.PathLike[str], what: str, error: type[ArtifactError] = ArtifactError) -> Any:
     """Parse a JSON artifact.
 
@@ -79,7 +95,8 @@ def read_json(path: str | os.PathLike[str], what: str, error: type[ArtifactError
     Raises:
         FileNotFoundError: the file does not exist.
         ArtifactError: (or ``error``) bytes that are not UTF-8 (naming the byte offset), text that is
-            not JSON (naming the line), or nesting deeper than :data:`MAX_JSON_DEPTH`.
+            not JSON (naming the line), a key given twice in one object (naming it), or nesting
+            deeper than :data:`MAX_JSON_DEPTH`.
     """
     path = Path(path)
     try:
@@ -87,7 +104,13 @@ def read_json(path: str | os.PathLike[str], what: str, error: type[ArtifactError
     except UnicodeDecodeError as err:
         raise error(str(path), f"byte {err.start}", f"not UTF-8 text; expected {what}") from err
     try:
-        document = json.loads(text)
+        document = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as err:
+        raise error(
+            str(path),
+            f"key {err.key!r}",
+            f"given twice in one object; expected unique keys (the second would silently replace the first) in {what}",
+        ) from None
     except json.JSONDecodeError as err:
         raise error(str(path), f"line {err.lineno}", f"not valid JSON ({err.msg}); expected {what}") from err
     except RecursionError as err:
@@ -129,6 +152,56 @@ def check_write_target(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def _unwritable(path: Path, err: OSError) -> OSError:
+    """``err`` (of the same class) restated: which path could not be written, why, and what to do."""
+    if isinstance(err, (FileExistsError, NotADirectoryError)):
+        blocking = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), path.parent)
+        message = f"{path}: cannot create its folder: {blocking} is a file, not a folder; choose another path"
+    elif isinstance(err, PermissionError):
+        message = (
+            f"{path}: no permission to write in {path.parent} ({err.strerror}); choose a folder you can write to, "
+            "or change its permissions"
+        )
+    else:
+        message = f"{path}: cannot write it ({err.strerror or err}); choose another path or free the device"
+    return type(err)(message)
+
+
+def check_not_input(
+    out: str | os.PathLike[str],
+    inputs: Mapping[str, str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None],
+    option: str = "--out",
+) -> Path:
+    """Refuse an output path that would replace one of the command's inputs; return it as a path.
+
+    Call it before any work. ``out`` and every input are resolved (symbolic links, ``..``), so
+    another spelling of an input is refused too, as is a hard link to it, and for an input folder
+    (a profile run) anything inside it.
+
+    Args:
+        out: the output path.
+        inputs: what each input is called (an option, or an argument's name) → its path, a list of
+            paths, or None where it was not given.
+        option: the output's option, for the message.
+
+    Raises:
+        UnsafeTargetError: ``out`` is an input, or inside an input folder.
+    """
+    target = Path(os.path.realpath(out))
+    for label, given in inputs.items():
+        paths = [] if given is None else [given] if isinstance(given, (str, os.PathLike)) else list(given)
+        for source_path in paths:
+            source = Path(os.path.realpath(source_path))
+            inside = source.is_dir() and source in target.parents
+            if target == source or inside or (target.exists() and source.exists() and os.path.samefile(target, source)):
+                place = f"inside the input folder {label}" if inside else f"the input {label}"
+                raise UnsafeTargetError(
+                    f"{option} {out}: resolves to {place} {source_path}; refusing to replace an input: "
+                    "write the output elsewhere"
+                )
+    return Path(out)
+
+
 def _umask() -> int:
     # The umask can only be read by setting it; the lock keeps two writers in this process from racing.
     with _UMASK_LOCK:
@@ -154,8 +227,11 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, replace: bo
         FileExistsError: ``replace`` is false and ``path`` exists.
     """
     path = check_write_target(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _unwritable(path, err) from err
     try:
         # mkstemp creates 0600; give the file what open() would have.
         os.fchmod(fd, 0o666 & ~_umask())
@@ -165,7 +241,10 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, replace: bo
             os.fsync(handle.fileno())
         check_write_target(path)  # the target may have changed kind while we wrote
         if replace:
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError as err:
+                raise _unwritable(path, err) from err
         else:
             os.link(tmp, path)  # atomic create-if-absent: FileExistsError when another writer won
             os.unlink(tmp)
