@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from genedge.contract.bounds import MAX_TRACE_S, MIN_RATE_PER_S, range_problem
 from genedge.contract.files import ArtifactError
 from genedge.contract.mappings import check_category_mapping, get_category_mapping, label_to_category
 from genedge.contract.prompts import read_prompt_file
@@ -378,7 +379,7 @@ def _trace_times(path: str, columns: tuple[str, ...], column: Callable[[str], li
         raw = column(TIME_COLUMN)
         try:
             times = np.array(raw, dtype=float)
-            bad = ~np.isfinite(times) | (times < 0)
+            bad = ~np.isfinite(times) | (times < 0) | (times > MAX_TRACE_S)
         except ValueError:
             bad = np.array([not _is_seconds(value) for value in raw])
         if bad.any():
@@ -386,8 +387,10 @@ def _trace_times(path: str, columns: tuple[str, ...], column: Callable[[str], li
             raise ArtifactError(
                 path,
                 TIME_COLUMN,
-                f"expected a finite number of seconds >= 0 on every row, but row {row + 1} has {raw[row]!r}",
+                f"expected seconds in [0, {MAX_TRACE_S:g}] (a year at most) on every row, but row {row + 1} has "
+                f"{raw[row]!r}" + (_FROM_ZERO if _is_seconds(raw[row]) else ""),
             )
+        _check_starts_near_zero(path, times, raw)
         name = TIME_COLUMN
     elif TIMESTAMP_COLUMN in columns:
         raw = column(TIMESTAMP_COLUMN)
@@ -410,6 +413,9 @@ def _trace_times(path: str, columns: tuple[str, ...], column: Callable[[str], li
                 f"expected every datetime with a UTC offset or none without, but row 1 and row {row + 1} differ",
             )
         times = np.array([(stamp - stamps[0]).total_seconds() for stamp in stamps])
+        problem = range_problem(float(times.max()), maximum=MAX_TRACE_S, what="a trace spanning seconds")
+        if problem is not None:
+            raise ArtifactError(path, TIMESTAMP_COLUMN, f"{problem} (a planning trace spans a year at most)")
         name = TIMESTAMP_COLUMN
     else:
         raise ArtifactError(
@@ -430,12 +436,36 @@ def _trace_times(path: str, columns: tuple[str, ...], column: Callable[[str], li
     return times
 
 
+#: How to fix ``time_s`` that counts from another origin (an epoch, the start of a day).
+_FROM_ZERO = (
+    "; time_s counts seconds from the start of the trace: subtract the first row's time from every row, "
+    "or give ISO-8601 datetimes in a 'timestamp' column instead"
+)
+
+
 def _is_seconds(value: str) -> bool:
     try:
         number = float(value)
     except ValueError:
         return False
-    return math.isfinite(number) and number >= 0
+    return math.isfinite(number) and 0 <= number <= MAX_TRACE_S
+
+
+def _check_starts_near_zero(path: str, times: np.ndarray, raw: list[str]) -> None:
+    """Refuse ``time_s`` whose first arrival comes after more quiet than the whole rest of the trace spans.
+
+    The window is ``[0, last time]``, so such a trace's rates are mostly its silence: its times
+    count from another origin (epoch seconds, the time of day), and planning it would be wrong by
+    that factor without a word.
+    """
+    first, span = float(times.min()), float(times.max() - times.min())
+    if first > 0 and first > span:
+        raise ArtifactError(
+            path,
+            TIME_COLUMN,
+            f"expected times that start near 0 s, but the first request comes at {raw[int(np.argmin(times))]!r} "
+            f"s and the rest span only {span:g} s" + _FROM_ZERO,
+        )
 
 
 def _trace_labels(
@@ -489,11 +519,13 @@ def read_trace(
 ) -> Arrivals:
     """Read recorded arrivals from a TSV, CSV or Parquet file with a header.
 
-    Times come from ``time_s`` (seconds ≥ 0, kept as given) or, when that column is absent, from
-    ``timestamp`` (ISO-8601 datetimes, converted to seconds after the first row); they must be
-    non-decreasing. Each row's category comes from a ``category`` column, or, when there is none and
-    ``mapping`` is given, from the mapping's label column (``mapping["column"]``, labels → categories). The window
-    is ``[0, last time]``. Rows are numbered from 1 after the header.
+    Times come from ``time_s`` (seconds in ``[0, MAX_TRACE_S]``, kept as given, and starting near
+    0: a first request later than the rest of the trace spans is refused, as its times count from
+    another origin such as an epoch) or, when that column is absent, from ``timestamp`` (ISO-8601
+    datetimes, converted to seconds after the first row); they must be non-decreasing. Each row's
+    category comes from a ``category`` column, or, when there is none and ``mapping`` is given,
+    from the mapping's label column (``mapping["column"]``, labels → categories). The window is
+    ``[0, last time]``. Rows are numbered from 1 after the header.
 
     Args:
         path: the trace file (read by :func:`genedge.contract.read_prompt_file`).
@@ -506,7 +538,8 @@ def read_trace(
         FileNotFoundError: no such file.
         ArtifactError: naming the file and column: an empty file or one with no rows, bytes that are not
             UTF-8, a missing time or category column (an unlabelled prompt column says a prompt router is
-            needed), an unparsable, negative or decreasing time, or rows whose category is unknown
+            needed), an unparsable, negative, too large or decreasing time, ``time_s`` that does not
+            start near 0, fewer than ``MIN_RATE_PER_S`` requests per second, or rows whose category is unknown
             (counted, with the first one named).
     """
     table = read_prompt_file(path)
@@ -534,4 +567,12 @@ def read_trace(
     if unknown:
         _raise_rows(where, name, table.column(name), unknown, f"a category among {list(order)}", "have another")
     category = np.array([index[label] for label in labels], dtype=np.int64)
-    return Arrivals(times, category, order, float(times[-1]))
+    duration = float(times[-1])
+    if duration > 0 and len(times) / duration < MIN_RATE_PER_S:
+        raise ArtifactError(
+            where,
+            name,
+            f"expected at least {MIN_RATE_PER_S:g} requests/s over the trace, but {len(times)} requests over "
+            f"{duration:g} s are {len(times) / duration:.3g} requests/s: no load to plan for",
+        )
+    return Arrivals(times, category, order, duration)

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from genedge.contract.bounds import MAX_COUNT, MAX_ROUTER_WEIGHT
+from genedge.contract.fields import FieldReader
 from genedge.contract.files import ArtifactError, read_json, write_text_atomic
 from genedge.contract.mappings import check_category_mapping, label_to_category
 from genedge.contract.prompts import PROMPT_COLUMN, PromptTable
@@ -221,13 +223,25 @@ class PromptRouter:
         return write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
 
-def _finite_matrix(value: Any, shape: tuple[int, ...], where: str, field: str) -> np.ndarray:
+#: How a weight beyond :data:`MAX_ROUTER_WEIGHT` is described in errors.
+_WEIGHTS = "weights (a fitted weight stays far below where exp() overflows)"
+
+
+def _finite_matrix(
+    r: FieldReader, value: Any, shape: tuple[int, ...], field: str, bound: float | None = None, what: str = _WEIGHTS
+) -> np.ndarray:
+    """``value`` as a float array of ``shape``, every entry finite (and of magnitude at most ``bound``, where given)."""
     try:
         array = np.asarray(value, dtype=float)
-    except (TypeError, ValueError) as err:
-        raise RouterError(where, field, f"expected numbers, but got {str(value)[:60]!r}") from err
+    except (TypeError, ValueError, OverflowError) as err:
+        raise r.fail(field, f"expected numbers, but got {str(value)[:60]!r}") from err
     if array.shape != shape or not np.isfinite(array).all():
-        raise RouterError(where, field, f"expected finite numbers of shape {shape}, but got shape {array.shape}")
+        raise r.fail(field, f"expected finite numbers of shape {shape}, but got shape {array.shape}")
+    if bound is not None and array.size and np.abs(array).max() > bound:
+        raise r.fail(
+            field,
+            f"expected {what} within ±{bound:g}, but got {array.flat[int(np.abs(array).argmax())]:g}",
+        )
     return array
 
 
@@ -235,67 +249,68 @@ def router_from_dict(document: Any, where: str = "<router>") -> PromptRouter:
     """Validate a router document and build the router.
 
     Raises:
-        RouterError: naming ``where`` and the field: another format or schema version, an unknown
-            backend, categories that are not the mapping's, or weights of the wrong shape.
+        RouterError: naming ``where`` and the field: another format or schema version, an empty
+            name, an unknown backend, categories that are not the mapping's, weights of the wrong
+            shape or beyond :data:`~genedge.contract.bounds.MAX_ROUTER_WEIGHT`, or a confusion
+            matrix that is not counts.
     """
+    r = FieldReader(where, RouterError)
     if not isinstance(document, dict) or document.get("format") != ROUTER_FORMAT:
-        raise RouterError(where, "format", f"expected a genedge router ({ROUTER_FORMAT!r})")
+        raise r.fail("format", f"expected a genedge router ({ROUTER_FORMAT!r})")
     if document.get("schema_version") != ROUTER_SCHEMA_VERSION:
-        raise RouterError(
-            where, "schema_version", f"expected {ROUTER_SCHEMA_VERSION}, but got {document.get('schema_version')!r}"
-        )
+        raise r.fail("schema_version", f"expected {ROUTER_SCHEMA_VERSION}, but got {document.get('schema_version')!r}")
     for field in ("name", "backend", "category_mapping", "categories", "classifier", "training", "cross_validation"):
         if field not in document:
-            raise RouterError(where, field, "missing field")
+            raise r.fail(field, "missing field")
+    name = r.name(document["name"], "name")
     backend = document["backend"]
     if backend not in BACKENDS:
-        raise RouterError(where, "backend", f"expected one of {list(BACKENDS)}, but got {backend!r}")
+        raise r.fail("backend", f"expected one of {list(BACKENDS)}, but got {backend!r}")
     mapping = check_category_mapping(document["category_mapping"], where, RouterError)
     categories = list(mapping["labels"])
     if document["categories"] != categories:
-        raise RouterError(
-            where, "categories", f"expected the mapping's categories {categories}, but got {document['categories']!r}"
+        raise r.fail(
+            "categories", f"expected the mapping's categories {categories}, but got {document['categories']!r}"
         )
     tfidf = embedding_model = probe = None
     if backend == "tfidf":
         raw = document.get("tfidf")
         if not isinstance(raw, dict) or not isinstance(raw.get("vocabulary"), list):
-            raise RouterError(where, "tfidf.vocabulary", "expected a list of terms")
+            raise r.fail("tfidf.vocabulary", "expected a list of terms")
         if not all(isinstance(t, str) for t in raw["vocabulary"]):
-            raise RouterError(where, "tfidf.vocabulary", "expected every term to be a string")
+            raise r.fail("tfidf.vocabulary", "expected every term to be a string")
         for field in ("ngram_max", "min_df"):
             if not isinstance(raw.get(field), int) or raw[field] < 1:
-                raise RouterError(where, f"tfidf.{field}", f"expected an integer >= 1, but got {raw.get(field)!r}")
-        _finite_matrix(raw.get("idf"), (len(raw["vocabulary"]),), where, "tfidf.idf")
+                raise r.fail(f"tfidf.{field}", f"expected an integer >= 1, but got {raw.get(field)!r}")
+        _finite_matrix(r, raw.get("idf"), (len(raw["vocabulary"]),), "tfidf.idf", MAX_ROUTER_WEIGHT)
         tfidf = TfidfFeatures.from_dict(raw)
         dimension = tfidf.dimension
     else:
         raw = document.get("embedding")
         if not isinstance(raw, dict) or not isinstance(raw.get("model"), str) or not raw["model"]:
-            raise RouterError(where, "embedding.model", "expected the sentence-transformers model's name")
+            raise r.fail("embedding.model", "expected the sentence-transformers model's name")
         embedding_model = raw["model"]
         if raw.get("probe") is not None:
-            probe = _finite_matrix(raw["probe"], (len(raw["probe"]),), where, "embedding.probe").tolist()
+            probe = _finite_matrix(r, raw["probe"], (len(raw["probe"]),), "embedding.probe").tolist()
         coef = document["classifier"].get("coef") if isinstance(document["classifier"], dict) else None
         dimension = len(coef) if isinstance(coef, list) else -1
     classifier_doc = document["classifier"]
     if not isinstance(classifier_doc, dict):
-        raise RouterError(where, "classifier", "expected an object with coef and intercept")
+        raise r.fail("classifier", "expected an object with coef and intercept")
     k = len(categories)
     classifier = LogisticClassifier(
-        coef=_finite_matrix(classifier_doc.get("coef"), (dimension, k), where, "classifier.coef"),
-        intercept=_finite_matrix(classifier_doc.get("intercept"), (k,), where, "classifier.intercept"),
+        coef=_finite_matrix(r, classifier_doc.get("coef"), (dimension, k), "classifier.coef", MAX_ROUTER_WEIGHT),
+        intercept=_finite_matrix(r, classifier_doc.get("intercept"), (k,), "classifier.intercept", MAX_ROUTER_WEIGHT),
     )
     cv = document["cross_validation"]
     if not isinstance(cv, dict) or cv.get("categories") != categories:
-        raise RouterError(where, "cross_validation.categories", f"expected the mapping's categories {categories}")
-    confusion = _finite_matrix(cv.get("confusion"), (k, k), where, "cross_validation.confusion")
+        raise r.fail("cross_validation.categories", f"expected the mapping's categories {categories}")
+    confusion = _finite_matrix(r, cv.get("confusion"), (k, k), "cross_validation.confusion", MAX_COUNT, "counts")
     if (confusion < 0).any() or (confusion != np.round(confusion)).any() or confusion.sum() <= 0:
-        raise RouterError(where, "cross_validation.confusion", "expected counts >= 0 with a positive sum")
-    if not isinstance(document["training"], dict):
-        raise RouterError(where, "training", "expected an object")
+        raise r.fail("cross_validation.confusion", "expected counts >= 0 with a positive sum")
+    r.get(document, "training", "", dict)
     return PromptRouter(
-        name=str(document["name"]),
+        name=name,
         backend=backend,
         mapping=mapping,
         classifier=classifier,

@@ -3,7 +3,10 @@
 The profiler writes through this package, calibrate and the planner read through it, and no stage
 re-declares any of it (a test checks):
 
-- :mod:`~genedge.contract.files` — artifact errors, JSON reading, atomic and safe file writing;
+- :mod:`~genedge.contract.files` — artifact errors, JSON reading, atomic and safe file writing, and
+  the refusal of an output that would replace an input;
+- :mod:`~genedge.contract.fields` — the one field reader of parsed documents (errors name file and field);
+- :mod:`~genedge.contract.bounds` — the physical ranges every number read must lie in, stated once;
 - :mod:`~genedge.contract.runs` — the profile run layout, the record columns, statuses, key columns,
   memory rungs, the manifest and its validating reader;
 - :mod:`~genedge.contract.clip` — the CLIPScore convention and its range;
@@ -19,11 +22,30 @@ from genedge._lazy import lazy_exports
 __all__, __getattr__, __dir__ = lazy_exports(
     __name__,
     {
+        ".bounds": (
+            "MAX_BATCH_SIZE",
+            "MAX_COUNT",
+            "MAX_DELAY_S",
+            "MAX_JOULES",
+            "MAX_MEMORY_BYTES",
+            "MAX_PIXELS",
+            "MAX_RATE_PER_S",
+            "MAX_ROUTER_WEIGHT",
+            "MAX_SCORE_SE",
+            "MAX_SECONDS",
+            "MAX_STEPS",
+            "MAX_TRACE_S",
+            "MAX_WATTS",
+            "MIN_RATE_PER_S",
+            "range_problem",
+        ),
         ".clip": ("CLIPSCORE_RANGE", "ClipConvention"),
+        ".fields": ("FieldReader",),
         ".files": (
             "MAX_JSON_DEPTH",
             "ArtifactError",
             "UnsafeTargetError",
+            "check_not_input",
             "check_write_target",
             "read_json",
             "write_bytes_atomic",

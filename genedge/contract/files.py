@@ -23,6 +23,7 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "ArtifactError",
     "UnsafeTargetError",
+    "check_input_file",
     "check_not_input",
     "check_write_target",
     "read_json",
@@ -93,12 +94,12 @@ def read_json(path: str | os.PathLike[str], what: str, error: type[ArtifactError
         error: the artifact error class to raise (a subclass of :class:`ArtifactError`).
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ArtifactError: (or ``error``) bytes that are not UTF-8 (naming the byte offset), text that is
-            not JSON (naming the line), a key given twice in one object (naming it), or nesting
-            deeper than :data:`MAX_JSON_DEPTH`.
+        FileNotFoundError: the file does not exist (IsADirectoryError: it is a directory).
+        ArtifactError: it is not a regular file (a FIFO, a device), or (as ``error``) bytes that
+            are not UTF-8 (naming the byte offset), text that is not JSON (naming the line), a key
+            given twice in one object (naming it), or nesting deeper than :data:`MAX_JSON_DEPTH`.
     """
-    path = Path(path)
+    path = check_input_file(path, what)
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
@@ -137,18 +138,44 @@ def check_write_target(path: str | os.PathLike[str]) -> Path:
     if stat.S_ISLNK(mode):
         raise UnsafeTargetError(f"{path}: is a symbolic link; refusing to write through it (give the real path)")
     if not stat.S_ISREG(mode):
-        kind = (
-            "a directory"
-            if stat.S_ISDIR(mode)
-            else "a FIFO"
-            if stat.S_ISFIFO(mode)
-            else "a device"
-            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "a socket"
-            if stat.S_ISSOCK(mode)
-            else "not a regular file"
-        )
-        raise UnsafeTargetError(f"{path}: is {kind}, not a regular file; refusing to replace it")
+        raise UnsafeTargetError(f"{path}: is {_kind_of(mode)}, not a regular file; refusing to replace it")
+    return path
+
+
+def _kind_of(mode: int) -> str:
+    """What a file that is not a regular file is, from its ``st_mode``."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def check_input_file(path: str | os.PathLike[str], what: str) -> Path:
+    """Refuse an input that is not a regular file (following links), saying what it is; return it as a path.
+
+    Args:
+        path: the file.
+        what: what it should be, for the message (e.g. ``"a prompt file"``).
+
+    Raises:
+        FileNotFoundError: nothing is there.
+        IsADirectoryError: a directory is there.
+        ArtifactError: something else that is not a regular file (a FIFO, a device, a socket).
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: expected {what}, but there is no such file") from None
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"{path}: is a directory; expected {what}")
+    if not stat.S_ISREG(mode):
+        raise ArtifactError(str(path), "file", f"is {_kind_of(mode)}, not a regular file; expected {what}")
     return path
 
 

@@ -11,7 +11,8 @@ A prompt file is a table with a header row and a ``Prompt`` column, such as Part
 
 A UTF-8 byte-order mark before the header and CRLF line ends are accepted. Bytes that are not
 UTF-8 are refused, naming the file and the byte offset; a row with another number of fields than
-the header is refused, naming the line.
+the header is refused, naming the line; a row whose ``Prompt`` is empty (or null in Parquet) is
+refused, naming the row, as it is no request.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from genedge.contract.files import ArtifactError
+from genedge.contract.files import ArtifactError, check_input_file
 
 __all__ = ["PROMPT_COLUMN", "PROMPT_SUFFIXES", "PromptTable", "read_prompt_file"]
 
@@ -148,18 +149,28 @@ def read_prompt_file(path: str | os.PathLike[str]) -> PromptTable:
     """Read a prompt file (TSV exactly, CSV with standard quoting, or Parquet).
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ArtifactError: an unknown suffix, bytes that are not UTF-8 (naming the byte offset), a
-            missing or repeated header, or a row whose field count differs from the header's.
+        FileNotFoundError: the file does not exist (IsADirectoryError: it is a directory).
+        ArtifactError: not a regular file (a FIFO, a device), an unknown suffix, bytes that are not
+            UTF-8 (naming the byte offset), a missing or repeated header, a row whose field count
+            differs from the header's, or an empty or null ``Prompt`` (naming the row).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: expected a prompt file, but there is no such file")
+    path = check_input_file(path, "a prompt file (TSV, CSV or Parquet)")
     suffix = path.suffix.lower()
     if suffix in (".tsv", ".tab"):
-        return _read_tsv(path)
-    if suffix == ".csv":
-        return _read_csv(path)
-    if suffix == ".parquet":
-        return _read_parquet(path)
-    raise ArtifactError(str(path), "suffix", f"expected one of {list(PROMPT_SUFFIXES)}, but got {path.suffix!r}")
+        table = _read_tsv(path)
+    elif suffix == ".csv":
+        table = _read_csv(path)
+    elif suffix == ".parquet":
+        table = _read_parquet(path)
+    else:
+        raise ArtifactError(str(path), "suffix", f"expected one of {list(PROMPT_SUFFIXES)}, but got {path.suffix!r}")
+    if PROMPT_COLUMN in table.columns:
+        blank = [row for row, text in enumerate(table.column(PROMPT_COLUMN), start=1) if not text.strip()]
+        if blank:
+            raise ArtifactError(
+                str(path),
+                f"{PROMPT_COLUMN} row {blank[0]}",
+                f"expected prompt text on every row, but {len(blank)} rows have none (empty, or null in Parquet): "
+                "drop or fill them",
+            )
+    return table
