@@ -431,7 +431,7 @@ def table_from_dict(doc: Mapping[str, Any], where: str = "<table>") -> Calibrati
     if not raw_models:
         raise r.fail("models", "expected at least one model, but got none")
     models = {
-        r.name(key, f"models.{key}"): _read_model(
+        r.name(key, "models"): _read_model(
             r, key, r.check(raw, f"models.{key}", dict), categories, sources, convention, device_memory
         )
         for key, raw in raw_models.items()

@@ -41,7 +41,8 @@ def _resolve(name_or_path: str | Path, shipped: dict[str, Path], what: str, list
     if str(name_or_path) in shipped:
         return shipped[str(name_or_path)]
     if candidate.exists():
-        raise ValueError(f"{str(name_or_path)!r} is a directory, not a {what}: expected a JSON file")
+        kind = "a directory" if candidate.is_dir() else "not a regular file (a FIFO, a device or a socket)"
+        raise ValueError(f"{str(name_or_path)!r} is {kind}, not a {what}: expected a JSON file")
     if candidate.suffix == ".json" or len(candidate.parts) > 1:
         raise ValueError(f"{str(name_or_path)!r}: no such {what} file")
     raise ValueError(

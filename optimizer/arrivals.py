@@ -387,8 +387,8 @@ def _trace_times(path: str, columns: tuple[str, ...], column: Callable[[str], li
             raise ArtifactError(
                 path,
                 TIME_COLUMN,
-                f"expected seconds in [0, {MAX_TRACE_S:g}] (a year at most) on every row, but row {row + 1} has "
-                f"{raw[row]!r}" + (_FROM_ZERO if _is_seconds(raw[row]) else ""),
+                f"expected seconds in [0, {MAX_TRACE_S:.0f}] (a year at most) on every row, but row {row + 1} has "
+                f"{raw[row]!r}" + (_FROM_ZERO if _is_late(raw[row]) else ""),
             )
         _check_starts_near_zero(path, times, raw)
         name = TIME_COLUMN
@@ -441,6 +441,14 @@ _FROM_ZERO = (
     "; time_s counts seconds from the start of the trace: subtract the first row's time from every row, "
     "or give ISO-8601 datetimes in a 'timestamp' column instead"
 )
+
+
+def _is_late(value: str) -> bool:
+    """A time that is a number past :data:`MAX_TRACE_S`: seconds from another origin, such as an epoch."""
+    try:
+        return float(value) > MAX_TRACE_S
+    except ValueError:
+        return False
 
 
 def _is_seconds(value: str) -> bool:
@@ -571,7 +579,7 @@ def read_trace(
     if duration > 0 and len(times) / duration < MIN_RATE_PER_S:
         raise ArtifactError(
             where,
-            name,
+            TIME_COLUMN if TIME_COLUMN in table.columns else TIMESTAMP_COLUMN,
             f"expected at least {MIN_RATE_PER_S:g} requests/s over the trace, but {len(times)} requests over "
             f"{duration:g} s are {len(times) / duration:.3g} requests/s: no load to plan for",
         )

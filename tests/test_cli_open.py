@@ -76,7 +76,7 @@ def test_the_quality_objective_maximizes_clipscore_under_the_slo(capsys: pytest.
         (("--objective", "quality"), "--objective quality maximizes CLIPScore subject to an SLO: give --slo"),
         (("--percentile", "99"), "--percentile and --attainment need --slo SECONDS"),
         (("--rate", "0.2", "--slo", "20", "--percentile", "100"), "expected a percentile in (0, 100)"),
-        (("--rate", "0"), "--rate: expected requests per second > 0"),
+        (("--rate", "0"), "--rate: expected requests per second >= 1e-06"),
         (("--rates", "Basic=x"), "--rates: expected a number for 'Basic'"),
         (("--rate", "5", "--table", "galaxy-s24"), "No plan can keep every queue stable"),
         (("--energy-price", "0.01", "--table", "galaxy-s24"), "the table has none for ['sd15', 'sd21']"),

@@ -12,6 +12,14 @@ from typing import TYPE_CHECKING
 
 from genedge import data
 from genedge.calibrate.table import CalibrationTable, load_table
+from genedge.contract.bounds import (
+    MAX_DELAY_S,
+    MAX_MEMORY_BYTES,
+    MAX_RATE_PER_S,
+    MAX_TRACE_S,
+    MIN_RATE_PER_S,
+    range_problem,
+)
 from genedge.optimizer.problem import Problem, Slo
 from genedge.optimizer.result import PlanResult
 from genedge.optimizer.workload import Workload
@@ -28,7 +36,9 @@ __all__ = [
     "add_budget_arguments",
     "add_service_arguments",
     "service_from_args",
+    "bounded_number",
     "comma_separated",
+    "seed_argument",
     "table_argument",
     "default_mix",
     "load_table_with_hash",
@@ -63,6 +73,36 @@ def comma_separated(kind: type) -> Callable[[str], list]:
     return parse
 
 
+def bounded_number(
+    what: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    strict: bool = False,
+    kind: type = float,
+) -> Callable[[str], float]:
+    """An argparse type for a number of ``kind`` within a range (:mod:`genedge.contract.bounds`).
+
+    Its errors say what was expected; argparse puts the option's name before them.
+    """
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} ({kind.__name__}), but got {text!r}") from None
+        problem = range_problem(value, minimum=minimum, maximum=maximum, strict=strict, what=what)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return parse
+
+
+#: An argparse type for --seed: numpy seeds are integers >= 0.
+seed_argument = bounded_number("a seed", minimum=0, kind=int)
+
+
 def table_argument(text: str) -> Path:
     """An argparse type for --table: a table file, or the name of a shipped table."""
     try:
@@ -89,10 +129,10 @@ def add_planning_arguments(parser: argparse.ArgumentParser, *, table: bool = Tru
     )
     parser.add_argument(
         "--memory-gib",
-        type=float,
+        type=bounded_number("GiB", minimum=0, strict=True, maximum=MAX_MEMORY_BYTES / 2**30),
         help="GPU memory available to the models in GiB (default: the table device's memory)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of every randomized planner (default: 0)")
+    parser.add_argument("--seed", type=seed_argument, default=0, help="seed of every randomized planner (default: 0)")
     parser.add_argument(
         "--min-clipscore",
         type=float,
@@ -166,7 +206,7 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     )
     rates.add_argument(
         "--rate",
-        type=float,
+        type=bounded_number("requests per second", minimum=MIN_RATE_PER_S, maximum=MAX_RATE_PER_S),
         help="total arrival rate in requests/s, split in PartiPrompts' category mix (or --prompts' mix)",
     )
     rates.add_argument(
@@ -177,7 +217,7 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--window-s",
-        type=float,
+        type=bounded_number("seconds", minimum=0, strict=True, maximum=MAX_TRACE_S),
         help="length of the planning window in seconds: with --arrivals open, the workload's N requests per "
         "window become the rate N / T",
     )
@@ -188,7 +228,11 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         help="how routing probabilities are realized: smooth weighted round robin per category (default), "
         "or an independent draw per request, whose load variance every delay model then counts",
     )
-    group.add_argument("--slo", type=float, help="latency SLO in seconds: the plan keeps the --percentile within it")
+    group.add_argument(
+        "--slo",
+        type=bounded_number("seconds", minimum=0, strict=True, maximum=MAX_DELAY_S),
+        help="latency SLO in seconds: the plan keeps the --percentile within it",
+    )
     target = group.add_mutually_exclusive_group()
     target.add_argument(
         "--percentile",

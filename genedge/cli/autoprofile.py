@@ -23,6 +23,7 @@ from genedge.cli._common import (
     add_budget_arguments,
     add_workload_arguments,
     comma_separated,
+    seed_argument,
     workload_from_args,
 )
 
@@ -82,7 +83,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--samples", type=int, default=DEFAULT_SAMPLES, help=f"bootstrap samples (default: {DEFAULT_SAMPLES})"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt order and the bootstrap (default: 0)")
+    parser.add_argument(
+        "--seed", type=seed_argument, default=0, help="seed of the prompt order and the bootstrap (default: 0)"
+    )
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", help="float32, float16 or bfloat16")
     parser.add_argument("--resolution", type=int, help="image side in pixels (default: each model's native size)")
@@ -254,6 +257,7 @@ def _append_decision(out: Path, line: Mapping[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from genedge.calibrate import calibrate_runs, save_table
+    from genedge.contract.files import check_not_input
     from genedge.optimizer.adaptive import next_batch
     from genedge.optimizer.exact import exact_search
     from genedge.optimizer.problem import Problem
@@ -265,6 +269,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--first-batch: expected at least 2 images per cell (a spread needs two), got {args.first_batch}"
         )
+    check_not_input({"--out": args.out}, {"--prompts": args.prompt_source, "--category-mapping": args.category_mapping})
     _check_settings(args.out, _settings(args))
     state = _Run(args)
     for folder in state.batches:  # a batch a kill interrupted

@@ -33,7 +33,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Fit, write and summarize the table; draw figures when asked."""
-    from genedge.calibrate import fit_and_write, table_summary
+    from genedge.contract.files import check_not_input
+
+    check_not_input({"--out": args.out, "--figures": args.figures}, {"RUN": args.runs})
+    from genedge.calibrate import fit_and_write, table_summary  # pandas, pyarrow, scipy: after the cheap checks
 
     table, path, figures = fit_and_write(args.runs, args.out, args.figures)
     print(table_summary(table))

@@ -9,6 +9,8 @@ import math
 import sys
 from pathlib import Path
 
+from genedge.cli._common import seed_argument
+
 __all__ = ["add_parser"]
 
 
@@ -67,7 +69,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "columns; replaces --request-rate and --burstiness",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the arrival times, the prompt order and image seeds (default: 0)"
+        "--seed",
+        type=seed_argument,
+        default=0,
+        help="seed of the arrival times, the prompt order and image seeds (default: 0)",
     )
     parser.add_argument(
         "--endpoint",
@@ -120,10 +125,13 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from genedge.contract.files import write_text_atomic
+    from genedge.contract.files import check_not_input, write_text_atomic
     from genedge.serve.loadtest import LoadConfig, default_result_dir, read_records, run_loadtest, score_images
     from genedge.serve.measured import compare_run, comparison_figure, comparison_to_dict, format_comparison
 
+    check_not_input(
+        {"--result-dir": args.result_dir, "--figure": args.figure}, {"--prompts": args.prompts, "--trace": args.trace}
+    )
     if args.trace is not None and args.request_rate is not None:
         raise ValueError("--trace gives the arrival times: leave out --request-rate")
     if args.slo is not None and not (math.isfinite(args.slo) and args.slo > 0):

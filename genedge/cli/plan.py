@@ -87,9 +87,14 @@ def add_uncertainty_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from genedge.contract.files import check_not_input
     from genedge.optimizer import METHODS, misrouting_cost, run_methods
     from genedge.optimizer.plan_file import plan_to_dict, save_plan
 
+    check_not_input(
+        {"--out": args.out},
+        {"--table": args.table, "--prompts": args.prompts, "--trace": args.trace, "--router": args.router},
+    )
     table, sha = load_table_with_hash(args.table)
     prompt_counts = prompt_counts_from_args(args, table)
     workload = workload_from_args(args, table, prompt_counts)

@@ -184,9 +184,11 @@ def _progress_line(progress: Any) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Validate, then measure with a progress bar (images done, ETA, current configuration)."""
+    from genedge.contract.files import check_not_input
     from genedge.profiler import Progress, profile, validate
     from genedge.profiler._imports import require
 
+    check_not_input({"--out": args.out}, {"--prompts": args.prompts, "--category-mapping": args.category_mapping})
     config = _config(args)
     validate(config)  # every input error surfaces here, before torch or any model is loaded
     require("torch")  # without the profile extra, stop here with one line naming it

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from genedge.cli._common import comma_separated
+from genedge.cli._common import comma_separated, seed_argument
 
 __all__ = ["add_parser"]
 
@@ -105,7 +105,7 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: paper4, the paper's four categories from PartiPrompts' Challenge column)",
     )
     parser.add_argument("--folds", type=int, default=5, help="k of the stratified k-fold cross-validation (default: 5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default: 0)")
+    parser.add_argument("--seed", type=seed_argument, default=0, help="seed of the fold assignment (default: 0)")
     parser.add_argument(
         "--embedding-model",
         help="sentence-transformers model of the embedding backend: a saved folder or a hub id "
@@ -157,8 +157,10 @@ def _confusion_lines(name: str, report: Any) -> list[str]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from genedge.contract.files import check_not_input
     from genedge.router.model import train_router
 
+    check_not_input({"--out": args.out}, {"PROMPTS": args.prompts, "--category-mapping": args.category_mapping})
     mapping, prompts, categories, source = _training_data(args)
     router = train_router(
         prompts,
@@ -181,9 +183,13 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
-    from genedge.contract.files import write_text_atomic
+    from genedge.contract.files import check_not_input, write_text_atomic
     from genedge.router.model import BACKENDS, cross_validate
 
+    check_not_input(
+        {"--out": args.out, "--figure": args.figure},
+        {"PROMPTS": args.prompts, "--category-mapping": args.category_mapping},
+    )
     unknown = [b for b in args.backend if b not in BACKENDS]
     if unknown:
         raise ValueError(f"--backend: expected backends among {list(BACKENDS)}, but got {unknown}")
@@ -229,9 +235,11 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from genedge.contract.files import check_not_input
     from genedge.contract.prompts import PROMPT_COLUMN, read_prompt_file
     from genedge.router.model import load_router
 
+    check_not_input({"--out": args.out}, {"PROMPTS": args.prompts, "--router": args.router})
     if args.out is not None and args.out.suffix.lower() not in _OUTPUT_SUFFIXES:
         raise ValueError(f"--out: expected a {', '.join(_OUTPUT_SUFFIXES)} file, but got {args.out.name!r}")
     router = load_router(args.router)

@@ -130,10 +130,12 @@ def _progress(start: float):
 
 
 def run(args: argparse.Namespace) -> int:
+    from genedge.contract.files import check_not_input
     from genedge.optimizer import Problem, Workload, exact_search, paper_method, propose
     from genedge.optimizer.sweep import BOUNDS, COMPARED_BELOW, SIMULATED, write_csv
     from genedge.optimizer.sweep import sweep as run_sweep
 
+    check_not_input({"--out": args.out}, {"--table": args.table, "--trace": args.trace})
     table, sha = load_table_with_hash(args.table)
     if args.window_vs_open is not None:
         return _window_versus_open(args, table, sha)

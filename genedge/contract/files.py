@@ -133,7 +133,7 @@ def check_write_target(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     try:
         mode = os.lstat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there yet (a parent that is a file fails later)
         return path
     if stat.S_ISLNK(mode):
         raise UnsafeTargetError(f"{path}: is a symbolic link; refusing to write through it (give the real path)")
@@ -190,43 +190,51 @@ def _unwritable(path: Path, err: OSError) -> OSError:
             "or change its permissions"
         )
     else:
-        message = f"{path}: cannot write it ({err.strerror or err}); choose another path or free the device"
+        message = f"{path}: cannot write it ({err.strerror or err}); choose another path"
     return type(err)(message)
 
 
-def check_not_input(
-    out: str | os.PathLike[str],
-    inputs: Mapping[str, str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None],
-    option: str = "--out",
-) -> Path:
-    """Refuse an output path that would replace one of the command's inputs; return it as a path.
+_PathArgument = str | os.PathLike[str]
 
-    Call it before any work. ``out`` and every input are resolved (symbolic links, ``..``), so
-    another spelling of an input is refused too, as is a hard link to it, and for an input folder
-    (a profile run) anything inside it.
+
+def check_not_input(
+    outputs: Mapping[str, _PathArgument | None],
+    inputs: Mapping[str, _PathArgument | Sequence[_PathArgument] | None],
+) -> None:
+    """Refuse any output path that would replace one of the command's inputs.
+
+    Call it before any work. Paths are resolved (symbolic links, ``..``), so another spelling of an
+    input is refused too, as is a hard link to it, and for an input folder (a profile run) anything
+    inside it.
 
     Args:
-        out: the output path.
+        outputs: what each output is called (its option) → its path, or None where it was not given.
         inputs: what each input is called (an option, or an argument's name) → its path, a list of
             paths, or None where it was not given.
-        option: the output's option, for the message.
 
     Raises:
-        UnsafeTargetError: ``out`` is an input, or inside an input folder.
+        UnsafeTargetError: an output is an input, or inside an input folder.
+
+    Example:
+        >>> check_not_input({"--out": "t.json"}, {"--table": "t.json"})  # doctest: +SKIP
+        UnsafeTargetError: --out t.json: resolves to the input --table t.json; refusing to replace an input: ...
     """
-    target = Path(os.path.realpath(out))
-    for label, given in inputs.items():
-        paths = [] if given is None else [given] if isinstance(given, (str, os.PathLike)) else list(given)
-        for source_path in paths:
-            source = Path(os.path.realpath(source_path))
-            inside = source.is_dir() and source in target.parents
-            if target == source or inside or (target.exists() and source.exists() and os.path.samefile(target, source)):
-                place = f"inside the input folder {label}" if inside else f"the input {label}"
-                raise UnsafeTargetError(
-                    f"{option} {out}: resolves to {place} {source_path}; refusing to replace an input: "
-                    "write the output elsewhere"
-                )
-    return Path(out)
+    for option, out in outputs.items():
+        if out is None:
+            continue
+        target = Path(os.path.realpath(out))
+        for label, given in inputs.items():
+            paths = [] if given is None else [given] if isinstance(given, (str, os.PathLike)) else list(given)
+            for source_path in paths:
+                source = Path(os.path.realpath(source_path))
+                inside = source.is_dir() and source in target.parents
+                same = target.exists() and source.exists() and os.path.samefile(target, source)
+                if target == source or inside or same:
+                    place = f"inside the input folder {label}" if inside else f"the input {label}"
+                    raise UnsafeTargetError(
+                        f"{option} {out}: resolves to {place} {source_path}; refusing to replace an input: "
+                        "write the output elsewhere"
+                    )
 
 
 def _umask() -> int:
