@@ -29,7 +29,14 @@ from genedge.calibrate.table import load_table
 from genedge.calibrate.table_file import TableError, save_table
 from genedge.cli import main
 from genedge.contract.bounds import MAX_BATCH_SIZE, MIN_RATE_PER_S
-from genedge.contract.files import ArtifactError, UnsafeTargetError, check_not_input, read_json, write_text_atomic
+from genedge.contract.files import (
+    ArtifactError,
+    UnsafeTargetError,
+    check_not_input,
+    os_error_message,
+    read_json,
+    write_text_atomic,
+)
 from genedge.contract.prompts import read_prompt_file
 from genedge.data import path as data_path
 from genedge.data import resolve_router
@@ -406,3 +413,23 @@ def test_writes_the_file_system_refuses_name_the_path_and_the_remedy(tmp_path: P
         pytest.skip("/sys takes new files here, so there is no folder that refuses a write")
     assert str(err).startswith("/sys/genedge-plan.json: no permission to write in /sys (")
     assert "choose a folder you can write to" in str(err)
+
+
+def test_raw_file_system_errors_say_which_path_and_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep", encoding="utf-8")
+    line = _refused_in_process(
+        ["demo", "--dir", str(blocker)], capsys, f"{blocker}: File exists", "choose another path"
+    )
+    assert "Errno" not in line and blocker.read_text(encoding="utf-8") == "keep"
+    try:
+        os.mkdir("/sys/genedge-test")
+    except PermissionError as err:  # EPERM or EACCES, even for root
+        message = os_error_message(err)
+    else:
+        os.rmdir("/sys/genedge-test")
+        pytest.skip("/sys takes new folders here, so there is no folder that refuses one")
+    assert message.startswith("/sys/genedge-test: ") and "change its permissions" in message
+    assert "Errno" not in message

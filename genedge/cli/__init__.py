@@ -92,7 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except (ValueError, OSError) as err:
         # Input errors carry a specific message (file, field, expectation); a traceback adds nothing.
-        print(f"genedge {args.command}: error: {err}", file=sys.stderr)
+        from genedge.contract.files import os_error_message
+
+        text = os_error_message(err) if isinstance(err, OSError) else str(err)
+        print(f"genedge {args.command}: error: {text}", file=sys.stderr)
         return 2
     except ImportError as err:
         # A missing extra (e.g. torch for `profile`): the message names what to install.

@@ -26,6 +26,7 @@ __all__ = [
     "check_input_file",
     "check_not_input",
     "check_write_target",
+    "os_error_message",
     "read_json",
     "write_bytes_atomic",
     "write_figure",
@@ -177,6 +178,29 @@ def check_input_file(path: str | os.PathLike[str], what: str) -> Path:
     if not stat.S_ISREG(mode):
         raise ArtifactError(str(path), "file", f"is {_kind_of(mode)}, not a regular file; expected {what}")
     return path
+
+
+#: What to do about a raw operating-system error, by its class (the most specific class first).
+_OS_ERROR_REMEDIES: tuple[tuple[type[OSError], str], ...] = (
+    (FileExistsError, "something is already there where a new folder or file is needed; choose another path"),
+    (NotADirectoryError, "a part of the path is a file, not a folder; choose another path"),
+    (IsADirectoryError, "it is a folder where a file is needed; give a file"),
+    (PermissionError, "choose a path you may use, or change its permissions"),
+    (FileNotFoundError, "check the path"),
+)
+
+
+def os_error_message(err: OSError) -> str:
+    """One line for an operating-system error: the path, what went wrong, and what to do.
+
+    genedge's own errors already say this and are returned as they are; a raw one
+    (``[Errno 17] File exists: 'out'``) is restated as ``out: File exists: something is already there …``.
+    """
+    if err.errno is None or err.strerror is None:
+        return str(err)
+    where = " -> ".join(str(name) for name in (err.filename, err.filename2) if name is not None) or "genedge"
+    remedy = next((text for kind, text in _OS_ERROR_REMEDIES if isinstance(err, kind)), "")
+    return f"{where}: {err.strerror}" + (f": {remedy}" if remedy else "")
 
 
 def _unwritable(path: Path, err: OSError) -> OSError:
