@@ -105,7 +105,7 @@ def test_plan_without_a_router_counts_labelled_rows_and_says_what_it_left_out(tm
         (["--workload", "Basic"], "--workload: expected CATEGORY=COUNT items"),
         (["--workload", "Basic=many"], "--workload: expected a number for 'Basic', but got 'many'"),
         (["--models", "sd15,sd9"], "models ['sd9'] are not in the table; available: ['sd15', 'sd21', 'sdxl']"),
-        (["--budget", "0"], "Expected a compute budget > 0"),
+        (["--budget", "0"], "argument --budget: expected GPUs > 0"),
         (["--compare", "greedy"], "unknown methods ['greedy']"),
         (["--table", "missing.json"], "missing.json"),
         (["--table", "/"], "is a directory"),

@@ -379,6 +379,13 @@ def test_a_router_intercept_of_1e308_is_refused(tmp_path: Path, capsys: pytest.C
         (["--memory-gib", "nan"], "argument --memory-gib: expected a finite number, but got nan"),
         (["--seed", "-1"], "argument --seed: expected a seed >= 0, but got -1"),
         (["--window-s", "0"], "argument --window-s: expected seconds > 0, but got 0.0"),
+        (["--budget", "1e308"], "argument --budget: expected GPUs <= 1024, but got 1e+308"),
+        (["--weight", "1e308"], "argument --weight: expected points per second <= 1e+06, but got 1e+308"),
+        (["--requests", "1e12"], "argument --requests: expected requests (int), but got '1e12'"),
+        (["--requests", "2000000000"], "argument --requests: expected requests <= 1e+09, but got 2000000000"),
+        (["--quantile", "nan"], "argument --quantile: expected a finite number, but got nan"),
+        (["--rates", "Basic=1e-300"], "--rates: expected values summing to at least 1e-06, but they sum to 1e-300"),
+        (["--workload", "Basic=1e300"], "--workload: 'Basic': expected a number <= 1e+09, but got 1e+300"),
     ],
 )
 def test_options_out_of_range_name_the_option(

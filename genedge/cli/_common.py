@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING
 from genedge import data
 from genedge.calibrate.table import CalibrationTable, load_table
 from genedge.contract.bounds import (
+    MAX_BUDGET_GPUS,
+    MAX_COUNT,
     MAX_DELAY_S,
+    MAX_DELAY_WEIGHT,
     MAX_MEMORY_BYTES,
     MAX_RATE_PER_S,
     MAX_TRACE_S,
@@ -171,7 +174,7 @@ def add_workload_arguments(parser: argparse.ArgumentParser, *, prompt_file: bool
         parser.set_defaults(prompts=None)
     load.add_argument(
         "--requests",
-        type=int,
+        type=bounded_number("requests", minimum=1, maximum=MAX_COUNT, kind=int),
         default=DEFAULT_REQUESTS,
         help=f"number of requests in PartiPrompts' category mix (default: {DEFAULT_REQUESTS})",
     )
@@ -180,11 +183,14 @@ def add_workload_arguments(parser: argparse.ArgumentParser, *, prompt_file: bool
 def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     """Add --budget and --weight, the two numbers a planning point is made of besides its workload."""
     parser.add_argument(
-        "--budget", type=float, default=1.0, help="compute budget R in GPU units, 1.0 = one whole GPU (default: 1.0)"
+        "--budget",
+        type=bounded_number("GPUs", minimum=0, strict=True, maximum=MAX_BUDGET_GPUS),
+        default=1.0,
+        help="compute budget R in GPU units, 1.0 = one whole GPU (default: 1.0)",
     )
     parser.add_argument(
         "--weight",
-        type=float,
+        type=bounded_number("points per second", minimum=0, maximum=MAX_DELAY_WEIGHT),
         default=0.05,
         help="w: CLIPScore points one second of mean delay is worth (default: 0.05)",
     )
@@ -391,7 +397,7 @@ def _rates_from_args(
 ) -> Workload | None:
     """Rates from --rates, --rate or --trace, where given."""
     if getattr(args, "rates", None) is not None:
-        return Workload.from_rates(parse_counts(args.rates, "--rates"))
+        return Workload.from_rates(parse_counts(args.rates, "--rates", minimum_total=MIN_RATE_PER_S))
     if getattr(args, "rate", None) is not None:
         if not (math.isfinite(args.rate) and args.rate > 0):
             raise ValueError(f"--rate: expected requests per second > 0, but got {args.rate:g}")
@@ -419,17 +425,19 @@ def _counts_from_args(
     return Workload.from_mix(default_mix(table), args.requests)
 
 
-def parse_counts(text: str, option: str, *, whole: bool = False) -> dict[str, float]:
+def parse_counts(text: str, option: str, *, whole: bool = False, minimum_total: float = 0.0) -> dict[str, float]:
     """Parse 'CATEGORY=COUNT,...' into a dict, naming ``option`` in errors.
 
     Args:
         text: the option's value.
         option: the option's name, for errors.
         whole: require whole numbers (request counts) rather than any number >= 0 (a mix's weights).
+        minimum_total: the least the values may sum to (e.g. :data:`~genedge.contract.bounds.MIN_RATE_PER_S`
+            for rates, which divide downstream).
 
     Raises:
-        ValueError: an empty value, an item without '=', an empty or repeated category, or a count that is
-            not a number >= 0 (or not whole, with ``whole``).
+        ValueError: an empty value, an item without '=', an empty or repeated category, a count that is
+            not a number in [0, MAX_COUNT] (or not whole, with ``whole``), or a total below ``minimum_total``.
     """
     if not text.strip():
         raise ValueError(f"{option}: expected CATEGORY=COUNT items such as 'Basic=25,Detail=50', but got nothing")
@@ -447,7 +455,14 @@ def parse_counts(text: str, option: str, *, whole: bool = False) -> dict[str, fl
         if not (math.isfinite(count) and count >= 0) or (whole and not count.is_integer()):
             kind = "a whole number of requests" if whole else "a number >= 0"
             raise ValueError(f"{option}: expected {kind} for {name!r}, but got {value!r}")
+        problem = range_problem(count, maximum=MAX_COUNT)
+        if problem is not None:
+            raise ValueError(f"{option}: {name!r}: {problem}")
         counts[name] = count
+    if sum(counts.values()) < minimum_total:
+        raise ValueError(
+            f"{option}: expected values summing to at least {minimum_total:g}, but they sum to {sum(counts.values()):g}"
+        )
     return counts
 
 

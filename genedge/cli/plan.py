@@ -15,6 +15,7 @@ from genedge.cli._common import (
     add_planning_arguments,
     add_service_arguments,
     add_workload_arguments,
+    bounded_number,
     comma_separated,
     derived_share_line,
     format_plan,
@@ -80,7 +81,7 @@ def add_uncertainty_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--quantile",
-        type=float,
+        type=bounded_number("a quantile", minimum=0, strict=True, maximum=1),
         default=DEFAULT_QUANTILE,
         help=f"the lower quantile of utility --robust quantile maximizes (default: {DEFAULT_QUANTILE})",
     )

@@ -24,8 +24,10 @@ __all__, __getattr__, __dir__ = lazy_exports(
     {
         ".bounds": (
             "MAX_BATCH_SIZE",
+            "MAX_BUDGET_GPUS",
             "MAX_COUNT",
             "MAX_DELAY_S",
+            "MAX_DELAY_WEIGHT",
             "MAX_JOULES",
             "MAX_MEMORY_BYTES",
             "MAX_PIXELS",

@@ -14,8 +14,10 @@ from genedge.contract.clip import CLIPSCORE_RANGE
 
 __all__ = [
     "MAX_BATCH_SIZE",
+    "MAX_BUDGET_GPUS",
     "MAX_COUNT",
     "MAX_DELAY_S",
+    "MAX_DELAY_WEIGHT",
     "MAX_JOULES",
     "MAX_MEMORY_BYTES",
     "MAX_PIXELS",
@@ -58,6 +60,11 @@ MIN_RATE_PER_S = 1e-6
 MAX_RATE_PER_S = 1e6
 #: A delay or latency SLO (s): a week; past it the delay distribution's grid no longer fits an integer.
 MAX_DELAY_S = 7 * 86_400.0
+#: A compute budget (GPUs): no edge site pools more than 1,024 GPUs under one plan.
+MAX_BUDGET_GPUS = 1024.0
+#: CLIPScore points one second of delay is worth: the whole scale is 100 points, so at a million a
+#: microsecond already outweighs it; larger weights only overflow the utility.
+MAX_DELAY_WEIGHT = 1e6
 #: A planning trace spans at most a year (s); epoch seconds (about 1.7e9) are far beyond it.
 MAX_TRACE_S = 366 * 86_400.0
 #: A router's logistic weights: exp() overflows float64 past 709, so a weight of 1,000 cannot come
