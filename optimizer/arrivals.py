@@ -436,6 +436,8 @@ def _trace_times(path: str, columns: tuple[str, ...], column: Callable[[str], li
     return times
 
 
+#: A first arrival this late (s) is still "near zero" however short the trace: a minute of warm-up.
+_NEAR_ZERO_S = 60.0
 #: How to fix ``time_s`` that counts from another origin (an epoch, the start of a day).
 _FROM_ZERO = (
     "; time_s counts seconds from the start of the trace: subtract the first row's time from every row, "
@@ -460,14 +462,14 @@ def _is_seconds(value: str) -> bool:
 
 
 def _check_starts_near_zero(path: str, times: np.ndarray, raw: list[str]) -> None:
-    """Refuse ``time_s`` whose first arrival comes after more quiet than the whole rest of the trace spans.
+    """Refuse ``time_s`` whose first arrival comes after a minute and more quiet than the rest of the trace spans.
 
     The window is ``[0, last time]``, so such a trace's rates are mostly its silence: its times
     count from another origin (epoch seconds, the time of day), and planning it would be wrong by
     that factor without a word.
     """
     first, span = float(times.min()), float(times.max() - times.min())
-    if first > 0 and first > span:
+    if first > max(span, _NEAR_ZERO_S):
         raise ArtifactError(
             path,
             TIME_COLUMN,

@@ -290,10 +290,11 @@ def _trace(tmp_path: Path, times: list[str]) -> Path:
     [
         (["1733500000", "1733500010", "1733500020"], "row 1 has '1733500000'"),
         (["36000", "36010", "36020"], "expected times that start near 0 s"),
+        (["90", "100"], "expected times that start near 0 s"),
         (["0", "1e308"], "row 2 has '1e308'"),
         (["0", "3e7"], f"expected at least {MIN_RATE_PER_S:g} requests/s"),
     ],
-    ids=["epoch", "time-of-day", "1e308", "too-slow"],
+    ids=["epoch", "time-of-day", "late-start", "1e308", "too-slow"],
 )
 def test_traces_that_do_not_start_near_zero_or_run_too_long_are_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], times: list[str], expected: str
@@ -310,6 +311,7 @@ def test_traces_that_do_not_start_near_zero_or_run_too_long_are_refused(
 def test_a_trace_near_zero_still_reads(tmp_path: Path) -> None:
     arrivals = read_trace(_trace(tmp_path, ["0.5", "1", "2"]))
     assert len(arrivals) == 3 and arrivals.duration_s == 2.0
+    assert len(read_trace(_trace(tmp_path, ["30"]))) == 1  # a minute of quiet is still near zero
 
 
 def test_a_null_prompt_in_parquet_is_not_counted_as_a_request(

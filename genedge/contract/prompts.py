@@ -154,7 +154,7 @@ def read_prompt_file(path: str | os.PathLike[str]) -> PromptTable:
             UTF-8 (naming the byte offset), a missing or repeated header, a row whose field count
             differs from the header's, or an empty or null ``Prompt`` (naming the row).
     """
-    path = check_input_file(path, "a prompt file (TSV, CSV or Parquet)")
+    path = check_input_file(path, "a prompt file")
     suffix = path.suffix.lower()
     if suffix in (".tsv", ".tab"):
         table = _read_tsv(path)
