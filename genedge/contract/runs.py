@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from genedge.contract.bounds import MAX_MEMORY_BYTES, MAX_PIXELS
 from genedge.contract.clip import ClipConvention
+from genedge.contract.fields import FieldReader
 from genedge.contract.files import ArtifactError, read_json, write_text_atomic
 from genedge.contract.mappings import check_category_mapping
 
@@ -392,56 +394,47 @@ def audit_run(run_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> R
     return RunAudit(rows, own, sum(foreign.values()), foreign, duplicates, tuple(corrupt), mixed, nan_scores)
 
 
-def _require(doc: Mapping[str, Any], key: str, path: str, kind: type | tuple[type, ...], where: str) -> Any:
-    full = f"{path}.{key}" if path else key
-    if key not in doc:
-        raise ArtifactError(where, full, "missing field")
-    value = doc[key]
-    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise ArtifactError(where, full, f"expected {kind}, but got a boolean")
-    if not isinstance(value, kind):
-        raise ArtifactError(where, full, f"expected {getattr(kind, '__name__', kind)}, but got {type(value).__name__}")
-    return value
-
-
 def validate_manifest(manifest: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Check a manifest document; return it as a dict.
 
     Raises:
         ArtifactError: naming ``where`` and the field: another schema version, a missing or unknown
-            field, or a device, CLIPScore convention, prompt set or model entry of the wrong shape.
+            field, a device, CLIPScore convention, prompt set or model entry of the wrong shape, a
+            resolution or device memory out of range, or an empty model key.
     """
+    r = FieldReader(where)
     if not isinstance(manifest, Mapping):
-        raise ArtifactError(where, "document", f"expected a JSON object, but got {type(manifest).__name__}")
+        raise r.fail("document", f"expected a JSON object, but got {type(manifest).__name__}")
     version = manifest.get("schema_version")
     if version != MANIFEST_SCHEMA_VERSION:
-        raise ArtifactError(where, "schema_version", f"expected {MANIFEST_SCHEMA_VERSION}, but got {version!r}")
+        raise r.fail("schema_version", f"expected {MANIFEST_SCHEMA_VERSION}, but got {version!r}")
     for field in MANIFEST_FIELDS:
         if field not in manifest:
-            raise ArtifactError(where, field, "missing field")
+            raise r.fail(field, "missing field")
     unknown = sorted(set(manifest) - set(MANIFEST_FIELDS) - set(MANIFEST_OPTIONAL_FIELDS))
     if unknown:
-        raise ArtifactError(where, unknown[0], f"unknown field; a manifest has {list(MANIFEST_FIELDS)}")
-    _require(manifest, "run_id", "", str, where)
-    _require(manifest, "settings_sha256", "", str, where)
-    _require(manifest, "host", "", dict, where)
-    _require(manifest, "energy", "", dict, where)
-    if manifest["resolution"] is not None and not isinstance(manifest["resolution"], int):
-        raise ArtifactError(where, "resolution", "expected an integer side in pixels or null (native per model)")
-    device = _require(manifest, "device", "", dict, where)
-    _require(device, "name", "device", str, where)
-    if device.get("memory_bytes") is not None and not isinstance(device["memory_bytes"], int):
-        raise ArtifactError(where, "device.memory_bytes", "expected an integer number of bytes or null")
-    convention = _require(manifest, "clip_convention", "", dict, where)
+        raise r.fail(unknown[0], f"unknown field; a manifest has {list(MANIFEST_FIELDS)}")
+    for field, kind in (("run_id", str), ("settings_sha256", str), ("host", dict), ("energy", dict)):
+        r.get(manifest, field, "", kind)
+    if manifest["resolution"] is not None:
+        if not isinstance(manifest["resolution"], int) or isinstance(manifest["resolution"], bool):
+            raise r.fail("resolution", "expected an integer side in pixels or null (native per model)")
+        r.bounded(manifest["resolution"], "resolution", minimum=1, maximum=MAX_PIXELS, what="pixels")
+    device = r.get(manifest, "device", "", dict)
+    r.get(device, "name", "device", str)
+    if device.get("memory_bytes") is not None:
+        if not isinstance(device["memory_bytes"], int) or isinstance(device["memory_bytes"], bool):
+            raise r.fail("device.memory_bytes", "expected an integer number of bytes or null")
+        r.bounded(device["memory_bytes"], "device.memory_bytes", minimum=0, maximum=MAX_MEMORY_BYTES, what="bytes")
+    convention = r.get(manifest, "clip_convention", "", dict)
     for name in ClipConvention.__dataclass_fields__:
-        _require(convention, name, "clip_convention", str, where)
-    prompt_set = _require(manifest, "prompt_set", "", dict, where)
-    mapping = _require(prompt_set, "category_mapping", "prompt_set", dict, where)
-    check_category_mapping(mapping, where)
-    for i, model in enumerate(_require(manifest, "models", "", list, where)):
+        r.get(convention, name, "clip_convention", str)
+    prompt_set = r.get(manifest, "prompt_set", "", dict)
+    check_category_mapping(r.get(prompt_set, "category_mapping", "prompt_set", dict), where)
+    for i, model in enumerate(r.get(manifest, "models", "", list)):
         if not isinstance(model, dict):
-            raise ArtifactError(where, f"models[{i}]", "expected an object")
-        _require(model, "key", f"models[{i}]", str, where)
+            raise r.fail(f"models[{i}]", "expected an object")
+        r.name(r.get(model, "key", f"models[{i}]", str), f"models[{i}].key")
     return dict(manifest)
 
 
