@@ -42,6 +42,8 @@ __all__ = [
     "bounded_number",
     "comma_separated",
     "seed_argument",
+    "slo_seconds",
+    "window_seconds",
     "table_argument",
     "default_mix",
     "load_table_with_hash",
@@ -104,6 +106,10 @@ def bounded_number(
 
 #: An argparse type for --seed: numpy seeds are integers >= 0.
 seed_argument = bounded_number("a seed", minimum=0, kind=int)
+#: An argparse type for a latency SLO (--slo).
+slo_seconds = bounded_number("seconds", minimum=0, strict=True, maximum=MAX_DELAY_S)
+#: An argparse type for a planning window's length (--window-s, simulate's --window-vs-open).
+window_seconds = bounded_number("seconds", minimum=0, strict=True, maximum=MAX_TRACE_S)
 
 
 def table_argument(text: str) -> Path:
@@ -223,7 +229,7 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--window-s",
-        type=bounded_number("seconds", minimum=0, strict=True, maximum=MAX_TRACE_S),
+        type=window_seconds,
         help="length of the planning window in seconds: with --arrivals open, the workload's N requests per "
         "window become the rate N / T",
     )
@@ -236,7 +242,7 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--slo",
-        type=bounded_number("seconds", minimum=0, strict=True, maximum=MAX_DELAY_S),
+        type=slo_seconds,
         help="latency SLO in seconds: the plan keeps the --percentile within it",
     )
     target = group.add_mutually_exclusive_group()

@@ -9,7 +9,7 @@ import math
 import sys
 from pathlib import Path
 
-from genedge.cli._common import seed_argument
+from genedge.cli._common import seed_argument, slo_seconds
 
 __all__ = ["add_parser"]
 
@@ -100,7 +100,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--save-images", action="store_true", help="keep every image as a PNG in the result directory")
     parser.add_argument(
-        "--slo", type=float, help="latency SLO in seconds for the attainment figures (default: the plan's, if any)"
+        "--slo",
+        type=slo_seconds,
+        help="latency SLO in seconds for the attainment figures (default: the plan's, if any)",
     )
     parser.add_argument(
         "--clip-score",
@@ -134,8 +136,6 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.trace is not None and args.request_rate is not None:
         raise ValueError("--trace gives the arrival times: leave out --request-rate")
-    if args.slo is not None and not (math.isfinite(args.slo) and args.slo > 0):
-        raise ValueError(f"--slo: expected seconds > 0, but got {args.slo:g}")
     config = LoadConfig(
         url=args.url,
         prompts=args.prompts,

@@ -18,6 +18,8 @@ from genedge.cli._common import (
     load_table_with_hash,
     parse_counts,
     problem_from_args,
+    slo_seconds,
+    window_seconds,
 )
 
 __all__ = ["add_parser"]
@@ -86,11 +88,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     arrivals.add_argument(
         "--window-vs-open",
-        type=float,
+        type=window_seconds,
         metavar="T",
         help="the planning window's length T in seconds; turns this comparison on",
     )
-    arrivals.add_argument("--slo", type=float, help="latency SLO in seconds for the attainment column")
+    arrivals.add_argument("--slo", type=slo_seconds, help="latency SLO in seconds for the attainment column")
     arrivals.add_argument(
         "--percentile", type=float, default=95.0, help="with --slo: the percentile held within it (default: 95)"
     )
