@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from genedge.contract.bounds import MAX_STEPS
+from genedge.contract.fields import FieldReader
 from genedge.contract.files import ArtifactError, read_json, write_text_atomic
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.result import PlanResult, relative_change
@@ -177,43 +179,49 @@ def load_plan(path: str | os.PathLike[str]) -> dict[str, Any]:
 def validate_plan(document: Mapping[str, Any], where: str) -> None:
     """Check a plan document's structure and invariants.
 
-    Routing rows sum to 1 over known models, shares are non-negative and within
-    the budget, deployed models have steps and a share.
+    Routing rows sum to 1 over known models, shares are finite, non-negative and within the
+    budget, deployed models have steps (within :data:`~genedge.contract.bounds.MAX_STEPS`) and a
+    share; every field is of its type (read through :class:`~genedge.contract.fields.FieldReader`).
 
     Raises:
         PlanError: naming ``where`` and the field.
     """
-
-    def fail(field: str, message: str) -> PlanError:
-        return PlanError(where, field, message)
-
+    r = FieldReader(where, PlanError)
+    if not isinstance(document, Mapping):
+        raise r.fail("document", f"expected a JSON object, but got {type(document).__name__}")
     for field in ("schema_version", "kind", "method", "inputs", "routing", "models", "predicted"):
         if field not in document:
-            raise fail(field, "missing field")
+            raise r.fail(field, "missing field")
     if document["schema_version"] != PLAN_SCHEMA_VERSION or document["kind"] != _KIND:
-        raise fail("schema_version", f"expected a {_KIND!r} document of schema {PLAN_SCHEMA_VERSION}")
-    models = document["models"]
-    for category, row in document["routing"].items():
-        unknown = sorted(set(row) - set(models))
+        raise r.fail("schema_version", f"expected a {_KIND!r} document of schema {PLAN_SCHEMA_VERSION}")
+    models = r.get(document, "models", "", dict)
+    for category, row in r.get(document, "routing", "", dict).items():
+        path = f"routing.{category}"
+        unknown = sorted(set(r.check(row, path, dict)) - set(models))
         if unknown:
-            raise fail(f"routing.{category}", f"models {unknown} are not in 'models'")
-        if any(p < 0 for p in row.values()) or abs(sum(row.values()) - 1) > ROW_SUM_TOL:
-            raise fail(f"routing.{category}", f"expected probabilities summing to 1, but got {row}")
-    budget = document["inputs"].get("budget_gpu")
+            raise r.fail(path, f"models {unknown} are not in 'models'")
+        probabilities = [r.check(p, f"{path}.{model}", float) for model, p in row.items()]
+        if any(p < 0 for p in probabilities) or abs(sum(probabilities) - 1) > ROW_SUM_TOL:
+            raise r.fail(path, f"expected probabilities summing to 1, but got {row}")
+    budget = r.opt(r.get(document, "inputs", "", dict), "budget_gpu", "inputs", float)
     total = 0.0
     for key, entry in models.items():
-        share = entry.get("share")
-        if not isinstance(share, (int, float)) or share < 0:
-            raise fail(f"models.{key}.share", f"expected a share >= 0, but got {share!r}")
+        share = r.check(entry, f"models.{key}", dict).get("share")
+        if not isinstance(share, (int, float)) or not math.isfinite(share) or share < 0:
+            raise r.fail(f"models.{key}.share", f"expected a share >= 0, but got {share!r}")
         total += share
-        if entry.get("deployed") and (not isinstance(entry.get("steps"), int) or share <= 0):
-            raise fail(f"models.{key}", "a deployed model needs integer steps and a share > 0")
+        if entry.get("deployed"):
+            steps = entry.get("steps")
+            if not isinstance(steps, int) or share <= 0:
+                raise r.fail(f"models.{key}", "a deployed model needs integer steps and a share > 0")
+            r.bounded(steps, f"models.{key}.steps", minimum=1, maximum=MAX_STEPS, what="a step count")
     if budget is not None and total > budget * (1 + BUDGET_RTOL):
-        raise fail("models", f"shares sum to {total}, more than the budget {budget}")
+        raise r.fail("models", f"shares sum to {total}, more than the budget {budget}")
+    predicted = r.get(document, "predicted", "", dict)
     for figure in _FIGURES:
-        value = document["predicted"].get(figure)
+        value = predicted.get(figure)
         if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise fail(
+            raise r.fail(
                 f"predicted.{figure}",
                 f"expected a finite number, but got {value!r} (a plan whose queues cannot be stable is not servable)",
             )

@@ -442,3 +442,46 @@ def test_raw_file_system_errors_say_which_path_and_what_to_do(
         pytest.skip("/sys takes new folders here, so there is no folder that refuses one")
     assert message.startswith("/sys/genedge-test: ") and "change its permissions" in message
     assert "Errno" not in message
+
+
+@pytest.fixture(scope="module")
+def plan_document(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("plan") / "plan.json"
+    assert main(["plan", "--samples", "0", "--compare", "paper", "--out", str(out)]) == 0
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def _plan_edit(path: str, value: Any) -> Any:
+    def edit(document: dict[str, Any]) -> None:
+        *parents, last = path.split("/")
+        node = document
+        for key in parents:
+            node = node[key] if key in node else node[next(iter(node))]
+        node[last] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (_plan_edit("routing", [1]), "routing"),
+        (_plan_edit("routing/*/sd15", "x"), ".sd15"),
+        (_plan_edit("models/sd15", [1]), "models.sd15"),
+        (_plan_edit("inputs", []), "inputs"),
+        (_plan_edit("models/sd15/share", float("nan")), "models.sd15.share"),
+    ],
+    ids=["routing-list", "probability-text", "model-list", "inputs-list", "share-nan"],
+)
+def test_malformed_plans_name_the_field_instead_of_a_traceback(
+    tmp_path: Path, plan_document: dict[str, Any], edit: Any, field: str
+) -> None:
+    from genedge.optimizer.plan_file import PlanError, load_plan
+
+    document = copy.deepcopy(plan_document)
+    edit(document)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(PlanError) as err:
+        load_plan(path)
+    assert str(path) in str(err.value) and field in err.value.field_path
