@@ -171,6 +171,51 @@ def _read_curve(
     )
 
 
+def _read_quality(
+    r: FieldReader, raw: Mapping[str, Any], path: str, categories: tuple[str, ...], sources: Mapping[str, Any]
+) -> dict[str, dict[int, QualityCell]]:
+    """A model's ``quality``: category → steps → cell, every category of the table and no other."""
+    quality: dict[str, dict[int, QualityCell]] = {}
+    for category in categories:
+        cells: dict[int, QualityCell] = {}
+        for s_text, cell in r.get(raw, category, path, dict).items():
+            cpath = f"{path}.{category}.{s_text}"
+            cells[_step_key(r, s_text, cpath)] = _read_cell(r, r.check(cell, cpath, dict), cpath, sources)
+        if not cells:
+            raise r.fail(f"{path}.{category}", "expected at least one step count, but got none")
+        quality[category] = dict(sorted(cells.items()))
+    extra = sorted(set(raw) - set(categories))
+    if extra:
+        raise r.fail(path, f"categories {extra} are not in the table's categories {list(categories)}")
+    return quality
+
+
+def _read_memory(
+    r: FieldReader, raw: Mapping[str, Any], mpath: str, sources: Mapping[str, Any], device_memory: int | None
+) -> MemoryPeak:
+    """A model's ``memory``: its peak (which must fit the device) and the rungs that were measured."""
+    peak = r.get(raw, "peak_bytes", mpath, int)
+    if not 0 < peak <= MAX_MEMORY_BYTES:
+        raise r.fail(f"{mpath}.peak_bytes", f"expected bytes in (0, {MAX_MEMORY_BYTES}], but got {peak}")
+    if device_memory is not None and peak > device_memory:
+        raise r.fail(
+            f"{mpath}.peak_bytes",
+            f"model needs {peak / 2**30:.2f} GiB but the device has {device_memory / 2**30:.2f} GiB",
+        )
+    rungs = {}
+    for rung in (*MEMORY_RUNGS, *HOST_MEMORY_FIELDS):
+        value = r.opt(raw, rung, mpath, int)
+        if value is not None and not 0 <= value <= MAX_MEMORY_BYTES:
+            raise r.fail(f"{mpath}.{rung}", f"expected bytes in [0, {MAX_MEMORY_BYTES}], but got {value}")
+        rungs[rung] = value
+    return MemoryPeak(
+        peak_bytes=peak,
+        kind=r.get(raw, "kind", mpath, str),
+        **dict(zip(("source", "ref"), _source(r, raw, mpath, sources))),
+        **rungs,
+    )
+
+
 def _read_model(
     r: FieldReader,
     key: str,
@@ -198,21 +243,7 @@ def _read_model(
                 f"({convention.formula}), this model {own.backbone}/{own.pretrained} ({own.formula})",
             )
 
-    raw_quality = r.get(raw, "quality", path, dict)
-    quality: dict[str, dict[int, QualityCell]] = {}
-    for category in categories:
-        per_steps = r.get(raw_quality, category, f"{path}.quality", dict)
-        cells: dict[int, QualityCell] = {}
-        for s_text, cell in per_steps.items():
-            cpath = f"{path}.quality.{category}.{s_text}"
-            cells[_step_key(r, s_text, cpath)] = _read_cell(r, r.check(cell, cpath, dict), cpath, sources)
-        if not cells:
-            raise r.fail(f"{path}.quality.{category}", "expected at least one step count, but got none")
-        quality[category] = dict(sorted(cells.items()))
-    extra = sorted(set(raw_quality) - set(categories))
-    if extra:
-        raise r.fail(f"{path}.quality", f"categories {extra} are not in the table's categories {list(categories)}")
-
+    quality = _read_quality(r, r.get(raw, "quality", path, dict), f"{path}.quality", categories, sources)
     raw_curves = r.opt(raw, "curves", path, dict) or {}
     curves = {}
     for category, raw_curve in raw_curves.items():
@@ -227,28 +258,7 @@ def _read_model(
         )
 
     latency = _read_latency(r, r.get(raw, "latency", path, dict), f"{path}.latency", sources)
-    memory_raw = r.get(raw, "memory", path, dict)
-    mpath = f"{path}.memory"
-    peak = r.get(memory_raw, "peak_bytes", mpath, int)
-    if not 0 < peak <= MAX_MEMORY_BYTES:
-        raise r.fail(f"{mpath}.peak_bytes", f"expected bytes in (0, {MAX_MEMORY_BYTES}], but got {peak}")
-    if device_memory is not None and peak > device_memory:
-        raise r.fail(
-            f"{mpath}.peak_bytes",
-            f"model needs {peak / 2**30:.2f} GiB but the device has {device_memory / 2**30:.2f} GiB",
-        )
-    rungs = {}
-    for rung in (*MEMORY_RUNGS, *HOST_MEMORY_FIELDS):
-        value = r.opt(memory_raw, rung, mpath, int)
-        if value is not None and not 0 <= value <= MAX_MEMORY_BYTES:
-            raise r.fail(f"{mpath}.{rung}", f"expected bytes in [0, {MAX_MEMORY_BYTES}], but got {value}")
-        rungs[rung] = value
-    memory = MemoryPeak(
-        peak_bytes=peak,
-        kind=r.get(memory_raw, "kind", mpath, str),
-        **dict(zip(("source", "ref"), _source(r, memory_raw, mpath, sources))),
-        **rungs,
-    )
+    memory = _read_memory(r, r.get(raw, "memory", path, dict), f"{path}.memory", sources, device_memory)
     is_replica = r.opt(raw, "is_replica", path, bool) or False
     energy_raw = r.opt(raw, "energy", path, dict)
     energy = None if energy_raw is None else _read_energy(r, energy_raw, f"{path}.energy", sources)
@@ -413,7 +423,7 @@ def table_from_dict(doc: Mapping[str, Any], where: str = "<table>") -> Calibrati
     if kind != _KIND:
         raise r.fail("kind", f"expected {_KIND!r}, but got {kind!r}")
     device = r.get(doc, "device", "", dict)
-    r.get(device, "name", "device", str)
+    r.name(r.get(device, "name", "device", str), "device.name")
     device_memory = r.opt(device, "memory_bytes", "device", int)
     if device_memory is not None:
         r.bounded(device_memory, "device.memory_bytes", minimum=0, strict=True, maximum=MAX_MEMORY_BYTES, what="bytes")
