@@ -245,6 +245,39 @@ def _finite_matrix(
     return array
 
 
+def _read_tfidf(r: FieldReader, raw: Any) -> TfidfFeatures:
+    """The ``tfidf`` features: string terms, their finite idf weights, and the settings (integers >= 1)."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("vocabulary"), list):
+        raise r.fail("tfidf.vocabulary", "expected a list of terms")
+    if not all(isinstance(t, str) for t in raw["vocabulary"]):
+        raise r.fail("tfidf.vocabulary", "expected every term to be a string")
+    for field in ("ngram_max", "min_df"):
+        if not isinstance(raw.get(field), int) or raw[field] < 1:
+            raise r.fail(f"tfidf.{field}", f"expected an integer >= 1, but got {raw.get(field)!r}")
+    _finite_matrix(r, raw.get("idf"), (len(raw["vocabulary"]),), "tfidf.idf", MAX_ROUTER_WEIGHT)
+    return TfidfFeatures.from_dict(raw)
+
+
+def _read_embedding(r: FieldReader, raw: Any) -> tuple[str, list[float] | None]:
+    """The ``embedding`` features: the model's name and its probe coordinates (or None)."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("model"), str) or not raw["model"]:
+        raise r.fail("embedding.model", "expected the sentence-transformers model's name")
+    if raw.get("probe") is None:
+        return raw["model"], None
+    return raw["model"], _finite_matrix(r, raw["probe"], (len(raw["probe"]),), "embedding.probe").tolist()
+
+
+def _read_confusion(r: FieldReader, cv: Any, categories: list[str]) -> np.ndarray:
+    """The cross-validation's confusion matrix over ``categories``: counts >= 0 with a positive sum."""
+    if not isinstance(cv, dict) or cv.get("categories") != categories:
+        raise r.fail("cross_validation.categories", f"expected the mapping's categories {categories}")
+    k = len(categories)
+    confusion = _finite_matrix(r, cv.get("confusion"), (k, k), "cross_validation.confusion", MAX_COUNT, "counts")
+    if (confusion < 0).any() or (confusion != np.round(confusion)).any() or confusion.sum() <= 0:
+        raise r.fail("cross_validation.confusion", "expected counts >= 0 with a positive sum")
+    return confusion.astype(int)
+
+
 def router_from_dict(document: Any, where: str = "<router>") -> PromptRouter:
     """Validate a router document and build the router.
 
@@ -272,26 +305,12 @@ def router_from_dict(document: Any, where: str = "<router>") -> PromptRouter:
         raise r.fail(
             "categories", f"expected the mapping's categories {categories}, but got {document['categories']!r}"
         )
-    tfidf = embedding_model = probe = None
     if backend == "tfidf":
-        raw = document.get("tfidf")
-        if not isinstance(raw, dict) or not isinstance(raw.get("vocabulary"), list):
-            raise r.fail("tfidf.vocabulary", "expected a list of terms")
-        if not all(isinstance(t, str) for t in raw["vocabulary"]):
-            raise r.fail("tfidf.vocabulary", "expected every term to be a string")
-        for field in ("ngram_max", "min_df"):
-            if not isinstance(raw.get(field), int) or raw[field] < 1:
-                raise r.fail(f"tfidf.{field}", f"expected an integer >= 1, but got {raw.get(field)!r}")
-        _finite_matrix(r, raw.get("idf"), (len(raw["vocabulary"]),), "tfidf.idf", MAX_ROUTER_WEIGHT)
-        tfidf = TfidfFeatures.from_dict(raw)
+        tfidf, embedding_model, probe = _read_tfidf(r, document.get("tfidf")), None, None
         dimension = tfidf.dimension
     else:
-        raw = document.get("embedding")
-        if not isinstance(raw, dict) or not isinstance(raw.get("model"), str) or not raw["model"]:
-            raise r.fail("embedding.model", "expected the sentence-transformers model's name")
-        embedding_model = raw["model"]
-        if raw.get("probe") is not None:
-            probe = _finite_matrix(r, raw["probe"], (len(raw["probe"]),), "embedding.probe").tolist()
+        tfidf = None
+        embedding_model, probe = _read_embedding(r, document.get("embedding"))
         coef = document["classifier"].get("coef") if isinstance(document["classifier"], dict) else None
         dimension = len(coef) if isinstance(coef, list) else -1
     classifier_doc = document["classifier"]
@@ -302,12 +321,7 @@ def router_from_dict(document: Any, where: str = "<router>") -> PromptRouter:
         coef=_finite_matrix(r, classifier_doc.get("coef"), (dimension, k), "classifier.coef", MAX_ROUTER_WEIGHT),
         intercept=_finite_matrix(r, classifier_doc.get("intercept"), (k,), "classifier.intercept", MAX_ROUTER_WEIGHT),
     )
-    cv = document["cross_validation"]
-    if not isinstance(cv, dict) or cv.get("categories") != categories:
-        raise r.fail("cross_validation.categories", f"expected the mapping's categories {categories}")
-    confusion = _finite_matrix(r, cv.get("confusion"), (k, k), "cross_validation.confusion", MAX_COUNT, "counts")
-    if (confusion < 0).any() or (confusion != np.round(confusion)).any() or confusion.sum() <= 0:
-        raise r.fail("cross_validation.confusion", "expected counts >= 0 with a positive sum")
+    confusion = _read_confusion(r, document["cross_validation"], categories)
     r.get(document, "training", "", dict)
     return PromptRouter(
         name=name,
@@ -315,7 +329,7 @@ def router_from_dict(document: Any, where: str = "<router>") -> PromptRouter:
         mapping=mapping,
         classifier=classifier,
         training=document["training"],
-        cross_validation=ClassificationReport(tuple(categories), confusion.astype(int)),
+        cross_validation=ClassificationReport(tuple(categories), confusion),
         tfidf=tfidf,
         embedding_model=embedding_model,
         probe=probe,
