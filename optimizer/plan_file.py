@@ -176,6 +176,35 @@ def load_plan(path: str | os.PathLike[str]) -> dict[str, Any]:
     return document
 
 
+def _check_routing(r: FieldReader, routing: Mapping[str, Any], models: Mapping[str, Any]) -> None:
+    """Each routing row: probabilities over known models, each >= 0, summing to 1."""
+    for category, row in routing.items():
+        path = f"routing.{category}"
+        unknown = sorted(set(r.check(row, path, dict)) - set(models))
+        if unknown:
+            raise r.fail(path, f"models {unknown} are not in 'models'")
+        probabilities = [r.check(p, f"{path}.{model}", float) for model, p in row.items()]
+        if any(p < 0 for p in probabilities) or abs(sum(probabilities) - 1) > ROW_SUM_TOL:
+            raise r.fail(path, f"expected probabilities summing to 1, but got {row}")
+
+
+def _check_shares(r: FieldReader, models: Mapping[str, Any], budget: float | None) -> None:
+    """Shares finite and >= 0, within the budget; a deployed model has steps and a share > 0."""
+    total = 0.0
+    for key, entry in models.items():
+        share = r.check(entry, f"models.{key}", dict).get("share")
+        if not isinstance(share, (int, float)) or not math.isfinite(share) or share < 0:
+            raise r.fail(f"models.{key}.share", f"expected a share >= 0, but got {share!r}")
+        total += share
+        if entry.get("deployed"):
+            steps = entry.get("steps")
+            if not isinstance(steps, int) or share <= 0:
+                raise r.fail(f"models.{key}", "a deployed model needs integer steps and a share > 0")
+            r.bounded(steps, f"models.{key}.steps", minimum=1, maximum=MAX_STEPS, what="a step count")
+    if budget is not None and total > budget * (1 + BUDGET_RTOL):
+        raise r.fail("models", f"shares sum to {total}, more than the budget {budget}")
+
+
 def validate_plan(document: Mapping[str, Any], where: str) -> None:
     """Check a plan document's structure and invariants.
 
@@ -195,28 +224,8 @@ def validate_plan(document: Mapping[str, Any], where: str) -> None:
     if document["schema_version"] != PLAN_SCHEMA_VERSION or document["kind"] != _KIND:
         raise r.fail("schema_version", f"expected a {_KIND!r} document of schema {PLAN_SCHEMA_VERSION}")
     models = r.get(document, "models", "", dict)
-    for category, row in r.get(document, "routing", "", dict).items():
-        path = f"routing.{category}"
-        unknown = sorted(set(r.check(row, path, dict)) - set(models))
-        if unknown:
-            raise r.fail(path, f"models {unknown} are not in 'models'")
-        probabilities = [r.check(p, f"{path}.{model}", float) for model, p in row.items()]
-        if any(p < 0 for p in probabilities) or abs(sum(probabilities) - 1) > ROW_SUM_TOL:
-            raise r.fail(path, f"expected probabilities summing to 1, but got {row}")
-    budget = r.opt(r.get(document, "inputs", "", dict), "budget_gpu", "inputs", float)
-    total = 0.0
-    for key, entry in models.items():
-        share = r.check(entry, f"models.{key}", dict).get("share")
-        if not isinstance(share, (int, float)) or not math.isfinite(share) or share < 0:
-            raise r.fail(f"models.{key}.share", f"expected a share >= 0, but got {share!r}")
-        total += share
-        if entry.get("deployed"):
-            steps = entry.get("steps")
-            if not isinstance(steps, int) or share <= 0:
-                raise r.fail(f"models.{key}", "a deployed model needs integer steps and a share > 0")
-            r.bounded(steps, f"models.{key}.steps", minimum=1, maximum=MAX_STEPS, what="a step count")
-    if budget is not None and total > budget * (1 + BUDGET_RTOL):
-        raise r.fail("models", f"shares sum to {total}, more than the budget {budget}")
+    _check_routing(r, r.get(document, "routing", "", dict), models)
+    _check_shares(r, models, r.opt(r.get(document, "inputs", "", dict), "budget_gpu", "inputs", float))
     predicted = r.get(document, "predicted", "", dict)
     for figure in _FIGURES:
         value = predicted.get(figure)
