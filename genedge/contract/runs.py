@@ -394,6 +394,15 @@ def audit_run(run_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> R
     return RunAudit(rows, own, sum(foreign.values()), foreign, duplicates, tuple(corrupt), mixed, nan_scores)
 
 
+def _optional_size(r: FieldReader, value: Any, path: str, maximum: int, what: str) -> None:
+    """A size that is null (not fixed, or not known) or a whole number in [1, ``maximum``]."""
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise r.fail(path, f"expected {what} or null")
+    r.bounded(value, path, minimum=1, maximum=maximum, what=what.removeprefix("an integer "))
+
+
 def validate_manifest(manifest: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Check a manifest document; return it as a dict.
 
@@ -416,16 +425,10 @@ def validate_manifest(manifest: Mapping[str, Any], where: str) -> dict[str, Any]
         raise r.fail(unknown[0], f"unknown field; a manifest has {list(MANIFEST_FIELDS)}")
     for field, kind in (("run_id", str), ("settings_sha256", str), ("host", dict), ("energy", dict)):
         r.get(manifest, field, "", kind)
-    if manifest["resolution"] is not None:
-        if not isinstance(manifest["resolution"], int) or isinstance(manifest["resolution"], bool):
-            raise r.fail("resolution", "expected an integer side in pixels or null (native per model)")
-        r.bounded(manifest["resolution"], "resolution", minimum=1, maximum=MAX_PIXELS, what="pixels")
+    _optional_size(r, manifest["resolution"], "resolution", MAX_PIXELS, "an integer side in pixels")
     device = r.get(manifest, "device", "", dict)
     r.get(device, "name", "device", str)
-    if device.get("memory_bytes") is not None:
-        if not isinstance(device["memory_bytes"], int) or isinstance(device["memory_bytes"], bool):
-            raise r.fail("device.memory_bytes", "expected an integer number of bytes or null")
-        r.bounded(device["memory_bytes"], "device.memory_bytes", minimum=0, maximum=MAX_MEMORY_BYTES, what="bytes")
+    _optional_size(r, device.get("memory_bytes"), "device.memory_bytes", MAX_MEMORY_BYTES, "an integer number of bytes")
     convention = r.get(manifest, "clip_convention", "", dict)
     for name in ClipConvention.__dataclass_fields__:
         r.get(convention, name, "clip_convention", str)
