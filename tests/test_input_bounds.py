@@ -259,6 +259,14 @@ def test_a_repeated_models_key_is_refused_not_replaced(tmp_path: Path, capsys: p
     _refused_in_process(["plan", "--table", str(table)], capsys, str(table), "key 'models'", "given twice")
 
 
+def test_a_blank_category_name_is_refused_in_a_mapping() -> None:
+    from genedge.contract.mappings import check_category_mapping
+
+    with pytest.raises(ArtifactError) as err:
+        check_category_mapping({"column": "Challenge", "labels": {" ": ["Basic"]}}, "mapping.json")
+    assert err.value.field_path == "category_mapping.labels" and "expected a non-empty name" in str(err.value)
+
+
 def test_every_json_reader_refuses_repeated_keys(tmp_path: Path) -> None:
     path = tmp_path / "doc.json"
     path.write_text('{"a": {"x": 1, "y": 2, "x": 3}}', encoding="utf-8")

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from genedge.contract.fields import FieldReader
 from genedge.contract.files import ArtifactError, read_json
 from genedge.data import path as data_path
 
@@ -113,27 +114,30 @@ def check_category_mapping(
     """Validate a category mapping document; return it as a dict.
 
     Raises:
-        ArtifactError: (or ``error``) naming ``where`` and the field: a missing ``column`` or ``labels``, a category
-            without labels, a label that is not a string, or a label claimed by two categories.
+        ArtifactError: (or ``error``) naming ``where`` and the field: a missing ``column`` or ``labels``, an
+            empty category name, a category without labels, a label that is not a string, or a label claimed
+            by two categories.
     """
+    r = FieldReader(where, error)
     if not isinstance(mapping, Mapping):
-        raise error(where, "category_mapping", f"expected an object, but got {type(mapping).__name__}")
+        raise r.fail("category_mapping", f"expected an object, but got {type(mapping).__name__}")
     for field in MAPPING_FIELDS:
         if field not in mapping:
-            raise error(where, f"category_mapping.{field}", "missing field")
+            raise r.fail(f"category_mapping.{field}", "missing field")
     if not isinstance(mapping["column"], str) or not mapping["column"]:
-        raise error(where, "category_mapping.column", f"expected a column name, but got {mapping['column']!r}")
+        raise r.fail("category_mapping.column", f"expected a column name, but got {mapping['column']!r}")
     labels = mapping["labels"]
     if not isinstance(labels, Mapping) or not labels:
-        raise error(where, "category_mapping.labels", "expected an object of category → [labels]")
+        raise r.fail("category_mapping.labels", "expected an object of category → [labels]")
     seen: dict[str, str] = {}
     for category, names in labels.items():
         path = f"category_mapping.labels.{category}"
+        r.name(category, "category_mapping.labels")
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            raise error(where, path, f"expected a non-empty list of label strings, but got {names!r}")
+            raise r.fail(path, f"expected a non-empty list of label strings, but got {names!r}")
         for name in names:
             if name in seen:
-                raise error(where, path, f"label {name!r} is also claimed by category {seen[name]!r}")
+                raise r.fail(path, f"label {name!r} is also claimed by category {seen[name]!r}")
             seen[name] = category
     return dict(mapping)
 
