@@ -8,7 +8,8 @@ that names the file or option and the field, with no traceback and nothing repla
   1e308 s, a null prompt, a router intercept of 1e308: each refused by its reader;
 - options out of range (``--rate 1e-300``, ``--slo 1e308``, ``--memory-gib 1e308`` or ``nan``,
   ``--seed -1``) name the option; a FIFO or a directory given as a prompt file says what it is;
-  a write that the file system refuses names the path and what to do.
+  a write that the file system refuses names the path and what to do;
+- plan files, category mappings and routers of the wrong shape name the field rather than raise a traceback.
 
 One case per command runs the real CLI in a subprocess; the rest call the same entry point in-process.
 """
@@ -48,14 +49,9 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 PROMPTS = "Prompt\tChallenge\na red cube on a blue sphere\tBasic\nan old man reading\tImagination\n"
 
 
-def _genedge(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _genedge(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "genedge", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=120,
-        cwd=cwd,
+        [sys.executable, "-m", "genedge", *map(str, args)], capture_output=True, text=True, env=ENV, timeout=120
     )
 
 
