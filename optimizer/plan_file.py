@@ -193,8 +193,9 @@ def _check_shares(r: FieldReader, models: Mapping[str, Any], budget: float | Non
     total = 0.0
     for key, entry in models.items():
         share = r.check(entry, f"models.{key}", dict).get("share")
-        if not isinstance(share, (int, float)) or not math.isfinite(share) or share < 0:
+        if share is None or r.check(share, f"models.{key}.share", float) < 0:
             raise r.fail(f"models.{key}.share", f"expected a share >= 0, but got {share!r}")
+        share = float(share)
         total += share
         if entry.get("deployed"):
             steps = entry.get("steps")
@@ -229,8 +230,10 @@ def validate_plan(document: Mapping[str, Any], where: str) -> None:
     predicted = r.get(document, "predicted", "", dict)
     for figure in _FIGURES:
         value = predicted.get(figure)
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
+        try:
+            r.check(value, f"predicted.{figure}", float)
+        except PlanError:
             raise r.fail(
                 f"predicted.{figure}",
                 f"expected a finite number, but got {value!r} (a plan whose queues cannot be stable is not servable)",
-            )
+            ) from None

@@ -271,6 +271,13 @@ def test_every_json_reader_refuses_repeated_keys(tmp_path: Path) -> None:
     assert err.value.field_path == "key 'x'"
 
 
+def test_an_integer_too_long_to_read_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "big.json"
+    path.write_text('{"n": ' + "9" * 5000 + "}", encoding="utf-8")
+    with pytest.raises(ArtifactError, match=r"big\.json: document: holds an integer too long to read"):
+        read_json(path, "a document")
+
+
 def test_shipped_tables_round_trip_byte_identical(tmp_path: Path) -> None:
     for source in sorted(REFERENCE.parent.glob("*.json")):
         written = save_table(load_table(source), tmp_path / source.name)

@@ -115,6 +115,10 @@ def read_json(path: str | os.PathLike[str], what: str, error: type[ArtifactError
         ) from None
     except json.JSONDecodeError as err:
         raise error(str(path), f"line {err.lineno}", f"not valid JSON ({err.msg}); expected {what}") from err
+    except ValueError as err:  # the only other ValueError json raises: an integer of more digits than Python converts
+        raise error(
+            str(path), "document", f"holds an integer too long to read (over 4,300 digits); expected {what}"
+        ) from err
     except RecursionError as err:
         raise error(str(path), "document", f"nested deeper than {MAX_JSON_DEPTH} levels; expected {what}") from err
     depth = _json_depth(document)
