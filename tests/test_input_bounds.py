@@ -407,6 +407,20 @@ def test_options_out_of_range_name_the_option(
     _refused_in_process(["plan", *argv], capsys, expected)
 
 
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--budgets", "0.5,1e308"], "argument --budgets: expected GPUs <= 1024, but got 1e+308"),
+        (["--weights", "nan"], "argument --weights: expected a finite number, but got nan"),
+        (["--loads", "0,10"], "argument --loads: expected requests >= 1, but got 0"),
+    ],
+)
+def test_simulate_lists_are_bounded_item_by_item(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _refused_in_process(["simulate", *argv], capsys, expected)
+
+
 def test_router_seed_is_bounded_in_a_real_process(tmp_path: Path) -> None:
     done = _genedge("router", "train", tmp_path / "P.tsv", "--out", tmp_path / "r.json", "--seed", "-1")
     assert done.returncode == 2

@@ -40,6 +40,9 @@ __all__ = [
     "add_service_arguments",
     "service_from_args",
     "bounded_number",
+    "budget_gpus",
+    "delay_weight",
+    "request_count",
     "comma_separated",
     "seed_argument",
     "slo_seconds",
@@ -63,8 +66,12 @@ DEFAULT_MIX = {"Basic": 272, "Detail": 544, "Imagination": 150, "Complex": 113}
 DEFAULT_REQUESTS = 100
 
 
-def comma_separated(kind: type) -> Callable[[str], list]:
-    """An argparse type for comma-separated values of ``kind``, e.g. ``10,20,30``."""
+def comma_separated(kind: Callable[[str], object]) -> Callable[[str], list]:
+    """An argparse type for comma-separated values of ``kind``, e.g. ``10,20,30``.
+
+    ``kind`` is a type (``int``, ``float``, ``str``) or another argparse type such as a
+    :func:`bounded_number`, whose errors pass through.
+    """
 
     def parse(text: str) -> list:
         try:
@@ -106,6 +113,12 @@ def bounded_number(
 
 #: An argparse type for --seed: numpy seeds are integers >= 0.
 seed_argument = bounded_number("a seed", minimum=0, kind=int)
+#: An argparse type for a compute budget (--budget, simulate's --budgets).
+budget_gpus = bounded_number("GPUs", minimum=0, strict=True, maximum=MAX_BUDGET_GPUS)
+#: An argparse type for a delay weight (--weight, simulate's --weights).
+delay_weight = bounded_number("points per second", minimum=0, maximum=MAX_DELAY_WEIGHT)
+#: An argparse type for a request count (--requests, simulate's --loads).
+request_count = bounded_number("requests", minimum=1, maximum=MAX_COUNT, kind=int)
 #: An argparse type for a latency SLO (--slo).
 slo_seconds = bounded_number("seconds", minimum=0, strict=True, maximum=MAX_DELAY_S)
 #: An argparse type for a planning window's length (--window-s, simulate's --window-vs-open).
@@ -180,7 +193,7 @@ def add_workload_arguments(parser: argparse.ArgumentParser, *, prompt_file: bool
         parser.set_defaults(prompts=None)
     load.add_argument(
         "--requests",
-        type=bounded_number("requests", minimum=1, maximum=MAX_COUNT, kind=int),
+        type=request_count,
         default=DEFAULT_REQUESTS,
         help=f"number of requests in PartiPrompts' category mix (default: {DEFAULT_REQUESTS})",
     )
@@ -190,13 +203,13 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     """Add --budget and --weight, the two numbers a planning point is made of besides its workload."""
     parser.add_argument(
         "--budget",
-        type=bounded_number("GPUs", minimum=0, strict=True, maximum=MAX_BUDGET_GPUS),
+        type=budget_gpus,
         default=1.0,
         help="compute budget R in GPU units, 1.0 = one whole GPU (default: 1.0)",
     )
     parser.add_argument(
         "--weight",
-        type=bounded_number("points per second", minimum=0, maximum=MAX_DELAY_WEIGHT),
+        type=delay_weight,
         default=0.05,
         help="w: CLIPScore points one second of mean delay is worth (default: 0.05)",
     )

@@ -11,13 +11,16 @@ import numpy as np
 
 from genedge.cli._common import (
     add_planning_arguments,
+    budget_gpus,
     comma_separated,
     default_mix,
+    delay_weight,
     derived_share_line,
     left_out_line,
     load_table_with_hash,
     parse_counts,
     problem_from_args,
+    request_count,
     slo_seconds,
     window_seconds,
 )
@@ -42,19 +45,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_planning_arguments(parser)
     parser.add_argument(
         "--loads",
-        type=comma_separated(int),
+        type=comma_separated(request_count),
         default=[10, 25, 50, 100, 150, 200],
         help="requests per planning window, comma-separated (default: 10,25,50,100,150,200)",
     )
     parser.add_argument(
         "--budgets",
-        type=comma_separated(float),
+        type=comma_separated(budget_gpus),
         default=[0.5, 1.0],
         help="compute budgets R in GPU units, comma-separated (default: 0.5,1.0)",
     )
     parser.add_argument(
         "--weights",
-        type=comma_separated(float),
+        type=comma_separated(delay_weight),
         default=[0.02, 0.05, 0.1],
         help="delay weights w in points per second, comma-separated (default: 0.02,0.05,0.1)",
     )
