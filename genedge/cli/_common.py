@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING
 from genedge import data
 from genedge.calibrate.table import CalibrationTable, load_table
 from genedge.contract.bounds import (
+    MAX_BATCH_SIZE,
     MAX_BUDGET_GPUS,
     MAX_COUNT,
     MAX_DELAY_S,
     MAX_DELAY_WEIGHT,
     MAX_MEMORY_BYTES,
+    MAX_PIXELS,
     MAX_RATE_PER_S,
     MAX_TRACE_S,
     MIN_RATE_PER_S,
@@ -39,11 +41,13 @@ __all__ = [
     "add_budget_arguments",
     "add_service_arguments",
     "service_from_args",
+    "batch_size_argument",
     "bounded_number",
     "budget_gpus",
     "delay_weight",
     "request_count",
     "comma_separated",
+    "image_side",
     "seed_argument",
     "slo_seconds",
     "window_seconds",
@@ -113,6 +117,10 @@ def bounded_number(
 
 #: An argparse type for --seed: numpy seeds are integers >= 0.
 seed_argument = bounded_number("a seed", minimum=0, kind=int)
+#: An argparse type for images per pipeline call (profile's --batch-size).
+batch_size_argument = bounded_number("images per call", minimum=1, maximum=MAX_BATCH_SIZE, kind=int)
+#: An argparse type for an image side (--resolution).
+image_side = bounded_number("pixels", minimum=1, maximum=MAX_PIXELS, kind=int)
 #: An argparse type for a compute budget (--budget, simulate's --budgets).
 budget_gpus = bounded_number("GPUs", minimum=0, strict=True, maximum=MAX_BUDGET_GPUS)
 #: An argparse type for a delay weight (--weight, simulate's --weights).

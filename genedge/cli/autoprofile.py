@@ -23,6 +23,7 @@ from genedge.cli._common import (
     add_budget_arguments,
     add_workload_arguments,
     comma_separated,
+    image_side,
     seed_argument,
     workload_from_args,
 )
@@ -88,7 +89,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", help="float32, float16 or bfloat16")
-    parser.add_argument("--resolution", type=int, help="image side in pixels (default: each model's native size)")
+    parser.add_argument(
+        "--resolution", type=image_side, help="image side in pixels (default: each model's native size)"
+    )
     parser.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default: 7.5)")
     parser.add_argument("--threads", type=int, help="CPU threads torch may use")
     parser.add_argument("--clip-backbone", default=DEFAULT_CLIP_BACKBONE, help=f"(default: {DEFAULT_CLIP_BACKBONE})")

@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-from genedge.cli._common import comma_separated
+from genedge.cli._common import batch_size_argument, comma_separated, image_side, seed_argument
 
 # Light modules (constants only); torch, diffusers and open_clip load inside run().
 from genedge.profiler.clipscore import DEFAULT_CLIP_BACKBONE, DEFAULT_CLIP_PRETRAINED
@@ -69,15 +69,20 @@ def _add_measurement_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--per-category", type=int, help="at most N prompts per category (sampled with --prompt-seed)")
     parser.add_argument("--limit", type=int, help="at most N prompts overall (sampled with --prompt-seed)")
-    parser.add_argument("--prompt-seed", type=int, default=0, help="seed of the prompt subsampling (default: 0)")
     parser.add_argument(
-        "--seeds", type=comma_separated(int), default=(0,), help="comma-separated generation seeds (default: 0)"
+        "--prompt-seed", type=seed_argument, default=0, help="seed of the prompt subsampling (default: 0)"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=comma_separated(seed_argument),
+        default=(0,),
+        help="comma-separated generation seeds (default: 0)",
     )
     parser.add_argument("--device", help=f"{DEVICE_SYNTAX} (default: cuda:LOCAL_RANK when CUDA is available, else cpu)")
     parser.add_argument("--dtype", help="float32, float16 or bfloat16 (default: float16 on CUDA, float32 on CPU)")
     parser.add_argument(
         "--resolution",
-        type=int,
+        type=image_side,
         help="image side in pixels (default: each model's native size from its config, e.g. 512 for SD 1.5, "
         "1024 for SDXL)",
     )
@@ -89,7 +94,9 @@ def _add_measurement_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     # How a run goes: batching, warm-up, threads, scoring, resuming and its output.
-    parser.add_argument("--batch-size", type=int, default=1, help="prompts per pipeline call (default: 1)")
+    parser.add_argument(
+        "--batch-size", type=batch_size_argument, default=1, help="prompts per pipeline call (default: 1)"
+    )
     parser.add_argument(
         "--warmup",
         type=int,
