@@ -421,6 +421,19 @@ def test_simulate_lists_are_bounded_item_by_item(
     _refused_in_process(["simulate", *argv], capsys, expected)
 
 
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--batch-size", "1000000"], "argument --batch-size: expected images per call <= 1024, but got 1000000"),
+        (["--seeds", "0,-1"], "argument --seeds: expected a seed >= 0, but got -1"),
+    ],
+)
+def test_profile_options_are_bounded_before_any_model_loads(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _refused_in_process(["profile", "--model", "replica:tiny", "--steps", "2", *argv], capsys, expected)
+
+
 def test_router_seed_is_bounded_in_a_real_process(tmp_path: Path) -> None:
     done = _genedge("router", "train", tmp_path / "P.tsv", "--out", tmp_path / "r.json", "--seed", "-1")
     assert done.returncode == 2
