@@ -1,48 +1,62 @@
-r"""Response times of a plan under each delay model (DESIGN §3, §3.2).
+r"""Delay models: how long a plan's requests wait (DESIGN §3, §3.2).
 
-Every function here takes the plan as expected requests x[c, m] (per window, or per second under
-open arrivals), the seconds S_m one call takes on model m's share (a batch of up to b_m images;
-``inf`` where a model is not deployed) and b_m; the arrival model and routing realization come
-from the problem.
+A delay model is one implementation of :class:`DelayModel`, chosen by the problem's arrival model
+and routing realization (:func:`delay_model`). The planners, the system model's evaluation, the
+discrete-event comparison and the serving prediction all ask the problem's model
+(:attr:`~genedge.optimizer.problem.Problem.delay`); no other module branches on which model it is.
+Every method takes the plan as expected requests x[c, m] (per window, or per second under open
+arrivals), the seconds S_m one call takes on model m's share (a batch of up to b_m images; ``inf``
+where a model is not deployed) and b_m.
 
-* ``window``, deterministic routing: the N_m requests on model m are served FIFO in batches of
-  up to b_m, so the i-th completes at ⌈i/b_m⌉·S_m (b = 1: i·S_m, the paper's model).
-* ``window``, random routing: N_m = Σ_c Binomial(n_c, p_cm) varies from window to window; every
-  figure is the expectation over its exact distribution (for b = 1 the mean gains
+* :class:`WindowFifo` (``window``, deterministic routing): the N_m requests on model m are served
+  FIFO in batches of up to b_m, so the i-th completes at ⌈i/b_m⌉·S_m (b = 1: i·S_m, the paper's model).
+* :class:`WindowRandom` (``window``, random routing): N_m = Σ_c Binomial(n_c, p_cm) varies from window
+  to window; every figure is the expectation over its exact distribution (for b = 1 the mean gains
   Σ_c n_c p_cm (1 − p_cm) / 2 · S_m, the variance of the load).
-* ``open``: model m sees Poisson arrivals of rate λ_m = Σ_c x_cm and is an M/D/1 queue (b = 1)
-  or the bulk-service queue of :mod:`~genedge.optimizer.queueing` (b > 1), stable only if
-  ρ_m = λ_m S_m / b_m < 1. Random routing splits a Poisson stream into Poisson streams, so the
-  figures are exact; smooth weighted round robin makes a split category's stream more regular
-  than Poisson, so for split categories they are conservative (the discrete-event check
-  measures by how much).
+* :class:`OpenQueue` (``open``): model m sees Poisson arrivals of rate λ_m = Σ_c x_cm and is an M/D/1
+  queue (b = 1) or the bulk-service queue of :mod:`~genedge.optimizer.queueing` (b > 1), stable only
+  if ρ_m = λ_m S_m / b_m < 1. Random routing splits a Poisson stream into Poisson streams, so the
+  figures are exact; smooth weighted round robin makes a split category's stream more regular than
+  Poisson, so for split categories they are conservative (the discrete-event check measures by how
+  much).
 
 In the window model a delay is the time from the window's start to the request's image; under
-open arrivals it is the response time (wait plus service).
+open arrivals it is the response time (wait plus service). Another model (e.g. arrivals that are
+not Poisson) is one more subclass, registered for its arrival model and realization in
+:data:`_MODELS`.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from scipy.special import gammaln, xlog1py, xlogy
 
 from genedge.optimizer import queueing
-from genedge.optimizer.problem import Problem, deployed_mask
 
 __all__ = [
+    "ARRIVAL_MODELS",
+    "DEPLOYED_MIN_REQUESTS",
+    "OPEN",
+    "REALIZATIONS",
+    "WINDOW",
+    "ArrivalModel",
     "DelayFigures",
-    "delay_figures",
-    "delay_mass",
-    "delay_quantile",
+    "DelayModel",
+    "GroupDelay",
+    "OpenQueue",
+    "WindowFifo",
+    "WindowRandom",
+    "arrival_model",
+    "delay_model",
+    "delay_model_class",
+    "deployed_mask",
     "fifo_delay_coefficient",
-    "attainment_matrix",
-    "model_attainment",
-    "model_served_within",
-    "model_window_coefficient",
     "utilization",
-    "window_delay_coefficient",
     "window_delay_quantile",
 ]
 
@@ -57,6 +71,63 @@ _QUANTILE_RTOL = 1e-13
 _BISECTIONS = 200
 # A load pmf keeps values of N_m down to this probability (the rest is below float resolution).
 _PMF_FLOOR = 1e-16
+
+#: Expected requests per planning window (or per second) at or below which a model is not deployed:
+#: it gets no compute share, holds no memory and adds no delay. Routings carry float residue far
+#: below one request; this is where residue ends and traffic begins.
+DEPLOYED_MIN_REQUESTS = 1e-9
+
+
+def deployed_mask(loads: np.ndarray) -> np.ndarray:
+    """Which models a plan deploys: expected requests N_m above :data:`DEPLOYED_MIN_REQUESTS`, shape (M,).
+
+    This is the one definition of "deployed" (or "in use"): the system model, the planners, the
+    plan file and the command line all decide it here.
+    """
+    return np.asarray(loads, dtype=float) > DEPLOYED_MIN_REQUESTS
+
+
+@dataclass(frozen=True)
+class ArrivalModel:
+    """How requests arrive, as far as the demand is concerned.
+
+    Attributes:
+        name: the name the command line and the plan file use (one of :data:`ARRIVAL_MODELS`).
+        per_second: the demand is rates λ_c (requests/s), not requests per window.
+        demand_unit: what a demand counts, ``"requests/s"`` or ``"requests"`` (per window).
+        label: the arrival model in words.
+    """
+
+    name: str
+    per_second: bool
+    demand_unit: str
+    label: str
+
+
+#: Every request of a planning window arrives at once (the paper's model).
+WINDOW = ArrivalModel("window", per_second=False, demand_unit="requests", label="window model")
+#: Poisson arrivals of λ_c requests per second.
+OPEN = ArrivalModel("open", per_second=True, demand_unit="requests/s", label="open arrivals")
+_ARRIVALS = {a.name: a for a in (WINDOW, OPEN)}
+#: Arrival models (DESIGN §3, §3.2): ``window`` serves n_c requests that all arrive at once (the paper's
+#: model); ``open`` serves Poisson arrivals of λ_c requests per second, one M/D/1 (or, with batching,
+#: bulk-service) queue per deployed model.
+ARRIVAL_MODELS = tuple(_ARRIVALS)
+#: How routing probabilities become routes: ``deterministic`` (smooth weighted round robin per category,
+#: so the planned loads hold exactly) or ``random`` (each request drawn independently, so the loads vary
+#: and their variance enters the delay).
+REALIZATIONS = ("deterministic", "random")
+
+
+def arrival_model(name: str) -> ArrivalModel:
+    """The arrival model called ``name`` (one of :data:`ARRIVAL_MODELS`).
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    if name not in _ARRIVALS:
+        raise ValueError(f"Expected a delay model among {list(ARRIVAL_MODELS)}, but got {name!r}")
+    return _ARRIVALS[name]
 
 
 @dataclass(frozen=True)
@@ -85,6 +156,25 @@ class DelayFigures:
     mg1_mean_s: float | None = None
 
 
+@dataclass(frozen=True)
+class GroupDelay:
+    """What one group of a plan's requests (one model's, one category's) waits.
+
+    An overloaded queue's requests wait without bound: they make the group's mean infinite, never
+    meet the SLO, and make a quantile infinite only where their share of the group reaches past it.
+
+    Attributes:
+        mean_s: mean delay (s).
+        p95_s / p99_s: 95th / 99th percentile of the delay (s).
+        attainment: P(delay ≤ SLO), where an SLO is given; else None.
+    """
+
+    mean_s: float
+    p95_s: float
+    p99_s: float
+    attainment: float | None
+
+
 def utilization(loads: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray) -> np.ndarray:
     """ρ_m = λ_m S_m / b_m (0 where a model has no load)."""
     with np.errstate(invalid="ignore"):
@@ -96,136 +186,520 @@ def fifo_delay_coefficient(full_share_s: np.ndarray | float, loads: np.ndarray |
     return full_share_s * loads * (loads + 1) / 2
 
 
-def window_delay_coefficient(problem: Problem, requests: np.ndarray, max_batch: np.ndarray) -> np.ndarray:
-    """c_m with total window delay on model m = c_m · S_m: E[Σ_{i ≤ N_m} ⌈i/b_m⌉], shape (M,).
+class DelayModel(ABC):
+    """How long a plan's requests wait: one implementation per delay model (module doc).
 
-    Deterministic routing takes N_m at its expected value: N(N + 1)/2 for b = 1, the paper's formula
-    (smooth in N, as every planner's closed form takes it); for b > 1 the last, partial request
-    counts with its fraction. Random routing averages over N_m's (whole) distribution.
+    Args:
+        counts: the problem's demand per category n_c (requests per window, or λ_c requests/s).
+        realization: how routing is realized (one of :data:`REALIZATIONS`).
+
+    Models are equal where they are the same model for the same demand.
+
+    Attributes:
+        arrivals: how requests arrive (class attribute).
+        description: the model in words, as reports state it (class attribute).
+        steady_state: requests keep arriving, so each deployed model is a queue with steady-state
+            figures, stable only at ρ_m < 1; False for one window of requests (class attribute).
+        bound_notes: what the exact search's upper bound leaves out under this model: of each
+            request's delay, and of the loads' variation (class attribute; None where nothing).
     """
-    return np.array([model_window_coefficient(problem, requests, m, int(max_batch[m])) for m in range(len(max_batch))])
+
+    arrivals: ClassVar[ArrivalModel]
+    description: ClassVar[str]
+    steady_state: ClassVar[bool]
+    bound_notes: ClassVar[tuple[str | None, str | None]] = (None, None)
+
+    def __init__(self, counts: np.ndarray, realization: str) -> None:
+        self.counts = np.asarray(counts, dtype=float)
+        self.realization = realization
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is type(self)
+            and other.realization == self.realization
+            and np.array_equal(other.counts, self.counts)
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.realization, self.counts.tobytes()))
+
+    def for_counts(self, counts: np.ndarray) -> DelayModel:
+        """The same model for another demand n_c."""
+        return type(self)(counts, self.realization)
+
+    @property
+    def beyond_paper(self) -> tuple[str, ...]:
+        """What this model adds to the paper's (one window routed deterministically), in words; () for it."""
+        return ()
+
+    # ----------------------------------------------------------------- whole plan
+
+    def utilization(self, loads: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray) -> np.ndarray | None:
+        """ρ_m = λ_m S_m / b_m per model where requests keep arriving (:attr:`steady_state`); else None."""
+        return None
+
+    def stable(self, loads: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray) -> bool:
+        """Whether every deployed queue has a steady state (always, for one window)."""
+        return True
+
+    def share_coefficient(self, requests: np.ndarray, max_batch: np.ndarray) -> np.ndarray | None:
+        """c_m with model m's delay mass c_m · S_m, proportional to its call time and so to 1/r_m, shape (M,).
+
+        Where the delay mass has that form the shares minimizing the mean delay are the closed form
+        r_m ∝ √(S_m c_m) at full share; None where it does not.
+        """
+        return None
+
+    @abstractmethod
+    def mass(self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray) -> np.ndarray:
+        """Per model, the summed delay of its requests: mean delay = Σ_m mass_m / N, shape (M,).
+
+        Window: c_m·S_m seconds per window. Open: λ_m·E[T_m] (request-seconds per second); inf for
+        an unstable queue.
+        """
+
+    @abstractmethod
+    def model_mean(
+        self, requests: np.ndarray, model: int, call_s: np.ndarray | float, batch: int
+    ) -> np.ndarray | float:
+        """Mean delay of a request on ``model`` (s), for each call time in ``call_s`` (inf where unstable)."""
+
+    @abstractmethod
+    def model_within(
+        self, requests: np.ndarray, model: int, call_s: np.ndarray | float, batch: int, d: float
+    ) -> np.ndarray:
+        """P(delay ≤ ``d``) of a request on ``model``, for each call time in ``call_s`` (0 where unstable)."""
+
+    @abstractmethod
+    def model_attainment(
+        self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, slo_s: float
+    ) -> np.ndarray:
+        """P(delay ≤ ``slo_s``) of a request on each model, shape (M,) (1 where a model has no load)."""
+
+    def attainment_matrix(
+        self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, slo_s: float
+    ) -> np.ndarray:
+        """P(delay ≤ ``slo_s``) of a category-c request routed to model m, shape (C, M).
+
+        Every request on a model shares its queue, so the chance is the model's alone unless a model
+        says otherwise (:class:`WindowRandom`). Weighted by the requests, these give back
+        :meth:`model_attainment`.
+        """
+        per_model = self.model_attainment(requests, call_s, max_batch, slo_s)
+        return np.broadcast_to(per_model, requests.shape).copy()
+
+    @abstractmethod
+    def quantile(self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, q: float) -> float:
+        """The q-quantile of the delay over all requests (s); inf when a deployed queue is unstable."""
+
+    def mg1_mean(
+        self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, spread_s: np.ndarray
+    ) -> float | None:
+        """The M/G/1 mean delay from the spread of one image's service time, where the model has one; else None."""
+        return None
+
+    def vertex_delay(
+        self, full_share_s: np.ndarray, max_batch: np.ndarray
+    ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray] | None]:
+        """The delay every request must wait, as :func:`~genedge.optimizer.assignment.vertex_bound` takes it:
+        its ``full_share_s`` and ``delay_root`` (None for the window's √(N(N+1)))."""
+        return full_share_s / max_batch, None
+
+    def figures(
+        self,
+        requests: np.ndarray,
+        call_s: np.ndarray,
+        max_batch: np.ndarray,
+        *,
+        slo_s: float | None = None,
+        spread_s: np.ndarray | None = None,
+    ) -> DelayFigures:
+        """Mean, p95, p99 and SLO attainment of a plan's delays (see :class:`DelayFigures`).
+
+        Args:
+            slo_s: the SLO (s) the attainments are for, or None for none.
+            spread_s: standard deviation of one image's service time on each model's share (s), for
+                the M/G/1 mean beside the M/D/1 one; None to leave it out.
+        """
+        loads = requests.sum(axis=0)
+        total = float(loads.sum())
+        stable = self.stable(loads, call_s, max_batch)
+        mass = self.mass(requests, call_s, max_batch)
+        attainment = category = None
+        if slo_s is not None:  # an unstable queue's requests never meet it; the others may
+            chance = self.attainment_matrix(requests, call_s, max_batch, slo_s)
+            attainment = float((requests * chance).sum() / total)
+            category = (requests * chance).sum(axis=1) / requests.sum(axis=1)
+        mg1 = None
+        if spread_s is not None and stable:
+            mg1 = self.mg1_mean(requests, call_s, max_batch, spread_s)
+        return DelayFigures(
+            mean_s=float(mass.sum() / total) if stable else np.inf,
+            p95_s=self.quantile(requests, call_s, max_batch, 0.95),
+            p99_s=self.quantile(requests, call_s, max_batch, 0.99),
+            attainment=attainment,
+            category_attainment=category,
+            utilization=self.utilization(loads, call_s, max_batch),
+            stable=bool(stable),
+            mg1_mean_s=mg1,
+        )
+
+    # ----------------------------------------------------------------- groups of requests
+
+    def groups(
+        self,
+        requests: np.ndarray,
+        call_s: np.ndarray,
+        max_batch: np.ndarray,
+        members: Sequence[np.ndarray],
+        slo_s: float | None = None,
+    ) -> list[GroupDelay]:
+        """The delays of groups of a plan's requests (see :class:`GroupDelay`).
+
+        Args:
+            requests: all of the plan's requests x[c, m], whose queues every group shares.
+            members: per group, its part of ``requests``, shape (C, M) each (e.g. one model's column).
+            slo_s: the SLO (s) the attainments are for, or None.
+        """
+        loads = requests.sum(axis=0)
+        used = deployed_mask(loads)
+        chance = None if slo_s is None else self.attainment_matrix(requests, call_s, max_batch, slo_s)
+        means = {m: float(self.model_mean(requests, m, call_s[m], int(max_batch[m]))) for m in np.flatnonzero(used)}
+        out = []
+        for group in members:
+            weights = np.where(used, group.sum(axis=0), 0.0)
+            models = np.flatnonzero(weights > 0)
+            share = weights[models] / weights[models].sum()
+            out.append(
+                GroupDelay(
+                    mean_s=float(sum(w * means[m] for w, m in zip(share, models))),
+                    p95_s=self._group_quantile(requests, call_s, max_batch, weights, 0.95),
+                    p99_s=self._group_quantile(requests, call_s, max_batch, weights, 0.99),
+                    attainment=None if chance is None else float((group * chance).sum() / group.sum()),
+                )
+            )
+        return out
+
+    @abstractmethod
+    def _group_quantile(
+        self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, weights: np.ndarray, q: float
+    ) -> float:
+        """The q-quantile of the delay of requests spread over the models by ``weights`` (requests per model)."""
 
 
-def model_window_coefficient(problem: Problem, requests: np.ndarray, model: int, batch: int) -> float:
-    """c_m of one model at batch size ``batch`` (see :func:`window_delay_coefficient`)."""
-    load = float(requests[:, model].sum())
-    if not deployed_mask(load):
-        return 0.0
-    if problem.realization == "deterministic":
+class WindowFifo(DelayModel):
+    """One window of requests, routed deterministically: model m serves its N_m requests FIFO (module doc)."""
+
+    arrivals = WINDOW
+    description = "one window, first in first out"
+    steady_state = False
+
+    def share_coefficient(self, requests: np.ndarray, max_batch: np.ndarray) -> np.ndarray:
+        """c_m = E[Σ_{i ≤ N_m} ⌈i/b_m⌉]: total window delay on model m is c_m · S_m, shape (M,).
+
+        Deterministic routing takes N_m at its expected value: N(N + 1)/2 for b = 1, the paper's formula
+        (smooth in N, as every planner's closed form takes it); for b > 1 the last, partial request
+        counts with its fraction. Random routing averages over N_m's (whole) distribution.
+        """
+        return np.array([self._coefficient(requests, m, int(max_batch[m])) for m in range(len(max_batch))])
+
+    def mass(self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray) -> np.ndarray:
+        used = deployed_mask(requests.sum(axis=0))
+        coefficient = self.share_coefficient(requests, max_batch)
+        return np.where(used, coefficient * np.where(used, call_s, 0.0), 0.0)
+
+    def model_mean(
+        self, requests: np.ndarray, model: int, call_s: np.ndarray | float, batch: int
+    ) -> np.ndarray | float:
+        load = float(requests[:, model].sum())
+        return self._coefficient(requests, model, batch) * call_s / load
+
+    def model_within(
+        self, requests: np.ndarray, model: int, call_s: np.ndarray | float, batch: int, d: float
+    ) -> np.ndarray:
+        return self._served(requests, model, call_s, batch, d) / requests[:, model].sum()
+
+    def model_attainment(
+        self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, slo_s: float
+    ) -> np.ndarray:
+        loads = requests.sum(axis=0)
+        used = deployed_mask(loads)
+        served = self._window_served(requests, call_s, max_batch, slo_s)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(used, served / np.where(used, loads, 1.0), 1.0)
+
+    def quantile(self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, q: float) -> float:
+        return window_delay_quantile(call_s, requests.sum(axis=0), q, max_batch)
+
+    def _coefficient(self, requests: np.ndarray, model: int, batch: int) -> float:
+        """c_m of one model at batch size ``batch`` (see :meth:`share_coefficient`)."""
+        load = float(requests[:, model].sum())
+        if not deployed_mask(load):
+            return 0.0
         if batch == 1:  # the paper's D_m = t_m (N_m + 1) / 2, smooth in expected loads as the planners take it
             return float(fifo_delay_coefficient(1.0, load))
         return float(queueing.window_batch_delay_sum(load, 1.0, batch))
-    values, pmf = _load_distribution(problem, requests, model)
-    return float(pmf @ queueing.window_batch_delay_sum(values, np.ones_like(values), batch))
 
-
-def model_served_within(
-    problem: Problem, requests: np.ndarray, model: int, call_s: np.ndarray | float, batch: int, d: float
-) -> np.ndarray:
-    """Expected requests on ``model`` whose window delay is at most ``d``, for each call time in ``call_s``."""
-    call_s = np.asarray(call_s, dtype=float)
-    load = float(requests[:, model].sum())
-    if not deployed_mask(load):
-        return np.zeros(call_s.shape)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        done = np.where(np.isfinite(call_s), np.floor(d / call_s * (1 + _DELAY_RTOL)) * batch, 0.0)
-    if problem.realization == "deterministic":
+    def _served(self, requests: np.ndarray, model: int, call_s: np.ndarray | float, batch: int, d: float) -> np.ndarray:
+        """Expected requests on ``model`` whose window delay is at most ``d``, for each call time in ``call_s``."""
+        call_s = np.asarray(call_s, dtype=float)
+        load = float(requests[:, model].sum())
+        if not deployed_mask(load):
+            return np.zeros(call_s.shape)
+        done = _done_by(call_s, batch, d)
         whole = np.floor(load + _WHOLE_REQUEST_TOL)
         partial = max(load - whole, 0.0)  # weight of request number whole + 1
         return np.minimum(done, whole) + np.where(done > whole, partial, 0.0)
-    values, pmf = _load_distribution(problem, requests, model)
-    return (np.minimum(values[:, None], np.atleast_1d(done)[None, :]).T @ pmf).reshape(done.shape)
+
+    def _largest_load(self, requests: np.ndarray, model: int) -> float:
+        """The most requests ``model`` can have in a window."""
+        return float(np.ceil(requests[:, model].sum() - _WHOLE_REQUEST_TOL))
+
+    def _window_served(self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, d: float) -> np.ndarray:
+        """Expected requests per model whose window delay is at most ``d``, shape (M,)."""
+        return np.array(
+            [float(self._served(requests, m, call_s[m], int(max_batch[m]), d)) for m in range(requests.shape[1])]
+        )
+
+    def _group_quantile(
+        self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, weights: np.ndarray, q: float
+    ) -> float:
+        # The delays are multiples of the call times: the quantile is the first completion at which the
+        # group's expected share served reaches q.
+        models = np.flatnonzero(weights > 0)
+        share = weights[models] / weights[models].sum()
+        calls = call_s[models]
+        hi = max(float(call_s[m] * np.ceil(self._largest_load(requests, m) / max_batch[m])) for m in models)
+
+        def reached(d: float) -> bool:
+            within = [float(self.model_within(requests, m, call_s[m], int(max_batch[m]), d)) for m in models]
+            return float(share @ np.array(within)) >= q - _WHOLE_REQUEST_TOL / weights.sum()
+
+        return _snap(_bisect(reached, 0.0, hi), calls)
 
 
-def delay_mass(problem: Problem, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray) -> np.ndarray:
-    """Per model, the summed delay of its requests: mean delay = Σ_m mass_m / N, shape (M,).
+class WindowRandom(WindowFifo):
+    """One window of requests, each routed by an independent draw: N_m varies (module doc).
 
-    Window: c_m·S_m seconds per window. Open: λ_m·E[T_m] (request-seconds per second); inf for
-    an unstable queue.
+    Raises:
+        ValueError: request counts that are not whole numbers.
     """
-    loads = requests.sum(axis=0)
-    used = deployed_mask(loads)
-    if problem.arrivals == "window":
-        coefficient = window_delay_coefficient(problem, requests, max_batch)
-        return np.where(used, coefficient * np.where(used, call_s, 0.0), 0.0)
-    mean = _open_mean_response(loads, call_s, max_batch)
-    return np.where(used, loads * mean, 0.0)
 
+    bound_notes = (None, "the bound ignores the variance of randomly routed loads")
 
-def model_attainment(
-    problem: Problem, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, slo_s: float
-) -> np.ndarray:
-    """P(delay ≤ ``slo_s``) of a request on each model, shape (M,) (1 where a model has no load)."""
-    loads = requests.sum(axis=0)
-    used = deployed_mask(loads)
-    if problem.arrivals == "open":
-        cdf = _open_response_cdf(slo_s, loads, call_s, max_batch)
-        return np.where(used, cdf, 1.0)
-    served = _window_served(problem, requests, call_s, max_batch, slo_s)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(used, served / np.where(used, loads, 1.0), 1.0)
+    def __init__(self, counts: np.ndarray, realization: str) -> None:
+        super().__init__(counts, realization)
+        if not np.allclose(self.counts, np.round(self.counts)):
+            raise ValueError(f"Expected whole request counts for random routing, but got {self.counts.tolist()}")
 
+    @property
+    def beyond_paper(self) -> tuple[str, ...]:
+        return ("random routing",)
 
-def attainment_matrix(
-    problem: Problem, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, slo_s: float
-) -> np.ndarray:
-    """P(delay ≤ ``slo_s``) of a category-c request routed to model m, shape (C, M).
+    def attainment_matrix(
+        self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, slo_s: float
+    ) -> np.ndarray:
+        """P(delay ≤ ``slo_s``) of a category-c request routed to model m, shape (C, M).
 
-    Every request on a model shares its queue, so the chance is the model's alone — except in a
-    window under random routing, where a category-c request on m finds there the others drawn
-    independently: N_m = 1 + K with K = Σ_{c'} Binomial(n_{c'} − [c' = c], p_{c'm}), and its
-    chance is E[min(1 + K, k) / (1 + K)] with k = b_m ⌊SLO / S_m⌋ requests served in time. (Weighted
-    by the requests, these give back :func:`model_attainment`.)
-    """
-    per_model = model_attainment(problem, requests, call_s, max_batch, slo_s)
-    out = np.broadcast_to(per_model, requests.shape).copy()
-    if problem.arrivals != "window" or problem.realization != "random":
+        A category-c request on m finds there the others drawn independently: N_m = 1 + K with
+        K = Σ_{c'} Binomial(n_{c'} − [c' = c], p_{c'm}), and its chance is E[min(1 + K, k) / (1 + K)]
+        with k = b_m ⌊SLO / S_m⌋ requests served in time.
+        """
+        out = super().attainment_matrix(requests, call_s, max_batch, slo_s)
+        counts = np.round(self.counts).astype(int)
+        for m in np.flatnonzero(deployed_mask(requests.sum(axis=0))):
+            done = np.floor(slo_s / call_s[m] * (1 + _DELAY_RTOL)) * max_batch[m]
+            for c in np.flatnonzero(requests[:, m] > 0):
+                others = counts.copy()
+                others[c] -= 1
+                values, pmf = self._load_distribution(requests, m, counts=others)
+                out[c, m] = float(pmf @ (np.minimum(1 + values, done) / (1 + values)))
         return out
-    counts = np.round(problem.counts).astype(int)
-    for m in np.flatnonzero(deployed_mask(requests.sum(axis=0))):
-        done = np.floor(slo_s / call_s[m] * (1 + _DELAY_RTOL)) * max_batch[m]
-        for c in np.flatnonzero(requests[:, m] > 0):
-            others = counts.copy()
-            others[c] -= 1
-            values, pmf = _load_distribution(problem, requests, m, counts=others)
-            out[c, m] = float(pmf @ (np.minimum(1 + values, done) / (1 + values)))
-    return out
+
+    def quantile(self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, q: float) -> float:
+        """Found by bisection on the delay d of Σ_m (requests on m with delay ≤ d) ≥ q·N, so its cost
+        does not grow with the number of requests."""
+        loads = requests.sum(axis=0)
+        used = deployed_mask(loads)
+        if not used.any():
+            return 0.0
+        total = float(loads.sum())
+        # The delays are multiples of the call times, so the quantile is the first completion at
+        # which the expected number served reaches q·N.
+        largest = np.array([self._largest_load(requests, m) if used[m] else 0.0 for m in range(used.size)])
+        hi = float((call_s[used] * np.ceil(largest[used] / max_batch[used])).max())
+        d = _bisect(
+            lambda d: (
+                float(self._window_served(requests, call_s, max_batch, d).sum()) >= q * total - _WHOLE_REQUEST_TOL
+            ),
+            0.0,
+            hi,
+        )
+        return _snap(d, call_s[used])
+
+    def _coefficient(self, requests: np.ndarray, model: int, batch: int) -> float:
+        if not deployed_mask(float(requests[:, model].sum())):
+            return 0.0
+        values, pmf = self._load_distribution(requests, model)
+        return float(pmf @ queueing.window_batch_delay_sum(values, np.ones_like(values), batch))
+
+    def _served(self, requests: np.ndarray, model: int, call_s: np.ndarray | float, batch: int, d: float) -> np.ndarray:
+        call_s = np.asarray(call_s, dtype=float)
+        if not deployed_mask(float(requests[:, model].sum())):
+            return np.zeros(call_s.shape)
+        done = _done_by(call_s, batch, d)
+        values, pmf = self._load_distribution(requests, model)
+        return (np.minimum(values[:, None], np.atleast_1d(done)[None, :]).T @ pmf).reshape(done.shape)
+
+    def _largest_load(self, requests: np.ndarray, model: int) -> float:
+        return float(self._load_distribution(requests, model)[0].max())
+
+    def _load_distribution(
+        self, requests: np.ndarray, model: int, counts: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The values and pmf of N_m = Σ_c Binomial(n_c, p_cm) (``counts`` replaces n_c)."""
+        pmf = np.ones(1)
+        counts = np.round(self.counts).astype(int) if counts is None else counts
+        for c, n in enumerate(counts):
+            p = float(np.clip(requests[c, model] / self.counts[c], 0.0, 1.0))
+            if p > 0:
+                pmf = np.convolve(pmf, _binomial_pmf(n, p))
+        pmf = np.clip(pmf, 0.0, None)
+        keep = pmf > _PMF_FLOOR * pmf.max()
+        return np.flatnonzero(keep).astype(float), pmf[keep] / pmf[keep].sum()
 
 
-def delay_quantile(
-    problem: Problem, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, q: float
-) -> float:
-    """The q-quantile of the delay over all requests (s); inf when a deployed queue is unstable.
+class OpenQueue(DelayModel):
+    """Poisson arrivals: each deployed model is an M/D/1 (b = 1) or bulk-service (b > 1) queue (module doc)."""
 
-    Found by bisection on the delay d of Σ_m (requests on m with delay ≤ d) ≥ q·N, so its cost
-    does not grow with the number of requests.
-    """
-    loads = requests.sum(axis=0)
-    used = deployed_mask(loads)
-    if not used.any():
-        return 0.0
-    if problem.arrivals == "window" and problem.realization == "deterministic":
-        return window_delay_quantile(call_s, loads, q, max_batch)
-    total = float(loads.sum())
-    if problem.arrivals == "open":
-        if not _stable(loads, call_s, max_batch):
+    arrivals = OPEN
+    description = "open arrivals (Poisson, M/D/1 per model)"
+    steady_state = True
+    bound_notes = ("the bound counts each request's service time but not its queueing wait", None)
+
+    @property
+    def beyond_paper(self) -> tuple[str, ...]:
+        return ("open arrivals", *(("random routing",) if self.realization == "random" else ()))
+
+    def utilization(self, loads: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray) -> np.ndarray:
+        return utilization(loads, call_s, max_batch)
+
+    def stable(self, loads: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray) -> bool:
+        used = deployed_mask(loads)
+        return bool((utilization(loads, call_s, max_batch)[used] < 1).all())
+
+    def mass(self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray) -> np.ndarray:
+        loads = requests.sum(axis=0)
+        used = deployed_mask(loads)
+        mean = np.full(loads.shape, np.inf)
+        live = used & np.isfinite(call_s)
+        single = live & (max_batch == 1)
+        mean[single] = queueing.md1_mean_response(loads[single], call_s[single])
+        for m in np.flatnonzero(live & (max_batch > 1)):
+            mean[m] = float(queueing.bulk_mean_response(loads[m], call_s[m], int(max_batch[m])))
+        mean[~live] = 0.0
+        return np.where(used, loads * mean, 0.0)
+
+    def model_mean(
+        self, requests: np.ndarray, model: int, call_s: np.ndarray | float, batch: int
+    ) -> np.ndarray | float:
+        rate = float(requests[:, model].sum())
+        if batch == 1:
+            return queueing.md1_mean_response(rate, call_s)
+        return queueing.bulk_mean_response(rate, call_s, batch)
+
+    def model_within(
+        self, requests: np.ndarray, model: int, call_s: np.ndarray | float, batch: int, d: float
+    ) -> np.ndarray:
+        rate = float(requests[:, model].sum())
+        if batch == 1:
+            return queueing.md1_response_cdf(d, rate, call_s)
+        return queueing.bulk_response_cdf(d, rate, call_s, batch)
+
+    def model_attainment(
+        self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, slo_s: float
+    ) -> np.ndarray:
+        loads = requests.sum(axis=0)
+        cdf = np.zeros(np.shape(loads))
+        single = max_batch == 1
+        cdf[single] = queueing.md1_response_cdf(slo_s, loads[single], call_s[single])
+        for m in np.flatnonzero(~single):
+            cdf[m] = float(queueing.bulk_response_cdf(slo_s, loads[m], call_s[m], int(max_batch[m])))
+        return np.where(deployed_mask(loads), cdf, 1.0)
+
+    def quantile(self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, q: float) -> float:
+        loads = requests.sum(axis=0)
+        used = deployed_mask(loads)
+        if not used.any():
+            return 0.0
+        if not self.stable(loads, call_s, max_batch):
             return np.inf
         batch = None if (max_batch[used] == 1).all() else max_batch[used]
         return float(queueing.mixture_response_quantile(q, loads[used], call_s[used], batch))
-    # A window under random routing: the delays are multiples of the call times, so the
-    # quantile is the first completion at which the expected number served reaches q·N.
-    largest = np.array(
-        [_load_distribution(problem, requests, m)[0].max() if used[m] else 0.0 for m in range(used.size)]
-    )
-    hi = float((call_s[used] * np.ceil(largest[used] / max_batch[used])).max())
-    d = _bisect(
-        lambda d: (
-            float(_window_served(problem, requests, call_s, max_batch, d).sum()) >= q * total - _WHOLE_REQUEST_TOL
-        ),
-        0.0,
-        hi,
-    )
-    return _snap(d, call_s[used])
+
+    def mg1_mean(
+        self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, spread_s: np.ndarray
+    ) -> float | None:
+        if not (max_batch == 1).all():
+            return None
+        loads = requests.sum(axis=0)
+        used = deployed_mask(loads)
+        response = queueing.mg1_mean_response(loads[used], call_s[used], spread_s[used])
+        return float((loads[used] * response).sum() / float(loads.sum()))
+
+    def vertex_delay(
+        self, full_share_s: np.ndarray, max_batch: np.ndarray
+    ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray] | None]:
+        """Each request waits at least its own batch's service S_m / r_m: a_m = √S_m, g(N) = √N."""
+        return 2 * full_share_s, np.sqrt
+
+    def _group_quantile(
+        self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, weights: np.ndarray, q: float
+    ) -> float:
+        loads = requests.sum(axis=0)
+        models = np.flatnonzero(weights > 0)
+        stable = np.array([self.stable(loads[[m]], call_s[[m]], max_batch[[m]]) for m in models], dtype=bool)
+        held = float(weights[models[stable]].sum() / weights[models].sum())
+        if held < q:  # the overloaded queues' requests, waiting without bound, reach past the quantile
+            return np.inf
+        # Among the stable queues' requests the quantile is the (q / their share)-quantile.
+        live = models[stable]
+        target = q if stable.all() else q / held
+        batch = None if (max_batch[live] == 1).all() else max_batch[live]
+        return float(
+            queueing.mixture_response_quantile(target, loads[live], call_s[live], batch, weights=weights[live])
+        )
+
+
+# Every (arrival model, realization) pair and its delay model. Under open arrivals random splitting keeps
+# Poisson streams and round robin is scored as Poisson too (conservative, see the module doc).
+_MODELS: dict[tuple[str, str], type[DelayModel]] = {
+    ("window", "deterministic"): WindowFifo,
+    ("window", "random"): WindowRandom,
+    ("open", "deterministic"): OpenQueue,
+    ("open", "random"): OpenQueue,
+}
+
+
+def delay_model_class(arrivals: str, realization: str) -> type[DelayModel]:
+    """The delay model of an arrival model (:data:`ARRIVAL_MODELS`) and a routing realization (:data:`REALIZATIONS`).
+
+    Raises:
+        ValueError: an unknown arrival model or realization (the message lists the known ones).
+    """
+    arrival_model(arrivals)
+    if realization not in REALIZATIONS:
+        raise ValueError(f"Expected a routing realization among {list(REALIZATIONS)}, but got {realization!r}")
+    return _MODELS[(arrivals, realization)]
+
+
+def delay_model(arrivals: str, realization: str, counts: np.ndarray) -> DelayModel:
+    """The delay model of :func:`delay_model_class` for a demand n_c (``counts``).
+
+    Raises:
+        ValueError: an unknown arrival model or realization, or a demand the model cannot take.
+    """
+    return delay_model_class(arrivals, realization)(counts, realization)
 
 
 def window_delay_quantile(
@@ -260,99 +734,10 @@ def _snap(d: float, call_s: np.ndarray) -> float:
     return float(candidates[candidates >= d * (1 - _SNAP_RTOL)].min())
 
 
-def delay_figures(
-    problem: Problem,
-    requests: np.ndarray,
-    call_s: np.ndarray,
-    max_batch: np.ndarray,
-    *,
-    spread_s: np.ndarray | None = None,
-) -> DelayFigures:
-    """Mean, p95, p99 and SLO attainment of a plan's delays (see :class:`DelayFigures`).
-
-    Args:
-        spread_s: standard deviation of one image's service time on each model's share (s), for
-            the M/G/1 mean beside the M/D/1 one; None to leave it out.
-    """
-    loads = requests.sum(axis=0)
-    total = float(loads.sum())
-    rho = utilization(loads, call_s, max_batch) if problem.arrivals == "open" else None
-    stable = problem.arrivals == "window" or _stable(loads, call_s, max_batch)
-    mass = delay_mass(problem, requests, call_s, max_batch)
-    attainment = category = None
-    if problem.slo is not None:  # an unstable queue's requests never meet it; the others may
-        chance = attainment_matrix(problem, requests, call_s, max_batch, problem.slo.seconds)
-        attainment = float((requests * chance).sum() / total)
-        category = (requests * chance).sum(axis=1) / requests.sum(axis=1)
-    mg1 = None
-    if problem.arrivals == "open" and spread_s is not None and (max_batch == 1).all() and stable:
-        used = deployed_mask(loads)
-        response = queueing.mg1_mean_response(loads[used], call_s[used], spread_s[used])
-        mg1 = float((loads[used] * response).sum() / total)
-    return DelayFigures(
-        mean_s=float(mass.sum() / total) if stable else np.inf,
-        p95_s=delay_quantile(problem, requests, call_s, max_batch, 0.95),
-        p99_s=delay_quantile(problem, requests, call_s, max_batch, 0.99),
-        attainment=attainment,
-        category_attainment=category,
-        utilization=rho,
-        stable=bool(stable),
-        mg1_mean_s=mg1,
-    )
-
-
-def _stable(loads: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray) -> bool:
-    used = deployed_mask(loads)
-    return bool((utilization(loads, call_s, max_batch)[used] < 1).all())
-
-
-def _open_mean_response(loads: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray) -> np.ndarray:
-    """E[T_m] per model: M/D/1 for b = 1, the bulk-service queue for b > 1 (inf if unstable)."""
-    out = np.full(loads.shape, np.inf)
-    used = deployed_mask(loads) & np.isfinite(call_s)
-    single = used & (max_batch == 1)
-    out[single] = queueing.md1_mean_response(loads[single], call_s[single])
-    for m in np.flatnonzero(used & (max_batch > 1)):
-        out[m] = float(queueing.bulk_mean_response(loads[m], call_s[m], int(max_batch[m])))
-    out[~used] = 0.0
-    return out
-
-
-def _open_response_cdf(x: float, loads: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray) -> np.ndarray:
-    """P(T_m ≤ x) per model (0 for an unstable queue)."""
-    out = np.zeros(np.shape(loads))
-    single = max_batch == 1
-    out[single] = queueing.md1_response_cdf(x, loads[single], call_s[single])
-    for m in np.flatnonzero(~single):
-        out[m] = float(queueing.bulk_response_cdf(x, loads[m], call_s[m], int(max_batch[m])))
-    return out
-
-
-def _window_served(
-    problem: Problem, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, d: float
-) -> np.ndarray:
-    """Expected requests per model whose window delay is at most ``d``, shape (M,)."""
-    return np.array(
-        [
-            float(model_served_within(problem, requests, m, call_s[m], int(max_batch[m]), d))
-            for m in range(requests.shape[1])
-        ]
-    )
-
-
-def _load_distribution(
-    problem: Problem, requests: np.ndarray, model: int, counts: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The values and pmf of N_m = Σ_c Binomial(n_c, p_cm) under random routing (``counts`` replaces n_c)."""
-    pmf = np.ones(1)
-    counts = np.round(problem.counts).astype(int) if counts is None else counts
-    for c, n in enumerate(counts):
-        p = float(np.clip(requests[c, model] / problem.counts[c], 0.0, 1.0))
-        if p > 0:
-            pmf = np.convolve(pmf, _binomial_pmf(n, p))
-    pmf = np.clip(pmf, 0.0, None)
-    keep = pmf > _PMF_FLOOR * pmf.max()
-    return np.flatnonzero(keep).astype(float), pmf[keep] / pmf[keep].sum()
+def _done_by(call_s: np.ndarray, batch: int, d: float) -> np.ndarray:
+    """Requests a model has completed by time ``d`` in a window, for each call time (0 where it has none)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.isfinite(call_s), np.floor(d / call_s * (1 + _DELAY_RTOL)) * batch, 0.0)
 
 
 def _binomial_pmf(n: int, p: float) -> np.ndarray:

@@ -265,14 +265,9 @@ _INFEASIBLE_VISITS = 8
 
 def _bound_note(problem: Problem) -> str | None:
     """What :func:`scored_upper_bound` leaves out for this problem, in words."""
-    notes = []
-    if problem.arrivals == "open":
-        notes.append("the bound counts each request's service time but not its queueing wait")
-    if problem.slo is not None:
-        notes.append("the SLO enters the bound only through a linear relaxation")
-    if problem.realization == "random" and problem.arrivals == "window":
-        notes.append("the bound ignores the variance of randomly routed loads")
-    return "; ".join(notes) or None
+    delay, variation = problem.delay.bound_notes
+    slo = None if problem.slo is None else "the SLO enters the bound only through a linear relaxation"
+    return "; ".join(note for note in (delay, slo, variation) if note is not None) or None
 
 
 def scored_upper_bound(problem: Problem, steps: tuple[int, ...], batch: tuple[int, ...], allowed: np.ndarray) -> float:
@@ -306,10 +301,8 @@ def _vertex_part(problem: Problem, steps: tuple[int, ...], batch: tuple[int, ...
     full = problem.call_service_at(steps, batch)
     size = problem.max_batch_at(batch).astype(float)
     floor = problem.shortfall_at(steps)
-    if problem.arrivals == "window":
-        vertex = vertex_bound(problem, value, full / size, allowed, floor)
-    else:
-        vertex = vertex_bound(problem, value, 2 * full, allowed, floor, delay_root=np.sqrt)
+    scaled, root = problem.delay.vertex_delay(full, size)
+    vertex = vertex_bound(problem, value, scaled, allowed, floor, delay_root=root)
     if vertex is None:
         return float(problem.counts @ np.where(allowed, value, -np.inf).max(axis=1)) / problem.n_requests
     return vertex
@@ -336,7 +329,8 @@ def _linear_bound(
     floor: np.ndarray | None,
 ) -> float | None:
     """The linear relaxation of :func:`scored_upper_bound`; None where it adds nothing to the vertex bound."""
-    if problem.slo is None and problem.arrivals == "window":
+    queues = problem.delay.steady_state
+    if problem.slo is None and not queues:
         return None
     from scipy.optimize import linprog  # only SLOs and open arrivals need it; the paper's problem never does
 
@@ -357,7 +351,7 @@ def _linear_bound(
             row[k * m : (k + 1) * m] = floor[k]
             rows.append(row)
             bounds_ub.append(problem.max_shortfall * n[k])
-    if problem.arrivals == "open":
+    if queues:  # stability: Σ_m λ_m S_m / b_m ≤ R
         row = np.zeros(width)
         row[:nx] = np.tile(full / size, c)
         rows.append(row)
@@ -372,7 +366,7 @@ def _linear_bound(
             row[nx + k], row[k] = 1.0, -1.0
             rows.append(row)
             bounds_ub.append(0.0)
-        if problem.arrivals == "window":
+        if not queues:  # one window: at most b_m·SLO·r_m / S_m requests on m finish within the SLO
             row = np.zeros(width)
             row[nx:] = np.tile(full / (size * slo.seconds), c)
             rows.append(row)

@@ -32,14 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genedge.optimizer import queueing
-from genedge.optimizer.delay import (
-    attainment_matrix,
-    delay_mass,
-    model_served_within,
-    model_window_coefficient,
-    window_delay_coefficient,
-)
+from genedge.optimizer.delay import DelayModel
 from genedge.optimizer.problem import Problem, deployed_mask
 
 __all__ = ["INFEASIBLE", "Scored", "choose_batches", "plan_shares", "score_plan", "unconstrained_utility"]
@@ -83,9 +76,9 @@ class Scored:
 def choose_batches(problem: Problem, requests: np.ndarray, step_index: Sequence[int]) -> tuple[int, ...]:
     """A batch size per model for a routing and steps: each model's, independently.
 
-    Window: the b minimizing S_m(b)·c_m(b), its total delay per unit share, which with the
-    closed-form shares minimizes the mean delay exactly. Open arrivals: the b minimizing the model's
-    mean response at a share proportional to its load, among the stable ones.
+    The b minimizing the model's mean delay at a share proportional to its load (among the stable
+    ones where its queue can be unstable). In a window that is the b minimizing S_m(b)·c_m(b), its
+    total delay per unit share, which with the closed-form shares minimizes the mean delay exactly.
     """
     if problem.batch_sizes is None:
         return problem.base_batch_index
@@ -98,12 +91,10 @@ def choose_batches(problem: Problem, requests: np.ndarray, step_index: Sequence[
             chosen.append(0)
             continue
         seconds = problem.batch_service_s[m][:, step_index[m]]
-        if problem.arrivals == "window":
-            cost = [
-                seconds[i] * model_window_coefficient(problem, requests, m, int(sizes[i])) for i in range(sizes.size)
-            ]
-        else:
-            cost = [float(_mean_response(loads[m], seconds[i] / share[m], int(sizes[i]))) for i in range(sizes.size)]
+        cost = [
+            float(problem.delay.model_mean(requests, m, seconds[i] / share[m], int(sizes[i])))
+            for i in range(sizes.size)
+        ]
         chosen.append(int(np.argmin(cost)))
     return tuple(chosen)
 
@@ -141,7 +132,7 @@ def plan_shares(
             break
         # Weigh up the categories that miss their SLO, so the next round's shares serve them first.
         call = full / np.where(used, best.shares, 1.0)
-        chance = attainment_matrix(problem, requests, call, batch, problem.slo.seconds)
+        chance = problem.delay.attainment_matrix(requests, call, batch, problem.slo.seconds)
         category = (requests * chance).sum(axis=1) / requests.sum(axis=1)
         missing = np.clip(problem.slo.attainment - category, 0.0, None)
         weights = weights + (requests * (missing / np.maximum(missing.max(), 1e-12))[:, None]).sum(axis=0) * 4
@@ -203,15 +194,15 @@ def _score(
     batch = problem.max_batch_at(batch_index)
     call = np.where(used, full / np.where(used, shares, 1.0), np.inf)
     value_term = float((requests * problem.value_at(step_index)).sum()) / total
-    mass = delay_mass(problem, requests, call, batch)
-    if problem.arrivals == "open":
-        rho = np.where(used, loads * np.where(used, call, 0.0) / batch, 0.0)
+    mass = problem.delay.mass(requests, call, batch)
+    rho = problem.delay.utilization(loads, call, batch)
+    if rho is not None:
         excess = np.clip(rho[used] - 1 + 1e-12, 0.0, None)
         if (excess > 0).any():
             violation += 1.0 + float(excess.sum())
     utility = value_term - problem.weight * float(mass.sum()) / total if violation == 0 else -np.inf
     if slo and problem.slo is not None and violation == 0:
-        chance = attainment_matrix(problem, requests, call, batch, problem.slo.seconds)
+        chance = problem.delay.attainment_matrix(requests, call, batch, problem.slo.seconds)
         if problem.slo.scope == "overall":
             attained = np.array([float((requests * chance).sum()) / total])
         else:
@@ -226,10 +217,11 @@ def _delay_shares(problem: Problem, requests: np.ndarray, full: np.ndarray, batc
     """Shares minimizing the mean delay (module doc); 0 for models without requests."""
     loads = requests.sum(axis=0)
     used = deployed_mask(loads)
-    if problem.arrivals == "window":
-        root = np.where(used, np.sqrt(full * window_delay_coefficient(problem, requests, batch)), 0.0)
+    coefficient = problem.delay.share_coefficient(requests, batch)
+    if coefficient is not None:  # the delay mass is c_m S_m / r_m: the closed form
+        root = np.where(used, np.sqrt(full * coefficient), 0.0)
         return problem.budget * root / root.sum()
-    # Per model, a grid of shares above its stability edge λ S / b, and the delay mass on each.
+    # A queue: per model, a grid of shares above its stability edge λ S / b, and the delay mass on each.
     edge = np.where(used, loads * full / batch, 0.0)
     if edge.sum() >= problem.budget:
         # No split of the budget keeps every queue stable: hand out shares by load, so the
@@ -239,7 +231,11 @@ def _delay_shares(problem: Problem, requests: np.ndarray, full: np.ndarray, batc
     spare = problem.budget - edge[idx].sum()  # no model can hold more than its edge plus all the spare
     grid, cost = np.empty((idx.size, _DELAY_GRID)), np.empty((idx.size, _DELAY_GRID))
     for row, m in enumerate(idx):
-        grid[row], cost[row] = _delay_curve(float(loads[m]), float(full[m]), int(batch[m]), float(edge[m] + spare))
+        column = requests[:, m].tobytes()
+        top = float(edge[m] + spare)
+        grid[row], cost[row] = _delay_curve(
+            problem.delay, column, m, len(problem.models), float(full[m]), int(batch[m]), top
+        )
     # The delay mass is convex in each share: hand out the budget in the grid's increments, steepest
     # decrease first (within a model the increments come in order, so each model gets a prefix).
     width = np.diff(grid, axis=1)
@@ -298,31 +294,31 @@ def _attainment_curve(problem: Problem, column: bytes, model: int, full: float, 
     full share and its batch size alone, and the planners score the same loads at many step vectors.
     """
     share = problem.budget * np.arange(1, _ATTAINMENT_UNITS + 1) / _ATTAINMENT_UNITS
-    call = full / share
     out = np.zeros(_ATTAINMENT_UNITS + 1)
-    if problem.arrivals == "open":
-        load = float(np.frombuffer(column).sum())
-        if batch == 1:
-            out[1:] = queueing.md1_response_cdf(problem.slo.seconds, load, call)
-        else:
-            out[1:] = queueing.bulk_response_cdf(problem.slo.seconds, load, call, batch)
-        return out
-    requests = np.zeros((len(problem.categories), len(problem.models)))
-    requests[:, model] = np.frombuffer(column)
-    out[1:] = model_served_within(problem, requests, model, call, batch, problem.slo.seconds) / requests[:, model].sum()
+    requests = _one_column(column, model, len(problem.models))
+    out[1:] = problem.delay.model_within(requests, model, full / share, batch, problem.slo.seconds)
     return out
 
 
 @functools.lru_cache(maxsize=_CURVE_CACHE)
-def _delay_curve(load: float, full: float, batch: int, top: float) -> tuple[np.ndarray, np.ndarray]:
-    """Shares from the stability edge λ S / b up to ``top`` and the delay mass λ·E[T] at each (cached)."""
+def _delay_curve(
+    delay: DelayModel, column: bytes, model: int, n_models: int, full: float, batch: int, top: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shares from the stability edge λ S / b up to ``top`` and the delay mass λ·E[T] at each.
+
+    Cached across problems (delay models are equal by value): ``column`` is the model's requests per
+    category, as bytes.
+    """
+    requests = _one_column(column, model, n_models)
+    load = float(requests[:, model].sum())
     edge = load * full / batch
     grid = edge + (top - edge) * (np.arange(1, _DELAY_GRID + 1) / _DELAY_GRID) ** 2
-    return grid, load * _mean_response(load, full / grid, batch)
+    return grid, load * delay.model_mean(requests, model, full / grid, batch)
 
 
-def _mean_response(rate: float, call: np.ndarray | float, batch: int) -> np.ndarray:
-    """E[T] of one open-arrival queue for each call time (inf where unstable)."""
-    if batch == 1:
-        return queueing.md1_mean_response(rate, call)
-    return queueing.bulk_mean_response(rate, call, batch)
+def _one_column(column: bytes, model: int, n_models: int) -> np.ndarray:
+    """Requests x[c, m] with ``column`` (bytes of floats) on ``model`` and none elsewhere."""
+    values = np.frombuffer(column)
+    requests = np.zeros((values.size, n_models))
+    requests[:, model] = values
+    return requests

@@ -15,6 +15,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.special import ndtr
 
+from genedge.optimizer.delay import (
+    ARRIVAL_MODELS,
+    DEPLOYED_MIN_REQUESTS,
+    REALIZATIONS,
+    DelayModel,
+    delay_model,
+    delay_model_class,
+    deployed_mask,
+)
 from genedge.optimizer.workload import Workload
 
 if TYPE_CHECKING:
@@ -34,29 +43,6 @@ logger = logging.getLogger(__name__)
 
 _GIB = 2**30
 
-#: Expected requests per planning window (or per second) at or below which a model is not deployed:
-#: it gets no compute share, holds no memory and adds no delay. Routings carry float residue far
-#: below one request; this is where residue ends and traffic begins.
-DEPLOYED_MIN_REQUESTS = 1e-9
-
-
-def deployed_mask(loads: np.ndarray) -> np.ndarray:
-    """Which models a plan deploys: expected requests N_m above :data:`DEPLOYED_MIN_REQUESTS`, shape (M,).
-
-    This is the one definition of "deployed" (or "in use"): the system model, the planners, the
-    plan file and the command line all decide it here.
-    """
-    return np.asarray(loads, dtype=float) > DEPLOYED_MIN_REQUESTS
-
-
-#: Delay models (DESIGN §3, §3.2): ``window`` serves n_c requests that all arrive at once (the paper's
-#: model); ``open`` serves Poisson arrivals of λ_c requests per second, one M/D/1 (or, with batching,
-#: bulk-service) queue per deployed model.
-ARRIVAL_MODELS = ("window", "open")
-#: How routing probabilities become routes: ``deterministic`` (smooth weighted round robin per category,
-#: so the planned loads hold exactly) or ``random`` (each request drawn independently, so the loads vary
-#: and their variance enters the delay).
-REALIZATIONS = ("deterministic", "random")
 #: Where a latency SLO applies: to all requests together, or to each category's requests.
 SLO_SCOPES = ("overall", "category")
 
@@ -161,8 +147,10 @@ class Problem:
 
     def __post_init__(self) -> None:
         m, c = len(self.models), len(self.categories)
+        # The delay model refuses an unknown arrival model or realization, and a demand it cannot take.
+        steady_state = self.delay.steady_state
         self._check_service_model()
-        if self.arrivals == "open":
+        if steady_state:
             self._check_capacity()
         if m == 0:
             raise ValueError("Expected at least one model, but got none")
@@ -209,15 +197,7 @@ class Problem:
             raise ValueError(f"Expected left-out models to need more than the device memory, but {fit} fit in it")
 
     def _check_service_model(self) -> None:
-        """Validate the delay model, realization, energy and batching fields."""
-        if self.arrivals not in ARRIVAL_MODELS:
-            raise ValueError(f"Expected a delay model among {list(ARRIVAL_MODELS)}, but got {self.arrivals!r}")
-        if self.realization not in REALIZATIONS:
-            raise ValueError(f"Expected a routing realization among {list(REALIZATIONS)}, but got {self.realization!r}")
-        if self.arrivals == "window" and self.realization == "random":
-            counts = np.asarray(self.counts, dtype=float)
-            if not np.allclose(counts, np.round(counts)):
-                raise ValueError(f"Expected whole request counts for random routing, but got {counts.tolist()}")
+        """Validate the energy and batching fields."""
         if not (math.isfinite(self.energy_price) and self.energy_price >= 0):
             raise ValueError(f"Expected an energy price >= 0 (points per J), but got {self.energy_price}")
         if self.energy_price > 0 and self.energy_j is None:
@@ -267,9 +247,17 @@ class Problem:
             )
 
     @property
+    def delay(self) -> DelayModel:
+        """The delay model of :attr:`arrivals` and :attr:`realization` (:mod:`~genedge.optimizer.delay`).
+
+        Built on each use (a class lookup), so that the problem's fields stay all it holds.
+        """
+        return delay_model(self.arrivals, self.realization, self.counts)
+
+    @property
     def demand_unit(self) -> str:
         """What ``counts`` measure: ``"requests"`` per window, or ``"requests/s"`` under open arrivals."""
-        return "requests/s" if self.arrivals == "open" else "requests"
+        return self.delay.arrivals.demand_unit
 
     @property
     def batch_grid_sizes(self) -> tuple[int, ...]:
@@ -287,12 +275,7 @@ class Problem:
     def is_classic(self) -> bool:
         """Whether the paper's closed forms decide the shares: a window of requests routed
         deterministically, no SLO and no batching (an energy price folds into the quality term)."""
-        return (
-            self.arrivals == "window"
-            and self.realization == "deterministic"
-            and self.slo is None
-            and self.batch_sizes is None
-        )
+        return not self.delay.beyond_paper and self.slo is None and self.batch_sizes is None
 
     def max_batch_at(self, batch_index: Sequence[int]) -> np.ndarray:
         """b_m at the given batch index per model, shape (M,) ints."""
@@ -372,12 +355,13 @@ class Problem:
             ValueError: unknown categories or model keys (the message lists the known ones), or
                 no model fits in device memory (the message names each model's need).
         """
-        if arrivals == "open" and not workload.per_second:
+        per_second = delay_model_class(arrivals, realization).arrivals.per_second
+        if per_second and not workload.per_second:
             raise ValueError(
                 "Open arrivals need a workload of rates (requests/s): give rates or a trace, or the length "
                 "of the planning window to turn its counts into rates"
             )
-        if arrivals == "window" and workload.per_second:
+        if workload.per_second and not per_second:
             raise ValueError("The window model needs requests per window, but the workload gives rates (requests/s)")
         true_categories = {t for c in workload.counts for t in workload.true_shares(c)}
         unknown = sorted((set(workload.counts) | true_categories) - set(table.categories))

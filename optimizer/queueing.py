@@ -469,20 +469,24 @@ def mixture_response_quantile(
     rates: npt.ArrayLike,
     service_s: npt.ArrayLike,
     max_batch: npt.ArrayLike | None = None,
+    *,
+    weights: npt.ArrayLike | None = None,
 ) -> Array:
     """The q-quantile min{x : F(x) ≥ q} of :func:`mixture_response_cdf`.
 
     The answer lies between the smallest and the largest per-model q-quantile (at the smaller
     every F_m < q, at the larger every F_m ≥ q); monotone bisection on x narrows that bracket to
     a relative width of :data:`QUANTILE_RTOL` (ITP steps, see :func:`_solve_increasing`). ``inf``
-    where a model with λ_m > 0 is unstable
-    (its requests wait without bound) or q = 1; NaN where Σ λ_m = 0.
+    where a model with weight (λ_m > 0 by default) is unstable
+    (its requests wait without bound) or q = 1; NaN where the weights sum to 0.
 
     Args:
         q: probability in [0, 1]; broadcasts against the leading axes of ``rates``.
         rates, service_s, max_batch: as in :func:`mixture_response_cdf`.
+        weights: how the requests asked about spread over the models, shape of ``rates`` (e.g. one
+            category's rate on each model, whose queues all categories share); default the rates.
     """
-    rate, service, batch, weight = _mixture_inputs(rates, service_s, max_batch)
+    rate, service, batch, weight = _mixture_inputs(rates, service_s, max_batch, weights)
     q = _probabilities(q)
     shape = np.broadcast_shapes(q.shape, rate.shape[:-1])
     n_models = rate.shape[-1]
@@ -492,7 +496,7 @@ def mixture_response_quantile(
     load = _load(rate, service, 1.0 if batch is None else batch)
     queues = _Queues(load.ravel(), service.ravel(), None if batch is None else batch.ravel())
     q_rows = np.broadcast_to(q, shape).ravel()
-    active = rate > 0
+    active = weight > 0  # the rates where no weights are given
     own = queues.response_quantile(np.repeat(q_rows, n_models)).reshape(-1, n_models)
     lo = np.where(active, own, np.inf).min(axis=1)
     hi = np.where(active, own, -np.inf).max(axis=1)
@@ -611,14 +615,18 @@ def _load(rate: Array, service: Array, batch: Array | float) -> Array:
 
 
 def _mixture_inputs(
-    rates: npt.ArrayLike, service_s: npt.ArrayLike, max_batch: npt.ArrayLike | None
+    rates: npt.ArrayLike,
+    service_s: npt.ArrayLike,
+    max_batch: npt.ArrayLike | None,
+    weights: npt.ArrayLike | None = None,
 ) -> tuple[Array, Array, Array | None, Array]:
     rate = np.asarray(rates, dtype=float)
     if rate.ndim == 0:
         raise ValueError("Expected rates with a last axis over models, but got a scalar")
     rate, service, batch = _inputs(rate, service_s, max_batch)
-    total = rate.sum(axis=-1, keepdims=True)
-    weight = np.divide(rate, total, out=np.full(rate.shape, np.nan), where=total > 0)
+    given = rate if weights is None else np.broadcast_to(np.asarray(weights, dtype=float), rate.shape)
+    total = given.sum(axis=-1, keepdims=True)
+    weight = np.divide(given, total, out=np.full(rate.shape, np.nan), where=total > 0)
     return rate, service, (None if max_batch is None else batch), weight
 
 

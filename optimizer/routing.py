@@ -14,13 +14,14 @@ from typing import Literal
 
 import numpy as np
 
+from genedge.optimizer.delay import REALIZATIONS
+
 __all__ = ["ROW_SUM_TOLERANCE", "Realization", "Router", "SmoothWeightedRoundRobin"]
 
 #: A routing row must sum to 1 within this (absolute) tolerance.
 ROW_SUM_TOLERANCE = 1e-6
 
 Realization = Literal["deterministic", "random"]
-_REALIZATIONS: tuple[str, ...] = ("deterministic", "random")
 
 
 def _check_weights(weights: Sequence[float] | np.ndarray, what: str) -> np.ndarray:
@@ -137,14 +138,15 @@ class Router:
         if off.any():
             row = int(np.argmax(off))
             raise ValueError(f"Expected each routing row to sum to 1, but row {row} sums to {sums[row]}")
-        if realization not in _REALIZATIONS:
-            raise ValueError(f"Expected realization in {list(_REALIZATIONS)}, but got {realization!r}")
+        if realization not in REALIZATIONS:
+            raise ValueError(f"Expected realization in {list(REALIZATIONS)}, but got {realization!r}")
         self.routing_matrix = matrix / sums[:, None]
         self.routing_matrix.setflags(write=False)
         self.realization = realization
         self._rng = np.random.default_rng(rng)
         self._cumulative = np.cumsum(self.routing_matrix, axis=1)
         self._rounds = [SmoothWeightedRoundRobin(row) for row in self.routing_matrix]
+        self._route = {"deterministic": self._round_robin, "random": self._draw}[realization]
 
     @property
     def n_categories(self) -> int:
@@ -179,12 +181,18 @@ class Router:
         if categories.ndim != 1 or (categories.size and not np.issubdtype(categories.dtype, np.integer)):
             raise ValueError(f"Expected a 1-D sequence of category indices, but got {categories!r:.60}")
         self._check_categories(categories)
-        if self.realization == "random":
-            draws = self._rng.random(categories.size)
-            models = (draws[:, None] >= self._cumulative[categories]).sum(axis=1)
-            # a draw above a row's rounded total falls back to the last model with positive probability
-            last = self.n_models - 1 - np.argmax(self.routing_matrix[:, ::-1] > 0, axis=1)
-            return np.minimum(models, last[categories]).astype(np.int64)
+        return self._route(categories)
+
+    def _draw(self, categories: np.ndarray) -> np.ndarray:
+        """Each request's model drawn independently with probabilities p[c, ·]."""
+        draws = self._rng.random(categories.size)
+        models = (draws[:, None] >= self._cumulative[categories]).sum(axis=1)
+        # a draw above a row's rounded total falls back to the last model with positive probability
+        last = self.n_models - 1 - np.argmax(self.routing_matrix[:, ::-1] > 0, axis=1)
+        return np.minimum(models, last[categories]).astype(np.int64)
+
+    def _round_robin(self, categories: np.ndarray) -> np.ndarray:
+        """Each category's requests in turn by its smooth weighted round robin."""
         models = np.empty(categories.size, dtype=np.int64)
         for c in np.unique(categories):
             where = np.flatnonzero(categories == c)

@@ -211,7 +211,7 @@ def simulate_open_plan(
     Raises:
         ValueError: the problem is not an open-arrival one, the plan is unstable, or an unknown process.
     """
-    if problem.arrivals != "open":
+    if not problem.delay.steady_state:
         raise ValueError("Expected an open-arrival problem (rates per category) to simulate arrivals")
     if not result.stable:
         raise ValueError("The plan cannot be stable: its queues grow without bound, there is nothing to simulate")
@@ -317,11 +317,11 @@ def compare_arrival_models(
     from genedge.optimizer.methods import METHODS
     from genedge.optimizer.result import make_result
 
-    if window_problem.arrivals != "window" or open_problem.arrivals != "open":
+    if window_problem.delay.steady_state or not open_problem.delay.steady_state:
         raise ValueError("Expected a window problem and an open-arrival problem of the same demand")
     gen = np.random.default_rng(rng)
     out = []
-    for name, problem in (("window", window_problem), ("open", open_problem)):
+    for problem in (window_problem, open_problem):
         planned = METHODS[method](problem, rng=gen)
         p = planned.plan
         plan = make_result(
@@ -336,5 +336,5 @@ def compare_arrival_models(
                 )
             if trace is not None:
                 checks["trace"] = simulate_open_plan(open_problem, plan, process="trace", arrivals=trace, rng=gen)
-        out.append(ArrivalModelComparison(planned_under=name, plan=plan, checks=checks))
+        out.append(ArrivalModelComparison(planned_under=problem.arrivals, plan=plan, checks=checks))
     return out

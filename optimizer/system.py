@@ -22,12 +22,12 @@ r_m = R √K_m / Σ_j √K_j, with minimum (Σ_m √K_m)² / R.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from genedge.optimizer.delay import delay_figures, fifo_delay_coefficient
+from genedge.optimizer.delay import DelayFigures, DelayModel, GroupDelay, fifo_delay_coefficient
 from genedge.optimizer.problem import DEPLOYED_MIN_REQUESTS, Problem, deployed_mask
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "DEPLOYED_MIN_REQUESTS",
     "ROW_SUM_TOL",
     "Evaluation",
+    "GroupFigures",
     "deployed_mask",
     "evaluate",
     "fifo_delay_coefficient",
@@ -50,6 +51,27 @@ ROW_SUM_TOL = 1e-6
 _NEGATIVE_PROBABILITY_TOL = 1e-12
 # Attainment this far below the target still meets it (the figures come from bisections and sums).
 _ATTAINMENT_TOL = 1e-9
+
+
+@dataclass(frozen=True)
+class GroupFigures:
+    """Predicted figures of one group of a plan's requests: all of them, one model's, or one category's.
+
+    Attributes:
+        demand: the group's requests (per window, or per second under open arrivals).
+        mean_delay_s: mean delay (s); inf where a queue the group uses is unstable.
+        p95_delay_s / p99_delay_s: 95th / 99th percentile of the delay (s); inf only where the
+            requests of unstable queues reach past it.
+        attainment: P(delay ≤ SLO), where the problem has an SLO; else None.
+        mean_quality: mean CLIPScore of the group's images (points).
+    """
+
+    demand: float
+    mean_delay_s: float
+    p95_delay_s: float
+    p99_delay_s: float
+    attainment: float | None
+    mean_quality: float
 
 
 @dataclass(frozen=True)
@@ -75,6 +97,11 @@ class Evaluation:
         max_batch: the batch size b_m each model runs, shape (M,).
         mg1_mean_delay_s: the M/G/1 (Pollaczek–Khinchine) mean beside the M/D/1 one, where the
             table gives the spread of per-image latency (open arrivals, no batching).
+        overall: the figures of all requests, where asked for (``evaluate(..., groups=True)``): this
+            evaluation's own where the plan is stable; for an unstable one its quantiles are those of
+            the mixture in which only the overloaded queues' requests wait without bound.
+        per_model: each deployed model's requests' figures, where asked for.
+        per_category: each category's requests' figures, where asked for.
     """
 
     mean_quality: float
@@ -93,6 +120,9 @@ class Evaluation:
     feasible: bool = True
     max_batch: np.ndarray | None = None
     mg1_mean_delay_s: float | None = None
+    overall: GroupFigures | None = None
+    per_model: Mapping[str, GroupFigures] | None = None
+    per_category: Mapping[str, GroupFigures] | None = None
 
 
 def optimal_shares(full_share_s: np.ndarray, loads: np.ndarray, budget: float) -> np.ndarray:
@@ -139,6 +169,9 @@ def evaluate(
     step_index: Sequence[int],
     shares: np.ndarray,
     batch_index: Sequence[int] | None = None,
+    *,
+    groups: bool = False,
+    demand_scale: float = 1.0,
 ) -> Evaluation:
     """Predict quality, delay, SLO attainment, energy and utility of a plan.
 
@@ -148,6 +181,11 @@ def evaluate(
         step_index: index into each model's step grid, length M.
         shares: r_m ≥ 0 with Σ r_m ≤ R, shape (M,).
         batch_index: index into each model's batch sizes (default: each model's base batch).
+        groups: also give the figures of all requests, of each model's and of each category's
+            (:attr:`Evaluation.overall`, :attr:`~Evaluation.per_model`, :attr:`~Evaluation.per_category`).
+        demand_scale: evaluate at this multiple of the problem's demand, in the same mix: a plan at a
+            demand that no plan could serve (which a :class:`Problem` refuses) is evaluated on a problem
+            at a lower demand. The quality does not depend on it; every other figure is at the scaled demand.
 
     Raises:
         ValueError: routing rows do not sum to 1, shares are negative or exceed the
@@ -178,6 +216,10 @@ def evaluate(
     batch_index = problem.base_batch_index if batch_index is None else tuple(int(b) for b in batch_index)
     routing = np.clip(routing, 0.0, None)
     requests = problem.counts[:, None] * routing
+    delay = problem.delay
+    if demand_scale != 1:
+        requests = requests * demand_scale
+        delay = delay.for_counts(problem.counts * demand_scale)
     loads = requests.sum(axis=0)
     in_use = deployed_mask(loads)
     starved = [k for k, used, r in zip(problem.models, in_use, shares) if used and r <= 0]
@@ -195,7 +237,8 @@ def evaluate(
     spread = None
     if problem.service_std_s is not None:
         spread = np.divide(problem.service_std_s, shares, out=np.zeros(m), where=in_use)
-    delays = delay_figures(problem, requests, service, batch, spread_s=spread)
+    slo_s = None if problem.slo is None else problem.slo.seconds
+    delays = delay.figures(requests, service, batch, slo_s=slo_s, spread_s=spread)
     n = float(requests.sum())
     mean_quality = float((requests * problem.mean_at(step_index)).sum() / n)
     energy = problem.energy_at(step_index)
@@ -210,6 +253,9 @@ def evaluate(
         attained = np.array([delays.attainment]) if problem.slo.scope == "overall" else delays.category_attainment
         feasible = bool((attained >= problem.slo.attainment - _ATTAINMENT_TOL).all())
     floor = problem.shortfall_at(step_index)
+    overall = per_model = per_category = None
+    if groups:
+        overall, per_model, per_category = _groups(problem, delay, requests, service, batch, step_index, delays)
     return Evaluation(
         mean_quality=mean_quality,
         mean_delay_s=delays.mean_s,
@@ -227,4 +273,52 @@ def evaluate(
         feasible=feasible,
         max_batch=batch,
         mg1_mean_delay_s=delays.mg1_mean_s,
+        overall=overall,
+        per_model=per_model,
+        per_category=per_category,
     )
+
+
+def _groups(
+    problem: Problem,
+    delay: DelayModel,
+    requests: np.ndarray,
+    service: np.ndarray,
+    batch: np.ndarray,
+    step_index: Sequence[int],
+    delays: DelayFigures,
+) -> tuple[GroupFigures, dict[str, GroupFigures], dict[str, GroupFigures]]:
+    """The figures of all requests, of each deployed model's and of each category's (see :func:`evaluate`)."""
+    quality = problem.mean_at(step_index)
+    used = np.flatnonzero(deployed_mask(requests.sum(axis=0)))
+    columns = [np.where(np.arange(requests.shape[1]) == m, requests, 0.0) for m in used]
+    rows = [np.where(np.arange(requests.shape[0])[:, None] == c, requests, 0.0) for c in range(requests.shape[0])]
+    slo_s = None if problem.slo is None else problem.slo.seconds
+    everyone, *parts = delay.groups(requests, service, batch, [requests, *columns, *rows], slo_s)
+
+    def figures(members: np.ndarray, law: GroupDelay, attainment: float | None) -> GroupFigures:
+        total = float(members.sum())
+        return GroupFigures(
+            demand=total,
+            mean_delay_s=law.mean_s,
+            p95_delay_s=law.p95_s,
+            p99_delay_s=law.p99_s,
+            attainment=attainment,
+            mean_quality=float((members * quality).sum() / total),
+        )
+
+    overall = GroupFigures(
+        demand=float(requests.sum()),
+        mean_delay_s=delays.mean_s,
+        p95_delay_s=delays.p95_s if delays.stable else everyone.p95_s,
+        p99_delay_s=delays.p99_s if delays.stable else everyone.p99_s,
+        attainment=delays.attainment,
+        mean_quality=float((requests * quality).sum() / float(requests.sum())),
+    )
+    per_model = {problem.models[m]: figures(c, law, law.attainment) for m, c, law in zip(used, columns, parts)}
+    by_category = [None] * len(rows) if delays.category_attainment is None else delays.category_attainment.tolist()
+    per_category = {
+        name: figures(r, law, attained)
+        for name, r, law, attained in zip(problem.categories, rows, parts[len(columns) :], by_category)
+    }
+    return overall, per_model, per_category

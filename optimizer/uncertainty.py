@@ -534,8 +534,7 @@ def whole_category_search_obstacle(problem: Problem) -> str | None:
     energy price, on deterministic routing. Elsewhere each sample is re-planned with a planner.
     """
     reasons = [
-        ("open arrivals", problem.arrivals != "window"),
-        ("random routing", problem.realization != "deterministic"),
+        *((name, True) for name in problem.delay.beyond_paper),
         ("an SLO", problem.slo is not None),
         ("a quality floor", problem.min_clipscore is not None),
         ("batching", problem.batch_sizes is not None),

@@ -379,6 +379,7 @@ def build_schedule(
             the plan does not route (naming the file and column).
     """
     from genedge.optimizer.arrivals import gamma_arrivals, poisson_arrivals, read_trace
+    from genedge.optimizer.delay import OPEN, WINDOW
     from genedge.optimizer.workload import Workload
     from genedge.serve.predict import plan_rates
 
@@ -424,19 +425,20 @@ def build_schedule(
         for i in range(n)
     )
     duration = float(times[-1]) if n else 0.0
-    arrivals = "open" if duration > 0 and n > 1 else "window"
+    timed = duration > 0 and n > 1  # requests spread over time arrive as rates; else all at once, a window
+    arrivals = (OPEN if timed else WINDOW).name
     counts: dict[str, float] = {c: 0.0 for c in planned}
     for category in sent:
         if category is not None:
             counts[category] += 1
     unplaced = sum(c is None for c in sent)
-    if unplaced and arrivals == "open":
+    if unplaced and timed:
         for category, share in plan_rates(plan, 1.0).items():
             counts[category] += unplaced * share
     elif unplaced:  # a window counts whole requests: split in the plan's mix by largest remainder
         for category, count in Workload.from_mix(plan["inputs"]["workload"], unplaced).counts.items():
             counts[category] += count
-    demand = {c: (v / duration if arrivals == "open" else v) for c, v in counts.items() if v > 0}
+    demand = {c: (v / duration if timed else v) for c, v in counts.items() if v > 0}
     return Schedule(requests, arrivals, duration, demand, unplaced)
 
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from genedge.contract.files import write_figure
+from genedge.optimizer.delay import arrival_model
 from genedge.serve.predict import GroupPrediction, Prediction
 
 if TYPE_CHECKING:
@@ -227,7 +228,7 @@ def compare_run(result_dir: str | Path, *, slo_s: float | None = None) -> Compar
     """
     from genedge.calibrate.table import table_from_dict
     from genedge.serve.loadtest import read_manifest, read_records, read_sessions
-    from genedge.serve.predict import predict_at_rates, predict_for_window
+    from genedge.serve.predict import predict_at_demand
 
     manifest = read_manifest(result_dir)
     plan = manifest["plan"]
@@ -238,11 +239,12 @@ def compare_run(result_dir: str | Path, *, slo_s: float | None = None) -> Compar
     table = table_from_dict(manifest["table"], f"{result_dir} table")
     # Requests sent with their category are served as it; the plan's router mixture applies to the rest only.
     composition = None if schedule.get("unplaced") else {}
-    predict = predict_at_rates if schedule["arrivals"] == "open" else predict_for_window
     records = read_records(result_dir)
     demand = _served_demand(plan, schedule, records)
     try:
-        prediction = predict(plan, table, demand, slo_s=slo_s, composition=composition)
+        prediction = predict_at_demand(
+            plan, table, demand, arrivals=schedule["arrivals"], slo_s=slo_s, composition=composition
+        )
     except ValueError as err:  # e.g. a window of counts the plan's table cannot state; the measurement stands
         note = str(err)
     return Comparison(
@@ -266,7 +268,7 @@ def _served_demand(plan: Mapping[str, Any], schedule: Mapping[str, Any], records
 
     if not schedule.get("unplaced") or records.empty or "category" not in records:
         return dict(schedule["demand"])
-    scale = 1.0 / schedule["duration_s"] if schedule["arrivals"] == "open" else 1.0
+    scale = 1.0 / schedule["duration_s"] if arrival_model(schedule["arrivals"]).per_second else 1.0
     counts: dict[str, float] = {}
     for category in records["requested_category"].fillna(records["category"]):
         if category is None or category != category:  # neither sent nor served: the plan's mix
@@ -319,9 +321,8 @@ def format_comparison(comparison: Comparison) -> str:
     )
     if p is not None:
         demand = ", ".join(f"{c} {v:.4g}" for c, v in p.demand.items())
-        unit = "requests/s" if p.arrivals == "open" else "requests at once"
-        lines.append(f"offered ({unit}): {demand}")
-        model = "open arrivals, one M/D/1 queue per model" if p.arrivals == "open" else "one window, FIFO"
+        lines.append(f"offered ({arrival_model(p.arrivals).demand_unit}): {demand}")
+        model = p.description
         state = "" if p.stable else "; the plan's queues are overloaded at this demand (ρ >= 1)"
         lines.append(f"predicted: the plan's routing, steps and shares at the offered demand ({model}){state}")
         planned = p.planned

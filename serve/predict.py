@@ -7,11 +7,12 @@ and shares r_m from the plan document, the delay model of DESIGN §3.2 (one M/D/
 queue per model under open arrivals; a window of requests served FIFO when every request arrives at
 once), and the quality of the calibration table.
 
-Per model m with arrival rate λ_m = Σ_c p[c, m] λ_c and call time S_m on its share (a batch of up to
-b_m images), the response time T_m has mean E[T_m], the exact M/D/1 (or bulk-service) quantiles, and
-P(T_m ≤ SLO); a category's requests are the mixture of the models' laws weighted p[c, m] λ_c. A plan
-whose queues cannot be stable at the offered rates (ρ_m = λ_m S_m / b_m ≥ 1) predicts infinite delay;
-its quality is still predicted (it depends on the rates' mix, not their level).
+The figures are the optimizer's own: the plan is stated as a problem at the offered demand and
+evaluated by :func:`genedge.optimizer.system.evaluate` under the problem's delay model, with the
+figures of each model's and each category's requests (a category's are the mixture of the models'
+laws weighted p[c, m] λ_c). A plan whose queues cannot be stable at the offered rates
+(ρ_m = λ_m S_m / b_m ≥ 1) predicts infinite delay for their requests; its quality is still predicted
+(it depends on the rates' mix, not their level).
 """
 
 from __future__ import annotations
@@ -23,23 +24,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from genedge.optimizer import queueing
-from genedge.optimizer.delay import model_served_within, model_window_coefficient
-from genedge.optimizer.problem import Problem, Slo, deployed_mask
-from genedge.optimizer.system import evaluate
+from genedge.optimizer.delay import ArrivalModel, arrival_model, delay_model_class, utilization
+from genedge.optimizer.problem import Problem, Slo
+from genedge.optimizer.system import GroupFigures, evaluate
 from genedge.optimizer.workload import Workload
 
 if TYPE_CHECKING:
     from genedge.calibrate.table import CalibrationTable
 
-__all__ = ["GroupPrediction", "Prediction", "plan_rates", "predict_at_rates", "predict_for_window"]
+__all__ = [
+    "GroupPrediction",
+    "Prediction",
+    "plan_rates",
+    "predict_at_demand",
+    "predict_at_rates",
+    "predict_for_window",
+]
 
-# Load to which the rates are scaled when the plan is unstable at the offered ones: only the quality is
-# read from that evaluation, and it depends on the mix of the rates, not their level.
-_QUALITY_ONLY_LOAD = 0.5
-# A mixture's quantile is found by bisection, to this relative width or this many halvings.
-_QUANTILE_RTOL = 1e-12
-_BISECTIONS = 200
+# Load at which a plan overloaded at the offered rates is stated as a problem (no problem can state rates
+# that no plan could serve); it is evaluated at the offered rates (``evaluate``'s ``demand_scale``).
+_STATED_LOAD = 0.5
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class Prediction:
         planned: the plan's own ``predicted`` figures, made at its planned workload.
         planned_arrivals: the delay model those were made under (the plan's ``inputs.arrivals``).
         planned_demand: the workload the plan was made for (``inputs.workload``).
+        description: the delay model the figures are made under, in words.
     """
 
     arrivals: str
@@ -96,6 +101,7 @@ class Prediction:
     planned: Mapping[str, Any] = field(default_factory=dict)
     planned_arrivals: str = "window"
     planned_demand: Mapping[str, float] = field(default_factory=dict)
+    description: str = ""
 
 
 def plan_rates(plan: Mapping[str, Any], total_rate: float) -> dict[str, float]:
@@ -135,7 +141,7 @@ def predict_at_rates(
         ValueError: a category the plan does not route, a rate that is negative or not finite, no
             positive rate, or steps of the plan that are not on the table's step grid.
     """
-    return _predict(plan, table, rates, "open", slo_s, composition)
+    return predict_at_demand(plan, table, rates, arrivals="open", slo_s=slo_s, composition=composition)
 
 
 def predict_for_window(
@@ -151,17 +157,85 @@ def predict_for_window(
     The window delay model (DESIGN §3): model m serves its N_m requests FIFO, the i-th done at
     ⌈i / b_m⌉ S_m. Arguments and errors as :func:`predict_at_rates`, with whole request counts.
     """
-    return _predict(plan, table, counts, "window", slo_s, composition)
+    return predict_at_demand(plan, table, counts, arrivals="window", slo_s=slo_s, composition=composition)
 
 
-def _demand(plan: Mapping[str, Any], demand: Mapping[str, float], arrivals: str) -> dict[str, float]:
+def predict_at_demand(
+    plan: Mapping[str, Any],
+    table: CalibrationTable,
+    demand: Mapping[str, float],
+    *,
+    arrivals: str,
+    slo_s: float | None = None,
+    composition: Mapping[str, Mapping[str, float]] | None = None,
+) -> Prediction:
+    """Evaluate a plan's routing, steps and shares at an offered demand under an arrival model.
+
+    Args:
+        arrivals: how the demand arrives (:data:`~genedge.optimizer.delay.ARRIVAL_MODELS`): ``open``
+            for rates (:func:`predict_at_rates`), ``window`` for requests all at once
+            (:func:`predict_for_window`).
+        plan, table, demand, slo_s, composition: as :func:`predict_at_rates`.
+    """
+    how = arrival_model(arrivals)
+    demand = _demand(plan, demand, how)
+    if composition is None:
+        composition = (plan["inputs"].get("prompts") or {}).get("composition")
+    slo = _slo(plan, slo_s)
+    realization = plan["inputs"].get("routing_realization", "deterministic")
+    rho = _offered_utilization(plan, demand) if delay_model_class(arrivals, realization).steady_state else {}
+    # A plan overloaded at the offered demand is stated at a load it can hold and evaluated at the offered one.
+    scale = _STATED_LOAD / max(rho.values()) if max(rho.values(), default=0.0) >= 1 else 1.0
+    problem = _problem(plan, table, {c: v * scale for c, v in demand.items()}, how, slo, composition)
+    routing, steps, shares, batches = _decisions(plan, problem)
+    result = evaluate(problem, routing, steps, shares, batches, groups=True, demand_scale=1 / scale)
+    index = {key: m for m, key in enumerate(problem.models)}
+    per_model = {
+        key: _group(
+            figures,
+            utilization=None if result.utilization is None else float(result.utilization[index[key]]),
+            service_s=float(result.service_s[index[key]]),
+        )
+        for key, figures in result.per_model.items()
+    }
+    return Prediction(
+        arrivals=arrivals,
+        demand=dict(demand),
+        overall=_group(result.overall),
+        per_model=per_model,
+        per_category={c: _group(figures) for c, figures in result.per_category.items()},
+        stable=bool(result.stable),
+        feasible=bool(result.feasible),
+        utility=float(result.utility),
+        slo_s=None if slo is None else slo.seconds,
+        planned=dict(plan.get("predicted", {})),
+        planned_arrivals=plan["inputs"].get("arrivals", "window"),
+        planned_demand=dict(plan["inputs"].get("workload", {})),
+        description=problem.delay.description,
+    )
+
+
+def _group(figures: GroupFigures, utilization: float | None = None, service_s: float | None = None) -> GroupPrediction:
+    return GroupPrediction(
+        rate=figures.demand,
+        mean_response_s=figures.mean_delay_s,
+        p95_response_s=figures.p95_delay_s,
+        p99_response_s=figures.p99_delay_s,
+        slo_attainment=figures.attainment,
+        mean_clipscore=figures.mean_quality,
+        utilization=utilization,
+        service_s=service_s,
+    )
+
+
+def _demand(plan: Mapping[str, Any], demand: Mapping[str, float], arrivals: ArrivalModel) -> dict[str, float]:
     routed = plan["routing"]
     unknown = sorted(set(demand) - set(routed))
     if unknown:
         raise ValueError(f"categories {unknown} are not routed by the plan; it routes {sorted(routed)}")
     for category, value in demand.items():
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-            what = "a rate >= 0 (requests/s)" if arrivals == "open" else "a request count >= 0"
+            what = "a rate >= 0 (requests/s)" if arrivals.per_second else "a request count >= 0"
             raise ValueError(f"Expected {what} for category {category!r}, but got {value!r}")
     positive = {c: float(v) for c, v in demand.items() if v > 0}
     if not positive:
@@ -173,7 +247,7 @@ def _problem(
     plan: Mapping[str, Any],
     table: CalibrationTable,
     demand: Mapping[str, float],
-    arrivals: str,
+    arrivals: ArrivalModel,
     slo: Slo | None,
     composition: Mapping[str, Mapping[str, float]] | None,
 ) -> Problem:
@@ -181,7 +255,7 @@ def _problem(
     kept = None if composition is None else {c: composition[c] for c in demand if c in composition}
     workload = (
         Workload.from_rates(demand, kept or None)
-        if arrivals == "open"
+        if arrivals.per_second
         else Workload(counts=dict(demand), composition=kept or None)
     )
     return Problem.from_table(
@@ -194,7 +268,7 @@ def _problem(
         table_sha256=inputs.get("table_sha256"),
         min_clipscore=inputs.get("min_clipscore"),
         max_shortfall=inputs.get("max_shortfall") or 0.05,
-        arrivals=arrivals,
+        arrivals=arrivals.name,
         realization=inputs.get("routing_realization", "deterministic"),
         slo=slo,
         energy_price=inputs.get("energy_price_points_per_j", 0.0),
@@ -241,171 +315,8 @@ def _slo(plan: Mapping[str, Any], slo_s: float | None) -> Slo | None:
 
 def _offered_utilization(plan: Mapping[str, Any], demand: Mapping[str, float]) -> dict[str, float]:
     """ρ_m = λ_m S_m / b_m of each deployed model at the offered rates, from the plan's own call times."""
-    out = {}
-    for key, entry in plan["models"].items():
-        if not entry.get("deployed"):
-            continue
-        rate = sum(float(plan["routing"][c].get(key, 0.0)) * v for c, v in demand.items())
-        out[key] = rate * float(entry["service_s"]) / int(entry.get("max_batch", 1))
-    return out
-
-
-def _predict(
-    plan: Mapping[str, Any],
-    table: CalibrationTable,
-    demand: Mapping[str, float],
-    arrivals: str,
-    slo_s: float | None,
-    composition: Mapping[str, Mapping[str, float]] | None,
-) -> Prediction:
-    demand = _demand(plan, demand, arrivals)
-    if composition is None:
-        composition = (plan["inputs"].get("prompts") or {}).get("composition")
-    slo = _slo(plan, slo_s)
-    rho = _offered_utilization(plan, demand) if arrivals == "open" else {}
-    overloaded = max(rho.values(), default=0.0) >= 1
-    # An overloaded plan cannot be stated as a Problem at those rates (no queue can be stable): its
-    # quality is read at rates scaled to a stable load, and its delays are infinite.
-    scale = _QUALITY_ONLY_LOAD / max(rho.values()) if overloaded else 1.0
-    problem = _problem(plan, table, {c: v * scale for c, v in demand.items()}, arrivals, slo, composition)
-    routing, steps, shares, batches = _decisions(plan, problem)
-    result = evaluate(problem, routing, steps, shares, batches)
-    requests = problem.counts[:, None] * np.clip(routing, 0.0, None)
-    requests = np.where(deployed_mask(requests.sum(axis=0))[None, :], requests, 0.0)
-    quality = problem.mean_at(steps)
-    laws = _Laws(problem, requests / scale, result.service_s, result.max_batch)
-    per_model = {}
-    for m, key in enumerate(problem.models):
-        column = np.zeros(len(problem.models))
-        column[m] = float(requests[:, m].sum()) / scale
-        if not deployed_mask(column[m]):
-            continue
-        per_model[key] = GroupPrediction(
-            rate=float(column[m]),
-            mean_response_s=laws.mean(column),
-            p95_response_s=laws.quantile(column, 0.95),
-            p99_response_s=laws.quantile(column, 0.99),
-            slo_attainment=None if slo is None else laws.attainment(column, slo.seconds),
-            mean_clipscore=float((requests[:, m] * quality[:, m]).sum() / requests[:, m].sum()),
-            utilization=rho.get(key) if arrivals == "open" else None,
-            service_s=float(result.service_s[m]),
-        )
-    per_category = {}
-    for c, category in enumerate(problem.categories):
-        row = requests[c] / scale
-        per_category[category] = GroupPrediction(
-            rate=float(row.sum()),
-            mean_response_s=laws.mean(row),
-            p95_response_s=laws.quantile(row, 0.95),
-            p99_response_s=laws.quantile(row, 0.99),
-            slo_attainment=None if slo is None else laws.attainment(row, slo.seconds),
-            mean_clipscore=float((requests[c] * quality[c]).sum() / requests[c].sum()),
-        )
-    total = requests.sum(axis=0) / scale
-    # The optimizer's own figures where it can state them; an overloaded plan's from each queue's law.
-    overall = GroupPrediction(
-        rate=float(total.sum()),
-        mean_response_s=laws.mean(total) if overloaded else float(result.mean_delay_s),
-        p95_response_s=laws.quantile(total, 0.95) if overloaded else float(result.p95_delay_s),
-        p99_response_s=laws.quantile(total, 0.99) if overloaded else float(result.p99_delay_s),
-        slo_attainment=None if slo is None else laws.attainment(total, slo.seconds),
-        mean_clipscore=float(result.mean_quality),
-    )
-    return Prediction(
-        arrivals=arrivals,
-        demand=dict(demand),
-        overall=overall,
-        per_model=per_model,
-        per_category=per_category,
-        stable=bool(result.stable and not overloaded),
-        feasible=bool(result.feasible and not overloaded),
-        utility=-np.inf if overloaded else float(result.utility),
-        slo_s=None if slo is None else slo.seconds,
-        planned=dict(plan.get("predicted", {})),
-        planned_arrivals=plan["inputs"].get("arrivals", "window"),
-        planned_demand=dict(plan["inputs"].get("workload", {})),
-    )
-
-
-class _Laws:
-    """Each deployed model's response-time law under the problem's delay model, and mixtures of them.
-
-    ``requests`` are the offered requests x[c, m] (per second, or per window); under open arrivals
-    each model's law is its queue's at λ_m = Σ_c x[c, m], so an overloaded queue (ρ_m ≥ 1) has an
-    infinite mean, a CDF of 0 and contributes its weight to no quantile below it.
-    """
-
-    def __init__(self, problem: Problem, requests: np.ndarray, call_s: np.ndarray, batch: np.ndarray) -> None:
-        self.problem = problem
-        self.requests = requests
-        self.loads = requests.sum(axis=0)
-        self.used = deployed_mask(self.loads)
-        self.call_s = call_s
-        self.batch = batch
-        self.open = problem.arrivals == "open"
-
-    def _stable(self, m: int) -> bool:
-        return not self.open or self.loads[m] * self.call_s[m] / self.batch[m] < 1
-
-    def _model_mean(self, m: int) -> float:
-        load, call, b = float(self.loads[m]), float(self.call_s[m]), int(self.batch[m])
-        if not self._stable(m):
-            return np.inf
-        if self.open:
-            return float(
-                queueing.md1_mean_response(load, call) if b == 1 else queueing.bulk_mean_response(load, call, b)
-            )
-        return model_window_coefficient(self.problem, self.requests, m, b) * call / load
-
-    def _model_cdf(self, m: int, d: float) -> float:
-        load, call, b = float(self.loads[m]), float(self.call_s[m]), int(self.batch[m])
-        if not self._stable(m):
-            return 0.0
-        if self.open:
-            return float(
-                queueing.md1_response_cdf(d, load, call) if b == 1 else queueing.bulk_response_cdf(d, load, call, b)
-            )
-        return float(model_served_within(self.problem, self.requests, m, call, b, d)) / load
-
-    def _weights(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        models = np.flatnonzero(self.used & (weights > 0))
-        return models, weights[models] / weights[models].sum()
-
-    def mean(self, weights: np.ndarray) -> float:
-        """Mean response of requests spread over the models by ``weights`` (requests per model)."""
-        models, share = self._weights(weights)
-        return float(sum(w * self._model_mean(m) for w, m in zip(share, models)))
-
-    def attainment(self, weights: np.ndarray, slo_s: float) -> float:
-        """P(response ≤ ``slo_s``) of requests spread over the models by ``weights``."""
-        models, share = self._weights(weights)
-        return float(sum(w * self._model_cdf(m, slo_s) for w, m in zip(share, models)))
-
-    def quantile(self, weights: np.ndarray, q: float) -> float:
-        """The q-quantile of the response of requests spread over the models by ``weights``; inf where
-        the overloaded queues' weight reaches past it."""
-        models, share = self._weights(weights)
-        if share[[self._stable(m) for m in models]].sum() < q:
-            return np.inf
-        if self.open and models.size == 1:  # one queue: its exact quantile
-            m = int(models[0])
-            load, call, b = float(self.loads[m]), float(self.call_s[m]), int(self.batch[m])
-            if b == 1:
-                return float(queueing.md1_response_quantile(q, load, call))
-            return float(queueing.bulk_response_quantile(q, load, call, b))
-
-        def cdf(d: float) -> float:
-            return float(sum(w * self._model_cdf(m, d) for w, m in zip(share, models)))
-
-        lo, hi = 0.0, float(self.call_s[models].max())
-        while cdf(hi) < q:  # the stable queues' weight reaches q, so the bracket closes
-            lo, hi = hi, 2 * hi
-        for _ in range(_BISECTIONS):
-            if hi - lo <= _QUANTILE_RTOL * hi:
-                break
-            mid = (lo + hi) / 2
-            if cdf(mid) >= q:
-                hi = mid
-            else:
-                lo = mid
-        return hi
+    keys = [key for key, entry in plan["models"].items() if entry.get("deployed")]
+    rates = np.array([sum(float(plan["routing"][c].get(key, 0.0)) * v for c, v in demand.items()) for key in keys])
+    calls = np.array([float(plan["models"][key]["service_s"]) for key in keys])
+    batches = np.array([int(plan["models"][key].get("max_batch", 1)) for key in keys])
+    return dict(zip(keys, utilization(rates, calls, batches).tolist()))

@@ -25,6 +25,7 @@ from genedge.contract.bounds import (
     MIN_RATE_PER_S,
     range_problem,
 )
+from genedge.optimizer.delay import arrival_model as delay_arrivals
 from genedge.optimizer.problem import Problem, Slo
 from genedge.optimizer.result import PlanResult
 from genedge.optimizer.workload import Workload
@@ -403,13 +404,13 @@ def workload_from_args(
     if prompt_counts is None:
         prompt_counts = prompt_counts_from_args(args, table)
     rates = _rates_from_args(args, table, prompt_counts)
-    model = arrival_model(args) if hasattr(args, "arrivals") else "window"
+    per_second = delay_arrivals(arrival_model(args) if hasattr(args, "arrivals") else "window").per_second
     if rates is not None:
-        if model == "window":
+        if not per_second:
             raise ValueError("--rates, --rate and --trace give requests per second: plan them with --arrivals open")
         return rates
     counts = _counts_from_args(args, table, prompt_counts)
-    if model == "open":
+    if per_second:
         if getattr(args, "window_s", None) is None:
             raise ValueError(
                 "--arrivals open needs rates: give --rates, --rate or --trace, or --window-s SECONDS to turn the "
@@ -530,12 +531,9 @@ def problem_from_args(
 def workload_line(problem: Problem) -> str:
     """One line stating the demand, the delay model and the objective the plans are made for."""
     total = problem.n_requests
-    per = "requests/s" if problem.arrivals == "open" else "requests"
     demand = ", ".join(f"{c} {n:.4g}" for c, n in zip(problem.categories, problem.counts))
-    model = (
-        "open arrivals (Poisson, M/D/1 per model)" if problem.arrivals == "open" else "one window, first in first out"
-    )
-    parts = [f"workload: {total:.4g} {per} — {demand}", model, f"{problem.realization} routing"]
+    parts = [f"workload: {total:.4g} {problem.demand_unit} — {demand}", problem.delay.description]
+    parts.append(f"{problem.realization} routing")
     parts.append(f"budget {problem.budget:g} GPU")
     parts.append(f"w = {problem.weight:g} points/s")
     if problem.slo is not None:

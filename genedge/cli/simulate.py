@@ -207,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
 def _window_versus_open(args: argparse.Namespace, table, sha: str) -> int:
     """Print the window-versus-open comparison (see the option group's help)."""
     from genedge.optimizer import Workload
+    from genedge.optimizer.delay import arrival_model
     from genedge.optimizer.problem import Problem, Slo
     from genedge.optimizer.simulate import compare_arrival_models
 
@@ -259,7 +260,7 @@ def _window_versus_open(args: argparse.Namespace, table, sha: str) -> int:
     )
     for row in rows:
         r = row.plan
-        label = "window model" if row.planned_under == "window" else "open arrivals"
+        label = arrival_model(row.planned_under).label
         steps = ", ".join(f"{m} {s}" for m, s, used in zip(r.plan.models, r.plan.steps_per_model, r.deployed) if used)
         if not r.stable:
             worst = int(np.nanargmax(np.where(r.deployed, r.utilization, np.nan)))
