@@ -27,6 +27,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "random_assignment",
         ),
         ".compare": ("DECISION_TOLERANCE", "PlanChange", "PlanComparison", "compare_plans", "plan_changes"),
+        ".delay": ("DelayModel", "delay_model"),
         ".des": ("RequestRecords", "simulate_arrivals"),
         ".exact": ("exact_search", "scored_upper_bound", "utility_upper_bound"),
         ".methods": ("METHODS", "PROPOSED", "run_methods"),

@@ -223,8 +223,18 @@ class DelayModel(ABC):
     def __hash__(self) -> int:
         return hash((type(self), self.realization, self.counts.tobytes()))
 
+    @classmethod
+    def check_demand(cls, counts: np.ndarray) -> None:
+        """Refuse a demand n_c the model cannot take (:func:`delay_model` asks; by default it takes any)."""
+        return None
+
     def for_counts(self, counts: np.ndarray) -> DelayModel:
-        """The same model for another demand n_c."""
+        """The same model for another demand n_c.
+
+        Raises:
+            ValueError: a demand the model cannot take.
+        """
+        type(self).check_demand(counts)
         return type(self)(counts, self.realization)
 
     @property
@@ -298,12 +308,12 @@ class DelayModel(ABC):
         """The M/G/1 mean delay from the spread of one image's service time, where the model has one; else None."""
         return None
 
+    @abstractmethod
     def vertex_delay(
         self, full_share_s: np.ndarray, max_batch: np.ndarray
     ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray] | None]:
         """The delay every request must wait, as :func:`~genedge.optimizer.assignment.vertex_bound` takes it:
         its ``full_share_s`` and ``delay_root`` (None for the window's √(N(N+1)))."""
-        return full_share_s / max_batch, None
 
     def figures(
         self,
@@ -431,6 +441,12 @@ class WindowFifo(DelayModel):
     def quantile(self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, q: float) -> float:
         return window_delay_quantile(call_s, requests.sum(axis=0), q, max_batch)
 
+    def vertex_delay(
+        self, full_share_s: np.ndarray, max_batch: np.ndarray
+    ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray] | None]:
+        """Each request waits at least its FIFO position: Σ_{i≤N} ⌈i/b⌉ ≥ N(N+1)/(2b), so a_m = √(S_m/(2 b_m))."""
+        return full_share_s / max_batch, None
+
     def _coefficient(self, requests: np.ndarray, model: int, batch: int) -> float:
         """c_m of one model at batch size ``batch`` (see :meth:`share_coefficient`)."""
         load = float(requests[:, model].sum())
@@ -479,18 +495,16 @@ class WindowFifo(DelayModel):
 
 
 class WindowRandom(WindowFifo):
-    """One window of requests, each routed by an independent draw: N_m varies (module doc).
-
-    Raises:
-        ValueError: request counts that are not whole numbers.
-    """
+    """One window of requests, each routed by an independent draw: N_m varies (module doc); it takes whole
+    request counts only."""
 
     bound_notes = (None, "the bound ignores the variance of randomly routed loads")
 
-    def __init__(self, counts: np.ndarray, realization: str) -> None:
-        super().__init__(counts, realization)
-        if not np.allclose(self.counts, np.round(self.counts)):
-            raise ValueError(f"Expected whole request counts for random routing, but got {self.counts.tolist()}")
+    @classmethod
+    def check_demand(cls, counts: np.ndarray) -> None:
+        counts = np.asarray(counts, dtype=float)
+        if not np.allclose(counts, np.round(counts)):
+            raise ValueError(f"Expected whole request counts for random routing, but got {counts.tolist()}")
 
     @property
     def beyond_paper(self) -> tuple[str, ...]:
@@ -699,7 +713,9 @@ def delay_model(arrivals: str, realization: str, counts: np.ndarray) -> DelayMod
     Raises:
         ValueError: an unknown arrival model or realization, or a demand the model cannot take.
     """
-    return delay_model_class(arrivals, realization)(counts, realization)
+    model = delay_model_class(arrivals, realization)
+    model.check_demand(counts)
+    return model(counts, realization)
 
 
 def window_delay_quantile(

@@ -148,7 +148,7 @@ class Problem:
     def __post_init__(self) -> None:
         m, c = len(self.models), len(self.categories)
         # The delay model refuses an unknown arrival model or realization, and a demand it cannot take.
-        steady_state = self.delay.steady_state
+        steady_state = delay_model(self.arrivals, self.realization, self.counts).steady_state
         self._check_service_model()
         if steady_state:
             self._check_capacity()
@@ -250,9 +250,10 @@ class Problem:
     def delay(self) -> DelayModel:
         """The delay model of :attr:`arrivals` and :attr:`realization` (:mod:`~genedge.optimizer.delay`).
 
-        Built on each use (a class lookup), so that the problem's fields stay all it holds.
+        Built on each use (a class lookup; the demand was checked once, when the problem was made), so
+        that the problem's fields stay all it holds.
         """
-        return delay_model(self.arrivals, self.realization, self.counts)
+        return delay_model_class(self.arrivals, self.realization)(self.counts, self.realization)
 
     @property
     def demand_unit(self) -> str:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from genedge.optimizer.arrivals import Arrivals, mmpp_arrivals, poisson_arrivals
+from genedge.optimizer.delay import WindowRandom
 from genedge.optimizer.des import DEFAULT_WARMUP, simulate_arrivals
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.result import PlanResult
@@ -116,10 +117,10 @@ def simulate_plan(
             position[queue] = np.arange(1, queue.size + 1)
         delay = position * service[model]
         qualities[r], delays[r], p95s[r] = score.mean(), delay.mean(), np.quantile(delay, 0.95)
-    loads = result.loads
-    variance = (problem.counts[:, None] * p * (1 - p)).sum(axis=0)
-    finite = np.where(in_use, service, 0.0)
-    predicted_delay = float((finite * (loads**2 + variance + loads) / 2).sum() / n)
+    # The windows above route each request by an independent draw: the random-routing window model's mean.
+    requests = np.where(in_use[None, :], problem.counts[:, None] * p, 0.0)
+    drawn = WindowRandom(problem.counts, "random")
+    predicted_delay = float(drawn.mass(requests, service, np.ones(len(problem.models), dtype=int)).sum() / n)
     return SimulationCheck(
         replications=replications,
         mean_quality=float(qualities.mean()),
