@@ -608,27 +608,21 @@ class OpenQueue(DelayModel):
         mean = np.full(loads.shape, np.inf)
         live = used & np.isfinite(call_s)
         single = live & (max_batch == 1)
-        mean[single] = queueing.md1_mean_response(loads[single], call_s[single])
+        mean[single] = _queue_mean(loads[single], call_s[single], 1)
         for m in np.flatnonzero(live & (max_batch > 1)):
-            mean[m] = float(queueing.bulk_mean_response(loads[m], call_s[m], int(max_batch[m])))
+            mean[m] = float(_queue_mean(loads[m], call_s[m], int(max_batch[m])))
         mean[~live] = 0.0
         return np.where(used, loads * mean, 0.0)
 
     def model_mean(
         self, requests: np.ndarray, model: int, call_s: np.ndarray | float, batch: int
     ) -> np.ndarray | float:
-        rate = float(requests[:, model].sum())
-        if batch == 1:
-            return queueing.md1_mean_response(rate, call_s)
-        return queueing.bulk_mean_response(rate, call_s, batch)
+        return _queue_mean(float(requests[:, model].sum()), call_s, batch)
 
     def model_within(
         self, requests: np.ndarray, model: int, call_s: np.ndarray | float, batch: int, d: float
     ) -> np.ndarray:
-        rate = float(requests[:, model].sum())
-        if batch == 1:
-            return queueing.md1_response_cdf(d, rate, call_s)
-        return queueing.bulk_response_cdf(d, rate, call_s, batch)
+        return _queue_cdf(d, float(requests[:, model].sum()), call_s, batch)
 
     def model_attainment(
         self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, slo_s: float
@@ -636,9 +630,9 @@ class OpenQueue(DelayModel):
         loads = requests.sum(axis=0)
         cdf = np.zeros(np.shape(loads))
         single = max_batch == 1
-        cdf[single] = queueing.md1_response_cdf(slo_s, loads[single], call_s[single])
+        cdf[single] = _queue_cdf(slo_s, loads[single], call_s[single], 1)
         for m in np.flatnonzero(~single):
-            cdf[m] = float(queueing.bulk_response_cdf(slo_s, loads[m], call_s[m], int(max_batch[m])))
+            cdf[m] = float(_queue_cdf(slo_s, loads[m], call_s[m], int(max_batch[m])))
         return np.where(deployed_mask(loads), cdf, 1.0)
 
     def quantile(self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, q: float) -> float:
@@ -683,6 +677,20 @@ class OpenQueue(DelayModel):
         return float(
             queueing.mixture_response_quantile(target, loads[live], call_s[live], batch, weights=weights[live])
         )
+
+
+def _queue_mean(rate: np.ndarray | float, call_s: np.ndarray | float, batch: int) -> np.ndarray:
+    """E[T] of Poisson arrivals at ``rate`` served in batches of up to ``batch`` (M/D/1 at b = 1); inf if unstable."""
+    if batch == 1:
+        return queueing.md1_mean_response(rate, call_s)
+    return queueing.bulk_mean_response(rate, call_s, batch)
+
+
+def _queue_cdf(x: float, rate: np.ndarray | float, call_s: np.ndarray | float, batch: int) -> np.ndarray:
+    """P(T ≤ x) of the queue of :func:`_queue_mean` (0 where unstable)."""
+    if batch == 1:
+        return queueing.md1_response_cdf(x, rate, call_s)
+    return queueing.bulk_response_cdf(x, rate, call_s, batch)
 
 
 # Every (arrival model, realization) pair and its delay model. Under open arrivals random splitting keeps
