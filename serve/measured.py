@@ -322,9 +322,8 @@ def format_comparison(comparison: Comparison) -> str:
     if p is not None:
         demand = ", ".join(f"{c} {v:.4g}" for c, v in p.demand.items())
         lines.append(f"offered ({arrival_model(p.arrivals).demand_unit}): {demand}")
-        model = p.description
         state = "" if p.stable else "; the plan's queues are overloaded at this demand (ρ >= 1)"
-        lines.append(f"predicted: the plan's routing, steps and shares at the offered demand ({model}){state}")
+        lines.append(f"predicted: the plan's routing, steps and shares at the offered demand; {p.description}{state}")
         planned = p.planned
         if planned.get("mean_delay_s") is not None:
             lines.append(
