@@ -176,6 +176,9 @@ def predict_at_demand(
             for rates (:func:`predict_at_rates`), ``window`` for requests all at once
             (:func:`predict_for_window`).
         plan, table, demand, slo_s, composition: as :func:`predict_at_rates`.
+
+    Raises:
+        ValueError: an unknown arrival model, or as :func:`predict_at_rates`.
     """
     how = arrival_model(arrivals)
     demand = _demand(plan, demand, how)
