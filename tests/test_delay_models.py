@@ -60,11 +60,12 @@ def batched_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # (table, arrivals, realization, SLO, batching): window and open, both realizations, with and without
-# batching and SLO, on three tables.
+# batching and SLO, on three tables (the reference A100's with an energy price: it carries energy).
 CASES = [
     ("galaxy-s24", "open", "deterministic", None, False),
     ("galaxy-s24", "open", "random", Slo(25.0, 0.9), False),
     ("x-elite-crd", "open", "deterministic", Slo(30.0, 0.95, "category"), False),
+    ("reference-a100", "open", "deterministic", Slo(15.0, 0.9), False),
     ("reference-a100", "window", "deterministic", None, False),
     ("reference-a100", "window", "random", Slo(20.0, 0.9), False),
     ("x-elite-crd", "window", "deterministic", Slo(40.0, 0.8, "category"), False),
@@ -83,8 +84,15 @@ def _problem(case: tuple, batched_table: Path) -> tuple[Problem, object]:
     name, arrivals, realization, slo, batching = case
     table = load_table(batched_table if name == "batched" else data.path("tables", f"{name}.json"))
     workload = Workload.from_rates(RATES) if arrivals == "open" else Workload(counts=dict(COUNTS))
+    energy_price = 0.01 if name == "reference-a100" else 0.0
     problem = Problem.from_table(
-        table, workload, arrivals=arrivals, realization=realization, slo=slo, batching=batching
+        table,
+        workload,
+        arrivals=arrivals,
+        realization=realization,
+        slo=slo,
+        batching=batching,
+        energy_price=energy_price,
     )
     return problem, table
 
