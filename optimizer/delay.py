@@ -66,8 +66,9 @@ _WHOLE_REQUEST_TOL = 1e-9
 _DELAY_RTOL = 1e-12
 # Relative distance below the bisection's end within which a request's delay is the quantile.
 _SNAP_RTOL = 1e-9
-# Bisection of a quantile stops when the bracket is this narrow relative to its upper end.
-_QUANTILE_RTOL = 1e-13
+# Bisection of a window's quantile stops after this many halvings, or when the bracket is as narrow relative to
+# its upper end as a queue's quantile search leaves it (queueing.QUANTILE_RTOL); the result is then snapped
+# to the completion time it brackets.
 _BISECTIONS = 200
 # A load pmf keeps values of N_m down to this probability (the rest is below float resolution).
 _PMF_FLOOR = 1e-16
@@ -772,9 +773,9 @@ def _binomial_pmf(n: int, p: float) -> np.ndarray:
 
 
 def _bisect(reached, lo: float, hi: float) -> float:
-    """The smallest d in (lo, hi] with ``reached(d)``, to a relative width of :data:`_QUANTILE_RTOL`."""
+    """The smallest d in (lo, hi] with ``reached(d)``, to a relative width of :data:`queueing.QUANTILE_RTOL`."""
     for _ in range(_BISECTIONS):
-        if hi - lo <= _QUANTILE_RTOL * hi:
+        if hi - lo <= queueing.QUANTILE_RTOL * hi:
             break
         mid = (lo + hi) / 2
         if reached(mid):
