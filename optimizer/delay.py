@@ -28,6 +28,7 @@ not Poisson) is one more subclass, registered for its arrival model and realizat
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ _SNAP_RTOL = 1e-9
 _BISECTIONS = 200
 # A load pmf keeps values of N_m down to this probability (the rest is below float resolution).
 _PMF_FLOOR = 1e-16
+# Load distributions kept per process.
+_DISTRIBUTION_CACHE = 4096
 
 #: Expected requests per planning window (or per second) at or below which a model is not deployed:
 #: it gets no compute share, holds no memory and adds no delay. Routings carry float residue far
@@ -573,15 +576,9 @@ class WindowRandom(WindowFifo):
         self, requests: np.ndarray, model: int, counts: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The values and pmf of N_m = Σ_c Binomial(n_c, p_cm) (``counts`` replaces n_c)."""
-        pmf = np.ones(1)
         counts = np.round(self.counts).astype(int) if counts is None else counts
-        for c, n in enumerate(counts):
-            p = float(np.clip(requests[c, model] / self.counts[c], 0.0, 1.0))
-            if p > 0:
-                pmf = np.convolve(pmf, _binomial_pmf(n, p))
-        pmf = np.clip(pmf, 0.0, None)
-        keep = pmf > _PMF_FLOOR * pmf.max()
-        return np.flatnonzero(keep).astype(float), pmf[keep] / pmf[keep].sum()
+        chances = np.clip(requests[:, model] / self.counts, 0.0, 1.0)
+        return _binomial_sum(tuple(int(n) for n in counts), tuple(float(p) for p in chances))
 
 
 class OpenQueue(DelayModel):
@@ -763,6 +760,22 @@ def _done_by(call_s: np.ndarray, batch: int, d: float) -> np.ndarray:
     """Requests a model has completed by time ``d`` in a window, for each call time (0 where it has none)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(np.isfinite(call_s), np.floor(d / call_s * (1 + _DELAY_RTOL)) * batch, 0.0)
+
+
+@functools.lru_cache(maxsize=_DISTRIBUTION_CACHE)
+def _binomial_sum(counts: tuple[int, ...], chances: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The values and pmf of Σ_c Binomial(n_c, p_c), read-only (cached: a plan's figures and a planner's
+    search ask for the same loads many times)."""
+    pmf = np.ones(1)
+    for n, p in zip(counts, chances):
+        if p > 0:
+            pmf = np.convolve(pmf, _binomial_pmf(n, p))
+    pmf = np.clip(pmf, 0.0, None)
+    keep = pmf > _PMF_FLOOR * pmf.max()
+    values, pmf = np.flatnonzero(keep).astype(float), pmf[keep] / pmf[keep].sum()
+    values.setflags(write=False)
+    pmf.setflags(write=False)
+    return values, pmf
 
 
 def _binomial_pmf(n: int, p: float) -> np.ndarray:

@@ -73,11 +73,6 @@ CASES = [
     ("batched", "window", "deterministic", None, True),
     ("batched", "window", "random", Slo(30.0, 0.9), True),
 ]
-# A window under random routing convolves each model's load distribution for every figure: seconds a case.
-PARAMS = [
-    pytest.param(case, marks=pytest.mark.slow) if case[2] == "random" and case[1] == "window" else case
-    for case in CASES
-]
 
 
 def _problem(case: tuple, batched_table: Path) -> tuple[Problem, object]:
@@ -125,7 +120,7 @@ def _same(a: float | None, b: float | None) -> bool:
     return a == b or (math.isnan(a) and math.isnan(b))
 
 
-@pytest.mark.parametrize("case", PARAMS, ids=_case_id)
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_served_prediction_is_the_planners_evaluation(case, batched_table):
     problem, table = _problem(case, batched_table)
     rng = np.random.default_rng(20)
