@@ -255,7 +255,9 @@ def evaluate(
     floor = problem.shortfall_at(step_index)
     overall = per_model = per_category = None
     if groups:
-        overall, per_model, per_category = _groups(problem, delay, requests, service, batch, step_index, delays)
+        overall, per_model, per_category = _groups(
+            problem, delay, requests, service, batch, step_index, delays, mean_quality
+        )
     return Evaluation(
         mean_quality=mean_quality,
         mean_delay_s=delays.mean_s,
@@ -287,8 +289,10 @@ def _groups(
     batch: np.ndarray,
     step_index: Sequence[int],
     delays: DelayFigures,
+    mean_quality: float,
 ) -> tuple[GroupFigures, dict[str, GroupFigures], dict[str, GroupFigures]]:
-    """The figures of all requests, of each deployed model's and of each category's (see :func:`evaluate`)."""
+    """The figures of all requests (``delays`` and ``mean_quality``, the evaluation's own), of each deployed
+    model's and of each category's (see :func:`evaluate`)."""
     quality = problem.mean_at(step_index)
     used = np.flatnonzero(deployed_mask(requests.sum(axis=0)))
     columns = [np.where(np.arange(requests.shape[1]) == m, requests, 0.0) for m in used]
@@ -313,7 +317,7 @@ def _groups(
         p95_delay_s=delays.p95_s if delays.stable else everyone.p95_s,
         p99_delay_s=delays.p99_s if delays.stable else everyone.p99_s,
         attainment=delays.attainment,
-        mean_quality=float((requests * quality).sum() / float(requests.sum())),
+        mean_quality=mean_quality,
     )
     per_model = {problem.models[m]: figures(c, law, law.attainment) for m, c, law in zip(used, columns, parts)}
     by_category = [None] * len(rows) if delays.category_attainment is None else delays.category_attainment.tolist()
