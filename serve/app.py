@@ -11,7 +11,6 @@ the MPS daemon enforces the shares.
 """
 
 import asyncio
-import base64
 import dataclasses
 import math
 import time
@@ -25,8 +24,12 @@ from genedge.serve.protocol import (
     OPENAI_ROUTE,
     PLAN_ROUTE,
     STATS_ROUTE,
+    GeneratedImage,
+    GenerateResponse,
     GenerationRequest,
+    ImagesResponse,
     Overloaded,
+    PlanResponse,
     RequestError,
     error_body,
     parse_generate,
@@ -151,7 +154,7 @@ class Ingress:
         categories, probabilities = self.prompt_router.route([request.prompt])
         return categories[0], "router", float(probabilities[0])
 
-    async def _one(self, request: GenerationRequest, seed: int | None) -> dict[str, Any]:
+    async def _one(self, request: GenerationRequest, seed: int | None) -> GeneratedImage:
         """Route and generate one image; raises :class:`Overloaded` when its model refuses it."""
         arrived = time.perf_counter()
         category, source, probability = self._category(request)
@@ -169,7 +172,7 @@ class Ingress:
             "category_probability": probability,
             "response_s": time.perf_counter() - arrived,
         }
-        return {"png": result["png"], "record": record}
+        return GeneratedImage(result["png"], record)
 
     async def _serve(self, request: Any, parse: Any, answer: Any) -> Any:
         if self.draining:
@@ -197,9 +200,9 @@ class Ingress:
     async def generate(self, request: Request) -> Any:
         """genedge's route: one image and its record."""
 
-        def answer(results: list[dict[str, Any]]) -> dict[str, Any]:
+        def answer(results: list[GeneratedImage]) -> dict[str, Any]:
             (result,) = results
-            return {"image_png_b64": base64.b64encode(result["png"]).decode("ascii"), "record": result["record"]}
+            return GenerateResponse(result).to_dict()
 
         return await self._serve(request, lambda body: parse_generate(body, self.spec.categories), answer)
 
@@ -212,14 +215,8 @@ class Ingress:
                 body, self.spec.categories, resolution=self.spec.resolution, served_model=SERVED_MODEL_NAME
             )
 
-        def answer(results: list[dict[str, Any]]) -> dict[str, Any]:
-            return {
-                "created": int(time.time()),
-                "data": [
-                    {"b64_json": base64.b64encode(r["png"]).decode("ascii"), "revised_prompt": None} for r in results
-                ],
-                "genedge": [r["record"] for r in results],
-            }
+        def answer(results: list[GeneratedImage]) -> dict[str, Any]:
+            return ImagesResponse(tuple(results), created=int(time.time())).to_dict()
 
         return await self._serve(request, parse, answer)
 
@@ -228,7 +225,7 @@ class Ingress:
         """The plan, its table and what is served (with the start-up calibration check, however started)."""
         calibration = self.served_calibration if self.served_calibration is not None else await self.calibration_check()
         served = {**self.spec.summary(), "router": self.router_name, "calibration_check": calibration}
-        return responses.JSONResponse({"plan": self.spec.plan, "table": self.spec.table, "served": served})
+        return responses.JSONResponse(PlanResponse(self.spec.plan, self.spec.table, served).to_dict())
 
     @http.get(STATS_ROUTE)
     async def stats(self) -> dict[str, Any]:

@@ -37,6 +37,8 @@ from genedge.serve.predict import GroupPrediction, Prediction
 if TYPE_CHECKING:
     import pandas as pd
 
+    from genedge.serve.loadtest_document import ScheduleSummary, SessionDocument
+
 __all__ = [
     "NO_GROUP",
     "Comparison",
@@ -185,7 +187,7 @@ def measure(records: pd.DataFrame, *, slo_s: float | None = None) -> Measurement
     )
 
 
-def realized_shares(sessions: Sequence[Mapping[str, Any]]) -> list[ShareMeasurement]:
+def realized_shares(sessions: Sequence[SessionDocument]) -> list[ShareMeasurement]:
     """Realized against planned share per device and model, from each session's stats before and after.
 
     A session without both stats (a server without ``/v1/stats``, a killed run) adds nothing.
@@ -193,7 +195,7 @@ def realized_shares(sessions: Sequence[Mapping[str, Any]]) -> list[ShareMeasurem
     totals: dict[tuple[int, str], list[float]] = {}
     planned: dict[tuple[int, str], float | None] = {}
     for session in sessions:
-        before, after = session.get("stats_before"), session.get("stats_after")
+        before, after = session.stats_before, session.stats_after
         if not before or not after:
             continue
         earlier = {
@@ -231,19 +233,19 @@ def compare_run(result_dir: str | Path, *, slo_s: float | None = None) -> Compar
     from genedge.serve.predict import predict_at_demand
 
     manifest = read_manifest(result_dir)
-    plan = manifest["plan"]
+    plan = manifest.plan
     if slo_s is None and plan["inputs"].get("slo"):
         slo_s = float(plan["inputs"]["slo"]["seconds"])
-    schedule = manifest["schedule"]
+    schedule = manifest.schedule
     prediction, note = None, None
-    table = table_from_dict(manifest["table"], f"{result_dir} table")
+    table = table_from_dict(manifest.table, f"{result_dir} table")
     # Requests sent with their category are served as it; the plan's router mixture applies to the rest only.
-    composition = None if schedule.get("unplaced") else {}
+    composition = None if schedule.unplaced else {}
     records = read_records(result_dir)
     demand = _served_demand(plan, schedule, records)
     try:
         prediction = predict_at_demand(
-            plan, table, demand, arrivals=schedule["arrivals"], slo_s=slo_s, composition=composition
+            plan, table, demand, arrivals=schedule.arrivals, slo_s=slo_s, composition=composition
         )
     except ValueError as err:  # e.g. a window of counts the plan's table cannot state; the measurement stands
         note = str(err)
@@ -251,12 +253,12 @@ def compare_run(result_dir: str | Path, *, slo_s: float | None = None) -> Compar
         measurement=measure(records, slo_s=slo_s),
         prediction=prediction,
         shares=realized_shares(read_sessions(result_dir)),
-        config=manifest["config"],
+        config=manifest.config.to_dict(),
         prediction_note=note,
     )
 
 
-def _served_demand(plan: Mapping[str, Any], schedule: Mapping[str, Any], records: Any) -> dict[str, float]:
+def _served_demand(plan: Mapping[str, Any], schedule: ScheduleSummary, records: Any) -> dict[str, float]:
     """The offered demand by the category each request was served as.
 
     Requests sent without a category were split in the plan's mix when the schedule was made; once
@@ -266,9 +268,9 @@ def _served_demand(plan: Mapping[str, Any], schedule: Mapping[str, Any], records
     """
     from genedge.serve.predict import plan_rates
 
-    if not schedule.get("unplaced") or records.empty or "category" not in records:
-        return dict(schedule["demand"])
-    scale = 1.0 / schedule["duration_s"] if arrival_model(schedule["arrivals"]).per_second else 1.0
+    if not schedule.unplaced or records.empty or "category" not in records:
+        return dict(schedule.demand)
+    scale = 1.0 / schedule.duration_s if arrival_model(schedule.arrivals).per_second else 1.0
     counts: dict[str, float] = {}
     for category in records["requested_category"].fillna(records["category"]):
         if category is None or category != category:  # neither sent nor served: the plan's mix

@@ -17,14 +17,23 @@ Routes:
 Errors are OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 400 for a bad
 request (``param`` names the field), 503 with a ``Retry-After`` header (whole seconds) when the
 model's queue is longer than the plan can serve within its bound.
+
+Each body is one typed document here, written by ``to_dict`` and read by ``from_dict`` (a request by
+:func:`parse_generate` / :func:`parse_openai`), so the server and the load generator cannot disagree
+on a key. The routes' ``/v1/`` is the version of every body; a change of shape is a new route.
+A response is read through the field reader, whose errors name the URL and the field.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from genedge.serve._fields import FieldReader
 
 __all__ = [
     "GENERATE_ROUTE",
@@ -38,6 +47,11 @@ __all__ = [
     "MAX_PROMPT_CHARS",
     "MAX_IMAGES_PER_REQUEST",
     "GenerationRequest",
+    "GeneratedImage",
+    "GenerateResponse",
+    "ImagesResponse",
+    "PlanResponse",
+    "ErrorBody",
     "RequestError",
     "Overloaded",
     "error_body",
@@ -118,20 +132,203 @@ class Overloaded(RequestError):
         return str(max(1, math.ceil(self.retry_after_s)))
 
 
+def _document(reader: FieldReader, body: Any) -> Mapping[str, Any]:
+    if not isinstance(body, Mapping):
+        raise reader.fail("body", f"expected a JSON object, but got {type(body).__name__}")
+    return body
+
+
+@dataclass(frozen=True)
+class ErrorBody:
+    """An error response's body, in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    message: str
+    type: str | None = None
+    param: str | None = None
+    code: int | None = None
+
+    @classmethod
+    def from_error(cls, error: RequestError) -> ErrorBody:
+        """The body that answers ``error``."""
+        kind = "server_overloaded" if isinstance(error, Overloaded) else "invalid_request_error"
+        return cls(message=error.message, type=kind, param=error.param, code=error.status)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    @classmethod
+    def from_dict(cls, body: Any, where: str) -> ErrorBody:
+        """Read an error body that ``where`` answered.
+
+        Raises:
+            ArtifactError: naming ``where`` and the field.
+        """
+        reader = FieldReader(where)
+        error = reader.get(_document(reader, body), "error", "", Mapping)
+        return cls(
+            message=reader.get(error, "message", "error", str),
+            type=reader.opt(error, "type", "error", str),
+            param=reader.opt(error, "param", "error", str),
+            code=reader.opt(error, "code", "error", int),
+        )
+
+
 def error_body(error: RequestError) -> dict[str, Any]:
     """The JSON body of an error response, in OpenAI's shape."""
-    kind = "server_overloaded" if isinstance(error, Overloaded) else "invalid_request_error"
-    return {"error": {"message": error.message, "type": kind, "param": error.param, "code": error.status}}
+    return ErrorBody.from_error(error).to_dict()
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One checked request: ``n`` images of ``prompt``, of ``category`` when the client gave one."""
+    """One checked request: ``n`` images of ``prompt``, of ``category`` when the client gave one.
+
+    The server reads it with :func:`parse_generate` or :func:`parse_openai`; a client writes it with
+    :meth:`generate_body` or :meth:`openai_body`.
+    """
 
     prompt: str
     category: str | None = None
     seed: int | None = None
     n: int = 1
+
+    def generate_body(self) -> dict[str, Any]:
+        """The ``POST /v1/generate`` body (one image; ``n`` is not sent)."""
+        body: dict[str, Any] = {"prompt": self.prompt, "seed": self.seed}
+        if self.category is not None:
+            body["category"] = self.category
+        return body
+
+    def openai_body(self) -> dict[str, Any]:
+        """The ``POST /v1/images/generations`` body (the route takes no seed)."""
+        body: dict[str, Any] = {"prompt": self.prompt, "n": self.n, "response_format": "b64_json"}
+        if self.category is not None:
+            body["category"] = self.category
+        return body
+
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """One image the server generated: its PNG bytes and its record (:data:`RECORD_FIELDS`).
+
+    A response without a record (or one that is not an object) reads as an empty record: the image
+    stands, the server's measurements are missing.
+    """
+
+    png: bytes
+    record: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def png_b64(self) -> str:
+        """The PNG as base64, as the bodies carry it."""
+        return base64.b64encode(self.png).decode("ascii")
+
+    @classmethod
+    def read(cls, reader: FieldReader, encoded: Any, path: str, record: Any) -> GeneratedImage:
+        """The image whose base64 PNG is ``encoded`` (field ``path``), with ``record``."""
+        encoded = reader.check(encoded, path, str)
+        try:
+            png = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as err:
+            raise reader.fail(path, f"expected base64, but it is not valid ({err})") from err
+        if not png.startswith(_PNG_MAGIC):
+            raise reader.fail(path, "expected a PNG image, but the bytes are not one")
+        return cls(png, dict(record) if isinstance(record, Mapping) else {})
+
+
+@dataclass(frozen=True)
+class GenerateResponse:
+    """The answer of ``POST /v1/generate``: ``{"image_png_b64": str, "record": RECORD}``."""
+
+    image: GeneratedImage
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body."""
+        return {"image_png_b64": self.image.png_b64, "record": self.image.record}
+
+    @classmethod
+    def from_dict(cls, body: Any, where: str) -> GenerateResponse:
+        """Read the body ``where`` answered.
+
+        Raises:
+            ArtifactError: naming ``where`` and the field.
+        """
+        reader = FieldReader(where)
+        body = _document(reader, body)
+        encoded = reader.get(body, "image_png_b64", "", str)
+        return cls(GeneratedImage.read(reader, encoded, "image_png_b64", body.get("record")))
+
+
+@dataclass(frozen=True)
+class ImagesResponse:
+    """The answer of ``POST /v1/images/generations``: ``{"created", "data": [{"b64_json"}], "genedge": [RECORD]}``.
+
+    Attributes:
+        images: the images, each with its record (from ``genedge``, genedge's extension).
+        created: Unix seconds, as OpenAI's answer has them (None where a server sent none).
+    """
+
+    images: tuple[GeneratedImage, ...]
+    created: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body (``revised_prompt`` null: the prompt is served as sent)."""
+        return {
+            "created": self.created,
+            "data": [{"b64_json": image.png_b64, "revised_prompt": None} for image in self.images],
+            "genedge": [image.record for image in self.images],
+        }
+
+    @classmethod
+    def from_dict(cls, body: Any, where: str) -> ImagesResponse:
+        """Read the body ``where`` answered.
+
+        Raises:
+            ArtifactError: naming ``where`` and the field.
+        """
+        reader = FieldReader(where)
+        body = _document(reader, body)
+        data = reader.get(body, "data", "", list)
+        records = body.get("genedge")
+        records = records if isinstance(records, list) else []
+        images = tuple(
+            GeneratedImage.read(
+                reader,
+                reader.get(item, "b64_json", f"data.{i}", str),
+                f"data.{i}.b64_json",
+                records[i] if i < len(records) else None,
+            )
+            for i, item in enumerate(data)
+        )
+        return cls(images, reader.opt(body, "created", "", int))
+
+
+@dataclass(frozen=True)
+class PlanResponse:
+    """The answer of ``GET /v1/plan``: the plan and table documents served, and the server's notes."""
+
+    plan: Mapping[str, Any]
+    table: Mapping[str, Any]
+    served: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body."""
+        return {"plan": self.plan, "table": self.table, "served": self.served}
+
+    @classmethod
+    def from_dict(cls, body: Any, where: str) -> PlanResponse:
+        """Read the body ``where`` answered (the plan and table as documents, not yet validated).
+
+        Raises:
+            ArtifactError: naming ``where`` and the field.
+        """
+        reader = FieldReader(where)
+        body = _document(reader, body)
+        served = reader.opt(body, "served", "", dict)
+        return cls(reader.get(body, "plan", "", dict), reader.get(body, "table", "", dict), served or {})
 
 
 def _body(body: Any) -> Mapping[str, Any]:

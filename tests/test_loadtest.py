@@ -35,6 +35,7 @@ from genedge.serve.loadtest import (
     read_records,
     run_loadtest,
 )
+from genedge.serve.loadtest_document import SessionDocument
 from genedge.serve.measured import (
     NO_GROUP,
     compare_run,
@@ -440,10 +441,13 @@ def test_realized_shares_from_stats_deltas():
         fields = {"planned_share": 0.5, "device_s": device_s, "backlogged_s": backlogged_s}
         return {"uptime_s": 1.0, "devices": [{"device": 0, "models": {"a": fields}}]}
 
+    def session(number, before, after):
+        return SessionDocument(number, 0.0, 1, ended_unix=1.0, stats_before=before, stats_after=after)
+
     sessions = [
-        {"stats_before": stats(1.0, 2.0), "stats_after": stats(5.0, 10.0)},
-        {"stats_before": stats(5.0, 10.0), "stats_after": stats(7.0, 12.0)},
-        {"stats_before": None, "stats_after": stats(100.0, 100.0)},
+        session(0, stats(1.0, 2.0), stats(5.0, 10.0)),
+        session(1, stats(5.0, 10.0), stats(7.0, 12.0)),
+        session(2, None, stats(100.0, 100.0)),
     ]
     (share,) = realized_shares(sessions)
     assert share.device_s == pytest.approx(6.0)

@@ -1,0 +1,252 @@
+"""The load-test result documents: the manifest (``loadtest.json``) and each run's session document.
+
+One typed, versioned definition of each, written by ``to_dict`` and read by ``from_dict`` through the
+field reader (errors name the file and the field), so the runner, the comparison
+(:mod:`genedge.serve.measured`) and the command read attributes, never keys. Where the files lie in a
+result directory is :mod:`genedge.serve.loadtest_layout`'s.
+
+Manifest (``kind`` ``genedge.loadtest``, ``schema_version`` 1)::
+
+    config      the settings a resumed test must share (LoadTestIdentity)
+    files       the prompt file and trace as given
+    schedule    arrivals, duration_s, demand, requests, unplaced (ScheduleSummary)
+    plan        the plan document served
+    table       its calibration table document
+    served      the server's notes (GET /v1/plan's "served")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from genedge.serve._fields import FieldReader
+
+__all__ = [
+    "LOADTEST_KIND",
+    "LOADTEST_SCHEMA_VERSION",
+    "LoadTestIdentity",
+    "LoadTestManifest",
+    "ScheduleSummary",
+    "SessionDocument",
+]
+
+LOADTEST_KIND = "genedge.loadtest"
+LOADTEST_SCHEMA_VERSION = 1
+# JSON has no infinity: an unbounded request rate is written as this string.
+_INF = "inf"
+
+
+@dataclass(frozen=True)
+class LoadTestIdentity:
+    """The settings a resumed load test must share with the recorded one (the manifest's ``config``).
+
+    Attributes:
+        request_rate: requests per second (``math.inf``: all at once); None with a trace, as is burstiness.
+        plan_sha256 / prompts_sha256 / trace_sha256: what was served and sent, by content.
+    """
+
+    url: str
+    endpoint: str
+    plan_sha256: str
+    prompts_sha256: str
+    trace_sha256: str | None
+    request_rate: float | None
+    burstiness: float | None
+    num_prompts: int | None
+    max_concurrency: int | None
+    seed: int
+    send_categories: bool
+    timeout_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object (an infinite rate as ``"inf"``)."""
+        document = dataclasses.asdict(self)
+        if self.request_rate is not None and math.isinf(self.request_rate):
+            document["request_rate"] = _INF
+        return document
+
+    @classmethod
+    def read(cls, reader: FieldReader, document: Mapping[str, Any], path: str) -> LoadTestIdentity:
+        """Read the object at ``path`` of ``reader``'s document."""
+        rate = reader.opt(document, "request_rate", path, (float, str))
+        if isinstance(rate, str):
+            if rate != _INF:
+                raise reader.fail(f"{path}.request_rate", f"expected requests per second or {_INF!r}, but got {rate!r}")
+            rate = math.inf
+        return cls(
+            url=reader.get(document, "url", path, str),
+            endpoint=reader.get(document, "endpoint", path, str),
+            plan_sha256=reader.get(document, "plan_sha256", path, str),
+            prompts_sha256=reader.get(document, "prompts_sha256", path, str),
+            trace_sha256=reader.opt(document, "trace_sha256", path, str),
+            request_rate=rate,
+            burstiness=reader.opt(document, "burstiness", path, float),
+            num_prompts=reader.opt(document, "num_prompts", path, int),
+            max_concurrency=reader.opt(document, "max_concurrency", path, int),
+            seed=reader.get(document, "seed", path, int),
+            send_categories=reader.get(document, "send_categories", path, bool),
+            timeout_s=reader.get(document, "timeout_s", path, float),
+        )
+
+    def difference(self, other: LoadTestIdentity) -> tuple[str, Any, Any] | None:
+        """The first setting whose value differs from ``other``'s, as (name, this value, other's), or None."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        for name, value in mine.items():
+            if theirs[name] != value:
+                return name, value, theirs[name]
+        return None
+
+
+@dataclass(frozen=True)
+class ScheduleSummary:
+    """The demand a load test offered (the manifest's ``schedule``).
+
+    Attributes:
+        arrivals: the delay model's arrival name: ``open`` (rates) or ``window`` (all at once).
+        duration_s: the time of the last request.
+        demand: category → requests/s (``open``) or requests (``window``).
+        requests: requests in the schedule; unplaced: those sent without a category.
+    """
+
+    arrivals: str
+    duration_s: float
+    demand: Mapping[str, float]
+    requests: int
+    unplaced: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object."""
+        return {
+            "arrivals": self.arrivals,
+            "duration_s": self.duration_s,
+            "demand": dict(self.demand),
+            "requests": self.requests,
+            "unplaced": self.unplaced,
+        }
+
+    @classmethod
+    def read(cls, reader: FieldReader, document: Mapping[str, Any], path: str) -> ScheduleSummary:
+        """Read the object at ``path`` of ``reader``'s document."""
+        demand = reader.get(document, "demand", path, dict)
+        return cls(
+            arrivals=reader.get(document, "arrivals", path, str),
+            duration_s=reader.get(document, "duration_s", path, float),
+            demand={c: reader.check(v, f"{path}.demand.{c}", float) for c, v in demand.items()},
+            requests=reader.count(document, "requests", path),
+            unplaced=reader.count(document, "unplaced", path),
+        )
+
+
+@dataclass(frozen=True)
+class LoadTestManifest:
+    """A load test's manifest: its settings, what it offered, and the plan and table it met.
+
+    Attributes:
+        prompts_file / trace_file: the files as given (the manifest's ``files``).
+        plan / table: the documents ``GET /v1/plan`` answered; served: the server's notes.
+    """
+
+    config: LoadTestIdentity
+    prompts_file: str
+    trace_file: str | None
+    schedule: ScheduleSummary
+    plan: Mapping[str, Any]
+    table: Mapping[str, Any]
+    served: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document."""
+        return {
+            "kind": LOADTEST_KIND,
+            "schema_version": LOADTEST_SCHEMA_VERSION,
+            "config": self.config.to_dict(),
+            "files": {"prompts": self.prompts_file, "trace": self.trace_file},
+            "schedule": self.schedule.to_dict(),
+            "plan": self.plan,
+            "table": self.table,
+            "served": self.served,
+        }
+
+    @classmethod
+    def from_dict(cls, document: Any, where: str) -> LoadTestManifest:
+        """Read a manifest document (``where`` names it in errors).
+
+        Raises:
+            ArtifactError: not a genedge load-test manifest of this version, or a field missing or of
+                the wrong type (naming ``where`` and the field).
+        """
+        reader = FieldReader(where)
+        if not isinstance(document, Mapping) or document.get("kind") != LOADTEST_KIND:
+            raise reader.fail("kind", f"expected {LOADTEST_KIND!r}")
+        if document.get("schema_version") != LOADTEST_SCHEMA_VERSION:
+            raise reader.fail("schema_version", f"expected {LOADTEST_SCHEMA_VERSION}")
+        files = reader.get(document, "files", "", dict)
+        return cls(
+            config=LoadTestIdentity.read(reader, reader.get(document, "config", "", dict), "config"),
+            prompts_file=reader.get(files, "prompts", "files", str),
+            trace_file=reader.opt(files, "trace", "files", str),
+            schedule=ScheduleSummary.read(reader, reader.get(document, "schedule", "", dict), "schedule"),
+            plan=reader.get(document, "plan", "", dict),
+            table=reader.get(document, "table", "", dict),
+            served=reader.opt(document, "served", "", dict) or {},
+        )
+
+
+@dataclass(frozen=True)
+class SessionDocument:
+    """One run of the load test (``sessions/session-NNN.json``), written at its start and again at its end.
+
+    Attributes:
+        session: the run's number (0, then 1 after a resume, ...).
+        started_unix / ended_unix: Unix seconds (ended None while running, or for a killed run).
+        to_send: requests this run set out to send.
+        stats_before / stats_after: ``GET /v1/stats`` at the start and the end (None where not given).
+        outcomes: status → requests with it (None until the run ends).
+    """
+
+    session: int
+    started_unix: float
+    to_send: int
+    ended_unix: float | None = None
+    stats_before: Mapping[str, Any] | None = None
+    stats_after: Mapping[str, Any] | None = None
+    outcomes: Mapping[str, int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (the end's fields only once the run has ended)."""
+        document: dict[str, Any] = {"session": self.session, "started_unix": self.started_unix, "to_send": self.to_send}
+        if self.ended_unix is not None:
+            document.update(
+                ended_unix=self.ended_unix,
+                stats_before=self.stats_before,
+                stats_after=self.stats_after,
+                outcomes=self.outcomes,
+            )
+        return document
+
+    @classmethod
+    def from_dict(cls, document: Any, where: str) -> SessionDocument:
+        """Read a session document (``where`` names it in errors).
+
+        Raises:
+            ArtifactError: a field missing or of the wrong type, naming ``where`` and the field.
+        """
+        reader = FieldReader(where)
+        if not isinstance(document, Mapping):
+            raise reader.fail("session", f"expected a JSON object, but got {type(document).__name__}")
+        outcomes = reader.opt(document, "outcomes", "", dict)
+        if outcomes is not None:
+            outcomes = {status: reader.check(n, f"outcomes.{status}", int) for status, n in outcomes.items()}
+        return cls(
+            session=reader.count(document, "session", ""),
+            started_unix=reader.get(document, "started_unix", "", float),
+            to_send=reader.count(document, "to_send", ""),
+            ended_unix=reader.opt(document, "ended_unix", "", float),
+            stats_before=reader.opt(document, "stats_before", "", dict),
+            stats_after=reader.opt(document, "stats_after", "", dict),
+            outcomes=outcomes,
+        )
