@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from genedge.serve._fields import FieldReader
+from genedge.contract.fields import FieldReader
 
 __all__ = [
     "LOADTEST_KIND",
@@ -89,7 +89,7 @@ class LoadTestIdentity:
             max_concurrency=reader.opt(document, "max_concurrency", path, int),
             seed=reader.get(document, "seed", path, int),
             send_categories=reader.get(document, "send_categories", path, bool),
-            timeout_s=reader.get(document, "timeout_s", path, float),
+            timeout_s=reader.number(document, "timeout_s", path, minimum=0.0, strict=True),
         )
 
     def difference(self, other: LoadTestIdentity) -> tuple[str, Any, Any] | None:
@@ -134,8 +134,8 @@ class ScheduleSummary:
         demand = reader.get(document, "demand", path, dict)
         return cls(
             arrivals=reader.get(document, "arrivals", path, str),
-            duration_s=reader.get(document, "duration_s", path, float),
-            demand={c: reader.check(v, f"{path}.demand.{c}", float) for c, v in demand.items()},
+            duration_s=reader.number(document, "duration_s", path, minimum=0.0),
+            demand={c: reader.number(demand, c, f"{path}.demand", minimum=0.0) for c in demand},
             requests=reader.count(document, "requests", path),
             unplaced=reader.count(document, "unplaced", path),
         )

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from genedge.serve._fields import FieldReader
+from genedge.contract.fields import FieldReader
 
 __all__ = [
     "GENERATE_ROUTE",
