@@ -1,0 +1,175 @@
+"""The typed documents of serving: the HTTP bodies (serve.protocol) and the load-test result
+(serve.loadtest_document) round-trip through to_dict/from_dict, keep their wire shape, and a wrong
+field is refused naming the document and the field."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+
+import pytest
+
+from genedge.contract.files import ArtifactError
+from genedge.serve.loadtest import read_manifest, read_sessions
+from genedge.serve.loadtest_client import ENDPOINTS
+from genedge.serve.loadtest_document import LoadTestIdentity, LoadTestManifest, ScheduleSummary, SessionDocument
+from genedge.serve.loadtest_layout import write_manifest, write_session
+from genedge.serve.protocol import (
+    ErrorBody,
+    GeneratedImage,
+    GenerateResponse,
+    GenerationRequest,
+    ImagesResponse,
+    Overloaded,
+    PlanResponse,
+    RequestError,
+    error_body,
+    parse_generate,
+    parse_openai,
+)
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(40))
+RECORD = {"request_id": "r1", "model": "sd15", "steps": 20, "seed": 7, "service_s": 1.5}
+
+
+def _identity(**changes) -> LoadTestIdentity:
+    fields = {
+        "url": "http://127.0.0.1:8000",
+        "endpoint": "genedge",
+        "plan_sha256": "a" * 64,
+        "prompts_sha256": "b" * 64,
+        "trace_sha256": None,
+        "request_rate": math.inf,
+        "burstiness": 1.0,
+        "num_prompts": 4,
+        "max_concurrency": None,
+        "seed": 3,
+        "send_categories": True,
+        "timeout_s": 600.0,
+    }
+    return LoadTestIdentity(**{**fields, **changes})
+
+
+def _manifest(**changes) -> LoadTestManifest:
+    return LoadTestManifest(
+        config=_identity(**changes),
+        prompts_file="prompts.tsv",
+        trace_file=None,
+        schedule=ScheduleSummary("window", 0.0, {"simple": 3.0, "complex": 1.0}, 4, 0),
+        plan={"routing": {"simple": {"sd15": 1.0}}},
+        table={"clip_convention": {"backbone": "ViT-B-32"}},
+        served={"router": "none"},
+    )
+
+
+def test_requests_keep_their_wire_shape_and_the_server_reads_them_back():
+    request = GenerationRequest(prompt="a red cube", category="simple", seed=11)
+    assert request.generate_body() == {"prompt": "a red cube", "seed": 11, "category": "simple"}
+    assert parse_generate(request.generate_body(), ["simple"]) == request
+    openai = GenerationRequest(prompt="a red cube", category=None, n=2)
+    assert openai.openai_body() == {"prompt": "a red cube", "n": 2, "response_format": "b64_json"}
+    assert parse_openai(openai.openai_body(), ["simple"], resolution=512, served_model="genedge") == openai
+
+
+def test_endpoint_registry_sends_the_routes_bodies():
+    request = GenerationRequest(prompt="p", category="c", seed=5)
+    assert ENDPOINTS["genedge"].body(request) == {"prompt": "p", "seed": 5, "category": "c"}
+    assert ENDPOINTS["genedge"].route == "/v1/generate"
+    assert ENDPOINTS["openai"].route == "/v1/images/generations"
+    assert not ENDPOINTS["openai"].sends_seed
+
+
+def test_responses_round_trip_and_keep_their_wire_shape():
+    image = GeneratedImage(PNG, RECORD)
+    generate = GenerateResponse(image)
+    body = json.loads(json.dumps(generate.to_dict()))
+    assert body == {"image_png_b64": base64.b64encode(PNG).decode("ascii"), "record": RECORD}
+    assert GenerateResponse.from_dict(body, "http://x/v1/generate") == generate
+
+    images = ImagesResponse((image, GeneratedImage(PNG, {**RECORD, "seed": 8})), created=1700000000)
+    body = json.loads(json.dumps(images.to_dict()))
+    assert sorted(body) == ["created", "data", "genedge"]
+    assert body["data"][0] == {"b64_json": base64.b64encode(PNG).decode("ascii"), "revised_prompt": None}
+    assert ImagesResponse.from_dict(body, "http://x") == images
+    assert ENDPOINTS["openai"].image({**body, "data": body["data"][:1]}, "http://x") == image
+
+    plan = PlanResponse({"routing": {}}, {"models": {}}, {"router": "none"})
+    assert PlanResponse.from_dict(plan.to_dict(), "http://x/v1/plan") == plan
+
+
+def test_error_bodies_round_trip_in_openais_shape():
+    overloaded = Overloaded("queue full", retry_after_s=2.5)
+    body = error_body(overloaded)
+    assert body == {"error": {"message": "queue full", "type": "server_overloaded", "param": None, "code": 503}}
+    assert ErrorBody.from_dict(body, "u") == ErrorBody.from_error(overloaded)
+    bad = ErrorBody.from_error(RequestError("expected a non-empty string", param="prompt"))
+    assert ErrorBody.from_dict(bad.to_dict(), "u").param == "prompt"
+
+
+@pytest.mark.parametrize(
+    ("reader", "body", "field"),
+    [
+        (GenerateResponse.from_dict, {"record": {}}, "image_png_b64"),
+        (GenerateResponse.from_dict, {"image_png_b64": "not base64!"}, "image_png_b64"),
+        (GenerateResponse.from_dict, {"image_png_b64": base64.b64encode(b"GIF89a").decode()}, "image_png_b64"),
+        (GenerateResponse.from_dict, ["a list"], "body"),
+        (ImagesResponse.from_dict, {"data": [{"b64_json": 3}]}, "data.0.b64_json"),
+        (ImagesResponse.from_dict, {"data": {"b64_json": "x"}}, "data"),
+        (PlanResponse.from_dict, {"plan": [], "table": {}}, "plan"),
+        (ErrorBody.from_dict, {"error": {"message": 5}}, "error.message"),
+    ],
+)
+def test_a_wrong_response_field_is_named_with_the_url(reader, body, field):
+    with pytest.raises(ArtifactError) as caught:
+        reader(body, "http://127.0.0.1:8000/v1/route")
+    assert caught.value.where == "http://127.0.0.1:8000/v1/route"
+    assert caught.value.field_path == field
+
+
+def test_manifest_and_session_round_trip_through_their_files(tmp_path):
+    manifest = _manifest()
+    path = write_manifest(tmp_path, manifest)
+    written = json.loads(path.read_text())
+    assert written["config"]["request_rate"] == "inf"  # JSON has no infinity
+    assert sorted(written) == ["config", "files", "kind", "plan", "schedule", "schema_version", "served", "table"]
+    assert read_manifest(tmp_path) == manifest
+
+    started = SessionDocument(0, 1.0e9, 4)
+    write_session(tmp_path, started)
+    assert json.loads((tmp_path / "sessions" / "session-000.json").read_text()) == {
+        "session": 0,
+        "started_unix": 1.0e9,
+        "to_send": 4,
+    }
+    ended = SessionDocument(0, 1.0e9, 4, 1.0e9 + 5, {"devices": []}, None, {"ok": 4, "rejected": 0})
+    write_session(tmp_path, ended)
+    assert read_sessions(tmp_path) == [ended]
+
+
+def test_a_resumed_test_names_the_first_setting_that_differs():
+    assert _identity().difference(_identity()) is None
+    assert _identity(seed=4).difference(_identity()) == ("seed", 4, 3)
+    assert _identity(request_rate=2.0).difference(_identity()) == ("request_rate", 2.0, "inf")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda d: d["config"].pop("seed"), "config.seed"),
+        (lambda d: d["config"].update(request_rate="fast"), "config.request_rate"),
+        (lambda d: d["schedule"].update(requests=-1), "schedule.requests"),
+        (lambda d: d["schedule"]["demand"].update(simple="3"), "schedule.demand.simple"),
+        (lambda d: d.update(schema_version=2), "schema_version"),
+        (lambda d: d.update(kind="genedge.run"), "kind"),
+    ],
+)
+def test_a_wrong_manifest_field_is_named_with_the_file(tmp_path, change, field):
+    path = write_manifest(tmp_path, _manifest())
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+    with pytest.raises(ArtifactError) as caught:
+        read_manifest(tmp_path)
+    assert caught.value.where == str(path)
+    assert caught.value.field_path == field
