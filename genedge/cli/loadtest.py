@@ -37,6 +37,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "so rerunning the same command into the same --result-dir resumes a killed test."
         ),
     )
+    _add_traffic_options(parser)
+    _add_result_options(parser)
+    parser.set_defaults(func=run)
+
+
+def _add_traffic_options(parser: argparse.ArgumentParser) -> None:
+    """What is sent, where and how fast."""
     parser.add_argument("url", metavar="URL", help="the server's base URL, e.g. http://127.0.0.1:8000")
     parser.add_argument(
         "--prompts",
@@ -88,6 +95,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--timeout-s", type=float, default=600.0, help="the most one request may take, in seconds (default: 600)"
     )
+
+
+def _add_result_options(parser: argparse.ArgumentParser) -> None:
+    """What is kept, scored and drawn."""
     parser.add_argument(
         "--save-result",
         action="store_true",
@@ -119,7 +130,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--clip-device", default="cpu", help="torch device for --clip-score (default: cpu)")
     parser.add_argument("--figure", type=Path, help="write a figure of measured vs predicted response times here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
