@@ -3,7 +3,9 @@
 :mod:`.protocol` is the HTTP contract; :mod:`.shares` the step-level share scheduler; :mod:`.spec`
 what a plan and its table say to serve; :mod:`.worker` the process that owns a device's models;
 :mod:`.app` the Ray Serve application; :mod:`.server` the server's set-up (the library call behind
-``genedge serve``, and the application builder of Ray's ``serve run``); :mod:`.loadtest`,
-:mod:`.predict` and :mod:`.measured` the load generator, the plan's prediction at the offered
-rates, and the comparison.
+``genedge serve``, and the application builder of Ray's ``serve run``); :mod:`.loadtest` the load
+generator's runner, with its schedule (:mod:`.loadtest_schedule`), HTTP client
+(:mod:`.loadtest_client`), result directory (:mod:`.loadtest_layout`) and result documents
+(:mod:`.loadtest_document`); :mod:`.predict` and :mod:`.measured` the plan's prediction at the
+offered rates, and the comparison.
 """

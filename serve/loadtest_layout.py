@@ -3,6 +3,7 @@
 Layout (append-only, so a killed run loses at most the records not yet flushed)::
 
     loadtest.json                    the manifest (LoadTestManifest): configuration, plan, table, demand
+    result.json                      the measured-against-predicted comparison (--save-result), rewritten
     sessions/session-NNN.json        one per run of the command (SessionDocument)
     records/part-NNN-MMMMM.parquet   records as they complete, in small batches, never rewritten
     scores/part-NNN.parquet          CLIPScores of the images (--clip-score), by request index
@@ -17,6 +18,7 @@ import hashlib
 import io
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +38,7 @@ __all__ = [
     "CLIENT_FIELDS",
     "MANIFEST_NAME",
     "RECORD_BATCH",
+    "RESULT_NAME",
     "STATUSES",
     "RecordWriter",
     "default_result_dir",
@@ -46,11 +49,13 @@ __all__ = [
     "read_sessions",
     "recorded_indices",
     "write_manifest",
+    "write_result",
     "write_scores",
     "write_session",
 ]
 
 MANIFEST_NAME = "loadtest.json"
+RESULT_NAME = "result.json"
 _SESSIONS_DIR = "sessions"
 _RECORDS_DIR = "records"
 _SCORES_DIR = "scores"
@@ -160,6 +165,11 @@ def write_session(result_dir: Path, session: SessionDocument) -> Path:
     """Write (or rewrite, at its end) a run's session document; returns its path."""
     path = result_dir / _SESSIONS_DIR / f"session-{session.session:03d}.json"
     return write_text_atomic(path, json.dumps(session.to_dict(), indent=2) + "\n")
+
+
+def write_result(result_dir: str | Path, comparison: Mapping[str, Any]) -> Path:
+    """Write the comparison document (:func:`genedge.serve.measured.comparison_to_dict`); returns its path."""
+    return write_text_atomic(Path(result_dir) / RESULT_NAME, json.dumps(comparison, indent=2) + "\n")
 
 
 def image_path(result_dir: Path, index: int) -> Path:

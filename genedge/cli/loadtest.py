@@ -4,7 +4,6 @@ what the plan predicts at the demand offered (flags as ``vllm bench serve`` name
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -137,8 +136,9 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from genedge.contract.files import check_not_input, write_text_atomic
+    from genedge.contract.files import check_not_input
     from genedge.serve.loadtest import LoadConfig, default_result_dir, read_records, run_loadtest, score_images
+    from genedge.serve.loadtest_layout import write_result
     from genedge.serve.measured import compare_run, comparison_figure, comparison_to_dict, format_comparison
 
     check_not_input(
@@ -200,9 +200,7 @@ def run(args: argparse.Namespace) -> int:
         if args.figure is not None:
             print(f"wrote {comparison_figure(comparison, read_records(result_dir), args.figure)}")
         if keep:
-            path = write_text_atomic(
-                Path(result_dir) / "result.json", json.dumps(comparison_to_dict(comparison), indent=2) + "\n"
-            )
+            path = write_result(result_dir, comparison_to_dict(comparison))
             print(f"wrote {path} (records under {outcome.result_dir})")
     finally:
         if scratch is not None:
