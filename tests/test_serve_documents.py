@@ -173,3 +173,19 @@ def test_a_wrong_manifest_field_is_named_with_the_file(tmp_path, change, field):
         read_manifest(tmp_path)
     assert caught.value.where == str(path)
     assert caught.value.field_path == field
+
+
+def test_a_wrong_session_field_is_named_with_the_file(tmp_path):
+    path = write_session(tmp_path, SessionDocument(0, 1.0e9, 4))
+    path.write_text(json.dumps({"session": 0, "started_unix": "yesterday", "to_send": 4}))
+    with pytest.raises(ArtifactError) as caught:
+        read_sessions(tmp_path)
+    assert (caught.value.where, caught.value.field_path) == (str(path), "started_unix")
+
+
+def test_the_openai_endpoint_refuses_an_answer_without_exactly_one_image():
+    image = GeneratedImage(PNG, RECORD)
+    two = ImagesResponse((image, image), created=1).to_dict()
+    with pytest.raises(ArtifactError) as caught:
+        ENDPOINTS["openai"].image(two, "http://x")
+    assert caught.value.field_path == "data"
