@@ -24,13 +24,16 @@ from genedge.serve.protocol import (
     OPENAI_ROUTE,
     PLAN_ROUTE,
     STATS_ROUTE,
+    DeviceStats,
     GeneratedImage,
     GenerateResponse,
     GenerationRequest,
     ImagesResponse,
+    ModelStats,
     Overloaded,
     PlanResponse,
     RequestError,
+    StatsResponse,
     error_body,
     parse_generate,
     parse_openai,
@@ -234,13 +237,11 @@ class Ingress:
         merged: dict[str, dict[str, Any]] = {}
         for models in per_unit:
             merged.update(models)
-        devices: dict[int, dict[str, Any]] = {}
+        devices: dict[int, dict[str, ModelStats]] = {}
         for model in self.spec.models:
-            devices.setdefault(model.device, {})[model.name] = merged[model.name]
-        return {
-            "uptime_s": time.monotonic() - self.started,
-            "devices": [{"device": d, "models": models} for d, models in sorted(devices.items())],
-        }
+            devices.setdefault(model.device, {})[model.name] = ModelStats(**merged[model.name])
+        per_device = tuple(DeviceStats(d, models) for d, models in sorted(devices.items()))
+        return StatsResponse(time.monotonic() - self.started, per_device).to_dict()
 
     @http.get(HEALTH_ROUTE)
     def health(self) -> dict[str, str]:

@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from genedge.serve.loadtest_client import ENDPOINTS, ServedPlan, fetch_plan, fetch_stats, send
 from genedge.serve.loadtest_config import LoadConfig, LoadTestError
@@ -46,6 +45,7 @@ from genedge.serve.loadtest_layout import (
     write_session,
 )
 from genedge.serve.loadtest_schedule import Schedule, ScheduledRequest, build_schedule
+from genedge.serve.protocol import StatsResponse
 
 # The load tester's public names: the runner's own, and those of its parts a caller needs.
 __all__ = [
@@ -95,7 +95,7 @@ async def _run(
     todo: Sequence[ScheduledRequest],
     writer: RecordWriter,
     progress: Callable[[int], None] | None,
-) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, int]]:
+) -> tuple[StatsResponse | None, StatsResponse | None, dict[str, int]]:
     import aiohttp
 
     outcomes = dict.fromkeys(STATUSES, 0)

@@ -30,6 +30,7 @@ from genedge.serve.protocol import (
     GenerationRequest,
     ImagesResponse,
     PlanResponse,
+    StatsResponse,
 )
 
 if TYPE_CHECKING:
@@ -145,7 +146,7 @@ def fetch_plan(url: str) -> ServedPlan:
     return asyncio.run(get())
 
 
-async def fetch_stats(session: Any, base_url: str) -> dict[str, Any] | None:
+async def fetch_stats(session: Any, base_url: str) -> StatsResponse | None:
     """``GET /v1/stats``, or None (with a warning) where the server does not give it."""
     url = base_url + STATS_ROUTE
     try:
@@ -153,10 +154,14 @@ async def fetch_stats(session: Any, base_url: str) -> dict[str, Any] | None:
     except LoadTestError as err:
         logger.warning("%s; realized shares will not be measured", err)
         return None
-    if status != 200 or not isinstance(body, Mapping) or not isinstance(body.get("devices"), list):
+    if status != 200:
         logger.warning("%s: no share accounting (HTTP %s); realized shares will not be measured", url, status)
         return None
-    return dict(body)
+    try:
+        return StatsResponse.from_dict(body, url)
+    except ArtifactError as err:
+        logger.warning("%s; realized shares will not be measured", err)
+        return None
 
 
 def _server_fields(record: Mapping[str, Any]) -> dict[str, Any]:

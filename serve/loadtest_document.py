@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genedge.contract.fields import FieldReader
+from genedge.serve.protocol import StatsResponse
 
 __all__ = [
     "LOADTEST_KIND",
@@ -196,6 +197,11 @@ class LoadTestManifest:
         )
 
 
+def _stats(reader: FieldReader, document: Mapping[str, Any], key: str) -> StatsResponse | None:
+    body = reader.opt(document, key, "", dict)
+    return None if body is None else StatsResponse.read(reader, body, key)
+
+
 @dataclass(frozen=True)
 class SessionDocument:
     """One run of the load test (``sessions/session-NNN.json``), written at its start and again at its end.
@@ -212,8 +218,8 @@ class SessionDocument:
     started_unix: float
     to_send: int
     ended_unix: float | None = None
-    stats_before: Mapping[str, Any] | None = None
-    stats_after: Mapping[str, Any] | None = None
+    stats_before: StatsResponse | None = None
+    stats_after: StatsResponse | None = None
     outcomes: Mapping[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,8 +228,8 @@ class SessionDocument:
         if self.ended_unix is not None:
             document.update(
                 ended_unix=self.ended_unix,
-                stats_before=self.stats_before,
-                stats_after=self.stats_after,
+                stats_before=None if self.stats_before is None else self.stats_before.to_dict(),
+                stats_after=None if self.stats_after is None else self.stats_after.to_dict(),
                 outcomes=self.outcomes,
             )
         return document
@@ -246,7 +252,7 @@ class SessionDocument:
             started_unix=reader.get(document, "started_unix", "", float),
             to_send=reader.count(document, "to_send", ""),
             ended_unix=reader.opt(document, "ended_unix", "", float),
-            stats_before=reader.opt(document, "stats_before", "", dict),
-            stats_after=reader.opt(document, "stats_after", "", dict),
+            stats_before=_stats(reader, document, "stats_before"),
+            stats_after=_stats(reader, document, "stats_after"),
             outcomes=outcomes,
         )

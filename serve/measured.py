@@ -196,18 +196,16 @@ def realized_shares(sessions: Sequence[SessionDocument]) -> list[ShareMeasuremen
     planned: dict[tuple[int, str], float | None] = {}
     for session in sessions:
         before, after = session.stats_before, session.stats_after
-        if not before or not after:
+        if before is None or after is None:
             continue
-        earlier = {
-            (d["device"], key): fields for d in before.get("devices", []) for key, fields in d.get("models", {}).items()
-        }
-        for device in after.get("devices", []):
-            for key, fields in device.get("models", {}).items():
-                start = earlier.get((device["device"], key), {})
-                sums = totals.setdefault((device["device"], key), [0.0, 0.0])
-                sums[0] += float(fields.get("device_s", 0.0)) - float(start.get("device_s", 0.0))
-                sums[1] += float(fields.get("backlogged_s", 0.0)) - float(start.get("backlogged_s", 0.0))
-                planned[(device["device"], key)] = fields.get("planned_share")
+        earlier = {(d.device, key): stats for d in before.devices for key, stats in d.models.items()}
+        for device in after.devices:
+            for key, stats in device.models.items():
+                start = earlier.get((device.device, key))
+                sums = totals.setdefault((device.device, key), [0.0, 0.0])
+                sums[0] += stats.device_s - (0.0 if start is None else start.device_s)
+                sums[1] += stats.backlogged_s - (0.0 if start is None else start.backlogged_s)
+                planned[(device.device, key)] = stats.planned_share
     return [
         ShareMeasurement(
             device=device,

@@ -51,6 +51,9 @@ __all__ = [
     "GenerateResponse",
     "ImagesResponse",
     "PlanResponse",
+    "ModelStats",
+    "DeviceStats",
+    "StatsResponse",
     "ErrorBody",
     "RequestError",
     "Overloaded",
@@ -88,8 +91,29 @@ RECORD_FIELDS: dict[str, str] = {
     "image_sha256": "string",
 }
 
-#: Per model in ``GET /v1/stats``: device_s of device time its slices took, backlogged_s of wall time
-#: it had work, realized_share = device_s / backlogged_s (the share it got while it wanted the device).
+
+@dataclass(frozen=True)
+class ModelStats:
+    """One model's share account and counters in ``GET /v1/stats``.
+
+    device_s of device time its slices took and backlogged_s of wall time it had work (both
+    required: they are the share account); realized_share = device_s / backlogged_s, the share it
+    got while it wanted the device. The counters are None where a server gives none.
+    """
+
+    device_s: float
+    backlogged_s: float
+    planned_share: float | None = None
+    steps: int | None = None
+    realized_share: float | None = None
+    slices: int | None = None
+    requests: int | None = None
+    images: int | None = None
+    queued: int | None = None
+    rejected: int | None = None
+
+
+#: The fields of each model in ``GET /v1/stats``, in the order the body lists them.
 STATS_FIELDS = (
     "planned_share",
     "steps",
@@ -418,3 +442,73 @@ def parse_openai(body: Any, categories: Sequence[str], *, resolution: int, serve
             param="model",
         )
     return GenerationRequest(prompt=_prompt(body), category=_category(body, categories), n=n)
+
+
+@dataclass(frozen=True)
+class DeviceStats:
+    """One device's models in ``GET /v1/stats``: model key → its account."""
+
+    device: int
+    models: Mapping[str, ModelStats]
+
+
+_STATS_SECONDS_AND_SHARES = ("planned_share", "device_s", "backlogged_s", "realized_share")  # the rest count
+
+
+def _read_model_stats(reader: FieldReader, obj: Any, path: str) -> ModelStats:
+    obj = reader.check(obj, path, dict)
+    values = {}
+    for name in STATS_FIELDS:
+        kind = float if name in _STATS_SECONDS_AND_SHARES else int
+        required = name in ("device_s", "backlogged_s")
+        values[name] = (reader.get if required else reader.opt)(obj, name, path, kind)
+    return ModelStats(**values)
+
+
+@dataclass(frozen=True)
+class StatsResponse:
+    """The answer of ``GET /v1/stats``: ``{"uptime_s", "devices": [{"device", "models": {KEY: STATS}}]}``."""
+
+    uptime_s: float | None
+    devices: tuple[DeviceStats, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body (each model's fields in :data:`STATS_FIELDS` order)."""
+        return {
+            "uptime_s": self.uptime_s,
+            "devices": [
+                {
+                    "device": device.device,
+                    "models": {
+                        key: {name: getattr(stats, name) for name in STATS_FIELDS}
+                        for key, stats in device.models.items()
+                    },
+                }
+                for device in self.devices
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, body: Any, where: str) -> StatsResponse:
+        """Read the body ``where`` answered.
+
+        Raises:
+            ArtifactError: naming ``where`` and the field.
+        """
+        reader = FieldReader(where)
+        return cls.read(reader, _document(reader, body), "")
+
+    @classmethod
+    def read(cls, reader: FieldReader, body: Mapping[str, Any], path: str) -> StatsResponse:
+        """Read a stats body at field ``path`` of ``reader``'s document (``""``: the document itself)."""
+        devices = []
+        for i, device in enumerate(reader.get(body, "devices", path, list)):
+            at = f"{path}.devices.{i}" if path else f"devices.{i}"
+            models = reader.get(device, "models", at, dict)
+            devices.append(
+                DeviceStats(
+                    reader.get(device, "device", at, int),
+                    {key: _read_model_stats(reader, stats, f"{at}.models.{key}") for key, stats in models.items()},
+                )
+            )
+        return cls(reader.opt(body, "uptime_s", path, float), tuple(devices))

@@ -46,6 +46,7 @@ from genedge.serve.measured import (
     realized_shares,
 )
 from genedge.serve.predict import predict_at_rates, predict_for_window
+from genedge.serve.protocol import StatsResponse
 
 TABLE = data.path("tables", "reference-a100.json")
 PROMPTS = data.path("prompts", "smoke.tsv")
@@ -442,6 +443,8 @@ def test_realized_shares_from_stats_deltas():
         return {"uptime_s": 1.0, "devices": [{"device": 0, "models": {"a": fields}}]}
 
     def session(number, before, after):
+        before = None if before is None else StatsResponse.from_dict(before, "before")
+        after = StatsResponse.from_dict(after, "after")
         return SessionDocument(number, 0.0, 1, ended_unix=1.0, stats_before=before, stats_after=after)
 
     sessions = [

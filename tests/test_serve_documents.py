@@ -24,6 +24,7 @@ from genedge.serve.protocol import (
     Overloaded,
     PlanResponse,
     RequestError,
+    StatsResponse,
     error_body,
     parse_generate,
     parse_openai,
@@ -31,6 +32,30 @@ from genedge.serve.protocol import (
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(40))
 RECORD = {"request_id": "r1", "model": "sd15", "steps": 20, "seed": 7, "service_s": 1.5}
+#: A stats body as the server sends it: every field of STATS_FIELDS, in order.
+STATS_BODY = {
+    "uptime_s": 12.5,
+    "devices": [
+        {
+            "device": 0,
+            "models": {
+                "sd15": {
+                    "planned_share": 0.5,
+                    "steps": 20,
+                    "device_s": 3.0,
+                    "backlogged_s": 6.0,
+                    "realized_share": 0.5,
+                    "slices": 44,
+                    "requests": 2,
+                    "images": 2,
+                    "queued": 0,
+                    "rejected": 1,
+                }
+            },
+        }
+    ],
+}
+STATS = StatsResponse.from_dict(STATS_BODY, "http://x/v1/stats")
 
 
 def _identity(**changes) -> LoadTestIdentity:
@@ -98,6 +123,11 @@ def test_responses_round_trip_and_keep_their_wire_shape():
     assert PlanResponse.from_dict(plan.to_dict(), "http://x/v1/plan") == plan
 
 
+def test_stats_bodies_round_trip_in_the_order_the_server_sends():
+    assert json.dumps(STATS.to_dict()) == json.dumps(STATS_BODY)
+    assert STATS.devices[0].models["sd15"].realized_share == 0.5
+
+
 def test_error_bodies_round_trip_in_openais_shape():
     overloaded = Overloaded("queue full", retry_after_s=2.5)
     body = error_body(overloaded)
@@ -118,6 +148,12 @@ def test_error_bodies_round_trip_in_openais_shape():
         (ImagesResponse.from_dict, {"data": {"b64_json": "x"}}, "data"),
         (PlanResponse.from_dict, {"plan": [], "table": {}}, "plan"),
         (ErrorBody.from_dict, {"error": {"message": 5}}, "error.message"),
+        (
+            StatsResponse.from_dict,
+            {"devices": [{"device": 0, "models": {"a": {"device_s": 1.0}}}]},
+            "devices.0.models.a.backlogged_s",
+        ),
+        (StatsResponse.from_dict, {"devices": [{"device": "0", "models": {}}]}, "devices.0.device"),
     ],
 )
 def test_a_wrong_response_field_is_named_with_the_url(reader, body, field):
@@ -142,7 +178,7 @@ def test_manifest_and_session_round_trip_through_their_files(tmp_path):
         "started_unix": 1.0e9,
         "to_send": 4,
     }
-    ended = SessionDocument(0, 1.0e9, 4, 1.0e9 + 5, {"devices": []}, None, {"ok": 4, "rejected": 0})
+    ended = SessionDocument(0, 1.0e9, 4, 1.0e9 + 5, STATS, None, {"ok": 4, "rejected": 0})
     write_session(tmp_path, ended)
     assert read_sessions(tmp_path) == [ended]
 
@@ -189,3 +225,13 @@ def test_the_openai_endpoint_refuses_an_answer_without_exactly_one_image():
     with pytest.raises(ArtifactError) as caught:
         ENDPOINTS["openai"].image(two, "http://x")
     assert caught.value.field_path == "data"
+
+
+def test_a_wrong_stats_field_in_a_session_is_named_under_its_key(tmp_path):
+    path = write_session(tmp_path, SessionDocument(0, 1.0e9, 4, 1.0e9 + 5, STATS, STATS, {"ok": 4}))
+    document = json.loads(path.read_text())
+    document["stats_after"]["devices"][0]["models"]["sd15"]["device_s"] = "3 s"
+    path.write_text(json.dumps(document))
+    with pytest.raises(ArtifactError) as caught:
+        read_sessions(tmp_path)
+    assert caught.value.field_path == "stats_after.devices.0.models.sd15.device_s"
