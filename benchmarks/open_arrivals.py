@@ -55,8 +55,8 @@ from genedge.optimizer.problem import Problem, Slo
 from genedge.optimizer.propose import ITERATIONS_PER_GRID_STEP, propose
 from genedge.optimizer.result import PlanResult, make_result
 from genedge.optimizer.simulate import simulate_open_plan
-from genedge.optimizer.synthetic import synthetic_problem
 from genedge.optimizer.workload import Workload
+from genedge.testing import synthetic_problem
 
 #: PartiPrompts' prompts per category (the paper's four categories).
 PARTI_MIX = {"Basic": 272, "Detail": 544, "Imagination": 150, "Complex": 113}

@@ -22,10 +22,10 @@ from genedge.optimizer import (
     optimal_step,
     paper_method,
     propose,
-    synthetic_problem,
 )
 from genedge.optimizer.baselines import direct, equal_allocation, random_assignment
 from genedge.optimizer.exact import utility_upper_bound
+from genedge.testing import synthetic_problem
 
 
 def timed(planner, repeats: int):

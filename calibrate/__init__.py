@@ -23,7 +23,6 @@ __all__, __getattr__, __dir__ = lazy_exports(
         ".fit": ("CurveFit", "LineFit", "QualityFit", "fit_line", "fit_quality", "fit_quality_curve"),
         ".records": ("ProfileRuns", "manifests_as_provenance", "read_runs"),
         ".report": ("REPLICA_NOTE", "table_summary"),
-        ".synthetic": ("SYNTHETIC_CLIP_CONVENTION", "QualityTruth", "SyntheticModel", "synthetic_run", "write_run"),
         ".table": (
             "HOST_MEMORY_FIELDS",
             "MAX_JOULES",

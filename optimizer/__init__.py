@@ -38,7 +38,6 @@ __all__, __getattr__, __dir__ = lazy_exports(
         ".result": ("Plan", "PlanResult", "PlanState", "PlanStatus"),
         ".routing": ("Router", "SmoothWeightedRoundRobin"),
         ".simulate": ("compare_arrival_models", "simulate_open_plan", "simulate_plan"),
-        ".synthetic": ("synthetic_problem",),
         ".system": ("DEPLOYED_MIN_REQUESTS", "Evaluation", "deployed_mask", "evaluate", "optimal_shares"),
         ".workload": ("Workload",),
     },

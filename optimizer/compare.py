@@ -125,7 +125,7 @@ def compare_plans(
             names the first difference).
 
     Example:
-        >>> from genedge.optimizer import synthetic_problem
+        >>> from genedge.testing import synthetic_problem
         >>> problem = synthetic_problem(2, 2, 20, rng=0)
         >>> compare_plans(problem, problem, rng=0).changes
         ()

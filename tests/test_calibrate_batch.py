@@ -31,7 +31,7 @@ from genedge.calibrate import (
     table_summary,
     table_to_dict,
 )
-from genedge.calibrate.synthetic import QualityTruth, SyntheticModel, synthetic_run, write_run
+from genedge.testing import QualityTruth, SyntheticModel, synthetic_run, write_run
 
 CATEGORIES = ("Basic", "Detail", "Imagination")
 STEPS = (5, 10, 20)

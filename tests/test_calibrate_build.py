@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from genedge.calibrate import calibrate_runs, fit_and_write, load_table, save_table
-from genedge.calibrate.synthetic import QualityTruth, SyntheticModel, synthetic_run, write_run
 from genedge.optimizer import Problem, Workload
+from genedge.testing import QualityTruth, SyntheticModel, synthetic_run, write_run
 
 CATEGORIES = ("Basic", "Detail", "Imagination", "Complex")
 STEPS = (10, 20, 30, 40, 50)

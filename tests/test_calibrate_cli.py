@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from genedge.calibrate import load_table
-from genedge.calibrate.synthetic import QualityTruth, SyntheticModel, synthetic_run, write_run
+from genedge.testing import QualityTruth, SyntheticModel, synthetic_run, write_run
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 MODELS = [

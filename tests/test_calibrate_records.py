@@ -28,14 +28,14 @@ import pandas as pd
 import pytest
 
 from genedge.calibrate import Exclusion, TableError, calibrate_runs
-from genedge.calibrate.synthetic import (
+from genedge.contract import ArtifactError, shard_path
+from genedge.testing import (
     SYNTHETIC_CLIP_CONVENTION,
     QualityTruth,
     SyntheticModel,
     synthetic_run,
     write_run,
 )
-from genedge.contract import ArtifactError, shard_path
 
 MODEL = SyntheticModel(
     key="m",

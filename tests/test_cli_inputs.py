@@ -144,7 +144,7 @@ def test_plans_are_created_with_the_umask_mode(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_warnings_reach_the_user_as_one_readable_line_each(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from genedge.calibrate.synthetic import QualityTruth, SyntheticModel, synthetic_run, write_run
+    from genedge.testing import QualityTruth, SyntheticModel, synthetic_run, write_run
 
     # No memory rung measured: calibrate derives the peak and warns.
     model = SyntheticModel(key="m", quality={"Basic": QualityTruth(30, 5, 10, 1)}, overhead_s=1, per_step_s=0.1)

@@ -16,9 +16,9 @@ from scipy import stats
 
 from genedge.calibrate import fit_quality
 from genedge.calibrate.compare import welch_t
-from genedge.calibrate.synthetic import QualityTruth, SyntheticModel, synthetic_run, write_run
 from genedge.optimizer import PlanChange, PlanComparison, Problem, compare_plans, plan_changes
 from genedge.optimizer.result import make_result
+from genedge.testing import QualityTruth, SyntheticModel, synthetic_run, write_run
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 CATEGORIES = ("Basic", "Detail", "Imagination", "Complex")

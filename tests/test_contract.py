@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from genedge.calibrate import TableError, load_table
-from genedge.calibrate.synthetic import QualityTruth, SyntheticModel, synthetic_run
 from genedge.contract import (
     MANIFEST_FIELDS,
     ArtifactError,
@@ -29,6 +28,7 @@ from genedge.contract import (
     write_text_atomic,
 )
 from genedge.contract.runs import MANIFEST_OPTIONAL_FIELDS
+from genedge.testing import QualityTruth, SyntheticModel, synthetic_run
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("profiler", "calibrate", "optimizer", "genedge/cli", "scripts", "benchmarks")

@@ -29,10 +29,10 @@ from genedge.optimizer import (
     propose,
     random_assignment,
     run_methods,
-    synthetic_problem,
 )
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.system import utility_with_optimal_shares
+from genedge.testing import synthetic_problem
 
 
 def _tiny_problem(weight: float = 0.05) -> Problem:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from genedge.optimizer import anneal, paper_routing, propose, synthetic_problem
+from genedge.optimizer import anneal, paper_routing, propose
 from genedge.optimizer.simulate import simulate_plan
+from genedge.testing import synthetic_problem
 
 
 @pytest.mark.parametrize("planner", ["proposed", "paper"])
