@@ -565,7 +565,7 @@ def uniform_run(
         trail[images] = true_regret(truth, decision, optimum)
         started = time.perf_counter()
         model = parameter_model(table, problem)
-        confidence = assess(model, decision, samples=args.samples, seed=bootstrap_seed(rep, images)).min_confidence
+        confidence = assess(model, decision, samples=args.samples, rng=bootstrap_seed(rep, images)).min_confidence
         seconds.append(time.perf_counter() - started)
         return confidence >= TARGET
 

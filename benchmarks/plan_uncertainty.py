@@ -50,13 +50,13 @@ def main() -> None:
     print(f"exact plan: {plan_s:.3f} s, utility {plan.utility:.3f}")
     print(f"{'samples':>8} {'seconds':>8} {'x plan':>7} {'regret':>8} {'MC SE':>7} {'min P':>6} {'P(all)':>7}")
     for samples in (int(v) for v in args.samples.split(",")):
-        a = assess(model, plan, samples=samples, seed=args.seed)
+        a = assess(model, plan, samples=samples, rng=args.seed)
         print(
             f"{samples:>8} {a.seconds:>8.2f} {a.seconds / plan_s:>7.1f} {a.expected_regret:>8.3f} "
             f"{a.regret_mc_se:>7.3f} {a.min_confidence:>6.2f} {a.plan_probability:>7.2f}"
         )
     started = time.perf_counter()
-    plans = robust_plans(model, plan, samples=200, seed=args.seed)
+    plans = robust_plans(model, plan, samples=200, rng=args.seed)
     robust_s = time.perf_counter() - started
     print(f"\nrobust plans on 200 samples: {robust_s:.2f} s")
     for r in plans.values():
@@ -68,7 +68,7 @@ def main() -> None:
     slo_plan_s = time.perf_counter() - started
     slo_model = parameter_model(table, slo, workload)
     started = time.perf_counter()
-    a = assess(slo_model, slo_plan, samples=args.replanned, seed=args.seed)
+    a = assess(slo_model, slo_plan, samples=args.replanned, rng=args.seed)
     per_sample = (time.perf_counter() - started) / args.replanned
     print(
         f"\nwith an SLO (p95 <= 100 s) each sample is re-planned with the exact planner: {per_sample:.2f} s a sample "

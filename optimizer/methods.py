@@ -46,15 +46,15 @@ def run_methods(
     problem: Problem,
     names: Sequence[str] | None = None,
     *,
-    seed: int | np.random.Generator | None = 0,
+    rng: int | np.random.Generator | None = 0,
     callback: Callback | None = None,
 ) -> dict[str, PlanResult]:
-    """Run planners on one problem, each with its own generator seeded from ``seed``.
+    """Run planners on one problem, each with its own generator seeded from ``rng``.
 
     Args:
         problem: the planning problem.
         names: methods to run, in order (default: all of :data:`METHODS`).
-        seed: given to every planner as ``rng``.
+        rng: seed or generator, given to every planner.
         callback: given to every planner (see each planner for when it calls it).
 
     Returns:
@@ -65,4 +65,4 @@ def run_methods(
     """
     names = list(METHODS) if names is None else list(names)
     check_methods(names)
-    return {name: METHODS[name](problem, rng=seed, callback=callback) for name in names}
+    return {name: METHODS[name](problem, rng=rng, callback=callback) for name in names}

@@ -56,7 +56,7 @@ class MisroutingCost:
 
 
 def misrouting_cost(
-    served: Problem, perfect: Problem, served_result: PlanResult, method: str, seed: int = 0
+    served: Problem, perfect: Problem, served_result: PlanResult, method: str, rng: int | np.random.Generator | None = 0
 ) -> MisroutingCost:
     """Compare a plan made on a router's mixture with plans made for perfect labels.
 
@@ -65,7 +65,7 @@ def misrouting_cost(
         perfect: the problem of the same requests counted and scored by their true category.
         served_result: ``method``'s plan for ``served``.
         method: the planner (see :data:`genedge.optimizer.METHODS`) that plans for ``perfect``.
-        seed: the planner's seed.
+        rng: the planner's seed or generator.
 
     Raises:
         ValueError: the problems differ in their models.
@@ -74,7 +74,7 @@ def misrouting_cost(
 
     if served.models != perfect.models:
         raise ValueError("Expected two versions of one problem (the same models)")
-    perfect_result = run_methods(perfect, [method], seed=seed)[method]
+    perfect_result = run_methods(perfect, [method], rng=rng)[method]
     plan = perfect_result.plan
     naive = None
     if set(served.categories) <= set(perfect.categories):

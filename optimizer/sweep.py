@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from genedge.contract.files import write_text_atomic
 from genedge.optimizer.methods import METHODS, PROPOSED, run_methods
 from genedge.optimizer.problem import Problem
@@ -35,7 +37,7 @@ def sweep(
     weights: Sequence[float],
     *,
     methods: Sequence[str] | None = None,
-    seed: int = 0,
+    rng: int | np.random.Generator | None = 0,
     replications: int = 200,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -46,7 +48,7 @@ def sweep(
         workload: the category mix; scaled to each load.
         loads, budgets, weights: the grid.
         methods: planners to run (default: all).
-        seed: seed of every randomized planner and of the simulation.
+        rng: seed or generator of every randomized planner and of the simulation.
         replications: simulated windows per point for each plan's check.
         progress: called with (points done, points in all).
 
@@ -61,7 +63,7 @@ def sweep(
     grid = list(itertools.product(budgets, weights, loads))
     for done, (budget, weight, load) in enumerate(grid, start=1):
         problem = make_problem(workload.scaled(int(load)), budget, weight)
-        results = run_methods(problem, names, seed=seed)
+        results = run_methods(problem, names, rng=rng)
         point = {"budget": budget, "weight": weight, "requests": int(problem.n_requests)}
         for name, r in results.items():
             rows.append(
@@ -91,7 +93,7 @@ def sweep(
             for name in SIMULATED:
                 if name not in results:
                     continue
-                check = simulate_plan(problem, results[name], replications=replications, rng=seed)
+                check = simulate_plan(problem, results[name], replications=replications, rng=rng)
                 row.update(
                     {
                         f"{name}_sim_quality": check.mean_quality,

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from genedge._seed import integer_seed
 from genedge.optimizer.objective import score_plan
 from genedge.optimizer.problem import Problem, deployed_mask
 from genedge.optimizer.system import evaluate, fifo_delay_coefficient, optimal_shares
@@ -279,10 +280,14 @@ class ParameterDraws:
         return dataclasses.replace(self, delta=delta)
 
 
-def draw_parameters(model: ParameterModel, samples: int = DEFAULT_SAMPLES, seed: int = 0) -> ParameterDraws:
-    """Draw ``samples`` parameter vectors from their sampling distributions (module doc), seeded."""
+def draw_parameters(
+    model: ParameterModel, samples: int = DEFAULT_SAMPLES, rng: int | np.random.Generator | None = 0
+) -> ParameterDraws:
+    """Draw ``samples`` parameter vectors from their sampling distributions (module doc), seeded by ``rng``
+    (a generator draws the integer seed the draws record)."""
     if samples < 2:
         raise ValueError(f"Expected at least 2 bootstrap samples, but got {samples}")
+    seed = integer_seed(rng)
     gen = np.random.default_rng(seed)
     p = len(model.parameters)
     z = gen.standard_normal((samples, p))
@@ -719,7 +724,7 @@ def assess(
     plan: PlanResult | Decision,
     *,
     samples: int = DEFAULT_SAMPLES,
-    seed: int = 0,
+    rng: int | np.random.Generator | None = 0,
     method: str = "exact",
     progress: Callable[[int, int], None] | None = None,
 ) -> Assessment:
@@ -729,13 +734,13 @@ def assess(
         model: the uncertain parameters of the plan's problem (:func:`parameter_model`).
         plan: the plan, as a planner's result or a :class:`Decision`.
         samples: bootstrap samples B.
-        seed: seed of the draws; the same seed gives the same assessment.
+        rng: seed or generator of the draws; the same seed gives the same assessment.
         method: the planner that finds each sample's optimum where the vectorized whole-category
             search does not apply (SLOs, floors, open arrivals, batching).
         progress: called with (samples done, samples) while re-planning.
     """
     started = time.perf_counter()
-    boot = bootstrap(model, draw_parameters(model, samples, seed), method, progress)
+    boot = bootstrap(model, draw_parameters(model, samples, rng), method, progress)
     return assess_on(boot, plan if isinstance(plan, Decision) else Decision.of(plan), time.perf_counter() - started)
 
 
@@ -839,7 +844,7 @@ def robust_plans(
     point: PlanResult | Decision,
     *,
     samples: int = DEFAULT_SAMPLES,
-    seed: int = 0,
+    rng: int | np.random.Generator | None = 0,
     quantile: float = DEFAULT_QUANTILE,
     method: str = "exact",
     progress: Callable[[int, int], None] | None = None,
@@ -859,7 +864,7 @@ def robust_plans(
         raise ValueError(f"Expected a quantile in (0, 1), e.g. 0.1, but got {quantile}")
     started = time.perf_counter()
     problem = model.problem
-    boot = bootstrap(model, draw_parameters(model, samples, seed), method, progress)
+    boot = bootstrap(model, draw_parameters(model, samples, rng), method, progress)
     point_decision = point if isinstance(point, Decision) else Decision.of(point)
     candidates = {point_decision.key(problem): point_decision}
     for optimum in boot.optima:

@@ -113,10 +113,10 @@ class ClassificationReport:
         return cls(tuple(document["categories"]), np.asarray(document["confusion"], dtype=int))
 
 
-def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+def stratified_folds(labels: np.ndarray, folds: int, rng: int | np.random.Generator | None) -> list[np.ndarray]:
     """Split row indices into ``folds`` test folds that keep each class's share.
 
-    Each class's rows are shuffled with ``numpy.random.default_rng(seed)`` and dealt to the folds in
+    Each class's rows are shuffled with ``numpy.random.default_rng(rng)`` and dealt to the folds in
     turn, continuing from fold to fold across classes, so fold sizes differ by at most one.
 
     Raises:
@@ -129,7 +129,7 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarr
     if (counts < folds).any():
         small = {str(c): int(n) for c, n in zip(classes, counts) if n < folds}
         raise ValueError(f"Expected at least {folds} prompts in every category for {folds}-fold CV, but got {small}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(rng)
     members: list[list[int]] = [[] for _ in range(folds)]
     dealt = 0
     for cls in classes:

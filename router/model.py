@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from genedge._seed import integer_seed
 from genedge.contract.bounds import MAX_COUNT, MAX_ROUTER_WEIGHT
 from genedge.contract.fields import FieldReader
 from genedge.contract.files import ArtifactError, read_json, write_text_atomic
@@ -456,7 +457,7 @@ def cross_validate(
     backend: str,
     *,
     folds: int = 5,
-    seed: int = 0,
+    rng: int | np.random.Generator | None = 0,
     c: float | None = None,
     embedding_model: str | None = None,
 ) -> tuple[ClassificationReport, ClassificationReport]:
@@ -471,7 +472,7 @@ def cross_validate(
     labels = _checked_labels(prompts, categories, mapping, backend, folds)
     features = _FeatureCache(backend, prompts, _embedding_model(backend, embedding_model))
     c = DEFAULT_C[backend] if c is None else float(c)
-    return _cross_validate(features, labels, list(mapping["labels"]), folds, seed, c)
+    return _cross_validate(features, labels, list(mapping["labels"]), folds, integer_seed(rng), c)
 
 
 def train_router(
@@ -482,7 +483,7 @@ def train_router(
     *,
     name: str | None = None,
     folds: int = 5,
-    seed: int = 0,
+    rng: int | np.random.Generator | None = 0,
     c: float | None = None,
     embedding_model: str | None = None,
     source: Mapping[str, Any] | None = None,
@@ -497,7 +498,8 @@ def train_router(
         backend: ``tfidf`` or ``embedding``.
         name: the router's name (default: the mapping's name and the backend).
         folds: k of the stratified k-fold cross-validation.
-        seed: seed of the fold assignment (the fit itself is deterministic).
+        rng: seed or generator of the fold assignment (a generator draws the integer seed the router
+            records; the fit itself is deterministic).
         c: the classifier's C (default :data:`DEFAULT_C`).
         embedding_model: the sentence-transformers model (``embedding``; default all-MiniLM-L6-v2).
         source: provenance of the prompts, recorded in the router (e.g. the file and its sha256).
@@ -511,6 +513,7 @@ def train_router(
     c = DEFAULT_C[backend] if c is None else float(c)
     model = _embedding_model(backend, embedding_model)
     features = _FeatureCache(backend, prompts, model)  # embeds every prompt once, for the folds and the fit
+    seed = integer_seed(rng)
     report, _ = _cross_validate(features, labels, names, folds, seed, c)
     tfidf, x_all = features.fit(np.arange(len(prompts)))
     classifier = fit_logistic(x_all, labels, len(names), c=c)

@@ -211,7 +211,7 @@ def test_proposed_beats_baselines_and_matches_exact(seed):
     for weight, load in [(0.0, 40), (0.02, 120), (0.1, 10), (0.2, 200)]:
         problem = synthetic_problem(3, 4, load, weight=weight, rng=seed)
         results = run_methods(
-            problem, ["genedge", "direct-assignment", "random-assignment", "equal-allocation", "exact"], seed=0
+            problem, ["genedge", "direct-assignment", "random-assignment", "equal-allocation", "exact"], rng=0
         )
         proposed, exact = results["genedge"].utility, results["exact"]
         for name in ("direct-assignment", "random-assignment", "equal-allocation"):
@@ -506,7 +506,7 @@ def test_plan_time_is_a_field_every_planner_sets():
     from genedge.optimizer.result import PlanResult, make_result
 
     problem = synthetic_problem(2, 2, 12, rng=1)
-    for name, result in run_methods(problem, seed=0).items():
+    for name, result in run_methods(problem, rng=0).items():
         assert isinstance(result.plan_time_s, float) and result.plan_time_s > 0, name
     assert propose(problem, rng=0).plan_time_s > 0  # called directly, not only through run_methods
     routing = np.array([[1.0, 0.0], [0.0, 1.0]])
@@ -556,7 +556,7 @@ def test_models_too_big_for_the_memory_limit_are_left_out_and_every_method_plans
     assert dict(problem.left_out) == {"sdxl": 14e9}
     assert problem.left_out_reasons() == {"sdxl": "needs 13.04 GiB, limit 10.00 GiB"}
     assert len(problem.deployable_sets()) == 1  # sd15 and sd21 fit together
-    results = run_methods(problem, seed=0)
+    results = run_methods(problem, rng=0)
     assert set(results) == set(METHODS)
     for result in results.values():
         assert result.plan.models == ("sd15", "sd21") and result.deployed.any()

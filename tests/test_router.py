@@ -97,9 +97,9 @@ def retrained(parti, labelled):
     prompts, categories = labelled
     mapping = get_category_mapping("paper4")
     return {
-        "seed0": train_router(prompts, categories, mapping, "tfidf", seed=0, source=source),
-        "seed0-again": train_router(prompts, categories, mapping, "tfidf", seed=0, source=source),
-        "seed1": train_router(prompts, categories, mapping, "tfidf", seed=1, source=source),
+        "seed0": train_router(prompts, categories, mapping, "tfidf", rng=0, source=source),
+        "seed0-again": train_router(prompts, categories, mapping, "tfidf", rng=0, source=source),
+        "seed1": train_router(prompts, categories, mapping, "tfidf", rng=1, source=source),
     }
 
 
@@ -225,7 +225,7 @@ def test_logistic_refuses_bad_labels_and_c(labels, n_classes, c, message):
 def test_stratified_folds_partition_rows_and_keep_each_class_share():
     rng = np.random.default_rng(3)
     labels = rng.permutation(np.repeat(np.array(["Basic", "Detail", "Imagination", "Complex"]), [23, 52, 9, 6]))
-    folds = stratified_folds(labels, 5, seed=11)
+    folds = stratified_folds(labels, 5, rng=11)
     assert len(folds) == 5
     rows = np.concatenate(folds)
     assert rows.size == labels.size and np.array_equal(np.sort(rows), np.arange(labels.size))
@@ -234,20 +234,20 @@ def test_stratified_folds_partition_rows_and_keep_each_class_share():
     for cls, n in Counter(labels.tolist()).items():
         for fold in folds:
             assert abs(int((labels[fold] == cls).sum()) - n / 5) < 1, (cls, fold)
-    again = stratified_folds(labels, 5, seed=11)
+    again = stratified_folds(labels, 5, rng=11)
     assert all(np.array_equal(a, b) for a, b in zip(folds, again))
-    other = stratified_folds(labels, 5, seed=12)
+    other = stratified_folds(labels, 5, rng=12)
     assert not all(np.array_equal(a, b) for a, b in zip(folds, other))
 
 
 def test_stratified_folds_refuse_small_classes_naming_them():
     labels = np.array(["Basic"] * 10 + ["Complex"] * 2 + ["Detail"] * 3)
     with pytest.raises(ValueError, match="Complex") as err:
-        stratified_folds(labels, 3, seed=0)
+        stratified_folds(labels, 3, rng=0)
     assert "Detail" not in str(err.value) and "Basic" not in str(err.value)
     with pytest.raises(ValueError, match="at least 2 folds"):
-        stratified_folds(labels, 1, seed=0)
-    assert len(stratified_folds(labels, 2, seed=0)) == 2
+        stratified_folds(labels, 1, rng=0)
+    assert len(stratified_folds(labels, 2, rng=0)) == 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -332,7 +332,7 @@ def test_majority_baseline_predicts_each_training_folds_majority():
     assert report.confusion.tolist() == [[2, 4], [5, 0]]  # the overall majority (0) would give [[6, 0], [5, 0]]
     # With stratified folds every fold's training majority is the overall one.
     labels = np.array([0] * 20 + [1] * 7 + [2] * 5)
-    report = majority_baseline(("a", "b", "c"), labels, stratified_folds(labels, 4, seed=0))
+    report = majority_baseline(("a", "b", "c"), labels, stratified_folds(labels, 4, rng=0))
     assert report.confusion[:, 0].tolist() == [20, 7, 5] and report.accuracy == pytest.approx(20 / 32)
 
 
@@ -733,8 +733,8 @@ def test_misrouting_cost_of_partiprompts_routed_by_the_shipped_router(
     perfect = Problem.from_table(reference_table, workload.by_true_category(), budget=1.0, weight=0.001)
     assert served.categories == perfect.categories == CATEGORIES
     assert served.n_requests == perfect.n_requests == PARTIPROMPTS_ROWS
-    served_result = run_methods(served, [method], seed=0)[method]
-    cost = misrouting_cost(served, perfect, served_result, method, seed=0)
+    served_result = run_methods(served, [method], rng=0)[method]
+    cost = misrouting_cost(served, perfect, served_result, method, rng=0)
     assert cost.served_utility == served_result.utility
     assert cost.loss == pytest.approx(cost.perfect_utility - cost.served_utility, abs=1e-15)
     # Routing by predicted category is one way of routing the true categories: perfect labels do no worse.
@@ -755,7 +755,7 @@ def test_misrouting_cost_is_nothing_without_misrouting(reference_table):
     assert workload.by_true_category().counts == COUNTS
     served = Problem.from_table(reference_table, workload, weight=0.001)
     perfect = Problem.from_table(reference_table, workload.by_true_category(), weight=0.001)
-    result = run_methods(served, ["genedge"], seed=0)["genedge"]
+    result = run_methods(served, ["genedge"], rng=0)["genedge"]
     cost = misrouting_cost(served, perfect, result, "genedge")
     assert cost.loss == pytest.approx(0.0, abs=1e-9) and cost.planning_gain == pytest.approx(0.0, abs=1e-9)
 
@@ -765,7 +765,7 @@ def test_misrouting_cost_is_nothing_without_misrouting(reference_table):
     served = Problem.from_table(reference_table, astray, weight=0.001)
     perfect = Problem.from_table(reference_table, astray.by_true_category(), weight=0.001)
     assert served.categories == ("Basic", "Complex") and perfect.categories == ("Basic",)
-    cost = misrouting_cost(served, perfect, run_methods(served, ["genedge"], seed=0)["genedge"], "genedge")
+    cost = misrouting_cost(served, perfect, run_methods(served, ["genedge"], rng=0)["genedge"], "genedge")
     assert cost.naive_utility is None and cost.naive_quality is None and cost.planning_gain is None
     assert cost.loss >= -1e-9
 
@@ -794,7 +794,7 @@ def embedding_routers(encoder, labelled):
     """Two embedding routers trained alike on every fifth labelled PartiPrompts prompt (216, all classes)."""
     prompts, categories = labelled[0][::5], labelled[1][::5]
     mapping = get_category_mapping("paper4")
-    return [train_router(prompts, categories, mapping, "embedding", folds=3, seed=0) for _ in range(2)]
+    return [train_router(prompts, categories, mapping, "embedding", folds=3, rng=0) for _ in range(2)]
 
 
 @pytest.mark.slow

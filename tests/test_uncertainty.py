@@ -104,15 +104,23 @@ def test_the_bootstrap_is_reproducible_with_its_seed() -> None:
     table, problem = _reference()
     model = parameter_model(table, problem)
     plan = exact_search(problem)
-    first, again, other = (assess(model, plan, samples=50, seed=s) for s in (3, 3, 4))
+    first, again, other = (assess(model, plan, samples=50, rng=s) for s in (3, 3, 4))
     assert np.array_equal(first.utility, again.utility) and np.array_equal(first.optimum, again.optimum)
     assert first.routing == again.routing and first.steps == again.steps
     assert not np.array_equal(first.utility, other.utility)
 
 
+def test_draws_from_a_generator_record_the_integer_seed_that_reproduces_them() -> None:
+    table, problem = _reference()
+    model = parameter_model(table, problem)
+    drawn = draw_parameters(model, 5, rng=np.random.default_rng(7))
+    assert isinstance(drawn.seed, int)
+    assert np.array_equal(draw_parameters(model, 5, rng=drawn.seed).delta, drawn.delta)
+
+
 def test_the_reference_plan_is_unsure_of_its_close_calls() -> None:
     table, problem = _reference()
-    a = assess(parameter_model(table, problem), exact_search(problem), samples=200, seed=0)
+    a = assess(parameter_model(table, problem), exact_search(problem), samples=200, rng=0)
     # Imagination goes to SD 1.5 on 33.73 vs 33.69 points, each ± ~1 point: a coin flip, not a decision.
     model, p = a.routing["Imagination"]
     assert model == "sd15" and 0.2 < p < 0.8
@@ -139,7 +147,7 @@ def test_parameters_move_the_arrays_they_come_from() -> None:
 def test_vectorized_plan_utilities_equal_the_system_model() -> None:
     table, problem = _reference()
     model = parameter_model(table, problem)
-    boot = bootstrap(model, draw_parameters(model, 20, seed=1))
+    boot = bootstrap(model, draw_parameters(model, 20, rng=1))
     decision = Decision.of(exact_search(problem))
     fast, _ = boot.plan_utilities(decision)
     slow = [evaluate(p, decision.routing, decision.step_index, decision.shares).utility for p in boot.problems]
@@ -149,7 +157,7 @@ def test_vectorized_plan_utilities_equal_the_system_model() -> None:
 def test_the_whole_category_search_finds_the_exact_optimum() -> None:
     table, problem = _reference()
     model = parameter_model(table, problem)
-    draws = draw_parameters(model, 2, seed=0)
+    draws = draw_parameters(model, 2, rng=0)
     still = dataclasses.replace(draws, delta=np.zeros_like(draws.delta))  # the point estimates themselves
     boot = bootstrap(model, still)
     assert boot.optimum == pytest.approx([exact_search(problem).utility] * 2, rel=1e-9)
@@ -162,7 +170,7 @@ def test_the_whole_category_search_finds_the_exact_optimum() -> None:
 def test_robust_plans_are_never_worse_than_the_point_plan_on_their_objective(seed: int) -> None:
     table = _profiled(_truth(gap=0.5), 4, np.random.default_rng(seed))
     problem = Problem.from_table(table, WORKLOAD)
-    plans = robust_plans(parameter_model(table, problem), exact_search(problem), samples=100, seed=seed)
+    plans = robust_plans(parameter_model(table, problem), exact_search(problem), samples=100, rng=seed)
     point = plans["point"]
     assert plans["expected"].expected_utility >= point.expected_utility
     assert plans["quantile"].quantile_utility >= point.quantile_utility
@@ -183,7 +191,7 @@ def test_nominal_90_percent_intervals_cover_the_truth() -> None:
         table = _profiled(truth, images, np.random.default_rng(1000 + rep))
         problem = Problem.from_table(table, WORKLOAD)
         model = parameter_model(table, problem)
-        draws = draw_parameters(model, 400, seed=rep)
+        draws = draw_parameters(model, 400, rng=rep)
         for j in model.cells():
             p = model.parameters[j]
             lo, hi = np.quantile(p.value + draws.delta[:, j], [0.05, 0.95])

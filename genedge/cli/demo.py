@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         Workload.from_mix(default_mix(table), DEFAULT_REQUESTS),
         table_sha256=hashlib.sha256(table_path.read_bytes()).hexdigest(),
     )
-    planned = run_methods(problem, ["genedge"], seed=0)["genedge"]
+    planned = run_methods(problem, ["genedge"], rng=0)["genedge"]
     print(format_plan(planned))
     print(
         f"   predicted: CLIPScore {planned.mean_quality:.2f}, mean delay {planned.mean_delay_s:.3f} s, "

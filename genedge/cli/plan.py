@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     workload = workload_from_args(args, table, prompt_counts)
     problem = problem_from_args(args, table, sha, workload, args.budget, args.weight)
     names = [args.method] + [m for m in (args.compare or METHODS) if m != args.method]
-    results = run_methods(problem, names, seed=args.seed)
+    results = run_methods(problem, names, rng=args.seed)
     chosen = results[args.method]
     print(derived_share_line(table))
     if prompt_counts is not None:
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     cost = None
     if workload.composition is not None:
         perfect = problem_from_args(args, table, sha, workload.by_true_category(), args.budget, args.weight)
-        cost = misrouting_cost(problem, perfect, chosen, args.method, seed=args.seed)
+        cost = misrouting_cost(problem, perfect, chosen, args.method, rng=args.seed)
         print()
         print(_format_misrouting(cost, prompt_counts))
     print()
@@ -179,7 +179,7 @@ def _how_sure(args: argparse.Namespace, samples: int, table, workload, problem, 
         def progress(done: int, total: int) -> None:
             bar.update(done - bar.n)
 
-        options = {"samples": samples, "seed": args.seed, "progress": progress}
+        options = {"samples": samples, "rng": args.seed, "progress": progress}
         if args.robust is None:
             assessment = assess(model, chosen, **options)
         else:

@@ -169,7 +169,7 @@ def run_train(args: argparse.Namespace) -> int:
         args.backend,
         name=args.name,
         folds=args.folds,
-        seed=args.seed,
+        rng=args.seed,
         c=args.c,
         embedding_model=args.embedding_model,
         source=source,
@@ -205,7 +205,7 @@ def run_eval(args: argparse.Namespace) -> int:
             mapping,
             backend,
             folds=args.folds,
-            seed=args.seed,
+            rng=args.seed,
             embedding_model=args.embedding_model,
         )
         print(_report_line(backend, reports[backend]), flush=True)

@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         args.loads,
         args.budgets,
         args.weights,
-        seed=args.seed,
+        rng=args.seed,
         replications=args.replications,
         progress=_progress(time.perf_counter()),
     )
