@@ -146,13 +146,21 @@ class Problem:
     service_std_s: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        m, c = len(self.models), len(self.categories)
         # The delay model refuses an unknown arrival model or realization, and a demand it cannot take.
         steady_state = delay_model(self.arrivals, self.realization, self.counts).steady_state
-        self._check_service_model()
+        self._check_energy()
+        self._check_batching()
         if steady_state:
             self._check_capacity()
-        if m == 0:
+        self._check_scalars()
+        for i in range(len(self.models)):
+            self._check_model_grids(i)
+        self._check_memory()
+
+    def _check_scalars(self) -> None:
+        """Validate the models' count, budget, delay weight, quality floor and request counts."""
+        c = len(self.categories)
+        if not self.models:
             raise ValueError("Expected at least one model, but got none")
         if not (math.isfinite(self.budget) and self.budget > 0):
             raise ValueError(f"Expected a compute budget > 0 (GPU units), but got {self.budget}")
@@ -165,23 +173,28 @@ class Problem:
         if self.counts.shape != (c,) or not np.isfinite(self.counts).all() or (self.counts <= 0).any():
             # A category without requests has no routing to plan: leave it out of the problem.
             raise ValueError(f"Expected {c} positive, finite request counts, but got {self.counts}")
-        for i, key in enumerate(self.models):
-            grid = self.steps[i]
-            if grid.size == 0:
-                raise ValueError(f"model {key!r}: expected a non-empty step grid, but got []")
-            if (np.diff(grid) <= 0).any() or grid[0] <= 0:
-                raise ValueError(f"model {key!r}: expected positive, increasing, unique steps, but got {grid.tolist()}")
-            shape = (c, grid.size)
-            if self.quality_mean[i].shape != shape or self.quality_std[i].shape != shape:
-                raise ValueError(f"model {key!r}: expected quality arrays of shape {shape}")
-            if not np.isfinite(self.quality_mean[i]).all():
-                raise ValueError(f"model {key!r}: expected finite quality means")
-            if not (np.isfinite(self.quality_std[i]).all() and (self.quality_std[i] > 0).all()):
-                raise ValueError(f"model {key!r}: expected finite quality stds > 0")
-            if self.service_s[i].shape != (grid.size,) or not (self.service_s[i] > 0).all():
-                raise ValueError(f"model {key!r}: expected a positive service time per grid step")
-            if not 0 <= self.default_step_index[i] < grid.size:
-                raise ValueError(f"model {key!r}: default step index out of its grid")
+
+    def _check_model_grids(self, i: int) -> None:
+        """Validate model ``i``'s step grid and the quality and service arrays over it."""
+        key, grid = self.models[i], self.steps[i]
+        if grid.size == 0:
+            raise ValueError(f"model {key!r}: expected a non-empty step grid, but got []")
+        if (np.diff(grid) <= 0).any() or grid[0] <= 0:
+            raise ValueError(f"model {key!r}: expected positive, increasing, unique steps, but got {grid.tolist()}")
+        shape = (len(self.categories), grid.size)
+        if self.quality_mean[i].shape != shape or self.quality_std[i].shape != shape:
+            raise ValueError(f"model {key!r}: expected quality arrays of shape {shape}")
+        if not np.isfinite(self.quality_mean[i]).all():
+            raise ValueError(f"model {key!r}: expected finite quality means")
+        if not (np.isfinite(self.quality_std[i]).all() and (self.quality_std[i] > 0).all()):
+            raise ValueError(f"model {key!r}: expected finite quality stds > 0")
+        if self.service_s[i].shape != (grid.size,) or not (self.service_s[i] > 0).all():
+            raise ValueError(f"model {key!r}: expected a positive service time per grid step")
+        if not 0 <= self.default_step_index[i] < grid.size:
+            raise ValueError(f"model {key!r}: default step index out of its grid")
+
+    def _check_memory(self) -> None:
+        """Validate that the models fit in device memory and the left-out ones do not."""
         if self.device_memory_bytes is not None:
             too_big = [k for k, b in zip(self.models, self.memory_bytes) if b > self.device_memory_bytes]
             if too_big:
@@ -196,8 +209,8 @@ class Problem:
         if fit:
             raise ValueError(f"Expected left-out models to need more than the device memory, but {fit} fit in it")
 
-    def _check_service_model(self) -> None:
-        """Validate the energy and batching fields."""
+    def _check_energy(self) -> None:
+        """Validate the energy price and the energy per image."""
         if not (math.isfinite(self.energy_price) and self.energy_price >= 0):
             raise ValueError(f"Expected an energy price >= 0 (points per J), but got {self.energy_price}")
         if self.energy_price > 0 and self.energy_j is None:
@@ -209,6 +222,9 @@ class Problem:
             for key, grid, joules in zip(self.models, self.steps, self.energy_j):
                 if joules.shape != grid.shape or not (np.isfinite(joules).all() and (joules > 0).all()):
                     raise ValueError(f"model {key!r}: expected a positive energy per image for each grid step")
+
+    def _check_batching(self) -> None:
+        """Validate the batch sizes, their call times and the latency spreads."""
         if (self.batch_sizes is None) != (self.batch_service_s is None):
             raise ValueError("Expected batch sizes and batch service times together")
         if self.batch_sizes is not None:
@@ -356,65 +372,13 @@ class Problem:
             ValueError: unknown categories or model keys (the message lists the known ones), or
                 no model fits in device memory (the message names each model's need).
         """
-        per_second = delay_model_class(arrivals, realization).arrivals.per_second
-        if per_second and not workload.per_second:
-            raise ValueError(
-                "Open arrivals need a workload of rates (requests/s): give rates or a trace, or the length "
-                "of the planning window to turn its counts into rates"
-            )
-        if workload.per_second and not per_second:
-            raise ValueError("The window model needs requests per window, but the workload gives rates (requests/s)")
-        true_categories = {t for c in workload.counts for t in workload.true_shares(c)}
-        unknown = sorted((set(workload.counts) | true_categories) - set(table.categories))
-        if unknown:
-            raise ValueError(
-                f"workload categories {unknown} are not in the table; expected a subset of {list(table.categories)}"
-            )
-        keys = tuple(models) if models is not None else tuple(table.models)
-        missing = [k for k in keys if k not in table.models]
-        if missing:
-            raise ValueError(f"models {missing} are not in the table; available: {list(table.models)}")
-        memory = table.device_memory_bytes if device_memory_bytes is None else device_memory_bytes
-        peaks = {k: float(table.models[k].memory.peak_bytes) for k in keys}
-        left_out = {k: b for k, b in peaks.items() if memory is not None and b > memory}
-        if keys and len(left_out) == len(keys):
-            needs = ", ".join(f"{k} needs {b / _GIB:.2f} GiB" for k, b in left_out.items())
-            raise ValueError(f"No model fits in the {memory / _GIB:.2f} GiB of device memory: {needs}")
-        if left_out:
-            logger.info("left out of the problem, too big for %.2f GiB: %s", memory / _GIB, sorted(left_out))
-        keys = tuple(k for k in keys if k not in left_out)
+        _check_demand_kind(workload, arrivals, realization)
+        _check_categories(table, workload)
+        keys, peaks, left_out, memory = _models_that_fit(table, models, device_memory_bytes)
         categories = tuple(c for c in table.categories if workload.counts.get(c, 0) > 0)
-        steps, means, stds, service, defaults = [], [], [], [], []
-        for key in keys:
-            model = table.models[key]
-            grid = np.asarray(model.steps, dtype=int)
-            cells = [[_served_quality(model, workload.true_shares(c), int(s)) for s in grid] for c in categories]
-            arr = np.asarray(cells, dtype=float)  # (C, K, 2)
-            steps.append(grid)
-            means.append(arr[..., 0])
-            stds.append(arr[..., 1])
-            service.append(model.latency.overhead_s + model.latency.per_step_s * grid.astype(float))
-            defaults.append(int(np.searchsorted(grid, model.default_steps)))
-        no_energy = [k for k in keys if table.models[k].energy is None]
-        if energy_price > 0 and no_energy:
-            raise ValueError(
-                f"An energy price needs energy per image for every model, but the table has none for {no_energy}; "
-                f"profile them where an energy meter is read (NVML, tegrastats) or leave the price at 0"
-            )
-        energy = None
-        if not no_energy:
-            energy = tuple(
-                np.array([table.models[k].energy.joules(int(s)) for s in grid], dtype=float)
-                for k, grid in zip(keys, steps)
-            )
-        batch_sizes = batch_service = None
-        # Batching is a decision only where some model has more than one batch line.
-        if batching and any(len(table.models[k].batch_sizes()) > 1 for k in keys):
-            batch_sizes = tuple(np.array(table.models[k].batch_sizes(), dtype=int) for k in keys)
-            batch_service = tuple(
-                np.array([[table.models[k].call_seconds(int(s), int(b)) for s in grid] for b in sizes], dtype=float)
-                for k, grid, sizes in zip(keys, steps, batch_sizes)
-            )
+        steps, means, stds, service, defaults = _model_grids(table, keys, categories, workload)
+        energy = _energy_grids(table, keys, steps, energy_price)
+        batch_sizes, batch_service = _batch_grids(table, keys, steps) if batching else (None, None)
         spreads = [table.models[k].latency.residual_std_s for k in keys]
         return cls(
             models=keys,
@@ -529,3 +493,97 @@ def _served_quality(model: ModelCalibration, shares: Mapping[str, float], steps:
     mean = sum(w * mu for w, mu, _ in cells)
     second = sum(w * (sd * sd + mu * mu) for w, mu, sd in cells)
     return mean, math.sqrt(max(second - mean * mean, 0.0))
+
+
+def _check_demand_kind(workload: Workload, arrivals: str, realization: str) -> None:
+    """Refuse a workload of counts under open arrivals, and one of rates under the window model."""
+    per_second = delay_model_class(arrivals, realization).arrivals.per_second
+    if per_second and not workload.per_second:
+        raise ValueError(
+            "Open arrivals need a workload of rates (requests/s): give rates or a trace, or the length "
+            "of the planning window to turn its counts into rates"
+        )
+    if workload.per_second and not per_second:
+        raise ValueError("The window model needs requests per window, but the workload gives rates (requests/s)")
+
+
+def _check_categories(table: CalibrationTable, workload: Workload) -> None:
+    """Refuse a workload category (served or true) that the table lacks."""
+    true_categories = {t for c in workload.counts for t in workload.true_shares(c)}
+    unknown = sorted((set(workload.counts) | true_categories) - set(table.categories))
+    if unknown:
+        raise ValueError(
+            f"workload categories {unknown} are not in the table; expected a subset of {list(table.categories)}"
+        )
+
+
+def _models_that_fit(
+    table: CalibrationTable, models: Sequence[str] | None, device_memory_bytes: int | None
+) -> tuple[tuple[str, ...], dict[str, float], dict[str, float], int | None]:
+    """The problem's model keys, every chosen model's peak memory, the ones left out as too big for the
+    device memory (key → peak bytes), and that memory (the table device's by default)."""
+    keys = tuple(models) if models is not None else tuple(table.models)
+    missing = [k for k in keys if k not in table.models]
+    if missing:
+        raise ValueError(f"models {missing} are not in the table; available: {list(table.models)}")
+    memory = table.device_memory_bytes if device_memory_bytes is None else device_memory_bytes
+    peaks = {k: float(table.models[k].memory.peak_bytes) for k in keys}
+    left_out = {k: b for k, b in peaks.items() if memory is not None and b > memory}
+    if keys and len(left_out) == len(keys):
+        needs = ", ".join(f"{k} needs {b / _GIB:.2f} GiB" for k, b in left_out.items())
+        raise ValueError(f"No model fits in the {memory / _GIB:.2f} GiB of device memory: {needs}")
+    if left_out:
+        logger.info("left out of the problem, too big for %.2f GiB: %s", memory / _GIB, sorted(left_out))
+    return tuple(k for k in keys if k not in left_out), peaks, left_out, memory
+
+
+def _model_grids(
+    table: CalibrationTable, keys: Sequence[str], categories: Sequence[str], workload: Workload
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray], list[int]]:
+    """Per model: its step grid, the served categories' CLIPScore means and stds over it (C, K), the
+    service time per image over it and its default step's index."""
+    steps, means, stds, service, defaults = [], [], [], [], []
+    for key in keys:
+        model = table.models[key]
+        grid = np.asarray(model.steps, dtype=int)
+        cells = [[_served_quality(model, workload.true_shares(c), int(s)) for s in grid] for c in categories]
+        arr = np.asarray(cells, dtype=float)  # (C, K, 2)
+        steps.append(grid)
+        means.append(arr[..., 0])
+        stds.append(arr[..., 1])
+        service.append(model.latency.overhead_s + model.latency.per_step_s * grid.astype(float))
+        defaults.append(int(np.searchsorted(grid, model.default_steps)))
+    return steps, means, stds, service, defaults
+
+
+def _energy_grids(
+    table: CalibrationTable, keys: Sequence[str], steps: Sequence[np.ndarray], energy_price: float
+) -> tuple[np.ndarray, ...] | None:
+    """Joules per image over each model's grid; None where some model has no energy line (refused
+    under an energy price)."""
+    no_energy = [k for k in keys if table.models[k].energy is None]
+    if energy_price > 0 and no_energy:
+        raise ValueError(
+            f"An energy price needs energy per image for every model, but the table has none for {no_energy}; "
+            f"profile them where an energy meter is read (NVML, tegrastats) or leave the price at 0"
+        )
+    if no_energy:
+        return None
+    return tuple(
+        np.array([table.models[k].energy.joules(int(s)) for s in grid], dtype=float) for k, grid in zip(keys, steps)
+    )
+
+
+def _batch_grids(
+    table: CalibrationTable, keys: Sequence[str], steps: Sequence[np.ndarray]
+) -> tuple[tuple[np.ndarray, ...] | None, tuple[np.ndarray, ...] | None]:
+    """Each model's batch sizes and its call seconds per batch size and grid step, (B_m, K_m); (None,
+    None) where no model has more than one batch line, for batching is a decision only there."""
+    if not any(len(table.models[k].batch_sizes()) > 1 for k in keys):
+        return None, None
+    batch_sizes = tuple(np.array(table.models[k].batch_sizes(), dtype=int) for k in keys)
+    batch_service = tuple(
+        np.array([[table.models[k].call_seconds(int(s), int(b)) for s in grid] for b in sizes], dtype=float)
+        for k, grid, sizes in zip(keys, steps, batch_sizes)
+    )
+    return batch_sizes, batch_service
