@@ -34,7 +34,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,7 +44,7 @@ from genedge.optimizer.problem import Problem, deployed_mask
 from genedge.optimizer.system import evaluate, fifo_delay_coefficient, optimal_shares
 
 if TYPE_CHECKING:
-    from genedge.calibrate.table import CalibrationTable
+    from genedge.calibrate.table import CalibrationTable, LatencyModel, ModelCalibration
     from genedge.optimizer.result import PlanResult
     from genedge.optimizer.workload import Workload
 
@@ -143,101 +143,133 @@ def parameter_model(table: CalibrationTable, problem: Problem, workload: Workloa
         workload: its workload, where categories are served as mixtures of true ones (a router's
             errors); default: each category served as itself.
     """
-    parameters: list[Parameter] = []
-    index: dict[tuple, int] = {}
-
-    def add(key: tuple, parameter: Parameter) -> int:
-        if key not in index:
-            index[key] = len(parameters)
-            parameters.append(parameter)
-        return index[key]
-
-    # (model, served category, grid k) → {parameter: weight}
+    parameters = _ParameterList()
+    # Per model: (served category, grid k) → {parameter: weight}, and grid k → {parameter: weight}.
     entries: list[dict[tuple[int, int], dict[int, float]]] = []
-    fixed: list[str] = []
     services: list[dict[int, dict[int, float]]] = []
+    fixed: list[str] = []
     for key, grid in zip(problem.models, problem.steps):
         model = table.models[key]
         mean_entries: dict[tuple[int, int], dict[int, float]] = {}
         for c, served in enumerate(problem.categories):
             shares = workload.true_shares(served) if workload is not None else {served: 1.0}
             for true, share in shares.items():
-                cells = model.quality[true]
-                ids = {
-                    s: add(
-                        (key, true, s),
-                        Parameter(
-                            name=f"{key} {true}@{s} mean",
-                            kind="cell",
-                            model=key,
-                            category=true,
-                            steps=s,
-                            value=cell.mean,
-                            se=float(cell.mean_se),
-                            n=cell.n,
-                            std=cell.std,
-                            std_se=float(cell.std_se),
-                        ),
-                    )
-                    for s, cell in cells.items()
-                }
-                curve = model.curves.get(true)
-                b_id = None
-                if curve is not None and curve.b_se:
-                    b_id = add(
-                        (key, true, "b"),
-                        Parameter(
-                            name=f"{key} {true} curve b",
-                            kind="curve_b",
-                            model=key,
-                            category=true,
-                            steps=None,
-                            value=float(curve.b),
-                            se=float(curve.b_se),
-                        ),
-                    )
-                for k, s in enumerate(int(v) for v in grid):
-                    weights = mean_entries.setdefault((c, k), {})
-                    for pid, w in _grid_weights(sorted(ids), s).items():
-                        weights[ids[pid]] = weights.get(ids[pid], 0.0) + share * w
-                    if b_id is not None and s not in ids:
-                        weights[b_id] = weights.get(b_id, 0.0) - share * math.exp(-s / curve.kappa)
+                _add_quality_weights(parameters, key, model, true, share, grid, mean_entries, c)
         entries.append(mean_entries)
         line = model.latency
         if not (line.overhead_se_s or line.per_step_se_s):
             fixed.append(f"{key} latency")
-        service: dict[int, dict[int, float]] = {}
-        for kind, se in (("overhead_s", line.overhead_se_s), ("per_step_s", line.per_step_se_s)):
-            if se:
-                pid = add(
-                    (key, kind),
-                    Parameter(
-                        name=f"{key} {kind}",
-                        kind=kind,
-                        model=key,
-                        category=None,
-                        steps=None,
-                        value=float(getattr(line, kind)),
-                        se=float(se),
-                    ),
-                )
-                for k, s in enumerate(grid):
-                    service.setdefault(k, {})[pid] = 1.0 if kind == "overhead_s" else float(s)
-        services.append(service)
-    p = len(parameters)
-    mean_weights, service_weights = [], []
-    for grid, mean_entries, service in zip(problem.steps, entries, services):
-        w = np.zeros((len(problem.categories), grid.size, p))
-        for (c, k), weights in mean_entries.items():
-            for pid, value in weights.items():
-                w[c, k, pid] = value
-        mean_weights.append(w)
-        v = np.zeros((grid.size, p))
-        for k, weights in service.items():
-            for pid, value in weights.items():
-                v[k, pid] = value
-        service_weights.append(v)
-    return ParameterModel(problem, tuple(parameters), tuple(mean_weights), tuple(service_weights), tuple(fixed))
+        services.append(_service_weights(parameters, key, line, grid))
+    p = len(parameters.parameters)
+    mean_weights = [
+        _dense(entries_m, (len(problem.categories), grid.size), p) for grid, entries_m in zip(problem.steps, entries)
+    ]
+    service_weights = [_dense(service, (grid.size,), p) for grid, service in zip(problem.steps, services)]
+    return ParameterModel(
+        problem, tuple(parameters.parameters), tuple(mean_weights), tuple(service_weights), tuple(fixed)
+    )
+
+
+class _ParameterList:
+    """The parameters found so far, each once, in order of discovery."""
+
+    def __init__(self) -> None:
+        self.parameters: list[Parameter] = []
+        self._index: dict[tuple, int] = {}
+
+    def add(self, key: tuple, parameter: Parameter) -> int:
+        """``parameter``'s index, added under ``key`` unless it is there already."""
+        if key not in self._index:
+            self._index[key] = len(self.parameters)
+            self.parameters.append(parameter)
+        return self._index[key]
+
+
+def _add_quality_weights(
+    parameters: _ParameterList,
+    key: str,
+    model: ModelCalibration,
+    true: str,
+    share: float,
+    grid: np.ndarray,
+    mean_entries: dict[tuple[int, int], dict[int, float]],
+    c: int,
+) -> None:
+    """Add how the true category ``true``'s cells and curve move served category ``c``'s quality over
+    the grid, weighted by its ``share`` of the served requests, to ``mean_entries``."""
+    ids = {
+        s: parameters.add(
+            (key, true, s),
+            Parameter(
+                name=f"{key} {true}@{s} mean",
+                kind="cell",
+                model=key,
+                category=true,
+                steps=s,
+                value=cell.mean,
+                se=float(cell.mean_se),
+                n=cell.n,
+                std=cell.std,
+                std_se=float(cell.std_se),
+            ),
+        )
+        for s, cell in model.quality[true].items()
+    }
+    curve = model.curves.get(true)
+    b_id = None
+    if curve is not None and curve.b_se:
+        b_id = parameters.add(
+            (key, true, "b"),
+            Parameter(
+                name=f"{key} {true} curve b",
+                kind="curve_b",
+                model=key,
+                category=true,
+                steps=None,
+                value=float(curve.b),
+                se=float(curve.b_se),
+            ),
+        )
+    for k, s in enumerate(int(v) for v in grid):
+        weights = mean_entries.setdefault((c, k), {})
+        for pid, w in _grid_weights(sorted(ids), s).items():
+            weights[ids[pid]] = weights.get(ids[pid], 0.0) + share * w
+        if b_id is not None and s not in ids:
+            weights[b_id] = weights.get(b_id, 0.0) - share * math.exp(-s / curve.kappa)
+
+
+def _service_weights(
+    parameters: _ParameterList, key: str, line: LatencyModel, grid: np.ndarray
+) -> dict[int, dict[int, float]]:
+    """How the latency line's coefficients that state an error move each grid step's service time:
+    grid k → {parameter: weight}."""
+    service: dict[int, dict[int, float]] = {}
+    for kind, se in (("overhead_s", line.overhead_se_s), ("per_step_s", line.per_step_se_s)):
+        if se:
+            pid = parameters.add(
+                (key, kind),
+                Parameter(
+                    name=f"{key} {kind}",
+                    kind=kind,
+                    model=key,
+                    category=None,
+                    steps=None,
+                    value=float(getattr(line, kind)),
+                    se=float(se),
+                ),
+            )
+            for k, s in enumerate(grid):
+                service.setdefault(k, {})[pid] = 1.0 if kind == "overhead_s" else float(s)
+    return service
+
+
+def _dense(entries: Mapping[Any, Mapping[int, float]], shape: tuple[int, ...], p: int) -> np.ndarray:
+    """Sparse weights (index → {parameter: weight}) as an array of ``shape`` + (P,)."""
+    w = np.zeros((*shape, p))
+    for at, weights in entries.items():
+        for pid, value in weights.items():
+            w[at][pid] = value
+    return w
 
 
 def _grid_weights(cell_steps: list[int], steps: int) -> dict[int, float]:
