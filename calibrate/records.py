@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,9 @@ from genedge.contract.runs import (
     read_shard,
     rung_column,
 )
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = [
     "ProfileRuns",
@@ -252,6 +255,25 @@ def _read_shard(path: Path, manifest: Mapping[str, Any]) -> pd.DataFrame:
     def fail(row: int, column: str, message: str) -> TableError:
         return TableError(where, f"row {row} ({frame['prompt_id'].iat[row]!r}).{column}", message)
 
+    _check_against_manifest(frame, manifest, fail)
+    ok = (frame["status"] == Status.OK).to_numpy()
+    score = frame["clip_score"].to_numpy(dtype=float)
+    _check_scores(score, ok & ~score_null, fail)
+    _check_times(frame, ok, fail)
+    _check_energy(frame, table, ok, fail)
+    for column in _MEMORY_COLUMNS:
+        frame[column] = frame[column].astype("Int64")
+    frame["clip_score"] = np.where(score_null, np.nan, score)
+    return frame
+
+
+# Builds the error for a shard's row and column from what was expected there.
+_RowError = Callable[[int, str, str], TableError]
+
+
+def _check_against_manifest(frame: pd.DataFrame, manifest: Mapping[str, Any], fail: _RowError) -> None:
+    """Refuse a record of another device, CLIPScore convention or model than the manifest's, or of
+    an unknown status."""
     for column, expected in (
         ("device_name", manifest["device"]["name"]),
         ("clip_backbone", manifest["clip_convention"]["backbone"]),
@@ -281,11 +303,12 @@ def _read_shard(path: Path, manifest: Mapping[str, Any]) -> pd.DataFrame:
     if bad.size:
         raise fail(int(bad[0]), "status", f"expected one of {list(STATUSES)}, but got {frame['status'].iat[bad[0]]!r}")
 
-    ok = (frame["status"] == Status.OK).to_numpy()
-    score = frame["clip_score"].to_numpy(dtype=float)
+
+def _check_scores(score: np.ndarray, scored: np.ndarray, fail: _RowError) -> None:
+    """Refuse a CLIPScore of an ok, scored row outside the CLIPScore range."""
     lo, hi = CLIPSCORE_RANGE
     with np.errstate(invalid="ignore"):
-        bad_score = ok & ~score_null & ~((score >= lo) & (score <= hi))
+        bad_score = scored & ~((score >= lo) & (score <= hi))
     if bad_score.any():
         row = int(np.flatnonzero(bad_score)[0])
         raise fail(
@@ -293,6 +316,11 @@ def _read_shard(path: Path, manifest: Mapping[str, Any]) -> pd.DataFrame:
             "clip_score",
             f"expected a CLIPScore in [{lo:g}, {hi:g}] (100·max(cos, 0)) or null, but got {float(score[row])!r}",
         )
+
+
+def _check_times(frame: pd.DataFrame, ok: np.ndarray, fail: _RowError) -> None:
+    """Refuse an ok row's step count or batch size below 1, or a stage or step time that is not finite
+    seconds >= 0."""
     for column in ("steps", "batch_size"):
         bad = np.flatnonzero(ok & ~(frame[column].to_numpy() > 0))
         if bad.size:
@@ -307,6 +335,10 @@ def _read_shard(path: Path, manifest: Mapping[str, Any]) -> pd.DataFrame:
         latencies = frame["step_latencies_s"].iat[row]
         if latencies is None or not all(math.isfinite(x) and x >= 0 for x in latencies):
             raise fail(int(row), "step_latencies_s", f"expected a list of finite seconds >= 0, but got {latencies!r}")
+
+
+def _check_energy(frame: pd.DataFrame, table: pa.Table, ok: np.ndarray, fail: _RowError) -> None:
+    """Refuse an ok row's energy figure that is neither null nor a finite number >= 0."""
     for column in _ENERGY_COLUMNS:
         values = frame[column].to_numpy(dtype=float)
         null = table.column(column).is_null().to_numpy(zero_copy_only=False)
@@ -314,10 +346,6 @@ def _read_shard(path: Path, manifest: Mapping[str, Any]) -> pd.DataFrame:
             bad = np.flatnonzero(ok & ~null & ~(np.isfinite(values) & (values >= 0)))
         if bad.size:
             raise fail(int(bad[0]), column, f"expected a finite number >= 0 or null, but got {float(values[bad[0]])!r}")
-    for column in _MEMORY_COLUMNS:
-        frame[column] = frame[column].astype("Int64")
-    frame["clip_score"] = np.where(score_null, np.nan, score)
-    return frame
 
 
 def _exclusions(records: pd.DataFrame) -> tuple[Exclusion, ...]:
