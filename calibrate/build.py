@@ -247,6 +247,41 @@ def _model(
             f"resolution into its own table",
         )
     grid = tuple(sorted(int(s) for s in ok["steps"].unique()))
+    quality, curves = _quality(where, path, key, scored, categories, grid)
+    used.update({MEASURED_QUALITY_REF, "derived:quality-curve"})
+    manifest_model = next((m for run in runs.manifests.values() for m in run["models"] if m["key"] == key), {})
+    is_replica = bool(ok["is_replica"].any())
+    revision = manifest_model.get("revision")
+    name = key + (f" @ {revision}" if revision else "") + (" (random-weight replica)" if is_replica else "")
+    batches = sorted(int(b) for b in ok["batch_size"].unique())
+    if len(batches) == 1:
+        base, batch_latency = ok, {}
+        latency = _latency(ok, used)
+    else:
+        base = ok[ok["batch_size"] == batches[0]]
+        batch_latency = {b: _batch_line(where, key, b, ok[ok["batch_size"] == b], used, short_calls) for b in batches}
+        latency = _latency(base, used, line=batch_latency[batches[0]])
+    return ModelCalibration(
+        key=key,
+        name=name,
+        resolution=int(ok["resolution"].iat[0]),
+        steps=grid,
+        default_steps=grid[-1],
+        quality=quality,
+        curves=curves,
+        latency=latency,
+        memory=_memory(where, path, ok, manifest_model, runs, used),
+        is_replica=is_replica,
+        energy=_energy(base, latency, used),
+        batch_latency=batch_latency,
+    )
+
+
+def _quality(
+    where: str, path: str, key: str, scored: pd.DataFrame, categories: tuple[str, ...], grid: tuple[int, ...]
+) -> tuple[dict[str, dict[int, QualityCell]], dict[str, QualityCurve]]:
+    """One model's quality cells (category → steps → cell) and curves (category → curve) from its
+    scored images."""
     quality: dict[str, dict[int, QualityCell]] = {}
     curves: dict[str, QualityCurve] = {}
     for category in categories:
@@ -281,33 +316,7 @@ def _model(
             kappa=curve.kappa,
             std=curve.std,
         )
-    used.update({MEASURED_QUALITY_REF, "derived:quality-curve"})
-    manifest_model = next((m for run in runs.manifests.values() for m in run["models"] if m["key"] == key), {})
-    is_replica = bool(ok["is_replica"].any())
-    revision = manifest_model.get("revision")
-    name = key + (f" @ {revision}" if revision else "") + (" (random-weight replica)" if is_replica else "")
-    batches = sorted(int(b) for b in ok["batch_size"].unique())
-    if len(batches) == 1:
-        base, batch_latency = ok, {}
-        latency = _latency(ok, used)
-    else:
-        base = ok[ok["batch_size"] == batches[0]]
-        batch_latency = {b: _batch_line(where, key, b, ok[ok["batch_size"] == b], used, short_calls) for b in batches}
-        latency = _latency(base, used, line=batch_latency[batches[0]])
-    return ModelCalibration(
-        key=key,
-        name=name,
-        resolution=int(ok["resolution"].iat[0]),
-        steps=grid,
-        default_steps=grid[-1],
-        quality=quality,
-        curves=curves,
-        latency=latency,
-        memory=_memory(where, path, ok, manifest_model, runs, used),
-        is_replica=is_replica,
-        energy=_energy(base, latency, used),
-        batch_latency=batch_latency,
-    )
+    return quality, curves
 
 
 def _latency(ok: pd.DataFrame, used: set[str], line: LatencyModel | None = None) -> LatencyModel:
