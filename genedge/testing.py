@@ -150,75 +150,118 @@ def synthetic_run(
     if settings_sha256 is None:
         settings = [[m.key for m in models], list(steps), list(seeds), prompts_per_category, device_name]
         settings_sha256 = hashlib.sha256(json.dumps(settings).encode()).hexdigest()
-    memory_columns = (*map(rung_column, MEMORY_RUNGS), *HOST_MEMORY_COLUMNS)
-    rows = []
-    for model in models:
-        for s in steps:
-            for category in categories:
-                truth = model.quality[category]
-                for i in range(prompts_per_category):
-                    for seed in seeds:
-                        step_lat = model.per_step_s + model.step_noise_s * rng.standard_normal(s)
-                        text, decode = (
-                            share * model.overhead_s + model.overhead_noise_s * rng.standard_normal()
-                            for share in (_TEXT_ENCODE_SHARE, 1 - _TEXT_ENCODE_SHARE)
-                        )
-                        denoise = float(step_lat.sum())
-                        total = float(text + denoise + decode)
-                        energy = None
-                        if model.overhead_j is not None:
-                            noise = model.energy_noise_j * rng.standard_normal()
-                            energy = float(model.overhead_j + model.per_step_j * s + noise)
-                        missing = [column for column in memory_columns if model.memory_bytes.get(column) is None]
-                        rows.append(
-                            {
-                                "run_id": run_id,
-                                "settings_sha256": settings_sha256,
-                                "model_key": model.key,
-                                "model_revision": None,
-                                "is_replica": model.is_replica,
-                                "steps": s,
-                                "num_timesteps": s,
-                                "seed": seed,
-                                "batch_size": 1,
-                                "prompt_id": f"{category}-{i:04d}",
-                                "prompt": f"prompt {i} of {category}",
-                                "category": category,
-                                "challenge": category,
-                                "p2_category": None,
-                                "step_latencies_s": [float(v) for v in step_lat],
-                                "text_encode_s": float(text),
-                                "denoise_s": denoise,
-                                "decode_s": float(decode),
-                                "total_s": total,
-                                "clip_score": float(truth.mean(s) + truth.std * rng.standard_normal()),
-                                "prompt_truncated": False,
-                                **{column: model.memory_bytes.get(column) for column in memory_columns},
-                                "memory_note": f"synthetic: not given: {', '.join(missing)}" if missing else None,
-                                "energy_j": energy,
-                                "average_power_w": None if energy is None else energy / total,
-                                "energy_note": "synthetic: no energy given" if energy is None else None,
-                                "model_load_s": None,
-                                "first_call_s": None,
-                                "image_sha256": None,
-                                "status": Status.OK.value,
-                                "error": None,
-                                "device_name": device_name,
-                                "dtype": "float16",
-                                "resolution": 512,
-                                "guidance_scale": 7.5,
-                                "clip_backbone": clip_convention.backbone,
-                                "clip_pretrained": clip_convention.pretrained,
-                                "timestamp": "2026-01-01T00:00:00Z",
-                            }
-                        )
-    metered = any(m.overhead_j is not None for m in models)
-    manifest = {
-        "schema_version": MANIFEST_SCHEMA_VERSION,
+    labels = {
         "run_id": run_id,
         "settings_sha256": settings_sha256,
+        "device_name": device_name,
+        "clip_backbone": clip_convention.backbone,
+        "clip_pretrained": clip_convention.pretrained,
+    }
+    rows = [
+        _synthetic_record(model, s, category, i, seed, labels, rng)
+        for model in models
+        for s in steps
+        for category in categories
+        for i in range(prompts_per_category)
+        for seed in seeds
+    ]
+    manifest = _synthetic_manifest(
+        models, steps, seeds, prompts_per_category, categories, labels, device_memory_bytes, clip_convention
+    )
+    return manifest, pd.DataFrame(rows)
+
+
+def _synthetic_record(
+    model: SyntheticModel,
+    s: int,
+    category: str,
+    i: int,
+    seed: int,
+    labels: Mapping[str, Any],
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """One image's record: prompt ``i`` of ``category`` at ``s`` steps and image seed ``seed``, its times,
+    energy and CLIPScore drawn (in that order) from ``model``'s truth; ``labels`` name the run, device and
+    CLIPScore convention."""
+    memory_columns = (*map(rung_column, MEMORY_RUNGS), *HOST_MEMORY_COLUMNS)
+    truth = model.quality[category]
+    step_lat = model.per_step_s + model.step_noise_s * rng.standard_normal(s)
+    text, decode = (
+        share * model.overhead_s + model.overhead_noise_s * rng.standard_normal()
+        for share in (_TEXT_ENCODE_SHARE, 1 - _TEXT_ENCODE_SHARE)
+    )
+    denoise = float(step_lat.sum())
+    total = float(text + denoise + decode)
+    energy = None
+    if model.overhead_j is not None:
+        noise = model.energy_noise_j * rng.standard_normal()
+        energy = float(model.overhead_j + model.per_step_j * s + noise)
+    missing = [column for column in memory_columns if model.memory_bytes.get(column) is None]
+    return {
+        "run_id": labels["run_id"],
+        "settings_sha256": labels["settings_sha256"],
+        "model_key": model.key,
+        "model_revision": None,
+        "is_replica": model.is_replica,
+        "steps": s,
+        "num_timesteps": s,
+        "seed": seed,
+        "batch_size": 1,
+        "prompt_id": f"{category}-{i:04d}",
+        "prompt": f"prompt {i} of {category}",
+        "category": category,
+        "challenge": category,
+        "p2_category": None,
+        "step_latencies_s": [float(v) for v in step_lat],
+        "text_encode_s": float(text),
+        "denoise_s": denoise,
+        "decode_s": float(decode),
+        "total_s": total,
+        "clip_score": float(truth.mean(s) + truth.std * rng.standard_normal()),
+        "prompt_truncated": False,
+        **{column: model.memory_bytes.get(column) for column in memory_columns},
+        "memory_note": f"synthetic: not given: {', '.join(missing)}" if missing else None,
+        "energy_j": energy,
+        "average_power_w": None if energy is None else energy / total,
+        "energy_note": "synthetic: no energy given" if energy is None else None,
+        "model_load_s": None,
+        "first_call_s": None,
+        "image_sha256": None,
+        "status": Status.OK.value,
+        "error": None,
+        "device_name": labels["device_name"],
+        "dtype": "float16",
+        "resolution": 512,
+        "guidance_scale": 7.5,
+        "clip_backbone": labels["clip_backbone"],
+        "clip_pretrained": labels["clip_pretrained"],
+        "timestamp": "2026-01-01T00:00:00Z",
+    }
+
+
+def _synthetic_manifest(
+    models: Sequence[SyntheticModel],
+    steps: Sequence[int],
+    seeds: Sequence[int],
+    prompts_per_category: int,
+    categories: Sequence[str],
+    labels: Mapping[str, Any],
+    device_memory_bytes: int | None,
+    clip_convention: ClipConvention,
+) -> dict[str, Any]:
+    """The manifest document of a synthetic run of ``models``."""
+    metered = any(m.overhead_j is not None for m in models)
+    return {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "run_id": labels["run_id"],
+        "settings_sha256": labels["settings_sha256"],
         "host": {"name": "synthetic host"},
-        "device": {"name": device_name, "driver": "synthetic", "cuda": None, "memory_bytes": device_memory_bytes},
+        "device": {
+            "name": labels["device_name"],
+            "driver": "synthetic",
+            "cuda": None,
+            "memory_bytes": device_memory_bytes,
+        },
         "versions": {"genedge": "synthetic"},
         "dtype": "float16",
         "resolution": 512,
@@ -252,7 +295,6 @@ def synthetic_run(
             "reason": None if metered else "synthetic run: no energy given",
         },
     }
-    return manifest, pd.DataFrame(rows)
 
 
 def write_run(
