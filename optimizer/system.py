@@ -194,64 +194,24 @@ def evaluate(
     """
     routing = np.asarray(routing, dtype=float)
     shares = np.asarray(shares, dtype=float)
-    m = len(problem.models)
-    if routing.shape != (len(problem.categories), m):
-        raise ValueError(f"Expected routing of shape {(len(problem.categories), m)}, but got {routing.shape}")
-    if (
-        not np.isfinite(routing).all()
-        or (routing < -_NEGATIVE_PROBABILITY_TOL).any()
-        or np.abs(routing.sum(axis=1) - 1).max() > ROW_SUM_TOL
-    ):
-        raise ValueError(
-            f"Expected routing rows of non-negative probabilities summing to 1, "
-            f"but got row sums {routing.sum(axis=1).round(6).tolist()}"
-        )
-    if (
-        shares.shape != (m,)
-        or not np.isfinite(shares).all()
-        or (shares < 0).any()
-        or shares.sum() > problem.budget * (1 + BUDGET_RTOL)
-    ):
-        raise ValueError(f"Expected {m} shares >= 0 summing to at most {problem.budget}, but got {shares.tolist()}")
+    _check_plan(problem, routing, shares)
     batch_index = problem.base_batch_index if batch_index is None else tuple(int(b) for b in batch_index)
     routing = np.clip(routing, 0.0, None)
-    requests = problem.counts[:, None] * routing
-    delay = problem.delay
-    if demand_scale != 1:
-        requests = requests * demand_scale
-        delay = delay.for_counts(problem.counts * demand_scale)
+    requests, delay = _at_demand(problem, routing, demand_scale)
     loads = requests.sum(axis=0)
     in_use = deployed_mask(loads)
-    starved = [k for k, used, r in zip(problem.models, in_use, shares) if used and r <= 0]
-    if starved:
-        raise ValueError(f"models {starved} receive requests but no compute share")
-    if not problem.fits_in_memory(in_use):
-        raise ValueError(
-            f"models in use {[k for k, u in zip(problem.models, in_use) if u]} do not fit in "
-            f"{problem.device_memory_bytes / 2**30:.2f} GiB of device memory"
-        )
+    _check_deployment(problem, in_use, shares)
     requests = np.where(in_use[None, :], requests, 0.0)  # residue below one request is no traffic
-    full = problem.call_service_at(step_index, batch_index)
     batch = problem.max_batch_at(batch_index)
-    service = np.divide(full, shares, out=np.full(m, np.inf), where=in_use)
-    spread = None
-    if problem.service_std_s is not None:
-        spread = np.divide(problem.service_std_s, shares, out=np.zeros(m), where=in_use)
+    service, spread = _service_times(problem, step_index, batch_index, shares, in_use)
     slo_s = None if problem.slo is None else problem.slo.seconds
     delays = delay.figures(requests, service, batch, slo_s=slo_s, spread_s=spread)
     n = float(requests.sum())
     mean_quality = float((requests * problem.mean_at(step_index)).sum() / n)
     energy = problem.energy_at(step_index)
     mean_energy = None if energy is None else float((loads * np.where(in_use, energy, 0.0)).sum() / n)
-    utility = -np.inf
-    if delays.stable:
-        utility = mean_quality - problem.weight * delays.mean_s
-        if problem.energy_price > 0:
-            utility -= problem.energy_price * mean_energy
-    feasible = delays.stable
-    if problem.slo is not None and delays.stable:
-        attained = np.array([delays.attainment]) if problem.slo.scope == "overall" else delays.category_attainment
-        feasible = bool((attained >= problem.slo.attainment - _ATTAINMENT_TOL).all())
+    utility = _utility(problem, delays, mean_quality, mean_energy)
+    feasible = _meets_slo(problem, delays)
     floor = problem.shortfall_at(step_index)
     overall = per_model = per_category = None
     if groups:
@@ -279,6 +239,91 @@ def evaluate(
         per_model=per_model,
         per_category=per_category,
     )
+
+
+def _at_demand(problem: Problem, routing: np.ndarray, demand_scale: float) -> tuple[np.ndarray, DelayModel]:
+    """Requests per category and model, shape (C, M), and the delay model, at ``demand_scale`` times the
+    problem's demand."""
+    requests = problem.counts[:, None] * routing
+    delay = problem.delay
+    if demand_scale != 1:
+        requests = requests * demand_scale
+        delay = delay.for_counts(problem.counts * demand_scale)
+    return requests, delay
+
+
+def _service_times(
+    problem: Problem,
+    step_index: Sequence[int],
+    batch_index: Sequence[int],
+    shares: np.ndarray,
+    in_use: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Seconds per call at each model's share (∞ for a model not in use), and the latency standard
+    deviation at that share (None where the problem has none), shape (M,)."""
+    m = len(problem.models)
+    full = problem.call_service_at(step_index, batch_index)
+    service = np.divide(full, shares, out=np.full(m, np.inf), where=in_use)
+    spread = None
+    if problem.service_std_s is not None:
+        spread = np.divide(problem.service_std_s, shares, out=np.zeros(m), where=in_use)
+    return service, spread
+
+
+def _check_plan(problem: Problem, routing: np.ndarray, shares: np.ndarray) -> None:
+    """Refuse a routing whose rows are not probabilities summing to 1, or shares that are negative or
+    exceed the budget."""
+    m = len(problem.models)
+    if routing.shape != (len(problem.categories), m):
+        raise ValueError(f"Expected routing of shape {(len(problem.categories), m)}, but got {routing.shape}")
+    if (
+        not np.isfinite(routing).all()
+        or (routing < -_NEGATIVE_PROBABILITY_TOL).any()
+        or np.abs(routing.sum(axis=1) - 1).max() > ROW_SUM_TOL
+    ):
+        raise ValueError(
+            f"Expected routing rows of non-negative probabilities summing to 1, "
+            f"but got row sums {routing.sum(axis=1).round(6).tolist()}"
+        )
+    if (
+        shares.shape != (m,)
+        or not np.isfinite(shares).all()
+        or (shares < 0).any()
+        or shares.sum() > problem.budget * (1 + BUDGET_RTOL)
+    ):
+        raise ValueError(f"Expected {m} shares >= 0 summing to at most {problem.budget}, but got {shares.tolist()}")
+
+
+def _check_deployment(problem: Problem, in_use: np.ndarray, shares: np.ndarray) -> None:
+    """Refuse a plan that sends requests to a model without a share, or whose models in use do not fit in
+    device memory together."""
+    starved = [k for k, used, r in zip(problem.models, in_use, shares) if used and r <= 0]
+    if starved:
+        raise ValueError(f"models {starved} receive requests but no compute share")
+    if not problem.fits_in_memory(in_use):
+        raise ValueError(
+            f"models in use {[k for k, u in zip(problem.models, in_use) if u]} do not fit in "
+            f"{problem.device_memory_bytes / 2**30:.2f} GiB of device memory"
+        )
+
+
+def _utility(problem: Problem, delays: DelayFigures, mean_quality: float, mean_energy: float | None) -> float:
+    """Mean quality less the weighted mean delay and the priced mean energy; −∞ where a queue is unstable."""
+    utility = -np.inf
+    if delays.stable:
+        utility = mean_quality - problem.weight * delays.mean_s
+        if problem.energy_price > 0:
+            utility -= problem.energy_price * mean_energy
+    return utility
+
+
+def _meets_slo(problem: Problem, delays: DelayFigures) -> bool:
+    """Whether every queue is stable and the attainment (overall or each category's) reaches the SLO's."""
+    feasible = delays.stable
+    if problem.slo is not None and delays.stable:
+        attained = np.array([delays.attainment]) if problem.slo.scope == "overall" else delays.category_attainment
+        feasible = bool((attained >= problem.slo.attainment - _ATTAINMENT_TOL).all())
+    return feasible
 
 
 def _groups(
