@@ -81,50 +81,12 @@ def exact_search(
     Raises:
         ValueError: the problem has more than ``max_step_vectors`` step vectors.
     """
-    count = int(np.prod(problem.grid_sizes, dtype=float) * np.prod(problem.batch_grid_sizes, dtype=float))
-    if count > max_step_vectors:
-        raise ValueError(
-            f"Expected at most {max_step_vectors} step vectors for exact search, but the problem has "
-            f"{count} ({len(problem.models)} models); use propose() at this scale"
-        )
+    _check_size(problem, max_step_vectors)
     if not problem.is_classic:
         return _exact_scored(problem, callback)
-    candidates = []
-    for allowed in problem.deployable_sets():
-        for steps in itertools.product(*(range(k) for k in problem.grid_sizes)):
-            mean, full = problem.value_at(steps), problem.service_at(steps)
-            x, bound = price_directed_assignment(problem, mean, full, allowed, problem.shortfall_at(steps))
-            if x is not None:
-                candidates.append((bound, steps, x, allowed))
-    if not candidates:
-        raise problem.unreachable_floor_error()
-    candidates.sort(key=lambda item: -item[0])
-    best = None
-    nfev = len(candidates)
-    visited = 0
-    status = PlanStatus.SUCCESS
-    for bound, steps, x, allowed in candidates:
-        if best is not None and bound <= best[0]:
-            break
-        mean, full = problem.value_at(steps), problem.service_at(steps)
-        x, u, evaluations = polish_requests(problem, x, mean, full, allowed, problem.shortfall_at(steps))
-        nfev += evaluations
-        visited += 1
-        if best is None or u > best[0]:
-            best = (u, steps, x)
-        if callback is not None and callback(
-            PlanState(iteration=visited, value=u, best_value=best[0], best_state=best[1])
-        ):
-            status = PlanStatus.CALLBACK_STOP
-            break
-    upper = best[0]
-    for bound, steps, _, allowed in candidates:  # best relaxed bound first: stop once none can raise `upper`
-        if bound <= upper:
-            break
-        exact_delay = vertex_bound(
-            problem, problem.value_at(steps), problem.service_at(steps), allowed, problem.shortfall_at(steps)
-        )
-        upper = max(upper, bound if exact_delay is None else min(bound, exact_delay))
+    candidates = _relaxed_candidates(problem)
+    best, visited, evaluations, status = _branch_and_bound(problem, candidates, callback)
+    upper = _certified_bound(problem, candidates, best[0])
     _, steps, x = best
     shares = optimal_shares(problem.service_at(steps), x.sum(axis=0), problem.budget)
     result = make_result(
@@ -135,11 +97,81 @@ def exact_search(
         shares,
         status=status,
         nit=visited,
-        nfev=nfev,
+        nfev=len(candidates) + evaluations,
         upper_bound=upper,
     )
     # The search's utility and the system model's may differ in the last bits; the bound covers both.
     return dataclasses.replace(result, upper_bound=max(upper, result.utility))
+
+
+def _check_size(problem: Problem, max_step_vectors: int) -> None:
+    """Refuse a problem with more step vectors (× batch sizes) than ``max_step_vectors``."""
+    count = int(np.prod(problem.grid_sizes, dtype=float) * np.prod(problem.batch_grid_sizes, dtype=float))
+    if count > max_step_vectors:
+        raise ValueError(
+            f"Expected at most {max_step_vectors} step vectors for exact search, but the problem has "
+            f"{count} ({len(problem.models)} models); use propose() at this scale"
+        )
+
+
+def _relaxed_candidates(problem: Problem) -> list[tuple[float, tuple[int, ...], np.ndarray, np.ndarray]]:
+    """(relaxed bound, steps, its routing in requests, deployable set) of every step vector and set with a
+    routing that meets the floor, best bound first."""
+    candidates = []
+    for allowed in problem.deployable_sets():
+        for steps in itertools.product(*(range(k) for k in problem.grid_sizes)):
+            mean, full = problem.value_at(steps), problem.service_at(steps)
+            x, bound = price_directed_assignment(problem, mean, full, allowed, problem.shortfall_at(steps))
+            if x is not None:
+                candidates.append((bound, steps, x, allowed))
+    if not candidates:
+        raise problem.unreachable_floor_error()
+    candidates.sort(key=lambda item: -item[0])
+    return candidates
+
+
+def _branch_and_bound(
+    problem: Problem,
+    candidates: list[tuple[float, tuple[int, ...], np.ndarray, np.ndarray]],
+    callback: Callback | None,
+) -> tuple[tuple[float, tuple[int, ...], np.ndarray], int, int, PlanStatus]:
+    """Polish the candidates' routings, best bound first, until no bound beats the best plan: the best
+    (utility, steps, routing in requests), the candidates polished, their utility evaluations and the status."""
+    best = None
+    evaluations = 0
+    visited = 0
+    status = PlanStatus.SUCCESS
+    for bound, steps, x, allowed in candidates:
+        if best is not None and bound <= best[0]:
+            break
+        mean, full = problem.value_at(steps), problem.service_at(steps)
+        x, u, used = polish_requests(problem, x, mean, full, allowed, problem.shortfall_at(steps))
+        evaluations += used
+        visited += 1
+        if best is None or u > best[0]:
+            best = (u, steps, x)
+        if callback is not None and callback(
+            PlanState(iteration=visited, value=u, best_value=best[0], best_state=best[1])
+        ):
+            status = PlanStatus.CALLBACK_STOP
+            break
+    return best, visited, evaluations, status
+
+
+def _certified_bound(
+    problem: Problem, candidates: list[tuple[float, tuple[int, ...], np.ndarray, np.ndarray]], best: float
+) -> float:
+    """The certificate: the best utility found, raised to each candidate's bound that could beat it, made
+    tighter with the exact delay (:func:`~genedge.optimizer.assignment.vertex_bound`)."""
+    upper = best
+    for bound, steps, _, allowed in candidates:  # best relaxed bound first: stop once none can raise `upper`
+        if bound <= upper:
+            break
+        exact_delay = vertex_bound(
+            problem, problem.value_at(steps), problem.service_at(steps), allowed, problem.shortfall_at(steps)
+        )
+        upper = max(upper, bound if exact_delay is None else min(bound, exact_delay))
+    return upper
 
 
 def utility_upper_bound(problem: Problem) -> float:
@@ -178,67 +210,18 @@ def _exact_scored(problem: Problem, callback: Callback | None) -> PlanResult:
     only where it could matter (lazily, once per combination). Each visited combination's best
     frontier routing is scored; the best few are then polished, as genedge does.
     """
-    combos = []
-    for allowed in problem.deployable_sets():
-        for steps in itertools.product(*(range(k) for k in problem.grid_sizes)):
-            for batch in itertools.product(*(range(k) for k in problem.batch_grid_sizes)):
-                combos.append((_vertex_part(problem, steps, batch, allowed), steps, batch, allowed))
-    combos.sort(key=lambda item: -item[0])
-    tight: dict[int, float] = {}
-
-    def bound_of(i: int) -> float:
-        if i not in tight:
-            cheap, steps, batch, allowed = combos[i]
-            linear = _linear_part(problem, steps, batch, allowed)
-            tight[i] = cheap if linear is None else min(cheap, linear)
-        return tight[i]
-
-    found = []  # (value, steps, batch, allowed, requests)
-    best = -np.inf
-    nfev = len(combos)
-    status = PlanStatus.SUCCESS
-    for i, (cheap, steps, batch, allowed) in enumerate(combos):
-        if best > INFEASIBLE and cheap <= best:
-            break
-        if best > INFEASIBLE and bound_of(i) <= best:
-            continue
-        if not np.isfinite(bound_of(i)) and (best > INFEASIBLE or len(found) >= _INFEASIBLE_VISITS):
-            continue  # no routing at these steps can meet the SLO: visited only while nothing is feasible
-        floor = problem.shortfall_at(steps)
-        candidates = frontier_candidates(problem, steps, allowed, floor, batch)
-        value, x = best_scored_routing(problem, steps, allowed, floor, batch, candidates=candidates)
-        if x is None:
-            continue
-        nfev += 1
-        found.append((value, steps, batch, allowed, candidates, x))
-        best = max(best, value)
-        if callback is not None and callback(
-            PlanState(iteration=len(found), value=value, best_value=best, best_state=(steps, batch))
-        ):
-            status = PlanStatus.CALLBACK_STOP
-            break
+    bounds = _ComboBounds(problem)
+    found, status = _visit_combos(problem, bounds, callback)
     if not found:
         raise problem.unreachable_floor_error()
-    top = None
-    for found_value, steps, batch, allowed, candidates, best_x in sorted(found, key=lambda item: -item[0])[:_POLISHED]:
-        for start in polish_starts(found_value, best_x, candidates):
-            x, value, evaluations = polish_scored(
-                problem,
-                start,
-                lambda x, steps=steps, batch=batch: score_plan(problem, x, steps, batch_index=batch).value,
-                problem.shortfall_at(steps),
-                allowed=allowed,
-            )
-            nfev += evaluations
-            if top is None or value > top[0]:
-                top = (value, steps, batch, x)
-    value, steps, batch, x = top
+    (value, steps, batch, x), evaluations = _polish_found(problem, found)
     scored = score_plan(problem, x, steps, batch_index=batch)
-    feasible_anywhere = any(np.isfinite(bound_of(i)) for i in range(len(combos)) if combos[i][0] > INFEASIBLE)
+    combos = bounds.combos
+    feasible_anywhere = any(np.isfinite(bounds.of(i)) for i in range(len(combos)) if combos[i][0] > INFEASIBLE)
     upper = None
     if scored.feasible:
         # The optimum of any combination is at most its bound: the certificate is the largest bound left.
-        open_bounds = [bound_of(i) for i, combo in enumerate(combos) if combo[0] > value]
+        open_bounds = [bounds.of(i) for i, combo in enumerate(combos) if combo[0] > value]
         upper = max([scored.utility, *open_bounds])
     return make_result(
         problem,
@@ -249,12 +232,83 @@ def _exact_scored(problem: Problem, callback: Callback | None) -> PlanResult:
         batch_index=batch,
         status=status,
         nit=len(found),
-        nfev=nfev,
+        nfev=len(combos) + len(found) + evaluations,
         upper_bound=upper,
         bound_note=_bound_note(problem)
         if feasible_anywhere
         else "no plan can meet the SLO and keep every queue stable",
     )
+
+
+class _ComboBounds:
+    """Every (steps, batch, deployable set) combination with its vertex bound, best first, and its
+    :func:`scored_upper_bound`, whose linear program is solved once, on first use."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        self.combos = []  # (vertex bound, steps, batch, allowed)
+        for allowed in problem.deployable_sets():
+            for steps in itertools.product(*(range(k) for k in problem.grid_sizes)):
+                for batch in itertools.product(*(range(k) for k in problem.batch_grid_sizes)):
+                    self.combos.append((_vertex_part(problem, steps, batch, allowed), steps, batch, allowed))
+        self.combos.sort(key=lambda item: -item[0])
+        self._tight: dict[int, float] = {}
+
+    def of(self, i: int) -> float:
+        """Combination ``i``'s bound: the smaller of its vertex bound and its linear program's."""
+        if i not in self._tight:
+            cheap, steps, batch, allowed = self.combos[i]
+            linear = _linear_part(self.problem, steps, batch, allowed)
+            self._tight[i] = cheap if linear is None else min(cheap, linear)
+        return self._tight[i]
+
+
+def _visit_combos(problem: Problem, bounds: _ComboBounds, callback: Callback | None) -> tuple[list[tuple], PlanStatus]:
+    """Score each combination's best frontier routing, best bound first, until no bound beats the best
+    value: (value, steps, batch, allowed, candidates, requests) of each one scored, and the status."""
+    found = []
+    best = -np.inf
+    status = PlanStatus.SUCCESS
+    for i, (cheap, steps, batch, allowed) in enumerate(bounds.combos):
+        if best > INFEASIBLE and cheap <= best:
+            break
+        if best > INFEASIBLE and bounds.of(i) <= best:
+            continue
+        if not np.isfinite(bounds.of(i)) and (best > INFEASIBLE or len(found) >= _INFEASIBLE_VISITS):
+            continue  # no routing at these steps can meet the SLO: visited only while nothing is feasible
+        floor = problem.shortfall_at(steps)
+        candidates = frontier_candidates(problem, steps, allowed, floor, batch)
+        value, x = best_scored_routing(problem, steps, allowed, floor, batch, candidates=candidates)
+        if x is None:
+            continue
+        found.append((value, steps, batch, allowed, candidates, x))
+        best = max(best, value)
+        if callback is not None and callback(
+            PlanState(iteration=len(found), value=value, best_value=best, best_state=(steps, batch))
+        ):
+            status = PlanStatus.CALLBACK_STOP
+            break
+    return found, status
+
+
+def _polish_found(problem: Problem, found: list[tuple]) -> tuple[tuple, int]:
+    """Polish the :data:`_POLISHED` best combinations found from their starts: the best (value, steps,
+    batch, requests), and the objective evaluations that took."""
+    top = None
+    evaluations = 0
+    for found_value, steps, batch, allowed, candidates, best_x in sorted(found, key=lambda item: -item[0])[:_POLISHED]:
+        for start in polish_starts(found_value, best_x, candidates):
+            x, value, used = polish_scored(
+                problem,
+                start,
+                lambda x, steps=steps, batch=batch: score_plan(problem, x, steps, batch_index=batch).value,
+                problem.shortfall_at(steps),
+                allowed=allowed,
+            )
+            evaluations += used
+            if top is None or value > top[0]:
+                top = (value, steps, batch, x)
+    return top, evaluations
 
 
 # Under the scored objectives the exact search polishes this many of its best combinations.
@@ -344,44 +398,14 @@ def _linear_bound(
     equalities = np.zeros((c, width))
     for k in range(c):
         equalities[k, k * m : (k + 1) * m] = 1.0
-    rows, bounds_ub = [], []
-    if floor is not None:
-        for k in range(c):
-            row = np.zeros(width)
-            row[k * m : (k + 1) * m] = floor[k]
-            rows.append(row)
-            bounds_ub.append(problem.max_shortfall * n[k])
-    if queues:  # stability: Σ_m λ_m S_m / b_m ≤ R
-        row = np.zeros(width)
-        row[:nx] = np.tile(full / size, c)
-        rows.append(row)
-        bounds_ub.append(problem.budget)
+    rows, bounds_ub = _floor_and_capacity_rows(problem, full, size, floor, width, queues)
     variable_bounds = [(0.0, None if allowed[j] else 0.0) for _ in range(c) for j in range(m)]
     if use_y:
-        slo = problem.slo
-        reachable = full <= slo.seconds * problem.budget
+        reachable = full <= problem.slo.seconds * problem.budget
         variable_bounds += [(0.0, None if allowed[j] and reachable[j] else 0.0) for _ in range(c) for j in range(m)]
-        for k in range(nx):  # y ≤ x
-            row = np.zeros(width)
-            row[nx + k], row[k] = 1.0, -1.0
-            rows.append(row)
-            bounds_ub.append(0.0)
-        if not queues:  # one window: at most b_m·SLO·r_m / S_m requests on m finish within the SLO
-            row = np.zeros(width)
-            row[nx:] = np.tile(full / (size * slo.seconds), c)
-            rows.append(row)
-            bounds_ub.append(problem.budget)
-        if slo.scope == "overall":
-            row = np.zeros(width)
-            row[nx:] = -1.0
-            rows.append(row)
-            bounds_ub.append(-slo.attainment * float(n.sum()))
-        else:
-            for k in range(c):
-                row = np.zeros(width)
-                row[nx + k * m : nx + (k + 1) * m] = -1.0
-                rows.append(row)
-                bounds_ub.append(-slo.attainment * n[k])
+        slo_rows, slo_bounds = _slo_rows(problem, full, size, width, queues)
+        rows += slo_rows
+        bounds_ub += slo_bounds
     solution = linprog(
         objective,
         A_ub=np.array(rows) if rows else None,
@@ -397,6 +421,64 @@ def _linear_bound(
         return None
     # HiGHS solves to a tolerance: lift the bound by it so it stays a bound.
     return float(-solution.fun / n.sum()) + _LP_TOL * max(1.0, abs(float(solution.fun / n.sum())))
+
+
+def _floor_and_capacity_rows(
+    problem: Problem, full: np.ndarray, size: np.ndarray, floor: np.ndarray | None, width: int, queues: bool
+) -> tuple[list[np.ndarray], list[float]]:
+    """The linear program's ≤ rows over the routing x (C·M, then the SLO's y where ``width`` has room):
+    each category's shortfall under the quality floor, then, with steady-state ``queues``, the capacity."""
+    n = problem.counts
+    c, m = n.size, full.size
+    nx = c * m
+    rows, bounds_ub = [], []
+    if floor is not None:
+        for k in range(c):
+            row = np.zeros(width)
+            row[k * m : (k + 1) * m] = floor[k]
+            rows.append(row)
+            bounds_ub.append(problem.max_shortfall * n[k])
+    if queues:  # stability: Σ_m λ_m S_m / b_m ≤ R
+        row = np.zeros(width)
+        row[:nx] = np.tile(full / size, c)
+        rows.append(row)
+        bounds_ub.append(problem.budget)
+    return rows, bounds_ub
+
+
+def _slo_rows(
+    problem: Problem, full: np.ndarray, size: np.ndarray, width: int, queues: bool
+) -> tuple[list[np.ndarray], list[float]]:
+    """The linear program's ≤ rows over the requests y that meet the SLO (after x): y ≤ x; without
+    steady-state ``queues`` (one window), at most b_m·SLO·r_m / S_m of them on model m; and the
+    attainment, overall or per category."""
+    slo = problem.slo
+    n = problem.counts
+    c, m = n.size, full.size
+    nx = c * m
+    rows, bounds_ub = [], []
+    for k in range(nx):  # y ≤ x
+        row = np.zeros(width)
+        row[nx + k], row[k] = 1.0, -1.0
+        rows.append(row)
+        bounds_ub.append(0.0)
+    if not queues:  # one window: at most b_m·SLO·r_m / S_m requests on m finish within the SLO
+        row = np.zeros(width)
+        row[nx:] = np.tile(full / (size * slo.seconds), c)
+        rows.append(row)
+        bounds_ub.append(problem.budget)
+    if slo.scope == "overall":
+        row = np.zeros(width)
+        row[nx:] = -1.0
+        rows.append(row)
+        bounds_ub.append(-slo.attainment * float(n.sum()))
+    else:
+        for k in range(c):
+            row = np.zeros(width)
+            row[nx + k * m : nx + (k + 1) * m] = -1.0
+            rows.append(row)
+            bounds_ub.append(-slo.attainment * n[k])
+    return rows, bounds_ub
 
 
 # Relative tolerance added to a linear-program bound (HiGHS' default optimality tolerance is 1e-7).
