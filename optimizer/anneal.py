@@ -118,25 +118,13 @@ def metropolis(
     """
     if maxiter <= 0:
         raise ValueError(f"Expected maxiter > 0, but got {maxiter}")
-    nfev = 0
-
-    def checked(state: State) -> float:
-        nonlocal nfev
-        nfev += 1
-        v = value(state)
-        if math.isnan(v) or v == math.inf:
-            raise ValueError(f"Objective returned a non-finite utility {v} for state {state!r}")
-        return v
-
+    checked = _CheckedValue(value)
     current, current_value = x0, checked(x0)
     if current_value == -math.inf:
         raise ValueError(f"Expected a feasible starting state, but {x0!r} is infeasible")
     best, best_value = current, current_value
     if initial_temp is None:
-        drops = [current_value - checked(neighbour(x0, rng)) for _ in range(TEMPERATURE_PROBES)]
-        worsening = [d for d in drops if 0 < d < math.inf]
-        mean_drop = float(np.mean(worsening)) if worsening else max(abs(current_value), 1.0) * 1e-3
-        initial_temp = -mean_drop / math.log(INITIAL_ACCEPTANCE)
+        initial_temp = _initial_temperature(current_value, lambda: checked(neighbour(x0, rng)))
     if not initial_temp > 0:
         raise ValueError(f"Expected an initial temperature > 0, but got {initial_temp}")
     cooling = FINAL_TEMPERATURE_RATIO ** (1.0 / maxiter)
@@ -147,8 +135,7 @@ def metropolis(
     for nit in range(1, maxiter + 1):
         candidate = neighbour(current, rng)
         candidate_value = checked(candidate)
-        delta = candidate_value - current_value
-        if delta >= 0 or rng.random() < math.exp(delta / temperature):
+        if _accepts(candidate_value - current_value, temperature, rng):
             current, current_value = candidate, candidate_value
             if current_value > best_value:
                 best, best_value = current, current_value
@@ -161,7 +148,37 @@ def metropolis(
         ):
             status = PlanStatus.CALLBACK_STOP
             break
-    return MetropolisResult(best, best_value, nit, nfev, trajectory[:nit], status)
+    return MetropolisResult(best, best_value, nit, checked.nfev, trajectory[:nit], status)
+
+
+class _CheckedValue:
+    """A state's value, refused where NaN or +inf, with the evaluations counted."""
+
+    def __init__(self, value: Callable[[Hashable], float]) -> None:
+        self.value = value
+        self.nfev = 0
+
+    def __call__(self, state: Hashable) -> float:
+        self.nfev += 1
+        v = self.value(state)
+        if math.isnan(v) or v == math.inf:
+            raise ValueError(f"Objective returned a non-finite utility {v} for state {state!r}")
+        return v
+
+
+def _accepts(delta: float, temperature: float, rng: np.random.Generator) -> bool:
+    """The Metropolis rule: a change of ``delta`` in value is accepted if it does not worsen the value,
+    else with probability exp(delta / T)."""
+    return delta >= 0 or rng.random() < math.exp(delta / temperature)
+
+
+def _initial_temperature(start_value: float, probe: Callable[[], float]) -> float:
+    """T_0 at which the mean worsening among :data:`TEMPERATURE_PROBES` of the start's neighbours (each
+    ``probe()`` a neighbour's value) is accepted with probability :data:`INITIAL_ACCEPTANCE`."""
+    drops = [start_value - probe() for _ in range(TEMPERATURE_PROBES)]
+    worsening = [d for d in drops if 0 < d < math.inf]
+    mean_drop = float(np.mean(worsening)) if worsening else max(abs(start_value), 1.0) * 1e-3
+    return -mean_drop / math.log(INITIAL_ACCEPTANCE)
 
 
 @timed
@@ -195,51 +212,12 @@ def anneal(
     seed = seed_of(rng)
     gen = np.random.default_rng(rng)
     routing = np.asarray(routing, dtype=float)
-    requests = problem.counts[:, None] * routing
-    loads = requests.sum(axis=0)
-    used = np.flatnonzero(deployed_mask(loads))
-    m = len(problem.models)
-    n = problem.n_requests
-    # Per model and grid step: quality points served, and delay coefficient Σ_k k = N(N+1)/2 times full-share time.
-    quality = [requests[:, i] @ problem.value_grid(i) for i in range(m)]
-    delay_coeff = [fifo_delay_coefficient(problem.service_s[i], loads[i]) for i in range(m)]
-    quantum = SHARE_QUANTUM * problem.budget
-
-    scored: dict[tuple[tuple[int, ...], tuple[float, ...]], float] = {}
-
-    def utility(state: tuple[tuple[int, ...], tuple[float, ...]]) -> float:
-        steps, shares = state
-        if not problem.is_classic:  # the paper does not batch: each model runs its base batch
-            # Share moves come in quanta, so the walk revisits states; each costs a queueing law here.
-            key = (steps, tuple(round(r, 12) for r in shares))
-            if key not in scored:
-                scored[key] = score_plan(
-                    problem, requests, steps, batch_index=problem.base_batch_index, shares=shares
-                ).value
-            return scored[key]
-        total = 0.0
-        for i in used:
-            total += quality[i][steps[i]] - problem.weight * delay_coeff[i][steps[i]] / shares[i]
-        return total / n
-
-    def neighbour(state, g: np.random.Generator):
-        steps, shares = state
-        if used.size < 2 or g.random() < STEP_MOVE_PROBABILITY:
-            i = used[g.integers(used.size)]
-            return adjacent_step(steps, i, problem.steps[i].size, g), shares
-        i, j = g.choice(used, size=2, replace=False)
-        if shares[i] <= quantum:  # a model in use keeps a share
-            return state
-        moved = list(shares)
-        moved[i] -= quantum
-        moved[j] += quantum
-        return steps, tuple(moved)
-
+    walk = _StepsAndShares(problem, routing)
     if x0 is None:
-        share = np.zeros(m)
-        share[used] = problem.budget / used.size
-        x0 = (tuple(problem.default_step_index), tuple(share))
-    out = metropolis(x0, utility, neighbour, maxiter=maxiter, rng=gen, initial_temp=initial_temp, callback=callback)
+        x0 = walk.start()
+    out = metropolis(
+        x0, walk.utility, walk.neighbour, maxiter=maxiter, rng=gen, initial_temp=initial_temp, callback=callback
+    )
     steps, shares = out.best_state
     return make_result(
         problem,
@@ -253,3 +231,62 @@ def anneal(
         seed=seed,
         trajectory=out.trajectory,
     )
+
+
+class _StepsAndShares:
+    """The paper's search space for a fixed routing: states (step indices, shares), their utility and
+    their neighbours."""
+
+    def __init__(self, problem: Problem, routing: np.ndarray) -> None:
+        self.problem = problem
+        self.requests = problem.counts[:, None] * routing
+        loads = self.requests.sum(axis=0)
+        self.used = np.flatnonzero(deployed_mask(loads))
+        m = len(problem.models)
+        # Per model and grid step: quality points served, and delay coefficient Σ_k k = N(N+1)/2 times
+        # full-share time.
+        self.quality = [self.requests[:, i] @ problem.value_grid(i) for i in range(m)]
+        self.delay_coeff = [fifo_delay_coefficient(problem.service_s[i], loads[i]) for i in range(m)]
+        self.quantum = SHARE_QUANTUM * problem.budget
+        self.n = problem.n_requests
+        self.scored: dict[tuple[tuple[int, ...], tuple[float, ...]], float] = {}
+
+    def start(self) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """Each model's default steps and equal shares among the models the routing deploys."""
+        share = np.zeros(len(self.problem.models))
+        share[self.used] = self.problem.budget / self.used.size
+        return tuple(self.problem.default_step_index), tuple(share)
+
+    def utility(self, state: tuple[tuple[int, ...], tuple[float, ...]]) -> float:
+        """The state's utility: the paper's closed form, or the queueing law's beyond the paper's model."""
+        problem = self.problem
+        steps, shares = state
+        if not problem.is_classic:  # the paper does not batch: each model runs its base batch
+            # Share moves come in quanta, so the walk revisits states; each costs a queueing law here.
+            key = (steps, tuple(round(r, 12) for r in shares))
+            if key not in self.scored:
+                self.scored[key] = score_plan(
+                    problem, self.requests, steps, batch_index=problem.base_batch_index, shares=shares
+                ).value
+            return self.scored[key]
+        total = 0.0
+        for i in self.used:
+            total += self.quality[i][steps[i]] - problem.weight * self.delay_coeff[i][steps[i]] / shares[i]
+        return total / self.n
+
+    def neighbour(
+        self, state: tuple[tuple[int, ...], tuple[float, ...]], g: np.random.Generator
+    ) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """A model's adjacent step, or a share quantum moved between two deployed models."""
+        steps, shares = state
+        used = self.used
+        if used.size < 2 or g.random() < STEP_MOVE_PROBABILITY:
+            i = used[g.integers(used.size)]
+            return adjacent_step(steps, i, self.problem.steps[i].size, g), shares
+        i, j = g.choice(used, size=2, replace=False)
+        if shares[i] <= self.quantum:  # a model in use keeps a share
+            return state
+        moved = list(shares)
+        moved[i] -= self.quantum
+        moved[j] += self.quantum
+        return steps, tuple(moved)
