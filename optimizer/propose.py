@@ -151,66 +151,12 @@ def _plan_model_set(
         if np.prod(problem.grid_sizes, dtype=float) <= maxiter:
             return _enumerate_scored(problem, allowed, callback)
         return _surrogate_then_scored(problem, allowed, maxiter=maxiter, rng=rng, callback=callback)
-    sizes = problem.grid_sizes
-    allowed_idx = np.flatnonzero(allowed)
-    movable = np.flatnonzero(allowed & (np.array(sizes) > 1))
-    # (M, C, M): every request on model m.
-    single_model = problem.counts[None, :, None] * np.eye(len(problem.models))[:, None, :]
-    cache: dict[tuple[int, ...], tuple[float, np.ndarray | None]] = {}
-
-    def utility(steps: tuple[int, ...]) -> float:
-        if steps not in cache:
-            mean, full, floor = problem.value_at(steps), problem.service_at(steps), problem.shortfall_at(steps)
-            if not problem.is_classic:
-                cache[steps] = best_scored_routing(problem, steps, allowed, floor)
-                return cache[steps][0]
-            x, _bound = price_directed_assignment(problem, mean, full, allowed, floor)
-            if x is None:
-                cache[steps] = (-np.inf, None)
-                return -np.inf
-            # At small loads serving everything on one model can beat any split,
-            # which the relaxation cannot see: weigh those routings too.
-            alone = (
-                allowed_idx
-                if floor is None
-                else allowed_idx[(floor[:, allowed_idx] <= problem.max_shortfall).all(axis=0)]
-            )
-            candidates = np.concatenate([x[None], single_model[alone]], axis=0)
-            u = utility_with_optimal_shares(problem, candidates, full, mean)
-            b = int(u.argmax())
-            cache[steps] = (float(u[b]), candidates[b])
-        return cache[steps][0]
-
-    def neighbour(steps: tuple[int, ...], g: np.random.Generator) -> tuple[int, ...]:
-        if movable.size == 0:
-            return steps
-        i = movable[g.integers(movable.size)]
-        return adjacent_step(steps, i, sizes[i], g)
-
-    out = metropolis(start, utility, neighbour, maxiter=maxiter, rng=rng, callback=callback)
-    nfev = out.nfev
+    space = _RelaxedSteps(problem, allowed)
+    out = metropolis(start, space.utility, space.neighbour, maxiter=maxiter, rng=rng, callback=callback)
     # The relaxation ignores the curvature of √(N(N+1)), which matters at small loads,
     # so the runners-up of the annealing are polished on the exact utility too.
-    feasible = [steps for steps, (u, _) in cache.items() if u > -np.inf]
-    best: tuple[float, tuple[int, ...], np.ndarray] | None = None
-    polished = POLISH_CANDIDATES if problem.is_classic else POLISH_CANDIDATES_SCORED
-    for steps in sorted(feasible, key=lambda steps: -cache[steps][0])[:polished]:
-        if problem.is_classic:
-            mean, full = problem.value_at(steps), problem.service_at(steps)
-            x, u, evaluations = polish_requests(
-                problem, cache[steps][1], mean, full, allowed, problem.shortfall_at(steps)
-            )
-        else:
-            x, u, evaluations = polish_scored(
-                problem,
-                cache[steps][1],
-                lambda x, steps=steps: score_plan(problem, x, steps).value,
-                problem.shortfall_at(steps),
-                allowed=allowed,
-            )
-        nfev += evaluations
-        if best is None or u > best[0]:
-            best = (u, steps, x)
+    ranked = space.ranked()
+    best, evaluations = _polish_ranked(problem, allowed, space, ranked[:POLISH_CANDIDATES])
     utility_found, steps, requests = best
     return _SetPlan(
         utility=utility_found,
@@ -218,10 +164,76 @@ def _plan_model_set(
         requests=requests,
         trajectory=out.trajectory,
         nit=out.nit,
-        nfev=nfev,
+        nfev=out.nfev + evaluations,
         status=out.status,
-        ranked=tuple(sorted(feasible, key=lambda steps: -cache[steps][0])[:SURROGATE_SCORED]),
+        ranked=tuple(ranked[:SURROGATE_SCORED]),
     )
+
+
+class _RelaxedSteps:
+    """The annealing space of the paper's problem over the allowed models: step vectors, each valued by its
+    best routing under the price-directed relaxation (or all requests on one model), remembered."""
+
+    def __init__(self, problem: Problem, allowed: np.ndarray) -> None:
+        self.problem = problem
+        self.allowed = allowed
+        self.allowed_idx = np.flatnonzero(allowed)
+        self.sizes = problem.grid_sizes
+        self.movable = np.flatnonzero(allowed & (np.array(self.sizes) > 1))
+        # (M, C, M): every request on model m.
+        self.single_model = problem.counts[None, :, None] * np.eye(len(problem.models))[:, None, :]
+        # steps → (utility, its routing in requests, None where infeasible)
+        self.cache: dict[tuple[int, ...], tuple[float, np.ndarray | None]] = {}
+
+    def utility(self, steps: tuple[int, ...]) -> float:
+        """The step vector's utility at its best routing with optimal shares; −inf where no routing meets the floor."""
+        if steps not in self.cache:
+            self.cache[steps] = self._best_routing(steps)
+        return self.cache[steps][0]
+
+    def _best_routing(self, steps: tuple[int, ...]) -> tuple[float, np.ndarray | None]:
+        problem, allowed_idx = self.problem, self.allowed_idx
+        mean, full, floor = problem.value_at(steps), problem.service_at(steps), problem.shortfall_at(steps)
+        x, _bound = price_directed_assignment(problem, mean, full, self.allowed, floor)
+        if x is None:
+            return -np.inf, None
+        # At small loads serving everything on one model can beat any split,
+        # which the relaxation cannot see: weigh those routings too.
+        alone = (
+            allowed_idx if floor is None else allowed_idx[(floor[:, allowed_idx] <= problem.max_shortfall).all(axis=0)]
+        )
+        candidates = np.concatenate([x[None], self.single_model[alone]], axis=0)
+        u = utility_with_optimal_shares(problem, candidates, full, mean)
+        b = int(u.argmax())
+        return float(u[b]), candidates[b]
+
+    def neighbour(self, steps: tuple[int, ...], g: np.random.Generator) -> tuple[int, ...]:
+        """An adjacent step of one allowed model with more than one step choice."""
+        if self.movable.size == 0:
+            return steps
+        i = self.movable[g.integers(self.movable.size)]
+        return adjacent_step(steps, i, self.sizes[i], g)
+
+    def ranked(self) -> list[tuple[int, ...]]:
+        """The feasible step vectors valued so far, best first."""
+        feasible = [steps for steps, (u, _) in self.cache.items() if u > -np.inf]
+        return sorted(feasible, key=lambda steps: -self.cache[steps][0])
+
+
+def _polish_ranked(
+    problem: Problem, allowed: np.ndarray, space: _RelaxedSteps, ranked: list[tuple[int, ...]]
+) -> tuple[tuple[float, tuple[int, ...], np.ndarray], int]:
+    """Polish each ranked step vector's routing on the exact utility: the best (utility, steps, routing in
+    requests), and the utility evaluations that took."""
+    best: tuple[float, tuple[int, ...], np.ndarray] | None = None
+    evaluations = 0
+    for steps in ranked:
+        mean, full = problem.value_at(steps), problem.service_at(steps)
+        x, u, used = polish_requests(problem, space.cache[steps][1], mean, full, allowed, problem.shortfall_at(steps))
+        evaluations += used
+        if best is None or u > best[0]:
+            best = (u, steps, x)
+    return best, evaluations
 
 
 def _surrogate_then_scored(
