@@ -557,30 +557,53 @@ def polish_scored(
         for c in range(x.shape[0]):
             for i in sources:
                 for j in targets:
-                    if i == j or x[c, i] <= 0:
-                        continue
-                    lo, hi = 0.0, x[c, i]
-                    top, top_x = best, None
-                    for _refine in range(refinements):
-                        step = (hi - lo) / (grid - 1)
-                        for amount in lo + (hi - lo) * fractions[1:]:
-                            trial = x.copy()
-                            trial[c, i] -= amount
-                            trial[c, j] += amount
-                            trial = np.maximum(trial, 0.0)
-                            if shortfall is not None and (trial[c] * shortfall[c]).sum() > (
-                                problem.max_shortfall * problem.counts[c] * (1 + _SHORTFALL_RTOL)
-                            ):
-                                continue
-                            v = value(trial)
-                            nfev += 1
-                            if v > top:
-                                top, top_x, center = v, trial, amount
-                        if top_x is None:
-                            break
-                        lo, hi = max(0.0, center - step), min(x[c, i], center + step)
+                    top, top_x, evaluations = _best_move(
+                        problem, x, c, i, j, best, value, shortfall, fractions, refinements
+                    )
+                    nfev += evaluations
                     if top_x is not None and top > best + _IMPROVEMENT_RTOL * max(1.0, abs(best)):
                         best, x, improved = top, top_x, True
         if not improved:
             break
     return x, best, nfev
+
+
+def _best_move(
+    problem: Problem,
+    x: np.ndarray,
+    c: int,
+    i: int,
+    j: int,
+    best: float,
+    value: Callable[[np.ndarray], float],
+    shortfall: np.ndarray | None,
+    fractions: np.ndarray,
+    refinements: int,
+) -> tuple[float, np.ndarray | None, int]:
+    """The best amount of category ``c``'s requests to move from model ``i`` to model ``j`` (:func:`polish_scored`):
+    (its value, the routing after it, or None where no move beats ``best``; the evaluations it took)."""
+    if i == j or x[c, i] <= 0:
+        return best, None, 0
+    grid = fractions.size
+    nfev = 0
+    lo, hi = 0.0, x[c, i]
+    top, top_x = best, None
+    for _refine in range(refinements):
+        step = (hi - lo) / (grid - 1)
+        for amount in lo + (hi - lo) * fractions[1:]:
+            trial = x.copy()
+            trial[c, i] -= amount
+            trial[c, j] += amount
+            trial = np.maximum(trial, 0.0)
+            if shortfall is not None and (trial[c] * shortfall[c]).sum() > (
+                problem.max_shortfall * problem.counts[c] * (1 + _SHORTFALL_RTOL)
+            ):
+                continue
+            v = value(trial)
+            nfev += 1
+            if v > top:
+                top, top_x, center = v, trial, amount
+        if top_x is None:
+            break
+        lo, hi = max(0.0, center - step), min(x[c, i], center + step)
+    return top, top_x, nfev
