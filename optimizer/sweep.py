@@ -15,7 +15,7 @@ import numpy as np
 from genedge.contract.files import write_text_atomic
 from genedge.optimizer.methods import METHODS, PROPOSED, run_methods
 from genedge.optimizer.problem import Problem
-from genedge.optimizer.result import relative_change
+from genedge.optimizer.result import PlanResult, relative_change
 from genedge.optimizer.simulate import simulate_plan
 from genedge.optimizer.workload import Workload
 
@@ -65,52 +65,69 @@ def sweep(
         problem = make_problem(workload.scaled(int(load)), budget, weight)
         results = run_methods(problem, names, rng=rng)
         point = {"budget": budget, "weight": weight, "requests": int(problem.n_requests)}
-        for name, r in results.items():
-            rows.append(
-                {
-                    **point,
-                    "method": name,
-                    "mean_clipscore": r.mean_quality,
-                    "mean_delay_s": r.mean_delay_s,
-                    "p95_delay_s": r.p95_delay_s,
-                    "utility": r.utility,
-                    "plan_time_s": r.plan_time_s,
-                    "upper_bound": r.upper_bound,
-                }
-            )
+        rows += [{**point, "method": name, **_predicted(r)} for name, r in results.items()]
         if PROPOSED in results:
-            proposed = results[PROPOSED]
-            row = {**point, "proposed_utility": proposed.utility}
-            for name in COMPARED_BELOW + BOUNDS + ("paper",):
-                if name in results:
-                    other = results[name].utility
-                    row[f"gain_vs_{name}_pct"] = 100 * relative_change(proposed.utility, other)
-            if "exact" in results:
-                row["exact_certified_gap_pct"] = 100 * results["exact"].certified_gap
-            if "paper" in results and "optimal-step" in results:
-                bound = results["optimal-step"].utility
-                row["paper_gap_to_optimal_step_pct"] = 100 * relative_change(bound, results["paper"].utility)
-            for name in SIMULATED:
-                if name not in results:
-                    continue
-                check = simulate_plan(problem, results[name], replications=replications, rng=rng)
-                row.update(
-                    {
-                        f"{name}_sim_quality": check.mean_quality,
-                        f"{name}_sim_quality_se": check.mean_quality_se,
-                        f"{name}_predicted_quality": check.predicted_quality,
-                        f"{name}_quality_z": check.quality_z,
-                        f"{name}_sim_delay_s": check.mean_delay_s,
-                        f"{name}_sim_delay_se_s": check.mean_delay_se_s,
-                        f"{name}_predicted_delay_s": check.predicted_delay_s,
-                        f"{name}_plan_delay_s": check.plan_delay_s,
-                        f"{name}_delay_z": check.delay_z,
-                    }
-                )
-            checks.append(row)
+            checks.append({**point, **_gaps(results), **_simulated(problem, results, replications, rng)})
         if progress is not None:
             progress(done, len(grid))
     return rows, checks
+
+
+def _predicted(result: PlanResult) -> dict[str, Any]:
+    """A plan's predicted figures, as a sweep row's columns."""
+    return {
+        "mean_clipscore": result.mean_quality,
+        "mean_delay_s": result.mean_delay_s,
+        "p95_delay_s": result.p95_delay_s,
+        "utility": result.utility,
+        "plan_time_s": result.plan_time_s,
+        "upper_bound": result.upper_bound,
+    }
+
+
+def _gaps(results: Mapping[str, PlanResult]) -> dict[str, Any]:
+    """The proposed plan's utility and its gaps (%) to the other methods, the exact search's certified gap
+    and the paper's gap to the optimal step choice, where those methods ran."""
+    proposed = results[PROPOSED]
+    row = {"proposed_utility": proposed.utility}
+    for name in COMPARED_BELOW + BOUNDS + ("paper",):
+        if name in results:
+            other = results[name].utility
+            row[f"gain_vs_{name}_pct"] = 100 * relative_change(proposed.utility, other)
+    if "exact" in results:
+        row["exact_certified_gap_pct"] = 100 * results["exact"].certified_gap
+    if "paper" in results and "optimal-step" in results:
+        bound = results["optimal-step"].utility
+        row["paper_gap_to_optimal_step_pct"] = 100 * relative_change(bound, results["paper"].utility)
+    return row
+
+
+def _simulated(
+    problem: Problem,
+    results: Mapping[str, PlanResult],
+    replications: int,
+    rng: int | np.random.Generator | None,
+) -> dict[str, Any]:
+    """The discrete-event checks of the plans in :data:`SIMULATED` that ran, as a check row's columns."""
+    row = {}
+    for name in SIMULATED:
+        if name not in results:
+            continue
+        check = simulate_plan(problem, results[name], replications=replications, rng=rng)
+        row.update(
+            {
+                f"{name}_sim_quality": check.mean_quality,
+                f"{name}_sim_quality_se": check.mean_quality_se,
+                f"{name}_predicted_quality": check.predicted_quality,
+                f"{name}_quality_z": check.quality_z,
+                f"{name}_sim_delay_s": check.mean_delay_s,
+                f"{name}_sim_delay_se_s": check.mean_delay_se_s,
+                f"{name}_predicted_delay_s": check.predicted_delay_s,
+                f"{name}_plan_delay_s": check.plan_delay_s,
+                f"{name}_delay_z": check.delay_z,
+            }
+        )
+    return row
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
