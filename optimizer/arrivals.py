@@ -333,6 +333,25 @@ def mmpp_arrivals(
     """
     names, values = _check_rates(rates)
     _check_extent(duration_s, n_requests)
+    _check_modulation(burstiness, peak_to_mean, high_fraction)
+    gen = np.random.default_rng(rng)
+    if burstiness == 1:
+        return poisson_arrivals(rates, duration_s=duration_s, n_requests=n_requests, rng=gen)
+    total = float(values.sum())
+    h, pi = peak_to_mean, high_fraction
+    state_rate = np.array([h * total, max(total * (1 - pi * h) / (1 - pi), 0.0)])  # high, low
+    switch = 2 * pi * (h - 1) ** 2 * total / ((1 - pi) * (burstiness - 1))
+    mean_sojourn = np.array([1 / ((1 - pi) * switch), 1 / (pi * switch)])
+    times = _modulated_times(gen, state_rate, mean_sojourn, pi, total, duration_s, n_requests)
+    if n_requests is not None:
+        times = times[: int(n_requests)]
+        return _finish(times, float(times[-1]), names, values, gen)
+    return _finish(times[: np.searchsorted(times, duration_s, side="right")], float(duration_s), names, values, gen)
+
+
+def _check_modulation(burstiness: float, peak_to_mean: float, high_fraction: float) -> None:
+    """Refuse an MMPP-2's burstiness below 1, a peak-to-mean of at most 1, or a high fraction outside
+    (0, 1/peak_to_mean] (:func:`mmpp_arrivals`)."""
     if not math.isfinite(burstiness) or burstiness < 1:
         raise ValueError(f"Expected burstiness >= 1 (the index of dispersion; 1 = Poisson), but got {burstiness}")
     if not math.isfinite(peak_to_mean) or peak_to_mean <= 1:
@@ -342,14 +361,20 @@ def mmpp_arrivals(
             f"Expected high_fraction in (0, 1/peak_to_mean] = (0, {1 / peak_to_mean:g}] so the low rate is >= 0, "
             f"but got {high_fraction}"
         )
-    gen = np.random.default_rng(rng)
-    if burstiness == 1:
-        return poisson_arrivals(rates, duration_s=duration_s, n_requests=n_requests, rng=gen)
-    total = float(values.sum())
-    h, pi = peak_to_mean, high_fraction
-    state_rate = np.array([h * total, max(total * (1 - pi * h) / (1 - pi), 0.0)])  # high, low
-    switch = 2 * pi * (h - 1) ** 2 * total / ((1 - pi) * (burstiness - 1))
-    mean_sojourn = np.array([1 / ((1 - pi) * switch), 1 / (pi * switch)])
+
+
+def _modulated_times(
+    gen: np.random.Generator,
+    state_rate: np.ndarray,
+    mean_sojourn: np.ndarray,
+    pi: float,
+    total: float,
+    duration_s: float | None,
+    n_requests: int | None,
+) -> np.ndarray:
+    """Sorted arrival times of the MMPP-2 (high, low rates ``state_rate``, mean sojourns ``mean_sojourn``),
+    started in its stationary state, drawn a chunk of sojourns at a time until they cover ``duration_s``
+    or hold ``n_requests`` arrivals (possibly more)."""
     state = 0 if gen.random() < pi else 1
     clock, parts, count = 0.0, [], 0
     while (duration_s is not None and clock < duration_s) or (n_requests is not None and count < n_requests):
@@ -361,11 +386,7 @@ def mmpp_arrivals(
         counts = gen.poisson(state_rate[states] * lengths)
         parts.append(np.repeat(starts, counts) + np.repeat(lengths, counts) * gen.random(int(counts.sum())))
         clock, count, state = float(starts[-1] + lengths[-1]), count + int(counts.sum()), int(states[-1] ^ 1)
-    times = np.sort(np.concatenate(parts))
-    if n_requests is not None:
-        times = times[: int(n_requests)]
-        return _finish(times, float(times[-1]), names, values, gen)
-    return _finish(times[: np.searchsorted(times, duration_s, side="right")], float(duration_s), names, values, gen)
+    return np.sort(np.concatenate(parts))
 
 
 def _resolve_mapping(mapping: Mapping[str, Any] | str) -> dict[str, Any]:
