@@ -212,36 +212,10 @@ def simulate_open_plan(
     Raises:
         ValueError: the problem is not an open-arrival one, the plan is unstable, or an unknown process.
     """
-    if not problem.delay.steady_state:
-        raise ValueError("Expected an open-arrival problem (rates per category) to simulate arrivals")
-    if not result.stable:
-        raise ValueError("The plan cannot be stable: its queues grow without bound, there is nothing to simulate")
-    if process not in PROCESSES:
-        raise ValueError(f"Expected an arrival process among {list(PROCESSES)}, but got {process!r}")
     gen = np.random.default_rng(rng)
-    rates = dict(zip(problem.categories, problem.counts.tolist()))
-    if process == "trace":
-        if arrivals is None:
-            raise ValueError("process 'trace' needs the arrivals to replay")
-        present = {arrivals.categories[i] for i in np.unique(arrivals.category)}
-        unknown = sorted(present - set(problem.categories))
-        if unknown:
-            raise ValueError(f"trace categories {unknown} are not planned for; expected {list(problem.categories)}")
-    elif process == "poisson":
-        arrivals = poisson_arrivals(rates, n_requests=n_requests, rng=gen)
-    else:
-        arrivals = mmpp_arrivals(rates, burstiness=burstiness, n_requests=n_requests, rng=gen)
+    arrivals = _open_arrivals(problem, result, process, burstiness, n_requests, arrivals, gen)
     plan = result.plan
-    # Rows of the routing in the arrival sequence's category order (a category without arrivals, which
-    # the problem leaves out, gets any deployed model: no request reads its row).
-    spare = result.deployed / result.deployed.sum()
-    routing = np.stack(
-        [
-            plan.routing_matrix[problem.categories.index(c)] if c in problem.categories else spare
-            for c in arrivals.categories
-        ]
-    )
-    routing = np.where(result.deployed[None, :], routing, 0.0)  # residue below one request is no traffic
+    routing = _routing_by_arrival_category(problem, result, arrivals)
     records = simulate_arrivals(
         arrivals,
         routing / routing.sum(axis=1, keepdims=True),
@@ -281,6 +255,53 @@ def simulate_open_plan(
         utility=utility,
         model_share=np.bincount(model, minlength=len(problem.models)) / model.size,
     )
+
+
+def _open_arrivals(
+    problem: Problem,
+    result: PlanResult,
+    process: str,
+    burstiness: float,
+    n_requests: int,
+    arrivals: Arrivals | None,
+    gen: np.random.Generator,
+) -> Arrivals:
+    """The arrivals :func:`simulate_open_plan` serves: the trace given, checked against the problem's
+    categories, or ``n_requests`` drawn at the problem's rates from ``process``."""
+    if not problem.delay.steady_state:
+        raise ValueError("Expected an open-arrival problem (rates per category) to simulate arrivals")
+    if not result.stable:
+        raise ValueError("The plan cannot be stable: its queues grow without bound, there is nothing to simulate")
+    if process not in PROCESSES:
+        raise ValueError(f"Expected an arrival process among {list(PROCESSES)}, but got {process!r}")
+    rates = dict(zip(problem.categories, problem.counts.tolist()))
+    if process == "trace":
+        if arrivals is None:
+            raise ValueError("process 'trace' needs the arrivals to replay")
+        present = {arrivals.categories[i] for i in np.unique(arrivals.category)}
+        unknown = sorted(present - set(problem.categories))
+        if unknown:
+            raise ValueError(f"trace categories {unknown} are not planned for; expected {list(problem.categories)}")
+        return arrivals
+    if process == "poisson":
+        return poisson_arrivals(rates, n_requests=n_requests, rng=gen)
+    return mmpp_arrivals(rates, burstiness=burstiness, n_requests=n_requests, rng=gen)
+
+
+def _routing_by_arrival_category(problem: Problem, result: PlanResult, arrivals: Arrivals) -> np.ndarray:
+    """The plan's routing rows in the arrival sequence's category order, over its deployed models.
+
+    A category without arrivals, which the problem leaves out, gets any deployed model: no request
+    reads its row.
+    """
+    spare = result.deployed / result.deployed.sum()
+    routing = np.stack(
+        [
+            result.plan.routing_matrix[problem.categories.index(c)] if c in problem.categories else spare
+            for c in arrivals.categories
+        ]
+    )
+    return np.where(result.deployed[None, :], routing, 0.0)  # residue below one request is no traffic
 
 
 @dataclass(frozen=True)
