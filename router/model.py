@@ -430,9 +430,14 @@ def _checked_labels(
 
 
 def _cross_validate(
-    features: _FeatureCache, labels: np.ndarray, names: Sequence[str], folds: int, seed: int, c: float
+    features: _FeatureCache,
+    labels: np.ndarray,
+    names: Sequence[str],
+    folds: int,
+    rng: int | np.random.Generator | None,
+    c: float,
 ) -> tuple[ClassificationReport, ClassificationReport]:
-    splits = stratified_folds(labels, folds, seed)
+    splits = stratified_folds(labels, folds, rng)
 
     def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
         tfidf, x_train = features.fit(train)
@@ -472,7 +477,7 @@ def cross_validate(
     labels = _checked_labels(prompts, categories, mapping, backend, folds)
     features = _FeatureCache(backend, prompts, _embedding_model(backend, embedding_model))
     c = DEFAULT_C[backend] if c is None else float(c)
-    return _cross_validate(features, labels, list(mapping["labels"]), folds, integer_seed(rng), c)
+    return _cross_validate(features, labels, list(mapping["labels"]), folds, rng, c)
 
 
 def train_router(

@@ -250,6 +250,17 @@ def test_stratified_folds_refuse_small_classes_naming_them():
     assert len(stratified_folds(labels, 2, rng=0)) == 2
 
 
+def test_a_router_trained_from_a_generator_records_the_integer_seed_that_reproduces_it():
+    prompts = [f"a {colour} {thing}" for colour in ("red", "blue") for thing in ("cat", "dog", "car", "tree")]
+    categories = ["Basic", "Detail", "Imagination", "Complex"] * 2
+    mapping = get_category_mapping("paper4")
+    drawn = train_router(prompts, categories, mapping, folds=2, rng=np.random.default_rng(5))
+    seed = drawn.training["seed"]
+    assert isinstance(seed, int)
+    again = train_router(prompts, categories, mapping, folds=2, rng=seed)
+    assert again.to_dict() == drawn.to_dict()
+
+
 # --------------------------------------------------------------------------------------------------
 # 4. Classification report
 
