@@ -41,6 +41,8 @@ from genedge.router.tfidf import TfidfFeatures
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTIPROMPTS = ROOT.parent / "shared" / "data" / "PartiPrompts.tsv"
+# How far two trainings of one router may land apart: L-BFGS stops at fit_logistic's gradient tolerance (1e-6).
+SOLVER_ATOL = 1e-5
 #: PartiPrompts rows under the paper4 mapping (Challenge column): labelled per category, and the rest.
 PAPER4_LABELLED = {"Basic": 272, "Detail": 544, "Imagination": 150, "Complex": 113}
 PARTIPROMPTS_ROWS, PAPER4_UNLABELLED = 1632, 553
@@ -379,8 +381,10 @@ def test_shipped_tfidf_router_is_what_the_training_script_builds(parti, retraine
     assert ours.tfidf.vocabulary == shipped_tfidf.tfidf.vocabulary
     assert (ours.tfidf.ngram_max, ours.tfidf.min_df) == (shipped_tfidf.tfidf.ngram_max, shipped_tfidf.tfidf.min_df)
     np.testing.assert_allclose(ours.tfidf.idf, shipped_tfidf.tfidf.idf, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(ours.classifier.coef, shipped_tfidf.classifier.coef, rtol=0, atol=1e-9)
-    np.testing.assert_allclose(ours.classifier.intercept, shipped_tfidf.classifier.intercept, rtol=0, atol=1e-9)
+    # L-BFGS stops at a gradient of 1e-6 (fit_logistic's gtol), so machines whose BLAS kernels sum in
+    # another order stop at points about 1e-6 apart: the coefficients agree to that, the routing exactly.
+    np.testing.assert_allclose(ours.classifier.coef, shipped_tfidf.classifier.coef, rtol=0, atol=SOLVER_ATOL)
+    np.testing.assert_allclose(ours.classifier.intercept, shipped_tfidf.classifier.intercept, rtol=0, atol=SOLVER_ATOL)
     assert np.array_equal(ours.cross_validation.confusion, shipped_tfidf.cross_validation.confusion)
 
 
