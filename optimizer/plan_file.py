@@ -7,12 +7,13 @@ the same inputs, and hashes of the inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from genedge.contract.bounds import MAX_STEPS
 from genedge.contract.fields import FieldReader
@@ -21,7 +22,19 @@ from genedge.optimizer.problem import Problem
 from genedge.optimizer.result import PlanResult, relative_change
 from genedge.optimizer.system import BUDGET_RTOL, ROW_SUM_TOL
 
-__all__ = ["PLAN_SCHEMA_VERSION", "PlanError", "plan_to_dict", "save_plan", "load_plan", "validate_plan"]
+if TYPE_CHECKING:
+    from genedge.optimizer.misrouting import MisroutingCost
+    from genedge.optimizer.workload import Workload
+
+__all__ = [
+    "PLAN_SCHEMA_VERSION",
+    "PlanError",
+    "plan_to_dict",
+    "plan_inputs",
+    "save_plan",
+    "load_plan",
+    "validate_plan",
+]
 
 PLAN_SCHEMA_VERSION = 1
 _KIND = "genedge.plan"
@@ -73,10 +86,68 @@ def plan_to_dict(
         problem: the problem the plan was made for.
         result: the chosen plan.
         others: other methods' results on the same problem, reported beside it.
-        inputs: extra input description (table path, derived share, ...).
+        inputs: extra input description (table path, derived share, ...; see :func:`plan_inputs`).
         uncertainty: how sure the plan is (:meth:`~genedge.optimizer.uncertainty.Assessment.to_dict`),
             written as ``uncertainty`` where given.
     """
+    document = {
+        "schema_version": PLAN_SCHEMA_VERSION,
+        "kind": _KIND,
+        "method": result.method,
+        "seed": result.seed,
+        "message": result.message,
+        "inputs": {**_problem_inputs(problem), **dict(inputs or {})},
+        "routing": result.plan.routing,
+        "models": _model_entries(problem, result),
+        "predicted": _figures(result),
+        "baselines": _baselines(result, others or {}),
+    }
+    if uncertainty is not None:
+        document["uncertainty"] = dict(uncertainty)
+    return document
+
+
+def plan_inputs(
+    table: str | os.PathLike[str],
+    table_source_counts: Mapping[str, int],
+    workload: Workload,
+    *,
+    prompts: Any = None,
+    misrouting: MisroutingCost | None = None,
+) -> dict[str, Any]:
+    """The ``inputs`` ``genedge plan`` adds to a plan document (beside the problem's own, see :func:`plan_to_dict`).
+
+    Args:
+        table: the calibration table's path (or shipped name) as given.
+        table_source_counts: its numbers per source (:meth:`CalibrationTable.source_counts`).
+        workload: the planned workload (its composition is recorded with ``prompts``).
+        prompts: the prompt file's :class:`~genedge.router.PromptCounts`, where the workload was
+            counted from one.
+        misrouting: the utility the router's errors cost
+            (:func:`~genedge.optimizer.misrouting.misrouting_cost`), where computed.
+    """
+    inputs: dict[str, Any] = {"table": str(table), "table_source_counts": dict(table_source_counts)}
+    if prompts is not None:
+        inputs["prompts"] = {
+            "file": prompts.source,
+            "rows": prompts.rows,
+            "labelled": dict(prompts.labelled),
+            "routed": dict(prompts.routed),
+            "not_placed": prompts.not_placed,
+            "router": prompts.router,
+            "composition": workload.composition,
+        }
+    if misrouting is not None:
+        inputs["misrouting"] = {
+            **dataclasses.asdict(misrouting),
+            "loss": misrouting.loss,
+            "planning_gain": misrouting.planning_gain,
+        }
+    return inputs
+
+
+def _model_entries(problem: Problem, result: PlanResult) -> dict[str, Any]:
+    """Per model: deployed, steps, share and its realization on the GPU, load and service time."""
     plan = result.plan
     models = {}
     for i, key in enumerate(plan.models):
@@ -99,8 +170,13 @@ def plan_to_dict(
                 "time_slice_weight": share / problem.budget,
             },
         }
+    return models
+
+
+def _baselines(result: PlanResult, others: Mapping[str, PlanResult]) -> dict[str, Any]:
+    """The other methods' figures, each with its utility change against the plan's."""
     baselines = {}
-    for name, other in (others or {}).items():
+    for name, other in others.items():
         if name == result.method:
             continue
         entry = _figures(other)
@@ -111,49 +187,39 @@ def plan_to_dict(
         if other.upper_bound is not None:
             entry["upper_bound"] = other.upper_bound
         baselines[name] = entry
-    document = {
-        "schema_version": PLAN_SCHEMA_VERSION,
-        "kind": _KIND,
-        "method": result.method,
-        "seed": result.seed,
-        "message": result.message,
-        "inputs": {
-            "models": list(problem.models),
-            "categories": list(problem.categories),
-            "workload": dict(zip(problem.categories, problem.counts.tolist())),
-            "workload_unit": problem.demand_unit,
-            "arrivals": problem.arrivals,
-            "routing_realization": problem.realization,
-            "slo": None
-            if problem.slo is None
-            else {
-                "seconds": problem.slo.seconds,
-                "attainment": problem.slo.attainment,
-                "scope": problem.slo.scope,
-            },
-            "energy_price_points_per_j": problem.energy_price,
-            "batching": problem.batch_sizes is not None,
-            "budget_gpu": problem.budget,
-            "weight_points_per_s": problem.weight,
-            "device_memory_bytes": problem.device_memory_bytes,
-            "table_sha256": problem.table_sha256,
-            "workload_sha256": problem.workload_sha256,
-            "min_clipscore": problem.min_clipscore,
-            "max_shortfall": problem.max_shortfall if problem.min_clipscore is not None else None,
-            "left_out": {
-                key: {"peak_memory_bytes": problem.left_out[key], "reason": reason}
-                for key, reason in problem.left_out_reasons().items()
-            },
-            **dict(inputs or {}),
+    return baselines
+
+
+def _problem_inputs(problem: Problem) -> dict[str, Any]:
+    """What the plan was made for: models, workload, delay model, objective and the inputs' hashes."""
+    return {
+        "models": list(problem.models),
+        "categories": list(problem.categories),
+        "workload": dict(zip(problem.categories, problem.counts.tolist())),
+        "workload_unit": problem.demand_unit,
+        "arrivals": problem.arrivals,
+        "routing_realization": problem.realization,
+        "slo": None
+        if problem.slo is None
+        else {
+            "seconds": problem.slo.seconds,
+            "attainment": problem.slo.attainment,
+            "scope": problem.slo.scope,
         },
-        "routing": plan.routing,
-        "models": models,
-        "predicted": _figures(result),
-        "baselines": baselines,
+        "energy_price_points_per_j": problem.energy_price,
+        "batching": problem.batch_sizes is not None,
+        "budget_gpu": problem.budget,
+        "weight_points_per_s": problem.weight,
+        "device_memory_bytes": problem.device_memory_bytes,
+        "table_sha256": problem.table_sha256,
+        "workload_sha256": problem.workload_sha256,
+        "min_clipscore": problem.min_clipscore,
+        "max_shortfall": problem.max_shortfall if problem.min_clipscore is not None else None,
+        "left_out": {
+            key: {"peak_memory_bytes": problem.left_out[key], "reason": reason}
+            for key, reason in problem.left_out_reasons().items()
+        },
     }
-    if uncertainty is not None:
-        document["uncertainty"] = dict(uncertainty)
-    return document
 
 
 def save_plan(document: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -5,13 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Workload"]
+__all__ = ["DEFAULT_MIX", "DEFAULT_REQUESTS", "Workload", "default_mix", "workload_from_options"]
+
+# PartiPrompts' prompts per category of the paper's mapping (DESIGN §2.1).
+DEFAULT_MIX = {"Basic": 272, "Detail": 544, "Imagination": 150, "Complex": 113}
+#: Requests per planning window when no workload is given.
+DEFAULT_REQUESTS = 100
 
 
 @dataclass(frozen=True)
@@ -131,3 +136,95 @@ class Workload:
         if self.composition is not None:
             document = {"counts": document, "composition": self.composition}
         return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+
+
+def default_mix(categories: Sequence[str]) -> dict[str, float]:
+    """PartiPrompts' category proportions (:data:`DEFAULT_MIX`) over ``categories`` (1 each for others)."""
+    return {c: DEFAULT_MIX.get(c, 1) for c in categories}
+
+
+def workload_from_options(
+    categories: Sequence[str],
+    *,
+    counts: Mapping[str, float] | None = None,
+    prompts: Workload | None = None,
+    requests: int = DEFAULT_REQUESTS,
+    rates: Mapping[str, float] | None = None,
+    rate: float | None = None,
+    arrivals: str | None = None,
+    window_s: float | None = None,
+) -> Workload:
+    """The workload ``genedge plan`` builds from its options, for a table's ``categories``.
+
+    Demand is given one way, first match wins: ``rates`` (requests/s per category, e.g. an arrival
+    trace's :meth:`~genedge.optimizer.arrivals.Arrivals.rates`); ``rate`` (a total in requests/s,
+    split in the mix of ``prompts`` if given, else PartiPrompts' mix); ``counts`` (requests per
+    window); ``prompts`` (a prompt file's counted workload, see
+    :func:`genedge.router.count_routed`); else ``requests`` requests in PartiPrompts' mix.
+
+    Args:
+        categories: the calibration table's categories (the default mix is over them).
+        counts: requests per category in one window.
+        prompts: a prompt file's workload, with its router's composition where it has one.
+        requests: the number of requests in PartiPrompts' mix when nothing else is given.
+        rates: arrival rates per category (requests/s).
+        rate: a total arrival rate (requests/s).
+        arrivals: the delay model, ``"window"`` or ``"open"``; None: ``"open"`` when rates are given,
+            else ``"window"`` (the model :func:`genedge.optimizer.inputs.problem_from_options` then
+            takes from the workload).
+        window_s: with open arrivals and counts, the window length (s) that turns N requests per
+            window into the rate N / window_s.
+
+    Raises:
+        ValueError: a rate that is not > 0; rates under the window model; open arrivals with counts
+            but no ``window_s``. Messages name the ``genedge plan`` options these come from.
+
+    Example:
+        >>> w = workload_from_options(["Basic", "Detail"], rate=0.3)
+        >>> round(w.counts["Detail"], 3), w.per_second
+        (0.2, True)
+    """
+    from genedge.optimizer.delay import arrival_model
+
+    given = _rates(categories, prompts, rates, rate)
+    per_second = given is not None if arrivals is None else arrival_model(arrivals).per_second
+    if given is not None:
+        if not per_second:
+            raise ValueError("--rates, --rate and --trace give requests per second: plan them with --arrivals open")
+        return given
+    workload = _counts(categories, counts, prompts, requests)
+    if per_second:
+        if window_s is None:
+            raise ValueError(
+                "--arrivals open needs rates: give --rates, --rate or --trace, or --window-s SECONDS to turn the "
+                "workload's requests per window into a rate"
+            )
+        return workload.as_rates(window_s)
+    return workload
+
+
+def _rates(
+    categories: Sequence[str], prompts: Workload | None, rates: Mapping[str, float] | None, rate: float | None
+) -> Workload | None:
+    """Rates from ``rates`` or ``rate``, where given."""
+    if rates is not None:
+        return Workload.from_rates(rates)
+    if rate is None:
+        return None
+    if not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"--rate: expected requests per second > 0, but got {rate:g}")
+    weights = prompts.counts if prompts is not None else default_mix(categories)
+    total = sum(weights.values())
+    split = {c: rate * n / total for c, n in weights.items()}
+    return Workload.from_rates(split, None if prompts is None else prompts.composition)
+
+
+def _counts(
+    categories: Sequence[str], counts: Mapping[str, float] | None, prompts: Workload | None, requests: int
+) -> Workload:
+    """Counts per window from ``counts``, ``prompts`` or ``requests``."""
+    if counts is not None:
+        return Workload.from_counts(counts)
+    if prompts is not None:
+        return prompts
+    return Workload.from_mix(default_mix(categories), requests)

@@ -15,7 +15,7 @@ from genedge.contract.files import ArtifactError
 from genedge.contract.mappings import label_to_category
 from genedge.contract.prompts import PROMPT_COLUMN, PromptTable
 
-__all__ = ["PromptCounts", "count_prompts"]
+__all__ = ["PromptCounts", "count_prompts", "require_fit"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,20 @@ class PromptCounts:
         return ", ".join(parts)
 
 
+def require_fit(router: Any, mapping: Mapping[str, Any]) -> None:
+    """Refuse a :class:`~genedge.router.PromptRouter` that routes into another category mapping than ``mapping``.
+
+    Raises:
+        ValueError: naming the router's categories and mapping and the expected ones.
+    """
+    if not router.fits_mapping(mapping):
+        raise ValueError(
+            f"router {router.name!r} routes into the categories {list(router.categories)} of mapping "
+            f"{router.mapping.get('name', '?')!r}, but the table's mapping {mapping.get('name', '?')!r} has "
+            f"{list(mapping['labels'])}: train a router on this mapping (genedge router train)"
+        )
+
+
 def count_prompts(
     table: PromptTable,
     mapping: Mapping[str, Any],
@@ -103,12 +117,8 @@ def count_prompts(
     """
     if not table.rows:
         raise ArtifactError(table.source, "rows", "expected at least one prompt, but the file has only its header")
-    if router is not None and not router.fits_mapping(mapping):
-        raise ValueError(
-            f"router {router.name!r} routes into the categories {list(router.categories)} of mapping "
-            f"{router.mapping.get('name', '?')!r}, but the table's mapping {mapping.get('name', '?')!r} has "
-            f"{list(mapping['labels'])}: train a router on this mapping (genedge router train)"
-        )
+    if router is not None:
+        require_fit(router, mapping)
     to_category = label_to_category(mapping)
     column = mapping["column"]
     labels = table.column(column) if column in table.columns else [""] * len(table.rows)

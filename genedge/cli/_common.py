@@ -25,23 +25,20 @@ from genedge.contract.bounds import (
     MIN_RATE_PER_S,
     range_problem,
 )
-from genedge.optimizer.delay import arrival_model as delay_arrivals
-from genedge.optimizer.problem import Problem, Slo
+from genedge.optimizer.inputs import problem_from_options, slo_from_options
+from genedge.optimizer.problem import Problem
 from genedge.optimizer.result import PlanResult
-from genedge.optimizer.workload import Workload
+from genedge.optimizer.workload import DEFAULT_REQUESTS, Workload, workload_from_options
 
 if TYPE_CHECKING:
     from genedge.router.counting import PromptCounts
 
 __all__ = [
     "DEFAULT_TABLE",
-    "DEFAULT_MIX",
-    "DEFAULT_REQUESTS",
     "add_planning_arguments",
     "add_workload_arguments",
     "add_budget_arguments",
     "add_service_arguments",
-    "service_from_args",
     "batch_size_argument",
     "bounded_number",
     "budget_gpus",
@@ -53,7 +50,6 @@ __all__ = [
     "slo_seconds",
     "window_seconds",
     "table_argument",
-    "default_mix",
     "load_table_with_hash",
     "prompt_counts_from_args",
     "workload_from_args",
@@ -66,9 +62,6 @@ __all__ = [
 ]
 
 DEFAULT_TABLE = data.path("tables", "reference-a100.json")
-# PartiPrompts' prompts per category of the paper's mapping (DESIGN §2.1).
-DEFAULT_MIX = {"Basic": 272, "Detail": 544, "Imagination": 150, "Complex": 113}
-DEFAULT_REQUESTS = 100
 
 
 def comma_separated(kind: Callable[[str], object]) -> Callable[[str], list]:
@@ -307,150 +300,53 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def service_from_args(args: argparse.Namespace) -> dict[str, object]:
-    """The Problem.from_table keywords of :func:`add_service_arguments`' options, checked together.
+def prompt_counts_from_args(args: argparse.Namespace, table: CalibrationTable) -> PromptCounts | None:
+    """The --prompts file's rows per category (labelled or routed by --router), or None without --prompts."""
+    if getattr(args, "prompts", None) is None:
+        return None
+    from tqdm import tqdm
 
-    Raises:
-        ValueError: --objective quality without --slo, --percentile or --attainment without --slo, or
-            a percentile outside (0, 100).
+    from genedge.contract.prompts import read_prompt_file
+    from genedge.router.choice import count_routed
+
+    prompts = read_prompt_file(args.prompts)
+    with tqdm(total=len(prompts.rows), unit="prompt", desc="routing", disable=None, file=sys.stderr) as bar:
+        return count_routed(prompts, table.category_mapping, getattr(args, "router", "auto"), bar.update)
+
+
+def workload_from_args(
+    args: argparse.Namespace, table: CalibrationTable, prompt_counts: PromptCounts | None = None
+) -> Workload:
+    """The workload of --workload, --prompts or --requests, or, where the command takes them, --rates, --rate
+    or --trace (see :func:`genedge.optimizer.workload.workload_from_options`).
+
+    ``prompt_counts`` is :func:`prompt_counts_from_args`' result, where the caller has it already.
     """
-    slo = None
-    if args.slo is not None:
-        if args.attainment is not None:
-            attainment = args.attainment
-        else:
-            percentile = 95.0 if args.percentile is None else args.percentile
-            if not 0 < percentile < 100:
-                raise ValueError(f"--percentile: expected a percentile in (0, 100), e.g. 95, but got {percentile:g}")
-            attainment = percentile / 100
-        slo = Slo(seconds=args.slo, attainment=attainment, scope=args.slo_scope)
-    elif args.percentile is not None or args.attainment is not None:
-        raise ValueError("--percentile and --attainment need --slo SECONDS")
-    if args.objective == "quality" and slo is None:
-        raise ValueError("--objective quality maximizes CLIPScore subject to an SLO: give --slo SECONDS")
-    return {
-        "arrivals": arrival_model(args),
-        "realization": args.routing,
-        "slo": slo,
-        "energy_price": args.energy_price,
-        "batching": args.batching,
-    }
+    if prompt_counts is None:
+        prompt_counts = prompt_counts_from_args(args, table)
+    rates = None
+    if getattr(args, "rates", None) is not None:
+        rates = parse_counts(args.rates, "--rates", minimum_total=MIN_RATE_PER_S)
+    elif getattr(args, "trace", None) is not None:
+        from genedge.optimizer.arrivals import read_trace
 
-
-def arrival_model(args: argparse.Namespace) -> str:
-    """--arrivals, or 'open' when rates or a trace are given."""
-    if args.arrivals is not None:
-        return args.arrivals
-    return "open" if (args.rates is not None or args.rate is not None or args.trace is not None) else "window"
-
-
-def default_mix(table: CalibrationTable) -> dict[str, float]:
-    """PartiPrompts' category proportions over the table's categories (1 each for others)."""
-    return {c: DEFAULT_MIX.get(c, 1) for c in table.categories}
+        rates = read_trace(args.trace, mapping=table.category_mapping, categories=table.categories).rates()
+    return workload_from_options(
+        table.categories,
+        counts=None if args.workload is None else parse_counts(args.workload, "--workload", whole=True),
+        prompts=None if prompt_counts is None else prompt_counts.workload(),
+        requests=args.requests,
+        rates=rates,
+        rate=getattr(args, "rate", None),
+        arrivals=getattr(args, "arrivals", None),
+        window_s=getattr(args, "window_s", None),
+    )
 
 
 def load_table_with_hash(path: Path) -> tuple[CalibrationTable, str]:
     """Load and validate a table; also return the sha256 of its bytes, recorded in plans."""
     table = load_table(path)
     return table, hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def prompt_counts_from_args(args: argparse.Namespace, table: CalibrationTable) -> PromptCounts | None:
-    """The --prompts file's rows per category (labelled or routed by --router), or None without --prompts.
-
-    Raises:
-        ValueError: no shipped router fits the table's mapping under ``--router auto`` while some rows
-            have no known label, or a router for another mapping.
-    """
-    if getattr(args, "prompts", None) is None:
-        return None
-    from tqdm import tqdm
-
-    from genedge.contract.prompts import read_prompt_file
-    from genedge.router.counting import count_prompts
-    from genedge.router.model import default_router, load_router
-
-    prompts = read_prompt_file(args.prompts)
-    mapping = table.category_mapping
-    choice = getattr(args, "router", "auto")
-    if choice == "none":
-        router = None
-    elif choice == "auto":
-        router = default_router(mapping)
-    else:
-        router = load_router(choice)
-    with tqdm(total=len(prompts.rows), unit="prompt", desc="routing", disable=None, file=sys.stderr) as bar:
-        counts = count_prompts(prompts, mapping, router, bar.update)
-    if choice == "auto" and router is None and counts.not_placed:
-        raise ValueError(
-            f"{args.prompts}: {counts.not_placed} rows have no label of the table's mapping "
-            f"{mapping.get('name', '?')!r} and no shipped router fits it: train one (genedge router train) and "
-            f"pass --router FILE, or --router none to leave them out"
-        )
-    return counts
-
-
-def workload_from_args(
-    args: argparse.Namespace, table: CalibrationTable, prompt_counts: PromptCounts | None = None
-) -> Workload:
-    """The workload from --workload, --prompts or --requests (one of them; --requests by default), or,
-    where the command takes them, from --rates, --rate or --trace, as rates under open arrivals.
-
-    ``prompt_counts`` is :func:`prompt_counts_from_args`'s result, where the caller has it already.
-
-    Raises:
-        ValueError: rates with the window model, or open arrivals with counts but no --window-s.
-    """
-    if prompt_counts is None:
-        prompt_counts = prompt_counts_from_args(args, table)
-    rates = _rates_from_args(args, table, prompt_counts)
-    per_second = delay_arrivals(arrival_model(args) if hasattr(args, "arrivals") else "window").per_second
-    if rates is not None:
-        if not per_second:
-            raise ValueError("--rates, --rate and --trace give requests per second: plan them with --arrivals open")
-        return rates
-    counts = _counts_from_args(args, table, prompt_counts)
-    if per_second:
-        if getattr(args, "window_s", None) is None:
-            raise ValueError(
-                "--arrivals open needs rates: give --rates, --rate or --trace, or --window-s SECONDS to turn the "
-                "workload's requests per window into a rate"
-            )
-        return counts.as_rates(args.window_s)
-    return counts
-
-
-def _rates_from_args(
-    args: argparse.Namespace, table: CalibrationTable, prompt_counts: PromptCounts | None
-) -> Workload | None:
-    """Rates from --rates, --rate or --trace, where given."""
-    if getattr(args, "rates", None) is not None:
-        return Workload.from_rates(parse_counts(args.rates, "--rates", minimum_total=MIN_RATE_PER_S))
-    if getattr(args, "rate", None) is not None:
-        if not (math.isfinite(args.rate) and args.rate > 0):
-            raise ValueError(f"--rate: expected requests per second > 0, but got {args.rate:g}")
-        mix = _counts_from_args(args, table, prompt_counts) if args.prompts is not None else None
-        weights = mix.counts if mix is not None else default_mix(table)
-        total = sum(weights.values())
-        rates = {c: args.rate * n / total for c, n in weights.items()}
-        return Workload.from_rates(rates, None if mix is None else mix.composition)
-    if getattr(args, "trace", None) is not None:
-        from genedge.optimizer.arrivals import read_trace
-
-        trace = read_trace(args.trace, mapping=table.category_mapping, categories=table.categories)
-        return Workload.from_rates(trace.rates())
-    return None
-
-
-def _counts_from_args(
-    args: argparse.Namespace, table: CalibrationTable, prompt_counts: PromptCounts | None
-) -> Workload:
-    """Counts from --workload, --prompts or --requests."""
-    if args.workload is not None:
-        return Workload.from_counts(parse_counts(args.workload, "--workload", whole=True))
-    if prompt_counts is not None:
-        return prompt_counts.workload()
-    return Workload.from_mix(default_mix(table), args.requests)
 
 
 def parse_counts(text: str, option: str, *, whole: bool = False, minimum_total: float = 0.0) -> dict[str, float]:
@@ -508,19 +404,27 @@ def derived_share_line(table: CalibrationTable) -> str:
 def problem_from_args(
     args: argparse.Namespace, table: CalibrationTable, sha256: str, workload: Workload, budget: float, weight: float
 ) -> Problem:
-    """Build a problem with the shared options (models, memory, quality floor, and where the command
-    takes them the delay model, SLO, energy price and batching)."""
-    memory = None if args.memory_gib is None else int(args.memory_gib * 2**30)
-    service = service_from_args(args) if hasattr(args, "arrivals") else {}
-    if service.get("slo") is not None and args.objective == "quality":
-        weight = 0.0
-    return Problem.from_table(
+    """The problem of the shared options (models, memory, quality floor, and where the command takes them the
+    delay model, SLO, energy price and batching; see :func:`genedge.optimizer.inputs.problem_from_options`)."""
+    service = {}
+    if hasattr(args, "arrivals"):
+        service = {
+            "arrivals": args.arrivals,
+            "routing": args.routing,
+            "slo": slo_from_options(
+                args.slo, percentile=args.percentile, attainment=args.attainment, scope=args.slo_scope
+            ),
+            "objective": args.objective,
+            "energy_price": args.energy_price,
+            "batching": args.batching,
+        }
+    return problem_from_options(
         table,
         workload,
         budget=budget,
         weight=weight,
         models=args.models,
-        device_memory_bytes=memory,
+        memory_gib=args.memory_gib,
         table_sha256=sha256,
         min_clipscore=args.min_clipscore,
         max_shortfall=args.max_shortfall,

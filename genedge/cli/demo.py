@@ -14,7 +14,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from genedge.cli._common import DEFAULT_REQUESTS, comma_separated, default_mix, format_plan
+from genedge.cli._common import comma_separated, format_plan
 
 __all__ = ["DEMO_MODELS", "add_parser", "run"]
 
@@ -59,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
     """Profile, calibrate and plan; print each stage's result and where its files are."""
     from genedge.calibrate import fit_and_write, table_summary
     from genedge.data import path as data_path
-    from genedge.optimizer import Problem, Workload, run_methods
+    from genedge.optimizer import Problem, run_methods
     from genedge.optimizer.plan_file import plan_to_dict, save_plan
+    from genedge.optimizer.workload import workload_from_options
     from genedge.profiler import ProfileConfig, profile
 
     folder = args.dir or Path(tempfile.mkdtemp(prefix="genedge-demo-"))
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     print("\n3. plan")
     problem = Problem.from_table(
         table,
-        Workload.from_mix(default_mix(table), DEFAULT_REQUESTS),
+        workload_from_options(table.categories),
         table_sha256=hashlib.sha256(table_path.read_bytes()).hexdigest(),
     )
     planned = run_methods(problem, ["genedge"], rng=0)["genedge"]

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 from pathlib import Path
 
 import numpy as np
 
 from genedge.cli._common import (
-    DEFAULT_REQUESTS,
     add_budget_arguments,
     add_planning_arguments,
     add_service_arguments,
@@ -26,6 +24,7 @@ from genedge.cli._common import (
     workload_from_args,
     workload_line,
 )
+from genedge.optimizer.workload import DEFAULT_REQUESTS
 
 __all__ = ["add_parser"]
 
@@ -90,7 +89,7 @@ def add_uncertainty_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from genedge.contract.files import check_not_input
     from genedge.optimizer import METHODS, misrouting_cost, run_methods
-    from genedge.optimizer.plan_file import plan_to_dict, save_plan
+    from genedge.optimizer.plan_file import plan_inputs, plan_to_dict, save_plan
 
     check_not_input(
         {"--out": args.out},
@@ -126,42 +125,25 @@ def run(args: argparse.Namespace) -> int:
         chosen, assessment = _how_sure(args, samples, table, workload, problem, chosen)
         uncertainty = assessment.to_dict()
     if args.out:
-        inputs = {"table": str(args.table), "table_source_counts": table.source_counts()}
-        if prompt_counts is not None:
-            inputs["prompts"] = {
-                "file": str(args.prompts),
-                "rows": prompt_counts.rows,
-                "labelled": dict(prompt_counts.labelled),
-                "routed": dict(prompt_counts.routed),
-                "not_placed": prompt_counts.not_placed,
-                "router": prompt_counts.router,
-                "composition": workload.composition,
-            }
-        if cost is not None:
-            inputs["misrouting"] = {**dataclasses.asdict(cost), "loss": cost.loss, "planning_gain": cost.planning_gain}
+        inputs = plan_inputs(args.table, table.source_counts(), workload, prompts=prompt_counts, misrouting=cost)
         document = plan_to_dict(problem, chosen, others=results, inputs=inputs, uncertainty=uncertainty)
         print(f"\nwrote {save_plan(document, args.out)}")
     return 0
 
 
 def _bootstrap_samples(args: argparse.Namespace, problem, results) -> int:
-    """The bootstrap's sample count: --samples, or by default as many as are fast (0 where each is re-planned)."""
-    from genedge.optimizer.uncertainty import DEFAULT_SAMPLES, whole_category_search_obstacle
+    """The bootstrap's sample count (:func:`genedge.optimizer.inputs.bootstrap_size`); says why where it skips it."""
+    from genedge.optimizer.inputs import bootstrap_size
 
-    if args.samples is not None:
-        if args.samples == 1 or args.samples < 0 or (args.robust and args.samples < 2):
-            raise ValueError(f"--samples: expected 0 (skip) or at least 2 bootstrap samples, but got {args.samples}")
-        return args.samples
-    obstacle = whole_category_search_obstacle(problem)
-    if obstacle is None or args.robust:
-        return DEFAULT_SAMPLES
-    took = results["exact"].plan_time_s if "exact" in results else None
-    cost = "" if took is None else f", about {took:.1f} s a sample here"
-    print(
-        f"\nhow sure: not computed by default here; with {obstacle} each bootstrap sample is re-planned with "
-        f"the exact planner{cost}: --samples N computes it"
-    )
-    return 0
+    size = bootstrap_size(problem, args.samples, robust=args.robust is not None)
+    if size.skipped_because is not None:
+        took = results["exact"].plan_time_s if "exact" in results else None
+        cost = "" if took is None else f", about {took:.1f} s a sample here"
+        print(
+            f"\nhow sure: not computed by default here; with {size.skipped_because} each bootstrap sample is "
+            f"re-planned with the exact planner{cost}: --samples N computes it"
+        )
+    return size.samples
 
 
 def _how_sure(args: argparse.Namespace, samples: int, table, workload, problem, chosen):

@@ -13,7 +13,6 @@ from genedge.cli._common import (
     add_planning_arguments,
     budget_gpus,
     comma_separated,
-    default_mix,
     delay_weight,
     derived_share_line,
     left_out_line,
@@ -24,6 +23,7 @@ from genedge.cli._common import (
     slo_seconds,
     window_seconds,
 )
+from genedge.optimizer.workload import default_mix
 
 __all__ = ["add_parser"]
 
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     def make_problem(workload: Workload, budget: float, weight: float) -> Problem:
         return problem_from_args(args, table, sha, workload, budget, weight)
 
-    mix = Workload.from_counts(parse_counts(args.mix, "--mix") if args.mix else default_mix(table))
+    mix = Workload.from_counts(parse_counts(args.mix, "--mix") if args.mix else default_mix(table.categories))
     # Built before the sweep, so bad options fail at once; its convergence is plotted afterwards.
     middle = make_problem(
         mix.scaled(args.loads[len(args.loads) // 2]), args.budgets[0], args.weights[len(args.weights) // 2]
@@ -208,7 +208,8 @@ def _window_versus_open(args: argparse.Namespace, table, sha: str) -> int:
     """Print the window-versus-open comparison (see the option group's help)."""
     from genedge.optimizer import Workload
     from genedge.optimizer.delay import arrival_model
-    from genedge.optimizer.problem import Problem, Slo
+    from genedge.optimizer.inputs import problem_from_options
+    from genedge.optimizer.problem import Slo
     from genedge.optimizer.simulate import compare_arrival_models
 
     if not args.window_vs_open > 0:
@@ -221,23 +222,22 @@ def _window_versus_open(args: argparse.Namespace, table, sha: str) -> int:
         rates = {c: r for c, r in trace.rates().items() if r > 0}
         counts = Workload.from_mix(rates, max(1, round(sum(rates.values()) * args.window_vs_open)))
     else:
-        mix = Workload.from_counts(parse_counts(args.mix, "--mix") if args.mix else default_mix(table))
+        mix = Workload.from_counts(parse_counts(args.mix, "--mix") if args.mix else default_mix(table.categories))
         counts = mix.scaled(args.loads[len(args.loads) // 2])
     slo = None if args.slo is None else Slo(args.slo, args.percentile / 100)
-    memory = None if args.memory_gib is None else int(args.memory_gib * 2**30)
     common = {
         "budget": args.budgets[0],
         "weight": args.weights[len(args.weights) // 2],
         "models": args.models,
-        "device_memory_bytes": memory,
+        "memory_gib": args.memory_gib,
         "table_sha256": sha,
         "min_clipscore": args.min_clipscore,
         "max_shortfall": args.max_shortfall,
         "slo": slo,
     }
-    window = Problem.from_table(table, counts, arrivals="window", **common)
+    window = problem_from_options(table, counts, arrivals="window", **common)
     rates = counts.as_rates(args.window_vs_open) if trace is None else Workload.from_rates(rates)
-    opened = Problem.from_table(table, rates, arrivals="open", **common)
+    opened = problem_from_options(table, rates, arrivals="open", **common)
     print(derived_share_line(table))
     print(
         f"demand: {window.n_requests:g} requests per {args.window_vs_open:g} s window ≡ {opened.n_requests:.4g} "
