@@ -169,12 +169,12 @@ def test_other_settings_on_the_same_run_are_refused(tmp_path: Path) -> None:
 
 
 def test_a_batch_keeps_prompts_with_quotes_and_commas_exactly(tmp_path: Path) -> None:
-    from genedge.cli.autoprofile import _write_prompts
+    from genedge.profiler.autoprofile import write_batch_prompts
     from genedge.profiler.prompts import load_prompt_set
 
     texts = ['"Hello," said the parrot', "a red cube, on a table", 'a sign that reads "open"']
     source = load_prompt_set(_p2_file(tmp_path / "source.tsv", texts))
-    _write_prompts(tmp_path / "batch" / "prompts.tsv", source.prompts)
+    write_batch_prompts(tmp_path / "batch" / "prompts.tsv", source.prompts)
     batch = load_prompt_set(str(tmp_path / "batch" / "prompts.tsv"))
     assert [p.text for p in batch.prompts] == texts
     assert [(p.category, p.challenge) for p in batch.prompts] == [(p.category, p.challenge) for p in source.prompts]

@@ -83,6 +83,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also draw quality, delay and utility versus load and the annealing's convergence (PNG and SVG)",
     )
+    _add_window_versus_open_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def _add_window_versus_open_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the window-versus-open comparison, which replaces the sweep."""
     arrivals = parser.add_argument_group(
         "window versus open arrivals",
         "instead of the sweep: plan one demand (the middle of --loads requests per window of T seconds, the first "
@@ -118,7 +124,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=50_000,
         help="arrivals simulated per plan and process (default: 50000)",
     )
-    parser.set_defaults(func=run)
 
 
 def _progress(start: float):

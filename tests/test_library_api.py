@@ -1,0 +1,241 @@
+"""What ``genedge plan`` and ``genedge autoprofile`` decide, called as a notebook user calls it: no argparse.
+
+- the router choice ('auto', 'none', a shipped name, a file) and counting a prompt file with it;
+- the workload and the problem from plain options, the SLO, the bootstrap's default size;
+- the inputs a plan document records;
+- an adaptive profiling run's folder: its settings, a torn batch and a torn decision line on resume.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from genedge.calibrate import load_table
+from genedge.contract.mappings import load_category_mapping
+from genedge.contract.prompts import read_prompt_file
+from genedge.data import resolve_router, resolve_table
+from genedge.optimizer.inputs import BootstrapSize, bootstrap_size, problem_from_options, slo_from_options
+from genedge.optimizer.plan_file import plan_inputs, plan_to_dict, validate_plan
+from genedge.optimizer.uncertainty import DEFAULT_SAMPLES
+from genedge.optimizer.workload import DEFAULT_MIX, Workload, default_mix, workload_from_options
+from genedge.router import choose_router, count_routed, router_path
+
+REFERENCE = resolve_table("reference-a100")
+CATEGORIES = ("Basic", "Detail", "Imagination", "Complex")
+
+
+@pytest.fixture(scope="module")
+def table():
+    return load_table(REFERENCE)
+
+
+def _prompt_file(path: Path) -> Path:
+    rows = "A red apple on a table\tBasic\nA dog in a park\t\nThe city at night in fog\t\n"
+    path.write_text("Prompt\tChallenge\n" + rows, encoding="utf-8")
+    return path
+
+
+# --- router choice --------------------------------------------------------------------------------
+
+
+def test_the_router_choice_names_a_file_or_none() -> None:
+    paper4 = load_category_mapping("paper4")
+    assert router_path("none", paper4) is None
+    assert router_path("auto", paper4) == resolve_router("paper4-tfidf")
+    assert router_path("paper4-minilm", paper4) == resolve_router("paper4-minilm")
+    # No shipped router routes into the eleven challenges: 'auto' finds none.
+    assert router_path("auto", load_category_mapping("challenge")) is None
+
+
+def test_a_router_for_another_mapping_is_refused_naming_both() -> None:
+    with pytest.raises(ValueError, match=r"router 'paper4-tfidf' routes into the categories .* 'challenge'"):
+        choose_router("paper4-tfidf", load_category_mapping("challenge"))
+    with pytest.raises(ValueError, match="no-such-router"):
+        choose_router("no-such-router", load_category_mapping("paper4"))
+
+
+def test_prompts_are_counted_by_label_and_routed_by_the_chosen_router(tmp_path: Path) -> None:
+    prompts = read_prompt_file(_prompt_file(tmp_path / "prompts.tsv"))
+    mapping = load_category_mapping("paper4")
+    routed = count_routed(prompts, mapping)  # 'auto': the shipped TF-IDF router
+    assert routed.router == choose_router("auto", mapping).name
+    assert routed.labelled["Basic"] == 1 and sum(routed.routed.values()) == 2 and routed.not_placed == 0
+    unrouted = count_routed(prompts, mapping, "none")
+    assert unrouted.router is None and unrouted.not_placed == 2 and unrouted.counts == {"Basic": 1}
+    with pytest.raises(ValueError, match="no shipped router fits it"):
+        count_routed(prompts, load_category_mapping("challenge"))
+
+
+# --- workload and problem -------------------------------------------------------------------------
+
+
+def test_the_default_workload_is_partiprompts_mix_of_the_tables_categories() -> None:
+    assert default_mix([*CATEGORIES, "Other"]) == {**DEFAULT_MIX, "Other": 1}
+    workload = workload_from_options(CATEGORIES)
+    assert workload == Workload.from_mix(DEFAULT_MIX, 100)
+    assert dict(workload.counts) == {"Basic": 25, "Detail": 50, "Imagination": 14, "Complex": 11}
+
+
+def test_a_total_rate_is_split_in_the_prompt_files_mix_and_keeps_its_composition() -> None:
+    composition = {"Basic": {"Basic": 1.0}, "Detail": {"Basic": 0.25, "Detail": 0.75}}
+    counted = Workload(counts={"Basic": 1, "Detail": 3}, composition=composition)
+    rates = workload_from_options(CATEGORIES, prompts=counted, rate=2.0)
+    assert rates.per_second and dict(rates.counts) == {"Basic": 0.5, "Detail": 1.5}
+    assert rates.composition == counted.composition
+
+
+def test_counts_become_rates_only_with_open_arrivals_and_a_window() -> None:
+    counts = {"Basic": 10, "Detail": 20}
+    assert workload_from_options(CATEGORIES, counts=counts) == Workload.from_counts(counts)
+    opened = workload_from_options(CATEGORIES, counts=counts, arrivals="open", window_s=100)
+    assert opened.per_second and dict(opened.counts) == {"Basic": 0.1, "Detail": 0.2}
+    with pytest.raises(ValueError, match="--arrivals open needs rates"):
+        workload_from_options(CATEGORIES, counts=counts, arrivals="open")
+    with pytest.raises(ValueError, match="plan them with --arrivals open"):
+        workload_from_options(CATEGORIES, rates={"Basic": 0.1}, arrivals="window")
+    with pytest.raises(ValueError, match="--rate: expected requests per second > 0"):
+        workload_from_options(CATEGORIES, rate=0.0)
+
+
+def test_an_slo_holds_p95_unless_told_otherwise() -> None:
+    assert slo_from_options(None) is None
+    slo = slo_from_options(20)
+    assert (slo.seconds, slo.attainment, slo.scope) == (20, 0.95, "overall")
+    assert slo_from_options(20, percentile=90, scope="category").describe() == "p90 <= 20 s (category)"
+    assert slo_from_options(20, attainment=0.8).attainment == 0.8
+    with pytest.raises(ValueError, match="need --slo"):
+        slo_from_options(None, percentile=90)
+    with pytest.raises(ValueError, match=r"--percentile: expected a percentile in \(0, 100\)"):
+        slo_from_options(20, percentile=100)
+
+
+def test_the_problem_takes_its_delay_model_from_the_workload_and_quality_drops_the_weight(table) -> None:
+    rates = workload_from_options(table.categories, rate=0.1)
+    opened = problem_from_options(table, rates, slo=slo_from_options(60), objective="quality", memory_gib=14)
+    assert opened.arrivals == "open" and opened.weight == 0.0
+    assert opened.device_memory_bytes == 14 * 2**30
+    window = problem_from_options(table, workload_from_options(table.categories), weight=0.1)
+    assert window.arrivals == "window" and window.weight == 0.1 and window.slo is None
+    with pytest.raises(ValueError, match="--objective quality maximizes CLIPScore subject to an SLO"):
+        problem_from_options(table, rates, objective="quality")
+
+
+def test_the_bootstrap_runs_by_default_only_where_each_sample_is_fast(table) -> None:
+    window = problem_from_options(table, workload_from_options(table.categories))
+    assert bootstrap_size(window) == BootstrapSize(DEFAULT_SAMPLES)
+    opened = problem_from_options(table, workload_from_options(table.categories, rate=0.1))
+    assert bootstrap_size(opened) == BootstrapSize(0, "open arrivals")
+    assert bootstrap_size(opened, robust=True).samples == DEFAULT_SAMPLES
+    assert bootstrap_size(opened, 50) == BootstrapSize(50)
+    for samples, robust in ((1, False), (-3, False), (0, True)):
+        with pytest.raises(ValueError, match=r"--samples: expected 0 \(skip\) or at least 2"):
+            bootstrap_size(window, samples, robust=robust)
+
+
+# --- the plan document ----------------------------------------------------------------------------
+
+
+def test_a_plan_records_its_table_and_prompt_file(table, tmp_path: Path) -> None:
+    from genedge.optimizer import run_methods
+
+    prompts = count_routed(read_prompt_file(_prompt_file(tmp_path / "p.tsv")), table.category_mapping)
+    workload = workload_from_options(table.categories, prompts=prompts.workload())
+    problem = problem_from_options(table, workload)
+    result = run_methods(problem, ["paper"], seed=0)["paper"]
+    inputs = plan_inputs("my-table.json", table.source_counts(), workload, prompts=prompts)
+    assert inputs["table"] == "my-table.json" and inputs["table_source_counts"] == table.source_counts()
+    assert inputs["prompts"]["file"] == str(tmp_path / "p.tsv") and inputs["prompts"]["rows"] == 3
+    assert inputs["prompts"]["composition"] == workload.composition and "misrouting" not in inputs
+    document = plan_to_dict(problem, result, inputs=inputs)
+    validate_plan(document, "<plan>")
+    assert document["inputs"]["prompts"]["router"] == prompts.router
+    assert document["inputs"]["budget_gpu"] == 1.0  # the problem's own inputs stay beside them
+
+
+# --- an adaptive profiling run's folder ------------------------------------------------------------
+
+
+def _settings(prompts: str, **changes):
+    from genedge.profiler.autoprofile import AutoprofileSettings
+
+    values = {
+        "model": ("replica:tiny",),
+        "steps": (2, 3),
+        "prompt_source": prompts,
+        "category_mapping": "paper4",
+        "first_batch": 2,
+        "batch": 4,
+        "seed": 0,
+        "device": "cpu",
+        "dtype": None,
+        "resolution": 64,
+        "guidance_scale": 7.5,
+        "clip_backbone": "replica:tiny",
+        "clip_pretrained": "none",
+    }
+    return AutoprofileSettings(**{**values, **changes})
+
+
+def _p2_prompts(path: Path) -> str:
+    rows = "".join(f"prompt {i} of {c}\tArtifacts\t{c}\t\n" for c in ("Basic", "Imagination") for i in range(6))
+    path.write_text("Prompt\tCategory\tChallenge\tNote\n" + rows, encoding="utf-8")
+    return str(path)
+
+
+def test_autoprofile_settings_are_written_once_and_a_resume_must_keep_them(tmp_path: Path) -> None:
+    from genedge.profiler.autoprofile import SETTINGS_NAME, AutoprofileRun
+
+    prompts = _p2_prompts(tmp_path / "p2.tsv")
+    run = AutoprofileRun.open(tmp_path / "run", _settings(prompts), threads=1)
+    written = json.loads((tmp_path / "run" / SETTINGS_NAME).read_text())
+    assert written["steps"] == [2, 3] and written["model"] == ["replica:tiny"] and "threads" not in written
+    assert run.keys == {"replica:tiny": "replica:tiny"} and run.batches == [] and run.run_dirs == []
+    # Each category's prompts in one seeded order: the same order again on resume.
+    assert sorted(run.order) == ["Basic", "Imagination"] and len(run.order["Basic"]) == 6
+    again = AutoprofileRun.open(tmp_path / "run", _settings(prompts), threads=4)
+    assert [p.text for p in again.order["Basic"]] == [p.text for p in run.order["Basic"]]
+    with pytest.raises(ValueError, match=r"this run was started with batch = 4 \(not 8\)"):
+        AutoprofileRun.open(tmp_path / "run", _settings(prompts, batch=8))
+    with pytest.raises(ValueError, match="--first-batch: expected at least 2"):
+        _settings(prompts, first_batch=1)
+
+
+def test_a_resume_drops_a_torn_batch_and_a_torn_decision_line(tmp_path: Path) -> None:
+    from genedge.profiler.autoprofile import BATCHES_DIR, DECISIONS_NAME, AutoprofileRun
+
+    prompts = _p2_prompts(tmp_path / "p2.tsv")
+    out = tmp_path / "run"
+    measured = out / BATCHES_DIR / "0000"
+    measured.mkdir(parents=True)
+    (measured / "cells.json").write_text(
+        json.dumps([["replica:tiny", "Basic", 2, 2], ["replica:tiny", "Imagination", 2, 2]])
+    )
+    (measured / "DONE").write_text("")
+    torn = out / BATCHES_DIR / "0001"
+    torn.mkdir()
+    (torn / "prompts.tsv").write_text("Prompt\n")  # killed before its cells were written
+    run = AutoprofileRun.open(out, _settings(prompts))
+    assert run.batches == [measured] and not torn.exists()
+    assert run.used == {("replica:tiny", "Basic", 2): 2, ("replica:tiny", "Imagination", 2): 2}
+    assert run.run_dirs == [measured / "run"]
+
+    run.append_decision({"batch": 1, "stop": None})
+    with (out / DECISIONS_NAME).open("a") as handle:
+        handle.write('{"batch": 2, "sto')  # a kill in mid-line
+    run.append_decision({"batch": 2, "stop": "target"})
+    lines = (out / DECISIONS_NAME).read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [{"batch": 1, "stop": None}, {"batch": 2, "stop": "target"}]
+
+
+def test_a_batch_asking_for_more_prompts_than_a_category_has_is_refused(tmp_path: Path) -> None:
+    from genedge.profiler.autoprofile import AutoprofileRun
+
+    run = AutoprofileRun.open(tmp_path / "run", _settings(_p2_prompts(tmp_path / "p2.tsv")))
+    with pytest.raises(
+        ValueError, match=r"category .Basic.: 6 prompts in .*too few for 7 images of replica:tiny at 2 steps"
+    ):
+        run.measure("replica:tiny", 2, {"Basic": 7})
+    assert run.batches == []
