@@ -1,6 +1,7 @@
 """What ``genedge plan`` and ``genedge autoprofile`` decide, called as a notebook user calls it: no argparse.
 
 - the router choice ('auto', 'none', a shipped name, a file) and counting a prompt file with it;
+- a router's training rows, its routed rows written as a file, its cross-validation document;
 - the workload and the problem from plain options, the SLO, the bootstrap's default size;
 - the inputs a plan document records;
 - an adaptive profiling run's folder: its settings, a torn batch and a torn decision line on resume.
@@ -67,6 +68,38 @@ def test_prompts_are_counted_by_label_and_routed_by_the_chosen_router(tmp_path: 
     assert unrouted.router is None and unrouted.not_placed == 2 and unrouted.counts == {"Basic": 1}
     with pytest.raises(ValueError, match="no shipped router fits it"):
         count_routed(prompts, load_category_mapping("challenge"))
+
+
+def test_a_router_trains_on_the_labelled_rows_and_writes_what_it_routes(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from genedge.contract.files import ArtifactError
+    from genedge.router import evaluation_document, training_data, write_evaluation, write_routed
+
+    path = _prompt_file(tmp_path / "prompts.tsv")
+    data = training_data(path, "paper4")
+    assert (data.prompts, data.categories) == (["A red apple on a table"], ["Basic"])
+    assert data.source["file"] == "prompts.tsv" and data.source["rows"] == 3 and len(data.source["sha256"]) == 64
+    unlabelled = tmp_path / "unlabelled.tsv"
+    unlabelled.write_text("Prompt\tChallenge\nA dog in a park\t\n", encoding="utf-8")
+    with pytest.raises(ArtifactError, match=r"unlabelled.tsv: Challenge: expected rows labelled \['Basic'"):
+        training_data(unlabelled, "paper4")
+
+    router = choose_router("paper4-tfidf", data.mapping)
+    table = read_prompt_file(path)
+    proba = router.predict_proba(table.column("Prompt"))
+    written = write_routed(table, router.categories, proba, tmp_path / "routed.csv")
+    frame = pd.read_csv(written)
+    assert list(frame.columns[:4]) == ["Prompt", "Challenge", "category", "probability"]
+    assert list(frame["category"]) == [router.categories[i] for i in proba.argmax(axis=1)]
+    assert frame[[f"p_{c}" for c in router.categories]].sum(axis=1).round(9).eq(1).all()
+    with pytest.raises(ValueError, match=r"--out: expected a \.parquet, \.csv, \.tsv file"):
+        write_routed(table, router.categories, proba, tmp_path / "routed.xlsx")
+
+    document = evaluation_document(data.mapping, 1, 5, 0, {"tfidf": router.cross_validation})
+    assert json.loads(write_evaluation(document, tmp_path / "eval.json").read_text())["reports"]["tfidf"] == (
+        router.cross_validation.to_dict()
+    )
 
 
 # --- workload and problem -------------------------------------------------------------------------

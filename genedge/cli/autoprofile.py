@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from genedge.contract.files import check_not_input
     from genedge.optimizer.adaptive import next_batch
     from genedge.optimizer.exact import exact_search
-    from genedge.optimizer.problem import Problem
+    from genedge.optimizer.inputs import problem_from_options
     from genedge.optimizer.uncertainty import Decision, parameter_model
     from genedge.profiler.autoprofile import AutoprofileRun, AutoprofileSettings
 
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                 warnings.simplefilter("ignore")
             table = calibrate_runs(state.run_dirs)
         workload = workload_from_args(args, table)
-        problem = Problem.from_table(table, workload, budget=args.budget, weight=args.weight)
+        problem = problem_from_options(table, workload, budget=args.budget, weight=args.weight)
         decision = next_batch(
             parameter_model(table, problem, workload),
             Decision.of(exact_search(problem)),

@@ -22,8 +22,6 @@ from genedge.cli._common import comma_separated, seed_argument
 
 __all__ = ["add_parser"]
 
-_OUTPUT_SUFFIXES = (".parquet", ".csv", ".tsv")
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``genedge router`` and its subcommands."""
@@ -113,23 +111,6 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _training_data(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], list[str], dict[str, Any]]:
-    from genedge.contract.files import ArtifactError
-    from genedge.contract.mappings import load_category_mapping
-    from genedge.contract.prompts import read_prompt_file
-    from genedge.router.model import labelled_prompts
-
-    mapping = load_category_mapping(args.category_mapping)
-    table = read_prompt_file(args.prompts)
-    prompts, categories = labelled_prompts(table, mapping)
-    if not prompts:
-        raise ArtifactError(
-            str(args.prompts), mapping["column"], f"expected rows labelled {sorted(mapping['labels'])}, but none is"
-        )
-    source = {"file": Path(args.prompts).name, "sha256": table.sha256(), "rows": len(table.rows)}
-    return mapping, prompts, categories, source
-
-
 def _report_line(name: str, report: Any) -> str:
     per_category = zip(report.categories, report.precision, report.recall)
     return f"{name:<12} {report.accuracy:>8.3f} {report.macro_f1:>8.3f}  " + "  ".join(
@@ -158,32 +139,32 @@ def _confusion_lines(name: str, report: Any) -> list[str]:
 
 def run_train(args: argparse.Namespace) -> int:
     from genedge.contract.files import check_not_input
+    from genedge.router.files import training_data
     from genedge.router.model import train_router
 
     check_not_input({"--out": args.out}, {"PROMPTS": args.prompts, "--category-mapping": args.category_mapping})
-    mapping, prompts, categories, source = _training_data(args)
+    data = training_data(args.prompts, args.category_mapping)
     router = train_router(
-        prompts,
-        categories,
-        mapping,
+        data.prompts,
+        data.categories,
+        data.mapping,
         args.backend,
         name=args.name,
         folds=args.folds,
         rng=args.seed,
         c=args.c,
         embedding_model=args.embedding_model,
-        source=source,
+        source=data.source,
     )
-    print(_header(mapping, prompts, args.folds, args.seed))
+    print(_header(data.mapping, data.prompts, args.folds, args.seed))
     print(_report_line(router.backend, router.cross_validation))
     print(f"wrote {router.save(args.out)} ({router.name})")
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    import json
-
-    from genedge.contract.files import check_not_input, write_text_atomic
+    from genedge.contract.files import check_not_input
+    from genedge.router.files import evaluation_document, training_data, write_evaluation
     from genedge.router.model import BACKENDS, cross_validate
 
     check_not_input(
@@ -193,16 +174,16 @@ def run_eval(args: argparse.Namespace) -> int:
     unknown = [b for b in args.backend if b not in BACKENDS]
     if unknown:
         raise ValueError(f"--backend: expected backends among {list(BACKENDS)}, but got {unknown}")
-    mapping, prompts, categories, _ = _training_data(args)
+    data = training_data(args.prompts, args.category_mapping)
     # Each backend's line is printed as soon as it is known: a later backend that fails loses nothing.
-    print(_header(mapping, prompts, args.folds, args.seed), flush=True)
+    print(_header(data.mapping, data.prompts, args.folds, args.seed), flush=True)
     reports: dict[str, Any] = {}
     baseline = None
     for backend in args.backend:
         reports[backend], baseline = cross_validate(
-            prompts,
-            categories,
-            mapping,
+            data.prompts,
+            data.categories,
+            data.mapping,
             backend,
             folds=args.folds,
             rng=args.seed,
@@ -220,15 +201,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
         print(f"\nwrote {plot_confusion(reports, args.figure)}")
     if args.out:
-        document = {
-            "mapping": mapping,
-            "prompts": len(prompts),
-            "folds": args.folds,
-            "seed": args.seed,
-            "reports": {name: report.to_dict() for name, report in reports.items()},
-        }
-        written = write_text_atomic(args.out, json.dumps(document, indent=1) + "\n")
-        print(f"wrote {written}")
+        document = evaluation_document(data.mapping, len(data.prompts), args.folds, args.seed, reports)
+        print(f"wrote {write_evaluation(document, args.out)}")
     return 0
 
 
@@ -237,11 +211,12 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from genedge.contract.files import check_not_input
     from genedge.contract.prompts import PROMPT_COLUMN, read_prompt_file
+    from genedge.router.files import check_routed_path, write_routed
     from genedge.router.model import load_router
 
     check_not_input({"--out": args.out}, {"PROMPTS": args.prompts, "--router": args.router})
-    if args.out is not None and args.out.suffix.lower() not in _OUTPUT_SUFFIXES:
-        raise ValueError(f"--out: expected a {', '.join(_OUTPUT_SUFFIXES)} file, but got {args.out.name!r}")
+    if args.out is not None:
+        check_routed_path(args.out)
     router = load_router(args.router)
     table = read_prompt_file(args.prompts)
     prompts = table.column(PROMPT_COLUMN)
@@ -254,27 +229,8 @@ def run_predict(args: argparse.Namespace) -> int:
     print(f"routed {len(prompts):,} prompts from {args.prompts} with {router.name} ({router.backend}):")
     print("  " + ", ".join(f"{c} {n:,}" for c, n in counts.items()))
     if args.out is not None:
-        print(f"wrote {_write_predictions(table, router.categories, proba, args.out)}")
+        print(f"wrote {write_routed(table, router.categories, proba, args.out)}")
     return 0
-
-
-def _write_predictions(table: Any, categories: tuple[str, ...], proba: Any, path: Path) -> Path:
-    import pandas as pd
-
-    from genedge.contract.files import write_bytes_atomic
-
-    frame = pd.DataFrame(list(table.rows), columns=list(table.columns))
-    best = proba.argmax(axis=1)
-    frame["category"] = [categories[i] for i in best]
-    frame["probability"] = proba[range(len(best)), best]
-    for i, category in enumerate(categories):
-        frame[f"p_{category}"] = proba[:, i]
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        data = frame.to_parquet(index=False)
-    else:
-        data = frame.to_csv(index=False, sep="\t" if suffix == ".tsv" else ",", lineterminator="\n").encode("utf-8")
-    return write_bytes_atomic(path, data)
 
 
 def run_list(args: argparse.Namespace) -> int:
