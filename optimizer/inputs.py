@@ -7,9 +7,10 @@ turns it, a calibration table and the planning options into a :class:`~genedge.o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from genedge.optimizer.problem import Problem, Slo
 from genedge.optimizer.workload import Workload
@@ -17,7 +18,14 @@ from genedge.optimizer.workload import Workload
 if TYPE_CHECKING:
     from genedge.calibrate.table import CalibrationTable
 
-__all__ = ["DEFAULT_PERCENTILE", "BootstrapSize", "bootstrap_size", "problem_from_options", "slo_from_options"]
+__all__ = [
+    "DEFAULT_PERCENTILE",
+    "BootstrapSize",
+    "bootstrap_size",
+    "problem_from_options",
+    "slo_from_options",
+    "window_and_open_problems",
+]
 
 #: The percentile of delay an SLO holds when none is given (p95).
 DEFAULT_PERCENTILE = 95.0
@@ -132,6 +140,36 @@ def problem_from_options(
         energy_price=energy_price,
         batching=batching,
     )
+
+
+def window_and_open_problems(
+    table: CalibrationTable, demand: Workload, window_s: float, **options: Any
+) -> tuple[Problem, Problem]:
+    """One demand planned under both delay models: N requests per window of ``window_s`` seconds ≡ the rate N / T.
+
+    Args:
+        table: the calibration table.
+        demand: requests per window (they become rates N / T), or rates (e.g. a trace's; categories at
+            rate 0 are dropped, and the window holds N = rate × T requests, at least one).
+        window_s: T, the window's length in seconds.
+        **options: :func:`problem_from_options`' keywords, except ``arrivals``.
+
+    Returns:
+        The window model's problem and the open-arrival one.
+
+    Raises:
+        ValueError: a window that is not > 0 seconds, or what :func:`problem_from_options` refuses.
+    """
+    if not (math.isfinite(window_s) and window_s > 0):
+        raise ValueError(f"Expected a window length > 0 seconds, but got {window_s}")
+    if demand.per_second:
+        rates = {c: r for c, r in demand.counts.items() if r > 0}
+        counts = Workload.from_mix(rates, max(1, round(sum(rates.values()) * window_s)))
+        per_second = Workload.from_rates(rates)
+    else:
+        counts, per_second = demand, demand.as_rates(window_s)
+    window = problem_from_options(table, counts, arrivals="window", **options)
+    return window, problem_from_options(table, per_second, arrivals="open", **options)
 
 
 @dataclass(frozen=True)

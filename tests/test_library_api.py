@@ -156,6 +156,22 @@ def test_the_problem_takes_its_delay_model_from_the_workload_and_quality_drops_t
         problem_from_options(table, rates, objective="quality")
 
 
+def test_one_demand_is_planned_per_window_and_as_the_same_rate(table) -> None:
+    from genedge.optimizer.inputs import window_and_open_problems
+
+    counts = workload_from_options(table.categories)  # 100 requests
+    window, opened = window_and_open_problems(table, counts, 600.0, budget=0.5)
+    assert (window.arrivals, opened.arrivals) == ("window", "open") and opened.budget == window.budget == 0.5
+    assert window.n_requests == 100 and opened.n_requests == pytest.approx(100 / 600)
+    # A trace's rates: categories at rate 0 drop out, and the window holds rate x T requests.
+    rates = Workload.from_rates({"Basic": 0.05, "Detail": 0.1, "Imagination": 0.0, "Complex": 0.05})
+    window, opened = window_and_open_problems(table, rates, 100.0)
+    assert window.categories == opened.categories == ("Basic", "Detail", "Complex")
+    assert window.counts.tolist() == [5, 10, 5] and opened.n_requests == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="Expected a window length > 0 seconds"):
+        window_and_open_problems(table, counts, 0.0)
+
+
 def test_the_bootstrap_runs_by_default_only_where_each_sample_is_fast(table) -> None:
     window = problem_from_options(table, workload_from_options(table.categories))
     assert bootstrap_size(window) == BootstrapSize(DEFAULT_SAMPLES)

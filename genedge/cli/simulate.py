@@ -213,7 +213,7 @@ def _window_versus_open(args: argparse.Namespace, table, sha: str) -> int:
     """Print the window-versus-open comparison (see the option group's help)."""
     from genedge.optimizer import Workload
     from genedge.optimizer.delay import arrival_model
-    from genedge.optimizer.inputs import problem_from_options
+    from genedge.optimizer.inputs import window_and_open_problems
     from genedge.optimizer.problem import Slo
     from genedge.optimizer.simulate import compare_arrival_models
 
@@ -224,11 +224,10 @@ def _window_versus_open(args: argparse.Namespace, table, sha: str) -> int:
         from genedge.optimizer.arrivals import read_trace
 
         trace = read_trace(args.trace, mapping=table.category_mapping, categories=table.categories)
-        rates = {c: r for c, r in trace.rates().items() if r > 0}
-        counts = Workload.from_mix(rates, max(1, round(sum(rates.values()) * args.window_vs_open)))
+        demand = Workload.from_rates(trace.rates())
     else:
         mix = Workload.from_counts(parse_counts(args.mix, "--mix") if args.mix else default_mix(table.categories))
-        counts = mix.scaled(args.loads[len(args.loads) // 2])
+        demand = mix.scaled(args.loads[len(args.loads) // 2])
     slo = None if args.slo is None else Slo(args.slo, args.percentile / 100)
     common = {
         "budget": args.budgets[0],
@@ -240,9 +239,7 @@ def _window_versus_open(args: argparse.Namespace, table, sha: str) -> int:
         "max_shortfall": args.max_shortfall,
         "slo": slo,
     }
-    window = problem_from_options(table, counts, arrivals="window", **common)
-    rates = counts.as_rates(args.window_vs_open) if trace is None else Workload.from_rates(rates)
-    opened = problem_from_options(table, rates, arrivals="open", **common)
+    window, opened = window_and_open_problems(table, demand, args.window_vs_open, **common)
     print(derived_share_line(table))
     print(
         f"demand: {window.n_requests:g} requests per {args.window_vs_open:g} s window ≡ {opened.n_requests:.4g} "
