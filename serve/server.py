@@ -193,18 +193,10 @@ def _table_path(plan_path: Path, plan: Mapping[str, Any], table: str | Path | No
 
 def _router_path(choice: str, mapping: Mapping[str, Any]) -> str | None:
     """The router file to load in the server for ``choice`` (None: requests must carry their category)."""
-    from genedge.data import resolve_router
-    from genedge.router.model import default_router_path, load_router
+    from genedge.router.choice import router_path
 
-    if choice == "none":
-        return None
-    if choice == "auto":
-        path = default_router_path(mapping)
-        return None if path is None else str(path)
-    path = resolve_router(choice)
-    if not load_router(path).fits_mapping(mapping):
-        raise ValueError(f"router {choice}: it routes into another category mapping than the plan's table")
-    return str(path)
+    path = router_path(choice, mapping)
+    return None if path is None else str(path)
 
 
 def _uses_gpus(device: str | None) -> bool:
