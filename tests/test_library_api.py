@@ -204,6 +204,18 @@ def test_a_plan_records_its_table_and_prompt_file(table, tmp_path: Path) -> None
     assert document["inputs"]["budget_gpu"] == 1.0  # the problem's own inputs stay beside them
 
 
+def test_the_python_example_of_the_plan_guide_runs_and_writes_a_plan(tmp_path: Path, monkeypatch) -> None:
+    from genedge.optimizer.plan_file import load_plan
+
+    guide = (Path(__file__).parents[1] / "docs" / "plan.md").read_text(encoding="utf-8")
+    example = guide.split("## From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "docs/plan.md", "exec"), {})
+    plan = load_plan(tmp_path / "plan.json")
+    assert plan["inputs"]["arrivals"] == "open" and plan["inputs"]["slo"]["attainment"] == 0.95
+    assert plan["inputs"]["table"].endswith("galaxy-s24.json")
+
+
 # --- an adaptive profiling run's folder ------------------------------------------------------------
 
 
