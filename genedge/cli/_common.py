@@ -255,6 +255,31 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         help="how routing probabilities are realized: smooth weighted round robin per category (default), "
         "or an independent draw per request, whose load variance every delay model then counts",
     )
+    _add_slo_arguments(group)
+    group.add_argument(
+        "--objective",
+        choices=("utility", "quality"),
+        default="utility",
+        help="'utility': mean CLIPScore minus w times mean delay (minus the energy term), subject to the SLO "
+        "if one is given; 'quality': the highest mean CLIPScore subject to the SLO (needs --slo; w = 0)",
+    )
+    group.add_argument(
+        "--energy-price",
+        type=float,
+        default=0.0,
+        help="CLIPScore points one Joule per image is worth: the utility subtracts it times the mean energy "
+        "per image (needs a table with energy lines; default: 0)",
+    )
+    group.add_argument(
+        "--batching",
+        action="store_true",
+        help="let planners choose a batch size per model among the table's batch lines (static-shape "
+        "batching: a batch of up to b costs the batch-b time)",
+    )
+
+
+def _add_slo_arguments(group: argparse._ArgumentGroup) -> None:
+    """Add --slo, what it holds (--percentile or --attainment) and its --slo-scope to the service options."""
     group.add_argument(
         "--slo",
         type=slo_seconds,
@@ -277,26 +302,6 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("overall", "category"),
         default="overall",
         help="apply the SLO to all requests together (default) or to each category on its own",
-    )
-    group.add_argument(
-        "--objective",
-        choices=("utility", "quality"),
-        default="utility",
-        help="'utility': mean CLIPScore minus w times mean delay (minus the energy term), subject to the SLO "
-        "if one is given; 'quality': the highest mean CLIPScore subject to the SLO (needs --slo; w = 0)",
-    )
-    group.add_argument(
-        "--energy-price",
-        type=float,
-        default=0.0,
-        help="CLIPScore points one Joule per image is worth: the utility subtracts it times the mean energy "
-        "per image (needs a table with energy lines; default: 0)",
-    )
-    group.add_argument(
-        "--batching",
-        action="store_true",
-        help="let planners choose a batch size per model among the table's batch lines (static-shape "
-        "batching: a batch of up to b costs the batch-b time)",
     )
 
 
