@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from genedge.optimizer.delay import OPEN, WINDOW
 from genedge.optimizer.problem import Problem, Slo
 from genedge.optimizer.workload import Workload
 
@@ -123,7 +124,7 @@ def problem_from_options(
             raise ValueError("--objective quality maximizes CLIPScore subject to an SLO: give --slo SECONDS")
         weight = 0.0
     if arrivals is None:
-        arrivals = "open" if workload.per_second else "window"
+        arrivals = (OPEN if workload.per_second else WINDOW).name
     return Problem.from_table(
         table,
         workload,
@@ -168,8 +169,8 @@ def window_and_open_problems(
         per_second = Workload.from_rates(rates)
     else:
         counts, per_second = demand, demand.as_rates(window_s)
-    window = problem_from_options(table, counts, arrivals="window", **options)
-    return window, problem_from_options(table, per_second, arrivals="open", **options)
+    window = problem_from_options(table, counts, arrivals=WINDOW.name, **options)
+    return window, problem_from_options(table, per_second, arrivals=OPEN.name, **options)
 
 
 @dataclass(frozen=True)
