@@ -532,7 +532,7 @@ def adaptive_run(truth: Truth, optimum: float, rep: int, args: argparse.Namespac
             budget=budget,
             target=TARGET,
             samples=args.samples,
-            seed=bootstrap_seed(rep, images),
+            rng=bootstrap_seed(rep, images),
         )
         seconds.append(time.perf_counter() - started)
         if step.stop is not None:

@@ -19,6 +19,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from genedge.optimizer.uncertainty import (
     DEFAULT_SAMPLES,
     Assessment,
@@ -103,7 +105,7 @@ def next_batch(
     target: float = DEFAULT_TARGET,
     max_regret: float | None = None,
     samples: int = DEFAULT_SAMPLES,
-    seed: int = 0,
+    rng: int | np.random.Generator | None = 0,
 ) -> BatchDecision:
     """Decide whether to stop, and which cell to measure next with ``batch`` images.
 
@@ -115,7 +117,7 @@ def next_batch(
         target: stop when every decision's probability reaches this.
         max_regret: also stop once the plan's expected regret is at most this (points): a near-tie
             that no affordable number of images decides costs little either way.
-        samples, seed: of the bootstrap.
+        samples, rng: of the bootstrap.
 
     Raises:
         ValueError: a target outside (0, 1] or a batch < 1.
@@ -124,7 +126,7 @@ def next_batch(
         raise ValueError(f"Expected a target confidence in (0, 1], but got {target}")
     if batch < 1:
         raise ValueError(f"Expected a batch of at least 1 image, but got {batch}")
-    draws = draw_parameters(model, samples, seed)
+    draws = draw_parameters(model, samples, rng=rng)
     boot = bootstrap(model, draws)
     assessment = assess_on(boot, plan)
     cells = model.cells()

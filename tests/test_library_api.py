@@ -193,7 +193,7 @@ def test_a_plan_records_its_table_and_prompt_file(table, tmp_path: Path) -> None
     prompts = count_routed(read_prompt_file(_prompt_file(tmp_path / "p.tsv")), table.category_mapping)
     workload = workload_from_options(table.categories, prompts=prompts.workload())
     problem = problem_from_options(table, workload)
-    result = run_methods(problem, ["paper"], seed=0)["paper"]
+    result = run_methods(problem, ["paper"], rng=0)["paper"]
     inputs = plan_inputs("my-table.json", table.source_counts(), workload, prompts=prompts)
     assert inputs["table"] == "my-table.json" and inputs["table_source_counts"] == table.source_counts()
     assert inputs["prompts"]["file"] == str(tmp_path / "p.tsv") and inputs["prompts"]["rows"] == 3

@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
             target=args.target,
             max_regret=args.max_regret,
             samples=args.samples,
-            seed=args.seed,
+            rng=args.seed,
         )
         state.append_decision({"batch": len(state.batches), **decision.to_dict()})
         print(
