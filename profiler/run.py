@@ -30,7 +30,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from genedge.contract.runs import MANIFEST_SCHEMA_VERSION, run_identity, settings_sha256
+from genedge.contract.runs import (
+    DEFAULT_DTYPE,
+    DEFAULT_GUIDANCE_SCALE,
+    MANIFEST_SCHEMA_VERSION,
+    run_identity,
+    settings_sha256,
+)
 from genedge.profiler._environment import distributed, environment
 from genedge.profiler._imports import require
 from genedge.profiler._recorder import ColdStart, Item, Pending, Recorder
@@ -117,7 +123,7 @@ class ProfileConfig:
     device: str | None = None
     dtype: str | None = None
     resolution: int | None = None
-    guidance_scale: float = 7.5
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
     scheduler: str | None = None
     batch_size: int = 1
     warmup: int = WARMUP_RUNS
@@ -258,7 +264,7 @@ def profile(
     torch = require("torch")
     set_threads(config.threads)
     device = select_device(config.device, local_rank)
-    dtype_name = config.dtype or ("float16" if device.type == "cuda" else "float32")
+    dtype_name = config.dtype or ("float16" if device.type == "cuda" else DEFAULT_DTYPE)
     # Configs only (a few JSON files): a hub id missing from an offline cache stops here, before any weights load.
     models = [_model_entry(s, config) for s in specs]
     # Before the lock and any loading: an offline machine without the CLIP weights stops here, with what to pass.

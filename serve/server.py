@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from genedge.contract.runs import DEFAULT_DTYPE
 from genedge.serve.shares import SHARE_REALIZATIONS, ShareRealization
 from genedge.serve.spec import ServeSpec
 
@@ -295,7 +296,7 @@ def prepare_server(
         table_bytes,
         model_specs=models,
         queue_bound_s=queue_bound_s,
-        default_dtype="float16" if gpus else "float32",
+        default_dtype="float16" if gpus else DEFAULT_DTYPE,
         where=str(plan_path),
     )
     threads = threads if threads is not None else (None if gpus else spec.profile_threads)

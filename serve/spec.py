@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from genedge.contract.runs import DEFAULT_DTYPE, DEFAULT_GUIDANCE_SCALE
 from genedge.serve.shares import SHARE_SUM_TOLERANCE
 
 __all__ = [
@@ -189,8 +190,8 @@ def _profile_settings(table: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             settings[model["key"]] = {
                 "resolution": int(model["resolution"]),
                 "scheduler": (model.get("scheduler") or {}).get("class"),
-                "guidance_scale": float(run.get("guidance_scale", 7.5)),
-                "dtype": str(run.get("dtype", "float32")),
+                "guidance_scale": float(run.get("guidance_scale", DEFAULT_GUIDANCE_SCALE)),
+                "dtype": str(run.get("dtype", DEFAULT_DTYPE)),
             }
     return settings
 
@@ -208,6 +209,125 @@ def _queue_bound(service_s: float, max_batch: int, slo_s: float | None, bound_s:
     return max(1, math.floor(horizon / service_s) * max_batch)
 
 
+def _checked_table_hash(inputs: Mapping[str, Any], table_bytes: bytes, where: str) -> str:
+    """The table's sha256, once it is the one the plan records."""
+    recorded = inputs.get("table_sha256")
+    actual = hashlib.sha256(table_bytes).hexdigest()
+    if recorded is None:
+        raise ServeError(
+            f"{where}: inputs.table_sha256: the plan records no table hash, so what it was made from cannot be "
+            "checked; plan again with 'genedge plan'"
+        )
+    if recorded != actual:
+        raise ServeError(
+            f"{where}: inputs.table_sha256: the plan was made from a table with sha256 {recorded[:12]}…, "
+            f"but the table loaded has {actual[:12]}…: serve it with the table it was planned on, or plan again"
+        )
+    return actual
+
+
+def _deployed_models(
+    plan: Mapping[str, Any], table: Mapping[str, Any], model_specs: Mapping[str, str], where: str
+) -> dict[str, Mapping[str, Any]]:
+    """The plan's deployed model entries, once each is in the table and every ``--model`` names one."""
+    deployed = {key: entry for key, entry in plan["models"].items() if entry.get("deployed")}
+    table_models = table.get("models", {})
+    missing = sorted(set(deployed) - set(table_models))
+    if missing:
+        raise ServeError(
+            f"{where}: models: deployed models {missing} are not in the table (it has {sorted(table_models)})"
+        )
+    extra = sorted(set(model_specs) - set(deployed))
+    if extra:
+        raise ServeError(f"--model: {extra} are not models the plan deploys ({sorted(deployed)})")
+    return deployed
+
+
+def _serving_settings(
+    table: Mapping[str, Any],
+    deployed: Mapping[str, Any],
+    model_specs: Mapping[str, str],
+    default_dtype: str,
+    where: str,
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Each deployed model's serving settings (its profile's, or a mapped model's own), and notes on the latter."""
+    profiled = _profile_settings(table)
+    unknown = sorted(key for key in deployed if key not in profiled and key not in model_specs)
+    if unknown:
+        raise ServeError(
+            f"{where}: models {unknown} have no profile settings in the table (its numbers for them were not "
+            "measured by genedge): say what to load with --model KEY=SPEC, or serve a plan made from a table "
+            "calibrated from a profile of the models it serves"
+        )
+    notes = []
+    for key in sorted(set(deployed) - set(profiled)):
+        from genedge.profiler.models import native_resolution
+
+        resolution = native_resolution(model_specs[key])
+        profiled[key] = {
+            "resolution": resolution,
+            "scheduler": None,
+            "guidance_scale": DEFAULT_GUIDANCE_SCALE,
+            "dtype": default_dtype,
+        }
+        notes.append(
+            f"{key}: the table holds no profile settings for it, so {model_specs[key]} runs at its native "
+            f"{resolution} px, its own scheduler, guidance {DEFAULT_GUIDANCE_SCALE} and {default_dtype}: the plan's "
+            "latencies are the table's, not measured with these settings"
+        )
+    resolutions = {profiled[key]["resolution"] for key in deployed}
+    if len(resolutions) != 1:
+        raise ServeError(f"{where}: deployed models were profiled at different resolutions {sorted(resolutions)}")
+    return profiled, notes
+
+
+def _served_models(
+    deployed: Mapping[str, Mapping[str, Any]],
+    settings: Mapping[str, Mapping[str, Any]],
+    model_specs: Mapping[str, str],
+    slo_s: float | None,
+    queue_bound_s: float | None,
+) -> tuple[ServedModel, ...]:
+    """One served model per replica the shares place on devices, in device order."""
+    placed = place_on_devices({key: float(entry["share"]) for key, entry in deployed.items()})
+    models = []
+    for key, replica, device, share in sorted(placed, key=lambda p: (p[2], p[0], p[1])):
+        entry = deployed[key]
+        # one call on the replica's share: the plan's call time on the model's whole share r, times r / share
+        service_s = float(entry["service_s"]) * float(entry["share"]) / share
+        max_batch = int(entry.get("max_batch") or 1)
+        models.append(
+            ServedModel(
+                key=key,
+                spec=model_specs.get(key, key),
+                replica=replica,
+                device=device,
+                steps=int(entry["steps"]),
+                share=share,
+                max_batch=max_batch,
+                service_s=service_s,
+                queue_bound=_queue_bound(service_s, max_batch, slo_s, queue_bound_s),
+                resolution=settings[key]["resolution"],
+                guidance_scale=settings[key]["guidance_scale"],
+                dtype=settings[key]["dtype"],
+                scheduler=settings[key]["scheduler"],
+            )
+        )
+    return tuple(models)
+
+
+def _replica_routing(
+    plan: Mapping[str, Any], deployed: Mapping[str, Mapping[str, Any]], models: Sequence[ServedModel]
+) -> np.ndarray:
+    """p[c, j]: the plan's routing of category c to replica j's model, split by the replica's part of its share."""
+    routing = np.zeros((len(plan["routing"]), len(models)))
+    for j, model in enumerate(models):
+        for i, category in enumerate(plan["routing"]):
+            fraction = model.share / float(deployed[model.key]["share"])  # the replica's part of the model's load
+            routing[i, j] = float(plan["routing"][category].get(model.key, 0.0)) * fraction
+    return routing
+
+
 def serve_spec(
     plan: Mapping[str, Any],
     table: Mapping[str, Any],
@@ -215,7 +335,7 @@ def serve_spec(
     *,
     model_specs: Mapping[str, str] | None = None,
     queue_bound_s: float | None = None,
-    default_dtype: str = "float32",
+    default_dtype: str = DEFAULT_DTYPE,
     where: str = "<plan>",
 ) -> ServeSpec:
     """Check a plan against its table and say what to serve.
@@ -236,94 +356,23 @@ def serve_spec(
             table, models of different resolutions, or a model mapped that the plan does not deploy.
     """
     inputs = plan["inputs"]
-    recorded = inputs.get("table_sha256")
-    actual = hashlib.sha256(table_bytes).hexdigest()
-    if recorded is None:
-        raise ServeError(
-            f"{where}: inputs.table_sha256: the plan records no table hash, so what it was made from cannot be "
-            "checked; plan again with 'genedge plan'"
-        )
-    if recorded != actual:
-        raise ServeError(
-            f"{where}: inputs.table_sha256: the plan was made from a table with sha256 {recorded[:12]}…, "
-            f"but the table loaded has {actual[:12]}…: serve it with the table it was planned on, or plan again"
-        )
-    deployed = {key: entry for key, entry in plan["models"].items() if entry.get("deployed")}
-    table_models = table.get("models", {})
-    missing = sorted(set(deployed) - set(table_models))
-    if missing:
-        raise ServeError(
-            f"{where}: models: deployed models {missing} are not in the table (it has {sorted(table_models)})"
-        )
+    actual = _checked_table_hash(inputs, table_bytes, where)
     model_specs = dict(model_specs or {})
-    extra = sorted(set(model_specs) - set(deployed))
-    if extra:
-        raise ServeError(f"--model: {extra} are not models the plan deploys ({sorted(deployed)})")
-    profiled = _profile_settings(table)
-    notes = []
-    unknown = sorted(key for key in deployed if key not in profiled and key not in model_specs)
-    if unknown:
-        raise ServeError(
-            f"{where}: models {unknown} have no profile settings in the table (its numbers for them were not "
-            "measured by genedge): say what to load with --model KEY=SPEC, or serve a plan made from a table "
-            "calibrated from a profile of the models it serves"
-        )
-    for key in sorted(set(deployed) - set(profiled)):
-        from genedge.profiler.models import native_resolution
-
-        resolution = native_resolution(model_specs[key])
-        profiled[key] = {"resolution": resolution, "scheduler": None, "guidance_scale": 7.5, "dtype": default_dtype}
-        notes.append(
-            f"{key}: the table holds no profile settings for it, so {model_specs[key]} runs at its native "
-            f"{resolution} px, its own scheduler, guidance 7.5 and {default_dtype}: the plan's latencies are "
-            "the table's, not measured with these settings"
-        )
-    resolutions = {profiled[key]["resolution"] for key in deployed}
-    if len(resolutions) != 1:
-        raise ServeError(f"{where}: deployed models were profiled at different resolutions {sorted(resolutions)}")
+    deployed = _deployed_models(plan, table, model_specs, where)
+    settings, notes = _serving_settings(table, deployed, model_specs, default_dtype, where)
     slo = inputs.get("slo")
     slo_s = None if slo is None else float(slo["seconds"])
-    placed = place_on_devices({key: float(entry["share"]) for key, entry in deployed.items()})
-    models = []
-    for key, replica, device, share in sorted(placed, key=lambda p: (p[2], p[0], p[1])):
-        entry = deployed[key]
-        settings = profiled[key]
-        # one call on the replica's share: the plan's call time on the model's whole share r, times r / share
-        service_s = float(entry["service_s"]) * float(entry["share"]) / share
-        max_batch = int(entry.get("max_batch") or 1)
-        models.append(
-            ServedModel(
-                key=key,
-                spec=model_specs.get(key, key),
-                replica=replica,
-                device=device,
-                steps=int(entry["steps"]),
-                share=share,
-                max_batch=max_batch,
-                service_s=service_s,
-                queue_bound=_queue_bound(service_s, max_batch, slo_s, queue_bound_s),
-                resolution=settings["resolution"],
-                guidance_scale=settings["guidance_scale"],
-                dtype=settings["dtype"],
-                scheduler=settings["scheduler"],
-            )
-        )
-    categories = tuple(plan["routing"])
-    routing = np.zeros((len(categories), len(models)))
-    for j, model in enumerate(models):
-        for i, category in enumerate(categories):
-            fraction = model.share / float(deployed[model.key]["share"])  # the replica's part of the model's load
-            routing[i, j] = float(plan["routing"][category].get(model.key, 0.0)) * fraction
+    models = _served_models(deployed, settings, model_specs, slo_s, queue_bound_s)
     return ServeSpec(
         plan=plan,
         table=table,
         table_sha256=actual,
-        categories=categories,
+        categories=tuple(plan["routing"]),
         category_mapping=table["category_mapping"],
-        models=tuple(models),
-        routing=routing,
+        models=models,
+        routing=_replica_routing(plan, deployed, models),
         devices=1 + max(m.device for m in models),
-        resolution=resolutions.pop(),
+        resolution=next(iter(settings[key]["resolution"] for key in deployed)),
         slo_s=slo_s,
         notes=tuple(notes),
         profile_threads=_profile_threads(table),

@@ -23,6 +23,7 @@ from genedge.cli._common import (
     seed_argument,
     workload_from_args,
 )
+from genedge.contract.runs import DEFAULT_GUIDANCE_SCALE
 
 __all__ = ["add_parser", "run"]
 
@@ -82,7 +83,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resolution", type=image_side, help="image side in pixels (default: each model's native size)"
     )
-    parser.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default: 7.5)")
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=DEFAULT_GUIDANCE_SCALE,
+        help=f"classifier-free guidance (default: {DEFAULT_GUIDANCE_SCALE})",
+    )
     parser.add_argument("--threads", type=int, help="CPU threads torch may use")
     parser.add_argument("--clip-backbone", default=DEFAULT_CLIP_BACKBONE, help=f"(default: {DEFAULT_CLIP_BACKBONE})")
     parser.add_argument(

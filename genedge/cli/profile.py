@@ -9,6 +9,7 @@ from typing import Any
 from genedge.cli._common import batch_size_argument, comma_separated, image_side, seed_argument
 
 # Light modules (constants only); torch, diffusers and open_clip load inside run().
+from genedge.contract.runs import DEFAULT_GUIDANCE_SCALE
 from genedge.profiler.clipscore import DEFAULT_CLIP_BACKBONE, DEFAULT_CLIP_PRETRAINED
 from genedge.profiler.device import DEVICE_SYNTAX
 from genedge.profiler.prompts import DEFAULT_MAPPING, DEFAULT_PROMPT_SOURCE
@@ -87,7 +88,10 @@ def _add_measurement_options(parser: argparse.ArgumentParser) -> None:
         "1024 for SDXL)",
     )
     parser.add_argument(
-        "--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default: 7.5; ≤1 disables)"
+        "--guidance-scale",
+        type=float,
+        default=DEFAULT_GUIDANCE_SCALE,
+        help=f"classifier-free guidance (default: {DEFAULT_GUIDANCE_SCALE}; ≤1 disables)",
     )
     parser.add_argument("--scheduler", help="diffusers scheduler class replacing each model's own, e.g. DDIMScheduler")
 

@@ -73,6 +73,10 @@ _SHARD_NAME = re.compile(r"^shard-(\d+)-(\d{5,})\.parquet$")  # {number:05d} gro
 #: ``settings_sha256``, host memory, energy, model load and first-call seconds; ``nvml_note`` became
 #: ``memory_note``; ``resolution`` may be null (each model's native size, in ``models[i].resolution``).
 MANIFEST_SCHEMA_VERSION = 3
+#: Classifier-free guidance a run uses when none is asked for (diffusers' Stable Diffusion default).
+DEFAULT_GUIDANCE_SCALE = 7.5
+#: Weights' dtype a run uses on a CPU when none is asked for (half precision is the default on CUDA only).
+DEFAULT_DTYPE = "float32"
 #: Fields every manifest has.
 MANIFEST_FIELDS: tuple[str, ...] = (
     "schema_version",
