@@ -168,7 +168,7 @@ def fmt(seconds: float | None) -> str:
     return "—" if seconds is None else f"{seconds * 1000:8.0f} ms"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -186,61 +186,91 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    return args
 
-    python = sys.executable
+
+def console_script(python: str) -> Path | None:
+    """The ``genedge`` console script next to the interpreter, if there is one."""
     console = Path(python).with_name("genedge.exe" if os.name == "nt" else "genedge")
-    console = console if console.is_file() else None
-    env = dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
-    commands = build_commands(python, console)
-    if not args.no_simulate:
-        commands.append(simulate_command(python))
+    return console if console.is_file() else None
 
+
+def print_header(python: str, console: Path | None, repeats: int) -> None:
     print("genedge CLI start-up benchmark")
     print(f"  python     {platform.python_version()} ({python})")
     print(f"  console    {console if console else 'no genedge console script next to the interpreter'}")
     print(f"  packages   genedge {version('genedge')}, numpy {version('numpy')}, scipy {version('scipy')}")
     print(f"  machine    {platform.platform()}, {os.cpu_count()} CPUs")
-    print(f"  runs       1 warm-up + {args.repeats} measured per command, interleaved; HF_HUB_OFFLINE=1")
+    print(f"  runs       1 warm-up + {repeats} measured per command, interleaved; HF_HUB_OFFLINE=1")
+
+
+def measure(commands: list[Command], env: dict[str, str], cwd: Path, repeats: int, timeout: float) -> None:
+    """Run the commands round by round; round 0 warms the cache and is dropped."""
+    for _ in range(1 + repeats):
+        for command in commands:
+            command.run(env, cwd, timeout)
+    for command in commands:
+        command.times = command.times[1:]
+
+
+def print_timings(commands: list[Command]) -> None:
+    print(f"\n  {'':3} {'command':<52} {'median':>11} {'min':>11} {'max':>11}")
+    for command in commands:
+        if command.error is not None:
+            state = "skipped (optional)" if command.optional else "FAILED"
+            print(f"  {command.key:<3} {command.label:<52} {state}: {command.error}")
+            continue
+        low, high = min(command.times), max(command.times)
+        print(f"  {command.key:<3} {command.label:<52} {fmt(command.median())} {fmt(low)} {fmt(high)}")
+
+
+def print_goal(commands: list[Command]) -> None:
+    """(d) - (b) and whether it is within :data:`GOAL_S`."""
+    by_key = {command.key: command for command in commands}
+    floor, plan = by_key["b"].median(), by_key["d"].median()
+    print()
+    if floor is not None and plan is not None:
+        delta = plan - floor
+        verdict = "met" if delta <= GOAL_S else "NOT met"
+        print(f"  (d) - (b) = {delta * 1000:.0f} ms: genedge plan over `import numpy, scipy.special` (medians)")
+        print(f"  goal: genedge plan within {GOAL_S} s of `import numpy, scipy.special` -> {verdict}")
+    else:
+        print(f"  goal: genedge plan within {GOAL_S} s of `import numpy, scipy.special` -> not measured")
+
+
+def print_heavy_imports(python: str, env: dict[str, str], cwd: Path, timeout: float) -> None:
+    print(f"\n  heavy modules imported (of {', '.join(HEAVY_MODULES)}):")
+    for argv in (["plan"], ["--help"]):
+        print(f"    genedge {' '.join(argv):<8} {heavy_imports(python, argv, env, cwd, timeout)}")
+
+
+def print_import_times(python: str, env: dict[str, str], cwd: Path, timeout: float, top: int) -> None:
+    rows = import_times(python, ["-m", "genedge", "plan"], env, cwd, timeout)
+    print("\n  slowest imports of `python -X importtime -m genedge plan` (one run; nested rows overlap):")
+    if not rows:
+        print("    (no importtime output)")
+    for cumulative, own, depth, name in rows[:top]:
+        print(f"    {cumulative / 1000:8.1f} ms cumulative {own / 1000:7.1f} ms self  depth {depth}  {name}")
+
+
+def main() -> None:
+    args = parse_args()
+    python = sys.executable
+    console = console_script(python)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
+    commands = build_commands(python, console)
+    if not args.no_simulate:
+        commands.append(simulate_command(python))
+    print_header(python, console, args.repeats)
 
     with tempfile.TemporaryDirectory(prefix="genedge-startup-") as tmp:
         cwd = Path(tmp)
-        for _ in range(1 + args.repeats):  # round 0 warms the cache and is dropped below
-            for command in commands:
-                command.run(env, cwd, args.timeout)
-        for command in commands:
-            command.times = command.times[1:]
-
-        print(f"\n  {'':3} {'command':<52} {'median':>11} {'min':>11} {'max':>11}")
-        for command in commands:
-            if command.error is not None:
-                state = "skipped (optional)" if command.optional else "FAILED"
-                print(f"  {command.key:<3} {command.label:<52} {state}: {command.error}")
-                continue
-            low, high = min(command.times), max(command.times)
-            print(f"  {command.key:<3} {command.label:<52} {fmt(command.median())} {fmt(low)} {fmt(high)}")
-
-        by_key = {command.key: command for command in commands}
-        floor, plan = by_key["b"].median(), by_key["d"].median()
-        print()
-        if floor is not None and plan is not None:
-            delta = plan - floor
-            verdict = "met" if delta <= GOAL_S else "NOT met"
-            print(f"  (d) - (b) = {delta * 1000:.0f} ms: genedge plan over `import numpy, scipy.special` (medians)")
-            print(f"  goal: genedge plan within {GOAL_S} s of `import numpy, scipy.special` -> {verdict}")
-        else:
-            print(f"  goal: genedge plan within {GOAL_S} s of `import numpy, scipy.special` -> not measured")
-
-        print(f"\n  heavy modules imported (of {', '.join(HEAVY_MODULES)}):")
-        for argv in (["plan"], ["--help"]):
-            print(f"    genedge {' '.join(argv):<8} {heavy_imports(python, argv, env, cwd, args.timeout)}")
-
+        measure(commands, env, cwd, args.repeats, args.timeout)
+        print_timings(commands)
+        print_goal(commands)
+        print_heavy_imports(python, env, cwd, args.timeout)
         if args.importtime_top > 0:
-            rows = import_times(python, ["-m", "genedge", "plan"], env, cwd, args.timeout)
-            print("\n  slowest imports of `python -X importtime -m genedge plan` (one run; nested rows overlap):")
-            if not rows:
-                print("    (no importtime output)")
-            for cumulative, own, depth, name in rows[: args.importtime_top]:
-                print(f"    {cumulative / 1000:8.1f} ms cumulative {own / 1000:7.1f} ms self  depth {depth}  {name}")
+            print_import_times(python, env, cwd, args.timeout, args.importtime_top)
 
 
 if __name__ == "__main__":
