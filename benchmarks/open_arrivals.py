@@ -497,7 +497,8 @@ def light_run(instance: Instance) -> dict:
     return {"instance": instance, "table": table, "slo": slo, "free": free, "rows": None}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The options, with ``--repeats`` and ``--cap`` resolved (``cap`` None: no cap)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smaller version (about 40 s on 2 cores)")
     parser.add_argument("--full", action="store_true", help="every objective on both tables; no cap at large scale")
@@ -507,49 +508,68 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats is None:
         args.repeats = 3 if args.quick else 5
-    cap = None if args.full else (args.cap if args.cap is not None else (3.0 if args.quick else 10.0))
+    args.cap = None if args.full else (args.cap if args.cap is not None else (3.0 if args.quick else 10.0))
+    return args
+
+
+def run_paper_scale(instances: tuple[Instance, ...], repeats: int) -> dict[str, dict]:
+    """Section 1; its runs by table name, for sections 3 and 4 to reuse."""
+    print("\n1. Plan time at paper scale, open arrivals with a binding SLO")
+    paper = {}
+    for instance in instances:
+        paper[instance.table] = run = paper_scale(instance, repeats)
+        print_paper_scale(run)
+    return paper
+
+
+def run_large_scale(quick: bool, cap: float | None) -> None:
+    print("\n2. Plan time at large scale (synthetic, 11 categories, 7 step choices per model, R = 4)")
+    sizes = (8,) if quick else (8, 16)
+    print_large_scale(large_scale(sizes, cap), cap)
+
+
+def gap_objectives(instance: Instance, args: argparse.Namespace) -> frozenset[str] | None:
+    """The objectives section 3 runs on the instance (None: all of them)."""
+    if args.full or (instance is GALAXY and not args.quick):
+        return None
+    return QUICK_OBJECTIVES if args.quick else A100_OBJECTIVES
+
+
+def run_certified_gaps(instances: tuple[Instance, ...], paper: dict[str, dict], args: argparse.Namespace) -> None:
+    print("\n3. Certified gap under each objective (gap = (upper bound − utility) / |upper bound|)")
+    for instance in instances:
+        run = paper.get(instance.table) or light_run(instance)
+        reuse = {"open:genedge": run["free"]}
+        if run["rows"] is not None:
+            reuse["open + SLO overall:genedge"] = run["rows"][PROPOSED][1]
+            reuse["open + SLO overall:exact"] = run["rows"]["exact"][1]
+        names = gap_objectives(instance, args)
+        print_certified_gaps(instance, certified_gaps(instance, run["table"], run["slo"], names, reuse))
+    if not args.full:
+        left = "galaxy-s24's per-category and quality-only" if args.quick else "reference-a100's other"
+        print(f"  (not run here, see --full: {left} objectives, whose exact searches take tens of seconds each)")
+
+
+def run_analytic_vs_simulated(paper: dict[str, dict], quick: bool) -> None:
+    print("\n4. Analytic (M/D/1 per model) vs simulated response time, galaxy-s24")
+    n_requests, replications = (100_000, 4) if quick else (200_000, 5)
+    slo = (paper.get(GALAXY.table) or light_run(GALAXY))["slo"]
+    rows = analytic_vs_simulated(n_requests=n_requests, replications=replications, slo=slo)
+    print_analytic_vs_simulated(rows, n_requests, replications, slo)
+
+
+def main() -> None:
+    args = parse_args()
     started = time.perf_counter()
     print(header(args))
     instances = (GALAXY,) if args.quick else (GALAXY, A100)
-    paper = {}
-
-    if "1" in args.sections:
-        print("\n1. Plan time at paper scale, open arrivals with a binding SLO")
-        for instance in instances:
-            paper[instance.table] = run = paper_scale(instance, args.repeats)
-            print_paper_scale(run)
-
+    paper = run_paper_scale(instances, args.repeats) if "1" in args.sections else {}
     if "2" in args.sections:
-        print("\n2. Plan time at large scale (synthetic, 11 categories, 7 step choices per model, R = 4)")
-        sizes = (8,) if args.quick else (8, 16)
-        print_large_scale(large_scale(sizes, cap), cap)
-
+        run_large_scale(args.quick, args.cap)
     if "3" in args.sections:
-        print("\n3. Certified gap under each objective (gap = (upper bound − utility) / |upper bound|)")
-        for instance in instances:
-            run = paper.get(instance.table) or light_run(instance)
-            reuse = {"open:genedge": run["free"]}
-            if run["rows"] is not None:
-                reuse["open + SLO overall:genedge"] = run["rows"][PROPOSED][1]
-                reuse["open + SLO overall:exact"] = run["rows"]["exact"][1]
-            if args.full or (instance is GALAXY and not args.quick):
-                names = None
-            elif args.quick:
-                names = QUICK_OBJECTIVES
-            else:
-                names = A100_OBJECTIVES
-            print_certified_gaps(instance, certified_gaps(instance, run["table"], run["slo"], names, reuse))
-        if not args.full:
-            left = "galaxy-s24's per-category and quality-only" if args.quick else "reference-a100's other"
-            print(f"  (not run here, see --full: {left} objectives, whose exact searches take tens of seconds each)")
-
+        run_certified_gaps(instances, paper, args)
     if "4" in args.sections:
-        print("\n4. Analytic (M/D/1 per model) vs simulated response time, galaxy-s24")
-        n_requests, replications = (100_000, 4) if args.quick else (200_000, 5)
-        slo = (paper.get(GALAXY.table) or light_run(GALAXY))["slo"]
-        rows = analytic_vs_simulated(n_requests=n_requests, replications=replications, slo=slo)
-        print_analytic_vs_simulated(rows, n_requests, replications, slo)
-
+        run_analytic_vs_simulated(paper, args.quick)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
     print(f"\n# whole run {time.perf_counter() - started:.0f} s; load average {load:.2f} at the end")
 
