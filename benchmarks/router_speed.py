@@ -407,7 +407,7 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--prompts",
@@ -436,34 +436,69 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--load-repeats", type=int, help="fresh processes per router load (default: 3; --quick 1)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per fresh load process (default: 300)")
+    return parser
+
+
+#: Options whose default depends on --quick: (attribute, full run, --quick).
+QUICK_DEFAULTS = (
+    ("rounds", 5, 1),
+    ("single", 500, 100),
+    ("min_batch", 10_000, 2_000),
+    ("embedding_batch", 0, 64),
+    ("load_repeats", 3, 1),
+)
+
+
+def thread_counts(parser: argparse.ArgumentParser, text: str) -> list[int]:
+    """``--threads`` as a list of counts, each >= 1."""
+    try:
+        threads = [int(t) for t in text.split(",")]
+    except ValueError:
+        parser.error(f"--threads expects comma-separated integers, but got {text!r}")
+    if not threads or min(threads) < 1:
+        parser.error("--threads expects thread counts >= 1")
+    return threads
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[int]]:
+    """The options with their --quick defaults filled in and checked, and the torch thread counts."""
+    parser = build_parser()
     args = parser.parse_args(argv)
-    quick = args.quick
-    for field, full, fast in (
-        ("rounds", 5, 1),
-        ("single", 500, 100),
-        ("min_batch", 10_000, 2_000),
-        ("embedding_batch", 0, 64),
-        ("load_repeats", 3, 1),
-    ):
+    for field, full, fast in QUICK_DEFAULTS:
         if getattr(args, field) is None:
-            setattr(args, field, fast if quick else full)
+            setattr(args, field, fast if args.quick else full)
     for field in ("rounds", "single", "min_batch", "load_repeats"):
         if getattr(args, field) < 1:
             parser.error(f"--{field.replace('_', '-')} must be >= 1")
     if args.embedding_batch < 0:
         parser.error("--embedding-batch must be >= 0 (0: the whole list)")
-    try:
-        threads = [int(t) for t in args.threads.split(",")]
-    except ValueError:
-        parser.error(f"--threads expects comma-separated integers, but got {args.threads!r}")
-    if not threads or min(threads) < 1:
-        parser.error("--threads expects thread counts >= 1")
+    threads = thread_counts(parser, args.threads)
     if not args.prompts.is_file():
         parser.error(
             f"no prompt file at {args.prompts}: pass --prompts FILE (a TSV, CSV or Parquet file with a "
             f"{PROMPT_COLUMN!r} column), or put PartiPrompts.tsv at {DEFAULT_PROMPTS}"
         )
-    embedding = args.embedding or not quick
+    return args, threads
+
+
+def measure_routers(prompts: list[str], args: argparse.Namespace, threads: list[int], embedding: bool) -> list[dict]:
+    """Section 2's rows: TF-IDF, then MiniLM at each torch thread count where ``embedding``."""
+    from genedge.router import load_router
+
+    rows = [measure(TFIDF, load_router(TFIDF), prompts, args, None)]
+    if embedding:
+        import torch
+
+        router = load_router(MINILM)
+        for count in threads:
+            torch.set_num_threads(count)
+            rows.append(measure(MINILM, router, prompts, args, torch.get_num_threads()))
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args, threads = parse_args(argv)
+    embedding = args.embedding or not args.quick
     if embedding:
         import torch  # set before any torch work: the embedding router measures single-threaded first
 
@@ -474,19 +509,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     names = [TFIDF, MINILM] if embedding else [TFIDF]
     print_one_time_costs(one_time_costs(names, prompts[0], args.load_repeats, args.timeout))
 
-    from genedge.router import load_router
-
-    rows = [measure(TFIDF, load_router(TFIDF), prompts, args, None)]
-    if embedding:
-        router = load_router(MINILM)
-        for count in threads:
-            torch.set_num_threads(count)
-            rows.append(measure(MINILM, router, prompts, args, torch.get_num_threads()))
+    rows = measure_routers(prompts, args, threads, embedding)
     print_throughput(rows, args.rounds)
-    if embedding:
-        print_minilm_work(prompts, rows[1])
     measured = {TFIDF: rows[0]}
     if embedding:
+        print_minilm_work(prompts, rows[1])
         measured[MINILM] = rows[1]
     print_budget(measured)
 
