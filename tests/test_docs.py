@@ -166,6 +166,35 @@ def _joined(lines: list[tuple[int, str]]) -> list[tuple[int, str]]:
     return out
 
 
+def _bash_block(page: Path, body: list[tuple[int, str]], needs: str | None, compared: bool) -> list[Shown]:
+    """The checked commands of a ``bash`` block (comments and blank lines skipped)."""
+    lines = [(n, t) for n, t in body if t.strip() and not t.lstrip().startswith("#")]
+    return [Shown(page, number, c, (), needs, compared) for number, line in _joined(lines) for c in _commands(line)]
+
+
+def _console_block(
+    page: Path, body: list[tuple[int, str]], needs: str | None, compared: bool
+) -> tuple[list[Shown], list[str]]:
+    """The checked commands of a ``console`` block, each with the output after its ``$`` line."""
+    entries: list[tuple[int, str, list[str]]] = []
+    problems: list[str] = []
+    for number, line in _joined(body):
+        if line.startswith("$ "):
+            entries.append((number, line[2:], []))
+        elif entries:
+            entries[-1][2].append(line)
+        elif line.strip():
+            problems.append(f"{page.relative_to(ROOT)}:{number}: output without a `$ command` before it")
+    shown = []
+    for number, line, output in entries:
+        commands = _commands(line)
+        for command in commands:
+            # Output belongs to the pipeline's last checked command (what printed it).
+            out = tuple(output) if command == commands[-1] else ()
+            shown.append(Shown(page, number, command, out, needs, compared))
+    return shown, problems
+
+
 def shown_commands(page: Path, text: str) -> tuple[list[Shown], list[str]]:
     """Every checked command ``text`` shows, and the problems found reading it (output without a command)."""
     shown: list[Shown] = []
@@ -190,23 +219,11 @@ def shown_commands(page: Path, text: str) -> tuple[list[Shown], list[str]]:
         markers = {}
         i = end + 1
         if language == "bash":
-            for number, line in _joined([(n, t) for n, t in body if t.strip() and not t.lstrip().startswith("#")]):
-                shown += [Shown(page, number, c, (), needs, compared) for c in _commands(line)]
+            shown += _bash_block(page, body, needs, compared)
         elif language == "console":
-            entries: list[tuple[int, str, list[str]]] = []
-            for number, line in _joined(body):
-                if line.startswith("$ "):
-                    entries.append((number, line[2:], []))
-                elif entries:
-                    entries[-1][2].append(line)
-                elif line.strip():
-                    problems.append(f"{page.relative_to(ROOT)}:{number}: output without a `$ command` before it")
-            for number, line, output in entries:
-                commands = _commands(line)
-                for command in commands:
-                    # Output belongs to the pipeline's last checked command (what printed it).
-                    out = tuple(output) if command == commands[-1] else ()
-                    shown.append(Shown(page, number, command, out, needs, compared))
+            block, found = _console_block(page, body, needs, compared)
+            shown += block
+            problems += found
     return shown, problems
 
 
