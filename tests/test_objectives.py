@@ -146,6 +146,31 @@ def _random_window(problem: Problem, routing: np.ndarray, call: np.ndarray, size
     return mass, served, within
 
 
+def _fifo_window_model(load: float, call: float, size: int, slo) -> tuple[float, float]:
+    """Delay mass and requests within the SLO of one model's FIFO window of ``load`` requests."""
+    # ⌊N⌋ whole requests, then one weighing the fraction N − ⌊N⌋.
+    whole = math.floor(load + 1e-9)
+    weight = np.array([1.0] * whole + [load - whole])
+    delays = _window_delays(whole + 1, call, size)
+    # Without batching the mean is the paper's t·N(N + 1)/2, smooth in a fractional N.
+    mass = float(weight @ delays) if size > 1 else call * load * (load + 1) / 2
+    served = 0.0 if slo is None else float(weight @ (delays <= slo.seconds * (1 + 1e-12)))
+    return mass, served
+
+
+def _open_model(load: float, call: float, size: int, slo) -> tuple[float, float]:
+    """Delay mass and requests within the SLO (per second) of one stable M/D/1 (or bulk-service) queue."""
+    rho = load * call / size
+    if size == 1:
+        mean = call + rho * call / (2 * (1 - rho))
+    else:
+        mean = float(queueing.bulk_mean_response(load, call, size))
+    if slo is None:
+        return load * mean, 0.0
+    assert size == 1, "reference attainment under batching is not derived here"
+    return load * mean, load * _md1_response_cdf(slo.seconds, load, call)
+
+
 def reference(problem: Problem, routing, steps, shares, batch=None) -> dict:
     """Mean delay, SLO attainment (overall, per category), energy and utility of a plan, request by request.
 
@@ -173,29 +198,13 @@ def reference(problem: Problem, routing, steps, shares, batch=None) -> dict:
         mass, served, within = _random_window(problem, routing, calls, size)
     for m in np.flatnonzero(used):
         call = full[m] / shares[m]
-        if problem.arrivals == "window":
-            if problem.realization == "deterministic":
-                # ⌊N⌋ whole requests, then one weighing the fraction N − ⌊N⌋.
-                whole = math.floor(loads[m] + 1e-9)
-                weight = np.array([1.0] * whole + [loads[m] - whole])
-                delays = _window_delays(whole + 1, call, int(size[m]))
-                # Without batching the mean is the paper's t·N(N + 1)/2, smooth in a fractional N.
-                mass[m] = float(weight @ delays) if size[m] > 1 else call * loads[m] * (loads[m] + 1) / 2
-                if slo is not None:
-                    served[m] = float(weight @ (delays <= slo.seconds * (1 + 1e-12)))
-        else:
-            rho = loads[m] * call / size[m]
-            if rho >= 1:
+        if problem.arrivals == "open":
+            if loads[m] * call / size[m] >= 1:
                 stable = False
                 continue
-            if size[m] == 1:
-                mean = call + rho * call / (2 * (1 - rho))
-            else:
-                mean = float(queueing.bulk_mean_response(loads[m], call, int(size[m])))
-            mass[m] = loads[m] * mean
-            if slo is not None:
-                assert size[m] == 1, "reference attainment under batching is not derived here"
-                served[m] = loads[m] * _md1_response_cdf(slo.seconds, loads[m], call)
+            mass[m], served[m] = _open_model(loads[m], call, int(size[m]), slo)
+        elif problem.realization == "deterministic":
+            mass[m], served[m] = _fifo_window_model(loads[m], call, int(size[m]), slo)
     quality = float((x * problem.mean_at(steps)).sum()) / total
     energy = float(loads @ problem.energy_at(steps)) / total
     out = {"stable": stable, "quality": quality, "energy": energy}
