@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny_pipelines import save_tiny_pipeline
+from conftest import genedge_env
 
 from genedge.calibrate import load_table
 from genedge.profiler import read_records
@@ -21,17 +21,18 @@ PER_CATEGORY = 14
 
 
 def _env() -> dict[str, str]:
-    return os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return genedge_env({"OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module")
-def pipelines(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+def pipelines(tmp_path_factory: pytest.TempPathFactory, tiny_folder: Path) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("autoprofile")
     rows = [f"a red cube number {i}\tArtifacts\tBasic\t" for i in range(PER_CATEGORY)]
     rows += [f"a small blue bird with a yellow beak, number {i}\tAnimals\tSimple Detail\t" for i in range(PER_CATEGORY)]
     prompts = root / "prompts.tsv"
     prompts.write_text("Prompt\tCategory\tChallenge\tNote\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    return save_tiny_pipeline(root / "small"), save_tiny_pipeline(root / "large"), prompts
+    # Two models by folder: copies of one saved replica, as two saves of it would be.
+    return shutil.copytree(tiny_folder, root / "small"), shutil.copytree(tiny_folder, root / "large"), prompts
 
 
 def _args(pipelines: tuple[Path, Path, Path], out: Path, *extra: str) -> list[str]:

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from conftest import ROOT
 
 from genedge import data
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "router_speed.py"
 PROMPTS = [
     "a red apple on a wooden table",

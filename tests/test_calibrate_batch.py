@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import warnings
 from pathlib import Path
 from typing import Any
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import numpy as np
 import pandas as pd

@@ -11,14 +11,14 @@ from __future__ import annotations
 import csv
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 from genedge.calibrate import fit_quality
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ditserving-sd3-parti"
+DATA = SHARED_DATA / "ditserving-sd3-parti"
 # README column → file.
 FILES = {
     "diffusers_50step": "clip_scores_by_prompt_diffusers.json",

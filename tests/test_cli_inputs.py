@@ -14,43 +14,45 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import genedge, python
 
 from genedge.cli import main
 from genedge.data import path as data_path
 
 HEAVY = ("pandas", "pyarrow", "scipy.stats", "matplotlib", "torch")
 REFERENCE = data_path("tables", "reference-a100.json")
+LIGHT_COMMANDS = (["--help"], ["plan"], ["plan", "--help"], ["simulate", "--help"])
 
 
-def _python(code: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, **kwargs)
+@pytest.fixture(scope="module")
+def heavy_imports() -> list[list[str]]:
+    """The heavy modules loaded after each light command, run one after another in one fresh interpreter.
 
-
-def _genedge(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "genedge", *args], capture_output=True, text=True, timeout=120, **kwargs
-    )
-
-
-@pytest.mark.parametrize("argv", [["--help"], ["plan"], ["plan", "--help"], ["simulate", "--help"]])
-def test_light_commands_import_nothing_heavy(argv: list[str]) -> None:
+    Modules only accumulate, so a command that loads a heavy module shows it in its own line (and in every
+    later one); a fresh interpreter per command would find the same.
+    """
     code = (
-        "import contextlib, io, sys\n"
+        "import contextlib, io, json, sys\n"
         "from genedge.cli import main\n"
-        "with contextlib.redirect_stdout(io.StringIO()):\n"
-        "    try:\n"
-        f"        main({argv!r})\n"
-        "    except SystemExit:\n"
-        "        pass\n"
-        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+        f"for argv in {list(LIGHT_COMMANDS)!r}:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try:\n"
+        "            main(argv)\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        f"    print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
     )
-    done = _python(code)
+    done = python(code)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "[]"
+    return [json.loads(line) for line in done.stdout.strip().splitlines()[-len(LIGHT_COMMANDS) :]]
+
+
+@pytest.mark.parametrize("index", range(len(LIGHT_COMMANDS)), ids=[" ".join(a) for a in LIGHT_COMMANDS])
+def test_light_commands_import_nothing_heavy(heavy_imports: list[list[str]], index: int) -> None:
+    assert heavy_imports[index] == []
 
 
 def test_a_missing_profile_extra_is_one_line_naming_the_install(tmp_path: Path) -> None:
@@ -63,7 +65,7 @@ def test_a_missing_profile_extra_is_one_line_naming_the_install(tmp_path: Path) 
         "argv = ['profile', '--model', 'replica:tiny', '--steps', '2', '--prompts', prompts]\n"
         f"raise SystemExit(main([*argv, '--out', {str(tmp_path)!r}]))\n"
     )
-    done = _python(code)
+    done = python(code)
     assert done.returncode == 3
     assert done.stderr.strip().splitlines() == [
         "genedge profile: error: genedge.profiler needs 'torch'; install it with `pip install \"genedge[profile]\"`."
@@ -113,9 +115,9 @@ def test_implausible_tables_name_the_file_and_field(
 
 
 def test_plan_out_refuses_devices_fifos_and_symlinks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    done = _genedge("plan", "--compare", "paper", "--out", "/dev/null")
-    assert done.returncode == 2
-    assert done.stderr.strip().endswith("/dev/null: is a device, not a regular file; refusing to replace it")
+    assert main(["plan", "--compare", "paper", "--out", "/dev/null"]) == 2
+    device = "genedge plan: error: /dev/null: is a device, not a regular file; refusing to replace it"
+    assert capsys.readouterr().err.strip().endswith(device)
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
@@ -162,13 +164,7 @@ def test_a_closed_pipe_ends_the_command_quietly() -> None:
     read, write = os.pipe()
     os.close(read)
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "genedge", "plan", "--compare", "paper"],
-            stdout=write,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=120,
-        )
+        done = genedge("plan", "--compare", "paper", stdout=write, stderr=subprocess.PIPE, timeout=120)
     finally:
         os.close(write)
     assert done.returncode == 1

@@ -5,38 +5,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import PARTIPROMPTS, genedge, genedge_in_process, needs_partiprompts
 
 from genedge.optimizer.plan_file import load_plan
 
-SHARED_PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "PartiPrompts.tsv"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MPLBACKEND": "Agg"}
 
-
-def genedge(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "genedge", *args], capture_output=True, text=True, env=ENV, check=check, timeout=300
-    )
-
-
-def genedge_in_process(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
-    from genedge.cli import main
-
-    try:
-        status = main(list(args))
-    except SystemExit as stop:  # argparse rejects an option's value by exiting with status 2
-        status = stop.code
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(["genedge", *args], status, captured.out, captured.err)
-
-
-def test_plan_with_no_arguments_prints_plan_and_comparison():
-    out = genedge("plan").stdout
+def test_plan_with_no_arguments_prints_plan_and_comparison(default_plan):
+    out = default_plan.stdout
     assert "% of its 51 numbers are derived by rule" in out
     assert "workload: 100 requests — Basic 25, Detail 50, Imagination 14, Complex 11" in out
     for method in (
@@ -52,11 +29,11 @@ def test_plan_with_no_arguments_prints_plan_and_comparison():
     assert "None" not in out
 
 
-def test_plan_writes_a_valid_plan(tmp_path):
+def test_plan_writes_a_valid_plan(capsys, tmp_path):
     path = tmp_path / "plan.json"
-    genedge(
-        "plan", "--workload", "Basic=5,Detail=20,Complex=3", "--weight", "0.1", "--budget", "0.5", "--out", str(path)
-    )
+    args = ("--workload", "Basic=5,Detail=20,Complex=3", "--weight", "0.1", "--budget", "0.5", "--out", path)
+    result = genedge_in_process(capsys, "plan", *args)
+    assert result.returncode == 0, result.stderr
     plan = load_plan(path)
     assert plan["method"] == "genedge" and plan["seed"] == 0
     assert set(plan["routing"]) == {"Basic", "Detail", "Complex"}
@@ -68,10 +45,12 @@ def test_plan_writes_a_valid_plan(tmp_path):
     assert len(plan["inputs"]["table_sha256"]) == 64
 
 
-@pytest.mark.skipif(not SHARED_PROMPTS.is_file(), reason="PartiPrompts.tsv (../shared/data) is not present")
-def test_plan_counts_every_row_of_a_prompt_file(tmp_path):
+@needs_partiprompts
+def test_plan_counts_every_row_of_a_prompt_file(capsys, tmp_path):
     path = tmp_path / "plan.json"
-    out = genedge("plan", "--prompts", str(SHARED_PROMPTS), "--weight", "0.001", "--out", str(path)).stdout
+    result = genedge_in_process(capsys, "plan", "--prompts", PARTIPROMPTS, "--weight", "0.001", "--out", path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
     document = json.loads(path.read_text())
     prompts = document["inputs"]["prompts"]
     assert prompts["labelled"] == {"Basic": 272, "Detail": 544, "Imagination": 150, "Complex": 113}
@@ -85,10 +64,12 @@ def test_plan_counts_every_row_of_a_prompt_file(tmp_path):
     assert "lost to misrouting" in out
 
 
-@pytest.mark.skipif(not SHARED_PROMPTS.is_file(), reason="PartiPrompts.tsv (../shared/data) is not present")
-def test_plan_without_a_router_counts_labelled_rows_and_says_what_it_left_out(tmp_path):
+@needs_partiprompts
+def test_plan_without_a_router_counts_labelled_rows_and_says_what_it_left_out(capsys, tmp_path):
     path = tmp_path / "plan.json"
-    out = genedge("plan", "--prompts", str(SHARED_PROMPTS), "--router", "none", "--out", str(path)).stdout
+    result = genedge_in_process(capsys, "plan", "--prompts", PARTIPROMPTS, "--router", "none", "--out", path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
     assert json.loads(path.read_text())["inputs"]["workload"] == {
         "Basic": 272.0,
         "Detail": 544.0,
@@ -145,6 +126,7 @@ def test_simulate_writes_results_figures_and_checks(tmp_path):
         "--out",
         str(out),
         "--figures",
+        check=True,
     )
     assert "vs direct-assignment  ≥ on 2/2 points" in result.stdout
     assert "discrete-event check" in result.stdout
@@ -157,8 +139,10 @@ def test_simulate_writes_results_figures_and_checks(tmp_path):
     assert all(float(r["plan_time_s"]) > 0 for r in rows)
 
 
-def test_help_explains_every_option():
-    text = genedge("plan", "--help").stdout
+def test_help_explains_every_option(capsys):
+    result = genedge_in_process(capsys, "plan", "--help")
+    assert result.returncode == 0
+    text = result.stdout
     for option in (
         "--table",
         "--workload",
@@ -176,6 +160,16 @@ def test_help_explains_every_option():
         assert option in text
 
 
+@pytest.fixture(scope="module")
+def paper_plan(tmp_path_factory):
+    """A plan file written by `genedge plan --compare paper`, for the tests that break one field of it."""
+    from genedge.cli import main
+
+    path = tmp_path_factory.mktemp("plan") / "plan.json"
+    assert main(["plan", "--compare", "paper", "--out", str(path)]) == 0
+    return path
+
+
 @pytest.mark.parametrize(
     ("mutate", "field", "message"),
     [
@@ -189,12 +183,11 @@ def test_help_explains_every_option():
         (lambda d: d.pop("routing"), "routing", "missing field"),
     ],
 )
-def test_plan_file_validation_names_the_field(capsys, tmp_path, mutate, field, message):
+def test_plan_file_validation_names_the_field(paper_plan, tmp_path, mutate, field, message):
     from genedge.optimizer.plan_file import PlanError
 
     path = tmp_path / "plan.json"
-    assert genedge_in_process(capsys, "plan", "--compare", "paper", "--out", str(path)).returncode == 0
-    document = json.loads(path.read_text())
+    document = json.loads(paper_plan.read_text())
     mutate(document)
     path.write_text(json.dumps(document))
     with pytest.raises(PlanError) as info:
@@ -202,9 +195,11 @@ def test_plan_file_validation_names_the_field(capsys, tmp_path, mutate, field, m
     assert info.value.field_path == field and message in str(info.value)
 
 
-def test_plan_under_a_memory_limit_deploys_only_what_fits(tmp_path):
+def test_plan_under_a_memory_limit_deploys_only_what_fits(capsys, tmp_path):
     path = tmp_path / "plan.json"
-    out = genedge("plan", "--memory-gib", "14", "--out", str(path)).stdout
+    result = genedge_in_process(capsys, "plan", "--memory-gib", "14", "--out", path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
     plan = json.loads(path.read_text())
     deployed = [k for k, m in plan["models"].items() if m["deployed"]]
     peaks = {"sd15": 4.4e9, "sd21": 5.2e9, "sdxl": 14.0e9}  # the reference table's memory peaks

@@ -8,25 +8,21 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from test_cli_plan import SHARED_PROMPTS, genedge, genedge_in_process
+from conftest import PARTIPROMPTS, genedge, genedge_in_process, needs_partiprompts
 from test_router import SOLVER_ATOL
 
 from genedge.router import load_router
 
-needs_partiprompts = pytest.mark.skipif(
-    not SHARED_PROMPTS.is_file(), reason="PartiPrompts.tsv (../shared/data) is not present"
-)
-
 
 def _unlabelled_csv(path, n=40):
     """A prompt file as a user has one: pandas-written CSV, a Prompt column and no labels."""
-    prompts = pd.read_csv(SHARED_PROMPTS, sep="\t", quoting=3)["Prompt"].tolist()[:n]
+    prompts = pd.read_csv(PARTIPROMPTS, sep="\t", quoting=3)["Prompt"].tolist()[:n]
     pd.DataFrame({"Prompt": prompts, "id": range(n)}).to_csv(path, index=False)
     return prompts
 
 
 def test_router_list_shows_both_shipped_routers():
-    out = genedge("router", "list").stdout
+    out = genedge("router", "list", check=True).stdout
     assert "paper4-tfidf" in out and "paper4-minilm" in out
     assert "tfidf" in out and "embedding" in out and "Basic,Detail,Imagination,Complex" in out
 
@@ -41,7 +37,7 @@ def test_every_router_subcommand_has_help(capsys, sub):
 @needs_partiprompts
 def test_train_then_predict_an_unlabelled_file_routes_every_row(tmp_path):
     router_path = tmp_path / "router.json"
-    out = genedge("router", "train", str(SHARED_PROMPTS), "--out", str(router_path)).stdout
+    out = genedge("router", "train", PARTIPROMPTS, "--out", router_path, check=True).stdout
     assert "1,079 labelled prompts" in out and "stratified 5-fold" in out
     trained, shipped = load_router(router_path), load_router("paper4-tfidf")
     assert trained.to_dict() | {"classifier": None} == shipped.to_dict() | {
@@ -54,7 +50,7 @@ def test_train_then_predict_an_unlabelled_file_routes_every_row(tmp_path):
     prompts = _unlabelled_csv(tmp_path / "requests.csv")
     predictions = tmp_path / "routed.parquet"
     done = genedge(
-        "router", "predict", str(tmp_path / "requests.csv"), "--router", str(router_path), "--out", str(predictions)
+        "router", "predict", tmp_path / "requests.csv", "--router", router_path, "--out", predictions, check=True
     )
     assert "routed 40 prompts" in done.stdout
     frame = pd.read_parquet(predictions)
@@ -81,7 +77,7 @@ def test_predict_writes_csv_and_tsv_that_pandas_reads(capsys, tmp_path):
 def test_eval_prints_backend_beside_the_majority_baseline_and_draws_the_confusion(tmp_path):
     figure, report = tmp_path / "confusion.png", tmp_path / "report.json"
     out = genedge(
-        "router", "eval", str(SHARED_PROMPTS), "--backend", "tfidf", "--figure", str(figure), "--out", str(report)
+        "router", "eval", PARTIPROMPTS, "--backend", "tfidf", "--figure", figure, "--out", report, check=True
     ).stdout
     assert "majority" in out and "confusion of tfidf" in out
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -94,8 +90,11 @@ def test_eval_prints_backend_beside_the_majority_baseline_and_draws_the_confusio
 
 @pytest.mark.slow
 @needs_partiprompts
-def test_eval_of_both_backends_in_one_run_on_partiprompts():
-    out = genedge("router", "eval", str(SHARED_PROMPTS)).stdout
+def test_eval_of_both_backends_in_one_run_on_partiprompts(capsys):
+    # In this process: the command's user path is the tfidf eval above; here only the backends vary.
+    done = genedge_in_process(capsys, "router", "eval", PARTIPROMPTS)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     rows = {
         line.split()[0]: line.split()[1:3]
         for line in out.splitlines()
@@ -168,7 +167,7 @@ def test_plan_refuses_a_router_of_another_mapping(capsys, tmp_path):
     labels = {"Plain": ["Basic"], "Hard": ["Imagination", "Complex"]}
     mapping.write_text(json.dumps({"name": "two", "column": "Challenge", "labels": labels}))
     out = genedge_in_process(
-        capsys, "router", "train", str(SHARED_PROMPTS), "--category-mapping", str(mapping), "--out", str(router)
+        capsys, "router", "train", str(PARTIPROMPTS), "--category-mapping", str(mapping), "--out", str(router)
     ).stdout
     assert "535 labelled prompts, mapping 'two' on Challenge" in out
     _unlabelled_csv(tmp_path / "requests.csv", n=5)
@@ -178,11 +177,13 @@ def test_plan_refuses_a_router_of_another_mapping(capsys, tmp_path):
 
 @pytest.mark.slow
 @needs_partiprompts
-def test_plan_with_the_embedding_router_counts_all_of_partiprompts(tmp_path):
+def test_plan_with_the_embedding_router_counts_all_of_partiprompts(capsys, tmp_path):
     path = tmp_path / "plan.json"
-    out = genedge(
-        "plan", "--prompts", str(SHARED_PROMPTS), "--router", "paper4-minilm", "--weight", "0.001", "--out", str(path)
-    ).stdout
+    done = genedge_in_process(
+        capsys, "plan", "--prompts", PARTIPROMPTS, "--router", "paper4-minilm", "--weight", "0.001", "--out", path
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     prompts = json.loads(path.read_text())["inputs"]["prompts"]
     assert prompts["router"] == "paper4-minilm" and sum(prompts["routed"].values()) == 553
     assert "553 routed by paper4-minilm" in out and "lost to misrouting" in out
@@ -192,7 +193,7 @@ def test_plan_with_the_embedding_router_counts_all_of_partiprompts(tmp_path):
 @needs_partiprompts
 def test_eval_prints_each_backend_before_a_later_one_fails(capsys, tmp_path):
     done = genedge_in_process(
-        capsys, "router", "eval", str(SHARED_PROMPTS), "--embedding-model", str(tmp_path / "no-such-model")
+        capsys, "router", "eval", str(PARTIPROMPTS), "--embedding-model", str(tmp_path / "no-such-model")
     )
     assert done.returncode == 2 and "no-such-model" in done.stderr
     assert "\ntfidf           0.682    0.626" in done.stdout

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
-from test_cli_plan import genedge, genedge_in_process
+from conftest import genedge_in_process
 
 from genedge.optimizer.plan_file import load_plan
 
 
-def test_the_default_plan_says_how_sure_it_is() -> None:
-    out = genedge("plan").stdout
+def test_the_default_plan_says_how_sure_it_is(default_plan: subprocess.CompletedProcess[str]) -> None:
+    out = default_plan.stdout
     assert "how sure: a parametric bootstrap of the table, 200 samples (seed 0)" in out
     assert re.search(r"expected regret \d+\.\d{3} ± \d+\.\d{3} points \(Monte Carlo SE\)", out)
     assert re.search(r"routing +Imagination -> sd15 +0\.\d\d", out)

@@ -4,14 +4,12 @@ the plan comparison of the library beneath it."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import genedge, genedge_in_process
 from scipy import stats
 
 from genedge.calibrate import fit_quality
@@ -20,7 +18,6 @@ from genedge.optimizer import PlanChange, PlanComparison, Problem, compare_plans
 from genedge.optimizer.result import make_result
 from genedge.testing import QualityTruth, SyntheticModel, synthetic_run, write_run
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 CATEGORIES = ("Basic", "Detail", "Imagination", "Complex")
 SMALL = SyntheticModel(
     key="small",
@@ -43,12 +40,6 @@ LARGE = SyntheticModel(
 )
 
 
-def _genedge(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "genedge", *map(str, args)], capture_output=True, text=True, env=ENV, timeout=120
-    )
-
-
 def test_welch_t_from_mle_cells_matches_scipy_on_the_raw_scores() -> None:
     rng = np.random.default_rng(5)
     a, b = rng.normal(30, 3, 25), rng.normal(32, 4, 40)
@@ -64,7 +55,10 @@ def test_welch_t_from_mle_cells_matches_scipy_on_the_raw_scores() -> None:
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Calibrated tables, made the way a user makes them: old (small, large), new (large twice as slow per step)
-    and small (the small model only)."""
+    and small (the small model only). ``genedge calibrate`` runs in this process: its own tests run it as a
+    subprocess."""
+    from genedge.cli import main
+
     folder = tmp_path_factory.mktemp("tables")
     made = {}
     for name, models, steps in (
@@ -75,8 +69,7 @@ def tables(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         # The same seed draws the same scores: only the latency differs between old and new.
         manifest, records = synthetic_run(models, steps=steps, prompts_per_category=20, rng=0)
         run = write_run(folder / name, manifest, records)
-        done = _genedge("calibrate", run, "--out", folder / f"{name}.json")
-        assert done.returncode == 0, done.stderr
+        assert main(["calibrate", str(run), "--out", str(folder / f"{name}.json")]) == 0
         made[name] = folder / f"{name}.json"
     return made
 
@@ -86,7 +79,7 @@ WORKLOAD = ("--workload", "Basic=10,Detail=10,Imagination=10,Complex=10", "--wei
 
 @pytest.mark.slow
 def test_compare_reports_doubled_per_step_latency_and_the_plan_decisions_it_moves(tables: dict[str, Path]) -> None:
-    done = _genedge("compare", tables["old"], tables["new"], *WORKLOAD)
+    done = genedge("compare", tables["old"], tables["new"], *WORKLOAD)
     assert done.returncode == 0, done.stderr
     out = done.stdout
     # The change, its ratio and its significance (the SE is from the least-squares fits).
@@ -114,9 +107,11 @@ def test_compare_reports_doubled_per_step_latency_and_the_plan_decisions_it_move
     "options",
     [("--models", "small"), ("--memory-gib", "5")],
 )
-def test_compare_plans_with_the_models_and_memory_plan_takes(tables: dict[str, Path], options: tuple[str, str]) -> None:
+def test_compare_plans_with_the_models_and_memory_plan_takes(
+    capsys: pytest.CaptureFixture[str], tables: dict[str, Path], options: tuple[str, str]
+) -> None:
     # Only the large model changed, so planning without it leaves every decision as it was.
-    done = _genedge("compare", tables["old"], tables["new"], *WORKLOAD, *options)
+    done = genedge_in_process(capsys, "compare", tables["old"], tables["new"], *WORKLOAD, *options)
     assert done.returncode == 0, done.stderr
     plan = done.stdout.split("plans on the same workload", 1)[1]
     assert plan.rstrip().endswith("no plan decision changes"), plan
@@ -127,18 +122,20 @@ def test_compare_plans_with_the_models_and_memory_plan_takes(tables: dict[str, P
 
 
 @pytest.mark.slow
-def test_compare_builds_both_problems_before_printing(tables: dict[str, Path]) -> None:
-    done = _genedge("compare", tables["old"], tables["small"], *WORKLOAD, "--models", "large")
+def test_compare_builds_both_problems_before_printing(
+    capsys: pytest.CaptureFixture[str], tables: dict[str, Path]
+) -> None:
+    done = genedge_in_process(capsys, "compare", tables["old"], tables["small"], *WORKLOAD, "--models", "large")
     assert done.returncode == 2 and done.stdout == ""
     assert "models ['large'] are not in the table; available: ['small']" in done.stderr
-    done = _genedge("compare", tables["old"], tables["new"], *WORKLOAD, "--memory-gib", "2")
+    done = genedge_in_process(capsys, "compare", tables["old"], tables["new"], *WORKLOAD, "--memory-gib", "2")
     assert done.returncode == 2 and done.stdout == ""
     assert "No model fits in the 2.00 GiB of device memory: large needs 8.38 GiB, small needs 2.79 GiB" in done.stderr
 
 
-def test_compare_takes_the_options_plan_takes() -> None:
+def test_compare_takes_the_options_plan_takes(capsys: pytest.CaptureFixture[str]) -> None:
     def options(command: str) -> set[str]:
-        return set(re.findall(r"(--[a-z][a-z-]*)", _genedge(command, "--help").stdout))
+        return set(re.findall(r"(--[a-z][a-z-]*)", genedge_in_process(capsys, command, "--help").stdout))
 
     plan, compare = options("plan"), options("compare")
     # The bootstrap of one plan's table (--samples, --robust, --quantile) is plan's own.
@@ -148,8 +145,8 @@ def test_compare_takes_the_options_plan_takes() -> None:
 
 
 @pytest.mark.slow
-def test_compare_refuses_a_workload_it_cannot_read(tables: dict[str, Path]) -> None:
-    done = _genedge("compare", tables["small"], tables["small"], "--workload", "Basic:3")
+def test_compare_refuses_a_workload_it_cannot_read(capsys: pytest.CaptureFixture[str], tables: dict[str, Path]) -> None:
+    done = genedge_in_process(capsys, "compare", tables["small"], tables["small"], "--workload", "Basic:3")
     assert done.returncode == 2
     assert "--workload: expected CATEGORY=COUNT items, but got 'Basic:3'" in done.stderr
 

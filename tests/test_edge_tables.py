@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, SHARED_DATA, genedge, genedge_in_process, needs_shared_data, python
 
 from genedge import data
 from genedge.calibrate.table import load_table
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
 EDGE_SCRIPT = ROOT / "scripts" / "build_edge_tables.py"
 EDGE_TABLES = ("galaxy-s24", "qcs8550-proxy", "x-elite-crd")
 PERF_FILES = {"sd15": "stable_diffusion_v1_5.perf.yaml", "sd21": "stable_diffusion_v2_1.perf.yaml"}
-needs_shared_data = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason="the public data sets (../shared/data) are not present"
-)
 
 
 def _component_ms(path: Path, device: str, runtime: str = "qnn_context_binary") -> dict[str, float]:
@@ -152,15 +147,8 @@ def test_edge_latency_is_the_rule_applied_to_the_published_figures(name, device)
 # --------------------------------------------------------------------------- genedge tables
 
 
-def _genedge(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MPLBACKEND": "Agg"}
-    return subprocess.run(
-        [sys.executable, "-m", "genedge", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
-    )
-
-
 def test_genedge_tables_lists_every_shipped_table():
-    done = _genedge("tables")
+    done = genedge("tables", cwd=ROOT)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["name", "device", "models", "categories", "derived", "energy"]
@@ -173,8 +161,8 @@ def test_genedge_tables_lists_every_shipped_table():
     assert next(line for line in lines if line.startswith("galaxy-s24 ")).endswith(" no")
 
 
-def test_genedge_tables_json_matches_the_shipped_tables():
-    done = _genedge("tables", "--json")
+def test_genedge_tables_json_matches_the_shipped_tables(capsys):
+    done = genedge_in_process(capsys, "tables", "--json")
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     assert [row["name"] for row in rows] == list(data.shipped_tables())
@@ -193,6 +181,6 @@ def test_genedge_tables_imports_no_heavy_package():
         "    main(['tables'])\n"
         "print(sorted(m for m in ('torch', 'pandas', 'pyarrow', 'matplotlib', 'diffusers') if m in sys.modules))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    done = python(code, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import genedge_env
 
 from genedge import data
 from genedge.calibrate.table import load_table
@@ -50,7 +50,7 @@ from genedge.serve.protocol import StatsResponse
 
 TABLE = data.path("tables", "reference-a100.json")
 PROMPTS = data.path("prompts", "smoke.tsv")
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MPLBACKEND": "Agg"}
+ENV = genedge_env()
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -11,22 +10,25 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import PARTIPROMPTS, genedge, genedge_env, genedge_in_process
 
 from genedge.profiler import read_manifest, read_records
 
-P2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "PartiPrompts.tsv"  # ../shared beside the checkout
 KILL_AFTER_SHARDS = 2
 TIMEOUT_S = 240
 
 
+# One thread per process: the machine has two cores and the two-process test shares them.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
 def _env() -> dict[str, str]:
-    # One thread per process: the machine has two cores and the two-process test shares them.
-    return os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return genedge_env(ONE_THREAD)
 
 
 def _prompts(folder: Path, n: int) -> list[str]:
-    if P2.is_file():
-        return ["--prompts", str(P2), "--limit", str(n)]
+    if PARTIPROMPTS.is_file():
+        return ["--prompts", str(PARTIPROMPTS), "--limit", str(n)]
     path = folder / "prompts.tsv"
     rows = "".join(f"prompt {i} of a quiet street\tOutdoor Scenes\tBasic\t\n" for i in range(n))
     path.write_text("Prompt\tCategory\tChallenge\tNote\n" + rows, encoding="utf-8")
@@ -57,21 +59,23 @@ def _profile_args(folder: Path, out: Path, n: int) -> list[str]:
 
 
 def _genedge(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "genedge", *args], env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S
-    )
+    return genedge(*args, env=ONE_THREAD, timeout=TIMEOUT_S)
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "in_process"),
     [
-        (["--model", "replica:sd99", "--steps", "2"], "Available: bk-sdm-base, bk-sdm-small"),
-        (["--model", "replica:tiny", "--steps", "10,0"], "Expected steps as positive integers, but got [10, 0]"),
-        (["--model", "replica:tiny", "--steps", "ten"], "--steps: expected comma-separated integers"),
+        (["--model", "replica:sd99", "--steps", "2"], "Available: bk-sdm-base, bk-sdm-small", False),
+        (["--model", "replica:tiny", "--steps", "10,0"], "Expected steps as positive integers, but got [10, 0]", True),
+        (["--model", "replica:tiny", "--steps", "ten"], "--steps: expected comma-separated integers", True),
     ],
 )
-def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
-    result = _genedge("profile", *args, *_prompts(tmp_path, 4), "--out", str(tmp_path / "run"))
+def test_bad_input_is_one_clear_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], message: str, in_process: bool
+) -> None:
+    # The first case runs as a user runs it; the others vary only the input, so they run in this process.
+    argv = ("profile", *args, *_prompts(tmp_path, 4), "--out", str(tmp_path / "run"))
+    result = genedge_in_process(capsys, *argv) if in_process else _genedge(*argv)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()

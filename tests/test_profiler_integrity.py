@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 import dataclasses
 import fcntl
 import shutil
@@ -15,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import genedge_env
 
 from genedge.calibrate import TableError, read_runs
 from genedge.contract import ArtifactError, audit_run, lock_path, read_manifest
@@ -192,7 +188,7 @@ def _cli(config: ProfileConfig, out: Path) -> list[str]:
 
 def test_two_concurrent_profiles_then_a_resume_give_one_row_per_key(config: ProfileConfig, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = genedge_env()
     processes = [
         subprocess.Popen(_cli(config, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(2)

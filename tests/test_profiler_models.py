@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 import json
 import re
 import shutil
@@ -16,7 +11,7 @@ from typing import Any
 import huggingface_hub.errors as hub_errors
 import pytest
 import torch
-from tiny_pipelines import TINY_COMMIT, lay_out_hub_cache, save_tiny_pipeline, use_hub_cache
+from tiny_pipelines import TINY_COMMIT, lay_out_hub_cache, use_hub_cache
 
 from genedge.contract import JsonRegistry
 from genedge.profiler import (
@@ -132,16 +127,6 @@ def test_offline_clip_tokenizer_matches_open_clip() -> None:
 # --- local folders and hub ids (real diffusers files saved from the tiny replicas) -----------------
 
 OTHER_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipeline")
-
-
-@pytest.fixture(scope="module")
-def tiny_xl_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-xl") / "pipeline", xl=True)
 
 
 @pytest.fixture

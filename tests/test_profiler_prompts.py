@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 import hashlib
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import PARTIPROMPTS, needs_partiprompts
 
 from genedge.profiler import get_category_mapping, list_category_mappings, load_prompt_set
-
-P2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "PartiPrompts.tsv"  # ../shared beside the checkout
-needs_p2 = pytest.mark.skipif(not P2.is_file(), reason="PartiPrompts.tsv (../shared/data) is not present")
 
 
 def _write_tsv(path: Path, rows: list[tuple[str, str, str, str]]) -> Path:
@@ -25,23 +18,23 @@ def _write_tsv(path: Path, rows: list[tuple[str, str, str, str]]) -> Path:
     return path
 
 
-@needs_p2
+@needs_partiprompts
 def test_partiprompts_paper_mapping_counts_and_hash() -> None:
-    prompts = load_prompt_set(str(P2))
+    prompts = load_prompt_set(str(PARTIPROMPTS))
     assert Counter(p.category for p in prompts.prompts) == {
         "Basic": 272,
         "Detail": 544,
         "Imagination": 150,
         "Complex": 113,
     }
-    assert prompts.sha256 == hashlib.sha256(P2.read_bytes()).hexdigest()
+    assert prompts.sha256 == hashlib.sha256(PARTIPROMPTS.read_bytes()).hexdigest()
     assert prompts.column == "Challenge" and prompts.category_mapping["name"] == "paper4"
 
 
-@needs_p2
+@needs_partiprompts
 def test_partiprompts_other_mappings_keep_the_leading_quote() -> None:
-    challenges = load_prompt_set(str(P2), mapping="challenge")
-    categories = load_prompt_set(str(P2), mapping="category")
+    challenges = load_prompt_set(str(PARTIPROMPTS), mapping="challenge")
+    categories = load_prompt_set(str(PARTIPROMPTS), mapping="category")
     assert len(challenges.prompts) == len(categories.prompts) == 1632
     assert len(set(challenges.categories)) == 11 and len(set(categories.categories)) == 12
     quoted = [p.text for p in categories.prompts if p.text.startswith('"')]

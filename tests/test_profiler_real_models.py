@@ -4,13 +4,12 @@ read offline from a Hugging Face cache; and the offline CLIP error that comes be
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from tiny_pipelines import TINY_COMMIT, hub_cache_env, lay_out_hub_cache, save_tiny_pipeline
+from conftest import genedge, genedge_in_process
+from tiny_pipelines import TINY_COMMIT, hub_cache_env, lay_out_hub_cache
 
 from genedge.profiler import read_manifest, read_records
 
@@ -25,11 +24,6 @@ STAGE_SUM_ABS_TOL_S = 0.002
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_pipeline(tmp_path_factory.mktemp("saved") / "tiny-pipeline")
-
-
-@pytest.fixture(scope="module")
 def prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("prompts") / "prompts.tsv"
     rows = "".join(f"a {c.lower()} scene number {i}\tAnimals\t{c}\t\n" for i, c in enumerate(["Basic", "Complex"] * 2))
@@ -38,10 +32,7 @@ def prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _genedge(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environment = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"} | (env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "genedge", *args], env=environment, capture_output=True, text=True, timeout=TIMEOUT_S
-    )
+    return genedge(*args, env=env, timeout=TIMEOUT_S)
 
 
 def _profile(model: str, prompts: Path, out: Path, env: dict[str, str] | None = None) -> None:
@@ -71,7 +62,7 @@ def _profile(model: str, prompts: Path, out: Path, env: dict[str, str] | None = 
     assert "profile: " in result.stdout and "ETA" in result.stdout  # --no-progress prints a line per shard
 
 
-def _check_run(out: Path, model: str) -> dict:
+def _check_run(capsys: pytest.CaptureFixture[str], out: Path, model: str) -> dict:
     frame = read_records(out)
     assert len(frame) == len(STEPS) * N_PROMPTS and frame["status"].eq("ok").all()
     assert not frame.duplicated(["model_key", "steps", "seed", "prompt_id"]).any()
@@ -84,21 +75,23 @@ def _check_run(out: Path, model: str) -> dict:
     (entry,) = manifest["models"]
     assert entry["key"] == model and entry["resolution"] == NATIVE and manifest["resolution"] is None
     assert entry["scheduler"]["class"] == "DDIMScheduler" and entry["unet_params"] > 0
-    shown = _genedge("profile", "show", str(out))
+    shown = genedge_in_process(capsys, "profile", "show", out)  # reading a run needs no fresh interpreter
     assert shown.returncode == 0, shown.stderr
     assert "problem:" not in shown.stdout and "total_s_p50" in shown.stdout and "step_ms_p99" in shown.stdout
     return manifest
 
 
 @pytest.mark.slow
-def test_profile_a_pipeline_saved_to_a_folder(folder: Path, prompts: Path, tmp_path: Path) -> None:
-    out = _profile_run(str(folder), prompts, tmp_path)
-    manifest = _check_run(out, str(folder))
+def test_profile_a_pipeline_saved_to_a_folder(
+    capsys: pytest.CaptureFixture[str], tiny_folder: Path, prompts: Path, tmp_path: Path
+) -> None:
+    out = _profile_run(str(tiny_folder), prompts, tmp_path)
+    manifest = _check_run(capsys, out, str(tiny_folder))
     assert manifest["models"][0]["revision"] is None  # a local folder has no hub revision
     # The run calibrates: on a CPU the measured memory is the process's resident peak.
-    calibrated = _genedge("calibrate", str(out), "--out", str(tmp_path / "table.json"))
+    calibrated = genedge_in_process(capsys, "calibrate", out, "--out", tmp_path / "table.json")
     assert calibrated.returncode == 0, calibrated.stderr[-2000:]
-    memory = json.loads((tmp_path / "table.json").read_text(encoding="utf-8"))["models"][str(folder)]["memory"]
+    memory = json.loads((tmp_path / "table.json").read_text(encoding="utf-8"))["models"][str(tiny_folder)]["memory"]
     assert memory["kind"] == "rss" and memory["peak_bytes"] == read_records(out)["peak_rss_bytes"].max()
 
 
@@ -111,13 +104,13 @@ def _profile_run(model: str, prompts: Path, tmp_path: Path, env: dict[str, str] 
 @pytest.mark.slow
 @pytest.mark.parametrize("revision", ["", "@main", f"@{TINY_COMMIT}"])
 def test_profile_a_hub_id_offline_from_the_cache_recording_its_commit(
-    folder: Path, prompts: Path, tmp_path: Path, revision: str
+    capsys: pytest.CaptureFixture[str], tiny_folder: Path, prompts: Path, tmp_path: Path, revision: str
 ) -> None:
     cache = tmp_path / "hub"
-    lay_out_hub_cache(folder, cache, REPO)
+    lay_out_hub_cache(tiny_folder, cache, REPO)
     model = REPO + revision
     out = _profile_run(model, prompts, tmp_path, hub_cache_env(cache))
-    manifest = _check_run(out, model)
+    manifest = _check_run(capsys, out, model)
     assert manifest["models"][0]["revision"] == TINY_COMMIT
     assert read_records(out)["model_revision"].eq(TINY_COMMIT).all()
 

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -15,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import PARTIPROMPTS
 from PIL import Image
 
 from genedge.contract import MANIFEST_SCHEMA_VERSION, get_category_mapping, settings_sha256
@@ -22,7 +18,6 @@ from genedge.profiler import ClipScorer, ProfileConfig, profile, read_manifest, 
 from genedge.profiler import run as profiler_run_module
 from genedge.profiler.monitor import Monitor
 
-P2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "PartiPrompts.tsv"  # ../shared beside the checkout
 MODELS = ("replica:tiny", "replica:tiny-xl")
 STEPS = (2, 3)
 # Stage windows are contiguous on the device clock; the host total adds only the final synchronize.
@@ -32,8 +27,8 @@ STAGE_SUM_ABS_TOL_S = 0.002
 
 def profiler_prompt_source(folder: Path) -> str:
     """PartiPrompts when present, else a file in its format written here (8 prompts, two per paper category)."""
-    if P2.is_file():
-        return str(P2)
+    if PARTIPROMPTS.is_file():
+        return str(PARTIPROMPTS)
     rows = [
         (f"prompt number {i} about a {c.lower()} scene", "Animals", c, "")
         for i, c in enumerate(["Basic", "Complex", "Simple Detail", "Imagination"] * 2)

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
+from conftest import python
 
 from genedge.profiler import Clock, load_pipeline, measure_call
 from genedge.profiler.monitor import Monitor
@@ -61,5 +55,5 @@ def test_importing_the_profiler_and_its_command_loads_nothing_heavy() -> None:
         "heavy = ('torch', 'diffusers', 'open_clip', 'pynvml', 'datasets', 'transformers'); "
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = python(code, check=True)
     assert result.stdout.strip() == "[]"

@@ -8,24 +8,22 @@ byte-order mark or CRLF line ends gives the same counts through the profiler and
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import PARTIPROMPTS, genedge_in_process, needs_partiprompts
 
 from genedge.contract import ArtifactError, read_prompt_file
 from genedge.profiler import load_prompt_set
 
-P2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "PartiPrompts.tsv"
 PAPER4 = {"Basic": 272, "Detail": 544, "Imagination": 150, "Complex": 113}
-needs_p2 = pytest.mark.skipif(not P2.is_file(), reason="PartiPrompts.tsv is not beside the checkout")
 
 
 def _partiprompts() -> pd.DataFrame:
     # quoting=3 (QUOTE_NONE): one prompt begins with a double quote.
-    return pd.read_csv(P2, sep="\t", quoting=3, dtype=str, keep_default_na=False)
+    return pd.read_csv(PARTIPROMPTS, sep="\t", quoting=3, dtype=str, keep_default_na=False)
 
 
 def _variants(folder: Path) -> dict[str, Path]:
@@ -39,24 +37,19 @@ def _variants(folder: Path) -> dict[str, Path]:
     frame.to_csv(files["csv"], index=False)
     frame.to_csv(files["bom"], index=False, encoding="utf-8-sig")
     frame.to_csv(files["crlf"], index=False, lineterminator="\r\n")
-    files["tsv-crlf"].write_bytes(P2.read_bytes().replace(b"\n", b"\r\n"))
+    files["tsv-crlf"].write_bytes(PARTIPROMPTS.read_bytes().replace(b"\n", b"\r\n"))
     return files
 
 
-def _plan_counts(prompts: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "genedge", "plan", "--prompts", str(prompts), "--compare", "paper"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def _plan_counts(capsys: pytest.CaptureFixture[str], prompts: Path) -> subprocess.CompletedProcess[str]:
+    return genedge_in_process(capsys, "plan", "--prompts", prompts, "--compare", "paper")
 
 
-@needs_p2
+@needs_partiprompts
 def test_pandas_csv_bom_and_crlf_count_like_the_tsv(tmp_path: Path) -> None:
     frame = _partiprompts()
     assert frame["Prompt"].str.contains(",").sum() > 50  # quoting matters in this file
-    tsv = read_prompt_file(P2)
+    tsv = read_prompt_file(PARTIPROMPTS)
     for name, path in _variants(tmp_path).items():
         table = read_prompt_file(path)
         assert table.columns == tsv.columns and table.rows == tsv.rows, name
@@ -65,16 +58,16 @@ def test_pandas_csv_bom_and_crlf_count_like_the_tsv(tmp_path: Path) -> None:
         assert prompts.sha256 == tsv.sha256(), name
 
 
-@needs_p2
+@needs_partiprompts
 @pytest.mark.slow
-def test_genedge_plan_counts_each_variant_like_the_tsv(tmp_path: Path) -> None:
+def test_genedge_plan_counts_each_variant_like_the_tsv(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     expected = [
         "1,632 prompts from",
         "1,079 labelled by Challenge, 553 routed by paper4-tfidf",
         "workload: 1632 requests — Basic 345, Detail 877, Imagination 218, Complex 192",
     ]
-    for path in [P2, *_variants(tmp_path).values()]:
-        done = _plan_counts(path)
+    for path in [PARTIPROMPTS, *_variants(tmp_path).values()]:
+        done = _plan_counts(capsys, path)
         assert done.returncode == 0, (path, done.stderr)
         assert all(line in done.stdout for line in expected), path
 
@@ -88,14 +81,14 @@ def test_quoted_csv_fields_and_a_leading_quote_in_tsv(tmp_path: Path) -> None:
     assert read_prompt_file(tsv).rows == read_prompt_file(csv_file).rows == tuple(tuple(r) for r in rows[1:])
 
 
-def test_latin1_file_is_refused_naming_file_and_byte(tmp_path: Path) -> None:
+def test_latin1_file_is_refused_naming_file_and_byte(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = tmp_path / "latin1.csv"
     path.write_bytes("Prompt,Challenge\na caf\u00e9 at night,Basic\n".encode("latin-1"))
     with pytest.raises(ArtifactError, match=r"latin1.csv: byte 22: not UTF-8 text"):
         read_prompt_file(path)
     with pytest.raises(ArtifactError, match=r"latin1.csv: byte 22: not UTF-8 text"):
         load_prompt_set(str(path))
-    done = _plan_counts(path)
+    done = _plan_counts(capsys, path)
     assert done.returncode == 2
     assert done.stderr.strip() == (
         f"genedge plan: error: {path}: byte 22: not UTF-8 text; expected a UTF-8 prompt file (save it as UTF-8)"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import PARTIPROMPTS, ROOT
 
 import genedge.data
 from genedge.contract.files import ArtifactError
@@ -39,8 +40,6 @@ from genedge.router.model import (
 )
 from genedge.router.tfidf import TfidfFeatures
 
-ROOT = Path(__file__).resolve().parents[1]
-PARTIPROMPTS = ROOT.parent / "shared" / "data" / "PartiPrompts.tsv"
 # How far two trainings of one router may land apart: L-BFGS stops at fit_logistic's gradient tolerance (1e-6).
 SOLVER_ATOL = 1e-5
 #: PartiPrompts rows under the paper4 mapping (Challenge column): labelled per category, and the rest.

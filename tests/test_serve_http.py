@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -25,11 +24,19 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
+from conftest import DemoRun, genedge, genedge_env
 
-pytest.importorskip("diffusers", reason="serving replicas needs genedge[profile]")
-pytest.importorskip("ray.serve", reason="needs genedge[serve]")
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+@pytest.fixture(scope="module", autouse=True)
+def _serving_extras() -> None:
+    # Checked when a test here runs, not at collection: importing Ray Serve costs seconds that a run
+    # deselecting these (slow) tests should not pay.
+    pytest.importorskip("diffusers", reason="serving replicas needs genedge[profile]")
+    pytest.importorskip("ray.serve", reason="needs genedge[serve]")
+
+
+CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
+ENV = genedge_env(CPU_ONLY)
 HOST = "127.0.0.1"
 # Basic is split between the models so that the deterministic routing fractions can be checked.
 BASIC_SPLIT = {"replica:tiny": 0.25, "replica:tiny-xl": 0.75}
@@ -43,9 +50,7 @@ def _free_port() -> int:
 
 
 def _genedge(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "genedge", *args], capture_output=True, text=True, env=ENV, timeout=timeout
-    )
+    return genedge(*args, env=CPU_ONLY, timeout=timeout)
 
 
 def _post(url: str, body: object, timeout: float = 60) -> tuple[int, dict, Message]:
@@ -65,9 +70,8 @@ def _get(url: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("demo")
-    done = _genedge("demo", "--dir", str(folder), "--no-figures")
+def demo(demo_run: DemoRun) -> Path:
+    folder, done = demo_run
     assert done.returncode == 0, done.stderr
     plan = json.loads((folder / "plan.json").read_text())
     plan["routing"]["Basic"] = dict(BASIC_SPLIT)
@@ -317,12 +321,14 @@ def test_mps_needs_a_gpu_and_model_maps_must_name_deployed_models(demo: Path) ->
 
 
 @pytest.mark.slow
-def test_a_plan_on_the_reference_table_serves_a_saved_folder_and_a_cached_hub_id(tmp_path: Path) -> None:
+def test_a_plan_on_the_reference_table_serves_a_saved_folder_and_a_cached_hub_id(
+    tiny_folder: Path, tmp_path: Path
+) -> None:
     """The user's path for published tables: map the plan's model keys to what to load."""
-    from tiny_pipelines import hub_cache_env, lay_out_hub_cache, save_tiny_pipeline
+    from tiny_pipelines import hub_cache_env, lay_out_hub_cache
 
-    folder = save_tiny_pipeline(tmp_path / "my-sd15")
-    lay_out_hub_cache(save_tiny_pipeline(tmp_path / "sd21-source"), tmp_path / "hub", "genedge-test/sd21")
+    folder = tiny_folder  # sd15 from a saved folder, sd21 from the hub cache
+    lay_out_hub_cache(tiny_folder, tmp_path / "hub", "genedge-test/sd21")
     plan = tmp_path / "plan.json"
     done = _genedge("plan", "--models", "sd15,sd21", "--rate", "2", "--arrivals", "open", "--out", str(plan))
     assert done.returncode == 0, done.stderr

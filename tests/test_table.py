@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, SHARED_DATA, needs_shared_data
 
 from genedge import data
 from genedge.calibrate import TableError, load_table, save_table, table_from_dict
 from genedge.optimizer import Problem, Workload
 
 REFERENCE = data.path("tables", "reference-a100.json")
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture
@@ -145,10 +145,10 @@ def test_curve_interpolates_between_cells_and_refuses_to_extrapolate():
         model.quality_at("Detail", 60)
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the public data sets (../shared/data) are not present")
+@needs_shared_data
 def test_reference_table_is_reproduced_by_its_script(tmp_path):
     out = tmp_path / "reference.json"
-    script = Path(__file__).resolve().parents[1] / "scripts" / "build_reference_table.py"
+    script = ROOT / "scripts" / "build_reference_table.py"
     subprocess.run(
         [sys.executable, str(script), "--data", str(SHARED_DATA), "--out", str(out)], check=True, capture_output=True
     )

@@ -4,13 +4,10 @@ The replicas ``tiny`` and ``tiny-xl`` (a few hundred kB of random weights) are s
 ``save_pretrained``, so every local-folder and hub-id code path runs against real diffusers files
 in well under a second per load.
 
-Typical use (``tests/`` is on ``sys.path`` under pytest's default import mode)::
+Typical use (``tests/`` is on ``sys.path`` under pytest's default import mode), with the session fixture
+``tiny_folder`` of ``conftest.py`` (``save_tiny_pipeline`` once per run)::
 
-    from tiny_pipelines import lay_out_hub_cache, save_tiny_pipeline, use_hub_cache
-
-    @pytest.fixture(scope="module")
-    def tiny_folder(tmp_path_factory):
-        return save_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipeline")
+    from tiny_pipelines import lay_out_hub_cache, use_hub_cache
 
     def test_hub(tiny_folder, tmp_path, monkeypatch):
         lay_out_hub_cache(tiny_folder, tmp_path / "hub", "genedge-test/tiny")

@@ -1,0 +1,141 @@
+"""Helpers and fixtures shared by the test modules: the shared data, ``genedge`` as a user runs it, tiny pipelines.
+
+Test modules import the helpers by name (``from conftest import PARTIPROMPTS, genedge``): ``tests/`` is on
+``sys.path`` under pytest's default import mode, as it is for ``tiny_pipelines``. The session fixtures build
+something expensive once; tests treat what they return as read-only and copy it before changing it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+# This process reads models and data sets only from local caches. Set before any test module imports
+# huggingface_hub, which reads these variables once, at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+__all__ = [
+    "PARTIPROMPTS",
+    "ROOT",
+    "SHARED_DATA",
+    "DemoRun",
+    "genedge",
+    "genedge_env",
+    "genedge_in_process",
+    "needs_partiprompts",
+    "needs_shared_data",
+    "python",
+]
+
+#: The checkout.
+ROOT = Path(__file__).resolve().parents[1]
+#: The public data sets, in ``../shared/data`` beside the checkout; tests that need them skip without them.
+SHARED_DATA = ROOT.parent / "shared" / "data"
+PARTIPROMPTS = SHARED_DATA / "PartiPrompts.tsv"
+
+needs_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason="the public data sets (../shared/data) are not present"
+)
+needs_partiprompts = pytest.mark.skipif(
+    not PARTIPROMPTS.is_file(), reason="PartiPrompts.tsv (../shared/data) is not present"
+)
+
+# A subprocess reads models and data sets only from local caches, and draws figures without a display.
+_OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MPLBACKEND": "Agg"}
+
+
+def genedge_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment, offline and headless, with ``extra`` on top: what a subprocess runs under."""
+    return {**os.environ, **_OFFLINE, **(extra or {})}
+
+
+def genedge(
+    *args: str | Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 300,
+    check: bool = False,
+    **kwargs,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m genedge ARGS`` in a new interpreter, as a user does, and capture its text output.
+
+    ``env`` adds to :func:`genedge_env`; ``check=True`` raises on a non-zero exit; other keywords go to
+    ``subprocess.run`` (``cwd``, ``stdout``, ...).
+    """
+    if "stdout" not in kwargs and "stderr" not in kwargs:
+        kwargs["capture_output"] = True
+    return subprocess.run(
+        [sys.executable, "-m", "genedge", *map(str, args)],
+        env=genedge_env(env),
+        text=True,
+        timeout=timeout,
+        check=check,
+        **kwargs,
+    )
+
+
+def python(code: str, *, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess[str]:
+    """Run ``python -c CODE`` in a new interpreter (for what only a fresh process shows, such as its imports)."""
+    return subprocess.run(
+        [sys.executable, "-c", code], env=genedge_env(), capture_output=True, text=True, timeout=timeout, **kwargs
+    )
+
+
+def genedge_in_process(capsys: pytest.CaptureFixture[str], *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run ``genedge ARGS`` through ``genedge.cli.main`` in this process: the command's code without an
+    interpreter start, for tests that vary only the input. Returns what :func:`genedge` would."""
+    from genedge.cli import main
+
+    try:
+        status = main([str(arg) for arg in args])
+    except SystemExit as stop:  # argparse rejects an option's value by exiting with status 2
+        status = stop.code
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["genedge", *map(str, args)], status, captured.out, captured.err)
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``tiny`` replica saved as a diffusers pipeline folder (read-only: copy it to change it)."""
+    from tiny_pipelines import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipeline")
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``tiny-xl`` replica saved as a diffusers pipeline folder (read-only: copy it to change it)."""
+    from tiny_pipelines import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-xl") / "pipeline", xl=True)
+
+
+@pytest.fixture(scope="session")
+def default_plan() -> subprocess.CompletedProcess[str]:
+    """``genedge plan`` with no arguments, run once as a user runs it, for every test that reads its output."""
+    return genedge("plan", check=True)
+
+
+class DemoRun(NamedTuple):
+    """``genedge demo --dir FOLDER --no-figures`` run once: its folder and the finished process."""
+
+    folder: Path
+    done: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """The demo (profile, calibrate and plan two replicas on the CPU) run once for every test that needs it.
+
+    Tests may add files to the folder but change none of the demo's own.
+    """
+    pytest.importorskip("diffusers", reason="the demo profiles replicas with torch and diffusers (genedge[profile])")
+    folder = tmp_path_factory.mktemp("demo")
+    done = genedge("demo", "--dir", folder, "--no-figures", env={"CUDA_VISIBLE_DEVICES": ""})
+    return DemoRun(folder, done)
