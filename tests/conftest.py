@@ -26,12 +26,12 @@ __all__ = [
     "ROOT",
     "SHARED_DATA",
     "DemoRun",
-    "genedge",
+    "run_genedge",
     "genedge_env",
     "genedge_in_process",
     "needs_partiprompts",
     "needs_shared_data",
-    "python",
+    "run_python",
 ]
 
 #: The checkout.
@@ -56,7 +56,7 @@ def genedge_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return {**os.environ, **_OFFLINE, **(extra or {})}
 
 
-def genedge(
+def run_genedge(
     *args: str | Path,
     env: Mapping[str, str] | None = None,
     timeout: float = 300,
@@ -80,7 +80,7 @@ def genedge(
     )
 
 
-def python(code: str, *, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess[str]:
+def run_python(code: str, *, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess[str]:
     """Run ``python -c CODE`` in a new interpreter (for what only a fresh process shows, such as its imports)."""
     return subprocess.run(
         [sys.executable, "-c", code], env=genedge_env(), capture_output=True, text=True, timeout=timeout, **kwargs
@@ -89,7 +89,7 @@ def python(code: str, *, timeout: float = 120, **kwargs) -> subprocess.Completed
 
 def genedge_in_process(capsys: pytest.CaptureFixture[str], *args: str | Path) -> subprocess.CompletedProcess[str]:
     """Run ``genedge ARGS`` through ``genedge.cli.main`` in this process: the command's code without an
-    interpreter start, for tests that vary only the input. Returns what :func:`genedge` would."""
+    interpreter start, for tests that vary only the input. Returns what :func:`run_genedge` would."""
     from genedge.cli import main
 
     try:
@@ -119,7 +119,7 @@ def tiny_xl_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def default_plan() -> subprocess.CompletedProcess[str]:
     """``genedge plan`` with no arguments, run once as a user runs it, for every test that reads its output."""
-    return genedge("plan", check=True)
+    return run_genedge("plan", check=True)
 
 
 class DemoRun(NamedTuple):
@@ -137,5 +137,5 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     """
     pytest.importorskip("diffusers", reason="the demo profiles replicas with torch and diffusers (genedge[profile])")
     folder = tmp_path_factory.mktemp("demo")
-    done = genedge("demo", "--dir", folder, "--no-figures", env={"CUDA_VISIBLE_DEVICES": ""})
+    done = run_genedge("demo", "--dir", folder, "--no-figures", env={"CUDA_VISIBLE_DEVICES": ""})
     return DemoRun(folder, done)

@@ -14,6 +14,7 @@ import pytest
 from conftest import genedge_env
 
 from genedge.calibrate import load_table
+from genedge.cli import main
 from genedge.profiler import read_records
 
 TIMEOUT_S = 600
@@ -38,9 +39,6 @@ def pipelines(tmp_path_factory: pytest.TempPathFactory, tiny_folder: Path) -> tu
 def _args(pipelines: tuple[Path, Path, Path], out: Path, *extra: str) -> list[str]:
     small, large, prompts = pipelines
     return [
-        sys.executable,
-        "-m",
-        "genedge",
         "autoprofile",
         "--model",
         str(small),
@@ -94,7 +92,8 @@ def test_a_killed_run_resumes_without_measuring_twice_and_stops_at_its_budget(
     pipelines: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    args = _args(pipelines, out, "--max-images", "24", "--target", "1.0")
+    argv = _args(pipelines, out, "--max-images", "24", "--target", "1.0")
+    args = [sys.executable, "-m", "genedge", *argv]
     process = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     decisions = out / "decisions.jsonl"
     deadline = time.monotonic() + TIMEOUT_S
@@ -135,24 +134,18 @@ def test_a_killed_run_resumes_without_measuring_twice_and_stops_at_its_budget(
     table = load_table(out / "table.json")
     assert {c.n for m in table.models.values() for cells in m.quality.values() for c in cells.values()} >= {2}
 
-    # A finished run asked again measures nothing more and stops where it stopped.
-    again = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert again.returncode == 0, again.stderr
+    # A finished run asked again measures nothing more and stops where it stopped (in this process: the
+    # command's user path is the two runs above).
+    assert main(argv) == 0
     assert _rows(out) == after
 
 
 @pytest.mark.slow
 def test_a_run_stops_once_its_target_is_reached(pipelines: tuple[Path, Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "run"
-    # A target any plan reaches: the first decision stops, after the first batch only.
-    done = subprocess.run(
-        _args(pipelines, out, "--max-images", "200", "--target", "0.001"),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
-    assert done.returncode == 0, done.stderr
+    # A target any plan reaches: the first decision stops, after the first batch only. In this process: the
+    # test above runs the command as a user does.
+    assert main(_args(pipelines, out, "--max-images", "200", "--target", "0.001")) == 0
     lines = [json.loads(line) for line in (out / "decisions.jsonl").read_text().splitlines()]
     assert len(lines) == 1 and lines[0]["stop"].startswith("target reached") and lines[0]["images"] == 16
 
@@ -163,7 +156,11 @@ def test_other_settings_on_the_same_run_are_refused(tmp_path: Path) -> None:
     out.mkdir()
     (out / "autoprofile.json").write_text(json.dumps({"batch": 8}))
     done = subprocess.run(
-        _args(pipelines, out, "--max-images", "20"), env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S
+        [sys.executable, "-m", "genedge", *_args(pipelines, out, "--max-images", "20")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
     )
     assert done.returncode != 0 and "batch = 8 (not 2)" in done.stderr
     assert "autoprofile.json: this run was started with" in done.stderr

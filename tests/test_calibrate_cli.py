@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import genedge
+from conftest import run_genedge
 
 from genedge.calibrate import load_table
 from genedge.cli import main
@@ -34,7 +34,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_calibrate_writes_a_byte_stable_table_summary_and_figures(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "table.json"
-    done = genedge("calibrate", run_dir, "--out", out, "--figures", tmp_path / "fig")
+    done = run_genedge("calibrate", run_dir, "--out", out, "--figures", tmp_path / "fig")
     assert done.returncode == 0, done.stderr
     assert f"wrote {out}" in done.stdout
     assert "model tiny: tiny (random-weight replica)" in done.stdout
@@ -54,7 +54,7 @@ def test_calibrate_writes_a_byte_stable_table_summary_and_figures(run_dir: Path,
 
 
 def test_calibrate_reports_bad_input_as_one_clear_line(tmp_path: Path) -> None:
-    done = genedge("calibrate", tmp_path / "missing", "--out", tmp_path / "t.json")
+    done = run_genedge("calibrate", tmp_path / "missing", "--out", tmp_path / "t.json")
     assert done.returncode == 2
     assert done.stderr.strip() == (
         f"genedge calibrate: error: {tmp_path / 'missing' / 'manifest.json'}: expected a "

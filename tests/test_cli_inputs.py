@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import genedge, python
+from conftest import run_genedge, run_python
 
 from genedge.cli import main
 from genedge.data import path as data_path
@@ -45,7 +45,7 @@ def heavy_imports() -> list[list[str]]:
         "            pass\n"
         f"    print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
     )
-    done = python(code)
+    done = run_python(code)
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.strip().splitlines()[-len(LIGHT_COMMANDS) :]]
 
@@ -65,7 +65,7 @@ def test_a_missing_profile_extra_is_one_line_naming_the_install(tmp_path: Path) 
         "argv = ['profile', '--model', 'replica:tiny', '--steps', '2', '--prompts', prompts]\n"
         f"raise SystemExit(main([*argv, '--out', {str(tmp_path)!r}]))\n"
     )
-    done = python(code)
+    done = run_python(code)
     assert done.returncode == 3
     assert done.stderr.strip().splitlines() == [
         "genedge profile: error: genedge.profiler needs 'torch'; install it with `pip install \"genedge[profile]\"`."
@@ -164,7 +164,7 @@ def test_a_closed_pipe_ends_the_command_quietly() -> None:
     read, write = os.pipe()
     os.close(read)
     try:
-        done = genedge("plan", "--compare", "paper", stdout=write, stderr=subprocess.PIPE, timeout=120)
+        done = run_genedge("plan", "--compare", "paper", stdout=write, stderr=subprocess.PIPE, timeout=120)
     finally:
         os.close(write)
     assert done.returncode == 1

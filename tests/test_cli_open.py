@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import genedge_in_process, run_genedge
 
 from genedge import data
 from genedge.calibrate.table import load_table, save_table, table_from_dict, table_to_dict
 from genedge.optimizer.plan_file import load_plan
-from tests.test_cli_plan import genedge, genedge_in_process
 
 METHODS = ("genedge", "paper", "direct-assignment", "random-assignment", "equal-allocation", "optimal-step", "exact")
 EDGE = ("--table", "galaxy-s24", "--rate", "0.2", "--slo", "20")
@@ -33,7 +33,7 @@ def _method_rows(out: str) -> dict[str, list[str]]:
 @pytest.mark.slow
 def test_plan_with_rates_and_an_slo_on_the_edge_table_prints_every_method_and_writes_the_plan(tmp_path: Path) -> None:
     out_path = tmp_path / "plan.json"
-    out = genedge("plan", *EDGE, "--out", str(out_path)).stdout
+    out = run_genedge("plan", *EDGE, "--out", str(out_path), check=True).stdout
     assert "table: Samsung Galaxy S24" in out
     assert "open arrivals (Poisson, M/D/1 per model)" in out and "SLO p95 <= 20 s (overall)" in out
     header = out[out.index("\nmethod ") :].splitlines()[1]
@@ -169,9 +169,9 @@ def test_shipped_tables_are_named_in_compare(capsys: pytest.CaptureFixture) -> N
 
 @pytest.mark.slow
 def test_simulate_compares_the_window_and_open_plans_of_one_demand(tmp_path: Path) -> None:
-    out = genedge(
+    out = run_genedge(
         "simulate", "--table", "galaxy-s24", "--window-vs-open", "600", "--slo", "30", "--budgets", "1",
-        "--simulated-requests", "5000",
+        "--simulated-requests", "5000", check=True,
     ).stdout  # fmt: skip
     assert "100 requests per 600 s window ≡ 0.1667 requests/s" in out
     lines = out.splitlines()
@@ -186,9 +186,9 @@ def test_simulate_compares_the_window_and_open_plans_of_one_demand(tmp_path: Pat
     trace = tmp_path / "trace.csv"
     times = np.cumsum(rng.exponential(6.0, 500))
     pd.DataFrame({"time_s": times, "category": rng.choice(["Basic", "Detail"], 500)}).to_csv(trace, index=False)
-    out = genedge(
+    out = run_genedge(
         "simulate", "--table", "galaxy-s24", "--window-vs-open", "600", "--budgets", "1", "--trace", str(trace),
-        "--simulated-requests", "2000",
+        "--simulated-requests", "2000", check=True,
     ).stdout  # fmt: skip
     assert out.count("simulated, the trace") == 2
     demand = next(line for line in out.splitlines() if line.startswith("demand:"))

@@ -7,7 +7,7 @@ import csv
 import json
 
 import pytest
-from conftest import PARTIPROMPTS, genedge, genedge_in_process, needs_partiprompts
+from conftest import PARTIPROMPTS, genedge_in_process, needs_partiprompts, run_genedge
 
 from genedge.optimizer.plan_file import load_plan
 
@@ -111,7 +111,7 @@ def test_plan_bad_input_is_one_clear_line(capsys, args, message):
 @pytest.mark.slow
 def test_simulate_writes_results_figures_and_checks(tmp_path):
     out = tmp_path / "sim"
-    result = genedge(
+    result = run_genedge(
         "simulate",
         "--loads",
         "10,60",

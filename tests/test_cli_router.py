@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PARTIPROMPTS, genedge, genedge_in_process, needs_partiprompts
+from conftest import PARTIPROMPTS, genedge_in_process, needs_partiprompts, run_genedge
 from test_router import SOLVER_ATOL
 
 from genedge.router import load_router
@@ -22,7 +22,7 @@ def _unlabelled_csv(path, n=40):
 
 
 def test_router_list_shows_both_shipped_routers():
-    out = genedge("router", "list", check=True).stdout
+    out = run_genedge("router", "list", check=True).stdout
     assert "paper4-tfidf" in out and "paper4-minilm" in out
     assert "tfidf" in out and "embedding" in out and "Basic,Detail,Imagination,Complex" in out
 
@@ -37,7 +37,7 @@ def test_every_router_subcommand_has_help(capsys, sub):
 @needs_partiprompts
 def test_train_then_predict_an_unlabelled_file_routes_every_row(tmp_path):
     router_path = tmp_path / "router.json"
-    out = genedge("router", "train", PARTIPROMPTS, "--out", router_path, check=True).stdout
+    out = run_genedge("router", "train", PARTIPROMPTS, "--out", router_path, check=True).stdout
     assert "1,079 labelled prompts" in out and "stratified 5-fold" in out
     trained, shipped = load_router(router_path), load_router("paper4-tfidf")
     assert trained.to_dict() | {"classifier": None} == shipped.to_dict() | {
@@ -49,7 +49,7 @@ def test_train_then_predict_an_unlabelled_file_routes_every_row(tmp_path):
     np.testing.assert_allclose(trained.classifier.intercept, shipped.classifier.intercept, rtol=0, atol=SOLVER_ATOL)
     prompts = _unlabelled_csv(tmp_path / "requests.csv")
     predictions = tmp_path / "routed.parquet"
-    done = genedge(
+    done = run_genedge(
         "router", "predict", tmp_path / "requests.csv", "--router", router_path, "--out", predictions, check=True
     )
     assert "routed 40 prompts" in done.stdout
@@ -76,7 +76,7 @@ def test_predict_writes_csv_and_tsv_that_pandas_reads(capsys, tmp_path):
 @needs_partiprompts
 def test_eval_prints_backend_beside_the_majority_baseline_and_draws_the_confusion(tmp_path):
     figure, report = tmp_path / "confusion.png", tmp_path / "report.json"
-    out = genedge(
+    out = run_genedge(
         "router", "eval", PARTIPROMPTS, "--backend", "tfidf", "--figure", figure, "--out", report, check=True
     ).stdout
     assert "majority" in out and "confusion of tfidf" in out

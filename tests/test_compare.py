@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import genedge, genedge_in_process
+from conftest import genedge_in_process, run_genedge
 from scipy import stats
 
 from genedge.calibrate import fit_quality
@@ -79,7 +79,7 @@ WORKLOAD = ("--workload", "Basic=10,Detail=10,Imagination=10,Complex=10", "--wei
 
 @pytest.mark.slow
 def test_compare_reports_doubled_per_step_latency_and_the_plan_decisions_it_moves(tables: dict[str, Path]) -> None:
-    done = genedge("compare", tables["old"], tables["new"], *WORKLOAD)
+    done = run_genedge("compare", tables["old"], tables["new"], *WORKLOAD)
     assert done.returncode == 0, done.stderr
     out = done.stdout
     # The change, its ratio and its significance (the SE is from the least-squares fits).

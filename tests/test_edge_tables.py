@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SHARED_DATA, genedge, genedge_in_process, needs_shared_data, python
+from conftest import ROOT, SHARED_DATA, genedge_in_process, needs_shared_data, run_genedge, run_python
 
 from genedge import data
 from genedge.calibrate.table import load_table
@@ -148,7 +148,7 @@ def test_edge_latency_is_the_rule_applied_to_the_published_figures(name, device)
 
 
 def test_genedge_tables_lists_every_shipped_table():
-    done = genedge("tables", cwd=ROOT)
+    done = run_genedge("tables", cwd=ROOT)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["name", "device", "models", "categories", "derived", "energy"]
@@ -181,6 +181,6 @@ def test_genedge_tables_imports_no_heavy_package():
         "    main(['tables'])\n"
         "print(sorted(m for m in ('torch', 'pandas', 'pyarrow', 'matplotlib', 'diffusers') if m in sys.modules))\n"
     )
-    done = python(code, cwd=ROOT)
+    done = run_python(code, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"

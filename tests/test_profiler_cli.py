@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PARTIPROMPTS, genedge, genedge_env, genedge_in_process
+from conftest import PARTIPROMPTS, genedge_env, genedge_in_process, run_genedge
 
 from genedge.profiler import read_manifest, read_records
 
@@ -59,7 +59,7 @@ def _profile_args(folder: Path, out: Path, n: int) -> list[str]:
 
 
 def _genedge(*args: str) -> subprocess.CompletedProcess[str]:
-    return genedge(*args, env=ONE_THREAD, timeout=TIMEOUT_S)
+    return run_genedge(*args, env=ONE_THREAD, timeout=TIMEOUT_S)
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_bad_input_is_one_clear_line(
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume_gives_each_row_once(tmp_path: Path) -> None:
+def test_sigkill_mid_run_then_resume_gives_each_row_once(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     n = 12
     out = tmp_path / "run"
     args = _profile_args(tmp_path, out, n)
@@ -109,7 +109,7 @@ def test_sigkill_mid_run_then_resume_gives_each_row_once(tmp_path: Path) -> None
     assert len(frame) == n and not frame.duplicated(["model_key", "steps", "seed", "prompt_id"]).any()
     assert (frame["status"] == "ok").all()
 
-    shown = _genedge("profile", "show", str(out))
+    shown = genedge_in_process(capsys, "profile", "show", out)  # reading a run needs no fresh interpreter
     assert shown.returncode == 0, shown.stderr
     manifest = read_manifest(out)
     assert f"run {manifest['run_id']}" in shown.stdout and "replica:tiny" in shown.stdout

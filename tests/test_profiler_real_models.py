@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import genedge, genedge_in_process
-from tiny_pipelines import TINY_COMMIT, hub_cache_env, lay_out_hub_cache
+from conftest import genedge_in_process, run_genedge
+from tiny_pipelines import TINY_COMMIT, hub_cache_env, lay_out_hub_cache, use_hub_cache
 
 from genedge.profiler import read_manifest, read_records
 
@@ -32,11 +32,14 @@ def prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _genedge(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return genedge(*args, env=env, timeout=TIMEOUT_S)
+    return run_genedge(*args, env=env, timeout=TIMEOUT_S)
 
 
-def _profile(model: str, prompts: Path, out: Path, env: dict[str, str] | None = None) -> None:
-    result = _genedge(
+def _profile(
+    model: str, prompts: Path, out: Path, env: dict[str, str] | None, capsys: pytest.CaptureFixture[str] | None
+) -> None:
+    """``genedge profile`` of ``model``: in a new process under ``env``, or in this one where ``capsys`` is given."""
+    argv = (
         "profile",
         "--model",
         model,
@@ -55,8 +58,8 @@ def _profile(model: str, prompts: Path, out: Path, env: dict[str, str] | None = 
         "--no-progress",
         "--out",
         str(out),
-        env=env,
     )
+    result = _genedge(*argv, env=env) if capsys is None else genedge_in_process(capsys, *argv)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"recorded {len(STEPS) * N_PROMPTS} images (0 oom/error)" in result.stdout
     assert "profile: " in result.stdout and "ETA" in result.stdout  # --no-progress prints a line per shard
@@ -85,7 +88,7 @@ def _check_run(capsys: pytest.CaptureFixture[str], out: Path, model: str) -> dic
 def test_profile_a_pipeline_saved_to_a_folder(
     capsys: pytest.CaptureFixture[str], tiny_folder: Path, prompts: Path, tmp_path: Path
 ) -> None:
-    out = _profile_run(str(tiny_folder), prompts, tmp_path)
+    out = _profile_run(str(tiny_folder), prompts, tmp_path)  # as a user runs it, in a new process
     manifest = _check_run(capsys, out, str(tiny_folder))
     assert manifest["models"][0]["revision"] is None  # a local folder has no hub revision
     # The run calibrates: on a CPU the measured memory is the process's resident peak.
@@ -95,21 +98,36 @@ def test_profile_a_pipeline_saved_to_a_folder(
     assert memory["kind"] == "rss" and memory["peak_bytes"] == read_records(out)["peak_rss_bytes"].max()
 
 
-def _profile_run(model: str, prompts: Path, tmp_path: Path, env: dict[str, str] | None = None) -> Path:
+def _profile_run(
+    model: str,
+    prompts: Path,
+    tmp_path: Path,
+    env: dict[str, str] | None = None,
+    capsys: pytest.CaptureFixture[str] | None = None,
+) -> Path:
     out = tmp_path / "run"
-    _profile(model, prompts, out, env)
+    _profile(model, prompts, out, env, capsys)
     return out
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("revision", ["", "@main", f"@{TINY_COMMIT}"])
 def test_profile_a_hub_id_offline_from_the_cache_recording_its_commit(
-    capsys: pytest.CaptureFixture[str], tiny_folder: Path, prompts: Path, tmp_path: Path, revision: str
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_folder: Path,
+    prompts: Path,
+    tmp_path: Path,
+    revision: str,
 ) -> None:
     cache = tmp_path / "hub"
     lay_out_hub_cache(tiny_folder, cache, REPO)
     model = REPO + revision
-    out = _profile_run(model, prompts, tmp_path, hub_cache_env(cache))
+    if revision:  # only the revision varies: in this process, reading the same cache
+        use_hub_cache(monkeypatch, cache)
+        out = _profile_run(model, prompts, tmp_path, capsys=capsys)
+    else:  # the hub id as a user gives it, to a new process that finds the cache by its environment
+        out = _profile_run(model, prompts, tmp_path, hub_cache_env(cache))
     manifest = _check_run(capsys, out, model)
     assert manifest["models"][0]["revision"] == TINY_COMMIT
     assert read_records(out)["model_revision"].eq(TINY_COMMIT).all()

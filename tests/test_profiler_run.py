@@ -20,6 +20,11 @@ from genedge.profiler.monitor import Monitor
 
 MODELS = ("replica:tiny", "replica:tiny-xl")
 STEPS = (2, 3)
+# One prompt per paper category: every per-category, per-shard and per-batch property below shows as well
+# with one as with two, at half the images.
+PER_CATEGORY = 1
+N_PROMPTS = 4 * PER_CATEGORY
+N_IMAGES = len(MODELS) * len(STEPS) * N_PROMPTS
 # Stage windows are contiguous on the device clock; the host total adds only the final synchronize.
 STAGE_SUM_REL_TOL = 0.05
 STAGE_SUM_ABS_TOL_S = 0.002
@@ -46,7 +51,7 @@ def profiler_config(tmp_path_factory: pytest.TempPathFactory) -> ProfileConfig:
         models=MODELS,
         steps=STEPS,
         prompts=profiler_prompt_source(tmp_path_factory.mktemp("prompts")),
-        per_category=2,
+        per_category=PER_CATEGORY,
         resolution=64,
         device="cpu",
         clip_backbone="replica:tiny",
@@ -60,20 +65,20 @@ def profiler_config(tmp_path_factory: pytest.TempPathFactory) -> ProfileConfig:
 def profiler_run(profiler_config: ProfileConfig, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     result = profile(profiler_config, run_dir)
-    assert (result.recorded, result.skipped, result.failed) == (32, 0, 0)
+    assert (result.recorded, result.skipped, result.failed) == (N_IMAGES, 0, 0)
     return run_dir
 
 
 @pytest.mark.slow
 def test_one_row_per_image_with_the_record_schema(profiler_run: Path) -> None:
     frame = read_records(profiler_run)
-    assert len(frame) == len(MODELS) * len(STEPS) * 8
+    assert len(frame) == N_IMAGES
     assert not frame.duplicated(["model_key", "steps", "seed", "prompt_id"]).any()
     assert set(frame["status"]) == {"ok"} and frame["is_replica"].all()
-    assert frame.groupby("model_key")["category"].value_counts().eq(len(STEPS) * 2).all()
+    assert frame.groupby("model_key")["category"].value_counts().eq(len(STEPS) * PER_CATEGORY).all()
     for shard in (profiler_run / "records").glob("shard-*.parquet"):
         assert pq.read_schema(shard).remove_metadata().equals(record_schema())
-    assert len(list((profiler_run / "records").glob("shard-0-*.parquet"))) == 8  # flush_every=4
+    assert len(list((profiler_run / "records").glob("shard-0-*.parquet"))) == N_IMAGES // 4  # flush_every=4
 
 
 @pytest.mark.slow
@@ -134,10 +139,9 @@ def test_manifest(profiler_run: Path, profiler_config: ProfileConfig) -> None:
     assert all(m["is_replica"] and m["unet_params"] > 0 for m in manifest["models"])
     assert [m["resolution"] for m in manifest["models"]] == [64, 64] and manifest["resolution"] == 64
     assert manifest["scheduler"]["class"] == "DDIMScheduler" and "beta_schedule" in manifest["scheduler"]["config"]
-    assert manifest["prompt_set"]["n"] == 8 and manifest["prompt_set"]["category_mapping"] == get_category_mapping(
-        "paper4"
-    )
-    assert len(manifest["prompt_set"]["prompt_ids"]) == 8
+    assert manifest["prompt_set"]["n"] == N_PROMPTS
+    assert manifest["prompt_set"]["category_mapping"] == get_category_mapping("paper4")
+    assert len(manifest["prompt_set"]["prompt_ids"]) == N_PROMPTS
     assert manifest["seeds"] == [0] and manifest["warmup"] == 1 and manifest["batch_size"] == 1
     assert set(manifest["versions"]) == {"python", "torch", "diffusers", "open_clip", "transformers", "genedge"}
 
@@ -164,10 +168,10 @@ def test_rerun_skips_everything_and_other_settings_are_refused(
     profiler_run: Path, profiler_config: ProfileConfig
 ) -> None:
     again = profile(profiler_config, profiler_run)
-    assert (again.recorded, again.skipped) == (0, 32)
+    assert (again.recorded, again.skipped) == (0, N_IMAGES)
     with pytest.raises(ValueError, match=r"manifest.json: field 'settings_sha256': .*\(steps differ\).* another --out"):
         profile(dataclasses.replace(profiler_config, steps=(4,)), profiler_run)
-    assert len(read_records(profiler_run)) == 32
+    assert len(read_records(profiler_run)) == N_IMAGES
 
 
 @pytest.mark.parametrize(
@@ -206,7 +210,7 @@ def test_a_failing_generation_leaves_rows_and_the_run_goes_on(
     huge = dataclasses.replace(profiler_config, models=("replica:tiny",), steps=(2,), resolution=2**20, warmup=warmup)
     result = profile(huge, tmp_path / "run")
     frame = read_records(tmp_path / "run")
-    assert (result.recorded, result.failed) == (8, 8) and len(frame) == 8
+    assert (result.recorded, result.failed) == (N_PROMPTS, N_PROMPTS) and len(frame) == N_PROMPTS
     assert frame["status"].eq("error").all() and frame["error"].str.contains("allocate").all()
     assert frame["step_latencies_s"].isna().all() and frame["clip_score"].isna().all()
     assert frame["memory_note"].str.contains("peak_rss_bytes: no call was measured for this image").all()
@@ -244,7 +248,7 @@ def test_a_calls_energy_is_shared_by_the_images_of_its_batch(
     profile(batched, tmp_path / "run")
     frame = read_records(tmp_path / "run")
     calls = frame.groupby("total_s").size().sort_index()  # one total per call, shared by its images
-    assert sorted(calls.tolist()) == [2, 3, 3]  # 8 prompts in batches of 3 (per seed)
+    assert sorted(calls.tolist()) == [1, 3]  # 4 prompts in batches of 3 (per seed): a full and a partial batch
     for _, rows in frame.groupby("total_s"):
         assert rows["energy_j"].eq(12.0 / len(rows)).all()
     assert frame["average_power_w"].eq(3.0).all() and frame["energy_note"].isna().all()
@@ -269,6 +273,6 @@ def test_retry_failed_generates_failed_images_again_and_keeps_their_failure_rows
     assert profile(small, run_dir).recorded == 0  # a plain resume keeps the failure
     assert profile(small, run_dir, retry_failed=True).recorded == 1
     frame = read_records(run_dir)
-    assert len(frame) == 9
+    assert len(frame) == N_PROMPTS + 1
     assert sorted(frame.loc[frame.prompt_id == failed_prompt, "status"]) == ["error", "ok"]
     assert profile(small, run_dir, retry_failed=True).recorded == 0  # nothing left to retry

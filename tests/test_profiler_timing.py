@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from conftest import python
+from conftest import run_python
 
 from genedge.profiler import Clock, load_pipeline, measure_call
 from genedge.profiler.monitor import Monitor
@@ -55,5 +55,5 @@ def test_importing_the_profiler_and_its_command_loads_nothing_heavy() -> None:
         "heavy = ('torch', 'diffusers', 'open_clip', 'pynvml', 'datasets', 'transformers'); "
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
-    result = python(code, check=True)
+    result = run_python(code, check=True)
     assert result.stdout.strip() == "[]"

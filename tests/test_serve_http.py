@@ -24,7 +24,7 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
-from conftest import DemoRun, genedge, genedge_env
+from conftest import DemoRun, genedge_env, run_genedge
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -50,7 +50,7 @@ def _free_port() -> int:
 
 
 def _genedge(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return genedge(*args, env=CPU_ONLY, timeout=timeout)
+    return run_genedge(*args, env=CPU_ONLY, timeout=timeout)
 
 
 def _post(url: str, body: object, timeout: float = 60) -> tuple[int, dict, Message]:
