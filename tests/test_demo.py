@@ -17,6 +17,7 @@ def test_demo_runs_profile_calibrate_plan_offline_on_cpu(demo_run: DemoRun) -> N
     from genedge.optimizer.plan_file import load_plan
 
     folder, done = demo_run  # the folder given as --dir, and the finished `genedge demo`
+    assert done.args[-4:] == ["demo", "--dir", str(folder), "--no-figures"]  # the command a user types
     assert done.returncode == 0, done.stderr
     # Said plainly, before and after the numbers.
     assert done.stdout.count(REPLICA_BANNER) == 2

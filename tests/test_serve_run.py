@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import DemoRun
 
 from genedge.serve.server import BUILDER_ARGS, BUILDER_IMPORT_PATH, server_from_args
 
@@ -77,15 +78,11 @@ def test_rays_own_builder_call_reaches_genedges_checks() -> None:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The folder of ``genedge demo``: its plan of two tiny replicas and the table it was made from."""
+def demo(demo_run: DemoRun) -> Path:
+    """The folder of ``genedge demo`` (run once per session): its plan of two tiny replicas and its table."""
     pytest.importorskip("diffusers", reason="serving replicas needs genedge[profile]")
     pytest.importorskip("ray.serve", reason="needs genedge[serve]")
-    # test_serve_http's helpers are imported here, where its module-level skips are this test's too.
-    from test_serve_http import _genedge
-
-    folder = tmp_path_factory.mktemp("demo")
-    done = _genedge("demo", "--dir", str(folder), "--no-figures")
+    folder, done = demo_run
     assert done.returncode == 0, done.stderr
     return folder
 
