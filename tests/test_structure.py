@@ -7,9 +7,8 @@ rule for it.
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 
 #: The folders installed as the ``genedge`` package (pyproject's package-dir).
 PACKAGE_DIRS = ("genedge", "optimizer", "calibrate", "profiler", "router", "serve", "data")
