@@ -32,6 +32,8 @@ from pathlib import Path
 
 from _environment import cpu_name, source_state
 
+from genedge.optimizer.plan_file import PlanDocument, load_plan
+
 RESULTS = Path(__file__).parent / "results" / "serve-vs-plan-cpu.txt"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
 HOST = "127.0.0.1"
@@ -71,7 +73,7 @@ def wait_ready(url: str, process: subprocess.Popen, limit_s: float = 300) -> Non
     raise SystemExit(f"genedge serve did not answer within {limit_s:.0f} s")
 
 
-def busiest_utilization_per_rate(plan: dict, table_path: Path) -> float:
+def busiest_utilization_per_rate(plan: PlanDocument, table_path: Path) -> float:
     """ρ of the busiest model per 1 request/s of the plan's mix (utilization is linear in the rate)."""
     from genedge.calibrate import load_table
     from genedge.serve.predict import plan_rates, predict_at_rates
@@ -80,7 +82,7 @@ def busiest_utilization_per_rate(plan: dict, table_path: Path) -> float:
     return max(group.utilization for group in prediction.per_model.values() if group.utilization is not None)
 
 
-def served_service_prediction(comparison, plan: dict) -> tuple[float, dict[str, float]]:
+def served_service_prediction(comparison, plan: PlanDocument) -> tuple[float, dict[str, float]]:
     """The M/D/1 mean response with each model's device time per image as measured in the server.
 
     Separates the queueing model's error from the calibration's: the same prediction as the plan's,
@@ -98,7 +100,7 @@ def served_service_prediction(comparison, plan: dict) -> tuple[float, dict[str, 
         rate = comparison.prediction.per_model[share.model].rate
         weighted += rate * float(md1_mean_response(rate, per_image / share.planned_share))
         total_rate += rate
-        table_per_image = plan["models"][share.model]["service_s"] * plan["models"][share.model]["share"]
+        table_per_image = plan.models[share.model].service_s * plan.models[share.model].share
         drift[share.model] = per_image / table_per_image
     return weighted / total_rate, drift
 
@@ -132,7 +134,7 @@ def main() -> None:
         "plan", "--table", str(table), "--rate", str(PLAN_RATE), "--arrivals", "open", "--method", "paper",
         "--compare", "genedge", "--out", str(plan_path),
     )  # fmt: skip
-    plan = json.loads(plan_path.read_text())
+    plan = load_plan(plan_path)
     per_rate = busiest_utilization_per_rate(plan, table)
     targets = [float(u) for u in args.utilizations.split(",")]
 
@@ -214,9 +216,7 @@ def main() -> None:
             f"{error:>+6.1f}% {mean_s:>7.3f} {server_error:>+6.1f}% {served:>8.3f} {queue_error:>+6.1f}% "
             f"{p95_p:>8.3f} {p95_m:>8.3f}  {drift}; {shares}"
         )
-    steps = ", ".join(
-        f"{k} {v['steps']} steps share {v['share']:.2f}" for k, v in plan["models"].items() if v["deployed"]
-    )
+    steps = ", ".join(f"{k} {v.steps} steps share {v.share:.2f}" for k, v in plan.deployed.items())
     report = "\n".join(
         [
             (

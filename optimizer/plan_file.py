@@ -12,13 +12,14 @@ import json
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genedge.contract.bounds import MAX_STEPS
 from genedge.contract.fields import FieldReader
 from genedge.contract.files import ArtifactError, read_json, write_text_atomic
-from genedge.optimizer.problem import Problem
+from genedge.optimizer.problem import Problem, Slo
 from genedge.optimizer.result import PlanResult, relative_change
 from genedge.optimizer.system import BUDGET_RTOL, ROW_SUM_TOL
 
@@ -29,10 +30,14 @@ if TYPE_CHECKING:
 __all__ = [
     "PLAN_SCHEMA_VERSION",
     "PlanError",
+    "PlanDocument",
+    "PlanInputs",
+    "PlanModel",
     "plan_to_dict",
     "plan_inputs",
     "save_plan",
     "load_plan",
+    "plan_from_dict",
     "validate_plan",
 ]
 
@@ -43,6 +48,92 @@ _FIGURES = ("mean_clipscore", "mean_delay_s", "p95_delay_s", "utility")
 
 class PlanError(ArtifactError):
     """A plan document is malformed; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """What a plan was made for, as a server and a load test read it (a plan's ``inputs``).
+
+    Attributes:
+        table: the calibration table's path or shipped name as given to ``genedge plan``, if recorded.
+        table_sha256: sha256 of that table file's bytes, if recorded.
+        slo: the latency objective planned for, if any.
+        workload: category → planned demand (per window, or per second under open arrivals).
+        arrivals: the delay model's arrival model (``window`` where the plan does not say).
+        routing_realization: how routing fractions are realized (``deterministic`` where not said).
+        composition: what each category's requests truly are, where planned for routed prompts.
+        budget_gpu / weight_points_per_s / device_memory_bytes / min_clipscore / max_shortfall /
+            energy_price_points_per_j / batching: the problem's settings (see
+            :class:`~genedge.optimizer.problem.Problem`).
+    """
+
+    table: str | None
+    table_sha256: str | None
+    slo: Slo | None
+    workload: Mapping[str, float]
+    arrivals: str
+    routing_realization: str
+    composition: Mapping[str, Mapping[str, float]] | None
+    budget_gpu: float | None
+    weight_points_per_s: float | None
+    device_memory_bytes: float | None
+    min_clipscore: float | None
+    max_shortfall: float | None
+    energy_price_points_per_j: float
+    batching: bool
+
+
+@dataclass(frozen=True)
+class PlanModel:
+    """One model's entry in a plan (a plan's ``models.KEY``).
+
+    Attributes:
+        deployed: whether the plan serves the model.
+        steps: its denoising steps (None where not deployed).
+        share: its GPU share.
+        service_s: one call (a batch of up to ``max_batch`` images) on its share (None where not deployed).
+        max_batch: the largest batch a call takes, where the plan says.
+        mps_thread_percentage / time_slice_weight: the share's realization on the GPU, where the plan says.
+    """
+
+    deployed: bool
+    steps: int | None
+    share: float
+    service_s: float | None
+    max_batch: int | None
+    mps_thread_percentage: int | None
+    time_slice_weight: float | None
+
+
+@dataclass(frozen=True)
+class PlanDocument:
+    """A plan file read once: its parts typed, so no reader downstream indexes the JSON.
+
+    Attributes:
+        method: the method that made it.
+        inputs: what it was made for.
+        models: model key → its entry, in the plan's order.
+        routing: category → model → probability, in the plan's category order.
+        predicted: the plan's predicted figures (name → value; an unstable queue's delay is None).
+        raw: the document as read, for those who pass it on unchanged (``GET /v1/plan``, a load
+            test's manifest and its hash).
+    """
+
+    method: str
+    inputs: PlanInputs
+    models: Mapping[str, PlanModel]
+    routing: Mapping[str, Mapping[str, float]]
+    predicted: Mapping[str, Any]
+    raw: Mapping[str, Any]
+
+    @property
+    def deployed(self) -> dict[str, PlanModel]:
+        """The deployed models' entries, in the plan's order."""
+        return {key: entry for key, entry in self.models.items() if entry.deployed}
+
+    def routed(self, category: str, model: str) -> float:
+        """p[category, model]: the probability the plan routes ``category`` to ``model`` (0 where absent)."""
+        return self.routing[category].get(model, 0.0)
 
 
 def _figures(result: PlanResult) -> dict[str, Any]:
@@ -230,16 +321,82 @@ def save_plan(document: Mapping[str, Any], path: str | os.PathLike[str]) -> Path
     return path
 
 
-def load_plan(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and validate a plan file.
+def load_plan(path: str | os.PathLike[str]) -> PlanDocument:
+    """Read and validate a plan file (see :func:`plan_from_dict`).
 
     Raises:
         PlanError: naming the file and field that is wrong.
     """
     path = Path(path)
-    document = read_json(path, "a JSON plan", PlanError)
-    validate_plan(document, str(path))
-    return document
+    return plan_from_dict(read_json(path, "a JSON plan", PlanError), str(path))
+
+
+def plan_from_dict(document: Mapping[str, Any], where: str) -> PlanDocument:
+    """A parsed plan document, validated (:func:`validate_plan`) and read into its typed parts.
+
+    Raises:
+        PlanError: naming ``where`` and the field that is wrong.
+    """
+    validate_plan(document, where)
+    r = FieldReader(where, PlanError)
+    routing = {
+        category: {model: r.check(p, f"routing.{category}.{model}", float) for model, p in row.items()}
+        for category, row in document["routing"].items()
+    }
+    return PlanDocument(
+        method=r.get(document, "method", "", str),
+        inputs=_read_inputs(r, document["inputs"]),
+        models={key: _read_model(r, entry, f"models.{key}") for key, entry in document["models"].items()},
+        routing=routing,
+        predicted=dict(document["predicted"]),
+        raw=document,
+    )
+
+
+def _read_inputs(r: FieldReader, inputs: Mapping[str, Any]) -> PlanInputs:
+    """A plan's ``inputs`` (absent optional fields take the defaults plans before them were made under)."""
+    slo = r.opt(inputs, "slo", "inputs", dict)
+    if slo is not None:
+        try:
+            slo = Slo(
+                r.get(slo, "seconds", "inputs.slo", float),
+                r.get(slo, "attainment", "inputs.slo", float),
+                r.get(slo, "scope", "inputs.slo", str),
+            )
+        except ValueError as err:
+            raise r.fail("inputs.slo", str(err)) from None
+    workload = r.opt(inputs, "workload", "inputs", dict) or {}
+    prompts = r.opt(inputs, "prompts", "inputs", dict) or {}
+    return PlanInputs(
+        table=r.opt(inputs, "table", "inputs", str),
+        table_sha256=r.opt(inputs, "table_sha256", "inputs", str),
+        slo=slo,
+        workload={c: r.check(n, f"inputs.workload.{c}", float) for c, n in workload.items()},
+        arrivals=r.opt(inputs, "arrivals", "inputs", str) or "window",
+        routing_realization=r.opt(inputs, "routing_realization", "inputs", str) or "deterministic",
+        composition=r.opt(prompts, "composition", "inputs.prompts", dict),
+        budget_gpu=r.opt(inputs, "budget_gpu", "inputs", float),
+        weight_points_per_s=r.opt(inputs, "weight_points_per_s", "inputs", float),
+        device_memory_bytes=r.opt(inputs, "device_memory_bytes", "inputs", (int, float)),
+        min_clipscore=r.opt(inputs, "min_clipscore", "inputs", float),
+        max_shortfall=r.opt(inputs, "max_shortfall", "inputs", float),
+        energy_price_points_per_j=r.opt(inputs, "energy_price_points_per_j", "inputs", float) or 0.0,
+        batching=bool(r.opt(inputs, "batching", "inputs", bool)),
+    )
+
+
+def _read_model(r: FieldReader, entry: Mapping[str, Any], path: str) -> PlanModel:
+    """One ``models.KEY`` entry (already checked for its share and, where deployed, its steps)."""
+    realization = r.opt(entry, "realization", path, dict) or {}
+    return PlanModel(
+        deployed=bool(r.opt(entry, "deployed", path, bool)),
+        steps=r.opt(entry, "steps", path, int),
+        share=r.get(entry, "share", path, float),
+        service_s=r.opt(entry, "service_s", path, float),
+        max_batch=r.opt(entry, "max_batch", path, int),
+        mps_thread_percentage=r.opt(realization, "cuda_mps_active_thread_percentage", f"{path}.realization", int),
+        time_slice_weight=r.opt(realization, "time_slice_weight", f"{path}.realization", float),
+    )
 
 
 def _check_routing(r: FieldReader, routing: Mapping[str, Any], models: Mapping[str, Any]) -> None:

@@ -188,13 +188,14 @@ def run_loadtest(
         FileNotFoundError: a missing prompt file or trace.
     """
     from genedge.contract.prompts import read_prompt_file
+    from genedge.optimizer.plan_file import plan_from_dict
 
     result_dir = Path(result_dir)
     prompts = read_prompt_file(config.prompts)
     if config.trace is not None and not Path(config.trace).is_file():
         raise FileNotFoundError(f"{config.trace}: expected a trace file, but there is no such file")
     served = fetch_plan(config.base_url)
-    schedule = build_schedule(config, prompts, served.plan, served.table)
+    schedule = build_schedule(config, prompts, plan_from_dict(served.plan, f"{config.base_url} plan"), served.table)
     _start(config, result_dir, served, schedule)
     done = recorded_indices(result_dir)
     todo = [r for r in schedule.requests if r.index not in done]

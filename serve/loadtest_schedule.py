@@ -14,7 +14,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from genedge.calibrate.table import CalibrationTable
     from genedge.contract.prompts import PromptTable
+    from genedge.optimizer.plan_file import PlanDocument
     from genedge.serve.loadtest_config import LoadConfig
 
 __all__ = ["Schedule", "ScheduledRequest", "build_schedule"]
@@ -174,14 +175,14 @@ def _drawn(
 
 
 def _demand(
-    plan: Mapping[str, Any], sent: Sequence[str | None], timed: bool, duration: float
+    plan: PlanDocument, sent: Sequence[str | None], timed: bool, duration: float
 ) -> tuple[dict[str, float], int]:
     """The demand offered per category (rates when ``timed``, else counts), and the requests sent without a
     category (spread in the plan's mix)."""
     from genedge.optimizer.workload import Workload
     from genedge.serve.predict import plan_rates
 
-    counts: dict[str, float] = {c: 0.0 for c in plan["routing"]}
+    counts: dict[str, float] = {c: 0.0 for c in plan.routing}
     for category in sent:
         if category is not None:
             counts[category] += 1
@@ -190,15 +191,13 @@ def _demand(
         for category, share in plan_rates(plan, 1.0).items():
             counts[category] += unplaced * share
     elif unplaced:  # a window counts whole requests: split in the plan's mix by largest remainder
-        for category, count in Workload.from_mix(plan["inputs"]["workload"], unplaced).counts.items():
+        for category, count in Workload.from_mix(plan.inputs.workload, unplaced).counts.items():
             counts[category] += count
     demand = {c: (v / duration if timed else v) for c, v in counts.items() if v > 0}
     return demand, unplaced
 
 
-def build_schedule(
-    config: LoadConfig, prompts: PromptTable, plan: Mapping[str, Any], table: CalibrationTable
-) -> Schedule:
+def build_schedule(config: LoadConfig, prompts: PromptTable, plan: PlanDocument, table: CalibrationTable) -> Schedule:
     """Every request of a load test, a pure function of the configuration and the files.
 
     Raises:
@@ -208,7 +207,7 @@ def build_schedule(
     from genedge.optimizer.delay import OPEN, WINDOW
 
     texts = _prompt_rows(prompts)
-    planned = list(plan["routing"])
+    planned = list(plan.routing)
     labels = _labels(prompts, table, planned)
     gen = np.random.default_rng(config.seed)
     if config.trace is not None:

@@ -37,6 +37,7 @@ from genedge.serve.predict import GroupPrediction, Prediction
 if TYPE_CHECKING:
     import pandas as pd
 
+    from genedge.optimizer.plan_file import PlanDocument
     from genedge.serve.loadtest_document import ScheduleSummary, SessionDocument
 
 __all__ = [
@@ -227,13 +228,14 @@ def compare_run(result_dir: str | Path, *, slo_s: float | None = None) -> Compar
         slo_s: the SLO for the attainment figures (default: the plan's, if it has one).
     """
     from genedge.calibrate.table import table_from_dict
+    from genedge.optimizer.plan_file import plan_from_dict
     from genedge.serve.loadtest import read_manifest, read_records, read_sessions
     from genedge.serve.predict import predict_at_demand
 
     manifest = read_manifest(result_dir)
-    plan = manifest.plan
-    if slo_s is None and plan["inputs"].get("slo"):
-        slo_s = float(plan["inputs"]["slo"]["seconds"])
+    plan = plan_from_dict(manifest.plan, f"{result_dir} plan")
+    if slo_s is None and plan.inputs.slo is not None:
+        slo_s = plan.inputs.slo.seconds
     schedule = manifest.schedule
     prediction, note = None, None
     table = table_from_dict(manifest.table, f"{result_dir} table")
@@ -256,7 +258,7 @@ def compare_run(result_dir: str | Path, *, slo_s: float | None = None) -> Compar
     )
 
 
-def _served_demand(plan: Mapping[str, Any], schedule: ScheduleSummary, records: Any) -> dict[str, float]:
+def _served_demand(plan: PlanDocument, schedule: ScheduleSummary, records: Any) -> dict[str, float]:
     """The offered demand by the category each request was served as.
 
     Requests sent without a category were split in the plan's mix when the schedule was made; once

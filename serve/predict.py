@@ -31,6 +31,7 @@ from genedge.optimizer.workload import Workload
 
 if TYPE_CHECKING:
     from genedge.calibrate.table import CalibrationTable
+    from genedge.optimizer.plan_file import PlanDocument
 
 __all__ = [
     "GroupPrediction",
@@ -104,19 +105,19 @@ class Prediction:
     description: str = ""
 
 
-def plan_rates(plan: Mapping[str, Any], total_rate: float) -> dict[str, float]:
+def plan_rates(plan: PlanDocument, total_rate: float) -> dict[str, float]:
     """Split ``total_rate`` (requests/s) over the plan's categories in its planned workload's mix.
 
     This is the demand of requests sent without a category: the server's prompt router places them, and
     the plan was made for the mix it expects.
     """
-    workload = plan["inputs"]["workload"]
+    workload = plan.inputs.workload
     total = sum(workload.values())
     return {c: total_rate * n / total for c, n in workload.items()}
 
 
 def predict_at_rates(
-    plan: Mapping[str, Any],
+    plan: PlanDocument,
     table: CalibrationTable,
     rates: Mapping[str, float],
     *,
@@ -126,7 +127,7 @@ def predict_at_rates(
     """Evaluate a plan's routing, steps and shares at offered rates, under open arrivals.
 
     Args:
-        plan: the plan document (:func:`genedge.optimizer.plan_file.plan_to_dict`).
+        plan: the plan (:func:`genedge.optimizer.plan_file.load_plan`).
         table: the calibration table it was made from.
         rates: category → offered rate λ_c (requests/s, ≥ 0); categories at 0 are left out.
         slo_s: the latency SLO (s) the attainments are for (default: the plan's, if it has one).
@@ -145,7 +146,7 @@ def predict_at_rates(
 
 
 def predict_for_window(
-    plan: Mapping[str, Any],
+    plan: PlanDocument,
     table: CalibrationTable,
     counts: Mapping[str, float],
     *,
@@ -161,7 +162,7 @@ def predict_for_window(
 
 
 def predict_at_demand(
-    plan: Mapping[str, Any],
+    plan: PlanDocument,
     table: CalibrationTable,
     demand: Mapping[str, float],
     *,
@@ -183,9 +184,9 @@ def predict_at_demand(
     how = arrival_model(arrivals)
     demand = _demand(plan, demand, how)
     if composition is None:
-        composition = (plan["inputs"].get("prompts") or {}).get("composition")
+        composition = plan.inputs.composition
     slo = _slo(plan, slo_s)
-    realization = plan["inputs"].get("routing_realization", "deterministic")
+    realization = plan.inputs.routing_realization
     rho = _offered_utilization(plan, demand) if delay_model_class(arrivals, realization).steady_state else {}
     # A plan overloaded at the offered demand is stated at a load it can hold and evaluated at the offered one.
     scale = _STATED_LOAD / max(rho.values()) if max(rho.values(), default=0.0) >= 1 else 1.0
@@ -211,9 +212,9 @@ def predict_at_demand(
         feasible=bool(result.feasible),
         utility=float(result.utility),
         slo_s=None if slo is None else slo.seconds,
-        planned=dict(plan.get("predicted", {})),
-        planned_arrivals=plan["inputs"].get("arrivals", "window"),
-        planned_demand=dict(plan["inputs"].get("workload", {})),
+        planned=dict(plan.predicted),
+        planned_arrivals=plan.inputs.arrivals,
+        planned_demand=dict(plan.inputs.workload),
         description=problem.delay.description,
     )
 
@@ -231,8 +232,8 @@ def _group(figures: GroupFigures, utilization: float | None = None, service_s: f
     )
 
 
-def _demand(plan: Mapping[str, Any], demand: Mapping[str, float], arrivals: ArrivalModel) -> dict[str, float]:
-    routed = plan["routing"]
+def _demand(plan: PlanDocument, demand: Mapping[str, float], arrivals: ArrivalModel) -> dict[str, float]:
+    routed = plan.routing
     unknown = sorted(set(demand) - set(routed))
     if unknown:
         raise ValueError(f"categories {unknown} are not routed by the plan; it routes {sorted(routed)}")
@@ -247,14 +248,14 @@ def _demand(plan: Mapping[str, Any], demand: Mapping[str, float], arrivals: Arri
 
 
 def _problem(
-    plan: Mapping[str, Any],
+    plan: PlanDocument,
     table: CalibrationTable,
     demand: Mapping[str, float],
     arrivals: ArrivalModel,
     slo: Slo | None,
     composition: Mapping[str, Mapping[str, float]] | None,
 ) -> Problem:
-    inputs = plan["inputs"]
+    inputs = plan.inputs
     kept = None if composition is None else {c: composition[c] for c in demand if c in composition}
     workload = (
         Workload.from_rates(demand, kept or None)
@@ -264,62 +265,63 @@ def _problem(
     return Problem.from_table(
         table,
         workload,
-        budget=inputs["budget_gpu"],
-        weight=inputs["weight_points_per_s"],
-        models=list(plan["models"]),
-        device_memory_bytes=inputs.get("device_memory_bytes"),
-        table_sha256=inputs.get("table_sha256"),
-        min_clipscore=inputs.get("min_clipscore"),
-        max_shortfall=inputs.get("max_shortfall") or 0.05,
+        budget=inputs.budget_gpu,
+        weight=inputs.weight_points_per_s,
+        models=list(plan.models),
+        device_memory_bytes=inputs.device_memory_bytes,
+        table_sha256=inputs.table_sha256,
+        min_clipscore=inputs.min_clipscore,
+        max_shortfall=inputs.max_shortfall or 0.05,
         arrivals=arrivals.name,
-        realization=inputs.get("routing_realization", "deterministic"),
+        realization=inputs.routing_realization,
         slo=slo,
-        energy_price=inputs.get("energy_price_points_per_j", 0.0),
-        batching=bool(inputs.get("batching", False)),
+        energy_price=inputs.energy_price_points_per_j,
+        batching=inputs.batching,
     )
 
 
-def _decisions(plan: Mapping[str, Any], problem: Problem) -> tuple[np.ndarray, list[int], np.ndarray, list[int] | None]:
+def _decisions(plan: PlanDocument, problem: Problem) -> tuple[np.ndarray, list[int], np.ndarray, list[int] | None]:
     """The plan's routing, step indices, shares and batch indices on ``problem``'s axes."""
-    models = plan["models"]
-    routing = np.array([[float(plan["routing"][c].get(k, 0.0)) for k in problem.models] for c in problem.categories])
+    models = plan.models
+    routing = np.array([[plan.routed(c, k) for k in problem.models] for c in problem.categories])
     steps, batches = [], []
     for i, key in enumerate(problem.models):
         entry = models[key]
         grid = problem.steps[i]
-        if entry.get("steps") is None:
+        if entry.steps is None:
             steps.append(problem.default_step_index[i])
         else:
-            k = int(np.searchsorted(grid, entry["steps"]))
-            if k >= grid.size or grid[k] != entry["steps"]:
+            k = int(np.searchsorted(grid, entry.steps))
+            if k >= grid.size or grid[k] != entry.steps:
                 raise ValueError(
-                    f"plan: models.{key}.steps: {entry['steps']} is not on the table's step grid {grid.tolist()}"
+                    f"plan: models.{key}.steps: {entry.steps} is not on the table's step grid {grid.tolist()}"
                 )
             steps.append(k)
         if problem.batch_sizes is not None:
             sizes = problem.batch_sizes[i].tolist()
-            batch = int(entry.get("max_batch", sizes[0]))
+            batch = sizes[0] if entry.max_batch is None else entry.max_batch
             if batch not in sizes:
                 raise ValueError(f"plan: models.{key}.max_batch: {batch} is not among the table's batch sizes {sizes}")
             batches.append(sizes.index(batch))
-    shares = np.array([float(models[k]["share"]) for k in problem.models])
+    shares = np.array([models[k].share for k in problem.models])
     return routing, steps, shares, batches if problem.batch_sizes is not None else None
 
 
-def _slo(plan: Mapping[str, Any], slo_s: float | None) -> Slo | None:
-    planned = plan["inputs"].get("slo")
+def _slo(plan: PlanDocument, slo_s: float | None) -> Slo | None:
+    planned = plan.inputs.slo
     if slo_s is None:
-        return None if planned is None else Slo(planned["seconds"], planned["attainment"], planned["scope"])
+        return planned
     # Only the seconds matter to the attainment figures; the target fraction is the plan's where it has one.
-    attainment = 0.95 if planned is None else planned["attainment"]
-    scope = "overall" if planned is None else planned["scope"]
+    attainment = 0.95 if planned is None else planned.attainment
+    scope = "overall" if planned is None else planned.scope
     return Slo(float(slo_s), attainment, scope)
 
 
-def _offered_utilization(plan: Mapping[str, Any], demand: Mapping[str, float]) -> dict[str, float]:
+def _offered_utilization(plan: PlanDocument, demand: Mapping[str, float]) -> dict[str, float]:
     """ρ_m = λ_m S_m / b_m of each deployed model at the offered rates, from the plan's own call times."""
-    keys = [key for key, entry in plan["models"].items() if entry.get("deployed")]
-    rates = np.array([sum(float(plan["routing"][c].get(key, 0.0)) * v for c, v in demand.items()) for key in keys])
-    calls = np.array([float(plan["models"][key]["service_s"]) for key in keys])
-    batches = np.array([int(plan["models"][key].get("max_batch", 1)) for key in keys])
+    deployed = plan.deployed
+    keys = list(deployed)
+    rates = np.array([sum(plan.routed(c, key) * v for c, v in demand.items()) for key in keys])
+    calls = np.array([deployed[key].service_s for key in keys])
+    batches = np.array([1 if deployed[key].max_batch is None else deployed[key].max_batch for key in keys])
     return dict(zip(keys, utilization(rates, calls, batches).tolist()))

@@ -39,11 +39,14 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from genedge.contract.runs import DEFAULT_DTYPE
 from genedge.serve.shares import SHARE_REALIZATIONS, ShareRealization
 from genedge.serve.spec import ServeSpec
+
+if TYPE_CHECKING:
+    from genedge.optimizer.plan_file import PlanDocument
 
 __all__ = [
     "CALIBRATION_TOLERANCE",
@@ -175,12 +178,12 @@ def parse_cpus(text: str, *, option: str = "cpus") -> Cpus:
     return cpus
 
 
-def _table_path(plan_path: Path, plan: Mapping[str, Any], table: str | Path | None) -> Path:
+def _table_path(plan_path: Path, plan: PlanDocument, table: str | Path | None) -> Path:
     """The table to serve ``plan`` with: the one given, else the plan's ``inputs.table`` (beside the plan
     file when relative and not found from here, else a shipped table of that name)."""
     if table is not None:
         return Path(table)
-    recorded = plan["inputs"].get("table")
+    recorded = plan.inputs.table
     if recorded is None:
         raise ValueError(f"{plan_path}: inputs.table: the plan names no table; give the table it was made from")
     from genedge.data import resolve_table

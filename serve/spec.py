@@ -17,12 +17,15 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from genedge.contract.runs import DEFAULT_DTYPE, DEFAULT_GUIDANCE_SCALE
 from genedge.serve.shares import SHARE_SUM_TOLERANCE
+
+if TYPE_CHECKING:
+    from genedge.optimizer.plan_file import PlanDocument, PlanModel
 
 __all__ = [
     "DEFAULT_QUEUE_BOUND_S",
@@ -88,7 +91,7 @@ class ServeSpec:
     """Everything a server needs from a plan, checked.
 
     Attributes:
-        plan: the plan document.
+        plan: the plan document as read (what ``GET /v1/plan`` answers).
         table: the calibration table document.
         table_sha256: sha256 of the table file's bytes (equal to the plan's).
         categories: the plan's categories, in routing-matrix order.
@@ -209,9 +212,8 @@ def _queue_bound(service_s: float, max_batch: int, slo_s: float | None, bound_s:
     return max(1, math.floor(horizon / service_s) * max_batch)
 
 
-def _checked_table_hash(inputs: Mapping[str, Any], table_bytes: bytes, where: str) -> str:
-    """The table's sha256, once it is the one the plan records."""
-    recorded = inputs.get("table_sha256")
+def _checked_table_hash(recorded: str | None, table_bytes: bytes, where: str) -> str:
+    """The table's sha256, once it is ``recorded``, the one the plan records."""
     actual = hashlib.sha256(table_bytes).hexdigest()
     if recorded is None:
         raise ServeError(
@@ -227,10 +229,10 @@ def _checked_table_hash(inputs: Mapping[str, Any], table_bytes: bytes, where: st
 
 
 def _deployed_models(
-    plan: Mapping[str, Any], table: Mapping[str, Any], model_specs: Mapping[str, str], where: str
-) -> dict[str, Mapping[str, Any]]:
+    plan: PlanDocument, table: Mapping[str, Any], model_specs: Mapping[str, str], where: str
+) -> dict[str, PlanModel]:
     """The plan's deployed model entries, once each is in the table and every ``--model`` names one."""
-    deployed = {key: entry for key, entry in plan["models"].items() if entry.get("deployed")}
+    deployed = plan.deployed
     table_models = table.get("models", {})
     missing = sorted(set(deployed) - set(table_models))
     if missing:
@@ -282,27 +284,27 @@ def _serving_settings(
 
 
 def _served_models(
-    deployed: Mapping[str, Mapping[str, Any]],
+    deployed: Mapping[str, PlanModel],
     settings: Mapping[str, Mapping[str, Any]],
     model_specs: Mapping[str, str],
     slo_s: float | None,
     queue_bound_s: float | None,
 ) -> tuple[ServedModel, ...]:
     """One served model per replica the shares place on devices, in device order."""
-    placed = place_on_devices({key: float(entry["share"]) for key, entry in deployed.items()})
+    placed = place_on_devices({key: entry.share for key, entry in deployed.items()})
     models = []
     for key, replica, device, share in sorted(placed, key=lambda p: (p[2], p[0], p[1])):
         entry = deployed[key]
         # one call on the replica's share: the plan's call time on the model's whole share r, times r / share
-        service_s = float(entry["service_s"]) * float(entry["share"]) / share
-        max_batch = int(entry.get("max_batch") or 1)
+        service_s = entry.service_s * entry.share / share
+        max_batch = entry.max_batch or 1
         models.append(
             ServedModel(
                 key=key,
                 spec=model_specs.get(key, key),
                 replica=replica,
                 device=device,
-                steps=int(entry["steps"]),
+                steps=entry.steps,
                 share=share,
                 max_batch=max_batch,
                 service_s=service_s,
@@ -317,19 +319,19 @@ def _served_models(
 
 
 def _replica_routing(
-    plan: Mapping[str, Any], deployed: Mapping[str, Mapping[str, Any]], models: Sequence[ServedModel]
+    plan: PlanDocument, deployed: Mapping[str, PlanModel], models: Sequence[ServedModel]
 ) -> np.ndarray:
     """p[c, j]: the plan's routing of category c to replica j's model, split by the replica's part of its share."""
-    routing = np.zeros((len(plan["routing"]), len(models)))
+    routing = np.zeros((len(plan.routing), len(models)))
     for j, model in enumerate(models):
-        for i, category in enumerate(plan["routing"]):
-            fraction = model.share / float(deployed[model.key]["share"])  # the replica's part of the model's load
-            routing[i, j] = float(plan["routing"][category].get(model.key, 0.0)) * fraction
+        for i, category in enumerate(plan.routing):
+            fraction = model.share / deployed[model.key].share  # the replica's part of the model's load
+            routing[i, j] = plan.routed(category, model.key) * fraction
     return routing
 
 
 def serve_spec(
-    plan: Mapping[str, Any],
+    plan: PlanDocument,
     table: Mapping[str, Any],
     table_bytes: bytes,
     *,
@@ -341,7 +343,7 @@ def serve_spec(
     """Check a plan against its table and say what to serve.
 
     Args:
-        plan: a plan document (already checked by :func:`genedge.optimizer.plan_file.validate_plan`).
+        plan: a plan (:func:`genedge.optimizer.plan_file.load_plan`).
         table: the calibration table document the plan names.
         table_bytes: the table file's bytes (hashed and compared with the plan's ``table_sha256``).
         model_specs: model key → what to load instead of the key (e.g. ``sd15`` → a saved folder);
@@ -355,19 +357,17 @@ def serve_spec(
         ServeError: the plan records no table hash or another one, a deployed model is not in the
             table, models of different resolutions, or a model mapped that the plan does not deploy.
     """
-    inputs = plan["inputs"]
-    actual = _checked_table_hash(inputs, table_bytes, where)
+    actual = _checked_table_hash(plan.inputs.table_sha256, table_bytes, where)
     model_specs = dict(model_specs or {})
     deployed = _deployed_models(plan, table, model_specs, where)
     settings, notes = _serving_settings(table, deployed, model_specs, default_dtype, where)
-    slo = inputs.get("slo")
-    slo_s = None if slo is None else float(slo["seconds"])
+    slo_s = None if plan.inputs.slo is None else plan.inputs.slo.seconds
     models = _served_models(deployed, settings, model_specs, slo_s, queue_bound_s)
     return ServeSpec(
-        plan=plan,
+        plan=plan.raw,
         table=table,
         table_sha256=actual,
-        categories=tuple(plan["routing"]),
+        categories=tuple(plan.routing),
         category_mapping=table["category_mapping"],
         models=models,
         routing=_replica_routing(plan, deployed, models),

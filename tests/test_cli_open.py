@@ -46,7 +46,7 @@ def test_plan_with_rates_and_an_slo_on_the_edge_table_prints_every_method_and_wr
     assert p95 <= 20 + 1e-6 and attained >= 0.95 - 1e-9
     assert float(rows["genedge"][6]) >= max(float(r[6]) for r in rows.values() if r[6] != "-inf") - 1e-9
     assert "unstable: sd21 at load ρ =" in out  # equal allocation's half NPU cannot keep SD 2.1 stable
-    plan = load_plan(out_path)
+    plan = load_plan(out_path).raw
     inputs = plan["inputs"]
     assert inputs["arrivals"] == "open" and inputs["workload_unit"] == "requests/s"
     assert inputs["slo"] == {"seconds": 20.0, "attainment": 0.95, "scope": "overall"}

@@ -34,7 +34,7 @@ def test_plan_writes_a_valid_plan(capsys, tmp_path):
     args = ("--workload", "Basic=5,Detail=20,Complex=3", "--weight", "0.1", "--budget", "0.5", "--out", path)
     result = genedge_in_process(capsys, "plan", *args)
     assert result.returncode == 0, result.stderr
-    plan = load_plan(path)
+    plan = load_plan(path).raw
     assert plan["method"] == "genedge" and plan["seed"] == 0
     assert set(plan["routing"]) == {"Basic", "Detail", "Complex"}
     deployed = {k: m for k, m in plan["models"].items() if m["deployed"]}
@@ -224,7 +224,7 @@ def test_plan_under_a_memory_limit_too_small_for_one_model_leaves_it_out(capsys,
     assert result.returncode == 0, result.stderr
     assert "left out (too big for the device memory): sdxl needs 13.04 GiB, limit 10.00 GiB" in result.stdout
     assert "None" not in result.stdout
-    plan = load_plan(path)
+    plan = load_plan(path).raw
     assert plan["inputs"]["left_out"] == {
         "sdxl": {"peak_memory_bytes": 14e9, "reason": "needs 13.04 GiB, limit 10.00 GiB"}
     }
@@ -237,7 +237,7 @@ def test_plan_under_a_memory_limit_too_small_for_one_model_leaves_it_out(capsys,
 def test_printed_plan_and_plan_file_agree_on_what_is_deployed(capsys, tmp_path, args):
     path = tmp_path / "plan.json"
     out = genedge_in_process(capsys, "plan", *args, "--out", str(path)).stdout
-    plan = load_plan(path)
+    plan = load_plan(path).raw
     deployed = [k for k, m in plan["models"].items() if m["deployed"]]
     idle = [k for k, m in plan["models"].items() if not m["deployed"]]
     lines = out.split("plan (", 1)[1].splitlines()

@@ -25,7 +25,7 @@ def test_the_default_plan_says_how_sure_it_is(default_plan: subprocess.Completed
 def test_the_plan_file_carries_its_confidence(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     done = genedge_in_process(capsys, "plan", "--samples", "60", "--seed", "3", "--out", str(tmp_path / "plan.json"))
     assert done.returncode == 0, done.stderr
-    document = load_plan(tmp_path / "plan.json")
+    document = load_plan(tmp_path / "plan.json").raw
     sure = document["uncertainty"]
     assert (sure["samples"], sure["seed"]) == (60, 3)
     assert set(sure["routing"]) == {"Basic", "Detail", "Imagination", "Complex"}
@@ -54,7 +54,7 @@ def test_robust_plans_are_compared_on_the_same_samples(capsys: pytest.CaptureFix
     figures = {name: [float(v) for v in line.split()[2:7]] for name, line in rows.items()}
     point, expected, lower = figures["point estimate"], figures["expected utility"], figures["q20 utility"]
     assert expected[1] >= point[1] and lower[2] >= point[2]  # each is at least the point plan on its own objective
-    assert "robust: q20 utility" in load_plan(out)["method"]
+    assert "robust: q20 utility" in load_plan(out).method
 
 
 def test_the_bootstrap_can_be_skipped_and_refuses_one_sample(capsys: pytest.CaptureFixture) -> None:

@@ -22,7 +22,7 @@ from genedge.optimizer.delay import (
     WindowRandom,
     delay_model,
 )
-from genedge.optimizer.plan_file import plan_to_dict
+from genedge.optimizer.plan_file import plan_from_dict, plan_to_dict
 from genedge.optimizer.problem import Problem, Slo
 from genedge.optimizer.result import make_result
 from genedge.optimizer.system import evaluate
@@ -132,7 +132,7 @@ def test_served_prediction_is_the_planners_evaluation(case, batched_table):
             continue
         document = plan_to_dict(problem, result)
         demand = document["inputs"]["workload"]
-        served = predict_at_demand(document, table, demand, arrivals=problem.arrivals)
+        served = predict_at_demand(plan_from_dict(document, "plan"), table, demand, arrivals=problem.arrivals)
         ours = evaluate(problem, routing, steps, shares, batches, groups=True)
         # The served figures are the planner's, number for number.
         for planned in (result, ours):
@@ -192,7 +192,7 @@ def test_an_overloaded_plan_is_served_unstable_with_its_quality():
     result = make_result(problem, "sd15 only", routing, [0, 0], np.array([1.0, 0.0]))
     document = plan_to_dict(problem, result)
     heavy = {c: 8 * v for c, v in RATES.items()}  # past what the whole device serves on sd15
-    served = predict_at_rates(document, table, heavy)
+    served = predict_at_rates(plan_from_dict(document, "plan"), table, heavy)
     assert not served.stable and not served.feasible and served.utility == -np.inf
     assert math.isinf(served.overall.mean_response_s) and math.isinf(served.overall.p95_response_s)
     assert served.per_model["sd15"].utilization >= 1
@@ -203,7 +203,7 @@ def test_one_window_model_is_fifo_per_model():
     table = load_table(data.path("tables", "galaxy-s24.json"))
     problem = Problem.from_table(table, Workload(counts={"Basic": 4}))
     document = plan_to_dict(problem, make_result(problem, "sd21", [[0.0, 1.0]], [0, 0], np.array([0.0, 1.0])))
-    served = predict_for_window(document, table, {"Basic": 4})
+    served = predict_for_window(plan_from_dict(document, "plan"), table, {"Basic": 4})
     group = served.per_model["sd21"]
     assert group.mean_response_s == pytest.approx(group.service_s * (4 + 1) / 2)
     assert group.p95_response_s == pytest.approx(4 * group.service_s)  # the 4th request of 4

@@ -30,7 +30,7 @@ def test_demo_runs_profile_calibrate_plan_offline_on_cpu(demo_run: DemoRun) -> N
     assert table.category_mapping["name"] == "paper4" and table.category_mapping["column"] == "Challenge"
     assert table.device["name"] and table.exclusions == ()
 
-    plan = load_plan(folder / "plan.json")  # validates routing rows, shares and budget
+    plan = load_plan(folder / "plan.json").raw  # validates routing rows, shares and budget
     assert set(plan["routing"]) == set(table.categories)
     assert set(plan["models"]) == set(DEMO_MODELS)
     assert f"wrote {folder / 'plan.json'}" in done.stdout

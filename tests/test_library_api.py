@@ -211,7 +211,7 @@ def test_the_python_example_of_the_plan_guide_runs_and_writes_a_plan(tmp_path: P
     example = guide.split("## From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
     exec(compile(example, "docs/plan.md", "exec"), {})
-    plan = load_plan(tmp_path / "plan.json")
+    plan = load_plan(tmp_path / "plan.json").raw
     assert plan["inputs"]["arrivals"] == "open" and plan["inputs"]["slo"]["attainment"] == 0.95
     assert plan["inputs"]["table"].endswith("galaxy-s24.json")
 

@@ -26,6 +26,7 @@ from genedge import data
 from genedge.calibrate.table import load_table
 from genedge.cli import main
 from genedge.contract.prompts import read_prompt_file
+from genedge.optimizer.plan_file import PlanDocument, plan_from_dict
 from genedge.serve import protocol
 from genedge.serve.loadtest import (
     CLIENT_FIELDS,
@@ -66,6 +67,11 @@ def plan_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def plan(plan_file: Path) -> dict:
     return json.loads(plan_file.read_text())
+
+
+@pytest.fixture(scope="module")
+def document(plan: dict, plan_file: Path) -> PlanDocument:
+    return plan_from_dict(plan, str(plan_file))
 
 
 @pytest.fixture(scope="module")
@@ -236,9 +242,9 @@ def _gaps(schedule) -> np.ndarray:
     return np.diff(np.concatenate([[0.0], times]))
 
 
-def test_poisson_gaps_have_mean_one_over_rate_and_cv_one(plan, table):
+def test_poisson_gaps_have_mean_one_over_rate_and_cv_one(document, table):
     prompts = read_prompt_file(PROMPTS)
-    schedule = build_schedule(_config(request_rate=4.0, num_prompts=20_000, seed=3), prompts, plan, table)
+    schedule = build_schedule(_config(request_rate=4.0, num_prompts=20_000, seed=3), prompts, document, table)
     gaps = _gaps(schedule)
     assert gaps.mean() == pytest.approx(1 / 4.0, rel=0.03)
     assert gaps.std() / gaps.mean() == pytest.approx(1.0, rel=0.03)
@@ -246,21 +252,21 @@ def test_poisson_gaps_have_mean_one_over_rate_and_cv_one(plan, table):
 
 
 @pytest.mark.parametrize("burstiness", [0.25, 4.0])
-def test_gamma_gaps_have_cv_one_over_root_burstiness(plan, table, burstiness):
+def test_gamma_gaps_have_cv_one_over_root_burstiness(document, table, burstiness):
     prompts = read_prompt_file(PROMPTS)
     schedule = build_schedule(
-        _config(request_rate=2.0, burstiness=burstiness, num_prompts=20_000, seed=5), prompts, plan, table
+        _config(request_rate=2.0, burstiness=burstiness, num_prompts=20_000, seed=5), prompts, document, table
     )
     gaps = _gaps(schedule)
     assert gaps.mean() == pytest.approx(0.5, rel=0.04)
     assert gaps.std() / gaps.mean() == pytest.approx(1 / math.sqrt(burstiness), rel=0.04)
 
 
-def test_schedule_is_reproducible_shuffled_and_labelled(plan, table):
+def test_schedule_is_reproducible_shuffled_and_labelled(document, table):
     prompts = read_prompt_file(PROMPTS)
-    one = build_schedule(_config(request_rate=1.0, num_prompts=16, seed=7), prompts, plan, table)
-    two = build_schedule(_config(request_rate=1.0, num_prompts=16, seed=7), prompts, plan, table)
-    other = build_schedule(_config(request_rate=1.0, num_prompts=16, seed=8), prompts, plan, table)
+    one = build_schedule(_config(request_rate=1.0, num_prompts=16, seed=7), prompts, document, table)
+    two = build_schedule(_config(request_rate=1.0, num_prompts=16, seed=7), prompts, document, table)
+    other = build_schedule(_config(request_rate=1.0, num_prompts=16, seed=8), prompts, document, table)
     assert one == two
     assert [r.prompt for r in one.requests] != [r.prompt for r in other.requests]
     texts = prompts.column("Prompt")
@@ -275,9 +281,11 @@ def test_schedule_is_reproducible_shuffled_and_labelled(plan, table):
     assert sum(one.demand.values()) == pytest.approx(16 / one.duration_s)
 
 
-def test_no_categories_spreads_demand_in_the_plan_mix(plan, table):
+def test_no_categories_spreads_demand_in_the_plan_mix(plan, document, table):
     prompts = read_prompt_file(PROMPTS)
-    schedule = build_schedule(_config(request_rate=1.0, num_prompts=10, send_categories=False), prompts, plan, table)
+    schedule = build_schedule(
+        _config(request_rate=1.0, num_prompts=10, send_categories=False), prompts, document, table
+    )
     assert all(r.category is None for r in schedule.requests)
     assert all(r.label_category is not None for r in schedule.requests)
     assert schedule.unplaced == 10
@@ -287,11 +295,11 @@ def test_no_categories_spreads_demand_in_the_plan_mix(plan, table):
         assert rate == pytest.approx(10 / schedule.duration_s * mix[category] / total)
 
 
-def test_trace_gives_times_and_categories(tmp_path, plan, table):
+def test_trace_gives_times_and_categories(tmp_path, document, table):
     trace = tmp_path / "trace.tsv"
     trace.write_text("time_s\tcategory\n0.5\tBasic\n1.0\tComplex\n1.0\tBasic\n4.0\tDetail\n")
     prompts = read_prompt_file(PROMPTS)
-    schedule = build_schedule(_config(trace=trace, seed=1), prompts, plan, table)
+    schedule = build_schedule(_config(trace=trace, seed=1), prompts, document, table)
     assert [r.time_s for r in schedule.requests] == [0.5, 1.0, 1.0, 4.0]
     assert [r.category for r in schedule.requests] == ["Basic", "Complex", "Basic", "Detail"]
     # Each request's prompt is one labelled with its category, the two Basic ones distinct.
@@ -301,11 +309,11 @@ def test_trace_gives_times_and_categories(tmp_path, plan, table):
     bad = tmp_path / "bad.tsv"
     bad.write_text("time_s\tcategory\n0.5\tNope\n")
     with pytest.raises(ValueError, match=r"bad\.tsv: category: .* have another"):
-        build_schedule(_config(trace=bad), prompts, plan, table)
+        build_schedule(_config(trace=bad), prompts, document, table)
 
 
-def test_infinite_rate_is_a_window(plan, table):
-    schedule = build_schedule(_config(num_prompts=5), read_prompt_file(PROMPTS), plan, table)
+def test_infinite_rate_is_a_window(document, table):
+    schedule = build_schedule(_config(num_prompts=5), read_prompt_file(PROMPTS), document, table)
     assert schedule.arrivals == "window"
     assert all(r.time_s == 0 for r in schedule.requests)
     assert sum(schedule.demand.values()) == 5
@@ -328,19 +336,19 @@ def test_bad_settings_are_refused(kwargs, match):
         _config(**kwargs)
 
 
-def test_prompt_file_without_prompt_column_is_named(tmp_path, plan, table):
+def test_prompt_file_without_prompt_column_is_named(tmp_path, document, table):
     bad = tmp_path / "bad.tsv"
     bad.write_text("Text\tChallenge\nhello\tBasic\n")
     with pytest.raises(ValueError, match=r"bad\.tsv: Prompt: expected a column 'Prompt'"):
-        build_schedule(_config(), read_prompt_file(bad), plan, table)
+        build_schedule(_config(), read_prompt_file(bad), document, table)
 
 
 # --------------------------------------------------------------------------- prediction
 
 
-def test_prediction_at_the_planned_rates_is_the_plans_own(plan, table):
+def test_prediction_at_the_planned_rates_is_the_plans_own(plan, document, table):
     assert sum(m["deployed"] for m in plan["models"].values()) == 2
-    prediction = predict_at_rates(plan, table, plan["inputs"]["workload"])
+    prediction = predict_at_rates(document, table, plan["inputs"]["workload"])
     predicted = plan["predicted"]
     assert prediction.overall.mean_response_s == pytest.approx(predicted["mean_delay_s"], rel=1e-9)
     assert prediction.overall.p95_response_s == pytest.approx(predicted["p95_delay_s"], rel=1e-9)
@@ -356,8 +364,8 @@ def test_prediction_at_the_planned_rates_is_the_plans_own(plan, table):
     assert weighted == pytest.approx(prediction.overall.mean_response_s, rel=1e-9)
 
 
-def test_category_figures_mix_the_models_it_is_routed_to(plan, table):
-    prediction = predict_at_rates(plan, table, plan["inputs"]["workload"], slo_s=2.0)
+def test_category_figures_mix_the_models_it_is_routed_to(plan, document, table):
+    prediction = predict_at_rates(document, table, plan["inputs"]["workload"], slo_s=2.0)
     per_model = prediction.per_model
     for category, row in plan["routing"].items():
         group = prediction.per_category[category]
@@ -372,27 +380,27 @@ def test_category_figures_mix_the_models_it_is_routed_to(plan, table):
     assert split  # the fixture's plan splits a category, so a mixture is exercised
 
 
-def test_prediction_past_capacity_is_unstable_with_quality(plan, table):
+def test_prediction_past_capacity_is_unstable_with_quality(plan, document, table):
     rates = {c: 10 * v for c, v in plan["inputs"]["workload"].items()}
-    prediction = predict_at_rates(plan, table, rates, slo_s=5.0)
+    prediction = predict_at_rates(document, table, rates, slo_s=5.0)
     assert not prediction.stable
     assert math.isinf(prediction.overall.mean_response_s)
     assert prediction.overall.mean_clipscore == pytest.approx(plan["predicted"]["mean_clipscore"], rel=1e-9)
     assert max(g.utilization for g in prediction.per_model.values()) >= 1
 
 
-def test_window_prediction_of_one_model_is_fifo(plan, table):
+def test_window_prediction_of_one_model_is_fifo(plan, document, table):
     category = next(c for c, row in plan["routing"].items() if max(row.values()) == 1)
     model = max(plan["routing"][category], key=plan["routing"][category].get)
-    prediction = predict_for_window(plan, table, {category: 4})
+    prediction = predict_for_window(document, table, {category: 4})
     service = prediction.per_model[model].service_s
     assert prediction.per_model[model].mean_response_s == pytest.approx(service * (4 + 1) / 2)
     assert prediction.overall.p95_response_s == pytest.approx(4 * service)
 
 
-def test_prediction_refuses_a_category_the_plan_does_not_route(plan, table):
+def test_prediction_refuses_a_category_the_plan_does_not_route(document, table):
     with pytest.raises(ValueError, match=r"categories \['Nope'\] are not routed by the plan"):
-        predict_at_rates(plan, table, {"Nope": 1.0})
+        predict_at_rates(document, table, {"Nope": 1.0})
 
 
 # --------------------------------------------------------------------------- measured

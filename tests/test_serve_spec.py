@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from genedge.optimizer.plan_file import PLAN_SCHEMA_VERSION, PlanDocument, plan_from_dict
 from genedge.serve.protocol import (
     MAX_IMAGES_PER_REQUEST,
     Overloaded,
@@ -91,8 +92,13 @@ def _table(models: dict[str, int]) -> dict:
     }
 
 
-def _plan(table_bytes: bytes | None, shares: dict[str, float], *, slo_s: float | None = None) -> dict:
-    return {
+def _plan(table_bytes: bytes | None, shares: dict[str, float], *, slo_s: float | None = None) -> PlanDocument:
+    figures = {"mean_clipscore": 30.0, "mean_delay_s": 1.0, "p95_delay_s": 2.0, "utility": 29.0}
+    document = {
+        "schema_version": PLAN_SCHEMA_VERSION,
+        "kind": "genedge.plan",
+        "method": "genedge",
+        "predicted": figures,
         "inputs": {
             "table_sha256": None if table_bytes is None else hashlib.sha256(table_bytes).hexdigest(),
             "slo": None if slo_s is None else {"seconds": slo_s, "attainment": 0.9, "scope": "overall"},
@@ -103,6 +109,7 @@ def _plan(table_bytes: bytes | None, shares: dict[str, float], *, slo_s: float |
         },
         "routing": {"Basic": {"a": 1.0, "b": 0.0}, "Complex": {"a": 0.25, "b": 0.75}},
     }
+    return plan_from_dict(document, "plan.json")
 
 
 def test_a_plan_is_refused_unless_its_table_hash_matches() -> None:
