@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import ast
 import re
-from pathlib import Path
 
 import numpy as np
+from conftest import ROOT
 
 from genedge import data
 from genedge.calibrate.table import load_table
@@ -24,7 +24,6 @@ from genedge.optimizer.problem import Problem
 from genedge.optimizer.result import make_result
 from genedge.optimizer.workload import Workload
 
-ROOT = Path(__file__).resolve().parents[1]
 #: The folders whose modules take plans from the contract: the server, the load tester and the CLI.
 SCANNED = ("serve", "genedge/cli")
 #: Names a plan, one of its model entries or its inputs go by.
