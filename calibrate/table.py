@@ -24,7 +24,7 @@ import numpy as np
 
 from genedge.contract.bounds import MAX_JOULES, MAX_MEMORY_BYTES, MAX_SECONDS, MAX_WATTS
 from genedge.contract.clip import ClipConvention
-from genedge.contract.runs import HOST_MEMORY_COLUMNS
+from genedge.contract.runs import DEFAULT_DTYPE, DEFAULT_GUIDANCE_SCALE, HOST_MEMORY_COLUMNS
 
 __all__ = [
     "HOST_MEMORY_FIELDS",
@@ -41,6 +41,7 @@ __all__ = [
     "MemoryPeak",
     "Exclusion",
     "ModelCalibration",
+    "ProfileSettings",
     "CalibrationTable",
     "saturating_mean",
     "cell_error_problem",
@@ -404,6 +405,23 @@ class ModelCalibration:
 
 
 @dataclass(frozen=True)
+class ProfileSettings:
+    """The generation settings a model's profile ran with (so serving it reproduces its latencies).
+
+    Attributes:
+        resolution: image side in pixels.
+        scheduler: the diffusers scheduler class, or None where the profile did not say (the model's own).
+        guidance_scale: classifier-free guidance scale.
+        dtype: the weights' dtype.
+    """
+
+    resolution: int
+    scheduler: str | None
+    guidance_scale: float
+    dtype: str
+
+
+@dataclass(frozen=True)
 class CalibrationTable:
     """One device's calibration table (DESIGN §2.3).
 
@@ -433,6 +451,33 @@ class CalibrationTable:
     def device_memory_bytes(self) -> int | None:
         """Device memory (bytes), or None where the table does not say."""
         return self.device.get("memory_bytes")
+
+    def _profile_runs(self) -> list[Mapping[str, Any]]:
+        """The run manifests the table's measurements came from (none for a table of published numbers)."""
+        return list((self.manifest.get("runs") or {}).values())
+
+    def profile_settings(self) -> dict[str, ProfileSettings]:
+        """Model key → the settings its profile ran with, from the run manifests in :attr:`manifest`.
+
+        A model no run profiled (its numbers published or derived) has no entry; a run that does not
+        state its guidance scale or dtype ran with :data:`~genedge.contract.runs.DEFAULT_GUIDANCE_SCALE`
+        and :data:`~genedge.contract.runs.DEFAULT_DTYPE`.
+        """
+        settings: dict[str, ProfileSettings] = {}
+        for run in self._profile_runs():
+            for model in run.get("models", []):
+                settings[model["key"]] = ProfileSettings(
+                    resolution=int(model["resolution"]),
+                    scheduler=(model.get("scheduler") or {}).get("class"),
+                    guidance_scale=float(run.get("guidance_scale", DEFAULT_GUIDANCE_SCALE)),
+                    dtype=str(run.get("dtype", DEFAULT_DTYPE)),
+                )
+        return settings
+
+    def profile_threads(self) -> int | None:
+        """The torch CPU thread count of the table's profile runs, or None when they differ or do not say."""
+        threads = {run.get("host", {}).get("threads") for run in self._profile_runs()} - {None}
+        return threads.pop() if len(threads) == 1 else None
 
     def source_counts(self) -> dict[str, int]:
         """Count every sourced number of the table by its ``source``."""
