@@ -228,7 +228,7 @@ class Ingress:
         """The plan, its table and what is served (with the start-up calibration check, however started)."""
         calibration = self.served_calibration if self.served_calibration is not None else await self.calibration_check()
         served = {**self.spec.summary(), "router": self.router_name, "calibration_check": calibration}
-        return responses.JSONResponse(PlanResponse(self.spec.plan, self.spec.table, served).to_dict())
+        return responses.JSONResponse(PlanResponse(self.spec.plan, self.spec.table_document, served).to_dict())
 
     @http.get(STATS_ROUTE)
     async def stats(self) -> dict[str, Any]:

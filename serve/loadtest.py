@@ -243,14 +243,15 @@ def score_images(
     import pandas as pd
     from PIL import Image
 
+    from genedge.calibrate.table import table_from_dict
     from genedge.profiler.clipscore import ClipScorer
 
     result_dir = Path(result_dir)
-    convention = read_manifest(result_dir).table.get("clip_convention", {})
+    convention = table_from_dict(read_manifest(result_dir).table, f"{result_dir} table").clip_convention
     if backbone is None:
-        backbone = convention.get("backbone")
+        backbone = convention.backbone
     if pretrained == "table":
-        pretrained = convention.get("pretrained")
+        pretrained = convention.pretrained
     records = read_records(result_dir)
     todo = records[(records["status"] == "ok") & records["clip_score"].isna()]
     todo = todo[[image_path(result_dir, i).is_file() for i in todo["index"]]]

@@ -292,10 +292,10 @@ def prepare_server(
         raise ValueError("realization mps needs NVIDIA GPUs (CUDA MPS); this machine has none: use the scheduler")
     plan_path = Path(plan)
     document = load_plan(plan_path)
-    table_document, table_bytes = read_table_file(_table_path(plan_path, document, table))
+    calibration, table_bytes = read_table_file(_table_path(plan_path, document, table))
     spec = serve_spec(
         document,
-        table_document,
+        calibration,
         table_bytes,
         model_specs=models,
         queue_bound_s=queue_bound_s,

@@ -13,6 +13,7 @@ to their shares, and each device gets one deployment that owns the replicas plac
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from genedge.contract.runs import DEFAULT_DTYPE, DEFAULT_GUIDANCE_SCALE
 from genedge.serve.shares import SHARE_SUM_TOLERANCE
 
 if TYPE_CHECKING:
+    from genedge.calibrate.table import CalibrationTable, ProfileSettings
     from genedge.optimizer.plan_file import PlanDocument, PlanModel
 
 __all__ = [
@@ -92,7 +94,8 @@ class ServeSpec:
 
     Attributes:
         plan: the plan document as read (what ``GET /v1/plan`` answers).
-        table: the calibration table document.
+        table: the calibration table.
+        table_document: the table document as read from its file (what ``GET /v1/plan`` answers).
         table_sha256: sha256 of the table file's bytes (equal to the plan's).
         categories: the plan's categories, in routing-matrix order.
         category_mapping: the table's category mapping (for the prompt router).
@@ -107,7 +110,8 @@ class ServeSpec:
     """
 
     plan: Mapping[str, Any]
-    table: Mapping[str, Any]
+    table: CalibrationTable
+    table_document: Mapping[str, Any]
     table_sha256: str
     categories: tuple[str, ...]
     category_mapping: Mapping[str, Any]
@@ -185,27 +189,6 @@ def place_on_devices(shares: Mapping[str, float]) -> list[tuple[str, int, int, f
     return placed
 
 
-def _profile_settings(table: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Model key → the settings its profile ran with, from the table's run manifests."""
-    settings: dict[str, dict[str, Any]] = {}
-    for run in (table.get("manifest") or {}).get("runs", {}).values():
-        for model in run.get("models", []):
-            settings[model["key"]] = {
-                "resolution": int(model["resolution"]),
-                "scheduler": (model.get("scheduler") or {}).get("class"),
-                "guidance_scale": float(run.get("guidance_scale", DEFAULT_GUIDANCE_SCALE)),
-                "dtype": str(run.get("dtype", DEFAULT_DTYPE)),
-            }
-    return settings
-
-
-def _profile_threads(table: Mapping[str, Any]) -> int | None:
-    """The thread count of the table's profile runs, or None when they differ or do not say."""
-    runs = (table.get("manifest") or {}).get("runs", {}).values()
-    threads = {run.get("host", {}).get("threads") for run in runs} - {None}
-    return threads.pop() if len(threads) == 1 else None
-
-
 def _queue_bound(service_s: float, max_batch: int, slo_s: float | None, bound_s: float | None) -> int:
     """Requests a model may hold: those that can still finish within the SLO (or the bound) at the plan's pace."""
     horizon = bound_s if bound_s is not None else (slo_s if slo_s is not None else DEFAULT_QUEUE_BOUND_S)
@@ -229,11 +212,11 @@ def _checked_table_hash(recorded: str | None, table_bytes: bytes, where: str) ->
 
 
 def _deployed_models(
-    plan: PlanDocument, table: Mapping[str, Any], model_specs: Mapping[str, str], where: str
+    plan: PlanDocument, table: CalibrationTable, model_specs: Mapping[str, str], where: str
 ) -> dict[str, PlanModel]:
     """The plan's deployed model entries, once each is in the table and every ``--model`` names one."""
     deployed = plan.deployed
-    table_models = table.get("models", {})
+    table_models = table.models
     missing = sorted(set(deployed) - set(table_models))
     if missing:
         raise ServeError(
@@ -246,14 +229,16 @@ def _deployed_models(
 
 
 def _serving_settings(
-    table: Mapping[str, Any],
+    table: CalibrationTable,
     deployed: Mapping[str, Any],
     model_specs: Mapping[str, str],
     default_dtype: str,
     where: str,
-) -> tuple[dict[str, dict[str, Any]], list[str]]:
+) -> tuple[dict[str, ProfileSettings], list[str]]:
     """Each deployed model's serving settings (its profile's, or a mapped model's own), and notes on the latter."""
-    profiled = _profile_settings(table)
+    from genedge.calibrate.table import ProfileSettings
+
+    profiled = table.profile_settings()
     unknown = sorted(key for key in deployed if key not in profiled and key not in model_specs)
     if unknown:
         raise ServeError(
@@ -266,18 +251,15 @@ def _serving_settings(
         from genedge.profiler.models import native_resolution
 
         resolution = native_resolution(model_specs[key])
-        profiled[key] = {
-            "resolution": resolution,
-            "scheduler": None,
-            "guidance_scale": DEFAULT_GUIDANCE_SCALE,
-            "dtype": default_dtype,
-        }
+        profiled[key] = ProfileSettings(
+            resolution=resolution, scheduler=None, guidance_scale=DEFAULT_GUIDANCE_SCALE, dtype=default_dtype
+        )
         notes.append(
             f"{key}: the table holds no profile settings for it, so {model_specs[key]} runs at its native "
             f"{resolution} px, its own scheduler, guidance {DEFAULT_GUIDANCE_SCALE} and {default_dtype}: the plan's "
             "latencies are the table's, not measured with these settings"
         )
-    resolutions = {profiled[key]["resolution"] for key in deployed}
+    resolutions = {profiled[key].resolution for key in deployed}
     if len(resolutions) != 1:
         raise ServeError(f"{where}: deployed models were profiled at different resolutions {sorted(resolutions)}")
     return profiled, notes
@@ -285,7 +267,7 @@ def _serving_settings(
 
 def _served_models(
     deployed: Mapping[str, PlanModel],
-    settings: Mapping[str, Mapping[str, Any]],
+    settings: Mapping[str, ProfileSettings],
     model_specs: Mapping[str, str],
     slo_s: float | None,
     queue_bound_s: float | None,
@@ -309,10 +291,10 @@ def _served_models(
                 max_batch=max_batch,
                 service_s=service_s,
                 queue_bound=_queue_bound(service_s, max_batch, slo_s, queue_bound_s),
-                resolution=settings[key]["resolution"],
-                guidance_scale=settings[key]["guidance_scale"],
-                dtype=settings[key]["dtype"],
-                scheduler=settings[key]["scheduler"],
+                resolution=settings[key].resolution,
+                guidance_scale=settings[key].guidance_scale,
+                dtype=settings[key].dtype,
+                scheduler=settings[key].scheduler,
             )
         )
     return tuple(models)
@@ -332,7 +314,7 @@ def _replica_routing(
 
 def serve_spec(
     plan: PlanDocument,
-    table: Mapping[str, Any],
+    table: CalibrationTable,
     table_bytes: bytes,
     *,
     model_specs: Mapping[str, str] | None = None,
@@ -344,8 +326,9 @@ def serve_spec(
 
     Args:
         plan: a plan (:func:`genedge.optimizer.plan_file.load_plan`).
-        table: the calibration table document the plan names.
-        table_bytes: the table file's bytes (hashed and compared with the plan's ``table_sha256``).
+        table: the calibration table the plan names, read from ``table_bytes`` (:func:`read_table_file`).
+        table_bytes: the table file's bytes (hashed and compared with the plan's ``table_sha256``; their
+            document is what ``GET /v1/plan`` answers).
         model_specs: model key → what to load instead of the key (e.g. ``sd15`` → a saved folder);
             required for keys that are not loadable specs themselves.
         queue_bound_s: refuse requests past this many seconds of queued work per model (default:
@@ -366,16 +349,17 @@ def serve_spec(
     return ServeSpec(
         plan=plan.raw,
         table=table,
+        table_document=json.loads(table_bytes),
         table_sha256=actual,
         categories=tuple(plan.routing),
-        category_mapping=table["category_mapping"],
+        category_mapping=table.category_mapping,
         models=models,
         routing=_replica_routing(plan, deployed, models),
         devices=1 + max(m.device for m in models),
-        resolution=next(iter(settings[key]["resolution"] for key in deployed)),
+        resolution=next(iter(settings[key].resolution for key in deployed)),
         slo_s=slo_s,
         notes=tuple(notes),
-        profile_threads=_profile_threads(table),
+        profile_threads=table.profile_threads(),
     )
 
 
@@ -396,14 +380,13 @@ def model_specs_from_pairs(pairs: Sequence[str]) -> dict[str, str]:
     return specs
 
 
-def read_table_file(path: str | Path) -> tuple[dict[str, Any], bytes]:
-    """A table file's document (checked by the table reader, so a table the planner would refuse is
-    refused here too) and the bytes it was read from (their sha256 is what plans record)."""
+def read_table_file(path: str | Path) -> tuple[CalibrationTable, bytes]:
+    """A table file's table (read by the table reader, so a table the planner would refuse is refused
+    here too) and the bytes it was read from (their sha256 is what plans record)."""
     from genedge.calibrate.table import TableError, table_from_dict
     from genedge.contract.files import read_json
 
     path = Path(path)
     data = path.read_bytes()
     document = read_json(path, "a JSON calibration table", TableError)
-    table_from_dict(document, where=str(path))
-    return document, data
+    return table_from_dict(document, where=str(path)), data

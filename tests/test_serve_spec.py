@@ -3,11 +3,14 @@ start, placement on devices, queue bounds and the deployments a plan becomes."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
 import pytest
 
+from genedge import data as shipped_data
+from genedge.calibrate.table import CalibrationTable, load_table, table_to_dict
 from genedge.optimizer.plan_file import PLAN_SCHEMA_VERSION, PlanDocument, plan_from_dict
 from genedge.serve.protocol import (
     MAX_IMAGES_PER_REQUEST,
@@ -72,11 +75,15 @@ def test_errors_have_openais_shape_and_overload_says_when_to_retry() -> None:
     assert error_body(overloaded)["error"]["type"] == "server_overloaded"
 
 
-def _table(models: dict[str, int]) -> dict:
-    return {
-        "models": {key: {} for key in models},
-        "category_mapping": {"name": "two", "column": "Challenge", "labels": {c: [c] for c in CATEGORIES}},
-        "manifest": {
+def _table(models: dict[str, int], published: tuple[str, ...] = ()) -> CalibrationTable:
+    """A shipped table's numbers under keys ``models`` (profiled at their resolutions) and ``published``."""
+    shipped = load_table(shipped_data.path("tables", "galaxy-s24.json"))
+    numbers = next(iter(shipped.models.values()))
+    return dataclasses.replace(
+        shipped,
+        models={key: dataclasses.replace(numbers, key=key) for key in (*models, *published)},
+        category_mapping={"name": "two", "column": "Challenge", "labels": {c: [c] for c in CATEGORIES}},
+        manifest={
             "runs": {
                 "run-1": {
                     "guidance_scale": 7.5,
@@ -89,7 +96,11 @@ def _table(models: dict[str, int]) -> dict:
                 }
             }
         },
-    }
+    )
+
+
+def _bytes(table: CalibrationTable) -> bytes:
+    return json.dumps(table_to_dict(table)).encode()
 
 
 def _plan(table_bytes: bytes | None, shares: dict[str, float], *, slo_s: float | None = None) -> PlanDocument:
@@ -114,10 +125,14 @@ def _plan(table_bytes: bytes | None, shares: dict[str, float], *, slo_s: float |
 
 def test_a_plan_is_refused_unless_its_table_hash_matches() -> None:
     table = _table({"a": 64, "b": 64})
-    data = json.dumps(table).encode()
+    data = _bytes(table)
     spec = serve_spec(_plan(data, {"a": 0.5, "b": 0.5}), table, data)
     assert spec.devices == 1 and spec.resolution == 64 and [m.name for m in spec.models] == ["a", "b"]
     assert spec.routing.tolist() == [[1.0, 0.0], [0.25, 0.75]]
+    assert {(m.resolution, m.scheduler, m.guidance_scale, m.dtype) for m in spec.models} == {
+        (64, "DDIMScheduler", 7.5, "float32")
+    }
+    assert spec.profile_threads == 1 and spec.table_document == json.loads(data)
     with pytest.raises(ServeError, match=r"inputs\.table_sha256: the plan was made from a table with sha256"):
         serve_spec(_plan(data, {"a": 0.5, "b": 0.5}), table, data + b" ")
     with pytest.raises(ServeError, match="records no table hash"):
@@ -126,16 +141,15 @@ def test_a_plan_is_refused_unless_its_table_hash_matches() -> None:
 
 def test_models_must_be_in_the_table_with_one_resolution() -> None:
     table = _table({"a": 64})
-    data = json.dumps(table).encode()
+    data = _bytes(table)
     with pytest.raises(ServeError, match=r"deployed models \['b'\] are not in the table"):
         serve_spec(_plan(data, {"a": 0.5, "b": 0.5}), table, data)
     table = _table({"a": 64, "b": 128})
-    data = json.dumps(table).encode()
+    data = _bytes(table)
     with pytest.raises(ServeError, match=r"different resolutions \[64, 128\]"):
         serve_spec(_plan(data, {"a": 0.5, "b": 0.5}), table, data)
-    table = _table({"a": 64})
-    table["models"]["b"] = {}  # in the table, but with published numbers: no profile settings
-    data = json.dumps(table).encode()
+    table = _table({"a": 64}, published=("b",))  # b in the table, but with published numbers: no profile settings
+    data = _bytes(table)
     with pytest.raises(ServeError, match="--model KEY=SPEC"):
         serve_spec(_plan(data, {"a": 0.5, "b": 0.5}), table, data)
     with pytest.raises(ServeError, match=r"\['zzz'\] are not models the plan deploys"):
@@ -144,7 +158,7 @@ def test_models_must_be_in_the_table_with_one_resolution() -> None:
 
 def test_a_model_larger_than_one_gpu_becomes_replicas_sharing_its_routing() -> None:
     table = _table({"a": 64, "b": 64})
-    data = json.dumps(table).encode()
+    data = _bytes(table)
     spec = serve_spec(_plan(data, {"a": 1.5, "b": 0.4}), table, data)
     assert spec.devices == 2
     assert sorted(m.name for m in spec.models) == ["a", "a#1", "b"]
@@ -165,7 +179,7 @@ def test_a_model_larger_than_one_gpu_becomes_replicas_sharing_its_routing() -> N
 
 def test_queue_bounds_follow_the_slo_or_the_stated_horizon() -> None:
     table = _table({"a": 64, "b": 64})
-    data = json.dumps(table).encode()
+    data = _bytes(table)
     spec = serve_spec(_plan(data, {"a": 0.5, "b": 0.5}, slo_s=2.2), table, data)
     assert [m.queue_bound for m in spec.models] == [4, 4]  # floor(2.2 s / 0.5 s)
     spec = serve_spec(_plan(data, {"a": 0.5, "b": 0.5}), table, data, queue_bound_s=0.1)
@@ -187,7 +201,7 @@ def test_a_plan_becomes_one_deployment_per_device_or_one_mps_process_per_model()
     from genedge.serve.app import deployment_units
 
     table = _table({"a": 64, "b": 64})
-    data = json.dumps(table).encode()
+    data = _bytes(table)
     spec = serve_spec(_plan(data, {"a": 1.5, "b": 0.4}), table, data)
     units = deployment_units(spec, "scheduler")
     assert [name for name, _, _ in units] == ["device-0", "device-1"]
