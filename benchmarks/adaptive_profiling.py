@@ -84,7 +84,8 @@ from genedge.optimizer.adaptive import next_batch
 from genedge.optimizer.exact import exact_search
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.system import evaluate, utility_with_optimal_shares
-from genedge.optimizer.uncertainty import Decision, assess, parameter_model
+from genedge.optimizer.table_parameters import parameter_model
+from genedge.optimizer.uncertainty import Decision, assess
 from genedge.optimizer.workload import Workload
 
 #: Where the shared data sets are by default: ``shared/data`` beside the repository.

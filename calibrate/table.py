@@ -72,7 +72,7 @@ def cell_standard_errors(std: float, n: int) -> tuple[float, float]:
               \\mathrm{SE}(\\hat\\sigma) \\approx \\frac{\\mathrm{std}}{\\sqrt{2(n-1)}}.
 
     (x̄ − μ)/SE(x̄) follows Student's t with n − 1 degrees of freedom for Normal scores, which
-    is how :mod:`genedge.optimizer.uncertainty` samples a cell's mean.
+    is how :mod:`genedge.optimizer.table_parameters` samples a cell's mean.
     """
     if n < 2:
         raise ValueError(f"Expected n >= 2 images for a standard error, but got {n}")

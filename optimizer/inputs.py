@@ -190,7 +190,7 @@ class BootstrapSize:
 def bootstrap_size(problem: Problem, samples: int | None = None, *, robust: bool = False) -> BootstrapSize:
     """The bootstrap size ``genedge plan`` uses: ``samples`` if given, else as many as are fast.
 
-    By default :data:`~genedge.optimizer.uncertainty.DEFAULT_SAMPLES` where each sample's optimum has
+    By default :data:`~genedge.optimizer.table_parameters.DEFAULT_SAMPLES` where each sample's optimum has
     the vectorized whole-category search (the window model without SLO, quality floor or batching),
     else 0, since each sample would be re-planned with the exact planner, unless ``robust`` plans are
     asked for, which need the samples.
@@ -203,7 +203,8 @@ def bootstrap_size(problem: Problem, samples: int | None = None, *, robust: bool
     Raises:
         ValueError: ``samples`` of 1, negative, or under 2 with ``robust``.
     """
-    from genedge.optimizer.uncertainty import DEFAULT_SAMPLES, whole_category_search_obstacle
+    from genedge.optimizer.table_parameters import DEFAULT_SAMPLES
+    from genedge.optimizer.uncertainty import whole_category_search_obstacle
 
     if samples is not None:
         if samples == 1 or samples < 0 or (robust and samples < 2):

@@ -20,7 +20,7 @@ from genedge.contract.prompts import read_prompt_file
 from genedge.data import resolve_router, resolve_table
 from genedge.optimizer.inputs import BootstrapSize, bootstrap_size, problem_from_options, slo_from_options
 from genedge.optimizer.plan_file import plan_inputs, plan_to_dict, validate_plan
-from genedge.optimizer.uncertainty import DEFAULT_SAMPLES
+from genedge.optimizer.table_parameters import DEFAULT_SAMPLES
 from genedge.optimizer.workload import DEFAULT_MIX, Workload, default_mix, workload_from_options
 from genedge.router import choose_router, count_routed, router_path
 

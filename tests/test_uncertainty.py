@@ -15,15 +15,8 @@ from genedge.optimizer.adaptive import next_batch
 from genedge.optimizer.exact import exact_search
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.system import evaluate
-from genedge.optimizer.uncertainty import (
-    Decision,
-    assess,
-    assess_on,
-    bootstrap,
-    draw_parameters,
-    parameter_model,
-    robust_plans,
-)
+from genedge.optimizer.table_parameters import draw_parameters, parameter_model
+from genedge.optimizer.uncertainty import Decision, assess, assess_on, bootstrap, robust_plans
 from genedge.optimizer.workload import Workload
 
 MODELS = {"fast": (0.10, 0.03), "slow": (0.15, 0.09)}  # key → (overhead s, per-step s)

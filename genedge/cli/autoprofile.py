@@ -30,7 +30,7 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from genedge.optimizer.adaptive import DEFAULT_TARGET
-    from genedge.optimizer.uncertainty import DEFAULT_SAMPLES
+    from genedge.optimizer.table_parameters import DEFAULT_SAMPLES
     from genedge.profiler.clipscore import DEFAULT_CLIP_BACKBONE, DEFAULT_CLIP_PRETRAINED
     from genedge.profiler.prompts import DEFAULT_MAPPING
 
@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     from genedge.optimizer.adaptive import next_batch
     from genedge.optimizer.exact import exact_search
     from genedge.optimizer.inputs import problem_from_options
-    from genedge.optimizer.uncertainty import Decision, parameter_model
+    from genedge.optimizer.table_parameters import parameter_model
+    from genedge.optimizer.uncertainty import Decision
     from genedge.profiler.autoprofile import AutoprofileRun, AutoprofileSettings
 
     settings = AutoprofileSettings(

@@ -62,7 +62,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def add_uncertainty_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the table's parametric bootstrap: samples, and the robust plans."""
-    from genedge.optimizer.uncertainty import DEFAULT_QUANTILE, DEFAULT_SAMPLES
+    from genedge.optimizer.table_parameters import DEFAULT_SAMPLES
+    from genedge.optimizer.uncertainty import DEFAULT_QUANTILE
 
     parser.add_argument(
         "--samples",
@@ -153,7 +154,8 @@ def _how_sure(args: argparse.Namespace, samples: int, table, workload, problem, 
     from tqdm import tqdm
 
     from genedge.optimizer.result import make_result
-    from genedge.optimizer.uncertainty import assess, parameter_model, robust_plans
+    from genedge.optimizer.table_parameters import parameter_model
+    from genedge.optimizer.uncertainty import assess, robust_plans
 
     model = parameter_model(table, problem, workload)
     with tqdm(total=samples, unit="sample", desc="bootstrap", disable=None, leave=False, file=sys.stderr) as bar:
