@@ -79,7 +79,8 @@ from _environment import ROOT, cpu_name, source_state
 
 from genedge import data
 from genedge.calibrate.cells import Cell, NormalTruth, PopulationTruth, table_with_scores
-from genedge.calibrate.table import CalibrationTable, load_table, table_from_dict
+from genedge.calibrate.table import CalibrationTable
+from genedge.calibrate.table_file import load_table, table_from_dict
 from genedge.optimizer.adaptive import next_batch
 from genedge.optimizer.exact import exact_search
 from genedge.optimizer.problem import Problem

@@ -48,7 +48,7 @@ import scipy
 from _environment import cpu_name, source_state
 
 from genedge import data
-from genedge.calibrate.table import load_table
+from genedge.calibrate.table_file import load_table
 from genedge.optimizer.exact import exact_search
 from genedge.optimizer.methods import METHODS, PROPOSED
 from genedge.optimizer.problem import Problem, Slo

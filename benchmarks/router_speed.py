@@ -66,7 +66,7 @@ import numpy as np
 from _environment import cpu_name, source_state
 
 from genedge import data
-from genedge.calibrate.table import load_table
+from genedge.calibrate.table_file import load_table
 from genedge.contract.prompts import PROMPT_COLUMN, read_prompt_file
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -44,11 +44,8 @@ from genedge.calibrate.table import (
     QualityCell,
     QualityCurve,
     StageBreakdown,
-    TableError,
-    save_table,
-    table_from_dict,
-    table_to_dict,
 )
+from genedge.calibrate.table_file import TableError, save_table, table_from_dict, table_to_dict
 from genedge.contract.files import check_write_target
 from genedge.contract.runs import HOST_MEMORY_COLUMNS, MEMORY_RUNGS, rung_column
 

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from genedge.calibrate.table import Exclusion, TableError
+from genedge.calibrate.table import Exclusion
+from genedge.calibrate.table_file import TableError
 from genedge.contract.clip import CLIPSCORE_RANGE, ClipConvention
 from genedge.contract.runs import (
     HOST_MEMORY_COLUMNS,

@@ -8,9 +8,7 @@ batch size), peak memory and, where it was measured, an energy model. Every numb
 ``measured`` (by genedge on this device), ``published`` (measured by others, with
 a citation) or ``derived`` (by a rule written in the table's ``sources``).
 
-Reading, validating and writing a table live in :mod:`genedge.calibrate.table_file`; its names
-(``load_table``, ``save_table``, ``table_from_dict``, ``table_to_dict``, ``TableError``,
-``SCHEMA_VERSION``) are also reachable here, imported on first use.
+Reading, validating and writing a table live in :mod:`genedge.calibrate.table_file`.
 """
 
 from __future__ import annotations
@@ -51,8 +49,6 @@ __all__ = [
 
 #: The host memory peaks of a model (:class:`MemoryPeak` fields), one per host memory record column.
 HOST_MEMORY_FIELDS: tuple[str, ...] = tuple(column.removeprefix("peak_") for column in HOST_MEMORY_COLUMNS)
-#: The names :mod:`genedge.calibrate.table_file` defines, reachable from here too (imported on first use).
-_FILE_NAMES = ("SCHEMA_VERSION", "TableError", "load_table", "save_table", "table_from_dict", "table_to_dict")
 
 Source = Literal["measured", "published", "derived"]
 CurveForm = Literal["saturating_exp", "linear_interpolation"]
@@ -496,12 +492,3 @@ class CalibrationTable:
             if model.energy is not None:
                 counts[model.energy.source] += 2
         return counts
-
-
-def __getattr__(name: str) -> Any:
-    # Reading and writing live in table_file, which imports this module: a lazy lookup avoids the cycle.
-    if name in _FILE_NAMES:
-        from genedge.calibrate import table_file
-
-        return getattr(table_file, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

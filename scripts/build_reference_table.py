@@ -39,8 +39,8 @@ from genedge.calibrate.table import (
     QualityCell,
     QualityCurve,
     cell_standard_errors,
-    save_table,
 )
+from genedge.calibrate.table_file import save_table
 
 CATEGORIES = ("Basic", "Detail", "Imagination", "Complex")
 CHALLENGE_TO_CATEGORY = {

@@ -383,7 +383,7 @@ def model_specs_from_pairs(pairs: Sequence[str]) -> dict[str, str]:
 def read_table_file(path: str | Path) -> tuple[CalibrationTable, bytes]:
     """A table file's table (read by the table reader, so a table the planner would refuse is refused
     here too) and the bytes it was read from (their sha256 is what plans record)."""
-    from genedge.calibrate.table import TableError, table_from_dict
+    from genedge.calibrate.table_file import TableError, table_from_dict
     from genedge.contract.files import read_json
 
     path = Path(path)

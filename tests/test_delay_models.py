@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from genedge import data
-from genedge.calibrate.table import load_table, save_table, table_from_dict, table_to_dict
+from genedge.calibrate.table_file import load_table, save_table, table_from_dict, table_to_dict
 from genedge.optimizer import queueing
 from genedge.optimizer.delay import (
     ARRIVAL_MODELS,

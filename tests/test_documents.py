@@ -22,7 +22,7 @@ import numpy as np
 from conftest import ROOT
 
 from genedge import data
-from genedge.calibrate.table import load_table
+from genedge.calibrate.table_file import load_table
 from genedge.optimizer.plan_file import plan_inputs, plan_to_dict
 from genedge.optimizer.problem import Problem
 from genedge.optimizer.result import make_result

@@ -26,8 +26,7 @@ from typing import Any
 
 import pytest
 
-from genedge.calibrate.table import load_table
-from genedge.calibrate.table_file import TableError, save_table
+from genedge.calibrate.table_file import TableError, load_table, save_table
 from genedge.cli import main
 from genedge.contract.bounds import MAX_BATCH_SIZE, MIN_RATE_PER_S
 from genedge.contract.files import (

@@ -23,7 +23,7 @@ import pytest
 from conftest import genedge_env
 
 from genedge import data
-from genedge.calibrate.table import load_table
+from genedge.calibrate.table_file import load_table
 from genedge.cli import main
 from genedge.contract.prompts import read_prompt_file
 from genedge.optimizer.plan_file import PlanDocument, plan_from_dict

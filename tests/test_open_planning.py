@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from genedge import data
-from genedge.calibrate.table import load_table
+from genedge.calibrate.table_file import load_table
 from genedge.optimizer import queueing
 from genedge.optimizer.problem import Problem, Slo
 from genedge.optimizer.result import make_result

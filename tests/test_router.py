@@ -77,7 +77,7 @@ def shipped_tfidf():
 
 @pytest.fixture(scope="module")
 def reference_table():
-    from genedge.calibrate.table import load_table
+    from genedge.calibrate.table_file import load_table
 
     return load_table(genedge.data.resolve_table("reference-a100"))
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from genedge import data
-from genedge.calibrate.table import CalibrationTable, load_table
+from genedge.calibrate.table import CalibrationTable
+from genedge.calibrate.table_file import load_table
 from genedge.contract.bounds import (
     MAX_BATCH_SIZE,
     MAX_BUDGET_GPUS,

@@ -40,7 +40,7 @@ def overview(name: str, path: Path) -> dict[str, Any]:
     :meth:`~genedge.calibrate.table.CalibrationTable.source_counts`) that are derived by a rule;
     ``energy_models`` the models with an energy line, and ``energy`` whether every model has one.
     """
-    from genedge.calibrate.table import load_table
+    from genedge.calibrate.table_file import load_table
 
     table = load_table(path)
     counts = table.source_counts()
