@@ -5,11 +5,11 @@ from it, and the true problem (the truth's cell means in a table) says what each
 worth. Both strategies start from the same first batch of ``--first`` images in every cell and then
 measure ``--batch`` images at a time:
 
-- adaptive: refit the table, plan (exact search), and ask :func:`genedge.optimizer.adaptive.next_batch`
+- adaptive: refit the table, plan (exact search), and ask :func:`genedge.optimizer.analysis.next_batch`
   which cell to measure (the largest cut in the bootstrap's expected regret) or whether to stop
   (every routing, steps and deployment decision of the plan at least 95 % sure);
 - uniform: the next cell in a fixed round-robin order; the plan's confidence (the same bootstrap,
-  :func:`genedge.optimizer.uncertainty.assess`) is checked every quarter round, and inside the
+  :func:`genedge.optimizer.analysis.assess`) is checked every quarter round, and inside the
   quarter that first reaches 95 % at every batch.
 
 Each repetition draws its images from per-cell seeded streams, so both strategies see the same k-th
@@ -79,15 +79,11 @@ from _environment import ROOT, cpu_name, source_state
 
 from genedge import data
 from genedge.calibrate.cells import Cell, NormalTruth, PopulationTruth, table_with_scores
-from genedge.calibrate.table import CalibrationTable
-from genedge.calibrate.table_file import load_table, table_from_dict
-from genedge.optimizer.adaptive import next_batch
-from genedge.optimizer.exact import exact_search
-from genedge.optimizer.problem import Problem
-from genedge.optimizer.system import evaluate, utility_with_optimal_shares
-from genedge.optimizer.table_parameters import parameter_model
-from genedge.optimizer.uncertainty import Decision, assess
-from genedge.optimizer.workload import Workload
+from genedge.contract.table import CalibrationTable
+from genedge.contract.table_file import load_table, table_from_dict
+from genedge.optimizer.analysis import Decision, assess, next_batch, parameter_model
+from genedge.optimizer.model import Problem, Workload, evaluate, utility_with_optimal_shares
+from genedge.optimizer.planners import exact_search
 
 #: Where the shared data sets are by default: ``shared/data`` beside the repository.
 DEFAULT_DATA = ROOT.parent / "shared" / "data"

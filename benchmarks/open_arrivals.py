@@ -48,14 +48,18 @@ import scipy
 from _environment import cpu_name, source_state
 
 from genedge import data
-from genedge.calibrate.table_file import load_table
-from genedge.optimizer.exact import exact_search
-from genedge.optimizer.methods import METHODS, PROPOSED
-from genedge.optimizer.problem import Problem, Slo
-from genedge.optimizer.propose import ITERATIONS_PER_GRID_STEP, propose
-from genedge.optimizer.result import PlanResult, make_result
-from genedge.optimizer.simulate import simulate_open_plan
-from genedge.optimizer.workload import Workload
+from genedge.contract.table_file import load_table
+from genedge.optimizer.model import Problem, Slo, Workload
+from genedge.optimizer.planners import (
+    ITERATIONS_PER_GRID_STEP,
+    METHODS,
+    PROPOSED,
+    PlanResult,
+    exact_search,
+    make_result,
+    propose,
+)
+from genedge.optimizer.simulation import simulate_open_plan
 from genedge.testing import synthetic_problem
 
 #: PartiPrompts' prompts per category (the paper's four categories).

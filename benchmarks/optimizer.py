@@ -23,8 +23,7 @@ from genedge.optimizer import (
     paper_method,
     propose,
 )
-from genedge.optimizer.baselines import direct, equal_allocation, random_assignment
-from genedge.optimizer.exact import utility_upper_bound
+from genedge.optimizer.planners import direct, equal_allocation, random_assignment, utility_upper_bound
 from genedge.testing import synthetic_problem
 
 

@@ -23,9 +23,8 @@ from _environment import cpu_name, source_state
 from genedge import data
 from genedge.calibrate import load_table
 from genedge.optimizer import Problem, Workload, exact_search
-from genedge.optimizer.problem import Slo
-from genedge.optimizer.table_parameters import parameter_model
-from genedge.optimizer.uncertainty import assess, robust_plans
+from genedge.optimizer.analysis import assess, parameter_model, robust_plans
+from genedge.optimizer.model import Slo
 
 WORKLOAD = {"Basic": 25.0, "Detail": 50.0, "Imagination": 14.0, "Complex": 11.0}
 

@@ -66,8 +66,8 @@ import numpy as np
 from _environment import cpu_name, source_state
 
 from genedge import data
-from genedge.calibrate.table_file import load_table
 from genedge.contract.prompts import PROMPT_COLUMN, read_prompt_file
+from genedge.contract.table_file import load_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PROMPTS = ROOT.parent / "shared" / "data" / "PartiPrompts.tsv"

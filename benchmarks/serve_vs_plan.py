@@ -89,7 +89,7 @@ def served_service_prediction(comparison, plan: PlanDocument) -> tuple[float, di
     but with the table's seconds per image replaced by what the served models took (from /v1/stats).
     Returns the overall mean and, per model, the served device time per image over the table's.
     """
-    from genedge.optimizer.queueing import md1_mean_response
+    from genedge.optimizer.model import md1_mean_response
 
     total_rate, weighted, drift = 0.0, 0.0, {}
     for share in comparison.shares:

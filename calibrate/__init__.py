@@ -1,4 +1,8 @@
-"""genedge.calibrate: calibration tables (types and maths; validation and I/O) and the fits that produce them.
+"""genedge.calibrate: the fits that produce calibration tables from profile runs.
+
+The table document itself (types and maths, validation and I/O) is defined in the contract
+(:mod:`genedge.contract.table`, :mod:`genedge.contract.table_file`), since the planner and the server
+read it too; its names are re-exported here for convenience.
 
 Names are imported on first use (PEP 562): reading a table needs numpy only, while fitting needs
 pandas, pyarrow and scipy.stats, and figures need matplotlib.
@@ -23,7 +27,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
         ".fit": ("CurveFit", "LineFit", "QualityFit", "fit_line", "fit_quality", "fit_quality_curve"),
         ".records": ("ProfileRuns", "manifests_as_provenance", "read_runs"),
         ".report": ("REPLICA_NOTE", "table_summary"),
-        ".table": (
+        "genedge.contract.table": (
             "HOST_MEMORY_FIELDS",
             "MAX_JOULES",
             "MAX_MEMORY_BYTES",
@@ -41,6 +45,13 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "StageBreakdown",
             "saturating_mean",
         ),
-        ".table_file": ("SCHEMA_VERSION", "TableError", "load_table", "save_table", "table_from_dict", "table_to_dict"),
+        "genedge.contract.table_file": (
+            "SCHEMA_VERSION",
+            "TableError",
+            "load_table",
+            "save_table",
+            "table_from_dict",
+            "table_to_dict",
+        ),
     },
 )

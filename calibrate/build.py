@@ -33,7 +33,9 @@ from genedge.calibrate.fit import (
     fit_quality_curve,
 )
 from genedge.calibrate.records import ProfileRuns, manifests_as_provenance, read_runs
-from genedge.calibrate.table import (
+from genedge.contract.files import check_write_target
+from genedge.contract.runs import HOST_MEMORY_COLUMNS, MEMORY_RUNGS, rung_column
+from genedge.contract.table import (
     HOST_MEMORY_FIELDS,
     CalibrationTable,
     EnergyModel,
@@ -45,9 +47,7 @@ from genedge.calibrate.table import (
     QualityCurve,
     StageBreakdown,
 )
-from genedge.calibrate.table_file import TableError, save_table, table_from_dict, table_to_dict
-from genedge.contract.files import check_write_target
-from genedge.contract.runs import HOST_MEMORY_COLUMNS, MEMORY_RUNGS, rung_column
+from genedge.contract.table_file import TableError, save_table, table_from_dict, table_to_dict
 
 __all__ = ["build_table", "calibrate_runs", "fit_and_write"]
 

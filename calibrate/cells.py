@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from genedge.calibrate.fit import MEASURED_QUALITY_REF, MEASURED_QUALITY_SOURCE, fit_quality
-from genedge.calibrate.table import CalibrationTable
+from genedge.contract.table import CalibrationTable
 
 __all__ = ["Cell", "NormalTruth", "PopulationTruth", "table_with_scores"]
 

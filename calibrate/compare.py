@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from scipy import stats
 
-from genedge.calibrate.table import CalibrationTable, EnergyModel, LatencyModel
+from genedge.contract.table import CalibrationTable, EnergyModel, LatencyModel
 
 __all__ = [
     "CoefficientChange",

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from genedge.calibrate.records import ProfileRuns
-from genedge.calibrate.table import HOST_MEMORY_FIELDS, CalibrationTable, ModelCalibration
 from genedge.contract.files import write_figure
 from genedge.contract.runs import MEMORY_RUNGS
+from genedge.contract.table import HOST_MEMORY_FIELDS, CalibrationTable, ModelCalibration
 
 __all__ = ["FIGURE_FORMATS", "write_figures"]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, stats
 
-from genedge.calibrate.table import CurveForm, QualityCell, Source, saturating_mean
+from genedge.contract.table import CurveForm, QualityCell, Source, saturating_mean
 
 __all__ = [
     "GOF_ALPHA",

@@ -7,7 +7,7 @@ devices, different CLIPScore conventions or different category mappings, and a r
 whose shards hold rows of another run or settings, or one image twice (the
 contract's :func:`~genedge.contract.runs.audit_run` counts them). Rows
 that cannot enter a fit (a failed generation, a missing score) are kept and
-counted as :class:`~genedge.calibrate.table.Exclusion` entries, never dropped
+counted as :class:`~genedge.contract.table.Exclusion` entries, never dropped
 silently.
 """
 
@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from genedge.calibrate.table import Exclusion
-from genedge.calibrate.table_file import TableError
 from genedge.contract.clip import CLIPSCORE_RANGE, ClipConvention
 from genedge.contract.runs import (
     HOST_MEMORY_COLUMNS,
@@ -42,6 +40,8 @@ from genedge.contract.runs import (
     read_shard,
     rung_column,
 )
+from genedge.contract.table import Exclusion
+from genedge.contract.table_file import TableError
 
 if TYPE_CHECKING:
     import pyarrow as pa

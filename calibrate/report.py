@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from genedge.calibrate.table import CalibrationTable, ModelCalibration
+from genedge.contract.table import CalibrationTable, ModelCalibration
 
 __all__ = ["REPLICA_NOTE", "table_summary"]
 

@@ -37,7 +37,7 @@ from genedge.contract.runs import (
     rung_column,
     shard_path,
 )
-from genedge.optimizer.problem import Problem
+from genedge.optimizer.model import Problem
 
 __all__ = [
     "SYNTHETIC_CLIP_CONVENTION",

@@ -1,7 +1,16 @@
-"""genedge.optimizer: the system model, the planners and their baselines, and the simulation.
+"""genedge.optimizer: plans for a calibration table and a workload, in four rooms.
 
-Planning needs numpy and scipy only. Names are imported on first use (PEP 562), so importing one
-module of the package (the problem, a workload) does not load every planner.
+- :mod:`genedge.optimizer.model` — the system model: the problem, workloads, delay models and queueing
+  laws, the objective and a plan's figures, arrival processes and the router;
+- :mod:`genedge.optimizer.planners` — the proposed planner, exact search with its bound, the baselines;
+- :mod:`genedge.optimizer.simulation` — discrete-event runs of a plan checked against the model;
+- :mod:`genedge.optimizer.analysis` — after planning: confidence, robust plans, adaptive profiling,
+  plan comparison, misrouting cost, sweeps.
+
+Each room's public names are its package's ``__all__`` (the modules behind them are private);
+:mod:`~genedge.optimizer.inputs` builds a problem from command-line style options and
+:mod:`~genedge.optimizer.plan_document` the plan document from a result. Planning needs numpy and
+scipy only; names are imported on first use (PEP 562), so importing one room does not load the others.
 """
 
 from genedge._lazy import lazy_exports
@@ -9,36 +18,68 @@ from genedge._lazy import lazy_exports
 __all__, __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        ".anneal": ("AnnealState", "anneal", "metropolis"),
-        ".arrivals": ("Arrivals", "gamma_arrivals", "mmpp_arrivals", "poisson_arrivals", "read_trace"),
-        ".assignment": (
-            "direct_assignment",
-            "polish_requests",
-            "price_directed_assignment",
-            "probabilistic_assignment",
-            "uniform_assignment",
+        ".analysis": (
+            "DECISION_TOLERANCE",
+            "MisroutingCost",
+            "PlanChange",
+            "PlanComparison",
+            "compare_plans",
+            "misrouting_cost",
+            "plan_changes",
         ),
-        ".baselines": (
+        ".model": (
+            "Arrivals",
+            "DEPLOYED_MIN_REQUESTS",
+            "DelayModel",
+            "Evaluation",
+            "Problem",
+            "Router",
+            "Slo",
+            "SmoothWeightedRoundRobin",
+            "Workload",
+            "delay_model",
+            "deployed_mask",
+            "evaluate",
+            "gamma_arrivals",
+            "mmpp_arrivals",
+            "optimal_shares",
+            "poisson_arrivals",
+            "read_trace",
+            "score_plan",
+        ),
+        ".planners": (
+            "METHODS",
+            "PROPOSED",
+            "AnnealState",
+            "Plan",
+            "PlanResult",
+            "PlanState",
+            "PlanStatus",
+            "anneal",
             "direct",
+            "direct_assignment",
             "equal_allocation",
+            "exact_search",
+            "metropolis",
             "optimal_step",
             "paper_method",
             "paper_routing",
+            "polish_requests",
+            "price_directed_assignment",
+            "probabilistic_assignment",
+            "propose",
             "random_assignment",
+            "run_methods",
+            "scored_upper_bound",
+            "uniform_assignment",
+            "utility_upper_bound",
         ),
-        ".compare": ("DECISION_TOLERANCE", "PlanChange", "PlanComparison", "compare_plans", "plan_changes"),
-        ".delay": ("DelayModel", "delay_model"),
-        ".des": ("RequestRecords", "simulate_arrivals"),
-        ".exact": ("exact_search", "scored_upper_bound", "utility_upper_bound"),
-        ".methods": ("METHODS", "PROPOSED", "run_methods"),
-        ".misrouting": ("MisroutingCost", "misrouting_cost"),
-        ".objective": ("score_plan",),
-        ".problem": ("Problem", "Slo"),
-        ".propose": ("propose",),
-        ".result": ("Plan", "PlanResult", "PlanState", "PlanStatus"),
-        ".routing": ("Router", "SmoothWeightedRoundRobin"),
-        ".simulate": ("compare_arrival_models", "simulate_open_plan", "simulate_plan"),
-        ".system": ("DEPLOYED_MIN_REQUESTS", "Evaluation", "deployed_mask", "evaluate", "optimal_shares"),
-        ".workload": ("Workload",),
+        ".simulation": (
+            "RequestRecords",
+            "compare_arrival_models",
+            "simulate_arrivals",
+            "simulate_open_plan",
+            "simulate_plan",
+        ),
     },
 )

@@ -1,7 +1,7 @@
 """The problem ``genedge plan`` plans, and its bootstrap's size, from plain options: one call each from a notebook.
 
-:func:`genedge.optimizer.workload.workload_from_options` builds the workload; :func:`problem_from_options`
-turns it, a calibration table and the planning options into a :class:`~genedge.optimizer.problem.Problem`;
+:func:`genedge.optimizer.model.workload_from_options` builds the workload; :func:`problem_from_options`
+turns it, a calibration table and the planning options into a :class:`~genedge.optimizer.model.Problem`;
 :func:`bootstrap_size` decides how many bootstrap samples assess the plan.
 """
 
@@ -12,12 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from genedge.optimizer.delay import OPEN, WINDOW
-from genedge.optimizer.problem import Problem, Slo
-from genedge.optimizer.workload import Workload
+from genedge.optimizer.model import OPEN, WINDOW, Problem, Slo, Workload
 
 if TYPE_CHECKING:
-    from genedge.calibrate.table import CalibrationTable
+    from genedge.contract.table import CalibrationTable
 
 __all__ = [
     "DEFAULT_PERCENTILE",
@@ -90,7 +88,7 @@ def problem_from_options(
 
     Args:
         table: the calibration table.
-        workload: e.g. :func:`~genedge.optimizer.workload.workload_from_options`' result.
+        workload: e.g. :func:`~genedge.optimizer.model.workload_from_options`' result.
         budget: compute budget R in GPU units.
         weight: w, CLIPScore points per second of mean delay.
         models: the model keys to plan with (default: the table's).
@@ -107,12 +105,12 @@ def problem_from_options(
 
     Raises:
         ValueError: ``objective="quality"`` without an SLO, or what
-            :meth:`~genedge.optimizer.problem.Problem.from_table` refuses.
+            :meth:`~genedge.optimizer.model.Problem.from_table` refuses.
 
     Example:
-        >>> from genedge.calibrate import load_table
+        >>> from genedge.contract.table_file import load_table
         >>> from genedge.data import resolve_table
-        >>> from genedge.optimizer.workload import workload_from_options
+        >>> from genedge.optimizer.model._workload import workload_from_options
         >>> table = load_table(resolve_table("galaxy-s24"))
         >>> workload = workload_from_options(table.categories, rate=0.2)
         >>> problem = problem_from_options(table, workload, slo=slo_from_options(20))
@@ -190,7 +188,7 @@ class BootstrapSize:
 def bootstrap_size(problem: Problem, samples: int | None = None, *, robust: bool = False) -> BootstrapSize:
     """The bootstrap size ``genedge plan`` uses: ``samples`` if given, else as many as are fast.
 
-    By default :data:`~genedge.optimizer.table_parameters.DEFAULT_SAMPLES` where each sample's optimum has
+    By default :data:`~genedge.optimizer.analysis.DEFAULT_SAMPLES` where each sample's optimum has
     the vectorized whole-category search (the window model without SLO, quality floor or batching),
     else 0, since each sample would be re-planned with the exact planner, unless ``robust`` plans are
     asked for, which need the samples.
@@ -203,8 +201,7 @@ def bootstrap_size(problem: Problem, samples: int | None = None, *, robust: bool
     Raises:
         ValueError: ``samples`` of 1, negative, or under 2 with ``robust``.
     """
-    from genedge.optimizer.table_parameters import DEFAULT_SAMPLES
-    from genedge.optimizer.uncertainty import whole_category_search_obstacle
+    from genedge.optimizer.analysis import DEFAULT_SAMPLES, whole_category_search_obstacle
 
     if samples is not None:
         if samples == 1 or samples < 0 or (robust and samples < 2):

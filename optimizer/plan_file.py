@@ -19,13 +19,12 @@ from typing import TYPE_CHECKING, Any
 from genedge.contract.bounds import MAX_STEPS
 from genedge.contract.fields import FieldReader
 from genedge.contract.files import ArtifactError, read_json, write_text_atomic
-from genedge.optimizer.problem import Problem, Slo
-from genedge.optimizer.result import PlanResult, relative_change
-from genedge.optimizer.system import BUDGET_RTOL, ROW_SUM_TOL
+from genedge.optimizer.model import BUDGET_RTOL, ROW_SUM_TOL, Problem, Slo
+from genedge.optimizer.planners import PlanResult, relative_change
 
 if TYPE_CHECKING:
-    from genedge.optimizer.misrouting import MisroutingCost
-    from genedge.optimizer.workload import Workload
+    from genedge.optimizer.analysis import MisroutingCost
+    from genedge.optimizer.model import Workload
 
 __all__ = [
     "PLAN_SCHEMA_VERSION",
@@ -64,7 +63,7 @@ class PlanInputs:
         composition: what each category's requests truly are, where planned for routed prompts.
         budget_gpu / weight_points_per_s / device_memory_bytes / min_clipscore / max_shortfall /
             energy_price_points_per_j / batching: the problem's settings (see
-            :class:`~genedge.optimizer.problem.Problem`).
+            :class:`~genedge.optimizer.model.Problem`).
     """
 
     table: str | None
@@ -178,7 +177,7 @@ def plan_to_dict(
         result: the chosen plan.
         others: other methods' results on the same problem, reported beside it.
         inputs: extra input description (table path, derived share, ...; see :func:`plan_inputs`).
-        uncertainty: how sure the plan is (:meth:`~genedge.optimizer.uncertainty.Assessment.to_dict`),
+        uncertainty: how sure the plan is (:meth:`~genedge.optimizer.analysis.Assessment.to_dict`),
             written as ``uncertainty`` where given.
     """
     document = {
@@ -215,7 +214,7 @@ def plan_inputs(
         prompts: the prompt file's :class:`~genedge.router.PromptCounts`, where the workload was
             counted from one.
         misrouting: the utility the router's errors cost
-            (:func:`~genedge.optimizer.misrouting.misrouting_cost`), where computed.
+            (:func:`~genedge.optimizer.analysis.misrouting_cost`), where computed.
     """
     inputs: dict[str, Any] = {"table": str(table), "table_source_counts": dict(table_source_counts)}
     if prompts is not None:

@@ -11,7 +11,7 @@ before its cells were written is removed, one cut short while measuring is compl
 line a kill cut short is dropped. Prompts are taken per category in one seeded order, so no prompt
 is measured twice in a cell.
 
-Which cell to measure next is :func:`genedge.optimizer.adaptive.next_batch`'s decision; fitting the
+Which cell to measure next is :func:`genedge.optimizer.analysis.next_batch`'s decision; fitting the
 table is the calibration's. ``genedge autoprofile`` composes the three around :class:`AutoprofileRun`.
 """
 

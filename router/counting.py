@@ -67,7 +67,7 @@ class PromptCounts:
     def workload(self, *, misrouting: bool = True) -> Any:
         """The counts as a :class:`~genedge.optimizer.Workload`; with ``misrouting`` (the default) the
         routed requests score as the router's mixture of true categories."""
-        from genedge.optimizer.workload import Workload
+        from genedge.optimizer.model import Workload
 
         return Workload(counts=self.counts, composition=self.composition() if misrouting else None)
 

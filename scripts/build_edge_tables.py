@@ -40,8 +40,8 @@ from build_reference_table import (
     reference_quality,
 )
 
-from genedge.calibrate.table import CalibrationTable, LatencyModel, MemoryPeak, ModelCalibration
-from genedge.calibrate.table_file import save_table
+from genedge.contract.table import CalibrationTable, LatencyModel, MemoryPeak, ModelCalibration
+from genedge.contract.table_file import save_table
 
 PACKAGE = "qai-hub-models 0.65.0"
 WHEEL = "qai_hub_models-0.65.0-py3-none-any.whl"

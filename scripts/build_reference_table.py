@@ -29,7 +29,7 @@ import numpy as np
 from scipy import stats
 
 from genedge.calibrate.fit import fit_quality
-from genedge.calibrate.table import (
+from genedge.contract.table import (
     CalibrationTable,
     ClipConvention,
     EnergyModel,
@@ -40,7 +40,7 @@ from genedge.calibrate.table import (
     QualityCurve,
     cell_standard_errors,
 )
-from genedge.calibrate.table_file import save_table
+from genedge.contract.table_file import save_table
 
 CATEGORIES = ("Basic", "Detail", "Imagination", "Complex")
 CHALLENGE_TO_CATEGORY = {

@@ -123,7 +123,7 @@ class Ingress:
     """The HTTP front of a served plan (routes in :mod:`genedge.serve.protocol`)."""
 
     def __init__(self, spec: ServeSpec, router: str | None, units: list[tuple[str, tuple[str, ...]]], *handles: Any):
-        from genedge.optimizer.routing import Router
+        from genedge.optimizer.model import Router
 
         self.spec = spec
         self.router_name = router

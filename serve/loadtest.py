@@ -243,7 +243,7 @@ def score_images(
     import pandas as pd
     from PIL import Image
 
-    from genedge.calibrate.table_file import table_from_dict
+    from genedge.contract.table_file import table_from_dict
     from genedge.profiler.clipscore import ClipScorer
 
     result_dir = Path(result_dir)

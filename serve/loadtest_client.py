@@ -34,7 +34,7 @@ from genedge.serve.protocol import (
 )
 
 if TYPE_CHECKING:
-    from genedge.calibrate.table import CalibrationTable
+    from genedge.contract.table import CalibrationTable
     from genedge.serve.loadtest_config import LoadConfig
     from genedge.serve.loadtest_schedule import ScheduledRequest
 
@@ -114,7 +114,7 @@ async def _get_json(session: Any, url: str) -> tuple[int, Any]:
 
 
 def _served_plan(url: str, status: int, body: Any) -> ServedPlan:
-    from genedge.calibrate.table_file import table_from_dict
+    from genedge.contract.table_file import table_from_dict
     from genedge.optimizer.plan_file import validate_plan
 
     if status != 200 or not isinstance(body, Mapping) or not {"plan", "table"} <= set(body):

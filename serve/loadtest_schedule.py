@@ -1,7 +1,7 @@
 """A load test's arrival schedule: every request's time, prompt, category and seed, and the demand offered.
 
 The schedule is a pure function of the configuration: arrival times from
-:func:`genedge.optimizer.arrivals.poisson_arrivals` / :func:`~genedge.optimizer.arrivals.gamma_arrivals`
+:func:`genedge.optimizer.model.poisson_arrivals` / :func:`~genedge.optimizer.model.gamma_arrivals`
 (seeded), then the prompts drawn as vLLM draws a custom dataset: shuffled with the same seed and taken
 in that order (cycling past the end, so no prompt repeats before every one is used). A ``trace``
 replaces the drawn times by recorded ones, and its categories choose the prompts.
@@ -24,8 +24,8 @@ from genedge.serve.loadtest_document import ScheduleSummary
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from genedge.calibrate.table import CalibrationTable
     from genedge.contract.prompts import PromptTable
+    from genedge.contract.table import CalibrationTable
     from genedge.optimizer.plan_file import PlanDocument
     from genedge.serve.loadtest_config import LoadConfig
 
@@ -139,7 +139,7 @@ def _traced(
 ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
     """A trace's times and categories; each category's requests take the prompts labelled with it (any
     prompt where none is)."""
-    from genedge.optimizer.arrivals import read_trace
+    from genedge.optimizer.model import read_trace
 
     trace = read_trace(trace_path, mapping=table.category_mapping, categories=planned)
     n = len(trace) if num_prompts is None else min(num_prompts, len(trace))
@@ -159,7 +159,7 @@ def _drawn(
     config: LoadConfig, labels: list[str | None], n_texts: int, gen: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
     """Drawn times (Poisson, or gamma gaps of the burstiness) and the prompts in a shuffled cycle."""
-    from genedge.optimizer.arrivals import gamma_arrivals, poisson_arrivals
+    from genedge.optimizer.model import gamma_arrivals, poisson_arrivals
 
     n = _DEFAULT_REQUESTS if config.num_prompts is None else config.num_prompts
     if math.isinf(config.request_rate):
@@ -179,7 +179,7 @@ def _demand(
 ) -> tuple[dict[str, float], int]:
     """The demand offered per category (rates when ``timed``, else counts), and the requests sent without a
     category (spread in the plan's mix)."""
-    from genedge.optimizer.workload import Workload
+    from genedge.optimizer.model import Workload
     from genedge.serve.predict import plan_rates
 
     counts: dict[str, float] = {c: 0.0 for c in plan.routing}
@@ -204,7 +204,7 @@ def build_schedule(config: LoadConfig, prompts: PromptTable, plan: PlanDocument,
         ArtifactError: a prompt file without a ``Prompt`` column or prompts, or a trace naming a category
             the plan does not route (naming the file and column).
     """
-    from genedge.optimizer.delay import OPEN, WINDOW
+    from genedge.optimizer.model import OPEN, WINDOW
 
     texts = _prompt_rows(prompts)
     planned = list(plan.routing)

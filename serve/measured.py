@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from genedge.contract.files import write_figure
-from genedge.optimizer.delay import arrival_model
+from genedge.optimizer.model import arrival_model
 from genedge.serve.predict import GroupPrediction, Prediction
 
 if TYPE_CHECKING:
@@ -227,7 +227,7 @@ def compare_run(result_dir: str | Path, *, slo_s: float | None = None) -> Compar
         result_dir: the load test's directory (:func:`genedge.serve.loadtest.run_loadtest`).
         slo_s: the SLO for the attainment figures (default: the plan's, if it has one).
     """
-    from genedge.calibrate.table_file import table_from_dict
+    from genedge.contract.table_file import table_from_dict
     from genedge.optimizer.plan_file import plan_from_dict
     from genedge.serve.loadtest import read_manifest, read_records, read_sessions
     from genedge.serve.predict import predict_at_demand

@@ -8,7 +8,7 @@ queue per model under open arrivals; a window of requests served FIFO when every
 once), and the quality of the calibration table.
 
 The figures are the optimizer's own: the plan is stated as a problem at the offered demand and
-evaluated by :func:`genedge.optimizer.system.evaluate` under the problem's delay model, with the
+evaluated by :func:`genedge.optimizer.model.evaluate` under the problem's delay model, with the
 figures of each model's and each category's requests (a category's are the mixture of the models'
 laws weighted p[c, m] λ_c). A plan whose queues cannot be stable at the offered rates
 (ρ_m = λ_m S_m / b_m ≥ 1) predicts infinite delay for their requests; its quality is still predicted
@@ -24,13 +24,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from genedge.optimizer.delay import ArrivalModel, arrival_model, delay_model_class, utilization
-from genedge.optimizer.problem import Problem, Slo
-from genedge.optimizer.system import GroupFigures, evaluate
-from genedge.optimizer.workload import Workload
+from genedge.optimizer.model import (
+    ArrivalModel,
+    GroupFigures,
+    Problem,
+    Slo,
+    Workload,
+    arrival_model,
+    delay_model_class,
+    evaluate,
+    utilization,
+)
 
 if TYPE_CHECKING:
-    from genedge.calibrate.table import CalibrationTable
+    from genedge.contract.table import CalibrationTable
     from genedge.optimizer.plan_file import PlanDocument
 
 __all__ = [
@@ -132,7 +139,7 @@ def predict_at_rates(
         rates: category → offered rate λ_c (requests/s, ≥ 0); categories at 0 are left out.
         slo_s: the latency SLO (s) the attainments are for (default: the plan's, if it has one).
         composition: what the requests of each category truly are, where a prompt router places them
-            (see :class:`~genedge.optimizer.workload.Workload`); default: the plan's own, where it was
+            (see :class:`~genedge.optimizer.model.Workload`); default: the plan's own, where it was
             made for routed prompts and ``None`` otherwise.
 
     Returns:
@@ -173,7 +180,7 @@ def predict_at_demand(
     """Evaluate a plan's routing, steps and shares at an offered demand under an arrival model.
 
     Args:
-        arrivals: how the demand arrives (:data:`~genedge.optimizer.delay.ARRIVAL_MODELS`): ``open``
+        arrivals: how the demand arrives (:data:`~genedge.optimizer.model.ARRIVAL_MODELS`): ``open``
             for rates (:func:`predict_at_rates`), ``window`` for requests all at once
             (:func:`predict_for_window`).
         plan, table, demand, slo_s, composition: as :func:`predict_at_rates`.

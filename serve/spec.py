@@ -26,7 +26,7 @@ from genedge.contract.runs import DEFAULT_DTYPE, DEFAULT_GUIDANCE_SCALE
 from genedge.serve.shares import SHARE_SUM_TOLERANCE
 
 if TYPE_CHECKING:
-    from genedge.calibrate.table import CalibrationTable, ProfileSettings
+    from genedge.contract.table import CalibrationTable, ProfileSettings
     from genedge.optimizer.plan_file import PlanDocument, PlanModel
 
 __all__ = [
@@ -236,7 +236,7 @@ def _serving_settings(
     where: str,
 ) -> tuple[dict[str, ProfileSettings], list[str]]:
     """Each deployed model's serving settings (its profile's, or a mapped model's own), and notes on the latter."""
-    from genedge.calibrate.table import ProfileSettings
+    from genedge.contract.table import ProfileSettings
 
     profiled = table.profile_settings()
     unknown = sorted(key for key in deployed if key not in profiled and key not in model_specs)
@@ -383,8 +383,8 @@ def model_specs_from_pairs(pairs: Sequence[str]) -> dict[str, str]:
 def read_table_file(path: str | Path) -> tuple[CalibrationTable, bytes]:
     """A table file's table (read by the table reader, so a table the planner would refuse is refused
     here too) and the bytes it was read from (their sha256 is what plans record)."""
-    from genedge.calibrate.table_file import TableError, table_from_dict
     from genedge.contract.files import read_json
+    from genedge.contract.table_file import TableError, table_from_dict
 
     path = Path(path)
     data = path.read_bytes()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from genedge.contract.files import ArtifactError
-from genedge.optimizer.arrivals import (
+from genedge.optimizer.model._arrivals import (
     Arrivals,
     gamma_arrivals,
     mmpp_arrivals,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genedge.optimizer.problem import Slo
+from genedge.optimizer.model import Slo
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "open_arrivals.py"
 

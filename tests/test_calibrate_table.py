@@ -12,7 +12,7 @@ import pytest
 
 from genedge import data
 from genedge.calibrate import TableError, load_table, save_table, table_from_dict, table_to_dict
-from genedge.calibrate.table import cell_standard_errors
+from genedge.contract.table import cell_standard_errors
 
 
 def _minimal_doc() -> dict[str, Any]:

@@ -12,7 +12,7 @@ import pytest
 from conftest import genedge_in_process, run_genedge
 
 from genedge import data
-from genedge.calibrate.table_file import load_table, save_table, table_from_dict, table_to_dict
+from genedge.contract.table_file import load_table, save_table, table_from_dict, table_to_dict
 from genedge.optimizer.plan_file import load_plan
 
 METHODS = ("genedge", "paper", "direct-assignment", "random-assignment", "equal-allocation", "optimal-step", "exact")

@@ -15,7 +15,7 @@ from scipy import stats
 from genedge.calibrate import fit_quality
 from genedge.calibrate.compare import welch_t
 from genedge.optimizer import PlanChange, PlanComparison, Problem, compare_plans, plan_changes
-from genedge.optimizer.result import make_result
+from genedge.optimizer.planners import make_result
 from genedge.testing import QualityTruth, SyntheticModel, synthetic_run, write_run
 
 CATEGORIES = ("Basic", "Detail", "Imagination", "Complex")

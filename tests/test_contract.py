@@ -179,8 +179,8 @@ def test_lazy_packages_export_their_functions_even_after_a_same_named_module_is_
 
     import genedge.optimizer as optimizer
 
-    importlib.import_module("genedge.optimizer.anneal")
-    importlib.import_module("genedge.optimizer.propose")
+    importlib.import_module("genedge.optimizer.planners._anneal")
+    importlib.import_module("genedge.optimizer.planners._propose")
     assert callable(optimizer.anneal) and callable(optimizer.propose)
     assert not isinstance(optimizer.anneal, type(optimizer))
     assert "run_methods" in dir(optimizer) and set(optimizer.__all__) <= set(dir(optimizer))

@@ -1,4 +1,4 @@
-"""One delay model interface (optimizer/delay.py): the planner's and the served prediction are one code path,
+"""One delay model interface (optimizer/model/_delay.py): the planner's and the served prediction are one code path,
 and no module outside the delay-model module branches on a delay model's name."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from genedge import data
-from genedge.calibrate.table_file import load_table, save_table, table_from_dict, table_to_dict
-from genedge.optimizer import queueing
-from genedge.optimizer.delay import (
+from genedge.contract.table_file import load_table, save_table, table_from_dict, table_to_dict
+from genedge.optimizer.model import Problem, Slo, Workload, evaluate
+from genedge.optimizer.model import _queueing as queueing
+from genedge.optimizer.model._delay import (
     ARRIVAL_MODELS,
     REALIZATIONS,
     DelayModel,
@@ -23,16 +24,13 @@ from genedge.optimizer.delay import (
     delay_model,
 )
 from genedge.optimizer.plan_file import plan_from_dict, plan_to_dict
-from genedge.optimizer.problem import Problem, Slo
-from genedge.optimizer.result import make_result
-from genedge.optimizer.system import evaluate
-from genedge.optimizer.workload import Workload
+from genedge.optimizer.planners import make_result
 from genedge.serve.predict import predict_at_demand, predict_at_rates, predict_for_window
 
 ROOT = Path(__file__).resolve().parents[1]
 # The package's stages; the delay-model module is the one place that may tell the models apart.
 PACKAGE_DIRS = ("genedge", "optimizer", "calibrate", "profiler", "router", "serve")
-DELAY_MODULE = ROOT / "optimizer" / "delay.py"
+DELAY_MODULE = ROOT / "optimizer" / "model" / "_delay.py"
 DELAY_NAMES = frozenset(ARRIVAL_MODELS) | frozenset(REALIZATIONS)
 
 RATES = {"Basic": 0.05, "Detail": 0.1, "Imagination": 0.03, "Complex": 0.02}
@@ -265,7 +263,7 @@ def test_an_overloaded_queue_makes_a_group_quantile_infinite_only_past_its_share
 def name_branches(source: str, filename: str = "<source>") -> list[str]:
     """Where ``source`` compares a value with a delay model's name (==, !=, in, not in) or matches on one.
 
-    Dispatch goes through the problem's :class:`~genedge.optimizer.delay.DelayModel`; a comparison with
+    Dispatch goes through the problem's :class:`~genedge.optimizer.model.DelayModel`; a comparison with
     ``"open"``, ``"window"``, ``"deterministic"`` or ``"random"`` is a second place that tells the models apart.
     """
 

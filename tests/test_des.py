@@ -8,9 +8,15 @@ import time
 import numpy as np
 import pytest
 
-from genedge.optimizer.arrivals import Arrivals, mmpp_arrivals, poisson_arrivals, read_trace
-from genedge.optimizer.des import DEFAULT_WARMUP, simulate_arrivals
-from genedge.optimizer.routing import Router, SmoothWeightedRoundRobin
+from genedge.optimizer.model import (
+    Arrivals,
+    Router,
+    SmoothWeightedRoundRobin,
+    mmpp_arrivals,
+    poisson_arrivals,
+    read_trace,
+)
+from genedge.optimizer.simulation._des import DEFAULT_WARMUP, simulate_arrivals
 
 # Agreement with a stated value is judged at this many standard errors.
 Z = 4.0

@@ -2,7 +2,7 @@
 table by its JSON keys.
 
 ``optimizer/plan_file.py`` reads a plan into a :class:`~genedge.optimizer.plan_file.PlanDocument` and
-``calibrate/table_file.py`` a table into a :class:`~genedge.calibrate.table.CalibrationTable`; the
+``calibrate/table_file.py`` a table into a :class:`~genedge.contract.table.CalibrationTable`; the
 server, the load tester and the CLI use their attributes. The scan below finds, in their modules, a
 subscript or ``.get`` with one of a plan's key names on a value reached through a name like ``plan``,
 ``entry`` or ``inputs`` (``plan["routing"]``, ``self.spec.plan["models"]``, ``entry.get("max_batch")``),
@@ -22,11 +22,10 @@ import numpy as np
 from conftest import ROOT
 
 from genedge import data
-from genedge.calibrate.table_file import load_table
+from genedge.contract.table_file import load_table
+from genedge.optimizer.model import Problem, Workload
 from genedge.optimizer.plan_file import plan_inputs, plan_to_dict
-from genedge.optimizer.problem import Problem
-from genedge.optimizer.result import make_result
-from genedge.optimizer.workload import Workload
+from genedge.optimizer.planners import make_result
 
 #: The folders whose modules take plans from the contract: the server, the load tester and the CLI.
 SCANNED = ("serve", "genedge/cli")

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, SHARED_DATA, genedge_in_process, needs_shared_data, run_genedge, run_python
 
 from genedge import data
-from genedge.calibrate.table_file import load_table
+from genedge.contract.table_file import load_table
 
 EDGE_SCRIPT = ROOT / "scripts" / "build_edge_tables.py"
 EDGE_TABLES = ("galaxy-s24", "qcs8550-proxy", "x-elite-crd")

@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 
-from genedge.calibrate.table_file import TableError, load_table, save_table
 from genedge.cli import main
 from genedge.contract.bounds import MAX_BATCH_SIZE, MIN_RATE_PER_S
 from genedge.contract.files import (
@@ -38,9 +37,10 @@ from genedge.contract.files import (
     write_text_atomic,
 )
 from genedge.contract.prompts import read_prompt_file
+from genedge.contract.table_file import TableError, load_table, save_table
 from genedge.data import path as data_path
 from genedge.data import resolve_router
-from genedge.optimizer.arrivals import read_trace
+from genedge.optimizer.model import read_trace
 from genedge.router.model import RouterError, load_router
 
 REFERENCE = data_path("tables", "reference-a100.json")

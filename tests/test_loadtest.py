@@ -23,9 +23,9 @@ import pytest
 from conftest import genedge_env
 
 from genedge import data
-from genedge.calibrate.table_file import load_table
 from genedge.cli import main
 from genedge.contract.prompts import read_prompt_file
+from genedge.contract.table_file import load_table
 from genedge.optimizer.plan_file import PlanDocument, plan_from_dict
 from genedge.serve import protocol
 from genedge.serve.loadtest import (

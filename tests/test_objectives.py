@@ -2,7 +2,7 @@
 
 Each problem has two models, two categories and two steps per model, so a brute force can try every
 step vector and batch size, a grid of routings and a grid of shares, and judge each plan with
-:func:`genedge.optimizer.system.evaluate`, the one definition of a plan's figures. The brute force
+:func:`genedge.optimizer.model.evaluate`, the one definition of a plan's figures. The brute force
 only ever keeps a feasible plan, so its best is a lower bound on the optimum: a planner must reach
 it (up to its own share grids), and a certificate must never fall below it.
 """
@@ -16,14 +16,10 @@ import math
 import numpy as np
 import pytest
 
-from genedge.optimizer import queueing
-from genedge.optimizer.exact import exact_search
-from genedge.optimizer.methods import METHODS
-from genedge.optimizer.problem import Problem, Slo, deployed_mask
-from genedge.optimizer.propose import propose
-from genedge.optimizer.result import make_result
-from genedge.optimizer.simulate import simulate_plan
-from genedge.optimizer.system import evaluate
+from genedge.optimizer.model import Problem, Slo, deployed_mask, evaluate
+from genedge.optimizer.model import _queueing as queueing
+from genedge.optimizer.planners import METHODS, exact_search, make_result, propose
+from genedge.optimizer.simulation import simulate_plan
 
 _GRID = np.array([10, 20])
 # Seconds per image at full share, o + τ·s: "fast" is cheap and worse on "hard", "slow" is good at both.
@@ -179,7 +175,7 @@ def reference(problem: Problem, routing, steps, shares, batch=None) -> dict:
     is the paper's smooth t·N(N + 1)/2), random routing averages
     over every way the requests can be routed (two models), each category's requests on a model in a
     random place in its queue. Open: each model an M/D/1 queue (b_m = 1; the bulk-service mean
-    for b_m > 1 comes from :mod:`genedge.optimizer.queueing`).
+    for b_m > 1 comes from :mod:`genedge.optimizer.model._queueing`).
     """
     routing = np.asarray(routing, dtype=float)
     batch = problem.base_batch_index if batch is None else tuple(batch)

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 from genedge import data
-from genedge.calibrate.table_file import load_table
-from genedge.optimizer import queueing
-from genedge.optimizer.problem import Problem, Slo
-from genedge.optimizer.result import make_result
-from genedge.optimizer.workload import Workload
+from genedge.contract.table_file import load_table
+from genedge.optimizer.model import Problem, Slo, Workload
+from genedge.optimizer.model import _queueing as queueing
+from genedge.optimizer.planners import make_result
 
 RATES = {"Basic": 0.05, "Detail": 0.1, "Imagination": 0.03, "Complex": 0.02}
 

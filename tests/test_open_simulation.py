@@ -20,10 +20,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from genedge.optimizer.problem import Slo
-from genedge.optimizer.result import make_result
-from genedge.optimizer.simulate import compare_arrival_models, simulate_open_plan
-from genedge.optimizer.system import evaluate
+from genedge.optimizer.model import Slo, evaluate
+from genedge.optimizer.planners import make_result
+from genedge.optimizer.simulation import compare_arrival_models, simulate_open_plan
 from tests.test_objectives import _problem as objective_problem
 
 # Seconds per image on the whole device: fast 0.3 s, slow 0.8 s at 10 steps (see the objective tests).

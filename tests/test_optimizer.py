@@ -30,8 +30,7 @@ from genedge.optimizer import (
     random_assignment,
     run_methods,
 )
-from genedge.optimizer.problem import Problem
-from genedge.optimizer.system import utility_with_optimal_shares
+from genedge.optimizer.model import Problem, utility_with_optimal_shares
 from genedge.testing import synthetic_problem
 
 
@@ -222,7 +221,7 @@ def test_proposed_beats_baselines_and_matches_exact(seed):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_vertex_bound_bounds_every_routing_and_is_attained_by_whole_categories(seed):
-    from genedge.optimizer.assignment import vertex_bound
+    from genedge.optimizer.planners._assignment import vertex_bound
 
     problem = synthetic_problem(3, 3, 12, weight=0.3, rng=seed)
     steps = (2, 3, 4)
@@ -253,7 +252,7 @@ def test_memory_limit_restricts_models_in_use():
 
 @pytest.mark.parametrize("seed", range(4))
 def test_decoupled_bound_is_above_the_exact_certificate(seed):
-    from genedge.optimizer.exact import utility_upper_bound
+    from genedge.optimizer.planners import utility_upper_bound
 
     problem = synthetic_problem(3, 4, 50, weight=0.05, rng=seed)
     exact = exact_search(problem)
@@ -319,7 +318,7 @@ def _reference_quantile(service, loads, q, batch=None):
 
 
 def test_delay_quantile_matches_sorting_every_request():
-    from genedge.optimizer.delay import window_delay_quantile
+    from genedge.optimizer.model._delay import window_delay_quantile
 
     rng = np.random.default_rng(0)
     for trial in range(500):
@@ -440,7 +439,7 @@ def test_tiny_loads_count_as_unused_everywhere():
 
 
 def test_every_method_is_a_planner_with_one_signature():
-    from genedge.optimizer.result import PlanResult
+    from genedge.optimizer.planners import PlanResult
 
     assert METHODS["genedge"] is propose and METHODS["exact"] is exact_search
     for name, planner in METHODS.items():
@@ -503,7 +502,7 @@ def test_status_is_an_enum_and_success_and_message_follow_from_it():
 
 
 def test_plan_time_is_a_field_every_planner_sets():
-    from genedge.optimizer.result import PlanResult, make_result
+    from genedge.optimizer.planners import PlanResult, make_result
 
     problem = synthetic_problem(2, 2, 12, rng=1)
     for name, result in run_methods(problem, rng=0).items():
@@ -518,7 +517,7 @@ def test_plan_time_is_a_field_every_planner_sets():
 def test_one_deployed_threshold_for_the_system_model_the_plan_file_and_the_printed_plan():
     from genedge.cli._common import format_plan
     from genedge.optimizer.plan_file import plan_to_dict
-    from genedge.optimizer.result import make_result
+    from genedge.optimizer.planners import make_result
 
     problem = _tiny_problem()
     steps = (1, 1)

@@ -1,4 +1,4 @@
-"""Tests of genedge.optimizer.queueing: the M/D/1, M/G/1, bulk-service and window delay models.
+"""Tests of genedge.optimizer.model._queueing: the M/D/1, M/G/1, bulk-service and window delay models.
 
 Exact values come from Erlang's formula evaluated in high-precision decimal arithmetic; the
 distributions are also checked against seeded simulations of the queues, with tolerances of a
@@ -15,7 +15,7 @@ from decimal import Decimal, localcontext
 import numpy as np
 import pytest
 
-from genedge.optimizer import queueing as q
+from genedge.optimizer.model import _queueing as q
 
 LOADS = (0.3, 0.5, 0.8, 0.95, 0.99)
 # Batch means: a long run is cut into this many consecutive batches; their spread gives the

@@ -26,7 +26,7 @@ import genedge.data
 from genedge.contract.files import ArtifactError
 from genedge.contract.mappings import get_category_mapping, label_to_category
 from genedge.contract.prompts import read_prompt_file
-from genedge.optimizer.workload import Workload
+from genedge.optimizer.model import Workload
 from genedge.router.counting import count_prompts
 from genedge.router.evaluate import ClassificationReport, majority_baseline, stratified_folds
 from genedge.router.logistic import fit_logistic, softmax
@@ -77,7 +77,7 @@ def shipped_tfidf():
 
 @pytest.fixture(scope="module")
 def reference_table():
-    from genedge.calibrate.table_file import load_table
+    from genedge.contract.table_file import load_table
 
     return load_table(genedge.data.resolve_table("reference-a100"))
 

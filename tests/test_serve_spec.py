@@ -10,8 +10,8 @@ import json
 import pytest
 
 from genedge import data as shipped_data
-from genedge.calibrate.table import CalibrationTable
-from genedge.calibrate.table_file import load_table, table_to_dict
+from genedge.contract.table import CalibrationTable
+from genedge.contract.table_file import load_table, table_to_dict
 from genedge.optimizer.plan_file import PLAN_SCHEMA_VERSION, PlanDocument, plan_from_dict
 from genedge.serve.protocol import (
     MAX_IMAGES_PER_REQUEST,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from genedge.optimizer import anneal, paper_routing, propose
-from genedge.optimizer.simulate import simulate_plan
+from genedge.optimizer.simulation import simulate_plan
 from genedge.testing import synthetic_problem
 
 
@@ -40,7 +40,7 @@ def test_sweep_records_each_planner_time_from_its_result():
     from genedge import data
     from genedge.calibrate import load_table
     from genedge.optimizer import Problem, Workload
-    from genedge.optimizer.sweep import sweep
+    from genedge.optimizer.analysis import sweep
 
     table = load_table(data.path("tables", "reference-a100.json"))
 

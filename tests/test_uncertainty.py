@@ -11,13 +11,11 @@ import pytest
 from genedge import data
 from genedge.calibrate import load_table, table_from_dict
 from genedge.calibrate.cells import NormalTruth, table_with_scores
-from genedge.optimizer.adaptive import next_batch
-from genedge.optimizer.exact import exact_search
-from genedge.optimizer.problem import Problem
-from genedge.optimizer.system import evaluate
-from genedge.optimizer.table_parameters import draw_parameters, parameter_model
-from genedge.optimizer.uncertainty import Decision, assess, assess_on, bootstrap, robust_plans
-from genedge.optimizer.workload import Workload
+from genedge.optimizer.analysis import next_batch
+from genedge.optimizer.analysis._table_parameters import draw_parameters, parameter_model
+from genedge.optimizer.analysis._uncertainty import Decision, assess, assess_on, bootstrap, robust_plans
+from genedge.optimizer.model import Problem, Workload, evaluate
+from genedge.optimizer.planners import exact_search
 
 MODELS = {"fast": (0.10, 0.03), "slow": (0.15, 0.09)}  # key → (overhead s, per-step s)
 CATEGORIES = ("Basic", "Detail")

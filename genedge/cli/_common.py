@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from genedge import data
-from genedge.calibrate.table import CalibrationTable
-from genedge.calibrate.table_file import load_table
 from genedge.contract.bounds import (
     MAX_BATCH_SIZE,
     MAX_BUDGET_GPUS,
@@ -26,10 +24,11 @@ from genedge.contract.bounds import (
     MIN_RATE_PER_S,
     range_problem,
 )
+from genedge.contract.table import CalibrationTable
+from genedge.contract.table_file import load_table
 from genedge.optimizer.inputs import problem_from_options, slo_from_options
-from genedge.optimizer.problem import Problem
-from genedge.optimizer.result import PlanResult
-from genedge.optimizer.workload import DEFAULT_REQUESTS, Workload, workload_from_options
+from genedge.optimizer.model import DEFAULT_REQUESTS, Problem, Workload, workload_from_options
+from genedge.optimizer.planners import PlanResult
 
 if TYPE_CHECKING:
     from genedge.router.counting import PromptCounts
@@ -324,7 +323,7 @@ def workload_from_args(
     args: argparse.Namespace, table: CalibrationTable, prompt_counts: PromptCounts | None = None
 ) -> Workload:
     """The workload of --workload, --prompts or --requests, or, where the command takes them, --rates, --rate
-    or --trace (see :func:`genedge.optimizer.workload.workload_from_options`).
+    or --trace (see :func:`genedge.optimizer.model.workload_from_options`).
 
     ``prompt_counts`` is :func:`prompt_counts_from_args`' result, where the caller has it already.
     """
@@ -334,7 +333,7 @@ def workload_from_args(
     if getattr(args, "rates", None) is not None:
         rates = parse_counts(args.rates, "--rates", minimum_total=MIN_RATE_PER_S)
     elif getattr(args, "trace", None) is not None:
-        from genedge.optimizer.arrivals import read_trace
+        from genedge.optimizer.model import read_trace
 
         rates = read_trace(args.trace, mapping=table.category_mapping, categories=table.categories).rates()
     return workload_from_options(

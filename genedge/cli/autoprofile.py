@@ -4,7 +4,7 @@ The run folder, its batches and its resume rules are :class:`genedge.profiler.au
 each decision line records the plan's confidence and expected regret, the value of every candidate cell
 and the cell chosen, or why it stopped. This is the only layer that knows the profiler, the calibration
 and the planner, so it composes them: measure, fit the table, plan, and ask
-:func:`genedge.optimizer.adaptive.next_batch` what to measure next.
+:func:`genedge.optimizer.analysis.next_batch` what to measure next.
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from genedge.optimizer.adaptive import DEFAULT_TARGET
-    from genedge.optimizer.table_parameters import DEFAULT_SAMPLES
+    from genedge.optimizer.analysis import DEFAULT_SAMPLES, DEFAULT_TARGET
     from genedge.profiler.clipscore import DEFAULT_CLIP_BACKBONE, DEFAULT_CLIP_PRETRAINED
     from genedge.profiler.prompts import DEFAULT_MAPPING
 
@@ -103,11 +102,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from genedge.calibrate import calibrate_runs, save_table
     from genedge.contract.files import check_not_input
-    from genedge.optimizer.adaptive import next_batch
-    from genedge.optimizer.exact import exact_search
+    from genedge.optimizer.analysis import Decision, next_batch, parameter_model
     from genedge.optimizer.inputs import problem_from_options
-    from genedge.optimizer.table_parameters import parameter_model
-    from genedge.optimizer.uncertainty import Decision
+    from genedge.optimizer.planners import exact_search
     from genedge.profiler.autoprofile import AutoprofileRun, AutoprofileSettings
 
     settings = AutoprofileSettings(

@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from genedge.calibrate import fit_and_write, table_summary
     from genedge.data import path as data_path
     from genedge.optimizer import Problem, run_methods
+    from genedge.optimizer.model import workload_from_options
     from genedge.optimizer.plan_file import plan_to_dict, save_plan
-    from genedge.optimizer.workload import workload_from_options
     from genedge.profiler import ProfileConfig, profile
 
     folder = args.dir or Path(tempfile.mkdtemp(prefix="genedge-demo-"))

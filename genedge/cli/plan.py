@@ -24,7 +24,7 @@ from genedge.cli._common import (
     workload_from_args,
     workload_line,
 )
-from genedge.optimizer.workload import DEFAULT_REQUESTS
+from genedge.optimizer.model import DEFAULT_REQUESTS
 
 __all__ = ["add_parser"]
 
@@ -62,8 +62,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def add_uncertainty_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the table's parametric bootstrap: samples, and the robust plans."""
-    from genedge.optimizer.table_parameters import DEFAULT_SAMPLES
-    from genedge.optimizer.uncertainty import DEFAULT_QUANTILE
+    from genedge.optimizer.analysis import DEFAULT_QUANTILE, DEFAULT_SAMPLES
 
     parser.add_argument(
         "--samples",
@@ -153,9 +152,8 @@ def _how_sure(args: argparse.Namespace, samples: int, table, workload, problem, 
 
     from tqdm import tqdm
 
-    from genedge.optimizer.result import make_result
-    from genedge.optimizer.table_parameters import parameter_model
-    from genedge.optimizer.uncertainty import assess, robust_plans
+    from genedge.optimizer.analysis import assess, parameter_model, robust_plans
+    from genedge.optimizer.planners import make_result
 
     model = parameter_model(table, problem, workload)
     with tqdm(total=samples, unit="sample", desc="bootstrap", disable=None, leave=False, file=sys.stderr) as bar:
@@ -187,7 +185,7 @@ _REGRET = "the utility lost, on average, against each sample's own optimum"
 
 
 def _format_assessment(a) -> str:
-    """How sure a plan is (see :class:`genedge.optimizer.uncertainty.Assessment`)."""
+    """How sure a plan is (see :class:`genedge.optimizer.analysis.Assessment`)."""
     lo, hi = a.utility_interval()
     regret = a.expected_regret
     head = (
@@ -246,7 +244,7 @@ def _format_robust(plans, written: str) -> str:
 
 
 def _format_misrouting(cost, prompt_counts) -> str:
-    """The utility lost to misrouting (see :mod:`genedge.optimizer.misrouting`)."""
+    """The utility lost to misrouting (see :mod:`genedge.optimizer.analysis._misrouting`)."""
     routed = sum(prompt_counts.routed.values())
     row = "  {:<24} CLIPScore {:6.2f}  utility {:8.3f}"
     head = f"misrouting: {routed:,} requests routed by {prompt_counts.router}, scored as its cross-validated mixture"
@@ -265,7 +263,7 @@ def _format_misrouting(cost, prompt_counts) -> str:
 
 
 def _format_comparison(results, chosen_name: str) -> str:
-    from genedge.optimizer.result import relative_change
+    from genedge.optimizer.planners import relative_change
 
     chosen = results[chosen_name]
     floor = chosen.shortfall is not None

@@ -23,7 +23,7 @@ from genedge.cli._common import (
     slo_seconds,
     window_seconds,
 )
-from genedge.optimizer.workload import default_mix
+from genedge.optimizer.model import default_mix
 
 __all__ = ["add_parser"]
 
@@ -142,8 +142,8 @@ def _progress(start: float):
 def run(args: argparse.Namespace) -> int:
     from genedge.contract.files import check_not_input
     from genedge.optimizer import Problem, Workload, exact_search, paper_method, propose
-    from genedge.optimizer.sweep import BOUNDS, COMPARED_BELOW, SIMULATED, write_csv
-    from genedge.optimizer.sweep import sweep as run_sweep
+    from genedge.optimizer.analysis import BOUNDS, COMPARED_BELOW, SIMULATED, write_csv
+    from genedge.optimizer.analysis import sweep as run_sweep
 
     check_not_input({"--out": args.out}, {"--table": args.table, "--trace": args.trace})
     table, sha = load_table_with_hash(args.table)
@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     )
     written = [write_csv(results, args.out / "results.csv"), write_csv(checks, args.out / "checks.csv")]
     if args.figures:
-        from genedge.optimizer.figures import plot_convergence, plot_sweep
+        from genedge.optimizer.analysis import plot_convergence, plot_sweep
 
         written += plot_sweep(results, args.out)
         written += plot_convergence(
@@ -212,16 +212,15 @@ def run(args: argparse.Namespace) -> int:
 def _window_versus_open(args: argparse.Namespace, table, sha: str) -> int:
     """Print the window-versus-open comparison (see the option group's help)."""
     from genedge.optimizer import Workload
-    from genedge.optimizer.delay import arrival_model
     from genedge.optimizer.inputs import window_and_open_problems
-    from genedge.optimizer.problem import Slo
-    from genedge.optimizer.simulate import compare_arrival_models
+    from genedge.optimizer.model import Slo, arrival_model
+    from genedge.optimizer.simulation import compare_arrival_models
 
     if not args.window_vs_open > 0:
         raise ValueError(f"--window-vs-open: expected a window length > 0 seconds, but got {args.window_vs_open:g}")
     trace = None
     if args.trace is not None:
-        from genedge.optimizer.arrivals import read_trace
+        from genedge.optimizer.model import read_trace
 
         trace = read_trace(args.trace, mapping=table.category_mapping, categories=table.categories)
         demand = Workload.from_rates(trace.rates())

@@ -37,10 +37,10 @@ def overview(name: str, path: Path) -> dict[str, Any]:
     """The facts ``genedge tables`` shows about one table (loaded and validated from ``path``).
 
     ``derived_share`` is the fraction of the table's sourced numbers (see
-    :meth:`~genedge.calibrate.table.CalibrationTable.source_counts`) that are derived by a rule;
+    :meth:`~genedge.contract.table.CalibrationTable.source_counts`) that are derived by a rule;
     ``energy_models`` the models with an energy line, and ``energy`` whether every model has one.
     """
-    from genedge.calibrate.table_file import load_table
+    from genedge.contract.table_file import load_table
 
     table = load_table(path)
     counts = table.source_counts()

@@ -11,10 +11,13 @@ re-declares any of it (a test checks):
   memory rungs, the manifest and its validating reader;
 - :mod:`~genedge.contract.clip` — the CLIPScore convention and its range;
 - :mod:`~genedge.contract.prompts` — the prompt-file reader (TSV, CSV, Parquet);
-- :mod:`~genedge.contract.mappings` — named JSON registries and the label → category mappings.
+- :mod:`~genedge.contract.mappings` — named JSON registries and the label → category mappings;
+- :mod:`~genedge.contract.table` and :mod:`~genedge.contract.table_file` — the calibration table: its
+  types and their maths, and its validating reader and writer (calibrate writes it; the planner, the
+  server and the CLI read it).
 
-Only the standard library is imported (each module on first use of one of its names); pyarrow is
-imported inside the functions that build or read Parquet.
+Only the standard library is imported (each module on first use of one of its names), and numpy by
+the table's curves; pyarrow is imported inside the functions that build or read Parquet.
 """
 
 from genedge._lazy import lazy_exports

@@ -33,10 +33,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from genedge.optimizer.objective import score_plan
-from genedge.optimizer.problem import Problem
-from genedge.optimizer.result import PlanResult, PlanState, PlanStatus, make_result, timed
-from genedge.optimizer.system import deployed_mask, fifo_delay_coefficient
+from genedge.optimizer.model import Problem, deployed_mask, fifo_delay_coefficient, score_plan
+from genedge.optimizer.planners._result import PlanResult, PlanState, PlanStatus, make_result, timed
 
 __all__ = ["AnnealState", "metropolis", "anneal", "adjacent_step", "seed_of"]
 

@@ -157,7 +157,7 @@ def workload_from_options(
     """The workload ``genedge plan`` builds from its options, for a table's ``categories``.
 
     Demand is given one way, first match wins: ``rates`` (requests/s per category, e.g. an arrival
-    trace's :meth:`~genedge.optimizer.arrivals.Arrivals.rates`); ``rate`` (a total in requests/s,
+    trace's :meth:`~genedge.optimizer.model.Arrivals.rates`); ``rate`` (a total in requests/s,
     split in the mix of ``prompts`` if given, else PartiPrompts' mix); ``counts`` (requests per
     window); ``prompts`` (a prompt file's counted workload, see
     :func:`genedge.router.count_routed`); else ``requests`` requests in PartiPrompts' mix.
@@ -184,7 +184,7 @@ def workload_from_options(
         >>> round(w.counts["Detail"], 3), w.per_second
         (0.2, True)
     """
-    from genedge.optimizer.delay import arrival_model
+    from genedge.optimizer.model._delay import arrival_model
 
     given = _rates(categories, prompts, rates, rate)
     per_second = given is not None if arrivals is None else arrival_model(arrivals).per_second

@@ -13,11 +13,9 @@ from typing import Any
 import numpy as np
 
 from genedge.contract.files import write_text_atomic
-from genedge.optimizer.methods import METHODS, PROPOSED, run_methods
-from genedge.optimizer.problem import Problem
-from genedge.optimizer.result import PlanResult, relative_change
-from genedge.optimizer.simulate import simulate_plan
-from genedge.optimizer.workload import Workload
+from genedge.optimizer.model import Problem, Workload
+from genedge.optimizer.planners import METHODS, PROPOSED, PlanResult, relative_change, run_methods
+from genedge.optimizer.simulation import simulate_plan
 
 __all__ = ["sweep", "write_csv", "COMPARED_BELOW", "BOUNDS", "SIMULATED"]
 

@@ -1,6 +1,6 @@
 r"""How sure a plan is: a seeded parametric bootstrap of the calibration table behind it.
 
-The table's uncertain numbers and their draws are :mod:`genedge.optimizer.table_parameters`.
+The table's uncertain numbers and their draws are :mod:`genedge.optimizer.analysis._table_parameters`.
 
 :func:`assess` re-plans every sample (its optimum is the sample's own best plan) and evaluates the
 chosen plan on it: the probability that each routing, steps and deployment decision is the one the
@@ -22,10 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from genedge.optimizer.objective import score_plan
-from genedge.optimizer.problem import Problem, deployed_mask
-from genedge.optimizer.system import evaluate, fifo_delay_coefficient, optimal_shares
-from genedge.optimizer.table_parameters import (
+from genedge.optimizer.analysis._table_parameters import (
     DEFAULT_SAMPLES,
     ParameterDraws,
     ParameterModel,
@@ -34,9 +31,10 @@ from genedge.optimizer.table_parameters import (
     sample_arrays,
     sample_problems,
 )
+from genedge.optimizer.model import Problem, deployed_mask, evaluate, fifo_delay_coefficient, optimal_shares, score_plan
 
 if TYPE_CHECKING:
-    from genedge.optimizer.result import PlanResult
+    from genedge.optimizer.planners import PlanResult
 
 __all__ = [
     "DEFAULT_QUANTILE",
@@ -332,7 +330,7 @@ def _plan_utilities(
     """A fixed plan's utility and feasibility on each sample (``problems()`` gives them as problems).
 
     Where the whole-category search applies (:func:`whole_category_search_obstacle`), ``arrays`` gives
-    the same figures as :func:`~genedge.optimizer.system.evaluate` in one vectorized pass: U = (Σ x·(μ − κe) − w Σ_m
+    the same figures as :func:`~genedge.optimizer.model.evaluate` in one vectorized pass: U = (Σ x·(μ − κe) − w Σ_m
     K_m / r_m) / N with K_m = t_m N_m (N_m + 1) / 2 (DESIGN §3).
     """
     if whole_category_search_obstacle(problem) is None:
@@ -404,7 +402,7 @@ def bootstrap(
         ]
         name = f"every whole-category routing x step vector ({configurations.assign.shape[0]:,}), optimal shares"
         return Bootstrap(model, draws, arrays, optimum, optima, name)
-    from genedge.optimizer.methods import METHODS, check_methods
+    from genedge.optimizer.planners import METHODS, check_methods
 
     check_methods([method])
     boot = Bootstrap(model, draws, arrays, np.empty(draws.samples), [], f"re-planned with {method!r}")

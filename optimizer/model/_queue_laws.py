@@ -1,6 +1,6 @@
-"""The numerical engine behind :mod:`genedge.optimizer.queueing`: stationary queue-length laws.
+"""The numerical engine behind :mod:`genedge.optimizer.model._queueing`: stationary queue-length laws.
 
-Private: callers use the public functions of :mod:`~genedge.optimizer.queueing`, which validate their inputs and
+Private: callers use the public functions of :mod:`~genedge.optimizer.model._queueing`, which validate their inputs and
 broadcast. Here queues are flat arrays grouped by batch size; each group builds one law over its distinct loads
 (M/D/1 by Franx's positive sums, the bulk-service queue by its generating function's roots and an FFT), truncated
 where a Chernoff bound puts the tail mass below :data:`TAIL_TOL`, and quantiles are found by ITP root finding.
@@ -342,7 +342,7 @@ class _MD1Law(_ChainLaw):
         return p
 
     def _class_cdf(self, k: int, chain: np.ndarray, rows: np.ndarray, xs: Array) -> Array:
-        """Franx's positive sum (see :func:`~genedge.optimizer.queueing.md1_wait_cdf`)."""
+        """Franx's positive sum (see :func:`~genedge.optimizer.model._queueing.md1_wait_cdf`)."""
         p, tail, p0 = self.tables[k]
         terms = self._TERMS
         n = np.arange(terms)
@@ -413,7 +413,8 @@ class _BulkLaw(_ChainLaw):
         return excess[:, 2:] / mu[:, None]
 
     def _class_cdf(self, k: int, chain: np.ndarray, rows: np.ndarray, xs: Array) -> Array:
-        """The busy-server integral Φ of :func:`~genedge.optimizer.queueing.bulk_response_cdf`, plus the idle atom."""
+        """The busy-server integral Φ of :func:`~genedge.optimizer.model._queueing.bulk_response_cdf`, plus the idle
+        atom."""
         pmf, cum = self.tables[k]
         b = self.b
         n = np.arange(self.terms)

@@ -8,7 +8,7 @@ The objective (DESIGN §3.2) is one family:
 
 with the paper's utility at κ = 0 and no SLO, "maximum CLIPScore subject to pXX ≤ SLO" at
 w = 0 with α = XX/100, and an SLO-attainment chance constraint beside any w. D̄ is the mean
-delay of :mod:`~genedge.optimizer.delay` under the problem's delay model.
+delay of :mod:`~genedge.optimizer.model._delay` under the problem's delay model.
 
 For fixed routing, steps and batch sizes, :func:`plan_shares` chooses the compute shares:
 
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genedge.optimizer.delay import DelayModel
-from genedge.optimizer.problem import Problem, deployed_mask
+from genedge.optimizer.model._delay import DelayModel, deployed_mask
+from genedge.optimizer.model._problem import Problem
 
 __all__ = ["INFEASIBLE", "Scored", "choose_batches", "plan_shares", "score_plan", "unconstrained_utility"]
 

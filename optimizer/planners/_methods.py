@@ -6,11 +6,17 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from genedge.optimizer.baselines import direct, equal_allocation, optimal_step, paper_method, random_assignment
-from genedge.optimizer.exact import exact_search
-from genedge.optimizer.problem import Problem
-from genedge.optimizer.propose import propose
-from genedge.optimizer.result import Callback, PlanResult
+from genedge.optimizer.model import Problem
+from genedge.optimizer.planners._baselines import (
+    direct,
+    equal_allocation,
+    optimal_step,
+    paper_method,
+    random_assignment,
+)
+from genedge.optimizer.planners._exact import exact_search
+from genedge.optimizer.planners._propose import propose
+from genedge.optimizer.planners._result import Callback, PlanResult
 
 __all__ = ["METHODS", "PROPOSED", "Planner", "check_methods", "run_methods"]
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from genedge.optimizer.methods import METHODS, PROPOSED, check_methods
-from genedge.optimizer.problem import Problem
-from genedge.optimizer.result import PlanResult
+from genedge.optimizer.model import Problem
+from genedge.optimizer.planners import METHODS, PROPOSED, PlanResult, check_methods
 
 __all__ = ["DECISION_TOLERANCE", "PlanChange", "PlanComparison", "compare_plans", "plan_changes"]
 
@@ -115,7 +114,7 @@ def compare_plans(
     Args:
         old, new: the problems; they may differ in their models, calibration and device memory
             (each table's own device, unless both are built with the same limit).
-        method: the planner to use, a key of :data:`~genedge.optimizer.methods.METHODS`.
+        method: the planner to use, a key of :data:`~genedge.optimizer.planners.METHODS`.
         rng: the seed each plan's planner gets (the same for both, so they differ by their inputs only);
             None seeds each from the OS.
         tolerance: see :func:`plan_changes`.

@@ -1,7 +1,7 @@
 """genedge's planner: price-directed routing, annealed steps, closed-form shares.
 
 For each candidate step vector the routing is solved exactly on a convex
-relaxation of the delay (:func:`~genedge.optimizer.assignment.price_directed_assignment`)
+relaxation of the delay (:func:`~genedge.optimizer.planners.price_directed_assignment`)
 and the shares in closed form (r_m ∝ √K_m), so annealing only has to search the
 steps. The best routing found is then polished on the exact utility.
 
@@ -12,8 +12,8 @@ less than the delay it saves at weight w.
 
 Under delay models without that closed form (open arrivals, random routing, an SLO,
 batching) the same search runs on the exact objective of
-:mod:`~genedge.optimizer.objective`: for each step vector every routing on the
-price dual's frontier (:func:`~genedge.optimizer.assignment.frontier_routings`) is
+:mod:`~genedge.optimizer.model._objective`: for each step vector every routing on the
+price dual's frontier (:func:`~genedge.optimizer.planners._assignment.frontier_routings`) is
 scored with its own batch sizes and shares, and the best step vectors' routings are
 polished on that objective.
 """
@@ -28,8 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr
 
-from genedge.optimizer.anneal import AnnealState, adjacent_step, metropolis, seed_of
-from genedge.optimizer.assignment import (
+from genedge.optimizer.model import INFEASIBLE, Problem, optimal_shares, score_plan, utility_with_optimal_shares
+from genedge.optimizer.planners._anneal import AnnealState, adjacent_step, metropolis, seed_of
+from genedge.optimizer.planners._assignment import (
     best_scored_routing,
     frontier_candidates,
     polish_requests,
@@ -37,10 +38,7 @@ from genedge.optimizer.assignment import (
     polish_starts,
     price_directed_assignment,
 )
-from genedge.optimizer.objective import INFEASIBLE, score_plan
-from genedge.optimizer.problem import Problem
-from genedge.optimizer.result import PlanResult, PlanStatus, make_result, timed
-from genedge.optimizer.system import optimal_shares, utility_with_optimal_shares
+from genedge.optimizer.planners._result import PlanResult, PlanStatus, make_result, timed
 
 __all__ = ["propose", "ITERATIONS_PER_GRID_STEP", "POLISH_CANDIDATES"]
 

@@ -1,7 +1,7 @@
 r"""Discrete-event simulation of open arrivals: per-request waits and responses of a routed plan.
 
-Requests arrive as an :class:`~genedge.optimizer.arrivals.Arrivals` sequence, are routed to models
-with a routing matrix (:class:`~genedge.optimizer.routing.Router`), and each model serves its own
+Requests arrive as an :class:`~genedge.optimizer.model.Arrivals` sequence, are routed to models
+with a routing matrix (:class:`~genedge.optimizer.model.Router`), and each model serves its own
 first-in first-out queue on its share of the device. The service time of model m, ``service_s[m]``,
 is for one batch on that share, so it already includes the share's slowdown.
 
@@ -27,8 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genedge.optimizer.arrivals import Arrivals
-from genedge.optimizer.routing import Realization, Router
+from genedge.optimizer.model import Arrivals, Realization, Router
 
 __all__ = [
     "DEFAULT_WARMUP",
@@ -232,7 +231,7 @@ def simulate_arrivals(
             model that is not deployed (no category may route to it).
         max_batch: largest batch b_m per model (an int for all, or shape (models,)); 1 = no batching.
         realization: ``"deterministic"`` (smooth weighted round robin per category) or ``"random"``
-            (independent draws); see :class:`~genedge.optimizer.routing.Router`.
+            (independent draws); see :class:`~genedge.optimizer.model.Router`.
         rng: a seed or generator (used by ``"random"`` routing only).
 
     Returns:
@@ -243,7 +242,7 @@ def simulate_arrivals(
             positive routing probability to a model with infinite service time.
 
     Example:
-        >>> from genedge.optimizer.arrivals import Arrivals
+        >>> from genedge.optimizer.model._arrivals import Arrivals
         >>> requests = Arrivals(np.array([0.0, 0.1, 0.2, 0.3, 1.5]), np.zeros(5, int), ("all",), 1.5)
         >>> records = simulate_arrivals(requests, [[1.0]], [1.0], max_batch=2)
         >>> records.wait_s.round(6).tolist(), records.batch_size.tolist()

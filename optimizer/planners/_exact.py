@@ -2,12 +2,12 @@
 
 Every step vector is enumerated. For each, the price-directed relaxation gives
 an upper bound on the utility of *any* routing at those steps (see
-:func:`~genedge.optimizer.assignment.price_directed_assignment`), and its
+:func:`~genedge.optimizer.planners.price_directed_assignment`), and its
 routing, polished on the exact utility, gives a feasible plan. Step vectors are
 visited best bound first and the search stops when no remaining bound beats the
 best plan found (branch and bound). The step vectors whose relaxed bound still
 exceeds that plan are then bounded again with the exact delay
-(:func:`~genedge.optimizer.assignment.vertex_bound`), so the result is
+(:func:`~genedge.optimizer.planners._assignment.vertex_bound`), so the result is
 certified: the optimum lies in ``[result.utility, result.upper_bound]``, and
 where the best plan routes whole categories the two coincide.
 
@@ -19,8 +19,8 @@ over every step vector, so the stopped result's ``upper_bound`` still holds.
 
 Under the other delay models and objectives (open arrivals, random routing, an SLO,
 batching) the search enumerates step vectors × batch sizes, scores each one's routings
-exactly (:func:`~genedge.optimizer.assignment.best_scored_routing`, then
-:func:`~genedge.optimizer.assignment.polish_scored`) and bounds it with
+exactly (:func:`~genedge.optimizer.planners._assignment.best_scored_routing`, then
+:func:`~genedge.optimizer.planners._assignment.polish_scored`) and bounds it with
 :func:`scored_upper_bound`, the smaller of two relaxations that hold for any routing and
 shares: the vertex bound with each request's delay cut to its own service time (the window
 model keeps its FIFO order; open arrivals lose their queueing waits), and a linear program over
@@ -36,7 +36,8 @@ import itertools
 
 import numpy as np
 
-from genedge.optimizer.assignment import (
+from genedge.optimizer.model import INFEASIBLE, Problem, optimal_shares, score_plan
+from genedge.optimizer.planners._assignment import (
     best_scored_routing,
     frontier_candidates,
     polish_requests,
@@ -46,10 +47,7 @@ from genedge.optimizer.assignment import (
     relaxed_optimum,
     vertex_bound,
 )
-from genedge.optimizer.objective import INFEASIBLE, score_plan
-from genedge.optimizer.problem import Problem
-from genedge.optimizer.result import Callback, PlanResult, PlanState, PlanStatus, make_result, timed
-from genedge.optimizer.system import optimal_shares
+from genedge.optimizer.planners._result import Callback, PlanResult, PlanState, PlanStatus, make_result, timed
 
 __all__ = ["exact_search", "scored_upper_bound", "utility_upper_bound", "MAX_STEP_VECTORS"]
 
@@ -69,7 +67,7 @@ def exact_search(
     Args:
         problem: the planning problem.
         rng: ignored: the search uses no randomness (accepted so every planner is called the same way).
-        callback: called with a :class:`~genedge.optimizer.result.PlanState` after each step vector
+        callback: called with a :class:`~genedge.optimizer.planners.PlanState` after each step vector
             whose routing is polished (``best_state``: the best step indices); returning True stops
             the search with the best plan so far.
         max_step_vectors: refuse problems with more step vectors than this.
@@ -162,7 +160,7 @@ def _certified_bound(
     problem: Problem, candidates: list[tuple[float, tuple[int, ...], np.ndarray, np.ndarray]], best: float
 ) -> float:
     """The certificate: the best utility found, raised to each candidate's bound that could beat it, made
-    tighter with the exact delay (:func:`~genedge.optimizer.assignment.vertex_bound`)."""
+    tighter with the exact delay (:func:`~genedge.optimizer.planners._assignment.vertex_bound`)."""
     upper = best
     for bound, steps, _, allowed in candidates:  # best relaxed bound first: stop once none can raise `upper`
         if bound <= upper:
@@ -184,7 +182,7 @@ def utility_upper_bound(problem: Problem) -> float:
               + \sum_c n_c \max_{m, s} \bigl(\mu_{mc}(s) - \nu a_m(s)\bigr)\Bigr],
               \qquad a_m(s) = \sqrt{(o_m + \tau_m s)/2}, \quad \lambda = w / R.
 
-    The minimization is solved exactly (:func:`~genedge.optimizer.assignment.relaxed_optimum`).
+    The minimization is solved exactly (:func:`~genedge.optimizer.planners._assignment.relaxed_optimum`).
     Where :func:`exact_search` cannot enumerate the step vectors, this still says how
     far a plan can be from the optimum.
     It ignores a quality floor, so it also bounds plans that must meet one. Each request's delay is
@@ -329,7 +327,7 @@ def scored_upper_bound(problem: Problem, steps: tuple[int, ...], batch: tuple[in
 
     The smaller of:
 
-    * the vertex bound (:func:`~genedge.optimizer.assignment.vertex_bound`) with each request's
+    * the vertex bound (:func:`~genedge.optimizer.planners._assignment.vertex_bound`) with each request's
       delay cut to what it cannot avoid: in the window model its FIFO position, as Σ_{i≤N} ⌈i/b⌉
       ≥ N(N+1)/(2b) (so a_m = √(S_m/(2 b_m)) with g(N) = √(N(N+1))); under open arrivals its own
       batch's service S_m/r_m (a_m = √S_m, g(N) = √N). Random routing only adds variance, so the

@@ -27,9 +27,14 @@ from collections.abc import Callable
 import numpy as np
 from scipy.special import log_ndtr
 
-from genedge.optimizer.objective import INFEASIBLE, score_plan, unconstrained_utility
-from genedge.optimizer.problem import Problem
-from genedge.optimizer.system import deployed_mask, utility_with_optimal_shares
+from genedge.optimizer.model import (
+    INFEASIBLE,
+    Problem,
+    deployed_mask,
+    score_plan,
+    unconstrained_utility,
+    utility_with_optimal_shares,
+)
 
 __all__ = [
     "probabilistic_assignment",
@@ -433,7 +438,7 @@ def frontier_candidates(
 
     The routings are :func:`frontier_routings` and the price-directed one; each one's bound is its
     utility at the delay-optimal shares ignoring the SLO
-    (:func:`~genedge.optimizer.objective.unconstrained_utility`), which no shares can beat.
+    (:func:`~genedge.optimizer.model.unconstrained_utility`), which no shares can beat.
     """
     value, full = problem.value_at(steps), problem.service_at(steps)
     candidates = frontier_routings(problem, value, full, allowed, floor)
@@ -458,7 +463,7 @@ def best_scored_routing(
     feasible value (without an SLO the bound is the value, so one scoring suffices).
 
     Returns:
-        (value, requests x[c, m]) by :func:`~genedge.optimizer.objective.score_plan`; (−inf, None)
+        (value, requests x[c, m]) by :func:`~genedge.optimizer.model.score_plan`; (−inf, None)
         where no routing meets the quality floor.
     """
     routings, bounds = (

@@ -15,28 +15,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.special import ndtr
 
-from genedge.optimizer.delay import (
-    ARRIVAL_MODELS,
-    DEPLOYED_MIN_REQUESTS,
-    REALIZATIONS,
-    DelayModel,
-    delay_model,
-    delay_model_class,
-    deployed_mask,
-)
-from genedge.optimizer.workload import Workload
+from genedge.optimizer.model._delay import DelayModel, delay_model, delay_model_class
+from genedge.optimizer.model._workload import Workload
 
 if TYPE_CHECKING:
-    from genedge.calibrate.table import CalibrationTable, ModelCalibration
+    from genedge.contract.table import CalibrationTable, ModelCalibration
 
 __all__ = [
-    "ARRIVAL_MODELS",
-    "DEPLOYED_MIN_REQUESTS",
-    "REALIZATIONS",
     "SLO_SCOPES",
     "Problem",
     "Slo",
-    "deployed_mask",
 ]
 
 logger = logging.getLogger(__name__)
@@ -104,9 +92,10 @@ class Problem:
         max_shortfall: ε, the largest allowed P(score < θ) per category, in (0, 1).
         left_out: model key → peak memory (bytes) of the models left out of the problem because
             each alone needs more than ``device_memory_bytes`` (see :meth:`from_table`).
-        arrivals: the delay model, one of :data:`ARRIVAL_MODELS`. Under ``window`` ``counts`` are
-            requests per planning window; under ``open`` they are arrival rates λ_c (requests/s).
-        realization: how routing is realized, one of :data:`REALIZATIONS`.
+        arrivals: the delay model, one of :data:`~genedge.optimizer.model.ARRIVAL_MODELS`. Under
+            ``window`` ``counts`` are requests per planning window; under ``open`` they are arrival rates λ_c
+            (requests/s).
+        realization: how routing is realized, one of :data:`~genedge.optimizer.model._delay.REALIZATIONS`.
         slo: a latency objective the plan must meet, or None.
         energy_price: κ, CLIPScore points per Joule: the utility subtracts κ × mean energy per image.
         energy_j: per model, Joules per image at full device share for each grid step, shape (K_m,),
@@ -264,7 +253,7 @@ class Problem:
 
     @property
     def delay(self) -> DelayModel:
-        """The delay model of :attr:`arrivals` and :attr:`realization` (:mod:`~genedge.optimizer.delay`).
+        """The delay model of :attr:`arrivals` and :attr:`realization` (:mod:`~genedge.optimizer.model._delay`).
 
         Built on each use (a class lookup; the demand was checked once, when the problem was made), so
         that the problem's fields stay all it holds.
@@ -361,8 +350,8 @@ class Problem:
             table_sha256: hash of the table file, recorded in plans.
             min_clipscore: quality floor θ, or None for none.
             max_shortfall: ε, the allowed P(score < θ) per category.
-            arrivals: the delay model (:data:`ARRIVAL_MODELS`); ``open`` needs a workload of rates.
-            realization: how routing is realized (:data:`REALIZATIONS`).
+            arrivals: the delay model (:data:`~genedge.optimizer.model.ARRIVAL_MODELS`); ``open`` needs rates.
+            realization: how routing is realized (:data:`~genedge.optimizer.model._delay.REALIZATIONS`).
             slo: a latency objective, or None.
             energy_price: κ in points per Joule; > 0 needs energy lines for every model.
             batching: let planners choose a batch size per model among the table's batch lines (a

@@ -14,12 +14,10 @@ from typing import Literal
 
 import numpy as np
 
-from genedge.optimizer.delay import REALIZATIONS
+from genedge.optimizer.model._delay import REALIZATIONS
+from genedge.optimizer.model._system import ROW_SUM_TOL
 
-__all__ = ["ROW_SUM_TOLERANCE", "Realization", "Router", "SmoothWeightedRoundRobin"]
-
-#: A routing row must sum to 1 within this (absolute) tolerance.
-ROW_SUM_TOLERANCE = 1e-6
+__all__ = ["Realization", "Router", "SmoothWeightedRoundRobin"]
 
 Realization = Literal["deterministic", "random"]
 
@@ -134,7 +132,7 @@ class Router:
         if not np.isfinite(matrix).all() or (matrix < 0).any():
             raise ValueError("Expected finite routing probabilities >= 0")
         sums = matrix.sum(axis=1)
-        off = np.abs(sums - 1) > ROW_SUM_TOLERANCE
+        off = np.abs(sums - 1) > ROW_SUM_TOL
         if off.any():
             row = int(np.argmax(off))
             raise ValueError(f"Expected each routing row to sum to 1, but row {row} sums to {sums[row]}")

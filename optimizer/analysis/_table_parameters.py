@@ -17,7 +17,7 @@ A grid step without a cell of its own moves with its neighbouring cells (linear 
 their deviations; the nearest cell beyond the profiled range), plus ``−exp(−s/κ)·δb`` where the
 curve's shape is uncertain: a curve refitted to perturbed cells moves the same way between them.
 :func:`sample_arrays` turns draws into the problem's arrays and :func:`sample_problems` into problems;
-:mod:`genedge.optimizer.uncertainty` assesses a plan on them.
+:mod:`genedge.optimizer.analysis._uncertainty` assesses a plan on them.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from genedge._seed import integer_seed
-from genedge.optimizer.problem import Problem
+from genedge.optimizer.model import Problem
 
 if TYPE_CHECKING:
-    from genedge.calibrate.table import CalibrationTable, LatencyModel, ModelCalibration
-    from genedge.optimizer.workload import Workload
+    from genedge.contract.table import CalibrationTable, LatencyModel, ModelCalibration
+    from genedge.optimizer.model import Workload
 
 __all__ = [
     "DEFAULT_SAMPLES",

@@ -22,12 +22,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from genedge.optimizer.anneal import DEFAULT_MAXITER, anneal
-from genedge.optimizer.assignment import direct_assignment, probabilistic_assignment, uniform_assignment
-from genedge.optimizer.objective import score_plan
-from genedge.optimizer.problem import Problem
-from genedge.optimizer.result import Callback, PlanResult, PlanStatus, make_result, timed
-from genedge.optimizer.system import deployed_mask, fifo_delay_coefficient, optimal_shares
+from genedge.optimizer.model import Problem, deployed_mask, fifo_delay_coefficient, optimal_shares, score_plan
+from genedge.optimizer.planners._anneal import DEFAULT_MAXITER, anneal
+from genedge.optimizer.planners._assignment import direct_assignment, probabilistic_assignment, uniform_assignment
+from genedge.optimizer.planners._result import Callback, PlanResult, PlanStatus, make_result, timed
 
 __all__ = ["paper_routing", "paper_method", "direct", "random_assignment", "equal_allocation", "optimal_step"]
 
@@ -97,7 +95,7 @@ def paper_method(
     Args:
         problem: the planning problem.
         rng: a seed or generator for the annealing; when None a new generator is seeded from the OS.
-        callback: called with an :class:`~genedge.optimizer.anneal.AnnealState` after each annealing
+        callback: called with an :class:`~genedge.optimizer.planners.AnnealState` after each annealing
             iteration; returning True stops the search.
         maxiter: annealing iterations per set of models that fits in memory.
     """

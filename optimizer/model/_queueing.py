@@ -43,7 +43,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from genedge.optimizer._queue_laws import (
+from genedge.optimizer.model._queue_laws import (
     QUANTILE_RTOL,
     TAIL_TOL,
     Queues,

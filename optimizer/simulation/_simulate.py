@@ -22,11 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genedge.optimizer.arrivals import Arrivals, mmpp_arrivals, poisson_arrivals
-from genedge.optimizer.delay import WindowRandom
-from genedge.optimizer.des import DEFAULT_WARMUP, simulate_arrivals
-from genedge.optimizer.problem import Problem
-from genedge.optimizer.result import PlanResult
+from genedge.optimizer.model import Arrivals, Problem, WindowRandom, mmpp_arrivals, poisson_arrivals
+from genedge.optimizer.planners import PlanResult
+from genedge.optimizer.simulation._des import DEFAULT_WARMUP, simulate_arrivals
 
 __all__ = [
     "PROCESSES",
@@ -205,7 +203,7 @@ def simulate_open_plan(
     process with the same rates and index of dispersion ``burstiness``, or a given trace), are
     routed as the problem's realization says (smooth weighted round robin or independent draws),
     and each model serves its queue first-in first-out on its share, in batches of up to b_m
-    (:func:`~genedge.optimizer.des.simulate_arrivals`). Each image's CLIPScore is drawn from
+    (:func:`~genedge.optimizer.simulation.simulate_arrivals`). Each image's CLIPScore is drawn from
     Normal(μ[m,c], σ[m,c]²). The first ``warmup`` fraction of requests is left out, since the
     analytic figures are steady-state.
 
@@ -336,8 +334,7 @@ def compare_arrival_models(
     with Poisson arrivals, with ``burstiness`` a bursty MMPP of that index of dispersion, and with
     ``trace`` a replay of those arrivals.
     """
-    from genedge.optimizer.methods import METHODS
-    from genedge.optimizer.result import make_result
+    from genedge.optimizer.planners import METHODS, make_result
 
     if window_problem.delay.steady_state or not open_problem.delay.steady_state:
         raise ValueError("Expected a window problem and an open-arrival problem of the same demand")

@@ -25,9 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genedge.optimizer.problem import Problem
-from genedge.optimizer.result import PlanResult
-from genedge.optimizer.system import evaluate
+from genedge.optimizer.model import Problem, evaluate
+from genedge.optimizer.planners import PlanResult
 
 __all__ = ["MisroutingCost", "misrouting_cost"]
 
@@ -70,7 +69,7 @@ def misrouting_cost(
     Raises:
         ValueError: the problems differ in their models.
     """
-    from genedge.optimizer.methods import run_methods
+    from genedge.optimizer.planners import run_methods
 
     if served.models != perfect.models:
         raise ValueError("Expected two versions of one problem (the same models)")

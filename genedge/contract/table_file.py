@@ -16,22 +16,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_args
 
-from genedge.calibrate.table import (
-    HOST_MEMORY_FIELDS,
-    CalibrationTable,
-    CurveForm,
-    EnergyModel,
-    Exclusion,
-    LatencyModel,
-    MemoryPeak,
-    ModelCalibration,
-    QualityCell,
-    QualityCurve,
-    Source,
-    StageBreakdown,
-    cell_error_problem,
-    saturating_mean,
-)
 from genedge.contract.bounds import (
     MAX_BATCH_SIZE,
     MAX_JOULES,
@@ -47,6 +31,22 @@ from genedge.contract.fields import FieldReader
 from genedge.contract.files import ArtifactError, read_json, write_text_atomic
 from genedge.contract.mappings import check_category_mapping
 from genedge.contract.runs import MEMORY_RUNGS
+from genedge.contract.table import (
+    HOST_MEMORY_FIELDS,
+    CalibrationTable,
+    CurveForm,
+    EnergyModel,
+    Exclusion,
+    LatencyModel,
+    MemoryPeak,
+    ModelCalibration,
+    QualityCell,
+    QualityCurve,
+    Source,
+    StageBreakdown,
+    cell_error_problem,
+    saturating_mean,
+)
 
 __all__ = ["SCHEMA_VERSION", "TableError", "load_table", "save_table", "table_from_dict", "table_to_dict"]
 

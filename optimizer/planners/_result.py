@@ -12,8 +12,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from genedge.optimizer.problem import Problem
-from genedge.optimizer.system import Evaluation, deployed_mask, evaluate
+from genedge.optimizer.model import Evaluation, Problem, deployed_mask, evaluate
 
 __all__ = [
     "Callback",
@@ -133,7 +132,7 @@ class Plan:
 @dataclass(frozen=True, kw_only=True)
 class PlanResult(Evaluation):
     """What every planner returns: its plan, the plan's predicted figures (every field of
-    :class:`~genedge.optimizer.system.Evaluation`: mean_quality, mean_delay_s, p95/p99, utility, loads,
+    :class:`~genedge.optimizer.model.Evaluation`: mean_quality, mean_delay_s, p95/p99, utility, loads,
     service_s, shortfall, attainment, energy, utilization, stable, feasible, max_batch, mg1 mean) and how
     the planner got there.
 
@@ -174,7 +173,7 @@ class PlanResult(Evaluation):
 
     @property
     def deployed(self) -> np.ndarray:
-        """Which models the plan deploys, shape (M,) bool (:func:`~genedge.optimizer.system.deployed_mask`)."""
+        """Which models the plan deploys, shape (M,) bool (:func:`~genedge.optimizer.model.deployed_mask`)."""
         return deployed_mask(self.loads)
 
     @property

@@ -27,18 +27,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genedge.optimizer.delay import DelayFigures, DelayModel, GroupDelay, fifo_delay_coefficient
-from genedge.optimizer.problem import DEPLOYED_MIN_REQUESTS, Problem, deployed_mask
+from genedge.optimizer.model._delay import (
+    DelayFigures,
+    DelayModel,
+    GroupDelay,
+    deployed_mask,
+    fifo_delay_coefficient,
+)
+from genedge.optimizer.model._problem import Problem
 
 __all__ = [
     "BUDGET_RTOL",
-    "DEPLOYED_MIN_REQUESTS",
     "ROW_SUM_TOL",
     "Evaluation",
     "GroupFigures",
-    "deployed_mask",
     "evaluate",
-    "fifo_delay_coefficient",
     "optimal_shares",
     "utility_with_optimal_shares",
 ]

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genedge.optimizer.table_parameters import DEFAULT_SAMPLES, ParameterModel, draw_parameters
-from genedge.optimizer.uncertainty import Assessment, Decision, assess_on, bootstrap
+from genedge.optimizer.analysis._table_parameters import DEFAULT_SAMPLES, ParameterModel, draw_parameters
+from genedge.optimizer.analysis._uncertainty import Assessment, Decision, assess_on, bootstrap
 
 __all__ = ["DEFAULT_TARGET", "CellValue", "BatchDecision", "next_batch"]
 

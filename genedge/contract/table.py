@@ -8,7 +8,7 @@ batch size), peak memory and, where it was measured, an energy model. Every numb
 ``measured`` (by genedge on this device), ``published`` (measured by others, with
 a citation) or ``derived`` (by a rule written in the table's ``sources``).
 
-Reading, validating and writing a table live in :mod:`genedge.calibrate.table_file`.
+Reading, validating and writing a table live in :mod:`genedge.contract.table_file`.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def cell_standard_errors(std: float, n: int) -> tuple[float, float]:
               \\mathrm{SE}(\\hat\\sigma) \\approx \\frac{\\mathrm{std}}{\\sqrt{2(n-1)}}.
 
     (x̄ − μ)/SE(x̄) follows Student's t with n − 1 degrees of freedom for Normal scores, which
-    is how :mod:`genedge.optimizer.table_parameters` samples a cell's mean.
+    is how :mod:`genedge.optimizer.analysis._table_parameters` samples a cell's mean.
     """
     if n < 2:
         raise ValueError(f"Expected n >= 2 images for a standard error, but got {n}")

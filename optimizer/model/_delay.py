@@ -3,7 +3,7 @@ r"""Delay models: how long a plan's requests wait (DESIGN §3, §3.2).
 A delay model is one implementation of :class:`DelayModel`, chosen by the problem's arrival model
 and routing realization (:func:`delay_model`). The planners, the system model's evaluation, the
 discrete-event comparison and the serving prediction all ask the problem's model
-(:attr:`~genedge.optimizer.problem.Problem.delay`); no other module branches on which model it is.
+(:attr:`~genedge.optimizer.model.Problem.delay`); no other module branches on which model it is.
 Every method takes the plan as expected requests x[c, m] (per window, or per second under open
 arrivals), the seconds S_m one call takes on model m's share (a batch of up to b_m images; ``inf``
 where a model is not deployed) and b_m.
@@ -14,7 +14,7 @@ where a model is not deployed) and b_m.
   to window; every figure is the expectation over its exact distribution (for b = 1 the mean gains
   Σ_c n_c p_cm (1 − p_cm) / 2 · S_m, the variance of the load).
 * :class:`OpenQueue` (``open``): model m sees Poisson arrivals of rate λ_m = Σ_c x_cm and is an M/D/1
-  queue (b = 1) or the bulk-service queue of :mod:`~genedge.optimizer.queueing` (b > 1), stable only
+  queue (b = 1) or the bulk-service queue of :mod:`~genedge.optimizer.model._queueing` (b > 1), stable only
   if ρ_m = λ_m S_m / b_m < 1. Random routing splits a Poisson stream into Poisson streams, so the
   figures are exact; smooth weighted round robin makes a split category's stream more regular than
   Poisson, so for split categories they are conservative (the discrete-event check measures by how
@@ -37,7 +37,7 @@ from typing import ClassVar
 import numpy as np
 from scipy.special import gammaln, xlog1py, xlogy
 
-from genedge.optimizer import queueing
+from genedge.optimizer.model import _queueing as queueing
 
 __all__ = [
     "ARRIVAL_MODELS",
@@ -316,7 +316,7 @@ class DelayModel(ABC):
     def vertex_delay(
         self, full_share_s: np.ndarray, max_batch: np.ndarray
     ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray] | None]:
-        """The delay every request must wait, as :func:`~genedge.optimizer.assignment.vertex_bound` takes it:
+        """The delay every request must wait, as :func:`~genedge.optimizer.planners._assignment.vertex_bound` takes it:
         its ``full_share_s`` and ``delay_root`` (None for the window's √(N(N+1)))."""
 
     def figures(

@@ -23,7 +23,7 @@ def plot_sweep(results: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
     """Quality, delay and utility versus load for every method; one row of panels per (budget, weight).
 
     Args:
-        results: the sweep's result rows (see :func:`genedge.optimizer.sweep.sweep`).
+        results: the sweep's result rows (see :func:`genedge.optimizer.analysis.sweep`).
         out: the folder for ``sweep.png`` and ``sweep.svg``.
     """
     import matplotlib
