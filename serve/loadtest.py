@@ -25,15 +25,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genedge.serve.loadtest_client import ENDPOINTS, ServedPlan, fetch_plan, fetch_stats, send
+from genedge.serve.loadtest_client import ServedPlan, fetch_plan, fetch_stats, send
 from genedge.serve.loadtest_config import LoadConfig, LoadTestError
 from genedge.serve.loadtest_document import LoadTestIdentity, LoadTestManifest, SessionDocument
 from genedge.serve.loadtest_layout import (
-    CLIENT_FIELDS,
     MANIFEST_NAME,
     STATUSES,
     RecordWriter,
-    default_result_dir,
     identity,
     image_path,
     read_manifest,
@@ -47,25 +45,7 @@ from genedge.serve.loadtest_layout import (
 from genedge.serve.loadtest_schedule import Schedule, ScheduledRequest, build_schedule
 from genedge.serve.protocol import StatsResponse
 
-# The load tester's public names: the runner's own, and those of its parts a caller needs.
-__all__ = [
-    "CLIENT_FIELDS",
-    "ENDPOINTS",
-    "LoadConfig",
-    "LoadTestError",
-    "LoadTestRun",
-    "Schedule",
-    "ScheduledRequest",
-    "ServedPlan",
-    "build_schedule",
-    "default_result_dir",
-    "fetch_plan",
-    "read_manifest",
-    "read_records",
-    "read_sessions",
-    "run_loadtest",
-    "score_images",
-]
+__all__ = ["LoadTestRun", "run_loadtest", "score_images"]
 
 
 @dataclass(frozen=True)

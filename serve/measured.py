@@ -170,7 +170,7 @@ def _categories(records: pd.DataFrame) -> pd.Series:
 
 
 def measure(records: pd.DataFrame, *, slo_s: float | None = None) -> Measurement:
-    """Summarize a load test's records (:func:`genedge.serve.loadtest.read_records`) per group.
+    """Summarize a load test's records (:func:`genedge.serve.loadtest_layout.read_records`) per group.
 
     Args:
         records: one row per request, with the client's and the server's fields.
@@ -229,7 +229,7 @@ def compare_run(result_dir: str | Path, *, slo_s: float | None = None) -> Compar
     """
     from genedge.contract.table_file import table_from_dict
     from genedge.optimizer.plan_file import plan_from_dict
-    from genedge.serve.loadtest import read_manifest, read_records, read_sessions
+    from genedge.serve.loadtest_layout import read_manifest, read_records, read_sessions
     from genedge.serve.predict import predict_at_demand
 
     manifest = read_manifest(result_dir)

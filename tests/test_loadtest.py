@@ -28,15 +28,11 @@ from genedge.contract.prompts import read_prompt_file
 from genedge.contract.table_file import load_table
 from genedge.optimizer.plan_file import PlanDocument, plan_from_dict
 from genedge.serve import protocol
-from genedge.serve.loadtest import (
-    CLIENT_FIELDS,
-    LoadConfig,
-    LoadTestError,
-    build_schedule,
-    read_records,
-    run_loadtest,
-)
+from genedge.serve.loadtest import run_loadtest
+from genedge.serve.loadtest_config import LoadConfig, LoadTestError
 from genedge.serve.loadtest_document import SessionDocument
+from genedge.serve.loadtest_layout import CLIENT_FIELDS, read_records
+from genedge.serve.loadtest_schedule import build_schedule
 from genedge.serve.measured import (
     NO_GROUP,
     compare_run,

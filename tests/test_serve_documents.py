@@ -11,10 +11,9 @@ import math
 import pytest
 
 from genedge.contract.files import ArtifactError
-from genedge.serve.loadtest import read_manifest, read_sessions
 from genedge.serve.loadtest_client import ENDPOINTS
 from genedge.serve.loadtest_document import LoadTestIdentity, LoadTestManifest, ScheduleSummary, SessionDocument
-from genedge.serve.loadtest_layout import write_manifest, write_session
+from genedge.serve.loadtest_layout import read_manifest, read_sessions, write_manifest, write_session
 from genedge.serve.protocol import (
     ErrorBody,
     GeneratedImage,

@@ -104,3 +104,14 @@ def test_every_public_name_of_the_optimizer_and_its_rooms_resolves():
         module = importlib.import_module(package)
         missing = [name for name in module.__all__ if not hasattr(module, name)]
         assert missing == [], package
+
+
+def test_the_optimizer_imports_nothing_of_calibrate():
+    # The table it plans from is a contract document; calibrate is the stage that writes it.
+    found = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in sorted((ROOT / "optimizer").rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if "genedge.calibrate" in line and ("import" in line or line.lstrip().startswith("from"))
+    ]
+    assert found == []

@@ -137,8 +137,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from genedge.contract.files import check_not_input
-    from genedge.serve.loadtest import LoadConfig, default_result_dir, read_records, run_loadtest, score_images
-    from genedge.serve.loadtest_layout import write_result
+    from genedge.serve.loadtest import run_loadtest, score_images
+    from genedge.serve.loadtest_config import LoadConfig
+    from genedge.serve.loadtest_layout import default_result_dir, read_records, write_result
     from genedge.serve.measured import compare_run, comparison_figure, comparison_to_dict, format_comparison
 
     check_not_input(
