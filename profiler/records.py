@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from genedge.contract.files import ArtifactError, write_bytes_atomic
+from genedge.contract.files import ArtifactError, write_new_parquet
 from genedge.contract.runs import (
     KEY_COLUMNS,
     STATUSES,
@@ -75,24 +75,16 @@ class ShardWriter:
         if not rows:
             return None
         pa = require("pyarrow")
-        parquet = require("pyarrow.parquet")
         for row in rows:
             check_row(row)
         table = pa.Table.from_pylist([dict(row) for row in rows], schema=record_schema())
-        sink = pa.BufferOutputStream()
-        parquet.write_table(table, sink)
-        data = sink.getvalue().to_pybytes()
-        while True:
-            target = shard_path(self.run_dir, self.rank, self._next)
-            try:
-                write_bytes_atomic(target, data, replace=False)
-            except FileExistsError:
-                # Another writer took this name since we looked: take the next free one.
-                self._next = max(self._next + 1, self._first_free())
-                continue
-            self._next += 1
-            logger.debug("wrote %d rows to %s", len(rows), target)
-            return target
+        # Another writer may take names since we looked: the write takes the next free one.
+        target, number = write_new_parquet(
+            table, lambda n: shard_path(self.run_dir, self.rank, n), max(self._next, self._first_free())
+        )
+        self._next = number + 1
+        logger.debug("wrote %d rows to %s", len(rows), target)
+        return target
 
 
 def read_records(run_dir: str | Path, *, own: Mapping[str, Any] | None = None, skip_unreadable: bool = False) -> Any:

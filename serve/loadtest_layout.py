@@ -15,7 +15,6 @@ A run resumes by index: the indices already in ``records/`` are not sent again.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 from collections.abc import Mapping
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from genedge.contract.files import ArtifactError, read_json, write_bytes_atomic, write_text_atomic
+from genedge.contract.files import ArtifactError, read_json, write_bytes_atomic, write_new_parquet, write_text_atomic
 from genedge.serve.loadtest_document import LoadTestIdentity, LoadTestManifest, SessionDocument
 from genedge.serve.protocol import RECORD_FIELDS
 
@@ -230,10 +229,11 @@ def recorded_indices(result_dir: Path) -> set[int]:
 
 def write_scores(result_dir: Path, frame: pd.DataFrame) -> Path:
     """Write CLIPScores (``index``, ``clip_score``, ``clip_truncated``) as the next part under ``scores/``."""
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    number = len(list((result_dir / _SCORES_DIR).glob("part-*.parquet")))
-    return write_bytes_atomic(result_dir / _SCORES_DIR / f"part-{number:03d}.parquet", buffer.getvalue(), replace=False)
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    path, _ = write_new_parquet(table, lambda n: result_dir / _SCORES_DIR / f"part-{n:03d}.parquet", 0)
+    return path
 
 
 class RecordWriter:
@@ -258,18 +258,15 @@ class RecordWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Write the pending records as a new part file."""
-        import pyarrow as pa
-        import pyarrow.parquet as parquet
-
+        """Write the pending records as a new part file (the next free name of this session)."""
         self.last_flush = time.monotonic()
         if not self.pending:
             return
+        import pyarrow as pa
+
         table = pa.Table.from_pylist(self.pending, schema=self.schema)
-        buffer = io.BytesIO()
-        parquet.write_table(table, buffer)
-        write_bytes_atomic(
-            self.folder / f"part-{self.session:03d}-{self.number:05d}.parquet", buffer.getvalue(), replace=False
+        _, number = write_new_parquet(
+            table, lambda n: self.folder / f"part-{self.session:03d}-{n:05d}.parquet", self.number
         )
-        self.number += 1
+        self.number = number + 1
         self.pending = []

@@ -174,6 +174,26 @@ def test_atomic_writes_refuse_symlinks_and_non_regular_files(tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link.json", "out", "real.json"]
 
 
+def test_a_new_parquet_file_takes_the_next_free_name_and_replaces_nothing(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as parquet
+
+    from genedge.contract.files import write_new_parquet
+
+    def name(number: int) -> Path:
+        return tmp_path / f"part-{number:03d}.parquet"
+
+    # Another writer (or an earlier session with the same number) holds parts 1 and 2 already.
+    for number in (1, 2):
+        name(number).write_bytes(b"theirs")
+    batch = pa.table({"index": [7, 8]})
+    assert write_new_parquet(batch, name, 0) == (name(0), 0)
+    assert write_new_parquet(batch, name, 1) == (name(3), 3)
+    assert [name(n).read_bytes() for n in (1, 2)] == [b"theirs", b"theirs"]
+    assert parquet.read_table(name(3)).column("index").to_pylist() == [7, 8]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"part-00{n}.parquet" for n in range(4)]
+
+
 def test_lazy_packages_export_their_functions_even_after_a_same_named_module_is_imported() -> None:
     import importlib
 

@@ -15,7 +15,7 @@ import os
 import stat
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "read_json",
     "write_bytes_atomic",
     "write_figure",
+    "write_new_parquet",
     "write_text_atomic",
 ]
 
@@ -320,6 +321,38 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, replace: bo
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically (see :func:`write_bytes_atomic`)."""
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_new_parquet(table: Any, name: Callable[[int], Path], first: int) -> tuple[Path, int]:
+    """Write ``table`` as one new Parquet file of an append-only folder, never over another file.
+
+    Record folders grow by whole files (a profile run's shards, a load test's parts and scores): each
+    batch of rows is a new file, published atomically under the first free name, so a reader sees every file
+    whole and a writer that resumes, or another writing beside it, cannot overwrite a file or fail
+    on a name taken since it looked.
+
+    Args:
+        table: the batch, a ``pyarrow.Table``.
+        name: number → the file's path.
+        first: the number to try first (one past the writer's last file, or the first free one).
+
+    Returns:
+        (the path written, its number).
+
+    Raises:
+        UnsafeTargetError: see :func:`check_write_target`.
+    """
+    import pyarrow.parquet as parquet
+
+    sink = io.BytesIO()
+    parquet.write_table(table, sink)
+    data = sink.getvalue()
+    number = first
+    while True:
+        try:
+            return write_bytes_atomic(name(number), data, replace=False), number
+        except FileExistsError:
+            number += 1  # taken since the writer looked: the next name
 
 
 def write_figure(figure: Any, path: str | os.PathLike[str], **savefig: Any) -> Path:
