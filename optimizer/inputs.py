@@ -110,7 +110,7 @@ def problem_from_options(
     Example:
         >>> from genedge.contract.table_file import load_table
         >>> from genedge.data import resolve_table
-        >>> from genedge.optimizer.model._workload import workload_from_options
+        >>> from genedge.optimizer.model import workload_from_options
         >>> table = load_table(resolve_table("galaxy-s24"))
         >>> workload = workload_from_options(table.categories, rate=0.2)
         >>> problem = problem_from_options(table, workload, slo=slo_from_options(20))

@@ -242,7 +242,7 @@ def simulate_arrivals(
             positive routing probability to a model with infinite service time.
 
     Example:
-        >>> from genedge.optimizer.model._arrivals import Arrivals
+        >>> from genedge.optimizer.model import Arrivals
         >>> requests = Arrivals(np.array([0.0, 0.1, 0.2, 0.3, 1.5]), np.zeros(5, int), ("all",), 1.5)
         >>> records = simulate_arrivals(requests, [[1.0]], [1.0], max_batch=2)
         >>> records.wait_s.round(6).tolist(), records.batch_size.tolist()

@@ -1,0 +1,37 @@
+"""Every example in a docstring of the package runs and prints what it shows (doctest)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+from conftest import ROOT
+
+#: Repository folder → the package it is installed as (pyproject's package-dir).
+PACKAGES = {
+    "genedge": "genedge",
+    "calibrate": "genedge.calibrate",
+    "optimizer": "genedge.optimizer",
+    "profiler": "genedge.profiler",
+    "router": "genedge.router",
+    "serve": "genedge.serve",
+}
+
+
+def _modules_with_examples() -> list[str]:
+    names = []
+    for folder, package in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if ">>> " in path.read_text(encoding="utf-8"):
+                parts = path.relative_to(ROOT / folder).with_suffix("").parts
+                names.append(".".join((package, *parts)).removesuffix(".__init__"))
+    return names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", _modules_with_examples())
+def test_docstring_examples_run_as_shown(module: str) -> None:
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    result = doctest.testmod(importlib.import_module(module), optionflags=flags, verbose=False)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {module} failed"
