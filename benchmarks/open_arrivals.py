@@ -262,24 +262,26 @@ def print_large_scale(rows: list[tuple], cap_s: float | None) -> None:
     window_time = {}
     for n, label, problem, r, done, maxiter in rows:
         demand = (
-            f"{problem.n_requests:.0f} requests" if problem.arrivals == "window" else f"{problem.n_requests:.2f} req/s"
+            f"{problem.n_requests:.2f} req/s"
+            if problem.delay.arrivals.per_second
+            else f"{problem.n_requests:.0f} requests"
         )
         slo = problem.slo.describe().replace(" (overall)", "") if problem.slo else "—"
         stopped = r.message != "Optimization terminated successfully"
         annealed = f"{done}/{maxiter}" if done is not None else "—"
         time_text = ("≥ " if stopped else "") + fmt_ms(r.plan_time_s)
-        if problem.arrivals == "window":
+        if not problem.delay.arrivals.per_second:
             window_time[n] = r.plan_time_s
         print(
             f"  {n:>6} {label:<12} {demand:>16} {slo:>18} {time_text:>12} {annealed:>11} {fmt(r.utility, '.4f'):>9} "
             f"{fmt(r.p95_delay_s, '.2f'):>8} {'yes' if r.feasible else 'NO':>8}"
         )
-    if any(p.arrivals == "open" and p.slo is None and not r.stable for _, _, p, r, *_ in rows):
+    if any(p.delay.steady_state and p.slo is None and not r.stable for _, _, p, r, *_ in rows):
         print(
             f"  an open plan without an SLO that is unstable (ρ >= 1 on a model) leaves no p95 to halve: the SLO "
             f"beside it is {FALLBACK_SLO_SERVICES} times the fastest model's time per image on the whole device"
         )
-    worst = max((r.plan_time_s for n, label, p, r, *_ in rows if p.arrivals == "open"), default=math.nan)
+    worst = max((r.plan_time_s for n, label, p, r, *_ in rows if p.delay.arrivals.per_second), default=math.nan)
     any_stopped = any(r.message != "Optimization terminated successfully" for *_, r, _d, _m in rows)
     verdict = "met" if worst <= LARGE_GOAL_S and not any_stopped else "missed"
     print(

@@ -1,5 +1,6 @@
 """One delay model interface (optimizer/model/_delay.py): the planner's and the served prediction are one code path,
-and no module outside the delay-model module branches on a delay model's name."""
+and no module of the package, its benchmarks or its scripts outside the delay-model module branches on a delay
+model's name."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ from genedge.optimizer.planners import make_result
 from genedge.serve.predict import predict_at_demand, predict_at_rates, predict_for_window
 
 ROOT = Path(__file__).resolve().parents[1]
-# The package's stages; the delay-model module is the one place that may tell the models apart.
-PACKAGE_DIRS = ("genedge", "optimizer", "calibrate", "profiler", "router", "serve")
+# The package's stages and the benchmarks and scripts that drive them; the delay-model module is the one
+# place that may tell the models apart.
+SCANNED_DIRS = ("genedge", "optimizer", "calibrate", "profiler", "router", "serve", "benchmarks", "scripts")
 DELAY_MODULE = ROOT / "optimizer" / "model" / "_delay.py"
 DELAY_NAMES = frozenset(ARRIVAL_MODELS) | frozenset(REALIZATIONS)
 
@@ -308,7 +310,7 @@ if problem.delay.steady_state and mode == "fast":
 
 def test_no_module_outside_the_delay_model_branches_on_its_name():
     found = []
-    for folder in PACKAGE_DIRS:
+    for folder in SCANNED_DIRS:
         for path in sorted((ROOT / folder).rglob("*.py")):
             if path != DELAY_MODULE:
                 found += name_branches(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
