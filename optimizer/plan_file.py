@@ -30,6 +30,7 @@ __all__ = [
     "PLAN_SCHEMA_VERSION",
     "PlanError",
     "PlanDocument",
+    "PlanFigures",
     "PlanInputs",
     "PlanModel",
     "plan_to_dict",
@@ -105,6 +106,32 @@ class PlanModel:
 
 
 @dataclass(frozen=True)
+class PlanFigures:
+    """A plan's predicted figures at the workload it was planned for (a plan's ``predicted``).
+
+    Attributes:
+        mean_clipscore: mean CLIPScore of the served images (points).
+        mean_delay_s / p95_delay_s: mean and 95th-percentile response time (s); finite in a servable plan.
+        p99_delay_s: 99th-percentile response time (s), where the plan says.
+        utility: U = mean CLIPScore − w · mean delay (− the energy term), in points.
+        stable: every queue is stable at the planned workload.
+        feasible: stable, and the plan's SLO and quality floor (if any) are met (None where the plan does not say).
+        slo_attainment: P(T ≤ SLO), where the plan has an SLO.
+        mean_energy_j: mean energy per request (J), where the table has energy.
+    """
+
+    mean_clipscore: float
+    mean_delay_s: float
+    p95_delay_s: float
+    p99_delay_s: float | None
+    utility: float
+    stable: bool
+    feasible: bool | None
+    slo_attainment: float | None
+    mean_energy_j: float | None
+
+
+@dataclass(frozen=True)
 class PlanDocument:
     """A plan file read once: its parts typed, so no reader downstream indexes the JSON.
 
@@ -113,7 +140,7 @@ class PlanDocument:
         inputs: what it was made for.
         models: model key → its entry, in the plan's order.
         routing: category → model → probability, in the plan's category order.
-        predicted: the plan's predicted figures (name → value; an unstable queue's delay is None).
+        predicted: the plan's predicted figures at its planned workload.
         raw: the document as read, for those who pass it on unchanged (``GET /v1/plan``, a load
             test's manifest and its hash).
     """
@@ -122,7 +149,7 @@ class PlanDocument:
     inputs: PlanInputs
     models: Mapping[str, PlanModel]
     routing: Mapping[str, Mapping[str, float]]
-    predicted: Mapping[str, Any]
+    predicted: PlanFigures
     raw: Mapping[str, Any]
 
     @property
@@ -347,8 +374,24 @@ def plan_from_dict(document: Mapping[str, Any], where: str) -> PlanDocument:
         inputs=_read_inputs(r, document["inputs"]),
         models={key: _read_model(r, entry, f"models.{key}") for key, entry in document["models"].items()},
         routing=routing,
-        predicted=dict(document["predicted"]),
+        predicted=_read_figures(r, document["predicted"]),
         raw=document,
+    )
+
+
+def _read_figures(r: FieldReader, predicted: Mapping[str, Any]) -> PlanFigures:
+    """A plan's ``predicted`` (its required figures already checked finite by :func:`validate_plan`)."""
+    return PlanFigures(
+        mean_clipscore=r.get(predicted, "mean_clipscore", "predicted", float),
+        mean_delay_s=r.get(predicted, "mean_delay_s", "predicted", float),
+        p95_delay_s=r.get(predicted, "p95_delay_s", "predicted", float),
+        p99_delay_s=r.opt(predicted, "p99_delay_s", "predicted", float),
+        utility=r.get(predicted, "utility", "predicted", float),
+        # Finite delays (validate_plan) mean stable queues, where an older plan does not say.
+        stable=r.opt(predicted, "stable", "predicted", bool) is not False,
+        feasible=r.opt(predicted, "feasible", "predicted", bool),
+        slo_attainment=r.opt(predicted, "slo_attainment", "predicted", float),
+        mean_energy_j=r.opt(predicted, "mean_energy_j", "predicted", float),
     )
 
 

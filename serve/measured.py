@@ -327,11 +327,10 @@ def format_comparison(comparison: Comparison) -> str:
         state = "" if p.stable else "; the plan's queues are overloaded at this demand (ρ >= 1)"
         lines.append(f"predicted: the plan's routing, steps and shares at the offered demand; {p.description}{state}")
         planned = p.planned
-        if planned.get("mean_delay_s") is not None:
+        if planned is not None:
             lines.append(
                 f"  the plan's own prediction ({p.planned_arrivals}, at its planned workload): mean "
-                f"{planned['mean_delay_s']:.2f} s, p95 {planned.get('p95_delay_s') or math.nan:.2f} s, "
-                f"CLIPScore {planned.get('mean_clipscore') or math.nan:.2f}"
+                f"{planned.mean_delay_s:.2f} s, p95 {planned.p95_delay_s:.2f} s, CLIPScore {planned.mean_clipscore:.2f}"
             )
     else:
         lines.append(f"no prediction: {comparison.prediction_note}")

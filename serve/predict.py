@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,7 +38,7 @@ from genedge.optimizer.model import (
 
 if TYPE_CHECKING:
     from genedge.contract.table import CalibrationTable
-    from genedge.optimizer.plan_file import PlanDocument
+    from genedge.optimizer.plan_file import PlanDocument, PlanFigures
 
 __all__ = [
     "GroupPrediction",
@@ -106,7 +106,7 @@ class Prediction:
     feasible: bool
     utility: float
     slo_s: float | None = None
-    planned: Mapping[str, Any] = field(default_factory=dict)
+    planned: PlanFigures | None = None
     planned_arrivals: str = "window"
     planned_demand: Mapping[str, float] = field(default_factory=dict)
     description: str = ""
@@ -219,7 +219,7 @@ def predict_at_demand(
         feasible=bool(result.feasible),
         utility=float(result.utility),
         slo_s=None if slo is None else slo.seconds,
-        planned=dict(plan.predicted),
+        planned=plan.predicted,
         planned_arrivals=plan.inputs.arrivals,
         planned_demand=dict(plan.inputs.workload),
         description=problem.delay.description,

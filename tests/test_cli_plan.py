@@ -34,8 +34,15 @@ def test_plan_writes_a_valid_plan(capsys, tmp_path):
     args = ("--workload", "Basic=5,Detail=20,Complex=3", "--weight", "0.1", "--budget", "0.5", "--out", path)
     result = genedge_in_process(capsys, "plan", *args)
     assert result.returncode == 0, result.stderr
-    plan = load_plan(path).raw
+    document = load_plan(path)
+    plan = document.raw
     assert plan["method"] == "genedge" and plan["seed"] == 0
+    # The typed figures are the document's own numbers.
+    figures = document.predicted
+    assert (figures.utility, figures.mean_delay_s, figures.p95_delay_s, figures.mean_clipscore) == tuple(
+        plan["predicted"][name] for name in ("utility", "mean_delay_s", "p95_delay_s", "mean_clipscore")
+    )
+    assert figures.stable and figures.feasible and figures.slo_attainment is None
     assert set(plan["routing"]) == {"Basic", "Detail", "Complex"}
     deployed = {k: m for k, m in plan["models"].items() if m["deployed"]}
     assert deployed and sum(m["share"] for m in plan["models"].values()) == pytest.approx(0.5)

@@ -66,18 +66,6 @@ DEFINING_MODULES: dict[str, tuple[str, ...]] = {
     "load test": ("serve/loadtest_document.py",),
     "HTTP body": ("serve/protocol.py",),
 }
-#: Raw reads whose fix waits for a module that is being moved, as "path key". Temporary: each entry goes
-#: when its fix lands, and the scan fails on an entry it no longer finds.
-PENDING_RAW_READS = frozenset(
-    {
-        # serve.predict.Prediction.planned copies PlanDocument.predicted, a name → value mapping; once
-        # optimizer/plan_file.py reads ``predicted`` into typed figures, measured reads their attributes.
-        "serve/measured.py mean_delay_s",
-        "serve/measured.py p95_delay_s",
-        "serve/measured.py mean_clipscore",
-    }
-)
-
 #: Names a plan, one of its model entries, its inputs or its predicted figures go by.
 PLAN_NAMES = re.compile(r"(^|_)(plan|entry|inputs|predicted|planned)($|_)")
 #: Names a calibration table or one of its model entries goes by.
@@ -296,11 +284,6 @@ def package_raw_reads(kind: DocumentKind) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _without_line(read: str) -> str:
-    """``path key`` of a ``path:line key`` read, as :data:`PENDING_RAW_READS` lists it."""
-    return re.sub(r":\d+ ", " ", read)
-
-
 def test_the_scan_catches_planted_raw_plan_reads():
     keys = plan_keys()
     assert {"routing", "models", "inputs", "predicted", "workload", "table_sha256", "share", "max_batch"} <= keys
@@ -418,10 +401,4 @@ def test_every_defining_module_exists():
 @pytest.mark.parametrize("kind", KINDS, ids=lambda kind: kind.name.replace(" ", "-"))
 def test_no_module_outside_its_contract_indexes_a_document_by_key(kind: DocumentKind):
     assert {path.split("/")[0] for path in scanned_modules(kind)} == set(PACKAGE_DIRS)
-    assert [read for read in package_raw_reads(kind) if _without_line(read) not in PENDING_RAW_READS] == []
-
-
-def test_every_pending_raw_read_is_still_there():
-    """An entry of :data:`PENDING_RAW_READS` goes once its fix has landed."""
-    found = {_without_line(read) for kind in KINDS for read in package_raw_reads(kind)}
-    assert sorted(PENDING_RAW_READS - found) == []
+    assert list(package_raw_reads(kind)) == []
