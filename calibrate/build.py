@@ -47,7 +47,13 @@ from genedge.contract.table import (
     QualityCurve,
     StageBreakdown,
 )
-from genedge.contract.table_file import TableError, save_table, table_from_dict, table_to_dict
+from genedge.contract.table_file import (
+    TableError,
+    save_table,
+    table_from_dict,
+    table_manifest_from_dict,
+    table_to_dict,
+)
 
 __all__ = ["build_table", "calibrate_runs", "fit_and_write"]
 
@@ -216,7 +222,7 @@ def build_table(runs: ProfileRuns) -> CalibrationTable:
         category_mapping=dict(runs.category_mapping),
         models=models,
         sources={ref: {**_SOURCES[ref], "runs": ", ".join(runs.manifests)} for ref in sorted(used)},
-        manifest=manifests_as_provenance(runs.manifests),
+        manifest=table_manifest_from_dict(manifests_as_provenance(runs.manifests), where),
         exclusions=exclusions,
     )
     # Validate exactly what will be written (memory against the device, curves against cells, ...).

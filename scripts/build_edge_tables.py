@@ -41,7 +41,7 @@ from build_reference_table import (
 )
 
 from genedge.contract.table import CalibrationTable, LatencyModel, MemoryPeak, ModelCalibration
-from genedge.contract.table_file import save_table
+from genedge.contract.table_file import save_table, table_manifest_from_dict
 
 PACKAGE = "qai-hub-models 0.65.0"
 WHEEL = "qai_hub_models-0.65.0-py3-none-any.whl"
@@ -259,14 +259,16 @@ def build(data: Path) -> dict[str, CalibrationTable]:
                 "rule-edge-memory": {"kind": "derived", "rule": MEMORY_RULE},
                 **sources_quality,
             },
-            manifest={
-                "built_by": "scripts/build_edge_tables.py",
-                "package": PACKAGE,
-                "source_files_sha256": dict(sorted(sha.items())),
-                "note": "reference table assembled from Qualcomm AI Hub's published per-component NPU latencies "
-                "and the A100 reference table's quality (GPU images, not this device's); profile your own "
-                "device and run 'genedge calibrate' to replace it",
-            },
+            manifest=table_manifest_from_dict(
+                {
+                    "built_by": "scripts/build_edge_tables.py",
+                    "package": PACKAGE,
+                    "source_files_sha256": dict(sorted(sha.items())),
+                    "note": "reference table assembled from Qualcomm AI Hub's published per-component NPU latencies "
+                    "and the A100 reference table's quality (GPU images, not this device's); profile your own "
+                    "device and run 'genedge calibrate' to replace it",
+                }
+            ),
         )
     return tables
 

@@ -40,7 +40,7 @@ from genedge.contract.table import (
     QualityCurve,
     cell_standard_errors,
 )
-from genedge.contract.table_file import save_table
+from genedge.contract.table_file import save_table, table_manifest_from_dict
 
 CATEGORIES = ("Basic", "Detail", "Imagination", "Complex")
 CHALLENGE_TO_CATEGORY = {
@@ -417,11 +417,13 @@ def build(data: Path) -> CalibrationTable:
         category_mapping=CATEGORY_MAPPING,
         models=models,
         sources=SOURCES,
-        manifest={
-            "built_by": "scripts/build_reference_table.py",
-            "note": "reference table assembled from "
-            "public measurements by others; profile your own GPU and run 'genedge calibrate' to replace it",
-        },
+        manifest=table_manifest_from_dict(
+            {
+                "built_by": "scripts/build_reference_table.py",
+                "note": "reference table assembled from "
+                "public measurements by others; profile your own GPU and run 'genedge calibrate' to replace it",
+            }
+        ),
     )
 
 

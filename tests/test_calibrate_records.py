@@ -142,7 +142,7 @@ def test_two_runs_of_one_device_merge(tmp_path: Path) -> None:
     b = write_run(tmp_path / "b", *_run(tmp_path, "b"))
     table = calibrate_runs([a, b])
     assert table.models["m"].quality["Basic"][10].n == 12
-    assert sorted(table.manifest["runs"]) == ["a", "b"]
+    assert sorted(table.manifest.runs) == ["a", "b"]
 
 
 def test_an_image_recorded_twice_is_refused(tmp_path: Path) -> None:

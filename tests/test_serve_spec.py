@@ -11,7 +11,7 @@ import pytest
 
 from genedge import data as shipped_data
 from genedge.contract.table import CalibrationTable
-from genedge.contract.table_file import load_table, table_to_dict
+from genedge.contract.table_file import load_table, table_manifest_from_dict, table_to_dict
 from genedge.optimizer.plan_file import PLAN_SCHEMA_VERSION, PlanDocument, plan_from_dict
 from genedge.serve.protocol import (
     MAX_IMAGES_PER_REQUEST,
@@ -84,19 +84,21 @@ def _table(models: dict[str, int], published: tuple[str, ...] = ()) -> Calibrati
         shipped,
         models={key: dataclasses.replace(numbers, key=key) for key in (*models, *published)},
         category_mapping={"name": "two", "column": "Challenge", "labels": {c: [c] for c in CATEGORIES}},
-        manifest={
-            "runs": {
-                "run-1": {
-                    "guidance_scale": 7.5,
-                    "dtype": "float32",
-                    "host": {"threads": 1},
-                    "models": [
-                        {"key": key, "resolution": resolution, "scheduler": {"class": "DDIMScheduler"}}
-                        for key, resolution in models.items()
-                    ],
+        manifest=table_manifest_from_dict(
+            {
+                "runs": {
+                    "run-1": {
+                        "guidance_scale": 7.5,
+                        "dtype": "float32",
+                        "host": {"threads": 1},
+                        "models": [
+                            {"key": key, "resolution": resolution, "scheduler": {"class": "DDIMScheduler"}}
+                            for key, resolution in models.items()
+                        ],
+                    }
                 }
             }
-        },
+        ),
     )
 
 

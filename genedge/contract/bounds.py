@@ -18,6 +18,7 @@ __all__ = [
     "MAX_COUNT",
     "MAX_DELAY_S",
     "MAX_DELAY_WEIGHT",
+    "MAX_GUIDANCE_SCALE",
     "MAX_JOULES",
     "MAX_MEMORY_BYTES",
     "MAX_PIXELS",
@@ -26,6 +27,7 @@ __all__ = [
     "MAX_SCORE_SE",
     "MAX_SECONDS",
     "MAX_STEPS",
+    "MAX_THREADS",
     "MAX_TRACE_S",
     "MAX_WATTS",
     "MIN_RATE_PER_S",
@@ -49,6 +51,13 @@ MAX_JOULES = MAX_WATTS * MAX_SECONDS
 MAX_BATCH_SIZE = 1024
 #: Denoising steps: diffusion models are trained on 1,000 noise levels and no sampler takes ten times as many.
 MAX_STEPS = 10_000
+#: A classifier-free guidance scale: distilled models run unguided (0 or 1) and guided ones between
+#: about 3 and 15; at 100 the amplified difference of the two noise predictions swamps the prediction
+#: itself and every image saturates, so no profile runs there and a larger scale is a slip.
+MAX_GUIDANCE_SCALE = 100.0
+#: CPU threads of one process: Linux is built for at most 8,192 CPUs (``CONFIG_NR_CPUS`` under
+#: ``MAXSMP``), and a server started with more threads than that only thrashes.
+MAX_THREADS = 8192
 #: Images or measurements behind one fit: more than a year of profiling at 30 images/s, and still
 #: exact in float64 and within a C long wherever numpy converts it.
 MAX_COUNT = 10**9

@@ -22,7 +22,7 @@ import numpy as np
 
 from genedge.contract.bounds import MAX_JOULES, MAX_MEMORY_BYTES, MAX_SECONDS, MAX_WATTS
 from genedge.contract.clip import ClipConvention
-from genedge.contract.runs import DEFAULT_DTYPE, DEFAULT_GUIDANCE_SCALE, HOST_MEMORY_COLUMNS
+from genedge.contract.runs import HOST_MEMORY_COLUMNS
 
 __all__ = [
     "HOST_MEMORY_FIELDS",
@@ -39,6 +39,9 @@ __all__ = [
     "MemoryPeak",
     "Exclusion",
     "ModelCalibration",
+    "ProfiledModel",
+    "ProfileRun",
+    "TableManifest",
     "ProfileSettings",
     "CalibrationTable",
     "saturating_mean",
@@ -401,6 +404,60 @@ class ModelCalibration:
 
 
 @dataclass(frozen=True)
+class ProfiledModel:
+    """One model as a profile run generated with it.
+
+    Attributes:
+        key: the model key (its key in the table's ``models`` where the run's records calibrated it).
+        resolution: image side the run generated at (px).
+        scheduler: the diffusers scheduler class the run used, or None where the run does not say.
+    """
+
+    key: str
+    resolution: int
+    scheduler: str | None
+
+
+@dataclass(frozen=True)
+class ProfileRun:
+    """One profile run a table's measured numbers came from: the settings serving them must repeat.
+
+    Attributes:
+        run_id: the run's identity (its manifest's ``run_id``).
+        models: the models it profiled, in its manifest's order.
+        guidance_scale: classifier-free guidance scale; an older run that does not state it ran with
+            :data:`~genedge.contract.runs.DEFAULT_GUIDANCE_SCALE`.
+        dtype: the weights' dtype; an older run that does not state it ran with
+            :data:`~genedge.contract.runs.DEFAULT_DTYPE`.
+        threads: the torch CPU threads it ran with, or None where it does not say.
+    """
+
+    run_id: str
+    models: tuple[ProfiledModel, ...]
+    guidance_scale: float
+    dtype: str
+    threads: int | None
+
+
+@dataclass(frozen=True)
+class TableManifest:
+    """Where a table's numbers came from: the profile runs it was built from, and the document as written.
+
+    Built by :func:`~genedge.contract.table_file.table_manifest_from_dict`, which reads ``runs`` out
+    of ``document``, so the two always agree.
+
+    Attributes:
+        runs: run id → the run (empty for a table of published or derived numbers only).
+        document: the table's ``manifest`` object, written back unchanged so a table keeps its bytes.
+            Besides ``runs`` it holds free-form notes (``built_by``, ``note``, ...) and every run's other
+            manifest fields, for people to read; code reads the runs from ``runs``, never from here.
+    """
+
+    runs: Mapping[str, ProfileRun] = field(default_factory=dict)
+    document: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ProfileSettings:
     """The generation settings a model's profile ran with (so serving it reproduces its latencies).
 
@@ -429,7 +486,7 @@ class CalibrationTable:
         category_mapping: how prompt labels map to categories (column and labels).
         models: model key → calibration.
         sources: reference key → {"kind", "citation" or "rule"}.
-        manifest: provenance of the measurements (free-form, copied from run manifests).
+        manifest: provenance of the measurements: the profile runs they came from.
         exclusions: records left out of the fits, counted by model, steps and reason.
             Written only when non-empty.
     """
@@ -440,7 +497,7 @@ class CalibrationTable:
     category_mapping: Mapping[str, Any]
     models: Mapping[str, ModelCalibration]
     sources: Mapping[str, Mapping[str, str]]
-    manifest: Mapping[str, Any] = field(default_factory=dict)
+    manifest: TableManifest = field(default_factory=TableManifest)
     exclusions: tuple[Exclusion, ...] = ()
 
     @property
@@ -448,31 +505,26 @@ class CalibrationTable:
         """Device memory (bytes), or None where the table does not say."""
         return self.device.get("memory_bytes")
 
-    def _profile_runs(self) -> list[Mapping[str, Any]]:
-        """The run manifests the table's measurements came from (none for a table of published numbers)."""
-        return list((self.manifest.get("runs") or {}).values())
-
     def profile_settings(self) -> dict[str, ProfileSettings]:
-        """Model key → the settings its profile ran with, from the run manifests in :attr:`manifest`.
+        """Model key → the settings its profile ran with, from the profile runs in :attr:`manifest`.
 
-        A model no run profiled (its numbers published or derived) has no entry; a run that does not
-        state its guidance scale or dtype ran with :data:`~genedge.contract.runs.DEFAULT_GUIDANCE_SCALE`
-        and :data:`~genedge.contract.runs.DEFAULT_DTYPE`.
+        A model no run profiled (its numbers published or derived) has no entry; a model that several
+        runs profiled has those of the last of them (a table lists its runs by run id).
         """
-        settings: dict[str, ProfileSettings] = {}
-        for run in self._profile_runs():
-            for model in run.get("models", []):
-                settings[model["key"]] = ProfileSettings(
-                    resolution=int(model["resolution"]),
-                    scheduler=(model.get("scheduler") or {}).get("class"),
-                    guidance_scale=float(run.get("guidance_scale", DEFAULT_GUIDANCE_SCALE)),
-                    dtype=str(run.get("dtype", DEFAULT_DTYPE)),
-                )
-        return settings
+        return {
+            model.key: ProfileSettings(
+                resolution=model.resolution,
+                scheduler=model.scheduler,
+                guidance_scale=run.guidance_scale,
+                dtype=run.dtype,
+            )
+            for run in self.manifest.runs.values()
+            for model in run.models
+        }
 
     def profile_threads(self) -> int | None:
         """The torch CPU thread count of the table's profile runs, or None when they differ or do not say."""
-        threads = {run.get("host", {}).get("threads") for run in self._profile_runs()} - {None}
+        threads = {run.threads for run in self.manifest.runs.values()} - {None}
         return threads.pop() if len(threads) == 1 else None
 
     def source_counts(self) -> dict[str, int]:

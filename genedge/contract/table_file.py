@@ -18,19 +18,21 @@ from typing import Any, get_args
 
 from genedge.contract.bounds import (
     MAX_BATCH_SIZE,
+    MAX_GUIDANCE_SCALE,
     MAX_JOULES,
     MAX_MEMORY_BYTES,
     MAX_PIXELS,
     MAX_SCORE_SE,
     MAX_SECONDS,
     MAX_STEPS,
+    MAX_THREADS,
     MAX_WATTS,
 )
 from genedge.contract.clip import CLIPSCORE_RANGE, ClipConvention
 from genedge.contract.fields import FieldReader
 from genedge.contract.files import ArtifactError, read_json, write_text_atomic
 from genedge.contract.mappings import check_category_mapping
-from genedge.contract.runs import MEMORY_RUNGS
+from genedge.contract.runs import DEFAULT_DTYPE, DEFAULT_GUIDANCE_SCALE, MEMORY_RUNGS
 from genedge.contract.table import (
     HOST_MEMORY_FIELDS,
     CalibrationTable,
@@ -40,15 +42,26 @@ from genedge.contract.table import (
     LatencyModel,
     MemoryPeak,
     ModelCalibration,
+    ProfiledModel,
+    ProfileRun,
     QualityCell,
     QualityCurve,
     Source,
     StageBreakdown,
+    TableManifest,
     cell_error_problem,
     saturating_mean,
 )
 
-__all__ = ["SCHEMA_VERSION", "TableError", "load_table", "save_table", "table_from_dict", "table_to_dict"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "TableError",
+    "load_table",
+    "save_table",
+    "table_from_dict",
+    "table_manifest_from_dict",
+    "table_to_dict",
+]
 
 SCHEMA_VERSION = 1
 _KIND = "genedge.calibration_table"
@@ -405,6 +418,71 @@ def _read_convention(r: FieldReader, raw: Mapping[str, Any], path: str) -> ClipC
     )
 
 
+def _read_profiled_model(r: FieldReader, raw: Any, path: str) -> ProfiledModel:
+    """One entry of a profile run's ``models``: its key, resolution and scheduler class."""
+    r.check(raw, path, dict)
+    scheduler = r.opt(raw, "scheduler", path, dict)
+    scheduler_class = None if scheduler is None else r.opt(scheduler, "class", f"{path}.scheduler", str)
+    resolution = r.get(raw, "resolution", path, int)
+    return ProfiledModel(
+        key=r.name(r.get(raw, "key", path, str), f"{path}.key"),
+        resolution=r.bounded(resolution, f"{path}.resolution", minimum=1, maximum=MAX_PIXELS, what="pixels"),
+        scheduler=None if scheduler_class is None else r.name(scheduler_class, f"{path}.scheduler.class"),
+    )
+
+
+def _read_profile_run(r: FieldReader, run_id: str, raw: Any, path: str) -> ProfileRun:
+    """One embedded run manifest; an older run without a guidance scale or dtype gets the run defaults here."""
+    r.check(raw, path, dict)
+    guidance_scale = r.opt_number(
+        raw, "guidance_scale", path, minimum=0.0, maximum=MAX_GUIDANCE_SCALE, what="a guidance scale"
+    )
+    dtype = r.opt(raw, "dtype", path, str)
+    host = r.opt(raw, "host", path, dict) or {}
+    threads = r.opt(host, "threads", f"{path}.host", int)
+    if threads is not None:
+        r.bounded(threads, f"{path}.host.threads", minimum=1, maximum=MAX_THREADS, what="a thread count")
+    models = r.get(raw, "models", path, list)
+    return ProfileRun(
+        run_id=run_id,
+        models=tuple(_read_profiled_model(r, model, f"{path}.models[{i}]") for i, model in enumerate(models)),
+        guidance_scale=DEFAULT_GUIDANCE_SCALE if guidance_scale is None else guidance_scale,
+        dtype=DEFAULT_DTYPE if dtype is None else r.name(dtype, f"{path}.dtype"),
+        threads=threads,
+    )
+
+
+def _read_manifest(r: FieldReader, raw: Mapping[str, Any], path: str) -> TableManifest:
+    """The ``manifest`` object: its ``runs`` typed, the object itself kept to be written back unchanged."""
+    runs = r.opt(raw, "runs", path, dict) or {}
+    return TableManifest(
+        runs={
+            r.name(run_id, f"{path}.runs"): _read_profile_run(r, run_id, run, f"{path}.runs.{run_id}")
+            for run_id, run in runs.items()
+        },
+        document=dict(raw),
+    )
+
+
+def table_manifest_from_dict(raw: Mapping[str, Any], where: str = "<table>") -> TableManifest:
+    """Validate a table's ``manifest`` object and build its :class:`~genedge.contract.table.TableManifest`.
+
+    The object is free-form but for ``runs`` (run id → the run's manifest fields), whose runs are read
+    into typed :class:`~genedge.contract.table.ProfileRun` records: each must list its ``models`` with a
+    ``key`` and an integer ``resolution``, and a stated ``guidance_scale``, ``dtype`` or ``host.threads``
+    must be in range.
+
+    Args:
+        raw: the ``manifest`` object (as read, or as a builder assembles it).
+        where: what to call the table in errors (usually its path).
+
+    Raises:
+        TableError: naming ``where`` and the field, e.g. ``manifest.runs.RUN.models[0].resolution``.
+    """
+    r = FieldReader(where, TableError)
+    return _read_manifest(r, r.check(raw, "manifest", dict), "manifest")
+
+
 def table_from_dict(doc: Mapping[str, Any], where: str = "<table>") -> CalibrationTable:
     """Validate a parsed table document and build a :class:`CalibrationTable`.
 
@@ -453,7 +531,7 @@ def table_from_dict(doc: Mapping[str, Any], where: str = "<table>") -> Calibrati
         category_mapping=check_category_mapping(r.get(doc, "category_mapping", "", dict), where, TableError),
         models=models,
         sources={k: dict(v) for k, v in sources.items()},
-        manifest=dict(r.opt(doc, "manifest", "", dict) or {}),
+        manifest=_read_manifest(r, r.opt(doc, "manifest", "", dict) or {}, "manifest"),
         exclusions=_read_exclusions(r, r.opt(doc, "exclusions", "", list) or [], models),
     )
 
@@ -569,7 +647,7 @@ def table_to_dict(table: CalibrationTable) -> dict[str, Any]:
         "category_mapping": dict(table.category_mapping),
         "models": models,
         "sources": {k: dict(v) for k, v in table.sources.items()},
-        "manifest": dict(table.manifest),
+        "manifest": dict(table.manifest.document),
         **_present(
             exclusions=[
                 {"model_key": e.model_key, "steps": e.steps, "reason": e.reason, "rows": e.rows}
