@@ -29,6 +29,7 @@ import pytest
 
 from genedge.calibrate import Exclusion, TableError, calibrate_runs
 from genedge.contract import ArtifactError, shard_path
+from genedge.contract.table import ProfileSettings
 from genedge.testing import (
     SYNTHETIC_CLIP_CONVENTION,
     QualityTruth,
@@ -143,6 +144,9 @@ def test_two_runs_of_one_device_merge(tmp_path: Path) -> None:
     table = calibrate_runs([a, b])
     assert table.models["m"].quality["Basic"][10].n == 12
     assert sorted(table.manifest.runs) == ["a", "b"]
+    assert table.profile_settings() == {
+        "m": ProfileSettings(resolution=512, scheduler=None, guidance_scale=7.5, dtype="float16")
+    }
 
 
 def test_an_image_recorded_twice_is_refused(tmp_path: Path) -> None:

@@ -4,8 +4,9 @@ that names the file or option and the field, with no traceback and nothing repla
 - ``--out`` onto one of the command's own inputs (any spelling: a symbolic link, ``..``, a hard
   link, a file inside an input run) is refused before any work;
 - a table with unbounded work (a batch size of a million, ``n`` of 1e30), silent garbage (standard
-  errors of 1e308, a repeated ``models`` key, a model named ``''``), a trace in epoch seconds or at
-  1e308 s, a null prompt, a router intercept of 1e308: each refused by its reader;
+  errors of 1e308, a repeated ``models`` key, a model named ``''``, a profile run's guidance scale of
+  1e308 or resolution in words), a trace in epoch seconds or at 1e308 s, a null prompt, a router
+  intercept of 1e308: each refused by its reader;
 - options out of range (``--rate 1e-300``, ``--slo 1e308``, ``--memory-gib 1e308`` or ``nan``,
   ``--seed -1``) name the option; a FIFO or a directory given as a prompt file says what it is;
   a write that the file system refuses names the path and what to do;
@@ -219,6 +220,15 @@ def _huge_step_key(document: dict[str, Any]) -> None:
     cells["9" * 5000] = cells.pop(next(iter(cells)))
 
 
+def _huge_guidance_scale(document: dict[str, Any]) -> None:
+    run = {"guidance_scale": 1e308, "models": [{"key": "sd15", "resolution": 512}]}
+    document["manifest"]["runs"] = {"run-a": run}
+
+
+def _resolution_as_text(document: dict[str, Any]) -> None:
+    document["manifest"]["runs"] = {"run-a": {"models": [{"key": "sd15", "resolution": "512px"}]}}
+
+
 @pytest.mark.parametrize(
     "edit, field, expected",
     [
@@ -227,8 +237,14 @@ def _huge_step_key(document: dict[str, Any]) -> None:
         (_blank_model, "models", "expected a non-empty name"),
         (_huge_latency_n, "models.sd15.latency.n", "expected a count <= 1e+09"),
         (_huge_step_key, "models.sd15.quality.Basic.999", "expected a positive integer step count as key"),
+        (
+            _huge_guidance_scale,
+            "manifest.runs.run-a.guidance_scale",
+            "expected a guidance scale <= 100, but got 1e+308",
+        ),
+        (_resolution_as_text, "manifest.runs.run-a.models[0].resolution", "expected an integer, but got str"),
     ],
-    ids=["n-1e30", "se-1e308", "blank-model", "n-1e400", "step-key-5000-digits"],
+    ids=["n-1e30", "se-1e308", "blank-model", "n-1e400", "step-key-5000-digits", "guidance-1e308", "resolution-text"],
 )
 def test_tables_with_garbage_are_refused_naming_the_field(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: Any, field: str, expected: str

@@ -14,6 +14,8 @@ from conftest import ROOT, SHARED_DATA, needs_shared_data
 
 from genedge import data
 from genedge.calibrate import TableError, load_table, save_table, table_from_dict
+from genedge.contract.runs import DEFAULT_DTYPE, DEFAULT_GUIDANCE_SCALE
+from genedge.contract.table import ProfiledModel, ProfileRun, ProfileSettings
 from genedge.optimizer import Problem, Workload
 
 REFERENCE = data.path("tables", "reference-a100.json")
@@ -31,11 +33,13 @@ def _write(tmp_path: Path, document: dict, raw: str | None = None) -> Path:
 
 
 def _break(document: dict, dotted: str, value=...) -> dict:
+    """A copy of ``document`` with the field at ``dotted`` (list items by index) set to ``value``, or deleted."""
     out = copy.deepcopy(document)
     *parents, last = dotted.split(".")
     node = out
     for key in parents:
-        node = node[key]
+        node = node[int(key) if isinstance(node, list) else key]
+    last = int(last) if isinstance(node, list) else last
     if value is ...:
         del node[last]
     else:
@@ -153,3 +157,126 @@ def test_reference_table_is_reproduced_by_its_script(tmp_path):
         [sys.executable, str(script), "--data", str(SHARED_DATA), "--out", str(out)], check=True, capture_output=True
     )
     assert out.read_bytes() == REFERENCE.read_bytes()
+
+
+# --------------------------------------------------------------------------------------------------
+# The profile runs a table embeds in its manifest
+
+
+def _profile_run() -> dict:
+    """One run as calibrate embeds it: its manifest's fields but the identity and the CLIPScore convention."""
+    scheduler = {"class": "DDIMScheduler", "config": {"steps_offset": 1, "timestep_spacing": "leading"}}
+    return {
+        "settings_sha256": "ab" * 32,
+        "host": {"cpu": "AMD EPYC", "os": "Linux", "threads": 4},
+        "device": {"name": "NVIDIA A100-SXM4-40GB", "driver": "550.54", "cuda": "12.4", "memory_bytes": 42949672960},
+        "versions": {"genedge": "0.1.0", "torch": "2.4.0"},
+        "dtype": "float16",
+        "resolution": None,
+        "guidance_scale": 5.0,
+        "scheduler": scheduler,
+        "models": [
+            {"key": "sd15", "revision": "1d0c4eb", "is_replica": False, "resolution": 512, "scheduler": scheduler},
+            {"key": "sdxl", "revision": None, "is_replica": False, "resolution": 1024, "scheduler": None},
+        ],
+        "steps": [10, 20, 30, 40, 50],
+        "batch_size": 1,
+        "seeds": [0],
+        "warmup": 1,
+        "nvml": {"available": True, "driver": "550.54"},
+        "energy": {"available": True, "source": "nvml", "reason": None},
+    }
+
+
+@pytest.fixture
+def profiled(doc) -> dict:
+    """The reference table's document with one embedded profile run, ``run-a``."""
+    return {**doc, "manifest": {"note": "calibrated from one run", "runs": {"run-a": _profile_run()}}}
+
+
+def test_embedded_runs_are_typed_and_written_back_byte_identical(tmp_path, profiled):
+    path = tmp_path / "profiled.json"
+    path.write_text(json.dumps(profiled, indent=2, sort_keys=True) + "\n")
+    table = load_table(path)
+    assert table.manifest.runs == {
+        "run-a": ProfileRun(
+            run_id="run-a",
+            models=(ProfiledModel("sd15", 512, "DDIMScheduler"), ProfiledModel("sdxl", 1024, None)),
+            guidance_scale=5.0,
+            dtype="float16",
+            threads=4,
+        )
+    }
+    assert table.profile_settings() == {
+        "sd15": ProfileSettings(resolution=512, scheduler="DDIMScheduler", guidance_scale=5.0, dtype="float16"),
+        "sdxl": ProfileSettings(resolution=1024, scheduler=None, guidance_scale=5.0, dtype="float16"),
+    }
+    assert table.profile_threads() == 4
+    written = save_table(table, tmp_path / "again.json").read_bytes()
+    assert written == path.read_bytes()
+    assert table_from_dict(json.loads(written)) == table
+
+
+def test_an_older_run_without_guidance_scale_or_dtype_reads_with_the_run_defaults(tmp_path, profiled):
+    older = profiled["manifest"]["runs"]["run-a"]
+    for name in ("guidance_scale", "dtype", "host"):
+        del older[name]
+    profiled["manifest"]["runs"]["run-b"] = {**_profile_run(), "models": [{"key": "sd21", "resolution": 768}]}
+    table = load_table(_write(tmp_path, profiled))
+    settings = table.profile_settings()
+    assert settings["sd15"] == ProfileSettings(
+        resolution=512, scheduler="DDIMScheduler", guidance_scale=DEFAULT_GUIDANCE_SCALE, dtype=DEFAULT_DTYPE
+    )
+    assert settings["sd21"] == ProfileSettings(resolution=768, scheduler=None, guidance_scale=5.0, dtype="float16")
+    assert table.profile_threads() == 4  # the one run that says
+    written = json.loads(save_table(table, tmp_path / "again.json").read_bytes())
+    assert written["manifest"] == profiled["manifest"]  # the defaults are applied on reading, never written
+
+
+def test_runs_with_different_threads_state_no_profile_threads(tmp_path, profiled):
+    profiled["manifest"]["runs"]["run-b"] = _break(_profile_run(), "host.threads", 8)
+    assert load_table(_write(tmp_path, profiled)).profile_threads() is None
+
+
+def test_a_table_without_runs_has_no_profile_settings():
+    table = load_table(REFERENCE)
+    assert table.manifest.runs == {} and table.profile_settings() == {} and table.profile_threads() is None
+
+
+_RUN = "manifest.runs.run-a"
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "field", "expected"),
+    [
+        ("manifest", [], "manifest", "expected an object, but got list"),
+        ("manifest.runs", [_profile_run()], "manifest.runs", "expected an object, but got list"),
+        (_RUN, "run-a", _RUN, "expected an object, but got str"),
+        (f"{_RUN}.models", ..., f"{_RUN}.models", "missing field"),
+        (f"{_RUN}.models", {"key": "sd15"}, f"{_RUN}.models", "expected a list, but got dict"),
+        (f"{_RUN}.models.0", "sd15", f"{_RUN}.models[0]", "expected an object, but got str"),
+        (f"{_RUN}.models.0.key", ..., f"{_RUN}.models[0].key", "missing field"),
+        (f"{_RUN}.models.1.key", " sdxl", f"{_RUN}.models[1].key", "expected a non-empty name"),
+        (f"{_RUN}.models.0.resolution", ..., f"{_RUN}.models[0].resolution", "missing field"),
+        (f"{_RUN}.models.0.resolution", 512.0, f"{_RUN}.models[0].resolution", "expected an integer, but got float"),
+        (f"{_RUN}.models.0.resolution", "512", f"{_RUN}.models[0].resolution", "expected an integer, but got str"),
+        (f"{_RUN}.models.0.resolution", 0, f"{_RUN}.models[0].resolution", "expected pixels >= 1, but got 0"),
+        (f"{_RUN}.models.0.scheduler", "DDIM", f"{_RUN}.models[0].scheduler", "expected an object, but got str"),
+        (f"{_RUN}.models.0.scheduler.class", 3, f"{_RUN}.models[0].scheduler.class", "expected a string"),
+        (f"{_RUN}.guidance_scale", 750, f"{_RUN}.guidance_scale", "expected a guidance scale <= 100, but got 750.0"),
+        (f"{_RUN}.guidance_scale", -1.0, f"{_RUN}.guidance_scale", "expected a guidance scale >= 0, but got -1.0"),
+        (f"{_RUN}.guidance_scale", "7.5", f"{_RUN}.guidance_scale", "expected a number, but got str"),
+        (f"{_RUN}.dtype", 16, f"{_RUN}.dtype", "expected a string, but got int"),
+        (f"{_RUN}.dtype", "", f"{_RUN}.dtype", "expected a non-empty name"),
+        (f"{_RUN}.host", "4 threads", f"{_RUN}.host", "expected an object, but got str"),
+        (f"{_RUN}.host.threads", 0, f"{_RUN}.host.threads", "expected a thread count >= 1, but got 0"),
+        (f"{_RUN}.host.threads", True, f"{_RUN}.host.threads", "expected an integer, but got a boolean"),
+    ],
+)
+def test_a_malformed_embedded_run_names_file_and_field(tmp_path, profiled, dotted, value, field, expected):
+    path = _write(tmp_path, _break(profiled, dotted, value))
+    with pytest.raises(TableError) as info:
+        load_table(path)
+    assert info.value.where == str(path)
+    assert info.value.field_path == field
+    assert expected in str(info.value)
