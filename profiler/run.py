@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from genedge.contract.bounds import MAX_GUIDANCE_SCALE, MAX_THREADS, range_problem
 from genedge.contract.runs import (
     DEFAULT_DTYPE,
     DEFAULT_GUIDANCE_SCALE,
@@ -215,8 +216,15 @@ def _check_options(config: ProfileConfig) -> None:
             raise ValueError(f"Expected {name} ≥ 1, but got {getattr(config, name)}")
     if config.warmup < 0:
         raise ValueError(f"Expected warmup ≥ 0, but got {config.warmup}")
-    if config.threads is not None and config.threads < 1:
-        raise ValueError(f"Expected threads ≥ 1, but got {config.threads}")
+    # The calibration table refuses a run outside these ranges, so the profiler never measures one.
+    for name, what, minimum, maximum in (
+        ("guidance_scale", "a guidance scale", 0.0, MAX_GUIDANCE_SCALE),
+        ("threads", "a thread count", 1, MAX_THREADS),
+    ):
+        value = getattr(config, name)
+        problem = None if value is None else range_problem(value, minimum=minimum, maximum=maximum, what=what)
+        if problem is not None:
+            raise ValueError(f"{name}: {problem}")
     if config.resolution is not None and (config.resolution < 8 or config.resolution % 8):
         raise ValueError(f"Expected a resolution that is a positive multiple of 8, but got {config.resolution}")
     if config.device is not None:

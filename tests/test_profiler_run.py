@@ -179,6 +179,8 @@ def test_rerun_skips_everything_and_other_settings_are_refused(
     [
         ({"models": ("replica:nope",)}, r"Available: bk-sdm-base, .*tiny-xl"),
         ({"steps": (0, 2)}, r"Expected steps as positive integers, but got \[0, 2\]"),
+        ({"guidance_scale": 750.0}, r"guidance_scale: expected a guidance scale <= 100, but got 750\.0"),
+        ({"threads": 0}, r"threads: expected a thread count >= 1, but got 0"),
         (
             {"category_mapping": "category", "prompts": "no-category"},
             r"Category: category mapping 'category' reads this column",

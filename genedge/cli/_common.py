@@ -17,9 +17,11 @@ from genedge.contract.bounds import (
     MAX_COUNT,
     MAX_DELAY_S,
     MAX_DELAY_WEIGHT,
+    MAX_GUIDANCE_SCALE,
     MAX_MEMORY_BYTES,
     MAX_PIXELS,
     MAX_RATE_PER_S,
+    MAX_THREADS,
     MAX_TRACE_S,
     MIN_RATE_PER_S,
     range_problem,
@@ -115,6 +117,10 @@ seed_argument = bounded_number("a seed", minimum=0, kind=int)
 batch_size_argument = bounded_number("images per call", minimum=1, maximum=MAX_BATCH_SIZE, kind=int)
 #: An argparse type for an image side (--resolution).
 image_side = bounded_number("pixels", minimum=1, maximum=MAX_PIXELS, kind=int)
+#: An argparse type for a classifier-free guidance scale (profile's --guidance-scale).
+guidance_scale_argument = bounded_number("a guidance scale", minimum=0, maximum=MAX_GUIDANCE_SCALE)
+#: An argparse type for torch's CPU threads (--threads).
+threads_argument = bounded_number("a thread count", minimum=1, maximum=MAX_THREADS, kind=int)
 #: An argparse type for a compute budget (--budget, simulate's --budgets).
 budget_gpus = bounded_number("GPUs", minimum=0, strict=True, maximum=MAX_BUDGET_GPUS)
 #: An argparse type for a delay weight (--weight, simulate's --weights).

@@ -19,8 +19,10 @@ from genedge.cli._common import (
     add_budget_arguments,
     add_workload_arguments,
     comma_separated,
+    guidance_scale_argument,
     image_side,
     seed_argument,
+    threads_argument,
     workload_from_args,
 )
 from genedge.contract.runs import DEFAULT_GUIDANCE_SCALE
@@ -84,11 +86,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--guidance-scale",
-        type=float,
+        type=guidance_scale_argument,
         default=DEFAULT_GUIDANCE_SCALE,
         help=f"classifier-free guidance (default: {DEFAULT_GUIDANCE_SCALE})",
     )
-    parser.add_argument("--threads", type=int, help="CPU threads torch may use")
+    parser.add_argument("--threads", type=threads_argument, help="CPU threads torch may use")
     parser.add_argument("--clip-backbone", default=DEFAULT_CLIP_BACKBONE, help=f"(default: {DEFAULT_CLIP_BACKBONE})")
     parser.add_argument(
         "--clip-pretrained", default=DEFAULT_CLIP_PRETRAINED, help=f"(default: {DEFAULT_CLIP_PRETRAINED}; 'none')"

@@ -6,7 +6,14 @@ import argparse
 import logging
 from typing import Any
 
-from genedge.cli._common import batch_size_argument, comma_separated, image_side, seed_argument
+from genedge.cli._common import (
+    batch_size_argument,
+    comma_separated,
+    guidance_scale_argument,
+    image_side,
+    seed_argument,
+    threads_argument,
+)
 
 # Light modules (constants only); torch, diffusers and open_clip load inside run().
 from genedge.contract.runs import DEFAULT_GUIDANCE_SCALE
@@ -89,7 +96,7 @@ def _add_measurement_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--guidance-scale",
-        type=float,
+        type=guidance_scale_argument,
         default=DEFAULT_GUIDANCE_SCALE,
         help=f"classifier-free guidance (default: {DEFAULT_GUIDANCE_SCALE}; ≤1 disables)",
     )
@@ -109,7 +116,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=threads_argument,
         help="CPU threads torch may use (torch.set_num_threads; default: torch's own, recorded in the manifest)",
     )
     parser.add_argument("--save-images", action="store_true", help="keep PNGs under OUT/images/<sha256>.png")
