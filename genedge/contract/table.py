@@ -425,9 +425,9 @@ class ProfileRun:
     Attributes:
         run_id: the run's identity (its manifest's ``run_id``).
         models: the models it profiled, in its manifest's order.
-        guidance_scale: classifier-free guidance scale; an older run that does not state it ran with
-            :data:`~genedge.contract.runs.DEFAULT_GUIDANCE_SCALE`.
-        dtype: the weights' dtype; an older run that does not state it ran with
+        guidance_scale: classifier-free guidance scale; an older run that does not state it is read as
+            run with :data:`~genedge.contract.runs.DEFAULT_GUIDANCE_SCALE`.
+        dtype: the weights' dtype; an older run that does not state it is read as run with
             :data:`~genedge.contract.runs.DEFAULT_DTYPE`.
         threads: the torch CPU threads it ran with, or None where it does not say.
     """
