@@ -19,6 +19,10 @@ ones the writers make, or the shipped tables and routers. It does not see a docu
 name, one read by a :class:`~genedge.contract.fields.FieldReader` outside its contract, a load test's
 records (Parquet columns, read as a frame), or documents of other kinds (a profile run's manifest, a
 category mapping).
+
+A table's ``manifest`` object is kept as written (``table.manifest.document``) only to be written back;
+its profile runs are read typed (``table.manifest.runs``), so no module but the table's writer touches
+the document.
 """
 
 from __future__ import annotations
@@ -402,3 +406,34 @@ def test_every_defining_module_exists():
 def test_no_module_outside_its_contract_indexes_a_document_by_key(kind: DocumentKind):
     assert {path.split("/")[0] for path in scanned_modules(kind)} == set(PACKAGE_DIRS)
     assert list(package_raw_reads(kind)) == []
+
+
+#: Every folder of code that may hold a calibration table: the package's and the scripts'.
+CODE_DIRS = (*PACKAGE_DIRS, "benchmarks", "scripts")
+
+
+def manifest_document_reads(source: str, filename: str = "<source>") -> list[str]:
+    """``file:line`` of each ``….manifest.document`` in ``source``: a table's manifest object as written."""
+    return [
+        f"{filename}:{node.lineno}"
+        for node in ast.walk(ast.parse(source, filename))
+        if isinstance(node, ast.Attribute)
+        and node.attr == "document"
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "manifest"
+    ]
+
+
+def test_the_scan_catches_a_planted_read_of_a_tables_manifest_document():
+    planted = "threads = spec.table.manifest.document['runs']\nfine = table.manifest.runs, table.profile_threads()\n"
+    assert manifest_document_reads(planted) == ["<source>:1"]
+
+
+def test_only_the_table_writer_touches_a_tables_manifest_document():
+    found = [
+        hit.rpartition(":")[0]
+        for folder in CODE_DIRS
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for hit in manifest_document_reads(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
+    ]
+    assert found == ["genedge/contract/table_file.py"]
