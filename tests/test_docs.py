@@ -491,3 +491,34 @@ def test_documented_command_runs_and_prints_what_the_docs_show(command: str, fol
             assert shows(item.output, printed), (
                 f"{item.where}: the page's output of `{command}` is not what it prints\n{diff}"
             )
+
+
+def python_blocks() -> list[tuple[str, str]]:
+    """(``page:line``, source) of every fenced ``python`` block of README.md and docs/."""
+    blocks = []
+    for page in PAGES:
+        body: list[str] | None = None
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+            fence = _FENCE.match(line)
+            if fence and body is None and fence.group(1) == "python":
+                body, start = [], number
+            elif fence and body is not None:
+                blocks.append((f"{page.relative_to(ROOT)}:{start}", "\n".join(body) + "\n"))
+                body = None
+            elif body is not None:
+                body.append(line)
+    return blocks
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("where", "source"), python_blocks(), ids=[where for where, _ in python_blocks()])
+def test_documented_python_runs(where: str, source: str, tmp_path: Path):
+    # A block that talks to a server needs one started first (tests/test_serve_http.py does that with the
+    # same client calls); here its imports must still resolve. Any other block runs whole, in an empty folder.
+    if "http://" in source:
+        source = "".join(line + "\n" for line in source.splitlines() if line.startswith(("import ", "from ")))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", source], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, f"{where}: {done.stderr[-2000:]}"
