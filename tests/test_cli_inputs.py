@@ -55,6 +55,25 @@ def test_light_commands_import_nothing_heavy(heavy_imports: list[list[str]], ind
     assert heavy_imports[index] == []
 
 
+def test_plan_builds_only_its_own_parser_and_the_top_level_help_lists_every_command() -> None:
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from genedge.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    status = main(['-v', 'plan'])\n"
+        "stages = sorted(m for m in sys.modules if m.startswith(('genedge.profiler', 'genedge.serve')))\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
+        "    main(['--help', 'plan'])\n"
+        "print(json.dumps([status, stages, out.getvalue()]))\n"
+    )
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    status, stages, top_help = json.loads(done.stdout.strip().splitlines()[-1])
+    assert status == 0 and stages == []
+    assert all(f"    {name}" in top_help for name in ("profile", "plan", "serve", "loadtest"))
+
+
 def test_a_missing_profile_extra_is_one_line_naming_the_install(tmp_path: Path) -> None:
     # Blocking the import is what a light install looks like to genedge.
     code = (

@@ -2,8 +2,10 @@
 
 This is the only layer that knows all three stages. Each subcommand lives in
 its own module with an ``add_parser(subparsers)`` function that registers it
-and sets ``func``. Building the parser imports the planner (numpy, scipy.special)
-and nothing heavier; pandas, pyarrow, scipy.stats, matplotlib and torch are
+and sets ``func``. A command line naming one subcommand builds only that
+subcommand's parser (so ``plan`` imports neither the profiler nor the server for
+their option defaults); building the plan parser imports the planner (numpy,
+scipy.special) and nothing heavier; pandas, pyarrow, scipy.stats, matplotlib and torch are
 imported inside the commands that need them, so ``--help``, ``plan`` and
 ``simulate`` (without figures) start fast. A command whose install extra is
 missing ends with one line naming it.
@@ -40,8 +42,12 @@ _COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser with every subcommand registered."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Build the argument parser.
+
+    Args:
+        command: register only this subcommand (one of the command names); None registers every one.
+    """
     parser = argparse.ArgumentParser(
         prog="genedge",
         description=(
@@ -59,9 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="log more (-v: info, -vv: debug); logs go to stderr",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
+    for name in _COMMAND_MODULES if command is None else (command,):
         importlib.import_module(f"genedge.cli.{name}").add_parser(subparsers)
     return parser
+
+
+def _named_command(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` runs, where it names a known one before asking for the top-level help."""
+    for word in argv:
+        if word in ("-h", "--help"):
+            return None  # the top-level help lists every command
+        if not word.startswith("-"):
+            return word if word in _COMMAND_MODULES else None
+    return None
 
 
 def _one_line_warning(
@@ -74,7 +90,8 @@ def _one_line_warning(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``genedge`` console script; returns the exit status."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_named_command(argv))
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
