@@ -383,10 +383,11 @@ def model_specs_from_pairs(pairs: Sequence[str]) -> dict[str, str]:
 def read_table_file(path: str | Path) -> tuple[CalibrationTable, bytes]:
     """A table file's table (read by the table reader, so a table the planner would refuse is refused
     here too) and the bytes it was read from (their sha256 is what plans record)."""
-    from genedge.contract.files import read_json
+    from genedge.contract.files import check_input_file, parse_json
     from genedge.contract.table_file import TableError, table_from_dict
 
-    path = Path(path)
-    data = path.read_bytes()
-    document = read_json(path, "a JSON calibration table", TableError)
+    what = "a JSON calibration table"
+    path = check_input_file(path, what)
+    data = path.read_bytes()  # read once: the table served is the one hashed
+    document = parse_json(data, str(path), what, TableError)
     return table_from_dict(document, where=str(path)), data

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 
 import pytest
 
@@ -21,7 +22,7 @@ from genedge.serve.protocol import (
     parse_generate,
     parse_openai,
 )
-from genedge.serve.spec import ServeError, model_specs_from_pairs, place_on_devices, serve_spec
+from genedge.serve.spec import ServeError, model_specs_from_pairs, place_on_devices, read_table_file, serve_spec
 
 CATEGORIES = ("Basic", "Complex")
 
@@ -229,3 +230,16 @@ def test_placement_splits_a_model_larger_than_one_gpu_and_packs_the_rest() -> No
     assert len({device for key, _, device, _ in placed if key == "big"}) == 2  # never two replicas on one device
     # first-fit decreasing: 1.0 | 0.6 + 0.3 | 0.5 — three devices for 2.4 GPUs of shares
     assert sorted(by_device.values()) == pytest.approx([0.5, 0.9, 1.0])
+
+
+def test_a_table_file_is_read_once_and_what_is_hashed_is_what_is_served(tmp_path):
+    source = shipped_data.path("tables", "galaxy-s24.json")
+    path = tmp_path / "table.json"
+    path.write_bytes(source.read_bytes())
+    table, data = read_table_file(path)
+    assert data == source.read_bytes() and table == load_table(source)
+    # A FIFO is refused before anything reads it (a read would wait for a writer forever).
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"fifo.json: .*FIFO"):
+        read_table_file(fifo)

@@ -27,6 +27,7 @@ __all__ = [
     "check_not_input",
     "check_write_target",
     "os_error_message",
+    "parse_json",
     "read_json",
     "write_bytes_atomic",
     "write_figure",
@@ -102,29 +103,43 @@ def read_json(path: str | os.PathLike[str], what: str, error: type[ArtifactError
             given twice in one object (naming it), or nesting deeper than :data:`MAX_JSON_DEPTH`.
     """
     path = check_input_file(path, what)
+    return parse_json(path.read_bytes(), str(path), what, error)
+
+
+def parse_json(data: bytes, where: str, what: str, error: type[ArtifactError] = ArtifactError) -> Any:
+    """Parse the bytes of a JSON artifact already read (so that what is parsed is what was hashed).
+
+    Args:
+        data: the bytes.
+        where: the file they came from, for errors.
+        what / error: as in :func:`read_json`.
+
+    Raises:
+        ArtifactError: as :func:`read_json` (as ``error``), naming ``where``.
+    """
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise error(str(path), f"byte {err.start}", f"not UTF-8 text; expected {what}") from err
+        raise error(where, f"byte {err.start}", f"not UTF-8 text; expected {what}") from err
     try:
         document = json.loads(text, object_pairs_hook=_unique_keys)
     except _DuplicateKey as err:
         raise error(
-            str(path),
+            where,
             f"key {err.key!r}",
             f"given twice in one object; expected unique keys (the second would silently replace the first) in {what}",
         ) from None
     except json.JSONDecodeError as err:
-        raise error(str(path), f"line {err.lineno}", f"not valid JSON ({err.msg}); expected {what}") from err
+        raise error(where, f"line {err.lineno}", f"not valid JSON ({err.msg}); expected {what}") from err
     except ValueError as err:  # the only other ValueError json raises: an integer of more digits than Python converts
         raise error(
-            str(path), "document", f"holds an integer too long to read (over 4,300 digits); expected {what}"
+            where, "document", f"holds an integer too long to read (over 4,300 digits); expected {what}"
         ) from err
     except RecursionError as err:
-        raise error(str(path), "document", f"nested deeper than {MAX_JSON_DEPTH} levels; expected {what}") from err
+        raise error(where, "document", f"nested deeper than {MAX_JSON_DEPTH} levels; expected {what}") from err
     depth = _json_depth(document)
     if depth > MAX_JSON_DEPTH:
-        raise error(str(path), "document", f"nested {depth} levels deep, more than {MAX_JSON_DEPTH}; expected {what}")
+        raise error(where, "document", f"nested {depth} levels deep, more than {MAX_JSON_DEPTH}; expected {what}")
     return document
 
 
