@@ -79,9 +79,7 @@ class ShardWriter:
             check_row(row)
         table = pa.Table.from_pylist([dict(row) for row in rows], schema=record_schema())
         # Another writer may take names since we looked: the write takes the next free one.
-        target, number = write_new_parquet(
-            table, lambda n: shard_path(self.run_dir, self.rank, n), max(self._next, self._first_free())
-        )
+        target, number = write_new_parquet(table, lambda n: shard_path(self.run_dir, self.rank, n), self._next)
         self._next = number + 1
         logger.debug("wrote %d rows to %s", len(rows), target)
         return target
