@@ -93,7 +93,6 @@ class PlanModel:
         share: its GPU share.
         service_s: one call (a batch of up to ``max_batch`` images) on its share (None where not deployed).
         max_batch: the largest batch a call takes, where the plan says.
-        mps_thread_percentage / time_slice_weight: the share's realization on the GPU, where the plan says.
     """
 
     deployed: bool
@@ -101,8 +100,6 @@ class PlanModel:
     share: float
     service_s: float | None
     max_batch: int | None
-    mps_thread_percentage: int | None
-    time_slice_weight: float | None
 
 
 @dataclass(frozen=True)
@@ -429,15 +426,12 @@ def _read_inputs(r: FieldReader, inputs: Mapping[str, Any]) -> PlanInputs:
 
 def _read_model(r: FieldReader, entry: Mapping[str, Any], path: str) -> PlanModel:
     """One ``models.KEY`` entry (already checked for its share and, where deployed, its steps)."""
-    realization = r.opt(entry, "realization", path, dict) or {}
     return PlanModel(
         deployed=bool(r.opt(entry, "deployed", path, bool)),
         steps=r.opt(entry, "steps", path, int),
         share=r.get(entry, "share", path, float),
         service_s=r.opt(entry, "service_s", path, float),
         max_batch=r.opt(entry, "max_batch", path, int),
-        mps_thread_percentage=r.opt(realization, "cuda_mps_active_thread_percentage", f"{path}.realization", int),
-        time_slice_weight=r.opt(realization, "time_slice_weight", f"{path}.realization", float),
     )
 
 
