@@ -1,16 +1,14 @@
 """Claiming a run directory: the per-rank lock and the manifest every process of the run agrees on.
 
-One process per rank may write a run at a time (an OS file lock, released when the process ends,
-however it ends). The manifest is written once, by rank 0; a resumed run keeps its ``run_id``, and a
-folder measured with other settings is refused, naming the fields that differ.
+One process per rank may write a run at a time (:mod:`genedge.contract.locks`: an OS file lock,
+released when the process ends, however it ends). The manifest is written once, by rank 0; a
+resumed run keeps its ``run_id``, and a folder measured with other settings is refused, naming the fields that differ.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import platform
 import secrets
 import time
 from collections.abc import Iterator, Mapping
@@ -18,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from genedge.contract.locks import hold_lock
 from genedge.contract.runs import MANIFEST_NAME, lock_path, read_manifest, settings_document, write_manifest
 from genedge.profiler.records import RunIndex
 
@@ -37,37 +36,12 @@ def new_run_id() -> str:
 @contextlib.contextmanager
 def run_lock(run_dir: Path, rank: int) -> Iterator[None]:
     """Hold the run's per-rank lock: a second process of the same rank is refused, not interleaved."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = lock_path(run_dir, rank)
-    handle = open(path, "a+")  # held open, and so locked, for the whole run
-    try:
-        try:
-            _lock_file(handle)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise ValueError(
-                f"{run_dir}: another genedge profile process ({holder}) is writing this run as rank {rank}; "
-                "wait for it to end, or use another --out"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {platform.node() or 'this host'}\n")
-        handle.flush()
+    busy = (
+        f"{run_dir}: another genedge profile process ({{holder}}) is writing this run as rank {rank}; "
+        "wait for it to end, or use another --out"
+    )
+    with hold_lock(lock_path(run_dir, rank), busy):
         yield
-    finally:
-        handle.close()  # closing releases the lock
-
-
-def _lock_file(handle: Any) -> None:
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
-        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-    else:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _settings_differ(run_dir: Path, existing: Mapping[str, Any], ours: Mapping[str, Any]) -> ValueError:

@@ -5,6 +5,7 @@ re-declares any of it (a test checks):
 
 - :mod:`~genedge.contract.files` — artifact errors, JSON reading, atomic and safe file writing, and
   the refusal of an output that would replace an input;
+- :mod:`~genedge.contract.locks` — one writer per output folder (an OS file lock);
 - :mod:`~genedge.contract.fields` — the one field reader of parsed documents (errors name file and field);
 - :mod:`~genedge.contract.bounds` — the physical ranges every number read must lie in, stated once;
 - :mod:`~genedge.contract.runs` — the profile run layout, the record columns, statuses, key columns,
@@ -55,10 +56,12 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "check_not_input",
             "check_write_target",
             "read_json",
+            "remove_temporaries",
             "write_bytes_atomic",
             "write_figure",
             "write_text_atomic",
         ),
+        ".locks": ("FolderBusyError", "hold_lock"),
         ".mappings": (
             "DEFAULT_MAPPING",
             "MAPPING_FIELDS",

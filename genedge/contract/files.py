@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import stat
 import tempfile
 import threading
@@ -29,6 +30,7 @@ __all__ = [
     "os_error_message",
     "parse_json",
     "read_json",
+    "remove_temporaries",
     "write_bytes_atomic",
     "write_figure",
     "write_new_parquet",
@@ -39,6 +41,9 @@ __all__ = [
 MAX_JSON_DEPTH = 32
 
 _UMASK_LOCK = threading.Lock()
+#: The temporary file :func:`write_bytes_atomic` writes beside its target ``NAME``: ``.NAME.<8 random>.tmp``
+#: (:func:`tempfile.mkstemp`'s random part), renamed or linked to ``NAME`` once whole.
+_TEMPORARY_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
 class ArtifactError(ValueError):
@@ -331,6 +336,36 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, replace: bo
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_temporaries(
+    folder: str | os.PathLike[str], targets: Callable[[str], bool] = lambda name: True, *, recursive: bool = False
+) -> list[Path]:
+    """Remove the temporary files of atomic writes that a kill cut short, before their rename.
+
+    Call it only while holding the folder's lock (:func:`genedge.contract.locks.hold_lock`): a
+    temporary file of a live writer is not a leftover. Nothing else is touched: only names of the
+    form ``.NAME.<random>.tmp``, and only regular files.
+
+    Args:
+        folder: where to look (nothing happens when it does not exist).
+        targets: which target names' temporaries to remove (e.g. one rank's shards); all by default.
+        recursive: also look in every folder below.
+
+    Returns:
+        The files removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")
+    removed = []
+    for path in sorted(found):
+        match = _TEMPORARY_NAME.match(path.name)
+        if match and targets(match["target"]) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
