@@ -13,7 +13,6 @@ Two kinds, each drawn from stated parameters with a seed:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -35,6 +34,7 @@ from genedge.contract.runs import (
     Status,
     record_schema,
     rung_column,
+    settings_sha256,
     shard_path,
 )
 from genedge.optimizer.model import Problem
@@ -122,7 +122,6 @@ def synthetic_run(
     prompts_per_category: int = 20,
     seeds: Sequence[int] = (0,),
     run_id: str = "synthetic",
-    settings_sha256: str | None = None,
     device_name: str = "Synthetic GPU",
     device_memory_bytes: int | None = 16 * 2**30,
     clip_convention: ClipConvention = SYNTHETIC_CLIP_CONVENTION,
@@ -136,9 +135,8 @@ def synthetic_run(
         prompts_per_category: prompts of each category (categories are the union of the
             models' ``quality`` keys, each model needing all of them).
         seeds: image seeds per prompt.
-        run_id, device_name, device_memory_bytes, clip_convention: written to manifest and records.
-        settings_sha256: the settings hash of manifest and records; None hashes the arguments that
-            define what is measured (so two runs of the same settings share it).
+        run_id, device_name, device_memory_bytes, clip_convention: written to manifest and records
+            (with the manifest's ``settings_sha256``, so two runs of the same settings share it).
         rng: seed or generator (``numpy.random.default_rng``); the same seed gives the same run.
 
     Returns:
@@ -147,16 +145,17 @@ def synthetic_run(
     """
     rng = np.random.default_rng(rng)
     categories = list(dict.fromkeys(c for m in models for c in m.quality))
-    if settings_sha256 is None:
-        settings = [[m.key for m in models], list(steps), list(seeds), prompts_per_category, device_name]
-        settings_sha256 = hashlib.sha256(json.dumps(settings).encode()).hexdigest()
     labels = {
         "run_id": run_id,
-        "settings_sha256": settings_sha256,
+        "settings_sha256": "",  # the manifest's, once it is made
         "device_name": device_name,
         "clip_backbone": clip_convention.backbone,
         "clip_pretrained": clip_convention.pretrained,
     }
+    manifest = _synthetic_manifest(
+        models, steps, seeds, prompts_per_category, categories, labels, device_memory_bytes, clip_convention
+    )
+    labels["settings_sha256"] = manifest["settings_sha256"] = settings_sha256(manifest)
     rows = [
         _synthetic_record(model, s, category, i, seed, labels, rng)
         for model in models
@@ -165,9 +164,6 @@ def synthetic_run(
         for i in range(prompts_per_category)
         for seed in seeds
     ]
-    manifest = _synthetic_manifest(
-        models, steps, seeds, prompts_per_category, categories, labels, device_memory_bytes, clip_convention
-    )
     return manifest, pd.DataFrame(rows)
 
 

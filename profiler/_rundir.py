@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import secrets
 import time
 from collections.abc import Iterator, Mapping
@@ -16,8 +17,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from genedge.contract.files import remove_temporaries
 from genedge.contract.locks import hold_lock
-from genedge.contract.runs import MANIFEST_NAME, lock_path, read_manifest, settings_document, write_manifest
+from genedge.contract.runs import (
+    MANIFEST_NAME,
+    RECORDS_DIR,
+    lock_path,
+    read_manifest,
+    settings_document,
+    write_manifest,
+)
 from genedge.profiler.records import RunIndex
 
 __all__ = ["new_run_id", "run_lock", "open_run"]
@@ -35,12 +44,22 @@ def new_run_id() -> str:
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path, rank: int) -> Iterator[None]:
-    """Hold the run's per-rank lock: a second process of the same rank is refused, not interleaved."""
+    """Hold the run's per-rank lock: a second process of the same rank is refused, not interleaved.
+
+    Holding it, remove what a killed process of this rank left half-written: temporary files of its
+    shards (and of the manifest, for rank 0), which no live writer can own.
+    """
     busy = (
         f"{run_dir}: another genedge profile process ({{holder}}) is writing this run as rank {rank}; "
         "wait for it to end, or use another --out"
     )
     with hold_lock(lock_path(run_dir, rank), busy):
+        own = re.compile(rf"shard-{rank}-\d+\.parquet")
+        removed = remove_temporaries(run_dir / RECORDS_DIR, lambda name: own.fullmatch(name) is not None)
+        if rank == 0:
+            removed += remove_temporaries(run_dir, lambda name: name == MANIFEST_NAME)
+        for path in removed:
+            logger.info("%s: removed, a temporary file a killed run left", path)
         yield
 
 
@@ -52,6 +71,19 @@ def _settings_differ(run_dir: Path, existing: Mapping[str, Any], ours: Mapping[s
         f"with other settings ({', '.join(differing)} differ); "
         "rerun with its settings to resume it, or use another --out"
     )
+
+
+def _check_run_id(path: Path, existing: Mapping[str, Any], index: RunIndex) -> None:
+    """Refuse a manifest whose run id names none of the rows measured with its settings: resuming it would
+    measure every image again beside rows it calls foreign."""
+    runs = {run: n for (run, sha), n in index.identities().items() if sha == existing["settings_sha256"]}
+    if runs and existing["run_id"] not in runs:
+        named = ", ".join(f"{run} ({n} rows)" for run, n in sorted(runs.items()))
+        raise ValueError(
+            f"{path}: field 'run_id': {existing['run_id']!r} names none of the rows measured with these settings "
+            f"(runs {named}); the manifest was edited or replaced: restore it, or delete it to rebuild it from the "
+            "rows, or use another --out"
+        )
 
 
 def _wait_for_manifest(path: Path, rank: int) -> None:
@@ -75,6 +107,7 @@ def open_run(run_dir: Path, manifest: dict[str, Any], rank: int, index: RunIndex
         existing = read_manifest(run_dir)
         if existing["settings_sha256"] != manifest["settings_sha256"]:
             raise _settings_differ(run_dir, existing, manifest)
+        _check_run_id(path, existing, index)
         return existing
     found = index.identities()
     mine = {run: n for (run, sha), n in found.items() if sha == manifest["settings_sha256"]}

@@ -87,7 +87,16 @@ def test_null_scores_and_failed_generations_are_counted_not_dropped(tmp_path: Pa
 def test_missing_column_is_an_error_naming_shard_and_column(tmp_path: Path) -> None:
     manifest, records = _run(tmp_path)
     run = write_run(tmp_path / "run", manifest, records.drop(columns=["total_s"]))
-    with pytest.raises(TableError, match=re.escape(f"{shard_path(run, 0, 0)}: total_s: missing column")):
+    with pytest.raises(ArtifactError, match=re.escape(f"{shard_path(run, 0, 0)}: total_s: missing record column")):
+        calibrate_runs([run])
+
+
+def test_a_column_of_another_type_is_an_error_naming_shard_and_column(tmp_path: Path) -> None:
+    manifest, records = _run(tmp_path)
+    run = write_run(tmp_path / "run", manifest, records)
+    shard = shard_path(run, 0, 0)
+    pd.read_parquet(shard).astype({"steps": str}).to_parquet(shard)  # as a hand edit with pandas writes it
+    with pytest.raises(ArtifactError, match=re.escape(f"{shard_path(run, 0, 0)}: steps: expected int32 values, but")):
         calibrate_runs([run])
 
 

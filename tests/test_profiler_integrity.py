@@ -1,16 +1,22 @@
-"""Runs that cannot lose or mix rows: locks, foreign and duplicated shards, corrupt shards, lost manifests, moves."""
+"""Runs that cannot lose or mix rows: locks, foreign, duplicated, corrupt and mistyped shards, lost and edited
+manifests, moves, kills inside a shard's write."""
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
+import json
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from conftest import genedge_env
+from conftest import genedge_env, genedge_in_process
+from kill_points import run_killed
 
 from genedge.calibrate import TableError, read_runs
 from genedge.contract import ArtifactError, audit_run, lock_path, read_manifest
@@ -111,7 +117,7 @@ def test_a_corrupt_shard_is_named_then_quarantined_and_its_images_measured_again
     bad.write_bytes(bad.read_bytes()[:100])  # truncated, as by a full disk
     with pytest.raises(ArtifactError, match=rf"{bad.name}.*--quarantine-corrupt"):
         profile(config, run_dir)
-    assert summarize_run(run_dir).audit.corrupt == (bad,)
+    assert list(summarize_run(run_dir).audit.corrupt) == [bad]
 
     result = profile(config, run_dir, quarantine_corrupt=True)
     assert result.recorded == 2 and result.quarantined == (run_dir / "quarantine" / bad.name,)
@@ -201,5 +207,72 @@ def test_two_concurrent_profiles_then_a_resume_give_one_row_per_key(config: Prof
     resumed = subprocess.run(_cli(config, out), env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert resumed.returncode == 0, resumed.stderr
     assert f"skipped {N_IMAGES} already recorded" in resumed.stdout
+    _one_row_per_key(out)
+    assert audit_run(out, read_manifest(out)).problems() == []
+
+
+def test_a_shard_missing_a_column_is_named_by_show_resume_and_calibrate(
+    run_dir: Path, config: ProfileConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shard = _shards(run_dir)[1]
+    pd.read_parquet(shard).drop(columns=["total_s"]).to_parquet(shard)  # as a hand edit with pandas writes it
+    shown = genedge_in_process(capsys, "profile", "show", run_dir)
+    assert shown.returncode == 0
+    assert f"problem: {shard}: total_s: missing record column" in shown.stdout
+    with pytest.raises(ArtifactError, match=rf"{shard.name}: total_s: missing record column .*--quarantine-corrupt"):
+        profile(config, run_dir)
+    calibrated = genedge_in_process(capsys, "calibrate", run_dir, "--out", run_dir.parent / "table.json")
+    assert calibrated.returncode == 2 and f"{shard}: total_s: missing record column" in calibrated.stderr
+
+
+def test_a_string_steps_column_is_refused_by_calibrate_naming_it(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shard = _shards(run_dir)[0]
+    pd.read_parquet(shard).astype({"steps": str}).to_parquet(shard)
+    calibrated = genedge_in_process(capsys, "calibrate", run_dir, "--out", run_dir.parent / "table.json")
+    assert calibrated.returncode == 2
+    assert f"{shard}: steps: expected int32 values, but the column holds" in calibrated.stderr
+    assert "Traceback" not in calibrated.stderr
+
+
+def test_a_hand_edited_manifest_is_refused_by_show_resume_and_calibrate(
+    run_dir: Path, config: ProfileConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = run_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["guidance_scale"] = 3.0  # the rows were measured at 7.5
+    path.write_text(json.dumps(manifest))
+    expected = f"{path}: settings_sha256: .* is not the hash of the manifest's settings"
+    for command in (("profile", "show", run_dir), ("calibrate", run_dir, "--out", run_dir.parent / "t.json")):
+        result = genedge_in_process(capsys, *command)
+        assert result.returncode == 2 and re.search(expected, result.stderr), result.stderr
+    with pytest.raises(ArtifactError, match=expected):
+        profile(config, run_dir)
+
+
+def test_a_manifest_whose_run_id_names_none_of_its_rows_is_not_resumed(run_dir: Path, config: ProfileConfig) -> None:
+    path = run_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    run_id, manifest["run_id"] = manifest["run_id"], "20260101T000000Z-000000"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=rf"field 'run_id': .* names none of the rows .* \(runs {run_id} \(8 rows\)\)"):
+        profile(config, run_dir)
+    assert len(read_records(run_dir)) == N_IMAGES  # nothing measured again beside them
+
+
+def test_a_kill_inside_a_shard_write_leaves_nothing_a_resume_does_not_clean(
+    config: ProfileConfig, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    # Publish call 1 is the manifest's rename; 2, 3, ... link the shards, each written whole beside its name
+    # first. Killed before the second shard's link, that shard is a temporary file only.
+    killed = run_killed(3, "before", _cli(config, out)[3:])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(list((out / "records").glob(".*.tmp"))) == 1
+    assert len(read_records(out)) == 2
+    resumed = subprocess.run(_cli(config, out), env=genedge_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not list(out.rglob("*.tmp"))
     _one_row_per_key(out)
     assert audit_run(out, read_manifest(out)).problems() == []

@@ -266,23 +266,81 @@ def list_shards(run_dir: str | os.PathLike[str]) -> list[tuple[int, int, Path]]:
 
 
 def read_shard(path: str | os.PathLike[str], columns: list[str] | None = None) -> Any:
-    """Read one shard as an Arrow table (imports pyarrow).
+    """Read one shard as an Arrow table (imports pyarrow), its record columns checked first.
+
+    Args:
+        path: the shard.
+        columns: the columns to read (default: all). Every record column is checked, read or not.
 
     Raises:
-        ArtifactError: the file is not readable Parquet (a truncated or foreign file), naming it.
+        ArtifactError: the file is not readable Parquet (a truncated or foreign file), or a record
+            column is missing, of another type, or null where it may not be; naming the file, the column
+            (and row) and the way forward.
     """
     import pyarrow as pa
     import pyarrow.parquet as parquet
 
     try:
-        return parquet.read_table(path, columns=columns)
+        schema = parquet.read_schema(path)
     except (pa.ArrowException, OSError) as err:
+        raise _unreadable(path, err) from err
+    for column in RECORD_COLUMNS:
+        _check_column_type(path, schema, column)
+    try:
+        table = parquet.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as err:
+        raise _unreadable(path, err) from err
+    for column in RECORD_COLUMNS:
+        if column.name in table.column_names and not column.nullable and table.column(column.name).null_count:
+            row = table.column(column.name).is_null().index(True).as_py()
+            raise ArtifactError(
+                str(path), f"row {row}.{column.name}", f"null; expected a {column.type} value in every record"
+            )
+    return table
+
+
+def _unreadable(path: str | os.PathLike[str], err: Exception) -> ArtifactError:
+    return ArtifactError(
+        str(path),
+        "file",
+        f"not a readable Parquet shard ({err}); rerun `genedge profile` with --quarantine-corrupt to move it "
+        f"to {QUARANTINE_DIR}/ and measure its images again",
+    )
+
+
+def _holds(kind: str, arrow_type: Any) -> bool:
+    """Whether an Arrow type holds a record column's values: integers of any width, strings of any size."""
+    import pyarrow as pa
+
+    t = pa.types
+    if kind == "list<float64>":
+        return (t.is_list(arrow_type) or t.is_large_list(arrow_type)) and t.is_floating(arrow_type.value_type)
+    check = {
+        "string": lambda a: t.is_string(a) or t.is_large_string(a),
+        "bool": t.is_boolean,
+        "int32": t.is_integer,
+        "int64": t.is_integer,
+        "float64": t.is_floating,
+    }[kind]
+    return check(arrow_type)
+
+
+def _check_column_type(path: str | os.PathLike[str], schema: Any, column: Column) -> None:
+    """Refuse a shard whose record column is missing or holds values of another type."""
+    import pyarrow as pa
+
+    remedy = (
+        "a shard genedge did not write, or one edited since; restore it, or rerun `genedge profile` with "
+        f"--quarantine-corrupt to move it to {QUARANTINE_DIR}/ and measure its images again"
+    )
+    if column.name not in schema.names:
+        raise ArtifactError(str(path), column.name, f"missing record column ({remedy})")
+    found = schema.field(column.name).type
+    # pandas writes a column of nulls only as Arrow's null type.
+    if not (_holds(column.type, found) or (column.nullable and pa.types.is_null(found))):
         raise ArtifactError(
-            str(path),
-            "file",
-            f"not a readable Parquet shard ({err}); rerun `genedge profile` with --quarantine-corrupt to move it "
-            f"to {QUARANTINE_DIR}/ and measure its images again",
-        ) from err
+            str(path), column.name, f"expected {column.type} values, but the column holds {found} ({remedy})"
+        )
 
 
 def quarantine_shard(path: str | os.PathLike[str]) -> Path | None:
@@ -326,7 +384,7 @@ class RunAudit:
         foreign_runs: the foreign ``(run_id, settings_sha256)`` pairs with their row counts.
         duplicates: own rows beyond the first for one image: a second ``ok`` row of a key, or a copy of
             a failure row (same key and timestamp, as a duplicated shard holds).
-        corrupt: shards that cannot be read.
+        corrupt: shards that cannot be read, or whose columns are not the records' → why.
         mixed: own-row columns that take more than one value (device, dtype, guidance, CLIP
             convention), column → the values seen.
         nan_scores: own ``ok`` rows whose CLIPScore is NaN (not null).
@@ -337,13 +395,13 @@ class RunAudit:
     foreign: int
     foreign_runs: dict[tuple[str, str], int]
     duplicates: int
-    corrupt: tuple[Path, ...]
+    corrupt: dict[Path, str]
     mixed: dict[str, list[Any]]
     nan_scores: int
 
     def problems(self) -> list[str]:
         """One line per problem, empty when the run is clean."""
-        lines = [f"unreadable shard {path} (rerun profile with --quarantine-corrupt)" for path in self.corrupt]
+        lines = list(self.corrupt.values())
         if self.foreign:
             runs = ", ".join(f"{run} (settings {sha[:12]}): {n}" for (run, sha), n in sorted(self.foreign_runs.items()))
             lines.append(f"{self.foreign} foreign row(s) from another run or other settings: {runs}")
@@ -363,7 +421,7 @@ def audit_run(run_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> R
     identity = run_identity(manifest)
     rows = own = 0
     foreign: dict[tuple[str, str], int] = {}
-    corrupt: list[Path] = []
+    corrupt: dict[Path, str] = {}
     seen_ok: set[tuple[Any, ...]] = set()
     seen_failed: set[tuple[Any, ...]] = set()
     duplicates = nan_scores = 0
@@ -371,8 +429,8 @@ def audit_run(run_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> R
     for _, _, path in list_shards(run_dir):
         try:
             data = read_shard(path, columns=columns).to_pydict()
-        except ArtifactError:
-            corrupt.append(path)
+        except ArtifactError as err:
+            corrupt[path] = str(err)
             continue
         for row in zip(*(data[c] for c in columns)):
             record = dict(zip(columns, row))
@@ -395,7 +453,7 @@ def audit_run(run_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> R
             for column in _AGREEING_COLUMNS:
                 values[column].add(record[column])
     mixed = {c: sorted(v, key=str) for c, v in values.items() if len(v) > 1}
-    return RunAudit(rows, own, sum(foreign.values()), foreign, duplicates, tuple(corrupt), mixed, nan_scores)
+    return RunAudit(rows, own, sum(foreign.values()), foreign, duplicates, corrupt, mixed, nan_scores)
 
 
 def _optional_size(r: FieldReader, value: Any, path: str, maximum: int, what: str) -> None:
@@ -413,7 +471,8 @@ def validate_manifest(manifest: Mapping[str, Any], where: str) -> dict[str, Any]
     Raises:
         ArtifactError: naming ``where`` and the field: another schema version, a missing or unknown
             field, a device, CLIPScore convention, prompt set or model entry of the wrong shape, a
-            resolution or device memory out of range, or an empty model key.
+            resolution or device memory out of range, an empty model key, or settings that no longer
+            hash to its ``settings_sha256`` (a manifest edited after its run).
     """
     r = FieldReader(where)
     if not isinstance(manifest, Mapping):
@@ -442,7 +501,20 @@ def validate_manifest(manifest: Mapping[str, Any], where: str) -> dict[str, Any]
         if not isinstance(model, dict):
             raise r.fail(f"models[{i}]", "expected an object")
         r.name(r.get(model, "key", f"models[{i}]", str), f"models[{i}].key")
+    _check_settings_hash(r, manifest)
     return dict(manifest)
+
+
+def _check_settings_hash(r: FieldReader, manifest: Mapping[str, Any]) -> None:
+    """Refuse a manifest whose settings were changed after its run hashed them (rows carry the hash)."""
+    hashed = settings_sha256(manifest)
+    if manifest["settings_sha256"] != hashed:
+        raise r.fail(
+            "settings_sha256",
+            f"{manifest['settings_sha256'][:12]}… is not the hash of the manifest's settings ({hashed[:12]}…): "
+            "the manifest no longer describes what its records measured (edited since?); restore it, or profile "
+            "again into another folder",
+        )
 
 
 def run_identity(manifest: Mapping[str, Any]) -> tuple[str, str]:
