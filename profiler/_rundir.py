@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import secrets
 import time
 from collections.abc import Iterator, Mapping
@@ -25,6 +24,7 @@ from genedge.contract.runs import (
     lock_path,
     read_manifest,
     settings_document,
+    shard_rank,
     write_manifest,
 )
 from genedge.profiler.records import RunIndex
@@ -54,8 +54,7 @@ def run_lock(run_dir: Path, rank: int) -> Iterator[None]:
         "wait for it to end, or use another --out"
     )
     with hold_lock(lock_path(run_dir, rank), busy):
-        own = re.compile(rf"shard-{rank}-\d+\.parquet")
-        removed = remove_temporaries(run_dir / RECORDS_DIR, lambda name: own.fullmatch(name) is not None)
+        removed = remove_temporaries(run_dir / RECORDS_DIR, lambda name: shard_rank(name) == rank)
         if rank == 0:
             removed += remove_temporaries(run_dir, lambda name: name == MANIFEST_NAME)
         for path in removed:

@@ -27,6 +27,7 @@ from genedge.calibrate import (
     table_summary,
     table_to_dict,
 )
+from genedge.contract import settings_sha256
 from genedge.testing import QualityTruth, SyntheticModel, synthetic_run, write_run
 
 CATEGORIES = ("Basic", "Detail", "Imagination")
@@ -71,6 +72,7 @@ def _batch2_run(folder: Path, rng: np.random.Generator) -> Path:
     manifest, records = synthetic_run([MODEL], steps=STEPS, prompts_per_category=PROMPTS, run_id="batch2", rng=5)
     manifest["batch_size"] = 2
     records["batch_size"] = 2
+    records["settings_sha256"] = manifest["settings_sha256"] = settings_sha256(manifest)  # a run of its own settings
     for steps, group in records.groupby("steps"):
         index = list(group.index)
         for start in range(0, len(index), 2):

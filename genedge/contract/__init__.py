@@ -105,6 +105,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "settings_document",
             "settings_sha256",
             "shard_path",
+            "shard_rank",
             "validate_manifest",
             "write_manifest",
         ),

@@ -59,6 +59,7 @@ __all__ = [
     "settings_document",
     "settings_sha256",
     "shard_path",
+    "shard_rank",
     "validate_manifest",
     "write_manifest",
 ]
@@ -254,6 +255,12 @@ def check_row(row: Mapping[str, Any]) -> None:
 def shard_path(run_dir: str | os.PathLike[str], rank: int, number: int) -> Path:
     """The path of a rank's ``number``-th shard: ``RUN/records/shard-<rank>-<NNNNN>.parquet``."""
     return Path(run_dir) / RECORDS_DIR / f"shard-{rank}-{number:05d}.parquet"
+
+
+def shard_rank(name: str) -> int | None:
+    """The rank whose shard a file name is (``shard-<rank>-<NNNNN>.parquet``), or None for another name."""
+    match = _SHARD_NAME.match(name)
+    return None if match is None else int(match.group(1))
 
 
 def list_shards(run_dir: str | os.PathLike[str]) -> list[tuple[int, int, Path]]:
