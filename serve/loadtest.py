@@ -14,36 +14,52 @@ whatever the responses so far (open loop); each is bounded by ``timeout_s``, so 
 
 Running the same configuration into the same directory resumes it: the indices already recorded are
 not sent again; the missing ones keep their gaps, shifted so the first of them goes at once. Another
-configuration in that directory is refused, naming the setting that differs.
+configuration in that directory is refused, naming the setting that differs. One process writes a
+directory at a time (its lock), and each run first removes the temporary files a killed one left. A
+request is recorded once its record's file is published: one sent but not yet recorded when a run was
+killed is sent again by the resume, so no record is lost and none is counted twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
+import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from genedge.contract.files import ArtifactError
 from genedge.serve.loadtest_client import ServedPlan, fetch_plan, fetch_stats, send
 from genedge.serve.loadtest_config import LoadConfig, LoadTestError
 from genedge.serve.loadtest_document import LoadTestIdentity, LoadTestManifest, SessionDocument
 from genedge.serve.loadtest_layout import (
     MANIFEST_NAME,
     STATUSES,
+    RecordAudit,
     RecordWriter,
+    audit_records,
     identity,
     image_path,
+    new_test_id,
+    next_session,
     read_manifest,
     read_records,
-    read_sessions,
     recorded_indices,
+    recorded_tests,
     write_manifest,
     write_scores,
     write_session,
+    writing,
 )
 from genedge.serve.loadtest_schedule import Schedule, ScheduledRequest, build_schedule
 from genedge.serve.protocol import StatsResponse
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["LoadTestRun", "run_loadtest", "score_images"]
 
@@ -54,20 +70,26 @@ class LoadTestRun:
 
     Attributes:
         result_dir: where the records are.
+        test_id: the test's id (its manifest's).
         session: this run's number (0 for the first, 1 after a resume, ...).
         schedule: the whole schedule.
         sent: requests this run sent; skipped: requests already recorded by earlier runs.
         outcomes: status → this run's requests with it.
         served: the plan and table the server answered.
+        rebuilt: the manifest was missing and was rebuilt from the records sent with these settings.
+        audit: the files of another test found in the directory (left out of every count).
     """
 
     result_dir: Path
+    test_id: str
     session: int
     schedule: Schedule
     sent: int
     skipped: int
     outcomes: Mapping[str, int] = field(default_factory=dict)
     served: ServedPlan | None = None
+    rebuilt: bool = False
+    audit: RecordAudit = field(default_factory=lambda: RecordAudit(0, ()))
 
 
 async def _run(
@@ -98,7 +120,6 @@ async def _run(
             else:
                 async with slots:
                     row, image = await send(session, config, request, clock)
-            row["session"] = writer.session
             outcomes[row["status"]] += 1
             writer.add(row, image)
             if progress is not None:
@@ -125,13 +146,45 @@ def _check_same(result_dir: Path, recorded: LoadTestIdentity, ours: LoadTestIden
         )
 
 
-def _start(config: LoadConfig, result_dir: Path, served: ServedPlan, schedule: Schedule) -> None:
-    """Write a new test's manifest, or check that the directory's test is this one."""
+def _rebuilt_test_id(result_dir: Path, ours: LoadTestIdentity) -> str | None:
+    """The test id of the records sent with these settings, for a manifest that went missing; None when
+    there are no records.
+
+    Raises:
+        LoadTestError: the records were all sent with other settings.
+    """
+    found = recorded_tests(result_dir)
+    mine = Counter({test: n for (test, sha), n in found.items() if sha == ours.sha256()})
+    if found and not mine:
+        shas = ", ".join(sorted({(sha or "null")[:12] for _, sha in found}))
+        raise LoadTestError(
+            f"{result_dir / MANIFEST_NAME}: missing, and the {sum(found.values())} records in {result_dir} carry "
+            f"other settings (settings_sha256 {shas}); restore the manifest, or rerun the command that sent them "
+            "to resume it, or choose another --result-dir"
+        )
+    return mine.most_common(1)[0][0] if mine else None
+
+
+def _start(
+    config: LoadConfig, result_dir: Path, served: ServedPlan, schedule: Schedule
+) -> tuple[LoadTestManifest, bool]:
+    """The directory's manifest once checked to be this test's, or a new one written (with the records' test
+    id when it went missing); and whether it was rebuilt."""
     ours = identity(config, served)
     if (result_dir / MANIFEST_NAME).exists():
-        _check_same(result_dir, read_manifest(result_dir).config, ours)
-        return
+        manifest = read_manifest(result_dir)
+        _check_same(result_dir, manifest.config, ours)
+        if manifest.schedule != schedule.summary():
+            raise ArtifactError(
+                str(result_dir / MANIFEST_NAME),
+                "schedule",
+                "not the schedule its config makes: the file was edited after the test ran; restore it, or choose "
+                "another --result-dir",
+            )
+        return manifest, False
+    test_id = _rebuilt_test_id(result_dir, ours)
     manifest = LoadTestManifest(
+        test_id=new_test_id() if test_id is None else test_id,
         config=ours,
         prompts_file=str(config.prompts),
         trace_file=None if config.trace is None else str(config.trace),
@@ -141,6 +194,7 @@ def _start(config: LoadConfig, result_dir: Path, served: ServedPlan, schedule: S
         served=served.served,
     )
     write_manifest(result_dir, manifest)
+    return manifest, test_id is not None
 
 
 def run_loadtest(
@@ -153,7 +207,9 @@ def run_loadtest(
 ) -> LoadTestRun:
     """Send a load test's requests to a served plan, recording each as it completes.
 
-    A directory that holds this configuration's test is resumed: recorded indices are not sent again.
+    A directory that holds this configuration's test is resumed: recorded indices are not sent again. A
+    warning names each file of another test found there (left out of every count), and a manifest rebuilt
+    from the records because it was missing.
 
     Args:
         config: what to send.
@@ -163,8 +219,11 @@ def run_loadtest(
         on_start: called with the schedule, the requests to send and the ones already recorded, before sending.
 
     Raises:
-        LoadTestError: an unreachable or foreign server, or a directory holding another configuration.
-        ArtifactError: a malformed prompt file, trace, plan or table (naming the file and field).
+        LoadTestError: an unreachable or foreign server, or a directory holding another configuration (or,
+            its manifest missing, only records sent with other settings).
+        FolderBusyError: another process is writing the directory.
+        ArtifactError: a malformed prompt file, trace, plan or table, or a malformed or edited manifest, a
+            malformed record file (naming the file and field).
         FileNotFoundError: a missing prompt file or trace.
     """
     from genedge.contract.prompts import read_prompt_file
@@ -176,22 +235,33 @@ def run_loadtest(
         raise FileNotFoundError(f"{config.trace}: expected a trace file, but there is no such file")
     served = fetch_plan(config.base_url)
     schedule = build_schedule(config, prompts, plan_from_dict(served.plan, f"{config.base_url} plan"), served.table)
-    _start(config, result_dir, served, schedule)
-    done = recorded_indices(result_dir)
-    todo = [r for r in schedule.requests if r.index not in done]
-    number = len(read_sessions(result_dir))
-    if on_start is not None:
-        on_start(schedule, len(todo), len(done))
-    writer = RecordWriter(result_dir, number, keep_images or config.save_images)
-    session = SessionDocument(session=number, started_unix=time.time(), to_send=len(todo))
-    write_session(result_dir, session)
-    try:
-        before, after, outcomes = asyncio.run(_run(config, todo, writer, progress))
-    finally:
-        writer.flush()  # an interrupted run keeps what completed
-    ended = SessionDocument(number, session.started_unix, len(todo), time.time(), before, after, outcomes)
-    write_session(result_dir, ended)
-    return LoadTestRun(result_dir, number, schedule, len(todo), len(done), outcomes, served)
+    with writing(result_dir):
+        manifest, rebuilt = _start(config, result_dir, served, schedule)
+        done = recorded_indices(result_dir)
+        todo = [r for r in schedule.requests if r.index not in done]
+        number = next_session(result_dir)
+        if on_start is not None:
+            on_start(schedule, len(todo), len(done))
+        writer = RecordWriter(result_dir, manifest, number, keep_images or config.save_images)
+        session = SessionDocument(number, manifest.test_id, manifest.settings_sha256, time.time(), len(todo))
+        write_session(result_dir, session)
+        try:
+            before, after, outcomes = asyncio.run(_run(config, todo, writer, progress))
+        finally:
+            writer.flush()  # an interrupted run keeps what completed
+        ended = dataclasses.replace(
+            session, ended_unix=time.time(), stats_before=before, stats_after=after, outcomes=outcomes
+        )
+        write_session(result_dir, ended)
+        audit = audit_records(result_dir)
+    if rebuilt:
+        rebuilt_from = f"rebuilt from the records of test {manifest.test_id}"
+        warnings.warn(f"{result_dir / MANIFEST_NAME}: was missing; {rebuilt_from}", stacklevel=2)
+    for line in audit.problems():
+        warnings.warn(line, stacklevel=2)
+    return LoadTestRun(
+        result_dir, manifest.test_id, number, schedule, len(todo), len(done), outcomes, served, rebuilt, audit
+    )
 
 
 def score_images(
@@ -220,24 +290,38 @@ def score_images(
     Raises:
         ImportError: torch or open_clip is missing (``pip install "genedge[profile]"``).
     """
-    import pandas as pd
-    from PIL import Image
-
     from genedge.contract.table_file import table_from_dict
-    from genedge.profiler.clipscore import ClipScorer
 
     result_dir = Path(result_dir)
-    convention = table_from_dict(read_manifest(result_dir).table, f"{result_dir} table").clip_convention
-    if backbone is None:
-        backbone = convention.backbone
-    if pretrained == "table":
-        pretrained = convention.pretrained
-    records = read_records(result_dir)
-    todo = records[(records["status"] == "ok") & records["clip_score"].isna()]
-    todo = todo[[image_path(result_dir, i).is_file() for i in todo["index"]]]
-    if todo.empty:
-        return 0
+    with writing(result_dir):
+        manifest = read_manifest(result_dir)
+        convention = table_from_dict(manifest.table, f"{result_dir} table").clip_convention
+        if backbone is None:
+            backbone = convention.backbone
+        if pretrained == "table":
+            pretrained = convention.pretrained
+        todo = read_records(result_dir)
+        todo = todo[(todo["status"] == "ok") & todo["clip_score"].isna()]
+        todo = todo[[image_path(result_dir, i).is_file() for i in todo["index"]]]
+        if todo.empty:
+            return 0
+        frame = _scores(todo, result_dir, backbone, pretrained, device, batch_size)
+        write_scores(result_dir, manifest, frame)
+        if not keep_images:
+            for i in todo["index"]:
+                image_path(result_dir, i).unlink(missing_ok=True)
+    return len(frame)
+
+
+def _scores(
+    todo: pd.DataFrame, result_dir: Path, backbone: str, pretrained: str | None, device: str, batch_size: int
+) -> pd.DataFrame:
+    """The CLIPScores of ``todo``'s images against their prompts: ``index``, ``clip_score``, ``clip_truncated``."""
+    import pandas as pd
     import torch
+    from PIL import Image
+
+    from genedge.profiler.clipscore import ClipScorer
 
     scorer = ClipScorer(backbone, pretrained, device=torch.device(device))
     scores, truncated = [], []
@@ -250,9 +334,4 @@ def score_images(
         got, cut = scorer.score(pictures, chunk["prompt"].tolist())
         scores.extend(got)
         truncated.extend(cut)
-    frame = pd.DataFrame({"index": todo["index"].to_numpy(), "clip_score": scores, "clip_truncated": truncated})
-    write_scores(result_dir, frame)
-    if not keep_images:
-        for i in todo["index"]:
-            image_path(result_dir, i).unlink(missing_ok=True)
-    return len(frame)
+    return pd.DataFrame({"index": todo["index"].to_numpy(), "clip_score": scores, "clip_truncated": truncated})

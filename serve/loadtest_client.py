@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from genedge.contract.files import ArtifactError
 from genedge.serve.loadtest_config import LoadTestError
+from genedge.serve.loadtest_document import document_sha256
 from genedge.serve.loadtest_layout import CLIENT_FIELDS
 from genedge.serve.protocol import (
     GENERATE_ROUTE,
@@ -94,7 +95,7 @@ class ServedPlan:
     @property
     def plan_sha256(self) -> str:
         """SHA-256 of the plan document as canonical JSON: a resumed test must meet the same plan."""
-        return hashlib.sha256(json.dumps(self.plan, sort_keys=True).encode()).hexdigest()
+        return document_sha256(self.plan)
 
 
 async def _get_json(session: Any, url: str) -> tuple[int, Any]:

@@ -5,9 +5,12 @@ field reader (errors name the file and the field), so the runner, the comparison
 (:mod:`genedge.serve.measured`) and the command read attributes, never keys. Where the files lie in a
 result directory is :mod:`genedge.serve.loadtest_layout`'s.
 
-Manifest (``kind`` ``genedge.loadtest``, ``schema_version`` 1)::
+Manifest (``kind`` ``genedge.loadtest``, ``schema_version`` 2)::
 
-    config      the settings a resumed test must share (LoadTestIdentity)
+    test_id          the test's id, made at its first run and kept by every resume
+    settings_sha256  the SHA-256 of ``config`` (checked on read): with ``test_id``, what every record,
+                     score and session of the test carries, so that another test's are told apart
+    config           the settings a resumed test must share (LoadTestIdentity)
     files       the prompt file and trace as given
     schedule    arrivals, duration_s, demand, requests, unplaced (ScheduleSummary)
     plan        the plan document served
@@ -18,6 +21,8 @@ Manifest (``kind`` ``genedge.loadtest``, ``schema_version`` 1)::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,12 +38,18 @@ __all__ = [
     "LoadTestManifest",
     "ScheduleSummary",
     "SessionDocument",
+    "document_sha256",
 ]
 
 LOADTEST_KIND = "genedge.loadtest"
-LOADTEST_SCHEMA_VERSION = 1
+LOADTEST_SCHEMA_VERSION = 2
 # JSON has no infinity: an unbounded request rate is written as this string.
 _INF = "inf"
+
+
+def document_sha256(document: Mapping[str, Any]) -> str:
+    """SHA-256 of a JSON document as canonical JSON (sorted keys): the same document, the same hash."""
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,10 @@ class LoadTestIdentity:
             timeout_s=reader.number(document, "timeout_s", path, minimum=0.0, strict=True),
         )
 
+    def sha256(self) -> str:
+        """The ``settings_sha256`` of a test with these settings, of its records, scores and sessions."""
+        return document_sha256(self.to_dict())
+
     def difference(self, other: LoadTestIdentity) -> tuple[str, Any, Any] | None:
         """The first setting whose value differs from ``other``'s, as (name, this value, other's), or None."""
         mine, theirs = self.to_dict(), other.to_dict()
@@ -144,13 +159,15 @@ class ScheduleSummary:
 
 @dataclass(frozen=True)
 class LoadTestManifest:
-    """A load test's manifest: its settings, what it offered, and the plan and table it met.
+    """A load test's manifest: its identity and settings, what it offered, and the plan and table it met.
 
     Attributes:
+        test_id: the test's id (new at its first run); with ``settings_sha256``, what its rows carry.
         prompts_file / trace_file: the files as given (the manifest's ``files``).
         plan / table: the documents ``GET /v1/plan`` answered; served: the server's notes.
     """
 
+    test_id: str
     config: LoadTestIdentity
     prompts_file: str
     trace_file: str | None
@@ -164,6 +181,8 @@ class LoadTestManifest:
         return {
             "kind": LOADTEST_KIND,
             "schema_version": LOADTEST_SCHEMA_VERSION,
+            "test_id": self.test_id,
+            "settings_sha256": self.settings_sha256,
             "config": self.config.to_dict(),
             "files": {"prompts": self.prompts_file, "trace": self.trace_file},
             "schedule": self.schedule.to_dict(),
@@ -172,13 +191,23 @@ class LoadTestManifest:
             "served": self.served,
         }
 
+    @property
+    def settings_sha256(self) -> str:
+        """The SHA-256 of the settings (:meth:`LoadTestIdentity.sha256`)."""
+        return self.config.sha256()
+
+    def owns(self, test_id: str | None, settings_sha256: str | None) -> bool:
+        """Whether a record, score or session carrying this identity is this test's."""
+        return test_id == self.test_id and settings_sha256 == self.settings_sha256
+
     @classmethod
     def from_dict(cls, document: Any, where: str) -> LoadTestManifest:
-        """Read a manifest document (``where`` names it in errors).
+        """Read a manifest document (``where`` names it in errors), checking it against its own hashes.
 
         Raises:
-            ArtifactError: not a genedge load-test manifest of this version, or a field missing or of
-                the wrong type (naming ``where`` and the field).
+            ArtifactError: not a genedge load-test manifest of this version, a field missing or of the
+                wrong type, or a ``config`` or ``plan`` that no longer hashes to what the test recorded (an
+                edited file), naming ``where`` and the field.
         """
         reader = FieldReader(where)
         if not isinstance(document, Mapping) or document.get("kind") != LOADTEST_KIND:
@@ -186,7 +215,8 @@ class LoadTestManifest:
         if document.get("schema_version") != LOADTEST_SCHEMA_VERSION:
             raise reader.fail("schema_version", f"expected {LOADTEST_SCHEMA_VERSION}")
         files = reader.get(document, "files", "", dict)
-        return cls(
+        manifest = cls(
+            test_id=reader.name(reader.get(document, "test_id", "", str), "test_id"),
             config=LoadTestIdentity.read(reader, reader.get(document, "config", "", dict), "config"),
             prompts_file=reader.get(files, "prompts", "files", str),
             trace_file=reader.opt(files, "trace", "files", str),
@@ -195,6 +225,21 @@ class LoadTestManifest:
             table=reader.get(document, "table", "", dict),
             served=reader.opt(document, "served", "", dict) or {},
         )
+        manifest._check_hashes(reader, reader.get(document, "settings_sha256", "", str))
+        return manifest
+
+    def _check_hashes(self, reader: FieldReader, settings_sha256: str) -> None:
+        """Refuse a manifest edited after the test ran: its records carry ``settings_sha256``, the hash of
+        the config it was run with, and the config names the plan served by its hash."""
+        edited = "the file was edited after the test ran; restore it, or delete it and rerun the test's command"
+        if self.settings_sha256 != settings_sha256:
+            raise reader.fail(
+                "settings_sha256",
+                f"the config hashes to {self.settings_sha256[:12]}…, not to the {settings_sha256[:12]}… its records "
+                f"carry: {edited}",
+            )
+        if document_sha256(self.plan) != self.config.plan_sha256:
+            raise reader.fail("plan", f"does not hash to config.plan_sha256 {self.config.plan_sha256[:12]}…: {edited}")
 
 
 def _stats(reader: FieldReader, document: Mapping[str, Any], key: str) -> StatsResponse | None:
@@ -208,6 +253,7 @@ class SessionDocument:
 
     Attributes:
         session: the run's number (0, then 1 after a resume, ...).
+        test_id / settings_sha256: the test it is a run of (:class:`LoadTestManifest`'s).
         started_unix / ended_unix: Unix seconds (ended None while running, or for a killed run).
         to_send: requests this run set out to send.
         stats_before / stats_after: ``GET /v1/stats`` at the start and the end (None where not given).
@@ -215,6 +261,8 @@ class SessionDocument:
     """
 
     session: int
+    test_id: str
+    settings_sha256: str
     started_unix: float
     to_send: int
     ended_unix: float | None = None
@@ -224,7 +272,13 @@ class SessionDocument:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document (the end's fields only once the run has ended)."""
-        document: dict[str, Any] = {"session": self.session, "started_unix": self.started_unix, "to_send": self.to_send}
+        document: dict[str, Any] = {
+            "session": self.session,
+            "test_id": self.test_id,
+            "settings_sha256": self.settings_sha256,
+            "started_unix": self.started_unix,
+            "to_send": self.to_send,
+        }
         if self.ended_unix is not None:
             document.update(
                 ended_unix=self.ended_unix,
@@ -249,6 +303,8 @@ class SessionDocument:
             outcomes = {status: reader.check(n, f"outcomes.{status}", int) for status, n in outcomes.items()}
         return cls(
             session=reader.count(document, "session", ""),
+            test_id=reader.get(document, "test_id", "", str),
+            settings_sha256=reader.get(document, "settings_sha256", "", str),
             started_unix=reader.get(document, "started_unix", "", float),
             to_send=reader.count(document, "to_send", ""),
             ended_unix=reader.opt(document, "ended_unix", "", float),

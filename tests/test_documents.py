@@ -144,8 +144,8 @@ def loadtest_keys() -> frozenset[str]:
         timeout_s=60.0,
     )
     schedule = ScheduleSummary("open", 4.0, {"Basic": 1.0}, requests=4, unplaced=0)
-    manifest = LoadTestManifest(config, "prompts.tsv", None, schedule, plan={}, table={}).to_dict()
-    session = SessionDocument(0, started_unix=0.0, to_send=4, ended_unix=4.0, outcomes={"ok": 4}).to_dict()
+    manifest = LoadTestManifest("test", config, "prompts.tsv", None, schedule, plan={}, table={}).to_dict()
+    session = SessionDocument(0, "test", "0" * 64, 0.0, to_send=4, ended_unix=4.0, outcomes={"ok": 4}).to_dict()
     keys = {*manifest, *manifest["config"], *manifest["files"], *manifest["schedule"], *session}
     return frozenset(keys - {*MANIFEST_FIELDS, *MANIFEST_OPTIONAL_FIELDS})
 

@@ -12,7 +12,13 @@ import pytest
 
 from genedge.contract.files import ArtifactError
 from genedge.serve.loadtest_client import ENDPOINTS
-from genedge.serve.loadtest_document import LoadTestIdentity, LoadTestManifest, ScheduleSummary, SessionDocument
+from genedge.serve.loadtest_document import (
+    LoadTestIdentity,
+    LoadTestManifest,
+    ScheduleSummary,
+    SessionDocument,
+    document_sha256,
+)
 from genedge.serve.loadtest_layout import read_manifest, read_sessions, write_manifest, write_session
 from genedge.serve.protocol import (
     ErrorBody,
@@ -55,13 +61,15 @@ STATS_BODY = {
     ],
 }
 STATS = StatsResponse.from_dict(STATS_BODY, "http://x/v1/stats")
+PLAN = {"routing": {"simple": {"sd15": 1.0}}}
+TEST_ID = "20260101T000000Z-abcdef"
 
 
 def _identity(**changes) -> LoadTestIdentity:
     fields = {
         "url": "http://127.0.0.1:8000",
         "endpoint": "genedge",
-        "plan_sha256": "a" * 64,
+        "plan_sha256": document_sha256(PLAN),
         "prompts_sha256": "b" * 64,
         "trace_sha256": None,
         "request_rate": math.inf,
@@ -77,14 +85,19 @@ def _identity(**changes) -> LoadTestIdentity:
 
 def _manifest(**changes) -> LoadTestManifest:
     return LoadTestManifest(
+        test_id=TEST_ID,
         config=_identity(**changes),
         prompts_file="prompts.tsv",
         trace_file=None,
         schedule=ScheduleSummary("window", 0.0, {"simple": 3.0, "complex": 1.0}, 4, 0),
-        plan={"routing": {"simple": {"sd15": 1.0}}},
+        plan=PLAN,
         table={"clip_convention": {"backbone": "ViT-B-32"}},
         served={"router": "none"},
     )
+
+
+def _session(**ended) -> SessionDocument:
+    return SessionDocument(0, TEST_ID, _manifest().settings_sha256, 1.0e9, 4, **ended)
 
 
 def test_requests_keep_their_wire_shape_and_the_server_reads_them_back():
@@ -167,17 +180,31 @@ def test_manifest_and_session_round_trip_through_their_files(tmp_path):
     path = write_manifest(tmp_path, manifest)
     written = json.loads(path.read_text())
     assert written["config"]["request_rate"] == "inf"  # JSON has no infinity
-    assert sorted(written) == ["config", "files", "kind", "plan", "schedule", "schema_version", "served", "table"]
+    assert sorted(written) == [
+        "config",
+        "files",
+        "kind",
+        "plan",
+        "schedule",
+        "schema_version",
+        "served",
+        "settings_sha256",
+        "table",
+        "test_id",
+    ]
+    assert written["settings_sha256"] == document_sha256(written["config"])
     assert read_manifest(tmp_path) == manifest
 
-    started = SessionDocument(0, 1.0e9, 4)
+    started = SessionDocument(0, TEST_ID, manifest.settings_sha256, 1.0e9, 4)
     write_session(tmp_path, started)
     assert json.loads((tmp_path / "sessions" / "session-000.json").read_text()) == {
         "session": 0,
+        "test_id": TEST_ID,
+        "settings_sha256": manifest.settings_sha256,
         "started_unix": 1.0e9,
         "to_send": 4,
     }
-    ended = SessionDocument(0, 1.0e9, 4, 1.0e9 + 5, STATS, None, {"ok": 4, "rejected": 0})
+    ended = SessionDocument(0, TEST_ID, manifest.settings_sha256, 1.0e9, 4, 1.0e9 + 5, STATS, None, {"ok": 4})
     write_session(tmp_path, ended)
     assert read_sessions(tmp_path) == [ended]
 
@@ -195,8 +222,12 @@ def test_a_resumed_test_names_the_first_setting_that_differs():
         (lambda d: d["config"].update(request_rate="fast"), "config.request_rate"),
         (lambda d: d["schedule"].update(requests=-1), "schedule.requests"),
         (lambda d: d["schedule"]["demand"].update(simple="3"), "schedule.demand.simple"),
-        (lambda d: d.update(schema_version=2), "schema_version"),
+        (lambda d: d.update(schema_version=1), "schema_version"),
         (lambda d: d.update(kind="genedge.run"), "kind"),
+        (lambda d: d.pop("test_id"), "test_id"),
+        # Edited by hand: the records carry the settings' hash, and the config names the plan by its hash.
+        (lambda d: d["config"].update(seed=4), "settings_sha256"),
+        (lambda d: d["plan"].update(routing={}), "plan"),
     ],
 )
 def test_a_wrong_manifest_field_is_named_with_the_file(tmp_path, change, field):
@@ -211,8 +242,9 @@ def test_a_wrong_manifest_field_is_named_with_the_file(tmp_path, change, field):
 
 
 def test_a_wrong_session_field_is_named_with_the_file(tmp_path):
-    path = write_session(tmp_path, SessionDocument(0, 1.0e9, 4))
-    path.write_text(json.dumps({"session": 0, "started_unix": "yesterday", "to_send": 4}))
+    write_manifest(tmp_path, _manifest())
+    path = write_session(tmp_path, _session())
+    path.write_text(json.dumps({**json.loads(path.read_text()), "started_unix": "yesterday"}))
     with pytest.raises(ArtifactError) as caught:
         read_sessions(tmp_path)
     assert (caught.value.where, caught.value.field_path) == (str(path), "started_unix")
@@ -227,7 +259,8 @@ def test_the_openai_endpoint_refuses_an_answer_without_exactly_one_image():
 
 
 def test_a_wrong_stats_field_in_a_session_is_named_under_its_key(tmp_path):
-    path = write_session(tmp_path, SessionDocument(0, 1.0e9, 4, 1.0e9 + 5, STATS, STATS, {"ok": 4}))
+    write_manifest(tmp_path, _manifest())
+    path = write_session(tmp_path, _session(ended_unix=1.0e9 + 5, stats_before=STATS, stats_after=STATS))
     document = json.loads(path.read_text())
     document["stats_after"]["devices"][0]["models"]["sd15"]["device_s"] = "3 s"
     path.write_text(json.dumps(document))
