@@ -140,6 +140,8 @@ _NON_NEGATIVE = (
 )
 _SESSION_NAME = re.compile(r"^session-(?P<session>\d+)\.json$")
 _PART_NAME = re.compile(r"^part-(?P<session>\d+)-\d+\.parquet$")
+#: A column added while a file is checked: each row's number in the file, which an error names.
+_FILE_ROW = "__row"
 
 
 def _sha256_file(path: Path) -> str:
@@ -313,15 +315,17 @@ def _own_rows(table: pa.Table, manifest: LoadTestManifest) -> pa.Table:
 
 
 def _row_error(path: Path, table: pa.Table, column: str, row: int, expected: str) -> ArtifactError:
-    index = table["index"][row].as_py()
-    value = table[column][row].as_py()
-    return ArtifactError(str(path), f"{column} row {row}", f"request {index}: expected {expected}, but got {value!r}")
+    """The error of ``table``'s ``row``, named by its row in the file (:data:`_FILE_ROW`) and its request."""
+    index, value = table["index"][row].as_py(), table[column][row].as_py()
+    where = f"{column} row {table[_FILE_ROW][row].as_py()}"
+    return ArtifactError(str(path), where, f"request {index}: expected {expected}, but got {value!r}")
 
 
 def _check_rows(path: Path, table: pa.Table, requests: int) -> None:
     """Refuse a value no run writes: a missing one, a request index outside the schedule, an unknown status,
     or a time (a CLIPScore) that is NaN, infinite or negative."""
     import numpy as np
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     for column in (c for c in _REQUIRED if c in table.column_names):
@@ -334,7 +338,7 @@ def _check_rows(path: Path, table: pa.Table, requests: int) -> None:
     if outside.any():
         raise _row_error(path, table, "index", int(np.argmax(outside)), f"an index of the schedule's {requests}")
     if "status" in table.column_names:
-        unknown = ~pc.is_in(table["status"], value_set=_pa_strings(STATUSES)).to_numpy(zero_copy_only=False)
+        unknown = ~pc.is_in(table["status"], value_set=pa.array(STATUSES, pa.string())).to_numpy(zero_copy_only=False)
         if unknown.any():
             raise _row_error(path, table, "status", int(np.argmax(unknown)), f"one of {list(STATUSES)}")
     for column in (c for c in _NON_NEGATIVE if c in table.column_names):
@@ -342,12 +346,6 @@ def _check_rows(path: Path, table: pa.Table, requests: int) -> None:
         bad = ~(np.isfinite(values) & (values >= 0))
         if bad.any():
             raise _row_error(path, table, column, int(np.argmax(bad)), "a finite number >= 0")
-
-
-def _pa_strings(values: tuple[str, ...]) -> pa.Array:
-    import pyarrow as pa
-
-    return pa.array(values, pa.string())
 
 
 @dataclass(frozen=True)
@@ -441,9 +439,10 @@ def _own_parts(result_dir: Path, manifest: LoadTestManifest, folder: str, fields
 
     tables = []
     for path in _part_files(result_dir, folder):
-        own = _own_rows(_read_typed(path, fields), manifest)
+        table = _read_typed(path, fields)
+        own = _own_rows(table.append_column(_FILE_ROW, pa.array(range(len(table)), pa.int64())), manifest)
         _check_rows(path, own, manifest.schedule.requests)
-        tables.append(own)
+        tables.append(own.drop_columns([_FILE_ROW]))
     return pa.concat_tables(tables) if tables else _schema(fields).empty_table()
 
 

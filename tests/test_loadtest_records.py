@@ -8,10 +8,13 @@ The kills are real SIGKILLs of real processes, just before or just after a file 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as parquet
 import pytest
@@ -30,6 +33,7 @@ from genedge.serve.loadtest_layout import (
     next_session,
     read_manifest,
     read_records,
+    write_scores,
 )
 
 #: Requests of each test here: a few record files (RECORD_BATCH records each, but the last).
@@ -167,6 +171,18 @@ def test_a_session_file_of_another_test_is_named_and_left_out(stub, recorded, tm
     assert resumed.session == 6  # past the copied file's number, so it is never overwritten
 
 
+def test_scores_of_another_test_are_named_and_not_merged(recorded, tmp_path):
+    result = _copy(recorded, tmp_path)
+    manifest = read_manifest(result)
+    frame = pd.DataFrame({"index": [0, 1], "clip_score": [30.0, 31.0], "clip_truncated": [False, False]})
+    theirs = write_scores(result, dataclasses.replace(manifest, test_id="another"), frame)
+    mine = write_scores(result, manifest, frame.iloc[1:])
+    records = read_records(result)
+    assert math.isnan(records["clip_score"][0]) and records["clip_score"][1] == 31.0  # only the test's own
+    assert [(f.path, f.rows) for f in audit_records(result).foreign] == [(theirs, 2)]
+    assert mine != theirs
+
+
 # --------------------------------------------------------------------------- the manifest
 
 
@@ -249,6 +265,19 @@ def test_a_value_no_run_writes_is_named_with_its_file_row_and_field(stub, record
     assert f"{part}: {column} row 3: request {index}" in err
 
 
+def test_a_bad_value_is_named_by_its_row_in_the_file_beside_another_tests_rows(recorded, tmp_path):
+    result = _copy(recorded, tmp_path)
+    part = _parts(result)[0]
+    index = _damage(part, "service_s", 2, -1.0)
+    own = parquet.read_table(part)
+    foreign = own.set_column(own.schema.get_field_index("test_id"), "test_id", pa.array(["other"] * len(own)))
+    parquet.write_table(pa.concat_tables([foreign, own]), part)  # the other test's rows first: not checked
+    with pytest.raises(ArtifactError) as caught:
+        read_records(result)
+    assert caught.value.field_path == f"service_s row {len(own) + 2}"
+    assert f"request {index}: expected a finite number >= 0, but got -1.0" in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("change", "column", "message"),
     [
@@ -313,15 +342,16 @@ def _check_after_kill(result: Path, stub: StubServer, recorded_seen: dict[int, i
 #: The publishes of a first run of N requests: the manifest, the session's start, three record files, the
 #: session's end and the result.
 FIRST_RUN_PUBLISHES = 7
-#: The publish of a resume killed in its turn: its first record file (after its session's start).
-RESUME_KILLED_AT = 2
+#: A first run killed at its first record file is resumed by a run killed in its turn, at its own first
+#: record file (after its session's start).
+FIRST_RECORD_FILE, RESUME_FIRST_RECORD_FILE = 3, 2
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_kills_in_every_publish_window_lose_no_record_and_count_none_twice(stub, tmp_path, when):
-    """Kill a first run at each of its publishes in turn, just before or just after it (a resume of a run
-    killed before it recorded everything killed in its turn), then resume to the end: every request
+    """Kill a first run at each of its publishes in turn, just before or just after it (the one killed at its
+    first record file resumed by a run killed in its turn), then resume to the end: every request
     recorded once, only the test's own rows, no temporary file left; a request recorded before a kill is
     never sent again (one sent but not yet recorded when killed is sent again)."""
     for at in range(1, FIRST_RUN_PUBLISHES + 1):
@@ -332,8 +362,8 @@ def test_kills_in_every_publish_window_lose_no_record_and_count_none_twice(stub,
         killed = run_killed(at, when, command, timeout=120)
         assert killed.returncode == -9, killed.stderr
         _check_after_kill(result, stub, recorded_seen)
-        if len(recorded_seen) < N:
-            resume = run_killed(RESUME_KILLED_AT, when, command, timeout=120)
+        if at == FIRST_RECORD_FILE:
+            resume = run_killed(RESUME_FIRST_RECORD_FILE, when, command, timeout=120)
             assert resume.returncode == -9, resume.stderr
             _check_after_kill(result, stub, recorded_seen)
         assert main(command) == 0
