@@ -1,8 +1,11 @@
-"""``genedge autoprofile`` through real subprocesses: saved pipelines, a kill mid-run, the resume, the stop."""
+"""``genedge autoprofile`` through real subprocesses: saved pipelines, kills mid-run and in every publish window,
+the resume, the stop, the folder's lock."""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -12,10 +15,13 @@ from pathlib import Path
 
 import pytest
 from conftest import genedge_env
+from kill_points import run_killed
 
 from genedge.calibrate import load_table
 from genedge.cli import main
+from genedge.contract.locks import hold_lock
 from genedge.profiler import read_records
+from genedge.profiler.autoprofile import LOCK_NAME
 
 TIMEOUT_S = 600
 PER_CATEGORY = 14
@@ -107,14 +113,14 @@ def test_a_killed_run_resumes_without_measuring_twice_and_stops_at_its_budget(
     process.wait()
     before = _rows(out)
     assert sum(before.values()) >= 16  # 2 models × 2 categories × 2 step counts × 2 images
-    # What a kill at another moment leaves: a decision line cut short, a batch folder with only its prompts.
+    # What a kill at another moment leaves: a decision line cut short, a batch folder never renamed into place
+    # that holds a temporary file of an atomic write.
     with decisions.open("a") as handle:
         handle.write('{"batch": 9, "conf')
-    folders = sorted((out / "batches").iterdir())
-    if (folders[-1] / "cells.json").exists():
-        half_made = out / "batches" / f"{len(folders):04d}"
-        half_made.mkdir()
-        (half_made / "prompts.tsv").write_text("Prompt\tCategory\tChallenge\tNote\n")
+    half_made = out / "batches" / f".{len(list((out / 'batches').glob('[0-9]*'))):04d}.tmp"
+    half_made.mkdir(exist_ok=True)
+    (half_made / "prompts.tsv").write_text("Prompt\tCategory\tChallenge\tNote\n")
+    (half_made / ".cells.json.a1b2c3d4.tmp").write_text("")
 
     done = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
     assert done.returncode == 0, done.stderr
@@ -134,10 +140,13 @@ def test_a_killed_run_resumes_without_measuring_twice_and_stops_at_its_budget(
     table = load_table(out / "table.json")
     assert {c.n for m in table.models.values() for cells in m.quality.values() for c in cells.values()} >= {2}
 
-    # A finished run asked again measures nothing more and stops where it stopped (in this process: the
-    # command's user path is the two runs above).
+    assert not list(out.rglob("*.tmp"))
+
+    # A finished run asked again measures nothing more and stops where it stopped, logging no second stop (in
+    # this process: the command's user path is the two runs above).
+    logged = decisions.read_text()
     assert main(argv) == 0
-    assert _rows(out) == after
+    assert _rows(out) == after and decisions.read_text() == logged
 
 
 @pytest.mark.slow
@@ -148,6 +157,106 @@ def test_a_run_stops_once_its_target_is_reached(pipelines: tuple[Path, Path, Pat
     assert main(_args(pipelines, out, "--max-images", "200", "--target", "0.001")) == 0
     lines = [json.loads(line) for line in (out / "decisions.jsonl").read_text().splitlines()]
     assert len(lines) == 1 and lines[0]["stop"].startswith("target reached") and lines[0]["images"] == 16
+
+
+@pytest.mark.slow
+def test_a_choice_logged_before_a_kill_is_measured_as_logged(
+    pipelines: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    argv = _args(pipelines, out, "--max-images", "18", "--target", "1.0")
+    assert main(argv) == 0  # four first batches, one chosen, then the budget stops it
+    decisions = out / "decisions.jsonl"
+    chosen, stop = (json.loads(line) for line in decisions.read_text().splitlines())
+    assert (chosen["batch"], stop["batch"]) == (4, 5) and stop["stop"].startswith("budget spent")
+    # What a kill between logging a choice and making its batch leaves. The logged cell is the second best, so
+    # that deciding again would show: the resume must measure what the log says.
+    shutil.rmtree(out / "batches" / "0004")
+    logged = {**chosen, "choice": chosen["ranking"][1]}
+    decisions.write_text(json.dumps(logged, sort_keys=True) + "\n")
+    capsys.readouterr()
+
+    assert main(argv) == 0
+    printed = capsys.readouterr().out.splitlines()
+    cell = logged["choice"]
+    assert json.loads((out / "batches" / "0004" / "cells.json").read_text()) == [
+        [cell["model"], cell["category"], cell["steps"], cell["images"]]
+    ]
+    lines = [json.loads(line) for line in decisions.read_text().splitlines()]
+    assert lines[0] == logged and [line["batch"] for line in lines] == [4, 5] and lines[1]["stop"] is not None
+    assert printed[0].endswith("(logged before the interruption)") and printed[1].startswith("18 images:")
+    assert _rows(out) == _planned(out)
+
+
+def test_a_second_autoprofile_on_a_folder_in_use_is_refused_at_once(tmp_path: Path) -> None:
+    pipelines = (tmp_path / "small", tmp_path / "large", tmp_path / "prompts.tsv")  # refused before they are read
+    out = tmp_path / "run"
+    with hold_lock(out / LOCK_NAME, "unused: the test holds it first"):
+        done = subprocess.run(
+            [sys.executable, "-m", "genedge", *_args(pipelines, out, "--max-images", "20")],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
+    holder = f"pid {os.getpid()} on {platform.node() or 'this host'}"
+    refusal = (
+        f"genedge autoprofile: error: {out}: another genedge autoprofile process ({holder}) is writing this run; "
+        "wait for it to end, or use another --out"
+    )
+    assert done.returncode == 2 and done.stderr.splitlines() == [refusal]
+    assert sorted(path.name for path in out.iterdir()) == [LOCK_NAME]  # nothing written
+
+
+# Where the soak below kills autoprofile, one process after another on one folder: (publish call, before or
+# after it, what the kill leaves under OUT). A fresh run's publish calls are autoprofile.json; per batch its
+# prompts.tsv, cells.json, the batch folder's rename, the profile run's manifest, its records shard (a link) and
+# DONE; table.json last. A resumed process counts from its own start, so each number is aimed at what the
+# process before it left; the patterns check that each kill landed where it was aimed.
+SOAK_KILLS = [
+    (3, "before", "batches/.0000.tmp/.cells.json.*.tmp"),  # a batch being written: a temporary file in its folder
+    (3, "after", "batches/0000/cells.json"),  # the batch renamed into place, nothing measured
+    (2, "before", "batches/0000/run/records/.shard-*.tmp"),  # its records written, not linked
+    (2, "before", "batches/0000/.DONE.*.tmp"),  # measured; the (empty) DONE mark not renamed
+    (6, "after", "batches/0001/run/records/.shard-*.tmp"),  # the next batch's records linked, the temporary kept
+    (14, "before", "batches/.0004.tmp/.prompts.tsv.*.tmp"),  # the first choice logged, its batch not made
+    (9, "before", "batches/.0005.tmp/cells.json"),  # a chosen batch whole, not renamed
+    (19, "before", ".table.json.*.tmp"),  # the stop logged, the table not published
+]
+
+
+@pytest.mark.slow
+def test_kills_in_every_publish_window_lose_nothing_and_count_nothing_twice(
+    pipelines: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    argv = _args(pipelines, out, "--max-images", "24", "--target", "1.0")
+    for at, when, leftover in SOAK_KILLS:
+        killed = run_killed(at, when, argv, env={"OMP_NUM_THREADS": "1"}, timeout=TIMEOUT_S)
+        assert killed.returncode == -9, killed.stderr
+        assert list(out.glob(leftover)), f"the kill {when} publish call {at} left no {leftover}"
+    done = subprocess.run(
+        [sys.executable, "-m", "genedge", *argv], env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert done.returncode == 0, done.stderr
+    assert "stopped: budget spent" in done.stdout
+
+    # Every batch holds exactly the images its cells planned, and no image is in two batches.
+    assert _rows(out) == _planned(out)
+    frames = [read_records(run) for run in sorted((out / "batches").glob("*/run"))]
+    images = [(row.model_key, row.steps, row.prompt) for frame in frames for row in frame.itertuples()]
+    assert len(images) == len(set(images)) == 24
+    # One decision line per batch chosen, the last a stop; each chosen batch measured the logged cell.
+    lines = [json.loads(line) for line in (out / "decisions.jsonl").read_text().splitlines()]
+    batches = sorted((out / "batches").iterdir())
+    assert [line["batch"] for line in lines] == list(range(4, len(batches) + 1))
+    assert lines[-1]["stop"].startswith("budget spent") and all(line["stop"] is None for line in lines[:-1])
+    for line in lines[:-1]:
+        cell = line["choice"]
+        cells = json.loads((batches[line["batch"]] / "cells.json").read_text())
+        assert cells == [[cell["model"], cell["category"], cell["steps"], cell["images"]]]
+    assert all((folder / "DONE").is_file() for folder in batches)
+    assert not list(out.rglob("*.tmp"))
 
 
 def test_other_settings_on_the_same_run_are_refused(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -250,53 +251,118 @@ def test_autoprofile_settings_are_written_once_and_a_resume_must_keep_them(tmp_p
     from genedge.profiler.autoprofile import SETTINGS_NAME, AutoprofileRun
 
     prompts = _p2_prompts(tmp_path / "p2.tsv")
-    run = AutoprofileRun.open(tmp_path / "run", _settings(prompts), threads=1)
-    written = json.loads((tmp_path / "run" / SETTINGS_NAME).read_text())
-    assert written["steps"] == [2, 3] and written["model"] == ["replica:tiny"] and "threads" not in written
-    assert run.keys == {"replica:tiny": "replica:tiny"} and run.batches == [] and run.run_dirs == []
-    # Each category's prompts in one seeded order: the same order again on resume.
-    assert sorted(run.order) == ["Basic", "Imagination"] and len(run.order["Basic"]) == 6
-    again = AutoprofileRun.open(tmp_path / "run", _settings(prompts), threads=4)
-    assert [p.text for p in again.order["Basic"]] == [p.text for p in run.order["Basic"]]
-    with pytest.raises(ValueError, match=r"this run was started with batch = 4 \(not 8\)"):
-        AutoprofileRun.open(tmp_path / "run", _settings(prompts, batch=8))
+    with AutoprofileRun.open(tmp_path / "run", _settings(prompts), threads=1) as run:
+        written = json.loads((tmp_path / "run" / SETTINGS_NAME).read_text())
+        assert written["steps"] == [2, 3] and written["model"] == ["replica:tiny"] and "threads" not in written
+        assert run.keys == {"replica:tiny": "replica:tiny"} and run.batches == [] and run.run_dirs == []
+        # Each category's prompts in one seeded order: the same order again on resume.
+        assert sorted(run.order) == ["Basic", "Imagination"] and len(run.order["Basic"]) == 6
+    with AutoprofileRun.open(tmp_path / "run", _settings(prompts), threads=4) as again:
+        assert [p.text for p in again.order["Basic"]] == [p.text for p in run.order["Basic"]]
+    with (
+        pytest.raises(ValueError, match=r"this run was started with batch = 4 \(not 8\)"),
+        AutoprofileRun.open(tmp_path / "run", _settings(prompts, batch=8)),
+    ):
+        pass
     with pytest.raises(ValueError, match="--first-batch: expected at least 2"):
         _settings(prompts, first_batch=1)
 
 
-def test_a_resume_drops_a_torn_batch_and_a_torn_decision_line(tmp_path: Path) -> None:
+def _measured_batch(out: Path, number: int, steps: int = 2) -> Path:
+    """A batch folder as a finished one looks to the run (cells and DONE; its profile run is not read)."""
+    from genedge.profiler.autoprofile import BATCHES_DIR
+
+    folder = out / BATCHES_DIR / f"{number:04d}"
+    folder.mkdir(parents=True)
+    cells = [["replica:tiny", "Basic", steps, 2], ["replica:tiny", "Imagination", steps, 2]]
+    (folder / "cells.json").write_text(json.dumps(cells))
+    (folder / "DONE").write_text("")
+    return folder
+
+
+def test_a_resume_removes_what_a_kill_left_half_made(tmp_path: Path) -> None:
     from genedge.profiler.autoprofile import BATCHES_DIR, DECISIONS_NAME, AutoprofileRun
 
     prompts = _p2_prompts(tmp_path / "p2.tsv")
     out = tmp_path / "run"
-    measured = out / BATCHES_DIR / "0000"
-    measured.mkdir(parents=True)
-    (measured / "cells.json").write_text(
-        json.dumps([["replica:tiny", "Basic", 2, 2], ["replica:tiny", "Imagination", 2, 2]])
-    )
-    (measured / "DONE").write_text("")
-    torn = out / BATCHES_DIR / "0001"
-    torn.mkdir()
-    (torn / "prompts.tsv").write_text("Prompt\n")  # killed before its cells were written
-    run = AutoprofileRun.open(out, _settings(prompts))
-    assert run.batches == [measured] and not torn.exists()
-    assert run.used == {("replica:tiny", "Basic", 2): 2, ("replica:tiny", "Imagination", 2): 2}
-    assert run.run_dirs == [measured / "run"]
+    measured = _measured_batch(out, 0)
+    # A kill before the batch folder's rename, while its cells were written: a folder holding a temporary file.
+    unfinished = out / BATCHES_DIR / ".0001.tmp"
+    unfinished.mkdir()
+    (unfinished / "prompts.tsv").write_text("Prompt\n")
+    (unfinished / ".cells.json.k2x9a0_q.tmp").write_text('[["replica:tiny", "Basic"')
+    # Kills inside atomic writes: an empty temporary file (killed right after creating it), a whole one.
+    (measured / ".DONE.0a1b2c3d.tmp").write_text("")
+    (out / ".table.json.abcdefgh.tmp").write_text("")
+    (measured / "run" / "records").mkdir(parents=True)
+    (measured / "run" / "records" / ".shard-0-00000.parquet.zz9y8x7w.tmp").write_bytes(b"PAR1")
+    (out / DECISIONS_NAME).write_text('{"batch": 1, "choice": null, "stop": "target reached"}\n{"batch": 2, "sto')
+    with AutoprofileRun.open(out, _settings(prompts)) as run:
+        assert run.batches == [measured] and not unfinished.exists()
+        assert run.used == {("replica:tiny", "Basic", 2): 2, ("replica:tiny", "Imagination", 2): 2}
+        assert run.run_dirs == [measured / "run"]
+        assert not [path for path in out.rglob("*.tmp")]
+        # The line a kill cut short is gone; the whole one before it stands, as the decision for batch 1.
+        assert run.logged_decision() == {"batch": 1, "choice": None, "stop": "target reached"}
+        assert not run.append_decision({"choice": None, "stop": "target reached"})  # no repeated line
+        assert run.append_decision({"choice": None, "stop": "budget spent"})  # another decision is logged
+    lines = [json.loads(line) for line in (out / DECISIONS_NAME).read_text().splitlines()]
+    assert [line["stop"] for line in lines] == ["target reached", "budget spent"]
 
-    run.append_decision({"batch": 1, "stop": None})
-    with (out / DECISIONS_NAME).open("a") as handle:
-        handle.write('{"batch": 2, "sto')  # a kill in mid-line
-    run.append_decision({"batch": 2, "stop": "target"})
-    lines = (out / DECISIONS_NAME).read_text().splitlines()
-    assert [json.loads(line) for line in lines] == [{"batch": 1, "stop": None}, {"batch": 2, "stop": "target"}]
+
+def test_a_logged_choice_stands_and_is_not_decided_again(tmp_path: Path) -> None:
+    from genedge.profiler.autoprofile import DECISIONS_NAME, AutoprofileRun
+
+    prompts = _p2_prompts(tmp_path / "p2.tsv")
+    out = tmp_path / "run"
+    _measured_batch(out, 0)
+    choice = {"model": "replica:tiny", "category": "Basic", "steps": 3, "images": 4, "reduction": 0.5}
+    (out / DECISIONS_NAME).write_text(json.dumps({"batch": 1, "choice": choice, "stop": None}) + "\n")
+    with AutoprofileRun.open(out, _settings(prompts)) as run:
+        assert run.logged_decision()["choice"] == choice
+        with pytest.raises(ValueError, match=r"decisions.jsonl: batch 1's choice is logged already; measure it"):
+            run.append_decision({"choice": None, "stop": "budget spent"})
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda out: (out / "batches" / "0001" / "cells.json").unlink(), r"0001/cells.json: file: missing"),
+        (
+            lambda out: (out / "batches" / "0001" / "cells.json").write_text('[["other", "Basic", 2, 2]]'),
+            r"0001/cells.json: entry 0: expected \[model key, category, steps, images\] of this run",
+        ),
+        (lambda out: (out / "batches" / "0000").rename(out / "batches" / "0002"), r"batches: .*0000 is missing"),
+        (
+            lambda out: (out / "decisions.jsonl").write_text('{"batch": 7}\n'),
+            r"decisions.jsonl: line 1: field 'batch': expected 0 to 2, got 7",
+        ),
+        (
+            lambda out: (out / "decisions.jsonl").write_text('{"batch": 2, "stop": null, "choice": {"model": "x"}}\n'),
+            r"decisions.jsonl: line 1: fields 'stop', 'choice': expected a stop or a cell of this run",
+        ),
+    ],
+)
+def test_an_autoprofile_folder_damaged_by_hand_is_refused_naming_file_and_field(
+    tmp_path: Path, damage: Callable[[Path], object], message: str
+) -> None:
+    from genedge.profiler.autoprofile import AutoprofileRun
+
+    prompts = _p2_prompts(tmp_path / "p2.tsv")
+    out = tmp_path / "run"
+    _measured_batch(out, 0)
+    _measured_batch(out, 1, steps=3)
+    damage(out)
+    with pytest.raises(ValueError, match=message), AutoprofileRun.open(out, _settings(prompts)) as run:
+        run.logged_decision()
 
 
 def test_a_batch_asking_for_more_prompts_than_a_category_has_is_refused(tmp_path: Path) -> None:
     from genedge.profiler.autoprofile import AutoprofileRun
 
-    run = AutoprofileRun.open(tmp_path / "run", _settings(_p2_prompts(tmp_path / "p2.tsv")))
-    with pytest.raises(
-        ValueError, match=r"category .Basic.: 6 prompts in .*too few for 7 images of replica:tiny at 2 steps"
-    ):
-        run.measure("replica:tiny", 2, {"Basic": 7})
-    assert run.batches == []
+    with AutoprofileRun.open(tmp_path / "run", _settings(_p2_prompts(tmp_path / "p2.tsv"))) as run:
+        with pytest.raises(
+            ValueError, match=r"category .Basic.: 6 prompts in .*too few for 7 images of replica:tiny at 2 steps"
+        ):
+            run.measure("replica:tiny", 2, {"Basic": 7})
+        assert run.batches == [] and not (tmp_path / "run" / "batches").exists()

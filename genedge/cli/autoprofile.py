@@ -13,7 +13,7 @@ import argparse
 import itertools
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from genedge.cli._common import (
     add_budget_arguments,
@@ -26,6 +26,9 @@ from genedge.cli._common import (
     workload_from_args,
 )
 from genedge.contract.runs import DEFAULT_GUIDANCE_SCALE
+
+if TYPE_CHECKING:
+    from genedge.profiler.autoprofile import AutoprofileRun, AutoprofileSettings
 
 __all__ = ["add_parser", "run"]
 
@@ -102,14 +105,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genedge.calibrate import calibrate_runs, save_table
     from genedge.contract.files import check_not_input
-    from genedge.optimizer.analysis import Decision, next_batch, parameter_model
-    from genedge.optimizer.inputs import problem_from_options
-    from genedge.optimizer.planners import exact_search
-    from genedge.profiler.autoprofile import AutoprofileRun, AutoprofileSettings
+    from genedge.profiler.autoprofile import AutoprofileRun
 
-    settings = AutoprofileSettings(
+    settings = _settings(args)
+    check_not_input({"--out": args.out}, {"--prompts": args.prompt_source, "--category-mapping": args.category_mapping})
+    with AutoprofileRun.open(args.out, settings, threads=args.threads) as state:
+        state.resume()
+        logged = state.logged_decision()
+        if logged is not None and logged["choice"] is not None:
+            # A kill came between logging this choice and measuring it: it stands, and is measured now.
+            print(_summary(logged) + " (logged before the interruption)")
+            _measure(state, logged["choice"])
+        return _decide_until_stopped(args, state)
+
+
+def _settings(args: argparse.Namespace) -> AutoprofileSettings:
+    from genedge.profiler.autoprofile import AutoprofileSettings
+
+    return AutoprofileSettings(
         model=tuple(args.model),
         steps=tuple(args.steps),
         prompt_source=args.prompt_source,
@@ -124,9 +138,15 @@ def run(args: argparse.Namespace) -> int:
         clip_backbone=args.clip_backbone,
         clip_pretrained=args.clip_pretrained,
     )
-    check_not_input({"--out": args.out}, {"--prompts": args.prompt_source, "--category-mapping": args.category_mapping})
-    state = AutoprofileRun.open(args.out, settings, threads=args.threads)
-    state.resume()
+
+
+def _decide_until_stopped(args: argparse.Namespace, state: AutoprofileRun) -> int:
+    """Fit the table, plan, log the decision and measure its choice, until a decision stops."""
+    from genedge.calibrate import calibrate_runs, save_table
+    from genedge.optimizer.analysis import Decision, next_batch, parameter_model
+    from genedge.optimizer.inputs import problem_from_options
+    from genedge.optimizer.planners import exact_search
+
     for iteration in itertools.count():
         with warnings.catch_warnings():
             if iteration:  # the fits' warnings were shown once; each refit would repeat them
@@ -144,19 +164,29 @@ def run(args: argparse.Namespace) -> int:
             samples=args.samples,
             rng=args.seed,
         )
-        state.append_decision({"batch": len(state.batches), **decision.to_dict()})
-        print(
-            f"{decision.images} images: confidence {decision.confidence:.3f}, expected regret "
-            f"{decision.assessment.expected_regret:.3f}"
-            + ("" if decision.choice is None else f"; next: {_cell(decision.choice)}")
-        )
+        line = decision.to_dict()
+        state.append_decision(line)
+        print(_summary(line))
         if decision.stop is not None:
             print(f"stopped: {decision.stop}")
             print(f"wrote {save_table(table, args.out / 'table.json')}")
             return 0
-        choice = decision.choice
-        state.measure(choice.model, choice.steps, {choice.category: choice.images})
+        _measure(state, line["choice"])
 
 
-def _cell(value: Any) -> str:
-    return f"{value.model} {value.category}@{value.steps} (+{value.images} images, regret -{value.reduction:.3f})"
+def _measure(state: AutoprofileRun, choice: dict[str, Any]) -> None:
+    state.measure(choice["model"], choice["steps"], {choice["category"]: choice["images"]})
+
+
+def _summary(line: dict[str, Any]) -> str:
+    """One decision line of the log, as printed: images so far, confidence, expected regret, the choice."""
+    choice = line["choice"]
+    return (
+        f"{line['images']} images: confidence {line['confidence']:.3f}, expected regret {line['expected_regret']:.3f}"
+        + (
+            ""
+            if choice is None
+            else f"; next: {choice['model']} {choice['category']}@{choice['steps']} "
+            f"(+{choice['images']} images, regret -{choice['reduction']:.3f})"
+        )
+    )
