@@ -46,7 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "table, plan, and measure the cell whose images would most reduce the plan's expected regret (a "
             "parametric bootstrap of the table), until every routing, steps and deployment decision reaches "
             "--target confidence or --max-images are spent. Each batch is a resumable profile run under "
-            "OUT/batches; rerunning the same command after a kill resumes without measuring anything twice. "
+            "OUT/batches; rerunning the same command after a kill resumes without measuring anything twice, and "
+            "a second process on the same OUT is refused. "
             "OUT/decisions.jsonl records why each batch was chosen; OUT/table.json is the final table."
         ),
     )
