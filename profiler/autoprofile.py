@@ -392,11 +392,13 @@ def _remove_leftovers(out: Path) -> None:
 
 def _check_settings(out: Path, settings: Mapping[str, Any]) -> None:
     """Write the run's settings, or refuse a resume with other ones (naming the first that differs)."""
-    from genedge.contract.files import read_json, write_text_atomic
+    from genedge.contract.files import ArtifactError, read_json, write_text_atomic
 
     path = out / SETTINGS_NAME
     if path.exists():
-        existing = read_json(path, "autoprofile settings", ValueError)
+        existing = read_json(path, "autoprofile settings (a JSON object)")
+        if not isinstance(existing, dict):
+            raise ArtifactError(str(path), "document", f"expected a JSON object, but got {type(existing).__name__}")
         differ = [f"{k} = {existing.get(k)!r} (not {v!r})" for k, v in settings.items() if existing.get(k) != v]
         if differ:
             raise ValueError(

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import genedge_env
+from conftest import genedge_env, genedge_in_process
 from kill_points import run_killed
 
 from genedge.calibrate import load_table
@@ -273,6 +273,19 @@ def test_other_settings_on_the_same_run_are_refused(tmp_path: Path) -> None:
     )
     assert done.returncode != 0 and "batch = 8 (not 2)" in done.stderr
     assert "autoprofile.json: this run was started with" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [('{"batch": ', "line 1: not valid JSON"), ("[2]", "document: expected a JSON object, but got list")],
+)
+def test_a_damaged_settings_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str], text, message) -> None:
+    pipelines = (tmp_path / "small", tmp_path / "large", tmp_path / "prompts.tsv")  # refused before they are read
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "autoprofile.json").write_text(text)
+    done = genedge_in_process(capsys, *_args(pipelines, out, "--max-images", "20"))
+    assert done.returncode == 2 and f"{out / 'autoprofile.json'}: {message}" in done.stderr, done.stderr
 
 
 def test_a_batch_keeps_prompts_with_quotes_and_commas_exactly(tmp_path: Path) -> None:
