@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import genedge_env, genedge_in_process
+from conftest import genedge_env, genedge_in_process, run_genedge
 from kill_points import run_killed
 
 from genedge.calibrate import load_table
@@ -27,8 +27,12 @@ TIMEOUT_S = 600
 PER_CATEGORY = 14
 
 
+# One torch thread: the processes a test starts share a small machine.
+_THREADS = {"OMP_NUM_THREADS": "1"}
+
+
 def _env() -> dict[str, str]:
-    return genedge_env({"OMP_NUM_THREADS": "1"})
+    return genedge_env(_THREADS)
 
 
 @pytest.fixture(scope="module")
@@ -192,13 +196,7 @@ def test_a_second_autoprofile_on_a_folder_in_use_is_refused_at_once(tmp_path: Pa
     pipelines = (tmp_path / "small", tmp_path / "large", tmp_path / "prompts.tsv")  # refused before they are read
     out = tmp_path / "run"
     with hold_lock(out / LOCK_NAME, "unused: the test holds it first"):
-        done = subprocess.run(
-            [sys.executable, "-m", "genedge", *_args(pipelines, out, "--max-images", "20")],
-            env=_env(),
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_S,
-        )
+        done = run_genedge(*_args(pipelines, out, "--max-images", "20"), env=_THREADS, timeout=TIMEOUT_S)
     holder = f"pid {os.getpid()} on {platform.node() or 'this host'}"
     refusal = (
         f"genedge autoprofile: error: {out}: another genedge autoprofile process ({holder}) is writing this run; "
@@ -232,7 +230,7 @@ def test_kills_in_every_publish_window_lose_nothing_and_count_nothing_twice(
     out = tmp_path / "run"
     argv = _args(pipelines, out, "--max-images", "24", "--target", "1.0")
     for at, when, leftover in SOAK_KILLS:
-        killed = run_killed(at, when, argv, env={"OMP_NUM_THREADS": "1"}, timeout=TIMEOUT_S)
+        killed = run_killed(at, when, argv, env=_THREADS, timeout=TIMEOUT_S)
         assert killed.returncode == -9, killed.stderr
         assert list(out.glob(leftover)), f"the kill {when} publish call {at} left no {leftover}"
     done = subprocess.run(
@@ -264,13 +262,7 @@ def test_other_settings_on_the_same_run_are_refused(tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
     (out / "autoprofile.json").write_text(json.dumps({"batch": 8}))
-    done = subprocess.run(
-        [sys.executable, "-m", "genedge", *_args(pipelines, out, "--max-images", "20")],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
+    done = run_genedge(*_args(pipelines, out, "--max-images", "20"), env=_THREADS, timeout=TIMEOUT_S)
     assert done.returncode != 0 and "batch = 8 (not 2)" in done.stderr
     assert "autoprofile.json: this run was started with" in done.stderr
 
