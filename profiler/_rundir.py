@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +27,12 @@ from genedge.contract.runs import (
 )
 from genedge.profiler.records import RunIndex
 
-__all__ = ["new_run_id", "run_lock", "open_run"]
+__all__ = ["run_lock", "open_run"]
 
 logger = logging.getLogger(__name__)
 
 # How long a rank > 0 waits for rank 0 to write the manifest (rank 0 loads the CLIP backbone first).
 MANIFEST_WAIT_S = 900.0
-
-
-def new_run_id() -> str:
-    """A fresh run id: the UTC time and six random hex digits."""
-    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
 @contextlib.contextmanager

@@ -35,13 +35,14 @@ from genedge.contract.runs import (
     DEFAULT_DTYPE,
     DEFAULT_GUIDANCE_SCALE,
     MANIFEST_SCHEMA_VERSION,
+    new_run_id,
     run_identity,
     settings_sha256,
 )
 from genedge.profiler._environment import distributed, environment
 from genedge.profiler._imports import require
 from genedge.profiler._recorder import ColdStart, Item, Pending, Recorder
-from genedge.profiler._rundir import new_run_id, open_run, run_lock
+from genedge.profiler._rundir import open_run, run_lock
 from genedge.profiler.clipscore import (
     DEFAULT_CLIP_BACKBONE,
     DEFAULT_CLIP_PRETRAINED,

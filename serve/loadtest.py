@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from genedge.contract.files import ArtifactError
+from genedge.contract.runs import new_run_id
 from genedge.serve.loadtest_client import ServedPlan, fetch_plan, fetch_stats, send
 from genedge.serve.loadtest_config import LoadConfig, LoadTestError
 from genedge.serve.loadtest_document import LoadTestIdentity, LoadTestManifest, SessionDocument
@@ -44,11 +45,9 @@ from genedge.serve.loadtest_layout import (
     audit_records,
     identity,
     image_path,
-    new_test_id,
     next_session,
     read_manifest,
     read_records,
-    recorded_indices,
     recorded_tests,
     write_manifest,
     write_scores,
@@ -77,7 +76,8 @@ class LoadTestRun:
         outcomes: status → this run's requests with it.
         served: the plan and table the server answered.
         rebuilt: the manifest was missing and was rebuilt from the records sent with these settings.
-        audit: the files of another test found in the directory (left out of every count).
+        audit: what the directory held when the run started: the indices recorded before, and the files of
+            another test (left out of every count).
     """
 
     result_dir: Path
@@ -89,7 +89,7 @@ class LoadTestRun:
     outcomes: Mapping[str, int] = field(default_factory=dict)
     served: ServedPlan | None = None
     rebuilt: bool = False
-    audit: RecordAudit = field(default_factory=lambda: RecordAudit(0, ()))
+    audit: RecordAudit = field(default_factory=lambda: RecordAudit(frozenset(), ()))
 
 
 async def _run(
@@ -184,7 +184,7 @@ def _start(
         return manifest, False
     test_id = _rebuilt_test_id(result_dir, ours)
     manifest = LoadTestManifest(
-        test_id=new_test_id() if test_id is None else test_id,
+        test_id=new_run_id() if test_id is None else test_id,
         config=ours,
         prompts_file=str(config.prompts),
         trace_file=None if config.trace is None else str(config.trace),
@@ -237,11 +237,11 @@ def run_loadtest(
     schedule = build_schedule(config, prompts, plan_from_dict(served.plan, f"{config.base_url} plan"), served.table)
     with writing(result_dir):
         manifest, rebuilt = _start(config, result_dir, served, schedule)
-        done = recorded_indices(result_dir)
-        todo = [r for r in schedule.requests if r.index not in done]
+        audit = audit_records(result_dir)
+        todo = [r for r in schedule.requests if r.index not in audit.indices]
         number = next_session(result_dir)
         if on_start is not None:
-            on_start(schedule, len(todo), len(done))
+            on_start(schedule, len(todo), audit.own)
         writer = RecordWriter(result_dir, manifest, number, keep_images or config.save_images)
         session = SessionDocument(number, manifest.test_id, manifest.settings_sha256, time.time(), len(todo))
         write_session(result_dir, session)
@@ -253,14 +253,13 @@ def run_loadtest(
             session, ended_unix=time.time(), stats_before=before, stats_after=after, outcomes=outcomes
         )
         write_session(result_dir, ended)
-        audit = audit_records(result_dir)
     if rebuilt:
         rebuilt_from = f"rebuilt from the records of test {manifest.test_id}"
         warnings.warn(f"{result_dir / MANIFEST_NAME}: was missing; {rebuilt_from}", stacklevel=2)
     for line in audit.problems():
         warnings.warn(line, stacklevel=2)
     return LoadTestRun(
-        result_dir, manifest.test_id, number, schedule, len(todo), len(done), outcomes, served, rebuilt, audit
+        result_dir, manifest.test_id, number, schedule, len(todo), audit.own, outcomes, served, rebuilt, audit
     )
 
 

@@ -23,11 +23,9 @@ import contextlib
 import hashlib
 import json
 import re
-import secrets
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,12 +64,10 @@ __all__ = [
     "default_result_dir",
     "identity",
     "image_path",
-    "new_test_id",
     "next_session",
     "read_manifest",
     "read_records",
     "read_sessions",
-    "recorded_indices",
     "recorded_tests",
     "writing",
     "write_manifest",
@@ -206,11 +202,6 @@ def write_manifest(result_dir: Path, manifest: LoadTestManifest) -> Path:
     return write_text_atomic(
         result_dir / MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n"
     )
-
-
-def new_test_id() -> str:
-    """A fresh test id: the UTC time and six random hex digits."""
-    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
 @contextlib.contextmanager
@@ -368,13 +359,18 @@ class RecordAudit:
     """What a result directory holds beside the test's own records and sessions.
 
     Attributes:
-        own: the test's records.
+        indices: the request indices the test has recorded (a resumed run sends the others).
         foreign: each file holding records, scores or a session of another test or of other settings
             (copied in, or left by a test run into the directory before): never counted as the test's.
     """
 
-    own: int
+    indices: frozenset[int]
     foreign: tuple[ForeignFile, ...]
+
+    @property
+    def own(self) -> int:
+        """The test's records."""
+        return len(self.indices)
 
     def problems(self) -> list[str]:
         """One line per foreign file, empty when there is none."""
@@ -398,25 +394,25 @@ def _foreign(path: Path, tests: Mapping[tuple[str | None, str | None], int]) -> 
 
 
 def audit_records(result_dir: str | Path) -> RecordAudit:
-    """Name the files of another test in a result directory (their rows are never read as the test's).
+    """The request indices a result directory holds records of, and the files of another test there (their rows
+    are never read as the test's).
 
     Raises:
-        ArtifactError: a malformed manifest, session, record or score file, naming the file and field.
+        ArtifactError: a malformed manifest, session, record or score file, naming the file and field, or an
+            index recorded twice (naming the files).
     """
     result_dir = Path(result_dir)
     manifest = read_manifest(result_dir)
-    foreign, own = [], 0
-    for folder, fields in ((_RECORDS_DIR, RECORD_COLUMNS), (_SCORES_DIR, SCORE_FIELDS)):
-        for path in _part_files(result_dir, folder):
-            table = _read_typed(path, fields)
-            others = {pair: n for pair, n in _tests(table).items() if not manifest.owns(*pair)}
-            own += (len(table) - sum(others.values())) if folder == _RECORDS_DIR else 0
-            if others:
-                foreign.append(_foreign(path, others))
-    for path, session in _read_session_files(result_dir):
-        if not manifest.owns(session.test_id, session.settings_sha256):
-            foreign.append(_foreign(path, {(session.test_id, session.settings_sha256): 1}))
-    return RecordAudit(own, tuple(foreign))
+    records, foreign_records = _read_parts(result_dir, manifest, _RECORDS_DIR, RECORD_COLUMNS)
+    _check_once(result_dir, manifest, records)
+    _, foreign_scores = _read_parts(result_dir, manifest, _SCORES_DIR, SCORE_FIELDS)
+    foreign_sessions = tuple(
+        _foreign(path, {(session.test_id, session.settings_sha256): 1})
+        for path, session in _read_session_files(result_dir)
+        if not manifest.owns(session.test_id, session.settings_sha256)
+    )
+    indices = frozenset(records["index"].to_pylist())
+    return RecordAudit(indices, foreign_records + foreign_scores + foreign_sessions)
 
 
 def recorded_tests(result_dir: Path) -> dict[tuple[str | None, str | None], int]:
@@ -433,34 +429,46 @@ def recorded_tests(result_dir: Path) -> dict[tuple[str | None, str | None], int]
     return counts
 
 
-def _own_parts(result_dir: Path, manifest: LoadTestManifest, folder: str, fields: Mapping[str, str]) -> pa.Table:
-    """The test's rows of every file in ``folder``, checked, in one table."""
+def _read_parts(
+    result_dir: Path, manifest: LoadTestManifest, folder: str, fields: Mapping[str, str]
+) -> tuple[pa.Table, tuple[ForeignFile, ...]]:
+    """The test's rows of every file in ``folder``, checked, in one table; and the files holding another
+    test's rows. Each file is read once."""
     import pyarrow as pa
 
-    tables = []
+    tables, foreign = [], []
     for path in _part_files(result_dir, folder):
         table = _read_typed(path, fields)
+        others = {pair: n for pair, n in _tests(table).items() if not manifest.owns(*pair)}
+        if others:
+            foreign.append(_foreign(path, others))
         own = _own_rows(table.append_column(_FILE_ROW, pa.array(range(len(table)), pa.int64())), manifest)
         _check_rows(path, own, manifest.schedule.requests)
         tables.append(own.drop_columns([_FILE_ROW]))
-    return pa.concat_tables(tables) if tables else _schema(fields).empty_table()
+    return (pa.concat_tables(tables) if tables else _schema(fields).empty_table()), tuple(foreign)
 
 
 def _merge_scores(result_dir: Path, manifest: LoadTestManifest, records: pd.DataFrame) -> pd.DataFrame:
-    scores = _own_parts(result_dir, manifest, _SCORES_DIR, SCORE_FIELDS).to_pandas()
+    scores = _read_parts(result_dir, manifest, _SCORES_DIR, SCORE_FIELDS)[0].to_pandas()
     scores = scores.drop(columns=["test_id", "settings_sha256"]).drop_duplicates("index", keep="last")
     return records.merge(scores, on="index", how="left")
 
 
-def _recorded_twice(result_dir: Path, manifest: LoadTestManifest, index: int) -> ArtifactError:
+def _check_once(result_dir: Path, manifest: LoadTestManifest, records: pa.Table) -> None:
+    """Refuse a request index the test's records hold twice, naming the files that hold it."""
     import pyarrow.compute as pc
 
+    counts = pc.value_counts(records["index"])
+    twice = [entry["values"].as_py() for entry in counts if entry["counts"].as_py() > 1]
+    if not twice:
+        return
+    index = min(twice)
     files = [
         path.name
         for path in _part_files(result_dir, _RECORDS_DIR)
         if pc.any(pc.equal(_own_rows(_read_typed(path, RECORD_COLUMNS), manifest)["index"], index)).as_py()
     ]
-    return ArtifactError(
+    raise ArtifactError(
         str(result_dir / _RECORDS_DIR), "index", f"request {index} is recorded twice (in {', '.join(files)})"
     )
 
@@ -477,16 +485,9 @@ def read_records(result_dir: str | Path) -> pd.DataFrame:
     """
     result_dir = Path(result_dir)
     manifest = read_manifest(result_dir)
-    records = _own_parts(result_dir, manifest, _RECORDS_DIR, RECORD_COLUMNS).to_pandas()
-    twice = records["index"][records["index"].duplicated()]
-    if len(twice):
-        raise _recorded_twice(result_dir, manifest, int(twice.iloc[0]))
-    return _merge_scores(result_dir, manifest, records).sort_values("index", ignore_index=True)
-
-
-def recorded_indices(result_dir: Path) -> set[int]:
-    """The request indices the test's earlier runs recorded: a resumed run sends the others."""
-    return set(read_records(result_dir)["index"].tolist())
+    records, _ = _read_parts(result_dir, manifest, _RECORDS_DIR, RECORD_COLUMNS)
+    _check_once(result_dir, manifest, records)
+    return _merge_scores(result_dir, manifest, records.to_pandas()).sort_values("index", ignore_index=True)
 
 
 def write_scores(result_dir: Path, manifest: LoadTestManifest, frame: pd.DataFrame) -> Path:

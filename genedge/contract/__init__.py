@@ -94,6 +94,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "check_row",
             "clip_convention_of",
             "list_shards",
+            "new_run_id",
             "lock_path",
             "quarantine_shard",
             "read_manifest",

@@ -48,6 +48,7 @@ __all__ = [
     "check_row",
     "clip_convention_of",
     "list_shards",
+    "new_run_id",
     "lock_path",
     "quarantine_shard",
     "read_manifest",
@@ -522,6 +523,14 @@ def _check_settings_hash(r: FieldReader, manifest: Mapping[str, Any]) -> None:
             "the manifest no longer describes what its records measured (edited since?); restore it, or profile "
             "again into another folder",
         )
+
+
+def new_run_id() -> str:
+    """A fresh id for a run (a profile run, a load test): the UTC time and six random hex digits."""
+    import secrets
+    from datetime import datetime, timezone
+
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
 def run_identity(manifest: Mapping[str, Any]) -> tuple[str, str]:
