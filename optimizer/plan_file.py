@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from genedge.contract.bounds import MAX_STEPS
+from genedge.contract.bounds import MAX_BATCH_SIZE, MAX_STEPS
 from genedge.contract.fields import FieldReader
 from genedge.contract.files import ArtifactError, read_json, write_text_atomic
 from genedge.optimizer.model import BUDGET_RTOL, ROW_SUM_TOL, Problem, Slo
@@ -100,6 +100,11 @@ class PlanModel:
     share: float
     service_s: float | None
     max_batch: int | None
+
+    @property
+    def batch(self) -> int:
+        """The largest batch a call takes: ``max_batch``, or 1 where the plan does not say."""
+        return 1 if self.max_batch is None else self.max_batch
 
 
 @dataclass(frozen=True)
@@ -425,13 +430,20 @@ def _read_inputs(r: FieldReader, inputs: Mapping[str, Any]) -> PlanInputs:
 
 
 def _read_model(r: FieldReader, entry: Mapping[str, Any], path: str) -> PlanModel:
-    """One ``models.KEY`` entry (already checked for its share and, where deployed, its steps)."""
+    """One ``models.KEY`` entry (already checked for its share and, where deployed, its steps): a deployed
+    model's call time is a number > 0, a batch size at least 1 and at most MAX_BATCH_SIZE."""
+    deployed = bool(r.opt(entry, "deployed", path, bool))
+    max_batch = r.opt(entry, "max_batch", path, int)
+    if max_batch is not None:
+        r.bounded(max_batch, f"{path}.max_batch", minimum=1, maximum=MAX_BATCH_SIZE, what="a batch size")
     return PlanModel(
-        deployed=bool(r.opt(entry, "deployed", path, bool)),
+        deployed=deployed,
         steps=r.opt(entry, "steps", path, int),
         share=r.get(entry, "share", path, float),
-        service_s=r.opt(entry, "service_s", path, float),
-        max_batch=r.opt(entry, "max_batch", path, int),
+        service_s=r.number(entry, "service_s", path, minimum=0, strict=True)
+        if deployed
+        else r.opt(entry, "service_s", path, float),
+        max_batch=max_batch,
     )
 
 

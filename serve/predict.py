@@ -330,5 +330,5 @@ def _offered_utilization(plan: PlanDocument, demand: Mapping[str, float]) -> dic
     keys = list(deployed)
     rates = np.array([sum(plan.routed(c, key) * v for c, v in demand.items()) for key in keys])
     calls = np.array([deployed[key].service_s for key in keys])
-    batches = np.array([1 if deployed[key].max_batch is None else deployed[key].max_batch for key in keys])
+    batches = np.array([deployed[key].batch for key in keys])
     return dict(zip(keys, utilization(rates, calls, batches).tolist()))

@@ -17,7 +17,6 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,7 +36,6 @@ __all__ = [
     "ServeSpec",
     "model_specs_from_pairs",
     "place_on_devices",
-    "read_table_file",
     "serve_spec",
 ]
 
@@ -94,7 +92,6 @@ class ServeSpec:
 
     Attributes:
         plan: the plan document as read (what ``GET /v1/plan`` answers).
-        table: the calibration table.
         table_document: the table document as read from its file (what ``GET /v1/plan`` answers).
         table_sha256: sha256 of the table file's bytes (equal to the plan's).
         categories: the plan's categories, in routing-matrix order.
@@ -110,7 +107,6 @@ class ServeSpec:
     """
 
     plan: Mapping[str, Any]
-    table: CalibrationTable
     table_document: Mapping[str, Any]
     table_sha256: str
     categories: tuple[str, ...]
@@ -279,7 +275,7 @@ def _served_models(
         entry = deployed[key]
         # one call on the replica's share: the plan's call time on the model's whole share r, times r / share
         service_s = entry.service_s * entry.share / share
-        max_batch = entry.max_batch or 1
+        max_batch = entry.batch
         models.append(
             ServedModel(
                 key=key,
@@ -326,7 +322,8 @@ def serve_spec(
 
     Args:
         plan: a plan (:func:`genedge.optimizer.plan_file.load_plan`).
-        table: the calibration table the plan names, read from ``table_bytes`` (:func:`read_table_file`).
+        table: the calibration table the plan names, read from ``table_bytes``
+            (:func:`genedge.contract.table_file.read_table_file`).
         table_bytes: the table file's bytes (hashed and compared with the plan's ``table_sha256``; their
             document is what ``GET /v1/plan`` answers).
         model_specs: model key → what to load instead of the key (e.g. ``sd15`` → a saved folder);
@@ -348,7 +345,6 @@ def serve_spec(
     models = _served_models(deployed, settings, model_specs, slo_s, queue_bound_s)
     return ServeSpec(
         plan=plan.raw,
-        table=table,
         table_document=json.loads(table_bytes),
         table_sha256=actual,
         categories=tuple(plan.routing),
@@ -378,16 +374,3 @@ def model_specs_from_pairs(pairs: Sequence[str]) -> dict[str, str]:
             raise ValueError(f"--model: {key!r} is given twice")
         specs[key] = spec
     return specs
-
-
-def read_table_file(path: str | Path) -> tuple[CalibrationTable, bytes]:
-    """A table file's table (read by the table reader, so a table the planner would refuse is refused
-    here too) and the bytes it was read from (their sha256 is what plans record)."""
-    from genedge.contract.files import check_input_file, parse_json
-    from genedge.contract.table_file import TableError, table_from_dict
-
-    what = "a JSON calibration table"
-    path = check_input_file(path, what)
-    data = path.read_bytes()  # read once: the table served is the one hashed
-    document = parse_json(data, str(path), what, TableError)
-    return table_from_dict(document, where=str(path)), data

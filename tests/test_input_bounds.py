@@ -525,8 +525,10 @@ def _plan_edit(path: str, value: Any) -> Any:
         (_plan_edit("models/sd15", [1]), "models.sd15"),
         (_plan_edit("inputs", []), "inputs"),
         (_plan_edit("models/sd15/share", float("nan")), "models.sd15.share"),
+        (_plan_edit("models/*/max_batch", 0), ".max_batch"),
+        (_plan_edit("models/*/service_s", None), ".service_s"),
     ],
-    ids=["routing-list", "probability-text", "model-list", "inputs-list", "share-nan"],
+    ids=["routing-list", "probability-text", "model-list", "inputs-list", "share-nan", "batch-0", "no-call-time"],
 )
 def test_malformed_plans_name_the_field_instead_of_a_traceback(
     tmp_path: Path, plan_document: dict[str, Any], edit: Any, field: str
