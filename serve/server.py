@@ -283,8 +283,9 @@ def prepare_server(
         ValueError: the plan or table is unreadable or invalid (naming the file and field), they do not
             match (:class:`~genedge.serve.spec.ServeError`), or an argument is out of range (naming it).
     """
+    from genedge.contract.table_file import read_table_file
     from genedge.optimizer.plan_file import load_plan
-    from genedge.serve.spec import read_table_file, serve_spec
+    from genedge.serve.spec import serve_spec
 
     _check_options(realization, threads, queue_bound_s, drain_timeout_s)
     gpus = _uses_gpus(device)

@@ -12,7 +12,7 @@ import pytest
 
 from genedge import data as shipped_data
 from genedge.contract.table import CalibrationTable
-from genedge.contract.table_file import load_table, table_manifest_from_dict, table_to_dict
+from genedge.contract.table_file import load_table, read_table_file, table_manifest_from_dict, table_to_dict
 from genedge.optimizer.plan_file import PLAN_SCHEMA_VERSION, PlanDocument, plan_from_dict
 from genedge.serve.protocol import (
     MAX_IMAGES_PER_REQUEST,
@@ -22,7 +22,7 @@ from genedge.serve.protocol import (
     parse_generate,
     parse_openai,
 )
-from genedge.serve.spec import ServeError, model_specs_from_pairs, place_on_devices, read_table_file, serve_spec
+from genedge.serve.spec import ServeError, model_specs_from_pairs, place_on_devices, serve_spec
 
 CATEGORIES = ("Basic", "Complex")
 

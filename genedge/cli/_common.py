@@ -27,7 +27,7 @@ from genedge.contract.bounds import (
     range_problem,
 )
 from genedge.contract.table import CalibrationTable
-from genedge.contract.table_file import load_table
+from genedge.contract.table_file import read_table_file
 from genedge.optimizer.inputs import problem_from_options, slo_from_options
 from genedge.optimizer.model import DEFAULT_REQUESTS, Problem, Workload, workload_from_options
 from genedge.optimizer.planners import PlanResult
@@ -355,9 +355,9 @@ def workload_from_args(
 
 
 def load_table_with_hash(path: Path) -> tuple[CalibrationTable, str]:
-    """Load and validate a table; also return the sha256 of its bytes, recorded in plans."""
-    table = load_table(path)
-    return table, hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """Load and validate a table; also return the sha256 of the bytes it was read from, recorded in plans."""
+    table, data = read_table_file(path)
+    return table, hashlib.sha256(data).hexdigest()
 
 
 def parse_counts(text: str, option: str, *, whole: bool = False, minimum_total: float = 0.0) -> dict[str, float]:

@@ -30,7 +30,7 @@ from genedge.contract.bounds import (
 )
 from genedge.contract.clip import CLIPSCORE_RANGE, ClipConvention
 from genedge.contract.fields import FieldReader
-from genedge.contract.files import ArtifactError, read_json, write_text_atomic
+from genedge.contract.files import ArtifactError, check_input_file, parse_json, write_text_atomic
 from genedge.contract.mappings import check_category_mapping
 from genedge.contract.runs import DEFAULT_DTYPE, DEFAULT_GUIDANCE_SCALE, MEMORY_RUNGS
 from genedge.contract.table import (
@@ -57,6 +57,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TableError",
     "load_table",
+    "read_table_file",
     "save_table",
     "table_from_dict",
     "table_manifest_from_dict",
@@ -657,15 +658,26 @@ def table_to_dict(table: CalibrationTable) -> dict[str, Any]:
     }
 
 
-def load_table(path: str | os.PathLike[str]) -> CalibrationTable:
-    """Read and validate a calibration table JSON file.
+def read_table_file(path: str | os.PathLike[str]) -> tuple[CalibrationTable, bytes]:
+    """Read and validate a calibration table JSON file; return the table and the bytes it was read from.
+
+    The file is read once, so the bytes a plan hashes (``table_sha256``) are the ones the table was parsed
+    from, even if the file changes meanwhile.
 
     Raises:
         FileNotFoundError: the file does not exist.
         TableError: the file is not valid JSON or violates the schema (names file and field).
+        ArtifactError: it is not a regular file (a FIFO, a device).
     """
-    path = Path(path)
-    return table_from_dict(read_json(path, "a JSON calibration table", TableError), where=str(path))
+    what = "a JSON calibration table"
+    path = check_input_file(path, what)
+    data = path.read_bytes()
+    return table_from_dict(parse_json(data, str(path), what, TableError), where=str(path)), data
+
+
+def load_table(path: str | os.PathLike[str]) -> CalibrationTable:
+    """Read and validate a calibration table JSON file (:func:`read_table_file`, without the bytes)."""
+    return read_table_file(path)[0]
 
 
 def save_table(table: CalibrationTable, path: str | os.PathLike[str]) -> Path:
