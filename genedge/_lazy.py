@@ -41,9 +41,9 @@ def lazy_exports(
     def __dir__() -> list[str]:
         return sorted({*vars(sys.modules[package]), *owner})
 
-    # A function named like its module (``optimizer.anneal.anneal``) is bound now: importing the module
-    # later, from anywhere, would otherwise set the package attribute to the module instead.
-    for name, module in owner.items():
-        if module.rsplit(".", 1)[-1] == name:
-            setattr(sys.modules[package], name, getattr(importlib.import_module(module, package), name))
+    # Importing a submodule sets the package attribute of its name to the module, so a public name spelled
+    # like its module (``anneal`` of ``.anneal``) would be replaced by the module: refuse it.
+    clashing = sorted(name for name, module in owner.items() if module.rsplit(".", 1)[-1] == name)
+    if clashing:
+        raise ValueError(f"{package}: {clashing} are named like their modules; make those modules private (_name)")
     return sorted(owner), __getattr__, __dir__

@@ -9,7 +9,7 @@
 
 Each room's public names are its package's ``__all__`` (the modules behind them are private);
 :mod:`~genedge.optimizer.inputs` builds a problem from command-line style options and
-:mod:`~genedge.optimizer.plan_document` the plan document from a result. Planning needs numpy and
+:mod:`~genedge.optimizer.plan_file` the plan document from a result. Planning needs numpy and
 scipy only; names are imported on first use (PEP 562), so importing one room does not load the others.
 """
 

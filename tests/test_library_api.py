@@ -21,7 +21,7 @@ from genedge.contract.prompts import read_prompt_file
 from genedge.data import resolve_router, resolve_table
 from genedge.optimizer.analysis import DEFAULT_SAMPLES
 from genedge.optimizer.inputs import BootstrapSize, bootstrap_size, problem_from_options, slo_from_options
-from genedge.optimizer.model._workload import DEFAULT_MIX, Workload, default_mix, workload_from_options
+from genedge.optimizer.model import DEFAULT_MIX, Workload, default_mix, workload_from_options
 from genedge.optimizer.plan_file import plan_inputs, plan_to_dict, validate_plan
 from genedge.router import choose_router, count_routed, router_path
 

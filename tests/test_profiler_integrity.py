@@ -259,6 +259,9 @@ def test_a_manifest_whose_run_id_names_none_of_its_rows_is_not_resumed(run_dir: 
     with pytest.raises(ValueError, match=rf"field 'run_id': .* names none of the rows .* \(runs {run_id} \(8 rows\)\)"):
         profile(config, run_dir)
     assert len(read_records(run_dir)) == N_IMAGES  # nothing measured again beside them
+    assert audit_run(run_dir, read_manifest(run_dir)).foreign == N_IMAGES  # what `show` lists as foreign
+    with pytest.raises(TableError, match=rf"records: {N_IMAGES} foreign row\(s\)"):
+        read_runs([run_dir])
 
 
 def test_a_kill_inside_a_shard_write_leaves_nothing_a_resume_does_not_clean(

@@ -31,16 +31,15 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "._objective": ("INFEASIBLE", "score_plan", "unconstrained_utility"),
         "._problem": ("Problem", "Slo"),
         "._queueing": ("md1_mean_response",),
-        "._routing": ("Realization", "Router", "SmoothWeightedRoundRobin"),
+        "._routing": ("ROW_SUM_TOL", "Realization", "Router", "SmoothWeightedRoundRobin"),
         "._system": (
             "BUDGET_RTOL",
-            "ROW_SUM_TOL",
             "Evaluation",
             "GroupFigures",
             "evaluate",
             "optimal_shares",
             "utility_with_optimal_shares",
         ),
-        "._workload": ("DEFAULT_REQUESTS", "Workload", "default_mix", "workload_from_options"),
+        "._workload": ("DEFAULT_MIX", "DEFAULT_REQUESTS", "Workload", "default_mix", "workload_from_options"),
     },
 )

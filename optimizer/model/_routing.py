@@ -15,9 +15,11 @@ from typing import Literal
 import numpy as np
 
 from genedge.optimizer.model._delay import REALIZATIONS
-from genedge.optimizer.model._system import ROW_SUM_TOL
 
-__all__ = ["Realization", "Router", "SmoothWeightedRoundRobin"]
+__all__ = ["ROW_SUM_TOL", "Realization", "Router", "SmoothWeightedRoundRobin"]
+
+#: Routing rows may drift from 1 by float round-off after many small moves; plans are read with the same slack.
+ROW_SUM_TOL = 1e-6
 
 Realization = Literal["deterministic", "random"]
 

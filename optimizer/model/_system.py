@@ -35,10 +35,10 @@ from genedge.optimizer.model._delay import (
     fifo_delay_coefficient,
 )
 from genedge.optimizer.model._problem import Problem
+from genedge.optimizer.model._routing import ROW_SUM_TOL
 
 __all__ = [
     "BUDGET_RTOL",
-    "ROW_SUM_TOL",
     "Evaluation",
     "GroupFigures",
     "evaluate",
@@ -48,8 +48,6 @@ __all__ = [
 
 #: Relative slack on Σ r_m ≤ R: shares computed as R·x / Σ x may sum to R plus round-off.
 BUDGET_RTOL = 1e-9
-#: Routing rows may drift from 1 by float round-off after many small moves; plans are read with the same slack.
-ROW_SUM_TOL = 1e-6
 # A routing probability this far below 0 is round-off, not a negative probability.
 _NEGATIVE_PROBABILITY_TOL = 1e-12
 # Attainment this far below the target still meets it (the figures come from bisections and sums).
