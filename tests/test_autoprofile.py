@@ -8,13 +8,10 @@ import os
 import platform
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import genedge_env, genedge_in_process, run_genedge
+from conftest import genedge_in_process, run_genedge
 from kill_points import run_killed
 
 from genedge.calibrate import load_table
@@ -29,10 +26,6 @@ PER_CATEGORY = 14
 
 # One torch thread: the processes a test starts share a small machine.
 _THREADS = {"OMP_NUM_THREADS": "1"}
-
-
-def _env() -> dict[str, str]:
-    return genedge_env(_THREADS)
 
 
 @pytest.fixture(scope="module")
@@ -103,18 +96,13 @@ def test_a_killed_run_resumes_without_measuring_twice_and_stops_at_its_budget(
 ) -> None:
     out = tmp_path / "run"
     argv = _args(pipelines, out, "--max-images", "24", "--target", "1.0")
-    args = [sys.executable, "-m", "genedge", *argv]
-    process = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     decisions = out / "decisions.jsonl"
-    deadline = time.monotonic() + TIMEOUT_S
-    # The first decision follows the first batch of every cell; the kill lands in the next batch.
-    while not (decisions.exists() and decisions.read_text().count("\n") >= 1):
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    time.sleep(1.0)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    # The first decision follows autoprofile.json and the first batch of every cell (4 batches of 6 publishes:
+    # prompts, cells, the folder's rename, the run's manifest, its shard, DONE); the kill lands in the next
+    # batch, just after its shard's link.
+    killed = run_killed(1 + 4 * 6 + 5, "after", argv, env=_THREADS, timeout=TIMEOUT_S)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert decisions.read_text().count("\n") == 1 and (out / "batches" / "0004" / "run" / "records").is_dir()
     before = _rows(out)
     assert sum(before.values()) >= 16  # 2 models × 2 categories × 2 step counts × 2 images
     # What a kill at another moment leaves: a decision line cut short, a batch folder never renamed into place
@@ -126,7 +114,7 @@ def test_a_killed_run_resumes_without_measuring_twice_and_stops_at_its_budget(
     (half_made / "prompts.tsv").write_text("Prompt\tCategory\tChallenge\tNote\n")
     (half_made / ".cells.json.a1b2c3d4.tmp").write_text("")
 
-    done = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    done = run_genedge(*argv, env=_THREADS, timeout=TIMEOUT_S)
     assert done.returncode == 0, done.stderr
     after, planned = _rows(out), _planned(out)
     # Nothing measured twice: every batch holds exactly the images it was created for, and what was
@@ -233,9 +221,7 @@ def test_kills_in_every_publish_window_lose_nothing_and_count_nothing_twice(
         killed = run_killed(at, when, argv, env=_THREADS, timeout=TIMEOUT_S)
         assert killed.returncode == -9, killed.stderr
         assert list(out.glob(leftover)), f"the kill {when} publish call {at} left no {leftover}"
-    done = subprocess.run(
-        [sys.executable, "-m", "genedge", *argv], env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S
-    )
+    done = run_genedge(*argv, env=_THREADS, timeout=TIMEOUT_S)
     assert done.returncode == 0, done.stderr
     assert "stopped: budget spent" in done.stdout
 

@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import math
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import genedge_env
+from conftest import run_genedge
+from kill_points import run_killed
 from loadtest_stub import PROMPTS, TABLE, StubServer, write_plan
 
 from genedge.cli import main
@@ -39,8 +37,6 @@ from genedge.serve.measured import (
 )
 from genedge.serve.predict import predict_at_rates, predict_for_window
 from genedge.serve.protocol import StatsResponse
-
-ENV = genedge_env()
 
 
 @pytest.fixture(scope="module")
@@ -414,19 +410,16 @@ def test_resume_after_a_kill_sends_only_what_is_missing(plan, tmp_path):
     stub = StubServer(plan, service_s=0.01).start()
     result = tmp_path / "result"
     command = [
-        sys.executable, "-m", "genedge", "loadtest", stub.url, "--prompts", str(PROMPTS), "--request-rate", "25",
-        "--num-prompts", "80", "--seed", "2", "--result-dir", str(result), "--no-progress",
+        "loadtest", stub.url, "--prompts", str(PROMPTS), "--request-rate", "25", "--num-prompts", "80", "--seed", "2",
+        "--result-dir", str(result), "--no-progress",
     ]  # fmt: skip
     try:
-        first = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while len(list((result / "records").glob("part-*.parquet"))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
+        # Killed just after its fourth publish: the manifest, the session's start and two record files.
+        first = run_killed(4, "after", command, timeout=120)
+        assert first.returncode == -signal.SIGKILL, first.stderr
         before = read_records(result)
         assert 0 < len(before) < 80
-        second = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=120)
+        second = run_genedge(*command, timeout=120)
         assert second.returncode == 0, second.stderr
         assert f"{len(before)} already recorded" in second.stdout
     finally:
