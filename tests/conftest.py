@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,6 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 __all__ = [
+    "CLIENT_DIRS",
+    "PACKAGE_FOLDERS",
     "PARTIPROMPTS",
     "ROOT",
     "SHARED_DATA",
@@ -31,11 +33,33 @@ __all__ = [
     "genedge_in_process",
     "needs_partiprompts",
     "needs_shared_data",
+    "python_sources",
     "run_python",
 ]
 
 #: The checkout.
 ROOT = Path(__file__).resolve().parents[1]
+
+
+#: Repository folder → the package installed from it (pyproject's package-dir; a test checks they agree).
+PACKAGE_FOLDERS = {
+    "genedge": "genedge",
+    "profiler": "genedge.profiler",
+    "calibrate": "genedge.calibrate",
+    "optimizer": "genedge.optimizer",
+    "data": "genedge.data",
+    "router": "genedge.router",
+    "serve": "genedge.serve",
+}
+#: Code that uses the package as a user does: the package itself, the benchmarks and the scripts.
+CLIENT_DIRS = (*PACKAGE_FOLDERS, "benchmarks", "scripts")
+
+
+def python_sources(folders: Iterable[str]) -> list[Path]:
+    """Every ``.py`` file below ``folders`` of the checkout, folder by folder, each sorted."""
+    return [path for folder in folders for path in sorted((ROOT / folder).rglob("*.py"))]
+
+
 #: The public data sets, in ``../shared/data`` beside the checkout; tests that need them skip without them.
 SHARED_DATA = ROOT.parent / "shared" / "data"
 PARTIPROMPTS = SHARED_DATA / "PartiPrompts.tsv"

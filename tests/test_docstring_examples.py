@@ -6,22 +6,12 @@ import doctest
 import importlib
 
 import pytest
-from conftest import ROOT
-
-#: Repository folder → the package it is installed as (pyproject's package-dir).
-PACKAGES = {
-    "genedge": "genedge",
-    "calibrate": "genedge.calibrate",
-    "optimizer": "genedge.optimizer",
-    "profiler": "genedge.profiler",
-    "router": "genedge.router",
-    "serve": "genedge.serve",
-}
+from conftest import PACKAGE_FOLDERS, ROOT
 
 
 def _modules_with_examples() -> list[str]:
     names = []
-    for folder, package in PACKAGES.items():
+    for folder, package in PACKAGE_FOLDERS.items():
         for path in sorted((ROOT / folder).rglob("*.py")):
             # A module whose every example is marked +SKIP has nothing to run.
             examples = [line for line in path.read_text(encoding="utf-8").splitlines() if ">>> " in line]

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import CLIENT_DIRS, PACKAGE_FOLDERS, ROOT, python_sources
 
 from genedge import data
 from genedge.contract.runs import MANIFEST_FIELDS, MANIFEST_OPTIONAL_FIELDS
@@ -59,8 +59,6 @@ from genedge.serve.protocol import (
     StatsResponse,
 )
 
-#: The package's folders: the scan reads every module in them.
-PACKAGE_DIRS = ("genedge", "calibrate", "optimizer", "profiler", "router", "serve")
 #: Each kind of document's own modules (paths in the checkout): they write and read it by key, so its scan
 #: passes them by. A module that moves is renamed here.
 DEFINING_MODULES: dict[str, tuple[str, ...]] = {
@@ -274,7 +272,7 @@ def raw_reads(
 def scanned_modules(kind: DocumentKind) -> list[str]:
     """The package's modules, as paths in the checkout, less ``kind``'s own."""
     own = DEFINING_MODULES[kind.name]
-    paths = (str(path.relative_to(ROOT)) for folder in PACKAGE_DIRS for path in sorted((ROOT / folder).rglob("*.py")))
+    paths = (str(path.relative_to(ROOT)) for path in python_sources(PACKAGE_FOLDERS))
     return [path for path in paths if path not in own]
 
 
@@ -404,12 +402,8 @@ def test_every_defining_module_exists():
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda kind: kind.name.replace(" ", "-"))
 def test_no_module_outside_its_contract_indexes_a_document_by_key(kind: DocumentKind):
-    assert {path.split("/")[0] for path in scanned_modules(kind)} == set(PACKAGE_DIRS)
+    assert {path.split("/")[0] for path in scanned_modules(kind)} == set(PACKAGE_FOLDERS)
     assert list(package_raw_reads(kind)) == []
-
-
-#: Every folder of code that may hold a calibration table: the package's and the scripts'.
-CODE_DIRS = (*PACKAGE_DIRS, "benchmarks", "scripts")
 
 
 def manifest_document_reads(source: str, filename: str = "<source>") -> list[str]:
@@ -432,8 +426,7 @@ def test_the_scan_catches_a_planted_read_of_a_tables_manifest_document():
 def test_only_the_table_writer_touches_a_tables_manifest_document():
     found = [
         hit.rpartition(":")[0]
-        for folder in CODE_DIRS
-        for path in sorted((ROOT / folder).rglob("*.py"))
+        for path in python_sources(CLIENT_DIRS)  # every folder of code that may hold a table
         for hit in manifest_document_reads(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
     ]
     assert found == ["genedge/contract/table_file.py"]

@@ -12,16 +12,13 @@ import ast
 import importlib
 import importlib.util
 
-from conftest import ROOT
+import pytest
+from conftest import CLIENT_DIRS, PACKAGE_FOLDERS, ROOT, python_sources
 
-#: The folders installed as the ``genedge`` package (pyproject's package-dir).
-PACKAGE_DIRS = ("genedge", "optimizer", "calibrate", "profiler", "router", "serve", "data")
 #: Lines a function may span, decorators and docstring included.
 MAX_FUNCTION_LINES = 80
 #: The optimizer's rooms, each a package with private modules behind its ``__all__``.
 ROOMS = ("model", "planners", "simulation", "analysis")
-#: Code that uses the package as a user does: the package itself, the benchmarks and the scripts.
-CLIENT_DIRS = (*PACKAGE_DIRS, "benchmarks", "scripts")
 
 
 def long_functions(source: str, filename: str = "<source>") -> list[str]:
@@ -42,11 +39,17 @@ def test_the_length_check_catches_a_planted_long_function():
     assert long_functions(planted) == [f"<source>:6 long ({MAX_FUNCTION_LINES + 1} lines)"]
 
 
+def test_the_package_folders_are_pyprojects():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11 on
+    with open(ROOT / "pyproject.toml", "rb") as handle:
+        package_dir = tomllib.load(handle)["tool"]["setuptools"]["package-dir"]
+    assert PACKAGE_FOLDERS == {folder: package for package, folder in package_dir.items()}
+
+
 def test_no_function_in_the_package_is_over_80_lines():
     found = []
-    for folder in PACKAGE_DIRS:
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            found += long_functions(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
+    for path in python_sources(PACKAGE_FOLDERS):
+        found += long_functions(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
     assert found == []
 
 
@@ -54,7 +57,7 @@ def _package_of(filename: str) -> str | None:
     """The package a source file lies in (``optimizer/model/_delay.py`` → ``genedge.optimizer.model``), or None
     outside the installed package (benchmarks, scripts)."""
     parts = filename.removesuffix(".py").split("/")
-    if parts[0] not in PACKAGE_DIRS:
+    if parts[0] not in PACKAGE_FOLDERS:
         return None
     dotted = parts if parts[0] == "genedge" else ["genedge", *parts]
     return ".".join(dotted[:-1])  # a package's __init__ lies in the package, as its modules do
@@ -123,9 +126,8 @@ def test_the_room_check_catches_planted_private_imports():
 
 def test_the_optimizer_rooms_are_reached_only_through_their_public_names():
     found = []
-    for folder in CLIENT_DIRS:
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            found += private_room_imports(path.read_text(encoding="utf-8"), path.relative_to(ROOT).as_posix())
+    for path in python_sources(CLIENT_DIRS):
+        found += private_room_imports(path.read_text(encoding="utf-8"), path.relative_to(ROOT).as_posix())
     assert found == []
 
 
@@ -152,6 +154,6 @@ def test_the_import_checks_catch_relative_and_package_imports():
 def test_the_optimizer_imports_nothing_of_calibrate():
     # The table it plans from is a contract document; calibrate is the stage that writes it.
     found = []
-    for path in sorted((ROOT / "optimizer").rglob("*.py")):
+    for path in python_sources(["optimizer"]):
         found += calibrate_imports(path.read_text(encoding="utf-8"), path.relative_to(ROOT).as_posix())
     assert found == []
