@@ -286,11 +286,25 @@ def package_raw_reads(kind: DocumentKind) -> tuple[str, ...]:
     return tuple(found)
 
 
-def test_the_scan_catches_planted_raw_plan_reads():
-    keys = plan_keys()
-    assert {"routing", "models", "inputs", "predicted", "workload", "table_sha256", "share", "max_batch"} <= keys
-    assert {"mean_delay_s", "p95_delay_s", "mean_clipscore"} <= keys
-    planted = """\
+#: Per kind of document: keys its key set must hold, keys it must not (another document's), planted source,
+#: and what the kind's scan finds in it.
+PLANTED: dict[str, tuple[set[str], set[str], str, list[str]]] = {
+    "plan": (
+        {
+            "inputs",
+            "max_batch",
+            "mean_clipscore",
+            "mean_delay_s",
+            "models",
+            "p95_delay_s",
+            "predicted",
+            "routing",
+            "share",
+            "table_sha256",
+            "workload",
+        },
+        set(),
+        """\
 def serve(plan, table, entry, self, prediction):
     workload = plan["inputs"]["workload"]
     batch = entry.get("max_batch", 1)
@@ -298,21 +312,20 @@ def serve(plan, table, entry, self, prediction):
     raw = plan.raw["models"]
     mean = prediction.planned.get("mean_delay_s")
     fine = plan.inputs.workload, table["models"], entry.share, row["share"], plan.routed("Basic", "sd15")
-"""
-    assert sorted(raw_reads(planted, keys, PLAN_NAMES)) == [
-        "<source>:2 inputs",
-        "<source>:2 workload",
-        "<source>:3 max_batch",
-        "<source>:4 routing",
-        "<source>:5 models",
-        "<source>:6 mean_delay_s",
-    ]
-
-
-def test_the_scan_catches_planted_raw_table_reads():
-    keys = table_keys()
-    assert {"models", "manifest", "category_mapping", "clip_convention", "resolution", "latency"} <= keys
-    planted = """\
+""",
+        [
+            "<source>:2 inputs",
+            "<source>:2 workload",
+            "<source>:3 max_batch",
+            "<source>:4 routing",
+            "<source>:5 models",
+            "<source>:6 mean_delay_s",
+        ],
+    ),
+    "table": (
+        {"category_mapping", "clip_convention", "latency", "manifest", "models", "resolution"},
+        set(),
+        """\
 def serve(spec, table, plan_table_path, calibration, run):
     mapping = table["category_mapping"]
     runs = spec.table.get("manifest", {})
@@ -320,61 +333,56 @@ def serve(spec, table, plan_table_path, calibration, run):
     convention = read_manifest(path).table.get("clip_convention")
     model = calibration.get("models", {})
     fine = table.models, table.device["name"], run["resolution"], plan_table_path.get("x"), table.profile_settings()
-"""
-    assert sorted(raw_reads(planted, keys, TABLE_NAMES, nearest=True)) == [
-        "<source>:2 category_mapping",
-        "<source>:3 manifest",
-        "<source>:4 models",
-        "<source>:4 resolution",
-        "<source>:5 clip_convention",
-        "<source>:6 models",
-    ]
-
-
-def test_the_scan_catches_planted_raw_router_reads():
-    keys = router_keys()
-    assert {"backend", "category_mapping", "training", "cross_validation", "confusion", "vocabulary", "seed"} <= keys
-    assert "labels" not in keys  # the category mapping's
-    planted = """\
+""",
+        [
+            "<source>:2 category_mapping",
+            "<source>:3 manifest",
+            "<source>:4 models",
+            "<source>:4 resolution",
+            "<source>:5 clip_convention",
+            "<source>:6 models",
+        ],
+    ),
+    "router": (
+        {"backend", "category_mapping", "confusion", "cross_validation", "seed", "training", "vocabulary"},
+        {"labels"},  # the category mapping's
+        """\
 def report(router, shipped_router, path, mapping):
     training = router.to_dict()["training"]
     confusion = shipped_router["cross_validation"]["confusion"]
     backend = load_router(path).to_dict().get("backend")
     fine = router.backend, router.mapping.get("name"), router.training["seed"], mapping["name"], router.route(["a"])
-"""
-    assert sorted(raw_reads(planted, keys, ROUTER_NAMES, nearest=True)) == [
-        "<source>:2 training",
-        "<source>:3 confusion",
-        "<source>:3 cross_validation",
-        "<source>:4 backend",
-    ]
-
-
-def test_the_scan_catches_planted_raw_loadtest_reads():
-    keys = loadtest_keys()
-    assert {"config", "schedule", "files", "request_rate", "demand", "to_send", "stats_after", "outcomes"} <= keys
-    assert "schema_version" not in keys  # a profile run's manifest has it too
-    planted = """\
+""",
+        [
+            "<source>:2 training",
+            "<source>:3 confusion",
+            "<source>:3 cross_validation",
+            "<source>:4 backend",
+        ],
+    ),
+    "load test": (
+        {"config", "demand", "files", "outcomes", "request_rate", "schedule", "stats_after", "to_send"},
+        {"schema_version"},  # a profile run's manifest has it too
+        """\
 def resume(manifest, sessions, session, result_dir, run_manifest):
     rate = manifest["config"]["request_rate"]
     demand = self.loadtest_manifest.get("schedule")
     sent = sessions[-1]["to_send"]
     ended = session.get("ended_unix")
     fine = manifest.config.request_rate, session.to_send, run_manifest["schema_version"], records["session"]
-"""
-    assert sorted(raw_reads(planted, keys, LOADTEST_NAMES)) == [
-        "<source>:2 config",
-        "<source>:2 request_rate",
-        "<source>:3 schedule",
-        "<source>:4 to_send",
-        "<source>:5 ended_unix",
-    ]
-
-
-def test_the_scan_catches_planted_raw_body_reads():
-    keys = body_keys()
-    assert {"prompt", "b64_json", "genedge", "image_png_b64", "devices", "backlogged_s", "message", "model"} <= keys
-    planted = """\
+""",
+        [
+            "<source>:2 config",
+            "<source>:2 request_rate",
+            "<source>:3 schedule",
+            "<source>:4 to_send",
+            "<source>:5 ended_unix",
+        ],
+    ),
+    "HTTP body": (
+        {"b64_json", "backlogged_s", "devices", "genedge", "image_png_b64", "message", "model", "prompt"},
+        set(),
+        """\
 async def fetch(body, response, image, stats, error, payload):
     png = body["data"][0]["b64_json"]
     records = (await response.json())["genedge"]
@@ -382,16 +390,26 @@ async def fetch(body, response, image, stats, error, payload):
     devices = stats.get("devices", [])
     message = error["error"]["message"]
     fine = payload.images[0].png, response.headers.get("Retry-After"), stats.devices, row["model"], spec.plan
-"""
-    assert sorted(raw_reads(planted, keys, BODY_NAMES)) == [
-        "<source>:2 b64_json",
-        "<source>:2 data",
-        "<source>:3 genedge",
-        "<source>:4 model",
-        "<source>:5 devices",
-        "<source>:6 error",
-        "<source>:6 message",
-    ]
+""",
+        [
+            "<source>:2 b64_json",
+            "<source>:2 data",
+            "<source>:3 genedge",
+            "<source>:4 model",
+            "<source>:5 devices",
+            "<source>:6 error",
+            "<source>:6 message",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda kind: kind.name.replace(" ", "-"))
+def test_the_scan_catches_planted_raw_reads(kind: DocumentKind):
+    required, excluded, planted, expected = PLANTED[kind.name]
+    keys = kind.keys()
+    assert required <= keys and not excluded & keys
+    assert sorted(raw_reads(planted, keys, kind.names, nearest=kind.nearest)) == expected  # the real scan's setting
 
 
 def test_every_defining_module_exists():
