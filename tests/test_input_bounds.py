@@ -443,6 +443,7 @@ def test_simulate_lists_are_bounded_item_by_item(
         (["--seeds", "0,-1"], "argument --seeds: expected a seed >= 0, but got -1"),
         (["--guidance-scale", "750"], "argument --guidance-scale: expected a guidance scale <= 100, but got 750.0"),
         (["--threads", "0"], "argument --threads: expected a thread count >= 1, but got 0"),
+        (["--threads", "8193"], "argument --threads: expected a thread count <= 8192, but got 8193"),
     ],
 )
 def test_profile_options_are_bounded_before_any_model_loads(

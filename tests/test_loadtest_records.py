@@ -265,6 +265,16 @@ def test_a_value_no_run_writes_is_named_with_its_file_row_and_field(stub, record
     assert f"{part}: {column} row 3: request {index}" in err
 
 
+def test_a_negative_clip_score_in_a_score_file_is_named_with_its_file_row_and_field(recorded, tmp_path):
+    result = _copy(recorded, tmp_path)
+    frame = pd.DataFrame({"index": [0, 1], "clip_score": [30.0, -2.0], "clip_truncated": [False, False]})
+    scores = write_scores(result, read_manifest(result), frame)
+    with pytest.raises(ArtifactError) as caught:
+        read_records(result)
+    assert (caught.value.where, caught.value.field_path) == (str(scores), "clip_score row 1")
+    assert "request 1: expected a finite number >= 0, but got -2.0" in str(caught.value)
+
+
 def test_a_bad_value_is_named_by_its_row_in_the_file_beside_another_tests_rows(recorded, tmp_path):
     result = _copy(recorded, tmp_path)
     part = _parts(result)[0]

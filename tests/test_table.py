@@ -47,6 +47,15 @@ def _break(document: dict, dotted: str, value=...) -> dict:
     return out
 
 
+def _assert_refused(path: Path, field: str, expected: str) -> None:
+    """Reading the table at ``path`` fails naming the file, ``field`` and ``expected``."""
+    with pytest.raises(TableError) as info:
+        load_table(path)
+    assert info.value.where == str(path)
+    assert info.value.field_path == field
+    assert expected in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("dotted", "value", "field", "expected"),
     [
@@ -87,12 +96,7 @@ def _break(document: dict, dotted: str, value=...) -> dict:
     ],
 )
 def test_malformed_table_names_file_and_field(tmp_path, doc, dotted, value, field, expected):
-    path = _write(tmp_path, _break(doc, dotted, value))
-    with pytest.raises(TableError) as info:
-        load_table(path)
-    assert info.value.where == str(path)
-    assert info.value.field_path == field
-    assert expected in str(info.value)
+    _assert_refused(_write(tmp_path, _break(doc, dotted, value)), field, expected)
 
 
 def test_nan_std_is_rejected(tmp_path, doc):
@@ -270,13 +274,9 @@ _RUN = "manifest.runs.run-a"
         (f"{_RUN}.dtype", "", f"{_RUN}.dtype", "expected a non-empty name"),
         (f"{_RUN}.host", "4 threads", f"{_RUN}.host", "expected an object, but got str"),
         (f"{_RUN}.host.threads", 0, f"{_RUN}.host.threads", "expected a thread count >= 1, but got 0"),
+        (f"{_RUN}.host.threads", 8193, f"{_RUN}.host.threads", "expected a thread count <= 8192, but got 8193"),
         (f"{_RUN}.host.threads", True, f"{_RUN}.host.threads", "expected an integer, but got a boolean"),
     ],
 )
 def test_a_malformed_embedded_run_names_file_and_field(tmp_path, profiled, dotted, value, field, expected):
-    path = _write(tmp_path, _break(profiled, dotted, value))
-    with pytest.raises(TableError) as info:
-        load_table(path)
-    assert info.value.where == str(path)
-    assert info.value.field_path == field
-    assert expected in str(info.value)
+    _assert_refused(_write(tmp_path, _break(profiled, dotted, value)), field, expected)
