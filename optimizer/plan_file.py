@@ -360,17 +360,28 @@ def load_plan(path: str | os.PathLike[str]) -> PlanDocument:
 
 
 def plan_from_dict(document: Mapping[str, Any], where: str) -> PlanDocument:
-    """A parsed plan document, validated (:func:`validate_plan`) and read into its typed parts.
+    """A parsed plan document, checked and read into its typed parts in one pass.
+
+    Routing rows sum to 1 over known models; shares are finite, non-negative and within the budget; a
+    deployed model has steps (within :data:`~genedge.contract.bounds.MAX_STEPS`), a share, a call time
+    and a batch size of at least 1; the predicted figures are finite; every field is of its type (read
+    through :class:`~genedge.contract.fields.FieldReader`).
 
     Raises:
         PlanError: naming ``where`` and the field that is wrong.
     """
-    validate_plan(document, where)
     r = FieldReader(where, PlanError)
-    routing = {
-        category: {model: r.check(p, f"routing.{category}.{model}", float) for model, p in row.items()}
-        for category, row in document["routing"].items()
-    }
+    if not isinstance(document, Mapping):
+        raise r.fail("document", f"expected a JSON object, but got {type(document).__name__}")
+    for field in ("schema_version", "kind", "method", "inputs", "routing", "models", "predicted"):
+        if field not in document:
+            raise r.fail(field, "missing field")
+    if document["schema_version"] != PLAN_SCHEMA_VERSION or document["kind"] != _KIND:
+        raise r.fail("schema_version", f"expected a {_KIND!r} document of schema {PLAN_SCHEMA_VERSION}")
+    models = r.get(document, "models", "", dict)
+    routing = _read_routing(r, r.get(document, "routing", "", dict), models)
+    _check_shares(r, models, r.opt(r.get(document, "inputs", "", dict), "budget_gpu", "inputs", float))
+    _check_figures(r, r.get(document, "predicted", "", dict))
     return PlanDocument(
         method=r.get(document, "method", "", str),
         inputs=_read_inputs(r, document["inputs"]),
@@ -382,14 +393,14 @@ def plan_from_dict(document: Mapping[str, Any], where: str) -> PlanDocument:
 
 
 def _read_figures(r: FieldReader, predicted: Mapping[str, Any]) -> PlanFigures:
-    """A plan's ``predicted`` (its required figures already checked finite by :func:`validate_plan`)."""
+    """A plan's ``predicted`` (its required figures already checked finite by :func:`_check_figures`)."""
     return PlanFigures(
         mean_clipscore=r.get(predicted, "mean_clipscore", "predicted", float),
         mean_delay_s=r.get(predicted, "mean_delay_s", "predicted", float),
         p95_delay_s=r.get(predicted, "p95_delay_s", "predicted", float),
         p99_delay_s=r.opt(predicted, "p99_delay_s", "predicted", float),
         utility=r.get(predicted, "utility", "predicted", float),
-        # Finite delays (validate_plan) mean stable queues, where an older plan does not say.
+        # Finite delays (_check_figures) mean stable queues, where an older plan does not say.
         stable=r.opt(predicted, "stable", "predicted", bool) is not False,
         feasible=r.opt(predicted, "feasible", "predicted", bool),
         slo_attainment=r.opt(predicted, "slo_attainment", "predicted", float),
@@ -447,16 +458,18 @@ def _read_model(r: FieldReader, entry: Mapping[str, Any], path: str) -> PlanMode
     )
 
 
-def _check_routing(r: FieldReader, routing: Mapping[str, Any], models: Mapping[str, Any]) -> None:
+def _read_routing(r: FieldReader, routing: Mapping[str, Any], models: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """Each routing row: probabilities over known models, each >= 0, summing to 1."""
+    rows = {}
     for category, row in routing.items():
         path = f"routing.{category}"
         unknown = sorted(set(r.check(row, path, dict)) - set(models))
         if unknown:
             raise r.fail(path, f"models {unknown} are not in 'models'")
-        probabilities = [r.check(p, f"{path}.{model}", float) for model, p in row.items()]
-        if any(p < 0 for p in probabilities) or abs(sum(probabilities) - 1) > ROW_SUM_TOL:
+        rows[category] = {model: r.check(p, f"{path}.{model}", float) for model, p in row.items()}
+        if any(p < 0 for p in rows[category].values()) or abs(sum(rows[category].values()) - 1) > ROW_SUM_TOL:
             raise r.fail(path, f"expected probabilities summing to 1, but got {row}")
+    return rows
 
 
 def _check_shares(r: FieldReader, models: Mapping[str, Any], budget: float | None) -> None:
@@ -477,28 +490,8 @@ def _check_shares(r: FieldReader, models: Mapping[str, Any], budget: float | Non
         raise r.fail("models", f"shares sum to {total}, more than the budget {budget}")
 
 
-def validate_plan(document: Mapping[str, Any], where: str) -> None:
-    """Check a plan document's structure and invariants.
-
-    Routing rows sum to 1 over known models, shares are finite, non-negative and within the
-    budget, deployed models have steps (within :data:`~genedge.contract.bounds.MAX_STEPS`) and a
-    share; every field is of its type (read through :class:`~genedge.contract.fields.FieldReader`).
-
-    Raises:
-        PlanError: naming ``where`` and the field.
-    """
-    r = FieldReader(where, PlanError)
-    if not isinstance(document, Mapping):
-        raise r.fail("document", f"expected a JSON object, but got {type(document).__name__}")
-    for field in ("schema_version", "kind", "method", "inputs", "routing", "models", "predicted"):
-        if field not in document:
-            raise r.fail(field, "missing field")
-    if document["schema_version"] != PLAN_SCHEMA_VERSION or document["kind"] != _KIND:
-        raise r.fail("schema_version", f"expected a {_KIND!r} document of schema {PLAN_SCHEMA_VERSION}")
-    models = r.get(document, "models", "", dict)
-    _check_routing(r, r.get(document, "routing", "", dict), models)
-    _check_shares(r, models, r.opt(r.get(document, "inputs", "", dict), "budget_gpu", "inputs", float))
-    predicted = r.get(document, "predicted", "", dict)
+def _check_figures(r: FieldReader, predicted: Mapping[str, Any]) -> None:
+    """The figures every plan states are finite: a plan whose queues cannot be stable is not servable."""
     for figure in _FIGURES:
         value = predicted.get(figure)
         try:
@@ -508,3 +501,12 @@ def validate_plan(document: Mapping[str, Any], where: str) -> None:
                 f"predicted.{figure}",
                 f"expected a finite number, but got {value!r} (a plan whose queues cannot be stable is not servable)",
             ) from None
+
+
+def validate_plan(document: Mapping[str, Any], where: str) -> None:
+    """Check a plan document: :func:`plan_from_dict`'s checks, the typed document left unused.
+
+    Raises:
+        PlanError: naming ``where`` and the field.
+    """
+    plan_from_dict(document, where)
