@@ -21,7 +21,6 @@ every option the page shows, on smaller inputs).
 from __future__ import annotations
 
 import difflib
-import os
 import re
 import shlex
 import shutil
@@ -32,11 +31,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import PARTIPROMPTS as SHARED_PROMPTS
+from conftest import ROOT, genedge_env, run_python
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = (ROOT / "README.md", *sorted(DOCS.rglob("*.md")))
-SHARED_PROMPTS = ROOT.parent / "shared" / "data" / "PartiPrompts.tsv"
 README_MAX_LINES = 200
 
 #: What ``<!-- needs: X -->`` may name: hardware this project's machines lack.
@@ -471,8 +470,7 @@ def _run(command: str, folder: Path) -> subprocess.CompletedProcess[str]:
             if words[0] == "genedge"
             else [sys.executable, str(ROOT / words[1]), *words[2:]]
         )
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MPLBACKEND": "Agg"}
-        env["CUDA_VISIBLE_DEVICES"] = ""
+        env = genedge_env({"CUDA_VISIBLE_DEVICES": ""})
         _runs[command] = subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
     return _runs[command]
 
@@ -493,8 +491,8 @@ def test_documented_command_runs_and_prints_what_the_docs_show(command: str, fol
             )
 
 
-def python_blocks() -> list[tuple[str, str]]:
-    """(``page:line``, source) of every fenced ``python`` block of README.md and docs/."""
+def python_blocks() -> list[object]:
+    """Each fenced ``python`` block of README.md and docs/: its source, with ``page:line`` as its id."""
     blocks = []
     for page in PAGES:
         body: list[str] | None = None
@@ -503,7 +501,8 @@ def python_blocks() -> list[tuple[str, str]]:
             if fence and body is None and fence.group(1) == "python":
                 body, start = [], number
             elif fence and body is not None:
-                blocks.append((f"{page.relative_to(ROOT)}:{start}", "\n".join(body) + "\n"))
+                where = f"{page.relative_to(ROOT)}:{start}"
+                blocks.append(pytest.param(where, "\n".join(body) + "\n", id=where))
                 body = None
             elif body is not None:
                 body.append(line)
@@ -511,14 +510,11 @@ def python_blocks() -> list[tuple[str, str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("where", "source"), python_blocks(), ids=[where for where, _ in python_blocks()])
+@pytest.mark.parametrize(("where", "source"), python_blocks())
 def test_documented_python_runs(where: str, source: str, tmp_path: Path):
     # A block that talks to a server needs one started first (tests/test_serve_http.py does that with the
     # same client calls); here its imports must still resolve. Any other block runs whole, in an empty folder.
     if "http://" in source:
         source = "".join(line + "\n" for line in source.splitlines() if line.startswith(("import ", "from ")))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", source], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    done = run_python(source, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, f"{where}: {done.stderr[-2000:]}"
