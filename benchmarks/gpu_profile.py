@@ -285,6 +285,7 @@ def _report(arch: str, run_dir: Path, summary: RunSummary, baseline: int | None)
     stages = (("text_encode_s", "text encode"), ("denoise_s", "denoise"), ("decode_s", "VAE decode"))
     lines += [
         (
+            f"imports {_fmt(row['import_s'], '.2f', ' s')}, then "
             f"model load {_fmt(row['model_load_s'], '.2f', ' s')} (the random-weight replica built on the device, "
             f"no checkpoint read); first call {_fmt(row['first_call_s'], '.2f', ' s')} (the unrecorded warm-up)"
         ),
@@ -338,6 +339,10 @@ def _memory(ok: Any, published: Mapping[str, float], baseline: int | None) -> li
         (
             f"host memory (max over images): peak RSS {_gib(ok['peak_rss_bytes'].max())}, "
             f"system memory {_gib(ok['peak_system_memory_bytes'].max())}"
+        ),
+        (
+            f"the pipeline's own peak (max over images): {_gib(ok['pipeline_peak_bytes'].max())}, "
+            f"from {', '.join(sorted(ok['pipeline_memory'].dropna().unique())) or 'nothing measured'}"
         ),
     ]
 

@@ -34,7 +34,7 @@ from genedge.calibrate.fit import (
 )
 from genedge.calibrate.records import ProfileRuns, manifests_as_provenance, read_runs
 from genedge.contract.files import check_write_target
-from genedge.contract.runs import HOST_MEMORY_COLUMNS, MEMORY_RUNGS, rung_column
+from genedge.contract.runs import HOST_MEMORY_COLUMNS, MEMORY_RUNGS, PROCESS_PEAK_COLUMNS, rung_column
 from genedge.contract.table import (
     HOST_MEMORY_FIELDS,
     CalibrationTable,
@@ -59,12 +59,8 @@ __all__ = ["build_table", "calibrate_runs", "fit_and_write"]
 
 logger = logging.getLogger(__name__)
 
-# Rungs that belong to the pipeline's own process, best first; NVML device memory counts
-# every process on the GPU, so it is recorded but never taken as a model's peak (nor is a
-# machine's system memory, which counts every process on it).
-_PROCESS_RUNGS = ("nvml_process_bytes", "torch_reserved_bytes", "torch_allocated_bytes")
-# Without any GPU rung (a CPU run) the process's resident set is the memory it needs.
-_HOST_PEAK = "rss_bytes"
+# The MemoryPeak fields a model's peak is taken from, best first (the contract's process peaks).
+_PROCESS_PEAKS = tuple(column.removeprefix("peak_") for column in PROCESS_PEAK_COLUMNS)
 _DTYPE_BYTES = {"float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2, "float32": 4, "fp32": 4}
 # The images of one pipeline call share its measurement: these columns are equal on every row of a call.
 _CALL_COLUMNS = ["run_id", "steps", "seed", "total_s", "text_encode_s", "denoise_s", "decode_s"]
@@ -517,23 +513,16 @@ def _memory(
         **dict(zip(HOST_MEMORY_FIELDS, HOST_MEMORY_COLUMNS)),
     }
     rungs = {rung: None if ok[column].isna().all() else int(ok[column].max()) for rung, column in columns.items()}
-    measured = next(((rung, rungs[rung]) for rung in _PROCESS_RUNGS if rungs[rung]), None)
+    measured = next((peak for peak in _PROCESS_PEAKS if rungs[peak]), None)
     if measured is not None:
-        used.add("measured:memory")
+        # The resident set is a CPU run's figure: the process's whole memory, not a GPU rung.
+        ref = "measured:memory-rss" if measured == "rss_bytes" else "measured:memory"
+        used.add(ref)
         return MemoryPeak(
-            peak_bytes=measured[1],
-            kind=measured[0].removesuffix("_bytes"),
+            peak_bytes=rungs[measured],
+            kind=measured.removesuffix("_bytes"),
             source="measured",
-            ref="measured:memory",
-            **rungs,
-        )
-    if rungs[_HOST_PEAK]:
-        used.add("measured:memory-rss")
-        return MemoryPeak(
-            peak_bytes=rungs[_HOST_PEAK],
-            kind=_HOST_PEAK.removesuffix("_bytes"),
-            source="measured",
-            ref="measured:memory-rss",
+            ref=ref,
             **rungs,
         )
     params = manifest_model.get("unet_params")

@@ -15,16 +15,28 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from genedge.contract.files import write_bytes_atomic
-from genedge.contract.runs import HOST_MEMORY_COLUMNS, MEMORY_RUNGS, rung_column
+from genedge.contract.files import parquet_bytes, write_bytes_atomic
+from genedge.contract.runs import HOST_MEMORY_COLUMNS, MEMORY_RUNGS, RECORD_COLUMNS, record_schema, rung_column
+from genedge.profiler._imports import require
 from genedge.profiler.clipscore import ClipScorer
-from genedge.profiler.pipeline import Measurement
+from genedge.profiler.host import trim_heap
+from genedge.profiler.pipeline import Measurement, MemoryBaseline, pipeline_peak
 from genedge.profiler.prompts import Prompt
 from genedge.profiler.records import ShardWriter
 
 __all__ = ["Item", "Pending", "ColdStart", "Recorder"]
 
-_MEMORY_COLUMNS = (*(rung_column(r) for r in MEMORY_RUNGS), *HOST_MEMORY_COLUMNS)
+# One value of each record column type, for a warm-up table.
+_WARM_UP_VALUES = {
+    "string": "warm-up",
+    "bool": False,
+    "int32": 1,
+    "int64": 1,
+    "float64": 1.0,
+    "list<float64>": [1.0] * 50,
+}
+_PEAK_COLUMNS = (*(rung_column(r) for r in MEMORY_RUNGS), *HOST_MEMORY_COLUMNS)
+_MEMORY_COLUMNS = (*_PEAK_COLUMNS, "pipeline_peak_bytes")
 _TORCH_COLUMNS = tuple(rung_column(r) for r in MEMORY_RUNGS if r.startswith("torch_"))
 _NOTED_COLUMNS = (*_MEMORY_COLUMNS, "energy_j")
 
@@ -59,10 +71,12 @@ class Pending:
 
 @dataclass(frozen=True)
 class ColdStart:
-    """What loading a model cost this process: load seconds and its first call's seconds."""
+    """What loading a model cost this process (import, load and first-call seconds), and what it held before."""
 
+    import_s: float | None = None
     load_s: float | None = None
     first_call_s: float | None = None
+    baseline: MemoryBaseline | None = None
 
 
 def _save_image(run_dir: Path, image: Any) -> str:
@@ -122,6 +136,20 @@ class Recorder:
         self.recorded = 0
         self.failed = 0
 
+    def warm_up(self) -> None:
+        """Make a flush's one-time allocations now: a first CLIPScore call, a first Parquet table, a first PNG.
+
+        Called before any model loads, so what they leave resident (tens of MiB on a CPU) is in every
+        model's memory baseline, and rows measured before and after the first flush compare.
+        """
+        image = require("PIL.Image").new("RGB", (64, 64))
+        self.scorer.score([image] * self.flush_every, ["a warm-up prompt"] * self.flush_every)
+        # A shard of rows like the real ones: Arrow's memory pool keeps what its first real table needed.
+        row = {column.name: _WARM_UP_VALUES[column.type] for column in RECORD_COLUMNS}
+        parquet_bytes(require("pyarrow").Table.from_pylist([row] * self.flush_every, schema=record_schema()))
+        if self.save_images:
+            image.save(io.BytesIO(), format="PNG")
+
     def add(self, entries: list[Pending]) -> None:
         """Buffer rows; score and write them once ``flush_every`` images wait."""
         self.pending.extend(entries)
@@ -146,17 +174,25 @@ class Recorder:
         self.recorded += len(rows)
         self.failed += sum(p.status != "ok" for p in self.pending)
         self.pending = []
+        # What scoring and writing freed leaves the resident set before the next measured call.
+        trim_heap()
 
     def _row(self, entry: Pending) -> dict[str, Any]:
         item, m = entry.item, entry.measurement
         model = self.models[item.model_key]
         cold = self.cold.get(item.model_key, ColdStart())
+        peaks = self._peaks(m)
+        pipeline_bytes = pipeline_source = None
         if m is None:
             notes = {c: f"no call was measured for this image (status {entry.status})" for c in _NOTED_COLUMNS}
         else:
             notes = dict(m.reading.notes)
             if m.peak_torch_allocated_bytes is None:
                 notes |= {c: "not a CUDA device" for c in _TORCH_COLUMNS}
+            baseline = cold.baseline or MemoryBaseline({}, {})
+            pipeline_bytes, pipeline_source, why = pipeline_peak(peaks, baseline)
+            if why is not None:
+                notes["pipeline_peak_bytes"] = why
         energy = m.reading.energy_j / entry.call_images if m is not None and m.reading.energy_j is not None else None
         return self.common | {
             "model_key": item.model_key,
@@ -176,18 +212,17 @@ class Recorder:
             "denoise_s": m.denoise_s if m else None,
             "decode_s": m.decode_s if m else None,
             "total_s": m.total_s if m else None,
+            "overhead_s": m.overhead_s if m else None,
             "clip_score": entry.extra.get("clip_score"),
             "prompt_truncated": entry.extra.get("prompt_truncated", False),
-            "peak_torch_allocated_bytes": m.peak_torch_allocated_bytes if m else None,
-            "peak_torch_reserved_bytes": m.peak_torch_reserved_bytes if m else None,
-            "peak_nvml_process_bytes": m.reading.nvml_process_bytes if m else None,
-            "peak_nvml_device_bytes": m.reading.nvml_device_bytes if m else None,
-            "peak_rss_bytes": m.reading.rss_bytes if m else None,
-            "peak_system_memory_bytes": m.reading.system_memory_bytes if m else None,
+            **peaks,
+            "pipeline_peak_bytes": pipeline_bytes,
+            "pipeline_memory": pipeline_source,
             "memory_note": _notes(notes, _MEMORY_COLUMNS),
             "energy_j": energy,
             "average_power_w": m.reading.average_power_w if m else None,
             "energy_note": notes.get("energy_j"),  # one reason covers energy and power
+            "import_s": cold.import_s,
             "model_load_s": cold.load_s,
             "first_call_s": cold.first_call_s,
             "resolution": model["resolution"],
@@ -195,4 +230,18 @@ class Recorder:
             "status": entry.status,
             "error": entry.error,
             "timestamp": datetime.now(timezone.utc).isoformat(),
+        }
+
+    @staticmethod
+    def _peaks(m: Measurement | None) -> dict[str, int | None]:
+        # The call's memory peak columns (all None for an image no call measured).
+        if m is None:
+            return dict.fromkeys(_PEAK_COLUMNS)
+        return {
+            "peak_torch_allocated_bytes": m.peak_torch_allocated_bytes,
+            "peak_torch_reserved_bytes": m.peak_torch_reserved_bytes,
+            "peak_nvml_process_bytes": m.reading.nvml_process_bytes,
+            "peak_nvml_device_bytes": m.reading.nvml_device_bytes,
+            "peak_rss_bytes": m.reading.rss_bytes,
+            "peak_system_memory_bytes": m.reading.system_memory_bytes,
         }

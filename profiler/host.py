@@ -15,13 +15,16 @@ operating system offers:
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 import platform
 import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RSS_METHODS", "RssTracker", "host_info"]
+__all__ = ["RSS_METHODS", "RssTracker", "host_info", "trim_heap"]
 
 #: The ways :class:`RssTracker` measures, best first.
 RSS_METHODS: tuple[str, ...] = ("clear_refs", "statm", "getrusage")
@@ -81,6 +84,30 @@ def host_info() -> dict[str, Any]:
         "total_ram_bytes": _total_ram_bytes(),
         "python": platform.python_version(),
     }
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    # glibc's malloc_trim, or None where the C library has none (musl, macOS, Windows).
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+
+
+def trim_heap() -> bool:
+    """Hand the C heap's free memory back to the OS (glibc's ``malloc_trim(0)``); whether it could.
+
+    Memory that work between pipeline calls (CLIPScore, writing records) frees stays in the heap and
+    the resident set otherwise, and a later call may or may not reuse it: trimmed first, a resident
+    set measured next counts what is live, wherever the allocator put it.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def _status_kib(field: str) -> int:

@@ -3,8 +3,10 @@
 A call runs as three stages on the device: text encoding (:func:`encode_prompts`), denoising to
 latents with a step-end callback (:func:`denoise`), and VAE decoding (:func:`decode_latents`), under
 the grad mode :func:`grad_mode` (recorded in every manifest as :data:`GRAD_MODE`). The profiler times
-the stages and each step (:func:`measure_call`); the server gates each stage and step on its share
-scheduler. Pipelines come from :func:`genedge.profiler.load_pipeline`.
+the stages, each step and its own measuring around them (:func:`measure_call`), and takes the pipeline's
+own memory as a call's peak less what the process held before the model loaded (:func:`memory_baseline`,
+:func:`pipeline_peak`); the server gates each stage and step on its share scheduler. Pipelines come from
+:func:`genedge.profiler.load_pipeline`.
 """
 
 from __future__ import annotations
@@ -15,13 +17,18 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
+from genedge.contract.runs import PROCESS_PEAK_COLUMNS, rung_column
 from genedge.profiler._imports import require
+from genedge.profiler.host import trim_heap
 from genedge.profiler.monitor import Monitor, WindowReading
 from genedge.profiler.timing import Clock, step_timer
 
 __all__ = [
     "GRAD_MODE",
     "Measurement",
+    "MemoryBaseline",
+    "memory_baseline",
+    "pipeline_peak",
     "grad_mode",
     "seeded_generators",
     "encode_prompts",
@@ -56,7 +63,10 @@ class Measurement:
         text_encode_s: Prompt encoding window, seconds.
         denoise_s: Denoising window (pipeline call up to latents), seconds.
         decode_s: VAE decode and conversion to images, seconds.
-        total_s: Host wall-clock seconds from before encoding to after the device finished.
+        total_s: Host wall-clock seconds from before encoding to after the device finished; the
+            three stages sum to it.
+        overhead_s: Host seconds of the call outside ``total_s``: seeding the generators, resetting
+            the torch peaks, and the monitor's window starting and stopping its samplers.
         peak_torch_allocated_bytes: ``torch.cuda.max_memory_allocated`` over the call (``None`` off CUDA).
         peak_torch_reserved_bytes: ``torch.cuda.max_memory_reserved`` over the call (``None`` off CUDA).
         reading: What the monitor saw over the call: NVML and host memory peaks, energy, and why
@@ -69,6 +79,7 @@ class Measurement:
     denoise_s: float
     decode_s: float
     total_s: float
+    overhead_s: float
     peak_torch_allocated_bytes: int | None
     peak_torch_reserved_bytes: int | None
     reading: WindowReading
@@ -179,6 +190,7 @@ def measure_call(
     Returns:
         The PIL images and the call's :class:`Measurement`.
     """
+    call_start = time.perf_counter()
     torch = require("torch")
     cuda = device.type == "cuda"
     generators = seeded_generators(device, [seed] * len(prompts))
@@ -205,6 +217,11 @@ def measure_call(
         clock.synchronize()
         total_s = time.perf_counter() - host_start
     text_encode_s, denoise_s, decode_s = clock.intervals_s(marks)
+    peaks = (
+        (int(torch.cuda.max_memory_allocated(device)), int(torch.cuda.max_memory_reserved(device)))
+        if cuda
+        else (None, None)
+    )
     measurement = Measurement(
         step_latencies_s=tuple(clock.intervals_s(timer.marks)),
         num_timesteps=int(pipe.num_timesteps),
@@ -212,8 +229,70 @@ def measure_call(
         denoise_s=denoise_s,
         decode_s=decode_s,
         total_s=total_s,
-        peak_torch_allocated_bytes=int(torch.cuda.max_memory_allocated(device)) if cuda else None,
-        peak_torch_reserved_bytes=int(torch.cuda.max_memory_reserved(device)) if cuda else None,
+        overhead_s=max(time.perf_counter() - call_start - total_s, 0.0),
+        peak_torch_allocated_bytes=peaks[0],
+        peak_torch_reserved_bytes=peaks[1],
         reading=window.reading,
     )
     return images, measurement
+
+
+@dataclass(frozen=True)
+class MemoryBaseline:
+    """What the process held just before a model loaded, per process peak column.
+
+    Attributes:
+        bytes: Record column (one of :data:`~genedge.contract.runs.PROCESS_PEAK_COLUMNS`) → its value then.
+        notes: Record column → why it has no baseline (not measurable here, or a lifetime peak).
+    """
+
+    bytes: dict[str, int]
+    notes: dict[str, str]
+
+
+def memory_baseline(device: Any, monitor: Monitor) -> MemoryBaseline:
+    """Read every process memory figure now: an empty monitor window, and torch's current allocator figures.
+
+    Taken after genedge's imports and its CLIPScore model and before a model loads, it is what a
+    call's peak holds that is not the pipeline's (see :func:`pipeline_peak`). On a GPU the device is
+    synchronized first, so the CUDA context, which every model on it needs, is in the baseline.
+    """
+    if device.type == "cuda":
+        require("torch").cuda.synchronize(device)
+    trim_heap()
+    with monitor.window() as window:
+        pass
+    reading = window.reading
+    assert reading is not None
+    values: dict[str, int | None] = {
+        "peak_nvml_process_bytes": reading.nvml_process_bytes,
+        "peak_rss_bytes": reading.rss_bytes,
+    }
+    notes = {column: reading.notes[column] for column in values if column in reading.notes}
+    if device.type == "cuda":
+        cuda = require("torch").cuda
+        values[rung_column("torch_reserved_bytes")] = int(cuda.memory_reserved(device))
+        values[rung_column("torch_allocated_bytes")] = int(cuda.memory_allocated(device))
+    return MemoryBaseline(
+        {column: value for column, value in values.items() if value is not None and column not in notes}, notes
+    )
+
+
+def pipeline_peak(peaks: dict[str, int | None], baseline: MemoryBaseline) -> tuple[int | None, str | None, str | None]:
+    """The pipeline's own peak over a call: the first measured process peak less its baseline.
+
+    Args:
+        peaks: The call's record columns → peak bytes (``None`` where not measured).
+        baseline: :func:`memory_baseline` of the process before the model loaded.
+
+    Returns:
+        ``(bytes, column it is taken from, None)``, or ``(None, None, why)`` when no process peak was
+        measured or the first one measured has no baseline.
+    """
+    column = next((c for c in PROCESS_PEAK_COLUMNS if peaks.get(c) is not None), None)
+    if column is None:
+        return None, None, "no process memory peak was measured"
+    if column not in baseline.bytes:
+        why = baseline.notes.get(column, "not measured before the model loaded")
+        return None, None, f"no baseline of {column}: {why}"
+    return max(int(peaks[column]) - baseline.bytes[column], 0), column, None

@@ -204,9 +204,9 @@ class RunSummary:
         latency: one row per (model, steps) over this run's ``ok`` rows: ``images``, ``ok``, ``oom``,
             ``error``, ``total_s_p50/p90/p99/std``, ``step_ms_p50/p90/p99/std`` (every recorded step),
             ``images_per_s`` (batch size / call seconds, averaged over calls), ``energy_j_mean``,
-            ``average_power_w_mean``, ``peak_rss_bytes_max``, ``peak_torch_allocated_bytes_max``,
-            ``peak_nvml_process_bytes_max``,
-            ``model_load_s`` and ``first_call_s`` (medians over rows: each load weighs by its images).
+            ``average_power_w_mean``, ``pipeline_peak_bytes_max`` (the pipeline's own), ``peak_rss_bytes_max``,
+            ``peak_torch_allocated_bytes_max``, ``peak_nvml_process_bytes_max``, ``overhead_s_median``,
+            ``import_s``, ``model_load_s`` and ``first_call_s`` (medians over rows: each load weighs by its images).
         quality: one row per (model, steps, category): ``ok`` images and ``clip_score_mean``/``_std``.
     """
 
@@ -236,10 +236,12 @@ def summarize_run(run_dir: str | Path) -> RunSummary:
         row["images_per_s"] = float((1.0 / calls).mean()) if len(calls) else float("nan")
         row["energy_j_mean"] = float(ok["energy_j"].mean())
         row["average_power_w_mean"] = float(ok["average_power_w"].mean())
-        for column in ("peak_rss_bytes", "peak_torch_allocated_bytes", "peak_nvml_process_bytes"):
+        peaks = ("pipeline_peak_bytes", "peak_rss_bytes", "peak_torch_allocated_bytes", "peak_nvml_process_bytes")
+        for column in peaks:
             row[f"{column}_max"] = float(ok[column].max())
-        row["model_load_s"] = float(group["model_load_s"].median())
-        row["first_call_s"] = float(group["first_call_s"].median())
+        row["overhead_s_median"] = float(ok["overhead_s"].median())
+        for column in ("import_s", "model_load_s", "first_call_s"):
+            row[column] = float(group[column].median())
         latency_rows.append(row)
     ok = frame[frame["status"] == Status.OK.value]
     quality = (

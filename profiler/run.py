@@ -50,8 +50,10 @@ from genedge.profiler.clipscore import (
     resolve_clip_weights,
 )
 from genedge.profiler.device import check_device_string, select_device, set_threads
+from genedge.profiler.host import trim_heap
 from genedge.profiler.models import (
     ModelSpec,
+    import_pipeline_classes,
     load_pipeline,
     native_resolution,
     parse_model_spec,
@@ -60,7 +62,7 @@ from genedge.profiler.models import (
     unet_param_count,
 )
 from genedge.profiler.monitor import Monitor
-from genedge.profiler.pipeline import measure_call
+from genedge.profiler.pipeline import measure_call, memory_baseline
 from genedge.profiler.prompts import (
     DEFAULT_MAPPING,
     DEFAULT_PROMPT_SOURCE,
@@ -303,6 +305,7 @@ def profile(
             flush_every=config.flush_every,
             save_images=config.save_images,
         )
+        recorder.warm_up()
         _Loop(todo, config, device, getattr(torch, dtype_name), monitor, recorder, on_progress).run(pinned)
         recorder.flush()
     return RunResult(
@@ -504,7 +507,12 @@ class _Loop:
         _release(self.torch, self.device)
 
     def _load(self, spec: ModelSpec, first: Item, call: Callable[..., Any]) -> Any:
-        # Load the pipeline and run the warm-up calls; the model's cold start is recorded.
+        # Load the pipeline and run the warm-up calls; the model's cold start and what the process held
+        # before it (the baseline of the pipeline's own memory) are recorded.
+        import_start = time.perf_counter()
+        import_pipeline_classes(spec)
+        import_s = time.perf_counter() - import_start
+        baseline = memory_baseline(self.device, self.monitor)
         load_start = time.perf_counter()
         pipe = load_pipeline(spec, device=self.device, dtype=self.dtype, scheduler=self.config.scheduler)
         self.clock.synchronize()
@@ -514,7 +522,9 @@ class _Loop:
             _, warm = call(pipe, [first.prompt.text], steps=first.steps, seed=first.seed)
             first_call_s = warm.total_s if first_call_s is None else first_call_s
             self.recorder.cache_emptied = False
-        self.recorder.cold[spec.key] = ColdStart(load_s, first_call_s)
+        self.recorder.cold[spec.key] = ColdStart(import_s, load_s, first_call_s, baseline)
+        # What loading freed leaves the resident set, as a flush's does, before the first measured call.
+        trim_heap()
         return pipe
 
     def _configuration(self, label: str, pipe: Any, call: Callable[..., Any], config_items: list[Item]) -> None:
@@ -551,7 +561,7 @@ class _Loop:
         images, measurement = call(pipe, prompts, steps=first.steps, seed=first.seed)
         cold = self.recorder.cold[first.model_key]
         if cold.first_call_s is None:  # no warm-up: the first recorded call
-            self.recorder.cold[first.model_key] = ColdStart(cold.load_s, measurement.total_s)
+            self.recorder.cold[first.model_key] = replace(cold, first_call_s=measurement.total_s)
         self.recorder.add([Pending(it, "ok", None, measurement, image, len(batch)) for it, image in zip(batch, images)])
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 import pytest
 
 from genedge.calibrate import Exclusion, TableError, calibrate_runs
-from genedge.contract import ArtifactError, shard_path
+from genedge.contract import MANIFEST_SCHEMA_VERSION, ArtifactError, shard_path
 from genedge.contract.table import ProfileSettings
 from genedge.testing import (
     SYNTHETIC_CLIP_CONVENTION,
@@ -235,7 +235,8 @@ def test_missing_manifest_and_wrong_manifest_field(tmp_path: Path) -> None:
     doc = json.loads((run / "manifest.json").read_text())
     doc["schema_version"] = 2
     (run / "manifest.json").write_text(json.dumps(doc))
-    with pytest.raises(ArtifactError, match=r"manifest.json: schema_version: expected 3, but got 2"):
+    expected = rf"manifest.json: schema_version: expected {MANIFEST_SCHEMA_VERSION}, but got 2 \(a run written by an"
+    with pytest.raises(ArtifactError, match=expected):
         calibrate_runs([run])
 
 

@@ -314,9 +314,12 @@ def show(args: argparse.Namespace) -> int:
         ("images_per_s", "images/s", 1.0),
         ("energy_j_mean", "J/image", 1.0),
         ("average_power_w_mean", "W", 1.0),
+        ("overhead_s_median", "outside stages s", 1.0),
+        ("pipeline_peak_bytes_max", "pipeline GiB", 2**-30),
         ("peak_rss_bytes_max", "RSS GiB", 2**-30),
         ("peak_torch_allocated_bytes_max", "torch GiB", 2**-30),
         ("peak_nvml_process_bytes_max", "NVML GiB", 2**-30),
+        ("import_s", "import s", 1.0),
         ("model_load_s", "load s", 1.0),
         ("first_call_s", "first call s", 1.0),
     ):

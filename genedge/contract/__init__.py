@@ -82,6 +82,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "MANIFEST_OPTIONAL_FIELDS",
             "MANIFEST_SCHEMA_VERSION",
             "MEMORY_RUNGS",
+            "PROCESS_PEAK_COLUMNS",
             "RECORD_COLUMNS",
             "QUARANTINE_DIR",
             "RECORDS_DIR",

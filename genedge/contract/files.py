@@ -33,6 +33,7 @@ __all__ = [
     "remove_temporaries",
     "write_bytes_atomic",
     "write_figure",
+    "parquet_bytes",
     "write_new_parquet",
     "write_text_atomic",
 ]
@@ -373,6 +374,15 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def parquet_bytes(table: Any) -> bytes:
+    """A ``pyarrow.Table`` as the bytes of one Parquet file (pyarrow's defaults), rendered in memory."""
+    import pyarrow.parquet as parquet
+
+    sink = io.BytesIO()
+    parquet.write_table(table, sink)
+    return sink.getvalue()
+
+
 def write_new_parquet(table: Any, name: Callable[[int], Path], first: int) -> tuple[Path, int]:
     """Write ``table`` as one new Parquet file of an append-only folder, never over another file.
 
@@ -392,11 +402,7 @@ def write_new_parquet(table: Any, name: Callable[[int], Path], first: int) -> tu
     Raises:
         UnsafeTargetError: see :func:`check_write_target`.
     """
-    import pyarrow.parquet as parquet
-
-    sink = io.BytesIO()
-    parquet.write_table(table, sink)
-    data = sink.getvalue()
+    data = parquet_bytes(table)
     number = first
     while True:
         try:

@@ -36,6 +36,7 @@ __all__ = [
     "MANIFEST_OPTIONAL_FIELDS",
     "MANIFEST_SCHEMA_VERSION",
     "MEMORY_RUNGS",
+    "PROCESS_PEAK_COLUMNS",
     "RECORD_COLUMNS",
     "QUARANTINE_DIR",
     "RECORDS_DIR",
@@ -74,7 +75,10 @@ _SHARD_NAME = re.compile(r"^shard-(\d+)-(\d{5,})\.parquet$")  # {number:05d} gro
 #: 3: ``settings_sha256``, ``host`` (the machine and software measured on) and ``energy``; rows carry
 #: ``settings_sha256``, host memory, energy, model load and first-call seconds; ``nvml_note`` became
 #: ``memory_note``; ``resolution`` may be null (each model's native size, in ``models[i].resolution``).
-MANIFEST_SCHEMA_VERSION = 3
+#: 4: rows carry the pipeline's own peak memory (``pipeline_peak_bytes``, ``pipeline_memory``), the
+#: one-time imports a model's load needed (``import_s``) and the call's measuring outside ``total_s``
+#: (``overhead_s``); whole-process peaks no longer grow at the first flush.
+MANIFEST_SCHEMA_VERSION = 4
 #: Classifier-free guidance a run uses when none is asked for (diffusers' Stable Diffusion default).
 DEFAULT_GUIDANCE_SCALE = 7.5
 #: Weights' dtype a run uses on a CPU when none is asked for (half precision is the default on CUDA only).
@@ -154,6 +158,17 @@ def rung_column(rung: str) -> str:
 #: the whole machine where CPU and GPU share it (a Jetson's RAM from ``tegrastats``).
 HOST_MEMORY_COLUMNS: tuple[str, ...] = ("peak_rss_bytes", "peak_system_memory_bytes")
 
+#: The process's own memory peaks, best first: what a model's memory figure is taken from (the table's
+#: peak, and the pipeline's own peak in ``pipeline_peak_bytes``). NVML's figure for the process, else
+#: torch's allocator, on a GPU (a Jetson's too); the resident set without a GPU rung (a CPU run). NVML's
+#: device figure and a Jetson's system memory count every process on the machine, so neither is one.
+PROCESS_PEAK_COLUMNS: tuple[str, ...] = (
+    "peak_nvml_process_bytes",
+    "peak_torch_reserved_bytes",
+    "peak_torch_allocated_bytes",
+    "peak_rss_bytes",
+)
+
 
 @dataclass(frozen=True)
 class Column:
@@ -191,17 +206,26 @@ RECORD_COLUMNS: tuple[Column, ...] = (
     Column("denoise_s", "float64", True),
     Column("decode_s", "float64", True),
     Column("total_s", "float64", True),
+    # Host seconds the measured call spent outside total_s (seeding, peak resets, the monitor's window):
+    # text_encode_s + denoise_s + decode_s + overhead_s is the whole call.
+    Column("overhead_s", "float64", True),
     Column("clip_score", "float64", True),
     Column("prompt_truncated", "bool", False),
     *(Column(rung_column(rung), "int64", True) for rung in MEMORY_RUNGS),
     *(Column(name, "int64", True) for name in HOST_MEMORY_COLUMNS),
+    # The pipeline's own peak: the whole-process peak named in pipeline_memory (one of PROCESS_PEAK_COLUMNS)
+    # less what that figure held just before the model loaded (the runtime, genedge and its CLIPScore model).
+    Column("pipeline_peak_bytes", "int64", True),
+    Column("pipeline_memory", "string", True),
     # Why each null memory column is null ("torch_*: ...; nvml_*: ..."); null when all were measured.
     Column("memory_note", "string", True),
     # Joules of the pipeline call per image of its batch, and the call's average power in watts.
     Column("energy_j", "float64", True),
     Column("average_power_w", "float64", True),
     Column("energy_note", "string", True),
-    # Seconds to load the model in this process, and of its first (warm-up) call: what a cold start costs.
+    # What a cold start costs: the one-time imports the model's load needed that this process had not made
+    # yet (0 when an earlier model made them), loading the model, and its first (warm-up) call.
+    Column("import_s", "float64", True),
     Column("model_load_s", "float64", True),
     Column("first_call_s", "float64", True),
     Column("image_sha256", "string", True),
@@ -487,7 +511,9 @@ def validate_manifest(manifest: Mapping[str, Any], where: str) -> dict[str, Any]
         raise r.fail("document", f"expected a JSON object, but got {type(manifest).__name__}")
     version = manifest.get("schema_version")
     if version != MANIFEST_SCHEMA_VERSION:
-        raise r.fail("schema_version", f"expected {MANIFEST_SCHEMA_VERSION}, but got {version!r}")
+        older = isinstance(version, int) and version < MANIFEST_SCHEMA_VERSION
+        why = " (a run written by an earlier genedge: profile it again into a new folder)" if older else ""
+        raise r.fail("schema_version", f"expected {MANIFEST_SCHEMA_VERSION}, but got {version!r}{why}")
     for field in MANIFEST_FIELDS:
         if field not in manifest:
             raise r.fail(field, "missing field")
