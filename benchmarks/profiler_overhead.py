@@ -32,9 +32,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import datetime
 import itertools
 import json
 import os
+import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -45,7 +48,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import diffusers
 import torch
+from _environment import cpu_name, source_state
 
 from genedge.data import path as data_path
 from genedge.profiler import Clock, load_pipeline, load_prompt_set, measure_call
@@ -314,6 +319,12 @@ def main() -> None:
     device = select_device(args.device, 0)
     prompts = [p.text for p in load_prompt_set(str(PROMPTS)).prompts]
     dtype = torch.float32 if device.type == "cpu" else torch.float16
+    command = "python benchmarks/profiler_overhead.py" + "".join(" " + shlex.quote(a) for a in sys.argv[1:])
+    print(f"# {command} — {datetime.date.today().isoformat()}, {cpu_name()}, {os.cpu_count()} cores")
+    print(
+        f"# python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}, "
+        f"{platform.system()} {platform.release()}; genedge {source_state('profiler', 'benchmarks')}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp, args.arch)
         load_pipeline(f"replica:{args.arch}", device=torch.device("cpu"), dtype=torch.float32).save_pretrained(folder)
