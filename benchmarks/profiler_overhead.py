@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -101,7 +102,7 @@ print(json.dumps({"import_s": import_s, "model_load_s": model_load_s, "pipeline_
 class PlainMarks:
     """Hooks on a plain pipeline's text encoder, UNet, step-end callback and VAE decode, reading perf_counter."""
 
-    def __init__(self, pipe) -> None:
+    def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
         self.encoder_end = self.first_step = self.last_step = self.decode_start = 0.0
         self.decode = pipe.vae.decode
@@ -119,22 +120,22 @@ class PlainMarks:
         self.pipe.vae.decode = decode
         return self
 
-    def _unet_call(self, *_) -> None:
+    def _unet_call(self, *_: Any) -> None:
         if not self.first_step:
             self.first_step = time.perf_counter()
 
-    def step_end(self, pipe, step, timestep, kwargs):
+    def step_end(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         self.last_step = time.perf_counter()
         self.step_marks.append(self.last_step)
         return kwargs
 
-    def __exit__(self, *_) -> None:
+    def __exit__(self, *_: Any) -> None:
         for handle in self.handles:
             handle.remove()
         del self.pipe.vae.decode  # the instance attribute: the class's method shows through again
 
 
-def _plain(pipe, prompt, args, device) -> tuple[dict[str, float], list[float]]:
+def _plain(pipe: Any, prompt: str, args: argparse.Namespace, device: Any) -> tuple[dict[str, float], list[float]]:
     """One plain call: its parts (seconds) and its step-end intervals (steps 2..N)."""
     with PlainMarks(pipe) as marks:
         marks.step_marks = []
@@ -166,7 +167,9 @@ def _plain(pipe, prompt, args, device) -> tuple[dict[str, float], list[float]]:
     return parts, steps
 
 
-def _profiled(pipe, prompt, args, device, clock, monitor) -> tuple[dict[str, float], list[float]]:
+def _profiled(
+    pipe: Any, prompt: str, args: argparse.Namespace, device: Any, clock: Clock, monitor: Monitor
+) -> tuple[dict[str, float], list[float]]:
     """One profiled call: its parts from the measurement, and its step latencies (steps 2..N)."""
     start = time.perf_counter()
     _, m = measure_call(
@@ -193,7 +196,9 @@ def _profiled(pipe, prompt, args, device, clock, monitor) -> tuple[dict[str, flo
     return parts, list(m.step_latencies_s[1:])
 
 
-def _interleaved(pipe, prompts, args, device) -> tuple[list[float], dict[str, dict[str, list[float]]], dict]:
+def _interleaved(
+    pipe: Any, prompts: list[str], args: argparse.Namespace, device: Any
+) -> tuple[list[float], dict[str, dict[str, list[float]]], dict[str, list[float]]]:
     """Round ratios, every call's parts per side, and the step intervals per side."""
     clock = Clock(device)
     uuid = str(torch.cuda.get_device_properties(device).uuid) if device.type == "cuda" else None
@@ -221,7 +226,7 @@ def _interleaved(pipe, prompts, args, device) -> tuple[list[float], dict[str, di
     return ratios, parts, steps
 
 
-def _fresh_processes(folder: Path, prompts: list[str], args) -> dict[str, dict[str, list[float]]]:
+def _fresh_processes(folder: Path, prompts: list[str], args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
     """Import, load and memory figures of ``--processes`` plain child processes and ``genedge profile`` runs."""
     figures: dict[str, dict[str, list[float]]] = {"plain": {}, "profiled": {}}
     env = os.environ | {"PYTHONDONTWRITEBYTECODE": "1"}
@@ -240,7 +245,7 @@ def _fresh_processes(folder: Path, prompts: list[str], args) -> dict[str, dict[s
     return figures
 
 
-def _genedge_run(folder: Path, args, env: dict[str, str]) -> dict[str, float]:
+def _genedge_run(folder: Path, args: argparse.Namespace, env: dict[str, str]) -> dict[str, float]:
     import pandas as pd
 
     options = {
@@ -266,7 +271,7 @@ def _genedge_run(folder: Path, args, env: dict[str, str]) -> dict[str, float]:
     }
 
 
-def _print_time(ratios, parts, steps) -> None:
+def _print_time(ratios: list[float], parts: dict[str, dict[str, list[float]]], steps: dict[str, list[float]]) -> None:
     median = statistics.median(ratios)
     print("per-round ratio profiled/plain: " + ", ".join(f"{r:.3f}" for r in ratios))
     low, high = RATIO_GOAL
@@ -288,7 +293,7 @@ def _print_time(ratios, parts, steps) -> None:
     print("  (difference: profiled − plain, as a share of the plain whole call)")
 
 
-def _print_processes(figures, processes: int) -> None:
+def _print_processes(figures: dict[str, dict[str, list[float]]], processes: int) -> None:
     print(f"fresh processes, median of {processes} each (plain child process vs genedge profile, same folder);")
     print("  imports: the plain child's of the pipeline's classes, genedge's what its start-up had not imported yet")
     rows = (
@@ -335,7 +340,8 @@ def main() -> None:
             "both under torch.inference_mode"
         )
         _print_time(*_interleaved(pipe, prompts, args, device))
-        if device.type == "cpu":  # the plain child reads the resident set: a CPU run's memory figure
+        # The plain child reads Linux's resident set (a CPU run's memory figure) and resets its high-water mark.
+        if device.type == "cpu" and sys.platform == "linux":
             _print_processes(_fresh_processes(folder, prompts, args), args.processes)
 
 

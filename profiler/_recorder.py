@@ -18,7 +18,7 @@ from typing import Any
 from genedge.contract.files import parquet_bytes, write_bytes_atomic
 from genedge.contract.runs import HOST_MEMORY_COLUMNS, MEMORY_RUNGS, RECORD_COLUMNS, record_schema, rung_column
 from genedge.profiler._imports import require
-from genedge.profiler.clipscore import ClipScorer
+from genedge.profiler.clipscore import SCORING_BATCH_SIZE, ClipScorer
 from genedge.profiler.host import trim_heap
 from genedge.profiler.pipeline import Measurement, MemoryBaseline, pipeline_peak
 from genedge.profiler.prompts import Prompt
@@ -26,7 +26,7 @@ from genedge.profiler.records import ShardWriter
 
 __all__ = ["Item", "Pending", "ColdStart", "Recorder"]
 
-# One value of each record column type, for a warm-up table.
+# One value of each record column type (Column.type), for a warm-up table; the list is a 50-step call's.
 _WARM_UP_VALUES = {
     "string": "warm-up",
     "bool": False,
@@ -142,11 +142,13 @@ class Recorder:
         Called before any model loads, so what they leave resident (tens of MiB on a CPU) is in every
         model's memory baseline, and rows measured before and after the first flush compare.
         """
+        # A flush holds up to flush_every + batch_size − 1 images, and CLIPScore encodes them in chunks.
+        images = min(self.flush_every + self.batch_size - 1, SCORING_BATCH_SIZE)
         image = require("PIL.Image").new("RGB", (64, 64))
-        self.scorer.score([image] * self.flush_every, ["a warm-up prompt"] * self.flush_every)
+        self.scorer.score([image] * images, ["a warm-up prompt"] * images)
         # A shard of rows like the real ones: Arrow's memory pool keeps what its first real table needed.
         row = {column.name: _WARM_UP_VALUES[column.type] for column in RECORD_COLUMNS}
-        parquet_bytes(require("pyarrow").Table.from_pylist([row] * self.flush_every, schema=record_schema()))
+        parquet_bytes(require("pyarrow").Table.from_pylist([row] * images, schema=record_schema()))
         if self.save_images:
             image.save(io.BytesIO(), format="PNG")
 

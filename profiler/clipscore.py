@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_CLIP_BACKBONE",
     "DEFAULT_CLIP_PRETRAINED",
     "CLIP_FORMULA",
+    "SCORING_BATCH_SIZE",
     "ClipConvention",
     "ClipWeights",
     "clip_score_from_features",
@@ -45,7 +46,8 @@ DEFAULT_CLIP_PRETRAINED = "openai"
 CLIP_FORMULA = "100*max(cos(E_I, E_C), 0) per image"
 _REPLICA_SCHEME = "replica:"
 _RANDOM_INIT = "none"
-_DEFAULT_BATCH_SIZE = 32
+#: Images CLIPScore encodes at once: a flush of more images is scored in chunks of this many.
+SCORING_BATCH_SIZE = 32
 # Suffixes open_clip's load_checkpoint reads; a `pretrained` value ending in one is a path, not a misspelt tag.
 _WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".npz", ".npy")
 _HASH_CHUNK_BYTES = 1 << 24
@@ -251,7 +253,7 @@ def clip_scores(
     preprocess: Any,
     tokenizer: Any,
     device: Any,
-    batch_size: int = _DEFAULT_BATCH_SIZE,
+    batch_size: int = SCORING_BATCH_SIZE,
 ) -> tuple[list[float], list[bool]]:
     """Score each image against its prompt, in batches.
 

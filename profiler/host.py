@@ -16,7 +16,6 @@ operating system offers:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
 import platform
@@ -88,26 +87,24 @@ def host_info() -> dict[str, Any]:
 
 @functools.cache
 def _malloc_trim() -> Any:
-    # glibc's malloc_trim, or None where the C library has none (musl, macOS, Windows).
-    name = ctypes.util.find_library("c")
+    # glibc's malloc_trim among the symbols this process has loaded, or None where the C library has none
+    # (musl, macOS, Windows).
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):
         return None
 
 
-def trim_heap() -> bool:
-    """Hand the C heap's free memory back to the OS (glibc's ``malloc_trim(0)``); whether it could.
+def trim_heap() -> None:
+    """Hand the C heap's free memory back to the OS (glibc's ``malloc_trim(0)``); nothing where there is none.
 
     Memory that work between pipeline calls (CLIPScore, writing records) frees stays in the heap and
     the resident set otherwise, and a later call may or may not reuse it: trimmed first, a resident
     set measured next counts what is live, wherever the allocator put it.
     """
     trim = _malloc_trim()
-    if trim is None:
-        return False
-    trim(0)
-    return True
+    if trim is not None:
+        trim(0)
 
 
 def _status_kib(field: str) -> int:

@@ -548,14 +548,16 @@ def _component_classes(spec: ModelSpec) -> list[tuple[str, str]]:
     return [("diffusers", str(index.get("_class_name"))), *components]
 
 
-def import_pipeline_classes(spec: ModelSpec | str) -> None:
-    """Import the classes loading ``spec`` uses: its pipeline's and its components', as its configs name them.
+def import_pipeline_classes(spec: ModelSpec | str, *, scheduler: str | None = None) -> None:
+    """Import the classes loading ``spec`` uses: its pipeline's and its components', as its configs name them,
+    and the ``scheduler`` class replacing its own (see :func:`load_pipeline`).
 
     diffusers and transformers import a class's module on first use; done first, a load timer that
     starts after this times loading alone, as peer benchmarks do (one-time imports timed apart).
     A class a library lacks is left to the load, which names it.
     """
-    for module, name in _component_classes(_as_spec(spec)):
+    classes = _component_classes(_as_spec(spec)) + ([("diffusers", scheduler)] if scheduler else [])
+    for module, name in classes:
         getattr(require(module), name, None)
 
 

@@ -63,10 +63,12 @@ class Measurement:
         text_encode_s: Prompt encoding window, seconds.
         denoise_s: Denoising window (pipeline call up to latents), seconds.
         decode_s: VAE decode and conversion to images, seconds.
-        total_s: Host wall-clock seconds from before encoding to after the device finished; the
-            three stages sum to it.
-        overhead_s: Host seconds of the call outside ``total_s``: seeding the generators, resetting
-            the torch peaks, and the monitor's window starting and stopping its samplers.
+        total_s: Host wall-clock seconds from before encoding to after the device finished (the service
+            time); the three stages, on the device clock, lie within it.
+        overhead_s: The rest of the call: its host seconds less the three stages, that is genedge's
+            measuring (seeding the generators, resetting the torch peaks, the monitor's window starting
+            and stopping its samplers) and, on a GPU, the launches and the final synchronize outside the
+            stages' events. ``text_encode_s + denoise_s + decode_s + overhead_s`` is the whole call.
         peak_torch_allocated_bytes: ``torch.cuda.max_memory_allocated`` over the call (``None`` off CUDA).
         peak_torch_reserved_bytes: ``torch.cuda.max_memory_reserved`` over the call (``None`` off CUDA).
         reading: What the monitor saw over the call: NVML and host memory peaks, energy, and why
@@ -229,7 +231,7 @@ def measure_call(
         denoise_s=denoise_s,
         decode_s=decode_s,
         total_s=total_s,
-        overhead_s=max(time.perf_counter() - call_start - total_s, 0.0),
+        overhead_s=time.perf_counter() - call_start - (text_encode_s + denoise_s + decode_s),
         peak_torch_allocated_bytes=peaks[0],
         peak_torch_reserved_bytes=peaks[1],
         reading=window.reading,
@@ -255,7 +257,8 @@ def memory_baseline(device: Any, monitor: Monitor) -> MemoryBaseline:
 
     Taken after genedge's imports and its CLIPScore model and before a model loads, it is what a
     call's peak holds that is not the pipeline's (see :func:`pipeline_peak`). On a GPU the device is
-    synchronized first, so the CUDA context, which every model on it needs, is in the baseline.
+    synchronized first, so the CUDA context, which every model on it needs, is in the baseline (with the
+    library handles the CLIPScore model's first call created).
     """
     if device.type == "cuda":
         require("torch").cuda.synchronize(device)
@@ -279,20 +282,21 @@ def memory_baseline(device: Any, monitor: Monitor) -> MemoryBaseline:
 
 
 def pipeline_peak(peaks: dict[str, int | None], baseline: MemoryBaseline) -> tuple[int | None, str | None, str | None]:
-    """The pipeline's own peak over a call: the first measured process peak less its baseline.
+    """The pipeline's own peak over a call: the first process peak measured both now and before the load, less
+    its baseline.
 
     Args:
         peaks: The call's record columns → peak bytes (``None`` where not measured).
         baseline: :func:`memory_baseline` of the process before the model loaded.
 
     Returns:
-        ``(bytes, column it is taken from, None)``, or ``(None, None, why)`` when no process peak was
-        measured or the first one measured has no baseline.
+        ``(bytes, column it is taken from, None)``, or ``(None, None, why)`` when no process peak has both.
     """
-    column = next((c for c in PROCESS_PEAK_COLUMNS if peaks.get(c) is not None), None)
-    if column is None:
+    measured = [c for c in PROCESS_PEAK_COLUMNS if peaks.get(c) is not None]
+    column = next((c for c in measured if c in baseline.bytes), None)
+    if column is not None:
+        return max(int(peaks[column]) - baseline.bytes[column], 0), column, None
+    if not measured:
         return None, None, "no process memory peak was measured"
-    if column not in baseline.bytes:
-        why = baseline.notes.get(column, "not measured before the model loaded")
-        return None, None, f"no baseline of {column}: {why}"
-    return max(int(peaks[column]) - baseline.bytes[column], 0), column, None
+    why = baseline.notes.get(measured[0], "not measured before the model loaded")
+    return None, None, f"no baseline of {measured[0]}: {why}"

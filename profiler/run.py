@@ -305,7 +305,8 @@ def profile(
             flush_every=config.flush_every,
             save_images=config.save_images,
         )
-        recorder.warm_up()
+        if todo:  # nothing to measure (a finished run, a rank without work): nothing to warm up for
+            recorder.warm_up()
         _Loop(todo, config, device, getattr(torch, dtype_name), monitor, recorder, on_progress).run(pinned)
         recorder.flush()
     return RunResult(
@@ -510,7 +511,7 @@ class _Loop:
         # Load the pipeline and run the warm-up calls; the model's cold start and what the process held
         # before it (the baseline of the pipeline's own memory) are recorded.
         import_start = time.perf_counter()
-        import_pipeline_classes(spec)
+        import_pipeline_classes(spec, scheduler=self.config.scheduler)
         import_s = time.perf_counter() - import_start
         baseline = memory_baseline(self.device, self.monitor)
         load_start = time.perf_counter()

@@ -28,12 +28,12 @@ __all__ = [
     "check_not_input",
     "check_write_target",
     "os_error_message",
+    "parquet_bytes",
     "parse_json",
     "read_json",
     "remove_temporaries",
     "write_bytes_atomic",
     "write_figure",
-    "parquet_bytes",
     "write_new_parquet",
     "write_text_atomic",
 ]

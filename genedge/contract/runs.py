@@ -206,8 +206,8 @@ RECORD_COLUMNS: tuple[Column, ...] = (
     Column("denoise_s", "float64", True),
     Column("decode_s", "float64", True),
     Column("total_s", "float64", True),
-    # Host seconds the measured call spent outside total_s (seeding, peak resets, the monitor's window):
-    # text_encode_s + denoise_s + decode_s + overhead_s is the whole call.
+    # The measured call's host seconds less its three stages (genedge's measuring; on a GPU also the launches
+    # and synchronize outside the stages' events): text_encode_s + denoise_s + decode_s + overhead_s is the call.
     Column("overhead_s", "float64", True),
     Column("clip_score", "float64", True),
     Column("prompt_truncated", "bool", False),
