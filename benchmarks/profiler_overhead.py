@@ -105,6 +105,7 @@ class PlainMarks:
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
         self.encoder_end = self.first_step = self.last_step = self.decode_start = 0.0
+        self.step_marks: list[float] = []
         self.decode = pipe.vae.decode
 
     def __enter__(self) -> PlainMarks:
@@ -138,7 +139,6 @@ class PlainMarks:
 def _plain(pipe: Any, prompt: str, args: argparse.Namespace, device: Any) -> tuple[dict[str, float], list[float]]:
     """One plain call: its parts (seconds) and its step-end intervals (steps 2..N)."""
     with PlainMarks(pipe) as marks:
-        marks.step_marks = []
         start = time.perf_counter()
         with torch.inference_mode():
             pipe(

@@ -191,8 +191,8 @@ class Recorder:
             notes = dict(m.reading.notes)
             if m.peak_torch_allocated_bytes is None:
                 notes |= {c: "not a CUDA device" for c in _TORCH_COLUMNS}
-            baseline = cold.baseline or MemoryBaseline({}, {})
-            pipeline_bytes, pipeline_source, why = pipeline_peak(peaks, baseline)
+            assert cold.baseline is not None  # a measured call follows its model's load, which reads the baseline
+            pipeline_bytes, pipeline_source, why = pipeline_peak(peaks, cold.baseline)
             if why is not None:
                 notes["pipeline_peak_bytes"] = why
         energy = m.reading.energy_j / entry.call_images if m is not None and m.reading.energy_j is not None else None

@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from genedge.contract.runs import PROCESS_PEAK_COLUMNS, rung_column
+from genedge.contract.runs import PROCESS_PEAK_COLUMNS
 from genedge.profiler._imports import require
 from genedge.profiler.host import trim_heap
 from genedge.profiler.monitor import Monitor, WindowReading
@@ -274,8 +274,8 @@ def memory_baseline(device: Any, monitor: Monitor) -> MemoryBaseline:
     notes = {column: reading.notes[column] for column in values if column in reading.notes}
     if device.type == "cuda":
         cuda = require("torch").cuda
-        values[rung_column("torch_reserved_bytes")] = int(cuda.memory_reserved(device))
-        values[rung_column("torch_allocated_bytes")] = int(cuda.memory_allocated(device))
+        values["peak_torch_reserved_bytes"] = int(cuda.memory_reserved(device))
+        values["peak_torch_allocated_bytes"] = int(cuda.memory_allocated(device))
     return MemoryBaseline(
         {column: value for column, value in values.items() if value is not None and column not in notes}, notes
     )
