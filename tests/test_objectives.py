@@ -342,11 +342,11 @@ def test_reference_figures_equal_evaluate(name):
 # ---------------------------------------------------------------------------------------------
 # (a) the planners reach the brute force; (b) the certificate is never below it
 
-# The planners' shares come from grids too (open arrivals: 256 shares per model for the mean delay; under
-# an SLO, blends t ∈ {0.25, 0.5, 0.75, 1} of the delay-optimal and attainment-optimal shares, which can
-# stop short of the SLO's edge: 6.4e-4 points on "window-batch-slo"), while the brute force's own grid
-# can only make its best lower. Every shortfall seen beyond that is over 0.08 points.
-_PLANNER_TOL = 1e-3
+# The planners' shares are certified to within SHARE_TOL points of the best for their routing; their routings
+# are polished by moves whose amounts end on a grid (1/32 of what the source model holds), which the brute
+# force's finer routing grid can beat: by 3.0e-4 points on "window-slo-category". Every shortfall seen beyond
+# that is over 0.08 points.
+_PLANNER_TOL = 5e-4
 
 
 @pytest.mark.slow

@@ -206,12 +206,15 @@ class DelayModel(ABC):
             figures, stable only at ρ_m < 1; False for one window of requests (class attribute).
         bound_notes: what the exact search's upper bound leaves out under this model: of each
             request's delay, and of the loads' variation (class attribute; None where nothing).
+        chance_per_model: every request on a model has the same chance of meeting an SLO, its
+            :meth:`model_within` (class attribute; False where :meth:`attainment_matrix` says otherwise).
     """
 
     arrivals: ClassVar[ArrivalModel]
     description: ClassVar[str]
     steady_state: ClassVar[bool]
     bound_notes: ClassVar[tuple[str | None, str | None]] = (None, None)
+    chance_per_model: ClassVar[bool] = True
 
     def __init__(self, counts: np.ndarray, realization: str) -> None:
         self.counts = np.asarray(counts, dtype=float)
@@ -503,6 +506,7 @@ class WindowRandom(WindowFifo):
     request counts only."""
 
     bound_notes = (None, "the bound ignores the variance of randomly routed loads")
+    chance_per_model = False
 
     @classmethod
     def check_demand(cls, counts: np.ndarray) -> None:

@@ -34,6 +34,7 @@ import numpy as np
 
 from genedge.optimizer.model._delay import DelayModel, deployed_mask
 from genedge.optimizer.model._problem import Problem
+from genedge.optimizer.model._shares import certified_shares
 
 __all__ = ["INFEASIBLE", "Scored", "choose_batches", "plan_shares", "score_plan", "unconstrained_utility"]
 
@@ -146,6 +147,7 @@ def score_plan(
     *,
     batch_index: Sequence[int] | None = None,
     shares: np.ndarray | None = None,
+    certify: bool = False,
 ) -> Scored:
     """Score a routing (as expected requests x[c, m]) at the given steps.
 
@@ -155,12 +157,30 @@ def score_plan(
         step_index: index into each model's step grid.
         batch_index: index into each model's batch sizes (default: :func:`choose_batches`).
         shares: compute shares (default: :func:`plan_shares`).
+        certify: refine :func:`plan_shares`' shares to within
+            :data:`~genedge.optimizer.model._shares.SHARE_TOL` points of the best ones
+            (:func:`~genedge.optimizer.model._shares.certified_shares`): for the plan a planner returns.
     """
     step_index = tuple(int(k) for k in step_index)
     batch_index = choose_batches(problem, requests, step_index) if batch_index is None else tuple(batch_index)
     if shares is None:
         shares = plan_shares(problem, requests, step_index, batch_index)
+        if certify:
+            return _certified(problem, requests, step_index, batch_index, shares)
     return _score(problem, requests, step_index, batch_index, np.asarray(shares, dtype=float))
+
+
+def _certified(
+    problem: Problem, requests: np.ndarray, step_index: tuple[int, ...], batch_index: tuple[int, ...], quick: np.ndarray
+) -> Scored:
+    """The score at the certified shares, or at the quick ones where the certified search found nothing better."""
+    full = problem.call_service_at(step_index, batch_index)
+    batch = problem.max_batch_at(batch_index)
+    delay = _delay_shares(problem, requests, full, batch)
+    found = certified_shares(problem, requests, full, batch, start=quick, delay=delay)
+    fast = _score(problem, requests, step_index, batch_index, quick)
+    refined = _score(problem, requests, step_index, batch_index, found.shares)
+    return refined if refined.value >= fast.value else fast
 
 
 def unconstrained_utility(

@@ -47,6 +47,7 @@ __all__ = [
     "frontier_routings",
     "best_scored_routing",
     "frontier_candidates",
+    "one_model_routings",
     "polish_starts",
     "polish_scored",
 ]
@@ -436,17 +437,33 @@ def frontier_candidates(
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """The routings a planner scores at these steps, each with an upper bound on its value.
 
-    The routings are :func:`frontier_routings` and the price-directed one; each one's bound is its
-    utility at the delay-optimal shares ignoring the SLO
+    The routings are :func:`frontier_routings`, the price-directed one and, as the window model's
+    search weighs them too, every request on one allowed model that meets the floor alone (under an
+    SLO or a light load that can beat any split, and the price walk need not pass it). Each one's
+    bound is its utility at the delay-optimal shares ignoring the SLO
     (:func:`~genedge.optimizer.model.unconstrained_utility`), which no shares can beat.
     """
     value, full = problem.value_at(steps), problem.service_at(steps)
     candidates = frontier_routings(problem, value, full, allowed, floor)
     x, _bound = price_directed_assignment(problem, value, full, allowed, floor)
-    if x is not None and not any(np.allclose(x, other) for other in candidates):
-        candidates.append(x)
+    for routing in ([] if x is None else [x]) + one_model_routings(problem, allowed, floor):
+        if not any(np.allclose(routing, other) for other in candidates):
+            candidates.append(routing)
     bounds = np.array([unconstrained_utility(problem, requests, steps, batch_index) for requests in candidates])
     return candidates, bounds
+
+
+def one_model_routings(problem: Problem, allowed: np.ndarray, floor: np.ndarray | None) -> list[np.ndarray]:
+    """Every request on one allowed model, for each model that meets the quality floor alone."""
+    models = np.flatnonzero(allowed)
+    if floor is not None:
+        models = models[(floor[:, models] <= problem.max_shortfall).all(axis=0)]
+    routings = []
+    for m in models:
+        x = np.zeros((problem.counts.size, allowed.size))
+        x[:, m] = problem.counts
+        routings.append(x)
+    return routings
 
 
 def best_scored_routing(

@@ -213,7 +213,7 @@ def _exact_scored(problem: Problem, callback: Callback | None) -> PlanResult:
     if not found:
         raise problem.unreachable_floor_error()
     (value, steps, batch, x), evaluations = _polish_found(problem, found)
-    scored = score_plan(problem, x, steps, batch_index=batch)
+    scored = score_plan(problem, x, steps, batch_index=batch, certify=True)
     combos = bounds.combos
     feasible_anywhere = any(np.isfinite(bounds.of(i)) for i in range(len(combos)) if combos[i][0] > INFEASIBLE)
     upper = None

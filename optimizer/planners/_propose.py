@@ -33,6 +33,7 @@ from genedge.optimizer.planners._anneal import AnnealState, adjacent_step, metro
 from genedge.optimizer.planners._assignment import (
     best_scored_routing,
     frontier_candidates,
+    one_model_routings,
     polish_requests,
     polish_scored,
     polish_starts,
@@ -102,7 +103,7 @@ def propose(
         shares = optimal_shares(problem.service_at(best.steps), best.requests.sum(axis=0), problem.budget)
         batch = None
     else:
-        scored = score_plan(problem, best.requests, best.steps)
+        scored = score_plan(problem, best.requests, best.steps, certify=True)
         shares, batch = scored.shares, scored.batch_index
     return make_result(
         problem,
@@ -175,11 +176,8 @@ class _RelaxedSteps:
     def __init__(self, problem: Problem, allowed: np.ndarray) -> None:
         self.problem = problem
         self.allowed = allowed
-        self.allowed_idx = np.flatnonzero(allowed)
         self.sizes = problem.grid_sizes
         self.movable = np.flatnonzero(allowed & (np.array(self.sizes) > 1))
-        # (M, C, M): every request on model m.
-        self.single_model = problem.counts[None, :, None] * np.eye(len(problem.models))[:, None, :]
         # steps → (utility, its routing in requests, None where infeasible)
         self.cache: dict[tuple[int, ...], tuple[float, np.ndarray | None]] = {}
 
@@ -190,17 +188,14 @@ class _RelaxedSteps:
         return self.cache[steps][0]
 
     def _best_routing(self, steps: tuple[int, ...]) -> tuple[float, np.ndarray | None]:
-        problem, allowed_idx = self.problem, self.allowed_idx
+        problem = self.problem
         mean, full, floor = problem.value_at(steps), problem.service_at(steps), problem.shortfall_at(steps)
         x, _bound = price_directed_assignment(problem, mean, full, self.allowed, floor)
         if x is None:
             return -np.inf, None
         # At small loads serving everything on one model can beat any split,
         # which the relaxation cannot see: weigh those routings too.
-        alone = (
-            allowed_idx if floor is None else allowed_idx[(floor[:, allowed_idx] <= problem.max_shortfall).all(axis=0)]
-        )
-        candidates = np.concatenate([x[None], self.single_model[alone]], axis=0)
+        candidates = np.stack([x, *one_model_routings(problem, self.allowed, floor)])
         u = utility_with_optimal_shares(problem, candidates, full, mean)
         b = int(u.argmax())
         return float(u[b]), candidates[b]
