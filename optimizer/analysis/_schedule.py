@@ -1,0 +1,179 @@
+"""A plan for every rate: plan each total arrival rate of a list on one table, and band the plans by decision.
+
+Each rate is planned cold, as ``genedge plan --rate R --seed S`` plans it: the same problem (built by the
+caller's ``make_problem``), the same planner and the same seed, so a schedule's plan at a rate is exactly
+that command's. Nothing is carried from one rate to the next but the capacity: no plan keeps every queue
+stable from :attr:`~genedge.optimizer.model.Problem.max_stable_rate` on (it depends on the table and budget
+alone), so rates from there on are recorded as unservable without building a problem.
+
+Neighbouring rates whose plans make the same :class:`~genedge.optimizer.schedule_file.Decisions` (which
+models serve each category, their steps and largest batch) form a band; shares and routing fractions may
+differ within it and are kept per rate. A band's plan is the one made at its highest rate.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from genedge.contract.bounds import MAX_RATE_PER_S, MAX_SCHEDULE_RATES, MIN_RATE_PER_S
+from genedge.optimizer.model import Arrivals, Problem
+from genedge.optimizer.plan_file import plan_from_dict, plan_to_dict
+from genedge.optimizer.planners import METHODS, PROPOSED, PlanResult, check_methods
+from genedge.optimizer.schedule_file import (
+    Decisions,
+    PlanSchedule,
+    band_to_dict,
+    plan_schedule_from_dict,
+    rate_point_to_dict,
+    schedule_to_dict,
+)
+
+__all__ = ["plan_schedule", "rate_grid", "trace_rate_range"]
+
+
+def rate_grid(low: float, high: float, count: int) -> list[float]:
+    """``count`` evenly spaced total rates from ``low`` to ``high`` (requests/s), both included.
+
+    Raises:
+        ValueError: rates outside [MIN_RATE_PER_S, MAX_RATE_PER_S], ``low`` above ``high``, a count below 1 or
+            above :data:`MAX_SCHEDULE_RATES`, or ``count`` 1 for two different ends.
+
+    Example:
+        >>> rate_grid(0.1, 0.5, 5)
+        [0.1, 0.2, 0.3, 0.4, 0.5]
+    """
+    for name, value in (("low", low), ("high", high)):
+        if not (math.isfinite(value) and MIN_RATE_PER_S <= value <= MAX_RATE_PER_S):
+            raise ValueError(
+                f"Expected a {name} rate in [{MIN_RATE_PER_S:g}, {MAX_RATE_PER_S:g}] requests/s, but got {value:g}"
+            )
+    if low > high:
+        raise ValueError(f"Expected the low rate at most the high rate, but got {low:g} > {high:g}")
+    if not 1 <= count <= MAX_SCHEDULE_RATES or (count == 1 and low != high):
+        raise ValueError(
+            f"Expected a count of rates in [2, {MAX_SCHEDULE_RATES}] (1 where both ends are equal), but got {count}"
+        )
+    # Rounded to 12 significant digits, so that 0.05:2:40 gives 0.1, not 0.09999999999999999.
+    return [float(f"{rate:.12g}") for rate in np.linspace(low, high, count)]
+
+
+def trace_rate_range(arrivals: Arrivals, window_s: float) -> tuple[float, float]:
+    """The lowest and highest total rate of a trace's whole windows of ``window_s`` seconds (requests/s).
+
+    Windows without a request are left out: no rate of 0 is planned.
+
+    Raises:
+        ValueError: a window longer than the trace (:meth:`~genedge.optimizer.model.Arrivals.window_rates`).
+    """
+    rates = arrivals.window_rates(window_s)
+    busy = rates[rates > 0]
+    if busy.size == 0:
+        raise ValueError(f"Expected a window of {window_s:g} s with a request in it, but every one is empty")
+    return float(busy.min()), float(busy.max())
+
+
+def plan_schedule(
+    make_problem: Callable[[float], Problem],
+    rates: Sequence[float],
+    *,
+    method: str = PROPOSED,
+    seed: int = 0,
+    inputs: Mapping[str, Any] | None = None,
+    plan_inputs: Mapping[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> PlanSchedule:
+    """Plan every rate and band the plans (see the module's description).
+
+    Args:
+        make_problem: the problem at a total rate (requests/s), under open arrivals; it raises where no plan
+            keeps every queue stable (:class:`~genedge.optimizer.model.Problem` does).
+        rates: the total rates, distinct (any order; planned ascending).
+        method: the planner, a key of :data:`~genedge.optimizer.planners.METHODS`.
+        seed: the seed of every rate's planner (the same for each, so each rate's plan is the one a single
+            plan at that rate with this seed gives; a generator would be drawn from differently per rate).
+        inputs: what the schedule was made for, written as the schedule's ``inputs``.
+        plan_inputs: written into each band's plan document's ``inputs`` (see
+            :func:`~genedge.optimizer.plan_file.plan_inputs`).
+        progress: called with (rates done, rates in all) after each rate.
+
+    Raises:
+        ValueError: an unknown method, rates that are not distinct, finite and > 0, more than
+            :data:`MAX_SCHEDULE_RATES` of them, a problem not under open arrivals, or (from ``make_problem``)
+            a lowest rate no plan can serve.
+    """
+    check_methods([method])
+    ordered = _checked_rates(rates)
+    first = make_problem(ordered[0])
+    if not first.delay.steady_state:
+        raise ValueError(f"Expected a problem of arrival rates (open arrivals), but got the {first.arrivals} model")
+    capacity = first.max_stable_rate
+    planned: list[tuple[float, Problem | None, PlanResult | None]] = []
+    for done, rate in enumerate(ordered, start=1):
+        if rate >= capacity:
+            planned.append((rate, None, None))
+        else:
+            problem = first if done == 1 else make_problem(rate)
+            planned.append((rate, problem, _planned(METHODS[method], problem, rate, seed)))
+        if progress is not None:
+            progress(done, len(ordered))
+    document = _document(planned, method, seed, capacity, inputs, plan_inputs)
+    return plan_schedule_from_dict(document, "the planned schedule")
+
+
+def _checked_rates(rates: Sequence[float]) -> list[float]:
+    """The rates ascending, after checking them."""
+    values = [float(rate) for rate in rates]
+    if not 1 <= len(values) <= MAX_SCHEDULE_RATES:
+        raise ValueError(f"Expected 1 to {MAX_SCHEDULE_RATES} rates, but got {len(values)}")
+    bad = [rate for rate in values if not (math.isfinite(rate) and rate > 0)]
+    if bad:
+        raise ValueError(f"Expected rates > 0 requests/s, but got {bad[0]:g}")
+    ordered = sorted(values)
+    repeated = [a for a, b in itertools.pairwise(ordered) if a == b]
+    if repeated:
+        raise ValueError(f"Expected distinct rates, but {repeated[0]:g} is given twice")
+    return ordered
+
+
+def _planned(planner: Callable[..., PlanResult], problem: Problem, rate: float, seed: int) -> PlanResult:
+    """The plan at one rate; below the capacity the planner's plan keeps every queue stable."""
+    result = planner(problem, rng=seed)
+    if not result.stable:
+        # All requests on the fastest model is stable below the capacity: a planner must do no worse.
+        raise RuntimeError(f"{result.method} returned a plan with an unstable queue at {rate:g} requests/s")
+    return result
+
+
+def _document(
+    planned: Sequence[tuple[float, Problem | None, PlanResult | None]],
+    method: str,
+    seed: int,
+    capacity: float,
+    inputs: Mapping[str, Any] | None,
+    plan_inputs: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The schedule document: each rate's point, and a band for each run of rates with the same decisions."""
+    points: list[dict[str, Any]] = []
+    bands: list[dict[str, Any]] = []
+    current: Decisions | None = None
+    low = 0.0
+    for rate, problem, result in planned:
+        if result is None:
+            points.append(rate_point_to_dict(rate, None, None))
+            continue
+        document = plan_to_dict(problem, result, inputs=plan_inputs)
+        decisions = Decisions.of(plan_from_dict(document, f"the plan at {rate:g} requests/s"))
+        if decisions != current:
+            current, low = decisions, rate
+            bands.append({})
+        points.append(rate_point_to_dict(rate, result, len(bands) - 1))
+        # A band's plan is the one at its highest rate: each next rate of the band replaces it.
+        bands[-1] = band_to_dict(low, rate, document)
+    return schedule_to_dict(
+        method=method, seed=seed, max_stable_rate=capacity, points=points, bands=bands, inputs=inputs
+    )
