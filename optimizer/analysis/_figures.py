@@ -106,7 +106,9 @@ def plot_schedule(schedule: PlanSchedule, out: Path) -> list[Path]:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         if schedule.max_stable_rate <= schedule.points[-1].rate:
-            ax.axvline(schedule.max_stable_rate, color="k", ls=":", label="no plan stable from here")
+            ax.axvspan(
+                schedule.max_stable_rate, schedule.points[-1].rate, color="C3", alpha=0.08, lw=0, label="no plan stable"
+            )
     slo = schedule.bands[0].plan.inputs.slo
     if slo is not None:
         axes[1].axhline(slo.seconds, color="C3", ls="--", label=f"SLO {slo.describe()}")
@@ -138,10 +140,10 @@ def _shade_bands(ax, schedule: PlanSchedule) -> None:
         )
         ax.text(
             (left + right) / 2,
-            1.0,
+            0.98,
             str(index + 1),
             transform=ax.get_xaxis_transform(),
             ha="center",
-            va="bottom",
+            va="top",
             fontsize=7,
         )
