@@ -125,8 +125,8 @@ def format_schedule(schedule: PlanSchedule, seconds: float) -> str:
     lines += ["", _point_header(slo)]
     lines += [_point_row(p, slo) for p in planned]
     if beyond:
-        span = f"{beyond[0].rate:>8g}" + (f" to {beyond[-1].rate:g}: {len(beyond)} rates" if len(beyond) > 1 else "")
-        lines.append(f"{span}: beyond capacity, not planned")
+        many = f" to {beyond[-1].rate:g}: {len(beyond)} rates" if len(beyond) > 1 else ":"
+        lines.append(f"{beyond[0].rate:>8g}{many} beyond capacity, not planned")
     lines += ["", *_limits(schedule)]
     return "\n".join(lines)
 
