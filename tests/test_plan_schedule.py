@@ -52,6 +52,7 @@ def test_the_cli_writes_a_schedule_whose_bands_cover_every_servable_rate(written
     assert covered == {0.1, 0.3, 0.5}
     assert schedule.method == "genedge" and schedule.seed == 0 and schedule.raw["policy"] == SCHEDULE_POLICY
     assert schedule.raw["inputs"]["rates"] == RATES and schedule.first_infeasible_rate is None
+    assert sum(schedule.raw["inputs"]["mix"].values()) == pytest.approx(1)
     assert "genedge planned 3 of 4 rates, seed 0; " in out
     assert "     0.7: beyond capacity, not planned" in out
     assert "no plan keeps every queue stable from 0.5952 requests/s on" in out
@@ -149,6 +150,8 @@ def _slo(seconds: float):
 
 
 def test_planning_is_seeded_and_every_rate_is_planned_as_on_its_own(schedule):
+    # Two rates at once, each in a process of its own: the same document.
+    assert plan_schedule(_problems(), rate_grid(0.05, 0.6, 12), jobs=2).raw == schedule.raw
     # The rates in another order, and a subset of them, give each rate the same plan: nothing carries over.
     part = plan_schedule(_problems(), [0.4, 0.1, 0.25])
     mine = {p.rate: p for p in schedule.points}
@@ -205,6 +208,7 @@ def test_a_bad_rates_value_is_one_line_naming_the_option_and_its_forms(capsys, t
         ),
         (("--rate", "0.1", "--figures", "figures"), "--figures draws a plan schedule: give --rates LO:HI:COUNT"),
         (("--rate", "0.1", "--rate-count", "5"), "--rate-count: how many rates of --rates-from-trace to plan"),
+        (("--rate", "0.1", "--jobs", "2"), "--jobs: how many rates of a plan schedule to plan at once"),
         (("--rates", "0.7,0.8"), "No plan can keep every queue stable"),
         (("--rates", "0.1,0.1"), "Expected distinct rates, but 0.1 is given twice"),
     ],

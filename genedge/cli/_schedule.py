@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -58,6 +59,7 @@ def run_schedule(
     with tqdm(total=len(rates), unit="rate", desc="planning", disable=None, leave=False, file=sys.stderr) as bar:
 
         def progress(done: int, total: int) -> None:
+            bar.total = total  # the rates to plan: those from the capacity on are not
             bar.update(done - bar.n)
 
         schedule = plan_schedule(
@@ -65,6 +67,7 @@ def run_schedule(
             rates,
             method=args.method,
             seed=args.seed,
+            jobs=_usable_cpus() if args.jobs is None else args.jobs,
             inputs={"table": str(args.table), "table_sha256": sha256, "rates": source},
             # What genedge plan --rate R --out writes, less the misrouting cost (a figure of the baselines' kind).
             plan_inputs=plan_inputs(args.table, table.source_counts(), lowest, prompts=prompt_counts),
@@ -80,6 +83,11 @@ def run_schedule(
     print(format_schedule(schedule, seconds))
     _write(args, schedule)
     return 0
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (all the machine's where the system cannot say)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _trace_rates(args: argparse.Namespace, table: CalibrationTable) -> tuple[list[float], dict[str, object]]:

@@ -25,6 +25,7 @@ from genedge.cli._common import (
     workload_from_args,
     workload_line,
 )
+from genedge.contract.bounds import MAX_THREADS
 from genedge.optimizer.model import DEFAULT_REQUESTS
 
 __all__ = ["add_parser"]
@@ -58,6 +59,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_uncertainty_arguments(parser)
     parser.add_argument("--out", type=Path, help="write the plan JSON (or, for several rates, the plan schedule) here")
+    parser.add_argument(
+        "--jobs",
+        type=bounded_number("processes", minimum=1, maximum=MAX_THREADS, kind=int),
+        help="with a plan schedule: rates planned at once, each in a process of its own; the plans are the same "
+        "for any number (default: the CPUs this process may use)",
+    )
     parser.add_argument(
         "--figures",
         type=Path,
@@ -160,6 +167,8 @@ def _check_schedule_options(args: argparse.Namespace, totals: list[float] | None
             raise ValueError(f"{', '.join(given)}: a plan schedule plans each rate with --method alone; leave them out")
     elif args.rate_count is not None:
         raise ValueError("--rate-count: how many rates of --rates-from-trace to plan; give --rates-from-trace TRACE")
+    elif args.jobs is not None:
+        raise ValueError("--jobs: how many rates of a plan schedule to plan at once; give --rates LO:HI:COUNT")
     if not schedule and args.figures is not None:
         raise ValueError(
             "--figures draws a plan schedule: give --rates LO:HI:COUNT (or a comma list) or --rates-from-trace"

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import multiprocessing
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
@@ -83,6 +85,7 @@ def plan_schedule(
     *,
     method: str = PROPOSED,
     seed: int = 0,
+    jobs: int = 1,
     inputs: Mapping[str, Any] | None = None,
     plan_inputs: Mapping[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -96,33 +99,79 @@ def plan_schedule(
         method: the planner, a key of :data:`~genedge.optimizer.planners.METHODS`.
         seed: the seed of every rate's planner (the same for each, so each rate's plan is the one a single
             plan at that rate with this seed gives; a generator would be drawn from differently per rate).
-        inputs: what the schedule was made for, written as the schedule's ``inputs``.
+        jobs: rates planned at once, each in a process of its own (1: one after another, in this process);
+            the plans are the same either way.
+        inputs: what the schedule was made for, written as the schedule's ``inputs`` with the category ``mix``.
         plan_inputs: written into each band's plan document's ``inputs`` (see
             :func:`~genedge.optimizer.plan_file.plan_inputs`).
-        progress: called with (rates done, rates in all) after each rate.
+        progress: called with (rates planned, rates to plan) as each rate is planned; rates from the capacity
+            on are not planned.
 
     Raises:
         ValueError: an unknown method, rates that are not distinct, finite and > 0, more than
-            :data:`MAX_SCHEDULE_RATES` of them, a problem not under open arrivals, or (from ``make_problem``)
-            a lowest rate no plan can serve.
+            :data:`~genedge.contract.bounds.MAX_SCHEDULE_RATES` of them, ``jobs`` below 1, a problem not under
+            open arrivals, or (from ``make_problem``) a lowest rate no plan can serve.
+
+    Example:
+        >>> from genedge.contract.table_file import load_table
+        >>> from genedge.data import resolve_table
+        >>> from genedge.optimizer.inputs import problem_from_options
+        >>> from genedge.optimizer.model import workload_from_options
+        >>> table = load_table(resolve_table("galaxy-s24"))
+        >>> def problem_at(rate):
+        ...     return problem_from_options(table, workload_from_options(table.categories, rate=rate))
+        >>> schedule = plan_schedule(problem_at, [0.3, 0.7])
+        >>> [point.band for point in schedule.points], round(schedule.max_stable_rate, 4)
+        ([0, None], 0.5952)
     """
     check_methods([method])
     ordered = _checked_rates(rates)
+    if jobs < 1:
+        raise ValueError(f"Expected at least 1 job, but got {jobs}")
     first = make_problem(ordered[0])
     if not first.delay.steady_state:
         raise ValueError(f"Expected a problem of arrival rates (open arrivals), but got the {first.arrivals} model")
     capacity = first.max_stable_rate
-    planned: list[tuple[float, Problem | None, PlanResult | None]] = []
-    for done, rate in enumerate(ordered, start=1):
-        if rate >= capacity:
-            planned.append((rate, None, None))
-        else:
-            problem = first if done == 1 else make_problem(rate)
-            planned.append((rate, problem, _planned(METHODS[method], problem, rate, seed)))
-        if progress is not None:
-            progress(done, len(ordered))
-    document = _document(planned, method, seed, capacity, inputs, plan_inputs)
+    servable = [rate for rate in ordered if rate < capacity]
+    problems = [first, *(make_problem(rate) for rate in servable[1:])]
+    results = _plan_each(METHODS[method], problems, seed, jobs, progress)
+    planned = [*zip(servable, problems, results), *((rate, None, None) for rate in ordered[len(servable) :])]
+    total = first.n_requests
+    mix = {category: float(n / total) for category, n in zip(first.categories, first.counts)}
+    document = _document(planned, method, seed, capacity, {**dict(inputs or {}), "mix": mix}, plan_inputs)
     return plan_schedule_from_dict(document, "the planned schedule")
+
+
+def _plan_each(
+    planner: Callable[..., PlanResult],
+    problems: Sequence[Problem],
+    seed: int,
+    jobs: int,
+    progress: Callable[[int, int], None] | None,
+) -> list[PlanResult]:
+    """Each problem's plan, in order: one after another, or ``jobs`` at once in processes of their own."""
+    results: list[PlanResult | None] = [None] * len(problems)
+    if jobs == 1 or len(problems) < 2:
+        for i, problem in enumerate(problems):
+            results[i] = planner(problem, rng=seed)
+            if progress is not None:
+                progress(i + 1, len(problems))
+    else:
+        # Forked workers start with the planner's modules loaded; a fresh interpreter would import them first.
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+        with ProcessPoolExecutor(min(jobs, len(problems)), mp_context=context) as pool:
+            futures = {pool.submit(planner, problem, rng=seed): i for i, problem in enumerate(problems)}
+            for done, future in enumerate(as_completed(futures), start=1):
+                results[futures[future]] = future.result()
+                if progress is not None:
+                    progress(done, len(problems))
+    for problem, result in zip(problems, results):
+        if not result.stable:
+            # All requests on the fastest model is stable below the capacity: a planner must do no worse.
+            raise RuntimeError(
+                f"{result.method} returned a plan with an unstable queue at {problem.n_requests:g} requests/s"
+            )
+    return results
 
 
 def _checked_rates(rates: Sequence[float]) -> list[float]:
@@ -138,15 +187,6 @@ def _checked_rates(rates: Sequence[float]) -> list[float]:
     if repeated:
         raise ValueError(f"Expected distinct rates, but {repeated[0]:g} is given twice")
     return ordered
-
-
-def _planned(planner: Callable[..., PlanResult], problem: Problem, rate: float, seed: int) -> PlanResult:
-    """The plan at one rate; below the capacity the planner's plan keeps every queue stable."""
-    result = planner(problem, rng=seed)
-    if not result.stable:
-        # All requests on the fastest model is stable below the capacity: a planner must do no worse.
-        raise RuntimeError(f"{result.method} returned a plan with an unstable queue at {rate:g} requests/s")
-    return result
 
 
 def _document(
