@@ -113,6 +113,8 @@ class RatePoint:
         feasible: whether it meets the SLO and quality floor.
         shares: model → GPU share of the rate's own plan.
         routing: category → model → probability of the rate's own plan.
+        higher_plan_utility: the utility the next planned rate's plan reaches at this rate where it beats this
+            rate's own plan, which is then not optimal (a check of the planner); None elsewhere.
     """
 
     rate: float
@@ -125,6 +127,7 @@ class RatePoint:
     feasible: bool | None = None
     shares: Mapping[str, float] | None = None
     routing: Mapping[str, Mapping[str, float]] | None = None
+    higher_plan_utility: float | None = None
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,11 @@ class PlanSchedule:
         at = bisect.bisect_left(highs, rate)
         if at < len(self.bands):
             band = self.bands[at]
-            note = None if band.feasible else f"the best plan at {band.high_rate:g} requests/s misses the SLO"
+            note = (
+                None
+                if band.feasible
+                else f"the best plan at {band.high_rate:g} requests/s misses its SLO or quality floor"
+            )
             return ScheduledPlan(rate, band, note)
         band = self.bands[-1]
         if rate >= self.max_stable_rate:
@@ -220,9 +227,11 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def rate_point_to_dict(rate: float, result: PlanResult | None, band: int | None) -> dict[str, Any]:
-    """One ``rates[i]`` entry: the rate's own plan's figures, shares and routing (only the rate where ``result`` is
-    None: no plan keeps every queue stable there)."""
+def rate_point_to_dict(
+    rate: float, result: PlanResult | None, band: int | None, *, higher_plan_utility: float | None = None
+) -> dict[str, Any]:
+    """One ``rates[i]`` entry: the rate's own plan's figures, shares and routing, and where the next rate's plan does
+    better at it, that plan's utility (only the rate where ``result`` is None: no plan keeps every queue stable)."""
     if result is None:
         return {"rate": rate, "band": None}
     return {
@@ -236,6 +245,7 @@ def rate_point_to_dict(rate: float, result: PlanResult | None, band: int | None)
         "feasible": bool(result.feasible),
         "shares": result.plan.shares,
         "routing": result.plan.routing,
+        "higher_plan_utility": higher_plan_utility,
     }
 
 
@@ -368,6 +378,7 @@ def _read_point(r: FieldReader, entry: Any, i: int, bands: int) -> RatePoint:
         routing={
             c: _fractions(r, row, f"{path}.routing.{c}") for c, row in r.get(entry, "routing", path, dict).items()
         },
+        higher_plan_utility=r.opt(entry, "higher_plan_utility", path, float),
     )
 
 

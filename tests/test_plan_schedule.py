@@ -132,7 +132,10 @@ def test_a_band_marked_infeasible_is_picked_with_a_note(schedule):
     document["bands"][-1]["plan"]["predicted"]["feasible"] = False
     flagged = plan_schedule_from_dict(document, "schedule.json")
     top = flagged.bands[-1]
-    assert flagged.plan_for_rate(top.high_rate).note == f"the best plan at {top.high_rate:g} requests/s misses the SLO"
+    assert (
+        flagged.plan_for_rate(top.high_rate).note
+        == f"the best plan at {top.high_rate:g} requests/s misses its SLO or quality floor"
+    )
 
 
 @pytest.mark.slow
@@ -140,7 +143,7 @@ def test_a_band_whose_best_plan_misses_the_slo_is_flagged_and_so_is_its_pick():
     schedule = plan_schedule(_problems(slo=_slo(10)), [0.3, 0.45])
     assert [band.feasible for band in schedule.bands] == [True, False]
     assert schedule.first_infeasible_rate == 0.45
-    assert schedule.plan_for_rate(0.4).note == "the best plan at 0.45 requests/s misses the SLO"
+    assert schedule.plan_for_rate(0.4).note == "the best plan at 0.45 requests/s misses its SLO or quality floor"
 
 
 def _slo(seconds: float):
@@ -269,3 +272,19 @@ def test_forty_rates_at_paper_scale(table):
     servable = [p for p in schedule.points if p.rate < schedule.max_stable_rate]
     assert all(p.band is not None for p in servable) and len(schedule.points) == 40
     print(f"{table}: {len(servable)} of 40 rates planned in {took:.1f} s, {len(schedule.bands)} bands")
+
+
+def test_the_planner_check_names_a_rate_whose_plan_the_next_rates_plan_beats():
+    from genedge.optimizer.analysis._schedule import _higher_plan_utilities
+    from genedge.optimizer.model import evaluate
+    from genedge.optimizer.planners import equal_allocation, propose
+
+    make_problem = _problems()
+    low, high = make_problem(0.3), make_problem(0.35)
+    weak, strong = equal_allocation(low), propose(high, rng=0)
+    plan = strong.plan
+    at_low = evaluate(low, plan.routing_matrix, plan.step_index, plan.share_vector, plan.batch_index).utility
+    assert at_low > weak.utility
+    assert _higher_plan_utilities([low, high], [weak, strong]) == [at_low, None]
+    # The planner's own plans at the two rates: the lower one's is at least as good there.
+    assert _higher_plan_utilities([low, high], [propose(low, rng=0), strong]) == [None, None]

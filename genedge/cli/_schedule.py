@@ -135,8 +135,18 @@ def format_schedule(schedule: PlanSchedule, seconds: float) -> str:
     if beyond:
         many = f" to {beyond[-1].rate:g}: {len(beyond)} rates" if len(beyond) > 1 else ":"
         lines.append(f"{beyond[0].rate:>8g}{many} beyond capacity, not planned")
-    lines += ["", *_limits(schedule)]
+    lines += ["", *_limits(schedule), *_planner_check(planned)]
     return "\n".join(lines)
+
+
+def _planner_check(planned: list[RatePoint]) -> list[str]:
+    """Where the next rate's plan does better at a rate than the rate's own plan: the planner missed the optimum."""
+    missed = [p for p in planned if p.higher_plan_utility is not None]
+    if not missed:
+        return []
+    where = ", ".join(f"{p.rate:g} ({p.higher_plan_utility:.3f} > {p.utility:.3f})" for p in missed)
+    head = f"planner check: at {len(missed)} rate(s) the next rate's plan does better than the rate's own"
+    return [f"{head}, so the planner missed the optimum there (each plan is kept as planned): {where}"]
 
 
 def _point_header(slo: bool) -> str:

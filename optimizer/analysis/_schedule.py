@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from genedge.contract.bounds import MAX_RATE_PER_S, MAX_SCHEDULE_RATES, MIN_RATE_PER_S
-from genedge.optimizer.model import Arrivals, Problem
+from genedge.optimizer.model import Arrivals, Problem, evaluate
 from genedge.optimizer.plan_file import plan_from_dict, plan_to_dict
 from genedge.optimizer.planners import METHODS, PROPOSED, PlanResult, check_methods
 from genedge.optimizer.schedule_file import (
@@ -36,6 +36,9 @@ from genedge.optimizer.schedule_file import (
 )
 
 __all__ = ["plan_schedule", "rate_grid", "trace_rate_range"]
+
+# A plan beats another at a rate by more than this (points), not by rounding.
+_BETTER_BY = 1e-9
 
 
 def rate_grid(low: float, high: float, count: int) -> list[float]:
@@ -135,7 +138,11 @@ def plan_schedule(
     servable = [rate for rate in ordered if rate < capacity]
     problems = [first, *(make_problem(rate) for rate in servable[1:])]
     results = _plan_each(METHODS[method], problems, seed, jobs, progress)
-    planned = [*zip(servable, problems, results), *((rate, None, None) for rate in ordered[len(servable) :])]
+    checks = _higher_plan_utilities(problems, results)
+    planned = [
+        *zip(servable, problems, results, checks),
+        *((rate, None, None, None) for rate in ordered[len(servable) :]),
+    ]
     total = first.n_requests
     mix = {category: float(n / total) for category, n in zip(first.categories, first.counts)}
     document = _document(planned, method, seed, capacity, {**dict(inputs or {}), "mix": mix}, plan_inputs)
@@ -189,8 +196,27 @@ def _checked_rates(rates: Sequence[float]) -> list[float]:
     return ordered
 
 
+def _higher_plan_utilities(problems: Sequence[Problem], results: Sequence[PlanResult]) -> list[float | None]:
+    """Per planned rate, the utility the next planned rate's plan reaches at it, where that beats the rate's own plan
+    (and meets the SLO and floor wherever the own plan does); None elsewhere.
+
+    Where it beats it, the planner's plan at that rate is not optimal. The plans stay as planned (each is the one a
+    single plan at its rate gives); this only says where.
+    """
+    found: list[float | None] = []
+    for i, (problem, own) in enumerate(zip(problems, results)):
+        if i + 1 == len(results):
+            found.append(None)
+            continue
+        plan = results[i + 1].plan
+        other = evaluate(problem, plan.routing_matrix, plan.step_index, plan.share_vector, plan.batch_index)
+        better = other.utility > own.utility + _BETTER_BY and (other.feasible or not own.feasible)
+        found.append(float(other.utility) if better else None)
+    return found
+
+
 def _document(
-    planned: Sequence[tuple[float, Problem | None, PlanResult | None]],
+    planned: Sequence[tuple[float, Problem | None, PlanResult | None, float | None]],
     method: str,
     seed: int,
     capacity: float,
@@ -202,7 +228,7 @@ def _document(
     bands: list[dict[str, Any]] = []
     current: Decisions | None = None
     low = 0.0
-    for rate, problem, result in planned:
+    for rate, problem, result, higher in planned:
         if result is None:
             points.append(rate_point_to_dict(rate, None, None))
             continue
@@ -211,7 +237,7 @@ def _document(
         if decisions != current:
             current, low = decisions, rate
             bands.append({})
-        points.append(rate_point_to_dict(rate, result, len(bands) - 1))
+        points.append(rate_point_to_dict(rate, result, len(bands) - 1, higher_plan_utility=higher))
         # A band's plan is the one at its highest rate: each next rate of the band replaces it.
         bands[-1] = band_to_dict(low, rate, document)
     return schedule_to_dict(
