@@ -107,7 +107,8 @@ class RatePoint:
     Attributes:
         rate: the total arrival rate (requests/s).
         band: the index of its band in :attr:`PlanSchedule.bands`, or None where no plan keeps every queue
-            stable at this rate (at or beyond :attr:`PlanSchedule.max_stable_rate`); the figures are then None.
+            stable at this rate (at or beyond :attr:`PlanSchedule.max_stable_rate`) or the planner's plan does not
+            (:attr:`unstable_plan`); the figures are then None.
         utility / mean_clipscore / mean_delay_s / p95_delay_s: the rate's own plan's predicted figures (points, s).
         slo_attainment: its P(T ≤ SLO), where an SLO is planned for.
         feasible: whether it meets the SLO and quality floor.
@@ -115,6 +116,8 @@ class RatePoint:
         routing: category → model → probability of the rate's own plan.
         higher_plan_utility: the utility the next planned rate's plan reaches at this rate where it beats this
             rate's own plan, which is then not optimal (a check of the planner); None elsewhere.
+        unstable_plan: the planner's plan at this rate, below the capacity, leaves a queue unstable (a baseline
+            may); the rate then has no band.
     """
 
     rate: float
@@ -128,6 +131,7 @@ class RatePoint:
     shares: Mapping[str, float] | None = None
     routing: Mapping[str, Mapping[str, float]] | None = None
     higher_plan_utility: float | None = None
+    unstable_plan: bool = False
 
 
 @dataclass(frozen=True)
@@ -231,9 +235,12 @@ def rate_point_to_dict(
     rate: float, result: PlanResult | None, band: int | None, *, higher_plan_utility: float | None = None
 ) -> dict[str, Any]:
     """One ``rates[i]`` entry: the rate's own plan's figures, shares and routing, and where the next rate's plan does
-    better at it, that plan's utility (only the rate where ``result`` is None: no plan keeps every queue stable)."""
+    better at it, that plan's utility. Only the rate where ``result`` is None (no plan keeps every queue stable
+    there), and ``stable: false`` besides where the planner's plan leaves a queue unstable."""
     if result is None:
         return {"rate": rate, "band": None}
+    if not result.stable:
+        return {"rate": rate, "band": None, "stable": False}
     return {
         "rate": rate,
         "band": band,
@@ -363,7 +370,7 @@ def _read_point(r: FieldReader, entry: Any, i: int, bands: int) -> RatePoint:
     rate = r.number(entry, "rate", path, minimum=0, strict=True)
     band = r.opt(entry, "band", path, int)
     if band is None:
-        return RatePoint(rate, None)
+        return RatePoint(rate, None, unstable_plan=r.opt(entry, "stable", path, bool) is False)
     r.bounded(band, f"{path}.band", minimum=0, maximum=bands - 1, what="a band index")
     return RatePoint(
         rate=rate,
@@ -388,19 +395,24 @@ def _fractions(r: FieldReader, values: Any, path: str) -> dict[str, float]:
 
 
 def _check_points(r: FieldReader, points: Sequence[RatePoint], bands: Sequence[PlanBand], max_stable: float) -> None:
-    """Rates ascending; a band's rates neighbours from its low to its high rate, bands in order; unplanned rates
-    exactly those at or above the capacity."""
+    """Rates ascending; a band's rates neighbours from its low to its high rate, bands in order; no band from the
+    capacity on, and below it only where the plan there is unstable."""
     rates = [p.rate for p in points]
     if any(b <= a for a, b in itertools.pairwise(rates)):
         raise r.fail("rates", f"expected distinct rates in ascending order, but got {rates}")
     for i, point in enumerate(points):
-        if (point.band is None) != (point.rate >= max_stable):
-            expected = (
-                f"a band: a plan keeps every queue stable below max_stable_rate {max_stable:g}"
-                if point.band is None
-                else f"no band: no plan keeps every queue stable from max_stable_rate {max_stable:g} on"
+        if point.band is not None and point.rate >= max_stable:
+            raise r.fail(
+                f"rates.{i}.band",
+                f"expected no band from max_stable_rate {max_stable:g} on (no plan keeps every queue stable), but "
+                f"rate {point.rate:g} has band {point.band}",
             )
-            raise r.fail(f"rates.{i}.band", f"expected {expected}, but rate {point.rate:g} has {point.band}")
+        if point.band is None and point.rate < max_stable and not point.unstable_plan:
+            raise r.fail(
+                f"rates.{i}.band",
+                f"expected a band below max_stable_rate {max_stable:g}, or 'stable': false where the plan there "
+                f"leaves a queue unstable, but rate {point.rate:g} has neither",
+            )
     for index, band in enumerate(bands):
         mine = [i for i, p in enumerate(points) if p.band == index]
         if not mine or mine != list(range(mine[0], mine[-1] + 1)):

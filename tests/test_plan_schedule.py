@@ -277,14 +277,25 @@ def test_forty_rates_at_paper_scale(table):
 def test_the_planner_check_names_a_rate_whose_plan_the_next_rates_plan_beats():
     from genedge.optimizer.analysis._schedule import _higher_plan_utilities
     from genedge.optimizer.model import evaluate
-    from genedge.optimizer.planners import equal_allocation, propose
+    from genedge.optimizer.planners import direct, propose
 
     make_problem = _problems()
     low, high = make_problem(0.3), make_problem(0.35)
-    weak, strong = equal_allocation(low), propose(high, rng=0)
+    weak, strong = direct(low), propose(high, rng=0)
     plan = strong.plan
     at_low = evaluate(low, plan.routing_matrix, plan.step_index, plan.share_vector, plan.batch_index).utility
     assert at_low > weak.utility
     assert _higher_plan_utilities([low, high], [weak, strong]) == [at_low, None]
     # The planner's own plans at the two rates: the lower one's is at least as good there.
     assert _higher_plan_utilities([low, high], [propose(low, rng=0), strong]) == [None, None]
+
+
+def test_a_planner_whose_plan_leaves_a_queue_unstable_leaves_its_rate_without_a_band(capsys):
+    schedule = plan_schedule(_problems(), [0.1, 0.2, 0.7], method="equal-allocation")
+    assert [(p.band, p.unstable_plan) for p in schedule.points] == [(0, False), (None, True), (None, False)]
+    assert plan_schedule_from_dict(json.loads(json.dumps(schedule.raw)), "s.json").points == schedule.points
+    done = genedge_in_process(
+        capsys, "plan", "--table", "galaxy-s24", "--rates", "0.1,0.2", "--method", "equal-allocation"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "     0.2    -  equal-allocation's plan leaves a queue unstable: no band" in done.stdout

@@ -117,8 +117,8 @@ def _rates_line(problem: Problem, rates: list[float], source: object) -> str:
 
 def format_schedule(schedule: PlanSchedule, seconds: float) -> str:
     """The bands, every rate's figures, and what lies beyond the rates that can be served or meet the SLO."""
-    planned = [p for p in schedule.points if p.band is not None]
-    beyond = [p for p in schedule.points if p.band is None]
+    planned = [p for p in schedule.points if p.band is not None or p.unstable_plan]
+    beyond = [p for p in schedule.points if p not in planned]
     took = f"{schedule.method} planned {len(planned)} of {len(schedule.points)} rates, seed {schedule.seed}"
     lines = [
         f"{took}; {seconds:.1f} s",
@@ -131,7 +131,7 @@ def format_schedule(schedule: PlanSchedule, seconds: float) -> str:
         lines.append(f"{i:>4}  {span:<20} {band.decisions.describe()}{flag}")
     slo = schedule.bands[0].plan.inputs.slo is not None
     lines += ["", _point_header(slo)]
-    lines += [_point_row(p, slo) for p in planned]
+    lines += [_point_row(p, slo, schedule.method) for p in planned]
     if beyond:
         many = f" to {beyond[-1].rate:g}: {len(beyond)} rates" if len(beyond) > 1 else ":"
         lines.append(f"{beyond[0].rate:>8g}{many} beyond capacity, not planned")
@@ -154,7 +154,9 @@ def _point_header(slo: bool) -> str:
     return f"{'rate':>8} {'band':>4} {'utility':>8} {'CLIPScore':>9} {'mean s':>8} {'p95 s':>8}{attained}  GPU shares"
 
 
-def _point_row(point: RatePoint, slo: bool) -> str:
+def _point_row(point: RatePoint, slo: bool, method: str) -> str:
+    if point.unstable_plan:
+        return f"{point.rate:>8g} {'-':>4}  {method}'s plan leaves a queue unstable: no band"
     attained = f" {point.slo_attainment:>8.3f}" if slo else ""
     shares = ", ".join(f"{m} {r:.2f}" for m, r in point.shares.items() if r > 0)
     return (

@@ -4,7 +4,8 @@ Each rate is planned cold, as ``genedge plan --rate R --seed S`` plans it: the s
 caller's ``make_problem``), the same planner and the same seed, so a schedule's plan at a rate is exactly
 that command's. Nothing is carried from one rate to the next but the capacity: no plan keeps every queue
 stable from :attr:`~genedge.optimizer.model.Problem.max_stable_rate` on (it depends on the table and budget
-alone), so rates from there on are recorded as unservable without building a problem.
+alone), so rates from there on are recorded as unservable without building a problem. A planner may still
+return a plan with an unstable queue below it (a baseline that ignores load); such a rate has no band either.
 
 Neighbouring rates whose plans make the same :class:`~genedge.optimizer.schedule_file.Decisions` (which
 models serve each category, their steps and largest batch) form a band; shares and routing fractions may
@@ -172,12 +173,6 @@ def _plan_each(
                 results[futures[future]] = future.result()
                 if progress is not None:
                     progress(done, len(problems))
-    for problem, result in zip(problems, results):
-        if not result.stable:
-            # All requests on the fastest model is stable below the capacity: a planner must do no worse.
-            raise RuntimeError(
-                f"{result.method} returned a plan with an unstable queue at {problem.n_requests:g} requests/s"
-            )
     return results
 
 
@@ -205,7 +200,7 @@ def _higher_plan_utilities(problems: Sequence[Problem], results: Sequence[PlanRe
     """
     found: list[float | None] = []
     for i, (problem, own) in enumerate(zip(problems, results)):
-        if i + 1 == len(results):
+        if i + 1 == len(results) or not own.stable:
             found.append(None)
             continue
         plan = results[i + 1].plan
@@ -229,8 +224,9 @@ def _document(
     current: Decisions | None = None
     low = 0.0
     for rate, problem, result, higher in planned:
-        if result is None:
-            points.append(rate_point_to_dict(rate, None, None))
+        if result is None or not result.stable:
+            points.append(rate_point_to_dict(rate, result, None))
+            current = None  # a band resumes after the gap as a band of its own
             continue
         document = plan_to_dict(problem, result, inputs=plan_inputs)
         decisions = Decisions.of(plan_from_dict(document, f"the plan at {rate:g} requests/s"))
