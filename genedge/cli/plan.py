@@ -41,7 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "optionally under a latency SLO, for a window of requests or for requests arriving at rates. "
             "Prints the plan and the same figures for the paper's method and its baselines on the same "
             f"inputs. With no options it plans {DEFAULT_REQUESTS} requests in PartiPrompts' category "
-            "proportions on the shipped reference table, one GPU, w = 0.05 points per second."
+            "proportions on the shipped reference table, one GPU, w = 0.05 points per second. With several total "
+            "rates (--rates LO:HI:COUNT, a comma list, or --rates-from-trace) it plans each rate on its own and "
+            "prints (and with --out writes) a plan schedule: the bands of rates that share a plan's decisions."
         ),
     )
     add_planning_arguments(parser)
