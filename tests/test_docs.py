@@ -55,6 +55,8 @@ RUN_HERE: dict[str, str | None] = {
     "genedge plan --memory-gib 14": None,
     "genedge plan --memory-gib 10": None,
     "genedge plan --table galaxy-s24 --rate 0.2 --slo 20": None,
+    "genedge plan --table galaxy-s24 --rates 0.05:2:40 --out schedule.json --figures figures": None,
+    "genedge plan --table galaxy-s24 --rates 0.15,0.3,0.45,0.6 --slo 10": None,
     "genedge plan --samples 1000 --seed 7": None,
     "genedge plan --robust quantile --quantile 0.1": None,
     "genedge plan --robust expected": None,

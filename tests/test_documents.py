@@ -3,6 +3,7 @@
 Each kind of document has its contract, which writes it and reads it into typed attributes:
 
 - a plan: ``optimizer/plan_file.py`` (:class:`~genedge.optimizer.plan_file.PlanDocument`);
+- a plan schedule: ``optimizer/schedule_file.py`` (:class:`~genedge.optimizer.schedule_file.PlanSchedule`);
 - a calibration table: ``genedge/contract/table_file.py`` reads and writes it, ``genedge/contract/table.py``
   types it (:class:`~genedge.contract.table.CalibrationTable`);
 - a prompt router: ``router/model.py`` (:func:`~genedge.router.model.router_from_dict`,
@@ -41,7 +42,9 @@ from conftest import CLIENT_DIRS, PACKAGE_FOLDERS, ROOT, python_sources
 from genedge import data
 from genedge.contract.runs import MANIFEST_FIELDS, MANIFEST_OPTIONAL_FIELDS
 from genedge.contract.table_file import load_table
-from genedge.optimizer.model import Problem, Workload
+from genedge.optimizer.analysis import plan_schedule
+from genedge.optimizer.inputs import problem_from_options
+from genedge.optimizer.model import Problem, Workload, workload_from_options
 from genedge.optimizer.plan_file import plan_inputs, plan_to_dict
 from genedge.optimizer.planners import make_result
 from genedge.serve.loadtest_document import LoadTestIdentity, LoadTestManifest, ScheduleSummary, SessionDocument
@@ -63,6 +66,7 @@ from genedge.serve.protocol import (
 #: passes them by. A module that moves is renamed here.
 DEFINING_MODULES: dict[str, tuple[str, ...]] = {
     "plan": ("optimizer/plan_file.py",),
+    "plan schedule": ("optimizer/schedule_file.py",),
     "table": ("genedge/contract/table_file.py", "genedge/contract/table.py"),
     "router": ("router/model.py", "router/files.py"),
     "load test": ("serve/loadtest_document.py",),
@@ -70,6 +74,8 @@ DEFINING_MODULES: dict[str, tuple[str, ...]] = {
 }
 #: Names a plan, one of its model entries, its inputs or its predicted figures go by.
 PLAN_NAMES = re.compile(r"(^|_)(plan|entry|inputs|predicted|planned)($|_)")
+#: Names a plan schedule, one of its rates or bands goes by.
+SCHEDULE_NAMES = re.compile(r"(^|_)(schedule|band|bands|point|points)($|_)")
 #: Names a calibration table or one of its model entries goes by.
 TABLE_NAMES = re.compile(r"(^|_)(table|calibration)($|_)")
 #: Names a router goes by (``router``, ``shipped_router``, ``load_router(...)``).
@@ -96,6 +102,19 @@ def plan_keys() -> frozenset[str]:
     return frozenset(
         {*document, *document["inputs"], *OPTIONAL_INPUTS, *entry, *entry["realization"], *document["predicted"]}
     )
+
+
+@functools.cache
+def schedule_keys() -> frozenset[str]:
+    """The key names of a plan schedule as the writer makes them: top level, a planned and an unplanned rate, a
+    band (whose plan is a plan document, of the plan's keys)."""
+    table = load_table(data.path("tables", "galaxy-s24.json"))
+
+    def make_problem(rate: float) -> Problem:
+        return problem_from_options(table, workload_from_options(table.categories, rate=rate))
+
+    document = plan_schedule(make_problem, [0.1, 0.7]).raw
+    return frozenset({*document, *document["rates"][0], *document["rates"][-1], *document["bands"][0]})
 
 
 @functools.cache
@@ -195,6 +214,7 @@ class DocumentKind:
 
 KINDS = (
     DocumentKind("plan", PLAN_NAMES, plan_keys),
+    DocumentKind("plan schedule", SCHEDULE_NAMES, schedule_keys),
     DocumentKind("table", TABLE_NAMES, table_keys, nearest=True),
     DocumentKind("router", ROUTER_NAMES, router_keys, nearest=True),
     DocumentKind("load test", LOADTEST_NAMES, loadtest_keys),
@@ -320,6 +340,25 @@ def serve(plan, table, entry, self, prediction):
             "<source>:4 routing",
             "<source>:5 models",
             "<source>:6 mean_delay_s",
+        ],
+    ),
+    "plan schedule": (
+        {"bands", "high_rate", "low_rate", "max_stable_rate", "plan", "rate", "rates", "shares", "p95_delay_s"},
+        set(),
+        """\
+def switch(schedule, band, points, observed):
+    bands = schedule["bands"]
+    plan = band.get("plan")
+    high = schedule.raw["bands"][0]["high_rate"]
+    rate = points[0]["rate"]
+    fine = schedule.plan_for_rate(observed), band.high_rate, observed["rate"], schedule.max_stable_rate
+""",
+        [
+            "<source>:2 bands",
+            "<source>:3 plan",
+            "<source>:4 bands",
+            "<source>:4 high_rate",
+            "<source>:5 rate",
         ],
     ),
     "table": (

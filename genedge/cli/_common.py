@@ -21,6 +21,7 @@ from genedge.contract.bounds import (
     MAX_MEMORY_BYTES,
     MAX_PIXELS,
     MAX_RATE_PER_S,
+    MAX_SCHEDULE_RATES,
     MAX_THREADS,
     MAX_TRACE_S,
     MIN_RATE_PER_S,
@@ -47,6 +48,7 @@ __all__ = [
     "delay_weight",
     "request_count",
     "comma_separated",
+    "schedule_rates",
     "image_side",
     "seed_argument",
     "slo_seconds",
@@ -61,9 +63,18 @@ __all__ = [
     "left_out_line",
     "format_plan",
     "workload_line",
+    "settings_parts",
 ]
 
 DEFAULT_TABLE = data.path("tables", "reference-a100.json")
+#: The forms of --rates that plan a schedule of total rates.
+SCHEDULE_RATES_FORMS = (
+    "LO:HI:COUNT (COUNT total rates evenly spaced from LO to HI requests/s, e.g. 0.05:2:40) or a comma list of "
+    "total rates (e.g. 0.1,0.5,1)"
+)
+#: --rates-from-trace's defaults: the window a trace's rates are counted over (s), and how many rates are planned.
+DEFAULT_TRACE_WINDOW_S = 60.0
+DEFAULT_TRACE_RATES = 20
 
 
 def comma_separated(kind: Callable[[str], object]) -> Callable[[str], list]:
@@ -223,8 +234,9 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_service_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the delay model, arrival rates, SLO, energy price and batching options (DESIGN §3.2)."""
+def add_service_arguments(parser: argparse.ArgumentParser, *, schedule: bool = False) -> None:
+    """Add the delay model, arrival rates, SLO, energy price and batching options (DESIGN §3.2); with ``schedule``,
+    --rates also takes total rates to plan one by one, and --rates-from-trace takes them from a trace."""
     group = parser.add_argument_group("requests over time, SLOs, energy and batching")
     group.add_argument(
         "--arrivals",
@@ -234,8 +246,12 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         "queue per model (the default when --rates, --rate or --trace is given)",
     )
     rates = parser.add_mutually_exclusive_group()
+    per_category = "arrival rate per category in requests/s, e.g. 'Basic=0.05,Detail=0.1' (open arrivals)"
     rates.add_argument(
-        "--rates", help="arrival rate per category in requests/s, e.g. 'Basic=0.05,Detail=0.1' (open arrivals)"
+        "--rates",
+        help=f"{per_category}; or, for a plan schedule (a plan for every rate), {SCHEDULE_RATES_FORMS}"
+        if schedule
+        else per_category,
     )
     rates.add_argument(
         "--rate",
@@ -248,11 +264,26 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         help="arrival trace (TSV/CSV/Parquet with a header): a time_s column (seconds) and a category column, "
         "or the table mapping's label column; its rates per category are planned for",
     )
+    if schedule:
+        rates.add_argument(
+            "--rates-from-trace",
+            type=Path,
+            metavar="TRACE",
+            help="plan a schedule over the total rates of an arrival trace (see --trace): from its quietest to its "
+            f"busiest window of --window-s seconds (default: {DEFAULT_TRACE_WINDOW_S:g}), --rate-count rates evenly "
+            "spaced, split in the mix --rate splits a rate in",
+        )
+        group.add_argument(
+            "--rate-count",
+            type=bounded_number("rates", minimum=1, maximum=MAX_SCHEDULE_RATES, kind=int),
+            help=f"with --rates-from-trace: how many rates to plan (default: {DEFAULT_TRACE_RATES})",
+        )
     group.add_argument(
         "--window-s",
         type=window_seconds,
         help="length of the planning window in seconds: with --arrivals open, the workload's N requests per "
-        "window become the rate N / T",
+        "window become the rate N / T"
+        + ("; with --rates-from-trace, the window a trace's rates are counted over" if schedule else ""),
     )
     group.add_argument(
         "--routing",
@@ -309,6 +340,33 @@ def _add_slo_arguments(group: argparse._ArgumentGroup) -> None:
         default="overall",
         help="apply the SLO to all requests together (default) or to each category on its own",
     )
+
+
+def schedule_rates(text: str) -> list[float] | None:
+    """The total rates of ``--rates LO:HI:COUNT`` or ``--rates R1,R2,...`` (a plan schedule), or None where
+    ``text`` gives rates per category (``CATEGORY=RATE,...``, read by :func:`parse_counts`).
+
+    Raises:
+        ValueError: naming --rates and the forms it takes: a value of neither form, or a range that
+            :func:`genedge.optimizer.analysis.rate_grid` refuses.
+    """
+    from genedge.optimizer.analysis import rate_grid
+
+    if "=" in text:
+        return None
+    expected = (
+        f"--rates: expected {SCHEDULE_RATES_FORMS}, or rates per category such as 'Basic=0.05,Detail=0.1', "
+        f"but got {text!r}"
+    )
+    parts = [part.strip() for part in text.split(":")]
+    try:
+        if len(parts) == 3:
+            return rate_grid(float(parts[0]), float(parts[1]), int(parts[2]))
+        if len(parts) == 1:
+            return [float(part) for part in text.split(",")]
+    except ValueError as err:
+        raise ValueError(f"{expected}: {err}" if "Expected" in str(err) else expected) from None
+    raise ValueError(expected)
 
 
 def prompt_counts_from_args(args: argparse.Namespace, table: CalibrationTable) -> PromptCounts | None:
@@ -447,8 +505,12 @@ def workload_line(problem: Problem) -> str:
     """One line stating the demand, the delay model and the objective the plans are made for."""
     total = problem.n_requests
     demand = ", ".join(f"{c} {n:.4g}" for c, n in zip(problem.categories, problem.counts))
-    parts = [f"workload: {total:.4g} {problem.demand_unit} — {demand}", problem.delay.description]
-    parts.append(f"{problem.realization} routing")
+    return "; ".join([f"workload: {total:.4g} {problem.demand_unit} — {demand}", *settings_parts(problem)])
+
+
+def settings_parts(problem: Problem) -> list[str]:
+    """What a plan is made under besides its demand: delay model, routing, budget, weight, SLO and the rest."""
+    parts = [problem.delay.description, f"{problem.realization} routing"]
     parts.append(f"budget {problem.budget:g} GPU")
     parts.append(f"w = {problem.weight:g} points/s")
     if problem.slo is not None:
@@ -459,7 +521,7 @@ def workload_line(problem: Problem) -> str:
         parts.append("batching")
     if problem.min_clipscore is not None:
         parts.append(f"floor P(CLIPScore < {problem.min_clipscore:g}) <= {problem.max_shortfall:g} per category")
-    return "; ".join(parts)
+    return parts
 
 
 def left_out_line(problem: Problem) -> str:

@@ -21,9 +21,11 @@ from genedge.cli._common import (
     load_table_with_hash,
     problem_from_args,
     prompt_counts_from_args,
+    schedule_rates,
     workload_from_args,
     workload_line,
 )
+from genedge.contract.bounds import MAX_THREADS
 from genedge.optimizer.model import DEFAULT_REQUESTS
 
 __all__ = ["add_parser"]
@@ -39,13 +41,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "optionally under a latency SLO, for a window of requests or for requests arriving at rates. "
             "Prints the plan and the same figures for the paper's method and its baselines on the same "
             f"inputs. With no options it plans {DEFAULT_REQUESTS} requests in PartiPrompts' category "
-            "proportions on the shipped reference table, one GPU, w = 0.05 points per second."
+            "proportions on the shipped reference table, one GPU, w = 0.05 points per second. With several total "
+            "rates (--rates LO:HI:COUNT, a comma list, or --rates-from-trace) it plans each rate on its own and "
+            "prints (and with --out writes) a plan schedule: the bands of rates that share a plan's decisions."
         ),
     )
     add_planning_arguments(parser)
     add_workload_arguments(parser)
     add_budget_arguments(parser)
-    add_service_arguments(parser)
+    add_service_arguments(parser, schedule=True)
     parser.add_argument(
         "--method", default="genedge", help="the method whose plan is written (default: genedge; see --compare)"
     )
@@ -56,7 +60,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "random-assignment, equal-allocation, optimal-step, exact)",
     )
     add_uncertainty_arguments(parser)
-    parser.add_argument("--out", type=Path, help="write the plan JSON here")
+    parser.add_argument("--out", type=Path, help="write the plan JSON (or, for several rates, the plan schedule) here")
+    parser.add_argument(
+        "--jobs",
+        type=bounded_number("processes", minimum=1, maximum=MAX_THREADS, kind=int),
+        help="with a plan schedule: rates planned at once, each in a process of its own; the plans are the same "
+        "for any number (default: the CPUs this process may use)",
+    )
+    parser.add_argument(
+        "--figures",
+        type=Path,
+        metavar="DIR",
+        help="with a plan schedule: draw its utility and p95 delay versus the rate, bands shaded (PNG and SVG)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -92,11 +108,23 @@ def run(args: argparse.Namespace) -> int:
     from genedge.optimizer.plan_file import plan_inputs, plan_to_dict, save_plan
 
     check_not_input(
-        {"--out": args.out},
-        {"--table": args.table, "--prompts": args.prompts, "--trace": args.trace, "--router": args.router},
+        {"--out": args.out, "--figures": args.figures},
+        {
+            "--table": args.table,
+            "--prompts": args.prompts,
+            "--trace": args.trace,
+            "--rates-from-trace": args.rates_from_trace,
+            "--router": args.router,
+        },
     )
+    totals = None if args.rates is None else schedule_rates(args.rates)
+    _check_schedule_options(args, totals)
     table, sha = load_table_with_hash(args.table)
     prompt_counts = prompt_counts_from_args(args, table)
+    if totals is not None or args.rates_from_trace is not None:
+        from genedge.cli._schedule import run_schedule
+
+        return run_schedule(args, table, sha, prompt_counts, totals)
     workload = workload_from_args(args, table, prompt_counts)
     problem = problem_from_args(args, table, sha, workload, args.budget, args.weight)
     names = [args.method] + [m for m in (args.compare or METHODS) if m != args.method]
@@ -129,6 +157,24 @@ def run(args: argparse.Namespace) -> int:
         document = plan_to_dict(problem, chosen, others=results, inputs=inputs, uncertainty=uncertainty)
         print(f"\nwrote {save_plan(document, args.out)}")
     return 0
+
+
+def _check_schedule_options(args: argparse.Namespace, totals: list[float] | None) -> None:
+    """Refuse options of one plan with a schedule, and a schedule's options without one."""
+    schedule = totals is not None or args.rates_from_trace is not None
+    if schedule:
+        given = [name for name, value in (("--compare", args.compare), ("--samples", args.samples)) if value]
+        given += ["--robust"] if args.robust is not None else []
+        if given:
+            raise ValueError(f"{', '.join(given)}: a plan schedule plans each rate with --method alone; leave them out")
+    elif args.rate_count is not None:
+        raise ValueError("--rate-count: how many rates of --rates-from-trace to plan; give --rates-from-trace TRACE")
+    elif args.jobs is not None:
+        raise ValueError("--jobs: how many rates of a plan schedule to plan at once; give --rates LO:HI:COUNT")
+    if not schedule and args.figures is not None:
+        raise ValueError(
+            "--figures draws a plan schedule: give --rates LO:HI:COUNT (or a comma list) or --rates-from-trace"
+        )
 
 
 def _bootstrap_samples(args: argparse.Namespace, problem, results) -> int:

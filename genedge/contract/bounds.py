@@ -23,6 +23,7 @@ __all__ = [
     "MAX_MEMORY_BYTES",
     "MAX_PIXELS",
     "MAX_RATE_PER_S",
+    "MAX_SCHEDULE_RATES",
     "MAX_ROUTER_WEIGHT",
     "MAX_SCORE_SE",
     "MAX_SECONDS",
@@ -68,6 +69,9 @@ MAX_SCORE_SE = CLIPSCORE_RANGE[1] - CLIPSCORE_RANGE[0]
 #: above a million per second no single device serves images.
 MIN_RATE_PER_S = 1e-6
 MAX_RATE_PER_S = 1e6
+#: Rates one plan schedule plans: a thousand plans already take minutes where an SLO is planned for, and a
+#: server switching between rates a thousandth of the range apart switches on noise.
+MAX_SCHEDULE_RATES = 1000
 #: A delay or latency SLO (s): a week; past it the delay distribution's grid no longer fits an integer.
 MAX_DELAY_S = 7 * 86_400.0
 #: A compute budget (GPUs): no edge site pools more than 1,024 GPUs under one plan.

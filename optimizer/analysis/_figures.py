@@ -1,16 +1,19 @@
-"""Figures of a sweep, in the manner of the paper's evaluation (matplotlib, PNG and SVG)."""
+"""Figures of a sweep, in the manner of the paper's evaluation, and of a plan schedule (matplotlib, PNG and SVG)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from genedge.contract.files import write_figure
 
-__all__ = ["plot_sweep", "plot_convergence"]
+if TYPE_CHECKING:
+    from genedge.optimizer.schedule_file import PlanSchedule
+
+__all__ = ["plot_sweep", "plot_convergence", "plot_schedule"]
 
 _PANELS = (("mean_clipscore", "mean CLIPScore"), ("mean_delay_s", "mean delay (s)"), ("utility", "utility U"))
 
@@ -76,3 +79,71 @@ def plot_convergence(trajectories: dict[str, np.ndarray], out: Path, *, exact: f
     paths = _save(fig, out, "convergence")
     plt.close(fig)
     return paths
+
+
+def plot_schedule(schedule: PlanSchedule, out: Path) -> list[Path]:
+    """A plan schedule's utility and p95 delay versus the total arrival rate, each band shaded.
+
+    Bands alternate in shade and are numbered from 1 as the command prints them; a band whose plan misses
+    the SLO is hatched. The p95 panel draws the SLO where one was planned for, and both panels the rate from
+    which on no plan keeps every queue stable, where it lies within the planned rates.
+
+    Args:
+        schedule: the schedule (:func:`genedge.optimizer.analysis.plan_schedule`).
+        out: the folder for ``schedule.png`` and ``schedule.svg``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    planned = [p for p in schedule.points if p.band is not None]
+    rates = [p.rate for p in planned]
+    fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for ax, field, label in ((axes[0], "utility", "utility U"), (axes[1], "p95_delay_s", "p95 delay (s)")):
+        _shade_bands(ax, schedule)
+        ax.plot(rates, [getattr(p, field) for p in planned], "-", marker="o", ms=3, color="C0")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if schedule.max_stable_rate <= schedule.points[-1].rate:
+            ax.axvspan(
+                schedule.max_stable_rate, schedule.points[-1].rate, color="C3", alpha=0.08, lw=0, label="no plan stable"
+            )
+    slo = schedule.bands[0].plan.inputs.slo
+    if slo is not None:
+        axes[1].axhline(slo.seconds, color="C3", ls="--", label=f"SLO {slo.describe()}")
+    axes[1].set_xlabel("total arrival rate (requests/s)")
+    axes[0].set_title(f"a plan for every rate ({schedule.method}, seed {schedule.seed}); shaded: bands", fontsize=9)
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    paths = _save(fig, out, "schedule")
+    plt.close(fig)
+    return paths
+
+
+def _shade_bands(ax, schedule: PlanSchedule) -> None:
+    """Shade each band from halfway to its lower neighbour's rate to halfway to its upper one's."""
+    rates = [p.rate for p in schedule.points]
+    for index, band in enumerate(schedule.bands):
+        first = rates.index(band.low_rate)
+        last = rates.index(band.high_rate)
+        left = band.low_rate if first == 0 else (rates[first - 1] + band.low_rate) / 2
+        right = band.high_rate if last == len(rates) - 1 else (band.high_rate + rates[last + 1]) / 2
+        ax.axvspan(
+            left,
+            right,
+            color="0.85" if index % 2 == 0 else "0.93",
+            hatch=None if band.feasible else "//",
+            lw=0,
+            zorder=0,
+        )
+        ax.text(
+            (left + right) / 2,
+            0.98,
+            str(index + 1),
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="top",
+            fontsize=7,
+        )

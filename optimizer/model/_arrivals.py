@@ -144,6 +144,24 @@ class Arrivals:
             raise ValueError("Expected a window of positive length to compute rates, but duration_s is 0")
         return {name: n / self.duration_s for name, n in self.counts().items()}
 
+    def window_rates(self, window_s: float) -> np.ndarray:
+        """The total arrival rate in each whole window of ``window_s`` seconds from time 0 (requests/s).
+
+        A last window shorter than ``window_s`` is left out: its rate would count fewer seconds.
+
+        Raises:
+            ValueError: a window that is not > 0 seconds, or longer than the arrivals' duration.
+        """
+        if not (math.isfinite(window_s) and window_s > 0):
+            raise ValueError(f"Expected a window length > 0 seconds, but got {window_s}")
+        windows = int(self.duration_s // window_s)
+        if windows < 1:
+            raise ValueError(
+                f"Expected a window no longer than the arrivals' {self.duration_s:g} s, but got {window_s:g} s"
+            )
+        counts, _ = np.histogram(self.times_s, bins=windows, range=(0.0, windows * window_s))
+        return counts / window_s
+
 
 def rates_from_counts(counts: Mapping[str, float], window_s: float) -> dict[str, float]:
     """Rates from requests per planning window: N_c requests per window of T seconds is λ_c = N_c / T.

@@ -228,12 +228,24 @@ class Problem:
             raise ValueError("Expected one latency standard deviation >= 0 per model")
 
     def _check_capacity(self) -> None:
-        """Refuse rates that no plan can serve with every queue stable (ρ_m < 1 for each deployed model).
+        """Refuse rates that no plan can serve with every queue stable (ρ_m < 1 for each deployed model)."""
+        fastest, where, per_image = self._fastest_per_image()
+        load = self.n_requests * per_image / self.budget
+        if load >= 1:
+            raise ValueError(
+                f"No plan can keep every queue stable: even with every request on the fastest model, {fastest!r} "
+                f"at {where} ({per_image:.3g} s per image on the whole device), {self.n_requests:.4g} requests/s "
+                f"load it to ρ = {load:.2f} >= 1; lower the rate below {self.max_stable_rate:.4g} requests/s, "
+                f"or raise the budget"
+            )
+
+    def _fastest_per_image(self) -> tuple[str, str, float]:
+        """(model key, its steps and batch, seconds per image at full device) of the fastest way to serve an image.
 
         Every plan needs Σ_m λ_m S_m / b_m < Σ_m r_m ≤ R; the least any plan needs is every request on
         the fastest model, steps and batch size per image.
         """
-        fastest, per_image, where = None, np.inf, ""
+        fastest, per_image, where = "", np.inf, ""
         for i, key in enumerate(self.models):
             calls = self.service_s[i][None, :] if self.batch_sizes is None else self.batch_service_s[i]
             sizes = np.ones(1) if self.batch_sizes is None else self.batch_sizes[i].astype(float)
@@ -242,14 +254,13 @@ class Problem:
             if seconds[b, k] < per_image:
                 fastest, per_image = key, float(seconds[b, k])
                 where = f"{int(self.steps[i][k])} steps" + (f", batch {int(sizes[b])}" if sizes[b] > 1 else "")
-        load = self.n_requests * per_image / self.budget
-        if load >= 1:
-            raise ValueError(
-                f"No plan can keep every queue stable: even with every request on the fastest model, {fastest!r} "
-                f"at {where} ({per_image:.3g} s per image on the whole device), {self.n_requests:.4g} requests/s "
-                f"load it to ρ = {load:.2f} >= 1; lower the rate below {self.budget / per_image:.4g} requests/s, "
-                f"or raise the budget"
-            )
+        return fastest, where, per_image
+
+    @property
+    def max_stable_rate(self) -> float:
+        """The total arrival rate (requests/s) from which on no plan keeps every queue stable under open arrivals:
+        the budget over the fastest model's fastest seconds per image (at its fewest steps and best batch)."""
+        return self.budget / self._fastest_per_image()[2]
 
     @property
     def delay(self) -> DelayModel:
