@@ -6,7 +6,9 @@ One run prints four sections, all measured in that run:
    (2 models, 0.2 requests/s) and on the reference A100 table (3 models, 1 request/s, the whole GPU),
    with p95 <= an SLO set to half the p95 of genedge's plan without one (so the SLO binds). Every
    method's plan time (genedge: median of ``--repeats`` runs), utility, p95, SLO attainment and
-   feasibility.
+   feasibility; then genedge side by side with the code at ``--baseline`` (a git commit, default
+   :data:`BASELINE_REF`, the planner before certified shares and round-robin laws), checked out into a
+   temporary worktree and timed in a child process on the same problems in the same run.
 2. Large scale. Synthetic problems with 8 and 16 models and all 11 PartiPrompts challenges, as
    windows of 5,000 requests (the paper's delay model) and as open arrivals at half the largest
    servable rate, without and with an SLO. genedge's plan time beside the window model's. An open
@@ -23,7 +25,7 @@ One run prints four sections, all measured in that run:
 
 Usage::
 
-    python benchmarks/open_arrivals.py [--quick] [--full] [--repeats 5] [--cap 10] [--sections 1234]
+    python benchmarks/open_arrivals.py [--quick] [--full] [--repeats 5] [--cap 10] [--sections 1234] [--baseline REF]
 
 ``--quick`` runs a smaller version (Galaxy S24 only at paper scale, 8 models at large scale, the
 cheaper objectives, shorter simulations, 3 genedge runs per median); ``--full`` adds the A100's slow
@@ -36,12 +38,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import math
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import scipy
@@ -74,6 +81,9 @@ ATTAINMENT = 0.95
 ENERGY_PRICE = 0.01
 #: Plan-time goals (s).
 PAPER_GOAL_S = 0.1
+#: The code section 1 times genedge against by default: main before shares were certified and round-robin
+#: splits got their own queue law.
+BASELINE_REF = "323c6ae"
 LARGE_GOAL_S = 2.0
 
 
@@ -198,6 +208,90 @@ def print_paper_scale(run: dict) -> None:
         f"{exact.plan_time_s / seconds:.1f}x faster than exact; utility {ours.utility:.4f} vs exact "
         f"{exact.utility:.4f}"
     )
+
+
+# The child that plans with another commit's code: it mounts that tree's packages as the package-dir mapping of its
+# pyproject.toml says (as an install would), then plans each case and prints JSON.
+_BASELINE_CHILD = """
+import importlib.util, json, statistics, sys, tomllib
+from pathlib import Path
+tree, cases, repeats = Path(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
+mapping = tomllib.loads((tree / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+for name, folder in sorted(mapping.items(), key=lambda item: item[0].count(".")):
+    spec = importlib.util.spec_from_file_location(
+        name, tree / folder / "__init__.py", submodule_search_locations=[str(tree / folder)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+from genedge.contract.table_file import load_table
+from genedge.optimizer.model import Problem, Slo, Workload
+from genedge.optimizer.planners import propose
+out = {}
+for case in cases:
+    problem = Problem.from_table(
+        load_table(case["table"]), Workload.from_rates(case["rates"]), budget=case["budget"], arrivals="open",
+        weight=case["weight"], slo=Slo(case["slo_s"], case["attainment"]),
+    )
+    results = [propose(problem, rng=0) for _ in range(repeats)]
+    last = results[-1]
+    out[case["name"]] = {
+        "seconds": statistics.median(r.plan_time_s for r in results),
+        "utility": last.utility if last.feasible else None,
+    }
+print(json.dumps(out))
+"""
+
+
+def baseline_times(runs: dict[str, dict], ref: str, repeats: int) -> dict[str, dict] | str:
+    """genedge's median plan time and utility on section 1's problems with the code at git ``ref``, by table name;
+    or, where that code cannot be checked out here (not a git checkout, an unknown ref), why not."""
+    root = Path(__file__).resolve().parents[1]
+    cases = [
+        {
+            "name": name,
+            "table": str(data.path("tables", name + ".json")),
+            "rates": {c: float(r) for c, r in zip(run["problem"].categories, run["problem"].counts)},
+            "budget": run["problem"].budget,
+            "weight": run["problem"].weight,
+            "slo_s": run["slo"].seconds,
+            "attainment": run["slo"].attainment,
+        }
+        for name, run in runs.items()
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "baseline"
+        added = subprocess.run(
+            ["git", "-C", str(root), "worktree", "add", "--detach", str(tree), ref], capture_output=True, text=True
+        )
+        if added.returncode != 0:
+            return f"no baseline: git could not check out {ref!r} ({added.stderr.strip().splitlines()[-1:]})"
+        try:
+            child = subprocess.run(
+                [sys.executable, "-c", _BASELINE_CHILD, str(tree), json.dumps(cases), str(repeats)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)], capture_output=True)
+    return json.loads(child.stdout)
+
+
+def print_baseline(runs: dict[str, dict], baseline: dict[str, dict] | str, ref: str) -> None:
+    """genedge now beside genedge at ``ref``, on each table's problem of section 1."""
+    if isinstance(baseline, str):
+        print(f"\n  {baseline}")
+        return
+    print(f"\n  genedge now vs at {ref}, same problems, same run (median plan time; utility as each evaluates it)")
+    print(f"  {'table':<16} {'now':>10} {'at ' + ref:>12} {'speed-up':>9} {'utility now':>12} {'at ' + ref:>12}")
+    for name, run in runs.items():
+        seconds, ours = run["rows"][PROPOSED]
+        old = baseline[name]
+        print(
+            f"  {name:<16} {fmt_ms(seconds):>10} {fmt_ms(old['seconds']):>12} {old['seconds'] / seconds:>8.2f}x "
+            f"{fmt(ours.utility if ours.feasible else None, '.4f'):>12} {fmt(old['utility'], '.4f'):>12}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -511,6 +605,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="genedge runs per paper-scale median (5; 3 quick)")
     parser.add_argument("--cap", type=float, default=None, help="seconds of annealing per large open run")
     parser.add_argument("--sections", default="1234", help="which sections to run, e.g. 2 or 34 (default 1234)")
+    parser.add_argument(
+        "--baseline",
+        default=BASELINE_REF,
+        help=f"git commit whose genedge section 1 times side by side ({BASELINE_REF}); 'none' to skip",
+    )
     args = parser.parse_args()
     if args.repeats is None:
         args.repeats = 3 if args.quick else 5
@@ -518,13 +617,15 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def run_paper_scale(instances: tuple[Instance, ...], repeats: int) -> dict[str, dict]:
+def run_paper_scale(instances: tuple[Instance, ...], repeats: int, baseline: str) -> dict[str, dict]:
     """Section 1; its runs by table name, for sections 3 and 4 to reuse."""
     print("\n1. Plan time at paper scale, open arrivals with a binding SLO")
     paper = {}
     for instance in instances:
         paper[instance.table] = run = paper_scale(instance, repeats)
         print_paper_scale(run)
+    if baseline != "none":
+        print_baseline(paper, baseline_times(paper, baseline, repeats), baseline)
     return paper
 
 
@@ -569,7 +670,7 @@ def main() -> None:
     started = time.perf_counter()
     print(header(args))
     instances = (GALAXY,) if args.quick else (GALAXY, A100)
-    paper = run_paper_scale(instances, args.repeats) if "1" in args.sections else {}
+    paper = run_paper_scale(instances, args.repeats, args.baseline) if "1" in args.sections else {}
     if "2" in args.sections:
         run_large_scale(args.quick, args.cap)
     if "3" in args.sections:

@@ -60,3 +60,17 @@ def test_certified_gap_rows_on_the_cheapest_objective(bench, capsys) -> None:
     assert exact.upper_bound >= exact.utility >= ours.utility - 1e-9
     bench.print_certified_gaps(bench.GALAXY, rows)
     assert "window (classic)" in capsys.readouterr().out
+
+
+def test_a_baseline_git_cannot_check_out_is_named_not_raised(bench) -> None:
+    assert bench.baseline_times({}, "no-such-ref-0000", 1).startswith("no baseline: git could not check out")
+
+
+@pytest.mark.slow
+def test_the_baseline_at_head_plans_what_this_checkout_plans(bench, capsys) -> None:
+    run = bench.paper_scale(bench.GALAXY, 1)
+    runs = {bench.GALAXY.table: run}
+    baseline = bench.baseline_times(runs, "HEAD", 1)
+    assert baseline[bench.GALAXY.table]["utility"] == pytest.approx(run["rows"][bench.PROPOSED][1].utility, abs=1e-9)
+    bench.print_baseline(runs, baseline, "HEAD")
+    assert "genedge now vs at HEAD" in capsys.readouterr().out
