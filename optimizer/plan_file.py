@@ -8,7 +8,6 @@ the same inputs, and hashes of the inputs.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from genedge.contract.bounds import MAX_BATCH_SIZE, MAX_STEPS
 from genedge.contract.fields import FieldReader
-from genedge.contract.files import ArtifactError, read_json, write_text_atomic
+from genedge.contract.files import ArtifactError, read_json, write_json_atomic
 from genedge.optimizer.model import BUDGET_RTOL, ROW_SUM_TOL, Problem, Slo
 from genedge.optimizer.planners import PlanResult, relative_change
 
@@ -345,7 +344,7 @@ def save_plan(document: Mapping[str, Any], path: str | os.PathLike[str]) -> Path
     """Write a plan document atomically (after checking it with :func:`validate_plan`)."""
     path = Path(path)
     validate_plan(document, str(path))
-    write_text_atomic(path, json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    write_json_atomic(path, document)
     return path
 
 

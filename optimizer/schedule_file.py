@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from genedge.contract.fields import FieldReader
-from genedge.contract.files import ArtifactError, read_json, write_text_atomic
+from genedge.contract.files import ArtifactError, read_json, write_json_atomic
 from genedge.optimizer.analysis import DECISION_TOLERANCE
 from genedge.optimizer.plan_file import PlanDocument, plan_from_dict
 from genedge.optimizer.planners import PlanResult
@@ -298,7 +297,7 @@ def save_plan_schedule(document: Mapping[str, Any], path: str | os.PathLike[str]
     """Write a schedule atomically (after checking it with :func:`plan_schedule_from_dict`)."""
     path = Path(path)
     plan_schedule_from_dict(document, str(path))
-    write_text_atomic(path, json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    write_json_atomic(path, document)
     return path
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "write_bytes_atomic",
     "write_figure",
     "write_new_parquet",
+    "write_json_atomic",
     "write_text_atomic",
 ]
 
@@ -372,6 +373,11 @@ def remove_temporaries(
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically (see :func:`write_bytes_atomic`)."""
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike[str], document: Mapping[str, Any]) -> Path:
+    """Write a JSON document atomically, as every genedge document is written: indented, keys sorted, no NaN."""
+    return write_text_atomic(path, json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def parquet_bytes(table: Any) -> bytes:

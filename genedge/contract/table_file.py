@@ -9,7 +9,6 @@ a stable key order, so the same table always gives the same bytes.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -30,7 +29,7 @@ from genedge.contract.bounds import (
 )
 from genedge.contract.clip import CLIPSCORE_RANGE, ClipConvention
 from genedge.contract.fields import FieldReader
-from genedge.contract.files import ArtifactError, check_input_file, parse_json, write_text_atomic
+from genedge.contract.files import ArtifactError, check_input_file, parse_json, write_json_atomic
 from genedge.contract.mappings import check_category_mapping
 from genedge.contract.runs import DEFAULT_DTYPE, DEFAULT_GUIDANCE_SCALE, MEMORY_RUNGS
 from genedge.contract.table import (
@@ -686,7 +685,4 @@ def save_table(table: CalibrationTable, path: str | os.PathLike[str]) -> Path:
     The same table always produces the same bytes, so re-running a fit on the
     same records gives a byte-identical file.
     """
-    path = Path(path)
-    text = json.dumps(table_to_dict(table), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    write_text_atomic(path, text)
-    return path
+    return write_json_atomic(path, table_to_dict(table))
