@@ -22,6 +22,7 @@ from typing import Any
 from genedge.contract.fields import FieldReader
 from genedge.contract.files import ArtifactError, read_json, write_json_atomic
 from genedge.optimizer.analysis import DECISION_TOLERANCE
+from genedge.optimizer.model import arrival_model
 from genedge.optimizer.plan_file import PlanDocument, plan_from_dict
 from genedge.optimizer.planners import PlanResult
 
@@ -352,7 +353,7 @@ def _read_band(r: FieldReader, entry: Any, i: int) -> PlanBand:
         plan = plan_from_dict(r.get(entry, "plan", path, dict), f"{r.where} ({path}.plan)")
     except ArtifactError as err:
         raise ScheduleError(r.where, f"{path}.plan", str(err)) from None
-    if plan.inputs.arrivals != "open" or plan.predicted.feasible is None:
+    if not arrival_model(plan.inputs.arrivals).per_second or plan.predicted.feasible is None:
         raise r.fail(f"{path}.plan", "expected a plan for open arrivals that says whether it is feasible")
     high = r.number(entry, "high_rate", path, minimum=0, strict=True)
     low = r.number(entry, "low_rate", path, minimum=0, strict=True, maximum=high)
