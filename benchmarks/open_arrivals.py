@@ -30,7 +30,7 @@ Usage::
 ``--quick`` runs a smaller version (Galaxy S24 only at paper scale, 8 models at large scale, the
 cheaper objectives, shorter simulations, 3 genedge runs per median); ``--full`` adds the A100's slow
 objectives to section 3 and runs section 2 without a cap (minutes per open run at 16 models);
-``--sections 2`` runs section 2 alone. The default run takes about 3 minutes on 2 cores.
+``--sections 2`` runs section 2 alone. The default run takes about 5 minutes on 2 cores.
 """
 
 from __future__ import annotations
