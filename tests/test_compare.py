@@ -135,11 +135,15 @@ def test_compare_builds_both_problems_before_printing(
 
 def test_compare_takes_the_options_plan_takes(capsys: pytest.CaptureFixture[str]) -> None:
     def options(command: str) -> set[str]:
-        return set(re.findall(r"(--[a-z][a-z-]*)", genedge_in_process(capsys, command, "--help").stdout))
+        # An option ends in a letter: "--rate-" is "--rate-count" wrapped across two help lines.
+        return set(re.findall(r"(--[a-z][a-z-]*[a-z])", genedge_in_process(capsys, command, "--help").stdout))
 
     plan, compare = options("plan"), options("compare")
-    # The bootstrap of one plan's table (--samples, --robust, --quantile) is plan's own.
-    assert plan - {"--table", "--compare", "--out", "--samples", "--robust", "--quantile"} <= compare
+    # The bootstrap of one plan's table (--samples, --robust, --quantile) and the plan schedule over
+    # rates (--rates-from-trace, --rate-count, --jobs, --figures) are plan's own.
+    own = {"--table", "--compare", "--out", "--samples", "--robust", "--quantile"}
+    schedule = {"--rates-from-trace", "--rate-count", "--jobs", "--figures"}
+    assert plan - own - schedule <= compare
     assert {"--prompts", "--models", "--memory-gib", "--min-clipscore", "--max-shortfall"} <= compare
     assert "--table" not in compare  # the tables are OLD and NEW
 
