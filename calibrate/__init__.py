@@ -25,6 +25,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
         ),
         ".figures": ("write_figures",),
         ".fit": ("CurveFit", "LineFit", "QualityFit", "fit_line", "fit_quality", "fit_quality_curve"),
+        ".pairing": ("MIN_SHARED_IMAGES", "paired_cells"),
         ".records": ("ProfileRuns", "manifests_as_provenance", "read_runs"),
         ".report": ("REPLICA_NOTE", "table_summary"),
         "genedge.contract.table": (
@@ -39,6 +40,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "LatencyModel",
             "MemoryPeak",
             "ModelCalibration",
+            "PairedCells",
             "QualityCell",
             "QualityCurve",
             "Source",

@@ -32,6 +32,7 @@ from genedge.calibrate.fit import (
     fit_quality,
     fit_quality_curve,
 )
+from genedge.calibrate.pairing import paired_cells
 from genedge.calibrate.records import ProfileRuns, manifests_as_provenance, read_runs
 from genedge.contract.files import check_write_target
 from genedge.contract.runs import HOST_MEMORY_COLUMNS, MEMORY_RUNGS, PROCESS_PEAK_COLUMNS, rung_column
@@ -43,6 +44,7 @@ from genedge.contract.table import (
     LatencyModel,
     MemoryPeak,
     ModelCalibration,
+    PairedCells,
     QualityCell,
     QualityCurve,
     StageBreakdown,
@@ -220,9 +222,21 @@ def build_table(runs: ProfileRuns) -> CalibrationTable:
         sources={ref: {**_SOURCES[ref], "runs": ", ".join(runs.manifests)} for ref in sorted(used)},
         manifest=table_manifest_from_dict(manifests_as_provenance(runs.manifests), where),
         exclusions=exclusions,
+        paired=_paired(scored, categories),
     )
     # Validate exactly what will be written (memory against the device, curves against cells, ...).
     return table_from_dict(table_to_dict(table), where=f"table calibrated from {where}")
+
+
+def _paired(scored: pd.DataFrame, categories: tuple[str, ...]) -> tuple[PairedCells, ...]:
+    """The cells measured on the same (prompt, seed) images, from each image's score (the mean over a key's
+    repeats, e.g. the same image at two batch sizes); see :mod:`genedge.calibrate.pairing`."""
+    per_image = scored.groupby(["model_key", "category", "steps", "prompt_id", "seed"], sort=True)["clip_score"].mean()
+    scores: dict[tuple[str, str, int], dict[tuple[str, int], float]] = {}
+    for (key, category, steps, prompt, seed), score in per_image.items():
+        scores.setdefault((str(key), str(category), int(steps)), {})[(str(prompt), int(seed))] = float(score)
+    order = {c: i for i, c in enumerate(categories)}
+    return tuple(sorted(paired_cells(scores), key=lambda p: order[p.category]))
 
 
 def _model(

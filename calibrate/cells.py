@@ -8,22 +8,29 @@ where the answer must be known.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from genedge.calibrate.fit import MEASURED_QUALITY_REF, MEASURED_QUALITY_SOURCE, fit_quality
-from genedge.contract.table import CalibrationTable
+from genedge.calibrate.pairing import Cell, paired_cells
+from genedge.contract.table import CalibrationTable, PairedCells
 
 __all__ = ["Cell", "NormalTruth", "PopulationTruth", "table_with_scores"]
 
-#: A quality cell's address: (model key, category, steps).
-Cell = tuple[str, str, int]
 
-
-def table_with_scores(table: CalibrationTable, scores: Mapping[Cell, np.ndarray]) -> CalibrationTable:
+def table_with_scores(
+    table: CalibrationTable,
+    scores: Mapping[Cell, np.ndarray],
+    images: Mapping[Cell, Sequence[Hashable]] | None = None,
+) -> CalibrationTable:
     """``table`` with each cell in ``scores`` replaced by the Normal fit of its scores (source measured).
+
+    Args:
+        images: which image each score is, per cell (e.g. (prompt id, seed)); cells that share images
+            are paired (:func:`~genedge.calibrate.pairing.paired_cells`). Without them the refitted
+            cells pair with none (the table's other pairings stay).
 
     Raises:
         KeyError: a cell of a model, category or step count the table does not have.
@@ -38,7 +45,22 @@ def table_with_scores(table: CalibrationTable, scores: Mapping[Cell, np.ndarray]
         quality[category][steps] = fit_quality(values).cell()
         models[key] = dataclasses.replace(model, quality=quality)
     sources = {**table.sources, MEASURED_QUALITY_REF: MEASURED_QUALITY_SOURCE}
-    return dataclasses.replace(table, models=models, sources=sources)
+    if images is None:
+        paired = _without(table.paired, set(scores))
+    else:
+        paired = paired_cells({cell: dict(zip(images[cell], values)) for cell, values in scores.items()})
+    return dataclasses.replace(table, models=models, sources=sources, paired=paired)
+
+
+def _without(paired: tuple[PairedCells, ...], cells: set[Cell]) -> tuple[PairedCells, ...]:
+    """The pairings among the cells not in ``cells``."""
+    out = []
+    for group in paired:
+        keep = [i for i, (key, steps) in enumerate(group.cells) if (key, group.category, steps) not in cells]
+        if len(keep) >= 2:
+            matrix = tuple(tuple(group.correlation[a][b] for b in keep) for a in keep)
+            out.append(PairedCells(group.category, tuple(group.cells[i] for i in keep), matrix))
+    return tuple(out)
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,14 @@ something expensive once; tests treat what they return as read-only and copy it 
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import NamedTuple
 
 import pytest
@@ -73,6 +76,21 @@ needs_partiprompts = pytest.mark.skipif(
 
 # A subprocess reads models and data sets only from local caches, and draws figures without a display.
 _OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MPLBACKEND": "Agg"}
+
+
+@contextlib.contextmanager
+def script_module(script: Path, name: str) -> Iterator[ModuleType]:
+    """A script (a benchmark, a build script) imported as module ``name`` while the block runs."""
+    sys.path.insert(0, str(script.parent))  # as when run as a script: its folder's helpers import by name
+    spec = importlib.util.spec_from_file_location(name, script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up by name
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)
+        sys.path.remove(str(script.parent))
 
 
 def genedge_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import script_module
 
 from genedge.optimizer.model import Slo
 
@@ -16,16 +15,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "open_arrivals.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(SCRIPT.parent))  # as when run as a script: its folder's helpers import by name
-    spec = importlib.util.spec_from_file_location("open_arrivals_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up by name
-    try:
-        spec.loader.exec_module(module)
+    with script_module(SCRIPT, "open_arrivals_benchmark") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
-        sys.path.remove(str(SCRIPT.parent))
 
 
 def test_fixed_plan_runs_both_models_at_the_target_load(bench) -> None:

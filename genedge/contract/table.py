@@ -38,6 +38,7 @@ __all__ = [
     "EnergyModel",
     "MemoryPeak",
     "Exclusion",
+    "PairedCells",
     "ModelCalibration",
     "ProfiledModel",
     "ProfileRun",
@@ -306,6 +307,29 @@ class Exclusion:
 
 
 @dataclass(frozen=True)
+class PairedCells:
+    """Quality cells of one category measured on the same images' prompts and seeds, so their means err together.
+
+    A profile generates every model and step count from the same prompts and seeds, and a prompt that is
+    hard for one model is hard for the others: per-image scores of two cells correlate (0.2–0.9 between
+    SD3-Medium variants on PartiPrompts). Their cell means then err together, and a difference between
+    them is known far better than two independent errors say. The bootstrap draws the means of paired
+    cells jointly with this correlation.
+
+    Attributes:
+        category: the cells' category.
+        cells: (model key, steps) of each paired cell.
+        correlation: corr(mean_a, mean_b) of each pair of cells, r_ab · k_ab / √(n_a n_b), where r_ab is the
+            correlation of their scores over the k_ab images they share (same prompt and seed), n their
+            image counts; 1 on the diagonal.
+    """
+
+    category: str
+    cells: tuple[tuple[str, int], ...]
+    correlation: tuple[tuple[float, ...], ...]
+
+
+@dataclass(frozen=True)
 class ModelCalibration:
     """Everything the planner knows about one model on the table's device.
 
@@ -489,6 +513,8 @@ class CalibrationTable:
         manifest: provenance of the measurements: the profile runs they came from.
         exclusions: records left out of the fits, counted by model, steps and reason.
             Written only when non-empty.
+        paired: per category, the cells measured on the same prompts and seeds and how their means
+            correlate (:class:`PairedCells`). Written only when non-empty.
     """
 
     device: Mapping[str, Any]
@@ -499,6 +525,7 @@ class CalibrationTable:
     sources: Mapping[str, Mapping[str, str]]
     manifest: TableManifest = field(default_factory=TableManifest)
     exclusions: tuple[Exclusion, ...] = ()
+    paired: tuple[PairedCells, ...] = ()
 
     @property
     def device_memory_bytes(self) -> int | None:

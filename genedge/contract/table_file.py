@@ -41,6 +41,7 @@ from genedge.contract.table import (
     LatencyModel,
     MemoryPeak,
     ModelCalibration,
+    PairedCells,
     ProfiledModel,
     ProfileRun,
     QualityCell,
@@ -387,6 +388,63 @@ def _read_energy(r: FieldReader, raw: Mapping[str, Any], path: str, sources: Map
     )
 
 
+# A paired cells' correlation matrix is symmetric with a unit diagonal to this tolerance (JSON round-off).
+_CORRELATION_ATOL = 1e-9
+
+
+def _read_paired(
+    r: FieldReader, raw: list[Any], categories: tuple[str, ...], models: Mapping[str, Any]
+) -> tuple[PairedCells, ...]:
+    paired, seen = [], set()
+    for i, entry in enumerate(raw):
+        path = f"paired_cells[{i}]"
+        r.check(entry, path, dict)
+        category = r.get(entry, "category", path, str)
+        if category not in categories or category in seen:
+            raise r.fail(f"{path}.category", f"expected one entry per category of {list(categories)}, got {category!r}")
+        seen.add(category)
+        cells = tuple(
+            _read_paired_cell(r, cell, f"{path}.cells[{j}]", category, models)
+            for j, cell in enumerate(r.get(entry, "cells", path, list))
+        )
+        if len(cells) < 2 or len(set(cells)) != len(cells):
+            raise r.fail(f"{path}.cells", f"expected two or more distinct [model, steps] cells, but got {cells}")
+        rows = r.get(entry, "correlation", path, list)
+        matrix = [
+            [
+                r.check(v, f"{path}.correlation[{a}][{b}]", (int, float))
+                for b, v in enumerate(r.check(row, f"{path}.correlation[{a}]", list))
+            ]
+            for a, row in enumerate(rows)
+        ]
+        _check_correlation(r, matrix, len(cells), f"{path}.correlation")
+        paired.append(PairedCells(category, cells, tuple(tuple(float(v) for v in row) for row in matrix)))
+    return tuple(paired)
+
+
+def _read_paired_cell(r: FieldReader, raw: Any, path: str, category: str, models: Mapping[str, Any]) -> tuple[str, int]:
+    cell = r.check(raw, path, list)
+    if len(cell) != 2 or not isinstance(cell[0], str) or type(cell[1]) is not int:
+        raise r.fail(path, f"expected [model key, steps], but got {cell!r}")
+    key, steps = cell
+    if key not in models or steps not in models[key].quality.get(category, {}):
+        raise r.fail(path, f"expected a quality cell of the table, but {key!r} has no {category} cell at {steps} steps")
+    return key, steps
+
+
+def _check_correlation(r: FieldReader, matrix: list[list[float]], size: int, path: str) -> None:
+    if len(matrix) != size or any(len(row) != size for row in matrix):
+        raise r.fail(path, f"expected a {size} x {size} matrix (one row and column per cell)")
+    for a in range(size):
+        for b in range(size):
+            value = matrix[a][b]
+            if not (math.isfinite(value) and -1 <= value <= 1):
+                raise r.fail(f"{path}[{a}][{b}]", f"expected a correlation in [-1, 1], but got {value}")
+            if abs(value - (1.0 if a == b else matrix[b][a])) > _CORRELATION_ATOL:
+                expected = "1 on the diagonal" if a == b else f"symmetric ({matrix[b][a]} at [{b}][{a}])"
+                raise r.fail(f"{path}[{a}][{b}]", f"expected {expected}, but got {value}")
+
+
 def _read_exclusions(r: FieldReader, raw: list[Any], models: Mapping[str, Any]) -> tuple[Exclusion, ...]:
     exclusions = []
     for i, entry in enumerate(raw):
@@ -533,6 +591,7 @@ def table_from_dict(doc: Mapping[str, Any], where: str = "<table>") -> Calibrati
         sources={k: dict(v) for k, v in sources.items()},
         manifest=_read_manifest(r, r.opt(doc, "manifest", "", dict) or {}, "manifest"),
         exclusions=_read_exclusions(r, r.opt(doc, "exclusions", "", list) or [], models),
+        paired=_read_paired(r, r.opt(doc, "paired_cells", "", list) or [], categories, models),
     )
 
 
@@ -652,7 +711,15 @@ def table_to_dict(table: CalibrationTable) -> dict[str, Any]:
             exclusions=[
                 {"model_key": e.model_key, "steps": e.steps, "reason": e.reason, "rows": e.rows}
                 for e in table.exclusions
-            ]
+            ],
+            paired_cells=[
+                {
+                    "category": p.category,
+                    "cells": [list(c) for c in p.cells],
+                    "correlation": [list(r) for r in p.correlation],
+                }
+                for p in table.paired
+            ],
         ),
     }
 

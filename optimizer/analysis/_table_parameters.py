@@ -8,7 +8,10 @@ from their sampling distributions:
 
 - a cell measured from n ≥ 2 images: σ*² = n·std² / χ²_{n−1} and μ* = mean + σ*·z/√n — jointly,
   the posterior of a Normal sample under the reference prior, so that (μ* − mean)/mean_se follows
-  Student's t with n − 1 degrees of freedom, the exact pivot of a small sample;
+  Student's t with n − 1 degrees of freedom, the exact pivot of a small sample; cells the table pairs
+  (measured on the same prompts and seeds, :class:`~genedge.contract.table.PairedCells`) draw their z
+  jointly, with the correlation of their means, so a difference between them errs as little as the
+  shared prompts make it;
 - a derived cell (n < 2): μ* ~ Normal(mean, mean_se²), σ* ~ Normal(std, std_se²) (kept above 5 % of std);
 - a curve's ``b`` where the table states ``b_se``, and a latency line's overhead and per-step time
   where it states their standard errors: Normal. Energy lines are not sampled.
@@ -98,6 +101,8 @@ class ParameterModel:
         service_weights: per model, ∂service_s[k] / ∂parameter, shape (K_m, P).
         fixed: what the bootstrap holds at the table's value because the table states no error for
             it, e.g. ``"sd15 latency"``; energy lines are always held.
+        paired: cell parameters whose means err together (the table's paired cells, measured on the
+            same prompts and seeds): each group's parameter indices and the correlation of their means.
     """
 
     problem: Problem
@@ -105,6 +110,7 @@ class ParameterModel:
     mean_weights: tuple[np.ndarray, ...]
     service_weights: tuple[np.ndarray, ...]
     fixed: tuple[str, ...] = ()
+    paired: tuple[tuple[tuple[int, ...], np.ndarray], ...] = ()
 
     def cells(self) -> list[int]:
         """Indices of the quality-cell parameters."""
@@ -143,8 +149,32 @@ def parameter_model(table: CalibrationTable, problem: Problem, workload: Workloa
     ]
     service_weights = [_dense(service, (grid.size,), p) for grid, service in zip(problem.steps, services)]
     return ParameterModel(
-        problem, tuple(parameters.parameters), tuple(mean_weights), tuple(service_weights), tuple(fixed)
+        problem,
+        tuple(parameters.parameters),
+        tuple(mean_weights),
+        tuple(service_weights),
+        tuple(fixed),
+        _paired_parameters(table, parameters),
     )
+
+
+def _paired_parameters(
+    table: CalibrationTable, parameters: _ParameterList
+) -> tuple[tuple[tuple[int, ...], np.ndarray], ...]:
+    """The table's paired cells among the problem's measured cell parameters (a group needs two)."""
+    out = []
+    for group in table.paired:
+        found = [
+            (i, parameters.index((key, group.category, steps)))
+            for i, (key, steps) in enumerate(group.cells)
+            if parameters.index((key, group.category, steps)) is not None
+        ]
+        found = [(i, j) for i, j in found if parameters.parameters[j].n >= 2]
+        if len(found) >= 2:
+            rows = [i for i, _ in found]
+            correlation = np.array(group.correlation)[np.ix_(rows, rows)]
+            out.append((tuple(j for _, j in found), correlation))
+    return tuple(out)
 
 
 class _ParameterList:
@@ -153,6 +183,10 @@ class _ParameterList:
     def __init__(self) -> None:
         self.parameters: list[Parameter] = []
         self._index: dict[tuple, int] = {}
+
+    def index(self, key: tuple) -> int | None:
+        """The index of the parameter added under ``key``, or None."""
+        return self._index.get(key)
 
     def add(self, key: tuple, parameter: Parameter) -> int:
         """``parameter``'s index, added under ``key`` unless it is there already."""
@@ -301,6 +335,8 @@ def draw_parameters(
     p = len(model.parameters)
     z = gen.standard_normal((samples, p))
     z_std = gen.standard_normal((samples, p))
+    for indices, correlation in model.paired:
+        z[:, indices] = z[:, indices] @ _correlation_root(correlation).T
     delta = np.empty((samples, p))
     ratio = np.ones((samples, p))
     for j, par in enumerate(model.parameters):
@@ -314,6 +350,14 @@ def draw_parameters(
             if par.kind == "cell":
                 ratio[:, j] = np.maximum(1.0 + par.std_se / par.std * z_std[:, j], _MIN_STD_FRACTION)
     return ParameterDraws(delta=delta, std_ratio=ratio, seed=seed)
+
+
+def _correlation_root(correlation: np.ndarray) -> np.ndarray:
+    """L with L Lᵀ the nearest correlation matrix to ``correlation`` with no negative eigenvalue (pairwise
+    estimates need not be jointly consistent): its eigenvalues clipped at 0, rows rescaled to unit length."""
+    values, vectors = np.linalg.eigh(correlation)
+    root = vectors * np.sqrt(np.clip(values, 0.0, None))
+    return root / np.linalg.norm(root, axis=1, keepdims=True)
 
 
 @dataclass(frozen=True)
