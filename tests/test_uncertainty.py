@@ -13,7 +13,14 @@ from genedge.calibrate import load_table, table_from_dict
 from genedge.calibrate.cells import NormalTruth, table_with_scores
 from genedge.optimizer.analysis import next_batch
 from genedge.optimizer.analysis._table_parameters import draw_parameters, parameter_model
-from genedge.optimizer.analysis._uncertainty import Decision, assess, assess_on, bootstrap, robust_plans
+from genedge.optimizer.analysis._uncertainty import (
+    FREQUENCY_CHECKED_IMAGES,
+    Decision,
+    assess,
+    assess_on,
+    bootstrap,
+    robust_plans,
+)
 from genedge.optimizer.model import Problem, Workload, evaluate
 from genedge.optimizer.planners import exact_search
 
@@ -119,6 +126,12 @@ def test_the_reference_plan_is_unsure_of_its_close_calls() -> None:
     lo, hi = a.utility_interval()
     # The plan was chosen on these very estimates: its true utility is likelier below them than above.
     assert lo < hi and lo < a.point_utility and np.median(a.optimism) > 0
+    # Its smallest measured cells (SD 1.5 and SD 2.1 "Complex") hold 4 images: too few for the claims to
+    # have been checked as frequencies, which the plan's output and file say.
+    assert a.fewest_images == 4 < FREQUENCY_CHECKED_IMAGES and a.to_dict()["fewest_images_per_cell"] == 4
+    profiled = _profiled(_truth(), 20, np.random.default_rng(0))
+    twenty = Problem.from_table(profiled, WORKLOAD)
+    assert assess(parameter_model(profiled, twenty), exact_search(twenty)).fewest_images == 20
 
 
 def test_parameters_move_the_arrays_they_come_from() -> None:

@@ -21,6 +21,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "._table_parameters": ("DEFAULT_SAMPLES", "parameter_model"),
         "._uncertainty": (
             "DEFAULT_QUANTILE",
+            "FREQUENCY_CHECKED_IMAGES",
             "Assessment",
             "Decision",
             "assess",
