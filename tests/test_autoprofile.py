@@ -144,11 +144,15 @@ def test_a_killed_run_resumes_without_measuring_twice_and_stops_at_its_budget(
 @pytest.mark.slow
 def test_a_run_stops_once_its_target_is_reached(pipelines: tuple[Path, Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "run"
-    # A target any plan reaches: the first decision stops, after the first batch only. In this process: the
-    # test above runs the command as a user does.
-    assert main(_args(pipelines, out, "--max-images", "200", "--target", "0.001")) == 0
+    # A target any plan reaches: the first decision, after the first batch of 2 images in each of the 8 cells,
+    # has it, but the target counts from 4 images per cell: the cells short of them are measured first, one
+    # batch of 2 each, and then the run stops. In this process: the test above runs the command as a user does.
+    argv = _args(pipelines, out, "--max-images", "200", "--target", "0.001", "--min-images", "4")
+    assert main(argv) == 0
     lines = [json.loads(line) for line in (out / "decisions.jsonl").read_text().splitlines()]
-    assert len(lines) == 1 and lines[0]["stop"].startswith("target reached") and lines[0]["images"] == 16
+    assert [line["images"] for line in lines] == list(range(16, 34, 2))
+    assert all(line["confidence"] >= 0.001 and line["choice"]["n"] == 2 for line in lines[:-1])
+    assert lines[-1]["stop"].startswith("target reached") and "every cell has at least 4 images" in lines[-1]["stop"]
 
 
 @pytest.mark.slow

@@ -217,7 +217,12 @@ def test_adaptive_profiling_stops_at_its_target_and_measures_the_close_call() ->
         table = table_with_scores(_base_table(truth), scores)
         problem = Problem.from_table(table, WORKLOAD)
         decision = next_batch(
-            parameter_model(table, problem), Decision.of(exact_search(problem)), batch=4, budget=400, samples=100
+            parameter_model(table, problem),
+            Decision.of(exact_search(problem)),
+            batch=4,
+            budget=400,
+            samples=100,
+            min_images=3,  # the posterior alone (the next test holds the cells to their frequency check)
         )
         if decision.stop is not None:
             break
@@ -227,6 +232,20 @@ def test_adaptive_profiling_stops_at_its_target_and_measures_the_close_call() ->
         scores[cell] = np.concatenate([scores[cell], truth.draw(cell, c.images, rng)])
     assert decision.stop.startswith("target reached") and decision.confidence >= 0.95
     assert decision.images == sum(len(s) for s in scores.values()) < 400
+
+
+def test_a_target_reached_on_cells_too_small_to_trust_it_measures_those_cells_first() -> None:
+    truth = _truth(gap=3.0)
+    table = _profiled(truth, 3, np.random.default_rng(0))
+    scores = {cell: truth.draw(cell, 20, np.random.default_rng(1)) for cell in list(truth.mean)[:6]}
+    table = table_with_scores(table, scores)  # 6 of the 8 cells hold 20 images, two still 3
+    problem = Problem.from_table(table, WORKLOAD)
+    model, plan = parameter_model(table, problem), Decision.of(exact_search(problem))
+    going_on = next_batch(model, plan, batch=4, budget=400, samples=50, target=0.001)
+    assert going_on.stop is None and going_on.confidence >= 0.001
+    assert {(v.model, v.category, v.steps) for v in going_on.ranking} == set(list(truth.mean)[6:])
+    stopped = next_batch(model, plan, batch=4, budget=400, samples=50, target=0.001, min_images=3)
+    assert stopped.stop.startswith("target reached") and stopped.choice is None
 
 
 def test_adaptive_profiling_stops_when_its_budget_is_spent() -> None:

@@ -34,7 +34,7 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from genedge.optimizer.analysis import DEFAULT_SAMPLES, DEFAULT_TARGET
+    from genedge.optimizer.analysis import DEFAULT_SAMPLES, DEFAULT_TARGET, FREQUENCY_CHECKED_IMAGES
     from genedge.profiler.clipscore import DEFAULT_CLIP_BACKBONE, DEFAULT_CLIP_PRETRAINED
     from genedge.profiler.prompts import DEFAULT_MAPPING
 
@@ -45,9 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Measure a first batch of images in every (model, category, steps) cell, then repeatedly fit the "
             "table, plan, and measure the cell whose images would most reduce the plan's expected regret (a "
             "parametric bootstrap of the table), until every routing, steps and deployment decision reaches "
-            "--target confidence or --max-images are spent. Each batch is a resumable profile run under "
-            "OUT/batches; rerunning the same command after a kill resumes without measuring anything twice, and "
-            "a second process on the same OUT is refused. "
+            "--target confidence with --min-images in every cell, or --max-images are spent. Each batch is a "
+            "resumable profile run under OUT/batches; rerunning the same command after a kill resumes without "
+            "measuring anything twice, and a second process on the same OUT is refused. "
             "OUT/decisions.jsonl records why each batch was chosen; OUT/table.json is the final table."
         ),
     )
@@ -70,6 +70,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=DEFAULT_TARGET,
         help=f"decision confidence to stop at (default: {DEFAULT_TARGET})",
+    )
+    parser.add_argument(
+        "--min-images",
+        type=int,
+        default=FREQUENCY_CHECKED_IMAGES,
+        help="the target counts once every cell has this many images: from there the plan's probabilities "
+        f"were checked as frequencies, with fewer they ran high (default: {FREQUENCY_CHECKED_IMAGES})",
     )
     parser.add_argument(
         "--max-regret",
@@ -162,6 +169,7 @@ def _decide_until_stopped(args: argparse.Namespace, state: AutoprofileRun) -> in
             budget=args.max_images,
             target=args.target,
             max_regret=args.max_regret,
+            min_images=args.min_images,
             samples=args.samples,
             rng=args.seed,
         )

@@ -6,8 +6,11 @@ mean shrink by the factor its standard error would shrink, σ_j·√(1/(n_j+k)) 
 cell's width becomes that of k measured images), and the expected regret
 E[max_plan U(θ) − U(plan; θ)] is recomputed on the same draws. The cell of largest reduction is
 measured next. Profiling stops when every routing, steps and deployment decision of the plan is
-the sample optimum's with probability at least the target, when (optionally) the expected regret is
-small enough to leave a near-tie undecided, or when the budget of images is spent.
+the sample optimum's with probability at least the target and every candidate cell holds the images
+from which such probabilities were checked as frequencies (:data:`FREQUENCY_CHECKED_IMAGES`; with
+fewer, the bootstrap's claims ran high: until then the cells short of them are measured, by the same
+ranking), when (optionally) the expected regret is small enough to leave a near-tie undecided, or when
+the budget of images is spent.
 
 :func:`next_batch` decides one step; the command line (``genedge autoprofile``) measures, refits the
 table and asks again; ``benchmarks/adaptive_profiling.py`` runs the same loop on ground truth.
@@ -22,7 +25,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from genedge.optimizer.analysis._table_parameters import DEFAULT_SAMPLES, ParameterModel, draw_parameters
-from genedge.optimizer.analysis._uncertainty import Assessment, Decision, assess_on, bootstrap
+from genedge.optimizer.analysis._uncertainty import (
+    FREQUENCY_CHECKED_IMAGES,
+    Assessment,
+    Decision,
+    assess_on,
+    bootstrap,
+)
 
 __all__ = ["DEFAULT_TARGET", "CellValue", "BatchDecision", "next_batch"]
 
@@ -97,6 +106,7 @@ def next_batch(
     budget: int,
     target: float = DEFAULT_TARGET,
     max_regret: float | None = None,
+    min_images: int = FREQUENCY_CHECKED_IMAGES,
     samples: int = DEFAULT_SAMPLES,
     rng: int | np.random.Generator | None = 0,
 ) -> BatchDecision:
@@ -110,6 +120,7 @@ def next_batch(
         target: stop when every decision's probability reaches this.
         max_regret: also stop once the plan's expected regret is at most this (points): a near-tie
             that no affordable number of images decides costs little either way.
+        min_images: the target counts once every candidate cell holds this many images (module doc).
         samples, rng: of the bootstrap.
 
     Raises:
@@ -127,8 +138,12 @@ def next_batch(
     confidence = assessment.min_confidence
     stop = None
     regret = assessment.expected_regret
-    if confidence >= target:
-        stop = f"target reached: every decision's probability is at least {target:g} (smallest {confidence:.3f})"
+    short = [j for j in cells if model.parameters[j].n < min_images]
+    if confidence >= target and not short:
+        stop = (
+            f"target reached: every decision's probability is at least {target:g} (smallest {confidence:.3f}), "
+            f"every cell has at least {min_images} images"
+        )
     elif max_regret is not None and regret <= max_regret:
         stop = f"regret small enough: the expected regret {regret:.4f} is at most {max_regret:g} points"
     elif images + batch > budget:
@@ -136,7 +151,7 @@ def next_batch(
     if stop is not None:
         return BatchDecision(assessment, confidence, images, stop, ())
     values = []
-    for j in cells:
+    for j in short if confidence >= target else cells:
         p = model.parameters[j]
         after_se = p.std / math.sqrt(max(p.n + batch - 1, 1))
         factor = min(1.0, after_se / p.se) if p.se > 0 else 1.0
