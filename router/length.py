@@ -72,7 +72,8 @@ class LengthFeatures:
 
     def append_to(self, features: Any, prompts: Sequence[str]) -> Any:
         """A backend's features of ``prompts`` (an (n, D) array, a sparse matrix, or None for length alone)
-        with the length features as their last two columns; sparse stays sparse (CSR)."""
+        with the length features as their last two columns; sparse stays sparse (CSR). Training fits on
+        these; a trained router passes the two blocks to its classifier instead, which is the same product."""
         lengths = self.transform(prompts)
         if features is None:
             return lengths

@@ -140,13 +140,14 @@ class PromptRouter:
     def __repr__(self) -> str:
         return f"PromptRouter(name={self.name!r}, backend={self.backend!r}, categories={list(self.categories)})"
 
-    def _features(self, prompts: Sequence[str], progress: Callable[[int], Any] | None) -> Any:
+    def _features(self, prompts: Sequence[str], progress: Callable[[int], Any] | None) -> tuple[Any, np.ndarray]:
+        """The backend's features and the length features: the classifier's two column blocks."""
         if self.tfidf is not None:
-            matrix = self.length.append_to(self.tfidf.transform(prompts), prompts)
+            matrix = self.tfidf.transform(prompts)
             if progress is not None:
                 progress(len(prompts))
-            return matrix
-        return self.length.append_to(self.encoder().encode(prompts, progress), prompts)
+            return matrix, self.length.transform(prompts)
+        return self.encoder().encode(prompts, progress), self.length.transform(prompts)
 
     def encoder(self) -> Any:
         """The embedding backend's :class:`~genedge.router.embedding.SentenceEncoder`, loaded on first
@@ -188,7 +189,7 @@ class PromptRouter:
         if not prompts:
             return np.zeros((0, len(self.categories)))
         chunks = [
-            self.classifier.predict_proba(self._features(prompts[i : i + PREDICT_CHUNK], progress))
+            self.classifier.predict_proba(*self._features(prompts[i : i + PREDICT_CHUNK], progress))
             for i in range(0, len(prompts), PREDICT_CHUNK)
         ]
         return np.concatenate(chunks)

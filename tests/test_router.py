@@ -200,6 +200,16 @@ def test_length_features_are_the_last_columns_of_dense_and_sparse_features():
     np.testing.assert_array_equal(length.append_to(None, prompts), length.transform(prompts))
 
 
+def test_a_router_scores_its_feature_blocks_as_training_scored_the_appended_matrix(shipped_tfidf):
+    # Training fits on the TF-IDF matrix with the length columns appended; routing passes the two blocks.
+    appended = shipped_tfidf.length.append_to(shipped_tfidf.tfidf.transform(SOME_PROMPTS), SOME_PROMPTS)
+    np.testing.assert_allclose(
+        shipped_tfidf.predict_proba(SOME_PROMPTS), shipped_tfidf.classifier.predict_proba(appended), atol=1e-12
+    )
+    with pytest.raises(ValueError, match=f"Expected features of {appended.shape[1]} columns in all, but got"):
+        shipped_tfidf.classifier.predict_proba(shipped_tfidf.tfidf.transform(SOME_PROMPTS))
+
+
 def test_a_shipped_router_routes_by_length_what_tfidf_cannot_tell_apart(shipped_tfidf):
     # Thirty times one word has the same unit-length TF-IDF vector as the word once: only length differs.
     short, long = "cat", " ".join(["cat"] * 30)
