@@ -132,7 +132,8 @@ def evaluation_document(
         folds: k of the outer and inner stratified k-fold.
         seed: the outer fold assignment's seed.
         reports: backend (and the baselines ``"length"`` and ``"majority"``) →
-            :class:`~genedge.router.NestedCrossValidation`.
+            :class:`~genedge.router.NestedCrossValidation` (with the C per outer fold), or a plain
+            :class:`~genedge.router.ClassificationReport`.
     """
     return {
         "mapping": mapping,
