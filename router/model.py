@@ -58,8 +58,8 @@ __all__ = [
     "RouterError",
     "cross_validate",
     "default_router",
-    "evaluate_backends",
     "default_router_path",
+    "evaluate_backends",
     "labelled_prompts",
     "load_router",
     "router_from_dict",
@@ -561,8 +561,10 @@ def evaluate_backends(
         _check_backend(backend, BACKENDS)
     seed = integer_seed(rng)
     for backend in (*backends, LENGTH_BASELINE):
-        kwargs = {"folds": folds, "rng": seed, "embedding_model": embedding_model}
-        yield backend, cross_validate(prompts, categories, mapping, backend, **kwargs)  # type: ignore[arg-type]
+        nested = cross_validate(
+            prompts, categories, mapping, backend, folds=folds, rng=seed, embedding_model=embedding_model
+        )
+        yield backend, nested
     labels = _checked_labels(prompts, categories, mapping, folds, nested=True)
     majority = majority_baseline(list(mapping["labels"]), labels, stratified_folds(labels, folds, seed))
     yield "majority", NestedCrossValidation(majority, (), ())
