@@ -878,7 +878,7 @@ def test_by_true_category_recounts_the_same_requests(parti, paper4, shipped_tfid
     for true in paper4["labels"]:
         exact = sum(n * workload.true_shares(served).get(true, 0.0) for served, n in workload.counts.items())
         assert abs(truth.counts[true] - exact) < 1 and float(truth.counts[true]).is_integer()
-    # More requests are truly Basic than the router sends to Basic's models (it sends 73 of 553 there).
+    # More requests are truly Basic than the router sends to Basic's models (it sends 30 of 553 there).
     assert truth.counts["Basic"] > workload.counts["Basic"]
     rates = workload.as_rates(100.0).by_true_category()
     assert rates.per_second and rates.composition is None
