@@ -124,14 +124,16 @@ def write_routed(table: PromptTable, categories: Sequence[str], proba: np.ndarra
 def evaluation_document(
     mapping: Mapping[str, Any], prompts: int, folds: int, seed: int, reports: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """A cross-validation's reports as JSON-ready data (``genedge router eval --out``).
+    """A nested cross-validation's reports as JSON-ready data (``genedge router eval --out``).
 
     Args:
         mapping: the category mapping.
         prompts: the number of labelled prompts.
-        folds: k of the stratified k-fold.
-        seed: the fold assignment's seed.
-        reports: backend (and ``"majority"``) → :class:`~genedge.router.ClassificationReport`.
+        folds: k of the outer and inner stratified k-fold.
+        seed: the outer fold assignment's seed.
+        reports: backend (and the baselines ``"length"`` and ``"majority"``) →
+            :class:`~genedge.router.NestedCrossValidation` (with the C per outer fold), or a plain
+            :class:`~genedge.router.ClassificationReport`.
     """
     return {
         "mapping": mapping,

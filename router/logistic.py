@@ -40,9 +40,23 @@ class LogisticClassifier:
                 f"{self.intercept.shape}"
             )
 
-    def predict_proba(self, features: Any) -> np.ndarray:
-        """Class probabilities, shape (n, K), of features (an (n, D) array or sparse matrix)."""
-        return softmax(np.asarray(features @ self.coef) + self.intercept)
+    def predict_proba(self, *blocks: Any) -> np.ndarray:
+        """Class probabilities, shape (n, K), of features: an (n, D) array or sparse matrix, or several
+        whose columns, in order, make up the D. Each block multiplies its own rows of ``coef``, so a
+        router never copies sparse and dense features into one matrix (building one costs more than
+        the product, for one prompt).
+
+        Raises:
+            ValueError: the blocks' columns do not add up to D.
+        """
+        scores = np.zeros((blocks[0].shape[0], self.coef.shape[1])) + self.intercept
+        start = 0
+        for block in blocks:
+            scores += np.asarray(block @ self.coef[start : start + block.shape[1]])
+            start += block.shape[1]
+        if start != self.coef.shape[0]:
+            raise ValueError(f"Expected features of {self.coef.shape[0]} columns in all, but got {start}")
+        return softmax(scores)
 
 
 def fit_logistic(

@@ -7,10 +7,15 @@ Two backends share one classifier (:mod:`.logistic`) and differ in their feature
 - ``embedding``: sentence embeddings (:mod:`.embedding`), all-MiniLM-L6-v2 by default
   (``paper4-minilm`` ships too; it needs ``genedge[router]``).
 
+Both append the prompt's length features (:mod:`.length`), which neither TF-IDF nor an embedding keeps.
+The classifier's C is chosen by nested cross-validation among :data:`~.evaluate.C_GRID` (inner k-fold
+macro-F1), unless given.
+
 A router file is JSON: plain numbers and strings, never pickle. It holds the category mapping it
 was trained under, the features (vocabulary and idf, or the embedding model's name and probe), the
-classifier's weights, where its training prompts came from, and the confusion matrix of its own
-stratified k-fold cross-validation, from which plans take P(true category | predicted category).
+length features' standardization, the classifier's weights, where its training prompts came from and
+the C chosen, and the confusion matrix of its own nested stratified k-fold cross-validation, from which
+plans take P(true category | predicted category).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +37,21 @@ from genedge.contract.mappings import check_category_mapping, label_to_category
 from genedge.contract.prompts import PROMPT_COLUMN, PromptTable
 from genedge.router.embedding import DEFAULT_EMBEDDING_MODEL, SentenceEncoder
 from genedge.router.evaluate import (
+    C_GRID,
     ClassificationReport,
-    cross_validated_predictions,
+    NestedCrossValidation,
+    choose_c,
     majority_baseline,
+    nested_cross_validation,
     stratified_folds,
 )
+from genedge.router.length import LENGTH_FEATURES, LengthFeatures
 from genedge.router.logistic import LogisticClassifier, fit_logistic
 from genedge.router.tfidf import TfidfFeatures
 
 __all__ = [
     "BACKENDS",
-    "DEFAULT_C",
+    "LENGTH_BASELINE",
     "ROUTER_FORMAT",
     "ROUTER_SCHEMA_VERSION",
     "PromptRouter",
@@ -50,6 +59,7 @@ __all__ = [
     "cross_validate",
     "default_router",
     "default_router_path",
+    "evaluate_backends",
     "labelled_prompts",
     "load_router",
     "router_from_dict",
@@ -57,15 +67,16 @@ __all__ = [
 ]
 
 ROUTER_FORMAT = "genedge.router"
-ROUTER_SCHEMA_VERSION = 1
+#: 2: the length features and the nested cross-validation's chosen C (1 had neither).
+ROUTER_SCHEMA_VERSION = 2
 #: Backend name → what its features are.
 BACKENDS: dict[str, str] = {
-    "tfidf": "TF-IDF of words + logistic regression",
-    "embedding": "sentence embeddings + logistic regression",
+    "tfidf": "TF-IDF of words + prompt length + logistic regression",
+    "embedding": "sentence embeddings + prompt length + logistic regression",
 }
-#: The classifier's C per backend: chosen by 5-fold CV accuracy on PartiPrompts among 1, 10 and 100
-#: (TF-IDF) and 0.3 … 30 (embeddings); README gives the figures.
-DEFAULT_C: dict[str, float] = {"tfidf": 10.0, "embedding": 10.0}
+#: The baseline that :func:`evaluate_backends` reports beside the backends: logistic regression on the
+#: length features alone, in the same nested cross-validation.
+LENGTH_BASELINE = "length"
 #: The TF-IDF vocabulary: words (no n-grams) in at least 2 training prompts; bigrams scored lower in CV.
 TFIDF_NGRAM_MAX = 1
 TFIDF_MIN_DF = 2
@@ -85,12 +96,14 @@ class PromptRouter:
         backend: one of :data:`BACKENDS`.
         mapping: the category mapping it routes into.
         categories: the mapping's categories, the order of every probability vector.
-        classifier: the fitted weights.
+        classifier: the fitted weights: the backend's features' rows, then the length features' two.
+        length: the length features' standardization.
         tfidf: the TF-IDF features (``tfidf`` backend), else None.
         embedding_model: the sentence-transformers model (``embedding`` backend), else None.
         probe: the first coordinates of the probe sentence's embedding (``embedding`` backend).
-        training: provenance: the prompt file and its hash, rows per category, C, seed, folds.
-        cross_validation: the k-fold cross-validation report (its confusion matrix feeds plans).
+        training: provenance: the prompt file and its hash, rows per category, the C fitted and how it
+            was chosen, seed, folds.
+        cross_validation: the nested k-fold cross-validation's report (its confusion matrix feeds plans).
     """
 
     def __init__(
@@ -100,6 +113,7 @@ class PromptRouter:
         backend: str,
         mapping: Mapping[str, Any],
         classifier: LogisticClassifier,
+        length: LengthFeatures,
         training: Mapping[str, Any],
         cross_validation: ClassificationReport,
         tfidf: TfidfFeatures | None = None,
@@ -115,6 +129,7 @@ class PromptRouter:
         self.mapping = dict(mapping)
         self.categories = tuple(mapping["labels"])
         self.classifier = classifier
+        self.length = length
         self.training = dict(training)
         self.cross_validation = cross_validation
         self.tfidf = tfidf
@@ -125,13 +140,14 @@ class PromptRouter:
     def __repr__(self) -> str:
         return f"PromptRouter(name={self.name!r}, backend={self.backend!r}, categories={list(self.categories)})"
 
-    def _features(self, prompts: Sequence[str], progress: Callable[[int], Any] | None) -> Any:
+    def _features(self, prompts: Sequence[str], progress: Callable[[int], Any] | None) -> tuple[Any, np.ndarray]:
+        """The backend's features and the length features: the classifier's two column blocks."""
         if self.tfidf is not None:
             matrix = self.tfidf.transform(prompts)
             if progress is not None:
                 progress(len(prompts))
-            return matrix
-        return self.encoder().encode(prompts, progress)
+            return matrix, self.length.transform(prompts)
+        return self.encoder().encode(prompts, progress), self.length.transform(prompts)
 
     def encoder(self) -> Any:
         """The embedding backend's :class:`~genedge.router.embedding.SentenceEncoder`, loaded on first
@@ -142,12 +158,13 @@ class PromptRouter:
         """
         if self._encoder is None:
             encoder = SentenceEncoder(self.embedding_model)
-            if encoder.dimension != self.classifier.coef.shape[0]:
+            expected = self.classifier.coef.shape[0] - self.length.dimension
+            if encoder.dimension != expected:
                 raise RouterError(
                     f"router {self.name!r}",
                     "classifier.coef",
                     f"the model {self.embedding_model!r} embeds in {encoder.dimension} dimensions, but the router's "
-                    f"weights expect {self.classifier.coef.shape[0]}: train the router again on this model",
+                    f"weights expect {expected}: train the router again on this model",
                 )
             probe = encoder.probe()
             if self.probe is not None and (
@@ -172,7 +189,7 @@ class PromptRouter:
         if not prompts:
             return np.zeros((0, len(self.categories)))
         chunks = [
-            self.classifier.predict_proba(self._features(prompts[i : i + PREDICT_CHUNK], progress))
+            self.classifier.predict_proba(*self._features(prompts[i : i + PREDICT_CHUNK], progress))
             for i in range(0, len(prompts), PREDICT_CHUNK)
         ]
         return np.concatenate(chunks)
@@ -210,6 +227,7 @@ class PromptRouter:
             "category_mapping": self.mapping,
             "categories": list(self.categories),
             **features,
+            "length": self.length.to_dict(),
             "classifier": {
                 "kind": "multinomial logistic regression",
                 "coef": self.classifier.coef.tolist(),
@@ -268,6 +286,30 @@ def _read_embedding(r: FieldReader, raw: Any) -> tuple[str, list[float] | None]:
     return raw["model"], _finite_matrix(r, raw["probe"], (len(raw["probe"]),), "embedding.probe").tolist()
 
 
+def _read_length(r: FieldReader, raw: Any) -> LengthFeatures:
+    """The ``length`` features' standardization: the feature names, finite means and scales > 0."""
+    if not isinstance(raw, dict) or raw.get("features") != list(LENGTH_FEATURES):
+        raise r.fail("length.features", f"expected the length features {list(LENGTH_FEATURES)}")
+    shape = (len(LENGTH_FEATURES),)
+    _finite_matrix(r, raw.get("mean"), shape, "length.mean", MAX_ROUTER_WEIGHT)
+    if not (_finite_matrix(r, raw.get("scale"), shape, "length.scale", MAX_ROUTER_WEIGHT) > 0).all():
+        raise r.fail("length.scale", f"expected standard deviations > 0, but got {raw['scale']}")
+    return LengthFeatures.from_dict(raw)
+
+
+def _read_features(
+    r: FieldReader, document: dict[str, Any], backend: str
+) -> tuple[TfidfFeatures | None, str | None, list[float] | None, int]:
+    """The backend's features: (TF-IDF or None, embedding model or None, probe or None, the classifier's
+    rows: the features' and the length features'; an embedding's dimension is checked by the model on first use)."""
+    if backend == "tfidf":
+        tfidf = _read_tfidf(r, document.get("tfidf"))
+        return tfidf, None, None, tfidf.dimension + len(LENGTH_FEATURES)
+    embedding_model, probe = _read_embedding(r, document.get("embedding"))
+    coef = document["classifier"].get("coef") if isinstance(document["classifier"], dict) else None
+    return None, embedding_model, probe, (len(coef) if isinstance(coef, list) else -1)
+
+
 def _read_confusion(r: FieldReader, cv: Any, categories: list[str]) -> np.ndarray:
     """The cross-validation's confusion matrix over ``categories``: counts >= 0 with a positive sum."""
     if not isinstance(cv, dict) or cv.get("categories") != categories:
@@ -292,8 +334,13 @@ def router_from_dict(document: Any, where: str = "<router>") -> PromptRouter:
     if not isinstance(document, dict) or document.get("format") != ROUTER_FORMAT:
         raise r.fail("format", f"expected a genedge router ({ROUTER_FORMAT!r})")
     if document.get("schema_version") != ROUTER_SCHEMA_VERSION:
-        raise r.fail("schema_version", f"expected {ROUTER_SCHEMA_VERSION}, but got {document.get('schema_version')!r}")
-    for field in ("name", "backend", "category_mapping", "categories", "classifier", "training", "cross_validation"):
+        raise r.fail(
+            "schema_version",
+            f"expected {ROUTER_SCHEMA_VERSION}, but got {document.get('schema_version')!r} (a router of another "
+            "genedge release: train it again with genedge router train)",
+        )
+    fields = ("name", "backend", "category_mapping", "categories", "length", "classifier", "training")
+    for field in (*fields, "cross_validation"):
         if field not in document:
             raise r.fail(field, "missing field")
     name = r.name(document["name"], "name")
@@ -306,14 +353,8 @@ def router_from_dict(document: Any, where: str = "<router>") -> PromptRouter:
         raise r.fail(
             "categories", f"expected the mapping's categories {categories}, but got {document['categories']!r}"
         )
-    if backend == "tfidf":
-        tfidf, embedding_model, probe = _read_tfidf(r, document.get("tfidf")), None, None
-        dimension = tfidf.dimension
-    else:
-        tfidf = None
-        embedding_model, probe = _read_embedding(r, document.get("embedding"))
-        coef = document["classifier"].get("coef") if isinstance(document["classifier"], dict) else None
-        dimension = len(coef) if isinstance(coef, list) else -1
+    tfidf, embedding_model, probe, dimension = _read_features(r, document, backend)
+    length = _read_length(r, document["length"])
     classifier_doc = document["classifier"]
     if not isinstance(classifier_doc, dict):
         raise r.fail("classifier", "expected an object with coef and intercept")
@@ -329,6 +370,7 @@ def router_from_dict(document: Any, where: str = "<router>") -> PromptRouter:
         backend=backend,
         mapping=mapping,
         classifier=classifier,
+        length=length,
         training=document["training"],
         cross_validation=ClassificationReport(tuple(categories), confusion),
         tfidf=tfidf,
@@ -380,37 +422,49 @@ def labelled_prompts(table: PromptTable, mapping: Mapping[str, Any]) -> tuple[li
 
 
 class _FeatureCache:
-    """A backend's features of the training prompts, fitted on a subset of rows where the backend's
-    featurization is itself learned (TF-IDF's vocabulary), fixed where it is not (embeddings)."""
+    """The features of the training prompts for a backend (or :data:`LENGTH_BASELINE`: length alone),
+    fitted on a subset of rows where the featurization is itself learned (TF-IDF's vocabulary, the length
+    features' standardization), fixed where it is not (embeddings, computed once)."""
 
-    def __init__(self, backend: str, prompts: Sequence[str], embedding_model: str | None) -> None:
-        self.backend = backend
+    def __init__(self, kind: str, prompts: Sequence[str], embedding_model: str | None) -> None:
+        self.kind = kind
         self.prompts = list(prompts)
         self.encoder = None
         self.embeddings = None
-        if backend == "embedding":
+        if kind == "embedding":
             self.encoder = SentenceEncoder(embedding_model)
             self.embeddings = self.encoder.encode(self.prompts)
 
-    def fit(self, rows: np.ndarray) -> tuple[TfidfFeatures | None, Any]:
-        """(the fitted TF-IDF features or None, the feature matrix of ``rows``)."""
-        if self.embeddings is not None:
-            return None, self.embeddings[rows]
-        tfidf = TfidfFeatures.fit([self.prompts[i] for i in rows], ngram_max=TFIDF_NGRAM_MAX, min_df=TFIDF_MIN_DF)
-        return tfidf, tfidf.transform([self.prompts[i] for i in rows])
+    def fit(self, rows: np.ndarray) -> tuple[tuple[TfidfFeatures | None, LengthFeatures], Any]:
+        """((the fitted TF-IDF features or None, the length standardization), the feature matrix of ``rows``)."""
+        texts = [self.prompts[i] for i in rows]
+        tfidf = None
+        if self.kind == "tfidf":
+            tfidf = TfidfFeatures.fit(texts, ngram_max=TFIDF_NGRAM_MAX, min_df=TFIDF_MIN_DF)
+        fitted = (tfidf, LengthFeatures.fit(texts))
+        return fitted, self.transform(fitted, rows)
 
-    def transform(self, tfidf: TfidfFeatures | None, rows: np.ndarray) -> Any:
+    def transform(self, fitted: tuple[TfidfFeatures | None, LengthFeatures], rows: np.ndarray) -> Any:
+        tfidf, length = fitted
+        texts = [self.prompts[i] for i in rows]
         if self.embeddings is not None:
-            return self.embeddings[rows]
-        return tfidf.transform([self.prompts[i] for i in rows])
+            return length.append_to(self.embeddings[rows], texts)
+        return length.append_to(None if tfidf is None else tfidf.transform(texts), texts)
+
+
+def _fewest_prompts(folds: int, nested: bool) -> int:
+    """The fewest prompts a category needs: one per fold, and with nested cross-validation one per inner
+    fold among the outer training rows (an outer test fold holds at most ceil(n / folds) of them)."""
+    n = folds
+    while nested and n - -(-n // folds) < folds:
+        n += 1
+    return n
 
 
 def _checked_labels(
-    prompts: Sequence[str], categories: Sequence[str], mapping: Mapping[str, Any], backend: str, folds: int
+    prompts: Sequence[str], categories: Sequence[str], mapping: Mapping[str, Any], folds: int, nested: bool
 ) -> np.ndarray:
     """Each prompt's category index in the mapping, after every check training needs."""
-    if backend not in BACKENDS:
-        raise ValueError(f"Expected a router backend in {list(BACKENDS)}, but got {backend!r}")
     names = list(mapping["labels"])
     if len(prompts) != len(categories):
         raise ValueError(f"Expected one category per prompt, but got {len(prompts)} prompts, {len(categories)} labels")
@@ -420,35 +474,35 @@ def _checked_labels(
     labels = np.array([names.index(c) for c in categories], dtype=int)
     # Checked here rather than by the folds, which see only the categories that have prompts.
     per_category = np.bincount(labels, minlength=len(names))
-    if (per_category < folds).any():
-        small = {name: int(n) for name, n in zip(names, per_category) if n < folds}
+    fewest = _fewest_prompts(folds, nested)
+    if (per_category < fewest).any():
+        small = {name: int(n) for name, n in zip(names, per_category) if n < fewest}
+        how = "nested " if nested else ""
         raise ValueError(
-            f"Expected at least {folds} prompts in every category of the mapping for {folds}-fold "
-            f"cross-validation, but got {small}"
+            f"Expected at least {fewest} prompts in every category of the mapping for {how}{folds}-fold "
+            f"cross-validation{' (or a fixed C)' if nested else ''}, but got {small}"
         )
     return labels
 
 
-def _cross_validate(
-    features: _FeatureCache,
-    labels: np.ndarray,
-    names: Sequence[str],
-    folds: int,
-    rng: int | np.random.Generator | None,
-    c: float,
-) -> tuple[ClassificationReport, ClassificationReport]:
-    splits = stratified_folds(labels, folds, rng)
+def _check_backend(backend: str, allowed: Sequence[str]) -> None:
+    if backend not in allowed:
+        raise ValueError(f"Expected a router backend in {list(allowed)}, but got {backend!r}")
 
-    def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
-        tfidf, x_train = features.fit(train)
-        classifier = fit_logistic(x_train, labels[train], len(names), c=c)
-        return classifier.predict_proba(features.transform(tfidf, test)).argmax(axis=1)
 
-    predicted = cross_validated_predictions(labels, splits, fit_predict)
-    return (
-        ClassificationReport.from_predictions(names, labels, predicted),
-        majority_baseline(names, labels, splits),
-    )
+def _fit_predict(features: _FeatureCache, labels: np.ndarray, n_classes: int) -> Any:
+    """The ``fit_predict(train, test, c)`` of nested cross-validation on these features."""
+
+    def fit_predict(train: np.ndarray, test: np.ndarray, c: float) -> np.ndarray:
+        fitted, x_train = features.fit(train)
+        classifier = fit_logistic(x_train, labels[train], n_classes, c=c)
+        return classifier.predict_proba(features.transform(fitted, test)).argmax(axis=1)
+
+    return fit_predict
+
+
+def _c_grid(c: float | None) -> tuple[float, ...]:
+    return C_GRID if c is None else (float(c),)
 
 
 def _embedding_model(backend: str, embedding_model: str | None) -> str | None:
@@ -465,19 +519,55 @@ def cross_validate(
     rng: int | np.random.Generator | None = 0,
     c: float | None = None,
     embedding_model: str | None = None,
-) -> tuple[ClassificationReport, ClassificationReport]:
-    """Stratified k-fold cross-validation of a backend on labelled prompts.
+) -> NestedCrossValidation:
+    """Nested stratified k-fold cross-validation of a backend (or :data:`LENGTH_BASELINE`) on labelled prompts.
 
-    Returns:
-        (the backend's report, the majority-class baseline's report on the same folds).
+    Args:
+        prompts, categories, mapping, embedding_model: as for :func:`train_router`.
+        backend: one of :data:`BACKENDS`, or :data:`LENGTH_BASELINE` for length features alone.
+        folds: k of the outer and the inner cross-validation.
+        rng: seed or generator of the outer folds (the inner folds derive from it).
+        c: a fixed C (plain k-fold cross-validation), or None to choose C among :data:`~.evaluate.C_GRID`
+            in every outer fold.
 
     Raises:
-        ValueError: an unknown backend or category, or a category with fewer prompts than folds.
+        ValueError: an unknown backend or category, or a category with too few prompts for the folds.
     """
-    labels = _checked_labels(prompts, categories, mapping, backend, folds)
+    _check_backend(backend, (*BACKENDS, LENGTH_BASELINE))
+    labels = _checked_labels(prompts, categories, mapping, folds, nested=c is None)
     features = _FeatureCache(backend, prompts, _embedding_model(backend, embedding_model))
-    c = DEFAULT_C[backend] if c is None else float(c)
-    return _cross_validate(features, labels, list(mapping["labels"]), folds, rng, c)
+    fit_predict = _fit_predict(features, labels, len(mapping["labels"]))
+    return nested_cross_validation(list(mapping["labels"]), labels, folds, integer_seed(rng), fit_predict, _c_grid(c))
+
+
+def evaluate_backends(
+    prompts: Sequence[str],
+    categories: Sequence[str],
+    mapping: Mapping[str, Any],
+    backends: Sequence[str],
+    *,
+    folds: int = 5,
+    rng: int | np.random.Generator | None = 0,
+    embedding_model: str | None = None,
+) -> Iterator[tuple[str, NestedCrossValidation]]:
+    """Nested cross-validation of each backend, then of the baselines on the same outer folds:
+    :data:`LENGTH_BASELINE` (length features alone) and ``"majority"`` (the training folds' most frequent
+    category; no C). Yields (name, result) as each is known, so a later backend that fails loses nothing.
+
+    Raises:
+        ValueError: see :func:`cross_validate`.
+    """
+    for backend in backends:
+        _check_backend(backend, BACKENDS)
+    seed = integer_seed(rng)
+    for backend in (*backends, LENGTH_BASELINE):
+        nested = cross_validate(
+            prompts, categories, mapping, backend, folds=folds, rng=seed, embedding_model=embedding_model
+        )
+        yield backend, nested
+    labels = _checked_labels(prompts, categories, mapping, folds, nested=True)
+    majority = majority_baseline(list(mapping["labels"]), labels, stratified_folds(labels, folds, seed))
+    yield "majority", NestedCrossValidation(majority, (), ())
 
 
 def train_router(
@@ -493,8 +583,8 @@ def train_router(
     embedding_model: str | None = None,
     source: Mapping[str, Any] | None = None,
 ) -> PromptRouter:
-    """Train a router on labelled prompts: cross-validate it (the confusion matrix plans use), then fit
-    it on every prompt.
+    """Train a router on labelled prompts: nested cross-validation (the confusion matrix plans use), then
+    C chosen by k-fold cross-validation over every prompt, and the fit on every prompt with it.
 
     Args:
         prompts: training prompt texts.
@@ -502,10 +592,10 @@ def train_router(
         mapping: the category mapping routed into.
         backend: ``tfidf`` or ``embedding``.
         name: the router's name (default: the mapping's name and the backend).
-        folds: k of the stratified k-fold cross-validation.
+        folds: k of the (outer and inner) stratified k-fold cross-validation.
         rng: seed or generator of the fold assignment (a generator draws the integer seed the router
             records; the fit itself is deterministic).
-        c: the classifier's C (default :data:`DEFAULT_C`).
+        c: a fixed C, or None (the default) to choose it among :data:`~.evaluate.C_GRID`.
         embedding_model: the sentence-transformers model (``embedding``; default all-MiniLM-L6-v2).
         source: provenance of the prompts, recorded in the router (e.g. the file and its sha256).
 
@@ -513,33 +603,38 @@ def train_router(
         ValueError: see :func:`cross_validate`.
     """
     check_category_mapping(mapping, "category mapping")
-    labels = _checked_labels(prompts, categories, mapping, backend, folds)
+    _check_backend(backend, BACKENDS)
+    labels = _checked_labels(prompts, categories, mapping, folds, nested=c is None)
     names = list(mapping["labels"])
-    c = DEFAULT_C[backend] if c is None else float(c)
     model = _embedding_model(backend, embedding_model)
     features = _FeatureCache(backend, prompts, model)  # embeds every prompt once, for the folds and the fit
     seed = integer_seed(rng)
-    report, _ = _cross_validate(features, labels, names, folds, seed, c)
-    tfidf, x_all = features.fit(np.arange(len(prompts)))
-    classifier = fit_logistic(x_all, labels, len(names), c=c)
+    fit_predict = _fit_predict(features, labels, len(names))
+    nested = nested_cross_validation(names, labels, folds, seed, fit_predict, _c_grid(c))
+    # The outer folds' own split of every prompt chooses the C fitted on every prompt.
+    every = np.arange(len(prompts))
+    chosen_c = choose_c(labels, every, folds, seed, fit_predict, _c_grid(c))
+    (tfidf, length), x_all = features.fit(every)
     training = {
         **(dict(source) if source else {}),
         "prompts": len(prompts),
         "per_category": {cat: int((labels == i).sum()) for i, cat in enumerate(names)},
         "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
-        "c": c,
+        "c": chosen_c,
+        "c_grid": list(nested.c_grid),
+        "c_per_fold": list(nested.c_per_fold),
         "folds": folds,
         "seed": seed,
     }
     short = mapping.get("name", "custom")
-    default_name = f"{short}-tfidf" if backend == "tfidf" else f"{short}-{_model_short_name(model)}"
     router = PromptRouter(
-        name=name or default_name,
+        name=name or (f"{short}-tfidf" if backend == "tfidf" else f"{short}-{_model_short_name(model)}"),
         backend=backend,
         mapping=mapping,
-        classifier=classifier,
+        classifier=fit_logistic(x_all, labels, len(names), c=chosen_c),
+        length=length,
         training=training,
-        cross_validation=report,
+        cross_validation=nested.report,
         tfidf=tfidf,
         embedding_model=model,
         probe=features.encoder.probe() if features.encoder is not None else None,

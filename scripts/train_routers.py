@@ -3,14 +3,17 @@
 Data source: PartiPrompts (Yu et al., 2022, arXiv:2206.10789), ``PartiPrompts.tsv`` at the root of
 https://github.com/google-research/parti (Apache-2.0), commit 5a657978134374ce28973948331b319adef164bd,
 sha256 fab29e41bb512a169b56acab4cf2a41dcb675e285df2efcde6640c7dd3c440eb. The prompts are not copied
-into genedge: the routers keep only fitted numbers (vocabulary, idf, weights) and the
-cross-validation's confusion matrix.
+into genedge: the routers keep only fitted numbers (vocabulary, idf, the length features'
+standardization, weights) and the nested cross-validation's confusion matrix.
 
 Writes, under the paper's four categories (mapping ``paper4``, PartiPrompts' Challenge column):
 
-- ``data/routers/paper4-tfidf.json``: TF-IDF + logistic regression (numpy and scipy only);
-- ``data/routers/paper4-minilm.json``: all-MiniLM-L6-v2 sentence embeddings + logistic regression
-  (needs ``pip install "genedge[router]"``).
+- ``data/routers/paper4-tfidf.json``: TF-IDF + prompt length + logistic regression (numpy and scipy only);
+- ``data/routers/paper4-minilm.json``: all-MiniLM-L6-v2 sentence embeddings + prompt length + logistic
+  regression (needs ``pip install "genedge[router]"``).
+
+Each router's C is chosen among ``genedge.router.C_GRID`` by nested 5-fold cross-validation; the figures
+printed are the outer folds'.
 
 Usage:
     python scripts/train_routers.py PATH/TO/PartiPrompts.tsv [--out-dir data/routers]
@@ -55,7 +58,10 @@ def main() -> None:
         router = train_router(prompts, categories, mapping, backend, source={**SOURCE, "rows": len(table.rows)})
         path = router.save(args.out_dir / f"{router.name}.json")
         cv = router.cross_validation
-        print(f"{path}: {len(prompts)} prompts, CV accuracy {cv.accuracy:.3f}, macro-F1 {cv.macro_f1:.3f}")
+        print(
+            f"{path}: {len(prompts)} prompts, nested CV accuracy {cv.accuracy:.3f}, macro-F1 {cv.macro_f1:.3f}; "
+            f"C {router.training['c']:g} (per outer fold {', '.join(f'{c:g}' for c in router.training['c_per_fold'])})"
+        )
 
 
 if __name__ == "__main__":

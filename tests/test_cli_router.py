@@ -21,10 +21,26 @@ def _unlabelled_csv(path, n=40):
     return prompts
 
 
-def test_router_list_shows_both_shipped_routers():
+def test_router_list_shows_both_shipped_routers_above_macro_f1_0_70():
     out = run_genedge("router", "list", check=True).stdout
     assert "paper4-tfidf" in out and "paper4-minilm" in out
     assert "tfidf" in out and "embedding" in out and "Basic,Detail,Imagination,Complex" in out
+    # The figures are each router's recorded nested cross-validation: accuracy, then macro-F1.
+    figures = {line.split()[0]: [float(v) for v in line.split()[-2:]] for line in out.splitlines()[1:]}
+    assert figures["paper4-tfidf"] == [0.799, 0.744] and figures["paper4-minilm"] == [0.777, 0.71]
+    assert all(macro_f1 >= 0.70 for _, macro_f1 in figures.values())
+
+
+@needs_partiprompts
+def test_predict_routes_a_long_prompt_away_from_basic_by_its_length(tmp_path):
+    # Thirty times "cat" has the TF-IDF vector of "cat": the shipped router tells them apart by length alone.
+    requests = tmp_path / "requests.csv"
+    pd.DataFrame({"Prompt": ["cat", " ".join(["cat"] * 30)]}).to_csv(requests, index=False)
+    routed = tmp_path / "routed.csv"
+    run_genedge("router", "predict", requests, "--router", "paper4-tfidf", "--out", routed, check=True)
+    frame = pd.read_csv(routed)
+    assert frame["category"].tolist()[0] == "Basic" and frame["category"].tolist()[1] != "Basic"
+    assert frame["p_Basic"][0] > 0.5 > frame["p_Basic"][1]
 
 
 @pytest.mark.parametrize("sub", ["train", "eval", "predict", "list"])
@@ -79,13 +95,23 @@ def test_eval_prints_backend_beside_the_majority_baseline_and_draws_the_confusio
     out = run_genedge(
         "router", "eval", PARTIPROMPTS, "--backend", "tfidf", "--figure", figure, "--out", report, check=True
     ).stdout
-    assert "majority" in out and "confusion of tfidf" in out
+    assert "nested: C chosen among 0.3, 1, 3, 10, 30 by inner 5-fold macro-F1" in out
+    assert [line.split()[0] for line in out.splitlines()[2:5]] == ["tfidf", "length", "majority"]
+    assert "\nlength          0.760    0.594" in out
+    assert "confusion of tfidf (rows true, columns predicted; C per outer fold 30, 10, 10, 10, 3)" in out
+    assert "confusion of length" in out and "confusion of majority" not in out
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     reports = json.loads(report.read_text())["reports"]
-    assert reports["majority"]["accuracy"] == pytest.approx(544 / 1079)
-    assert reports["tfidf"]["accuracy"] > reports["majority"]["accuracy"] + 0.1
-    assert reports["tfidf"]["macro_f1"] > reports["majority"]["macro_f1"] + 0.3
-    assert np.asarray(reports["tfidf"]["confusion"]).sum() == 1079
+    assert list(reports) == ["tfidf", "length", "majority"]
+    assert reports["majority"]["accuracy"] == pytest.approx(544 / 1079) and reports["majority"]["c_per_fold"] == []
+    # The reported figures are the outer folds' predictions, one per prompt; the C behind each fold is kept.
+    assert np.asarray(reports["tfidf"]["confusion"]).sum() == np.asarray(reports["length"]["confusion"]).sum() == 1079
+    assert reports["tfidf"]["c_per_fold"] == [30, 10, 10, 10, 3] and reports["tfidf"]["c_grid"] == [0.3, 1, 3, 10, 30]
+    # The same nested cross-validation as the shipped router's: the same figures.
+    assert reports["tfidf"]["confusion"] == load_router("paper4-tfidf").cross_validation.confusion.tolist()
+    # Length alone beats the majority class; TF-IDF with length beats length alone.
+    assert reports["length"]["accuracy"] > reports["majority"]["accuracy"] + 0.2
+    assert reports["tfidf"]["macro_f1"] > reports["length"]["macro_f1"] + 0.1
 
 
 @pytest.mark.slow
@@ -96,13 +122,16 @@ def test_eval_of_both_backends_in_one_run_on_partiprompts(capsys):
     assert done.returncode == 0, done.stderr
     out = done.stdout
     rows = {
-        line.split()[0]: line.split()[1:3]
+        line.split()[0]: [float(v) for v in line.split()[1:3]]
         for line in out.splitlines()
-        if line.split()[:1] in (["tfidf"], ["embedding"], ["majority"])
+        if line.split()[:1] in (["tfidf"], ["embedding"], ["length"], ["majority"])
     }
-    accuracy = {name: float(values[0]) for name, values in rows.items()}
-    assert set(accuracy) == {"tfidf", "embedding", "majority"}
-    assert accuracy["embedding"] >= accuracy["tfidf"] > accuracy["majority"]
+    assert list(rows) == ["tfidf", "embedding", "length", "majority"]
+    # Each backend's figures are its shipped router's recorded nested cross-validation, macro-F1 >= 0.70.
+    for backend, name in (("tfidf", "paper4-tfidf"), ("embedding", "paper4-minilm")):
+        cv = load_router(name).cross_validation
+        assert rows[backend] == [round(cv.accuracy, 3), round(cv.macro_f1, 3)] and rows[backend][1] >= 0.70
+        assert rows[backend][1] > rows["length"][1] > rows["majority"][1]
 
 
 @pytest.mark.parametrize(
@@ -196,4 +225,4 @@ def test_eval_prints_each_backend_before_a_later_one_fails(capsys, tmp_path):
         capsys, "router", "eval", str(PARTIPROMPTS), "--embedding-model", str(tmp_path / "no-such-model")
     )
     assert done.returncode == 2 and "no-such-model" in done.stderr
-    assert "\ntfidf           0.682    0.626" in done.stdout
+    assert "\ntfidf           0.799    0.744" in done.stdout

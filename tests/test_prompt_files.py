@@ -64,7 +64,7 @@ def test_genedge_plan_counts_each_variant_like_the_tsv(capsys: pytest.CaptureFix
     expected = [
         "1,632 prompts from",
         "1,079 labelled by Challenge, 553 routed by paper4-tfidf",
-        "workload: 1632 requests — Basic 345, Detail 877, Imagination 218, Complex 192",
+        "workload: 1632 requests — Basic 302, Detail 909, Imagination 233, Complex 188",
     ]
     for path in [PARTIPROMPTS, *_variants(tmp_path).values()]:
         done = _plan_counts(capsys, path)

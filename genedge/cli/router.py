@@ -1,8 +1,9 @@
 """``genedge router``: train, evaluate, list and apply prompt → category routers.
 
 - ``train``: fit a router on a prompt file's labelled rows (its mapping's column), cross-validated;
-- ``eval``: stratified k-fold cross-validation of one or more backends beside the majority-class
-  baseline, with per-category precision and recall and a figure of the confusion matrices;
+- ``eval``: nested stratified k-fold cross-validation of one or more backends beside two baselines
+  (logistic regression on prompt length alone, and the majority class), with per-category precision
+  and recall, the C chosen per outer fold and a figure of the confusion matrices;
 - ``predict``: route every row of a prompt file, writing its columns plus the category and the
   probabilities (Parquet, CSV or TSV by the output's suffix), with a progress bar;
 - ``list``: the shipped routers and their cross-validated figures.
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from genedge.cli._common import comma_separated, seed_argument
+from genedge.router.evaluate import C_GRID
 
 __all__ = ["add_parser"]
 
@@ -30,9 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="train, evaluate and apply prompt → category routers",
         description=(
             "Prompt routers put any prompt into a category of a category mapping, so that requests without a "
-            "label can be planned for and served. Two backends: 'tfidf' (TF-IDF of words + logistic regression, "
-            "shipped pre-trained as paper4-tfidf) and 'embedding' (sentence embeddings, all-MiniLM-L6-v2 by "
-            "default, + logistic regression; shipped as paper4-minilm; needs genedge[router])."
+            "label can be planned for and served. Two backends: 'tfidf' (TF-IDF of words + prompt length + logistic "
+            "regression, shipped pre-trained as paper4-tfidf) and 'embedding' (sentence embeddings, all-MiniLM-L6-v2 "
+            "by default, + prompt length + logistic regression; shipped as paper4-minilm; needs genedge[router])."
         ),
     )
     commands = parser.add_subparsers(dest="router_command", metavar="SUBCOMMAND", required=True)
@@ -41,8 +43,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a router on a prompt file's labelled rows",
         description="Train a router on the rows of PROMPTS whose label (in the mapping's column) the mapping knows; "
-        "it is cross-validated first (stratified k-fold; the confusion matrix is stored and used by plans), then "
-        "fitted on every labelled row and written as JSON.",
+        "it is cross-validated first (nested stratified k-fold: an inner k-fold chooses C; the outer folds' confusion "
+        "matrix is stored and used by plans), then fitted on every labelled row with the C that k-fold "
+        "cross-validation over all of them chooses, and written as JSON.",
     )
     train.add_argument("prompts", type=Path, help="prompt file (TSV/CSV/Parquet) with a Prompt column and labels")
     _add_training_arguments(train)
@@ -50,16 +53,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--backend", choices=("tfidf", "embedding"), default="tfidf", help="the router's features (default: tfidf)"
     )
     train.add_argument("--name", help="the router's name (default: MAPPING-tfidf or MAPPING-minilm)")
-    train.add_argument("--c", type=float, help="the logistic regression's C (default: 10)")
+    train.add_argument(
+        "--c",
+        type=float,
+        help="a fixed C for the logistic regression, cross-validated without nesting (default: chosen by nested "
+        "cross-validation among " + ", ".join(f"{c:g}" for c in C_GRID) + ")",
+    )
     train.add_argument("--out", type=Path, required=True, help="write the router JSON here")
     train.set_defaults(func=run_train)
 
     evaluate = commands.add_parser(
         "eval",
-        help="cross-validate router backends beside the majority baseline",
-        description="Stratified k-fold cross-validation of each backend on the labelled rows of PROMPTS: accuracy, "
-        "macro-F1, per-category precision and recall and the confusion matrix, beside the majority-class "
-        "baseline on the same folds.",
+        help="cross-validate router backends beside the length-only and majority baselines",
+        description="Nested stratified k-fold cross-validation of each backend on the labelled rows of PROMPTS (an "
+        "inner k-fold over each outer fold's training rows chooses C; the figures are the outer folds'): "
+        "accuracy, macro-F1, per-category precision and recall and the confusion matrix, beside two baselines on "
+        "the same folds: logistic regression on the prompt's length alone (same nested cross-validation) and "
+        "the majority class.",
     )
     evaluate.add_argument("prompts", type=Path, help="prompt file (TSV/CSV/Parquet) with a Prompt column and labels")
     _add_training_arguments(evaluate)
@@ -118,18 +128,25 @@ def _report_line(name: str, report: Any) -> str:
     )
 
 
-def _header(mapping: dict[str, Any], prompts: list[str], folds: int, seed: int) -> str:
+def _header(mapping: dict[str, Any], prompts: list[str], folds: int, seed: int, c: float | None) -> str:
+    how = (
+        f"C = {c:g}"
+        if c is not None
+        else f"nested: C chosen among {', '.join(f'{v:g}' for v in C_GRID)} by inner {folds}-fold macro-F1"
+    )
     return (
         f"{len(prompts):,} labelled prompts, mapping {mapping.get('name', 'custom')!r} on {mapping['column']}; "
-        f"stratified {folds}-fold cross-validation, seed {seed}\n"
+        f"stratified {folds}-fold cross-validation ({how}), seed {seed}\n"
         f"{'backend':<12} {'accuracy':>8} {'macro-F1':>8}  per category precision/recall"
     )
 
 
-def _confusion_lines(name: str, report: Any) -> list[str]:
+def _confusion_lines(name: str, result: Any) -> list[str]:
+    report = result.report
     width = max(8, *(len(c) for c in report.categories)) + 2
+    chosen = ", ".join(f"{c:g}" for c in result.c_per_fold)
     lines = [
-        f"confusion of {name} (rows true, columns predicted):",
+        f"confusion of {name} (rows true, columns predicted; C per outer fold {chosen}):",
         " " * width + "".join(f"{c:>{width}}" for c in report.categories),
     ]
     for category, row in zip(report.categories, report.confusion):
@@ -156,16 +173,16 @@ def run_train(args: argparse.Namespace) -> int:
         embedding_model=args.embedding_model,
         source=data.source,
     )
-    print(_header(data.mapping, data.prompts, args.folds, args.seed))
+    print(_header(data.mapping, data.prompts, args.folds, args.seed, args.c))
     print(_report_line(router.backend, router.cross_validation))
-    print(f"wrote {router.save(args.out)} ({router.name})")
+    print(f"wrote {router.save(args.out)} ({router.name}, C = {router.training['c']:g})")
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from genedge.contract.files import check_not_input
     from genedge.router.files import evaluation_document, training_data, write_evaluation
-    from genedge.router.model import BACKENDS, cross_validate
+    from genedge.router.model import BACKENDS, evaluate_backends
 
     check_not_input(
         {"--out": args.out, "--figure": args.figure},
@@ -175,33 +192,32 @@ def run_eval(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"--backend: expected backends among {list(BACKENDS)}, but got {unknown}")
     data = training_data(args.prompts, args.category_mapping)
-    # Each backend's line is printed as soon as it is known: a later backend that fails loses nothing.
-    print(_header(data.mapping, data.prompts, args.folds, args.seed), flush=True)
-    reports: dict[str, Any] = {}
-    baseline = None
-    for backend in args.backend:
-        reports[backend], baseline = cross_validate(
-            data.prompts,
-            data.categories,
-            data.mapping,
-            backend,
-            folds=args.folds,
-            rng=args.seed,
-            embedding_model=args.embedding_model,
-        )
-        print(_report_line(backend, reports[backend]), flush=True)
-    reports["majority"] = baseline
-    print(_report_line("majority", baseline))
-    for name, report in reports.items():
-        if name != "majority":
+    # Each line is printed as soon as it is known: a later backend that fails loses nothing.
+    print(_header(data.mapping, data.prompts, args.folds, args.seed, None), flush=True)
+    results: dict[str, Any] = {}
+    evaluated = evaluate_backends(
+        data.prompts,
+        data.categories,
+        data.mapping,
+        args.backend,
+        folds=args.folds,
+        rng=args.seed,
+        embedding_model=args.embedding_model,
+    )
+    for name, result in evaluated:
+        results[name] = result
+        print(_report_line(name, result.report), flush=True)
+    for name, result in results.items():
+        if result.c_per_fold:
             print()
-            print("\n".join(_confusion_lines(name, report)))
+            print("\n".join(_confusion_lines(name, result)))
     if args.figure:
         from genedge.router.evaluate import plot_confusion
 
+        reports = {name: result.report for name, result in results.items()}
         print(f"\nwrote {plot_confusion(reports, args.figure)}")
     if args.out:
-        document = evaluation_document(data.mapping, len(data.prompts), args.folds, args.seed, reports)
+        document = evaluation_document(data.mapping, len(data.prompts), args.folds, args.seed, results)
         print(f"wrote {write_evaluation(document, args.out)}")
     return 0
 
