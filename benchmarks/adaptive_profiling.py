@@ -59,10 +59,13 @@ Usage::
 The committed results (``benchmarks/results/adaptive-profiling.txt``) are this command's output with
 the defaults, ``python benchmarks/adaptive_profiling.py | tee benchmarks/results/adaptive-profiling.txt``,
 on 2 cores (two runs at a time). The run time is the synthetic truths': an adaptive decision costs a
-bootstrap per cell (25 bootstraps of 100 samples, 0.2–0.4 s a decision here) and a run that does not get
-there takes 360 of them. It is kept near a quarter of an hour by taking more truths with fewer streams
-each (10 truths × 2 streams) and a synthetic budget of 150 images per cell (3,600 images, against 400
-per cell on the cheaper real-data truths, whose 8 and 12 cells cost 0.04–0.1 s a decision).
+bootstrap per cell (25 bootstraps of 100 samples) and a run that does not get there takes 360 of them. It
+is kept down by taking more truths with fewer streams each (10 truths × 2 streams) and a synthetic budget
+of 150 images per cell (3,600 images, against 400 per cell on the cheaper real-data truths, whose 8 and
+12 cells cost a few times less a decision). The committed run took 39 min (2,343 s) with the load average
+at 5–6 from other work on the same two cores (an adaptive decision there took 1.0 s median, against 0.19 s
+on a quiet machine); its two workers used about 14 CPU-minutes each, about a quarter of an hour on an idle
+2-core machine.
 """
 
 from __future__ import annotations
