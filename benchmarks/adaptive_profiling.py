@@ -1,4 +1,4 @@
-"""Adaptive against uniform profiling on ground truth: images to a sure plan, and the true regret on the way.
+"""Adaptive against uniform profiling on ground truths: images to a sure plan, over unselected truths and streams.
 
 A ground truth stands in for the GPU: every image of a (model, category, steps) cell is a score drawn
 from it, and the true problem (the truth's cell means in a table) says what each plan is really
@@ -12,21 +12,28 @@ measure ``--batch`` images at a time:
   :func:`genedge.optimizer.analysis.assess`) is checked every quarter round, and inside the
   quarter that first reaches 95 % at every batch.
 
-Each repetition draws its images from per-cell seeded streams, so both strategies see the same k-th
-image of a cell (common random numbers), and a bootstrap at a given image count has the same seed in
-both. A strategy stops at 95 % (or when the next batch would exceed the image budget) and keeps its
-last plan. Printed per truth: the images each needed to reach 95 % (median over the repetitions, and
-how many did not within the budget), their ratio, and the true regret U*(truth) − U(plan; truth) of
-each strategy's plan at equal image counts, where U is the utility (mean CLIPScore points minus
-w × mean delay) on the true problem.
+A run is one truth and one image stream: its images come from per-cell seeded streams, so both strategies
+see the same k-th image of a cell (common random numbers), and a bootstrap at a given image count has the
+same seed in both; every run of the benchmark has its own stream seed. A strategy stops at 95 % (or when
+the next batch would exceed the image budget) and keeps its last plan. A stop at 95 % on a plan that is
+not the truth's optimum is a wrong stop; its true regret is U*(truth) − U(plan; truth), where U is the
+utility (mean CLIPScore points minus w × mean delay) on the true problem.
 
-Ground truths (all planned as a 60-request window, R = 1, w = 0.05, in PartiPrompts' category mix):
+Reported: each truth's optimum and closest decisions; per truth, how many runs of each strategy got
+every decision 95 % sure within the budget, their images (median), uniform's images over adaptive's run
+by run where both got there, and wrong stops; per group of truths, the true regret of each strategy's
+plan at equal image counts (mean ± standard error over the runs, and the paired difference); and the
+distribution over runs: reach counts, the image ratio's median, quartiles and range (with how many runs
+it covers), and the wrong stops with their true regrets. Runs of one synthetic truth share its near-ties,
+so standard errors taken over runs understate the spread between truths.
+
+Ground truths (all planned as a 60-request window, R = 1, w = 0.05):
 
 1. Synthetic: Normal scores with known parameters, 3 models (the reference A100 table's sd15, sd21
-   and sdxl latency lines, rounded) × 4 categories × 2 step counts (20, 50); the means are drawn
-   seeded, and the first seed is taken whose hardest decision can be 95 % sure with at most 80 images
-   per cell (:func:`synthetic_truth`): with per-image spreads of 3–4.5 points most draws have a
-   near-tie that takes thousands of images per cell, which neither strategy reaches in this run time.
+   and sdxl latency lines, rounded) × 4 categories (PartiPrompts' mix) × 2 step counts (20, 50); the
+   means are drawn with seeds 0..N−1 (``--synthetic``), every draw taken, whatever its closest decision
+   needs: with per-image spreads of 3–4.5 points many draws hold a near-tie that takes hundreds or
+   thousands of images per cell, and then neither strategy gets there within the budget.
 2. TIFA: real per-prompt CLIPScores (ViT-B/32) of SD 1.5 and SD 2.1 on the 51 PartiPrompts prompts of
    TIFA v1.0, on the four Challenges with at least 7 prompts, one step count (50; TIFA does not record
    its steps) and the reference A100 table's latency lines; scores are resampled from each cell's
@@ -45,14 +52,20 @@ repository); the script stops with a message where that folder is missing.
 
 Usage::
 
-    python benchmarks/adaptive_profiling.py [--reps 10] [--samples 100] [--batch 10] [--first 3]
-        [--budget-per-cell 400] [--truths 123] [--jobs 2] [--seed 0] [--data PATH]
+    python benchmarks/adaptive_profiling.py [--synthetic 10] [--synthetic-streams 2] [--synthetic-budget 150]
+        [--streams 10] [--budget-per-cell 400] [--samples 100] [--batch 10] [--first 3] [--truths 123]
+        [--jobs 2] [--seed 0] [--data PATH]
 
 The committed results (``benchmarks/results/adaptive-profiling.txt``) are this command's output with
-the defaults, ``python benchmarks/adaptive_profiling.py | tee benchmarks/results/adaptive-profiling.txt``;
-it takes about 2 minutes on 2 cores (two repetitions at a time). The run time is kept there by 10
-repetitions, 100 bootstrap samples, batches of 10 images and four categories per truth: an adaptive
-decision costs a bootstrap per cell (0.04–0.2 s a decision here), and a repetition takes 50–90 of them.
+the defaults, ``python benchmarks/adaptive_profiling.py | tee benchmarks/results/adaptive-profiling.txt``,
+on 2 cores (two runs at a time). The run time is the synthetic truths': an adaptive decision costs a
+bootstrap per cell (25 bootstraps of 100 samples) and a run that does not get there takes 360 of them. It
+is kept down by taking more truths with fewer streams each (10 truths × 2 streams) and a synthetic budget
+of 150 images per cell (3,600 images, against 400 per cell on the cheaper real-data truths, whose 8 and
+12 cells cost a few times less a decision). The committed run took 39 min (2,343 s) with the load average
+at 5–6 from other work on the same two cores (an adaptive decision there took 1.0 s median, against 0.19 s
+on a quiet machine); its two workers used about 14 CPU-minutes each, about a quarter of an hour on an idle
+2-core machine.
 """
 
 from __future__ import annotations
@@ -227,9 +240,6 @@ SYNTHETIC_LEVEL = {"sd15-like": 0.0, "sd21-like": 0.9, "sdxl-like": 2.1}
 SYNTHETIC_OFFSET = {"Basic": -1.5, "Detail": 0.0, "Imagination": 1.0, "Complex": 2.0}
 #: Spread of the seeded (model, category) interaction (points).
 SYNTHETIC_INTERACTION = 1.5
-#: The synthetic truth's hardest decision takes at most this many images per cell to be 95 % sure of at its
-#: true margin (:class:`Margin`): a harder one takes thousands, beyond what this benchmark can run.
-SYNTHETIC_MAX_IMAGES = 80
 
 
 def synthetic_means(seed: int) -> tuple[dict[Cell, float], dict[Cell, float]]:
@@ -246,39 +256,38 @@ def synthetic_means(seed: int) -> tuple[dict[Cell, float], dict[Cell, float]]:
     return mean, std
 
 
-def synthetic_truth(first_seed: int = 0) -> Truth:
+def synthetic_truth(seed: int) -> Truth:
     """Normal scores: a model level + a category offset + a seeded interaction − a step penalty.
 
     mean(m, c, s) = 31 + level_m + offset_c + N(0, 1.5²) − 4·exp(−s/10) and std ~ Uniform(3, 4.5), drawn
-    with the first seed from ``first_seed`` on whose hardest decision takes at most
-    :data:`SYNTHETIC_MAX_IMAGES` images per cell (:class:`Margin`). The levels rise with the models'
-    cost, so a slower model wins a category only where its gain there pays for its delay.
+    with ``seed``, whatever decisions the draw makes hard. The levels rise with the models' cost, so a slower
+    model wins a category only where its gain there pays for its delay.
     """
-    for seed in itertools.count(first_seed):
-        mean, std = synthetic_means(seed)
-        truth = make_truth(
-            "synthetic (Normal)",
-            (),
-            SYNTHETIC_MODELS,
-            PARTI_MIX,
-            NormalTruth(mean, std),
-            std,
-            dict.fromkeys(mean, 10_000),
-            "ViT-B-32",
-        )
-        if max(m.images for m in decision_margins(truth.true_problem)) <= SYNTHETIC_MAX_IMAGES:
-            break
+    mean, std = synthetic_means(seed)
+    return make_truth(
+        f"synthetic seed {seed}",
+        (),
+        SYNTHETIC_MODELS,
+        PARTI_MIX,
+        NormalTruth(mean, std),
+        std,
+        dict.fromkeys(mean, 10_000),
+        "ViT-B-32",
+    )
+
+
+def synthetic_about(seeds: range) -> tuple[str, ...]:
+    """How the synthetic truths are built, said once for all of them."""
     levels = ", ".join(f"{v:g}" for v in SYNTHETIC_LEVEL.values())
     offsets = ", ".join(f"{c} {v:g}" for c, v in SYNTHETIC_OFFSET.items())
     scores = (
         f"Normal scores: mean = 31 + model level ({levels}) + category offset ({offsets}) + "
         f"N(0, {SYNTHETIC_INTERACTION:g}²) per (model, category) - 4·exp(-steps/10), std ~ U(3, 4.5); "
-        f"seed {seed}, the first from {first_seed} whose hardest decision takes <= {SYNTHETIC_MAX_IMAGES} images "
-        f"per cell"
+        f"seeds {seeds.start}..{seeds.stop - 1}, every draw taken (no filter)"
     )
     lines = ", ".join(f"{k} {o:g} + {p:g} s" for k, (o, p, _) in SYNTHETIC_MODELS.items())
     latency = f"latency (overhead + per step): {lines} (the reference A100 table's sd15, sd21, sdxl lines rounded)"
-    return dataclasses.replace(truth, about=(scores, latency + "; steps 20 and 50"))
+    return scores, latency + "; steps 20 and 50"
 
 
 def read_tsv(path: Path) -> list[dict[str, str]]:
@@ -501,9 +510,9 @@ class Streams:
         return np.asarray(self.truth.truth.draw(cell, images, self.gens[cell]), dtype=float)
 
 
-def bootstrap_seed(rep: int, images: int) -> int:
+def bootstrap_seed(run_id: int, images: int) -> int:
     """The bootstrap's seed at a given image count, the same in both strategies."""
-    return 1_000_003 * rep + images
+    return 1_000_003 * run_id + images
 
 
 def plan(truth: Truth, table: CalibrationTable) -> tuple[Problem, Decision]:
@@ -512,9 +521,9 @@ def plan(truth: Truth, table: CalibrationTable) -> tuple[Problem, Decision]:
     return problem, Decision.of(exact_search(problem))
 
 
-def adaptive_run(truth: Truth, optimum: float, rep: int, args: argparse.Namespace, budget: int) -> Run:
+def adaptive_run(truth: Truth, optimum: float, run_id: int, args: argparse.Namespace, budget: int) -> Run:
     """Measure the cell next_batch picks until it says stop."""
-    streams = Streams(truth, (args.seed, rep))
+    streams = Streams(truth, (args.seed, run_id))
     scores = {cell: streams.draw(cell, args.first) for cell in truth.cells}
     table = table_with_scores(truth.base, scores)
     images = args.first * len(truth.cells)
@@ -530,7 +539,7 @@ def adaptive_run(truth: Truth, optimum: float, rep: int, args: argparse.Namespac
             budget=budget,
             target=TARGET,
             samples=args.samples,
-            rng=bootstrap_seed(rep, images),
+            rng=bootstrap_seed(run_id, images),
         )
         seconds.append(time.perf_counter() - started)
         if step.stop is not None:
@@ -543,7 +552,7 @@ def adaptive_run(truth: Truth, optimum: float, rep: int, args: argparse.Namespac
 
 
 def uniform_run(
-    truth: Truth, optimum: float, rep: int, args: argparse.Namespace, budget: int, checkpoints: Sequence[int]
+    truth: Truth, optimum: float, run_id: int, args: argparse.Namespace, budget: int, checkpoints: Sequence[int]
 ) -> Run:
     """Measure the cells round-robin; check the plan's confidence every quarter round, then every batch.
 
@@ -551,7 +560,7 @@ def uniform_run(
     than adaptive's decisions; once a quarter round's check passes, the batches inside it are checked
     in order and the first that passes is where uniform profiling would have stopped.
     """
-    streams = Streams(truth, (args.seed, rep))
+    streams = Streams(truth, (args.seed, run_id))
     scores = {cell: streams.draw(cell, args.first) for cell in truth.cells}
     images = args.first * len(truth.cells)
     trail: dict[int, float] = {}
@@ -563,7 +572,7 @@ def uniform_run(
         trail[images] = true_regret(truth, decision, optimum)
         started = time.perf_counter()
         model = parameter_model(table, problem)
-        confidence = assess(model, decision, samples=args.samples, rng=bootstrap_seed(rep, images)).min_confidence
+        confidence = assess(model, decision, samples=args.samples, rng=bootstrap_seed(run_id, images)).min_confidence
         seconds.append(time.perf_counter() - started)
         return confidence >= TARGET
 
@@ -600,37 +609,152 @@ def uniform_run(
 CHECKPOINT_ROUNDS = (1, 2, 3, 4, 6, 8, 16, 32)
 
 
-def checkpoints_of(truth: Truth, args: argparse.Namespace) -> list[int]:
+def checkpoints_of(truth: Truth, first: int, batch: int, budget_per_cell: int) -> list[int]:
     """Equal image counts to compare the strategies at: the first batch, then whole rounds' worth."""
-    start, round_ = args.first * len(truth.cells), args.batch * len(truth.cells)
-    budget = args.budget_per_cell * len(truth.cells)
+    start, round_ = first * len(truth.cells), batch * len(truth.cells)
+    budget = budget_per_cell * len(truth.cells)
     return [start] + [start + j * round_ for j in CHECKPOINT_ROUNDS if start + j * round_ <= budget]
 
 
-def repetition(truth: Truth, optimum: float, rep: int, args: argparse.Namespace) -> tuple[Run, Run]:
-    """Both strategies on one repetition's image streams."""
-    budget = args.budget_per_cell * len(truth.cells)
-    adaptive = adaptive_run(truth, optimum, rep, args, budget)
-    uniform = uniform_run(truth, optimum, rep, args, budget, checkpoints_of(truth, args))
+def repetition(
+    truth: Truth, optimum: float, run_id: int, budget_per_cell: int, args: argparse.Namespace
+) -> tuple[Run, Run]:
+    """Both strategies on one run's image streams (``run_id`` seeds them and the bootstraps)."""
+    budget = budget_per_cell * len(truth.cells)
+    checkpoints = checkpoints_of(truth, args.first, args.batch, budget_per_cell)
+    adaptive = adaptive_run(truth, optimum, run_id, args, budget)
+    uniform = uniform_run(truth, optimum, run_id, args, budget, checkpoints)
     return adaptive, uniform
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What a set of runs shows
+
+#: The two strategies, in the order a run pair holds them.
+STRATEGIES = ("adaptive", "uniform")
+#: A plan whose true regret is above this (points) is not the truth's optimum.
+REGRET_TOLERANCE = 1e-9
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """The distribution over a set of paired runs (a run: one truth, one image stream, both strategies).
+
+    Attributes:
+        runs: paired runs.
+        reached: per strategy (:data:`STRATEGIES` order), the runs that got every decision 95 % sure within
+            the budget.
+        ratios: uniform's images to the target over adaptive's, in each run where both got there, sorted.
+        wrong: per strategy, the true regret (points) of each plan a run stopped on "95 % sure" that is not
+            the truth's optimum, sorted.
+    """
+
+    runs: int
+    reached: tuple[int, int]
+    ratios: tuple[float, ...]
+    wrong: tuple[tuple[float, ...], tuple[float, ...]]
+
+    def ratio_quartiles(self) -> tuple[float, float, float] | None:
+        """The ratios' first quartile, median and third quartile (numpy's linear rule), None without any."""
+        if not self.ratios:
+            return None
+        q1, median, q3 = (float(np.quantile(self.ratios, q)) for q in (0.25, 0.5, 0.75))
+        return q1, median, q3
+
+
+def summarize(pairs: Sequence[tuple[Run, Run]]) -> Summary:
+    """Reach counts, image ratios and wrong stops of paired (adaptive, uniform) runs."""
+    reached = tuple(sum(p[k].reached is not None for p in pairs) for k in range(2))
+    ratios = sorted(u.reached / a.reached for a, u in pairs if a.reached is not None and u.reached is not None)
+    wrong = tuple(
+        tuple(
+            sorted(
+                r
+                for r in (p[k].regret_at(p[k].reached) for p in pairs if p[k].reached is not None)
+                if r > REGRET_TOLERANCE
+            )
+        )
+        for k in range(2)
+    )
+    return Summary(len(pairs), reached, tuple(ratios), wrong)
+
+
+@dataclasses.dataclass(frozen=True)
+class RegretRow:
+    """True regret at one equal image count over paired runs: mean and standard error (points).
+
+    Attributes:
+        images: images measured by each strategy.
+        mean: per strategy, the mean true regret of its last plan made with at most ``images`` images.
+        se: per strategy, the standard error of that mean (sample sd / √runs).
+        difference: the mean of adaptive's regret minus uniform's, run by run.
+        difference_se: its standard error (the runs are paired: both see the same images).
+        stopped: whether some run had stopped at the target before ``images`` (it keeps its last plan).
+    """
+
+    images: int
+    mean: tuple[float, float]
+    se: tuple[float, float]
+    difference: float
+    difference_se: float
+    stopped: bool
+
+
+def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
+    """The mean and its standard error (sample sd / √n; 0 from a single value)."""
+    se = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+    return float(np.mean(values)), se
+
+
+def regret_at_equal_images(pairs: Sequence[tuple[Run, Run]], images: int) -> RegretRow:
+    """Both strategies' true regret after ``images`` images, over the same runs."""
+    regrets = [[p[k].regret_at(images) for p in pairs] for k in range(2)]
+    (mean_a, se_a), (mean_u, se_u) = (mean_and_se(r) for r in regrets)
+    difference, difference_se = mean_and_se([a - u for a, u in zip(*regrets)])
+    stopped = any(r.reached is not None and r.reached < images for p in pairs for r in p)
+    return RegretRow(images, (mean_a, mean_u), (se_a, se_u), difference, difference_se, stopped)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Report
 
 
-def header(args: argparse.Namespace) -> str:
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Truths reported together, with the runs each gets and the image budget per cell.
+
+    Attributes:
+        name: a short label.
+        about: lines that say how its truths were built.
+        truths: the truths.
+        streams: image-stream seeds (runs) per truth.
+        budget_per_cell: the image budget, per cell of a truth on average.
+    """
+
+    name: str
+    about: tuple[str, ...]
+    truths: tuple[Truth, ...]
+    streams: int
+    budget_per_cell: int
+
+
+def header(args: argparse.Namespace, groups: Sequence[Group]) -> str:
     """The machine, the source and the run's settings."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
     flags = "".join(f" {a}" for a in sys.argv[1:])
+    runs = "; ".join(
+        f"{g.name}: {len(g.truths)} truth{'s' * (len(g.truths) > 1)} × {g.streams} image streams, "
+        f"budget {g.budget_per_cell} images per cell"
+        for g in groups
+    )
     return (
         f"# python benchmarks/adaptive_profiling.py{flags} — {datetime.date.today().isoformat()}, {cpu_name()}, "
         f"{os.cpu_count()} cores, load average {load:.2f} at start\n"
         f"# python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
         f"{platform.system()} {platform.release()}; genedge {source_state('optimizer', 'calibrate')}\n"
-        f"# {args.reps} repetitions per truth, {args.jobs} at a time; {args.first} images in every cell first, then "
-        f"batches of {args.batch}; {args.samples} bootstrap samples per decision; stop at {TARGET:.0%} on every "
-        f"decision or at {args.budget_per_cell} images per cell on average; {REQUESTS} requests, R = {BUDGET:g}, "
+        f"# {runs}; {args.jobs} runs at a time\n"
+        f"# {args.first} images in every cell first, then batches of {args.batch}; {args.samples} bootstrap samples "
+        f"per decision; stop at {TARGET:.0%} on every decision or at the budget; {REQUESTS} requests, R = {BUDGET:g}, "
         f"w = {WEIGHT}"
     )
 
@@ -644,132 +768,204 @@ def fmt_images(value: float, budget: int) -> str:
     return f"> {budget}" if math.isinf(value) else f"{value:.0f}"
 
 
-def fmt_spread(values: Sequence[float], budget: int) -> str:
-    """Median [quartiles]; a run that did not get there counts as more than the budget."""
-    q1, median, q3 = (float(np.quantile(values, q)) for q in (0.25, 0.5, 0.75))
-    return f"{fmt_images(median, budget)} [{fmt_images(q1, budget)}–{fmt_images(q3, budget)}]"
+def fmt_ratios(summary: Summary) -> str:
+    """Median [quartiles] (range) of the image ratios, with how many runs they cover."""
+    quartiles = summary.ratio_quartiles()
+    if quartiles is None:
+        return "— (0 runs)"
+    q1, median, q3 = quartiles
+    low, high = summary.ratios[0], summary.ratios[-1]
+    return f"{median:.1f}x [{q1:.1f}–{q3:.1f}] ({low:.1f}–{high:.1f}; {len(summary.ratios)} runs)"
 
 
-def print_truth(
-    truth: Truth, optimum: float, runs: Sequence[tuple[Run, Run]], args: argparse.Namespace, seconds: float
-) -> tuple[float, float, int]:
-    """The truth, images to the target, regret at equal images and the bootstrap's cost.
+def fmt_wrong(summary: Summary, k: int) -> str:
+    """Wrong stops of one strategy: how many of its stops, and their true regrets."""
+    wrong = summary.wrong[k]
+    text = f"{len(wrong)} of {summary.reached[k]}"
+    return text + (f" ({', '.join(f'{r:.2f}' for r in wrong)})" if wrong else "")
 
-    Returns:
-        the median images to the target of adaptive and of uniform profiling (inf: not within the
-        budget in most repetitions), and the budget.
-    """
+
+def print_truth(truth: Truth, optimum: float) -> None:
+    """The truth's optimum and its closest decisions."""
     problem = truth.true_problem
-    budget = args.budget_per_cell * len(truth.cells)
+    best = Decision.of(exact_search(problem))
+    margins = sorted(decision_margins(problem), key=lambda m: m.utility)
+    print(f"  {truth.name}: U* = {optimum:.4f} points; {describe_plan(problem, best)}")
+    print("    closest: " + "; ".join(f"{m.label} {m.utility:.3f} ({m.images:.0f})" for m in margins[:3]))
+
+
+def print_group(group: Group, optimum: Mapping[str, float]) -> None:
+    """The group's truths: how they were built, their workload, optimum and closest decisions."""
+    first = group.truths[0]
+    problem = first.true_problem
     print(
-        f"\n{truth.name}: {len(problem.models)} models, {len(problem.categories)} categories, "
-        f"{len(truth.cells)} cells; budget {budget} images"
+        f"\n{group.name}: {len(problem.models)} models, {len(problem.categories)} categories, {len(first.cells)} "
+        f"cells; {group.streams} image streams per truth; budget {group.budget_per_cell * len(first.cells)} images"
     )
-    for line in truth.about:
+    for line in group.about:
         print(f"  {line}")
     print("  requests: " + ", ".join(f"{c} {n:g}" for c, n in zip(problem.categories, problem.counts)))
-    best = Decision.of(exact_search(problem))
-    print(f"  true optimum: U* = {optimum:.4f} points; {describe_plan(problem, best)}")
-    margins = sorted(decision_margins(problem), key=lambda m: m.utility)
     print(
-        "  closest decisions (utility lost by the best whole-category plan deciding otherwise, points; images per "
-        "cell that make it 1.645 standard errors):"
+        "  true optimum, and the closest decisions (utility lost by the best whole-category plan deciding "
+        "otherwise, points; images per cell that make it 1.645 standard errors):"
     )
-    print("    " + "; ".join(f"{m.label} {m.utility:.3f} ({m.images:.0f})" for m in margins[:4]))
-    adaptive = [a for a, _ in runs]
-    uniform = [u for _, u in runs]
-    print(f"  images to {TARGET:.0%} on every decision, median [quartiles] over {len(runs)} repetitions:")
-    medians = []
-    for name, rs in (("adaptive", adaptive), ("uniform", uniform)):
-        values = images_to_target(rs)
-        medians.append(float(np.median(values)))
-        missed = sum(r.reached is None for r in rs)
-        wrong = sum(r.reached is not None and r.regret_at(r.reached) > 1e-9 for r in rs)
-        notes = [f"{missed} of {len(rs)} not within the budget"] if missed else []
-        if wrong:
-            notes.append(f"{wrong} of {len(rs)} stopped with a plan of true regret > 0")
-        print(f"    {name:<9} {fmt_spread(values, budget):>24}{'; ' + '; '.join(notes) if notes else ''}")
-    med_a, med_u = medians
-    print(f"    uniform / adaptive: {fmt_ratio(med_a, med_u, budget)}")
-    print("  true regret of the plan at equal images (points; mean over repetitions [max]):")
-    print(f"    {'images':>7} {'per cell':>8} {'adaptive':>19} {'uniform':>19}")
-    for x in checkpoints_of(truth, args):
-        cols = []
-        for rs in (adaptive, uniform):
-            values = [r.regret_at(x) for r in rs]
-            stopped = any(r.reached is not None and r.reached < x for r in rs)
-            cols.append(f"{np.mean(values):.4f} [{max(values):.4f}]" + ("*" if stopped else " "))
-        print(f"    {x:>7} {x / len(truth.cells):>8.1f} {cols[0]:>19} {cols[1]:>19}")
-    print(f"    * some repetitions had stopped at {TARGET:.0%} before this count; they keep their last plan")
-    decide = [s for r in adaptive for s in r.seconds]
-    check = [s for r in uniform for s in r.seconds]
+    for truth in group.truths:
+        print_truth(truth, optimum[truth.name])
+
+
+def print_per_truth(groups: Sequence[Group], results: Mapping[str, Sequence[tuple[Run, Run]]]) -> None:
+    """One row per truth: reach, images to the target, the image ratio and wrong stops."""
+    print(
+        f"\nPer truth: runs that got every decision {TARGET:.0%} sure within the budget, and the images it took "
+        "(median over the truth's runs; > budget where most did not get there); uniform / adaptive per run where "
+        "both got there: median (range); wrong stops: stops on a plan that is not the optimum, of the stops"
+    )
+    print(
+        f"  {'truth':<21} {'hardest':>7} {'adaptive':>16} {'uniform':>16} {'uniform/adaptive':>22} "
+        f"{'wrong stops a':>14} {'wrong stops u':>14}"
+    )
+    for group in groups:
+        for truth in group.truths:
+            pairs = results[truth.name]
+            budget = group.budget_per_cell * len(truth.cells)
+            summary = summarize(pairs)
+            hardest = max(m.images for m in decision_margins(truth.true_problem))
+            cols = []
+            for k in range(2):
+                median = float(np.median(images_to_target([p[k] for p in pairs])))
+                cols.append(f"{summary.reached[k]}/{summary.runs} {fmt_images(median, budget):>8}")
+            ratio = "—"
+            if summary.ratios:
+                ratio = f"{statistics.median(summary.ratios):.1f}x ({summary.ratios[0]:.1f}–{summary.ratios[-1]:.1f})"
+            wrong = [f"{len(summary.wrong[k])} of {summary.reached[k]}" for k in range(2)]
+            print(
+                f"  {truth.name:<21} {hardest:>7.0f} {cols[0]:>16} {cols[1]:>16} {ratio:>22} {wrong[0]:>14} "
+                f"{wrong[1]:>14}"
+            )
+    print("  hardest: images per cell the truth's closest decision needs to be 1.645 standard errors")
+
+
+def print_regret(group: Group, pairs: Sequence[tuple[Run, Run]], args: argparse.Namespace) -> None:
+    """True regret at equal images over the group's runs, with standard errors."""
+    truth = group.truths[0]
+    print(
+        f"\n{group.name}: true regret of the plan at equal images over {len(pairs)} runs (points; mean ± standard "
+        "error; the difference is taken run by run)"
+    )
+    print(f"  {'images':>7} {'per cell':>8} {'adaptive':>17} {'uniform':>17} {'adaptive - uniform':>19}")
+    for images in checkpoints_of(truth, args.first, args.batch, group.budget_per_cell):
+        row = regret_at_equal_images(pairs, images)
+        cols = [f"{row.mean[k]:.4f} ± {row.se[k]:.4f}" for k in range(2)]
+        diff = f"{row.difference:+.4f} ± {row.difference_se:.4f}"
+        print(
+            f"  {images:>7} {images / len(truth.cells):>8.1f} {cols[0]:>17} {cols[1]:>17} {diff:>19}"
+            + ("*" if row.stopped else "")
+        )
+    print(f"  * some runs had stopped at {TARGET:.0%} before this count; they keep their last plan")
+    decide = [s for a, _ in pairs for s in a.seconds]
+    check = [s for _, u in pairs for s in u.seconds]
     print(
         f"  bootstrap cost: an adaptive decision (next_batch: {len(truth.cells) + 1} bootstraps of {args.samples}) "
         f"median {statistics.median(decide):.2f} s over {len(decide)}; a uniform check (assess: 1 bootstrap) median "
-        f"{1000 * statistics.median(check):.0f} ms over {len(check)}; this truth took {seconds:.0f} s"
+        f"{1000 * statistics.median(check):.0f} ms over {len(check)}"
     )
-    return med_a, med_u, budget
 
 
-def fmt_ratio(adaptive: float, uniform: float, budget: int) -> str:
-    """Uniform's median images over adaptive's, or a bound where one did not get there."""
-    if math.isinf(adaptive):
-        return "— (adaptive not within the budget)"
-    if math.isinf(uniform):
-        return f"> {budget / adaptive:.1f}x (uniform not within the budget)"
-    return f"{uniform / adaptive:.1f}x"
+def print_summary(groups: Sequence[Group], results: Mapping[str, Sequence[tuple[Run, Run]]]) -> None:
+    """The distribution over each group's runs and over all runs."""
+    print(
+        f"\nSummary over runs (a run: one truth, one image stream, both strategies on the same images): runs that "
+        f"got every decision {TARGET:.0%} sure within the budget; uniform / adaptive images where both got there, "
+        "median [quartiles] (range); wrong stops of the stops at the target, with their true regrets (points)"
+    )
+    print(f"  {'truths':<22} {'runs':>4} {'adaptive':>8} {'uniform':>8}  {'uniform / adaptive':<40} wrong stops a; u")
+    rows = [(g.name, [p for t in g.truths for p in results[t.name]]) for g in groups]
+    rows.append(("all", [p for _, pairs in rows for p in pairs]))
+    for name, pairs in rows:
+        s = summarize(pairs)
+        print(
+            f"  {name:<22} {s.runs:>4} {s.reached[0]:>8} {s.reached[1]:>8}  {fmt_ratios(s):<40} "
+            f"{fmt_wrong(s, 0)}; {fmt_wrong(s, 1)}"
+        )
 
 
-def load_truths(which: str, data_dir: Path) -> list[Truth]:
-    """The truths asked for; the data sets' folder must exist where a truth needs it."""
-    if any(t in which for t in "23") and not data_dir.is_dir():
+def load_groups(args: argparse.Namespace) -> list[Group]:
+    """The truths asked for, grouped; the data sets' folder must exist where a truth needs it."""
+    if any(t in args.truths for t in "23") and not args.data.is_dir():
         sys.exit(
-            f"error: the shared data folder {data_dir} does not exist; truths 2 and 3 read TIFA's and "
+            f"error: the shared data folder {args.data} does not exist; truths 2 and 3 read TIFA's and "
             f"DiTServing's per-prompt CLIPScores from it. Give its path with --data, or run --truths 1."
         )
-    builders = {"1": synthetic_truth, "2": lambda: tifa_truth(data_dir), "3": lambda: sd3_truth(data_dir)}
-    return [builders[t]() for t in "123" if t in which]
+    groups = []
+    if "1" in args.truths:
+        seeds = range(args.synthetic)
+        truths = tuple(synthetic_truth(seed) for seed in seeds)
+        groups.append(
+            Group("synthetic (Normal)", synthetic_about(seeds), truths, args.synthetic_streams, args.synthetic_budget)
+        )
+    for digit, build in (("2", tifa_truth), ("3", sd3_truth)):
+        if digit in args.truths:
+            truth = build(args.data)
+            groups.append(Group(truth.name, truth.about, (truth,), args.streams, args.budget_per_cell))
+    return groups
 
 
-def main() -> None:
+def run_all(
+    groups: Sequence[Group], optimum: Mapping[str, float], args: argparse.Namespace
+) -> dict[str, list[tuple[Run, Run]]]:
+    """Every run of every truth, ``--jobs`` at a time; each run has its own seed over the whole benchmark."""
+    jobs = [(g, t, s) for g in groups for t in g.truths for s in range(g.streams)]
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        pairs = pool.map(
+            repetition,
+            [t for _, t, _ in jobs],
+            [optimum[t.name] for _, t, _ in jobs],
+            range(len(jobs)),
+            [g.budget_per_cell for g, _, _ in jobs],
+            [args] * len(jobs),
+        )
+        results: dict[str, list[tuple[Run, Run]]] = {}
+        for (_, truth, _), pair in zip(jobs, pairs):
+            results.setdefault(truth.name, []).append(pair)
+    return results
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=10, help="seeded repetitions per truth (default 10)")
-    parser.add_argument("--samples", type=int, default=100, help="bootstrap samples per decision (default 100)")
-    parser.add_argument("--batch", type=int, default=10, help="images per measured batch (default 10)")
-    parser.add_argument("--first", type=int, default=3, help="images in every cell before anything else (default 3)")
-    parser.add_argument(
-        "--budget-per-cell", type=int, default=400, help="image budget per cell of the truth, on average (default 400)"
-    )
-    parser.add_argument("--truths", default="123", help="which ground truths to run, e.g. 1 or 23 (default 123)")
-    parser.add_argument(
-        "--jobs", type=int, default=os.cpu_count() or 1, help="repetitions run at once (default: the CPU count)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the image streams (default 0)")
-    parser.add_argument(
-        "--data", type=Path, default=DEFAULT_DATA, help="the shared data sets' folder (default ../shared/data)"
-    )
+    add = parser.add_argument
+    add("--synthetic", type=int, default=10, help="synthetic truths, seeds 0..N-1 (default 10)")
+    add("--synthetic-streams", type=int, default=2, help="image streams per synthetic truth (default 2)")
+    add("--synthetic-budget", type=int, default=150, help="synthetic image budget per cell (default 150)")
+    add("--streams", type=int, default=10, help="image streams per real-data truth (default 10)")
+    add("--budget-per-cell", type=int, default=400, help="real-data image budget per cell (default 400)")
+    add("--samples", type=int, default=100, help="bootstrap samples per decision (default 100)")
+    add("--batch", type=int, default=10, help="images per measured batch (default 10)")
+    add("--first", type=int, default=3, help="images in every cell before anything else (default 3)")
+    add("--truths", default="123", help="which ground truths to run, e.g. 1 or 23 (default 123)")
+    add("--jobs", type=int, default=os.cpu_count() or 1, help="runs at once (default: the CPU count)")
+    add("--seed", type=int, default=0, help="seed of the image streams (default 0)")
+    add("--data", type=Path, default=DEFAULT_DATA, help="the shared data sets' folder (default ../shared/data)")
     args = parser.parse_args()
     if args.first < 2:
         parser.error("--first must be at least 2: a cell is fitted from two scores or more")
     if not set(args.truths) <= set("123"):
         parser.error(f"--truths takes the digits 1, 2 and 3, but got {args.truths!r}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     started = time.perf_counter()
-    truths = load_truths(args.truths, args.data)
-    print(header(args))
-    summary = []
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for truth in truths:
-            t0 = time.perf_counter()
-            optimum = exact_search(truth.true_problem).utility
-            reps = range(args.reps)
-            runs = list(pool.map(repetition, [truth] * len(reps), [optimum] * len(reps), reps, [args] * len(reps)))
-            summary.append((truth.name, *print_truth(truth, optimum, runs, args, time.perf_counter() - t0)))
-    print(f"\nSummary: images to {TARGET:.0%} on every decision, median over the repetitions")
-    for name, med_a, med_u, budget in summary:
-        print(
-            f"  {name:<22} adaptive {fmt_images(med_a, budget):>7}, uniform {fmt_images(med_u, budget):>7}: "
-            f"uniform / adaptive {fmt_ratio(med_a, med_u, budget)}"
-        )
+    groups = load_groups(args)
+    optimum = {t.name: exact_search(t.true_problem).utility for g in groups for t in g.truths}
+    print(header(args, groups))
+    results = run_all(groups, optimum, args)
+    for group in groups:
+        print_group(group, optimum)
+    print_per_truth(groups, results)
+    for group in groups:
+        print_regret(group, [p for t in group.truths for p in results[t.name]], args)
+    print_summary(groups, results)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
     print(f"\n# whole run {time.perf_counter() - started:.0f} s; load average {load:.2f} at the end")
 
