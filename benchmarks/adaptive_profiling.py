@@ -7,10 +7,16 @@ measure ``--batch`` images at a time:
 
 - adaptive: refit the table, plan (exact search), and ask :func:`genedge.optimizer.analysis.next_batch`
   which cell to measure (the largest cut in the bootstrap's expected regret) or whether to stop
-  (every routing, steps and deployment decision of the plan at least 95 % sure);
+  (every routing, steps and deployment decision of the plan at least 95 % sure, with at least
+  :data:`~genedge.optimizer.analysis.FREQUENCY_CHECKED_IMAGES` = 20 images in every cell: the claims were
+  checked as frequencies from there, and ran high with fewer);
 - uniform: the next cell in a fixed round-robin order; the plan's confidence (the same bootstrap,
   :func:`genedge.optimizer.analysis.assess`) is checked every quarter round, and inside the
-  quarter that first reaches 95 % at every batch.
+  quarter that first reaches 95 % at every batch (counted, as for adaptive, from 20 images per cell).
+
+The real-data truths are profiled as ``genedge autoprofile`` profiles: one seeded prompt order per category,
+every cell taking its next prompts from it, so a category's cells share prompts and the table pairs them (the
+bootstrap draws their errors jointly); the synthetic truth's Normal scores have no prompts to share.
 
 A run is one truth and one image stream: its images come from per-cell seeded streams, so both strategies
 see the same k-th image of a cell (common random numbers), and a bootstrap at a given image count has the
@@ -58,14 +64,12 @@ Usage::
 
 The committed results (``benchmarks/results/adaptive-profiling.txt``) are this command's output with
 the defaults, ``python benchmarks/adaptive_profiling.py | tee benchmarks/results/adaptive-profiling.txt``,
-on 2 cores (two runs at a time). The run time is the synthetic truths': an adaptive decision costs a
-bootstrap per cell (25 bootstraps of 100 samples) and a run that does not get there takes 360 of them. It
-is kept down by taking more truths with fewer streams each (10 truths × 2 streams) and a synthetic budget
-of 150 images per cell (3,600 images, against 400 per cell on the cheaper real-data truths, whose 8 and
-12 cells cost a few times less a decision). The committed run took 39 min (2,343 s) with the load average
-at 5–6 from other work on the same two cores (an adaptive decision there took 1.0 s median, against 0.19 s
-on a quiet machine); its two workers used about 14 CPU-minutes each, about a quarter of an hour on an idle
-2-core machine.
+on 2 cores (two runs at a time); its last line gives the run time. The run time is the synthetic truths': an
+adaptive decision costs a bootstrap per cell (25 bootstraps of 100 samples) and a run that does not get there
+takes 360 of them. It is kept down by taking more truths with fewer streams each (10 truths × 2 streams) and a
+synthetic budget of 150 images per cell (3,600 images, against 400 per cell on the cheaper real-data truths,
+whose 8 and 12 cells cost a few times less a decision): about a quarter of an hour on an idle 2-core machine,
+longer where other work shares the cores.
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ from genedge import data
 from genedge.calibrate.cells import Cell, NormalTruth, PopulationTruth, table_with_scores
 from genedge.contract.table import CalibrationTable
 from genedge.contract.table_file import load_table, table_from_dict
-from genedge.optimizer.analysis import Decision, assess, next_batch, parameter_model
+from genedge.optimizer.analysis import FREQUENCY_CHECKED_IMAGES, Decision, assess, next_batch, parameter_model
 from genedge.optimizer.model import Problem, Workload, evaluate, utility_with_optimal_shares
 from genedge.optimizer.planners import exact_search
 
@@ -497,17 +501,46 @@ class Run:
 
 
 class Streams:
-    """Per-cell seeded image streams: the k-th image of a cell is the same whoever asks for it."""
+    """Seeded image streams: the k-th image of a cell is the same whoever asks for it.
+
+    A population truth is profiled as genedge profiles (one seeded prompt order per category, every cell
+    taking its next prompts from it), so the k-th images of a category's cells share their prompt and the
+    table pairs those cells; a Normal truth has no prompts, and each cell its own stream.
+    """
 
     def __init__(self, truth: Truth, seed: Sequence[int]) -> None:
         self.truth = truth
         self.gens = {
             cell: np.random.default_rng(np.random.SeedSequence([*seed, i])) for i, cell in enumerate(truth.cells)
         }
+        categories = dict.fromkeys(c for _, c, _ in truth.cells)
+        self.order_gens = {
+            c: np.random.default_rng(np.random.SeedSequence([*seed, len(truth.cells) + i]))
+            for i, c in enumerate(categories)
+        }
+        self.orders: dict[str, list[int]] = {c: [] for c in categories}
+        self.taken: dict[Cell, int] = dict.fromkeys(truth.cells, 0)
+
+    @property
+    def paired(self) -> bool:
+        """Whether the cells of a category draw the same prompts."""
+        return isinstance(self.truth.truth, PopulationTruth)
 
     def draw(self, cell: Cell, images: int) -> np.ndarray:
         """The cell's next ``images`` scores."""
-        return np.asarray(self.truth.truth.draw(cell, images, self.gens[cell]), dtype=float)
+        if not self.paired:
+            return np.asarray(self.truth.truth.draw(cell, images, self.gens[cell]), dtype=float)
+        population = self.truth.truth.population[cell]
+        order, start = self.orders[cell[1]], self.taken[cell]
+        while len(order) < start + images:
+            order.extend(int(i) for i in self.order_gens[cell[1]].integers(0, population.size, 64))
+        self.taken[cell] = start + images
+        return population[order[start : start + images]].astype(float)
+
+    def table(self, base: CalibrationTable, scores: Mapping[Cell, np.ndarray]) -> CalibrationTable:
+        """``base`` fitted to every cell's scores, cells paired where they share prompts."""
+        images = {cell: list(range(len(values))) for cell, values in scores.items()} if self.paired else None
+        return table_with_scores(base, scores, images)
 
 
 def bootstrap_seed(run_id: int, images: int) -> int:
@@ -525,7 +558,7 @@ def adaptive_run(truth: Truth, optimum: float, run_id: int, args: argparse.Names
     """Measure the cell next_batch picks until it says stop."""
     streams = Streams(truth, (args.seed, run_id))
     scores = {cell: streams.draw(cell, args.first) for cell in truth.cells}
-    table = table_with_scores(truth.base, scores)
+    table = streams.table(truth.base, scores)
     images = args.first * len(truth.cells)
     trail, seconds = {}, []
     while True:
@@ -543,11 +576,11 @@ def adaptive_run(truth: Truth, optimum: float, run_id: int, args: argparse.Names
         )
         seconds.append(time.perf_counter() - started)
         if step.stop is not None:
-            return Run(images if step.confidence >= TARGET else None, trail, seconds)
+            reached = step.confidence >= TARGET and min(map(len, scores.values())) >= FREQUENCY_CHECKED_IMAGES
+            return Run(images if reached else None, trail, seconds)
         cell = (step.choice.model, step.choice.category, step.choice.steps)
         scores[cell] = np.concatenate([scores[cell], streams.draw(cell, args.batch)])
-        # Only the measured cell changes, so only it is refitted.
-        table = table_with_scores(table, {cell: scores[cell]})
+        table = streams.table(truth.base, scores)
         images += args.batch
 
 
@@ -570,17 +603,13 @@ def uniform_run(
     def sure(table: CalibrationTable, images: int) -> bool:
         problem, decision = plan(truth, table)
         trail[images] = true_regret(truth, decision, optimum)
-        started = time.perf_counter()
-        model = parameter_model(table, problem)
-        confidence = assess(model, decision, samples=args.samples, rng=bootstrap_seed(run_id, images)).min_confidence
-        seconds.append(time.perf_counter() - started)
-        return confidence >= TARGET
+        return _confident(truth, table, problem, decision, args.samples, bootstrap_seed(run_id, images), seconds)
 
     def stopped_at(images: int) -> Run:
         # Plans recorded past the stop were never made: the strategy stops there with its plan.
         return Run(images, {i: r for i, r in trail.items() if i <= images}, seconds)
 
-    table = table_with_scores(truth.base, scores)
+    table = streams.table(truth.base, scores)
     if sure(table, images):
         return stopped_at(images)
     batches = 0
@@ -588,7 +617,7 @@ def uniform_run(
     while images + args.batch <= budget:
         cell = truth.cells[batches % len(truth.cells)]
         scores[cell] = np.concatenate([scores[cell], streams.draw(cell, args.batch)])
-        table = table_with_scores(table, {cell: scores[cell]})
+        table = streams.table(truth.base, scores)
         images += args.batch
         batches += 1
         since_check.append((images, table))
@@ -603,6 +632,30 @@ def uniform_run(
             return stopped_at(images)
         since_check = []
     return Run(None, trail, seconds)
+
+
+def _confident(
+    truth: Truth,
+    table: CalibrationTable,
+    problem: Problem,
+    decision: Decision,
+    samples: int,
+    seed: int,
+    seconds: list[float],
+) -> bool:
+    """Whether the plan is sure: every decision at the target, counted once every cell holds the images the
+    claims were checked from (as for adaptive profiling); the assessment's time is appended to ``seconds``."""
+    if _fewest_images(table, truth) < FREQUENCY_CHECKED_IMAGES:
+        return False
+    started = time.perf_counter()
+    confidence = assess(parameter_model(table, problem), decision, samples=samples, rng=seed).min_confidence
+    seconds.append(time.perf_counter() - started)
+    return confidence >= TARGET
+
+
+def _fewest_images(table: CalibrationTable, truth: Truth) -> int:
+    """The fewest images of any of the truth's cells in ``table``."""
+    return min(table.models[key].quality[category][steps].n for key, category, steps in truth.cells)
 
 
 #: Rounds' worth of images (a batch in every cell) after the first batch at which the strategies are compared.
