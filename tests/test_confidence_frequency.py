@@ -2,9 +2,9 @@
 
 The truth is SD3-Medium's (``../shared/data/ditserving-sd3-parti``, as ``benchmarks/adaptive_profiling.py``
 builds it): two models, four PartiPrompts Challenges, 20 real prompts each, measured on the same prompts.
-Each repetition profiles as genedge does, the same prompts (drawn with replacement) for every cell of a
-category, fits the table, plans, and asks the bootstrap how sure each decision is; the truth's own optimum
-says whether the decision was right.
+Each repetition of ``benchmarks/confidence_frequency.py`` profiles it as genedge does, the same prompts (drawn
+with replacement) for every cell of a category, fits the table, plans, and asks the bootstrap how sure each
+decision is; the truth's own optimum says whether the decision was right. This test runs those repetitions.
 """
 
 from __future__ import annotations
@@ -16,46 +16,25 @@ import pytest
 from conftest import script_module
 from scipy import stats
 
-from genedge.calibrate.cells import table_with_scores
-from genedge.optimizer.analysis import Decision, assess, parameter_model
-from genedge.optimizer.model import Problem
 from genedge.optimizer.planners import exact_search
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
-BENCHMARK = ROOT / "benchmarks" / "adaptive_profiling.py"
-REPETITIONS, IMAGES, SAMPLES = 100, 20, 200
+BENCHMARK = ROOT / "benchmarks" / "confidence_frequency.py"
+REPETITIONS, IMAGES = 100, 20
 # Claimed-probability bins; a bin is judged from this many claims on.
 BINS, MIN_CLAIMS = ((0.5, 0.8), (0.8, 0.95), (0.95, 1.0 + 1e-9)), 10
 # A bin fails when its right count is below the claims' binomial 0.5 % quantile.
 ALPHA = 0.005
 
 
-def _claims(paired: bool) -> dict[str, np.ndarray]:
+def _claims(same_prompts: bool) -> dict[str, np.ndarray]:
     """(claimed probability, right) of every deployment and routing decision over the repetitions."""
-    with script_module(BENCHMARK, "adaptive_profiling_benchmark") as bench:
+    with script_module(BENCHMARK, "confidence_frequency_benchmark") as bench:
         truth = bench.sd3_truth(SHARED_DATA)
-        budget, weight = bench.BUDGET, bench.WEIGHT
-    true_problem = truth.true_problem
-    best = Decision.of(exact_search(true_problem))
-    deployed = best.deployed(true_problem)
-    routed = best.key(true_problem)[0]
-    population = truth.truth.population
-    claims: dict[str, list[tuple[float, bool]]] = {"deploy": [], "routing": []}
-    for rep in range(REPETITIONS):
-        rng = np.random.default_rng(rep)
-        prompts = {c: rng.integers(0, 20, IMAGES) for c in true_problem.categories}
-        scores = {cell: population[cell][prompts[cell[1]]] for cell in truth.cells}
-        images = {cell: [(int(p), i) for i, p in enumerate(prompts[cell[1]])] for cell in truth.cells}
-        table = table_with_scores(truth.base, scores, images if paired else None)
-        problem = Problem.from_table(table, truth.workload, budget=budget, weight=weight)
-        a = assess(parameter_model(table, problem), exact_search(problem), samples=SAMPLES, rng=rep)
-        for j, key in enumerate(true_problem.models):
-            claims["deploy"].append((a.deployment[key][1], a.deployment[key][0] == bool(deployed[j])))
-        for i, category in enumerate(true_problem.categories):
-            model, p = a.routing[category]
-            claims["routing"].append((p, model == true_problem.models[routed[i]]))
-    return {kind: np.array(values, dtype=float) for kind, values in claims.items()}
+        best = exact_search(truth.true_problem)
+        runs = [bench.repetition(truth, best, IMAGES, same_prompts, rep) for rep in range(REPETITIONS)]
+    return {kind: np.array([c for run in runs for c in run[kind]], dtype=float) for kind in ("deploy", "routing")}
 
 
 def _over_confident(claims: np.ndarray) -> list[str]:
@@ -77,11 +56,11 @@ def _brier(claims: np.ndarray) -> float:
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs the shared data sets beside the repository")
 def test_decisions_claimed_sure_on_sd3_at_20_images_per_cell_are_right_at_least_as_often() -> None:
-    paired = _claims(paired=True)
+    paired = _claims(same_prompts=True)
     for kind, claims in paired.items():
         assert _over_confident(claims) == [], kind
     # A deployment is a union over categories: its claims were the over-confident ones when every cell
-    # erred on its own. The same images with the cells' errors drawn independently score worse.
-    unpaired = _claims(paired=False)
+    # drew its own prompts, so that the cells' errors had nothing to share. Profiled that way it scores worse.
+    unpaired = _claims(same_prompts=False)
     assert _brier(paired["deploy"]) < 0.08 < _brier(unpaired["deploy"])
     assert _brier(paired["routing"]) < _brier(unpaired["routing"])
