@@ -28,7 +28,7 @@ Usage::
     python benchmarks/confidence_frequency.py [--reps 100] [--images 5,20] [--jobs 2] [--data PATH]
 
 The committed results (``benchmarks/results/confidence-frequency.txt``) are this command's output with the
-defaults, about 3 minutes on 2 cores.
+defaults, a few minutes at most on 2 cores.
 """
 
 from __future__ import annotations
