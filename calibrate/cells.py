@@ -58,8 +58,7 @@ def _without(paired: tuple[PairedCells, ...], cells: set[Cell]) -> tuple[PairedC
     for group in paired:
         keep = [i for i, (key, steps) in enumerate(group.cells) if (key, group.category, steps) not in cells]
         if len(keep) >= 2:
-            matrix = tuple(tuple(group.correlation[a][b] for b in keep) for a in keep)
-            out.append(PairedCells(group.category, tuple(group.cells[i] for i in keep), matrix))
+            out.append(group.among(keep))
     return tuple(out)
 
 

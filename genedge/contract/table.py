@@ -328,6 +328,11 @@ class PairedCells:
     cells: tuple[tuple[str, int], ...]
     correlation: tuple[tuple[float, ...], ...]
 
+    def among(self, keep: list[int]) -> PairedCells:
+        """The pairing of the cells at positions ``keep`` alone (their rows and columns of the correlation)."""
+        matrix = tuple(tuple(self.correlation[a][b] for b in keep) for a in keep)
+        return PairedCells(self.category, tuple(self.cells[i] for i in keep), matrix)
+
 
 @dataclass(frozen=True)
 class ModelCalibration:

@@ -164,16 +164,10 @@ def _paired_parameters(
     """The table's paired cells among the problem's measured cell parameters (a group needs two)."""
     out = []
     for group in table.paired:
-        found = [
-            (i, parameters.index((key, group.category, steps)))
-            for i, (key, steps) in enumerate(group.cells)
-            if parameters.index((key, group.category, steps)) is not None
-        ]
-        found = [(i, j) for i, j in found if parameters.parameters[j].n >= 2]
-        if len(found) >= 2:
-            rows = [i for i, _ in found]
-            correlation = np.array(group.correlation)[np.ix_(rows, rows)]
-            out.append((tuple(j for _, j in found), correlation))
+        found = {i: parameters.index((key, group.category, steps)) for i, (key, steps) in enumerate(group.cells)}
+        measured = {i: j for i, j in found.items() if j is not None and parameters.parameters[j].n >= 2}
+        if len(measured) >= 2:
+            out.append((tuple(measured.values()), np.array(group.among(list(measured)).correlation)))
     return tuple(out)
 
 
