@@ -18,9 +18,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from genedge.profiler._imports import require
+from genedge.serve.metrics import METRICS_CONTENT_TYPE, ServeMetrics
 from genedge.serve.protocol import (
     GENERATE_ROUTE,
     HEALTH_ROUTE,
+    METRICS_ROUTE,
     OPENAI_ROUTE,
     PLAN_ROUTE,
     STATS_ROUTE,
@@ -95,6 +97,23 @@ class Device:
         return self.worker.drain(timeout_s)
 
 
+def _metrics(spec: ServeSpec) -> ServeMetrics:
+    """The served plan's metrics, each category's counters started for the replicas it is routed to."""
+    from genedge.optimizer.plan_file import plan_from_dict
+
+    plan = plan_from_dict(spec.plan, "the served plan")
+    routes = {c: [m.name for m, p in zip(spec.models, spec.routing[i]) if p > 0] for i, c in enumerate(spec.categories)}
+    return ServeMetrics(
+        spec.plan,
+        categories=spec.categories,
+        routes=routes,
+        models={m.name: m.device for m in spec.models},
+        predicted=dataclasses.asdict(plan.predicted),
+        planned_rate=sum(plan.inputs.workload.values()) if plan.inputs.arrivals == "open" else None,
+        slo_s=spec.slo_s,
+    )
+
+
 def deployment_units(spec: ServeSpec, realization: ShareRealization) -> list[tuple[str, tuple[ServedModel, ...], dict]]:
     """The deployments a plan becomes: ``(name, models, ray_actor_options)`` each.
 
@@ -145,6 +164,7 @@ class Ingress:
         self.draining = False
         self.counter = 0
         self.served_calibration: list[dict[str, Any]] | None = None
+        self.metrics = _metrics(spec)
 
     def _category(self, request: GenerationRequest) -> tuple[str, str, float | None]:
         if request.category is not None:
@@ -165,8 +185,10 @@ class Ingress:
         model = self.spec.models[replica]
         self.counter += 1
         request_id = f"r{self.counter}"
+        self.metrics.arrived(category, model.name)
         result = await self.handles[replica].generate.remote(model.name, request.prompt, seed, request_id)
         if "overloaded" in result:
+            self.metrics.refused(category, model.name)
             raise Overloaded(result["overloaded"], retry_after_s=result["retry_after_s"])
         record = {
             **result["record"],
@@ -175,29 +197,41 @@ class Ingress:
             "category_probability": probability,
             "response_s": time.perf_counter() - arrived,
         }
+        self.metrics.completed(category, model.name, record)
         return GeneratedImage(result["png"], record)
 
     async def _serve(self, request: Any, parse: Any, answer: Any) -> Any:
+        route = request.url.path
         if self.draining:
+            self.metrics.request(route, Overloaded.status, None)
             return _error_response(Overloaded("the server is shutting down", retry_after_s=1.0))
         self.in_flight += 1
+        self.metrics.in_flight.inc()
+        images = None
+        status = 500  # until an answer says otherwise: an exception escaping here is the server's error
         try:
             try:
                 body = await request.json()
             except (ValueError, UnicodeDecodeError):
                 raise RequestError("the request body is not valid JSON") from None
             parsed = parse(body)
+            images = parsed.n
             seeds = (
                 [parsed.seed]
                 if parsed.n == 1
                 else [None if parsed.seed is None else parsed.seed + i for i in range(parsed.n)]
             )
             results = await asyncio.gather(*(self._one(parsed, seed) for seed in seeds))
-            return answer(results)
+            answered = answer(results)
+            status = 200
+            return answered
         except RequestError as err:
+            status = err.status
             return _error_response(err)
         finally:
             self.in_flight -= 1
+            self.metrics.in_flight.dec()
+            self.metrics.request(route, status, images)
 
     @http.post(GENERATE_ROUTE)
     async def generate(self, request: Request) -> Any:
@@ -230,18 +264,28 @@ class Ingress:
         served = {**self.spec.summary(), "router": self.router_name, "calibration_check": calibration}
         return responses.JSONResponse(PlanResponse(self.spec.plan, self.spec.table_document, served).to_dict())
 
+    async def _accounts(self) -> dict[str, dict[str, Any]]:
+        """Each model's account (:data:`~genedge.serve.protocol.STATS_FIELDS`), from every device."""
+        merged: dict[str, dict[str, Any]] = {}
+        for models in await asyncio.gather(*(handle.stats.remote() for handle in self.unit_handles)):
+            merged.update(models)
+        return merged
+
     @http.get(STATS_ROUTE)
     async def stats(self) -> dict[str, Any]:
         """Each model's share account and counters, by device."""
-        per_unit = await asyncio.gather(*(handle.stats.remote() for handle in self.unit_handles))
-        merged: dict[str, dict[str, Any]] = {}
-        for models in per_unit:
-            merged.update(models)
+        merged = await self._accounts()
         devices: dict[int, dict[str, ModelStats]] = {}
         for model in self.spec.models:
             devices.setdefault(model.device, {})[model.name] = ModelStats(**merged[model.name])
         per_device = tuple(DeviceStats(d, models) for d, models in sorted(devices.items()))
         return StatsResponse(time.monotonic() - self.started, per_device).to_dict()
+
+    @http.get(METRICS_ROUTE)
+    async def metrics_text(self) -> Any:
+        """Prometheus' text format (:mod:`genedge.serve.metrics`), the devices' accounts read now."""
+        accounts = await self._accounts()
+        return responses.Response(self.metrics.exposition(accounts), media_type=METRICS_CONTENT_TYPE)
 
     @http.get(HEALTH_ROUTE)
     def health(self) -> dict[str, str]:

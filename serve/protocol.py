@@ -13,6 +13,7 @@ Routes:
     ``GET /v1/plan`` → ``{"plan": PLAN, "table": TABLE, "served": SERVED}``.
     ``GET /v1/stats`` → the share scheduler's accounting per device (:data:`STATS_FIELDS`).
     ``GET /v1/health`` → ``{"status": "ok"}``.
+    ``GET /metrics`` → Prometheus' text format (:mod:`genedge.serve.metrics`).
 
 Errors are OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 400 for a bad
 request (``param`` names the field), 503 with a ``Retry-After`` header (whole seconds) when the
@@ -41,6 +42,7 @@ __all__ = [
     "PLAN_ROUTE",
     "STATS_ROUTE",
     "HEALTH_ROUTE",
+    "METRICS_ROUTE",
     "RECORD_FIELDS",
     "STATS_FIELDS",
     "CATEGORY_SOURCES",
@@ -67,6 +69,8 @@ OPENAI_ROUTE = "/v1/images/generations"
 PLAN_ROUTE = "/v1/plan"
 STATS_ROUTE = "/v1/stats"
 HEALTH_ROUTE = "/v1/health"
+#: Prometheus' conventional path, outside ``/v1/``: its body is Prometheus' text format, versioned by Prometheus.
+METRICS_ROUTE = "/metrics"
 
 #: Where a request's category came from: the request itself, or the prompt router's prediction.
 CATEGORY_SOURCES = ("given", "router")
@@ -107,6 +111,7 @@ class ModelStats:
     steps: int | None = None
     realized_share: float | None = None
     slices: int | None = None
+    calls: int | None = None
     requests: int | None = None
     images: int | None = None
     queued: int | None = None
@@ -121,6 +126,7 @@ STATS_FIELDS = (
     "backlogged_s",
     "realized_share",
     "slices",
+    "calls",
     "requests",
     "images",
     "queued",

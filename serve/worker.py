@@ -83,6 +83,7 @@ class _Lane:
         self.in_service = 0
         self.requests = 0
         self.images = 0
+        self.calls = 0
         self.rejected = 0
         self.thread: threading.Thread | None = None
 
@@ -217,6 +218,7 @@ class DeviceWorker:
             with self._condition:
                 lane.in_service = 0
                 lane.images += len(batch)
+                lane.calls += 1
                 if not lane.jobs:
                     self.scheduler.idle(name)
                 self._condition.notify_all()
@@ -291,6 +293,7 @@ class DeviceWorker:
                     "backlogged_s": accounts[name].backlogged_s,
                     "realized_share": accounts[name].realized_share,
                     "slices": accounts[name].slices,
+                    "calls": lane.calls,
                     "requests": lane.requests,
                     "images": lane.images,
                     "queued": lane.held,

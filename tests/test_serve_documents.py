@@ -51,6 +51,7 @@ STATS_BODY = {
                     "backlogged_s": 6.0,
                     "realized_share": 0.5,
                     "slices": 44,
+                    "calls": 2,
                     "requests": 2,
                     "images": 2,
                     "queued": 0,

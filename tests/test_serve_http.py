@@ -151,6 +151,53 @@ def test_routes_each_category_by_the_plans_fractions_with_the_planned_steps(serv
         assert body["record"]["model"] == owner
 
 
+def _metrics(url: str) -> dict[tuple[str, tuple], float]:
+    """``GET /metrics`` read with Prometheus' own text-format parser: (sample, sorted labels) → value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
+        assert response.headers.get_content_type() == "text/plain"
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+@pytest.mark.slow
+def test_the_metrics_route_counts_what_was_served(server) -> None:
+    url, _, demo = server
+    from genedge.serve.loadtest_document import document_sha256
+
+    before = _metrics(url)
+    answers = [
+        _post(f"{url}/v1/generate", {"prompt": f"metrics {i}", "category": "Basic", "seed": i}) for i in range(4)
+    ]
+    bad = _post(f"{url}/v1/generate", {"prompt": "no such category", "category": "Nope"})
+    after = _metrics(url)
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after[key] - before.get(key, 0.0)
+
+    served = Counter(body["record"]["model"] for status, body, _ in answers if status == 200)
+    assert sum(served.values()) == 4 and bad[0] == 400
+    for model in BASIC_SPLIT:
+        pair = {"category": "Basic", "model": model}
+        assert grew("genedge_image_arrivals_total", **pair) == served[model]
+        assert grew("genedge_image_completions_total", **pair) == served[model]
+        assert grew("genedge_image_response_seconds_count", **pair) == served[model]
+    assert grew("genedge_http_requests_total", route="/v1/generate", outcome="ok") == 4
+    assert grew("genedge_http_requests_total", route="/v1/generate", outcome="bad_request") == 1
+    calls = {labels: value for (name, labels), value in after.items() if name == "genedge_model_calls_total"}
+    assert {dict(labels)["model"] for labels in calls} == set(BASIC_SPLIT)
+    assert sum(calls.values()) >= 4  # one image per call in this plan, and earlier tests served more
+    info = next(dict(labels) for name, labels in after if name == "genedge_plan_info")
+    assert info["plan_sha256"] == document_sha256(json.loads((demo / "split-plan.json").read_text()))
+    assert after[("genedge_observed_response_seconds", (("statistic", "mean"), ("window", "60s")))] > 0
+
+
 @pytest.mark.slow
 def test_prompts_without_a_category_are_routed_by_the_prompt_router(server) -> None:
     url, _, _ = server

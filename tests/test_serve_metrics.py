@@ -1,0 +1,145 @@
+"""The served plan's Prometheus metrics, read back with ``prometheus_client``'s own text-format parser.
+
+The metrics object is driven as the ingress drives it (requests answered, images routed, refused and
+served, the devices' accounts at scrape) on a clock the test moves; the served route is checked on a
+running server in ``test_serve_http.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+prometheus_parser = pytest.importorskip("prometheus_client.parser", reason="needs genedge[serve]")
+
+from genedge.serve.loadtest_document import document_sha256  # noqa: E402
+from genedge.serve.metrics import WINDOWS_S, ServeMetrics  # noqa: E402
+
+PLAN = {"method": "genedge", "routing": {"Basic": {"sd15": 0.5, "sd21": 0.5}, "Detail": {"sd21": 1.0}}}
+ACCOUNTS = {
+    "sd15": {"queued": 2, "calls": 3, "device_s": 1.5, "rejected": 1, "planned_share": 0.4, "realized_share": 0.38},
+    "sd21": {"queued": 0, "calls": 5, "device_s": 4.0, "rejected": 0, "planned_share": 0.6, "realized_share": None},
+}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _metrics(clock: Clock, slo_s: float | None = 2.0) -> ServeMetrics:
+    return ServeMetrics(
+        PLAN,
+        categories=("Basic", "Detail"),
+        routes={"Basic": ["sd15", "sd21"], "Detail": ["sd21"]},
+        models={"sd15": 0, "sd21": 0},
+        predicted={"mean_delay_s": 1.25, "p95_delay_s": 3.5, "p99_delay_s": None},
+        planned_rate=0.5,
+        slo_s=slo_s,
+        clock=clock,
+    )
+
+
+def _samples(metrics: ServeMetrics) -> dict[tuple[str, tuple], float]:
+    """(sample name, sorted labels) → value, parsed from the exposition as Prometheus would."""
+    text = metrics.exposition(ACCOUNTS).decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in prometheus_parser.text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _record(response_s: float) -> dict[str, float]:
+    return {"response_s": response_s, "queue_wait_s": response_s / 4, "service_s": response_s / 2}
+
+
+def test_every_routed_pair_starts_at_zero_and_the_plan_is_named() -> None:
+    samples = _samples(_metrics(Clock()))
+    for category, model in (("Basic", "sd15"), ("Basic", "sd21"), ("Detail", "sd21")):
+        labels = (("category", category), ("model", model))
+        for name in (
+            "genedge_image_arrivals_total",
+            "genedge_image_completions_total",
+            "genedge_image_rejections_total",
+        ):
+            assert samples[(name, labels)] == 0.0
+    assert (("genedge_image_arrivals_total", (("category", "Detail"), ("model", "sd15")))) not in samples
+    info = [labels for name, labels in samples if name == "genedge_plan_info"]
+    assert info == [(("method", "genedge"), ("plan_sha256", document_sha256(PLAN)), ("slo_s", "2"))]
+
+
+def test_counts_histograms_and_device_accounts_as_served() -> None:
+    clock = Clock()
+    metrics = _metrics(clock)
+    for response_s in (0.5, 1.5, 3.0):
+        metrics.arrived("Basic", "sd15")
+        metrics.completed("Basic", "sd15", _record(response_s))
+    metrics.arrived("Detail", "sd21")
+    metrics.refused("Detail", "sd21")
+    metrics.request("/v1/generate", 200, 1)
+    metrics.request("/v1/images/generations", 200, 4)
+    metrics.request("/v1/generate", 503, 1)
+    metrics.request("/v1/generate", 400, None)
+    samples = _samples(metrics)
+    basic = (("category", "Basic"), ("model", "sd15"))
+    detail = (("category", "Detail"), ("model", "sd21"))
+    assert samples[("genedge_image_arrivals_total", basic)] == 3
+    assert samples[("genedge_image_completions_total", basic)] == 3
+    assert samples[("genedge_image_rejections_total", detail)] == 1
+    assert samples[("genedge_image_response_seconds_count", basic)] == 3
+    assert samples[("genedge_image_response_seconds_sum", basic)] == pytest.approx(5.0)
+    # Cumulative buckets: 0.5 ≤ 0.5, 1.5 ≤ 2.5, 3.0 ≤ 5.
+    for le, count in (("0.5", 1), ("2.5", 2), ("+Inf", 3)):
+        bucket = tuple(sorted((*basic, ("le", le))))
+        assert samples[("genedge_image_response_seconds_bucket", bucket)] == count
+    assert samples[("genedge_image_queue_wait_seconds_sum", (("model", "sd15"),))] == pytest.approx(1.25)
+    outcome = {labels: value for (name, labels), value in samples.items() if name == "genedge_http_requests_total"}
+    assert outcome[(("outcome", "ok"), ("route", "/v1/generate"))] == 1
+    assert outcome[(("outcome", "overloaded"), ("route", "/v1/generate"))] == 1
+    assert outcome[(("outcome", "bad_request"), ("route", "/v1/generate"))] == 1
+    assert samples[("genedge_request_images_sum", ())] == 6  # the 400 asked for nothing parsed
+    device = (("device", "0"), ("model", "sd15"))
+    assert samples[("genedge_model_queue_length", device)] == 2
+    assert samples[("genedge_model_calls_total", device)] == 3
+    assert samples[("genedge_model_device_seconds_total", device)] == 1.5
+    assert samples[("genedge_model_planned_share", device)] == 0.4
+    assert ("genedge_model_realized_share", (("device", "0"), ("model", "sd21"))) not in samples  # none reported
+
+
+def test_windows_compare_what_happened_with_the_plan() -> None:
+    clock = Clock()
+    metrics = _metrics(clock)
+    short, long = (f"{w:g}s" for w in WINDOWS_S)
+    for response_s in (4.0, 6.0):  # an old pair, outside the short window by the scrape
+        metrics.arrived("Basic", "sd15")
+        metrics.completed("Basic", "sd15", _record(response_s))
+    clock.now += WINDOWS_S[0] + 1
+    for response_s in (0.5, 1.0, 1.5, 5.0):
+        metrics.arrived("Basic", "sd21")
+        metrics.completed("Basic", "sd21", _record(response_s))
+    samples = _samples(metrics)
+    assert samples[("genedge_arrival_rate", (("window", short),))] == pytest.approx(4 / WINDOWS_S[0])
+    assert samples[("genedge_arrival_rate", (("window", long),))] == pytest.approx(6 / WINDOWS_S[1])
+    mean = ("genedge_observed_response_seconds", (("statistic", "mean"), ("window", short)))
+    assert samples[mean] == pytest.approx(2.0)
+    assert samples[(mean[0], (("statistic", "mean"), ("window", long)))] == pytest.approx(3.0)
+    assert samples[("genedge_slo_attainment", (("window", short),))] == pytest.approx(3 / 4)
+    assert samples[("genedge_slo_attainment", (("window", long),))] == pytest.approx(3 / 6)
+    assert samples[("genedge_predicted_response_seconds", (("statistic", "mean"),))] == 1.25
+    assert samples[("genedge_predicted_response_seconds", (("statistic", "p95"),))] == 3.5
+    assert ("genedge_predicted_response_seconds", (("statistic", "p99"),)) not in samples
+    assert samples[("genedge_planned_arrival_rate", ())] == 0.5
+    clock.now += WINDOWS_S[1] + 1  # nothing left in either window: NaN, not a stale figure
+    samples = _samples(metrics)
+    assert math.isnan(samples[mean])
+    assert samples[("genedge_arrival_rate", (("window", short),))] == 0.0
+
+
+def test_no_slo_no_attainment() -> None:
+    samples = _samples(_metrics(Clock(), slo_s=None))
+    assert not any(name == "genedge_slo_attainment" for name, _ in samples)
