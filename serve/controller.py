@@ -1,0 +1,269 @@
+r"""The closed loop of a served plan schedule: estimate the arrival rate, detect its changes, pick the plan.
+
+A server started on a plan schedule (:mod:`genedge.optimizer.schedule_file`) holds one plan per band of
+rates. :class:`RateEstimator` estimates the total arrival rate as the mean rate since the last detected
+change, and detects a change with an exact Poisson test: every tick, the arrivals n of the last
+``window_s`` seconds are compared with what the estimate from before that window predicts, μ = λ̂·w; where
+P(N ≥ n) or P(N ≤ n) under Poisson(μ) is below ``alpha`` the rate has changed, and the estimate restarts
+from the most likely time of the change within the window (a moving average would lag a step by its whole
+length, and a short one would chase the noise: within an hour GenTD26's arrivals are close to Poisson,
+between hours the rate moves 9×).
+
+:class:`PlanController` picks the band for the estimate by the schedule's own policy
+(:meth:`~genedge.optimizer.schedule_file.PlanSchedule.plan_for_rate`), at the *effective* rate: the estimate
+times the load factor, the ratio of the device time the server's calls take to the plan's (a device twice
+as slow as its table serves rate λ as the table's device serves 2λ). With hysteresis, so it does not flap:
+
+* **up** at once where the effective rate lowered by ``margin`` is past the band's highest planned rate: a
+  higher band's plan is the one that keeps the queues stable and the SLO at the new rate;
+* **down** only once the band below has been the pick for ``dwell_s`` seconds without a break, judged at the
+  effective rate raised by ``margin``.
+
+A rate hovering at a band's edge so stays in its band: the margin is a dead band of ±``margin`` around each edge.
+
+Every switch is a :class:`Switch`: when, from which band to which, why, and the figures the schedule gives
+both plans at their planned rates.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.stats import poisson
+
+from genedge.optimizer.schedule_file import PlanSchedule
+
+__all__ = ["ControllerSettings", "PlanController", "RateEstimator", "Switch"]
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """How the controller estimates and decides.
+
+    Attributes:
+        window_s: the change detector's window (s): a step in the rate is seen within about one window.
+        alpha: the detector's false-alarm probability per test and side. Ticks test overlapping windows, so
+            a stationary stream raises alarms more often than ``2 alpha`` per tick (a scan statistic): the
+            default keeps them rare over days of ticks, while a step of 2× or a drop to no arrivals at a
+            few tenths of a request per second is still seen within a window.
+        dwell_s: seconds a lower band must be the pick, without a break, before the plan moves down.
+        margin: a move up is judged at the effective rate times ``1 − margin``, a move down at ``1 + margin``.
+        tick_s: seconds between decisions.
+    """
+
+    window_s: float = 60.0
+    alpha: float = 1e-6
+    dwell_s: float = 120.0
+    margin: float = 0.1
+    tick_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("window_s", "dwell_s", "tick_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}: expected a number of seconds > 0, but got {value!r}")
+        if not 0 < self.alpha < 0.5:
+            raise ValueError(f"alpha: expected a probability in (0, 0.5), but got {self.alpha!r}")
+        if not (math.isfinite(self.margin) and self.margin >= 0):
+            raise ValueError(f"margin: expected a fraction >= 0, but got {self.margin!r}")
+
+
+class RateEstimator:
+    """The total arrival rate since the last detected change (module notes).
+
+    Args:
+        settings: the window and the detector's alpha.
+        start: the clock reading at which counting starts.
+    """
+
+    def __init__(self, settings: ControllerSettings, start: float) -> None:
+        self.settings = settings
+        self.since = start
+        self._count = 0  # arrivals since `since`
+        self._recent: collections.deque[float] = collections.deque()  # those of the last window
+
+    def arrived(self, at: float) -> None:
+        """One request arrived at clock reading ``at`` (non-decreasing)."""
+        self._count += 1
+        self._recent.append(at)
+
+    def rate(self, now: float) -> float:
+        """Requests per second since the last change (0 before any time has passed)."""
+        elapsed = now - self.since
+        return self._count / elapsed if elapsed > 0 else 0.0
+
+    def update(self, now: float) -> tuple[float, str | None]:
+        """The estimate at ``now``, and why it restarted, where the detector saw a change this tick."""
+        window = self.settings.window_s
+        cut = now - window
+        while self._recent and self._recent[0] < cut:
+            self._recent.popleft()
+        if cut - self.since < window:  # too little history before the window to test it against
+            return self.rate(now), None
+        recent = len(self._recent)
+        mu = (self._count - recent) / (cut - self.since) * window
+        high, low = poisson.sf(recent - 1, mu), poisson.cdf(recent, mu)
+        if min(high, low) >= self.settings.alpha:
+            return self.rate(now), None
+        changed = self._change_point(now)
+        reason = (
+            f"{recent} arrivals in the last {window:g} s where {mu:.3g} were expected at "
+            f"{mu / window:.4g} requests/s (P = {min(high, low):.2g} < {self.settings.alpha:g}); "
+            f"the rate changed {now - changed:.0f} s ago"
+        )
+        self._count = sum(1 for t in self._recent if t >= changed)
+        self.since = changed
+        return self.rate(now), reason
+
+    def _change_point(self, now: float) -> float:
+        """The most likely time of the change in the last window: the split of [since, now] into two Poisson
+        segments of constant rates with the largest likelihood (candidates: the window's start and each
+        arrival in it)."""
+        times = np.fromiter(self._recent, float, len(self._recent))
+        cut = now - self.settings.window_s
+        candidates = np.concatenate([[cut], times])
+        after = len(times) - np.concatenate([[0], np.arange(len(times))])  # arrivals at or after each candidate
+        before = self._count - after
+        return float(
+            candidates[
+                np.argmax(_log_likelihood(before, candidates - self.since) + _log_likelihood(after, now - candidates))
+            ]
+        )
+
+
+def _log_likelihood(count: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+    """max over λ of the Poisson log-likelihood of ``count`` arrivals in ``seconds``: n log(n / T) − n (0 at n = 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(count > 0, count * np.log(count / seconds) - count, 0.0)
+
+
+@dataclass(frozen=True)
+class Switch:
+    """One change of the served plan.
+
+    Attributes:
+        at_s: seconds since the server started.
+        from_band / to_band: indices into the schedule's bands.
+        rate: the estimated arrival rate (requests/s); effective_rate: times the load factor.
+        load_factor: the device time the server's calls took over the plan's.
+        reason: why, in words.
+        before / after: the schedule's figures for each band's plan at its highest planned rate.
+    """
+
+    at_s: float
+    from_band: int
+    to_band: int
+    rate: float
+    effective_rate: float
+    load_factor: float
+    reason: str
+    before: Mapping[str, Any]
+    after: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "at_s": self.at_s,
+            "from_band": self.from_band,
+            "to_band": self.to_band,
+            "rate": self.rate,
+            "effective_rate": self.effective_rate,
+            "load_factor": self.load_factor,
+            "reason": self.reason,
+            "before": dict(self.before),
+            "after": dict(self.after),
+        }
+
+
+class PlanController:
+    """Which band of ``schedule`` to serve, decided tick by tick (module notes).
+
+    Args:
+        schedule: the plan schedule served.
+        settings: estimator and hysteresis settings.
+        start: the clock reading at the start; the first band is the one for the schedule's lowest rate
+            unless ``band`` says otherwise.
+        band: the band served at the start.
+    """
+
+    def __init__(
+        self, schedule: PlanSchedule, settings: ControllerSettings, start: float, band: int | None = None
+    ) -> None:
+        self.schedule = schedule
+        self.settings = settings
+        self.start = start
+        self.band = 0 if band is None else band
+        self.estimator = RateEstimator(settings, start)
+        self.switches: list[Switch] = []
+        self.rate = 0.0
+        self._lower_since: float | None = None
+        self._change: str | None = None  # the detector's last finding, until a switch reports it
+
+    def _band_for(self, rate: float) -> int:
+        if rate <= 0:
+            return 0
+        return self.schedule.bands.index(self.schedule.plan_for_rate(rate).band)
+
+    def _figures(self, band: int) -> dict[str, Any]:
+        """The schedule's figures for a band's plan at its highest planned rate."""
+        chosen = self.schedule.bands[band]
+        point = next(p for p in self.schedule.points if p.rate == chosen.high_rate)
+        return {
+            "rate": chosen.high_rate,
+            "utility": point.utility,
+            "mean_delay_s": point.mean_delay_s,
+            "p95_delay_s": point.p95_delay_s,
+            "slo_attainment": point.slo_attainment,
+            "decisions": chosen.decisions.describe(),
+        }
+
+    def arrived(self, at: float) -> None:
+        """One request arrived at clock reading ``at``."""
+        self.estimator.arrived(at)
+
+    def tick(self, now: float, load_factor: float = 1.0) -> Switch | None:
+        """Decide at ``now`` (from two detector windows after the start on): the switch to make, or None."""
+        self.rate, change = self.estimator.update(now)
+        self._change = change or self._change
+        if now - self.start < 2 * self.settings.window_s:  # a first estimate from a few arrivals is noise
+            return None
+        effective = self.rate * load_factor
+        up = self._band_for(effective * (1 - self.settings.margin))
+        if up > self.band:
+            self._lower_since = None
+            why = self._change or f"the rate rose past band {self.band}'s highest planned rate"
+            return self._switch(now, up, effective, load_factor, f"up: {why}")
+        down = self._band_for(effective * (1 + self.settings.margin))
+        if down >= self.band:
+            self._lower_since = None
+            return None
+        if self._lower_since is None:
+            self._lower_since = now
+        if now - self._lower_since < self.settings.dwell_s:
+            return None
+        self._lower_since = None
+        why = f"band {down}'s plan was the pick for {self.settings.dwell_s:g} s" + (
+            f"; {self._change}" if self._change else ""
+        )
+        return self._switch(now, down, effective, load_factor, f"down: {why}")
+
+    def _switch(self, now: float, band: int, effective: float, load_factor: float, reason: str) -> Switch:
+        switch = Switch(
+            at_s=now - self.start,
+            from_band=self.band,
+            to_band=band,
+            rate=self.rate,
+            effective_rate=effective,
+            load_factor=load_factor,
+            reason=reason,
+            before=self._figures(self.band),
+            after=self._figures(band),
+        )
+        self.band = band
+        self._change = None
+        self.switches.append(switch)
+        return switch
