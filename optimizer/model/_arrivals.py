@@ -22,7 +22,7 @@ arrivals are read by :func:`genedge.optimizer.model.read_trace`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,12 +60,17 @@ class Arrivals:
         category: each request's category, an index into ``categories`` (int64, read-only).
         categories: category names; index i of ``category`` means ``categories[i]``.
         duration_s: length of the observed window in seconds (≥ the last arrival time).
+        images: images each request asks for (int64 ≥ 1, read-only), or None where not recorded (one each).
+        steps: denoising steps each request asked for (int64 ≥ 1, read-only), or None where not recorded; a
+            plan chooses the steps it serves, so this is what the recorded service was asked, not what is served.
     """
 
     times_s: np.ndarray
     category: np.ndarray
     categories: tuple[str, ...]
     duration_s: float
+    images: np.ndarray | None = None
+    steps: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         times = np.array(self.times_s, dtype=float)
@@ -76,11 +81,7 @@ class Arrivals:
             )
         if category.size and not np.issubdtype(category.dtype, np.integer):
             raise ValueError(f"Expected integer category indices, but got dtype {category.dtype}")
-        categories = tuple(self.categories)
-        if not categories or len(set(categories)) != len(categories):
-            raise ValueError(f"Expected distinct category names, but got {list(categories)}")
-        if not all(isinstance(name, str) and name for name in categories):
-            raise ValueError(f"Expected non-empty category names, but got {list(categories)}")
+        categories = _category_names(self.categories)
         if times.size:
             if not np.isfinite(times).all() or times[0] < 0:
                 raise ValueError("Expected finite arrival times >= 0")
@@ -100,6 +101,8 @@ class Arrivals:
         times.setflags(write=False)
         category = category.astype(np.int64)
         category.setflags(write=False)
+        for name in ("images", "steps"):
+            object.__setattr__(self, name, _per_request_counts(name, getattr(self, name), times.shape))
         object.__setattr__(self, "times_s", times)
         object.__setattr__(self, "category", category)
         object.__setattr__(self, "categories", categories)
@@ -140,6 +143,30 @@ class Arrivals:
             )
         counts, _ = np.histogram(self.times_s, bins=windows, range=(0.0, windows * window_s))
         return counts / window_s
+
+
+def _category_names(categories: Sequence[str]) -> tuple[str, ...]:
+    """``categories`` as a tuple of distinct non-empty names."""
+    names = tuple(categories)
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"Expected distinct category names, but got {list(names)}")
+    if not all(isinstance(name, str) and name for name in names):
+        raise ValueError(f"Expected non-empty category names, but got {list(names)}")
+    return names
+
+
+def _per_request_counts(name: str, values: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``values`` as read-only int64 counts ≥ 1, one per request (None stays None)."""
+    if values is None:
+        return None
+    counts = np.array(values)
+    if counts.shape != shape:
+        raise ValueError(f"Expected one {name} count per request, shape {shape}, but got shape {counts.shape}")
+    if counts.size and (not np.issubdtype(counts.dtype, np.integer) or counts.min() < 1):
+        raise ValueError(f"Expected whole {name} counts >= 1, but got dtype {counts.dtype}, least {counts.min()}")
+    counts = counts.astype(np.int64)
+    counts.setflags(write=False)
+    return counts
 
 
 def rates_from_counts(counts: Mapping[str, float], window_s: float) -> dict[str, float]:
