@@ -13,7 +13,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "._arrivals": ("Arrivals", "gamma_arrivals", "mmpp_arrivals", "poisson_arrivals"),
-        "._trace": ("read_trace",),
+        "._trace": ("CATEGORY_RULE", "RATE_SCALE_RULE", "TraceReplay", "read_trace"),
         "._delay": (
             "ARRIVAL_MODELS",
             "DEPLOYED_MIN_REQUESTS",

@@ -38,7 +38,8 @@ __all__ = [
     "CATEGORY_COLUMN",
     "GENTD26_TIME_COLUMN",
     "IMAGES_COLUMN",
-    "REPLAY_RULE",
+    "CATEGORY_RULE",
+    "RATE_SCALE_RULE",
     "STEPS_COLUMN",
     "TASK_COLUMN",
     "TIMESTAMP_COLUMN",
@@ -72,14 +73,18 @@ TEXT_TO_IMAGE = "TXT_2_IMG"
 #: A further copy of a request (rate scale > 1) arrives at most this long after it, in trace seconds.
 COPY_SPREAD_S = 60.0
 
-#: How a replay thins or copies requests, and how it gives categories to rows without one (help and docs quote it).
-REPLAY_RULE = (
-    "rate scale r: each recorded request becomes floor(r) requests, plus one more with probability r - floor(r) "
-    "(a seeded draw per request, so r < 1 keeps each request with probability r); the first copy keeps the "
-    "recorded time, each further copy arrives at a uniformly drawn time after it, before the next recorded "
-    f"request and within {COPY_SPREAD_S:g} trace seconds; categories of a trace without them: each request's "
-    "category is drawn independently, with the probabilities of the mix (PartiPrompts' Basic 272, Detail 544, "
-    "Imagination 150, Complex 113 by default), from the same seeded generator"
+#: How a replay thins or copies requests (help and docs quote it).
+RATE_SCALE_RULE = (
+    "each recorded request becomes floor(r) requests, plus one more with probability r - floor(r) (a seeded draw "
+    "per request, so r < 1 keeps each request with probability r); the first copy keeps the recorded time, each "
+    "further copy arrives at a uniformly drawn time after it, before the next recorded request and within "
+    f"{COPY_SPREAD_S:g} trace seconds"
+)
+#: How a replay gives categories to the requests of a trace without them (help and docs quote it).
+CATEGORY_RULE = (
+    "each request's category is drawn independently with the mix's probabilities (PartiPrompts' Basic 272, "
+    "Detail 544, Imagination 150, Complex 113 by default; 1 for another category asked for), from the replay's "
+    "seeded generator after the rate scale's draws; the images of one request share its category"
 )
 
 
@@ -95,10 +100,10 @@ class TraceReplay:
             The replay's time 0 is ``start`` (default: the trace's 0).
         end: the end of the slice replayed (exclusive), in the same terms; the window ends there (default: at
             the last request kept).
-        rate_scale: requests replayed per recorded request, > 0 (the rule is :data:`REPLAY_RULE`).
+        rate_scale: requests replayed per recorded request, > 0 (the rule is :data:`RATE_SCALE_RULE`).
         mix: category → weight for the categories of a trace without them (default: PartiPrompts' mix over
-            the categories asked for, :func:`~genedge.optimizer.model.default_mix`). Given for a trace with
-            categories of its own, it is an error.
+            the categories asked for, :func:`~genedge.optimizer.model.default_mix`; the rule is
+            :data:`CATEGORY_RULE`). Given for a trace with categories of its own, it is an error.
         images: ``"expand"``: a request of k images arrives as k one-image requests at its time (as the
             server serves a request for n images: n one-image generations at once); ``"one"``: as one request,
             whatever it asked for. Traces without an images column have one image per request.
@@ -461,7 +466,7 @@ def _slice(
 def _scale_rate(
     times: np.ndarray, end: float, rate_scale: float, gen: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(the recorded request of each replayed one, its time): :data:`REPLAY_RULE`'s rate scale."""
+    """(the recorded request of each replayed one, its time): :data:`RATE_SCALE_RULE`."""
     if rate_scale == 1:
         return np.arange(times.size), times
     whole, part = divmod(rate_scale, 1.0)
@@ -507,7 +512,7 @@ def read_trace(
     first row); they must be non-decreasing. Each row's category comes from a ``category`` column, or,
     when there is none and ``mapping`` is given, from the mapping's label column (``mapping["column"]``,
     labels → categories). A trace without either (GenTD26's layout, or any trace when ``replay.mix`` is
-    given) gets categories drawn from the replay's mix (:data:`REPLAY_RULE`). Rows are numbered from 1
+    given) gets categories drawn from the replay's mix (:data:`CATEGORY_RULE`). Rows are numbered from 1
     after the header.
 
     The replay then keeps the rows of its ``tasks`` (where the trace has ``predict_type``); leaves out,
