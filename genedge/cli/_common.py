@@ -570,6 +570,16 @@ def format_plan(result: PlanResult) -> str:
     return "\n".join(lines)
 
 
+#: The replay options (argparse's names → the flags); each defaults to None, so TraceReplay's defaults apply.
+_REPLAY_OPTIONS = {
+    "time_scale": "--time-scale",
+    "rate_scale": "--rate-scale",
+    "trace_start": "--trace-start",
+    "trace_end": "--trace-end",
+    "trace_tasks": "--trace-tasks",
+    "trace_mix": "--trace-mix",
+    "trace_images": "--trace-images",
+}
 #: The most a trace's time or rate may be scaled by (either way): past it a replay is no longer the trace.
 _MAX_TRACE_SCALE = 1e6
 
@@ -605,14 +615,12 @@ def add_trace_replay_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--time-scale",
         type=bounded_number("trace seconds per replayed second", **scale),
-        default=1.0,
         help="trace seconds per replayed second: 60 replays one trace hour in one minute, so every rate is 60 "
         "times the trace's (default: 1)",
     )
     group.add_argument(
         "--rate-scale",
         type=bounded_number("requests per recorded request", **scale),
-        default=1.0,
         help="r, requests per recorded request, keeping the trace's shape (default: 1), with --seed: "
         + RATE_SCALE_RULE,
     )
@@ -632,7 +640,6 @@ def add_trace_replay_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--trace-tasks",
-        default="TXT_2_IMG",
         metavar="TASKS",
         help="predict_type values replayed, comma-separated, or 'all' (default: TXT_2_IMG; GenTD26 also has "
         "IMG_2_IMG and INPAINTING, which a text-to-image service does not serve); a trace without the column "
@@ -647,27 +654,39 @@ def add_trace_replay_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--trace-images",
         choices=("expand", "one"),
-        default="expand",
         help="a request of k images (num_images_per_prompt): 'expand' replays it as k one-image requests at its "
         "time, as the server serves a request for n images (n one-image generations at once; the default); "
         "'one' as one request",
     )
 
 
-def trace_replay_from_args(args: argparse.Namespace) -> TraceReplay:
-    """The :class:`~genedge.optimizer.model.TraceReplay` of :func:`add_trace_replay_arguments`' options."""
+def trace_replay_from_args(args: argparse.Namespace) -> TraceReplay | None:
+    """The :class:`~genedge.optimizer.model.TraceReplay` of :func:`add_trace_replay_arguments`' options (its own
+    defaults for those not given), or None without --trace.
+
+    Raises:
+        ValueError: a replay option without --trace, or options the replay refuses (naming them).
+    """
     from genedge.optimizer.model import TraceReplay
 
-    tasks = args.trace_tasks.strip()
+    given = {name: value for name, value in vars(args).items() if name in _REPLAY_OPTIONS and value is not None}
+    if args.trace is None:
+        if given:
+            raise ValueError(f"{_REPLAY_OPTIONS[next(iter(given))]} says how --trace is replayed: give --trace")
+        return None
+    fields: dict[str, object] = {
+        "start": given.get("trace_start"),
+        "end": given.get("trace_end"),
+        **{name: given[name] for name in ("time_scale", "rate_scale") if name in given},
+    }
+    if "trace_tasks" in given:
+        tasks = given["trace_tasks"].strip()
+        fields["tasks"] = None if tasks.lower() == "all" else tuple(t.strip() for t in tasks.split(",") if t.strip())
+    if "trace_mix" in given:
+        fields["mix"] = parse_counts(given["trace_mix"], "--trace-mix")
+    if "trace_images" in given:
+        fields["images"] = given["trace_images"]
     try:
-        return TraceReplay(
-            tasks=None if tasks.lower() == "all" else tuple(t.strip() for t in tasks.split(",") if t.strip()),
-            start=args.trace_start,
-            end=args.trace_end,
-            rate_scale=args.rate_scale,
-            mix=None if args.trace_mix is None else parse_counts(args.trace_mix, "--trace-mix"),
-            images=args.trace_images,
-            time_scale=args.time_scale,
-        )
+        return TraceReplay(**fields)
     except ValueError as err:
         raise ValueError(f"--trace replay options: {err}") from None

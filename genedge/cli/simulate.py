@@ -151,8 +151,9 @@ def run(args: argparse.Namespace) -> int:
 
     check_not_input({"--out": args.out}, {"--table": args.table, "--trace": args.trace})
     table, sha = load_table_with_hash(args.table)
+    replay = trace_replay_from_args(args)
     if args.window_vs_open is not None:
-        return _window_versus_open(args, table, sha)
+        return _window_versus_open(args, table, sha, replay)
 
     def make_problem(workload: Workload, budget: float, weight: float) -> Problem:
         return problem_from_args(args, table, sha, workload, budget, weight)
@@ -213,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _window_versus_open(args: argparse.Namespace, table, sha: str) -> int:
+def _window_versus_open(args: argparse.Namespace, table, sha: str, replay) -> int:
     """Print the window-versus-open comparison (see the option group's help)."""
     from genedge.optimizer import Workload
     from genedge.optimizer.inputs import window_and_open_problems
@@ -230,7 +231,7 @@ def _window_versus_open(args: argparse.Namespace, table, sha: str) -> int:
             args.trace,
             mapping=table.category_mapping,
             categories=table.categories,
-            replay=trace_replay_from_args(args),
+            replay=replay,
             rng=args.seed,
         )
         print(f"trace: {len(trace)} arrivals replayed over {trace.duration_s:g} s, seed {args.seed}")

@@ -370,7 +370,7 @@ def _drawn_order(
     drawn = dict(default_mix(order) if mix is None else mix)
     unknown = sorted(set(drawn) - set(order))
     if unknown:
-        raise ValueError(f"Expected the mix's categories among {list(order)}, but {unknown} are not")
+        raise ValueError(f"Expected the replay mix's categories among {list(order)}, but {unknown} are not")
     return order, drawn
 
 
