@@ -223,19 +223,19 @@ def test_loadtest_replays_a_compressed_trace_against_a_server(published, tmp_pat
         status = main(
             [
                 "loadtest", stub.url, "--prompts", str(PROMPTS), "--trace", str(path), "--trace-start",
-                "2024-12-03 21:00", "--trace-end", "2024-12-03 21:10", "--time-scale", "300", "--trace-images",
-                "one", "--seed", "2", "--result-dir", str(tmp_path / "r"), "--no-progress",
+                "2024-12-03 21:00", "--trace-end", "2024-12-03 21:10", "--time-scale", "300", "--rate-scale", "1.5",
+                "--trace-images", "one", "--seed", "2", "--result-dir", str(tmp_path / "r"), "--no-progress",
             ]
         )  # fmt: skip
     finally:
         stub.stop()
     out = capsys.readouterr().out
     assert status == 0
-    sent = read_trace(
-        path, replay=TraceReplay(start=datetime(2024, 12, 3, 21), end=datetime(2024, 12, 3, 21, 10), time_scale=300,
-                                 images="one"), rng=2,
-    )  # fmt: skip
-    assert f"load test: {len(sent)} requests" in out and "trace, time scale 300, rate scale 1" in out
+    replay = TraceReplay(
+        start=datetime(2024, 12, 3, 21), end=datetime(2024, 12, 3, 21, 10), time_scale=300, rate_scale=1.5, images="one"
+    )
+    sent = read_trace(path, replay=replay, rng=2)
+    assert f"load test: {len(sent)} requests" in out and "trace, time scale 300, rate scale 1.5" in out
     assert f"{len(sent)} ok" in out
     status = main(["loadtest", "http://127.0.0.1:1", "--prompts", str(PROMPTS), "--time-scale", "60"])
     assert status == 2
@@ -265,9 +265,12 @@ def test_simulate_replays_a_busy_hour_of_the_real_trace(tmp_path):
     out = run_genedge(
         "simulate", "--table", "galaxy-s24", "--window-vs-open", "600", "--budgets", "1", "--trace", GENTD26,
         "--trace-start", "2024-12-03 21:00", "--trace-end", "2024-12-03 23:00", "--time-scale", "4",
-        "--trace-images", "one", "--simulated-requests", "2000", "--seed", "3", check=True, cwd=tmp_path,
+        "--rate-scale", "0.5", "--trace-images", "one", "--simulated-requests", "2000", "--seed", "3", check=True,
+        cwd=tmp_path,
     )  # fmt: skip
-    replay = TraceReplay(start=datetime(2024, 12, 3, 21), end=datetime(2024, 12, 3, 23), time_scale=4, images="one")
+    replay = TraceReplay(
+        start=datetime(2024, 12, 3, 21), end=datetime(2024, 12, 3, 23), time_scale=4, rate_scale=0.5, images="one"
+    )
     table = load_table(data.path("tables", "galaxy-s24.json"))
     arrivals = read_trace(GENTD26, mapping=table.category_mapping, categories=table.categories, replay=replay, rng=3)
     assert f"trace: {len(arrivals)} arrivals replayed over 1800 s, seed 3" in out.stdout
