@@ -7,8 +7,12 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from genedge.cli._common import add_trace_replay_arguments, seed_argument, slo_seconds, trace_replay_from_args
+
+if TYPE_CHECKING:
+    from genedge.serve.loadtest_config import LoadConfig
 
 __all__ = ["add_parser"]
 
@@ -135,6 +139,14 @@ def _add_result_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _pace(config: LoadConfig) -> str:
+    """How fast the requests go: a trace's scales, or the request rate."""
+    replay = config.trace_replay
+    if replay is not None:
+        return f"trace, time scale {replay.time_scale:g}, rate scale {replay.rate_scale:g}"
+    return f"{config.request_rate:g} requests/s"
+
+
 def run(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -177,12 +189,7 @@ def run(args: argparse.Namespace) -> int:
         bar = tqdm(total=0, unit="req", disable=True if args.no_progress else None, file=sys.stderr)
 
         def started(schedule, to_send: int, skipped: int) -> None:
-            replay = config.trace_replay
-            rate = (
-                f"trace, time scale {replay.time_scale:g}, rate scale {replay.rate_scale:g}"
-                if replay is not None
-                else f"{config.request_rate:g} requests/s"
-            )
+            rate = _pace(config)
             shape = "" if args.trace or config.burstiness == 1 else f", burstiness {config.burstiness:g}"
             print(
                 f"load test: {len(schedule.requests)} requests to {config.base_url} ({rate}{shape}), seed {config.seed}"

@@ -228,11 +228,7 @@ def _window_versus_open(args: argparse.Namespace, table, sha: str, replay) -> in
         from genedge.optimizer.model import read_trace
 
         trace = read_trace(
-            args.trace,
-            mapping=table.category_mapping,
-            categories=table.categories,
-            replay=replay,
-            rng=args.seed,
+            args.trace, mapping=table.category_mapping, categories=table.categories, replay=replay, rng=args.seed
         )
         print(f"trace: {len(trace)} arrivals replayed over {trace.duration_s:g} s, seed {args.seed}")
         demand = Workload.from_rates(trace.rates())

@@ -357,6 +357,27 @@ def _file_categories(
     return order, np.array([index[label] for label in labels], dtype=np.int64)
 
 
+def _categories(
+    path: str,
+    table: PromptTable,
+    mapping: Mapping[str, Any] | str | None,
+    categories: Sequence[str] | None,
+    mix: Mapping[str, float] | None,
+) -> tuple[tuple[str, ...], np.ndarray | None, dict[str, float] | None]:
+    """(the category order, each row's category from the file or None, the mix drawn from or None)."""
+    drawable = mix is not None or GENTD26_TIME_COLUMN in table.columns
+    labelled = _trace_labels(path, table.columns, table.column, mapping, drawable)
+    if labelled is None:
+        order, drawn = _drawn_order(mapping, categories, mix)
+        return order, None, drawn
+    if mix is not None:
+        raise ValueError(
+            f"{path}: a mix draws the categories of a trace without them, but this one has {labelled[0]!r}"
+        )
+    order, row_category = _file_categories(path, table, mapping, categories, labelled)
+    return order, row_category, None
+
+
 def _drawn_order(
     mapping: Mapping[str, Any] | str | None, categories: Sequence[str] | None, mix: Mapping[str, float] | None
 ) -> tuple[tuple[str, ...], dict[str, float]]:
@@ -551,17 +572,7 @@ def read_trace(
     if not table.rows:
         raise ArtifactError(where, "rows", "expected at least one request row after the header, but the file has none")
     times, time_name, origin = _trace_times(where, table.columns, table.column)
-    drawable = replay.mix is not None or GENTD26_TIME_COLUMN in table.columns
-    labelled = _trace_labels(where, table.columns, table.column, mapping, drawable)
-    if labelled is None:
-        order, mix = _drawn_order(mapping, categories, replay.mix)
-        row_category = None
-    elif replay.mix is not None:
-        raise ValueError(
-            f"{where}: a mix draws the categories of a trace without them, but this one has {labelled[0]!r}"
-        )
-    else:
-        order, row_category = _file_categories(where, table, mapping, categories, labelled)
+    order, row_category, mix = _categories(where, table, mapping, categories, replay.mix)
     kept, images, steps = _kept_rows(where, table, replay)
     rows, start, end = _slice(where, time_name, times, origin, kept, replay)
     gen = np.random.default_rng(rng)
