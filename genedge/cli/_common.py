@@ -404,7 +404,10 @@ def workload_from_args(
     elif getattr(args, "trace", None) is not None:
         from genedge.optimizer.model import read_trace
 
-        rates = read_trace(args.trace, mapping=table.category_mapping, categories=table.categories).rates()
+        # A trace without categories (GenTD26's) draws them, seeded by --seed.
+        rates = read_trace(
+            args.trace, mapping=table.category_mapping, categories=table.categories, rng=args.seed
+        ).rates()
     return workload_from_options(
         table.categories,
         counts=None if args.workload is None else parse_counts(args.workload, "--workload", whole=True),
