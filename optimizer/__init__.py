@@ -36,6 +36,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "Router",
             "Slo",
             "SmoothWeightedRoundRobin",
+            "TraceReplay",
             "Workload",
             "delay_model",
             "deployed_mask",

@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from genedge.optimizer.model import TraceReplay
 
 __all__ = ["LoadConfig", "LoadTestError"]
 
@@ -24,7 +28,10 @@ class LoadConfig:
         burstiness: the gamma shape of the gaps (1 = Poisson).
         num_prompts: requests to send (default: 1000, or the trace's rows).
         max_concurrency: the most requests in flight, or None for no cap.
-        trace: a trace file of arrival times (``time_s`` or ``timestamp``) and categories.
+        trace: a trace file of arrival times (``time_s`` or ``timestamp``) and categories, or GenTD26's
+            ``lora_request_trace.csv`` as published (:func:`genedge.optimizer.model.read_trace`).
+        trace_replay: how ``trace`` is replayed (slice, time and rate scale, categories drawn, images per
+            request), seeded by ``seed``; None: :class:`~genedge.optimizer.model.TraceReplay`'s defaults.
         seed: seeds the arrival times, the prompt order and each request's image seed.
         endpoint: a name of :data:`genedge.serve.loadtest_client.ENDPOINTS`: ``genedge``
             (``POST /v1/generate``) or ``openai`` (``POST /v1/images/generations``).
@@ -41,6 +48,7 @@ class LoadConfig:
     num_prompts: int | None = None
     max_concurrency: int | None = None
     trace: Path | None = None
+    trace_replay: TraceReplay | None = None
     seed: int = 0
     endpoint: str = "genedge"
     send_categories: bool = True

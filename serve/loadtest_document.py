@@ -59,6 +59,8 @@ class LoadTestIdentity:
     Attributes:
         request_rate: requests per second (``math.inf``: all at once); None with a trace, as is burstiness.
         plan_sha256 / prompts_sha256 / trace_sha256: what was served and sent, by content.
+        trace_replay: how the trace was replayed (:meth:`genedge.optimizer.model.TraceReplay.to_dict`), or None
+            without a trace (then left out of the document, so tests without a trace keep their settings hash).
     """
 
     url: str
@@ -73,10 +75,13 @@ class LoadTestIdentity:
     seed: int
     send_categories: bool
     timeout_s: float
+    trace_replay: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object (an infinite rate as ``"inf"``)."""
+        """The JSON object (an infinite rate as ``"inf"``; no ``trace_replay`` without a trace)."""
         document = dataclasses.asdict(self)
+        if self.trace_replay is None:
+            del document["trace_replay"]
         if self.request_rate is not None and math.isinf(self.request_rate):
             document["request_rate"] = _INF
         return document
@@ -102,6 +107,7 @@ class LoadTestIdentity:
             seed=reader.get(document, "seed", path, int),
             send_categories=reader.get(document, "send_categories", path, bool),
             timeout_s=reader.number(document, "timeout_s", path, minimum=0.0, strict=True),
+            trace_replay=reader.opt(document, "trace_replay", path, Mapping),
         )
 
     def sha256(self) -> str:
@@ -112,7 +118,7 @@ class LoadTestIdentity:
         """The first setting whose value differs from ``other``'s, as (name, this value, other's), or None."""
         mine, theirs = self.to_dict(), other.to_dict()
         for name, value in mine.items():
-            if theirs[name] != value:
+            if theirs.get(name) != value:
                 return name, value, theirs[name]
         return None
 

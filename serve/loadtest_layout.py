@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from genedge.optimizer.model import TraceReplay
     from genedge.serve.loadtest_client import ServedPlan
     from genedge.serve.loadtest_config import LoadConfig
 
@@ -164,7 +165,14 @@ def identity(config: LoadConfig, served: ServedPlan) -> LoadTestIdentity:
         seed=config.seed,
         send_categories=config.send_categories,
         timeout_s=config.timeout_s,
+        trace_replay=None if config.trace is None else _replay(config).to_dict(),
     )
+
+
+def _replay(config: LoadConfig) -> TraceReplay:
+    from genedge.optimizer.model import TraceReplay
+
+    return TraceReplay() if config.trace_replay is None else config.trace_replay
 
 
 def default_result_dir(config: LoadConfig) -> Path:
@@ -182,6 +190,8 @@ def default_result_dir(config: LoadConfig) -> Path:
         "seed": config.seed,
         "send_categories": config.send_categories,
     }
+    if config.trace is not None:
+        settings["trace_replay"] = _replay(config).to_dict()
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     return Path(f"genedge-loadtest-{digest[:12]}")
 

@@ -4,7 +4,10 @@ The schedule is a pure function of the configuration: arrival times from
 :func:`genedge.optimizer.model.poisson_arrivals` / :func:`~genedge.optimizer.model.gamma_arrivals`
 (seeded), then the prompts drawn as vLLM draws a custom dataset: shuffled with the same seed and taken
 in that order (cycling past the end, so no prompt repeats before every one is used). A ``trace``
-replaces the drawn times by recorded ones, and its categories choose the prompts.
+replaces the drawn times by recorded ones (replayed by :func:`genedge.optimizer.model.read_trace`, as
+``genedge simulate --trace`` replays them), and its categories choose the prompts. A trace request of k images
+is k one-image requests at its time (``TraceReplay.images``), each with a prompt of its category: the genedge
+route generates one image per request, and the load test records one image per request.
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ from genedge.contract.files import ArtifactError
 from genedge.serve.loadtest_document import ScheduleSummary
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from genedge.contract.prompts import PromptTable
     from genedge.contract.table import CalibrationTable
     from genedge.optimizer.plan_file import PlanDocument
@@ -129,19 +130,22 @@ def _cycle(order: np.ndarray, n: int) -> np.ndarray:
 
 
 def _traced(
-    trace_path: Path,
-    num_prompts: int | None,
+    config: LoadConfig,
     table: CalibrationTable,
     planned: list[str],
     labels: list[str | None],
     n_texts: int,
     gen: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
-    """A trace's times and categories; each category's requests take the prompts labelled with it (any
+    """A trace's times and categories, replayed as ``config.trace_replay`` says with ``config.seed`` (as
+    ``genedge simulate --trace`` replays it); each category's requests take the prompts labelled with it (any
     prompt where none is)."""
     from genedge.optimizer.model import read_trace
 
-    trace = read_trace(trace_path, mapping=table.category_mapping, categories=planned)
+    trace = read_trace(
+        config.trace, mapping=table.category_mapping, categories=planned, replay=config.trace_replay, rng=config.seed
+    )
+    num_prompts = config.num_prompts
     n = len(trace) if num_prompts is None else min(num_prompts, len(trace))
     times = np.asarray(trace.times_s[:n], dtype=float)
     wanted = [trace.categories[i] for i in trace.category[:n]]
@@ -211,7 +215,7 @@ def build_schedule(config: LoadConfig, prompts: PromptTable, plan: PlanDocument,
     labels = _labels(prompts, table, planned)
     gen = np.random.default_rng(config.seed)
     if config.trace is not None:
-        times, rows, categories = _traced(config.trace, config.num_prompts, table, planned, labels, len(texts), gen)
+        times, rows, categories = _traced(config, table, planned, labels, len(texts), gen)
     else:
         times, rows, categories = _drawn(config, labels, len(texts), gen)
     sent = [c if config.send_categories else None for c in categories]

@@ -14,8 +14,8 @@ from genedge.optimizer.model._arrivals import (
     mmpp_arrivals,
     poisson_arrivals,
     rates_from_counts,
-    read_trace,
 )
+from genedge.optimizer.model._trace import read_trace
 
 # Agreement with a stated value is judged at this many standard errors (two-sided normal: ~6 in 100,000).
 Z = 4.0

@@ -96,6 +96,14 @@ RUN_BY: dict[str, tuple[str, ...]] = {
         "tests/test_loadtest.py::test_cli_end_to_end_writes_parquet_result_and_figure",
         "tests/test_serve_http.py::test_loadtest_measures_the_served_plan",
     ),
+    "genedge loadtest http://127.0.0.1:8000 --prompts data/prompts/smoke.tsv --trace lora_request_trace.csv "
+    "--trace-start 2024-12-03 21:00 --trace-end 2024-12-03 23:00 --time-scale 4 --rate-scale 0.5 --trace-images one "
+    "--seed 3 --result-dir gentd26-replay": (
+        "tests/test_trace_replay.py::test_loadtest_replays_a_compressed_trace_against_a_server",
+    ),
+    "genedge simulate --table galaxy-s24 --window-vs-open 600 --budgets 1 --trace lora_request_trace.csv "
+    "--trace-start 2024-12-03 21:00 --trace-end 2024-12-03 23:00 --time-scale 4 --rate-scale 0.5 --trace-images one "
+    "--seed 3": ("tests/test_trace_replay.py::test_simulate_replays_a_busy_hour_of_the_real_trace",),
     "genedge router eval PartiPrompts.tsv --figure confusion.png": (
         "tests/test_cli_router.py::test_eval_of_both_backends_in_one_run_on_partiprompts",
         "tests/test_cli_router.py::test_eval_prints_backend_beside_the_majority_baseline_and_draws_the_confusion",

@@ -34,6 +34,9 @@ from genedge.optimizer.model import DEFAULT_REQUESTS, Problem, Workload, workloa
 from genedge.optimizer.planners import PlanResult
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from genedge.optimizer.model import TraceReplay
     from genedge.router.counting import PromptCounts
 
 __all__ = [
@@ -42,6 +45,8 @@ __all__ = [
     "add_workload_arguments",
     "add_budget_arguments",
     "add_service_arguments",
+    "add_trace_replay_arguments",
+    "trace_replay_from_args",
     "batch_size_argument",
     "bounded_number",
     "budget_gpus",
@@ -399,7 +404,10 @@ def workload_from_args(
     elif getattr(args, "trace", None) is not None:
         from genedge.optimizer.model import read_trace
 
-        rates = read_trace(args.trace, mapping=table.category_mapping, categories=table.categories).rates()
+        # A trace without categories (GenTD26's) draws them, seeded by --seed.
+        rates = read_trace(
+            args.trace, mapping=table.category_mapping, categories=table.categories, rng=args.seed
+        ).rates()
     return workload_from_options(
         table.categories,
         counts=None if args.workload is None else parse_counts(args.workload, "--workload", whole=True),
@@ -563,3 +571,125 @@ def format_plan(result: PlanResult) -> str:
     if not result.success:
         lines.append(f"  stopped early: {result.message}")
     return "\n".join(lines)
+
+
+#: The replay options (argparse's names → the flags); each defaults to None, so TraceReplay's defaults apply.
+_REPLAY_OPTIONS = {
+    "time_scale": "--time-scale",
+    "rate_scale": "--rate-scale",
+    "trace_start": "--trace-start",
+    "trace_end": "--trace-end",
+    "trace_tasks": "--trace-tasks",
+    "trace_mix": "--trace-mix",
+    "trace_images": "--trace-images",
+}
+#: The most a trace's time or rate may be scaled by (either way): past it a replay is no longer the trace.
+_MAX_TRACE_SCALE = 1e6
+
+
+def _trace_instant(text: str) -> float | datetime:
+    """--trace-start/--trace-end: seconds on the trace's clock, or an ISO-8601 datetime on the file's clock."""
+    from datetime import datetime
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds on the trace's clock or an ISO-8601 datetime such as '2024-12-03 00:00:00', but got "
+            f"{text!r}"
+        ) from None
+
+
+def add_trace_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of :class:`genedge.optimizer.model.TraceReplay`: how --trace is replayed."""
+    from genedge.optimizer.model import CATEGORY_RULE, RATE_SCALE_RULE
+
+    group = parser.add_argument_group(
+        "replaying --trace",
+        "which part of the trace is replayed, how fast and how busy, and the categories of a trace without them. "
+        "GenTD26's lora_request_trace.csv (gmt_create, predict_type, num_images_per_prompt, num_inference_steps) "
+        "is read as published; its 25 rows without images or steps are left out (with a logged count)",
+    )
+    scale = {"minimum": 1 / _MAX_TRACE_SCALE, "maximum": _MAX_TRACE_SCALE}
+    group.add_argument(
+        "--time-scale",
+        type=bounded_number("trace seconds per replayed second", **scale),
+        help="trace seconds per replayed second: 60 replays one trace hour in one minute, so every rate is 60 "
+        "times the trace's (default: 1)",
+    )
+    group.add_argument(
+        "--rate-scale",
+        type=bounded_number("requests per recorded request", **scale),
+        help="r, requests per recorded request, keeping the trace's shape (default: 1), with --seed: "
+        + RATE_SCALE_RULE,
+    )
+    group.add_argument(
+        "--trace-start",
+        type=_trace_instant,
+        metavar="WHEN",
+        help="replay from here: seconds on the trace's clock, or a datetime on the file's clock for a trace of "
+        "datetimes (e.g. '2024-12-03'); it becomes time 0 (default: the trace's start)",
+    )
+    group.add_argument(
+        "--trace-end",
+        type=_trace_instant,
+        metavar="WHEN",
+        help="replay up to here, exclusive, in the same terms; the replay's window ends here (default: at the last "
+        "request)",
+    )
+    group.add_argument(
+        "--trace-tasks",
+        metavar="TASKS",
+        help="predict_type values replayed, comma-separated, or 'all' (default: TXT_2_IMG; GenTD26 also has "
+        "IMG_2_IMG and INPAINTING, which a text-to-image service does not serve); a trace without the column "
+        "replays every row",
+    )
+    group.add_argument(
+        "--trace-mix",
+        metavar="MIX",
+        help="the mix a trace without categories (GenTD26's) draws them from, e.g. 'Basic=1,Detail=3', with "
+        "--seed: " + CATEGORY_RULE,
+    )
+    group.add_argument(
+        "--trace-images",
+        choices=("expand", "one"),
+        help="a request of k images (num_images_per_prompt): 'expand' replays it as k one-image requests at its "
+        "time, as the server serves a request for n images (n one-image generations at once; the default); "
+        "'one' as one request",
+    )
+
+
+def trace_replay_from_args(args: argparse.Namespace) -> TraceReplay | None:
+    """The :class:`~genedge.optimizer.model.TraceReplay` of :func:`add_trace_replay_arguments`' options (its own
+    defaults for those not given), or None without --trace.
+
+    Raises:
+        ValueError: a replay option without --trace, or options the replay refuses (naming them).
+    """
+    from genedge.optimizer.model import TraceReplay
+
+    given = {name: value for name, value in vars(args).items() if name in _REPLAY_OPTIONS and value is not None}
+    if args.trace is None:
+        if given:
+            raise ValueError(f"{_REPLAY_OPTIONS[next(iter(given))]} says how --trace is replayed: give --trace")
+        return None
+    fields: dict[str, object] = {
+        "start": given.get("trace_start"),
+        "end": given.get("trace_end"),
+        **{name: given[name] for name in ("time_scale", "rate_scale") if name in given},
+    }
+    if "trace_tasks" in given:
+        tasks = given["trace_tasks"].strip()
+        fields["tasks"] = None if tasks.lower() == "all" else tuple(t.strip() for t in tasks.split(",") if t.strip())
+    if "trace_mix" in given:
+        fields["mix"] = parse_counts(given["trace_mix"], "--trace-mix")
+    if "trace_images" in given:
+        fields["images"] = given["trace_images"]
+    try:
+        return TraceReplay(**fields)
+    except ValueError as err:
+        raise ValueError(f"--trace replay options: {err}") from None

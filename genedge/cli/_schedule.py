@@ -97,7 +97,9 @@ def _trace_rates(args: argparse.Namespace, table: CalibrationTable) -> tuple[lis
 
     window_s = DEFAULT_TRACE_WINDOW_S if args.window_s is None else args.window_s
     count = DEFAULT_TRACE_RATES if args.rate_count is None else args.rate_count
-    arrivals = read_trace(args.rates_from_trace, mapping=table.category_mapping, categories=table.categories)
+    arrivals = read_trace(
+        args.rates_from_trace, mapping=table.category_mapping, categories=table.categories, rng=args.seed
+    )
     try:
         low, high = trace_rate_range(arrivals, window_s)
     except ValueError as err:

@@ -7,8 +7,12 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from genedge.cli._common import seed_argument, slo_seconds
+from genedge.cli._common import add_trace_replay_arguments, seed_argument, slo_seconds, trace_replay_from_args
+
+if TYPE_CHECKING:
+    from genedge.serve.loadtest_config import LoadConfig
 
 __all__ = ["add_parser"]
 
@@ -37,6 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     _add_traffic_options(parser)
+    add_trace_replay_arguments(parser)
     _add_result_options(parser)
     parser.set_defaults(func=run)
 
@@ -72,13 +77,16 @@ def _add_traffic_options(parser: argparse.ArgumentParser) -> None:
         "--trace",
         type=Path,
         help="arrival trace (TSV/CSV/Parquet): time_s (or timestamp) and category (or the mapping's label) "
-        "columns; replaces --request-rate and --burstiness",
+        "columns, or GenTD26's lora_request_trace.csv as published (see 'replaying --trace'); replaces "
+        "--request-rate and --burstiness. genedge simulate --trace with the same replay options and --seed "
+        "replays the same arrivals and categories",
     )
     parser.add_argument(
         "--seed",
         type=seed_argument,
         default=0,
-        help="seed of the arrival times, the prompt order and image seeds (default: 0)",
+        help="seed of the arrival times (a trace's rate scale and drawn categories), the prompt order and image "
+        "seeds (default: 0)",
     )
     parser.add_argument(
         "--endpoint",
@@ -131,6 +139,14 @@ def _add_result_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _pace(config: LoadConfig) -> str:
+    """How fast the requests go: a trace's scales, or the request rate."""
+    replay = config.trace_replay
+    if replay is not None:
+        return f"trace, time scale {replay.time_scale:g}, rate scale {replay.rate_scale:g}"
+    return f"{config.request_rate:g} requests/s"
+
+
 def run(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -155,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         num_prompts=args.num_prompts,
         max_concurrency=args.max_concurrency,
         trace=args.trace,
+        trace_replay=trace_replay_from_args(args),
         seed=args.seed,
         endpoint=args.endpoint,
         send_categories=not args.no_categories,
@@ -172,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         bar = tqdm(total=0, unit="req", disable=True if args.no_progress else None, file=sys.stderr)
 
         def started(schedule, to_send: int, skipped: int) -> None:
-            rate = "trace" if args.trace else f"{config.request_rate:g} requests/s"
+            rate = _pace(config)
             shape = "" if args.trace or config.burstiness == 1 else f", burstiness {config.burstiness:g}"
             print(
                 f"load test: {len(schedule.requests)} requests to {config.base_url} ({rate}{shape}), seed {config.seed}"

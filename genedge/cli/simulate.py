@@ -11,6 +11,7 @@ import numpy as np
 
 from genedge.cli._common import (
     add_planning_arguments,
+    add_trace_replay_arguments,
     budget_gpus,
     comma_separated,
     delay_weight,
@@ -21,6 +22,7 @@ from genedge.cli._common import (
     problem_from_args,
     request_count,
     slo_seconds,
+    trace_replay_from_args,
     window_seconds,
 )
 from genedge.optimizer.model import default_mix
@@ -84,6 +86,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="also draw quality, delay and utility versus load and the annealing's convergence (PNG and SVG)",
     )
     _add_window_versus_open_arguments(parser)
+    add_trace_replay_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -115,8 +118,9 @@ def _add_window_versus_open_arguments(parser: argparse.ArgumentParser) -> None:
     arrivals.add_argument(
         "--trace",
         type=Path,
-        help="an arrival trace (time_s and category columns, or the mapping's label column) to replay as well; "
-        "the demand is then the trace's rates, N = rate × T per window",
+        help="an arrival trace to replay as well (time_s or timestamp and category columns, or the mapping's label "
+        "column; or GenTD26's lora_request_trace.csv as published, see 'replaying --trace'); the demand is then "
+        "the replay's rates, N = rate × T per window",
     )
     arrivals.add_argument(
         "--simulated-requests",
@@ -147,8 +151,9 @@ def run(args: argparse.Namespace) -> int:
 
     check_not_input({"--out": args.out}, {"--table": args.table, "--trace": args.trace})
     table, sha = load_table_with_hash(args.table)
+    replay = trace_replay_from_args(args)
     if args.window_vs_open is not None:
-        return _window_versus_open(args, table, sha)
+        return _window_versus_open(args, table, sha, replay)
 
     def make_problem(workload: Workload, budget: float, weight: float) -> Problem:
         return problem_from_args(args, table, sha, workload, budget, weight)
@@ -209,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _window_versus_open(args: argparse.Namespace, table, sha: str) -> int:
+def _window_versus_open(args: argparse.Namespace, table, sha: str, replay) -> int:
     """Print the window-versus-open comparison (see the option group's help)."""
     from genedge.optimizer import Workload
     from genedge.optimizer.inputs import window_and_open_problems
@@ -222,7 +227,10 @@ def _window_versus_open(args: argparse.Namespace, table, sha: str) -> int:
     if args.trace is not None:
         from genedge.optimizer.model import read_trace
 
-        trace = read_trace(args.trace, mapping=table.category_mapping, categories=table.categories)
+        trace = read_trace(
+            args.trace, mapping=table.category_mapping, categories=table.categories, replay=replay, rng=args.seed
+        )
+        print(f"trace: {len(trace)} arrivals replayed over {trace.duration_s:g} s, seed {args.seed}")
         demand = Workload.from_rates(trace.rates())
     else:
         mix = Workload.from_counts(parse_counts(args.mix, "--mix") if args.mix else default_mix(table.categories))

@@ -12,7 +12,8 @@ from genedge._lazy import lazy_exports
 __all__, __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "._arrivals": ("Arrivals", "gamma_arrivals", "mmpp_arrivals", "poisson_arrivals", "read_trace"),
+        "._arrivals": ("Arrivals", "gamma_arrivals", "mmpp_arrivals", "poisson_arrivals"),
+        "._trace": ("CATEGORY_RULE", "RATE_SCALE_RULE", "TraceReplay", "read_trace"),
         "._delay": (
             "ARRIVAL_MODELS",
             "DEPLOYED_MIN_REQUESTS",
