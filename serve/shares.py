@@ -87,12 +87,14 @@ class ShareScheduler:
     most one slice waiting or running.
 
     Args:
-        shares: model → share r_m of this device (> 0, summing to at most 1).
+        shares: model → share r_m of this device (in [0, 1], summing to at most 1, one at least > 0). A
+            model at share 0 is loaded but not served (a plan schedule's model that the current plan
+            leaves out): it may not ask for a slice until :meth:`set_shares` gives it a share.
         work_conserving: let a backlogged model use what others leave idle (see the module notes).
         clock: monotonic seconds (for tests).
 
     Raises:
-        ValueError: no models, a share that is not positive, or shares summing to more than 1.
+        ValueError: no models, a share outside [0, 1], none above 0, or shares summing to more than 1.
 
     Example:
         >>> scheduler = ShareScheduler({"a": 0.75, "b": 0.25})
@@ -111,14 +113,7 @@ class ShareScheduler:
         work_conserving: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not shares:
-            raise ValueError("Expected at least one model with a share")
-        bad = {k: r for k, r in shares.items() if not (isinstance(r, (int, float)) and 0 < r <= 1)}
-        if bad:
-            raise ValueError(f"Expected shares in (0, 1], but got {bad}")
-        total = sum(shares.values())
-        if total > 1 + SHARE_SUM_TOLERANCE:
-            raise ValueError(f"Expected shares of one device summing to at most 1, but they sum to {total:.6g}")
+        _check_shares(shares)
         self.work_conserving = work_conserving
         self._clock = clock
         self._models = {key: _Model(float(r)) for key, r in shares.items()}
@@ -130,6 +125,25 @@ class ShareScheduler:
     def shares(self) -> dict[str, float]:
         """model → planned share."""
         return {key: m.share for key, m in self._models.items()}
+
+    def set_shares(self, shares: Mapping[str, float]) -> None:
+        """Give every model a new share (a switch of plan), counted from now on.
+
+        Raises:
+            ValueError: models other than this scheduler's, or shares :class:`ShareScheduler` refuses.
+        """
+        _check_shares(shares)
+        if set(shares) != set(self._models):
+            raise ValueError(f"Expected shares for the models {sorted(self._models)}, but got {sorted(shares)}")
+        with self._condition:
+            floor = self._virtual if self.work_conserving else self._clock()
+            for key, share in shares.items():
+                model = self._models[key]
+                model.share = float(share)
+                # The new plan's account starts now: a model behind under the old shares (or idle at share 0
+                # with a stale tag) is owed nothing under the new ones.
+                model.tag = max(model.tag, floor)
+            self._condition.notify_all()  # eligibility changed
 
     def _model(self, key: str) -> _Model:
         try:
@@ -160,7 +174,7 @@ class ShareScheduler:
         best: str | None = None
         earliest: float | None = None
         for key, model in self._models.items():
-            if not model.waiting:
+            if not model.waiting or model.share <= 0:
                 continue
             if not self.work_conserving and model.tag > now:
                 earliest = model.tag if earliest is None else min(earliest, model.tag)
@@ -177,6 +191,8 @@ class ShareScheduler:
                 raise RuntimeError(f"model {key!r} already has a slice waiting or running (one worker per model)")
             if model.backlog_since is None:
                 raise RuntimeError(f"model {key!r} asked for a slice without being backlogged")
+            if model.share <= 0:
+                raise RuntimeError(f"model {key!r} asked for a slice at share 0 (the current plan does not serve it)")
             model.waiting = True
             self._condition.notify_all()  # the others recompute who goes next
             try:
@@ -232,3 +248,16 @@ class ShareScheduler:
                 )
                 for key, m in self._models.items()
             }
+
+
+def _check_shares(shares: Mapping[str, float]) -> None:
+    if not shares:
+        raise ValueError("Expected at least one model with a share")
+    bad = {k: r for k, r in shares.items() if not (isinstance(r, (int, float)) and 0 <= r <= 1)}
+    if bad:
+        raise ValueError(f"Expected shares in [0, 1], but got {bad}")
+    total = sum(shares.values())
+    if total <= 0:
+        raise ValueError("Expected at least one share above 0")
+    if total > 1 + SHARE_SUM_TOLERANCE:
+        raise ValueError(f"Expected shares of one device summing to at most 1, but they sum to {total:.6g}")

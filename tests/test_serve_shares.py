@@ -41,6 +41,11 @@ def _backlogged_run(shares: dict[str, float], slice_s: dict[str, float], slices:
     for key in shares:
         scheduler.backlogged(key)
         scheduler._models[key].waiting = True  # every model always has its next slice waiting
+    return scheduler, clock, _serve_backlogged(scheduler, clock, slice_s, slices)
+
+
+def _serve_backlogged(scheduler: ShareScheduler, clock: _FakeClock, slice_s: dict[str, float], slices: int) -> list:
+    """Play the device for ``slices`` slices of models whose next slice is always waiting; the order served."""
     order = []
     for _ in range(slices):
         chosen, earliest = scheduler._next(clock())
@@ -55,7 +60,7 @@ def _backlogged_run(shares: dict[str, float], slice_s: dict[str, float], slices:
         scheduler.release(chosen, started)
         model.waiting = True
         order.append(chosen)
-    return scheduler, clock, order
+    return order
 
 
 @pytest.mark.parametrize("work_conserving", [False, True])
@@ -97,7 +102,9 @@ def test_a_model_that_waited_behind_a_long_slice_catches_up() -> None:
 def test_invalid_shares_and_misuse_are_refused() -> None:
     with pytest.raises(ValueError, match=r"sum to 1\.2"):
         ShareScheduler({"a": 0.6, "b": 0.6})
-    with pytest.raises(ValueError, match=r"in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        ShareScheduler({"a": 1.5})
+    with pytest.raises(ValueError, match="at least one share above 0"):
         ShareScheduler({"a": 0.0})
     with pytest.raises(ValueError, match="at least one"):
         ShareScheduler({})
@@ -108,6 +115,29 @@ def test_invalid_shares_and_misuse_are_refused() -> None:
         scheduler.backlogged("zzz")
     with pytest.raises(RuntimeError, match="does not hold"):
         scheduler.release("a", 0.0)
+
+
+def test_new_shares_hold_from_the_switch_on_and_a_model_at_share_0_is_never_served() -> None:
+    """A plan switch on a fake clock: before it a is served alone (b at share 0, though waiting); after it
+    the device splits 1:3, measured over the slices after the switch alone."""
+    scheduler, clock, order = _backlogged_run({"a": 0.5, "b": 0.0}, {"a": 0.01, "b": 0.01}, 200, work_conserving=False)
+    assert set(order) == {"a"}
+    assert scheduler.accounts()["a"].device_s / clock() == pytest.approx(0.5, rel=0.01)
+    before = {key: account.device_s for key, account in scheduler.accounts().items()}
+    switched_at = clock()
+    scheduler.set_shares({"a": 0.25, "b": 0.75})
+    _serve_backlogged(scheduler, clock, {"a": 0.01, "b": 0.01}, 2000)
+    elapsed = clock() - switched_at
+    for key, share in {"a": 0.25, "b": 0.75}.items():
+        assert (scheduler.accounts()[key].device_s - before[key]) / elapsed == pytest.approx(share, rel=0.02)
+    with pytest.raises(ValueError, match="Expected shares for the models"):
+        scheduler.set_shares({"a": 1.0})
+    with pytest.raises(ValueError, match=r"sum to 1\.5"):
+        scheduler.set_shares({"a": 0.75, "b": 0.75})
+    alone = ShareScheduler({"a": 1.0, "b": 0.0})
+    alone.backlogged("b")
+    with pytest.raises(RuntimeError, match="share 0"):
+        alone.acquire("b")
 
 
 def test_threads_on_the_real_clock_get_their_shares() -> None:
