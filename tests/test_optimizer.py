@@ -429,6 +429,42 @@ def test_floor_met_only_between_default_and_most_steps_is_still_found():
     assert result.utility == pytest.approx(exact_search(problem).utility)
 
 
+def _bumpy_problem(instance: int) -> Problem:
+    """3 models × 4 categories × 5 step choices whose scores are not monotone in steps: each model's mean
+    score at each step moves by a draw of σ = 1 point, so the step vectors' utilities have local optima."""
+    base = synthetic_problem(3, 4, 60, step_grid=(10, 20, 30, 40, 50), rng=instance)
+    bumps = np.random.default_rng(1000 + instance)
+    return dataclasses.replace(
+        base, quality_mean=tuple(q + bumps.normal(0, 1.0, (1, q.shape[1])) for q in base.quality_mean)
+    )
+
+
+@pytest.mark.parametrize("instance", [2, 13, 14])
+def test_few_step_vectors_are_enumerated_so_every_seed_finds_the_optimum(instance):
+    # Annealing its 600 iterations over these 125 step vectors missed the optimum at 4 to 8 of these 8 seeds.
+    problem = _bumpy_problem(instance)
+    exact = exact_search(problem)
+    plans = [propose(problem, rng=seed) for seed in range(8)]
+    for result in plans:
+        assert result.utility == pytest.approx(exact.utility, rel=1e-9)
+        assert result.plan.step_index == plans[0].plan.step_index
+        np.testing.assert_array_equal(result.plan.routing_matrix, plans[0].plan.routing_matrix)
+        np.testing.assert_array_equal(result.trajectory, plans[0].trajectory)
+    # One row per step vector: (index, its utility on the relaxation, best so far, temperature 0).
+    rows = plans[0].trajectory
+    assert plans[0].nit == len(rows) == 5**3
+    np.testing.assert_array_equal(rows[:, 0], np.arange(1, 5**3 + 1))
+    np.testing.assert_array_equal(rows[:, 2], np.maximum.accumulate(rows[:, 1]))
+    assert (rows[:, 3] == 0).all()
+
+
+def test_more_step_vectors_than_iterations_are_annealed():
+    problem = _bumpy_problem(2)
+    first, second = (propose(problem, rng=seed, maxiter=100) for seed in (0, 1))
+    assert first.nit == second.nit == 100 and (first.trajectory[:, 3] > 0).all()
+    assert not np.array_equal(first.trajectory, second.trajectory)
+
+
 def test_tiny_loads_count_as_unused_everywhere():
     problem = synthetic_problem(2, 2, 10, rng=0)
     routing = np.array([[1.0, 0.0], [1 - 1e-17, 1e-17]])

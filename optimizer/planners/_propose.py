@@ -2,8 +2,9 @@
 
 For each candidate step vector the routing is solved exactly on a convex
 relaxation of the delay (:func:`~genedge.optimizer.planners.price_directed_assignment`)
-and the shares in closed form (r_m ∝ √K_m), so annealing only has to search the
-steps. The best routing found is then polished on the exact utility.
+and the shares in closed form (r_m ∝ √K_m), so only the steps are searched: every
+step vector where there are no more of them than annealing iterations, by annealing
+otherwise. The best routings found are then polished on the exact utility.
 
 Where the paper fixes the routing from score distributions alone and anneals
 steps and shares for it, this planner lets the routing respond to delay: a
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,13 +71,19 @@ def propose(
     Args:
         problem: the planning problem.
         rng: a seed or generator; when None a new generator is seeded from the OS.
-        callback: ``callback(AnnealState) -> bool | None`` after each annealing iteration; True
-            stops the search, and the best step vectors seen so far are polished into the plan.
+        callback: ``callback(AnnealState) -> bool | None`` after each annealing iteration, or each
+            step vector valued where they are enumerated; True stops the search, and the best step
+            vectors seen so far are polished into the plan.
         maxiter: annealing iterations per deployable model set
-            (default ``ITERATIONS_PER_GRID_STEP`` · Σ_m K_m).
+            (default ``ITERATIONS_PER_GRID_STEP`` · Σ_m K_m). Where a set's models have no more step
+            vectors than this, each is valued once instead, and the plan does not depend on ``rng``.
 
     Returns:
-        A :class:`PlanResult` whose trajectory is the annealing over steps.
+        A :class:`PlanResult` whose trajectory is the search over steps. Annealing gives one row per
+        iteration (iteration, current utility, best utility, temperature); enumerating gives one row
+        per step vector valued, the start first and then the rest in lexicographic order
+        (index, its utility or −inf where no routing meets the quality floor, best utility, 0), and
+        ``nit`` counts them. ``nfev`` adds the exact-utility evaluations of the polish.
     """
     seed = seed_of(rng)
     gen = np.random.default_rng(rng)
@@ -142,7 +149,8 @@ def _plan_model_set(
     rng: np.random.Generator,
     callback: Callable[[AnnealState], bool | None] | None,
 ) -> _SetPlan | None:
-    """Anneal the steps of the allowed models, then polish the best routings; None if no step vector is feasible."""
+    """Search the steps of the allowed models (every step vector where they are no more than ``maxiter``,
+    else by annealing), then polish the best routings; None if no step vector is feasible."""
     start = _feasible_start(problem, allowed)
     if start is None:
         return None
@@ -151,9 +159,13 @@ def _plan_model_set(
             return _enumerate_scored(problem, allowed, callback)
         return _surrogate_then_scored(problem, allowed, maxiter=maxiter, rng=rng, callback=callback)
     space = _RelaxedSteps(problem, allowed)
-    out = metropolis(start, space.utility, space.neighbour, maxiter=maxiter, rng=rng, callback=callback)
+    if space.count <= maxiter:
+        # Valuing each step vector once costs no more evaluations than annealing, and cannot miss the relaxation's best.
+        out = _enumerate_relaxed(space, start, callback)
+    else:
+        out = metropolis(start, space.utility, space.neighbour, maxiter=maxiter, rng=rng, callback=callback)
     # The relaxation ignores the curvature of √(N(N+1)), which matters at small loads,
-    # so the runners-up of the annealing are polished on the exact utility too.
+    # so the runners-up of the search are polished on the exact utility too.
     ranked = space.ranked()
     best, evaluations = _polish_ranked(problem, allowed, space, ranked[:POLISH_CANDIDATES])
     utility_found, steps, requests = best
@@ -178,6 +190,8 @@ class _RelaxedSteps:
         self.allowed = allowed
         self.sizes = problem.grid_sizes
         self.movable = np.flatnonzero(allowed & (np.array(self.sizes) > 1))
+        # The other models' steps leave the utility unchanged: they serve nothing, or have one step choice.
+        self.count = int(np.prod([self.sizes[m] for m in self.movable]))
         # steps → (utility, its routing in requests, None where infeasible)
         self.cache: dict[tuple[int, ...], tuple[float, np.ndarray | None]] = {}
 
@@ -200,6 +214,17 @@ class _RelaxedSteps:
         b = int(u.argmax())
         return float(u[b]), candidates[b]
 
+    def every(self, start: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
+        """Every step vector of the movable models, the others kept at ``start``: ``start`` first, then the
+        rest in lexicographic order."""
+        yield start
+        for moved in itertools.product(*(range(self.sizes[m]) for m in self.movable)):
+            steps = list(start)
+            for m, k in zip(self.movable, moved):
+                steps[m] = k
+            if tuple(steps) != start:
+                yield tuple(steps)
+
     def neighbour(self, steps: tuple[int, ...], g: np.random.Generator) -> tuple[int, ...]:
         """An adjacent step of one allowed model with more than one step choice."""
         if self.movable.size == 0:
@@ -211,6 +236,63 @@ class _RelaxedSteps:
         """The feasible step vectors valued so far, best first."""
         feasible = [steps for steps, (u, _) in self.cache.items() if u > -np.inf]
         return sorted(feasible, key=lambda steps: -self.cache[steps][0])
+
+
+class _Enumeration:
+    """The record of a search that values step vectors one by one instead of annealing: one trajectory row
+    per step vector (index, its value, best value so far, temperature 0, as nothing is annealed), with the
+    callback told of each."""
+
+    def __init__(self, callback: Callable[[AnnealState], bool | None] | None) -> None:
+        self.callback = callback
+        self.rows: list[tuple[int, float, float, float]] = []
+        self.best_value = -np.inf
+        self.best_state: tuple[int, ...] | None = None
+        self.status = PlanStatus.SUCCESS
+
+    def record(self, steps: tuple[int, ...], value: float) -> bool:
+        """Add one step vector's value; True where the callback asks to stop."""
+        if value > self.best_value:
+            self.best_value, self.best_state = value, steps
+        self.rows.append((len(self.rows) + 1, value, self.best_value, 0.0))
+        if self.callback is not None and self.callback(
+            AnnealState(
+                iteration=self.nit,
+                value=value,
+                best_value=self.best_value,
+                best_state=self.best_state,
+                temperature=0.0,
+            )
+        ):
+            self.status = PlanStatus.CALLBACK_STOP
+        return self.status == PlanStatus.CALLBACK_STOP
+
+    @property
+    def nit(self) -> int:
+        """Step vectors valued."""
+        return len(self.rows)
+
+    @property
+    def nfev(self) -> int:
+        """Evaluations behind the values recorded: one each."""
+        return self.nit
+
+    @property
+    def trajectory(self) -> np.ndarray:
+        """The rows, shape (nit, 4)."""
+        return np.array(self.rows, dtype=float).reshape(-1, 4)
+
+
+def _enumerate_relaxed(
+    space: _RelaxedSteps, start: tuple[int, ...], callback: Callable[[AnnealState], bool | None] | None
+) -> _Enumeration:
+    """Value every step vector of the space, the feasible start first (so a stopped search still has a
+    plan); one utility evaluation each."""
+    search = _Enumeration(callback)
+    for steps in space.every(start):
+        if search.record(steps, space.utility(steps)):
+            break
+    return search
 
 
 def _polish_ranked(
@@ -308,23 +390,16 @@ def _enumerate_scored(
         return None
     entries.sort(key=lambda entry: -entry[0])
     nfev = sum(len(entry[2][0]) for entry in entries)
-    found: list[tuple[float, tuple[int, ...], np.ndarray]] = []
-    best = -np.inf
-    status = PlanStatus.SUCCESS
-    trajectory = []
+    found: list[tuple[float, tuple[int, ...], np.ndarray, tuple]] = []
+    search = _Enumeration(callback)
     for bound, steps, candidates in entries:
-        if best > INFEASIBLE and bound <= best:
+        if search.best_value > INFEASIBLE and bound <= search.best_value:
             break
         value, requests = best_scored_routing(problem, steps, allowed, None, candidates=candidates)
-        nfev += 1
         found.append((value, steps, requests, candidates))
-        best = max(best, value)
-        trajectory.append((len(found), value, best, 0.0))
-        if callback is not None and callback(
-            AnnealState(iteration=len(found), value=value, best_value=best, best_state=steps, temperature=0.0)
-        ):
-            status = PlanStatus.CALLBACK_STOP
+        if search.record(steps, value):
             break
+    nfev += search.nfev
     top: tuple[float, tuple[int, ...], np.ndarray] | None = None
     for value, steps, requests, candidates in sorted(found, key=lambda item: -item[0])[:POLISH_CANDIDATES_SCORED]:
         for start in polish_starts(value, requests, candidates):
@@ -342,10 +417,10 @@ def _enumerate_scored(
         utility=top[0],
         steps=top[1],
         requests=top[2],
-        trajectory=np.array(trajectory).reshape(-1, 4),
-        nit=len(found),
+        trajectory=search.trajectory,
+        nit=search.nit,
         nfev=nfev,
-        status=status,
+        status=search.status,
     )
 
 

@@ -140,10 +140,12 @@ class PlanResult(Evaluation):
         method: planner name, e.g. ``"genedge"``, ``"paper"``, ``"direct-assignment"``.
         plan: the decisions.
         status: why the planner stopped; :attr:`success` and :attr:`message` follow from it.
-        nit: iterations (exact search: step vectors whose routing was polished).
+        nit: iterations (exact search: step vectors whose routing was polished; genedge where it
+            enumerates step vectors: step vectors valued).
         nfev: objective evaluations.
         seed: the seed the planner's generator came from, or None if it used no randomness.
-        trajectory: (iteration, current utility, best utility, temperature) rows for annealers.
+        trajectory: (iteration, current utility, best utility, temperature) rows for annealers; where
+            genedge enumerates step vectors, one row per step vector valued, at temperature 0.
         upper_bound: a proven upper bound on the utility of any plan, where the planner certifies one.
         plan_time_s: wall time the planner took (s); every planner sets it, a result built with
             :func:`make_result` alone has None.
