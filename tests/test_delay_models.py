@@ -1,6 +1,6 @@
 """One delay model interface (optimizer/model/_delay.py): the planner's and the served prediction are one code path,
-and no module of the package, its benchmarks or its scripts outside the delay-model module branches on a delay
-model's name."""
+and no module of the package, its benchmarks or its scripts outside the delay models' module
+(optimizer/model/_delay_models.py) branches on a delay model's name."""
 
 from __future__ import annotations
 
@@ -15,24 +15,17 @@ from genedge import data
 from genedge.contract.table_file import load_table, save_table, table_from_dict, table_to_dict
 from genedge.optimizer.model import Problem, Slo, Workload, evaluate
 from genedge.optimizer.model import _queueing as queueing
-from genedge.optimizer.model._delay import (
-    ARRIVAL_MODELS,
-    REALIZATIONS,
-    DelayModel,
-    OpenQueue,
-    WindowFifo,
-    WindowRandom,
-    delay_model,
-)
+from genedge.optimizer.model._delay import ARRIVAL_MODELS, REALIZATIONS, DelayModel
+from genedge.optimizer.model._delay_models import OpenQueue, WindowFifo, WindowRandom, delay_model
 from genedge.optimizer.plan_file import plan_from_dict, plan_to_dict
 from genedge.optimizer.planners import make_result
 from genedge.serve.predict import predict_at_demand, predict_at_rates, predict_for_window
 
 ROOT = Path(__file__).resolve().parents[1]
-# The package's stages and the benchmarks and scripts that drive them; the delay-model module is the one
+# The package's stages and the benchmarks and scripts that drive them; the delay models' module is the one
 # place that may tell the models apart.
 SCANNED_DIRS = ("genedge", "optimizer", "calibrate", "profiler", "router", "serve", "benchmarks", "scripts")
-DELAY_MODULE = ROOT / "optimizer" / "model" / "_delay.py"
+DELAY_MODULE = ROOT / "optimizer" / "model" / "_delay_models.py"
 DELAY_NAMES = frozenset(ARRIVAL_MODELS) | frozenset(REALIZATIONS)
 
 RATES = {"Basic": 0.05, "Detail": 0.1, "Imagination": 0.03, "Complex": 0.02}

@@ -318,7 +318,7 @@ def _reference_quantile(service, loads, q, batch=None):
 
 
 def test_delay_quantile_matches_sorting_every_request():
-    from genedge.optimizer.model._delay import window_delay_quantile
+    from genedge.optimizer.model._window_counts import window_delay_quantile
 
     rng = np.random.default_rng(0)
     for trial in range(500):

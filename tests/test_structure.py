@@ -107,13 +107,13 @@ def calibrate_imports(source: str, filename: str) -> list[str]:
 
 def test_the_room_check_catches_planted_private_imports():
     planted = (
-        "from genedge.optimizer.model._delay import OpenQueue\n"
+        "from genedge.optimizer.model._delay_models import OpenQueue\n"
         "from genedge.optimizer.planners import _exact\n"
         "import genedge.optimizer.analysis._uncertainty\n"
         "from genedge.optimizer.model import Problem\n"
     )
     assert private_room_imports(planted, "serve/predict.py") == [
-        "serve/predict.py:1 genedge.optimizer.model._delay",
+        "serve/predict.py:1 genedge.optimizer.model._delay_models",
         "serve/predict.py:2 genedge.optimizer.planners._exact",
         "serve/predict.py:3 genedge.optimizer.analysis._uncertainty",
     ]
@@ -139,9 +139,9 @@ def test_every_public_name_of_the_optimizer_and_its_rooms_resolves():
 
 
 def test_the_import_checks_catch_relative_and_package_imports():
-    planted = "from .model._delay import OpenQueue\nfrom genedge import calibrate\nfrom ..calibrate import fit\n"
+    planted = "from .model._delay_models import OpenQueue\nfrom genedge import calibrate\nfrom ..calibrate import fit\n"
     assert private_room_imports(planted, "optimizer/inputs.py") == [
-        "optimizer/inputs.py:1 genedge.optimizer.model._delay"
+        "optimizer/inputs.py:1 genedge.optimizer.model._delay_models"
     ]
     assert calibrate_imports(planted, "optimizer/inputs.py") == [
         "optimizer/inputs.py:2 genedge.calibrate",

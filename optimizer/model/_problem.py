@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.special import ndtr
 
-from genedge.optimizer.model._delay import DelayModel, delay_model, delay_model_class
+from genedge.optimizer.model._delay import DelayModel
+from genedge.optimizer.model._delay_models import delay_model, delay_model_class
 from genedge.optimizer.model._workload import Workload
 
 if TYPE_CHECKING:
@@ -264,7 +265,7 @@ class Problem:
 
     @property
     def delay(self) -> DelayModel:
-        """The delay model of :attr:`arrivals` and :attr:`realization` (:mod:`~genedge.optimizer.model._delay`).
+        """The delay model of :attr:`arrivals` and :attr:`realization` (:mod:`~genedge.optimizer.model._delay_models`).
 
         Built on each use (a class lookup; the demand was checked once, when the problem was made), so
         that the problem's fields stay all it holds.
