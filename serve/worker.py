@@ -7,6 +7,12 @@ VAE decoding — runs as one slice of :class:`~genedge.serve.shares.ShareSchedul
 gets its planned share of the device. A model holding ``queue_bound`` requests refuses more with
 :class:`~genedge.serve.protocol.Overloaded`; :meth:`DeviceWorker.drain` stops taking requests and
 waits for those in flight.
+
+A server of a plan schedule loads every model any of its plans deploys; :meth:`DeviceWorker.reconfigure`
+switches to another plan's models, steps, batch sizes, queue bounds and shares while serving. A request keeps
+the steps of the plan it was accepted under; a model the new plan leaves out finishes its queue at its old
+share (the others' shares scaled down to make room), then rests at share 0. Nothing queued is dropped or run
+twice.
 """
 
 from __future__ import annotations
@@ -62,12 +68,16 @@ class Generated:
 
     png: bytes
     record: dict[str, Any]
+    #: The plan's time of the call on the model's share (s), under the plan it ran in: what the call's
+    #: ``service_s`` is compared with to recalibrate.
+    planned_s: float
 
 
 @dataclass
 class _Job:
     prompt: str
     seed: int
+    steps: int
     request_id: str
     arrived: float
     future: Future
@@ -79,6 +89,10 @@ class _Lane:
     def __init__(self, model: ServedModel, pipe: Any) -> None:
         self.model = model
         self.pipe = pipe
+        # Whether the current plan serves this model, and the share it had when it last did (kept while a
+        # model the plan left out finishes its queue).
+        self.active = model.share > 0
+        self.last_share = model.share
         self.jobs: collections.deque[_Job] = collections.deque()
         self.in_service = 0
         self.requests = 0
@@ -143,7 +157,8 @@ class DeviceWorker:
             for lane in self._lanes.values():
                 for _ in range(2):  # the first call pays one-time costs; the second is a served call's
                     alone = ShareScheduler({lane.model.name: 1.0})
-                    self._generate(lane, [_WARMUP_PROMPT] * lane.model.max_batch, [0] * lane.model.max_batch, alone)
+                    batch = lane.model.max_batch
+                    self._generate(lane, [_WARMUP_PROMPT] * batch, [0] * batch, alone, lane.model.steps)
                 self.warmup_s[lane.model.name] = alone.accounts()[lane.model.name].device_s
         for lane in self._lanes.values():
             lane.thread = threading.Thread(
@@ -182,12 +197,15 @@ class DeviceWorker:
             job = _Job(
                 prompt=prompt,
                 seed=self._counter if seed is None else seed,
+                steps=model.steps,
                 request_id=request_id or f"{name}-{self._counter}",
                 arrived=time.monotonic(),
                 future=Future(),
             )
             lane.jobs.append(job)
             lane.requests += 1
+            if not lane.active:  # routed under the plan before a switch: served at that plan's share
+                self._apply_shares()
             self.scheduler.backlogged(name)
             self._condition.notify_all()
         return job.future
@@ -204,7 +222,7 @@ class DeviceWorker:
                     self._condition.wait()
                 if self._closed and not lane.jobs:
                     return
-                batch = [lane.jobs.popleft() for _ in range(min(lane.model.max_batch, len(lane.jobs)))]
+                batch = _next_batch(lane.jobs, lane.model.max_batch)
                 lane.in_service = len(batch)
             try:
                 results = self._run(lane, batch)
@@ -221,11 +239,16 @@ class DeviceWorker:
                 lane.calls += 1
                 if not lane.jobs:
                     self.scheduler.idle(name)
+                    if not lane.active:  # a model the plan left out has finished its queue: it rests
+                        self._apply_shares()
                 self._condition.notify_all()
 
     def _run(self, lane: _Lane, batch: list[_Job]) -> list[Generated]:
+        planned_s = lane.model.service_s
         started = time.monotonic()
-        images = self._generate(lane, [job.prompt for job in batch], [job.seed for job in batch], self.scheduler)
+        images = self._generate(
+            lane, [job.prompt for job in batch], [job.seed for job in batch], self.scheduler, batch[0].steps
+        )
         finished = time.monotonic()
         results = []
         for job, image in zip(batch, images):
@@ -235,7 +258,7 @@ class DeviceWorker:
             record = {
                 "request_id": job.request_id,
                 "model": lane.model.key,
-                "steps": lane.model.steps,
+                "steps": job.steps,
                 "device": lane.model.device,
                 "batch_size": len(batch),
                 "seed": job.seed,
@@ -243,11 +266,13 @@ class DeviceWorker:
                 "service_s": finished - started,
                 "image_sha256": hashlib.sha256(png).hexdigest(),
             }
-            results.append(Generated(png=png, record=record))
+            results.append(Generated(png=png, record=record, planned_s=planned_s))
         return results
 
-    def _generate(self, lane: _Lane, prompts: list[str], seeds: list[int], scheduler: ShareScheduler) -> list[Any]:
-        """One call, each piece of device work a slice of ``scheduler``."""
+    def _generate(
+        self, lane: _Lane, prompts: list[str], seeds: list[int], scheduler: ShareScheduler, steps: int
+    ) -> list[Any]:
+        """One call of ``steps`` denoising steps, each piece of device work a slice of ``scheduler``."""
         model, pipe, name = lane.model, lane.pipe, lane.model.name
         # A slice ends when its kernels have, not when they were queued.
         settle = Clock(self.device).synchronize
@@ -269,7 +294,7 @@ class DeviceWorker:
                 latents = denoise(
                     pipe,
                     embeddings,
-                    steps=model.steps,
+                    steps=steps,
                     guidance_scale=model.guidance_scale,
                     resolution=model.resolution,
                     generators=generators,
@@ -281,13 +306,56 @@ class DeviceWorker:
                 scheduler.release(name, grant["started"])
         return images
 
+    def reconfigure(self, models: Sequence[ServedModel]) -> None:
+        """Serve another plan from now on: ``models`` are its replicas on this device (module notes).
+
+        A model of this worker that ``models`` leave out (or give share 0) is no longer served once its queue
+        is empty; requests already queued keep the steps they were accepted with.
+
+        Raises:
+            ValueError: a model this worker did not load.
+        """
+        by_name = {m.name: m for m in models}
+        unknown = sorted(set(by_name) - set(self._lanes))
+        if unknown:
+            raise ValueError(f"models {unknown} are not loaded on this device (it has {sorted(self._lanes)})")
+        with self._condition:
+            for name, lane in self._lanes.items():
+                if lane.active:
+                    lane.last_share = lane.model.share
+                model = by_name.get(name)
+                lane.active = model is not None and model.share > 0
+                if lane.active:
+                    lane.model = model
+            self._apply_shares()
+            self._condition.notify_all()
+
+    def _apply_shares(self) -> None:
+        """The scheduler's shares for the current plan (call holding the condition's lock): a model left out
+        that still holds requests keeps its last share, and the plan's models share what is left in their
+        plan's proportions."""
+        finishing = {
+            name: lane.last_share or 1 / len(self._lanes)  # never served before: an equal part, as a floor
+            for name, lane in self._lanes.items()
+            if not lane.active and lane.held
+        }
+        left = max(0.0, 1.0 - sum(finishing.values()))
+        shares = {
+            name: lane.model.share * left if lane.active else finishing.get(name, 0.0)
+            for name, lane in self._lanes.items()
+        }
+        total = sum(shares.values())
+        if total > 1:
+            shares = {name: share / total for name, share in shares.items()}
+        self.scheduler.set_shares(shares)
+
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per model (:data:`~genedge.serve.protocol.STATS_FIELDS`): its share account and counters."""
         accounts = self.scheduler.accounts()
         with self._condition:
             return {
                 name: {
-                    "planned_share": lane.model.share,
+                    "planned_share": accounts[name].planned_share,
                     "steps": lane.model.steps,
                     "device_s": accounts[name].device_s,
                     "backlogged_s": accounts[name].backlogged_s,
@@ -328,3 +396,11 @@ class DeviceWorker:
         for lane in self._lanes.values():
             if lane.thread is not None:
                 lane.thread.join()
+
+
+def _next_batch(jobs: collections.deque[_Job], max_batch: int) -> list[_Job]:
+    """Up to ``max_batch`` jobs from the head of ``jobs`` with the head's steps (a batch runs one step count)."""
+    batch = [jobs.popleft()]
+    while jobs and len(batch) < max_batch and jobs[0].steps == batch[0].steps:
+        batch.append(jobs.popleft())
+    return batch
