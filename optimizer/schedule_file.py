@@ -27,6 +27,7 @@ from genedge.optimizer.plan_file import PlanDocument, plan_from_dict
 from genedge.optimizer.planners import PlanResult
 
 __all__ = [
+    "SCHEDULE_KIND",
     "SCHEDULE_POLICY",
     "SCHEDULE_SCHEMA_VERSION",
     "Decisions",
@@ -44,7 +45,8 @@ __all__ = [
 ]
 
 SCHEDULE_SCHEMA_VERSION = 1
-_KIND = "genedge.plan-schedule"
+#: The ``kind`` of a plan schedule document (what tells it from a plan).
+SCHEDULE_KIND = "genedge.plan-schedule"
 
 #: How :meth:`PlanSchedule.plan_for_rate` picks a plan; written into every schedule as ``policy``.
 SCHEDULE_POLICY = (
@@ -282,7 +284,7 @@ def schedule_to_dict(
     infeasible = [p["rate"] for p in points if p["band"] is not None and not p["feasible"]]
     return {
         "schema_version": SCHEDULE_SCHEMA_VERSION,
-        "kind": _KIND,
+        "kind": SCHEDULE_KIND,
         "method": method,
         "seed": seed,
         "policy": SCHEDULE_POLICY,
@@ -326,8 +328,8 @@ def plan_schedule_from_dict(document: Mapping[str, Any], where: str) -> PlanSche
     r = FieldReader(where, ScheduleError)
     if not isinstance(document, Mapping):
         raise r.fail("document", f"expected a JSON object, but got {type(document).__name__}")
-    if document.get("schema_version") != SCHEDULE_SCHEMA_VERSION or document.get("kind") != _KIND:
-        raise r.fail("schema_version", f"expected a {_KIND!r} document of schema {SCHEDULE_SCHEMA_VERSION}")
+    if document.get("schema_version") != SCHEDULE_SCHEMA_VERSION or document.get("kind") != SCHEDULE_KIND:
+        raise r.fail("schema_version", f"expected a {SCHEDULE_KIND!r} document of schema {SCHEDULE_SCHEMA_VERSION}")
     max_stable = r.number(document, "max_stable_rate", "", minimum=0, strict=True)
     bands = tuple(_read_band(r, entry, i) for i, entry in enumerate(r.get(document, "bands", "", list)))
     if not bands:

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from genedge.profiler._imports import require
+from genedge.serve.controller import ControllerSettings
+from genedge.serve.loop import ServedPlans
 from genedge.serve.metrics import METRICS_CONTENT_TYPE, ServeMetrics
 from genedge.serve.protocol import (
     GENERATE_ROUTE,
@@ -40,6 +42,7 @@ from genedge.serve.protocol import (
     parse_generate,
     parse_openai,
 )
+from genedge.serve.schedule_spec import ServedSchedule
 from genedge.serve.shares import SHARE_REALIZATIONS, ShareRealization
 from genedge.serve.spec import SERVED_MODEL_NAME, ServedModel, ServeSpec
 
@@ -82,7 +85,7 @@ class Device:
         except Overloaded as err:
             return {"overloaded": err.message, "retry_after_s": err.retry_after_s}
         result = await asyncio.wrap_future(future)
-        return {"png": result.png, "record": result.record}
+        return {"png": result.png, "record": result.record, "planned_s": result.planned_s}
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """The worker's per-model accounts."""
@@ -96,22 +99,37 @@ class Device:
         """Stop taking requests; wait for those in flight."""
         return self.worker.drain(timeout_s)
 
+    def reconfigure(self, models: Sequence[ServedModel]) -> None:
+        """Serve another plan's models on this device (a plan schedule's switch)."""
+        mine = {m.name for m in self.worker.models}
+        self.worker.reconfigure([m for m in models if m.name in mine])
 
-def _metrics(spec: ServeSpec) -> ServeMetrics:
-    """The served plan's metrics, each category's counters started for the replicas it is routed to."""
+
+def _plan_figures(spec: ServeSpec) -> dict[str, Any]:
+    """A served plan's predicted figures, planned rate (open arrivals) and SLO, as :class:`ServeMetrics` takes them."""
+    from genedge.optimizer.model import arrival_model
     from genedge.optimizer.plan_file import plan_from_dict
 
     plan = plan_from_dict(spec.plan, "the served plan")
-    routes = {c: [m.name for m, p in zip(spec.models, spec.routing[i]) if p > 0] for i, c in enumerate(spec.categories)}
-    return ServeMetrics(
-        spec.plan,
-        categories=spec.categories,
-        routes=routes,
-        models={m.name: m.device for m in spec.models},
-        predicted=dataclasses.asdict(plan.predicted),
-        planned_rate=sum(plan.inputs.workload.values()) if plan.inputs.arrivals == "open" else None,
-        slo_s=spec.slo_s,
-    )
+    return {
+        "predicted": dataclasses.asdict(plan.predicted),
+        "planned_rate": sum(plan.inputs.workload.values()) if arrival_model(plan.inputs.arrivals).per_second else None,
+        "slo_s": spec.slo_s,
+    }
+
+
+def _metrics(plans: ServedPlans) -> ServeMetrics:
+    """The served plans' metrics, each category's counters started for the replicas any plan routes it to."""
+    spec = plans.spec
+    routes: dict[str, list[str]] = {c: [] for c in spec.categories}
+    models: dict[str, int] = {}
+    for band in plans.bands:
+        for i, category in enumerate(band.spec.categories):
+            for model, p in zip(band.spec.models, band.spec.routing[i]):
+                models[model.name] = model.device
+                if p > 0 and model.name not in routes[category]:
+                    routes[category].append(model.name)
+    return ServeMetrics(spec.plan, categories=spec.categories, routes=routes, models=models, **_plan_figures(spec))
 
 
 def deployment_units(spec: ServeSpec, realization: ShareRealization) -> list[tuple[str, tuple[ServedModel, ...], dict]]:
@@ -141,22 +159,27 @@ def deployment_units(spec: ServeSpec, realization: ShareRealization) -> list[tup
 class Ingress:
     """The HTTP front of a served plan (routes in :mod:`genedge.serve.protocol`)."""
 
-    def __init__(self, spec: ServeSpec, router: str | None, units: list[tuple[str, tuple[str, ...]]], *handles: Any):
-        from genedge.optimizer.model import Router
-
-        self.spec = spec
+    def __init__(
+        self,
+        spec: ServeSpec,
+        router: str | None,
+        units: list[tuple[str, tuple[str, ...]]],
+        *handles: Any,
+        schedule: ServedSchedule | None = None,
+        controller: ControllerSettings | None = None,
+    ):
         self.router_name = router
         self.prompt_router = None
         if router is not None:
             from genedge.router.model import load_router
 
             self.prompt_router = load_router(router)
-        self.routing = Router(spec.routing)
         by_name = {}
         for (_, names), handle in zip(units, handles):
             for name in names:
                 by_name[name] = handle
-        self.handles = [by_name[m.name] for m in spec.models]
+        self.plans = ServedPlans(spec, by_name, handles, schedule, controller)
+        self.deployed = spec  # every model loaded (a schedule's models of all its plans)
         self.unit_handles = list(handles)
         self.category_index = {c: i for i, c in enumerate(spec.categories)}
         self.started = time.monotonic()
@@ -164,7 +187,29 @@ class Ingress:
         self.draining = False
         self.counter = 0
         self.served_calibration: list[dict[str, Any]] | None = None
-        self.metrics = _metrics(spec)
+        self.metrics = _metrics(self.plans)
+        self._loop_task: asyncio.Task | None = None
+        self._start_loop()
+
+    @property
+    def spec(self) -> ServeSpec:
+        """The plan served now (a schedule's active band)."""
+        return self.plans.spec
+
+    def _start_loop(self) -> None:
+        """Start the controller's ticks once, in this replica's event loop (from the constructor where Ray Serve
+        runs it in that loop, else from the first request)."""
+        if self._loop_task is not None or self.plans.controller is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._loop_task = loop.create_task(self.plans.run(self._switched))
+
+    def _switched(self, switch: Any) -> None:
+        self.metrics.switched(switch.to_band, switch.from_band)
+        self.metrics.plan_changed(self.spec.plan, **_plan_figures(self.spec))
 
     def _category(self, request: GenerationRequest) -> tuple[str, str, float | None]:
         if request.category is not None:
@@ -181,12 +226,11 @@ class Ingress:
         """Route and generate one image; raises :class:`Overloaded` when its model refuses it."""
         arrived = time.perf_counter()
         category, source, probability = self._category(request)
-        replica = self.routing.route(self.category_index[category])
-        model = self.spec.models[replica]
+        model, handle = self.plans.route(self.category_index[category])
         self.counter += 1
         request_id = f"r{self.counter}"
         self.metrics.arrived(category, model.name)
-        result = await self.handles[replica].generate.remote(model.name, request.prompt, seed, request_id)
+        result = await handle.generate.remote(model.name, request.prompt, seed, request_id)
         if "overloaded" in result:
             self.metrics.refused(category, model.name)
             raise Overloaded(result["overloaded"], retry_after_s=result["retry_after_s"])
@@ -198,9 +242,11 @@ class Ingress:
             "response_s": time.perf_counter() - arrived,
         }
         self.metrics.completed(category, model.name, record)
+        self.plans.served(record, result["planned_s"])
         return GeneratedImage(result["png"], record)
 
     async def _serve(self, request: Any, parse: Any, answer: Any) -> Any:
+        self._start_loop()
         route = request.url.path
         if self.draining:
             self.metrics.request(route, Overloaded.status, None)
@@ -261,7 +307,13 @@ class Ingress:
     async def plan(self) -> Any:
         """The plan, its table and what is served (with the start-up calibration check, however started)."""
         calibration = self.served_calibration if self.served_calibration is not None else await self.calibration_check()
-        served = {**self.spec.summary(), "router": self.router_name, "calibration_check": calibration}
+        served = {
+            **self.spec.summary(),
+            "router": self.router_name,
+            "calibration_check": calibration,
+            "served_times": self.plans.times.rows(),
+            "schedule": self.plans.state(),
+        }
         return responses.JSONResponse(PlanResponse(self.spec.plan, self.spec.table_document, served).to_dict())
 
     async def _accounts(self) -> dict[str, dict[str, Any]]:
@@ -276,7 +328,7 @@ class Ingress:
         """Each model's share account and counters, by device."""
         merged = await self._accounts()
         devices: dict[int, dict[str, ModelStats]] = {}
-        for model in self.spec.models:
+        for model in self.deployed.models:
             devices.setdefault(model.device, {})[model.name] = ModelStats(**merged[model.name])
         per_device = tuple(DeviceStats(d, models) for d, models in sorted(devices.items()))
         return StatsResponse(time.monotonic() - self.started, per_device).to_dict()
@@ -284,12 +336,15 @@ class Ingress:
     @http.get(METRICS_ROUTE)
     async def metrics_text(self) -> Any:
         """Prometheus' text format (:mod:`genedge.serve.metrics`), the devices' accounts read now."""
+        self._start_loop()
         accounts = await self._accounts()
-        return responses.Response(self.metrics.exposition(accounts), media_type=METRICS_CONTENT_TYPE)
+        text = self.metrics.exposition(accounts, self.plans.state(), self.plans.times.rows())
+        return responses.Response(text, media_type=METRICS_CONTENT_TYPE)
 
     @http.get(HEALTH_ROUTE)
     def health(self) -> dict[str, str]:
         """Liveness."""
+        self._start_loop()
         return {"status": "draining" if self.draining else "ok"}
 
     async def calibration_check(self) -> list[dict[str, Any]]:
@@ -300,7 +355,7 @@ class Ingress:
         for per_unit in await asyncio.gather(*(handle.warmup_s.remote() for handle in self.unit_handles)):
             timed.update(per_unit)
         rows = []
-        for model in self.spec.models:
+        for model in self.plans.models():
             table_s = model.service_s * model.share
             rows.append({"model": model.name, "served_s": timed[model.name], "table_s": table_s})
         self.served_calibration = rows
@@ -327,6 +382,8 @@ def build_application(
     worker_options: dict[str, Any] | None = None,
     gpus: bool = False,
     drain_timeout_s: float | None = None,
+    schedule: ServedSchedule | None = None,
+    controller: ControllerSettings | None = None,
 ) -> Any:
     """The Ray Serve application of ``spec`` (pass it to ``serve.run``).
 
@@ -340,6 +397,9 @@ def build_application(
         gpus: ask Ray for GPUs (one per device deployment, ``share`` per MPS process).
         drain_timeout_s: when Ray Serve stops a deployment (``serve shutdown``, Ctrl-C of ``serve run``),
             it waits at most this long for the requests in flight (default: Ray Serve's).
+        schedule: a plan schedule to serve (``spec`` is then its ``deployed`` spec): the ingress switches
+            between its bands' plans (:mod:`genedge.serve.loop`).
+        controller: the switching controller's settings (default: :class:`ControllerSettings`' defaults).
     """
     if realization not in SHARE_REALIZATIONS:
         raise ValueError(f"Expected a realization in {list(SHARE_REALIZATIONS)}, but got {realization!r}")
@@ -355,4 +415,4 @@ def build_application(
         deployment = Device.options(name=name, ray_actor_options=actor, **graceful)
         bound.append(deployment.bind(models, dict(worker_options or {})))
         units.append((name, tuple(m.name for m in models)))
-    return Ingress.options(**graceful).bind(spec, router, units, *bound)
+    return Ingress.options(**graceful).bind(spec, router, units, *bound, schedule=schedule, controller=controller)

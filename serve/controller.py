@@ -31,12 +31,12 @@ import collections
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.stats import poisson
 
-from genedge.optimizer.schedule_file import PlanSchedule
+if TYPE_CHECKING:
+    from genedge.optimizer.schedule_file import PlanSchedule
 
 __all__ = ["ControllerSettings", "PlanController", "RateEstimator", "Switch"]
 
@@ -105,6 +105,8 @@ class RateEstimator:
             self._recent.popleft()
         if cut - self.since < window:  # too little history before the window to test it against
             return self.rate(now), None
+        from scipy.stats import poisson  # scipy.stats costs a second to import: only a server ticking pays it
+
         recent = len(self._recent)
         mu = (self._count - recent) / (cut - self.since) * window
         high, low = poisson.sf(recent - 1, mu), poisson.cdf(recent, mu)

@@ -15,6 +15,8 @@ a request was routed as and the model (replica) that served it. Three kinds of f
   beside the planned one, the mean and p95 response time beside the plan's predicted ones, and, where the
   plan has an SLO, the share of images answered within it; ``genedge_plan_info`` names the active plan by
   the SHA-256 of its document (the hash a load test records).
+* **The closed loop** (:mod:`genedge.serve.loop`): served-to-planned call time per model and steps, and for a
+  plan schedule the band served, the estimated arrival rate, the load factor and the switches made.
 
 Every counter starts at 0 for every (category, model) the plan routes, so a rate over it exists from the
 first scrape. Counters restart at 0 with the ingress, as Prometheus' counters may.
@@ -76,27 +78,40 @@ class ServeMetrics:
         slo_s: float | None,
         clock: Any = time.monotonic,
     ) -> None:
-        from genedge.serve.loadtest_document import document_sha256
-
         self.registry = prometheus.CollectorRegistry(auto_describe=True)
         self._clock = clock
         self._models = dict(models)
-        self._predicted = {k: v for k, v in predicted.items() if v is not None and math.isfinite(v)}
-        self._planned_rate = planned_rate
-        self._slo_s = slo_s
         self._arrivals: collections.deque[float] = collections.deque(maxlen=_WINDOW_EVENTS)
         self._completions: collections.deque[tuple[float, float]] = collections.deque(maxlen=_WINDOW_EVENTS)
         self._stats: Mapping[str, Mapping[str, Any]] = {}
+        self._loop: Mapping[str, Any] | None = None
+        self._times: Sequence[Mapping[str, Any]] = ()
         self._define(categories, routes)
-        info = prometheus.Info("genedge_plan", "The plan being served.", registry=self.registry)
-        info.info(
+        self._info = prometheus.Info("genedge_plan", "The plan being served.", registry=self.registry)
+        self.plan_changed(plan, predicted=predicted, planned_rate=planned_rate, slo_s=slo_s)
+        self.registry.register(self)
+
+    def plan_changed(
+        self,
+        plan: Mapping[str, Any],
+        *,
+        predicted: Mapping[str, float | None],
+        planned_rate: float | None,
+        slo_s: float | None,
+    ) -> None:
+        """Another plan is served from now on (a schedule's switch): its name and predicted figures."""
+        from genedge.serve.loadtest_document import document_sha256
+
+        self._predicted = {k: v for k, v in predicted.items() if v is not None and math.isfinite(v)}
+        self._planned_rate = planned_rate
+        self._slo_s = slo_s
+        self._info.info(
             {
                 "plan_sha256": document_sha256(plan),
                 "method": str(plan.get("method", "")),
                 "slo_s": "" if slo_s is None else f"{slo_s:g}",
             }
         )
-        self.registry.register(self)
 
     def _define(self, categories: Sequence[str], routes: Mapping[str, Sequence[str]]) -> None:
         """The counted metrics, each (category, model) pair the plan routes started at 0."""
@@ -142,6 +157,9 @@ class ServeMetrics:
             registry=r,
         )
         self.in_flight = prometheus.Gauge("genedge_requests_in_flight", "HTTP requests being answered.", registry=r)
+        self.switches = prometheus.Counter(
+            "genedge_plan_switches", "Plan switches by a schedule's controller, up or down.", ["direction"], registry=r
+        )
         for category in categories:
             for model in routes.get(category, ()):
                 for counter in (self.arrivals, self.completions, self.rejections):
@@ -174,9 +192,20 @@ class ServeMetrics:
 
     # --- read at scrape -----------------------------------------------------------------------------
 
-    def exposition(self, stats: Mapping[str, Mapping[str, Any]]) -> bytes:
-        """The text exposition, with each model's device account ``stats`` (``GET /v1/stats``' fields)."""
-        self._stats = stats
+    def switched(self, to_band: int, from_band: int) -> None:
+        """The controller switched bands."""
+        self.switches.labels("up" if to_band > from_band else "down").inc()
+
+    def exposition(
+        self,
+        stats: Mapping[str, Mapping[str, Any]],
+        loop: Mapping[str, Any] | None = None,
+        times: Sequence[Mapping[str, Any]] = (),
+    ) -> bytes:
+        """The text exposition, with each model's device account ``stats`` (``GET /v1/stats``' fields), the
+        controller's state ``loop`` (:meth:`~genedge.serve.loop.ServedPlans.state`) and the served times' rows
+        (:meth:`~genedge.serve.loop.ServedTimes.rows`)."""
+        self._stats, self._loop, self._times = stats, loop, times
         return prometheus.generate_latest(self.registry)
 
     def describe(self) -> list:
@@ -187,6 +216,7 @@ class ServeMetrics:
         """The device accounts and the windows, as of now (prometheus_client's custom-collector protocol)."""
         yield from self._device_families()
         yield from self._window_families()
+        yield from self._loop_families()
 
     def _device_families(self) -> Iterator[Any]:
         labels = ["model", "device"]
@@ -268,3 +298,28 @@ class ServeMetrics:
             yield core.GaugeMetricFamily(
                 "genedge_planned_arrival_rate", "Requests per second the plan was made for.", value=self._planned_rate
             )
+
+    def _loop_families(self) -> Iterator[Any]:
+        ratio = core.GaugeMetricFamily(
+            "genedge_served_time_ratio",
+            "Mean served call time over the plan's, per model and steps (the recalibration).",
+            labels=["model", "steps"],
+        )
+        for row in self._times:
+            ratio.add_metric([row["model"], str(row["steps"])], row["ratio"])
+        yield ratio
+        if self._loop is None:
+            return
+        yield core.GaugeMetricFamily(
+            "genedge_schedule_band", "The schedule's band being served.", value=self._loop["band"]
+        )
+        yield core.GaugeMetricFamily(
+            "genedge_estimated_arrival_rate",
+            "The controller's estimate of requests per second.",
+            value=self._loop["rate"],
+        )
+        yield core.GaugeMetricFamily(
+            "genedge_load_factor",
+            "Served over planned call time, the controller's load factor.",
+            value=self._loop["load_factor"],
+        )

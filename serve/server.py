@@ -47,6 +47,8 @@ from genedge.serve.spec import ServeSpec
 
 if TYPE_CHECKING:
     from genedge.optimizer.plan_file import PlanDocument
+    from genedge.serve.controller import ControllerSettings
+    from genedge.serve.schedule_spec import ServedSchedule
 
 __all__ = [
     "CALIBRATION_TOLERANCE",
@@ -92,6 +94,8 @@ class Server:
         threads: torch CPU threads per deployment (None: torch's own).
         cpus: the cores the device's process is pinned to (None: not pinned).
         drain_timeout_s: how long Ray Serve waits for requests in flight when it stops a deployment (s).
+        schedule: the plan schedule served, where a schedule was given (``spec`` is then its ``deployed``).
+        controller: the settings of the controller that switches the schedule's plans.
     """
 
     spec: ServeSpec
@@ -103,6 +107,8 @@ class Server:
     threads: int | None
     cpus: tuple[int, ...] | None
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
+    schedule: ServedSchedule | None = None
+    controller: ControllerSettings | None = None
 
     def application(self) -> Any:
         """The Ray Serve application (a ``ray.serve.Application``; pass it to ``serve.run``)."""
@@ -120,6 +126,8 @@ class Server:
             },
             gpus=self.gpus,
             drain_timeout_s=self.drain_timeout_s,
+            schedule=self.schedule,
+            controller=self.controller,
         )
 
 
@@ -252,11 +260,14 @@ def prepare_server(
     cpus: Cpus = "auto",
     queue_bound_s: float | None = None,
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
+    controller: ControllerSettings | None = None,
 ) -> Server:
     """Check a plan file against its table and decide how to serve it, before anything starts.
 
     Args:
-        plan: a plan JSON written by ``genedge plan`` or ``genedge demo``.
+        plan: a plan JSON written by ``genedge plan`` or ``genedge demo``, or a plan schedule written by
+            ``genedge plan --rates`` (served on one device, switching plans as the arrival rate moves:
+            :mod:`genedge.serve.loop`).
         table: the calibration table the plan was made from (default: the plan's ``inputs.table``);
             its sha256 must match the plan's.
         models: plan model key → what to load instead (a saved pipeline folder, a hub id or a replica name).
@@ -274,6 +285,8 @@ def prepare_server(
         queue_bound_s: refuse a request (503) when its model already holds this many seconds of planned
             work (default: the plan's SLO, else :data:`~genedge.serve.spec.DEFAULT_QUEUE_BOUND_S`).
         drain_timeout_s: when a deployment is stopped, wait at most this long for requests in flight.
+        controller: with a plan schedule, how its controller estimates the rate and switches (default:
+            :class:`~genedge.serve.controller.ControllerSettings`' defaults); refused with a single plan.
 
     Returns:
         The :class:`Server`; ``.application()`` is what ``serve.run`` takes, ``.spec.notes`` what the
@@ -283,26 +296,20 @@ def prepare_server(
         ValueError: the plan or table is unreadable or invalid (naming the file and field), they do not
             match (:class:`~genedge.serve.spec.ServeError`), or an argument is out of range (naming it).
     """
-    from genedge.contract.table_file import read_table_file
-    from genedge.optimizer.plan_file import load_plan
-    from genedge.serve.spec import serve_spec
-
     _check_options(realization, threads, queue_bound_s, drain_timeout_s)
     gpus = _uses_gpus(device)
     if realization == "mps" and not gpus:
         raise ValueError("realization mps needs NVIDIA GPUs (CUDA MPS); this machine has none: use the scheduler")
-    plan_path = Path(plan)
-    document = load_plan(plan_path)
-    calibration, table_bytes = read_table_file(_table_path(plan_path, document, table))
-    spec = serve_spec(
-        document,
-        calibration,
-        table_bytes,
-        model_specs=models,
-        queue_bound_s=queue_bound_s,
-        default_dtype="float16" if gpus else DEFAULT_DTYPE,
-        where=str(plan_path),
-    )
+    checked = {
+        "model_specs": models,
+        "queue_bound_s": queue_bound_s,
+        "default_dtype": "float16" if gpus else DEFAULT_DTYPE,
+    }
+    spec, schedule = _served(Path(plan), table, checked)
+    if schedule is None and controller is not None:
+        raise ValueError(f"controller: {plan} is a single plan; a controller switches the plans of a plan schedule")
+    if schedule is not None and realization != "scheduler":
+        raise ValueError("realization: a plan schedule switches shares inside one process: use the scheduler")
     threads = threads if threads is not None else (None if gpus else spec.profile_threads)
     return Server(
         spec=spec,
@@ -314,7 +321,31 @@ def prepare_server(
         threads=threads,
         cpus=None if gpus else _pinned_cores(cpus, threads, spec.devices),
         drain_timeout_s=drain_timeout_s,
+        schedule=schedule,
+        controller=controller,
     )
+
+
+def _served(
+    path: Path, table: str | Path | None, checked: Mapping[str, Any]
+) -> tuple[ServeSpec, ServedSchedule | None]:
+    """A plan file's spec, or a plan schedule's deployed spec and the schedule checked, by the file's ``kind``."""
+    from genedge.contract.files import read_json
+    from genedge.contract.table_file import read_table_file
+    from genedge.optimizer.plan_file import load_plan
+    from genedge.optimizer.schedule_file import SCHEDULE_KIND, load_plan_schedule
+    from genedge.serve.schedule_spec import served_schedule
+    from genedge.serve.spec import serve_spec
+
+    document = read_json(path, "a plan JSON (genedge plan) or a plan schedule (genedge plan --rates)")
+    if isinstance(document, Mapping) and document.get("kind") == SCHEDULE_KIND:
+        schedule = load_plan_schedule(path)
+        calibration, table_bytes = read_table_file(_table_path(path, schedule.bands[0].plan, table))
+        served = served_schedule(schedule, calibration, table_bytes, where=str(path), **checked)
+        return served.deployed, served
+    plan = load_plan(path)
+    calibration, table_bytes = read_table_file(_table_path(path, plan, table))
+    return serve_spec(plan, calibration, table_bytes, where=str(path), **checked), None
 
 
 def build_app(plan: str | Path, **options: Any) -> Any:

@@ -6,9 +6,13 @@ import argparse
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from genedge.serve.server import BUILDER_ARGS, BUILDER_IMPORT_PATH, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_PORT
 from genedge.serve.shares import SHARE_REALIZATIONS
+
+if TYPE_CHECKING:
+    from genedge.serve.controller import ControllerSettings
 
 __all__ = ["add_parser", "run"]
 
@@ -31,7 +35,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="serve a plan over HTTP on Ray Serve (genedge's route and an OpenAI-compatible one)",
         description=_DESCRIPTION,
     )
-    parser.add_argument("plan", type=Path, help="plan JSON written by 'genedge plan' or 'genedge demo'")
+    parser.add_argument(
+        "plan",
+        type=Path,
+        help="plan JSON written by 'genedge plan' or 'genedge demo', or a plan schedule written by 'genedge plan "
+        "--rates' (served switching plans as the arrival rate moves)",
+    )
     parser.add_argument(
         "--table",
         type=Path,
@@ -99,7 +108,56 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--address",
         help="join this Ray cluster (e.g. 'auto' on a node of a running cluster) instead of starting a local instance",
     )
+    _add_controller_options(parser)
     parser.set_defaults(func=run)
+
+
+def _add_controller_options(parser: argparse.ArgumentParser) -> None:
+    """How a plan schedule's controller estimates the rate and switches plans (a schedule only)."""
+    from genedge.serve.controller import ControllerSettings
+
+    defaults = ControllerSettings()
+    group = parser.add_argument_group("plan schedule", "how the plan is switched as the arrival rate moves")
+    group.add_argument(
+        "--switch-window-s",
+        type=float,
+        help=f"the rate change detector's window in seconds: a step is seen within about one (default: "
+        f"{defaults.window_s:g})",
+    )
+    group.add_argument(
+        "--switch-alpha",
+        type=float,
+        help=f"the detector's false-alarm probability per test (default: {defaults.alpha:g})",
+    )
+    group.add_argument(
+        "--switch-dwell-s",
+        type=float,
+        help=f"seconds a lower rate's plan must be the pick before the plan moves down (default: {defaults.dwell_s:g})",
+    )
+    group.add_argument(
+        "--switch-margin",
+        type=float,
+        help=f"dead band around each band's edge, as a fraction of the rate (default: {defaults.margin:g})",
+    )
+    group.add_argument("--switch-tick-s", type=float, help=f"seconds between decisions (default: {defaults.tick_s:g})")
+
+
+def _controller(args: argparse.Namespace) -> ControllerSettings | None:
+    """The controller settings the options give (None where none is given: the defaults, for a schedule)."""
+    from genedge.serve.controller import ControllerSettings
+
+    given = {
+        field: getattr(args, f"switch_{name}")
+        for field, name in (
+            ("window_s", "window_s"),
+            ("alpha", "alpha"),
+            ("dwell_s", "dwell_s"),
+            ("margin", "margin"),
+            ("tick_s", "tick_s"),
+        )
+        if getattr(args, f"switch_{name}") is not None
+    }
+    return ControllerSettings(**given) if given else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         cpus="auto" if args.cpus is None else parse_cpus(args.cpus, option="--cpus"),
         queue_bound_s=args.queue_bound_s,
         drain_timeout_s=args.drain_timeout_s,
+        controller=_controller(args),
     )
     spec = server.spec
     for note in spec.notes:
@@ -133,6 +192,11 @@ def run(args: argparse.Namespace) -> int:
         url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
         shares = ", ".join(f"{m.name} {m.steps} steps share {m.share:.2f} on device {m.device}" for m in spec.models)
         print(f"serving {args.plan} ({spec.devices} device(s); {shares})")
+        if server.schedule is not None:
+            print(
+                f"plan schedule: {len(server.schedule.bands)} bands; starting on band {server.schedule.start}, the "
+                "plan for the highest rate, until the rate is seen; switches are in GET /v1/plan and /metrics"
+            )
         for row in calibration_check(handle):
             print(
                 f"{row.model}: one call takes {row.served_s:.3g} s on the whole device here, "
