@@ -33,6 +33,7 @@ from genedge.serve.protocol import (
     GenerateResponse,
     GenerationRequest,
     ImagesResponse,
+    ImageTiming,
     ModelStats,
     Overloaded,
     PlanResponse,
@@ -105,19 +106,6 @@ class Device:
         self.worker.reconfigure([m for m in models if m.name in mine])
 
 
-def _plan_figures(spec: ServeSpec) -> dict[str, Any]:
-    """A served plan's predicted figures, planned rate (open arrivals) and SLO, as :class:`ServeMetrics` takes them."""
-    from genedge.optimizer.model import arrival_model
-    from genedge.optimizer.plan_file import plan_from_dict
-
-    plan = plan_from_dict(spec.plan, "the served plan")
-    return {
-        "predicted": dataclasses.asdict(plan.predicted),
-        "planned_rate": sum(plan.inputs.workload.values()) if arrival_model(plan.inputs.arrivals).per_second else None,
-        "slo_s": spec.slo_s,
-    }
-
-
 def _metrics(plans: ServedPlans) -> ServeMetrics:
     """The served plans' metrics, each category's counters started for the replicas any plan routes it to."""
     spec = plans.spec
@@ -129,7 +117,7 @@ def _metrics(plans: ServedPlans) -> ServeMetrics:
                 models[model.name] = model.device
                 if p > 0 and model.name not in routes[category]:
                     routes[category].append(model.name)
-    return ServeMetrics(spec.plan, categories=spec.categories, routes=routes, models=models, **_plan_figures(spec))
+    return ServeMetrics(plans.plan, categories=spec.categories, routes=routes, models=models)
 
 
 def deployment_units(spec: ServeSpec, realization: ShareRealization) -> list[tuple[str, tuple[ServedModel, ...], dict]]:
@@ -209,7 +197,7 @@ class Ingress:
 
     def _switched(self, switch: Any) -> None:
         self.metrics.switched(switch.to_band, switch.from_band)
-        self.metrics.plan_changed(self.spec.plan, **_plan_figures(self.spec))
+        self.metrics.plan_changed(self.plans.plan)
 
     def _category(self, request: GenerationRequest) -> tuple[str, str, float | None]:
         if request.category is not None:
@@ -241,8 +229,9 @@ class Ingress:
             "category_probability": probability,
             "response_s": time.perf_counter() - arrived,
         }
-        self.metrics.completed(category, model.name, record)
-        self.plans.served(record, result["planned_s"])
+        timing = ImageTiming.of(record)
+        self.metrics.completed(category, model.name, timing)
+        self.plans.served(timing, result["planned_s"])
         return GeneratedImage(result["png"], record)
 
     async def _serve(self, request: Any, parse: Any, answer: Any) -> Any:
@@ -338,7 +327,7 @@ class Ingress:
         """Prometheus' text format (:mod:`genedge.serve.metrics`), the devices' accounts read now."""
         self._start_loop()
         accounts = await self._accounts()
-        text = self.metrics.exposition(accounts, self.plans.state(), self.plans.times.rows())
+        text = self.metrics.exposition(accounts, self.plans.state(), self.plans.times.rows(), self.plans.predict)
         return responses.Response(text, media_type=METRICS_CONTENT_TYPE)
 
     @http.get(HEALTH_ROUTE)

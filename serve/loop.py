@@ -21,11 +21,17 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from genedge.serve.controller import ControllerSettings, PlanController, Switch
+from genedge.serve.protocol import ImageTiming
 from genedge.serve.schedule_spec import ServedSchedule
 from genedge.serve.spec import ServedModel, ServeSpec
+
+if TYPE_CHECKING:
+    from genedge.optimizer.plan_file import PlanDocument
 
 __all__ = ["LOAD_FACTOR_CALLS", "ServedPlans", "ServedTimes"]
 
@@ -101,6 +107,7 @@ class ServedTimes:
 @dataclass(frozen=True)
 class _Band:
     spec: ServeSpec
+    plan: PlanDocument
     router: Any
     handles: tuple[Any, ...]
 
@@ -125,9 +132,18 @@ class ServedPlans:
         settings: ControllerSettings | None = None,
     ) -> None:
         from genedge.optimizer.model import Router
+        from genedge.optimizer.plan_file import plan_from_dict
 
         specs = (spec,) if schedule is None else schedule.bands
-        self.bands = [_Band(s, Router(s.routing), tuple(handles[m.name] for m in s.models)) for s in specs]
+        self.bands = [
+            _Band(
+                s,
+                plan_from_dict(s.plan, "the served plan"),
+                Router(s.routing),
+                tuple(handles[m.name] for m in s.models),
+            )
+            for s in specs
+        ]
         self.active = 0 if schedule is None else schedule.start
         self.units = list(units)
         self.times = ServedTimes()
@@ -162,9 +178,37 @@ class ServedPlans:
             self.controller.arrived(time.monotonic())
         return band.spec.models[replica], band.handles[replica]
 
-    def served(self, record: Mapping[str, Any], planned_s: float) -> None:
-        """An image served (its record), by a call the plan expected to take ``planned_s``."""
-        self.times.add(str(record["model"]), int(record["steps"]), float(record["service_s"]), planned_s)
+    @property
+    def plan(self) -> PlanDocument:
+        """The active plan, typed."""
+        return self.bands[self.active].plan
+
+    def predict(self, rates: Mapping[tuple[str, str], float]) -> dict[str, float] | None:
+        """The active plan's mean and p95 response at observed rates per (category, replica name), each model's
+        call the plan's time times its served-to-planned ratio at its steps (the recalibrated line): the plan's
+        own delay model (one M/D/1, or bulk-service, queue per model) on what the server sees. None where no
+        observed rate falls on the active plan's models."""
+        from genedge.optimizer.model import delay_model
+
+        spec = self.spec
+        names = {m.name: j for j, m in enumerate(spec.models)}
+        categories = {c: i for i, c in enumerate(spec.categories)}
+        requests = np.zeros((len(categories), len(names)))
+        for (category, model), rate in rates.items():
+            if category in categories and model in names:
+                requests[categories[category], names[model]] += rate
+        if requests.sum() <= 0:
+            return None
+        ratio = {(row["model"], row["steps"]): row["ratio"] for row in self.times.rows()}
+        call = np.array([m.service_s * ratio.get((m.key, m.steps), 1.0) for m in spec.models])
+        batch = np.array([m.max_batch for m in spec.models])
+        delays = delay_model("open", self.plan.inputs.routing_realization, requests.sum(axis=1))
+        figures = delays.figures(requests, call, batch)
+        return {"mean": figures.mean_s, "p95": figures.p95_s}
+
+    def served(self, timing: ImageTiming, planned_s: float) -> None:
+        """An image served (its record's times), by a call the plan expected to take ``planned_s``."""
+        self.times.add(timing.model, timing.steps, timing.service_s, planned_s)
 
     async def tick(self) -> Switch | None:
         """One decision of the controller; a switch it decides is carried out before this returns."""

@@ -27,12 +27,16 @@ from __future__ import annotations
 import collections
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from genedge.profiler._imports import require
+
+if TYPE_CHECKING:
+    from genedge.optimizer.plan_file import PlanDocument
+    from genedge.serve.protocol import ImageTiming
 
 __all__ = ["LATENCY_BUCKETS_S", "METRICS_CONTENT_TYPE", "WINDOWS_S", "ServeMetrics"]
 
@@ -55,61 +59,54 @@ class ServeMetrics:
     """The served plan's metrics in a registry of their own (not the process-global one Ray Serve uses).
 
     Args:
-        plan: the served plan document (hashed into ``genedge_plan_info``).
+        plan: the served plan (its document hashed into ``genedge_plan_info``; its predicted figures, planned
+            rate under open arrivals and SLO beside the observed ones).
         categories: the plan's categories.
         routes: category → the names of the models (replicas) the plan routes it to.
         models: model name → its device.
-        predicted: the plan's predicted figures (``mean_delay_s``, ``p95_delay_s``, ``p99_delay_s``; None
-            or absent where it has none).
-        planned_rate: requests per second the plan was made for (None for a window plan).
-        slo_s: the plan's SLO (s), if it has one.
         clock: seconds on a monotonic clock (a test's clock where given).
     """
 
     def __init__(
         self,
-        plan: Mapping[str, Any],
+        plan: PlanDocument,
         *,
         categories: Sequence[str],
         routes: Mapping[str, Sequence[str]],
         models: Mapping[str, int],
-        predicted: Mapping[str, float | None],
-        planned_rate: float | None,
-        slo_s: float | None,
         clock: Any = time.monotonic,
     ) -> None:
         self.registry = prometheus.CollectorRegistry(auto_describe=True)
         self._clock = clock
         self._models = dict(models)
-        self._arrivals: collections.deque[float] = collections.deque(maxlen=_WINDOW_EVENTS)
+        self._arrivals: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=_WINDOW_EVENTS)
+        self._predict: Callable[[Mapping[tuple[str, str], float]], Mapping[str, float] | None] | None = None
         self._completions: collections.deque[tuple[float, float]] = collections.deque(maxlen=_WINDOW_EVENTS)
         self._stats: Mapping[str, Mapping[str, Any]] = {}
         self._loop: Mapping[str, Any] | None = None
         self._times: Sequence[Mapping[str, Any]] = ()
         self._define(categories, routes)
         self._info = prometheus.Info("genedge_plan", "The plan being served.", registry=self.registry)
-        self.plan_changed(plan, predicted=predicted, planned_rate=planned_rate, slo_s=slo_s)
+        self.plan_changed(plan)
         self.registry.register(self)
 
-    def plan_changed(
-        self,
-        plan: Mapping[str, Any],
-        *,
-        predicted: Mapping[str, float | None],
-        planned_rate: float | None,
-        slo_s: float | None,
-    ) -> None:
-        """Another plan is served from now on (a schedule's switch): its name and predicted figures."""
+    def plan_changed(self, plan: PlanDocument) -> None:
+        """``plan`` is served from now on (a schedule's switch): its name and predicted figures."""
+        from genedge.optimizer.model import arrival_model
         from genedge.serve.loadtest_document import document_sha256
 
-        self._predicted = {k: v for k, v in predicted.items() if v is not None and math.isfinite(v)}
-        self._planned_rate = planned_rate
-        self._slo_s = slo_s
+        predicted = plan.predicted
+        figures = {"mean_delay_s": predicted.mean_delay_s, "p95_delay_s": predicted.p95_delay_s}
+        figures["p99_delay_s"] = predicted.p99_delay_s
+        self._predicted = {k: v for k, v in figures.items() if v is not None and math.isfinite(v)}
+        per_second = arrival_model(plan.inputs.arrivals).per_second
+        self._planned_rate = sum(plan.inputs.workload.values()) if per_second else None
+        self._slo_s = None if plan.inputs.slo is None else plan.inputs.slo.seconds
         self._info.info(
             {
-                "plan_sha256": document_sha256(plan),
-                "method": str(plan.get("method", "")),
-                "slo_s": "" if slo_s is None else f"{slo_s:g}",
+                "plan_sha256": document_sha256(plan.raw),
+                "method": plan.method,
+                "slo_s": "" if self._slo_s is None else f"{self._slo_s:g}",
             }
         )
 
@@ -176,19 +173,19 @@ class ServeMetrics:
     def arrived(self, category: str, model: str) -> None:
         """One image routed to ``model``."""
         self.arrivals.labels(category, model).inc()
-        self._arrivals.append(self._clock())
+        self._arrivals.append((self._clock(), category, model))
 
     def refused(self, category: str, model: str) -> None:
         """One image ``model`` refused."""
         self.rejections.labels(category, model).inc()
 
-    def completed(self, category: str, model: str, record: Mapping[str, Any]) -> None:
-        """One image served, with its record (``response_s``, ``queue_wait_s``, ``service_s``)."""
+    def completed(self, category: str, model: str, timing: ImageTiming) -> None:
+        """One image served by ``model`` (a replica's name), with its times."""
         self.completions.labels(category, model).inc()
-        self.response.labels(category, model).observe(record["response_s"])
-        self.wait.labels(model).observe(record["queue_wait_s"])
-        self.call.labels(model).observe(record["service_s"])
-        self._completions.append((self._clock(), float(record["response_s"])))
+        self.response.labels(category, model).observe(timing.response_s)
+        self.wait.labels(model).observe(timing.queue_wait_s)
+        self.call.labels(model).observe(timing.service_s)
+        self._completions.append((self._clock(), timing.response_s))
 
     # --- read at scrape -----------------------------------------------------------------------------
 
@@ -201,11 +198,14 @@ class ServeMetrics:
         stats: Mapping[str, Mapping[str, Any]],
         loop: Mapping[str, Any] | None = None,
         times: Sequence[Mapping[str, Any]] = (),
+        predict: Callable[[Mapping[tuple[str, str], float]], Mapping[str, float] | None] | None = None,
     ) -> bytes:
         """The text exposition, with each model's device account ``stats`` (``GET /v1/stats``' fields), the
         controller's state ``loop`` (:meth:`~genedge.serve.loop.ServedPlans.state`) and the served times' rows
-        (:meth:`~genedge.serve.loop.ServedTimes.rows`)."""
-        self._stats, self._loop, self._times = stats, loop, times
+        (:meth:`~genedge.serve.loop.ServedTimes.rows`); ``predict`` maps observed rates per (category, model)
+        to the active plan's predicted ``mean`` and ``p95`` response (:meth:`~genedge.serve.loop.ServedPlans.predict`).
+        """
+        self._stats, self._loop, self._times, self._predict = stats, loop, times, predict
         return prometheus.generate_latest(self.registry)
 
     def describe(self) -> list:
@@ -267,7 +267,7 @@ class ServeMetrics:
         )
         times = np.fromiter((t for t, _ in self._completions), float, len(self._completions))
         responses = np.fromiter((r for _, r in self._completions), float, len(self._completions))
-        arrivals = np.fromiter(self._arrivals, float, len(self._arrivals))
+        arrivals = np.fromiter((t for t, _, _ in self._arrivals), float, len(self._arrivals))
         for window in WINDOWS_S:
             name = f"{window:g}s"
             rate.add_metric([name], float((arrivals > now - window).sum()) / window)
@@ -283,6 +283,25 @@ class ServeMetrics:
         if self._slo_s is not None:
             yield attained
         yield from self._planned_families()
+        yield from self._recalibrated_families(now)
+
+    def _recalibrated_families(self, now: float) -> Iterator[Any]:
+        """The active plan's response predicted at each window's observed rates with the served call times."""
+        family = core.GaugeMetricFamily(
+            "genedge_recalibrated_response_seconds",
+            "The active plan's response time predicted at the window's observed rates with the served call times.",
+            labels=["window", "statistic"],
+        )
+        if self._predict is not None:
+            for window in WINDOWS_S:
+                rates: dict[tuple[str, str], float] = collections.Counter()
+                for t, category, model in self._arrivals:
+                    if t > now - window:
+                        rates[(category, model)] += 1 / window
+                predicted = self._predict(rates) if rates else None
+                for statistic, value in (predicted or {}).items():
+                    family.add_metric([f"{window:g}s", statistic], value)
+        yield family
 
     def _planned_families(self) -> Iterator[Any]:
         predicted = core.GaugeMetricFamily(

@@ -51,6 +51,7 @@ __all__ = [
     "GenerationRequest",
     "GeneratedImage",
     "GenerateResponse",
+    "ImageTiming",
     "ImagesResponse",
     "PlanResponse",
     "ModelStats",
@@ -267,6 +268,29 @@ class GeneratedImage:
         if not png.startswith(_PNG_MAGIC):
             raise reader.fail(path, "expected a PNG image, but the bytes are not one")
         return cls(png, dict(record) if isinstance(record, Mapping) else {})
+
+
+@dataclass(frozen=True)
+class ImageTiming:
+    """What an image's record (:data:`RECORD_FIELDS`) says of its model and times, typed: what the server's
+    metrics and recalibration read."""
+
+    model: str
+    steps: int
+    queue_wait_s: float
+    service_s: float
+    response_s: float
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> ImageTiming:
+        """The timing of a record the server made (every field present)."""
+        return cls(
+            model=str(record["model"]),
+            steps=int(record["steps"]),
+            queue_wait_s=float(record["queue_wait_s"]),
+            service_s=float(record["service_s"]),
+            response_s=float(record["response_s"]),
+        )
 
 
 @dataclass(frozen=True)

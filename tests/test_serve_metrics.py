@@ -13,10 +13,17 @@ import pytest
 
 prometheus_parser = pytest.importorskip("prometheus_client.parser", reason="needs genedge[serve]")
 
+from genedge import data  # noqa: E402
+from genedge.contract.table_file import load_table  # noqa: E402
+from genedge.optimizer import propose  # noqa: E402
+from genedge.optimizer.inputs import problem_from_options  # noqa: E402
+from genedge.optimizer.model import Slo, workload_from_options  # noqa: E402
+from genedge.optimizer.plan_file import plan_from_dict, plan_to_dict  # noqa: E402
 from genedge.serve.loadtest_document import document_sha256  # noqa: E402
 from genedge.serve.metrics import WINDOWS_S, ServeMetrics  # noqa: E402
+from genedge.serve.protocol import ImageTiming  # noqa: E402
 
-PLAN = {"method": "genedge", "routing": {"Basic": {"sd15": 0.5, "sd21": 0.5}, "Detail": {"sd21": 1.0}}}
+SLO_S = 20.0
 ACCOUNTS = {
     "sd15": {"queued": 2, "calls": 3, "device_s": 1.5, "rejected": 1, "planned_share": 0.4, "realized_share": 0.38},
     "sd21": {"queued": 0, "calls": 5, "device_s": 4.0, "rejected": 0, "planned_share": 0.6, "realized_share": None},
@@ -31,15 +38,25 @@ class Clock:
         return self.now
 
 
-def _metrics(clock: Clock, slo_s: float | None = 2.0) -> ServeMetrics:
+@pytest.fixture(scope="module")
+def plans():
+    """The phone table's plan at 0.2 requests/s (open arrivals), with an SLO of 20 s and without one."""
+    table = load_table(data.resolve_table("galaxy-s24"))
+    made = {}
+    for slo in (Slo(SLO_S, 0.95), None):
+        problem = problem_from_options(
+            table, workload_from_options(table.categories, rate=0.2), arrivals="open", slo=slo
+        )
+        made[slo is not None] = plan_from_dict(plan_to_dict(problem, propose(problem, rng=0)), "plan")
+    return made
+
+
+def _metrics(plans, clock: Clock, slo: bool = True) -> ServeMetrics:
     return ServeMetrics(
-        PLAN,
+        plans[slo],
         categories=("Basic", "Detail"),
         routes={"Basic": ["sd15", "sd21"], "Detail": ["sd21"]},
         models={"sd15": 0, "sd21": 0},
-        predicted={"mean_delay_s": 1.25, "p95_delay_s": 3.5, "p99_delay_s": None},
-        planned_rate=0.5,
-        slo_s=slo_s,
         clock=clock,
     )
 
@@ -54,12 +71,12 @@ def _samples(metrics: ServeMetrics) -> dict[tuple[str, tuple], float]:
     }
 
 
-def _record(response_s: float) -> dict[str, float]:
-    return {"response_s": response_s, "queue_wait_s": response_s / 4, "service_s": response_s / 2}
+def _record(response_s: float) -> ImageTiming:
+    return ImageTiming("sd15", 10, queue_wait_s=response_s / 4, service_s=response_s / 2, response_s=response_s)
 
 
-def test_every_routed_pair_starts_at_zero_and_the_plan_is_named() -> None:
-    samples = _samples(_metrics(Clock()))
+def test_every_routed_pair_starts_at_zero_and_the_plan_is_named(plans) -> None:
+    samples = _samples(_metrics(plans, Clock()))
     for category, model in (("Basic", "sd15"), ("Basic", "sd21"), ("Detail", "sd21")):
         labels = (("category", category), ("model", model))
         for name in (
@@ -70,12 +87,12 @@ def test_every_routed_pair_starts_at_zero_and_the_plan_is_named() -> None:
             assert samples[(name, labels)] == 0.0
     assert (("genedge_image_arrivals_total", (("category", "Detail"), ("model", "sd15")))) not in samples
     info = [labels for name, labels in samples if name == "genedge_plan_info"]
-    assert info == [(("method", "genedge"), ("plan_sha256", document_sha256(PLAN)), ("slo_s", "2"))]
+    assert info == [(("method", "genedge"), ("plan_sha256", document_sha256(plans[True].raw)), ("slo_s", "20"))]
 
 
-def test_counts_histograms_and_device_accounts_as_served() -> None:
+def test_counts_histograms_and_device_accounts_as_served(plans) -> None:
     clock = Clock()
-    metrics = _metrics(clock)
+    metrics = _metrics(plans, clock)
     for response_s in (0.5, 1.5, 3.0):
         metrics.arrived("Basic", "sd15")
         metrics.completed("Basic", "sd15", _record(response_s))
@@ -111,35 +128,78 @@ def test_counts_histograms_and_device_accounts_as_served() -> None:
     assert ("genedge_model_realized_share", (("device", "0"), ("model", "sd21"))) not in samples  # none reported
 
 
-def test_windows_compare_what_happened_with_the_plan() -> None:
+def test_windows_compare_what_happened_with_the_plan(plans) -> None:
     clock = Clock()
-    metrics = _metrics(clock)
+    metrics = _metrics(plans, clock)
     short, long = (f"{w:g}s" for w in WINDOWS_S)
-    for response_s in (4.0, 6.0):  # an old pair, outside the short window by the scrape
+    for response_s in (40.0, 60.0):  # an old pair, outside the short window by the scrape
         metrics.arrived("Basic", "sd15")
         metrics.completed("Basic", "sd15", _record(response_s))
     clock.now += WINDOWS_S[0] + 1
-    for response_s in (0.5, 1.0, 1.5, 5.0):
+    for response_s in (5.0, 10.0, 15.0, 50.0):
         metrics.arrived("Basic", "sd21")
         metrics.completed("Basic", "sd21", _record(response_s))
     samples = _samples(metrics)
     assert samples[("genedge_arrival_rate", (("window", short),))] == pytest.approx(4 / WINDOWS_S[0])
     assert samples[("genedge_arrival_rate", (("window", long),))] == pytest.approx(6 / WINDOWS_S[1])
     mean = ("genedge_observed_response_seconds", (("statistic", "mean"), ("window", short)))
-    assert samples[mean] == pytest.approx(2.0)
-    assert samples[(mean[0], (("statistic", "mean"), ("window", long)))] == pytest.approx(3.0)
+    assert samples[mean] == pytest.approx(20.0)
+    assert samples[(mean[0], (("statistic", "mean"), ("window", long)))] == pytest.approx(30.0)
     assert samples[("genedge_slo_attainment", (("window", short),))] == pytest.approx(3 / 4)
     assert samples[("genedge_slo_attainment", (("window", long),))] == pytest.approx(3 / 6)
-    assert samples[("genedge_predicted_response_seconds", (("statistic", "mean"),))] == 1.25
-    assert samples[("genedge_predicted_response_seconds", (("statistic", "p95"),))] == 3.5
-    assert ("genedge_predicted_response_seconds", (("statistic", "p99"),)) not in samples
-    assert samples[("genedge_planned_arrival_rate", ())] == 0.5
+    predicted = plans[True].predicted
+    for statistic, value in (("mean", predicted.mean_delay_s), ("p95", predicted.p95_delay_s)):
+        assert samples[("genedge_predicted_response_seconds", (("statistic", statistic),))] == pytest.approx(value)
+    assert samples[("genedge_planned_arrival_rate", ())] == pytest.approx(0.2)
     clock.now += WINDOWS_S[1] + 1  # nothing left in either window: NaN, not a stale figure
     samples = _samples(metrics)
     assert math.isnan(samples[mean])
     assert samples[("genedge_arrival_rate", (("window", short),))] == 0.0
 
 
-def test_no_slo_no_attainment() -> None:
-    samples = _samples(_metrics(Clock(), slo_s=None))
+def test_no_slo_no_attainment(plans) -> None:
+    samples = _samples(_metrics(plans, Clock(), slo=False))
     assert not any(name == "genedge_slo_attainment" for name, _ in samples)
+
+
+def test_the_recalibrated_prediction_is_the_plans_own_law_at_the_served_times(plans) -> None:
+    """At the planned rates and the table's times it is the plan's own prediction; with every call served
+    twice as slow it is the same law at twice the call times."""
+    import hashlib
+
+    import numpy as np
+
+    from genedge.contract.table_file import read_table_file
+    from genedge.optimizer.model import md1_mean_response
+    from genedge.serve.loop import ServedPlans
+    from genedge.serve.spec import serve_spec
+
+    table, table_bytes = read_table_file(data.resolve_table("galaxy-s24"))
+    workload = workload_from_options(table.categories, rate=0.2)
+    problem = problem_from_options(
+        table, workload, arrivals="open", table_sha256=hashlib.sha256(table_bytes).hexdigest()
+    )
+    plan = plan_from_dict(plan_to_dict(problem, propose(problem, rng=0)), "plan")
+    deployed = list(plan.deployed)
+    spec = serve_spec(plan, table, table_bytes, model_specs={key: "replica:tiny" for key in deployed})
+    served = ServedPlans(spec, {m.name: None for m in spec.models}, [])
+    rates = {
+        (category, model): workload.counts[category] * p
+        for category, row in plan.routing.items()
+        for model, p in row.items()
+        if p > 0
+    }
+    at_table = served.predict(rates)
+    assert at_table["mean"] == pytest.approx(plan.predicted.mean_delay_s, rel=1e-9)
+    assert at_table["p95"] == pytest.approx(plan.predicted.p95_delay_s, rel=1e-6)
+    for model in spec.models:
+        for _ in range(5):
+            served.times.add(model.key, model.steps, 2 * model.service_s, model.service_s)
+    assert served.times.load_factor() == pytest.approx(2.0)
+    slow = served.predict(rates)
+    loads = {m.name: sum(r for (_, name), r in rates.items() if name == m.name) for m in spec.models}
+    expected = sum(loads[m.name] * md1_mean_response(loads[m.name], 2 * m.service_s) for m in spec.models) / sum(
+        loads.values()
+    )
+    assert slow["mean"] == pytest.approx(float(np.asarray(expected)), rel=1e-9)
+    assert served.predict({("Basic", "no-such-model"): 1.0}) is None
