@@ -33,6 +33,7 @@ Example (a notebook; the plan of ``genedge demo``):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -396,6 +397,24 @@ def _as_models(name: str, value: Any) -> dict[str, str]:
         raise ValueError(f"args.{name}: expected KEY=SPEC[,KEY=SPEC...] or a mapping, but got {value!r}") from err
 
 
+def _as_controller(name: str, value: Any) -> ControllerSettings:
+    """A plan schedule's controller settings: a mapping, or ``window_s=60,dwell_s=120`` (fields of
+    :class:`~genedge.serve.controller.ControllerSettings`)."""
+    from genedge.serve.controller import ControllerSettings
+
+    if not isinstance(value, Mapping):
+        pairs = [pair.partition("=") for pair in _as_text(name, value).split(",")]
+        if not all(sep and key for key, sep, _ in pairs):
+            raise ValueError(f"args.{name}: expected FIELD=VALUE[,FIELD=VALUE...] or a mapping, but got {value!r}")
+        value = {key: text for key, _, text in pairs}
+    fields = {f.name for f in dataclasses.fields(ControllerSettings)}
+    unknown = sorted(set(value) - fields)
+    if unknown:
+        raise ValueError(f"args.{name}: unknown fields {unknown}; the controller's are {sorted(fields)}")
+    settings = {key: _as_number(f"{name}.{key}", text, float) for key, text in value.items()}
+    return ControllerSettings(**settings)
+
+
 def _as_cpus(name: str, value: Any) -> Cpus:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
@@ -418,6 +437,7 @@ BUILDER_ARGS: dict[str, Callable[[str, Any], Any]] = {
     "cpus": _as_cpus,
     "queue_bound_s": lambda name, value: _as_number(name, value, float),
     "drain_timeout_s": lambda name, value: _as_number(name, value, float),
+    "controller": _as_controller,
 }
 
 

@@ -51,6 +51,10 @@ SERVE_CLI = (
         ({"plan": "p.json", "threads": "0"}, r"threads: expected a positive number of threads, but got 0"),
         ({"plan": "p.json", "drain_timeout_s": "nan"}, r"drain_timeout_s: expected a positive finite number"),
         ({"plan": "p.json", "realization": "vms"}, r"realization: expected one of \['scheduler', 'mps'\]"),
+        ({"plan": "p.json", "controller": "window_s"}, r"args\.controller: expected FIELD=VALUE\[,FIELD=VALUE"),
+        ({"plan": "p.json", "controller": "speed=2"}, r"args\.controller: unknown fields \['speed'\]"),
+        ({"plan": "p.json", "controller": {"window_s": "x"}}, r"args\.controller\.window_s: expected a number"),
+        ({"plan": "p.json", "controller": "window_s=0"}, r"window_s: expected a number of seconds > 0"),
     ],
 )
 def test_builder_arguments_are_checked_naming_the_argument(args: dict, message: str) -> None:
@@ -121,6 +125,8 @@ def test_string_and_yaml_arguments_become_the_servers_settings(demo: Path) -> No
     assert {m.key: m.spec for m in server.spec.models}[deployed[0]] == "replica:tiny"
     with pytest.raises(ValueError, match=r"\['sd15'\] are not models the plan deploys"):
         server_from_args({"plan": str(demo / "plan.json"), "device": "cpu", "models": "sd15=/models/sd15"})
+    with pytest.raises(ValueError, match=r"controller: .*plan\.json is a single plan"):
+        server_from_args({"plan": str(demo / "plan.json"), "device": "cpu", "controller": "window_s=5"})
 
 
 def _processes_of(ray_dir: str) -> list[int]:

@@ -36,10 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=_DESCRIPTION,
     )
     parser.add_argument(
-        "plan",
-        type=Path,
-        help="plan JSON written by 'genedge plan' or 'genedge demo', or a plan schedule written by 'genedge plan "
-        "--rates' (served switching plans as the arrival rate moves)",
+        "plan", type=Path, help="plan JSON ('genedge plan'), or a plan schedule ('genedge plan --rates')"
     )
     parser.add_argument(
         "--table",
