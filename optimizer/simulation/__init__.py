@@ -3,8 +3,10 @@
 :func:`simulate_arrivals` serves an arrival stream through a plan's replicas and keeps every request's
 times (:class:`RequestRecords`); :func:`simulate_plan` and :func:`simulate_open_plan` compare a plan's
 predicted figures with simulated ones under the window and the open-arrival models;
-:func:`compare_arrival_models` does so for Poisson, bursty (MMPP) and gamma arrivals. The modules
-behind these names are private.
+:func:`compare_arrival_models` does so for Poisson, bursty (MMPP) and gamma arrivals;
+:func:`simulate_switching` serves an arrival stream under plans that change over time (:class:`ServedPlan`),
+as a server of a plan schedule does, and keeps every request's outcome (:class:`SwitchingRecords`). The
+modules behind these names are private.
 """
 
 from genedge._lazy import lazy_exports
@@ -14,5 +16,6 @@ __all__, __getattr__, __dir__ = lazy_exports(
     {
         "._des": ("RequestRecords", "simulate_arrivals"),
         "._simulate": ("compare_arrival_models", "simulate_open_plan", "simulate_plan"),
+        "._switching": ("ServedPlan", "SwitchingRecords", "simulate_switching"),
     },
 )
