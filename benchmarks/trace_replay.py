@@ -141,12 +141,13 @@ def adaptive_timeline(arrivals: Arrivals, schedule: PlanSchedule, settings: Cont
     """The server's controller fed every arrival on the simulated clock, deciding every ``settings.tick_s``."""
     controller = PlanController(schedule, settings, 0.0)
     timeline: Timeline = [(0.0, controller.band)]
-    times = arrivals.times_s.tolist()
+    # The images of one request arrive at one instant, and the server counts them as one request of that many.
+    times, images = (a.tolist() for a in np.unique(arrivals.times_s, return_counts=True))
     i, ticks = 0, math.ceil(arrivals.duration_s / settings.tick_s)
     for tick in range(1, ticks + 1):
         now = tick * settings.tick_s
         while i < len(times) and times[i] <= now:
-            controller.arrived(times[i])
+            controller.arrived(times[i], images[i])
             i += 1
         if controller.tick(now) is not None:
             timeline.append((now, controller.band))

@@ -251,6 +251,7 @@ class Ingress:
                 raise RequestError("the request body is not valid JSON") from None
             parsed = parse(body)
             images = parsed.n
+            self.plans.arrived(images)
             seeds = (
                 [parsed.seed]
                 if parsed.n == 1

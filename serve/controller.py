@@ -2,12 +2,13 @@ r"""The closed loop of a served plan schedule: estimate the arrival rate, detect
 
 A server started on a plan schedule (:mod:`genedge.optimizer.schedule_file`) holds one plan per band of
 rates. :class:`RateEstimator` estimates the total arrival rate as the mean rate since the last detected
-change, and detects a change with an exact Poisson test: every tick, the arrivals n of the last
-``window_s`` seconds are compared with what the estimate from before that window predicts, μ = λ̂·w; where
-P(N ≥ n) or P(N ≤ n) under Poisson(μ) is below ``alpha`` the rate has changed, and the estimate restarts
-from the most likely time of the change within the window (a moving average would lag a step by its whole
-length, and a short one would chase the noise: within an hour GenTD26's arrivals are close to Poisson,
-between hours the rate moves 9×).
+change, and detects a change with an exact Poisson test: every tick, the requests n of the last
+``window_s`` seconds are compared with what the request rate from before that window predicts, μ = λ̂·w;
+where P(N ≥ n) or P(N ≤ n) under Poisson(μ) is below ``alpha`` the rate has changed, and the estimate
+restarts from the most likely time of the change within the window (a moving average would lag a step by its
+whole length, and a short one would chase the noise: within an hour GenTD26's requests are close to Poisson,
+between hours the rate moves 9×). The test counts requests, the rate counts images: a request for 8 images
+arrives as 8 at once, a burst no Poisson stream of images has, which a test on images would read as a change.
 
 :class:`PlanController` picks the band for the estimate by the schedule's own policy
 (:meth:`~genedge.optimizer.schedule_file.PlanSchedule.plan_for_rate`), at the *effective* rate: the estimate
@@ -84,24 +85,27 @@ class RateEstimator:
     def __init__(self, settings: ControllerSettings, start: float) -> None:
         self.settings = settings
         self.since = start
-        self._count = 0  # arrivals since `since`
-        self._recent: collections.deque[float] = collections.deque()  # those of the last window
+        self._count = 0  # requests since `since`
+        self._images = 0  # and the images they asked for
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()  # those of the last window
 
-    def arrived(self, at: float) -> None:
-        """One request arrived at clock reading ``at`` (non-decreasing)."""
+    def arrived(self, at: float, images: int = 1) -> None:
+        """One request for ``images`` images arrived at clock reading ``at`` (non-decreasing)."""
         self._count += 1
-        self._recent.append(at)
+        self._images += images
+        self._recent.append((at, images))
 
     def rate(self, now: float) -> float:
-        """Requests per second since the last change (0 before any time has passed)."""
+        """Images per second since the last change (0 before any time has passed): the load a plan serves,
+        each image a request of its own to the planner."""
         elapsed = now - self.since
-        return self._count / elapsed if elapsed > 0 else 0.0
+        return self._images / elapsed if elapsed > 0 else 0.0
 
     def update(self, now: float) -> tuple[float, str | None]:
         """The estimate at ``now``, and why it restarted, where the detector saw a change this tick."""
         window = self.settings.window_s
         cut = now - window
-        while self._recent and self._recent[0] < cut:
+        while self._recent and self._recent[0][0] < cut:
             self._recent.popleft()
         if cut - self.since < window:  # too little history before the window to test it against
             return self.rate(now), None
@@ -118,15 +122,15 @@ class RateEstimator:
             f"{mu / window:.4g} requests/s (P = {min(high, low):.2g} < {self.settings.alpha:g}); "
             f"the rate changed {now - changed:.0f} s ago"
         )
-        self._count = sum(1 for t in self._recent if t >= changed)
-        self.since = changed
+        kept = [images for t, images in self._recent if t >= changed]
+        self._count, self._images, self.since = len(kept), sum(kept), changed
         return self.rate(now), reason
 
     def _change_point(self, now: float) -> float:
         """The most likely time of the change in the last window: the split of [since, now] into two Poisson
         segments of constant rates with the largest likelihood (candidates: the window's start and each
         arrival in it)."""
-        times = np.fromiter(self._recent, float, len(self._recent))
+        times = np.fromiter((t for t, _ in self._recent), float, len(self._recent))
         cut = now - self.settings.window_s
         candidates = np.concatenate([[cut], times])
         after = len(times) - np.concatenate([[0], np.arange(len(times))])  # arrivals at or after each candidate
@@ -223,9 +227,9 @@ class PlanController:
             "decisions": chosen.decisions.describe(),
         }
 
-    def arrived(self, at: float) -> None:
-        """One request arrived at clock reading ``at``."""
-        self.estimator.arrived(at)
+    def arrived(self, at: float, images: int = 1) -> None:
+        """One request for ``images`` images arrived at clock reading ``at``."""
+        self.estimator.arrived(at, images)
 
     def tick(self, now: float, load_factor: float = 1.0) -> Switch | None:
         """Decide at ``now`` (from two detector windows after the start on): the switch to make, or None."""

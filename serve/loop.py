@@ -174,9 +174,12 @@ class ServedPlans:
         """The replica (and its device's handle) of the active plan for the next image of ``category``."""
         band = self.bands[self.active]
         replica = band.router.route(category)
-        if self.controller is not None:
-            self.controller.arrived(time.monotonic())
         return band.spec.models[replica], band.handles[replica]
+
+    def arrived(self, images: int) -> None:
+        """A request for ``images`` images arrived (counted by the controller, if any)."""
+        if self.controller is not None:
+            self.controller.arrived(time.monotonic(), images)
 
     @property
     def plan(self) -> PlanDocument:

@@ -120,3 +120,19 @@ def test_the_estimate_restarts_from_the_window_at_a_change() -> None:
 def test_settings_out_of_range_name_the_field(field, value) -> None:
     with pytest.raises(ValueError, match=field):
         ControllerSettings(**{field: value})
+
+
+def test_requests_of_many_images_are_one_arrival_to_the_detector_and_many_to_the_rate(schedule) -> None:
+    """Requests for 8 images at a steady 0.025 requests/s: 0.2 images/s, a burst of 8 at each arrival. The
+    detector counts requests, so the bursts raise no change; the rate counts images."""
+    controller = PlanController(schedule, SETTINGS, 0.0, band=_band(schedule, 0.2))
+    arrivals = _arrivals([(0.025, 4 * 3600)], seed=4)
+    i = 0
+    for now in np.arange(SETTINGS.tick_s, 4 * 3600 + SETTINGS.tick_s / 2, SETTINGS.tick_s):
+        while i < arrivals.size and arrivals[i] <= now:
+            controller.arrived(float(arrivals[i]), images=8)
+            i += 1
+        controller.tick(float(now))
+    assert controller.switches == [], [s.to_dict() for s in controller.switches]
+    assert controller.rate == pytest.approx(0.2, rel=0.15)
+    assert controller.estimator.since == 0.0  # no change was ever detected
