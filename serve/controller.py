@@ -2,9 +2,9 @@ r"""The closed loop of a served plan schedule: estimate the arrival rate, detect
 
 A server started on a plan schedule (:mod:`genedge.optimizer.schedule_file`) holds one plan per band of
 rates. :class:`RateEstimator` estimates the total arrival rate as the mean rate since the last detected
-change, and detects a change with an exact Poisson test: every tick, the requests n of the last
-``window_s`` seconds are compared with what the request rate from before that window predicts, μ = λ̂·w;
-where P(N ≥ n) or P(N ≤ n) under Poisson(μ) is below ``alpha`` the rate has changed, and the estimate
+change (over at most ``horizon_s``), and detects a change with an exact Poisson test: every tick, the
+requests n of the last ``window_s`` seconds are compared with what the request rate from before that window
+predicts, μ = λ̂·w; where P(N ≥ n) or P(N ≤ n) under Poisson(μ) is below ``alpha`` the rate has changed, and the estimate
 restarts from the most likely time of the change within the window (a moving average would lag a step by its
 whole length, and a short one would chase the noise: within an hour GenTD26's requests are close to Poisson,
 between hours the rate moves 9×). The test counts requests, the rate counts images: a request for 8 images
@@ -15,8 +15,11 @@ arrives as 8 at once, a burst no Poisson stream of images has, which a test on i
 times the load factor, the ratio of the device time the server's calls take to the plan's (a device twice
 as slow as its table serves rate λ as the table's device serves 2λ). With hysteresis, so it does not flap:
 
-* **up** at once where the effective rate lowered by ``margin`` is past the band's highest planned rate: a
-  higher band's plan is the one that keeps the queues stable and the SLO at the new rate;
+* **up** at once where the detector saw a change (within two windows, while the estimate settles on the new
+  level) and the effective rate lowered by ``margin`` is past the band's highest planned rate: a higher band's
+  plan is the one that keeps the queues stable and the SLO at the new rate; where the estimate drifted past it
+  without a detected change, only once the band above has been the pick for ``dwell_s`` seconds without a
+  break (a drift is as often noise as load);
 * **down** only once the band below has been the pick for ``dwell_s`` seconds without a break, judged at the
   effective rate raised by ``margin``.
 
@@ -55,6 +58,8 @@ class ControllerSettings:
         dwell_s: seconds a lower band must be the pick, without a break, before the plan moves down.
         margin: a move up is judged at the effective rate times ``1 − margin``, a move down at ``1 + margin``.
         tick_s: seconds between decisions.
+        horizon_s: the estimate's longest memory: the mean rate since the last change, over at most this long
+            (a slow ramp that no window's test flags is still followed, at most half a horizon behind).
     """
 
     window_s: float = 60.0
@@ -62,8 +67,13 @@ class ControllerSettings:
     dwell_s: float = 120.0
     margin: float = 0.1
     tick_s: float = 1.0
+    horizon_s: float = 1800.0
 
     def __post_init__(self) -> None:
+        if not self.horizon_s >= 2 * self.window_s:
+            raise ValueError(
+                f"horizon_s: expected at least two windows ({2 * self.window_s:g} s), but got {self.horizon_s!r}"
+            )
         for name in ("window_s", "dwell_s", "tick_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -85,61 +95,61 @@ class RateEstimator:
     def __init__(self, settings: ControllerSettings, start: float) -> None:
         self.settings = settings
         self.since = start
-        self._count = 0  # requests since `since`
-        self._images = 0  # and the images they asked for
-        self._recent: collections.deque[tuple[float, int]] = collections.deque()  # those of the last window
+        # (time, images) of each request of the last horizon, oldest first.
+        self._arrivals: collections.deque[tuple[float, int]] = collections.deque()
 
     def arrived(self, at: float, images: int = 1) -> None:
         """One request for ``images`` images arrived at clock reading ``at`` (non-decreasing)."""
-        self._count += 1
-        self._images += images
-        self._recent.append((at, images))
+        self._arrivals.append((at, images))
+
+    def _start(self, now: float) -> float:
+        """Where the estimate's memory starts: the last change, or one horizon back."""
+        return max(self.since, now - self.settings.horizon_s)
 
     def rate(self, now: float) -> float:
-        """Images per second since the last change (0 before any time has passed): the load a plan serves,
-        each image a request of its own to the planner."""
-        elapsed = now - self.since
-        return self._images / elapsed if elapsed > 0 else 0.0
+        """Images per second since the last change, over at most the horizon and at least one window: the load
+        a plan serves, each image a request of its own to the planner."""
+        start = self._start(now)
+        images = sum(n for t, n in self._arrivals if t >= start)
+        # Over one window at least: right after a change the new segment may hold one request of a few seconds.
+        return images / max(now - start, self.settings.window_s)
 
     def update(self, now: float) -> tuple[float, str | None]:
         """The estimate at ``now``, and why it restarted, where the detector saw a change this tick."""
         window = self.settings.window_s
-        cut = now - window
-        while self._recent and self._recent[0][0] < cut:
-            self._recent.popleft()
-        if cut - self.since < window:  # too little history before the window to test it against
+        start, cut = self._start(now), now - window
+        while self._arrivals and self._arrivals[0][0] < start:
+            self._arrivals.popleft()
+        if cut - start < window:  # too little history before the window to test it against
             return self.rate(now), None
         from scipy.stats import poisson  # scipy.stats costs a second to import: only a server ticking pays it
 
-        recent = len(self._recent)
-        mu = (self._count - recent) / (cut - self.since) * window
+        times = np.fromiter((t for t, _ in self._arrivals), float, len(self._arrivals))
+        recent = int((times >= cut).sum())
+        # Half a request of prior before the window: after an empty stretch one request is not a change (μ = 0
+        # would make any arrival one), three within a window are.
+        mu = (times.size - recent + 0.5) / (cut - start) * window
         high, low = poisson.sf(recent - 1, mu), poisson.cdf(recent, mu)
         if min(high, low) >= self.settings.alpha:
             return self.rate(now), None
-        changed = self._change_point(now)
+        self.since = _change_point(times, start, cut, now)
         reason = (
             f"{recent} arrivals in the last {window:g} s where {mu:.3g} were expected at "
             f"{mu / window:.4g} requests/s (P = {min(high, low):.2g} < {self.settings.alpha:g}); "
-            f"the rate changed {now - changed:.0f} s ago"
+            f"the rate changed {now - self.since:.0f} s ago"
         )
-        kept = [images for t, images in self._recent if t >= changed]
-        self._count, self._images, self.since = len(kept), sum(kept), changed
         return self.rate(now), reason
 
-    def _change_point(self, now: float) -> float:
-        """The most likely time of the change in the last window: the split of [since, now] into two Poisson
-        segments of constant rates with the largest likelihood (candidates: the window's start and each
-        arrival in it)."""
-        times = np.fromiter((t for t, _ in self._recent), float, len(self._recent))
-        cut = now - self.settings.window_s
-        candidates = np.concatenate([[cut], times])
-        after = len(times) - np.concatenate([[0], np.arange(len(times))])  # arrivals at or after each candidate
-        before = self._count - after
-        return float(
-            candidates[
-                np.argmax(_log_likelihood(before, candidates - self.since) + _log_likelihood(after, now - candidates))
-            ]
-        )
+
+def _change_point(times: np.ndarray, start: float, cut: float, now: float) -> float:
+    """The most likely time of a change in [cut, now]: the split of the requests at ``times`` over [start, now]
+    into two Poisson segments of constant rates with the largest likelihood (candidates: ``cut`` and each
+    arrival after it)."""
+    candidates = np.concatenate([[cut], times[times >= cut]])
+    after = np.array([(times >= c).sum() for c in candidates])
+    before = times.size - after
+    likelihood = _log_likelihood(before, candidates - start) + _log_likelihood(after, now - candidates)
+    return float(candidates[np.argmax(likelihood)])
 
 
 def _log_likelihood(count: np.ndarray, seconds: np.ndarray) -> np.ndarray:
@@ -206,7 +216,9 @@ class PlanController:
         self.estimator = RateEstimator(settings, start)
         self.switches: list[Switch] = []
         self.rate = 0.0
-        self._lower_since: float | None = None
+        self._held: dict[str, float] = {}  # direction → since when a move that way has been the pick
+        self._changed_at: float | None = None  # when the detector last saw a change
+        self._step = ""  # its finding, kept for the moves it allows at once
         self._change: str | None = None  # the detector's last finding, until a switch reports it
 
     def _band_for(self, rate: float) -> int:
@@ -235,27 +247,41 @@ class PlanController:
         """Decide at ``now`` (from two detector windows after the start on): the switch to make, or None."""
         self.rate, change = self.estimator.update(now)
         self._change = change or self._change
+        if change is not None:
+            self._changed_at, self._step = now, change
         if now - self.start < 2 * self.settings.window_s:  # a first estimate from a few arrivals is noise
             return None
         effective = self.rate * load_factor
         up = self._band_for(effective * (1 - self.settings.margin))
-        if up > self.band:
-            self._lower_since = None
-            why = self._change or f"the rate rose past band {self.band}'s highest planned rate"
-            return self._switch(now, up, effective, load_factor, f"up: {why}")
         down = self._band_for(effective * (1 + self.settings.margin))
-        if down >= self.band:
-            self._lower_since = None
+        if up > self.band and self._settling(now):  # a detected step, the estimate still rising to it: at once
+            self._held.clear()
+            return self._switch(now, up, effective, load_factor, f"up: {self._step}")
+        target = up if up > self.band else down if down < self.band else None
+        if target is None:
+            self._held.clear()
             return None
-        if self._lower_since is None:
-            self._lower_since = now
-        if now - self._lower_since < self.settings.dwell_s:
+        if not self._lasted("up" if target > self.band else "down", now):
             return None
-        self._lower_since = None
-        why = f"band {down}'s plan was the pick for {self.settings.dwell_s:g} s" + (
+        why = f"band {target}'s plan was the pick for {self.settings.dwell_s:g} s" + (
             f"; {self._change}" if self._change else ""
         )
-        return self._switch(now, down, effective, load_factor, f"down: {why}")
+        return self._switch(now, target, effective, load_factor, f"{'up' if target > self.band else 'down'}: {why}")
+
+    def _settling(self, now: float) -> bool:
+        """Whether the detector saw a change within the last two windows (the estimate is still settling)."""
+        return self._changed_at is not None and now - self._changed_at <= 2 * self.settings.window_s
+
+    def _lasted(self, direction: str, now: float) -> bool:
+        """Whether a move in ``direction`` has been the pick for ``dwell_s`` without a break (a pick the other
+        way, or none, breaks it)."""
+        since = self._held.setdefault(direction, now)
+        for other in [d for d in self._held if d != direction]:
+            del self._held[other]
+        if now - since < self.settings.dwell_s:
+            return False
+        self._held.clear()
+        return True
 
     def _switch(self, now: float, band: int, effective: float, load_factor: float, reason: str) -> Switch:
         switch = Switch(

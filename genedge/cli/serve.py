@@ -137,6 +137,11 @@ def _add_controller_options(parser: argparse.ArgumentParser) -> None:
         help=f"dead band around each band's edge, as a fraction of the rate (default: {defaults.margin:g})",
     )
     group.add_argument("--switch-tick-s", type=float, help=f"seconds between decisions (default: {defaults.tick_s:g})")
+    group.add_argument(
+        "--switch-horizon-s",
+        type=float,
+        help=f"the rate estimate's longest memory in seconds (default: {defaults.horizon_s:g})",
+    )
 
 
 def _controller(args: argparse.Namespace) -> ControllerSettings | None:
@@ -151,6 +156,7 @@ def _controller(args: argparse.Namespace) -> ControllerSettings | None:
             ("dwell_s", "dwell_s"),
             ("margin", "margin"),
             ("tick_s", "tick_s"),
+            ("horizon_s", "horizon_s"),
         )
         if getattr(args, f"switch_{name}") is not None
     }
