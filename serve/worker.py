@@ -68,8 +68,8 @@ class Generated:
 
     png: bytes
     record: dict[str, Any]
-    #: The plan's time of the call on the model's share (s), under the plan it ran in: what the call's
-    #: ``service_s`` is compared with to recalibrate.
+    #: The plan's time of the call on the model's share (s), under the plan that accepted the request: what
+    #: the call's ``service_s`` is compared with to recalibrate.
     planned_s: float
 
 
@@ -78,6 +78,7 @@ class _Job:
     prompt: str
     seed: int
     steps: int
+    planned_s: float  # the accepting plan's time of this model's call on its share
     request_id: str
     arrived: float
     future: Future
@@ -198,6 +199,7 @@ class DeviceWorker:
                 prompt=prompt,
                 seed=self._counter if seed is None else seed,
                 steps=model.steps,
+                planned_s=model.service_s,
                 request_id=request_id or f"{name}-{self._counter}",
                 arrived=time.monotonic(),
                 future=Future(),
@@ -244,7 +246,6 @@ class DeviceWorker:
                 self._condition.notify_all()
 
     def _run(self, lane: _Lane, batch: list[_Job]) -> list[Generated]:
-        planned_s = lane.model.service_s
         started = time.monotonic()
         images = self._generate(
             lane, [job.prompt for job in batch], [job.seed for job in batch], self.scheduler, batch[0].steps
@@ -266,7 +267,7 @@ class DeviceWorker:
                 "service_s": finished - started,
                 "image_sha256": hashlib.sha256(png).hexdigest(),
             }
-            results.append(Generated(png=png, record=record, planned_s=planned_s))
+            results.append(Generated(png=png, record=record, planned_s=job.planned_s))
         return results
 
     def _generate(
