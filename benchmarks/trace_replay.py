@@ -61,7 +61,7 @@ from genedge.optimizer.schedule_file import PlanSchedule
 from genedge.optimizer.simulation import ServedPlan, SwitchingRecords, simulate_switching
 from genedge.serve.controller import ControllerSettings, PlanController
 from genedge.serve.predict import plan_rates, predict_at_rates
-from genedge.serve.spec import _queue_bound
+from genedge.serve.spec import queue_bound
 
 #: The trace, beside the repository.
 DEFAULT_TRACE = ROOT.parent / "shared" / "data" / "gentd26" / "lora_request_trace.csv"
@@ -159,7 +159,7 @@ def served_plans(schedule: PlanSchedule, categories: Sequence[str], models: Sequ
     plans = []
     for band in schedule.bands:
         bounds = {
-            key: _queue_bound(entry.service_s, entry.batch, SLO_S, None) for key, entry in band.plan.deployed.items()
+            key: queue_bound(entry.service_s, entry.batch, SLO_S, None) for key, entry in band.plan.deployed.items()
         }
         plans.append(ServedPlan.of(band.plan, categories, models, bounds))
     return plans

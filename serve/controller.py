@@ -32,6 +32,7 @@ both plans at their planned rates.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -182,17 +183,8 @@ class Switch:
     after: Mapping[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "at_s": self.at_s,
-            "from_band": self.from_band,
-            "to_band": self.to_band,
-            "rate": self.rate,
-            "effective_rate": self.effective_rate,
-            "load_factor": self.load_factor,
-            "reason": self.reason,
-            "before": dict(self.before),
-            "after": dict(self.after),
-        }
+        """As JSON (``GET /v1/plan``'s ``served.schedule.switches``)."""
+        return dataclasses.asdict(self)
 
 
 class PlanController:

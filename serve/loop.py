@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import math
 import time
@@ -260,12 +261,6 @@ class ServedPlans:
             "bands": len(self.bands),
             "rate": self.controller.rate,
             "load_factor": self.times.load_factor(),
-            "settings": {
-                "window_s": self.settings.window_s,
-                "alpha": self.settings.alpha,
-                "dwell_s": self.settings.dwell_s,
-                "margin": self.settings.margin,
-                "tick_s": self.settings.tick_s,
-            },
+            "settings": dataclasses.asdict(self.settings),
             "switches": [s.to_dict() for s in self.controller.switches],
         }

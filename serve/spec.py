@@ -36,6 +36,7 @@ __all__ = [
     "ServeSpec",
     "model_specs_from_pairs",
     "place_on_devices",
+    "queue_bound",
     "serve_spec",
 ]
 
@@ -185,7 +186,7 @@ def place_on_devices(shares: Mapping[str, float]) -> list[tuple[str, int, int, f
     return placed
 
 
-def _queue_bound(service_s: float, max_batch: int, slo_s: float | None, bound_s: float | None) -> int:
+def queue_bound(service_s: float, max_batch: int, slo_s: float | None, bound_s: float | None) -> int:
     """Requests a model may hold: those that can still finish within the SLO (or the bound) at the plan's pace."""
     horizon = bound_s if bound_s is not None else (slo_s if slo_s is not None else DEFAULT_QUEUE_BOUND_S)
     return max(1, math.floor(horizon / service_s) * max_batch)
@@ -286,7 +287,7 @@ def _served_models(
                 share=share,
                 max_batch=max_batch,
                 service_s=service_s,
-                queue_bound=_queue_bound(service_s, max_batch, slo_s, queue_bound_s),
+                queue_bound=queue_bound(service_s, max_batch, slo_s, queue_bound_s),
                 resolution=settings[key].resolution,
                 guidance_scale=settings[key].guidance_scale,
                 dtype=settings[key].dtype,

@@ -122,6 +122,27 @@ def run_genedge(
     )
 
 
+def wait_until_serving(process: subprocess.Popen, url: str, timeout_s: float = 240) -> None:
+    """Wait until ``genedge serve`` (``process``, its stderr piped) answers ``GET /v1/health`` at ``url``; fail the
+    test with its stderr if it exits first, or kill it and fail if it does not answer within ``timeout_s``."""
+    import json
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"genedge serve exited {process.returncode}: {process.stderr.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/v1/health", timeout=30) as response:
+                if json.loads(response.read())["status"] == "ok":
+                    return
+        except OSError:
+            time.sleep(1)
+    process.kill()
+    pytest.fail(f"genedge serve did not answer within {timeout_s:g} s")
+
+
 def run_python(code: str, *, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess[str]:
     """Run ``python -c CODE`` in a new interpreter (for what only a fresh process shows, such as its imports)."""
     return subprocess.run(

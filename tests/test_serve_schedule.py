@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import DemoRun, genedge_env, run_genedge
+from conftest import DemoRun, genedge_env, run_genedge, wait_until_serving
 
 pytestmark = pytest.mark.slow
 
@@ -83,18 +83,7 @@ def server(schedule: Path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
     )  # fmt: skip
     url = f"http://{HOST}:{port}"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"genedge serve exited {process.returncode}: {process.stderr.read()[-3000:]}")
-        try:
-            if _get(f"{url}/v1/health")["status"] == "ok":
-                break
-        except OSError:
-            time.sleep(1)
-    else:
-        process.kill()
-        pytest.fail("genedge serve did not answer within 240 s")
+    wait_until_serving(process, url)
     yield url, schedule
     process.terminate()
     try:

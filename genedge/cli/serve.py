@@ -146,20 +146,13 @@ def _add_controller_options(parser: argparse.ArgumentParser) -> None:
 
 def _controller(args: argparse.Namespace) -> ControllerSettings | None:
     """The controller settings the options give (None where none is given: the defaults, for a schedule)."""
+    import dataclasses
+
     from genedge.serve.controller import ControllerSettings
 
-    given = {
-        field: getattr(args, f"switch_{name}")
-        for field, name in (
-            ("window_s", "window_s"),
-            ("alpha", "alpha"),
-            ("dwell_s", "dwell_s"),
-            ("margin", "margin"),
-            ("tick_s", "tick_s"),
-            ("horizon_s", "horizon_s"),
-        )
-        if getattr(args, f"switch_{name}") is not None
-    }
+    # Each field of the settings is the option --switch-FIELD.
+    options = {field.name: getattr(args, f"switch_{field.name}") for field in dataclasses.fields(ControllerSettings)}
+    given = {name: value for name, value in options.items() if value is not None}
     return ControllerSettings(**given) if given else None
 
 
