@@ -47,10 +47,21 @@ class Queues:
     so repeated (ρ, b) pairs share the work.
     """
 
-    def __init__(self, load: Array, service: Array, batch: Array | None, wait_units: Array | None = None) -> None:
+    def __init__(
+        self,
+        load: Array,
+        service: Array,
+        batch: Array | None,
+        wait_units: Array | None = None,
+        images: Array | None = None,
+    ) -> None:
         """``wait_units``: the waits (in units of S) the caller will ask the M/D/1 CDF about, if known: the
         chains then stop at the states those need instead of at the tail (a CDF at a short SLO needs a
-        handful, the tail hundreds)."""
+        handful, the tail hundreds). ``images``: P(X = k), k = 1..K, the images per request of every queue,
+        each image served alone (M^X/D/1, b = 1 only); None or [1.0] for one image per request."""
+        if images is not None and images.size > 1 and batch is not None:
+            raise ValueError("Expected batches of 1 with requests of several images (batch service is not modelled)")
+        many = images is not None and images.size > 1
         self.load = load
         self.service = service
         self.regular = (load > 0) & (load < 1)
@@ -62,7 +73,12 @@ class Queues:
             if sel.size == 0:
                 continue
             loads, chain = np.unique(load[sel], return_inverse=True)
-            law = _MD1Law(loads, _states_for(wait_units, sel)) if b is None else _BulkLaw(loads, b)
+            if many:
+                law: _MD1Law | _BulkLaw = _BatchArrivalLaw(loads, images, _states_for(wait_units, sel))
+            elif b is None:
+                law = _MD1Law(loads, _states_for(wait_units, sel))
+            else:
+                law = _BulkLaw(loads, b)
             self.groups.append((sel, law, chain.ravel()))
 
     def wait_cdf_units(self, xs: Array, mask: np.ndarray | None = None) -> Array:
@@ -300,65 +316,205 @@ class _MD1Law(_ChainLaw):
     def __init__(self, rho: Array, max_states: int | None = None) -> None:
         """``max_states``: keep p_0..p_{max_states} at most (enough for CDFs below that many service times)."""
         self.rho = rho
+        self.terms = self._TERMS
         self.p_idle = 1 - rho
         sizes = states_needed(rho, 1, np.zeros((rho.size, 0)), in_system=True)
         if max_states is not None:
             sizes = np.minimum(sizes, max_states)
         self.xs_max = sizes + 1
-        arrivals = _poisson_pmf(rho, self._TERMS + 1)
-        self.below_full = np.cumsum(arrivals[:, : self._TERMS], axis=1)  # P(A ≤ n) at the full mean ρ
-        at_least = np.cumsum(arrivals[:, ::-1], axis=1)[:, ::-1]  # Ā_l = P(A ≥ l)
+        self._build(sizes, self._arrival_pmf(np.arange(rho.size), np.ones(rho.size), self.terms + 1))
+
+    def _arrival_pmf(self, chain: np.ndarray, span: Array, terms: int) -> Array:
+        """P(A = n) for n < terms, A the arrivals (in images) of ``span`` service times, one row per element."""
+        return _poisson_pmf(self.rho[chain] * span, terms)
+
+    def _build(self, sizes: np.ndarray, arrivals: Array) -> None:
+        """The padded chain tables from the arrivals of one full service time, ``arrivals``[chain, n] = P(A = n)."""
+        self.below_full = np.cumsum(arrivals[:, : self.terms], axis=1)  # P(A ≤ n) at the full mean
         self.tables: list[tuple[_Padded, _Padded, Array]] = []
         for members in self._place(sizes):
             width = int(sizes[members].max())
-            p = self._chains(rho[members], at_least[members], width)
+            p = self._chains(members, arrivals[members], width)
             # Σ_{j=1}^{m} p_j for m = 0..width.
             tail = np.concatenate([np.zeros((members.size, 1)), np.cumsum(p[:, 1:], axis=1)], axis=1)
             self.tables.append((_Padded(p, "zero"), _Padded(tail, "last"), p[:, 0]))
 
-    @classmethod
-    def _chains(cls, rho: Array, at_least: Array, width: int) -> Array:
-        """p_0..p_width per chain by the level-crossing recursion of the departure-epoch chain,
-
-        a_0 p_n = p_0 Ā_n + Σ_{l=1}^{n−1} Ā_{l+1} p_{n−l}   (n ≥ 1),
-
-        one step for all chains at a time; every term is nonnegative. (scipy.signal.lfilter would
-        run it per chain, but importing scipy.signal loads scipy.stats.)
-        """
-        taps = cls._TERMS - 1  # Ā_{l+1} for l = 1..47; beyond, Ā < 1e-61
-        a0 = np.exp(-rho)
-        p0 = 1 - rho
-        # Coefficients in window order: the window holds p_{n−47} .. p_{n−1}.
-        weights = (at_least[:, 2:] / a0[:, None])[:, ::-1]
-        drive = p0[:, None] * at_least[:, 1:] / a0[:, None]  # p_0 Ā_n / a_0, n = 1..48
-        buf = np.zeros((rho.size, taps + width + 1))  # p_{−47..0} read as 0: p_0 enters via drive
-        for n in range(1, width + 1):
-            value = np.einsum("ij,ij->i", buf[:, n : n + taps], weights)
-            if n <= drive.shape[1]:
-                value += drive[:, n - 1]
-            buf[:, taps + n] = value
-        p = buf[:, taps:]
-        p[:, 0] = p0
-        return p
+    def _chains(self, members: np.ndarray, arrivals: Array, width: int) -> Array:
+        """p_0..p_width per chain (M/D/1: at departures = at a random time), see :func:`_departure_chain`."""
+        at_least = _at_least(arrivals)
+        return _departure_chain(1 - self.rho[members], at_least[:, 1:], arrivals, width)
 
     def _class_cdf(self, k: int, chain: np.ndarray, rows: np.ndarray, xs: Array) -> Array:
         """Franx's positive sum (see :func:`~genedge.optimizer.model._queueing.md1_wait_cdf`)."""
-        p, tail, p0 = self.tables[k]
-        terms = self._TERMS
-        n = np.arange(terms)
-        whole = np.floor(xs)
-        frac = xs - whole
-        kk = whole.astype(np.int64)
+        return self._franx(k, rows, xs, self._below(chain, xs - np.floor(xs)))
+
+    def _below(self, chain: np.ndarray, frac: Array) -> Array:
+        """P(A ≤ n), n < terms, for the arrivals A of the window 1 − frac before each tagged arrival."""
         if frac.any():
-            below = np.cumsum(_poisson_pmf(self.rho[chain] * (1 - frac), terms), axis=1)
-        else:  # whole multiples of t: the window is one full service time
-            below = self.below_full[chain]
+            return np.cumsum(self._arrival_pmf(chain, 1 - frac, self.terms), axis=1)
+        return self.below_full[chain]  # whole multiples of t: the window is one full service time
+
+    def _franx(self, k: int, rows: np.ndarray, xs: Array, below: Array) -> Array:
+        """P(W ≤ xs) = p_0 P(A ≤ ⌊x⌋) + Σ_{j=1}^{⌊x⌋+1} p_j P(A ≤ ⌊x⌋ + 1 − j), ``below`` = P(A ≤ n) per element."""
+        p, tail, p0 = self.tables[k]
+        terms = self.terms
+        n = np.arange(terms)
+        kk = np.floor(xs).astype(np.int64)
         # Terms j = k + 1 − n with P(A ≤ n) < 1 one by one; those with n ≥ terms (P(A ≤ n) = 1) summed.
         j = kk[:, None] + 1 - n[None, :]
         mixed = np.sum(np.where(n[None, :] <= kk[:, None], below * p(rows, j), 0.0), axis=1)
         plain = tail(rows, np.maximum(kk + 1 - terms, 0))
         empty = p0[rows] * below[np.arange(xs.size), np.minimum(kk, terms - 1)]
         return plain + mixed + empty
+
+
+def _at_least(pmf: Array) -> Array:
+    """P(A ≥ l) per row from P(A = n), summed from the tail (no cancellation)."""
+    return np.cumsum(pmf[:, ::-1], axis=1)[:, ::-1]
+
+
+def _departure_chain(p0: Array, drive_tail: Array, arrivals: Array, width: int) -> Array:
+    """p_0..p_width per chain by the level-crossing recursion of the departure-epoch chain,
+
+    a_0 p_n = p_0 C̄_n + Σ_{l=1}^{n−1} Ā_{l+1} p_{n−l}   (n ≥ 1),
+
+    one step for all chains at a time; every term is nonnegative. Ā_l = P(A ≥ l) for the arrivals A of
+    one service time; C̄_n = P(what an idle server's next service leaves behind + 1 ≥ n + 1): Ā_n for
+    one image per request (``drive_tail`` = Ā_1, Ā_2, …), P(X + A ≥ n + 1) for a request of X images.
+    (scipy.signal.lfilter would run it per chain, but importing scipy.signal loads scipy.stats.)
+    """
+    at_least = _at_least(arrivals)
+    taps = at_least.shape[1] - 2  # Ā_{l+1} for l = 1..terms − 1; beyond, negligible
+    a0 = arrivals[:, 0]
+    # Coefficients in window order: the window holds p_{n−taps} .. p_{n−1}.
+    weights = (at_least[:, 2:] / a0[:, None])[:, ::-1]
+    drive = p0[:, None] * drive_tail / a0[:, None]  # p_0 C̄_n / a_0, n = 1, 2, …
+    buf = np.zeros((p0.size, taps + width + 1))  # p_{−taps..0} read as 0: p_0 enters via drive
+    for n in range(1, width + 1):
+        value = np.einsum("ij,ij->i", buf[:, n : n + taps], weights)
+        if n <= drive.shape[1]:
+            value += drive[:, n - 1]
+        buf[:, taps + n] = value
+    p = buf[:, taps:]
+    p[:, 0] = p0
+    return p
+
+
+class _BatchArrivalLaw(_MD1Law):
+    """Image-level M^X/D/1 queues: Poisson requests of X images each (law g_k = P(X = k), k = 1..K), every
+    image served alone in the deterministic time S, first in first out; one chain per load ρ = λ_images S.
+
+    The wait of a request's first image is the workload V a Poisson arrival finds; Franx's positive sum
+    (:meth:`_MD1Law._class_cdf`) holds for it unchanged with the images in system at a random time π_j and
+    the images A arriving in the window (compound Poisson): at most one service ends in a window of length
+    ≤ S, whatever the arrivals' grouping. The i-th image of a request waits V + (i − 1)S; a random image is
+    the i-th of its request with probability w_i = P(X ≥ i)/E[X], so the law of :meth:`cdf` is
+    Σ_i w_i P(V ≤ x − (i − 1)S). The images in system: departures leave d_n (:func:`_departure_chain` with
+    an idle server's next service leaving X − 1 + A behind, d_0 = (1 − ρ)/E[X]); an arriving request crosses
+    level n upwards from every j ≤ n with X > n − j, so E[X] d_n = Σ_{j≤n} π_j P(X > n − j).
+    """
+
+    # Requests in one service time kept: P(Poisson(ρ/E[X] ≤ 1) ≥ 20) < 2e-19; each brings ≤ K images.
+    _REQUESTS = 20
+
+    def __init__(self, rho: Array, images: Array, max_states: int | None = None) -> None:
+        """``max_states``: keep π_0..π_{max_states} at most (enough for CDFs below that many service times)."""
+        self.rho = rho
+        self.images = images
+        k_max = images.size
+        self.mean_images = float(np.dot(np.arange(1, k_max + 1), images))
+        self.request_load = rho / self.mean_images  # requests per service time
+        self.terms = self._REQUESTS * k_max
+        self._fft = next_fast_len(2 * self.terms, real=True)
+        self.position = np.cumsum(images[::-1])[::-1] / self.mean_images  # w_i, i = 1..K
+        self.p_idle = (1 - rho) * self.position[0]
+        sizes = _batch_states_needed(rho, images)
+        if max_states is not None:
+            sizes = np.minimum(sizes, max_states)
+        self.xs_max = sizes + k_max
+        self._build(sizes, self._arrival_pmf(np.arange(rho.size), np.ones(rho.size), self.terms + 1))
+
+    def _arrival_pmf(self, chain: np.ndarray, span: Array, terms: int) -> Array:
+        """Compound Poisson P(A = n), n < terms, by a real inverse FFT of exp(m(X(z) − 1)) on the unit circle
+        (m requests on average; the mass beyond the FFT's length, which would wrap, is below 1e-19)."""
+        mean = self.request_load[chain] * span
+        theta = -2 * np.pi * np.arange(self._fft // 2 + 1) / self._fft
+        k = np.arange(1, self.images.size + 1)
+        pgf_minus_one = np.exp(1j * np.outer(theta, k)) @ self.images - 1  # X(z) − 1
+        values = np.exp(mean[:, None] * pgf_minus_one[None, :])
+        return np.clip(irfft(values, n=self._fft, axis=1)[:, :terms], 0.0, None)
+
+    def _chains(self, members: np.ndarray, arrivals: Array, width: int) -> Array:
+        """π_0..π_width per chain: the departure chain d, then π_n = E[X] d_n − Σ_{1≤i<K} P(X > i) π_{n−i}.
+
+        The second recursion subtracts, but its error does not grow: its characteristic roots are the
+        zeros of (1 − X(z))/(1 − z), none inside the unit disk. Both run as linear filters (scipy.signal,
+        imported here: only requests of several images need it).
+        """
+        from scipy.signal import lfilter
+
+        rho = self.rho[members]
+        k_max = self.images.size
+        with_request = np.zeros((members.size, arrivals.shape[1] + k_max))  # P(X + A = n)
+        for k in range(1, k_max + 1):
+            with_request[:, k : k + arrivals.shape[1]] += self.images[k - 1] * arrivals
+        after_idle = _at_least(with_request)[:, 2:]  # P(X + A ≥ n + 1), n = 1, 2, …
+        at_least = _at_least(arrivals)
+        d = np.zeros((members.size, width + 1))
+        d[:, 0] = (1 - rho) / self.mean_images
+        drive = np.zeros(width)
+        for row in range(members.size):
+            # a_0 d_n − Σ_{l≥1} Ā_{l+1} d_{n−l} = d_0 P(X + A ≥ n + 1), n = 1..width (every term ≥ 0).
+            used = min(width, after_idle.shape[1])
+            drive[:] = 0.0
+            drive[:used] = d[row, 0] * after_idle[row, :used]
+            denominator = np.concatenate([[arrivals[row, 0]], -at_least[row, 2:]])
+            d[row, 1:] = lfilter([1.0], denominator, drive)
+        beyond = np.concatenate([[1.0], 1 - np.cumsum(self.images)[:-1]])  # P(X > i), i = 0..K−1
+        return np.clip(lfilter([1.0], beyond, self.mean_images * d, axis=1), 0.0, None)
+
+    def _class_cdf(self, k: int, chain: np.ndarray, rows: np.ndarray, xs: Array) -> Array:
+        """Σ_i w_i P(V ≤ x − (i − 1)) (units of S), V by Franx's sum; the windows' arrivals are the same for
+        every i (x − (i − 1) has x's fractional part)."""
+        below = self._below(chain, xs - np.floor(xs))
+        out = np.zeros(xs.shape)
+        for i, weight in enumerate(self.position):
+            x = xs - i
+            inside = x >= 0
+            if inside.any():
+                out[inside] += weight * self._franx(k, rows[inside], x[inside], below[inside])
+        return out
+
+
+def _batch_states_needed(rho: Array, images: Array) -> np.ndarray:
+    """Smallest n with P(N ≥ n) ≤ TAIL_TOL by Chernoff for the images N in an M^X/D/1 system at a random time.
+
+    E[z^N] = (1 − ρ)(z − 1)A(z)/(z − A(z)) with A(z) = exp((ρ/E[X])(X(z) − 1)) the images arriving in one
+    service time; it is finite for 1 < z < z_0, the root of A(z) = z. With θ = log z, h(θ) = θ − log A(e^θ)
+    is concave with h(0) = 0 and h'(0) = 1 − ρ > 0: z_0 = e^{θ_0} by bisection, then z = z_0^0.9 (capped at
+    e^5) as for :func:`states_needed`.
+    """
+    k = np.arange(1, images.size + 1)
+    request_load = rho / float(np.dot(k, images))
+
+    def log_a(theta: Array) -> Array:
+        return request_load * (np.exp(np.multiply.outer(theta, k)) @ images - 1)
+
+    lo, hi = np.zeros(rho.size), np.ones(rho.size)
+    for _ in range(60):  # grow hi until h(hi) < 0
+        grow = hi - log_a(hi) >= 0
+        if not grow.any():
+            break
+        hi = np.where(grow, 2 * hi, hi)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        up = mid - log_a(mid) > 0
+        lo, hi = np.where(up, mid, lo), np.where(up, hi, mid)
+    theta = np.minimum(_CHERNOFF_FRACTION * lo, _CHERNOFF_MAX_LOG_Z)
+    gap = theta - log_a(theta)  # log z − log A(z) > 0
+    log_pgf = np.log1p(-rho) + np.log(np.expm1(theta)) + log_a(theta) - theta - np.log(-np.expm1(-gap))
+    n = np.ceil((log_pgf - math.log(TAIL_TOL)) / theta) + 1
+    return np.clip(np.where(np.isfinite(n), n, _MAX_STATES), 1, _MAX_STATES).astype(np.int64)
 
 
 class _BulkLaw(_ChainLaw):

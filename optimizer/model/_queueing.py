@@ -43,6 +43,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from genedge.optimizer.model._images import ImagesPerRequest
 from genedge.optimizer.model._queue_laws import (
     QUANTILE_RTOL,
     TAIL_TOL,
@@ -170,10 +171,24 @@ def md1_mean_wait(rate: npt.ArrayLike, service_s: npt.ArrayLike) -> Array:
     return out[()]
 
 
-def md1_mean_response(rate: npt.ArrayLike, service_s: npt.ArrayLike) -> Array:
-    """Mean response of the M/D/1 queue: E[T] = t + ρ t / (2(1 − ρ)); ``inf`` where ρ ≥ 1."""
+def md1_mean_response(rate: npt.ArrayLike, service_s: npt.ArrayLike, images: ImagesPerRequest | None = None) -> Array:
+    r"""Mean response of an image in the M/D/1 queue: E[T] = t + ρ t / (2(1 − ρ)); ``inf`` where ρ ≥ 1.
+
+    With ``images`` (requests of X images, each image served alone, λ counting images, ρ = λt) the
+    M^X/D/1 queue: a request's first image waits the workload V, E[V] = ρ t E[X²] / (2 E[X] (1 − ρ))
+    (Pollaczek–Khinchine for requests of work X t), and a random image has (E[X²]/E[X] − 1)/2 images of
+    its own request before it:
+
+    .. math::
+
+        E[T] = t + \frac{\rho t\,E[X^2]}{2E[X](1-\rho)} + \frac{t}{2}\Big(\frac{E[X^2]}{E[X]} - 1\Big).
+    """
     rate, service, _ = _inputs(rate, service_s, None)
-    return (service + md1_mean_wait(rate, service))[()]
+    if images is None or images.single:
+        return (service + md1_mean_wait(rate, service))[()]
+    ratio = images.second_moment / images.mean
+    own = service * (ratio - 1) / 2
+    return (service + own + md1_mean_wait(rate, service) * ratio)[()]
 
 
 def mg1_mean_response(rate: npt.ArrayLike, mean_s: npt.ArrayLike, std_s: npt.ArrayLike) -> Array:
@@ -302,16 +317,31 @@ def md1_wait_cdf(x: npt.ArrayLike, rate: npt.ArrayLike, service_s: npt.ArrayLike
     return queues.wait_cdf(x.ravel()).reshape(x.shape)[()]
 
 
-def md1_response_cdf(x: npt.ArrayLike, rate: npt.ArrayLike, service_s: npt.ArrayLike) -> Array:
-    """P(T ≤ x) = P(W ≤ x − t) of the M/D/1 queue (0 for x < t, 0 where ρ ≥ 1); see :func:`md1_wait_cdf`."""
+def md1_response_cdf(
+    x: npt.ArrayLike, rate: npt.ArrayLike, service_s: npt.ArrayLike, images: ImagesPerRequest | None = None
+) -> Array:
+    """P(T ≤ x) = P(W ≤ x − t) of the M/D/1 queue (0 for x < t, 0 where ρ ≥ 1); see :func:`md1_wait_cdf`.
+
+    With ``images`` the law of a random image of the M^X/D/1 queue (requests of X images, λ counting
+    images): Σ_i P(X ≥ i)/E[X] · P(V ≤ x − i t), V the workload a request finds, by Franx's positive sum
+    over the images in system (exact to the same tolerance; see ``_BatchArrivalLaw``).
+    """
     x = np.asarray(x, dtype=float)
     rate, service, _ = _inputs(rate, service_s, None)
     x, rate, service = np.broadcast_arrays(x, rate, service)
-    queues = Queues(_load(rate, service, 1.0).ravel(), service.ravel(), None, wait_units=(x / service - 1).ravel())
+    queues = Queues(
+        _load(rate, service, 1.0).ravel(),
+        service.ravel(),
+        None,
+        wait_units=(x / service - 1).ravel(),
+        images=_image_law(images),
+    )
     return queues.response_cdf(x.ravel()).reshape(x.shape)[()]
 
 
-def md1_response_quantile(q: npt.ArrayLike, rate: npt.ArrayLike, service_s: npt.ArrayLike) -> Array:
+def md1_response_quantile(
+    q: npt.ArrayLike, rate: npt.ArrayLike, service_s: npt.ArrayLike, images: ImagesPerRequest | None = None
+) -> Array:
     """The q-quantile min{x : P(T ≤ x) ≥ q} of the M/D/1 response time.
 
     Root finding on the exact CDF (:func:`md1_wait_cdf`): bisection over whole service times, then
@@ -323,11 +353,12 @@ def md1_response_quantile(q: npt.ArrayLike, rate: npt.ArrayLike, service_s: npt.
         q: probability in [0, 1].
         rate: arrival rate λ (requests/s), ≥ 0.
         service_s: deterministic service time t (s), > 0.
+        images: images per request (:func:`md1_response_cdf`); None for one.
     """
     q = _probabilities(q)
     rate, service, _ = _inputs(rate, service_s, None)
     q, rate, service = np.broadcast_arrays(q, rate, service)
-    queues = Queues(_load(rate, service, 1.0).ravel(), service.ravel(), None)
+    queues = Queues(_load(rate, service, 1.0).ravel(), service.ravel(), None, images=_image_law(images))
     return queues.response_quantile(q.ravel()).reshape(q.shape)[()]
 
 
@@ -413,6 +444,7 @@ def mixture_response_cdf(
     rates: npt.ArrayLike,
     service_s: npt.ArrayLike,
     max_batch: npt.ArrayLike | None = None,
+    images: ImagesPerRequest | None = None,
 ) -> Array:
     r"""Response-time distribution of all requests when model m receives rate λ_m.
 
@@ -427,6 +459,8 @@ def mixture_response_cdf(
         rates: λ_m (requests/s), shape (..., M); the last axis runs over models.
         service_s: S_m (s), broadcastable to ``rates``: one image, or one batch of b_m.
         max_batch: b_m, broadcastable to ``rates``; None for M/D/1 queues.
+        images: images per request, each served alone (M^X/D/1, see :func:`md1_response_cdf`; rates count
+            images); None for one. Not with ``max_batch``.
 
     Returns:
         F(x), shape broadcast(x, rates[..., 0]). A model with λ_m = 0 carries no weight; an
@@ -443,6 +477,7 @@ def mixture_response_cdf(
         _load(rate, service, 1.0 if batch is None else batch).ravel(),
         service.ravel(),
         None if batch is None else batch.ravel(),
+        images=_image_law(images),
     )
     xs = np.broadcast_to(np.broadcast_to(x, shape)[..., None], full)
     cdf = queues.response_cdf(xs.ravel()).reshape(full)
@@ -456,6 +491,7 @@ def mixture_response_quantile(
     max_batch: npt.ArrayLike | None = None,
     *,
     weights: npt.ArrayLike | None = None,
+    images: ImagesPerRequest | None = None,
 ) -> Array:
     """The q-quantile min{x : F(x) ≥ q} of :func:`mixture_response_cdf`.
 
@@ -470,6 +506,7 @@ def mixture_response_quantile(
         rates, service_s, max_batch: as in :func:`mixture_response_cdf`.
         weights: how the requests asked about spread over the models, shape of ``rates`` (e.g. one
             category's rate on each model, whose queues all categories share); default the rates.
+        images: as in :func:`mixture_response_cdf`.
     """
     rate, service, batch, weight = _mixture_inputs(rates, service_s, max_batch, weights)
     q = _probabilities(q)
@@ -479,7 +516,7 @@ def mixture_response_quantile(
     rate, service, weight = (np.broadcast_to(a, full).reshape(-1, n_models) for a in (rate, service, weight))
     batch = None if batch is None else np.broadcast_to(batch, full).reshape(-1, n_models)
     load = _load(rate, service, 1.0 if batch is None else batch)
-    queues = Queues(load.ravel(), service.ravel(), None if batch is None else batch.ravel())
+    queues = Queues(load.ravel(), service.ravel(), None if batch is None else batch.ravel(), images=_image_law(images))
     q_rows = np.broadcast_to(q, shape).ravel()
     active = weight > 0  # the rates where no weights are given
     own = queues.response_quantile(np.repeat(q_rows, n_models)).reshape(-1, n_models)
@@ -569,6 +606,11 @@ def _inputs(
     batch = np.ones(()) if max_batch is None else _batches(max_batch)
     rate, service, batch = np.broadcast_arrays(rate, service, batch)
     return rate, service, batch
+
+
+def _image_law(images: ImagesPerRequest | None) -> Array | None:
+    """P(X = k) for the queue laws, or None for one image per request."""
+    return None if images is None or images.single else images.array()
 
 
 def _batches(max_batch: npt.ArrayLike) -> Array:
