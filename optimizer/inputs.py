@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from genedge.optimizer.model import OPEN, WINDOW, Problem, Slo, Workload
+from genedge.optimizer.model import ONE_IMAGE, OPEN, WINDOW, ImagesPerRequest, Problem, Slo, Workload
 
 if TYPE_CHECKING:
     from genedge.contract.table import CalibrationTable
@@ -83,6 +83,7 @@ def problem_from_options(
     objective: str = "utility",
     energy_price: float = 0.0,
     batching: bool = False,
+    images: ImagesPerRequest = ONE_IMAGE,
 ) -> Problem:
     """The problem ``genedge plan`` makes of a table, a workload and its options.
 
@@ -102,6 +103,7 @@ def problem_from_options(
         objective: ``"utility"``, or ``"quality"``: the highest mean CLIPScore under ``slo`` (w = 0).
         energy_price: CLIPScore points one Joule per image is worth.
         batching: let planners choose a batch size per model among the table's batch lines.
+        images: how many images one request asks for (the workload counts images).
 
     Raises:
         ValueError: ``objective="quality"`` without an SLO, or what
@@ -121,6 +123,11 @@ def problem_from_options(
         if slo is None:
             raise ValueError("--objective quality maximizes CLIPScore subject to an SLO: give --slo SECONDS")
         weight = 0.0
+    if batching and not images.single:
+        raise ValueError(
+            f"Expected batching off with requests of {images.describe()}: a bulk-service queue fed by requests "
+            "of several images is not modelled (drop --batching or --images-per-request)"
+        )
     if arrivals is None:
         arrivals = (OPEN if workload.per_second else WINDOW).name
     return Problem.from_table(
@@ -138,6 +145,7 @@ def problem_from_options(
         slo=slo,
         energy_price=energy_price,
         batching=batching,
+        images=images,
     )
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from genedge.contract.bounds import MAX_BATCH_SIZE, MAX_STEPS
 from genedge.contract.fields import FieldReader
 from genedge.contract.files import ArtifactError, read_json, write_json_atomic
-from genedge.optimizer.model import BUDGET_RTOL, ROW_SUM_TOL, Problem, Slo
+from genedge.optimizer.model import BUDGET_RTOL, ONE_IMAGE, ROW_SUM_TOL, ImagesPerRequest, Problem, Slo
 from genedge.optimizer.planners import PlanResult, relative_change
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ class PlanInputs:
         arrivals: the delay model's arrival model (``window`` where the plan does not say).
         routing_realization: how routing fractions are realized (``deterministic`` where not said).
         composition: what each category's requests truly are, where planned for routed prompts.
+        images: how many images one request asks for (one where the plan does not say).
         budget_gpu / weight_points_per_s / device_memory_bytes / min_clipscore / max_shortfall /
             energy_price_points_per_j / batching: the problem's settings (see
             :class:`~genedge.optimizer.model.Problem`).
@@ -73,6 +74,7 @@ class PlanInputs:
     arrivals: str
     routing_realization: str
     composition: Mapping[str, Mapping[str, float]] | None
+    images: ImagesPerRequest
     budget_gpu: float | None
     weight_points_per_s: float | None
     device_memory_bytes: float | None
@@ -317,6 +319,7 @@ def _problem_inputs(problem: Problem) -> dict[str, Any]:
         "workload_unit": problem.demand_unit,
         "arrivals": problem.arrivals,
         "routing_realization": problem.realization,
+        **({} if problem.images.single else {"images_per_request": problem.images.to_document()}),
         "slo": None
         if problem.slo is None
         else {
@@ -407,6 +410,17 @@ def _read_figures(r: FieldReader, predicted: Mapping[str, Any]) -> PlanFigures:
     )
 
 
+def _read_images(r: FieldReader, inputs: Mapping[str, Any]) -> ImagesPerRequest:
+    """``inputs.images_per_request`` ({count: probability}); one image where absent."""
+    document = r.opt(inputs, "images_per_request", "inputs", dict)
+    if document is None:
+        return ONE_IMAGE
+    try:
+        return ImagesPerRequest.from_document(document)
+    except ValueError as err:
+        raise r.fail("inputs.images_per_request", str(err)) from None
+
+
 def _read_inputs(r: FieldReader, inputs: Mapping[str, Any]) -> PlanInputs:
     """A plan's ``inputs`` (absent optional fields take the defaults plans before them were made under)."""
     slo = r.opt(inputs, "slo", "inputs", dict)
@@ -429,6 +443,7 @@ def _read_inputs(r: FieldReader, inputs: Mapping[str, Any]) -> PlanInputs:
         arrivals=r.opt(inputs, "arrivals", "inputs", str) or "window",
         routing_realization=r.opt(inputs, "routing_realization", "inputs", str) or "deterministic",
         composition=r.opt(prompts, "composition", "inputs.prompts", dict),
+        images=_read_images(r, inputs),
         budget_gpu=r.opt(inputs, "budget_gpu", "inputs", float),
         weight_points_per_s=r.opt(inputs, "weight_points_per_s", "inputs", float),
         device_memory_bytes=r.opt(inputs, "device_memory_bytes", "inputs", (int, float)),

@@ -206,7 +206,8 @@ class ServedPlans:
         ratio = {(row["model"], row["steps"]): row["ratio"] for row in self.times.rows()}
         call = np.array([m.service_s * ratio.get((m.key, m.steps), 1.0) for m in spec.models])
         batch = np.array([m.max_batch for m in spec.models])
-        delays = delay_model("open", self.plan.inputs.routing_realization, requests.sum(axis=1))
+        inputs = self.plan.inputs
+        delays = delay_model("open", inputs.routing_realization, requests.sum(axis=1), inputs.images)
         figures = delays.figures(requests, call, batch)
         return {"mean": figures.mean_s, "p95": figures.p95_s}
 

@@ -284,6 +284,7 @@ def _problem(
         slo=slo,
         energy_price=inputs.energy_price_points_per_j,
         batching=inputs.batching,
+        images=inputs.images,
     )
 
 

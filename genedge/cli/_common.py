@@ -36,7 +36,7 @@ from genedge.optimizer.planners import PlanResult
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from genedge.optimizer.model import TraceReplay
+    from genedge.optimizer.model import ImagesPerRequest, TraceReplay
     from genedge.router.counting import PromptCounts
 
 __all__ = [
@@ -318,6 +318,24 @@ def add_service_arguments(parser: argparse.ArgumentParser, *, schedule: bool = F
         help="let planners choose a batch size per model among the table's batch lines (static-shape "
         "batching: a batch of up to b costs the batch-b time)",
     )
+    group.add_argument(
+        "--images-per-request",
+        type=images_per_request_argument,
+        metavar="IMAGES:WEIGHT,...",
+        help="with --arrivals open: how many images one request asks for, e.g. '1:0.6,2:0.2,4:0.15,8:0.05' "
+        "(weights normalized) or '4'; a request's images arrive and queue together, so each model is an "
+        "M^X/D/1 queue, and the rates count images (default: 1, M/D/1; not with --batching)",
+    )
+
+
+def images_per_request_argument(text: str) -> ImagesPerRequest:
+    """An argparse type for --images-per-request (see :meth:`ImagesPerRequest.parse`)."""
+    from genedge.optimizer.model import ImagesPerRequest
+
+    try:
+        return ImagesPerRequest.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _add_slo_arguments(group: argparse._ArgumentGroup) -> None:
@@ -495,6 +513,8 @@ def problem_from_args(
             "energy_price": args.energy_price,
             "batching": args.batching,
         }
+        if args.images_per_request is not None:
+            service["images"] = args.images_per_request
     return problem_from_options(
         table,
         workload,
@@ -527,6 +547,8 @@ def settings_parts(problem: Problem) -> list[str]:
         parts.append(f"energy {problem.energy_price:g} points/J")
     if problem.batch_sizes is not None:
         parts.append("batching")
+    if not problem.images.single:
+        parts.append(f"requests of {problem.images.describe()}")
     if problem.min_clipscore is not None:
         parts.append(f"floor P(CLIPScore < {problem.min_clipscore:g}) <= {problem.max_shortfall:g} per category")
     return parts

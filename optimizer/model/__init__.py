@@ -27,6 +27,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "utilization",
         ),
         "._delay_models": ("WindowRandom", "delay_model", "delay_model_class"),
+        "._images": ("ONE_IMAGE", "ImagesPerRequest"),
         "._objective": ("INFEASIBLE", "score_plan", "unconstrained_utility"),
         "._problem": ("Problem", "Slo"),
         "._queueing": ("md1_mean_response",),

@@ -22,6 +22,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from genedge.optimizer.model._images import ONE_IMAGE, ImagesPerRequest
+
 __all__ = [
     "ARRIVAL_MODELS",
     "DEPLOYED_MIN_REQUESTS",
@@ -159,6 +161,8 @@ class DelayModel(ABC):
     Args:
         counts: the problem's demand per category n_c (requests per window, or λ_c requests/s).
         realization: how routing is realized (one of :data:`REALIZATIONS`).
+        images: how many images one request asks for; the demand counts images, and a request's images
+            arrive and queue together (open arrivals; in a window everything arrives at once anyway).
 
     Models are equal where they are the same model for the same demand.
 
@@ -179,19 +183,21 @@ class DelayModel(ABC):
     bound_notes: ClassVar[tuple[str | None, str | None]] = (None, None)
     chance_per_model: ClassVar[bool] = True
 
-    def __init__(self, counts: np.ndarray, realization: str) -> None:
+    def __init__(self, counts: np.ndarray, realization: str, images: ImagesPerRequest = ONE_IMAGE) -> None:
         self.counts = np.asarray(counts, dtype=float)
         self.realization = realization
+        self.images = images
 
     def __eq__(self, other: object) -> bool:
         return (
             type(other) is type(self)
             and other.realization == self.realization
+            and other.images == self.images
             and np.array_equal(other.counts, self.counts)
         )
 
     def __hash__(self) -> int:
-        return hash((type(self), self.realization, self.counts.tobytes()))
+        return hash((type(self), self.realization, self.images, self.counts.tobytes()))
 
     @classmethod
     def check_demand(cls, counts: np.ndarray) -> None:
@@ -206,7 +212,7 @@ class DelayModel(ABC):
             ValueError: a demand the model cannot take.
         """
         type(self).check_demand(counts)
-        return type(self)(counts, self.realization)
+        return type(self)(counts, self.realization, self.images)
 
     @property
     def beyond_paper(self) -> tuple[str, ...]:

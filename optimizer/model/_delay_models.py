@@ -11,7 +11,8 @@ and which one serves each arrival model and routing realization.
   if ρ_m = λ_m S_m / b_m < 1. Random routing splits a Poisson stream into Poisson streams, so the
   figures are exact; smooth weighted round robin makes a split category's stream more regular than
   Poisson, so for split categories they are conservative (the discrete-event check measures by how
-  much).
+  much). Requests of several images (:class:`~genedge.optimizer.model.ImagesPerRequest`, each image served
+  alone, the demand counted in images) make an unbatched model the M^X/D/1 queue, exact as well.
 
 This is the one module that tells the models apart. Another model (e.g. arrivals that are not Poisson)
 is one more subclass, registered for its arrival model and realization in :data:`_MODELS`.
@@ -34,6 +35,7 @@ from genedge.optimizer.model._delay import (
     fifo_delay_coefficient,
     utilization,
 )
+from genedge.optimizer.model._images import ONE_IMAGE, ImagesPerRequest
 from genedge.optimizer.model._window_counts import (
     DELAY_RTOL,
     WHOLE_REQUEST_TOL,
@@ -236,7 +238,10 @@ class OpenQueue(DelayModel):
 
     @property
     def beyond_paper(self) -> tuple[str, ...]:
-        return ("open arrivals", *(("random routing",) if self.realization == "random" else ()))
+        extra = (("random routing",) if self.realization == "random" else ()) + (
+            () if self.images.single else (f"requests of {self.images.describe()}",)
+        )
+        return ("open arrivals", *extra)
 
     def utilization(self, loads: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray) -> np.ndarray:
         return utilization(loads, call_s, max_batch)
@@ -251,21 +256,21 @@ class OpenQueue(DelayModel):
         mean = np.full(loads.shape, np.inf)
         live = used & np.isfinite(call_s)
         single = live & (max_batch == 1)
-        mean[single] = _queue_mean(loads[single], call_s[single], 1)
+        mean[single] = self._queue_mean(loads[single], call_s[single], 1)
         for m in np.flatnonzero(live & (max_batch > 1)):
-            mean[m] = float(_queue_mean(loads[m], call_s[m], int(max_batch[m])))
+            mean[m] = float(self._queue_mean(loads[m], call_s[m], int(max_batch[m])))
         mean[~live] = 0.0
         return np.where(used, loads * mean, 0.0)
 
     def model_mean(
         self, requests: np.ndarray, model: int, call_s: np.ndarray | float, batch: int
     ) -> np.ndarray | float:
-        return _queue_mean(float(requests[:, model].sum()), call_s, batch)
+        return self._queue_mean(float(requests[:, model].sum()), call_s, batch)
 
     def model_within(
         self, requests: np.ndarray, model: int, call_s: np.ndarray | float, batch: int, d: float
     ) -> np.ndarray:
-        return _queue_cdf(d, float(requests[:, model].sum()), call_s, batch)
+        return self._queue_cdf(d, float(requests[:, model].sum()), call_s, batch)
 
     def model_attainment(
         self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, slo_s: float
@@ -273,9 +278,9 @@ class OpenQueue(DelayModel):
         loads = requests.sum(axis=0)
         cdf = np.zeros(np.shape(loads))
         single = max_batch == 1
-        cdf[single] = _queue_cdf(slo_s, loads[single], call_s[single], 1)
+        cdf[single] = self._queue_cdf(slo_s, loads[single], call_s[single], 1)
         for m in np.flatnonzero(~single):
-            cdf[m] = float(_queue_cdf(slo_s, loads[m], call_s[m], int(max_batch[m])))
+            cdf[m] = float(self._queue_cdf(slo_s, loads[m], call_s[m], int(max_batch[m])))
         return np.where(deployed_mask(loads), cdf, 1.0)
 
     def quantile(self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, q: float) -> float:
@@ -286,12 +291,12 @@ class OpenQueue(DelayModel):
         if not self.stable(loads, call_s, max_batch):
             return np.inf
         batch = None if (max_batch[used] == 1).all() else max_batch[used]
-        return float(queueing.mixture_response_quantile(q, loads[used], call_s[used], batch))
+        return float(queueing.mixture_response_quantile(q, loads[used], call_s[used], batch, images=self.images))
 
     def mg1_mean(
         self, requests: np.ndarray, call_s: np.ndarray, max_batch: np.ndarray, spread_s: np.ndarray
     ) -> float | None:
-        if not (max_batch == 1).all():
+        if not (max_batch == 1).all() or not self.images.single:
             return None
         loads = requests.sum(axis=0)
         used = deployed_mask(loads)
@@ -318,22 +323,32 @@ class OpenQueue(DelayModel):
         target = q if stable.all() else q / held
         batch = None if (max_batch[live] == 1).all() else max_batch[live]
         return float(
-            queueing.mixture_response_quantile(target, loads[live], call_s[live], batch, weights=weights[live])
+            queueing.mixture_response_quantile(
+                target, loads[live], call_s[live], batch, weights=weights[live], images=self.images
+            )
         )
 
+    def _queue_mean(self, rate: np.ndarray | float, call_s: np.ndarray | float, batch: int) -> np.ndarray:
+        """E[T] of an image at ``rate`` (images/s) served in batches of up to ``batch``: M/D/1 (M^X/D/1 with
+        requests of several images) at b = 1, the bulk-service queue above; inf if unstable."""
+        if batch == 1:
+            return queueing.md1_mean_response(rate, call_s, self.images)
+        self._check_one_image(batch)
+        return queueing.bulk_mean_response(rate, call_s, batch)
 
-def _queue_mean(rate: np.ndarray | float, call_s: np.ndarray | float, batch: int) -> np.ndarray:
-    """E[T] of Poisson arrivals at ``rate`` served in batches of up to ``batch`` (M/D/1 at b = 1); inf if unstable."""
-    if batch == 1:
-        return queueing.md1_mean_response(rate, call_s)
-    return queueing.bulk_mean_response(rate, call_s, batch)
+    def _queue_cdf(self, x: float, rate: np.ndarray | float, call_s: np.ndarray | float, batch: int) -> np.ndarray:
+        """P(T ≤ x) of the queue of :meth:`_queue_mean` (0 where unstable)."""
+        if batch == 1:
+            return queueing.md1_response_cdf(x, rate, call_s, self.images)
+        self._check_one_image(batch)
+        return queueing.bulk_response_cdf(x, rate, call_s, batch)
 
-
-def _queue_cdf(x: float, rate: np.ndarray | float, call_s: np.ndarray | float, batch: int) -> np.ndarray:
-    """P(T ≤ x) of the queue of :func:`_queue_mean` (0 where unstable)."""
-    if batch == 1:
-        return queueing.md1_response_cdf(x, rate, call_s)
-    return queueing.bulk_response_cdf(x, rate, call_s, batch)
+    def _check_one_image(self, batch: int) -> None:
+        if not self.images.single:
+            raise ValueError(
+                f"Expected one image per request with batches of {batch} (a bulk-service queue fed by requests of "
+                f"several images is not modelled), but requests ask for {self.images.describe()}"
+            )
 
 
 # Every (arrival model, realization) pair and its delay model. Under open arrivals random splitting keeps
@@ -359,12 +374,14 @@ def delay_model_class(arrivals: str, realization: str) -> type[DelayModel]:
     return _MODELS[(arrivals, realization)]
 
 
-def delay_model(arrivals: str, realization: str, counts: np.ndarray) -> DelayModel:
-    """The delay model of :func:`delay_model_class` for a demand n_c (``counts``).
+def delay_model(
+    arrivals: str, realization: str, counts: np.ndarray, images: ImagesPerRequest = ONE_IMAGE
+) -> DelayModel:
+    """The delay model of :func:`delay_model_class` for a demand n_c (``counts``) of requests of ``images``.
 
     Raises:
         ValueError: an unknown arrival model or realization, or a demand the model cannot take.
     """
     model = delay_model_class(arrivals, realization)
     model.check_demand(counts)
-    return model(counts, realization)
+    return model(counts, realization, images)

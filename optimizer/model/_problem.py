@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.special import ndtr
 
-from genedge.optimizer.model._delay import DelayModel
+from genedge.optimizer.model._delay import OPEN, DelayModel
 from genedge.optimizer.model._delay_models import delay_model, delay_model_class
+from genedge.optimizer.model._images import ONE_IMAGE, ImagesPerRequest
 from genedge.optimizer.model._workload import Workload
 
 if TYPE_CHECKING:
@@ -107,6 +108,8 @@ class Problem:
             aligned with ``batch_sizes``; None with it.
         service_std_s: per model, the standard deviation of one image's latency at full share (s),
             for the M/G/1 mean beside the M/D/1 one, or None.
+        images: how many images one request asks for (open arrivals: a request's images queue together;
+            ``counts`` count images). One image by default.
     """
 
     models: tuple[str, ...]
@@ -134,10 +137,11 @@ class Problem:
     batch_sizes: tuple[np.ndarray, ...] | None = None
     batch_service_s: tuple[np.ndarray, ...] | None = None
     service_std_s: np.ndarray | None = None
+    images: ImagesPerRequest = ONE_IMAGE
 
     def __post_init__(self) -> None:
         # The delay model refuses an unknown arrival model or realization, and a demand it cannot take.
-        steady_state = delay_model(self.arrivals, self.realization, self.counts).steady_state
+        steady_state = delay_model(self.arrivals, self.realization, self.counts, self.images).steady_state
         self._check_energy()
         self._check_batching()
         if steady_state:
@@ -223,6 +227,11 @@ class Problem:
                     raise ValueError(f"model {key!r}: expected increasing batch sizes >= 1, but got {sizes.tolist()}")
                 if seconds.shape != (sizes.size, grid.size) or not (seconds > 0).all():
                     raise ValueError(f"model {key!r}: expected a positive call time per batch size and grid step")
+            if self.arrivals == OPEN.name and not self.images.single and any((b > 1).any() for b in self.batch_sizes):
+                raise ValueError(
+                    f"Expected batching off with requests of {self.images.describe()}: a bulk-service queue fed "
+                    "by requests of several images is not modelled"
+                )
         if self.service_std_s is not None and (
             self.service_std_s.shape != (len(self.models),) or (self.service_std_s < 0).any()
         ):
@@ -270,7 +279,7 @@ class Problem:
         Built on each use (a class lookup; the demand was checked once, when the problem was made), so
         that the problem's fields stay all it holds.
         """
-        return delay_model_class(self.arrivals, self.realization)(self.counts, self.realization)
+        return delay_model_class(self.arrivals, self.realization)(self.counts, self.realization, self.images)
 
     @property
     def demand_unit(self) -> str:
@@ -346,6 +355,7 @@ class Problem:
         slo: Slo | None = None,
         energy_price: float = 0.0,
         batching: bool = False,
+        images: ImagesPerRequest = ONE_IMAGE,
     ) -> Problem:
         """Build a problem from a calibration table and a workload.
 
@@ -368,6 +378,7 @@ class Problem:
             energy_price: κ in points per Joule; > 0 needs energy lines for every model.
             batching: let planners choose a batch size per model among the table's batch lines (a
                 no-op where every model has one).
+            images: images per request (:attr:`images`); the workload's counts are images.
 
         Raises:
             ValueError: unknown categories or model keys (the message lists the known ones), or
@@ -407,6 +418,7 @@ class Problem:
             batch_sizes=batch_sizes,
             batch_service_s=batch_service,
             service_std_s=None if any(v is None for v in spreads) else np.array(spreads, dtype=float),
+            images=images,
         )
 
     def left_out_reasons(self) -> dict[str, str]:
