@@ -44,7 +44,7 @@ import numpy as np
 from genedge.calibrate.fit import fit_line
 from genedge.contract.files import ArtifactError, check_write_target
 from genedge.contract.table import CalibrationTable, LatencyModel, ModelCalibration
-from genedge.contract.table_file import load_table, save_table, table_from_dict, table_manifest_from_dict, table_to_dict
+from genedge.contract.table_file import load_table, save_table, table_from_dict, table_manifest_with, table_to_dict
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -375,7 +375,7 @@ def recalibrate(table: CalibrationTable, served: ServedRecords, where: str = "th
         table,
         models=models,
         sources={**table.sources, **_sources(lines, served)},
-        manifest=table_manifest_from_dict({**table.manifest.document, "served": _provenance(served, calls)}, where),
+        manifest=table_manifest_with(table.manifest, {"served": _provenance(served, calls)}, where),
     )
     checked = table_from_dict(table_to_dict(new), where=f"table recalibrated from served records of {where}")
     return ServedCalibration(checked, tuple(_cells(calls, table)), tuple(lines), served)
