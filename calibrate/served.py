@@ -157,7 +157,8 @@ def read_served(result_dirs: Iterable[str | os.PathLike[str]]) -> ServedRecords:
         FileNotFoundError: a directory without a load-test manifest (``loadtest.json``).
         ArtifactError: a malformed manifest or record file, a manifest without the server's replicas
             (``served.models``), a server that served a plan schedule, load tests of tables of different devices,
-            or a record of a model no replica on its device serves, naming the file and the field.
+            a record of a model no replica on its device serves, or no ok record at all, naming the file and the
+            field.
     """
     import pandas as pd
 
@@ -193,6 +194,12 @@ def read_served(result_dirs: Iterable[str | os.PathLike[str]]) -> ServedRecords:
         )
     for reason, count in left_out.items():
         logger.warning("Left out %d served record(s): %s", count, reason)
+    if sum(len(frame) for frame in frames) == 0:
+        raise ArtifactError(
+            ", ".join(str(d / "records") for d in dirs),
+            "status",
+            f"no ok record with the server's record to calibrate from (left out: {left_out or 'no records at all'})",
+        )
     return ServedRecords(
         calls=pd.concat(frames, ignore_index=True),
         result_dirs=dirs,
@@ -426,6 +433,10 @@ def calibrate_served(
 
     Returns:
         (the recalibration, the written table's path).
+
+    Raises:
+        FileNotFoundError, ArtifactError: see :func:`read_served`, :func:`recalibrate` and
+            :func:`~genedge.contract.table_file.load_table`.
     """
     check_write_target(out)
     table = load_table(table_path)

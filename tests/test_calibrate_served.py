@@ -91,24 +91,25 @@ def _row(index: int, status: str = "ok", **server) -> dict:
 def write_loadtest(
     folder: Path,
     spec,
-    calls: Sequence[tuple[str, int, float]],
+    calls: Sequence[tuple[str, int, float] | tuple[str, int, float, int]],
     *,
     rejected: int = 0,
     table_document: dict | None = None,
     served: dict | None = None,
 ) -> Path:
-    """A load-test result directory holding one ok record per ``(model, steps, service_s)`` call (batch 1, the
-    replica's device) and ``rejected`` 503 records, written by the load tester's own writers."""
+    """A load-test result directory holding one ok record per ``(model, steps, service_s[, batch_size])`` call (batch
+    1 unless given, on the replica's device) and ``rejected`` 503 records, written by the load tester's own
+    writers. (A record is one image: a call of b images is b records of one ``service_s``.)"""
     table_document = json.loads(Path(TABLE).read_text()) if table_document is None else table_document
     manifest = _manifest(spec, table_document, len(calls) + rejected, served)
     folder.mkdir(parents=True)
     write_manifest(folder, manifest)
     writer = RecordWriter(folder, manifest, session=0, keep_images=False)
     devices = {m.key: m.device for m in spec.models}
-    for index, (model, steps, service_s) in enumerate(calls):
-        writer.add(
-            _row(index, model=model, steps=steps, device=devices[model], batch_size=1, service_s=service_s), None
-        )
+    for index, (model, steps, service_s, *batch) in enumerate(calls):
+        batch_size = batch[0] if batch else 1
+        row = _row(index, model=model, steps=steps, device=devices[model], batch_size=batch_size, service_s=service_s)
+        writer.add(row, None)
     for index in range(len(calls), len(calls) + rejected):
         writer.add(_row(index, status="rejected", error="HTTP 503: queue full"), None)
     writer.flush()
@@ -176,6 +177,30 @@ def test_calls_at_two_step_counts_refit_the_line(served_spec, tmp_path) -> None:
     assert [c.steps for c in result.cells] == [10, 20, 30]
 
 
+def test_batch_lines_are_updated_per_batch_size_and_unknown_batch_sizes_left_out(served_spec, tmp_path, caplog):
+    table = load_table(TABLE)
+    served = served_spec.models[0]
+    model = table.models[served.key]
+    base = replace(model.latency, batch_size=1)
+    four = replace(model.latency, overhead_s=2 * model.latency.overhead_s, batch_size=4, stages={})
+    four = replace(four, step_p50_s=None, step_p95_s=None)
+    batched = replace(model, latency=base, batch_latency={1: replace(base, stages={}), 4: four})
+    table = table_from_dict(table_to_dict(replace(table, models={**table.models, served.key: batched})))
+    call_s = 1.5 * four.seconds(served.steps) / served.share
+    # Two calls of 4 images (4 records each) and one call of 2 images, at a batch size the table has no line for.
+    calls = [(served.key, served.steps, call_s * f, 4) for f in (0.99, 1.01) for _ in range(4)]
+    calls += [(served.key, served.steps, call_s, 2)] * 2
+    with caplog.at_level(logging.WARNING, logger="genedge.calibrate.served"):
+        result = recalibrate(table, read_served([write_loadtest(tmp_path / "lt", served_spec, calls)]))
+    assert "Left out 1 served call(s) at batch sizes the table has no line for" in caplog.text
+    new = result.table.models[served.key]
+    assert new.latency == table.models[served.key].latency and new.batch_latency[1] == batched.batch_latency[1]
+    assert new.batch_latency[4].seconds(served.steps) == pytest.approx(1.5 * four.seconds(served.steps))
+    assert new.batch_latency[4].n == 2 and new.batch_latency[4].ref == "derived:latency-served-ratio"
+    (cell,) = result.cells
+    assert (cell.batch_size, cell.calls, cell.images) == (4, 2, 8)
+
+
 def test_the_cli_prints_table_against_served_and_the_planner_reads_the_table(served_spec, tmp_path) -> None:
     folder = write_loadtest(tmp_path / "lt", served_spec, _slow_calls(served_spec))
     done = run_genedge("calibrate", "--served", folder, "--table", TABLE, "--out", tmp_path / "new.json")
@@ -215,6 +240,12 @@ def test_a_missing_directory_and_a_foreign_manifest_are_named(capsys, tmp_path) 
     (foreign / "loadtest.json").write_bytes(Path(TABLE).read_bytes())  # a table, not a load test's manifest
     done = genedge_in_process(capsys, "calibrate", "--served", foreign, "--table", TABLE, "--out", "x.json")
     assert done.returncode == 2 and f"{foreign / 'loadtest.json'}: kind: expected 'genedge.loadtest'" in done.stderr
+
+
+def test_a_load_test_without_an_ok_record_is_named(served_spec, tmp_path) -> None:
+    folder = write_loadtest(tmp_path / "lt", served_spec, [], rejected=2)
+    with pytest.raises(ArtifactError, match=r"records: status: no ok record .*status rejected"):
+        read_served([folder])
 
 
 def test_a_model_the_table_lacks_is_named(served_spec, tmp_path) -> None:
