@@ -1,4 +1,5 @@
-"""genedge.calibrate: the fits that produce calibration tables from profile runs.
+"""genedge.calibrate: the fits that produce calibration tables from profile runs (and update their latency lines
+from a served plan's records).
 
 The table document itself (types and maths, validation and I/O) is defined in the contract
 (:mod:`genedge.contract.table`, :mod:`genedge.contract.table_file`), since the planner and the server
@@ -28,6 +29,17 @@ __all__, __getattr__, __dir__ = lazy_exports(
         ".pairing": ("MIN_SHARED_IMAGES", "paired_cells"),
         ".records": ("ProfileRuns", "manifests_as_provenance", "read_runs"),
         ".report": ("REPLICA_NOTE", "table_summary"),
+        ".served": (
+            "SERVED_SOURCES",
+            "ServedCalibration",
+            "ServedCell",
+            "ServedLine",
+            "ServedRecords",
+            "calibrate_served",
+            "read_served",
+            "recalibrate",
+            "served_summary",
+        ),
         "genedge.contract.table": (
             "HOST_MEMORY_FIELDS",
             "MAX_JOULES",

@@ -54,6 +54,8 @@ __all__ = [
     "ImageTiming",
     "ImagesResponse",
     "PlanResponse",
+    "ServedReplica",
+    "ServedNotes",
     "ModelStats",
     "DeviceStats",
     "StatsResponse",
@@ -383,6 +385,68 @@ class PlanResponse:
         body = _document(reader, body)
         served = reader.opt(body, "served", "", dict)
         return cls(reader.get(body, "plan", "", dict), reader.get(body, "table", "", dict), served or {})
+
+
+@dataclass(frozen=True)
+class ServedReplica:
+    """One replica in ``GET /v1/plan``'s ``served.models`` (what :meth:`~genedge.serve.spec.ServeSpec.summary`
+    writes): the model key, the device it runs on, its steps, share, largest batch and the plan's call time
+    on that share (s)."""
+
+    key: str
+    name: str
+    device: int
+    steps: int
+    share: float
+    max_batch: int
+    service_s: float
+
+
+@dataclass(frozen=True)
+class ServedNotes:
+    """What a server says it serves (``GET /v1/plan``'s ``served``), as far as a reader of its records needs it.
+
+    Attributes:
+        models: every replica served, with its device and share.
+        scheduled: True where the server serves a plan schedule (``served.schedule`` is not null): its steps,
+            batch sizes and shares change with the band it switches to.
+    """
+
+    models: tuple[ServedReplica, ...]
+    scheduled: bool
+
+    @classmethod
+    def from_dict(cls, served: Any, where: str) -> ServedNotes:
+        """Read a server's notes (``where`` names them in errors, e.g. ``"RESULT/loadtest.json: served"``).
+
+        Raises:
+            ArtifactError: naming ``where`` and the field (``models``: missing where the server said nothing of
+                its replicas).
+        """
+        reader = FieldReader(where)
+        served = _document(reader, served)
+        models = reader.get(served, "models", "", list)
+        return cls(
+            models=tuple(_replica(reader, entry, f"models.{i}") for i, entry in enumerate(models)),
+            scheduled=served.get("schedule") is not None,
+        )
+
+    def share(self, key: str, device: int) -> float | None:
+        """The share of ``key``'s replica on ``device``, or None where none runs there."""
+        return next((m.share for m in self.models if m.key == key and m.device == device), None)
+
+
+def _replica(reader: FieldReader, entry: Any, path: str) -> ServedReplica:
+    entry = reader.check(entry, path, dict)
+    return ServedReplica(
+        key=reader.name(reader.get(entry, "key", path, str), f"{path}.key"),
+        name=reader.get(entry, "name", path, str),
+        device=reader.count(entry, "device", path),
+        steps=reader.count(entry, "steps", path, minimum=1),
+        share=reader.number(entry, "share", path, minimum=0.0, strict=True),
+        max_batch=reader.count(entry, "max_batch", path, minimum=1),
+        service_s=reader.number(entry, "service_s", path, minimum=0.0, strict=True),
+    )
 
 
 def _body(body: Any) -> Mapping[str, Any]:

@@ -111,6 +111,9 @@ RUN_BY: dict[str, tuple[str, ...]] = {
     "genedge calibrate runs/a100 --out tables/a100.json --figures figures/a100": (
         "tests/test_calibrate_cli.py::test_calibrate_writes_a_byte_stable_table_summary_and_figures",
     ),
+    "genedge calibrate --served load-2rps --table demo/table.json --out demo/served-table.json": (
+        "tests/test_calibrate_served.py::test_a_served_demo_recalibrates_its_table",
+    ),
     "genedge compare tables/a100.json tables/h100.json": (
         "tests/test_compare.py::test_compare_reports_doubled_per_step_latency_and_the_plan_decisions_it_moves",
     ),

@@ -61,6 +61,7 @@ __all__ = [
     "save_table",
     "table_from_dict",
     "table_manifest_from_dict",
+    "table_manifest_with",
     "table_to_dict",
 ]
 
@@ -539,6 +540,16 @@ def table_manifest_from_dict(raw: Mapping[str, Any], where: str = "<table>") -> 
     """
     r = FieldReader(where, TableError)
     return _read_manifest(r, r.check(raw, "manifest", dict), "manifest")
+
+
+def table_manifest_with(manifest: TableManifest, entries: Mapping[str, Any], where: str = "<table>") -> TableManifest:
+    """``manifest`` with free-form ``entries`` set in its document (e.g. ``served``: the served records a table's
+    latency lines were updated from), validated as :func:`table_manifest_from_dict` validates a manifest.
+
+    Raises:
+        TableError: ``entries`` set ``runs`` to something that is not a valid run map, naming ``where`` and the field.
+    """
+    return table_manifest_from_dict({**manifest.document, **entries}, where)
 
 
 def table_from_dict(doc: Mapping[str, Any], where: str = "<table>") -> CalibrationTable:
