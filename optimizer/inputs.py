@@ -123,11 +123,6 @@ def problem_from_options(
         if slo is None:
             raise ValueError("--objective quality maximizes CLIPScore subject to an SLO: give --slo SECONDS")
         weight = 0.0
-    if batching and not images.single:
-        raise ValueError(
-            f"Expected batching off with requests of {images.describe()}: a bulk-service queue fed by requests "
-            "of several images is not modelled (drop --batching or --images-per-request)"
-        )
     if arrivals is None:
         arrivals = (OPEN if workload.per_second else WINDOW).name
     return Problem.from_table(

@@ -125,6 +125,7 @@ def test_bad_images_per_request_say_what_was_expected(text: str, message: str) -
         ImagesPerRequest.parse(text)
 
 
+@pytest.mark.slow
 def test_a_plan_for_requests_of_several_images_holds_in_a_simulation_of_them() -> None:
     """The planner's figures for GenTD26-like requests are the simulated ones of Poisson requests whose images
     arrive together; the same rate of single images promises far less waiting."""
@@ -152,6 +153,7 @@ def test_a_plan_for_requests_of_several_images_holds_in_a_simulation_of_them() -
     assert float(np.quantile(response, 0.95)) == pytest.approx(result.p95_delay_s, rel=0.05)
 
 
+@pytest.mark.slow
 def test_plan_writes_the_images_per_request_and_refuses_batching_with_them(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

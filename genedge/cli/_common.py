@@ -312,6 +312,11 @@ def add_service_arguments(parser: argparse.ArgumentParser, *, schedule: bool = F
         help="CLIPScore points one Joule per image is worth: the utility subtracts it times the mean energy "
         "per image (needs a table with energy lines; default: 0)",
     )
+    _add_request_arguments(group)
+
+
+def _add_request_arguments(group: argparse._ArgumentGroup) -> None:
+    """Add what one request and one call hold to the service options: --batching and --images-per-request."""
     group.add_argument(
         "--batching",
         action="store_true",

@@ -361,14 +361,12 @@ class Problem:
 
         Args:
             table: the calibration table.
-            workload: requests per category; every category must be one of the table's. Where the
-                workload has a composition (a router's errors), each category scores as its mixture.
+            workload: requests per category, each one of the table's; with a composition, each scores as its mix.
             budget: compute budget R in GPU units.
             weight: w, CLIPScore points per second of mean delay.
             models: restrict to these model keys (default: all of the table's).
-            device_memory_bytes: memory available to the models (default: the table device's memory).
-                A model that needs more than this on its own is left out of the problem and
-                recorded in :attr:`left_out`; every planner then plans on the models that fit.
+            device_memory_bytes: memory available to the models (default: the table device's memory); a model
+                that needs more alone is left out (:attr:`left_out`), and every planner plans on the others.
             table_sha256: hash of the table file, recorded in plans.
             min_clipscore: quality floor θ, or None for none.
             max_shortfall: ε, the allowed P(score < θ) per category.
@@ -378,20 +376,19 @@ class Problem:
             energy_price: κ in points per Joule; > 0 needs energy lines for every model.
             batching: let planners choose a batch size per model among the table's batch lines (a
                 no-op where every model has one).
-            images: images per request (:attr:`images`); the workload's counts are images.
+            images: images per request (:attr:`images`); the workload counts images.
 
         Raises:
-            ValueError: unknown categories or model keys (the message lists the known ones), or
-                no model fits in device memory (the message names each model's need).
+            ValueError: unknown categories or model keys (the message lists the known ones), no model fits in
+                device memory (the message names each model's need), or batching with several images.
         """
-        _check_demand_kind(workload, arrivals, realization)
+        _check_demand_kind(workload, arrivals, realization, batching, images)
         _check_categories(table, workload)
         keys, peaks, left_out, memory = _models_that_fit(table, models, device_memory_bytes)
         categories = tuple(c for c in table.categories if workload.counts.get(c, 0) > 0)
         steps, means, stds, service, defaults = _model_grids(table, keys, categories, workload)
         energy = _energy_grids(table, keys, steps, energy_price)
         batch_sizes, batch_service = _batch_grids(table, keys, steps) if batching else (None, None)
-        spreads = [table.models[k].latency.residual_std_s for k in keys]
         return cls(
             models=keys,
             categories=categories,
@@ -417,7 +414,7 @@ class Problem:
             energy_j=energy,
             batch_sizes=batch_sizes,
             batch_service_s=batch_service,
-            service_std_s=None if any(v is None for v in spreads) else np.array(spreads, dtype=float),
+            service_std_s=_latency_spreads(table, keys),
             images=images,
         )
 
@@ -508,8 +505,11 @@ def _served_quality(model: ModelCalibration, shares: Mapping[str, float], steps:
     return mean, math.sqrt(max(second - mean * mean, 0.0))
 
 
-def _check_demand_kind(workload: Workload, arrivals: str, realization: str) -> None:
-    """Refuse a workload of counts under open arrivals, and one of rates under the window model."""
+def _check_demand_kind(
+    workload: Workload, arrivals: str, realization: str, batching: bool, images: ImagesPerRequest
+) -> None:
+    """Refuse a workload of counts under open arrivals, one of rates under the window model, and batching with
+    requests of several images (that queue is not modelled)."""
     per_second = delay_model_class(arrivals, realization).arrivals.per_second
     if per_second and not workload.per_second:
         raise ValueError(
@@ -518,6 +518,17 @@ def _check_demand_kind(workload: Workload, arrivals: str, realization: str) -> N
         )
     if workload.per_second and not per_second:
         raise ValueError("The window model needs requests per window, but the workload gives rates (requests/s)")
+    if batching and not images.single:
+        raise ValueError(
+            f"Expected batching off with requests of {images.describe()}: a bulk-service queue fed by requests "
+            "of several images is not modelled (drop --batching or --images-per-request)"
+        )
+
+
+def _latency_spreads(table: CalibrationTable, keys: Sequence[str]) -> np.ndarray | None:
+    """Each model's per-image latency spread (s), or None where some model's line has none."""
+    spreads = [table.models[k].latency.residual_std_s for k in keys]
+    return None if any(v is None for v in spreads) else np.array(spreads, dtype=float)
 
 
 def _check_categories(table: CalibrationTable, workload: Workload) -> None:
