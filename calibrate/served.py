@@ -8,8 +8,10 @@ latency lines of a calibration table on them:
 - Only ok (HTTP 200) records with the server's record count; rejected, failed and timed-out requests (and an
   ok answer without the server's record) are left out, and their count is logged.
 - A call on share r is converted to the whole device by the plan's own rule, t_device = ``service_s`` · r
-  (a model on share r runs as on a device r as fast, the share scheduler's reserved mode), with r the
-  replica's share from the server's notes in the manifest (``served.models``). The ratio of this to the
+  (a model on share r runs as on a device r as fast, the share scheduler's reserved mode), with r the share
+  the call started on as its record says (``share``: a server of a plan schedule changes shares with its band),
+  or, for records written before they carried it, the replica's share in the server's notes in the manifest
+  (``served.models``). The ratio of this to the
   table's call time is the server's own recalibration ratio (served / planned,
   :class:`genedge.serve.loop.ServedTimes`).
 - The images of one call share one measurement, so records are grouped into calls (same test, model,
@@ -25,7 +27,7 @@ latency lines of a calibration table on them:
   table's, unchanged.
 
 Records of load tests against a table of another device (``table.device.name`` in the manifest), of a model
-the input table does not have, or of a server that serves a plan schedule (its shares change with its band)
+the input table does not have, or of a plan schedule's server written before records carried each call's share
 are refused with an error naming the file and the field.
 """
 
@@ -156,7 +158,8 @@ def read_served(result_dirs: Iterable[str | os.PathLike[str]]) -> ServedRecords:
     Raises:
         FileNotFoundError: a directory without a load-test manifest (``loadtest.json``).
         ArtifactError: a malformed manifest or record file, a manifest without the server's replicas
-            (``served.models``), a server that served a plan schedule, load tests of tables of different devices,
+            (``served.models``), a plan schedule's records without each call's share, load tests of tables of
+            different devices,
             a record of a model no replica on its device serves, or no ok record at all, naming the file and the
             field.
     """
@@ -175,13 +178,6 @@ def read_served(result_dirs: Iterable[str | os.PathLike[str]]) -> ServedRecords:
         where = str(result_dir / MANIFEST_NAME)
         manifest = read_manifest(result_dir)
         notes = ServedNotes.from_dict(manifest.served, f"{where}: served")
-        if notes.scheduled:
-            raise ArtifactError(
-                where,
-                "served.schedule",
-                "the server served a plan schedule, whose steps and shares change with its band, and its records do "
-                "not say the share each call ran on; calibrate from load tests of a single plan",
-            )
         devices[where] = table_from_dict(manifest.table, f"{where}: table").device.get("name")
         records = read_records(result_dir)
         frames.append(_calls(result_dir, records, notes, left_out))
@@ -220,9 +216,21 @@ def _calls(result_dir: Path, records: pd.DataFrame, notes: Any, left_out: dict[s
     if (~complete).any():
         reason = "ok answers without the server's record (model, steps, device, batch_size, service_s)"
         left_out[reason] = left_out.get(reason, 0) + int((~complete).sum())
-    calls = ok[complete].groupby(_CALL_KEYS, sort=True).size().rename("images").reset_index()
+    grouped = ok[complete].groupby(_CALL_KEYS, sort=True)
+    calls = grouped.size().rename("images").reset_index()
+    recorded = grouped["share"].first().to_numpy(dtype=float)  # the share the call ran on, where recorded
     shares = []
-    for model, device in zip(calls["model"], calls["device"]):
+    for model, device, share in zip(calls["model"], calls["device"], recorded):
+        if not np.isnan(share):
+            shares.append(share)
+            continue
+        if notes.scheduled:
+            raise ArtifactError(
+                str(result_dir / "records"),
+                "share",
+                "the server served a plan schedule, whose shares change with its band, and these records (written "
+                "before records carried the share of each call) do not say the share a call ran on",
+            )
         share = notes.share(str(model), int(device))
         if share is None:
             raise ArtifactError(

@@ -282,6 +282,10 @@ def image_path(result_dir: Path, index: int) -> Path:
     return result_dir / _IMAGES_DIR / f"{index:06d}.png"
 
 
+#: Record columns added after record files were first written: a file without one reads it as null.
+_LATER_COLUMNS = frozenset({"share"})
+
+
 def _schema(fields: Mapping[str, str]) -> pa.Schema:
     import pyarrow as pa
 
@@ -290,6 +294,7 @@ def _schema(fields: Mapping[str, str]) -> pa.Schema:
 
 def _read_typed(path: Path, fields: Mapping[str, str]) -> pa.Table:
     """A record or score file's ``fields``, each checked for its type."""
+    import pyarrow as pa
     import pyarrow.parquet as parquet
 
     try:
@@ -298,6 +303,8 @@ def _read_typed(path: Path, fields: Mapping[str, str]) -> pa.Table:
         raise ArtifactError(str(path), "file", f"not a readable Parquet file ({err})") from err
     schema = _schema(fields)
     for column, kind in zip(schema.names, schema.types):
+        if column not in table.column_names and column in _LATER_COLUMNS:
+            table = table.append_column(pa.field(column, kind), pa.nulls(table.num_rows, kind))
         if column not in table.column_names:
             raise ArtifactError(str(path), column, f"missing column; the file's columns must include {list(fields)}")
         found = table.schema.field(column).type

@@ -94,6 +94,7 @@ RECORD_FIELDS: dict[str, str] = {
     "seed": "int64",
     "queue_wait_s": "double",
     "service_s": "double",
+    "share": "double",  # the device share the call started on: service_s × share is its time on the whole device
     "response_s": "double",
     "image_sha256": "string",
 }

@@ -246,6 +246,8 @@ class DeviceWorker:
                 self._condition.notify_all()
 
     def _run(self, lane: _Lane, batch: list[_Job]) -> list[Generated]:
+        with self._condition:  # the share the call starts on (a switch may change it during the call)
+            share = self.scheduler.shares[lane.model.name]
         started = time.monotonic()
         images = self._generate(
             lane, [job.prompt for job in batch], [job.seed for job in batch], self.scheduler, batch[0].steps
@@ -265,6 +267,7 @@ class DeviceWorker:
                 "seed": job.seed,
                 "queue_wait_s": started - job.arrived,
                 "service_s": finished - started,
+                "share": share,
                 "image_sha256": hashlib.sha256(png).hexdigest(),
             }
             results.append(Generated(png=png, record=record, planned_s=job.planned_s))

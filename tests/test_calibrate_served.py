@@ -91,24 +91,34 @@ def _row(index: int, status: str = "ok", **server) -> dict:
 def write_loadtest(
     folder: Path,
     spec,
-    calls: Sequence[tuple[str, int, float] | tuple[str, int, float, int]],
+    calls: Sequence[tuple[str, int, float] | tuple[str, int, float, int] | tuple[str, int, float, int, float]],
     *,
     rejected: int = 0,
     table_document: dict | None = None,
     served: dict | None = None,
 ) -> Path:
-    """A load-test result directory holding one ok record per ``(model, steps, service_s[, batch_size])`` call (batch
-    1 unless given, on the replica's device) and ``rejected`` 503 records, written by the load tester's own
-    writers. (A record is one image: a call of b images is b records of one ``service_s``.)"""
+    """A load-test result directory holding one ok record per ``(model, steps, service_s[, batch_size[, share]])``
+    call (batch 1 and no recorded share unless given, on the replica's device) and ``rejected`` 503 records,
+    written by the load tester's own writers. (A record is one image: a call of b images is b records of one
+    ``service_s``.)"""
     table_document = json.loads(Path(TABLE).read_text()) if table_document is None else table_document
     manifest = _manifest(spec, table_document, len(calls) + rejected, served)
     folder.mkdir(parents=True)
     write_manifest(folder, manifest)
     writer = RecordWriter(folder, manifest, session=0, keep_images=False)
     devices = {m.key: m.device for m in spec.models}
-    for index, (model, steps, service_s, *batch) in enumerate(calls):
-        batch_size = batch[0] if batch else 1
-        row = _row(index, model=model, steps=steps, device=devices[model], batch_size=batch_size, service_s=service_s)
+    for index, (model, steps, service_s, *rest) in enumerate(calls):
+        batch_size = rest[0] if rest else 1
+        share = rest[1] if len(rest) > 1 else None
+        row = _row(
+            index,
+            model=model,
+            steps=steps,
+            device=devices[model],
+            batch_size=batch_size,
+            service_s=service_s,
+            share=share,
+        )
         writer.add(row, None)
     for index in range(len(calls), len(calls) + rejected):
         writer.add(_row(index, status="rejected", error="HTTP 503: queue full"), None)
@@ -276,8 +286,28 @@ def test_a_server_that_says_nothing_of_its_replicas_or_serves_a_schedule_is_refu
         read_served([silent])
     notes = {**served_spec.summary(), "schedule": {"band": 0}}
     switching = write_loadtest(tmp_path / "switching", served_spec, _slow_calls(served_spec), served=notes)
-    with pytest.raises(ArtifactError, match=r"loadtest.json: served.schedule: the server served a plan schedule"):
+    with pytest.raises(ArtifactError, match=r"records: share: the server served a plan schedule"):
         read_served([switching])
+
+
+def test_a_schedules_records_carry_each_calls_share(served_spec, tmp_path) -> None:
+    """A plan schedule's server changes shares with its band: each record's share converts its call to the device."""
+    notes = {**served_spec.summary(), "schedule": {"band": 0}}
+    calls = [(*call, 1, 0.5) for call in _slow_calls(served_spec)]  # every call on half the device
+    switching = write_loadtest(tmp_path / "switching", served_spec, calls, served=notes)
+    device_s = read_served([switching]).calls["device_s"].to_numpy()
+    np.testing.assert_allclose(device_s, [0.5 * service_s for _, _, service_s, *_ in sorted(calls)], rtol=1e-12)
+
+
+def test_records_written_before_they_carried_the_share_read_it_as_null(served_spec, tmp_path) -> None:
+    import pyarrow.parquet as parquet
+
+    folder = write_loadtest(tmp_path / "old", served_spec, _slow_calls(served_spec))
+    for part in (folder / "records").glob("*.parquet"):
+        parquet.write_table(parquet.read_table(part).drop_columns(["share"]), part)
+    calls = read_served([folder]).calls
+    shares = {m.key: m.share for m in served_spec.models}
+    np.testing.assert_allclose(calls["share"], [shares[m] for m in calls["model"]])
 
 
 def _free_port() -> int:

@@ -132,6 +132,8 @@ def test_a_rate_step_switches_plans_up_and_down_and_loses_no_request(server) -> 
     bands = json.loads(schedule.read_text())["bands"]
     planned = {(key, entry["steps"]) for band in bands for key, entry in band["plan"]["models"].items()}
     assert {(r["model"], r["steps"]) for r in records} <= planned
+    # Each record says the share its call started on (what calibrate --served converts it with).
+    assert all(0 < r["share"] <= 1 for r in records)
     stats = _get(f"{url}/v1/stats")
     accepted = sum(m["requests"] for d in stats["devices"] for m in d["models"].values())
     finished = sum(m["images"] for d in stats["devices"] for m in d["models"].values())
