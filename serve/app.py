@@ -218,6 +218,7 @@ class Ingress:
         self.counter += 1
         request_id = f"r{self.counter}"
         self.metrics.arrived(category, model.name)
+        self.plans.arrived_image(category, request.n)
         result = await handle.generate.remote(model.name, request.prompt, seed, request_id)
         if "overloaded" in result:
             self.metrics.refused(category, model.name)
@@ -303,6 +304,7 @@ class Ingress:
             "calibration_check": calibration,
             "served_times": self.plans.times.rows(),
             "schedule": self.plans.state(),
+            "category_mix": self.plans.mix_estimate().to_dict(),
         }
         return responses.JSONResponse(PlanResponse(self.spec.plan, self.spec.table_document, served).to_dict())
 
@@ -328,7 +330,9 @@ class Ingress:
         """Prometheus' text format (:mod:`genedge.serve.metrics`), the devices' accounts read now."""
         self._start_loop()
         accounts = await self._accounts()
-        text = self.metrics.exposition(accounts, self.plans.state(), self.plans.times.rows(), self.plans.predict)
+        text = self.metrics.exposition(
+            accounts, self.plans.state(), self.plans.times.rows(), self.plans.predict, self.plans.mix_estimate()
+        )
         return responses.Response(text, media_type=METRICS_CONTENT_TYPE)
 
     @http.get(HEALTH_ROUTE)

@@ -27,6 +27,11 @@ A rate hovering at a band's edge so stays in its band: the margin is a dead band
 
 Every switch is a :class:`Switch`: when, from which band to which, why, and the figures the schedule gives
 both plans at their planned rates.
+
+:class:`CategoryMix` estimates the category mix of the requests of the last ``horizon_s`` and tests it against
+the mix the plan was made for (a G-test, each request counted once however many images it asks for): a
+schedule's bands differ in total rate only, so a mix that moved is a reason to re-plan, which the server
+reports (log, ``GET /v1/plan``, ``/metrics``) rather than guesses at.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ import numpy as np
 if TYPE_CHECKING:
     from genedge.optimizer.schedule_file import PlanSchedule
 
-__all__ = ["ControllerSettings", "PlanController", "RateEstimator", "Switch"]
+__all__ = ["CategoryMix", "ControllerSettings", "MixEstimate", "PlanController", "RateEstimator", "Switch"]
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,75 @@ class RateEstimator:
             f"the rate changed {now - self.since:.0f} s ago"
         )
         return self.rate(now), reason
+
+
+@dataclass(frozen=True)
+class MixEstimate:
+    """The observed category mix against the plan's.
+
+    Attributes:
+        observed / planned: category → share of the requests (observed over the last horizon; planned: the
+            plan's demand).
+        requests: the requests the observed mix counts.
+        p_value: the G-test's P(G ≥ g) under the planned mix (χ² with one degree fewer than the categories),
+            or None with fewer than :data:`MIX_MIN_EXPECTED` expected requests in some category.
+        moved: the test rejects the planned mix at the controller's ``alpha``.
+    """
+
+    observed: Mapping[str, float]
+    planned: Mapping[str, float]
+    requests: float
+    p_value: float | None
+    moved: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON (``GET /v1/plan``'s ``served.category_mix``)."""
+        return dataclasses.asdict(self)
+
+
+#: The G-test's χ² law holds once every category expects this many requests; with fewer it is not run.
+MIX_MIN_EXPECTED = 5.0
+
+
+class CategoryMix:
+    """The category mix of the requests of the last ``horizon_s``, tested against the plan's (module notes).
+
+    Args:
+        planned: category → the plan's demand (any unit: shares are taken).
+        settings: the horizon and the test's ``alpha``.
+    """
+
+    def __init__(self, planned: Mapping[str, float], settings: ControllerSettings) -> None:
+        total = sum(planned.values())
+        self.planned = {c: v / total for c, v in planned.items() if v > 0}
+        self.settings = settings
+        self._arrivals: collections.deque[tuple[float, str, float]] = collections.deque()
+
+    def arrived(self, at: float, category: str, weight: float = 1.0) -> None:
+        """``weight`` of a request of ``category`` arrived at clock reading ``at`` (one image of a request of n
+        counts 1/n, so a request counts once)."""
+        self._arrivals.append((at, category, weight))
+
+    def update(self, now: float) -> MixEstimate:
+        """The mix of the last horizon and its test against the planned mix."""
+        from scipy.special import gammaincc, xlogy  # the χ² survival function without scipy.stats
+
+        while self._arrivals and self._arrivals[0][0] < now - self.settings.horizon_s:
+            self._arrivals.popleft()
+        counts = dict.fromkeys(self.planned, 0.0)
+        for _, category, weight in self._arrivals:
+            counts[category] = counts.get(category, 0.0) + weight
+        n = sum(counts.values())
+        observed = {c: (v / n if n > 0 else 0.0) for c, v in counts.items()}
+        expected = {c: n * self.planned.get(c, 0.0) for c in counts}
+        p_value = None
+        if any(v > 0 and c not in self.planned for c, v in counts.items()):
+            p_value = 0.0  # requests of a category the plan expects none of
+        elif len(self.planned) > 1 and n > 0 and min(expected[c] for c in self.planned) >= MIX_MIN_EXPECTED:
+            g = 2 * sum(float(xlogy(counts[c], counts[c] / expected[c])) for c in self.planned)
+            p_value = float(gammaincc((len(self.planned) - 1) / 2, max(g, 0.0) / 2))
+        moved = p_value is not None and p_value < self.settings.alpha
+        return MixEstimate(observed, dict(self.planned), n, p_value, moved)
 
 
 def _change_point(times: np.ndarray, start: float, cut: float, now: float) -> float:

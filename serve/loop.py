@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from genedge.serve.controller import ControllerSettings, PlanController, Switch
+from genedge.serve.controller import CategoryMix, ControllerSettings, MixEstimate, PlanController, Switch
 from genedge.serve.protocol import ImageTiming
 from genedge.serve.schedule_spec import ServedSchedule
 from genedge.serve.spec import ServedModel, ServeSpec
@@ -155,6 +155,8 @@ class ServedPlans:
             if schedule is None
             else PlanController(schedule.schedule, self.settings, self.started, band=schedule.start)
         )
+        self.mix = CategoryMix(self.plan.inputs.workload, self.settings)
+        self._mix_moved = False
         self._lock = asyncio.Lock()
 
     @property
@@ -181,6 +183,30 @@ class ServedPlans:
         """A request for ``images`` images arrived (counted by the controller, if any)."""
         if self.controller is not None:
             self.controller.arrived(time.monotonic(), images)
+
+    def arrived_image(self, category: str, images: int) -> None:
+        """One image of a request for ``images`` images of ``category`` arrived (its part of the category mix)."""
+        self.mix.arrived(time.monotonic(), category, 1 / images)
+
+    def mix_estimate(self) -> MixEstimate:
+        """The observed category mix against the plan's; logged where it moves away from it or back."""
+        estimate = self.mix.update(time.monotonic())
+        if estimate.moved != self._mix_moved:
+            self._mix_moved = estimate.moved
+            shares = ", ".join(f"{c} {v:.3f}" for c, v in estimate.observed.items())
+            planned = ", ".join(f"{c} {v:.3f}" for c, v in estimate.planned.items())
+            if estimate.moved:
+                logger.warning(
+                    "the category mix moved from the plan's: %s over the last %.0f requests, planned %s "
+                    "(G-test P = %.2g); the plans were made for the planned mix: re-plan for the observed one",
+                    shares,
+                    estimate.requests,
+                    planned,
+                    estimate.p_value,
+                )
+            else:
+                logger.warning("the category mix is back within the plan's (%s)", shares)
+        return estimate
 
     @property
     def plan(self) -> PlanDocument:
@@ -220,6 +246,7 @@ class ServedPlans:
         if self.controller is None:
             return None
         async with self._lock:
+            self.mix_estimate()
             switch = self.controller.tick(time.monotonic(), self.times.load_factor())
             if switch is not None:
                 await self._switch_to(switch)

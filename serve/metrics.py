@@ -36,6 +36,7 @@ from genedge.profiler._imports import require
 
 if TYPE_CHECKING:
     from genedge.optimizer.plan_file import PlanDocument
+    from genedge.serve.controller import MixEstimate
     from genedge.serve.protocol import ImageTiming
 
 __all__ = ["LATENCY_BUCKETS_S", "METRICS_CONTENT_TYPE", "WINDOWS_S", "ServeMetrics"]
@@ -199,13 +200,15 @@ class ServeMetrics:
         loop: Mapping[str, Any] | None = None,
         times: Sequence[Mapping[str, Any]] = (),
         predict: Callable[[Mapping[tuple[str, str], float]], Mapping[str, float] | None] | None = None,
+        mix: MixEstimate | None = None,
     ) -> bytes:
         """The text exposition, with each model's device account ``stats`` (``GET /v1/stats``' fields), the
         controller's state ``loop`` (:meth:`~genedge.serve.loop.ServedPlans.state`) and the served times' rows
         (:meth:`~genedge.serve.loop.ServedTimes.rows`); ``predict`` maps observed rates per (category, model)
-        to the active plan's predicted ``mean`` and ``p95`` response (:meth:`~genedge.serve.loop.ServedPlans.predict`).
+        to the active plan's predicted ``mean`` and ``p95`` response (:meth:`~genedge.serve.loop.ServedPlans.predict`);
+        ``mix`` is the observed category mix against the plan's.
         """
-        self._stats, self._loop, self._times, self._predict = stats, loop, times, predict
+        self._stats, self._loop, self._times, self._predict, self._mix = stats, loop, times, predict, mix
         return prometheus.generate_latest(self.registry)
 
     def describe(self) -> list:
@@ -217,6 +220,26 @@ class ServeMetrics:
         yield from self._device_families()
         yield from self._window_families()
         yield from self._loop_families()
+        yield from self._mix_families()
+
+    def _mix_families(self) -> Iterator[Any]:
+        if self._mix is None:
+            return
+        share = core.GaugeMetricFamily(
+            "genedge_category_share",
+            "Share of the requests per category: observed over the controller's horizon, and planned.",
+            labels=["category", "source"],
+        )
+        for source, mix in (("observed", self._mix.observed), ("planned", self._mix.planned)):
+            for category, value in mix.items():
+                share.add_metric([category, source], value)
+        yield share
+        if self._mix.p_value is not None:
+            yield core.GaugeMetricFamily(
+                "genedge_category_mix_p_value",
+                "The G-test's P of the observed category mix under the planned one (small: the mix moved).",
+                value=self._mix.p_value,
+            )
 
     def _device_families(self) -> Iterator[Any]:
         labels = ["model", "device"]

@@ -14,7 +14,7 @@ from genedge.contract.table_file import load_table
 from genedge.optimizer.analysis import plan_schedule, rate_grid
 from genedge.optimizer.inputs import problem_from_options
 from genedge.optimizer.model import workload_from_options
-from genedge.serve.controller import ControllerSettings, PlanController, RateEstimator
+from genedge.serve.controller import CategoryMix, ControllerSettings, PlanController, RateEstimator
 
 SETTINGS = ControllerSettings(window_s=120.0, alpha=1e-6, dwell_s=300.0, margin=0.1, tick_s=5.0, horizon_s=3600.0)
 
@@ -140,3 +140,45 @@ def test_requests_of_many_images_are_one_arrival_to_the_detector_and_many_to_the
     end = 4 * 3600
     last_hour = ((arrivals > end - SETTINGS.horizon_s) & (arrivals <= end)).sum()
     assert controller.rate == pytest.approx(8 * last_hour / SETTINGS.horizon_s)  # images over the horizon
+
+
+PLANNED_MIX = {"Basic": 272, "Detail": 544, "Imagination": 150, "Complex": 113}
+
+
+def _mix_stream(mix: CategoryMix, shares: dict[str, float], requests: int, seed: int, start: float = 0.0) -> float:
+    """``requests`` requests one second apart, categories drawn in ``shares``; each of 1 to 8 images, every image
+    fed as the server feeds it (1/n of a request). Returns the clock after the last."""
+    gen = np.random.default_rng(seed)
+    names = list(shares)
+    for i in range(requests):
+        category = names[gen.choice(len(names), p=np.array(list(shares.values())) / sum(shares.values()))]
+        images = int(gen.choice([1, 2, 4, 8]))
+        for _ in range(images):
+            mix.arrived(start + i, category, 1 / images)
+    return start + requests
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_planned_mix_is_not_a_move_and_a_moved_mix_is(seed) -> None:
+    mix = CategoryMix(PLANNED_MIX, SETTINGS)
+    now = _mix_stream(mix, PLANNED_MIX, 1500, seed)
+    held = mix.update(now)
+    assert not held.moved and held.p_value is not None and held.requests == pytest.approx(1500)
+    assert held.observed["Detail"] == pytest.approx(544 / 1079, abs=0.05)
+    # Complex grows from a tenth to a third of the requests: within the horizon the test sees it.
+    moved = {**PLANNED_MIX, "Complex": 544}
+    now = _mix_stream(mix, moved, 1500, seed + 100, start=now)
+    found = mix.update(now)
+    assert found.moved and found.p_value < SETTINGS.alpha
+    assert found.observed["Complex"] > 0.2 and found.planned["Complex"] == pytest.approx(113 / 1079)
+
+
+def test_the_mix_forgets_past_its_horizon_and_waits_for_enough_requests() -> None:
+    mix = CategoryMix(PLANNED_MIX, SETTINGS)
+    assert mix.update(0.0).p_value is None  # nothing yet
+    _mix_stream(mix, {"Complex": 1.0}, 30, 0)
+    assert mix.update(30.0).p_value is None  # 30 requests expect under 5 Imagination ones: no test
+    assert mix.update(30.0 + SETTINGS.horizon_s + 1).requests == 0  # forgotten
+    mix.arrived(0.0, "Unplanned")
+    mix.arrived(SETTINGS.horizon_s + 2, "Unplanned")
+    assert mix.update(SETTINGS.horizon_s + 3).p_value == 0.0  # a category the plan expects none of

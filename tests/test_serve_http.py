@@ -185,6 +185,12 @@ def test_the_metrics_route_counts_what_was_served(server) -> None:
     info = next(dict(labels) for name, labels in after if name == "genedge_plan_info")
     assert info["plan_sha256"] == document_sha256(json.loads((demo / "split-plan.json").read_text()))
     assert after[("genedge_observed_response_seconds", (("statistic", "mean"), ("window", "60s")))] > 0
+    # The category mix: observed beside the plan's, every planned category present.
+    planned = {dict(labels)["category"] for name, labels in after if name == "genedge_category_share"}
+    observed_basic = ("genedge_category_share", (("category", "Basic"), ("source", "observed")))
+    assert planned >= {"Basic"} and after[observed_basic] > 0
+    mix = _get(f"{url}/v1/plan")["served"]["category_mix"]
+    assert mix["requests"] > 0 and set(mix["planned"]) <= planned and mix["observed"]["Basic"] > 0
 
 
 @pytest.mark.slow

@@ -203,3 +203,21 @@ def test_the_recalibrated_prediction_is_the_plans_own_law_at_the_served_times(pl
     )
     assert slow["mean"] == pytest.approx(float(np.asarray(expected)), rel=1e-9)
     assert served.predict({("Basic", "no-such-model"): 1.0}) is None
+
+
+def test_the_category_mix_is_exported_observed_and_planned(plans) -> None:
+    from genedge.serve.controller import CategoryMix, ControllerSettings
+
+    mix = CategoryMix({"Basic": 1.0, "Detail": 3.0}, ControllerSettings())
+    for i in range(40):
+        mix.arrived(float(i), "Basic" if i % 2 else "Detail")
+    metrics = _metrics(plans, Clock())
+    text = metrics.exposition(ACCOUNTS, mix=mix.update(40.0)).decode()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in prometheus_parser.text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert samples[("genedge_category_share", (("category", "Basic"), ("source", "observed")))] == 0.5
+    assert samples[("genedge_category_share", (("category", "Basic"), ("source", "planned")))] == 0.25
+    assert 0 < samples[("genedge_category_mix_p_value", ())] < 0.05  # 20 of 40 where 10 were expected
