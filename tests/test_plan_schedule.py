@@ -299,3 +299,18 @@ def test_a_planner_whose_plan_leaves_a_queue_unstable_leaves_its_rate_without_a_
     )
     assert done.returncode == 0, done.stderr
     assert "     0.2    -  equal-allocation's plan leaves a queue unstable: no band" in done.stdout
+
+
+def test_as_the_rate_rises_quality_gives_way_down_to_the_floor_and_no_further():
+    """Overload, as a schedule meets it: each rate's plan trades quality (fewer steps, a faster model) for speed at
+    the least utility cost, never below the quality floor; a rate no plan can serve keeps the last band's plan, and
+    the server refuses what its queue bounds cannot hold (tests/test_serve_schedule.py)."""
+    schedule = plan_schedule(_problems(slo=_slo(10), min_clipscore=20.0, max_shortfall=0.1), [0.05, 0.15, 0.35, 0.55])
+    served = [p for p in schedule.points if p.band is not None]
+    quality = [p.mean_clipscore for p in served]
+    assert len(served) >= 2 and all(b <= a + 1e-9 for a, b in itertools.pairwise(quality)) and quality[-1] < quality[0]
+    for band in schedule.bands:  # the floor holds in every band, where the SLO is met and where it is not
+        assert max(band.plan.raw["predicted"]["shortfall_probability"].values()) <= 0.1 + 1e-9
+    assert schedule.first_infeasible_rate is not None
+    beyond = schedule.plan_for_rate(0.99 * schedule.max_stable_rate)
+    assert beyond.band is schedule.bands[-1]
