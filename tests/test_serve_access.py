@@ -92,6 +92,7 @@ def test_the_image_store_keeps_images_within_its_time_count_and_bytes() -> None:
             ImageStoreSettings(**bad)
 
 
+@pytest.mark.slow  # the demo's profile run
 def test_what_clients_see_of_a_plan_and_a_table_leaves_the_host_out(demo_run: DemoRun) -> None:
     folder, done = demo_run
     assert done.returncode == 0, done.stderr

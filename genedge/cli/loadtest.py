@@ -101,6 +101,7 @@ def _add_traffic_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--api-key",
+        metavar="KEY",
         help="the server's API key, sent as 'Authorization: Bearer KEY' (default: the environment variable "
         "GENEDGE_API_KEY, if set; none: no key is sent). It is not written to the result files",
     )

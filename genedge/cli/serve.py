@@ -121,12 +121,15 @@ def _add_access_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("access", "who may use the server and what it shows")
     group.add_argument(
         "--api-key",
+        metavar="KEY",
         help="require 'Authorization: Bearer KEY' (as OpenAI clients send their api_key) on every route but "
-        "/v1/health and image URLs; others get 401. Precedence: --api-key, else --api-key-file (not both), else "
-        f"the environment variable {API_KEY_ENV}; none: every route is open. A key on the command line is "
-        "visible to other users of the machine: prefer the file or the variable",
+        "/v1/health and image URLs; others get 401. Precedence: --api-key or --api-key-file (not both), else "
+        f"the environment variable {API_KEY_ENV}; none of them: every route is open. A key on the command line "
+        "is visible to other users of the machine: prefer the file or the variable",
     )
-    group.add_argument("--api-key-file", type=Path, help="a file whose first line is the API key (see --api-key)")
+    group.add_argument(
+        "--api-key-file", type=Path, metavar="FILE", help="a file whose first line is the API key (see --api-key)"
+    )
     group.add_argument(
         "--openapi-docs",
         action="store_true",
