@@ -246,6 +246,34 @@ def _check_options(realization: str, threads: int | None, queue_bound_s: float |
             raise ValueError(f"{name}: expected a positive finite number of seconds, but got {value!r}")
 
 
+def _access(
+    api_key: str | None, api_key_file: str | Path | None, openapi_docs: bool, image_store: ImageStoreSettings | None
+) -> dict[str, Any]:
+    """The :class:`Server` fields of who may use it and what it shows: the SHA-256 of the API key the options (or
+    the environment) give, the key itself going no further."""
+    from genedge.serve.access import key_digest, read_api_key
+
+    key = read_api_key(api_key, api_key_file)
+    sha256 = None if key is None else key_digest(key)
+    return {"api_key_sha256": sha256, "openapi_docs": openapi_docs, "image_store": image_store}
+
+
+def _check_served(
+    plan: str | Path,
+    schedule: ServedSchedule | None,
+    controller: ControllerSettings | None,
+    realization: str,
+    gpus: bool,
+) -> None:
+    """MPS only on NVIDIA GPUs, a controller only for a plan schedule, and a schedule only under the scheduler."""
+    if realization == "mps" and not gpus:
+        raise ValueError("realization mps needs NVIDIA GPUs (CUDA MPS); this machine has none: use the scheduler")
+    if schedule is None and controller is not None:
+        raise ValueError(f"controller: {plan} is a single plan; a controller switches the plans of a plan schedule")
+    if schedule is not None and realization != "scheduler":
+        raise ValueError("realization: a plan schedule switches shares inside one process: use the scheduler")
+
+
 def _pinned_cores(cpus: Cpus, threads: int | None, devices: int) -> tuple[int, ...] | None:
     """The cores a CPU device's process is pinned to (None: not pinned)."""
     from genedge.serve.worker import default_cpus
@@ -302,40 +330,27 @@ def prepare_server(
         drain_timeout_s: when a deployment is stopped, wait at most this long for requests in flight.
         controller: with a plan schedule, how its controller estimates the rate and switches (default:
             :class:`~genedge.serve.controller.ControllerSettings`' defaults); refused with a single plan.
-        api_key: the API key every route but ``GET /v1/health`` and image URLs requires, as
-            ``Authorization: Bearer KEY``. Precedence: ``api_key``, else the first line of ``api_key_file``,
-            else the environment variable ``GENEDGE_API_KEY``; none of them: every route is open
-            (:func:`~genedge.serve.access.read_api_key`). Only the key's SHA-256 is kept.
+        api_key: the key every route but health and image URLs requires (``Authorization: Bearer KEY``); else
+            ``api_key_file``'s first line, else ``$GENEDGE_API_KEY``, else none (only its SHA-256 is kept).
         api_key_file: a file whose first line is the API key (not together with ``api_key``).
         openapi_docs: serve FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json`` (default: not served).
-        image_store: how many ``response_format: "url"`` images are kept in memory, and how long (default:
-            :class:`~genedge.serve.images.ImageStoreSettings`' defaults, 256 images, 256 MiB, 15 minutes).
+        image_store: the bounds of the ``response_format: "url"`` images (default: 256, 256 MiB, 15 minutes).
 
     Returns:
-        The :class:`Server`; ``.application()`` is what ``serve.run`` takes, ``.spec.notes`` what the
-        user should know about settings that had to be chosen.
+        The :class:`Server` (``.application()`` is what ``serve.run`` takes, ``.spec.notes`` what was chosen).
 
     Raises:
         ValueError: the plan or table is unreadable or invalid (naming the file and field), they do not
             match (:class:`~genedge.serve.spec.ServeError`), or an argument is out of range (naming it).
     """
-    from genedge.serve.access import key_digest, read_api_key
-
     _check_options(realization, threads, queue_bound_s, drain_timeout_s)
-    key = read_api_key(api_key, api_key_file)
+    access = _access(api_key, api_key_file, openapi_docs, image_store)
     gpus = _uses_gpus(device)
-    if realization == "mps" and not gpus:
-        raise ValueError("realization mps needs NVIDIA GPUs (CUDA MPS); this machine has none: use the scheduler")
-    checked = {
-        "model_specs": models,
-        "queue_bound_s": queue_bound_s,
-        "default_dtype": "float16" if gpus else DEFAULT_DTYPE,
-    }
-    spec, schedule = _served(Path(plan), table, checked)
-    if schedule is None and controller is not None:
-        raise ValueError(f"controller: {plan} is a single plan; a controller switches the plans of a plan schedule")
-    if schedule is not None and realization != "scheduler":
-        raise ValueError("realization: a plan schedule switches shares inside one process: use the scheduler")
+    default_dtype = "float16" if gpus else DEFAULT_DTYPE
+    spec, schedule = _served(
+        Path(plan), table, model_specs=models, queue_bound_s=queue_bound_s, default_dtype=default_dtype
+    )
+    _check_served(plan, schedule, controller, realization, gpus)
     threads = threads if threads is not None else (None if gpus else spec.profile_threads)
     return Server(
         spec=spec,
@@ -349,15 +364,11 @@ def prepare_server(
         drain_timeout_s=drain_timeout_s,
         schedule=schedule,
         controller=controller,
-        api_key_sha256=None if key is None else key_digest(key),
-        openapi_docs=openapi_docs,
-        image_store=image_store,
+        **access,
     )
 
 
-def _served(
-    path: Path, table: str | Path | None, checked: Mapping[str, Any]
-) -> tuple[ServeSpec, ServedSchedule | None]:
+def _served(path: Path, table: str | Path | None, **checked: Any) -> tuple[ServeSpec, ServedSchedule | None]:
     """A plan file's spec, or a plan schedule's deployed spec and the schedule checked, by the file's ``kind``."""
     from genedge.contract.files import read_json
     from genedge.contract.table_file import read_table_file
