@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 from pathlib import Path
@@ -214,6 +215,7 @@ def _image_store(args: argparse.Namespace) -> ImageStoreSettings | None:
 
 def run(args: argparse.Namespace) -> int:
     """Check the plan against its table and models, start Ray Serve, serve until a signal, drain."""
+    from genedge.serve.access import API_KEY_ENV
     from genedge.serve.server import calibration_check, drain, parse_cpus, prepare_server, serving
     from genedge.serve.spec import model_specs_from_pairs
 
@@ -235,6 +237,8 @@ def run(args: argparse.Namespace) -> int:
         openapi_docs=args.openapi_docs,
         image_store=_image_store(args),
     )
+    # Read once: Ray's workers inherit this process's environment, and the server keeps only the key's digest.
+    os.environ.pop(API_KEY_ENV, None)
     spec = server.spec
     for note in spec.notes:
         print(f"note: {note}")
