@@ -296,8 +296,9 @@ class Ingress:
             self.metrics.request(route, 401, None)
             return denied
         if self.draining:
-            self.metrics.request(route, Overloaded.status, None)
-            return _error_response(Overloaded("the server is shutting down", retry_after_s=1.0))
+            refusal = Overloaded("the server is shutting down", retry_after_s=1.0)
+            self.metrics.request(route, refusal.status, None)
+            return _error_response(refusal)
         self.in_flight += 1
         self.metrics.in_flight.inc()
         images = None
