@@ -8,6 +8,11 @@ models placed on it (:class:`~genedge.serve.worker.DeviceWorker`, shares by the 
 scheduler). With ``realization="mps"`` each model replica is instead its own deployment, a process
 holding ``num_gpus = share`` of a GPU with ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` from the plan, and
 the MPS daemon enforces the shares.
+
+With an API key (:mod:`genedge.serve.access`) every route but ``GET /v1/health`` and the image URLs
+answers 401 without ``Authorization: Bearer KEY``. ``response_format: "url"`` images are kept in the
+ingress's memory (:mod:`genedge.serve.images`). FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json``
+are served only when asked for (``openapi_docs``).
 """
 
 import asyncio
@@ -17,13 +22,17 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from genedge.contract.table_file import public_table_document
 from genedge.profiler._imports import require
+from genedge.serve.access import bearer_matches
 from genedge.serve.controller import ControllerSettings
+from genedge.serve.images import ImageStore, ImageStoreSettings
 from genedge.serve.loop import ServedPlans
 from genedge.serve.metrics import METRICS_CONTENT_TYPE, ServeMetrics
 from genedge.serve.protocol import (
     GENERATE_ROUTE,
     HEALTH_ROUTE,
+    IMAGE_ROUTE,
     METRICS_ROUTE,
     OPENAI_ROUTE,
     PLAN_ROUTE,
@@ -39,9 +48,12 @@ from genedge.serve.protocol import (
     PlanResponse,
     RequestError,
     StatsResponse,
+    Unauthorized,
     error_body,
+    image_url,
     parse_generate,
     parse_openai,
+    public_document,
 )
 from genedge.serve.schedule_spec import ServedSchedule
 from genedge.serve.shares import SHARE_REALIZATIONS, ShareRealization
@@ -59,15 +71,37 @@ responses = require("fastapi.responses", extra="serve")
 # This module has no `from __future__ import annotations`: FastAPI reads the handlers' annotations as objects.
 Request = fastapi.Request
 
+#: FastAPI's own documentation routes, served only with ``openapi_docs`` (and then, with a key, only with it).
+_OPENAPI_ROUTE, _DOCS_ROUTE, _REDOC_ROUTE = "/openapi.json", "/docs", "/redoc"
+
 http = fastapi.FastAPI(
     title="genedge",
     description="A genedge plan served: text-to-image requests routed to models, steps and GPU shares as planned.",
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
 )
 
 
 def _error_response(error: RequestError) -> Any:
-    headers = {"Retry-After": error.retry_after_header} if isinstance(error, Overloaded) else None
+    headers = None
+    if isinstance(error, Overloaded):
+        headers = {"Retry-After": error.retry_after_header}
+    elif isinstance(error, Unauthorized):
+        headers = {"WWW-Authenticate": "Bearer"}
     return responses.JSONResponse(error_body(error), status_code=error.status, headers=headers)
+
+
+def _not_found(path: str) -> Any:
+    return _error_response(RequestError(f"no route {path}", status=404, error_type="not_found_error"))
+
+
+@http.exception_handler(require("starlette.exceptions", extra="serve").HTTPException)
+async def _http_error(request: Any, error: Any) -> Any:
+    """FastAPI's own refusals (an unknown route, a method a route does not take) in OpenAI's error shape."""
+    if error.status_code == 404:
+        return _not_found(request.url.path)
+    return _error_response(RequestError(str(error.detail), status=error.status_code))
 
 
 @serve.deployment(max_ongoing_requests=_MAX_ONGOING, ray_actor_options={"num_cpus": 0})
@@ -155,7 +189,13 @@ class Ingress:
         *handles: Any,
         schedule: ServedSchedule | None = None,
         controller: ControllerSettings | None = None,
+        api_key_sha256: str | None = None,
+        openapi_docs: bool = False,
+        image_store: ImageStoreSettings | None = None,
     ):
+        self.api_key_sha256 = api_key_sha256
+        self.openapi_docs = openapi_docs
+        self.images = ImageStore(image_store)
         self.router_name = router
         self.prompt_router = None
         if router is not None:
@@ -235,12 +275,31 @@ class Ingress:
         self.plans.served(timing, result["planned_s"])
         return GeneratedImage(result["png"], record)
 
+    def _denied(self, request: Any) -> Any | None:
+        """The 401 answer to a request without this server's API key, or None where it may pass."""
+        if self.api_key_sha256 is None:
+            return None
+        authorization = request.headers.get("authorization")
+        if bearer_matches(authorization, self.api_key_sha256):
+            return None
+        message = (
+            "this server needs an API key: send it as 'Authorization: Bearer KEY'"
+            if authorization is None
+            else "the API key sent is not this server's (expected 'Authorization: Bearer KEY')"
+        )
+        return _error_response(Unauthorized(message))
+
     async def _serve(self, request: Any, parse: Any, answer: Any) -> Any:
         self._start_loop()
         route = request.url.path
+        denied = self._denied(request)
+        if denied is not None:
+            self.metrics.request(route, 401, None)
+            return denied
         if self.draining:
-            self.metrics.request(route, Overloaded.status, None)
-            return _error_response(Overloaded("the server is shutting down", retry_after_s=1.0))
+            refusal = Overloaded("the server is shutting down", retry_after_s=1.0)
+            self.metrics.request(route, refusal.status, None)
+            return _error_response(refusal)
         self.in_flight += 1
         self.metrics.in_flight.inc()
         images = None
@@ -259,7 +318,7 @@ class Ingress:
                 else [None if parsed.seed is None else parsed.seed + i for i in range(parsed.n)]
             )
             results = await asyncio.gather(*(self._one(parsed, seed) for seed in seeds))
-            answered = answer(results)
+            answered = answer(parsed, results)
             status = 200
             return answered
         except RequestError as err:
@@ -274,7 +333,7 @@ class Ingress:
     async def generate(self, request: Request) -> Any:
         """genedge's route: one image and its record."""
 
-        def answer(results: list[GeneratedImage]) -> dict[str, Any]:
+        def answer(_: GenerationRequest, results: list[GeneratedImage]) -> dict[str, Any]:
             (result,) = results
             return GenerateResponse(result).to_dict()
 
@@ -282,21 +341,44 @@ class Ingress:
 
     @http.post(OPENAI_ROUTE)
     async def images_generations(self, request: Request) -> Any:
-        """The OpenAI-compatible route: ``n`` images as ``b64_json``, records under ``genedge``."""
+        """The OpenAI-compatible route: ``n`` images as ``b64_json`` or as URLs of this server, records under
+        ``genedge``."""
 
         def parse(body: Any) -> GenerationRequest:
             return parse_openai(
                 body, self.spec.categories, resolution=self.spec.resolution, served_model=SERVED_MODEL_NAME
             )
 
-        def answer(results: list[GeneratedImage]) -> dict[str, Any]:
-            return ImagesResponse(tuple(results), created=int(time.time())).to_dict()
+        def answer(parsed: GenerationRequest, results: list[GeneratedImage]) -> dict[str, Any]:
+            urls = None
+            if parsed.response_format == "url":  # the base URL the request reached, never a path it gave
+                urls = tuple(image_url(str(request.base_url), self.images.put(r.png)) for r in results)
+            return ImagesResponse(tuple(results), created=int(time.time()), urls=urls).to_dict()
 
         return await self._serve(request, parse, answer)
 
+    @http.get(IMAGE_ROUTE)
+    def image(self, image_id: str) -> Any:
+        """A ``response_format: "url"`` image while it is kept: a capability URL, fetched without the API key."""
+        png = self.images.get(image_id)
+        if png is None:
+            return _error_response(
+                RequestError(
+                    "no such image: it was never made here, or it expired or was dropped to make room",
+                    param="image_id",
+                    status=404,
+                    error_type="not_found_error",
+                )
+            )
+        return responses.Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
+
     @http.get(PLAN_ROUTE)
-    async def plan(self) -> Any:
-        """The plan, its table and what is served (with the start-up calibration check, however started)."""
+    async def plan(self, request: Request) -> Any:
+        """The plan, its table and what is served (with the start-up calibration check, however started);
+        absolute paths cut to their last part and the table's profile hosts left out."""
+        denied = self._denied(request)
+        if denied is not None:
+            return denied
         calibration = self.served_calibration if self.served_calibration is not None else await self.calibration_check()
         served = {
             **self.spec.summary(),
@@ -306,7 +388,9 @@ class Ingress:
             "schedule": self.plans.state(),
             "category_mix": self.plans.mix_estimate().to_dict(),
         }
-        return responses.JSONResponse(PlanResponse(self.spec.plan, self.spec.table_document, served).to_dict())
+        table = public_table_document(self.spec.table_document)
+        answer = PlanResponse(public_document(self.spec.plan), public_document(table), public_document(served))
+        return responses.JSONResponse(answer.to_dict())
 
     async def _accounts(self) -> dict[str, dict[str, Any]]:
         """Each model's account (:data:`~genedge.serve.protocol.STATS_FIELDS`), from every device."""
@@ -316,8 +400,11 @@ class Ingress:
         return merged
 
     @http.get(STATS_ROUTE)
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self, request: Request) -> Any:
         """Each model's share account and counters, by device."""
+        denied = self._denied(request)
+        if denied is not None:
+            return denied
         merged = await self._accounts()
         devices: dict[int, dict[str, ModelStats]] = {}
         for model in self.deployed.models:
@@ -326,18 +413,46 @@ class Ingress:
         return StatsResponse(time.monotonic() - self.started, per_device).to_dict()
 
     @http.get(METRICS_ROUTE)
-    async def metrics_text(self) -> Any:
+    async def metrics_text(self, request: Request) -> Any:
         """Prometheus' text format (:mod:`genedge.serve.metrics`), the devices' accounts read now."""
         self._start_loop()
+        denied = self._denied(request)
+        if denied is not None:
+            return denied
         accounts = await self._accounts()
         text = self.metrics.exposition(
             accounts, self.plans.state(), self.plans.times.rows(), self.plans.predict, self.plans.mix_estimate()
         )
         return responses.Response(text, media_type=METRICS_CONTENT_TYPE)
 
+    @http.get(_OPENAPI_ROUTE, include_in_schema=False)
+    def openapi(self, request: Request) -> Any:
+        """FastAPI's OpenAPI schema of these routes, where the server was started with ``openapi_docs``."""
+        if not self.openapi_docs:
+            return _not_found(request.url.path)
+        return self._denied(request) or responses.JSONResponse(http.openapi())
+
+    @http.get(_DOCS_ROUTE, include_in_schema=False)
+    def docs(self, request: Request) -> Any:
+        """Swagger UI of the schema, where the server was started with ``openapi_docs``."""
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        if not self.openapi_docs:
+            return _not_found(request.url.path)
+        return self._denied(request) or get_swagger_ui_html(openapi_url=_OPENAPI_ROUTE, title="genedge")
+
+    @http.get(_REDOC_ROUTE, include_in_schema=False)
+    def redoc(self, request: Request) -> Any:
+        """ReDoc of the schema, where the server was started with ``openapi_docs``."""
+        from fastapi.openapi.docs import get_redoc_html
+
+        if not self.openapi_docs:
+            return _not_found(request.url.path)
+        return self._denied(request) or get_redoc_html(openapi_url=_OPENAPI_ROUTE, title="genedge")
+
     @http.get(HEALTH_ROUTE)
     def health(self) -> dict[str, str]:
-        """Liveness."""
+        """Liveness (open without the API key, for load balancers; it tells nothing but ``ok`` or ``draining``)."""
         self._start_loop()
         return {"status": "draining" if self.draining else "ok"}
 
@@ -378,6 +493,9 @@ def build_application(
     drain_timeout_s: float | None = None,
     schedule: ServedSchedule | None = None,
     controller: ControllerSettings | None = None,
+    api_key_sha256: str | None = None,
+    openapi_docs: bool = False,
+    image_store: ImageStoreSettings | None = None,
 ) -> Any:
     """The Ray Serve application of ``spec`` (pass it to ``serve.run``).
 
@@ -394,6 +512,11 @@ def build_application(
         schedule: a plan schedule to serve (``spec`` is then its ``deployed`` spec): the ingress switches
             between its bands' plans (:mod:`genedge.serve.loop`).
         controller: the switching controller's settings (default: :class:`ControllerSettings`' defaults).
+        api_key_sha256: the SHA-256 of the API key every route but health and image URLs requires
+            (:func:`~genedge.serve.access.key_digest`; None: all open). The key itself never reaches Ray.
+        openapi_docs: serve FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json``.
+        image_store: how many ``response_format: "url"`` images are kept, and how long (default:
+            :class:`~genedge.serve.images.ImageStoreSettings`' defaults).
     """
     if realization not in SHARE_REALIZATIONS:
         raise ValueError(f"Expected a realization in {list(SHARE_REALIZATIONS)}, but got {realization!r}")
@@ -409,4 +532,14 @@ def build_application(
         deployment = Device.options(name=name, ray_actor_options=actor, **graceful)
         bound.append(deployment.bind(models, dict(worker_options or {})))
         units.append((name, tuple(m.name for m in models)))
-    return Ingress.options(**graceful).bind(spec, router, units, *bound, schedule=schedule, controller=controller)
+    return Ingress.options(**graceful).bind(
+        spec,
+        router,
+        units,
+        *bound,
+        schedule=schedule,
+        controller=controller,
+        api_key_sha256=api_key_sha256,
+        openapi_docs=openapi_docs,
+        image_store=image_store,
+    )

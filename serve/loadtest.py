@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from genedge.contract.files import ArtifactError
 from genedge.contract.runs import new_run_id
-from genedge.serve.loadtest_client import ServedPlan, fetch_plan, fetch_stats, send
+from genedge.serve.loadtest_client import ServedPlan, auth_headers, fetch_plan, fetch_stats, send
 from genedge.serve.loadtest_config import LoadConfig, LoadTestError
 from genedge.serve.loadtest_document import LoadTestIdentity, LoadTestManifest, SessionDocument
 from genedge.serve.loadtest_layout import (
@@ -103,7 +103,7 @@ async def _run(
     outcomes = dict.fromkeys(STATUSES, 0)
     # No pool limit of aiohttp's own: the open loop (and --max-concurrency's semaphore) decide what is in flight.
     connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector, headers=auth_headers(config.api_key)) as session:
         before = await fetch_stats(session, config.base_url)
         loop = asyncio.get_running_loop()
         shift = todo[0].time_s if todo else 0.0
@@ -233,7 +233,7 @@ def run_loadtest(
     prompts = read_prompt_file(config.prompts)
     if config.trace is not None and not Path(config.trace).is_file():
         raise FileNotFoundError(f"{config.trace}: expected a trace file, but there is no such file")
-    served = fetch_plan(config.base_url)
+    served = fetch_plan(config.base_url, api_key=config.api_key)
     schedule = build_schedule(config, prompts, plan_from_dict(served.plan, f"{config.base_url} plan"), served.table)
     with writing(result_dir):
         manifest, rebuilt = _start(config, result_dir, served, schedule)

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from genedge.serve.loadtest_config import LoadConfig
     from genedge.serve.loadtest_schedule import ScheduledRequest
 
-__all__ = ["ENDPOINTS", "Endpoint", "ServedPlan", "fetch_plan", "fetch_stats", "send"]
+__all__ = ["ENDPOINTS", "Endpoint", "ServedPlan", "auth_headers", "fetch_plan", "fetch_stats", "send"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,11 @@ class ServedPlan:
         return document_sha256(self.plan)
 
 
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The headers that carry ``api_key`` as OpenAI's clients send theirs (none without a key)."""
+    return {} if api_key is None else {"Authorization": f"Bearer {api_key}"}
+
+
 async def _get_json(session: Any, url: str) -> tuple[int, Any]:
     import aiohttp
 
@@ -118,6 +123,9 @@ def _served_plan(url: str, status: int, body: Any) -> ServedPlan:
     from genedge.contract.table_file import table_from_dict
     from genedge.optimizer.plan_file import validate_plan
 
+    if status == 401:
+        message, _ = _error_fields(url, status, body)
+        raise LoadTestError(f"{message}; give the server's key with --api-key or the environment's GENEDGE_API_KEY")
     if status != 200 or not isinstance(body, Mapping) or not {"plan", "table"} <= set(body):
         got = f"HTTP {status}" + ("" if isinstance(body, Mapping) else ", not a JSON object")
         if isinstance(body, Mapping):
@@ -131,17 +139,22 @@ def _served_plan(url: str, status: int, body: Any) -> ServedPlan:
     return ServedPlan(plan, table_from_dict(table, f"{url} table"), table, dict(answer.served))
 
 
-def fetch_plan(url: str) -> ServedPlan:
+def fetch_plan(url: str, *, api_key: str | None = None) -> ServedPlan:
     """``GET {url}/v1/plan``: the plan a genedge server serves, and its calibration table.
 
+    Args:
+        url: the server's base URL.
+        api_key: the server's API key, where it requires one.
+
     Raises:
-        LoadTestError: the server cannot be reached, or answers something that is not a genedge plan.
+        LoadTestError: the server cannot be reached, refuses the key (401), or answers something that is
+            not a genedge plan.
         ArtifactError: the plan or the table is malformed (naming the field).
     """
     import aiohttp
 
     async def get() -> ServedPlan:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=auth_headers(api_key)) as session:
             return _served_plan(url.rstrip("/") + PLAN_ROUTE, *await _get_json(session, url.rstrip("/") + PLAN_ROUTE))
 
     return asyncio.run(get())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +39,8 @@ class LoadConfig:
             False sends none and the server's prompt router places every request.
         timeout_s: the most one request may take, from sending to the whole body.
         save_images: keep every image as a PNG file.
+        api_key: sent as ``Authorization: Bearer KEY`` to a server that requires a key (never written to
+            the test's files, nor shown by ``repr``).
     """
 
     url: str
@@ -54,6 +56,7 @@ class LoadConfig:
     send_categories: bool = True
     timeout_s: float = 600.0
     save_images: bool = False
+    api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # The client's endpoint registry imports this module's error: read it when checking, not at import.

@@ -53,7 +53,7 @@ LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.
 # Completions kept for the windows: enough for the longest window at 300 images/s; beyond, the oldest go.
 _WINDOW_EVENTS = 100_000
 # Outcomes of an HTTP request, by the status it got.
-_OUTCOMES = {200: "ok", 400: "bad_request", 503: "overloaded"}
+_OUTCOMES = {200: "ok", 400: "bad_request", 401: "unauthorized", 503: "overloaded"}
 
 
 class ServeMetrics:
@@ -95,6 +95,7 @@ class ServeMetrics:
         """``plan`` is served from now on (a schedule's switch): its name and predicted figures."""
         from genedge.optimizer.model import arrival_model
         from genedge.serve.loadtest_document import document_sha256
+        from genedge.serve.protocol import public_document
 
         predicted = plan.predicted
         figures = {"mean_delay_s": predicted.mean_delay_s, "p95_delay_s": predicted.p95_delay_s}
@@ -105,7 +106,7 @@ class ServeMetrics:
         self._slo_s = None if plan.inputs.slo is None else plan.inputs.slo.seconds
         self._info.info(
             {
-                "plan_sha256": document_sha256(plan.raw),
+                "plan_sha256": document_sha256(public_document(plan.raw)),  # of the plan GET /v1/plan answers
                 "method": plan.method,
                 "slo_s": "" if self._slo_s is None else f"{self._slo_s:g}",
             }

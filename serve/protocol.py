@@ -9,15 +9,21 @@ Routes:
     → ``{"image_png_b64": str, "record": RECORD}``.
     ``POST /v1/images/generations`` — OpenAI-compatible: ``{"prompt", "n", "size", "response_format",
     "model", "category"}`` (``category`` an extension, sent by the ``openai`` client with
-    ``extra_body``) → ``{"created": int, "data": [{"b64_json": str}], "genedge": [RECORD, ...]}``.
-    ``GET /v1/plan`` → ``{"plan": PLAN, "table": TABLE, "served": SERVED}``.
+    ``extra_body``) → ``{"created": int, "data": [{"b64_json": str}], "genedge": [RECORD, ...]}`` with
+    ``response_format: "b64_json"``, else (``url``, OpenAI's default) ``"data": [{"url": str}]``, each an
+    absolute URL of :data:`IMAGE_ROUTE` on the server.
+    ``GET /v1/images/{id}.png`` → the PNG of a ``url`` answer, while the server keeps it (else 404).
+    ``GET /v1/plan`` → ``{"plan": PLAN, "table": TABLE, "served": SERVED}``, every absolute path in them
+    cut to its last part and the table's profile hosts left out (:func:`public_document`).
     ``GET /v1/stats`` → the share scheduler's accounting per device (:data:`STATS_FIELDS`).
     ``GET /v1/health`` → ``{"status": "ok"}``.
     ``GET /metrics`` → Prometheus' text format (:mod:`genedge.serve.metrics`).
 
 Errors are OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 400 for a bad
-request (``param`` names the field), 503 with a ``Retry-After`` header (whole seconds) when the
-model's queue is longer than the plan can serve within its bound.
+request (``param`` names the field), 401 with ``WWW-Authenticate: Bearer`` when the server has an API
+key and the request does not carry it (:class:`Unauthorized`), 404 for an image no longer kept or an
+unknown route, 503 with a ``Retry-After`` header (whole seconds) when the model's queue is longer than
+the plan can serve within its bound.
 
 Each body is one typed document here, written by ``to_dict`` and read by ``from_dict`` (a request by
 :func:`parse_generate` / :func:`parse_openai`), so the server and the load generator cannot disagree
@@ -32,6 +38,7 @@ import binascii
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 from genedge.contract.fields import FieldReader
@@ -43,6 +50,8 @@ __all__ = [
     "STATS_ROUTE",
     "HEALTH_ROUTE",
     "METRICS_ROUTE",
+    "IMAGE_ROUTE",
+    "RESPONSE_FORMATS",
     "RECORD_FIELDS",
     "STATS_FIELDS",
     "CATEGORY_SOURCES",
@@ -62,7 +71,10 @@ __all__ = [
     "ErrorBody",
     "RequestError",
     "Overloaded",
+    "Unauthorized",
     "error_body",
+    "image_url",
+    "public_document",
     "parse_generate",
     "parse_openai",
 ]
@@ -72,6 +84,8 @@ OPENAI_ROUTE = "/v1/images/generations"
 PLAN_ROUTE = "/v1/plan"
 STATS_ROUTE = "/v1/stats"
 HEALTH_ROUTE = "/v1/health"
+#: Where a ``response_format: "url"`` image is kept for a while (:mod:`genedge.serve.images`).
+IMAGE_ROUTE = "/v1/images/{image_id}.png"
 #: Prometheus' conventional path, outside ``/v1/``: its body is Prometheus' text format, versioned by Prometheus.
 METRICS_ROUTE = "/metrics"
 
@@ -139,31 +153,45 @@ STATS_FIELDS = (
 
 #: Longer prompts are refused: the text encoders read 77 tokens, so this only bounds abuse.
 MAX_PROMPT_CHARS = 10_000
+#: ``response_format`` values of the OpenAI-compatible route, the default first: ``url``, as OpenAI's API
+#: answers a request that names none (clients such as LangChain's ``DallEAPIWrapper`` send none and read ``url``).
+RESPONSE_FORMATS = ("url", "b64_json")
 #: ``n`` of one OpenAI-compatible request.
 MAX_IMAGES_PER_REQUEST = 8
 
 
 class RequestError(ValueError):
-    """A request the server refuses: HTTP ``status``, and the field (``param``) that is wrong."""
+    """A request the server refuses: HTTP ``status``, the field (``param``) that is wrong, and the error's
+    ``type`` in OpenAI's body (``error_type``)."""
 
-    def __init__(self, message: str, *, param: str | None = None, status: int = 400) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, status: int = 400, error_type: str = "invalid_request_error"
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.status = status
+        self.error_type = error_type
 
 
 class Overloaded(RequestError):
     """The model's queue is past the bound the plan can serve: 503, retry after ``retry_after_s``."""
 
     def __init__(self, message: str, *, retry_after_s: float) -> None:
-        super().__init__(message, status=503)
+        super().__init__(message, status=503, error_type="server_overloaded")
         self.retry_after_s = retry_after_s
 
     @property
     def retry_after_header(self) -> str:
         """``Retry-After`` in whole seconds (at least 1), as HTTP requires."""
         return str(max(1, math.ceil(self.retry_after_s)))
+
+
+class Unauthorized(RequestError):
+    """The server has an API key and the request does not carry it: 401 with ``WWW-Authenticate: Bearer``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=401, error_type="authentication_error")
 
 
 def _document(reader: FieldReader, body: Any) -> Mapping[str, Any]:
@@ -184,8 +212,7 @@ class ErrorBody:
     @classmethod
     def from_error(cls, error: RequestError) -> ErrorBody:
         """The body that answers ``error``."""
-        kind = "server_overloaded" if isinstance(error, Overloaded) else "invalid_request_error"
-        return cls(message=error.message, type=kind, param=error.param, code=error.status)
+        return cls(message=error.message, type=error.error_type, param=error.param, code=error.status)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON body."""
@@ -225,6 +252,8 @@ class GenerationRequest:
     category: str | None = None
     seed: int | None = None
     n: int = 1
+    response_format: str = "b64_json"  # as a client writes it (a load test needs the bytes); parse_openai
+    # gives a body without one the route's default, RESPONSE_FORMATS[0]
 
     def generate_body(self) -> dict[str, Any]:
         """The ``POST /v1/generate`` body (one image; ``n`` is not sent)."""
@@ -235,7 +264,7 @@ class GenerationRequest:
 
     def openai_body(self) -> dict[str, Any]:
         """The ``POST /v1/images/generations`` body (the route takes no seed)."""
-        body: dict[str, Any] = {"prompt": self.prompt, "n": self.n, "response_format": "b64_json"}
+        body: dict[str, Any] = {"prompt": self.prompt, "n": self.n, "response_format": self.response_format}
         if self.category is not None:
             body["category"] = self.category
         return body
@@ -321,23 +350,26 @@ class GenerateResponse:
 
 @dataclass(frozen=True)
 class ImagesResponse:
-    """The answer of ``POST /v1/images/generations``: ``{"created", "data": [{"b64_json"}], "genedge": [RECORD]}``.
+    """The answer of ``POST /v1/images/generations``: ``{"created", "data": [{"b64_json"}], "genedge": [RECORD]}``
+    (``[{"url"}]`` where the request asked for URLs).
 
     Attributes:
         images: the images, each with its record (from ``genedge``, genedge's extension).
         created: Unix seconds, as OpenAI's answer has them (None where a server sent none).
+        urls: each image's URL, for a ``response_format: "url"`` answer (None: the images go as ``b64_json``).
     """
 
     images: tuple[GeneratedImage, ...]
     created: int | None = None
+    urls: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON body (``revised_prompt`` null: the prompt is served as sent)."""
-        return {
-            "created": self.created,
-            "data": [{"b64_json": image.png_b64, "revised_prompt": None} for image in self.images],
-            "genedge": [image.record for image in self.images],
-        }
+        if self.urls is None:
+            data = [{"b64_json": image.png_b64, "revised_prompt": None} for image in self.images]
+        else:
+            data = [{"url": url, "revised_prompt": None} for url in self.urls]
+        return {"created": self.created, "data": data, "genedge": [image.record for image in self.images]}
 
     @classmethod
     def from_dict(cls, body: Any, where: str) -> ImagesResponse:
@@ -450,6 +482,34 @@ def _replica(reader: FieldReader, entry: Any, path: str) -> ServedReplica:
     )
 
 
+def image_url(base_url: str, image_id: str) -> str:
+    """The absolute URL of a kept image: the server's base URL (as the request reached it) and :data:`IMAGE_ROUTE`."""
+    return base_url.rstrip("/") + IMAGE_ROUTE.format(image_id=image_id)
+
+
+def _is_absolute_path(text: str) -> bool:
+    """Whether ``text`` reads as an absolute file path (POSIX, home-relative or Windows), not a URL or prose."""
+    if "\n" in text or "://" in text:
+        return False
+    return text.startswith(("/", "~/")) or PureWindowsPath(text).is_absolute()
+
+
+def public_document(document: Any) -> Any:
+    """A copy of a JSON value with every absolute file path cut to its last part (``/home/a/table.json`` →
+    ``table.json``): what a server shows its clients of the files it was started with.
+
+    The paths of the machine that made a plan or a table (or serves them) say nothing a client needs,
+    and something about the host it should not learn; the server logs them at start instead.
+    """
+    if isinstance(document, Mapping):
+        return {key: public_document(value) for key, value in document.items()}
+    if isinstance(document, list):
+        return [public_document(value) for value in document]
+    if isinstance(document, str) and _is_absolute_path(document):
+        return PureWindowsPath(document).name if "\\" in document else PurePosixPath(document).name
+    return document
+
+
 def _body(body: Any) -> Mapping[str, Any]:
     if not isinstance(body, Mapping):
         raise RequestError(f"expected a JSON object as the request body, but got {type(body).__name__}")
@@ -505,7 +565,7 @@ def parse_openai(body: Any, categories: Sequence[str], *, resolution: int, serve
     """Check a ``POST /v1/images/generations`` body.
 
     ``size`` must be the resolution the plan was calibrated at (its latencies hold there only);
-    ``response_format`` must be ``b64_json`` (a served plan keeps no image store to link to);
+    ``response_format`` one of :data:`RESPONSE_FORMATS` (``url`` when not given, as OpenAI's);
     ``model``, when given, must be ``served_model`` (the plan decides the model per request).
 
     Raises:
@@ -526,9 +586,12 @@ def parse_openai(body: Any, categories: Sequence[str], *, resolution: int, serve
             param="size",
         )
     response_format = body.get("response_format")
-    if response_format not in (None, "b64_json"):
+    if response_format is None:
+        response_format = RESPONSE_FORMATS[0]
+    if response_format not in RESPONSE_FORMATS:
         raise RequestError(
-            f"only 'b64_json' is served, but the request asks for {response_format!r}", param="response_format"
+            f"expected one of {list(RESPONSE_FORMATS)}, but the request asks for {response_format!r}",
+            param="response_format",
         )
     model = body.get("model")
     if model is not None and model != served_model:
@@ -536,7 +599,9 @@ def parse_openai(body: Any, categories: Sequence[str], *, resolution: int, serve
             f"the plan chooses the model per request; send model={served_model!r} or none, not {model!r}",
             param="model",
         )
-    return GenerationRequest(prompt=_prompt(body), category=_category(body, categories), n=n)
+    return GenerationRequest(
+        prompt=_prompt(body), category=_category(body, categories), n=n, response_format=response_format
+    )
 
 
 @dataclass(frozen=True)

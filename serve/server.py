@@ -49,6 +49,7 @@ from genedge.serve.spec import ServeSpec
 if TYPE_CHECKING:
     from genedge.optimizer.plan_file import PlanDocument
     from genedge.serve.controller import ControllerSettings
+    from genedge.serve.images import ImageStoreSettings
     from genedge.serve.schedule_spec import ServedSchedule
 
 __all__ = [
@@ -97,6 +98,9 @@ class Server:
         drain_timeout_s: how long Ray Serve waits for requests in flight when it stops a deployment (s).
         schedule: the plan schedule served, where a schedule was given (``spec`` is then its ``deployed``).
         controller: the settings of the controller that switches the schedule's plans.
+        api_key_sha256: the SHA-256 of the API key requests must carry (None: no key); the key is not kept.
+        openapi_docs: whether FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json`` are served.
+        image_store: how many ``response_format: "url"`` images are kept, and how long (None: the defaults).
     """
 
     spec: ServeSpec
@@ -110,6 +114,9 @@ class Server:
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     schedule: ServedSchedule | None = None
     controller: ControllerSettings | None = None
+    api_key_sha256: str | None = None
+    openapi_docs: bool = False
+    image_store: ImageStoreSettings | None = None
 
     def application(self) -> Any:
         """The Ray Serve application (a ``ray.serve.Application``; pass it to ``serve.run``)."""
@@ -129,6 +136,9 @@ class Server:
             drain_timeout_s=self.drain_timeout_s,
             schedule=self.schedule,
             controller=self.controller,
+            api_key_sha256=self.api_key_sha256,
+            openapi_docs=self.openapi_docs,
+            image_store=self.image_store,
         )
 
 
@@ -236,6 +246,34 @@ def _check_options(realization: str, threads: int | None, queue_bound_s: float |
             raise ValueError(f"{name}: expected a positive finite number of seconds, but got {value!r}")
 
 
+def _access(
+    api_key: str | None, api_key_file: str | Path | None, openapi_docs: bool, image_store: ImageStoreSettings | None
+) -> dict[str, Any]:
+    """The :class:`Server` fields of who may use it and what it shows: the SHA-256 of the API key the options (or
+    the environment) give, the key itself going no further."""
+    from genedge.serve.access import key_digest, read_api_key
+
+    key = read_api_key(api_key, api_key_file)
+    sha256 = None if key is None else key_digest(key)
+    return {"api_key_sha256": sha256, "openapi_docs": openapi_docs, "image_store": image_store}
+
+
+def _check_served(
+    plan: str | Path,
+    schedule: ServedSchedule | None,
+    controller: ControllerSettings | None,
+    realization: str,
+    gpus: bool,
+) -> None:
+    """MPS only on NVIDIA GPUs, a controller only for a plan schedule, and a schedule only under the scheduler."""
+    if realization == "mps" and not gpus:
+        raise ValueError("realization mps needs NVIDIA GPUs (CUDA MPS); this machine has none: use the scheduler")
+    if schedule is None and controller is not None:
+        raise ValueError(f"controller: {plan} is a single plan; a controller switches the plans of a plan schedule")
+    if schedule is not None and realization != "scheduler":
+        raise ValueError("realization: a plan schedule switches shares inside one process: use the scheduler")
+
+
 def _pinned_cores(cpus: Cpus, threads: int | None, devices: int) -> tuple[int, ...] | None:
     """The cores a CPU device's process is pinned to (None: not pinned)."""
     from genedge.serve.worker import default_cpus
@@ -262,6 +300,10 @@ def prepare_server(
     queue_bound_s: float | None = None,
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
     controller: ControllerSettings | None = None,
+    api_key: str | None = None,
+    api_key_file: str | Path | None = None,
+    openapi_docs: bool = False,
+    image_store: ImageStoreSettings | None = None,
 ) -> Server:
     """Check a plan file against its table and decide how to serve it, before anything starts.
 
@@ -288,29 +330,27 @@ def prepare_server(
         drain_timeout_s: when a deployment is stopped, wait at most this long for requests in flight.
         controller: with a plan schedule, how its controller estimates the rate and switches (default:
             :class:`~genedge.serve.controller.ControllerSettings`' defaults); refused with a single plan.
+        api_key: the key every route but health and image URLs requires (``Authorization: Bearer KEY``); else
+            ``api_key_file``'s first line, else ``$GENEDGE_API_KEY``, else none (only its SHA-256 is kept).
+        api_key_file: a file whose first line is the API key (not together with ``api_key``).
+        openapi_docs: serve FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json`` (default: not served).
+        image_store: the bounds of the ``response_format: "url"`` images (default: 256, 256 MiB, 15 minutes).
 
     Returns:
-        The :class:`Server`; ``.application()`` is what ``serve.run`` takes, ``.spec.notes`` what the
-        user should know about settings that had to be chosen.
+        The :class:`Server` (``.application()`` is what ``serve.run`` takes, ``.spec.notes`` what was chosen).
 
     Raises:
         ValueError: the plan or table is unreadable or invalid (naming the file and field), they do not
             match (:class:`~genedge.serve.spec.ServeError`), or an argument is out of range (naming it).
     """
     _check_options(realization, threads, queue_bound_s, drain_timeout_s)
+    access = _access(api_key, api_key_file, openapi_docs, image_store)
     gpus = _uses_gpus(device)
-    if realization == "mps" and not gpus:
-        raise ValueError("realization mps needs NVIDIA GPUs (CUDA MPS); this machine has none: use the scheduler")
-    checked = {
-        "model_specs": models,
-        "queue_bound_s": queue_bound_s,
-        "default_dtype": "float16" if gpus else DEFAULT_DTYPE,
-    }
-    spec, schedule = _served(Path(plan), table, checked)
-    if schedule is None and controller is not None:
-        raise ValueError(f"controller: {plan} is a single plan; a controller switches the plans of a plan schedule")
-    if schedule is not None and realization != "scheduler":
-        raise ValueError("realization: a plan schedule switches shares inside one process: use the scheduler")
+    default_dtype = "float16" if gpus else DEFAULT_DTYPE
+    spec, schedule = _served(
+        Path(plan), table, model_specs=models, queue_bound_s=queue_bound_s, default_dtype=default_dtype
+    )
+    _check_served(plan, schedule, controller, realization, gpus)
     threads = threads if threads is not None else (None if gpus else spec.profile_threads)
     return Server(
         spec=spec,
@@ -324,12 +364,11 @@ def prepare_server(
         drain_timeout_s=drain_timeout_s,
         schedule=schedule,
         controller=controller,
+        **access,
     )
 
 
-def _served(
-    path: Path, table: str | Path | None, checked: Mapping[str, Any]
-) -> tuple[ServeSpec, ServedSchedule | None]:
+def _served(path: Path, table: str | Path | None, **checked: Any) -> tuple[ServeSpec, ServedSchedule | None]:
     """A plan file's spec, or a plan schedule's deployed spec and the schedule checked, by the file's ``kind``."""
     from genedge.contract.files import read_json
     from genedge.contract.table_file import read_table_file
@@ -397,22 +436,35 @@ def _as_models(name: str, value: Any) -> dict[str, str]:
         raise ValueError(f"args.{name}: expected KEY=SPEC[,KEY=SPEC...] or a mapping, but got {value!r}") from err
 
 
-def _as_controller(name: str, value: Any) -> ControllerSettings:
-    """A plan schedule's controller settings: a mapping, or ``window_s=60,dwell_s=120`` (fields of
-    :class:`~genedge.serve.controller.ControllerSettings`)."""
-    from genedge.serve.controller import ControllerSettings
-
+def _as_settings(name: str, value: Any, settings: type, whose: str) -> Any:
+    """A frozen settings dataclass from a mapping or ``FIELD=VALUE[,FIELD=VALUE...]``, each field read as
+    its declared type (int or float)."""
     if not isinstance(value, Mapping):
         pairs = [pair.partition("=") for pair in _as_text(name, value).split(",")]
         if not all(sep and key for key, sep, _ in pairs):
             raise ValueError(f"args.{name}: expected FIELD=VALUE[,FIELD=VALUE...] or a mapping, but got {value!r}")
         value = {key: text for key, _, text in pairs}
-    fields = {f.name for f in dataclasses.fields(ControllerSettings)}
-    unknown = sorted(set(value) - fields)
+    kinds = {f.name: int if f.type in ("int", int) else float for f in dataclasses.fields(settings)}
+    unknown = sorted(set(value) - set(kinds))
     if unknown:
-        raise ValueError(f"args.{name}: unknown fields {unknown}; the controller's are {sorted(fields)}")
-    settings = {key: _as_number(f"{name}.{key}", text, float) for key, text in value.items()}
-    return ControllerSettings(**settings)
+        raise ValueError(f"args.{name}: unknown fields {unknown}; {whose} are {sorted(kinds)}")
+    return settings(**{key: _as_number(f"{name}.{key}", text, kinds[key]) for key, text in value.items()})
+
+
+def _as_controller(name: str, value: Any) -> ControllerSettings:
+    """A plan schedule's controller settings: a mapping, or ``window_s=60,dwell_s=120`` (fields of
+    :class:`~genedge.serve.controller.ControllerSettings`)."""
+    from genedge.serve.controller import ControllerSettings
+
+    return _as_settings(name, value, ControllerSettings, "the controller's")
+
+
+def _as_image_store(name: str, value: Any) -> ImageStoreSettings:
+    """The URL images' store: a mapping, or ``ttl_s=600,max_images=100`` (fields of
+    :class:`~genedge.serve.images.ImageStoreSettings`)."""
+    from genedge.serve.images import ImageStoreSettings
+
+    return _as_settings(name, value, ImageStoreSettings, "the image store's")
 
 
 def _as_cpus(name: str, value: Any) -> Cpus:
@@ -438,6 +490,10 @@ BUILDER_ARGS: dict[str, Callable[[str, Any], Any]] = {
     "queue_bound_s": lambda name, value: _as_number(name, value, float),
     "drain_timeout_s": lambda name, value: _as_number(name, value, float),
     "controller": _as_controller,
+    "api_key": _as_text,
+    "api_key_file": _as_text,
+    "openapi_docs": _as_bool,
+    "image_store": _as_image_store,
 }
 
 
@@ -447,7 +503,9 @@ def server_from_args(args: Mapping[str, Any]) -> Server:
     The keys are :func:`prepare_server`'s arguments (see :data:`BUILDER_ARGS`); ``plan`` is required.
     Values may be strings (as ``serve run key=value`` gives them) or YAML values (a config file's
     ``args``): ``models`` is ``KEY=SPEC[,KEY=SPEC...]`` or a mapping, ``cpus`` ``'2-3'``, ``'none'``,
-    ``'auto'`` or a list of cores, ``work_conserving`` true or false.
+    ``'auto'`` or a list of cores, ``work_conserving`` and ``openapi_docs`` true or false, ``controller`` and
+    ``image_store`` ``FIELD=VALUE,...`` or a mapping. Give ``api_key_file`` (or the environment's
+    ``GENEDGE_API_KEY``) rather than ``api_key`` in a config file that others may read.
 
     Raises:
         ValueError: a missing ``plan``, an unknown key (listing the known ones), a value of the wrong

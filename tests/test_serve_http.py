@@ -97,6 +97,7 @@ def server(demo: Path):
             str(port),
             "--queue-bound-s",
             str(QUEUE_BOUND_S),
+            "--openapi-docs",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -158,6 +159,7 @@ def _metrics(url: str) -> dict[tuple[str, tuple], float]:
 def test_the_metrics_route_counts_what_was_served(server) -> None:
     url, _, demo = server
     from genedge.serve.loadtest_document import document_sha256
+    from genedge.serve.protocol import public_document
 
     before = _metrics(url)
     answers = [
@@ -183,7 +185,10 @@ def test_the_metrics_route_counts_what_was_served(server) -> None:
     assert {dict(labels)["model"] for labels in calls} == set(BASIC_SPLIT)
     assert sum(calls.values()) >= 4  # one image per call in this plan, and earlier tests served more
     info = next(dict(labels) for name, labels in after if name == "genedge_plan_info")
-    assert info["plan_sha256"] == document_sha256(json.loads((demo / "split-plan.json").read_text()))
+    # The plan GET /v1/plan answers: the file's, its absolute table path cut to the file name.
+    served = _get(f"{url}/v1/plan")["plan"]
+    assert info["plan_sha256"] == document_sha256(served)
+    assert served == public_document(json.loads((demo / "split-plan.json").read_text()))
     assert after[("genedge_observed_response_seconds", (("statistic", "mean"), ("window", "60s")))] > 0
     # The category mix: observed beside the plan's, every planned category present.
     planned = {dict(labels)["category"] for name, labels in after if name == "genedge_category_share"}
@@ -224,11 +229,22 @@ def test_the_openai_client_gets_images_from_the_compatible_route(server) -> None
     assert [r["category"] for r in records] == ["Basic", "Basic"]
     # A bad field is the client's BadRequestError, and the server names it.
     with pytest.raises(openai.BadRequestError) as caught:
-        client.images.generate(prompt="a blue sphere", response_format="url")
+        client.images.generate(prompt="a blue sphere", response_format="jpeg")
     assert caught.value.body["param"] == "response_format"
     with pytest.raises(openai.BadRequestError) as caught:
         client.images.generate(prompt="a blue sphere", size="1024x1024")
     assert caught.value.body["param"] == "size"
+
+
+@pytest.mark.slow
+def test_fastapis_docs_are_served_when_asked_for(server) -> None:
+    url, _, _ = server
+    schema = _get(f"{url}/openapi.json")
+    assert {"/v1/generate", "/v1/images/generations", "/v1/plan", "/v1/images/{image_id}.png"} <= set(schema["paths"])
+    assert not {"/docs", "/redoc", "/openapi.json"} & set(schema["paths"])
+    for page in ("/docs", "/redoc"):
+        with urllib.request.urlopen(url + page, timeout=30) as response:
+            assert response.headers.get_content_type() == "text/html" and b"/openapi.json" in response.read()
 
 
 @pytest.mark.slow

@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 from conftest import DemoRun
 
+from genedge.serve.access import key_digest
+from genedge.serve.images import ImageStoreSettings
 from genedge.serve.server import BUILDER_ARGS, BUILDER_IMPORT_PATH, server_from_args
 
 READY_TIMEOUT_S = 300
@@ -55,6 +57,12 @@ SERVE_CLI = (
         ({"plan": "p.json", "controller": "speed=2"}, r"args\.controller: unknown fields \['speed'\]"),
         ({"plan": "p.json", "controller": {"window_s": "x"}}, r"args\.controller\.window_s: expected a number"),
         ({"plan": "p.json", "controller": "window_s=0"}, r"window_s: expected a number of seconds > 0"),
+        ({"plan": "p.json", "image_store": "ttl=5"}, r"args\.image_store: unknown fields \['ttl'\]"),
+        ({"plan": "p.json", "image_store": "max_images=1.5"}, r"args\.image_store\.max_images: expected an integer"),
+        ({"plan": "p.json", "image_store": {"ttl_s": 0}}, r"ttl_s: expected a number of seconds > 0"),
+        ({"plan": "p.json", "openapi_docs": "yes"}, r"args\.openapi_docs: expected true or false"),
+        ({"plan": "p.json", "api_key": "a key"}, r"api_key: expected an API key of printable ASCII .* without spaces"),
+        ({"plan": "p.json", "api_key": "k", "api_key_file": "f"}, r"api_key_file: give the API key or a file"),
     ],
 )
 def test_builder_arguments_are_checked_naming_the_argument(args: dict, message: str) -> None:
@@ -123,6 +131,17 @@ def test_string_and_yaml_arguments_become_the_servers_settings(demo: Path) -> No
     )
     assert (server.threads, server.cpus) == (1, None)
     assert {m.key: m.spec for m in server.spec.models}[deployed[0]] == "replica:tiny"
+    assert (server.api_key_sha256, server.openapi_docs, server.image_store) == (None, False, None)
+    # Access and the URL images' store, as strings and as YAML values; only the key's digest is kept.
+    key_file = demo / "builder-api-key.txt"
+    key_file.write_text("builder-key-1\n")
+    for args in (
+        {"api_key_file": str(key_file), "openapi_docs": "true", "image_store": "ttl_s=60,max_images=3"},
+        {"api_key": "builder-key-1", "openapi_docs": True, "image_store": {"ttl_s": 60, "max_images": 3}},
+    ):
+        server = server_from_args({"plan": str(demo / "plan.json"), "device": "cpu", **args})
+        assert server.api_key_sha256 == key_digest("builder-key-1") and "builder-key-1" not in repr(server)
+        assert server.openapi_docs and server.image_store == ImageStoreSettings(ttl_s=60.0, max_images=3)
     with pytest.raises(ValueError, match=r"\['sd15'\] are not models the plan deploys"):
         server_from_args({"plan": str(demo / "plan.json"), "device": "cpu", "models": "sd15=/models/sd15"})
     with pytest.raises(ValueError, match=r"controller: .*plan\.json is a single plan"):

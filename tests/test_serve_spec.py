@@ -54,12 +54,15 @@ def test_openai_bodies_follow_the_images_api() -> None:
         resolution=64,
         served_model="genedge",
     )
-    assert (parsed.n, parsed.prompt) == (2, "a cat")
+    assert (parsed.n, parsed.prompt, parsed.response_format) == (2, "a cat", "b64_json")
+    # URLs are served too, and are what a body naming no format gets, as from OpenAI's API.
+    for body, expected in [({"prompt": "a", "response_format": "url"}, "url"), ({"prompt": "a"}, "url")]:
+        assert parse_openai(body, CATEGORIES, resolution=64, served_model="genedge").response_format == expected
     for body, param in [
         ({"prompt": "a", "n": 0}, "n"),
         ({"prompt": "a", "n": MAX_IMAGES_PER_REQUEST + 1}, "n"),
         ({"prompt": "a", "size": "512x512"}, "size"),
-        ({"prompt": "a", "response_format": "url"}, "response_format"),
+        ({"prompt": "a", "response_format": "png"}, "response_format"),
         ({"prompt": "a", "model": "dall-e-3"}, "model"),
         ({"prompt": "a", "category": "Nope"}, "category"),
     ]:

@@ -100,6 +100,12 @@ def _add_traffic_options(parser: argparse.ArgumentParser) -> None:
         help="send no category with the requests: the server's prompt router places each one",
     )
     parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="the server's API key, sent as 'Authorization: Bearer KEY' (default: the environment variable "
+        "GENEDGE_API_KEY, if set; none: no key is sent). It is not written to the result files",
+    )
+    parser.add_argument(
         "--timeout-s", type=float, default=600.0, help="the most one request may take, in seconds (default: 600)"
     )
 
@@ -153,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from genedge.contract.files import check_not_input
+    from genedge.serve.access import read_api_key
     from genedge.serve.loadtest import run_loadtest, score_images
     from genedge.serve.loadtest_config import LoadConfig
     from genedge.serve.loadtest_layout import default_result_dir, read_records, write_result
@@ -177,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         send_categories=not args.no_categories,
         timeout_s=args.timeout_s,
         save_images=args.save_images,
+        api_key=read_api_key(args.api_key),
     )
     keep = args.save_result or args.result_dir is not None or args.save_images
     scratch = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 from pathlib import Path
@@ -13,6 +14,7 @@ from genedge.serve.shares import SHARE_REALIZATIONS
 
 if TYPE_CHECKING:
     from genedge.serve.controller import ControllerSettings
+    from genedge.serve.images import ImageStoreSettings
 
 __all__ = ["add_parser", "run"]
 
@@ -20,7 +22,9 @@ _DESCRIPTION = (
     "Start a Ray Serve application that realizes a plan: each request's category (given, or predicted "
     "by the prompt router) picks a model with the plan's routing fractions, the model generates with "
     "its planned steps, and each model gets its planned share of its device. Routes: POST /v1/generate, "
-    "POST /v1/images/generations (OpenAI-compatible), GET /v1/plan, /v1/stats, /v1/health. "
+    "POST /v1/images/generations (OpenAI-compatible; images as b64_json or, with response_format url, as "
+    "URLs GET /v1/images/ID.png kept in memory for a while), GET /v1/plan, /v1/stats, /v1/health, /metrics. "
+    "With an API key, every route but /v1/health and the image URLs needs 'Authorization: Bearer KEY'. "
     "Ctrl-C (or SIGTERM) stops taking requests, finishes those in flight and exits. Ray's own tools deploy "
     f"the same server: 'serve run {BUILDER_IMPORT_PATH} plan=PLAN [threads=N ...]', or a Ray Serve config "
     f"file whose import_path is {BUILDER_IMPORT_PATH} and whose args are this command's options "
@@ -105,8 +109,48 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--address",
         help="join this Ray cluster (e.g. 'auto' on a node of a running cluster) instead of starting a local instance",
     )
+    _add_access_options(parser)
     _add_controller_options(parser)
     parser.set_defaults(func=run)
+
+
+def _add_access_options(parser: argparse.ArgumentParser) -> None:
+    """Who may use the server, what it shows, and how long it keeps URL images."""
+    from genedge.serve.access import API_KEY_ENV
+    from genedge.serve.images import DEFAULT_IMAGE_TTL_S, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGES
+
+    group = parser.add_argument_group("access", "who may use the server and what it shows")
+    group.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' (as OpenAI clients send their api_key) on every route but "
+        "/v1/health and image URLs; others get 401. Precedence: --api-key or --api-key-file (not both), else "
+        f"the environment variable {API_KEY_ENV}; none of them: every route is open. A key on the command line "
+        "is visible to other users of the machine: prefer the file or the variable",
+    )
+    group.add_argument(
+        "--api-key-file", type=Path, metavar="FILE", help="a file whose first line is the API key (see --api-key)"
+    )
+    group.add_argument(
+        "--openapi-docs",
+        action="store_true",
+        help="serve FastAPI's /docs, /redoc and /openapi.json (default: not served; with an API key they need it)",
+    )
+    group.add_argument(
+        "--image-ttl-s",
+        type=float,
+        help=f"seconds a response_format=url image stays fetchable (default: {DEFAULT_IMAGE_TTL_S:g}, 15 minutes)",
+    )
+    group.add_argument(
+        "--image-max-count",
+        type=int,
+        help=f"the most URL images kept at once, the oldest dropped first (default: {DEFAULT_MAX_IMAGES})",
+    )
+    group.add_argument(
+        "--image-max-mib",
+        type=float,
+        help=f"the most MiB of URL images kept at once (default: {DEFAULT_MAX_IMAGE_BYTES / 2**20:g})",
+    )
 
 
 def _add_controller_options(parser: argparse.ArgumentParser) -> None:
@@ -156,8 +200,22 @@ def _controller(args: argparse.Namespace) -> ControllerSettings | None:
     return ControllerSettings(**given) if given else None
 
 
+def _image_store(args: argparse.Namespace) -> ImageStoreSettings | None:
+    """The URL images' store the options give (None where none is given: the defaults)."""
+    from genedge.serve.images import ImageStoreSettings
+
+    given = {
+        "ttl_s": args.image_ttl_s,
+        "max_images": args.image_max_count,
+        "max_bytes": None if args.image_max_mib is None else max(1, round(args.image_max_mib * 2**20)),
+    }
+    given = {name: value for name, value in given.items() if value is not None}
+    return ImageStoreSettings(**given) if given else None
+
+
 def run(args: argparse.Namespace) -> int:
     """Check the plan against its table and models, start Ray Serve, serve until a signal, drain."""
+    from genedge.serve.access import API_KEY_ENV
     from genedge.serve.server import calibration_check, drain, parse_cpus, prepare_server, serving
     from genedge.serve.spec import model_specs_from_pairs
 
@@ -174,7 +232,13 @@ def run(args: argparse.Namespace) -> int:
         queue_bound_s=args.queue_bound_s,
         drain_timeout_s=args.drain_timeout_s,
         controller=_controller(args),
+        api_key=args.api_key,
+        api_key_file=args.api_key_file,
+        openapi_docs=args.openapi_docs,
+        image_store=_image_store(args),
     )
+    # Read once: Ray's workers inherit this process's environment, and the server keeps only the key's digest.
+    os.environ.pop(API_KEY_ENV, None)
     spec = server.spec
     for note in spec.notes:
         print(f"note: {note}")
@@ -188,6 +252,12 @@ def run(args: argparse.Namespace) -> int:
         url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
         shares = ", ".join(f"{m.name} {m.steps} steps share {m.share:.2f} on device {m.device}" for m in spec.models)
         print(f"serving {args.plan} ({spec.devices} device(s); {shares})")
+        # Where the files are on this host: GET /v1/plan shows clients only their names.
+        specs = ", ".join(f"{m.key}: {m.spec}" for m in spec.models if m.spec != m.key)
+        print(
+            f"plan {args.plan.resolve()}, table sha256 {spec.table_sha256[:12]}…"
+            + (f"; loaded {specs}" if specs else "")
+        )
         if server.schedule is not None:
             print(
                 f"plan schedule: {len(server.schedule.bands)} bands; starting on band {server.schedule.start}, the "
@@ -204,6 +274,8 @@ def run(args: argparse.Namespace) -> int:
             f"prompt router: {server.router or 'none (requests must carry a category)'}; "
             f"shares: {server.realization}{pinned}"
         )
+        access = "an API key is required on every route but /v1/health" if server.api_key_sha256 else "no API key"
+        print(f"access: {access}; OpenAPI docs {'at /docs' if server.openapi_docs else 'off'}")
         print(
             f"listening on {url} — POST /v1/generate, POST /v1/images/generations; Ctrl-C drains and stops", flush=True
         )

@@ -57,6 +57,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TableError",
     "load_table",
+    "public_table_document",
     "read_table_file",
     "save_table",
     "table_from_dict",
@@ -550,6 +551,33 @@ def table_manifest_with(manifest: TableManifest, entries: Mapping[str, Any], whe
         TableError: ``entries`` set ``runs`` to something that is not a valid run map, naming ``where`` and the field.
     """
     return table_manifest_from_dict({**manifest.document, **entries}, where)
+
+
+#: The fields of a profile run's ``host`` that a table is read by (the rest describe the machine that measured).
+_PUBLIC_HOST_FIELDS = ("threads",)
+
+
+def public_table_document(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A table document with each profile run's ``host`` cut to what a table is read by (``threads``).
+
+    What a server shows its clients: the numbers, the device and the settings the measurements were made
+    with, without the kernel release, platform string, CPU model or memory of the profiling machine. The
+    table's identity is its file's sha256, which the server reports beside it. A document that is not a
+    table's shape is returned as it is (it was validated when the server read it).
+    """
+    public = dict(doc)
+    manifest = doc.get("manifest")
+    runs = manifest.get("runs") if isinstance(manifest, Mapping) else None
+    if not isinstance(runs, Mapping):
+        return public
+    kept = {}
+    for run_id, run in runs.items():
+        host = run.get("host") if isinstance(run, Mapping) else None
+        if isinstance(host, Mapping):
+            run = {**run, "host": {key: value for key, value in host.items() if key in _PUBLIC_HOST_FIELDS}}
+        kept[run_id] = run
+    public["manifest"] = {**manifest, "runs": kept}
+    return public
 
 
 def table_from_dict(doc: Mapping[str, Any], where: str = "<table>") -> CalibrationTable:
