@@ -3,8 +3,10 @@ r"""Analytic queues of the open-arrival delay model (DESIGN §3.2).
 Model m receives Poisson arrivals of rate λ (requests/s) and serves them first-in first-out on its
 GPU share. Without batching one image takes the deterministic time t and the model is an M/D/1
 queue with load ρ = λt. With static-shape batching a compiled graph runs batch b in S seconds
-however full it is; the model is then the bulk-service queue M/D^(1,b)/1 with load ρ = λS/b.
-Either queue is stable iff ρ < 1.
+however full it is; the model is then the bulk-service queue M/D^(1,b)/1 with load ρ = λS/b. Where a
+request asks for several images (X of them, :class:`~genedge.optimizer.model.ImagesPerRequest`), served one
+image at a time, an unbatched model is the M^X/D/1 queue: Poisson requests, λ counting images, ρ = λt.
+Each queue is stable iff ρ < 1.
 
 .. math::
 
