@@ -11,18 +11,18 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_DATA, DemoRun, script_module
 
-pytestmark = pytest.mark.slow
-
 BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "trace_replay_server.py"
 GENTD26 = SHARED_DATA / "gentd26" / "lora_request_trace.csv"
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not GENTD26.is_file(), reason="the GenTD26 request trace is not present"),
+]
 #: From 05:00 of the trace's busiest day (day 17 from its first request), 15 trace minutes in 15 s.
 START_S, MINUTES, TIME_SCALE, RATE_SCALE = 17 * 86400 + 5 * 3600, 15, 60.0, 0.6
 
 
 @pytest.fixture(scope="module")
 def measured(demo_run: DemoRun, tmp_path_factory: pytest.TempPathFactory):
-    if not GENTD26.is_file():
-        pytest.skip("the GenTD26 request trace is not present")
     pytest.importorskip("diffusers", reason="serving replicas needs genedge[profile]")
     pytest.importorskip("ray.serve", reason="needs genedge[serve]")
     folder, done = demo_run
