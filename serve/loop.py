@@ -214,21 +214,23 @@ class ServedPlans:
         return self.bands[self.active].plan
 
     def predict(self, rates: Mapping[tuple[str, str], float]) -> dict[str, float] | None:
-        """The active plan's mean and p95 response at observed rates per (category, replica name), each model's
-        call the plan's time times its served-to-planned ratio at its steps (the recalibrated line): the plan's
-        own delay model (one M/D/1, or bulk-service, queue per model) on what the server sees. None where no
-        observed rate falls on the active plan's models."""
+        """The active plan's mean and p95 response at the observed rate of each category (summed over the replicas
+        ``rates`` names per (category, replica name)), routed by the active plan, each model's call the plan's time
+        times its served-to-planned ratio at its steps (the recalibrated line): the plan's own delay model on what
+        the server sees. Routed by the active plan, not as the window's images were: after a switch the window
+        still holds images the previous plan routed, to models the active plan may give no share. None where no
+        observed rate falls on the plan's categories."""
         from genedge.optimizer.model import delay_model
 
         spec = self.spec
-        names = {m.name: j for j, m in enumerate(spec.models)}
         categories = {c: i for i, c in enumerate(spec.categories)}
-        requests = np.zeros((len(categories), len(names)))
-        for (category, model), rate in rates.items():
-            if category in categories and model in names:
-                requests[categories[category], names[model]] += rate
-        if requests.sum() <= 0:
+        observed = np.zeros(len(categories))
+        for (category, _), rate in rates.items():
+            if category in categories:
+                observed[categories[category]] += rate
+        if observed.sum() <= 0:
             return None
+        requests = observed[:, None] * spec.routing
         ratio = {(row["model"], row["steps"]): row["ratio"] for row in self.times.rows()}
         call = np.array([m.service_s * ratio.get((m.key, m.steps), 1.0) for m in spec.models])
         batch = np.array([m.max_batch for m in spec.models])

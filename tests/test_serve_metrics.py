@@ -202,7 +202,14 @@ def test_the_recalibrated_prediction_is_the_plans_own_law_at_the_served_times(pl
         loads.values()
     )
     assert slow["mean"] == pytest.approx(float(np.asarray(expected)), rel=1e-9)
-    assert served.predict({("Basic", "no-such-model"): 1.0}) is None
+    # Routed by the active plan, whichever replica served the window's images (after a switch, one the plan may
+    # give no share): only each category's rate counts.
+    elsewhere: dict[tuple[str, str], float] = {}
+    for (category, _), rate in rates.items():
+        key = (category, "a replica of an earlier plan")
+        elsewhere[key] = elsewhere.get(key, 0.0) + rate
+    assert served.predict(elsewhere) == pytest.approx(slow, rel=1e-12)
+    assert served.predict({("NoSuchCategory", spec.models[0].name): 1.0}) is None
 
 
 def test_the_category_mix_is_exported_observed_and_planned(plans) -> None:
