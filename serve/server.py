@@ -37,6 +37,8 @@ import dataclasses
 import logging
 import math
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -557,6 +559,7 @@ def serving(
     port: int = DEFAULT_PORT,
     address: str | None = None,
     log_to_driver: bool = False,
+    stop: threading.Event | None = None,
 ) -> Iterator[Any]:
     """Serve on Ray Serve over HTTP while the ``with`` block runs; yields the ingress's handle.
 
@@ -575,6 +578,9 @@ def serving(
         port: HTTP port.
         address: a Ray cluster to join (e.g. ``"auto"``) instead of starting a local instance.
         log_to_driver: show the deployments' logs in this process.
+        stop: set on SIGINT or SIGTERM from the moment Ray is started on (Ray installs its own SIGTERM handler,
+            which exits at once; this one lets the caller drain). The proxy may answer before the application
+            reports it is running, so a signal in that time is caught too. Main thread only.
     """
     from genedge.profiler._imports import require
     from genedge.serve.app import APP_NAME
@@ -590,6 +596,9 @@ def serving(
             # other process, and its step times would no longer be the ones the plan was calibrated with.
             os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(address=address, include_dashboard=False, log_to_driver=log_to_driver, logging_level=logging.WARNING)
+    if stop is not None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": host, "port": port})
         try:

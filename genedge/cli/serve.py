@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -242,13 +241,10 @@ def run(args: argparse.Namespace) -> int:
     spec = server.spec
     for note in spec.notes:
         print(f"note: {note}")
+    stop = threading.Event()  # set by SIGINT or SIGTERM from Ray's start on: the server drains, then exits
     with serving(
-        server, host=args.host, port=args.port, address=args.address, log_to_driver=args.verbose > 0
+        server, host=args.host, port=args.port, address=args.address, log_to_driver=args.verbose > 0, stop=stop
     ) as handle:
-        # Ray installs its own SIGTERM handler (exit at once): ours drains first.
-        stop = threading.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
         url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
         shares = ", ".join(f"{m.name} {m.steps} steps share {m.share:.2f} on device {m.device}" for m in spec.models)
         print(f"serving {args.plan} ({spec.devices} device(s); {shares})")
