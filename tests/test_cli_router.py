@@ -60,7 +60,7 @@ def test_train_then_predict_an_unlabelled_file_routes_every_row(tmp_path):
         "training": trained.training,
         "classifier": None,
     }
-    # The fit stops at L-BFGS's gradient tolerance: another BLAS kernel stops about 1e-6 away.
+    # The fit stops at L-BFGS's gradient tolerance: another BLAS kernel stops nearby (SOLVER_ATOL).
     np.testing.assert_allclose(trained.classifier.coef, shipped.classifier.coef, rtol=0, atol=SOLVER_ATOL)
     np.testing.assert_allclose(trained.classifier.intercept, shipped.classifier.intercept, rtol=0, atol=SOLVER_ATOL)
     prompts = _unlabelled_csv(tmp_path / "requests.csv")

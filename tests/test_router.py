@@ -51,8 +51,11 @@ from genedge.router.model import (
 )
 from genedge.router.tfidf import TfidfFeatures
 
-# How far two trainings of one router may land apart: L-BFGS stops at fit_logistic's gradient tolerance (1e-6).
-SOLVER_ATOL = 1e-5
+# How far two trainings of one router may land apart: L-BFGS stops at fit_logistic's gradient tolerance (1e-6),
+# so on another CPU (another BLAS kernel, summing in another order) at a point up to that gradient over the
+# loss's smallest curvature away: 2.3e-5 between two machines of this project's CI. A changed feature, weight
+# or regularization moves coefficients by far more; the routing itself is compared exactly.
+SOLVER_ATOL = 1e-4
 #: PartiPrompts rows under the paper4 mapping (Challenge column): labelled per category, and the rest.
 PAPER4_LABELLED = {"Basic": 272, "Detail": 544, "Imagination": 150, "Complex": 113}
 PARTIPROMPTS_ROWS, PAPER4_UNLABELLED = 1632, 553
@@ -508,7 +511,7 @@ def test_shipped_tfidf_router_is_what_the_training_script_builds(parti, retraine
     assert (ours.tfidf.ngram_max, ours.tfidf.min_df) == (shipped_tfidf.tfidf.ngram_max, shipped_tfidf.tfidf.min_df)
     np.testing.assert_allclose(ours.tfidf.idf, shipped_tfidf.tfidf.idf, rtol=0, atol=1e-12)
     # L-BFGS stops at a gradient of 1e-6 (fit_logistic's gtol), so machines whose BLAS kernels sum in
-    # another order stop at points about 1e-6 apart: the coefficients agree to that, the routing exactly.
+    # another order stop at nearby points (see SOLVER_ATOL): the coefficients agree to that, the routing exactly.
     np.testing.assert_allclose(ours.classifier.coef, shipped_tfidf.classifier.coef, rtol=0, atol=SOLVER_ATOL)
     np.testing.assert_allclose(ours.classifier.intercept, shipped_tfidf.classifier.intercept, rtol=0, atol=SOLVER_ATOL)
     assert np.array_equal(ours.cross_validation.confusion, shipped_tfidf.cross_validation.confusion)
