@@ -53,6 +53,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from _environment import ROOT, cpu_name, source_state
@@ -394,11 +395,18 @@ def draw(result: Replay, schedule: PlanSchedule, day: int, stem: Path) -> list[P
         ax.set_xlabel("day" if unit == DAY_S else f"hour of day {day}")
     axes[0].legend(loc="upper left", fontsize=8)
     axes[0].set_title(f"GenTD26 on {TABLE}: the plan in force against the rate")
+    return save_figure(fig, stem, dpi=120)
+
+
+def save_figure(fig: Any, stem: Path, dpi: int) -> list[Path]:
+    """Write ``fig`` as STEM.png and STEM.svg (the SVG without a date, so a re-run changes nothing) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     paths = [stem.with_suffix(suffix) for suffix in (".png", ".svg")]
     stem.parent.mkdir(parents=True, exist_ok=True)
     for path in paths:
-        fig.savefig(path, dpi=120, metadata={"Date": None} if path.suffix == ".svg" else None)
+        fig.savefig(path, dpi=dpi, metadata={"Date": None} if path.suffix == ".svg" else None)
     plt.close(fig)
     return paths
 

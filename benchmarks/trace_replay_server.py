@@ -77,6 +77,7 @@ from trace_replay import (
     figures,
     hourly_rates,
     problem_maker,
+    save_figure,
     slo_capacity,
     switches_in,
     trace_images,
@@ -728,13 +729,7 @@ def draw(bench: Benchmark, stem: Path) -> list[Path]:
     bottom.set_xlabel(f"measured response over the window (s), {WINDOW_S:g}-s windows")
     bottom.set_ylabel("published prediction (s)")
     bottom.legend(fontsize=8)
-    fig.tight_layout()
-    paths = [stem.with_suffix(suffix) for suffix in (".png", ".svg")]
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    for path in paths:
-        fig.savefig(path, dpi=110, metadata={"Date": None} if path.suffix == ".svg" else None)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, stem, dpi=110)
 
 
 def main() -> None:
