@@ -51,6 +51,7 @@ from genedge.serve.protocol import (
     Unauthorized,
     error_body,
     image_url,
+    json_body,
     parse_generate,
     parse_openai,
     public_document,
@@ -62,10 +63,15 @@ from genedge.serve.spec import SERVED_MODEL_NAME, ServedModel, ServeSpec
 __all__ = ["APP_NAME", "build_application", "deployment_units"]
 
 APP_NAME = "genedge"
+#: Seconds a client is told to wait after a device replica died under its request twice (Ray restarts a
+#: replica in about this long).
+REPLICA_RESTART_S = 5.0
 #: Requests one replica of a deployment takes at once: queueing and refusal are the plan's job, not Ray's.
 _MAX_ONGOING = 100_000
 
 serve = require("ray.serve", extra="serve")
+# A device replica that died (``kill -9``, out of memory) under a call, or cannot be reached while Ray restarts it.
+_REPLICA_LOST = require("ray.exceptions", extra="serve").RayActorError
 fastapi = require("fastapi", extra="serve")
 responses = require("fastapi.responses", extra="serve")
 # This module has no `from __future__ import annotations`: FastAPI reads the handlers' annotations as objects.
@@ -259,7 +265,7 @@ class Ingress:
         request_id = f"r{self.counter}"
         self.metrics.arrived(category, model.name)
         self.plans.arrived_image(category, request.n)
-        result = await handle.generate.remote(model.name, request.prompt, seed, request_id)
+        result = await self._generate(handle, model.name, request.prompt, seed, request_id)
         if "overloaded" in result:
             self.metrics.refused(category, model.name)
             raise Overloaded(result["overloaded"], retry_after_s=result["retry_after_s"])
@@ -274,6 +280,22 @@ class Ingress:
         self.metrics.completed(category, model.name, timing)
         self.plans.served(timing, result["planned_s"])
         return GeneratedImage(result["png"], record)
+
+    async def _generate(
+        self, handle: Any, model: str, prompt: str, seed: int | None, request_id: str, *, retry: bool = True
+    ) -> dict:
+        """The device's answer to one image. A replica that dies under the call (its process killed, say) is
+        tried once more, on the replica Ray restarts: a generation changes nothing but the device's counters,
+        so the retry is safe. A second loss is refused (503 with Retry-After), never a bare 500."""
+        try:
+            return await handle.generate.remote(model, prompt, seed, request_id)
+        except _REPLICA_LOST as err:
+            self.metrics.replica_lost(model, retried=retry)
+            self.served_calibration = None  # a new replica: its start-up timing is checked again
+            if retry:
+                return await self._generate(handle, model, prompt, seed, request_id, retry=False)
+            message = f"the replica serving {model} was lost twice under this image ({type(err).__name__})"
+            raise Overloaded(message, retry_after_s=REPLICA_RESTART_S) from err
 
     def _denied(self, request: Any) -> Any | None:
         """The 401 answer to a request without this server's API key, or None where it may pass."""
@@ -305,11 +327,7 @@ class Ingress:
         images = None
         status = 500  # until an answer says otherwise: an exception escaping here is the server's error
         try:
-            try:
-                body = await request.json()
-            except (ValueError, UnicodeDecodeError):
-                raise RequestError("the request body is not valid JSON") from None
-            parsed = parse(body)
+            parsed = parse(json_body(await request.body()))
             images = parsed.n
             self.plans.arrived(images)
             seeds = (

@@ -156,6 +156,12 @@ class ServeMetrics:
             registry=r,
         )
         self.in_flight = prometheus.Gauge("genedge_requests_in_flight", "HTTP requests being answered.", registry=r)
+        self.replica_losses = prometheus.Counter(
+            "genedge_replica_losses",
+            "Calls whose device replica died under them (retried once on the restarted replica, then refused).",
+            ["model", "action"],
+            registry=r,
+        )
         self.switches = prometheus.Counter(
             "genedge_plan_switches", "Plan switches by a schedule's controller, up or down.", ["direction"], registry=r
         )
@@ -176,6 +182,10 @@ class ServeMetrics:
         """One image routed to ``model``."""
         self.arrivals.labels(category, model).inc()
         self._arrivals.append((self._clock(), category, model))
+
+    def replica_lost(self, model: str, *, retried: bool) -> None:
+        """A call to ``model`` lost with its replica; ``retried`` on a restarted one, or refused."""
+        self.replica_losses.labels(model, "retried" if retried else "refused").inc()
 
     def refused(self, category: str, model: str) -> None:
         """One image ``model`` refused."""

@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath, PureWindowsPath
@@ -55,6 +57,7 @@ __all__ = [
     "RECORD_FIELDS",
     "STATS_FIELDS",
     "CATEGORY_SOURCES",
+    "MAX_JSON_DEPTH",
     "MAX_PROMPT_CHARS",
     "MAX_IMAGES_PER_REQUEST",
     "GenerationRequest",
@@ -153,6 +156,11 @@ STATS_FIELDS = (
 
 #: Longer prompts are refused: the text encoders read 77 tokens, so this only bounds abuse.
 MAX_PROMPT_CHARS = 10_000
+#: The deepest nesting of arrays and objects a request body may have: genedge's and OpenAI's are two deep
+#: (``extra_body``-style fields inside the request object); a deeper body is refused before it is parsed.
+MAX_JSON_DEPTH = 16
+# A JSON string (skipped whole, escapes included) or a bracket: what the depth check needs to see.
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 #: ``response_format`` values of the OpenAI-compatible route, the default first: ``url``, as OpenAI's API
 #: answers a request that names none (clients such as LangChain's ``DallEAPIWrapper`` send none and read ``url``).
 RESPONSE_FORMATS = ("url", "b64_json")
@@ -192,6 +200,28 @@ class Unauthorized(RequestError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, status=401, error_type="authentication_error")
+
+
+def json_body(raw: bytes) -> Any:
+    """A request body as JSON, its nesting checked first.
+
+    Raises:
+        RequestError: the body is not UTF-8 JSON, or nests arrays and objects deeper than :data:`MAX_JSON_DEPTH`
+            (400, without parsing it: a body nested 100,000 deep would exhaust the parser's recursion).
+    """
+    depth = 0
+    for token in _JSON_TOKEN.finditer(raw):
+        bracket = token.group()
+        if bracket in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise RequestError(f"the request body nests deeper than {MAX_JSON_DEPTH} arrays and objects")
+        elif bracket in (b"]", b"}"):
+            depth -= 1
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError("the request body is not valid JSON") from None
 
 
 def _document(reader: FieldReader, body: Any) -> Mapping[str, Any]:

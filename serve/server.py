@@ -26,8 +26,8 @@ Example (a notebook; the plan of ``genedge demo``):
 
     >>> from genedge.serve.server import calibration_check, prepare_server, serving
     >>> server = prepare_server("demo/plan.json")  # doctest: +SKIP
-    >>> with serving(server, port=8000) as handle:  # doctest: +SKIP
-    ...     rows = calibration_check(handle)
+    >>> with serving(server, port=8000) as served:  # doctest: +SKIP
+    ...     rows = calibration_check(served.handle)
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ from genedge.serve.spec import ServeSpec
 if TYPE_CHECKING:
     from genedge.optimizer.plan_file import PlanDocument
     from genedge.serve.controller import ControllerSettings
+    from genedge.serve.gateway import Gateway
     from genedge.serve.images import ImageStoreSettings
+    from genedge.serve.limits import GatewaySettings
     from genedge.serve.schedule_spec import ServedSchedule
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "BUILDER_IMPORT_PATH",
     "CalibrationRow",
     "DrainSummary",
+    "Served",
     "Server",
     "app_builder",
     "build_app",
@@ -176,10 +179,26 @@ class DrainSummary:
     Attributes:
         in_flight_left: requests the ingress still held at the deadline.
         devices_drained: whether every device finished its queued and running requests in time.
+        accepted_left: requests the gateway had read and not yet answered at the deadline (these include the
+            ingress's, and any still on their way to it).
     """
 
     in_flight_left: int
     devices_drained: bool
+    accepted_left: int = 0
+
+    @property
+    def finished(self) -> bool:
+        """Every accepted request answered and every device drained."""
+        return self.devices_drained and self.accepted_left == 0 and self.in_flight_left == 0
+
+
+@dataclass(frozen=True)
+class Served:
+    """What :func:`serving` yields: the ingress's Ray handle and the gateway clients connect to."""
+
+    handle: Any
+    gateway: Gateway
 
 
 def parse_cpus(text: str, *, option: str = "cpus") -> Cpus:
@@ -560,12 +579,15 @@ def serving(
     address: str | None = None,
     log_to_driver: bool = False,
     stop: threading.Event | None = None,
-) -> Iterator[Any]:
-    """Serve on Ray Serve over HTTP while the ``with`` block runs; yields the ingress's handle.
+    gateway: GatewaySettings | None = None,
+) -> Iterator[Served]:
+    """Serve on Ray Serve over HTTP while the ``with`` block runs; yields the ingress's handle and the gateway.
 
     Starts (or, with ``address``, joins) Ray unless this process is connected already, starts Serve's
-    HTTP proxy on ``host:port``, deploys ``server``'s application as :data:`~genedge.serve.app.APP_NAME`
-    at ``/`` and waits until its models are loaded and warmed up. On leaving, it undoes what it did:
+    HTTP proxy on a free loopback port behind a :class:`~genedge.serve.gateway.Gateway` that listens on
+    ``host:port`` (limits, time-outs, and an answer while Ray's proxy restarts), deploys ``server``'s
+    application as :data:`~genedge.serve.app.APP_NAME` at ``/`` and waits until its models are loaded
+    and warmed up. On leaving, it undoes what it did:
     with a Ray it connected to, it shuts Serve down and disconnects (stopping a Ray it started); in a
     Ray the caller had connected to, it deletes the application and leaves the rest running. Call
     :func:`drain` first to let requests in flight finish. A local Ray it starts runs its workers at
@@ -581,9 +603,12 @@ def serving(
         stop: set on SIGINT or SIGTERM from the moment Ray is started on (Ray installs its own SIGTERM handler,
             which exits at once; this one lets the caller drain). The proxy may answer before the application
             reports it is running, so a signal in that time is caught too. Main thread only.
+        gateway: the gateway's limits (default: :class:`~genedge.serve.gateway.GatewaySettings`' defaults).
     """
     from genedge.profiler._imports import require
     from genedge.serve.app import APP_NAME
+    from genedge.serve.gateway import Gateway
+    from genedge.serve.limits import GatewaySettings
 
     if not 0 < port < 65536:
         raise ValueError(f"port: expected a TCP port from 1 to 65535, but got {port}")
@@ -599,11 +624,14 @@ def serving(
     if stop is not None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
+    front = Gateway(gateway or GatewaySettings(), ("127.0.0.1", _free_loopback_port()))
     try:
-        serve.start(http_options={"host": host, "port": port})
+        serve.start(http_options={"host": front.upstream[0], "port": front.upstream[1]})
+        front.start(host, port)
         try:
-            yield serve.run(server.application(), name=APP_NAME, route_prefix="/", blocking=False)
+            yield Served(serve.run(server.application(), name=APP_NAME, route_prefix="/", blocking=False), front)
         finally:
+            front.close()
             if connect:
                 serve.shutdown()
             else:
@@ -611,6 +639,15 @@ def serving(
     finally:
         if connect:
             ray.shutdown()
+
+
+def _free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for Ray's proxy behind the gateway)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def calibration_check(handle: Any) -> list[CalibrationRow]:
@@ -621,16 +658,24 @@ def calibration_check(handle: Any) -> list[CalibrationRow]:
     rows are in ``GET /v1/plan``'s ``served.calibration_check``, however the server was started.
 
     Args:
-        handle: the ingress's handle (what :func:`serving` yields, or ``serve.get_app_handle("genedge")``).
+        handle: the ingress's handle (:attr:`Served.handle`, or ``serve.get_app_handle("genedge")``).
     """
     return [CalibrationRow(**row) for row in handle.calibration_check.remote().result()]
 
 
-def drain(handle: Any, timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> DrainSummary:
+def drain(served: Served, timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> DrainSummary:
     """Stop taking requests (new ones get 503) and wait at most ``timeout_s`` for those in flight.
 
+    The gateway waits first for every request it accepted (counted from its headers on, so none that just
+    arrived is cut off), then the ingress and the devices drain in what is left of ``timeout_s``.
+
     Args:
-        handle: the ingress's handle (what :func:`serving` yields, or ``serve.get_app_handle("genedge")``).
+        served: what :func:`serving` yields.
         timeout_s: the longest wait (s).
     """
-    return DrainSummary(**handle.drain.remote(timeout_s).result())
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    accepted_left = served.gateway.drain(timeout_s)
+    rest = served.handle.drain.remote(max(deadline - time.monotonic(), 0.0)).result()
+    return DrainSummary(**rest, accepted_left=accepted_left)

@@ -14,6 +14,7 @@ from genedge.serve.shares import SHARE_REALIZATIONS
 if TYPE_CHECKING:
     from genedge.serve.controller import ControllerSettings
     from genedge.serve.images import ImageStoreSettings
+    from genedge.serve.limits import GatewaySettings
 
 __all__ = ["add_parser", "run"]
 
@@ -99,18 +100,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "work (default: the plan's SLO, else 30)",
     )
     parser.add_argument(
+        "--address",
+        help="join this Ray cluster (e.g. 'auto' on a node of a running cluster) instead of starting a local instance",
+    )
+    _add_access_options(parser)
+    _add_limit_options(parser)
+    _add_controller_options(parser)
+    parser.set_defaults(func=run)
+
+
+def _add_limit_options(parser: argparse.ArgumentParser) -> None:
+    """The gateway's limits (one option per field of :class:`~genedge.serve.limits.GatewaySettings`) and the
+    drain's."""
+    import dataclasses
+
+    from genedge.serve.limits import GatewaySettings
+
+    group = parser.add_argument_group(
+        "limits", "what the HTTP gateway in front of Ray Serve's proxy holds each connection to, and the drain"
+    )
+    group.add_argument(
         "--drain-timeout-s",
         type=float,
         default=DEFAULT_DRAIN_TIMEOUT_S,
         help=f"on shutdown, wait at most this long for requests in flight (default: {DEFAULT_DRAIN_TIMEOUT_S:g})",
     )
-    parser.add_argument(
-        "--address",
-        help="join this Ray cluster (e.g. 'auto' on a node of a running cluster) instead of starting a local instance",
-    )
-    _add_access_options(parser)
-    _add_controller_options(parser)
-    parser.set_defaults(func=run)
+    for setting in dataclasses.fields(GatewaySettings):
+        group.add_argument(
+            f"--{setting.name.replace('_', '-')}",
+            type=type(setting.default),
+            help=f"{setting.metadata['help']} (default: {setting.default})",
+        )
 
 
 def _add_access_options(parser: argparse.ArgumentParser) -> None:
@@ -212,6 +232,17 @@ def _image_store(args: argparse.Namespace) -> ImageStoreSettings | None:
     return ImageStoreSettings(**given) if given else None
 
 
+def _gateway(args: argparse.Namespace) -> GatewaySettings | None:
+    """The gateway's limits the options give (None where none is given: the defaults)."""
+    import dataclasses
+
+    from genedge.serve.limits import GatewaySettings
+
+    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(GatewaySettings)}
+    given = {name: value for name, value in given.items() if value is not None}
+    return GatewaySettings(**given) if given else None
+
+
 def run(args: argparse.Namespace) -> int:
     """Check the plan against its table and models, start Ray Serve, serve until a signal, drain."""
     from genedge.serve.access import API_KEY_ENV
@@ -243,8 +274,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     stop = threading.Event()  # set by SIGINT or SIGTERM from Ray's start on: the server drains, then exits
     with serving(
-        server, host=args.host, port=args.port, address=args.address, log_to_driver=args.verbose > 0, stop=stop
-    ) as handle:
+        server,
+        host=args.host,
+        port=args.port,
+        address=args.address,
+        log_to_driver=args.verbose > 0,
+        stop=stop,
+        gateway=_gateway(args),
+    ) as served:
         url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
         shares = ", ".join(f"{m.name} {m.steps} steps share {m.share:.2f} on device {m.device}" for m in spec.models)
         print(f"serving {args.plan} ({spec.devices} device(s); {shares})")
@@ -259,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
                 f"plan schedule: {len(server.schedule.bands)} bands; starting on band {server.schedule.start}, the "
                 "plan for the highest rate, until the rate is seen; switches are in GET /v1/plan and /metrics"
             )
-        for row in calibration_check(handle):
+        for row in calibration_check(served.handle):
             print(
                 f"{row.model}: one call takes {row.served_s:.3g} s on the whole device here, "
                 f"{row.table_s:.3g} s in the table (×{row.ratio:.2f})"
@@ -277,9 +314,11 @@ def run(args: argparse.Namespace) -> int:
         )
         stop.wait()
         print("draining: no new requests; finishing those in flight", flush=True)
-        summary = drain(handle, args.drain_timeout_s)
+        summary = drain(served, args.drain_timeout_s)
+        events = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in sorted(served.gateway.events.items()))
         print(
-            f"drained: {'all requests finished' if summary.devices_drained else 'timed out with requests left'}",
+            f"drained: {'all requests finished' if summary.finished else 'timed out with requests left'}"
+            + (f"; gateway: {events}" if events else ""),
             flush=True,
         )
-    return 0 if summary.devices_drained else 1
+    return 0 if summary.finished else 1

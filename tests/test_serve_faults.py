@@ -1,0 +1,245 @@
+"""``genedge serve`` against its clients and its own failures, on loopback: a 100 MB body, 1,000 slow connections
+and a deeply nested JSON body; then ``kill -9`` of Ray Serve's HTTP proxy and of a device replica under a bounded
+``genedge loadtest``, every request answered (200, or a JSON 503 with Retry-After) and recorded.
+
+One server (a ``genedge serve`` subprocess of the demo's plan, tiny replicas on the CPU) serves every test here;
+the header time-out is set short (2 s) so that slow connections are answered within the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import DemoRun, genedge_env, wait_until_serving
+
+pytestmark = pytest.mark.slow
+
+HOST = "127.0.0.1"
+HEADER_TIMEOUT_S = 2.0
+CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _serving_extras() -> None:
+    pytest.importorskip("diffusers", reason="serving replicas needs genedge[profile]")
+    pytest.importorskip("ray.serve", reason="needs genedge[serve]")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(demo_run: DemoRun):
+    folder, done = demo_run
+    assert done.returncode == 0, done.stderr
+    # A thousand connections at once need a thousand descriptors in this process and in the server it starts.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 4096:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "genedge",
+            "serve",
+            str(folder / "plan.json"),
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--header-timeout-s",
+            str(HEADER_TIMEOUT_S),
+            "--proxy-wait-s",
+            "90",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=genedge_env(CPU_ONLY),
+    )
+    url = f"http://{HOST}:{port}"
+    wait_until_serving(process, url)
+    yield url, port, process, folder
+    if process.poll() is None:
+        process.kill()
+        process.wait(30)
+
+
+def _generate_raw(body: bytes, length: int | None = None) -> bytes:
+    length = len(body) if length is None else length
+    head = f"POST /v1/generate HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\nContent-Length: {length}"
+    return head.encode() + b"\r\n\r\n" + body
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict[str, str], dict]:
+    """Status, headers and JSON body of the answer on ``sock``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed without an answer after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    while len(body) < int(headers["content-length"]):
+        body += sock.recv(65536)
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+def _served(url: str) -> int:
+    body = json.dumps({"prompt": "a lighthouse", "category": "Basic", "seed": 3}).encode()
+    request = urllib.request.Request(f"{url}/v1/generate", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return response.status
+
+
+def test_a_100_mb_body_is_refused_413_before_it_is_sent(server) -> None:
+    url, port, _, _ = server
+    sent = 0
+    with socket.create_connection((HOST, port), timeout=60) as sock:
+        sock.sendall(_generate_raw(b"", length=100 * 2**20))
+        sock.setblocking(False)
+        answer = b""
+        while b"\r\n\r\n" not in answer:  # keep sending the body until the answer arrives
+            try:
+                answer += sock.recv(65536)
+            except BlockingIOError:
+                try:
+                    sent += sock.send(b"x" * 65536)
+                except BlockingIOError:
+                    time.sleep(0.01)
+        sock.setblocking(True)
+        assert answer.startswith(b"HTTP/1.1 413 ")
+    assert sent < 100 * 2**20  # answered before the body was sent, let alone read
+    assert _served(url) == 200
+
+
+def test_a_body_nested_100000_deep_is_a_json_400(server) -> None:
+    url, port, _, _ = server
+    with socket.create_connection((HOST, port), timeout=60) as sock:
+        sock.sendall(_generate_raw(b"[" * 100_000 + b"]" * 100_000))
+        status, _, body = _answer(sock)
+    assert status == 400 and "nests deeper than 16" in body["error"]["message"]
+    assert _served(url) == 200
+
+
+def test_1000_slow_connections_get_408_and_a_request_is_served_after(server) -> None:
+    url, port, _, _ = server
+    slow = [socket.create_connection((HOST, port), timeout=HEADER_TIMEOUT_S + 60) for _ in range(1000)]
+    try:
+        for sock in slow:  # each stops inside its headers, as a slow-loris client does
+            sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\n")
+        answers = [_answer(sock) for sock in slow]
+    finally:
+        for sock in slow:
+            sock.close()
+    assert {status for status, _, _ in answers} == {408}
+    assert "did not arrive within 2 s" in answers[0][2]["error"]["message"]
+    assert _served(url) == 200
+
+
+def _ray_process(server_pid: int, name: str) -> int:
+    """The pid of the Ray worker titled ``ray::NAME`` among the server's descendants."""
+    table = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
+    rows = [line.split(None, 2) for line in table.splitlines() if line.strip()]
+    children: dict[int, list[int]] = {}
+    for pid, ppid, _ in rows:
+        children.setdefault(int(ppid), []).append(int(pid))
+    ours, stack = set(), [server_pid]
+    while stack:
+        pid = stack.pop()
+        ours.add(pid)
+        stack.extend(children.get(pid, []))
+    found = [int(pid) for pid, _, args in rows if int(pid) in ours and args.startswith(f"ray::{name}")]
+    assert found, f"no ray::{name} process under the server"
+    return found[0]
+
+
+def _metric(url: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def test_kill_9_of_the_proxy_and_of_a_device_replica_under_load_loses_no_request(server, tmp_path: Path) -> None:
+    url, _, process, _ = server
+    import pandas as pd
+
+    prompts = tmp_path / "prompts.csv"
+    pd.DataFrame({"Prompt": [f"a photo of thing {i}" for i in range(8)], "Challenge": ["Basic"] * 8}).to_csv(
+        prompts, index=False
+    )
+    load = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "genedge",
+            "loadtest",
+            url,
+            "--prompts",
+            str(prompts),
+            "--request-rate",
+            "2",
+            "--num-prompts",
+            "80",
+            "--seed",
+            "1",
+            "--save-result",
+            "--result-dir",
+            str(tmp_path / "result"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=genedge_env(CPU_ONLY),
+    )
+    deadline = time.monotonic() + 120
+    while _metric(url, "genedge_http_requests_total") < 4:  # the load test is under way
+        assert load.poll() is None and time.monotonic() < deadline, load.communicate()[1][-3000:]
+        time.sleep(0.5)
+    os.kill(_ray_process(process.pid, "ProxyActor"), signal.SIGKILL)
+    # An eight-image request keeps the device busy, so the replica dies under calls that must be retried.
+    answers: list[int] = []
+    body = json.dumps({"prompt": "a harbour", "category": "Basic", "n": 8}).encode()
+    request = urllib.request.Request(
+        f"{url}/v1/images/generations", data=body, headers={"Content-Type": "application/json"}
+    )
+    big = threading.Thread(target=lambda: answers.append(urllib.request.urlopen(request, timeout=300).status))
+    time.sleep(40)  # Ray restarts the proxy meanwhile; the gateway holds the requests sent to it
+    big.start()
+    time.sleep(0.5)
+    os.kill(_ray_process(process.pid, "ServeReplica:genedge:device-0"), signal.SIGKILL)
+    big.join(300)
+    _out, err = load.communicate(timeout=600)
+    assert load.returncode == 0, err[-3000:]
+    assert answers == [200]  # every image of it served, the lost calls retried on the restarted replica
+    assert _metric(url, "genedge_replica_losses_total", action="retried") >= 1
+    records = pd.read_parquet(tmp_path / "result" / "records")
+    assert len(records) == 80 and records["index"].is_unique
+    assert set(records["status"]) <= {"ok", "rejected"}, records["error"].dropna().unique()
+    rejected = records[records["status"] == "rejected"]
+    assert (rejected["http_status"] == 503).all() and rejected["retry_after_s"].notna().all()
+    assert (records["status"] == "ok").any()
