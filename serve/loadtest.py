@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from genedge.contract.files import ArtifactError
 from genedge.contract.runs import new_run_id
+from genedge.profiler._imports import require
 from genedge.serve.loadtest_client import ServedPlan, auth_headers, fetch_plan, fetch_stats, send
 from genedge.serve.loadtest_config import LoadConfig, LoadTestError
 from genedge.serve.loadtest_document import LoadTestIdentity, LoadTestManifest, SessionDocument
@@ -98,7 +99,7 @@ async def _run(
     writer: RecordWriter,
     progress: Callable[[int], None] | None,
 ) -> tuple[StatsResponse | None, StatsResponse | None, dict[str, int]]:
-    import aiohttp
+    aiohttp = require("aiohttp", extra="loadtest")
 
     outcomes = dict.fromkeys(STATUSES, 0)
     # No pool limit of aiohttp's own: the open loop (and --max-concurrency's semaphore) decide what is in flight.

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from genedge.contract.files import ArtifactError
+from genedge.profiler._imports import require
 from genedge.serve.loadtest_config import LoadTestError
 from genedge.serve.loadtest_document import document_sha256
 from genedge.serve.loadtest_layout import CLIENT_FIELDS
@@ -104,7 +105,7 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
 
 
 async def _get_json(session: Any, url: str) -> tuple[int, Any]:
-    import aiohttp
+    aiohttp = require("aiohttp", extra="loadtest")
 
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=_GET_TIMEOUT_S)) as response:
@@ -151,7 +152,7 @@ def fetch_plan(url: str, *, api_key: str | None = None) -> ServedPlan:
             not a genedge plan.
         ArtifactError: the plan or the table is malformed (naming the field).
     """
-    import aiohttp
+    aiohttp = require("aiohttp", extra="loadtest")
 
     async def get() -> ServedPlan:
         async with aiohttp.ClientSession(headers=auth_headers(api_key)) as session:
@@ -233,7 +234,7 @@ async def send(
     """Send one request at once and record it: a row of :data:`~genedge.serve.loadtest_layout.CLIENT_FIELDS`
     and :data:`~genedge.serve.protocol.RECORD_FIELDS` (``session`` left to the caller), and the PNG bytes
     when it succeeded."""
-    import aiohttp
+    aiohttp = require("aiohttp", extra="loadtest")
 
     endpoint = ENDPOINTS[config.endpoint]
     url = config.base_url + endpoint.route

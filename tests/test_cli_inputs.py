@@ -91,6 +91,22 @@ def test_a_missing_profile_extra_is_one_line_naming_the_install(tmp_path: Path) 
     ]
 
 
+def test_a_missing_loadtest_extra_is_one_line_naming_the_install() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['aiohttp'] = None\n"
+        "from genedge.cli import main\n"
+        f"prompts = {str(data_path('prompts', 'smoke.tsv'))!r}\n"
+        "raise SystemExit(main(['loadtest', 'http://127.0.0.1:9', '--num-prompts', '1', '--prompts', prompts]))\n"
+    )
+    done = run_python(code)
+    assert done.returncode == 3
+    hint = '`pip install "genedge[loadtest]"`.'
+    assert done.stderr.strip().splitlines() == [
+        f"genedge loadtest: error: genedge.loadtest needs 'aiohttp'; install it with {hint}"
+    ]
+
+
 @pytest.mark.parametrize(
     ("workload", "message"),
     [
