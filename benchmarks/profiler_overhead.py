@@ -56,6 +56,7 @@ from _environment import cpu_name, source_state
 from genedge.data import path as data_path
 from genedge.profiler import Clock, load_pipeline, load_prompt_set, measure_call
 from genedge.profiler.device import select_device
+from genedge.profiler.models import save_replica
 from genedge.profiler.monitor import Monitor
 
 RATIO_GOAL = (0.97, 1.03)
@@ -331,8 +332,7 @@ def main() -> None:
         f"{platform.system()} {platform.release()}; genedge {source_state('profiler', 'benchmarks')}"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp, args.arch)
-        load_pipeline(f"replica:{args.arch}", device=torch.device("cpu"), dtype=torch.float32).save_pretrained(folder)
+        folder = save_replica(args.arch, Path(tmp, args.arch))
         pipe = load_pipeline(str(folder), device=device, dtype=dtype)
         print(
             f"replica:{args.arch} saved to a folder, {args.steps} steps, {args.resolution} px, {device}, "

@@ -20,6 +20,7 @@ import gzip
 import json
 import logging
 import re
+import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ __all__ = [
     "clip_bpe_tokenizer",
     "import_pipeline_classes",
     "load_pipeline",
+    "save_replica",
 ]
 
 logger = logging.getLogger(__name__)
@@ -593,3 +595,36 @@ def load_pipeline(spec: ModelSpec | str, *, device: Any, dtype: Any, scheduler: 
         pipe.scheduler = _scheduler_class(diffusers, scheduler).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def save_replica(arch: str, folder: str | Path) -> Path:
+    """Write the random-weight replica ``arch`` as a diffusers folder, in ``save_pretrained``'s layout.
+
+    ``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/`` (and the SDXL
+    second encoder), weights in safetensors: what a user's own saved pipeline looks like, so the paths that
+    load a folder (``genedge profile --model FOLDER``, ``genedge serve --model KEY=FOLDER``) run offline. The
+    folder is written beside and renamed into place, so an interrupted write leaves nothing that loads.
+
+    Args:
+        arch: a replica's name (:func:`list_replicas`), without ``replica:``.
+        folder: a new (or empty) folder.
+
+    Returns:
+        ``folder`` as a ``Path``.
+
+    Raises:
+        ValueError: an unknown replica (listing them), or a ``folder`` that exists and is not an empty folder.
+    """
+    spec = parse_model_spec(REPLICA_SCHEME + arch)
+    folder = Path(folder)
+    if folder.exists() and not (folder.is_dir() and not any(folder.iterdir())):
+        raise ValueError(f"{folder}: expected a new or empty folder to write the pipeline to, but it holds files")
+    torch = require("torch")
+    pipe = load_pipeline(spec, device=torch.device("cpu"), dtype=torch.float32)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    pipe.save_pretrained(partial, safe_serialization=True)
+    if folder.exists():
+        folder.rmdir()
+    partial.rename(folder)
+    return folder

@@ -84,6 +84,7 @@ AFTER = {
 }
 
 _DEMO = ("tests/test_demo.py::test_demo_runs_profile_calibrate_plan_offline_on_cpu",)
+_SAVED_FOLDER = ("tests/test_profiler_real_models.py::test_profile_a_pipeline_saved_to_a_folder",)
 _SERVE = ("tests/test_serve_http.py::test_routes_each_category_by_the_plans_fractions_with_the_planned_steps",)
 
 #: Documented commands other tests run: each names tests whose files pass the same subcommand and every option.
@@ -91,6 +92,9 @@ RUN_BY: dict[str, tuple[str, ...]] = {
     "genedge demo --dir demo": _DEMO,
     "genedge demo --dir /tmp/genedge-demo": _DEMO,
     "genedge serve demo/plan.json --port 8000": _SERVE,
+    "genedge profile save-replica tiny models/my-pipeline": _SAVED_FOLDER,
+    "genedge profile --model models/my-pipeline --steps 2,3 --prompts PartiPrompts.tsv --per-category 2 "
+    "--clip-backbone replica:tiny --clip-pretrained none --out runs/my-pipeline": _SAVED_FOLDER,
     "genedge loadtest http://127.0.0.1:8000 --prompts data/prompts/smoke.tsv --request-rate 2 --num-prompts 60 "
     "--save-result --result-dir load-2rps --figure load-2rps.png": (
         "tests/test_loadtest.py::test_cli_end_to_end_writes_parquet_result_and_figure",

@@ -47,6 +47,8 @@ def _profile(
         ",".join(map(str, STEPS)),
         "--prompts",
         str(prompts),
+        "--per-category",
+        "2",  # every prompt: two of each category
         "--category-mapping",
         "challenge",
         "--device",
@@ -86,15 +88,29 @@ def _check_run(capsys: pytest.CaptureFixture[str], out: Path, model: str) -> dic
 
 @pytest.mark.slow
 def test_profile_a_pipeline_saved_to_a_folder(
-    capsys: pytest.CaptureFixture[str], tiny_folder: Path, prompts: Path, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], prompts: Path, tmp_path: Path
 ) -> None:
-    out = _profile_run(str(tiny_folder), prompts, tmp_path)  # as a user runs it, in a new process
-    manifest = _check_run(capsys, out, str(tiny_folder))
+    # The folder as a newcomer without a hub makes it: `genedge profile save-replica`, save_pretrained's layout.
+    folder = tmp_path / "my-pipeline"
+    saved = _genedge("profile", "save-replica", "tiny", str(folder))
+    assert saved.returncode == 0, saved.stderr
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "model_index.json",
+        "scheduler",
+        "text_encoder",
+        "tokenizer",
+        "unet",
+        "vae",
+    ]
+    again = genedge_in_process(capsys, "profile", "save-replica", "tiny", folder)
+    assert again.returncode == 2 and "expected a new or empty folder" in again.stderr
+    out = _profile_run(str(folder), prompts, tmp_path)  # as a user runs it, in a new process
+    manifest = _check_run(capsys, out, str(folder))
     assert manifest["models"][0]["revision"] is None  # a local folder has no hub revision
     # The run calibrates: on a CPU the measured memory is the process's resident peak.
     calibrated = genedge_in_process(capsys, "calibrate", out, "--out", tmp_path / "table.json")
     assert calibrated.returncode == 0, calibrated.stderr[-2000:]
-    memory = json.loads((tmp_path / "table.json").read_text(encoding="utf-8"))["models"][str(tiny_folder)]["memory"]
+    memory = json.loads((tmp_path / "table.json").read_text(encoding="utf-8"))["models"][str(folder)]["memory"]
     assert memory["kind"] == "rss" and memory["peak_bytes"] == read_records(out)["peak_rss_bytes"].max()
 
 

@@ -44,20 +44,15 @@ def save_tiny_pipeline(folder: str | Path, *, xl: bool = False) -> Path:
     replica's nominal 64.
 
     Args:
-        folder: Where to write; created if missing (an existing pipeline there is overwritten).
+        folder: Where to write: a new or empty folder (:func:`genedge.profiler.models.save_replica`).
         xl: Save ``tiny-xl`` (a ``StableDiffusionXLPipeline``) instead of ``tiny``.
 
     Returns:
         ``folder`` as a ``Path``.
     """
-    import torch
+    from genedge.profiler.models import save_replica
 
-    from genedge.profiler import load_pipeline
-
-    folder = Path(folder)
-    pipe = load_pipeline("replica:tiny-xl" if xl else "replica:tiny", device=torch.device("cpu"), dtype=torch.float32)
-    pipe.save_pretrained(folder, safe_serialization=True)
-    return folder
+    return save_replica("tiny-xl" if xl else "tiny", folder)
 
 
 def lay_out_hub_cache(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 from genedge.cli._common import (
@@ -49,6 +50,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     show_parser = actions.add_parser("show", help="summarize what a profile run holds")
     show_parser.add_argument("run_dir", metavar="RUN", help="profile run directory")
     show_parser.set_defaults(func=show)
+    save_parser = actions.add_parser(
+        "save-replica",
+        help="write a random-weight replica as a diffusers folder (save_pretrained's layout), offline",
+        description=(
+            "Write the random-weight replica ARCH to FOLDER as pipe.save_pretrained would (model_index.json, unet/, "
+            "vae/, text_encoder/, tokenizer/, scheduler/; safetensors), so that profiling or serving a saved folder "
+            "can be tried without a hub or a download: genedge profile --model FOLDER ..."
+        ),
+    )
+    save_parser.add_argument("arch", metavar="ARCH", help="a replica's name, e.g. tiny, sd15, sdxl")
+    save_parser.add_argument("folder", metavar="FOLDER", type=Path, help="a new (or empty) folder to write")
+    save_parser.set_defaults(func=save_replica)
 
 
 def _add_measurement_options(parser: argparse.ArgumentParser) -> None:
@@ -331,4 +344,14 @@ def show(args: argparse.Namespace) -> int:
     print()
     print("CLIPScore per model, steps and category:")
     print(summary.quality.to_string(index=False, float_format=_number, na_rep="-"))
+    return 0
+
+
+def save_replica(args: argparse.Namespace) -> int:
+    """Write a replica as a saved pipeline folder and say what it is."""
+    from genedge.profiler.models import save_replica
+
+    folder = save_replica(args.arch, args.folder)
+    print(f"wrote replica:{args.arch} (random weights: its images mean nothing) as a diffusers folder: {folder}")
+    print(f"try: genedge profile --model {folder} --steps 2 --prompts PROMPTS --out runs/{folder.name}")
     return 0
