@@ -17,14 +17,17 @@ are served only when asked for (``openapi_docs``).
 
 import asyncio
 import dataclasses
+import logging
 import math
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from genedge.contract.table_file import public_table_document
 from genedge.profiler._imports import require
 from genedge.serve.access import bearer_matches
+from genedge.serve.accounts import READ_EVERY_S, CarriedAccounts
 from genedge.serve.controller import ControllerSettings
 from genedge.serve.images import ImageStore, ImageStoreSettings
 from genedge.serve.loop import ServedPlans
@@ -63,9 +66,15 @@ from genedge.serve.spec import SERVED_MODEL_NAME, ServedModel, ServeSpec
 __all__ = ["APP_NAME", "build_application", "deployment_units"]
 
 APP_NAME = "genedge"
+logger = logging.getLogger(__name__)
 #: Seconds a client is told to wait after a device replica died under its request twice (Ray restarts a
 #: replica in about this long).
 REPLICA_RESTART_S = 5.0
+#: The longest a call waits for a device whose replica was lost to have a new one (Ray restarted one in about
+#: 20 s on a loaded 2-core machine); past it the image is refused with Retry-After.
+REPLICA_WAIT_S = 60.0
+#: The longest one read of a device's accounts may take; a device without a replica is read at the next interval.
+_READ_TIMEOUT_S = 5.0
 #: Requests one replica of a deployment takes at once: queueing and refusal are the plan's job, not Ray's.
 _MAX_ONGOING = 100_000
 
@@ -118,6 +127,8 @@ class Device:
         from genedge.serve.worker import DeviceWorker
 
         self.worker = DeviceWorker(models, **options)
+        # Drawn anew by each replica Ray starts: the ingress tells a restarted replica's counters by it.
+        self.incarnation = uuid.uuid4().hex[:12]
 
     async def generate(self, name: str, prompt: str, seed: int | None, request_id: str) -> dict[str, Any]:
         """One image: ``{"png", "record"}``, or ``{"overloaded", "retry_after_s"}`` when refused."""
@@ -128,9 +139,9 @@ class Device:
         result = await asyncio.wrap_future(future)
         return {"png": result.png, "record": result.record, "planned_s": result.planned_s}
 
-    def stats(self) -> dict[str, dict[str, Any]]:
-        """The worker's per-model accounts."""
-        return self.worker.stats()
+    def stats(self) -> dict[str, Any]:
+        """This replica's incarnation and the worker's per-model accounts: ``{"incarnation", "models"}``."""
+        return {"incarnation": self.incarnation, "models": self.worker.stats()}
 
     def warmup_s(self) -> dict[str, float]:
         """Device seconds of one call per model on the whole device, timed at start."""
@@ -215,6 +226,11 @@ class Ingress:
         self.plans = ServedPlans(spec, by_name, handles, schedule, controller)
         self.deployed = spec  # every model loaded (a schedule's models of all its plans)
         self.unit_handles = list(handles)
+        self.unit_names = [name for name, _ in units]
+        device_of = {model.name: model.device for model in spec.models}
+        self.unit_devices = [{device_of[name] for name in names} for _, names in units]
+        self.accounts = CarriedAccounts()
+        self.lost_units: set[int] = set()  # devices whose replica died, until one answers again
         self.category_index = {c: i for i, c in enumerate(spec.categories)}
         self.started = time.monotonic()
         self.in_flight = 0
@@ -222,7 +238,7 @@ class Ingress:
         self.counter = 0
         self.served_calibration: list[dict[str, Any]] | None = None
         self.metrics = _metrics(self.plans)
-        self._loop_task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
         self._start_loop()
 
     @property
@@ -231,15 +247,27 @@ class Ingress:
         return self.plans.spec
 
     def _start_loop(self) -> None:
-        """Start the controller's ticks once, in this replica's event loop (from the constructor where Ray Serve
-        runs it in that loop, else from the first request)."""
-        if self._loop_task is not None or self.plans.controller is None:
+        """Start the background work once, in this replica's event loop (from the constructor where Ray Serve
+        runs it in that loop, else from the first request): the devices' accounts read every
+        :data:`~genedge.serve.accounts.READ_EVERY_S`, and a schedule's controller ticks."""
+        if self._tasks:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        self._loop_task = loop.create_task(self.plans.run(self._switched))
+        self._tasks.append(loop.create_task(self._read_accounts()))
+        if self.plans.controller is not None:
+            self._tasks.append(loop.create_task(self.plans.run(self._switched)))
+
+    async def _read_accounts(self) -> None:
+        """Keep the carried accounts fresh, so a replica that dies loses at most one interval of its counters."""
+        while True:
+            try:
+                await self._accounts()
+            except Exception:  # the reader must outlive one bad read: the next interval tries again
+                logger.exception("reading the devices' accounts failed")
+            await asyncio.sleep(READ_EVERY_S)
 
     def _switched(self, switch: Any) -> None:
         self.metrics.switched(switch.to_band, switch.from_band)
@@ -286,15 +314,27 @@ class Ingress:
     ) -> dict:
         """The device's answer to one image. A replica that dies under the call (its process killed, say) is
         tried once more, on the replica Ray restarts: a generation changes nothing but the device's counters,
-        so the retry is safe. A second loss is refused (503 with Retry-After), never a bare 500."""
+        so the retry is safe. A second loss is refused (503 with Retry-After), never a bare 500. While a device
+        has no replica known to be alive, a call waits for one at most :data:`REPLICA_WAIT_S`: Ray Serve would
+        hold it forever where it cannot place a new replica (the replica's node gone)."""
+        unit = self.unit_handles.index(handle)
+        call = handle.generate.remote(model, prompt, seed, request_id)
         try:
-            return await handle.generate.remote(model, prompt, seed, request_id)
+            return await (asyncio.wait_for(call, REPLICA_WAIT_S) if unit in self.lost_units else call)
         except _REPLICA_LOST as err:
+            self.lost_units.add(unit)
             self.metrics.replica_lost(model, retried=retry)
             self.served_calibration = None  # a new replica: its start-up timing is checked again
             if retry:
                 return await self._generate(handle, model, prompt, seed, request_id, retry=False)
             message = f"the replica serving {model} was lost twice under this image ({type(err).__name__})"
+            raise Overloaded(message, retry_after_s=REPLICA_RESTART_S) from err
+        except TimeoutError as err:
+            self.metrics.replica_lost(model, retried=False)
+            message = (
+                f"the device serving {model} lost its replica and Ray Serve has not started another within "
+                f"{REPLICA_WAIT_S:g} s (its node gone, or no node with the resources it asks for)"
+            )
             raise Overloaded(message, retry_after_s=REPLICA_RESTART_S) from err
 
     def _denied(self, request: Any) -> Any | None:
@@ -411,11 +451,39 @@ class Ingress:
         return responses.JSONResponse(answer.to_dict())
 
     async def _accounts(self) -> dict[str, dict[str, Any]]:
-        """Each model's account (:data:`~genedge.serve.protocol.STATS_FIELDS`), from every device."""
+        """Each model's account (:data:`~genedge.serve.protocol.STATS_FIELDS`), from every device, with the
+        counters of replicas that were replaced carried over (:mod:`genedge.serve.accounts`). A device that does
+        not answer within :data:`_READ_TIMEOUT_S` (no replica: restarting, or its node gone) is given by its
+        last accounts."""
+
+        async def read(handle: Any) -> Any:
+            return await asyncio.wait_for(handle.stats.remote(), _READ_TIMEOUT_S)
+
+        answers = await asyncio.gather(*(read(handle) for handle in self.unit_handles), return_exceptions=True)
         merged: dict[str, dict[str, Any]] = {}
-        for models in await asyncio.gather(*(handle.stats.remote() for handle in self.unit_handles)):
-            merged.update(models)
+        for unit, answer in enumerate(answers):
+            if isinstance(answer, (TimeoutError, _REPLICA_LOST)):
+                self.lost_units.add(unit)
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                self.lost_units.discard(unit)
+                if self.accounts.update(unit, answer["incarnation"], answer["models"]):
+                    self._restarted(unit)
+            if self.accounts.known(unit):
+                merged.update(self.accounts.merged(unit))
         return merged
+
+    def _restarted(self, unit: int) -> None:
+        name = self.unit_names[unit]
+        logger.warning(
+            "%s: its replica was replaced (restart %d); its counters are carried over, and the start-up calibration "
+            "check runs again for the new replica",
+            name,
+            self.accounts.restarts(unit),
+        )
+        self.metrics.device_restarted(name)
+        self.served_calibration = None
 
     @http.get(STATS_ROUTE)
     async def stats(self, request: Request) -> Any:
@@ -426,8 +494,13 @@ class Ingress:
         merged = await self._accounts()
         devices: dict[int, dict[str, ModelStats]] = {}
         for model in self.deployed.models:
-            devices.setdefault(model.device, {})[model.name] = ModelStats(**merged[model.name])
-        per_device = tuple(DeviceStats(d, models) for d, models in sorted(devices.items()))
+            if model.name in merged:  # a device never read yet (no replica since start) has no account to give
+                devices.setdefault(model.device, {})[model.name] = ModelStats(**merged[model.name])
+        restarts = dict.fromkeys(devices, 0)
+        for unit, on in enumerate(self.unit_devices):
+            for device in on:
+                restarts[device] += self.accounts.restarts(unit)
+        per_device = tuple(DeviceStats(d, models, restarts[d]) for d, models in sorted(devices.items()))
         return StatsResponse(time.monotonic() - self.started, per_device).to_dict()
 
     @http.get(METRICS_ROUTE)
@@ -514,6 +587,7 @@ def build_application(
     api_key_sha256: str | None = None,
     openapi_docs: bool = False,
     image_store: ImageStoreSettings | None = None,
+    device_resource: str | None = None,
 ) -> Any:
     """The Ray Serve application of ``spec`` (pass it to ``serve.run``).
 
@@ -535,6 +609,8 @@ def build_application(
         openapi_docs: serve FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json``.
         image_store: how many ``response_format: "url"`` images are kept, and how long (default:
             :class:`~genedge.serve.images.ImageStoreSettings`' defaults).
+        device_resource: a Ray custom resource each device deployment asks one unit of (one device per node of
+            a cluster whose nodes offer one each).
     """
     if realization not in SHARE_REALIZATIONS:
         raise ValueError(f"Expected a realization in {list(SHARE_REALIZATIONS)}, but got {realization!r}")
@@ -543,6 +619,8 @@ def build_application(
     units = []
     for name, models, options in deployment_units(spec, realization):
         actor = {"num_cpus": 0, **options}
+        if device_resource is not None:
+            actor["resources"] = {device_resource: 1}
         if gpus:
             actor.setdefault("num_gpus", 1)
         else:

@@ -156,6 +156,12 @@ class ServeMetrics:
             registry=r,
         )
         self.in_flight = prometheus.Gauge("genedge_requests_in_flight", "HTTP requests being answered.", registry=r)
+        self.device_restarts = prometheus.Counter(
+            "genedge_device_restarts",
+            "Device replicas replaced since the ingress started (their counters carried over).",
+            ["deployment"],
+            registry=r,
+        )
         self.replica_losses = prometheus.Counter(
             "genedge_replica_losses",
             "Calls whose device replica died under them (retried once on the restarted replica, then refused).",
@@ -182,6 +188,10 @@ class ServeMetrics:
         """One image routed to ``model``."""
         self.arrivals.labels(category, model).inc()
         self._arrivals.append((self._clock(), category, model))
+
+    def device_restarted(self, deployment: str) -> None:
+        """A device deployment's replica was replaced (its counters carried over)."""
+        self.device_restarts.labels(deployment).inc()
 
     def replica_lost(self, model: str, *, retried: bool) -> None:
         """A call to ``model`` lost with its replica; ``retried`` on a restarted one, or refused."""

@@ -636,10 +636,13 @@ def parse_openai(body: Any, categories: Sequence[str], *, resolution: int, serve
 
 @dataclass(frozen=True)
 class DeviceStats:
-    """One device's models in ``GET /v1/stats``: model key → its account."""
+    """One device's models in ``GET /v1/stats``: model key → its account; ``restarts``: how many times a replica
+    serving the device was replaced (its counters carried over, :mod:`genedge.serve.accounts`; None where a
+    server does not say)."""
 
     device: int
     models: Mapping[str, ModelStats]
+    restarts: int | None = None
 
 
 _STATS_SECONDS_AND_SHARES = ("planned_share", "device_s", "backlogged_s", "realized_share")  # the rest count
@@ -669,6 +672,7 @@ class StatsResponse:
             "devices": [
                 {
                     "device": device.device,
+                    "restarts": device.restarts,
                     "models": {
                         key: {name: getattr(stats, name) for name in STATS_FIELDS}
                         for key, stats in device.models.items()
@@ -699,6 +703,7 @@ class StatsResponse:
                 DeviceStats(
                     reader.get(device, "device", at, int),
                     {key: _read_model_stats(reader, stats, f"{at}.models.{key}") for key, stats in models.items()},
+                    reader.opt(device, "restarts", at, int),
                 )
             )
         return cls(reader.opt(body, "uptime_s", path, float), tuple(devices))

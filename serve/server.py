@@ -101,11 +101,12 @@ class Server:
         threads: torch CPU threads per deployment (None: torch's own).
         cpus: the cores the device's process is pinned to (None: not pinned).
         drain_timeout_s: how long Ray Serve waits for requests in flight when it stops a deployment (s).
-        schedule: the plan schedule served, where a schedule was given (``spec`` is then its ``deployed``).
+        schedule: the plan schedule served, where one was given (``spec`` is then its ``deployed``).
         controller: the settings of the controller that switches the schedule's plans.
         api_key_sha256: the SHA-256 of the API key requests must carry (None: no key); the key is not kept.
         openapi_docs: whether FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json`` are served.
         image_store: how many ``response_format: "url"`` images are kept, and how long (None: the defaults).
+        device_resource: a Ray custom resource each device deployment asks one unit of (None: none).
     """
 
     spec: ServeSpec
@@ -122,6 +123,7 @@ class Server:
     api_key_sha256: str | None = None
     openapi_docs: bool = False
     image_store: ImageStoreSettings | None = None
+    device_resource: str | None = None
 
     def application(self) -> Any:
         """The Ray Serve application (a ``ray.serve.Application``; pass it to ``serve.run``)."""
@@ -144,6 +146,7 @@ class Server:
             api_key_sha256=self.api_key_sha256,
             openapi_docs=self.openapi_docs,
             image_store=self.image_store,
+            device_resource=self.device_resource,
         )
 
 
@@ -325,6 +328,7 @@ def prepare_server(
     api_key_file: str | Path | None = None,
     openapi_docs: bool = False,
     image_store: ImageStoreSettings | None = None,
+    device_resource: str | None = None,
 ) -> Server:
     """Check a plan file against its table and decide how to serve it, before anything starts.
 
@@ -332,16 +336,14 @@ def prepare_server(
         plan: a plan JSON written by ``genedge plan`` or ``genedge demo``, or a plan schedule written by
             ``genedge plan --rates`` (served on one device, switching plans as the arrival rate moves:
             :mod:`genedge.serve.loop`).
-        table: the calibration table the plan was made from (default: the plan's ``inputs.table``);
-            its sha256 must match the plan's.
+        table: the plan's calibration table (default: the plan's ``inputs.table``); its sha256 must match.
         models: plan model key → what to load instead (a saved pipeline folder, a hub id or a replica name).
         router: for requests without a category: ``"auto"`` (the shipped router of the table's category
             mapping), a shipped router name, a router JSON file, or ``"none"`` (such requests get 400).
         device: torch device type in each deployment (default: cuda when available, else cpu).
         realization: ``"scheduler"`` (a step-level weighted fair scheduler per device) or ``"mps"``
             (one process per model under CUDA MPS; NVIDIA GPUs only).
-        work_conserving: let a model use the share others leave idle (default: its planned share, as the
-            plan's delays assume).
+        work_conserving: let a model use the share others leave idle (default: its planned share only).
         threads: torch CPU threads per deployment (default on a CPU: the count the table was profiled with).
         cpus: on a CPU, the cores to pin the device's process to; ``"auto"`` pins a one-device plan to the
             last ``threads`` cores (a model thread then keeps its caches, as when it was profiled),
@@ -356,6 +358,8 @@ def prepare_server(
         api_key_file: a file whose first line is the API key (not together with ``api_key``).
         openapi_docs: serve FastAPI's ``/docs``, ``/redoc`` and ``/openapi.json`` (default: not served).
         image_store: the bounds of the ``response_format: "url"`` images (default: 256, 256 MiB, 15 minutes).
+        device_resource: a Ray custom resource each device deployment asks one unit of: one device per node
+            on a cluster whose nodes offer one each, as ``num_gpus`` does on GPUs (default: none).
 
     Returns:
         The :class:`Server` (``.application()`` is what ``serve.run`` takes, ``.spec.notes`` what was chosen).
@@ -367,10 +371,8 @@ def prepare_server(
     _check_options(realization, threads, queue_bound_s, drain_timeout_s)
     access = _access(api_key, api_key_file, openapi_docs, image_store)
     gpus = _uses_gpus(device)
-    default_dtype = "float16" if gpus else DEFAULT_DTYPE
-    spec, schedule = _served(
-        Path(plan), table, model_specs=models, queue_bound_s=queue_bound_s, default_dtype=default_dtype
-    )
+    dtype = "float16" if gpus else DEFAULT_DTYPE
+    spec, schedule = _served(Path(plan), table, model_specs=models, queue_bound_s=queue_bound_s, default_dtype=dtype)
     _check_served(plan, schedule, controller, realization, gpus)
     threads = threads if threads is not None else (None if gpus else spec.profile_threads)
     return Server(
@@ -385,8 +387,16 @@ def prepare_server(
         drain_timeout_s=drain_timeout_s,
         schedule=schedule,
         controller=controller,
+        device_resource=_resource_name(device_resource),
         **access,
     )
+
+
+def _resource_name(name: str | None) -> str | None:
+    """A custom resource's name as Ray takes it, or None."""
+    if name is not None and (not name or name in ("CPU", "GPU", "memory", "object_store_memory") or " " in name):
+        raise ValueError(f"device_resource: expected a custom Ray resource's name (not CPU/GPU/memory), got {name!r}")
+    return name
 
 
 def _served(path: Path, table: str | Path | None, **checked: Any) -> tuple[ServeSpec, ServedSchedule | None]:
@@ -515,6 +525,7 @@ BUILDER_ARGS: dict[str, Callable[[str, Any], Any]] = {
     "api_key_file": _as_text,
     "openapi_docs": _as_bool,
     "image_store": _as_image_store,
+    "device_resource": _as_text,
 }
 
 
@@ -598,7 +609,8 @@ def serving(
         server: what :func:`prepare_server` decided.
         host: address to listen on (default: this machine only).
         port: HTTP port.
-        address: a Ray cluster to join (e.g. ``"auto"``) instead of starting a local instance.
+        address: a Ray cluster to join (e.g. ``"auto"``) instead of starting a local instance; run on its head
+            node, where Ray Serve's proxy then runs.
         log_to_driver: show the deployments' logs in this process.
         stop: set on SIGINT or SIGTERM from the moment Ray is started on (Ray installs its own SIGTERM handler,
             which exits at once; this one lets the caller drain). The proxy may answer before the application
@@ -626,7 +638,9 @@ def serving(
             signal.signal(signum, lambda *_: stop.set())
     front = Gateway(gateway or GatewaySettings(), ("127.0.0.1", _free_loopback_port()))
     try:
-        serve.start(http_options={"host": front.upstream[0], "port": front.upstream[1]})
+        # One proxy, on the head node: the gateway forwards to it on loopback, so genedge serve runs on the head
+        # (proxies on other nodes would bind their own loopback, which no gateway reaches).
+        serve.start(proxy_location="HeadOnly", http_options={"host": front.upstream[0], "port": front.upstream[1]})
         front.start(host, port)
         try:
             yield Served(serve.run(server.application(), name=APP_NAME, route_prefix="/", blocking=False), front)

@@ -43,6 +43,7 @@ STATS_BODY = {
     "devices": [
         {
             "device": 0,
+            "restarts": 1,
             "models": {
                 "sd15": {
                     "planned_share": 0.5,
@@ -138,7 +139,10 @@ def test_responses_round_trip_and_keep_their_wire_shape():
 
 def test_stats_bodies_round_trip_in_the_order_the_server_sends():
     assert json.dumps(STATS.to_dict()) == json.dumps(STATS_BODY)
-    assert STATS.devices[0].models["sd15"].realized_share == 0.5
+    assert STATS.devices[0].models["sd15"].realized_share == 0.5 and STATS.devices[0].restarts == 1
+    # A body from a server that did not count restarts (a load test's older session file) reads them as unknown.
+    older = {**STATS_BODY, "devices": [{k: v for k, v in STATS_BODY["devices"][0].items() if k != "restarts"}]}
+    assert StatsResponse.from_dict(older, "http://x/v1/stats").devices[0].restarts is None
 
 
 def test_error_bodies_round_trip_in_openais_shape():

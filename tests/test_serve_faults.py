@@ -171,6 +171,13 @@ def _ray_process(server_pid: int, name: str) -> int:
     return found[0]
 
 
+def _counts(url: str) -> dict[str, int]:
+    """Images served per model, and the restarts, as ``GET /v1/stats`` says."""
+    with urllib.request.urlopen(f"{url}/v1/stats", timeout=60) as response:
+        (device,) = json.loads(response.read())["devices"]
+    return {**{model: stats["images"] for model, stats in device["models"].items()}, "restarts": device["restarts"]}
+
+
 def _metric(url: str, name: str, **labels: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -192,6 +199,7 @@ def test_kill_9_of_the_proxy_and_of_a_device_replica_under_load_loses_no_request
     pd.DataFrame({"Prompt": [f"a photo of thing {i}" for i in range(8)], "Challenge": ["Basic"] * 8}).to_csv(
         prompts, index=False
     )
+    counted = _metric(url, "genedge_http_requests_total")  # the other tests' requests to this server
     load = subprocess.Popen(
         [
             sys.executable,
@@ -217,7 +225,7 @@ def test_kill_9_of_the_proxy_and_of_a_device_replica_under_load_loses_no_request
         env=genedge_env(CPU_ONLY),
     )
     deadline = time.monotonic() + 120
-    while _metric(url, "genedge_http_requests_total") < 4:  # the load test is under way
+    while _metric(url, "genedge_http_requests_total") < counted + 4:  # the load test is under way
         assert load.poll() is None and time.monotonic() < deadline, load.communicate()[1][-3000:]
         time.sleep(0.5)
     os.kill(_ray_process(process.pid, "ProxyActor"), signal.SIGKILL)
@@ -229,14 +237,20 @@ def test_kill_9_of_the_proxy_and_of_a_device_replica_under_load_loses_no_request
     )
     big = threading.Thread(target=lambda: answers.append(urllib.request.urlopen(request, timeout=300).status))
     time.sleep(40)  # Ray restarts the proxy meanwhile; the gateway holds the requests sent to it
+    before = _counts(url)
     big.start()
     time.sleep(0.5)
     os.kill(_ray_process(process.pid, "ServeReplica:genedge:device-0"), signal.SIGKILL)
     big.join(300)
+    after = _counts(url)
     _out, err = load.communicate(timeout=600)
     assert load.returncode == 0, err[-3000:]
     assert answers == [200]  # every image of it served, the lost calls retried on the restarted replica
     assert _metric(url, "genedge_replica_losses_total", action="retried") >= 1
+    # The restarted replica counts from 0; the server carries the old one's counters: they never go back.
+    assert after["restarts"] == 1 and _metric(url, "genedge_device_restarts_total", deployment="device-0") == 1
+    assert all(after[model] >= count for model, count in before.items() if model != "restarts")
+    assert sum(after[m] - before[m] for m in before if m != "restarts") >= 8  # the eight images, at least
     records = pd.read_parquet(tmp_path / "result" / "records")
     assert len(records) == 80 and records["index"].is_unique
     assert set(records["status"]) <= {"ok", "rejected"}, records["error"].dropna().unique()

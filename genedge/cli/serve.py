@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from genedge.serve.controller import ControllerSettings
     from genedge.serve.images import ImageStoreSettings
     from genedge.serve.limits import GatewaySettings
+    from genedge.serve.server import Served, Server
 
 __all__ = ["add_parser", "run"]
 
@@ -99,14 +100,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="refuse a request (503 + Retry-After) when its model already holds this many seconds of planned "
         "work (default: the plan's SLO, else 30)",
     )
-    parser.add_argument(
-        "--address",
-        help="join this Ray cluster (e.g. 'auto' on a node of a running cluster) instead of starting a local instance",
-    )
+    _add_cluster_options(parser)
     _add_access_options(parser)
     _add_limit_options(parser)
     _add_controller_options(parser)
     parser.set_defaults(func=run)
+
+
+def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    """Where Ray runs and how devices are placed on its nodes."""
+    group = parser.add_argument_group("cluster", "where Ray runs and how the devices are placed on its nodes")
+    group.add_argument(
+        "--device-resource",
+        metavar="NAME",
+        help="each device deployment asks Ray for one unit of the custom resource NAME, so that on a cluster whose "
+        "nodes each offer one (ray start --resources '{\"NAME\": 1}') each device runs on a node of its own, as "
+        "num_gpus does on GPUs (default: none)",
+    )
+    group.add_argument(
+        "--address",
+        help="join this Ray cluster (e.g. 'auto') instead of starting a local instance; run genedge serve on the "
+        "cluster's head node, where Ray Serve's proxy runs behind genedge's gateway",
+    )
 
 
 def _add_limit_options(parser: argparse.ArgumentParser) -> None:
@@ -243,10 +258,44 @@ def _gateway(args: argparse.Namespace) -> GatewaySettings | None:
     return GatewaySettings(**given) if given else None
 
 
+def _print_started(args: argparse.Namespace, server: Server, served: Served) -> None:
+    """What ``genedge serve`` says once the server answers: the plan, the start-up calibration check, access."""
+    from genedge.serve.server import calibration_check
+
+    spec = server.spec
+    url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
+    shares = ", ".join(f"{m.name} {m.steps} steps share {m.share:.2f} on device {m.device}" for m in spec.models)
+    print(f"serving {args.plan} ({spec.devices} device(s); {shares})")
+    # Where the files are on this host: GET /v1/plan shows clients only their names.
+    specs = ", ".join(f"{m.key}: {m.spec}" for m in spec.models if m.spec != m.key)
+    print(
+        f"plan {args.plan.resolve()}, table sha256 {spec.table_sha256[:12]}…" + (f"; loaded {specs}" if specs else "")
+    )
+    if server.schedule is not None:
+        print(
+            f"plan schedule: {len(server.schedule.bands)} bands; starting on band {server.schedule.start}, the "
+            "plan for the highest rate, until the rate is seen; switches are in GET /v1/plan and /metrics"
+        )
+    for row in calibration_check(served.handle):
+        print(
+            f"{row.model}: one call takes {row.served_s:.3g} s on the whole device here, "
+            f"{row.table_s:.3g} s in the table (×{row.ratio:.2f})"
+            + ("; the plan's delays will be off by about that factor" if row.off else "")
+        )
+    pinned = f"; device process pinned to cores {list(server.cpus)}" if server.cpus else ""
+    print(
+        f"prompt router: {server.router or 'none (requests must carry a category)'}; "
+        f"shares: {server.realization}{pinned}"
+    )
+    access = "an API key is required on every route but /v1/health" if server.api_key_sha256 else "no API key"
+    print(f"access: {access}; OpenAPI docs {'at /docs' if server.openapi_docs else 'off'}")
+    print(f"listening on {url} — POST /v1/generate, POST /v1/images/generations; Ctrl-C drains and stops", flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     """Check the plan against its table and models, start Ray Serve, serve until a signal, drain."""
     from genedge.serve.access import API_KEY_ENV
-    from genedge.serve.server import calibration_check, drain, parse_cpus, prepare_server, serving
+    from genedge.serve.server import drain, parse_cpus, prepare_server, serving
     from genedge.serve.spec import model_specs_from_pairs
 
     server = prepare_server(
@@ -266,6 +315,7 @@ def run(args: argparse.Namespace) -> int:
         api_key_file=args.api_key_file,
         openapi_docs=args.openapi_docs,
         image_store=_image_store(args),
+        device_resource=args.device_resource,
     )
     # Read once: Ray's workers inherit this process's environment, and the server keeps only the key's digest.
     os.environ.pop(API_KEY_ENV, None)
@@ -282,36 +332,7 @@ def run(args: argparse.Namespace) -> int:
         stop=stop,
         gateway=_gateway(args),
     ) as served:
-        url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
-        shares = ", ".join(f"{m.name} {m.steps} steps share {m.share:.2f} on device {m.device}" for m in spec.models)
-        print(f"serving {args.plan} ({spec.devices} device(s); {shares})")
-        # Where the files are on this host: GET /v1/plan shows clients only their names.
-        specs = ", ".join(f"{m.key}: {m.spec}" for m in spec.models if m.spec != m.key)
-        print(
-            f"plan {args.plan.resolve()}, table sha256 {spec.table_sha256[:12]}…"
-            + (f"; loaded {specs}" if specs else "")
-        )
-        if server.schedule is not None:
-            print(
-                f"plan schedule: {len(server.schedule.bands)} bands; starting on band {server.schedule.start}, the "
-                "plan for the highest rate, until the rate is seen; switches are in GET /v1/plan and /metrics"
-            )
-        for row in calibration_check(served.handle):
-            print(
-                f"{row.model}: one call takes {row.served_s:.3g} s on the whole device here, "
-                f"{row.table_s:.3g} s in the table (×{row.ratio:.2f})"
-                + ("; the plan's delays will be off by about that factor" if row.off else "")
-            )
-        pinned = f"; device process pinned to cores {list(server.cpus)}" if server.cpus else ""
-        print(
-            f"prompt router: {server.router or 'none (requests must carry a category)'}; "
-            f"shares: {server.realization}{pinned}"
-        )
-        access = "an API key is required on every route but /v1/health" if server.api_key_sha256 else "no API key"
-        print(f"access: {access}; OpenAPI docs {'at /docs' if server.openapi_docs else 'off'}")
-        print(
-            f"listening on {url} — POST /v1/generate, POST /v1/images/generations; Ctrl-C drains and stops", flush=True
-        )
+        _print_started(args, server, served)
         stop.wait()
         print("draining: no new requests; finishing those in flight", flush=True)
         summary = drain(served, args.drain_timeout_s)
