@@ -73,6 +73,8 @@ REPLICA_RESTART_S = 5.0
 #: The longest a call waits for a device whose replica was lost to have a new one (Ray restarted one in about
 #: 20 s on a loaded 2-core machine); past it the image is refused with Retry-After.
 REPLICA_WAIT_S = 60.0
+#: Every Ray cluster's head node has one unit of this resource.
+_HEAD_NODE_RESOURCE = "node:__internal_head__"
 #: The longest one read of a device's accounts may take; a device without a replica is read at the next interval.
 _READ_TIMEOUT_S = 5.0
 #: Requests one replica of a deployment takes at once: queueing and refusal are the plan's job, not Ray's.
@@ -139,9 +141,9 @@ class Device:
         result = await asyncio.wrap_future(future)
         return {"png": result.png, "record": result.record, "planned_s": result.planned_s}
 
-    def stats(self) -> dict[str, Any]:
-        """This replica's incarnation and the worker's per-model accounts: ``{"incarnation", "models"}``."""
-        return {"incarnation": self.incarnation, "models": self.worker.stats()}
+    def stats(self) -> tuple[str, dict[str, dict[str, Any]]]:
+        """This replica's incarnation and the worker's per-model accounts."""
+        return self.incarnation, self.worker.stats()
 
     def warmup_s(self) -> dict[str, float]:
         """Device seconds of one call per model on the whole device, timed at start."""
@@ -230,7 +232,7 @@ class Ingress:
         device_of = {model.name: model.device for model in spec.models}
         self.unit_devices = [{device_of[name] for name in names} for _, names in units]
         self.accounts = CarriedAccounts()
-        self.lost_units: set[int] = set()  # devices whose replica died, until one answers again
+        self.down_since: dict[int, float] = {}  # devices whose last read of the accounts failed: since when
         self.category_index = {c: i for i, c in enumerate(spec.categories)}
         self.started = time.monotonic()
         self.in_flight = 0
@@ -314,15 +316,13 @@ class Ingress:
     ) -> dict:
         """The device's answer to one image. A replica that dies under the call (its process killed, say) is
         tried once more, on the replica Ray restarts: a generation changes nothing but the device's counters,
-        so the retry is safe. A second loss is refused (503 with Retry-After), never a bare 500. While a device
-        has no replica known to be alive, a call waits for one at most :data:`REPLICA_WAIT_S`: Ray Serve would
-        hold it forever where it cannot place a new replica (the replica's node gone)."""
+        so the retry is safe. A second loss is refused (503 with Retry-After), never a bare 500; so is a call to
+        a device that has had no live replica for :data:`REPLICA_WAIT_S` (:meth:`_device_answer`)."""
         unit = self.unit_handles.index(handle)
-        call = handle.generate.remote(model, prompt, seed, request_id)
         try:
-            return await (asyncio.wait_for(call, REPLICA_WAIT_S) if unit in self.lost_units else call)
+            return await self._device_answer(unit, handle.generate.remote(model, prompt, seed, request_id))
         except _REPLICA_LOST as err:
-            self.lost_units.add(unit)
+            self.down_since.setdefault(unit, time.monotonic())
             self.metrics.replica_lost(model, retried=retry)
             self.served_calibration = None  # a new replica: its start-up timing is checked again
             if retry:
@@ -336,6 +336,20 @@ class Ingress:
                 f"{REPLICA_WAIT_S:g} s (its node gone, or no node with the resources it asks for)"
             )
             raise Overloaded(message, retry_after_s=REPLICA_RESTART_S) from err
+
+    async def _device_answer(self, unit: int, call: Any) -> Any:
+        """``call``'s answer; TimeoutError once device ``unit`` has been without a live replica (its accounts
+        unread, :meth:`_accounts`) for :data:`REPLICA_WAIT_S`. Ray Serve holds a call to a deployment without
+        replicas until one starts, forever where none can be placed (its node gone)."""
+        task = asyncio.ensure_future(call)
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=READ_EVERY_S)
+            if done:
+                return task.result()
+            down = self.down_since.get(unit)
+            if down is not None and time.monotonic() - down > REPLICA_WAIT_S:
+                task.cancel()
+                raise TimeoutError
 
     def _denied(self, request: Any) -> Any | None:
         """The 401 answer to a request without this server's API key, or None where it may pass."""
@@ -463,12 +477,13 @@ class Ingress:
         merged: dict[str, dict[str, Any]] = {}
         for unit, answer in enumerate(answers):
             if isinstance(answer, (TimeoutError, _REPLICA_LOST)):
-                self.lost_units.add(unit)
+                self.down_since.setdefault(unit, time.monotonic())
             elif isinstance(answer, BaseException):
                 raise answer
             else:
-                self.lost_units.discard(unit)
-                if self.accounts.update(unit, answer["incarnation"], answer["models"]):
+                self.down_since.pop(unit, None)
+                incarnation, models = answer
+                if self.accounts.update(unit, incarnation, models):
                     self._restarted(unit)
             if self.accounts.known(unit):
                 merged.update(self.accounts.merged(unit))
@@ -498,7 +513,7 @@ class Ingress:
                 devices.setdefault(model.device, {})[model.name] = ModelStats(**merged[model.name])
         restarts = dict.fromkeys(devices, 0)
         for unit, on in enumerate(self.unit_devices):
-            for device in on:
+            for device in on & restarts.keys():
                 restarts[device] += self.accounts.restarts(unit)
         per_device = tuple(DeviceStats(d, models, restarts[d]) for d, models in sorted(devices.items()))
         return StatsResponse(time.monotonic() - self.started, per_device).to_dict()
@@ -628,7 +643,10 @@ def build_application(
         deployment = Device.options(name=name, ray_actor_options=actor, **graceful)
         bound.append(deployment.bind(models, dict(worker_options or {})))
         units.append((name, tuple(m.name for m in models)))
-    return Ingress.options(**graceful).bind(
+    # The ingress runs on the head node, beside Ray Serve's proxy and genedge's gateway (Ray's own libraries pin
+    # their coordinators there by this resource): losing another node then loses its devices, never the front.
+    on_head = {"num_cpus": 0, "resources": {_HEAD_NODE_RESOURCE: 0.001}}
+    return Ingress.options(ray_actor_options=on_head, **graceful).bind(
         spec,
         router,
         units,

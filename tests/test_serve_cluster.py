@@ -1,0 +1,176 @@
+"""A plan served on a two-node Ray cluster on one host (a second raylet with its own resources, as Ray's own
+tests start one), one device per node; then one node's raylet killed while the plan is served.
+
+Each node offers one unit of a custom resource and ``genedge serve --device-resource`` makes each device
+deployment ask for one, so the plan's two devices land on the two nodes (on GPUs ``num_gpus`` does the same).
+When the worker node dies, its device cannot be placed again (the head's unit is taken): requests routed to it
+get 503 with Retry-After naming why, within the server's bounded wait, and the other device keeps serving; if
+Ray had put the ingress on the dead node too, Ray restarts it on the head and the gateway answers meanwhile.
+No request goes unanswered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import DemoRun, genedge_env, wait_until_serving
+
+pytestmark = pytest.mark.slow
+
+HOST = "127.0.0.1"
+RESOURCE = "genedge_device"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _serving_extras() -> None:
+    pytest.importorskip("diffusers", reason="serving replicas needs genedge[profile]")
+    pytest.importorskip("ray.serve", reason="needs genedge[serve]")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _two_device_plan(demo_run: DemoRun, folder: Path) -> Path:
+    """The demo's plan with each model on a whole device of its own (a budget of two)."""
+    demo, done = demo_run
+    assert done.returncode == 0, done.stderr
+    plan = json.loads((demo / "plan.json").read_text())
+    plan["inputs"]["budget_gpu"] = 2.0
+    for model in plan["models"].values():
+        assert model["deployed"]
+        model["share"] = 1.0
+    path = folder / "two-devices.json"
+    path.write_text(json.dumps(plan))
+    return path
+
+
+def _under(root: int) -> dict[int, str]:
+    """The Ray workers among ``root``'s descendants, pid → title (a raylet's workers are its children)."""
+    table = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
+    rows = [line.split(None, 2) for line in table.splitlines() if len(line.split(None, 2)) == 3]
+    children: dict[int, list[int]] = {}
+    for pid, ppid, _ in rows:
+        children.setdefault(int(ppid), []).append(int(pid))
+    ours, stack = set(), [root]
+    while stack:
+        pid = stack.pop()
+        ours.add(pid)
+        stack.extend(children.get(pid, []))
+    return {int(pid): args for pid, _, args in rows if int(pid) in ours and args.startswith("ray::")}
+
+
+def _post(url: str, category: str) -> tuple[int, dict, str | None]:
+    body = json.dumps({"prompt": "a lighthouse at dusk", "category": category}).encode()
+    request = urllib.request.Request(f"{url}/v1/generate", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, json.loads(response.read()), None
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read()), err.headers.get("Retry-After")
+
+
+def _round(url: str, categories: list[str]) -> dict[str, tuple[int, dict, str | None]]:
+    with ThreadPoolExecutor(len(categories)) as pool:
+        return dict(zip(categories, pool.map(lambda c: _post(url, c), categories)))
+
+
+def test_a_plan_on_two_nodes_loses_one_and_answers_every_request(demo_run: DemoRun, tmp_path: Path) -> None:
+    from ray.cluster_utils import Cluster
+
+    plan_path = _two_device_plan(demo_run, tmp_path)
+    plan = json.loads(plan_path.read_text())
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "resources": {RESOURCE: 1}, "include_dashboard": False},
+    )
+    process = None
+    try:
+        worker = cluster.add_node(num_cpus=2, resources={RESOURCE: 1})
+        cluster.wait_for_nodes()
+        port = _free_port()
+        url = f"http://{HOST}:{port}"
+        log = (tmp_path / "serve.log").open("w")
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "genedge",
+                "serve",
+                str(plan_path),
+                "--address",
+                cluster.address,
+                "--device-resource",
+                RESOURCE,
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--router",
+                "none",
+            ],
+            stdout=log,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=genedge_env({"CUDA_VISIBLE_DEVICES": ""}),
+        )
+        wait_until_serving(process, url)
+        deadline = time.monotonic() + 240
+        devices: dict[int, set[str]] = {}
+        while len(devices) < 2 and time.monotonic() < deadline:  # until both devices' replicas answer
+            time.sleep(1)
+            with urllib.request.urlopen(f"{url}/v1/stats", timeout=60) as response:
+                devices = {d["device"]: set(d["models"]) for d in json.loads(response.read())["devices"]}
+        assert sorted(devices) == [0, 1]  # two devices, one per node (each node has one unit of the resource)
+        worker_raylet = worker.all_processes["raylet"][0].process.pid
+        workers = _under(worker_raylet)
+        on_worker = [t for t in workers.values() if t.startswith("ray::ServeReplica:genedge:")]
+        assert len(on_worker) == 1, on_worker  # one device; the ingress is on the head node
+        lost_device = int(on_worker[0].split("device-")[1].split(".")[0].split()[0])
+        (lost_model,) = devices[lost_device]
+        routed = {c: {m for m, p in models.items() if p > 0} for c, models in plan["routing"].items()}
+        lost = [c for c, models in routed.items() if models == {lost_model}]
+        kept = [c for c, models in routed.items() if lost_model not in models]
+        assert lost and kept, routed  # the demo's plan routes some categories to each model alone
+        assert {status for status, _, _ in _round(url, lost + kept).values()} == {200}
+
+        # The node is lost as a machine is: its raylet and every process it ran (which would otherwise serve on
+        # until they notice their raylet is gone).
+        cluster.remove_node(worker, allow_graceful=False)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for _ in range(2):  # while Ray finds out, and once it has
+            answers = _round(url, lost + kept)
+            for category, (status, body, retry_after) in answers.items():
+                assert status == 200 or (status == 503 and retry_after is not None and "message" in body["error"]), (
+                    category,
+                    status,
+                    body,
+                )
+        summary = {c: (status, body.get("record", body.get("error"))) for c, (status, body, _) in answers.items()}
+        assert all(answers[c][0] == 200 for c in kept), (lost_model, summary)
+        assert all(answers[c][0] == 503 for c in lost), (lost_model, summary)
+        assert all("has not started another" in answers[c][1]["error"]["message"] for c in lost), summary
+    finally:
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        cluster.shutdown()
