@@ -324,7 +324,6 @@ class Ingress:
         except _REPLICA_LOST as err:
             self.down_since.setdefault(unit, time.monotonic())
             self.metrics.replica_lost(model, retried=retry)
-            self.served_calibration = None  # a new replica: its start-up timing is checked again
             if retry:
                 return await self._generate(handle, model, prompt, seed, request_id, retry=False)
             message = f"the replica serving {model} was lost twice under this image ({type(err).__name__})"

@@ -284,7 +284,6 @@ class Gateway:
             try:
                 answer = await self._exchange(request, body)
             except OSError as err:  # no connection: nothing was sent
-                answer = None
                 reason = f"no connection to Ray Serve's proxy ({type(err).__name__})"
             except _ProxyLost as lost:
                 self.events["proxy_lost"] += 1

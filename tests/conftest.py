@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -141,6 +141,55 @@ def wait_until_serving(process: subprocess.Popen, url: str, timeout_s: float = 2
             time.sleep(1)
     process.kill()
     pytest.fail(f"genedge serve did not answer within {timeout_s:g} s")
+
+
+@pytest.fixture(scope="module")
+def serving_extras() -> None:
+    """Skip a module that serves replicas where genedge[profile] or genedge[serve] is missing (``pytestmark =
+    pytest.mark.usefixtures("serving_extras")``). Checked when a test runs, not at collection: importing Ray
+    Serve costs seconds that a run deselecting the (slow) serving tests should not pay."""
+    pytest.importorskip("diffusers", reason="serving replicas needs genedge[profile]")
+    pytest.importorskip("ray.serve", reason="needs genedge[serve]")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (for a server a test starts on loopback)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def read_http_response(sock: Any) -> tuple[int, dict[str, str], bytes]:
+    """The status, headers (lower-cased names) and body of the HTTP/1.1 answer read from socket ``sock``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed without an answer after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    while len(body) < int(headers["content-length"]):
+        body += sock.recv(65536)
+    return int(status_line.split()[1]), headers, body
+
+
+def ray_workers_under(root: int) -> dict[int, str]:
+    """The Ray worker processes among ``root``'s descendants, pid → title (``ray::...``): a ``genedge serve``'s
+    actors are under the Ray it started, a node's under its raylet."""
+    table = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
+    rows = [line.split(None, 2) for line in table.splitlines() if len(line.split(None, 2)) == 3]
+    children: dict[int, list[int]] = {}
+    for pid, ppid, _ in rows:
+        children.setdefault(int(ppid), []).append(int(pid))
+    ours, stack = set(), [root]
+    while stack:
+        pid = stack.pop()
+        ours.add(pid)
+        stack.extend(children.get(pid, []))
+    return {int(pid): args for pid, _, args in rows if int(pid) in ours and args.startswith("ray::")}
 
 
 def run_python(code: str, *, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DemoRun, genedge_env, genedge_in_process, run_genedge, wait_until_serving
+from conftest import DemoRun, free_port, genedge_env, genedge_in_process, run_genedge, wait_until_serving
 
 from genedge import data
 from genedge.calibrate.served import calibrate_served, read_served, recalibrate
@@ -310,18 +309,12 @@ def test_records_written_before_they_carried_the_share_read_it_as_null(served_sp
     np.testing.assert_allclose(calls["share"], [shares[m] for m in calls["model"]])
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_a_served_demo_recalibrates_its_table(demo_run: DemoRun, tmp_path: Path) -> None:
     pytest.importorskip("ray", reason="serving needs genedge[serve]")
     folder, done = demo_run
     assert done.returncode == 0, done.stderr
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
         [

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import free_port, read_http_response
 
 pytest.importorskip("h11", reason="the gateway needs genedge[serve]")
 
@@ -54,12 +55,6 @@ class _Upstream(BaseHTTPRequestHandler):
         pass
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def _start_upstream(port: int) -> ThreadingHTTPServer:
     upstream = ThreadingHTTPServer((HOST, port), _Upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
@@ -68,7 +63,7 @@ def _start_upstream(port: int) -> ThreadingHTTPServer:
 
 @pytest.fixture
 def upstream_port() -> int:
-    return _free_port()
+    return free_port()
 
 
 @pytest.fixture
@@ -82,7 +77,7 @@ def upstream(upstream_port: int) -> Iterator[ThreadingHTTPServer]:
 def _gateway(upstream_port: int, **limits: float) -> tuple[Gateway, int]:
     settings = GatewaySettings(**{"header_timeout_s": 1.0, "body_timeout_s": 1.0, "proxy_wait_s": 2.0, **limits})
     gateway = Gateway(settings, (HOST, upstream_port))
-    port = _free_port()
+    port = free_port()
     gateway.start(HOST, port)
     return gateway, port
 
@@ -98,22 +93,7 @@ def _exchange(port: int, raw: bytes, *, wait_s: float = 10.0) -> tuple[int, dict
     """Send ``raw`` on a new connection; the status, headers and body of the answer (read until closed or whole)."""
     with socket.create_connection((HOST, port), timeout=wait_s) as sock:
         sock.sendall(raw)
-        return _read_response(sock)
-
-
-def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise AssertionError(f"connection closed without an answer: {data!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode().split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-    while len(body) < int(headers["content-length"]):
-        body += sock.recv(65536)
-    return int(status_line.split()[1]), headers, body
+        return read_http_response(sock)
 
 
 def _post(path: str, body: bytes, *extra: str) -> bytes:
@@ -132,7 +112,7 @@ def test_a_request_is_forwarded_whole_with_its_host_and_kept_alive(gateway) -> N
     with socket.create_connection((HOST, port), timeout=10) as sock:
         for i in range(3):  # one connection, three requests: keep-alive through the gateway
             sock.sendall(_post("/v1/generate", json.dumps({"prompt": f"p{i}"}).encode()))
-            status, _, body = _read_response(sock)
+            status, _, body = read_http_response(sock)
             assert status == 200
             assert json.loads(body) == {"echo": {"prompt": f"p{i}"}, "host": "genedge.test"}
 
@@ -165,7 +145,7 @@ def test_slow_headers_and_bodies_get_408_and_others_are_served_meanwhile(gateway
         for i, sock in enumerate(slow):  # half stop inside their headers, half inside their bodies
             sock.sendall(b"POST /v1/gen" if i % 2 else _post("/v1/generate", b'{"prompt": "x"}')[:-5])
         assert _exchange(port, _post("/v1/generate", b'{"prompt": "meanwhile"}'))[0] == 200
-        answers = [_read_response(sock) for sock in slow]
+        answers = [read_http_response(sock) for sock in slow]
     finally:
         for sock in slow:
             sock.close()

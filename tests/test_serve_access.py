@@ -22,7 +22,7 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
-from conftest import DemoRun, run_genedge, wait_until_serving
+from conftest import DemoRun, free_port, run_genedge, wait_until_serving
 
 from genedge.contract.table_file import public_table_document, table_from_dict
 from genedge.serve.access import API_KEY_ENV, bearer_matches, key_digest, read_api_key
@@ -153,13 +153,13 @@ def _png_size(png: bytes) -> tuple[int, int]:
 def server(demo_run: DemoRun, tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("diffusers", reason="serving replicas needs genedge[profile]")
     pytest.importorskip("ray.serve", reason="needs genedge[serve]")
-    from test_serve_http import ENV, _free_port
+    from test_serve_http import ENV
 
     folder, done = demo_run
     assert done.returncode == 0, done.stderr
     key_file = tmp_path_factory.mktemp("key") / "api-key"
     key_file.write_text(KEY + "\n")
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "genedge", "serve", str(folder / "plan.json"), "--host", HOST, "--port", str(port),
          "--api-key-file", str(key_file), "--image-max-count", "2"],

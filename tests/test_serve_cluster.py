@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,24 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import DemoRun, genedge_env, wait_until_serving
+from conftest import DemoRun, free_port, genedge_env, ray_workers_under, wait_until_serving
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("serving_extras")]
 
 HOST = "127.0.0.1"
 RESOURCE = "genedge_device"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _serving_extras() -> None:
-    pytest.importorskip("diffusers", reason="serving replicas needs genedge[profile]")
-    pytest.importorskip("ray.serve", reason="needs genedge[serve]")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def _two_device_plan(demo_run: DemoRun, folder: Path) -> Path:
@@ -57,21 +44,6 @@ def _two_device_plan(demo_run: DemoRun, folder: Path) -> Path:
     path = folder / "two-devices.json"
     path.write_text(json.dumps(plan))
     return path
-
-
-def _under(root: int) -> dict[int, str]:
-    """The Ray workers among ``root``'s descendants, pid → title (a raylet's workers are its children)."""
-    table = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
-    rows = [line.split(None, 2) for line in table.splitlines() if len(line.split(None, 2)) == 3]
-    children: dict[int, list[int]] = {}
-    for pid, ppid, _ in rows:
-        children.setdefault(int(ppid), []).append(int(pid))
-    ours, stack = set(), [root]
-    while stack:
-        pid = stack.pop()
-        ours.add(pid)
-        stack.extend(children.get(pid, []))
-    return {int(pid): args for pid, _, args in rows if int(pid) in ours and args.startswith("ray::")}
 
 
 def _post(url: str, category: str) -> tuple[int, dict, str | None]:
@@ -102,7 +74,7 @@ def test_a_plan_on_two_nodes_loses_one_and_answers_every_request(demo_run: DemoR
     try:
         worker = cluster.add_node(num_cpus=2, resources={RESOURCE: 1})
         cluster.wait_for_nodes()
-        port = _free_port()
+        port = free_port()
         url = f"http://{HOST}:{port}"
         log = (tmp_path / "serve.log").open("w")
         process = subprocess.Popen(
@@ -137,7 +109,7 @@ def test_a_plan_on_two_nodes_loses_one_and_answers_every_request(demo_run: DemoR
                 devices = {d["device"]: set(d["models"]) for d in json.loads(response.read())["devices"]}
         assert sorted(devices) == [0, 1]  # two devices, one per node (each node has one unit of the resource)
         worker_raylet = worker.all_processes["raylet"][0].process.pid
-        workers = _under(worker_raylet)
+        workers = ray_workers_under(worker_raylet)
         on_worker = [t for t in workers.values() if t.startswith("ray::ServeReplica:genedge:")]
         assert len(on_worker) == 1, on_worker  # one device; the ingress is on the head node
         lost_device = int(on_worker[0].split("device-")[1].split(".")[0].split()[0])

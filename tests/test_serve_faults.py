@@ -22,25 +22,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import DemoRun, genedge_env, wait_until_serving
+from conftest import DemoRun, free_port, genedge_env, ray_workers_under, read_http_response, wait_until_serving
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("serving_extras")]
 
 HOST = "127.0.0.1"
 HEADER_TIMEOUT_S = 2.0
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _serving_extras() -> None:
-    pytest.importorskip("diffusers", reason="serving replicas needs genedge[profile]")
-    pytest.importorskip("ray.serve", reason="needs genedge[serve]")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +39,7 @@ def server(demo_run: DemoRun):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < 4096:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -89,17 +77,8 @@ def _generate_raw(body: bytes, length: int | None = None) -> bytes:
 
 def _answer(sock: socket.socket) -> tuple[int, dict[str, str], dict]:
     """Status, headers and JSON body of the answer on ``sock``."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed without an answer after {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode().split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-    while len(body) < int(headers["content-length"]):
-        body += sock.recv(65536)
-    return int(status_line.split()[1]), headers, json.loads(body)
+    status, headers, body = read_http_response(sock)
+    return status, headers, json.loads(body)
 
 
 def _served(url: str) -> int:
@@ -156,17 +135,7 @@ def test_1000_slow_connections_get_408_and_a_request_is_served_after(server) -> 
 
 def _ray_process(server_pid: int, name: str) -> int:
     """The pid of the Ray worker titled ``ray::NAME`` among the server's descendants."""
-    table = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
-    rows = [line.split(None, 2) for line in table.splitlines() if line.strip()]
-    children: dict[int, list[int]] = {}
-    for pid, ppid, _ in rows:
-        children.setdefault(int(ppid), []).append(int(pid))
-    ours, stack = set(), [server_pid]
-    while stack:
-        pid = stack.pop()
-        ours.add(pid)
-        stack.extend(children.get(pid, []))
-    found = [int(pid) for pid, _, args in rows if int(pid) in ours and args.startswith(f"ray::{name}")]
+    found = [pid for pid, title in ray_workers_under(server_pid).items() if title.startswith(f"ray::{name}")]
     assert found, f"no ray::{name} process under the server"
     return found[0]
 

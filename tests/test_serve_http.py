@@ -12,7 +12,6 @@ import base64
 import hashlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,29 +23,15 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
-from conftest import DemoRun, genedge_env, run_genedge, wait_until_serving
+from conftest import DemoRun, free_port, genedge_env, run_genedge, wait_until_serving
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _serving_extras() -> None:
-    # Checked when a test here runs, not at collection: importing Ray Serve costs seconds that a run
-    # deselecting these (slow) tests should not pay.
-    pytest.importorskip("diffusers", reason="serving replicas needs genedge[profile]")
-    pytest.importorskip("ray.serve", reason="needs genedge[serve]")
-
-
+pytestmark = pytest.mark.usefixtures("serving_extras")
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
 ENV = genedge_env(CPU_ONLY)
 HOST = "127.0.0.1"
 # Basic is split between the models so that the deterministic routing fractions can be checked.
 BASIC_SPLIT = {"replica:tiny": 0.25, "replica:tiny-xl": 0.75}
 QUEUE_BOUND_S = 1.5
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def _genedge(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -83,7 +68,7 @@ def demo(demo_run: DemoRun) -> Path:
 
 @pytest.fixture(scope="module")
 def server(demo: Path):
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -346,7 +331,7 @@ def test_sigterm_drains_requests_in_flight_then_exits(server) -> None:
 def test_sigterm_as_soon_as_the_server_answers_still_drains(demo: Path) -> None:
     """The proxy answers before Ray Serve reports the application running: a SIGTERM then is caught and drained
     too, not met by Ray's own handler (which aborts the process)."""
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "genedge", "serve", str(demo / "split-plan.json"), "--host", HOST, "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
@@ -367,7 +352,7 @@ def test_a_plan_whose_table_changed_is_refused_at_start(demo: Path, tmp_path: Pa
     table["device"]["name"] = "another machine"
     changed = tmp_path / "table.json"
     changed.write_text(json.dumps(table))
-    done = _genedge("serve", str(demo / "plan.json"), "--table", str(changed), "--port", str(_free_port()))
+    done = _genedge("serve", str(demo / "plan.json"), "--table", str(changed), "--port", str(free_port()))
     assert done.returncode == 2
     assert "inputs.table_sha256" in done.stderr and "plan again" in done.stderr
 
@@ -408,7 +393,7 @@ def test_a_plan_on_the_reference_table_serves_a_saved_folder_and_a_cached_hub_id
     assert done.returncode == 0, done.stderr
     deployed = {k for k, v in json.loads(plan.read_text())["models"].items() if v["deployed"]}
     assert deployed == {"sd15", "sd21"}
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "genedge", "serve", str(plan), "--host", HOST, "--port", str(port), "--router", "none",
          "--model", f"sd15={folder}", "--model", "sd21=genedge-test/sd21"],

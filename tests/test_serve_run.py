@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DemoRun
+from conftest import DemoRun, free_port
 
 from genedge.serve.access import key_digest
 from genedge.serve.images import ImageStoreSettings
@@ -166,10 +166,10 @@ def _processes_of(ray_dir: str) -> list[int]:
 def test_serve_run_with_a_config_file_serves_the_demo_plan(demo: Path, tmp_path: Path) -> None:
     openai = pytest.importorskip("openai")
     yaml = pytest.importorskip("yaml")
-    from test_serve_http import ENV, HOST, _free_port, _get
+    from test_serve_http import ENV, HOST, _get
 
     plan = json.loads((demo / "plan.json").read_text())
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "serve.yaml"
     config.write_text(
         yaml.safe_dump(

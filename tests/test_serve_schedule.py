@@ -10,7 +10,6 @@ gets an answer (200, or 503 with ``Retry-After`` when a queue is at its bound), 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -20,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import DemoRun, genedge_env, run_genedge, wait_until_serving
+from conftest import DemoRun, free_port, genedge_env, run_genedge, wait_until_serving
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("serving_extras")]
 
 HOST = "127.0.0.1"
 ENV = genedge_env({"CUDA_VISIBLE_DEVICES": ""})
@@ -35,12 +34,6 @@ CAPACITY = 7.7
 # requests/s; the high phase is past the lowest band's edge even if this machine serves calls 3x faster than
 # profiled.
 PHASES = ((0.5, 3 * WINDOW_S + DWELL_S + 4), (8.0, 3 * WINDOW_S), (0.5, 3 * WINDOW_S + 2 * DWELL_S + 4))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _serving_extras() -> None:
-    pytest.importorskip("diffusers", reason="serving replicas needs genedge[profile]")
-    pytest.importorskip("ray.serve", reason="needs genedge[serve]")
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +56,6 @@ def schedule(demo_run: DemoRun) -> Path:
     return folder / "schedule.json"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def _get(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=30) as response:
         return json.loads(response.read())
@@ -87,7 +74,7 @@ def _post(url: str, body: dict) -> tuple[int, dict, str | None]:
 
 @pytest.fixture(scope="module")
 def server(schedule: Path):
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             sys.executable, "-m", "genedge", "serve", str(schedule), "--host", HOST, "--port", str(port),
