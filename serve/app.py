@@ -237,6 +237,8 @@ class Ingress:
         self.started = time.monotonic()
         self.in_flight = 0
         self.draining = False
+        # Request ids are this ingress's start token and a count, so a restarted ingress does not reuse them.
+        self.run_token = uuid.uuid4().hex[:8]
         self.counter = 0
         self.served_calibration: list[dict[str, Any]] | None = None
         self.metrics = _metrics(self.plans)
@@ -292,7 +294,7 @@ class Ingress:
         category, source, probability = self._category(request)
         model, handle = self.plans.route(self.category_index[category])
         self.counter += 1
-        request_id = f"r{self.counter}"
+        request_id = f"{self.run_token}-{self.counter}"
         self.metrics.arrived(category, model.name)
         self.plans.arrived_image(category, request.n)
         result = await self._generate(handle, model.name, request.prompt, seed, request_id)
@@ -324,6 +326,11 @@ class Ingress:
         except _REPLICA_LOST as err:
             self.down_since.setdefault(unit, time.monotonic())
             self.metrics.replica_lost(model, retried=retry)
+            # Ray's reason (killed, its node gone, its memory monitor past the threshold) is in the error's text.
+            reason = " ".join(str(err).split())[:400]
+            logger.warning(
+                "%s: a call was lost with its replica (%s); %s", model, reason, "retried" if retry else "refused"
+            )
             if retry:
                 return await self._generate(handle, model, prompt, seed, request_id, retry=False)
             message = f"the replica serving {model} was lost twice under this image ({type(err).__name__})"

@@ -100,7 +100,7 @@ CATEGORY_SOURCES = ("given", "router")
 #: call, service_s the call (text encoding, every step, decoding) under the share scheduler,
 #: response_s from arrival at the server's ingress to the image being ready.
 RECORD_FIELDS: dict[str, str] = {
-    "request_id": "string",
+    "request_id": "string",  # the ingress's start token and a count: unique across its restarts
     "category": "string",
     "category_source": "string",
     "category_probability": "double",  # the router's probability of its category; null when given

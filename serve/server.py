@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -64,14 +65,17 @@ __all__ = [
     "BUILDER_IMPORT_PATH",
     "CalibrationRow",
     "DrainSummary",
+    "RAY_MEMORY_THRESHOLD",
     "Served",
     "Server",
     "app_builder",
     "build_app",
     "calibration_check",
     "drain",
+    "local_ray_environment",
     "parse_cpus",
     "prepare_server",
+    "ray_memory_threshold",
     "server_from_args",
     "serving",
 ]
@@ -83,6 +87,11 @@ BUILDER_IMPORT_PATH = "genedge.serve.server:app_builder"
 DEFAULT_DRAIN_TIMEOUT_S = 120.0
 #: A model whose call here differs from the table's by more than this fraction makes the plan's delays off.
 CALIBRATION_TOLERANCE = 0.2
+#: Ray's own default share of a node's memory past which its memory monitor kills workers.
+RAY_MEMORY_THRESHOLD = 0.95
+_RAY_MEMORY_THRESHOLD = "RAY_memory_usage_threshold"
+#: Ray's switch for taking the machine's address as the node's (off by default on macOS and Windows only).
+_RAY_NODE_OUTSIDE_LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 Cpus = Sequence[int] | Literal["auto", "none"]
 
@@ -253,8 +262,8 @@ def _uses_gpus(device: str | None) -> bool:
         return device.startswith("cuda")
     from genedge.profiler._imports import require
 
-    ray = require("ray", extra="serve")
-    if ray.is_initialized():
+    ray = sys.modules.get("ray")  # not imported here: a Ray imported before serving() would leave loopback
+    if ray is not None and ray.is_initialized():
         return ray.cluster_resources().get("GPU", 0) > 0
     return bool(require("torch").cuda.is_available())
 
@@ -591,6 +600,7 @@ def serving(
     log_to_driver: bool = False,
     stop: threading.Event | None = None,
     gateway: GatewaySettings | None = None,
+    memory_threshold: float | None = None,
 ) -> Iterator[Served]:
     """Serve on Ray Serve over HTTP while the ``with`` block runs; yields the ingress's handle and the gateway.
 
@@ -601,9 +611,8 @@ def serving(
     and warmed up. On leaving, it undoes what it did:
     with a Ray it connected to, it shuts Serve down and disconnects (stopping a Ray it started); in a
     Ray the caller had connected to, it deletes the application and leaves the rest running. Call
-    :func:`drain` first to let requests in flight finish. A local Ray it starts runs its workers at
-    niceness 0 (it sets ``RAY_worker_niceness`` in this process's environment unless set), so that a
-    served model does not yield the CPU to every other process.
+    :func:`drain` first to let requests in flight finish. A local Ray it starts listens on loopback only and
+    runs its workers at niceness 0 (:func:`local_ray_environment`).
 
     Args:
         server: what :func:`prepare_server` decided.
@@ -616,23 +625,20 @@ def serving(
             which exits at once; this one lets the caller drain). The proxy may answer before the application
             reports it is running, so a signal in that time is caught too. Main thread only.
         gateway: the gateway's limits (default: :class:`~genedge.serve.gateway.GatewaySettings`' defaults).
+        memory_threshold: the share of the node's memory past which the memory monitor of a Ray this starts
+            kills workers (default: Ray's, :data:`RAY_MEMORY_THRESHOLD`; see :func:`local_ray_environment`).
     """
     from genedge.profiler._imports import require
-    from genedge.serve.app import APP_NAME
     from genedge.serve.gateway import Gateway
     from genedge.serve.limits import GatewaySettings
 
     if not 0 < port < 65536:
         raise ValueError(f"port: expected a TCP port from 1 to 65535, but got {port}")
+    connect = _connect_ray(address, log_to_driver, memory_threshold)
     ray = require("ray", extra="serve")
     serve = require("ray.serve", extra="serve")
-    connect = not ray.is_initialized()
-    if connect:
-        if address is None:
-            # Ray runs its workers at niceness 15 by default; a served model would then yield the CPU to any
-            # other process, and its step times would no longer be the ones the plan was calibrated with.
-            os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(address=address, include_dashboard=False, log_to_driver=log_to_driver, logging_level=logging.WARNING)
+    from genedge.serve.app import APP_NAME
+
     if stop is not None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
@@ -653,6 +659,72 @@ def serving(
     finally:
         if connect:
             ray.shutdown()
+
+
+def _connect_ray(address: str | None, log_to_driver: bool, memory_threshold: float | None) -> bool:
+    """Start (or join) Ray for :func:`serving` unless this process is connected already; whether it connected."""
+    from genedge.profiler._imports import require
+
+    imported = sys.modules.get("ray")
+    connect = imported is None or not imported.is_initialized()
+    if memory_threshold is not None and not (connect and address is None):
+        raise ValueError(
+            "memory_threshold: set only for a Ray this starts; a cluster's is set in its nodes' environment "
+            "(RAY_memory_usage_threshold before ray start)"
+        )
+    if connect and address is None:
+        local_ray_environment(memory_threshold)  # before Ray is imported: it reads part of it at import
+    ray = require("ray", extra="serve")
+    if connect:
+        ray.init(address=address, include_dashboard=False, log_to_driver=log_to_driver, logging_level=logging.WARNING)
+        if address is None:
+            _check_loopback(ray.util.get_node_ip_address())
+    return connect
+
+
+def local_ray_environment(memory_threshold: float | None = None) -> None:
+    """Set how a Ray that genedge starts on this machine runs, in this process's environment (Ray's processes
+    inherit it); a variable already set is left as it is, but for ``memory_threshold``, which is set when given.
+
+    - ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: Ray takes 127.0.0.1 as the node's address, as it does on macOS
+      and Windows, so its GCS, raylet, workers, agents and Prometheus metrics servers listen on loopback only
+      (otherwise on the machine's address or all interfaces). Ray reads it when it is imported, so call this
+      first; :func:`serving` does, and warns if Ray was imported before. A Ray that other machines join is
+      started by ``ray start --head`` and joined with ``address``.
+    - ``RAY_worker_niceness=0``: Ray runs its workers at niceness 15 by default; a served model would then yield
+      the CPU to any other process, and its step times would no longer be the ones the plan was calibrated with.
+    - ``RAY_memory_usage_threshold``: the share of the node's memory past which Ray's memory monitor kills
+      workers (Ray's default :data:`RAY_MEMORY_THRESHOLD`); the monitor can only kill Ray's workers, never
+      another process that takes the memory, so on a node shared with memory-hungry processes a higher
+      threshold keeps the device replicas alive longer.
+
+    Raises:
+        ValueError: ``memory_threshold`` not in (0, 1].
+    """
+    if memory_threshold is not None and not 0 < memory_threshold <= 1:
+        raise ValueError(f"memory_threshold: expected a share of memory in (0, 1], but got {memory_threshold!r}")
+    os.environ.setdefault(_RAY_NODE_OUTSIDE_LOOPBACK, "0")
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    if memory_threshold is not None:
+        os.environ[_RAY_MEMORY_THRESHOLD] = f"{memory_threshold:g}"
+
+
+def ray_memory_threshold() -> float:
+    """The memory threshold a Ray started from this process gets (see :func:`local_ray_environment`)."""
+    return float(os.environ.get(_RAY_MEMORY_THRESHOLD, RAY_MEMORY_THRESHOLD))
+
+
+def _check_loopback(node_ip: str) -> None:
+    """Warn when the Ray :func:`serving` started is not on loopback (Ray was imported before it could say so)."""
+    import ipaddress
+
+    if not ipaddress.ip_address(node_ip).is_loopback:
+        logging.getLogger(__name__).warning(
+            "the Ray started here listens on %s, not on loopback only: Ray was imported before genedge could "
+            "set %s=0 (call genedge.serve.server.local_ray_environment() before importing ray)",
+            node_ip,
+            _RAY_NODE_OUTSIDE_LOOPBACK,
+        )
 
 
 def _free_loopback_port() -> int:

@@ -192,6 +192,16 @@ def ray_workers_under(root: int) -> dict[int, str]:
     return {int(pid): args for pid, _, args in rows if int(pid) in ours and args.startswith("ray::")}
 
 
+def assert_every_request_answered(records: Any, count: int) -> None:
+    """``genedge loadtest``'s records (a DataFrame) hold each of ``count`` requests once, every one served or
+    refused with 503 and a Retry-After: none unanswered, none failed."""
+    assert len(records) == count and records["index"].is_unique
+    assert set(records["status"]) <= {"ok", "rejected"}, records["error"].dropna().unique()
+    rejected = records[records["status"] == "rejected"]
+    assert (rejected["http_status"] == 503).all() and rejected["retry_after_s"].notna().all()
+    assert (records["status"] == "ok").any()
+
+
 def run_python(code: str, *, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess[str]:
     """Run ``python -c CODE`` in a new interpreter (for what only a fresh process shows, such as its imports)."""
     return subprocess.run(

@@ -4,14 +4,16 @@ tests start one), one device per node; then one node's raylet killed while the p
 Each node offers one unit of a custom resource and ``genedge serve --device-resource`` makes each device
 deployment ask for one, so the plan's two devices land on the two nodes (on GPUs ``num_gpus`` does the same).
 When the worker node dies, its device cannot be placed again (the head's unit is taken): requests routed to it
-get 503 with Retry-After naming why, within the server's bounded wait, and the other device keeps serving; if
-Ray had put the ingress on the dead node too, Ray restarts it on the head and the gateway answers meanwhile.
-No request goes unanswered.
+get 503 with Retry-After naming why, within the server's bounded wait, and the other device keeps serving; the
+ingress runs on the head node, beside the proxy and the gateway.
+No request goes unanswered: a ``genedge loadtest`` running over the loss records each request once, served or
+refused, and ``GET /v1/stats`` counts each image the surviving device served once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -23,13 +25,23 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
-from conftest import DemoRun, free_port, genedge_env, ray_workers_under, wait_until_serving
+from conftest import (
+    DemoRun,
+    assert_every_request_answered,
+    free_port,
+    genedge_env,
+    ray_workers_under,
+    wait_until_serving,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("serving_extras")]
 
 HOST = "127.0.0.1"
 RESOURCE = "genedge_device"
+LOAD_REQUESTS = 40
 
 
 def _two_device_plan(demo_run: DemoRun, folder: Path) -> Path:
@@ -59,6 +71,46 @@ def _post(url: str, category: str) -> tuple[int, dict, str | None]:
 def _round(url: str, categories: list[str]) -> dict[str, tuple[int, dict, str | None]]:
     with ThreadPoolExecutor(len(categories)) as pool:
         return dict(zip(categories, pool.map(lambda c: _post(url, c), categories)))
+
+
+def _images(url: str) -> dict[str, int]:
+    """Images served per model, as ``GET /v1/stats`` says."""
+    with urllib.request.urlopen(f"{url}/v1/stats", timeout=60) as response:
+        devices = json.loads(response.read())["devices"]
+    return {model: stats["images"] for device in devices for model, stats in device["models"].items()}
+
+
+def _load(url: str, lost: list[str], kept: list[str], folder: Path) -> subprocess.Popen:
+    """``genedge loadtest`` of :data:`LOAD_REQUESTS` requests a second apart, alternating the lost and the kept
+    categories (a trace file gives each request's time and category), its records kept in ``folder/result``."""
+    lost_turns, kept_turns = itertools.cycle(lost), itertools.cycle(kept)
+    categories = [next(kept_turns if i % 2 else lost_turns) for i in range(LOAD_REQUESTS)]
+    pd.DataFrame({"time_s": np.arange(LOAD_REQUESTS, dtype=float), "category": categories}).to_csv(
+        folder / "trace.csv", index=False
+    )
+    pd.DataFrame({"Prompt": [f"a photo of thing {i}" for i in range(8)]}).to_csv(folder / "prompts.csv", index=False)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "genedge",
+            "loadtest",
+            url,
+            "--prompts",
+            str(folder / "prompts.csv"),
+            "--trace",
+            str(folder / "trace.csv"),
+            "--seed",
+            "1",
+            "--no-progress",
+            "--result-dir",
+            str(folder / "result"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=genedge_env(),
+    )
 
 
 def test_a_plan_on_two_nodes_loses_one_and_answers_every_request(demo_run: DemoRun, tmp_path: Path) -> None:
@@ -119,13 +171,34 @@ def test_a_plan_on_two_nodes_loses_one_and_answers_every_request(demo_run: DemoR
         kept = [c for c, models in routed.items() if lost_model not in models]
         assert lost and kept, routed  # the demo's plan routes some categories to each model alone
         assert {status for status, _, _ in _round(url, lost + kept).values()} == {200}
+        before = _images(url)
 
+        # A load test over the loss: a request a second, the categories of both devices in turn.
+        load = _load(url, lost, kept, tmp_path)
+        deadline = time.monotonic() + 120
+        while sum(_images(url).values()) < sum(before.values()) + 4:  # the load test is under way
+            assert load.poll() is None and time.monotonic() < deadline, load.communicate()[1][-3000:]
+            time.sleep(0.5)
         # The node is lost as a machine is: its raylet and every process it ran (which would otherwise serve on
         # until they notice their raylet is gone).
         cluster.remove_node(worker, allow_graceful=False)
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        _out, err = load.communicate(timeout=900)
+        assert load.returncode == 0, err[-3000:]
+        records = pd.read_parquet(tmp_path / "result" / "records")
+        assert_every_request_answered(records, LOAD_REQUESTS)
+        by_model = records[records["status"] == "ok"].groupby("model").size()
+        assert by_model.get(lost_model, 0) >= 1  # served before the loss
+        status = records.set_index("requested_category")["status"]
+        assert (status[status.index.isin(kept)] == "ok").all()  # the other device served on
+        assert (status[status.index.isin(lost)] == "rejected").any()
+        after = _images(url)
+        (kept_model,) = set(after) - {lost_model}
+        # Every image the kept device served is counted once; the lost device's counters do not go back.
+        assert after[kept_model] - before[kept_model] == by_model[kept_model]
+        assert after[lost_model] >= before[lost_model]
         for _ in range(2):  # while Ray finds out, and once it has
             answers = _round(url, lost + kept)
             for category, (status, body, retry_after) in answers.items():

@@ -1,6 +1,7 @@
 """``genedge serve`` against its clients and its own failures, on loopback: a 100 MB body, 1,000 slow connections
 and a deeply nested JSON body; then ``kill -9`` of Ray Serve's HTTP proxy and of a device replica under a bounded
-``genedge loadtest``, every request answered (200, or a JSON 503 with Retry-After) and recorded.
+``genedge loadtest``, every request answered (200, or a JSON 503 with Retry-After) and recorded; and every port
+the server and the Ray it starts listen on is on loopback, that Ray's memory monitor at the threshold asked for.
 
 One server (a ``genedge serve`` subprocess of the demo's plan, tiny replicas on the CPU) serves every test here;
 the header time-out is set short (2 s) so that slow connections are answered within the test.
@@ -8,6 +9,7 @@ the header time-out is set short (2 s) so that slow connections are answered wit
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import resource
@@ -22,13 +24,22 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import DemoRun, free_port, genedge_env, ray_workers_under, read_http_response, wait_until_serving
+from conftest import (
+    DemoRun,
+    assert_every_request_answered,
+    free_port,
+    genedge_env,
+    ray_workers_under,
+    read_http_response,
+    wait_until_serving,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("serving_extras")]
 
 HOST = "127.0.0.1"
 HEADER_TIMEOUT_S = 2.0
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
+MEMORY_THRESHOLD = 0.97
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +66,8 @@ def server(demo_run: DemoRun):
             str(HEADER_TIMEOUT_S),
             "--proxy-wait-s",
             "90",
+            "--memory-threshold",
+            str(MEMORY_THRESHOLD),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -131,6 +144,42 @@ def test_1000_slow_connections_get_408_and_a_request_is_served_after(server) -> 
     assert {status for status, _, _ in answers} == {408}
     assert "did not arrive within 2 s" in answers[0][2]["error"]["message"]
     assert _served(url) == 200
+
+
+def _grpc_call_without_token(port: int) -> str:
+    """The status name of a gRPC call without credentials to the server on ``port``."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            channel.unary_unary("/ray.serve.ASGIService/HandleRequest")(b"", timeout=30)
+        except grpc.RpcError as err:
+            return err.code().name
+    return "OK"
+
+
+def test_every_port_the_server_and_its_ray_open_is_on_loopback_or_asks_for_a_token(server) -> None:
+    import psutil
+
+    _, port, process, _ = server
+    processes = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    listening = {
+        (proc.pid, proc.name(), conn.laddr.ip, conn.laddr.port)
+        for proc in processes
+        for conn in proc.net_connections(kind="inet")
+        if conn.status == psutil.CONN_LISTEN
+    }
+    names = {name for _, name, _, _ in listening}
+    assert {"gcs_server", "raylet"} <= names and len(listening) > 10  # Ray's own ports are among them
+    exposed = {row for row in listening if not ipaddress.ip_address(row[2].removeprefix("::ffff:")).is_loopback}
+    # Ray Serve binds each replica's inter-deployment gRPC server to every interface, whatever the node's address:
+    # those ports, and only those, are outside loopback, and they refuse a call without the Ray cluster's token.
+    assert all(name.startswith("ray::ServeReplica:") for _, name, _, _ in exposed), exposed
+    for _, _, _, grpc_port in exposed:
+        assert _grpc_call_without_token(grpc_port) == "UNAUTHENTICATED"
+    assert (process.pid, psutil.Process(process.pid).name(), HOST, port) in listening  # the gateway
+    (raylet,) = [proc for proc in processes if proc.name() == "raylet"]
+    assert raylet.environ()["RAY_memory_usage_threshold"] == str(MEMORY_THRESHOLD)
 
 
 def _ray_process(server_pid: int, name: str) -> int:
@@ -222,9 +271,4 @@ def test_kill_9_of_the_proxy_and_of_a_device_replica_under_load_loses_no_request
     # The eight images' calls on the restarted replica are counted; those the killed one finished after the last
     # read of its accounts (at most a second of work) are not: the documented loss.
     assert sum(after[m] - before[m] for m in before if m != "restarts") >= 1
-    records = pd.read_parquet(tmp_path / "result" / "records")
-    assert len(records) == 80 and records["index"].is_unique
-    assert set(records["status"]) <= {"ok", "rejected"}, records["error"].dropna().unique()
-    rejected = records[records["status"] == "rejected"]
-    assert (rejected["http_status"] == 503).all() and rejected["retry_after_s"].notna().all()
-    assert (records["status"] == "ok").any()
+    assert_every_request_answered(pd.read_parquet(tmp_path / "result" / "records"), 80)

@@ -22,11 +22,18 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DemoRun, free_port
+from conftest import DemoRun, free_port, run_python
 
 from genedge.serve.access import key_digest
 from genedge.serve.images import ImageStoreSettings
-from genedge.serve.server import BUILDER_ARGS, BUILDER_IMPORT_PATH, server_from_args
+from genedge.serve.server import (
+    BUILDER_ARGS,
+    BUILDER_IMPORT_PATH,
+    RAY_MEMORY_THRESHOLD,
+    local_ray_environment,
+    ray_memory_threshold,
+    server_from_args,
+)
 
 READY_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 120
@@ -76,6 +83,35 @@ def test_every_builder_argument_is_a_prepare_server_argument() -> None:
     from genedge.serve.server import prepare_server
 
     assert list(BUILDER_ARGS) == list(inspect.signature(prepare_server).parameters)
+
+
+@pytest.mark.parametrize("threshold", [0, -0.1, 1.5])
+def test_a_memory_threshold_outside_0_to_1_is_refused(threshold: float) -> None:
+    with pytest.raises(ValueError, match=r"memory_threshold: expected a share of memory in \(0, 1\]"):
+        local_ray_environment(threshold)
+
+
+def test_the_local_ray_environment_keeps_what_the_user_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")  # the user wants Ray on the machine's address
+    for name in ("RAY_worker_niceness", "RAY_memory_usage_threshold"):
+        monkeypatch.setenv(name, "")  # so that the test's end restores the environment as it was
+        monkeypatch.delenv(name)
+    assert ray_memory_threshold() == RAY_MEMORY_THRESHOLD
+    local_ray_environment(0.98)
+    assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "1" and os.environ["RAY_worker_niceness"] == "0"
+    assert ray_memory_threshold() == 0.98
+
+
+def test_a_ray_started_after_the_local_environment_takes_loopback_as_its_address() -> None:
+    pytest.importorskip("ray", reason="needs genedge[serve]")
+    code = (
+        "import os; [os.environ.pop(k, None) for k in ('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', 'RAY_NODE_IP_ADDRESS')]\n"
+        "from genedge.serve.server import local_ray_environment; local_ray_environment()\n"
+        "import ray._private.services as services; print(services.get_node_ip_address())"
+    )
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "127.0.0.1"
 
 
 @pytest.mark.slow

@@ -8,7 +8,13 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from genedge.serve.server import BUILDER_ARGS, BUILDER_IMPORT_PATH, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_PORT
+from genedge.serve.server import (
+    BUILDER_ARGS,
+    BUILDER_IMPORT_PATH,
+    DEFAULT_DRAIN_TIMEOUT_S,
+    DEFAULT_PORT,
+    RAY_MEMORY_THRESHOLD,
+)
 from genedge.serve.shares import SHARE_REALIZATIONS
 
 if TYPE_CHECKING:
@@ -120,7 +126,16 @@ def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--address",
         help="join this Ray cluster (e.g. 'auto') instead of starting a local instance; run genedge serve on the "
-        "cluster's head node, where Ray Serve's proxy runs behind genedge's gateway",
+        "cluster's head node, where Ray Serve's proxy runs behind genedge's gateway (default: start Ray here, "
+        "listening on loopback only)",
+    )
+    group.add_argument(
+        "--memory-threshold",
+        type=float,
+        metavar="SHARE",
+        help="the share of this machine's memory past which Ray's memory monitor kills Ray's workers (a device "
+        "replica is then restarted); it never kills another process that takes the memory, so raise it on a "
+        f"machine shared with memory-hungry processes (default: Ray's, {RAY_MEMORY_THRESHOLD:g}; not with --address)",
     )
 
 
@@ -260,7 +275,7 @@ def _gateway(args: argparse.Namespace) -> GatewaySettings | None:
 
 def _print_started(args: argparse.Namespace, server: Server, served: Served) -> None:
     """What ``genedge serve`` says once the server answers: the plan, the start-up calibration check, access."""
-    from genedge.serve.server import calibration_check
+    from genedge.serve.server import calibration_check, ray_memory_threshold
 
     spec = server.spec
     url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
@@ -287,6 +302,11 @@ def _print_started(args: argparse.Namespace, server: Server, served: Served) -> 
         f"prompt router: {server.router or 'none (requests must carry a category)'}; "
         f"shares: {server.realization}{pinned}"
     )
+    if args.address is None:
+        print(
+            "ray: started here, on loopback only; its memory monitor kills its workers past "
+            f"{ray_memory_threshold():.0%} of this machine's memory (--memory-threshold)"
+        )
     access = "an API key is required on every route but /v1/health" if server.api_key_sha256 else "no API key"
     print(f"access: {access}; OpenAPI docs {'at /docs' if server.openapi_docs else 'off'}")
     print(f"listening on {url} — POST /v1/generate, POST /v1/images/generations; Ctrl-C drains and stops", flush=True)
@@ -331,6 +351,7 @@ def run(args: argparse.Namespace) -> int:
         log_to_driver=args.verbose > 0,
         stop=stop,
         gateway=_gateway(args),
+        memory_threshold=args.memory_threshold,
     ) as served:
         _print_started(args, server, served)
         stop.wait()
