@@ -608,9 +608,9 @@ def serving(
     HTTP proxy on a free loopback port behind a :class:`~genedge.serve.gateway.Gateway` that listens on
     ``host:port`` (limits, time-outs, and an answer while Ray's proxy restarts), deploys ``server``'s
     application as :data:`~genedge.serve.app.APP_NAME` at ``/`` and waits until its models are loaded
-    and warmed up. On leaving, it undoes what it did:
-    with a Ray it connected to, it shuts Serve down and disconnects (stopping a Ray it started); in a
-    Ray the caller had connected to, it deletes the application and leaves the rest running. Call
+    and warmed up. On leaving, it undoes what it did: it stops a Ray it started; in a Ray it joined, it
+    shuts Serve down and disconnects; in a Ray the caller had connected to, it deletes the application and
+    leaves the rest running. Call
     :func:`drain` first to let requests in flight finish. A local Ray it starts listens on loopback only and
     runs its workers at niceness 0 (:func:`local_ray_environment`).
 
@@ -620,7 +620,7 @@ def serving(
         port: HTTP port.
         address: a Ray cluster to join (e.g. ``"auto"``) instead of starting a local instance; run on its head
             node, where Ray Serve's proxy then runs.
-        log_to_driver: show the deployments' logs in this process.
+        log_to_driver: show the deployments' logs, and Ray Serve's steps, in this process.
         stop: set on SIGINT or SIGTERM from the moment Ray is started on (Ray installs its own SIGTERM handler,
             which exits at once; this one lets the caller drain). The proxy may answer before the application
             reports it is running, so a signal in that time is caught too. Main thread only.
@@ -637,28 +637,55 @@ def serving(
     connect = _connect_ray(address, log_to_driver, memory_threshold)
     ray = require("ray", extra="serve")
     serve = require("ray.serve", extra="serve")
+    if not log_to_driver:  # Ray Serve's start-up steps at INFO; its warnings and errors still show
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     from genedge.serve.app import APP_NAME
 
-    if stop is not None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
-    front = Gateway(gateway or GatewaySettings(), ("127.0.0.1", _free_loopback_port()))
-    try:
+    with contextlib.ExitStack() as undo:  # what was done, undone in reverse order on leaving
+        if connect:
+            undo.callback(ray.shutdown)
+        if stop is not None:
+            undo.enter_context(_set_on_signals(stop))
+        front = Gateway(gateway or GatewaySettings(), ("127.0.0.1", _free_loopback_port()))
         # One proxy, on the head node: the gateway forwards to it on loopback, so genedge serve runs on the head
         # (proxies on other nodes would bind their own loopback, which no gateway reaches).
         serve.start(proxy_location="HeadOnly", http_options={"host": front.upstream[0], "port": front.upstream[1]})
+        # A Ray started here stops with Serve's actors at once: shutting Serve down first would only make its
+        # proxy and replicas log failed calls to the controller it had killed.
+        if connect and address is not None:
+            undo.callback(serve.shutdown)
+        elif not connect:
+            undo.callback(serve.delete, APP_NAME)
         front.start(host, port)
-        try:
-            yield Served(serve.run(server.application(), name=APP_NAME, route_prefix="/", blocking=False), front)
-        finally:
-            front.close()
-            if connect:
-                serve.shutdown()
-            else:
-                serve.delete(APP_NAME)
+        undo.callback(front.close)
+        yield Served(serve.run(server.application(), name=APP_NAME, route_prefix="/", blocking=False), front)
+
+
+@contextlib.contextmanager
+def _set_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGINT or SIGTERM while the block runs. The handler only writes a byte to a pipe, which a
+    thread reads to set the event: a handler that set the event itself would deadlock on the event's lock when
+    a second signal interrupts it there (Ctrl-C twice, or a SIGTERM beside it)."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+
+    def relay() -> None:
+        with open(read_end, "rb", buffering=0) as pipe:
+            if pipe.read(1):  # b"" when the block has ended without a signal
+                stop.set()
+
+    def handler(signum: int, frame: Any) -> None:
+        with contextlib.suppress(OSError):  # the pipe full of earlier signals: one is enough
+            os.write(write_end, b"\0")
+
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    threading.Thread(target=relay, name="genedge-signals", daemon=True).start()
+    try:
+        yield
     finally:
-        if connect:
-            ray.shutdown()
+        for signum, restored in previous.items():
+            signal.signal(signum, restored)
+        os.close(write_end)
 
 
 def _connect_ray(address: str | None, log_to_driver: bool, memory_threshold: float | None) -> bool:

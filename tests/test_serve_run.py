@@ -114,6 +114,27 @@ def test_a_ray_started_after_the_local_environment_takes_loopback_as_its_address
     assert done.stdout.strip() == "127.0.0.1"
 
 
+def test_a_burst_of_signals_while_the_stop_event_is_waited_on_sets_it_without_deadlock() -> None:
+    """``genedge serve``'s main thread waits on the stop event; a handler that set the event itself could
+    interrupt that wait while it held the event's lock, or another handler inside ``set``, and deadlock."""
+    code = """
+import os, signal, subprocess, threading
+from genedge.serve.server import _set_on_signals
+stop = threading.Event()
+before = signal.getsignal(signal.SIGINT)
+with _set_on_signals(stop):
+    sender = subprocess.Popen(
+        ["bash", "-c", f"for i in $(seq 1000); do kill -INT {os.getpid()}; kill -TERM {os.getpid()}; done"]
+    )
+    while sender.poll() is None:
+        stop.wait(0.001)
+print(stop.is_set(), signal.getsignal(signal.SIGINT) is before)
+"""
+    done = run_python(code, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["True", "True"]
+
+
 @pytest.mark.slow
 def test_rays_own_builder_call_reaches_genedges_checks() -> None:
     """What ``serve run IMPORT_PATH key=value`` does before Ray starts: import the builder, call it with strings."""
