@@ -16,6 +16,7 @@ are served only when asked for (``openapi_docs``).
 """
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import math
@@ -61,7 +62,7 @@ from genedge.serve.protocol import (
 )
 from genedge.serve.schedule_spec import ServedSchedule
 from genedge.serve.shares import SHARE_REALIZATIONS, ShareRealization
-from genedge.serve.spec import SERVED_MODEL_NAME, ServedModel, ServeSpec
+from genedge.serve.spec import SERVED_MODEL_NAME, ServedModel, ServeSpec, refusal
 
 __all__ = ["APP_NAME", "build_application", "deployment_units"]
 
@@ -240,6 +241,8 @@ class Ingress:
         # Request ids are this ingress's start token and a count, so a restarted ingress does not reuse them.
         self.run_token = uuid.uuid4().hex[:8]
         self.counter = 0
+        self.outstanding: collections.Counter[str] = collections.Counter()  # images sent to a model, unanswered
+        self.refused_here: collections.Counter[str] = collections.Counter()  # images refused by the ingress
         self.served_calibration: list[dict[str, Any]] | None = None
         self.metrics = _metrics(self.plans)
         self._tasks: list[asyncio.Task] = []
@@ -297,7 +300,19 @@ class Ingress:
         request_id = f"{self.run_token}-{self.counter}"
         self.metrics.arrived(category, model.name)
         self.plans.arrived_image(category, request.n)
-        result = await self._generate(handle, model.name, request.prompt, seed, request_id)
+        # Every call to a device goes through this ingress, so what it has sent and not had answered is what the
+        # model holds (and those on their way): past the bound, refused here, without a round trip to a device
+        # that is busy generating.
+        refused = refusal(model, self.outstanding[model.name])
+        if refused is not None:
+            self.refused_here[model.name] += 1
+            self.metrics.refused(category, model.name)
+            raise refused
+        self.outstanding[model.name] += 1
+        try:
+            result = await self._generate(handle, model.name, request.prompt, seed, request_id)
+        finally:
+            self.outstanding[model.name] -= 1
         if "overloaded" in result:
             self.metrics.refused(category, model.name)
             raise Overloaded(result["overloaded"], retry_after_s=result["retry_after_s"])
@@ -493,6 +508,9 @@ class Ingress:
                     self._restarted(unit)
             if self.accounts.known(unit):
                 merged.update(self.accounts.merged(unit))
+        for name, count in self.refused_here.items():  # a model's refusals, by its device or by this ingress
+            if name in merged:
+                merged[name]["rejected"] += count
         return merged
 
     def _restarted(self, unit: int) -> None:

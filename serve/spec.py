@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from genedge.contract.runs import DEFAULT_DTYPE, DEFAULT_GUIDANCE_SCALE
+from genedge.serve.protocol import Overloaded
 from genedge.serve.shares import SHARE_SUM_TOLERANCE
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ __all__ = [
     "model_specs_from_pairs",
     "place_on_devices",
     "queue_bound",
+    "refusal",
     "serve_spec",
 ]
 
@@ -190,6 +192,20 @@ def queue_bound(service_s: float, max_batch: int, slo_s: float | None, bound_s: 
     """Requests a model may hold: those that can still finish within the SLO (or the bound) at the plan's pace."""
     horizon = bound_s if bound_s is not None else (slo_s if slo_s is not None else DEFAULT_QUEUE_BOUND_S)
     return max(1, math.floor(horizon / service_s) * max_batch)
+
+
+def refusal(model: ServedModel, held: int) -> Overloaded | None:
+    """The answer to one more image for ``model`` while it holds ``held`` (running and waiting): None within its
+    queue bound, else :class:`~genedge.serve.protocol.Overloaded` with the time until it has room (a call's
+    service time per batch of the excess), as a Retry-After."""
+    if held < model.queue_bound:
+        return None
+    excess = held + 1 - model.queue_bound
+    return Overloaded(
+        f"model {model.name!r} holds {held} requests, its bound ({model.queue_bound}: what it serves "
+        f"within the plan's bound at {model.service_s:.3g} s a call)",
+        retry_after_s=model.service_s * math.ceil(excess / model.max_batch),
+    )
 
 
 def _checked_table_hash(recorded: str | None, table_bytes: bytes, where: str) -> str:

@@ -21,7 +21,6 @@ import collections
 import hashlib
 import io
 import logging
-import math
 import os
 import threading
 import time
@@ -43,7 +42,7 @@ from genedge.profiler import (
 )
 from genedge.serve.protocol import Overloaded
 from genedge.serve.shares import ShareScheduler
-from genedge.serve.spec import ServedModel
+from genedge.serve.spec import ServedModel, refusal
 
 __all__ = ["Generated", "DeviceWorker", "default_cpus"]
 
@@ -186,14 +185,10 @@ class DeviceWorker:
             if not self._accepting:
                 raise Overloaded("the server is shutting down", retry_after_s=self._backlog_s())
             model = lane.model
-            if lane.held >= model.queue_bound:
+            refused = refusal(model, lane.held)
+            if refused is not None:
                 lane.rejected += 1
-                excess = lane.held + 1 - model.queue_bound
-                raise Overloaded(
-                    f"model {name!r} holds {lane.held} requests, its bound ({model.queue_bound}: what it serves "
-                    f"within the plan's bound at {model.service_s:.3g} s a call)",
-                    retry_after_s=model.service_s * math.ceil(excess / model.max_batch),
-                )
+                raise refused
             self._counter += 1
             job = _Job(
                 prompt=prompt,

@@ -22,7 +22,7 @@ from genedge.serve.protocol import (
     parse_generate,
     parse_openai,
 )
-from genedge.serve.spec import ServeError, model_specs_from_pairs, place_on_devices, serve_spec
+from genedge.serve.spec import ServeError, model_specs_from_pairs, place_on_devices, refusal, serve_spec
 
 CATEGORIES = ("Basic", "Complex")
 
@@ -193,6 +193,17 @@ def test_queue_bounds_follow_the_slo_or_the_stated_horizon() -> None:
     assert [m.queue_bound for m in spec.models] == [1, 1]  # never below one
     spec = serve_spec(_plan(data, {"a": 0.5, "b": 0.5}), table, data)
     assert [m.queue_bound for m in spec.models] == [60, 60]  # 30 s of planned work
+
+
+def test_past_its_queue_bound_a_model_refuses_with_the_time_until_it_has_room() -> None:
+    table = _table({"a": 64, "b": 64})
+    data = _bytes(table)
+    (model, _) = serve_spec(_plan(data, {"a": 0.5, "b": 0.5}, slo_s=2.2), table, data).models
+    assert model.queue_bound == 4 and model.max_batch == 1
+    assert refusal(model, 3) is None
+    refused = refusal(model, 4)
+    assert refused.status == 503 and refused.retry_after_s == pytest.approx(model.service_s)  # one call away
+    assert refusal(model, 6).retry_after_s == pytest.approx(3 * model.service_s)  # three calls of excess
 
 
 def test_model_maps_parse_key_equals_spec() -> None:
