@@ -19,20 +19,16 @@ benchmarks/results/serve-vs-plan-cpu.txt. Everything listens on and sends to 127
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 from _environment import cpu_name, source_state
 
 from genedge.optimizer.plan_file import PlanDocument, load_plan
+from genedge.serve.background import serve_in_background
 
 RESULTS = Path(__file__).parent / "results" / "serve-vs-plan-cpu.txt"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -51,26 +47,6 @@ def genedge(*args: str, timeout: float = 900) -> str:
     if done.returncode != 0:
         raise SystemExit(f"genedge {args[0]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return done.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(url: str, process: subprocess.Popen, limit_s: float = 300) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"genedge serve exited {process.returncode}: {process.stderr.read()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/v1/health", timeout=5) as response:
-                if json.loads(response.read())["status"] == "ok":
-                    return
-        except OSError:
-            time.sleep(1)
-    raise SystemExit(f"genedge serve did not answer within {limit_s:.0f} s")
 
 
 def busiest_utilization_per_rate(plan: PlanDocument, table_path: Path) -> float:
@@ -138,19 +114,10 @@ def main() -> None:
     per_rate = busiest_utilization_per_rate(plan, table)
     targets = [float(u) for u in args.utilizations.split(",")]
 
-    port = free_port()
-    url = f"http://{HOST}:{port}"
-    print(f"3. serve it at {url}", flush=True)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "genedge", "serve", str(plan_path), "--host", HOST, "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
     rows = []
-    try:
-        wait_ready(url, server)
+    with serve_in_background(plan_path, host=HOST, env=ENV, log=folder / "serve.log") as server:
+        print(f"3. serving it at {server.url}", flush=True)
+        url = server.url
         for target in targets:
             rate = target / per_rate
             result = folder / f"load-rho{target:g}"
@@ -192,12 +159,6 @@ def main() -> None:
                     shares,
                 )
             )
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(180)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
     header = (
         f"{'target ρ':>8} {'rate/s':>7} {'ρ pred':>6} {'ok':>4} {'503':>4} {'mean pred':>9} {'client':>7} "

@@ -48,7 +48,6 @@ import math
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -88,6 +87,7 @@ from genedge.optimizer.model import Arrivals, ImagesPerRequest, Problem, TraceRe
 from genedge.optimizer.plan_file import save_plan
 from genedge.optimizer.schedule_file import PlanSchedule, load_plan_schedule
 from genedge.optimizer.simulation import ServedPlan, SwitchingRecords, simulate_switching
+from genedge.serve.background import serve_in_background
 from genedge.serve.controller import ControllerSettings
 from genedge.serve.loadtest_layout import read_records, read_sessions
 from genedge.serve.spec import queue_bound
@@ -266,50 +266,16 @@ def scrape(url: str) -> Scrape:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_serving(process: subprocess.Popen, url: str, log: Path, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"genedge serve exited {process.returncode}: {log.read_text()[-3000:]}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{url}/v1/health", timeout=30) as response:
-                if b'"ok"' in response.read():
-                    return
-        time.sleep(1)
-    raise RuntimeError(f"genedge serve did not answer within {timeout_s:g} s: {log.read_text()[-3000:]}")
-
-
 @contextlib.contextmanager
 def serving(plan: Path, settings: ControllerSettings | None, log: Path) -> Iterator[str]:
     """``genedge serve PLAN`` on a free loopback port (a schedule's controller with ``settings``), stopped (drained)
     after."""
-    port = _free_port()
     switch = [
         "--switch-window-s", f"{settings.window_s:g}", "--switch-dwell-s", f"{settings.dwell_s:g}",
         "--switch-tick-s", f"{settings.tick_s:g}", "--switch-horizon-s", f"{settings.horizon_s:g}",
     ] if settings is not None else []  # fmt: skip
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "genedge", "serve", str(plan), "--host", HOST, "--port", str(port), *switch],
-            stdout=out, stderr=subprocess.STDOUT, text=True, env={**os.environ, **_OFFLINE},
-        )  # fmt: skip
-        url = f"http://{HOST}:{port}"
-        try:
-            _wait_until_serving(process, url, log)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(90)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(30)
+    with serve_in_background(plan, *switch, host=HOST, env=_OFFLINE, log=log) as server:
+        yield server.url
 
 
 @dataclass(frozen=True)

@@ -629,6 +629,7 @@ def serving(
             kills workers (default: Ray's, :data:`RAY_MEMORY_THRESHOLD`; see :func:`local_ray_environment`).
     """
     from genedge.profiler._imports import require
+    from genedge.serve.background import free_port
     from genedge.serve.gateway import Gateway
     from genedge.serve.limits import GatewaySettings
 
@@ -646,7 +647,7 @@ def serving(
             undo.callback(ray.shutdown)
         if stop is not None:
             undo.enter_context(_set_on_signals(stop))
-        front = Gateway(gateway or GatewaySettings(), ("127.0.0.1", _free_loopback_port()))
+        front = Gateway(gateway or GatewaySettings(), ("127.0.0.1", free_port()))
         # One proxy, on the head node: the gateway forwards to it on loopback, so genedge serve runs on the head
         # (proxies on other nodes would bind their own loopback, which no gateway reaches).
         serve.start(proxy_location="HeadOnly", http_options={"host": front.upstream[0], "port": front.upstream[1]})
@@ -752,15 +753,6 @@ def _check_loopback(node_ip: str) -> None:
             node_ip,
             _RAY_NODE_OUTSIDE_LOOPBACK,
         )
-
-
-def _free_loopback_port() -> int:
-    """A TCP port free on 127.0.0.1 now (for Ray's proxy behind the gateway)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def calibration_check(handle: Any) -> list[CalibrationRow]:

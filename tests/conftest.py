@@ -19,6 +19,8 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from genedge.serve.background import free_port
+
 # This process reads models and data sets only from local caches. Set before any test module imports
 # huggingface_hub, which reads these variables once, at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,6 +33,8 @@ __all__ = [
     "ROOT",
     "SHARED_DATA",
     "DemoRun",
+    "free_port",
+    "serve_plan",
     "run_genedge",
     "genedge_env",
     "genedge_in_process",
@@ -123,24 +127,38 @@ def run_genedge(
 
 
 def wait_until_serving(process: subprocess.Popen, url: str, timeout_s: float = 240) -> None:
-    """Wait until ``genedge serve`` (``process``, its stderr piped) answers ``GET /v1/health`` at ``url``; fail the
-    test with its stderr if it exits first, or kill it and fail if it does not answer within ``timeout_s``."""
-    import json
-    import time
-    import urllib.request
+    """Wait until ``genedge serve`` (``process``, its stderr piped) answers at ``url``; fail the test with its
+    stderr if it exits first or does not answer within ``timeout_s``."""
+    from genedge.serve.background import ServeStartError
+    from genedge.serve.background import wait_until_serving as wait
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"genedge serve exited {process.returncode}: {process.stderr.read()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/v1/health", timeout=30) as response:
-                if json.loads(response.read())["status"] == "ok":
-                    return
-        except OSError:
-            time.sleep(1)
-    process.kill()
-    pytest.fail(f"genedge serve did not answer within {timeout_s:g} s")
+    try:
+        wait(process, url, timeout_s=timeout_s)
+    except ServeStartError as err:
+        pytest.fail(str(err))
+
+
+@contextlib.contextmanager
+def serve_plan(plan: str | Path, *options: str | Path, env: Mapping[str, str] | None = None) -> Iterator[Any]:
+    """``genedge serve PLAN OPTIONS`` as a user runs it, in a child process on a free loopback port, while the
+    ``with`` block runs (:func:`genedge.serve.background.serve_in_background`, the test failed with the server's
+    stderr if it does not start); its output piped, the CPU only, ``env`` on top of :func:`genedge_env`. Yields
+    its :class:`~genedge.serve.background.ServerProcess`; on leaving, a server still running is stopped (SIGTERM:
+    drained)."""
+    from genedge.serve.background import ServeStartError, serve_in_background
+
+    try:
+        with serve_in_background(
+            plan,
+            *map(str, options),
+            env=genedge_env({"CUDA_VISIBLE_DEVICES": "", **(env or {})}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_timeout_s=240,
+        ) as server:
+            yield server
+    except ServeStartError as err:  # raised only before the block runs
+        pytest.fail(str(err))
 
 
 @pytest.fixture(scope="module")
@@ -150,15 +168,6 @@ def serving_extras() -> None:
     Serve costs seconds that a run deselecting the (slow) serving tests should not pay."""
     pytest.importorskip("diffusers", reason="serving replicas needs genedge[profile]")
     pytest.importorskip("ray.serve", reason="needs genedge[serve]")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` now (for a server a test starts on loopback)."""
-    import socket
-
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 def read_http_response(sock: Any) -> tuple[int, dict[str, str], bytes]:

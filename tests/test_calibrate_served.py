@@ -10,15 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DemoRun, free_port, genedge_env, genedge_in_process, run_genedge, wait_until_serving
+from conftest import DemoRun, genedge_in_process, run_genedge, serve_plan
 
 from genedge import data
 from genedge.calibrate.served import calibrate_served, read_served, recalibrate
@@ -314,27 +312,8 @@ def test_a_served_demo_recalibrates_its_table(demo_run: DemoRun, tmp_path: Path)
     pytest.importorskip("ray", reason="serving needs genedge[serve]")
     folder, done = demo_run
     assert done.returncode == 0, done.stderr
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "genedge",
-            "serve",
-            str(folder / "plan.json"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=genedge_env({"CUDA_VISIBLE_DEVICES": ""}),
-    )
-    try:
-        wait_until_serving(process, url)
+    with serve_plan(folder / "plan.json") as server:
+        url = server.url
         prompts = tmp_path / "prompts.tsv"
         lines = [f"a photo of thing {i}\tBasic\nsome detail {i}\tFine-grained Detail" for i in range(6)]
         prompts.write_text("Prompt\tChallenge\n" + "\n".join(lines) + "\n")
@@ -344,9 +323,6 @@ def test_a_served_demo_recalibrates_its_table(demo_run: DemoRun, tmp_path: Path)
             "--result-dir", result,
         )  # fmt: skip
         assert loaded.returncode == 0, loaded.stderr
-    finally:
-        process.kill()
-        process.wait(30)
     new = tmp_path / "new.json"
     calibrated = run_genedge("calibrate", "--served", result, "--table", folder / "table.json", "--out", new)
     assert calibrated.returncode == 0, calibrated.stderr

@@ -14,15 +14,13 @@ import hashlib
 import io
 import json
 import signal
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from email.message import Message
 from pathlib import Path
 
 import pytest
-from conftest import DemoRun, free_port, run_genedge, wait_until_serving
+from conftest import DemoRun, run_genedge, serve_plan
 
 from genedge.contract.table_file import public_table_document, table_from_dict
 from genedge.serve.access import API_KEY_ENV, bearer_matches, key_digest, read_api_key
@@ -30,7 +28,6 @@ from genedge.serve.images import ImageStore, ImageStoreSettings
 from genedge.serve.protocol import public_document
 
 KEY = "ge-test-6f1d0c2a9b"
-HOST = "127.0.0.1"
 #: The routes the key guards, with a body for the POSTs.
 GUARDED = [
     ("POST", "/v1/generate", {"prompt": "a cube", "category": "Basic"}),
@@ -153,24 +150,12 @@ def _png_size(png: bytes) -> tuple[int, int]:
 def server(demo_run: DemoRun, tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("diffusers", reason="serving replicas needs genedge[profile]")
     pytest.importorskip("ray.serve", reason="needs genedge[serve]")
-    from test_serve_http import ENV
-
     folder, done = demo_run
     assert done.returncode == 0, done.stderr
     key_file = tmp_path_factory.mktemp("key") / "api-key"
     key_file.write_text(KEY + "\n")
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "genedge", "serve", str(folder / "plan.json"), "--host", HOST, "--port", str(port),
-         "--api-key-file", str(key_file), "--image-max-count", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-    )  # fmt: skip
-    url = f"http://{HOST}:{port}"
-    wait_until_serving(process, url)
-    yield url, process, folder
-    if process.poll() is None:
-        process.kill()
-        process.wait(30)
+    with serve_plan(folder / "plan.json", "--api-key-file", key_file, "--image-max-count", "2") as served:
+        yield served.url, served.process, folder
 
 
 @pytest.mark.slow

@@ -31,15 +31,13 @@ import pytest
 from conftest import (
     DemoRun,
     assert_every_request_answered,
-    free_port,
     genedge_env,
     ray_workers_under,
-    wait_until_serving,
+    serve_plan,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("serving_extras")]
 
-HOST = "127.0.0.1"
 RESOURCE = "genedge_device"
 LOAD_REQUESTS = 40
 
@@ -113,46 +111,30 @@ def _load(url: str, lost: list[str], kept: list[str], folder: Path) -> subproces
     )
 
 
-def test_a_plan_on_two_nodes_loses_one_and_answers_every_request(demo_run: DemoRun, tmp_path: Path) -> None:
+@pytest.fixture
+def two_nodes():
+    """A Ray cluster of two nodes on this host, each with one unit of :data:`RESOURCE`: (cluster, worker node)."""
     from ray.cluster_utils import Cluster
 
-    plan_path = _two_device_plan(demo_run, tmp_path)
-    plan = json.loads(plan_path.read_text())
     cluster = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 2, "resources": {RESOURCE: 1}, "include_dashboard": False},
     )
-    process = None
     try:
         worker = cluster.add_node(num_cpus=2, resources={RESOURCE: 1})
         cluster.wait_for_nodes()
-        port = free_port()
-        url = f"http://{HOST}:{port}"
-        log = (tmp_path / "serve.log").open("w")
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "genedge",
-                "serve",
-                str(plan_path),
-                "--address",
-                cluster.address,
-                "--device-resource",
-                RESOURCE,
-                "--host",
-                HOST,
-                "--port",
-                str(port),
-                "--router",
-                "none",
-            ],
-            stdout=log,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=genedge_env({"CUDA_VISIBLE_DEVICES": ""}),
-        )
-        wait_until_serving(process, url)
+        yield cluster, worker
+    finally:
+        cluster.shutdown()
+
+
+def test_a_plan_on_two_nodes_loses_one_and_answers_every_request(demo_run: DemoRun, two_nodes, tmp_path: Path) -> None:
+    cluster, worker = two_nodes
+    plan_path = _two_device_plan(demo_run, tmp_path)
+    plan = json.loads(plan_path.read_text())
+    options = ("--address", cluster.address, "--device-resource", RESOURCE, "--router", "none")
+    with serve_plan(plan_path, *options) as server:
+        url = server.url
         deadline = time.monotonic() + 240
         devices: dict[int, set[str]] = {}
         while len(devices) < 2 and time.monotonic() < deadline:  # until both devices' replicas answer
@@ -211,11 +193,3 @@ def test_a_plan_on_two_nodes_loses_one_and_answers_every_request(demo_run: DemoR
         assert all(answers[c][0] == 200 for c in kept), (lost_model, summary)
         assert all(answers[c][0] == 503 for c in lost), (lost_model, summary)
         assert all("has not started another" in answers[c][1]["error"]["message"] for c in lost), summary
-    finally:
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(120)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        cluster.shutdown()

@@ -27,11 +27,10 @@ import pytest
 from conftest import (
     DemoRun,
     assert_every_request_answered,
-    free_port,
     genedge_env,
     ray_workers_under,
     read_http_response,
-    wait_until_serving,
+    serve_plan,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("serving_extras")]
@@ -50,36 +49,16 @@ def server(demo_run: DemoRun):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < 4096:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "genedge",
-            "serve",
-            str(folder / "plan.json"),
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--header-timeout-s",
-            str(HEADER_TIMEOUT_S),
-            "--proxy-wait-s",
-            "90",
-            "--memory-threshold",
-            str(MEMORY_THRESHOLD),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=genedge_env(CPU_ONLY),
-    )
-    url = f"http://{HOST}:{port}"
-    wait_until_serving(process, url)
-    yield url, port, process, folder
-    if process.poll() is None:
-        process.kill()
-        process.wait(30)
+    with serve_plan(
+        folder / "plan.json",
+        "--header-timeout-s",
+        str(HEADER_TIMEOUT_S),
+        "--proxy-wait-s",
+        "90",
+        "--memory-threshold",
+        str(MEMORY_THRESHOLD),
+    ) as served:
+        yield served.url, served.port, served.process, folder
 
 
 def _generate_raw(body: bytes, length: int | None = None) -> bytes:

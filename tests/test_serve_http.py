@@ -13,7 +13,6 @@ import hashlib
 import json
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,12 +22,10 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
-from conftest import DemoRun, free_port, genedge_env, run_genedge, wait_until_serving
+from conftest import DemoRun, free_port, run_genedge, serve_plan
 
 pytestmark = pytest.mark.usefixtures("serving_extras")
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
-ENV = genedge_env(CPU_ONLY)
-HOST = "127.0.0.1"
 # Basic is split between the models so that the deterministic routing fractions can be checked.
 BASIC_SPLIT = {"replica:tiny": 0.25, "replica:tiny-xl": 0.75}
 QUEUE_BOUND_S = 1.5
@@ -68,33 +65,9 @@ def demo(demo_run: DemoRun) -> Path:
 
 @pytest.fixture(scope="module")
 def server(demo: Path):
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "genedge",
-            "serve",
-            str(demo / "split-plan.json"),
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--queue-bound-s",
-            str(QUEUE_BOUND_S),
-            "--openapi-docs",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-    url = f"http://{HOST}:{port}"
-    wait_until_serving(process, url)
-    yield url, process, demo
-    if process.poll() is None:
-        process.kill()
-        process.wait(30)
+    options = ("--queue-bound-s", str(QUEUE_BOUND_S), "--openapi-docs")
+    with serve_plan(demo / "split-plan.json", *options) as served:
+        yield served.url, served.process, demo
 
 
 @pytest.mark.slow
@@ -332,17 +305,12 @@ def test_signals_as_soon_as_the_server_answers_still_drain(demo: Path) -> None:
     """The proxy answers before Ray Serve reports the application running: a SIGTERM then is caught and drained
     too, not met by Ray's own handler (which aborts the process); so is a burst of them with Ctrl-Cs (a handler
     interrupted by the next signal must not deadlock)."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "genedge", "serve", str(demo / "split-plan.json"), "--host", HOST, "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-    )  # fmt: skip
-    wait_until_serving(process, f"http://{HOST}:{port}")
-    for _ in range(10):
-        process.send_signal(signal.SIGTERM)
-        process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=180)
-    assert process.returncode == 0, err[-3000:]
+    with serve_plan(demo / "split-plan.json") as served:
+        for _ in range(10):
+            served.process.send_signal(signal.SIGTERM)
+            served.process.send_signal(signal.SIGINT)
+        out, err = served.process.communicate(timeout=180)
+    assert served.process.returncode == 0, err[-3000:]
     assert "drained: all requests finished" in out
 
 
@@ -396,23 +364,9 @@ def test_a_plan_on_the_reference_table_serves_a_saved_folder_and_a_cached_hub_id
     assert done.returncode == 0, done.stderr
     deployed = {k for k, v in json.loads(plan.read_text())["models"].items() if v["deployed"]}
     assert deployed == {"sd15", "sd21"}
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "genedge", "serve", str(plan), "--host", HOST, "--port", str(port), "--router", "none",
-         "--model", f"sd15={folder}", "--model", "sd21=genedge-test/sd21"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**ENV, **hub_cache_env(tmp_path / "hub")},
-    )  # fmt: skip
-    url = f"http://{HOST}:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert process.poll() is None, process.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "genedge serve did not answer within 240 s"
-            try:
-                _get(f"{url}/v1/health")
-                break
-            except OSError:
-                time.sleep(1)
+    options = ("--router", "none", "--model", f"sd15={folder}", "--model", "sd21=genedge-test/sd21")
+    with serve_plan(plan, *options, env=hub_cache_env(tmp_path / "hub")) as server:
+        url = server.url
         served = {}
         for category in json.loads(plan.read_text())["routing"]:
             status, body, _ = _post(f"{url}/v1/generate", {"prompt": "a castle", "category": category})
@@ -424,8 +378,7 @@ def test_a_plan_on_the_reference_table_serves_a_saved_folder_and_a_cached_hub_id
         status, body, _ = _post(f"{url}/v1/images/generations", {"prompt": "a castle", "size": "512x512"})
         assert status == 400 and "16x16" in body["error"]["message"]
         assert _get(f"{url}/v1/plan")["served"]["resolution"] == 16
-    finally:
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=120)
-    assert process.returncode == 0, err[-3000:]
+        server.process.send_signal(signal.SIGTERM)
+        out, err = server.process.communicate(timeout=120)
+    assert server.process.returncode == 0, err[-3000:]
     assert "note: sd15: the table holds no profile settings for it" in out

@@ -10,8 +10,6 @@ gets an answer (200, or 503 with ``Retry-After`` when a queue is at its bound), 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,12 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import DemoRun, free_port, genedge_env, run_genedge, wait_until_serving
+from conftest import DemoRun, run_genedge, serve_plan
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("serving_extras")]
 
-HOST = "127.0.0.1"
-ENV = genedge_env({"CUDA_VISIBLE_DEVICES": ""})
 WINDOW_S, DWELL_S, TICK_S = 4.0, 4.0, 0.5
 #: The capacity the schedule is planned for (requests/s): the demo's replicas are timed on this machine, whose
 #: speed (and load) moves the table's capacity several-fold, so the schedule is planned on the share of the
@@ -74,23 +70,9 @@ def _post(url: str, body: dict) -> tuple[int, dict, str | None]:
 
 @pytest.fixture(scope="module")
 def server(schedule: Path):
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "genedge", "serve", str(schedule), "--host", HOST, "--port", str(port),
-            "--switch-window-s", str(WINDOW_S), "--switch-dwell-s", str(DWELL_S), "--switch-tick-s", str(TICK_S),
-        ],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-    )  # fmt: skip
-    url = f"http://{HOST}:{port}"
-    wait_until_serving(process, url)
-    yield url, schedule
-    process.terminate()
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(30)
+    switch = ("--switch-window-s", str(WINDOW_S), "--switch-dwell-s", str(DWELL_S), "--switch-tick-s", str(TICK_S))
+    with serve_plan(schedule, *switch) as served:
+        yield served.url, schedule
 
 
 def _drive(url: str) -> list[tuple[float, int, dict, str | None]]:
