@@ -83,8 +83,9 @@ def main() -> None:
     log = folder / "serve.log"
     with serve_in_background(folder / "plan.json", "--router", "none", host=HOST, env=ENV, log=log) as server:
         answers, served = asyncio.run(_burst(server.url, args.burst, other))
+    source = source_state("serve", "benchmarks")
     lines = [
-        f"genedge serve of the demo's plan on {cpu_name()} ({os.cpu_count()} cores), {source_state('serve')}",
+        f"genedge serve of the demo's plan on {cpu_name()} ({os.cpu_count()} cores), {source}",
         f"a burst of {args.burst} requests for {CATEGORY} (model {model}) at once, one connection each:",
     ]
     for status, count in sorted(Counter(status for status, _, _ in answers).items()):

@@ -394,9 +394,9 @@ class Ingress:
             self.metrics.request(route, 401, None)
             return denied
         if self.draining:
-            refusal = Overloaded("the server is shutting down", retry_after_s=1.0)
-            self.metrics.request(route, refusal.status, None)
-            return _error_response(refusal)
+            closing = Overloaded("the server is shutting down", retry_after_s=1.0)
+            self.metrics.request(route, closing.status, None)
+            return _error_response(closing)
         self.in_flight += 1
         self.metrics.in_flight.inc()
         images = None

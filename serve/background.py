@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-__all__ = ["ServeStartError", "ServerProcess", "free_port", "serve_in_background", "wait_until_serving"]
+__all__ = ["ServeStartError", "ServerProcess", "free_port", "serve_in_background", "server_url", "wait_until_serving"]
 
 #: How long a server may take to load its models and answer (s): a cold start of Ray and the replicas.
 DEFAULT_START_TIMEOUT_S = 300.0
@@ -46,6 +46,11 @@ class ServerProcess:
     process: subprocess.Popen
     url: str
     port: int
+
+
+def server_url(host: str, port: int) -> str:
+    """The base URL of a server listening on ``host:port`` (an IPv6 address in brackets)."""
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -74,7 +79,8 @@ def wait_until_serving(
         if process.poll() is not None:
             raise ServeStartError(f"genedge serve exited {process.returncode}: {_tail(process, log)}")
         with contextlib.suppress(OSError, ValueError):
-            with urllib.request.urlopen(f"{url}/v1/health", timeout=30) as response:
+            wait_s = min(30.0, max(deadline - time.monotonic(), 0.1))
+            with urllib.request.urlopen(f"{url}/v1/health", timeout=wait_s) as response:
                 if json.loads(response.read()).get("status") == "ok":
                     return
         time.sleep(0.5)
@@ -114,8 +120,9 @@ def serve_in_background(
         host: where it listens (default: loopback).
         port: its port (default: a free one).
         env: variables added to this process's environment for it.
-        log: a file for its output, both streams (else ``stdout``/``stderr`` say, as for ``subprocess.Popen``;
-            by default it writes to this process's).
+        log: a file for its output, both streams (it replaces ``stdout`` and ``stderr``).
+        stdout: where its standard output goes, as for ``subprocess.Popen`` (default: this process's).
+        stderr: where its standard error goes, likewise.
         start_timeout_s: the longest wait for it to serve.
         stop_timeout_s: the longest wait for it to drain and exit on leaving, before it is killed.
 
@@ -123,15 +130,13 @@ def serve_in_background(
         ServeStartError: it exited, or did not answer, before it was serving.
     """
     port = free_port(host) if port is None else port
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    url = server_url(host, port)
     command = [sys.executable, "-m", "genedge", "serve", str(plan), "--host", host, "--port", str(port), *options]
     with contextlib.ExitStack() as stack:
         if log is not None:
             stdout = stack.enter_context(open(log, "w"))
             stderr = subprocess.STDOUT
-        process = subprocess.Popen(
-            command, stdout=stdout, stderr=stderr, text=True, env={**os.environ, **(env or {})}
-        )
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True, env={**os.environ, **(env or {})})
         try:
             wait_until_serving(process, url, timeout_s=start_timeout_s, log=log)
             yield ServerProcess(process, url, port)

@@ -275,7 +275,9 @@ class ServeMetrics:
                 labels=labels,
             ),
             "rejected": core.CounterMetricFamily(
-                "genedge_model_rejections", "Images a model's device refused.", labels=labels
+                "genedge_model_rejections",
+                "Images refused for a model (past its queue bound, by the ingress or its device).",
+                labels=labels,
             ),
             "planned_share": core.GaugeMetricFamily(
                 "genedge_model_planned_share", "The plan's share of its device.", labels=labels

@@ -207,10 +207,13 @@ class DrainSummary:
 
 @dataclass(frozen=True)
 class Served:
-    """What :func:`serving` yields: the ingress's Ray handle and the gateway clients connect to."""
+    """What :func:`serving` yields: the ingress's Ray handle, the gateway clients connect to, and the address
+    of the node of a Ray that :func:`serving` started (127.0.0.1 when it listens on loopback only; None for a
+    Ray it joined or found connected)."""
 
     handle: Any
     gateway: Gateway
+    started_ray_on: str | None = None
 
 
 def parse_cpus(text: str, *, option: str = "cpus") -> Cpus:
@@ -618,8 +621,8 @@ def serving(
         server: what :func:`prepare_server` decided.
         host: address to listen on (default: this machine only).
         port: HTTP port.
-        address: a Ray cluster to join (e.g. ``"auto"``) instead of starting a local instance; run on its head
-            node, where Ray Serve's proxy then runs.
+        address: a Ray cluster to join (e.g. ``"auto"``; default: the environment's ``RAY_ADDRESS``, if set)
+            instead of starting a local instance; run on its head node, where Ray Serve's proxy then runs.
         log_to_driver: show the deployments' logs, and Ray Serve's steps, in this process.
         stop: set on SIGINT or SIGTERM from the moment Ray is started on (Ray installs its own SIGTERM handler,
             which exits at once; this one lets the caller drain). The proxy may answer before the application
@@ -635,7 +638,7 @@ def serving(
 
     if not 0 < port < 65536:
         raise ValueError(f"port: expected a TCP port from 1 to 65535, but got {port}")
-    connect = _connect_ray(address, log_to_driver, memory_threshold)
+    ray_is = _connect_ray(address, log_to_driver, memory_threshold)
     ray = require("ray", extra="serve")
     serve = require("ray.serve", extra="serve")
     if not log_to_driver:  # Ray Serve's start-up steps at INFO; its warnings and errors still show
@@ -643,23 +646,24 @@ def serving(
     from genedge.serve.app import APP_NAME
 
     with contextlib.ExitStack() as undo:  # what was done, undone in reverse order on leaving
-        if connect:
-            undo.callback(ray.shutdown)
-        if stop is not None:
+        if stop is not None:  # restored after Ray's shutdown: a signal meanwhile is still only a request to stop
             undo.enter_context(_set_on_signals(stop))
+        if ray_is != "connected":
+            undo.callback(ray.shutdown)
         front = Gateway(gateway or GatewaySettings(), ("127.0.0.1", free_port()))
         # One proxy, on the head node: the gateway forwards to it on loopback, so genedge serve runs on the head
         # (proxies on other nodes would bind their own loopback, which no gateway reaches).
         serve.start(proxy_location="HeadOnly", http_options={"host": front.upstream[0], "port": front.upstream[1]})
         # A Ray started here stops with Serve's actors at once: shutting Serve down first would only make its
         # proxy and replicas log failed calls to the controller it had killed.
-        if connect and address is not None:
+        if ray_is == "joined":
             undo.callback(serve.shutdown)
-        elif not connect:
+        elif ray_is == "connected":
             undo.callback(serve.delete, APP_NAME)
         front.start(host, port)
         undo.callback(front.close)
-        yield Served(serve.run(server.application(), name=APP_NAME, route_prefix="/", blocking=False), front)
+        handle = serve.run(server.application(), name=APP_NAME, route_prefix="/", blocking=False)
+        yield Served(handle, front, ray.util.get_node_ip_address() if ray_is == "started" else None)
 
 
 @contextlib.contextmanager
@@ -667,8 +671,6 @@ def _set_on_signals(stop: threading.Event) -> Iterator[None]:
     """Set ``stop`` on SIGINT or SIGTERM while the block runs. The handler only writes a byte to a pipe, which a
     thread reads to set the event: a handler that set the event itself would deadlock on the event's lock when
     a second signal interrupts it there (Ctrl-C twice, or a SIGTERM beside it)."""
-    read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)
 
     def relay() -> None:
         with open(read_end, "rb", buffering=0) as pipe:
@@ -679,35 +681,43 @@ def _set_on_signals(stop: threading.Event) -> Iterator[None]:
         with contextlib.suppress(OSError):  # the pipe full of earlier signals: one is enough
             os.write(write_end, b"\0")
 
-    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
-    threading.Thread(target=relay, name="genedge-signals", daemon=True).start()
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous: dict[int, Any] = {}
     try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, handler)
+        threading.Thread(target=relay, name="genedge-signals", daemon=True).start()
         yield
     finally:
         for signum, restored in previous.items():
             signal.signal(signum, restored)
-        os.close(write_end)
+        os.close(write_end)  # the relay sees the end of the pipe (and closes its end) unless a signal came
 
 
-def _connect_ray(address: str | None, log_to_driver: bool, memory_threshold: float | None) -> bool:
-    """Start (or join) Ray for :func:`serving` unless this process is connected already; whether it connected."""
+def _connect_ray(
+    address: str | None, log_to_driver: bool, memory_threshold: float | None
+) -> Literal["started", "joined", "connected"]:
+    """Start Ray for :func:`serving`, or join the cluster at ``address`` (else at the environment's
+    ``RAY_ADDRESS``, as ``ray.init`` would), unless this process is connected already; which it did."""
     from genedge.profiler._imports import require
 
     imported = sys.modules.get("ray")
-    connect = imported is None or not imported.is_initialized()
-    if memory_threshold is not None and not (connect and address is None):
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    ray_is = "connected" if imported is not None and imported.is_initialized() else "joined" if address else "started"
+    if memory_threshold is not None and ray_is != "started":
         raise ValueError(
-            "memory_threshold: set only for a Ray this starts; a cluster's is set in its nodes' environment "
-            "(RAY_memory_usage_threshold before ray start)"
+            f"memory_threshold: set only for a Ray this starts, and this one is {ray_is} (at {address}); a "
+            "cluster's is set in its nodes' environment (RAY_memory_usage_threshold before ray start)"
         )
-    if connect and address is None:
+    if ray_is == "started":
         local_ray_environment(memory_threshold)  # before Ray is imported: it reads part of it at import
     ray = require("ray", extra="serve")
-    if connect:
+    if ray_is != "connected":
         ray.init(address=address, include_dashboard=False, log_to_driver=log_to_driver, logging_level=logging.WARNING)
-        if address is None:
-            _check_loopback(ray.util.get_node_ip_address())
-    return connect
+    if ray_is == "started":
+        _check_loopback(ray.util.get_node_ip_address())
+    return ray_is
 
 
 def local_ray_environment(memory_threshold: float | None = None) -> None:

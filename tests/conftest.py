@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from genedge.serve.background import free_port
+from genedge.serve.background import ServerProcess, free_port
 
 # This process reads models and data sets only from local caches. Set before any test module imports
 # huggingface_hub, which reads these variables once, at import.
@@ -33,6 +33,7 @@ __all__ = [
     "ROOT",
     "SHARED_DATA",
     "DemoRun",
+    "assert_every_request_answered",
     "free_port",
     "serve_plan",
     "run_genedge",
@@ -126,20 +127,8 @@ def run_genedge(
     )
 
 
-def wait_until_serving(process: subprocess.Popen, url: str, timeout_s: float = 240) -> None:
-    """Wait until ``genedge serve`` (``process``, its stderr piped) answers at ``url``; fail the test with its
-    stderr if it exits first or does not answer within ``timeout_s``."""
-    from genedge.serve.background import ServeStartError
-    from genedge.serve.background import wait_until_serving as wait
-
-    try:
-        wait(process, url, timeout_s=timeout_s)
-    except ServeStartError as err:
-        pytest.fail(str(err))
-
-
 @contextlib.contextmanager
-def serve_plan(plan: str | Path, *options: str | Path, env: Mapping[str, str] | None = None) -> Iterator[Any]:
+def serve_plan(plan: str | Path, *options: str | Path, env: Mapping[str, str] | None = None) -> Iterator[ServerProcess]:
     """``genedge serve PLAN OPTIONS`` as a user runs it, in a child process on a free loopback port, while the
     ``with`` block runs (:func:`genedge.serve.background.serve_in_background`, the test failed with the server's
     stderr if it does not start); its output piped, the CPU only, ``env`` on top of :func:`genedge_env`. Yields

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_genedge
+from conftest import free_port, run_genedge
 from kill_points import run_killed
 from loadtest_stub import PROMPTS, TABLE, StubServer, write_plan
 
@@ -366,12 +366,7 @@ def test_another_configuration_in_the_same_directory_is_refused(server, tmp_path
 
 
 def test_unreachable_server_and_foreign_answer_are_one_line_errors(server, tmp_path, capsys):
-    # A port nothing listens on: bind one, close it.
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens on it
     status = main(["loadtest", f"http://127.0.0.1:{port}", "--prompts", str(PROMPTS), "--num-prompts", "1"])
     assert status == 2
     err = capsys.readouterr().err.strip()

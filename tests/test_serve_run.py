@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DemoRun, free_port, run_python
+from conftest import DemoRun, free_port, genedge_env, run_python
 
 from genedge.serve.access import key_digest
 from genedge.serve.images import ImageStoreSettings
@@ -223,7 +223,7 @@ def _processes_of(ray_dir: str) -> list[int]:
 def test_serve_run_with_a_config_file_serves_the_demo_plan(demo: Path, tmp_path: Path) -> None:
     openai = pytest.importorskip("openai")
     yaml = pytest.importorskip("yaml")
-    from test_serve_http import ENV, HOST, _get
+    from test_serve_http import _get
 
     plan = json.loads((demo / "plan.json").read_text())
     port = free_port()
@@ -231,7 +231,7 @@ def test_serve_run_with_a_config_file_serves_the_demo_plan(demo: Path, tmp_path:
     config.write_text(
         yaml.safe_dump(
             {
-                "http_options": {"host": HOST, "port": port},
+                "http_options": {"host": "127.0.0.1", "port": port},
                 "applications": [
                     {
                         "name": "genedge",
@@ -246,7 +246,7 @@ def test_serve_run_with_a_config_file_serves_the_demo_plan(demo: Path, tmp_path:
     # Short: Ray's socket paths under it must fit in 107 bytes.
     ray_dir = tempfile.mkdtemp(prefix="ge-ray-", dir="/tmp")
     env = {
-        **ENV,
+        **genedge_env({"CUDA_VISIBLE_DEVICES": ""}),
         "RAY_TMPDIR": ray_dir,
         "RAY_worker_niceness": "0",
         "RAY_USAGE_STATS_ENABLED": "0",
@@ -263,7 +263,7 @@ def test_serve_run_with_a_config_file_serves_the_demo_plan(demo: Path, tmp_path:
             env=env,
             start_new_session=True,
         )
-    url = f"http://{HOST}:{port}"
+    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:

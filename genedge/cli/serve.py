@@ -275,10 +275,11 @@ def _gateway(args: argparse.Namespace) -> GatewaySettings | None:
 
 def _print_started(args: argparse.Namespace, server: Server, served: Served) -> None:
     """What ``genedge serve`` says once the server answers: the plan, the start-up calibration check, access."""
+    from genedge.serve.background import server_url
     from genedge.serve.server import calibration_check, ray_memory_threshold
 
     spec = server.spec
-    url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
+    url = server_url(args.host, args.port)
     shares = ", ".join(f"{m.name} {m.steps} steps share {m.share:.2f} on device {m.device}" for m in spec.models)
     print(f"serving {args.plan} ({spec.devices} device(s); {shares})")
     # Where the files are on this host: GET /v1/plan shows clients only their names.
@@ -302,9 +303,9 @@ def _print_started(args: argparse.Namespace, server: Server, served: Served) -> 
         f"prompt router: {server.router or 'none (requests must carry a category)'}; "
         f"shares: {server.realization}{pinned}"
     )
-    if args.address is None:
+    if served.started_ray_on is not None:
         print(
-            "ray: started here, on loopback only; its memory monitor kills its workers past "
+            f"ray: started here on {served.started_ray_on}; its memory monitor kills its workers past "
             f"{ray_memory_threshold():.0%} of this machine's memory (--memory-threshold)"
         )
     access = "an API key is required on every route but /v1/health" if server.api_key_sha256 else "no API key"
@@ -318,6 +319,8 @@ def run(args: argparse.Namespace) -> int:
     from genedge.serve.server import drain, parse_cpus, prepare_server, serving
     from genedge.serve.spec import model_specs_from_pairs
 
+    if args.memory_threshold is not None and (args.address or os.environ.get("RAY_ADDRESS")):
+        raise ValueError("--memory-threshold: only for a Ray genedge serve starts, not with --address or RAY_ADDRESS")
     server = prepare_server(
         args.plan,
         table=args.table,
