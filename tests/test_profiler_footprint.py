@@ -20,9 +20,10 @@ from genedge.profiler.pipeline import MemoryBaseline, memory_baseline, pipeline_
 
 MIB = 2**20
 # How far two rows' memory figures of one configuration may differ on a CPU: what the C allocator keeps or
-# hands back between calls moves the resident set by a few MiB (the flush-time jump this guards against
-# was 64–77 MiB; the larger CLIP model below adds about 600 MiB to the process).
-FLAT_TOLERANCE_BYTES = 8 * MIB
+# hands back between calls moves the resident set by several MiB (up to 9.6 MiB seen on a 2-core machine
+# under load; the flush-time jump this guards against was 64–77 MiB; the larger CLIP model below adds about
+# 600 MiB to the process).
+FLAT_TOLERANCE_BYTES = 24 * MIB
 LINUX_ONLY = pytest.mark.skipif(sys.platform != "linux", reason="the resident set's window peak is Linux's")
 
 
