@@ -12,7 +12,8 @@ import importlib.util
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -36,6 +37,8 @@ __all__ = [
     "assert_every_request_answered",
     "free_port",
     "serve_plan",
+    "start_genedge",
+    "wait_while_running",
     "run_genedge",
     "genedge_env",
     "genedge_in_process",
@@ -125,6 +128,27 @@ def run_genedge(
         check=check,
         **kwargs,
     )
+
+
+def start_genedge(*args: str | Path, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """Start ``python -m genedge ARGS`` in a new interpreter and return at once (:func:`run_genedge` waits): its
+    text output piped, ``env`` on top of :func:`genedge_env`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "genedge", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=genedge_env(env),
+    )
+
+
+def wait_while_running(process: subprocess.Popen, reached: Callable[[], bool], timeout_s: float = 120) -> None:
+    """Return once ``reached()`` is true; fail the test with ``process``'s stderr if it exits or ``timeout_s``
+    passes first (e.g. until a load test started with :func:`start_genedge` is under way)."""
+    deadline = time.monotonic() + timeout_s
+    while not reached():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.5)
 
 
 @contextlib.contextmanager

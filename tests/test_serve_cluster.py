@@ -18,7 +18,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -31,9 +30,10 @@ import pytest
 from conftest import (
     DemoRun,
     assert_every_request_answered,
-    genedge_env,
     ray_workers_under,
     serve_plan,
+    start_genedge,
+    wait_while_running,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("serving_extras")]
@@ -87,28 +87,10 @@ def _load(url: str, lost: list[str], kept: list[str], folder: Path) -> subproces
         folder / "trace.csv", index=False
     )
     pd.DataFrame({"Prompt": [f"a photo of thing {i}" for i in range(8)]}).to_csv(folder / "prompts.csv", index=False)
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "genedge",
-            "loadtest",
-            url,
-            "--prompts",
-            str(folder / "prompts.csv"),
-            "--trace",
-            str(folder / "trace.csv"),
-            "--seed",
-            "1",
-            "--no-progress",
-            "--result-dir",
-            str(folder / "result"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=genedge_env(),
-    )
+    return start_genedge(
+        "loadtest", url, "--prompts", folder / "prompts.csv", "--trace", folder / "trace.csv", "--seed", "1",
+        "--no-progress", "--result-dir", folder / "result",
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -157,10 +139,7 @@ def test_a_plan_on_two_nodes_loses_one_and_answers_every_request(demo_run: DemoR
 
         # A load test over the loss: a request a second, the categories of both devices in turn.
         load = _load(url, lost, kept, tmp_path)
-        deadline = time.monotonic() + 120
-        while sum(_images(url).values()) < sum(before.values()) + 4:  # the load test is under way
-            assert load.poll() is None and time.monotonic() < deadline, load.communicate()[1][-3000:]
-            time.sleep(0.5)
+        wait_while_running(load, lambda: sum(_images(url).values()) >= sum(before.values()) + 4)  # under way
         # The node is lost as a machine is: its raylet and every process it ran (which would otherwise serve on
         # until they notice their raylet is gone).
         cluster.remove_node(worker, allow_graceful=False)

@@ -16,8 +16,6 @@ import os
 import resource
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -28,10 +26,11 @@ import pytest
 from conftest import (
     DemoRun,
     assert_every_request_answered,
-    genedge_env,
     ray_workers_under,
     read_http_response,
     serve_plan,
+    start_genedge,
+    wait_while_running,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("serving_extras")]
@@ -200,34 +199,11 @@ def test_kill_9_of_the_proxy_and_of_a_device_replica_under_load_loses_no_request
         prompts, index=False
     )
     counted = _metric(url, "genedge_http_requests_total")  # the other tests' requests to this server
-    load = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "genedge",
-            "loadtest",
-            url,
-            "--prompts",
-            str(prompts),
-            "--request-rate",
-            "2",
-            "--num-prompts",
-            "80",
-            "--seed",
-            "1",
-            "--save-result",
-            "--result-dir",
-            str(tmp_path / "result"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=genedge_env(CPU_ONLY),
-    )
-    deadline = time.monotonic() + 120
-    while _metric(url, "genedge_http_requests_total") < counted + 4:  # the load test is under way
-        assert load.poll() is None and time.monotonic() < deadline, load.communicate()[1][-3000:]
-        time.sleep(0.5)
+    load = start_genedge(
+        "loadtest", url, "--prompts", prompts, "--request-rate", "2", "--num-prompts", "80", "--seed", "1",
+        "--save-result", "--result-dir", tmp_path / "result", env=CPU_ONLY,
+    )  # fmt: skip
+    wait_while_running(load, lambda: _metric(url, "genedge_http_requests_total") >= counted + 4)  # under way
     os.kill(_ray_process(process.pid, "ProxyActor"), signal.SIGKILL)
     # An eight-image request keeps the device busy, so the replica dies under calls that must be retried.
     answers: list[int] = []
